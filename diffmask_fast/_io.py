@@ -1,0 +1,42 @@
+"""Atomic file writes: a crash or a full disk never leaves a half-written result behind."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
+    """Write ``data`` to a temporary file beside ``path``, fsync it, then rename it into place."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(handle, "wb") as file:
+            file.write(data)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        if os.path.exists(temporary):
+            os.unlink(temporary)
+        raise
+    return path
+
+
+def atomic_write_json(path: str | os.PathLike, payload: Any) -> Path:
+    return atomic_write_bytes(path, (json.dumps(payload, ensure_ascii=False, indent=1) + "\n").encode("utf-8"))
+
+
+def read_json(path: str | os.PathLike, what: str) -> Any:
+    """Load a JSON file, naming ``what`` it should have held when it cannot be read."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{what} file {str(path)!r} does not exist")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise ValueError(f"{str(path)!r} is not a valid {what} file: {error}") from error

@@ -1,0 +1,109 @@
+"""Anchor mining: the top-K words of a domain by TF-ICF (eq. 2)."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass
+from typing import Iterator
+
+from . import reference
+from ._io import atomic_write_json, read_json
+from .counting import WordCounts
+from .general import GeneralFrequencies
+
+ANCHORS_FORMAT = "diffmask_fast.anchors/1"
+
+
+@dataclass(frozen=True)
+class Anchor:
+    word: str
+    score: float
+    target_count: int
+    general_count: float
+
+
+@dataclass(frozen=True)
+class Anchors:
+    """The anchors of a domain, best first, with the settings that chose them."""
+
+    anchors: tuple
+    target_total: int
+    general_total: float
+    min_count: int
+    smoothing_per_million: float
+    general_source: str = ""
+
+    @property
+    def words(self) -> list[str]:
+        return [anchor.word for anchor in self.anchors]
+
+    def __len__(self) -> int:
+        return len(self.anchors)
+
+    def __iter__(self) -> Iterator[Anchor]:
+        return iter(self.anchors)
+
+    def __getitem__(self, index: int) -> Anchor:
+        return self.anchors[index]
+
+    def table(self, limit: int | None = None) -> str:
+        """A plain-text table of the anchors, for terminals and logs."""
+        rows = self.anchors if limit is None else self.anchors[:limit]
+        width = max([len("anchor")] + [len(a.word) for a in rows])
+        lines = [f"{'rank':>4}  {'anchor':<{width}}  {'TF-ICF':>9}  {'domain':>9}  {'general':>15}"]
+        for rank, a in enumerate(rows, start=1):
+            lines.append(f"{rank:>4}  {a.word:<{width}}  {a.score:>9.2f}  {a.target_count:>9,}  {a.general_count:>15,.0f}")
+        return "\n".join(lines)
+
+    def save(self, path: str | os.PathLike) -> None:
+        payload = {k: v for k, v in asdict(self).items() if k != "anchors"}
+        payload["format"] = ANCHORS_FORMAT
+        payload["anchors"] = [asdict(a) for a in self.anchors]
+        atomic_write_json(path, payload)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> "Anchors":
+        payload = read_json(path, "anchors")
+        if not isinstance(payload, dict) or payload.get("format") != ANCHORS_FORMAT:
+            raise ValueError(f"{os.fspath(path)!r} is not an anchors file (expected format {ANCHORS_FORMAT})")
+        anchors = tuple(Anchor(**a) for a in payload.pop("anchors"))
+        payload.pop("format")
+        if not anchors:
+            raise ValueError(f"{os.fspath(path)!r} holds no anchors")
+        return cls(anchors=anchors, **payload)
+
+
+def mine_anchors(
+    counts: WordCounts,
+    general: GeneralFrequencies | None = None,
+    k: int = 20,
+    min_count: int | None = None,
+    smoothing_per_million: float = reference.DEFAULT_SMOOTHING_PER_MILLION,
+) -> Anchors:
+    """The ``k`` words with the highest TF-ICF (eq. 2) among words with a letter.
+
+    ``min_count`` defaults to ``reference.default_min_count`` of the corpus size and
+    ``smoothing_per_million`` is the add-n constant of ``reference.tf_icf``; both keep one-off
+    names and typos from outranking words that are frequent in the domain. Ties break by word.
+    """
+    if k < 1:
+        raise ValueError(f"the number of anchors k must be at least 1, got {k}")
+    if smoothing_per_million <= 0:
+        raise ValueError(f"smoothing_per_million must be positive, got {smoothing_per_million}")
+    total = counts.total
+    if total == 0:
+        raise ValueError("cannot mine anchors: the word counts are empty")
+    general = general or GeneralFrequencies.default()
+    if min_count is None:
+        min_count = reference.default_min_count(total)
+    chosen = reference.select_anchors(
+        counts.counts, general.counts, general.total, k=k, min_count=min_count,
+        smoothing_per_million=smoothing_per_million,
+    )
+    if not chosen:
+        raise ValueError(
+            f"no word qualifies as an anchor: none has a letter and at least {min_count} occurrences "
+            f"(the corpus has {total:,} words); lower min_count or give a larger corpus"
+        )
+    anchors = tuple(Anchor(w, s, counts[w], general.count(w)) for w, s in chosen)
+    return Anchors(anchors, total, general.total, min_count, smoothing_per_million, general.source)

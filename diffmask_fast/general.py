@@ -1,0 +1,92 @@
+"""General-English word frequencies: c_G(w) and N_G of TF-ICF (eq. 2)."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+#: Tokens in the Google Web Trillion Word corpus the default table is drawn from. The shipped
+#: table keeps only its 333,333 most frequent words, so its own sum is smaller.
+GOOGLE_TRILLION_TOTAL = 1_024_908_267_229
+
+
+@dataclass(frozen=True)
+class GeneralFrequencies:
+    """A unigram table of general English.
+
+    ``total`` is N_G, the size of the corpus the counts come from (not necessarily the sum of a
+    truncated table). Words missing from the table have count 0; TF-ICF smooths them
+    (``reference.tf_icf``).
+    """
+
+    counts: dict
+    total: float
+    source: str = "custom"
+
+    def __post_init__(self) -> None:
+        if not self.counts:
+            raise ValueError("a general frequency table needs at least one word")
+        if not self.total > 0:
+            raise ValueError(f"the general corpus total must be positive, got {self.total}")
+
+    def count(self, word: str) -> float:
+        """c_G(w), with compounds of known parts counted as their rarest part (reference.general_count)."""
+        from .reference import general_count
+
+        return general_count(word, self.counts)
+
+    def relative(self, word: str) -> float:
+        return self.count(word) / self.total
+
+    def __contains__(self, word: object) -> bool:
+        return word in self.counts
+
+    def __len__(self) -> int:
+        return len(self.counts)
+
+    @classmethod
+    def default(cls) -> "GeneralFrequencies":
+        """Google Web Trillion Word unigram counts, as shipped in the ``wordsegment`` package."""
+        return _default_table()
+
+    @classmethod
+    def from_file(cls, path: str | os.PathLike, total: float | None = None, lowercase: bool = True) -> "GeneralFrequencies":
+        """Read a ``word<TAB>count`` table (one word a line; blank lines and ``#`` comments skipped).
+
+        Words are lowercased like the target corpus and duplicate lines summed. ``total``
+        defaults to the sum of the counts. A malformed line raises ``ValueError`` naming it.
+        """
+        path = Path(path)
+        if not path.exists():
+            raise FileNotFoundError(f"general frequency table {str(path)!r} does not exist")
+        counts: dict[str, float] = {}
+        with open(path, encoding="utf-8", errors="strict") as handle:
+            for number, line in enumerate(handle, start=1):
+                line = line.rstrip("\r\n")
+                if not line.strip() or line.startswith("#"):
+                    continue
+                parts = line.split("\t")
+                if len(parts) != 2 or not parts[0]:
+                    raise ValueError(f"{str(path)!r} line {number}: expected 'word<TAB>count', got {line[:80]!r}")
+                try:
+                    value = float(parts[1])
+                except ValueError:
+                    raise ValueError(f"{str(path)!r} line {number}: count {parts[1]!r} is not a number") from None
+                if not value >= 0 or value == float("inf"):
+                    raise ValueError(f"{str(path)!r} line {number}: count must be finite and non-negative, got {parts[1]!r}")
+                word = parts[0].lower() if lowercase else parts[0]
+                counts[word] = counts.get(word, 0) + value
+        if not counts:
+            raise ValueError(f"general frequency table {str(path)!r} has no entries")
+        return cls(counts, float(total) if total is not None else float(sum(counts.values())), source=str(path))
+
+
+@lru_cache(maxsize=1)
+def _default_table() -> GeneralFrequencies:
+    import wordsegment
+
+    path = Path(wordsegment.__file__).with_name("unigrams.txt")
+    table = GeneralFrequencies.from_file(path, total=GOOGLE_TRILLION_TOTAL)
+    return GeneralFrequencies(table.counts, table.total, source="google-web-trillion (wordsegment)")

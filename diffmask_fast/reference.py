@@ -1,0 +1,440 @@
+"""Difference-Masking in plain Python: the executable specification.
+
+Every fast path in this package is tested against the functions here. They favour clarity over
+speed and depend only on the standard library and numpy. Equation numbers refer to Wilf et al.,
+"Difference-Masking: Choosing What to Mask in Continued Pretraining" (arXiv 2305.14577).
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import unicodedata
+from collections import Counter
+from typing import Callable, Iterable, Mapping, Sequence
+
+import numpy as np
+
+# ----------------------------------------------------------------------------------------------
+# Words
+# ----------------------------------------------------------------------------------------------
+
+#: Word-boundary schemes and the marker each puts on tokens.
+#: ``wordpiece`` marks continuations ("##ing"); the others mark word starts ("Ġword", "▁word").
+WORD_BOUNDARY_MARKERS = {"wordpiece": "##", "byte_bpe": "\u0120", "sentencepiece": "\u2581"}
+
+
+def _is_punctuation_or_symbol(ch: str) -> bool:
+    return unicodedata.category(ch)[0] in "PS"
+
+
+def normalize_word(word: str, lowercase: bool = True) -> str:
+    """The form under which a word is counted and scored (DESIGN.md §2).
+
+    Unicode-aware lowercasing (``str.lower``), then punctuation and symbols (Unicode categories
+    P* and S*) stripped from both ends. A word made only of punctuation keeps its (lowercased)
+    form, so "," and "..." stay words of their own rather than collapsing into "".
+    """
+    if lowercase:
+        word = word.lower()
+    start, end = 0, len(word)
+    while start < end and _is_punctuation_or_symbol(word[start]):
+        start += 1
+    while end > start and _is_punctuation_or_symbol(word[end - 1]):
+        end -= 1
+    return word[start:end] if start < end else word
+
+
+def has_letter(word: str) -> bool:
+    """Whether a word may be an anchor: it contains at least one Unicode letter (category L*)."""
+    return any(unicodedata.category(ch)[0] == "L" for ch in word)
+
+
+def count_words(texts: Iterable[str], lowercase: bool = True) -> Counter:
+    """c_T(w) of eq. 2: whitespace-separated words of every text, normalized and counted."""
+    counts: Counter = Counter()
+    for text in texts:
+        for raw in text.split():
+            counts[normalize_word(raw, lowercase)] += 1
+    return counts
+
+
+def word_starts(tokens: Sequence[str], never_word: Sequence[bool], scheme: str) -> list[bool]:
+    """Which tokens begin a new word.
+
+    A word is a maximal run of tokens the tokenizer marks as one word. ``never_word`` flags
+    special tokens and padding; they belong to no word, and the token after one always starts
+    a word (RoBERTa's first word carries no "Ġ").
+    """
+    if scheme not in WORD_BOUNDARY_MARKERS:
+        raise ValueError(f"unknown word-boundary scheme {scheme!r}; expected one of {sorted(WORD_BOUNDARY_MARKERS)}")
+    marker = WORD_BOUNDARY_MARKERS[scheme]
+    starts = []
+    previous_in_word = False
+    for token, excluded in zip(tokens, never_word):
+        if excluded:
+            starts.append(False)
+            previous_in_word = False
+            continue
+        if scheme == "wordpiece":
+            begins = not token.startswith(marker)
+        else:
+            begins = token.startswith(marker)
+        starts.append(begins or not previous_in_word)
+        previous_in_word = True
+    return starts
+
+
+def group_words(starts: Sequence[bool], never_word: Sequence[bool]) -> list[list[int]]:
+    """Token positions of each word, in order, from word-start flags."""
+    groups: list[list[int]] = []
+    for position, (begins, excluded) in enumerate(zip(starts, never_word)):
+        if excluded:
+            continue
+        if begins or not groups:
+            groups.append([position])
+        else:
+            groups[-1].append(position)
+    return groups
+
+
+# ----------------------------------------------------------------------------------------------
+# Anchors: TF-ICF (eq. 2)
+# ----------------------------------------------------------------------------------------------
+
+#: Smoothing constant of the TF-ICF ratio, in occurrences per million words (see tf_icf). At 10,
+#: anchors of ChemProt are "receptor, inhibition, inhibitor, ...", of ACL-ARC "lexical, corpus,
+#: semantic, grammar, ...", where 1 crowns author names and 100 drifts to "cells", "results".
+DEFAULT_SMOOTHING_PER_MILLION = 10.0
+
+
+def default_min_count(total_target_words: int) -> int:
+    """Minimum domain count for an anchor: grows with the square root of the corpus size.
+
+    3 for corpora under ~90k words, 6 at 340k, 32 at 10M, 317 at 1B: a word must recur in
+    proportion to how much text there is before it can define the domain.
+    """
+    return max(3, math.ceil(math.sqrt(total_target_words) / 100))
+
+
+def tf_icf(
+    target_count: int,
+    target_total: int,
+    general_count: float,
+    general_total: float,
+    smoothing_per_million: float = DEFAULT_SMOOTHING_PER_MILLION,
+) -> float:
+    """Eq. 2, score(w) = (c_T(w)/N_T) / (c_G(w)/N_G), on smoothed relative frequencies.
+
+    Both relative frequencies are taken per million words and ``smoothing_per_million`` is added
+    to each: words unseen in general English get a finite score, and a word seen once in the
+    domain cannot outrank words that are common there (Kilgarriff's "simple maths" keyness). A
+    word must be well above ``smoothing_per_million`` per million in the domain to score far above 1.
+    """
+    if target_total <= 0 or general_total <= 0:
+        raise ValueError("tf_icf needs positive corpus totals")
+    target_per_million = 1e6 * target_count / target_total
+    general_per_million = 1e6 * general_count / general_total
+    return (target_per_million + smoothing_per_million) / (general_per_million + smoothing_per_million)
+
+
+def word_parts(word: str) -> list[str]:
+    """The runs of letters and digits in a word: "long-term" -> ["long", "term"]."""
+    parts, current = [], []
+    for ch in word:
+        if ch.isalnum():
+            current.append(ch)
+        elif current:
+            parts.append("".join(current))
+            current = []
+    if current:
+        parts.append("".join(current))
+    return parts
+
+
+def general_count(word: str, general_counts: Mapping[str, float]) -> float:
+    """c_G(w): the word's count in the general table.
+
+    General-English tables split words at punctuation ("long-term" is counted as "long" and
+    "term"). A word the table lacks that is made of several letter/digit runs ("e.g", "mg/kg",
+    "follow-up", "object's") gets the smallest count among its parts (0 if a part is missing):
+    a compound is at most as frequent as its rarest part, so it is never crowned for its
+    punctuation alone. Any other missing word has count 0 and is handled by the smoothing of
+    tf_icf.
+    """
+    count = general_counts.get(word)
+    if count is not None:
+        return count
+    parts = word_parts(word)
+    if len(parts) < 2:
+        return 0
+    return min(general_counts.get(part, 0) for part in parts)
+
+
+def select_anchors(
+    target_counts: Mapping[str, int],
+    general_counts: Mapping[str, float],
+    general_total: float,
+    k: int = 20,
+    min_count: int | None = None,
+    smoothing_per_million: float = DEFAULT_SMOOTHING_PER_MILLION,
+) -> list[tuple[str, float]]:
+    """The top-k words by TF-ICF among words with a letter and at least ``min_count`` occurrences.
+
+    Ties break by the word itself, so the result is deterministic.
+    """
+    if k < 1:
+        raise ValueError(f"k must be at least 1, got {k}")
+    target_total = sum(target_counts.values())
+    if target_total == 0:
+        raise ValueError("the target corpus has no words")
+    if min_count is None:
+        min_count = default_min_count(target_total)
+    scored = [
+        (word, tf_icf(count, target_total, general_count(word, general_counts), general_total, smoothing_per_million))
+        for word, count in target_counts.items()
+        if count >= min_count and has_letter(word)
+    ]
+    scored.sort(key=lambda item: (-item[1], item[0]))
+    return scored[:k]
+
+
+# ----------------------------------------------------------------------------------------------
+# Similarity (eq. 3-4)
+# ----------------------------------------------------------------------------------------------
+
+
+def cosine(u: Sequence[float], v: Sequence[float]) -> float:
+    """Cosine similarity; 0 when either vector is zero."""
+    dot = sum(float(a) * float(b) for a, b in zip(u, v))
+    norm = math.sqrt(sum(float(a) ** 2 for a in u)) * math.sqrt(sum(float(b) ** 2 for b in v))
+    return dot / norm if norm > 0 else 0.0
+
+
+def max_anchor_similarity(embeddings, anchors) -> tuple[np.ndarray, np.ndarray]:
+    """Eq. 4 with the nearest anchor: for each row, max_a cos(e, a) and the first arg max.
+
+    ``embeddings`` is [..., D], ``anchors`` is [K, D]; zero vectors have similarity 0.
+    """
+    embeddings = np.asarray(embeddings, dtype=np.float64)
+    anchors = np.asarray(anchors, dtype=np.float64)
+    flat = embeddings.reshape(-1, embeddings.shape[-1])
+    values = np.zeros(len(flat))
+    indices = np.zeros(len(flat), dtype=np.int64)
+    for row, vector in enumerate(flat):
+        similarities = [cosine(vector, anchor) for anchor in anchors]
+        best = max(range(len(similarities)), key=lambda i: (similarities[i], -i))
+        values[row], indices[row] = similarities[best], best
+    return values.reshape(embeddings.shape[:-1]), indices.reshape(embeddings.shape[:-1])
+
+
+def word_similarity(embedding, anchors, mode: str = "max") -> float:
+    """s(w) of eq. 3-4: ``max`` (nearest anchor, the default), ``centroid`` or ``mean``.
+
+    ``centroid`` is the cosine to the mean of the unit-length anchors; ``mean`` averages the
+    cosines to all anchors.
+    """
+    anchors = np.asarray(anchors, dtype=np.float64)
+    if mode == "max":
+        return max(cosine(embedding, anchor) for anchor in anchors)
+    if mode == "mean":
+        return sum(cosine(embedding, anchor) for anchor in anchors) / len(anchors)
+    if mode == "centroid":
+        units = [a / np.linalg.norm(a) if np.linalg.norm(a) > 0 else a for a in anchors]
+        return cosine(embedding, np.mean(units, axis=0))
+    raise ValueError(f"unknown similarity mode {mode!r}; expected 'max', 'centroid' or 'mean'")
+
+
+# ----------------------------------------------------------------------------------------------
+# Masking (Section 3.2)
+# ----------------------------------------------------------------------------------------------
+
+
+def rank_weights(scores: Sequence[float]) -> list[float]:
+    """The authors' code's weighting: each word's rank by score within its sequence.
+
+    The lowest score has rank 1 and the highest rank n; tied scores share their average rank.
+    """
+    order = sorted(range(len(scores)), key=lambda i: scores[i])
+    ranks = [0.0] * len(scores)
+    i = 0
+    while i < len(order):
+        j = i
+        while j + 1 < len(order) and scores[order[j + 1]] == scores[order[i]]:
+            j += 1
+        for position in order[i : j + 1]:
+            ranks[position] = (i + j) / 2 + 1
+        i = j + 1
+    return ranks
+
+
+def word_weights(scores: Sequence[float], scheme: str = "similarity", uniform_mix: float = 0.0) -> list[float]:
+    """Sampling weights of the words of one sequence.
+
+    ``similarity`` (paper): w_i = max(s_i, 0). ``rank``: see rank_weights. With ``uniform_mix``
+    λ > 0 the weights become (1-λ)·w/Σw + λ/n (when Σw is 0 they are uniform).
+    """
+    if not 0.0 <= uniform_mix <= 1.0:
+        raise ValueError(f"uniform_mix must be in [0, 1], got {uniform_mix}")
+    if scheme == "similarity":
+        weights = [max(float(s), 0.0) for s in scores]
+    elif scheme == "rank":
+        weights = rank_weights(scores)
+    else:
+        raise ValueError(f"unknown weighting {scheme!r}; expected 'similarity' or 'rank'")
+    if uniform_mix > 0 and weights:
+        total = sum(weights)
+        n = len(weights)
+        if total > 0:
+            weights = [(1 - uniform_mix) * w / total + uniform_mix / n for w in weights]
+        else:
+            weights = [1.0 / n] * n
+    return weights
+
+
+def masking_budget(n_words: int, mlm_probability: float, u: float) -> int:
+    """Words to mask in one sequence: p·n rounded stochastically (up with probability frac(p·n)).
+
+    ``u`` is a uniform draw in [0, 1). The expectation is exactly p·n, capped at n.
+    """
+    expected = mlm_probability * n_words
+    budget = math.floor(expected) + (1 if u < expected - math.floor(expected) else 0)
+    return min(budget, n_words)
+
+
+def successive_sampling(weights: Sequence[float], count: int, rng: np.random.Generator) -> list[int]:
+    """Draw positions one at a time with probability proportional to weight, without replacement.
+
+    Stops after ``count`` draws or when no positive weight is left: zero weights are never drawn.
+    """
+    weights = [float(w) for w in weights]
+    if any(not math.isfinite(w) or w < 0 for w in weights):
+        raise ValueError("weights must be finite and non-negative")
+    remaining = list(weights)
+    chosen: list[int] = []
+    while len(chosen) < count:
+        total = sum(remaining)
+        if total <= 0:
+            break
+        target = rng.random() * total
+        cumulative = 0.0
+        pick = None
+        for i, w in enumerate(remaining):
+            if w <= 0:
+                continue
+            cumulative += w
+            pick = i
+            if target < cumulative:
+                break
+        chosen.append(pick)
+        remaining[pick] = 0.0
+    return chosen
+
+
+def successive_sampling_inclusion(weights: Sequence[float], count: int) -> list[float]:
+    """Exact probability that each position is drawn by successive_sampling, by enumeration.
+
+    Exponential in ``count``; meant for the small cases tests check against.
+    """
+    n = len(weights)
+    positive = [i for i in range(n) if weights[i] > 0]
+    draws = min(count, len(positive))
+    inclusion = [0.0] * n
+    for sequence in itertools.permutations(positive, draws):
+        probability = 1.0
+        left = sum(weights[i] for i in positive)
+        for i in sequence:
+            probability *= weights[i] / left
+            left -= weights[i]
+        for i in sequence:
+            inclusion[i] += probability
+    return inclusion
+
+
+def choose_words(weights: Sequence[float], budget: int, rng: np.random.Generator) -> list[int]:
+    """The masked words of one sequence: successive sampling over positive weights first; if the
+    budget is larger than the number of positive-weight words, the rest are drawn uniformly
+    without replacement from the zero-weight words.
+    """
+    chosen = successive_sampling(weights, budget, rng)
+    if len(chosen) < budget:
+        zero = [i for i, w in enumerate(weights) if w <= 0]
+        extra = rng.permutation(len(zero))[: budget - len(chosen)]
+        chosen.extend(zero[i] for i in extra)
+    return chosen
+
+
+def whole_word_mask(groups: Sequence[Sequence[int]], chosen: Iterable[int], length: int) -> list[bool]:
+    """Spread a word choice to every sub-word token of each chosen word."""
+    mask = [False] * length
+    for word in chosen:
+        for position in groups[word]:
+            mask[position] = True
+    return mask
+
+
+def replace_tokens(
+    input_ids: Sequence[int],
+    mask: Sequence[bool],
+    mask_token_id: int,
+    random_token_ids: Sequence[int],
+    rng: np.random.Generator,
+    mask_replace_prob: float = 0.8,
+    random_replace_prob: float = 0.1,
+) -> tuple[list[int], list[int]]:
+    """BERT's 80/10/10 rule on the masked tokens; labels are -100 where nothing is masked.
+
+    Each masked token independently becomes the mask token with probability
+    ``mask_replace_prob``, a uniformly drawn token from ``random_token_ids`` with probability
+    ``random_replace_prob``, and stays as it is otherwise.
+    """
+    if mask_replace_prob < 0 or random_replace_prob < 0 or mask_replace_prob + random_replace_prob > 1:
+        raise ValueError("mask_replace_prob and random_replace_prob must be non-negative and sum to at most 1")
+    ids = list(input_ids)
+    labels = [-100] * len(ids)
+    for position, masked in enumerate(mask):
+        if not masked:
+            continue
+        labels[position] = ids[position]
+        u = rng.random()
+        if u < mask_replace_prob:
+            ids[position] = mask_token_id
+        elif u < mask_replace_prob + random_replace_prob:
+            ids[position] = int(random_token_ids[rng.integers(len(random_token_ids))])
+    return ids, labels
+
+
+def mask_sequence(
+    tokens: Sequence[str],
+    input_ids: Sequence[int],
+    never_word: Sequence[bool],
+    scheme: str,
+    word_score: Callable[[Sequence[int]], float],
+    mask_token_id: int,
+    random_token_ids: Sequence[int],
+    rng: np.random.Generator,
+    mlm_probability: float = 0.25,
+    weighting: str = "similarity",
+    uniform_mix: float = 0.0,
+    mask_replace_prob: float = 0.8,
+    random_replace_prob: float = 0.1,
+) -> tuple[list[int], list[int], list[bool]]:
+    """Difference-Masking of one tokenized sequence, end to end.
+
+    ``word_score`` maps the token ids of a word to its score s(w) (in practice: decode the
+    tokens, normalize_word, look the word up in the score table). Returns the masked ids, the
+    labels and the whole-word mask.
+    """
+    if not 0.0 <= mlm_probability <= 1.0:
+        raise ValueError(f"mlm_probability must be in [0, 1], got {mlm_probability}")
+    starts = word_starts(tokens, never_word, scheme)
+    groups = group_words(starts, never_word)
+    scores = [word_score([input_ids[i] for i in group]) for group in groups]
+    weights = word_weights(scores, weighting, uniform_mix)
+    budget = masking_budget(len(groups), mlm_probability, rng.random())
+    chosen = choose_words(weights, budget, rng)
+    mask = whole_word_mask(groups, chosen, len(input_ids))
+    ids, labels = replace_tokens(
+        input_ids, mask, mask_token_id, random_token_ids, rng, mask_replace_prob, random_replace_prob
+    )
+    return ids, labels, mask

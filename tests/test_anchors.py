@@ -1,0 +1,159 @@
+"""Counting, general frequencies and anchor mining, against the reference and on real text."""
+
+import gzip
+import json
+import random
+from pathlib import Path
+
+import pytest
+
+from diffmask_fast import reference
+from diffmask_fast.anchors import Anchors, mine_anchors
+from diffmask_fast.corpus import CorpusError
+from diffmask_fast.counting import WordCounts, count_words
+from diffmask_fast.general import GOOGLE_TRILLION_TOTAL, GeneralFrequencies
+
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+needs_data = pytest.mark.skipif(not DATA.exists(), reason="../shared/data is not present")
+
+ADVERSARIAL = [
+    "", "   ", "Straße ÉCOLE naïve", "(IscS [12,22], IscU/Isu1 [6,11,16]).", "−20C e.g. Fe-S",
+    "a" * 5000, "tab\tseparated\u00a0nbsp\u2003em-space", "ΣΊΣΥΦΟΣ Όσος", "中文 字符", "emoji 🧪 test",
+]
+
+
+def random_text(rng: random.Random) -> str:
+    alphabet = "abcXYZ é-.,()'’Σς 12\t"
+    return "".join(rng.choice(alphabet) for _ in range(rng.randrange(0, 60)))
+
+
+def test_count_words_matches_reference_on_adversarial_and_random_text():
+    rng = random.Random()
+    texts = ADVERSARIAL + [random_text(rng) for _ in range(200)]
+    counts = count_words(texts, progress=False)
+    assert dict(counts.counts) == dict(reference.count_words(texts))
+    assert counts.documents == len(texts)
+    assert counts.total == sum(reference.count_words(texts).values())
+
+
+@needs_data
+def test_count_words_matches_reference_on_real_corpus():
+    path = DATA / "acl_arc" / "corpus.txt"
+    counts = count_words(path, progress=False)
+    lines = path.read_text(encoding="utf-8").splitlines()
+    assert dict(counts.counts) == dict(reference.count_words(lines))
+    assert counts.documents == len(lines)
+
+
+def test_corpus_sources(tmp_path):
+    (tmp_path / "a.txt").write_bytes(b"Enzyme binds\r\nreceptor\r\n")
+    with gzip.open(tmp_path / "b.txt.gz", "wt", encoding="utf-8") as handle:
+        handle.write("enzyme\n")
+    (tmp_path / "ignored.bin").write_bytes(b"\x00\x01")
+    (tmp_path / "bad.txt").write_bytes(b"caf\xe9 na\xefve\n")
+    by_directory = count_words(tmp_path, progress=False)
+    assert by_directory["enzyme"] == 2 and by_directory["receptor"] == 1
+    # Invalid UTF-8 bytes become U+FFFD, a symbol, which normalization strips at word ends only.
+    assert by_directory["caf"] == 1 and by_directory["na\ufffdve"] == 1
+    by_glob = count_words(str(tmp_path / "*.txt"), progress=False)
+    assert by_glob["enzyme"] == 1
+    by_paths = count_words([tmp_path / "a.txt", tmp_path / "b.txt.gz"], progress=False)
+    assert by_paths["enzyme"] == 2 and "caf" not in by_paths
+
+
+def test_corpus_errors(tmp_path):
+    with pytest.raises(CorpusError, match="does not exist"):
+        count_words(tmp_path / "missing.txt", progress=False)
+    (tmp_path / "empty_dir").mkdir()
+    with pytest.raises(CorpusError, match="no text files"):
+        count_words(tmp_path / "empty_dir", progress=False)
+    (tmp_path / "binary.txt").write_bytes(b"\x7fELF\x00\x00\x01")
+    with pytest.raises(CorpusError, match="binary"):
+        count_words(tmp_path / "binary.txt", progress=False)
+    (tmp_path / "empty.txt").write_text("")
+    with pytest.raises(CorpusError, match="empty"):
+        count_words(tmp_path / "empty.txt", progress=False)
+    (tmp_path / "blank.txt").write_text("\n  \n\t\n")
+    with pytest.raises(CorpusError, match="no words"):
+        count_words(tmp_path / "blank.txt", progress=False)
+    with pytest.raises(CorpusError, match="no files match"):
+        count_words(str(tmp_path / "*.nothing"), progress=False)
+    with pytest.raises(CorpusError, match="strings"):
+        count_words([b"bytes"], progress=False)
+
+
+def test_word_counts_save_and_load(tmp_path):
+    counts = count_words(["b a a", "c"], progress=False)
+    counts.save(tmp_path / "counts.json")
+    loaded = WordCounts.load(tmp_path / "counts.json")
+    assert loaded == counts and loaded.most_common(1) == [("a", 2)]
+    (tmp_path / "other.json").write_text(json.dumps({"format": "something else"}))
+    with pytest.raises(ValueError, match="not a word-counts file"):
+        WordCounts.load(tmp_path / "other.json")
+    (tmp_path / "broken.json").write_text("{")
+    with pytest.raises(ValueError, match="not a valid word counts file"):
+        WordCounts.load(tmp_path / "broken.json")
+
+
+def test_default_general_table_is_the_trillion_word_unigrams():
+    general = GeneralFrequencies.default()
+    assert general.total == GOOGLE_TRILLION_TOTAL
+    assert len(general) > 300_000
+    assert general.count("the") == 23_135_851_162
+    assert general.count("frataxin-zzqx") == 0
+    assert general.count("long-term") == min(general.count("long"), general.count("term"))
+
+
+def test_general_table_from_file(tmp_path):
+    path = tmp_path / "general.tsv"
+    path.write_text("# comment\nThe\t10\nthe\t5\n\nenzyme\t2.5\n")
+    table = GeneralFrequencies.from_file(path)
+    assert table.count("the") == 15 and table.total == 17.5
+    assert GeneralFrequencies.from_file(path, total=1000).relative("enzyme") == 0.0025
+    for bad, message in [("word 10\n", "expected 'word<TAB>count'"), ("word\tmany\n", "not a number"),
+                         ("word\t-3\n", "non-negative"), ("word\tnan\n", "non-negative"), ("\n# only\n", "no entries")]:
+        path.write_text(bad)
+        with pytest.raises(ValueError, match=message):
+            GeneralFrequencies.from_file(path)
+    with pytest.raises(FileNotFoundError):
+        GeneralFrequencies.from_file(tmp_path / "missing.tsv")
+
+
+def test_mine_anchors_equals_reference_and_round_trips(tmp_path):
+    rng = random.Random()
+    vocabulary = ["enzyme", "receptor", "the", "of", "binding", "kinase", "frataxin", "12", "e.g", "xq-7"]
+    texts = [" ".join(rng.choice(vocabulary) for _ in range(rng.randrange(1, 30))) for _ in range(300)]
+    counts = count_words(texts, progress=False)
+    general = GeneralFrequencies.default()
+    anchors = mine_anchors(counts, general, k=5)
+    expected = reference.select_anchors(counts.counts, general.counts, general.total, k=5)
+    assert [(a.word, a.score) for a in anchors] == expected
+    assert "12" not in anchors.words
+    anchors.save(tmp_path / "anchors.json")
+    assert Anchors.load(tmp_path / "anchors.json") == anchors
+    assert mine_anchors(counts, general, k=5) == anchors
+
+
+def test_mine_anchors_errors():
+    counts = count_words(["enzyme enzyme enzyme 12 12 12"], progress=False)
+    with pytest.raises(ValueError, match="at least 1"):
+        mine_anchors(counts, k=0)
+    with pytest.raises(ValueError, match="no word qualifies"):
+        mine_anchors(count_words(["12 12 12 12"], progress=False))
+    with pytest.raises(ValueError, match="empty"):
+        mine_anchors(WordCounts())
+
+
+@needs_data
+@pytest.mark.parametrize(
+    "corpus, expected",
+    [("chemprot/abstracts.txt", {"receptor", "inhibition", "inhibitor"}), ("acl_arc/corpus.txt", {"lexical", "corpus", "semantic"})],
+)
+def test_default_anchors_are_frequent_domain_words(corpus, expected):
+    counts = count_words(DATA / corpus, progress=False)
+    anchors = mine_anchors(counts, k=20)
+    assert expected <= set(anchors.words), anchors.table()
+    assert all(a.target_count >= anchors.min_count and reference.has_letter(a.word) for a in anchors)
+    # One-off names and typos never make it: every anchor is among the corpus's common words.
+    common = {w for w, _ in counts.most_common(2000)}
+    assert set(anchors.words) <= common, anchors.table()

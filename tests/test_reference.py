@@ -1,0 +1,197 @@
+"""The reference itself: small cases worked out by hand, and its sampler against exact probabilities."""
+
+import math
+import random
+
+import numpy as np
+import pytest
+
+from diffmask_fast import reference
+
+
+def test_reference_needs_no_extension_or_torch():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, diffmask_fast.reference as r; "
+        "assert 'torch' not in sys.modules and 'diffmask_fast._C' not in sys.modules; "
+        "print(r.normalize_word('(Enzyme),'))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "enzyme"
+
+
+@pytest.mark.parametrize(
+    "raw, expected",
+    [
+        ("(IscS", "iscs"),
+        ("Enzyme,", "enzyme"),
+        ("[14,15]).", "14,15"),
+        ("Fe-S", "fe-s"),
+        ("ÉCOLE", "école"),
+        ("Straße", "straße"),
+        ("−20C", "20c"),
+        (",", ","),
+        ("...", "..."),
+        ("“quoted”", "quoted"),
+    ],
+)
+def test_normalize_word(raw, expected):
+    assert reference.normalize_word(raw) == expected
+
+
+def test_normalize_word_can_keep_case():
+    assert reference.normalize_word("(DNA)", lowercase=False) == "DNA"
+
+
+def test_has_letter():
+    assert reference.has_letter("cox-2") and reference.has_letter("é")
+    assert not reference.has_letter("12,22") and not reference.has_letter("...")
+
+
+def test_count_words_splits_on_whitespace_and_normalizes():
+    counts = reference.count_words(["The enzyme,  the ENZYME\tbinds.", "", "binds"])
+    assert counts == {"the": 2, "enzyme": 2, "binds": 2}
+
+
+@pytest.mark.parametrize(
+    "scheme, tokens, starts, groups",
+    [
+        ("wordpiece", ["[CLS]", "fra", "##ta", "##xin", ",", "hello", "[SEP]"],
+         [False, True, False, False, True, True, False], [[1, 2, 3], [4], [5]]),
+        ("byte_bpe", ["<s>", "The", "Ġenz", "yme", ",", "Ġbinds", "</s>"],
+         [False, True, True, False, False, True, False], [[1], [2, 3, 4], [5]]),
+        ("sentencepiece", ["<s>", "▁The", "▁enz", "yme", "▁", "1", "</s>"],
+         [False, True, True, False, True, False, False], [[1], [2, 3], [4, 5]]),
+    ],
+)
+def test_word_starts_and_groups(scheme, tokens, starts, groups):
+    never = [t.startswith(("[", "<")) for t in tokens]
+    assert reference.word_starts(tokens, never, scheme) == starts
+    assert reference.group_words(starts, never) == groups
+
+
+def test_word_starts_rejects_unknown_scheme():
+    with pytest.raises(ValueError, match="unknown word-boundary scheme"):
+        reference.word_starts(["a"], [False], "wordlevel")
+
+
+def test_continuation_after_special_token_starts_a_word():
+    # RoBERTa's first word carries no "Ġ"; a continuation right after a special token still starts a word.
+    assert reference.word_starts(["<s>", "yme", "</s>", "##x"], [True, False, True, False], "byte_bpe") == [False, True, False, True]
+
+
+def test_tf_icf_is_a_smoothed_ratio_of_relative_frequencies():
+    value = reference.tf_icf(10, 1_000_000, 20, 1_000_000, smoothing_per_million=0.0)
+    assert value == pytest.approx(0.5)
+    assert reference.tf_icf(1, 1_000_000, 0, 1e12, smoothing_per_million=10.0) == pytest.approx(11 / 10)
+
+
+def test_general_count_of_compounds_is_their_rarest_part():
+    general = {"long": 100, "term": 50, "e": 1000, "g": 900}
+    assert reference.general_count("long-term", general) == 50
+    assert reference.general_count("e.g", general) == 900
+    assert reference.general_count("long-zzz", general) == 0
+    assert reference.general_count("zzz", general) == 0
+
+
+def test_select_anchors_prefers_frequent_domain_words_and_breaks_ties_by_word():
+    target = {"enzyme": 50, "receptor": 50, "the": 500, "typo": 1, "12": 80}
+    general = {"the": 4e10, "enzyme": 1e5, "receptor": 1e5}
+    anchors = reference.select_anchors(target, general, 1e12, k=3, min_count=2)
+    assert [w for w, _ in anchors] == ["enzyme", "receptor", "the"]
+    assert anchors[0][1] == anchors[1][1]
+    with pytest.raises(ValueError):
+        reference.select_anchors(target, general, 1e12, k=0)
+    with pytest.raises(ValueError, match="no words"):
+        reference.select_anchors({}, general, 1e12)
+
+
+def test_default_min_count_grows_with_corpus_size():
+    assert reference.default_min_count(1000) == 3
+    assert reference.default_min_count(340_000) == 6
+    assert reference.default_min_count(10**9) == 317
+
+
+def test_similarity_modes():
+    anchors = np.array([[1.0, 0.0], [0.0, 1.0], [0.0, 0.0]])
+    word = np.array([1.0, 1.0])
+    assert reference.word_similarity(word, anchors, "max") == pytest.approx(math.sqrt(0.5))
+    assert reference.word_similarity(word, anchors, "mean") == pytest.approx(2 * math.sqrt(0.5) / 3)
+    assert reference.word_similarity(word, anchors, "centroid") == pytest.approx(1.0)
+    values, indices = reference.max_anchor_similarity(np.array([[0.0, 0.0], [0.0, 2.0]]), anchors)
+    assert values.tolist() == [0.0, pytest.approx(1.0)] and indices.tolist() == [0, 1]
+    with pytest.raises(ValueError):
+        reference.word_similarity(word, anchors, "median")
+
+
+def test_rank_weights_average_ties():
+    assert reference.rank_weights([0.3, 0.1, 0.3, 0.9]) == [2.5, 1.0, 2.5, 4.0]
+
+
+def test_word_weights():
+    assert reference.word_weights([0.5, -0.2, 0.0]) == [0.5, 0.0, 0.0]
+    mixed = reference.word_weights([3.0, 1.0], uniform_mix=0.5)
+    assert mixed == pytest.approx([0.5 * 0.75 + 0.25, 0.5 * 0.25 + 0.25])
+    assert reference.word_weights([0.0, -1.0], uniform_mix=0.2) == [0.5, 0.5]
+    with pytest.raises(ValueError):
+        reference.word_weights([1.0], scheme="softmax")
+
+
+def test_masking_budget_rounds_stochastically_with_exact_expectation():
+    assert reference.masking_budget(10, 0.25, 0.49) == 3
+    assert reference.masking_budget(10, 0.25, 0.5) == 2
+    assert reference.masking_budget(4, 1.0, 0.0) == 4
+    rng = random.Random()
+    draws = [reference.masking_budget(7, 0.25, rng.random()) for _ in range(20000)]
+    assert np.mean(draws) == pytest.approx(1.75, abs=0.03)
+
+
+def test_successive_sampling_matches_exact_inclusion():
+    seed = random.randrange(2**32)
+    rng = np.random.default_rng(seed)
+    weights = list(rng.random(5)) + [0.0]
+    k = 2
+    exact = reference.successive_sampling_inclusion(weights, k)
+    assert sum(exact) == pytest.approx(k)
+    runs = 20000
+    hits = np.zeros(len(weights))
+    for _ in range(runs):
+        hits[reference.successive_sampling(weights, k, rng)] += 1
+    for p, h in zip(exact, hits):
+        bound = 5 * math.sqrt(p * (1 - p) / runs) + 1e-9
+        assert abs(h / runs - p) <= bound, (seed, weights, exact, hits / runs)
+    assert hits[-1] == 0
+
+
+def test_successive_sampling_rejects_bad_weights():
+    rng = np.random.default_rng()
+    for bad in ([1.0, float("nan")], [1.0, -0.5], [float("inf")]):
+        with pytest.raises(ValueError):
+            reference.successive_sampling(bad, 1, rng)
+
+
+def test_choose_words_fills_budget_with_zero_weight_words_last():
+    rng = np.random.default_rng()
+    for _ in range(200):
+        chosen = reference.choose_words([0.0, 2.0, 0.0, 1.0], 3, rng)
+        assert len(set(chosen)) == 3 and set(chosen[:2]) == {1, 3}
+
+
+def test_mask_sequence_end_to_end():
+    rng = np.random.default_rng()
+    tokens = ["[CLS]", "fra", "##ta", "##xin", "binds", "iron", "[SEP]", "[PAD]"]
+    ids = list(range(100, 108))
+    never = [True, False, False, False, False, False, True, True]
+    scores = {(101, 102, 103): 0.9, (104,): 0.0, (105,): 0.5}
+    for _ in range(100):
+        masked, labels, mask = reference.mask_sequence(
+            tokens, ids, never, "wordpiece", lambda w: scores[tuple(w)], mask_token_id=1,
+            random_token_ids=[7, 8], rng=rng, mlm_probability=0.5,
+        )
+        assert not any(mask[i] for i in (0, 6, 7))
+        assert mask[1] == mask[2] == mask[3]
+        assert labels == [ids[i] if mask[i] else -100 for i in range(len(ids))]
+        assert all(m in (1, 7, 8, ids[i]) for i, m in enumerate(masked))
+        assert sum([mask[1], mask[4], mask[5]]) in (1, 2)
