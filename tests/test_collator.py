@@ -1,0 +1,293 @@
+"""DifferenceMaskingCollator: the masking properties of DESIGN.md §2 on three tokenizer families."""
+
+import math
+import pickle
+import random
+
+import numpy as np
+import pytest
+import torch
+
+from diffmask_fast import reference
+from diffmask_fast.collator import DifferenceMaskingCollator
+from diffmask_fast.scoring import ScoreTable
+from diffmask_fast.tokenization import decode_words, word_boundaries
+
+TOKENIZERS = ["bert_wordpiece", "roberta_byte_bpe", "sentencepiece_unigram", "minilm_tokenizer"]
+
+FALLBACK_LINES = [
+    "However, how frataxin interacts with the Fe-S cluster biosynthesis components remains unclear.",
+    "The drug also reduces catecholamine secretion, thereby reducing stress and leading to relief.",
+    "Receptor binding was inhibited by the antagonist in a dose-dependent manner (p < 0.05).",
+]
+
+
+@pytest.fixture(scope="module")
+def lines(request):
+    try:
+        data = request.getfixturevalue("shared_data_dir")
+        corpus = (data / "scicite" / "corpus.txt").read_text(encoding="utf-8").splitlines()
+    except pytest.skip.Exception:
+        corpus = FALLBACK_LINES * 20
+    return random.sample(corpus, 48)
+
+
+def words_of(tokenizer, ids):
+    """Reference grouping of one encoded sequence: (groups of positions, decoded words)."""
+    boundaries = word_boundaries(tokenizer)
+    tokens = tokenizer.convert_ids_to_tokens(ids)
+    never = [bool(boundaries.never_word[i]) for i in ids]
+    groups = reference.group_words(reference.word_starts(tokens, never, boundaries.scheme), never)
+    return groups, decode_words(tokenizer, [[ids[i] for i in g] for g in groups])
+
+
+def random_scores(tokenizer, texts, zero_share=0.2):
+    """A score table over the words of ``texts`` with random scores, some exactly zero or negative."""
+    words = set()
+    for text in texts:
+        _, decoded = words_of(tokenizer, tokenizer(text)["input_ids"])
+        words.update(decoded)
+    rng = random.Random()
+    return ScoreTable.from_mapping({w: (0.0 if rng.random() < zero_share else rng.uniform(-0.2, 1.0)) for w in words})
+
+
+def encode(tokenizer, texts, max_length=64):
+    return [{"input_ids": tokenizer(t, truncation=True, max_length=max_length)["input_ids"]} for t in texts]
+
+
+@pytest.mark.parametrize("tokenizer_name", TOKENIZERS)
+def test_masks_whole_words_only_and_never_special_tokens(request, tokenizer_name, lines):
+    tokenizer = request.getfixturevalue(tokenizer_name)
+    examples = encode(tokenizer, lines)
+    collator = DifferenceMaskingCollator(tokenizer, random_scores(tokenizer, lines), mlm_probability=0.3)
+    batch = collator(examples)
+    assert set(batch) == {"input_ids", "attention_mask", "labels"}
+    length = max(len(e["input_ids"]) for e in examples)
+    assert batch["input_ids"].shape == batch["labels"].shape == (len(examples), length)
+    special = set(tokenizer.all_special_ids)
+    for row, example in enumerate(examples):
+        ids = example["input_ids"]
+        labels = batch["labels"][row].tolist()
+        masked_ids = batch["input_ids"][row].tolist()
+        assert batch["attention_mask"][row].tolist() == [1] * len(ids) + [0] * (length - len(ids))
+        assert all(label == -100 for label in labels[len(ids):]), "padding is never masked"
+        assert all(m == tokenizer.pad_token_id for m in masked_ids[len(ids):])
+        groups, _ = words_of(tokenizer, ids)
+        masked_words = 0
+        for group in groups:
+            flags = {labels[i] != -100 for i in group}
+            assert len(flags) == 1, f"word {group} partly masked in row {row}"
+            masked_words += flags.pop()
+        expected = 0.3 * len(groups)
+        assert math.floor(expected) <= masked_words <= math.ceil(expected)
+        for position, token in enumerate(ids):
+            if token in special:
+                assert labels[position] == -100 and masked_ids[position] == token
+            if labels[position] != -100:
+                assert labels[position] == token
+            else:
+                assert masked_ids[position] == token
+
+
+def test_budget_and_replacement_proportions(minilm_tokenizer, lines):
+    tokenizer = minilm_tokenizer
+    examples = encode(tokenizer, lines, max_length=128)
+    collator = DifferenceMaskingCollator(tokenizer, random_scores(tokenizer, lines), mlm_probability=0.25)
+    first_tokens = [[g[0] for g in words_of(tokenizer, e["input_ids"])[0]] for e in examples]
+    n_words = sum(len(f) for f in first_tokens)
+    masked_words = masked_tokens = as_mask = as_random = 0
+    calls = 60
+    boundaries = collator.boundaries
+    for _ in range(calls):
+        batch = collator(examples)
+        labels = batch["labels"]
+        chosen = labels != -100
+        masked_tokens += int(chosen.sum())
+        as_mask += int((batch["input_ids"][chosen] == tokenizer.mask_token_id).sum())
+        replaced = batch["input_ids"][chosen] != labels[chosen]
+        replaced &= batch["input_ids"][chosen] != tokenizer.mask_token_id
+        as_random += int(replaced.sum())
+        assert not boundaries.never_word[batch["input_ids"][chosen][replaced]].any()
+        for row, starts in enumerate(first_tokens):
+            masked_words += int((labels[row, starts] != -100).sum())
+    share = masked_words / (n_words * calls)
+    standard_error = math.sqrt(0.25 * 0.75 / (n_words * calls))
+    assert abs(share - 0.25) < 5 * standard_error + 0.002, share
+    for observed, p in ((as_mask, 0.8), (as_random, 0.1)):
+        # A random replacement can draw the original token back: allow for that (1 in ~30k).
+        bound = 5 * math.sqrt(p * (1 - p) / masked_tokens) + 0.002
+        assert abs(observed / masked_tokens - p) < bound, (observed, masked_tokens, p)
+
+
+def test_word_frequencies_match_exact_successive_sampling(bert_wordpiece):
+    """For one short sentence, how often each word is masked matches the exact probabilities of
+    stochastic-rounding budget + successive sampling (enumerated)."""
+    tokenizer = bert_wordpiece
+    ids = tokenizer("enzymes bind receptors in cells")["input_ids"]
+    groups, words = words_of(tokenizer, ids)
+    keys = [reference.normalize_word(w) for w in words]
+    assert len(set(keys)) == len(keys)
+    rng = random.Random()
+    scores = {k: rng.uniform(0.05, 1.0) for k in keys}
+    p = 0.3
+    n = len(groups)
+    low = math.floor(p * n)
+    frac = p * n - low
+    exact = np.array(reference.successive_sampling_inclusion(list(scores.values()), low)) * (1 - frac)
+    exact += np.array(reference.successive_sampling_inclusion(list(scores.values()), low + 1)) * frac
+    collator = DifferenceMaskingCollator(tokenizer, scores, mlm_probability=p)
+    rows = 20000
+    batch = collator([{"input_ids": ids}] * rows)
+    observed = np.array([(batch["labels"][:, g[0]] != -100).float().mean().item() for g in groups])
+    bound = 5 * np.sqrt(exact * (1 - exact) / rows) + 1e-3
+    assert (np.abs(observed - exact) < bound).all(), (scores, exact, observed)
+
+
+def test_zero_score_words_only_fill_the_budget_after_positive_ones(bert_wordpiece):
+    tokenizer = bert_wordpiece
+    ids = tokenizer("enzymes bind receptors in cells and tissues")["input_ids"]
+    groups, words = words_of(tokenizer, ids)
+    scores = {reference.normalize_word(w): 0.0 for w in words}
+    positive = reference.normalize_word(words[2])
+    scores[positive] = 0.7
+    collator = DifferenceMaskingCollator(tokenizer, scores, mlm_probability=0.3)
+    batch = collator([{"input_ids": ids}] * 500)
+    assert (batch["labels"][:, groups[2][0]] != -100).all(), "the only positive-score word is always masked"
+    masked_words = sum((batch["labels"][:, g[0]] != -100).long() for g in groups)
+    assert set(masked_words.tolist()) <= {math.floor(0.3 * len(groups)), math.ceil(0.3 * len(groups))}
+
+
+def test_seed_reproducibility_and_fresh_draws(bert_wordpiece, lines):
+    tokenizer = bert_wordpiece
+    examples = encode(tokenizer, lines)
+    table = random_scores(tokenizer, lines)
+    first = DifferenceMaskingCollator(tokenizer, table, seed=1234)(examples)
+    second = DifferenceMaskingCollator(tokenizer, table, seed=1234)(examples)
+    other = DifferenceMaskingCollator(tokenizer, table, seed=99)(examples)
+    assert torch.equal(first["input_ids"], second["input_ids"]) and torch.equal(first["labels"], second["labels"])
+    assert not torch.equal(first["labels"], other["labels"])
+    collator = DifferenceMaskingCollator(tokenizer, table, seed=1234)
+    assert not torch.equal(collator(examples)["labels"], collator(examples)["labels"]), "each call draws anew"
+
+
+def test_pickling_keeps_behaviour(bert_wordpiece, lines):
+    tokenizer = bert_wordpiece
+    examples = encode(tokenizer, lines)
+    collator = DifferenceMaskingCollator(tokenizer, random_scores(tokenizer, lines), seed=7)
+    copy = pickle.loads(pickle.dumps(collator))
+    assert torch.equal(collator(examples)["labels"], copy(examples)["labels"])
+
+
+def _first_batch_per_worker(collator, examples, seed):
+    loader = torch.utils.data.DataLoader(examples, batch_size=len(examples) // 2, num_workers=2,
+                                         collate_fn=collator, generator=torch.Generator().manual_seed(seed))
+    return [batch["labels"] for batch in loader]
+
+
+def test_dataloader_with_two_workers(bert_wordpiece):
+    tokenizer = bert_wordpiece
+    text = "enzymes bind receptors in cells and tissues of the brain"
+    examples = [{"input_ids": tokenizer(text)["input_ids"]}] * 64
+    table = random_scores(tokenizer, [text], zero_share=0.0)
+    collator = DifferenceMaskingCollator(tokenizer, table, seed=3)
+    first, second = _first_batch_per_worker(collator, examples, 0)
+    assert not torch.equal(first, second), "two workers must not draw the same masks"
+    again = _first_batch_per_worker(collator, examples, 0)
+    assert torch.equal(first, again[0]) and torch.equal(second, again[1]), "seeded runs repeat"
+
+
+def test_trainer_with_plain_input_ids(bert_wordpiece, tiny_bert_mlm, tmp_path, lines):
+    from transformers import Trainer, TrainingArguments
+
+    tokenizer = bert_wordpiece
+    dataset = encode(tokenizer, lines[:16])
+    collator = DifferenceMaskingCollator(tokenizer, random_scores(tokenizer, lines[:16]), seed=0)
+    args = TrainingArguments(output_dir=str(tmp_path), max_steps=2, per_device_train_batch_size=8,
+                             report_to=[], use_cpu=True, save_strategy="no", logging_steps=1)
+    result = Trainer(model=tiny_bert_mlm, args=args, train_dataset=dataset, data_collator=collator).train()
+    assert math.isfinite(result.training_loss)
+
+
+def test_padding_options(roberta_byte_bpe, lines):
+    tokenizer = roberta_byte_bpe
+    examples = encode(tokenizer, lines[:5])
+    table = random_scores(tokenizer, lines[:5])
+    batch = DifferenceMaskingCollator(tokenizer, table, pad_to_multiple_of=8)(examples)
+    assert batch["input_ids"].shape[1] % 8 == 0
+    numpy_batch = DifferenceMaskingCollator(tokenizer, table, return_tensors="np")(examples)
+    assert isinstance(numpy_batch["input_ids"], np.ndarray)
+    lists = DifferenceMaskingCollator(tokenizer, table, seed=5)([e["input_ids"] for e in examples])
+    dicts = DifferenceMaskingCollator(tokenizer, table, seed=5)(examples)
+    assert torch.equal(lists["labels"], dicts["labels"])
+    tensors = DifferenceMaskingCollator(tokenizer, table, seed=5)([torch.tensor(e["input_ids"]) for e in examples])
+    assert torch.equal(tensors["labels"], dicts["labels"])
+
+
+def test_left_padding_and_given_masks(bert_wordpiece):
+    from tokenizers_offline import bert_wordpiece as build
+
+    tokenizer = build()
+    tokenizer.padding_side = "left"
+    encoded = [tokenizer(t, return_special_tokens_mask=True) for t in ["enzymes bind", "receptors in cells of mice"]]
+    examples = [{"input_ids": e["input_ids"], "attention_mask": e["attention_mask"],
+                 "special_tokens_mask": e["special_tokens_mask"], "token_type_ids": [0] * len(e["input_ids"])}
+                for e in encoded]
+    batch = DifferenceMaskingCollator(tokenizer, {"enzymes": 1.0}, mlm_probability=1.0)(examples)
+    assert batch["attention_mask"][0].tolist()[:3] == [0, 0, 0]
+    assert (batch["labels"][0, :3] == -100).all() and (batch["input_ids"][0, :3] == tokenizer.pad_token_id).all()
+    assert batch["token_type_ids"].shape == batch["input_ids"].shape
+    assert int((batch["labels"][1] != -100).sum()) == len(encoded[1]["input_ids"]) - 2, "p=1 masks every word"
+
+
+def test_unknown_words_score_unknown_score_and_are_learned_once(bert_wordpiece, lines):
+    tokenizer = bert_wordpiece
+    examples = encode(tokenizer, lines[:8])
+    collator = DifferenceMaskingCollator(tokenizer, ScoreTable.from_mapping({"the": 1.0}, unknown_score=0.0))
+    batch = collator(examples)
+    learned = collator.known_token_sequences
+    assert learned > 1
+    collator(examples)
+    assert collator.known_token_sequences == learned
+    # Only "the" has a positive score: whenever a row holds it and the budget is 1, it is the masked word.
+    the_id = tokenizer.convert_tokens_to_ids("the")
+    for row, example in enumerate(examples):
+        groups, _ = words_of(tokenizer, example["input_ids"])
+        if the_id in example["input_ids"] and len(groups) * 0.25 >= 1:
+            assert (batch["labels"][row] == the_id).any()
+
+
+@pytest.mark.parametrize("weighting, mix", [("rank", 0.0), ("similarity", 0.5), ("rank", 1.0)])
+def test_other_weightings_keep_whole_words(bert_wordpiece, lines, weighting, mix):
+    tokenizer = bert_wordpiece
+    examples = encode(tokenizer, lines[:8])
+    batch = DifferenceMaskingCollator(tokenizer, random_scores(tokenizer, lines[:8]), weighting=weighting,
+                                      uniform_mix=mix)(examples)
+    for row, example in enumerate(examples):
+        groups, _ = words_of(tokenizer, example["input_ids"])
+        for group in groups:
+            assert len({int(batch["labels"][row, i] != -100) for i in group}) == 1
+
+
+def test_errors(bert_wordpiece, tokenizer_without_mask):
+    with pytest.raises(ValueError, match="mask token"):
+        DifferenceMaskingCollator(tokenizer_without_mask, {"a": 1.0})
+    bad_settings = [
+        ({"mlm_probability": 1.5}, "mlm_probability"), ({"weighting": "softmax"}, "unknown weighting"),
+        ({"uniform_mix": -0.1}, "uniform_mix"), ({"mask_replace_prob": 0.95, "random_replace_prob": 0.1}, "sum to at most 1"),
+        ({"pad_to_multiple_of": 0}, "pad_to_multiple_of"), ({"return_tensors": "tf"}, "return_tensors"),
+        ({"mlm": False}, "mlm=False"), ({"word_boundary": "wordlevel"}, "wordlevel"),
+    ]
+    for settings, message in bad_settings:
+        with pytest.raises(ValueError, match=message):
+            DifferenceMaskingCollator(bert_wordpiece, {"a": 1.0}, **settings)
+    with pytest.raises(ValueError, match="finite"):
+        DifferenceMaskingCollator(bert_wordpiece, {"a": float("nan")})
+    collator = DifferenceMaskingCollator(bert_wordpiece, {"a": 1.0})
+    with pytest.raises(ValueError, match="empty list"):
+        collator([])
+    with pytest.raises(ValueError, match="outside the tokenizer's vocabulary"):
+        collator([{"input_ids": [2, 10**6]}])
+    with pytest.raises(ValueError, match="input_ids"):
+        collator([{"text": "no ids"}])
+    with pytest.raises(ValueError, match="matrix"):
+        collator.mask(torch.tensor([1, 2, 3]))

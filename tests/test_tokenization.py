@@ -1,0 +1,485 @@
+"""Word-boundary tables against the reference's word_starts, on real and adversarial text."""
+
+from __future__ import annotations
+
+import os
+import pickle
+import random
+import re
+import time
+
+import pytest
+import torch
+from tokenizers import Regex, Tokenizer, models, normalizers, pre_tokenizers
+from transformers import PreTrainedTokenizerFast
+
+import tokenizers_offline
+from diffmask_fast import reference
+from diffmask_fast.tokenization import (
+    SCHEMES,
+    WordBoundaries,
+    decode_word,
+    decode_words,
+    detect_word_boundary_scheme,
+    word_boundaries,
+)
+
+TOKENIZERS = {
+    "bert_wordpiece": "wordpiece",
+    "roberta_byte_bpe": "byte_bpe",
+    "sentencepiece_unigram": "sentencepiece",
+    "minilm_tokenizer": "wordpiece",
+}
+
+ADVERSARIAL = [
+    "",
+    " ",
+    "   leading and trailing spaces   ",
+    "(Leading punctuation) and trailing punctuation.",
+    "...and an ellipsis, then 'quotes' and \"double quotes\".",
+    "Straße ÉCOLE naïve coöperation Ångström",
+    "stored at −20C, pH 7.4 ± 0.2 and 10^-5 M",
+    "Fe-S clusters (IscS [12,22], IscU/Isu1 [6,11,16])",
+    "multiple    spaces\tand\ttabs",
+    "a newline\nin the middle",
+    "x☃y ☃ 漢字 and a test tube 🧪 emoji",
+    "e.g. i.e. et al. U.S.A. 3.14159 1,000,000 2nd",
+    "ﬁnance in ＦＵＬＬＷＩＤＴＨ letters",
+    "a" * 150 + " overlong word",
+    "The enzyme receptor binds the ligand",
+]
+
+#: Sentences drawn from each shared corpus per run; the seed is printed with any failure.
+LINES_PER_CORPUS = 8
+SEED = int(os.environ.get("DIFFMASK_TEST_SEED", random.SystemRandom().randrange(2**31)))
+
+
+@pytest.fixture(params=sorted(TOKENIZERS))
+def named_tokenizer(request):
+    return request.param, request.getfixturevalue(request.param)
+
+
+@pytest.fixture(scope="module")
+def corpus_sentences(shared_data_dir):
+    rng = random.Random(SEED)
+    sentences = []
+    for corpus in ("scicite", "chemprot", "acl_arc"):
+        path = shared_data_dir / corpus / "corpus.txt"
+        if not path.is_file():
+            continue
+        lines = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        sentences.extend(rng.sample(lines, min(LINES_PER_CORPUS, len(lines))))
+    if not sentences:
+        pytest.skip("no shared corpus found")
+    return sentences
+
+
+# ----------------------------------------------------------------------------------------------
+# helpers
+# ----------------------------------------------------------------------------------------------
+
+
+def table_word_starts(ids, boundaries: WordBoundaries) -> list[bool]:
+    """Word starts from the per-id tables plus the context rules the ops apply."""
+    ids = torch.as_tensor(ids, dtype=torch.long)
+    never = boundaries.never_word[ids]
+    after_excluded = torch.cat([torch.ones(1, dtype=torch.bool), never[:-1]])
+    return (~never & (boundaries.starts_word[ids] | after_excluded)).tolist()
+
+
+def check_against_reference(tokenizer, boundaries, text):
+    ids = tokenizer(text)["input_ids"]
+    tokens = tokenizer.convert_ids_to_tokens(ids)
+    never = boundaries.never_word[torch.tensor(ids, dtype=torch.long)].tolist()
+    expected = reference.word_starts(tokens, never, boundaries.scheme)
+    assert table_word_starts(ids, boundaries) == expected, (SEED, text, tokens)
+
+
+def words_as_pre_tokenized(tokenizer, scheme, text):
+    """Each word of ``text`` as the tokenizer splits it, with the groups of tokens covering it.
+
+    Returns (pairs, spare): ``pairs`` holds (expected word, decoded group) for each word of the
+    text whose tokens hold no unknown token; ``spare`` the decoded groups that cover no word
+    (whitespace-only groups such as a lone "Ġ" or "▁").
+
+    wordpiece and sentencepiece: the words are the backend's pre-tokens of the normalized text
+    (BERT splits off punctuation; Metaspace splits at spaces), matched to tokens by word_ids.
+    byte_bpe: ByteLevel splits words into letters / digits / punctuation pre-tokens, and only
+    a space ("Ġ") marks a new word, so the words are the space-separated chunks of the text,
+    matched to tokens through their character offsets.
+    """
+    backend = tokenizer.backend_tokenizer
+    boundaries = word_boundaries(tokenizer, scheme)
+    encoding = tokenizer(text, return_offsets_mapping=True)
+    ids = encoding["input_ids"]
+    never = boundaries.never_word[torch.tensor(ids, dtype=torch.long)].tolist()
+    groups = reference.group_words(table_word_starts(ids, boundaries), never)
+    decoded = decode_words(tokenizer, [[ids[i] for i in group] for group in groups])
+
+    if scheme == "byte_bpe":
+        chunks = [(m.start(), m.end()) for m in re.finditer(r"[^ ]+", text)]
+        words = [text[start:end].strip() for start, end in chunks]
+
+        def unit_of(position):
+            start, end = encoding["offset_mapping"][position]
+            units = {index for index, (a, b) in enumerate(chunks) if a < end and start < b}
+            assert len(units) <= 1, (text, position)
+            return units.pop() if units else None
+    else:
+        normalized = backend.normalizer.normalize_str(text) if backend.normalizer is not None else text
+        words = [word.replace("\u2581", " ").strip() for word, _ in backend.pre_tokenizer.pre_tokenize_str(normalized)]
+        word_ids = encoding.word_ids()
+
+        def unit_of(position):
+            return word_ids[position]
+
+    unknown_units = {unit_of(i) for i, token_id in enumerate(ids) if token_id == tokenizer.unk_token_id}
+    groups_of_unit: dict[int, list[str]] = {}
+    spare = []
+    for group, word in zip(groups, decoded):
+        units = {unit_of(i) for i in group} - {None}
+        assert len(units) <= 1, ("a group spans several words", text, group, word)
+        if not units:
+            spare.append(word)
+            continue
+        groups_of_unit.setdefault(units.pop(), []).append(word)
+    pairs = []
+    for unit, word in enumerate(words):
+        if unit in unknown_units or not word:
+            continue
+        found = groups_of_unit.get(unit, [])
+        assert len(found) == 1, ("a word is not exactly one group", text, word, found)
+        pairs.append((word, found[0]))
+    return pairs, spare
+
+
+# ----------------------------------------------------------------------------------------------
+# detection
+# ----------------------------------------------------------------------------------------------
+
+
+def test_detects_scheme_of_each_tokenizer(named_tokenizer):
+    name, tokenizer = named_tokenizer
+    assert detect_word_boundary_scheme(tokenizer) == TOKENIZERS[name]
+    assert word_boundaries(tokenizer).scheme == TOKENIZERS[name]
+
+
+def test_word_level_tokenizer_is_rejected():
+    tokenizer = tokenizers_offline.word_level_whitespace()
+    with pytest.raises(ValueError, match="word_boundary=") as error:
+        detect_word_boundary_scheme(tokenizer)
+    message = str(error.value)
+    assert type(tokenizer).__name__ in message
+    assert all(scheme in message for scheme in SCHEMES)
+    with pytest.raises(ValueError, match="word_boundary="):
+        word_boundaries(tokenizer)
+    # An explicit scheme is honoured even where detection fails.
+    assert word_boundaries(tokenizer, "wordpiece").scheme == "wordpiece"
+
+
+def _variant(tokenizer, edit) -> PreTrainedTokenizerFast:
+    backend = Tokenizer.from_str(tokenizer.backend_tokenizer.to_str())
+    edit(backend)
+    return PreTrainedTokenizerFast(
+        tokenizer_object=backend, unk_token="<unk>", pad_token="<pad>", mask_token="<mask>"
+    )
+
+
+def test_detects_byte_level_inside_a_sequence(roberta_byte_bpe):
+    def edit(backend):
+        backend.pre_tokenizer = pre_tokenizers.Sequence(
+            [
+                pre_tokenizers.Split(Regex(r"\d{1,3}"), behavior="isolated"),
+                pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True),
+            ]
+        )
+
+    assert detect_word_boundary_scheme(_variant(roberta_byte_bpe, edit)) == "byte_bpe"
+
+
+def test_detects_sentencepiece_bpe(roberta_byte_bpe):
+    def metaspace(backend):
+        backend.pre_tokenizer = pre_tokenizers.Metaspace()
+
+    def llama_style(backend):  # no pre-tokenizer; the normalizer writes the "▁"
+        backend.pre_tokenizer = None
+        backend.normalizer = normalizers.Sequence(
+            [normalizers.Prepend("\u2581"), normalizers.Replace(" ", "\u2581")]
+        )
+
+    assert detect_word_boundary_scheme(_variant(roberta_byte_bpe, metaspace)) == "sentencepiece"
+    assert detect_word_boundary_scheme(_variant(roberta_byte_bpe, llama_style)) == "sentencepiece"
+
+
+def test_bpe_with_continuation_prefix_is_wordpiece_like():
+    vocab = {"<pad>": 0, "<unk>": 1, "<mask>": 2, "a": 3, "b": 4, "##b": 5, "##a": 6}
+    backend = Tokenizer(models.BPE(vocab=vocab, merges=[], unk_token="<unk>", continuing_subword_prefix="##"))
+    backend.pre_tokenizer = pre_tokenizers.Whitespace()
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="<unk>", pad_token="<pad>", mask_token="<mask>")
+    assert detect_word_boundary_scheme(tokenizer) == "wordpiece"
+    boundaries = word_boundaries(tokenizer)
+    assert boundaries.starts_word.tolist() == [False, False, False, True, True, False, False]
+
+
+def test_end_of_word_suffix_bpe_is_rejected():
+    vocab = {"<pad>": 0, "<unk>": 1, "<mask>": 2, "a": 3, "b</w>": 4, "ab</w>": 5}
+    backend = Tokenizer(models.BPE(vocab=vocab, merges=[], unk_token="<unk>", end_of_word_suffix="</w>"))
+    backend.pre_tokenizer = pre_tokenizers.Whitespace()
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="<unk>", pad_token="<pad>", mask_token="<mask>")
+    with pytest.raises(ValueError, match="word_boundary="):
+        detect_word_boundary_scheme(tokenizer)
+
+
+class VocabularyOnly:
+    """A stand-in for a slow tokenizer: a vocabulary and nothing else."""
+
+    def __init__(self, tokens):
+        self.tokens = list(tokens)
+
+    def __len__(self):
+        return len(self.tokens)
+
+    def get_vocab(self):
+        return {token: index for index, token in enumerate(self.tokens)}
+
+    def convert_ids_to_tokens(self, ids):
+        return [self.tokens[i] for i in ids]
+
+
+@pytest.mark.parametrize("name", ["bert_wordpiece", "roberta_byte_bpe", "sentencepiece_unigram"])
+def test_detects_slow_tokenizers_from_their_vocabulary(request, name):
+    tokenizer = request.getfixturevalue(name)
+    slow = VocabularyOnly(tokenizer.convert_ids_to_tokens(list(range(len(tokenizer)))))
+    assert detect_word_boundary_scheme(slow) == TOKENIZERS[name]
+    with pytest.raises(ValueError, match="word_boundary="):
+        detect_word_boundary_scheme(VocabularyOnly(["the", "cat", "sat", "on", "mat"]))
+
+
+def test_slow_bert_matches_fast_bert(minilm_tokenizer):
+    from transformers import BertTokenizerLegacy
+
+    slow = BertTokenizerLegacy(vocab_file=os.path.join(minilm_tokenizer.name_or_path, "vocab.txt"))
+    assert getattr(slow, "backend_tokenizer", None) is None
+    assert detect_word_boundary_scheme(slow) == "wordpiece"
+    assert word_boundaries(slow) == word_boundaries(minilm_tokenizer)
+    ids = minilm_tokenizer("the enzyme's receptor binds")["input_ids"]
+    groups = [[ids[1]], ids[2:5]]
+    assert decode_words(slow, groups) == decode_words(minilm_tokenizer, groups)
+
+
+# ----------------------------------------------------------------------------------------------
+# word starts and words
+# ----------------------------------------------------------------------------------------------
+
+
+def test_word_starts_match_reference_on_adversarial_text(named_tokenizer):
+    _, tokenizer = named_tokenizer
+    boundaries = word_boundaries(tokenizer)
+    for text in ADVERSARIAL:
+        check_against_reference(tokenizer, boundaries, text)
+
+
+def test_word_starts_match_reference_on_corpus_text(named_tokenizer, corpus_sentences):
+    _, tokenizer = named_tokenizer
+    boundaries = word_boundaries(tokenizer)
+    for text in corpus_sentences:
+        check_against_reference(tokenizer, boundaries, text)
+
+
+def test_word_starts_match_reference_on_every_single_token(named_tokenizer):
+    """Every id, alone and after a word start: the table and the reference agree token by token."""
+    _, tokenizer = named_tokenizer
+    boundaries = word_boundaries(tokenizer)
+    tokens = tokenizer.convert_ids_to_tokens(list(range(len(tokenizer))))
+    never = boundaries.never_word.tolist()
+    lead = next(i for i in range(len(tokens)) if not never[i] and boundaries.starts_word[i])
+    ids = [j for i in range(len(tokens)) for j in (lead, i)]
+    expected = reference.word_starts([tokens[i] for i in ids], [never[i] for i in ids], boundaries.scheme)
+    assert table_word_starts(ids, boundaries) == expected
+
+
+def test_words_decode_to_the_pre_tokenized_words(named_tokenizer, corpus_sentences):
+    name, tokenizer = named_tokenizer
+    scheme = TOKENIZERS[name]
+    compared = 0
+    for text in ADVERSARIAL + corpus_sentences:
+        pairs, spare = words_as_pre_tokenized(tokenizer, scheme, text)
+        assert all(word == "" for word in spare), (SEED, text, spare)
+        for expected, got in pairs:
+            assert reference.normalize_word(got) == reference.normalize_word(expected), (SEED, text, expected, got)
+        compared += len(pairs)
+    assert compared > 100
+
+
+def test_roberta_first_word_has_no_marker_but_starts_a_word(roberta_byte_bpe):
+    boundaries = word_boundaries(roberta_byte_bpe)
+    ids = roberta_byte_bpe("Enzymes bind")["input_ids"]
+    tokens = roberta_byte_bpe.convert_ids_to_tokens(ids)
+    assert not tokens[1].startswith("\u0120") and not boundaries.starts_word[ids[1]]
+    assert table_word_starts(ids, boundaries)[1]
+    # With the space, the same word is spelled with different tokens.
+    spaced = roberta_byte_bpe(" Enzymes bind")["input_ids"]
+    assert roberta_byte_bpe.convert_ids_to_tokens(spaced)[1].startswith("\u0120")
+
+
+def test_newline_does_not_separate_byte_level_words(roberta_byte_bpe):
+    """Only a space becomes "Ġ": words split by a newline alone merge (as in the reference)."""
+    boundaries = word_boundaries(roberta_byte_bpe)
+    ids = roberta_byte_bpe("alpha\nbeta gamma", add_special_tokens=False)["input_ids"]
+    never = [False] * len(ids)
+    groups = reference.group_words(table_word_starts(ids, boundaries), never)
+    assert decode_words(roberta_byte_bpe, [[ids[i] for i in g] for g in groups]) == ["alpha\nbeta", "gamma"]
+
+
+# ----------------------------------------------------------------------------------------------
+# tables
+# ----------------------------------------------------------------------------------------------
+
+
+def test_tables_shapes_and_special_tokens(named_tokenizer):
+    _, tokenizer = named_tokenizer
+    boundaries = word_boundaries(tokenizer)
+    size = len(tokenizer)
+    assert boundaries.vocab_size == size
+    assert boundaries.starts_word.shape == boundaries.never_word.shape == (size,)
+    assert boundaries.starts_word.dtype == boundaries.never_word.dtype == torch.bool
+    assert boundaries.random_token_ids.dtype == torch.int64
+
+    special = set(tokenizer.all_special_ids)
+    special |= {i for i, token in tokenizer.added_tokens_decoder.items() if token.special}
+    assert set(torch.nonzero(boundaries.never_word).flatten().tolist()) == special
+    assert {tokenizer.pad_token_id, tokenizer.mask_token_id, tokenizer.unk_token_id} <= special
+    assert not (boundaries.starts_word & boundaries.never_word).any()
+    assert boundaries.random_token_ids.tolist() == sorted(set(range(size)) - special)
+    assert boundaries.mask_token_id == tokenizer.mask_token_id
+    assert boundaries.mask_token_id not in boundaries.random_token_ids.tolist()
+
+
+def test_missing_mask_token_is_a_clear_error(tokenizer_without_mask):
+    with pytest.raises(ValueError, match="has no mask token.*set tokenizer.mask_token"):
+        word_boundaries(tokenizer_without_mask)
+
+
+def test_unknown_scheme_is_rejected(bert_wordpiece):
+    with pytest.raises(ValueError, match="wordpiece.*byte_bpe.*sentencepiece"):
+        word_boundaries(bert_wordpiece, "wordlevel")
+
+
+def test_explicit_scheme_overrides_detection(bert_wordpiece):
+    forced = word_boundaries(bert_wordpiece, "sentencepiece")
+    assert forced.scheme == "sentencepiece"
+    assert not forced.starts_word.any()  # no BERT token carries "▁"
+    assert torch.equal(forced.never_word, word_boundaries(bert_wordpiece).never_word)
+
+
+def test_pickle_round_trip(named_tokenizer):
+    _, tokenizer = named_tokenizer
+    boundaries = word_boundaries(tokenizer)
+    copy = pickle.loads(pickle.dumps(boundaries))
+    assert copy == boundaries and copy is not boundaries
+    assert copy.scheme == boundaries.scheme and copy.mask_token_id == boundaries.mask_token_id
+    assert hash(copy) == hash(boundaries)
+
+
+def test_tables_are_read_only_value(bert_wordpiece):
+    boundaries = word_boundaries(bert_wordpiece)
+    with pytest.raises(AttributeError):
+        boundaries.scheme = "byte_bpe"
+    assert boundaries.to("cpu") == boundaries
+    assert "wordpiece" in repr(boundaries)
+
+
+def test_added_tokens():
+    tokenizer = tokenizers_offline.roberta_byte_bpe()
+    tokenizer.add_tokens(["frataxin"])
+    tokenizer.add_special_tokens({"additional_special_tokens": ["<ent>"]})
+    boundaries = word_boundaries(tokenizer)
+    plain, special = tokenizer.convert_tokens_to_ids(["frataxin", "<ent>"])
+    assert boundaries.vocab_size == len(tokenizer)
+    assert boundaries.starts_word[plain] and not boundaries.never_word[plain]
+    assert boundaries.never_word[special] and not boundaries.starts_word[special]
+    assert plain in boundaries.random_token_ids.tolist()
+    assert special not in boundaries.random_token_ids.tolist()
+
+
+def test_vocabulary_holes_start_words():
+    vocab = {"[PAD]": 0, "[UNK]": 1, "[MASK]": 2, "##x": 4, "y": 5}  # no token has id 3
+    backend = Tokenizer(models.WordPiece(vocab=vocab, unk_token="[UNK]"))
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="[UNK]", pad_token="[PAD]", mask_token="[MASK]")
+    assert tokenizer.convert_ids_to_tokens([3])[0] is None
+    boundaries = word_boundaries(tokenizer)
+    assert boundaries.vocab_size == 6, "the largest id is 5, whatever len(tokenizer) says"
+    assert boundaries.starts_word[3] and not boundaries.never_word[3]
+    assert not boundaries.starts_word[4] and boundaries.starts_word[5]
+    assert 3 not in boundaries.random_token_ids.tolist(), "a hole is never a random replacement"
+
+
+def test_custom_wordpiece_prefix():
+    vocab = {"[PAD]": 0, "[UNK]": 1, "[MASK]": 2, "re": 3, "@@ceptor": 4, "##x": 5}
+    backend = Tokenizer(models.WordPiece(vocab=vocab, unk_token="[UNK]", continuing_subword_prefix="@@"))
+    backend.pre_tokenizer = pre_tokenizers.Whitespace()
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="[UNK]", pad_token="[PAD]", mask_token="[MASK]")
+    boundaries = word_boundaries(tokenizer)
+    assert boundaries.starts_word.tolist() == [False, False, False, True, False, True]
+
+
+def test_word_boundaries_is_fast_on_a_large_vocabulary():
+    rng = random.Random(0)
+    letters = "abcdefghijklmnopqrstuvwxyz"
+    vocab = {"[PAD]": 0, "[UNK]": 1, "[CLS]": 2, "[SEP]": 3, "[MASK]": 4}
+    while len(vocab) < 50_000:
+        piece = "".join(rng.choice(letters) for _ in range(rng.randint(2, 10)))
+        vocab.setdefault(("##" if rng.random() < 0.2 else "") + piece, len(vocab))
+    backend = Tokenizer(models.WordPiece(vocab=vocab, unk_token="[UNK]"))
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=backend,
+        unk_token="[UNK]",
+        pad_token="[PAD]",
+        cls_token="[CLS]",
+        sep_token="[SEP]",
+        mask_token="[MASK]",
+    )
+    start = time.perf_counter()
+    boundaries = word_boundaries(tokenizer)
+    elapsed = time.perf_counter() - start
+    assert boundaries.vocab_size == 50_000
+    assert int(boundaries.starts_word.sum()) == sum(1 for t in vocab if not t.startswith("##")) - 5
+    assert elapsed < 0.5, f"word_boundaries took {elapsed:.3f}s for 50k tokens"
+
+
+# ----------------------------------------------------------------------------------------------
+# decoding
+# ----------------------------------------------------------------------------------------------
+
+
+def test_decode_word_and_decode_words_agree(named_tokenizer, corpus_sentences):
+    _, tokenizer = named_tokenizer
+    boundaries = word_boundaries(tokenizer)
+    all_groups = []
+    for text in ADVERSARIAL[:8] + corpus_sentences[:6]:
+        ids = tokenizer(text)["input_ids"]
+        never = boundaries.never_word[torch.tensor(ids)].tolist()
+        for group in reference.group_words(table_word_starts(ids, boundaries), never):
+            all_groups.append([ids[i] for i in group])
+    words = decode_words(tokenizer, all_groups)
+    assert words == [decode_word(tokenizer, group) for group in all_groups]
+    assert words == [
+        tokenizer.convert_tokens_to_string(tokenizer.convert_ids_to_tokens(group)).strip() for group in all_groups
+    ]
+    assert decode_words(tokenizer, []) == []
+    assert decode_word(tokenizer, torch.tensor(all_groups[0])) == words[0]
+
+
+def test_decode_word_examples(bert_wordpiece, roberta_byte_bpe, sentencepiece_unigram):
+    for tokenizer in (bert_wordpiece, roberta_byte_bpe, sentencepiece_unigram):
+        ids = tokenizer(" receptor", add_special_tokens=False)["input_ids"]
+        assert decode_word(tokenizer, ids) == "receptor"
+    ids = roberta_byte_bpe(" naïve", add_special_tokens=False)["input_ids"]
+    assert len(ids) > 1 and decode_word(roberta_byte_bpe, ids) == "naïve"
+
+
+def test_tiny_bert_mlm_fixture(tiny_bert_mlm, bert_wordpiece):
+    batch = bert_wordpiece(["the enzyme binds", "a receptor"], padding=True, return_tensors="pt")
+    with torch.no_grad():
+        logits = tiny_bert_mlm(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    assert logits.shape == (2, batch["input_ids"].shape[1], len(bert_wordpiece))
