@@ -27,6 +27,8 @@ from diffmask_fast.embedding import load_encoder  # noqa: E402
 from diffmask_fast.scoring import ScoreTable  # noqa: E402
 from diffmask_fast.tokenization import decode_word, word_boundaries  # noqa: E402
 
+GOALS = ("Goal: >= 100x faster than the reference collator and <= 0.2x the time of "
+         "`DataCollatorForLanguageModeling(whole_word_mask=True)` on the same batch.")
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 BATCH, LENGTH = 64, 512
 

@@ -1,6 +1,9 @@
 """Run every benchmark and, with --write, replace benchmarks/RESULTS.md with the numbers.
 
-    python benchmarks/run.py --write      (or: make bench)
+    python benchmarks/run.py --write            (or: make bench)
+    python benchmarks/run.py --only collator    one section, printed only
+
+Each section is a module with ``GOALS`` (a sentence) and ``run() -> (markdown, raw results)``.
 """
 
 from __future__ import annotations
@@ -14,24 +17,33 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent))
 
-import bench_collator  # noqa: E402
-import bench_ops  # noqa: E402
+import importlib  # noqa: E402
+
 from harness import machine  # noqa: E402
 
 from diffmask_fast._io import atomic_write_bytes  # noqa: E402
 
-GOALS = """Goals: collator >= 100x faster than the reference collator and <= 0.2x the time of
-`DataCollatorForLanguageModeling(whole_word_mask=True)`; `sample_without_replacement` <= 1 ms on
-64 x 512; `max_anchor_similarity` >= 80% of torch's fp32 matmul rate for K >= 1000, and within
-1.5x of the time to read the embeddings twice for K = 20."""
-
+#: (name, module, heading) of every section, in the order RESULTS.md shows them.
+SECTIONS = [
+    ("collator", "bench_collator", "Collator (per batch, word scores ready)"),
+    ("ops", "bench_ops", "Ops"),
+    ("counting", "bench_counting", "Word counting"),
+]
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--write", action="store_true", help="rewrite benchmarks/RESULTS.md")
+    parser.add_argument("--only", choices=[name for name, _, _ in SECTIONS], help="run one section and print it")
     args = parser.parse_args()
-    collator_table, _ = bench_collator.run()
-    ops_table, _ = bench_ops.run()
+    if args.only:
+        module = next(m for name, m, _ in SECTIONS if name == args.only)
+        print(importlib.import_module(module).run()[0])
+        return
+    body = []
+    for _, module, heading in SECTIONS:
+        section = importlib.import_module(module)
+        table, _ = section.run()
+        body += [f"## {heading}", "", section.GOALS, "", table, ""]
     report = "\n".join([
         "# Benchmark results",
         "",
@@ -39,16 +51,7 @@ def main() -> None:
         f"Date: {datetime.date.today().isoformat()}. Command: `make bench` (`python benchmarks/run.py --write`).",
         "Every ratio compares numbers measured in the same run; times are medians of repeated runs.",
         "",
-        GOALS,
-        "",
-        "## Collator (per batch, word scores ready)",
-        "",
-        collator_table,
-        "",
-        "## Ops",
-        "",
-        ops_table,
-        "",
+        *body,
     ])
     print(report)
     if args.write:

@@ -291,3 +291,16 @@ def test_errors(bert_wordpiece, tokenizer_without_mask):
         collator([{"text": "no ids"}])
     with pytest.raises(ValueError, match="matrix"):
         collator.mask(torch.tensor([1, 2, 3]))
+
+
+def test_distributed_ranks_draw_different_masks(bert_wordpiece, lines, monkeypatch):
+    tokenizer = bert_wordpiece
+    examples = encode(tokenizer, lines)
+    table = random_scores(tokenizer, lines)
+    by_rank = {}
+    for rank in ("0", "1"):
+        monkeypatch.setenv("RANK", rank)
+        by_rank[rank] = DifferenceMaskingCollator(tokenizer, table, seed=11)(examples)["labels"]
+    assert not torch.equal(by_rank["0"], by_rank["1"])
+    monkeypatch.setenv("RANK", "1")
+    assert torch.equal(DifferenceMaskingCollator(tokenizer, table, seed=11)(examples)["labels"], by_rank["1"])

@@ -1,0 +1,112 @@
+// Row kernels of the max-cosine search: squared norms, first arg max, duplicate anchors.
+//
+// The dot products themselves come from a BLAS matrix product on row blocks; these kernels
+// make the passes over a block that is still in cache.
+#pragma once
+
+#include <algorithm>
+#include <cstdint>
+#include <cstring>
+#include <limits>
+#include <vector>
+
+#include "rng.h"
+
+namespace diffmask_fast {
+namespace core {
+
+// Sum of squares with eight independent accumulators (vectorizes without -ffast-math and
+// loses less precision than one running sum).
+template <typename T>
+inline T squared_norm(const T* x, int64_t n) {
+  T acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    for (int j = 0; j < 8; ++j) {
+      acc[j] += x[i + j] * x[i + j];
+    }
+  }
+  for (; i < n; ++i) {
+    acc[i & 7] += x[i] * x[i];
+  }
+  return ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]));
+}
+
+// Index of the first maximum of s[0, n) (n >= 1). NaN entries never win; if every entry is NaN
+// the result is 0.
+template <typename T>
+inline int64_t first_argmax(const T* s, int64_t n) {
+  const T lowest = -std::numeric_limits<T>::infinity();
+  T lane[8] = {lowest, lowest, lowest, lowest, lowest, lowest, lowest, lowest};
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    for (int j = 0; j < 8; ++j) {
+      lane[j] = s[i + j] > lane[j] ? s[i + j] : lane[j];
+    }
+  }
+  for (; i < n; ++i) {
+    lane[i & 7] = s[i] > lane[i & 7] ? s[i] : lane[i & 7];
+  }
+  T best = lane[0];
+  for (int j = 1; j < 8; ++j) {
+    best = lane[j] > best ? lane[j] : best;
+  }
+  for (i = 0; i < n; ++i) {
+    if (s[i] == best) {
+      return i;
+    }
+  }
+  return 0;
+}
+
+// For each of K rows of D values, the index of the first row with identical bits, so exact
+// duplicates can be searched once and ties still resolve to the smallest index. Returns the
+// number of distinct rows; `first[k] == k` marks the first occurrence.
+template <typename T>
+inline int64_t first_identical_rows(const T* rows, int64_t K, int64_t D, int64_t* first) {
+  std::vector<std::pair<uint64_t, int64_t>> keyed(static_cast<size_t>(K));
+  for (int64_t k = 0; k < K; ++k) {
+    const unsigned char* bytes = reinterpret_cast<const unsigned char*>(rows + k * D);
+    uint64_t h = kGolden;
+    const size_t size = static_cast<size_t>(D) * sizeof(T);
+    size_t b = 0;
+    for (; b + 8 <= size; b += 8) {
+      uint64_t word;
+      std::memcpy(&word, bytes + b, 8);
+      h = mix64(h ^ word);
+    }
+    for (; b < size; ++b) {
+      h = mix64(h ^ bytes[b]);
+    }
+    keyed[static_cast<size_t>(k)] = {h, k};
+  }
+  std::sort(keyed.begin(), keyed.end());
+  for (int64_t k = 0; k < K; ++k) {
+    first[k] = k;
+  }
+  int64_t distinct = K;
+  for (size_t a = 0; a < keyed.size();) {
+    size_t b = a + 1;
+    while (b < keyed.size() && keyed[b].first == keyed[a].first) {
+      ++b;
+    }
+    // keyed[a, b) share a hash and are sorted by index; compare each with earlier ones.
+    for (size_t x = a + 1; x < b; ++x) {
+      const int64_t kx = keyed[x].second;
+      for (size_t y = a; y < x; ++y) {
+        const int64_t ky = keyed[y].second;
+        if (first[ky] == ky &&
+            std::memcmp(rows + kx * D, rows + ky * D, static_cast<size_t>(D) * sizeof(T)) == 0) {
+          first[kx] = ky;
+          --distinct;
+          break;
+        }
+      }
+    }
+    a = b;
+  }
+  return distinct;
+}
+
+}  // namespace core
+}  // namespace diffmask_fast

@@ -1,0 +1,50 @@
+// Argument checks shared by the CPU kernels. Messages name the op and the argument and say
+// what was expected and what was given; they raise TypeError (dtype) or ValueError (everything
+// else) in Python.
+#pragma once
+
+#include <ATen/ATen.h>
+#include <c10/util/Exception.h>
+
+#include <initializer_list>
+#include <string>
+
+namespace diffmask_fast {
+namespace cpu {
+
+inline void check_cpu(const at::Tensor& t, const char* op, const char* name) {
+  TORCH_CHECK_VALUE(t.device().is_cpu(), op, ": ", name, " must be a CPU tensor for the CPU kernel, got a tensor on ",
+                    t.device());
+}
+
+inline void check_dtype(const at::Tensor& t, const char* op, const char* name, at::ScalarType expected) {
+  TORCH_CHECK_TYPE(t.scalar_type() == expected, op, ": ", name, " must have dtype ", expected, ", got ",
+                   t.scalar_type());
+}
+
+inline void check_dim(const at::Tensor& t, const char* op, const char* name, int64_t dim) {
+  TORCH_CHECK_VALUE(t.dim() == dim, op, ": ", name, " must be ", dim, "-D, got shape ", t.sizes());
+}
+
+inline void check_floating(const at::Tensor& t, const char* op, const char* name) {
+  const auto s = t.scalar_type();
+  TORCH_CHECK_TYPE(s == at::kFloat || s == at::kDouble || s == at::kHalf || s == at::kBFloat16, op, ": ", name,
+                   " must be a floating tensor (float32, float64, float16 or bfloat16), got ", s);
+}
+
+inline void check_integer(const at::Tensor& t, const char* op, const char* name) {
+  TORCH_CHECK_TYPE(at::isIntegralType(t.scalar_type(), /*includeBool=*/false), op, ": ", name,
+                   " must be an integer tensor, got ", t.scalar_type());
+}
+
+// A score table is keys int64 [C] and values float32 [C], C a power of two (or 0: empty).
+void check_score_table(const at::Tensor& keys, const at::Tensor& values, const char* op, const char* keys_name,
+                       const char* values_name);
+
+// Rows per parallel chunk so that a chunk has at least ~`work` elements.
+inline int64_t grain_for(int64_t row_length, int64_t work = 4096) {
+  return std::max<int64_t>(1, work / std::max<int64_t>(row_length, 1));
+}
+
+}  // namespace cpu
+}  // namespace diffmask_fast

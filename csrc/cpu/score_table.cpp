@@ -1,0 +1,106 @@
+// CPU kernels of score_table_insert and score_table_lookup.
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include "../core/score_table.h"
+#include "checks.h"
+
+namespace diffmask_fast {
+namespace cpu {
+
+// Shared with difference_mask: a table is keys int64 [C] and values float32 [C], C a power of
+// two (or 0 for an empty table).
+void check_score_table(const at::Tensor& keys, const at::Tensor& values, const char* op, const char* keys_name,
+                       const char* values_name) {
+  check_cpu(keys, op, keys_name);
+  check_cpu(values, op, values_name);
+  check_dim(keys, op, keys_name, 1);
+  check_dim(values, op, values_name, 1);
+  check_dtype(keys, op, keys_name, at::kLong);
+  check_dtype(values, op, values_name, at::kFloat);
+  TORCH_CHECK_VALUE(keys.size(0) == values.size(0), op, ": ", keys_name, " and ", values_name,
+                    " must have the same length, got ", keys.size(0), " and ", values.size(0));
+  TORCH_CHECK_VALUE(keys.size(0) == 0 || core::is_power_of_two(keys.size(0)), op, ": the table capacity (length of ",
+                    keys_name, ") must be a power of two, got ", keys.size(0));
+}
+
+namespace {
+
+void score_table_insert_cpu(const at::Tensor& keys, const at::Tensor& values, const at::Tensor& new_keys,
+                            const at::Tensor& new_values) {
+  constexpr const char* kOp = "score_table_insert";
+  check_score_table(keys, values, kOp, "keys", "values");
+  TORCH_CHECK_VALUE(keys.is_contiguous() && values.is_contiguous(), kOp,
+                    ": keys and values are updated in place and must be contiguous");
+  check_cpu(new_keys, kOp, "new_keys");
+  check_cpu(new_values, kOp, "new_values");
+  check_dtype(new_keys, kOp, "new_keys", at::kLong);
+  check_dtype(new_values, kOp, "new_values", at::kFloat);
+  TORCH_CHECK_VALUE(new_keys.dim() == 1 && new_values.dim() == 1 && new_keys.size(0) == new_values.size(0), kOp,
+                    ": new_keys and new_values must be 1-D of the same length, got shapes ", new_keys.sizes(),
+                    " and ", new_values.sizes());
+  const int64_t m = new_keys.size(0);
+  if (m == 0) {
+    return;
+  }
+  const at::Tensor k = new_keys.contiguous();
+  const at::Tensor v = new_values.contiguous();
+  const core::InsertResult result = core::table_insert(keys.data_ptr<int64_t>(), values.data_ptr<float>(),
+                                                       keys.size(0), k.data_ptr<int64_t>(), v.data_ptr<float>(), m);
+  switch (result.status) {
+    case core::InsertStatus::kZeroKey:
+      TORCH_CHECK_VALUE(false, kOp, ": new_keys[", result.position, "] is 0, which marks empty slots; word_hash never ",
+                        "returns 0");
+      break;
+    case core::InsertStatus::kNonFiniteValue:
+      TORCH_CHECK_VALUE(false, kOp, ": new_values[", result.position, "] = ", v.data_ptr<float>()[result.position],
+                        " is not finite");
+      break;
+    case core::InsertStatus::kFull:
+      TORCH_CHECK_VALUE(false, kOp, ": the table (capacity ", keys.size(0), ") is full; nothing was inserted. ",
+                        "Grow it first (ScoreHashTable.insert keeps the load at most 1/2)");
+      break;
+    default:
+      break;
+  }
+}
+
+std::tuple<at::Tensor, at::Tensor> score_table_lookup_cpu(const at::Tensor& keys, const at::Tensor& values,
+                                                          const at::Tensor& queries, double default_value) {
+  constexpr const char* kOp = "score_table_lookup";
+  check_score_table(keys, values, kOp, "keys", "values");
+  check_cpu(queries, kOp, "queries");
+  check_dtype(queries, kOp, "queries", at::kLong);
+  const at::Tensor table_keys = keys.contiguous();
+  const at::Tensor table_values = values.contiguous();
+  const at::Tensor q = queries.contiguous();
+  at::Tensor found_values = at::empty(queries.sizes(), values.options());
+  at::Tensor found = at::empty(queries.sizes(), queries.options().dtype(at::kBool));
+  const int64_t n = q.numel();
+  const int64_t capacity = table_keys.size(0);
+  const int64_t* key_data = table_keys.data_ptr<int64_t>();
+  const float* value_data = table_values.data_ptr<float>();
+  const int64_t* query_data = q.data_ptr<int64_t>();
+  float* out_values = found_values.data_ptr<float>();
+  bool* out_found = found.data_ptr<bool>();
+  const float fallback = static_cast<float>(default_value);
+  at::parallel_for(0, n, 4096, [&](int64_t begin, int64_t end) {
+    for (int64_t i = begin; i < end; ++i) {
+      const int64_t slot = core::table_find(key_data, capacity, query_data[i]);
+      out_found[i] = slot >= 0;
+      out_values[i] = slot >= 0 ? value_data[slot] : fallback;
+    }
+  });
+  return {found_values, found};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(diffmask_fast, CPU, m) {
+  m.impl("score_table_insert", &score_table_insert_cpu);
+  m.impl("score_table_lookup", &score_table_lookup_cpu);
+}
+
+}  // namespace cpu
+}  // namespace diffmask_fast

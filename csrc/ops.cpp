@@ -1,0 +1,63 @@
+// Schemas of every diffmask_fast operator (the one TORCH_LIBRARY block) and the Python module
+// `diffmask_fast._C`, whose import loads this library and so registers the operators.
+// Kernels live in cpu/ (always) and cuda/ (when built with CUDA); fake kernels in ops.py.
+#include <Python.h>
+
+#include <torch/library.h>
+
+#ifndef DIFFMASK_FAST_TORCH_VERSION
+#define DIFFMASK_FAST_TORCH_VERSION "unknown"
+#endif
+
+TORCH_LIBRARY(diffmask_fast, m) {
+  // Max cosine similarity over anchors [K, D] for each embedding [..., D], and the first arg max.
+  m.def("max_anchor_similarity(Tensor embeddings, Tensor anchors) -> (Tensor values, Tensor indices)");
+  // Successive sampling of min(counts[b], #positive) positions per row of weights [B, N].
+  m.def("sample_without_replacement(Tensor weights, Tensor counts, int seed) -> Tensor");
+  // Word of each token, word hashes [B, W] and word counts [B].
+  m.def(
+      "group_words(Tensor input_ids, Tensor never_word, Tensor starts_word) -> "
+      "(Tensor word_index, Tensor word_hash, Tensor n_words)");
+  // Open-addressing hash table held in two tensors.
+  m.def("score_table_insert(Tensor(a!) keys, Tensor(b!) values, Tensor new_keys, Tensor new_values) -> ()");
+  m.def(
+      "score_table_lookup(Tensor keys, Tensor values, Tensor queries, float default_value) -> "
+      "(Tensor values, Tensor found)");
+  // The whole per-batch Difference-Masking step.
+  m.def(
+      "difference_mask(Tensor input_ids, Tensor never_word, Tensor starts_word, Tensor table_keys, "
+      "Tensor table_values, Tensor random_token_ids, float mlm_probability, int weighting, float uniform_mix, "
+      "float unknown_score, int mask_token_id, float mask_replace_prob, float random_replace_prob, int seed) -> "
+      "(Tensor masked_ids, Tensor labels, Tensor masked_words, Tensor misses)");
+}
+
+extern "C" {
+PyMODINIT_FUNC PyInit__C(void) {
+  static struct PyModuleDef module_def = {
+      PyModuleDef_HEAD_INIT,
+      "_C",
+      "Compiled operators of diffmask_fast, registered under torch.ops.diffmask_fast.",
+      -1,
+      nullptr,
+  };
+  PyObject* module = PyModule_Create(&module_def);
+  if (module == nullptr) {
+    return nullptr;
+  }
+  // The torch release this library was compiled against; the loader refuses a mismatch.
+  if (PyModule_AddStringConstant(module, "torch_version", DIFFMASK_FAST_TORCH_VERSION) < 0) {
+    Py_DECREF(module);
+    return nullptr;
+  }
+#ifdef DIFFMASK_FAST_WITH_CUDA
+  const long with_cuda = 1;
+#else
+  const long with_cuda = 0;
+#endif
+  if (PyModule_AddIntConstant(module, "with_cuda", with_cuda) < 0) {
+    Py_DECREF(module);
+    return nullptr;
+  }
+  return module;
+}
+}

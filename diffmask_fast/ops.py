@@ -1,0 +1,529 @@
+"""Compiled operators of diffmask_fast and their Python wrappers.
+
+The operators live in ``torch.ops.diffmask_fast`` (schemas in ``csrc/ops.cpp``, CPU kernels in
+``csrc/cpu``). The wrappers here check shapes, dtypes and devices before dispatch so mistakes are
+reported in terms of the caller's arguments; the kernels check values (NaN, negative weights,
+out-of-range ids) while they read them. Fake kernels make the operators traceable by
+``torch.compile``; they are registered only once the compiled library is loaded.
+
+Importing this module loads the extension and fails with instructions to rebuild when it is
+missing or was built for another torch.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple, Sequence
+
+import torch
+
+from . import _extension
+
+_extension.load()
+_ops = torch.ops.diffmask_fast
+
+__all__ = [
+    "max_anchor_similarity",
+    "sample_without_replacement",
+    "group_words",
+    "word_hash",
+    "score_table_insert",
+    "score_table_lookup",
+    "ScoreHashTable",
+    "difference_mask",
+    "WEIGHTINGS",
+    "Words",
+    "DifferenceMaskOutput",
+]
+
+#: Word weighting schemes of difference_mask and their codes in the operator schema.
+WEIGHTINGS = {"similarity": 0, "rank": 1}
+
+_FLOATING = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
+_INT64_MASK = (1 << 64) - 1
+_WORD_HASH_SEED = 0x9E3779B97F4A7C15
+
+
+# ----------------------------------------------------------------------------------------------
+# Argument checks (shared by the wrappers and the fake kernels)
+# ----------------------------------------------------------------------------------------------
+
+
+def _check_tensor(op: str, name: str, value) -> None:
+    if not isinstance(value, torch.Tensor):
+        raise TypeError(f"{op}: {name} must be a torch.Tensor, got {type(value).__name__}")
+
+
+def _check_dtype(op: str, name: str, tensor: torch.Tensor, expected: torch.dtype) -> None:
+    if tensor.dtype != expected:
+        raise TypeError(f"{op}: {name} must have dtype {expected}, got {tensor.dtype}")
+
+
+def _check_ndim(op: str, name: str, tensor: torch.Tensor, ndim: int, layout: str) -> None:
+    if tensor.ndim != ndim:
+        raise ValueError(f"{op}: {name} must be {ndim}-D {layout}, got shape {tuple(tensor.shape)}")
+
+
+def _check_devices(op: str, **tensors: torch.Tensor) -> None:
+    """All tensors on one device, and a kernel for that device was compiled."""
+    devices = {tensor.device for tensor in tensors.values()}
+    if len(devices) > 1:
+        where = ", ".join(f"{name} on {tensor.device}" for name, tensor in tensors.items())
+        raise ValueError(f"{op}: all tensors must be on the same device, got {where}")
+    (device,) = devices
+    if device.type not in ("cpu", "meta") and not _extension.has_kernel(op, device.type):
+        raise ValueError(
+            f"{op}: no {device.type} kernel is compiled into diffmask_fast._C; move the tensors to the CPU "
+            "(or rebuild with DIFFMASK_FAST_CUDA=1 for CUDA)"
+        )
+
+
+def _check_probability(op: str, name: str, value: float) -> None:
+    if not 0.0 <= value <= 1.0:
+        raise ValueError(f"{op}: {name} must be in [0, 1], got {value}")
+
+
+def _check_similarity_args(embeddings: torch.Tensor, anchors: torch.Tensor) -> None:
+    op = "max_anchor_similarity"
+    _check_tensor(op, "embeddings", embeddings)
+    _check_tensor(op, "anchors", anchors)
+    for name, tensor in (("embeddings", embeddings), ("anchors", anchors)):
+        if tensor.dtype not in _FLOATING:
+            raise TypeError(f"{op}: {name} must be float32, float64, float16 or bfloat16, got {tensor.dtype}")
+    _check_ndim(op, "anchors", anchors, 2, "[K, D]")
+    if anchors.shape[0] < 1:
+        raise ValueError(f"{op}: anchors must hold at least one anchor (K >= 1), got shape {tuple(anchors.shape)}")
+    if anchors.shape[1] < 1:
+        raise ValueError(f"{op}: anchors must have a positive dimension D, got shape {tuple(anchors.shape)}")
+    if embeddings.ndim < 1:
+        raise ValueError(f"{op}: embeddings must be [..., D], got a 0-D tensor")
+    if embeddings.shape[-1] != anchors.shape[1]:
+        raise ValueError(
+            f"{op}: embeddings [..., D] and anchors [K, D] must share D, got embeddings {tuple(embeddings.shape)} "
+            f"and anchors {tuple(anchors.shape)}"
+        )
+    _check_devices(op, embeddings=embeddings, anchors=anchors)
+
+
+def _check_sampling_args(weights: torch.Tensor, counts: torch.Tensor) -> None:
+    op = "sample_without_replacement"
+    _check_tensor(op, "weights", weights)
+    _check_tensor(op, "counts", counts)
+    _check_ndim(op, "weights", weights, 2, "[B, N]")
+    if weights.dtype not in _FLOATING:
+        raise TypeError(f"{op}: weights must be a floating tensor, got {weights.dtype}")
+    if counts.dtype.is_floating_point or counts.dtype.is_complex or counts.dtype == torch.bool:
+        raise TypeError(f"{op}: counts must be an integer tensor, got {counts.dtype}")
+    if counts.shape != (weights.shape[0],):
+        raise ValueError(
+            f"{op}: counts must have shape [{weights.shape[0]}] (one count per row of weights), "
+            f"got shape {tuple(counts.shape)}"
+        )
+    _check_devices(op, weights=weights, counts=counts)
+
+
+def _check_token_args(op: str, input_ids: torch.Tensor, never_word: torch.Tensor, starts_word: torch.Tensor) -> None:
+    _check_tensor(op, "input_ids", input_ids)
+    _check_tensor(op, "never_word", never_word)
+    _check_tensor(op, "starts_word", starts_word)
+    _check_ndim(op, "input_ids", input_ids, 2, "[B, L]")
+    _check_dtype(op, "input_ids", input_ids, torch.int64)
+    _check_dtype(op, "never_word", never_word, torch.bool)
+    if never_word.shape != input_ids.shape:
+        raise ValueError(
+            f"{op}: never_word must have the shape of input_ids {tuple(input_ids.shape)}, got {tuple(never_word.shape)}"
+        )
+    _check_ndim(op, "starts_word", starts_word, 1, "[V] (one flag per token id)")
+    _check_dtype(op, "starts_word", starts_word, torch.bool)
+
+
+def _check_table(op: str, keys: torch.Tensor, values: torch.Tensor, keys_name: str, values_name: str) -> None:
+    _check_tensor(op, keys_name, keys)
+    _check_tensor(op, values_name, values)
+    _check_ndim(op, keys_name, keys, 1, "[capacity]")
+    _check_ndim(op, values_name, values, 1, "[capacity]")
+    _check_dtype(op, keys_name, keys, torch.int64)
+    _check_dtype(op, values_name, values, torch.float32)
+    if keys.shape != values.shape:
+        raise ValueError(
+            f"{op}: {keys_name} and {values_name} must have the same length, got {keys.shape[0]} and {values.shape[0]}"
+        )
+    capacity = keys.shape[0]
+    if capacity != 0 and capacity & (capacity - 1):
+        raise ValueError(f"{op}: the table capacity (length of {keys_name}) must be a power of two, got {capacity}")
+
+
+def _check_insert_args(keys, values, new_keys, new_values) -> None:
+    op = "score_table_insert"
+    _check_table(op, keys, values, "keys", "values")
+    _check_tensor(op, "new_keys", new_keys)
+    _check_tensor(op, "new_values", new_values)
+    _check_dtype(op, "new_keys", new_keys, torch.int64)
+    _check_dtype(op, "new_values", new_values, torch.float32)
+    if new_keys.ndim != 1 or new_values.ndim != 1 or new_keys.shape != new_values.shape:
+        raise ValueError(
+            f"{op}: new_keys and new_values must be 1-D of the same length, got shapes {tuple(new_keys.shape)} "
+            f"and {tuple(new_values.shape)}"
+        )
+    if not (keys.is_contiguous() and values.is_contiguous()):
+        raise ValueError(f"{op}: keys and values are updated in place and must be contiguous")
+    _check_devices(op, keys=keys, values=values, new_keys=new_keys, new_values=new_values)
+
+
+def _check_lookup_args(keys, values, queries) -> None:
+    op = "score_table_lookup"
+    _check_table(op, keys, values, "keys", "values")
+    _check_tensor(op, "queries", queries)
+    _check_dtype(op, "queries", queries, torch.int64)
+    _check_devices(op, keys=keys, values=values, queries=queries)
+
+
+def _check_mask_args(
+    input_ids, never_word, starts_word, table_keys, table_values, random_token_ids, mlm_probability, weighting,
+    uniform_mix, unknown_score, mask_replace_prob, random_replace_prob,
+) -> None:
+    op = "difference_mask"
+    _check_token_args(op, input_ids, never_word, starts_word)
+    _check_table(op, table_keys, table_values, "table_keys", "table_values")
+    _check_tensor(op, "random_token_ids", random_token_ids)
+    _check_ndim(op, "random_token_ids", random_token_ids, 1, "[R]")
+    _check_dtype(op, "random_token_ids", random_token_ids, torch.int64)
+    _check_probability(op, "mlm_probability", mlm_probability)
+    _check_probability(op, "uniform_mix", uniform_mix)
+    _check_probability(op, "mask_replace_prob", mask_replace_prob)
+    _check_probability(op, "random_replace_prob", random_replace_prob)
+    if mask_replace_prob + random_replace_prob > 1.0 + 1e-12:
+        raise ValueError(
+            f"{op}: mask_replace_prob + random_replace_prob must be at most 1, got {mask_replace_prob} + "
+            f"{random_replace_prob}"
+        )
+    if weighting not in WEIGHTINGS.values():
+        raise ValueError(f"{op}: weighting must be 0 (similarity) or 1 (rank), got {weighting}")
+    if not math.isfinite(unknown_score):
+        raise ValueError(f"{op}: unknown_score must be finite, got {unknown_score}")
+    if random_replace_prob > 0 and random_token_ids.shape[0] == 0:
+        raise ValueError(
+            f"{op}: random_token_ids is empty but random_replace_prob = {random_replace_prob} > 0; pass the ids "
+            "random replacements are drawn from"
+        )
+    _check_devices(
+        op, input_ids=input_ids, never_word=never_word, starts_word=starts_word, table_keys=table_keys,
+        table_values=table_values, random_token_ids=random_token_ids,
+    )
+
+
+def _draw_seed(generator: torch.Generator | None) -> int:
+    """A 64-bit seed from ``generator`` (the global torch RNG when None), so torch.manual_seed
+    makes the compiled sampling reproducible."""
+    device = generator.device if generator is not None else "cpu"
+    return int(torch.randint(-(2**63), 2**63 - 1, (), dtype=torch.int64, generator=generator, device=device))
+
+
+# ----------------------------------------------------------------------------------------------
+# Fake kernels: shapes and dtypes only, for torch.compile and meta tensors
+# ----------------------------------------------------------------------------------------------
+
+
+@torch.library.register_fake("diffmask_fast::max_anchor_similarity")
+def _max_anchor_similarity_fake(embeddings, anchors):
+    _check_similarity_args(embeddings, anchors)
+    shape = embeddings.shape[:-1]
+    return embeddings.new_empty(shape, dtype=torch.float32), embeddings.new_empty(shape, dtype=torch.int64)
+
+
+@torch.library.register_fake("diffmask_fast::sample_without_replacement")
+def _sample_without_replacement_fake(weights, counts, seed):
+    _check_sampling_args(weights, counts)
+    return weights.new_empty(weights.shape, dtype=torch.bool)
+
+
+@torch.library.register_fake("diffmask_fast::group_words")
+def _group_words_fake(input_ids, never_word, starts_word):
+    _check_token_args("group_words", input_ids, never_word, starts_word)
+    _check_devices("group_words", input_ids=input_ids, never_word=never_word, starts_word=starts_word)
+    batch = input_ids.shape[0]
+    max_words = torch.library.get_ctx().new_dynamic_size()
+    return (
+        input_ids.new_empty(input_ids.shape),
+        input_ids.new_empty((batch, max_words)),
+        input_ids.new_empty((batch,)),
+    )
+
+
+@torch.library.register_fake("diffmask_fast::score_table_insert")
+def _score_table_insert_fake(keys, values, new_keys, new_values):
+    _check_insert_args(keys, values, new_keys, new_values)
+    return None
+
+
+@torch.library.register_fake("diffmask_fast::score_table_lookup")
+def _score_table_lookup_fake(keys, values, queries, default_value):
+    _check_lookup_args(keys, values, queries)
+    return queries.new_empty(queries.shape, dtype=torch.float32), queries.new_empty(queries.shape, dtype=torch.bool)
+
+
+@torch.library.register_fake("diffmask_fast::difference_mask")
+def _difference_mask_fake(
+    input_ids, never_word, starts_word, table_keys, table_values, random_token_ids, mlm_probability, weighting,
+    uniform_mix, unknown_score, mask_token_id, mask_replace_prob, random_replace_prob, seed,
+):
+    _check_mask_args(
+        input_ids, never_word, starts_word, table_keys, table_values, random_token_ids, mlm_probability, weighting,
+        uniform_mix, unknown_score, mask_replace_prob, random_replace_prob,
+    )
+    misses = torch.library.get_ctx().new_dynamic_size()
+    return (
+        input_ids.new_empty(input_ids.shape),
+        input_ids.new_empty(input_ids.shape),
+        input_ids.new_empty((input_ids.shape[0],)),
+        input_ids.new_empty((misses, 4)),
+    )
+
+
+# ----------------------------------------------------------------------------------------------
+# Similarity
+# ----------------------------------------------------------------------------------------------
+
+
+def max_anchor_similarity(embeddings: torch.Tensor, anchors: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Nearest anchor by cosine similarity (eq. 4 with ``max``) for every embedding.
+
+    embeddings [..., D] and anchors [K, D] (K >= 1), float32/float64/float16/bfloat16, any strides,
+    one device. Returns (values [...] float32, indices [...] int64): the max cosine over anchors
+    and the first anchor reaching it. Zero vectors (embeddings or anchors) have cosine 0, so a
+    zero embedding gets (0, 0). Computed in float32 (float64 inputs in float64) in row blocks, so
+    memory stays O(block x K) for any number of embeddings. A NaN in an embedding makes its value
+    NaN; NaN anchors are never chosen unless every anchor is NaN.
+    """
+    _check_similarity_args(embeddings, anchors)
+    return _ops.max_anchor_similarity(embeddings, anchors)
+
+
+# ----------------------------------------------------------------------------------------------
+# Sampling
+# ----------------------------------------------------------------------------------------------
+
+
+def sample_without_replacement(
+    weights: torch.Tensor, counts: torch.Tensor, generator: torch.Generator | None = None
+) -> torch.Tensor:
+    """Successive sampling without replacement, proportional to weight, independently per row.
+
+    weights [B, N] floating, finite and non-negative (checked: ValueError otherwise); counts [B]
+    integer, non-negative. Returns bool [B, N] with exactly min(counts[b], #positive weights in
+    row b) positions set in row b; zero weights are never drawn (unlike torch.multinomial).
+    Inclusion is not proportional to weight: it is the law of drawing one item at a time with
+    probability proportional to weight among those left. The seed is drawn from ``generator``
+    (the global torch RNG when None), so ``torch.manual_seed`` makes results reproducible.
+    """
+    _check_sampling_args(weights, counts)
+    return _ops.sample_without_replacement(weights, counts, _draw_seed(generator))
+
+
+# ----------------------------------------------------------------------------------------------
+# Words
+# ----------------------------------------------------------------------------------------------
+
+
+class Words(NamedTuple):
+    word_index: torch.Tensor  #: [B, L] int64, word of each token within its row, -1 for never-word tokens
+    word_hash: torch.Tensor  #: [B, W] int64, hash of word w of row b, 0 beyond n_words[b]
+    n_words: torch.Tensor  #: [B] int64
+
+
+def group_words(input_ids: torch.Tensor, never_word: torch.Tensor, starts_word: torch.Tensor) -> Words:
+    """Words of a tokenized batch and their hashes (see word_hash), without decoding tokens.
+
+    input_ids [B, L] int64; never_word [B, L] bool flags special tokens and padding, which belong
+    to no word; starts_word [V] bool flags the token ids that begin a word. A token starts a word
+    when it is not never_word and its id is flagged, or it is first in its row, or follows a
+    never_word token. Ids of never_word tokens are not looked up; other ids must be in [0, V).
+    W is the largest word count of the batch.
+    """
+    _check_token_args("group_words", input_ids, never_word, starts_word)
+    _check_devices("group_words", input_ids=input_ids, never_word=never_word, starts_word=starts_word)
+    return Words(*_ops.group_words(input_ids, never_word, starts_word))
+
+
+def _mix64(z: int) -> int:
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & _INT64_MASK
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & _INT64_MASK
+    return z ^ (z >> 31)
+
+
+def word_hash(token_ids: Sequence[int]) -> int:
+    """The 64-bit hash group_words and difference_mask give a word, as a signed int64.
+
+    h = 0x9E3779B97F4A7C15; for each id: h = splitmix64_finalizer(h ^ id); 0 becomes 1 (0 marks
+    empty table slots). Lets callers insert scores for known words without running the op.
+    """
+    ids = [int(i) for i in token_ids]
+    if not ids:
+        raise ValueError("word_hash: a word has at least one token")
+    h = _WORD_HASH_SEED
+    for token_id in ids:
+        h = _mix64(h ^ (token_id & _INT64_MASK))
+    if h == 0:
+        h = 1
+    return h - (1 << 64) if h >= 1 << 63 else h
+
+
+# ----------------------------------------------------------------------------------------------
+# Score table
+# ----------------------------------------------------------------------------------------------
+
+
+def score_table_insert(
+    keys: torch.Tensor, values: torch.Tensor, new_keys: torch.Tensor, new_values: torch.Tensor
+) -> None:
+    """Insert or overwrite (key, value) pairs in an open-addressing table, in place.
+
+    keys int64 [C] and values float32 [C] (C a power of two, key 0 = empty slot); new_keys int64
+    [M] non-zero, new_values float32 [M] finite. Raises ValueError, leaving the table unchanged,
+    when a key is 0, a value is not finite, or the table fills up (ScoreHashTable grows instead).
+    """
+    _check_insert_args(keys, values, new_keys, new_values)
+    _ops.score_table_insert(keys, values, new_keys, new_values)
+
+
+def score_table_lookup(
+    keys: torch.Tensor, values: torch.Tensor, queries: torch.Tensor, default_value: float = 0.0
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Look queries (int64, any shape) up: (values float32, found bool), both of the queries' shape;
+    ``default_value`` where a key is absent."""
+    _check_lookup_args(keys, values, queries)
+    return _ops.score_table_lookup(keys, values, queries, float(default_value))
+
+
+def _next_power_of_two(n: int) -> int:
+    return 1 << max(0, int(n) - 1).bit_length()
+
+
+class ScoreHashTable:
+    """Word hash -> score, held in two CPU tensors that difference_mask reads directly.
+
+    Grows by doubling (and rehashing) so the load stays at most 1/2, which keeps linear probing
+    short. Picklable (DataLoader workers get a copy).
+    """
+
+    def __init__(self, capacity: int = 1024):
+        capacity = _next_power_of_two(max(int(capacity), 2))
+        self.keys = torch.zeros(capacity, dtype=torch.int64)
+        self.values = torch.zeros(capacity, dtype=torch.float32)
+        self._size = 0
+
+    @property
+    def capacity(self) -> int:
+        return self.keys.shape[0]
+
+    def __len__(self) -> int:
+        return self._size
+
+    def __repr__(self) -> str:
+        return f"ScoreHashTable(size={self._size}, capacity={self.capacity})"
+
+    def __contains__(self, key: int) -> bool:
+        return bool(self.lookup(torch.tensor([int(key)]))[1][0])
+
+    def tensors(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(keys, values) for difference_mask's table_keys and table_values."""
+        return self.keys, self.values
+
+    def insert(self, hashes, scores) -> None:
+        """Insert or overwrite hashes (int64, non-zero) with scores (finite); grows as needed."""
+        hashes = torch.as_tensor(hashes, dtype=torch.int64).reshape(-1).contiguous()
+        scores = torch.as_tensor(scores, dtype=torch.float32).reshape(-1).contiguous()
+        if hashes.shape != scores.shape:
+            raise ValueError(
+                f"ScoreHashTable.insert: {hashes.numel()} hashes but {scores.numel()} scores; they must pair up"
+            )
+        if hashes.numel() == 0:
+            return
+        if bool((hashes == 0).any()):
+            raise ValueError("ScoreHashTable.insert: hash 0 marks empty slots and cannot be inserted")
+        if not bool(torch.isfinite(scores).all()):
+            raise ValueError("ScoreHashTable.insert: scores must be finite")
+        _, present = score_table_lookup(self.keys, self.values, torch.unique(hashes))
+        size = self._size + int((~present).sum())
+        if 2 * size > self.capacity:
+            self._rehash(_next_power_of_two(2 * size))
+        score_table_insert(self.keys, self.values, hashes, scores)
+        self._size = size
+
+    def lookup(self, hashes, default: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
+        """(scores float32, found bool) for hashes of any shape; ``default`` where absent."""
+        queries = torch.as_tensor(hashes, dtype=torch.int64)
+        return score_table_lookup(self.keys, self.values, queries, default)
+
+    def _rehash(self, capacity: int) -> None:
+        occupied = self.keys != 0
+        keys, values = self.keys[occupied], self.values[occupied]
+        self.keys = torch.zeros(capacity, dtype=torch.int64)
+        self.values = torch.zeros(capacity, dtype=torch.float32)
+        score_table_insert(self.keys, self.values, keys, values)
+
+
+# ----------------------------------------------------------------------------------------------
+# Difference-Masking of a batch
+# ----------------------------------------------------------------------------------------------
+
+
+class DifferenceMaskOutput(NamedTuple):
+    masked_ids: torch.Tensor  #: [B, L] int64, input_ids after 80/10/10 replacement
+    labels: torch.Tensor  #: [B, L] int64, original id at masked tokens, -100 elsewhere
+    masked_words: torch.Tensor  #: [B] int64, words masked per row
+    misses: torch.Tensor  #: [M, 4] int64 rows (hash, row, start, end) of distinct words absent from the table
+
+
+def difference_mask(
+    input_ids: torch.Tensor,
+    never_word: torch.Tensor,
+    starts_word: torch.Tensor,
+    table_keys: torch.Tensor,
+    table_values: torch.Tensor,
+    random_token_ids: torch.Tensor,
+    *,
+    mask_token_id: int,
+    mlm_probability: float = 0.25,
+    weighting: str = "similarity",
+    uniform_mix: float = 0.0,
+    unknown_score: float = 0.0,
+    mask_replace_prob: float = 0.8,
+    random_replace_prob: float = 0.1,
+    seed: int | None = None,
+    generator: torch.Generator | None = None,
+) -> DifferenceMaskOutput:
+    """Difference-Masking of a padded batch in one pass (reference.mask_sequence per row).
+
+    input_ids [B, L] int64, never_word [B, L] bool, starts_word [V] bool: words as in group_words.
+    A word's score is table_values at its hash in the table (table_keys int64 [C], table_values
+    float32 [C], e.g. ScoreHashTable.tensors()), or ``unknown_score`` when absent. Weights are
+    ``similarity`` (max(s, 0)) or ``rank``, mixed with uniform by ``uniform_mix``; the budget is
+    mlm_probability * n_words rounded stochastically; words are drawn by successive sampling and
+    every token of a drawn word is masked and replaced 80/10/10 (random ids from
+    random_token_ids [R] int64).
+
+    ``misses`` lists one occurrence of every distinct absent word; insert their scores and call
+    again with the same ``seed`` to get exactly the result of a warm table. ``seed`` (int64)
+    defaults to a draw from ``generator`` (the global torch RNG when None).
+    """
+    if weighting not in WEIGHTINGS:
+        raise ValueError(f"difference_mask: weighting must be one of {sorted(WEIGHTINGS)}, got {weighting!r}")
+    code = WEIGHTINGS[weighting]
+    mlm_probability, uniform_mix, unknown_score = float(mlm_probability), float(uniform_mix), float(unknown_score)
+    mask_replace_prob, random_replace_prob = float(mask_replace_prob), float(random_replace_prob)
+    _check_mask_args(
+        input_ids, never_word, starts_word, table_keys, table_values, random_token_ids, mlm_probability, code,
+        uniform_mix, unknown_score, mask_replace_prob, random_replace_prob,
+    )
+    if seed is None:
+        seed = _draw_seed(generator)
+    seed = int(seed)
+    if not -(2**63) <= seed < 2**63:
+        raise ValueError(f"difference_mask: seed must fit in a signed 64-bit integer, got {seed}")
+    return DifferenceMaskOutput(
+        *_ops.difference_mask(
+            input_ids, never_word, starts_word, table_keys, table_values, random_token_ids, mlm_probability, code,
+            uniform_mix, unknown_score, int(mask_token_id), mask_replace_prob, random_replace_prob, seed,
+        )
+    )

@@ -1,0 +1,132 @@
+"""Build of diffmask_fast and its compiled operators (``diffmask_fast._C``).
+
+Install into an environment that already has torch, without build isolation, so the extension
+is compiled against the torch it will run with::
+
+    pip install --no-build-isolation -e .
+
+Environment switches:
+  DIFFMASK_FAST_CUDA=auto|1|0  compile csrc/cuda/*.cu: auto (default) when there are CUDA
+                               sources, torch has CUDA and nvcc is found; 1 requires it; 0 never.
+  DIFFMASK_FAST_DEBUG=1        -O0 -g instead of -O3.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import shutil
+import sys
+
+from setuptools import find_packages, setup
+
+try:
+    import torch
+    from torch.utils import cpp_extension
+except ImportError:  # pragma: no cover - depends on the environment
+    sys.exit(
+        "diffmask_fast compiles against the installed torch: install torch first, then run "
+        "`pip install --no-build-isolation -e .`"
+    )
+
+ROOT = os.path.dirname(os.path.abspath(__file__))
+
+
+def _relative(paths):
+    return sorted(os.path.relpath(path, ROOT) for path in paths)
+
+
+def _flag(name: str, default: str, allowed: tuple[str, ...]) -> str:
+    value = os.environ.get(name, default).strip().lower()
+    if value not in allowed:
+        sys.exit(f"{name} must be one of {', '.join(allowed)}, got {value!r}")
+    return value
+
+
+def _nvcc_found() -> bool:
+    cuda_home = cpp_extension.CUDA_HOME
+    if cuda_home and os.path.exists(os.path.join(cuda_home, "bin", "nvcc")):
+        return True
+    return shutil.which("nvcc") is not None
+
+
+def _use_cuda(cuda_sources: list[str]) -> bool:
+    mode = _flag("DIFFMASK_FAST_CUDA", "auto", ("auto", "0", "1"))
+    if mode == "0":
+        return False
+    torch_has_cuda = torch.version.cuda is not None
+    nvcc = _nvcc_found()
+    if mode == "1":
+        problems = []
+        if not cuda_sources:
+            problems.append("csrc/cuda has no .cu sources")
+        if not torch_has_cuda:
+            problems.append(f"the installed torch {torch.__version__} was built without CUDA")
+        if not nvcc:
+            problems.append("nvcc was not found (set CUDA_HOME)")
+        if problems:
+            sys.exit("DIFFMASK_FAST_CUDA=1 but the CUDA kernels cannot be built: " + "; ".join(problems))
+        return True
+    return bool(cuda_sources) and torch_has_cuda and nvcc
+
+
+def _extensions():
+    debug = _flag("DIFFMASK_FAST_DEBUG", "0", ("0", "1")) == "1"
+    cpp_sources = _relative([os.path.join(ROOT, "csrc", "ops.cpp")] + glob.glob(os.path.join(ROOT, "csrc", "cpu", "*.cpp")))
+    cuda_sources = _relative(glob.glob(os.path.join(ROOT, "csrc", "cuda", "*.cu")))
+    with_cuda = _use_cuda(cuda_sources)
+
+    optimization = ["-O0", "-g"] if debug else ["-O3"]
+    macros = [("DIFFMASK_FAST_TORCH_VERSION", f'"{torch.__version__}"')]
+    if with_cuda:
+        macros.append(("DIFFMASK_FAST_WITH_CUDA", None))
+    # OpenMP: at::parallel_for expands to an OpenMP region in the extension itself; the libgomp
+    # it links is the one torch already loaded.
+    openmp = [] if sys.platform == "darwin" else ["-fopenmp"]
+    # torch's own headers use a few C++20 extensions that C++17 compilers accept with a warning.
+    extra_compile_args = {
+        "cxx": optimization + ["-std=c++17", "-fdiagnostics-color=always", "-Wno-c++20-extensions"] + openmp
+    }
+    extra_link_args = openmp + (["-g"] if debug else [])
+    if with_cuda:
+        extra_compile_args["nvcc"] = (["-O0", "-g"] if debug else ["-O3"]) + ["-std=c++17"]
+        extension_class = cpp_extension.CUDAExtension
+        sources = cpp_sources + cuda_sources
+    else:
+        extension_class = cpp_extension.CppExtension
+        sources = cpp_sources
+    return [
+        extension_class(
+            name="diffmask_fast._C",
+            sources=sources,
+            include_dirs=[os.path.join(ROOT, "csrc")],
+            define_macros=macros,
+            extra_compile_args=extra_compile_args,
+            extra_link_args=extra_link_args,
+        )
+    ]
+
+
+setup(
+    name="diffmask_fast",
+    version="0.1.0",
+    description="Difference-Masking for masked-LM continued pretraining, with compiled operators",
+    packages=find_packages(include=["diffmask_fast", "diffmask_fast.*"]),
+    python_requires=">=3.10",
+    install_requires=[
+        "numpy",
+        "transformers",
+        "tokenizers",
+        "tqdm",
+        "wordsegment",
+        "matplotlib",
+        "faiss-cpu",
+        "numba",
+        "dask",
+        "distributed",
+    ],
+    ext_modules=_extensions(),
+    cmdclass={"build_ext": cpp_extension.BuildExtension.with_options(use_ninja=True)},
+    entry_points={"console_scripts": ["diffmask=diffmask_fast.cli:main"]},
+    zip_safe=False,
+)

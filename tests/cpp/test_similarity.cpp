@@ -1,0 +1,100 @@
+// Row kernels of the similarity search.
+#include <cmath>
+#include <cstdint>
+#include <limits>
+#include <vector>
+
+#include "check.h"
+#include "core/dot_kernels.h"
+#include "core/similarity.h"
+
+using namespace diffmask_fast::core;
+
+static void test_squared_norm() {
+  for (int n : {0, 1, 3, 8, 13, 385}) {
+    std::vector<float> x(n);
+    double expected = 0;
+    for (int i = 0; i < n; ++i) {
+      x[i] = static_cast<float>(std::sin(i + 1.0));
+      expected += static_cast<double>(x[i]) * x[i];
+    }
+    CHECK_NEAR(squared_norm(x.data(), n), expected, 1e-5 * (1 + expected));
+  }
+}
+
+static void test_first_argmax() {
+  const std::vector<float> a = {0.1f, 0.5f, 0.2f, 0.5f, -1.0f};
+  CHECK(first_argmax(a.data(), 5) == 1);  // ties: smallest index
+  std::vector<double> b(37, -2.0);
+  b[20] = 3.0;
+  b[30] = 3.0;
+  CHECK(first_argmax(b.data(), 37) == 20);
+  b[3] = std::nan("");
+  CHECK(first_argmax(b.data(), 37) == 20);  // NaN never wins
+  std::vector<float> all_nan(9, std::numeric_limits<float>::quiet_NaN());
+  CHECK(first_argmax(all_nan.data(), 9) == 0);
+  const float one[] = {-5.0f};
+  CHECK(first_argmax(one, 1) == 0);
+  std::vector<float> equal(16, 0.25f);
+  CHECK(first_argmax(equal.data(), 16) == 0);
+}
+
+static void test_identical_rows() {
+  const int64_t K = 6, D = 3;
+  const std::vector<float> rows = {1, 2, 3,  0, 0, 0,  1, 2, 3,  4, 5, 6,  0, 0, 0,  1, 2, 3};
+  std::vector<int64_t> first(K);
+  CHECK(first_identical_rows(rows.data(), K, D, first.data()) == 3);
+  const std::vector<int64_t> expected = {0, 1, 0, 3, 1, 0};
+  CHECK(first == expected);
+  std::vector<int64_t> single(1);
+  CHECK(first_identical_rows(rows.data(), 1, D, single.data()) == 1 && single[0] == 0);
+}
+
+// Packed-panel dot products against a double-precision loop, for every shape class: K with and
+// without a row-dot tail, wide and narrow panels, D not a multiple of 16, ragged row counts, row
+// strides larger than D, prefetching on.
+static void test_panel_dots() {
+  const Isa isa = detect_isa();
+  if (isa == Isa::kNone) {
+    std::printf("no AVX2/AVX-512: panel kernels not exercised\n");
+    return;
+  }
+  std::vector<Isa> isas = {isa};
+  if (isa == Isa::kAvx512 && __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) {
+    isas.push_back(Isa::kAvx2);
+  }
+  for (Isa which : isas) {
+    for (int64_t K : {1, 3, 8, 9, 16, 20, 28, 32, 45, 64, 100}) {
+      for (int64_t D : {1, 3, 13, 16, 47, 385}) {
+        const int64_t rows = 37, ldx = D + 5, next = 40;
+        std::vector<float> x(static_cast<size_t>((rows + next) * ldx));
+        std::vector<float> anchors(static_cast<size_t>(K * D));
+        for (size_t i = 0; i < x.size(); ++i) x[i] = static_cast<float>(std::sin(0.37 * i + 1.0));
+        for (size_t i = 0; i < anchors.size(); ++i) anchors[i] = static_cast<float>(std::cos(0.91 * i + 0.5));
+        const AnchorPanels panels(which, anchors.data(), K, D);
+        CHECK(panels.columns >= K);
+        std::vector<float> out(static_cast<size_t>(rows * panels.columns), -1.0f), norms(rows);
+        panels.dots(x.data(), rows, ldx, out.data(), panels.columns, next * ldx);
+        panels.squared_norms(x.data(), rows, ldx, norms.data());
+        for (int64_t r = 0; r < rows; ++r) {
+          double norm = 0;
+          for (int64_t d = 0; d < D; ++d) norm += static_cast<double>(x[r * ldx + d]) * x[r * ldx + d];
+          CHECK_NEAR(norms[r], norm, 1e-4 * (1 + norm));
+          for (int64_t k = 0; k < K; ++k) {
+            double dot = 0;
+            for (int64_t d = 0; d < D; ++d) dot += static_cast<double>(x[r * ldx + d]) * anchors[k * D + d];
+            CHECK_NEAR(out[r * panels.columns + k], dot, 1e-4 * (1 + std::sqrt(static_cast<double>(D))));
+          }
+        }
+      }
+    }
+  }
+}
+
+int main() {
+  test_panel_dots();
+  test_squared_norm();
+  test_first_argmax();
+  test_identical_rows();
+  TEST_MAIN_END();
+}

@@ -1,0 +1,806 @@
+"""The compiled operators against diffmask_fast.reference, plus argument checks and opcheck.
+
+Inputs are fresh random draws on every run; each test's seed is printed and appears in its
+assertion messages. Set DIFFMASK_FAST_TEST_SEED to replay one.
+"""
+
+from __future__ import annotations
+
+import importlib
+import math
+import os
+import pickle
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from diffmask_fast import reference
+
+ops = pytest.importorskip("diffmask_fast.ops", reason="compiled extension not built", exc_type=ImportError)
+
+
+@pytest.fixture
+def seed() -> int:
+    value = os.environ.get("DIFFMASK_FAST_TEST_SEED")
+    value = int(value) if value else int.from_bytes(os.urandom(4), "little")
+    print(f"DIFFMASK_FAST_TEST_SEED={value}")
+    return value
+
+
+def generator(seed: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+# ----------------------------------------------------------------------------------------------
+# max_anchor_similarity
+# ----------------------------------------------------------------------------------------------
+
+
+def cosine_matrix(embeddings: torch.Tensor, anchors: torch.Tensor) -> np.ndarray:
+    """All cosines in float64 with the reference's zero-vector rule: [..., K]."""
+    e = embeddings.detach().double().numpy()
+    a = anchors.detach().double().numpy()
+    dots = e @ a.T
+    norms = np.linalg.norm(e, axis=-1, keepdims=True) * np.linalg.norm(a, axis=-1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(norms > 0, dots / np.where(norms > 0, norms, 1), 0.0)
+
+
+def check_against_cosines(values, indices, embeddings, anchors, atol, message):
+    """Values equal the max cosine; each index reaches the max (within atol: near-ties may go
+    either way in float32) and is the first anchor with exactly that cosine."""
+    cos = cosine_matrix(embeddings, anchors)
+    assert values.dtype == torch.float32 and indices.dtype == torch.int64, message
+    assert values.shape == embeddings.shape[:-1] and indices.shape == embeddings.shape[:-1], message
+    best = cos.max(axis=-1)
+    np.testing.assert_allclose(values.numpy(), best, atol=atol, rtol=0, err_msg=message)
+    chosen = np.take_along_axis(cos, indices.numpy()[..., None], axis=-1)[..., 0]
+    assert np.all(chosen >= best - atol), message
+
+
+@pytest.mark.parametrize(
+    "n, d, k",
+    [(1, 1, 1), (1, 3, 2), (7, 13, 5), (33, 385, 20), (50, 64, 100), (5, 768, 33), (300, 24, 17), (20, 8, 8)],
+)
+def test_similarity_matches_reference(seed, n, d, k):
+    g = generator(seed)
+    embeddings = torch.randn(n, d, generator=g)
+    anchors = torch.randn(k, d, generator=g)
+    values, indices = ops.max_anchor_similarity(embeddings, anchors)
+    message = f"seed={seed} n={n} d={d} k={k}"
+    if n * d * k <= 300_000:
+        ref_values, ref_indices = reference.max_anchor_similarity(embeddings.numpy(), anchors.numpy())
+        np.testing.assert_allclose(values.numpy(), ref_values, atol=1e-5, rtol=0, err_msg=message)
+    check_against_cosines(values, indices, embeddings, anchors, 1e-5, message)
+
+
+@pytest.mark.parametrize("k", [1, 20, 129, 1000])
+def test_similarity_many_rows_and_anchors(seed, k):
+    g = generator(seed)
+    embeddings = torch.randn(2000, 96, generator=g)
+    anchors = torch.randn(k, 96, generator=g)
+    values, indices = ops.max_anchor_similarity(embeddings, anchors)
+    check_against_cosines(values, indices, embeddings, anchors, 1e-5, f"seed={seed} k={k}")
+
+
+def test_similarity_blas_paths(seed):
+    """float64 inputs, transposed embeddings and very many anchors take the BLAS route."""
+    g = generator(seed)
+    message = f"seed={seed}"
+    e64 = torch.randn(40, 19, generator=g, dtype=torch.float64)
+    a64 = torch.randn(6, 19, generator=g, dtype=torch.float64)
+    values, indices = ops.max_anchor_similarity(e64, a64)
+    ref_values, ref_indices = reference.max_anchor_similarity(e64.numpy(), a64.numpy())
+    np.testing.assert_allclose(values.numpy(), ref_values, atol=1e-6, err_msg=message)
+    np.testing.assert_array_equal(indices.numpy(), ref_indices, err_msg=message)
+
+    transposed = torch.randn(48, 3000, generator=g).t()  # [3000, 48], column-major
+    anchors = torch.randn(20, 48, generator=g)
+    values, indices = ops.max_anchor_similarity(transposed, anchors)
+    check_against_cosines(values, indices, transposed, anchors, 1e-5, message)
+
+    many = torch.randn(8200, 8, generator=g)
+    embeddings = torch.randn(30, 8, generator=g)
+    values, indices = ops.max_anchor_similarity(embeddings, many)
+    check_against_cosines(values, indices, embeddings, many, 1e-5, message)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_similarity_half_precision(seed, dtype):
+    g = generator(seed)
+    embeddings = torch.randn(64, 40, generator=g).to(dtype)
+    anchors = torch.randn(9, 40, generator=g).to(dtype)
+    values, indices = ops.max_anchor_similarity(embeddings, anchors)
+    # Compared on the same (upcast) values; the op computes in float32.
+    check_against_cosines(values, indices, embeddings.float(), anchors.float(), 1e-4, f"seed={seed} {dtype}")
+    mixed_values, _ = ops.max_anchor_similarity(embeddings, anchors.float())
+    torch.testing.assert_close(mixed_values, values, atol=1e-5, rtol=0)
+
+
+def test_similarity_strides_and_batch_dims(seed):
+    g = generator(seed)
+    message = f"seed={seed}"
+    anchors = torch.randn(2 * 11, 13, generator=g)[::2]  # non-contiguous anchors
+    base = torch.randn(6, 40, 26, generator=g)
+    cases = {
+        "column slice": base[..., ::2],  # inner stride 2
+        "row slice": base.reshape(-1, 26)[::3, :13],  # row stride > D
+        "permuted batch": base[..., :13].permute(1, 0, 2),  # leading dims not flattenable as a view
+        "batch dims": base[..., 13:].reshape(2, 3, 40, 13),
+    }
+    for name, embeddings in cases.items():
+        values, indices = ops.max_anchor_similarity(embeddings, anchors)
+        check_against_cosines(values, indices, embeddings, anchors, 1e-5, f"{message} {name}")
+    expanded = torch.randn(1, 13, generator=g).expand(50, 13)  # row stride 0
+    values, indices = ops.max_anchor_similarity(expanded, anchors)
+    assert torch.all(values == values[0]) and torch.all(indices == indices[0]), message
+
+
+def test_similarity_empty_and_shapes():
+    anchors = torch.randn(4, 7)
+    for shape in [(0, 7), (3, 0, 7), (7,), (2, 1, 7)]:
+        values, indices = ops.max_anchor_similarity(torch.randn(shape), anchors)
+        assert values.shape == shape[:-1] and indices.shape == shape[:-1]
+        assert values.dtype == torch.float32 and indices.dtype == torch.int64
+
+
+def test_similarity_zero_vectors_and_ties(seed):
+    g = generator(seed)
+    message = f"seed={seed}"
+    anchors = torch.randn(12, 10, generator=g)
+    anchors[7] = anchors[2]  # duplicate: ties go to the smaller index
+    anchors[9] = anchors[2] * 4.0  # same direction: normalizes to the same unit vector
+    anchors[4] = 0.0  # zero anchor: cosine 0
+    embeddings = torch.randn(30, 10, generator=g)
+    embeddings[0] = 0.0
+    embeddings[1] = anchors[2] * 3
+    embeddings[2] = -anchors.sum(0)
+    values, indices = ops.max_anchor_similarity(embeddings, anchors)
+    assert values[0] == 0 and indices[0] == 0, message
+    assert indices[1] == 2 and abs(values[1] - 1) < 1e-6, message
+    ref_values, ref_indices = reference.max_anchor_similarity(embeddings.numpy(), anchors.numpy())
+    np.testing.assert_allclose(values.numpy(), ref_values, atol=1e-5, err_msg=message)
+    # Exact duplicates tie exactly: the reference's choice (first index) is reproduced.
+    assert not np.any(np.isin(indices.numpy(), [7])), message
+    all_zero = torch.zeros(3, 10)
+    values, indices = ops.max_anchor_similarity(embeddings[:5], all_zero)
+    assert torch.all(values == 0) and torch.all(indices == 0)
+    # Nearest anchor is the zero one when every other cosine is negative.
+    e = torch.randn(1, 10, generator=g)
+    values, indices = ops.max_anchor_similarity(e, torch.stack([-e[0], torch.zeros(10), -2 * e[0]]))
+    assert values.item() == 0 and indices.item() == 1, message
+
+
+def test_similarity_nan_propagates():
+    embeddings = torch.randn(4, 6)
+    embeddings[1, 3] = float("nan")
+    values, _ = ops.max_anchor_similarity(embeddings, torch.randn(3, 6))
+    assert torch.isnan(values[1]) and torch.isfinite(values[[0, 2, 3]]).all()
+
+
+def test_similarity_independent_of_threads(seed):
+    g = generator(seed)
+    embeddings = torch.randn(3000, 50, generator=g)
+    anchors = torch.randn(20, 50, generator=g)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = ops.max_anchor_similarity(embeddings, anchors)
+    finally:
+        torch.set_num_threads(threads)
+    many = ops.max_anchor_similarity(embeddings, anchors)
+    assert torch.equal(one[0], many[0]) and torch.equal(one[1], many[1]), f"seed={seed}"
+
+
+def test_similarity_errors():
+    e, a = torch.randn(5, 4), torch.randn(3, 4)
+    with pytest.raises(ValueError, match="K >= 1"):
+        ops.max_anchor_similarity(e, torch.randn(0, 4))
+    with pytest.raises(ValueError, match="share D"):
+        ops.max_anchor_similarity(e, torch.randn(3, 5))
+    with pytest.raises(TypeError, match="embeddings must be float32"):
+        ops.max_anchor_similarity(e.long(), a)
+    with pytest.raises(TypeError, match="anchors must be float32"):
+        ops.max_anchor_similarity(e, a.int())
+    with pytest.raises(ValueError, match=r"anchors must be 2-D"):
+        ops.max_anchor_similarity(e, a[None])
+    with pytest.raises(ValueError, match=r"anchors must be 2-D"):
+        ops.max_anchor_similarity(e, a[0])
+    with pytest.raises(ValueError, match="0-D"):
+        ops.max_anchor_similarity(torch.tensor(1.0), a)
+    with pytest.raises(ValueError, match="same device"):
+        ops.max_anchor_similarity(e.to("meta"), a)
+    with pytest.raises(TypeError, match="torch.Tensor"):
+        ops.max_anchor_similarity(e.numpy(), a)
+    # The kernel itself checks too (direct call, bypassing the wrapper).
+    with pytest.raises(ValueError, match="share D"):
+        torch.ops.diffmask_fast.max_anchor_similarity(e, torch.randn(3, 5))
+    with pytest.raises(TypeError, match="floating"):
+        torch.ops.diffmask_fast.max_anchor_similarity(e.long(), a)
+
+
+def test_similarity_meta_and_compile():
+    values, indices = ops.max_anchor_similarity(torch.randn(2, 5, 4, device="meta"), torch.randn(3, 4, device="meta"))
+    assert values.shape == (2, 5) and values.device.type == "meta" and indices.dtype == torch.int64
+
+    def nearest(e, a):
+        values, indices = ops.max_anchor_similarity(e, a)
+        return values * 2, indices + 1
+
+    compiled = torch.compile(nearest, backend="aot_eager", fullgraph=True)
+    e, a = torch.randn(6, 5), torch.randn(3, 5)
+    got, expected = compiled(e, a), nearest(e, a)
+    assert torch.equal(got[0], expected[0]) and torch.equal(got[1], expected[1])
+
+
+# ----------------------------------------------------------------------------------------------
+# sample_without_replacement
+# ----------------------------------------------------------------------------------------------
+
+
+def random_weights(g: torch.Generator, rows: int, n: int, zero_fraction: float = 0.3) -> torch.Tensor:
+    weights = torch.rand(rows, n, generator=g, dtype=torch.float64)
+    weights[torch.rand(rows, n, generator=g) < zero_fraction] = 0
+    return weights
+
+
+def test_sampling_exact_counts(seed):
+    g = generator(seed)
+    for n in (1, 2, 7, 64, 513):
+        weights = random_weights(g, 40, n)
+        weights[3] = 0  # an all-zero row
+        counts = torch.randint(0, n + 3, (40,), generator=g)
+        picked = ops.sample_without_replacement(weights, counts, generator=g)
+        assert picked.dtype == torch.bool and picked.shape == weights.shape
+        positives = (weights > 0).sum(1)
+        expected = torch.minimum(counts, positives)
+        message = f"seed={seed} n={n}"
+        assert torch.equal(picked.sum(1), expected), message
+        assert not torch.any(picked & (weights == 0)), message
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("count_dtype", [torch.int64, torch.int32, torch.uint8])
+def test_sampling_dtypes(seed, dtype, count_dtype):
+    g = generator(seed)
+    weights = random_weights(g, 8, 30).to(dtype)
+    counts = torch.randint(0, 31, (8,), generator=g).to(count_dtype)
+    picked = ops.sample_without_replacement(weights, counts, generator=g)
+    assert torch.equal(picked.sum(1), torch.minimum(counts.long(), (weights > 0).sum(1))), f"seed={seed}"
+    assert not torch.any(picked & (weights == 0))
+
+
+def test_sampling_edge_shapes():
+    assert ops.sample_without_replacement(torch.rand(0, 5), torch.zeros(0, dtype=torch.long)).shape == (0, 5)
+    assert ops.sample_without_replacement(torch.rand(3, 0), torch.tensor([0, 2, 5])).shape == (3, 0)
+    one = ops.sample_without_replacement(torch.tensor([[2.5]]), torch.tensor([1]))
+    assert one.tolist() == [[True]]
+    assert ops.sample_without_replacement(torch.tensor([[0.0]]), torch.tensor([1])).tolist() == [[False]]
+    assert ops.sample_without_replacement(torch.zeros(2, 4), torch.tensor([4, 1])).sum() == 0
+
+
+def test_sampling_reproducible(seed):
+    g = generator(seed)
+    weights = random_weights(g, 16, 100)
+    counts = torch.full((16,), 10)
+    first = ops.sample_without_replacement(weights, counts, generator=torch.Generator().manual_seed(seed))
+    again = ops.sample_without_replacement(weights, counts, generator=torch.Generator().manual_seed(seed))
+    other = ops.sample_without_replacement(weights, counts, generator=torch.Generator().manual_seed(seed + 1))
+    assert torch.equal(first, again)
+    assert not torch.equal(first, other), f"seed={seed}"
+    torch.manual_seed(seed)
+    global_first = ops.sample_without_replacement(weights, counts)
+    torch.manual_seed(seed)
+    assert torch.equal(global_first, ops.sample_without_replacement(weights, counts))
+    # Row b depends only on (seed, b): a row's draw is the same inside a larger batch.
+    op = torch.ops.diffmask_fast.sample_without_replacement
+    full = op(weights, counts, 12345)
+    assert torch.equal(op(weights[:5], counts[:5], 12345), full[:5])
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        assert torch.equal(op(weights, counts, 12345), full)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def test_sampling_errors():
+    weights, counts = torch.rand(3, 4), torch.tensor([1, 2, 3])
+    for bad, word in [(float("nan"), "NaN"), (float("inf"), "infinite"), (-0.5, "negative")]:
+        w = weights.clone()
+        w[1, 2] = bad
+        with pytest.raises(ValueError, match=rf"weights\[1, 2\] is {word}"):
+            ops.sample_without_replacement(w, counts)
+    with pytest.raises(TypeError, match="floating"):
+        ops.sample_without_replacement(weights.long(), counts)
+    with pytest.raises(ValueError, match="2-D"):
+        ops.sample_without_replacement(weights[0], counts)
+    with pytest.raises(ValueError, match="2-D"):
+        ops.sample_without_replacement(weights[None], counts)
+    with pytest.raises(ValueError, match=r"counts must have shape \[3\]"):
+        ops.sample_without_replacement(weights, torch.tensor([1, 2]))
+    with pytest.raises(TypeError, match="integer"):
+        ops.sample_without_replacement(weights, counts.float())
+    with pytest.raises(ValueError, match=r"non-negative, got counts\[2\] = -1"):
+        ops.sample_without_replacement(weights, torch.tensor([1, 2, -1]))
+    with pytest.raises(ValueError, match="same device"):
+        ops.sample_without_replacement(weights.to("meta"), counts)
+    with pytest.raises(ValueError, match="counts must have shape"):
+        torch.ops.diffmask_fast.sample_without_replacement(weights, torch.tensor([1]), 0)
+
+
+# ----------------------------------------------------------------------------------------------
+# group_words and word_hash
+# ----------------------------------------------------------------------------------------------
+
+
+def synthetic_tokens(ids, starts_word: torch.Tensor, scheme: str) -> list[str]:
+    """Token strings carrying the word-boundary marker that starts_word encodes."""
+    marker = reference.WORD_BOUNDARY_MARKERS[scheme]
+    tokens = []
+    for i in ids:
+        if scheme == "wordpiece":
+            tokens.append(f"t{i}" if starts_word[i] else f"{marker}t{i}")
+        else:
+            tokens.append(f"{marker}t{i}" if starts_word[i] else f"t{i}")
+    return tokens
+
+
+def random_batch(g: torch.Generator, batch: int, length: int, vocabulary: int = 300):
+    """ids [B, L] (some out of the vocabulary at never-word positions), never_word [B, L] with
+    a leading special token, padding and scattered specials, starts_word [V]."""
+    ids = torch.randint(0, vocabulary, (batch, length), generator=g)
+    never = torch.rand(batch, length, generator=g) < 0.08
+    if length:
+        never[:, 0] = True
+        lengths = torch.randint(0, length + 1, (batch,), generator=g)
+        never |= torch.arange(length)[None, :] >= lengths[:, None]
+    ids[never & (torch.rand(batch, length, generator=g) < 0.3)] = vocabulary + 7  # ignored
+    starts = torch.rand(vocabulary, generator=g) < 0.6
+    return ids, never, starts
+
+
+@pytest.mark.parametrize("scheme", ["wordpiece", "byte_bpe", "sentencepiece"])
+def test_group_words_matches_reference(seed, scheme):
+    g = generator(seed)
+    ids, never, starts = random_batch(g, 12, 40)
+    words = ops.group_words(ids, never, starts)
+    assert words.word_hash.shape == (12, int(words.n_words.max()))
+    for b in range(12):
+        row_ids, row_never = ids[b].tolist(), never[b].tolist()
+        tokens = synthetic_tokens([i if not nw else 0 for i, nw in zip(row_ids, row_never)], starts, scheme)
+        groups = reference.group_words(reference.word_starts(tokens, row_never, scheme), row_never)
+        message = f"seed={seed} row={b}"
+        assert words.n_words[b] == len(groups), message
+        expected_index = [-1] * 40
+        for w, group in enumerate(groups):
+            for position in group:
+                expected_index[position] = w
+        assert words.word_index[b].tolist() == expected_index, message
+        expected_hashes = [ops.word_hash([row_ids[p] for p in group]) for group in groups]
+        hashes = words.word_hash[b].tolist()
+        assert hashes[: len(groups)] == expected_hashes, message
+        assert all(h == 0 for h in hashes[len(groups) :]), message
+
+
+def test_group_words_edges():
+    starts = torch.tensor([True, False, True])
+    empty = ops.group_words(torch.zeros(0, 4, dtype=torch.long), torch.zeros(0, 4, dtype=torch.bool), starts)
+    assert empty.word_hash.shape == (0, 0) and empty.n_words.shape == (0,)
+    no_words = ops.group_words(torch.tensor([[0, 1]]), torch.tensor([[True, True]]), starts)
+    assert no_words.word_hash.shape == (1, 0) and no_words.word_index.tolist() == [[-1, -1]]
+    # A continuation token first in the row, and after a special token, starts a word.
+    words = ops.group_words(
+        torch.tensor([[1, 1, 0, 1, 2, 1]]), torch.tensor([[False, False, True, False, False, False]]), starts
+    )
+    assert words.word_index.tolist() == [[0, 0, -1, 1, 2, 2]]
+    assert words.word_hash[0].tolist() == [ops.word_hash([1, 1]), ops.word_hash([1]), ops.word_hash([2, 1])]
+
+
+def test_word_hash_properties():
+    assert ops.word_hash([1]) == -1956407806741107680  # pinned in the C++ tests as well
+    assert ops.word_hash([1, 2, 3]) == -1523445386344781784
+    assert ops.word_hash([5, 6]) != ops.word_hash([6, 5])
+    assert ops.word_hash(np.array([7, 8])) == ops.word_hash([7, 8])
+    hashes = {ops.word_hash([a, b]) for a in range(60) for b in range(60)}
+    assert len(hashes) == 3600 and 0 not in hashes
+    assert all(-(2**63) <= h < 2**63 for h in hashes)
+    with pytest.raises(ValueError):
+        ops.word_hash([])
+
+
+def test_group_words_errors():
+    ids, never, starts = torch.tensor([[1, 5, 2]]), torch.zeros(1, 3, dtype=torch.bool), torch.ones(4, dtype=torch.bool)
+    with pytest.raises(ValueError, match=r"input_ids\[0, 1\] = 5 is outside the vocabulary"):
+        ops.group_words(ids, never, starts)
+    with pytest.raises(ValueError, match=r"input_ids\[0, 0\] = -1"):
+        ops.group_words(torch.tensor([[-1]]), torch.zeros(1, 1, dtype=torch.bool), starts)
+    ops.group_words(ids, torch.tensor([[False, True, False]]), starts)  # never-word ids are not looked up
+    with pytest.raises(TypeError, match="input_ids must have dtype torch.int64"):
+        ops.group_words(ids.int(), never, starts)
+    with pytest.raises(TypeError, match="never_word must have dtype torch.bool"):
+        ops.group_words(ids, never.long(), starts)
+    with pytest.raises(TypeError, match="starts_word must have dtype torch.bool"):
+        ops.group_words(ids, never, starts.long())
+    with pytest.raises(ValueError, match="never_word must have the shape"):
+        ops.group_words(ids, never[:, :2], starts)
+    with pytest.raises(ValueError, match="input_ids must be 2-D"):
+        ops.group_words(ids[0], never[0], starts)
+    with pytest.raises(ValueError, match="starts_word must be 1-D"):
+        ops.group_words(ids, never, starts[None])
+    with pytest.raises(ValueError, match="same device"):
+        ops.group_words(ids, never, starts.to("meta"))
+    with pytest.raises(ValueError, match="outside the vocabulary"):
+        torch.ops.diffmask_fast.group_words(ids, never, starts)
+
+
+# ----------------------------------------------------------------------------------------------
+# Score table
+# ----------------------------------------------------------------------------------------------
+
+
+def test_score_table_insert_lookup_overwrite(seed):
+    g = generator(seed)
+    table = ops.ScoreHashTable(capacity=4)
+    keys = torch.unique(torch.randint(-(2**62), 2**62, (3000,), generator=g))
+    keys = keys[keys != 0]
+    scores = torch.randn(keys.numel(), generator=g)
+    table.insert(keys[:1000], scores[:1000])
+    table.insert(keys[1000:], scores[1000:])
+    assert len(table) == keys.numel() and table.capacity >= 2 * len(table), f"seed={seed}"
+    assert table.capacity & (table.capacity - 1) == 0
+    found_scores, found = table.lookup(keys)
+    assert found.all() and torch.equal(found_scores, scores), f"seed={seed}"
+    missing = torch.tensor([0, 12345678901, -5])
+    missing_scores, found = table.lookup(missing, default=-2.5)
+    assert not found.any() and torch.all(missing_scores == -2.5)
+    # Overwrite, with repeats: the last value wins, the size does not change.
+    table.insert(torch.tensor([keys[0], keys[0], keys[5]]), torch.tensor([1.0, 2.0, 3.0]))
+    assert len(table) == keys.numel()
+    assert table.lookup(keys[[0, 5]])[0].tolist() == [2.0, 3.0]
+    # Lookup keeps the query shape.
+    shaped, shaped_found = table.lookup(keys[:12].reshape(3, 4))
+    assert shaped.shape == (3, 4) and shaped_found.shape == (3, 4) and shaped_found.all()
+    assert int(keys[7]) in table and 99 not in table
+    table.insert([], [])
+    table.insert(np.array([1, 2]), [0.5, 0.25])
+    assert table.lookup([1, 2])[0].tolist() == [0.5, 0.25]
+
+
+def test_score_table_pickle(seed):
+    g = generator(seed)
+    table = ops.ScoreHashTable()
+    keys = torch.randint(1, 2**62, (500,), generator=g)
+    table.insert(keys, torch.rand(500, generator=g))
+    clone = pickle.loads(pickle.dumps(table))
+    assert len(clone) == len(table) and clone.capacity == table.capacity
+    assert torch.equal(clone.lookup(keys)[0], table.lookup(keys)[0])
+    clone.insert([77], [1.0])
+    assert 77 in clone and 77 not in table
+
+
+def test_score_table_errors():
+    table = ops.ScoreHashTable()
+    with pytest.raises(ValueError, match="hash 0"):
+        table.insert([0, 5], [1.0, 2.0])
+    with pytest.raises(ValueError, match="finite"):
+        table.insert([5], [float("nan")])
+    with pytest.raises(ValueError, match="pair up"):
+        table.insert([5, 6], [1.0])
+    assert len(table) == 0
+    keys, values = torch.zeros(4, dtype=torch.long), torch.zeros(4)
+    ops.score_table_insert(keys, values, torch.tensor([11, 22, 33, 44]), torch.tensor([1.0, 2.0, 3.0, 4.0]))
+    before = keys.clone(), values.clone()
+    with pytest.raises(ValueError, match="is full"):
+        ops.score_table_insert(keys, values, torch.tensor([11, 55]), torch.tensor([9.0, 5.0]))
+    assert torch.equal(keys, before[0]) and torch.equal(values, before[1])  # rolled back
+    with pytest.raises(ValueError, match=r"new_keys\[1\] is 0"):
+        ops.score_table_insert(keys, values, torch.tensor([11, 0]), torch.tensor([1.0, 1.0]))
+    with pytest.raises(ValueError, match=r"new_values\[0\] = inf is not finite"):
+        ops.score_table_insert(keys, values, torch.tensor([11]), torch.tensor([float("inf")]))
+    with pytest.raises(ValueError, match="power of two"):
+        ops.score_table_lookup(torch.zeros(6, dtype=torch.long), torch.zeros(6), torch.tensor([1]))
+    with pytest.raises(TypeError, match="values must have dtype torch.float32"):
+        ops.score_table_lookup(keys, values.double(), torch.tensor([1]))
+    with pytest.raises(TypeError, match="queries must have dtype torch.int64"):
+        ops.score_table_lookup(keys, values, torch.tensor([1.0]))
+    with pytest.raises(ValueError, match="contiguous"):
+        ops.score_table_insert(torch.zeros(8, dtype=torch.long)[::2], values, torch.tensor([1]), torch.tensor([1.0]))
+    with pytest.raises(ValueError, match="is full"):
+        torch.ops.diffmask_fast.score_table_insert(keys, values, torch.tensor([66]), torch.tensor([1.0]))
+
+
+# ----------------------------------------------------------------------------------------------
+# difference_mask
+# ----------------------------------------------------------------------------------------------
+
+MASK_ID = 999
+RANDOM_IDS = torch.arange(1000, 1013)
+
+
+def masking_setup(g: torch.Generator, batch: int = 48, length: int = 64, known: float = 0.7):
+    """A random batch and a table holding scores for a random share of its words."""
+    ids, never, starts = random_batch(g, batch, length)
+    words = ops.group_words(ids, never, starts)
+    hashes = torch.unique(words.word_hash[words.word_hash != 0])
+    keep = hashes[torch.rand(hashes.numel(), generator=g) < known]
+    table = ops.ScoreHashTable()
+    table.insert(keep, torch.randn(keep.numel(), generator=g))
+    return ids, never, starts, words, table
+
+
+def run_mask(ids, never, starts, table, seed, **kwargs):
+    kwargs.setdefault("mask_token_id", MASK_ID)
+    return ops.difference_mask(ids, never, starts, *table.tensors(), RANDOM_IDS, seed=seed, **kwargs)
+
+
+@pytest.mark.parametrize("weighting", ["similarity", "rank"])
+@pytest.mark.parametrize("uniform_mix", [0.0, 0.3])
+def test_difference_mask_invariants(seed, weighting, uniform_mix):
+    g = generator(seed)
+    ids, never, starts, words, table = masking_setup(g)
+    p = 0.3
+    out = run_mask(ids, never, starts, table, seed, weighting=weighting, uniform_mix=uniform_mix, mlm_probability=p)
+    message = f"seed={seed}"
+    assert out.masked_ids.shape == ids.shape and out.labels.shape == ids.shape and out.masked_words.shape == (48,)
+    masked = out.labels != -100
+    assert torch.equal(out.labels[masked], ids[masked]), message  # labels: the original ids
+    assert not torch.any(masked & never), message  # never-word tokens are never masked
+    assert torch.equal(out.masked_ids[~masked], ids[~masked]), message
+    replaced = out.masked_ids[masked]
+    original = ids[masked]
+    assert torch.all((replaced == MASK_ID) | (replaced == original) | torch.isin(replaced, RANDOM_IDS)), message
+    for b in range(ids.shape[0]):
+        n = int(words.n_words[b])
+        index = words.word_index[b]
+        chosen = set(index[masked[b]].tolist())
+        for w in chosen:  # whole words only
+            assert torch.all(masked[b][index == w]), f"{message} row={b} word={w}"
+        assert len(chosen) == int(out.masked_words[b]), message
+        expected = p * n
+        assert math.floor(expected) <= len(chosen) <= min(math.floor(expected) + 1, n), message
+
+
+def test_difference_mask_misses_and_warm_table(seed):
+    g = generator(seed)
+    ids, never, starts, words, table = masking_setup(g, known=0.5)
+    first = run_mask(ids, never, starts, table, seed)
+    message = f"seed={seed}"
+    all_hashes = set(words.word_hash[words.word_hash != 0].tolist())
+    known = set(table.keys[table.keys != 0].tolist())
+    missing = all_hashes - known
+    assert set(first.misses[:, 0].tolist()) == missing, message
+    assert first.misses.shape == (len(missing), 4), message  # distinct hashes, one row each
+    positions = {}
+    for b in range(ids.shape[0]):  # first occurrence in row-major order
+        for w in range(int(words.n_words[b])):
+            h = int(words.word_hash[b, w])
+            if h in missing and h not in positions:
+                where = (words.word_index[b] == w).nonzero()[:, 0]
+                positions[h] = (b, int(where[0]), int(where[-1]) + 1)
+    for h, b, start, end in first.misses.tolist():
+        assert positions[h] == (b, start, end), message
+        assert ops.word_hash(ids[b, start:end].tolist()) == h, message
+    # Learn the misses (as a caller that decodes and scores them would), run again with the
+    # same seed: same result as a table that knew every word from the start.
+    scores = torch.randn(first.misses.shape[0], generator=g)
+    table.insert(first.misses[:, 0], scores)
+    second = run_mask(ids, never, starts, table, seed)
+    assert second.misses.shape == (0, 4), message
+    warm = ops.ScoreHashTable(capacity=8)
+    order = torch.randperm(len(table), generator=g)
+    keys = table.keys[table.keys != 0][order]
+    warm.insert(keys, table.lookup(keys)[0])
+    third = run_mask(ids, never, starts, warm, seed)
+    for a, b in zip(second, third):
+        assert torch.equal(a, b), message
+
+
+def test_difference_mask_reproducible(seed):
+    g = generator(seed)
+    ids, never, starts, _, table = masking_setup(g)
+    first = run_mask(ids, never, starts, table, seed)
+    again = run_mask(ids, never, starts, table, seed)
+    other = run_mask(ids, never, starts, table, seed + 1)
+    assert all(torch.equal(a, b) for a, b in zip(first, again))
+    assert not torch.equal(first.labels, other.labels), f"seed={seed}"
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        single = run_mask(ids, never, starts, table, seed)
+    finally:
+        torch.set_num_threads(threads)
+    assert all(torch.equal(a, b) for a, b in zip(first, single)), f"seed={seed}"
+    # A row's result depends on (seed, row) only.
+    part = run_mask(ids[:7], never[:7], starts, table, seed)
+    assert torch.equal(part.labels, first.labels[:7]) and torch.equal(part.masked_ids, first.masked_ids[:7])
+    torch.manual_seed(seed)
+    drawn = ops.difference_mask(ids, never, starts, *table.tensors(), RANDOM_IDS, mask_token_id=MASK_ID)
+    torch.manual_seed(seed)
+    assert torch.equal(
+        drawn.labels, ops.difference_mask(ids, never, starts, *table.tensors(), RANDOM_IDS, mask_token_id=MASK_ID).labels
+    )
+
+
+def test_difference_mask_budget_mean_and_replacement(seed):
+    """Masked words average p * n; the 80/10/10 split holds (binomial bounds)."""
+    g = generator(seed)
+    ids, never, starts, words, table = masking_setup(g, batch=400, length=64, known=1.0)
+    p = 0.23
+    out = run_mask(ids, never, starts, table, seed, mlm_probability=p, mask_replace_prob=0.7, random_replace_prob=0.2)
+    message = f"seed={seed}"
+    n = words.n_words.double()
+    frac = p * n - torch.floor(p * n)
+    variance = float((frac * (1 - frac)).sum())
+    assert abs(float(out.masked_words.sum()) - float((p * n).sum())) <= 5 * math.sqrt(variance) + 1e-9, message
+    masked = out.labels != -100
+    total = int(masked.sum())
+    replaced = out.masked_ids[masked]
+    for share, count in [
+        (0.7, int((replaced == MASK_ID).sum())),
+        (0.2, int(torch.isin(replaced, RANDOM_IDS).sum())),
+        (0.1, int((replaced == ids[masked]).sum())),
+    ]:
+        assert abs(count - share * total) <= 5 * math.sqrt(total * share * (1 - share)), f"{message} share={share}"
+    randoms = replaced[torch.isin(replaced, RANDOM_IDS)]
+    assert torch.unique(randoms).numel() == RANDOM_IDS.numel(), message  # every id gets drawn
+
+
+def test_difference_mask_extremes(seed):
+    g = generator(seed)
+    ids, never, starts, words, table = masking_setup(g)
+    everything = run_mask(ids, never, starts, table, seed, mlm_probability=1.0, mask_replace_prob=1.0, random_replace_prob=0.0)
+    assert torch.equal(everything.labels != -100, words.word_index >= 0)
+    assert torch.all(everything.masked_ids[~never] == MASK_ID)
+    assert torch.equal(everything.masked_words, words.n_words)
+    nothing = run_mask(ids, never, starts, table, seed, mlm_probability=0.0)
+    assert torch.all(nothing.labels == -100) and torch.equal(nothing.masked_ids, ids)
+    kept = run_mask(ids, never, starts, table, seed, mlm_probability=0.5, mask_replace_prob=0.0, random_replace_prob=0.0)
+    assert torch.equal(kept.masked_ids, ids) and bool((kept.labels != -100).any())
+    empty = ops.difference_mask(
+        torch.zeros(0, 5, dtype=torch.long), torch.zeros(0, 5, dtype=torch.bool), starts, *table.tensors(),
+        RANDOM_IDS, mask_token_id=MASK_ID, seed=1,
+    )
+    assert empty.masked_ids.shape == (0, 5) and empty.misses.shape == (0, 4)
+    no_table = ops.difference_mask(
+        ids, never, starts, torch.zeros(0, dtype=torch.long), torch.zeros(0), torch.zeros(0, dtype=torch.long),
+        mask_token_id=MASK_ID, random_replace_prob=0.0, seed=3,
+    )
+    assert no_table.misses.shape[0] == torch.unique(words.word_hash[words.word_hash != 0]).numel()
+
+
+def test_difference_mask_zero_scores_fill_uniformly(seed):
+    """Words of weight 0 are drawn only once every positive word is taken."""
+    g = generator(seed)
+    ids, never, starts, words, table = masking_setup(g, known=1.0)
+    positive = words.word_hash[0, 0]
+    keys = table.keys[table.keys != 0]
+    table.insert(keys, torch.full((keys.numel(),), -1.0))  # every score negative: weight 0 ...
+    table.insert(positive[None], torch.tensor([0.5]))  # ... but one
+    out = run_mask(ids, never, starts, table, seed, mlm_probability=0.5)
+    has_positive = (words.word_hash == positive).any(1)
+    for b in range(ids.shape[0]):
+        if int(out.masked_words[b]) == 0 or not has_positive[b]:
+            continue
+        w = int((words.word_hash[b] == positive).nonzero()[0, 0])
+        assert bool((out.labels[b][words.word_index[b] == w] != -100).all()), f"seed={seed} row={b}"
+
+
+def test_difference_mask_errors():
+    g = generator(0)
+    ids, never, starts, _, table = masking_setup(g, batch=2, length=6)
+    keys, values = table.tensors()
+
+    def call(**kwargs):
+        args = dict(
+            input_ids=ids, never_word=never, starts_word=starts, table_keys=keys, table_values=values,
+            random_token_ids=RANDOM_IDS, mask_token_id=MASK_ID, seed=1,
+        )
+        args.update(kwargs)
+        return ops.difference_mask(**args)
+
+    for name in ["mlm_probability", "uniform_mix", "mask_replace_prob", "random_replace_prob"]:
+        with pytest.raises(ValueError, match=name):
+            call(**{name: 1.5})
+        with pytest.raises(ValueError, match=name):
+            call(**{name: -0.1})
+    with pytest.raises(ValueError, match="must be at most 1"):
+        call(mask_replace_prob=0.8, random_replace_prob=0.3)
+    with pytest.raises(ValueError, match="weighting"):
+        call(weighting="max")
+    with pytest.raises(ValueError, match="random_token_ids is empty"):
+        call(random_token_ids=torch.zeros(0, dtype=torch.long))
+    call(random_token_ids=torch.zeros(0, dtype=torch.long), random_replace_prob=0.0)
+    with pytest.raises(ValueError, match="unknown_score"):
+        call(unknown_score=float("nan"))
+    with pytest.raises(TypeError, match="input_ids must have dtype torch.int64"):
+        call(input_ids=ids.int())
+    with pytest.raises(TypeError, match="random_token_ids must have dtype torch.int64"):
+        call(random_token_ids=RANDOM_IDS.int())
+    with pytest.raises(ValueError, match="power of two"):
+        call(table_keys=keys[:3], table_values=values[:3])
+    with pytest.raises(ValueError, match="same length"):
+        call(table_values=values[:2])
+    with pytest.raises(ValueError, match="same device"):
+        call(never_word=never.to("meta"))
+    with pytest.raises(ValueError, match="seed"):
+        call(seed=2**64)
+    bad = ids.clone()
+    bad[1, 3] = starts.numel()
+    never_bad = never.clone()
+    never_bad[1, 3] = False
+    with pytest.raises(ValueError, match=rf"input_ids\[1, 3\] = {starts.numel()} is outside the vocabulary"):
+        call(input_ids=bad, never_word=never_bad)
+    with pytest.raises(ValueError, match="weighting must be 0"):
+        torch.ops.diffmask_fast.difference_mask(ids, never, starts, keys, values, RANDOM_IDS, 0.2, 5, 0.0, 0.0, 1, 0.8, 0.1, 0)
+    with pytest.raises(ValueError, match="mlm_probability"):
+        torch.ops.diffmask_fast.difference_mask(ids, never, starts, keys, values, RANDOM_IDS, 2.0, 0, 0.0, 0.0, 1, 0.8, 0.1, 0)
+
+
+# ----------------------------------------------------------------------------------------------
+# Registration: opcheck, fake kernels, the loader
+# ----------------------------------------------------------------------------------------------
+
+
+def test_opcheck(seed):
+    g = generator(seed)
+    ids, never, starts, _, table = masking_setup(g, batch=3, length=10)
+    keys, values = table.tensors()
+    cases = [
+        (torch.ops.diffmask_fast.max_anchor_similarity.default, (torch.randn(2, 3, 8, generator=g), torch.randn(4, 8, generator=g))),
+        (torch.ops.diffmask_fast.sample_without_replacement.default, (torch.rand(4, 9, generator=g), torch.tensor([1, 3, 0, 9]), 7)),
+        (torch.ops.diffmask_fast.score_table_lookup.default, (keys, values, torch.randint(1, 100, (5,), generator=g), -1.0)),
+        (torch.ops.diffmask_fast.score_table_insert.default, (keys.clone(), values.clone(), torch.tensor([5, 6]), torch.tensor([0.5, 1.5]))),
+    ]
+    for op, args in cases:
+        torch.library.opcheck(op, args)
+    dynamic = [
+        (torch.ops.diffmask_fast.group_words.default, (ids, never, starts)),
+        (
+            torch.ops.diffmask_fast.difference_mask.default,
+            (ids, never, starts, keys, values, RANDOM_IDS, 0.3, 0, 0.0, 0.0, MASK_ID, 0.8, 0.1, seed),
+        ),
+    ]
+    for op, args in dynamic:  # data-dependent output sizes: no AOT dynamic-shape tracing
+        torch.library.opcheck(op, args, test_utils=("test_schema", "test_autograd_registration", "test_faketensor"))
+
+
+def test_fake_kernels_on_meta():
+    meta = {"device": "meta"}
+    out = ops.sample_without_replacement(torch.rand(3, 4, **meta), torch.ones(3, dtype=torch.long, **meta))
+    assert out.shape == (3, 4) and out.dtype == torch.bool and out.device.type == "meta"
+    with pytest.raises(ValueError, match="counts must have shape"):
+        ops.sample_without_replacement(torch.rand(3, 4, **meta), torch.ones(2, dtype=torch.long, **meta))
+
+
+def test_reference_never_loads_the_extension():
+    code = "import sys, diffmask_fast.reference; assert 'diffmask_fast._C' not in sys.modules; " \
+           "assert 'diffmask_fast._extension' not in sys.modules"
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_loader_explains_how_to_rebuild(monkeypatch):
+    from diffmask_fast import _extension
+
+    real_import = importlib.import_module
+
+    def missing(name, *args, **kwargs):
+        if name == "diffmask_fast._C":
+            raise ImportError("undefined symbol: _ZN3c104impl")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(_extension, "_module", None)
+    monkeypatch.setattr(_extension.importlib, "import_module", missing)
+    with pytest.raises(ImportError, match=r"pip install --no-build-isolation -e \.") as error:
+        _extension.load()
+    assert "undefined symbol" in str(error.value)
+
+    class Stale:
+        torch_version = "1.0.0"
+
+    monkeypatch.setattr(_extension.importlib, "import_module", lambda name, *a, **k: Stale())
+    with pytest.raises(ImportError, match=r"built for torch 1\.0\.0.*make build"):
+        _extension.load()
