@@ -18,6 +18,28 @@ if importlib.util.find_spec("diffmask_fast") is None:  # not installed: use the 
 import tokenizers_offline  # noqa: E402
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _private_embedding_cache(tmp_path_factory):
+    """Word-vector caches written by tests go to a temporary directory, never the user's cache."""
+    previous = os.environ.get("DIFFMASK_CACHE")
+    os.environ["DIFFMASK_CACHE"] = str(tmp_path_factory.mktemp("diffmask_cache"))
+    yield
+    if previous is None:
+        os.environ.pop("DIFFMASK_CACHE", None)
+    else:
+        os.environ["DIFFMASK_CACHE"] = previous
+
+
+@pytest.fixture
+def seed() -> int:
+    """A fresh random seed per test, printed so a failure can be replayed with
+    DIFFMASK_FAST_TEST_SEED=<seed>."""
+    value = os.environ.get("DIFFMASK_FAST_TEST_SEED")
+    value = int(value) if value else int.from_bytes(os.urandom(4), "little")
+    print(f"DIFFMASK_FAST_TEST_SEED={value}")
+    return value
+
+
 @pytest.fixture(scope="session")
 def shared_data_dir() -> Path:
     """``<repo>/../shared/data`` with the scicite, chemprot and acl_arc corpora; skips if absent."""

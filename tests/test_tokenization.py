@@ -51,7 +51,7 @@ ADVERSARIAL = [
 
 #: Sentences drawn from each shared corpus per run; the seed is printed with any failure.
 LINES_PER_CORPUS = 8
-SEED = int(os.environ.get("DIFFMASK_TEST_SEED", random.SystemRandom().randrange(2**31)))
+SEED = int(os.environ.get("DIFFMASK_FAST_TEST_SEED", random.SystemRandom().randrange(2**31)))
 
 
 @pytest.fixture(params=sorted(TOKENIZERS))
