@@ -8,7 +8,7 @@ CSRC := $(shell find csrc -name '*.cpp' -o -name '*.h' -o -name '*.cu' -o -name 
 EXTENSION_STAMP := $(VENV)/.extension-built
 DEPS_STAMP := $(VENV)/.deps-installed
 
-.PHONY: demo test test-python test-cpp bench build clean
+.PHONY: demo test test-python test-cpp bench build clean gpu-check gpu-build gpu-test gpu-bench
 
 demo: $(EXTENSION_STAMP)
 	$(VENV)/bin/diffmask demo
@@ -22,6 +22,34 @@ test-cpp:
 	cmake -S . -B build/cpp -DCMAKE_BUILD_TYPE=Debug -DDIFFMASK_SANITIZE=ON > /dev/null
 	cmake --build build/cpp -j 2
 	ctest --test-dir build/cpp --output-on-failure
+
+# On a machine with an NVIDIA GPU and a CUDA build of torch (never part of `make test`):
+# gpu-build compiles the extension with its CUDA kernels for this GPU (in place, with GPU_PY, the
+# Python that has the CUDA torch); gpu-test runs the C++ kernel tests on the GPU (also under
+# compute-sanitizer's memcheck, racecheck and synccheck when it is installed) and the CUDA tests
+# (failing, not skipping, if the kernels are missing); gpu-bench writes build/gpu-check/bench_gpu.md.
+GPU_PY ?= python3
+GPU_JOBS ?= 8
+
+gpu-check: gpu-build gpu-test gpu-bench
+
+gpu-build:
+	DIFFMASK_FAST_CUDA=1 MAX_JOBS=$(GPU_JOBS) $(GPU_PY) setup.py build_ext --inplace
+	cmake -S . -B build/gpu -DCMAKE_BUILD_TYPE=Release -DDIFFMASK_SANITIZE=OFF -DCMAKE_CUDA_ARCHITECTURES=native > /dev/null
+	cmake --build build/gpu -j $(GPU_JOBS)
+
+gpu-test:
+	ctest --test-dir build/gpu --output-on-failure
+	if command -v compute-sanitizer > /dev/null; then \
+	  for tool in memcheck racecheck synccheck; do \
+	    compute-sanitizer --tool $$tool --error-exitcode 1 build/gpu/test_cuda_kernels --quick || exit 1; \
+	  done; \
+	fi
+	DIFFMASK_FAST_REQUIRE_CUDA=1 $(GPU_PY) -m pytest -q tests/test_cuda.py tests/test_masking_module.py \
+	  tests/test_compile.py tests/test_ops.py
+
+gpu-bench:
+	$(GPU_PY) benchmarks/bench_gpu.py --output build/gpu-check/bench_gpu.md
 
 bench: $(EXTENSION_STAMP)
 	$(PY) benchmarks/run.py --write

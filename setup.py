@@ -6,8 +6,11 @@ is compiled against the torch it will run with::
     pip install --no-build-isolation -e .
 
 Environment switches:
-  DIFFMASK_FAST_CUDA=auto|1|0  compile csrc/cuda/*.cu: auto (default) when there are CUDA
-                               sources, torch has CUDA and nvcc is found; 1 requires it; 0 never.
+  DIFFMASK_FAST_CUDA=auto|1|0  compile the CUDA kernels (csrc/cuda/*.cu) and their operator
+                               adapters (csrc/cuda/*_launch.cpp): auto (default) when torch has
+                               CUDA and nvcc is found; 1 requires it; 0 never. The kernels target
+                               the GPUs of this machine unless TORCH_CUDA_ARCH_LIST says otherwise
+                               (e.g. "8.0;9.0").
   DIFFMASK_FAST_DEBUG=1        -O0 -g instead of -O3.
 """
 
@@ -73,7 +76,10 @@ def _use_cuda(cuda_sources: list[str]) -> bool:
 def _extensions():
     debug = _flag("DIFFMASK_FAST_DEBUG", "0", ("0", "1")) == "1"
     cpp_sources = _relative([os.path.join(ROOT, "csrc", "ops.cpp")] + glob.glob(os.path.join(ROOT, "csrc", "cpu", "*.cpp")))
+    # The kernels (*.cu) need only the CUDA runtime; the adapters (*_launch.cpp) need torch's
+    # CUDA headers, so they are compiled only into a CUDA build.
     cuda_sources = _relative(glob.glob(os.path.join(ROOT, "csrc", "cuda", "*.cu")))
+    cuda_adapters = _relative(glob.glob(os.path.join(ROOT, "csrc", "cuda", "*_launch.cpp")))
     with_cuda = _use_cuda(cuda_sources)
 
     optimization = ["-O0", "-g"] if debug else ["-O3"]
@@ -91,7 +97,7 @@ def _extensions():
     if with_cuda:
         extra_compile_args["nvcc"] = (["-O0", "-g"] if debug else ["-O3"]) + ["-std=c++17"]
         extension_class = cpp_extension.CUDAExtension
-        sources = cpp_sources + cuda_sources
+        sources = cpp_sources + cuda_adapters + cuda_sources
     else:
         extension_class = cpp_extension.CppExtension
         sources = cpp_sources

@@ -28,6 +28,8 @@ SECTIONS = [
     ("collator", "bench_collator", "Collator (per batch, word scores ready)"),
     ("ops", "bench_ops", "Ops"),
     ("counting", "bench_counting", "Word counting"),
+    ("scoring", "bench_scoring", "Word scoring"),
+    ("gpu", "bench_gpu", "GPU"),
 ]
 
 def main() -> None:

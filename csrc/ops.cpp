@@ -12,6 +12,12 @@
 TORCH_LIBRARY(diffmask_fast, m) {
   // Max cosine similarity over anchors [K, D] for each embedding [..., D], and the first arg max.
   m.def("max_anchor_similarity(Tensor embeddings, Tensor anchors) -> (Tensor values, Tensor indices)");
+  // The same with the precision of the dot products: "highest" (float32, the op above), "high"
+  // (TF32 tensor cores) or "medium" (bfloat16 tensor cores); the reduced ones apply on CUDA
+  // devices of compute capability 8.0 and newer, the CPU computes all three in float32.
+  m.def(
+      "max_anchor_similarity_precision(Tensor embeddings, Tensor anchors, str precision) -> "
+      "(Tensor values, Tensor indices)");
   // Successive sampling of min(counts[b], #positive) positions per row of weights [B, N].
   m.def("sample_without_replacement(Tensor weights, Tensor counts, int seed) -> Tensor");
   // Word of each token, word hashes [B, W] and word counts [B].
@@ -29,6 +35,15 @@ TORCH_LIBRARY(diffmask_fast, m) {
       "Tensor table_values, Tensor random_token_ids, float mlm_probability, int weighting, float uniform_mix, "
       "float unknown_score, int mask_token_id, float mask_replace_prob, float random_replace_prob, int seed) -> "
       "(Tensor masked_ids, Tensor labels, Tensor masked_words, Tensor misses)");
+  // The same step with outputs of fixed size, for use inside a compiled training step: no miss
+  // list (misses are counted per row), the seed a one-element int64 tensor (which may live on the
+  // device and change from step to step), ids outside the vocabulary treated as never_word
+  // instead of raising. Never synchronizes with the host.
+  m.def(
+      "difference_mask_device(Tensor input_ids, Tensor never_word, Tensor starts_word, Tensor table_keys, "
+      "Tensor table_values, Tensor random_token_ids, float mlm_probability, int weighting, float uniform_mix, "
+      "float unknown_score, int mask_token_id, float mask_replace_prob, float random_replace_prob, Tensor seed) -> "
+      "(Tensor masked_ids, Tensor labels, Tensor masked_words, Tensor n_words, Tensor missed_words)");
 }
 
 extern "C" {

@@ -1,7 +1,8 @@
 """diffmask_fast: Difference-Masking (Wilf et al., 2023) for continued pretraining of masked LMs.
 
 Pipeline: ``count_words`` -> ``mine_anchors`` (TF-ICF against ``GeneralFrequencies``) ->
-``WordScorer`` (with a ``WordEmbedder``) -> ``DifferenceMaskingCollator``. The plain-Python
+``WordScorer`` (with a ``WordEmbedder``) -> ``DifferenceMaskingCollator`` (CPU, DataLoader workers) or
+``DifferenceMasker`` / ``DifferenceMaskingTrainer`` (in the training step, on the GPU). The plain-Python
 specification is ``diffmask_fast.reference``. Names load lazily, so importing the package (or its
 reference) needs neither the compiled extension nor a model.
 """
@@ -20,7 +21,12 @@ _EXPORTS = {
     "WordEmbedder": "embedding",
     "WordScorer": "scoring",
     "ScoreTable": "scoring",
+    "AnchorIndex": "index",
+    "ContextualAnchors": "contextual",
+    "contextual_anchor_vectors": "contextual",
     "DifferenceMaskingCollator": "collator",
+    "DifferenceMasker": "masker",
+    "DifferenceMaskingTrainer": "trainer",
     "word_boundaries": "tokenization",
 }
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import asdict, dataclass
-from typing import Iterator
+from typing import Iterator, Mapping
 
 from . import reference
 from ._io import atomic_write_json, read_json
@@ -74,7 +74,7 @@ class Anchors:
 
 
 def mine_anchors(
-    counts: WordCounts,
+    counts: WordCounts | Mapping[str, int] | str | os.PathLike,
     general: GeneralFrequencies | None = None,
     k: int = 20,
     min_count: int | None = None,
@@ -82,24 +82,37 @@ def mine_anchors(
 ) -> Anchors:
     """The ``k`` words with the highest TF-ICF (eq. 2) among words with a letter.
 
-    ``min_count`` defaults to ``reference.default_min_count`` of the corpus size and
-    ``smoothing_per_million`` is the add-n constant of ``reference.tf_icf``; both keep one-off
-    names and typos from outranking words that are frequent in the domain. Ties break by word.
+    ``counts`` is a ``WordCounts`` (from ``count_words`` or ``WordCounts.load``), a word -> count
+    mapping, or the path of saved counts. ``min_count`` defaults to
+    ``reference.default_min_count`` of the corpus size and ``smoothing_per_million`` is the add-n
+    constant of ``reference.tf_icf``; both keep one-off names and typos from outranking words that
+    are frequent in the domain. Ties break by word. The result equals
+    ``reference.select_anchors``; only words with at least ``min_count`` occurrences are decoded,
+    so counts mapped from a file are never loaded whole.
     """
     if k < 1:
         raise ValueError(f"the number of anchors k must be at least 1, got {k}")
     if smoothing_per_million <= 0:
         raise ValueError(f"smoothing_per_million must be positive, got {smoothing_per_million}")
+    if isinstance(counts, (str, os.PathLike)):
+        counts = WordCounts.load(counts)
+    elif not isinstance(counts, WordCounts):
+        counts = WordCounts.from_mapping(counts)
     total = counts.total
     if total == 0:
         raise ValueError("cannot mine anchors: the word counts are empty")
     general = general or GeneralFrequencies.default()
     if min_count is None:
         min_count = reference.default_min_count(total)
-    chosen = reference.select_anchors(
-        counts.counts, general.counts, general.total, k=k, min_count=min_count,
-        smoothing_per_million=smoothing_per_million,
-    )
+    # reference.select_anchors, over the words that pass its count filter only.
+    scored = [
+        (word, reference.tf_icf(count, total, reference.general_count(word, general.counts), general.total,
+                                smoothing_per_million))
+        for word, count in counts.at_least(min_count)
+        if reference.has_letter(word)
+    ]
+    scored.sort(key=lambda item: (-item[1], item[0]))
+    chosen = scored[:k]
     if not chosen:
         raise ValueError(
             f"no word qualifies as an anchor: none has a letter and at least {min_count} occurrences "

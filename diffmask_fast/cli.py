@@ -1,4 +1,4 @@
-"""The ``diffmask`` command line: demo, mine, preview."""
+"""The ``diffmask`` command line: demo, mine, preview, score."""
 
 from __future__ import annotations
 
@@ -51,10 +51,21 @@ def build_parser() -> argparse.ArgumentParser:
     mine = commands.add_parser("mine", help="find a corpus's anchor words by TF-ICF",
                                description="Count the words of a corpus (text files, one document per line; "
                                            "directories and globs allowed) and print its top anchors by TF-ICF.")
-    mine.add_argument("corpus", nargs="+", help="text files, directories or glob patterns")
+    mine.add_argument("corpus", nargs="*", help="text or JSON-lines files (plain or .gz), directories or glob patterns")
     _add_mining_options(mine)
     mine.add_argument("--output", "-o", type=Path, default=None, help="save the anchors as JSON here")
-    mine.add_argument("--counts-output", type=Path, default=None, help="save the word counts as JSON here")
+    mine.add_argument("--counts-output", type=Path, default=None,
+                      help="save the word counts here, in the compact binary format (JSON if the name ends in .json)")
+    mine.add_argument("--counts", type=Path, default=None,
+                      help="mine from word counts saved by --counts-output instead of counting a corpus")
+    mine.add_argument("--text-field", default=None,
+                      help="field of JSON-lines records holding the text (default: 'text'; when given, every "
+                           "file is read as JSON lines)")
+    mine.add_argument("--threads", type=int, default=None, help="counting threads (default: every available core)")
+    mine.add_argument("--scheduler", default=None,
+                      help="address of a Dask scheduler (e.g. tcp://host:8786): count on its workers, which "
+                           "must see the same paths")
+    mine.add_argument("--no-progress", action="store_true", help="do not show a progress bar")
 
     preview = commands.add_parser("preview", help="show which words of a corpus get masked",
                                   description="Mask sample documents of a corpus and mark the masked words.")
@@ -63,19 +74,78 @@ def build_parser() -> argparse.ArgumentParser:
                          help="anchors JSON from `diffmask mine` (default: mine them from the corpus now)")
     _add_mining_options(preview)
     _add_masking_options(preview)
+    _add_score_parser(commands)
     return parser
 
 
+def _add_score_parser(commands) -> None:
+    score = commands.add_parser(
+        "score", help="score every word type of a corpus against its anchors",
+        description="Embed the word types of a corpus (or of saved word counts), score each by its similarity to "
+                    "the anchors, and save the score table the collator loads. Word vectors are cached on disk "
+                    "per model, so a second run only embeds new words.")
+    score.add_argument("corpus", nargs="*", help="text files, directories or glob patterns: their words are counted "
+                       "(unless --counts is given) and also collected as the tokenizer groups them")
+    score.add_argument("--counts", type=Path, default=None,
+                       help="word counts saved by `diffmask mine --counts-output`: score their word types")
+    score.add_argument("--anchors", type=Path, required=True, help="anchors JSON from `diffmask mine -o`")
+    score.add_argument("--output", "-o", type=Path, required=True,
+                       help="where to save the score table (binary .npz; JSON if the name ends in .json)")
+    score.add_argument("--model", default=None, help="encoder name or path for word embeddings "
+                       "(default: the bundled all-MiniLM-L6-v2)")
+    score.add_argument("--tokenizer", default=None, help="tokenizer of the model that will be pretrained; the corpus's "
+                       "words are collected as it groups them (default: the embedding model's)")
+    score.add_argument("--pooling", choices=("pooled", "mean", "input_embeddings"), default=None,
+                       help="how a word becomes a vector (default: pooled [CLS] output, or mean pooling for "
+                            "sentence-transformers checkpoints trained with it, such as the bundled MiniLM)")
+    score.add_argument("--similarity", choices=("max", "centroid", "mean"), default="max",
+                       help="how a word's score combines its similarity to the anchors (default max)")
+    score.add_argument("--index", choices=("auto", "exact", "flat", "ivf", "hnsw"), default="auto",
+                       help="nearest-anchor search for max similarity: exact, FAISS flat, IVF or HNSW "
+                            "(default auto: exact for small anchor sets, IVF for very large ones)")
+    score.add_argument("--recall-target", type=float, default=0.99,
+                       help="recall@1 an approximate index is tuned to reach (default 0.99)")
+    score.add_argument("--nlist", type=int, default=None, help="IVF lists (default 4 sqrt(K))")
+    score.add_argument("--nprobe", type=int, default=None, help="IVF lists scanned per word (default: tuned)")
+    score.add_argument("--ef-search", type=int, default=None, help="HNSW search depth (default: tuned)")
+    score.add_argument("--contextual-anchors", type=int, default=None, metavar="N",
+                       help="use the vectors of up to N occurrences of each anchor word in the corpus as anchors "
+                            "instead of the anchor words alone (pair with --pooling mean)")
+    score.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default="float32",
+                       help="precision of the model's forward pass (default float32)")
+    score.add_argument("--batch-size", type=int, default=256, help="words per forward pass (default 256)")
+    score.add_argument("--device", default=None, help="torch device (default: cuda when available)")
+    score.add_argument("--cache-dir", type=Path, default=None,
+                       help="embedding cache directory (default: $DIFFMASK_CACHE or ~/.cache/diffmask_fast)")
+    score.add_argument("--no-cache", action="store_true", help="neither read nor write the embedding cache")
+    score.add_argument("--top", type=int, default=15, help="top-scoring words to print (default 15)")
+    score.add_argument("--no-progress", action="store_true", help="do not show progress bars")
+
+
 def _mine(corpus, args):
+    from .counting import WordCounts, count_words
+
+    if getattr(args, "counts", None) is not None:
+        if corpus:
+            raise ValueError("give either a corpus to count or --counts, not both")
+        counts = WordCounts.load(args.counts)
+    else:
+        if not corpus:
+            raise ValueError("give a corpus to count (files, directories or globs), or --counts with saved word counts")
+        counts = count_words(corpus, progress=not getattr(args, "no_progress", False),
+                             threads=getattr(args, "threads", None), text_field=getattr(args, "text_field", None),
+                             scheduler=getattr(args, "scheduler", None))
+    return counts, _anchors_of(counts, args)
+
+
+def _anchors_of(counts, args):
     from .anchors import mine_anchors
-    from .counting import count_words
     from .general import GeneralFrequencies
     from .reference import DEFAULT_SMOOTHING_PER_MILLION
 
-    counts = count_words(corpus)
     general = GeneralFrequencies.from_file(args.general) if args.general else GeneralFrequencies.default()
     smoothing = DEFAULT_SMOOTHING_PER_MILLION if args.smoothing is None else args.smoothing
-    return counts, mine_anchors(counts, general, k=args.k, min_count=args.min_count, smoothing_per_million=smoothing)
+    return mine_anchors(counts, general, k=args.k, min_count=args.min_count, smoothing_per_million=smoothing)
 
 
 def _show_masks(anchors, texts, args) -> None:
@@ -125,7 +195,7 @@ def run_mine(args) -> None:
         print(f"\nSaved anchors to {args.output}")
     if args.counts_output:
         counts.save(args.counts_output)
-        print(f"Saved word counts to {args.counts_output}")
+        print(f"Saved word counts to {args.counts_output} (load them with --counts, or WordCounts.load)")
 
 
 def run_preview(args) -> None:
@@ -145,13 +215,72 @@ def run_preview(args) -> None:
     _show_masks(anchors, texts, args)
 
 
+def run_score(args) -> None:
+    import time
+
+    from .anchors import Anchors
+    from .corpus import iter_documents
+    from .counting import WordCounts, count_words
+    from .embedding import WordEmbedder
+    from .scoring import WordScorer
+    from .vocabulary import tokenizer_word_types
+
+    corpus = [Path(c) for c in args.corpus]
+    if not corpus and args.counts is None:
+        raise ValueError("give a corpus (files, directories or globs), --counts with saved word counts, or both")
+    if args.contextual_anchors is not None and not corpus:
+        raise ValueError("--contextual-anchors needs a corpus to find the anchors' occurrences in")
+    progress = not args.no_progress
+    anchors = Anchors.load(args.anchors)
+    counts = WordCounts.load(args.counts) if args.counts is not None else count_words(corpus, progress=progress)
+    table = getattr(counts, "table", None)
+    words = set(table.words() if table is not None and hasattr(table, "words") else counts.counts)
+    embedder = WordEmbedder.from_pretrained(
+        args.model, pooling=args.pooling, cache_dir=None if args.no_cache else (args.cache_dir or True),
+        dtype=args.dtype, batch_size=args.batch_size, device=args.device, progress=progress)
+    if corpus:
+        tokenizer = embedder.tokenizer
+        if args.tokenizer is not None:
+            from transformers import AutoTokenizer
+
+            tokenizer = AutoTokenizer.from_pretrained(args.tokenizer)
+        words |= tokenizer_word_types(tokenizer, iter_documents(corpus), lowercase=counts.lowercase)
+    words |= set(anchors.words)
+    options = {"similarity": args.similarity, "index": args.index,
+               "index_options": {key: value for key, value in (
+                   ("recall_target", args.recall_target), ("nlist", args.nlist), ("nprobe", args.nprobe),
+                   ("ef_search", args.ef_search)) if value is not None}}
+    started = time.perf_counter()
+    if args.contextual_anchors is not None:
+        scorer = WordScorer.with_contextual_anchors(embedder, anchors, iter_documents(corpus), args.contextual_anchors,
+                                                    context_options={"progress": progress}, **options)
+    else:
+        scorer = WordScorer(embedder, anchors, **options)
+    scores = scorer.score(words, lowercase=counts.lowercase, progress=progress)
+    elapsed = time.perf_counter() - started
+    scores.save(args.output)
+    info = scores.info
+    print(f"Scored {len(scores):,} word types against {len(anchors)} anchors "
+          f"({info['anchor_vectors']:,} anchor vectors{', contextual' if info['contextual'] else ''}) "
+          f"with {info['model']} ({info['pooling']} pooling, {info['similarity']} similarity) in {elapsed:.1f} s.")
+    if scorer.index is not None:
+        print(f"Nearest-anchor search: {scorer.index.describe()}.")
+    if args.top > 0:
+        anchor_words = set(scores.anchors)
+        top = [(w, v) for w, v in scores.top(len(anchor_words) + args.top) if w not in anchor_words][: args.top]
+        print("\nHighest-scoring words that are not anchors (score, nearest anchor):")
+        for word, value in top:
+            print(f"  {value:6.3f}  {word}  ({scores.nearest_anchor_of(word) or '-'})")
+    print(f"\nSaved the score table to {args.output}")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if getattr(args, "sentences", 1) < 1:
         print("diffmask: error: --sentences must be at least 1", file=sys.stderr)
         return 2
     try:
-        {"demo": run_demo, "mine": run_mine, "preview": run_preview}[args.command](args)
+        {"demo": run_demo, "mine": run_mine, "preview": run_preview, "score": run_score}[args.command](args)
     except (ValueError, FileNotFoundError, ImportError) as error:
         print(f"diffmask {args.command}: error: {error}", file=sys.stderr)
         return 1

@@ -1,26 +1,42 @@
-"""Reading a corpus: text files (plain or gzip), directories, globs, or strings, one document a line."""
+"""Reading a corpus: text files (plain or gzip), JSON lines, directories, globs, strings or a
+HuggingFace ``datasets.Dataset``.
+
+A document is a line of a text file (``\\n``, ``\\r\\n`` and a lone ``\\r`` end a line; invalid UTF-8
+bytes become U+FFFD), one record of a JSON-lines file (its ``text_field``), one string of an
+iterable, or one row of a dataset. ``iter_documents`` yields them one by one and is the plain
+definition ``count_words`` is tested against; ``count_words`` reads the same sources in blocks.
+"""
 
 from __future__ import annotations
 
 import glob
 import gzip
 import io
+import json
 import os
 from pathlib import Path
-from typing import Iterable, Iterator, Union
+from typing import Any, Iterable, Iterator, Mapping, Union
 
-CorpusSource = Union[str, os.PathLike, Iterable[str]]
+CorpusSource = Union[str, os.PathLike, Iterable[str], Any]
 
-#: File name endings read when a directory is given.
+#: File name endings read from a directory of text files.
 TEXT_SUFFIXES = (".txt", ".txt.gz", ".text", ".text.gz")
+#: File name endings of JSON lines: read as JSON lines wherever they appear, and the files read
+#: from a directory when a ``text_field`` is given.
+JSONL_SUFFIXES = (".jsonl", ".jsonl.gz", ".ndjson", ".ndjson.gz")
+#: Field of a JSON-lines record or dataset row that holds the text, unless told otherwise.
+DEFAULT_TEXT_FIELD = "text"
+#: Bytes at the start of a file checked for NUL bytes (the mark of a binary file).
+BINARY_CHECK_BYTES = 8192
 
 
 class CorpusError(ValueError):
-    """A corpus that cannot be read as text: a missing path, no text files, binary data."""
+    """A corpus that cannot be read as text: a missing path, no text files, binary data, a
+    JSON-lines record that is not JSON or lacks the text field."""
 
 
-def _expand_path(pattern: str) -> list[Path]:
-    """Files named by a path, a directory (its text files, recursively) or a glob pattern."""
+def _expand_path(pattern: str, suffixes: tuple[str, ...] = TEXT_SUFFIXES) -> list[Path]:
+    """Files named by a path, a directory (its files with ``suffixes``, recursively) or a glob."""
     if any(ch in pattern for ch in "*?["):
         matches = sorted(Path(p) for p in glob.glob(pattern, recursive=True))
         files = [p for p in matches if p.is_file()]
@@ -29,31 +45,67 @@ def _expand_path(pattern: str) -> list[Path]:
         return files
     path = Path(pattern)
     if path.is_dir():
-        files = sorted(p for p in path.rglob("*") if p.is_file() and p.name.endswith(TEXT_SUFFIXES))
+        files = sorted(p for p in path.rglob("*") if p.is_file() and p.name.endswith(suffixes))
         if not files:
-            raise CorpusError(f"directory {str(path)!r} holds no text files (looked for {', '.join(TEXT_SUFFIXES)})")
+            raise CorpusError(f"directory {str(path)!r} holds no text files (looked for {', '.join(suffixes)})")
         return files
     if not path.exists():
         raise CorpusError(f"corpus path {str(path)!r} does not exist")
     return [path]
 
 
-def corpus_files(source: Union[str, os.PathLike, Iterable[Union[str, os.PathLike]]]) -> list[Path]:
-    """Every file of a corpus given as one path/pattern or a list of them."""
+def corpus_files(
+    source: Union[str, os.PathLike, Iterable[Union[str, os.PathLike]]], text_field: str | None = None
+) -> list[Path]:
+    """Every file of a corpus given as one path/pattern or a list of them.
+
+    Directories contribute their text files, or their JSON-lines files when ``text_field`` is
+    given."""
+    suffixes = JSONL_SUFFIXES if text_field is not None else TEXT_SUFFIXES
     if isinstance(source, (str, os.PathLike)):
-        return _expand_path(os.fspath(source))
+        return _expand_path(os.fspath(source), suffixes)
     files: list[Path] = []
     for item in source:
-        files.extend(_expand_path(os.fspath(item)))
+        files.extend(_expand_path(os.fspath(item), suffixes))
     return files
 
 
-def _open_text(path: Path) -> io.TextIOBase:
-    raw = gzip.open(path, "rb") if path.name.endswith(".gz") else open(path, "rb")
-    head = raw.peek(8192)[:8192] if hasattr(raw, "peek") else b""
-    if b"\x00" in head:
-        raw.close()
+def is_json_lines(path: Path, text_field: str | None) -> bool:
+    """Whether a file is read as JSON lines: always when a ``text_field`` is given, else by name."""
+    return text_field is not None or path.name.endswith(JSONL_SUFFIXES)
+
+
+def is_gzip(path: Path) -> bool:
+    return path.name.endswith(".gz")
+
+
+def open_binary(path: Path):
+    """A binary reader of a file's (decompressed) bytes."""
+    try:
+        return gzip.open(path, "rb") if is_gzip(path) else open(path, "rb")
+    except FileNotFoundError:
+        raise CorpusError(f"corpus path {str(path)!r} does not exist") from None
+    except IsADirectoryError:
+        raise CorpusError(f"corpus path {str(path)!r} is a directory, not a file") from None
+
+
+def check_text(path: Path, head: bytes) -> None:
+    """Raise CorpusError if the first bytes of a file hold a NUL byte (binary data, or UTF-16)."""
+    if b"\x00" in head[:BINARY_CHECK_BYTES]:
         raise CorpusError(f"{str(path)!r} looks like a binary file (it contains NUL bytes), not text")
+
+
+def _open_text(path: Path) -> io.TextIOBase:
+    raw = open_binary(path)
+    try:
+        head = raw.peek(BINARY_CHECK_BYTES)[:BINARY_CHECK_BYTES] if hasattr(raw, "peek") else b""
+        check_text(path, head)
+    except (OSError, EOFError) as error:
+        raw.close()
+        raise CorpusError(f"{str(path)!r} cannot be read: {error}") from error
+    except CorpusError:
+        raw.close()
+        raise
     # Invalid UTF-8 bytes become U+FFFD rather than aborting a long count.
     return io.TextIOWrapper(raw, encoding="utf-8", errors="replace", newline=None)
 
@@ -65,27 +117,111 @@ def iter_file_lines(path: Path) -> Iterator[str]:
             yield line.rstrip("\n")
 
 
-def iter_documents(source: CorpusSource) -> Iterator[str]:
-    """Documents of a corpus: lines of its files, or the strings themselves.
+def record_text(line: Union[str, bytes], path: Union[str, os.PathLike], number: int, field: str) -> str | None:
+    """The text of one JSON-lines record; None for a blank line (which is no record).
 
-    A ``str`` is a path or pattern; an iterable holds literal strings or ``pathlib.Path``s.
-    """
+    Raises CorpusError naming the file and line when the line is not a JSON object or its
+    ``field`` is missing or not a string. Invalid UTF-8 bytes become U+FFFD."""
+    if isinstance(line, bytes):
+        line = line.decode("utf-8", "replace")
+    if not line.strip():
+        return None
+    try:
+        record = json.loads(line)
+    except json.JSONDecodeError as error:
+        raise CorpusError(f"{os.fspath(path)!r} line {number}: not valid JSON ({error.msg})") from None
+    if not isinstance(record, dict):
+        raise CorpusError(f"{os.fspath(path)!r} line {number}: expected a JSON object, got {type(record).__name__}")
+    if field not in record:
+        fields = ", ".join(sorted(record)[:10]) or "none"
+        raise CorpusError(f"{os.fspath(path)!r} line {number}: no field {field!r} (fields: {fields}); "
+                          "choose the text field with text_field / --text-field")
+    text = record[field]
+    if not isinstance(text, str):
+        raise CorpusError(f"{os.fspath(path)!r} line {number}: field {field!r} holds {type(text).__name__}, not a string")
+    return text
+
+
+def iter_json_lines(path: Path, field: str) -> Iterator[str]:
+    """Texts of the records of one JSON-lines file (blank lines skipped)."""
+    with open_binary(path) as handle:
+        check_text(path, handle.peek(BINARY_CHECK_BYTES) if hasattr(handle, "peek") else b"")
+        for number, line in enumerate(handle, start=1):
+            text = record_text(line, path, number, field)
+            if text is not None:
+                yield text
+
+
+def is_dataset(source: object) -> bool:
+    """Whether ``source`` looks like a HuggingFace ``datasets.Dataset`` (``column_names`` and
+    ``iter(batch_size=...)``); ``datasets`` itself is never imported."""
+    return (not isinstance(source, (str, bytes, os.PathLike))
+            and hasattr(source, "column_names") and callable(getattr(source, "iter", None)))
+
+
+def check_not_mapping(source: object) -> None:
+    """A dict (e.g. a ``datasets.DatasetDict`` of splits) is no corpus: iterating it would count
+    its keys."""
+    if isinstance(source, Mapping):
+        keys = ", ".join(map(str, list(source)[:5]))
+        raise CorpusError(f"a mapping was given as the corpus (keys: {keys}); pass one split of a "
+                          "dataset, paths or an iterable of strings")
+
+
+def iter_dataset_batches(dataset: Any, field: str | None, batch_size: int = 1000) -> Iterator[list[str]]:
+    """Lists of texts of a dataset's ``field`` column, ``batch_size`` rows at a time."""
+    field = field or DEFAULT_TEXT_FIELD
+    columns = dataset.column_names
+    if isinstance(columns, dict):
+        raise CorpusError(f"a dataset with several splits ({', '.join(columns)}) was given; pass one split")
+    if columns is not None and field not in columns:
+        raise CorpusError(f"the dataset has no column {field!r} (columns: {', '.join(columns)}); "
+                          "choose it with text_field")
+    row = 0
+    for batch in dataset.iter(batch_size=batch_size):
+        if field not in batch:
+            raise CorpusError(f"the dataset has no column {field!r}; choose it with text_field")
+        texts = batch[field]
+        for offset, text in enumerate(texts):
+            if not isinstance(text, str):
+                raise CorpusError(f"dataset row {row + offset}: column {field!r} holds {type(text).__name__}, not a string")
+        row += len(texts)
+        yield list(texts)
+
+
+def _iter_file_documents(path: Path, text_field: str | None) -> Iterator[str]:
+    if is_json_lines(path, text_field):
+        yield from iter_json_lines(path, text_field or DEFAULT_TEXT_FIELD)
+    else:
+        yield from iter_file_lines(path)
+
+
+def iter_documents(source: CorpusSource, text_field: str | None = None) -> Iterator[str]:
+    """Documents of a corpus: lines of text files, records of JSON-lines files, rows of a
+    dataset, or the strings themselves.
+
+    A ``str`` is a path or pattern; an iterable holds literal strings or ``pathlib.Path``s."""
     if isinstance(source, (str, os.PathLike)):
-        for path in corpus_files(source):
-            yield from iter_file_lines(path)
+        for path in corpus_files(source, text_field):
+            yield from _iter_file_documents(path, text_field)
         return
+    if is_dataset(source):
+        for batch in iter_dataset_batches(source, text_field):
+            yield from batch
+        return
+    check_not_mapping(source)
     for item in source:
         if isinstance(item, os.PathLike):
-            for path in corpus_files(item):
-                yield from iter_file_lines(path)
+            for path in corpus_files(item, text_field):
+                yield from _iter_file_documents(path, text_field)
             continue
         if not isinstance(item, str):
             raise CorpusError(f"corpus items must be strings, got {type(item).__name__}")
         yield item
 
 
-def corpus_size_bytes(source: CorpusSource) -> int | None:
-    """Total size of a file corpus, for progress bars; None for an iterable of strings."""
+def corpus_size_bytes(source: CorpusSource, text_field: str | None = None) -> int | None:
+    """Total size on disk of a file corpus, for progress bars; None for strings or a dataset."""
     if isinstance(source, (str, os.PathLike)):
-        return sum(p.stat().st_size for p in corpus_files(source))
+        return sum(p.stat().st_size for p in corpus_files(source, text_field))
     return None

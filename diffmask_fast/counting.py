@@ -1,100 +1,717 @@
-"""Counting the words of a target-domain corpus: c_T(w) and N_T of TF-ICF (eq. 2)."""
+"""Counting the words of a target-domain corpus: c_T(w) and N_T of TF-ICF (eq. 2).
+
+``count_words`` gives exactly ``reference.count_words`` over ``corpus.iter_documents`` (the words
+``str.split()`` finds in each document, normalized by ``reference.normalize_word``), at the speed
+of a byte loop and in memory that grows with the number of distinct words, not with the corpus:
+
+- Text is taken in blocks of ``block_bytes``, a few at a time: plain files through a memory map
+  (each block's pages are dropped once it is counted), gzip files decompressed by a background
+  thread into a few reused buffers. Each block is cut at whitespace into chunks (a few per
+  thread) that the threads take in turn, each counting into a hash table of its own with a Numba
+  kernel that splits raw UTF-8 bytes on the byte sequences of Unicode whitespace and never
+  decodes (``_wordtable`` explains why that is exact, invalid bytes included). A word cut by a
+  block boundary is counted whole with the next block. Line ends are counted by the same kernel.
+- At the end the thread tables are merged and each *distinct* raw word is normalized once: ASCII
+  words in Numba, others by ``reference.normalize_word`` after decoding with ``errors="replace"``
+  (files) or exactly (strings). The result is a table of words sorted by their UTF-8 bytes.
+- With ``scheduler`` (a Dask ``Client`` or a scheduler address), files are cut into byte ranges
+  counted by the same kernel on Dask workers and merged by a tree reduction
+  (``diffmask_fast.dask_counting``).
+
+``WordCounts`` holds the sorted table; ``save`` writes it in a compact binary format that ``load``
+maps into memory without reading it, so scoring and reports never recount a corpus.
+"""
 
 from __future__ import annotations
 
+import collections
+import functools
+import json
+import mmap
 import os
-from collections import Counter
-from dataclasses import dataclass, field
-from typing import Iterable, Mapping
+import queue
+import struct
+import threading
+import types
+import zlib
+from concurrent.futures import Future, ThreadPoolExecutor, wait
+from pathlib import Path
+from typing import Callable, Iterable, Iterator, Mapping
 
+import numpy as np
 from tqdm.auto import tqdm
 
+from . import _wordtable as W
 from . import reference
-from ._io import atomic_write_json, read_json
-from .corpus import CorpusError, CorpusSource, corpus_size_bytes, iter_documents
+from ._io import atomic_write_json, atomic_writer
+from .corpus import (
+    BINARY_CHECK_BYTES,
+    DEFAULT_TEXT_FIELD,
+    CorpusError,
+    CorpusSource,
+    check_not_mapping,
+    check_text,
+    corpus_files,
+    is_dataset,
+    is_gzip,
+    is_json_lines,
+    iter_dataset_batches,
+    open_binary,
+    record_text,
+)
 
 COUNTS_FORMAT = "diffmask_fast.word_counts/1"
+#: First bytes of the binary counts format.
+BINARY_MAGIC = b"DMWCOUNT"
+BINARY_VERSION = 1
+_PREAMBLE = struct.Struct("<8sIIQ")  # magic, version, reserved, header length
+
+#: Bytes read at a time from a file; threads share each block.
+DEFAULT_BLOCK_BYTES = 16 << 20
+#: Characters of strings (iterables, JSON lines, datasets) gathered before they are counted.
+STRING_BATCH_CHARS = 4 << 20
+#: A block is cut into up to this many chunks per thread, of at least MIN_CHUNK_BYTES each.
+CHUNKS_PER_THREAD = 4
+MIN_CHUNK_BYTES = 1 << 20
 
 
-@dataclass
-class WordCounts:
-    """Normalized word counts of a corpus, with the number of documents they came from."""
+def default_threads() -> int:
+    """The cores this process may run on."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # pragma: no cover - not Linux
+        return max(1, os.cpu_count() or 1)
 
-    counts: Counter = field(default_factory=Counter)
-    documents: int = 0
-    lowercase: bool = True
 
-    @property
-    def total(self) -> int:
-        """N_T: the number of word occurrences."""
-        return sum(self.counts.values())
+# ----------------------------------------------------------------------------------------------
+# Sorted count tables
+# ----------------------------------------------------------------------------------------------
+
+
+def _readonly(array: np.ndarray) -> np.ndarray:
+    array = np.ascontiguousarray(array)
+    array.flags.writeable = False
+    return array
+
+
+class CountTable:
+    """Distinct words and their counts, sorted by UTF-8 bytes (which is code point order).
+
+    ``blob`` holds the words' bytes back to back, word i is ``blob[offsets[i]:offsets[i + 1]]``,
+    and ``counts[i]`` is its count. Arrays are read-only; they may be mapped from a file."""
+
+    __slots__ = ("blob", "offsets", "counts")
+
+    def __init__(self, blob: np.ndarray, offsets: np.ndarray, counts: np.ndarray):
+        self.blob = _readonly(np.asarray(blob, dtype=np.uint8))
+        self.offsets = _readonly(np.asarray(offsets, dtype=np.int64))
+        self.counts = _readonly(np.asarray(counts, dtype=np.int64))
+
+    @classmethod
+    def empty(cls) -> "CountTable":
+        return cls(np.zeros(0, np.uint8), np.zeros(1, np.int64), np.zeros(0, np.int64))
+
+    @classmethod
+    def from_mapping(cls, mapping: Mapping[str, int]) -> "CountTable":
+        """A table of a word -> count mapping; words with count 0 are left out."""
+        items = []
+        for word, count in mapping.items():
+            if not isinstance(word, str):
+                raise TypeError(f"words must be strings, got {type(word).__name__}")
+            if count < 0 or int(count) != count:
+                raise ValueError(f"the count of {word!r} must be a non-negative integer, got {count!r}")
+            if count:
+                items.append((word.encode("utf-8", "surrogatepass"), int(count)))
+        items.sort()
+        lengths = np.fromiter((len(w) for w, _ in items), np.int64, len(items))
+        offsets = np.zeros(len(items) + 1, np.int64)
+        np.cumsum(lengths, out=offsets[1:])
+        blob = np.frombuffer(b"".join(w for w, _ in items), np.uint8)
+        return cls(blob, offsets, np.fromiter((c for _, c in items), np.int64, len(items)))
 
     def __len__(self) -> int:
         return len(self.counts)
 
-    def __getitem__(self, word: str) -> int:
-        return self.counts.get(word, 0)
+    def word(self, i: int) -> str:
+        return self.blob[self.offsets[i]: self.offsets[i + 1]].tobytes().decode("utf-8", "surrogatepass")
 
-    def __contains__(self, word: object) -> bool:
-        return word in self.counts
+    def words(self, rows: Iterable[int] | None = None) -> list[str]:
+        """The words of some rows (all by default), decoded."""
+        data = self.blob.tobytes() if rows is None else None
+        offsets = self.offsets
+        if rows is None:
+            starts = offsets.tolist()
+            return [data[starts[i]: starts[i + 1]].decode("utf-8", "surrogatepass") for i in range(len(self))]
+        return [self.word(int(i)) for i in rows]
 
-    def most_common(self, n: int | None = None) -> list[tuple[str, int]]:
-        """Words by count, ties broken by word so the order is deterministic."""
-        ranked = sorted(self.counts.items(), key=lambda item: (-item[1], item[0]))
-        return ranked if n is None else ranked[:n]
+    def find(self, word: str) -> int:
+        """Row of ``word``, or -1."""
+        if not isinstance(word, str):
+            return -1
+        key = np.frombuffer(word.encode("utf-8", "surrogatepass"), np.uint8)
+        return int(W.search_sorted(self.blob, self.offsets, key))
 
-    def merge(self, other: "WordCounts") -> "WordCounts":
-        if other.lowercase != self.lowercase:
-            raise ValueError("cannot merge counts made with different lowercasing")
-        merged = Counter(self.counts)
-        merged.update(other.counts)
-        return WordCounts(merged, self.documents + other.documents, self.lowercase)
+    def merge(self, other: "CountTable") -> "CountTable":
+        if not len(other):
+            return self
+        if not len(self):
+            return other
+        return CountTable(*W.merge_sorted(self.blob, self.offsets, self.counts, other.blob, other.offsets, other.counts))
 
-    def save(self, path: str | os.PathLike) -> None:
-        atomic_write_json(
-            path,
-            {"format": COUNTS_FORMAT, "documents": self.documents, "lowercase": self.lowercase,
-             "counts": dict(self.most_common())},
-        )
+    def items(self) -> Iterator[tuple[str, int]]:
+        return zip(self.words(), self.counts.tolist())
 
-    @classmethod
-    def load(cls, path: str | os.PathLike) -> "WordCounts":
-        payload = read_json(path, "word counts")
-        if not isinstance(payload, dict) or payload.get("format") != COUNTS_FORMAT:
-            raise ValueError(f"{os.fspath(path)!r} is not a word-counts file (expected format {COUNTS_FORMAT})")
-        return cls(Counter(payload["counts"]), int(payload["documents"]), bool(payload["lowercase"]))
+    def __eq__(self, other: object) -> bool:
+        return (isinstance(other, CountTable) and np.array_equal(self.counts, other.counts)
+                and np.array_equal(self.offsets, other.offsets) and np.array_equal(self.blob, other.blob))
 
-    @classmethod
-    def from_mapping(cls, counts: Mapping[str, int], documents: int = 0, lowercase: bool = True) -> "WordCounts":
-        return cls(Counter(counts), documents, lowercase)
+    def __reduce__(self):
+        return (CountTable, (np.array(self.blob), np.array(self.offsets), np.array(self.counts)))
 
 
-def count_words(source: CorpusSource, lowercase: bool = True, progress: bool = True) -> WordCounts:
+# ----------------------------------------------------------------------------------------------
+# Raw byte-string tables, one per thread
+# ----------------------------------------------------------------------------------------------
+
+
+class _RawTables:
+    """One Numba hash table of raw (undecoded, unnormalized) words per thread.
+
+    ``errors`` is how distinct raw words are decoded before normalization: "replace" for file
+    bytes (as the reader of ``corpus.iter_documents`` does), "surrogatepass" for strings, which
+    are encoded that way so that any ``str`` round-trips exactly."""
+
+    def __init__(self, threads: int, errors: str):
+        self.tables = [list(W.new_table()) for _ in range(threads)]
+        self.errors = errors
+        self.totals = None
+        self.idle: queue.SimpleQueue = queue.SimpleQueue()  # tables no thread is counting into
+        for k in range(threads):
+            self.idle.put(k)
+
+    def count(self, thread: int, buf: np.ndarray, start: int, end: int, prev: int) -> None:
+        """Count buf[start:end] (word boundaries; ``prev`` the byte before, -1 if none)."""
+        if end > start:
+            table = self.tables[thread]
+            table[0], table[1] = W.count_span(buf, start, end, prev, table[0], table[1], table[2])
+
+    def count_any(self, buf: np.ndarray, start: int, end: int, prev: int) -> None:
+        """``count`` into a table no other thread is counting into (there is one per thread)."""
+        k = self.idle.get()
+        try:
+            self.count(k, buf, start, end, prev)
+        finally:
+            self.idle.put(k)
+
+    def _sum(self, slot: int) -> int:
+        if self.totals is not None:  # finished
+            return int(self.totals[slot])
+        return int(sum(table[2][slot] for table in self.tables))
+
+    @property
+    def words(self) -> int:
+        return self._sum(W.META_WORDS)
+
+    @property
+    def line_ends(self) -> int:
+        """Line ends counted so far: "\\n", "\\r\\n" and a lone "\\r" each end one line."""
+        return self._sum(W.META_LF) + self._sum(W.META_CR) - self._sum(W.META_CRLF)
+
+    def finish(self, lowercase: bool, pool: ThreadPoolExecutor | None = None) -> CountTable:
+        """Normalize every distinct raw word once and return the sorted table of normalized words.
+
+        Each thread's table is normalized (ASCII words, in Numba) and sorted on its own thread;
+        the other words of all tables are summed, normalized once by ``reference.normalize_word``
+        and merged in with the sorted tables."""
+        tables = [table for table in self.tables if table[2][W.META_DISTINCT] > 0]
+        self.totals = sum((table[2] for table in self.tables), np.zeros(W.META_SIZE, np.int64))
+        self.tables = []
+        if not tables:
+            return CountTable.empty()
+
+        def ascii_words(table: list) -> tuple[CountTable, list[tuple[bytes, int]]]:
+            blob, starts, lengths, counts = W.table_strings(*table)
+            table.clear()
+            ascii_blob, ascii_starts, ascii_lengths, rows, others = W.normalize_ascii(blob, starts, lengths, lowercase)
+            slots, arena, meta = W.new_table(max(16, len(rows) // 2))
+            slots, arena = W.insert_strings(ascii_blob, ascii_starts, ascii_lengths,
+                                            np.ascontiguousarray(counts[rows]), slots, arena, meta)
+            normalized = CountTable(*W.sorted_table(*W.table_strings(slots, arena, meta)))
+            rest = [(blob[s: s + n].tobytes(), c) for s, n, c in
+                    zip(starts[others].tolist(), lengths[others].tolist(), counts[others].tolist())]
+            return normalized, rest
+
+        if pool is not None and len(tables) > 1:
+            parts = list(pool.map(ascii_words, tables))
+        else:
+            parts = [ascii_words(table) for table in tables]
+        raw: dict[bytes, int] = {}
+        for _, rest in parts:
+            for word, count in rest:
+                raw[word] = raw.get(word, 0) + count
+        normalized: dict[str, int] = {}
+        normalize, errors = reference.normalize_word, self.errors
+        for word, count in raw.items():
+            key = normalize(word.decode("utf-8", errors), lowercase)
+            normalized[key] = normalized.get(key, 0) + count
+        result = CountTable.from_mapping(normalized)
+        for table, _ in parts:
+            result = result.merge(table)
+        return result
+
+
+def _chunks(buf: np.ndarray, start: int, end: int, parts: int) -> list[tuple[int, int]]:
+    """Split buf[start:end] (whose ends are word boundaries) at word boundaries into ``parts``."""
+    bounds = [start]
+    for k in range(1, parts):
+        nominal = start + (end - start) * k // parts
+        if nominal <= bounds[-1]:
+            continue
+        cut = int(W.find_cut(buf, nominal, end, False))
+        if cut < 0 or cut >= end:
+            break
+        if cut > bounds[-1]:
+            bounds.append(cut)
+    bounds.append(end)
+    return [(a, b) for a, b in zip(bounds, bounds[1:]) if b > a]
+
+
+_NEW_BUFFER = object()
+
+
+class _BlockReader:
+    """A file's (decompressed) bytes [start, end) in blocks, read by a background thread into a
+    few reused buffers (reading and gzip decompression release the GIL and overlap with counting;
+    reused buffers spare the page faults of fresh allocations).
+
+    Iterating yields (block, bytes of the file on disk it took, release): a block is a read-only
+    memoryview, valid until ``release()`` hands its buffer back for another read. The reader
+    waits for a free buffer, so at most ``buffers`` blocks exist at a time."""
+
+    def __init__(self, path: Path, start: int, end: int | None, block_bytes: int, buffers: int = 3):
+        if not is_gzip(path):  # no bigger buffers than the bytes to read
+            try:
+                block_bytes = max(1, min(block_bytes, (path.stat().st_size if end is None else end) - start + 1))
+            except OSError:
+                pass  # reported by open_binary
+        self.path, self.start, self.end, self.block_bytes = path, start, end, block_bytes
+        self.free: queue.Queue = queue.Queue()
+        for _ in range(buffers):
+            self.free.put(_NEW_BUFFER)  # allocated by the reader when first needed
+        self.full: queue.Queue = queue.Queue()
+        self.stop = threading.Event()
+
+    def _read(self) -> None:
+        done = object()
+        try:
+            with open_binary(self.path) as handle:
+                raw = getattr(handle, "fileobj", None) or handle
+                if self.start:
+                    handle.seek(self.start)
+                position = raw.tell()
+                left = None if self.end is None else self.end - self.start
+                while (left is None or left > 0) and not self.stop.is_set():
+                    buffer = self.free.get()
+                    if buffer is None:
+                        return
+                    if buffer is _NEW_BUFFER:  # uninitialized: its pages are touched by the read
+                        buffer = np.empty(self.block_bytes, np.uint8)
+                    view = memoryview(buffer)[: self.block_bytes if left is None else min(self.block_bytes, left)]
+                    filled = 0
+                    while filled < len(view):
+                        try:
+                            got = handle.readinto(view[filled:])
+                        except (OSError, EOFError, zlib.error) as error:
+                            raise CorpusError(f"{str(self.path)!r} cannot be read: {error}") from error
+                        if not got:
+                            break
+                        filled += got
+                    if not filled:
+                        break
+                    if left is not None:
+                        left -= filled
+                    now = raw.tell()
+                    self.full.put((buffer, filled, now - position))
+                    position = now
+        except BaseException as error:  # raised in the consuming thread
+            self.full.put(error)
+        finally:
+            self.full.put(done)
+
+    def __iter__(self) -> Iterator[tuple[memoryview, int, Callable[[], None]]]:
+        worker = threading.Thread(target=self._read, name="diffmask-reader", daemon=True)
+        worker.start()
+        try:
+            while True:
+                item = self.full.get()
+                if isinstance(item, BaseException):
+                    raise item
+                if not isinstance(item, tuple):
+                    return
+                buffer, filled, taken = item
+                yield memoryview(buffer)[:filled].toreadonly(), taken, functools.partial(self.free.put, buffer)
+        finally:
+            self.stop.set()
+            self.free.put(None)
+            worker.join()
+
+
+class _MappedBlocks:
+    """A plain file's bytes [start, end) as blocks of a read-only memory map: no copies and no
+    reader thread; the counting threads fault the pages in. At most ``in_flight`` blocks are
+    handed out at a time, and ``release()`` drops a block's pages from this process's memory
+    (they stay in the page cache), so resident memory does not grow with the file.
+
+    Iterating yields (block, its length, release), like ``_BlockReader``. As with any memory map,
+    a file truncated by another process while it is being counted ends the process (SIGBUS)."""
+
+    def __init__(self, path: Path, start: int, end: int | None, block_bytes: int, in_flight: int = 3):
+        self.path, self.start, self.end, self.block_bytes = path, start, end, block_bytes
+        self.slots = threading.Semaphore(in_flight)
+
+    @staticmethod
+    def open(path: Path, start: int, end: int | None, block_bytes: int):
+        """The blocks of a plain file through a memory map, or None where it cannot be mapped
+        (compressed, empty or special files); read them with ``_BlockReader`` then."""
+        if is_gzip(path) or not path.is_file():
+            return None
+        try:
+            size = path.stat().st_size
+        except OSError:
+            return None
+        if size == 0 or (end is not None and end <= start):
+            return None
+        return _MappedBlocks(path, start, end, block_bytes)
+
+    def _release(self, mapped: mmap.mmap, position: int, length: int) -> None:
+        page = mmap.PAGESIZE
+        first = -(-position // page) * page
+        last = (position + length) // page * page
+        if last > first and hasattr(mmap, "MADV_DONTNEED"):
+            try:
+                mapped.madvise(mmap.MADV_DONTNEED, first, last - first)
+            except (OSError, ValueError):
+                pass
+        self.slots.release()
+
+    def __iter__(self) -> Iterator[tuple[memoryview, int, Callable[[], None]]]:
+        with open(self.path, "rb") as handle:
+            size = os.fstat(handle.fileno()).st_size
+            stop = size if self.end is None else min(self.end, size)
+            if stop <= self.start:
+                return
+            mapped = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ)
+        if hasattr(mmap, "MADV_SEQUENTIAL"):
+            mapped.madvise(mmap.MADV_SEQUENTIAL)
+        view = memoryview(mapped)
+        position = self.start
+        while position < stop:
+            length = min(self.block_bytes, stop - position)
+            self.slots.acquire()
+            yield (view[position: position + length], length,
+                   functools.partial(self._release, mapped, position, length))
+            position += length
+
+
+def _release_when_done(futures: list[Future], release: Callable[[], None]) -> None:
+    """Call ``release`` once every future has finished (at once if there are none)."""
+    if not futures:
+        release()
+        return
+    remaining = [len(futures)]
+    lock = threading.Lock()
+
+    def finished(_: Future) -> None:
+        with lock:
+            remaining[0] -= 1
+            last = remaining[0] == 0
+        if last:
+            release()
+
+    for future in futures:
+        future.add_done_callback(finished)
+
+
+class _Counter:
+    """Counts a corpus source by source into raw tables, then normalizes once."""
+
+    def __init__(self, threads: int, block_bytes: int, progress: bool, total_bytes: int | None):
+        if threads < 1:
+            raise ValueError(f"threads must be at least 1, got {threads}")
+        if block_bytes < 1:
+            raise ValueError(f"block_bytes must be at least 1, got {block_bytes}")
+        self.threads = threads
+        self.block_bytes = block_bytes
+        self.pool = ThreadPoolExecutor(threads, thread_name_prefix="diffmask-count") if threads > 1 else None
+        self.file_words = _RawTables(threads, "replace")
+        self.string_words = _RawTables(threads, "surrogatepass")
+        self.string_documents = 0
+        self.final_lines = 0
+        if total_bytes is not None:
+            self.bar = tqdm(total=total_bytes, unit="B", unit_scale=True, desc="counting words", disable=not progress)
+        else:
+            self.bar = tqdm(unit=" docs", unit_scale=True, desc="counting words", disable=not progress)
+
+    def close(self) -> None:
+        if self.pool is not None:
+            self.pool.shutdown()
+        self.bar.close()
+
+    @property
+    def documents(self) -> int:
+        """Lines of text files (line ends, plus last lines without one) and string documents."""
+        return self.file_words.line_ends + self.final_lines + self.string_documents
+
+    def _submit(self, tables: _RawTables, buf: np.ndarray, start: int, end: int, prev: int) -> list[Future]:
+        """Count buf[start:end] (word boundaries; ``prev`` the byte before) in chunks: on the
+        threads, returning their futures, or here and now with one thread. Several chunks per
+        thread, taken in turn by whichever thread is free, keep the threads equally busy."""
+        if end <= start:
+            return []
+        parts = max(1, min(self.threads * CHUNKS_PER_THREAD, (end - start) // MIN_CHUNK_BYTES))
+        chunks = _chunks(buf, start, end, parts)
+        if self.pool is None:
+            for a, b in chunks:
+                tables.count(0, buf, a, b, int(buf[a - 1]) if a > start else prev)
+            return []
+        return [self.pool.submit(tables.count_any, buf, a, b, int(buf[a - 1]) if a > start else prev)
+                for a, b in chunks]
+
+    # -- text files ---------------------------------------------------------------------------
+
+    def count_text_file(self, path: Path, start: int = 0, end: int | None = None, prev: int = -1,
+                        at_end: bool = True) -> None:
+        """Count the words and lines of a text file's bytes [start, end) (the whole file by
+        default). ``start`` and ``end`` must be word boundaries, ``prev`` the byte before
+        ``start``; ``at_end`` says whether ``end`` is the end of the file.
+
+        Blocks are not waited for: while the threads count one, the next is cut up and handed
+        out (a block's buffer goes back to the reader when its last chunk is counted)."""
+        tables = self.file_words
+        carry: list[bytes] = []  # the start of a word that goes on in the next block
+        carry_prev = prev  # the byte before the carry
+        last = prev
+        checked = 0 if start == 0 else BINARY_CHECK_BYTES  # the head of a file is checked for NULs
+        pending: collections.deque = collections.deque()
+        try:
+            blocks = (_MappedBlocks.open(path, start, end, self.block_bytes)
+                      or _BlockReader(path, start, end, self.block_bytes))
+            for block, taken, release in blocks:
+                if checked < BINARY_CHECK_BYTES:
+                    try:
+                        check_text(path, block[: BINARY_CHECK_BYTES - checked].tobytes())
+                    except CorpusError:
+                        release()
+                        raise
+                    checked += len(block)
+                buf = np.frombuffer(block, np.uint8)
+                size = len(buf)
+                futures: list[Future] = []
+                cut = int(W.find_cut(buf, 0, size, False))
+                if cut < 0:  # no word ends in this block
+                    carry.append(block.tobytes())
+                else:
+                    head = b"".join(carry) + block[:cut].tobytes()
+                    futures += self._submit(tables, np.frombuffer(head, np.uint8), 0, len(head), carry_prev)
+                    tail = int(W.find_cut(buf, cut, size, True))
+                    tail = cut if tail < 0 else tail
+                    futures += self._submit(tables, buf, cut, tail, int(buf[cut - 1]))
+                    carry = [block[tail:].tobytes()] if tail < size else []
+                    carry_prev = int(buf[tail - 1])
+                last = int(buf[-1])
+                _release_when_done(futures, release)
+                pending.extend(futures)
+                while pending and pending[0].done():
+                    pending.popleft().result()  # raises a counting error
+                self.bar.update(taken)
+            if carry:
+                rest = b"".join(carry)
+                pending.extend(self._submit(tables, np.frombuffer(rest, np.uint8), 0, len(rest), carry_prev))
+            while pending:
+                pending.popleft().result()
+        finally:
+            wait(pending)
+        if at_end and last not in (-1, 10, 13):
+            self.final_lines += 1  # a last line without a line end
+
+    # -- strings --------------------------------------------------------------------------------
+
+    def count_strings(self, texts: list[str]) -> None:
+        """Count a batch of documents given as strings."""
+        if not texts:
+            return
+        data = "\n".join(texts).encode("utf-8", "surrogatepass")
+        for future in self._submit(self.string_words, np.frombuffer(data, np.uint8), 0, len(data), -1):
+            future.result()
+        self.string_documents += len(texts)
+
+    def count_iterable(self, items: Iterable, text_field: str | None) -> None:
+        batch: list[str] = []
+        chars = 0
+        for item in items:
+            if type(item) is str or isinstance(item, str):
+                batch.append(item)
+                chars += len(item) + 1
+                if chars >= STRING_BATCH_CHARS:
+                    self.count_strings(batch)
+                    self.bar.update(len(batch))
+                    batch, chars = [], 0
+                continue
+            if isinstance(item, os.PathLike):
+                self.count_strings(batch)
+                self.bar.update(len(batch))
+                batch, chars = [], 0
+                for path in corpus_files(item, text_field):
+                    self.count_file(path, text_field)
+                continue
+            raise CorpusError(f"corpus items must be strings, got {type(item).__name__}")
+        self.count_strings(batch)
+        self.bar.update(len(batch))
+
+    # -- JSON lines -------------------------------------------------------------------------------
+
+    def count_json_lines(self, path: Path, field: str, start: int = 0, end: int | None = None) -> None:
+        """Count the text field of the records of a JSON-lines file's bytes [start, end), which
+        must begin and end at line starts."""
+        carry = b""
+        line_number = 0
+        batch: list[str] = []
+        chars = 0
+        checked = 0 if start == 0 else BINARY_CHECK_BYTES
+
+        def parse(lines: list[bytes]) -> None:
+            nonlocal line_number, chars
+            for line in lines:
+                line_number += 1
+                try:
+                    text = record_text(line, path, line_number, field)
+                except CorpusError:
+                    if start:  # name the line by its number in the whole file
+                        record_text(line, path, line_number + _lines_before(path, start), field)
+                    raise
+                if text is not None:
+                    batch.append(text)
+                    chars += len(text) + 1
+
+        for block, taken, release in _BlockReader(path, start, end, self.block_bytes):
+            data = block.tobytes()
+            release()
+            if checked < BINARY_CHECK_BYTES:
+                check_text(path, data[: BINARY_CHECK_BYTES - checked])
+                checked += len(data)
+            lines = (carry + data).split(b"\n")
+            carry = lines.pop()
+            parse(lines)
+            if chars >= STRING_BATCH_CHARS:
+                self.count_strings(batch)
+                batch, chars = [], 0
+            self.bar.update(taken)
+        if carry:
+            parse([carry])
+        self.count_strings(batch)
+
+    # -- dispatch ---------------------------------------------------------------------------------
+
+    def count_file(self, path: Path, text_field: str | None) -> None:
+        if is_json_lines(path, text_field):
+            self.count_json_lines(path, text_field or DEFAULT_TEXT_FIELD)
+        else:
+            self.count_text_file(path)
+
+    def finish(self, lowercase: bool) -> CountTable:
+        self.bar.set_postfix_str("normalizing", refresh=True)
+        table = self.file_words.finish(lowercase, self.pool).merge(self.string_words.finish(lowercase, self.pool))
+        return table
+
+    @property
+    def words(self) -> int:
+        return self.file_words.words + self.string_words.words
+
+
+def _lines_before(path: Path, offset: int) -> int:
+    """Number of "\\n" bytes in a file before ``offset``."""
+    count = 0
+    with open_binary(path) as handle:
+        while offset > 0:
+            block = handle.read(min(offset, 1 << 24))
+            if not block:
+                break
+            count += block.count(b"\n")
+            offset -= len(block)
+    return count
+
+
+def count_words(
+    source: CorpusSource,
+    lowercase: bool = True,
+    progress: bool = True,
+    *,
+    threads: int | None = None,
+    text_field: str | None = None,
+    scheduler=None,
+    block_bytes: int = DEFAULT_BLOCK_BYTES,
+    partition_bytes: int | None = None,
+) -> "WordCounts":
     """Count normalized whitespace-separated words (DESIGN.md §2) of every document in ``source``.
 
-    ``source`` is a file, directory or glob (plain or .gz text, one document a line), a list of
-    ``pathlib.Path``, or an iterable of strings. Raises ``CorpusError`` when it holds no words.
+    ``source`` is a file, directory or glob (plain or ``.gz`` text, one document a line; JSON
+    lines, one document a record), a list of ``pathlib.Path``, an iterable of strings (one
+    document each), or a HuggingFace ``datasets.Dataset`` (one document a row).
+
+    - ``threads``: counting threads, each with its own table (default: every available core).
+    - ``text_field``: the field of JSON-lines records or dataset rows holding the text (default
+      "text"). When given, every file is read as JSON lines and directories yield their
+      ``.jsonl``/``.ndjson`` files; otherwise only files named so are read as JSON lines.
+    - ``scheduler``: a ``distributed.Client`` or the address of a Dask scheduler: files are
+      counted on its workers in byte ranges of ``partition_bytes`` (see ``dask_counting``). The
+      workers must see the same paths.
+    - ``block_bytes``: bytes read at a time (memory use is a few blocks plus the tables).
+
+    Counts equal ``reference.count_words(corpus.iter_documents(source))`` exactly. Raises
+    ``CorpusError`` for a missing path, a directory without text files, a binary file, a bad
+    JSON-lines record, or a corpus with no documents or no words.
     """
-    counts: Counter = Counter()
-    documents = 0
-    size = corpus_size_bytes(source)
-    with tqdm(total=size, unit="B", unit_scale=True, desc="counting words", disable=not progress) as bar:
-        for document in iter_documents(source):
-            documents += 1
-            for raw in document.split():
-                counts[reference.normalize_word(raw, lowercase)] += 1
-            if size is not None:
-                bar.update(len(document.encode("utf-8", "replace")) + 1)
-            else:
-                bar.update(0)
+    if scheduler is not None:
+        from .dask_counting import count_words_distributed
+
+        return count_words_distributed(
+            source, scheduler, lowercase=lowercase, progress=progress, text_field=text_field,
+            partition_bytes=partition_bytes, threads=threads, block_bytes=block_bytes)
+    threads = default_threads() if threads is None else int(threads)
+    dataset = is_dataset(source)
+    if not dataset:
+        check_not_mapping(source)
+    files = None
+    if isinstance(source, (str, os.PathLike)):
+        files = corpus_files(source, text_field)
+    elif isinstance(source, (list, tuple)) and source and all(isinstance(s, os.PathLike) for s in source):
+        files = corpus_files(source, text_field)
+    total_bytes = sum(p.stat().st_size for p in files) if files is not None else None
+    counter = _Counter(threads, block_bytes, progress, total_bytes)
+    try:
+        if files is not None:
+            for path in files:
+                counter.count_file(path, text_field)
+        elif dataset:
+            for batch in iter_dataset_batches(source, text_field):
+                counter.count_strings(batch)
+                counter.bar.update(len(batch))
+        else:
+            counter.count_iterable(source, text_field)
+        return _result(counter.finish(lowercase), counter.documents, lowercase)
+    finally:
+        counter.close()
+
+
+def _result(table: CountTable, documents: int, lowercase: bool) -> "WordCounts":
     if documents == 0:
         raise CorpusError("the corpus is empty: it has no documents")
-    if not counts:
+    if not len(table):
         raise CorpusError(f"the corpus has no words: its {documents} document(s) are blank")
-    return WordCounts(counts, documents, lowercase)
+    return WordCounts(table, documents, lowercase)
 
 
-def merge_counts(parts: Iterable[WordCounts]) -> WordCounts:
+def merge_counts(parts: Iterable["WordCounts"]) -> "WordCounts":
     """Sum the counts of several corpora."""
     merged = None
     for part in parts:
@@ -102,3 +719,213 @@ def merge_counts(parts: Iterable[WordCounts]) -> WordCounts:
     if merged is None:
         raise ValueError("no word counts to merge")
     return merged
+
+
+# ----------------------------------------------------------------------------------------------
+# WordCounts
+# ----------------------------------------------------------------------------------------------
+
+
+class WordCounts:
+    """Normalized word counts of a corpus, with the number of documents they came from.
+
+    Backed by a ``CountTable`` (words sorted by UTF-8 bytes), possibly mapped from a file by
+    ``load``: ``total``, ``len``, ``counts[word]``, ``word in counts``, ``most_common(k)`` and
+    ``at_least(n)`` never build a dict of every word. ``counts`` (a read-only mapping) does, on
+    first use.
+    """
+
+    def __init__(self, counts: Mapping[str, int] | CountTable | None = None, documents: int = 0,
+                 lowercase: bool = True, *, total: int | None = None):
+        if counts is None:
+            table = CountTable.empty()
+        elif isinstance(counts, CountTable):
+            table = counts
+        elif isinstance(counts, Mapping):
+            table = CountTable.from_mapping(counts)
+        else:
+            raise TypeError(f"counts must be a mapping or a CountTable, got {type(counts).__name__}")
+        self.table = table
+        self.documents = int(documents)
+        self.lowercase = bool(lowercase)
+        self._total = None if total is None else int(total)
+        self._dict = None
+
+    @classmethod
+    def from_mapping(cls, counts: Mapping[str, int], documents: int = 0, lowercase: bool = True) -> "WordCounts":
+        return cls(CountTable.from_mapping(counts), documents, lowercase)
+
+    @property
+    def counts(self) -> Mapping[str, int]:
+        """Every word and its count, as a read-only mapping (built on first use)."""
+        if self._dict is None:
+            self._dict = types.MappingProxyType(dict(self.table.items()))
+        return self._dict
+
+    @property
+    def total(self) -> int:
+        """N_T: the number of word occurrences."""
+        if self._total is None:
+            self._total = int(self.table.counts.sum(dtype=np.int64))
+        return self._total
+
+    def __len__(self) -> int:
+        return len(self.table)
+
+    def __getitem__(self, word: str) -> int:
+        row = self.table.find(word)
+        return int(self.table.counts[row]) if row >= 0 else 0
+
+    def __contains__(self, word: object) -> bool:
+        return isinstance(word, str) and self.table.find(word) >= 0
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, WordCounts):
+            return NotImplemented
+        return (self.documents == other.documents and self.lowercase == other.lowercase
+                and self.table == other.table)
+
+    def __getstate__(self) -> dict:
+        state = dict(self.__dict__)
+        state["_dict"] = None
+        return state
+
+    def __repr__(self) -> str:
+        return (f"WordCounts({len(self):,} words, total={self.total:,}, documents={self.documents:,}, "
+                f"lowercase={self.lowercase})")
+
+    def most_common(self, n: int | None = None) -> list[tuple[str, int]]:
+        """Words by count, ties broken by word so the order is deterministic."""
+        counts = self.table.counts
+        if n is not None and n < 0:
+            raise ValueError(f"n must be non-negative, got {n}")
+        if n is None or n >= len(counts):
+            rows = np.argsort(-counts, kind="stable")
+        elif n == 0:
+            return []
+        else:
+            threshold = np.partition(counts, len(counts) - n)[len(counts) - n]
+            candidates = np.flatnonzero(counts >= threshold)
+            rows = candidates[np.argsort(-counts[candidates], kind="stable")][:n]
+        return list(zip(self.table.words(rows), counts[rows].tolist()))
+
+    def at_least(self, min_count: int) -> list[tuple[str, int]]:
+        """(word, count) of every word with at least ``min_count`` occurrences, in word order."""
+        rows = np.flatnonzero(self.table.counts >= min_count)
+        return list(zip(self.table.words(rows), self.table.counts[rows].tolist()))
+
+    def merge(self, other: "WordCounts") -> "WordCounts":
+        if other.lowercase != self.lowercase:
+            raise ValueError("cannot merge counts made with different lowercasing")
+        return WordCounts(self.table.merge(other.table), self.documents + other.documents, self.lowercase)
+
+    # -- files --------------------------------------------------------------------------------
+
+    def save(self, path: str | os.PathLike, format: str | None = None) -> None:
+        """Write the counts: ``format`` "binary" (compact, loaded lazily; the default) or "json"
+        (readable; the default when ``path`` ends in ``.json``). Written atomically."""
+        if format is None:
+            format = "json" if os.fspath(path).endswith(".json") else "binary"
+        if format == "json":
+            atomic_write_json(path, {"format": COUNTS_FORMAT, "documents": self.documents,
+                                     "lowercase": self.lowercase, "counts": dict(self.most_common())})
+        elif format == "binary":
+            _write_binary(path, self)
+        else:
+            raise ValueError(f"unknown counts format {format!r}; expected 'binary' or 'json'")
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, verify: bool = False) -> "WordCounts":
+        """Read counts written by ``save``. The binary format is mapped into memory, not read;
+        ``verify`` checks its checksum and structure (reading it all)."""
+        path = Path(path)
+        if not path.exists():
+            raise FileNotFoundError(f"word counts file {str(path)!r} does not exist")
+        with open(path, "rb") as handle:
+            start = handle.read(len(BINARY_MAGIC))
+        if start == BINARY_MAGIC:
+            return _read_binary(path, verify)
+        if start.lstrip()[:1] != b"{":
+            raise ValueError(f"{str(path)!r} is not a word-counts file (neither the binary nor the JSON format)")
+        from ._io import read_json
+
+        payload = read_json(path, "word counts")
+        if not isinstance(payload, dict) or payload.get("format") != COUNTS_FORMAT:
+            raise ValueError(f"{str(path)!r} is not a word-counts file (expected format {COUNTS_FORMAT})")
+        return cls.from_mapping(payload["counts"], int(payload["documents"]), bool(payload["lowercase"]))
+
+
+# ----------------------------------------------------------------------------------------------
+# Binary format
+#
+#   offset 0   b"DMWCOUNT", uint32 version, uint32 0, uint64 header length H (little-endian)
+#   24         header: UTF-8 JSON, space-padded to a multiple of 8 bytes: format, documents,
+#              lowercase, total, words (n), blob_bytes (B), crc32 of the data below
+#   24 + H     offsets: n + 1 little-endian int64;  counts: n int64;  blob: B bytes
+#              (words sorted by UTF-8 bytes; word i is blob[offsets[i]:offsets[i + 1]])
+# ----------------------------------------------------------------------------------------------
+
+
+def _little(array: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(array, dtype=np.dtype("<i8"))
+
+
+def _write_binary(path: str | os.PathLike, counts: WordCounts) -> None:
+    table = counts.table
+    parts = [_little(table.offsets), _little(table.counts), np.ascontiguousarray(table.blob)]
+    crc = 0
+    for part in parts:
+        crc = zlib.crc32(memoryview(part).cast("B"), crc)
+    header = json.dumps({
+        "format": COUNTS_FORMAT, "documents": counts.documents, "lowercase": counts.lowercase,
+        "total": counts.total, "words": len(table), "blob_bytes": int(table.blob.shape[0]), "crc32": crc,
+    }).encode("utf-8")
+    header += b" " * (-len(header) % 8)
+    with atomic_writer(path) as file:
+        file.write(_PREAMBLE.pack(BINARY_MAGIC, BINARY_VERSION, 0, len(header)))
+        file.write(header)
+        for part in parts:
+            file.write(memoryview(part).cast("B"))
+
+
+def _read_binary(path: Path, verify: bool) -> WordCounts:
+    name = str(path)
+    size = path.stat().st_size
+    with open(path, "rb") as handle:
+        preamble = handle.read(_PREAMBLE.size)
+        if len(preamble) < _PREAMBLE.size:
+            raise ValueError(f"{name!r} is truncated: {size} bytes, too short for a word-counts file")
+        magic, version, _, header_length = _PREAMBLE.unpack(preamble)
+        if version != BINARY_VERSION:
+            raise ValueError(f"{name!r} is word counts format version {version}; this diffmask_fast reads version {BINARY_VERSION}")
+        header_bytes = handle.read(header_length)
+        try:
+            if len(header_bytes) < header_length:
+                raise ValueError("short header")
+            header = json.loads(header_bytes.decode("utf-8"))
+            words, blob_bytes = int(header["words"]), int(header["blob_bytes"])
+        except (ValueError, KeyError, TypeError, UnicodeDecodeError):
+            raise ValueError(f"{name!r} is truncated or corrupt: its header cannot be read") from None
+        data = _PREAMBLE.size + header_length
+        expected = data + 8 * (2 * words + 1) + blob_bytes
+        if size != expected:
+            raise ValueError(f"{name!r} is truncated or corrupt: {size:,} bytes where its header "
+                             f"announces {expected:,}")
+        mapped = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ)
+    offsets = np.frombuffer(mapped, np.dtype("<i8"), words + 1, data)
+    counts = np.frombuffer(mapped, np.dtype("<i8"), words, data + 8 * (words + 1))
+    blob = np.frombuffer(mapped, np.uint8, blob_bytes, data + 8 * (2 * words + 1))
+    if offsets[0] != 0 or offsets[-1] != blob_bytes:
+        raise ValueError(f"{name!r} is corrupt: its word offsets do not span its word bytes")
+    if verify:
+        crc = zlib.crc32(memoryview(mapped)[data:], 0)
+        if crc != header.get("crc32"):
+            raise ValueError(f"{name!r} is corrupt: checksum mismatch")
+        if np.any(np.diff(offsets) <= 0) or np.any(counts <= 0) or int(counts.sum()) != header.get("total"):
+            raise ValueError(f"{name!r} is corrupt: inconsistent offsets or counts")
+    table = CountTable.__new__(CountTable)
+    table.blob, table.offsets, table.counts = blob, offsets, counts
+    if offsets.dtype.byteorder not in ("<", "=", "|") or np.dtype("<i8") != np.dtype(np.int64):
+        table = CountTable(blob, offsets.astype(np.int64), counts.astype(np.int64))
+    return WordCounts(table, int(header.get("documents", 0)), bool(header.get("lowercase", True)),
+                      total=int(header.get("total", counts.sum())))

@@ -31,13 +31,22 @@ __all__ = [
     "score_table_lookup",
     "ScoreHashTable",
     "difference_mask",
+    "difference_mask_device",
     "WEIGHTINGS",
+    "PRECISIONS",
     "Words",
     "DifferenceMaskOutput",
+    "DeviceMaskOutput",
 ]
 
 #: Word weighting schemes of difference_mask and their codes in the operator schema.
 WEIGHTINGS = {"similarity": 0, "rank": 1}
+
+#: Precisions of max_anchor_similarity's dot products, named as in torch.set_float32_matmul_precision:
+#: "highest" float32 (float64 for float64 inputs); on CUDA devices of compute capability >= 8.0,
+#: "high" rounds the inputs to TF32 and "medium" to bfloat16 for the tensor cores (float32
+#: accumulation). The CPU computes every precision in float32.
+PRECISIONS = ("highest", "high", "medium")
 
 _FLOATING = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 _INT64_MASK = (1 << 64) - 1
@@ -71,7 +80,9 @@ def _check_devices(op: str, **tensors: torch.Tensor) -> None:
         where = ", ".join(f"{name} on {tensor.device}" for name, tensor in tensors.items())
         raise ValueError(f"{op}: all tensors must be on the same device, got {where}")
     (device,) = devices
-    if device.type not in ("cpu", "meta") and not _extension.has_kernel(op, device.type):
+    # While torch.compile traces a caller, the fake kernel runs this check on the traced values.
+    compiled = device.type in ("cpu", "meta") or torch.compiler.is_compiling() or _extension.has_kernel(op, device.type)
+    if not compiled:
         raise ValueError(
             f"{op}: no {device.type} kernel is compiled into diffmask_fast._C; move the tensors to the CPU "
             "(or rebuild with DIFFMASK_FAST_CUDA=1 for CUDA)"
@@ -83,8 +94,10 @@ def _check_probability(op: str, name: str, value: float) -> None:
         raise ValueError(f"{op}: {name} must be in [0, 1], got {value}")
 
 
-def _check_similarity_args(embeddings: torch.Tensor, anchors: torch.Tensor) -> None:
+def _check_similarity_args(embeddings: torch.Tensor, anchors: torch.Tensor, precision: str = "highest") -> None:
     op = "max_anchor_similarity"
+    if precision not in PRECISIONS:
+        raise ValueError(f"{op}: precision must be one of {', '.join(repr(p) for p in PRECISIONS)}, got {precision!r}")
     _check_tensor(op, "embeddings", embeddings)
     _check_tensor(op, "anchors", anchors)
     for name, tensor in (("embeddings", embeddings), ("anchors", anchors)):
@@ -180,9 +193,8 @@ def _check_lookup_args(keys, values, queries) -> None:
 
 def _check_mask_args(
     input_ids, never_word, starts_word, table_keys, table_values, random_token_ids, mlm_probability, weighting,
-    uniform_mix, unknown_score, mask_replace_prob, random_replace_prob,
+    uniform_mix, unknown_score, mask_replace_prob, random_replace_prob, op: str = "difference_mask",
 ) -> None:
-    op = "difference_mask"
     _check_token_args(op, input_ids, never_word, starts_word)
     _check_table(op, table_keys, table_values, "table_keys", "table_values")
     _check_tensor(op, "random_token_ids", random_token_ids)
@@ -212,6 +224,15 @@ def _check_mask_args(
     )
 
 
+def _check_seed_tensor(op: str, seed, input_ids: torch.Tensor) -> None:
+    _check_tensor(op, "seed", seed)
+    _check_dtype(op, "seed", seed, torch.int64)
+    if seed.numel() != 1:
+        raise ValueError(f"{op}: seed must hold one int64 value, got shape {tuple(seed.shape)}")
+    if seed.device != input_ids.device and seed.device.type != "cpu":
+        raise ValueError(f"{op}: seed must be on the device of input_ids ({input_ids.device}) or on the CPU, got {seed.device}")
+
+
 def _draw_seed(generator: torch.Generator | None) -> int:
     """A 64-bit seed from ``generator`` (the global torch RNG when None), so torch.manual_seed
     makes the compiled sampling reproducible."""
@@ -227,6 +248,13 @@ def _draw_seed(generator: torch.Generator | None) -> int:
 @torch.library.register_fake("diffmask_fast::max_anchor_similarity")
 def _max_anchor_similarity_fake(embeddings, anchors):
     _check_similarity_args(embeddings, anchors)
+    shape = embeddings.shape[:-1]
+    return embeddings.new_empty(shape, dtype=torch.float32), embeddings.new_empty(shape, dtype=torch.int64)
+
+
+@torch.library.register_fake("diffmask_fast::max_anchor_similarity_precision")
+def _max_anchor_similarity_precision_fake(embeddings, anchors, precision):
+    _check_similarity_args(embeddings, anchors, precision)
     shape = embeddings.shape[:-1]
     return embeddings.new_empty(shape, dtype=torch.float32), embeddings.new_empty(shape, dtype=torch.int64)
 
@@ -280,23 +308,58 @@ def _difference_mask_fake(
     )
 
 
+@torch.library.register_fake("diffmask_fast::difference_mask_device")
+def _difference_mask_device_fake(
+    input_ids, never_word, starts_word, table_keys, table_values, random_token_ids, mlm_probability, weighting,
+    uniform_mix, unknown_score, mask_token_id, mask_replace_prob, random_replace_prob, seed,
+):
+    op = "difference_mask_device"
+    _check_mask_args(
+        input_ids, never_word, starts_word, table_keys, table_values, random_token_ids, mlm_probability, weighting,
+        uniform_mix, unknown_score, mask_replace_prob, random_replace_prob, op=op,
+    )
+    _check_seed_tensor(op, seed, input_ids)
+    rows = (input_ids.shape[0],)
+    return (
+        input_ids.new_empty(input_ids.shape),
+        input_ids.new_empty(input_ids.shape),
+        input_ids.new_empty(rows),
+        input_ids.new_empty(rows),
+        input_ids.new_empty(rows),
+    )
+
+
 # ----------------------------------------------------------------------------------------------
 # Similarity
 # ----------------------------------------------------------------------------------------------
 
 
-def max_anchor_similarity(embeddings: torch.Tensor, anchors: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def max_anchor_similarity(
+    embeddings: torch.Tensor, anchors: torch.Tensor, precision: str = "highest"
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Nearest anchor by cosine similarity (eq. 4 with ``max``) for every embedding.
 
     embeddings [..., D] and anchors [K, D] (K >= 1), float32/float64/float16/bfloat16, any strides,
     one device. Returns (values [...] float32, indices [...] int64): the max cosine over anchors
     and the first anchor reaching it. Zero vectors (embeddings or anchors) have cosine 0, so a
     zero embedding gets (0, 0). Computed in float32 (float64 inputs in float64) in row blocks, so
-    memory stays O(block x K) for any number of embeddings. A NaN in an embedding makes its value
-    NaN; NaN anchors are never chosen unless every anchor is NaN.
+    memory stays O(block x K) for any number of embeddings (on CUDA: O(rows), the running max is
+    kept per row). A NaN in an embedding makes its value NaN; NaN anchors are never chosen unless
+    every anchor is NaN.
+
+    ``precision`` (see PRECISIONS) trades accuracy for speed on CUDA devices of compute capability
+    8.0 or newer. Both factors of every product are rounded to the tensor-core format (unit
+    roundoff u), products are exact and summed in float32, and norms come from the float32
+    values, so a cosine errs by at most 2u plus the float32 bound D * 2^-24 of "highest":
+    "high" (TF32, u = 2^-11) by at most ~1e-3, "medium" (bfloat16, u = 2^-8) by at most ~8e-3.
+    Rounding errors mostly cancel, so typical errors are about u / sqrt(D) (1e-5 and 1e-4 at
+    D = 768). Anchors closer than the error to the best may be chosen instead of it. The CPU
+    computes every precision in float32.
     """
-    _check_similarity_args(embeddings, anchors)
-    return _ops.max_anchor_similarity(embeddings, anchors)
+    _check_similarity_args(embeddings, anchors, precision)
+    if precision == "highest":
+        return _ops.max_anchor_similarity(embeddings, anchors)
+    return _ops.max_anchor_similarity_precision(embeddings, anchors, precision)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -523,6 +586,69 @@ def difference_mask(
         raise ValueError(f"difference_mask: seed must fit in a signed 64-bit integer, got {seed}")
     return DifferenceMaskOutput(
         *_ops.difference_mask(
+            input_ids, never_word, starts_word, table_keys, table_values, random_token_ids, mlm_probability, code,
+            uniform_mix, unknown_score, int(mask_token_id), mask_replace_prob, random_replace_prob, seed,
+        )
+    )
+
+
+class DeviceMaskOutput(NamedTuple):
+    masked_ids: torch.Tensor  #: [B, L] int64, input_ids after 80/10/10 replacement
+    labels: torch.Tensor  #: [B, L] int64, original id at masked tokens, -100 elsewhere
+    masked_words: torch.Tensor  #: [B] int64, words masked per row
+    n_words: torch.Tensor  #: [B] int64, words per row
+    missed_words: torch.Tensor  #: [B] int64, words per row whose hash is absent from the table (scored unknown_score)
+
+
+def difference_mask_device(
+    input_ids: torch.Tensor,
+    never_word: torch.Tensor,
+    starts_word: torch.Tensor,
+    table_keys: torch.Tensor,
+    table_values: torch.Tensor,
+    random_token_ids: torch.Tensor,
+    *,
+    mask_token_id: int,
+    seed: torch.Tensor | int,
+    mlm_probability: float = 0.25,
+    weighting: str = "similarity",
+    uniform_mix: float = 0.0,
+    unknown_score: float = 0.0,
+    mask_replace_prob: float = 0.8,
+    random_replace_prob: float = 0.1,
+) -> DeviceMaskOutput:
+    """difference_mask for the training step: outputs of fixed size, no host round trip.
+
+    Same arguments and, for the same seed, the same masked_ids, labels and masked_words as
+    difference_mask (on the CPU and on CUDA alike). The differences, all so that the op can run
+    inside a compiled or graph-captured training step on the GPU without synchronizing:
+
+    - ``seed`` is a one-element int64 tensor, on the device of input_ids (read by the kernel, so
+      a training loop can advance it in place, e.g. ``seed.add_(1)``, without a host round trip)
+      or on the CPU; a Python int is taken as a CPU tensor.
+    - Words absent from the table score ``unknown_score`` and are counted per row
+      (``missed_words``) instead of listed: warm the table beforehand (DifferenceMasker.warm).
+    - Ids outside [0, V) that are not never_word belong to no word and are never masked (the
+      other op raises ValueError, which needs a synchronization on CUDA).
+    """
+    op = "difference_mask_device"
+    if weighting not in WEIGHTINGS:
+        raise ValueError(f"{op}: weighting must be one of {sorted(WEIGHTINGS)}, got {weighting!r}")
+    code = WEIGHTINGS[weighting]
+    mlm_probability, uniform_mix, unknown_score = float(mlm_probability), float(uniform_mix), float(unknown_score)
+    mask_replace_prob, random_replace_prob = float(mask_replace_prob), float(random_replace_prob)
+    _check_mask_args(
+        input_ids, never_word, starts_word, table_keys, table_values, random_token_ids, mlm_probability, code,
+        uniform_mix, unknown_score, mask_replace_prob, random_replace_prob, op=op,
+    )
+    if not isinstance(seed, torch.Tensor):
+        seed = int(seed)
+        if not -(2**63) <= seed < 2**63:
+            raise ValueError(f"{op}: seed must fit in a signed 64-bit integer, got {seed}")
+        seed = torch.tensor([seed], dtype=torch.int64)
+    _check_seed_tensor(op, seed, input_ids)
+    return DeviceMaskOutput(
+        *_ops.difference_mask_device(
             input_ids, never_word, starts_word, table_keys, table_values, random_token_ids, mlm_probability, code,
             uniform_mix, unknown_score, int(mask_token_id), mask_replace_prob, random_replace_prob, seed,
         )

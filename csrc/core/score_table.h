@@ -14,16 +14,16 @@
 namespace diffmask_fast {
 namespace core {
 
-inline bool is_power_of_two(int64_t x) {
+DIFFMASK_FAST_HD inline bool is_power_of_two(int64_t x) {
   return x > 0 && (x & (x - 1)) == 0;
 }
 
-inline uint64_t table_home_slot(int64_t key, int64_t capacity) {
+DIFFMASK_FAST_HD inline uint64_t table_home_slot(int64_t key, int64_t capacity) {
   return mix64(static_cast<uint64_t>(key)) & static_cast<uint64_t>(capacity - 1);
 }
 
 // The slot holding `key`, or -1 when it is absent (key 0 is always absent).
-inline int64_t table_find(const int64_t* keys, int64_t capacity, int64_t key) {
+DIFFMASK_FAST_HD inline int64_t table_find(const int64_t* keys, int64_t capacity, int64_t key) {
   if (key == 0 || capacity <= 0) {
     return -1;
   }

@@ -18,15 +18,15 @@ namespace core {
 // length that differ in one id never collide.
 constexpr uint64_t kWordHashSeed = kGolden;
 
-inline uint64_t word_hash_step(uint64_t h, int64_t id) {
+DIFFMASK_FAST_HD inline uint64_t word_hash_step(uint64_t h, int64_t id) {
   return mix64(h ^ static_cast<uint64_t>(id));
 }
 
-inline int64_t word_hash_finish(uint64_t h) {
+DIFFMASK_FAST_HD inline int64_t word_hash_finish(uint64_t h) {
   return h == 0 ? 1 : static_cast<int64_t>(h);
 }
 
-inline int64_t word_hash(const int64_t* ids, int64_t n) {
+DIFFMASK_FAST_HD inline int64_t word_hash(const int64_t* ids, int64_t n) {
   uint64_t h = kWordHashSeed;
   for (int64_t i = 0; i < n; ++i) {
     h = word_hash_step(h, ids[i]);

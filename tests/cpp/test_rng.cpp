@@ -1,6 +1,7 @@
 // Counter-based streams: determinism, independence of streams, distributions, fast_log.
 #include <cmath>
 #include <cstdint>
+#include <cstring>
 #include <set>
 #include <vector>
 
@@ -83,9 +84,26 @@ static void test_fast_log() {
   CHECK(to_exponential(~0ULL, table) >= 0.0);  // u = 1: E = 0
 }
 
+// CUDA kernels build the table entry by entry with LogTable::fill (in shared memory); it must
+// equal the constructor's table bit for bit, or GPU and CPU keys would differ.
+static void test_log_table_fill() {
+  static LogTable filled;  // constructed, then overwritten entry by entry
+  for (int i = 0; i < (1 << LogTable::kBits); ++i) {
+    filled.left[i] = filled.inverse[i] = filled.log_left[i] = -1.0;
+  }
+  for (int i = 0; i < (1 << LogTable::kBits); ++i) {
+    filled.fill(i);
+  }
+  const LogTable& table = log_table();
+  CHECK(std::memcmp(filled.left, table.left, sizeof table.left) == 0);
+  CHECK(std::memcmp(filled.inverse, table.inverse, sizeof table.inverse) == 0);
+  CHECK(std::memcmp(filled.log_left, table.log_left, sizeof table.log_left) == 0);
+}
+
 int main() {
   test_determinism();
   test_uniforms();
   test_fast_log();
+  test_log_table_fill();
   TEST_MAIN_END();
 }

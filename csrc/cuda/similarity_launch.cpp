@@ -1,0 +1,101 @@
+// CUDA adapters of max_anchor_similarity and max_anchor_similarity_precision: argument checks,
+// layouts, workspace, current stream.
+#include <ATen/ATen.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+#include <torch/library.h>
+
+#include "kernels.h"
+#include "launch_checks.h"
+
+namespace diffmask_fast {
+namespace cuda {
+namespace {
+
+constexpr const char* kOp = "max_anchor_similarity";
+
+Precision parse_precision(c10::string_view precision) {
+  if (precision == "highest") {
+    return Precision::kFloat32;
+  }
+  if (precision == "high") {
+    return Precision::kTf32;
+  }
+  TORCH_CHECK_VALUE(precision == "medium", kOp, ": precision must be 'highest', 'high' or 'medium', got '", precision,
+                    "'");
+  return Precision::kBf16;
+}
+
+std::tuple<at::Tensor, at::Tensor> max_anchor_similarity_precision_cuda(const at::Tensor& embeddings,
+                                                                         const at::Tensor& anchors,
+                                                                         c10::string_view precision) {
+  const Precision mode = parse_precision(precision);
+  check_cuda_tensor(embeddings, kOp, "embeddings");
+  check_same_device(anchors, embeddings, kOp, "anchors");
+  check_floating(embeddings, kOp, "embeddings");
+  check_floating(anchors, kOp, "anchors");
+  TORCH_CHECK_VALUE(anchors.dim() == 2, kOp, ": anchors must be 2-D [K, D], got shape ", anchors.sizes());
+  TORCH_CHECK_VALUE(anchors.size(0) >= 1, kOp, ": anchors must hold at least one anchor (K >= 1), got shape ",
+                    anchors.sizes());
+  TORCH_CHECK_VALUE(anchors.size(1) >= 1, kOp, ": anchors must have a positive dimension D, got shape ",
+                    anchors.sizes());
+  TORCH_CHECK_VALUE(embeddings.dim() >= 1, kOp, ": embeddings must be [..., D], got a 0-D tensor");
+  TORCH_CHECK_VALUE(embeddings.size(-1) == anchors.size(1), kOp,
+                    ": embeddings [..., D] and anchors [K, D] must share D, got embeddings ", embeddings.sizes(),
+                    " and anchors ", anchors.sizes());
+  const c10::cuda::CUDAGuard guard(embeddings.device());
+  const auto out_shape = embeddings.sizes().slice(0, embeddings.dim() - 1);
+  at::Tensor values = at::empty(out_shape, embeddings.options().dtype(at::kFloat));
+  at::Tensor indices = at::empty(out_shape, embeddings.options().dtype(at::kLong));
+  const int64_t n = values.numel();
+  if (n == 0) {
+    return {values, indices};
+  }
+  const int64_t d = anchors.size(1);
+  const bool float64 = embeddings.scalar_type() == at::kDouble;
+  const at::ScalarType dtype = float64 ? at::kDouble : at::kFloat;  // half / bfloat16: exact in float32
+  if (mode != Precision::kFloat32 && !float64) {
+    TORCH_CHECK_VALUE(supports_tensor_core_precision(embeddings.device().index()), kOp, ": precision '", precision,
+                      "' needs a GPU of compute capability 8.0 or newer; use 'highest'");
+  }
+  at::Tensor e = embeddings.reshape({n, d});  // a view unless the leading dims cannot be flattened
+  if (e.scalar_type() != dtype) {
+    e = e.to(dtype);
+  }
+  if (d > 1 && e.stride(1) != 1) {
+    e = e.contiguous();  // the kernels read rows with unit stride (any row stride, even 0)
+  }
+  const at::Tensor a = anchors.to(dtype).contiguous();
+
+  SimilarityProblem problem;
+  problem.embeddings = e.data_ptr();
+  problem.n = n;
+  problem.d = d;
+  problem.ld = n > 1 ? e.stride(0) : d;
+  problem.anchors = a.data_ptr();
+  problem.k = a.size(0);
+  problem.float64 = float64;
+  problem.precision = mode;
+  problem.values = values.data_ptr<float>();
+  problem.indices = indices.data_ptr<int64_t>();
+  SimilarityPlan plan;
+  check_launch(plan_max_anchor_similarity(problem, embeddings.device().index(), &plan), kOp);
+  const at::Tensor scratch = workspace(plan.workspace_bytes, embeddings);
+  check_launch(max_anchor_similarity(problem, plan, scratch.data_ptr(), c10::cuda::getCurrentCUDAStream().stream()),
+               kOp);
+  return {values, indices};
+}
+
+std::tuple<at::Tensor, at::Tensor> max_anchor_similarity_cuda(const at::Tensor& embeddings, const at::Tensor& anchors) {
+  return max_anchor_similarity_precision_cuda(embeddings, anchors, "highest");
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(diffmask_fast, CUDA, m) {
+  m.impl("max_anchor_similarity", &max_anchor_similarity_cuda);
+  m.impl("max_anchor_similarity_precision", &max_anchor_similarity_precision_cuda);
+}
+
+}  // namespace cuda
+}  // namespace diffmask_fast

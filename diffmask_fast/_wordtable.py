@@ -1,0 +1,795 @@
+"""Numba kernels behind ``count_words``: whitespace splitting on raw UTF-8 bytes, per-thread hash
+tables of distinct byte strings, normalization of ASCII words, sorting and merging of count tables.
+
+Why raw bytes give exactly ``reference.count_words``. The reference decodes a file as UTF-8 with
+``errors="replace"`` and splits with ``str.split()``. Every code point ``str.split()`` treats as
+whitespace (``WHITESPACE``) is either an ASCII byte or a complete, valid 2- or 3-byte sequence.
+UTF-8 is self-synchronizing: an ASCII byte is never swallowed by a replaced invalid sequence, and
+the lead byte of a valid sequence (0xC2, 0xE1, 0xE2, 0xE3 here) is never a continuation byte, so
+the decoder always decodes a complete valid whitespace sequence as that whitespace character, and
+U+FFFD (what invalid bytes become) is not whitespace. Hence the words of the decoded text are the
+maximal runs of bytes between whitespace sequences, each decoded on its own: the run ends at a
+character boundary, and an incomplete sequence at its end becomes one U+FFFD either way. The
+kernel therefore splits and counts byte strings and never decodes; each *distinct* byte string is
+normalized once afterwards (in Numba for ASCII words, with ``reference.normalize_word`` otherwise).
+
+A table is open addressing with linear probing over 32-byte slots (int64 rows, at most half
+full), so a lookup touches one cache line: a word of up to 16 bytes (almost every word) is stored
+in the slot itself, a longer one in an ``arena`` of bytes with its offset and hash in the slot.
+Row layout: ``[bytes 0-7 | arena offset, bytes 8-15 | hash, length (0 = empty), count]``.
+``meta`` holds counters (``META_*``). Tables grow by doubling; kernels that may grow one return
+the (possibly reallocated) arrays, and the hot loops only signal "full" to keep them free of
+reference counting.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import numpy as np
+from llvmlite import ir
+from numba import njit, types
+from numba.core import cgutils
+from numba.core.extending import intrinsic
+from numba.cpython.unsafe.numbers import trailing_zeros
+
+from . import reference
+
+#: Every code point ``str.split()`` treats as whitespace (tests check this against Python).
+WHITESPACE = (
+    "\t\n\x0b\x0c\r\x1c\x1d\x1e\x1f \x85\xa0\u1680\u2000\u2001\u2002\u2003\u2004\u2005\u2006"
+    "\u2007\u2008\u2009\u200a\u2028\u2029\u202f\u205f\u3000"
+)
+
+#: Byte classes: 0 = inside a word, 1 = ASCII whitespace, 2 = lead byte of a multi-byte
+#: whitespace sequence (only a whitespace character if the whole sequence follows).
+BYTE_CLASS = np.zeros(256, np.uint8)
+for _ch in WHITESPACE:
+    _encoded = _ch.encode("utf-8")
+    BYTE_CLASS[_encoded[0]] = 1 if len(_encoded) == 1 else 2
+
+#: ASCII bytes that normalize_word strips from word ends (Unicode categories P* and S*).
+ASCII_STRIP = np.zeros(256, np.bool_)
+for _byte in range(128):
+    ASCII_STRIP[_byte] = reference._is_punctuation_or_symbol(chr(_byte))
+
+#: meta[] slots: distinct strings, arena bytes used, "\n" bytes, "\r" bytes, "\r\n" pairs, words.
+META_DISTINCT, META_ARENA, META_LF, META_CR, META_CRLF, META_WORDS = range(6)
+META_SIZE = 8
+#: Longest string stored inside its slot.
+INLINE = 16
+
+_FNV_OFFSET = np.int64(-3750763034362895579)  # 0xcbf29ce484222325 as a signed 64-bit integer
+_FNV_PRIME = np.int64(1099511628211)
+_MIX_A = np.int64(-7046029254386353131)  # 0x9e3779b97f4a7c15
+_MIX_B = np.int64(-4417276706812531889)  # 0xc2b2ae3d27d4eb4f
+_MIX_C = np.int64(-2994355149440213613)  # 0xd6e8feb86659fd93
+
+
+_LOW = np.int64(0x2121212121212121)  # SWAR: flags bytes below 0x21 (ASCII whitespace is among them)
+_HIGH = np.int64(-0x7F7F7F7F7F7F7F80)  # 0x8080808080808080: flags non-ASCII bytes
+
+
+@intrinsic
+def _load8(typingctx, array, position):
+    """The 8 bytes array[position:position + 8] as a little-endian int64 (an unaligned load)."""
+    signature = types.int64(array, types.intp)
+
+    def codegen(context, builder, sig, args):
+        data = context.make_array(sig.args[0])(context, builder, args[0]).data
+        pointer = builder.bitcast(builder.gep(data, [args[1]]), ir.IntType(64).as_pointer())
+        value = builder.load(pointer, align=1)
+        return builder.bswap(value) if sys.byteorder == "big" else value
+
+    return signature, codegen
+
+
+@intrinsic
+def _prefetch(typingctx, array, position):
+    """Hint the CPU to load the cache line of array.flat[position] (llvm.prefetch; no effect on
+    results)."""
+    signature = types.void(array, types.intp)
+
+    def codegen(context, builder, sig, args):
+        data = context.make_array(sig.args[0])(context, builder, args[0]).data
+        byte_pointer = ir.IntType(8).as_pointer()
+        i32 = ir.IntType(32)
+        function = cgutils.get_or_insert_function(
+            builder.module, ir.FunctionType(ir.VoidType(), [byte_pointer, i32, i32, i32]), "llvm.prefetch.p0")
+        builder.call(function, [builder.bitcast(builder.gep(data, [args[1]]), byte_pointer), i32(0), i32(3), i32(1)])
+        return context.get_dummy_value()
+
+    return signature, codegen
+
+
+def new_table(capacity: int = 1 << 14, arena_bytes: int = 1 << 16):
+    """An empty table with room for ``capacity`` distinct strings before it first grows."""
+    capacity = max(16, 1 << (int(capacity) - 1).bit_length())
+    slots = np.zeros((2 * capacity, 4), np.int64)
+    arena = np.zeros(max(16, int(arena_bytes)), np.uint8)
+    meta = np.zeros(META_SIZE, np.int64)
+    return slots, arena, meta
+
+
+@njit(inline="always")
+def _space_length(buf, i, end):
+    """Length of the multi-byte whitespace sequence at buf[i] (a class-2 byte), or 0."""
+    c = buf[i]
+    if c == 0xC2:
+        if i + 1 < end:
+            d = buf[i + 1]
+            if d == 0x85 or d == 0xA0:
+                return 2
+        return 0
+    if i + 2 >= end:
+        return 0
+    d = buf[i + 1]
+    e = buf[i + 2]
+    if c == 0xE2:
+        if d == 0x80:
+            if (0x80 <= e and e <= 0x8A) or e == 0xA8 or e == 0xA9 or e == 0xAF:
+                return 3
+            return 0
+        if d == 0x81 and e == 0x9F:
+            return 3
+        return 0
+    if c == 0xE1:
+        return 3 if (d == 0x9A and e == 0x80) else 0
+    if c == 0xE3:
+        return 3 if (d == 0x80 and e == 0x80) else 0
+    return 0
+
+
+@njit(inline="always")
+def _mix(a, b, length):
+    h = (a * _MIX_A) ^ ((b + length) * _MIX_B)
+    h ^= h >> 32
+    h *= _MIX_C
+    h ^= h >> 29
+    return h
+
+
+@njit(nogil=True, cache=True)
+def _grow(slots, arena, meta, length):
+    """Room for one more string of ``length`` bytes: doubles whatever is full (the kernels stop
+    and return when a string does not fit, so that the hot loops never reallocate)."""
+    n = meta[META_DISTINCT]
+    used = meta[META_ARENA]
+    if length > INLINE and used + length > arena.shape[0]:
+        bigger = np.zeros(max(2 * arena.shape[0], used + length), np.uint8)
+        bigger[:used] = arena[:used]
+        arena = bigger
+    if 2 * (n + 1) > slots.shape[0]:
+        grown = np.zeros((2 * slots.shape[0], 4), np.int64)
+        mask = grown.shape[0] - 1
+        for i in range(slots.shape[0]):
+            size = slots[i, 2]
+            if size == 0:
+                continue
+            if size <= INLINE:
+                h = _mix(slots[i, 0], slots[i, 1], size)
+            else:
+                h = _mix(slots[i, 1], np.int64(0), size)
+            j = h & mask
+            while grown[j, 2] != 0:
+                j = (j + 1) & mask
+            grown[j, :] = slots[i, :]
+        slots = grown
+    return slots, arena
+
+
+@njit(nogil=True, cache=True)
+def count_lines(buf, start, end, prev):
+    r"""Line ends in buf[start:end]: (\n bytes, \r bytes, \r\n pairs); ``prev`` is the byte before
+    ``start`` (-1 if none), for a pair split between two spans."""
+    if end <= start:
+        return 0, 0, 0
+    first = buf[start]
+    lf = 1 if first == 10 else 0
+    cr = 1 if first == 13 else 0
+    crlf = 1 if (first == 10 and prev == 13) else 0
+    for i in range(start + 1, end):
+        c = buf[i]
+        is_lf = c == 10
+        lf += is_lf
+        cr += c == 13
+        crlf += is_lf & (buf[i - 1] == 13)
+    return lf, cr, crlf
+
+
+#: Words scanned ahead of their lookups: the slots of a batch are prefetched together, so the
+#: cache misses of a batch overlap instead of following one another.
+BATCH = 32
+
+
+@njit(nogil=True, cache=True)
+def _count_until_full(buf, start, end, prev, slots, arena, meta):
+    """Count the words and line ends of buf[start:end] until a word does not fit; returns where
+    it stopped (a word start, or ``end``) and the length of the word that did not fit. ``prev``
+    is the byte before ``start`` (-1 if none), for a "\\r\\n" pair split between two spans.
+
+    Words are scanned 8 bytes at a time (SWAR: a word goes on while its bytes are ASCII above
+    0x20) and packed into their slot key with two loads, a batch at a time; then the batch is
+    looked up, its slots prefetched so that their cache misses overlap. Key packing and lookup are
+    written out here rather than in a helper: Numba passes arrays to a function, even an inlined
+    one, with reference counting that would cost more than the lookup itself."""
+    size_buf = buf.shape[0]
+    mask = slots.shape[0] - 1
+    n = meta[META_DISTINCT]
+    limit = slots.shape[0] // 2
+    starts = np.empty(BATCH, np.int64)
+    ends = np.empty(BATCH, np.int64)
+    key0 = np.empty(BATCH, np.int64)
+    key1 = np.empty(BATCH, np.int64)
+    hashes = np.empty(BATCH, np.int64)
+    words = 0
+    lf = 0
+    cr = 0
+    crlf = 0
+    i = start
+    while i < end:
+        # Scan a batch of words, computing their keys and counting line ends between them.
+        m = 0
+        while m < BATCH and i < end:
+            c = buf[i]
+            k = BYTE_CLASS[c]
+            if k == 1:
+                if c == 10:
+                    lf += 1
+                    if (buf[i - 1] if i > start else prev) == 13:
+                        crlf += 1
+                elif c == 13:
+                    cr += 1
+                i += 1
+                continue
+            if k == 2:
+                size = _space_length(buf, i, end)
+                if size > 0:
+                    i += size
+                    continue
+            s = i
+            i += 1
+            while i < end:
+                if i + 8 <= size_buf:
+                    x = _load8(buf, i)
+                    flags = (((x - _LOW) & ~x) | x) & _HIGH
+                    if flags == 0:
+                        i += 8
+                        continue
+                    p = i + (trailing_zeros(flags) >> 3)
+                    if p >= end:
+                        i = end
+                        break
+                    i = p
+                c = buf[i]
+                k = BYTE_CLASS[c]
+                if k == 1:
+                    break
+                if k == 2 and _space_length(buf, i, end) > 0:
+                    break
+                i += 1
+            if i > end:
+                i = end
+            length = i - s
+            w0 = np.int64(0)
+            w1 = np.int64(0)
+            if length <= INLINE:
+                if s + 16 <= size_buf:
+                    if length >= 8:
+                        w0 = _load8(buf, s)
+                        if length > 8:
+                            w1 = _load8(buf, s + 8)
+                            if length < 16:
+                                w1 &= (np.int64(1) << np.int64(8 * (length - 8))) - 1
+                    else:
+                        w0 = _load8(buf, s) & ((np.int64(1) << np.int64(8 * length)) - 1)
+                else:
+                    for t in range(length if length < 8 else 8):
+                        w0 |= np.int64(buf[s + t]) << np.int64(8 * t)
+                    for t in range(8, length):
+                        w1 |= np.int64(buf[s + t]) << np.int64(8 * (t - 8))
+                h = _mix(w0, w1, length)
+            else:
+                f = _FNV_OFFSET
+                for t in range(s, i):
+                    f = (f ^ np.int64(buf[t])) * _FNV_PRIME
+                w1 = f
+                h = _mix(f, w0, length)
+            starts[m] = s
+            ends[m] = i
+            key0[m] = w0
+            key1[m] = w1
+            hashes[m] = h
+            _prefetch(slots, (h & mask) * 4)
+            m += 1
+        # Look the batch up.
+        for q in range(m):
+            s = starts[q]
+            length = ends[q] - s
+            w0 = key0[q]
+            w1 = key1[q]
+            slot = hashes[q] & mask
+            found = False
+            while True:
+                stored = slots[slot, 2]
+                if stored == 0:
+                    break
+                if stored == length and slots[slot, 1] == w1:
+                    if length <= INLINE:
+                        if slots[slot, 0] == w0:
+                            found = True
+                            break
+                    else:
+                        offset = slots[slot, 0]
+                        same = True
+                        for t in range(length):
+                            if arena[offset + t] != buf[s + t]:
+                                same = False
+                                break
+                        if same:
+                            found = True
+                            break
+                slot = (slot + 1) & mask
+            if found:
+                slots[slot, 3] += 1
+                words += 1
+                continue
+            full = n + 1 > limit
+            if not full and length > INLINE:
+                used = meta[META_ARENA]
+                if used + length > arena.shape[0]:
+                    full = True
+                else:
+                    for t in range(length):
+                        arena[used + t] = buf[s + t]
+                    meta[META_ARENA] = used + length
+                    w0 = used
+            if full:
+                # Line ends scanned past the word that did not fit are counted again on resuming.
+                d_lf, d_cr, d_crlf = count_lines(buf, s, i, buf[s - 1] if s > start else prev)
+                meta[META_DISTINCT] = n
+                meta[META_WORDS] += words
+                meta[META_LF] += lf - d_lf
+                meta[META_CR] += cr - d_cr
+                meta[META_CRLF] += crlf - d_crlf
+                return s, length
+            slots[slot, 0] = w0
+            slots[slot, 1] = w1
+            slots[slot, 2] = length
+            slots[slot, 3] = 1
+            n += 1
+            words += 1
+    meta[META_DISTINCT] = n
+    meta[META_WORDS] += words
+    meta[META_LF] += lf
+    meta[META_CR] += cr
+    meta[META_CRLF] += crlf
+    return end, 0
+
+
+@njit(nogil=True, cache=True)
+def count_span(buf, start, end, prev, slots, arena, meta):
+    """Count the words of buf[start:end] into a table, growing it as needed, and its line ends
+    into ``meta``; returns the table's (possibly reallocated) slots and arena. ``start`` and
+    ``end`` must be word boundaries (see ``find_cut``); ``prev`` is the byte before ``start`` in
+    the text (-1 if none)."""
+    while True:
+        stop, need = _count_until_full(buf, start, end, prev, slots, arena, meta)
+        if stop >= end:
+            return slots, arena
+        slots, arena = _grow(slots, arena, meta, need)
+        prev = np.int64(buf[stop - 1]) if stop > start else prev
+        start = stop
+
+
+@njit(nogil=True, cache=True)
+def find_cut(buf, lo, hi, last):
+    """A word boundary in buf[lo:hi]: the position just after a whitespace sequence lying wholly
+    inside it, the last one if ``last`` else the first; -1 if there is none."""
+    if last:
+        i = hi - 1
+        while i >= lo:
+            k = BYTE_CLASS[buf[i]]
+            if k == 1:
+                return i + 1
+            if k == 2:
+                n = _space_length(buf, i, hi)
+                if n > 0:
+                    return i + n
+            i -= 1
+        return -1
+    i = lo
+    while i < hi:
+        k = BYTE_CLASS[buf[i]]
+        if k == 1:
+            return i + 1
+        if k == 2:
+            n = _space_length(buf, i, hi)
+            if n > 0:
+                return i + n
+        i += 1
+    return -1
+
+
+@njit(nogil=True, cache=True)
+def is_cut(buf, p):
+    """Whether position ``p`` (1 <= p <= len(buf)) is just after a whitespace sequence. Depends
+    only on the three bytes before ``p``, so readers of neighbouring byte ranges agree."""
+    if BYTE_CLASS[buf[p - 1]] == 1:
+        return True
+    for n in (2, 3):
+        if p - n >= 0 and BYTE_CLASS[buf[p - n]] == 2 and _space_length(buf, p - n, p) == n:
+            return True
+    return False
+
+
+@njit(nogil=True, cache=True)
+def next_cut(buf, q, lines_only):
+    """The first position p >= q (1 <= p <= len(buf)) that is a word boundary (``is_cut``), or a
+    line start if ``lines_only``; -1 if there is none in ``buf``."""
+    for p in range(max(q, 1), buf.shape[0] + 1):
+        if lines_only:
+            if buf[p - 1] == 10:
+                return p
+        elif is_cut(buf, p):
+            return p
+    return -1
+
+
+@njit(nogil=True, cache=True)
+def table_strings(slots, arena, meta):
+    """The strings of a table as (blob, starts, lengths, counts), in slot order."""
+    n = meta[META_DISTINCT]
+    starts = np.empty(n, np.int64)
+    lengths = np.empty(n, np.int64)
+    counts = np.empty(n, np.int64)
+    total = 0
+    for i in range(slots.shape[0]):
+        total += slots[i, 2]
+    blob = np.empty(total, np.uint8)
+    m = 0
+    o = 0
+    for i in range(slots.shape[0]):
+        size = slots[i, 2]
+        if size == 0:
+            continue
+        if size <= INLINE:
+            for t in range(size):
+                word = slots[i, 0] if t < 8 else slots[i, 1]
+                blob[o + t] = np.uint8((word >> np.int64(8 * (t % 8))) & 255)
+        else:
+            offset = slots[i, 0]
+            for t in range(size):
+                blob[o + t] = arena[offset + t]
+        starts[m] = o
+        lengths[m] = size
+        counts[m] = slots[i, 3]
+        o += size
+        m += 1
+    return blob, starts, lengths, counts
+
+
+@njit(nogil=True, cache=True)
+def _insert_until_full(blob, starts, lengths, counts, first, slots, arena, meta):
+    """Add counts[i] to the string blob[starts[i]:starts[i] + lengths[i]] for i = first, ...;
+    returns the first i that did not fit (or the number of strings). The lookup is written out,
+    as in ``_count_until_full``, with the slots of a batch prefetched before they are probed."""
+    total = counts.shape[0]
+    mask = slots.shape[0] - 1
+    n = meta[META_DISTINCT]
+    limit = slots.shape[0] // 2
+    key0 = np.empty(BATCH, np.int64)
+    key1 = np.empty(BATCH, np.int64)
+    hashes = np.empty(BATCH, np.int64)
+    i = first
+    while i < total:
+        stop = min(i + BATCH, total)
+        for q in range(stop - i):
+            s = starts[i + q]
+            length = lengths[i + q]
+            w0 = np.int64(0)
+            w1 = np.int64(0)
+            if length <= INLINE:
+                for t in range(length if length < 8 else 8):
+                    w0 |= np.int64(blob[s + t]) << np.int64(8 * t)
+                for t in range(8, length):
+                    w1 |= np.int64(blob[s + t]) << np.int64(8 * (t - 8))
+                h = _mix(w0, w1, length)
+            else:
+                f = _FNV_OFFSET
+                for t in range(s, s + length):
+                    f = (f ^ np.int64(blob[t])) * _FNV_PRIME
+                w1 = f
+                h = _mix(f, w0, length)
+            key0[q] = w0
+            key1[q] = w1
+            hashes[q] = h
+            _prefetch(slots, (h & mask) * 4)
+        for q in range(stop - i):
+            s = starts[i + q]
+            length = lengths[i + q]
+            w0 = key0[q]
+            w1 = key1[q]
+            slot = hashes[q] & mask
+            found = False
+            while True:
+                stored = slots[slot, 2]
+                if stored == 0:
+                    break
+                if stored == length and slots[slot, 1] == w1:
+                    if length <= INLINE:
+                        if slots[slot, 0] == w0:
+                            found = True
+                            break
+                    else:
+                        offset = slots[slot, 0]
+                        same = True
+                        for t in range(length):
+                            if arena[offset + t] != blob[s + t]:
+                                same = False
+                                break
+                        if same:
+                            found = True
+                            break
+                slot = (slot + 1) & mask
+            if found:
+                slots[slot, 3] += counts[i + q]
+                continue
+            full = n + 1 > limit
+            if not full and length > INLINE:
+                used = meta[META_ARENA]
+                if used + length > arena.shape[0]:
+                    full = True
+                else:
+                    for t in range(length):
+                        arena[used + t] = blob[s + t]
+                    meta[META_ARENA] = used + length
+                    w0 = used
+            if full:
+                meta[META_DISTINCT] = n
+                return i + q
+            slots[slot, 0] = w0
+            slots[slot, 1] = w1
+            slots[slot, 2] = length
+            slots[slot, 3] = counts[i + q]
+            n += 1
+        i = stop
+    meta[META_DISTINCT] = n
+    return total
+
+
+@njit(nogil=True, cache=True)
+def insert_strings(blob, starts, lengths, counts, slots, arena, meta):
+    """Add counts[i] to the string blob[starts[i]:starts[i] + lengths[i]] for every i, growing
+    the table as needed; returns its (possibly reallocated) slots and arena."""
+    i = 0
+    while True:
+        i = _insert_until_full(blob, starts, lengths, counts, i, slots, arena, meta)
+        if i >= counts.shape[0]:
+            return slots, arena
+        slots, arena = _grow(slots, arena, meta, lengths[i])
+
+
+@njit(nogil=True, cache=True)
+def normalize_ascii(blob, starts, lengths, lowercase):
+    """``normalize_word`` of every pure-ASCII string (A-Z lowercased, ASCII punctuation and
+    symbols stripped from both ends, kept whole if nothing else is left).
+
+    Returns (normalized blob, starts, lengths, rows) of the ASCII strings and the rows of the
+    others, which Python normalizes."""
+    n = starts.shape[0]
+    rows = np.empty(n, np.int64)
+    others = np.empty(n, np.int64)
+    out = np.empty(blob.shape[0], np.uint8)
+    out_starts = np.empty(n, np.int64)
+    out_lengths = np.empty(n, np.int64)
+    m = 0
+    k = 0
+    o = 0
+    for j in range(n):
+        offset = starts[j]
+        length = lengths[j]
+        ascii = True
+        for t in range(length):
+            if blob[offset + t] >= 128:
+                ascii = False
+                break
+        if not ascii:
+            others[k] = j
+            k += 1
+            continue
+        s = offset
+        e = offset + length
+        while s < e and ASCII_STRIP[blob[s]]:
+            s += 1
+        while e > s and ASCII_STRIP[blob[e - 1]]:
+            e -= 1
+        if s == e:
+            s = offset
+            e = offset + length
+        for t in range(e - s):
+            c = blob[s + t]
+            if lowercase and c >= 65 and c <= 90:
+                c += 32
+            out[o + t] = c
+        rows[m] = j
+        out_starts[m] = o
+        out_lengths[m] = e - s
+        o += e - s
+        m += 1
+    return out[:o], out_starts[:m], out_lengths[:m], rows[:m], others[:k]
+
+
+@njit(inline="always")
+def _less(arena_a, sa, la, arena_b, sb, lb):
+    """Whether byte string a sorts before b (bytes order, a prefix first)."""
+    m = la if la < lb else lb
+    for t in range(m):
+        x = arena_a[sa + t]
+        y = arena_b[sb + t]
+        if x != y:
+            return x < y
+    return la < lb
+
+
+@njit(nogil=True, cache=True)
+def _prefix_keys(arena, starts, lengths):
+    keys = np.zeros(starts.shape[0], np.uint64)
+    for i in range(starts.shape[0]):
+        key = np.uint64(0)
+        for t in range(8):
+            key = key << np.uint64(8)
+            if t < lengths[i]:
+                key = key | np.uint64(arena[starts[i] + t])
+        keys[i] = key
+    return keys
+
+
+@njit(nogil=True, cache=True)
+def _sort_runs(order, keys, arena, starts, lengths):
+    """Sort, by full bytes, every run of ``order`` whose 8-byte prefix keys are equal (merge sort)."""
+    n = order.shape[0]
+    buffer = np.empty(n, np.int64)
+    a = 0
+    while a < n:
+        b = a + 1
+        while b < n and keys[order[b]] == keys[order[a]]:
+            b += 1
+        if b - a > 1:
+            width = 1
+            size = b - a
+            while width < size:
+                lo = 0
+                while lo < size:
+                    mid = min(lo + width, size)
+                    hi = min(lo + 2 * width, size)
+                    i = lo
+                    j = mid
+                    k = lo
+                    while i < mid and j < hi:
+                        x = order[a + i]
+                        y = order[a + j]
+                        if _less(arena, starts[y], lengths[y], arena, starts[x], lengths[x]):
+                            buffer[k] = y
+                            j += 1
+                        else:
+                            buffer[k] = x
+                            i += 1
+                        k += 1
+                    while i < mid:
+                        buffer[k] = order[a + i]
+                        i += 1
+                        k += 1
+                    while j < hi:
+                        buffer[k] = order[a + j]
+                        j += 1
+                        k += 1
+                    lo = hi
+                for t in range(size):
+                    order[a + t] = buffer[t]
+                width *= 2
+        a = b
+    return order
+
+
+@njit(nogil=True, cache=True)
+def _gather(arena, starts, lengths, order):
+    offsets = np.zeros(order.shape[0] + 1, np.int64)
+    for i in range(order.shape[0]):
+        offsets[i + 1] = offsets[i] + lengths[order[i]]
+    blob = np.empty(offsets[-1], np.uint8)
+    for i in range(order.shape[0]):
+        s = starts[order[i]]
+        o = offsets[i]
+        for t in range(lengths[order[i]]):
+            blob[o + t] = arena[s + t]
+    return blob, offsets
+
+
+def sorted_table(blob, starts, lengths, counts):
+    """(blob, offsets, counts) of distinct strings in bytes order (= code point order)."""
+    starts = np.ascontiguousarray(starts, dtype=np.int64)
+    lengths = np.ascontiguousarray(lengths, dtype=np.int64)
+    keys = _prefix_keys(blob, starts, lengths)
+    order = np.argsort(keys, kind="stable").astype(np.int64)
+    order = _sort_runs(order, keys, blob, starts, lengths)
+    sorted_blob, offsets = _gather(blob, starts, lengths, order)
+    return sorted_blob, offsets, np.asarray(counts, dtype=np.int64)[order]
+
+
+@njit(nogil=True, cache=True)
+def merge_sorted(blob_a, offsets_a, counts_a, blob_b, offsets_b, counts_b):
+    """Merge two sorted tables of distinct strings, adding the counts of strings in both."""
+    na = counts_a.shape[0]
+    nb = counts_b.shape[0]
+    offsets = np.zeros(na + nb + 1, np.int64)
+    counts = np.zeros(na + nb, np.int64)
+    blob = np.empty(blob_a.shape[0] + blob_b.shape[0], np.uint8)
+    i = 0
+    j = 0
+    n = 0
+    while i < na or j < nb:
+        take_a = False
+        take_b = False
+        if j >= nb:
+            take_a = True
+        elif i >= na:
+            take_b = True
+        else:
+            sa = offsets_a[i]
+            la = offsets_a[i + 1] - sa
+            sb = offsets_b[j]
+            lb = offsets_b[j + 1] - sb
+            if _less(blob_a, sa, la, blob_b, sb, lb):
+                take_a = True
+            elif _less(blob_b, sb, lb, blob_a, sa, la):
+                take_b = True
+            else:
+                take_a = True
+                take_b = True
+        o = offsets[n]
+        if take_a:
+            s = offsets_a[i]
+            e = offsets_a[i + 1]
+            for t in range(s, e):
+                blob[o + t - s] = blob_a[t]
+            offsets[n + 1] = o + e - s
+            counts[n] = counts_a[i]
+            i += 1
+            if take_b:
+                counts[n] += counts_b[j]
+                j += 1
+        else:
+            s = offsets_b[j]
+            e = offsets_b[j + 1]
+            for t in range(s, e):
+                blob[o + t - s] = blob_b[t]
+            offsets[n + 1] = o + e - s
+            counts[n] = counts_b[j]
+            j += 1
+        n += 1
+    return blob[: offsets[n]].copy(), offsets[: n + 1].copy(), counts[:n].copy()
+
+
+@njit(nogil=True, cache=True)
+def search_sorted(blob, offsets, key):
+    """Row of ``key`` (a uint8 array) in a sorted table, or -1."""
+    lo = 0
+    hi = offsets.shape[0] - 1
+    lk = key.shape[0]
+    while lo < hi:
+        mid = (lo + hi) // 2
+        s = offsets[mid]
+        if _less(blob, s, offsets[mid + 1] - s, key, 0, lk):
+            lo = mid + 1
+        else:
+            hi = mid
+    if lo < offsets.shape[0] - 1:
+        s = offsets[lo]
+        length = offsets[lo + 1] - s
+        if length == lk:
+            for t in range(lk):
+                if blob[s + t] != key[t]:
+                    return -1
+            return lo
+    return -1

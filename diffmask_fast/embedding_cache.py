@@ -1,0 +1,245 @@
+"""An on-disk cache of word vectors, so a corpus's word types are embedded once per model.
+
+Layout: ``<root>/embeddings/<key>/`` per embedding configuration, where ``key`` is the SHA-256 of
+everything a vector depends on (see ``WordEmbedder.cache_key``: model class, configuration and
+weights, tokenizer, pooling, max_length, dtype and this format's version). The directory holds
+``key.json`` (the key's fields, for people) and segments, one per batch of newly embedded words:
+
+* ``<name>.npy``: float32 [n, D], the vectors, read by memory map;
+* ``<name>.json``: the words in row order, n, D and the SHA-256 of the vectors file.
+
+A segment is written as temporary files renamed into place, vectors first and the JSON last, so
+a segment exists only once it is complete: concurrent runs and crashes never expose a partial
+one. A segment that fails its checks (unreadable JSON, a missing or truncated vectors file, a
+checksum mismatch) is reported with ``warnings.warn`` naming the file, deleted, and its words are
+embedded again. Vectors are verified against their checksum the first time a run reads them.
+When a configuration has more than ``MAX_SEGMENTS`` segments, the smallest are merged into one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import time
+import uuid
+import warnings
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from ._io import atomic_write_bytes, atomic_write_json
+
+CACHE_FORMAT = "diffmask_fast.embedding_cache/1"
+#: Segments per configuration before they are merged into one.
+MAX_SEGMENTS = 16
+
+
+def default_cache_dir() -> Path:
+    """``$DIFFMASK_CACHE`` if set, else ``$XDG_CACHE_HOME/diffmask_fast`` (``~/.cache/diffmask_fast``)."""
+    explicit = os.environ.get("DIFFMASK_CACHE")
+    if explicit:
+        return Path(explicit).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "diffmask_fast"
+
+
+def _file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while True:
+            chunk = handle.read(1 << 24)
+            if not chunk:
+                break
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+class CorruptSegment(Exception):
+    pass
+
+
+class _Segment:
+    """One committed segment: its words, and its vectors mapped from disk once verified."""
+
+    def __init__(self, meta_path: Path, dimension: int):
+        self.meta_path = meta_path
+        self.vectors_path = meta_path.with_suffix(".npy")
+        try:
+            meta = json.loads(meta_path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+            raise CorruptSegment(f"cannot read {meta_path}: {error}") from error
+        if not isinstance(meta, dict) or meta.get("format") != CACHE_FORMAT:
+            raise CorruptSegment(f"{meta_path} is not an embedding-cache segment of format {CACHE_FORMAT}")
+        words, rows, dim, checksum = meta.get("words"), meta.get("rows"), meta.get("dimension"), meta.get("sha256")
+        if not isinstance(words, list) or rows != len(words) or dim != dimension or not isinstance(checksum, str):
+            raise CorruptSegment(f"{meta_path} has inconsistent fields (rows {rows}, dimension {dim}, expected {dimension})")
+        if not all(isinstance(w, str) for w in words):
+            raise CorruptSegment(f"{meta_path} holds words that are not strings")
+        if not self.vectors_path.is_file():
+            raise CorruptSegment(f"{self.vectors_path} is missing")
+        self.words: list[str] = words
+        self.dimension = dimension
+        self.checksum = checksum
+        self._vectors: np.ndarray | None = None
+
+    @property
+    def vectors(self) -> np.ndarray:
+        if self._vectors is None:
+            try:
+                if _file_sha256(self.vectors_path) != self.checksum:
+                    raise CorruptSegment(f"{self.vectors_path} does not match its checksum")
+                vectors = np.load(self.vectors_path, mmap_mode="r", allow_pickle=False)
+            except (OSError, ValueError) as error:
+                raise CorruptSegment(f"cannot read {self.vectors_path}: {error}") from error
+            if vectors.dtype != np.float32 or vectors.shape != (len(self.words), self.dimension):
+                raise CorruptSegment(f"{self.vectors_path} holds {vectors.dtype} {vectors.shape}, expected float32 "
+                                     f"{(len(self.words), self.dimension)}")
+            self._vectors = vectors
+        return self._vectors
+
+    def remove(self) -> None:
+        for path in (self.meta_path, self.vectors_path):
+            try:
+                path.unlink()
+            except OSError:
+                pass
+
+
+class EmbeddingCache:
+    """Word vectors of one embedding configuration (``key``) under ``root``."""
+
+    def __init__(self, root: str | os.PathLike, key: str, dimension: int, description: dict | None = None):
+        self.directory = Path(root).expanduser() / "embeddings" / key
+        self.key = key
+        self.dimension = int(dimension)
+        self.description = description or {}
+        self._segments: dict[str, _Segment] = {}
+        self._where: dict[str, tuple[str, int]] = {}
+
+    # -- reading -----------------------------------------------------------------------------
+    def refresh(self) -> None:
+        """Pick up segments written since the last look (by this or another process)."""
+        if not self.directory.is_dir():
+            return
+        names = sorted(p.name for p in self.directory.glob("seg-*.json"))
+        gone = set(self._segments) - set(names)
+        for name in gone:
+            del self._segments[name]
+        if gone:
+            self._reindex()
+        for name in names:
+            if name in self._segments:
+                continue
+            try:
+                segment = _Segment(self.directory / name, self.dimension)
+            except CorruptSegment as error:
+                self._discard(None, self.directory / name, error)
+                continue
+            self._segments[name] = segment
+            for row, word in enumerate(segment.words):
+                self._where.setdefault(word, (name, row))
+
+    def _reindex(self) -> None:
+        self._where = {}
+        for name in sorted(self._segments):
+            for row, word in enumerate(self._segments[name].words):
+                self._where.setdefault(word, (name, row))
+
+    def _discard(self, segment: _Segment | None, path: Path, error: Exception) -> None:
+        warnings.warn(f"embedding cache: {error}; discarding {path} and embedding its words again", stacklevel=4)
+        if segment is None:
+            segment = object.__new__(_Segment)
+            segment.meta_path, segment.vectors_path = path, path.with_suffix(".npy")
+        segment.remove()
+
+    def __contains__(self, word: str) -> bool:
+        return word in self._where
+
+    def __len__(self) -> int:
+        return len(self._where)
+
+    def lookup(self, words: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+        """(positions of ``words`` found, their vectors float32 [found, D]); corrupt segments are
+        discarded (with a warning) and their words reported missing."""
+        self.refresh()
+        while True:
+            by_segment: dict[str, list[tuple[int, int]]] = {}
+            for position, word in enumerate(words):
+                found = self._where.get(word)
+                if found is not None:
+                    by_segment.setdefault(found[0], []).append((position, found[1]))
+            try:
+                positions, blocks = [], []
+                for name, pairs in by_segment.items():
+                    vectors = self._segments[name].vectors
+                    rows = np.fromiter((row for _, row in pairs), dtype=np.int64, count=len(pairs))
+                    order = np.argsort(rows)
+                    blocks.append(np.asarray(vectors[rows[order]], dtype=np.float32)[np.argsort(order)])
+                    positions.append(np.fromiter((p for p, _ in pairs), dtype=np.int64, count=len(pairs)))
+            except CorruptSegment as error:
+                segment = self._segments.pop(name)
+                self._discard(segment, segment.vectors_path, error)
+                self._reindex()
+                continue
+            if not positions:
+                return np.zeros(0, dtype=np.int64), np.zeros((0, self.dimension), dtype=np.float32)
+            return np.concatenate(positions), np.concatenate(blocks)
+
+    # -- writing -----------------------------------------------------------------------------
+    def add(self, words: Sequence[str], vectors: np.ndarray) -> None:
+        """Store vectors of new words as one segment (atomically); merges segments past MAX_SEGMENTS."""
+        vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+        if vectors.shape != (len(words), self.dimension):
+            raise ValueError(f"expected {len(words)} x {self.dimension} vectors, got {vectors.shape}")
+        if not len(words):
+            return
+        self.directory.mkdir(parents=True, exist_ok=True)
+        key_file = self.directory / "key.json"
+        if not key_file.is_file():
+            atomic_write_json(key_file, {"format": CACHE_FORMAT, "key": self.key, **self.description})
+        self._write_segment(list(words), vectors)
+        self.refresh()
+        if len(self._segments) > MAX_SEGMENTS:
+            self._merge()
+
+    def _write_segment(self, words: list[str], vectors: np.ndarray) -> str:
+        name = f"seg-{time.time_ns():020d}-{uuid.uuid4().hex[:8]}"
+        buffer = io.BytesIO()
+        np.save(buffer, vectors, allow_pickle=False)
+        data = buffer.getvalue()
+        atomic_write_bytes(self.directory / f"{name}.npy", data)
+        atomic_write_json(self.directory / f"{name}.json", {
+            "format": CACHE_FORMAT, "rows": len(words), "dimension": self.dimension,
+            "sha256": hashlib.sha256(data).hexdigest(), "words": words,
+        })
+        return f"{name}.json"
+
+    def _merge(self) -> None:
+        """Merge the smallest segments into one, leaving MAX_SEGMENTS // 2 + 1 segments: large
+        segments are rewritten rarely, so caching n words costs O(n log n) writes, not O(n^2)."""
+        by_size = sorted(self._segments, key=lambda name: (len(self._segments[name].words), name))
+        chosen = by_size[: len(by_size) - MAX_SEGMENTS // 2]
+        if len(chosen) < 2:
+            return
+        words, blocks = [], []
+        for name in chosen:
+            segment = self._segments[name]
+            try:
+                vectors = np.asarray(segment.vectors, dtype=np.float32)
+            except CorruptSegment as error:
+                self._segments.pop(name)
+                self._discard(segment, segment.vectors_path, error)
+                continue
+            words += segment.words
+            blocks.append(vectors)
+        if blocks:
+            self._write_segment(words, np.concatenate(blocks))
+        for name in chosen:
+            segment = self._segments.pop(name, None)
+            if segment is not None:
+                segment.remove()
+        self._reindex()
+        self.refresh()

@@ -1,0 +1,549 @@
+"""Nearest anchor by cosine similarity for many queries: exact for small anchor sets, indexed for large.
+
+``AnchorIndex`` answers what ``ops.max_anchor_similarity`` answers, (max cosine, arg max) per
+query, for anchor sets from a handful of words to millions of contextual vectors:
+
+* ``exact``: the compiled ``max_anchor_similarity`` op (blocked matrix products, exact).
+* ``flat``: FAISS ``IndexFlatIP`` on unit vectors: exact too (up to float rounding), faster than
+  the op for large K on some machines, and on the GPU with GPU FAISS.
+* ``ivf``: an inverted file over FAISS spherical k-means centroids (``nlist`` lists). Each query
+  scans the ``nprobe`` lists whose centroids are most similar to it. On the CPU the lists are
+  scanned query-batched: the queries of a block are grouped by the list they probe and each list
+  is scored against all its queries with one matrix product, which on the benchmark machine is
+  3-6x faster than FAISS's per-query list scan at the same ``nprobe`` (``engine="faiss"`` selects
+  the latter; with GPU FAISS it is the default).
+* ``hnsw``: FAISS ``IndexHNSWFlat`` (``hnsw_m`` links, ``ef_search`` tuned).
+
+Approximate kinds are tuned when built: unless ``nprobe`` / ``ef_search`` is given, the index
+searches for the smallest value (doubling, then bisecting) whose recall@1 against exact search
+on a sample of queries, less one standard error, reaches ``recall_target``, and keeps the recall
+it measured in ``recall`` (and ``report``). Give it
+queries like the ones it will answer (``sample_queries``); without them it draws anchors and
+perturbs them (each moved to cosine ~0.7 of where it was), which only approximates real queries.
+
+Recall@1 counts a query as found when the returned anchor is the exact nearest anchor or is as
+similar to the query as it (within 1e-6: ties and float rounding).
+
+``kind="auto"`` picks by the number of anchors K, from measurements on a 2-core AVX-512 CPU
+(benchmarks/bench_scoring.py, D = 384): the exact op up to ``EXACT_MAX_ANCHORS`` (it is faster
+than FAISS flat up to K = 8,192 and 1.8-2.6x slower from 16,384), FAISS flat up to
+``IVF_MIN_ANCHORS``, IVF beyond (at recall@1 0.99 it is 0.9x flat search at K = 10^4, 2.5x at
+10^5, 7.6x at 10^6), falling back to flat when reaching the recall target would make IVF scan
+more than ``MAX_SCAN_FRACTION`` of the anchors. HNSW is never chosen automatically: on those
+word queries it needs ef_search in the hundreds for recall@1 0.99, which makes it slower than
+flat search at K = 10^5, and it is the slowest to build; it stays available for few-query,
+low-latency use.
+
+Cosine similarity is the inner product of L2-normalized vectors. As in the exact op, a zero
+vector (query or anchor) has similarity 0 to everything, and a zero query gets (0, 0).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+logger = logging.getLogger(__name__)
+
+INDEX_KINDS = ("auto", "exact", "flat", "ivf", "hnsw")
+IVF_ENGINES = ("batched", "faiss")
+
+#: ``auto`` uses the exact op up to this many anchors...
+EXACT_MAX_ANCHORS = 8192
+#: ...FAISS flat search below this many, and IVF from here on.
+IVF_MIN_ANCHORS = 65536
+#: ``auto`` gives up on IVF when the recall target needs more than this share of anchors scanned.
+MAX_SCAN_FRACTION = 0.25
+#: Two similarities closer than this count as a tie when measuring recall.
+TIE_TOLERANCE = 1e-6
+
+
+@dataclass
+class RecallReport:
+    """Recall@1 of an approximate index against exact search on sample queries."""
+
+    recall: float
+    queries: int
+    #: Mean and largest amount by which the returned similarity falls short of the exact maximum.
+    mean_shortfall: float
+    max_shortfall: float
+    #: Where the sample queries came from: "given" or "perturbed anchors".
+    source: str = "given"
+
+    def __str__(self) -> str:
+        return (f"recall@1 {self.recall:.4f} on {self.queries:,} {self.source} queries "
+                f"(similarity shortfall mean {self.mean_shortfall:.2g}, max {self.max_shortfall:.2g})")
+
+
+def _faiss():
+    try:
+        import faiss
+    except ImportError as error:  # pragma: no cover - faiss-cpu is a dependency
+        raise ImportError("FAISS indexes need the faiss package: pip install faiss-cpu (or faiss-gpu)") from error
+    return faiss
+
+
+def faiss_gpus() -> int:
+    """Number of GPUs FAISS can use (0 with faiss-cpu)."""
+    try:
+        faiss = _faiss()
+    except ImportError:
+        return 0
+    get = getattr(faiss, "get_num_gpus", None)
+    return int(get()) if get is not None else 0
+
+
+def unit_rows(vectors: torch.Tensor) -> torch.Tensor:
+    """Rows scaled to unit L2 norm, in float32; zero rows stay zero."""
+    vectors = vectors.float()
+    norms = torch.linalg.vector_norm(vectors, dim=-1, keepdim=True)
+    return torch.where(norms > 0, vectors / torch.where(norms > 0, norms, torch.ones_like(norms)), torch.zeros_like(vectors))
+
+
+def exact_search(queries: torch.Tensor, anchors: torch.Tensor, block: int = 65536) -> tuple[torch.Tensor, torch.Tensor]:
+    """``ops.max_anchor_similarity`` over blocks of queries: (values float32, indices int64)."""
+    from .ops import max_anchor_similarity
+
+    queries = queries.reshape(-1, queries.shape[-1])
+    values = torch.empty(queries.shape[0], dtype=torch.float32)
+    indices = torch.empty(queries.shape[0], dtype=torch.int64)
+    for begin in range(0, queries.shape[0], block):
+        v, i = max_anchor_similarity(queries[begin : begin + block], anchors)
+        values[begin : begin + block], indices[begin : begin + block] = v.cpu(), i.cpu()
+    return values, indices
+
+
+def _as_tensor(vectors, name: str) -> torch.Tensor:
+    if isinstance(vectors, np.ndarray):
+        vectors = torch.from_numpy(vectors)
+    if not isinstance(vectors, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor or numpy array, got {type(vectors).__name__}")
+    if not vectors.is_floating_point():
+        raise TypeError(f"{name} must be floating point, got {vectors.dtype}")
+    return vectors.detach().cpu()
+
+
+def recall_at_1(found_values, found_indices, exact_values, exact_indices, source: str = "given") -> RecallReport:
+    """Recall@1 of (found) against (exact) results; ties within TIE_TOLERANCE count as found."""
+    found_values, exact_values = found_values.double(), exact_values.double()
+    hit = (found_indices == exact_indices) | (found_values >= exact_values - TIE_TOLERANCE)
+    shortfall = (exact_values - found_values).clamp_min(0)
+    n = int(hit.numel())
+    return RecallReport(
+        recall=float(hit.double().mean()) if n else 1.0, queries=n,
+        mean_shortfall=float(shortfall.mean()) if n else 0.0, max_shortfall=float(shortfall.max()) if n else 0.0,
+        source=source,
+    )
+
+
+class AnchorIndex:
+    """Max cosine similarity to a set of anchor vectors and the nearest anchor, for batches of queries.
+
+    ``anchors`` is [K, D] (torch or numpy, any float dtype). ``search(queries[..., D])`` returns
+    (values float32 [...], indices int64 [...]) like ``ops.max_anchor_similarity``.
+
+    Parameters (``None`` means chosen or tuned at build time):
+
+    - ``kind``: one of ``INDEX_KINDS`` (see the module documentation for ``auto``).
+    - ``recall_target``: recall@1 the tuning of ``nprobe`` / ``ef_search`` aims for.
+    - ``sample_queries``: [N, D] queries like the real ones, for tuning and measuring recall;
+      ``recall_sample`` caps how many are used (0 skips measuring, and tuning then keeps the
+      given or default parameters).
+    - IVF: ``nlist`` (default 4·sqrt(K), at most K/39 so k-means has 39 points per centroid),
+      ``nprobe``, ``spill`` (lists each anchor is put in, 1 or 2: 2 doubles memory and raises
+      recall at a given scan cost), ``engine`` (``batched`` or ``faiss``), ``kmeans_iterations``.
+    - HNSW: ``hnsw_m``, ``ef_construction``, ``ef_search``.
+    - ``batch_size``: queries sent to the index at once. ``use_gpu``: GPU FAISS for flat and IVF
+      (default: when FAISS sees a GPU). ``seed``: k-means and sampling.
+    """
+
+    def __init__(
+        self,
+        anchors,
+        kind: str = "auto",
+        *,
+        recall_target: float = 0.99,
+        sample_queries=None,
+        recall_sample: int = 1000,
+        nlist: int | None = None,
+        nprobe: int | None = None,
+        spill: int = 1,
+        engine: str | None = None,
+        kmeans_iterations: int = 10,
+        hnsw_m: int = 32,
+        ef_construction: int = 80,
+        ef_search: int | None = None,
+        batch_size: int = 32768,
+        use_gpu: bool | None = None,
+        seed: int = 0,
+    ):
+        if kind not in INDEX_KINDS:
+            raise ValueError(f"unknown index kind {kind!r}; expected one of {', '.join(INDEX_KINDS)}")
+        if not 0.0 < recall_target <= 1.0:
+            raise ValueError(f"recall_target must be in (0, 1], got {recall_target}")
+        if spill not in (1, 2):
+            raise ValueError(f"spill must be 1 or 2, got {spill}")
+        if engine is not None and engine not in IVF_ENGINES:
+            raise ValueError(f"unknown IVF engine {engine!r}; expected one of {', '.join(IVF_ENGINES)}")
+        for name, value in (("nlist", nlist), ("nprobe", nprobe), ("ef_search", ef_search), ("hnsw_m", hnsw_m),
+                            ("ef_construction", ef_construction), ("batch_size", batch_size)):
+            if value is not None and value < 1:
+                raise ValueError(f"{name} must be positive, got {value}")
+        started = time.perf_counter()
+        anchors = _as_tensor(anchors, "anchors")
+        if anchors.ndim != 2 or anchors.shape[0] < 1 or anchors.shape[1] < 1:
+            raise ValueError(f"anchors must be a non-empty [K, D] matrix, got shape {tuple(anchors.shape)}")
+        self.k, self.dimension = int(anchors.shape[0]), int(anchors.shape[1])
+        self.requested_kind = kind
+        self.recall_target = float(recall_target)
+        self.batch_size = int(batch_size)
+        self.seed = int(seed)
+        self.use_gpu = faiss_gpus() > 0 if use_gpu is None else bool(use_gpu)
+        self.notes: list[str] = []
+        self.report: RecallReport | None = None
+        self.params: dict = {}
+        self._anchors = anchors
+        self._unit = unit_rows(anchors)
+        nonzero = torch.linalg.vector_norm(self._unit, dim=1) > 0
+        self._nonzero_ids = torch.nonzero(nonzero).squeeze(1) if not bool(nonzero.all()) else None
+        zero = torch.nonzero(~nonzero)
+        self._zero_anchor = int(zero[0, 0]) if zero.numel() else -1
+        searchable = self._unit if self._nonzero_ids is None else self._unit[self._nonzero_ids]
+        self._searchable = searchable.contiguous()
+
+        if kind == "auto":
+            kind = "exact" if self.k <= EXACT_MAX_ANCHORS else ("flat" if self.k < IVF_MIN_ANCHORS else "ivf")
+        if self._searchable.shape[0] == 0:
+            kind = "exact"
+            self.notes.append("every anchor is the zero vector: all similarities are 0")
+        self.kind = kind
+
+        self._sample, self._sample_source = self._sample_queries(sample_queries, recall_sample)
+        self._sample_exact = None
+        self._flat = None
+        self._pool, self._pool_size = None, 0
+        if kind == "exact":
+            pass
+        elif kind == "flat":
+            self._build_flat()
+        elif kind == "ivf":
+            self._build_ivf(nlist, nprobe, spill, engine, kmeans_iterations)
+        else:
+            self._build_hnsw(hnsw_m, ef_construction, ef_search)
+        if self.kind in ("ivf", "hnsw") and self._sample is not None and self.report is None:
+            self.report = self._measure(self._sample, self._sample_source)
+        self.build_seconds = time.perf_counter() - started
+        # Only the index structures (and the anchors, for exact search) are needed from here on.
+        self._sample = self._sample_exact = self._flat = self._unit = self._searchable = None
+        logger.info("%s", self.describe())
+
+    # -- public --------------------------------------------------------------------------------
+    @property
+    def recall(self) -> float | None:
+        """Recall@1 measured at build time (1.0 for exact search, None when not measured)."""
+        if self.exact:
+            return 1.0
+        return self.report.recall if self.report is not None else None
+
+    @property
+    def exact(self) -> bool:
+        """Whether results equal exact search (up to float rounding)."""
+        return self.kind in ("exact", "flat")
+
+    def describe(self) -> str:
+        names = {"exact": "exact search (max_anchor_similarity)", "flat": "FAISS flat (exact)",
+                 "ivf": "IVF", "hnsw": "FAISS HNSW"}
+        parts = [f"{names[self.kind]} over {self.k:,} anchors"]
+        parts += [f"{key}={value}" for key, value in self.params.items()]
+        text = ", ".join(parts)
+        if self.kind not in ("exact", "flat"):
+            text += f"; {self.report}" if self.report is not None else "; recall not measured"
+        if self.notes:
+            text += "; " + "; ".join(self.notes)
+        return text
+
+    def search(self, queries) -> tuple[torch.Tensor, torch.Tensor]:
+        """(max cosine similarity float32, nearest anchor int64) for queries [..., D]."""
+        queries = _as_tensor(queries, "queries")
+        if queries.ndim < 1 or queries.shape[-1] != self.dimension:
+            raise ValueError(f"queries must be [..., {self.dimension}], got shape {tuple(queries.shape)}")
+        shape = queries.shape[:-1]
+        flat = queries.reshape(-1, self.dimension)
+        values = torch.empty(flat.shape[0], dtype=torch.float32)
+        indices = torch.empty(flat.shape[0], dtype=torch.int64)
+        for begin in range(0, flat.shape[0], self.batch_size):
+            block = flat[begin : begin + self.batch_size]
+            values[begin : begin + block.shape[0]], indices[begin : begin + block.shape[0]] = self._search_block(block)
+        return values.reshape(shape), indices.reshape(shape)
+
+    def measure_recall(self, queries, source: str = "given") -> RecallReport:
+        """Recall@1 of this index against exact search on ``queries`` [N, D]."""
+        queries = _as_tensor(queries, "queries").reshape(-1, self.dimension)
+        return self._measure(queries, source)
+
+    # -- search --------------------------------------------------------------------------------
+    def _search_block(self, block: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.kind == "exact":
+            return exact_search(block, self._anchors)
+        units = unit_rows(block)
+        if self.kind == "ivf" and self.params.get("engine") == "batched":
+            values, ids = self._ivf_batched(units, self.params["nprobe"])
+        else:
+            values, ids = self._faiss_search(units)
+        return self._finish(block, units, values, ids)
+
+    def _faiss_search(self, units: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        distances, labels = self._faiss_index.search(np.ascontiguousarray(units.numpy()), 1)
+        return torch.from_numpy(distances[:, 0].copy()), torch.from_numpy(labels[:, 0].copy())
+
+    def _finish(self, block, units, values, ids) -> tuple[torch.Tensor, torch.Tensor]:
+        """Map ids back to anchor rows and apply the exact op's conventions to the edge cases."""
+        missing = ids < 0  # an approximate index found nothing for these rows
+        if self._nonzero_ids is not None:
+            ids = self._nonzero_ids[ids.clamp_min(0)]
+            if self._zero_anchor >= 0:  # a zero anchor has similarity 0 to every query
+                below = (values < 0) | ((values == 0) & (ids > self._zero_anchor))
+                values = torch.where(below, torch.zeros_like(values), values)
+                ids = torch.where(below, torch.full_like(ids, self._zero_anchor), ids)
+        if bool(missing.any()):
+            rows = torch.nonzero(missing).squeeze(1)
+            values[rows], ids[rows] = exact_search(block[rows], self._anchors)
+        zero_query = torch.linalg.vector_norm(units, dim=1) == 0
+        if bool(zero_query.any()):
+            values = torch.where(zero_query, torch.zeros_like(values), values)
+            ids = torch.where(zero_query, torch.zeros_like(ids), ids)
+        bad = ~torch.isfinite(block).all(dim=1)
+        if bool(bad.any()):
+            values = torch.where(bad, torch.full_like(values, float("nan")), values)
+        return values, ids
+
+    def _ivf_batched(self, units: torch.Tensor, nprobe: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Scan the probed lists of a block of unit queries, one matrix product per list.
+
+        The lists are shared among ``torch.get_num_threads()`` Python threads, each running torch
+        single-threaded (the thread count is restored afterwards): thousands of small products
+        would otherwise each be an OpenMP parallel region, and those stall for a scheduler tick
+        whenever another process takes a core (measured: 20x slower on a busy 2-core machine).
+        """
+        n = units.shape[0]
+        nprobe = min(nprobe, self._nlist)
+        probes = torch.cat([torch.topk(part @ self._centroids.T, nprobe, dim=1).indices
+                            for part in units.split(8192)]).reshape(-1)
+        order = torch.argsort(probes)
+        query_of = order // nprobe
+        counts = torch.bincount(probes, minlength=self._nlist)
+        best = torch.full((n * nprobe,), -math.inf, dtype=torch.float32)
+        best_id = torch.full((n * nprobe,), -1, dtype=torch.int64)
+        ends = torch.cumsum(counts, 0).tolist()
+        starts = [0] + ends[:-1]
+        sizes = [self._offsets[i + 1] - self._offsets[i] for i in range(self._nlist)]
+        work = [lst for lst in torch.nonzero(counts).squeeze(1).tolist() if sizes[lst]]
+        work.sort(key=lambda lst: -(ends[lst] - starts[lst]) * sizes[lst])
+
+        def scan(lists: list[int]) -> None:
+            for lst in lists:
+                lo, hi = self._offsets[lst], self._offsets[lst + 1]
+                pairs = order[starts[lst] : ends[lst]]
+                similarities = units.index_select(0, query_of[starts[lst] : ends[lst]]) @ self._list_vectors[lo:hi].T
+                value, position = similarities.max(dim=1)
+                best[pairs] = value
+                best_id[pairs] = self._list_ids[lo + position]
+
+        workers = torch.get_num_threads()
+        if workers <= 1 or len(work) < 2 * workers:
+            scan(work)
+        else:
+            if self._pool is None or self._pool_size != workers:
+                from concurrent.futures import ThreadPoolExecutor
+
+                self._pool, self._pool_size = ThreadPoolExecutor(workers, thread_name_prefix="ivf-scan"), workers
+            torch.set_num_threads(1)
+            try:
+                list(self._pool.map(scan, [work[i::workers] for i in range(workers)]))
+            finally:
+                torch.set_num_threads(workers)
+        value, column = best.view(n, nprobe).max(dim=1)
+        ids = best_id.view(n, nprobe).gather(1, column.unsqueeze(1)).squeeze(1)
+        return value, ids
+
+    # -- building ------------------------------------------------------------------------------
+    def _sample_queries(self, sample_queries, limit: int):
+        if limit <= 0:
+            return None, ""
+        generator = torch.Generator().manual_seed(self.seed)
+        if sample_queries is not None:
+            sample = _as_tensor(sample_queries, "sample_queries").reshape(-1, self.dimension).float()
+            if sample.shape[0] > limit:
+                sample = sample[torch.randperm(sample.shape[0], generator=generator)[:limit]]
+            return (sample, "given") if sample.shape[0] else (None, "")
+        rows = torch.randint(0, self.k, (limit,), generator=generator)
+        noise = unit_rows(torch.randn(limit, self.dimension, generator=generator))
+        return unit_rows(self._unit[rows] + noise), "perturbed anchors"
+
+    def _exact(self, queries: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Exact nearest anchors: the op for small K, FAISS flat (exact, faster on large K) otherwise."""
+        if self.k <= EXACT_MAX_ANCHORS or self._searchable is None or self._searchable.shape[0] == 0:
+            return exact_search(queries, self._anchors)
+        if self._flat is None:
+            faiss = _faiss()
+            self._flat = faiss.IndexFlatIP(self.dimension)
+            self._flat.add(np.ascontiguousarray(self._searchable.numpy()))
+        units = unit_rows(queries.reshape(-1, self.dimension))
+        values = torch.empty(units.shape[0], dtype=torch.float32)
+        ids = torch.empty(units.shape[0], dtype=torch.int64)
+        for begin in range(0, units.shape[0], self.batch_size):
+            block = units[begin : begin + self.batch_size]
+            distances, labels = self._flat.search(np.ascontiguousarray(block.numpy()), 1)
+            values[begin : begin + block.shape[0]] = torch.from_numpy(distances[:, 0].copy())
+            ids[begin : begin + block.shape[0]] = torch.from_numpy(labels[:, 0].copy())
+        return self._finish(queries.reshape(-1, self.dimension), units, values, ids)
+
+    def _measure(self, queries: torch.Tensor, source: str) -> RecallReport:
+        started = time.perf_counter()
+        if queries is self._sample:
+            if self._sample_exact is None:
+                self._sample_exact = self._exact(self._sample)
+            exact_values, exact_ids = self._sample_exact
+        else:
+            exact_values, exact_ids = self._exact(queries)
+        logger.debug("exact search of %d sample queries: %.1f s", queries.shape[0], time.perf_counter() - started)
+        values, ids = self.search(queries)
+        return recall_at_1(values, ids, exact_values, exact_ids, source)
+
+    def _tune(self, parameter: str, start: int, limit: int, apply) -> int:
+        """The smallest ``parameter`` (to within 1/8) whose sample recall, less one standard
+        error, reaches the target (so the recall on other queries reaches it too, most of the time).
+
+        Doubles from ``start`` until the target or ``limit`` is reached, then bisects between the
+        last value that missed and the first that reached it (search cost grows linearly with it).
+        """
+        value, failed = max(1, min(start, limit)), 0
+        while True:
+            report = self._try(parameter, value, apply)
+            if self._reaches(report) or value >= limit:
+                break
+            failed, value = value, min(2 * value, limit)
+        best, best_report = value, report
+        while failed and best - failed > max(1, best // 8):
+            middle = (failed + best) // 2
+            report = self._try(parameter, middle, apply)
+            if self._reaches(report):
+                best, best_report = middle, report
+            else:
+                failed = middle
+        apply(best)
+        self.report = best_report
+        return best
+
+    def _reaches(self, report: RecallReport) -> bool:
+        error = math.sqrt(report.recall * (1 - report.recall) / max(report.queries, 1))
+        return report.recall - error >= self.recall_target
+
+    def _try(self, parameter: str, value: int, apply) -> RecallReport:
+        apply(value)
+        report = self._measure(self._sample, self._sample_source)
+        logger.debug("tuning %s=%d: %s", parameter, value, report)
+        return report
+
+    def _to_gpu(self, index):
+        faiss = _faiss()
+        return faiss.index_cpu_to_all_gpus(index)
+
+    def _build_flat(self) -> None:
+        faiss = _faiss()
+        index = self._flat
+        if index is None:
+            index = faiss.IndexFlatIP(self.dimension)
+            index.add(np.ascontiguousarray(self._searchable.numpy()))
+        self._faiss_index = self._to_gpu(index) if self.use_gpu else index
+        self.params = {"gpu": True} if self.use_gpu else {}
+
+    def _train_centroids(self, nlist: int, iterations: int) -> torch.Tensor:
+        faiss = _faiss()
+        n = self._searchable.shape[0]
+        points_per_centroid = 40
+        generator = torch.Generator().manual_seed(self.seed)
+        sample = self._searchable
+        if n > points_per_centroid * nlist:
+            sample = sample[torch.randperm(n, generator=generator)[: points_per_centroid * nlist]]
+        kmeans = faiss.Kmeans(self.dimension, nlist, niter=iterations, spherical=True, seed=self.seed + 1,
+                              max_points_per_centroid=points_per_centroid, verbose=False)
+        started = time.perf_counter()
+        kmeans.train(np.ascontiguousarray(sample.numpy()))
+        logger.debug("k-means, %d lists from %d points: %.1f s", nlist, sample.shape[0], time.perf_counter() - started)
+        return unit_rows(torch.from_numpy(np.array(kmeans.centroids)))
+
+    def _build_ivf(self, nlist, nprobe, spill, engine, iterations) -> None:
+        n = self._searchable.shape[0]
+        limit = max(1, n // 39)
+        nlist = min(nlist or max(1, round(4 * math.sqrt(n))), limit)
+        engine = engine or ("faiss" if self.use_gpu else "batched")
+        self._nlist = nlist
+        self._centroids = self._train_centroids(nlist, iterations)
+        if engine == "batched":
+            started = time.perf_counter()
+            faiss = _faiss()
+            quantizer = faiss.IndexFlatIP(self.dimension)
+            quantizer.add(np.ascontiguousarray(self._centroids.numpy()))
+            _, nearest = quantizer.search(np.ascontiguousarray(self._searchable.numpy()), min(spill, nlist))
+            assignment = torch.from_numpy(nearest)
+            lists = assignment.reshape(-1)
+            ids = torch.arange(n).repeat_interleave(assignment.shape[1])
+            order = torch.argsort(lists, stable=True)
+            self._list_ids = ids[order].contiguous()
+            self._list_vectors = self._searchable[self._list_ids].contiguous()
+            self._offsets = [0] + torch.cumsum(torch.bincount(lists, minlength=nlist), 0).tolist()
+            logger.debug("assigning %d anchors to lists: %.1f s", n, time.perf_counter() - started)
+            apply = lambda value: self.params.__setitem__("nprobe", value)  # noqa: E731
+        else:
+            if spill != 1:
+                raise ValueError("spill > 1 needs engine='batched'")
+            faiss = _faiss()
+            quantizer = faiss.IndexFlatIP(self.dimension)
+            quantizer.add(np.ascontiguousarray(self._centroids.numpy()))
+            index = faiss.IndexIVFFlat(quantizer, self.dimension, nlist, faiss.METRIC_INNER_PRODUCT)
+            index.is_trained = True
+            index.add(np.ascontiguousarray(self._searchable.numpy()))
+            self._quantizer = quantizer
+            self._faiss_index = self._to_gpu(index) if self.use_gpu else index
+
+            def apply(value):
+                self.params["nprobe"] = value
+                if self.use_gpu:
+                    faiss.GpuParameterSpace().set_index_parameter(self._faiss_index, "nprobe", value)
+                else:
+                    self._faiss_index.nprobe = value
+
+        self.params = {"nlist": nlist, "nprobe": nprobe, "spill": spill, "engine": engine}
+        if nprobe is not None or self._sample is None:
+            apply(nprobe or min(nlist, max(1, nlist // 16)))
+            return
+        chosen = self._tune("nprobe", 8, nlist, apply)
+        scanned = chosen * spill / nlist
+        if self.requested_kind == "auto" and scanned > MAX_SCAN_FRACTION:
+            self.notes.append(f"IVF needed nprobe={chosen} of {nlist} lists ({scanned:.0%} of the anchors) for "
+                              f"recall@1 {self.report.recall:.3f}; using exact flat search instead")
+            self.kind, self.report = "flat", None
+            self._build_flat()
+
+    def _build_hnsw(self, m: int, ef_construction: int, ef_search: int | None) -> None:
+        faiss = _faiss()
+        index = faiss.IndexHNSWFlat(self.dimension, m, faiss.METRIC_INNER_PRODUCT)
+        index.hnsw.efConstruction = ef_construction
+        index.add(np.ascontiguousarray(self._searchable.numpy()))
+        self._faiss_index = index
+        self.params = {"M": m, "ef_construction": ef_construction, "ef_search": ef_search}
+
+        def apply(value):
+            self.params["ef_search"] = value
+            index.hnsw.efSearch = value
+
+        if ef_search is not None or self._sample is None:
+            apply(ef_search or 64)
+            return
+        self._tune("ef_search", 16, max(16, self._searchable.shape[0]), apply)

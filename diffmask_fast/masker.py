@@ -1,0 +1,246 @@
+"""DifferenceMasker: Difference-Masking inside the training step, on the device of the batch.
+
+The collator masks on the CPU, in DataLoader workers. On a GPU the same step costs far less
+than a millisecond, so it can run in the training step itself: pad the batch without masking
+(``transformers.DataCollatorWithPadding``), move it to the GPU, and call the masker there. It
+never copies anything to the host and never synchronizes, so it can be captured in a CUDA graph
+or compiled with ``torch.compile(fullgraph=True)``.
+
+Scores are looked up in a hash table of word hashes (a word is known by its token ids). The
+table is filled on the host, where words can be decoded and scored: ``warm`` runs over the
+texts or token ids the model will see before training. Words the table lacks score
+``unknown_score`` and are counted on the device; ``coverage()`` reads the counts (and
+synchronizes, so call it now and then, not every step).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import torch
+
+from . import ops
+from .collator import DifferenceMaskingCollator, _distributed_rank
+from .scoring import ScoreTable
+
+__all__ = ["DifferenceMasker"]
+
+
+def _base_seed(seed: int | None) -> int:
+    """The first per-step seed: from ``seed`` and the distributed rank, or from the global torch
+    RNG when ``seed`` is None. Below 2**62, so adding one per step never overflows int64."""
+    if seed is None:
+        return int(torch.randint(0, 2**62, (), dtype=torch.int64))
+    entropy = np.random.SeedSequence([int(seed) % 2**63, _distributed_rank() + 1])
+    return int(entropy.generate_state(1, np.uint64)[0] >> 2)
+
+
+def _is_batch(item: Any) -> bool:
+    """A padded [B, L] batch: a 2-D tensor or array, or a mapping whose input_ids is one."""
+    if isinstance(item, Mapping):
+        item = item.get("input_ids")
+    return isinstance(item, (torch.Tensor, np.ndarray)) and item.ndim == 2
+
+
+class DifferenceMasker(torch.nn.Module):
+    """Masks a padded batch of token ids where it lives (CPU or GPU): ``(input_ids, labels)``.
+
+    Takes the collator's options and draws from the same distribution: the per-row algorithm,
+    random streams and score look-ups are those of ``DifferenceMaskingCollator`` (for the same
+    seed the output is identical). The word tables and the score table are buffers, so
+    ``masker.to(device)`` moves them; each call uses the seed in the ``seed_state`` buffer and
+    then adds one to it in place, so steps draw fresh masks without a host round trip and a
+    given ``seed`` reproduces a run (per distributed rank, as the collator's seed).
+
+    ``forward(input_ids [B, L], attention_mask=None, special_tokens_mask=None)``: padding
+    (attention_mask 0), special tokens and ids outside the vocabulary are never masked.
+    """
+
+    def __init__(
+        self,
+        tokenizer: Any,
+        scores: ScoreTable | Mapping[str, float],
+        *,
+        mlm_probability: float = 0.25,
+        weighting: str = "similarity",
+        uniform_mix: float = 0.0,
+        mask_replace_prob: float = 0.8,
+        random_replace_prob: float = 0.1,
+        seed: int | None = None,
+        word_boundary: str | None = None,
+    ):
+        super().__init__()
+        # The collator validates the options and does the host-side work: decoding and scoring
+        # words the table does not know yet.
+        self.collator = DifferenceMaskingCollator(
+            tokenizer, scores, mlm_probability=mlm_probability, weighting=weighting, uniform_mix=uniform_mix,
+            mask_replace_prob=mask_replace_prob, random_replace_prob=random_replace_prob, seed=seed,
+            word_boundary=word_boundary,
+        )
+        boundaries = self.collator.boundaries
+        self.register_buffer("starts_word", boundaries.starts_word.clone(), persistent=False)
+        self.register_buffer("never_word", boundaries.never_word.clone(), persistent=False)
+        self.register_buffer("random_token_ids", boundaries.random_token_ids.clone(), persistent=False)
+        keys, values = self.collator._cache.tensors()
+        self.register_buffer("table_keys", keys.clone(), persistent=False)
+        self.register_buffer("table_values", values.clone(), persistent=False)
+        self.register_buffer("seed_state", torch.tensor([_base_seed(seed)], dtype=torch.int64))
+        self.register_buffer("words_seen", torch.zeros((), dtype=torch.int64))
+        self.register_buffer("words_missed", torch.zeros((), dtype=torch.int64))
+        self._weighting_code = ops.WEIGHTINGS[weighting]
+
+    @classmethod
+    def from_collator(cls, collator: DifferenceMaskingCollator, seed: int | None = None) -> "DifferenceMasker":
+        """A masker with the collator's tokenizer, scores and options; it starts with a copy of
+        the words the collator has already looked up."""
+        masker = cls(
+            collator.tokenizer, collator.scores, mlm_probability=collator.mlm_probability,
+            weighting=collator.weighting, uniform_mix=collator.uniform_mix,
+            mask_replace_prob=collator.mask_replace_prob, random_replace_prob=collator.random_replace_prob,
+            seed=collator.seed if seed is None else seed, word_boundary=collator.boundaries.scheme,
+        )
+        keys, values = collator._cache.tensors()
+        occupied = keys != 0
+        masker.collator._cache.insert(keys[occupied], values[occupied])
+        masker._upload_table()
+        return masker
+
+    # -- options ---------------------------------------------------------------------------------
+    @property
+    def tokenizer(self) -> Any:
+        return self.collator.tokenizer
+
+    @property
+    def scores(self) -> ScoreTable:
+        return self.collator.scores
+
+    @property
+    def mlm_probability(self) -> float:
+        return self.collator.mlm_probability
+
+    def extra_repr(self) -> str:
+        c = self.collator
+        return (f"mlm_probability={c.mlm_probability}, weighting={c.weighting!r}, uniform_mix={c.uniform_mix}, "
+                f"mask_replace_prob={c.mask_replace_prob}, random_replace_prob={c.random_replace_prob}, "
+                f"known_words={len(c._cache)}")
+
+    # -- the training step -----------------------------------------------------------------------
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        special_tokens_mask: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(masked input_ids, labels) of a padded [B, L] batch; labels are -100 where nothing is
+        masked. No host round trip: the seed, the tables and the miss counts stay on the device."""
+        input_ids = input_ids.long()
+        vocabulary = self.never_word.shape[0]
+        # Out-of-vocabulary ids belong to no word (the op ignores them); clamping keeps this
+        # look-up in bounds without checking them on the host.
+        never = self.never_word[input_ids.clamp(0, vocabulary - 1)]
+        if attention_mask is not None:
+            never = never | (attention_mask == 0)
+        if special_tokens_mask is not None:
+            never = never | special_tokens_mask.bool()
+        c = self.collator
+        masked_ids, labels, _, n_words, missed_words = torch.ops.diffmask_fast.difference_mask_device(
+            input_ids, never, self.starts_word, self.table_keys, self.table_values, self.random_token_ids,
+            float(c.mlm_probability), self._weighting_code, float(c.uniform_mix), float(c.scores.unknown_score),
+            int(c.boundaries.mask_token_id), float(c.mask_replace_prob), float(c.random_replace_prob),
+            self.seed_state,
+        )
+        self.seed_state.add_(1)
+        self.words_seen.add_(n_words.sum())
+        self.words_missed.add_(missed_words.sum())
+        return masked_ids, labels
+
+    # -- the score table -------------------------------------------------------------------------
+    def warm(self, data: Any, *, batch_size: int = 256, max_length: int | None = None) -> int:
+        """Look up, on the CPU, the score of every word in ``data``, so that the table on the
+        device knows them; returns how many distinct words (token sequences) it knows.
+
+        ``data``: texts (strings, tokenized here, truncated to ``max_length`` when given), token-id
+        sequences (lists, arrays, 1-D tensors), dicts with ``input_ids`` (a tokenized
+        ``datasets.Dataset`` works), or a padded [B, L] tensor / a batch dict with
+        ``input_ids`` and optional ``attention_mask``. Run it over the training data (or a large
+        sample of it) before training, and again whenever ``coverage()`` shows many misses.
+        """
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be positive, got {batch_size}")
+        if _is_batch(data):
+            data = [data]
+        elif isinstance(data, str):
+            data = [data]
+        pending: list = []
+        for item in data:
+            if _is_batch(item):  # e.g. the batches of a DataLoader
+                ids = item["input_ids"] if isinstance(item, Mapping) else item
+                mask = item.get("attention_mask") if isinstance(item, Mapping) else None
+                self._learn_batch(torch.as_tensor(ids), mask)
+                continue
+            pending.append(item)
+            if len(pending) == batch_size:
+                self._learn_sequences(self._token_ids(pending, max_length))
+                pending = []
+        if pending:
+            self._learn_sequences(self._token_ids(pending, max_length))
+        self._upload_table()
+        return len(self.collator._cache)
+
+    def coverage(self) -> dict:
+        """Words masked so far and how many of them the table did not know (they scored
+        ``unknown_score``). Reads device counters: synchronizes."""
+        seen, missed = int(self.words_seen), int(self.words_missed)
+        return {"words": seen, "missed": missed, "missed_fraction": missed / seen if seen else 0.0,
+                "known_words": len(self.collator._cache)}
+
+    def reset_coverage(self) -> None:
+        self.words_seen.zero_()
+        self.words_missed.zero_()
+
+    # -- internals ---------------------------------------------------------------------------------
+    def _token_ids(self, chunk: Sequence[Any], max_length: int | None) -> list[list[int]]:
+        if all(isinstance(item, str) for item in chunk):
+            encoded = self.tokenizer(list(chunk), truncation=max_length is not None, max_length=max_length)
+            return [list(ids) for ids in encoded["input_ids"]]
+        sequences = []
+        for item in chunk:
+            if isinstance(item, Mapping):
+                item = item["input_ids"]
+            if isinstance(item, torch.Tensor):
+                item = item.reshape(-1).tolist()
+            elif isinstance(item, np.ndarray):
+                item = item.reshape(-1).tolist()
+            sequences.append([int(i) for i in item])
+        return sequences
+
+    def _learn_sequences(self, sequences: list[list[int]]) -> None:
+        sequences = [s for s in sequences if len(s) > 0]
+        if not sequences:
+            return
+        length = max(len(s) for s in sequences)
+        ids = torch.full((len(sequences), length), int(self.tokenizer.pad_token_id), dtype=torch.int64)
+        attention = torch.zeros((len(sequences), length), dtype=torch.bool)
+        for row, s in enumerate(sequences):
+            ids[row, : len(s)] = torch.tensor(s, dtype=torch.int64)
+            attention[row, : len(s)] = True
+        self._learn_batch(ids, attention)
+
+    def _learn_batch(self, input_ids: torch.Tensor, attention_mask) -> None:
+        input_ids = input_ids.detach().to("cpu", torch.int64)
+        if input_ids.ndim != 2:
+            raise ValueError(f"input_ids must be a [batch, length] matrix, got shape {tuple(input_ids.shape)}")
+        vocabulary = self.collator.boundaries.vocab_size
+        never = (input_ids < 0) | (input_ids >= vocabulary)
+        if attention_mask is not None:
+            never |= torch.as_tensor(attention_mask).detach().cpu() == 0
+        ids = input_ids.clamp(0, vocabulary - 1)
+        # The collator's mask() decodes and scores every word its table lacks, until none is left.
+        self.collator.mask(ids, never)
+
+    def _upload_table(self) -> None:
+        keys, values = self.collator._cache.tensors()
+        device = self.starts_word.device
+        self.table_keys = keys.to(device, copy=True)
+        self.table_values = values.to(device, copy=True)

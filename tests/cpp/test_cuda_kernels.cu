@@ -1,0 +1,355 @@
+// The CUDA kernels (csrc/cuda, torch-free) against the CPU algorithms of csrc/core: masking and
+// sampling must match bit for bit for the same seed, similarities within float32 rounding.
+// Exits with 77 (reported as skipped by ctest) when no CUDA device is present.
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "check.h"
+#include "core/masking.h"
+#include "cuda/kernels.h"
+
+using namespace diffmask_fast;
+
+namespace {
+
+#define CUDA_OK(call)                                                                                     \
+  do {                                                                                                    \
+    const cudaError_t status_ = (call);                                                                   \
+    if (status_ != cudaSuccess) {                                                                         \
+      std::fprintf(stderr, "%s:%d: %s failed: %s\n", __FILE__, __LINE__, #call, cudaGetErrorString(status_)); \
+      std::exit(1);                                                                                       \
+    }                                                                                                     \
+  } while (0)
+
+// A device copy of a host vector, freed with the object.
+template <typename T>
+struct DeviceArray {
+  T* data = nullptr;
+  size_t size = 0;
+
+  explicit DeviceArray(size_t n) : size(n) { CUDA_OK(cudaMalloc(&data, (n > 0 ? n : 1) * sizeof(T))); }
+  explicit DeviceArray(const std::vector<T>& host) : DeviceArray(host.size()) {
+    if (!host.empty()) {
+      CUDA_OK(cudaMemcpy(data, host.data(), host.size() * sizeof(T), cudaMemcpyHostToDevice));
+    }
+  }
+  DeviceArray(const DeviceArray&) = delete;
+  DeviceArray& operator=(const DeviceArray&) = delete;
+  ~DeviceArray() { cudaFree(data); }
+
+  std::vector<T> host() const {
+    std::vector<T> out(size);
+    if (size > 0) {
+      CUDA_OK(cudaMemcpy(out.data(), data, size * sizeof(T), cudaMemcpyDeviceToHost));
+    }
+    return out;
+  }
+};
+
+// bool arrays live in byte vectors (std::vector<bool> is packed) and are copied to bool[] for core.
+std::unique_ptr<bool[]> as_bools(const std::vector<unsigned char>& v) {
+  std::unique_ptr<bool[]> out(new bool[v.size() + 1]);
+  for (size_t i = 0; i < v.size(); ++i) out[i] = v[i] != 0;
+  return out;
+}
+
+struct Random {
+  core::Stream stream;
+  uint64_t counter = 0;
+  explicit Random(uint64_t seed) : stream(seed, 99) {}
+  double unit() { return core::to_unit(stream.at(counter++)); }
+  int64_t index(int64_t n) { return core::to_index(stream.at(counter++), n); }
+};
+
+void test_masking(uint64_t seed, int64_t B, int64_t L, const core::MaskParams& params) {
+  Random rng(seed);
+  const int64_t V = 700;
+  std::vector<int64_t> ids(B * L);
+  std::vector<unsigned char> never(B * L), starts(V);
+  for (int64_t v = 0; v < V; ++v) starts[v] = rng.unit() < 0.6;
+  for (int64_t i = 0; i < B * L; ++i) {
+    ids[i] = rng.index(V);
+    never[i] = rng.unit() < 0.08 || i % L == 0;
+    if (never[i] && rng.unit() < 0.3) ids[i] = V + 5;  // out of range, under never_word
+  }
+  if (B > 1) {
+    for (int64_t l = 0; l < L; ++l) never[L + l] = 1;  // an empty row
+  }
+  // Table: about 70% of the words of the batch, some scores zero or negative.
+  int64_t capacity = 1;
+  while (capacity < 4 * B * L + 2) capacity *= 2;
+  std::vector<int64_t> keys(capacity, 0);
+  std::vector<float> values(capacity, 0.0f);
+  {
+    std::vector<int64_t> index(L), begin(L), end(L), hash(L);
+    std::vector<int64_t> new_keys;
+    std::vector<float> new_values;
+    const std::unique_ptr<bool[]> nb = as_bools(never), sb = as_bools(starts);
+    for (int64_t b = 0; b < B; ++b) {
+      const int64_t n = core::group_row(ids.data() + b * L, nb.get() + b * L, L, sb.get(), V, index.data(), begin.data(),
+                                        end.data(), hash.data());
+      for (int64_t w = 0; w < n; ++w) {
+        if (rng.unit() < 0.7) {
+          new_keys.push_back(hash[w]);
+          const double u = rng.unit();
+          new_values.push_back(u < 0.1 ? 0.0f : static_cast<float>(2 * rng.unit() - 0.5));
+        }
+      }
+    }
+    const core::InsertResult inserted = core::table_insert(keys.data(), values.data(), capacity, new_keys.data(),
+                                                           new_values.data(), static_cast<int64_t>(new_keys.size()));
+    CHECK(inserted.status == core::InsertStatus::kOk);
+  }
+  std::vector<int64_t> random_ids;
+  for (int64_t v = 100; v < 200; ++v) random_ids.push_back(v);
+
+  // CPU: core::mask_row per row, ids outside the vocabulary treated as never_word.
+  std::vector<int64_t> cpu_ids(B * L), cpu_labels(B * L), cpu_words(B), cpu_missed(B);
+  core::RowScratch scratch(L);
+  std::unique_ptr<bool[]> excluded(new bool[L + 1]);
+  const std::unique_ptr<bool[]> starts_host = as_bools(starts);
+  const core::TableView table{keys.data(), values.data(), capacity};
+  std::vector<core::Miss> misses;
+  for (int64_t b = 0; b < B; ++b) {
+    for (int64_t l = 0; l < L; ++l) {
+      const int64_t id = ids[b * L + l];
+      excluded[l] = never[b * L + l] != 0 || id < 0 || id >= V;
+    }
+    misses.clear();
+    const core::RowResult r = core::mask_row(ids.data() + b * L, excluded.get(), L, starts_host.get(), V, table,
+                                             random_ids.data(), static_cast<int64_t>(random_ids.size()), params,
+                                             core::Stream(seed, static_cast<uint64_t>(b)), scratch,
+                                             cpu_ids.data() + b * L, cpu_labels.data() + b * L, &misses);
+    cpu_words[b] = r.masked_words;
+    cpu_missed[b] = static_cast<int64_t>(misses.size());
+  }
+
+  // GPU.
+  DeviceArray<int64_t> d_ids(ids), d_keys(keys), d_random(random_ids);
+  DeviceArray<unsigned char> d_never(never), d_starts(starts);
+  DeviceArray<float> d_values(values);
+  DeviceArray<int64_t> d_out(B * L), d_labels(B * L), d_words(B), d_n(B), d_missed(B);
+  DeviceArray<int64_t> d_seed(std::vector<int64_t>{static_cast<int64_t>(seed)});
+  cuda::MaskProblem p;
+  p.input_ids = d_ids.data;
+  p.never_word = reinterpret_cast<const bool*>(d_never.data);
+  p.rows = B;
+  p.length = L;
+  p.starts_word = reinterpret_cast<const bool*>(d_starts.data);
+  p.vocabulary = V;
+  p.table_keys = d_keys.data;
+  p.table_values = d_values.data;
+  p.capacity = capacity;
+  p.random_token_ids = d_random.data;
+  p.n_random = static_cast<int64_t>(random_ids.size());
+  p.mlm_probability = params.mlm_probability;
+  p.weighting = params.weighting;
+  p.uniform_mix = params.uniform_mix;
+  p.unknown_score = params.unknown_score;
+  p.mask_token_id = params.mask_token_id;
+  p.mask_replace_prob = params.mask_replace_prob;
+  p.random_replace_prob = params.random_replace_prob;
+  p.seed_device = d_seed.data;
+  p.masked_ids = d_out.data;
+  p.labels = d_labels.data;
+  p.masked_words = d_words.data;
+  p.n_words = d_n.data;
+  p.missed_words = d_missed.data;
+  DeviceArray<unsigned char> workspace(cuda::mask_workspace_bytes(p));
+  CUDA_OK(cuda::difference_mask(p, workspace.data, nullptr));
+  CUDA_OK(cudaDeviceSynchronize());
+  CHECK(d_out.host() == cpu_ids);
+  CHECK(d_labels.host() == cpu_labels);
+  CHECK(d_words.host() == cpu_words);
+  CHECK(d_missed.host() == cpu_missed);
+}
+
+void test_sampling(uint64_t seed, int64_t B, int64_t N, bool float64) {
+  Random rng(seed);
+  std::vector<double> w(B * N);
+  std::vector<int64_t> counts(B);
+  for (int64_t i = 0; i < B * N; ++i) {
+    const double u = rng.unit();
+    w[i] = u < 0.3 ? 0.0 : (float64 ? rng.unit() : static_cast<double>(static_cast<float>(rng.unit())));
+  }
+  for (int64_t b = 0; b < B; ++b) counts[b] = rng.index(N + 3);
+  std::vector<unsigned char> expected(B * N, 0);
+  std::vector<core::KeyIndex> scratch(N + 1);
+  for (int64_t b = 0; b < B; ++b) {
+    const core::Stream stream(seed, static_cast<uint64_t>(b));
+    const int64_t k = core::successive_sample(w.data() + b * N, N, counts[b], stream, scratch.data());
+    for (int64_t j = 0; j < k; ++j) expected[b * N + scratch[j].index] = 1;
+  }
+  DeviceArray<int64_t> d_counts(counts), d_status(2 * B);
+  DeviceArray<unsigned char> d_selected(B * N);
+  cuda::SampleProblem p;
+  std::vector<float> wf(w.begin(), w.end());
+  DeviceArray<double> d_w64(float64 ? w : std::vector<double>());
+  DeviceArray<float> d_w32(float64 ? std::vector<float>() : wf);
+  p.weights = float64 ? static_cast<const void*>(d_w64.data) : static_cast<const void*>(d_w32.data);
+  p.float64 = float64;
+  p.rows = B;
+  p.cols = N;
+  p.counts = d_counts.data;
+  p.seed = seed;
+  p.selected = reinterpret_cast<bool*>(d_selected.data);
+  p.status = d_status.data;
+  DeviceArray<unsigned char> workspace(cuda::sample_workspace_bytes(p));
+  CUDA_OK(cuda::sample_without_replacement(p, workspace.data, nullptr));
+  CUDA_OK(cudaDeviceSynchronize());
+  CHECK(d_selected.host() == expected);
+  for (int64_t code : d_status.host()) CHECK(code == 0 || code == -1);
+}
+
+void test_sampling_status() {
+  const std::vector<float> w = {0.5f, 1.0f, NAN, 2.0f, -1.0f, INFINITY, 0.5f, 0.5f, 0.5f};
+  const std::vector<int64_t> counts = {1, 1, -2};
+  DeviceArray<float> d_w(w);
+  DeviceArray<int64_t> d_counts(counts), d_status(6);
+  DeviceArray<unsigned char> d_selected(9);
+  cuda::SampleProblem p;
+  p.weights = d_w.data;
+  p.rows = 3;
+  p.cols = 3;
+  p.counts = d_counts.data;
+  p.selected = reinterpret_cast<bool*>(d_selected.data);
+  p.status = d_status.data;
+  DeviceArray<unsigned char> workspace(cuda::sample_workspace_bytes(p));
+  CUDA_OK(cuda::sample_without_replacement(p, workspace.data, nullptr));
+  CUDA_OK(cudaDeviceSynchronize());
+  const std::vector<int64_t> status = d_status.host();
+  CHECK(status[0] == 2 && status[1] == cuda::kSampleNaNWeight);
+  CHECK(status[2] == 1 && status[3] == cuda::kSampleNegativeWeight);  // row 1: -1 at 1 before inf at 2
+  CHECK(status[5] == cuda::kSampleNegativeCount);
+}
+
+void test_similarity(uint64_t seed, int64_t n, int64_t d, int64_t k, cuda::Precision precision, double tolerance) {
+  Random rng(seed);
+  std::vector<float> x(n * d), a(k * d);
+  for (auto& v : x) v = static_cast<float>(2 * rng.unit() - 1);
+  for (auto& v : a) v = static_cast<float>(2 * rng.unit() - 1);
+  for (int64_t j = 0; j < d; ++j) x[j] = 0.0f;  // a zero embedding
+  DeviceArray<float> d_x(x), d_a(a), d_values(n);
+  DeviceArray<int64_t> d_indices(n);
+  cuda::SimilarityProblem p;
+  p.embeddings = d_x.data;
+  p.n = n;
+  p.d = d;
+  p.ld = d;
+  p.anchors = d_a.data;
+  p.k = k;
+  p.precision = precision;
+  p.values = d_values.data;
+  p.indices = d_indices.data;
+  cuda::SimilarityPlan plan;
+  CUDA_OK(cuda::plan_max_anchor_similarity(p, 0, &plan));
+  DeviceArray<unsigned char> workspace(plan.workspace_bytes);
+  CUDA_OK(cuda::max_anchor_similarity(p, plan, workspace.data, nullptr));
+  CUDA_OK(cudaDeviceSynchronize());
+  const std::vector<float> values = d_values.host();
+  const std::vector<int64_t> indices = d_indices.host();
+  std::vector<double> anchor_norm(k);
+  for (int64_t a_i = 0; a_i < k; ++a_i) {
+    double s = 0;
+    for (int64_t j = 0; j < d; ++j) s += static_cast<double>(a[a_i * d + j]) * a[a_i * d + j];
+    anchor_norm[a_i] = std::sqrt(s);
+  }
+  double worst = 0;
+  for (int64_t r = 0; r < n; ++r) {
+    double norm = 0;
+    for (int64_t j = 0; j < d; ++j) norm += static_cast<double>(x[r * d + j]) * x[r * d + j];
+    norm = std::sqrt(norm);
+    auto cosine = [&](int64_t a_i) {
+      double dot = 0;
+      for (int64_t j = 0; j < d; ++j) dot += static_cast<double>(x[r * d + j]) * a[a_i * d + j];
+      return norm > 0 ? dot / (norm * anchor_norm[a_i]) : 0.0;
+    };
+    double best = -2;
+    for (int64_t a_i = 0; a_i < k; ++a_i) best = std::max(best, cosine(a_i));
+    worst = std::max(worst, std::fabs(values[r] - best));
+    CHECK(indices[r] >= 0 && indices[r] < k);
+    if (indices[r] >= 0 && indices[r] < k) CHECK(cosine(indices[r]) >= best - 2 * tolerance);
+  }
+  CHECK(values[0] == 0.0f && indices[0] == 0);
+  if (!(worst <= tolerance)) {
+    std::fprintf(stderr, "similarity n=%lld d=%lld k=%lld precision=%d: max error %g > %g\n",
+                 static_cast<long long>(n), static_cast<long long>(d), static_cast<long long>(k),
+                 static_cast<int>(precision), worst, tolerance);
+    CHECK(false);
+  }
+}
+
+void test_lookup() {
+  std::vector<int64_t> keys(64, 0);
+  std::vector<float> values(64, 0.0f);
+  const std::vector<int64_t> new_keys = {3, 17, -5, 1LL << 60};
+  const std::vector<float> new_values = {0.5f, -1.0f, 2.0f, 3.0f};
+  core::table_insert(keys.data(), values.data(), 64, new_keys.data(), new_values.data(), 4);
+  const std::vector<int64_t> queries = {3, 4, -5, 1LL << 60, 0};
+  DeviceArray<int64_t> d_keys(keys), d_queries(queries);
+  DeviceArray<float> d_values(values), d_out(queries.size());
+  DeviceArray<unsigned char> d_found(queries.size());
+  CUDA_OK(cuda::score_table_lookup(d_keys.data, d_values.data, 64, d_queries.data, 5, -7.0f, d_out.data,
+                                   reinterpret_cast<bool*>(d_found.data), nullptr));
+  CUDA_OK(cudaDeviceSynchronize());
+  CHECK((d_out.host() == std::vector<float>{0.5f, -7.0f, 2.0f, 3.0f, -7.0f}));
+  CHECK((d_found.host() == std::vector<unsigned char>{1, 0, 1, 1, 0}));
+}
+
+}  // namespace
+
+// --quick: one seed and the smaller sizes, for the slow checkers of compute-sanitizer.
+int main(int argc, char** argv) {
+  const bool quick = argc > 1 && std::string(argv[1]) == "--quick";
+  int devices = 0;
+  if (cudaGetDeviceCount(&devices) != cudaSuccess || devices == 0) {
+    std::printf("skipped: no CUDA device\n");
+    return 77;
+  }
+  core::MaskParams defaults;
+  defaults.mask_token_id = 3;
+  core::MaskParams rank = defaults;
+  rank.weighting = core::kWeightingRank;
+  rank.uniform_mix = 0.3;
+  rank.mlm_probability = 0.4;
+  core::MaskParams mixed = defaults;
+  mixed.uniform_mix = 0.5;
+  mixed.unknown_score = 0.1;
+  mixed.mask_replace_prob = 0.6;
+  mixed.random_replace_prob = 0.3;
+  core::MaskParams everything = defaults;
+  everything.mlm_probability = 1.0;
+  const std::vector<uint64_t> seeds = quick ? std::vector<uint64_t>{1} : std::vector<uint64_t>{1, 2, 0xDEADBEEF};
+  for (uint64_t seed : seeds) {
+    for (const core::MaskParams& params : {defaults, rank, mixed, everything}) {
+      test_masking(seed, quick ? 5 : 33, 300, params);
+      if (!quick) test_masking(seed, 1, 8192, params);
+      test_masking(seed, 2, 1, params);
+    }
+    for (bool float64 : {false, true}) {
+      test_sampling(seed, 20, 1, float64);
+      test_sampling(seed, quick ? 3 : 20, 513, float64);
+      if (!quick) test_sampling(seed, 3, 8192, float64);
+    }
+  }
+  test_sampling_status();
+  for (int64_t k : {1, 5, 32, 33, 300}) {
+    test_similarity(k, quick ? 200 : 1000, 96, k, cuda::Precision::kFloat32, 1e-5);
+  }
+  int major = 0;
+  CUDA_OK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, 0));
+  if (major >= 8) {
+    test_similarity(7, 700, 96, 70, cuda::Precision::kTf32, std::ldexp(2.0, -11) + 96 * std::ldexp(1.0, -24));
+    test_similarity(8, 700, 96, 70, cuda::Precision::kBf16, std::ldexp(2.0, -8) + 96 * std::ldexp(1.0, -24));
+  }
+  test_lookup();
+  TEST_MAIN_END();
+}

@@ -1,0 +1,83 @@
+"""Arguments for every operator of diffmask_fast, for opcheck on any device (test_compile.py on the
+CPU, test_cuda.py on CUDA). A new operator must get cases here: test_compile.py fails otherwise."""
+
+from __future__ import annotations
+
+import torch
+
+from diffmask_fast import ops
+
+#: Operators whose output sizes depend on the data: opcheck skips the dynamic-shape AOT test.
+DATA_DEPENDENT = {"group_words", "difference_mask"}
+
+MASK_ID = 999
+VOCABULARY = 1013
+
+
+def operator_names() -> set[str]:
+    """Every operator registered under torch.ops.diffmask_fast."""
+    prefix = "diffmask_fast::"
+    return {name[len(prefix):] for name in torch._C._dispatch_get_all_op_names() if name.startswith(prefix)}
+
+
+def _batch(g: torch.Generator, device, batch: int = 3, length: int = 12):
+    ids = torch.randint(0, VOCABULARY, (batch, length), generator=g)
+    never = torch.rand(batch, length, generator=g) < 0.15
+    never[:, 0] = True
+    starts = torch.rand(VOCABULARY, generator=g) < 0.6
+    words = ops.group_words(ids, never, starts)
+    hashes = torch.unique(words.word_hash[words.word_hash != 0])
+    table = ops.ScoreHashTable()
+    keep = hashes[torch.rand(hashes.numel(), generator=g) < 0.7]
+    table.insert(keep, torch.randn(keep.numel(), generator=g))
+    keys, values = table.tensors()
+    random_ids = torch.arange(1000, VOCABULARY)
+    return [t.to(device) for t in (ids, never, starts, keys, values, random_ids)]
+
+
+def cases(device, seed: int) -> dict[str, list[tuple]]:
+    """{operator name: [argument tuples]} with tensors on ``device``."""
+    g = torch.Generator().manual_seed(seed)
+    ids, never, starts, keys, values, random_ids = _batch(g, device)
+    mask_options = (0.3, 0, 0.0, 0.0, MASK_ID, 0.8, 0.1)
+    rank_options = (0.5, 1, 0.2, 0.1, MASK_ID, 0.7, 0.2)
+
+    def on(*tensors):
+        return tuple(t.to(device) for t in tensors)
+
+    return {
+        "max_anchor_similarity": [
+            on(torch.randn(2, 3, 8, generator=g), torch.randn(4, 8, generator=g)),
+            on(torch.randn(5, 8, generator=g, dtype=torch.float64), torch.randn(3, 8, generator=g)),
+            on(torch.randn(70, 8, generator=g), torch.randn(40, 8, generator=g)),
+        ],
+        "max_anchor_similarity_precision": [
+            (*on(torch.randn(70, 8, generator=g), torch.randn(40, 8, generator=g)), "high"),
+            (*on(torch.randn(2, 6, 8, generator=g), torch.randn(3, 8, generator=g)), "medium"),
+            (*on(torch.randn(6, 8, generator=g), torch.randn(3, 8, generator=g)), "highest"),
+        ],
+        "sample_without_replacement": [
+            (*on(torch.rand(4, 9, generator=g), torch.tensor([1, 3, 0, 9])), 7),
+            (*on(torch.rand(2, 300, generator=g, dtype=torch.float64), torch.tensor([100, 299])), -5),
+        ],
+        "group_words": [(ids, never, starts)],
+        "score_table_lookup": [(keys, values, torch.randint(1, 100, (5,), generator=g).to(device), -1.0)],
+        "score_table_insert": [
+            (keys.clone(), values.clone(), *on(torch.tensor([5, 6]), torch.tensor([0.5, 1.5]))),
+        ],
+        "difference_mask": [
+            (ids, never, starts, keys, values, random_ids, *mask_options, seed),
+            (ids, never, starts, keys, values, random_ids, *rank_options, -seed),
+        ],
+        "difference_mask_device": [
+            (ids, never, starts, keys, values, random_ids, *mask_options, torch.tensor([seed], device=device)),
+            (ids, never, starts, keys, values, random_ids, *rank_options, torch.tensor([-seed])),
+        ],
+    }
+
+
+def supported_on(device_type: str) -> set[str]:
+    """The operators that have a kernel for ``device_type`` ('cpu' or 'cuda')."""
+    from diffmask_fast import _extension
+
+    return {name for name in operator_names() if _extension.has_kernel(name, device_type)}

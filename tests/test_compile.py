@@ -1,0 +1,57 @@
+"""Every operator under opcheck and torch.compile, on the CPU (tests/test_cuda.py repeats opcheck on
+CUDA). opcheck runs the schema, fake-kernel, autograd-registration and AOT dispatch tests, with
+dynamic shapes for the operators whose output sizes do not depend on the data."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import op_cases
+from diffmask_fast import ops
+
+
+def test_every_operator_has_cases():
+    assert op_cases.operator_names() == set(op_cases.cases("cpu", 0)), (
+        "a diffmask_fast operator has no opcheck cases: add them to tests/op_cases.py"
+    )
+    assert op_cases.supported_on("cpu") == op_cases.operator_names()  # every op has a CPU kernel
+
+
+@pytest.mark.parametrize("name", sorted(op_cases.operator_names()))
+def test_opcheck_cpu(name, seed):
+    op = getattr(torch.ops.diffmask_fast, name).default
+    utils = ("test_schema", "test_autograd_registration", "test_faketensor")
+    if name not in op_cases.DATA_DEPENDENT:
+        utils += ("test_aot_dispatch_dynamic",)
+    for args in op_cases.cases("cpu", seed)[name]:
+        torch.library.opcheck(op, args, test_utils=utils)
+
+
+@pytest.mark.parametrize("dynamic", [False, True])
+def test_compile_fullgraph_traces_the_fixed_size_ops(seed, dynamic):
+    g = torch.Generator().manual_seed(seed)
+    ids, never, starts, keys, values, random_ids = op_cases._batch(g, "cpu", batch=5, length=20)
+
+    def step(ids, never, embeddings, anchors, weights, counts, seed_tensor):
+        out = torch.ops.diffmask_fast.difference_mask_device(
+            ids, never, starts, keys, values, random_ids, 0.3, 0, 0.0, 0.0, op_cases.MASK_ID, 0.8, 0.1, seed_tensor
+        )
+        similarity, nearest = ops.max_anchor_similarity(embeddings, anchors)
+        chosen = torch.ops.diffmask_fast.sample_without_replacement(weights, counts, 3)
+        found = ops.score_table_lookup(keys, values, out[0])[1]
+        seed_tensor.add_(1)
+        return out[0], out[1], out[4].sum(), similarity * 2, nearest, chosen, found
+
+    compiled = torch.compile(step, fullgraph=True, backend="aot_eager", dynamic=dynamic)
+    for rows in (5, 3):
+        args = (
+            ids[:rows], never[:rows], torch.randn(rows, 7, 16, generator=g), torch.randn(9, 16, generator=g),
+            torch.rand(rows, 30, generator=g), torch.full((rows,), 4),
+        )
+        seeds = torch.tensor([seed]), torch.tensor([seed])
+        expected = step(*args, seeds[0])
+        got = compiled(*args, seeds[1])
+        for a, b in zip(got, expected):
+            assert torch.equal(a, b)
+        assert int(seeds[1]) == seed + 1

@@ -1,0 +1,513 @@
+"""Corpus-scale counting: exact equality with reference.count_words on real and adversarial
+input, every input type, threads and block boundaries, bad input, the binary counts format,
+and Dask. Random inputs are fresh each run; a failing test prints the seed that replays it."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import mmap
+import random
+import unicodedata
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from diffmask_fast import _wordtable, counting, reference
+from diffmask_fast.anchors import mine_anchors
+from diffmask_fast.cli import main
+from diffmask_fast.corpus import CorpusError, iter_documents
+from diffmask_fast.counting import CountTable, WordCounts, count_words
+from diffmask_fast.dask_counting import count_partition, merge_partials, plan_partitions
+from diffmask_fast.general import GeneralFrequencies
+
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+CORPORA = ["acl_arc/corpus.txt", "chemprot/abstracts.txt", "chemprot/corpus.txt", "scicite/corpus.txt"]
+needs_data = pytest.mark.skipif(not DATA.exists(), reason="../shared/data is not present")
+
+#: Byte pieces random texts are made of: whitespace of every kind (complete and truncated),
+#: letters with case rules (final sigma, dotted I), punctuation, invalid and truncated UTF-8.
+PIECES = [
+    b" ", b" ", b"\n", b"\r\n", b"\r", b"\t", b"\x0b", b"\x0c", b"\x1c", b"\x1f", b"\xc2\x85", b"\xc2\xa0",
+    b"\xe1\x9a\x80", b"\xe2\x80\x80", b"\xe2\x80\x8a", b"\xe2\x80\xa8", b"\xe2\x80\xa9", b"\xe2\x80\xaf",
+    b"\xe2\x81\x9f", b"\xe3\x80\x80", b"\xe2\x80", b"\xe3\x80", b"\xc2", b"\xe1\x9a", b"\xe2\x80\x8b",
+    b"a", b"b", b"Z", b"enzyme", b"ENZYME", b"Enzyme,", b"(IscS", b"[12,22],", b"e.g.", b"-", b"...",
+    "ΣΊΣΥΦΟΣ".encode(), "Όσος".encode(), "İ".encode(), "ß".encode(), "ﬁ".encode(), "é".encode(),
+    "“quoted”".encode(), "😀".encode(), "\ufffd".encode(), b"\xff", b"\x80", b"\xbf", b"\xed\xa0\x80",
+    b"\xf0\x9f\x98", b"\xf4\x90\x80\x80", b"\xc0\xaf", b"\x7f", b"\x01",
+]
+
+
+@pytest.fixture
+def rng(seed):
+    """Random inputs from the shared replayable seed (conftest.py)."""
+    return random.Random(seed)
+
+
+def random_bytes(rng: random.Random, pieces: int) -> bytes:
+    out = []
+    for _ in range(pieces):
+        if rng.random() < 0.85:
+            out.append(rng.choice(PIECES))
+        else:
+            out.append(bytes([rng.randrange(1, 256)]))  # NUL marks a binary file
+    return b"".join(out)
+
+
+def expected_for_file(path: Path) -> tuple[dict, int]:
+    """The specification: reference.count_words over the documents corpus.iter_documents reads."""
+    documents = list(iter_documents(path))
+    return dict(reference.count_words(documents)), len(documents)
+
+
+def assert_same(counts: WordCounts, expected: dict, documents: int, context: str = "") -> None:
+    assert dict(counts.counts) == expected, context
+    assert counts.documents == documents, context
+    assert counts.total == sum(expected.values()), context
+    assert len(counts) == len(expected), context
+
+
+# ----------------------------------------------------------------------------------------------
+# The byte-level rules the kernel relies on
+# ----------------------------------------------------------------------------------------------
+
+
+def test_whitespace_is_what_str_split_splits_on():
+    spaces = [chr(c) for c in range(0x110000) if chr(c).isspace()]
+    assert "".join(spaces) == _wordtable.WHITESPACE
+    assert ("x" + "x".join(spaces) + "x").split() == ["x"] * (len(spaces) + 1)
+    for space in spaces:
+        encoded = space.encode("utf-8")
+        assert _wordtable.BYTE_CLASS[encoded[0]] == (1 if len(encoded) == 1 else 2)
+
+
+def test_ascii_strip_is_normalize_word_on_ascii():
+    for byte in range(128):
+        assert bool(_wordtable.ASCII_STRIP[byte]) == (unicodedata.category(chr(byte))[0] in "PS")
+
+
+@pytest.fixture
+def tiny_chunks(monkeypatch):
+    """Blocks are cut into chunks of any size, so that small inputs are cut too."""
+    monkeypatch.setattr(counting, "MIN_CHUNK_BYTES", 1)
+
+
+def test_random_bytes_match_the_reference(tmp_path, rng, tiny_chunks):
+    """For random bytes b: counts of a file holding b equal reference.count_words of its lines
+    and of b.decode("utf-8", "replace"); tiny blocks and chunks, and several threads, cut words
+    anywhere."""
+    for trial in range(120):
+        data = random_bytes(rng, rng.randrange(0, 120))
+        path = tmp_path / f"random{trial}.txt"
+        path.write_bytes(data)
+        expected, documents = expected_for_file(path)
+        assert expected == dict(reference.count_words([data.decode("utf-8", "replace")]))
+        block = rng.choice([1, 2, 3, 5, 8, 64, 1 << 20])
+        threads = rng.choice([1, 2, 3])
+        context = f"data={data!r} block_bytes={block} threads={threads}"
+        if not expected:
+            with pytest.raises(CorpusError, match="empty|no words"):
+                count_words(path, progress=False, block_bytes=block, threads=threads)
+            continue
+        assert_same(count_words(path, progress=False, block_bytes=block, threads=threads), expected, documents, context)
+
+
+def test_random_strings_match_the_reference(rng, tiny_chunks):
+    alphabet = list(" \n\r\t\x85\xa0\u2028\u3000\u200b") + ["a", "Σ", "ς", "İ", "ß", "ﬁ", "K", "\u212a", ".", "-",
+                                                          "“", "”", "😀", "\ufffd", "\x00", "\ud800", "\udfff", "é"]
+    texts = ["".join(rng.choice(alphabet) for _ in range(rng.randrange(0, 40))) for _ in range(3000)]
+    expected = dict(reference.count_words(texts))
+    for threads in (1, 2):
+        assert_same(count_words(texts, progress=False, threads=threads), expected, len(texts))
+
+
+ADVERSARIAL_LINES = [
+    "", "   ", "Straße ÉCOLE naïve", "ΣΊΣΥΦΟΣ Όσος ΣΑΣ", "İstanbul İİ i̇", "(IscS [12,22], IscU/Isu1 [6,11,16]).",
+    "−20C e.g. Fe-S", "tab\tseparated\u00a0nbsp\u2003em-space\u3000ideographic\u1680ogham\u205fmath",
+    "line\u2028separator\u2029paragraph\x85nel\x1cfile\x1dgroup\x1erecord\x1funit\x0bvt\x0cff",
+    "中文 字符", "emoji 🧪 test 👩‍🔬", "zero\u200bwidth\ufeffbom", "a" * 5000, "word " * 1000,
+]
+
+
+def test_adversarial_text_in_files_and_strings(tmp_path, tiny_chunks):
+    long_token = "x" * (1 << 20)
+    lines = ADVERSARIAL_LINES + [long_token, "A" + long_token + "É", ""]
+    text = "\n".join(lines)
+    # Windows line ends, lone CRs, invalid and truncated UTF-8 around the same text.
+    data = (text.replace("\n", "\r\n", 3).encode("utf-8") + b"\rcaf\xe9 na\xefve \xe2\x80 trunc\xf0\x9f"
+            + b"\r\n\r\n\n\r\rend\xc3")
+    path = tmp_path / "adversarial.txt"
+    path.write_bytes(data)
+    expected, documents = expected_for_file(path)
+    assert expected == dict(reference.count_words([data.decode("utf-8", "replace")]))
+    for block in (4096, 1 << 22):
+        for threads in (1, 2):
+            assert_same(count_words(path, progress=False, block_bytes=block, threads=threads), expected, documents)
+    assert_same(count_words(lines, progress=False), dict(reference.count_words(lines)), len(lines))
+    counts = count_words(path, progress=False)
+    assert counts["σίσυφος"] == 1 and counts["i̇stanbul"] == 1 and counts[long_token] == 1
+    assert counts["caf"] == 1 and counts["na\ufffdve"] == 1  # U+FFFD is a symbol: stripped at word ends
+
+
+def test_line_ends_count_documents_like_the_reader(tmp_path):
+    """\n, \r\n and a lone \r end a line (also when a block boundary splits \r\n); other
+    Unicode line separators do not; a last line without a line end counts."""
+    cases = [(b"a", 1), (b"a\n", 1), (b"\nw", 2), (b"a\r\nb", 2), (b"a\rb\r", 2), (b"a\r\r\nb\n\n", 4),
+             (b"\r\n\r\nw", 3), (b"x\xc2\x85y\xe2\x80\xa8z\x0cw\x1cv", 1), (b"w\n\r", 2)]
+    path = tmp_path / "lines.txt"
+    for data, documents in cases:
+        path.write_bytes(data)
+        assert len(list(iter_documents(path))) == documents, data
+        for block in (1, 2, 1 << 20):
+            for threads in (1, 2):
+                counts = count_words(path, progress=False, block_bytes=block, threads=threads)
+                assert counts.documents == documents, (data, block, threads)
+
+
+# ----------------------------------------------------------------------------------------------
+# Real text, input types, threads
+# ----------------------------------------------------------------------------------------------
+
+
+@needs_data
+@pytest.mark.parametrize("corpus", CORPORA)
+def test_real_corpora_match_the_reference(corpus):
+    path = DATA / corpus
+    expected, documents = expected_for_file(path)
+    single = count_words(path, progress=False, threads=1)
+    assert_same(single, expected, documents)
+    assert count_words(path, progress=False, threads=2, block_bytes=1 << 16) == single
+
+
+@needs_data
+def test_every_input_type_gives_the_same_counts(tmp_path):
+    lines = (DATA / "scicite" / "corpus.txt").read_text(encoding="utf-8").splitlines()[:3000]
+    expected = dict(reference.count_words(lines))
+    text = "\n".join(lines) + "\n"
+    (tmp_path / "plain.txt").write_text(text, encoding="utf-8")
+    with gzip.open(tmp_path / "packed.txt.gz", "wt", encoding="utf-8") as handle:
+        handle.write(text)
+    split = len(lines) // 3
+    shards = tmp_path / "shards"
+    (shards / "deep").mkdir(parents=True)
+    (shards / "a.txt").write_text("\n".join(lines[:split]) + "\n", encoding="utf-8")
+    with gzip.open(shards / "deep" / "b.txt.gz", "wt", encoding="utf-8") as handle:
+        handle.write("\n".join(lines[split:]) + "\n")
+    (shards / "ignored.csv").write_text("not,read\n")
+    jsonl = tmp_path / "records.jsonl"
+    jsonl.write_text("".join(json.dumps({"id": i, "abstract": line}) + "\n" for i, line in enumerate(lines)), encoding="utf-8")
+    with gzip.open(tmp_path / "records.jsonl.gz", "wt", encoding="utf-8") as handle:
+        handle.write("".join(json.dumps({"text": line}) + "\n\n" for line in lines))
+
+    sources = {
+        "plain": (tmp_path / "plain.txt", {}),
+        "gzip": (tmp_path / "packed.txt.gz", {}),
+        "directory": (shards, {}),
+        "glob": (str(shards / "**" / "*.txt*"), {}),
+        "paths": ([shards / "a.txt", shards / "deep" / "b.txt.gz"], {}),
+        "jsonl with a text field": (jsonl, {"text_field": "abstract"}),
+        "jsonl.gz, default field, blank lines": (tmp_path / "records.jsonl.gz", {}),
+        "strings": (lines, {}),
+        "generator": (None, {}),
+        "dataset": (FakeDataset(lines), {}),
+    }
+    for name, (source, options) in sources.items():
+        for threads in (1, 2):
+            if name == "generator":
+                source = (line for line in lines)
+            counts = count_words(source, progress=False, threads=threads, **options)
+            assert dict(counts.counts) == expected, name
+            assert counts.documents == len(lines), name
+    mixed = count_words([shards / "a.txt", "One more line."], progress=False)
+    assert dict(mixed.counts) == dict(reference.count_words(lines[:split] + ["One more line."]))
+    assert mixed.documents == split + 1
+
+
+class FakeDataset:
+    """What count_words uses of a HuggingFace ``datasets.Dataset``: ``column_names`` and
+    ``iter(batch_size=...)`` yielding dicts of columns."""
+
+    def __init__(self, texts, column="text"):
+        self.texts = list(texts)
+        self.column = column
+        self.column_names = [column, "label"]
+
+    def __len__(self):
+        return len(self.texts)
+
+    def iter(self, batch_size):
+        for start in range(0, len(self.texts), batch_size):
+            batch = self.texts[start: start + batch_size]
+            yield {self.column: batch, "label": [0] * len(batch)}
+
+
+def test_real_datasets_dataset_if_installed():
+    datasets = pytest.importorskip("datasets")
+    texts = ["Enzyme binds the receptor.", "", "ΣΊΣΥΦΟΣ receptor"]
+    dataset = datasets.Dataset.from_dict({"body": texts, "label": [1, 2, 3]})
+    counts = count_words(dataset, progress=False, text_field="body")
+    assert dict(counts.counts) == dict(reference.count_words(texts)) and counts.documents == 3
+
+
+def test_dataset_errors():
+    with pytest.raises(CorpusError, match="mapping was given.*train"):
+        count_words({"train": FakeDataset(["a"]), "test": FakeDataset(["b"])}, progress=False)
+    with pytest.raises(CorpusError, match="no column 'text'"):
+        count_words(FakeDataset(["a"], column="body"), progress=False)
+    with pytest.raises(CorpusError, match="row 1.*NoneType"):
+        count_words(FakeDataset(["a", None]), progress=False)
+
+
+def test_threads_and_blocks_cut_words_anywhere(tmp_path, rng, tiny_chunks):
+    """Blocks of a few bytes split words, multi-byte whitespace and \\r\\n pairs between blocks."""
+    data = b"".join(random_bytes(rng, 50) + b"\n" for _ in range(40))
+    path = tmp_path / "text.txt"
+    path.write_bytes(data)
+    expected, documents = expected_for_file(path)
+    results = [count_words(path, progress=False, threads=threads, block_bytes=block)
+               for threads in (1, 2, 4) for block in (1, 3, 16, 1 << 20)]
+    assert all(result == results[0] for result in results)
+    assert_same(results[0], expected, documents)
+
+
+def test_ranges_cut_anywhere_add_up(tmp_path, rng):
+    """Byte ranges counted apart (as Dask tasks are) add up to the whole file, wherever cut."""
+    data = b"".join(random_bytes(rng, 30) + rng.choice([b"\n", b"\r\n", b"\r", b""]) for _ in range(60))
+    path = tmp_path / "ranges.txt"
+    path.write_bytes(data)
+    whole = count_words(path, progress=False, threads=1)
+    for partition_bytes in (1, 2, 3, 7, 50, len(data)):
+        parts = plan_partitions([path], None, partition_bytes)
+        merged = merge_partials(*[count_partition(part) for part in parts])
+        assert merged.table == whole.table and merged.documents == whole.documents, partition_bytes
+        assert merged.bytes == len(data)
+
+
+# ----------------------------------------------------------------------------------------------
+# Bad input
+# ----------------------------------------------------------------------------------------------
+
+
+def test_bad_input_gives_clear_errors(tmp_path):
+    with pytest.raises(CorpusError, match="does not exist"):
+        count_words(tmp_path / "missing.txt", progress=False)
+    (tmp_path / "empty_dir").mkdir()
+    (tmp_path / "empty_dir" / "notes.csv").write_text("a,b\n")
+    with pytest.raises(CorpusError, match="no text files"):
+        count_words(tmp_path / "empty_dir", progress=False)
+    (tmp_path / "binary.txt").write_bytes(b"\x7fELF\x02\x01" + b"\x00" * 64 + b"text")
+    with pytest.raises(CorpusError, match="binary"):
+        count_words(tmp_path / "binary.txt", progress=False)
+    with gzip.open(tmp_path / "binary.txt.gz", "wb") as handle:
+        handle.write(b"PK\x03\x04\x00\x00")
+    with pytest.raises(CorpusError, match="binary"):
+        count_words(tmp_path / "binary.txt.gz", progress=False)
+    (tmp_path / "broken.txt.gz").write_bytes(gzip.compress(b"some text\n" * 100)[:-30])
+    with pytest.raises(CorpusError, match="cannot be read"):
+        count_words(tmp_path / "broken.txt.gz", progress=False)
+    (tmp_path / "empty.txt").write_text("")
+    with pytest.raises(CorpusError, match="empty"):
+        count_words(tmp_path / "empty.txt", progress=False)
+    with pytest.raises(CorpusError, match="empty"):
+        count_words([], progress=False)
+    (tmp_path / "blank.txt").write_text("\n  \n\t\r\n\u3000\n")
+    with pytest.raises(CorpusError, match="no words"):
+        count_words(tmp_path / "blank.txt", progress=False)
+    with pytest.raises(CorpusError, match="strings"):
+        count_words(["text", b"bytes"], progress=False)
+    with pytest.raises(ValueError, match="threads"):
+        count_words(["text"], progress=False, threads=0)
+
+
+def test_invalid_utf8_is_replaced_not_an_error(tmp_path):
+    """Documented behaviour: invalid bytes decode to U+FFFD, as the reader of iter_documents does."""
+    (tmp_path / "latin1.txt").write_bytes("café naïve señor\n".encode("latin-1"))
+    counts = count_words(tmp_path / "latin1.txt", progress=False)
+    assert dict(counts.counts) == {"caf": 1, "na\ufffdve": 1, "se\ufffdor": 1}
+
+
+@pytest.mark.parametrize("content, message", [
+    (b'{"text": "fine"}\n{"text": "unterminated\n', r"bad\.jsonl' line 2: not valid JSON"),
+    (b'{"text": "fine"}\n\n{"body": "x"}\n', r"line 3: no field 'text' \(fields: body\)"),
+    (b'{"text": 12}\n', r"line 1: field 'text' holds int, not a string"),
+    (b'["text"]\n', r"line 1: expected a JSON object, got list"),
+])
+def test_bad_json_lines_name_the_file_and_line(tmp_path, content, message):
+    path = tmp_path / "bad.jsonl"
+    path.write_bytes(content)
+    with pytest.raises(CorpusError, match=message):
+        count_words(path, progress=False)
+    with pytest.raises(CorpusError, match=message):
+        list(iter_documents(path))
+
+
+def test_bad_json_line_is_named_by_its_line_in_a_distributed_range(tmp_path):
+    path = tmp_path / "big.jsonl"
+    path.write_bytes(b'{"text": "a b"}\n' * 100 + b"not json\n" + b'{"text": "c"}\n' * 10)
+    parts = plan_partitions([path], None, 300)
+    assert len(parts) > 3
+    with pytest.raises(CorpusError, match="line 101: not valid JSON"):
+        for part in parts:
+            count_partition(part)
+
+
+# ----------------------------------------------------------------------------------------------
+# WordCounts and the binary format
+# ----------------------------------------------------------------------------------------------
+
+
+@needs_data
+def test_binary_counts_round_trip_lazily(tmp_path):
+    counts = count_words(DATA / "chemprot" / "abstracts.txt", progress=False)
+    counts.save(tmp_path / "counts.bin")
+    assert (tmp_path / "counts.bin").read_bytes()[:8] == b"DMWCOUNT"
+    loaded = WordCounts.load(tmp_path / "counts.bin")
+    base = loaded.table.blob.base
+    assert isinstance(getattr(base, "obj", base), mmap.mmap)  # mapped, not read
+    assert loaded.total == counts.total and len(loaded) == len(counts) and loaded.documents == counts.documents
+    assert loaded["receptor"] == counts["receptor"] > 0 and "receptor" in loaded
+    assert loaded["no-such-word-here"] == 0 and "no-such-word-here" not in loaded and 12 not in loaded
+    assert loaded.most_common(10) == counts.most_common(10)
+    assert loaded._dict is None  # nothing above built a dict of every word
+    assert loaded == counts and dict(loaded.counts) == dict(counts.counts)
+    assert WordCounts.load(tmp_path / "counts.bin", verify=True) == counts
+    general = GeneralFrequencies.default()
+    assert mine_anchors(loaded, general) == mine_anchors(counts, general) == mine_anchors(tmp_path / "counts.bin", general)
+    counts.save(tmp_path / "counts.json")
+    assert json.loads((tmp_path / "counts.json").read_text())["counts"]["receptor"] == counts["receptor"]
+    assert WordCounts.load(tmp_path / "counts.json") == counts
+
+
+def test_binary_counts_corruption_is_detected(tmp_path):
+    counts = WordCounts.from_mapping({"enzyme": 3, "é": 2, "\ud800x": 1, "z" * 40: 7}, documents=4)
+    path = tmp_path / "counts.dmwc"
+    counts.save(path)
+    assert WordCounts.load(path) == counts and WordCounts.load(path)["\ud800x"] == 1
+    data = path.read_bytes()
+    for cut in (0, 5, 30, len(data) - 1):
+        path.write_bytes(data[:cut])
+        with pytest.raises(ValueError, match="truncated|not a word-counts file"):
+            WordCounts.load(path)
+    flipped = bytearray(data)
+    flipped[-3] ^= 0x20
+    path.write_bytes(bytes(flipped))
+    WordCounts.load(path)  # a flipped word byte is only found by verify
+    with pytest.raises(ValueError, match="checksum"):
+        WordCounts.load(path, verify=True)
+    path.write_bytes(data[:8] + b"\x07" + data[9:])
+    with pytest.raises(ValueError, match="version 7"):
+        WordCounts.load(path)
+    path.write_bytes(b"PK\x03\x04 something else")
+    with pytest.raises(ValueError, match="not a word-counts file"):
+        WordCounts.load(path)
+    with pytest.raises(FileNotFoundError):
+        WordCounts.load(tmp_path / "missing.bin")
+    empty = WordCounts()
+    empty.save(tmp_path / "empty.bin")
+    assert WordCounts.load(tmp_path / "empty.bin", verify=True) == empty and len(empty) == 0
+
+
+def test_word_counts_api(rng):
+    words = [f"w{rng.randrange(50)}" for _ in range(2000)]
+    reference_counts = Counter(words)
+    counts = WordCounts.from_mapping(reference_counts, documents=7)
+    ranked = sorted(reference_counts.items(), key=lambda item: (-item[1], item[0]))
+    assert counts.most_common() == ranked
+    assert all(counts.most_common(k) == ranked[:k] for k in (0, 1, 5, 49, 50, 80))
+    assert counts.at_least(40) == sorted((w, c) for w, c in reference_counts.items() if c >= 40)
+    merged = counts.merge(WordCounts.from_mapping({"w1": 1, "new": 2}, documents=1))
+    assert merged["w1"] == reference_counts["w1"] + 1 and merged["new"] == 2 and merged.documents == 8
+    with pytest.raises(ValueError, match="lowercasing"):
+        counts.merge(WordCounts(lowercase=False))
+    with pytest.raises(TypeError):
+        counts.counts["w1"] = 3  # a read-only view
+    table = CountTable.from_mapping({"b": 1, "a": 2, "zero": 0})
+    assert table.words() == ["a", "b"] and table.find("zero") == -1
+    with pytest.raises(ValueError, match="non-negative"):
+        CountTable.from_mapping({"a": -1})
+
+
+def test_uncased_counting_and_anchors_are_deterministic():
+    texts = ["Enzyme enzyme ENZYME Receptor receptor", "Kinase, kinase. KINASE!"] * 20
+    assert dict(count_words(texts, lowercase=False, progress=False).counts) == dict(reference.count_words(texts, lowercase=False))
+    general = GeneralFrequencies.default()
+    anchors = [mine_anchors(count_words(texts, progress=False, threads=t), general, k=3) for t in (1, 2)]
+    assert anchors[0] == anchors[1]
+
+
+# ----------------------------------------------------------------------------------------------
+# Command line
+# ----------------------------------------------------------------------------------------------
+
+
+def anchor_table(output: str) -> str:
+    """The anchors table of `diffmask mine` output: from its header line to the next blank line."""
+    lines = output.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.lstrip().startswith("rank"))
+    end = next((i for i in range(start, len(lines)) if not lines[i].strip()), len(lines))
+    return "\n".join(lines[start:end])
+
+
+@needs_data
+def test_mine_command_saves_binary_counts_and_mines_from_them(tmp_path, capsys):
+    corpus = DATA / "acl_arc" / "corpus.txt"
+    assert main(["mine", str(corpus), "-k", "5", "--threads", "2", "--counts-output", str(tmp_path / "c.counts"),
+                 "-o", str(tmp_path / "a.json")]) == 0
+    first = capsys.readouterr()
+    assert "counting words" in first.err  # the progress bar
+    assert (tmp_path / "c.counts").read_bytes()[:8] == b"DMWCOUNT"
+    assert WordCounts.load(tmp_path / "c.counts") == count_words(corpus, progress=False)
+    assert main(["mine", "--counts", str(tmp_path / "c.counts"), "-k", "5", "--no-progress"]) == 0
+    second = capsys.readouterr()
+    assert anchor_table(second.out) == anchor_table(first.out) and "lexical" in anchor_table(first.out)
+    records = tmp_path / "records.jsonl"
+    records.write_text("".join(json.dumps({"body": line}) + "\n" for line in corpus.read_text().splitlines()))
+    assert main(["mine", str(records), "--text-field", "body", "-k", "5", "--no-progress"]) == 0
+    assert anchor_table(capsys.readouterr().out) == anchor_table(first.out)
+    assert main(["mine", "--no-progress"]) == 1
+    assert "give a corpus" in capsys.readouterr().err
+    assert main(["mine", str(records), "--no-progress"]) == 1
+    assert "no field 'text'" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------------------------
+# Dask
+# ----------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def dask_client():
+    distributed = pytest.importorskip("distributed")
+    cluster = distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                                       dashboard_address=None, silence_logs=50)
+    client = distributed.Client(cluster)
+    yield client
+    client.close()
+    cluster.close()
+
+
+@needs_data
+def test_dask_counts_equal_single_process_counts(dask_client, tmp_path):
+    for corpus in CORPORA:
+        single = count_words(DATA / corpus, progress=False)
+        distributed = count_words(DATA / corpus, progress=False, scheduler=dask_client, partition_bytes=200_000)
+        assert distributed == single, corpus
+    # A multi-file gzip corpus (one task per file), with plain files cut into ranges beside it.
+    lines = (DATA / "scicite" / "corpus.txt").read_bytes().splitlines(keepends=True)
+    shards = tmp_path / "shards"
+    shards.mkdir()
+    for k in range(6):
+        with gzip.open(shards / f"part{k}.txt.gz", "wb") as handle:
+            handle.writelines(lines[k::7])
+    (shards / "plain.txt").write_bytes(b"".join(lines[6::7]).replace(b"\n", b"\r\n"))
+    single = count_words(shards, progress=False)
+    assert count_words(shards, progress=False, scheduler=dask_client, partition_bytes=50_000) == single
+    assert single == count_words(DATA / "scicite" / "corpus.txt", progress=False)
+    jsonl = DATA / "scicite" / "train.jsonl"
+    assert (count_words(jsonl, progress=False, scheduler=dask_client, partition_bytes=100_000)
+            == count_words(jsonl, progress=False))
+    with pytest.raises(CorpusError, match="reads files"):
+        count_words(["some text"], progress=False, scheduler=dask_client)
+    with pytest.raises(CorpusError, match="does not exist"):
+        count_words(tmp_path / "missing.txt", progress=False, scheduler=dask_client)

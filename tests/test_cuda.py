@@ -1,0 +1,467 @@
+"""The CUDA kernels against the CPU kernels and diffmask_fast.reference, on fresh random inputs.
+
+Skipped without a CUDA device or without CUDA kernels in diffmask_fast._C (set
+DIFFMASK_FAST_REQUIRE_CUDA=1, as `make gpu-check` does, to fail instead of skipping). Where the
+arithmetic is exact (sampling, masking: the same random streams and keys on both sides) the GPU
+must reproduce the CPU bit for bit for the same seed; similarities must agree within float32
+rounding, and arg maxes except at near-ties.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+
+import numpy as np
+import pytest
+import torch
+
+import op_cases
+from diffmask_fast import _extension, ops, reference
+
+CUDA_OPS = {"max_anchor_similarity", "max_anchor_similarity_precision", "sample_without_replacement",
+            "difference_mask", "difference_mask_device", "score_table_lookup"}
+
+
+def _missing() -> str | None:
+    if not torch.cuda.is_available():
+        return "no CUDA device"
+    absent = sorted(name for name in CUDA_OPS if not _extension.has_kernel(name, "cuda"))
+    if absent:
+        return f"diffmask_fast._C has no CUDA kernels for {', '.join(absent)} (rebuild with DIFFMASK_FAST_CUDA=1)"
+    return None
+
+
+MISSING = _missing()
+if MISSING is not None and os.environ.get("DIFFMASK_FAST_REQUIRE_CUDA") == "1":
+    raise RuntimeError(f"DIFFMASK_FAST_REQUIRE_CUDA=1 but {MISSING}")
+pytestmark = pytest.mark.skipif(MISSING is not None, reason=MISSING or "")
+
+CUDA = "cuda"
+
+
+def generator(seed: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+# ----------------------------------------------------------------------------------------------
+# max_anchor_similarity
+# ----------------------------------------------------------------------------------------------
+
+
+def cosines_and_best(embeddings: torch.Tensor, anchors: torch.Tensor, chunk: int = 4096):
+    """float64 max cosine, first arg max and runner-up gap per row (on the GPU, in row chunks)."""
+    e = embeddings.reshape(-1, embeddings.shape[-1]).to(CUDA, torch.float64)
+    a = anchors.to(CUDA, torch.float64)
+    a_norm = a.norm(dim=1)
+    units = torch.where(a_norm[:, None] > 0, a / a_norm.clamp_min(1e-300)[:, None], torch.zeros_like(a))
+    best, index, gap = [], [], []
+    for start in range(0, e.shape[0], chunk):
+        x = e[start:start + chunk]
+        norms = x.norm(dim=1, keepdim=True)
+        cos = torch.where(norms > 0, (x @ units.T) / norms.clamp_min(1e-300), torch.zeros(1, device=CUDA, dtype=torch.float64))
+        top = cos.topk(min(2, cos.shape[1]), dim=1)
+        best.append(top.values[:, 0])
+        index.append(top.indices[:, 0])
+        gap.append(top.values[:, 0] - top.values[:, 1] if cos.shape[1] > 1 else torch.full_like(top.values[:, 0], math.inf))
+    return torch.cat(best), torch.cat(index), torch.cat(gap)
+
+
+def check_similarity(values, indices, embeddings, anchors, atol, message):
+    assert values.dtype == torch.float32 and indices.dtype == torch.int64, message
+    best, _, gap = cosines_and_best(embeddings, anchors)
+    values = values.reshape(-1).double()
+    indices = indices.reshape(-1)
+    error = (values - best).abs()
+    assert float(error.max()) <= atol, f"{message}: max error {float(error.max()):.3g}"
+    # The chosen anchor reaches the max within atol (near-ties may go either way).
+    e = embeddings.reshape(-1, embeddings.shape[-1]).to(CUDA, torch.float64)
+    a = anchors.to(CUDA, torch.float64)
+    chosen = torch.nn.functional.cosine_similarity(e, a[indices], dim=1, eps=1e-300)
+    assert bool((chosen >= best - 2 * atol).all()), message
+    return error, gap
+
+
+@pytest.mark.parametrize(
+    "n, d, k",
+    [(1, 1, 1), (1, 768, 20), (7, 13, 5), (33, 385, 20), (300, 24, 33), (2000, 96, 129), (5000, 768, 1000),
+     (32768, 768, 20), (2048, 64, 100_000)],
+)
+def test_similarity_matches_cpu_and_reference(seed, n, d, k):
+    g = generator(seed)
+    embeddings = torch.randn(n, d, generator=g)
+    anchors = torch.randn(k, d, generator=g)
+    message = f"seed={seed} n={n} d={d} k={k}"
+    values, indices = ops.max_anchor_similarity(embeddings.to(CUDA), anchors.to(CUDA))
+    assert values.device.type == CUDA and values.shape == (n,) and indices.shape == (n,)
+    _, gap = check_similarity(values, indices, embeddings, anchors, 1e-5, message)
+    if n * k <= 5_000_000:
+        cpu_values, cpu_indices = ops.max_anchor_similarity(embeddings, anchors)
+        torch.testing.assert_close(values.cpu(), cpu_values, atol=2e-6, rtol=0, msg=message)
+        clear = gap.cpu() > 1e-5  # the arg max is only defined up to rounding at near-ties
+        assert torch.equal(indices.cpu()[clear], cpu_indices[clear]), message
+    if n * d * k <= 300_000:
+        ref_values, ref_indices = reference.max_anchor_similarity(embeddings.numpy(), anchors.numpy())
+        np.testing.assert_allclose(values.cpu().numpy(), ref_values, atol=1e-5, rtol=0, err_msg=message)
+
+
+def test_similarity_never_forms_the_full_matrix(seed):
+    """K = 100,000 anchors for 32,768 words: far less memory than the 13 GB [N, K] matrix."""
+    g = generator(seed)
+    embeddings = torch.randn(32768, 768, generator=g).to(CUDA)
+    anchors = torch.randn(100_000, 768, generator=g).to(CUDA)
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    baseline = torch.cuda.memory_allocated()
+    values, indices = ops.max_anchor_similarity(embeddings, anchors)
+    torch.cuda.synchronize()
+    extra = torch.cuda.max_memory_allocated() - baseline
+    assert extra < 32768 * 100_000 * 4 / 20, f"peak extra memory {extra / 2**20:.0f} MiB"
+    sample = torch.randperm(32768, generator=g)[:512]
+    check_similarity(values[sample.to(CUDA)], indices[sample.to(CUDA)], embeddings.cpu()[sample], anchors.cpu(), 1e-5,
+                     f"seed={seed}")
+
+
+def test_similarity_float64_half_and_strides(seed):
+    g = generator(seed)
+    message = f"seed={seed}"
+    e64 = torch.randn(700, 19, generator=g, dtype=torch.float64)
+    a64 = torch.randn(40, 19, generator=g, dtype=torch.float64)
+    values, indices = ops.max_anchor_similarity(e64.to(CUDA), a64.to(CUDA))
+    cpu_values, cpu_indices = ops.max_anchor_similarity(e64, a64)
+    torch.testing.assert_close(values.cpu(), cpu_values, atol=1e-7, rtol=0)
+    assert torch.equal(indices.cpu(), cpu_indices), message
+    for dtype in (torch.float16, torch.bfloat16):
+        e = torch.randn(64, 40, generator=g).to(dtype)
+        a = torch.randn(9, 40, generator=g).to(dtype)
+        values, indices = ops.max_anchor_similarity(e.to(CUDA), a.to(CUDA))
+        check_similarity(values, indices, e.float(), a.float(), 1e-5, f"{message} {dtype}")
+    base = torch.randn(6, 40, 26, generator=g)
+    anchors = torch.randn(2 * 11, 13, generator=g)[::2]
+    cases = {
+        "column slice": base[..., ::2],
+        "row slice": base.reshape(-1, 26)[::3, :13],
+        "permuted batch": base[..., :13].permute(1, 0, 2),
+        "batch dims": base[..., 13:].reshape(2, 3, 40, 13),
+        "transposed": torch.randn(13, 300, generator=g).t(),
+        "expanded": torch.randn(1, 13, generator=g).expand(50, 13),
+    }
+    for name, embeddings in cases.items():
+        values, indices = ops.max_anchor_similarity(embeddings.to(CUDA), anchors.to(CUDA))
+        assert values.shape == embeddings.shape[:-1], name
+        check_similarity(values, indices, embeddings, anchors, 1e-5, f"{message} {name}")
+    for shape in [(0, 13), (3, 0, 13), (13,)]:
+        values, indices = ops.max_anchor_similarity(torch.randn(shape).to(CUDA), anchors.to(CUDA))
+        assert values.shape == shape[:-1] and indices.dtype == torch.int64
+
+
+def test_similarity_zero_vectors_ties_and_nan(seed):
+    g = generator(seed)
+    message = f"seed={seed}"
+    anchors = torch.randn(300, 10, generator=g)
+    anchors[207] = anchors[2]  # duplicate: ties go to the smaller index
+    anchors[209] = anchors[2] * 4.0  # same direction
+    anchors[4] = 0.0
+    embeddings = torch.randn(500, 10, generator=g)
+    embeddings[0] = 0.0
+    embeddings[1] = anchors[2] * 3.0  # exactly anchor 2's direction
+    embeddings[2, 3] = float("nan")
+    values, indices = ops.max_anchor_similarity(embeddings.to(CUDA), anchors.to(CUDA))
+    cpu_values, cpu_indices = ops.max_anchor_similarity(embeddings, anchors)
+    assert values[0].item() == 0 and indices[0].item() == 0, message
+    assert indices[1].item() == 2, message
+    assert math.isnan(values[2].item()) and indices[2].item() == cpu_indices[2].item(), message
+    keep = torch.ones(500, dtype=torch.bool)
+    keep[2] = False
+    torch.testing.assert_close(values.cpu()[keep], cpu_values[keep], atol=2e-6, rtol=0)
+    nan_anchors = anchors.clone()
+    nan_anchors[5, 0] = float("nan")
+    values, indices = ops.max_anchor_similarity(embeddings[3:].to(CUDA), nan_anchors.to(CUDA))
+    assert not bool((indices == 5).any()) and bool(torch.isfinite(values).all()), message
+
+
+@pytest.mark.parametrize("precision, unit_roundoff", [("high", 2.0**-11), ("medium", 2.0**-8)])
+def test_similarity_tensor_core_precisions_within_documented_error(seed, precision, unit_roundoff):
+    if torch.cuda.get_device_capability()[0] < 8:
+        with pytest.raises(ValueError, match="compute capability 8.0"):
+            ops.max_anchor_similarity(torch.randn(4, 8, device=CUDA), torch.randn(3, 8, device=CUDA), precision)
+        return
+    g = generator(seed)
+    for n, d, k in [(1, 8, 1), (777, 100, 3), (4096, 768, 20), (4096, 768, 1000), (1000, 768, 20_000)]:
+        embeddings = torch.randn(n, d, generator=g)
+        anchors = torch.randn(k, d, generator=g)
+        values, indices = ops.max_anchor_similarity(embeddings.to(CUDA), anchors.to(CUDA), precision)
+        bound = 2 * unit_roundoff + d * 2.0**-24
+        error, _ = check_similarity(values, indices, embeddings, anchors, bound, f"seed={seed} {precision} n={n} k={k}")
+        if n * k >= 100_000:  # typical error: about u / sqrt(D)
+            assert float(error.mean()) < 4 * unit_roundoff / math.sqrt(d), f"seed={seed} {precision} mean {float(error.mean()):.3g}"
+
+
+# ----------------------------------------------------------------------------------------------
+# sample_without_replacement
+# ----------------------------------------------------------------------------------------------
+
+
+def random_weights(g, rows, n, dtype=torch.float64, zero_fraction=0.3):
+    weights = torch.rand(rows, n, generator=g, dtype=torch.float64)
+    weights[torch.rand(rows, n, generator=g) < zero_fraction] = 0
+    return weights.to(dtype)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16, torch.bfloat16])
+def test_sampling_identical_to_cpu(seed, dtype):
+    g = generator(seed)
+    op = torch.ops.diffmask_fast.sample_without_replacement
+    for rows, n in [(1, 1), (1, 8192), (4, 8192), (64, 512), (37, 3), (5, 20_000), (3, 0)]:
+        weights = random_weights(g, rows, n, dtype)
+        if rows > 1 and n > 0:
+            weights[1] = 0  # an all-zero row
+        counts = torch.randint(0, n + 3, (rows,), generator=g)
+        expected = op(weights, counts, seed)
+        got = op(weights.to(CUDA), counts.to(CUDA), seed)
+        assert torch.equal(got.cpu(), expected), f"seed={seed} rows={rows} n={n} {dtype}"
+    ties = torch.ones(3, 1000, dtype=dtype)  # equal weights: keys still differ by position draws
+    counts = torch.tensor([1, 500, 999])
+    assert torch.equal(op(ties.to(CUDA), counts.to(CUDA), seed).cpu(), op(ties, counts, seed))
+
+
+def test_sampling_statistics_on_gpu(seed):
+    rng = np.random.default_rng(seed)
+    trials = 200_000
+    generator_ = torch.Generator().manual_seed(seed)
+    for n in (5, 6):
+        weights = list(rng.gamma(0.7, size=n) + 1e-3)
+        weights[rng.integers(n)] = 0.0
+        for k in range(1, n + 1):
+            exact = reference.successive_sampling_inclusion(weights, k)
+            rows = torch.tensor(weights, dtype=torch.float64, device=CUDA).expand(trials, n)
+            picked = ops.sample_without_replacement(rows, torch.full((trials,), k, device=CUDA), generator=generator_)
+            frequency = picked.double().mean(0).tolist()
+            for i in range(n):
+                p = exact[i]
+                assert abs(frequency[i] - p) <= 5 * math.sqrt(p * (1 - p) / trials) + 1e-9, (
+                    f"seed={seed} weights={weights} k={k} position={i}"
+                )
+
+
+def test_sampling_errors_on_gpu():
+    weights, counts = torch.rand(3, 4, device=CUDA), torch.tensor([1, 2, 3], device=CUDA)
+    for bad, word in [(float("nan"), "NaN"), (float("inf"), "infinite"), (-0.5, "negative")]:
+        w = weights.clone()
+        w[1, 2] = bad
+        w[2, 0] = bad  # a later row: the first row's problem is reported
+        with pytest.raises(ValueError, match=rf"weights\[1, 2\] is {word}"):
+            ops.sample_without_replacement(w, counts)
+    with pytest.raises(ValueError, match=r"non-negative, got counts\[2\] = -1"):
+        ops.sample_without_replacement(weights, torch.tensor([1, 2, -1], device=CUDA))
+    with pytest.raises(ValueError, match="same device"):
+        ops.sample_without_replacement(weights, counts.cpu())
+
+
+# ----------------------------------------------------------------------------------------------
+# difference_mask and difference_mask_device
+# ----------------------------------------------------------------------------------------------
+
+
+def masking_batch(g, batch, length, vocabulary=3000, known=0.7, empty_rows=()):
+    ids = torch.randint(0, vocabulary, (batch, length), generator=g)
+    never = torch.rand(batch, length, generator=g) < 0.08
+    if length:
+        never[:, 0] = True
+        lengths = torch.randint(0, length + 1, (batch,), generator=g)
+        never |= torch.arange(length)[None, :] >= lengths[:, None]
+    for row in empty_rows:
+        never[row] = True
+    ids[never & (torch.rand(batch, length, generator=g) < 0.3)] = vocabulary + 7  # ignored under never_word
+    starts = torch.rand(vocabulary, generator=g) < 0.6
+    words = ops.group_words(ids, never, starts)
+    hashes = torch.unique(words.word_hash[words.word_hash != 0])
+    table = ops.ScoreHashTable()
+    keep = hashes[torch.rand(hashes.numel(), generator=g) < known]
+    scores = torch.randn(keep.numel(), generator=g)
+    scores[torch.rand(keep.numel(), generator=g) < 0.1] = 0.0
+    table.insert(keep, scores)
+    return ids, never, starts, table
+
+
+OPTIONS = [
+    dict(),
+    dict(weighting="rank", uniform_mix=0.3, mlm_probability=0.4),
+    dict(uniform_mix=0.5, unknown_score=0.1, mask_replace_prob=0.6, random_replace_prob=0.3),
+    dict(mlm_probability=1.0, mask_replace_prob=1.0, random_replace_prob=0.0),
+    dict(mlm_probability=0.0),
+]
+
+
+@pytest.mark.parametrize("options", OPTIONS)
+@pytest.mark.parametrize("batch, length", [(1, 1), (1, 512), (256, 512), (3, 8192), (7, 0), (0, 5), (40, 64)])
+def test_difference_mask_identical_to_cpu(seed, options, batch, length):
+    g = generator(seed)
+    ids, never, starts, table = masking_batch(g, batch, length, empty_rows=(0,) if batch > 1 else ())
+    random_ids = torch.arange(1000, 1100)
+    args = (ids, never, starts, *table.tensors(), random_ids)
+    cuda_args = tuple(t.to(CUDA) for t in args)
+    kwargs = dict(mask_token_id=5, seed=seed, **options)
+    message = f"seed={seed} {options} {batch}x{length}"
+    expected = ops.difference_mask(*args, **kwargs)
+    got = ops.difference_mask(*cuda_args, **kwargs)
+    for name, a, b in zip(expected._fields, got, expected):
+        assert torch.equal(a.cpu(), b), f"{message} {name}"
+    device_cpu = ops.difference_mask_device(*args, **kwargs)
+    device_gpu = ops.difference_mask_device(*cuda_args, **{**kwargs, "seed": torch.tensor([seed], device=CUDA)})
+    for name, a, b in zip(device_cpu._fields, device_gpu, device_cpu):
+        assert torch.equal(a.cpu(), b), f"{message} device {name}"
+    for a, b in zip(device_cpu[:3], expected[:3]):
+        assert torch.equal(a, b), message
+
+
+def test_difference_mask_errors_on_gpu(seed):
+    g = generator(seed)
+    ids, never, starts, table = masking_batch(g, 4, 30)
+    bad = ids.clone()
+    bad[2, 5] = starts.numel() + 3
+    never_bad = never.clone()
+    never_bad[2, 5] = False
+    args = [t.to(CUDA) for t in (bad, never_bad, starts, *table.tensors(), torch.arange(10, 20))]
+    with pytest.raises(ValueError, match=rf"input_ids\[2, 5\] = {starts.numel() + 3} is outside the vocabulary"):
+        ops.difference_mask(*args, mask_token_id=1, seed=1)
+    # The device op ignores the id instead (never masked), without a host round trip.
+    out = ops.difference_mask_device(*args, mask_token_id=1, seed=torch.tensor([1], device=CUDA), mlm_probability=1.0)
+    assert out.labels[2, 5].item() == -100
+    with pytest.raises(ValueError, match="same device"):
+        ops.difference_mask(*args[:5], args[5].cpu(), mask_token_id=1, seed=1)
+
+
+def test_difference_mask_device_never_synchronizes(seed):
+    g = generator(seed)
+    ids, never, starts, table = masking_batch(g, 64, 128)
+    args = [t.to(CUDA) for t in (ids, never, starts, *table.tensors(), torch.arange(10, 20))]
+    seed_tensor = torch.tensor([seed], device=CUDA)
+    op = torch.ops.diffmask_fast.difference_mask_device
+    op(*args, 0.25, 0, 0.0, 0.0, 1, 0.8, 0.1, seed_tensor)  # warm-up: allocator, module loading
+    torch.cuda.synchronize()
+    previous = torch.cuda.get_sync_debug_mode()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        for _ in range(3):
+            out = op(*args, 0.25, 0, 0.0, 0.0, 1, 0.8, 0.1, seed_tensor)
+            seed_tensor.add_(1)
+    finally:
+        torch.cuda.set_sync_debug_mode(previous)
+    assert out[0].shape == ids.shape
+
+
+def test_score_table_lookup_on_gpu(seed):
+    g = generator(seed)
+    table = ops.ScoreHashTable()
+    keys = torch.randint(1, 2**62, (5000,), generator=g)
+    table.insert(keys, torch.randn(5000, generator=g))
+    queries = torch.cat([keys[:3000], torch.randint(1, 2**62, (2000,), generator=g)]).reshape(50, 100)
+    expected = ops.score_table_lookup(*table.tensors(), queries, -2.0)
+    got = ops.score_table_lookup(*(t.to(CUDA) for t in table.tensors()), queries.to(CUDA), -2.0)
+    assert torch.equal(got[0].cpu(), expected[0]) and torch.equal(got[1].cpu(), expected[1])
+
+
+@pytest.mark.parametrize("name", sorted(CUDA_OPS))
+def test_opcheck_cuda(name, seed):
+    op = getattr(torch.ops.diffmask_fast, name).default
+    utils = ("test_schema", "test_autograd_registration", "test_faketensor")
+    if name not in op_cases.DATA_DEPENDENT:
+        utils += ("test_aot_dispatch_dynamic",)
+    tensor_cores = torch.cuda.get_device_capability()[0] >= 8
+    for args in op_cases.cases(CUDA, seed)[name]:
+        if not tensor_cores and any(isinstance(a, str) and a != "highest" for a in args):
+            continue
+        torch.library.opcheck(op, args, test_utils=utils)
+
+
+# ----------------------------------------------------------------------------------------------
+# DifferenceMasker on the GPU
+# ----------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def masker_pair(bert_wordpiece):
+    import tokenizers_offline
+    from diffmask_fast import DifferenceMasker
+
+    lines = tokenizers_offline.training_lines()[:64]
+    words = {w.strip(".,;:()").lower() for line in lines for w in line.split()}
+    rng = np.random.default_rng(0)
+    scores = {w: float(rng.uniform(-0.2, 1.0)) for w in sorted(words)}
+    enc = bert_wordpiece(lines, truncation=True, max_length=64, padding=True, return_tensors="pt")
+    cpu = DifferenceMasker(bert_wordpiece, scores, seed=7)
+    gpu = DifferenceMasker(bert_wordpiece, scores, seed=7)
+    cpu.warm(enc["input_ids"])
+    gpu.warm(enc["input_ids"])
+    return cpu, gpu.to(CUDA), enc
+
+
+def test_masker_on_gpu_equals_cpu_and_never_synchronizes(masker_pair):
+    cpu, gpu, enc = masker_pair
+    ids, attention = enc["input_ids"], enc["attention_mask"]
+    ids_gpu, attention_gpu = ids.to(CUDA), attention.to(CUDA)
+    for _ in range(3):
+        expected = cpu(ids, attention)
+        got = gpu(ids_gpu, attention_gpu)
+        assert torch.equal(got[0].cpu(), expected[0]) and torch.equal(got[1].cpu(), expected[1])
+    torch.cuda.synchronize()
+    previous = torch.cuda.get_sync_debug_mode()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        gpu(ids_gpu, attention_gpu)
+    finally:
+        torch.cuda.set_sync_debug_mode(previous)
+    cpu(ids, attention)
+    assert gpu.coverage() == cpu.coverage()
+
+
+@pytest.mark.parametrize("backend", ["aot_eager", "inductor"])
+def test_masker_compiles_on_gpu(masker_pair, backend):
+    cpu, gpu, enc = masker_pair
+    compiled = torch.compile(gpu, fullgraph=True, backend=backend)
+    ids, attention = enc["input_ids"], enc["attention_mask"]
+    for _ in range(2):
+        expected = cpu(ids, attention)
+        got = compiled(ids.to(CUDA), attention.to(CUDA))
+        assert torch.equal(got[0].cpu(), expected[0]) and torch.equal(got[1].cpu(), expected[1])
+
+
+def test_masker_in_a_cuda_graph(masker_pair):
+    """Captured once, replayed: each replay advances the seed on the device and draws fresh masks,
+    equal to the CPU masker's for the same seeds."""
+    cpu, gpu, enc = masker_pair
+    ids, attention = enc["input_ids"].to(CUDA), enc["attention_mask"].to(CUDA)
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        gpu(ids, attention)  # warm-up outside the capture
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        static_ids, static_labels = gpu(ids, attention)
+    gpu.seed_state.copy_(cpu.seed_state.to(CUDA))
+    previous = None
+    for _ in range(3):
+        graph.replay()
+        expected = cpu(enc["input_ids"], enc["attention_mask"])
+        assert torch.equal(static_ids.cpu(), expected[0]) and torch.equal(static_labels.cpu(), expected[1])
+        if previous is not None:
+            assert not torch.equal(static_labels.cpu(), previous)
+        previous = static_labels.cpu().clone()
+
+
+def test_trainer_on_gpu(tiny_bert_mlm, bert_wordpiece, tmp_path, masker_pair):
+    from transformers import TrainingArguments
+
+    from diffmask_fast import DifferenceMaskingTrainer
+
+    _, gpu, enc = masker_pair
+    train = [{"input_ids": row[row != bert_wordpiece.pad_token_id].tolist()} for row in enc["input_ids"][:32]]
+    args = TrainingArguments(output_dir=str(tmp_path), max_steps=3, per_device_train_batch_size=8,
+                             save_strategy="no", report_to=[], logging_steps=1)
+    trainer = DifferenceMaskingTrainer(model=tiny_bert_mlm.train(), args=args, train_dataset=train, eval_dataset=train[:8],
+                                       masker=gpu)
+    assert trainer.masker.seed_state.device.type == CUDA
+    assert math.isfinite(trainer.train().training_loss)
+    assert math.isfinite(trainer.evaluate()["eval_loss"])

@@ -1,0 +1,193 @@
+"""The on-disk word-vector cache: hits, misses, invalidation, corruption, atomic segments; dtypes."""
+
+import random
+import string
+
+import numpy as np
+import pytest
+import torch
+
+from diffmask_fast import embedding_cache
+from diffmask_fast.embedding import WordEmbedder, weights_fingerprint
+
+
+@pytest.fixture(scope="module")
+def tokenizer(minilm_tokenizer):
+    return minilm_tokenizer
+
+
+def tiny_bert(tokenizer, seed):
+    from transformers import BertConfig, BertModel
+
+    config = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=24, num_hidden_layers=2,
+                        num_attention_heads=2, intermediate_size=48)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return BertModel(config).eval()
+
+
+def count_forwards(model):
+    counter = {"calls": 0, "rows": 0}
+
+    def hook(module, args, kwargs, output):
+        counter["calls"] += 1
+        counter["rows"] += int(kwargs["input_ids"].shape[0])
+
+    model.register_forward_hook(hook, with_kwargs=True)
+    return counter
+
+
+def random_words(n, rng):
+    return sorted({"".join(rng.choice(string.ascii_lowercase) for _ in range(rng.randint(3, 12))) for _ in range(n)})
+
+
+@pytest.fixture
+def rng(seed):
+    return random.Random(seed)
+
+
+def embedder(model, tokenizer, cache_dir, **options):
+    return WordEmbedder(model, tokenizer, pooling=options.pop("pooling", "mean"), cache_dir=cache_dir,
+                        progress=False, **options)
+
+
+def test_hit_runs_no_forward_pass_and_returns_the_same_vectors(tokenizer, tmp_path, rng):
+    model = tiny_bert(tokenizer, rng.randrange(2**31))
+    counter = count_forwards(model)
+    words = random_words(40, rng)
+    first = embedder(model, tokenizer, tmp_path).embed(words)
+    assert counter["rows"] == len(words)
+    again = embedder(model, tokenizer, tmp_path)  # a fresh embedder, as in a new run
+    before = dict(counter)
+    shuffled = rng.sample(words, len(words))
+    vectors = again.embed(shuffled + shuffled[:5])
+    assert counter == before, "a cache hit must not run the model"
+    expected = first[[words.index(w) for w in shuffled + shuffled[:5]]]
+    torch.testing.assert_close(vectors, expected, atol=0, rtol=0)
+    uncached = embedder(model, tokenizer, None).embed(shuffled)
+    torch.testing.assert_close(vectors[: len(shuffled)], uncached, atol=1e-6, rtol=1e-5)
+
+
+def test_miss_embeds_only_new_words_and_extends_the_cache(tokenizer, tmp_path, rng):
+    model = tiny_bert(tokenizer, rng.randrange(2**31))
+    counter = count_forwards(model)
+    words = random_words(60, rng)
+    old, new = words[:35], words[35:]
+    embedder(model, tokenizer, tmp_path).embed(old)
+    counter["rows"] = 0
+    vectors = embedder(model, tokenizer, tmp_path).embed(new + old)
+    assert counter["rows"] == len(new)
+    torch.testing.assert_close(vectors, embedder(model, tokenizer, None).embed(new + old), atol=1e-6, rtol=1e-5)
+    counter["rows"] = 0
+    embedder(model, tokenizer, tmp_path).embed(words)
+    assert counter["rows"] == 0
+
+
+def test_changed_weights_pooling_or_settings_never_read_stale_vectors(tokenizer, tmp_path, rng):
+    model = tiny_bert(tokenizer, rng.randrange(2**31))
+    words = random_words(20, rng)
+    e = embedder(model, tokenizer, tmp_path)
+    before = e.embed(words)
+    fingerprint = weights_fingerprint(model)
+    with torch.no_grad():
+        model.embeddings.LayerNorm.weight.data[0] += 0.5  # one weight, changed in place behind the cache's back
+    assert weights_fingerprint(model) != fingerprint
+    counter = count_forwards(model)
+    after = e.embed(words)
+    assert counter["rows"] == len(words), "the perturbed model must be run again"
+    torch.testing.assert_close(after, embedder(model, tokenizer, None).embed(words), atol=1e-6, rtol=1e-5)
+    assert not torch.allclose(after, before)
+    keys = {e.cache_key()[0]}
+    for options in ({"pooling": "pooled"}, {"pooling": "input_embeddings"}, {"max_length": 16}, {"dtype": "bfloat16"}):
+        keys.add(embedder(model, tokenizer, tmp_path, **options).cache_key()[0])
+    assert len(keys) == 5
+    other = tiny_bert(tokenizer, rng.randrange(2**31))
+    assert embedder(other, tokenizer, tmp_path).cache_key()[0] not in keys
+    directories = list((tmp_path / "embeddings").iterdir())
+    assert len(directories) == 2 and all((d / "key.json").is_file() for d in directories)
+
+
+def segment_files(root):
+    return sorted((root / "embeddings").glob("*/seg-*"))
+
+
+@pytest.mark.parametrize("damage", ["truncate_vectors", "garble_vectors", "delete_vectors", "garble_words", "truncate_words"])
+def test_corrupt_segments_are_reported_discarded_and_rebuilt(tokenizer, tmp_path, rng, damage):
+    model = tiny_bert(tokenizer, rng.randrange(2**31))
+    words = random_words(30, rng)
+    expected = embedder(model, tokenizer, tmp_path).embed(words)
+    vectors_file = next(p for p in segment_files(tmp_path) if p.suffix == ".npy")
+    words_file = vectors_file.with_suffix(".json")
+    if damage == "truncate_vectors":
+        data = vectors_file.read_bytes()
+        vectors_file.write_bytes(data[: len(data) // 2])
+    elif damage == "garble_vectors":
+        data = bytearray(vectors_file.read_bytes())
+        data[-7] ^= 0xFF  # same size, one byte of one vector changed
+        vectors_file.write_bytes(bytes(data))
+    elif damage == "delete_vectors":
+        vectors_file.unlink()
+    elif damage == "garble_words":
+        words_file.write_text('{"format": "diffmask_fast.embedding_cache/1", "words": [1, 2', encoding="utf-8")
+    else:
+        words_file.write_bytes(words_file.read_bytes()[:10])
+    counter = count_forwards(model)
+    with pytest.warns(UserWarning, match="embedding cache") as caught:
+        vectors = embedder(model, tokenizer, tmp_path).embed(words)
+    named = vectors_file.name if "vectors" in damage else words_file.name
+    assert any(named in str(w.message) for w in caught), [str(w.message) for w in caught]
+    assert counter["rows"] == len(words)
+    torch.testing.assert_close(vectors, expected, atol=1e-6, rtol=1e-5)
+    counter["rows"] = 0
+    embedder(model, tokenizer, tmp_path).embed(words)  # rebuilt: a clean hit now
+    assert counter["rows"] == 0
+
+
+def test_segments_are_atomic_and_merged(tokenizer, tmp_path, rng, monkeypatch):
+    monkeypatch.setattr(embedding_cache, "MAX_SEGMENTS", 3)
+    model = tiny_bert(tokenizer, rng.randrange(2**31))
+    words = random_words(80, rng)
+    e = embedder(model, tokenizer, tmp_path)
+    for part in range(5):
+        e.embed(words[part * 16 : (part + 1) * 16])
+    files = segment_files(tmp_path)
+    assert len([p for p in files if p.suffix == ".json"]) <= 3
+    assert not list((tmp_path / "embeddings").glob("*/.*tmp")), "no temporary files are left behind"
+    counter = count_forwards(model)
+    vectors = embedder(model, tokenizer, tmp_path).embed(words)
+    assert counter["rows"] == 0
+    torch.testing.assert_close(vectors, embedder(model, tokenizer, None).embed(words), atol=1e-6, rtol=1e-5)
+
+
+def test_no_cache_writes_nothing_and_default_dir_follows_the_environment(tokenizer, tmp_path, monkeypatch, rng):
+    model = tiny_bert(tokenizer, rng.randrange(2**31))
+    monkeypatch.setenv("DIFFMASK_CACHE", str(tmp_path / "env"))
+    assert embedding_cache.default_cache_dir() == tmp_path / "env"
+    embedder(model, tokenizer, None).embed(["enzyme"])
+    assert not (tmp_path / "env").exists()
+    embedder(model, tokenizer, True).embed(["enzyme"])
+    assert len(list((tmp_path / "env" / "embeddings").iterdir())) == 1
+
+
+def test_unwritable_cache_only_warns(tokenizer, tmp_path, rng):
+    model = tiny_bert(tokenizer, rng.randrange(2**31))
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    with pytest.warns(UserWarning, match="could not write"):
+        vectors = embedder(model, tokenizer, blocker).embed(["enzyme", "kinase"])
+    assert vectors.shape == (2, 24)
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+def test_reduced_precision_is_close_to_float32(tokenizer, dtype, rng):
+    model = tiny_bert(tokenizer, rng.randrange(2**31))
+    words = random_words(30, rng)
+    full = embedder(model, tokenizer, None).embed(words)
+    reduced = embedder(model, tokenizer, None, dtype=dtype).embed(words)
+    assert reduced.dtype == torch.float32
+    cosine = torch.nn.functional.cosine_similarity(full, reduced, dim=1)
+    assert (cosine > 0.99).all(), cosine.min()
+    with pytest.raises(ValueError, match="unknown dtype"):
+        embedder(model, tokenizer, None, dtype="int8")
+    inputs = embedder(model, tokenizer, None, pooling="input_embeddings", dtype=dtype).embed(words)
+    np.testing.assert_array_equal(inputs.numpy(), embedder(model, tokenizer, None, pooling="input_embeddings").embed(words).numpy())

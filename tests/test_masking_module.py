@@ -1,0 +1,291 @@
+"""DifferenceMasker (masking inside the training step) and DifferenceMaskingTrainer, on the CPU.
+
+The module runs the ops' CPU kernels here and their CUDA kernels on a GPU (tests/test_cuda.py);
+either way it must draw from the collator's distribution: exactly the collator's output for the
+same seed, and the same per-word masking frequencies over fresh draws.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+
+import numpy as np
+import pytest
+import torch
+
+import tokenizers_offline
+from diffmask_fast import DifferenceMasker, DifferenceMaskingCollator, DifferenceMaskingTrainer, ops
+from diffmask_fast.scoring import ScoreTable
+from diffmask_fast.tokenization import decode_words, word_boundaries
+
+TOKENIZERS = ["bert_wordpiece", "roberta_byte_bpe", "sentencepiece_unigram"]
+
+
+@pytest.fixture(scope="module")
+def lines():
+    corpus = tokenizers_offline.training_lines()
+    return random.Random(0).sample(corpus, min(64, len(corpus)))
+
+
+def score_table(tokenizer, texts, seed: int) -> ScoreTable:
+    """Random scores for the words of ``texts`` (some zero or negative)."""
+    boundaries = word_boundaries(tokenizer)
+    words = set()
+    encoded = tokenizer(texts)["input_ids"]
+    for ids in encoded:
+        ids_t = torch.tensor([ids])
+        never = boundaries.never_word[ids_t]
+        grouped = ops.group_words(ids_t, never, boundaries.starts_word)
+        index = grouped.word_index[0]
+        groups = [[ids[i] for i in (index == w).nonzero()[:, 0].tolist()] for w in range(int(grouped.n_words[0]))]
+        words.update(decode_words(tokenizer, groups))
+    rng = random.Random(seed)
+    return ScoreTable.from_mapping({w: (0.0 if rng.random() < 0.2 else rng.uniform(-0.2, 1.0)) for w in sorted(words)})
+
+
+def padded(tokenizer, texts, max_length=48):
+    enc = tokenizer(texts, truncation=True, max_length=max_length, padding=True, return_tensors="pt")
+    return enc["input_ids"], enc["attention_mask"]
+
+
+def next_collator_seed(collator) -> int:
+    """The seed the collator's next mask() call will draw (its generator left untouched)."""
+    generator = collator._generator()
+    state = generator.get_state()
+    value = int(torch.randint(-(2**63), 2**63 - 1, (), generator=generator))
+    generator.set_state(state)
+    return value
+
+
+@pytest.mark.parametrize("tokenizer_name", TOKENIZERS)
+@pytest.mark.parametrize("options", [{}, {"weighting": "rank", "uniform_mix": 0.3, "mlm_probability": 0.4}])
+def test_same_output_as_the_collator_for_the_same_seed(request, tokenizer_name, options, lines, seed):
+    tokenizer = request.getfixturevalue(tokenizer_name)
+    scores = score_table(tokenizer, lines, seed)
+    collator = DifferenceMaskingCollator(tokenizer, scores, seed=seed, **options)
+    masker = DifferenceMasker(tokenizer, scores, seed=seed, **options)
+    ids, attention = padded(tokenizer, lines[:24])
+    assert masker.warm({"input_ids": ids, "attention_mask": attention}) > 0  # the words the model will see
+    for _ in range(3):
+        step_seed = next_collator_seed(collator)
+        masker.seed_state.fill_(step_seed)
+        expected_ids, expected_labels = collator.mask(ids, attention == 0)
+        got_ids, got_labels = masker(ids, attention)
+        assert torch.equal(got_ids, expected_ids) and torch.equal(got_labels, expected_labels), f"seed={seed}"
+        assert int(masker.seed_state) == step_seed + 1  # advanced in place
+    assert masker.coverage()["missed"] == 0
+
+
+def test_same_per_word_frequencies_as_the_collator(bert_wordpiece, lines, seed):
+    """Fresh draws of module and collator: per-word masking frequencies and the budget agree."""
+    tokenizer = bert_wordpiece
+    scores = score_table(tokenizer, lines, seed)
+    collator = DifferenceMaskingCollator(tokenizer, scores, seed=seed, mlm_probability=0.25)
+    masker = DifferenceMasker(tokenizer, scores, seed=seed + 1, mlm_probability=0.25)
+    ids, attention = padded(tokenizer, lines[:16])
+    masker.warm(ids)
+    never = (attention == 0) | word_boundaries(tokenizer).never_word[ids]
+    words = ops.group_words(ids, never, word_boundaries(tokenizer).starts_word)
+    draws = 400
+    counts = {"collator": torch.zeros(words.word_hash.shape), "masker": torch.zeros(words.word_hash.shape)}
+    totals = {"collator": 0, "masker": 0}
+    for _ in range(draws):
+        for name, labels in (("collator", collator.mask(ids, attention == 0)[1]), ("masker", masker(ids, attention)[1])):
+            masked = labels != -100
+            for b in range(ids.shape[0]):
+                chosen = torch.unique(words.word_index[b][masked[b]])
+                counts[name][b, chosen] += 1
+                totals[name] += chosen.numel()
+    message = f"seed={seed}"
+    expected_total = draws * float((0.25 * words.n_words.double()).sum())
+    for name in counts:
+        assert abs(totals[name] - expected_total) <= 6 * math.sqrt(draws * words.n_words.numel() * 0.25), message
+    valid = torch.arange(words.word_hash.shape[1])[None, :] < words.n_words[:, None]
+    p1 = counts["collator"][valid] / draws
+    p2 = counts["masker"][valid] / draws
+    pooled = (p1 + p2) / 2
+    z = (p1 - p2) / torch.sqrt(pooled * (1 - pooled) * 2 / draws).clamp_min(1e-12)
+    # |z| > 4.5 has probability ~7e-6 per word under the same law; a few hundred words are tested.
+    assert float(z.abs().max()) < 4.5, message
+    assert abs(float(z.mean())) < 4 / math.sqrt(z.numel()) + 0.05, message
+
+
+def test_seeds_advance_and_reproduce(bert_wordpiece, lines, monkeypatch):
+    scores = score_table(bert_wordpiece, lines, 0)
+    ids, attention = padded(bert_wordpiece, lines[:8])
+    a = DifferenceMasker(bert_wordpiece, scores, seed=11)
+    b = DifferenceMasker(bert_wordpiece, scores, seed=11)
+    first = [a(ids, attention) for _ in range(3)]
+    second = [b(ids, attention) for _ in range(3)]
+    for (ia, la), (ib, lb) in zip(first, second):
+        assert torch.equal(ia, ib) and torch.equal(la, lb)
+    assert not torch.equal(first[0][1], first[1][1])  # fresh masks every step
+    monkeypatch.setenv("RANK", "1")  # another distributed rank draws other masks
+    other_rank = DifferenceMasker(bert_wordpiece, scores, seed=11)
+    monkeypatch.setenv("RANK", "0")
+    assert int(other_rank.seed_state) != int(DifferenceMasker(bert_wordpiece, scores, seed=11).seed_state)
+    torch.manual_seed(5)
+    unseeded = DifferenceMasker(bert_wordpiece, scores)
+    torch.manual_seed(5)
+    assert int(DifferenceMasker(bert_wordpiece, scores).seed_state) == int(unseeded.seed_state)
+
+
+def test_masks_whole_words_within_the_budget(roberta_byte_bpe, lines, seed):
+    tokenizer = roberta_byte_bpe
+    scores = score_table(tokenizer, lines, seed)
+    masker = DifferenceMasker(tokenizer, scores, seed=seed, mlm_probability=0.3)
+    ids, attention = padded(tokenizer, lines[:32])
+    masker.warm(ids)
+    masked_ids, labels = masker(ids, attention)
+    boundaries = word_boundaries(tokenizer)
+    never = (attention == 0) | boundaries.never_word[ids]
+    words = ops.group_words(ids, never, boundaries.starts_word)
+    masked = labels != -100
+    assert not (masked & never).any()
+    assert torch.equal(labels[masked], ids[masked]) and torch.equal(masked_ids[~masked], ids[~masked])
+    for b in range(ids.shape[0]):
+        chosen = set(words.word_index[b][masked[b]].tolist())
+        for w in chosen:
+            assert bool(masked[b][words.word_index[b] == w].all()), f"seed={seed} row={b}"
+        n = int(words.n_words[b])
+        assert math.floor(0.3 * n) <= len(chosen) <= min(math.floor(0.3 * n) + 1, n)
+
+
+def test_warm_inputs_and_coverage(bert_wordpiece, lines):
+    tokenizer = bert_wordpiece
+    scores = score_table(tokenizer, lines, 1)
+    ids, attention = padded(tokenizer, lines[:8])
+    cold = DifferenceMasker(tokenizer, scores, seed=0)
+    cold(ids, attention)
+    coverage = cold.coverage()
+    assert coverage["words"] > 0 and coverage["missed"] == coverage["words"]  # empty table: all unknown
+    cold.reset_coverage()
+    assert cold.coverage()["words"] == 0
+
+    encoded = tokenizer(lines[:8])["input_ids"]
+    full = tokenizer(lines[:8], padding=True, return_tensors="pt")
+    full_ids, full_attention = full["input_ids"], full["attention_mask"]
+    known = {}
+    for name, data in {
+        "texts": lines[:8],
+        "one text": lines[0],
+        "id lists": encoded,
+        "arrays": [np.asarray(e) for e in encoded],
+        "tensors": [torch.tensor(e) for e in encoded],
+        "dicts": [{"input_ids": e} for e in encoded],
+        "padded tensor": full_ids,
+        "batch dict": {"input_ids": full_ids, "attention_mask": full_attention},
+        "batches": [{"input_ids": full_ids[:4], "attention_mask": full_attention[:4]},
+                    {"input_ids": full_ids[4:], "attention_mask": full_attention[4:]}],
+    }.items():
+        masker = DifferenceMasker(tokenizer, scores, seed=0)
+        known[name] = masker.warm(data, batch_size=3)
+        assert known[name] > 0, name
+    assert known["texts"] == known["id lists"] == known["arrays"] == known["tensors"] == known["dicts"]
+    assert known["texts"] == known["padded tensor"] == known["batch dict"] == known["batches"]
+
+    warm = DifferenceMasker(tokenizer, scores, seed=0)
+    warm.warm(lines[:8], max_length=48)  # truncated as in padded()
+    warm(ids, attention)
+    assert warm.coverage()["missed"] == 0
+    # The masks of a warm table score words exactly as the collator does.
+    reference_collator = DifferenceMaskingCollator(tokenizer, scores)
+    reference_collator.mask(ids, attention == 0)
+    hashes = reference_collator._cache.keys[reference_collator._cache.keys != 0]
+    got, found = ops.score_table_lookup(warm.table_keys, warm.table_values, hashes)
+    assert bool(found.all())
+    assert torch.equal(got, reference_collator._cache.lookup(hashes)[0])
+
+
+def test_out_of_vocabulary_and_special_tokens(bert_wordpiece, lines):
+    tokenizer = bert_wordpiece
+    masker = DifferenceMasker(tokenizer, score_table(tokenizer, lines, 2), seed=0, mlm_probability=1.0,
+                              mask_replace_prob=1.0, random_replace_prob=0.0)
+    ids, attention = padded(tokenizer, lines[:4])
+    masker.warm(ids)
+    ids = ids.clone()
+    vocabulary = masker.never_word.numel()
+    ids[0, 1] = vocabulary + 5
+    ids[1, 1] = -3
+    special = torch.zeros_like(ids, dtype=torch.bool)
+    special[2, 1] = True
+    masked_ids, labels = masker(ids, attention, special)
+    assert labels[0, 1] == -100 and labels[1, 1] == -100 and labels[2, 1] == -100
+    assert masked_ids[0, 1] == vocabulary + 5 and masked_ids[1, 1] == -3
+    words = (attention == 1) & ~masker.never_word[ids.clamp(0, vocabulary - 1)] & ~special
+    words[0, 1] = words[1, 1] = False
+    assert torch.equal(labels != -100, words)  # mlm_probability 1: every other token of a word
+
+
+def test_compiles_fullgraph_and_matches_eager(bert_wordpiece, lines):
+    tokenizer = bert_wordpiece
+    scores = score_table(tokenizer, lines, 3)
+    eager = DifferenceMasker(tokenizer, scores, seed=21)
+    traced = DifferenceMasker(tokenizer, scores, seed=21)
+    for texts in (lines[:16], lines[16:24]):
+        eager.warm(padded(tokenizer, texts)[0])
+        traced.warm(padded(tokenizer, texts)[0])
+    compiled = torch.compile(traced, fullgraph=True, backend="aot_eager")
+    for texts in (lines[:16], lines[16:24]):  # a second shape
+        ids, attention = padded(tokenizer, texts)
+        expected = eager(ids, attention)
+        got = compiled(ids, attention)
+        assert torch.equal(got[0], expected[0]) and torch.equal(got[1], expected[1])
+    assert int(traced.seed_state) == int(eager.seed_state)  # the in-place step survives compilation
+    assert traced.coverage() == eager.coverage()
+
+
+def test_state_dict_holds_seed_and_counters_only(bert_wordpiece, lines):
+    masker = DifferenceMasker(bert_wordpiece, score_table(bert_wordpiece, lines, 4), seed=1)
+    assert set(masker.state_dict()) == {"seed_state", "words_seen", "words_missed"}
+    other = DifferenceMasker(bert_wordpiece, masker.scores, seed=2)
+    other.load_state_dict(masker.state_dict())
+    assert int(other.seed_state) == int(masker.seed_state)
+
+
+def test_from_collator_keeps_options_and_known_words(bert_wordpiece, lines):
+    collator = DifferenceMaskingCollator(bert_wordpiece, score_table(bert_wordpiece, lines, 5), mlm_probability=0.3,
+                                         weighting="rank", seed=4)
+    ids, attention = padded(bert_wordpiece, lines[:8])
+    collator.mask(ids, attention == 0)
+    masker = DifferenceMasker.from_collator(collator)
+    assert masker.collator.weighting == "rank" and masker.mlm_probability == 0.3
+    assert masker.coverage()["known_words"] == collator.known_token_sequences
+    masker(ids, attention)
+    assert masker.coverage()["missed"] == 0
+
+
+def test_trainer_masks_in_the_training_step(tiny_bert_mlm, bert_wordpiece, lines, tmp_path):
+    from transformers import TrainingArguments
+
+    tokenizer = bert_wordpiece
+    masker = DifferenceMasker(tokenizer, score_table(tokenizer, lines, 6), seed=0)
+    train = [{"input_ids": tokenizer(t, truncation=True, max_length=32)["input_ids"]} for t in lines[:24]]
+    evaluation = [{"input_ids": tokenizer(t, truncation=True, max_length=32)["input_ids"]} for t in lines[24:32]]
+    masker.warm(train + evaluation)
+    args = TrainingArguments(
+        output_dir=str(tmp_path), max_steps=3, per_device_train_batch_size=4, per_device_eval_batch_size=4,
+        gradient_accumulation_steps=2, learning_rate=1e-3, logging_steps=1, save_strategy="no", report_to=[],
+        use_cpu=True, seed=0,
+    )
+    model = tiny_bert_mlm.train()
+    before = {name: p.detach().clone() for name, p in model.named_parameters()}
+    trainer = DifferenceMaskingTrainer(model=model, args=args, train_dataset=train, eval_dataset=evaluation,
+                                       masker=masker)
+    start = int(masker.seed_state)
+    result = trainer.train()
+    assert math.isfinite(result.training_loss)
+    assert int(masker.seed_state) - start == 6  # one masking per micro-batch: 3 steps x 2
+    assert any(not torch.equal(before[name], p.detach()) for name, p in model.named_parameters())
+    losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
+    assert losses and all(math.isfinite(loss) for loss in losses)
+    metrics = trainer.evaluate()
+    assert math.isfinite(metrics["eval_loss"])
+    assert masker.coverage()["missed"] == 0
+
+    # Batches that already carry labels (a masking collator upstream) are used as they are.
+    labelled = {"input_ids": torch.tensor([[2, 100, 101, 3]]), "labels": torch.tensor([[-100, 100, -100, -100]])}
+    assert trainer.mask_batch(labelled) is labelled
+    with pytest.raises(TypeError, match="DifferenceMasker"):
+        DifferenceMaskingTrainer(model=model, args=args, masker=object())
