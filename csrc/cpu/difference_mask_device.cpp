@@ -51,14 +51,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> differenc
   at::Tensor missed_words = at::empty({B}, long_options);
   const uint64_t seed_value = static_cast<uint64_t>(seed.reshape({-1})[0].item<int64_t>());
 
-  core::MaskParams params;
-  params.mlm_probability = mlm_probability;
-  params.weighting = weighting;
-  params.uniform_mix = uniform_mix;
-  params.unknown_score = unknown_score;
-  params.mask_token_id = mask_token_id;
-  params.mask_replace_prob = mask_replace_prob;
-  params.random_replace_prob = random_replace_prob;
+  const core::MaskParams params{mlm_probability,  weighting,         uniform_mix,        unknown_score,
+                                 mask_token_id,    mask_replace_prob, random_replace_prob};
   const core::TableView table{keys.data_ptr<int64_t>(), values.data_ptr<float>(), keys.size(0)};
 
   const int64_t* id_data = ids.data_ptr<int64_t>();
