@@ -57,7 +57,17 @@ def main() -> None:
     ])
     print(report)
     if args.write:
-        atomic_write_bytes(HERE / "RESULTS.md", report.encode("utf-8"))
+        atomic_write_bytes(HERE / "RESULTS.md", (report + _kept_comparison()).encode("utf-8"))
+
+
+def _kept_comparison() -> str:
+    """The section written by comparison.py (it takes an hour, so `make bench` keeps it as it is)."""
+    from comparison import SECTION
+
+    path = HERE / "RESULTS.md"
+    text = path.read_text(encoding="utf-8") if path.exists() else ""
+    start = text.find(SECTION)
+    return "" if start < 0 else "\n" + text[start:].rstrip("\n") + "\n"
 
 
 if __name__ == "__main__":

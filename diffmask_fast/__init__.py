@@ -1,10 +1,12 @@
 """diffmask_fast: Difference-Masking (Wilf et al., 2023) for continued pretraining of masked LMs.
 
 Pipeline: ``count_words`` -> ``mine_anchors`` (TF-ICF against ``GeneralFrequencies``) ->
-``WordScorer`` (with a ``WordEmbedder``) -> ``DifferenceMaskingCollator`` (CPU, DataLoader workers) or
-``DifferenceMasker`` / ``DifferenceMaskingTrainer`` (in the training step, on the GPU). The plain-Python
-specification is ``diffmask_fast.reference``. Names load lazily, so importing the package (or its
-reference) needs neither the compiled extension nor a model.
+``WordScorer`` (with a ``WordEmbedder``) -> ``DifferenceMaskingCollator`` (CPU, DataLoader workers)
+or ``DifferenceMasker`` / ``DifferenceMaskingTrainer`` (in the training step, on the GPU).
+``diffmask_fast.pretrain`` runs continued pretraining with any strategy of ``STRATEGIES``, and
+``diffmask_fast.finetune`` evaluates the result. The plain-Python specification is
+``diffmask_fast.reference``. Names load lazily, so importing the package (or its reference) needs
+neither the compiled extension nor a model.
 """
 
 from importlib import import_module
@@ -27,6 +29,20 @@ _EXPORTS = {
     "DifferenceMaskingCollator": "collator",
     "DifferenceMasker": "masker",
     "DifferenceMaskingTrainer": "trainer",
+    "MaskingTrainer": "trainer",
+    "RandomTokenCollator": "baselines",
+    "RandomWordCollator": "baselines",
+    "TermMatcher": "terms",
+    "TermMaskingCollator": "terms",
+    "MSLMCollator": "terms",
+    "domain_terms": "terms",
+    "AttentionMasker": "attention",
+    "STRATEGIES": "strategies",
+    "build_strategy": "strategies",
+    "weighted_mlm_loss": "losses",
+    "load_masked_lm": "mlm_model",
+    "PretrainConfig": "pretrain",
+    "FinetuneReport": "finetune",
     "word_boundaries": "tokenization",
 }
 

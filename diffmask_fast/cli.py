@@ -1,4 +1,4 @@
-"""The ``diffmask`` command line: demo, mine, preview, score."""
+"""The ``diffmask`` command line: demo, mine, preview, score, pretrain, finetune."""
 
 from __future__ import annotations
 
@@ -75,6 +75,11 @@ def build_parser() -> argparse.ArgumentParser:
     _add_mining_options(preview)
     _add_masking_options(preview)
     _add_score_parser(commands)
+    from .finetune import add_finetune_command
+    from .pretrain import add_pretrain_command
+
+    add_pretrain_command(commands)
+    add_finetune_command(commands)
     return parser
 
 
@@ -274,13 +279,21 @@ def run_score(args) -> None:
     print(f"\nSaved the score table to {args.output}")
 
 
+def _commands() -> dict:
+    from .finetune import run_finetune_command
+    from .pretrain import run_pretrain_command
+
+    return {"demo": run_demo, "mine": run_mine, "preview": run_preview, "score": run_score,
+            "pretrain": run_pretrain_command, "finetune": run_finetune_command}
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if getattr(args, "sentences", 1) < 1:
         print("diffmask: error: --sentences must be at least 1", file=sys.stderr)
         return 2
     try:
-        {"demo": run_demo, "mine": run_mine, "preview": run_preview, "score": run_score}[args.command](args)
+        _commands()[args.command](args)
     except (ValueError, FileNotFoundError, ImportError) as error:
         print(f"diffmask {args.command}: error: {error}", file=sys.stderr)
         return 1

@@ -21,7 +21,8 @@ import numpy as np
 import torch
 
 from . import ops
-from .collator import DifferenceMaskingCollator, _distributed_rank
+from .collator import DifferenceMaskingCollator
+from .masking_base import distributed_rank
 from .scoring import ScoreTable
 
 __all__ = ["DifferenceMasker"]
@@ -32,7 +33,7 @@ def _base_seed(seed: int | None) -> int:
     RNG when ``seed`` is None. Below 2**62, so adding one per step never overflows int64."""
     if seed is None:
         return int(torch.randint(0, 2**62, (), dtype=torch.int64))
-    entropy = np.random.SeedSequence([int(seed) % 2**63, _distributed_rank() + 1])
+    entropy = np.random.SeedSequence([int(seed) % 2**63, distributed_rank() + 1])
     return int(entropy.generate_state(1, np.uint64)[0] >> 2)
 
 

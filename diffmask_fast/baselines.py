@@ -1,0 +1,113 @@
+"""Baseline masking strategies to compare Difference-Masking against.
+
+* ``RandomTokenCollator``: BERT's masking, as ``transformers.DataCollatorForLanguageModeling``
+  does it: every token independently, whole words not respected.
+* ``RandomWordCollator``: whole-word masking with uniformly random words and the budget rule of
+  the difference strategy (stochastic rounding of p * n_words per row), on the same compiled op.
+
+Both pad, seed and pickle like ``DifferenceMaskingCollator`` (see ``masking_base``) and return
+``input_ids``, ``attention_mask`` and ``labels`` (-100 where nothing is masked).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from . import ops
+from .masking_base import (
+    MaskingCollatorBase,
+    check_probability,
+    check_replacement,
+    replace_selected,
+)
+from .tokenization import WordBoundaries
+
+__all__ = ["RandomTokenCollator", "RandomWordCollator"]
+
+
+@dataclass
+class RandomTokenCollator(MaskingCollatorBase):
+    """Masks every token (special tokens and padding excepted) independently with probability
+    ``mlm_probability``, then replaces the selected tokens 80/10/10 (mask token / random token /
+    unchanged, by ``mask_replace_prob`` and ``random_replace_prob``).
+
+    The selection ignores word boundaries, so words made of several tokens are often masked in
+    part. ``word_boundary`` is handed to ``word_boundaries`` like in the other strategies (the
+    special-token and random-replacement tables come from there); it does not change which
+    tokens are selected.
+    """
+
+    tokenizer: Any
+    mlm_probability: float = 0.25
+    mask_replace_prob: float = 0.8
+    random_replace_prob: float = 0.1
+    pad_to_multiple_of: int | None = None
+    return_tensors: str = "pt"
+    seed: int | None = None
+    word_boundary: str | None = None
+    boundaries: WordBoundaries = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        check_probability("mlm_probability", self.mlm_probability)
+        check_replacement(self.mask_replace_prob, self.random_replace_prob)
+        self._setup_base()
+
+    def mask_batch(self, input_ids: torch.Tensor, never_word: torch.Tensor | None = None) -> dict:
+        """Mask a padded [B, L] batch; ``never_word`` flags tokens never to mask (padding; special
+        tokens are always excluded). Returns ``input_ids`` (replaced) and ``labels``."""
+        input_ids = self._check_ids(input_ids)
+        never_word = self._never_word(input_ids, never_word)
+        generator = self._generator()
+        draw = torch.rand(input_ids.shape, generator=generator, dtype=torch.float64)
+        selected = (draw < self.mlm_probability) & ~never_word
+        masked_ids, labels = replace_selected(
+            input_ids, selected, self.boundaries, self.mask_replace_prob, self.random_replace_prob, generator
+        )
+        return {"input_ids": masked_ids, "labels": labels}
+
+
+@dataclass
+class RandomWordCollator(MaskingCollatorBase):
+    """Whole-word masking of uniformly random words.
+
+    Each row masks exactly ``floor(p * n_words)`` or ``ceil(p * n_words)`` words (rounded up with
+    probability frac(p * n_words), so the expected count is p * n_words), drawn uniformly without
+    replacement; every token of a drawn word is replaced 80/10/10. This is the difference strategy
+    with every word weighted alike: it runs ``ops.difference_mask`` on an empty score table whose
+    unknown score is 1, so both share the compiled kernel and the budget rule.
+    """
+
+    tokenizer: Any
+    mlm_probability: float = 0.25
+    mask_replace_prob: float = 0.8
+    random_replace_prob: float = 0.1
+    pad_to_multiple_of: int | None = None
+    return_tensors: str = "pt"
+    seed: int | None = None
+    word_boundary: str | None = None
+    boundaries: WordBoundaries = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        check_probability("mlm_probability", self.mlm_probability)
+        check_replacement(self.mask_replace_prob, self.random_replace_prob)
+        self._setup_base()
+
+    def mask_batch(self, input_ids: torch.Tensor, never_word: torch.Tensor | None = None) -> dict:
+        """Mask a padded [B, L] batch; ``never_word`` flags tokens that belong to no word (special
+        tokens are always excluded). Returns ``input_ids`` (replaced) and ``labels``."""
+        input_ids = self._check_ids(input_ids)
+        never_word = self._never_word(input_ids, never_word)
+        # Every word is absent from the empty table and so weighs unknown_score = 1: uniform
+        # sampling. The op lists the absent words too; with nothing to learn they are ignored.
+        output = ops.difference_mask(
+            input_ids, never_word, self.boundaries.starts_word,
+            torch.zeros(0, dtype=torch.long), torch.zeros(0, dtype=torch.float32),
+            self.boundaries.random_token_ids, mask_token_id=self.boundaries.mask_token_id,
+            mlm_probability=self.mlm_probability, weighting="similarity", uniform_mix=0.0, unknown_score=1.0,
+            mask_replace_prob=self.mask_replace_prob, random_replace_prob=self.random_replace_prob,
+            seed=self._draw_seed(),
+        )
+        return {"input_ids": output.masked_ids, "labels": output.labels}

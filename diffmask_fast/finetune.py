@@ -1,0 +1,496 @@
+"""Fine-tune a checkpoint on a labelled task over several seeds and report mean ± std.
+
+The end task evaluation of continued pretraining: a checkpoint (for example a directory saved after
+Difference-Masking continued pretraining, with or without its masked-LM head) gets a fresh
+classification head and is fine-tuned with ``transformers.Trainer`` once per seed. After every
+epoch the model is evaluated on the dev set; the epoch with the best dev macro-F1 is kept (the
+earliest one on a tie), and its dev and test accuracy and macro-F1 are reported.
+
+Data files are JSON lines, one ``{"text": ..., "label": ...}`` object per line (other fields are
+ignored). Label ids follow the sorted set of training labels.
+
+    report = finetune("runs/dm-scicite", "scicite/train.jsonl", "scicite/dev.jsonl",
+                      "scicite/test.jsonl", seeds=(1, 2, 3))
+    print(report.table())
+    report.save("runs/dm-scicite/finetune.json")
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gzip
+import json
+import math
+import os
+import random
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+from .hf_loading import load_tokenizer, quiet_transformers
+from ._io import atomic_write_json, read_json
+from .metrics import accuracy, macro_f1, mean_std
+
+__all__ = ["load_labeled", "finetune", "FinetuneReport", "SeedResult", "add_finetune_command",
+           "run_finetune_command"]
+
+#: Metrics reported for each split, in table order.
+METRICS = ("accuracy", "macro_f1")
+_METRIC_TITLES = {"accuracy": "accuracy", "macro_f1": "macro-F1"}
+
+#: Seed of the random training subset taken for ``max_train_examples`` (the same for every run seed,
+#: so the spread over seeds reflects training randomness only).
+SUBSET_SEED = 0
+
+
+# --------------------------------------------------------------------------------------------- data
+
+
+def _open_text(path: Path):
+    if path.suffix == ".gz":
+        return gzip.open(path, "rt", encoding="utf-8")
+    return path.open(encoding="utf-8")
+
+
+def load_labeled(path: str | os.PathLike, text_field: str = "text",
+                 label_field: str = "label") -> tuple[list[str], list[str | int]]:
+    """Texts and labels of a JSON-lines file (plain or ``.gz``), one object per line; blank lines
+    are skipped. Labels must be strings or integers, all of one kind.
+
+    Raises ``FileNotFoundError`` for a missing file and ``ValueError``, naming the file and the line,
+    for invalid JSON, a line that is not an object, a missing field, a text that is not a string, a
+    label that is not a string or an integer, and for a file with no examples."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"labelled data file {str(path)!r} does not exist")
+    if path.is_dir():
+        raise ValueError(f"labelled data file {str(path)!r} is a directory, not a JSON-lines file")
+    texts: list[str] = []
+    labels: list[str | int] = []
+    label_kind: tuple[type, int] | None = None  # (str or int, first line with a label)
+    try:
+        with _open_text(path) as handle:
+            for number, line in enumerate(handle, start=1):
+                if not line.strip():
+                    continue
+                where = f"{path}, line {number}"
+                try:
+                    record = json.loads(line)
+                except json.JSONDecodeError as error:
+                    raise ValueError(f"{where}: invalid JSON ({error.msg} at column {error.colno})") from None
+                if not isinstance(record, dict):
+                    raise ValueError(f"{where}: expected a JSON object, got {type(record).__name__}")
+                for name in (text_field, label_field):
+                    if name not in record:
+                        fields = ", ".join(map(repr, record)) or "none"
+                        raise ValueError(f"{where}: no {name!r} field (fields: {fields})")
+                text, label = record[text_field], record[label_field]
+                if not isinstance(text, str):
+                    raise ValueError(f"{where}: field {text_field!r} must be a string, got "
+                                     f"{type(text).__name__}")
+                if isinstance(label, bool) or not isinstance(label, (str, int)):
+                    raise ValueError(f"{where}: field {label_field!r} must be a string or an integer, got "
+                                     f"{json.dumps(label)[:60]}")
+                kind = str if isinstance(label, str) else int
+                if label_kind is None:
+                    label_kind = (kind, number)
+                elif kind is not label_kind[0]:
+                    raise ValueError(f"{where}: label {label!r} is {'a string' if kind is str else 'an integer'}"
+                                     f" but the label on line {label_kind[1]} is not: use one kind throughout")
+                texts.append(text)
+                labels.append(label)
+    except (UnicodeDecodeError, EOFError, gzip.BadGzipFile) as error:
+        raise ValueError(f"{str(path)!r} is not a readable UTF-8 JSON-lines file: {error}") from error
+    if not texts:
+        raise ValueError(f"labelled data file {str(path)!r} has no examples")
+    return texts, labels
+
+
+def _label_ids(labels: Sequence, label2id: dict, path: str | os.PathLike) -> list[int]:
+    unknown = [label for label in dict.fromkeys(labels) if label not in label2id]
+    if unknown:
+        counts = ", ".join(f"{label!r} ({sum(1 for x in labels if x == label)} examples)" for label in unknown)
+        raise ValueError(f"{str(path)!r} has labels not seen in the training data: {counts}; "
+                         f"training labels: {', '.join(map(repr, label2id))}")
+    return [label2id[label] for label in labels]
+
+
+class _Encoded:
+    """Tokenized examples as a map-style dataset of dicts (padded later by the collator)."""
+
+    def __init__(self, tokenizer, texts: Sequence[str], label_ids: Sequence[int], max_length: int):
+        encoded = tokenizer(list(texts), truncation=True, max_length=max_length)
+        names = [name for name in encoded if name in tokenizer.model_input_names] or list(encoded)
+        self.rows = [{**{name: encoded[name][i] for name in names}, "labels": label}
+                     for i, label in enumerate(label_ids)]
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, index: int) -> dict:
+        return self.rows[index]
+
+
+# ------------------------------------------------------------------------------------------ report
+
+
+@dataclass
+class SeedResult:
+    """One fine-tuning run: the dev (and test) metrics of its best dev epoch."""
+
+    seed: int
+    best_epoch: int
+    dev: dict[str, float]
+    test: dict[str, float] | None = None
+    #: Dev metrics after each epoch: ``{"epoch", "accuracy", "macro_f1", "loss"}``.
+    dev_history: list[dict[str, float]] = field(default_factory=list)
+    train_loss: float | None = None
+    seconds: float = 0.0
+
+
+@dataclass
+class FinetuneReport:
+    """Per-seed results of :func:`finetune`, with their mean ± std."""
+
+    model: str
+    labels: list[str | int]
+    results: list[SeedResult]
+    #: Hyperparameters, data files and sizes of the run.
+    config: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def seeds(self) -> list[int]:
+        return [result.seed for result in self.results]
+
+    @property
+    def has_test(self) -> bool:
+        return bool(self.results) and all(result.test is not None for result in self.results)
+
+    def values(self, split: str, metric: str) -> list[float]:
+        """``metric`` of ``split`` ("dev" or "test") for each seed, in seed order."""
+        if split not in ("dev", "test"):
+            raise ValueError(f"split must be 'dev' or 'test', not {split!r}")
+        if metric not in METRICS:
+            raise ValueError(f"metric must be one of {METRICS}, not {metric!r}")
+        if split == "test" and not self.has_test:
+            raise ValueError("this report has no test results")
+        return [getattr(result, split)[metric] for result in self.results]
+
+    def summary(self) -> dict[str, dict[str, tuple[float, float]] | None]:
+        """``{"dev": {"accuracy": (mean, std), "macro_f1": (mean, std)}, "test": {...}}`` over the
+        seeds (sample std, 0 for one seed); ``"test"`` is None without a test set."""
+        splits = ("dev", "test") if self.has_test else ("dev",)
+        summary: dict[str, Any] = {split: {metric: mean_std(self.values(split, metric)) for metric in METRICS}
+                                   for split in splits}
+        summary.setdefault("test", None)
+        return summary
+
+    def table(self, name: str | None = None, header: bool = True) -> str:
+        """A markdown table of mean ± std in percent over the seeds, e.g. ``| model | 81.2 ± 0.4 |
+        ...``; ``header=False`` gives the row alone, to stack rows of several models."""
+        summary = self.summary()
+        splits = [split for split in ("dev", "test") if summary[split] is not None]
+        titles = [f"{split.capitalize()} {_METRIC_TITLES[metric]}" for split in splits for metric in METRICS]
+        cells = [f"{100 * mean:.1f} ± {100 * std:.1f}"
+                 for split in splits for mean, std in (summary[split][metric] for metric in METRICS)]
+        row = "| " + " | ".join([name if name is not None else self.model, *cells]) + " |"
+        if not header:
+            return row
+        lines = [f"| Model ({len(self.results)} seeds) | " + " | ".join(titles) + " |",
+                 "|---|" + "---:|" * len(titles), row]
+        return "\n".join(lines)
+
+    def to_dict(self) -> dict[str, Any]:
+        summary = {split: None if values is None else
+                   {metric: {"mean": mean, "std": std} for metric, (mean, std) in values.items()}
+                   for split, values in self.summary().items()}
+        return {"model": self.model, "labels": list(self.labels), "config": dict(self.config),
+                "seeds": [asdict(result) for result in self.results], "summary": summary}
+
+    @classmethod
+    def from_dict(cls, payload: dict[str, Any]) -> FinetuneReport:
+        try:
+            results = [SeedResult(**result) for result in payload["seeds"]]
+            return cls(model=payload["model"], labels=list(payload["labels"]), results=results,
+                       config=dict(payload.get("config", {})))
+        except (KeyError, TypeError) as error:
+            raise ValueError(f"not a fine-tuning report: {error}") from error
+
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write :meth:`to_dict` as JSON, atomically."""
+        return atomic_write_json(path, self.to_dict())
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> FinetuneReport:
+        return cls.from_dict(read_json(path, "fine-tuning report"))
+
+
+# ---------------------------------------------------------------------------------------- training
+
+
+def _load_classifier(model: str, id2label: dict[int, Any], label2id: dict[Any, int]):
+    from transformers import AutoModelForSequenceClassification
+
+    try:
+        with quiet_transformers():
+            return AutoModelForSequenceClassification.from_pretrained(
+                model, num_labels=len(id2label), id2label=id2label, label2id=label2id)
+    except (OSError, ValueError, KeyError) as error:
+        raise ValueError(f"cannot load {model!r} for sequence classification: {error}") from error
+
+
+def _make_keep_best_callback():
+    from transformers import TrainerCallback
+
+    class KeepBestEpoch(TrainerCallback):
+        """Records the dev metrics of every epoch and keeps a CPU copy of the weights of the epoch
+        with the best dev macro-F1 (the earliest on a tie)."""
+
+        def __init__(self) -> None:
+            self.history: list[dict[str, float]] = []
+            self.best_state: dict | None = None
+            self.best_epoch = 0
+            self.best_score = -math.inf
+
+        def on_evaluate(self, args, state, control, metrics=None, model=None, **kwargs):
+            if not metrics or "eval_macro_f1" not in metrics:
+                return
+            epoch = round(state.epoch or 0)
+            self.history.append({"epoch": epoch, "accuracy": float(metrics["eval_accuracy"]),
+                                 "macro_f1": float(metrics["eval_macro_f1"]),
+                                 "loss": float(metrics.get("eval_loss", math.nan))})
+            if metrics["eval_macro_f1"] > self.best_score and model is not None:
+                self.best_score = metrics["eval_macro_f1"]
+                self.best_epoch = epoch
+                self.best_state = {key: value.detach().to("cpu", copy=True)
+                                   for key, value in model.state_dict().items()}
+
+    return KeepBestEpoch()
+
+
+def _scores(label_ids, logits) -> dict[str, float]:
+    import numpy as np
+
+    if isinstance(logits, (tuple, list)):
+        logits = logits[0]
+    predictions = np.asarray(logits).argmax(axis=-1)
+    label_ids = np.asarray(label_ids)
+    return {"accuracy": accuracy(label_ids, predictions), "macro_f1": macro_f1(label_ids, predictions)}
+
+
+def _check_options(seeds, epochs, learning_rate, batch_size, max_length, weight_decay, warmup_ratio,
+                   max_train_examples) -> list[int]:
+    seeds = list(seeds)
+    if not seeds:
+        raise ValueError("give at least one seed")
+    if any(isinstance(s, bool) or not isinstance(s, int) for s in seeds):
+        raise ValueError(f"seeds must be integers, got {seeds!r}")
+    if len(set(seeds)) != len(seeds):
+        raise ValueError(f"seeds repeat: {seeds!r}")
+    for name, value in (("epochs", epochs), ("batch_size", batch_size), ("max_length", max_length)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    if max_length < 2:
+        raise ValueError(f"max_length must be at least 2 (room for the special tokens), got {max_length}")
+    if not learning_rate > 0:
+        raise ValueError(f"learning_rate must be positive, got {learning_rate!r}")
+    if not weight_decay >= 0:
+        raise ValueError(f"weight_decay must be non-negative, got {weight_decay!r}")
+    if not 0 <= warmup_ratio < 1:
+        raise ValueError(f"warmup_ratio must be in [0, 1), got {warmup_ratio!r}")
+    if max_train_examples is not None and (isinstance(max_train_examples, bool)
+                                           or not isinstance(max_train_examples, int) or max_train_examples < 1):
+        raise ValueError(f"max_train_examples must be a positive integer, got {max_train_examples!r}")
+    return seeds
+
+
+def _check_device(training_args, device: str | None) -> None:
+    if device is None:
+        return
+    import torch
+
+    wanted, actual = torch.device(device), training_args.device
+    if wanted.type != actual.type or (wanted.index is not None and wanted.index != (actual.index or 0)):
+        raise ValueError(f"device {device!r} was asked for but training would run on {str(actual)!r} "
+                         f"(choose a GPU with CUDA_VISIBLE_DEVICES)")
+
+
+def finetune(model: str | os.PathLike, train: str | os.PathLike, dev: str | os.PathLike,
+             test: str | os.PathLike | None = None, *, seeds: Sequence[int] = (1, 2, 3), epochs: int = 3,
+             learning_rate: float = 2e-5, batch_size: int = 16, max_length: int = 128,
+             weight_decay: float = 0.01, warmup_ratio: float = 0.06, max_train_examples: int | None = None,
+             output_dir: str | os.PathLike | None = None, text_field: str = "text", label_field: str = "label",
+             device: str | None = None, progress: bool = True) -> FinetuneReport:
+    """Fine-tune ``model`` (a name or path of a checkpoint with a tokenizer) on the JSON-lines
+    ``train`` file once per seed and report dev (and test) accuracy and macro-F1 of each run's best
+    dev epoch.
+
+    Each seed seeds the classification head's initialization, the data order and dropout. Training
+    uses AdamW with a linear schedule warmed up over ``warmup_ratio`` of the steps. ``max_train_examples``
+    takes a random subset of the training file (the same for every seed); the label set is always
+    that of the full training file. Macro-F1 averages over the classes present in the gold labels or
+    the predictions of the split (see :mod:`diffmask_fast.metrics`).
+
+    No checkpoints are written: the best epoch's weights are kept in memory. With ``output_dir``,
+    each seed's best model and tokenizer are saved to ``output_dir/seed-<seed>``; without it the
+    trainer works in a temporary directory that is removed. ``device``: "cpu", "cuda", ... (default:
+    a GPU when there is one).
+    """
+    import torch
+    from transformers import DataCollatorWithPadding, Trainer, TrainingArguments, set_seed
+    from transformers.trainer_callback import PrinterCallback
+
+    seeds = _check_options(seeds, epochs, learning_rate, batch_size, max_length, weight_decay, warmup_ratio,
+                           max_train_examples)
+    model = str(model)
+    train_texts, train_labels = load_labeled(train, text_field, label_field)
+    dev_texts, dev_labels = load_labeled(dev, text_field, label_field)
+    test_data = load_labeled(test, text_field, label_field) if test is not None else None
+
+    label_names = sorted(set(train_labels))
+    if len(label_names) < 2:
+        raise ValueError(f"{str(train)!r} has a single label ({label_names[0]!r}): classification needs at least two")
+    label2id = {label: i for i, label in enumerate(label_names)}
+    id2label = dict(enumerate(label_names))
+    train_ids = _label_ids(train_labels, label2id, train)
+    dev_ids = _label_ids(dev_labels, label2id, dev)
+    test_ids = _label_ids(test_data[1], label2id, test) if test_data is not None else None
+
+    if max_train_examples is not None and max_train_examples < len(train_texts):
+        keep = sorted(random.Random(SUBSET_SEED).sample(range(len(train_texts)), max_train_examples))
+        train_texts = [train_texts[i] for i in keep]
+        train_ids = [train_ids[i] for i in keep]
+
+    tokenizer = load_tokenizer(model)
+    train_set = _Encoded(tokenizer, train_texts, train_ids, max_length)
+    dev_set = _Encoded(tokenizer, dev_texts, dev_ids, max_length)
+    test_set = _Encoded(tokenizer, test_data[0], test_ids, max_length) if test_data is not None else None
+    collator = DataCollatorWithPadding(tokenizer)
+
+    steps_per_epoch = math.ceil(len(train_set) / batch_size)
+    warmup_steps = math.ceil(warmup_ratio * steps_per_epoch * epochs)
+    config = {"train": str(train), "dev": str(dev), "test": None if test is None else str(test),
+              "train_examples": len(train_set), "dev_examples": len(dev_set),
+              "test_examples": None if test_set is None else len(test_set), "seeds": seeds, "epochs": epochs,
+              "learning_rate": learning_rate, "batch_size": batch_size, "max_length": max_length,
+              "weight_decay": weight_decay, "warmup_ratio": warmup_ratio, "warmup_steps": warmup_steps,
+              "max_train_examples": max_train_examples, "text_field": text_field, "label_field": label_field,
+              "selection": "best dev macro-F1 epoch"}
+
+    def compute_metrics(prediction) -> dict[str, float]:
+        return _scores(prediction.label_ids, prediction.predictions)
+
+    results: list[SeedResult] = []
+    with contextlib.ExitStack() as stack:
+        if output_dir is None:
+            work_dir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="diffmask-finetune-")))
+        else:
+            work_dir = Path(output_dir)
+        for seed in seeds:
+            started = time.perf_counter()
+            run_dir = work_dir / f"seed-{seed}"
+            training_args = TrainingArguments(
+                output_dir=str(run_dir), num_train_epochs=epochs, learning_rate=learning_rate,
+                per_device_train_batch_size=batch_size, per_device_eval_batch_size=batch_size,
+                weight_decay=weight_decay, warmup_steps=warmup_steps, lr_scheduler_type="linear",
+                eval_strategy="epoch", save_strategy="no", logging_strategy="epoch", seed=seed,
+                report_to="none", disable_tqdm=not progress, use_cpu=device == "cpu",
+                dataloader_num_workers=0, dataloader_pin_memory=torch.cuda.is_available() and device != "cpu",
+                remove_unused_columns=False)
+            _check_device(training_args, device)
+            set_seed(seed)  # the new classification head is initialized under the run's seed
+            classifier = _load_classifier(model, id2label, label2id)
+            keep_best = _make_keep_best_callback()
+            trainer = Trainer(model=classifier, args=training_args, data_collator=collator,
+                              train_dataset=train_set, eval_dataset=dev_set, processing_class=tokenizer,
+                              compute_metrics=compute_metrics, callbacks=[keep_best])
+            if not progress:
+                trainer.remove_callback(PrinterCallback)
+            output = trainer.train()
+            if keep_best.best_state is not None:
+                trainer.model.load_state_dict(keep_best.best_state)
+            prediction = trainer.predict(dev_set)
+            dev_scores = _scores(prediction.label_ids, prediction.predictions)
+            test_scores = None
+            if test_set is not None:
+                prediction = trainer.predict(test_set)
+                test_scores = _scores(prediction.label_ids, prediction.predictions)
+            if output_dir is not None:
+                trainer.save_model(str(run_dir))
+            result = SeedResult(seed=seed, best_epoch=keep_best.best_epoch, dev=dev_scores, test=test_scores,
+                                dev_history=keep_best.history, train_loss=float(output.training_loss),
+                                seconds=round(time.perf_counter() - started, 3))
+            results.append(result)
+            if progress:
+                line = (f"seed {seed}: best epoch {result.best_epoch}/{epochs}, dev accuracy "
+                        f"{dev_scores['accuracy']:.3f}, macro-F1 {dev_scores['macro_f1']:.3f}")
+                if test_scores is not None:
+                    line += f"; test accuracy {test_scores['accuracy']:.3f}, macro-F1 {test_scores['macro_f1']:.3f}"
+                print(line, file=sys.stderr)
+            del trainer, classifier, keep_best
+    return FinetuneReport(model=model, labels=label_names, results=results, config=config)
+
+
+# -------------------------------------------------------------------------------------- command line
+
+
+def add_finetune_command(commands):
+    """Add the ``finetune`` command to ``commands`` (the subparsers of an argparse parser)."""
+    parser = commands.add_parser(
+        "finetune", help="fine-tune a checkpoint on a labelled task over several seeds",
+        description="Fine-tune a checkpoint (e.g. one saved after continued pretraining) with a new "
+                    "classification head once per seed; after each epoch evaluate on the dev set and keep "
+                    "the epoch with the best dev macro-F1; print dev (and test) accuracy and macro-F1 as "
+                    "mean ± std over the seeds. Data files are JSON lines with a text and a label per line.")
+    parser.add_argument("model", metavar="MODEL", help="name or path of a checkpoint saved with its tokenizer")
+    parser.add_argument("--train", type=Path, required=True, help="training data, JSON lines")
+    parser.add_argument("--dev", type=Path, required=True, help="dev data, JSON lines: selects the best epoch")
+    parser.add_argument("--test", type=Path, default=None, help="test data, JSON lines (optional)")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3], help="run seeds (default 1 2 3)")
+    parser.add_argument("--epochs", type=int, default=3, help="training epochs (default 3)")
+    parser.add_argument("--learning-rate", type=float, default=2e-5, help="peak learning rate (default 2e-5)")
+    parser.add_argument("--batch-size", type=int, default=16, help="examples per batch (default 16)")
+    parser.add_argument("--max-length", type=int, default=128, help="tokens kept per example (default 128)")
+    parser.add_argument("--weight-decay", type=float, default=0.01, help="AdamW weight decay (default 0.01)")
+    parser.add_argument("--warmup-ratio", type=float, default=0.06,
+                        help="share of the steps the learning rate warms up over (default 0.06)")
+    parser.add_argument("--max-train-examples", type=int, default=None,
+                        help="train on a random subset of this many examples (same subset for every seed)")
+    parser.add_argument("--text-field", default="text", help="field holding the text (default 'text')")
+    parser.add_argument("--label-field", default="label", help="field holding the label (default 'label')")
+    parser.add_argument("--device", default=None, help="torch device (default: cuda when available)")
+    parser.add_argument("--output-dir", type=Path, default=None,
+                        help="save each seed's best model here as seed-<seed>/ (default: keep no models)")
+    parser.add_argument("--output", "-o", type=Path, default=None, help="save the report as JSON here")
+    parser.add_argument("--no-progress", action="store_true", help="do not show progress bars")
+    return parser
+
+
+def run_finetune_command(args) -> FinetuneReport:
+    """Run ``diffmask finetune``: fine-tune, print the results, save the report if asked."""
+    report = finetune(args.model, args.train, args.dev, args.test, seeds=args.seeds, epochs=args.epochs,
+                      learning_rate=args.learning_rate, batch_size=args.batch_size, max_length=args.max_length,
+                      weight_decay=args.weight_decay, warmup_ratio=args.warmup_ratio,
+                      max_train_examples=args.max_train_examples, output_dir=args.output_dir,
+                      text_field=args.text_field, label_field=args.label_field, device=args.device,
+                      progress=not args.no_progress)
+    config = report.config
+    print(f"Fine-tuned {report.model} on {config['train_examples']:,} examples ({len(report.labels)} labels), "
+          f"{config['epochs']} epochs, seeds {' '.join(map(str, report.seeds))}; best dev macro-F1 epoch kept.\n")
+    for result in report.results:
+        line = (f"  seed {result.seed}: epoch {result.best_epoch}  dev acc {100 * result.dev['accuracy']:.1f}"
+                f"  F1 {100 * result.dev['macro_f1']:.1f}")
+        if result.test is not None:
+            line += f"  test acc {100 * result.test['accuracy']:.1f}  F1 {100 * result.test['macro_f1']:.1f}"
+        print(line)
+    print()
+    print(report.table())
+    if args.output_dir is not None:
+        print(f"\nSaved the best model of each seed under {args.output_dir}")
+    if args.output is not None:
+        report.save(args.output)
+        print(f"\nSaved the report to {args.output}")
+    return report

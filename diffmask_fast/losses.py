@@ -1,0 +1,37 @@
+"""Masked-LM loss with a weight per masked token (MSLM, arXiv 2403.18025).
+
+loss = sum_i w_i * CE_i / n, where i runs over masked tokens (labels != -100) and n is the number
+of masked tokens — of this batch, or of the whole gradient-accumulation cycle (``num_items``) as
+``transformers.Trainer`` counts them. With every weight 1 it is the usual MLM loss; a domain term
+with weight 2 costs twice as much to get wrong as a generic word, and the loss keeps the scale
+of the plain MLM loss instead of being renormalized by the weights.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def weighted_mlm_loss(
+    logits: torch.Tensor,
+    labels: torch.Tensor,
+    weights: torch.Tensor,
+    num_items: torch.Tensor | int | None = None,
+) -> torch.Tensor:
+    """``logits`` [B, L, V], ``labels`` [B, L] (-100 = not masked), ``weights`` [B, L] (read only
+    where labels != -100; must be finite and non-negative there)."""
+    if logits.ndim != 3 or labels.shape != logits.shape[:2]:
+        raise ValueError(f"logits must be [B, L, V] and labels [B, L]; got {tuple(logits.shape)} and {tuple(labels.shape)}")
+    if weights.shape != labels.shape:
+        raise ValueError(f"loss_weights must have the labels' shape {tuple(labels.shape)}, got {tuple(weights.shape)}")
+    masked = labels != -100
+    token_losses = torch.nn.functional.cross_entropy(
+        logits.float().reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=-100, reduction="none"
+    ).reshape(labels.shape)
+    weights = torch.where(masked, weights.to(token_losses.dtype), torch.zeros_like(token_losses))
+    total = (token_losses * weights).sum()
+    if num_items is None:
+        num_items = masked.sum()
+    if torch.is_tensor(num_items):
+        num_items = num_items.to(total.device, total.dtype)
+    return total / torch.clamp(torch.as_tensor(num_items, dtype=total.dtype, device=total.device), min=1.0)

@@ -1,0 +1,203 @@
+"""What every masking collator shares: padding, per-process seeding, pickling, 80/10/10.
+
+A strategy collator is a dataclass with the attributes named in ``MaskingCollatorBase`` and a
+``mask_batch(input_ids, never_word) -> dict`` method; the base pads the examples, calls it and
+returns the batch. Keeping padding and seeding here means every strategy draws fresh masks per
+call, reproducibly per ``seed``, and differently in each DataLoader worker and distributed rank.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import torch
+
+from .tokenization import WordBoundaries, word_boundaries
+
+
+def distributed_rank() -> int:
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank()
+    return int(os.environ.get("RANK", "0"))
+
+
+def worker_id() -> int:
+    info = torch.utils.data.get_worker_info()
+    return -1 if info is None else info.id
+
+
+def check_probability(name: str, value: float) -> None:
+    if not 0.0 <= value <= 1.0:
+        raise ValueError(f"{name} must be in [0, 1], got {value}")
+
+
+def check_replacement(mask_replace_prob: float, random_replace_prob: float) -> None:
+    if mask_replace_prob < 0 or random_replace_prob < 0 or mask_replace_prob + random_replace_prob > 1:
+        raise ValueError(
+            "mask_replace_prob and random_replace_prob must be non-negative and sum to at most 1, "
+            f"got {mask_replace_prob} and {random_replace_prob}"
+        )
+
+
+def replace_selected(
+    input_ids: torch.Tensor,
+    selected: torch.Tensor,
+    boundaries: WordBoundaries,
+    mask_replace_prob: float = 0.8,
+    random_replace_prob: float = 0.1,
+    generator: torch.Generator | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(masked input_ids, labels) for the ``selected`` positions of a [B, L] batch: each becomes
+    the mask token with ``mask_replace_prob``, a random non-special token with
+    ``random_replace_prob``, and stays otherwise; labels are -100 where nothing is selected.
+    Works on any device (``generator`` must live on the batch's device)."""
+    device = input_ids.device
+    labels = torch.where(selected, input_ids, torch.full_like(input_ids, -100))
+    draw = torch.rand(input_ids.shape, generator=generator, device=device)
+    to_mask = selected & (draw < mask_replace_prob)
+    to_random = selected & (draw >= mask_replace_prob) & (draw < mask_replace_prob + random_replace_prob)
+    random_ids = boundaries.random_token_ids.to(device)
+    picks = torch.randint(0, random_ids.numel(), input_ids.shape, generator=generator, device=device)
+    masked = torch.where(to_mask, torch.full_like(input_ids, boundaries.mask_token_id), input_ids)
+    masked = torch.where(to_random, random_ids[picks], masked)
+    return masked, labels
+
+
+class MaskingCollatorBase:
+    """Padding, seeding and pickling for a masking collator.
+
+    Subclasses (dataclasses) define ``tokenizer``, ``pad_to_multiple_of``, ``return_tensors``,
+    ``seed`` and ``word_boundary``, call ``_setup_base()`` in ``__post_init__`` and implement
+    ``mask_batch(input_ids [B, L], never_word [B, L]) -> dict`` returning at least
+    ``input_ids`` and ``labels`` (and e.g. ``loss_weights``).
+    """
+
+    boundaries: WordBoundaries
+
+    def _setup_base(self) -> None:
+        if self.pad_to_multiple_of is not None and self.pad_to_multiple_of < 1:
+            raise ValueError(f"pad_to_multiple_of must be a positive integer, got {self.pad_to_multiple_of}")
+        if self.return_tensors not in ("pt", "np"):
+            raise ValueError(f"return_tensors must be 'pt' or 'np', got {self.return_tensors!r}")
+        if self.tokenizer.pad_token_id is None:
+            raise ValueError(f"{type(self.tokenizer).__name__} has no padding token; set tokenizer.pad_token first")
+        self.boundaries = word_boundaries(self.tokenizer, self.word_boundary)
+        self._generators: dict = {}
+
+    # -- pickling: generators are per process and rebuilt on first use ----------------------
+    def __getstate__(self) -> dict:
+        state = self.__dict__.copy()
+        state["_generators"] = {}
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+
+    def __call__(self, examples: Sequence[Any]) -> dict:
+        batch = self._pad(examples)
+        never_word = batch.pop("special_tokens_mask") | ~batch["attention_mask"].bool()
+        batch.update(self.mask_batch(batch["input_ids"], never_word))
+        if self.return_tensors == "np":
+            return {key: value.numpy() for key, value in batch.items()}
+        return batch
+
+    def mask_batch(self, input_ids: torch.Tensor, never_word: torch.Tensor) -> dict:
+        raise NotImplementedError
+
+    def _check_ids(self, input_ids) -> torch.Tensor:
+        """``input_ids`` as a [B, L] int64 tensor of ids inside the tokenizer's vocabulary."""
+        input_ids = torch.as_tensor(input_ids, dtype=torch.long)
+        if input_ids.ndim != 2:
+            raise ValueError(f"input_ids must be a [batch, length] matrix, got shape {tuple(input_ids.shape)}")
+        vocabulary = self.boundaries.never_word.numel()
+        if input_ids.numel() and (int(input_ids.min()) < 0 or int(input_ids.max()) >= vocabulary):
+            raise ValueError(f"input_ids hold ids outside the tokenizer's vocabulary [0, {vocabulary})")
+        return input_ids
+
+    def _never_word(self, input_ids: torch.Tensor, never_word: torch.Tensor | None) -> torch.Tensor:
+        """Special tokens of the vocabulary, plus whatever the caller flags."""
+        special = self.boundaries.never_word[input_ids]
+        return special if never_word is None else (never_word.bool() | special)
+
+    def _generator(self) -> torch.Generator | None:
+        """A generator for this process: seeded from (seed, rank, worker) when a seed is set.
+
+        Without a seed the global torch RNG is used, which DataLoader already seeds per worker.
+        """
+        if self.seed is None:
+            return None
+        context = (os.getpid(), distributed_rank(), worker_id())
+        generator = self._generators.get(context)
+        if generator is None:
+            entropy = np.random.SeedSequence([self.seed % 2**63, context[1] + 1, context[2] + 1])
+            generator = torch.Generator().manual_seed(int(entropy.generate_state(1, np.uint64)[0] >> 1))
+            self._generators[context] = generator
+        return generator
+
+    def _draw_seed(self) -> int:
+        """A 64-bit seed for a compiled op, from this process's generator."""
+        return int(torch.randint(-(2**63), 2**63 - 1, (), generator=self._generator()))
+
+    def _pad(self, examples: Sequence[Any]) -> dict:
+        """Pad every sequence-valued field to a common length without a per-token Python loop."""
+        if len(examples) == 0:
+            raise ValueError("cannot collate an empty list of examples")
+        if not isinstance(examples[0], Mapping):
+            examples = [{"input_ids": example} for example in examples]
+        if any("input_ids" not in example for example in examples):
+            raise ValueError("every example needs an 'input_ids' field")
+        sequences = [example["input_ids"] for example in examples]
+        lengths = np.fromiter((len(s) for s in sequences), dtype=np.int64, count=len(sequences))
+        length = int(lengths.max())
+        if self.pad_to_multiple_of:
+            length = -(-length // self.pad_to_multiple_of) * self.pad_to_multiple_of
+        rows = np.repeat(np.arange(len(sequences)), lengths)
+        offsets = np.cumsum(lengths) - lengths
+        columns = np.arange(int(lengths.sum())) - np.repeat(offsets, lengths)
+        if self.tokenizer.padding_side == "left":
+            columns += np.repeat(length - lengths, lengths)
+        index = (torch.from_numpy(rows), torch.from_numpy(columns))
+
+        def padded(field_name: str, fill: int, dtype=torch.long) -> torch.Tensor:
+            values = _flatten([example[field_name] for example in examples], int(lengths.sum()), field_name)
+            out = torch.full((len(sequences), length), fill, dtype=dtype)
+            out[index] = torch.from_numpy(values).to(dtype)
+            return out
+
+        batch = {"input_ids": padded("input_ids", self.tokenizer.pad_token_id)}
+        if "attention_mask" in examples[0]:
+            batch["attention_mask"] = padded("attention_mask", 0)
+        else:
+            batch["attention_mask"] = torch.zeros((len(sequences), length), dtype=torch.long)
+            batch["attention_mask"][index] = 1
+        if "special_tokens_mask" in examples[0]:
+            batch["special_tokens_mask"] = padded("special_tokens_mask", 1, torch.bool)
+        else:
+            batch["special_tokens_mask"] = torch.zeros((len(sequences), length), dtype=torch.bool)
+        if "token_type_ids" in examples[0]:
+            batch["token_type_ids"] = padded("token_type_ids", getattr(self.tokenizer, "pad_token_type_id", 0))
+        for key in examples[0]:
+            if key in batch or key in ("input_ids", "labels"):
+                continue
+            batch[key] = torch.as_tensor(np.asarray([example[key] for example in examples]))
+        return batch
+
+
+def _flatten(sequences: list, total: int, field_name: str) -> np.ndarray:
+    """Concatenate sequences of ints (lists, numpy arrays or tensors) into one int64 array."""
+    first = sequences[0]
+    if isinstance(first, torch.Tensor):
+        flat = torch.cat([s.reshape(-1) for s in sequences]).numpy()
+    elif isinstance(first, np.ndarray):
+        flat = np.concatenate([s.reshape(-1) for s in sequences])
+    else:
+        try:
+            flat = np.fromiter(itertools.chain.from_iterable(sequences), dtype=np.int64, count=total)
+        except ValueError:
+            raise ValueError(f"field {field_name!r} is shorter than input_ids in some example") from None
+    if flat.shape[0] != total:
+        raise ValueError(f"field {field_name!r} has a different length than input_ids in some example")
+    return flat.astype(np.int64, copy=False)

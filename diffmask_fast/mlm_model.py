@@ -1,0 +1,95 @@
+"""Loading a masked LM for continued pretraining, with a clear answer when it has no MLM head.
+
+A checkpoint saved as a bare encoder (``BertModel``, a sentence-transformers model) loads into
+``AutoModelForMaskedLM`` with a randomly initialized head and only a warning; continued
+pretraining from there would first spend its steps learning the head. ``load_masked_lm`` refuses
+that unless asked to initialize the head from the encoder's own input embeddings: the decoder is
+tied to them (as in BERT), the transform starts as the identity, its layer norm with a small gain
+and the biases at zero, so the first logits are scaled similarities between hidden states and
+token embeddings. The small gain matters for encoders tuned away from token prediction (such as
+sentence-transformers models): with gain 1 their first predictions are confidently wrong (a loss
+above that of guessing uniformly); with ``HEAD_NORM_GAIN`` they start near uniform.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import torch
+
+__all__ = ["load_masked_lm", "initialize_mlm_head"]
+
+#: layer-norm gain of an initialized head (see the module docstring)
+HEAD_NORM_GAIN = 0.1
+
+
+def load_masked_lm(name_or_path: str, *, init_mlm_head: bool = False, dtype: torch.dtype | None = None) -> Any:
+    """``AutoModelForMaskedLM`` for ``name_or_path``; raises ValueError when the checkpoint has
+    no masked-LM head, unless ``init_mlm_head`` (then the head is built by ``initialize_mlm_head``)."""
+    from transformers import AutoConfig, AutoModelForMaskedLM
+
+    from .hf_loading import quiet_transformers
+
+    try:
+        config = AutoConfig.from_pretrained(name_or_path)
+    except (OSError, ValueError) as error:
+        raise ValueError(f"cannot load a model configuration from {name_or_path!r}: {error}") from error
+    if type(config) not in AutoModelForMaskedLM._model_mapping:
+        raise ValueError(
+            f"{name_or_path!r} is a {config.model_type!r} model, which has no masked-LM head in transformers; "
+            "continued MLM pretraining needs an encoder such as BERT, RoBERTa, DeBERTa or XLM-R"
+        )
+    with quiet_transformers():  # the missing-weights report is replaced by the check below
+        model, info = AutoModelForMaskedLM.from_pretrained(name_or_path, output_loading_info=True, dtype=dtype)
+    prefix = model.base_model_prefix + "."
+    missing_head = sorted(k for k in info.get("missing_keys", ()) if not k.startswith(prefix))
+    missing_encoder = sorted(k for k in info.get("missing_keys", ()) if k.startswith(prefix))
+    if missing_encoder:
+        logging.getLogger(__name__).warning("%s: %d encoder weights were not in the checkpoint (e.g. %s)",
+                                            name_or_path, len(missing_encoder), missing_encoder[0])
+    if missing_head:
+        if not init_mlm_head:
+            raise ValueError(
+                f"{name_or_path!r} has no trained masked-LM head (missing {', '.join(missing_head[:4])}"
+                f"{', ...' if len(missing_head) > 4 else ''}); pass init_mlm_head=True (--init-mlm-head) to start "
+                "from a head tied to its input embeddings"
+            )
+        initialize_mlm_head(model, missing_head)
+    return model
+
+
+@torch.no_grad()
+def initialize_mlm_head(model: Any, parameter_names: list[str] | None = None) -> None:
+    """Set the MLM head's parameters (all of them, or those named) to an embedding-tied start:
+    square linear maps to the identity, layer norms to (HEAD_NORM_GAIN, 0), biases to 0, and the output
+    projection tied to (or, where the model does not tie, copied from) the input embeddings."""
+    output = model.get_output_embeddings()
+    inputs = model.get_input_embeddings()
+    if output is None or inputs is None:
+        raise ValueError(f"{type(model).__name__} exposes no output embeddings to initialize a masked-LM head from")
+    named = dict(model.named_parameters(remove_duplicate=False))
+    names = list(parameter_names) if parameter_names is not None else [
+        n for n in named if not n.startswith(model.base_model_prefix + ".")]
+    modules = dict(model.named_modules())
+    for name in names:
+        module_name, _, attribute = name.rpartition(".")
+        module = modules.get(module_name)
+        parameter = named.get(name)
+        if module is None or parameter is None:
+            continue
+        if module is output and attribute == "weight":
+            if parameter.shape != inputs.weight.shape:
+                raise ValueError(f"cannot tie {name} {tuple(parameter.shape)} to the input embeddings "
+                                 f"{tuple(inputs.weight.shape)}")
+            parameter.copy_(inputs.weight)
+        elif attribute == "bias" or name.endswith(".bias"):
+            parameter.zero_()
+        elif isinstance(module, torch.nn.LayerNorm) or "norm" in module_name.lower():
+            parameter.fill_(HEAD_NORM_GAIN)
+        elif isinstance(module, torch.nn.Linear) and parameter.ndim == 2 and parameter.shape[0] == parameter.shape[1]:
+            parameter.copy_(torch.eye(parameter.shape[0], dtype=parameter.dtype))
+        else:
+            raise ValueError(f"do not know how to initialize {name} of {type(model).__name__} from its embeddings")
+    if getattr(model.config, "tie_word_embeddings", False):
+        model.tie_weights()

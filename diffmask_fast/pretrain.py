@@ -1,0 +1,375 @@
+"""``diffmask pretrain``: continued masked-LM pretraining of a HuggingFace model on a corpus.
+
+``transformers.Trainer`` does the training, so ``torchrun`` / ``accelerate launch``, mixed
+precision, checkpoints and resuming work as users know them. Training stops early when the
+validation MLM loss (on masks drawn once) stops improving, and the best checkpoint is kept, as in
+the paper. The output directory receives the model and tokenizer, the anchors and score table
+(or terms) the strategy used, and ``pretrain_summary.json``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ._io import atomic_write_bytes, atomic_write_json
+from .strategies import STRATEGIES, build_strategy, check_strategy, resolve_mask_location
+
+SUMMARY_FORMAT = "diffmask_fast.pretrain_summary/1"
+SUMMARY_FILE = "pretrain_summary.json"
+ANCHORS_FILE = "anchors.json"
+SCORES_FILE = "scores.npz"
+TERMS_FILE = "terms.txt"
+
+
+@dataclass
+class PretrainConfig:
+    """Options of one continued-pretraining run (the ``diffmask pretrain`` flags)."""
+
+    model: str
+    corpus: list
+    output_dir: Path
+    strategy: str = "difference"
+    mlm_probability: float = 0.25
+    max_length: int = 128
+    validation: list | None = None
+    validation_fraction: float = 0.05
+    max_validation_documents: int = 5000
+    text_field: str | None = None
+    epochs: float = 3.0
+    max_steps: int = -1
+    batch_size: int = 32
+    gradient_accumulation_steps: int = 1
+    learning_rate: float = 5e-5
+    weight_decay: float = 0.01
+    warmup_ratio: float = 0.06
+    eval_steps: int = 500
+    patience: int = 3
+    save_total_limit: int = 2
+    logging_steps: int = 50
+    seed: int = 0
+    mask_on: str = "auto"
+    workers: int | None = None
+    precision: str = "fp32"
+    init_mlm_head: bool = False
+    resume: str | bool | None = None
+    # difference / mslm resources
+    anchors: Path | None = None
+    scores: Path | None = None
+    anchors_count: int = 20
+    embedding_model: str | None = None
+    pooling: str | None = None
+    # terms / mslm
+    terms: Path | None = None
+    term_probability: float = 0.5
+    term_weight: float = 2.0
+    term_top_fraction: float = 0.02
+    # attention
+    attention_layer: int = -1
+    progress: bool = True
+    extra_training_arguments: dict = field(default_factory=dict)
+
+    def check(self) -> None:
+        check_strategy(self.strategy)
+        if not self.corpus:
+            raise ValueError("give a corpus to pretrain on (files, directories or glob patterns)")
+        if not 0.0 < self.mlm_probability <= 1.0:
+            raise ValueError(f"mlm_probability must be in (0, 1], got {self.mlm_probability}")
+        for name in ("batch_size", "gradient_accumulation_steps", "eval_steps", "logging_steps", "save_total_limit"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)}")
+        if self.patience < 0:
+            raise ValueError(f"patience must be non-negative, got {self.patience}")
+        if self.precision not in ("fp32", "bf16", "fp16"):
+            raise ValueError(f"precision must be fp32, bf16 or fp16, got {self.precision!r}")
+        if self.strategy == "terms" and self.terms is None:
+            raise ValueError("the 'terms' strategy needs a terms file (--terms), one term or phrase per line")
+        resolve_mask_location(self.strategy, self.mask_on)
+
+
+def read_terms(path: str | os.PathLike) -> list[str]:
+    """Terms or phrases, one per line; blank lines and lines starting with '#' are skipped."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"terms file {str(path)!r} does not exist")
+    terms = [line.strip() for line in path.read_text(encoding="utf-8").splitlines()]
+    terms = [t for t in terms if t and not t.startswith("#")]
+    if not terms:
+        raise ValueError(f"terms file {str(path)!r} holds no terms")
+    return terms
+
+
+def _domain_resources(config: PretrainConfig, documents: list[str], tokenizer: Any) -> dict:
+    """Anchors, score table and terms the strategy needs: given, saved by an earlier run in the
+    output directory (resuming), or mined and scored from the training documents now."""
+    out = Path(config.output_dir)
+    needs_scores = config.strategy == "difference" or (config.strategy == "mslm" and config.terms is None)
+    resources: dict = {}
+    if config.terms is not None:
+        resources["terms"] = read_terms(config.terms)
+    if not needs_scores:
+        return resources
+    from .anchors import Anchors
+    from .scoring import ScoreTable
+
+    anchors_path = config.anchors or (out / ANCHORS_FILE if config.resume and (out / ANCHORS_FILE).exists() else None)
+    scores_path = config.scores or (out / SCORES_FILE if config.resume and (out / SCORES_FILE).exists() else None)
+    if anchors_path is not None:
+        anchors = Anchors.load(anchors_path)
+    else:
+        from .anchors import mine_anchors
+        from .counting import count_words
+
+        counts = count_words(documents, progress=config.progress)
+        anchors = mine_anchors(counts, k=config.anchors_count)
+    if scores_path is not None:
+        scores = ScoreTable.load(scores_path)
+    else:
+        from .embedding import WordEmbedder
+        from .scoring import WordScorer
+        from .vocabulary import tokenizer_word_types
+
+        embedder = WordEmbedder.from_pretrained(config.embedding_model, pooling=config.pooling, cache_dir=True,
+                                                progress=config.progress)
+        words = tokenizer_word_types(tokenizer, documents) | set(anchors.words)
+        scores = WordScorer(embedder, anchors).score(words, progress=config.progress)
+    resources["anchors"], resources["scores"] = anchors, scores
+    if config.strategy == "mslm":
+        from .terms import domain_terms
+
+        resources["terms"] = domain_terms(anchors, scores, top_fraction=config.term_top_fraction)
+    return resources
+
+
+def _training_arguments(config: PretrainConfig, workers: int) -> Any:
+    import torch
+    from transformers import TrainingArguments
+
+    options = dict(
+        output_dir=str(config.output_dir),
+        per_device_train_batch_size=config.batch_size,
+        per_device_eval_batch_size=config.batch_size,
+        gradient_accumulation_steps=config.gradient_accumulation_steps,
+        learning_rate=config.learning_rate,
+        weight_decay=config.weight_decay,
+        warmup_steps=config.warmup_ratio,  # a float below 1 is a share of the steps
+        num_train_epochs=config.epochs,
+        max_steps=config.max_steps,
+        eval_strategy="steps",
+        eval_steps=config.eval_steps,
+        save_strategy="steps",
+        save_steps=config.eval_steps,
+        save_total_limit=config.save_total_limit,
+        load_best_model_at_end=True,
+        metric_for_best_model="eval_loss",
+        greater_is_better=False,
+        logging_steps=config.logging_steps,
+        seed=config.seed,
+        data_seed=config.seed,
+        bf16=config.precision == "bf16",
+        fp16=config.precision == "fp16",
+        dataloader_num_workers=workers,
+        dataloader_pin_memory=torch.cuda.is_available(),
+        remove_unused_columns=False,
+        report_to=[],
+        disable_tqdm=not config.progress,
+    )
+    options.update(config.extra_training_arguments)
+    return TrainingArguments(**options)
+
+
+def pretrain(config: PretrainConfig) -> dict:
+    """Run continued pretraining; returns the run summary (also saved as ``pretrain_summary.json``)."""
+    import torch
+    import transformers
+    from transformers import EarlyStoppingCallback
+
+    from . import __version__
+    from .hf_loading import load_tokenizer
+    from .mlm_model import load_masked_lm
+    from .pretrain_data import (SequenceDataset, TrainingCollator, read_documents, split_documents,
+                                tokenize_documents)
+    from .trainer import MaskingTrainer
+
+    config.check()
+    started = time.perf_counter()
+    out = Path(config.output_dir)
+    tokenizer = load_tokenizer(config.model)
+    if tokenizer.mask_token_id is None:
+        raise ValueError(f"the tokenizer of {config.model!r} has no mask token; it cannot train a masked LM")
+    model = load_masked_lm(config.model, init_mlm_head=config.init_mlm_head)
+
+    documents = read_documents(config.corpus, config.text_field)
+    if not documents:
+        raise ValueError("the corpus has no non-empty documents")
+    if config.validation:
+        train_docs, validation_docs = documents, read_documents(config.validation, config.text_field)
+        if not validation_docs:
+            raise ValueError("the validation files have no non-empty documents")
+    else:
+        train_docs, validation_docs = split_documents(documents, config.validation_fraction,
+                                                      config.max_validation_documents, config.seed)
+    train = tokenize_documents(tokenizer, train_docs, config.max_length, progress=config.progress,
+                               description="tokenizing training documents")
+    validation = tokenize_documents(tokenizer, validation_docs, config.max_length, progress=config.progress,
+                                    description="tokenizing validation documents")
+
+    resources = _domain_resources(config, train_docs, tokenizer)
+    location = resolve_mask_location(config.strategy, config.mask_on)
+    strategy = build_strategy(
+        config.strategy, tokenizer, mlm_probability=config.mlm_probability, seed=config.seed,
+        scores=resources.get("scores"), terms=resources.get("terms"), mask_on=location,
+        term_probability=config.term_probability, term_weight=config.term_weight,
+        attention_layer=config.attention_layer,
+    )
+    if config.strategy == "difference" and strategy.masker is not None:
+        strategy.masker.warm(train)  # the device table must know the words before training
+    _save_resources(out, resources)
+    validation_set = strategy.mask_examples([{"input_ids": s} for s in validation], model=model, seed=config.seed)
+
+    workers = config.workers if config.workers is not None else (2 if torch.cuda.is_available() else 0)
+    args = _training_arguments(config, workers)
+    trainer = MaskingTrainer(
+        model=model, args=args, train_dataset=SequenceDataset(train), eval_dataset=SequenceDataset(validation_set),
+        data_collator=TrainingCollator(tokenizer, strategy.collator), masker=strategy.masker,
+        callbacks=[EarlyStoppingCallback(early_stopping_patience=config.patience)] if config.patience else [],
+    )
+    before = None if config.resume else trainer.evaluate()["eval_loss"]
+    result = trainer.train(resume_from_checkpoint=config.resume or None)
+    best = trainer.evaluate()["eval_loss"]
+    trainer.save_model(str(out))
+    tokenizer.save_pretrained(str(out))
+
+    state = trainer.state
+    planned = args.max_steps if args.max_steps > 0 else math.ceil(
+        len(train) / (config.batch_size * config.gradient_accumulation_steps * args.world_size)) * config.epochs
+    summary = {
+        "format": SUMMARY_FORMAT,
+        "strategy": config.strategy,
+        "strategy_description": STRATEGIES[config.strategy],
+        "model": config.model,
+        "masking": {"location": "training step (device)" if strategy.masks_on_device else "DataLoader workers (CPU)",
+                    "mlm_probability": config.mlm_probability},
+        "data": {"documents_train": len(train_docs), "documents_validation": len(validation_docs),
+                 "sequences_train": len(train), "sequences_validation": len(validation),
+                 "tokens_train": sum(len(s) for s in train), "max_length": config.max_length},
+        "anchors": list(resources["anchors"].words) if "anchors" in resources else None,
+        "terms": len(resources["terms"]) if "terms" in resources else None,
+        "validation_loss_before": before,
+        "best_validation_loss": best,
+        "best_checkpoint": state.best_model_checkpoint,
+        "global_step": state.global_step,
+        "epochs": state.epoch,
+        "stopped_early": bool(state.global_step < int(planned)),
+        "train_loss": result.training_loss,
+        "seconds": round(time.perf_counter() - started, 1),
+        "config": _jsonable(dataclasses.asdict(config)),
+        "log_history": state.log_history,
+        "versions": {"diffmask_fast": __version__, "torch": torch.__version__, "transformers": transformers.__version__},
+    }
+    if args.process_index == 0:
+        atomic_write_json(out / SUMMARY_FILE, summary)
+    return summary
+
+
+def _save_resources(out: Path, resources: dict) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    if "anchors" in resources:
+        resources["anchors"].save(out / ANCHORS_FILE)
+        resources["scores"].save(out / SCORES_FILE)
+    if "terms" in resources:
+        atomic_write_bytes(out / TERMS_FILE, ("\n".join(resources["terms"]) + "\n").encode("utf-8"))
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, os.PathLike):
+        return str(value)
+    return value
+
+
+# -- command line ------------------------------------------------------------------------------
+def add_pretrain_command(commands) -> None:
+    p = commands.add_parser(
+        "pretrain", help="continued masked-LM pretraining with a masking strategy",
+        description="Continue the masked-LM pretraining of a HuggingFace model on a corpus, masking with the chosen "
+                    "strategy, with early stopping on the validation MLM loss. Runs under torchrun / accelerate "
+                    "launch for several GPUs. Saves the model, tokenizer, anchors, score table and a JSON summary.")
+    p.add_argument("corpus", nargs="+", help="text files (one document per line), directories, globs or JSON lines")
+    p.add_argument("--model", required=True, help="masked LM name or path (e.g. roberta-base, a local directory)")
+    p.add_argument("--output", "-o", type=Path, required=True, help="output directory (checkpoints go here too)")
+    p.add_argument("--strategy", default="difference", choices=list(STRATEGIES),
+                   help="masking strategy (default difference): " + "; ".join(f"{k}: {v}" for k, v in STRATEGIES.items()))
+    p.add_argument("--mlm-probability", type=float, default=0.25,
+                   help="share of words (tokens for random-token and the attention strategies) to mask; for mslm, "
+                        "the rate of words that are not domain terms (default 0.25)")
+    p.add_argument("--max-length", type=int, default=128, help="tokens per sequence; longer documents are cut into "
+                   "windows (default 128)")
+    p.add_argument("--validation", nargs="+", default=None, help="validation files (default: hold out part of the corpus)")
+    p.add_argument("--validation-fraction", type=float, default=0.05, help="share of documents held out (default 0.05)")
+    p.add_argument("--text-field", default=None, help="field of JSON-lines records holding the text")
+    p.add_argument("--epochs", type=float, default=3.0, help="training epochs (default 3)")
+    p.add_argument("--max-steps", type=int, default=-1, help="stop after this many optimizer steps (overrides --epochs)")
+    p.add_argument("--batch-size", type=int, default=32, help="sequences per device and step (default 32)")
+    p.add_argument("--gradient-accumulation-steps", type=int, default=1)
+    p.add_argument("--learning-rate", type=float, default=5e-5, help="peak learning rate (default 5e-5)")
+    p.add_argument("--eval-steps", type=int, default=500, help="validate and checkpoint every N steps (default 500)")
+    p.add_argument("--patience", type=int, default=3,
+                   help="stop after N validations without improvement; 0 never stops early (default 3)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the run; ranks and workers draw distinct masks from it")
+    p.add_argument("--mask-on", choices=("auto", "workers", "device"), default="auto",
+                   help="where masks are drawn: DataLoader workers (CPU) or the training step on the device "
+                        "(default auto: the device when a GPU is used and the strategy can)")
+    p.add_argument("--workers", type=int, default=None, help="DataLoader worker processes (default 2 with a GPU, else 0)")
+    p.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default="fp32", help="training precision")
+    p.add_argument("--init-mlm-head", action="store_true",
+                   help="if the checkpoint has no masked-LM head (a bare encoder), start one tied to its input embeddings")
+    p.add_argument("--resume", nargs="?", const=True, default=None, metavar="CHECKPOINT",
+                   help="resume from the latest checkpoint in --output, or from the given checkpoint directory")
+    p.add_argument("--anchors", type=Path, default=None, help="anchors JSON from `diffmask mine` (default: mine now)")
+    p.add_argument("--scores", type=Path, default=None, help="score table from `diffmask score` (default: score now)")
+    p.add_argument("-k", "--anchors-count", type=int, default=20, dest="anchors_count",
+                   help="anchors to mine (default 20)")
+    p.add_argument("--embedding-model", default=None,
+                   help="encoder that embeds words for scoring (default: the bundled all-MiniLM-L6-v2)")
+    p.add_argument("--pooling", choices=("pooled", "mean", "input_embeddings"), default=None,
+                   help="how the embedding model turns a word into a vector")
+    p.add_argument("--terms", type=Path, default=None,
+                   help="terms or phrases, one per line (needed by `terms`; for `mslm` the default takes the anchors "
+                        "and the highest-scoring words)")
+    p.add_argument("--term-probability", type=float, default=0.5, help="mslm: masking rate of domain terms (default 0.5)")
+    p.add_argument("--term-weight", type=float, default=2.0, help="mslm: loss weight of domain terms (default 2)")
+    p.add_argument("--term-top-fraction", type=float, default=0.02,
+                   help="mslm without --terms: share of the highest-scoring word types taken as terms (default 0.02)")
+    p.add_argument("--attention-layer", type=int, default=-1, help="attention/mst: layer whose attention is read")
+    p.add_argument("--no-progress", action="store_true", help="do not show progress bars")
+
+
+def run_pretrain_command(args) -> None:
+    config = PretrainConfig(
+        model=args.model, corpus=args.corpus, output_dir=args.output, strategy=args.strategy,
+        mlm_probability=args.mlm_probability, max_length=args.max_length, validation=args.validation,
+        validation_fraction=args.validation_fraction, text_field=args.text_field, epochs=args.epochs,
+        max_steps=args.max_steps, batch_size=args.batch_size, gradient_accumulation_steps=args.gradient_accumulation_steps,
+        learning_rate=args.learning_rate, eval_steps=args.eval_steps, patience=args.patience, seed=args.seed,
+        mask_on=args.mask_on, workers=args.workers, precision=args.precision, init_mlm_head=args.init_mlm_head,
+        resume=args.resume, anchors=args.anchors, scores=args.scores, anchors_count=args.anchors_count,
+        embedding_model=args.embedding_model, pooling=args.pooling, terms=args.terms,
+        term_probability=args.term_probability, term_weight=args.term_weight, term_top_fraction=args.term_top_fraction,
+        attention_layer=args.attention_layer, progress=not args.no_progress,
+    )
+    summary = pretrain(config)
+    before = summary["validation_loss_before"]
+    print(f"{summary['strategy']}: {summary['global_step']} steps ({summary['epochs']:.2f} epochs) in "
+          f"{summary['seconds']:.0f} s; validation MLM loss "
+          + (f"{before:.4f} -> " if before is not None else "") + f"{summary['best_validation_loss']:.4f} (best)"
+          + ("; stopped early" if summary["stopped_early"] else ""))
+    print(f"Saved the model, tokenizer and {SUMMARY_FILE} to {config.output_dir}")

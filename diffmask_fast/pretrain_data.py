@@ -1,0 +1,112 @@
+"""Data for continued pretraining: documents split into train and validation, tokenized into
+sequences of at most ``max_length`` tokens, and the collator the Trainer uses.
+
+Long documents are cut into consecutive windows (fast tokenizers) instead of being truncated,
+so no text is thrown away. The validation set is masked once up front (``MaskingStrategy.
+mask_examples``) so that successive validation losses are measured on the same masks;
+``TrainingCollator`` passes such pre-masked examples through and masks the others.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from typing import Any, Iterable, Sequence
+
+import torch
+
+from .corpus import iter_documents
+
+
+class SequenceDataset(torch.utils.data.Dataset):
+    """Token-id sequences (or pre-masked example dicts) as a map-style dataset of dicts."""
+
+    def __init__(self, examples: Sequence[Any]):
+        self.examples = list(examples)
+
+    def __len__(self) -> int:
+        return len(self.examples)
+
+    def __getitem__(self, index: int) -> dict:
+        example = self.examples[index]
+        return dict(example) if isinstance(example, dict) else {"input_ids": example}
+
+
+def read_documents(sources: Iterable, text_field: str | None = None) -> list[str]:
+    """Non-empty documents (stripped) of every source: files, directories, globs, JSON lines."""
+    documents = []
+    for source in sources:
+        documents.extend(d.strip() for d in iter_documents(str(source), text_field) if d.strip())
+    return documents
+
+
+def split_documents(documents: list[str], validation_fraction: float, max_validation: int,
+                    seed: int) -> tuple[list[str], list[str]]:
+    """(train, validation): a seeded random ``validation_fraction`` of the documents (at least
+    one, at most ``max_validation``) held out."""
+    if not 0.0 < validation_fraction < 1.0:
+        raise ValueError(f"validation_fraction must be in (0, 1), got {validation_fraction}")
+    if len(documents) < 2:
+        raise ValueError(f"the corpus has {len(documents)} non-empty document(s); holding out a validation set needs "
+                         "at least 2 (or give validation files)")
+    order = list(range(len(documents)))
+    random.Random(seed).shuffle(order)
+    n = min(max(1, round(validation_fraction * len(documents))), max_validation, len(documents) - 1)
+    held = set(order[:n])
+    return ([d for i, d in enumerate(documents) if i not in held], [documents[i] for i in sorted(held)])
+
+
+def tokenize_documents(tokenizer: Any, documents: list[str], max_length: int, *, batch_size: int = 1000,
+                       progress: bool = True, description: str = "tokenizing") -> list[list[int]]:
+    """Token ids with special tokens, one list per window of at most ``max_length`` tokens."""
+    if max_length < 4:
+        raise ValueError(f"max_length must be at least 4, got {max_length}")
+    from tqdm.auto import tqdm
+
+    windows = bool(getattr(tokenizer, "is_fast", False))
+    sequences: list[list[int]] = []
+    with tqdm(total=len(documents), desc=description, unit="doc", disable=not progress) as bar:
+        for start in range(0, len(documents), batch_size):
+            chunk = documents[start:start + batch_size]
+            encoded = tokenizer(chunk, truncation=True, max_length=max_length, return_overflowing_tokens=windows,
+                                return_attention_mask=False, return_token_type_ids=False)
+            sequences.extend(list(ids) for ids in encoded["input_ids"])
+            bar.update(len(chunk))
+    return sequences
+
+
+def pad_examples(examples: Sequence[dict], pad_token_id: int, padding_side: str = "right") -> dict:
+    """Pad ``input_ids`` (with the pad token), ``attention_mask`` (0) and ``labels`` (-100)."""
+    length = max(len(e["input_ids"]) for e in examples)
+    batch = {
+        "input_ids": torch.full((len(examples), length), int(pad_token_id), dtype=torch.long),
+        "attention_mask": torch.zeros((len(examples), length), dtype=torch.long),
+    }
+    has_labels = "labels" in examples[0]
+    if has_labels:
+        batch["labels"] = torch.full((len(examples), length), -100, dtype=torch.long)
+    for row, example in enumerate(examples):
+        n = len(example["input_ids"])
+        span = slice(length - n, length) if padding_side == "left" else slice(0, n)
+        batch["input_ids"][row, span] = torch.as_tensor(example["input_ids"], dtype=torch.long)
+        batch["attention_mask"][row, span] = torch.as_tensor(example.get("attention_mask", [1] * n), dtype=torch.long)
+        if has_labels:
+            batch["labels"][row, span] = torch.as_tensor(example["labels"], dtype=torch.long)
+    return batch
+
+
+@dataclass
+class TrainingCollator:
+    """Masks training examples with ``masking`` (a strategy's collator), or only pads them when
+    masking happens in the training step (``masking=None``); examples that already carry
+    ``labels`` (the pre-masked validation set) are padded as they are."""
+
+    tokenizer: Any
+    masking: Any | None = None
+
+    def __call__(self, examples: Sequence[dict]) -> dict:
+        if not examples:
+            raise ValueError("cannot collate an empty list of examples")
+        if "labels" in examples[0] or self.masking is None:
+            return pad_examples(examples, self.tokenizer.pad_token_id, self.tokenizer.padding_side)
+        return self.masking(examples)

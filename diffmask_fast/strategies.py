@@ -1,0 +1,199 @@
+"""Masking strategies behind one interface, chosen by name.
+
+``build_strategy(name, tokenizer, ...)`` returns a ``MaskingStrategy``: either a ``collator``
+that masks in DataLoader workers (CPU) or a ``masker`` module that masks in the training step on
+the training device (``MaskingTrainer`` calls it), plus ``mask_examples`` to mask a validation set
+once, so that validation losses of successive evaluations are comparable.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import torch
+
+from .scoring import ScoreTable
+
+#: name -> what it masks
+STRATEGIES = {
+    "difference": "Difference-Masking: whole words drawn in proportion to their similarity to the domain's anchors",
+    "random-token": "tokens drawn independently at random (BERT)",
+    "random-word": "whole words drawn uniformly at random",
+    "attention": "AttnMask: the tokens the model's first token ([CLS]) attends to most",
+    "mst": "MST: the tokens the model's first token ([CLS]) attends to least",
+    "terms": "given terms or spans first, whole (EntityBERT / salient spans), then random words",
+    "mslm": "MSLM: domain terms and other words masked at separate rates, domain terms weighted more in the loss",
+}
+
+#: strategies whose masks can also be drawn in the training step, on the device
+DEVICE_STRATEGIES = ("difference", "random-word", "attention", "mst")
+#: strategies that can only mask in the training step (they need the model)
+STEP_ONLY_STRATEGIES = ("attention", "mst")
+MASK_LOCATIONS = ("auto", "workers", "device")
+
+
+def check_strategy(name: str) -> str:
+    if name not in STRATEGIES:
+        raise ValueError(f"unknown masking strategy {name!r}; choose one of {', '.join(STRATEGIES)}")
+    return name
+
+
+@dataclass
+class MaskingStrategy:
+    """A strategy ready to train with: exactly one of ``collator`` and ``masker`` is set."""
+
+    name: str
+    collator: Any | None = None
+    masker: torch.nn.Module | None = None
+
+    @property
+    def masks_on_device(self) -> bool:
+        return self.masker is not None
+
+    def mask_examples(self, examples: Sequence[dict], *, model: torch.nn.Module | None = None,
+                      seed: int = 0, batch_size: int = 64) -> list[dict]:
+        """Each example masked once (reproducibly for ``seed``): dicts with ``input_ids``,
+        ``attention_mask`` and ``labels`` of the example's own length. Loss weights are left out,
+        so a validation loss is the plain masked-LM loss whatever the strategy."""
+        if self.collator is not None:
+            return self._mask_with_collator(examples, seed, batch_size)
+        return self._mask_with_masker(examples, model, seed, batch_size)
+
+    def _mask_with_collator(self, examples, seed, batch_size) -> list[dict]:
+        collator = dataclasses.replace(self.collator, seed=seed, return_tensors="pt", pad_to_multiple_of=None)
+        masked: list[dict] = []
+        for start in range(0, len(examples), batch_size):
+            chunk = [{"input_ids": list(e["input_ids"])} for e in examples[start:start + batch_size]]
+            batch = collator(chunk)
+            masked.extend(_unpad(batch["input_ids"], batch["labels"], chunk, collator.tokenizer.padding_side))
+        return masked
+
+    def _mask_with_masker(self, examples, model, seed, batch_size) -> list[dict]:
+        masker = self.masker
+        tokenizer = masker.tokenizer
+        state = {name: buffer.clone() for name, buffer in masker.named_buffers()}
+        generator_seed = torch.Generator().manual_seed(seed)
+        masked: list[dict] = []
+        try:
+            if hasattr(masker, "seed_state"):
+                masker.seed_state.fill_(int(torch.randint(0, 2**62, (), generator=generator_seed)))
+            device = next((b.device for b in masker.buffers()), torch.device("cpu"))
+            for start in range(0, len(examples), batch_size):
+                chunk = [list(e["input_ids"]) for e in examples[start:start + batch_size]]
+                ids, attention = _pad_right(chunk, tokenizer.pad_token_id)
+                extra = {"model": model} if getattr(masker, "needs_model", False) else {}
+                if extra and model is None:
+                    raise ValueError(f"the {self.name!r} strategy needs the model to mask a validation set")
+                with torch.no_grad():
+                    masked_ids, labels = masker(ids.to(device), attention.to(device), None, **extra)
+                masked.extend(_unpad(masked_ids.cpu(), labels.cpu(), [{"input_ids": c} for c in chunk], "right"))
+        finally:
+            for name, buffer in masker.named_buffers():
+                if name in state and name != "table_keys" and name != "table_values":
+                    buffer.copy_(state[name])
+        return masked
+
+
+def _pad_right(sequences: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    length = max(len(s) for s in sequences)
+    ids = torch.full((len(sequences), length), int(pad_id), dtype=torch.long)
+    attention = torch.zeros((len(sequences), length), dtype=torch.long)
+    for row, s in enumerate(sequences):
+        ids[row, : len(s)] = torch.tensor(s, dtype=torch.long)
+        attention[row, : len(s)] = 1
+    return ids, attention
+
+
+def _unpad(masked_ids: torch.Tensor, labels: torch.Tensor, chunk: list[dict], padding_side: str) -> list[dict]:
+    rows = []
+    for row, example in enumerate(chunk):
+        n = len(example["input_ids"])
+        span = slice(masked_ids.shape[1] - n, None) if padding_side == "left" else slice(0, n)
+        rows.append({"input_ids": masked_ids[row, span].tolist(), "attention_mask": [1] * n,
+                     "labels": labels[row, span].tolist()})
+    return rows
+
+
+def resolve_mask_location(name: str, mask_on: str) -> str:
+    """'workers' or 'device' for a strategy: 'auto' masks on the device for the attention
+    strategies (they need the model) and wherever a GPU is available for the others that can."""
+    check_strategy(name)
+    if mask_on not in MASK_LOCATIONS:
+        raise ValueError(f"mask_on must be one of {', '.join(MASK_LOCATIONS)}, got {mask_on!r}")
+    if name in STEP_ONLY_STRATEGIES:
+        if mask_on == "workers":
+            raise ValueError(f"the {name!r} strategy reads the model's attention, so it masks in the training step; "
+                             "use mask_on='device' or 'auto'")
+        return "device"
+    if mask_on == "device" and name not in DEVICE_STRATEGIES:
+        raise ValueError(f"the {name!r} strategy masks in DataLoader workers only; "
+                         f"strategies that can mask on the device: {', '.join(DEVICE_STRATEGIES)}")
+    if mask_on == "auto":
+        return "device" if name in DEVICE_STRATEGIES and torch.cuda.is_available() else "workers"
+    return mask_on
+
+
+def build_strategy(
+    name: str,
+    tokenizer: Any,
+    *,
+    mlm_probability: float = 0.25,
+    seed: int | None = None,
+    scores: ScoreTable | None = None,
+    terms: Sequence[str] | None = None,
+    mask_on: str = "auto",
+    term_probability: float = 0.5,
+    term_weight: float = 2.0,
+    attention_layer: int = -1,
+    mask_replace_prob: float = 0.8,
+    random_replace_prob: float = 0.1,
+    word_boundary: str | None = None,
+    pad_to_multiple_of: int | None = None,
+) -> MaskingStrategy:
+    """The strategy ``name`` for ``tokenizer``. ``difference`` needs ``scores``; ``terms`` and
+    ``mslm`` need ``terms``. ``mlm_probability`` is the share of words (tokens for
+    ``random-token`` and the attention strategies) to mask; for ``mslm`` it is the rate of words
+    that are not domain terms, which are masked at ``term_probability`` and weighted ``term_weight``."""
+    location = resolve_mask_location(name, mask_on)
+    common = dict(mlm_probability=mlm_probability, mask_replace_prob=mask_replace_prob,
+                  random_replace_prob=random_replace_prob, seed=seed, word_boundary=word_boundary)
+    collating = dict(common, pad_to_multiple_of=pad_to_multiple_of)
+    if name in ("difference", "random-word"):
+        if name == "difference":
+            if scores is None:
+                raise ValueError("the 'difference' strategy needs a score table (scores=)")
+            table = scores
+        else:
+            table = ScoreTable({}, unknown_score=1.0)  # every word weighs the same
+        if location == "device":
+            from .masker import DifferenceMasker
+
+            return MaskingStrategy(name, masker=DifferenceMasker(tokenizer, table, **common))
+        if name == "random-word":
+            from .baselines import RandomWordCollator
+
+            return MaskingStrategy(name, collator=RandomWordCollator(tokenizer, **collating))
+        from .collator import DifferenceMaskingCollator
+
+        return MaskingStrategy(name, collator=DifferenceMaskingCollator(tokenizer, table, **collating))
+    if name == "random-token":
+        from .baselines import RandomTokenCollator
+
+        return MaskingStrategy(name, collator=RandomTokenCollator(tokenizer, **collating))
+    if name in STEP_ONLY_STRATEGIES:
+        from .attention import AttentionMasker
+
+        order = "most" if name == "attention" else "least"
+        return MaskingStrategy(name, masker=AttentionMasker(tokenizer, order=order, layer=attention_layer, **common))
+    if not terms:
+        raise ValueError(f"the {name!r} strategy needs domain terms (a terms list, or anchors and scores to take them from)")
+    if name == "terms":
+        from .terms import TermMaskingCollator
+
+        return MaskingStrategy(name, collator=TermMaskingCollator(tokenizer, list(terms), **collating))
+    from .terms import MSLMCollator
+
+    return MaskingStrategy(name, collator=MSLMCollator(tokenizer, list(terms), term_probability=term_probability,
+                                                       term_weight=term_weight, **collating))

@@ -1,0 +1,463 @@
+"""Masking by domain terms: salient-span masking and Mask-Specific LM.
+
+* ``TermMatcher`` finds the occurrences of a list of terms ("enzyme", "active site") in a
+  tokenized batch, over the words the tokenizer forms, case-insensitively.
+* ``TermMaskingCollator`` (EntityBERT / salient-span style) spends each row's whole-word budget
+  on term occurrences first, then on uniformly random other words.
+* ``MSLMCollator`` (Mask-Specific LM, arXiv 2403.18025) masks term occurrences at a higher rate
+  than other words and weights their loss (``loss_weights``).
+* ``domain_terms`` makes a term list without labels, from the anchors and the score table.
+
+The collators pad, seed and pickle like ``DifferenceMaskingCollator`` (see ``masking_base``).
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Iterable, NamedTuple, Sequence
+
+import numpy as np
+import torch
+
+from . import ops
+from .masking_base import (
+    MaskingCollatorBase,
+    check_probability,
+    check_replacement,
+    replace_selected,
+)
+from .reference import has_letter, normalize_word
+from .tokenization import WordBoundaries, decode_words, word_boundaries
+
+if TYPE_CHECKING:
+    from .anchors import Anchors
+    from .scoring import ScoreTable
+
+__all__ = ["MSLMCollator", "TermMaskingCollator", "TermMatcher", "TermMatches", "domain_terms"]
+
+
+# ----------------------------------------------------------------------------------------------
+# Finding terms
+# ----------------------------------------------------------------------------------------------
+
+
+class TermMatches(NamedTuple):
+    words: ops.Words  #: the words of the batch (ops.group_words)
+    spans: list[list[tuple[int, int]]]  #: per row, the term occurrences as (start word, end word exclusive), left to right
+    span_start: torch.Tensor  #: [B, W] int64: first word of the occurrence holding word w, -1 outside terms
+
+
+def _check_terms(terms) -> list[str]:
+    if isinstance(terms, str):
+        raise TypeError("terms must be a list of strings, not a single string")
+    terms = list(terms)
+    if not terms:
+        raise ValueError("the term list is empty; give at least one term (e.g. from domain_terms)")
+    wrong = [t for t in terms if not isinstance(t, str)]
+    if wrong:
+        raise TypeError(f"terms must be strings, got {type(wrong[0]).__name__} ({wrong[0]!r})")
+    letterless = [t for t in terms if not has_letter(t)]
+    if letterless:
+        raise ValueError(
+            f"{len(letterless)} term(s) contain no letter, e.g. {letterless[0]!r}; terms are words such as "
+            "'enzyme' or 'active site'"
+        )
+    return terms
+
+
+def _word_extents(word_index: torch.Tensor, n_columns: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """First token and one past the last token of every word: two [B, W] int64 tensors."""
+    batch, length = word_index.shape
+    positions = torch.arange(length).expand(batch, length)
+    column = torch.where(word_index >= 0, word_index, torch.full_like(word_index, n_columns))
+    start = torch.full((batch, n_columns + 1), length, dtype=torch.long)
+    start.scatter_reduce_(1, column, positions, "amin")
+    end = torch.full((batch, n_columns + 1), -1, dtype=torch.long)
+    end.scatter_reduce_(1, column, positions, "amax")
+    return start[:, :n_columns], end[:, :n_columns] + 1
+
+
+def _token_flags(word_index: torch.Tensor, word_flags: torch.Tensor) -> torch.Tensor:
+    """A per-word bool [B, W] spread to the tokens [B, L]; False for tokens of no word."""
+    batch, n_columns = word_flags.shape
+    padded = torch.cat([word_flags, torch.zeros((batch, 1), dtype=torch.bool)], dim=1)
+    column = torch.where(word_index >= 0, word_index, torch.full_like(word_index, n_columns))
+    return padded.gather(1, column)
+
+
+class TermMatcher:
+    """Occurrences of ``terms`` in tokenized batches, on the words the tokenizer forms.
+
+    A term is a string of one or more words. It is tokenized with ``tokenizer`` and split into
+    the tokenizer's words, so it is compared with text word for word exactly as the text is
+    split ("Fe-S" is three words for BERT and one for RoBERTa, in terms and text alike). Words
+    are compared in normalized form (``reference.normalize_word``: Unicode lowercase, surrounding
+    punctuation and symbols stripped). An occurrence is a run of adjacent words (no special token
+    between them) equal to a term; occurrences do not overlap: rows are scanned left to right,
+    taking at each word the longest term that starts there.
+
+    Each distinct word (token sequence) is decoded once per process: its normalized form is
+    cached by its hash (``ops.word_hash``). Terms the tokenizer cannot represent (they would
+    contain its unknown token) can never match: they are dropped with a warning.
+    """
+
+    def __init__(self, tokenizer, terms: Iterable[str], *, word_boundary: str | None = None,
+                 boundaries: WordBoundaries | None = None):
+        terms = _check_terms(terms)
+        self.tokenizer = tokenizer
+        self.boundaries = word_boundaries(tokenizer, word_boundary) if boundaries is None else boundaries
+        self._normalized: dict[int, str] = {}
+        self._build(terms)
+
+    # -- terms ---------------------------------------------------------------------------------
+    def _build(self, terms: list[str]) -> None:
+        encoded = self.tokenizer(terms, add_special_tokens=False)["input_ids"]
+        lengths = [len(ids) for ids in encoded]
+        width = max(lengths)
+        input_ids = torch.zeros((len(terms), width), dtype=torch.long)
+        padding = torch.ones((len(terms), width), dtype=torch.bool)
+        for row, ids in enumerate(encoded):
+            input_ids[row, : len(ids)] = torch.tensor(ids, dtype=torch.long)
+            padding[row, : len(ids)] = False
+        special = self.boundaries.never_word[input_ids] & ~padding
+        words = ops.group_words(input_ids, padding | special, self.boundaries.starts_word)
+        keys, _ = self._word_keys(input_ids, words)
+        n_words = words.n_words.tolist()
+        self.vocabulary: dict[str, int] = {}
+        sequences: set[tuple[int, ...]] = set()
+        unusable = []
+        for row, term in enumerate(terms):
+            if n_words[row] == 0 or bool(special[row].any()):
+                unusable.append(term)
+                continue
+            sequences.add(tuple(self.vocabulary.setdefault(k, len(self.vocabulary)) for k in keys[row][: n_words[row]]))
+        if unusable:
+            warnings.warn(
+                f"{len(unusable)} term(s) hold text the tokenizer cannot represent and can never match, "
+                f"e.g. {unusable[0]!r}; they are ignored",
+                stacklevel=3,
+            )
+        if not sequences:
+            raise ValueError("none of the terms can be represented by the tokenizer (all map to its unknown token)")
+        self.sequences: frozenset = frozenset(sequences)
+        lengths_by_first: dict[int, set] = {}
+        for sequence in sequences:
+            lengths_by_first.setdefault(sequence[0], set()).add(len(sequence))
+        self._lengths = {first: sorted(found, reverse=True) for first, found in lengths_by_first.items()}
+        self._starts_term = torch.zeros(len(self.vocabulary) + 1, dtype=torch.bool)  # index 0: not a term word
+        self._starts_term[torch.tensor([first + 1 for first in self._lengths], dtype=torch.long)] = True
+
+    def __len__(self) -> int:
+        """Number of distinct terms (as sequences of normalized words)."""
+        return len(self.sequences)
+
+    @property
+    def max_term_words(self) -> int:
+        """Words in the longest term."""
+        return max(len(sequence) for sequence in self.sequences)
+
+    def __repr__(self) -> str:
+        return f"TermMatcher({len(self)} terms, longest {self.max_term_words} words, scheme={self.boundaries.scheme!r})"
+
+    # -- words ---------------------------------------------------------------------------------
+    def _word_keys(self, input_ids: torch.Tensor, words: ops.Words, *, as_codes: bool = False):
+        """The normalized form (or, with ``as_codes``, the term-vocabulary code, -1 for none) of
+        every word: (per-row lists when not ``as_codes``, else a [B, W] tensor; word extents)."""
+        n_columns = words.word_hash.shape[1]
+        start, end = _word_extents(words.word_index, n_columns)
+        valid = torch.arange(n_columns) < words.n_words[:, None]
+        hashes = words.word_hash[valid]
+        unique, inverse = torch.unique(hashes, return_inverse=True)
+        unique_list = unique.tolist()
+        missing = [i for i, h in enumerate(unique_list) if h not in self._normalized]
+        if missing:
+            first = torch.full((len(unique_list),), hashes.numel(), dtype=torch.long)
+            first.scatter_reduce_(0, inverse, torch.arange(hashes.numel()), "amin")
+            rows, columns = valid.nonzero(as_tuple=True)
+            picks = first[torch.tensor(missing, dtype=torch.long)]
+            rows, columns = rows[picks].tolist(), columns[picks].tolist()
+            starts, ends = start[rows, columns].tolist(), end[rows, columns].tolist()
+            id_lists = [input_ids[r, s:e].tolist() for r, s, e in zip(rows, starts, ends)]
+            for i, text in zip(missing, decode_words(self.tokenizer, id_lists)):
+                self._normalized[unique_list[i]] = normalize_word(text)
+        if as_codes:
+            codes = torch.tensor([self.vocabulary.get(self._normalized[h], -1) for h in unique_list], dtype=torch.long)
+            out = torch.full(valid.shape, -1, dtype=torch.long)
+            out[valid] = codes[inverse]
+            return out, (start, end)
+        normalized = [self._normalized[h] for h in unique_list]
+        flat = [normalized[i] for i in inverse.tolist()]
+        per_row, offset = [], 0
+        for count in words.n_words.tolist():
+            per_row.append(flat[offset: offset + count])
+            offset += count
+        return per_row, (start, end)
+
+    @property
+    def known_words(self) -> int:
+        """Distinct words (token sequences) decoded so far."""
+        return len(self._normalized)
+
+    # -- matching ------------------------------------------------------------------------------
+    def _group(self, input_ids, never_word) -> tuple[torch.Tensor, ops.Words]:
+        input_ids = torch.as_tensor(input_ids, dtype=torch.long)
+        if input_ids.ndim != 2:
+            raise ValueError(f"input_ids must be a [batch, length] matrix, got shape {tuple(input_ids.shape)}")
+        vocabulary = self.boundaries.never_word.numel()
+        if input_ids.numel() and (int(input_ids.min()) < 0 or int(input_ids.max()) >= vocabulary):
+            raise ValueError(f"input_ids hold ids outside the tokenizer's vocabulary [0, {vocabulary})")
+        special = self.boundaries.never_word[input_ids]
+        never_word = special if never_word is None else (torch.as_tensor(never_word).bool() | special)
+        return input_ids, ops.group_words(input_ids, never_word, self.boundaries.starts_word)
+
+    def match(self, input_ids: torch.Tensor, never_word: torch.Tensor | None = None) -> TermMatches:
+        """Words and term occurrences of a padded [B, L] batch. ``never_word`` [B, L] flags
+        tokens that belong to no word (padding); special tokens are always excluded."""
+        input_ids, words = self._group(input_ids, never_word)
+        batch, n_columns = words.word_hash.shape
+        codes, (start, end) = self._word_keys(input_ids, words, as_codes=True)
+        span_start = torch.full((batch, n_columns), -1, dtype=torch.long)
+        spans: list[list[tuple[int, int]]] = [[] for _ in range(batch)]
+        candidates = self._starts_term[codes + 1].nonzero().tolist()
+        if not candidates:
+            return TermMatches(words, spans, span_start)
+        # Words w-1 and w are adjacent when no excluded token lies between them: a term never
+        # spans a special token (e.g. the separator between two segments).
+        breaks = torch.ones((batch, n_columns), dtype=torch.bool)
+        breaks[:, 1:] = start[:, 1:] != end[:, :-1]
+        segment = breaks.cumsum(1)
+        n_words = words.n_words.tolist()
+        cursor = [0] * batch
+        rows_cache: dict[int, tuple[list, list]] = {}
+        terms, lengths = self.sequences, self._lengths
+        match_rows, match_starts, match_lengths = [], [], []
+        for row, position in candidates:
+            if position < cursor[row]:
+                continue
+            if row not in rows_cache:
+                rows_cache.clear()
+                rows_cache[row] = (codes[row, : n_words[row]].tolist(), segment[row, : n_words[row]].tolist())
+            row_codes, row_segment = rows_cache[row]
+            for length in lengths[row_codes[position]]:
+                stop = position + length
+                if stop > n_words[row] or row_segment[stop - 1] != row_segment[position]:
+                    continue
+                if length == 1 or tuple(row_codes[position:stop]) in terms:
+                    spans[row].append((position, stop))
+                    match_rows.append(row)
+                    match_starts.append(position)
+                    match_lengths.append(length)
+                    cursor[row] = stop
+                    break
+        if match_rows:
+            counts = torch.tensor(match_lengths, dtype=torch.long)
+            rows = torch.tensor(match_rows, dtype=torch.long).repeat_interleave(counts)
+            firsts = torch.tensor(match_starts, dtype=torch.long).repeat_interleave(counts)
+            offsets = torch.arange(int(counts.sum())) - (counts.cumsum(0) - counts).repeat_interleave(counts)
+            span_start[rows, firsts + offsets] = firsts
+        return TermMatches(words, spans, span_start)
+
+    def spans(self, input_ids: torch.Tensor, never_word: torch.Tensor | None = None) -> list[list[tuple[int, int]]]:
+        """Per row, the term occurrences as word-index spans (start word, end word exclusive),
+        non-overlapping and left to right; word indices are those of ``ops.group_words``."""
+        return self.match(input_ids, never_word).spans
+
+    def words_of(self, input_ids: torch.Tensor, never_word: torch.Tensor | None = None) -> list[list[str]]:
+        """The normalized words of each row, as matched against the terms."""
+        input_ids, words = self._group(input_ids, never_word)
+        return self._word_keys(input_ids, words)[0]
+
+
+# ----------------------------------------------------------------------------------------------
+# Collators
+# ----------------------------------------------------------------------------------------------
+
+
+def _units(match: TermMatches) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(valid [B, W]: w < n_words, in_term [B, W], unit [B, W]: the first word of the term
+    occurrence holding w, or w itself)."""
+    batch, n_columns = match.span_start.shape
+    columns = torch.arange(n_columns).expand(batch, n_columns)
+    valid = columns < match.words.n_words[:, None]
+    in_term = match.span_start >= 0
+    return valid, in_term, torch.where(in_term, match.span_start, columns)
+
+
+@dataclass
+class TermMaskingCollator(MaskingCollatorBase):
+    """Whole-word masking that spends each row's budget on term occurrences first.
+
+    The budget of a row is ``mlm_probability * n_words`` words, rounded stochastically (up with
+    probability of its fractional part). Term occurrences (see ``TermMatcher``) are taken whole,
+    in random order, while the budget is not spent, so the last one may overshoot it by at most
+    its length - 1 words; whatever budget remains goes to non-term words drawn uniformly. Every
+    token of a chosen word is then replaced 80/10/10. This is the salient-span / entity masking
+    of EntityBERT with a fixed list of domain terms in place of an entity tagger.
+    """
+
+    tokenizer: Any
+    terms: Sequence[str]
+    mlm_probability: float = 0.25
+    mask_replace_prob: float = 0.8
+    random_replace_prob: float = 0.1
+    pad_to_multiple_of: int | None = None
+    return_tensors: str = "pt"
+    seed: int | None = None
+    word_boundary: str | None = None
+    boundaries: WordBoundaries = field(init=False, repr=False)
+    matcher: TermMatcher = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        check_probability("mlm_probability", self.mlm_probability)
+        check_replacement(self.mask_replace_prob, self.random_replace_prob)
+        self.terms = _check_terms(self.terms)
+        self._setup_base()
+        self.matcher = TermMatcher(self.tokenizer, self.terms, boundaries=self.boundaries)
+
+    def mask_batch(self, input_ids: torch.Tensor, never_word: torch.Tensor | None = None) -> dict:
+        """Mask a padded [B, L] batch; ``never_word`` flags tokens that belong to no word (special
+        tokens are always excluded). Returns ``input_ids`` (replaced) and ``labels``."""
+        input_ids = self._check_ids(input_ids)
+        never_word = self._never_word(input_ids, never_word)
+        match = self.matcher.match(input_ids, never_word)
+        valid, in_term, unit = _units(match)
+        batch, n_columns = unit.shape
+        generator = self._generator()
+        # Order the words of a row: term occurrences first (one random key per occurrence, so
+        # its words stay together, first word first), then the other words, shuffled. A unit is
+        # taken when the words ranked before it are fewer than the budget.
+        draw = torch.rand((batch, n_columns), generator=generator, dtype=torch.float64)
+        key = torch.where(in_term, draw.gather(1, unit), 1.0 + draw)
+        key = torch.where(valid, key, torch.full_like(key, 3.0))
+        order = torch.argsort(key, dim=1, stable=True)
+        rank = torch.empty_like(order).scatter_(1, order, torch.arange(n_columns).expand(batch, n_columns))
+        n_words = match.words.n_words
+        expected = n_words.to(torch.float64) * self.mlm_probability
+        low = torch.floor(expected)
+        up = torch.rand((batch,), generator=generator, dtype=torch.float64) < expected - low
+        budget = torch.minimum(low.long() + up.long(), n_words)
+        chosen = valid & (rank.gather(1, unit) < budget[:, None])
+        selected = _token_flags(match.words.word_index, chosen)
+        masked_ids, labels = replace_selected(
+            input_ids, selected, self.boundaries, self.mask_replace_prob, self.random_replace_prob, generator
+        )
+        return {"input_ids": masked_ids, "labels": labels}
+
+
+@dataclass
+class MSLMCollator(MaskingCollatorBase):
+    """Mask-Specific LM (arXiv 2403.18025): domain terms masked more often and weighted more.
+
+    Every term occurrence (see ``TermMatcher``) is masked whole with probability
+    ``term_probability``, every other word with probability ``mlm_probability``, independently;
+    masked tokens are replaced 80/10/10. The batch also holds ``loss_weights`` (float32 [B, L]):
+    ``term_weight`` at masked tokens of term occurrences, 1.0 at other masked tokens, 0.0 where
+    ``labels`` is -100. They are meant for the loss
+
+        loss = sum_i w_i * CE_i / (number of masked tokens),
+
+    i over masked tokens, which ``losses.weighted_mlm_loss`` computes and the package's trainer
+    applies when a batch holds ``loss_weights``; with every weight 1 it is the usual MLM loss.
+    A plain ``transformers.Trainer`` would pass ``loss_weights`` to the model, which rejects it.
+    """
+
+    tokenizer: Any
+    terms: Sequence[str]
+    term_probability: float = 0.5
+    mlm_probability: float = 0.15
+    term_weight: float = 2.0
+    mask_replace_prob: float = 0.8
+    random_replace_prob: float = 0.1
+    pad_to_multiple_of: int | None = None
+    return_tensors: str = "pt"
+    seed: int | None = None
+    word_boundary: str | None = None
+    boundaries: WordBoundaries = field(init=False, repr=False)
+    matcher: TermMatcher = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        check_probability("term_probability", self.term_probability)
+        check_probability("mlm_probability", self.mlm_probability)
+        try:
+            weight = float(self.term_weight)
+        except (TypeError, ValueError):
+            raise TypeError(f"term_weight must be a number, got {self.term_weight!r}") from None
+        if not (math.isfinite(weight) and weight > 0):
+            raise ValueError(f"term_weight must be positive and finite, got {self.term_weight}")
+        check_replacement(self.mask_replace_prob, self.random_replace_prob)
+        self.terms = _check_terms(self.terms)
+        self._setup_base()
+        self.matcher = TermMatcher(self.tokenizer, self.terms, boundaries=self.boundaries)
+
+    def mask_batch(self, input_ids: torch.Tensor, never_word: torch.Tensor | None = None) -> dict:
+        """Mask a padded [B, L] batch; ``never_word`` flags tokens that belong to no word (special
+        tokens are always excluded). Returns ``input_ids`` (replaced), ``labels`` and
+        ``loss_weights``."""
+        input_ids = self._check_ids(input_ids)
+        never_word = self._never_word(input_ids, never_word)
+        match = self.matcher.match(input_ids, never_word)
+        valid, in_term, unit = _units(match)
+        generator = self._generator()
+        draw = torch.rand(unit.shape, generator=generator, dtype=torch.float64).gather(1, unit)
+        rate = torch.where(in_term, torch.tensor(float(self.term_probability), dtype=torch.float64),
+                           torch.tensor(float(self.mlm_probability), dtype=torch.float64))
+        chosen = valid & (draw < rate)
+        word_index = match.words.word_index
+        selected = _token_flags(word_index, chosen)
+        term_tokens = _token_flags(word_index, in_term & valid)
+        masked_ids, labels = replace_selected(
+            input_ids, selected, self.boundaries, self.mask_replace_prob, self.random_replace_prob, generator
+        )
+        loss_weights = torch.zeros(input_ids.shape, dtype=torch.float32)
+        loss_weights[selected] = 1.0
+        loss_weights[selected & term_tokens] = float(self.term_weight)
+        return {"input_ids": masked_ids, "labels": labels, "loss_weights": loss_weights}
+
+
+# ----------------------------------------------------------------------------------------------
+# Terms without labels
+# ----------------------------------------------------------------------------------------------
+
+
+def domain_terms(
+    anchors: Anchors | Iterable[str],
+    scores: ScoreTable | None = None,
+    top_fraction: float = 0.02,
+    min_score: float | None = None,
+) -> list[str]:
+    """Domain terms for ``MSLMCollator`` / ``TermMaskingCollator`` without any labelled data.
+
+    The anchor words (``Anchors`` or plain strings) plus the highest-scoring word types of
+    ``scores`` that contain a letter: the top ``top_fraction`` of those (rounded up), or, when
+    ``min_score`` is given, all of them scoring at least ``min_score``. Returned normalized,
+    deduplicated and sorted. Raises ValueError when nothing is left.
+    """
+    if not 0.0 <= top_fraction <= 1.0:
+        raise ValueError(f"top_fraction must be in [0, 1], got {top_fraction}")
+    if min_score is not None and not math.isfinite(min_score):
+        raise ValueError(f"min_score must be finite, got {min_score}")
+    if isinstance(anchors, str):
+        raise TypeError("anchors must be an Anchors object or a list of words, not a single string")
+    anchor_words = anchors.words if hasattr(anchors, "words") else list(anchors)
+    found = {normalize_word(w) for w in anchor_words if isinstance(w, str) and has_letter(w)}
+    if scores is not None and len(scores):
+        words = scores.words
+        values = np.asarray(scores.values, dtype=np.float64)
+        letter = np.fromiter((has_letter(w) for w in words), dtype=bool, count=len(words))
+        rows = np.flatnonzero(letter)
+        if min_score is not None:
+            rows = rows[values[rows] >= min_score]
+        else:
+            count = math.ceil(top_fraction * rows.size - 1e-9)
+            # Highest first; words are sorted, so ties go to the alphabetically first.
+            rows = rows[np.argsort(-values[rows], kind="stable")[:count]]
+        found.update(normalize_word(words[i]) for i in rows.tolist())
+    found = {w for w in found if has_letter(w)}
+    if not found:
+        raise ValueError(
+            "no domain terms: the anchors hold no word with a letter and the score table gives none "
+            "(raise top_fraction or lower min_score)"
+        )
+    return sorted(found)

@@ -1,0 +1,309 @@
+"""AttentionMasker: the AttnMask ("most") and MST ("least") baselines, checked against the
+[CLS] attention computed here, independently, with an eager copy of the model."""
+
+from __future__ import annotations
+
+import copy
+import math
+import pickle
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from diffmask_fast.attention import AttentionMasker
+from diffmask_fast.tokenization import word_boundaries
+
+
+def random_batch(tokenizer, seed: int, rows: int = 12, max_body: int = 30, left: bool = False):
+    """(input_ids, attention_mask, special_tokens_mask) of random rows: first token + random
+    ordinary tokens (a few [UNK]-like specials among them, a few flagged only by the special
+    tokens mask) + last token, padded right (or left) to a common length."""
+    g = torch.Generator().manual_seed(seed)
+    boundaries = word_boundaries(tokenizer)
+    ordinary = boundaries.random_token_ids
+    first, last = tokenizer.cls_token_id, tokenizer.sep_token_id
+    lengths = torch.randint(0, max_body + 1, (rows,), generator=g).tolist()
+    width = max(lengths) + 2
+    ids = torch.full((rows, width), tokenizer.pad_token_id, dtype=torch.long)
+    attention = torch.zeros((rows, width), dtype=torch.long)
+    flagged = torch.zeros((rows, width), dtype=torch.bool)
+    for row, n in enumerate(lengths):
+        body = ordinary[torch.randint(0, ordinary.numel(), (n,), generator=g)]
+        body = torch.where(torch.rand(n, generator=g) < 0.05, torch.tensor(tokenizer.unk_token_id), body)
+        sequence = torch.cat([torch.tensor([first]), body, torch.tensor([last])])
+        start = width - sequence.numel() if left else 0
+        ids[row, start : start + sequence.numel()] = sequence
+        attention[row, start : start + sequence.numel()] = 1
+        flagged[row, start + 1 : start + 1 + n] = torch.rand(n, generator=g) < 0.05
+    return ids, attention, flagged
+
+
+def reference_attention(model, ids, attention, layer: int) -> torch.Tensor:
+    """[B, L]: attention of each row's first real token to every position, averaged over the
+    heads of ``layer``, from an eager copy of ``model`` in eval mode."""
+    reference = copy.deepcopy(model).eval()
+    reference.set_attn_implementation("eager")
+    with torch.no_grad():
+        out = reference.base_model(input_ids=ids, attention_mask=attention, output_attentions=True)
+    assert out.attentions and all(a is not None for a in out.attentions)
+    weights = out.attentions[layer]
+    rows = []
+    for b in range(ids.shape[0]):
+        first = int(attention[b].tolist().index(1))
+        rows.append(weights[b, :, first, :].float().mean(dim=0))
+    return torch.stack(rows)
+
+
+def eligible_positions(tokenizer, ids, attention, flagged) -> torch.Tensor:
+    never = word_boundaries(tokenizer).never_word[ids]
+    return ~never & (attention == 1) & ~flagged
+
+
+def check_selection(order, scores, eligible, labels, ids, p, message) -> list[int]:
+    """The masked set of every row is the top (most) / bottom (least) k eligible tokens by
+    score, ties to the earlier position, with k = floor or ceil of p * n; returns the k's."""
+    masked = labels != -100
+    assert not (masked & ~eligible).any(), f"a special, flagged or padding token was masked; {message}"
+    assert torch.equal(labels[masked], ids[masked]), message
+    budgets = []
+    for b in range(ids.shape[0]):
+        positions = eligible[b].nonzero().flatten().tolist()
+        k = int(masked[b].sum())
+        expected = p * len(positions)
+        assert k in (math.floor(expected), math.ceil(expected)), f"row {b}: {k} masked of {len(positions)}; {message}"
+        sign = -1.0 if order == "most" else 1.0
+        ranked = sorted(positions, key=lambda j: (sign * float(scores[b, j]), j))
+        assert set(masked[b].nonzero().flatten().tolist()) == set(ranked[:k]), f"row {b}; {message}"
+        budgets.append(k)
+    return budgets
+
+
+@pytest.mark.parametrize("order, layer, left", [("most", -1, False), ("least", -1, False), ("most", 0, True)])
+def test_masks_the_top_or_bottom_tokens_by_first_token_attention(bert_wordpiece, tiny_bert_mlm, order, layer, left, seed):
+    ids, attention, flagged = random_batch(bert_wordpiece, seed, rows=16, left=left)
+    masker = AttentionMasker(bert_wordpiece, order=order, layer=layer, mlm_probability=0.3, seed=seed)
+    masked_ids, labels = masker(ids, attention, flagged, model=tiny_bert_mlm)
+    message = f"seed={seed}"
+    scores = reference_attention(tiny_bert_mlm, ids, attention, layer)
+    eligible = eligible_positions(bert_wordpiece, ids, attention, flagged)
+    budgets = check_selection(order, scores, eligible, labels, ids, 0.3, message)
+    assert sum(budgets) > 0, message
+    untouched = labels == -100
+    assert torch.equal(masked_ids[untouched], ids[untouched]), message
+
+
+def test_the_two_orders_pick_different_ends(bert_wordpiece, tiny_bert_mlm, seed):
+    ids, attention, flagged = random_batch(bert_wordpiece, seed, rows=8)
+    most = AttentionMasker(bert_wordpiece, order="most", mlm_probability=0.5, seed=seed)(ids, attention, model=tiny_bert_mlm)[1]
+    least = AttentionMasker(bert_wordpiece, order="least", mlm_probability=0.5, seed=seed)(ids, attention, model=tiny_bert_mlm)[1]
+    scores = reference_attention(tiny_bert_mlm, ids, attention, -1)
+    mean_most = scores[most != -100].mean()
+    mean_least = scores[least != -100].mean()
+    assert mean_most > mean_least, f"seed={seed}"
+
+
+def test_budget_is_p_n_rounded_stochastically(bert_wordpiece, tiny_bert_mlm, seed):
+    """floor or ceil per row; the total is within binomial bounds of p * n (always rounding
+    down or up would be ~rows/2 off)."""
+    ids, attention, flagged = random_batch(bert_wordpiece, seed, rows=240, max_body=20)
+    p = 0.3
+    masker = AttentionMasker(bert_wordpiece, mlm_probability=p, seed=seed)
+    labels = masker(ids, attention, flagged, model=tiny_bert_mlm)[1]
+    eligible = eligible_positions(bert_wordpiece, ids, attention, flagged)
+    n = eligible.sum(dim=1).double()
+    counts = (labels != -100).sum(dim=1).double()
+    message = f"seed={seed}"
+    assert torch.all((counts == torch.floor(p * n)) | (counts == torch.ceil(p * n))), message
+    fraction = p * n - torch.floor(p * n)
+    sd = math.sqrt(float((fraction * (1 - fraction)).sum()))
+    assert abs(float(counts.sum() - (p * n).sum())) <= 5 * sd + 1e-9, message
+    assert sd > 1.0, message  # enough fractional budgets for the bound to mean something
+
+
+def test_replacement_is_80_10_10(bert_wordpiece, tiny_bert_mlm, seed):
+    ids, attention, flagged = random_batch(bert_wordpiece, seed, rows=200, max_body=30)
+    masker = AttentionMasker(bert_wordpiece, mlm_probability=1.0, seed=seed)
+    masked_ids, labels = masker(ids, attention, flagged, model=tiny_bert_mlm)
+    message = f"seed={seed}"
+    eligible = eligible_positions(bert_wordpiece, ids, attention, flagged)
+    assert torch.equal(labels != -100, eligible), message  # p = 1 masks every eligible token
+    boundaries = word_boundaries(bert_wordpiece)
+    selected_ids, original = masked_ids[eligible], ids[eligible]
+    n = selected_ids.numel()
+    as_mask = float((selected_ids == boundaries.mask_token_id).double().mean())
+    changed = (selected_ids != boundaries.mask_token_id) & (selected_ids != original)
+    as_random = float(changed.double().mean())
+    kept = float((selected_ids == original).double().mean())
+    assert not boundaries.never_word[selected_ids[changed]].any(), message
+    v = boundaries.random_token_ids.numel()
+    for observed, expected in ((as_mask, 0.8), (as_random, 0.1 * (1 - 1 / v)), (kept, 0.1 + 0.1 / v)):
+        assert abs(observed - expected) <= 5 * math.sqrt(expected * (1 - expected) / n), f"{observed} vs {expected}; {message}"
+
+
+def test_model_runs_in_eval_mode_and_its_flags_are_restored(bert_wordpiece, tiny_bert_mlm, seed):
+    model = tiny_bert_mlm
+    model.train()
+    model.cls.eval()  # mixed flags must come back as they were
+    flags = {name: module.training for name, module in model.named_modules()}
+    ids, attention, flagged = random_batch(bert_wordpiece, seed, rows=12)
+    masker = AttentionMasker(bert_wordpiece, mlm_probability=0.4, seed=seed)
+    labels = masker(ids, attention, flagged, model=model)[1]
+    message = f"seed={seed}"
+    assert {name: module.training for name, module in model.named_modules()} == flags, message
+    # Dropout was off: the selection is the eval-mode one.
+    scores = reference_attention(model, ids, attention, -1)
+    check_selection("most", scores, eligible_positions(bert_wordpiece, ids, attention, flagged), labels, ids, 0.4, message)
+    assert model.config._attn_implementation == "sdpa"
+
+
+def test_flags_and_attention_implementation_restored_on_error(bert_wordpiece, tiny_bert_mlm):
+    model = tiny_bert_mlm.train()
+    masker = AttentionMasker(bert_wordpiece)
+    ids = torch.tensor([[bert_wordpiece.cls_token_id, 10, model.config.vocab_size + 5, bert_wordpiece.sep_token_id]])
+    with pytest.raises(IndexError):
+        masker(ids, model=model)
+    assert all(module.training for module in model.modules())
+    assert model.config._attn_implementation == "sdpa"
+
+
+@pytest.mark.parametrize("order", ["most", "least"])
+def test_sdpa_and_eager_models_give_the_same_masks(bert_wordpiece, tiny_bert_mlm, tmp_path, order, seed):
+    from transformers import BertForMaskedLM
+
+    tiny_bert_mlm.save_pretrained(tmp_path)
+    sdpa = BertForMaskedLM.from_pretrained(tmp_path, attn_implementation="sdpa")
+    eager = BertForMaskedLM.from_pretrained(tmp_path, attn_implementation="eager")
+    ids, attention, flagged = random_batch(bert_wordpiece, seed, rows=10)
+    outputs = {}
+    for name, model in (("sdpa", sdpa), ("eager", eager)):
+        masker = AttentionMasker(bert_wordpiece, order=order, seed=seed)
+        outputs[name] = masker(ids, attention, flagged, model=model)
+        assert model.config._attn_implementation == name, f"{name} was not restored"
+    message = f"seed={seed}"
+    assert torch.equal(outputs["sdpa"][0], outputs["eager"][0]), message
+    assert torch.equal(outputs["sdpa"][1], outputs["eager"][1]), message
+    scores = reference_attention(eager, ids, attention, -1)
+    eligible = eligible_positions(bert_wordpiece, ids, attention, flagged)
+    check_selection(order, scores, eligible, outputs["sdpa"][1], ids, 0.25, message)
+
+
+def test_seeds_reproduce_and_differ(bert_wordpiece, tiny_bert_mlm, seed):
+    ids, attention, flagged = random_batch(bert_wordpiece, seed, rows=16)
+    message = f"seed={seed}"
+
+    def draws(masker, n=2):
+        return [masker(ids, attention, flagged, model=tiny_bert_mlm) for _ in range(n)]
+
+    first = draws(AttentionMasker(bert_wordpiece, seed=seed))
+    again = draws(AttentionMasker(bert_wordpiece, seed=seed))
+    other = draws(AttentionMasker(bert_wordpiece, seed=seed + 1))
+    for (a_ids, a_labels), (b_ids, b_labels) in zip(first, again):
+        assert torch.equal(a_ids, b_ids) and torch.equal(a_labels, b_labels), message
+    assert not torch.equal(first[0][0], first[1][0]), f"successive calls drew the same masks; {message}"
+    assert not torch.equal(first[0][0], other[0][0]), f"different seeds drew the same masks; {message}"
+    # A pickled masker starts its stream over.
+    restored = pickle.loads(pickle.dumps(AttentionMasker(bert_wordpiece, seed=seed)))
+    assert torch.equal(restored(ids, attention, flagged, model=tiny_bert_mlm)[0], first[0][0]), message
+    # Without a seed the global RNG decides.
+    unseeded = AttentionMasker(bert_wordpiece)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        a = unseeded(ids, attention, flagged, model=tiny_bert_mlm)
+        torch.manual_seed(seed)
+        b = unseeded(ids, attention, flagged, model=tiny_bert_mlm)
+    assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]), message
+
+
+def test_roberta_style_model(roberta_byte_bpe, seed):
+    from transformers import RobertaConfig, RobertaForMaskedLM
+
+    tokenizer = roberta_byte_bpe
+    config = RobertaConfig(
+        vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+        intermediate_size=64, max_position_embeddings=64, pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+    )
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = RobertaForMaskedLM(config).train()
+    ids, attention, flagged = random_batch(tokenizer, seed, rows=12)
+    masker = AttentionMasker(tokenizer, order="least", mlm_probability=0.35, seed=seed)
+    masked_ids, labels = masker(ids, attention, flagged, model=model)
+    message = f"seed={seed}"
+    assert model.training and model.config._attn_implementation == "sdpa", message
+    scores = reference_attention(model, ids, attention, -1)
+    eligible = eligible_positions(tokenizer, ids, attention, flagged)
+    assert sum(check_selection("least", scores, eligible, labels, ids, 0.35, message)) > 0, message
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_on_cuda(bert_wordpiece, tiny_bert_mlm, seed):
+    ids, attention, flagged = random_batch(bert_wordpiece, seed, rows=16)
+    masker = AttentionMasker(bert_wordpiece, order="most", mlm_probability=0.3, seed=seed).cuda()
+    model = copy.deepcopy(tiny_bert_mlm).cuda()
+    masked_ids, labels = masker(ids.cuda(), attention.cuda(), flagged.cuda(), model=model)
+    assert masked_ids.is_cuda and labels.is_cuda
+    message = f"seed={seed}"
+    scores = reference_attention(model, ids.cuda(), attention.cuda(), -1).cpu()
+    eligible = eligible_positions(bert_wordpiece, ids, attention, flagged)
+    check_selection("most", scores, eligible, labels.cpu(), ids, 0.3, message)
+    again = AttentionMasker(bert_wordpiece, order="most", mlm_probability=0.3, seed=seed).cuda()
+    assert torch.equal(again(ids.cuda(), attention.cuda(), flagged.cuda(), model=model)[0], masked_ids), message
+
+
+class _NoAttentions(torch.nn.Module):
+    """A model whose forward returns no attention weights, as SDPA does."""
+
+    def forward(self, input_ids, attention_mask=None, output_attentions=False):
+        return SimpleNamespace(attentions=())
+
+
+class _UniformAttention(torch.nn.Module):
+    """A plain module (no transformers config) whose one layer attends uniformly: all ties."""
+
+    def forward(self, input_ids, attention_mask=None, output_attentions=False):
+        batch, length = input_ids.shape
+        return SimpleNamespace(attentions=(torch.full((batch, 3, length, length), 1.0 / length),))
+
+
+@pytest.mark.parametrize("order", ["most", "least"])
+def test_ties_go_to_the_earlier_position(bert_wordpiece, order, seed):
+    ids, attention, flagged = random_batch(bert_wordpiece, seed, rows=10)
+    labels = AttentionMasker(bert_wordpiece, order=order, mlm_probability=0.5, seed=seed)(
+        ids, attention, flagged, model=_UniformAttention()
+    )[1]
+    eligible = eligible_positions(bert_wordpiece, ids, attention, flagged)
+    for b in range(ids.shape[0]):
+        positions = eligible[b].nonzero().flatten().tolist()
+        masked = (labels[b] != -100).nonzero().flatten().tolist()
+        assert masked == positions[: len(masked)], f"row {b}; seed={seed}"
+
+
+def test_errors(bert_wordpiece, tiny_bert_mlm):
+    tokenizer, model = bert_wordpiece, tiny_bert_mlm
+    with pytest.raises(ValueError, match="unknown order 'top'"):
+        AttentionMasker(tokenizer, order="top")
+    with pytest.raises(ValueError, match="mlm_probability"):
+        AttentionMasker(tokenizer, mlm_probability=1.5)
+    with pytest.raises(ValueError, match="mlm_probability"):
+        AttentionMasker(tokenizer, mlm_probability=-0.1)
+    with pytest.raises(ValueError, match="sum to at most 1"):
+        AttentionMasker(tokenizer, mask_replace_prob=0.8, random_replace_prob=0.3)
+    with pytest.raises(TypeError, match="layer must be an integer"):
+        AttentionMasker(tokenizer, layer=1.5)
+    masker = AttentionMasker(tokenizer)
+    ids, attention, flagged = random_batch(tokenizer, 0, rows=3)
+    with pytest.raises(ValueError, match=r"\[batch, length\] matrix"):
+        masker(ids[0], model=model)
+    with pytest.raises(ValueError, match="attention_mask must have the shape"):
+        masker(ids, attention[:, :-1], model=model)
+    with pytest.raises(ValueError, match="special_tokens_mask must have the shape"):
+        masker(ids, attention, flagged[:2], model=model)
+    with pytest.raises(RuntimeError, match='attn_implementation="eager"'):
+        masker(ids, attention, model=_NoAttentions())
+    with pytest.raises(ValueError, match="layer 2 is out of range"):
+        AttentionMasker(tokenizer, layer=2)(ids, attention, model=model)
+    with pytest.raises(TypeError, match="model"):
+        masker(ids, attention, model=None)
+    assert AttentionMasker.needs_model is True

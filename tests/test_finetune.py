@@ -1,0 +1,337 @@
+"""Metrics, labelled-data loading, and multi-seed fine-tuning of a tiny checkpoint."""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import json
+import math
+import random
+import statistics
+import tempfile
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from diffmask_fast.finetune import (FinetuneReport, SeedResult, _make_keep_best_callback, add_finetune_command,
+                                    finetune, load_labeled, run_finetune_command)
+from diffmask_fast.metrics import accuracy, macro_f1, mean_std, per_class_f1
+
+# ------------------------------------------------------------------------------------------ metrics
+
+
+def _plain_macro_f1(y_true, y_pred, labels=None):
+    """Per-class precision and recall, their harmonic mean (0 when undefined), averaged."""
+    if labels is None:
+        labels = set(y_true) | set(y_pred)
+    scores = []
+    for label in labels:
+        tp = sum(1 for t, p in zip(y_true, y_pred) if t == label and p == label)
+        fp = sum(1 for t, p in zip(y_true, y_pred) if t != label and p == label)
+        fn = sum(1 for t, p in zip(y_true, y_pred) if t == label and p != label)
+        precision = tp / (tp + fp) if tp + fp else 0.0
+        recall = tp / (tp + fn) if tp + fn else 0.0
+        scores.append(2 * precision * recall / (precision + recall) if precision + recall else 0.0)
+    return sum(scores) / len(scores)
+
+
+def test_metrics_by_hand():
+    y_true = ["a", "a", "b", "b", "c"]
+    y_pred = ["a", "b", "b", "b", "a"]
+    # a: TP 1, FP 1, FN 1 -> 0.5; b: TP 2, FP 1 -> 0.8; c: TP 0, FN 1 -> 0
+    assert accuracy(y_true, y_pred) == pytest.approx(3 / 5)
+    assert per_class_f1(y_true, y_pred) == pytest.approx({"a": 0.5, "b": 0.8, "c": 0.0})
+    assert macro_f1(y_true, y_pred) == pytest.approx(1.3 / 3)
+    # A given class absent from both sides counts as 0; a subset of classes averages over it alone.
+    assert macro_f1(y_true, y_pred, labels=["a", "b", "c", "d"]) == pytest.approx(1.3 / 4)
+    assert macro_f1(y_true, y_pred, labels=["b", "a"]) == pytest.approx(1.3 / 2)
+    # A predicted class never true is a class of the average (F1 0), not an ignored one.
+    assert macro_f1(["a", "a"], ["a", "z"]) == pytest.approx((2 / 3 + 0) / 2)
+    assert macro_f1(["a", "a"], ["a", "z"], labels=["a"]) == pytest.approx(2 / 3)
+    assert macro_f1([0, 1, 2, 1], [0, 1, 2, 1]) == 1.0
+    assert accuracy([1, 2], [2, 1]) == 0.0
+
+
+def test_metric_errors():
+    with pytest.raises(ValueError, match="length"):
+        accuracy([1, 2], [1])
+    with pytest.raises(ValueError, match="empty"):
+        macro_f1([], [])
+    with pytest.raises(ValueError, match="labels is empty"):
+        macro_f1([1], [1], labels=[])
+    with pytest.raises(ValueError, match="duplicates"):
+        macro_f1([1], [1], labels=[1, 1])
+    with pytest.raises(ValueError):
+        mean_std([])
+
+
+def test_metrics_match_a_plain_recomputation(seed):
+    rng = random.Random(seed)
+    for _ in range(200):
+        classes = rng.sample(["background", "method", "result", "other", 7], rng.randint(1, 5))
+        n = rng.randint(1, 40)
+        y_true = [rng.choice(classes) for _ in range(n)]
+        y_pred = [rng.choice(classes + ["stray"]) for _ in range(n)]
+        assert accuracy(y_true, y_pred) == pytest.approx(sum(t == p for t, p in zip(y_true, y_pred)) / n)
+        assert macro_f1(y_true, y_pred) == pytest.approx(_plain_macro_f1(y_true, y_pred))
+        labels = rng.sample(classes + ["stray", "unseen"], rng.randint(1, len(classes) + 2))
+        assert macro_f1(y_true, y_pred, labels) == pytest.approx(_plain_macro_f1(y_true, y_pred, labels))
+
+
+def test_macro_f1_matches_sklearn(seed):
+    metrics = pytest.importorskip("sklearn.metrics")
+    rng = random.Random(seed)
+    for _ in range(50):
+        n = rng.randint(1, 30)
+        y_true = [rng.randrange(4) for _ in range(n)]
+        y_pred = [rng.randrange(5) for _ in range(n)]
+        assert macro_f1(y_true, y_pred) == pytest.approx(
+            metrics.f1_score(y_true, y_pred, average="macro", zero_division=0))
+        labels = rng.sample(range(6), rng.randint(1, 6))
+        assert macro_f1(y_true, y_pred, labels) == pytest.approx(
+            metrics.f1_score(y_true, y_pred, labels=labels, average="macro", zero_division=0))
+
+
+def test_mean_std(seed):
+    assert mean_std([0.7]) == (0.7, 0.0)
+    assert mean_std([1, 2, 3, 4]) == pytest.approx((2.5, statistics.stdev([1, 2, 3, 4])))
+    rng = random.Random(seed)
+    values = [rng.random() for _ in range(rng.randint(2, 10))]
+    assert mean_std(values) == pytest.approx((statistics.fmean(values), statistics.stdev(values)))
+
+
+# ------------------------------------------------------------------------------------ load_labeled
+
+
+def _write_lines(path: Path, lines) -> Path:
+    path.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
+    return path
+
+
+def test_load_labeled(tmp_path):
+    path = _write_lines(tmp_path / "data.jsonl", [
+        json.dumps({"text": "one", "label": "x", "id": 1}), "", "   ", json.dumps({"text": "", "label": "y"})])
+    assert load_labeled(path) == (["one", ""], ["x", "y"])
+    custom = _write_lines(tmp_path / "custom.jsonl", [json.dumps({"sentence": "s", "intent": 2})])
+    assert load_labeled(custom, text_field="sentence", label_field="intent") == (["s"], [2])
+    zipped = tmp_path / "data.jsonl.gz"
+    zipped.write_bytes(gzip.compress(path.read_bytes()))
+    assert load_labeled(zipped) == (["one", ""], ["x", "y"])
+
+
+@pytest.mark.parametrize("lines, message", [
+    (['{"text": "a", "label": "x"}', '{"text": "b", "label": '], r"line 2: invalid JSON"),
+    (['["a", "x"]'], r"line 1: expected a JSON object, got list"),
+    (['{"text": "a", "label": "x"}', "", '{"label": "x"}'], r"line 3: no 'text' field"),
+    (['{"text": "a"}'], r"line 1: no 'label' field"),
+    (['{"text": 3, "label": "x"}'], r"line 1: field 'text' must be a string, got int"),
+    (['{"text": "a", "label": null}'], r"line 1: field 'label' must be a string or an integer"),
+    (['{"text": "a", "label": 1.5}'], r"line 1: field 'label' must be a string or an integer"),
+    (['{"text": "a", "label": true}'], r"line 1: field 'label' must be a string or an integer"),
+    (['{"text": "a", "label": "x"}', '{"text": "b", "label": 1}'], r"line 2: label 1 is an integer"),
+    ([], r"has no examples"),
+    (["", "  "], r"has no examples"),
+])
+def test_load_labeled_errors(tmp_path, lines, message):
+    path = _write_lines(tmp_path / "bad.jsonl", lines)
+    with pytest.raises(ValueError, match=message) as error:
+        load_labeled(path)
+    assert "bad.jsonl" in str(error.value)
+
+
+def test_load_labeled_missing_file(tmp_path):
+    with pytest.raises(FileNotFoundError, match="nothing.jsonl"):
+        load_labeled(tmp_path / "nothing.jsonl")
+
+
+# ------------------------------------------------------------------------------------------ report
+
+
+def test_report_summary_and_table():
+    results = [SeedResult(seed=1, best_epoch=1, dev={"accuracy": 0.80, "macro_f1": 0.70}),
+               SeedResult(seed=2, best_epoch=2, dev={"accuracy": 0.82, "macro_f1": 0.74})]
+    report = FinetuneReport(model="tiny", labels=["a", "b"], results=results)
+    summary = report.summary()
+    assert summary["test"] is None
+    assert summary["dev"]["accuracy"] == pytest.approx((0.81, statistics.stdev([0.80, 0.82])))
+    assert report.table(header=False) == "| tiny | 81.0 ± 1.4 | 72.0 ± 2.8 |"
+    lines = report.table(name="DM").splitlines()
+    assert lines[0] == "| Model (2 seeds) | Dev accuracy | Dev macro-F1 |"
+    assert lines[2] == "| DM | 81.0 ± 1.4 | 72.0 ± 2.8 |"
+    assert FinetuneReport.from_dict(report.to_dict()) == report
+
+
+def test_keep_best_epoch_callback():
+    import torch
+
+    model = torch.nn.Linear(2, 2)
+    callback = _make_keep_best_callback()
+    weights = {}
+    for epoch, score in enumerate([0.5, 0.7, 0.7, 0.1], start=1):
+        with torch.no_grad():
+            model.weight.fill_(epoch)
+        weights[epoch] = model.weight.detach().clone()
+        callback.on_evaluate(None, SimpleNamespace(epoch=float(epoch)), None, model=model,
+                             metrics={"eval_accuracy": score, "eval_macro_f1": score, "eval_loss": 1.0})
+    assert callback.best_epoch == 2  # the earliest of the tied best epochs
+    assert torch.equal(callback.best_state["weight"], weights[2])
+    assert [h["epoch"] for h in callback.history] == [1, 2, 3, 4]
+
+
+# ----------------------------------------------------------------------------------------- finetune
+
+_WORDS = {"background": "previous studies reported similar findings in earlier work on cells".split(),
+          "method": "we used the protocol and procedure described for samples and analysis".split(),
+          "result": "our results are consistent with and in contrast to those values".split()}
+
+
+def _synthetic_rows(count: int, rng: random.Random) -> list[dict]:
+    rows = []
+    for i in range(count):
+        label = list(_WORDS)[i % 3]
+        rows.append({"text": " ".join(rng.choice(_WORDS[label]) for _ in range(rng.randint(4, 12))), "label": label})
+    return rows
+
+
+def _write_jsonl(path: Path, rows) -> Path:
+    return _write_lines(path, [json.dumps(row) for row in rows])
+
+
+@pytest.fixture
+def model_dir(tmp_path, tiny_bert_mlm, bert_wordpiece) -> Path:
+    path = tmp_path / "checkpoint"
+    tiny_bert_mlm.save_pretrained(path)
+    bert_wordpiece.save_pretrained(path)
+    return path
+
+
+@pytest.fixture
+def task(tmp_path) -> dict[str, Path]:
+    rng = random.Random(0)
+    return {split: _write_jsonl(tmp_path / f"{split}.jsonl", _synthetic_rows(count, rng))
+            for split, count in (("train", 24), ("dev", 12), ("test", 12))}
+
+
+_FAST = {"epochs": 1, "batch_size": 8, "max_length": 24, "learning_rate": 1e-3, "progress": False, "device": "cpu"}
+
+
+def test_finetune_end_to_end(model_dir, task, tmp_path, monkeypatch):
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
+    report = finetune(model_dir, task["train"], task["dev"], task["test"], seeds=(1, 2), **_FAST)
+
+    assert report.labels == ["background", "method", "result"]
+    assert report.seeds == [1, 2]
+    assert report.config["train_examples"] == 24 and report.config["test_examples"] == 12
+    for result in report.results:
+        assert result.best_epoch == 1 and len(result.dev_history) == 1
+        for split in (result.dev, result.test):
+            assert set(split) == {"accuracy", "macro_f1"}
+            assert all(0.0 <= value <= 1.0 for value in split.values())
+        best = result.dev_history[result.best_epoch - 1]
+        assert (best["accuracy"], best["macro_f1"]) == pytest.approx(
+            (result.dev["accuracy"], result.dev["macro_f1"]))
+        assert math.isfinite(result.train_loss)
+    summary = report.summary()
+    for split in ("dev", "test"):
+        for metric in ("accuracy", "macro_f1"):
+            values = [getattr(r, split)[metric] for r in report.results]
+            assert summary[split][metric] == pytest.approx((statistics.fmean(values), statistics.stdev(values)))
+    assert list(scratch.iterdir()) == []  # the trainer's temporary directory is gone
+
+    saved = json.loads(report.save(tmp_path / "out" / "report.json").read_text(encoding="utf-8"))
+    assert saved == json.loads(json.dumps(report.to_dict()))
+    assert [s["seed"] for s in saved["seeds"]] == [1, 2]
+    assert set(saved["seeds"][0]) >= {"seed", "best_epoch", "dev", "test", "dev_history"}
+    assert saved["summary"]["test"]["macro_f1"]["mean"] == pytest.approx(summary["test"]["macro_f1"][0])
+    assert saved["config"]["seeds"] == [1, 2] and saved["model"] == str(model_dir)
+    assert FinetuneReport.load(tmp_path / "out" / "report.json").to_dict() == report.to_dict()
+    assert [p.name for p in (tmp_path / "out").iterdir()] == ["report.json"]
+
+    again = finetune(model_dir, task["train"], task["dev"], None, seeds=(2,), **_FAST)
+    assert again.results[0].dev == pytest.approx(report.results[1].dev)  # seeded runs repeat
+    assert again.summary()["test"] is None and again.results[0].test is None
+
+
+def test_finetune_rejects_unseen_labels(model_dir, task, tmp_path):
+    dev = _write_jsonl(tmp_path / "odd_dev.jsonl", [{"text": "some words", "label": "method"},
+                                                    {"text": "other words", "label": "future"}])
+    with pytest.raises(ValueError, match=r"odd_dev\.jsonl.*'future'"):
+        finetune(model_dir, task["train"], dev, **_FAST)
+    with pytest.raises(ValueError, match=r"odd_dev\.jsonl.*'future'"):
+        finetune(model_dir, task["train"], task["dev"], dev, **_FAST)
+
+
+def test_finetune_rejects_bad_options(model_dir, task, tmp_path):
+    for options, message in (({"seeds": ()}, "at least one seed"), ({"seeds": (1, 1)}, "repeat"),
+                             ({"epochs": 0}, "epochs"), ({"warmup_ratio": 1.0}, "warmup_ratio"),
+                             ({"max_train_examples": 0}, "max_train_examples")):
+        with pytest.raises(ValueError, match=message):
+            finetune(model_dir, task["train"], task["dev"], **{**_FAST, **options})
+    one_label = _write_jsonl(tmp_path / "one.jsonl", [{"text": "a b", "label": "x"}] * 3)
+    with pytest.raises(ValueError, match="at least two"):
+        finetune(model_dir, one_label, task["dev"], **_FAST)
+    no_tokenizer = tmp_path / "bare"
+    no_tokenizer.mkdir()
+    (no_tokenizer / "config.json").write_text((model_dir / "config.json").read_text())
+    with pytest.raises(ValueError, match="tokenizer"):
+        finetune(no_tokenizer, task["train"], task["dev"], **_FAST)
+
+
+# -------------------------------------------------------------------------------------- command line
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="diffmask")
+    add_finetune_command(parser.add_subparsers(dest="command", required=True))
+    return parser
+
+
+def test_finetune_command_help(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        _parser().parse_args(["finetune", "--help"])
+    assert exit_.value.code == 0
+    text = capsys.readouterr().out
+    for option in ("MODEL", "--train", "--dev", "--test", "--seeds", "--max-train-examples", "--output"):
+        assert option in text
+    with pytest.raises(SystemExit):
+        _parser().parse_args(["finetune", "model", "--dev", "dev.jsonl"])  # --train is required
+
+
+def test_run_finetune_command(model_dir, tmp_path, shared_data_dir, capsys):
+    scicite = shared_data_dir / "scicite"
+    files = {}
+    for split, count in (("train", 24), ("dev", 12)):
+        with open(scicite / f"{split}.jsonl", encoding="utf-8") as handle:
+            files[split] = _write_lines(tmp_path / f"scicite_{split}.jsonl", [next(handle).rstrip("\n")
+                                                                              for _ in range(count)])
+    labels = set(load_labeled(files["train"])[1])
+    assert set(load_labeled(files["dev"])[1]) <= labels, "the sample's dev labels must occur in its train labels"
+    args = _parser().parse_args([
+        "finetune", str(model_dir), "--train", str(files["train"]), "--dev", str(files["dev"]), "--seeds", "3",
+        "--epochs", "2", "--batch-size", "8", "--max-length", "32", "--learning-rate", "1e-3",
+        "--max-train-examples", "16", "--no-progress", "--device", "cpu", "--output-dir", str(tmp_path / "models"),
+        "-o", str(tmp_path / "report.json")])
+    report = run_finetune_command(args)
+    out = capsys.readouterr().out
+    assert "| Model (1 seeds) | Dev accuracy | Dev macro-F1 |" in out
+    assert report.table(header=False) in out and " ± 0.0 |" in out
+    assert report.config["train_examples"] == 16 and report.labels == sorted(labels)
+    result = report.results[0]
+    assert result.seed == 3 and len(result.dev_history) == 2
+    best = result.dev_history[result.best_epoch - 1]
+    assert best["macro_f1"] == max(h["macro_f1"] for h in result.dev_history)
+    assert best["macro_f1"] == pytest.approx(result.dev["macro_f1"])
+    assert FinetuneReport.load(tmp_path / "report.json").to_dict() == report.to_dict()
+    saved = tmp_path / "models" / "seed-3"
+    config = json.loads((saved / "config.json").read_text())
+    assert sorted(config["id2label"].values()) == sorted(labels)
+    assert (saved / "tokenizer.json").is_file()
+    assert not list(saved.glob("checkpoint-*"))
+
+    missing = _parser().parse_args(["finetune", str(model_dir), "--train", str(tmp_path / "none.jsonl"),
+                                    "--dev", str(files["dev"])])
+    with pytest.raises(FileNotFoundError, match="none.jsonl"):
+        run_finetune_command(missing)

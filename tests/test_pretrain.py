@@ -1,0 +1,225 @@
+"""Continued pretraining end to end on a tiny model: every strategy, saving, resuming, errors,
+and the MSLM loss weights."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+
+from diffmask_fast import cli
+from diffmask_fast.losses import weighted_mlm_loss
+from diffmask_fast.mlm_model import HEAD_NORM_GAIN, load_masked_lm
+from diffmask_fast.pretrain import SUMMARY_FILE, PretrainConfig, pretrain
+from diffmask_fast.strategies import STRATEGIES, build_strategy, resolve_mask_location
+from diffmask_fast.trainer import MaskingTrainer
+
+
+@pytest.fixture
+def model_dir(tmp_path, tiny_bert_mlm, bert_wordpiece):
+    path = tmp_path / "tiny-mlm"
+    tiny_bert_mlm.save_pretrained(path)
+    bert_wordpiece.save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory, shared_data_dir):
+    lines = (shared_data_dir / "chemprot" / "corpus.txt").read_text(encoding="utf-8").splitlines()[:160]
+    path = tmp_path_factory.mktemp("corpus") / "corpus.txt"
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+def config_for(model_dir, corpus, output_dir, **options) -> PretrainConfig:
+    defaults = dict(model=str(model_dir), corpus=[corpus], output_dir=output_dir, max_length=32, batch_size=8,
+                    max_steps=4, eval_steps=2, logging_steps=1, embedding_model=str(model_dir), pooling="mean",
+                    validation_fraction=0.1, progress=False, learning_rate=1e-3)
+    defaults.update(options)
+    return PretrainConfig(**defaults)
+
+
+def test_difference_pretraining_saves_everything_and_resumes(model_dir, corpus, tmp_path):
+    out = tmp_path / "run"
+    summary = pretrain(config_for(model_dir, corpus, out))
+    for name in ("config.json", "model.safetensors", "tokenizer.json", "anchors.json", "scores.npz", SUMMARY_FILE):
+        assert (out / name).exists(), name
+    saved = json.loads((out / SUMMARY_FILE).read_text())
+    assert saved["strategy"] == "difference" and saved["global_step"] == 4
+    assert saved["data"]["sequences_validation"] > 0 and saved["data"]["documents_train"] == 144
+    assert len(saved["anchors"]) == 20
+    assert math.isfinite(saved["validation_loss_before"]) and math.isfinite(saved["best_validation_loss"])
+    evaluations = [entry["eval_loss"] for entry in saved["log_history"] if "eval_loss" in entry]
+    assert saved["best_validation_loss"] == pytest.approx(min(evaluations), rel=1e-5)  # the best model is kept
+    assert summary["best_checkpoint"] is not None
+    assert (out / "checkpoint-4").is_dir()
+    resumed = pretrain(config_for(model_dir, corpus, out, max_steps=6, resume=True))
+    assert resumed["global_step"] == 6
+    assert resumed["validation_loss_before"] is None
+    steps = [entry["step"] for entry in resumed["log_history"] if "loss" in entry]
+    assert steps[:4] == [1, 2, 3, 4] and steps[-1] == 6  # the history of the first run carries on
+    reloaded = load_masked_lm(str(out))
+    assert reloaded.config.vocab_size == json.loads((model_dir / "config.json").read_text())["vocab_size"]
+
+
+@pytest.mark.parametrize("strategy", ["random-token", "random-word", "attention", "mst", "mslm", "terms"])
+def test_every_strategy_trains(model_dir, corpus, tmp_path, strategy):
+    terms = tmp_path / "terms.txt"
+    terms.write_text("# enzymes and friends\nprotein\nreceptor\nbinding site\n", encoding="utf-8")
+    out = tmp_path / strategy
+    summary = pretrain(config_for(model_dir, corpus, out, strategy=strategy, max_steps=2, patience=0,
+                                  terms=terms if strategy == "terms" else None))
+    assert summary["global_step"] == 2 and summary["strategy"] == strategy
+    assert math.isfinite(summary["best_validation_loss"])
+    assert summary["masking"]["location"].startswith(
+        "training step" if strategy in ("attention", "mst") else "DataLoader")
+    if strategy == "mslm":
+        saved_terms = (out / "terms.txt").read_text().split("\n")
+        assert summary["terms"] == len([t for t in saved_terms if t]) > 0
+        assert (out / "anchors.json").exists()
+    if strategy == "terms":
+        assert (out / "terms.txt").read_text().split() == ["protein", "receptor", "binding", "site"]
+
+
+def test_masking_in_the_training_step(model_dir, corpus, tmp_path):
+    summary = pretrain(config_for(model_dir, corpus, tmp_path / "device", mask_on="device", max_steps=2, patience=0))
+    assert summary["masking"]["location"].startswith("training step")
+    assert math.isfinite(summary["best_validation_loss"])
+
+
+def test_cli_pretrain(model_dir, corpus, tmp_path, capsys):
+    out = tmp_path / "cli"
+    code = cli.main(["pretrain", str(corpus), "--model", str(model_dir), "-o", str(out), "--strategy", "random-word",
+                     "--max-steps", "2", "--eval-steps", "2", "--batch-size", "8", "--max-length", "32",
+                     "--no-progress"])
+    assert code == 0
+    assert "random-word: 2 steps" in capsys.readouterr().out
+    assert json.loads((out / SUMMARY_FILE).read_text())["global_step"] == 2
+
+
+def test_cli_rejects_an_unknown_strategy(model_dir, corpus, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["pretrain", str(corpus), "--model", str(model_dir), "-o", str(tmp_path), "--strategy", "salient"])
+    assert exit_info.value.code == 2
+    assert "invalid choice: 'salient'" in capsys.readouterr().err
+
+
+def test_pretrain_errors(model_dir, corpus, tmp_path, capsys):
+    with pytest.raises(ValueError, match="unknown masking strategy 'salient'"):
+        pretrain(config_for(model_dir, corpus, tmp_path / "a", strategy="salient"))
+    empty = tmp_path / "empty.txt"
+    empty.write_text("\n  \n\n", encoding="utf-8")
+    with pytest.raises(ValueError, match="no non-empty documents"):
+        pretrain(config_for(model_dir, empty, tmp_path / "b"))
+    with pytest.raises(ValueError, match="needs a terms file"):
+        pretrain(config_for(model_dir, corpus, tmp_path / "c", strategy="terms"))
+    with pytest.raises(ValueError, match="masks in the training step"):
+        pretrain(config_for(model_dir, corpus, tmp_path / "d", strategy="attention", mask_on="workers"))
+    with pytest.raises(ValueError, match="DataLoader workers only"):
+        pretrain(config_for(model_dir, corpus, tmp_path / "e", strategy="mslm", mask_on="device"))
+    assert cli.main(["pretrain", str(empty), "--model", str(model_dir), "-o", str(tmp_path / "f"), "--no-progress"]) == 1
+    assert "diffmask pretrain: error: the corpus has no non-empty documents" in capsys.readouterr().err
+
+
+def test_a_model_without_mlm_head_is_refused_unless_asked(tmp_path, tiny_bert_mlm, bert_wordpiece, corpus):
+    encoder_dir = tmp_path / "encoder"
+    tiny_bert_mlm.bert.save_pretrained(encoder_dir)  # a bare BertModel checkpoint
+    bert_wordpiece.save_pretrained(encoder_dir)
+    with pytest.raises(ValueError, match="no trained masked-LM head.*--init-mlm-head"):
+        load_masked_lm(str(encoder_dir))
+    with pytest.raises(ValueError, match="no trained masked-LM head"):
+        pretrain(config_for(encoder_dir, corpus, tmp_path / "run", strategy="random-token"))
+    model = load_masked_lm(str(encoder_dir), init_mlm_head=True)
+    head = model.cls.predictions
+    assert head.decoder.weight.data_ptr() == model.bert.embeddings.word_embeddings.weight.data_ptr()
+    assert torch.equal(head.transform.dense.weight, torch.eye(head.transform.dense.weight.shape[0]))
+    assert torch.all(head.transform.LayerNorm.weight == HEAD_NORM_GAIN) and torch.all(head.bias == 0)
+    assert torch.equal(model.bert.encoder.layer[0].attention.self.query.weight,
+                       tiny_bert_mlm.bert.encoder.layer[0].attention.self.query.weight)
+
+
+def test_a_model_type_without_mlm_head_class_is_refused(tmp_path):
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    path = tmp_path / "gpt2"
+    GPT2LMHeadModel(GPT2Config(n_layer=1, n_head=2, n_embd=16, vocab_size=100)).save_pretrained(path)
+    with pytest.raises(ValueError, match="'gpt2' model, which has no masked-LM head"):
+        load_masked_lm(str(path))
+
+
+def random_labels(generator, input_ids, share=0.3):
+    chosen = torch.rand(input_ids.shape, generator=generator) < share
+    chosen[:, 0] = True  # at least one masked token per row
+    return torch.where(chosen, input_ids, torch.full_like(input_ids, -100))
+
+
+def test_weighted_loss_is_sum_of_weighted_token_losses_over_masked_count(seed, tiny_bert_mlm):
+    g = torch.Generator().manual_seed(seed)
+    vocabulary = tiny_bert_mlm.config.vocab_size
+    input_ids = torch.randint(5, vocabulary, (3, 11), generator=g)
+    labels = random_labels(g, input_ids)
+    weights = torch.where(torch.rand(input_ids.shape, generator=g) < 0.5, 2.5, 1.0)
+    with torch.no_grad():
+        logits = tiny_bert_mlm(input_ids=input_ids).logits
+    expected, count = 0.0, 0
+    for b in range(3):
+        for i in range(11):
+            if labels[b, i] != -100:
+                log_probs = torch.log_softmax(logits[b, i].double(), dim=-1)
+                expected += float(weights[b, i]) * -float(log_probs[labels[b, i]])
+                count += 1
+    assert float(weighted_mlm_loss(logits, labels, weights)) == pytest.approx(expected / count, rel=1e-5), f"seed={seed}"
+    assert float(weighted_mlm_loss(logits, labels, weights, num_items=50)) == pytest.approx(expected / 50, rel=1e-5)
+    ones = weighted_mlm_loss(logits, labels, torch.ones_like(weights))
+    with torch.no_grad():
+        plain = tiny_bert_mlm(input_ids=input_ids, labels=labels).loss
+    assert float(ones) == pytest.approx(float(plain), rel=1e-5)  # weight 1 everywhere: the usual MLM loss
+    with pytest.raises(ValueError, match="loss_weights must have the labels' shape"):
+        weighted_mlm_loss(logits, labels, weights[:, :5])
+
+
+def test_trainer_applies_loss_weights_from_the_batch(seed, tiny_bert_mlm, tmp_path):
+    from transformers import TrainingArguments
+
+    g = torch.Generator().manual_seed(seed)
+    input_ids = torch.randint(5, tiny_bert_mlm.config.vocab_size, (2, 9), generator=g)
+    labels = random_labels(g, input_ids)
+    weights = torch.where(torch.rand(input_ids.shape, generator=g) < 0.5, 3.0, 1.0)
+    trainer = MaskingTrainer(model=tiny_bert_mlm, args=TrainingArguments(output_dir=str(tmp_path), report_to=[]),
+                             data_collator=lambda x: x)
+    batch = {"input_ids": input_ids, "attention_mask": torch.ones_like(input_ids), "labels": labels,
+             "loss_weights": weights}
+    with torch.no_grad():
+        loss = trainer.compute_loss(tiny_bert_mlm, dict(batch))
+        logits = tiny_bert_mlm(input_ids=input_ids, attention_mask=batch["attention_mask"]).logits
+        unweighted = trainer.compute_loss(tiny_bert_mlm, {k: v for k, v in batch.items() if k != "loss_weights"})
+    assert float(loss) == pytest.approx(float(weighted_mlm_loss(logits, labels, weights)), rel=1e-6), f"seed={seed}"
+    assert float(loss) > float(unweighted)  # weights above 1 raise the loss
+
+
+@pytest.mark.parametrize("name", ["random-token", "random-word", "terms", "mslm", "difference"])
+def test_ranks_draw_different_masks_from_one_seed(name, bert_wordpiece, monkeypatch):
+    from diffmask_fast.scoring import ScoreTable
+
+    texts = ["the protein binds the receptor at the binding site of the enzyme"] * 16
+    examples = [{"input_ids": ids} for ids in bert_wordpiece(texts)["input_ids"]]
+    scores = ScoreTable({"protein": 0.9, "receptor": 0.8, "enzyme": 0.7, "the": 0.1})
+
+    def masks(rank: str):
+        monkeypatch.setenv("RANK", rank)
+        strategy = build_strategy(name, bert_wordpiece, seed=5, scores=scores, terms=["protein", "binding site"],
+                                  mask_on="workers", mlm_probability=0.4)
+        return strategy.collator(examples)["labels"]
+
+    assert torch.equal(masks("0"), masks("0"))
+    assert not torch.equal(masks("0"), masks("1"))
+
+
+def test_strategy_registry():
+    assert set(STRATEGIES) == {"difference", "random-token", "random-word", "attention", "mst", "terms", "mslm"}
+    assert resolve_mask_location("attention", "auto") == "device"
+    assert resolve_mask_location("random-token", "auto") == "workers"
+    with pytest.raises(ValueError, match="mask_on must be one of"):
+        resolve_mask_location("difference", "gpu")

@@ -1,0 +1,638 @@
+"""The baseline and term-based masking strategies: each one's defining property.
+
+Inputs are fresh each run (the ``seed`` fixture: replay with DIFFMASK_FAST_TEST_SEED) and real
+ChemProt sentences. Frequencies must lie within 5 binomial standard errors of the exact
+probability, so a correct implementation fails a comparison with probability below 1e-6.
+"""
+
+from __future__ import annotations
+
+import math
+import pickle
+import random
+import re
+
+import numpy as np
+import pytest
+import torch
+
+from diffmask_fast import reference
+from diffmask_fast.anchors import Anchor, Anchors
+from diffmask_fast.baselines import RandomTokenCollator, RandomWordCollator
+from diffmask_fast.scoring import ScoreTable
+from diffmask_fast.terms import (
+    MSLMCollator,
+    TermMaskingCollator,
+    TermMatcher,
+    domain_terms,
+)
+from diffmask_fast.tokenization import word_boundaries
+
+TOKENIZERS = ["bert_wordpiece", "roberta_byte_bpe", "sentencepiece_unigram"]
+
+FALLBACK_LINES = [
+    "Epidermal growth factor receptor inhibitors include the small molecules gefitinib and erlotinib.",
+    "Agents include an irreversible tyrosine kinase inhibitor and dual kinase inhibitors of the receptor.",
+    "Alprenolol is a competitive slowly reversible antagonist at the receptor of rat left atria.",
+    "The kinase inhibitor reduced phosphorylation of the substrate by the enzyme in the active site.",
+]
+
+
+@pytest.fixture(scope="module")
+def corpus(request) -> list[str]:
+    try:
+        data = request.getfixturevalue("shared_data_dir")
+        lines = (data / "chemprot" / "corpus.txt").read_text(encoding="utf-8").splitlines()
+    except pytest.skip.Exception:
+        lines = FALLBACK_LINES
+    return [line for line in lines if line.strip()]
+
+
+def sample_lines(corpus, seed, count):
+    rng = random.Random(seed)
+    return [rng.choice(corpus) for _ in range(count)]
+
+
+def within(observed: float, probability: float, trials: int) -> bool:
+    return abs(observed - probability) <= 5 * math.sqrt(probability * (1 - probability) / trials) + 1e-9
+
+
+def encode(tokenizer, texts, max_length: int | None = 96):
+    if max_length is None:
+        return [tokenizer(t)["input_ids"] for t in texts]
+    return [tokenizer(t, truncation=True, max_length=max_length)["input_ids"] for t in texts]
+
+
+def random_sequences(tokenizer, rng: np.random.Generator, count: int) -> list[list[int]]:
+    """Sequences of random non-special tokens of random length, wrapped in the special tokens."""
+    pool = word_boundaries(tokenizer).random_token_ids.numpy()
+    first = tokenizer.cls_token_id if tokenizer.cls_token_id is not None else tokenizer.bos_token_id
+    last = tokenizer.sep_token_id if tokenizer.sep_token_id is not None else tokenizer.eos_token_id
+    return [
+        [first] + rng.choice(pool, size=int(rng.integers(1, 40))).tolist() + [last]
+        for _ in range(count)
+    ]
+
+
+def reference_words(tokenizer, ids):
+    """Reference grouping of one sequence (no padding): token positions of each word, and the
+    normalized words, decoded one at a time."""
+    boundaries = word_boundaries(tokenizer)
+    never = [bool(boundaries.never_word[i]) for i in ids]
+    groups = reference.group_words(reference.word_starts(tokenizer.convert_ids_to_tokens(ids), never, boundaries.scheme), never)
+    words = [tokenizer.convert_tokens_to_string(tokenizer.convert_ids_to_tokens([ids[i] for i in g])).strip() for g in groups]
+    return groups, [reference.normalize_word(w) for w in words]
+
+
+def term_words(tokenizer, term):
+    ids = tokenizer(term, add_special_tokens=False)["input_ids"]
+    return tuple(reference_words(tokenizer, ids)[1])
+
+
+def reference_spans(tokenizer, ids, terms) -> list[tuple[int, int]]:
+    """Leftmost-longest, non-overlapping occurrences of ``terms`` (tuples of normalized words)
+    among runs of adjacent words."""
+    groups, keys = reference_words(tokenizer, ids)
+    longest = max(len(t) for t in terms)
+    spans, i = [], 0
+    while i < len(keys):
+        for n in range(min(longest, len(keys) - i), 0, -1):
+            adjacent = all(groups[j + 1][0] == groups[j][-1] + 1 for j in range(i, i + n - 1))
+            if adjacent and tuple(keys[i:i + n]) in terms:
+                spans.append((i, i + n))
+                i += n
+                break
+        else:
+            i += 1
+    return spans
+
+
+def representable(tokenizer, term) -> bool:
+    ids = tokenizer(term, add_special_tokens=False)["input_ids"]
+    return bool(ids) and not set(ids) & set(tokenizer.all_special_ids)
+
+
+def random_terms(tokenizer, lines, rng: random.Random, count: int) -> list[str]:
+    """Word n-grams (1 to 3 whitespace words, with a letter) of the lines, and prefixes of some."""
+    terms = []
+    while len(terms) < count:
+        words = rng.choice(lines).split()
+        n = rng.randint(1, 3)
+        start = rng.randrange(max(1, len(words) - n + 1))
+        term = " ".join(words[start:start + n])
+        if reference.has_letter(term) and representable(tokenizer, term):
+            terms.append(term)
+            if n > 1 and rng.random() < 0.5 and reference.has_letter(words[start]):
+                terms.append(words[start])  # a shorter term sharing the first word: longest wins
+    return terms
+
+
+def frequent_words(lines, count):
+    """The most frequent purely alphabetic words of at least 4 letters (lowercased)."""
+    counts = {}
+    for line in lines:
+        for word in line.split():
+            if re.fullmatch(r"[A-Za-z]{4,}", word):
+                counts[word.lower()] = counts.get(word.lower(), 0) + 1
+    return sorted(counts, key=lambda w: (-counts[w], w))[:count]
+
+
+def word_mask_counts(labels_row, groups):
+    """(masked words, partly masked words) of one row."""
+    masked = partial = 0
+    for group in groups:
+        flags = [labels_row[i] != -100 for i in group]
+        masked += all(flags)
+        partial += any(flags) and not all(flags)
+    return masked, partial
+
+
+def check_labels_and_specials(tokenizer, examples, batch, message):
+    """Labels hold the original ids exactly where something is masked; special tokens and padding
+    are never masked; unmasked tokens are unchanged."""
+    special = set(tokenizer.all_special_ids)
+    width = batch["input_ids"].shape[1]
+    for row, ids in enumerate(examples):
+        labels = batch["labels"][row].tolist()
+        masked_ids = batch["input_ids"][row].tolist()
+        padded = ids + [tokenizer.pad_token_id] * (width - len(ids))
+        for position, token in enumerate(padded):
+            if position >= len(ids) or token in special:
+                assert labels[position] == -100 and masked_ids[position] == token, f"{message} row={row}"
+            elif labels[position] == -100:
+                assert masked_ids[position] == token, f"{message} row={row}"
+            else:
+                assert labels[position] == token, f"{message} row={row}"
+
+
+# ----------------------------------------------------------------------------------------------
+# Random tokens
+# ----------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("tokenizer_name", TOKENIZERS)
+def test_random_token_rates_specials_and_replacement(request, tokenizer_name, corpus, seed):
+    tokenizer = request.getfixturevalue(tokenizer_name)
+    rng = np.random.default_rng(seed)
+    p = float(rng.uniform(0.1, 0.5))
+    examples = encode(tokenizer, sample_lines(corpus, seed, 32)) + random_sequences(tokenizer, rng, 32)
+    collator = RandomTokenCollator(tokenizer, mlm_probability=p, seed=seed)
+    message = f"seed={seed} p={p:.3f}"
+    special = set(tokenizer.all_special_ids)
+    boundaries = collator.boundaries
+    groups = [reference_words(tokenizer, ids)[0] for ids in examples]
+    calls = 12
+    eligible = calls * sum(token not in special for ids in examples for token in ids)
+    masked = as_mask = as_random = unchanged = partial = 0
+    for _ in range(calls):
+        batch = collator(examples)
+        assert set(batch) == {"input_ids", "attention_mask", "labels"}
+        check_labels_and_specials(tokenizer, examples, batch, message)
+        chosen = batch["labels"] != -100
+        masked += int(chosen.sum())
+        new, old = batch["input_ids"][chosen], batch["labels"][chosen]
+        as_mask += int((new == tokenizer.mask_token_id).sum())
+        replaced = (new != tokenizer.mask_token_id) & (new != old)
+        as_random += int(replaced.sum())
+        unchanged += int((new == old).sum())
+        assert not boundaries.never_word[new[replaced]].any(), f"{message}: a special token drawn as replacement"
+        for row, row_groups in enumerate(groups):
+            partial += word_mask_counts(batch["labels"][row].tolist(), row_groups)[1]
+    assert within(masked / eligible, p, eligible), f"{message}: masked {masked} of {eligible} eligible tokens"
+    # A random replacement draws the original token back with probability 1/R.
+    back = 0.1 / boundaries.random_token_ids.numel()
+    for observed, probability in ((as_mask, 0.8), (as_random, 0.1 - back), (unchanged, 0.1 + back)):
+        assert within(observed / masked, probability, masked), f"{message}: {observed}/{masked} vs {probability}"
+    assert partial > 0, f"{message}: token masking should split some multi-token words"
+
+
+# ----------------------------------------------------------------------------------------------
+# Random words
+# ----------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("tokenizer_name", TOKENIZERS)
+def test_random_word_whole_words_and_budget(request, tokenizer_name, corpus, seed):
+    tokenizer = request.getfixturevalue(tokenizer_name)
+    rng = np.random.default_rng(seed)
+    p = float(rng.uniform(0.1, 0.6))
+    examples = encode(tokenizer, sample_lines(corpus, seed, 32)) + random_sequences(tokenizer, rng, 32)
+    groups = [reference_words(tokenizer, ids)[0] for ids in examples]
+    collator = RandomWordCollator(tokenizer, mlm_probability=p, seed=seed)
+    message = f"seed={seed} p={p:.3f}"
+    calls = 20
+    total = 0
+    for _ in range(calls):
+        batch = collator(examples)
+        assert set(batch) == {"input_ids", "attention_mask", "labels"}
+        check_labels_and_specials(tokenizer, examples, batch, message)
+        for row, row_groups in enumerate(groups):
+            masked, partial = word_mask_counts(batch["labels"][row].tolist(), row_groups)
+            assert partial == 0, f"{message} row={row}: a word is masked in part"
+            expected = p * len(row_groups)
+            assert math.floor(expected) <= masked <= math.ceil(expected), f"{message} row={row}: {masked} vs {expected}"
+            total += masked
+    # Stochastic rounding: the expected count is exactly p * n; the variance is frac * (1 - frac).
+    mean = calls * sum(p * len(g) for g in groups)
+    variance = calls * sum((p * len(g) % 1) * (1 - p * len(g) % 1) for g in groups)
+    assert abs(total - mean) <= 5 * math.sqrt(variance) + 1e-6, f"{message}: {total} masked words vs {mean:.1f}"
+
+
+def test_random_word_every_word_equally_likely(bert_wordpiece, seed):
+    tokenizer = bert_wordpiece
+    rng = np.random.default_rng(seed)
+    ids = random_sequences(tokenizer, rng, 1)[0]
+    while len(reference_words(tokenizer, ids)[0]) < 4:
+        ids = random_sequences(tokenizer, rng, 1)[0]
+    groups, _ = reference_words(tokenizer, ids)
+    p = float(rng.uniform(0.1, 0.7))
+    rows = 20_000
+    batch = RandomWordCollator(tokenizer, mlm_probability=p, seed=seed)([ids] * rows)
+    chosen = batch["labels"] != -100
+    for w, group in enumerate(groups):
+        frequency = chosen[:, group[0]].double().mean().item()
+        assert within(frequency, p, rows), f"seed={seed} p={p:.3f} word={w} of {len(groups)}: {frequency:.4f}"
+
+
+# ----------------------------------------------------------------------------------------------
+# Term matching
+# ----------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("tokenizer_name", TOKENIZERS)
+def test_matcher_agrees_with_reference(request, tokenizer_name, corpus, seed):
+    tokenizer = request.getfixturevalue(tokenizer_name)
+    lines = sample_lines(corpus, seed, 24)
+    terms = random_terms(tokenizer, lines, random.Random(seed), 12)
+    matcher = TermMatcher(tokenizer, terms)
+    examples = encode(tokenizer, lines, max_length=None)
+    collator = RandomWordCollator(tokenizer)
+    batch = collator._pad(examples)["input_ids"]
+    spans = matcher.spans(batch)
+    words = matcher.words_of(batch)
+    term_set = {term_words(tokenizer, t) for t in terms}
+    message = f"seed={seed} terms={terms}"
+    found = 0
+    for row, ids in enumerate(examples):
+        assert words[row] == reference_words(tokenizer, ids)[1], f"{message} row={row}"
+        expected = reference_spans(tokenizer, ids, term_set)
+        assert spans[row] == expected, f"{message} row={row}: {spans[row]} vs {expected}"
+        found += len(expected)
+    assert found > 0, f"{message}: terms drawn from the lines must occur in them"
+
+
+def test_multiword_terms_match_across_tokenizers(request, corpus, seed):
+    """A phrase of alphabetic words is found by every tokenizer wherever it occurs, in any case."""
+    lines = sample_lines(corpus, seed, 40)
+    rng = random.Random(seed)
+    phrases = []
+    while len(phrases) < 3:
+        words = rng.choice(lines).split()
+        k = rng.choice([2, 3])
+        starts = [i for i in range(len(words) - k + 1) if all(re.fullmatch(r"[A-Za-z]+", w) for w in words[i:i + k])]
+        if starts:
+            i = rng.choice(starts)
+            phrases.append(words[i:i + k])
+    for tokenizer_name in TOKENIZERS:
+        tokenizer = request.getfixturevalue(tokenizer_name)
+        collator = RandomWordCollator(tokenizer)
+        for phrase in phrases:
+            term = " ".join(w.upper() if k % 2 else w.title() for k, w in enumerate(phrase))  # case must not matter
+            matcher = TermMatcher(tokenizer, [term])
+            message = f"seed={seed} {tokenizer_name} term={term!r}"
+            for text in (lines, [line.lower() for line in lines], [line.upper() for line in lines]):
+                examples = encode(tokenizer, text, max_length=None)
+                batch = collator._pad(examples)["input_ids"]
+                spans = matcher.spans(batch)
+                words = matcher.words_of(batch)
+                target = [w.lower() for w in phrase]
+                for row, line in enumerate(text):
+                    tokens = [w.lower() for w in line.split()]
+                    occurs = any(tokens[i:i + len(target)] == target for i in range(len(tokens)))
+                    assert not occurs or spans[row], f"{message}: missed in {line!r}"
+                    for start, end in spans[row]:
+                        assert words[row][start:end] == target, f"{message}: {words[row][start:end]} in {line!r}"
+
+
+def test_matcher_details(bert_wordpiece, roberta_byte_bpe, monkeypatch):
+    tokenizer = bert_wordpiece
+    # No match across a special token (the separator of a pair).
+    matcher = TermMatcher(tokenizer, ["active site"])
+    pair = tokenizer("the enzyme is active", "site of binding")["input_ids"]
+    single = tokenizer("the enzyme is active site of binding")["input_ids"]
+    assert matcher.spans(torch.tensor([pair])) == [[]]
+    assert matcher.spans(torch.tensor([single])) == [[(3, 5)]]
+    # Longest first, left to right, no overlaps.
+    matcher = TermMatcher(tokenizer, ["kinase", "kinase inhibitor", "inhibitor of", "of the"])
+    ids = tokenizer("kinase inhibitor of the kinase")["input_ids"]
+    assert matcher.spans(torch.tensor([ids])) == [[(0, 2), (2, 4), (4, 5)]]
+    # Each distinct word is decoded once.
+    from diffmask_fast import terms as terms_module
+
+    decoded = []
+    original = terms_module.decode_words
+
+    def counting(tok, words):
+        decoded.extend(tuple(w) for w in words)
+        return original(tok, words)
+
+    monkeypatch.setattr(terms_module, "decode_words", counting)
+    matcher = TermMatcher(roberta_byte_bpe, ["Enzyme"])
+    decoded.clear()
+    batch = torch.tensor([roberta_byte_bpe("the enzyme and the ENZYME, the enzyme")["input_ids"]] * 3)
+    assert [len(s) for s in matcher.spans(batch)] == [3, 3, 3]
+    assert len(decoded) == len(set(decoded)) == matcher.known_words - 1
+    decoded.clear()
+    matcher.spans(batch)
+    assert decoded == [], "known words are not decoded again"
+    # Terms the tokenizer cannot represent are dropped with a warning.
+    with pytest.warns(UserWarning, match="cannot represent"):
+        assert len(TermMatcher(tokenizer, ["enzyme", "\u2603x"])) == 1
+
+
+# ----------------------------------------------------------------------------------------------
+# Term masking
+# ----------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("tokenizer_name", TOKENIZERS)
+def test_term_masking_takes_whole_terms_first(request, tokenizer_name, corpus, seed):
+    tokenizer = request.getfixturevalue(tokenizer_name)
+    lines = sample_lines(corpus, seed, 48)
+    rng = random.Random(seed)
+    terms = frequent_words(lines, 6) + random_terms(tokenizer, lines, rng, 4)
+    p = rng.uniform(0.1, 0.5)
+    collator = TermMaskingCollator(tokenizer, terms, mlm_probability=p, seed=seed)
+    examples = encode(tokenizer, lines)
+    batch_ids = collator._pad([{"input_ids": e} for e in examples])["input_ids"]
+    spans = collator.matcher.spans(batch_ids)
+    longest = max(collator.matcher.max_term_words, 1)
+    message = f"seed={seed} p={p:.3f} terms={terms}"
+    all_groups = [reference_words(tokenizer, ids)[0] for ids in examples]
+    saw_terms_only = saw_fill = False
+    for _ in range(6):
+        batch = collator(examples)
+        check_labels_and_specials(tokenizer, examples, batch, message)
+        for row, groups in enumerate(all_groups):
+            labels = batch["labels"][row].tolist()
+            flags = []
+            for group in groups:
+                word = {labels[i] != -100 for i in group}
+                assert len(word) == 1, f"{message} row={row}: a word is masked in part"
+                flags.append(word.pop())
+            in_term = [False] * len(groups)
+            for start, end in spans[row]:
+                assert len(set(flags[start:end])) == 1, f"{message} row={row}: term {start}:{end} masked in part"
+                in_term[start:end] = [True] * (end - start)
+            masked = sum(flags)
+            n_terms = sum(in_term)
+            other = sum(f and not t for f, t in zip(flags, in_term))
+            terms_masked = masked - other
+            low, high = math.floor(p * len(groups)), math.ceil(p * len(groups))
+            if masked < n_terms:
+                assert other == 0, f"{message} row={row}: other words masked before every term word"
+                assert low <= masked <= high + longest - 1, f"{message} row={row}: {masked} words vs {p * len(groups):.2f}"
+                saw_terms_only |= masked > 0
+            else:
+                assert terms_masked == n_terms, f"{message} row={row}"
+                assert low <= masked <= max(high, n_terms), f"{message} row={row}: {masked} words vs {p * len(groups):.2f}"
+                if n_terms and other:
+                    saw_fill = True
+                    assert low <= masked <= high, f"{message} row={row}: filled past the budget"
+    assert saw_terms_only or saw_fill, f"{message}: no row masked a term"
+
+
+@pytest.mark.parametrize("case", ["terms exceed the budget", "terms below the budget"])
+def test_term_masking_random_order_and_uniform_fill(bert_wordpiece, seed, case):
+    """Single-word terms: with budget B and T term words, each term word is masked with
+    probability min(B, T) / T and each other word with probability max(B - T, 0) / (n - T)."""
+    tokenizer = bert_wordpiece
+    rng = np.random.default_rng(seed)
+    vocabulary = [t for t in tokenizer.get_vocab() if re.fullmatch(r"[a-z]{3,}", t)]
+    n = int(rng.integers(8, 14))
+    words = list(rng.choice(sorted(vocabulary), size=n, replace=False))
+    n_terms = int(rng.integers(4, n - 2)) if case == "terms exceed the budget" else int(rng.integers(1, 3))
+    p = float(rng.uniform(0.1, 0.9 * n_terms / n)) if case == "terms exceed the budget" else float(rng.uniform(0.5, 0.9))
+    terms = list(rng.choice(words, size=n_terms, replace=False))
+    ids = tokenizer(" ".join(words))["input_ids"]
+    assert len(ids) == n + 2, "vocabulary words are single tokens"
+    rows = 20_000
+    batch = TermMaskingCollator(tokenizer, [t.upper() for t in terms], mlm_probability=p, seed=seed)([ids] * rows)
+    chosen = (batch["labels"][:, 1:-1] != -100).double().mean(0).tolist()
+    low = math.floor(p * n)
+    exact_term = exact_other = 0.0
+    for budget, chance in ((low, 1 - (p * n - low)), (low + 1, p * n - low)):
+        exact_term += chance * min(budget, n_terms) / n_terms
+        exact_other += chance * max(budget - n_terms, 0) / (n - n_terms)
+    message = f"seed={seed} words={words} terms={terms} p={p:.3f}"
+    for word, frequency in zip(words, chosen):
+        exact = exact_term if word in terms else exact_other
+        assert within(frequency, exact, rows), f"{message} word={word!r}: {frequency:.4f} vs {exact:.4f}"
+
+
+@pytest.mark.parametrize("tokenizer_name", TOKENIZERS)
+def test_term_masking_overshoots_only_by_whole_spans(request, tokenizer_name, seed):
+    """Multi-word terms beyond the budget: spans stay whole, so the last one taken may overshoot
+    the budget by at most its length - 1 words, and no other word is masked."""
+    tokenizer = request.getfixturevalue(tokenizer_name)
+    rng = random.Random(seed)
+    units = ["active site"] * rng.randint(2, 4) + ["tyrosine kinase inhibitor"] * rng.randint(2, 4)
+    units += rng.sample(["the", "cells", "were", "treated", "with", "and", "binding", "of", "to", "protein"], 6)
+    rng.shuffle(units)
+    text = " ".join(units)
+    ids = tokenizer(text)["input_ids"]
+    groups, _ = reference_words(tokenizer, ids)
+    spans = reference_spans(tokenizer, ids, {term_words(tokenizer, t) for t in ("Active Site", "tyrosine KINASE inhibitor")})
+    n, n_terms = len(groups), sum(end - start for start, end in spans)
+    p = rng.uniform(0.2, 0.9 * n_terms / n)
+    rows = 2000
+    batch = TermMaskingCollator(tokenizer, ["Active Site", "tyrosine KINASE inhibitor"], mlm_probability=p, seed=seed)([ids] * rows)
+    chosen = batch["labels"] != -100
+    words = torch.stack([chosen[:, g[0]] for g in groups], dim=1)
+    for w, group in enumerate(groups):
+        assert torch.equal(chosen[:, group], words[:, w:w + 1].expand(rows, len(group))), f"seed={seed} word {w} split"
+    in_term = torch.zeros(n, dtype=torch.bool)
+    for start, end in spans:
+        assert (words[:, start:end].all(1) | ~words[:, start:end].any(1)).all(), f"seed={seed} text={text!r}: span split"
+        in_term[start:end] = True
+    message = f"seed={seed} text={text!r} p={p:.3f}"
+    assert not words[:, ~in_term].any(), f"{message}: other words masked though terms exceed the budget"
+    masked = words.sum(1)
+    low, high = math.floor(p * n), math.ceil(p * n)
+    assert int(masked.min()) >= low and int(masked.max()) <= high + 2, message
+    assert int(masked.max()) > high, f"{message}: the last span never overshot the budget"
+
+
+# ----------------------------------------------------------------------------------------------
+# MSLM
+# ----------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("tokenizer_name", TOKENIZERS)
+def test_mslm_rates_and_loss_weights(request, tokenizer_name, corpus, seed):
+    tokenizer = request.getfixturevalue(tokenizer_name)
+    lines = sample_lines(corpus, seed, 16)
+    rng = random.Random(seed)
+    terms = frequent_words(lines, 5) + random_terms(tokenizer, lines, rng, 3)
+    term_probability, other_probability = rng.uniform(0.3, 0.9), rng.uniform(0.05, 0.3)
+    weight = rng.choice([0.5, 2.0, 3.7])
+    collator = MSLMCollator(tokenizer, terms, term_probability=term_probability, mlm_probability=other_probability,
+                            term_weight=weight, seed=seed)
+    examples = encode(tokenizer, lines) * 40
+    all_groups = [reference_words(tokenizer, ids)[0] for ids in examples[: len(lines)]] * 40
+    batch = collator(examples)
+    assert set(batch) == {"input_ids", "attention_mask", "labels", "loss_weights"}
+    assert batch["loss_weights"].dtype == torch.float32 and batch["loss_weights"].shape == batch["labels"].shape
+    message = f"seed={seed} terms={terms} rates={term_probability:.3f}/{other_probability:.3f} weight={weight}"
+    check_labels_and_specials(tokenizer, examples, batch, message)
+    spans = collator.matcher.spans(collator._pad(examples)["input_ids"])
+    occurrences = masked_occurrences = others = masked_others = 0
+    for row, groups in enumerate(all_groups):
+        labels = batch["labels"][row]
+        weights = batch["loss_weights"][row]
+        masked = labels != -100
+        expected = torch.zeros_like(weights)
+        in_term = [False] * len(groups)
+        for start, end in spans[row]:
+            positions = [i for g in groups[start:end] for i in g]
+            flags = set(masked[positions].tolist())
+            assert len(flags) == 1, f"{message} row={row}: term occurrence masked in part"
+            occurrences += 1
+            masked_occurrences += flags.pop()
+            in_term[start:end] = [True] * (end - start)
+            expected[positions] = weight
+        for group, term in zip(groups, in_term):
+            flags = set(masked[group].tolist())
+            assert len(flags) == 1, f"{message} row={row}: word masked in part"
+            if not term:
+                others += 1
+                masked_others += flags.pop()
+                expected[group] = 1.0
+        expected[~masked] = 0.0
+        assert torch.equal(weights, expected), f"{message} row={row}: {weights.tolist()} vs {expected.tolist()}"
+    assert occurrences > 0, message
+    assert within(masked_occurrences / occurrences, term_probability, occurrences), (
+        f"{message}: {masked_occurrences}/{occurrences} term occurrences masked")
+    assert within(masked_others / others, other_probability, others), f"{message}: {masked_others}/{others} other words"
+
+
+def test_mslm_numpy_output(bert_wordpiece):
+    batch = MSLMCollator(bert_wordpiece, ["enzyme"], term_probability=1.0, mlm_probability=0.0, term_weight=2.5,
+                         return_tensors="np")([bert_wordpiece("the enzyme binds")["input_ids"]])
+    assert isinstance(batch["loss_weights"], np.ndarray)
+    ids = bert_wordpiece("the enzyme binds")["input_ids"]  # [CLS] the enzym ##e bind ##s [SEP]
+    assert batch["loss_weights"].tolist() == [[0.0, 0.0, 2.5, 2.5, 0.0, 0.0, 0.0]]
+    assert batch["labels"].tolist() == [[-100, -100, ids[2], ids[3], -100, -100, -100]]
+
+
+# ----------------------------------------------------------------------------------------------
+# Terms without labels
+# ----------------------------------------------------------------------------------------------
+
+
+def test_domain_terms(seed):
+    rng = random.Random(seed)
+    letters = [f"{rng.choice('abcdefgh')}{rng.choice('aeiou')}{rng.choice('klmnprst')}{i}" for i in range(200)]
+    other = ["123", "--", "4.5", "%"]
+    scores = {w: round(rng.uniform(-1, 1), 3) for w in letters + other}
+    for w in other:
+        scores[w] = 5.0  # the best scores, but no letter: never terms
+    table = ScoreTable.from_mapping(scores)
+    anchor_words = rng.sample(letters, 5) + ["Receptor"]
+    anchors = Anchors(tuple(Anchor(w, 1.0, 10, 1.0) for w in anchor_words), 1000, 1e6, 2, 10.0)
+    fraction = rng.choice([0.02, 0.05, 0.1, 0.33])
+    ranked = sorted(letters, key=lambda w: (-float(np.float32(scores[w])), w))
+    expected = sorted(set(ranked[:math.ceil(fraction * len(letters))]) | {w.lower() for w in anchor_words})
+    message = f"seed={seed} fraction={fraction}"
+    assert domain_terms(anchors, table, top_fraction=fraction) == expected, message
+    assert domain_terms(anchor_words, table, top_fraction=fraction) == expected, message
+    threshold = round(rng.uniform(0, 0.8), 3)
+    best = {w for w in letters if float(np.float32(scores[w])) >= float(np.float32(threshold))}
+    assert domain_terms(anchors, table, min_score=threshold) == sorted(best | {w.lower() for w in anchor_words}), message
+    assert domain_terms(anchors, None) == sorted({w.lower() for w in anchor_words})
+    with pytest.raises(ValueError, match="no domain terms"):
+        domain_terms([], None)
+    with pytest.raises(ValueError, match="no domain terms"):
+        domain_terms(["42"], ScoreTable.from_mapping({w: 1.0 for w in other}))
+    with pytest.raises(ValueError, match="top_fraction"):
+        domain_terms(anchors, table, top_fraction=1.5)
+
+
+# ----------------------------------------------------------------------------------------------
+# Every collator: seeding, pickling, errors
+# ----------------------------------------------------------------------------------------------
+
+TERMS = ["receptor", "kinase inhibitor", "antagonist", "the"]
+FACTORIES = {
+    "random_token": lambda tok, **kw: RandomTokenCollator(tok, **kw),
+    "random_word": lambda tok, **kw: RandomWordCollator(tok, **kw),
+    "terms": lambda tok, **kw: TermMaskingCollator(tok, TERMS, **kw),
+    "mslm": lambda tok, **kw: MSLMCollator(tok, TERMS, **kw),
+}
+
+
+@pytest.mark.parametrize("strategy", sorted(FACTORIES))
+def test_seeds_reproduce_and_calls_draw_anew(request, strategy, corpus, seed):
+    make = FACTORIES[strategy]
+    tokenizer = request.getfixturevalue(TOKENIZERS[seed % 3])
+    examples = encode(tokenizer, sample_lines(corpus, seed, 32))
+    first = make(tokenizer, seed=seed)(examples)
+    second = make(tokenizer, seed=seed)(examples)
+    for key in first:
+        assert torch.equal(first[key], second[key]), f"seed={seed} {strategy}: {key} differs for one seed"
+    assert not torch.equal(first["labels"], make(tokenizer, seed=seed + 1)(examples)["labels"]), f"seed={seed}"
+    collator = make(tokenizer, seed=seed)
+    assert not torch.equal(collator(examples)["labels"], collator(examples)["labels"]), f"seed={seed}: each call draws anew"
+    unseeded = make(tokenizer)
+    assert not torch.equal(unseeded(examples)["labels"], unseeded(examples)["labels"]), f"seed={seed}"
+
+
+@pytest.mark.parametrize("strategy", sorted(FACTORIES))
+def test_pickling_round_trip(request, strategy, corpus, seed):
+    tokenizer = request.getfixturevalue(TOKENIZERS[(seed + 1) % 3])
+    examples = encode(tokenizer, sample_lines(corpus, seed, 16))
+    collator = FACTORIES[strategy](tokenizer, seed=seed, mlm_probability=0.3)
+    copy = pickle.loads(pickle.dumps(collator))
+    assert type(copy) is type(collator)
+    for _ in range(2):  # the copy continues the same stream of draws
+        expected, got = collator(examples), copy(examples)
+        for key in expected:
+            assert torch.equal(expected[key], got[key]), f"seed={seed} {strategy}: {key}"
+
+
+def test_errors(bert_wordpiece, tokenizer_without_mask):
+    tokenizer = bert_wordpiece
+    for make in FACTORIES.values():
+        for settings, pattern in [
+            ({"mlm_probability": 1.5}, "mlm_probability"), ({"mlm_probability": -0.1}, "mlm_probability"),
+            ({"mask_replace_prob": 0.95, "random_replace_prob": 0.1}, "sum to at most 1"),
+            ({"pad_to_multiple_of": 0}, "pad_to_multiple_of"), ({"return_tensors": "tf"}, "return_tensors"),
+            ({"word_boundary": "wordlevel"}, "wordlevel"),
+        ]:
+            with pytest.raises(ValueError, match=pattern):
+                make(tokenizer, **settings)
+        with pytest.raises(ValueError, match="mask token"):
+            make(tokenizer_without_mask)
+        collator = make(tokenizer)
+        with pytest.raises(ValueError, match="empty list"):
+            collator([])
+        with pytest.raises(ValueError, match="outside the tokenizer's vocabulary"):
+            collator([[2, 10**6]])
+    for make in (TermMaskingCollator, MSLMCollator):
+        with pytest.raises(ValueError, match="empty"):
+            make(tokenizer, [])
+        with pytest.raises(ValueError, match="no letter"):
+            make(tokenizer, ["enzyme", "42 %"])
+        with pytest.raises(TypeError, match="single string"):
+            make(tokenizer, "enzyme")
+    with pytest.raises(ValueError, match="empty"):
+        TermMatcher(tokenizer, [])
+    with pytest.raises(ValueError, match="no letter"):
+        TermMatcher(tokenizer, ["--"])
+    with pytest.raises(ValueError, match="none of the terms"), pytest.warns(UserWarning):
+        TermMatcher(tokenizer, ["\u2603x"])
+    for weight in (float("nan"), -1.0, 0.0, float("inf")):
+        with pytest.raises(ValueError, match="term_weight"):
+            MSLMCollator(tokenizer, ["enzyme"], term_weight=weight)
+    with pytest.raises(ValueError, match="term_probability"):
+        MSLMCollator(tokenizer, ["enzyme"], term_probability=1.2)
