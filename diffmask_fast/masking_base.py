@@ -66,6 +66,11 @@ def replace_selected(
     return masked, labels
 
 
+def _stream_context() -> tuple[int, int, int]:
+    """What makes a random stream distinct: process, distributed rank, DataLoader worker."""
+    return (os.getpid(), distributed_rank(), worker_id())
+
+
 class MaskingCollatorBase:
     """Padding, seeding and pickling for a masking collator.
 
@@ -127,15 +132,18 @@ class MaskingCollatorBase:
 
         Without a seed the global torch RNG is used, which DataLoader already seeds per worker.
         """
-        if self.seed is None:
-            return None
-        context = (os.getpid(), distributed_rank(), worker_id())
+        context = _stream_context()
         generator = self._generators.get(context)
-        if generator is None:
+        if generator is None and self.seed is not None:
             entropy = np.random.SeedSequence([self.seed % 2**63, context[1] + 1, context[2] + 1])
             generator = torch.Generator().manual_seed(int(entropy.generate_state(1, np.uint64)[0] >> 1))
             self._generators[context] = generator
         return generator
+
+    def pin_generator(self, seed: int) -> None:
+        """Draw this process's masks from ``seed`` alone, the same in every rank and worker
+        (for masking a validation set identically everywhere)."""
+        self._generators[_stream_context()] = torch.Generator().manual_seed(int(seed))
 
     def _draw_seed(self) -> int:
         """A 64-bit seed for a compiled op, from this process's generator."""

@@ -178,6 +178,9 @@ def _training_arguments(config: PretrainConfig, workers: int) -> Any:
         remove_unused_columns=False,
         report_to=[],
         disable_tqdm=not config.progress,
+        # Under torchrun without GPUs, accelerate trains every process alone unless told to use
+        # the CPU: then it joins them with gloo.
+        use_cpu=not torch.cuda.is_available(),
     )
     options.update(config.extra_training_arguments)
     return TrainingArguments(**options)
@@ -229,11 +232,11 @@ def pretrain(config: PretrainConfig) -> dict:
     )
     if config.strategy == "difference" and strategy.masker is not None:
         strategy.masker.warm(train)  # the device table must know the words before training
-    _save_resources(out, resources)
-    validation_set = strategy.mask_examples([{"input_ids": s} for s in validation], model=model, seed=config.seed)
-
     workers = config.workers if config.workers is not None else (2 if torch.cuda.is_available() else 0)
     args = _training_arguments(config, workers)
+    if args.process_index == 0:
+        _save_resources(out, resources)
+    validation_set = strategy.mask_examples([{"input_ids": s} for s in validation], model=model, seed=config.seed)
     trainer = MaskingTrainer(
         model=model, args=args, train_dataset=SequenceDataset(train), eval_dataset=SequenceDataset(validation_set),
         data_collator=TrainingCollator(tokenizer, strategy.collator), masker=strategy.masker,
@@ -243,7 +246,8 @@ def pretrain(config: PretrainConfig) -> dict:
     result = trainer.train(resume_from_checkpoint=config.resume or None)
     best = trainer.evaluate()["eval_loss"]
     trainer.save_model(str(out))
-    tokenizer.save_pretrained(str(out))
+    if args.process_index == 0:
+        tokenizer.save_pretrained(str(out))
 
     state = trainer.state
     planned = args.max_steps if args.max_steps > 0 else math.ceil(

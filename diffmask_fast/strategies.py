@@ -63,6 +63,7 @@ class MaskingStrategy:
 
     def _mask_with_collator(self, examples, seed, batch_size) -> list[dict]:
         collator = dataclasses.replace(self.collator, seed=seed, return_tensors="pt", pad_to_multiple_of=None)
+        collator.pin_generator(seed)  # the same masks in every distributed rank
         masked: list[dict] = []
         for start in range(0, len(examples), batch_size):
             chunk = [{"input_ids": list(e["input_ids"])} for e in examples[start:start + batch_size]]

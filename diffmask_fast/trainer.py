@@ -6,6 +6,14 @@ and masked there by ``masker`` before the masked tokens are counted for the loss
 of gradient accumulation. A masker that needs the model (attention-based masking) gets it. A
 ``loss_weights`` entry in a batch weights each masked token's loss (``losses.weighted_mlm_loss``).
 
+The trainer computes the MLM loss itself, normalized by the masked tokens of the whole
+accumulated (and, across processes, gathered) batch. Masked-LM classes such as
+``BertForMaskedLM`` accept ``num_items_in_batch`` but return a per-batch mean, which
+``transformers.Trainer`` would then take for an already-normalized sum: gradients grow with the
+accumulation steps and the number of processes. Computing the loss here also lets the LM head
+run on the masked positions only (``sparse_head``): a quarter of the positions at 25% masking,
+which matters because the vocabulary projection is the largest matrix product of a small encoder.
+
 ``DifferenceMaskingTrainer`` is the same with a ``DifferenceMasker``: DataLoader workers only pad
 (``DataCollatorWithPadding``), the GPU masks. Evaluation batches without labels are masked the
 same way (with fresh draws, as a masking collator would), so ``evaluate()`` reports the masked-LM
@@ -33,7 +41,8 @@ class MaskingTrainer(Trainer):
     ``model=`` (the unwrapped model being trained). It is moved to the training device.
     """
 
-    def __init__(self, *args: Any, masker: torch.nn.Module | None = None, mask_eval: bool = True, **kwargs: Any):
+    def __init__(self, *args: Any, masker: torch.nn.Module | None = None, mask_eval: bool = True,
+                 sparse_head: bool = True, **kwargs: Any):
         if masker is not None and kwargs.get("data_collator") is None:
             tokenizer = getattr(masker, "tokenizer", None)
             if tokenizer is None:
@@ -42,6 +51,9 @@ class MaskingTrainer(Trainer):
         super().__init__(*args, **kwargs)
         self.masker = masker.to(self.args.device) if masker is not None else None
         self.mask_eval = mask_eval
+        # compute_loss normalizes by num_items_in_batch itself, so have the Trainer count them.
+        self.model_accepts_loss_kwargs = True
+        self._sparse_head = _SparseHead(self.model) if sparse_head else None
 
     def mask_batch(self, inputs: dict[str, Any]) -> dict[str, Any]:
         """The batch on the training device, masked (``input_ids`` replaced, ``labels`` added),
@@ -79,19 +91,68 @@ class MaskingTrainer(Trainer):
         return super().prediction_step(model, inputs, prediction_loss_only, ignore_keys=ignore_keys)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        weights = inputs.get("loss_weights")
-        if weights is None:
-            return super().compute_loss(model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch)
+        if inputs.get("labels") is None:
+            return super().compute_loss(model, inputs, return_outputs=return_outputs, num_items_in_batch=None)
         inputs = dict(inputs)
-        weights = inputs.pop("loss_weights")
         labels = inputs.pop("labels")
-        outputs = model(**inputs)
-        logits = outputs["logits"] if isinstance(outputs, dict) else outputs[0]
-        loss = weighted_mlm_loss(logits, labels, weights, num_items_in_batch)
-        if self.args.average_tokens_across_devices and self.model_accepts_loss_kwargs and num_items_in_batch is not None:
+        weights = inputs.pop("loss_weights", None)
+        if weights is None:
+            weights = torch.ones(labels.shape, device=labels.device)
+        sparse = self._sparse_head is not None and model is self.model and self._sparse_head.usable(inputs, labels)
+        if sparse:
+            masked = labels != -100
+            logits = self._sparse_head(inputs, masked)
+            loss = weighted_mlm_loss(logits[None], labels[masked][None], weights[masked][None], num_items_in_batch)
+            outputs = {"logits": logits}
+        else:
+            outputs = model(**inputs)
+            logits = outputs["logits"] if isinstance(outputs, dict) else outputs[0]
+            loss = weighted_mlm_loss(logits, labels, weights, num_items_in_batch)
+        if self.args.average_tokens_across_devices and num_items_in_batch is not None:
             # num_items_in_batch counts every process's tokens; DDP averages the gradients.
-            loss = loss * self.accelerator.num_processes
+            loss = loss * (self.accelerator.num_processes // self.get_tp_size())
         return (loss, outputs) if return_outputs else loss
+
+
+class _SparseHead:
+    """The MLM head applied to the masked positions only: ``head(encoder(**inputs)[0][masked])``.
+
+    Used when the model is an encoder (``base_model``) plus one head module that maps hidden
+    states to logits position by position (BERT, RoBERTa, XLM-R, ELECTRA...). That is checked
+    once, in eval mode, against the model's own logits on the first batch; any other model (or a
+    wrapped one, e.g. by DistributedDataParallel, whose forward must run) gets its full forward.
+    """
+
+    def __init__(self, model: torch.nn.Module):
+        self.model = model
+        base = getattr(model, "base_model", None)
+        heads = [module for module in model.children() if module is not base]
+        self.parts = (base, heads[0]) if base is not None and base is not model and len(heads) == 1 else None
+        self.verified: bool | None = None if self.parts is not None else False
+
+    def usable(self, inputs: dict, labels: torch.Tensor) -> bool:
+        if self.verified is None:
+            self.verified = self._matches_full_forward(inputs, labels != -100)
+        return self.verified
+
+    def __call__(self, inputs: dict, masked: torch.Tensor) -> torch.Tensor:
+        encoder, head = self.parts
+        return head(encoder(**inputs)[0][masked])
+
+    @torch.no_grad()
+    def _matches_full_forward(self, inputs: dict, masked: torch.Tensor) -> bool:
+        training = self.model.training
+        self.model.eval()  # no dropout, so both forwards see the same network
+        try:
+            outputs = self.model(**inputs)
+            expected = (outputs["logits"] if isinstance(outputs, dict) else outputs[0])[masked]
+            sparse = self(inputs, masked)
+        except (TypeError, RuntimeError, ValueError, KeyError, IndexError):
+            return False
+        finally:
+            self.model.train(training)
+        return sparse.shape == expected.shape and bool(
+            torch.allclose(sparse.float(), expected.float(), rtol=1e-3, atol=1e-3))
 
 
 class DifferenceMaskingTrainer(MaskingTrainer):

@@ -223,3 +223,92 @@ def test_strategy_registry():
     assert resolve_mask_location("random-token", "auto") == "workers"
     with pytest.raises(ValueError, match="mask_on must be one of"):
         resolve_mask_location("difference", "gpu")
+
+
+def test_early_stopping_when_validation_loss_stops_improving(model_dir, corpus, tmp_path):
+    # With a learning rate of 0 the validation loss (fixed masks, no dropout) never improves:
+    # the best is set at step 2, then two validations without improvement stop the run at step 6.
+    summary = pretrain(config_for(model_dir, corpus, tmp_path / "stop", max_steps=40, eval_steps=2, patience=2,
+                                  learning_rate=0.0))
+    assert summary["global_step"] == 6 and summary["stopped_early"]
+    evaluations = [entry["eval_loss"] for entry in summary["log_history"] if "eval_loss" in entry]
+    assert max(evaluations) - min(evaluations) < 1e-6
+
+
+def test_workers_mask_in_subprocesses(model_dir, corpus, tmp_path):
+    summary = pretrain(config_for(model_dir, corpus, tmp_path / "workers", strategy="random-word", workers=2,
+                                  max_steps=2, patience=0))
+    assert summary["global_step"] == 2 and math.isfinite(summary["best_validation_loss"])
+
+
+def test_torchrun_joins_processes_and_validates_on_the_same_masks(model_dir, corpus, tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    single = pretrain(config_for(model_dir, corpus, tmp_path / "single", strategy="random-word", max_steps=2,
+                                 patience=0))
+    torchrun = os.path.join(os.path.dirname(sys.executable), "torchrun")
+    out = tmp_path / "ddp"
+    command = [torchrun, "--nproc-per-node", "2", "--master-port", str(29500 + os.getpid() % 1000),
+               "-m", "diffmask_fast.cli", "pretrain", str(corpus), "--model", str(model_dir), "-o", str(out),
+               "--strategy", "random-word", "--max-steps", "2", "--eval-steps", "2", "--batch-size", "8",
+               "--max-length", "32", "--validation-fraction", "0.1", "--patience", "0", "--learning-rate", "1e-3",
+               "--no-progress"]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0, done.stderr[-3000:]
+    distributed = json.loads((out / SUMMARY_FILE).read_text())
+    # Two processes share the work: an epoch has half the steps...
+    assert distributed["epochs"] == pytest.approx(2 * single["epochs"], rel=0.05)
+    # ...and the validation loss of the untouched model is the single process's, not scaled by the
+    # number of processes (it differs slightly: the Trainer averages batch means, and the batches differ).
+    assert distributed["validation_loss_before"] == pytest.approx(single["validation_loss_before"], rel=0.03)
+
+
+def test_sparse_head_gives_the_full_forward_loss(seed, tiny_bert_mlm, tmp_path):
+    from transformers import TrainingArguments
+
+    g = torch.Generator().manual_seed(seed)
+    input_ids = torch.randint(5, tiny_bert_mlm.config.vocab_size, (3, 13), generator=g)
+    labels = random_labels(g, input_ids)
+    batch = {"input_ids": input_ids, "attention_mask": torch.ones_like(input_ids), "labels": labels}
+    args = TrainingArguments(output_dir=str(tmp_path), report_to=[])
+    sparse = MaskingTrainer(model=tiny_bert_mlm, args=args, data_collator=lambda x: x)
+    full = MaskingTrainer(model=tiny_bert_mlm, args=args, data_collator=lambda x: x, sparse_head=False)
+    tiny_bert_mlm.eval()
+    with torch.no_grad():
+        expected = tiny_bert_mlm(**batch).loss
+        assert float(sparse.compute_loss(tiny_bert_mlm, dict(batch))) == pytest.approx(float(expected), rel=1e-5)
+        assert sparse._sparse_head.verified is True
+        assert float(full.compute_loss(tiny_bert_mlm, dict(batch))) == pytest.approx(float(expected), rel=1e-5)
+        # Normalized by the tokens of the whole accumulated batch, whatever the model does with it.
+        n = int((labels != -100).sum())
+        scaled = sparse.compute_loss(tiny_bert_mlm, dict(batch), num_items_in_batch=torch.tensor(4 * n))
+        assert float(scaled) == pytest.approx(float(expected) / 4, rel=1e-5), f"seed={seed}"
+
+
+def test_sparse_head_falls_back_for_models_it_cannot_split(tiny_bert_mlm, tmp_path):
+    from transformers import TrainingArguments
+
+    class ScaledLogits(torch.nn.Module):  # the logits depend on the whole sequence, not position by position
+        def __init__(self, inner):
+            super().__init__()
+            self.base_model = inner.bert
+            self.head = inner.cls
+
+        def forward(self, input_ids, attention_mask=None, **_):
+            logits = self.head(self.base_model(input_ids, attention_mask=attention_mask)[0])
+            return {"logits": logits - logits.mean(dim=1, keepdim=True)}
+
+    model = ScaledLogits(tiny_bert_mlm).eval()
+    trainer = MaskingTrainer(model=model, args=TrainingArguments(output_dir=str(tmp_path), report_to=[]),
+                             data_collator=lambda x: x)
+    input_ids = torch.randint(5, 100, (2, 7))
+    labels = torch.where(torch.rand(2, 7) < 0.5, input_ids, torch.full_like(input_ids, -100))
+    labels[:, 0] = input_ids[:, 0]
+    with torch.no_grad():
+        loss = trainer.compute_loss(model, {"input_ids": input_ids, "labels": labels})
+        expected = weighted_mlm_loss(model(input_ids)["logits"], labels, torch.ones(2, 7))
+    assert trainer._sparse_head.verified is False
+    assert float(loss) == pytest.approx(float(expected), rel=1e-6)
