@@ -48,3 +48,18 @@ def markdown_table(header: list[str], rows: list[list[object]]) -> str:
 
 def milliseconds(seconds: float) -> str:
     return f"{seconds * 1e3:.3f} ms"
+
+
+def replace_section(path, heading: str, section: str) -> None:
+    """Put ``section`` (markdown starting with the line ``heading``) in place of the section of
+    ``path`` with that heading, or at its end; the rest of the file stays as it is."""
+    from diffmask_fast._io import atomic_write_bytes
+
+    text = path.read_text(encoding="utf-8") if path.exists() else "# Benchmark results\n"
+    start = text.find(heading + "\n")
+    if start >= 0:
+        following = text.find("\n## ", start + len(heading))
+        text = text[:start] + section.rstrip("\n") + "\n" + (text[following:] if following >= 0 else "")
+    else:
+        text = text.rstrip("\n") + "\n\n" + section.rstrip("\n") + "\n"
+    atomic_write_bytes(path, text.encode("utf-8"))

@@ -19,7 +19,7 @@ sys.path.insert(0, str(HERE.parent))
 
 import importlib  # noqa: E402
 
-from harness import machine  # noqa: E402
+from harness import machine, replace_section  # noqa: E402
 
 from diffmask_fast._io import atomic_write_bytes  # noqa: E402
 
@@ -29,17 +29,26 @@ SECTIONS = [
     ("ops", "bench_ops", "Ops"),
     ("counting", "bench_counting", "Word counting"),
     ("scoring", "bench_scoring", "Word scoring"),
+    ("training", "bench_training", "Training step: masking strategies and the MLM head"),
     ("gpu", "bench_gpu", "GPU"),
 ]
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--write", action="store_true", help="rewrite benchmarks/RESULTS.md")
-    parser.add_argument("--only", choices=[name for name, _, _ in SECTIONS], help="run one section and print it")
+    parser.add_argument("--only", choices=[name for name, _, _ in SECTIONS],
+                        help="run one section and print it (with --write, replace that section of RESULTS.md)")
     args = parser.parse_args()
     if args.only:
-        module = next(m for name, m, _ in SECTIONS if name == args.only)
-        print(importlib.import_module(module).run()[0])
+        module, heading = next((m, h) for name, m, h in SECTIONS if name == args.only)
+        section = importlib.import_module(module)
+        table, _ = section.run()
+        print(table)
+        if args.write:
+            note = (f"Measured on its own: {machine()}; {datetime.date.today().isoformat()}; "
+                    f"`python benchmarks/run.py --only {args.only} --write`.")
+            replace_section(HERE / "RESULTS.md", f"## {heading}",
+                            "\n".join([f"## {heading}", "", section.GOALS, "", note, "", table, ""]))
         return
     body = []
     for _, module, heading in SECTIONS:
