@@ -143,7 +143,26 @@ def render(args, scale: dict, model: str, bundled: bool, rows, minutes: float) -
                      + (f"{_cell(test['accuracy'])} | {_cell(test['macro_f1'])} |" if test else "— | — |"))
     lines += ["", "Mean ± standard deviation over fine-tuning seeds, in percent. Each strategy's validation loss "
               "is measured on its own masks, so losses compare a run's start and end, not strategies."]
+    reading = summarize(rows)
+    if reading:
+        lines += ["", reading]
     return "\n".join(lines)
+
+
+def summarize(rows) -> str:
+    """One sentence on what the table says, computed from it so it never disagrees with the numbers."""
+    split = "test" if all(report.summary().get("test") for _, _, report in rows) else "dev"
+    scores = {name: report.summary()[split]["macro_f1"] for name, _, report in rows}
+    if not scores:
+        return ""
+    best = max(scores, key=lambda name: scores[name][0])
+    text = f"Reading: best {split} macro-F1 is `{best}` ({100 * scores[best][0]:.1f})."
+    if "none" in scores and len(scores) > 1:
+        base = scores["none"][0]
+        deltas = ", ".join(f"`{name}` {100 * (mean - base):+.1f}" for name, (mean, _) in scores.items()
+                           if name != "none")
+        text += f" Change from fine-tuning the starting model directly, in points: {deltas}."
+    return text
 
 
 if __name__ == "__main__":

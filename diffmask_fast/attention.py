@@ -167,6 +167,7 @@ class AttentionMasker(torch.nn.Module):
         self.register_buffer("never_word", boundaries.never_word.clone(), persistent=False)
         self.register_buffer("random_token_ids", boundaries.random_token_ids.clone(), persistent=False)
         self._generators: dict = {}
+        self._pinned_seed: int | None = None
 
     def extra_repr(self) -> str:
         return (f"order={self.order!r}, mlm_probability={self.mlm_probability}, layer={self.layer}, "
@@ -300,13 +301,25 @@ class AttentionMasker(torch.nn.Module):
         rank = torch.empty_like(order).scatter_(1, order, positions)
         return eligible & (rank < budget[:, None])
 
+    @contextlib.contextmanager
+    def pinned_generator(self, seed: int):
+        """Inside, draw from ``seed`` alone, the same in every rank (for masking a validation set
+        identically everywhere); outside, the training draws go on where they were."""
+        saved = self._generators, self._pinned_seed
+        self._generators, self._pinned_seed = {}, int(seed)
+        try:
+            yield self
+        finally:
+            self._generators, self._pinned_seed = saved
+
     def _generator(self, device: torch.device) -> torch.Generator | None:
         """This masker's generator on ``device``, seeded from (seed, rank); None without a seed."""
-        if self.seed is None:
+        if self.seed is None and self._pinned_seed is None:
             return None
         key = str(device)
         generator = self._generators.get(key)
         if generator is None:
-            generator = torch.Generator(device=device).manual_seed(_generator_seed(self.seed))
+            seed = self._pinned_seed if self._pinned_seed is not None else _generator_seed(self.seed)
+            generator = torch.Generator(device=device).manual_seed(seed)
             self._generators[key] = generator
         return generator

@@ -104,9 +104,10 @@ def read_terms(path: str | os.PathLike) -> list[str]:
     return terms
 
 
-def _domain_resources(config: PretrainConfig, documents: list[str], tokenizer: Any) -> dict:
+def _domain_resources(config: PretrainConfig, documents: list[str], tokenizer: Any, *, saved: bool = False) -> dict:
     """Anchors, score table and terms the strategy needs: given, saved by an earlier run in the
-    output directory (resuming), or mined and scored from the training documents now."""
+    output directory (resuming) or by this run's main process (``saved``), or mined and scored
+    from the training documents now."""
     out = Path(config.output_dir)
     needs_scores = config.strategy == "difference" or (config.strategy == "mslm" and config.terms is None)
     resources: dict = {}
@@ -117,8 +118,9 @@ def _domain_resources(config: PretrainConfig, documents: list[str], tokenizer: A
     from .anchors import Anchors
     from .scoring import ScoreTable
 
-    anchors_path = config.anchors or (out / ANCHORS_FILE if config.resume and (out / ANCHORS_FILE).exists() else None)
-    scores_path = config.scores or (out / SCORES_FILE if config.resume and (out / SCORES_FILE).exists() else None)
+    reuse = saved or (config.resume and (out / ANCHORS_FILE).exists() and (out / SCORES_FILE).exists())
+    anchors_path = config.anchors or (out / ANCHORS_FILE if reuse else None)
+    scores_path = config.scores or (out / SCORES_FILE if reuse else None)
     if anchors_path is not None:
         anchors = Anchors.load(anchors_path)
     else:
@@ -222,7 +224,14 @@ def pretrain(config: PretrainConfig) -> dict:
     validation = tokenize_documents(tokenizer, validation_docs, config.max_length, progress=config.progress,
                                     description="tokenizing validation documents")
 
-    resources = _domain_resources(config, train_docs, tokenizer)
+    workers = config.workers if config.workers is not None else (2 if torch.cuda.is_available() else 0)
+    args = _training_arguments(config, workers)
+    # One process per machine mines and scores; the others wait and load what it saved.
+    with args.main_process_first(local=True, desc="mining anchors and scoring words"):
+        main = args.local_process_index == 0
+        resources = _domain_resources(config, train_docs, tokenizer, saved=not main)
+        if main:
+            _save_resources(out, resources)
     location = resolve_mask_location(config.strategy, config.mask_on)
     strategy = build_strategy(
         config.strategy, tokenizer, mlm_probability=config.mlm_probability, seed=config.seed,
@@ -232,10 +241,6 @@ def pretrain(config: PretrainConfig) -> dict:
     )
     if config.strategy == "difference" and strategy.masker is not None:
         strategy.masker.warm(train)  # the device table must know the words before training
-    workers = config.workers if config.workers is not None else (2 if torch.cuda.is_available() else 0)
-    args = _training_arguments(config, workers)
-    if args.process_index == 0:
-        _save_resources(out, resources)
     validation_set = strategy.mask_examples([{"input_ids": s} for s in validation], model=model, seed=config.seed)
     trainer = MaskingTrainer(
         model=model, args=args, train_dataset=SequenceDataset(train), eval_dataset=SequenceDataset(validation_set),

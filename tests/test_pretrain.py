@@ -241,29 +241,51 @@ def test_workers_mask_in_subprocesses(model_dir, corpus, tmp_path):
     assert summary["global_step"] == 2 and math.isfinite(summary["best_validation_loss"])
 
 
-def test_torchrun_joins_processes_and_validates_on_the_same_masks(model_dir, corpus, tmp_path):
+def test_torchrun_joins_processes_mines_once_and_validates_on_the_same_masks(model_dir, corpus, tmp_path):
     import os
     import subprocess
     import sys
 
-    single = pretrain(config_for(model_dir, corpus, tmp_path / "single", strategy="random-word", max_steps=2,
-                                 patience=0))
+    single = pretrain(config_for(model_dir, corpus, tmp_path / "single", max_steps=2, patience=0))
     torchrun = os.path.join(os.path.dirname(sys.executable), "torchrun")
     out = tmp_path / "ddp"
     command = [torchrun, "--nproc-per-node", "2", "--master-port", str(29500 + os.getpid() % 1000),
                "-m", "diffmask_fast.cli", "pretrain", str(corpus), "--model", str(model_dir), "-o", str(out),
-               "--strategy", "random-word", "--max-steps", "2", "--eval-steps", "2", "--batch-size", "8",
-               "--max-length", "32", "--validation-fraction", "0.1", "--patience", "0", "--learning-rate", "1e-3",
-               "--no-progress"]
+               "--max-steps", "2", "--eval-steps", "2", "--batch-size", "8", "--embedding-model", str(model_dir),
+               "--pooling", "mean", "--max-length", "32", "--validation-fraction", "0.1", "--patience", "0",
+               "--learning-rate", "1e-3", "--no-progress"]
     done = subprocess.run(command, capture_output=True, text=True, timeout=300,
                           env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert done.returncode == 0, done.stderr[-3000:]
     distributed = json.loads((out / SUMMARY_FILE).read_text())
+    # One process mined the anchors; the other loaded them: both trained with the same ones.
+    assert distributed["anchors"] == single["anchors"]
     # Two processes share the work: an epoch has half the steps...
     assert distributed["epochs"] == pytest.approx(2 * single["epochs"], rel=0.05)
     # ...and the validation loss of the untouched model is the single process's, not scaled by the
     # number of processes (it differs slightly: the Trainer averages batch means, and the batches differ).
     assert distributed["validation_loss_before"] == pytest.approx(single["validation_loss_before"], rel=0.03)
+
+
+def test_other_processes_load_what_the_main_process_mined(model_dir, corpus, tmp_path, monkeypatch, bert_wordpiece):
+    from diffmask_fast import anchors, counting, embedding
+    from diffmask_fast.pretrain import _domain_resources, _save_resources
+    from diffmask_fast.pretrain_data import read_documents
+
+    documents = read_documents([corpus], None)
+    config = config_for(model_dir, corpus, tmp_path / "run", strategy="mslm")
+    mined = _domain_resources(config, documents, bert_wordpiece)
+    _save_resources(config.output_dir, mined)
+
+    def must_not_run(*args, **kwargs):
+        raise AssertionError("a process that waits for the main process mined or scored again")
+
+    for module, name in ((counting, "count_words"), (anchors, "mine_anchors"), (embedding.WordEmbedder, "from_pretrained")):
+        monkeypatch.setattr(module, name, must_not_run)
+    loaded = _domain_resources(config, documents, bert_wordpiece, saved=True)
+    assert loaded["anchors"].words == mined["anchors"].words
+    assert loaded["terms"] == mined["terms"]
+    assert loaded["scores"] == mined["scores"]
 
 
 def test_sparse_head_gives_the_full_forward_loss(seed, tiny_bert_mlm, tmp_path):

@@ -636,3 +636,43 @@ def test_errors(bert_wordpiece, tokenizer_without_mask):
             MSLMCollator(tokenizer, ["enzyme"], term_weight=weight)
     with pytest.raises(ValueError, match="term_probability"):
         MSLMCollator(tokenizer, ["enzyme"], term_probability=1.2)
+
+
+# ----------------------------------------------------------------------------------------------
+# Validation masks: drawn once, the same in every distributed rank
+# ----------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("name,mask_on", [("difference", "workers"), ("difference", "device"),
+                                          ("random-token", "workers"), ("random-word", "device"),
+                                          ("mslm", "workers"), ("attention", "device"), ("mst", "device")])
+def test_validation_masks_are_the_same_in_every_rank(bert_wordpiece, tiny_bert_mlm, corpus, seed, monkeypatch,
+                                                     name, mask_on):
+    from diffmask_fast.strategies import build_strategy
+
+    tokenizer = bert_wordpiece
+    lines = sample_lines(corpus, seed, 24)
+    words = {w for line in lines for w in re.findall(r"\w+", line.lower())}
+    rng = random.Random(seed)
+    scores = ScoreTable.from_mapping({w: rng.random() for w in words})
+    examples = [{"input_ids": ids} for ids in encode(tokenizer, lines)]
+    tiny_bert_mlm.eval()
+
+    def masks_in_rank(rank: str):
+        monkeypatch.setenv("RANK", rank)
+        strategy = build_strategy(name, tokenizer, seed=seed, scores=scores, terms=TERMS, mask_on=mask_on)
+        validation = strategy.mask_examples(examples, model=tiny_bert_mlm, seed=seed + 1)
+        if strategy.collator is not None:
+            training = strategy.collator(examples)["labels"]
+        else:
+            ids = torch.nn.utils.rnn.pad_sequence([torch.tensor(e["input_ids"]) for e in examples], batch_first=True,
+                                                  padding_value=tokenizer.pad_token_id)
+            extra = {"model": tiny_bert_mlm} if getattr(strategy.masker, "needs_model", False) else {}
+            with torch.no_grad():
+                training = strategy.masker(ids, (ids != tokenizer.pad_token_id).long(), None, **extra)[1]
+        return [v["labels"] for v in validation], training
+
+    validation_0, training_0 = masks_in_rank("0")
+    validation_1, training_1 = masks_in_rank("1")
+    assert validation_0 == validation_1, f"seed={seed} {name}: validation masks differ between ranks"
+    assert any(label != -100 for row in validation_0 for label in row), f"seed={seed} {name}: nothing masked"
+    assert not torch.equal(training_0, training_1), f"seed={seed} {name}: ranks draw the same training masks"
