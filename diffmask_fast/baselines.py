@@ -17,12 +17,7 @@ from typing import Any
 import torch
 
 from . import ops
-from .masking_base import (
-    MaskingCollatorBase,
-    check_probability,
-    check_replacement,
-    replace_selected,
-)
+from .masking_base import MaskingCollatorBase, replace_selected
 from .tokenization import WordBoundaries
 
 __all__ = ["RandomTokenCollator", "RandomWordCollator"]
@@ -50,16 +45,10 @@ class RandomTokenCollator(MaskingCollatorBase):
     word_boundary: str | None = None
     boundaries: WordBoundaries = field(init=False, repr=False)
 
-    def __post_init__(self) -> None:
-        check_probability("mlm_probability", self.mlm_probability)
-        check_replacement(self.mask_replace_prob, self.random_replace_prob)
-        self._setup_base()
-
     def mask_batch(self, input_ids: torch.Tensor, never_word: torch.Tensor | None = None) -> dict:
         """Mask a padded [B, L] batch; ``never_word`` flags tokens never to mask (padding; special
         tokens are always excluded). Returns ``input_ids`` (replaced) and ``labels``."""
-        input_ids = self._check_ids(input_ids)
-        never_word = self._never_word(input_ids, never_word)
+        input_ids, never_word = self._checked_inputs(input_ids, never_word)
         generator = self._generator()
         draw = torch.rand(input_ids.shape, generator=generator, dtype=torch.float64)
         selected = (draw < self.mlm_probability) & ~never_word
@@ -90,16 +79,10 @@ class RandomWordCollator(MaskingCollatorBase):
     word_boundary: str | None = None
     boundaries: WordBoundaries = field(init=False, repr=False)
 
-    def __post_init__(self) -> None:
-        check_probability("mlm_probability", self.mlm_probability)
-        check_replacement(self.mask_replace_prob, self.random_replace_prob)
-        self._setup_base()
-
     def mask_batch(self, input_ids: torch.Tensor, never_word: torch.Tensor | None = None) -> dict:
         """Mask a padded [B, L] batch; ``never_word`` flags tokens that belong to no word (special
         tokens are always excluded). Returns ``input_ids`` (replaced) and ``labels``."""
-        input_ids = self._check_ids(input_ids)
-        never_word = self._never_word(input_ids, never_word)
+        input_ids, never_word = self._checked_inputs(input_ids, never_word)
         # Every word is absent from the empty table and so weighs unknown_score = 1: uniform
         # sampling. The op lists the absent words too; with nothing to learn they are ignored.
         output = ops.difference_mask(

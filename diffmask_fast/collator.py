@@ -8,7 +8,7 @@ from typing import Any, Mapping
 import torch
 
 from . import ops
-from .masking_base import MaskingCollatorBase, check_probability, check_replacement
+from .masking_base import MaskingCollatorBase, check_probability
 from .scoring import ScoreTable
 from .tokenization import WordBoundaries, decode_words
 
@@ -43,11 +43,9 @@ class DifferenceMaskingCollator(MaskingCollatorBase):
     def __post_init__(self) -> None:
         if not self.mlm:
             raise ValueError("DifferenceMaskingCollator masks words for masked language modelling; mlm=False is not supported")
-        check_probability("mlm_probability", self.mlm_probability)
         if self.weighting not in WEIGHTINGS:
             raise ValueError(f"unknown weighting {self.weighting!r}; expected one of {', '.join(WEIGHTINGS)}")
         check_probability("uniform_mix", self.uniform_mix)
-        check_replacement(self.mask_replace_prob, self.random_replace_prob)
         if not isinstance(self.scores, ScoreTable):
             self.scores = ScoreTable.from_mapping(self.scores)
         self._setup_base()
@@ -60,8 +58,7 @@ class DifferenceMaskingCollator(MaskingCollatorBase):
     def mask(self, input_ids: torch.Tensor, never_word: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Mask a padded [B, L] batch; ``never_word`` flags tokens that belong to no word
         (special tokens are always excluded). Returns (masked input_ids, labels)."""
-        input_ids = self._check_ids(input_ids)
-        never_word = self._never_word(input_ids, never_word)
+        input_ids, never_word = self._checked_inputs(input_ids, never_word)
         seed = self._draw_seed()
         while True:
             keys, values = self._cache.tensors()

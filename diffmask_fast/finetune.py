@@ -28,7 +28,7 @@ import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Sequence
 
 from .hf_loading import load_tokenizer, quiet_transformers
 from ._io import atomic_write_json, read_json

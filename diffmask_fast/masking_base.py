@@ -74,15 +74,22 @@ def _stream_context() -> tuple[int, int, int]:
 class MaskingCollatorBase:
     """Padding, seeding and pickling for a masking collator.
 
-    Subclasses (dataclasses) define ``tokenizer``, ``pad_to_multiple_of``, ``return_tensors``,
-    ``seed`` and ``word_boundary``, call ``_setup_base()`` in ``__post_init__`` and implement
+    Subclasses (dataclasses) define ``tokenizer``, ``mlm_probability``, ``mask_replace_prob``,
+    ``random_replace_prob``, ``pad_to_multiple_of``, ``return_tensors``, ``seed`` and
+    ``word_boundary`` (a ``__post_init__`` of their own calls ``_setup_base()``) and implement
     ``mask_batch(input_ids [B, L], never_word [B, L]) -> dict`` returning at least
     ``input_ids`` and ``labels`` (and e.g. ``loss_weights``).
     """
 
     boundaries: WordBoundaries
 
+    def __post_init__(self) -> None:
+        self._setup_base()
+
     def _setup_base(self) -> None:
+        """Check the options every masking collator has and build the tokenizer's word tables."""
+        check_probability("mlm_probability", self.mlm_probability)
+        check_replacement(self.mask_replace_prob, self.random_replace_prob)
         if self.pad_to_multiple_of is not None and self.pad_to_multiple_of < 1:
             raise ValueError(f"pad_to_multiple_of must be a positive integer, got {self.pad_to_multiple_of}")
         if self.return_tensors not in ("pt", "np"):
@@ -112,20 +119,17 @@ class MaskingCollatorBase:
     def mask_batch(self, input_ids: torch.Tensor, never_word: torch.Tensor) -> dict:
         raise NotImplementedError
 
-    def _check_ids(self, input_ids) -> torch.Tensor:
-        """``input_ids`` as a [B, L] int64 tensor of ids inside the tokenizer's vocabulary."""
+    def _checked_inputs(self, input_ids, never_word) -> tuple[torch.Tensor, torch.Tensor]:
+        """``input_ids`` as a [B, L] int64 tensor of ids inside the tokenizer's vocabulary, and the
+        tokens never to mask: the caller's ``never_word`` (or none) plus the special tokens."""
         input_ids = torch.as_tensor(input_ids, dtype=torch.long)
         if input_ids.ndim != 2:
             raise ValueError(f"input_ids must be a [batch, length] matrix, got shape {tuple(input_ids.shape)}")
         vocabulary = self.boundaries.never_word.numel()
         if input_ids.numel() and (int(input_ids.min()) < 0 or int(input_ids.max()) >= vocabulary):
             raise ValueError(f"input_ids hold ids outside the tokenizer's vocabulary [0, {vocabulary})")
-        return input_ids
-
-    def _never_word(self, input_ids: torch.Tensor, never_word: torch.Tensor | None) -> torch.Tensor:
-        """Special tokens of the vocabulary, plus whatever the caller flags."""
         special = self.boundaries.never_word[input_ids]
-        return special if never_word is None else (never_word.bool() | special)
+        return input_ids, (special if never_word is None else (never_word.bool() | special))
 
     def _generator(self) -> torch.Generator | None:
         """A generator for this process: seeded from (seed, rank, worker) when a seed is set.

@@ -22,12 +22,7 @@ import numpy as np
 import torch
 
 from . import ops
-from .masking_base import (
-    MaskingCollatorBase,
-    check_probability,
-    check_replacement,
-    replace_selected,
-)
+from .masking_base import MaskingCollatorBase, check_probability, replace_selected
 from .reference import has_letter, normalize_word
 from .tokenization import WordBoundaries, decode_words, word_boundaries
 
@@ -310,8 +305,6 @@ class TermMaskingCollator(MaskingCollatorBase):
     matcher: TermMatcher = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
-        check_probability("mlm_probability", self.mlm_probability)
-        check_replacement(self.mask_replace_prob, self.random_replace_prob)
         self.terms = _check_terms(self.terms)
         self._setup_base()
         self.matcher = TermMatcher(self.tokenizer, self.terms, boundaries=self.boundaries)
@@ -319,8 +312,7 @@ class TermMaskingCollator(MaskingCollatorBase):
     def mask_batch(self, input_ids: torch.Tensor, never_word: torch.Tensor | None = None) -> dict:
         """Mask a padded [B, L] batch; ``never_word`` flags tokens that belong to no word (special
         tokens are always excluded). Returns ``input_ids`` (replaced) and ``labels``."""
-        input_ids = self._check_ids(input_ids)
-        never_word = self._never_word(input_ids, never_word)
+        input_ids, never_word = self._checked_inputs(input_ids, never_word)
         match = self.matcher.match(input_ids, never_word)
         valid, in_term, unit = _units(match)
         batch, n_columns = unit.shape
@@ -379,14 +371,12 @@ class MSLMCollator(MaskingCollatorBase):
 
     def __post_init__(self) -> None:
         check_probability("term_probability", self.term_probability)
-        check_probability("mlm_probability", self.mlm_probability)
         try:
             weight = float(self.term_weight)
         except (TypeError, ValueError):
             raise TypeError(f"term_weight must be a number, got {self.term_weight!r}") from None
         if not (math.isfinite(weight) and weight > 0):
             raise ValueError(f"term_weight must be positive and finite, got {self.term_weight}")
-        check_replacement(self.mask_replace_prob, self.random_replace_prob)
         self.terms = _check_terms(self.terms)
         self._setup_base()
         self.matcher = TermMatcher(self.tokenizer, self.terms, boundaries=self.boundaries)
@@ -395,8 +385,7 @@ class MSLMCollator(MaskingCollatorBase):
         """Mask a padded [B, L] batch; ``never_word`` flags tokens that belong to no word (special
         tokens are always excluded). Returns ``input_ids`` (replaced), ``labels`` and
         ``loss_weights``."""
-        input_ids = self._check_ids(input_ids)
-        never_word = self._never_word(input_ids, never_word)
+        input_ids, never_word = self._checked_inputs(input_ids, never_word)
         match = self.matcher.match(input_ids, never_word)
         valid, in_term, unit = _units(match)
         generator = self._generator()

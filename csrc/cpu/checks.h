@@ -37,9 +37,28 @@ inline void check_integer(const at::Tensor& t, const char* op, const char* name)
                    " must be an integer tensor, got ", t.scalar_type());
 }
 
-// A score table is keys int64 [C] and values float32 [C], C a power of two (or 0: empty).
-void check_score_table(const at::Tensor& keys, const at::Tensor& values, const char* op, const char* keys_name,
-                       const char* values_name);
+// A score table is keys int64 [C] and values float32 [C], C a power of two (or 0: empty). The
+// layout alone, on any device:
+inline void check_score_table_layout(const at::Tensor& keys, const at::Tensor& values, const char* op,
+                                     const char* keys_name, const char* values_name) {
+  check_dim(keys, op, keys_name, 1);
+  check_dim(values, op, values_name, 1);
+  check_dtype(keys, op, keys_name, at::kLong);
+  check_dtype(values, op, values_name, at::kFloat);
+  const int64_t capacity = keys.size(0);
+  TORCH_CHECK_VALUE(capacity == values.size(0), op, ": ", keys_name, " and ", values_name,
+                    " must have the same length, got ", capacity, " and ", values.size(0));
+  TORCH_CHECK_VALUE((capacity & (capacity - 1)) == 0, op, ": the table capacity (length of ", keys_name,
+                    ") must be a power of two, got ", capacity);
+}
+
+// ...and a table for the CPU kernels.
+inline void check_score_table(const at::Tensor& keys, const at::Tensor& values, const char* op, const char* keys_name,
+                              const char* values_name) {
+  check_cpu(keys, op, keys_name);
+  check_cpu(values, op, values_name);
+  check_score_table_layout(keys, values, op, keys_name, values_name);
+}
 
 // Rows per parallel chunk so that a chunk has at least ~`work` elements.
 inline int64_t grain_for(int64_t row_length, int64_t work = 4096) {

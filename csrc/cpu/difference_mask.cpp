@@ -7,17 +7,13 @@
 #include <vector>
 
 #include "../core/masking.h"
-#include "checks.h"
+#include "mask_batch.h"
 
 namespace diffmask_fast {
 namespace cpu {
 namespace {
 
 constexpr const char* kOp = "difference_mask";
-
-void check_probability(double p, const char* name) {
-  TORCH_CHECK_VALUE(p >= 0.0 && p <= 1.0, kOp, ": ", name, " must be in [0, 1], got ", p);
-}
 
 // Distinct hashes of the misses, first occurrence in row-major order, as rows
 // (hash, row, begin, end).
@@ -65,60 +61,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> difference_mask_cpu(
     const at::Tensor& table_keys, const at::Tensor& table_values, const at::Tensor& random_token_ids,
     double mlm_probability, int64_t weighting, double uniform_mix, double unknown_score, int64_t mask_token_id,
     double mask_replace_prob, double random_replace_prob, int64_t seed) {
-  check_cpu(input_ids, kOp, "input_ids");
-  check_cpu(never_word, kOp, "never_word");
-  check_cpu(starts_word, kOp, "starts_word");
-  check_cpu(random_token_ids, kOp, "random_token_ids");
-  check_dim(input_ids, kOp, "input_ids", 2);
-  check_dtype(input_ids, kOp, "input_ids", at::kLong);
-  check_dtype(never_word, kOp, "never_word", at::kBool);
-  TORCH_CHECK_VALUE(never_word.sizes() == input_ids.sizes(), kOp, ": never_word must have the shape of input_ids ",
-                    input_ids.sizes(), ", got ", never_word.sizes());
-  check_dim(starts_word, kOp, "starts_word", 1);
-  check_dtype(starts_word, kOp, "starts_word", at::kBool);
-  check_score_table(table_keys, table_values, kOp, "table_keys", "table_values");
-  check_dim(random_token_ids, kOp, "random_token_ids", 1);
-  check_dtype(random_token_ids, kOp, "random_token_ids", at::kLong);
-  check_probability(mlm_probability, "mlm_probability");
-  check_probability(uniform_mix, "uniform_mix");
-  check_probability(mask_replace_prob, "mask_replace_prob");
-  check_probability(random_replace_prob, "random_replace_prob");
-  TORCH_CHECK_VALUE(mask_replace_prob + random_replace_prob <= 1.0 + 1e-12, kOp,
-                    ": mask_replace_prob + random_replace_prob must be at most 1, got ", mask_replace_prob, " + ",
-                    random_replace_prob);
-  TORCH_CHECK_VALUE(weighting == core::kWeightingSimilarity || weighting == core::kWeightingRank, kOp,
-                    ": weighting must be 0 (similarity) or 1 (rank), got ", weighting);
-  TORCH_CHECK_VALUE(std::isfinite(unknown_score), kOp, ": unknown_score must be finite, got ", unknown_score);
-  TORCH_CHECK_VALUE(random_replace_prob == 0.0 || random_token_ids.numel() > 0, kOp,
-                    ": random_token_ids is empty but random_replace_prob = ", random_replace_prob,
-                    " > 0; pass the ids random replacements are drawn from");
-
-  const int64_t B = input_ids.size(0);
-  const int64_t L = input_ids.size(1);
-  const int64_t V = starts_word.size(0);
-  const at::Tensor ids = input_ids.contiguous();
-  const at::Tensor never = never_word.contiguous();
-  const at::Tensor starts = starts_word.contiguous();
-  const at::Tensor keys = table_keys.contiguous();
-  const at::Tensor values = table_values.contiguous();
-  const at::Tensor random_ids = random_token_ids.contiguous();
-  const auto long_options = input_ids.options().dtype(at::kLong);
-  at::Tensor masked_ids = at::empty({B, L}, long_options);
-  at::Tensor labels = at::empty({B, L}, long_options);
-  at::Tensor masked_words = at::empty({B}, long_options);
-
-  const core::MaskParams params{mlm_probability,  weighting,         uniform_mix,        unknown_score,
-                                 mask_token_id,    mask_replace_prob, random_replace_prob};
-  const core::TableView table{keys.data_ptr<int64_t>(), values.data_ptr<float>(), keys.size(0)};
-
-  const int64_t* id_data = ids.data_ptr<int64_t>();
-  const bool* never_data = never.data_ptr<bool>();
-  const bool* starts_data = starts.data_ptr<bool>();
-  const int64_t* random_data = random_ids.data_ptr<int64_t>();
-  const int64_t n_random = random_ids.numel();
-  int64_t* out_ids = masked_ids.data_ptr<int64_t>();
-  int64_t* out_labels = labels.data_ptr<int64_t>();
-  int64_t* out_words = masked_words.data_ptr<int64_t>();
+  const MaskBatch batch =
+      prepare_mask_batch(kOp, input_ids, never_word, starts_word, table_keys, table_values, random_token_ids,
+                         mlm_probability, weighting, uniform_mix, unknown_score, mask_token_id, mask_replace_prob,
+                         random_replace_prob);
+  const int64_t B = batch.rows;
+  const int64_t L = batch.length;
+  const int64_t V = batch.vocabulary;
   std::vector<std::vector<core::Miss>> row_misses(static_cast<size_t>(B));
   std::vector<int64_t> bad_position(static_cast<size_t>(B), -1);
 
@@ -127,20 +76,22 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> difference_mask_cpu(
     for (int64_t b = begin; b < end; ++b) {
       const core::Stream stream(static_cast<uint64_t>(seed), static_cast<uint64_t>(b));
       const core::RowResult result =
-          core::mask_row(id_data + b * L, never_data + b * L, L, starts_data, V, table, random_data, n_random, params,
-                         stream, scratch, out_ids + b * L, out_labels + b * L, &row_misses[b]);
-      out_words[b] = result.masked_words;
+          core::mask_row(batch.id_data + b * L, batch.never_data + b * L, L, batch.starts_data, V, batch.table,
+                         batch.random_data, batch.n_random, batch.params, stream, scratch, batch.out_ids + b * L,
+                         batch.out_labels + b * L, &row_misses[b]);
+      batch.out_words[b] = result.masked_words;
       bad_position[b] = result.bad_position;
     }
   });
   for (int64_t b = 0; b < B; ++b) {
     if (bad_position[b] >= 0) {
       const int64_t l = bad_position[b];
-      TORCH_CHECK_VALUE(false, kOp, ": input_ids[", b, ", ", l, "] = ", id_data[b * L + l],
+      TORCH_CHECK_VALUE(false, kOp, ": input_ids[", b, ", ", l, "] = ", batch.id_data[b * L + l],
                         " is outside the vocabulary of starts_word, [0, ", V, ")");
     }
   }
-  return {masked_ids, labels, masked_words, collect_misses(row_misses, long_options)};
+  return {batch.masked_ids, batch.labels, batch.masked_words,
+          collect_misses(row_misses, input_ids.options().dtype(at::kLong))};
 }
 
 }  // namespace

@@ -9,7 +9,7 @@
 #include <vector>
 
 #include "../core/masking.h"
-#include "mask_checks.h"
+#include "mask_batch.h"
 
 namespace diffmask_fast {
 namespace cpu {
@@ -23,64 +23,38 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> differenc
     double mlm_probability, int64_t weighting, double uniform_mix, double unknown_score, int64_t mask_token_id,
     double mask_replace_prob, double random_replace_prob, const at::Tensor& seed) {
   constexpr const char* kDeviceOp = "difference_mask_device";
-  check_cpu(input_ids, kDeviceOp, "input_ids");
-  check_cpu(never_word, kDeviceOp, "never_word");
-  check_cpu(starts_word, kDeviceOp, "starts_word");
-  check_cpu(table_keys, kDeviceOp, "table_keys");
-  check_cpu(table_values, kDeviceOp, "table_values");
-  check_cpu(random_token_ids, kDeviceOp, "random_token_ids");
   check_cpu(seed, kDeviceOp, "seed");
-  check_mask_arguments(kDeviceOp, input_ids, never_word, starts_word, table_keys, table_values, random_token_ids,
-                       mlm_probability, weighting, uniform_mix, unknown_score, mask_replace_prob, random_replace_prob,
-                       seed);
-
-  const int64_t B = input_ids.size(0);
-  const int64_t L = input_ids.size(1);
-  const int64_t V = starts_word.size(0);
-  const at::Tensor ids = input_ids.contiguous();
-  const at::Tensor never = never_word.contiguous();
-  const at::Tensor starts = starts_word.contiguous();
-  const at::Tensor keys = table_keys.contiguous();
-  const at::Tensor values = table_values.contiguous();
-  const at::Tensor random_ids = random_token_ids.contiguous();
+  check_seed_tensor(kDeviceOp, seed);
+  const MaskBatch batch =
+      prepare_mask_batch(kDeviceOp, input_ids, never_word, starts_word, table_keys, table_values, random_token_ids,
+                         mlm_probability, weighting, uniform_mix, unknown_score, mask_token_id, mask_replace_prob,
+                         random_replace_prob);
+  const int64_t B = batch.rows;
+  const int64_t L = batch.length;
+  const int64_t V = batch.vocabulary;
   const auto long_options = input_ids.options().dtype(at::kLong);
-  at::Tensor masked_ids = at::empty({B, L}, long_options);
-  at::Tensor labels = at::empty({B, L}, long_options);
-  at::Tensor masked_words = at::empty({B}, long_options);
   at::Tensor n_words = at::empty({B}, long_options);
   at::Tensor missed_words = at::empty({B}, long_options);
-  const uint64_t seed_value = static_cast<uint64_t>(seed.reshape({-1})[0].item<int64_t>());
-
-  const core::MaskParams params{mlm_probability,  weighting,         uniform_mix,        unknown_score,
-                                 mask_token_id,    mask_replace_prob, random_replace_prob};
-  const core::TableView table{keys.data_ptr<int64_t>(), values.data_ptr<float>(), keys.size(0)};
-
-  const int64_t* id_data = ids.data_ptr<int64_t>();
-  const bool* never_data = never.data_ptr<bool>();
-  const bool* starts_data = starts.data_ptr<bool>();
-  const int64_t* random_data = random_ids.data_ptr<int64_t>();
-  const int64_t n_random = random_ids.numel();
-  int64_t* out_ids = masked_ids.data_ptr<int64_t>();
-  int64_t* out_labels = labels.data_ptr<int64_t>();
-  int64_t* out_words = masked_words.data_ptr<int64_t>();
   int64_t* out_n_words = n_words.data_ptr<int64_t>();
   int64_t* out_missed = missed_words.data_ptr<int64_t>();
+  const uint64_t seed_value = static_cast<uint64_t>(seed.reshape({-1})[0].item<int64_t>());
 
   at::parallel_for(0, B, grain_for(L, 2048), [&](int64_t begin, int64_t end) {
     core::RowScratch scratch(L);
     std::unique_ptr<bool[]> excluded(new bool[static_cast<size_t>(std::max<int64_t>(L, 1))]);
     std::vector<core::Miss> misses;
     for (int64_t b = begin; b < end; ++b) {
-      const int64_t* row_ids = id_data + b * L;
+      const int64_t* row_ids = batch.id_data + b * L;
       for (int64_t l = 0; l < L; ++l) {
-        excluded[l] = never_data[b * L + l] || row_ids[l] < 0 || row_ids[l] >= V;
+        excluded[l] = batch.never_data[b * L + l] || row_ids[l] < 0 || row_ids[l] >= V;
       }
       misses.clear();
       const core::Stream stream(seed_value, static_cast<uint64_t>(b));
       const core::RowResult result =
-          core::mask_row(row_ids, excluded.get(), L, starts_data, V, table, random_data, n_random, params, stream,
-                         scratch, out_ids + b * L, out_labels + b * L, &misses);
-      out_words[b] = result.masked_words;
+          core::mask_row(row_ids, excluded.get(), L, batch.starts_data, V, batch.table, batch.random_data,
+                         batch.n_random, batch.params, stream, scratch, batch.out_ids + b * L,
+                         batch.out_labels + b * L, &misses);
+      batch.out_words[b] = result.masked_words;
       out_missed[b] = static_cast<int64_t>(misses.size());
       int64_t n = 0;
       for (int64_t l = L - 1; l >= 0; --l) {
@@ -92,7 +66,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> differenc
       out_n_words[b] = n;
     }
   });
-  return {masked_ids, labels, masked_words, n_words, missed_words};
+  return {batch.masked_ids, batch.labels, batch.masked_words, n_words, missed_words};
 }
 
 }  // namespace

@@ -1,5 +1,6 @@
-// Argument checks of difference_mask_device, shared by its CPU kernel and its CUDA adapter so
-// both raise the same errors.
+// Argument checks of the word and masking ops (group_words, difference_mask,
+// difference_mask_device), shared by the CPU kernels and the CUDA adapters so both raise the same
+// errors. Devices are the caller's to check.
 #pragma once
 
 #include <ATen/ATen.h>
@@ -13,13 +14,9 @@
 namespace diffmask_fast {
 namespace cpu {
 
-// Checks of difference_mask_device (any device): tensor layouts and option values. The tensors'
-// devices are the caller's to check.
-inline void check_mask_arguments(const char* op, const at::Tensor& input_ids, const at::Tensor& never_word,
-                                 const at::Tensor& starts_word, const at::Tensor& table_keys,
-                                 const at::Tensor& table_values, const at::Tensor& random_token_ids,
-                                 double mlm_probability, int64_t weighting, double uniform_mix, double unknown_score,
-                                 double mask_replace_prob, double random_replace_prob, const at::Tensor& seed) {
+// input_ids int64 [B, L], never_word bool [B, L], starts_word bool [V].
+inline void check_word_inputs(const char* op, const at::Tensor& input_ids, const at::Tensor& never_word,
+                              const at::Tensor& starts_word) {
   check_dim(input_ids, op, "input_ids", 2);
   check_dtype(input_ids, op, "input_ids", at::kLong);
   check_dtype(never_word, op, "never_word", at::kBool);
@@ -27,19 +24,18 @@ inline void check_mask_arguments(const char* op, const at::Tensor& input_ids, co
                     input_ids.sizes(), ", got ", never_word.sizes());
   check_dim(starts_word, op, "starts_word", 1);
   check_dtype(starts_word, op, "starts_word", at::kBool);
-  check_dim(table_keys, op, "table_keys", 1);
-  check_dim(table_values, op, "table_values", 1);
-  check_dtype(table_keys, op, "table_keys", at::kLong);
-  check_dtype(table_values, op, "table_values", at::kFloat);
-  const int64_t capacity = table_keys.size(0);
-  TORCH_CHECK_VALUE(capacity == table_values.size(0), op, ": table_keys and table_values must have the same length, got ",
-                    capacity, " and ", table_values.size(0));
-  TORCH_CHECK_VALUE(capacity == 0 || (capacity & (capacity - 1)) == 0, op,
-                    ": the table capacity (length of table_keys) must be a power of two, got ", capacity);
+}
+
+// The word inputs, the score table, the random-replacement ids and the options of a masking op.
+inline void check_mask_inputs(const char* op, const at::Tensor& input_ids, const at::Tensor& never_word,
+                              const at::Tensor& starts_word, const at::Tensor& table_keys,
+                              const at::Tensor& table_values, const at::Tensor& random_token_ids,
+                              double mlm_probability, int64_t weighting, double uniform_mix, double unknown_score,
+                              double mask_replace_prob, double random_replace_prob) {
+  check_word_inputs(op, input_ids, never_word, starts_word);
+  check_score_table_layout(table_keys, table_values, op, "table_keys", "table_values");
   check_dim(random_token_ids, op, "random_token_ids", 1);
   check_dtype(random_token_ids, op, "random_token_ids", at::kLong);
-  check_dtype(seed, op, "seed", at::kLong);
-  TORCH_CHECK_VALUE(seed.numel() == 1, op, ": seed must hold one int64 value, got shape ", seed.sizes());
   for (const auto& [value, name] : {std::pair<double, const char*>{mlm_probability, "mlm_probability"},
                                     {uniform_mix, "uniform_mix"},
                                     {mask_replace_prob, "mask_replace_prob"},
@@ -55,6 +51,12 @@ inline void check_mask_arguments(const char* op, const at::Tensor& input_ids, co
   TORCH_CHECK_VALUE(random_replace_prob == 0.0 || random_token_ids.numel() > 0, op,
                     ": random_token_ids is empty but random_replace_prob = ", random_replace_prob,
                     " > 0; pass the ids random replacements are drawn from");
+}
+
+// The seed tensor of difference_mask_device: one int64 value.
+inline void check_seed_tensor(const char* op, const at::Tensor& seed) {
+  check_dtype(seed, op, "seed", at::kLong);
+  TORCH_CHECK_VALUE(seed.numel() == 1, op, ": seed must hold one int64 value, got shape ", seed.sizes());
 }
 
 }  // namespace cpu

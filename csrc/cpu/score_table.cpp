@@ -9,22 +9,6 @@
 namespace diffmask_fast {
 namespace cpu {
 
-// Shared with difference_mask: a table is keys int64 [C] and values float32 [C], C a power of
-// two (or 0 for an empty table).
-void check_score_table(const at::Tensor& keys, const at::Tensor& values, const char* op, const char* keys_name,
-                       const char* values_name) {
-  check_cpu(keys, op, keys_name);
-  check_cpu(values, op, values_name);
-  check_dim(keys, op, keys_name, 1);
-  check_dim(values, op, values_name, 1);
-  check_dtype(keys, op, keys_name, at::kLong);
-  check_dtype(values, op, values_name, at::kFloat);
-  TORCH_CHECK_VALUE(keys.size(0) == values.size(0), op, ": ", keys_name, " and ", values_name,
-                    " must have the same length, got ", keys.size(0), " and ", values.size(0));
-  TORCH_CHECK_VALUE(keys.size(0) == 0 || core::is_power_of_two(keys.size(0)), op, ": the table capacity (length of ",
-                    keys_name, ") must be a power of two, got ", keys.size(0));
-}
-
 namespace {
 
 void score_table_insert_cpu(const at::Tensor& keys, const at::Tensor& values, const at::Tensor& new_keys,

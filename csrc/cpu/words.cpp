@@ -7,7 +7,7 @@
 #include <vector>
 
 #include "../core/words.h"
-#include "checks.h"
+#include "mask_checks.h"
 
 namespace diffmask_fast {
 namespace cpu {
@@ -21,13 +21,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> group_words_cpu(const at::Tensor&
   check_cpu(input_ids, kOp, "input_ids");
   check_cpu(never_word, kOp, "never_word");
   check_cpu(starts_word, kOp, "starts_word");
-  check_dim(input_ids, kOp, "input_ids", 2);
-  check_dtype(input_ids, kOp, "input_ids", at::kLong);
-  check_dtype(never_word, kOp, "never_word", at::kBool);
-  check_dtype(starts_word, kOp, "starts_word", at::kBool);
-  check_dim(starts_word, kOp, "starts_word", 1);
-  TORCH_CHECK_VALUE(never_word.sizes() == input_ids.sizes(), kOp, ": never_word must have the shape of input_ids ",
-                    input_ids.sizes(), ", got ", never_word.sizes());
+  check_word_inputs(kOp, input_ids, never_word, starts_word);
   const int64_t B = input_ids.size(0);
   const int64_t L = input_ids.size(1);
   const int64_t V = starts_word.size(0);

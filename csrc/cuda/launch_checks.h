@@ -1,5 +1,6 @@
 // Argument checks of the CUDA operator adapters (*_launch.cpp, compiled only into a CUDA build).
-// Value checks are shared with the CPU kernels (../cpu/checks.h), so both raise the same errors.
+// Value checks are shared with the CPU kernels (../cpu/checks.h, ../cpu/mask_checks.h), so both
+// raise the same errors.
 #pragma once
 
 #include <ATen/ATen.h>
@@ -15,7 +16,10 @@ using cpu::check_dim;
 using cpu::check_dtype;
 using cpu::check_floating;
 using cpu::check_integer;
-using cpu::check_mask_arguments;
+using cpu::check_mask_inputs;
+using cpu::check_score_table_layout;
+using cpu::check_seed_tensor;
+using cpu::check_word_inputs;
 
 inline void check_cuda_tensor(const at::Tensor& t, const char* op, const char* name) {
   TORCH_CHECK_VALUE(t.device().is_cuda(), op, ": ", name, " must be a CUDA tensor for the CUDA kernel, got a tensor on ",

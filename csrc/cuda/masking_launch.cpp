@@ -68,9 +68,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> differenc
     double mlm_probability, int64_t weighting, double uniform_mix, double unknown_score, int64_t mask_token_id,
     double mask_replace_prob, double random_replace_prob, const at::Tensor& seed) {
   constexpr const char* kOp = "difference_mask_device";
-  check_mask_arguments(kOp, input_ids, never_word, starts_word, table_keys, table_values, random_token_ids,
-                       mlm_probability, weighting, uniform_mix, unknown_score, mask_replace_prob, random_replace_prob,
-                       seed);
+  check_mask_inputs(kOp, input_ids, never_word, starts_word, table_keys, table_values, random_token_ids,
+                    mlm_probability, weighting, uniform_mix, unknown_score, mask_replace_prob, random_replace_prob);
+  check_seed_tensor(kOp, seed);
   TORCH_CHECK_VALUE(seed.device().is_cpu() || seed.device() == input_ids.device(), kOp,
                     ": seed must be on the device of input_ids (or on the CPU), got ", seed.device());
   const c10::cuda::CUDAGuard guard(input_ids.device());
@@ -109,10 +109,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> difference_mask_cuda(
     double mlm_probability, int64_t weighting, double uniform_mix, double unknown_score, int64_t mask_token_id,
     double mask_replace_prob, double random_replace_prob, int64_t seed) {
   constexpr const char* kOp = "difference_mask";
-  const at::Tensor seed_tensor = at::full({1}, seed, at::TensorOptions().dtype(at::kLong));
-  check_mask_arguments(kOp, input_ids, never_word, starts_word, table_keys, table_values, random_token_ids,
-                       mlm_probability, weighting, uniform_mix, unknown_score, mask_replace_prob, random_replace_prob,
-                       seed_tensor);
+  check_mask_inputs(kOp, input_ids, never_word, starts_word, table_keys, table_values, random_token_ids,
+                    mlm_probability, weighting, uniform_mix, unknown_score, mask_replace_prob, random_replace_prob);
   const c10::cuda::CUDAGuard guard(input_ids.device());
   const MaskInputs in =
       prepare(kOp, input_ids, never_word, starts_word, table_keys, table_values, random_token_ids);
@@ -178,16 +176,9 @@ std::tuple<at::Tensor, at::Tensor> score_table_lookup_cuda(const at::Tensor& key
   check_cuda_tensor(queries, kOp, "queries");
   check_same_device(keys, queries, kOp, "keys");
   check_same_device(values, queries, kOp, "values");
-  check_dim(keys, kOp, "keys", 1);
-  check_dim(values, kOp, "values", 1);
-  check_dtype(keys, kOp, "keys", at::kLong);
-  check_dtype(values, kOp, "values", at::kFloat);
+  check_score_table_layout(keys, values, kOp, "keys", "values");
   check_dtype(queries, kOp, "queries", at::kLong);
-  TORCH_CHECK_VALUE(keys.size(0) == values.size(0), kOp, ": keys and values must have the same length, got ",
-                    keys.size(0), " and ", values.size(0));
   const int64_t capacity = keys.size(0);
-  TORCH_CHECK_VALUE(capacity == 0 || (capacity & (capacity - 1)) == 0, kOp,
-                    ": the table capacity (length of keys) must be a power of two, got ", capacity);
   const c10::cuda::CUDAGuard guard(queries.device());
   const at::Tensor k = keys.contiguous();
   const at::Tensor v = values.contiguous();
