@@ -57,6 +57,8 @@ class PretrainConfig:
     workers: int | None = None
     precision: str = "fp32"
     init_mlm_head: bool = False
+    head_warmup_steps: int = 0
+    head_learning_rate: float | None = None
     resume: str | bool | None = None
     # difference / mslm resources
     anchors: Path | None = None
@@ -83,6 +85,10 @@ class PretrainConfig:
         for name in ("batch_size", "gradient_accumulation_steps", "eval_steps", "logging_steps", "save_total_limit"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)}")
+        if self.head_warmup_steps < 0:
+            raise ValueError(f"head_warmup_steps must be non-negative, got {self.head_warmup_steps}")
+        if self.head_learning_rate is not None and not self.head_learning_rate > 0:
+            raise ValueError(f"head_learning_rate must be positive, got {self.head_learning_rate}")
         if self.patience < 0:
             raise ValueError(f"patience must be non-negative, got {self.patience}")
         if self.precision not in ("fp32", "bf16", "fp16"):
@@ -245,6 +251,7 @@ def pretrain(config: PretrainConfig) -> dict:
     trainer = MaskingTrainer(
         model=model, args=args, train_dataset=SequenceDataset(train), eval_dataset=SequenceDataset(validation_set),
         data_collator=TrainingCollator(tokenizer, strategy.collator), masker=strategy.masker,
+        head_warmup_steps=config.head_warmup_steps, head_learning_rate=config.head_learning_rate,
         callbacks=[EarlyStoppingCallback(early_stopping_patience=config.patience)] if config.patience else [],
     )
     before = None if config.resume else trainer.evaluate()["eval_loss"]
@@ -341,6 +348,11 @@ def add_pretrain_command(commands) -> None:
     p.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default="fp32", help="training precision")
     p.add_argument("--init-mlm-head", action="store_true",
                    help="if the checkpoint has no masked-LM head (a bare encoder), start one tied to its input embeddings")
+    p.add_argument("--head-warmup-steps", type=int, default=0,
+                   help="train only the masked-LM head for the first N steps (the encoder's learning rate is 0, then "
+                        "ramps up again): for a head that starts untrained, as with --init-mlm-head (default 0)")
+    p.add_argument("--head-learning-rate", type=float, default=None,
+                   help="learning rate of the masked-LM head (default: --learning-rate)")
     p.add_argument("--resume", nargs="?", const=True, default=None, metavar="CHECKPOINT",
                    help="resume from the latest checkpoint in --output, or from the given checkpoint directory")
     p.add_argument("--anchors", type=Path, default=None, help="anchors JSON from `diffmask mine` (default: mine now)")
@@ -370,6 +382,7 @@ def run_pretrain_command(args) -> None:
         max_steps=args.max_steps, batch_size=args.batch_size, gradient_accumulation_steps=args.gradient_accumulation_steps,
         learning_rate=args.learning_rate, eval_steps=args.eval_steps, patience=args.patience, seed=args.seed,
         mask_on=args.mask_on, workers=args.workers, precision=args.precision, init_mlm_head=args.init_mlm_head,
+        head_warmup_steps=args.head_warmup_steps, head_learning_rate=args.head_learning_rate,
         resume=args.resume, anchors=args.anchors, scores=args.scores, anchors_count=args.anchors_count,
         embedding_model=args.embedding_model, pooling=args.pooling, terms=args.terms,
         term_probability=args.term_probability, term_weight=args.term_weight, term_top_fraction=args.term_top_fraction,

@@ -14,6 +14,12 @@ accumulation steps and the number of processes. Computing the loss here also let
 run on the masked positions only (``sparse_head``): a quarter of the positions at 25% masking,
 which matters because the vocabulary projection is the largest matrix product of a small encoder.
 
+A model whose masked-LM head starts untrained (``load_masked_lm(init_mlm_head=True)``) can train
+the head alone first: with ``head_warmup_steps`` the encoder's learning rate is 0 for that many
+steps and then ramps up again over the warm-up of the schedule; ``head_learning_rate`` gives
+the head a learning rate of its own. The encoder does not drift while the head still predicts
+badly, and no parameter changes its ``requires_grad``, so DistributedDataParallel is unaffected.
+
 ``DifferenceMaskingTrainer`` is the same with a ``DifferenceMasker``: DataLoader workers only pad
 (``DataCollatorWithPadding``), the GPU masks. Evaluation batches without labels are masked the
 same way (with fresh draws, as a masking collator would), so ``evaluate()`` reports the masked-LM
@@ -22,6 +28,7 @@ loss; pass ``mask_eval=False`` to evaluate on batches as they come (which then n
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
@@ -42,7 +49,12 @@ class MaskingTrainer(Trainer):
     """
 
     def __init__(self, *args: Any, masker: torch.nn.Module | None = None, mask_eval: bool = True,
-                 sparse_head: bool = True, **kwargs: Any):
+                 sparse_head: bool = True, head_warmup_steps: int = 0, head_learning_rate: float | None = None,
+                 **kwargs: Any):
+        if isinstance(head_warmup_steps, bool) or not isinstance(head_warmup_steps, int) or head_warmup_steps < 0:
+            raise ValueError(f"head_warmup_steps must be a non-negative integer, got {head_warmup_steps!r}")
+        if head_learning_rate is not None and not (head_learning_rate > 0 and math.isfinite(head_learning_rate)):
+            raise ValueError(f"head_learning_rate must be positive and finite, got {head_learning_rate!r}")
         if masker is not None and kwargs.get("data_collator") is None:
             tokenizer = getattr(masker, "tokenizer", None)
             if tokenizer is None:
@@ -54,6 +66,25 @@ class MaskingTrainer(Trainer):
         # compute_loss normalizes by num_items_in_batch itself, so have the Trainer count them.
         self.model_accepts_loss_kwargs = True
         self._sparse_head = _SparseHead(self.model) if sparse_head else None
+        self.head_warmup_steps = head_warmup_steps
+        self.head_learning_rate = head_learning_rate
+        self._head_parameters = (_head_parameters(self.model) if head_warmup_steps or head_learning_rate is not None
+                                 else None)
+
+    def create_optimizer(self):
+        """The Trainer's optimizer, with the head's parameters in groups of their own when the
+        head trains apart from the encoder (warm-up or a learning rate of its own)."""
+        optimizer = super().create_optimizer()
+        if self._head_parameters is not None and not any("part" in g for g in optimizer.param_groups):
+            _split_head_groups(optimizer, self._head_parameters, self.head_learning_rate)
+        return optimizer
+
+    def create_scheduler(self, num_training_steps: int, optimizer=None):
+        created = self.lr_scheduler is None
+        scheduler = super().create_scheduler(num_training_steps, optimizer)
+        if created and self.head_warmup_steps:
+            _hold_encoder_back(scheduler, self.head_warmup_steps, self.args.get_warmup_steps(num_training_steps))
+        return scheduler
 
     def mask_batch(self, inputs: dict[str, Any]) -> dict[str, Any]:
         """The batch on the training device, masked (``input_ids`` replaced, ``labels`` added),
@@ -112,6 +143,60 @@ class MaskingTrainer(Trainer):
             # num_items_in_batch counts every process's tokens; DDP averages the gradients.
             loss = loss * (self.accelerator.num_processes // self.get_tp_size())
         return (loss, outputs) if return_outputs else loss
+
+
+def _head_parameters(model: torch.nn.Module) -> list[torch.nn.Parameter]:
+    """The parameters outside the model's encoder (``base_model``): its task head. A decoder tied
+    to the input embeddings belongs to the encoder."""
+    base = getattr(model, "base_model", None)
+    if base is None or base is model:
+        raise ValueError(f"{type(model).__name__} is not an encoder (base_model) with a head; "
+                         "head_warmup_steps and head_learning_rate need one")
+    encoder = {id(p) for p in base.parameters()}
+    head = [p for p in model.parameters() if id(p) not in encoder]
+    if not head:
+        raise ValueError(f"{type(model).__name__} has no parameters outside its encoder to train as a head")
+    return head
+
+
+def _split_head_groups(optimizer: torch.optim.Optimizer, head: list[torch.nn.Parameter],
+                       head_learning_rate: float | None) -> None:
+    """Split each parameter group of a fresh optimizer into its encoder part and its head part
+    (same options; the head's learning rate ``head_learning_rate`` when given)."""
+    if optimizer.state:
+        raise RuntimeError("the optimizer has already stepped; its parameter groups can no longer be split")
+    head_ids = {id(p) for p in head}
+    groups = list(optimizer.param_groups)
+    optimizer.param_groups.clear()
+    for group in groups:
+        options = {key: value for key, value in group.items() if key != "params"}
+        for part in ("encoder", "head"):
+            params = [p for p in group["params"] if (id(p) in head_ids) == (part == "head")]
+            if params:
+                lr = head_learning_rate if part == "head" and head_learning_rate is not None else options["lr"]
+                optimizer.add_param_group({**options, "params": params, "lr": lr, "part": part})
+
+
+def _hold_encoder_back(scheduler, steps: int, ramp: int) -> None:
+    """Make the encoder groups' learning rate 0 for ``steps`` steps, then the schedule's again,
+    ramped up linearly over ``ramp`` steps."""
+    if not isinstance(scheduler, torch.optim.lr_scheduler.LambdaLR):
+        raise ValueError(f"head_warmup_steps needs a LambdaLR schedule (every transformers schedule is one), "
+                         f"got {type(scheduler).__name__}")
+
+    def held_back(schedule):
+        def factor(step: int) -> float:  # a plain function: checkpoints store no state for it
+            if step < steps:
+                return 0.0
+            return schedule(step) * (min(1.0, (step - steps + 1) / ramp) if ramp > 0 else 1.0)
+        return factor
+
+    for index, group in enumerate(scheduler.optimizer.param_groups):
+        if group.get("part", "encoder") == "encoder":
+            scheduler.lr_lambdas[index] = held_back(scheduler.lr_lambdas[index])
+    for group, schedule in zip(scheduler.optimizer.param_groups, scheduler.lr_lambdas):
+        group["lr"] = group["initial_lr"] * schedule(scheduler.last_epoch)
+    scheduler._last_lr = [group["lr"] for group in scheduler.optimizer.param_groups]
 
 
 class _SparseHead:

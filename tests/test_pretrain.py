@@ -43,7 +43,8 @@ def config_for(model_dir, corpus, output_dir, **options) -> PretrainConfig:
 
 def test_difference_pretraining_saves_everything_and_resumes(model_dir, corpus, tmp_path):
     out = tmp_path / "run"
-    summary = pretrain(config_for(model_dir, corpus, out))
+    # the head trains alone for a step: its optimizer groups must survive the resume
+    summary = pretrain(config_for(model_dir, corpus, out, head_warmup_steps=1, head_learning_rate=2e-3))
     for name in ("config.json", "model.safetensors", "tokenizer.json", "anchors.json", "scores.npz", SUMMARY_FILE):
         assert (out / name).exists(), name
     saved = json.loads((out / SUMMARY_FILE).read_text())
@@ -55,7 +56,8 @@ def test_difference_pretraining_saves_everything_and_resumes(model_dir, corpus, 
     assert saved["best_validation_loss"] == pytest.approx(min(evaluations), rel=1e-5)  # the best model is kept
     assert summary["best_checkpoint"] is not None
     assert (out / "checkpoint-4").is_dir()
-    resumed = pretrain(config_for(model_dir, corpus, out, max_steps=6, resume=True))
+    resumed = pretrain(config_for(model_dir, corpus, out, max_steps=6, resume=True, head_warmup_steps=1,
+                                  head_learning_rate=2e-3))
     assert resumed["global_step"] == 6
     assert resumed["validation_loss_before"] is None
     steps = [entry["step"] for entry in resumed["log_history"] if "loss" in entry]
@@ -93,10 +95,12 @@ def test_cli_pretrain(model_dir, corpus, tmp_path, capsys):
     out = tmp_path / "cli"
     code = cli.main(["pretrain", str(corpus), "--model", str(model_dir), "-o", str(out), "--strategy", "random-word",
                      "--max-steps", "2", "--eval-steps", "2", "--batch-size", "8", "--max-length", "32",
-                     "--no-progress"])
+                     "--head-warmup-steps", "1", "--head-learning-rate", "1e-3", "--no-progress"])
     assert code == 0
     assert "random-word: 2 steps" in capsys.readouterr().out
-    assert json.loads((out / SUMMARY_FILE).read_text())["global_step"] == 2
+    saved = json.loads((out / SUMMARY_FILE).read_text())
+    assert saved["global_step"] == 2
+    assert saved["config"]["head_warmup_steps"] == 1 and saved["config"]["head_learning_rate"] == 1e-3
 
 
 def test_cli_rejects_an_unknown_strategy(model_dir, corpus, tmp_path, capsys):
@@ -334,3 +338,61 @@ def test_sparse_head_falls_back_for_models_it_cannot_split(tiny_bert_mlm, tmp_pa
         expected = weighted_mlm_loss(model(input_ids)["logits"], labels, torch.ones(2, 7))
     assert trainer._sparse_head.verified is False
     assert float(loss) == pytest.approx(float(expected), rel=1e-6)
+
+
+def test_head_warmup_holds_the_encoder_then_trains_everything(tiny_bert_mlm, bert_wordpiece, tmp_path, seed):
+    from transformers import TrainerCallback, TrainingArguments
+
+    g = torch.Generator().manual_seed(seed)
+    examples = []
+    for _ in range(48):
+        ids = torch.randint(5, tiny_bert_mlm.config.vocab_size, (12,), generator=g)
+        examples.append({"input_ids": ids, "attention_mask": torch.ones_like(ids),
+                         "labels": torch.where(torch.rand(12, generator=g) < 0.3, ids, torch.full_like(ids, -100))})
+    snapshots = []
+
+    def parts(model):
+        encoder = model.bert.encoder.layer[0].attention.self.query.weight.detach().clone()
+        head = model.cls.predictions.transform.dense.weight.detach().clone()
+        return encoder, head
+
+    class Snapshot(TrainerCallback):
+        def on_step_end(self, args, state, control, model=None, **kwargs):
+            snapshots.append(parts(model))
+
+    args = TrainingArguments(output_dir=str(tmp_path), per_device_train_batch_size=8, max_steps=5, learning_rate=1e-2,
+                             weight_decay=0.1, warmup_steps=2, lr_scheduler_type="linear", report_to=[], use_cpu=True,
+                             save_strategy="no", logging_steps=1)
+    trainer = MaskingTrainer(model=tiny_bert_mlm, args=args, train_dataset=examples,
+                             data_collator=lambda batch: {k: torch.stack([e[k] for e in batch]) for k in batch[0]},
+                             head_warmup_steps=3, head_learning_rate=5e-2, callbacks=[Snapshot()])
+    start = parts(tiny_bert_mlm)
+    trainer.train()
+    parts_by_group = {g["part"] for g in trainer.optimizer.param_groups}
+    assert parts_by_group == {"encoder", "head"}
+    head_groups = [g for g in trainer.optimizer.param_groups if g["part"] == "head"]
+    assert all(g["initial_lr"] == 5e-2 for g in head_groups)
+    # the tied decoder belongs to the encoder
+    head_ids = {id(p) for g in head_groups for p in g["params"]}
+    assert id(tiny_bert_mlm.bert.embeddings.word_embeddings.weight) not in head_ids
+    for step, (encoder, head) in enumerate(snapshots, start=1):
+        if step <= 3:
+            assert torch.equal(encoder, start[0]), f"step {step}: the encoder moved during the head warm-up"
+        else:
+            assert not torch.equal(encoder, start[0]), f"step {step}: the encoder did not train after the warm-up"
+        if step >= 2:  # the schedule's own warm-up starts every group at 0
+            assert not torch.equal(head, start[1]), f"step {step}: the head did not train"
+    rates = [entry["learning_rate"] for entry in trainer.state.log_history if "learning_rate" in entry]
+    assert rates[:3] == [0.0, 0.0, 0.0] and rates[3] > 0  # the encoder's rate, as the Trainer logs it
+
+
+def test_head_warmup_errors(tiny_bert_mlm, tmp_path):
+    from transformers import TrainingArguments
+
+    args = TrainingArguments(output_dir=str(tmp_path), report_to=[], use_cpu=True)
+    with pytest.raises(ValueError, match="head_warmup_steps"):
+        MaskingTrainer(model=tiny_bert_mlm, args=args, data_collator=lambda x: x, head_warmup_steps=-1)
+    with pytest.raises(ValueError, match="head_learning_rate"):
+        MaskingTrainer(model=tiny_bert_mlm, args=args, data_collator=lambda x: x, head_learning_rate=float("nan"))
+    with pytest.raises(ValueError, match="not an encoder"):
+        MaskingTrainer(model=tiny_bert_mlm.bert, args=args, data_collator=lambda x: x, head_warmup_steps=2)
