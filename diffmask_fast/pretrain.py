@@ -350,7 +350,8 @@ def add_pretrain_command(commands) -> None:
                    help="if the checkpoint has no masked-LM head (a bare encoder), start one tied to its input embeddings")
     p.add_argument("--head-warmup-steps", type=int, default=0,
                    help="train only the masked-LM head for the first N steps (the encoder's learning rate is 0, then "
-                        "ramps up again): for a head that starts untrained, as with --init-mlm-head (default 0)")
+                        "ramps up again; the logged learning rate is the encoder's): for a head that starts untrained, as "
+                        "with --init-mlm-head (default 0)")
     p.add_argument("--head-learning-rate", type=float, default=None,
                    help="learning rate of the masked-LM head (default: --learning-rate)")
     p.add_argument("--resume", nargs="?", const=True, default=None, metavar="CHECKPOINT",
