@@ -167,6 +167,10 @@ def _split_head_groups(optimizer: torch.optim.Optimizer, head: list[torch.nn.Par
         raise RuntimeError("the optimizer has already stepped; its parameter groups can no longer be split")
     head_ids = {id(p) for p in head}
     groups = list(optimizer.param_groups)
+    if not any(id(p) in head_ids for group in groups for p in group["params"]):
+        raise ValueError("the optimizer holds none of the head's parameters, so the head cannot train apart from "
+                         "the encoder (is the model wrapped so that its parameters are replaced, e.g. FSDP without "
+                         "use_orig_params?)")
     optimizer.param_groups.clear()
     for group in groups:
         options = {key: value for key, value in group.items() if key != "params"}

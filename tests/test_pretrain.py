@@ -396,3 +396,7 @@ def test_head_warmup_errors(tiny_bert_mlm, tmp_path):
         MaskingTrainer(model=tiny_bert_mlm, args=args, data_collator=lambda x: x, head_learning_rate=float("nan"))
     with pytest.raises(ValueError, match="not an encoder"):
         MaskingTrainer(model=tiny_bert_mlm.bert, args=args, data_collator=lambda x: x, head_warmup_steps=2)
+    trainer = MaskingTrainer(model=tiny_bert_mlm, args=args, data_collator=lambda x: x, head_warmup_steps=2)
+    trainer._head_parameters = [torch.nn.Parameter(torch.zeros(3))]  # as if a wrapper had replaced the parameters
+    with pytest.raises(ValueError, match="none of the head's parameters"):
+        trainer.create_optimizer()
