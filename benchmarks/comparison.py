@@ -175,6 +175,13 @@ def summarize(rows) -> str:
         deltas = ", ".join(f"`{name}` {100 * (mean - base):+.1f}" for name, (mean, _) in scores.items()
                            if name != "none")
         text += f" Change from fine-tuning the starting model directly, in points: {deltas}."
+    pretrained = {name: values for name, values in scores.items() if name != "none"}
+    if len(pretrained) > 1:
+        means = [mean for mean, _ in pretrained.values()]
+        gap, spread = 100 * (max(means) - min(means)), 100 * max(std for _, std in pretrained.values())
+        text += (f" The pretraining strategies lie within {gap:.1f} points of each other, "
+                 + (f"less than their spread over seeds (up to {spread:.1f}): this run does not separate them."
+                    if gap < spread else f"more than their spread over seeds (up to {spread:.1f})."))
     return text
 
 
