@@ -185,7 +185,7 @@ def _hold_encoder_back(scheduler, steps: int, ramp: int) -> None:
     """Make the encoder groups' learning rate 0 for ``steps`` steps, then the schedule's again,
     ramped up linearly over ``ramp`` steps."""
     if not isinstance(scheduler, torch.optim.lr_scheduler.LambdaLR):
-        raise ValueError(f"head_warmup_steps needs a LambdaLR schedule (every transformers schedule is one), "
+        raise ValueError(f"head_warmup_steps needs a LambdaLR schedule (as transformers' step-based schedules are), "
                          f"got {type(scheduler).__name__}")
 
     def held_back(schedule):
