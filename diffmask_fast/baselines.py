@@ -18,7 +18,8 @@ import torch
 
 from . import ops
 from .masking_base import MaskingCollatorBase, replace_selected
-from .tokenization import WordBoundaries
+from .reference import TOKEN_SCHEME
+from .tokenization import UnknownWordBoundaries, WordBoundaries, word_boundaries
 
 __all__ = ["RandomTokenCollator", "RandomWordCollator"]
 
@@ -32,7 +33,8 @@ class RandomTokenCollator(MaskingCollatorBase):
     The selection ignores word boundaries, so words made of several tokens are often masked in
     part. ``word_boundary`` is handed to ``word_boundaries`` like in the other strategies (the
     special-token and random-replacement tables come from there); it does not change which
-    tokens are selected.
+    tokens are selected, and a tokenizer whose word marks cannot be detected is taken as it is
+    (the ``"token"`` scheme).
     """
 
     tokenizer: Any
@@ -44,6 +46,12 @@ class RandomTokenCollator(MaskingCollatorBase):
     seed: int | None = None
     word_boundary: str | None = None
     boundaries: WordBoundaries = field(init=False, repr=False)
+
+    def _word_boundaries(self) -> WordBoundaries:
+        try:
+            return super()._word_boundaries()
+        except UnknownWordBoundaries:  # token-level masking needs no words
+            return word_boundaries(self.tokenizer, TOKEN_SCHEME)
 
     def mask_batch(self, input_ids: torch.Tensor, never_word: torch.Tensor | None = None) -> dict:
         """Mask a padded [B, L] batch; ``never_word`` flags tokens never to mask (padding; special

@@ -96,8 +96,11 @@ class MaskingCollatorBase:
             raise ValueError(f"return_tensors must be 'pt' or 'np', got {self.return_tensors!r}")
         if self.tokenizer.pad_token_id is None:
             raise ValueError(f"{type(self.tokenizer).__name__} has no padding token; set tokenizer.pad_token first")
-        self.boundaries = word_boundaries(self.tokenizer, self.word_boundary)
+        self.boundaries = self._word_boundaries()
         self._generators: dict = {}
+
+    def _word_boundaries(self) -> WordBoundaries:
+        return word_boundaries(self.tokenizer, self.word_boundary)
 
     # -- pickling: generators are per process and rebuilt on first use ----------------------
     def __getstate__(self) -> dict:

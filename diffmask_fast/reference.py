@@ -22,6 +22,9 @@ import numpy as np
 #: Word-boundary schemes and the marker each puts on tokens.
 #: ``wordpiece`` marks continuations ("##ing"); the others mark word starts ("Ġword", "▁word").
 WORD_BOUNDARY_MARKERS = {"wordpiece": "##", "byte_bpe": "\u0120", "sentencepiece": "\u2581"}
+#: The scheme without markers: every token is a whole word (word-level tokenizers).
+TOKEN_SCHEME = "token"
+WORD_BOUNDARY_SCHEMES = (*WORD_BOUNDARY_MARKERS, TOKEN_SCHEME)
 
 
 def _is_punctuation_or_symbol(ch: str) -> bool:
@@ -66,9 +69,9 @@ def word_starts(tokens: Sequence[str], never_word: Sequence[bool], scheme: str) 
     special tokens and padding; they belong to no word, and the token after one always starts
     a word (RoBERTa's first word carries no "Ġ").
     """
-    if scheme not in WORD_BOUNDARY_MARKERS:
-        raise ValueError(f"unknown word-boundary scheme {scheme!r}; expected one of {sorted(WORD_BOUNDARY_MARKERS)}")
-    marker = WORD_BOUNDARY_MARKERS[scheme]
+    if scheme not in WORD_BOUNDARY_SCHEMES:
+        raise ValueError(f"unknown word-boundary scheme {scheme!r}; expected one of {sorted(WORD_BOUNDARY_SCHEMES)}")
+    marker = WORD_BOUNDARY_MARKERS.get(scheme)
     starts = []
     previous_in_word = False
     for token, excluded in zip(tokens, never_word):
@@ -76,7 +79,9 @@ def word_starts(tokens: Sequence[str], never_word: Sequence[bool], scheme: str) 
             starts.append(False)
             previous_in_word = False
             continue
-        if scheme == "wordpiece":
+        if scheme == TOKEN_SCHEME:
+            begins = True
+        elif scheme == "wordpiece":
             begins = not token.startswith(marker)
         else:
             begins = token.startswith(marker)

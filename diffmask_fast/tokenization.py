@@ -7,6 +7,8 @@ known from its id alone. The three sub-word families mark words differently:
 * ``byte_bpe`` (GPT-2, RoBERTa): the space before a word is folded into its first piece ("Ġword").
 * ``sentencepiece`` (ALBERT, XLM-R, T5; Unigram or BPE): the same with "▁" ("▁word").
 
+A word-level tokenizer has no sub-words: under the ``token`` scheme every token is a word.
+
 ``word_boundaries`` turns that into per-id lookup tables. Two rules depend on context and are
 left to the masking ops: the first token of a sequence and the token after a special token (or
 padding) always start a word, which is how RoBERTa's first word, lacking "Ġ", is caught.
@@ -20,9 +22,9 @@ from typing import Iterable, Sequence
 
 import torch
 
-from .reference import WORD_BOUNDARY_MARKERS
+from .reference import TOKEN_SCHEME, WORD_BOUNDARY_MARKERS, WORD_BOUNDARY_SCHEMES
 
-SCHEMES = ("wordpiece", "byte_bpe", "sentencepiece")
+SCHEMES = WORD_BOUNDARY_SCHEMES
 
 _WORDPIECE_PREFIX = WORD_BOUNDARY_MARKERS["wordpiece"]
 _BYTE_LEVEL_SPACE = WORD_BOUNDARY_MARKERS["byte_bpe"]
@@ -34,8 +36,12 @@ _MIN_MARKER_SHARE = 0.05
 _MIN_MARKER_MARGIN = 3.0
 
 
+class UnknownWordBoundaries(ValueError):
+    """The tokenizer's way of marking words could not be detected."""
+
+
 def _unknown_scheme(tokenizer, detail: str) -> ValueError:
-    return ValueError(
+    return UnknownWordBoundaries(
         f"cannot tell how {type(tokenizer).__name__} marks word boundaries ({detail}); "
         f"pass word_boundary= explicitly, one of {', '.join(repr(s) for s in SCHEMES)}"
     )
@@ -132,19 +138,22 @@ def _scheme_from_backend(backend) -> str | None:
 
 
 def detect_word_boundary_scheme(tokenizer) -> str:
-    """``"wordpiece"``, ``"byte_bpe"`` or ``"sentencepiece"``: how ``tokenizer`` marks words.
+    """``"wordpiece"``, ``"byte_bpe"``, ``"sentencepiece"`` or ``"token"``: how ``tokenizer``
+    marks words.
 
-    A fast tokenizer is judged by its backend: a WordPiece model is ``wordpiece``; a BPE model
+    A fast tokenizer is judged by its backend: a WordLevel model is ``token`` (every token is a
+    whole word); a WordPiece model is ``wordpiece``; a BPE model
     with a ByteLevel pre-tokenizer (also inside a Sequence) is ``byte_bpe``; a Metaspace
     pre-tokenizer, a Unigram model or a BPE model fed "▁" by its normalizer is ``sentencepiece``.
     Otherwise, and for slow tokenizers, the vocabulary decides: the marker ("##", "Ġ", "▁") that
-    starts clearly the most tokens. Raises ValueError when neither settles it.
+    starts clearly the most tokens. Raises ``UnknownWordBoundaries`` (a ValueError) when neither
+    settles it.
     """
     backend = getattr(tokenizer, "backend_tokenizer", None)
     if backend is not None:
         kind = type(backend.model).__name__
         if kind == "WordLevel":
-            raise _unknown_scheme(tokenizer, "its WordLevel model has no sub-word markers")
+            return TOKEN_SCHEME  # its tokens are whole words
         scheme = _scheme_from_backend(backend)
         if scheme is not None:
             return scheme
@@ -251,7 +260,9 @@ def word_boundaries(tokenizer, scheme: str | None = None) -> WordBoundaries:
         raise ValueError(f"the mask token id {mask_token_id} is outside the vocabulary [0, {vocab_size})")
     tokens = tokenizer.convert_ids_to_tokens(list(range(vocab_size)))
 
-    if scheme == "wordpiece":
+    if scheme == TOKEN_SCHEME:
+        flags = [True] * len(tokens)
+    elif scheme == "wordpiece":
         prefix = _wordpiece_prefix(tokenizer)
         flags = [not token.startswith(prefix) if isinstance(token, str) else True for token in tokens]
     else:

@@ -71,6 +71,12 @@ def sentencepiece_unigram():
 
 
 @pytest.fixture(scope="session")
+def word_level_whitespace():
+    """A WordLevel tokenizer split on whitespace and punctuation: every token is a word."""
+    return tokenizers_offline.word_level_whitespace()
+
+
+@pytest.fixture(scope="session")
 def tokenizer_without_mask():
     """The BERT-style tokenizer with no mask token."""
     return tokenizers_offline.tokenizer_without_mask()

@@ -13,7 +13,8 @@ from diffmask_fast.collator import DifferenceMaskingCollator
 from diffmask_fast.scoring import ScoreTable
 from diffmask_fast.tokenization import decode_words, word_boundaries
 
-TOKENIZERS = ["bert_wordpiece", "roberta_byte_bpe", "sentencepiece_unigram", "minilm_tokenizer"]
+TOKENIZERS = ["bert_wordpiece", "roberta_byte_bpe", "sentencepiece_unigram", "minilm_tokenizer",
+              "word_level_whitespace"]
 
 FALLBACK_LINES = [
     "However, how frataxin interacts with the Fe-S cluster biosynthesis components remains unclear.",

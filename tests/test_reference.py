@@ -72,6 +72,14 @@ def test_word_starts_and_groups(scheme, tokens, starts, groups):
     assert reference.group_words(starts, never) == groups
 
 
+def test_token_scheme_makes_every_token_a_word():
+    tokens = ["[CLS]", "the", "##x", "\u0120y", ",", "[SEP]", "[PAD]"]
+    never = [True, False, False, False, False, True, True]
+    starts = reference.word_starts(tokens, never, "token")
+    assert starts == [False, True, True, True, True, False, False]
+    assert reference.group_words(starts, never) == [[1], [2], [3], [4]]
+
+
 def test_word_starts_rejects_unknown_scheme():
     with pytest.raises(ValueError, match="unknown word-boundary scheme"):
         reference.word_starts(["a"], [False], "wordlevel")

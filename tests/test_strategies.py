@@ -211,6 +211,28 @@ def test_random_token_rates_specials_and_replacement(request, tokenizer_name, co
 # ----------------------------------------------------------------------------------------------
 
 
+def test_random_token_takes_a_tokenizer_without_word_marks(seed):
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {"<pad>": 0, "<unk>": 1, "<mask>": 2, "a": 3, "b</w>": 4, "ab</w>": 5, "c</w>": 6}
+    backend = Tokenizer(models.BPE(vocab=vocab, merges=[], unk_token="<unk>", end_of_word_suffix="</w>"))
+    backend.pre_tokenizer = pre_tokenizers.Whitespace()
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="<unk>", pad_token="<pad>",
+                                        mask_token="<mask>")
+    with pytest.raises(ValueError, match="word_boundary="):
+        RandomWordCollator(tokenizer)  # words need marks...
+    collator = RandomTokenCollator(tokenizer, mlm_probability=0.5, seed=seed)  # ...tokens do not
+    assert collator.boundaries.scheme == "token"
+    rng = np.random.default_rng(seed)
+    examples = [rng.integers(3, 7, size=int(rng.integers(1, 20))).tolist() for _ in range(64)]
+    batch = collator(examples)
+    masked = batch["labels"] != -100
+    real = batch["attention_mask"].bool()
+    assert not (masked & ~real).any()
+    assert within(float(masked.sum()) / float(real.sum()), 0.5, int(real.sum())), f"seed={seed}"
+
+
 @pytest.mark.parametrize("tokenizer_name", TOKENIZERS)
 def test_random_word_whole_words_and_budget(request, tokenizer_name, corpus, seed):
     tokenizer = request.getfixturevalue(tokenizer_name)

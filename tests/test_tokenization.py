@@ -17,6 +17,7 @@ import tokenizers_offline
 from diffmask_fast import reference
 from diffmask_fast.tokenization import (
     SCHEMES,
+    UnknownWordBoundaries,
     WordBoundaries,
     decode_word,
     decode_words,
@@ -164,16 +165,14 @@ def test_detects_scheme_of_each_tokenizer(named_tokenizer):
     assert word_boundaries(tokenizer).scheme == TOKENIZERS[name]
 
 
-def test_word_level_tokenizer_is_rejected():
+def test_word_level_tokenizer_has_one_word_per_token():
     tokenizer = tokenizers_offline.word_level_whitespace()
-    with pytest.raises(ValueError, match="word_boundary=") as error:
-        detect_word_boundary_scheme(tokenizer)
-    message = str(error.value)
-    assert type(tokenizer).__name__ in message
-    assert all(scheme in message for scheme in SCHEMES)
-    with pytest.raises(ValueError, match="word_boundary="):
-        word_boundaries(tokenizer)
-    # An explicit scheme is honoured even where detection fails.
+    assert detect_word_boundary_scheme(tokenizer) == "token"
+    boundaries = word_boundaries(tokenizer)
+    special = set(tokenizer.all_special_ids)
+    assert boundaries.starts_word.tolist() == [i not in special for i in range(len(tokenizer))]
+    assert set(boundaries.never_word.nonzero().flatten().tolist()) == special
+    # An explicit scheme is honoured over detection.
     assert word_boundaries(tokenizer, "wordpiece").scheme == "wordpiece"
 
 
@@ -226,8 +225,13 @@ def test_end_of_word_suffix_bpe_is_rejected():
     backend = Tokenizer(models.BPE(vocab=vocab, merges=[], unk_token="<unk>", end_of_word_suffix="</w>"))
     backend.pre_tokenizer = pre_tokenizers.Whitespace()
     tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="<unk>", pad_token="<pad>", mask_token="<mask>")
-    with pytest.raises(ValueError, match="word_boundary="):
+    with pytest.raises(UnknownWordBoundaries, match="word_boundary=") as error:
         detect_word_boundary_scheme(tokenizer)
+    message = str(error.value)
+    assert type(tokenizer).__name__ in message
+    assert all(scheme in message for scheme in SCHEMES)
+    with pytest.raises(ValueError, match="word_boundary="):
+        word_boundaries(tokenizer)
 
 
 class VocabularyOnly:

@@ -165,7 +165,7 @@ def tokenizer_without_mask() -> PreTrainedTokenizerFast:
 
 
 def word_level_whitespace() -> PreTrainedTokenizerFast:
-    """A word-level tokenizer (no sub-word markers at all): its word boundaries cannot be detected."""
+    """A word-level tokenizer (no sub-word markers at all): every token is a whole word."""
     backend = Tokenizer(models.WordLevel(unk_token="[UNK]"))
     backend.pre_tokenizer = pre_tokenizers.Whitespace()
     trainer = trainers.WordLevelTrainer(
