@@ -142,12 +142,11 @@ def detect_word_boundary_scheme(tokenizer) -> str:
     marks words.
 
     A fast tokenizer is judged by its backend: a WordLevel model is ``token`` (every token is a
-    whole word); a WordPiece model is ``wordpiece``; a BPE model
-    with a ByteLevel pre-tokenizer (also inside a Sequence) is ``byte_bpe``; a Metaspace
-    pre-tokenizer, a Unigram model or a BPE model fed "▁" by its normalizer is ``sentencepiece``.
-    Otherwise, and for slow tokenizers, the vocabulary decides: the marker ("##", "Ġ", "▁") that
-    starts clearly the most tokens. Raises ``UnknownWordBoundaries`` (a ValueError) when neither
-    settles it.
+    whole word); a WordPiece model is ``wordpiece``; a BPE model with a ByteLevel pre-tokenizer
+    (also inside a Sequence) is ``byte_bpe``; a Metaspace pre-tokenizer, a Unigram model or a BPE
+    model fed "▁" by its normalizer is ``sentencepiece``. Otherwise, and for slow tokenizers, the
+    vocabulary decides: the marker ("##", "Ġ", "▁") that starts clearly the most tokens. Raises
+    ``UnknownWordBoundaries`` (a ValueError) when neither settles it.
     """
     backend = getattr(tokenizer, "backend_tokenizer", None)
     if backend is not None:
