@@ -15,6 +15,7 @@ synchronizes, so call it now and then, not every step).
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any, Mapping, Sequence
 
 import numpy as np
@@ -199,6 +200,19 @@ class DifferenceMasker(torch.nn.Module):
     def reset_coverage(self) -> None:
         self.words_seen.zero_()
         self.words_missed.zero_()
+
+    @contextlib.contextmanager
+    def pinned_generator(self, seed: int):
+        """Inside, draw from ``seed`` alone, the same in every rank (for masking a validation set
+        identically everywhere) and without counting coverage; outside, the training draws and
+        counts go on where they were. Words learned inside stay learned."""
+        saved = {name: getattr(self, name).clone() for name in ("seed_state", "words_seen", "words_missed")}
+        self.seed_state.fill_(int(torch.randint(0, 2**62, (), generator=torch.Generator().manual_seed(int(seed)))))
+        try:
+            yield self
+        finally:
+            for name, value in saved.items():
+                getattr(self, name).copy_(value)
 
     # -- internals ---------------------------------------------------------------------------------
     def _token_ids(self, chunk: Sequence[Any], max_length: int | None) -> list[list[int]]:

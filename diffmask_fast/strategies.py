@@ -75,30 +75,34 @@ class MaskingStrategy:
     def _mask_with_masker(self, examples, model, seed, batch_size) -> list[dict]:
         masker = self.masker
         tokenizer = masker.tokenizer
-        state = {name: buffer.clone() for name, buffer in masker.named_buffers()}
-        generator_seed = torch.Generator().manual_seed(seed)
+        extra = {"model": model} if getattr(masker, "needs_model", False) else {}
+        if extra and model is None:
+            raise ValueError(f"the {self.name!r} strategy needs the model to mask a validation set")
+        # The same draws in every rank: the package's maskers pin their random stream to ``seed``;
+        # any other masker gets its buffers back afterwards.
+        pinned = masker.pinned_generator(seed) if hasattr(masker, "pinned_generator") else _restoring_buffers(masker)
         masked: list[dict] = []
-        # the same draws in every rank: the seed buffer set from ``seed`` alone, or a pinned generator
-        pinned = masker.pinned_generator(seed) if hasattr(masker, "pinned_generator") else contextlib.nullcontext()
         with pinned:
-            try:
-                if hasattr(masker, "seed_state"):
-                    masker.seed_state.fill_(int(torch.randint(0, 2**62, (), generator=generator_seed)))
-                device = next((b.device for b in masker.buffers()), torch.device("cpu"))
-                for start in range(0, len(examples), batch_size):
-                    chunk = [list(e["input_ids"]) for e in examples[start:start + batch_size]]
-                    ids, attention = _pad_right(chunk, tokenizer.pad_token_id)
-                    extra = {"model": model} if getattr(masker, "needs_model", False) else {}
-                    if extra and model is None:
-                        raise ValueError(f"the {self.name!r} strategy needs the model to mask a validation set")
-                    with torch.no_grad():
-                        masked_ids, labels = masker(ids.to(device), attention.to(device), None, **extra)
-                    masked.extend(_unpad(masked_ids.cpu(), labels.cpu(), [{"input_ids": c} for c in chunk], "right"))
-            finally:
-                for name, buffer in masker.named_buffers():
-                    if name in state and name != "table_keys" and name != "table_values":
-                        buffer.copy_(state[name])
+            device = next((b.device for b in masker.buffers()), torch.device("cpu"))
+            for start in range(0, len(examples), batch_size):
+                chunk = [list(e["input_ids"]) for e in examples[start:start + batch_size]]
+                ids, attention = _pad_right(chunk, tokenizer.pad_token_id)
+                with torch.no_grad():
+                    masked_ids, labels = masker(ids.to(device), attention.to(device), None, **extra)
+                masked.extend(_unpad(masked_ids.cpu(), labels.cpu(), [{"input_ids": c} for c in chunk], "right"))
         return masked
+
+
+@contextlib.contextmanager
+def _restoring_buffers(module: torch.nn.Module):
+    """Put ``module``'s buffers back as they were on leaving."""
+    saved = {name: buffer.clone() for name, buffer in module.named_buffers()}
+    try:
+        yield module
+    finally:
+        for name, buffer in module.named_buffers():
+            if name in saved and buffer.shape == saved[name].shape:
+                buffer.copy_(saved[name])
 
 
 def _pad_right(sequences: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:

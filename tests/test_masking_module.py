@@ -131,6 +131,21 @@ def test_seeds_advance_and_reproduce(bert_wordpiece, lines, monkeypatch):
     assert int(DifferenceMasker(bert_wordpiece, scores).seed_state) == int(unseeded.seed_state)
 
 
+def test_pinned_generator_draws_from_the_seed_alone_and_leaves_training_state(bert_wordpiece, lines, monkeypatch):
+    scores = score_table(bert_wordpiece, lines, 0)
+    ids, attention = padded(bert_wordpiece, lines[:8])
+    pinned = {}
+    for rank in ("0", "1"):
+        monkeypatch.setenv("RANK", rank)
+        masker = DifferenceMasker(bert_wordpiece, scores, seed=11)
+        masker(ids, attention)
+        before = (int(masker.seed_state), masker.coverage())
+        with masker.pinned_generator(3):
+            pinned[rank] = masker(ids, attention)
+        assert (int(masker.seed_state), masker.coverage()) == before, f"rank {rank}: training state moved"
+    assert all(torch.equal(a, b) for a, b in zip(pinned["0"], pinned["1"]))
+
+
 def test_masks_whole_words_within_the_budget(roberta_byte_bpe, lines, seed):
     tokenizer = roberta_byte_bpe
     scores = score_table(tokenizer, lines, seed)
