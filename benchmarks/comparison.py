@@ -164,8 +164,9 @@ def _head_warmup_words(options: dict | None) -> str:
 
 def summarize(rows) -> str:
     """One sentence on what the table says, computed from it so it never disagrees with the numbers."""
-    split = "test" if all(report.summary().get("test") for _, _, report in rows) else "dev"
-    scores = {name: report.summary()[split]["macro_f1"] for name, _, report in rows}
+    results = {name: report.summary() for name, _, report in rows}
+    split = "test" if all(result.get("test") for result in results.values()) else "dev"
+    scores = {name: result[split]["macro_f1"] for name, result in results.items()}
     if not scores:
         return ""
     best = max(scores, key=lambda name: scores[name][0])

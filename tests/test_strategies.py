@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 import torch
 
+import tokenizers_offline
 from diffmask_fast import reference
 from diffmask_fast.anchors import Anchor, Anchors
 from diffmask_fast.baselines import RandomTokenCollator, RandomWordCollator
@@ -212,14 +213,7 @@ def test_random_token_rates_specials_and_replacement(request, tokenizer_name, co
 
 
 def test_random_token_takes_a_tokenizer_without_word_marks(seed):
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-
-    vocab = {"<pad>": 0, "<unk>": 1, "<mask>": 2, "a": 3, "b</w>": 4, "ab</w>": 5, "c</w>": 6}
-    backend = Tokenizer(models.BPE(vocab=vocab, merges=[], unk_token="<unk>", end_of_word_suffix="</w>"))
-    backend.pre_tokenizer = pre_tokenizers.Whitespace()
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="<unk>", pad_token="<pad>",
-                                        mask_token="<mask>")
+    tokenizer = tokenizers_offline.end_of_word_bpe()
     with pytest.raises(ValueError, match="word_boundary="):
         RandomWordCollator(tokenizer)  # words need marks...
     collator = RandomTokenCollator(tokenizer, mlm_probability=0.5, seed=seed)  # ...tokens do not

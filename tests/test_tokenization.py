@@ -221,10 +221,7 @@ def test_bpe_with_continuation_prefix_is_wordpiece_like():
 
 
 def test_end_of_word_suffix_bpe_is_rejected():
-    vocab = {"<pad>": 0, "<unk>": 1, "<mask>": 2, "a": 3, "b</w>": 4, "ab</w>": 5}
-    backend = Tokenizer(models.BPE(vocab=vocab, merges=[], unk_token="<unk>", end_of_word_suffix="</w>"))
-    backend.pre_tokenizer = pre_tokenizers.Whitespace()
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="<unk>", pad_token="<pad>", mask_token="<mask>")
+    tokenizer = tokenizers_offline.end_of_word_bpe()
     with pytest.raises(UnknownWordBoundaries, match="word_boundary=") as error:
         detect_word_boundary_scheme(tokenizer)
     message = str(error.value)

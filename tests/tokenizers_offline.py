@@ -175,6 +175,15 @@ def word_level_whitespace() -> PreTrainedTokenizerFast:
     return _wrap(backend, unk_token="[UNK]", cls_token="[CLS]", sep_token="[SEP]", pad_token="[PAD]", mask_token="[MASK]")
 
 
+def end_of_word_bpe() -> PreTrainedTokenizerFast:
+    """A tiny BPE tokenizer that marks word ends ("b</w>"), which no word-boundary scheme describes:
+    its word boundaries cannot be detected."""
+    vocab = {"<pad>": 0, "<unk>": 1, "<mask>": 2, "a": 3, "b</w>": 4, "ab</w>": 5, "c</w>": 6}
+    backend = Tokenizer(models.BPE(vocab=vocab, merges=[], unk_token="<unk>", end_of_word_suffix="</w>"))
+    backend.pre_tokenizer = pre_tokenizers.Whitespace()
+    return _wrap(backend, unk_token="<unk>", pad_token="<pad>", mask_token="<mask>")
+
+
 def minilm_tokenizer():
     """The real uncased BERT WordPiece tokenizer of all-MiniLM-L6-v2, loaded from the installed package.
 
