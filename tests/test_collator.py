@@ -249,12 +249,13 @@ def test_unknown_words_score_unknown_score_and_are_learned_once(bert_wordpiece, 
     assert learned > 1
     collator(examples)
     assert collator.known_token_sequences == learned
-    # Only "the" has a positive score: whenever a row holds it and the budget is 1, it is the masked word.
-    the_id = tokenizer.convert_tokens_to_ids("the")
+    # Only "the" has a positive score: whenever a row holds the word and the budget is at least one
+    # word, a "the" is masked (the token alone may also start other words, such as "thermal").
     for row, example in enumerate(examples):
-        groups, _ = words_of(tokenizer, example["input_ids"])
-        if the_id in example["input_ids"] and len(groups) * 0.25 >= 1:
-            assert (batch["labels"][row] == the_id).any()
+        groups, words = words_of(tokenizer, example["input_ids"])
+        masked = batch["labels"][row] != -100
+        if "the" in words and len(groups) * 0.25 >= 1:
+            assert any(word == "the" and bool(masked[group].all()) for group, word in zip(groups, words))
 
 
 @pytest.mark.parametrize("weighting, mix", [("rank", 0.0), ("similarity", 0.5), ("rank", 1.0)])

@@ -385,7 +385,7 @@ def masker_pair(bert_wordpiece):
     import tokenizers_offline
     from diffmask_fast import DifferenceMasker
 
-    lines = tokenizers_offline.training_lines()[:64]
+    lines = tokenizers_offline.sample_lines(64)
     words = {w.strip(".,;:()").lower() for line in lines for w in line.split()}
     rng = np.random.default_rng(0)
     scores = {w: float(rng.uniform(-0.2, 1.0)) for w in sorted(words)}

@@ -24,8 +24,7 @@ TOKENIZERS = ["bert_wordpiece", "roberta_byte_bpe", "sentencepiece_unigram"]
 
 @pytest.fixture(scope="module")
 def lines():
-    corpus = tokenizers_offline.training_lines()
-    return random.Random(0).sample(corpus, min(64, len(corpus)))
+    return tokenizers_offline.sample_lines(64)
 
 
 def score_table(tokenizer, texts, seed: int) -> ScoreTable:

@@ -536,9 +536,11 @@ def test_mslm_numpy_output(bert_wordpiece):
     batch = MSLMCollator(bert_wordpiece, ["enzyme"], term_probability=1.0, mlm_probability=0.0, term_weight=2.5,
                          return_tensors="np")([bert_wordpiece("the enzyme binds")["input_ids"]])
     assert isinstance(batch["loss_weights"], np.ndarray)
-    ids = bert_wordpiece("the enzyme binds")["input_ids"]  # [CLS] the enzym ##e bind ##s [SEP]
-    assert batch["loss_weights"].tolist() == [[0.0, 0.0, 2.5, 2.5, 0.0, 0.0, 0.0]]
-    assert batch["labels"].tolist() == [[-100, -100, ids[2], ids[3], -100, -100, -100]]
+    encoded = bert_wordpiece("the enzyme binds", return_offsets_mapping=True)
+    in_term = [4 <= start and end <= 10 and end > start for start, end in encoded["offset_mapping"]]
+    assert any(in_term)
+    assert batch["loss_weights"].tolist() == [[2.5 if term else 0.0 for term in in_term]]
+    assert batch["labels"].tolist() == [[i if term else -100 for i, term in zip(encoded["input_ids"], in_term)]]
 
 
 # ----------------------------------------------------------------------------------------------

