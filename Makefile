@@ -27,7 +27,8 @@ test-cpp:
 # gpu-build compiles the extension with its CUDA kernels for this GPU (in place, with GPU_PY, the
 # Python that has the CUDA torch); gpu-test runs the C++ kernel tests on the GPU (also under
 # compute-sanitizer's memcheck, racecheck and synccheck when it is installed) and the CUDA tests
-# (failing, not skipping, if the kernels are missing); gpu-bench writes build/gpu-check/bench_gpu.md.
+# (failing, not skipping, if the kernels are missing); gpu-bench replaces the GPU section of
+# benchmarks/RESULTS.md (`make bench` elsewhere keeps it).
 GPU_PY ?= python3
 GPU_JOBS ?= 8
 
@@ -49,7 +50,7 @@ gpu-test:
 	  tests/test_compile.py tests/test_ops.py
 
 gpu-bench:
-	$(GPU_PY) benchmarks/bench_gpu.py --output build/gpu-check/bench_gpu.md
+	$(GPU_PY) benchmarks/run.py --only gpu --write
 
 bench: $(EXTENSION_STAMP)
 	$(PY) benchmarks/run.py --write

@@ -12,9 +12,10 @@ medians of repeated runs):
 - GPU against CPU time for each op (the CPU kernels on this machine's cores).
 
 Without a CUDA device, or without the CUDA kernels in diffmask_fast._C, run() returns a one-line
-table that says so.
+table that says so. ``--smoke`` runs every measurement on small sizes, on the CPU where there is
+no GPU: it checks the script end to end (the tests do), its numbers mean nothing.
 
-    python benchmarks/bench_gpu.py [--output results.md]
+    python benchmarks/bench_gpu.py [--output section.md] [--smoke [--device cpu]]
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import platform
 import statistics
 import sys
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -41,9 +43,26 @@ from harness import markdown_table, measure, milliseconds  # noqa: E402
 GOALS = ("Goals (GPU): `max_anchor_similarity` >= 70% of torch.mm's fp32 rate for K >= 1000 and near the "
          "memory-bandwidth floor for K = 20; full masking of a 256 x 512 batch <= 0.5 ms and <= 1% of a "
          "forward + backward pass of a RoBERTa-base-sized masked LM on the same batch.")
-WORDS, DIM = 32_768, 768
-BATCH, LENGTH = 256, 512
-TABLE_WORDS = 1_000_000
+
+
+@dataclass(frozen=True)
+class Sizes:
+    """What is measured: the issue's shapes, or small ones that check the script quickly."""
+
+    words: int = 32_768
+    dim: int = 768
+    anchor_counts: tuple[int, ...] = (20, 1000, 100_000)
+    batch: int = 256
+    length: int = 512
+    table_words: int = 1_000_000  # a large domain's score table (~25 MB): look-ups miss the caches
+    model: dict = field(default_factory=dict)  # RobertaConfig arguments; RoBERTa-base by default
+    seconds: float = 1.0  # how long each measurement repeats at least (scaled per measurement)
+
+
+FULL = Sizes()
+SMOKE = Sizes(words=1024, dim=64, anchor_counts=(20, 100, 1000), batch=8, length=128, table_words=10_000,
+              model=dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64),
+              seconds=0.01)
 CUDA_OPS = ("max_anchor_similarity", "sample_without_replacement", "difference_mask_device")
 
 
@@ -60,15 +79,20 @@ def unavailable() -> str | None:
     return None
 
 
-def device_description() -> str:
+def device_description(device: torch.device) -> str:
+    if device.type != "cuda":
+        return f"{platform.processor() or 'CPU'} x {os.cpu_count()} threads (no GPU: sizes and numbers of a smoke run)"
     properties = torch.cuda.get_device_properties(0)
     return (f"{properties.name} ({properties.multi_processor_count} multiprocessors, "
             f"{properties.total_memory / 2**30:.0f} GiB), CUDA {torch.version.cuda}, torch {torch.__version__}; "
             f"CPU baselines: {platform.processor() or 'CPU'} x {os.cpu_count()} threads")
 
 
-def cuda_time(fn, min_runs: int = 10, min_seconds: float = 0.5, warmup: int = 3) -> float:
-    """Median GPU time of ``fn`` in seconds (CUDA events around each call)."""
+def device_time(device: torch.device, fn, min_runs: int = 10, min_seconds: float = 0.5, warmup: int = 3) -> float:
+    """Median time of ``fn`` on ``device`` in seconds: CUDA events around each call on a GPU, wall
+    time elsewhere."""
+    if device.type != "cuda":
+        return measure(fn, min_seconds=min_seconds, min_runs=min_runs, warmup=warmup)
     for _ in range(warmup):
         fn()
     torch.cuda.synchronize()
@@ -93,49 +117,56 @@ def tflops(flops: float, seconds: float) -> str:
 # ----------------------------------------------------------------------------------------------
 
 
-def similarity() -> tuple[list, dict]:
+def similarity(device: torch.device, sizes: Sizes) -> tuple[list, dict]:
     from diffmask_fast import ops
 
     rows, results = [], {}
-    generator = torch.Generator(device="cuda").manual_seed(0)
-    embeddings = torch.randn(WORDS, DIM, device="cuda", generator=generator)
+    generator = torch.Generator(device=device).manual_seed(0)
+    embeddings = torch.randn(sizes.words, sizes.dim, device=device, generator=generator)
     copy = torch.empty_like(embeddings)
-    copy_time = cuda_time(lambda: copy.copy_(embeddings), min_runs=20)
+    copy_time = device_time(device, lambda: copy.copy_(embeddings), min_runs=20, min_seconds=0.5 * sizes.seconds)
     bandwidth = 2 * embeddings.numel() * 4 / copy_time
     floor = embeddings.numel() * 4 / bandwidth  # reading the embeddings once
     results["copy_bandwidth_bytes_per_s"] = bandwidth
     cpu_embeddings = embeddings.cpu()
+    fewest, most = min(sizes.anchor_counts), max(sizes.anchor_counts)
+    tensor_cores = device.type != "cuda" or torch.cuda.get_device_capability(device)[0] >= 8
     allow_tf32 = torch.backends.cuda.matmul.allow_tf32
     try:
-        for k in (20, 1000, 100_000):
-            anchors = torch.randn(k, DIM, device="cuda", generator=generator)
+        for k in sizes.anchor_counts:
+            anchors = torch.randn(k, sizes.dim, device=device, generator=generator)
             anchors_t = anchors.T.contiguous()
-            runs = 3 if k >= 100_000 else 10
-            flops = 2.0 * WORDS * k * DIM
+            runs = 3 if k == most else 10
+
+            def timed(fn):
+                return device_time(device, fn, min_runs=runs, min_seconds=0.5 * sizes.seconds)
+
+            flops = 2.0 * sizes.words * k * sizes.dim
             torch.backends.cuda.matmul.allow_tf32 = False
-            ours = cuda_time(lambda: ops.max_anchor_similarity(embeddings, anchors), min_runs=runs)
-            matmul = cuda_time(lambda: torch.mm(embeddings, anchors_t), min_runs=runs)
+            ours = timed(lambda: ops.max_anchor_similarity(embeddings, anchors))
+            matmul = timed(lambda: torch.mm(embeddings, anchors_t))
             entry = {"ours": ours, "matmul_fp32": matmul}
             against = f"{matmul / ours:.0%} of torch.mm fp32 ({tflops(flops, matmul)})"
             goal = ">= 70% of torch.mm"
-            if k == 20:
+            if k == fewest:
                 against += f"; {ours / floor:.2f}x the memory floor ({milliseconds(floor)} at {bandwidth / 1e12:.2f} TB/s)"
                 goal = "near the memory floor"
-            if k <= 1000:
-                cpu = measure(lambda: ops.max_anchor_similarity(cpu_embeddings, anchors.cpu()), min_runs=3)
+            if k != most:
+                cpu = measure(lambda: ops.max_anchor_similarity(cpu_embeddings, anchors.cpu()), min_runs=3,
+                              min_seconds=sizes.seconds)
                 entry["cpu"] = cpu
                 against += f"; {cpu / ours:.0f}x faster than the CPU kernel ({milliseconds(cpu)})"
             rows.append([f"max_anchor_similarity fp32, K = {k:,}", f"{milliseconds(ours)} = {tflops(flops, ours)}",
                          against, goal])
             # Tensor-core precisions against torch.mm at the same precision.
-            if torch.cuda.get_device_capability()[0] >= 8:
+            if tensor_cores:
                 torch.backends.cuda.matmul.allow_tf32 = True
-                high = cuda_time(lambda: ops.max_anchor_similarity(embeddings, anchors, "high"), min_runs=runs)
-                matmul_tf32 = cuda_time(lambda: torch.mm(embeddings, anchors_t), min_runs=runs)
+                high = timed(lambda: ops.max_anchor_similarity(embeddings, anchors, "high"))
+                matmul_tf32 = timed(lambda: torch.mm(embeddings, anchors_t))
                 torch.backends.cuda.matmul.allow_tf32 = False
                 e16, a16 = embeddings.bfloat16(), anchors_t.bfloat16()
-                medium = cuda_time(lambda: ops.max_anchor_similarity(embeddings, anchors, "medium"), min_runs=runs)
-                matmul_bf16 = cuda_time(lambda: torch.mm(e16, a16), min_runs=runs)
+                medium = timed(lambda: ops.max_anchor_similarity(embeddings, anchors, "medium"))
+                matmul_bf16 = timed(lambda: torch.mm(e16, a16))
                 entry.update(high=high, matmul_tf32=matmul_tf32, medium=medium, matmul_bf16=matmul_bf16)
                 rows.append([f"max_anchor_similarity TF32 ('high'), K = {k:,}",
                              f"{milliseconds(high)} = {tflops(flops, high)}",
@@ -144,10 +175,15 @@ def similarity() -> tuple[list, dict]:
                              f"{milliseconds(medium)} = {tflops(flops, medium)}",
                              f"{matmul_bf16 / medium:.0%} of torch.mm bf16 ({tflops(flops, matmul_bf16)})", "option"])
             results[f"k{k}"] = entry
-            torch.cuda.empty_cache()
+            release_cached_memory(device)
     finally:
         torch.backends.cuda.matmul.allow_tf32 = allow_tf32
     return rows, results
+
+
+def release_cached_memory(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
 
 
 # ----------------------------------------------------------------------------------------------
@@ -155,19 +191,20 @@ def similarity() -> tuple[list, dict]:
 # ----------------------------------------------------------------------------------------------
 
 
-def sampling() -> tuple[list, dict]:
+def sampling(device: torch.device, sizes: Sizes) -> tuple[list, dict]:
     from diffmask_fast import ops
 
     weights = torch.rand(64, 512, generator=torch.Generator().manual_seed(0))
     weights[weights < 0.1] = 0
     counts = torch.full((64,), 128, dtype=torch.long)
     op = torch.ops.diffmask_fast.sample_without_replacement
-    weights_gpu, counts_gpu = weights.cuda(), counts.cuda()
-    gpu = cuda_time(lambda: op(weights_gpu, counts_gpu, 7), min_runs=50)
-    cpu = measure(lambda: ops.sample_without_replacement(weights, counts), min_runs=200)
-    return [["sample_without_replacement, 64 x 512, 128 per row", milliseconds(gpu),
-             f"{cpu / gpu:.1f}x the CPU kernel ({milliseconds(cpu)}); includes the input check's one synchronization",
-             "-"]], {"gpu": gpu, "cpu": cpu}
+    weights_on_device, counts_on_device = weights.to(device), counts.to(device)
+    on_device = device_time(device, lambda: op(weights_on_device, counts_on_device, 7), min_runs=50,
+                            min_seconds=0.5 * sizes.seconds)
+    cpu = measure(lambda: ops.sample_without_replacement(weights, counts), min_runs=200, min_seconds=sizes.seconds)
+    return [["sample_without_replacement, 64 x 512, 128 per row", milliseconds(on_device),
+             f"{cpu / on_device:.1f}x the CPU kernel ({milliseconds(cpu)}); includes the input check's one "
+             "synchronization", "-"]], {"device": on_device, "cpu": cpu}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -175,24 +212,24 @@ def sampling() -> tuple[list, dict]:
 # ----------------------------------------------------------------------------------------------
 
 
-def text_batch(tokenizer) -> tuple[torch.Tensor, torch.Tensor]:
-    """BATCH rows of exactly LENGTH tokens of scientific text (SciCite when present, else the
-    offline fallback paragraph), each from consecutive lines."""
+def text_batch(tokenizer, sizes: Sizes) -> tuple[torch.Tensor, torch.Tensor]:
+    """``sizes.batch`` rows of exactly ``sizes.length`` tokens of prose (SciCite when present, else
+    the Python language reference), each from consecutive lines."""
     import tokenizers_offline
 
     lines = tokenizers_offline.training_lines(limit=100_000)
     rows, cursor = [], 0
-    while len(rows) < BATCH:
+    while len(rows) < sizes.batch:
         text = " ".join(lines[(cursor + i) % len(lines)] for i in range(40))
         cursor += 40
-        ids = tokenizer(text, truncation=True, max_length=LENGTH)["input_ids"]
-        if len(ids) == LENGTH:
+        ids = tokenizer(text, truncation=True, max_length=sizes.length)["input_ids"]
+        if len(ids) == sizes.length:
             rows.append(ids)
     ids = torch.tensor(rows, dtype=torch.long)
     return ids, torch.ones_like(ids)
 
 
-def masker_and_batch():
+def masker_and_batch(sizes: Sizes):
     import random
 
     import tokenizers_offline
@@ -200,104 +237,132 @@ def masker_and_batch():
     from diffmask_fast import DifferenceMasker
 
     tokenizer = tokenizers_offline.roberta_byte_bpe()
-    ids, attention = text_batch(tokenizer)
+    ids, attention = text_batch(tokenizer, sizes)
     words = {w.strip(".,;:()[]").lower() for line in tokenizers_offline.training_lines(limit=100_000) for w in line.split()}
     rng = random.Random(0)
     scores = {w: rng.uniform(-0.1, 1.0) for w in sorted(words)}
     masker = DifferenceMasker(tokenizer, scores, seed=0)
     masker.warm({"input_ids": ids, "attention_mask": attention})
-    # A table the size of a large domain's (a million scored token sequences, ~25 MB), so that
-    # look-ups miss the caches as they would in training.
+    # Fill the table to a large domain's size, so that look-ups miss the caches as in training.
     filler = torch.Generator().manual_seed(1)
-    masker.collator._cache.insert(torch.randint(1, 2**62, (TABLE_WORDS,), generator=filler),
-                                  torch.rand(TABLE_WORDS, generator=filler))
+    masker.collator._cache.insert(torch.randint(1, 2**62, (sizes.table_words,), generator=filler),
+                                  torch.rand(sizes.table_words, generator=filler))
     masker._upload_table()
     return masker, ids, attention
 
 
-def masking_and_step() -> tuple[list, dict]:
-    masker, ids, attention = masker_and_batch()
-    cpu = measure(lambda: masker(ids, attention), min_runs=10)
-    masker = masker.cuda()
-    ids_gpu, attention_gpu = ids.cuda(), attention.cuda()
-    gpu = cuda_time(lambda: masker(ids_gpu, attention_gpu), min_runs=200)
-    # The same step replayed from a CUDA graph: the device time alone, without Python's launches.
+def graph_replay_time(device: torch.device, masker, ids, attention, sizes: Sizes) -> float:
+    """The masking step replayed from a CUDA graph: the device time alone, without Python's launches."""
     side = torch.cuda.Stream()
     side.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(side):
-        masker(ids_gpu, attention_gpu)
+        masker(ids, attention)
     torch.cuda.current_stream().wait_stream(side)
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
-        masker(ids_gpu, attention_gpu)
-    graphed = cuda_time(graph.replay, min_runs=200)
-    masked_ids, labels = masker(ids_gpu, attention_gpu)
-    results = {"masking_gpu": gpu, "masking_gpu_graph": graphed, "masking_cpu": cpu,
-               "known_words": masker.coverage()["known_words"]}
+        masker(ids, attention)
+    return device_time(device, graph.replay, min_runs=200, min_seconds=0.5 * sizes.seconds)
 
-    step, micro = None, None
+
+def training_step_time(device: torch.device, masked_ids, attention, labels, sizes: Sizes) -> tuple[float, int]:
+    """Forward + backward of a RoBERTa masked LM (random weights, bfloat16 autocast) over the batch,
+    in the largest micro-batches that fit; (seconds, micro-batch size)."""
+    from transformers import RobertaConfig, RobertaForMaskedLM
+
+    model = RobertaForMaskedLM(RobertaConfig(**sizes.model)).to(device).train()
     try:
-        from transformers import RobertaConfig, RobertaForMaskedLM
+        for micro in [m for m in (sizes.batch, 128, 64, 32, 16) if m <= sizes.batch]:
+            def forward_backward():
+                for start in range(0, sizes.batch, micro):
+                    with torch.autocast(device.type, dtype=torch.bfloat16):
+                        loss = model(input_ids=masked_ids[start:start + micro],
+                                     attention_mask=attention[start:start + micro],
+                                     labels=labels[start:start + micro]).loss
+                    loss.backward()
+                model.zero_grad(set_to_none=True)
 
-        model = RobertaForMaskedLM(RobertaConfig()).cuda().train()
-        for micro in (BATCH, 128, 64, 32, 16):
             try:
-                def forward_backward():
-                    for start in range(0, BATCH, micro):
-                        with torch.autocast("cuda", dtype=torch.bfloat16):
-                            loss = model(input_ids=masked_ids[start:start + micro],
-                                         attention_mask=attention_gpu[start:start + micro],
-                                         labels=labels[start:start + micro]).loss
-                        loss.backward()
-                    model.zero_grad(set_to_none=True)
-
-                step = cuda_time(forward_backward, min_runs=5, min_seconds=2.0, warmup=2)
-                break
+                return device_time(device, forward_backward, min_runs=5, min_seconds=2.0 * sizes.seconds,
+                                   warmup=2), micro
             except torch.cuda.OutOfMemoryError:
                 model.zero_grad(set_to_none=True)
-                torch.cuda.empty_cache()
+                release_cached_memory(device)
+        raise torch.cuda.OutOfMemoryError(f"out of memory even in micro-batches of {micro}")
+    finally:
         model.cpu()
-        torch.cuda.empty_cache()
-    except Exception as error:  # report, do not hide the masking numbers
+        release_cached_memory(device)
+
+
+def masking_and_step(device: torch.device, sizes: Sizes) -> tuple[list, dict]:
+    masker, ids, attention = masker_and_batch(sizes)
+    cpu = measure(lambda: masker(ids, attention), min_runs=10, min_seconds=sizes.seconds)
+    masker = masker.to(device)
+    ids_on_device, attention_on_device = ids.to(device), attention.to(device)
+    on_device = device_time(device, lambda: masker(ids_on_device, attention_on_device), min_runs=200,
+                            min_seconds=0.5 * sizes.seconds)
+    results = {"masking_device": on_device, "masking_cpu": cpu, "known_words": masker.coverage()["known_words"]}
+    shown = milliseconds(on_device)
+    if device.type == "cuda":
+        results["masking_device_graph"] = graphed = graph_replay_time(device, masker, ids_on_device,
+                                                                      attention_on_device, sizes)
+        shown += f" ({milliseconds(graphed)} in a CUDA graph)"
+    masked_ids, labels = masker(ids_on_device, attention_on_device)
+    where = "GPU" if device.type == "cuda" else device.type.upper()
+    rows = [[f"full masking, {sizes.batch} x {sizes.length} tokens (DifferenceMasker on the {where}, table of "
+             f"{results['known_words']:,} words)", shown,
+             f"{cpu / on_device:.0f}x faster than on the CPU ({milliseconds(cpu)})", "<= 0.5 ms"]]
+    model_name = "RoBERTa-base" if not sizes.model else "small RoBERTa"
+    try:
+        step, micro = training_step_time(device, masked_ids, attention_on_device, labels, sizes)
+    except Exception as error:  # report it, and keep the masking numbers
         results["step_error"] = repr(error)
-    rows = [[f"full masking, {BATCH} x {LENGTH} tokens (DifferenceMasker on the GPU, table of "
-             f"{results['known_words']:,} words)", f"{milliseconds(gpu)} ({milliseconds(graphed)} in a CUDA graph)",
-             f"{cpu / gpu:.0f}x faster than on the CPU ({milliseconds(cpu)})", "<= 0.5 ms"]]
-    if step is not None:
-        results.update(step=step, micro_batch=micro)
-        rows.append([f"RoBERTa-base MLM forward + backward, same batch (bf16 autocast, micro-batches of {micro})",
-                     milliseconds(step), f"masking = {gpu / step:.2%} of the step", "masking <= 1%"])
+        rows.append([f"{model_name} MLM forward + backward", "not measured", repr(error), "masking <= 1%"])
     else:
-        rows.append(["RoBERTa-base MLM forward + backward", "not measured", results.get("step_error", "out of memory"),
-                     "masking <= 1%"])
+        results.update(step=step, micro_batch=micro)
+        rows.append([f"{model_name} MLM forward + backward, same batch (bf16 autocast, micro-batches of {micro})",
+                     milliseconds(step), f"masking = {on_device / step:.2%} of the step", "masking <= 1%"])
     return rows, results
 
 
-def run() -> tuple[str, dict]:
-    reason = unavailable()
+def run(device: str | torch.device = "cuda", sizes: Sizes = FULL) -> tuple[str, dict]:
+    """The GPU section's text and raw numbers; on a non-CUDA ``device`` (smoke runs) the same
+    measurements run there."""
+    device = torch.device(device)
+    reason = unavailable() if device.type == "cuda" else None
     if reason is not None:
         return markdown_table(["GPU benchmarks"], [[f"skipped: {reason}"]]), {"skipped": reason}
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", torch.cuda.current_device())
     torch.manual_seed(0)
-    similarity_rows, similarity_results = similarity()
-    sampling_rows, sampling_results = sampling()
-    masking_rows, masking_results = masking_and_step()
-    table = markdown_table(["measurement", "GPU time", "against the baseline (same GPU, same run)", "goal"],
+    similarity_rows, similarity_results = similarity(device, sizes)
+    sampling_rows, sampling_results = sampling(device, sizes)
+    masking_rows, masking_results = masking_and_step(device, sizes)
+    table = markdown_table(["measurement", "device time", "against the baseline (same device, same run)", "goal"],
                            similarity_rows + sampling_rows + masking_rows)
-    text = f"Device: {device_description()}.\n\n{table}"
-    return text, {"device": torch.cuda.get_device_name(0), "similarity": similarity_results,
-                  "sampling": sampling_results, "masking": masking_results}
+    text = f"Device: {device_description(device)}.\n\n{table}"
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else device.type
+    return text, {"device": name, "similarity": similarity_results, "sampling": sampling_results,
+                  "masking": masking_results}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--output", type=Path, help="also write the section (with the command) to this file")
+    parser.add_argument("--smoke", action="store_true", help="small sizes: check the script, not the speed")
+    parser.add_argument("--device", help="cuda (the default) or, with --smoke, cpu (the default without a GPU)")
     args = parser.parse_args()
-    text, _ = run()
+    device = args.device or ("cuda" if torch.cuda.is_available() or not args.smoke else "cpu")
+    if torch.device(device).type != "cuda" and not args.smoke:
+        parser.error(f"the full-size measurements are for a GPU; --device {device} needs --smoke")
+    text, _ = run(device, SMOKE if args.smoke else FULL)
     print(text)
     if args.output is not None:
+        from diffmask_fast._io import atomic_write_bytes
+
+        command = ("python benchmarks/bench_gpu.py" + (" --smoke" if args.smoke else "")
+                   + (f" --device {args.device}" if args.device else ""))
         args.output.parent.mkdir(parents=True, exist_ok=True)
-        command = "make gpu-check (python benchmarks/bench_gpu.py)"
-        args.output.write_text(f"## GPU\n\n{GOALS}\n\nCommand: `{command}`.\n\n{text}\n", encoding="utf-8")
+        atomic_write_bytes(args.output, f"## GPU\n\n{GOALS}\n\nCommand: `{command}`.\n\n{text}\n".encode("utf-8"))
 
 
 if __name__ == "__main__":

@@ -50,6 +50,16 @@ def milliseconds(seconds: float) -> str:
     return f"{seconds * 1e3:.3f} ms"
 
 
+def read_section(path, heading: str) -> str | None:
+    """The section of ``path`` that starts with the line ``heading`` (up to the next ``## ``), or None."""
+    text = path.read_text(encoding="utf-8") if path.exists() else ""
+    start = text.find(heading + "\n")
+    if start < 0:
+        return None
+    following = text.find("\n## ", start + len(heading))
+    return text[start:following if following >= 0 else len(text)].rstrip("\n") + "\n"
+
+
 def replace_section(path, heading: str, section: str) -> None:
     """Put ``section`` (markdown starting with the line ``heading``) in place of the section of
     ``path`` with that heading, or at its end; the rest of the file stays as it is."""

@@ -19,7 +19,7 @@ sys.path.insert(0, str(HERE.parent))
 
 import importlib  # noqa: E402
 
-from harness import machine, replace_section  # noqa: E402
+from harness import machine, read_section, replace_section  # noqa: E402
 
 from diffmask_fast._io import atomic_write_bytes  # noqa: E402
 
@@ -42,9 +42,11 @@ def main() -> None:
     if args.only:
         module, heading = next((m, h) for name, m, h in SECTIONS if name == args.only)
         section = importlib.import_module(module)
-        table, _ = section.run()
+        table, results = section.run()
         print(table)
-        if args.write:
+        if args.write and kept_section(HERE / "RESULTS.md", heading, results) is not None:
+            print(f"RESULTS.md keeps its earlier '{heading}' section: this run skipped ({results['skipped']})")
+        elif args.write:
             note = (f"Measured on its own: {machine()}; {datetime.date.today().isoformat()}; "
                     f"`python benchmarks/run.py --only {args.only} --write`.")
             replace_section(HERE / "RESULTS.md", f"## {heading}",
@@ -53,8 +55,9 @@ def main() -> None:
     body = []
     for _, module, heading in SECTIONS:
         section = importlib.import_module(module)
-        table, _ = section.run()
-        body += [f"## {heading}", "", section.GOALS, "", table, ""]
+        table, results = section.run()
+        kept = kept_section(HERE / "RESULTS.md", heading, results)
+        body += [kept] if kept is not None else [f"## {heading}", "", section.GOALS, "", table, ""]
     report = "\n".join([
         "# Benchmark results",
         "",
@@ -67,6 +70,15 @@ def main() -> None:
     print(report)
     if args.write:
         atomic_write_bytes(HERE / "RESULTS.md", (report + _kept_comparison()).encode("utf-8"))
+
+
+def kept_section(path: Path, heading: str, results: dict) -> str | None:
+    """The section ``path`` already has under ``heading``, when this run skipped it (no GPU here)
+    and the earlier one holds measurements: a run on a machine without a GPU keeps the GPU numbers."""
+    if not results.get("skipped"):
+        return None
+    earlier = read_section(path, f"## {heading}")
+    return earlier if earlier is not None and "skipped:" not in earlier else None
 
 
 def _kept_comparison() -> str:
