@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import glob
 import os
-import shutil
 import sys
 
 from setuptools import find_packages, setup
@@ -46,31 +45,35 @@ def _flag(name: str, default: str, allowed: tuple[str, ...]) -> str:
     return value
 
 
-def _nvcc_found() -> bool:
+def _cuda_toolkit_problem() -> str | None:
+    """Why torch's build would fail to compile CUDA here, or None: it runs CUDA_HOME/bin/nvcc and
+    includes CUDA_HOME/include, so a CUDA_HOME guessed from an nvcc wrapper script on the PATH
+    (e.g. /usr/local) fails late with a missing cuda_runtime.h."""
     cuda_home = cpp_extension.CUDA_HOME
-    if cuda_home and os.path.exists(os.path.join(cuda_home, "bin", "nvcc")):
-        return True
-    return shutil.which("nvcc") is not None
+    if not cuda_home:
+        return "nvcc was not found (set CUDA_HOME to the CUDA toolkit)"
+    for needed in (os.path.join("bin", "nvcc"), os.path.join("include", "cuda_runtime.h")):
+        if not os.path.exists(os.path.join(cuda_home, needed)):
+            return f"CUDA_HOME={cuda_home} has no {needed} (set CUDA_HOME to the CUDA toolkit)"
+    return None
 
 
 def _use_cuda(cuda_sources: list[str]) -> bool:
     mode = _flag("DIFFMASK_FAST_CUDA", "auto", ("auto", "0", "1"))
     if mode == "0":
         return False
-    torch_has_cuda = torch.version.cuda is not None
-    nvcc = _nvcc_found()
-    if mode == "1":
-        problems = []
-        if not cuda_sources:
-            problems.append("csrc/cuda has no .cu sources")
-        if not torch_has_cuda:
-            problems.append(f"the installed torch {torch.__version__} was built without CUDA")
-        if not nvcc:
-            problems.append("nvcc was not found (set CUDA_HOME)")
-        if problems:
-            sys.exit("DIFFMASK_FAST_CUDA=1 but the CUDA kernels cannot be built: " + "; ".join(problems))
-        return True
-    return bool(cuda_sources) and torch_has_cuda and nvcc
+    problems = []
+    if not cuda_sources:
+        problems.append("csrc/cuda has no .cu sources")
+    if torch.version.cuda is None:  # then torch does not look for a toolkit either
+        problems.append(f"the installed torch {torch.__version__} was built without CUDA")
+    elif _cuda_toolkit_problem() is not None:
+        problems.append(_cuda_toolkit_problem())
+    if mode == "1" and problems:
+        sys.exit("DIFFMASK_FAST_CUDA=1 but the CUDA kernels cannot be built: " + "; ".join(problems))
+    if problems and torch.version.cuda is not None:
+        print("diffmask_fast: building without the CUDA kernels: " + "; ".join(problems), file=sys.stderr)
+    return not problems
 
 
 def _extensions():

@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -67,3 +68,24 @@ def test_adapters_compile_against_torch_headers(tmp_path):
         if process.returncode != 0:
             failures[name] = output[-4000:]
     assert not failures, "\n".join(f"--- {name}\n{output}" for name, output in failures.items())
+
+
+def run_setup(tmp_path, **env):
+    environment = {**os.environ, **env}
+    return subprocess.run([sys.executable, str(ROOT / "setup.py"), "--name"], cwd=ROOT, env=environment,
+                          capture_output=True, text=True, timeout=300)
+
+
+def test_a_required_cuda_build_names_what_is_missing(tmp_path):
+    process = run_setup(tmp_path, DIFFMASK_FAST_CUDA="1", CUDA_HOME=str(tmp_path))
+    assert process.returncode != 0
+    assert "DIFFMASK_FAST_CUDA=1 but the CUDA kernels cannot be built" in process.stderr
+    if torch.version.cuda is None:
+        assert f"the installed torch {torch.__version__} was built without CUDA" in process.stderr
+    else:
+        assert f"CUDA_HOME={tmp_path} has no {os.path.join('bin', 'nvcc')}" in process.stderr
+
+
+def test_an_unknown_cuda_switch_is_refused(tmp_path):
+    process = run_setup(tmp_path, DIFFMASK_FAST_CUDA="maybe")
+    assert process.returncode != 0 and "DIFFMASK_FAST_CUDA must be one of auto, 0, 1, got 'maybe'" in process.stderr
