@@ -11,7 +11,7 @@ Both pad, seed and pickle like ``DifferenceMaskingCollator`` (see ``masking_base
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -39,13 +39,6 @@ class RandomTokenCollator(MaskingCollatorBase):
 
     tokenizer: Any
     mlm_probability: float = 0.25
-    mask_replace_prob: float = 0.8
-    random_replace_prob: float = 0.1
-    pad_to_multiple_of: int | None = None
-    return_tensors: str = "pt"
-    seed: int | None = None
-    word_boundary: str | None = None
-    boundaries: WordBoundaries = field(init=False, repr=False)
 
     def _word_boundaries(self) -> WordBoundaries:
         try:
@@ -79,13 +72,6 @@ class RandomWordCollator(MaskingCollatorBase):
 
     tokenizer: Any
     mlm_probability: float = 0.25
-    mask_replace_prob: float = 0.8
-    random_replace_prob: float = 0.1
-    pad_to_multiple_of: int | None = None
-    return_tensors: str = "pt"
-    seed: int | None = None
-    word_boundary: str | None = None
-    boundaries: WordBoundaries = field(init=False, repr=False)
 
     def mask_batch(self, input_ids: torch.Tensor, never_word: torch.Tensor | None = None) -> dict:
         """Mask a padded [B, L] batch; ``never_word`` flags tokens that belong to no word (special

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import KW_ONLY, dataclass
 from typing import Any, Mapping
 
 import torch
@@ -10,7 +10,7 @@ import torch
 from . import ops
 from .masking_base import MaskingCollatorBase, check_probability
 from .scoring import ScoreTable
-from .tokenization import WordBoundaries, decode_words
+from .tokenization import decode_words
 
 WEIGHTINGS = ("similarity", "rank")
 
@@ -31,14 +31,8 @@ class DifferenceMaskingCollator(MaskingCollatorBase):
     mlm_probability: float = 0.25
     weighting: str = "similarity"
     uniform_mix: float = 0.0
-    mask_replace_prob: float = 0.8
-    random_replace_prob: float = 0.1
-    pad_to_multiple_of: int | None = None
-    return_tensors: str = "pt"
-    seed: int | None = None
-    word_boundary: str | None = None
-    mlm: bool = True
-    boundaries: WordBoundaries = field(init=False, repr=False)
+    _: KW_ONLY
+    mlm: bool = True  # as in DataCollatorForLanguageModeling; only True is supported
 
     def __post_init__(self) -> None:
         if not self.mlm:

@@ -1,8 +1,8 @@
 """What every masking collator shares: padding, per-process seeding, pickling, 80/10/10.
 
-A strategy collator is a dataclass with the attributes named in ``MaskingCollatorBase`` and a
-``mask_batch(input_ids, never_word) -> dict`` method; the base pads the examples, calls it and
-returns the batch. Keeping padding and seeding here means every strategy draws fresh masks per
+A strategy collator is a dataclass that extends ``MaskingCollatorBase`` (which holds the options
+every strategy shares) with a ``mask_batch(input_ids, never_word) -> dict`` method; the base pads
+the examples, calls it and returns the batch. Keeping padding and seeding here means every strategy draws fresh masks per
 call, reproducibly per ``seed``, and differently in each DataLoader worker and distributed rank.
 """
 
@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import itertools
 import os
+from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
 import numpy as np
@@ -71,17 +72,25 @@ def _stream_context() -> tuple[int, int, int]:
     return (os.getpid(), distributed_rank(), worker_id())
 
 
+@dataclass(kw_only=True)
 class MaskingCollatorBase:
-    """Padding, seeding and pickling for a masking collator.
+    """Padding, seeding and pickling for a masking collator, and the options every strategy has
+    (keyword-only): the 80/10/10 split (``mask_replace_prob``, ``random_replace_prob``),
+    ``pad_to_multiple_of``, ``return_tensors`` ("pt" or "np"), ``seed`` and ``word_boundary``
+    (see ``word_boundaries``).
 
-    Subclasses (dataclasses) define ``tokenizer``, ``mlm_probability``, ``mask_replace_prob``,
-    ``random_replace_prob``, ``pad_to_multiple_of``, ``return_tensors``, ``seed`` and
-    ``word_boundary`` (a ``__post_init__`` of their own calls ``_setup_base()``) and implement
-    ``mask_batch(input_ids [B, L], never_word [B, L]) -> dict`` returning at least
-    ``input_ids`` and ``labels`` (and e.g. ``loss_weights``).
+    Subclasses (dataclasses) define ``tokenizer`` and ``mlm_probability`` (a ``__post_init__`` of
+    their own calls ``_setup_base()``) and implement ``mask_batch(input_ids [B, L], never_word
+    [B, L]) -> dict`` returning at least ``input_ids`` and ``labels`` (and e.g. ``loss_weights``).
     """
 
-    boundaries: WordBoundaries
+    mask_replace_prob: float = 0.8
+    random_replace_prob: float = 0.1
+    pad_to_multiple_of: int | None = None
+    return_tensors: str = "pt"
+    seed: int | None = None
+    word_boundary: str | None = None
+    boundaries: WordBoundaries = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         self._setup_base()

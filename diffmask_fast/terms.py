@@ -295,13 +295,6 @@ class TermMaskingCollator(MaskingCollatorBase):
     tokenizer: Any
     terms: Sequence[str]
     mlm_probability: float = 0.25
-    mask_replace_prob: float = 0.8
-    random_replace_prob: float = 0.1
-    pad_to_multiple_of: int | None = None
-    return_tensors: str = "pt"
-    seed: int | None = None
-    word_boundary: str | None = None
-    boundaries: WordBoundaries = field(init=False, repr=False)
     matcher: TermMatcher = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -360,13 +353,6 @@ class MSLMCollator(MaskingCollatorBase):
     term_probability: float = 0.5
     mlm_probability: float = 0.15
     term_weight: float = 2.0
-    mask_replace_prob: float = 0.8
-    random_replace_prob: float = 0.1
-    pad_to_multiple_of: int | None = None
-    return_tensors: str = "pt"
-    seed: int | None = None
-    word_boundary: str | None = None
-    boundaries: WordBoundaries = field(init=False, repr=False)
     matcher: TermMatcher = field(init=False, repr=False)
 
     def __post_init__(self) -> None:

@@ -20,6 +20,7 @@ import tokenizers_offline
 from diffmask_fast import reference
 from diffmask_fast.anchors import Anchor, Anchors
 from diffmask_fast.baselines import RandomTokenCollator, RandomWordCollator
+from diffmask_fast.collator import DifferenceMaskingCollator
 from diffmask_fast.scoring import ScoreTable
 from diffmask_fast.terms import (
     MSLMCollator,
@@ -654,6 +655,18 @@ def test_errors(bert_wordpiece, tokenizer_without_mask):
             MSLMCollator(tokenizer, ["enzyme"], term_weight=weight)
     with pytest.raises(ValueError, match="term_probability"):
         MSLMCollator(tokenizer, ["enzyme"], term_probability=1.2)
+
+
+def test_shared_options_are_keyword_only(bert_wordpiece):
+    """An option passed by position past a strategy's own fields fails instead of landing in another."""
+    scores = {"enzyme": 1.0}
+    for make, positional in [(RandomTokenCollator, (0.2,)), (RandomWordCollator, (0.2,)),
+                             (TermMaskingCollator, (TERMS, 0.2)), (MSLMCollator, (TERMS, 0.5, 0.2, 2.0)),
+                             (DifferenceMaskingCollator, (scores, 0.2, "rank", 0.1))]:
+        collator = make(bert_wordpiece, *positional, mask_replace_prob=0.7, seed=3)
+        assert collator.mlm_probability == 0.2 and collator.mask_replace_prob == 0.7 and collator.seed == 3
+        with pytest.raises(TypeError, match="positional argument"):
+            make(bert_wordpiece, *positional, 0.8)
 
 
 # ----------------------------------------------------------------------------------------------
