@@ -13,7 +13,9 @@ round trip.
 
 Attention weights come only from the eager attention implementation: SDPA and flash attention
 never materialise them (transformers then returns no attentions). A model using another
-implementation is switched to eager for the masking pass and switched back afterwards.
+implementation is switched to eager for the masking pass and switched back afterwards. Eager
+attention returns every layer's [heads, L, L] weights per row, so a batch whose weights would
+exceed ``attention_memory`` bytes runs through the encoder in chunks of rows.
 """
 
 from __future__ import annotations
@@ -123,7 +125,9 @@ class AttentionMasker(torch.nn.Module):
     ``forward(input_ids [B, L], attention_mask=None, special_tokens_mask=None, *, model)`` runs
     ``model``'s encoder on the unmasked batch without gradients and in eval mode, switching it
     to eager attention for that pass when it uses another implementation (SDPA, flash); its
-    training flags and attention implementation are restored afterwards, also on error. The
+    training flags and attention implementation are restored afterwards, also on error. When
+    the weights of all layers would take more than ``attention_memory`` bytes (estimated from
+    the model's config), the pass runs on chunks of rows that fit. The
     token tables are buffers, so ``masker.to(device)`` moves them. With a ``seed`` the draws
     come from a generator on the batch's device seeded from (seed, distributed rank) that
     advances with every call; without one, from the global torch RNG.
@@ -143,6 +147,7 @@ class AttentionMasker(torch.nn.Module):
         random_replace_prob: float = 0.1,
         seed: int | None = None,
         word_boundary: str | None = None,
+        attention_memory: int = 2**30,
     ):
         super().__init__()
         if order not in ORDERS:
@@ -153,6 +158,9 @@ class AttentionMasker(torch.nn.Module):
             raise TypeError(f"layer must be an integer (a layer index, negative from the last), got {layer!r}")
         if seed is not None and (isinstance(seed, bool) or not isinstance(seed, (int, np.integer))):
             raise TypeError(f"seed must be an integer or None, got {seed!r}")
+        if isinstance(attention_memory, bool) or not isinstance(attention_memory, (int, np.integer)) \
+                or attention_memory < 1:
+            raise ValueError(f"attention_memory must be a positive number of bytes, got {attention_memory!r}")
         self.tokenizer = tokenizer
         self.order = order
         self.mlm_probability = float(mlm_probability)
@@ -160,6 +168,7 @@ class AttentionMasker(torch.nn.Module):
         self.mask_replace_prob = float(mask_replace_prob)
         self.random_replace_prob = float(random_replace_prob)
         self.seed = None if seed is None else int(seed)
+        self.attention_memory = int(attention_memory)
         boundaries = word_boundaries(tokenizer, word_boundary)
         self.scheme = boundaries.scheme
         self.mask_token_id = boundaries.mask_token_id
@@ -172,7 +181,7 @@ class AttentionMasker(torch.nn.Module):
     def extra_repr(self) -> str:
         return (f"order={self.order!r}, mlm_probability={self.mlm_probability}, layer={self.layer}, "
                 f"mask_replace_prob={self.mask_replace_prob}, random_replace_prob={self.random_replace_prob}, "
-                f"seed={self.seed}")
+                f"seed={self.seed}, attention_memory={self.attention_memory}")
 
     # -- pickling: generators are rebuilt on first use ------------------------------------------
     def __getstate__(self) -> dict:
@@ -247,13 +256,35 @@ class AttentionMasker(torch.nn.Module):
         layer ``self.layer``, averaged over heads."""
         model = _unwrap(model)
         encoder = _encoder(model)
+        batch, length = input_ids.shape
+        rows = self._rows_per_pass(encoder, batch, length)
+        with torch.no_grad(), _eval_mode(model), _eager_attention(encoder):
+            return torch.cat([
+                self._chunk_attention(encoder, input_ids[start:start + rows],
+                                      None if attention_mask is None else attention_mask[start:start + rows])
+                for start in range(0, batch, rows)
+            ])
+
+    def _rows_per_pass(self, encoder: torch.nn.Module, batch: int, length: int) -> int:
+        """Rows whose attention weights (every layer's, as eager attention returns them) fit in
+        ``attention_memory``; the whole batch when the config does not say how many there are."""
+        config = getattr(encoder, "config", None)
+        layers, heads = getattr(config, "num_hidden_layers", None), getattr(config, "num_attention_heads", None)
+        if not isinstance(layers, int) or not isinstance(heads, int):
+            return batch
+        parameter = next((p for p in encoder.parameters() if p.is_floating_point()), None)
+        element = 4 if parameter is None else parameter.element_size()  # the weights' dtype, at most
+        per_row = layers * heads * length * length * element
+        return max(1, min(batch, self.attention_memory // max(per_row, 1)))
+
+    def _chunk_attention(self, encoder: torch.nn.Module, input_ids, attention_mask) -> torch.Tensor:
+        """``_first_token_attention`` of rows that go through the encoder in one pass."""
         kwargs: dict = {"input_ids": input_ids, "output_attentions": True}
         if attention_mask is not None:
             kwargs["attention_mask"] = attention_mask.long()
         if getattr(encoder, "config", None) is not None:
             kwargs["return_dict"] = True
-        with torch.no_grad(), _eval_mode(model), _eager_attention(encoder):
-            outputs = encoder(**kwargs)
+        outputs = encoder(**kwargs)
         attentions = outputs.get("attentions") if isinstance(outputs, dict) else getattr(outputs, "attentions", None)
         if not attentions or any(a is None for a in attentions):
             implementation = getattr(getattr(encoder, "config", None), "_attn_implementation", None)

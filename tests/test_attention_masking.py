@@ -93,6 +93,25 @@ def test_masks_the_top_or_bottom_tokens_by_first_token_attention(bert_wordpiece,
     assert torch.equal(masked_ids[untouched], ids[untouched]), message
 
 
+def test_a_batch_over_the_memory_bound_runs_in_chunks(bert_wordpiece, tiny_bert_mlm, seed):
+    ids, attention, flagged = random_batch(bert_wordpiece, seed, rows=10)
+    config = tiny_bert_mlm.config
+    per_row = config.num_hidden_layers * config.num_attention_heads * ids.shape[1] ** 2 * 4
+    masker = AttentionMasker(bert_wordpiece, mlm_probability=0.3, seed=seed, attention_memory=3 * per_row + 1)
+    passes = []
+    hook = tiny_bert_mlm.base_model.register_forward_pre_hook(
+        lambda module, args, kwargs: passes.append(kwargs["input_ids"].shape[0]), with_kwargs=True)
+    try:
+        masked_ids, labels = masker(ids, attention, flagged, model=tiny_bert_mlm)
+        scores = masker._first_token_attention(tiny_bert_mlm, ids, attention)
+    finally:
+        hook.remove()
+    assert passes == [3, 3, 3, 1] * 2, f"seed={seed}"
+    torch.testing.assert_close(scores, reference_attention(tiny_bert_mlm, ids, attention, -1), atol=1e-6, rtol=1e-5)
+    eligible = eligible_positions(bert_wordpiece, ids, attention, flagged)
+    assert sum(check_selection("most", scores, eligible, labels, ids, 0.3, f"seed={seed}")) > 0
+
+
 def test_the_two_orders_pick_different_ends(bert_wordpiece, tiny_bert_mlm, seed):
     ids, attention, flagged = random_batch(bert_wordpiece, seed, rows=8)
     most = AttentionMasker(bert_wordpiece, order="most", mlm_probability=0.5, seed=seed)(ids, attention, model=tiny_bert_mlm)[1]
@@ -292,6 +311,9 @@ def test_errors(bert_wordpiece, tiny_bert_mlm):
         AttentionMasker(tokenizer, mask_replace_prob=0.8, random_replace_prob=0.3)
     with pytest.raises(TypeError, match="layer must be an integer"):
         AttentionMasker(tokenizer, layer=1.5)
+    for memory in (0, -5, 1.5, True):
+        with pytest.raises(ValueError, match="attention_memory must be a positive number of bytes"):
+            AttentionMasker(tokenizer, attention_memory=memory)
     masker = AttentionMasker(tokenizer)
     ids, attention, flagged = random_batch(tokenizer, 0, rows=3)
     with pytest.raises(ValueError, match=r"\[batch, length\] matrix"):
