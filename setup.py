@@ -67,8 +67,8 @@ def _use_cuda(cuda_sources: list[str]) -> bool:
         problems.append("csrc/cuda has no .cu sources")
     if torch.version.cuda is None:  # then torch does not look for a toolkit either
         problems.append(f"the installed torch {torch.__version__} was built without CUDA")
-    elif _cuda_toolkit_problem() is not None:
-        problems.append(_cuda_toolkit_problem())
+    elif (toolkit := _cuda_toolkit_problem()) is not None:
+        problems.append(toolkit)
     if mode == "1" and problems:
         sys.exit("DIFFMASK_FAST_CUDA=1 but the CUDA kernels cannot be built: " + "; ".join(problems))
     if problems and torch.version.cuda is not None:

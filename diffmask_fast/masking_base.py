@@ -2,8 +2,9 @@
 
 A strategy collator is a dataclass that extends ``MaskingCollatorBase`` (which holds the options
 every strategy shares) with a ``mask_batch(input_ids, never_word) -> dict`` method; the base pads
-the examples, calls it and returns the batch. Keeping padding and seeding here means every strategy draws fresh masks per
-call, reproducibly per ``seed``, and differently in each DataLoader worker and distributed rank.
+the examples, calls it and returns the batch. Keeping padding and seeding here means every
+strategy draws fresh masks per call, reproducibly per ``seed``, and differently in each
+DataLoader worker and distributed rank.
 """
 
 from __future__ import annotations
