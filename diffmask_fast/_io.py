@@ -10,10 +10,34 @@ from pathlib import Path
 from typing import Any, BinaryIO, Iterator
 
 
+def _umask() -> int:
+    """The process's file-creation mask, read without changing it where the system allows."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _final_mode(path: Path) -> int:
+    """The permissions ``path`` should end with: those of the file it replaces, else what
+    ``open()`` would give a new file (mkstemp's temporary files are private to the owner)."""
+    try:
+        return path.stat().st_mode & 0o7777
+    except FileNotFoundError:
+        return 0o666 & ~_umask()
+
+
 @contextlib.contextmanager
 def atomic_writer(path: str | os.PathLike) -> Iterator[BinaryIO]:
     """A binary file to write ``path`` through: it is written beside ``path`` under a temporary
-    name, fsynced, and renamed into place only when the block finishes without an error."""
+    name, fsynced, and renamed into place only when the block finishes without an error. The
+    result has the permissions a plain ``open(path, "wb")`` would leave."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -21,6 +45,8 @@ def atomic_writer(path: str | os.PathLike) -> Iterator[BinaryIO]:
         with os.fdopen(handle, "wb") as file:
             yield file
             file.flush()
+            if hasattr(os, "fchmod"):  # POSIX
+                os.fchmod(file.fileno(), _final_mode(path))
             os.fsync(file.fileno())
         os.replace(temporary, path)
     except BaseException:

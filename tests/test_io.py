@@ -1,0 +1,47 @@
+"""Atomic writes: all or nothing, and the permissions a plain open() would give."""
+
+from __future__ import annotations
+
+import os
+import stat
+
+import pytest
+
+from diffmask_fast._io import atomic_write_bytes, atomic_writer
+
+pytestmark = pytest.mark.skipif(not hasattr(os, "fchmod"), reason="POSIX permissions")
+
+
+def mode(path) -> int:
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o027, 0o002])
+def test_a_new_file_gets_the_permissions_of_the_umask(tmp_path, umask):
+    previous = os.umask(umask)
+    try:
+        written = atomic_write_bytes(tmp_path / "out" / "result.json", b"{}")
+        plain = tmp_path / "plain.json"
+        plain.write_bytes(b"{}")
+    finally:
+        os.umask(previous)
+    assert mode(written) == 0o666 & ~umask == mode(plain)
+
+
+def test_a_replaced_file_keeps_its_permissions(tmp_path):
+    path = tmp_path / "scores.npz"
+    for permissions in (0o600, 0o640, 0o644):
+        path.write_bytes(b"old")
+        path.chmod(permissions)
+        atomic_write_bytes(path, b"new")
+        assert path.read_bytes() == b"new" and mode(path) == permissions
+
+
+def test_a_failed_write_leaves_the_old_file_and_no_temporary(tmp_path):
+    path = tmp_path / "anchors.json"
+    path.write_bytes(b"old")
+    with pytest.raises(RuntimeError, match="disk full"):
+        with atomic_writer(path) as file:
+            file.write(b"half")
+            raise RuntimeError("disk full")
+    assert path.read_bytes() == b"old" and [p.name for p in tmp_path.iterdir()] == ["anchors.json"]
