@@ -11,7 +11,7 @@ DEPS_STAMP := $(VENV)/.deps-installed
 .PHONY: demo test test-python test-cpp bench build clean gpu-check gpu-build gpu-test gpu-bench
 
 demo: $(EXTENSION_STAMP)
-	$(VENV)/bin/diffmask demo
+	$(VENV)/bin/diffmask demo --plot build/demo/masking.png
 
 test: test-python test-cpp
 

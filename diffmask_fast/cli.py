@@ -12,6 +12,10 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
 
+#: Draws and sentences behind --plot: enough for stable rates, a few seconds of masking.
+PLOT_DRAWS, PLOT_TEXTS = 100, 200
+
+
 def _add_masking_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default=None, help="encoder name or path for word embeddings and tokenization "
                         "(default: the bundled all-MiniLM-L6-v2)")
@@ -27,6 +31,9 @@ def _add_masking_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0, help="seed for the sentences and the masks (default 0)")
     parser.add_argument("--scores", action="store_true", help="print each word's score next to it")
     parser.add_argument("--html", type=Path, default=None, help="also write the preview as an HTML page here")
+    parser.add_argument("--plot", type=Path, default=None,
+                        help=f"also draw how often each word is masked, over {PLOT_DRAWS} draws of up to "
+                             f"{PLOT_TEXTS} sentences, against its score (PNG)")
 
 
 def _add_mining_options(parser: argparse.ArgumentParser) -> None:
@@ -153,28 +160,39 @@ def _anchors_of(counts, args):
     return mine_anchors(counts, general, k=args.k, min_count=args.min_count, smoothing_per_million=smoothing)
 
 
-def _show_masks(anchors, texts, args) -> None:
+def _show_masks(anchors, texts, args, plot_texts=()) -> None:
+    """Print ``texts`` masked once; with --html / --plot also write the page and the picture of
+    masking rates over ``plot_texts``."""
     from .collator import DifferenceMaskingCollator
     from .embedding import WordEmbedder
     from .preview import preview, render_text, write_html
     from .scoring import WordScorer
     from .vocabulary import tokenizer_word_types
 
+    plot_texts = list(plot_texts) if args.plot else []
     embedder = WordEmbedder.from_pretrained(args.model, pooling=args.pooling)
     scorer = WordScorer(embedder, anchors, similarity=args.similarity)
-    table = scorer.score(tokenizer_word_types(embedder.tokenizer, texts) | set(anchors.words))
+    table = scorer.score(tokenizer_word_types(embedder.tokenizer, list(texts) + plot_texts) | set(anchors.words))
     collator = DifferenceMaskingCollator(embedder.tokenizer, table, mlm_probability=args.mlm_probability,
                                          weighting=args.weighting, seed=args.seed)
     sentences = preview(collator, texts)
     print(f"\nMasked words ([[like this]]) at mlm_probability={args.mlm_probability}, seed={args.seed}:\n")
     print(render_text(sentences, show_scores=args.scores).replace("\n", "\n\n"))
     anchor_words = set(anchors.words)
-    top = [(w, s) for w, s in table.top(len(anchor_words) + 10) if w not in anchor_words][:10]
+    shown_words = tokenizer_word_types(embedder.tokenizer, texts)
+    top = [(w, s) for w, s in table.top(len(table)) if w not in anchor_words and w in shown_words][:10]
     print("\nHighest-scoring words here that are not anchors (score, nearest anchor): "
           + ", ".join(f"{w} ({s:.2f}, {table.nearest_anchor_of(w) or '-'})" for w, s in top))
     if args.html:
         write_html(args.html, sentences)
         print(f"Wrote {args.html}")
+    if args.plot:
+        from .plots import plot_masking_rates
+        from .preview import masking_rates
+
+        rates = masking_rates(collator, plot_texts or texts, draws=PLOT_DRAWS)
+        plot_masking_rates(rates, args.plot, args.mlm_probability)
+        print(f"Wrote {args.plot} (how often each of {len(rates):,} words was masked over {PLOT_DRAWS} draws)")
 
 
 def run_demo(args) -> None:
@@ -187,7 +205,8 @@ def run_demo(args) -> None:
     counts, anchors = _mine(lines, args)
     print(f"\nTop {len(anchors)} anchors by TF-ICF against general English ({counts.total:,} words counted):\n")
     print(anchors.table())
-    _show_masks(anchors, sample_sentences(lines, args.sentences, args.seed), args)
+    _show_masks(anchors, sample_sentences(lines, args.sentences, args.seed), args,
+                plot_texts=sample_sentences(lines, PLOT_TEXTS, args.seed + 1))
 
 
 def run_mine(args) -> None:
@@ -217,7 +236,8 @@ def run_preview(args) -> None:
     if not documents:
         raise ValueError("the corpus has no non-empty documents to preview")
     texts = random.Random(args.seed).sample(documents, min(args.sentences, len(documents)))
-    _show_masks(anchors, texts, args)
+    plot_texts = random.Random(args.seed + 1).sample(documents, min(PLOT_TEXTS, len(documents)))
+    _show_masks(anchors, texts, args, plot_texts)
 
 
 def run_score(args) -> None:

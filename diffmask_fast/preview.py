@@ -1,4 +1,5 @@
-"""Showing what Difference-Masking masks and why: marked sentences, in text or HTML."""
+"""Showing what Difference-Masking masks and why: marked sentences (text or HTML) and how
+often each word is masked over many draws (``plots.plot_masking_rates`` draws it)."""
 
 from __future__ import annotations
 
@@ -6,6 +7,8 @@ import html
 import os
 from dataclasses import dataclass
 from typing import Sequence
+
+import torch
 
 from . import reference
 from ._io import atomic_write_bytes
@@ -21,27 +24,78 @@ class PreviewWord:
     nearest_anchor: str | None
 
 
+@dataclass(frozen=True)
+class WordMaskingRate:
+    """How often one word of a text sample was masked over repeated draws."""
+
+    word: str
+    score: float
+    occurrences: int  # in the sample (each draw masks every occurrence anew)
+    masked: int  # occurrences masked, summed over the draws
+    draws: int
+    nearest_anchor: str | None
+
+    @property
+    def rate(self) -> float:
+        return self.masked / (self.occurrences * self.draws)
+
+
+def _encoded_words(collator: DifferenceMaskingCollator, texts: Sequence[str], max_length: int):
+    """Each text's token ids and its words: (ids, [token positions of each word], [word text])."""
+    tokenizer = collator.tokenizer
+    never_word_ids = collator.boundaries.never_word
+    rows = []
+    for text in texts:
+        ids = tokenizer(text, truncation=True, max_length=max_length)["input_ids"]
+        never_word = [bool(never_word_ids[i]) for i in ids]
+        starts = reference.word_starts(tokenizer.convert_ids_to_tokens(ids), never_word, collator.boundaries.scheme)
+        groups = reference.group_words(starts, never_word)
+        rows.append((ids, groups, decode_words(tokenizer, [[ids[i] for i in group] for group in groups])))
+    return rows
+
+
 def preview(collator: DifferenceMaskingCollator, texts: Sequence[str], max_length: int = 128) -> list[list[PreviewWord]]:
     """Mask ``texts`` with ``collator`` once and report, word by word, score and whether it was masked."""
-    tokenizer = collator.tokenizer
-    encoded = [tokenizer(text, truncation=True, max_length=max_length) for text in texts]
-    batch = collator([{"input_ids": e["input_ids"]} for e in encoded])
-    labels = batch["labels"]
-    never_word_ids = collator.boundaries.never_word
-    sentences = []
-    for row, example in enumerate(encoded):
-        ids = example["input_ids"]
-        tokens = tokenizer.convert_ids_to_tokens(ids)
-        never_word = [bool(never_word_ids[i]) for i in ids]
-        starts = reference.word_starts(tokens, never_word, collator.boundaries.scheme)
-        groups = reference.group_words(starts, never_word)
-        words = decode_words(tokenizer, [[ids[i] for i in group] for group in groups])
-        sentences.append([
-            PreviewWord(word, collator.scores.score(word), any(int(labels[row, i]) != -100 for i in group),
+    rows = _encoded_words(collator, texts, max_length)
+    labels = collator([{"input_ids": ids} for ids, _, _ in rows])["labels"]
+    return [
+        [PreviewWord(word, collator.scores.score(word), any(int(labels[row, i]) != -100 for i in group),
+                     collator.scores.nearest_anchor_of(word))
+         for word, group in zip(words, groups)]
+        for row, (_, groups, words) in enumerate(rows)
+    ]
+
+
+def masking_rates(collator: DifferenceMaskingCollator, texts: Sequence[str], draws: int = 100,
+                  max_length: int = 128) -> list[WordMaskingRate]:
+    """Mask ``texts`` ``draws`` times and count, per distinct word, how often it was masked: what
+    the collator's distribution does with each word, which one draw cannot show. Most masked first."""
+    if draws < 1:
+        raise ValueError(f"draws must be at least 1, got {draws}")
+    rows = _encoded_words(collator, texts, max_length)
+    word_types: dict[str, int] = {}
+    rows_of, positions_of, types_of = [], [], []
+    for row, (_, groups, words) in enumerate(rows):
+        for word, group in zip(words, groups):
+            rows_of.append(row)
+            positions_of.append(group[0])  # a word is masked whole: its first token tells
+            types_of.append(word_types.setdefault(word, len(word_types)))
+    if not word_types:
+        raise ValueError("the texts hold no words to mask")
+    index = (torch.tensor(rows_of), torch.tensor(positions_of))
+    types = torch.tensor(types_of)
+    occurrences = torch.bincount(types, minlength=len(word_types))
+    masked = torch.zeros(len(word_types), dtype=torch.long)
+    examples = [{"input_ids": ids} for ids, _, _ in rows]
+    for _ in range(draws):
+        labels = collator(examples)["labels"]
+        masked += torch.bincount(types, weights=(labels[index] != -100).double(), minlength=len(word_types)).long()
+    rates = [
+        WordMaskingRate(word, collator.scores.score(word), int(occurrences[t]), int(masked[t]), draws,
                         collator.scores.nearest_anchor_of(word))
-            for word, group in zip(words, groups)
-        ])
-    return sentences
+        for word, t in word_types.items()
+    ]
+    return sorted(rates, key=lambda r: (-r.rate, -r.score, r.word))
 
 
 def render_text(sentences: Sequence[Sequence[PreviewWord]], show_scores: bool = False) -> str:

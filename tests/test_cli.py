@@ -17,6 +17,14 @@ def test_demo_runs_offline_with_no_arguments(capsys):
     assert "anchors by TF-ICF" in out and "[[" in out
     for expected in ("exception", "attribute"):
         assert expected in out
+    assert "Wrote" not in out  # nothing is written unless asked
+
+
+def test_demo_draws_the_masking_rates(capsys, tmp_path):
+    picture = tmp_path / "masking.png"
+    assert main(["demo", "--sentences", "1", "--plot", str(picture)]) == 0
+    assert f"Wrote {picture} (how often each of" in capsys.readouterr().out
+    assert picture.read_bytes().startswith(b"\x89PNG")
 
 
 def test_mine_writes_anchors_and_counts(tmp_path, shared_data_dir, capsys):

@@ -1,0 +1,76 @@
+"""How often each word is masked over many draws (``preview.masking_rates``) and the picture
+drawn from it (``plots.plot_masking_rates``)."""
+
+from __future__ import annotations
+
+import math
+import random
+
+import pytest
+
+from diffmask_fast.collator import DifferenceMaskingCollator
+from diffmask_fast.plots import plot_masking_rates
+from diffmask_fast.preview import masking_rates
+from diffmask_fast.scoring import ScoreTable
+
+FILLER = ["the", "protein", "binds", "its", "ligand", "in", "cells", "with", "high", "affinity", "and", "no", "activity"]
+
+
+def sentences(seed: int, rows: int, with_word: str | None = None) -> list[str]:
+    """Rows of 5 to 12 plain words; ``with_word`` once in each, at a random place."""
+    rng = random.Random(seed)
+    texts = []
+    for _ in range(rows):
+        words = [rng.choice(FILLER) for _ in range(rng.randint(5, 12))]
+        if with_word:
+            words.insert(rng.randint(0, len(words)), with_word)
+        texts.append(" ".join(words))
+    return texts
+
+
+def test_the_only_positive_word_is_masked_in_every_draw(bert_wordpiece, seed):
+    texts = sentences(seed, 12, with_word="kinase")  # >= 6 words a row: a budget of at least one word
+    collator = DifferenceMaskingCollator(bert_wordpiece, ScoreTable.from_mapping({"kinase": 1.0}), seed=seed)
+    rates = masking_rates(collator, texts, draws=30)
+    assert rates[0].word == "kinase" and rates[0].rate == 1.0 and rates[0].score == 1.0, f"seed={seed}"
+    assert rates[0].occurrences == 12 and rates[0].masked == 12 * 30 and rates[0].draws == 30
+    assert all(r.rate < 1.0 and r.score == 0.0 for r in rates[1:]), f"seed={seed}"
+    assert [r.rate for r in rates] == sorted((r.rate for r in rates), reverse=True)
+
+
+def test_words_scored_alike_are_masked_at_the_budget_rate(bert_wordpiece, seed):
+    texts = sentences(seed, 40)
+    table = ScoreTable.from_mapping({"the": 1.0}, unknown_score=1.0)
+    collator = DifferenceMaskingCollator(bert_wordpiece, table, mlm_probability=0.25, seed=seed)
+    draws = 50
+    rates = masking_rates(collator, texts, draws=draws)
+    occurrences = sum(r.occurrences for r in rates)
+    masked = sum(r.masked for r in rates)
+    # Each row masks floor or ceil of p * n words, p * n in expectation: only the rounding varies.
+    spread = math.sqrt(len(texts) * draws * 0.25) / (occurrences * draws)
+    assert abs(masked / (occurrences * draws) - 0.25) < 5 * spread, f"seed={seed}"
+
+
+def test_bad_arguments(bert_wordpiece, tmp_path):
+    collator = DifferenceMaskingCollator(bert_wordpiece, {"kinase": 1.0})
+    with pytest.raises(ValueError, match="draws must be at least 1"):
+        masking_rates(collator, ["the kinase"], draws=0)
+    with pytest.raises(ValueError, match="no words"):
+        masking_rates(collator, ["", ""])
+    with pytest.raises(ValueError, match="no word masking rates"):
+        plot_masking_rates([], tmp_path / "empty.png", 0.25)
+    rates = masking_rates(collator, ["the kinase binds"], draws=2)
+    with pytest.raises(ValueError, match="top must be at least 1"):
+        plot_masking_rates(rates, tmp_path / "none.png", 0.25, top=0)
+    assert not list(tmp_path.iterdir())
+
+
+def test_the_picture_is_a_png_written_in_one_piece(bert_wordpiece, tmp_path, seed):
+    texts = sentences(seed, 30, with_word="kinase")
+    table = ScoreTable.from_mapping({"kinase": 1.0, "ligand": 0.6, "affinity": 0.3}, unknown_score=0.05)
+    collator = DifferenceMaskingCollator(bert_wordpiece, table, seed=seed)
+    path = tmp_path / "figures" / "masking.png"
+    assert plot_masking_rates(masking_rates(collator, texts, draws=20), path, 0.25) == path
+    data = path.read_bytes()
+    assert data.startswith(b"\x89PNG\r\n\x1a\n") and len(data) > 10_000
+    assert [p.name for p in path.parent.iterdir()] == ["masking.png"]  # no temporary file left behind
