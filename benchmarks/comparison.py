@@ -3,7 +3,8 @@ strategy, then fine-tuning each resulting model on the task's labels.
 
     python benchmarks/comparison.py                       small scale, 2 CPU cores, under an hour
     python benchmarks/comparison.py --scale paper --model roberta-base     on a GPU
-    python benchmarks/comparison.py --write               also put the table in RESULTS.md
+    python benchmarks/comparison.py --write               also put the table and picture in RESULTS.md
+    python benchmarks/comparison.py --redraw --write      the same from the last run's saved results
 
 The default data is ../shared/data/scicite: ``corpus.txt`` (unlabeled) for continued pretraining,
 ``train/dev/test.jsonl`` for fine-tuning. Offline, the starting model is all-MiniLM-L6-v2 (from the
@@ -21,6 +22,7 @@ import os
 import sys
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -34,6 +36,17 @@ from harness import machine, replace_section  # noqa: E402
 from diffmask_fast._io import atomic_write_json  # noqa: E402
 
 SECTION = "## Continued pretraining: strategies compared"
+
+
+class Runs(NamedTuple):
+    """A comparison's results: rows of (strategy, pretraining summary or None, FinetuneReport)."""
+
+    model: str
+    bundled: bool  # the starting model is the bundled MiniLM (its head is new)
+    date: str
+    machine: str
+    minutes: float
+    rows: list
 
 #: pretraining and fine-tuning options of each scale
 SCALES = {
@@ -77,18 +90,40 @@ def main() -> None:
     parser.add_argument("--mlm-probability", type=float, default=0.25)
     parser.add_argument("--work-dir", type=Path, default=ROOT / "build" / "comparison",
                         help="where models and reports go (default build/comparison)")
-    parser.add_argument("--write", action="store_true", help="put the results table in benchmarks/RESULTS.md")
+    parser.add_argument("--write", action="store_true",
+                        help="put the results table in --results and the picture beside it")
+    parser.add_argument("--results", type=Path, default=HERE / "RESULTS.md",
+                        help="the markdown file --write updates (default benchmarks/RESULTS.md)")
+    parser.add_argument("--redraw", action="store_true",
+                        help="train nothing: rebuild table, reading and picture from the work dir's comparison.json")
     args = parser.parse_args()
 
+    from diffmask_fast.plots import plot_comparison
+
+    scale = SCALES[args.scale]
+    runs = saved_runs(args) if args.redraw else run_strategies(args, scale)
+    picture = (args.results.parent if args.write else args.work_dir / args.scale) / f"comparison_{args.scale}.png"
+    split = "test" if all(report.has_test for _, _, report in runs.rows) else "dev"
+    plot_comparison({name: report for name, _, report in runs.rows}, picture,
+                    {name: summary for name, summary, _ in runs.rows}, split=split,
+                    title=f"Masking strategies compared on {args.data.name} ({args.scale} scale)")
+    section = render(args, scale, runs, picture.name if args.write else None)
+    print("\n" + section + f"\n\nWrote {picture}")
+    if args.write:
+        replace_section(args.results, SECTION, section)
+
+
+def run_strategies(args, scale: dict) -> Runs:
+    """Pretrain with each strategy and fine-tune every model; saved to the work dir too."""
     from diffmask_fast.embedding import default_model_path
     from diffmask_fast.finetune import finetune
     from diffmask_fast.pretrain import PretrainConfig, pretrain
 
-    scale = SCALES[args.scale]
     model = args.model or default_model_path()
     bundled = args.model is None
+    date = datetime.date.today().isoformat()
     started = time.perf_counter()
-    runs: list[tuple[str, str, dict | None]] = [] if args.no_baseline else [("none", model, None)]
+    trained: list[tuple[str, str, dict | None]] = [] if args.no_baseline else [("none", model, None)]
     for strategy in args.strategies:
         output = args.work_dir / args.scale / strategy
         print(f"\n=== continued pretraining: {strategy} ===", flush=True)
@@ -96,22 +131,37 @@ def main() -> None:
             model=model, corpus=[args.data / "corpus.txt"], output_dir=output, strategy=strategy,
             mlm_probability=args.mlm_probability, init_mlm_head=bundled, seed=0, progress=False, **scale["pretrain"],
             **(scale.get("new_head", {}) if bundled else {})))
-        runs.append((strategy, str(output), summary))
+        trained.append((strategy, str(output), summary))
     rows = []
-    for name, path, summary in runs:
+    for name, path, summary in trained:
         print(f"\n=== fine-tuning: {name} ===", flush=True)
         report = finetune(path, args.data / "train.jsonl", args.data / "dev.jsonl", args.data / "test.jsonl",
                           progress=False, **scale["finetune"])
         report.save(args.work_dir / args.scale / f"finetune_{name}.json")
         rows.append((name, summary, report))
-    minutes = (time.perf_counter() - started) / 60
-    section = render(args, scale, model, bundled, rows, minutes)
-    print("\n" + section)
+    runs = Runs(model, bundled, date, machine(), (time.perf_counter() - started) / 60, rows)
     atomic_write_json(args.work_dir / args.scale / "comparison.json", {
-        "scale": args.scale, "model": model, "minutes": minutes,
+        **runs._asdict(), "scale": args.scale,
         "rows": [{"strategy": n, "pretrain": s, "finetune": r.to_dict()} for n, s, r in rows]})
-    if args.write:
-        replace_section(HERE / "RESULTS.md", SECTION, section)
+    return runs
+
+
+def saved_runs(args) -> Runs:
+    """What ``run_strategies`` returned, read back from the work dir's comparison.json."""
+    from diffmask_fast._io import read_json
+    from diffmask_fast.embedding import default_model_path
+    from diffmask_fast.finetune import FinetuneReport
+
+    path = args.work_dir / args.scale / "comparison.json"
+    if not path.is_file():
+        raise SystemExit(f"--redraw needs the results of an earlier run, and {path} does not exist")
+    saved = read_json(path, "comparison results")
+    if saved.get("scale") != args.scale:
+        raise SystemExit(f"{path} holds the {saved.get('scale')!r} scale, not {args.scale!r}")
+    rows = [(row["strategy"], row["pretrain"], FinetuneReport.from_dict(row["finetune"])) for row in saved["rows"]]
+    return Runs(model=saved["model"], bundled=saved.get("bundled", saved["model"] == default_model_path()),
+                date=saved.get("date") or datetime.date.fromtimestamp(path.stat().st_mtime).isoformat(),
+                machine=saved.get("machine") or machine(), minutes=saved["minutes"], rows=rows)
 
 
 def _cell(values: tuple[float, float]) -> str:
@@ -119,7 +169,8 @@ def _cell(values: tuple[float, float]) -> str:
     return f"{100 * mean:.1f} ± {100 * std:.1f}"
 
 
-def render(args, scale: dict, model: str, bundled: bool, rows, minutes: float) -> str:
+def render(args, scale: dict, runs: Runs, picture: str | None = None) -> str:
+    model, bundled, rows = runs.model, runs.bundled, runs.rows
     lines = [
         SECTION, "",
         f"Data: `{args.data.name}` (continued pretraining on `corpus.txt`, fine-tuning on its labels). "
@@ -129,7 +180,7 @@ def render(args, scale: dict, model: str, bundled: bool, rows, minutes: float) -
                               + _head_warmup_words(scale.get("new_head")) + ", so these numbers say how the "
                               "strategies compare from that start, not what a RoBERTa-base model reaches."
                               if bundled else f"`{model}`."),
-        f"Machine: {machine()}. Date: {datetime.date.today().isoformat()}. Total {minutes:.0f} min.",
+        f"Machine: {runs.machine}. Date: {runs.date}. Total {runs.minutes:.0f} min.",
         f"Command: `python benchmarks/comparison.py --scale {args.scale}"
         + (f" --model {model}" if not bundled else "") + " --write`.",
         "",
@@ -150,6 +201,8 @@ def render(args, scale: dict, model: str, bundled: bool, rows, minutes: float) -
     reading = summarize(rows)
     if reading:
         lines += ["", reading]
+    if picture:
+        lines += ["", f"![Fine-tuning scores per seed and validation loss per strategy]({picture})"]
     return "\n".join(lines)
 
 

@@ -85,10 +85,8 @@ def _kept_comparison() -> str:
     """The section written by comparison.py (it takes an hour, so `make bench` keeps it as it is)."""
     from comparison import SECTION
 
-    path = HERE / "RESULTS.md"
-    text = path.read_text(encoding="utf-8") if path.exists() else ""
-    start = text.find(SECTION)
-    return "" if start < 0 else "\n" + text[start:].rstrip("\n") + "\n"
+    kept = read_section(HERE / "RESULTS.md", SECTION)
+    return "" if kept is None else "\n" + kept
 
 
 if __name__ == "__main__":

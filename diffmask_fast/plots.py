@@ -1,14 +1,18 @@
-"""Pictures of what Difference-Masking does, as PNG files (matplotlib, no display needed)."""
+"""Pictures of what Difference-Masking does and how strategies compare, as PNG files
+(matplotlib, no display needed)."""
 
 from __future__ import annotations
 
 import io
 import os
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Mapping, Sequence
 
 from ._io import atomic_write_bytes
 from .preview import WordMaskingRate
+
+if TYPE_CHECKING:
+    from .finetune import FinetuneReport
 
 _WORD_COLOR = "#d95f02"
 _ANCHOR_COLOR = "#1f4e9c"
@@ -61,6 +65,64 @@ def plot_masking_rates(rates: Sequence[WordMaskingRate], path: str | os.PathLike
     against_score.legend(loc="upper left", fontsize=9)
     figure.suptitle(title)
 
+    return _save(figure, path)
+
+
+def plot_comparison(reports: Mapping[str, FinetuneReport], path: str | os.PathLike,
+                    summaries: Mapping[str, dict | None] | None = None, split: str = "test",
+                    metric: str = "macro_f1", title: str = "Masking strategies compared") -> Path:
+    """Draw a comparison of strategies: each one's fine-tuning ``metric`` on ``split`` for every
+    seed with mean ± std (``reports``: name -> ``FinetuneReport``), so that differences can be
+    read against the spread over seeds; and, from the pretraining summaries (``pretrain``'s
+    ``pretrain_summary.json``: name -> dict, None for no pretraining), each run's validation MLM
+    loss over its steps. Written atomically to ``path``."""
+    if not reports:
+        raise ValueError("no fine-tuning reports to plot")
+    from matplotlib.figure import Figure
+
+    curves = {name: _validation_curve(summary) for name, summary in (summaries or {}).items() if summary}
+    curves = {name: curve for name, curve in curves.items() if curve}
+    figure = Figure(figsize=(13 if curves else 7, 5.5), layout="constrained")
+    axes = figure.subplots(1, 2 if curves else 1, squeeze=False)[0]
+    scores = axes[0]
+    names = list(reports)
+    metric_title = {"macro_f1": "macro-F1", "accuracy": "accuracy"}.get(metric, metric)
+    for x, name in enumerate(names):
+        values = [100 * v for v in reports[name].values(split, metric)]
+        offsets = [0.0] if len(values) == 1 else [-0.15 + 0.3 * i / (len(values) - 1) for i in range(len(values))]
+        scores.scatter([x + o for o in offsets], values, color=_WORD_COLOR, alpha=0.6, zorder=3,
+                       label="one fine-tuning seed" if x == 0 else None)
+        mean = sum(values) / len(values)
+        spread = (sum((v - mean) ** 2 for v in values) / (len(values) - 1)) ** 0.5 if len(values) > 1 else 0.0
+        scores.errorbar([x], [mean], yerr=[spread], fmt="_", markersize=28, capsize=8, color=_ANCHOR_COLOR,
+                        zorder=4, label="mean ± std" if x == 0 else None)
+        scores.annotate(f"{mean:.1f}", (x, mean), xytext=(22, -4), textcoords="offset points", fontsize=9)
+    scores.set_xticks(range(len(names)), names)
+    scores.set_xlim(-0.6, len(names) - 0.4)
+    scores.set_ylabel(f"{split} {metric_title} (%)")
+    scores.set_title(f"Fine-tuned: {split} {metric_title} per seed", fontsize=11)
+    scores.legend(loc="lower right", fontsize=9)
+    if curves:
+        losses = axes[1]
+        for name, curve in curves.items():
+            losses.plot([step for step, _ in curve], [loss for _, loss in curve], marker="o", label=name)
+        losses.set_xlabel("pretraining step")
+        losses.set_ylabel("validation MLM loss (each on its own masks)")
+        losses.set_title("Continued pretraining", fontsize=11)
+        losses.legend(fontsize=9)
+    figure.suptitle(title)
+    return _save(figure, path)
+
+
+def _validation_curve(summary: dict) -> list[tuple[int, float]]:
+    """(step, validation loss) of a pretraining summary, from the loss before training on."""
+    curve = [(0, float(summary["validation_loss_before"]))] if summary.get("validation_loss_before") is not None else []
+    curve += [(int(entry["step"]), float(entry["eval_loss"])) for entry in summary.get("log_history") or ()
+              if "eval_loss" in entry and "step" in entry]
+    return curve
+
+
+def _save(figure, path: str | os.PathLike) -> Path:
     image = io.BytesIO()
     figure.savefig(image, format="png", dpi=110)
     return atomic_write_bytes(path, image.getvalue())

@@ -51,3 +51,41 @@ def test_a_run_without_a_gpu_keeps_the_recorded_gpu_section(tmp_path):
     assert kept_section(results, "Training", {"skipped": "no CUDA device"}) is None  # nothing to keep
     results.write_text("## GPU\n\n| GPU benchmarks |\n|---|\n| skipped: no CUDA device |\n", encoding="utf-8")
     assert kept_section(results, "GPU", {"skipped": "no CUDA device"}) is None
+
+
+def test_the_comparison_redraws_its_table_reading_and_picture_from_saved_results(tmp_path):
+    from diffmask_fast._io import atomic_write_json
+    from diffmask_fast.finetune import FinetuneReport, SeedResult
+
+    def report(scores):
+        return FinetuneReport("model", ["a", "b"], [
+            SeedResult(seed, 1, {"accuracy": s, "macro_f1": s}, {"accuracy": s, "macro_f1": s - 0.01})
+            for seed, s in enumerate(scores, 1)]).to_dict()
+
+    summary = {"validation_loss_before": 9.0, "best_validation_loss": 6.5, "global_step": 20,
+               "log_history": [{"step": 10, "eval_loss": 7.0}, {"step": 20, "eval_loss": 6.5}, {"step": 20, "loss": 7.1}]}
+    atomic_write_json(tmp_path / "work" / "small" / "comparison.json", {
+        "scale": "small", "model": "some/model", "bundled": False, "date": "2026-01-02", "machine": "a machine",
+        "minutes": 12.0, "rows": [{"strategy": "none", "pretrain": None, "finetune": report([0.70, 0.72, 0.74])},
+                                  {"strategy": "difference", "pretrain": summary, "finetune": report([0.80, 0.81, 0.82])}]})
+    results = tmp_path / "results" / "RESULTS.md"
+    results.parent.mkdir()
+    results.write_text("# Benchmark results\n\n## Continued pretraining: strategies compared\n\nold\n\n## GPU\n\nkept\n",
+                       encoding="utf-8")
+    process = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "comparison.py"), "--redraw", "--write",
+                              "--work-dir", str(tmp_path / "work"), "--results", str(results)],
+                             capture_output=True, text=True, timeout=600)
+    assert process.returncode == 0, process.stderr[-4000:]
+    text = results.read_text(encoding="utf-8")
+    assert "old" not in text and text.endswith("## GPU\n\nkept\n")
+    assert "Machine: a machine. Date: 2026-01-02. Total 12 min." in text and "`some/model`" in text
+    assert "| difference | 9.000 → 6.500 | 20 | 81.0 ± 1.0 | 81.0 ± 1.0 | 81.0 ± 1.0 | 80.0 ± 1.0 |" in text
+    assert "Change from fine-tuning the starting model directly, in points: `difference` +9.0." in text
+    assert "![Fine-tuning scores per seed and validation loss per strategy](comparison_small.png)" in text
+    assert (results.parent / "comparison_small.png").read_bytes().startswith(b"\x89PNG")
+
+
+def test_the_comparison_cannot_redraw_without_saved_results(tmp_path):
+    process = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "comparison.py"), "--redraw",
+                              "--work-dir", str(tmp_path)], capture_output=True, text=True, timeout=600)
+    assert process.returncode != 0 and "needs the results of an earlier run" in process.stderr

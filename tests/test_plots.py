@@ -74,3 +74,24 @@ def test_the_picture_is_a_png_written_in_one_piece(bert_wordpiece, tmp_path, see
     data = path.read_bytes()
     assert data.startswith(b"\x89PNG\r\n\x1a\n") and len(data) > 10_000
     assert [p.name for p in path.parent.iterdir()] == ["masking.png"]  # no temporary file left behind
+
+
+def test_the_comparison_picture_with_and_without_pretraining_curves(tmp_path):
+    from diffmask_fast.finetune import FinetuneReport, SeedResult
+    from diffmask_fast.plots import plot_comparison
+
+    def report(scores):
+        return FinetuneReport("m", [0, 1], [SeedResult(i, 1, {"accuracy": s, "macro_f1": s}, {"accuracy": s, "macro_f1": s})
+                                            for i, s in enumerate(scores)])
+
+    reports = {"none": report([0.7, 0.6]), "difference": report([0.8]), "random-word": report([0.75, 0.77, 0.76])}
+    summaries = {"none": None, "difference": {"validation_loss_before": 9.0, "log_history": [{"step": 5, "eval_loss": 8.0}]},
+                 "random-word": {"validation_loss_before": 9.1, "log_history": []}}
+    for name, given in (("curves.png", summaries), ("scores.png", None)):
+        path = plot_comparison(reports, tmp_path / name, given, split="dev", metric="accuracy")
+        assert path.read_bytes().startswith(b"\x89PNG")
+    with pytest.raises(ValueError, match="no fine-tuning reports"):
+        plot_comparison({}, tmp_path / "none.png")
+    with pytest.raises(ValueError, match="split must be"):
+        plot_comparison(reports, tmp_path / "bad.png", split="train")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["curves.png", "scores.png"]
