@@ -54,7 +54,7 @@ def plot_masking_rates(rates: Sequence[WordMaskingRate], path: str | os.PathLike
                                   color=_color(group[0]), alpha=0.45, edgecolors="none", label=label)
     against_score.axhline(mlm_probability, linestyle="--", color=_UNIFORM_COLOR, label=uniform)
     for rate in [r for r in rates if not _is_anchor(r)][:3]:  # the anchors sit together at score 1
-        against_score.annotate(rate.word, (rate.score, rate.rate), fontsize=8, xytext=(-4, 4),
+        against_score.annotate(_printable(rate.word), (rate.score, rate.rate), fontsize=8, xytext=(-4, 4),
                                textcoords="offset points", ha="right")
     against_score.set_ylim(-0.02, 1.02)
     against_score.set_xlabel("word score s(w): similarity to the nearest anchor")
@@ -136,7 +136,12 @@ def _color(rate: WordMaskingRate) -> str:
     return _ANCHOR_COLOR if _is_anchor(rate) else _WORD_COLOR
 
 
+def _printable(text: str) -> str:
+    """``text`` with control characters (which decoded corpora hold, and fonts lack) shown as '?'."""
+    return "".join(c if c.isprintable() else "?" for c in text)
+
+
 def _label(rate: WordMaskingRate) -> str:
     if _is_anchor(rate) or not rate.nearest_anchor:
-        return f"{rate.word} ({rate.score:.2f})"
-    return f"{rate.word} ({rate.score:.2f}, {rate.nearest_anchor})"
+        return f"{_printable(rate.word)} ({rate.score:.2f})"
+    return f"{_printable(rate.word)} ({rate.score:.2f}, {_printable(rate.nearest_anchor)})"

@@ -38,16 +38,17 @@ def test_mine_writes_anchors_and_counts(tmp_path, shared_data_dir, capsys):
     assert json.loads(counts_path.read_text())["counts"]["receptor"] > 100
 
 
-def test_preview_marks_masked_words_and_writes_html(tmp_path, shared_data_dir, capsys):
+def test_preview_marks_masked_words_and_writes_html_and_a_picture(tmp_path, shared_data_dir, capsys):
     corpus = shared_data_dir / "acl_arc" / "corpus.txt"
     anchors_path = tmp_path / "anchors.json"
     assert main(["mine", str(corpus), "-o", str(anchors_path)]) == 0
-    page = tmp_path / "preview.html"
+    page, picture = tmp_path / "preview.html", tmp_path / "masking.png"
     assert main(["preview", str(corpus), "--anchors", str(anchors_path), "-n", "2", "--scores",
-                 "--html", str(page)]) == 0
+                 "--html", str(page), "--plot", str(picture)]) == 0
     out = capsys.readouterr().out
     assert out.count("[[") >= 2
     assert "<span" in page.read_text(encoding="utf-8")
+    assert picture.read_bytes().startswith(b"\x89PNG") and f"Wrote {picture}" in out
 
 
 def test_bad_input_gives_a_clear_error(tmp_path, capsys):

@@ -95,3 +95,14 @@ def test_the_comparison_picture_with_and_without_pretraining_curves(tmp_path):
     with pytest.raises(ValueError, match="split must be"):
         plot_comparison(reports, tmp_path / "bad.png", split="train")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["curves.png", "scores.png"]
+
+
+def test_control_characters_in_words_are_drawn_as_question_marks(tmp_path):
+    import warnings
+
+    from diffmask_fast.preview import WordMaskingRate
+
+    rates = [WordMaskingRate("a\x80b", 0.9, 3, 5, 2, "anchor\x07"), WordMaskingRate("anchor\x07", 1.0, 2, 4, 2, "anchor\x07")]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a glyph missing from the font warns
+        assert plot_masking_rates(rates, tmp_path / "words.png", 0.25).is_file()
