@@ -88,7 +88,7 @@ def masking_rates(collator: DifferenceMaskingCollator, texts: Sequence[str], dra
     masked = torch.zeros(len(word_types), dtype=torch.long)
     examples = [{"input_ids": ids} for ids, _, _ in rows]
     for _ in range(draws):
-        labels = collator(examples)["labels"]
+        labels = torch.as_tensor(collator(examples)["labels"])  # the collator may return numpy
         masked += torch.bincount(types, weights=(labels[index] != -100).double(), minlength=len(word_types)).long()
     rates = [
         WordMaskingRate(word, collator.scores.score(word), int(occurrences[t]), int(masked[t]), draws,

@@ -28,9 +28,11 @@ def sentences(seed: int, rows: int, with_word: str | None = None) -> list[str]:
     return texts
 
 
-def test_the_only_positive_word_is_masked_in_every_draw(bert_wordpiece, seed):
+@pytest.mark.parametrize("return_tensors", ["pt", "np"])
+def test_the_only_positive_word_is_masked_in_every_draw(bert_wordpiece, seed, return_tensors):
     texts = sentences(seed, 12, with_word="kinase")  # >= 6 words a row: a budget of at least one word
-    collator = DifferenceMaskingCollator(bert_wordpiece, ScoreTable.from_mapping({"kinase": 1.0}), seed=seed)
+    collator = DifferenceMaskingCollator(bert_wordpiece, ScoreTable.from_mapping({"kinase": 1.0}), seed=seed,
+                                         return_tensors=return_tensors)
     rates = masking_rates(collator, texts, draws=30)
     assert rates[0].word == "kinase" and rates[0].rate == 1.0 and rates[0].score == 1.0, f"seed={seed}"
     assert rates[0].occurrences == 12 and rates[0].masked == 12 * 30 and rates[0].draws == 30
