@@ -314,7 +314,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         _commands()[args.command](args)
-    except (ValueError, FileNotFoundError, ImportError) as error:
+    except (ValueError, OSError, ImportError) as error:  # bad input, or a file that cannot be read or written
         print(f"diffmask {args.command}: error: {error}", file=sys.stderr)
         return 1
     return 0

@@ -60,6 +60,9 @@ def test_bad_input_gives_a_clear_error(tmp_path, capsys):
     (tmp_path / "tiny.txt").write_text("enzyme enzyme enzyme\n")
     assert main(["mine", str(tmp_path / "tiny.txt"), "-k", "0"]) == 1
     assert "at least 1" in capsys.readouterr().err
+    (tmp_path / "taken").mkdir()  # the output path is a folder
+    assert main(["mine", str(tmp_path / "tiny.txt"), "-k", "1", "-o", str(tmp_path / "taken")]) == 1
+    assert "diffmask mine: error:" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("command", ["demo", "mine", "preview"])
