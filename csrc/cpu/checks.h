@@ -37,6 +37,22 @@ inline void check_integer(const at::Tensor& t, const char* op, const char* name)
                    " must be an integer tensor, got ", t.scalar_type());
 }
 
+// max_anchor_similarity's operands, on any device: floating embeddings [..., D] and anchors [K, D]
+// with K, D >= 1.
+inline void check_similarity_operands(const at::Tensor& embeddings, const at::Tensor& anchors, const char* op) {
+  check_floating(embeddings, op, "embeddings");
+  check_floating(anchors, op, "anchors");
+  TORCH_CHECK_VALUE(anchors.dim() == 2, op, ": anchors must be 2-D [K, D], got shape ", anchors.sizes());
+  TORCH_CHECK_VALUE(anchors.size(0) >= 1, op, ": anchors must hold at least one anchor (K >= 1), got shape ",
+                    anchors.sizes());
+  TORCH_CHECK_VALUE(anchors.size(1) >= 1, op, ": anchors must have a positive dimension D, got shape ",
+                    anchors.sizes());
+  TORCH_CHECK_VALUE(embeddings.dim() >= 1, op, ": embeddings must be [..., D], got a 0-D tensor");
+  TORCH_CHECK_VALUE(embeddings.size(-1) == anchors.size(1), op,
+                    ": embeddings [..., D] and anchors [K, D] must share D, got embeddings ", embeddings.sizes(),
+                    " and anchors ", anchors.sizes());
+}
+
 // A score table is keys int64 [C] and values float32 [C], C a power of two (or 0: empty). The
 // layout alone, on any device:
 inline void check_score_table_layout(const at::Tensor& keys, const at::Tensor& values, const char* op,

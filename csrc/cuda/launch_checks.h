@@ -19,6 +19,7 @@ using cpu::check_integer;
 using cpu::check_mask_inputs;
 using cpu::check_score_table_layout;
 using cpu::check_seed_tensor;
+using cpu::check_similarity_operands;
 using cpu::check_word_inputs;
 
 inline void check_cuda_tensor(const at::Tensor& t, const char* op, const char* name) {

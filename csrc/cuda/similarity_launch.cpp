@@ -32,17 +32,7 @@ std::tuple<at::Tensor, at::Tensor> max_anchor_similarity_precision_cuda(const at
   const Precision mode = parse_precision(precision);
   check_cuda_tensor(embeddings, kOp, "embeddings");
   check_same_device(anchors, embeddings, kOp, "anchors");
-  check_floating(embeddings, kOp, "embeddings");
-  check_floating(anchors, kOp, "anchors");
-  TORCH_CHECK_VALUE(anchors.dim() == 2, kOp, ": anchors must be 2-D [K, D], got shape ", anchors.sizes());
-  TORCH_CHECK_VALUE(anchors.size(0) >= 1, kOp, ": anchors must hold at least one anchor (K >= 1), got shape ",
-                    anchors.sizes());
-  TORCH_CHECK_VALUE(anchors.size(1) >= 1, kOp, ": anchors must have a positive dimension D, got shape ",
-                    anchors.sizes());
-  TORCH_CHECK_VALUE(embeddings.dim() >= 1, kOp, ": embeddings must be [..., D], got a 0-D tensor");
-  TORCH_CHECK_VALUE(embeddings.size(-1) == anchors.size(1), kOp,
-                    ": embeddings [..., D] and anchors [K, D] must share D, got embeddings ", embeddings.sizes(),
-                    " and anchors ", anchors.sizes());
+  check_similarity_operands(embeddings, anchors, kOp);
   const c10::cuda::CUDAGuard guard(embeddings.device());
   const auto out_shape = embeddings.sizes().slice(0, embeddings.dim() - 1);
   at::Tensor values = at::empty(out_shape, embeddings.options().dtype(at::kFloat));
