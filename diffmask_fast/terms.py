@@ -422,8 +422,8 @@ def domain_terms(
         values = np.asarray(scores.values, dtype=np.float64)
         letter = np.fromiter((has_letter(w) for w in words), dtype=bool, count=len(words))
         rows = np.flatnonzero(letter)
-        if min_score is not None:
-            rows = rows[values[rows] >= min_score]
+        if min_score is not None:  # compared at the table's float32 precision: 0.732 keeps a word listed at 0.732
+            rows = rows[values[rows] >= float(np.float32(min_score))]
         else:
             count = math.ceil(top_fraction * rows.size - 1e-9)
             # Highest first; words are sorted, so ties go to the alphabetically first.

@@ -568,6 +568,8 @@ def test_domain_terms(seed):
     threshold = round(rng.uniform(0, 0.8), 3)
     best = {w for w in letters if float(np.float32(scores[w])) >= float(np.float32(threshold))}
     assert domain_terms(anchors, table, min_score=threshold) == sorted(best | {w.lower() for w in anchor_words}), message
+    for word in rng.sample(letters, 5):  # a threshold equal to a listed score keeps that word
+        assert word in domain_terms([], table, min_score=scores[word]), f"{message} {word}={scores[word]}"
     assert domain_terms(anchors, None) == sorted({w.lower() for w in anchor_words})
     with pytest.raises(ValueError, match="no domain terms"):
         domain_terms([], None)
