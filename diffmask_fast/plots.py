@@ -103,15 +103,47 @@ def plot_comparison(reports: Mapping[str, FinetuneReport], path: str | os.PathLi
     scores.set_title(f"Fine-tuned: {split} {metric_title} per seed", fontsize=11)
     scores.legend(loc="lower right", fontsize=9)
     if curves:
-        losses = axes[1]
-        for name, curve in curves.items():
-            losses.plot([step for step, _ in curve], [loss for _, loss in curve], marker="o", label=name)
-        losses.set_xlabel("pretraining step")
-        losses.set_ylabel("validation MLM loss (each on its own masks)")
-        losses.set_title("Continued pretraining", fontsize=11)
-        losses.legend(fontsize=9)
+        _draw_losses(axes[1], {name: summaries[name] for name in curves}, training=False)
+        axes[1].set_title("Continued pretraining", fontsize=11)
     figure.suptitle(title)
     return _save(figure, path)
+
+
+def plot_pretraining(summaries: Mapping[str, dict], path: str | os.PathLike,
+                     title: str = "Continued pretraining") -> Path:
+    """Draw the training and validation MLM loss over the steps of pretraining runs
+    (``pretrain``'s summaries, name -> dict; one summary alone is taken too). Written atomically."""
+    if "log_history" in summaries:  # a single summary
+        summaries = {str(summaries.get("strategy") or "run"): summaries}
+    if not any(_validation_curve(s) or _training_curve(s) for s in summaries.values() if s):
+        raise ValueError("the pretraining summaries hold no losses to plot")
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(7.5, 5), layout="constrained")
+    _draw_losses(figure.subplots(), {name: s for name, s in summaries.items() if s}, training=True)
+    figure.suptitle(title)
+    return _save(figure, path)
+
+
+def _draw_losses(axes, summaries: Mapping[str, dict], training: bool) -> None:
+    """Validation loss (markers) and, with ``training``, training loss (a thin line of the same
+    colour) of each run against its steps."""
+    from matplotlib import rcParams
+
+    colors = rcParams["axes.prop_cycle"].by_key()["color"]
+    for index, (name, summary) in enumerate(summaries.items()):
+        color = colors[index % len(colors)]
+        validation = _validation_curve(summary)
+        if validation:
+            axes.plot([step for step, _ in validation], [loss for _, loss in validation], marker="o", color=color,
+                      label=f"{name}, validation" if training else name)
+        trained = _training_curve(summary) if training else []
+        if trained:
+            axes.plot([step for step, _ in trained], [loss for _, loss in trained], linewidth=1, alpha=0.6,
+                      color=color, label=f"{name}, training")
+    axes.set_xlabel("pretraining step")
+    axes.set_ylabel("MLM loss" + ("" if training else " on validation (each on its own masks)"))
+    axes.legend(fontsize=9)
 
 
 def _validation_curve(summary: dict) -> list[tuple[int, float]]:
@@ -120,6 +152,12 @@ def _validation_curve(summary: dict) -> list[tuple[int, float]]:
     curve += [(int(entry["step"]), float(entry["eval_loss"])) for entry in summary.get("log_history") or ()
               if "eval_loss" in entry and "step" in entry]
     return curve
+
+
+def _training_curve(summary: dict) -> list[tuple[int, float]]:
+    """(step, training loss) as the trainer logged it."""
+    return [(int(entry["step"]), float(entry["loss"])) for entry in summary.get("log_history") or ()
+            if "loss" in entry and "step" in entry]
 
 
 def _save(figure, path: str | os.PathLike) -> Path:

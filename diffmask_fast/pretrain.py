@@ -4,7 +4,7 @@
 precision, checkpoints and resuming work as users know them. Training stops early when the
 validation MLM loss (on masks drawn once) stops improving, and the best checkpoint is kept, as in
 the paper. The output directory receives the model and tokenizer, the anchors and score table
-(or terms) the strategy used, and ``pretrain_summary.json``.
+(or terms) the strategy used, ``pretrain_summary.json`` and ``pretraining.png`` (the losses).
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from .strategies import STRATEGIES, build_strategy, check_strategy, resolve_mask
 
 SUMMARY_FORMAT = "diffmask_fast.pretrain_summary/1"
 SUMMARY_FILE = "pretrain_summary.json"
+LOSS_PICTURE = "pretraining.png"  # training and validation loss over the steps
 ANCHORS_FILE = "anchors.json"
 SCORES_FILE = "scores.npz"
 TERMS_FILE = "terms.txt"
@@ -290,6 +291,12 @@ def pretrain(config: PretrainConfig) -> dict:
     }
     if args.process_index == 0:
         atomic_write_json(out / SUMMARY_FILE, summary)
+        from .plots import plot_pretraining
+
+        try:
+            plot_pretraining(summary, out / LOSS_PICTURE, title=f"Continued pretraining: {config.strategy}")
+        except ValueError:  # no loss was logged: no picture to draw
+            pass
     return summary
 
 

@@ -108,3 +108,19 @@ def test_control_characters_in_words_are_drawn_as_question_marks(tmp_path):
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # a glyph missing from the font warns
         assert plot_masking_rates(rates, tmp_path / "words.png", 0.25).is_file()
+
+
+def test_the_pretraining_picture_takes_one_summary_or_several(tmp_path):
+    from diffmask_fast.plots import plot_pretraining
+
+    def summary(strategy, before):
+        return {"strategy": strategy, "validation_loss_before": before,
+                "log_history": [{"step": 5, "loss": before - 0.5}, {"step": 10, "eval_loss": before - 1.0},
+                                {"step": 10, "loss": before - 0.9}]}
+
+    assert plot_pretraining(summary("difference", 9.0), tmp_path / "one.png").read_bytes().startswith(b"\x89PNG")
+    several = {"difference": summary("difference", 9.0), "random-word": summary("random-word", 9.2), "none": None}
+    assert plot_pretraining(several, tmp_path / "several.png").is_file()
+    with pytest.raises(ValueError, match="no losses"):
+        plot_pretraining({"strategy": "x", "validation_loss_before": None, "log_history": []}, tmp_path / "no.png")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["one.png", "several.png"]

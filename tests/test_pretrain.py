@@ -12,7 +12,7 @@ import torch
 from diffmask_fast import cli
 from diffmask_fast.losses import weighted_mlm_loss
 from diffmask_fast.mlm_model import HEAD_NORM_GAIN, load_masked_lm
-from diffmask_fast.pretrain import SUMMARY_FILE, PretrainConfig, pretrain
+from diffmask_fast.pretrain import LOSS_PICTURE, SUMMARY_FILE, PretrainConfig, pretrain
 from diffmask_fast.strategies import STRATEGIES, build_strategy, resolve_mask_location
 from diffmask_fast.trainer import MaskingTrainer
 
@@ -45,7 +45,8 @@ def test_difference_pretraining_saves_everything_and_resumes(model_dir, corpus, 
     out = tmp_path / "run"
     # the head trains alone for a step: its optimizer groups must survive the resume
     summary = pretrain(config_for(model_dir, corpus, out, head_warmup_steps=1, head_learning_rate=2e-3))
-    for name in ("config.json", "model.safetensors", "tokenizer.json", "anchors.json", "scores.npz", SUMMARY_FILE):
+    for name in ("config.json", "model.safetensors", "tokenizer.json", "anchors.json", "scores.npz", SUMMARY_FILE,
+                 LOSS_PICTURE):
         assert (out / name).exists(), name
     saved = json.loads((out / SUMMARY_FILE).read_text())
     assert saved["strategy"] == "difference" and saved["global_step"] == 4
