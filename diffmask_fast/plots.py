@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Mapping, Sequence
 
 from ._io import atomic_write_bytes
+from .metrics import mean_std
 from .preview import WordMaskingRate
 
 if TYPE_CHECKING:
@@ -92,8 +93,7 @@ def plot_comparison(reports: Mapping[str, FinetuneReport], path: str | os.PathLi
         offsets = [0.0] if len(values) == 1 else [-0.15 + 0.3 * i / (len(values) - 1) for i in range(len(values))]
         scores.scatter([x + o for o in offsets], values, color=_WORD_COLOR, alpha=0.6, zorder=3,
                        label="one fine-tuning seed" if x == 0 else None)
-        mean = sum(values) / len(values)
-        spread = (sum((v - mean) ** 2 for v in values) / (len(values) - 1)) ** 0.5 if len(values) > 1 else 0.0
+        mean, spread = mean_std(values)
         scores.errorbar([x], [mean], yerr=[spread], fmt="_", markersize=28, capsize=8, color=_ANCHOR_COLOR,
                         zorder=4, label="mean ± std" if x == 0 else None)
         scores.annotate(f"{mean:.1f}", (x, mean), xytext=(22, -4), textcoords="offset points", fontsize=9)
@@ -147,10 +147,15 @@ def _draw_losses(axes, summaries: Mapping[str, dict], training: bool) -> None:
 
 
 def _validation_curve(summary: dict) -> list[tuple[int, float]]:
-    """(step, validation loss) of a pretraining summary, from the loss before training on."""
+    """(step, validation loss) of a pretraining summary, from the loss before training on. The
+    first evaluation at each step only: the one after training measures the best checkpoint,
+    which may be an earlier step's."""
     curve = [(0, float(summary["validation_loss_before"]))] if summary.get("validation_loss_before") is not None else []
-    curve += [(int(entry["step"]), float(entry["eval_loss"])) for entry in summary.get("log_history") or ()
-              if "eval_loss" in entry and "step" in entry]
+    steps = {step for step, _ in curve}
+    for entry in summary.get("log_history") or ():
+        if "eval_loss" in entry and "step" in entry and int(entry["step"]) not in steps:
+            steps.add(int(entry["step"]))
+            curve.append((int(entry["step"]), float(entry["eval_loss"])))
     return curve
 
 

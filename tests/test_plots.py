@@ -124,3 +124,15 @@ def test_the_pretraining_picture_takes_one_summary_or_several(tmp_path):
     with pytest.raises(ValueError, match="no losses"):
         plot_pretraining({"strategy": "x", "validation_loss_before": None, "log_history": []}, tmp_path / "no.png")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["one.png", "several.png"]
+
+
+def test_loss_curves_keep_the_first_evaluation_of_a_step():
+    from diffmask_fast.plots import _training_curve, _validation_curve
+
+    summary = {"validation_loss_before": 9.0, "log_history": [
+        {"step": 10, "loss": 8.5}, {"step": 10, "eval_loss": 8.0}, {"step": 20, "eval_loss": 8.2},
+        {"step": 20, "eval_loss": 8.0},  # the best checkpoint (step 10), evaluated again after training
+    ]}
+    assert _validation_curve(summary) == [(0, 9.0), (10, 8.0), (20, 8.2)]
+    assert _training_curve(summary) == [(10, 8.5)]
+    assert _validation_curve({"validation_loss_before": None, "log_history": None}) == []
