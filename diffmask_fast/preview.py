@@ -68,8 +68,10 @@ def preview(collator: DifferenceMaskingCollator, texts: Sequence[str], max_lengt
 
 def masking_rates(collator: DifferenceMaskingCollator, texts: Sequence[str], draws: int = 100,
                   max_length: int = 128) -> list[WordMaskingRate]:
-    """Mask ``texts`` ``draws`` times and count, per distinct word, how often it was masked: what
-    the collator's distribution does with each word, which one draw cannot show. Most masked first."""
+    """Mask ``texts`` ``draws`` times and count, per word as the score table keys it (lowercased,
+    punctuation stripped: "The" and "the" are one word, scored once), how often it was masked:
+    what the collator's distribution does with each word, which one draw cannot show. Most masked
+    first."""
     if draws < 1:
         raise ValueError(f"draws must be at least 1, got {draws}")
     rows = _encoded_words(collator, texts, max_length)
@@ -79,7 +81,7 @@ def masking_rates(collator: DifferenceMaskingCollator, texts: Sequence[str], dra
         for word, group in zip(words, groups):
             rows_of.append(row)
             positions_of.append(group[0])  # a word is masked whole: its first token tells
-            types_of.append(word_types.setdefault(word, len(word_types)))
+            types_of.append(word_types.setdefault(collator.scores.key(word), len(word_types)))
     if not word_types:
         raise ValueError("the texts hold no words to mask")
     index = (torch.tensor(rows_of), torch.tensor(positions_of))

@@ -17,21 +17,25 @@ FILLER = ["the", "protein", "binds", "its", "ligand", "in", "cells", "with", "hi
 
 
 def sentences(seed: int, rows: int, with_word: str | None = None) -> list[str]:
-    """Rows of 5 to 12 plain words; ``with_word`` once in each, at a random place."""
+    """Rows of 5 to 12 plain words; ``with_word`` once in each, at a random place, capitalized or
+    followed by a comma in some rows."""
     rng = random.Random(seed)
     texts = []
     for _ in range(rows):
         words = [rng.choice(FILLER) for _ in range(rng.randint(5, 12))]
         if with_word:
-            words.insert(rng.randint(0, len(words)), with_word)
+            words.insert(rng.randint(0, len(words)), rng.choice([with_word, with_word.capitalize(), with_word + ","]))
         texts.append(" ".join(words))
     return texts
 
 
-@pytest.mark.parametrize("return_tensors", ["pt", "np"])
-def test_the_only_positive_word_is_masked_in_every_draw(bert_wordpiece, seed, return_tensors):
-    texts = sentences(seed, 12, with_word="kinase")  # >= 6 words a row: a budget of at least one word
-    collator = DifferenceMaskingCollator(bert_wordpiece, ScoreTable.from_mapping({"kinase": 1.0}), seed=seed,
+@pytest.mark.parametrize("tokenizer_name, return_tensors", [("bert_wordpiece", "pt"), ("roberta_byte_bpe", "np")])
+def test_the_only_positive_word_is_masked_in_every_draw(request, tokenizer_name, seed, return_tensors):
+    # >= 6 words a row: a budget of at least one word. RoBERTa keeps case: "Kinase" and "kinase,"
+    # are one word of the table.
+    texts = sentences(seed, 12, with_word="kinase")
+    tokenizer = request.getfixturevalue(tokenizer_name)
+    collator = DifferenceMaskingCollator(tokenizer, ScoreTable.from_mapping({"kinase": 1.0}), seed=seed,
                                          return_tensors=return_tensors)
     rates = masking_rates(collator, texts, draws=30)
     assert rates[0].word == "kinase" and rates[0].rate == 1.0 and rates[0].score == 1.0, f"seed={seed}"
