@@ -50,14 +50,21 @@ def milliseconds(seconds: float) -> str:
     return f"{seconds * 1e3:.3f} ms"
 
 
-def read_section(path, heading: str) -> str | None:
-    """The section of ``path`` that starts with the line ``heading`` (up to the next ``## ``), or None."""
-    text = path.read_text(encoding="utf-8") if path.exists() else ""
+def _section_span(text: str, heading: str) -> tuple[int, int] | None:
+    """Where the section that starts with the line ``heading`` lies in ``text`` (up to the next
+    ``## `` heading or the end), or None."""
     start = text.find(heading + "\n")
     if start < 0:
         return None
     following = text.find("\n## ", start + len(heading))
-    return text[start:following if following >= 0 else len(text)].rstrip("\n") + "\n"
+    return start, following if following >= 0 else len(text)
+
+
+def read_section(path, heading: str) -> str | None:
+    """The section of ``path`` that starts with the line ``heading``, or None."""
+    text = path.read_text(encoding="utf-8") if path.exists() else ""
+    span = _section_span(text, heading)
+    return None if span is None else text[span[0]:span[1]].rstrip("\n") + "\n"
 
 
 def replace_section(path, heading: str, section: str) -> None:
@@ -66,10 +73,9 @@ def replace_section(path, heading: str, section: str) -> None:
     from diffmask_fast._io import atomic_write_bytes
 
     text = path.read_text(encoding="utf-8") if path.exists() else "# Benchmark results\n"
-    start = text.find(heading + "\n")
-    if start >= 0:
-        following = text.find("\n## ", start + len(heading))
-        text = text[:start] + section.rstrip("\n") + "\n" + (text[following:] if following >= 0 else "")
+    span = _section_span(text, heading)
+    if span is not None:
+        text = text[:span[0]] + section.rstrip("\n") + "\n" + text[span[1]:]
     else:
         text = text.rstrip("\n") + "\n\n" + section.rstrip("\n") + "\n"
     atomic_write_bytes(path, text.encode("utf-8"))

@@ -169,17 +169,17 @@ def _show_masks(anchors, texts, args, plot_texts=()) -> None:
     from .scoring import WordScorer
     from .vocabulary import tokenizer_word_types
 
-    plot_texts = list(plot_texts) if args.plot else []
     embedder = WordEmbedder.from_pretrained(args.model, pooling=args.pooling)
+    shown_words = tokenizer_word_types(embedder.tokenizer, texts)
+    plotted_words = tokenizer_word_types(embedder.tokenizer, plot_texts) if args.plot else set()
     scorer = WordScorer(embedder, anchors, similarity=args.similarity)
-    table = scorer.score(tokenizer_word_types(embedder.tokenizer, list(texts) + plot_texts) | set(anchors.words))
+    table = scorer.score(shown_words | plotted_words | set(anchors.words))
     collator = DifferenceMaskingCollator(embedder.tokenizer, table, mlm_probability=args.mlm_probability,
                                          weighting=args.weighting, seed=args.seed)
     sentences = preview(collator, texts)
     print(f"\nMasked words ([[like this]]) at mlm_probability={args.mlm_probability}, seed={args.seed}:\n")
     print(render_text(sentences, show_scores=args.scores).replace("\n", "\n\n"))
     anchor_words = set(anchors.words)
-    shown_words = tokenizer_word_types(embedder.tokenizer, texts)
     top = [(w, s) for w, s in table.top(len(table)) if w not in anchor_words and w in shown_words][:10]
     print("\nHighest-scoring words here that are not anchors (score, nearest anchor): "
           + ", ".join(f"{w} ({s:.2f}, {table.nearest_anchor_of(w) or '-'})" for w, s in top))

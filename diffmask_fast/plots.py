@@ -81,10 +81,10 @@ def plot_comparison(reports: Mapping[str, FinetuneReport], path: str | os.PathLi
         raise ValueError("no fine-tuning reports to plot")
     from matplotlib.figure import Figure
 
-    curves = {name: _validation_curve(summary) for name, summary in (summaries or {}).items() if summary}
-    curves = {name: curve for name, curve in curves.items() if curve}
-    figure = Figure(figsize=(13 if curves else 7, 5.5), layout="constrained")
-    axes = figure.subplots(1, 2 if curves else 1, squeeze=False)[0]
+    with_curves = {name: summary for name, summary in (summaries or {}).items()
+                   if summary and _validation_curve(summary)}
+    figure = Figure(figsize=(13 if with_curves else 7, 5.5), layout="constrained")
+    axes = figure.subplots(1, 2 if with_curves else 1, squeeze=False)[0]
     scores = axes[0]
     names = list(reports)
     metric_title = {"macro_f1": "macro-F1", "accuracy": "accuracy"}.get(metric, metric)
@@ -102,8 +102,8 @@ def plot_comparison(reports: Mapping[str, FinetuneReport], path: str | os.PathLi
     scores.set_ylabel(f"{split} {metric_title} (%)")
     scores.set_title(f"Fine-tuned: {split} {metric_title} per seed", fontsize=11)
     scores.legend(loc="lower right", fontsize=9)
-    if curves:
-        _draw_losses(axes[1], {name: summaries[name] for name in curves}, training=False)
+    if with_curves:
+        _draw_losses(axes[1], with_curves, training=False)
         axes[1].set_title("Continued pretraining", fontsize=11)
     figure.suptitle(title)
     return _save(figure, path)
