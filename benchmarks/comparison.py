@@ -34,6 +34,7 @@ os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 from harness import machine, replace_section  # noqa: E402
 
 from diffmask_fast._io import atomic_write_json  # noqa: E402
+from diffmask_fast.strategies import STRATEGIES  # noqa: E402
 
 SECTION = "## Continued pretraining: strategies compared"
 
@@ -81,13 +82,22 @@ SCALES = {
 }
 
 
-def main() -> None:
+#: strategies the script can pretrain with: all but "terms", which needs a terms file it has no option for
+USABLE_STRATEGIES = tuple(name for name in STRATEGIES if name != "terms")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The command line, with --strategies checked here: a bad name found only when its turn comes
+    would fail after the strategies before it had pretrained, for up to an hour each."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--scale", choices=list(SCALES), default="small")
     parser.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data" / "scicite",
                         help="folder with corpus.txt and train/dev/test.jsonl (default ../shared/data/scicite)")
     parser.add_argument("--model", default=None, help="starting masked LM (default: the bundled all-MiniLM-L6-v2)")
-    parser.add_argument("--strategies", nargs="+", default=["difference", "random-token", "random-word"])
+    parser.add_argument("--strategies", nargs="+", choices=USABLE_STRATEGIES, metavar="STRATEGY",
+                        default=["difference", "random-token", "random-word"],
+                        help="masking strategies to pretrain with, each once (default difference random-token "
+                             f"random-word; choose from {', '.join(USABLE_STRATEGIES)})")
     parser.add_argument("--no-baseline", action="store_true", help="skip fine-tuning the starting model itself")
     parser.add_argument("--mlm-probability", type=float, default=0.25)
     parser.add_argument("--work-dir", type=Path, default=ROOT / "build" / "comparison",
@@ -98,7 +108,16 @@ def main() -> None:
                         help="the markdown file --write updates (default benchmarks/RESULTS.md)")
     parser.add_argument("--redraw", action="store_true",
                         help="train nothing: rebuild table, reading and picture from the work dir's comparison.json")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
+    repeated = sorted({name for name in args.strategies if args.strategies.count(name) > 1})
+    if repeated:
+        parser.error(f"--strategies repeats {', '.join(repeated)}: each strategy's model and report would "
+                     f"overwrite the one before")
+    return args
+
+
+def main() -> None:
+    args = parse_args()
 
     from diffmask_fast.plots import plot_comparison
 
@@ -138,8 +157,8 @@ def run_strategies(args, scale: dict) -> Runs:
     for name, path, summary in trained:
         print(f"\n=== fine-tuning: {name} ===", flush=True)
         report = finetune(path, args.data / "train.jsonl", args.data / "dev.jsonl", args.data / "test.jsonl",
-                          progress=False, **scale["finetune"])
-        report.save(args.work_dir / args.scale / f"finetune_{name}.json")
+                          progress=False, report_path=args.work_dir / args.scale / f"finetune_{name}.json",
+                          **scale["finetune"])  # saved after each seed
         rows.append((name, summary, report))
     runs = Runs(str(args.data), model, bundled, date, machine(), (time.perf_counter() - started) / 60, rows)
     atomic_write_json(args.work_dir / args.scale / "comparison.json", {

@@ -55,6 +55,27 @@ def atomic_writer(path: str | os.PathLike) -> Iterator[BinaryIO]:
         raise
 
 
+def check_writable(path: str | os.PathLike, what: str = "output") -> Path:
+    """Raise ValueError now, before hours of work, if ``path`` could not be written later: it is a
+    directory, or the nearest existing folder on its way is a file or cannot be written in.
+    Nothing is created, so a run refused later leaves no empty folders behind."""
+    path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"the {what} {str(path)!r} is a directory, not a file")
+    existing = path.absolute().parent
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise ValueError(f"cannot write the {what} {str(path)!r}: {str(existing)!r} is not a folder")
+    try:
+        with tempfile.TemporaryFile(dir=existing):
+            pass
+    except OSError as error:
+        raise ValueError(f"cannot write the {what} {str(path)!r}: cannot write in folder {str(existing)!r} "
+                         f"({error.strerror or error})") from None
+    return path
+
+
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
     """Write ``data`` to a temporary file beside ``path``, fsync it, then rename it into place."""
     with atomic_writer(path) as file:
@@ -63,7 +84,13 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
 
 
 def atomic_write_json(path: str | os.PathLike, payload: Any) -> Path:
-    return atomic_write_bytes(path, (json.dumps(payload, ensure_ascii=False, indent=1) + "\n").encode("utf-8"))
+    """Write ``payload`` as UTF-8 JSON; text holding lone surrogates (kept from invalid input by
+    counting) cannot be UTF-8, so such a payload is written with ``\\u`` escapes instead."""
+    try:
+        data = json.dumps(payload, ensure_ascii=False, indent=1).encode("utf-8")
+    except UnicodeEncodeError:
+        data = json.dumps(payload, ensure_ascii=True, indent=1).encode("ascii")
+    return atomic_write_bytes(path, data + b"\n")
 
 
 def read_json(path: str | os.PathLike, what: str) -> Any:

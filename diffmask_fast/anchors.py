@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import asdict, dataclass
 from typing import Iterator, Mapping
@@ -66,11 +67,15 @@ class Anchors:
         payload = read_json(path, "anchors")
         if not isinstance(payload, dict) or payload.get("format") != ANCHORS_FORMAT:
             raise ValueError(f"{os.fspath(path)!r} is not an anchors file (expected format {ANCHORS_FORMAT})")
-        anchors = tuple(Anchor(**a) for a in payload.pop("anchors"))
         payload.pop("format")
+        try:
+            anchors = tuple(Anchor(**a) for a in payload.pop("anchors"))
+            loaded = cls(anchors=anchors, **payload)
+        except (KeyError, TypeError) as error:
+            raise ValueError(f"{os.fspath(path)!r} is not a valid anchors file: {error}") from None
         if not anchors:
             raise ValueError(f"{os.fspath(path)!r} holds no anchors")
-        return cls(anchors=anchors, **payload)
+        return loaded
 
 
 def mine_anchors(
@@ -92,8 +97,10 @@ def mine_anchors(
     """
     if k < 1:
         raise ValueError(f"the number of anchors k must be at least 1, got {k}")
-    if smoothing_per_million <= 0:
-        raise ValueError(f"smoothing_per_million must be positive, got {smoothing_per_million}")
+    if min_count is not None and min_count < 1:
+        raise ValueError(f"min_count must be at least 1, got {min_count}")
+    if not (math.isfinite(smoothing_per_million) and smoothing_per_million > 0):
+        raise ValueError(f"smoothing_per_million must be a positive finite number, got {smoothing_per_million}")
     if isinstance(counts, (str, os.PathLike)):
         counts = WordCounts.load(counts)
     elif not isinstance(counts, WordCounts):

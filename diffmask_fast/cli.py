@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import random
 import sys
 from pathlib import Path
 
@@ -46,6 +45,12 @@ def _add_mining_options(parser: argparse.ArgumentParser) -> None:
                         help="general-English table, word<TAB>count per line (default: Google Web Trillion Word)")
 
 
+def _add_text_field_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--text-field", default=None,
+                        help="field of JSON-lines records holding the text (default: 'text'; when given, every "
+                             "file is read as JSON lines)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="diffmask", description="Difference-Masking for continued pretraining of masked LMs.")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -65,9 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
                       help="save the word counts here, in the compact binary format (JSON if the name ends in .json)")
     mine.add_argument("--counts", type=Path, default=None,
                       help="mine from word counts saved by --counts-output instead of counting a corpus")
-    mine.add_argument("--text-field", default=None,
-                      help="field of JSON-lines records holding the text (default: 'text'; when given, every "
-                           "file is read as JSON lines)")
+    _add_text_field_option(mine)
     mine.add_argument("--threads", type=int, default=None, help="counting threads (default: every available core)")
     mine.add_argument("--scheduler", default=None,
                       help="address of a Dask scheduler (e.g. tcp://host:8786): count on its workers, which "
@@ -79,6 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
     preview.add_argument("corpus", nargs="+", help="text files, directories or glob patterns")
     preview.add_argument("--anchors", type=Path, default=None,
                          help="anchors JSON from `diffmask mine` (default: mine them from the corpus now)")
+    _add_text_field_option(preview)
     _add_mining_options(preview)
     _add_masking_options(preview)
     _add_score_parser(commands)
@@ -101,6 +105,7 @@ def _add_score_parser(commands) -> None:
     score.add_argument("--counts", type=Path, default=None,
                        help="word counts saved by `diffmask mine --counts-output`: score their word types")
     score.add_argument("--anchors", type=Path, required=True, help="anchors JSON from `diffmask mine -o`")
+    _add_text_field_option(score)
     score.add_argument("--output", "-o", type=Path, required=True,
                        help="where to save the score table (binary .npz; JSON if the name ends in .json)")
     score.add_argument("--model", default=None, help="encoder name or path for word embeddings "
@@ -134,20 +139,44 @@ def _add_score_parser(commands) -> None:
     score.add_argument("--no-progress", action="store_true", help="do not show progress bars")
 
 
+def _check_outputs(args, *names: str) -> None:
+    """Refuse, before counting or embedding, output paths that could not be written."""
+    from ._io import check_writable
+
+    for name in names:
+        path = getattr(args, name, None)
+        if path is not None:
+            check_writable(path, "--" + name.replace("_", "-"))
+
+
+def _check_mining_options(args) -> None:
+    """The mining options that can be checked before a long count."""
+    if args.k < 1:
+        raise ValueError(f"the number of anchors -k must be at least 1, got {args.k}")
+    if args.min_count is not None and args.min_count < 1:
+        raise ValueError(f"--min-count must be at least 1, got {args.min_count}")
+    if args.general is not None and not args.general.is_file():
+        raise ValueError(f"general frequency table {str(args.general)!r} does not exist")
+
+
 def _mine(corpus, args):
+    counts = _count(corpus, args)
+    return counts, _anchors_of(counts, args)
+
+
+def _count(corpus, args):
+    """The word counts of ``corpus``, or the saved ones of ``--counts``."""
     from .counting import WordCounts, count_words
 
     if getattr(args, "counts", None) is not None:
         if corpus:
             raise ValueError("give either a corpus to count or --counts, not both")
-        counts = WordCounts.load(args.counts)
-    else:
-        if not corpus:
-            raise ValueError("give a corpus to count (files, directories or globs), or --counts with saved word counts")
-        counts = count_words(corpus, progress=not getattr(args, "no_progress", False),
-                             threads=getattr(args, "threads", None), text_field=getattr(args, "text_field", None),
-                             scheduler=getattr(args, "scheduler", None))
-    return counts, _anchors_of(counts, args)
+        return WordCounts.load(args.counts)
+    if not corpus:
+        raise ValueError("give a corpus to count (files, directories or globs), or --counts with saved word counts")
+    return count_words(corpus, progress=not getattr(args, "no_progress", False),
+                       threads=getattr(args, "threads", None), text_field=getattr(args, "text_field", None),
+                       scheduler=getattr(args, "scheduler", None))
 
 
 def _anchors_of(counts, args):
@@ -198,6 +227,7 @@ def _show_masks(anchors, texts, args, plot_texts=()) -> None:
 def run_demo(args) -> None:
     from .demo import python_reference_corpus, sample_sentences
 
+    _check_outputs(args, "html", "plot")
     lines = python_reference_corpus()
     print(f"Corpus: the Python language reference shipped with CPython ({len(lines):,} paragraphs).")
     args.general = args.min_count = args.smoothing = None
@@ -210,33 +240,38 @@ def run_demo(args) -> None:
 
 
 def run_mine(args) -> None:
-    counts, anchors = _mine([Path(c) for c in args.corpus], args)
+    _check_mining_options(args)
+    _check_outputs(args, "output", "counts_output")
+    counts = _count([Path(c) for c in args.corpus], args)
+    if args.counts_output:  # saved first: a long count survives a mining error
+        counts.save(args.counts_output)
+        print(f"Saved word counts to {args.counts_output} (load them with --counts, or WordCounts.load)")
+    anchors = _anchors_of(counts, args)
     print(f"{counts.total:,} words, {len(counts):,} distinct, {counts.documents:,} documents; "
           f"anchors need at least {anchors.min_count} occurrences.\n")
     print(anchors.table())
     if args.output:
         anchors.save(args.output)
         print(f"\nSaved anchors to {args.output}")
-    if args.counts_output:
-        counts.save(args.counts_output)
-        print(f"Saved word counts to {args.counts_output} (load them with --counts, or WordCounts.load)")
 
 
 def run_preview(args) -> None:
     from .anchors import Anchors
     from .corpus import iter_documents
+    from .preview import sample_documents
 
     corpus = [Path(c) for c in args.corpus]
+    _check_outputs(args, "html", "plot")
     if args.anchors:
         anchors = Anchors.load(args.anchors)
     else:
+        _check_mining_options(args)
         _, anchors = _mine(corpus, args)
         print(anchors.table())
-    documents = [d for d in iter_documents(corpus) if d.strip()]
-    if not documents:
+    documents = (d for d in iter_documents(corpus, args.text_field) if d.strip())
+    texts, plot_texts = sample_documents(documents, (args.sentences, PLOT_TEXTS if args.plot else 0), args.seed)
+    if not texts:
         raise ValueError("the corpus has no non-empty documents to preview")
-    texts = random.Random(args.seed).sample(documents, min(args.sentences, len(documents)))
-    plot_texts = random.Random(args.seed + 1).sample(documents, min(PLOT_TEXTS, len(documents)))
     _show_masks(anchors, texts, args, plot_texts)
 
 
@@ -255,9 +290,13 @@ def run_score(args) -> None:
         raise ValueError("give a corpus (files, directories or globs), --counts with saved word counts, or both")
     if args.contextual_anchors is not None and not corpus:
         raise ValueError("--contextual-anchors needs a corpus to find the anchors' occurrences in")
+    if args.tokenizer is not None and not corpus:
+        raise ValueError("--tokenizer groups the words of a corpus; with --counts alone there is none to group")
+    _check_outputs(args, "output")
     progress = not args.no_progress
     anchors = Anchors.load(args.anchors)
-    counts = WordCounts.load(args.counts) if args.counts is not None else count_words(corpus, progress=progress)
+    counts = (WordCounts.load(args.counts) if args.counts is not None
+              else count_words(corpus, progress=progress, text_field=args.text_field))
     table = getattr(counts, "table", None)
     words = set(table.words() if table is not None and hasattr(table, "words") else counts.counts)
     embedder = WordEmbedder.from_pretrained(
@@ -269,7 +308,7 @@ def run_score(args) -> None:
             from transformers import AutoTokenizer
 
             tokenizer = AutoTokenizer.from_pretrained(args.tokenizer)
-        words |= tokenizer_word_types(tokenizer, iter_documents(corpus), lowercase=counts.lowercase)
+        words |= tokenizer_word_types(tokenizer, iter_documents(corpus, args.text_field), lowercase=counts.lowercase)
     words |= set(anchors.words)
     options = {"similarity": args.similarity, "index": args.index,
                "index_options": {key: value for key, value in (
@@ -277,7 +316,8 @@ def run_score(args) -> None:
                    ("ef_search", args.ef_search)) if value is not None}}
     started = time.perf_counter()
     if args.contextual_anchors is not None:
-        scorer = WordScorer.with_contextual_anchors(embedder, anchors, iter_documents(corpus), args.contextual_anchors,
+        scorer = WordScorer.with_contextual_anchors(embedder, anchors, iter_documents(corpus, args.text_field),
+                                                    args.contextual_anchors,
                                                     context_options={"progress": progress}, **options)
     else:
         scorer = WordScorer(embedder, anchors, **options)

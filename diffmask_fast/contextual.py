@@ -28,7 +28,7 @@ import torch
 from tqdm.auto import tqdm
 
 from . import reference
-from .tokenization import decode_words, detect_word_boundary_scheme
+from .tokenization import WordGrouper, decode_words
 
 
 @dataclass
@@ -55,21 +55,13 @@ class ContextualAnchors:
         return dict(zip(self.words, counts.tolist()))
 
 
-def _special_ids(tokenizer) -> set:
-    ids = {int(i) for i in getattr(tokenizer, "all_special_ids", ()) if i is not None}
-    added = getattr(tokenizer, "added_tokens_decoder", None) or {}
-    ids.update(int(i) for i, token in added.items() if getattr(token, "special", False))
-    return ids
-
-
 def find_occurrences(tokenizer, texts: Iterable[str], anchor_words: Sequence[str], *, max_per_anchor: int,
                      max_length: int = 256, lowercase: bool = True, seed: int = 0, chunk: int = 512,
                      scheme: str | None = None) -> list[list[tuple[str, int, int]]]:
     """Per anchor, a uniform sample of at most ``max_per_anchor`` occurrences as
     (text, first token, end token) in the tokenization with special tokens and truncation."""
-    scheme = scheme or detect_word_boundary_scheme(tokenizer)
+    grouper = WordGrouper(tokenizer, scheme)
     wanted = {reference.normalize_word(w, lowercase): i for i, w in enumerate(anchor_words)}
-    special = _special_ids(tokenizer)
     rng = random.Random(seed)
     seen = [0] * len(anchor_words)
     kept: list[list[tuple[str, int, int]]] = [[] for _ in anchor_words]
@@ -78,9 +70,7 @@ def find_occurrences(tokenizer, texts: Iterable[str], anchor_words: Sequence[str
         encoded = tokenizer(batch, add_special_tokens=True, truncation=True, max_length=max_length)["input_ids"]
         spans, id_lists, owners = [], [], []
         for text, ids in zip(batch, encoded):
-            tokens = tokenizer.convert_ids_to_tokens(ids)
-            never = [i in special for i in ids]
-            for group in reference.group_words(reference.word_starts(tokens, never, scheme), never):
+            for group in grouper(ids):
                 spans.append((group[0], group[-1] + 1))
                 id_lists.append([ids[i] for i in group])
                 owners.append(text)

@@ -14,6 +14,7 @@ import gzip
 import io
 import json
 import os
+import zlib
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Mapping, Union
 
@@ -36,8 +37,10 @@ class CorpusError(ValueError):
 
 
 def _expand_path(pattern: str, suffixes: tuple[str, ...] = TEXT_SUFFIXES) -> list[Path]:
-    """Files named by a path, a directory (its files with ``suffixes``, recursively) or a glob."""
-    if any(ch in pattern for ch in "*?["):
+    """Files named by a path, a directory (its files with ``suffixes``, recursively) or a glob.
+
+    A name that exists is taken as it is, even if it holds glob characters (``notes[2023].txt``)."""
+    if any(ch in pattern for ch in "*?[") and not os.path.exists(pattern):
         matches = sorted(Path(p) for p in glob.glob(pattern, recursive=True))
         files = [p for p in matches if p.is_file()]
         if not files:
@@ -95,25 +98,37 @@ def check_text(path: Path, head: bytes) -> None:
         raise CorpusError(f"{str(path)!r} looks like a binary file (it contains NUL bytes), not text")
 
 
-def _open_text(path: Path) -> io.TextIOBase:
-    raw = open_binary(path)
+#: What reading a damaged file raises: OSError (also gzip.BadGzipFile), a truncated gzip
+#: stream's EOFError, a corrupt deflate stream's zlib.error.
+READ_ERRORS = (OSError, EOFError, zlib.error)
+
+
+def check_text_file(path: Path) -> None:
+    """Raise CorpusError if a file cannot be read or its first ``BINARY_CHECK_BYTES`` (decompressed)
+    hold a NUL byte; the same check ``count_words`` makes."""
+    with open_binary(path) as raw:
+        try:
+            head = raw.read(BINARY_CHECK_BYTES)  # read, not peek: peek may return less than asked
+        except READ_ERRORS as error:
+            raise CorpusError(f"{str(path)!r} cannot be read: {error}") from error
+    check_text(path, head)
+
+
+def _read_lines(path: Path, handle) -> Iterator:
+    """The lines of an open file, with read errors (a truncated or corrupt gzip file) reported as
+    CorpusError naming the file."""
     try:
-        head = raw.peek(BINARY_CHECK_BYTES)[:BINARY_CHECK_BYTES] if hasattr(raw, "peek") else b""
-        check_text(path, head)
-    except (OSError, EOFError) as error:
-        raw.close()
+        yield from handle
+    except READ_ERRORS as error:
         raise CorpusError(f"{str(path)!r} cannot be read: {error}") from error
-    except CorpusError:
-        raw.close()
-        raise
-    # Invalid UTF-8 bytes become U+FFFD rather than aborting a long count.
-    return io.TextIOWrapper(raw, encoding="utf-8", errors="replace", newline=None)
 
 
 def iter_file_lines(path: Path) -> Iterator[str]:
     """Lines of one text file, without line ends."""
-    with _open_text(path) as handle:
-        for line in handle:
+    check_text_file(path)
+    # Invalid UTF-8 bytes become U+FFFD rather than aborting a long count.
+    with io.TextIOWrapper(open_binary(path), encoding="utf-8", errors="replace", newline=None) as handle:
+        for line in _read_lines(path, handle):
             yield line.rstrip("\n")
 
 
@@ -144,9 +159,9 @@ def record_text(line: Union[str, bytes], path: Union[str, os.PathLike], number: 
 
 def iter_json_lines(path: Path, field: str) -> Iterator[str]:
     """Texts of the records of one JSON-lines file (blank lines skipped)."""
+    check_text_file(path)
     with open_binary(path) as handle:
-        check_text(path, handle.peek(BINARY_CHECK_BYTES) if hasattr(handle, "peek") else b"")
-        for number, line in enumerate(handle, start=1):
+        for number, line in enumerate(_read_lines(path, handle), start=1):
             text = record_text(line, path, number, field)
             if text is not None:
                 yield text

@@ -852,7 +852,15 @@ class WordCounts:
         payload = read_json(path, "word counts")
         if not isinstance(payload, dict) or payload.get("format") != COUNTS_FORMAT:
             raise ValueError(f"{str(path)!r} is not a word-counts file (expected format {COUNTS_FORMAT})")
-        return cls.from_mapping(payload["counts"], int(payload["documents"]), bool(payload["lowercase"]))
+        try:
+            counts, documents, lowercase = payload["counts"], payload["documents"], payload["lowercase"]
+            if not isinstance(counts, dict) or not isinstance(documents, int) or not isinstance(lowercase, bool):
+                raise TypeError("'counts' must be an object, 'documents' an integer and 'lowercase' true or false")
+            if any(type(count) is not int for count in counts.values()):
+                raise TypeError("every count must be an integer")
+            return cls.from_mapping(counts, documents, lowercase)
+        except (KeyError, TypeError, ValueError) as error:
+            raise ValueError(f"{str(path)!r} is not a valid word-counts file: {error}") from None
 
 
 # ----------------------------------------------------------------------------------------------
@@ -898,6 +906,9 @@ def _read_binary(path: Path, verify: bool) -> WordCounts:
         magic, version, _, header_length = _PREAMBLE.unpack(preamble)
         if version != BINARY_VERSION:
             raise ValueError(f"{name!r} is word counts format version {version}; this diffmask_fast reads version {BINARY_VERSION}")
+        if header_length > size - _PREAMBLE.size:
+            raise ValueError(f"{name!r} is truncated or corrupt: its header length ({header_length:,} bytes) "
+                             f"exceeds the file")
         header_bytes = handle.read(header_length)
         try:
             if len(header_bytes) < header_length:

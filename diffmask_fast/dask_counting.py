@@ -174,6 +174,8 @@ def count_words_distributed(
     if split_every < 2:
         raise ValueError(f"split_every must be at least 2, got {split_every}")
     parts = plan_partitions(files, text_field, partition_bytes or DEFAULT_PARTITION_BYTES)
+    if not parts:  # no files, or only empty ones: the same error as counting locally
+        return _result(CountTable.empty(), 0, lowercase)
     client, owned = _client(scheduler)
     try:
         from distributed import as_completed

@@ -16,6 +16,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .embedding_cache import EmbeddingCache, default_cache_dir
+from .hf_loading import usable_device
 
 #: How a word becomes a vector. ``pooled`` is the authors' choice: encode "[CLS] w [SEP]" alone
 #: and take the pooled output (the [CLS] hidden state where the model has no pooler).
@@ -47,15 +48,32 @@ def recommended_pooling(name_or_path: str | os.PathLike | None) -> str:
     never trained: all-MiniLM-L6-v2's pooled output gives every word a score of 0.75-0.98, its
     mean pooling separates "argument" (0.91) from "the" (0.12) against Python-domain anchors.
     """
-    path = Path(os.fspath(name_or_path) if name_or_path is not None else default_model_path())
-    config = path / "1_Pooling" / "config.json"
-    if config.is_file():
+    name = os.fspath(name_or_path) if name_or_path is not None else default_model_path()
+    config = _pooling_config(name)
+    if config is not None:
         try:
             if json.loads(config.read_text(encoding="utf-8")).get("pooling_mode_mean_tokens"):
                 return "mean"
         except (OSError, ValueError):
             pass
     return "pooled"
+
+
+def _pooling_config(name_or_path: str) -> Path | None:
+    """A sentence-transformers pooling config: in the model's folder, or for a hub name in the
+    local HuggingFace cache (nothing is downloaded)."""
+    local = Path(name_or_path) / "1_Pooling" / "config.json"
+    if local.is_file():
+        return local
+    if Path(name_or_path).exists():
+        return None
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        cached = try_to_load_from_cache(name_or_path, "1_Pooling/config.json")
+    except Exception:  # not a valid repository name
+        return None
+    return Path(cached) if isinstance(cached, str) and os.path.isfile(cached) else None
 
 
 def load_encoder(name_or_path: str | os.PathLike | None = None):
@@ -162,6 +180,7 @@ class WordEmbedder:
             raise ValueError(f"dtype must be float32, bfloat16 or float16, got {self.dtype}")
         if self.device is None:
             self.device = "cuda" if torch.cuda.is_available() else "cpu"
+        usable_device(self.device)
         self.model = self.model.to(self.device).eval()
         if self.cache_dir is True:
             self.cache_dir = default_cache_dir()
@@ -170,6 +189,7 @@ class WordEmbedder:
         self._caches: dict[str, EmbeddingCache] = {}
         self._backend = None  # a private copy of the tokenizers backend, see _encode
         self._backend_checked: dict[bool, bool] = {}
+        self._backend_fingerprint: str | None = None  # tokenizer_fingerprint of what _backend copies
         #: Words cut to ``max_length`` tokens by the last ``embed`` call.
         self.truncated_words = 0
 
@@ -193,14 +213,15 @@ class WordEmbedder:
         return int(getattr(getattr(self.model, "config", None), "hidden_size", embedding_dim))
 
     # -- cache ---------------------------------------------------------------------------------
-    def cache_key(self) -> tuple[str, dict]:
-        """(SHA-256 key, its fields): everything the vectors depend on, weights hashed by content."""
+    def cache_key(self, tokenizer_sha256: str | None = None) -> tuple[str, dict]:
+        """(SHA-256 key, its fields): everything the vectors depend on, weights hashed by content
+        (``tokenizer_sha256``: the tokenizer's fingerprint when the caller has just taken it)."""
         fields = {
             "version": EMBEDDING_VERSION,
             "model_class": type(self.model).__name__,
             "config": _config_identity(self.model),
             "weights_sha256": weights_fingerprint(self.model),
-            "tokenizer_sha256": tokenizer_fingerprint(self.tokenizer),
+            "tokenizer_sha256": tokenizer_sha256 or tokenizer_fingerprint(self.tokenizer),
             "pooling": self.pooling,
             "max_length": None if self.pooling == "input_embeddings" else self.max_length,
             "dtype": None if self.pooling == "input_embeddings" or self._autocast_dtype is None
@@ -209,10 +230,10 @@ class WordEmbedder:
         key = hashlib.sha256(json.dumps(fields, sort_keys=True, ensure_ascii=False).encode("utf-8")).hexdigest()
         return key, fields
 
-    def _cache(self) -> EmbeddingCache | None:
+    def _cache(self, tokenizer_sha256: str) -> EmbeddingCache | None:
         if self.cache_dir is None:
             return None
-        key, fields = self.cache_key()
+        key, fields = self.cache_key(tokenizer_sha256)
         cache = self._caches.get(key)
         if cache is None:
             description = {k: v for k, v in fields.items() if k != "config"}
@@ -233,6 +254,12 @@ class WordEmbedder:
             return torch.zeros(0, self.dimension)
         if any(not isinstance(w, str) or not w for w in words):
             raise ValueError("words to embed must be non-empty strings")
+        for word in words:
+            try:
+                word.encode("utf-8")
+            except UnicodeEncodeError:
+                raise ValueError(f"cannot embed {word!r}: it holds a lone surrogate, which is not text a "
+                                 "tokenizer takes") from None
         unique = list(dict.fromkeys(words))
         dimension = self.dimension
         result = np.empty((len(unique), dimension), dtype=np.float32)
@@ -242,7 +269,9 @@ class WordEmbedder:
             disable=not (self.progress if progress is None else bool(progress)))
         try:
             missing = np.arange(len(unique))
-            cache = self._cache()
+            fingerprint = tokenizer_fingerprint(self.tokenizer)  # once per call: it reads the whole tokenizer
+            self._follow_tokenizer(fingerprint)
+            cache = self._cache(fingerprint)
             if cache is not None:
                 positions, vectors = cache.lookup(unique)
                 result[positions] = vectors
@@ -272,8 +301,9 @@ class WordEmbedder:
         """Token ids of each word, untruncated. Goes straight to a private copy of the tokenizer's
         ``tokenizers`` backend when it gives the same ids as the tokenizer's own call (checked on
         the first words): twice as fast on millions of words, which the per-word conversion of
-        the tokenizer's call dominates."""
+        the tokenizer's call dominates. ``embed`` copies it again whenever the tokenizer changes."""
         if self._backend is None:
+            self._backend_checked = {}
             backend = getattr(self.tokenizer, "backend_tokenizer", None)
             try:
                 from tokenizers import Tokenizer
@@ -293,6 +323,12 @@ class WordEmbedder:
             if self._backend_checked[add_special_tokens]:
                 return ids
         return self.tokenizer(words, add_special_tokens=add_special_tokens)["input_ids"]
+
+    def _follow_tokenizer(self, fingerprint: str) -> None:
+        """Drop the private copy of the tokenizer when the tokenizer was replaced or changed
+        (``add_tokens``) since it was made: stale ids would be embedded and cached as new."""
+        if fingerprint != self._backend_fingerprint:
+            self._backend, self._backend_fingerprint = None, fingerprint
 
     def _embed_uncached(self, words: list[str], bar) -> np.ndarray:
         if self.pooling == "input_embeddings":

@@ -30,8 +30,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
-from .hf_loading import load_tokenizer, quiet_transformers
-from ._io import atomic_write_json, read_json
+from ._io import atomic_write_json, check_writable, read_json
+from .hf_loading import check_max_length, load_tokenizer, quiet_transformers, usable_device
 from .metrics import accuracy, macro_f1, mean_std
 
 __all__ = ["load_labeled", "finetune", "FinetuneReport", "SeedResult", "add_finetune_command",
@@ -166,6 +166,16 @@ class FinetuneReport:
         return [result.seed for result in self.results]
 
     @property
+    def seeds_requested(self) -> list[int]:
+        """The seeds the run was asked for (those done, when the config does not say)."""
+        return list(self.config.get("seeds", self.seeds))
+
+    @property
+    def complete(self) -> bool:
+        """False for a report saved while fine-tuning still had seeds to run (or was interrupted)."""
+        return len(self.results) >= len(self.seeds_requested)
+
+    @property
     def has_test(self) -> bool:
         return bool(self.results) and all(result.test is not None for result in self.results)
 
@@ -208,7 +218,9 @@ class FinetuneReport:
                    {metric: {"mean": mean, "std": std} for metric, (mean, std) in values.items()}
                    for split, values in self.summary().items()}
         return {"model": self.model, "labels": list(self.labels), "config": dict(self.config),
-                "seeds": [asdict(result) for result in self.results], "summary": summary}
+                "seeds": [asdict(result) for result in self.results], "summary": summary,
+                "complete": self.complete, "seeds_done": len(self.results),
+                "seeds_requested": len(self.seeds_requested)}
 
     @classmethod
     def from_dict(cls, payload: dict[str, Any]) -> FinetuneReport:
@@ -308,11 +320,11 @@ def _check_options(seeds, epochs, learning_rate, batch_size, max_length, weight_
 
 
 def _check_device(training_args, device: str | None) -> None:
+    """The trainer picks its device itself: make sure it is the one asked for."""
     if device is None:
         return
-    import torch
-
-    wanted, actual = torch.device(device), training_args.device
+    wanted = usable_device(device)
+    actual = training_args.device
     if wanted.type != actual.type or (wanted.index is not None and wanted.index != (actual.index or 0)):
         raise ValueError(f"device {device!r} was asked for but training would run on {str(actual)!r} "
                          f"(choose a GPU with CUDA_VISIBLE_DEVICES)")
@@ -323,7 +335,8 @@ def finetune(model: str | os.PathLike, train: str | os.PathLike, dev: str | os.P
              learning_rate: float = 2e-5, batch_size: int = 16, max_length: int = 128,
              weight_decay: float = 0.01, warmup_ratio: float = 0.06, max_train_examples: int | None = None,
              output_dir: str | os.PathLike | None = None, text_field: str = "text", label_field: str = "label",
-             device: str | None = None, progress: bool = True) -> FinetuneReport:
+             device: str | None = None, progress: bool = True,
+             report_path: str | os.PathLike | None = None) -> FinetuneReport:
     """Fine-tune ``model`` (a name or path of a checkpoint with a tokenizer) on the JSON-lines
     ``train`` file once per seed and report dev (and test) accuracy and macro-F1 of each run's best
     dev epoch.
@@ -338,6 +351,12 @@ def finetune(model: str | os.PathLike, train: str | os.PathLike, dev: str | os.P
     each seed's best model and tokenizer are saved to ``output_dir/seed-<seed>``; without it the
     trainer works in a temporary directory that is removed. ``device``: "cpu", "cuda", ... (default:
     a GPU when there is one).
+
+    With ``report_path``, the report is saved there (atomically) after every seed, so that an
+    interrupted run keeps the seeds it finished: until the last seed is done it says
+    ``"complete": false`` and how many of the requested seeds it holds. The path is checked before
+    any data is read, and ``device`` and ``max_length`` (against the model's position limit)
+    before any training.
     """
     import torch
     from transformers import DataCollatorWithPadding, Trainer, TrainingArguments, set_seed
@@ -345,6 +364,9 @@ def finetune(model: str | os.PathLike, train: str | os.PathLike, dev: str | os.P
 
     seeds = _check_options(seeds, epochs, learning_rate, batch_size, max_length, weight_decay, warmup_ratio,
                            max_train_examples)
+    wanted_device = usable_device(device) if device is not None else None
+    if report_path is not None:
+        report_path = check_writable(report_path, "report")
     model = str(model)
     train_texts, train_labels = load_labeled(train, text_field, label_field)
     dev_texts, dev_labels = load_labeled(dev, text_field, label_field)
@@ -383,6 +405,7 @@ def finetune(model: str | os.PathLike, train: str | os.PathLike, dev: str | os.P
     def compute_metrics(prediction) -> dict[str, float]:
         return _scores(prediction.label_ids, prediction.predictions)
 
+    on_cpu = wanted_device is not None and wanted_device.type == "cpu"
     results: list[SeedResult] = []
     with contextlib.ExitStack() as stack:
         if output_dir is None:
@@ -397,12 +420,14 @@ def finetune(model: str | os.PathLike, train: str | os.PathLike, dev: str | os.P
                 per_device_train_batch_size=batch_size, per_device_eval_batch_size=batch_size,
                 weight_decay=weight_decay, warmup_steps=warmup_steps, lr_scheduler_type="linear",
                 eval_strategy="epoch", save_strategy="no", logging_strategy="epoch", seed=seed,
-                report_to="none", disable_tqdm=not progress, use_cpu=device == "cpu",
-                dataloader_num_workers=0, dataloader_pin_memory=torch.cuda.is_available() and device != "cpu",
+                report_to="none", disable_tqdm=not progress, use_cpu=on_cpu,
+                dataloader_num_workers=0, dataloader_pin_memory=torch.cuda.is_available() and not on_cpu,
                 remove_unused_columns=False)
             _check_device(training_args, device)
             set_seed(seed)  # the new classification head is initialized under the run's seed
             classifier = _load_classifier(model, id2label, label2id)
+            if not results:
+                check_max_length(classifier, max_length, model)
             keep_best = _make_keep_best_callback()
             trainer = Trainer(model=classifier, args=training_args, data_collator=collator,
                               train_dataset=train_set, eval_dataset=dev_set, processing_class=tokenizer,
@@ -424,6 +449,8 @@ def finetune(model: str | os.PathLike, train: str | os.PathLike, dev: str | os.P
                                 dev_history=keep_best.history, train_loss=float(output.training_loss),
                                 seconds=round(time.perf_counter() - started, 3))
             results.append(result)
+            if report_path is not None:
+                FinetuneReport(model=model, labels=label_names, results=list(results), config=config).save(report_path)
             if progress:
                 line = (f"seed {seed}: best epoch {result.best_epoch}/{epochs}, dev accuracy "
                         f"{dev_scores['accuracy']:.3f}, macro-F1 {dev_scores['macro_f1']:.3f}")
@@ -464,7 +491,8 @@ def add_finetune_command(commands):
     parser.add_argument("--device", default=None, help="torch device (default: cuda when available)")
     parser.add_argument("--output-dir", type=Path, default=None,
                         help="save each seed's best model here as seed-<seed>/ (default: keep no models)")
-    parser.add_argument("--output", "-o", type=Path, default=None, help="save the report as JSON here")
+    parser.add_argument("--output", "-o", type=Path, default=None,
+                        help="save the report as JSON here, updated after each seed")
     parser.add_argument("--no-progress", action="store_true", help="do not show progress bars")
     return parser
 
@@ -476,7 +504,7 @@ def run_finetune_command(args) -> FinetuneReport:
                       weight_decay=args.weight_decay, warmup_ratio=args.warmup_ratio,
                       max_train_examples=args.max_train_examples, output_dir=args.output_dir,
                       text_field=args.text_field, label_field=args.label_field, device=args.device,
-                      progress=not args.no_progress)
+                      progress=not args.no_progress, report_path=args.output)
     config = report.config
     print(f"Fine-tuned {report.model} on {config['train_examples']:,} examples ({len(report.labels)} labels), "
           f"{config['epochs']} epochs, seeds {' '.join(map(str, report.seeds))}; best dev macro-F1 epoch kept.\n")
@@ -490,7 +518,6 @@ def run_finetune_command(args) -> FinetuneReport:
     print(report.table())
     if args.output_dir is not None:
         print(f"\nSaved the best model of each seed under {args.output_dir}")
-    if args.output is not None:
-        report.save(args.output)
+    if args.output is not None:  # saved by finetune after each seed, the last time complete
         print(f"\nSaved the report to {args.output}")
     return report

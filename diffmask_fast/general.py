@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass
 from functools import lru_cache
@@ -28,8 +29,8 @@ class GeneralFrequencies:
     def __post_init__(self) -> None:
         if not self.counts:
             raise ValueError("a general frequency table needs at least one word")
-        if not self.total > 0:
-            raise ValueError(f"the general corpus total must be positive, got {self.total}")
+        if not (math.isfinite(self.total) and self.total > 0):
+            raise ValueError(f"the general corpus total must be a positive finite number, got {self.total}")
 
     def count(self, word: str) -> float:
         """c_G(w), with compounds of known parts counted as their rarest part (reference.general_count)."""
@@ -62,8 +63,8 @@ class GeneralFrequencies:
         if not path.exists():
             raise FileNotFoundError(f"general frequency table {str(path)!r} does not exist")
         counts: dict[str, float] = {}
-        with open(path, encoding="utf-8", errors="strict") as handle:
-            for number, line in enumerate(handle, start=1):
+        with open(path, encoding="utf-8-sig", errors="strict") as handle:  # -sig: a leading BOM is no part of a word
+            for number, line in enumerate(_decoded_lines(handle, path), start=1):
                 line = line.rstrip("\r\n")
                 if not line.strip() or line.startswith("#"):
                     continue
@@ -81,6 +82,16 @@ class GeneralFrequencies:
         if not counts:
             raise ValueError(f"general frequency table {str(path)!r} has no entries")
         return cls(counts, float(total) if total is not None else float(sum(counts.values())), source=str(path))
+
+
+def _decoded_lines(handle, path: Path):
+    """The lines of a text file, with a decoding error reported as ValueError naming the file."""
+    number = 0
+    try:
+        for number, line in enumerate(handle, start=1):
+            yield line
+    except UnicodeDecodeError as error:
+        raise ValueError(f"{str(path)!r} near line {number + 1}: not UTF-8 text ({error.reason})") from None
 
 
 @lru_cache(maxsize=1)

@@ -1,4 +1,5 @@
-"""Loading HuggingFace checkpoints quietly and with errors that say what is wrong."""
+"""Loading HuggingFace checkpoints quietly and with errors that say what is wrong, and checking
+up front what a loaded model can run on (``usable_device``) and take (``check_max_length``)."""
 
 from __future__ import annotations
 
@@ -41,3 +42,58 @@ def load_tokenizer(model: str):
     if tokenizer.pad_token_id is None:
         raise ValueError(f"the tokenizer of {model!r} has no padding token")
     return tokenizer
+
+
+def usable_device(device):
+    """``device`` as a ``torch.device`` this process can use; a ValueError naming it when torch
+    does not know the name or the machine lacks it (rather than a failure deep in the model)."""
+    import torch
+
+    try:
+        parsed = torch.device(device)
+    except (RuntimeError, TypeError, ValueError):
+        raise ValueError(f"unknown device {device!r}: expected a torch device such as 'cpu', 'cuda' or "
+                         "'cuda:1'") from None
+    if parsed.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise ValueError(f"device {device!r} was asked for, but torch finds no CUDA GPU on this machine")
+        if parsed.index is not None and parsed.index >= count:
+            raise ValueError(f"device {device!r} was asked for, but torch finds only {count} CUDA GPU(s)")
+    elif parsed.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"device {device!r} was asked for, but MPS is not available")
+    return parsed
+
+
+def check_max_length(model, max_length: int, name: str) -> None:
+    """Raise a ``ValueError`` now when ``model`` cannot take ``max_length`` tokens, rather than a
+    tensor-size ``RuntimeError`` at the first long batch. Cheap: it runs one no-grad forward of a
+    dummy sequence only when ``max_length`` comes within 2 of ``max_position_embeddings``
+    (RoBERTa-style models reserve 2 positions, BERT-style ones none)."""
+    limit = getattr(getattr(model, "config", None), "max_position_embeddings", None)
+    if isinstance(limit, bool) or not isinstance(limit, int) or max_length <= limit - 2:
+        return
+    if _takes(model, max_length):
+        return
+    longest = next((length for length in (limit, limit - 2) if length < max_length and _takes(model, length)), None)
+    if longest is None:
+        return  # shorter sequences fail too: the length is not the problem, and training will say what is
+    raise ValueError(f"--max-length {max_length} is longer than {name!r} takes (at most {longest} tokens); "
+                     "give a smaller --max-length")
+
+
+def _takes(model, length: int) -> bool:
+    """Whether a forward of one dummy sequence of ``length`` tokens runs (not the padding token,
+    whose positions RoBERTa-style models do not count)."""
+    import torch
+
+    pad = getattr(model.config, "pad_token_id", None)
+    token = 1 if pad == 0 else 0
+    device = next(model.parameters()).device
+    ids = torch.full((1, length), token, dtype=torch.long, device=device)
+    try:
+        with torch.no_grad():
+            model(input_ids=ids, attention_mask=torch.ones_like(ids))
+    except (RuntimeError, IndexError):
+        return False
+    return True

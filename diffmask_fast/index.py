@@ -16,8 +16,9 @@ query, for anchor sets from a handful of words to millions of contextual vectors
 
 Approximate kinds are tuned when built: unless ``nprobe`` / ``ef_search`` is given, the index
 searches for the smallest value (doubling, then bisecting) whose recall@1 against exact search
-on a sample of queries, less one standard error, reaches ``recall_target``, and keeps the recall
-it measured in ``recall`` (and ``report``). Give it
+on a sample of queries, less one standard error, reaches ``recall_target`` (a sample with no miss
+must hold at least target / (1 - target) queries, 99 at 0.99), and keeps the recall it measured in
+``recall`` (and ``report``). Give it
 queries like the ones it will answer (``sample_queries``); without them it draws anchors and
 perturbs them (each moved to cosine ~0.7 of where it was), which only approximates real queries.
 
@@ -198,6 +199,10 @@ class AnchorIndex:
         anchors = _as_tensor(anchors, "anchors")
         if anchors.ndim != 2 or anchors.shape[0] < 1 or anchors.shape[1] < 1:
             raise ValueError(f"anchors must be a non-empty [K, D] matrix, got shape {tuple(anchors.shape)}")
+        broken = torch.nonzero(~torch.isfinite(anchors).all(dim=1)).flatten()
+        if broken.numel():
+            raise ValueError(f"{broken.numel():,} anchor vector(s) hold NaN or infinite values (e.g. row "
+                             f"{int(broken[0])}); no similarity to them is defined")
         self.k, self.dimension = int(anchors.shape[0]), int(anchors.shape[1])
         self.requested_kind = kind
         self.recall_target = float(recall_target)
@@ -270,10 +275,8 @@ class AnchorIndex:
     def search(self, queries) -> tuple[torch.Tensor, torch.Tensor]:
         """(max cosine similarity float32, nearest anchor int64) for queries [..., D]."""
         queries = _as_tensor(queries, "queries")
-        if queries.ndim < 1 or queries.shape[-1] != self.dimension:
-            raise ValueError(f"queries must be [..., {self.dimension}], got shape {tuple(queries.shape)}")
+        flat = self._query_rows(queries, "queries")
         shape = queries.shape[:-1]
-        flat = queries.reshape(-1, self.dimension)
         values = torch.empty(flat.shape[0], dtype=torch.float32)
         indices = torch.empty(flat.shape[0], dtype=torch.int64)
         for begin in range(0, flat.shape[0], self.batch_size):
@@ -283,8 +286,14 @@ class AnchorIndex:
 
     def measure_recall(self, queries, source: str = "given") -> RecallReport:
         """Recall@1 of this index against exact search on ``queries`` [N, D]."""
-        queries = _as_tensor(queries, "queries").reshape(-1, self.dimension)
-        return self._measure(queries, source)
+        return self._measure(self._query_rows(queries, "queries"), source)
+
+    def _query_rows(self, queries, name: str) -> torch.Tensor:
+        """``queries`` [..., D] as an [N, D] matrix; any other last dimension is an error."""
+        queries = _as_tensor(queries, name)
+        if queries.ndim < 1 or queries.shape[-1] != self.dimension:
+            raise ValueError(f"{name} must be [..., {self.dimension}], got shape {tuple(queries.shape)}")
+        return queries.reshape(-1, self.dimension)
 
     # -- search --------------------------------------------------------------------------------
     def _search_block(self, block: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -377,7 +386,7 @@ class AnchorIndex:
             return None, ""
         generator = torch.Generator().manual_seed(self.seed)
         if sample_queries is not None:
-            sample = _as_tensor(sample_queries, "sample_queries").reshape(-1, self.dimension).float()
+            sample = self._query_rows(sample_queries, "sample_queries").float()
             if sample.shape[0] > limit:
                 sample = sample[torch.randperm(sample.shape[0], generator=generator)[:limit]]
             return (sample, "given") if sample.shape[0] else (None, "")
@@ -429,6 +438,9 @@ class AnchorIndex:
                 break
             failed, value = value, min(2 * value, limit)
         best, best_report = value, report
+        if not self._reaches(report):
+            self.notes.append(f"{parameter}={value} (the most) did not show recall@1 >= {self.recall_target} "
+                              f"on the {report.queries:,}-query sample")
         while failed and best - failed > max(1, best // 8):
             middle = (failed + best) // 2
             report = self._try(parameter, middle, apply)
@@ -441,7 +453,13 @@ class AnchorIndex:
         return best
 
     def _reaches(self, report: RecallReport) -> bool:
-        error = math.sqrt(report.recall * (1 - report.recall) / max(report.queries, 1))
+        """Whether the sample recall, less one standard error, reaches the target. A sample with
+        no miss has no spread to subtract: it must then be large enough that one more miss would
+        still reach the target (n / (n + 1) >= target), or 30 lucky queries would pass at 0.99."""
+        n = max(report.queries, 1)
+        if report.recall >= 1.0:
+            return n / (n + 1) >= self.recall_target
+        error = math.sqrt(report.recall * (1 - report.recall) / n)
         return report.recall - error >= self.recall_target
 
     def _try(self, parameter: str, value: int, apply) -> RecallReport:

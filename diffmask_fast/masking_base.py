@@ -10,6 +10,7 @@ DataLoader worker and distributed rank.
 from __future__ import annotations
 
 import itertools
+import numbers
 import os
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
@@ -31,13 +32,20 @@ def worker_id() -> int:
     return -1 if info is None else info.id
 
 
+def worker_seed() -> int:
+    """The DataLoader's seed of this worker (-1 outside workers). DataLoader draws it anew for
+    every epoch's workers from its own generator, so it tells epochs apart reproducibly."""
+    info = torch.utils.data.get_worker_info()
+    return -1 if info is None else int(info.seed)
+
+
 def check_probability(name: str, value: float) -> None:
-    if not 0.0 <= value <= 1.0:
+    if not 0.0 <= value <= 1.0:  # also refuses NaN
         raise ValueError(f"{name} must be in [0, 1], got {value}")
 
 
 def check_replacement(mask_replace_prob: float, random_replace_prob: float) -> None:
-    if mask_replace_prob < 0 or random_replace_prob < 0 or mask_replace_prob + random_replace_prob > 1:
+    if not (mask_replace_prob >= 0 and random_replace_prob >= 0 and mask_replace_prob + random_replace_prob <= 1):
         raise ValueError(
             "mask_replace_prob and random_replace_prob must be non-negative and sum to at most 1, "
             f"got {mask_replace_prob} and {random_replace_prob}"
@@ -68,9 +76,10 @@ def replace_selected(
     return masked, labels
 
 
-def _stream_context() -> tuple[int, int, int]:
-    """What makes a random stream distinct: process, distributed rank, DataLoader worker."""
-    return (os.getpid(), distributed_rank(), worker_id())
+def _stream_context() -> tuple[int, int, int, int]:
+    """What makes a random stream distinct: process, distributed rank, DataLoader worker and the
+    worker's seed (new each epoch, whose workers would otherwise replay the last epoch's masks)."""
+    return (os.getpid(), distributed_rank(), worker_id(), worker_seed())
 
 
 @dataclass(kw_only=True)
@@ -100,7 +109,9 @@ class MaskingCollatorBase:
         """Check the options every masking collator has and build the tokenizer's word tables."""
         check_probability("mlm_probability", self.mlm_probability)
         check_replacement(self.mask_replace_prob, self.random_replace_prob)
-        if self.pad_to_multiple_of is not None and self.pad_to_multiple_of < 1:
+        if self.pad_to_multiple_of is not None and (
+                isinstance(self.pad_to_multiple_of, bool) or not isinstance(self.pad_to_multiple_of, numbers.Integral)
+                or self.pad_to_multiple_of < 1):
             raise ValueError(f"pad_to_multiple_of must be a positive integer, got {self.pad_to_multiple_of}")
         if self.return_tensors not in ("pt", "np"):
             raise ValueError(f"return_tensors must be 'pt' or 'np', got {self.return_tensors!r}")
@@ -145,14 +156,17 @@ class MaskingCollatorBase:
         return input_ids, (special if never_word is None else (never_word.bool() | special))
 
     def _generator(self) -> torch.Generator | None:
-        """A generator for this process: seeded from (seed, rank, worker) when a seed is set.
+        """A generator for this process: seeded from (seed, rank, worker, worker seed) when a seed
+        is set, so runs repeat under the same seeds and every epoch's workers draw new masks.
 
         Without a seed the global torch RNG is used, which DataLoader already seeds per worker.
         """
         context = _stream_context()
         generator = self._generators.get(context)
         if generator is None and self.seed is not None:
-            entropy = np.random.SeedSequence([self.seed % 2**63, context[1] + 1, context[2] + 1])
+            _, rank, worker, seed_of_worker = context
+            words = [self.seed % 2**63, rank + 1, worker + 1] + ([seed_of_worker % 2**64] if worker >= 0 else [])
+            entropy = np.random.SeedSequence(words)
             generator = torch.Generator().manual_seed(int(entropy.generate_state(1, np.uint64)[0] >> 1))
             self._generators[context] = generator
         return generator

@@ -4,7 +4,8 @@
 precision, checkpoints and resuming work as users know them. Training stops early when the
 validation MLM loss (on masks drawn once) stops improving, and the best checkpoint is kept, as in
 the paper. The output directory receives the model and tokenizer, the anchors and score table
-(or terms) the strategy used, ``pretrain_summary.json`` and ``pretraining.png`` (the losses).
+(or terms) the strategy used, ``pretrain_run.json`` (the settings, checked when resuming),
+``pretrain_summary.json`` and ``pretraining.png`` (the losses).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ._io import atomic_write_bytes, atomic_write_json
+from ._io import atomic_write_bytes, atomic_write_json, check_writable, read_json
 from .strategies import STRATEGIES, build_strategy, check_strategy, resolve_mask_location
 
 SUMMARY_FORMAT = "diffmask_fast.pretrain_summary/1"
@@ -26,6 +27,14 @@ LOSS_PICTURE = "pretraining.png"  # training and validation loss over the steps
 ANCHORS_FILE = "anchors.json"
 SCORES_FILE = "scores.npz"
 TERMS_FILE = "terms.txt"
+RUN_FILE = "pretrain_run.json"  # the settings a run started with, and its validation loss before training
+#: Settings a resumed run must share with the run it continues (the others may change, e.g. max_steps).
+RESUME_MUST_MATCH = (
+    "model", "corpus", "validation", "validation_fraction", "text_field", "strategy", "mlm_probability", "max_length",
+    "seed", "batch_size", "gradient_accumulation_steps", "learning_rate", "weight_decay", "warmup_ratio",
+    "init_mlm_head", "head_warmup_steps", "head_learning_rate", "anchors", "scores", "anchors_count",
+    "embedding_model", "pooling", "terms", "term_probability", "term_weight", "term_top_fraction", "attention_layer",
+)
 
 
 @dataclass
@@ -125,33 +134,38 @@ def _domain_resources(config: PretrainConfig, documents: list[str], tokenizer: A
     from .anchors import Anchors
     from .scoring import ScoreTable
 
-    reuse = saved or (config.resume and (out / ANCHORS_FILE).exists() and (out / SCORES_FILE).exists())
-    anchors_path = config.anchors or (out / ANCHORS_FILE if reuse else None)
+    reuse = saved or (config.resume and (out / SCORES_FILE).exists())
+    anchors_path = config.anchors or (out / ANCHORS_FILE if reuse and (out / ANCHORS_FILE).exists() else None)
     scores_path = config.scores or (out / SCORES_FILE if reuse else None)
-    if anchors_path is not None:
-        anchors = Anchors.load(anchors_path)
-    else:
-        from .anchors import mine_anchors
-        from .counting import count_words
-
-        counts = count_words(documents, progress=config.progress)
-        anchors = mine_anchors(counts, k=config.anchors_count)
+    anchors = Anchors.load(anchors_path) if anchors_path is not None else None
     if scores_path is not None:
         scores = ScoreTable.load(scores_path)
+        if anchors is not None and set(anchors.words) != set(scores.anchors):
+            raise ValueError(f"the score table {str(scores_path)!r} was made against other anchors than those of "
+                             f"{str(anchors_path)!r}; give the anchors it was scored against, or only --scores")
     else:
         from .embedding import WordEmbedder
         from .scoring import WordScorer
         from .vocabulary import tokenizer_word_types
 
+        if anchors is None:
+            from .anchors import mine_anchors
+            from .counting import count_words
+
+            anchors = mine_anchors(count_words(documents, progress=config.progress), k=config.anchors_count)
         embedder = WordEmbedder.from_pretrained(config.embedding_model, pooling=config.pooling, cache_dir=True,
                                                 progress=config.progress)
         words = tokenizer_word_types(tokenizer, documents) | set(anchors.words)
         scores = WordScorer(embedder, anchors).score(words, progress=config.progress)
-    resources["anchors"], resources["scores"] = anchors, scores
+    # A score table given alone names its anchors: nothing is mined that would not match it.
+    resources["anchor_words"] = list(anchors.words) if anchors is not None else list(scores.anchors)
+    resources["scores"] = scores
+    if anchors is not None:
+        resources["anchors"] = anchors
     if config.strategy == "mslm":
         from .terms import domain_terms
 
-        resources["terms"] = domain_terms(anchors, scores, top_fraction=config.term_top_fraction)
+        resources["terms"] = domain_terms(resources["anchor_words"], scores, top_fraction=config.term_top_fraction)
     return resources
 
 
@@ -202,7 +216,7 @@ def pretrain(config: PretrainConfig) -> dict:
     from transformers import EarlyStoppingCallback
 
     from . import __version__
-    from .hf_loading import load_tokenizer
+    from .hf_loading import check_max_length, load_tokenizer
     from .mlm_model import load_masked_lm
     from .pretrain_data import (SequenceDataset, TrainingCollator, read_documents, split_documents,
                                 tokenize_documents)
@@ -211,10 +225,12 @@ def pretrain(config: PretrainConfig) -> dict:
     config.check()
     started = time.perf_counter()
     out = Path(config.output_dir)
+    resumed_run = _check_output_dir(config)
     tokenizer = load_tokenizer(config.model)
     if tokenizer.mask_token_id is None:
         raise ValueError(f"the tokenizer of {config.model!r} has no mask token; it cannot train a masked LM")
     model = load_masked_lm(config.model, init_mlm_head=config.init_mlm_head)
+    check_max_length(model, config.max_length, config.model)
 
     documents = read_documents(config.corpus, config.text_field)
     if not documents:
@@ -255,7 +271,14 @@ def pretrain(config: PretrainConfig) -> dict:
         head_warmup_steps=config.head_warmup_steps, head_learning_rate=config.head_learning_rate,
         callbacks=[EarlyStoppingCallback(early_stopping_patience=config.patience)] if config.patience else [],
     )
-    before = None if config.resume else trainer.evaluate()["eval_loss"]
+    if config.resume:
+        before = resumed_run.get("validation_loss_before") if resumed_run else None
+    else:
+        before = trainer.evaluate()["eval_loss"]
+        if args.process_index == 0:
+            out.mkdir(parents=True, exist_ok=True)
+            atomic_write_json(out / RUN_FILE, {"config": _jsonable(dataclasses.asdict(config)),
+                                               "validation_loss_before": before})
     result = trainer.train(resume_from_checkpoint=config.resume or None)
     best = trainer.evaluate()["eval_loss"]
     trainer.save_model(str(out))
@@ -275,7 +298,7 @@ def pretrain(config: PretrainConfig) -> dict:
         "data": {"documents_train": len(train_docs), "documents_validation": len(validation_docs),
                  "sequences_train": len(train), "sequences_validation": len(validation),
                  "tokens_train": sum(len(s) for s in train), "max_length": config.max_length},
-        "anchors": list(resources["anchors"].words) if "anchors" in resources else None,
+        "anchors": resources.get("anchor_words"),
         "terms": len(resources["terms"]) if "terms" in resources else None,
         "validation_loss_before": before,
         "best_validation_loss": best,
@@ -300,10 +323,37 @@ def pretrain(config: PretrainConfig) -> dict:
     return summary
 
 
+def _check_output_dir(config: PretrainConfig) -> dict | None:
+    """Refuse, before any work, an output that cannot take this run: a file, or the checkpoints of
+    an earlier run that a fresh run would mix with its own (``--resume`` would then pick them up),
+    or, resuming, a run started with other settings. Returns the record of the resumed run."""
+    out = Path(config.output_dir)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"the output {str(out)!r} is a file, not a directory")
+    check_writable(out / RUN_FILE, "output directory's files")
+    if not config.resume:
+        checkpoints = sorted(out.glob("checkpoint-*")) if out.is_dir() else []
+        if checkpoints:
+            raise ValueError(f"{str(out)!r} holds checkpoints of an earlier run ({checkpoints[0].name}...): pass "
+                             "--resume to continue that run, or choose a new output directory")
+        return None
+    if not (out / RUN_FILE).exists():
+        return None
+    record = read_json(out / RUN_FILE, "pretraining run")
+    started_with = record.get("config", {}) if isinstance(record, dict) else {}
+    now = _jsonable(dataclasses.asdict(config))
+    changed = [name for name in RESUME_MUST_MATCH if name in started_with and started_with[name] != now[name]]
+    if changed:
+        raise ValueError(f"--resume continues the run in {str(out)!r}, which was started with other settings: "
+                         + ", ".join(f"{name} {started_with[name]!r} (now {now[name]!r})" for name in changed))
+    return record
+
+
 def _save_resources(out: Path, resources: dict) -> None:
     out.mkdir(parents=True, exist_ok=True)
     if "anchors" in resources:
         resources["anchors"].save(out / ANCHORS_FILE)
+    if "scores" in resources:
         resources["scores"].save(out / SCORES_FILE)
     if "terms" in resources:
         atomic_write_bytes(out / TERMS_FILE, ("\n".join(resources["terms"]) + "\n").encode("utf-8"))

@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import html
 import os
+import random
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Iterable, Sequence
 
 import torch
 
@@ -14,6 +15,23 @@ from . import reference
 from ._io import atomic_write_bytes
 from .collator import DifferenceMaskingCollator
 from .tokenization import decode_words
+
+
+def sample_documents(documents: Iterable[str], sizes: Sequence[int], seed: int) -> list[list[str]]:
+    """For each ``sizes[i]``, that many documents drawn uniformly without replacement (all of them
+    if there are fewer), reproducibly from ``seed + i``. One pass, reservoir sampling: memory
+    holds the samples, not the corpus."""
+    generators = [random.Random(seed + i) for i in range(len(sizes))]
+    samples: list[list[str]] = [[] for _ in sizes]
+    for seen, document in enumerate(documents):
+        for size, sample, generator in zip(sizes, samples, generators):
+            if len(sample) < size:
+                sample.append(document)
+            elif size > 0:
+                slot = generator.randrange(seen + 1)
+                if slot < size:
+                    sample[slot] = document
+    return samples
 
 
 @dataclass(frozen=True)

@@ -166,14 +166,23 @@ def general_count(word: str, general_counts: Mapping[str, float]) -> float:
     a compound is at most as frequent as its rarest part, so it is never crowned for its
     punctuation alone. Any other missing word has count 0 and is handled by the smoothing of
     tf_icf.
+
+    General tables are case-folded: a word with capitals (counted with ``lowercase=False``) that
+    the table lacks as written is looked up in lowercase, so "The" is as common as "the".
     """
-    count = general_counts.get(word)
+    count = _table_count(word, general_counts)
     if count is not None:
         return count
     parts = word_parts(word)
     if len(parts) < 2:
         return 0
-    return min(general_counts.get(part, 0) for part in parts)
+    return min(_table_count(part, general_counts) or 0 for part in parts)
+
+
+def _table_count(word: str, general_counts: Mapping[str, float]) -> float | None:
+    """The table's count of a word as written, else of its lowercase form; None if it has neither."""
+    count = general_counts.get(word)
+    return general_counts.get(word.lower()) if count is None else count
 
 
 def select_anchors(

@@ -307,8 +307,15 @@ class ScoreTable:
 
     @classmethod
     def from_mapping(cls, scores: Mapping[str, float], unknown_score: float = 0.0, lowercase: bool = True) -> "ScoreTable":
-        """A table from given scores (keys are normalized), e.g. for hand-made or external scores."""
-        normalized = {reference.normalize_word(w, lowercase): float(s) for w, s in scores.items()}
+        """A table from given scores (keys are normalized), e.g. for hand-made or external scores.
+
+        Keys that normalize to one word ("The" and "the,") give it the highest of their scores,
+        whatever their order."""
+        normalized: dict[str, float] = {}
+        for word, score in scores.items():
+            key, value = reference.normalize_word(word, lowercase), float(score)
+            if key not in normalized or value > normalized[key] or math.isnan(value):  # NaN stays, to be refused
+                normalized[key] = value
         return cls(normalized, unknown_score=unknown_score, lowercase=lowercase, similarity="given")
 
 
@@ -338,6 +345,34 @@ def _mean_similarity(word_vectors: torch.Tensor, mean_unit: torch.Tensor, simila
     target = mean_unit if similarity == "mean" else unit_rows(mean_unit.unsqueeze(0)).squeeze(0).double()
     values = (unit_rows(word_vectors.double()).double() @ target).float()
     return values, torch.full(values.shape, -1, dtype=torch.long)
+
+
+def _anchor_words(anchors) -> list[str]:
+    if isinstance(anchors, Anchors):
+        return anchors.words
+    if isinstance(anchors, (str, bytes)):
+        raise TypeError(f"anchors must be an Anchors result or a list of words, not one string ({anchors!r})")
+    return [str(a) for a in anchors]
+
+
+def _encodable(keys: list[str]) -> list[str]:
+    """``keys`` without words that are not valid Unicode text (lone surrogates, kept by counting
+    from broken input): no tokenizer takes them, and a tokenizer's decoded words never hold
+    them, so masking never looks them up."""
+    kept = [key for key in keys if not _has_surrogate(key)]
+    if len(kept) < len(keys):
+        example = next(key for key in keys if _has_surrogate(key))
+        warnings.warn(f"skipped {len(keys) - len(kept):,} word(s) holding lone surrogates (broken text such as "
+                      f"{example!r}); they stay unscored", stacklevel=3)
+    return kept
+
+
+def _has_surrogate(word: str) -> bool:
+    try:
+        word.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
 
 
 class WordScorer:
@@ -378,7 +413,7 @@ class WordScorer:
                               f"pooling={embedder.pooling!r} are not comparable with them (use pooling='mean')",
                               stacklevel=2)
         else:
-            words = anchors.words if isinstance(anchors, Anchors) else [str(a) for a in anchors]
+            words = _anchor_words(anchors)
             if not words:
                 raise ValueError("WordScorer needs at least one anchor (K=0 given)")
             self.anchor_words = tuple(words)
@@ -388,6 +423,13 @@ class WordScorer:
             if zero:
                 warnings.warn(f"{len(zero)} anchor(s) have a zero vector because the model knows none of their "
                               f"pieces ({', '.join(map(repr, zero[:5]))}); they match no word", stacklevel=2)
+        broken = ~torch.isfinite(self.anchor_vectors).all(dim=1)
+        if bool(broken.any()):
+            rows = torch.nonzero(broken).flatten().tolist()
+            owners = rows if self.vector_anchor is None else self.vector_anchor[rows].tolist()
+            names = ", ".join(dict.fromkeys(repr(self.anchor_words[i]) for i in owners[:5]))
+            raise ValueError(f"{len(rows):,} anchor vector(s) hold NaN or infinite values (anchors {names}): "
+                             "the embedding model produced them")
         self._mean_unit = _mean_unit(self.anchor_vectors) if similarity != "max" else None
 
     @classmethod
@@ -396,7 +438,7 @@ class WordScorer:
                                 **options) -> "WordScorer":
         """A scorer whose anchors are the vectors of up to ``max_occurrences_per_anchor``
         occurrences of each anchor word in ``texts`` (see ``contextual_anchor_vectors``)."""
-        words = anchors.words if isinstance(anchors, Anchors) else [str(a) for a in anchors]
+        words = _anchor_words(anchors)
         contextual = contextual_anchor_vectors(embedder, texts, words, max_occurrences_per_anchor=max_occurrences_per_anchor,
                                                **(context_options or {}))
         return cls(embedder, contextual, **options)
@@ -414,7 +456,7 @@ class WordScorer:
 
     def score(self, words: Iterable[str], lowercase: bool = True, progress: bool | None = None) -> ScoreTable:
         """A ScoreTable for the given words (normalized and deduplicated first)."""
-        keys = normalize_words(words, lowercase)
+        keys = _encodable(normalize_words(words, lowercase))
         if not keys:
             raise ValueError("no words to score: the vocabulary is empty")
         if self.similarity == "max" and self.index is None:

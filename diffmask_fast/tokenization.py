@@ -243,8 +243,10 @@ def word_boundaries(tokenizer, scheme: str | None = None) -> WordBoundaries:
     """The ``WordBoundaries`` of ``tokenizer``; ``scheme`` overrides detection.
 
     Token strings are those of ``tokenizer.convert_ids_to_tokens`` over every id up to the
-    largest. Ids without a token (holes in the vocabulary) and added tokens that are not special
-    start a word; special tokens never do; holes are never drawn as random replacements.
+    largest. Ids without a token (holes in the vocabulary) start a word; special tokens never do;
+    holes are never drawn as random replacements. Added tokens that are not special follow the
+    scheme like any token: a byte-level BPE or SentencePiece tokenizer puts the space before one
+    in a bare "Ġ" / "▁" token, and the added token continues the word that marker starts.
     """
     mask_token_id = getattr(tokenizer, "mask_token_id", None)
     if getattr(tokenizer, "mask_token", None) is None or mask_token_id is None:
@@ -253,12 +255,18 @@ def word_boundaries(tokenizer, scheme: str | None = None) -> WordBoundaries:
             "(set tokenizer.mask_token)"
         )
     scheme = detect_word_boundary_scheme(tokenizer) if scheme is None else _check_scheme(scheme)
+    starts_word, never_word, holes = _word_tables(tokenizer, scheme)
+    if not 0 <= int(mask_token_id) < never_word.numel():
+        raise ValueError(f"the mask token id {mask_token_id} is outside the vocabulary [0, {never_word.numel()})")
+    random_token_ids = torch.nonzero(~never_word & ~holes).flatten().to(torch.int64)
+    return WordBoundaries(scheme, starts_word, never_word, random_token_ids, int(mask_token_id))
+
+
+def _word_tables(tokenizer, scheme: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(starts_word, never_word, holes) per token id, for ids up to the largest."""
     # len() counts entries; with holes in the ids the largest id can be beyond it.
     vocab_size = max(len(tokenizer), max(tokenizer.get_vocab().values(), default=-1) + 1)
-    if not 0 <= int(mask_token_id) < vocab_size:
-        raise ValueError(f"the mask token id {mask_token_id} is outside the vocabulary [0, {vocab_size})")
     tokens = tokenizer.convert_ids_to_tokens(list(range(vocab_size)))
-
     if scheme == TOKEN_SCHEME:
         flags = [True] * len(tokens)
     elif scheme == "wordpiece":
@@ -268,20 +276,44 @@ def word_boundaries(tokenizer, scheme: str | None = None) -> WordBoundaries:
         marker = WORD_BOUNDARY_MARKERS[scheme]
         flags = [token.startswith(marker) if isinstance(token, str) else True for token in tokens]
     starts_word = torch.tensor(flags, dtype=torch.bool)
-
-    added = getattr(tokenizer, "added_tokens_decoder", None) or {}
-    plain_added = [int(i) for i, token in added.items() if not getattr(token, "special", False) and 0 <= int(i) < vocab_size]
-    if plain_added:
-        starts_word[torch.tensor(plain_added, dtype=torch.long)] = True
-
     never_word = torch.zeros(vocab_size, dtype=torch.bool)
     special = _special_ids(tokenizer, vocab_size)
     if special:
         never_word[torch.tensor(special, dtype=torch.long)] = True
     starts_word &= ~never_word
     holes = torch.tensor([not isinstance(token, str) for token in tokens], dtype=torch.bool)
-    random_token_ids = torch.nonzero(~never_word & ~holes).flatten().to(torch.int64)
-    return WordBoundaries(scheme, starts_word, never_word, random_token_ids, int(mask_token_id))
+    return starts_word, never_word, holes
+
+
+class WordGrouper:
+    """Groups one sequence's token ids into words exactly as the masking ops do, from the
+    per-id tables of ``word_boundaries`` (needs no mask token): for the words that get scored
+    and the occurrences that become contextual anchors."""
+
+    def __init__(self, tokenizer, scheme: str | None = None):
+        self.scheme = detect_word_boundary_scheme(tokenizer) if scheme is None else _check_scheme(scheme)
+        starts_word, never_word, _ = _word_tables(tokenizer, self.scheme)
+        self._starts, self._never = starts_word.tolist(), never_word.tolist()
+
+    def is_special(self, token_id: int) -> bool:
+        return self._never[token_id]
+
+    def __call__(self, ids: Sequence[int]) -> list[list[int]]:
+        """Positions of each word of ``ids``; special tokens belong to none, and the token after
+        one (or the first token) starts a word."""
+        groups: list[list[int]] = []
+        in_word = False
+        starts, never = self._starts, self._never
+        for position, token in enumerate(ids):
+            if never[token]:
+                in_word = False
+                continue
+            if starts[token] or not in_word:
+                groups.append([position])
+            else:
+                groups[-1].append(position)
+            in_word = True
+        return groups
 
 
 def _as_id_list(token_ids: Iterable[int]) -> list[int]:

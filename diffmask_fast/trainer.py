@@ -59,10 +59,11 @@ class MaskingTrainer(Trainer):
             tokenizer = getattr(masker, "tokenizer", None)
             if tokenizer is None:
                 raise ValueError("give a data_collator that pads batches, or a masker with a tokenizer to pad with")
-            kwargs["data_collator"] = DataCollatorWithPadding(tokenizer)
+            kwargs["data_collator"] = _PaddingForMasking(tokenizer)
         super().__init__(*args, **kwargs)
         self.masker = masker.to(self.args.device) if masker is not None else None
         self.mask_eval = mask_eval
+        self._logits_discarded = False  # set while an evaluation keeps the loss only
         # compute_loss normalizes by num_items_in_batch itself, so have the Trainer count them.
         self.model_accepts_loss_kwargs = True
         self._sparse_head = _SparseHead(self.model) if sparse_head else None
@@ -89,7 +90,15 @@ class MaskingTrainer(Trainer):
     def mask_batch(self, inputs: dict[str, Any]) -> dict[str, Any]:
         """The batch on the training device, masked (``input_ids`` replaced, ``labels`` added),
         unless it already has labels or there is no masker."""
-        if inputs.get("labels") is not None or self.masker is None:
+        if self.masker is None:
+            return inputs
+        labels = inputs.get("labels")
+        if labels is not None:
+            if getattr(labels, "shape", None) != getattr(inputs.get("input_ids"), "shape", None):
+                raise ValueError(
+                    f"the batch has labels of shape {tuple(getattr(labels, 'shape', ()))}, not that of its input_ids "
+                    f"{tuple(getattr(inputs.get('input_ids'), 'shape', ()))}: class labels, not masked-LM labels? "
+                    "Remove the label column, or let the trainer pad (no data_collator), which drops it")
             return inputs
         inputs = self._prepare_inputs(inputs)
         special_tokens_mask = inputs.pop("special_tokens_mask", None)
@@ -119,7 +128,11 @@ class MaskingTrainer(Trainer):
     def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
         if self.mask_eval:
             inputs = self.mask_batch(inputs)
-        return super().prediction_step(model, inputs, prediction_loss_only, ignore_keys=ignore_keys)
+        self._logits_discarded = prediction_loss_only  # then the sparse head may compute the loss
+        try:
+            return super().prediction_step(model, inputs, prediction_loss_only, ignore_keys=ignore_keys)
+        finally:
+            self._logits_discarded = False
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         if inputs.get("labels") is None:
@@ -129,7 +142,9 @@ class MaskingTrainer(Trainer):
         weights = inputs.pop("loss_weights", None)
         if weights is None:
             weights = torch.ones(labels.shape, device=labels.device)
-        sparse = self._sparse_head is not None and model is self.model and self._sparse_head.usable(inputs, labels)
+        # The sparse head's logits cover the masked positions only: never returned as the outputs.
+        sparse = (self._sparse_head is not None and model is self.model
+                  and (not return_outputs or self._logits_discarded) and self._sparse_head.usable(inputs, labels))
         if sparse:
             masked = labels != -100
             logits = self._sparse_head(inputs, masked)
@@ -143,6 +158,28 @@ class MaskingTrainer(Trainer):
             # num_items_in_batch counts every process's tokens; DDP averages the gradients.
             loss = loss * (self.accelerator.num_processes // self.get_tp_size())
         return (loss, outputs) if return_outputs else loss
+
+
+class _PaddingForMasking(DataCollatorWithPadding):
+    """``DataCollatorWithPadding`` for batches the trainer masks: a class-label column
+    (``label``, ``label_ids``, or ``labels`` that are not one per token) is dropped, since the
+    padded batch would carry it as ``labels`` and the masked-LM labels are drawn in the step."""
+
+    def __call__(self, features):
+        features = [{key: value for key, value in feature.items() if not _class_label(key, value, feature)}
+                    for feature in features]
+        return super().__call__(features)
+
+
+def _class_label(key: str, value: Any, feature: dict) -> bool:
+    if key in ("label", "label_ids"):
+        return True
+    if key != "labels":
+        return False
+    try:
+        return len(value) != len(feature["input_ids"])
+    except TypeError:  # a scalar
+        return True
 
 
 def _head_parameters(model: torch.nn.Module) -> list[torch.nn.Parameter]:
@@ -221,7 +258,10 @@ class _SparseHead:
 
     def usable(self, inputs: dict, labels: torch.Tensor) -> bool:
         if self.verified is None:
-            self.verified = self._matches_full_forward(inputs, labels != -100)
+            masked = labels != -100
+            if not bool(masked.any()):
+                return False  # nothing to compare: check on the next batch with masked tokens
+            self.verified = self._matches_full_forward(inputs, masked)
         return self.verified
 
     def __call__(self, inputs: dict, masked: torch.Tensor) -> torch.Tensor:

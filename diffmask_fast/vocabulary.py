@@ -2,26 +2,35 @@
 
 from __future__ import annotations
 
+import itertools
 from typing import Iterable
 
 from . import reference
-from .tokenization import decode_words, detect_word_boundary_scheme
+from .tokenization import WordGrouper, decode_words
+
+#: Texts tokenized per call: a fast tokenizer encodes a batch in parallel.
+BATCH_TEXTS = 256
 
 
-def tokenizer_words(tokenizer, text: str, scheme: str | None = None) -> list[str]:
-    """Surface words of one text, grouped as DESIGN.md §2 defines words for this tokenizer."""
-    scheme = scheme or detect_word_boundary_scheme(tokenizer)
-    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
-    tokens = tokenizer.convert_ids_to_tokens(ids)
-    never_word = [False] * len(tokens)
-    groups = reference.group_words(reference.word_starts(tokens, never_word, scheme), never_word)
-    return decode_words(tokenizer, [[ids[i] for i in group] for group in groups])
+def tokenizer_words(tokenizer, text: str, scheme: str | None = None, *, grouper: WordGrouper | None = None) -> list[str]:
+    """Surface words of one text, grouped as the masking ops group them (DESIGN.md §2): special
+    tokens such as ``<unk>`` belong to no word. Pass a ``grouper`` to reuse its tables."""
+    grouper = grouper or WordGrouper(tokenizer, scheme)
+    return _words_of_batch(tokenizer, [text], grouper)
+
+
+def _words_of_batch(tokenizer, texts: list[str], grouper: WordGrouper) -> list[str]:
+    id_lists = []
+    for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]:
+        id_lists.extend([ids[i] for i in group] for group in grouper(ids))
+    return decode_words(tokenizer, id_lists)
 
 
 def tokenizer_word_types(tokenizer, texts: Iterable[str], lowercase: bool = True, scheme: str | None = None) -> set[str]:
     """Normalized word types of ``texts`` as the collator will see them, for scoring."""
-    scheme = scheme or detect_word_boundary_scheme(tokenizer)
+    grouper = WordGrouper(tokenizer, scheme)
     types: set[str] = set()
-    for text in texts:
-        types.update(reference.normalize_word(w, lowercase) for w in tokenizer_words(tokenizer, text, scheme) if w)
+    texts = iter(texts)
+    while batch := list(itertools.islice(texts, BATCH_TEXTS)):
+        types.update(reference.normalize_word(w, lowercase) for w in _words_of_batch(tokenizer, batch, grouper) if w)
     return types

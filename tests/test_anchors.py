@@ -157,3 +157,62 @@ def test_default_anchors_are_frequent_domain_words(corpus, expected):
     # One-off names and typos never make it: every anchor is among the corpus's common words.
     common = {w for w, _ in counts.most_common(2000)}
     assert set(anchors.words) <= common, anchors.table()
+
+
+def test_case_kept_counts_look_general_words_up_in_lowercase():
+    general = GeneralFrequencies({"the": 5e9, "there": 1e9, "enzyme": 1e4, "long": 1e8, "term": 1e8}, 1e12)
+    counts = WordCounts.from_mapping({"The": 500, "There": 400, "the": 900, "Enzyme": 300, "Long-Term": 50}, 10,
+                                     lowercase=False)
+    anchors = mine_anchors(counts, general, k=2, min_count=1)
+    assert anchors.words == ["Enzyme", "Long-Term"]
+    assert [a.general_count for a in anchors] == [1e4, 1e8]
+    assert reference.select_anchors(dict(counts.counts), general.counts, general.total, k=2, min_count=1) == [
+        (a.word, a.score) for a in anchors]
+    # A table that keeps case is read as written first.
+    cased = GeneralFrequencies({"The": 7.0, "the": 5e9}, 1e12)
+    assert cased.count("The") == 7.0 and cased.count("THE") == 5e9
+
+
+@pytest.mark.parametrize("smoothing", [float("nan"), float("inf"), 0.0, -1.0])
+def test_smoothing_must_be_positive_and_finite(smoothing):
+    counts = WordCounts.from_mapping({"enzyme": 10, "cell": 5}, 1)
+    with pytest.raises(ValueError, match="smoothing_per_million"):
+        mine_anchors(counts, k=1, min_count=1, smoothing_per_million=smoothing)
+
+
+@pytest.mark.parametrize("total", [float("nan"), float("inf"), 0.0])
+def test_general_total_must_be_positive_and_finite(total):
+    with pytest.raises(ValueError, match="positive finite"):
+        GeneralFrequencies({"the": 1.0}, total)
+
+
+def test_general_table_file_with_a_bom_or_bad_bytes(tmp_path):
+    table = tmp_path / "general.tsv"
+    table.write_bytes("\ufeffthe\t100\nenzyme\t3\n".encode("utf-8"))
+    assert GeneralFrequencies.from_file(table).counts == {"the": 100.0, "enzyme": 3.0}
+    table.write_bytes(b"the\t100\n\xff\xfe\t3\n")
+    with pytest.raises(ValueError, match="general.tsv.*not UTF-8"):
+        GeneralFrequencies.from_file(table)
+
+
+@pytest.mark.parametrize("damage", ["no anchors key", "anchor field missing", "unknown field"])
+def test_a_damaged_anchors_file_is_a_clear_error(tmp_path, damage):
+    path = tmp_path / "anchors.json"
+    mine_anchors(WordCounts.from_mapping({"enzyme": 10, "cell": 5}, 1), k=2, min_count=1).save(path)
+    payload = json.loads(path.read_text())
+    if damage == "no anchors key":
+        del payload["anchors"]
+    elif damage == "anchor field missing":
+        del payload["anchors"][0]["score"]
+    else:
+        payload["colour"] = "blue"
+    path.write_text(json.dumps(payload))
+    with pytest.raises(ValueError, match="not a valid anchors file"):
+        Anchors.load(path)
+
+
+def test_anchors_with_lone_surrogates_save_and_load(tmp_path):
+    counts = WordCounts.from_mapping({"enzyme\ud83d": 10, "cell": 5}, 1)
+    anchors = mine_anchors(counts, k=2, min_count=1)
+    anchors.save(tmp_path / "anchors.json")
+    assert Anchors.load(tmp_path / "anchors.json") == anchors

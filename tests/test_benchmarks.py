@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -111,3 +113,24 @@ def test_the_comparison_reading_says_when_seeds_cannot_tell():
     assert "within 10.0 points of each other, more than their spread over seeds (up to 0.7)." in apart
     close = summarize([row("difference", [0.60, 0.70]), row("random-word", [0.66, 0.67])])
     assert "less than their spread over seeds (up to 7.1): this run does not separate them." in close
+
+
+def test_the_comparison_checks_its_strategies_before_training(capsys):
+    """A bad --strategies entry stops the script at once, not after the strategies before it pretrained."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        from comparison import USABLE_STRATEGIES, parse_args
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
+    from diffmask_fast.strategies import STRATEGIES
+
+    assert set(USABLE_STRATEGIES) == set(STRATEGIES) - {"terms"}
+    assert parse_args([]).strategies == ["difference", "random-token", "random-word"]
+    assert parse_args(["--strategies", "mslm", "random-word"]).strategies == ["mslm", "random-word"]
+    for strategies, message in ((["difference", "bogus"], "invalid choice: 'bogus'"),
+                                (["terms"], "invalid choice: 'terms'"),
+                                (["difference", "random-word", "difference"], "--strategies repeats difference")):
+        with pytest.raises(SystemExit) as exit_:
+            parse_args(["--strategies", *strategies])
+        assert exit_.value.code == 2
+        assert message in capsys.readouterr().err

@@ -69,3 +69,59 @@ def test_bad_input_gives_a_clear_error(tmp_path, capsys):
 def test_help(command):
     result = subprocess.run([sys.executable, "-m", "diffmask_fast.cli", command, "--help"], capture_output=True, text=True)
     assert result.returncode == 0 and "usage: diffmask" in result.stdout
+
+
+def test_mine_saves_the_counts_even_when_no_anchor_qualifies(tmp_path, capsys):
+    corpus, counts = tmp_path / "corpus.txt", tmp_path / "counts.bin"
+    corpus.write_text("enzyme binds the receptor\n" * 3)
+    assert main(["mine", str(corpus), "--min-count", "100", "--counts-output", str(counts), "--no-progress"]) == 1
+    assert "no word qualifies" in capsys.readouterr().err
+    assert main(["mine", "--counts", str(counts), "--min-count", "3", "-k", "2"]) == 0
+
+
+def test_preview_and_score_read_the_text_field_of_json_lines(tmp_path, capsys):
+    records = tmp_path / "records.jsonl"
+    sentences = ["The enzyme binds the receptor in the membrane of the cell.",
+                 "Kinase inhibitors block the receptor and slow the enzyme."]
+    records.write_text("".join(json.dumps({"abstract": s, "id": i}) + "\n" for i, s in enumerate(sentences * 20)))
+    anchors = tmp_path / "anchors.json"
+    assert main(["mine", str(records), "--text-field", "abstract", "-k", "3", "--min-count", "1",
+                 "-o", str(anchors), "--no-progress"]) == 0
+    assert main(["preview", str(records), "--text-field", "abstract", "--anchors", str(anchors), "-n", "2"]) == 0
+    assert "[[" in capsys.readouterr().out
+    scores = tmp_path / "scores.npz"
+    assert main(["score", str(records), "--text-field", "abstract", "--anchors", str(anchors), "-o", str(scores),
+                 "--no-cache", "--no-progress"]) == 0
+    from diffmask_fast.scoring import ScoreTable
+
+    assert {"enzyme", "receptor", "kinase"} <= set(ScoreTable.load(scores).words)
+    assert main(["preview", str(records), "--anchors", str(anchors)]) == 1  # no 'text' field
+    assert "--text-field" in capsys.readouterr().err
+
+
+def test_outputs_and_options_are_checked_before_counting(tmp_path, capsys, monkeypatch):
+    import diffmask_fast.counting as counting
+
+    def no_counting(*args, **kwargs):
+        raise AssertionError("counted before checking the options")
+
+    monkeypatch.setattr(counting, "count_words", no_counting)
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("enzyme binds the receptor\n")
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    cases = [
+        (["mine", str(corpus), "-o", str(blocker / "anchors.json")], "cannot write the --output"),
+        (["mine", str(corpus), "--counts-output", str(tmp_path)], "is a directory, not a file"),
+        (["mine", str(corpus), "-k", "0"], "at least 1"),
+        (["mine", str(corpus), "--min-count", "-1"], "--min-count must be at least 1"),
+        (["mine", str(corpus), "--general", str(tmp_path / "missing.tsv")], "does not exist"),
+        (["preview", str(corpus), "--plot", str(blocker / "x.png")], "cannot write the --plot"),
+        (["score", str(corpus), "--anchors", str(tmp_path / "a.json"), "-o", str(blocker / "s.npz")],
+         "cannot write the --output"),
+        (["score", "--counts", str(tmp_path / "c.bin"), "--anchors", str(tmp_path / "a.json"), "-o",
+          str(tmp_path / "s.npz"), "--tokenizer", "some/tokenizer"], "--tokenizer groups the words of a corpus"),
+    ]
+    for argv, message in cases:
+        assert main(argv) == 1, argv
+        assert message in capsys.readouterr().err, argv

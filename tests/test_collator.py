@@ -185,6 +185,21 @@ def _first_batch_per_worker(collator, examples, seed):
     return [batch["labels"] for batch in loader]
 
 
+def test_seeded_workers_draw_new_masks_every_epoch(bert_wordpiece):
+    tokenizer = bert_wordpiece
+    text = "enzymes bind receptors in cells and tissues of the brain"
+    examples = [{"input_ids": tokenizer(text)["input_ids"]}] * 32
+    collator = DifferenceMaskingCollator(tokenizer, random_scores(tokenizer, [text], zero_share=0.0), seed=3)
+    loader = torch.utils.data.DataLoader(examples, batch_size=16, num_workers=2, collate_fn=collator,
+                                         generator=torch.Generator().manual_seed(0))
+    first_epoch = [batch["labels"] for batch in loader]
+    second_epoch = [batch["labels"] for batch in loader]  # new workers, as without persistent_workers
+    assert not any(torch.equal(a, b) for a, b in zip(first_epoch, second_epoch)), "epochs replay their masks"
+    # DataLoader seeds each epoch's workers from its generator: the run as a whole repeats.
+    loader.generator.manual_seed(0)
+    assert all(torch.equal(a, b) for a, b in zip(first_epoch, [batch["labels"] for batch in loader]))
+
+
 def test_dataloader_with_two_workers(bert_wordpiece):
     tokenizer = bert_wordpiece
     text = "enzymes bind receptors in cells and tissues of the brain"
@@ -276,7 +291,9 @@ def test_errors(bert_wordpiece, tokenizer_without_mask):
     bad_settings = [
         ({"mlm_probability": 1.5}, "mlm_probability"), ({"weighting": "softmax"}, "unknown weighting"),
         ({"uniform_mix": -0.1}, "uniform_mix"), ({"mask_replace_prob": 0.95, "random_replace_prob": 0.1}, "sum to at most 1"),
-        ({"pad_to_multiple_of": 0}, "pad_to_multiple_of"), ({"return_tensors": "tf"}, "return_tensors"),
+        ({"pad_to_multiple_of": 0}, "pad_to_multiple_of"), ({"pad_to_multiple_of": 2.5}, "pad_to_multiple_of"),
+        ({"mask_replace_prob": float("nan")}, "mask_replace_prob"), ({"random_replace_prob": float("nan")}, "sum"),
+        ({"mlm_probability": float("nan")}, "mlm_probability"), ({"return_tensors": "tf"}, "return_tensors"),
         ({"mlm": False}, "mlm=False"), ({"word_boundary": "wordlevel"}, "wordlevel"),
     ]
     for settings, message in bad_settings:

@@ -511,3 +511,88 @@ def test_dask_counts_equal_single_process_counts(dask_client, tmp_path):
         count_words(["some text"], progress=False, scheduler=dask_client)
     with pytest.raises(CorpusError, match="does not exist"):
         count_words(tmp_path / "missing.txt", progress=False, scheduler=dask_client)
+
+
+def test_dask_counting_of_no_text_is_the_local_error(dask_client, tmp_path):
+    (tmp_path / "empty.txt").write_bytes(b"")
+    for source in ([], tmp_path / "empty.txt"):
+        with pytest.raises(CorpusError, match="empty") as local:
+            count_words(source, progress=False)
+        with pytest.raises(CorpusError, match="empty") as distributed:
+            count_words(source, progress=False, scheduler=dask_client)
+        assert str(distributed.value) == str(local.value)
+
+
+# ----------------------------------------------------------------------------------------------
+# Reading files: names, damaged files, saved counts
+# ----------------------------------------------------------------------------------------------
+
+
+def test_a_file_whose_name_looks_like_a_glob_is_read_as_named(tmp_path):
+    named = tmp_path / "notes[2023].txt"
+    named.write_text("alpha beta\nbeta\n", encoding="utf-8")
+    (tmp_path / "notes2.txt").write_text("gamma\n", encoding="utf-8")  # what the pattern [2023] would match
+    assert dict(count_words(named, progress=False).counts) == {"alpha": 1, "beta": 2}
+    assert dict(count_words(str(named), progress=False).counts) == {"alpha": 1, "beta": 2}
+    assert list(iter_documents([named])) == ["alpha beta", "beta"]
+    assert dict(count_words(str(tmp_path / "notes[2]*.txt"), progress=False).counts) == {"gamma": 1}
+
+
+@pytest.mark.parametrize("offset", [0, 4095, 4096, 6000, 8191])
+def test_both_readers_refuse_a_nul_anywhere_in_the_checked_head(tmp_path, offset):
+    data = bytearray(b"word " * 4000)
+    data[offset] = 0
+    for name in ("corpus.txt", "corpus.txt.gz"):
+        path = tmp_path / name
+        path.write_bytes(gzip.compress(bytes(data)) if name.endswith(".gz") else bytes(data))
+        with pytest.raises(CorpusError, match="binary"):
+            count_words(path, progress=False)
+        with pytest.raises(CorpusError, match="binary"):
+            list(iter_documents(path))
+
+
+def test_a_truncated_gzip_file_is_a_corpus_error_for_both_readers(tmp_path):
+    for name in ("cut.txt.gz", "cut.jsonl.gz"):
+        whole = gzip.compress("".join(json.dumps({"text": f"line {i}"}) + "\n" for i in range(20000)).encode())
+        path = tmp_path / name
+        path.write_bytes(whole[: len(whole) // 2])
+        with pytest.raises(CorpusError, match="cannot be read"):
+            list(iter_documents(path))
+        with pytest.raises(CorpusError):
+            count_words(path, progress=False)
+
+
+@pytest.mark.parametrize("payload, problem", [
+    ({"counts": {"a": 1}, "lowercase": True}, "documents"),
+    ({"counts": {"a": "x"}, "documents": 1, "lowercase": True}, "integer"),
+    ({"counts": {"a": None}, "documents": 1, "lowercase": True}, "integer"),
+    ({"counts": {"a": 1.5}, "documents": 1, "lowercase": True}, "integer"),
+    ({"counts": ["a", 1], "documents": 1, "lowercase": True}, "object"),
+    ({"counts": {"a": -2}, "documents": 1, "lowercase": True}, "non-negative"),
+])
+def test_a_malformed_json_counts_file_is_a_clear_error(tmp_path, payload, problem):
+    path = tmp_path / "counts.json"
+    path.write_text(json.dumps({"format": counting.COUNTS_FORMAT, **payload}))
+    with pytest.raises(ValueError, match=f"not a valid word-counts file.*{problem}"):
+        WordCounts.load(path)
+    assert main(["mine", "--counts", str(path)]) == 1
+
+
+def test_a_binary_counts_file_announcing_a_huge_header_is_a_clear_error(tmp_path):
+    path = tmp_path / "counts.bin"
+    WordCounts.from_mapping({"alpha": 3, "beta": 1}, documents=2).save(path)
+    data = bytearray(path.read_bytes())
+    data[16:24] = (2**62).to_bytes(8, "little")  # the header length
+    path.write_bytes(bytes(data))
+    with pytest.raises(ValueError, match="header length"):
+        WordCounts.load(path)
+
+
+def test_words_with_lone_surrogates_survive_a_json_save(tmp_path):
+    records = tmp_path / "broken.jsonl"
+    records.write_text('{"text": "half \\ud83d emoji \\ud83d"}\n', encoding="utf-8")  # a broken emoji, escaped
+    counts = count_words(records, progress=False)
+    assert counts["\ud83d"] == 2
+    for name in ("counts.json", "counts.bin"):
+        counts.save(tmp_path / name)
+        assert WordCounts.load(tmp_path / name) == counts

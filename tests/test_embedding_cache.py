@@ -111,6 +111,23 @@ def segment_files(root):
     return sorted((root / "embeddings").glob("*/seg-*"))
 
 
+def test_a_tokenizer_changed_after_first_use_is_followed(tokenizer, tmp_path, rng):
+    import copy
+
+    tokenizer = copy.deepcopy(tokenizer)  # the fixture is shared: not changed
+    model = tiny_bert(tokenizer, rng.randrange(2**31))
+    words = random_words(10, rng)
+    cached = embedder(model, tokenizer, tmp_path)
+    cached.embed(words)
+    tokenizer.add_tokens(words[:3])  # now one token each
+    model.resize_token_embeddings(len(tokenizer), mean_resizing=False)
+    assert tokenizer(words[0], add_special_tokens=False)["input_ids"] == [tokenizer.convert_tokens_to_ids(words[0])]
+    expected = embedder(model, tokenizer, None).embed(words)
+    torch.testing.assert_close(cached.embed(words), expected, atol=1e-6, rtol=1e-5)
+    # What the changed tokenizer cached is right for a new run too.
+    torch.testing.assert_close(embedder(model, tokenizer, tmp_path).embed(words), expected, atol=1e-6, rtol=1e-5)
+
+
 @pytest.mark.parametrize("damage", ["truncate_vectors", "garble_vectors", "delete_vectors", "garble_words", "truncate_words"])
 def test_corrupt_segments_are_reported_discarded_and_rebuilt(tokenizer, tmp_path, rng, damage):
     model = tiny_bert(tokenizer, rng.randrange(2**31))

@@ -14,8 +14,10 @@ from types import SimpleNamespace
 
 import pytest
 
+from diffmask_fast import finetune as finetune_module
 from diffmask_fast.finetune import (FinetuneReport, SeedResult, _make_keep_best_callback, add_finetune_command,
                                     finetune, load_labeled, run_finetune_command)
+from diffmask_fast.hf_loading import check_max_length
 from diffmask_fast.metrics import accuracy, macro_f1, mean_std, per_class_f1
 
 # ------------------------------------------------------------------------------------------ metrics
@@ -220,7 +222,10 @@ def test_finetune_end_to_end(model_dir, task, tmp_path, monkeypatch):
     scratch = tmp_path / "scratch"
     scratch.mkdir()
     monkeypatch.setattr(tempfile, "tempdir", str(scratch))
-    report = finetune(model_dir, task["train"], task["dev"], task["test"], seeds=(1, 2), **_FAST)
+    live = tmp_path / "live" / "report.json"
+    report = finetune(model_dir, task["train"], task["dev"], task["test"], seeds=(1, 2), report_path=live, **_FAST)
+    assert json.loads(live.read_text(encoding="utf-8")) == json.loads(json.dumps(report.to_dict()))
+    assert report.complete and report.to_dict()["seeds_done"] == report.to_dict()["seeds_requested"] == 2
 
     assert report.labels == ["background", "method", "result"]
     assert report.seeds == [1, 2]
@@ -280,6 +285,99 @@ def test_finetune_rejects_bad_options(model_dir, task, tmp_path):
         finetune(no_tokenizer, task["train"], task["dev"], **_FAST)
 
 
+def test_report_without_a_config_counts_its_seeds_as_requested():
+    report = FinetuneReport("m", ["a", "b"], [SeedResult(1, 1, {"accuracy": 0.5, "macro_f1": 0.5})])
+    assert report.complete and report.seeds_requested == [1]
+    partial = FinetuneReport("m", ["a", "b"], report.results, config={"seeds": [1, 2, 3]})
+    assert not partial.complete
+    assert {k: partial.to_dict()[k] for k in ("complete", "seeds_done", "seeds_requested")} == {
+        "complete": False, "seeds_done": 1, "seeds_requested": 3}
+    assert FinetuneReport.from_dict(partial.to_dict()) == partial
+
+
+def test_finetune_saves_the_report_after_each_seed(model_dir, task, tmp_path, monkeypatch):
+    """An interrupted run keeps the seeds it finished, in a report that says it is partial."""
+    load = finetune_module._load_classifier
+    calls = []
+
+    def interrupted_on_the_second_seed(*args, **kwargs):
+        calls.append(args)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return load(*args, **kwargs)
+
+    monkeypatch.setattr(finetune_module, "_load_classifier", interrupted_on_the_second_seed)
+    path = tmp_path / "new" / "folder" / "report.json"
+    with pytest.raises(KeyboardInterrupt):
+        finetune(model_dir, task["train"], task["dev"], seeds=(7, 8, 9), report_path=path, **_FAST)
+    saved = json.loads(path.read_text(encoding="utf-8"))
+    assert (saved["complete"], saved["seeds_done"], saved["seeds_requested"]) == (False, 1, 3)
+    assert [s["seed"] for s in saved["seeds"]] == [7] and saved["config"]["seeds"] == [7, 8, 9]
+    partial = FinetuneReport.load(path)
+    assert partial.seeds == [7] and not partial.complete
+    assert [p.name for p in path.parent.iterdir()] == ["report.json"]  # no temporary file left
+
+
+def test_finetune_checks_the_report_path_before_anything_else(model_dir, task, tmp_path):
+    folder = tmp_path / "reports"
+    folder.mkdir()
+    # A missing training file would fail next: the report path is checked first.
+    with pytest.raises(ValueError, match="is a directory"):
+        finetune(model_dir, tmp_path / "missing.jsonl", task["dev"], report_path=folder, **_FAST)
+
+
+@pytest.mark.parametrize("device, message", [
+    ("bogus", r"unknown device 'bogus'"), ("cuda:x", r"unknown device 'cuda:x'"),
+    ("cuda:99", r"device 'cuda:99' was asked for, but torch finds (no CUDA GPU|only \d+ CUDA GPU)"),
+])
+def test_finetune_rejects_bad_devices_up_front(model_dir, task, tmp_path, device, message):
+    with pytest.raises(ValueError, match=message):  # before the missing training file is noticed
+        finetune(model_dir, tmp_path / "missing.jsonl", task["dev"], **{**_FAST, "device": device})
+
+
+def test_finetune_rejects_cuda_without_a_gpu(model_dir, task, tmp_path, monkeypatch):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ValueError, match=r"device 'cuda' was asked for, but torch finds no CUDA GPU"):
+        finetune(model_dir, tmp_path / "missing.jsonl", task["dev"], **{**_FAST, "device": "cuda"})
+
+
+def _tiny_classifier(kind: str, positions: int):
+    import torch
+    from transformers import (BertConfig, BertForSequenceClassification, RobertaConfig,
+                              RobertaForSequenceClassification)
+
+    options = dict(vocab_size=50, hidden_size=8, num_hidden_layers=1, num_attention_heads=2, intermediate_size=16,
+                   max_position_embeddings=positions)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        if kind == "bert":
+            return BertForSequenceClassification(BertConfig(pad_token_id=0, **options)).eval()
+        return RobertaForSequenceClassification(RobertaConfig(pad_token_id=1, **options)).eval()
+
+
+def test_check_max_length():
+    bert, roberta = _tiny_classifier("bert", 16), _tiny_classifier("roberta", 18)  # both take 16 tokens
+    for model in (bert, roberta):
+        for length in (2, 15, 16):
+            check_max_length(model, length, "tiny")
+        for length in (17, 18, 40):
+            with pytest.raises(ValueError, match=rf"^--max-length {length} is longer than 'tiny' takes "
+                                                 r"\(at most 16 tokens\)"):
+                check_max_length(model, length, "tiny")
+    # Well within the limit no forward runs (this "model" cannot run one).
+    check_max_length(SimpleNamespace(config=SimpleNamespace(max_position_embeddings=512)), 510, "big")
+    check_max_length(SimpleNamespace(config=SimpleNamespace()), 100_000, "no positions")
+
+
+def test_finetune_rejects_a_max_length_the_model_cannot_take(model_dir, task):
+    limit = json.loads((model_dir / "config.json").read_text())["max_position_embeddings"]
+    with pytest.raises(ValueError, match=rf"--max-length {limit + 1} is longer than .*checkpoint' takes "
+                                         rf"\(at most {limit} tokens\)"):
+        finetune(model_dir, task["train"], task["dev"], **{**_FAST, "max_length": limit + 1})
+
+
 # -------------------------------------------------------------------------------------- command line
 
 
@@ -331,7 +429,14 @@ def test_run_finetune_command(model_dir, tmp_path, shared_data_dir, capsys):
     assert (saved / "tokenizer.json").is_file()
     assert not list(saved.glob("checkpoint-*"))
 
+    saved_report = json.loads((tmp_path / "report.json").read_text(encoding="utf-8"))
+    assert (saved_report["complete"], saved_report["seeds_done"], saved_report["seeds_requested"]) == (True, 1, 1)
+
     missing = _parser().parse_args(["finetune", str(model_dir), "--train", str(tmp_path / "none.jsonl"),
                                     "--dev", str(files["dev"])])
     with pytest.raises(FileNotFoundError, match="none.jsonl"):
         run_finetune_command(missing)
+    to_a_folder = _parser().parse_args(["finetune", str(model_dir), "--train", str(tmp_path / "none.jsonl"),
+                                        "--dev", str(files["dev"]), "-o", str(tmp_path / "models")])
+    with pytest.raises(ValueError, match="models' is a directory"):  # before reading any data
+        run_finetune_command(to_a_folder)

@@ -110,6 +110,39 @@ def test_ivf_is_tuned_to_the_recall_target(options, generator):
     assert "recall@1" in index.describe() and "nprobe=" in index.describe()
 
 
+def report(recall, queries):
+    return index_module.RecallReport(recall=recall, queries=queries, mean_shortfall=0.0, max_shortfall=0.0)
+
+
+def test_a_perfect_small_sample_does_not_certify_the_target(generator):
+    anchors = clustered(6000, 32, 200, generator)
+    queries = clustered(130, 32, 200, generator)
+    for n, certifiable in ((30, False), (98, False), (99, True), (130, True)):
+        index = AnchorIndex(anchors, "ivf", sample_queries=queries[:n], recall_target=0.99)
+        perfect = report(1.0, n)
+        assert index._reaches(perfect) is certifiable, n
+        if not certifiable:  # tuning went to the limit: every list scanned, exact
+            assert index.params["nprobe"] == index.params["nlist"] and index.recall == 1.0
+            assert "did not show recall@1 >= 0.99 on the" in index.describe()
+    # With misses, one standard error below the sample recall must reach the target.
+    assert index._reaches(report(0.995, 1000)) and not index._reaches(report(0.99, 1000))
+
+
+def test_queries_and_anchors_are_checked(generator):
+    anchors = clustered(3000, 16, 50, generator)
+    with pytest.raises(ValueError, match=r"sample_queries must be \[\.\.\., 16\], got shape \(30, 32\)"):
+        AnchorIndex(anchors, "ivf", sample_queries=torch.randn(30, 32, generator=generator))
+    index = AnchorIndex(anchors, "ivf", recall_sample=100)
+    with pytest.raises(ValueError, match=r"queries must be \[\.\.\., 16\]"):
+        index.measure_recall(torch.randn(30, 32, generator=generator))
+    broken = anchors.clone()
+    broken[7, 3] = float("nan")
+    broken[9, 0] = float("inf")
+    for kind in ("exact", "flat", "ivf", "hnsw"):
+        with pytest.raises(ValueError, match=r"2 anchor vector\(s\) hold NaN or infinite values \(e.g. row 7\)"):
+            AnchorIndex(broken, kind)
+
+
 def test_given_parameters_are_kept_and_recall_still_measured(generator):
     anchors = clustered(3000, 16, 50, generator)
     index = AnchorIndex(anchors, "ivf", nlist=20, nprobe=3)

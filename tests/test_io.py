@@ -45,3 +45,25 @@ def test_a_failed_write_leaves_the_old_file_and_no_temporary(tmp_path):
             file.write(b"half")
             raise RuntimeError("disk full")
     assert path.read_bytes() == b"old" and [p.name for p in tmp_path.iterdir()] == ["anchors.json"]
+
+
+def test_check_writable_refuses_what_could_not_be_written_and_creates_nothing(tmp_path, monkeypatch):
+    import tempfile
+
+    from diffmask_fast._io import check_writable
+
+    assert check_writable(tmp_path / "a" / "b" / "report.json") == tmp_path / "a" / "b" / "report.json"
+    assert not (tmp_path / "a").exists()  # checking creates nothing
+    (tmp_path / "out").mkdir()
+    with pytest.raises(ValueError, match=r"the report '.*out' is a directory"):
+        check_writable(tmp_path / "out", "report")
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(ValueError, match=r"'.*file' is not a folder"):
+        check_writable(tmp_path / "file" / "sub" / "report.json")
+
+    def refused(*args, **kwargs):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(tempfile, "TemporaryFile", refused)  # as in a read-only folder, even for root
+    with pytest.raises(ValueError, match=r"cannot write in folder .*Permission denied"):
+        check_writable(tmp_path / "out" / "report.json")

@@ -298,8 +298,27 @@ def test_trainer_masks_in_the_training_step(tiny_bert_mlm, bert_wordpiece, lines
     assert math.isfinite(metrics["eval_loss"])
     assert masker.coverage()["missed"] == 0
 
-    # Batches that already carry labels (a masking collator upstream) are used as they are.
+    # Batches that already carry labels (a masking collator upstream) are used as they are;
+    # class labels are not masked-LM labels.
     labelled = {"input_ids": torch.tensor([[2, 100, 101, 3]]), "labels": torch.tensor([[-100, 100, -100, -100]])}
     assert trainer.mask_batch(labelled) is labelled
+    with pytest.raises(ValueError, match="class labels"):
+        trainer.mask_batch({"input_ids": torch.tensor([[2, 100, 101, 3]]), "labels": torch.tensor([1])})
     with pytest.raises(TypeError, match="DifferenceMasker"):
         DifferenceMaskingTrainer(model=model, args=args, masker=object())
+
+
+def test_trainer_drops_a_class_label_column_before_masking(tiny_bert_mlm, bert_wordpiece, lines, tmp_path):
+    from transformers import TrainingArguments
+
+    tokenizer = bert_wordpiece
+    masker = DifferenceMasker(tokenizer, score_table(tokenizer, lines, 6), seed=0)
+    # Task data often keeps its label: the padding collator would turn it into [B] "labels".
+    train = [{"input_ids": tokenizer(t, truncation=True, max_length=32)["input_ids"], "label": i % 3}
+             for i, t in enumerate(lines[:8])]
+    args = TrainingArguments(output_dir=str(tmp_path), max_steps=2, per_device_train_batch_size=4,
+                             save_strategy="no", report_to=[], use_cpu=True, seed=0)
+    trainer = DifferenceMaskingTrainer(model=tiny_bert_mlm.train(), args=args, train_dataset=train,
+                                       eval_dataset=train, masker=masker)
+    assert math.isfinite(trainer.train().training_loss)
+    assert math.isfinite(trainer.evaluate()["eval_loss"])

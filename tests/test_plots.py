@@ -10,7 +10,7 @@ import pytest
 
 from diffmask_fast.collator import DifferenceMaskingCollator
 from diffmask_fast.plots import plot_masking_rates
-from diffmask_fast.preview import masking_rates
+from diffmask_fast.preview import masking_rates, sample_documents
 from diffmask_fast.scoring import ScoreTable
 
 FILLER = ["the", "protein", "binds", "its", "ligand", "in", "cells", "with", "high", "affinity", "and", "no", "activity"]
@@ -140,3 +140,20 @@ def test_loss_curves_keep_the_first_evaluation_of_a_step():
     assert _validation_curve(summary) == [(0, 9.0), (10, 8.0), (20, 8.2)]
     assert _training_curve(summary) == [(10, 8.5)]
     assert _validation_curve({"validation_loss_before": None, "log_history": None}) == []
+
+
+def test_sample_documents_draws_each_document_equally_often_in_one_pass():
+    documents = [f"document {i}" for i in range(20)]
+    seed = random.randrange(2**30)
+    picked = [0] * 20
+    runs = 3000
+    for run in range(runs):
+        small, large, none = sample_documents(iter(documents), (3, 50, 0), seed + 3 * run)
+        assert len(small) == len(set(small)) == 3 and sorted(large) == sorted(documents) and none == []
+        for document in small:
+            picked[int(document.split()[1])] += 1
+    expected = runs * 3 / 20  # each document is in a sample of 3 with probability 3/20
+    spread = math.sqrt(runs * (3 / 20) * (17 / 20))
+    assert all(abs(count - expected) < 5 * spread for count in picked), picked
+    assert sample_documents(documents, (4,), seed) == sample_documents(iter(documents), (4,), seed)
+    assert sample_documents([], (4, 2), seed) == [[], []]

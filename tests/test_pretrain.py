@@ -12,7 +12,7 @@ import torch
 from diffmask_fast import cli
 from diffmask_fast.losses import weighted_mlm_loss
 from diffmask_fast.mlm_model import HEAD_NORM_GAIN, load_masked_lm
-from diffmask_fast.pretrain import LOSS_PICTURE, SUMMARY_FILE, PretrainConfig, pretrain
+from diffmask_fast.pretrain import LOSS_PICTURE, RUN_FILE, SUMMARY_FILE, PretrainConfig, pretrain
 from diffmask_fast.strategies import STRATEGIES, build_strategy, resolve_mask_location
 from diffmask_fast.trainer import MaskingTrainer
 
@@ -46,7 +46,7 @@ def test_difference_pretraining_saves_everything_and_resumes(model_dir, corpus, 
     # the head trains alone for a step: its optimizer groups must survive the resume
     summary = pretrain(config_for(model_dir, corpus, out, head_warmup_steps=1, head_learning_rate=2e-3))
     for name in ("config.json", "model.safetensors", "tokenizer.json", "anchors.json", "scores.npz", SUMMARY_FILE,
-                 LOSS_PICTURE):
+                 LOSS_PICTURE, RUN_FILE):
         assert (out / name).exists(), name
     saved = json.loads((out / SUMMARY_FILE).read_text())
     assert saved["strategy"] == "difference" and saved["global_step"] == 4
@@ -60,11 +60,39 @@ def test_difference_pretraining_saves_everything_and_resumes(model_dir, corpus, 
     resumed = pretrain(config_for(model_dir, corpus, out, max_steps=6, resume=True, head_warmup_steps=1,
                                   head_learning_rate=2e-3))
     assert resumed["global_step"] == 6
-    assert resumed["validation_loss_before"] is None
+    assert resumed["validation_loss_before"] == saved["validation_loss_before"]  # kept from the start of the run
     steps = [entry["step"] for entry in resumed["log_history"] if "loss" in entry]
     assert steps[:4] == [1, 2, 3, 4] and steps[-1] == 6  # the history of the first run carries on
     reloaded = load_masked_lm(str(out))
     assert reloaded.config.vocab_size == json.loads((model_dir / "config.json").read_text())["vocab_size"]
+
+    # A fresh run would mix its checkpoints with these; resuming with other settings continues another run.
+    with pytest.raises(ValueError, match="holds checkpoints of an earlier run.*--resume"):
+        pretrain(config_for(model_dir, corpus, out, max_steps=2))
+    with pytest.raises(ValueError, match="started with other settings: strategy 'difference' \\(now 'random-word'\\)"):
+        pretrain(config_for(model_dir, corpus, out, max_steps=8, resume=True, strategy="random-word",
+                            head_warmup_steps=1, head_learning_rate=2e-3))
+    (tmp_path / "a-file").write_text("")
+    with pytest.raises(ValueError, match="is a file, not a directory"):
+        pretrain(config_for(model_dir, corpus, tmp_path / "a-file"))
+
+
+def test_a_score_table_given_alone_names_the_anchors(model_dir, corpus, tmp_path):
+    from diffmask_fast.scoring import ScoreTable
+
+    scores_path = tmp_path / "scores.npz"
+    ScoreTable({"enzyme": 1.0, "protein": 0.8, "cell": 0.2}, anchors=("enzyme", "protein")).save(scores_path)
+    summary = pretrain(config_for(model_dir, corpus, tmp_path / "run", strategy="mslm", scores=scores_path,
+                                  max_steps=2, patience=0))
+    assert summary["anchors"] == ["enzyme", "protein"]  # the table's, not freshly mined ones
+    assert not (tmp_path / "run" / "anchors.json").exists()
+    assert {"enzyme", "protein"} <= set((tmp_path / "run" / "terms.txt").read_text().split())
+    other = tmp_path / "anchors.json"
+    mined = pretrain(config_for(model_dir, corpus, tmp_path / "mined", max_steps=1, patience=0))
+    (tmp_path / "mined" / "anchors.json").replace(other)
+    assert mined["anchors"]
+    with pytest.raises(ValueError, match="made against other anchors"):
+        pretrain(config_for(model_dir, corpus, tmp_path / "mixed", scores=scores_path, anchors=other, max_steps=1))
 
 
 @pytest.mark.parametrize("strategy", ["random-token", "random-word", "attention", "mst", "mslm", "terms"])
@@ -126,6 +154,9 @@ def test_pretrain_errors(model_dir, corpus, tmp_path, capsys):
         pretrain(config_for(model_dir, corpus, tmp_path / "e", strategy="mslm", mask_on="device"))
     assert cli.main(["pretrain", str(empty), "--model", str(model_dir), "-o", str(tmp_path / "f"), "--no-progress"]) == 1
     assert "diffmask pretrain: error: the corpus has no non-empty documents" in capsys.readouterr().err
+    positions = json.loads((model_dir / "config.json").read_text())["max_position_embeddings"]
+    with pytest.raises(ValueError, match=f"--max-length {positions + 1} is longer than .* takes \\(at most {positions}"):
+        pretrain(config_for(model_dir, corpus, tmp_path / "g", strategy="random-token", max_length=positions + 1))
 
 
 def test_a_model_without_mlm_head_is_refused_unless_asked(tmp_path, tiny_bert_mlm, bert_wordpiece, corpus):
@@ -192,6 +223,7 @@ def test_trainer_applies_loss_weights_from_the_batch(seed, tiny_bert_mlm, tmp_pa
     input_ids = torch.randint(5, tiny_bert_mlm.config.vocab_size, (2, 9), generator=g)
     labels = random_labels(g, input_ids)
     weights = torch.where(torch.rand(input_ids.shape, generator=g) < 0.5, 3.0, 1.0)
+    weights[0, 0] = 3.0  # a masked token (column 0 always is) weighs more: the loss must rise
     trainer = MaskingTrainer(model=tiny_bert_mlm, args=TrainingArguments(output_dir=str(tmp_path), report_to=[]),
                              data_collator=lambda x: x)
     batch = {"input_ids": input_ids, "attention_mask": torch.ones_like(input_ids), "labels": labels,
@@ -313,6 +345,31 @@ def test_sparse_head_gives_the_full_forward_loss(seed, tiny_bert_mlm, tmp_path):
         n = int((labels != -100).sum())
         scaled = sparse.compute_loss(tiny_bert_mlm, dict(batch), num_items_in_batch=torch.tensor(4 * n))
         assert float(scaled) == pytest.approx(float(expected) / 4, rel=1e-5), f"seed={seed}"
+
+
+def test_sparse_head_waits_for_masked_tokens_and_never_returns_packed_logits(seed, tiny_bert_mlm, tmp_path):
+    from transformers import TrainingArguments
+
+    g = torch.Generator().manual_seed(seed)
+    input_ids = torch.randint(5, tiny_bert_mlm.config.vocab_size, (3, 11), generator=g)
+    nothing = {"input_ids": input_ids, "labels": torch.full_like(input_ids, -100)}
+    batch = {"input_ids": input_ids, "labels": random_labels(g, input_ids)}
+    trainer = MaskingTrainer(model=tiny_bert_mlm, args=TrainingArguments(output_dir=str(tmp_path), report_to=[]),
+                             data_collator=lambda x: x)
+    tiny_bert_mlm.eval()
+    with torch.no_grad():
+        trainer.compute_loss(tiny_bert_mlm, dict(nothing))
+        assert trainer._sparse_head.verified is None, "a batch with nothing masked proves nothing"
+        expected = tiny_bert_mlm(**batch)
+        loss, outputs = trainer.compute_loss(tiny_bert_mlm, dict(batch), return_outputs=True)
+        assert outputs["logits"].shape == expected.logits.shape  # one row of logits per position
+        assert float(loss) == pytest.approx(float(expected.loss), rel=1e-5)
+        # Evaluating the loss only (no compute_metrics) may use the sparse head; predictions do not.
+        loss_only, logits, _ = trainer.prediction_step(tiny_bert_mlm, dict(batch), prediction_loss_only=True)
+        assert logits is None and float(loss_only) == pytest.approx(float(expected.loss), rel=1e-5)
+        assert trainer._sparse_head.verified is True
+        _, logits, labels = trainer.prediction_step(tiny_bert_mlm, dict(batch), prediction_loss_only=False)
+        assert logits.shape == expected.logits.shape and labels.shape == input_ids.shape
 
 
 def test_sparse_head_falls_back_for_models_it_cannot_split(tiny_bert_mlm, tmp_path):

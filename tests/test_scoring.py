@@ -78,6 +78,11 @@ def test_embedder_errors(tiny_bert):
     model, tokenizer = tiny_bert
     with pytest.raises(ValueError, match="unknown pooling"):
         WordEmbedder(model, tokenizer, pooling="max")
+    with pytest.raises(ValueError, match="unknown device 'bogus'"):
+        WordEmbedder(model, tokenizer, device="bogus")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="finds no CUDA GPU"):
+            WordEmbedder(model, tokenizer, device="cuda")
     embedder = WordEmbedder(model, tokenizer, progress=False)
     assert embedder.embed([]).shape == (0, 24)
     with pytest.raises(ValueError, match="non-empty strings"):
@@ -200,6 +205,42 @@ def test_empty_vocabulary_is_a_clear_error(tiny_bert):
     for words in ([], ["", " ", "\t"]):
         with pytest.raises(ValueError, match="no words to score: the vocabulary is empty"):
             scorer.score(words)
+
+
+def test_broken_words_anchors_and_vectors_are_named(tiny_bert, tmp_path):
+    model, tokenizer = tiny_bert
+    embedder = WordEmbedder(model, tokenizer, progress=False)
+    broken = "half\ud83d"  # a lone surrogate, as counting keeps it from broken input
+    with pytest.raises(ValueError, match="lone surrogate"):
+        embedder.embed(["enzyme", broken])
+    scorer = WordScorer(embedder, ["enzyme"])
+    with pytest.warns(UserWarning, match="skipped 1 word.*lone surrogates"):
+        table = scorer.score(["enzyme", broken, "kinase"])
+    assert set(table.words) == {"enzyme", "kinase"}
+    table.save(tmp_path / "scores.json")  # JSON takes any table
+    assert ScoreTable.load(tmp_path / "scores.json") == table
+    with pytest.raises(TypeError, match="not one string"):
+        WordScorer(embedder, "enzyme")
+
+    def poison_kinase(module, args, kwargs, output):  # the model's output for one word is NaN
+        poisoned = kwargs["input_ids"][:, 1:2] == tokenizer.convert_tokens_to_ids("kinase")
+        output.pooler_output = torch.where(poisoned, torch.nan, output.pooler_output)
+        return output
+
+    hook = model.register_forward_hook(poison_kinase, with_kwargs=True)
+    try:
+        with pytest.raises(ValueError, match="anchor vector.*NaN or infinite.*'kinase'"):
+            WordScorer(WordEmbedder(model, tokenizer, progress=False), ["enzyme", "kinase"])
+    finally:
+        hook.remove()
+
+
+def test_given_scores_that_collide_after_normalization():
+    assert ScoreTable.from_mapping({"The": 0.25, "the,": 0.5, "Cell": 1.0}).scores == {"the": 0.5, "cell": 1.0}
+    assert ScoreTable.from_mapping({"the,": 0.5, "The": 0.25}).scores == {"the": 0.5}  # whatever the order
+    with pytest.raises(ValueError, match="finite"):
+        ScoreTable.from_mapping({"The": 0.5, "the": math.nan})
+    assert ScoreTable.from_mapping({"The": 0.75, "the": 0.25}, lowercase=False).scores == {"The": 0.75, "the": 0.25}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -415,3 +456,24 @@ def test_score_help():
 
     result = subprocess.run([sys.executable, "-m", "diffmask_fast.cli", "score", "--help"], capture_output=True, text=True)
     assert result.returncode == 0 and "usage: diffmask score" in result.stdout and "--contextual-anchors" in result.stdout
+
+
+@pytest.mark.parametrize("mean", [True, False])
+def test_recommended_pooling_reads_a_hub_name_from_the_local_cache(tmp_path, monkeypatch, mean):
+    import json
+
+    import huggingface_hub
+
+    from diffmask_fast.embedding import recommended_pooling
+
+    revision = "0" * 40
+    repository = tmp_path / "models--someone--sentence-model"
+    (repository / "refs").mkdir(parents=True)
+    (repository / "refs" / "main").write_text(revision)
+    pooling = repository / "snapshots" / revision / "1_Pooling"
+    pooling.mkdir(parents=True)
+    (pooling / "config.json").write_text(json.dumps({"pooling_mode_mean_tokens": mean}))
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path))
+    assert recommended_pooling("someone/sentence-model") == ("mean" if mean else "pooled")
+    assert recommended_pooling("someone/not-cached") == "pooled"
+    assert recommended_pooling(pooling.parent) == ("mean" if mean else "pooled")  # the snapshot as a folder

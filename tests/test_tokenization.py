@@ -356,6 +356,22 @@ def test_tables_shapes_and_special_tokens(named_tokenizer):
     assert boundaries.mask_token_id not in boundaries.random_token_ids.tolist()
 
 
+@pytest.mark.parametrize("name", ["bert_wordpiece", "roberta_byte_bpe", "sentencepiece_unigram"])
+def test_added_domain_tokens_are_whole_words_as_the_reference_groups_them(request, name):
+    import copy
+
+    tokenizer = copy.deepcopy(request.getfixturevalue(name))  # the fixture is shared: not changed
+    tokenizer.add_tokens(["nanomolar", "kinaseX"])
+    boundaries = word_boundaries(tokenizer)
+    text = "binds with nanomolar affinity to kinaseX in nanomolar doses"
+    check_against_reference(tokenizer, boundaries, text)
+    ids = tokenizer(text)["input_ids"]
+    never = boundaries.never_word[torch.tensor(ids)].tolist()
+    groups = reference.group_words(table_word_starts(ids, boundaries), never)
+    words = decode_words(tokenizer, [[ids[i] for i in group] for group in groups])
+    assert [w.lower() for w in words] == text.lower().split(), (name, tokenizer.convert_ids_to_tokens(ids))
+
+
 def test_missing_mask_token_is_a_clear_error(tokenizer_without_mask):
     with pytest.raises(ValueError, match="has no mask token.*set tokenizer.mask_token"):
         word_boundaries(tokenizer_without_mask)
@@ -397,7 +413,8 @@ def test_added_tokens():
     boundaries = word_boundaries(tokenizer)
     plain, special = tokenizer.convert_tokens_to_ids(["frataxin", "<ent>"])
     assert boundaries.vocab_size == len(tokenizer)
-    assert boundaries.starts_word[plain] and not boundaries.never_word[plain]
+    # A plain added token follows the scheme: without "Ġ" it continues the bare "Ġ" before it.
+    assert not boundaries.starts_word[plain] and not boundaries.never_word[plain]
     assert boundaries.never_word[special] and not boundaries.starts_word[special]
     assert plain in boundaries.random_token_ids.tolist()
     assert special not in boundaries.random_token_ids.tolist()
@@ -484,3 +501,50 @@ def test_tiny_bert_mlm_fixture(tiny_bert_mlm, bert_wordpiece):
     with torch.no_grad():
         logits = tiny_bert_mlm(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
     assert logits.shape == (2, batch["input_ids"].shape[1], len(bert_wordpiece))
+
+
+# ----------------------------------------------------------------------------------------------
+# the words that get scored are the words the ops group
+# ----------------------------------------------------------------------------------------------
+
+
+def words_the_ops_look_up(tokenizer, text):
+    boundaries = word_boundaries(tokenizer)
+    ids = tokenizer(text)["input_ids"]  # with special tokens, as a collator sees them
+    never = boundaries.never_word[torch.tensor(ids, dtype=torch.long)].tolist()
+    groups = reference.group_words(table_word_starts(ids, boundaries), never)
+    return {reference.normalize_word(w) for w in decode_words(tokenizer, [[ids[i] for i in g] for g in groups]) if w}
+
+
+def test_scored_word_types_are_the_words_the_ops_look_up(named_tokenizer):
+    from diffmask_fast.vocabulary import tokenizer_word_types
+
+    _, tokenizer = named_tokenizer
+    texts = ADVERSARIAL + ["the protein ☃binds ✈x receptor", "unknown ☃ pieces☃ ☃around"]
+    expected = set().union(*(words_the_ops_look_up(tokenizer, text) for text in texts))
+    assert tokenizer_word_types(tokenizer, texts) == expected
+
+
+def custom_prefix_wordpiece():
+    from tokenizers import decoders
+
+    vocab = {t: i for i, t in enumerate(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "the", "recept", "@@or", "binds",
+                                         "kin", "@@ase"])}
+    backend = Tokenizer(models.WordPiece(vocab, unk_token="[UNK]", continuing_subword_prefix="@@"))
+    backend.normalizer = normalizers.BertNormalizer()
+    backend.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    backend.decoder = decoders.WordPiece(prefix="@@")
+    return PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="[UNK]", pad_token="[PAD]", cls_token="[CLS]",
+                                   sep_token="[SEP]", mask_token="[MASK]")
+
+
+def test_scoring_and_contextual_anchors_follow_a_custom_continuation_prefix():
+    from diffmask_fast.contextual import find_occurrences
+    from diffmask_fast.vocabulary import tokenizer_word_types
+
+    tokenizer = custom_prefix_wordpiece()
+    text = "the receptor binds kinase"
+    assert tokenizer.tokenize(text) == ["the", "recept", "@@or", "binds", "kin", "@@ase"]
+    assert tokenizer_word_types(tokenizer, [text]) == words_the_ops_look_up(tokenizer, text) == set(text.split())
+    (found,) = find_occurrences(tokenizer, [text], ["receptor"], max_per_anchor=5)
+    assert found == [(text, 1, 3)]  # the recept @@or (no post-processor adds [CLS]): tokens 1 and 2
