@@ -459,6 +459,21 @@ class WordScorer:
         keys = _encodable(normalize_words(words, lowercase))
         if not keys:
             raise ValueError("no words to score: the vocabulary is empty")
+        with self.embedder.unchanged():  # the model is fingerprinted once, not once per chunk
+            values, nearest = self._score_keys(keys, progress)
+        bad = ~np.isfinite(values)
+        if bad.any():
+            example = keys[int(np.flatnonzero(bad)[0])]
+            raise ValueError(f"the embedding model produced non-finite vectors for {int(bad.sum()):,} words "
+                             f"(e.g. {example!r}); word scores would be NaN")
+        return ScoreTable.from_arrays(
+            keys, values, nearest if self.similarity == "max" else None, sorted_unique=True,
+            anchors=self.anchor_words, similarity=self.similarity, unknown_score=self.unknown_score,
+            lowercase=lowercase, info=self.describe(),
+        )
+
+    def _score_keys(self, keys: list[str], progress: bool | None) -> tuple[np.ndarray, np.ndarray]:
+        """(scores, nearest anchors or -1) of normalized words, embedded ``chunk_size`` at a time."""
         if self.similarity == "max" and self.index is None:
             sample = None
             if self._needs_sample():
@@ -481,16 +496,7 @@ class WordScorer:
                 else:
                     chunk_values, _ = _mean_similarity(vectors, self._mean_unit, self.similarity)
                 values[begin : begin + len(chunk)] = chunk_values.numpy()
-        bad = ~np.isfinite(values)
-        if bad.any():
-            example = keys[int(np.flatnonzero(bad)[0])]
-            raise ValueError(f"the embedding model produced non-finite vectors for {int(bad.sum()):,} words "
-                             f"(e.g. {example!r}); word scores would be NaN")
-        return ScoreTable.from_arrays(
-            keys, values, nearest if self.similarity == "max" else None, sorted_unique=True,
-            anchors=self.anchor_words, similarity=self.similarity, unknown_score=self.unknown_score,
-            lowercase=lowercase, info=self.describe(),
-        )
+        return values, nearest
 
     def describe(self) -> dict:
         """How this scorer makes scores: model, pooling, anchors and index (stored in the table)."""

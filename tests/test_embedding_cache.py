@@ -128,6 +128,47 @@ def test_a_tokenizer_changed_after_first_use_is_followed(tokenizer, tmp_path, rn
     torch.testing.assert_close(embedder(model, tokenizer, tmp_path).embed(words), expected, atol=1e-6, rtol=1e-5)
 
 
+def test_fingerprints_are_taken_once_per_scoring_call(tokenizer, tmp_path, rng, monkeypatch):
+    from diffmask_fast import embedding
+    from diffmask_fast.scoring import WordScorer
+
+    model = tiny_bert(tokenizer, rng.randrange(2**31))
+    reads = {"weights": 0}
+    real = embedding.weights_fingerprint
+
+    def counted(model):
+        reads["weights"] += 1
+        return real(model)
+
+    monkeypatch.setattr(embedding, "weights_fingerprint", counted)
+    cached = embedder(model, tokenizer, tmp_path)
+    words = random_words(40, rng)
+    cached.embed(words[:5])
+    cached.embed(words[5:10])
+    assert reads["weights"] == 2  # outside a block the weights may have changed between calls
+    with cached.unchanged():
+        cached.embed(words[10:15])
+        cached.embed(words[15:20])
+    assert reads["weights"] == 3
+    scorer = WordScorer(cached, words[:2], chunk_size=7)
+    reads["weights"] = 0
+    table = scorer.score(words)
+    assert reads["weights"] == 1 and len(table) == len(words)  # six chunks, one fingerprint
+
+
+def test_the_tokenizer_fingerprint_ignores_call_settings_and_follows_changes(tokenizer):
+    import copy
+
+    from diffmask_fast.embedding import tokenizer_fingerprint
+
+    tokenizer = copy.deepcopy(tokenizer)  # the fixture is shared: not changed
+    plain = tokenizer_fingerprint(tokenizer)
+    tokenizer(["a few words"] * 2, truncation=True, max_length=4, padding="max_length")  # sets them on the backend
+    assert tokenizer_fingerprint(tokenizer) == plain
+    tokenizer.add_tokens(["phosphorylation"])
+    assert tokenizer_fingerprint(tokenizer) != plain
+
+
 @pytest.mark.parametrize("damage", ["truncate_vectors", "garble_vectors", "delete_vectors", "garble_words", "truncate_words"])
 def test_corrupt_segments_are_reported_discarded_and_rebuilt(tokenizer, tmp_path, rng, damage):
     model = tiny_bert(tokenizer, rng.randrange(2**31))
