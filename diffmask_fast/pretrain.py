@@ -340,13 +340,19 @@ def _check_output_dir(config: PretrainConfig) -> dict | None:
     if not (out / RUN_FILE).exists():
         return None
     record = read_json(out / RUN_FILE, "pretraining run")
-    started_with = record.get("config", {}) if isinstance(record, dict) else {}
-    now = _jsonable(dataclasses.asdict(config))
-    changed = [name for name in RESUME_MUST_MATCH if name in started_with and started_with[name] != now[name]]
+    changed = settings_changed(record.get("config", {}) if isinstance(record, dict) else {}, config)
     if changed:
         raise ValueError(f"--resume continues the run in {str(out)!r}, which was started with other settings: "
-                         + ", ".join(f"{name} {started_with[name]!r} (now {now[name]!r})" for name in changed))
+                         + ", ".join(changed))
     return record
+
+
+def settings_changed(started_with: dict, config: PretrainConfig, names=RESUME_MUST_MATCH) -> list[str]:
+    """The settings among ``names`` in which ``config`` differs from a saved run's config (as
+    ``pretrain_run.json`` and ``pretrain_summary.json`` hold it), as 'name old (now new)'."""
+    now = _jsonable(dataclasses.asdict(config))
+    return [f"{name} {started_with[name]!r} (now {now[name]!r})"
+            for name in names if name in started_with and started_with[name] != now[name]]
 
 
 def _save_resources(out: Path, resources: dict) -> None:

@@ -134,3 +134,61 @@ def test_the_comparison_checks_its_strategies_before_training(capsys):
             parse_args(["--strategies", *strategies])
         assert exit_.value.code == 2
         assert message in capsys.readouterr().err
+
+
+def test_the_comparison_keeps_finished_runs_resumes_interrupted_ones_and_starts_over_when_fresh(
+        tmp_path, monkeypatch, tiny_bert_mlm, bert_wordpiece):
+    import json
+    import random
+
+    import tokenizers_offline
+    from diffmask_fast import finetune as finetune_module
+    from diffmask_fast import pretrain as pretrain_module
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        from comparison import SCALES, parse_args, run_strategies
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
+    model = tmp_path / "model"
+    tiny_bert_mlm.save_pretrained(model)
+    bert_wordpiece.save_pretrained(model)
+    data = tmp_path / "data"
+    data.mkdir()
+    lines = tokenizers_offline.sample_lines(120, seed=1)
+    (data / "corpus.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    rng = random.Random(0)
+    for split in ("train", "dev", "test"):
+        rows = [{"text": line, "label": rng.choice(["a", "b"])} for line in lines[:40]]
+        (data / f"{split}.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
+
+    calls = {"pretrain": [], "finetune": 0}
+    real_pretrain, real_finetune = pretrain_module.pretrain, finetune_module.finetune
+
+    def pretrain(config):
+        calls["pretrain"].append(config.resume)
+        return real_pretrain(config)
+
+    def finetune(*args, **kwargs):
+        calls["finetune"] += 1
+        return real_finetune(*args, **kwargs)
+
+    monkeypatch.setattr(pretrain_module, "pretrain", pretrain)
+    monkeypatch.setattr(finetune_module, "finetune", finetune)
+
+    def run(*options):
+        args = parse_args(["--scale", "smoke", "--strategies", "random-word", "--no-baseline", "--model", str(model),
+                           "--data", str(data), "--work-dir", str(tmp_path / "work"), *options])
+        return run_strategies(args, SCALES["smoke"])
+
+    first = run()
+    assert calls == {"pretrain": [None], "finetune": 1}
+    again = run()  # everything finished with the same settings: kept
+    assert calls == {"pretrain": [None], "finetune": 1}
+    assert again.rows[0][2].to_dict() == first.rows[0][2].to_dict()
+    output = tmp_path / "work" / "smoke" / "random-word"
+    (output / pretrain_module.SUMMARY_FILE).unlink()  # as if stopped after its last checkpoint
+    run()
+    assert calls == {"pretrain": [None, True], "finetune": 2}  # resumed, and its model fine-tuned again
+    run("--fresh")
+    assert calls == {"pretrain": [None, True, None], "finetune": 3}
