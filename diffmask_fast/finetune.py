@@ -336,7 +336,7 @@ def finetune(model: str | os.PathLike, train: str | os.PathLike, dev: str | os.P
              weight_decay: float = 0.01, warmup_ratio: float = 0.06, max_train_examples: int | None = None,
              output_dir: str | os.PathLike | None = None, text_field: str = "text", label_field: str = "label",
              device: str | None = None, progress: bool = True,
-             report_path: str | os.PathLike | None = None) -> FinetuneReport:
+             report_path: str | os.PathLike | None = None, resume: bool = False) -> FinetuneReport:
     """Fine-tune ``model`` (a name or path of a checkpoint with a tokenizer) on the JSON-lines
     ``train`` file once per seed and report dev (and test) accuracy and macro-F1 of each run's best
     dev epoch.
@@ -356,7 +356,8 @@ def finetune(model: str | os.PathLike, train: str | os.PathLike, dev: str | os.P
     interrupted run keeps the seeds it finished: until the last seed is done it says
     ``"complete": false`` and how many of the requested seeds it holds. The path is checked before
     any data is read, and ``device`` and ``max_length`` (against the model's position limit)
-    before any training.
+    before any training. With ``resume``, the seeds an earlier run of the same model, data and
+    settings saved at ``report_path`` are kept and only the others run.
     """
     import torch
     from transformers import DataCollatorWithPadding, Trainer, TrainingArguments, set_seed
@@ -365,6 +366,8 @@ def finetune(model: str | os.PathLike, train: str | os.PathLike, dev: str | os.P
     seeds = _check_options(seeds, epochs, learning_rate, batch_size, max_length, weight_decay, warmup_ratio,
                            max_train_examples)
     wanted_device = usable_device(device) if device is not None else None
+    if resume and report_path is None:
+        raise ValueError("resuming needs the report path (-o) where the earlier run saved its seeds")
     if report_path is not None:
         report_path = check_writable(report_path, "report")
     model = str(model)
@@ -406,13 +409,18 @@ def finetune(model: str | os.PathLike, train: str | os.PathLike, dev: str | os.P
         return _scores(prediction.label_ids, prediction.predictions)
 
     on_cpu = wanted_device is not None and wanted_device.type == "cpu"
+    finished = _finished_seeds(report_path, model, label_names, config) if resume else {}
     results: list[SeedResult] = []
+    length_checked = False
     with contextlib.ExitStack() as stack:
         if output_dir is None:
             work_dir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="diffmask-finetune-")))
         else:
             work_dir = Path(output_dir)
         for seed in seeds:
+            if seed in finished:
+                results.append(finished[seed])
+                continue
             started = time.perf_counter()
             run_dir = work_dir / f"seed-{seed}"
             training_args = TrainingArguments(
@@ -426,8 +434,9 @@ def finetune(model: str | os.PathLike, train: str | os.PathLike, dev: str | os.P
             _check_device(training_args, device)
             set_seed(seed)  # the new classification head is initialized under the run's seed
             classifier = _load_classifier(model, id2label, label2id)
-            if not results:
+            if not length_checked:
                 check_max_length(classifier, max_length, model)
+                length_checked = True
             keep_best = _make_keep_best_callback()
             trainer = Trainer(model=classifier, args=training_args, data_collator=collator,
                               train_dataset=train_set, eval_dataset=dev_set, processing_class=tokenizer,
@@ -459,6 +468,23 @@ def finetune(model: str | os.PathLike, train: str | os.PathLike, dev: str | os.P
                 print(line, file=sys.stderr)
             del trainer, classifier, keep_best
     return FinetuneReport(model=model, labels=label_names, results=results, config=config)
+
+
+def _finished_seeds(report_path: Path, model: str, labels: list[str], config: dict) -> dict[int, SeedResult]:
+    """The results an earlier run saved at ``report_path`` for the seeds asked for now, refused when
+    that run fine-tuned another model or used other data or settings."""
+    if not report_path.is_file():
+        return {}
+    earlier = FinetuneReport.load(report_path)
+    changed = [key for key in config if key != "seeds" and earlier.config.get(key) != config[key]]
+    if earlier.model != model:
+        changed.insert(0, "model")
+    if list(earlier.labels) != list(labels):
+        changed.append("labels")
+    if changed:
+        raise ValueError(f"cannot resume from {str(report_path)!r}: the run that saved it differs in "
+                         f"{', '.join(changed)}")
+    return {result.seed: result for result in earlier.results if result.seed in config["seeds"]}
 
 
 # -------------------------------------------------------------------------------------- command line
@@ -493,6 +519,9 @@ def add_finetune_command(commands):
                         help="save each seed's best model here as seed-<seed>/ (default: keep no models)")
     parser.add_argument("--output", "-o", type=Path, default=None,
                         help="save the report as JSON here, updated after each seed")
+    parser.add_argument("--resume", action="store_true",
+                        help="keep the seeds an interrupted run with the same model, data and settings saved in "
+                             "-o's report, and run only the others")
     parser.add_argument("--no-progress", action="store_true", help="do not show progress bars")
     return parser
 
@@ -504,7 +533,7 @@ def run_finetune_command(args) -> FinetuneReport:
                       weight_decay=args.weight_decay, warmup_ratio=args.warmup_ratio,
                       max_train_examples=args.max_train_examples, output_dir=args.output_dir,
                       text_field=args.text_field, label_field=args.label_field, device=args.device,
-                      progress=not args.no_progress, report_path=args.output)
+                      progress=not args.no_progress, report_path=args.output, resume=args.resume)
     config = report.config
     print(f"Fine-tuned {report.model} on {config['train_examples']:,} examples ({len(report.labels)} labels), "
           f"{config['epochs']} epochs, seeds {' '.join(map(str, report.seeds))}; best dev macro-F1 epoch kept.\n")

@@ -317,6 +317,20 @@ def test_finetune_saves_the_report_after_each_seed(model_dir, task, tmp_path, mo
     assert partial.seeds == [7] and not partial.complete
     assert [p.name for p in path.parent.iterdir()] == ["report.json"]  # no temporary file left
 
+    # Resuming keeps seed 7 and runs 8 and 9 only; other settings cannot resume from it.
+    monkeypatch.setattr(finetune_module, "_load_classifier", load)
+    with pytest.raises(ValueError, match="differs in epochs"):
+        finetune(model_dir, task["train"], task["dev"], seeds=(7, 8, 9), report_path=path, resume=True,
+                 **{**_FAST, "epochs": 2})
+    calls.clear()
+    monkeypatch.setattr(finetune_module, "_load_classifier", lambda *a, **k: calls.append(a) or load(*a, **k))
+    resumed = finetune(model_dir, task["train"], task["dev"], seeds=(7, 8, 9), report_path=path, resume=True,
+                       **_FAST)
+    assert len(calls) == 2 and resumed.seeds == [7, 8, 9] and resumed.complete
+    assert resumed.results[0] == partial.results[0]
+    with pytest.raises(ValueError, match="resuming needs the report path"):
+        finetune(model_dir, task["train"], task["dev"], resume=True, **_FAST)
+
 
 def test_finetune_checks_the_report_path_before_anything_else(model_dir, task, tmp_path):
     folder = tmp_path / "reports"
