@@ -357,6 +357,7 @@ def max_anchor_similarity(
     computes every precision in float32.
     """
     _check_similarity_args(embeddings, anchors, precision)
+    embeddings, anchors = embeddings.detach(), anchors.detach()  # no gradient flows through the search
     if precision == "highest":
         return _ops.max_anchor_similarity(embeddings, anchors)
     return _ops.max_anchor_similarity_precision(embeddings, anchors, precision)
@@ -380,7 +381,7 @@ def sample_without_replacement(
     (the global torch RNG when None), so ``torch.manual_seed`` makes results reproducible.
     """
     _check_sampling_args(weights, counts)
-    return _ops.sample_without_replacement(weights, counts, _draw_seed(generator))
+    return _ops.sample_without_replacement(weights.detach(), counts, _draw_seed(generator))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -625,7 +626,11 @@ def difference_mask_device(
 
     - ``seed`` is a one-element int64 tensor, on the device of input_ids (read by the kernel, so
       a training loop can advance it in place, e.g. ``seed.add_(1)``, without a host round trip)
-      or on the CPU; a Python int is taken as a CPU tensor.
+      or on the CPU; a Python int is taken as a CPU tensor. A CUDA graph captures a CPU seed's
+      value, so every replay would draw the same masks: under graph capture give a device seed
+      (DifferenceMasker does).
+    - ``table_values`` must be finite (ScoreTable and score_table_insert make sure of it): the
+      op does not check them on every batch.
     - Words absent from the table score ``unknown_score`` and are counted per row
       (``missed_words``) instead of listed: warm the table beforehand (DifferenceMasker.warm).
     - Ids outside [0, V) that are not never_word belong to no word and are never masked (the

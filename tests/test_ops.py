@@ -172,6 +172,45 @@ def test_similarity_nan_propagates():
     assert torch.isnan(values[1]) and torch.isfinite(values[[0, 2, 3]]).all()
 
 
+@pytest.mark.parametrize("scale", [1e20, 1e-25, 3e-20, 1e19])
+def test_similarity_of_vectors_whose_float32_squares_overflow_or_underflow(seed, scale):
+    g = generator(seed)
+    embeddings = torch.randn(40, 12, generator=g)
+    anchors = torch.randn(7, 12, generator=g)
+    for e, a in ((embeddings * scale, anchors), (embeddings, anchors * scale), (embeddings * scale, anchors * scale),
+                 ((embeddings * scale).t().contiguous().t(), anchors)):  # the transposed (BLAS) path too
+        values, indices = ops.max_anchor_similarity(e, a)
+        expected_values, expected_indices = reference.max_anchor_similarity(e.double().numpy(), a.double().numpy())
+        np.testing.assert_allclose(values.numpy(), expected_values, atol=1e-6, err_msg=f"seed={seed} scale={scale}")
+        assert np.array_equal(indices.numpy(), expected_indices), f"seed={seed} scale={scale}"
+    # One huge anchor among ordinary ones still wins where it is nearest.
+    big = anchors.clone()
+    big[3] *= 1e20
+    values, indices = ops.max_anchor_similarity(big[3:4] * 1e-20 + 1e-3 * embeddings[:1], big)
+    assert indices.item() == 3 and values.item() == pytest.approx(1.0, abs=1e-4)
+
+
+@pytest.mark.parametrize("kind", ["float32", "float64", "transposed", "half", "many anchors"])
+def test_similarity_and_sampling_take_inputs_that_require_grad(seed, kind):
+    g = generator(seed)
+    dtype = torch.float64 if kind == "float64" else torch.float32
+    embeddings = torch.randn(30, 16, generator=g, dtype=dtype)
+    anchors = torch.randn(9000 if kind == "many anchors" else 5, 16, generator=g, dtype=dtype)
+    expected = ops.max_anchor_similarity(embeddings, anchors)
+    if kind == "transposed":
+        embeddings = embeddings.t().contiguous().t()
+    if kind == "half":
+        embeddings, anchors = embeddings.half(), anchors.half()
+        expected = ops.max_anchor_similarity(embeddings, anchors)
+    values, indices = ops.max_anchor_similarity(embeddings.requires_grad_(), anchors.requires_grad_())
+    assert not values.requires_grad
+    torch.testing.assert_close(values, expected[0])
+    assert torch.equal(indices, expected[1])
+    weights = torch.rand(4, 10, generator=g, dtype=torch.float64, requires_grad=True)
+    chosen = ops.sample_without_replacement(weights, torch.full((4,), 3), torch.Generator().manual_seed(seed))
+    assert chosen.sum().item() == 12 and not chosen.requires_grad
+
+
 def test_similarity_independent_of_threads(seed):
     g = generator(seed)
     embeddings = torch.randn(3000, 50, generator=g)

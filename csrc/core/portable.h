@@ -5,7 +5,8 @@
 // C++ compiler, so the CPU build sees exactly the functions it always saw.
 //
 // Floating-point contraction: nvcc fuses a * b + c into one FMA by default (one rounding instead
-// of two), the host compiler does not (ISO C++ mode, and baseline x86-64 has no FMA). Wherever a
+// of two), and so does GCC wherever the target has FMA (aarch64, -march=native), so the host
+// build passes -ffp-contract=off (setup.py, CMakeLists.txt). Wherever a
 // product feeds a sum in code that both sides must evaluate identically (the random streams, the
 // logarithm of the exponential keys, the masking budget), the operations go through mul_rn /
 // add_rn / sub_rn: plain operators on the host, the never-contracted __dmul_rn / __dadd_rn /

@@ -32,6 +32,25 @@ inline T squared_norm(const T* x, int64_t n) {
   return ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]));
 }
 
+// Sum of squares of n values with stride `step`, accumulated in double: exact enough, and free of
+// the float32 overflow (norms above ~4e9) and underflow (below ~1e-19) of squared_norm<float>.
+template <typename T>
+inline double squared_norm_double(const T* x, int64_t n, int64_t step = 1) {
+  double acc = 0;
+  for (int64_t i = 0; i < n; ++i) {
+    const double v = static_cast<double>(x[i * step]);
+    acc += v * v;
+  }
+  return acc;
+}
+
+// Whether a float32 sum of squares may have overflowed or underflowed (or the row is zero or
+// NaN): such rows are measured again with squared_norm_double.
+template <typename T>
+inline bool squared_norm_out_of_range(T norm2) {
+  return !(norm2 >= std::numeric_limits<T>::min() && norm2 <= std::numeric_limits<T>::max());
+}
+
 // Index of the first maximum of s[0, n) (n >= 1). NaN entries never win; if every entry is NaN
 // the result is 0.
 template <typename T>

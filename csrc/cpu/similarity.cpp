@@ -74,11 +74,11 @@ void max_anchor_similarity_impl(const at::Tensor& embeddings, const at::Tensor& 
   const at::Tensor a = anchors.to(dtype).contiguous();
   const T* a_data = a.data_ptr<T>();
   std::vector<T> unit(static_cast<size_t>(K * D));
-  for (int64_t k = 0; k < K; ++k) {
-    const T norm = std::sqrt(core::squared_norm(a_data + k * D, D));
-    const T scale = norm > 0 ? T(1) / norm : T(0);
+  for (int64_t k = 0; k < K; ++k) {  // in double: a float32 sum of squares over- or underflows
+    const double norm = std::sqrt(core::squared_norm_double(a_data + k * D, D));
+    const double scale = norm > 0 ? 1.0 / norm : 0.0;
     for (int64_t d = 0; d < D; ++d) {
-      unit[k * D + d] = a_data[k * D + d] * scale;
+      unit[k * D + d] = static_cast<T>(static_cast<double>(a_data[k * D + d]) * scale);
     }
   }
   std::vector<int64_t> first(static_cast<size_t>(K));
@@ -176,11 +176,16 @@ void max_anchor_similarity_impl(const at::Tensor& embeddings, const at::Tensor& 
       for (int64_t r = 0; r < rows; ++r) {
         const T* s_row = s_data + r * s_columns;
         const int64_t j = core::first_argmax(s_row, distinct);
-        const T norm2 = norms[r];
+        double norm2 = static_cast<double>(norms[r]);
+        if (core::squared_norm_out_of_range(norms[r])) {  // rare: measured again in double
+          const int64_t row_step = column_major ? 1 : (rows == 1 ? D : x.stride(0));
+          const int64_t step = column_major ? x.stride(1) : 1;
+          norm2 = core::squared_norm_double(x_data + r * row_step, D, step);
+        }
         float value;
         int64_t index;
         if (norm2 > 0) {
-          value = static_cast<float>(s_row[j] / std::sqrt(norm2));
+          value = static_cast<float>(static_cast<double>(s_row[j]) / std::sqrt(norm2));
           index = column_anchor[j];
         } else if (norm2 == 0) {
           value = 0.0f;  // zero vector: similarity 0 to every anchor
@@ -197,6 +202,9 @@ void max_anchor_similarity_impl(const at::Tensor& embeddings, const at::Tensor& 
 }
 
 std::tuple<at::Tensor, at::Tensor> max_anchor_similarity_cpu(const at::Tensor& embeddings, const at::Tensor& anchors) {
+  // No gradient flows through the op: its own tensor calls (at::mm_out) must not see inputs
+  // that require grad as autograd inputs.
+  const at::AutoDispatchBelowADInplaceOrView no_autograd;
   check_cpu(embeddings, kOp, "embeddings");
   check_cpu(anchors, kOp, "anchors");
   check_similarity_operands(embeddings, anchors, kOp);

@@ -9,6 +9,8 @@
 #include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
 
+#include <limits>
+
 #include "kernels.h"
 #include "launch_checks.h"
 
@@ -39,6 +41,9 @@ at::Tensor sample_without_replacement_cuda(const at::Tensor& weights, const at::
   check_integer(counts, kOp, "counts");
   const int64_t B = weights.size(0);
   const int64_t N = weights.size(1);
+  // The radix select counts a row's keys in 32-bit bins.
+  TORCH_CHECK_VALUE(N < std::numeric_limits<int32_t>::max(), kOp,
+                    ": rows must hold fewer than 2^31 - 1 weights on CUDA, got ", N);
   TORCH_CHECK_VALUE(counts.dim() == 1 && counts.size(0) == B, kOp, ": counts must have shape [", B,
                     "] (one count per row of weights), got shape ", counts.sizes());
   const c10::cuda::CUDAGuard guard(weights.device());

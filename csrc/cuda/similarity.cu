@@ -91,15 +91,17 @@ __global__ void normalize_anchors_kernel(const T* __restrict__ anchors, int64_t 
     return;  // the whole warp
   }
   const T* a = anchors + anchor * d;
-  T squares = 0;
+  // In double, as the CPU kernel: a float32 sum of squares over- or underflows (norms beyond
+  // about 4e9 or below 1e-19), and the anchors are normalized once.
+  double squares = 0;
   for (int64_t j = lane; j < d; j += device::kWarp) {
-    squares += a[j] * a[j];
+    squares += static_cast<double>(a[j]) * static_cast<double>(a[j]);
   }
   squares = device::warp_sum(squares);
-  const T norm = sqrt(squares);
-  const T scale = norm > 0 ? T(1) / norm : T(0);  // NaN anchors keep their NaNs and never win
+  const double norm = sqrt(squares);
+  const double scale = norm > 0 ? 1.0 / norm : 0.0;  // NaN anchors keep their NaNs and never win
   for (int64_t j = lane; j < d; j += device::kWarp) {
-    units[anchor * d + j] = a[j] * scale;
+    units[anchor * d + j] = static_cast<T>(static_cast<double>(a[j]) * scale);
   }
 }
 
