@@ -30,14 +30,38 @@ def _private_embedding_cache(tmp_path_factory):
         os.environ["DIFFMASK_CACHE"] = previous
 
 
-@pytest.fixture
-def seed() -> int:
-    """A fresh random seed per test, printed so a failure can be replayed with
-    DIFFMASK_FAST_TEST_SEED=<seed>."""
+def _fresh_seed() -> int:
     value = os.environ.get("DIFFMASK_FAST_TEST_SEED")
     value = int(value) if value else int.from_bytes(os.urandom(4), "little")
     print(f"DIFFMASK_FAST_TEST_SEED={value}")
     return value
+
+
+@pytest.fixture
+def seed() -> int:
+    """A fresh random seed per test, printed so a failure can be replayed with
+    DIFFMASK_FAST_TEST_SEED=<seed>."""
+    return _fresh_seed()
+
+
+@pytest.fixture(scope="session")
+def session_seed() -> int:
+    """The seed of random inputs shared by several tests (module and session fixtures)."""
+    return _fresh_seed()
+
+
+@pytest.fixture(autouse=True)
+def _seeded_global_generators(seed):
+    """Python's, NumPy's and torch's global generators start from the test's seed, so what draws
+    from them (a collator without a seed, a sample of lines) replays with the seed too."""
+    import random
+
+    import numpy as np
+    import torch
+
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
 
 
 @pytest.fixture(scope="session")

@@ -125,3 +125,35 @@ def test_outputs_and_options_are_checked_before_counting(tmp_path, capsys, monke
     for argv, message in cases:
         assert main(argv) == 1, argv
         assert message in capsys.readouterr().err, argv
+
+
+def test_options_reach_what_they_set(tmp_path, monkeypatch, capsys):
+    from diffmask_fast import collator as collator_module
+    from diffmask_fast.scoring import ScoreTable
+
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("The enzyme binds the receptor in the membrane of the cell.\n"
+                      "Kinase inhibitors block the receptor and slow the enzyme.\n" * 20)
+    anchors = tmp_path / "anchors.json"
+    assert main(["mine", str(corpus), "-k", "3", "--smoothing", "5", "--min-count", "1", "-o", str(anchors),
+                 "--no-progress"]) == 0
+    saved = json.loads(anchors.read_text())
+    assert len(saved["anchors"]) == 3 and saved["smoothing_per_million"] == 5.0 and saved["min_count"] == 1
+
+    scores = tmp_path / "scores.npz"
+    assert main(["score", str(corpus), "--anchors", str(anchors), "-o", str(scores), "--similarity", "mean",
+                 "--top", "0", "--no-cache", "--no-progress"]) == 0
+    assert ScoreTable.load(scores).info["similarity"] == "mean"
+    assert "Highest-scoring words" not in capsys.readouterr().out
+
+    seen = {}
+    real = collator_module.DifferenceMaskingCollator
+
+    def recording(*args, **kwargs):
+        seen.update(kwargs)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(collator_module, "DifferenceMaskingCollator", recording)
+    assert main(["preview", str(corpus), "--anchors", str(anchors), "-n", "1", "--weighting", "rank",
+                 "--mlm-probability", "0.4", "--seed", "5"]) == 0
+    assert (seen["weighting"], seen["mlm_probability"], seen["seed"]) == ("rank", 0.4, 5)

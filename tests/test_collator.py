@@ -24,13 +24,13 @@ FALLBACK_LINES = [
 
 
 @pytest.fixture(scope="module")
-def lines(request):
+def lines(request, session_seed):
     try:
         data = request.getfixturevalue("shared_data_dir")
         corpus = (data / "scicite" / "corpus.txt").read_text(encoding="utf-8").splitlines()
     except pytest.skip.Exception:
         corpus = FALLBACK_LINES * 20
-    return random.sample(corpus, 48)
+    return random.Random(session_seed).sample(corpus, 48)
 
 
 def words_of(tokenizer, ids):
@@ -48,7 +48,7 @@ def random_scores(tokenizer, texts, zero_share=0.2):
     for text in texts:
         _, decoded = words_of(tokenizer, tokenizer(text)["input_ids"])
         words.update(decoded)
-    rng = random.Random()
+    rng = random.Random(random.getrandbits(64))  # the global generator starts from the test's seed
     return ScoreTable.from_mapping({w: (0.0 if rng.random() < zero_share else rng.uniform(-0.2, 1.0)) for w in words})
 
 
@@ -90,10 +90,12 @@ def test_masks_whole_words_only_and_never_special_tokens(request, tokenizer_name
                 assert masked_ids[position] == token
 
 
-def test_budget_and_replacement_proportions(minilm_tokenizer, lines):
+@pytest.mark.parametrize("mask_share, random_share", [(0.8, 0.1), (0.55, 0.3)])
+def test_budget_and_replacement_proportions(minilm_tokenizer, lines, mask_share, random_share):
     tokenizer = minilm_tokenizer
     examples = encode(tokenizer, lines, max_length=128)
-    collator = DifferenceMaskingCollator(tokenizer, random_scores(tokenizer, lines), mlm_probability=0.25)
+    collator = DifferenceMaskingCollator(tokenizer, random_scores(tokenizer, lines), mlm_probability=0.25,
+                                         mask_replace_prob=mask_share, random_replace_prob=random_share)
     first_tokens = [[g[0] for g in words_of(tokenizer, e["input_ids"])[0]] for e in examples]
     n_words = sum(len(f) for f in first_tokens)
     masked_words = masked_tokens = as_mask = as_random = 0
@@ -114,7 +116,7 @@ def test_budget_and_replacement_proportions(minilm_tokenizer, lines):
     share = masked_words / (n_words * calls)
     standard_error = math.sqrt(0.25 * 0.75 / (n_words * calls))
     assert abs(share - 0.25) < 5 * standard_error + 0.002, share
-    for observed, p in ((as_mask, 0.8), (as_random, 0.1)):
+    for observed, p in ((as_mask, mask_share), (as_random, random_share)):
         # A random replacement can draw the original token back: allow for that (1 in ~30k).
         bound = 5 * math.sqrt(p * (1 - p) / masked_tokens) + 0.002
         assert abs(observed / masked_tokens - p) < bound, (observed, masked_tokens, p)
@@ -128,7 +130,7 @@ def test_word_frequencies_match_exact_successive_sampling(bert_wordpiece):
     groups, words = words_of(tokenizer, ids)
     keys = [reference.normalize_word(w) for w in words]
     assert len(set(keys)) == len(keys)
-    rng = random.Random()
+    rng = random.Random(random.getrandbits(64))  # the global generator starts from the test's seed
     scores = {k: rng.uniform(0.05, 1.0) for k in keys}
     p = 0.3
     n = len(groups)

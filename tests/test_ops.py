@@ -703,20 +703,36 @@ def test_difference_mask_extremes(seed):
 
 
 def test_difference_mask_zero_scores_fill_uniformly(seed):
-    """Words of weight 0 are drawn only once every positive word is taken."""
+    """Words of weight 0 are drawn only once every positive word is taken, then uniformly: the
+    first and the last zero-weight word of a row are filled equally often."""
     g = generator(seed)
-    ids, never, starts, words, table = masking_setup(g, known=1.0)
-    positive = words.word_hash[words.word_hash != 0][0]  # row 0 may open with a never-masked token
+    ids, never, starts, words, table = masking_setup(g, batch=400, known=1.0)
     keys = table.keys[table.keys != 0]
     table.insert(keys, torch.full((keys.numel(),), -1.0))  # every score negative: weight 0 ...
-    table.insert(positive[None], torch.tensor([0.5]))  # ... but one
+    positive = torch.unique(words.word_hash[:, 0][words.n_words > 0])
+    table.insert(positive, torch.full((positive.numel(),), 0.5))  # ... but each row's first word
     out = run_mask(ids, never, starts, table, seed, mlm_probability=0.5)
-    has_positive = (words.word_hash == positive).any(1)
+    message = f"seed={seed}"
+    observed, expected, variance = {"first": 0, "last": 0}, 0.0, 0.0
     for b in range(ids.shape[0]):
-        if int(out.masked_words[b]) == 0 or not has_positive[b]:
+        n, k = int(words.n_words[b]), int(out.masked_words[b])
+        if n == 0:
             continue
-        w = int((words.word_hash[b] == positive).nonzero()[0, 0])
-        assert bool((out.labels[b][words.word_index[b] == w] != -100).all()), f"seed={seed} row={b}"
+        masked = [bool((out.labels[b][words.word_index[b] == w] != -100).any()) for w in range(n)]
+        is_positive = torch.isin(words.word_hash[b, :n], positive).tolist()
+        zero = [w for w in range(n) if not is_positive[w]]
+        taken_positive = sum(m for m, p in zip(masked, is_positive) if p)
+        assert sum(masked) == k, message
+        assert taken_positive == min(k, n - len(zero)), f"{message} row={b}"  # positives first
+        if k > n - len(zero) and len(zero) >= 2:
+            share = (k - (n - len(zero))) / len(zero)
+            observed["first"] += masked[zero[0]]
+            observed["last"] += masked[zero[-1]]
+            expected += share
+            variance += share * (1 - share)
+    assert variance > 0, message
+    for end, count in observed.items():
+        assert abs(count - expected) <= 5 * math.sqrt(variance) + 1e-9, f"{message} {end}: {count} vs {expected:.1f}"
 
 
 def test_difference_mask_errors():

@@ -188,3 +188,29 @@ def test_replacement_and_budget_statistics(seed):
     histogram = torch.bincount(drawn - 100, minlength=10).double()
     for count in histogram.tolist():  # uniform over random_token_ids
         assert within_binomial(count / drawn.numel(), 0.1, drawn.numel()), message
+
+
+@pytest.mark.parametrize("op", ["difference_mask", "difference_mask_device"])
+def test_words_missing_from_the_table_score_unknown_score(seed, op):
+    rng = np.random.default_rng(seed)
+    ids, never, groups, starts, scores = one_sequence(rng)
+    known = [w for w in range(len(groups)) if w not in (1, 4)]  # words 1 and 4 are not in the table
+    table = ops.ScoreHashTable()
+    table.insert([ops.word_hash([ids[i] for i in groups[w]]) for w in known], [scores[w] for w in known])
+    unknown_score, p = 0.4, 0.4
+    rows = 100_000
+    batch = torch.tensor(ids).expand(rows, len(ids)).contiguous()
+    never_word = torch.tensor(never).expand(rows, len(ids)).contiguous()
+    out = getattr(ops, op)(batch, never_word, starts, *table.tensors(), torch.arange(2, 32), mask_token_id=99,
+                           mlm_probability=p, unknown_score=unknown_score, seed=seed)
+    if op == "difference_mask":
+        assert sorted(out.misses[:, 1:3].tolist()) == [[0, groups[1][0]], [0, groups[4][0]]]  # listed once each
+    else:
+        assert torch.all(out.missed_words == 2)
+    masked = out.labels != -100
+    effective = [float(np.float32(s)) if w in known else unknown_score for w, s in enumerate(scores)]
+    exact = exact_word_inclusion(effective, p, "similarity", 0.0)
+    for w, group in enumerate(groups):
+        frequency = masked[:, group[0]].double().mean().item()
+        assert within_binomial(frequency, exact[w], rows), (
+            f"seed={seed} op={op} scores={effective} word={w}: {frequency:.5f} vs exact {exact[w]:.5f}")

@@ -327,23 +327,16 @@ def test_broken_score_files_are_rejected(tmp_path):
         ScoreTable.load(tmp_path / "missing.npz")
 
 
-def test_a_large_table_loads_fast_and_looks_words_up_fast(tmp_path, seed):
-    import time
-
+def test_a_large_table_round_trips_compactly(tmp_path, seed):
+    """300,000 words (their load and lookup times are measured by benchmarks/bench_scoring.py)."""
     n = 300_000
     words = [f"w{i:07d}" for i in range(n)]
     values = np.random.default_rng(seed).random(n, dtype=np.float32)
     table = ScoreTable.from_arrays(words, values, np.zeros(n, dtype=np.int32), anchors=("a",), sorted_unique=True)
     path = tmp_path / "big.npz"
     table.save(path)
-    started = time.perf_counter()
     loaded = ScoreTable.load(path)
-    load_seconds = time.perf_counter() - started
-    started = time.perf_counter()
-    looked_up = loaded.scores_of(words[::30])
-    lookup_seconds = (time.perf_counter() - started) / len(looked_up)
-    assert loaded == table and looked_up == values[::30].tolist()
-    assert load_seconds < 3.0 and lookup_seconds < 1e-4, (load_seconds, lookup_seconds)
+    assert loaded == table and loaded.scores_of(words[::30]) == values[::30].tolist()
     assert path.stat().st_size < n * 30
 
 
