@@ -2,8 +2,8 @@
 HuggingFace ``datasets.Dataset``.
 
 A document is a line of a text file (``\\n``, ``\\r\\n`` and a lone ``\\r`` end a line; invalid UTF-8
-bytes become U+FFFD), one record of a JSON-lines file (its ``text_field``), one string of an
-iterable, or one row of a dataset. ``iter_documents`` yields them one by one and is the plain
+bytes become U+FFFD; a UTF-8 byte-order mark opening the file is not text), one record of a
+JSON-lines file (its ``text_field``), one string of an iterable, or one row of a dataset. ``iter_documents`` yields them one by one and is the plain
 definition ``count_words`` is tested against; ``count_words`` reads the same sources in blocks.
 """
 
@@ -29,6 +29,8 @@ JSONL_SUFFIXES = (".jsonl", ".jsonl.gz", ".ndjson", ".ndjson.gz")
 DEFAULT_TEXT_FIELD = "text"
 #: Bytes at the start of a file checked for NUL bytes (the mark of a binary file).
 BINARY_CHECK_BYTES = 8192
+#: The UTF-8 byte-order mark some editors write at the start of a file: not part of its text.
+UTF8_BOM = b"\xef\xbb\xbf"
 
 
 class CorpusError(ValueError):
@@ -126,8 +128,8 @@ def _read_lines(path: Path, handle) -> Iterator:
 def iter_file_lines(path: Path) -> Iterator[str]:
     """Lines of one text file, without line ends."""
     check_text_file(path)
-    # Invalid UTF-8 bytes become U+FFFD rather than aborting a long count.
-    with io.TextIOWrapper(open_binary(path), encoding="utf-8", errors="replace", newline=None) as handle:
+    # Invalid UTF-8 bytes become U+FFFD rather than aborting a long count; -sig drops a leading BOM.
+    with io.TextIOWrapper(open_binary(path), encoding="utf-8-sig", errors="replace", newline=None) as handle:
         for line in _read_lines(path, handle):
             yield line.rstrip("\n")
 
@@ -139,6 +141,7 @@ def record_text(line: Union[str, bytes], path: Union[str, os.PathLike], number: 
     ``field`` is missing or not a string. Invalid UTF-8 bytes become U+FFFD."""
     if isinstance(line, bytes):
         line = line.decode("utf-8", "replace")
+    line = line.removeprefix("\ufeff")  # a byte-order mark opening the file: JSON cannot start with one
     if not line.strip():
         return None
     try:

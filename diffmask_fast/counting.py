@@ -47,6 +47,7 @@ from ._io import atomic_write_json, atomic_writer
 from .corpus import (
     BINARY_CHECK_BYTES,
     DEFAULT_TEXT_FIELD,
+    UTF8_BOM,
     CorpusError,
     CorpusSource,
     check_not_mapping,
@@ -496,7 +497,12 @@ class _Counter:
         try:
             blocks = (_MappedBlocks.open(path, start, end, self.block_bytes)
                       or _BlockReader(path, start, end, self.block_bytes))
+            opening = start == 0
             for block, taken, release in blocks:
+                if opening:  # a byte-order mark is not text (the first block holds it whole)
+                    opening = False
+                    if block[: len(UTF8_BOM)].tobytes() == UTF8_BOM:
+                        block = block[len(UTF8_BOM):]
                 if checked < BINARY_CHECK_BYTES:
                     try:
                         check_text(path, block[: BINARY_CHECK_BYTES - checked].tobytes())

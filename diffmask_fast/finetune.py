@@ -50,9 +50,10 @@ SUBSET_SEED = 0
 
 
 def _open_text(path: Path):
+    # utf-8-sig: a byte-order mark (as some editors write) is no part of the first line.
     if path.suffix == ".gz":
-        return gzip.open(path, "rt", encoding="utf-8")
-    return path.open(encoding="utf-8")
+        return gzip.open(path, "rt", encoding="utf-8-sig")
+    return path.open(encoding="utf-8-sig")
 
 
 def load_labeled(path: str | os.PathLike, text_field: str = "text",

@@ -596,3 +596,24 @@ def test_words_with_lone_surrogates_survive_a_json_save(tmp_path):
     for name in ("counts.json", "counts.bin"):
         counts.save(tmp_path / name)
         assert WordCounts.load(tmp_path / name) == counts
+
+
+def test_a_byte_order_mark_opening_a_file_is_not_text(tmp_path, dask_client):
+    bom = b"\xef\xbb\xbf"
+    text = "enzyme binds the receptor\nthe enzyme again\ufeffinside\n"
+    files = {"plain.txt": bom + text.encode(), "packed.txt.gz": gzip.compress(bom + text.encode()),
+             "records.jsonl": bom + "".join(json.dumps({"text": line}) + "\n" for line in text.splitlines()).encode(),
+             "only-a-mark.txt": bom}
+    for name, data in files.items():
+        (tmp_path / name).write_bytes(data)
+    for name in files:
+        path = tmp_path / name
+        documents = list(iter_documents(path))
+        assert all(not d.startswith("\ufeff") for d in documents), name
+        if name != "only-a-mark.txt":
+            assert documents == text.splitlines(), name
+            counts = count_words(path, progress=False)
+            assert counts == WordCounts.from_mapping(reference.count_words(documents), len(documents)), name
+            assert counts["enzyme"] == 2 and counts["again\ufeffinside"] == 1, name  # only the opening mark goes
+            assert count_words(path, progress=False, scheduler=dask_client, partition_bytes=7) == counts, name
+    assert list(iter_documents(tmp_path / "only-a-mark.txt")) == []

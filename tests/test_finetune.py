@@ -120,6 +120,9 @@ def test_load_labeled(tmp_path):
     zipped = tmp_path / "data.jsonl.gz"
     zipped.write_bytes(gzip.compress(path.read_bytes()))
     assert load_labeled(zipped) == (["one", ""], ["x", "y"])
+    marked = tmp_path / "marked.jsonl"  # opened by a byte-order mark, as some editors save
+    marked.write_bytes(b"\xef\xbb\xbf" + path.read_bytes())
+    assert load_labeled(marked) == (["one", ""], ["x", "y"])
 
 
 @pytest.mark.parametrize("lines, message", [
