@@ -66,6 +66,19 @@ def test_inclusion_float32_extreme_ratios(seed):
         assert within_binomial(frequency[i], exact[i], ROWS), f"seed={seed} weights={weights} position={i}"
 
 
+@pytest.mark.parametrize("scale", [1e-310, 1e-320, 1e-300])
+def test_inclusion_of_subnormal_float64_weights(seed, scale):
+    """Keys E / w overflow for weights below ~1e-307; the law must not change with the scale."""
+    rng = np.random.default_rng(seed)
+    scaled = torch.tensor(rng.uniform(1, 8, size=5), dtype=torch.float64) * scale
+    picked = ops.sample_without_replacement(scaled.expand(ROWS, 5), torch.full((ROWS,), 2),
+                                            torch.Generator().manual_seed(seed))
+    exact = reference.successive_sampling_inclusion(scaled.tolist(), 2)  # the subnormals as stored
+    frequency = picked.double().mean(0).tolist()
+    for i in range(5):
+        assert within_binomial(frequency[i], exact[i], ROWS), f"seed={seed} scale={scale} position={i}"
+
+
 def exact_word_inclusion(scores, p, weighting, uniform_mix) -> list[float]:
     """P(word i is masked) under reference.mask_sequence: stochastic budget, successive sampling
     over positive weights, then a uniform draw among zero-weight words."""

@@ -138,9 +138,25 @@ inline int64_t successive_sample(const T* weights, int64_t n, int64_t count, con
     return k;  // nothing to choose between
   }
   const LogTable& table = log_table();
+  double largest = 0;
+  bool overflowed = false;
   for (int64_t j = 0; j < positive; ++j) {
     const int64_t i = scratch[j].index;
-    scratch[j].key = to_exponential(stream.at(static_cast<uint64_t>(i)), table) / static_cast<double>(weights[i]);
+    const double weight = static_cast<double>(weights[i]);
+    scratch[j].key = to_exponential(stream.at(static_cast<uint64_t>(i)), table) / weight;
+    overflowed |= std::isinf(scratch[j].key);
+    largest = std::max(largest, weight);
+  }
+  if (overflowed) {
+    // Weights so small (subnormal float64) that E / w overflows: every such key would tie at
+    // infinity. The keys of weights scaled by the power of two that brings the largest into
+    // [1, 2) order the items the same way (scaling is exact); the CUDA kernel does the same.
+    const int shift = -std::ilogb(largest);
+    for (int64_t j = 0; j < positive; ++j) {
+      const int64_t i = scratch[j].index;
+      scratch[j].key = to_exponential(stream.at(static_cast<uint64_t>(i)), table) /
+                       std::ldexp(static_cast<double>(weights[i]), shift);
+    }
   }
   select_smallest(scratch, positive, k);
   return k;

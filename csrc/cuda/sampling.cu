@@ -18,6 +18,8 @@ struct SampleShared {
   device::BlockScratch<long long> scan;
   device::SelectScratch select;
   unsigned long long first_bad;
+  unsigned long long largest_bits;  // of the largest weight (positive doubles order as their bits)
+  int overflowed;                   // some key E / w overflowed: see core::successive_sample
 };
 
 template <typename W>
@@ -31,11 +33,15 @@ __global__ void __launch_bounds__(kThreads)
   bool* out = selected + row * cols;
   if (threadIdx.x == 0) {
     sh.first_bad = ~0ULL;
+    sh.largest_bits = 0;
+    sh.overflowed = 0;
   }
   const core::LogTable& table = device::fill_log_table(sh.log_table);  // ends with a barrier
   const core::Stream stream(seed, static_cast<uint64_t>(row));
 
   long long positive = 0;
+  double largest = 0;
+  bool overflowed = false;
   for (int64_t i = threadIdx.x; i < cols; i += kThreads) {
     const double weight = static_cast<double>(w[i]);
     if (isnan(weight) || isinf(weight) || weight < 0) {
@@ -43,12 +49,33 @@ __global__ void __launch_bounds__(kThreads)
       key[i] = device::kExcludedKey;
     } else if (weight > 0) {
       ++positive;
-      key[i] = core::bits_of(core::to_exponential(stream.at(static_cast<uint64_t>(i)), table) / weight);
+      const double value = core::to_exponential(stream.at(static_cast<uint64_t>(i)), table) / weight;
+      overflowed |= isinf(value);
+      largest = fmax(largest, weight);
+      key[i] = core::bits_of(value);
     } else {
       key[i] = device::kExcludedKey;
     }
   }
+  if (overflowed) {
+    atomicOr(&sh.overflowed, 1);
+  }
+  if (largest > 0) {
+    atomicMax(&sh.largest_bits, static_cast<unsigned long long>(core::bits_of(largest)));
+  }
   positive = device::block_sum<long long>(positive, sh.scan);  // its barriers publish first_bad and keys
+  if (sh.overflowed) {  // the same for every thread of the block
+    // Subnormal weights: keys of the weights scaled by a power of two, as core::successive_sample.
+    const int shift = -ilogb(core::double_of(sh.largest_bits));
+    for (int64_t i = threadIdx.x; i < cols; i += kThreads) {
+      const double weight = static_cast<double>(w[i]);
+      if (weight > 0 && !isinf(weight)) {
+        key[i] = core::bits_of(core::to_exponential(stream.at(static_cast<uint64_t>(i)), table) /
+                               ldexp(weight, shift));
+      }
+    }
+    __syncthreads();
+  }
   const int64_t count = counts[row];
   const unsigned long long bad = sh.first_bad;
   if (threadIdx.x == 0) {
