@@ -15,6 +15,7 @@
 #include <cuda_bf16.h>
 #include <mma.h>
 
+#include <cfloat>
 #include <cmath>
 #include <type_traits>
 
@@ -479,9 +480,14 @@ __global__ void __launch_bounds__(kWmmaThreads, 1)
 
 // ---- merge of the groups and the final division by the norm -----------------------------------
 
+// Whether a sum of squares may have over- or underflowed (or is zero or NaN): measured again.
+__device__ __forceinline__ bool out_of_range(float x) { return !(x >= FLT_MIN && x <= FLT_MAX); }
+__device__ __forceinline__ bool out_of_range(double x) { return !(x >= DBL_MIN && x <= DBL_MAX); }
+
 template <typename T>
 __global__ void finish_kernel(const T* __restrict__ part_value, const int32_t* __restrict__ part_index,
-                              int64_t groups, int64_t n, const T* __restrict__ norms, float* __restrict__ values,
+                              int64_t groups, int64_t n, const T* __restrict__ norms,
+                              const T* __restrict__ embeddings, int64_t d, int64_t ld, float* __restrict__ values,
                               int64_t* __restrict__ indices) {
   for (int64_t row = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; row < n;
        row += static_cast<int64_t>(gridDim.x) * blockDim.x) {
@@ -490,12 +496,22 @@ __global__ void finish_kernel(const T* __restrict__ part_value, const int32_t* _
     for (int64_t g = 0; g < groups; ++g) {
       merge(best_v, best_i, part_value[g * n + row], part_index[g * n + row]);
     }
-    const T norm2 = norms[row];
+    double norm2 = static_cast<double>(norms[row]);
+    if (out_of_range(norms[row])) {
+      // Rare: a float32 sum of squares beyond ~1.8e19 or below ~1e-38 (or a zero or NaN row),
+      // measured again in double by this thread, as the CPU kernel does.
+      const T* e = embeddings + row * ld;
+      double squares = 0;
+      for (int64_t j = 0; j < d; ++j) {
+        squares += static_cast<double>(e[j]) * static_cast<double>(e[j]);
+      }
+      norm2 = squares;
+    }
     float value;
     int64_t index;
     if (norm2 > 0) {
       // Every product NaN (all anchors NaN): NaN at anchor 0, as the CPU kernel.
-      value = best_i < 0 ? NAN : static_cast<float>(best_v / sqrt(norm2));
+      value = best_i < 0 ? NAN : static_cast<float>(static_cast<double>(best_v) / sqrt(norm2));
       index = best_i < 0 ? 0 : best_i;
     } else if (norm2 == 0) {
       value = 0.0f;  // zero vector: similarity 0 to every anchor
@@ -601,8 +617,8 @@ void launch_prologue_epilogue(const SimilarityProblem& p, const SimilarityPlan& 
     const int64_t needed = (p.n + threads - 1) / threads;
     const int64_t blocks = needed < 65536 ? needed : 65536;
     finish_kernel<T><<<static_cast<unsigned>(blocks), threads, 0, stream>>>(
-        static_cast<const T*>(w.part_value), w.part_index, plan.groups, p.n, static_cast<const T*>(w.norms), p.values,
-        p.indices);
+        static_cast<const T*>(w.part_value), w.part_index, plan.groups, p.n, static_cast<const T*>(w.norms),
+        static_cast<const T*>(p.embeddings), p.d, p.ld, p.values, p.indices);
   }
 }
 
