@@ -225,6 +225,24 @@ def test_sampling_identical_to_cpu(seed, dtype):
     assert torch.equal(op(ties.to(CUDA), counts.to(CUDA), seed).cpu(), op(ties, counts, seed))
 
 
+def test_sampling_subnormal_weights_identical_to_cpu(seed):
+    """Keys E / w overflow below ~1e-307: such rows are keyed on rescaled weights, the same way."""
+    g = generator(seed)
+    op = torch.ops.diffmask_fast.sample_without_replacement
+    weights = random_weights(g, 64, 300) * torch.tensor([1e-310, 1e-320, 1.0, 1e-300]).repeat(16)[:, None]
+    counts = torch.randint(0, 303, (64,), generator=g)
+    assert torch.equal(op(weights.to(CUDA), counts.to(CUDA), seed).cpu(), op(weights, counts, seed)), f"seed={seed}"
+
+
+def test_similarity_of_vectors_whose_float32_squares_overflow_or_underflow(seed):
+    g = generator(seed)
+    for scale in (1e20, 1e-25):
+        embeddings, anchors = torch.randn(300, 24, generator=g), torch.randn(40, 24, generator=g)
+        for e, a in ((embeddings * scale, anchors), (embeddings, anchors * scale)):
+            values, indices = ops.max_anchor_similarity(e.to(CUDA), a.to(CUDA))
+            check_similarity(values, indices, e, a, 1e-5, f"seed={seed} scale={scale}")
+
+
 def test_sampling_statistics_on_gpu(seed):
     rng = np.random.default_rng(seed)
     trials = 200_000
