@@ -295,9 +295,6 @@ class WordGrouper:
         starts_word, never_word, _ = _word_tables(tokenizer, self.scheme)
         self._starts, self._never = starts_word.tolist(), never_word.tolist()
 
-    def is_special(self, token_id: int) -> bool:
-        return self._never[token_id]
-
     def __call__(self, ids: Sequence[int]) -> list[list[int]]:
         """Positions of each word of ``ids``; special tokens belong to none, and the token after
         one (or the first token) starts a word."""
