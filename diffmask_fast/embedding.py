@@ -60,6 +60,16 @@ def recommended_pooling(name_or_path: str | os.PathLike | None) -> str:
     return "pooled"
 
 
+def has_lone_surrogate(word: str) -> bool:
+    """Whether ``word`` holds a lone surrogate (kept by counting from broken input): not valid
+    Unicode text, which no tokenizer takes."""
+    try:
+        word.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
+
+
 def _pooling_config(name_or_path: str) -> Path | None:
     """A sentence-transformers pooling config: in the model's folder, or for a hub name in the
     local HuggingFace cache (nothing is downloaded)."""
@@ -296,12 +306,9 @@ class WordEmbedder:
             return torch.zeros(0, self.dimension)
         if any(not isinstance(w, str) or not w for w in words):
             raise ValueError("words to embed must be non-empty strings")
-        for word in words:
-            try:
-                word.encode("utf-8")
-            except UnicodeEncodeError:
-                raise ValueError(f"cannot embed {word!r}: it holds a lone surrogate, which is not text a "
-                                 "tokenizer takes") from None
+        broken = next((w for w in words if has_lone_surrogate(w)), None)
+        if broken is not None:
+            raise ValueError(f"cannot embed {broken!r}: it holds a lone surrogate, which is not text a tokenizer takes")
         unique = list(dict.fromkeys(words))
         dimension = self.dimension
         result = np.empty((len(unique), dimension), dtype=np.float32)

@@ -30,7 +30,7 @@ from . import reference
 from ._io import atomic_write_bytes, atomic_write_json, read_json
 from .anchors import Anchors
 from .contextual import ContextualAnchors, contextual_anchor_vectors
-from .embedding import WordEmbedder
+from .embedding import WordEmbedder, has_lone_surrogate
 from .index import EXACT_MAX_ANCHORS, AnchorIndex, unit_rows
 
 SIMILARITIES = ("max", "centroid", "mean")
@@ -359,20 +359,12 @@ def _encodable(keys: list[str]) -> list[str]:
     """``keys`` without words that are not valid Unicode text (lone surrogates, kept by counting
     from broken input): no tokenizer takes them, and a tokenizer's decoded words never hold
     them, so masking never looks them up."""
-    kept = [key for key in keys if not _has_surrogate(key)]
+    kept = [key for key in keys if not has_lone_surrogate(key)]
     if len(kept) < len(keys):
-        example = next(key for key in keys if _has_surrogate(key))
+        example = next(key for key in keys if has_lone_surrogate(key))
         warnings.warn(f"skipped {len(keys) - len(kept):,} word(s) holding lone surrogates (broken text such as "
                       f"{example!r}); they stay unscored", stacklevel=3)
     return kept
-
-
-def _has_surrogate(word: str) -> bool:
-    try:
-        word.encode("utf-8")
-    except UnicodeEncodeError:
-        return True
-    return False
 
 
 class WordScorer:
