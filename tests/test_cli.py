@@ -157,3 +157,17 @@ def test_options_reach_what_they_set(tmp_path, monkeypatch, capsys):
     assert main(["preview", str(corpus), "--anchors", str(anchors), "-n", "1", "--weighting", "rank",
                  "--mlm-probability", "0.4", "--seed", "5"]) == 0
     assert (seen["weighting"], seen["mlm_probability"], seen["seed"]) == ("rank", 0.4, 5)
+
+
+def test_index_options_reach_the_anchor_index(tmp_path, capsys):
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("The enzyme binds the receptor in the membrane of the cell.\n"
+                      "Kinase inhibitors block the receptor and slow the enzyme.\n" * 20)
+    anchors = tmp_path / "anchors.json"
+    assert main(["mine", str(corpus), "-k", "3", "--min-count", "1", "-o", str(anchors), "--no-progress"]) == 0
+    common = ["score", str(corpus), "--anchors", str(anchors), "--contextual-anchors", "40", "--pooling", "mean",
+              "--no-cache", "--no-progress", "--top", "0"]
+    assert main(common + ["-o", str(tmp_path / "ivf.npz"), "--index", "ivf", "--nlist", "2", "--nprobe", "1"]) == 0
+    assert "IVF over" in (out := capsys.readouterr().out) and "nlist=2, nprobe=1" in out
+    assert main(common + ["-o", str(tmp_path / "hnsw.npz"), "--index", "hnsw", "--ef-search", "24"]) == 0
+    assert "FAISS HNSW" in (out := capsys.readouterr().out) and "ef_search=24" in out
