@@ -513,6 +513,17 @@ def test_dask_counts_equal_single_process_counts(dask_client, tmp_path):
         count_words(tmp_path / "missing.txt", progress=False, scheduler=dask_client)
 
 
+def test_mine_counts_on_the_scheduler_it_is_given(dask_client, tmp_path, capsys):
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("enzyme binds the receptor\n" * 50 + "kinase inhibitors block it\n" * 30)
+    counts = tmp_path / "counts.bin"
+    transitions = dask_client.run_on_scheduler(lambda dask_scheduler: dask_scheduler.transition_counter)
+    assert main(["mine", str(corpus), "--scheduler", dask_client.scheduler.address, "--min-count", "1", "-k", "2",
+                 "--counts-output", str(counts), "--no-progress"]) == 0
+    assert dask_client.run_on_scheduler(lambda dask_scheduler: dask_scheduler.transition_counter) > transitions
+    assert WordCounts.load(counts) == count_words(corpus, progress=False)
+
+
 def test_dask_counting_of_no_text_is_the_local_error(dask_client, tmp_path):
     (tmp_path / "empty.txt").write_bytes(b"")
     for source in ([], tmp_path / "empty.txt"):
