@@ -37,6 +37,22 @@ MaskInputs prepare(const char* op, const at::Tensor& input_ids, const at::Tensor
           table_values.contiguous(), random_token_ids.contiguous()};
 }
 
+// The outputs both masking ops share, allocated on the device of input_ids and wired into `p`.
+struct MaskOutputs {
+  at::Tensor masked_ids, labels, masked_words;
+};
+
+MaskOutputs allocate_outputs(const MaskInputs& in, MaskProblem& p) {
+  const auto long_options = in.ids.options().dtype(at::kLong);
+  const int64_t B = in.ids.size(0);
+  const int64_t L = in.ids.size(1);
+  MaskOutputs out{at::empty({B, L}, long_options), at::empty({B, L}, long_options), at::empty({B}, long_options)};
+  p.masked_ids = out.masked_ids.data_ptr<int64_t>();
+  p.labels = out.labels.data_ptr<int64_t>();
+  p.masked_words = out.masked_words.data_ptr<int64_t>();
+  return out;
+}
+
 MaskProblem problem_of(const MaskInputs& in, double mlm_probability, int64_t weighting, double uniform_mix,
                        double unknown_score, int64_t mask_token_id, double mask_replace_prob,
                        double random_replace_prob) {
@@ -77,15 +93,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> differenc
   const MaskInputs in =
       prepare(kOp, input_ids, never_word, starts_word, table_keys, table_values, random_token_ids);
   const int64_t B = in.ids.size(0);
-  const int64_t L = in.ids.size(1);
   const auto long_options = input_ids.options().dtype(at::kLong);
-  at::Tensor masked_ids = at::empty({B, L}, long_options);
-  at::Tensor labels = at::empty({B, L}, long_options);
-  at::Tensor masked_words = at::empty({B}, long_options);
-  at::Tensor n_words = at::empty({B}, long_options);
-  at::Tensor missed_words = at::empty({B}, long_options);
   MaskProblem p = problem_of(in, mlm_probability, weighting, uniform_mix, unknown_score, mask_token_id,
                              mask_replace_prob, random_replace_prob);
+  const MaskOutputs out = allocate_outputs(in, p);
+  at::Tensor n_words = at::empty({B}, long_options);
+  at::Tensor missed_words = at::empty({B}, long_options);
   at::Tensor seed_on_device;
   if (seed.device().is_cpu()) {
     p.seed_value = seed.reshape({-1})[0].item<int64_t>();  // a host value: no copy, no synchronization
@@ -93,14 +106,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> differenc
     seed_on_device = seed.reshape({-1}).contiguous();
     p.seed_device = seed_on_device.data_ptr<int64_t>();
   }
-  p.masked_ids = masked_ids.data_ptr<int64_t>();
-  p.labels = labels.data_ptr<int64_t>();
-  p.masked_words = masked_words.data_ptr<int64_t>();
   p.n_words = n_words.data_ptr<int64_t>();
   p.missed_words = missed_words.data_ptr<int64_t>();
   const at::Tensor scratch = workspace(mask_workspace_bytes(p), input_ids);
   check_launch(difference_mask(p, scratch.data_ptr(), c10::cuda::getCurrentCUDAStream().stream()), kOp);
-  return {masked_ids, labels, masked_words, n_words, missed_words};
+  return {out.masked_ids, out.labels, out.masked_words, n_words, missed_words};
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> difference_mask_cuda(
@@ -117,22 +127,17 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> difference_mask_cuda(
   const int64_t B = in.ids.size(0);
   const int64_t L = in.ids.size(1);
   const auto long_options = input_ids.options().dtype(at::kLong);
-  at::Tensor masked_ids = at::empty({B, L}, long_options);
-  at::Tensor labels = at::empty({B, L}, long_options);
-  at::Tensor masked_words = at::empty({B}, long_options);
+  MaskProblem p = problem_of(in, mlm_probability, weighting, uniform_mix, unknown_score, mask_token_id,
+                             mask_replace_prob, random_replace_prob);
+  const MaskOutputs out = allocate_outputs(in, p);
   if (B == 0 || L == 0) {
-    masked_words.zero_();
-    return {masked_ids, labels, masked_words, at::empty({0, 4}, long_options)};
+    out.masked_words.zero_();
+    return {out.masked_ids, out.labels, out.masked_words, at::empty({0, 4}, long_options)};
   }
   at::Tensor miss_hash = at::empty({B, L}, long_options);
   at::Tensor miss_end = at::empty({B, L}, long_options);
   at::Tensor bad = at::empty({B}, long_options);
-  MaskProblem p = problem_of(in, mlm_probability, weighting, uniform_mix, unknown_score, mask_token_id,
-                             mask_replace_prob, random_replace_prob);
   p.seed_value = seed;
-  p.masked_ids = masked_ids.data_ptr<int64_t>();
-  p.labels = labels.data_ptr<int64_t>();
-  p.masked_words = masked_words.data_ptr<int64_t>();
   p.miss_hash = miss_hash.data_ptr<int64_t>();
   p.miss_end = miss_end.data_ptr<int64_t>();
   p.bad_position = bad.data_ptr<int64_t>();
@@ -155,7 +160,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> difference_mask_cuda(
   const at::Tensor flat = miss_hash.reshape({-1});
   const at::Tensor positions = at::nonzero(flat).reshape({-1});
   if (positions.numel() == 0) {
-    return {masked_ids, labels, masked_words, at::empty({0, 4}, long_options)};
+    return {out.masked_ids, out.labels, out.masked_words, at::empty({0, 4}, long_options)};
   }
   const at::Tensor hashes = flat.index_select(0, positions);
   const auto unique = at::_unique(hashes, /*sorted=*/true, /*return_inverse=*/true);
@@ -167,7 +172,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> difference_mask_cuda(
   const at::Tensor begins = first - rows * L;
   const at::Tensor ends = miss_end.reshape({-1}).index_select(0, first);
   const at::Tensor misses = at::stack({flat.index_select(0, first), rows, begins, ends}, 1);
-  return {masked_ids, labels, masked_words, misses};
+  return {out.masked_ids, out.labels, out.masked_words, misses};
 }
 
 std::tuple<at::Tensor, at::Tensor> score_table_lookup_cuda(const at::Tensor& keys, const at::Tensor& values,
