@@ -60,7 +60,7 @@ def find_occurrences(tokenizer, texts: Iterable[str], anchor_words: Sequence[str
                      scheme: str | None = None) -> list[list[tuple[str, int, int]]]:
     """Per anchor, a uniform sample of at most ``max_per_anchor`` occurrences as
     (text, first token, end token) in the tokenization with special tokens and truncation."""
-    grouper = WordGrouper(tokenizer, scheme)
+    grouper = WordGrouper.for_tokenizer(tokenizer, scheme)
     wanted = {reference.normalize_word(w, lowercase): i for i, w in enumerate(anchor_words)}
     rng = random.Random(seed)
     seen = [0] * len(anchor_words)

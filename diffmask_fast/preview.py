@@ -11,10 +11,9 @@ from typing import Iterable, Sequence
 
 import torch
 
-from . import reference
 from ._io import atomic_write_bytes
 from .collator import DifferenceMaskingCollator
-from .tokenization import decode_words
+from .tokenization import WordGrouper, decode_words
 
 
 def sample_documents(documents: Iterable[str], sizes: Sequence[int], seed: int) -> list[list[str]]:
@@ -61,13 +60,11 @@ class WordMaskingRate:
 def _encoded_words(collator: DifferenceMaskingCollator, texts: Sequence[str], max_length: int):
     """Each text's token ids and its words: (ids, [token positions of each word], [word text])."""
     tokenizer = collator.tokenizer
-    never_word_ids = collator.boundaries.never_word
+    grouper = WordGrouper(collator.boundaries.starts_word, collator.boundaries.never_word)  # the collator's words
     rows = []
     for text in texts:
         ids = tokenizer(text, truncation=True, max_length=max_length)["input_ids"]
-        never_word = [bool(never_word_ids[i]) for i in ids]
-        starts = reference.word_starts(tokenizer.convert_ids_to_tokens(ids), never_word, collator.boundaries.scheme)
-        groups = reference.group_words(starts, never_word)
+        groups = grouper(ids)
         rows.append((ids, groups, decode_words(tokenizer, [[ids[i] for i in group] for group in groups])))
     return rows
 

@@ -286,14 +286,20 @@ def _word_tables(tokenizer, scheme: str) -> tuple[torch.Tensor, torch.Tensor, to
 
 
 class WordGrouper:
-    """Groups one sequence's token ids into words exactly as the masking ops do, from the
-    per-id tables of ``word_boundaries`` (needs no mask token): for the words that get scored
-    and the occurrences that become contextual anchors."""
+    """Groups one sequence's token ids into words exactly as the masking ops do, from per-id
+    ``starts_word`` / ``never_word`` tables (a collator's ``boundaries``, or ``for_tokenizer``,
+    which needs no mask token): for the words that get scored, previewed, and the occurrences that
+    become contextual anchors."""
 
-    def __init__(self, tokenizer, scheme: str | None = None):
-        self.scheme = detect_word_boundary_scheme(tokenizer) if scheme is None else _check_scheme(scheme)
-        starts_word, never_word, _ = _word_tables(tokenizer, self.scheme)
+    def __init__(self, starts_word: torch.Tensor, never_word: torch.Tensor):
         self._starts, self._never = starts_word.tolist(), never_word.tolist()
+
+    @classmethod
+    def for_tokenizer(cls, tokenizer, scheme: str | None = None) -> "WordGrouper":
+        """The grouper of ``tokenizer``'s words (scheme detected unless given)."""
+        scheme = detect_word_boundary_scheme(tokenizer) if scheme is None else _check_scheme(scheme)
+        starts_word, never_word, _ = _word_tables(tokenizer, scheme)
+        return cls(starts_word, never_word)
 
     def __call__(self, ids: Sequence[int]) -> list[list[int]]:
         """Positions of each word of ``ids``; special tokens belong to none, and the token after

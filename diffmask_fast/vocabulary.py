@@ -15,7 +15,7 @@ BATCH_TEXTS = 256
 def tokenizer_words(tokenizer, text: str, scheme: str | None = None, *, grouper: WordGrouper | None = None) -> list[str]:
     """Surface words of one text, grouped as the masking ops group them (DESIGN.md §2): special
     tokens such as ``<unk>`` belong to no word. Pass a ``grouper`` to reuse its tables."""
-    grouper = grouper or WordGrouper(tokenizer, scheme)
+    grouper = grouper or WordGrouper.for_tokenizer(tokenizer, scheme)
     return _words_of_batch(tokenizer, [text], grouper)
 
 
@@ -28,7 +28,7 @@ def _words_of_batch(tokenizer, texts: list[str], grouper: WordGrouper) -> list[s
 
 def tokenizer_word_types(tokenizer, texts: Iterable[str], lowercase: bool = True, scheme: str | None = None) -> set[str]:
     """Normalized word types of ``texts`` as the collator will see them, for scoring."""
-    grouper = WordGrouper(tokenizer, scheme)
+    grouper = WordGrouper.for_tokenizer(tokenizer, scheme)
     types: set[str] = set()
     texts = iter(texts)
     while batch := list(itertools.islice(texts, BATCH_TEXTS)):
