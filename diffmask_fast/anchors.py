@@ -78,6 +78,16 @@ class Anchors:
         return loaded
 
 
+def check_mining_settings(k: int, min_count: int | None, smoothing_per_million: float) -> None:
+    """Raise ValueError for settings ``mine_anchors`` refuses: callers check them before a long count."""
+    if k < 1:
+        raise ValueError(f"the number of anchors k must be at least 1, got {k}")
+    if min_count is not None and min_count < 1:
+        raise ValueError(f"min_count must be at least 1, got {min_count}")
+    if not (math.isfinite(smoothing_per_million) and smoothing_per_million > 0):
+        raise ValueError(f"smoothing_per_million must be a positive finite number, got {smoothing_per_million}")
+
+
 def mine_anchors(
     counts: WordCounts | Mapping[str, int] | str | os.PathLike,
     general: GeneralFrequencies | None = None,
@@ -95,12 +105,7 @@ def mine_anchors(
     ``reference.select_anchors``; only words with at least ``min_count`` occurrences are decoded,
     so counts mapped from a file are never loaded whole.
     """
-    if k < 1:
-        raise ValueError(f"the number of anchors k must be at least 1, got {k}")
-    if min_count is not None and min_count < 1:
-        raise ValueError(f"min_count must be at least 1, got {min_count}")
-    if not (math.isfinite(smoothing_per_million) and smoothing_per_million > 0):
-        raise ValueError(f"smoothing_per_million must be a positive finite number, got {smoothing_per_million}")
+    check_mining_settings(k, min_count, smoothing_per_million)
     if isinstance(counts, (str, os.PathLike)):
         counts = WordCounts.load(counts)
     elif not isinstance(counts, WordCounts):

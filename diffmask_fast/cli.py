@@ -149,19 +149,25 @@ def _check_outputs(args, *names: str) -> None:
             check_writable(path, "--" + name.replace("_", "-"))
 
 
-def _check_mining_options(args) -> None:
-    """The mining options that can be checked before a long count."""
-    if args.k < 1:
-        raise ValueError(f"the number of anchors -k must be at least 1, got {args.k}")
-    if args.min_count is not None and args.min_count < 1:
-        raise ValueError(f"--min-count must be at least 1, got {args.min_count}")
-    if args.general is not None and not args.general.is_file():
-        raise ValueError(f"general frequency table {str(args.general)!r} does not exist")
+def _mining_settings(args) -> dict:
+    """``mine_anchors``' settings from the options: checked, and the general table read, before a
+    long count."""
+    from .anchors import check_mining_settings
+    from .general import GeneralFrequencies
+    from .reference import DEFAULT_SMOOTHING_PER_MILLION
+
+    smoothing = DEFAULT_SMOOTHING_PER_MILLION if args.smoothing is None else args.smoothing
+    check_mining_settings(args.k, args.min_count, smoothing)
+    general = GeneralFrequencies.from_file(args.general) if args.general else GeneralFrequencies.default()
+    return {"general": general, "k": args.k, "min_count": args.min_count, "smoothing_per_million": smoothing}
 
 
 def _mine(corpus, args):
+    from .anchors import mine_anchors
+
+    settings = _mining_settings(args)
     counts = _count(corpus, args)
-    return counts, _anchors_of(counts, args)
+    return counts, mine_anchors(counts, **settings)
 
 
 def _count(corpus, args):
@@ -177,16 +183,6 @@ def _count(corpus, args):
     return count_words(corpus, progress=not getattr(args, "no_progress", False),
                        threads=getattr(args, "threads", None), text_field=getattr(args, "text_field", None),
                        scheduler=getattr(args, "scheduler", None))
-
-
-def _anchors_of(counts, args):
-    from .anchors import mine_anchors
-    from .general import GeneralFrequencies
-    from .reference import DEFAULT_SMOOTHING_PER_MILLION
-
-    general = GeneralFrequencies.from_file(args.general) if args.general else GeneralFrequencies.default()
-    smoothing = DEFAULT_SMOOTHING_PER_MILLION if args.smoothing is None else args.smoothing
-    return mine_anchors(counts, general, k=args.k, min_count=args.min_count, smoothing_per_million=smoothing)
 
 
 def _show_masks(anchors, texts, args, plot_texts=()) -> None:
@@ -240,13 +236,15 @@ def run_demo(args) -> None:
 
 
 def run_mine(args) -> None:
-    _check_mining_options(args)
+    from .anchors import mine_anchors
+
+    settings = _mining_settings(args)
     _check_outputs(args, "output", "counts_output")
     counts = _count([Path(c) for c in args.corpus], args)
     if args.counts_output:  # saved first: a long count survives a mining error
         counts.save(args.counts_output)
         print(f"Saved word counts to {args.counts_output} (load them with --counts, or WordCounts.load)")
-    anchors = _anchors_of(counts, args)
+    anchors = mine_anchors(counts, **settings)
     print(f"{counts.total:,} words, {len(counts):,} distinct, {counts.documents:,} documents; "
           f"anchors need at least {anchors.min_count} occurrences.\n")
     print(anchors.table())
@@ -265,7 +263,6 @@ def run_preview(args) -> None:
     if args.anchors:
         anchors = Anchors.load(args.anchors)
     else:
-        _check_mining_options(args)
         _, anchors = _mine(corpus, args)
         print(anchors.table())
     documents = (d for d in iter_documents(corpus, args.text_field) if d.strip())
