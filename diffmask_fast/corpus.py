@@ -3,8 +3,9 @@ HuggingFace ``datasets.Dataset``.
 
 A document is a line of a text file (``\\n``, ``\\r\\n`` and a lone ``\\r`` end a line; invalid UTF-8
 bytes become U+FFFD; a UTF-8 byte-order mark opening the file is not text), one record of a
-JSON-lines file (its ``text_field``), one string of an iterable, or one row of a dataset. ``iter_documents`` yields them one by one and is the plain
-definition ``count_words`` is tested against; ``count_words`` reads the same sources in blocks.
+JSON-lines file (its ``text_field``), one string of an iterable, or one row of a dataset.
+``iter_documents`` yields them one by one and is the plain definition ``count_words`` is tested
+against; ``count_words`` reads the same sources in blocks.
 """
 
 from __future__ import annotations

@@ -320,11 +320,10 @@ def _check_options(seeds, epochs, learning_rate, batch_size, max_length, weight_
     return seeds
 
 
-def _check_device(training_args, device: str | None) -> None:
-    """The trainer picks its device itself: make sure it is the one asked for."""
-    if device is None:
+def _check_device(training_args, device: str | None, wanted) -> None:
+    """The trainer picks its device itself: make sure it is ``wanted`` (``device`` parsed)."""
+    if wanted is None:
         return
-    wanted = usable_device(device)
     actual = training_args.device
     if wanted.type != actual.type or (wanted.index is not None and wanted.index != (actual.index or 0)):
         raise ValueError(f"device {device!r} was asked for but training would run on {str(actual)!r} "
@@ -432,7 +431,7 @@ def finetune(model: str | os.PathLike, train: str | os.PathLike, dev: str | os.P
                 report_to="none", disable_tqdm=not progress, use_cpu=on_cpu,
                 dataloader_num_workers=0, dataloader_pin_memory=torch.cuda.is_available() and not on_cpu,
                 remove_unused_columns=False)
-            _check_device(training_args, device)
+            _check_device(training_args, device, wanted_device)
             set_seed(seed)  # the new classification head is initialized under the run's seed
             classifier = _load_classifier(model, id2label, label2id)
             if not length_checked:
