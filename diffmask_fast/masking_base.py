@@ -27,18 +27,6 @@ def distributed_rank() -> int:
     return int(os.environ.get("RANK", "0"))
 
 
-def worker_id() -> int:
-    info = torch.utils.data.get_worker_info()
-    return -1 if info is None else info.id
-
-
-def worker_seed() -> int:
-    """The DataLoader's seed of this worker (-1 outside workers). DataLoader draws it anew for
-    every epoch's workers from its own generator, so it tells epochs apart reproducibly."""
-    info = torch.utils.data.get_worker_info()
-    return -1 if info is None else int(info.seed)
-
-
 def check_probability(name: str, value: float) -> None:
     if not 0.0 <= value <= 1.0:  # also refuses NaN
         raise ValueError(f"{name} must be in [0, 1], got {value}")
@@ -77,9 +65,13 @@ def replace_selected(
 
 
 def _stream_context() -> tuple[int, int, int, int]:
-    """What makes a random stream distinct: process, distributed rank, DataLoader worker and the
-    worker's seed (new each epoch, whose workers would otherwise replay the last epoch's masks)."""
-    return (os.getpid(), distributed_rank(), worker_id(), worker_seed())
+    """What makes a random stream distinct: process, distributed rank, DataLoader worker (-1
+    outside workers) and the worker's seed, which DataLoader draws anew from its generator for
+    every epoch's workers (they would otherwise replay the last epoch's masks)."""
+    info = torch.utils.data.get_worker_info()
+    if info is None:
+        return (os.getpid(), distributed_rank(), -1, -1)
+    return (os.getpid(), distributed_rank(), info.id, int(info.seed))
 
 
 @dataclass(kw_only=True)
