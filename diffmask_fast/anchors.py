@@ -98,16 +98,16 @@ def mine_anchors(
     """The ``k`` words with the highest TF-ICF (eq. 2) among words with a letter.
 
     ``counts`` is a ``WordCounts`` (from ``count_words`` or ``WordCounts.load``), a word -> count
-    mapping, or the path of saved counts. ``min_count`` defaults to
+    mapping, or the path of saved counts (checksummed as it is loaded). ``min_count`` defaults to
     ``reference.default_min_count`` of the corpus size and ``smoothing_per_million`` is the add-n
     constant of ``reference.tf_icf``; both keep one-off names and typos from outranking words that
     are frequent in the domain. Ties break by word. The result equals
     ``reference.select_anchors``; only words with at least ``min_count`` occurrences are decoded,
-    so counts mapped from a file are never loaded whole.
+    so counts mapped from a file are never decoded whole.
     """
     check_mining_settings(k, min_count, smoothing_per_million)
     if isinstance(counts, (str, os.PathLike)):
-        counts = WordCounts.load(counts)
+        counts = WordCounts.load(counts, verify=True)
     elif not isinstance(counts, WordCounts):
         counts = WordCounts.from_mapping(counts)
     total = counts.total

@@ -149,6 +149,26 @@ def _check_outputs(args, *names: str) -> None:
             check_writable(path, "--" + name.replace("_", "-"))
 
 
+def _check_score_settings(args) -> None:
+    """Refuse, before counting and embedding, the score options the index or embedder would."""
+    from .index import check_index_options
+
+    check_index_options(args.index, recall_target=args.recall_target, nlist=args.nlist, nprobe=args.nprobe,
+                        ef_search=args.ef_search)
+    for flag, value in (("--batch-size", args.batch_size), ("--contextual-anchors", args.contextual_anchors)):
+        if value is not None and value < 1:
+            raise ValueError(f"{flag} must be positive, got {value}")
+    if args.top < 0:
+        raise ValueError(f"--top must be 0 or more, got {args.top}")
+
+
+def _check_masking_settings(args) -> None:
+    """Refuse, before mining and scoring, a masking share the collator would."""
+    from .masking_base import check_probability
+
+    check_probability("--mlm-probability", args.mlm_probability)
+
+
 def _mining_settings(args) -> dict:
     """``mine_anchors``' settings from the options: checked, and the general table read, before a
     long count."""
@@ -177,7 +197,7 @@ def _count(corpus, args):
     if getattr(args, "counts", None) is not None:
         if corpus:
             raise ValueError("give either a corpus to count or --counts, not both")
-        return WordCounts.load(args.counts)
+        return WordCounts.load(args.counts, verify=True)  # a flipped byte would be a wrong count
     if not corpus:
         raise ValueError("give a corpus to count (files, directories or globs), or --counts with saved word counts")
     return count_words(corpus, progress=not getattr(args, "no_progress", False),
@@ -224,6 +244,7 @@ def run_demo(args) -> None:
     from .demo import python_reference_corpus, sample_sentences
 
     _check_outputs(args, "html", "plot")
+    _check_masking_settings(args)
     lines = python_reference_corpus()
     print(f"Corpus: the Python language reference shipped with CPython ({len(lines):,} paragraphs).")
     args.general = args.min_count = args.smoothing = None
@@ -260,6 +281,7 @@ def run_preview(args) -> None:
 
     corpus = [Path(c) for c in args.corpus]
     _check_outputs(args, "html", "plot")
+    _check_masking_settings(args)
     if args.anchors:
         anchors = Anchors.load(args.anchors)
     else:
@@ -290,9 +312,10 @@ def run_score(args) -> None:
     if args.tokenizer is not None and not corpus:
         raise ValueError("--tokenizer groups the words of a corpus; with --counts alone there is none to group")
     _check_outputs(args, "output")
+    _check_score_settings(args)
     progress = not args.no_progress
     anchors = Anchors.load(args.anchors)
-    counts = (WordCounts.load(args.counts) if args.counts is not None
+    counts = (WordCounts.load(args.counts, verify=True) if args.counts is not None
               else count_words(corpus, progress=progress, text_field=args.text_field))
     table = getattr(counts, "table", None)
     words = set(table.words() if table is not None and hasattr(table, "words") else counts.counts)
@@ -324,7 +347,8 @@ def run_score(args) -> None:
     info = scores.info
     print(f"Scored {len(scores):,} word types against {len(anchors)} anchors "
           f"({info['anchor_vectors']:,} anchor vectors{', contextual' if info['contextual'] else ''}) "
-          f"with {info['model']} ({info['pooling']} pooling, {info['similarity']} similarity) in {elapsed:.1f} s.")
+          f"with {info['model']} ({info['pooling']} pooling, {info['similarity']} similarity"
+          f"{'' if info['dtype'] == 'float32' else ', ' + info['dtype']}) in {elapsed:.1f} s.")
     if scorer.index is not None:
         print(f"Nearest-anchor search: {scorer.index.describe()}.")
     if args.top > 0:

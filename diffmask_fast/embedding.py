@@ -266,6 +266,14 @@ class WordEmbedder:
             self._held[what] = value
         return value
 
+    @property
+    def compute_dtype(self) -> str:
+        """Precision the vectors are computed in: "float32", "bfloat16" or "float16" (always
+        float32 for ``input_embeddings``, which runs no forward pass)."""
+        if self.pooling == "input_embeddings" or self._autocast_dtype is None:
+            return "float32"
+        return str(self._autocast_dtype).replace("torch.", "")
+
     def cache_key(self) -> tuple[str, dict]:
         """(SHA-256 key, its fields): everything the vectors depend on, weights hashed by content."""
         fields = {
@@ -276,8 +284,7 @@ class WordEmbedder:
             "tokenizer_sha256": self._fingerprint("tokenizer"),
             "pooling": self.pooling,
             "max_length": None if self.pooling == "input_embeddings" else self.max_length,
-            "dtype": None if self.pooling == "input_embeddings" or self._autocast_dtype is None
-            else str(self._autocast_dtype).replace("torch.", ""),
+            "dtype": None if self.compute_dtype == "float32" else self.compute_dtype,
         }
         key = hashlib.sha256(json.dumps(fields, sort_keys=True, ensure_ascii=False).encode("utf-8")).hexdigest()
         return key, fields

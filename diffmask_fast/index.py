@@ -64,6 +64,24 @@ MAX_SCAN_FRACTION = 0.25
 TIE_TOLERANCE = 1e-6
 
 
+def check_index_options(kind: str = "auto", *, recall_target: float = 0.99, spill: int = 1,
+                        engine: str | None = None, **counts: int | None) -> None:
+    """Raise ValueError for options ``AnchorIndex`` refuses. ``counts`` are the options that must
+    be positive (``nlist``, ``nprobe``, ``ef_search``, ...; None means the default). Callers check
+    them before the hours of counting and embedding that come before an index is built."""
+    if kind not in INDEX_KINDS:
+        raise ValueError(f"unknown index kind {kind!r}; expected one of {', '.join(INDEX_KINDS)}")
+    if not 0.0 < recall_target <= 1.0:
+        raise ValueError(f"recall_target must be in (0, 1], got {recall_target}")
+    if spill not in (1, 2):
+        raise ValueError(f"spill must be 1 or 2, got {spill}")
+    if engine is not None and engine not in IVF_ENGINES:
+        raise ValueError(f"unknown IVF engine {engine!r}; expected one of {', '.join(IVF_ENGINES)}")
+    for name, value in counts.items():
+        if value is not None and value < 1:
+            raise ValueError(f"{name} must be positive, got {value}")
+
+
 @dataclass
 class RecallReport:
     """Recall@1 of an approximate index against exact search on sample queries."""
@@ -183,18 +201,9 @@ class AnchorIndex:
         use_gpu: bool | None = None,
         seed: int = 0,
     ):
-        if kind not in INDEX_KINDS:
-            raise ValueError(f"unknown index kind {kind!r}; expected one of {', '.join(INDEX_KINDS)}")
-        if not 0.0 < recall_target <= 1.0:
-            raise ValueError(f"recall_target must be in (0, 1], got {recall_target}")
-        if spill not in (1, 2):
-            raise ValueError(f"spill must be 1 or 2, got {spill}")
-        if engine is not None and engine not in IVF_ENGINES:
-            raise ValueError(f"unknown IVF engine {engine!r}; expected one of {', '.join(IVF_ENGINES)}")
-        for name, value in (("nlist", nlist), ("nprobe", nprobe), ("ef_search", ef_search), ("hnsw_m", hnsw_m),
-                            ("ef_construction", ef_construction), ("batch_size", batch_size)):
-            if value is not None and value < 1:
-                raise ValueError(f"{name} must be positive, got {value}")
+        check_index_options(kind, recall_target=recall_target, spill=spill, engine=engine, nlist=nlist,
+                            nprobe=nprobe, ef_search=ef_search, hnsw_m=hnsw_m, ef_construction=ef_construction,
+                            batch_size=batch_size)
         started = time.perf_counter()
         anchors = _as_tensor(anchors, "anchors")
         if anchors.ndim != 2 or anchors.shape[0] < 1 or anchors.shape[1] < 1:

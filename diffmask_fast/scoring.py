@@ -494,6 +494,7 @@ class WordScorer:
         """How this scorer makes scores: model, pooling, anchors and index (stored in the table)."""
         model = getattr(getattr(self.embedder.model, "config", None), "_name_or_path", "") or type(self.embedder.model).__name__
         info = {"model": str(model), "pooling": self.embedder.pooling, "similarity": self.similarity,
+                "dtype": getattr(self.embedder, "compute_dtype", "float32"),
                 "anchor_words": len(self.anchor_words), "anchor_vectors": int(self.anchor_vectors.shape[0]),
                 "contextual": self.vector_anchor is not None}
         if self.index is not None:

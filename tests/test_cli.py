@@ -122,6 +122,19 @@ def test_outputs_and_options_are_checked_before_counting(tmp_path, capsys, monke
          "cannot write the --output"),
         (["score", "--counts", str(tmp_path / "c.bin"), "--anchors", str(tmp_path / "a.json"), "-o",
           str(tmp_path / "s.npz"), "--tokenizer", "some/tokenizer"], "--tokenizer groups the words of a corpus"),
+        (["demo", "--mlm-probability", "1.5"], "--mlm-probability must be in [0, 1], got 1.5"),
+        (["preview", str(corpus), "--mlm-probability", "nan"], "--mlm-probability must be in [0, 1], got nan"),
+    ]
+    score = ["score", str(corpus), "--anchors", str(tmp_path / "a.json"), "-o", str(tmp_path / "s.npz")]
+    cases += [
+        (score + ["--recall-target", "0"], "recall_target must be in (0, 1], got 0.0"),
+        (score + ["--recall-target", "nan"], "recall_target must be in (0, 1], got nan"),
+        (score + ["--nlist", "0"], "nlist must be positive, got 0"),
+        (score + ["--nprobe", "-1"], "nprobe must be positive, got -1"),
+        (score + ["--ef-search", "0"], "ef_search must be positive, got 0"),
+        (score + ["--batch-size", "0"], "--batch-size must be positive, got 0"),
+        (score + ["--contextual-anchors", "0"], "--contextual-anchors must be positive, got 0"),
+        (score + ["--top", "-2"], "--top must be 0 or more, got -2"),
     ]
     for argv, message in cases:
         assert main(argv) == 1, argv
@@ -158,6 +171,51 @@ def test_options_reach_what_they_set(tmp_path, monkeypatch, capsys):
     assert main(["preview", str(corpus), "--anchors", str(anchors), "-n", "1", "--weighting", "rank",
                  "--mlm-probability", "0.4", "--seed", "5"]) == 0
     assert (seen["weighting"], seen["mlm_probability"], seen["seed"]) == ("rank", 0.4, 5)
+
+
+def test_dtype_and_recall_target_reach_the_scorer(tmp_path, monkeypatch, capsys):
+    from diffmask_fast import scoring
+    from diffmask_fast.scoring import ScoreTable
+
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("The enzyme binds the receptor in the membrane of the cell.\n"
+                      "Kinase inhibitors block the receptor and slow the enzyme.\n" * 20)
+    anchors = tmp_path / "anchors.json"
+    assert main(["mine", str(corpus), "-k", "3", "--min-count", "1", "-o", str(anchors), "--no-progress"]) == 0
+    targets = []
+
+    class RecordingIndex(scoring.AnchorIndex):
+        def __init__(self, *args, **kwargs):
+            targets.append(kwargs.get("recall_target"))
+            super().__init__(*args, **kwargs)
+
+    monkeypatch.setattr(scoring, "AnchorIndex", RecordingIndex)
+    scores = tmp_path / "scores.npz"
+    assert main(["score", str(corpus), "--anchors", str(anchors), "-o", str(scores), "--dtype", "bfloat16",
+                 "--contextual-anchors", "40", "--pooling", "mean", "--index", "hnsw", "--recall-target", "0.5",
+                 "--no-cache", "--no-progress", "--top", "0"]) == 0
+    assert "mean pooling, max similarity, bfloat16)" in capsys.readouterr().out
+    table = ScoreTable.load(scores)
+    assert table.info["dtype"] == "bfloat16" and table.info["index_kind"] == "hnsw"
+    assert targets == [0.5]
+    assert main(["score", str(corpus), "--anchors", str(anchors), "-o", str(scores), "--no-cache",
+                 "--no-progress", "--top", "0"]) == 0
+    assert ScoreTable.load(scores).info["dtype"] == "float32"
+
+
+def test_saved_counts_are_checksummed_when_loaded(tmp_path, capsys):
+    corpus, counts, anchors = tmp_path / "corpus.txt", tmp_path / "counts.bin", tmp_path / "anchors.json"
+    corpus.write_text("enzyme binds the receptor\n" * 3)
+    assert main(["mine", str(corpus), "--min-count", "1", "-k", "2", "--counts-output", str(counts),
+                 "-o", str(anchors), "--no-progress"]) == 0
+    damaged = bytearray(counts.read_bytes())
+    damaged[-2] ^= 0x20  # a letter of the last word changes case: the file still parses
+    counts.write_bytes(bytes(damaged))
+    capsys.readouterr()
+    assert main(["mine", "--counts", str(counts), "--min-count", "1", "-k", "2"]) == 1
+    assert "checksum mismatch" in capsys.readouterr().err
+    assert main(["score", "--counts", str(counts), "--anchors", str(anchors), "-o", str(tmp_path / "s.npz")]) == 1
+    assert "checksum mismatch" in capsys.readouterr().err
 
 
 def test_index_options_reach_the_anchor_index(tmp_path, capsys):

@@ -395,6 +395,8 @@ def test_binary_counts_corruption_is_detected(tmp_path):
     WordCounts.load(path)  # a flipped word byte is only found by verify
     with pytest.raises(ValueError, match="checksum"):
         WordCounts.load(path, verify=True)
+    with pytest.raises(ValueError, match="checksum"):  # mining reads every count: it verifies a path it loads
+        mine_anchors(path, k=1, min_count=1)
     path.write_bytes(data[:8] + b"\x07" + data[9:])
     with pytest.raises(ValueError, match="version 7"):
         WordCounts.load(path)

@@ -101,6 +101,10 @@ def test_changed_weights_pooling_or_settings_never_read_stale_vectors(tokenizer,
     for options in ({"pooling": "pooled"}, {"pooling": "input_embeddings"}, {"max_length": 16}, {"dtype": "bfloat16"}):
         keys.add(embedder(model, tokenizer, tmp_path, **options).cache_key()[0])
     assert len(keys) == 5
+    plain = embedder(model, tokenizer, tmp_path, pooling="input_embeddings")
+    halved = embedder(model, tokenizer, tmp_path, pooling="input_embeddings", dtype="bfloat16")
+    assert plain.cache_key() == halved.cache_key() and halved.compute_dtype == "float32"  # no forward pass
+    assert embedder(model, tokenizer, tmp_path, dtype="bf16").compute_dtype == "bfloat16"
     other = tiny_bert(tokenizer, rng.randrange(2**31))
     assert embedder(other, tokenizer, tmp_path).cache_key()[0] not in keys
     directories = list((tmp_path / "embeddings").iterdir())
