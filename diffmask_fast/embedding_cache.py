@@ -14,6 +14,8 @@ one. A segment that fails its checks (unreadable JSON, a missing or truncated ve
 checksum mismatch) is reported with ``warnings.warn`` naming the file, deleted, and its words are
 embedded again. Vectors are verified against their checksum the first time a run reads them.
 When a configuration has more than ``MAX_SEGMENTS`` segments, the smallest are merged into one.
+A segment is removed JSON first, so one whose JSON is gone was merged (or discarded) by another
+process: its words are looked up again in the segments on disk, with no warning.
 """
 
 from __future__ import annotations
@@ -118,6 +120,8 @@ class EmbeddingCache:
         self.description = description or {}
         self._segments: dict[str, _Segment] = {}
         self._where: dict[str, tuple[str, int]] = {}
+        #: Segments found corrupt: never read again, even where they could not be deleted.
+        self._rejected: set[str] = set()
 
     # -- reading -----------------------------------------------------------------------------
     def refresh(self) -> None:
@@ -131,7 +135,7 @@ class EmbeddingCache:
         if gone:
             self._reindex()
         for name in names:
-            if name in self._segments:
+            if name in self._segments or name in self._rejected:
                 continue
             try:
                 segment = _Segment(self.directory / name, self.dimension)
@@ -149,10 +153,14 @@ class EmbeddingCache:
                 self._where.setdefault(word, (name, row))
 
     def _discard(self, segment: _Segment | None, path: Path, error: Exception) -> None:
-        warnings.warn(f"embedding cache: {error}; discarding {path} and embedding its words again", stacklevel=4)
+        """Delete a segment that failed its checks, unless another process already removed it."""
         if segment is None:
             segment = object.__new__(_Segment)
             segment.meta_path, segment.vectors_path = path, path.with_suffix(".npy")
+        if not segment.meta_path.exists():
+            return  # merged away by another process, not damaged
+        self._rejected.add(segment.meta_path.name)
+        warnings.warn(f"embedding cache: {error}; discarding {path} and embedding its words again", stacklevel=4)
         segment.remove()
 
     def __contains__(self, word: str) -> bool:
@@ -183,6 +191,7 @@ class EmbeddingCache:
                 segment = self._segments.pop(name)
                 self._discard(segment, segment.vectors_path, error)
                 self._reindex()
+                self.refresh()  # a merged segment written by another process holds the words again
                 continue
             if not positions:
                 return np.zeros(0, dtype=np.int64), np.zeros((0, self.dimension), dtype=np.float32)

@@ -2,6 +2,7 @@
 
 import random
 import string
+import warnings
 
 import numpy as np
 import pytest
@@ -219,6 +220,45 @@ def test_segments_are_atomic_and_merged(tokenizer, tmp_path, rng, monkeypatch):
     vectors = embedder(model, tokenizer, tmp_path).embed(words)
     assert counter["rows"] == 0
     torch.testing.assert_close(vectors, embedder(model, tokenizer, None).embed(words), atol=1e-6, rtol=1e-5)
+
+
+def test_a_merge_by_another_process_is_followed_without_a_warning(tmp_path, rng, recwarn, monkeypatch):
+    dimension = 4
+    words = random_words(40, rng)
+    vectors = np.random.default_rng(rng.randrange(2**31)).standard_normal((40, dimension)).astype(np.float32)
+    writer = embedding_cache.EmbeddingCache(tmp_path, "key", dimension)
+    for part in range(4):
+        writer.add(words[part * 10 : (part + 1) * 10], vectors[part * 10 : (part + 1) * 10])
+    reader = embedding_cache.EmbeddingCache(tmp_path, "key", dimension)
+    monkeypatch.setattr(embedding_cache, "MAX_SEGMENTS", 2)
+    look = reader.refresh
+
+    def merged_right_after_the_look():  # the reader knows four segments, the writer deletes three
+        look()
+        if len(writer._segments) == 4:
+            writer._merge()
+            assert len(writer._segments) == 2
+
+    monkeypatch.setattr(reader, "refresh", merged_right_after_the_look)
+    positions, found = reader.lookup(words)
+    assert sorted(positions.tolist()) == list(range(40)), "every word is found in the merged segment"
+    np.testing.assert_array_equal(found, vectors[positions])
+    assert not [w for w in recwarn if "embedding cache" in str(w.message)]
+
+
+def test_a_corrupt_segment_that_cannot_be_deleted_is_not_read_again(tmp_path, rng, monkeypatch):
+    cache = embedding_cache.EmbeddingCache(tmp_path, "key", 3)
+    cache.add(["enzyme", "kinase"], np.ones((2, 3), dtype=np.float32))
+    vectors_file = next(cache.directory.glob("seg-*.npy"))
+    vectors_file.write_bytes(vectors_file.read_bytes()[:-4])
+    monkeypatch.setattr(embedding_cache._Segment, "remove", lambda self: None)  # a read-only cache
+    reader = embedding_cache.EmbeddingCache(tmp_path, "key", 3)
+    with pytest.warns(UserWarning, match="does not match its checksum|cannot read"):
+        positions, _ = reader.lookup(["enzyme", "kinase"])
+    assert positions.size == 0
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert reader.lookup(["enzyme"])[0].size == 0  # no second warning, no endless retry
 
 
 def test_no_cache_writes_nothing_and_default_dir_follows_the_environment(tokenizer, tmp_path, monkeypatch, rng):
