@@ -7,7 +7,8 @@ strategy, then fine-tuning each resulting model on the task's labels.
     python benchmarks/comparison.py --redraw --write      the same from the last run's saved results
 
 A second call keeps the pretraining and fine-tuning an earlier one finished with the same settings
-and resumes a pretraining it left off at a checkpoint; ``--fresh`` runs everything again.
+and resumes a pretraining it left off at a checkpoint and a fine-tuning it left between seeds;
+``--fresh`` runs everything again.
 
 The default data is ../shared/data/scicite: ``corpus.txt`` (unlabeled) for continued pretraining,
 ``train/dev/test.jsonl`` for fine-tuning. Offline, the starting model is all-MiniLM-L6-v2 (from the
@@ -111,7 +112,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="the markdown file --write updates (default benchmarks/RESULTS.md)")
     parser.add_argument("--fresh", action="store_true",
                         help="pretrain and fine-tune everything again (default: keep the runs an earlier call "
-                             "finished with the same settings, and resume interrupted pretraining)")
+                             "finished with the same settings, and resume interrupted ones)")
     parser.add_argument("--redraw", action="store_true",
                         help="train nothing: rebuild table, reading and picture from the work dir's comparison.json")
     args = parser.parse_args(argv)
@@ -169,12 +170,15 @@ def run_strategies(args, scale: dict) -> Runs:
     for name, path, summary in trained:
         print(f"\n=== fine-tuning: {name} ===", flush=True)
         report_path = args.work_dir / args.scale / f"finetune_{name}.json"
-        report = finished_finetuning(report_path, path, args, scale) if name in kept and not args.fresh else None
+        report, resume = earlier_finetuning(report_path, path, args, scale, model_kept=name in kept)
         if report is not None:
             print(f"kept the finished report {report_path}")
         else:
+            if resume:
+                print(f"resuming the interrupted fine-tuning in {report_path}")
             report = finetune(path, args.data / "train.jsonl", args.data / "dev.jsonl", args.data / "test.jsonl",
-                              progress=False, report_path=report_path, **scale["finetune"])  # saved after each seed
+                              progress=False, report_path=report_path, resume=resume,
+                              **scale["finetune"])  # saved after each seed
         rows.append((name, summary, report))
     runs = Runs(str(args.data), model, bundled, date, machine(), (time.perf_counter() - started) / 60, rows)
     atomic_write_json(args.work_dir / args.scale / "comparison.json", {
@@ -220,18 +224,27 @@ def prepared_for_pretraining(config, fresh: bool):
     return config
 
 
-def finished_finetuning(path: Path, model: str, args, scale: dict):
-    """An earlier complete fine-tuning report of ``model`` at ``path`` with this scale's settings."""
+def earlier_finetuning(path: Path, model: str, args, scale: dict, model_kept: bool):
+    """(the report, when complete; whether to resume) for what an earlier fine-tuning of ``model``
+    left at ``path``. A report of other data or settings, or of a model pretrained again since
+    (``model_kept`` false), is removed: it describes other weights, and would otherwise be kept
+    as finished by the run after an interrupted one."""
     from diffmask_fast.finetune import FinetuneReport
 
     if not path.is_file():
-        return None
-    report = FinetuneReport.load(path)
-    wanted = {"train": str(args.data / "train.jsonl"), "dev": str(args.data / "dev.jsonl"),
-              "test": str(args.data / "test.jsonl"), **scale["finetune"]}
-    wanted["seeds"] = list(wanted.get("seeds", report.seeds_requested))
-    same = report.model == str(model) and all(report.config.get(key) == value for key, value in wanted.items())
-    return report if same and report.complete else None
+        return None, False
+    try:
+        report = FinetuneReport.load(path)
+    except ValueError:
+        report = None
+    if report is not None and model_kept and not args.fresh:
+        wanted = {"train": str(args.data / "train.jsonl"), "dev": str(args.data / "dev.jsonl"),
+                  "test": str(args.data / "test.jsonl"), **scale["finetune"]}
+        wanted["seeds"] = list(wanted.get("seeds", report.seeds_requested))
+        if report.model == str(model) and all(report.config.get(key) == value for key, value in wanted.items()):
+            return (report, False) if report.complete else (None, True)
+    path.unlink()
+    return None, False
 
 
 def saved_runs(args) -> Runs:

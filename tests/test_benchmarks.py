@@ -115,6 +115,45 @@ def test_the_comparison_reading_says_when_seeds_cannot_tell():
     assert "less than their spread over seeds (up to 7.1): this run does not separate them." in close
 
 
+def test_the_comparison_keeps_resumes_or_removes_an_earlier_fine_tuning(tmp_path):
+    import argparse
+
+    from diffmask_fast.finetune import FinetuneReport, SeedResult
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        from comparison import earlier_finetuning
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
+    args = argparse.Namespace(data=tmp_path / "data", fresh=False)
+    scale = {"finetune": {"epochs": 2, "seeds": (1, 2)}}
+    config = {"train": str(args.data / "train.jsonl"), "dev": str(args.data / "dev.jsonl"),
+              "test": str(args.data / "test.jsonl"), "epochs": 2, "seeds": [1, 2], "train_examples": 10}
+    path = tmp_path / "finetune_difference.json"
+
+    def saved(seeds_done, **changes):
+        results = [SeedResult(seed, 1, {"accuracy": 0.5, "macro_f1": 0.5}) for seed in seeds_done]
+        FinetuneReport("work/difference", ["a", "b"], results, {**config, **changes}).save(path)
+
+    saved([1, 2])
+    report, resume = earlier_finetuning(path, "work/difference", args, scale, model_kept=True)
+    assert report is not None and report.seeds == [1, 2] and not resume
+    saved([1])
+    assert earlier_finetuning(path, "work/difference", args, scale, model_kept=True) == (None, True)
+    assert path.is_file(), "an interrupted fine-tuning is resumed from its report"
+    for model, changes, kept in (("work/difference", {}, False), ("work/difference", {"epochs": 3}, True),
+                                 ("elsewhere", {}, True)):
+        saved([1, 2], **changes)
+        assert earlier_finetuning(path, model, args, scale, model_kept=kept) == (None, False)
+        assert not path.exists(), "a report of other weights or settings is removed"
+    saved([1, 2])
+    args.fresh = True
+    assert earlier_finetuning(path, "work/difference", args, scale, model_kept=True) == (None, False)
+    assert not path.exists()
+    path.write_text("{not json")
+    assert earlier_finetuning(path, "work/difference", args, scale, model_kept=True) == (None, False)
+
+
 def test_the_comparison_checks_its_strategies_before_training(capsys):
     """A bad --strategies entry stops the script at once, not after the strategies before it pretrained."""
     sys.path.insert(0, str(ROOT / "benchmarks"))
