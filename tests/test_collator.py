@@ -181,9 +181,10 @@ def test_pickling_keeps_behaviour(bert_wordpiece, lines):
     assert torch.equal(collator(examples)["labels"], copy(examples)["labels"])
 
 
-def _first_batch_per_worker(collator, examples, seed):
+def _first_batch_per_worker(collator, examples, seed, start_method=None):
     loader = torch.utils.data.DataLoader(examples, batch_size=len(examples) // 2, num_workers=2,
-                                         collate_fn=collator, generator=torch.Generator().manual_seed(seed))
+                                         collate_fn=collator, generator=torch.Generator().manual_seed(seed),
+                                         multiprocessing_context=start_method)
     return [batch["labels"] for batch in loader]
 
 
@@ -212,6 +213,18 @@ def test_dataloader_with_two_workers(bert_wordpiece):
     assert not torch.equal(first, second), "two workers must not draw the same masks"
     again = _first_batch_per_worker(collator, examples, 0)
     assert torch.equal(first, again[0]) and torch.equal(second, again[1]), "seeded runs repeat"
+
+
+def test_spawned_workers_draw_what_forked_ones_do(bert_wordpiece):
+    """Workers started by spawn (macOS, Windows; forkserver is Linux's default from Python 3.14)
+    receive the collator pickled, and draw the same masks as forked ones."""
+    tokenizer = bert_wordpiece
+    text = "enzymes bind receptors in cells and tissues of the brain"
+    examples = [{"input_ids": tokenizer(text)["input_ids"]}] * 16
+    collator = DifferenceMaskingCollator(tokenizer, random_scores(tokenizer, [text], zero_share=0.0), seed=5)
+    forked = _first_batch_per_worker(collator, examples, 1, "fork")
+    spawned = _first_batch_per_worker(collator, examples, 1, "spawn")
+    assert all(torch.equal(a, b) for a, b in zip(forked, spawned)) and not torch.equal(*spawned)
 
 
 def test_trainer_with_plain_input_ids(bert_wordpiece, tiny_bert_mlm, tmp_path, lines):
