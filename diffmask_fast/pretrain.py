@@ -201,6 +201,7 @@ def _training_arguments(config: PretrainConfig, workers: int) -> Any:
         remove_unused_columns=False,
         report_to=[],
         disable_tqdm=not config.progress,
+        eval_on_start=not config.resume,  # the validation loss before training (see pretrain)
         # Under torchrun without GPUs, accelerate trains every process alone unless told to use
         # the CPU: then it joins them with gloo.
         use_cpu=not torch.cuda.is_available(),
@@ -220,7 +221,7 @@ def pretrain(config: PretrainConfig) -> dict:
     from .mlm_model import load_masked_lm
     from .pretrain_data import (SequenceDataset, TrainingCollator, read_documents, split_documents,
                                 tokenize_documents)
-    from .trainer import MaskingTrainer
+    from .trainer import MaskingTrainer, RunRecordCallback
 
     config.check()
     started = time.perf_counter()
@@ -271,15 +272,12 @@ def pretrain(config: PretrainConfig) -> dict:
         head_warmup_steps=config.head_warmup_steps, head_learning_rate=config.head_learning_rate,
         callbacks=[EarlyStoppingCallback(early_stopping_patience=config.patience)] if config.patience else [],
     )
-    if config.resume:
-        before = resumed_run.get("validation_loss_before") if resumed_run else None
-    else:
-        before = trainer.evaluate()["eval_loss"]
-        if args.process_index == 0:
-            out.mkdir(parents=True, exist_ok=True)
-            atomic_write_json(out / RUN_FILE, {"config": _jsonable(dataclasses.asdict(config)),
-                                               "validation_loss_before": before})
+    record = None if config.resume else RunRecordCallback(  # also measures the loss before training
+        out / RUN_FILE, {"config": _jsonable(dataclasses.asdict(config))}, write=args.process_index == 0)
+    if record is not None:
+        trainer.add_callback(record)
     result = trainer.train(resume_from_checkpoint=config.resume or None)
+    before = record.loss_before if record is not None else (resumed_run or {}).get("validation_loss_before")
     best = trainer.evaluate()["eval_loss"]
     trainer.save_model(str(out))
     if args.process_index == 0:

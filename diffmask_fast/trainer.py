@@ -29,15 +29,17 @@ loss; pass ``mask_eval=False`` to evaluate on batches as they come (which then n
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import DataCollatorWithPadding, Trainer
+from transformers import DataCollatorWithPadding, Trainer, TrainerCallback
 
+from ._io import atomic_write_json
 from .losses import weighted_mlm_loss
 from .masker import DifferenceMasker
 
-__all__ = ["MaskingTrainer", "DifferenceMaskingTrainer"]
+__all__ = ["MaskingTrainer", "DifferenceMaskingTrainer", "RunRecordCallback"]
 
 
 class MaskingTrainer(Trainer):
@@ -296,3 +298,30 @@ class DifferenceMaskingTrainer(MaskingTrainer):
         if not isinstance(masker, DifferenceMasker):
             raise TypeError(f"masker must be a DifferenceMasker, got {type(masker).__name__}")
         super().__init__(*args, masker=masker, mask_eval=mask_eval, **kwargs)
+
+
+class RunRecordCallback(TrainerCallback):
+    """Saves a run's record (``fields``, a JSON object) when training starts, and again with
+    ``validation_loss_before`` once the evaluation at step 0 (``eval_on_start``) has measured it,
+    so an interrupted run keeps both. Only where ``write`` (the main process).
+
+    The loss before training comes from that evaluation, not from ``evaluate()`` called before
+    ``train()``: accelerate would prepare the model for evaluation only, and ``train()`` would then
+    never wrap it in DistributedDataParallel, so every rank would train its own copy."""
+
+    def __init__(self, path, fields: dict, write: bool = True):
+        self.path, self.fields, self.write = Path(path), dict(fields), write
+        self.loss_before: float | None = None
+
+    def _save(self) -> None:
+        if self.write:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write_json(self.path, {**self.fields, "validation_loss_before": self.loss_before})
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self._save()
+
+    def on_evaluate(self, args, state, control, metrics=None, **kwargs):
+        if self.loss_before is None and state.global_step == 0 and metrics and "eval_loss" in metrics:
+            self.loss_before = float(metrics["eval_loss"])
+            self._save()

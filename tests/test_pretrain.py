@@ -53,8 +53,11 @@ def test_difference_pretraining_saves_everything_and_resumes(model_dir, corpus, 
     assert saved["data"]["sequences_validation"] > 0 and saved["data"]["documents_train"] == 144
     assert len(saved["anchors"]) == 20
     assert math.isfinite(saved["validation_loss_before"]) and math.isfinite(saved["best_validation_loss"])
-    evaluations = [entry["eval_loss"] for entry in saved["log_history"] if "eval_loss" in entry]
-    assert saved["best_validation_loss"] == pytest.approx(min(evaluations), rel=1e-5)  # the best model is kept
+    evaluations = [(entry["step"], entry["eval_loss"]) for entry in saved["log_history"] if "eval_loss" in entry]
+    assert evaluations[0] == (0, saved["validation_loss_before"])  # measured as training starts
+    assert json.loads((out / RUN_FILE).read_text())["validation_loss_before"] == saved["validation_loss_before"]
+    best = min(loss for step, loss in evaluations if step > 0)
+    assert saved["best_validation_loss"] == pytest.approx(best, rel=1e-5)  # the best model is kept
     assert summary["best_checkpoint"] is not None
     assert (out / "checkpoint-4").is_dir()
     resumed = pretrain(config_for(model_dir, corpus, out, max_steps=6, resume=True, head_warmup_steps=1,
@@ -286,14 +289,31 @@ def test_torchrun_joins_processes_mines_once_and_validates_on_the_same_masks(mod
     single = pretrain(config_for(model_dir, corpus, tmp_path / "single", max_steps=2, patience=0))
     torchrun = os.path.join(os.path.dirname(sys.executable), "torchrun")
     out = tmp_path / "ddp"
+    driver = tmp_path / "driver.py"  # the command line, telling which model each training step got
+    driver.write_text(
+        "import sys\n"
+        "from diffmask_fast.cli import main\n"
+        "from diffmask_fast.trainer import MaskingTrainer\n"
+        "seen = set()\n"
+        "compute_loss = MaskingTrainer.compute_loss\n"
+        "def recording(self, model, *args, **kwargs):\n"
+        "    if model.training:\n"
+        "        seen.add(type(model).__name__)\n"
+        "    return compute_loss(self, model, *args, **kwargs)\n"
+        "MaskingTrainer.compute_loss = recording\n"
+        "code = main(sys.argv[1:])\n"
+        "print('trained', sorted(seen))\n"
+        "sys.exit(code)\n")
     command = [torchrun, "--nproc-per-node", "2", "--master-port", str(29500 + os.getpid() % 1000),
-               "-m", "diffmask_fast.cli", "pretrain", str(corpus), "--model", str(model_dir), "-o", str(out),
+               str(driver), "pretrain", str(corpus), "--model", str(model_dir), "-o", str(out),
                "--max-steps", "2", "--eval-steps", "2", "--batch-size", "8", "--embedding-model", str(model_dir),
                "--pooling", "mean", "--max-length", "32", "--validation-fraction", "0.1", "--patience", "0",
                "--learning-rate", "1e-3", "--no-progress"]
     done = subprocess.run(command, capture_output=True, text=True, timeout=300,
                           env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert done.returncode == 0, done.stderr[-3000:]
+    # Every rank's training steps ran through DistributedDataParallel: one model, gradients averaged.
+    assert done.stdout.count("trained ['DistributedDataParallel']") == 2, done.stdout[-3000:]
     distributed = json.loads((out / SUMMARY_FILE).read_text())
     # One process mined the anchors; the other loaded them: both trained with the same ones.
     assert distributed["anchors"] == single["anchors"]
