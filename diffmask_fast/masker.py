@@ -29,12 +29,10 @@ from .scoring import ScoreTable
 __all__ = ["DifferenceMasker"]
 
 
-def _base_seed(seed: int | None) -> int:
-    """The first per-step seed: from ``seed`` and the distributed rank, or from the global torch
-    RNG when ``seed`` is None. Below 2**62, so adding one per step never overflows int64."""
-    if seed is None:
-        return int(torch.randint(0, 2**62, (), dtype=torch.int64))
-    entropy = np.random.SeedSequence([int(seed) % 2**63, distributed_rank() + 1])
+def _base_seed(root: int, rank: int) -> int:
+    """The first per-step seed of ``rank``, from a root seed. Below 2**62, so adding one per step
+    never overflows int64."""
+    entropy = np.random.SeedSequence([int(root) % 2**63, rank + 1])
     return int(entropy.generate_state(1, np.uint64)[0] >> 2)
 
 
@@ -87,7 +85,11 @@ class DifferenceMasker(torch.nn.Module):
         keys, values = self.collator._cache.tensors()
         self.register_buffer("table_keys", keys.clone(), persistent=False)
         self.register_buffer("table_values", values.clone(), persistent=False)
-        self.register_buffer("seed_state", torch.tensor([_base_seed(seed)], dtype=torch.int64))
+        # Without a seed, the root comes from the global torch RNG, which set_seed makes equal on
+        # every rank: the rank is mixed in either way.
+        self._root_seed = int(seed) if seed is not None else int(torch.randint(0, 2**62, ()))
+        self._rank = distributed_rank()
+        self.register_buffer("seed_state", torch.tensor([_base_seed(self._root_seed, self._rank)], dtype=torch.int64))
         self.register_buffer("words_seen", torch.zeros((), dtype=torch.int64))
         self.register_buffer("words_missed", torch.zeros((), dtype=torch.int64))
         self._weighting_code = ops.WEIGHTINGS[weighting]
@@ -126,6 +128,15 @@ class DifferenceMasker(torch.nn.Module):
         return (f"mlm_probability={c.mlm_probability}, weighting={c.weighting!r}, uniform_mix={c.uniform_mix}, "
                 f"mask_replace_prob={c.mask_replace_prob}, random_replace_prob={c.random_replace_prob}, "
                 f"known_words={len(c._cache)}")
+
+    def follow_rank(self) -> None:
+        """Take the distributed rank again, for a masker built before its process group was
+        initialized (``MaskingTrainer`` calls this): its steps then draw this rank's masks, the
+        steps already drawn counted."""
+        rank = distributed_rank(self._rank)
+        if rank != self._rank:
+            self.seed_state.add_(_base_seed(self._root_seed, rank) - _base_seed(self._root_seed, self._rank))
+            self._rank = rank
 
     # -- the training step -----------------------------------------------------------------------
     def forward(

@@ -21,10 +21,11 @@ import torch
 from .tokenization import WordBoundaries, word_boundaries
 
 
-def distributed_rank() -> int:
+def distributed_rank(default: int = 0) -> int:
+    """This process's rank: from the process group, else $RANK (torchrun), else ``default``."""
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         return torch.distributed.get_rank()
-    return int(os.environ.get("RANK", "0"))
+    return int(os.environ.get("RANK", default))
 
 
 def check_probability(name: str, value: float) -> None:
@@ -64,14 +65,16 @@ def replace_selected(
     return masked, labels
 
 
-def _stream_context() -> tuple[int, int, int, int]:
+def _stream_context(rank_default: int = 0) -> tuple[int, int, int, int]:
     """What makes a random stream distinct: process, distributed rank, DataLoader worker (-1
     outside workers) and the worker's seed, which DataLoader draws anew from its generator for
-    every epoch's workers (they would otherwise replay the last epoch's masks)."""
+    every epoch's workers (they would otherwise replay the last epoch's masks). ``rank_default``
+    is the rank where neither a process group nor $RANK tells it."""
     info = torch.utils.data.get_worker_info()
+    rank = distributed_rank(rank_default)
     if info is None:
-        return (os.getpid(), distributed_rank(), -1, -1)
-    return (os.getpid(), distributed_rank(), info.id, int(info.seed))
+        return (os.getpid(), rank, -1, -1)
+    return (os.getpid(), rank, info.id, int(info.seed))
 
 
 @dataclass(kw_only=True)
@@ -111,6 +114,7 @@ class MaskingCollatorBase:
             raise ValueError(f"{type(self.tokenizer).__name__} has no padding token; set tokenizer.pad_token first")
         self.boundaries = self._word_boundaries()
         self._generators: dict = {}
+        self._sender_rank = 0  # see __getstate__
 
     def _word_boundaries(self) -> WordBoundaries:
         return word_boundaries(self.tokenizer, self.word_boundary)
@@ -119,6 +123,9 @@ class MaskingCollatorBase:
     def __getstate__(self) -> dict:
         state = self.__dict__.copy()
         state["_generators"] = {}
+        # A DataLoader worker started by spawn or forkserver has no process group, and without
+        # torchrun no $RANK either: it takes the rank of the process that sent it the collator.
+        state["_sender_rank"] = distributed_rank(self._sender_rank)
         return state
 
     def __setstate__(self, state: dict) -> None:
@@ -153,7 +160,7 @@ class MaskingCollatorBase:
 
         Without a seed the global torch RNG is used, which DataLoader already seeds per worker.
         """
-        context = _stream_context()
+        context = _stream_context(self._sender_rank)
         generator = self._generators.get(context)
         if generator is None and self.seed is not None:
             _, rank, worker, seed_of_worker = context
@@ -166,7 +173,7 @@ class MaskingCollatorBase:
     def pin_generator(self, seed: int) -> None:
         """Draw this process's masks from ``seed`` alone, the same in every rank and worker
         (for masking a validation set identically everywhere)."""
-        self._generators[_stream_context()] = torch.Generator().manual_seed(int(seed))
+        self._generators[_stream_context(self._sender_rank)] = torch.Generator().manual_seed(int(seed))
 
     def _draw_seed(self) -> int:
         """A 64-bit seed for a compiled op, from this process's generator."""

@@ -64,6 +64,8 @@ class MaskingTrainer(Trainer):
             kwargs["data_collator"] = _PaddingForMasking(tokenizer)
         super().__init__(*args, **kwargs)
         self.masker = masker.to(self.args.device) if masker is not None else None
+        if hasattr(self.masker, "follow_rank"):  # the process group may have started after the masker
+            self.masker.follow_rank()
         self.mask_eval = mask_eval
         self._logits_discarded = False  # set while an evaluation keeps the loss only
         # compute_loss normalizes by num_items_in_batch itself, so have the Trainer count them.

@@ -181,6 +181,21 @@ def test_pickling_keeps_behaviour(bert_wordpiece, lines):
     assert torch.equal(collator(examples)["labels"], copy(examples)["labels"])
 
 
+def test_an_unpickled_collator_keeps_the_rank_it_was_sent_from(bert_wordpiece, lines, monkeypatch):
+    """A worker started by spawn has no process group, and without torchrun no $RANK."""
+    tokenizer = bert_wordpiece
+    examples = encode(tokenizer, lines[:16])
+    collator = DifferenceMaskingCollator(tokenizer, random_scores(tokenizer, lines[:16], zero_share=0.0), seed=7)
+    monkeypatch.setenv("RANK", "1")
+    sent = pickle.dumps(collator)
+    on_rank_one = pickle.loads(sent)(examples)["labels"]
+    monkeypatch.delenv("RANK")
+    received = pickle.loads(sent)
+    assert torch.equal(received(examples)["labels"], on_rank_one)
+    assert not torch.equal(pickle.loads(pickle.dumps(collator))(examples)["labels"], on_rank_one)  # rank 0's
+    assert torch.equal(pickle.loads(pickle.dumps(received))(examples)["labels"], on_rank_one), "passed on again"
+
+
 def _first_batch_per_worker(collator, examples, seed, start_method=None):
     loader = torch.utils.data.DataLoader(examples, batch_size=len(examples) // 2, num_workers=2,
                                          collate_fn=collator, generator=torch.Generator().manual_seed(seed),

@@ -131,6 +131,30 @@ def test_seeds_advance_and_reproduce(bert_wordpiece, lines, monkeypatch):
     unseeded = DifferenceMasker(bert_wordpiece, scores)
     torch.manual_seed(5)
     assert int(DifferenceMasker(bert_wordpiece, scores).seed_state) == int(unseeded.seed_state)
+    # Without a seed, set_seed makes the global RNG equal on every rank: the rank still tells them apart.
+    monkeypatch.setenv("RANK", "1")
+    torch.manual_seed(5)
+    assert int(DifferenceMasker(bert_wordpiece, scores).seed_state) != int(unseeded.seed_state)
+
+
+@pytest.mark.parametrize("masker_seed", [11, None])
+def test_a_masker_built_before_its_process_group_follows_its_rank(bert_wordpiece, lines, monkeypatch, masker_seed):
+    scores = score_table(bert_wordpiece, lines, 0)
+    ids, attention = padded(bert_wordpiece, lines[:8])
+    monkeypatch.delenv("RANK", raising=False)
+    torch.manual_seed(3)
+    early = DifferenceMasker(bert_wordpiece, scores, seed=masker_seed)  # no process group yet: rank 0
+    early(ids, attention)
+    monkeypatch.setenv("RANK", "1")  # the process group says rank 1 now
+    torch.manual_seed(3)
+    built_later = DifferenceMasker(bert_wordpiece, scores, seed=masker_seed)
+    built_later(ids, attention)
+    early.follow_rank()
+    for _ in range(2):  # the step drawn before counts: the streams agree from here on
+        assert torch.equal(early(ids, attention)[1], built_later(ids, attention)[1])
+    seed_before = int(early.seed_state)
+    early.follow_rank()  # the same rank again: nothing changes
+    assert int(early.seed_state) == seed_before
 
 
 def test_pinned_generator_draws_from_the_seed_alone_and_leaves_training_state(bert_wordpiece, lines, monkeypatch):
@@ -290,6 +314,7 @@ def test_trainer_masks_in_the_training_step(tiny_bert_mlm, bert_wordpiece, lines
     before = {name: p.detach().clone() for name, p in model.named_parameters()}
     trainer = DifferenceMaskingTrainer(model=model, args=args, train_dataset=train, eval_dataset=evaluation,
                                        masker=masker)
+    assert masker._rank == 0  # the trainer took the rank again (still 0 here)
     start = int(masker.seed_state)
     result = trainer.train()
     assert math.isfinite(result.training_loss)
