@@ -35,9 +35,10 @@ __all__ = ["AttentionMasker", "ORDERS"]
 ORDERS = ("most", "least")
 
 
-def _generator_seed(seed: int) -> int:
-    """A seed for this process's generator, from ``seed`` and the distributed rank."""
-    entropy = np.random.SeedSequence([int(seed) % 2**63, distributed_rank() + 1])
+def _generator_seed(seed: int, resumed_at: int = 0) -> int:
+    """A seed for this process's generator, from ``seed``, the distributed rank and the step a
+    resumed run started at."""
+    entropy = np.random.SeedSequence([int(seed) % 2**63, distributed_rank() + 1] + ([resumed_at] if resumed_at else []))
     return int(entropy.generate_state(1, np.uint64)[0] >> 1)
 
 
@@ -177,11 +178,18 @@ class AttentionMasker(torch.nn.Module):
         self.register_buffer("random_token_ids", boundaries.random_token_ids.clone(), persistent=False)
         self._generators: dict = {}
         self._pinned_seed: int | None = None
+        self._resumed_at = 0
 
     def extra_repr(self) -> str:
         return (f"order={self.order!r}, mlm_probability={self.mlm_probability}, layer={self.layer}, "
                 f"mask_replace_prob={self.mask_replace_prob}, random_replace_prob={self.random_replace_prob}, "
                 f"seed={self.seed}, attention_memory={self.attention_memory}")
+
+    def resume_at(self, step: int, calls_per_step: int = 1) -> None:
+        """Draw new streams in a run resumed at optimizer ``step`` (``MaskingTrainer`` calls
+        this): a seeded stream would otherwise start over and replay the first steps' draws."""
+        self._resumed_at = int(step)
+        self._generators = {}
 
     # -- pickling: generators are rebuilt on first use ------------------------------------------
     def __getstate__(self) -> dict:
@@ -350,7 +358,7 @@ class AttentionMasker(torch.nn.Module):
         key = str(device)
         generator = self._generators.get(key)
         if generator is None:
-            seed = self._pinned_seed if self._pinned_seed is not None else _generator_seed(self.seed)
+            seed = self._pinned_seed if self._pinned_seed is not None else _generator_seed(self.seed, self._resumed_at)
             generator = torch.Generator(device=device).manual_seed(seed)
             self._generators[key] = generator
         return generator

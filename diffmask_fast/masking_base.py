@@ -115,6 +115,7 @@ class MaskingCollatorBase:
         self.boundaries = self._word_boundaries()
         self._generators: dict = {}
         self._sender_rank = 0  # see __getstate__
+        self._resumed_at = 0  # see resume_at
 
     def _word_boundaries(self) -> WordBoundaries:
         return word_boundaries(self.tokenizer, self.word_boundary)
@@ -165,10 +166,17 @@ class MaskingCollatorBase:
         if generator is None and self.seed is not None:
             _, rank, worker, seed_of_worker = context
             words = [self.seed % 2**63, rank + 1, worker + 1] + ([seed_of_worker % 2**64] if worker >= 0 else [])
+            words += [self._resumed_at] if self._resumed_at else []
             entropy = np.random.SeedSequence(words)
             generator = torch.Generator().manual_seed(int(entropy.generate_state(1, np.uint64)[0] >> 1))
             self._generators[context] = generator
         return generator
+
+    def resume_at(self, step: int, calls_per_step: int = 1) -> None:
+        """Draw new streams in a run resumed at optimizer ``step`` (``MaskingTrainer`` calls
+        this): a seeded stream would otherwise start over and replay the first steps' draws."""
+        self._resumed_at = int(step)
+        self._generators = {}
 
     def pin_generator(self, seed: int) -> None:
         """Draw this process's masks from ``seed`` alone, the same in every rank and worker

@@ -110,3 +110,7 @@ class TrainingCollator:
         if "labels" in examples[0] or self.masking is None:
             return pad_examples(examples, self.tokenizer.pad_token_id, self.tokenizer.padding_side)
         return self.masking(examples)
+
+    def resume_at(self, step: int, calls_per_step: int = 1) -> None:
+        if hasattr(self.masking, "resume_at"):
+            self.masking.resume_at(step, calls_per_step)

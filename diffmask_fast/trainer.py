@@ -75,6 +75,7 @@ class MaskingTrainer(Trainer):
         self.head_learning_rate = head_learning_rate
         self._head_parameters = (_head_parameters(self.model) if head_warmup_steps or head_learning_rate is not None
                                  else None)
+        self.add_callback(_ResumedMasking(self))
 
     def create_optimizer(self):
         """The Trainer's optimizer, with the head's parameters in groups of their own when the
@@ -300,6 +301,21 @@ class DifferenceMaskingTrainer(MaskingTrainer):
         if not isinstance(masker, DifferenceMasker):
             raise TypeError(f"masker must be a DifferenceMasker, got {type(masker).__name__}")
         super().__init__(*args, masker=masker, mask_eval=mask_eval, **kwargs)
+
+
+class _ResumedMasking(TrainerCallback):
+    """Tells the masker and the masking collator the step a resumed run starts at: their seeded
+    streams would otherwise start over (checkpoints do not hold them) and repeat the run's first
+    draws. Fresh runs (step 0) are left alone."""
+
+    def __init__(self, trainer: MaskingTrainer):
+        self.trainer = trainer
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        if state.global_step > 0:
+            for masking in (self.trainer.masker, self.trainer.data_collator):
+                if hasattr(masking, "resume_at"):
+                    masking.resume_at(state.global_step, args.gradient_accumulation_steps)
 
 
 class RunRecordCallback(TrainerCallback):

@@ -196,6 +196,22 @@ def test_an_unpickled_collator_keeps_the_rank_it_was_sent_from(bert_wordpiece, l
     assert torch.equal(pickle.loads(pickle.dumps(received))(examples)["labels"], on_rank_one), "passed on again"
 
 
+def test_a_resumed_collator_draws_new_streams(bert_wordpiece, lines):
+    tokenizer = bert_wordpiece
+    examples = encode(tokenizer, lines[:16])
+    table = random_scores(tokenizer, lines[:16], zero_share=0.0)
+
+    def first_draw(resumed_at=None):
+        collator = DifferenceMaskingCollator(tokenizer, table, seed=7)
+        if resumed_at is not None:
+            collator.resume_at(resumed_at, calls_per_step=2)
+        return collator(examples)["labels"]
+
+    assert torch.equal(first_draw(0), first_draw())  # a fresh run is left as it was
+    assert torch.equal(first_draw(5), first_draw(5))  # reproducible
+    assert not torch.equal(first_draw(5), first_draw()) and not torch.equal(first_draw(5), first_draw(6))
+
+
 def _first_batch_per_worker(collator, examples, seed, start_method=None):
     loader = torch.utils.data.DataLoader(examples, batch_size=len(examples) // 2, num_workers=2,
                                          collate_fn=collator, generator=torch.Generator().manual_seed(seed),
