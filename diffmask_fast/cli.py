@@ -268,6 +268,9 @@ def run_mine(args) -> None:
     anchors = mine_anchors(counts, **settings)
     print(f"{counts.total:,} words, {len(counts):,} distinct, {counts.documents:,} documents; "
           f"anchors need at least {anchors.min_count} occurrences.\n")
+    if len(anchors) < args.k:
+        print(f"Only {len(anchors):,} words occur often enough to be anchors ({args.k:,} asked for); "
+              f"a lower --min-count admits more.\n")
     print(anchors.table())
     if args.output:
         anchors.save(args.output)
@@ -368,16 +371,29 @@ def _commands() -> dict:
             "pretrain": run_pretrain_command, "finetune": run_finetune_command}
 
 
+#: What an interrupted command leaves, and how to carry on.
+RESUME_HINTS = {
+    "pretrain": "rerun with --resume to continue from the last checkpoint",
+    "finetune": "rerun with --resume to keep the seeds saved in the report (-o) and run the rest",
+    "score": "word vectors already embedded are cached: a rerun embeds only the others",
+    "mine": "save counts with --counts-output to mine again without recounting",
+}
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if getattr(args, "sentences", 1) < 1:
-        print("diffmask: error: --sentences must be at least 1", file=sys.stderr)
+        print(f"diffmask {args.command}: error: --sentences must be at least 1", file=sys.stderr)
         return 2
     try:
         _commands()[args.command](args)
     except (ValueError, OSError, ImportError) as error:  # bad input, or a file that cannot be read or written
         print(f"diffmask {args.command}: error: {error}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        hint = RESUME_HINTS.get(args.command)
+        print(f"\ndiffmask {args.command}: interrupted" + (f"; {hint}" if hint else ""), file=sys.stderr)
+        return 130
     return 0
 
 

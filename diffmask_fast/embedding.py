@@ -29,6 +29,9 @@ DTYPES = {"float32": None, "fp32": None, "bfloat16": torch.bfloat16, "bf16": tor
 
 #: Version of what a cached vector means; part of every cache key.
 EMBEDDING_VERSION = 1
+#: New words are embedded and cached this many at a time, so an interrupted run keeps all but
+#: the last piece (about half a minute of a CPU's work).
+CACHE_PIECE = 8192
 
 
 def default_model_path() -> str:
@@ -335,15 +338,18 @@ class WordEmbedder:
                 found[positions] = True
                 missing = np.nonzero(~found)[0]
             self.truncated_words = 0
-            if len(missing):
-                new_words = [unique[i] for i in missing]
+            step = CACHE_PIECE if cache is not None else max(len(missing), 1)
+            for begin in range(0, len(missing), step):
+                piece = missing[begin : begin + step]
+                new_words = [unique[i] for i in piece]
                 computed = self._embed_uncached(new_words, bar)
-                result[missing] = computed
+                result[piece] = computed
                 if cache is not None:
                     try:
                         cache.add(new_words, computed)
                     except OSError as error:
                         warnings.warn(f"could not write to the embedding cache {cache.directory}: {error}", stacklevel=2)
+                        cache = None  # embed the rest without trying again
         finally:
             if not external:
                 bar.close()
@@ -395,7 +401,7 @@ class WordEmbedder:
                                  max_length=self.max_length)["input_ids"]
             for i, ids in zip(long, cut):
                 encoded[i] = ids
-            self.truncated_words = len(long)
+            self.truncated_words += len(long)
             example = max((words[i] for i in long), key=len)
             warnings.warn(
                 f"{len(long):,} word(s) have more than {self.max_length} tokens with special tokens and were embedded "

@@ -357,7 +357,8 @@ def finetune(model: str | os.PathLike, train: str | os.PathLike, dev: str | os.P
     ``"complete": false`` and how many of the requested seeds it holds. The path is checked before
     any data is read, and ``device`` and ``max_length`` (against the model's position limit)
     before any training. With ``resume``, the seeds an earlier run of the same model, data and
-    settings saved at ``report_path`` are kept and only the others run.
+    settings saved at ``report_path`` are kept and only the others run; without it, the report of
+    an interrupted run there is refused rather than overwritten.
     """
     import torch
     from transformers import DataCollatorWithPadding, Trainer, TrainingArguments, set_seed
@@ -370,6 +371,8 @@ def finetune(model: str | os.PathLike, train: str | os.PathLike, dev: str | os.P
         raise ValueError("resuming needs the report path (-o) where the earlier run saved its seeds")
     if report_path is not None:
         report_path = check_writable(report_path, "report")
+        if not resume:
+            _refuse_unfinished(report_path)
     model = str(model)
     train_texts, train_labels = load_labeled(train, text_field, label_field)
     dev_texts, dev_labels = load_labeled(dev, text_field, label_field)
@@ -468,6 +471,21 @@ def finetune(model: str | os.PathLike, train: str | os.PathLike, dev: str | os.P
                 print(line, file=sys.stderr)
             del trainer, classifier, keep_best
     return FinetuneReport(model=model, labels=label_names, results=results, config=config)
+
+
+def _refuse_unfinished(report_path: Path) -> None:
+    """Refuse to overwrite the report of an interrupted run (as pretrain refuses its checkpoints):
+    its seeds would be lost. A finished report, or a file that is not a report, is replaced."""
+    if not report_path.is_file():
+        return
+    try:
+        earlier = FinetuneReport.load(report_path)
+    except (ValueError, KeyError, TypeError):
+        return
+    if not earlier.complete:
+        raise ValueError(f"{str(report_path)!r} holds an interrupted run ({len(earlier.results)} of "
+                         f"{len(earlier.seeds_requested)} seeds done): pass --resume (resume=True) to run only the "
+                         "others, or remove it to start again")
 
 
 def _finished_seeds(report_path: Path, model: str, labels: list[str], config: dict) -> dict[int, SeedResult]:

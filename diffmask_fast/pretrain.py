@@ -399,6 +399,8 @@ def add_pretrain_command(commands) -> None:
     p.add_argument("--gradient-accumulation-steps", type=int, default=1)
     p.add_argument("--learning-rate", type=float, default=5e-5, help="peak learning rate (default 5e-5)")
     p.add_argument("--eval-steps", type=int, default=500, help="validate and checkpoint every N steps (default 500)")
+    p.add_argument("--logging-steps", type=int, default=None,
+                   help="log the training loss every N steps (default: 50, or --eval-steps when fewer)")
     p.add_argument("--patience", type=int, default=3,
                    help="stop after N validations without improvement; 0 never stops early (default 3)")
     p.add_argument("--seed", type=int, default=0, help="seed of the run; ranks and workers draw distinct masks from it")
@@ -443,6 +445,7 @@ def run_pretrain_command(args) -> None:
         validation_fraction=args.validation_fraction, text_field=args.text_field, epochs=args.epochs,
         max_steps=args.max_steps, batch_size=args.batch_size, gradient_accumulation_steps=args.gradient_accumulation_steps,
         learning_rate=args.learning_rate, eval_steps=args.eval_steps, patience=args.patience, seed=args.seed,
+        logging_steps=args.logging_steps if args.logging_steps is not None else min(50, args.eval_steps),
         mask_on=args.mask_on, workers=args.workers, precision=args.precision, init_mlm_head=args.init_mlm_head,
         head_warmup_steps=args.head_warmup_steps, head_learning_rate=args.head_learning_rate,
         resume=args.resume, anchors=args.anchors, scores=args.scores, anchors_count=args.anchors_count,

@@ -65,6 +65,26 @@ def test_bad_input_gives_a_clear_error(tmp_path, capsys):
     assert "diffmask mine: error:" in capsys.readouterr().err
 
 
+def test_an_interrupt_says_how_to_carry_on(tmp_path, monkeypatch, capsys):
+    import diffmask_fast.pretrain as pretrain_module
+
+    def interrupted(args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(pretrain_module, "run_pretrain_command", interrupted)
+    assert main(["pretrain", str(tmp_path / "corpus.txt"), "--model", "m", "-o", str(tmp_path / "run")]) == 130
+    assert "diffmask pretrain: interrupted; rerun with --resume" in capsys.readouterr().err
+
+
+def test_mine_says_when_fewer_words_qualify_than_asked(tmp_path, capsys):
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("enzyme binds the receptor\n" * 3)
+    assert main(["mine", str(corpus), "-k", "50", "--min-count", "3", "--no-progress"]) == 0
+    assert "Only 4 words occur often enough to be anchors (50 asked for)" in capsys.readouterr().out
+    assert main(["preview", str(corpus), "-n", "0"]) == 2
+    assert "diffmask preview: error: --sentences must be at least 1" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("command", ["demo", "mine", "preview"])
 def test_help(command):
     result = subprocess.run([sys.executable, "-m", "diffmask_fast.cli", command, "--help"], capture_output=True, text=True)

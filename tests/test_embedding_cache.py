@@ -84,6 +84,32 @@ def test_miss_embeds_only_new_words_and_extends_the_cache(tokenizer, tmp_path, r
     assert counter["rows"] == 0
 
 
+def test_an_interrupted_run_keeps_the_pieces_it_finished(tokenizer, tmp_path, rng, monkeypatch):
+    from diffmask_fast import embedding
+
+    monkeypatch.setattr(embedding, "CACHE_PIECE", 8)
+    model = tiny_bert(tokenizer, rng.randrange(2**31))
+    words = random_words(30, rng)
+    expected = embedder(model, tokenizer, None).embed(words)
+    interrupted = embedder(model, tokenizer, tmp_path)
+    embed_piece = interrupted._embed_uncached
+    pieces = []
+
+    def stopped_at_the_third_piece(piece, bar):
+        pieces.append(len(piece))
+        if len(pieces) == 3:
+            raise KeyboardInterrupt
+        return embed_piece(piece, bar)
+
+    monkeypatch.setattr(interrupted, "_embed_uncached", stopped_at_the_third_piece)
+    with pytest.raises(KeyboardInterrupt):
+        interrupted.embed(words)
+    counter = count_forwards(model)
+    again = embedder(model, tokenizer, tmp_path).embed(words)
+    assert counter["rows"] == len(words) - 16, "the two finished pieces were cached"
+    torch.testing.assert_close(again, expected, atol=1e-6, rtol=1e-5)
+
+
 def test_changed_weights_pooling_or_settings_never_read_stale_vectors(tokenizer, tmp_path, rng):
     model = tiny_bert(tokenizer, rng.randrange(2**31))
     words = random_words(20, rng)

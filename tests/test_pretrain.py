@@ -133,6 +133,9 @@ def test_cli_pretrain(model_dir, corpus, tmp_path, capsys):
     saved = json.loads((out / SUMMARY_FILE).read_text())
     assert saved["global_step"] == 2
     assert saved["config"]["head_warmup_steps"] == 1 and saved["config"]["head_learning_rate"] == 1e-3
+    # A run shorter than 50 steps logs its training loss at every evaluation at least: the picture has a curve.
+    assert saved["config"]["logging_steps"] == 2
+    assert [entry["step"] for entry in saved["log_history"] if "loss" in entry] == [2]
 
 
 def test_cli_rejects_an_unknown_strategy(model_dir, corpus, tmp_path, capsys):
