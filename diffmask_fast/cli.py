@@ -151,6 +151,7 @@ def _check_outputs(args, *names: str) -> None:
 
 def _check_score_settings(args) -> None:
     """Refuse, before counting and embedding, the score options the index or embedder would."""
+    from .hf_loading import check_model_reference
     from .index import check_index_options
 
     check_index_options(args.index, recall_target=args.recall_target, nlist=args.nlist, nprobe=args.nprobe,
@@ -160,13 +161,20 @@ def _check_score_settings(args) -> None:
             raise ValueError(f"{flag} must be positive, got {value}")
     if args.top < 0:
         raise ValueError(f"--top must be 0 or more, got {args.top}")
+    for model in (args.model, args.tokenizer):
+        if model is not None:
+            check_model_reference(model)
 
 
 def _check_masking_settings(args) -> None:
-    """Refuse, before mining and scoring, a masking share the collator would."""
+    """Refuse, before mining and scoring, a masking share the collator would, and a model that
+    cannot be loaded."""
+    from .hf_loading import check_model_reference
     from .masking_base import check_probability
 
     check_probability("--mlm-probability", args.mlm_probability)
+    if args.model is not None:
+        check_model_reference(args.model)
 
 
 def _mining_settings(args) -> dict:

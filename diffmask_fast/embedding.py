@@ -17,7 +17,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .embedding_cache import EmbeddingCache, default_cache_dir
-from .hf_loading import usable_device
+from .hf_loading import check_model_reference, usable_device
 
 #: How a word becomes a vector. ``pooled`` is the authors' choice: encode "[CLS] w [SEP]" alone
 #: and take the pooled output (the [CLS] hidden state where the model has no pooler).
@@ -95,6 +95,7 @@ def load_encoder(name_or_path: str | os.PathLike | None = None):
     from transformers import AutoModel, AutoTokenizer
 
     path = os.fspath(name_or_path) if name_or_path is not None else default_model_path()
+    check_model_reference(path)
     tokenizer = AutoTokenizer.from_pretrained(path)
     model = AutoModel.from_pretrained(path)
     return model, tokenizer

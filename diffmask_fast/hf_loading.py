@@ -4,6 +4,8 @@ up front what a loaded model can run on (``usable_device``) and take (``check_ma
 from __future__ import annotations
 
 import contextlib
+import os
+from pathlib import Path
 from typing import Iterator
 
 
@@ -25,9 +27,32 @@ def quiet_transformers() -> Iterator[None]:
             hf_logging.enable_progress_bar()
 
 
+def check_model_reference(model: str | os.PathLike) -> None:
+    """Refuse, with a ValueError that says so, a model that is neither a local directory nor
+    (offline) a name the Hugging Face cache could hold: transformers would report a failed
+    download instead. Hub ids (``org/name``) pass when online."""
+    name = os.fspath(model)
+    if Path(name).expanduser().exists():
+        return
+    looks_local = name.startswith((".", "/", "~")) or name.count("/") > 1 or (os.sep != "/" and os.sep in name)
+    if looks_local:
+        raise ValueError(f"the model directory {name!r} does not exist")
+    if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on"):
+        from huggingface_hub import try_to_load_from_cache
+
+        try:
+            cached = try_to_load_from_cache(name, "config.json")
+        except ValueError:  # not even a well-formed model id
+            cached = None
+        if not isinstance(cached, str):
+            raise ValueError(f"{name!r} is not a local directory, and the Hugging Face cache holds no model of "
+                             "that name (HF_HUB_OFFLINE=1: nothing is downloaded)")
+
+
 def load_tokenizer(model: str):
     from transformers import AutoTokenizer
 
+    check_model_reference(model)
     try:
         with quiet_transformers():
             tokenizer = AutoTokenizer.from_pretrained(model)

@@ -143,6 +143,8 @@ def test_outputs_and_options_are_checked_before_counting(tmp_path, capsys, monke
         (["score", "--counts", str(tmp_path / "c.bin"), "--anchors", str(tmp_path / "a.json"), "-o",
           str(tmp_path / "s.npz"), "--tokenizer", "some/tokenizer"], "--tokenizer groups the words of a corpus"),
         (["demo", "--mlm-probability", "1.5"], "--mlm-probability must be in [0, 1], got 1.5"),
+        (["preview", str(corpus), "--model", str(tmp_path / "missing-model")], "does not exist"),
+        (["preview", str(corpus), "--model", "no-such-model"], "the Hugging Face cache holds no model"),
         (["preview", str(corpus), "--mlm-probability", "nan"], "--mlm-probability must be in [0, 1], got nan"),
     ]
     score = ["score", str(corpus), "--anchors", str(tmp_path / "a.json"), "-o", str(tmp_path / "s.npz")]
@@ -155,6 +157,7 @@ def test_outputs_and_options_are_checked_before_counting(tmp_path, capsys, monke
         (score + ["--batch-size", "0"], "--batch-size must be positive, got 0"),
         (score + ["--contextual-anchors", "0"], "--contextual-anchors must be positive, got 0"),
         (score + ["--top", "-2"], "--top must be 0 or more, got -2"),
+        (score + ["--tokenizer", "./missing-tokenizer"], "the model directory './missing-tokenizer' does not exist"),
     ]
     for argv, message in cases:
         assert main(argv) == 1, argv

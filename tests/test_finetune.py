@@ -460,3 +460,17 @@ def test_run_finetune_command(model_dir, tmp_path, shared_data_dir, capsys):
                                         "--dev", str(files["dev"]), "-o", str(tmp_path / "models")])
     with pytest.raises(ValueError, match="models' is a directory"):  # before reading any data
         run_finetune_command(to_a_folder)
+
+
+def test_a_model_that_cannot_be_found_is_named(tmp_path, monkeypatch):
+    from diffmask_fast.hf_loading import check_model_reference
+
+    with pytest.raises(ValueError, match="the model directory .* does not exist"):
+        check_model_reference(str(tmp_path / "runs" / "nosuch"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    for name in ("runs/nosuch", "nosuchmodel", "not a model id!"):
+        with pytest.raises(ValueError, match="HF_HUB_OFFLINE=1: nothing is downloaded"):
+            check_model_reference(name)
+    check_model_reference(str(tmp_path))  # an existing directory passes
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    check_model_reference("org/some-model")  # online, a hub id is for transformers to fetch
