@@ -205,12 +205,14 @@ class FinetuneReport:
         summary = self.summary()
         splits = [split for split in ("dev", "test") if summary[split] is not None]
         titles = [f"{split.capitalize()} {_METRIC_TITLES[metric]}" for split in splits for metric in METRICS]
-        cells = [f"{100 * mean:.1f} ± {100 * std:.1f}"
+        spread = len(self.results) > 1  # one seed has no spread to show, not a spread of 0
+        cells = [f"{100 * mean:.1f} ± {100 * std:.1f}" if spread else f"{100 * mean:.1f}"
                  for split in splits for mean, std in (summary[split][metric] for metric in METRICS)]
         row = "| " + " | ".join([name if name is not None else self.model, *cells]) + " |"
         if not header:
             return row
-        lines = [f"| Model ({len(self.results)} seeds) | " + " | ".join(titles) + " |",
+        seeds = f"{len(self.results)} seed{'s' if len(self.results) != 1 else ''}"
+        lines = [f"| Model ({seeds}) | " + " | ".join(titles) + " |",
                  "|---|" + "---:|" * len(titles), row]
         return "\n".join(lines)
 
@@ -554,7 +556,9 @@ def run_finetune_command(args) -> FinetuneReport:
                       progress=not args.no_progress, report_path=args.output, resume=args.resume)
     config = report.config
     print(f"Fine-tuned {report.model} on {config['train_examples']:,} examples ({len(report.labels)} labels), "
-          f"{config['epochs']} epochs, seeds {' '.join(map(str, report.seeds))}; best dev macro-F1 epoch kept.\n")
+          f"{config['epochs']} epoch{'s' if config['epochs'] != 1 else ''}, "
+          f"seed{'s' if len(report.seeds) != 1 else ''} {' '.join(map(str, report.seeds))}; "
+          "best dev macro-F1 epoch kept.\n")
     for result in report.results:
         line = (f"  seed {result.seed}: epoch {result.best_epoch}  dev acc {100 * result.dev['accuracy']:.1f}"
                 f"  F1 {100 * result.dev['macro_f1']:.1f}")

@@ -434,8 +434,8 @@ def test_run_finetune_command(model_dir, tmp_path, shared_data_dir, capsys):
         "-o", str(tmp_path / "report.json")])
     report = run_finetune_command(args)
     out = capsys.readouterr().out
-    assert "| Model (1 seeds) | Dev accuracy | Dev macro-F1 |" in out
-    assert report.table(header=False) in out and " ± 0.0 |" in out
+    assert "| Model (1 seed) | Dev accuracy | Dev macro-F1 |" in out and "2 epochs, seed 3;" in out
+    assert report.table(header=False) in out and "±" not in report.table()  # one seed: no spread
     assert report.config["train_examples"] == 16 and report.labels == sorted(labels)
     result = report.results[0]
     assert result.seed == 3 and len(result.dev_history) == 2
