@@ -383,7 +383,7 @@ def _commands() -> dict:
 RESUME_HINTS = {
     "pretrain": "rerun with --resume to continue from the last checkpoint",
     "finetune": "rerun with --resume to keep the seeds saved in the report (-o) and run the rest",
-    "score": "word vectors already embedded are cached: a rerun embeds only the others",
+    "score": "word vectors embedded so far are cached (unless --no-cache): a rerun embeds only the others",
     "mine": "save counts with --counts-output to mine again without recounting",
 }
 

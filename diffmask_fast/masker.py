@@ -49,10 +49,11 @@ class DifferenceMasker(torch.nn.Module):
     Takes the collator's options and draws from the same distribution: the per-row algorithm,
     random draws and score look-ups are those of ``DifferenceMaskingCollator`` (given the seed of
     one of the collator's steps in ``seed_state``, the output is identical; the two advance their
-    seeds differently, so they do not draw the same masks step after step). The word tables and the score table are buffers, so
-    ``masker.to(device)`` moves them; each call uses the seed in the ``seed_state`` buffer and
-    then adds one to it in place, so steps draw fresh masks without a host round trip and a
-    given ``seed`` reproduces a run (per distributed rank, as the collator's seed).
+    seeds differently, so they do not draw the same masks step after step). The word tables and
+    the score table are buffers, so ``masker.to(device)`` moves them; each call uses the seed in
+    the ``seed_state`` buffer and then adds one to it in place, so steps draw fresh masks without
+    a host round trip and a given ``seed`` reproduces a run (per distributed rank, as the
+    collator's seed).
 
     ``forward(input_ids [B, L], attention_mask=None, special_tokens_mask=None)``: padding
     (attention_mask 0), special tokens and ids outside the vocabulary are never masked.

@@ -112,5 +112,6 @@ class TrainingCollator:
         return self.masking(examples)
 
     def resume_at(self, step: int, calls_per_step: int = 1) -> None:
+        """Pass a resumed run's step on to the masking collator (see ``MaskingTrainer``)."""
         if hasattr(self.masking, "resume_at"):
             self.masking.resume_at(step, calls_per_step)
