@@ -15,6 +15,7 @@ import gzip
 import io
 import json
 import os
+import warnings
 import zlib
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Mapping, Union
@@ -51,9 +52,17 @@ def _expand_path(pattern: str, suffixes: tuple[str, ...] = TEXT_SUFFIXES) -> lis
         return files
     path = Path(pattern)
     if path.is_dir():
-        files = sorted(p for p in path.rglob("*") if p.is_file() and p.name.endswith(suffixes))
+        present = sorted(p for p in path.rglob("*") if p.is_file() and not p.name.startswith("."))
+        files = [p for p in present if p.name.endswith(suffixes)]
         if not files:
             raise CorpusError(f"directory {str(path)!r} holds no text files (looked for {', '.join(suffixes)})")
+        skipped = [p.name for p in present if not p.name.endswith(suffixes)]
+        if skipped:
+            hint = "; JSON lines are read from a directory with a text field (--text-field)" if (
+                suffixes == TEXT_SUFFIXES and any(name.endswith(JSONL_SUFFIXES) for name in skipped)) else ""
+            warnings.warn(f"reading the {len(files):,} file(s) ending in {', '.join(suffixes)} of directory "
+                          f"{str(path)!r}; skipped {len(skipped):,} other file(s) ({', '.join(skipped[:3])}"
+                          f"{', ...' if len(skipped) > 3 else ''}){hint}", stacklevel=3)
         return files
     if not path.exists():
         raise CorpusError(f"corpus path {str(path)!r} does not exist")

@@ -289,6 +289,20 @@ def test_ranges_cut_anywhere_add_up(tmp_path, rng):
 # ----------------------------------------------------------------------------------------------
 
 
+def test_a_directory_says_which_files_it_skipped(tmp_path, recwarn):
+    folder = tmp_path / "task"
+    folder.mkdir()
+    (folder / "corpus.txt").write_text("enzyme binds\n")
+    (folder / ".hidden.txt.swp").write_text("x")
+    assert count_words(folder, progress=False).total == 2
+    assert not recwarn.list, "hidden files pass silently"
+    (folder / "train.jsonl").write_text('{"text": "kinase"}\n')
+    with pytest.warns(UserWarning, match=r"skipped 1 other file\(s\) \(train.jsonl\); JSON lines .*--text-field"):
+        assert count_words(folder, progress=False).total == 2
+    with pytest.warns(UserWarning, match=r"skipped 1 other file\(s\) \(corpus.txt\)$"):  # with a text field
+        assert count_words(folder, progress=False, text_field="text").total == 1
+
+
 def test_bad_input_gives_clear_errors(tmp_path):
     with pytest.raises(CorpusError, match="does not exist"):
         count_words(tmp_path / "missing.txt", progress=False)
