@@ -10,21 +10,33 @@ from typing import Iterator
 
 
 @contextlib.contextmanager
+def no_progress_bars() -> Iterator[None]:
+    """Hide transformers' own progress bars (loading and writing weight shards), which
+    ``disable_tqdm`` does not reach."""
+    from transformers.utils import logging as hf_logging
+
+    bars = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if bars:
+            hf_logging.enable_progress_bar()
+
+
+@contextlib.contextmanager
 def quiet_transformers() -> Iterator[None]:
     """Hide the load report ("newly initialized" head, unused MLM-head weights) and the
     weight-loading progress bar."""
     from transformers.utils import logging as hf_logging
 
     verbosity = hf_logging.get_verbosity()
-    bars = hf_logging.is_progress_bar_enabled()
     hf_logging.set_verbosity_error()
-    hf_logging.disable_progress_bar()
     try:
-        yield
+        with no_progress_bars():
+            yield
     finally:
         hf_logging.set_verbosity(verbosity)
-        if bars:
-            hf_logging.enable_progress_bar()
 
 
 def check_model_reference(model: str | os.PathLike) -> None:

@@ -10,6 +10,7 @@ the paper. The output directory receives the model and tokenizer, the anchors an
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import os
@@ -217,7 +218,7 @@ def pretrain(config: PretrainConfig) -> dict:
     from transformers import EarlyStoppingCallback
 
     from . import __version__
-    from .hf_loading import check_max_length, load_tokenizer
+    from .hf_loading import check_max_length, load_tokenizer, no_progress_bars
     from .mlm_model import load_masked_lm
     from .pretrain_data import (SequenceDataset, TrainingCollator, read_documents, split_documents,
                                 tokenize_documents)
@@ -276,13 +277,15 @@ def pretrain(config: PretrainConfig) -> dict:
         out / RUN_FILE, {"config": _jsonable(dataclasses.asdict(config))}, write=args.process_index == 0)
     if record is not None:
         trainer.add_callback(record)
-    result = trainer.train(resume_from_checkpoint=config.resume or None)
+    with contextlib.nullcontext() if config.progress else no_progress_bars():
+        result = trainer.train(resume_from_checkpoint=config.resume or None)
     before = record.loss_before if record is not None else (resumed_run or {}).get("validation_loss_before")
     # The best checkpoint is loaded at the end; its loss was measured when it was saved.
     best = trainer.state.best_metric
     if best is None:  # no evaluation during training
         best = trainer.evaluate()["eval_loss"]
-    trainer.save_model(str(out))
+    with contextlib.nullcontext() if config.progress else no_progress_bars():
+        trainer.save_model(str(out))
     if args.process_index == 0:
         tokenizer.save_pretrained(str(out))
 

@@ -129,7 +129,9 @@ def test_cli_pretrain(model_dir, corpus, tmp_path, capsys):
                      "--max-steps", "2", "--eval-steps", "2", "--batch-size", "8", "--max-length", "32",
                      "--head-warmup-steps", "1", "--head-learning-rate", "1e-3", "--no-progress"])
     assert code == 0
-    assert "random-word: 2 steps" in capsys.readouterr().out
+    captured = capsys.readouterr()
+    assert "random-word: 2 steps" in captured.out
+    assert "it/s]" not in captured.err and "%|" not in captured.err, "--no-progress shows no progress bar"
     saved = json.loads((out / SUMMARY_FILE).read_text())
     assert saved["global_step"] == 2
     assert saved["config"]["head_warmup_steps"] == 1 and saved["config"]["head_learning_rate"] == 1e-3
