@@ -51,7 +51,8 @@ def test_corpus_sources(tmp_path):
         handle.write("enzyme\n")
     (tmp_path / "ignored.bin").write_bytes(b"\x00\x01")
     (tmp_path / "bad.txt").write_bytes(b"caf\xe9 na\xefve\n")
-    by_directory = count_words(tmp_path, progress=False)
+    with pytest.warns(UserWarning, match=r"skipped 1 other file\(s\) \(ignored.bin\)"):
+        by_directory = count_words(tmp_path, progress=False)
     assert by_directory["enzyme"] == 2 and by_directory["receptor"] == 1
     # Invalid UTF-8 bytes become U+FFFD, a symbol, which normalization strips at word ends only.
     assert by_directory["caf"] == 1 and by_directory["na\ufffdve"] == 1

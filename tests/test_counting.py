@@ -9,6 +9,7 @@ import json
 import mmap
 import random
 import unicodedata
+import warnings
 from collections import Counter
 from pathlib import Path
 
@@ -216,7 +217,14 @@ def test_every_input_type_gives_the_same_counts(tmp_path):
         for threads in (1, 2):
             if name == "generator":
                 source = (line for line in lines)
-            counts = count_words(source, progress=False, threads=threads, **options)
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                counts = count_words(source, progress=False, threads=threads, **options)
+            skipped = [str(w.message) for w in caught if "skipped" in str(w.message)]
+            if name == "directory":
+                assert len(skipped) == 1 and "(ignored.csv)" in skipped[0], skipped
+            else:
+                assert not skipped, (name, skipped)
             assert dict(counts.counts) == expected, name
             assert counts.documents == len(lines), name
     mixed = count_words([shards / "a.txt", "One more line."], progress=False)
