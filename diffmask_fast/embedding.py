@@ -7,6 +7,7 @@ import hashlib
 import itertools
 import json
 import os
+import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,9 +30,11 @@ DTYPES = {"float32": None, "fp32": None, "bfloat16": torch.bfloat16, "bf16": tor
 
 #: Version of what a cached vector means; part of every cache key.
 EMBEDDING_VERSION = 1
-#: New words are embedded and cached this many at a time, so an interrupted run keeps all but
-#: the last piece (about half a minute of a CPU's work).
+#: New words are embedded and cached in pieces of about CACHE_SECONDS of work (at least
+#: CACHE_PIECE words, half a minute on a CPU): an interrupted run keeps all but the last piece,
+#: and a fast GPU does not write many small cache segments.
 CACHE_PIECE = 8192
+CACHE_SECONDS = 30.0
 
 
 def default_model_path() -> str:
@@ -339,18 +342,23 @@ class WordEmbedder:
                 found[positions] = True
                 missing = np.nonzero(~found)[0]
             self.truncated_words = 0
-            step = CACHE_PIECE if cache is not None else max(len(missing), 1)
-            for begin in range(0, len(missing), step):
+            begin, step = 0, CACHE_PIECE if cache is not None else len(missing)
+            while begin < len(missing):
                 piece = missing[begin : begin + step]
+                started = time.perf_counter()
                 new_words = [unique[i] for i in piece]
                 computed = self._embed_uncached(new_words, bar)
                 result[piece] = computed
+                begin += len(piece)
                 if cache is not None:
                     try:
                         cache.add(new_words, computed)
                     except OSError as error:
                         warnings.warn(f"could not write to the embedding cache {cache.directory}: {error}", stacklevel=2)
-                        cache = None  # embed the rest without trying again
+                        cache, step = None, len(missing)  # embed the rest without trying again
+                        continue
+                    rate = len(piece) / max(time.perf_counter() - started, 1e-9)
+                    step = max(CACHE_PIECE, int(rate * CACHE_SECONDS))
         finally:
             if not external:
                 bar.close()

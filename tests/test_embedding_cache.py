@@ -88,6 +88,7 @@ def test_an_interrupted_run_keeps_the_pieces_it_finished(tokenizer, tmp_path, rn
     from diffmask_fast import embedding
 
     monkeypatch.setattr(embedding, "CACHE_PIECE", 8)
+    monkeypatch.setattr(embedding, "CACHE_SECONDS", 0.0)  # pieces of CACHE_PIECE words, however fast
     model = tiny_bert(tokenizer, rng.randrange(2**31))
     words = random_words(30, rng)
     expected = embedder(model, tokenizer, None).embed(words)
@@ -108,6 +109,14 @@ def test_an_interrupted_run_keeps_the_pieces_it_finished(tokenizer, tmp_path, rn
     again = embedder(model, tokenizer, tmp_path).embed(words)
     assert counter["rows"] == len(words) - 16, "the two finished pieces were cached"
     torch.testing.assert_close(again, expected, atol=1e-6, rtol=1e-5)
+    # A fast embedder takes larger pieces: about CACHE_SECONDS of work each.
+    monkeypatch.setattr(embedding, "CACHE_SECONDS", 3600.0)
+    fast = embedder(model, tokenizer, tmp_path / "fast")
+    sizes = []
+    embed_all = fast._embed_uncached
+    monkeypatch.setattr(fast, "_embed_uncached", lambda piece, bar: sizes.append(len(piece)) or embed_all(piece, bar))
+    fast.embed(words)
+    assert sizes == [8, len(words) - 8]
 
 
 def test_changed_weights_pooling_or_settings_never_read_stale_vectors(tokenizer, tmp_path, rng):
