@@ -18,7 +18,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .embedding_cache import EmbeddingCache, default_cache_dir
-from .hf_loading import check_model_reference, usable_device
+from .hf_loading import cached_hub_file, check_model_reference, usable_device
 
 #: How a word becomes a vector. ``pooled`` is the authors' choice: encode "[CLS] w [SEP]" alone
 #: and take the pooled output (the [CLS] hidden state where the model has no pooler).
@@ -84,13 +84,7 @@ def _pooling_config(name_or_path: str) -> Path | None:
         return local
     if Path(name_or_path).exists():
         return None
-    try:
-        from huggingface_hub import try_to_load_from_cache
-
-        cached = try_to_load_from_cache(name_or_path, "1_Pooling/config.json")
-    except Exception:  # not a valid repository name
-        return None
-    return Path(cached) if isinstance(cached, str) and os.path.isfile(cached) else None
+    return cached_hub_file(name_or_path, "1_Pooling/config.json")
 
 
 def load_encoder(name_or_path: str | os.PathLike | None = None):

@@ -50,15 +50,21 @@ def check_model_reference(model: str | os.PathLike) -> None:
     if looks_local:
         raise ValueError(f"the model directory {name!r} does not exist")
     if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on"):
-        from huggingface_hub import try_to_load_from_cache
-
-        try:
-            cached = try_to_load_from_cache(name, "config.json")
-        except ValueError:  # not even a well-formed model id
-            cached = None
-        if not isinstance(cached, str):
+        if cached_hub_file(name, "config.json") is None:
             raise ValueError(f"{name!r} is not a local directory, and the Hugging Face cache holds no model of "
                              "that name (HF_HUB_OFFLINE=1: nothing is downloaded)")
+
+
+def cached_hub_file(name: str, filename: str) -> Path | None:
+    """A hub model's file as the local Hugging Face cache holds it, or None (nothing is
+    downloaded; a name that is no valid model id has none)."""
+    from huggingface_hub import try_to_load_from_cache
+
+    try:
+        cached = try_to_load_from_cache(name, filename)
+    except Exception:  # not a valid repository name
+        return None
+    return Path(cached) if isinstance(cached, str) and os.path.isfile(cached) else None
 
 
 def load_tokenizer(model: str):

@@ -279,13 +279,12 @@ def pretrain(config: PretrainConfig) -> dict:
         trainer.add_callback(record)
     with contextlib.nullcontext() if config.progress else no_progress_bars():
         result = trainer.train(resume_from_checkpoint=config.resume or None)
-    before = record.loss_before if record is not None else (resumed_run or {}).get("validation_loss_before")
-    # The best checkpoint is loaded at the end; its loss was measured when it was saved.
-    best = trainer.state.best_metric
-    if best is None:  # no evaluation during training
-        best = trainer.evaluate()["eval_loss"]
-    with contextlib.nullcontext() if config.progress else no_progress_bars():
+        # The best checkpoint is loaded at the end; its loss was measured when it was saved.
+        best = trainer.state.best_metric
+        if best is None:  # no evaluation during training
+            best = trainer.evaluate()["eval_loss"]
         trainer.save_model(str(out))
+    before = record.loss_before if record is not None else (resumed_run or {}).get("validation_loss_before")
     if args.process_index == 0:
         tokenizer.save_pretrained(str(out))
 

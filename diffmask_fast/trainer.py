@@ -332,8 +332,7 @@ class RunRecordCallback(TrainerCallback):
         self.loss_before: float | None = None
 
     def _save(self) -> None:
-        if self.write:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
+        if self.write:  # atomic_write_json makes the folder
             atomic_write_json(self.path, {**self.fields, "validation_loss_before": self.loss_before})
 
     def on_train_begin(self, args, state, control, **kwargs):
