@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import warnings
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -393,6 +394,8 @@ def main(argv: list[str] | None = None) -> int:
     if getattr(args, "sentences", 1) < 1:
         print(f"diffmask {args.command}: error: --sentences must be at least 1", file=sys.stderr)
         return 2
+    default_format = warnings.formatwarning
+    warnings.formatwarning = _warning_format(args.command, default_format)
     try:
         _commands()[args.command](args)
     except (ValueError, OSError, ImportError) as error:  # bad input, or a file that cannot be read or written
@@ -402,7 +405,21 @@ def main(argv: list[str] | None = None) -> int:
         hint = RESUME_HINTS.get(args.command)
         print(f"\ndiffmask {args.command}: interrupted" + (f"; {hint}" if hint else ""), file=sys.stderr)
         return 130
+    finally:
+        warnings.formatwarning = default_format
     return 0
+
+
+def _warning_format(command: str, default_format):
+    """Print the package's advice (UserWarning) as one line like the errors, not as a source
+    location; other warnings keep Python's format."""
+
+    def format_warning(message, category, filename, lineno, line=None):
+        if category is UserWarning:
+            return f"diffmask {command}: warning: {message}\n"
+        return default_format(message, category, filename, lineno, line)
+
+    return format_warning
 
 
 if __name__ == "__main__":

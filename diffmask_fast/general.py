@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import heapq
 import math
 import os
 from dataclasses import dataclass
@@ -46,6 +47,12 @@ class GeneralFrequencies:
 
     def __len__(self) -> int:
         return len(self.counts)
+
+    def most_common(self, n: int) -> list[str]:
+        """The ``n`` most frequent words, most frequent first (ties by word)."""
+        if self.source == _DEFAULT_SOURCE and self is _default_table():  # cached: asked once per scorer
+            return list(_most_common_default(n))
+        return _most_common(self.counts, n)
 
     @classmethod
     def default(cls) -> "GeneralFrequencies":
@@ -100,4 +107,16 @@ def _default_table() -> GeneralFrequencies:
 
     path = Path(wordsegment.__file__).with_name("unigrams.txt")
     table = GeneralFrequencies.from_file(path, total=GOOGLE_TRILLION_TOTAL)
-    return GeneralFrequencies(table.counts, table.total, source="google-web-trillion (wordsegment)")
+    return GeneralFrequencies(table.counts, table.total, source=_DEFAULT_SOURCE)
+
+
+_DEFAULT_SOURCE = "google-web-trillion (wordsegment)"
+
+
+def _most_common(counts: dict, n: int) -> list[str]:
+    return [word for word, _ in heapq.nsmallest(n, counts.items(), key=lambda item: (-item[1], item[0]))]
+
+
+@lru_cache(maxsize=4)
+def _most_common_default(n: int) -> tuple:
+    return tuple(_most_common(_default_table().counts, n))

@@ -49,8 +49,33 @@ def normalize_word(word: str, lowercase: bool = True) -> str:
 
 
 def has_letter(word: str) -> bool:
-    """Whether a word may be an anchor: it contains at least one Unicode letter (category L*)."""
+    """Whether a word contains at least one Unicode letter (category L*)."""
     return any(unicodedata.category(ch)[0] == "L" for ch in word)
+
+
+#: Unicode categories that written words never hold: control characters, surrogates, private-use
+#: and unassigned code points.
+UNREADABLE_CATEGORIES = frozenset({"Cc", "Cs", "Co", "Cn"})
+
+
+def has_unreadable_character(word: str) -> bool:
+    """Whether a word holds a character no written word holds: a control, surrogate, private-use or
+    unassigned code point, or U+FFFD (the mark decoders leave for bytes they could not read).
+
+    Such words come from broken text: UTF-8 read as Latin-1 turns "•" into "â\x80¢", whose C1
+    control survives normalization, and PDF extraction leaves private-use glyphs.
+    """
+    return any(ch == "\ufffd" or unicodedata.category(ch) in UNREADABLE_CATEGORIES for ch in word)
+
+
+def is_anchor_candidate(word: str) -> bool:
+    """Whether a word may be an anchor: it has a letter and no unreadable character.
+
+    Broken-encoding fragments such as "â\x80" are frequent in some corpora and absent from general
+    English, so TF-ICF would crown them; an uncased embedding model then reads "â" as "a" and
+    scores every "a" as a domain word.
+    """
+    return has_letter(word) and not has_unreadable_character(word)
 
 
 def count_words(texts: Iterable[str], lowercase: bool = True) -> Counter:
@@ -193,7 +218,8 @@ def select_anchors(
     min_count: int | None = None,
     smoothing_per_million: float = DEFAULT_SMOOTHING_PER_MILLION,
 ) -> list[tuple[str, float]]:
-    """The top-k words by TF-ICF among words with a letter and at least ``min_count`` occurrences.
+    """The top-k words by TF-ICF among anchor candidates (``is_anchor_candidate``) with at least
+    ``min_count`` occurrences.
 
     Ties break by the word itself, so the result is deterministic.
     """
@@ -207,7 +233,7 @@ def select_anchors(
     scored = [
         (word, tf_icf(count, target_total, general_count(word, general_counts), general_total, smoothing_per_million))
         for word, count in target_counts.items()
-        if count >= min_count and has_letter(word)
+        if count >= min_count and is_anchor_candidate(word)
     ]
     scored.sort(key=lambda item: (-item[1], item[0]))
     return scored[:k]

@@ -31,6 +31,7 @@ from ._io import atomic_write_bytes, atomic_write_json, read_json
 from .anchors import Anchors
 from .contextual import ContextualAnchors, contextual_anchor_vectors
 from .embedding import WordEmbedder, has_lone_surrogate
+from .general import GeneralFrequencies
 from .index import EXACT_MAX_ANCHORS, AnchorIndex, unit_rows
 
 SIMILARITIES = ("max", "centroid", "mean")
@@ -367,6 +368,37 @@ def _encodable(keys: list[str]) -> list[str]:
     return kept
 
 
+#: How many of the most common general-English words ``anchors_read_as_common_words`` compares with.
+COMMON_WORDS_CHECKED = 1000
+
+
+def anchors_read_as_common_words(embedder: WordEmbedder, anchors: Sequence[str]) -> list[tuple[str, str]]:
+    """(anchor, common word) for each anchor the embedder's tokenizer encodes exactly as a different
+    word among the ``COMMON_WORDS_CHECKED`` most common English words.
+
+    TF-ICF judges an anchor as written, the model as it reads it: an uncased model strips accents,
+    so the broken-text fragment "â", rare in English, becomes "a", and every "a" would score 1.0.
+    """
+    tokenizer = getattr(embedder, "tokenizer", None)
+    anchors = [anchor for anchor in anchors if not has_lone_surrogate(anchor)]  # no tokenizer takes them
+    if tokenizer is None or not anchors:
+        return []
+    common = GeneralFrequencies.default().most_common(COMMON_WORDS_CHECKED)
+
+    def token_ids(words: list[str]) -> list[tuple]:
+        return [tuple(ids) for ids in tokenizer(list(words), add_special_tokens=False)["input_ids"]]
+
+    reading: dict = {}
+    for word, ids in zip(common, token_ids(common)):
+        reading.setdefault(ids, word)  # the more common word of two read alike
+    found = []
+    for anchor, ids in zip(anchors, token_ids(anchors)):
+        common_word = reading.get(ids)
+        if ids and common_word is not None and common_word != reference.normalize_word(anchor):
+            found.append((anchor, common_word))
+    return found
+
+
 class WordScorer:
     """Scores word types against a domain's anchors with one embedding model.
 
@@ -415,6 +447,12 @@ class WordScorer:
             if zero:
                 warnings.warn(f"{len(zero)} anchor(s) have a zero vector because the model knows none of their "
                               f"pieces ({', '.join(map(repr, zero[:5]))}); they match no word", stacklevel=2)
+            misread = anchors_read_as_common_words(embedder, words)
+            if misread:
+                shown = ", ".join(f"{anchor!r} as {common!r}" for anchor, common in misread[:5])
+                warnings.warn(f"the embedding model reads {len(misread)} anchor(s) as very common English words "
+                              f"({shown}): those words and their neighbours will score as domain words; "
+                              "leave such anchors out", stacklevel=2)
         broken = ~torch.isfinite(self.anchor_vectors).all(dim=1)
         if bool(broken.any()):
             rows = torch.nonzero(broken).flatten().tolist()

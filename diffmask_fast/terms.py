@@ -23,7 +23,7 @@ import torch
 
 from . import ops
 from .masking_base import MaskingCollatorBase, check_probability, replace_selected
-from .reference import has_letter, normalize_word
+from .reference import has_letter, is_anchor_candidate, normalize_word
 from .tokenization import WordBoundaries, decode_words, word_boundaries
 
 if TYPE_CHECKING:
@@ -405,8 +405,9 @@ def domain_terms(
     """Domain terms for ``MSLMCollator`` / ``TermMaskingCollator`` without any labelled data.
 
     The anchor words (``Anchors`` or plain strings) plus the highest-scoring word types of
-    ``scores`` that contain a letter: the top ``top_fraction`` of those (rounded up), or, when
-    ``min_score`` is given, all of them scoring at least ``min_score``. Returned normalized,
+    ``scores`` that could be anchors (``reference.is_anchor_candidate``: a letter, no broken
+    text): the top ``top_fraction`` of those (rounded up), or, when ``min_score`` is given, all of
+    them scoring at least ``min_score``. Returned normalized,
     deduplicated and sorted. Raises ValueError when nothing is left.
     """
     if not 0.0 <= top_fraction <= 1.0:
@@ -420,7 +421,7 @@ def domain_terms(
     if scores is not None and len(scores):
         words = scores.words
         values = np.asarray(scores.values, dtype=np.float64)
-        letter = np.fromiter((has_letter(w) for w in words), dtype=bool, count=len(words))
+        letter = np.fromiter((is_anchor_candidate(w) for w in words), dtype=bool, count=len(words))
         rows = np.flatnonzero(letter)
         if min_score is not None:  # compared at the table's float32 precision: 0.732 keeps a word listed at 0.732
             rows = rows[values[rows] >= float(np.float32(min_score))]
@@ -429,7 +430,7 @@ def domain_terms(
             # Highest first; words are sorted, so ties go to the alphabetically first.
             rows = rows[np.argsort(-values[rows], kind="stable")[:count]]
         found.update(normalize_word(words[i]) for i in rows.tolist())
-    found = {w for w in found if has_letter(w)}
+    found = {w for w in found if is_anchor_candidate(w)}
     if not found:
         raise ValueError(
             "no domain terms: the anchors hold no word with a letter and the score table gives none "

@@ -3,12 +3,13 @@
 import gzip
 import json
 import random
+import warnings
 from pathlib import Path
 
 import pytest
 
 from diffmask_fast import reference
-from diffmask_fast.anchors import Anchors, mine_anchors
+from diffmask_fast.anchors import Anchor, Anchors, mine_anchors
 from diffmask_fast.corpus import CorpusError
 from diffmask_fast.counting import WordCounts, count_words
 from diffmask_fast.general import GOOGLE_TRILLION_TOTAL, GeneralFrequencies
@@ -103,6 +104,14 @@ def test_default_general_table_is_the_trillion_word_unigrams():
     assert general.count("the") == 23_135_851_162
     assert general.count("frataxin-zzqx") == 0
     assert general.count("long-term") == min(general.count("long"), general.count("term"))
+    assert general.most_common(5) == ["the", "of", "and", "to", "a"]
+
+
+def test_most_common_general_words_break_ties_by_word():
+    rng = random.Random(random.getrandbits(64))
+    counts = {f"w{i}": float(rng.randrange(1, 6)) for i in range(50)}
+    n = rng.randrange(0, 60)
+    assert GeneralFrequencies(counts, 1e6).most_common(n) == sorted(counts, key=lambda w: (-counts[w], w))[:n]
 
 
 def test_general_table_from_file(tmp_path):
@@ -135,6 +144,23 @@ def test_mine_anchors_equals_reference_and_round_trips(tmp_path):
     assert mine_anchors(counts, general, k=5) == anchors
 
 
+def test_words_of_broken_text_are_no_anchors_and_are_named_when_they_would_have_been():
+    general = GeneralFrequencies({"the": 5e9, "enzyme": 1e5, "kinase": 1e5}, 1e12)
+    bullet = "\u00e2\x80"  # "•" as UTF-8 read as Latin-1, after normalization strips "¢"
+    counts = {"the": 600, "enzyme": 40, "kinase": 30, bullet: 50, "pi3k\ue232akt": 3}
+    with pytest.warns(UserWarning, match=r"2 frequent word\(s\) would have been anchors.*'\\xe2\\x80' \(50 times\)"):
+        anchors = mine_anchors(counts, general, k=3, min_count=1)
+    assert anchors.words == ["enzyme", "kinase", "the"]
+    assert [(a.word, a.score) for a in anchors] == reference.select_anchors(counts, general.counts, general.total, k=3,
+                                                                            min_count=1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # ranked below the anchors: no warning
+        assert mine_anchors({**counts, bullet: 1, "pi3k\ue232akt": 1}, general, k=2, min_count=1).words == [
+            "enzyme", "kinase"]
+    with pytest.raises(ValueError, match="no unreadable character"):
+        mine_anchors({bullet: 9}, general, min_count=1)
+
+
 def test_mine_anchors_errors():
     counts = count_words(["enzyme enzyme enzyme 12 12 12"], progress=False)
     with pytest.raises(ValueError, match="at least 1"):
@@ -146,6 +172,7 @@ def test_mine_anchors_errors():
 
 
 @needs_data
+@pytest.mark.filterwarnings("ignore:.*would have been anchors")
 @pytest.mark.parametrize(
     "corpus, expected",
     [("chemprot/abstracts.txt", {"receptor", "inhibition", "inhibitor"}), ("acl_arc/corpus.txt", {"lexical", "corpus", "semantic"})],
@@ -154,10 +181,18 @@ def test_default_anchors_are_frequent_domain_words(corpus, expected):
     counts = count_words(DATA / corpus, progress=False)
     anchors = mine_anchors(counts, k=20)
     assert expected <= set(anchors.words), anchors.table()
-    assert all(a.target_count >= anchors.min_count and reference.has_letter(a.word) for a in anchors)
+    assert all(a.target_count >= anchors.min_count and reference.is_anchor_candidate(a.word) for a in anchors)
     # One-off names and typos never make it: every anchor is among the corpus's common words.
     common = {w for w, _ in counts.most_common(2000)}
     assert set(anchors.words) <= common, anchors.table()
+
+
+@needs_data
+def test_broken_text_of_acl_arc_is_named_not_mined():
+    counts = count_words(DATA / "acl_arc/corpus.txt", progress=False)
+    with pytest.warns(UserWarning, match=r"would have been anchors.*'\\xe2\\x80' \(39 times\).*UTF-8 read as Latin-1"):
+        anchors = mine_anchors(counts, k=20)
+    assert all(reference.is_anchor_candidate(word) for word in anchors.words), anchors.table()
 
 
 def test_case_kept_counts_look_general_words_up_in_lowercase():
@@ -214,6 +249,8 @@ def test_a_damaged_anchors_file_is_a_clear_error(tmp_path, damage):
 
 def test_anchors_with_lone_surrogates_save_and_load(tmp_path):
     counts = WordCounts.from_mapping({"enzyme\ud83d": 10, "cell": 5}, 1)
-    anchors = mine_anchors(counts, k=2, min_count=1)
-    anchors.save(tmp_path / "anchors.json")
+    with pytest.warns(UserWarning, match="would have been anchors.*enzyme"):
+        assert mine_anchors(counts, k=2, min_count=1).words == ["cell"]  # broken text is no anchor...
+    anchors = Anchors((Anchor("enzyme\ud83d", 9.0, 10, 0.0), Anchor("cell", 2.0, 5, 1e6)), 15, 1e12, 1, 0.5)
+    anchors.save(tmp_path / "anchors.json")  # ...but an anchor list made by hand keeps it
     assert Anchors.load(tmp_path / "anchors.json") == anchors

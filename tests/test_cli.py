@@ -85,6 +85,17 @@ def test_mine_says_when_fewer_words_qualify_than_asked(tmp_path, capsys):
     assert "diffmask preview: error: --sentences must be at least 1" in capsys.readouterr().err
 
 
+def test_mine_names_broken_text_in_one_warning_line(tmp_path):
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("\u00e2\x80\u00a2 the enzyme binds \u00e2\x80\u00a2 the receptor\n" * 3, encoding="utf-8")
+    result = subprocess.run([sys.executable, "-m", "diffmask_fast.cli", "mine", str(corpus), "-k", "2", "--min-count", "3",
+                             "--no-progress"], capture_output=True, text=True, encoding="utf-8")
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.startswith("diffmask mine: warning: 1 frequent word(s) would have been anchors"), result.stderr
+    assert len(result.stderr.splitlines()) == 1 and "UserWarning" not in result.stderr
+    assert "\u00e2" not in result.stdout.split("anchor")[-1]
+
+
 @pytest.mark.parametrize("command", ["demo", "mine", "preview"])
 def test_help(command):
     result = subprocess.run([sys.executable, "-m", "diffmask_fast.cli", command, "--help"], capture_output=True, text=True)

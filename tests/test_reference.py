@@ -50,6 +50,16 @@ def test_has_letter():
     assert not reference.has_letter("12,22") and not reference.has_letter("...")
 
 
+def test_anchor_candidates_have_a_letter_and_no_unreadable_character():
+    for word in ("cox-2", "é", "straße", "σύνταξη", "plus\u00admaze", "中文"):
+        assert reference.is_anchor_candidate(word), word
+    # Broken text: UTF-8 read as Latin-1 ("•" -> "â\x80¢", stripped to "â\x80"), a C0 control,
+    # a PDF's private-use glyph, a decoder's replacement mark, a lone surrogate, an unassigned code point.
+    for word in ("\u00e2\x80", "a\x02b", "pi3k\ue232akt", "caf\ufffd", "half\ud83d", "ab\U000e0fff"):
+        assert reference.has_letter(word) and not reference.is_anchor_candidate(word), ascii(word)
+    assert not reference.is_anchor_candidate("12,22")
+
+
 def test_count_words_splits_on_whitespace_and_normalizes():
     counts = reference.count_words(["The enzyme,  the ENZYME\tbinds.", "", "binds"])
     assert counts == {"the": 2, "enzyme": 2, "binds": 2}

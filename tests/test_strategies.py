@@ -552,10 +552,10 @@ def test_mslm_numpy_output(bert_wordpiece):
 def test_domain_terms(seed):
     rng = random.Random(seed)
     letters = [f"{rng.choice('abcdefgh')}{rng.choice('aeiou')}{rng.choice('klmnprst')}{i}" for i in range(200)]
-    other = ["123", "--", "4.5", "%"]
+    other = ["123", "--", "4.5", "%", "\u00e2\x80", "pi3k\ue232akt"]
     scores = {w: round(rng.uniform(-1, 1), 3) for w in letters + other}
     for w in other:
-        scores[w] = 5.0  # the best scores, but no letter: never terms
+        scores[w] = 5.0  # the best scores, but no letter or broken text: never terms
     table = ScoreTable.from_mapping(scores)
     anchor_words = rng.sample(letters, 5) + ["Receptor"]
     anchors = Anchors(tuple(Anchor(w, 1.0, 10, 1.0) for w in anchor_words), 1000, 1e6, 2, 10.0)
