@@ -64,7 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
     mine = commands.add_parser("mine", help="find a corpus's anchor words by TF-ICF",
                                description="Count the words of a corpus (text files, one document per line; "
                                            "directories and globs allowed) and print its top anchors by TF-ICF.")
-    mine.add_argument("corpus", nargs="*", help="text or JSON-lines files (plain or .gz), directories or glob patterns")
+    mine.add_argument("corpus", nargs="*", help="text or JSON-lines files (.jsonl, .ndjson, .json; plain or .gz), directories or glob patterns")
     _add_mining_options(mine)
     mine.add_argument("--output", "-o", type=Path, default=None, help="save the anchors as JSON here")
     mine.add_argument("--counts-output", type=Path, default=None,

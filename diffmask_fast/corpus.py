@@ -25,8 +25,9 @@ CorpusSource = Union[str, os.PathLike, Iterable[str], Any]
 #: File name endings read from a directory of text files.
 TEXT_SUFFIXES = (".txt", ".txt.gz", ".text", ".text.gz")
 #: File name endings of JSON lines: read as JSON lines wherever they appear, and the files read
-#: from a directory when a ``text_field`` is given.
-JSONL_SUFFIXES = (".jsonl", ".jsonl.gz", ".ndjson", ".ndjson.gz")
+#: from a directory when a ``text_field`` is given. ``.json`` is among them because
+#: ``datasets.Dataset.to_json`` and pandas' ``to_json(lines=True)`` write JSON lines under it.
+JSONL_SUFFIXES = (".jsonl", ".jsonl.gz", ".ndjson", ".ndjson.gz", ".json", ".json.gz")
 #: Field of a JSON-lines record or dataset row that holds the text, unless told otherwise.
 DEFAULT_TEXT_FIELD = "text"
 #: Bytes at the start of a file checked for NUL bytes (the mark of a binary file).
@@ -157,9 +158,11 @@ def record_text(line: Union[str, bytes], path: Union[str, os.PathLike], number: 
     try:
         record = json.loads(line)
     except json.JSONDecodeError as error:
-        raise CorpusError(f"{os.fspath(path)!r} line {number}: not valid JSON ({error.msg})") from None
+        raise CorpusError(f"{os.fspath(path)!r} line {number}: not valid JSON ({error.msg})"
+                          f"{_one_document_hint(line, number)}") from None
     if not isinstance(record, dict):
-        raise CorpusError(f"{os.fspath(path)!r} line {number}: expected a JSON object, got {type(record).__name__}")
+        raise CorpusError(f"{os.fspath(path)!r} line {number}: expected a JSON object, got {type(record).__name__}"
+                          f"{_one_document_hint(line, number)}")
     if field not in record:
         fields = ", ".join(sorted(record)[:10]) or "none"
         raise CorpusError(f"{os.fspath(path)!r} line {number}: no field {field!r} (fields: {fields}); "
@@ -168,6 +171,15 @@ def record_text(line: Union[str, bytes], path: Union[str, os.PathLike], number: 
     if not isinstance(text, str):
         raise CorpusError(f"{os.fspath(path)!r} line {number}: field {field!r} holds {type(text).__name__}, not a string")
     return text
+
+
+def _one_document_hint(line: str, number: int) -> str:
+    """Advice when the first line opens one JSON document (an array, or an object spread over
+    lines) rather than a record per line."""
+    if (number == 1 and line.strip() in ("[", "{")) or line.lstrip().startswith("[{"):
+        return ("; the file looks like one JSON document, but a corpus file holds one JSON object per line "
+                "(JSON lines, as datasets' to_json writes)")
+    return ""
 
 
 def iter_json_lines(path: Path, field: str) -> Iterator[str]:

@@ -667,7 +667,7 @@ def count_words(
     - ``threads``: counting threads, each with its own table (default: every available core).
     - ``text_field``: the field of JSON-lines records or dataset rows holding the text (default
       "text"). When given, every file is read as JSON lines and directories yield their
-      ``.jsonl``/``.ndjson`` files; otherwise only files named so are read as JSON lines.
+      ``.jsonl``/``.ndjson``/``.json`` files; otherwise only files named so are read as JSON lines.
     - ``scheduler``: a ``distributed.Client`` or the address of a Dask scheduler: files are
       counted on its workers in byte ranges of ``partition_bytes`` (see ``dask_counting``). The
       workers must see the same paths.

@@ -200,6 +200,7 @@ def test_every_input_type_gives_the_same_counts(tmp_path):
     jsonl.write_text("".join(json.dumps({"id": i, "abstract": line}) + "\n" for i, line in enumerate(lines)), encoding="utf-8")
     with gzip.open(tmp_path / "records.jsonl.gz", "wt", encoding="utf-8") as handle:
         handle.write("".join(json.dumps({"text": line}) + "\n\n" for line in lines))
+    (tmp_path / "to_json.json").write_text("".join(json.dumps({"text": line}) + "\n" for line in lines), encoding="utf-8")
 
     sources = {
         "plain": (tmp_path / "plain.txt", {}),
@@ -209,6 +210,7 @@ def test_every_input_type_gives_the_same_counts(tmp_path):
         "paths": ([shards / "a.txt", shards / "deep" / "b.txt.gz"], {}),
         "jsonl with a text field": (jsonl, {"text_field": "abstract"}),
         "jsonl.gz, default field, blank lines": (tmp_path / "records.jsonl.gz", {}),
+        "json lines named .json (datasets' to_json)": (tmp_path / "to_json.json", {}),
         "strings": (lines, {}),
         "generator": (None, {}),
         "dataset": (FakeDataset(lines), {}),
@@ -350,13 +352,17 @@ def test_invalid_utf8_is_replaced_not_an_error(tmp_path):
 
 
 @pytest.mark.parametrize("content, message", [
-    (b'{"text": "fine"}\n{"text": "unterminated\n', r"bad\.jsonl' line 2: not valid JSON"),
+    (b'{"text": "fine"}\n{"text": "unterminated\n', r"bad\.jsonl?' line 2: not valid JSON"),
     (b'{"text": "fine"}\n\n{"body": "x"}\n', r"line 3: no field 'text' \(fields: body\)"),
     (b'{"text": 12}\n', r"line 1: field 'text' holds int, not a string"),
     (b'["text"]\n', r"line 1: expected a JSON object, got list"),
+    (b'[\n  {"text": "one"},\n  {"text": "two"}\n]\n', r"line 1: not valid JSON .*one JSON document.*one JSON object per line"),
+    (b'[{"text": "one"}, {"text": "two"}]\n', r"line 1: expected a JSON object, got list; .*one JSON document"),
+    (b'{\n  "text": "one"\n}\n', r"line 1: not valid JSON .*one JSON document"),
 ])
-def test_bad_json_lines_name_the_file_and_line(tmp_path, content, message):
-    path = tmp_path / "bad.jsonl"
+@pytest.mark.parametrize("name", ["bad.jsonl", "bad.json"])
+def test_bad_json_lines_name_the_file_and_line(tmp_path, content, message, name):
+    path = tmp_path / name
     path.write_bytes(content)
     with pytest.raises(CorpusError, match=message):
         count_words(path, progress=False)
