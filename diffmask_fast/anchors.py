@@ -82,7 +82,7 @@ class Anchors:
 def check_mining_settings(k: int, min_count: int | None, smoothing_per_million: float) -> None:
     """Raise ValueError for settings ``mine_anchors`` refuses: callers check them before a long count."""
     if k < 1:
-        raise ValueError(f"the number of anchors k must be at least 1, got {k}")
+        raise ValueError(f"k (the number of anchors) must be at least 1, got {k}")
     if min_count is not None and min_count < 1:
         raise ValueError(f"min_count must be at least 1, got {min_count}")
     if not (math.isfinite(smoothing_per_million) and smoothing_per_million > 0):

@@ -96,6 +96,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_pretrain_command(commands)
     add_finetune_command(commands)
+    parser.commands = commands.choices  # each command's parser, to name its options in errors
     return parser
 
 
@@ -436,8 +437,26 @@ RESUME_HINTS = {
 }
 
 
+#: Settings the library names otherwise than the option's destination.
+SETTING_OPTIONS = {"smoothing_per_million": "smoothing"}
+
+
+def _with_option_name(message: str, command_parser) -> str:
+    """An error about a setting, naming it as the command line spells it: "min_count must be at
+    least 1" becomes "--min-count must be at least 1"."""
+    setting, space, rest = message.partition(" ")
+    if not space or command_parser is None:
+        return message
+    dest = SETTING_OPTIONS.get(setting, setting)
+    for action in getattr(command_parser, "_actions", ()):
+        if action.dest == dest and action.option_strings:
+            return f"{max(action.option_strings, key=len)} {rest}"
+    return message
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     if getattr(args, "sentences", 1) < 1:
         print(f"diffmask {args.command}: error: --sentences must be at least 1", file=sys.stderr)
         return 2
@@ -446,7 +465,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         _commands()[args.command](args)
     except (ValueError, OSError, ImportError) as error:  # bad input, or a file that cannot be read or written
-        print(f"diffmask {args.command}: error: {error}", file=sys.stderr)
+        message = _with_option_name(str(error), parser.commands.get(args.command))
+        print(f"diffmask {args.command}: error: {message}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         hint = RESUME_HINTS.get(args.command)

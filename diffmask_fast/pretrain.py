@@ -20,6 +20,8 @@ from pathlib import Path
 from typing import Any
 
 from ._io import atomic_write_bytes, atomic_write_json, check_writable, read_json
+from .masking_base import check_probability
+from .pretrain_data import MIN_MAX_LENGTH
 from .strategies import STRATEGIES, build_strategy, check_strategy, resolve_mask_location
 
 SUMMARY_FORMAT = "diffmask_fast.pretrain_summary/1"
@@ -96,6 +98,24 @@ class PretrainConfig:
         for name in ("batch_size", "gradient_accumulation_steps", "eval_steps", "logging_steps", "save_total_limit"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)}")
+        if not (math.isfinite(self.epochs) and self.epochs > 0):
+            raise ValueError(f"epochs must be positive, got {self.epochs}")
+        if self.max_steps == 0 or self.max_steps < -1:
+            raise ValueError(f"max_steps must be a positive number of steps (or -1: train for the epochs), "
+                             f"got {self.max_steps}")
+        if self.max_length < MIN_MAX_LENGTH:
+            raise ValueError(f"max_length must be at least {MIN_MAX_LENGTH}, got {self.max_length}")
+        if self.validation is None and not 0.0 < self.validation_fraction < 1.0:
+            raise ValueError(f"validation_fraction must be in (0, 1), got {self.validation_fraction}")
+        if not (math.isfinite(self.learning_rate) and self.learning_rate >= 0):
+            raise ValueError(f"learning_rate must be non-negative, got {self.learning_rate}")
+        if not (math.isfinite(self.weight_decay) and self.weight_decay >= 0):
+            raise ValueError(f"weight_decay must be non-negative, got {self.weight_decay}")
+        if not 0.0 <= self.warmup_ratio < 1.0:
+            raise ValueError(f"warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
+        if self.workers is not None and self.workers < 0:
+            raise ValueError(f"workers must be non-negative (0: mask in the main process), got {self.workers}")
+        self._check_strategy_settings()
         if self.head_warmup_steps < 0:
             raise ValueError(f"head_warmup_steps must be non-negative, got {self.head_warmup_steps}")
         if self.head_learning_rate is not None and not self.head_learning_rate > 0:
@@ -107,6 +127,18 @@ class PretrainConfig:
         if self.strategy == "terms" and self.terms is None:
             raise ValueError("the 'terms' strategy needs a terms file (--terms), one term or phrase per line")
         resolve_mask_location(self.strategy, self.mask_on)
+
+    def _check_strategy_settings(self) -> None:
+        """The anchor and term settings of the strategies that use them, refused before the model
+        and corpus are read, not when the masker is finally built."""
+        if self.strategy in ("difference", "mslm") and self.anchors_count < 1:
+            raise ValueError(f"anchors_count must be at least 1, got {self.anchors_count}")
+        if self.strategy in ("terms", "mslm"):
+            check_probability("term_probability", self.term_probability)
+        if self.strategy == "mslm":
+            if not (math.isfinite(self.term_weight) and self.term_weight > 0):
+                raise ValueError(f"term_weight must be positive and finite, got {self.term_weight}")
+            check_probability("term_top_fraction", self.term_top_fraction)
 
 
 def read_terms(path: str | os.PathLike) -> list[str]:

@@ -17,6 +17,9 @@ import torch
 
 from .corpus import iter_documents
 
+#: The shortest sequence worth training on: two special tokens and two word pieces.
+MIN_MAX_LENGTH = 4
+
 
 class SequenceDataset(torch.utils.data.Dataset):
     """Token-id sequences (or pre-masked example dicts) as a map-style dataset of dicts."""
@@ -59,8 +62,8 @@ def split_documents(documents: list[str], validation_fraction: float, max_valida
 def tokenize_documents(tokenizer: Any, documents: list[str], max_length: int, *, batch_size: int = 1000,
                        progress: bool = True, description: str = "tokenizing") -> list[list[int]]:
     """Token ids with special tokens, one list per window of at most ``max_length`` tokens."""
-    if max_length < 4:
-        raise ValueError(f"max_length must be at least 4, got {max_length}")
+    if max_length < MIN_MAX_LENGTH:
+        raise ValueError(f"max_length must be at least {MIN_MAX_LENGTH}, got {max_length}")
     from tqdm.auto import tqdm
 
     windows = bool(getattr(tokenizer, "is_fast", False))

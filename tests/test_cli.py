@@ -170,9 +170,9 @@ def test_outputs_and_options_are_checked_before_counting(tmp_path, capsys, monke
     cases = [
         (["mine", str(corpus), "-o", str(blocker / "anchors.json")], "cannot write the --output"),
         (["mine", str(corpus), "--counts-output", str(tmp_path)], "is a directory, not a file"),
-        (["mine", str(corpus), "-k", "0"], "at least 1"),
-        (["mine", str(corpus), "--min-count", "-1"], "min_count must be at least 1, got -1"),
-        (["mine", str(corpus), "--smoothing", "nan"], "smoothing_per_million must be a positive finite number"),
+        (["mine", str(corpus), "-k", "0"], "--anchors-count (the number of anchors) must be at least 1, got 0"),
+        (["mine", str(corpus), "--min-count", "-1"], "--min-count must be at least 1, got -1"),
+        (["mine", str(corpus), "--smoothing", "nan"], "--smoothing must be a positive finite number"),
         (["mine", str(corpus), "--general", str(tmp_path / "missing.tsv")], "does not exist"),
         (["preview", str(corpus), "--plot", str(blocker / "x.png")], "cannot write the --plot"),
         (["score", str(corpus), "--anchors", str(tmp_path / "a.json"), "-o", str(blocker / "s.npz")],
@@ -186,15 +186,21 @@ def test_outputs_and_options_are_checked_before_counting(tmp_path, capsys, monke
     ]
     score = ["score", str(corpus), "--anchors", str(tmp_path / "a.json"), "-o", str(tmp_path / "s.npz")]
     cases += [
-        (score + ["--recall-target", "0"], "recall_target must be in (0, 1], got 0.0"),
-        (score + ["--recall-target", "nan"], "recall_target must be in (0, 1], got nan"),
-        (score + ["--nlist", "0"], "nlist must be positive, got 0"),
-        (score + ["--nprobe", "-1"], "nprobe must be positive, got -1"),
-        (score + ["--ef-search", "0"], "ef_search must be positive, got 0"),
+        (score + ["--recall-target", "0"], "--recall-target must be in (0, 1], got 0.0"),
+        (score + ["--recall-target", "nan"], "--recall-target must be in (0, 1], got nan"),
+        (score + ["--nlist", "0"], "--nlist must be positive, got 0"),
+        (score + ["--nprobe", "-1"], "--nprobe must be positive, got -1"),
+        (score + ["--ef-search", "0"], "--ef-search must be positive, got 0"),
         (score + ["--batch-size", "0"], "--batch-size must be positive, got 0"),
         (score + ["--contextual-anchors", "0"], "--contextual-anchors must be positive, got 0"),
         (score + ["--top", "-2"], "--top must be 0 or more, got -2"),
         (score + ["--tokenizer", "./missing-tokenizer"], "the model directory './missing-tokenizer' does not exist"),
+    ]
+    pretrain = ["pretrain", str(corpus), "--model", str(tmp_path / "no-model"), "-o", str(tmp_path / "out")]
+    cases += [
+        (pretrain + ["--validation-fraction", "2"], "--validation-fraction must be in (0, 1), got 2.0"),
+        (pretrain + ["--strategy", "mslm", "--term-top-fraction", "3"], "--term-top-fraction must be in [0, 1], got 3.0"),
+        (pretrain + ["-k", "0"], "--anchors-count must be at least 1, got 0"),
     ]
     for argv, message in cases:
         assert main(argv) == 1, argv

@@ -262,6 +262,33 @@ def test_ranks_draw_different_masks_from_one_seed(name, bert_wordpiece, monkeypa
     assert not torch.equal(masks("0"), masks("1"))
 
 
+@pytest.mark.parametrize("options, message", [
+    ({"epochs": 0}, "epochs must be positive"),
+    ({"epochs": float("nan")}, "epochs must be positive"),
+    ({"max_steps": 0}, "max_steps must be a positive number of steps"),
+    ({"max_length": 3}, "max_length must be at least 4"),
+    ({"validation_fraction": 1.0}, r"validation_fraction must be in \(0, 1\)"),
+    ({"learning_rate": -1e-3}, "learning_rate must be non-negative"),
+    ({"weight_decay": float("inf")}, "weight_decay must be non-negative"),
+    ({"warmup_ratio": 1.0}, r"warmup_ratio must be in \[0, 1\)"),
+    ({"workers": -1}, "workers must be non-negative"),
+    ({"anchors_count": 0}, "anchors_count must be at least 1"),
+    ({"strategy": "mslm", "term_probability": 1.5}, r"term_probability must be in \[0, 1\]"),
+    ({"strategy": "mslm", "term_weight": 0.0}, "term_weight must be positive"),
+    ({"strategy": "mslm", "term_top_fraction": -0.1}, r"term_top_fraction must be in \[0, 1\]"),
+])
+def test_settings_are_refused_before_the_model_or_corpus_is_read(tmp_path, options, message):
+    config = config_for(tmp_path / "no-model", tmp_path / "no-corpus.txt", tmp_path / "out", **options)
+    with pytest.raises(ValueError, match=message):
+        pretrain(config)
+    assert not (tmp_path / "out").exists()
+
+
+def test_settings_that_do_not_apply_are_not_checked(tmp_path):
+    config_for(tmp_path, tmp_path / "c.txt", tmp_path / "out", validation=[tmp_path / "v.txt"],
+               validation_fraction=0.0, strategy="random-word", anchors_count=0, term_weight=0.0).check()
+
+
 def test_strategy_registry():
     assert set(STRATEGIES) == {"difference", "random-token", "random-word", "attention", "mst", "terms", "mslm"}
     assert resolve_mask_location("attention", "auto") == "device"
