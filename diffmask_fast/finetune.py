@@ -28,7 +28,7 @@ import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 from ._io import atomic_write_json, check_writable, read_json
 from .hf_loading import check_max_length, load_tokenizer, quiet_transformers, usable_device
@@ -338,7 +338,8 @@ def finetune(model: str | os.PathLike, train: str | os.PathLike, dev: str | os.P
              weight_decay: float = 0.01, warmup_ratio: float = 0.06, max_train_examples: int | None = None,
              output_dir: str | os.PathLike | None = None, text_field: str = "text", label_field: str = "label",
              device: str | None = None, progress: bool = True,
-             report_path: str | os.PathLike | None = None, resume: bool = False) -> FinetuneReport:
+             report_path: str | os.PathLike | None = None, resume: bool = False,
+             on_seed_done: Callable[[SeedResult], None] | None = None) -> FinetuneReport:
     """Fine-tune ``model`` (a name or path of a checkpoint with a tokenizer) on the JSON-lines
     ``train`` file once per seed and report dev (and test) accuracy and macro-F1 of each run's best
     dev epoch.
@@ -361,6 +362,9 @@ def finetune(model: str | os.PathLike, train: str | os.PathLike, dev: str | os.P
     before any training. With ``resume``, the seeds an earlier run of the same model, data and
     settings saved at ``report_path`` are kept and only the others run; without it, the report of
     an interrupted run there is refused rather than overwritten.
+
+    ``on_seed_done`` is called with each seed's result as it finishes; by default a line saying it
+    goes to stderr when ``progress`` is on.
     """
     import torch
     from transformers import DataCollatorWithPadding, Trainer, TrainingArguments, set_seed
@@ -465,14 +469,21 @@ def finetune(model: str | os.PathLike, train: str | os.PathLike, dev: str | os.P
             results.append(result)
             if report_path is not None:
                 FinetuneReport(model=model, labels=label_names, results=list(results), config=config).save(report_path)
-            if progress:
-                line = (f"seed {seed}: best epoch {result.best_epoch}/{epochs}, dev accuracy "
-                        f"{dev_scores['accuracy']:.3f}, macro-F1 {dev_scores['macro_f1']:.3f}")
-                if test_scores is not None:
-                    line += f"; test accuracy {test_scores['accuracy']:.3f}, macro-F1 {test_scores['macro_f1']:.3f}"
-                print(line, file=sys.stderr)
+            if on_seed_done is not None:
+                on_seed_done(result)
+            elif progress:
+                print(seed_line(result, epochs), file=sys.stderr)
             del trainer, classifier, keep_best
     return FinetuneReport(model=model, labels=label_names, results=results, config=config)
+
+
+def seed_line(result: SeedResult, epochs: int) -> str:
+    """One line on a finished seed, for logs."""
+    line = (f"seed {result.seed}: best epoch {result.best_epoch}/{epochs}, dev accuracy "
+            f"{result.dev['accuracy']:.3f}, macro-F1 {result.dev['macro_f1']:.3f}")
+    if result.test is not None:
+        line += f"; test accuracy {result.test['accuracy']:.3f}, macro-F1 {result.test['macro_f1']:.3f}"
+    return line
 
 
 def _refuse_unfinished(report_path: Path) -> None:
@@ -553,7 +564,8 @@ def run_finetune_command(args) -> FinetuneReport:
                       weight_decay=args.weight_decay, warmup_ratio=args.warmup_ratio,
                       max_train_examples=args.max_train_examples, output_dir=args.output_dir,
                       text_field=args.text_field, label_field=args.label_field, device=args.device,
-                      progress=not args.no_progress, report_path=args.output, resume=args.resume)
+                      progress=not args.no_progress, report_path=args.output, resume=args.resume,
+                      on_seed_done=lambda result: print(seed_line(result, args.epochs), file=sys.stderr, flush=True))
     config = report.config
     print(f"Fine-tuned {report.model} on {config['train_examples']:,} examples ({len(report.labels)} labels), "
           f"{config['epochs']} epoch{'s' if config['epochs'] != 1 else ''}, "

@@ -330,9 +330,11 @@ def test_finetune_saves_the_report_after_each_seed(model_dir, task, tmp_path, mo
                  **{**_FAST, "epochs": 2})
     calls.clear()
     monkeypatch.setattr(finetune_module, "_load_classifier", lambda *a, **k: calls.append(a) or load(*a, **k))
+    finished = []
     resumed = finetune(model_dir, task["train"], task["dev"], seeds=(7, 8, 9), report_path=path, resume=True,
-                       **_FAST)
+                       on_seed_done=finished.append, **_FAST)
     assert len(calls) == 2 and resumed.seeds == [7, 8, 9] and resumed.complete
+    assert finished == resumed.results[1:]
     assert resumed.results[0] == partial.results[0]
     with pytest.raises(ValueError, match="resuming needs the report path"):
         finetune(model_dir, task["train"], task["dev"], resume=True, **_FAST)
@@ -433,8 +435,9 @@ def test_run_finetune_command(model_dir, tmp_path, shared_data_dir, capsys):
         "--max-train-examples", "16", "--no-progress", "--device", "cpu", "--output-dir", str(tmp_path / "models"),
         "-o", str(tmp_path / "report.json")])
     report = run_finetune_command(args)
-    out = capsys.readouterr().out
+    out, err = capsys.readouterr()
     assert "| Model (1 seed) | Dev accuracy | Dev macro-F1 |" in out and "2 epochs, seed 3;" in out
+    assert "seed 3: best epoch" in err, "a finished seed is logged even without progress bars"
     assert report.table(header=False) in out and "±" not in report.table()  # one seed: no spread
     assert report.config["train_examples"] == 16 and report.labels == sorted(labels)
     result = report.results[0]
