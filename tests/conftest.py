@@ -44,12 +44,6 @@ def seed() -> int:
     return _fresh_seed()
 
 
-@pytest.fixture(scope="session")
-def session_seed() -> int:
-    """The seed of random inputs shared by several tests (module and session fixtures)."""
-    return _fresh_seed()
-
-
 @pytest.fixture(autouse=True)
 def _seeded_global_generators(seed):
     """Python's, NumPy's and torch's global generators start from the test's seed, so what draws

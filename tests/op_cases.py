@@ -81,3 +81,37 @@ def supported_on(device_type: str) -> set[str]:
     from diffmask_fast import _extension
 
     return {name for name in operator_names() if _extension.has_kernel(name, device_type)}
+
+
+def masking_batch(g, batch, length, vocabulary=3000, known=0.7, empty_rows=()):
+    """A padded batch with never-word tokens, out-of-vocabulary ids under them, empty rows, and a
+    score table knowing ``known`` of its words (a tenth of them at score 0)."""
+    ids = torch.randint(0, vocabulary, (batch, length), generator=g)
+    never = torch.rand(batch, length, generator=g) < 0.08
+    if length:
+        never[:, 0] = True
+        lengths = torch.randint(0, length + 1, (batch,), generator=g)
+        never |= torch.arange(length)[None, :] >= lengths[:, None]
+    for row in empty_rows:
+        never[row] = True
+    ids[never & (torch.rand(batch, length, generator=g) < 0.3)] = vocabulary + 7  # ignored under never_word
+    starts = torch.rand(vocabulary, generator=g) < 0.6
+    words = ops.group_words(ids, never, starts)
+    hashes = torch.unique(words.word_hash[words.word_hash != 0])
+    table = ops.ScoreHashTable()
+    keep = hashes[torch.rand(hashes.numel(), generator=g) < known]
+    scores = torch.randn(keep.numel(), generator=g)
+    scores[torch.rand(keep.numel(), generator=g) < 0.1] = 0.0
+    table.insert(keep, scores)
+    return ids, never, starts, table
+
+
+#: Masking options that reach every branch: rank weighting with a mix, unknown scores, custom
+#: replacement shares, everything masked, nothing masked.
+MASKING_OPTIONS = [
+    dict(),
+    dict(weighting="rank", uniform_mix=0.3, mlm_probability=0.4),
+    dict(uniform_mix=0.5, unknown_score=0.1, mask_replace_prob=0.6, random_replace_prob=0.3),
+    dict(mlm_probability=1.0, mask_replace_prob=1.0, random_replace_prob=0.0),
+    dict(mlm_probability=0.0),
+]

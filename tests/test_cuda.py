@@ -281,41 +281,11 @@ def test_sampling_errors_on_gpu():
 # ----------------------------------------------------------------------------------------------
 
 
-def masking_batch(g, batch, length, vocabulary=3000, known=0.7, empty_rows=()):
-    ids = torch.randint(0, vocabulary, (batch, length), generator=g)
-    never = torch.rand(batch, length, generator=g) < 0.08
-    if length:
-        never[:, 0] = True
-        lengths = torch.randint(0, length + 1, (batch,), generator=g)
-        never |= torch.arange(length)[None, :] >= lengths[:, None]
-    for row in empty_rows:
-        never[row] = True
-    ids[never & (torch.rand(batch, length, generator=g) < 0.3)] = vocabulary + 7  # ignored under never_word
-    starts = torch.rand(vocabulary, generator=g) < 0.6
-    words = ops.group_words(ids, never, starts)
-    hashes = torch.unique(words.word_hash[words.word_hash != 0])
-    table = ops.ScoreHashTable()
-    keep = hashes[torch.rand(hashes.numel(), generator=g) < known]
-    scores = torch.randn(keep.numel(), generator=g)
-    scores[torch.rand(keep.numel(), generator=g) < 0.1] = 0.0
-    table.insert(keep, scores)
-    return ids, never, starts, table
-
-
-OPTIONS = [
-    dict(),
-    dict(weighting="rank", uniform_mix=0.3, mlm_probability=0.4),
-    dict(uniform_mix=0.5, unknown_score=0.1, mask_replace_prob=0.6, random_replace_prob=0.3),
-    dict(mlm_probability=1.0, mask_replace_prob=1.0, random_replace_prob=0.0),
-    dict(mlm_probability=0.0),
-]
-
-
-@pytest.mark.parametrize("options", OPTIONS)
+@pytest.mark.parametrize("options", op_cases.MASKING_OPTIONS)
 @pytest.mark.parametrize("batch, length", [(1, 1), (1, 512), (256, 512), (3, 8192), (7, 0), (0, 5), (40, 64)])
 def test_difference_mask_identical_to_cpu(seed, options, batch, length):
     g = generator(seed)
-    ids, never, starts, table = masking_batch(g, batch, length, empty_rows=(0,) if batch > 1 else ())
+    ids, never, starts, table = op_cases.masking_batch(g, batch, length, empty_rows=(0,) if batch > 1 else ())
     random_ids = torch.arange(1000, 1100)
     args = (ids, never, starts, *table.tensors(), random_ids)
     cuda_args = tuple(t.to(CUDA) for t in args)
@@ -335,7 +305,7 @@ def test_difference_mask_identical_to_cpu(seed, options, batch, length):
 
 def test_difference_mask_errors_on_gpu(seed):
     g = generator(seed)
-    ids, never, starts, table = masking_batch(g, 4, 30)
+    ids, never, starts, table = op_cases.masking_batch(g, 4, 30)
     bad = ids.clone()
     bad[2, 5] = starts.numel() + 3
     never_bad = never.clone()
@@ -352,7 +322,7 @@ def test_difference_mask_errors_on_gpu(seed):
 
 def test_difference_mask_device_never_synchronizes(seed):
     g = generator(seed)
-    ids, never, starts, table = masking_batch(g, 64, 128)
+    ids, never, starts, table = op_cases.masking_batch(g, 64, 128)
     args = [t.to(CUDA) for t in (ids, never, starts, *table.tensors(), torch.arange(10, 20))]
     seed_tensor = torch.tensor([seed], device=CUDA)
     op = torch.ops.diffmask_fast.difference_mask_device

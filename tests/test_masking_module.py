@@ -23,13 +23,15 @@ from diffmask_fast.tokenization import decode_words, word_boundaries
 TOKENIZERS = ["bert_wordpiece", "roberta_byte_bpe", "sentencepiece_unigram"]
 
 
-@pytest.fixture(scope="module")
-def lines():
-    return tokenizers_offline.sample_lines(64)
+@pytest.fixture
+def lines(seed):
+    """64 lines in an order drawn with the test's seed, so that the printed seed replays a failure."""
+    return tokenizers_offline.sample_lines(64, seed)
 
 
-def score_table(tokenizer, texts, seed: int) -> ScoreTable:
-    """Random scores for the words of ``texts`` (some zero or negative)."""
+def score_table(tokenizer, texts, seed: int | None = None) -> ScoreTable:
+    """Random scores for the words of ``texts`` (some zero or negative); without a ``seed``, drawn
+    from the global generator, which starts from the test's seed."""
     boundaries = word_boundaries(tokenizer)
     words = set()
     encoded = tokenizer(texts)["input_ids"]
@@ -40,7 +42,7 @@ def score_table(tokenizer, texts, seed: int) -> ScoreTable:
         index = grouped.word_index[0]
         groups = [[ids[i] for i in (index == w).nonzero()[:, 0].tolist()] for w in range(int(grouped.n_words[0]))]
         words.update(decode_words(tokenizer, groups))
-    rng = random.Random(seed)
+    rng = random.Random(random.getrandbits(64) if seed is None else seed)
     return ScoreTable.from_mapping({w: (0.0 if rng.random() < 0.2 else rng.uniform(-0.2, 1.0)) for w in sorted(words)})
 
 
@@ -114,7 +116,7 @@ def test_same_per_word_frequencies_as_the_collator(bert_wordpiece, lines, seed):
 
 
 def test_seeds_advance_and_reproduce(bert_wordpiece, lines, monkeypatch):
-    scores = score_table(bert_wordpiece, lines, 0)
+    scores = score_table(bert_wordpiece, lines)
     ids, attention = padded(bert_wordpiece, lines[:8])
     a = DifferenceMasker(bert_wordpiece, scores, seed=11)
     b = DifferenceMasker(bert_wordpiece, scores, seed=11)
@@ -139,7 +141,7 @@ def test_seeds_advance_and_reproduce(bert_wordpiece, lines, monkeypatch):
 
 @pytest.mark.parametrize("masker_seed", [11, None])
 def test_a_masker_built_before_its_process_group_follows_its_rank(bert_wordpiece, lines, monkeypatch, masker_seed):
-    scores = score_table(bert_wordpiece, lines, 0)
+    scores = score_table(bert_wordpiece, lines)
     ids, attention = padded(bert_wordpiece, lines[:8])
     monkeypatch.delenv("RANK", raising=False)
     torch.manual_seed(3)
@@ -158,7 +160,7 @@ def test_a_masker_built_before_its_process_group_follows_its_rank(bert_wordpiece
 
 
 def test_pinned_generator_draws_from_the_seed_alone_and_leaves_training_state(bert_wordpiece, lines, monkeypatch):
-    scores = score_table(bert_wordpiece, lines, 0)
+    scores = score_table(bert_wordpiece, lines)
     ids, attention = padded(bert_wordpiece, lines[:8])
     pinned = {}
     for rank in ("0", "1"):
@@ -195,7 +197,7 @@ def test_masks_whole_words_within_the_budget(roberta_byte_bpe, lines, seed):
 
 def test_warm_inputs_and_coverage(bert_wordpiece, lines):
     tokenizer = bert_wordpiece
-    scores = score_table(tokenizer, lines, 1)
+    scores = score_table(tokenizer, lines)
     ids, attention = padded(tokenizer, lines[:8])
     cold = DifferenceMasker(tokenizer, scores, seed=0)
     cold(ids, attention)
@@ -241,7 +243,7 @@ def test_warm_inputs_and_coverage(bert_wordpiece, lines):
 
 def test_out_of_vocabulary_and_special_tokens(bert_wordpiece, lines):
     tokenizer = bert_wordpiece
-    masker = DifferenceMasker(tokenizer, score_table(tokenizer, lines, 2), seed=0, mlm_probability=1.0,
+    masker = DifferenceMasker(tokenizer, score_table(tokenizer, lines), seed=0, mlm_probability=1.0,
                               mask_replace_prob=1.0, random_replace_prob=0.0)
     ids, attention = padded(tokenizer, lines[:4])
     masker.warm(ids)
@@ -261,7 +263,7 @@ def test_out_of_vocabulary_and_special_tokens(bert_wordpiece, lines):
 
 def test_compiles_fullgraph_and_matches_eager(bert_wordpiece, lines):
     tokenizer = bert_wordpiece
-    scores = score_table(tokenizer, lines, 3)
+    scores = score_table(tokenizer, lines)
     eager = DifferenceMasker(tokenizer, scores, seed=21)
     traced = DifferenceMasker(tokenizer, scores, seed=21)
     for texts in (lines[:16], lines[16:24]):
@@ -278,7 +280,7 @@ def test_compiles_fullgraph_and_matches_eager(bert_wordpiece, lines):
 
 
 def test_state_dict_holds_seed_and_counters_only(bert_wordpiece, lines):
-    masker = DifferenceMasker(bert_wordpiece, score_table(bert_wordpiece, lines, 4), seed=1)
+    masker = DifferenceMasker(bert_wordpiece, score_table(bert_wordpiece, lines), seed=1)
     assert set(masker.state_dict()) == {"seed_state", "words_seen", "words_missed"}
     other = DifferenceMasker(bert_wordpiece, masker.scores, seed=2)
     other.load_state_dict(masker.state_dict())
@@ -286,7 +288,7 @@ def test_state_dict_holds_seed_and_counters_only(bert_wordpiece, lines):
 
 
 def test_from_collator_keeps_options_and_known_words(bert_wordpiece, lines):
-    collator = DifferenceMaskingCollator(bert_wordpiece, score_table(bert_wordpiece, lines, 5), mlm_probability=0.3,
+    collator = DifferenceMaskingCollator(bert_wordpiece, score_table(bert_wordpiece, lines), mlm_probability=0.3,
                                          weighting="rank", seed=4)
     ids, attention = padded(bert_wordpiece, lines[:8])
     collator.mask(ids, attention == 0)
@@ -301,7 +303,7 @@ def test_trainer_masks_in_the_training_step(tiny_bert_mlm, bert_wordpiece, lines
     from transformers import TrainingArguments
 
     tokenizer = bert_wordpiece
-    masker = DifferenceMasker(tokenizer, score_table(tokenizer, lines, 6), seed=0)
+    masker = DifferenceMasker(tokenizer, score_table(tokenizer, lines), seed=0)
     train = [{"input_ids": tokenizer(t, truncation=True, max_length=32)["input_ids"]} for t in lines[:24]]
     evaluation = [{"input_ids": tokenizer(t, truncation=True, max_length=32)["input_ids"]} for t in lines[24:32]]
     masker.warm(train + evaluation)
@@ -342,7 +344,7 @@ def test_a_resumed_run_masks_as_the_uninterrupted_one_would(tiny_bert_mlm, bert_
     from transformers import TrainingArguments
 
     tokenizer = bert_wordpiece
-    scores = score_table(tokenizer, lines, 6)
+    scores = score_table(tokenizer, lines)
     train = [{"input_ids": tokenizer(t, truncation=True, max_length=32)["input_ids"]} for t in lines[:32]]
 
     def run(output_dir, max_steps, resume=False):
@@ -366,7 +368,7 @@ def test_trainer_drops_a_class_label_column_before_masking(tiny_bert_mlm, bert_w
     from transformers import TrainingArguments
 
     tokenizer = bert_wordpiece
-    masker = DifferenceMasker(tokenizer, score_table(tokenizer, lines, 6), seed=0)
+    masker = DifferenceMasker(tokenizer, score_table(tokenizer, lines), seed=0)
     # Task data often keeps its label: the padding collator would turn it into [B] "labels".
     train = [{"input_ids": tokenizer(t, truncation=True, max_length=32)["input_ids"], "label": i % 3}
              for i, t in enumerate(lines[:8])]

@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 import torch
 
+import op_cases
 from diffmask_fast import reference
 
 from diffmask_fast import ops  # a missing extension fails the suite rather than skipping it
@@ -653,6 +654,26 @@ def test_difference_mask_reproducible(seed):
     assert torch.equal(
         drawn.labels, ops.difference_mask(ids, never, starts, *table.tensors(), RANDOM_IDS, mask_token_id=MASK_ID).labels
     )
+
+
+@pytest.mark.parametrize("options", op_cases.MASKING_OPTIONS)
+@pytest.mark.parametrize("batch, length", [(1, 1), (1, 512), (3, 8192), (7, 0), (0, 5), (40, 64)])
+def test_difference_mask_device_equals_difference_mask(seed, options, batch, length):
+    """The training-step op draws what the collator's op draws, for every option and awkward shape."""
+    g = generator(seed)
+    ids, never, starts, table = op_cases.masking_batch(g, batch, length, empty_rows=(0,) if batch > 1 else ())
+    args = (ids, never, starts, *table.tensors(), torch.arange(1000, 1100))
+    kwargs = dict(mask_token_id=5, seed=seed, **options)
+    message = f"seed={seed} {options} {batch}x{length}"
+    expected = ops.difference_mask(*args, **kwargs)
+    got = ops.difference_mask_device(*args, **kwargs)
+    for name in ("masked_ids", "labels", "masked_words"):
+        assert torch.equal(getattr(got, name), getattr(expected, name)), f"{message} {name}"
+    words = ops.group_words(ids, never, starts)
+    assert torch.equal(got.n_words, words.n_words), message
+    in_words = torch.arange(words.word_hash.shape[1])[None, :] < words.n_words[:, None]
+    missed = (~table.lookup(words.word_hash)[1] & in_words).sum(dim=1)
+    assert torch.equal(got.missed_words, missed), message
 
 
 def test_difference_mask_budget_mean_and_replacement(seed):

@@ -183,22 +183,49 @@ def test_successive_sampling_matches_exact_inclusion():
     assert hits[-1] == 0
 
 
-def test_successive_sampling_rejects_bad_weights():
-    rng = np.random.default_rng()
+def test_successive_sampling_rejects_bad_weights(seed):
+    rng = np.random.default_rng(seed)
     for bad in ([1.0, float("nan")], [1.0, -0.5], [float("inf")]):
         with pytest.raises(ValueError):
             reference.successive_sampling(bad, 1, rng)
 
 
-def test_choose_words_fills_budget_with_zero_weight_words_last():
-    rng = np.random.default_rng()
-    for _ in range(200):
-        chosen = reference.choose_words([0.0, 2.0, 0.0, 1.0], 3, rng)
-        assert len(set(chosen)) == 3 and set(chosen[:2]) == {1, 3}
+def test_choose_words_fills_budget_with_zero_weight_words_last_and_uniformly(seed):
+    rng = np.random.default_rng(seed)
+    runs = 6000
+    filled = np.zeros(5)
+    for _ in range(runs):
+        chosen = reference.choose_words([0.0, 2.0, 0.0, 1.0, 0.0], 3, rng)
+        assert len(set(chosen)) == 3 and set(chosen[:2]) == {1, 3}, (seed, chosen)
+        filled[chosen[2]] += 1
+    for word in (0, 2, 4):
+        assert abs(filled[word] / runs - 1 / 3) <= 5 * math.sqrt(2 / 9 / runs), (seed, filled)
 
 
-def test_mask_sequence_end_to_end():
-    rng = np.random.default_rng()
+def test_replace_tokens_follows_the_shares_and_draws_random_tokens_uniformly(seed):
+    rng = np.random.default_rng(seed)
+    n, mask_share, random_share = 40_000, 0.6, 0.25
+    ids = list(range(1000, 1000 + n))
+    mask = [i % 4 != 0 for i in range(n)]  # a quarter of the tokens is not masked
+    random_ids = [7, 8, 9, 10]
+    replaced, labels = reference.replace_tokens(ids, mask, 1, random_ids, rng, mask_replace_prob=mask_share,
+                                                random_replace_prob=random_share)
+    assert labels == [i if m else -100 for i, m in zip(ids, mask)]
+    assert all(r == i for r, i, m in zip(replaced, ids, mask) if not m)
+    masked = [r for r, m in zip(replaced, mask) if m]
+    total = len(masked)
+    for share, count in ((mask_share, masked.count(1)), (random_share, sum(r in random_ids for r in masked)),
+                         (1 - mask_share - random_share, sum(r >= 1000 for r in masked))):
+        assert abs(count / total - share) <= 5 * math.sqrt(share * (1 - share) / total), (seed, share, count)
+    drawn = [r for r in masked if r in random_ids]
+    for token in random_ids:
+        assert abs(drawn.count(token) / len(drawn) - 0.25) <= 5 * math.sqrt(0.1875 / len(drawn)), (seed, token)
+    with pytest.raises(ValueError, match="sum to at most 1"):
+        reference.replace_tokens(ids, mask, 1, random_ids, rng, mask_replace_prob=0.8, random_replace_prob=0.3)
+
+
+def test_mask_sequence_end_to_end(seed):
+    rng = np.random.default_rng(seed)
     tokens = ["[CLS]", "fra", "##ta", "##xin", "binds", "iron", "[SEP]", "[PAD]"]
     ids = list(range(100, 108))
     never = [True, False, False, False, False, False, True, True]
@@ -213,3 +240,4 @@ def test_mask_sequence_end_to_end():
         assert labels == [ids[i] if mask[i] else -100 for i in range(len(ids))]
         assert all(m in (1, 7, 8, ids[i]) for i, m in enumerate(masked))
         assert sum([mask[1], mask[4], mask[5]]) in (1, 2)
+        assert not mask[4], "a zero-score word waits until the positive ones are drawn (budget 1 or 2 of 2)"

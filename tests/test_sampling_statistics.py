@@ -68,7 +68,8 @@ def test_inclusion_float32_extreme_ratios(seed):
 
 @pytest.mark.parametrize("scale", [1e-310, 1e-320, 1e-300])
 def test_inclusion_of_subnormal_float64_weights(seed, scale):
-    """Keys E / w overflow for weights below ~1e-307; the law must not change with the scale."""
+    """Keys E / w overflow for weights below ~1e-307; the law must not change with the scale
+    (1e-300, a normal number whose keys do not overflow, is the control)."""
     rng = np.random.default_rng(seed)
     scaled = torch.tensor(rng.uniform(1, 8, size=5), dtype=torch.float64) * scale
     picked = ops.sample_without_replacement(scaled.expand(ROWS, 5), torch.full((ROWS,), 2),
@@ -124,11 +125,15 @@ def one_sequence(rng: np.random.Generator):
 
 
 @pytest.mark.parametrize(
-    "weighting, uniform_mix, p", [("similarity", 0.0, 0.4), ("similarity", 0.25, 0.3), ("rank", 0.0, 0.5), ("similarity", 0.0, 0.9)]
+    "weighting, uniform_mix, p, no_positive_score",
+    [("similarity", 0.0, 0.4, False), ("similarity", 0.25, 0.3, False), ("rank", 0.0, 0.5, False),
+     ("similarity", 0.0, 0.9, False), ("rank", 0.3, 0.4, False), ("similarity", 0.5, 0.3, True)],
 )
-def test_difference_mask_word_frequencies(seed, weighting, uniform_mix, p):
+def test_difference_mask_word_frequencies(seed, weighting, uniform_mix, p, no_positive_score):
     rng = np.random.default_rng(seed)
     ids, never, groups, starts, scores = one_sequence(rng)
+    if no_positive_score:  # every weight zero: only the uniform mix tells the words apart
+        scores = [-abs(s) for s in scores]
     table = ops.ScoreHashTable()
     hashes = [ops.word_hash([ids[i] for i in group]) for group in groups]
     table.insert(hashes, scores)

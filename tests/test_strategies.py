@@ -22,6 +22,7 @@ from diffmask_fast.anchors import Anchor, Anchors
 from diffmask_fast.baselines import RandomTokenCollator, RandomWordCollator
 from diffmask_fast.collator import DifferenceMaskingCollator
 from diffmask_fast.scoring import ScoreTable
+from diffmask_fast.strategies import build_strategy
 from diffmask_fast.terms import (
     MSLMCollator,
     TermMaskingCollator,
@@ -659,6 +660,32 @@ def test_errors(bert_wordpiece, tokenizer_without_mask):
         MSLMCollator(tokenizer, ["enzyme"], term_probability=1.2)
 
 
+@pytest.mark.parametrize("name", ["difference", "random-token", "random-word", "terms", "mslm"])
+def test_replacement_shares_reach_every_strategy(request, name, corpus, seed):
+    """build_strategy forwards mask_replace_prob and random_replace_prob, and each collator
+    replaces its masked tokens by them (not by a fixed 80/10/10)."""
+    tokenizer = request.getfixturevalue(TOKENIZERS[seed % 3])
+    mask_share, random_share = 0.55, 0.3
+    strategy = build_strategy(name, tokenizer, seed=seed, scores=ScoreTable.from_mapping({"the": 1.0}), terms=TERMS,
+                              mask_on="workers", mlm_probability=0.4, mask_replace_prob=mask_share,
+                              random_replace_prob=random_share)
+    examples = encode(tokenizer, sample_lines(corpus, seed, 32))
+    masked = as_mask = as_random = unchanged = 0
+    for _ in range(8):
+        batch = strategy.collator(examples)
+        chosen = batch["labels"] != -100
+        new, old = batch["input_ids"][chosen], batch["labels"][chosen]
+        masked += int(chosen.sum())
+        as_mask += int((new == tokenizer.mask_token_id).sum())
+        as_random += int(((new != tokenizer.mask_token_id) & (new != old)).sum())
+        unchanged += int((new == old).sum())
+    back = random_share / strategy.collator.boundaries.random_token_ids.numel()  # a random draw of the original
+    message = f"seed={seed} {name}"
+    for observed, share in ((as_mask, mask_share), (as_random, random_share - back),
+                            (unchanged, 1 - mask_share - random_share + back)):
+        assert within(observed / masked, share, masked), f"{message}: {observed}/{masked} vs {share:.4f}"
+
+
 def test_shared_options_are_keyword_only(bert_wordpiece):
     """An option passed by position past a strategy's own fields fails instead of landing in another."""
     scores = {"enzyme": 1.0}
@@ -680,7 +707,6 @@ def test_shared_options_are_keyword_only(bert_wordpiece):
                                           ("mslm", "workers"), ("attention", "device"), ("mst", "device")])
 def test_validation_masks_are_the_same_in_every_rank(bert_wordpiece, tiny_bert_mlm, corpus, seed, monkeypatch,
                                                      name, mask_on):
-    from diffmask_fast.strategies import build_strategy
 
     tokenizer = bert_wordpiece
     lines = sample_lines(corpus, seed, 24)
