@@ -15,6 +15,7 @@ __version__ = "0.1.0"
 
 _EXPORTS = {
     "count_words": "counting",
+    "DiffmaskWarning": "advice",
     "WordCounts": "counting",
     "GeneralFrequencies": "general",
     "mine_anchors": "anchors",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 import os
 import warnings
@@ -10,6 +11,7 @@ from typing import Iterator, Mapping
 
 from . import reference
 from ._io import atomic_write_json, read_json
+from .advice import DiffmaskWarning
 from .counting import WordCounts
 from .general import GeneralFrequencies
 
@@ -118,36 +120,37 @@ def mine_anchors(
     if min_count is None:
         min_count = reference.default_min_count(total)
     # reference.select_anchors, over the words that pass its count filter only.
-    scored, unreadable = [], []
-    for word, count in counts.at_least(min_count):
-        if not reference.has_letter(word):
-            continue
-        score = reference.tf_icf(count, total, reference.general_count(word, general.counts), general.total,
-                                 smoothing_per_million)
-        (unreadable if reference.has_unreadable_character(word) else scored).append((word, score))
+    scored = [
+        (word, reference.tf_icf(count, total, reference.general_count(word, general.counts), general.total,
+                                smoothing_per_million))
+        for word, count in counts.at_least(min_count)
+        if reference.has_letter(word)
+    ]
     scored.sort(key=lambda item: (-item[1], item[0]))
-    chosen = scored[:k]
+    broken = [(word, counts[word]) for word, _ in scored[:k] if reference.is_broken_text(word)]
+    if broken:
+        _warn_of_broken_text(broken)
+    chosen = list(itertools.islice((item for item in scored if not reference.is_broken_text(item[0])), k))
     if not chosen:
         raise ValueError(
-            f"no word qualifies as an anchor: none has a letter, no unreadable character and at least "
-            f"{min_count} occurrences (the corpus has {total:,} words); lower min_count or give a larger corpus"
+            f"no word qualifies as an anchor: none has a letter, is readable text and occurs at least "
+            f"{min_count} times (the corpus has {total:,} words); lower min_count or give a larger corpus"
         )
-    _warn_of_unreadable_words(unreadable, chosen[-1][1] if len(chosen) == k else -math.inf, counts)
     anchors = tuple(Anchor(w, s, counts[w], general.count(w)) for w, s in chosen)
     return Anchors(anchors, total, general.total, min_count, smoothing_per_million, general.source)
 
 
-def _warn_of_unreadable_words(unreadable: list, last_score: float, counts: WordCounts) -> None:
-    """Warn when words skipped for unreadable characters would have been anchors: the corpus is
-    probably decoded wrongly, which the user should repair rather than learn from a lost anchor."""
-    outranking = sorted((item for item in unreadable if item[1] >= last_score), key=lambda item: (-item[1], item[0]))
-    if not outranking:
-        return
-    shown = ", ".join(f"{ascii(word)} ({counts[word]:,} times)" for word, _ in outranking[:5])
+def _warn_of_broken_text(broken: list) -> None:
+    """Warn that (word, count) pairs of broken text would have been among the anchors: the corpus
+    is probably decoded wrongly, which the user should repair rather than lose the anchors to."""
+    shown = ", ".join(
+        f"{ascii(word)} ({count:,} times" + (f"; meant {repaired!r})" if (repaired := reference.repaired_mojibake(word))
+                                             and repaired.isprintable() else ")")
+        for word, count in broken[:5])
     warnings.warn(
-        f"{len(outranking)} frequent word(s) would have been anchors but hold control, surrogate, private-use "
-        f"or replacement characters, so they were skipped: {shown}. Such words come from broken text, most "
-        f"often UTF-8 read as Latin-1 ('\u2022' becomes '\u00e2\\x80\u00a2'); repair the corpus "
-        f"(for example with ftfy) so that they count as the characters they stand for.",
-        stacklevel=3,
+        f"{len(broken)} of the top words are broken text and were skipped as anchors: {shown}. Such words "
+        f"hold control, surrogate, private-use or replacement characters, or are UTF-8 read as Latin-1 or "
+        f"Windows-1252 ('\u2019' becomes '\u00e2\u20ac\u2122'); repair the corpus's encoding (for example "
+        f"with ftfy) so that they count as what they stand for.",
+        DiffmaskWarning, stacklevel=3,
     )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 import warnings
 from pathlib import Path
@@ -86,7 +87,8 @@ def build_parser() -> argparse.ArgumentParser:
                               "the anchors of --scores)")
     preview.add_argument("--scores", type=Path, default=None,
                          help="score table from `diffmask score`: mask with it instead of scoring the shown words "
-                              "now (--model then names only the tokenizer; default: the bundled MiniLM's)")
+                              "now (--model then names only the tokenizer; default: the one that grouped the "
+                              "table's words)")
     _add_text_field_option(preview)
     _add_mining_options(preview)
     _add_masking_options(preview)
@@ -247,7 +249,16 @@ def _saved_scores(args, anchors):
     if anchors is not None and set(anchors.words) != set(table.anchors):
         raise ValueError(f"the score table {str(args.scores)!r} was made against other anchors than those of "
                          f"{str(args.anchors)!r}; give the anchors it was scored against, or only --scores")
-    return load_tokenizer(args.model or default_model_path()), table
+    if args.model is not None:
+        return load_tokenizer(args.model), table
+    grouped_by = table.info.get("tokenizer")  # the tokenizer that grouped the table's words
+    if grouped_by is None:
+        return load_tokenizer(default_model_path()), table
+    try:
+        return load_tokenizer(grouped_by), table
+    except ValueError as error:
+        raise ValueError(f"the score table's words were grouped by the tokenizer {grouped_by!r}, which cannot be "
+                         f"loaded here ({error}); name the tokenizer with --model") from None
 
 
 def _note_unknown_words(tokenizer, table, texts) -> None:
@@ -273,9 +284,8 @@ def _show_masks(anchor_words, tokenizer, table, texts, args, plot_texts=()) -> N
     sentences = preview(collator, texts)
     print(f"\nMasked words ([[like this]]) at mlm_probability={args.mlm_probability}, seed={args.seed}:\n")
     print(render_text(sentences, show_scores=args.show_scores).replace("\n", "\n\n"))
-    shown_words = {table.key(word.text) for sentence in sentences for word in sentence}
-    anchor_words = set(anchor_words)
-    top = [(w, s) for w, s in table.top(len(table)) if w not in anchor_words and w in shown_words][:10]
+    shown_words = {table.key(word.text) for sentence in sentences for word in sentence} - set(anchor_words)
+    top = sorted(((w, table.score(w)) for w in shown_words if w in table), key=lambda item: (-item[1], item[0]))[:10]
     print("\nHighest-scoring words here that are not anchors (score, nearest anchor): "
           + ", ".join(f"{w} ({s:.2f}, {table.nearest_anchor_of(w) or '-'})" for w, s in top))
     if args.html:
@@ -402,6 +412,8 @@ def run_score(args) -> None:
     else:
         scorer = WordScorer(embedder, anchors, **options)
     scores = scorer.score(words, lowercase=counts.lowercase, progress=progress)
+    if corpus:
+        scores.info["tokenizer"] = args.tokenizer or scores.info["model"]
     elapsed = time.perf_counter() - started
     scores.save(args.output)
     info = scores.info
@@ -444,13 +456,13 @@ SETTING_OPTIONS = {"smoothing_per_million": "smoothing"}
 def _with_option_name(message: str, command_parser) -> str:
     """An error about a setting, naming it as the command line spells it: "min_count must be at
     least 1" becomes "--min-count must be at least 1"."""
-    setting, space, rest = message.partition(" ")
-    if not space or command_parser is None:
+    match = re.match(r"(\w+)( \([^)]*\))? must ", message)
+    if match is None or command_parser is None:
         return message
-    dest = SETTING_OPTIONS.get(setting, setting)
+    dest = SETTING_OPTIONS.get(match.group(1), match.group(1))
     for action in getattr(command_parser, "_actions", ()):
         if action.dest == dest and action.option_strings:
-            return f"{max(action.option_strings, key=len)} {rest}"
+            return max(action.option_strings, key=len) + message[match.end(1):]
     return message
 
 
@@ -478,11 +490,12 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _warning_format(command: str, default_format):
-    """Print the package's advice (UserWarning) as one line like the errors, not as a source
+    """Print the package's advice (DiffmaskWarning) as one line like the errors, not as a source
     location; other warnings keep Python's format."""
+    from .advice import DiffmaskWarning
 
     def format_warning(message, category, filename, lineno, line=None):
-        if category is UserWarning:
+        if issubclass(category, DiffmaskWarning):
             return f"diffmask {command}: warning: {message}\n"
         return default_format(message, category, filename, lineno, line)
 

@@ -20,14 +20,19 @@ import zlib
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Mapping, Union
 
+from .advice import DiffmaskWarning
+
 CorpusSource = Union[str, os.PathLike, Iterable[str], Any]
 
 #: File name endings read from a directory of text files.
 TEXT_SUFFIXES = (".txt", ".txt.gz", ".text", ".text.gz")
-#: File name endings of JSON lines: read as JSON lines wherever they appear, and the files read
-#: from a directory when a ``text_field`` is given. ``.json`` is among them because
-#: ``datasets.Dataset.to_json`` and pandas' ``to_json(lines=True)`` write JSON lines under it.
-JSONL_SUFFIXES = (".jsonl", ".jsonl.gz", ".ndjson", ".ndjson.gz", ".json", ".json.gz")
+#: File name endings of JSON lines: the files read from a directory when a ``text_field`` is given.
+DIRECTORY_JSONL_SUFFIXES = (".jsonl", ".jsonl.gz", ".ndjson", ".ndjson.gz")
+#: File name endings read as JSON lines wherever a file is named (directly or by a glob). ``.json``
+#: is among them because ``datasets.Dataset.to_json`` and pandas' ``to_json(lines=True)`` write
+#: JSON lines under it; a directory scan leaves ``.json`` files out, as they are as often single
+#: documents (saved anchors, a dataset's ``dataset_info.json``).
+JSONL_SUFFIXES = (*DIRECTORY_JSONL_SUFFIXES, ".json", ".json.gz")
 #: Field of a JSON-lines record or dataset row that holds the text, unless told otherwise.
 DEFAULT_TEXT_FIELD = "text"
 #: Bytes at the start of a file checked for NUL bytes (the mark of a binary file).
@@ -60,10 +65,10 @@ def _expand_path(pattern: str, suffixes: tuple[str, ...] = TEXT_SUFFIXES) -> lis
         skipped = [p.name for p in present if not p.name.endswith(suffixes)]
         if skipped:
             hint = "; JSON lines are read from a directory with a text field (--text-field)" if (
-                suffixes == TEXT_SUFFIXES and any(name.endswith(JSONL_SUFFIXES) for name in skipped)) else ""
+                suffixes == TEXT_SUFFIXES and any(name.endswith(DIRECTORY_JSONL_SUFFIXES) for name in skipped)) else ""
             warnings.warn(f"reading the {len(files):,} file(s) ending in {', '.join(suffixes)} of directory "
                           f"{str(path)!r}; skipped {len(skipped):,} other file(s) ({', '.join(skipped[:3])}"
-                          f"{', ...' if len(skipped) > 3 else ''}){hint}", stacklevel=3)
+                          f"{', ...' if len(skipped) > 3 else ''}){hint}", DiffmaskWarning, stacklevel=3)
         return files
     if not path.exists():
         raise CorpusError(f"corpus path {str(path)!r} does not exist")
@@ -77,7 +82,7 @@ def corpus_files(
 
     Directories contribute their text files, or their JSON-lines files when ``text_field`` is
     given."""
-    suffixes = JSONL_SUFFIXES if text_field is not None else TEXT_SUFFIXES
+    suffixes = DIRECTORY_JSONL_SUFFIXES if text_field is not None else TEXT_SUFFIXES
     if isinstance(source, (str, os.PathLike)):
         return _expand_path(os.fspath(source), suffixes)
     files: list[Path] = []
@@ -176,7 +181,9 @@ def record_text(line: Union[str, bytes], path: Union[str, os.PathLike], number: 
 def _one_document_hint(line: str, number: int) -> str:
     """Advice when the first line opens one JSON document (an array, or an object spread over
     lines) rather than a record per line."""
-    if (number == 1 and line.strip() in ("[", "{")) or line.lstrip().startswith("[{"):
+    text = line.strip()
+    opens_document = text.startswith("[") or (text.startswith("{") and text.endswith(("{", "[", ",")))
+    if (number == 1 and opens_document) or text.startswith("[{"):
         return ("; the file looks like one JSON document, but a corpus file holds one JSON object per line "
                 "(JSON lines, as datasets' to_json writes)")
     return ""

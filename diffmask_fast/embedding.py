@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from .advice import DiffmaskWarning
 from .embedding_cache import EmbeddingCache, default_cache_dir
 from .hf_loading import cached_hub_file, check_model_reference, usable_device
 
@@ -348,7 +349,8 @@ class WordEmbedder:
                     try:
                         cache.add(new_words, computed)
                     except OSError as error:
-                        warnings.warn(f"could not write to the embedding cache {cache.directory}: {error}", stacklevel=2)
+                        warnings.warn(f"could not write to the embedding cache {cache.directory}: {error}",
+                                      DiffmaskWarning, stacklevel=2)
                         cache, step = None, len(missing)  # embed the rest without trying again
                         continue
                     rate = len(piece) / max(time.perf_counter() - started, 1e-9)
@@ -409,7 +411,7 @@ class WordEmbedder:
             warnings.warn(
                 f"{len(long):,} word(s) have more than {self.max_length} tokens with special tokens and were embedded "
                 f"from their first pieces (e.g. {example[:60]!r}); raise max_length to embed them whole",
-                stacklevel=3)
+                DiffmaskWarning, stacklevel=3)
         order = sorted(range(len(words)), key=lambda i: len(encoded[i]))
         result = np.empty((len(words), self.dimension), dtype=np.float32)
         autocast = torch.autocast(device_type=torch.device(self.device).type, dtype=self._autocast_dtype,

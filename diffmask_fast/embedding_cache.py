@@ -33,6 +33,7 @@ from typing import Sequence
 import numpy as np
 
 from ._io import atomic_write_bytes, atomic_write_json
+from .advice import DiffmaskWarning
 
 CACHE_FORMAT = "diffmask_fast.embedding_cache/1"
 #: Segments per configuration before they are merged into one.
@@ -160,7 +161,8 @@ class EmbeddingCache:
         if not segment.meta_path.exists():
             return  # merged away by another process, not damaged
         self._rejected.add(segment.meta_path.name)
-        warnings.warn(f"embedding cache: {error}; discarding {path} and embedding its words again", stacklevel=4)
+        warnings.warn(f"embedding cache: {error}; discarding {path} and embedding its words again", DiffmaskWarning,
+                      stacklevel=4)
         segment.remove()
 
     def __contains__(self, word: str) -> bool:

@@ -98,7 +98,7 @@ class PretrainConfig:
         for name in ("batch_size", "gradient_accumulation_steps", "eval_steps", "logging_steps", "save_total_limit"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)}")
-        if not (math.isfinite(self.epochs) and self.epochs > 0):
+        if self.max_steps == -1 and not (math.isfinite(self.epochs) and self.epochs > 0):
             raise ValueError(f"epochs must be positive, got {self.epochs}")
         if self.max_steps == 0 or self.max_steps < -1:
             raise ValueError(f"max_steps must be a positive number of steps (or -1: train for the epochs), "
@@ -116,6 +116,7 @@ class PretrainConfig:
         if self.workers is not None and self.workers < 0:
             raise ValueError(f"workers must be non-negative (0: mask in the main process), got {self.workers}")
         self._check_strategy_settings()
+        self._check_files()
         if self.head_warmup_steps < 0:
             raise ValueError(f"head_warmup_steps must be non-negative, got {self.head_warmup_steps}")
         if self.head_learning_rate is not None and not self.head_learning_rate > 0:
@@ -129,16 +130,30 @@ class PretrainConfig:
         resolve_mask_location(self.strategy, self.mask_on)
 
     def _check_strategy_settings(self) -> None:
-        """The anchor and term settings of the strategies that use them, refused before the model
-        and corpus are read, not when the masker is finally built."""
-        if self.strategy in ("difference", "mslm") and self.anchors_count < 1:
+        """The anchor and term settings the strategy will use, refused before the model and corpus
+        are read, not when the masker is finally built."""
+        mines_terms = self.strategy == "mslm" and self.terms is None
+        if (self.strategy == "difference" or mines_terms) and self.anchors is None and self.scores is None \
+                and self.anchors_count < 1:
             raise ValueError(f"anchors_count must be at least 1, got {self.anchors_count}")
         if self.strategy in ("terms", "mslm"):
             check_probability("term_probability", self.term_probability)
-        if self.strategy == "mslm":
-            if not (math.isfinite(self.term_weight) and self.term_weight > 0):
-                raise ValueError(f"term_weight must be positive and finite, got {self.term_weight}")
+        if self.strategy == "mslm" and not (math.isfinite(self.term_weight) and self.term_weight > 0):
+            raise ValueError(f"term_weight must be positive and finite, got {self.term_weight}")
+        if mines_terms:
             check_probability("term_top_fraction", self.term_top_fraction)
+
+    def _check_files(self) -> None:
+        """The corpus, validation, anchors, scores and terms files exist (read only much later)."""
+        from .corpus import corpus_files
+
+        corpus_files(self.corpus, self.text_field)
+        if self.validation is not None:
+            corpus_files(self.validation, self.text_field)
+        for name in ("anchors", "scores", "terms"):
+            path = getattr(self, name)
+            if path is not None and not Path(path).is_file():
+                raise FileNotFoundError(f"the {name} file {str(path)!r} does not exist")
 
 
 def read_terms(path: str | os.PathLike) -> list[str]:
@@ -190,6 +205,7 @@ def _domain_resources(config: PretrainConfig, documents: list[str], tokenizer: A
                                                 progress=config.progress)
         words = tokenizer_word_types(tokenizer, documents) | set(anchors.words)
         scores = WordScorer(embedder, anchors).score(words, progress=config.progress)
+        scores.info["tokenizer"] = config.model  # grouped the words as the model being trained does
     # A score table given alone names its anchors: nothing is mined that would not match it.
     resources["anchor_words"] = list(anchors.words) if anchors is not None else list(scores.anchors)
     resources["scores"] = scores

