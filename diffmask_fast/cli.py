@@ -65,7 +65,8 @@ def build_parser() -> argparse.ArgumentParser:
     mine = commands.add_parser("mine", help="find a corpus's anchor words by TF-ICF",
                                description="Count the words of a corpus (text files, one document per line; "
                                            "directories and globs allowed) and print its top anchors by TF-ICF.")
-    mine.add_argument("corpus", nargs="*", help="text or JSON-lines files (.jsonl, .ndjson, .json; plain or .gz), directories or glob patterns")
+    mine.add_argument("corpus", nargs="*", help="text or JSON-lines files (.jsonl, .ndjson, .json; plain or .gz), "
+                      "directories or glob patterns")
     _add_mining_options(mine)
     mine.add_argument("--output", "-o", type=Path, default=None, help="save the anchors as JSON here")
     mine.add_argument("--counts-output", type=Path, default=None,
@@ -236,8 +237,8 @@ def _score_shown_words(anchors, texts, args, plot_texts=()):
 
 
 def _saved_scores(args, anchors):
-    """The score table of --scores (from `diffmask score`), checked against --anchors, and the
-    tokenizer of --model."""
+    """The tokenizer and the score table of --scores (from `diffmask score`), checked against
+    --anchors. The tokenizer is --model's, else the one that grouped the table's words."""
     from .embedding import default_model_path
     from .hf_loading import load_tokenizer
     from .scoring import ScoreTable

@@ -408,8 +408,8 @@ def domain_terms(
     The anchor words (``Anchors`` or plain strings) plus the highest-scoring word types of
     ``scores`` that could be anchors (``reference.is_anchor_candidate``: a letter, no broken
     text): the top ``top_fraction`` of those (rounded up), or, when ``min_score`` is given, all of
-    them scoring at least ``min_score``. Returned normalized,
-    deduplicated and sorted. Raises ValueError when nothing is left.
+    them scoring at least ``min_score``. Returned normalized, deduplicated and sorted. Raises
+    ValueError when nothing is left.
     """
     if not 0.0 <= top_fraction <= 1.0:
         raise ValueError(f"top_fraction must be in [0, 1], got {top_fraction}")
@@ -422,8 +422,8 @@ def domain_terms(
     if scores is not None and len(scores):
         words = scores.words
         values = np.asarray(scores.values, dtype=np.float64)
-        letter = np.fromiter((is_anchor_candidate(w) for w in words), dtype=bool, count=len(words))
-        rows = np.flatnonzero(letter)
+        candidate = np.fromiter((is_anchor_candidate(w) for w in words), dtype=bool, count=len(words))
+        rows = np.flatnonzero(candidate)
         if min_score is not None:  # compared at the table's float32 precision: 0.732 keeps a word listed at 0.732
             rows = rows[values[rows] >= float(np.float32(min_score))]
         else:
@@ -434,7 +434,7 @@ def domain_terms(
     found = {w for w in found if is_anchor_candidate(w)}
     if not found:
         raise ValueError(
-            "no domain terms: the anchors hold no word with a letter and the score table gives none "
+            "no domain terms: the anchors hold no readable word with a letter and the score table gives none "
             "(raise top_fraction or lower min_score)"
         )
     return sorted(found)
