@@ -86,7 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
     preview.add_argument("--anchors", type=Path, default=None,
                          help="anchors JSON from `diffmask mine` (default: mine them from the corpus now, or "
                               "the anchors of --scores)")
-    preview.add_argument("--scores", type=Path, default=None,
+    preview.add_argument("--scores", type=Path, default=None, metavar="FILE",
                          help="score table from `diffmask score`: mask with it instead of scoring the shown words "
                               "now (--model then names only the tokenizer; default: the one that grouped the "
                               "table's words)")

@@ -121,15 +121,17 @@ def check_text(path: Path, head: bytes) -> None:
 READ_ERRORS = (OSError, EOFError, zlib.error)
 
 
-def check_text_file(path: Path) -> None:
-    """Raise CorpusError if a file cannot be read or its first ``BINARY_CHECK_BYTES`` (decompressed)
-    hold a NUL byte; the same check ``count_words`` makes."""
+def check_text_file(path: Path) -> bytes:
+    """The first ``BINARY_CHECK_BYTES`` (decompressed) of a file; raises CorpusError if the file
+    cannot be read or they hold a NUL byte. ``count_words`` makes the same check on every file
+    (and on every range of a file it splits)."""
     with open_binary(path) as raw:
         try:
             head = raw.read(BINARY_CHECK_BYTES)  # read, not peek: peek may return less than asked
         except READ_ERRORS as error:
             raise CorpusError(f"{str(path)!r} cannot be read: {error}") from error
     check_text(path, head)
+    return head
 
 
 def _read_lines(path: Path, handle) -> Iterator:

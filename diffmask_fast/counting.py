@@ -45,13 +45,12 @@ from . import _wordtable as W
 from . import reference
 from ._io import atomic_write_json, atomic_writer
 from .corpus import (
-    BINARY_CHECK_BYTES,
     DEFAULT_TEXT_FIELD,
     UTF8_BOM,
     CorpusError,
     CorpusSource,
     check_not_mapping,
-    check_text,
+    check_text_file,
     corpus_files,
     is_dataset,
     is_gzip,
@@ -489,29 +488,23 @@ class _Counter:
         Blocks are not waited for: while the threads count one, the next is cut up and handed
         out (a block's buffer goes back to the reader when its last chunk is counted)."""
         tables = self.file_words
+        head = check_text_file(path)  # the file's head, also for a range further on
+        if start == 0 and head.startswith(UTF8_BOM):  # a byte-order mark is not text
+            start = len(UTF8_BOM)
         carry: list[bytes] = []  # the start of a word that goes on in the next block
         carry_prev = prev  # the byte before the carry
         last = prev
-        checked = 0 if start == 0 else BINARY_CHECK_BYTES  # the head of a file is checked for NULs
         pending: collections.deque = collections.deque()
         try:
             blocks = (_MappedBlocks.open(path, start, end, self.block_bytes)
                       or _BlockReader(path, start, end, self.block_bytes))
-            opening = start == 0
             for block, taken, release in blocks:
-                if opening:  # a byte-order mark is not text (the first block holds it whole)
-                    opening = False
-                    if block[: len(UTF8_BOM)].tobytes() == UTF8_BOM:
-                        block = block[len(UTF8_BOM):]
-                if checked < BINARY_CHECK_BYTES:
-                    try:
-                        check_text(path, block[: BINARY_CHECK_BYTES - checked].tobytes())
-                    except CorpusError:
-                        release()
-                        raise
-                    checked += len(block)
                 buf = np.frombuffer(block, np.uint8)
                 size = len(buf)
+                if not size:
+                    release()
+                    self.bar.update(taken)
+                    continue
                 futures: list[Future] = []
                 cut = int(W.find_cut(buf, 0, size, False))
                 if cut < 0:  # no word ends in this block
@@ -579,11 +572,11 @@ class _Counter:
     def count_json_lines(self, path: Path, field: str, start: int = 0, end: int | None = None) -> None:
         """Count the text field of the records of a JSON-lines file's bytes [start, end), which
         must begin and end at line starts."""
-        carry = b""
+        carry: list[bytes] = []  # a record that goes on in the next block, joined once its line ends
         line_number = 0
         batch: list[str] = []
         chars = 0
-        checked = 0 if start == 0 else BINARY_CHECK_BYTES
+        check_text_file(path)  # the file's head, also for a range further on
 
         def parse(lines: list[bytes]) -> None:
             nonlocal line_number, chars
@@ -602,18 +595,19 @@ class _Counter:
         for block, taken, release in _BlockReader(path, start, end, self.block_bytes):
             data = block.tobytes()
             release()
-            if checked < BINARY_CHECK_BYTES:
-                check_text(path, data[: BINARY_CHECK_BYTES - checked])
-                checked += len(data)
-            lines = (carry + data).split(b"\n")
-            carry = lines.pop()
+            self.bar.update(taken)
+            if b"\n" not in data:
+                carry.append(data)
+                continue
+            lines = b"".join([*carry, data]).split(b"\n")
+            carry = [lines.pop()]
             parse(lines)
             if chars >= STRING_BATCH_CHARS:
                 self.count_strings(batch)
                 batch, chars = [], 0
-            self.bar.update(taken)
-        if carry:
-            parse([carry])
+        rest = b"".join(carry)
+        if rest:
+            parse([rest])
         self.count_strings(batch)
 
     # -- dispatch ---------------------------------------------------------------------------------

@@ -24,7 +24,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from . import _wordtable as W
-from .corpus import DEFAULT_TEXT_FIELD, CorpusError, corpus_files, is_dataset, is_gzip, is_json_lines
+from .corpus import DEFAULT_TEXT_FIELD, CorpusError, corpus_files, is_dataset, is_gzip, is_json_lines, open_binary
 from .counting import DEFAULT_BLOCK_BYTES, CountTable, WordCounts, _Counter, _result
 
 #: Nominal bytes of one range of a file counted by one task.
@@ -82,7 +82,7 @@ def range_start(path: str | os.PathLike, nominal: int, size: int, json_lines: bo
     if nominal >= size:
         return size
     position = max(0, nominal - 3)  # is_cut looks at the three bytes before a position
-    with open(path, "rb") as handle:
+    with open_binary(Path(path)) as handle:
         while position < size:
             handle.seek(position)
             data = handle.read(_WINDOW)
@@ -115,7 +115,7 @@ def count_partition(part: Partition, lowercase: bool = True, threads: int = 1,
         elif start == 0:
             counter.count_text_file(path, 0, end, at_end=end is None or end >= part.size)
         else:
-            with open(path, "rb") as handle:
+            with open_binary(path) as handle:
                 handle.seek(start - 1)
                 prev = handle.read(1)[0]
             counter.count_text_file(path, start, end, prev, at_end=end >= part.size)

@@ -382,6 +382,30 @@ def test_bad_json_lines_name_the_file_and_line(tmp_path, content, message, name)
         list(iter_documents(path))
 
 
+@pytest.mark.parametrize("name", ["text.txt", "records.jsonl"])
+def test_every_distributed_range_checks_its_file_for_binary_data_and_existence(tmp_path, name):
+    path = tmp_path / name
+    record = b'{"text": "word"}\n' if name.endswith(".jsonl") else b"word "
+    data = bytearray(record * 400)
+    data[len(record) * 50] = 0  # a NUL in the file's head, inside the second of many ranges
+    path.write_bytes(bytes(data))
+    parts = plan_partitions([path], None, 100)
+    assert len(parts) > 10 and parts[1].start < len(record) * 50
+    for part in parts[1:]:  # each range alone, as a worker counts it
+        with pytest.raises(CorpusError, match="looks like a binary file"):
+            count_partition(part)
+    path.unlink()  # gone after planning: the local path's error, not a bare FileNotFoundError
+    with pytest.raises(CorpusError, match="does not exist"):
+        count_partition(parts[3])
+
+
+def test_a_json_record_spanning_many_blocks(tmp_path):
+    path = tmp_path / "long.jsonl"
+    path.write_text(json.dumps({"text": "word " * 20_000}) + "\n" + json.dumps({"text": "end"}) + "\n")
+    counts = count_words(path, progress=False, block_bytes=64)
+    assert counts["word"] == 20_000 and counts["end"] == 1 and counts.documents == 2
+
+
 def test_bad_json_line_is_named_by_its_line_in_a_distributed_range(tmp_path):
     path = tmp_path / "big.jsonl"
     path.write_bytes(b'{"text": "a b"}\n' * 100 + b"not json\n" + b'{"text": "c"}\n' * 10)
@@ -669,4 +693,13 @@ def test_a_byte_order_mark_opening_a_file_is_not_text(tmp_path, dask_client):
             assert counts == WordCounts.from_mapping(reference.count_words(documents), len(documents)), name
             assert counts["enzyme"] == 2 and counts["again\ufeffinside"] == 1, name  # only the opening mark goes
             assert count_words(path, progress=False, scheduler=dask_client, partition_bytes=7) == counts, name
+            for block_bytes in (1, 2, 3, 5):  # blocks shorter than the mark
+                assert count_words(path, progress=False, block_bytes=block_bytes) == counts, (name, block_bytes)
     assert list(iter_documents(tmp_path / "only-a-mark.txt")) == []
+    # A file holding only the mark is an empty document source, beside others, in any block size.
+    (tmp_path / "only-a-mark.txt.gz").write_bytes(gzip.compress(bom))
+    sources = [tmp_path / "only-a-mark.txt", tmp_path / "only-a-mark.txt.gz", tmp_path / "plain.txt"]
+    expected = count_words(tmp_path / "plain.txt", progress=False)
+    for block_bytes in (1, 3, 1 << 20):
+        assert count_words(sources, progress=False, block_bytes=block_bytes) == expected, block_bytes
+    assert count_words(sources, progress=False, scheduler=dask_client) == expected
