@@ -68,7 +68,7 @@ def test_preview_masks_with_a_saved_score_table(tmp_path, capsys, seed):
     out = capsys.readouterr().out
     assert "1 of the 6 words shown are not in the score table; they score 0." in out  # "cell"
     assert out.count("[[enzyme:1.00]]") == 2 and out.count("[[receptor:0.90]]") == 2, out
-    assert "receptor (0.90, enzyme)" in out and "Top" not in out, "nothing was mined"
+    assert "receptor (0.90, enzyme)" in out and "TF-ICF" not in out, "nothing was mined"
 
     other = tmp_path / "other.json"
     Anchors((Anchor("kinase", 5.0, 9, 1.0),), 100, 1e12, 1, 10.0).save(other)
