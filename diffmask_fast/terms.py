@@ -25,7 +25,7 @@ from . import ops
 from .advice import DiffmaskWarning
 from .masking_base import MaskingCollatorBase, check_probability, replace_selected
 from .reference import has_letter, is_anchor_candidate, normalize_word
-from .tokenization import WordBoundaries, decode_words, word_boundaries
+from .tokenization import WordBoundaries, decode_words, special_token_table, word_boundaries
 
 if TYPE_CHECKING:
     from .anchors import Anchors
@@ -90,9 +90,9 @@ class TermMatcher:
     the tokenizer's words, so it is compared with text word for word exactly as the text is
     split ("Fe-S" is three words for BERT and one for RoBERTa, in terms and text alike). Words
     are compared in normalized form (``reference.normalize_word``: Unicode lowercase, surrounding
-    punctuation and symbols stripped). An occurrence is a run of adjacent words (no special token
-    between them) equal to a term; occurrences do not overlap: rows are scanned left to right,
-    taking at each word the longest term that starts there.
+    punctuation and symbols stripped). An occurrence is a run of words equal to a term with no
+    special token or padding between them (whitespace tokens may be); occurrences do not overlap:
+    rows are scanned left to right, taking at each word the longest term that starts there.
 
     Each distinct word (token sequence) is decoded once per process: its normalized form is
     cached by its hash (``ops.word_hash``). Terms the tokenizer cannot represent (they would
@@ -104,6 +104,7 @@ class TermMatcher:
         terms = _check_terms(terms)
         self.tokenizer = tokenizer
         self.boundaries = word_boundaries(tokenizer, word_boundary) if boundaries is None else boundaries
+        self._special = special_token_table(tokenizer, self.boundaries.never_word.numel())
         self._normalized: dict[int, str] = {}
         self._build(terms)
 
@@ -197,21 +198,26 @@ class TermMatcher:
         return len(self._normalized)
 
     # -- matching ------------------------------------------------------------------------------
-    def _group(self, input_ids, never_word) -> tuple[torch.Tensor, ops.Words]:
+    def _group(self, input_ids, never_word) -> tuple[torch.Tensor, ops.Words, torch.Tensor]:
+        """(input_ids, words, separators): ``separators`` [B, L] flags the tokens no term spans
+        (special tokens and the caller's ``never_word``, such as padding)."""
         input_ids = torch.as_tensor(input_ids, dtype=torch.long)
         if input_ids.ndim != 2:
             raise ValueError(f"input_ids must be a [batch, length] matrix, got shape {tuple(input_ids.shape)}")
         vocabulary = self.boundaries.never_word.numel()
         if input_ids.numel() and (int(input_ids.min()) < 0 or int(input_ids.max()) >= vocabulary):
             raise ValueError(f"input_ids hold ids outside the tokenizer's vocabulary [0, {vocabulary})")
-        special = self.boundaries.never_word[input_ids]
-        never_word = special if never_word is None else (torch.as_tensor(never_word).bool() | special)
-        return input_ids, ops.group_words(input_ids, never_word, self.boundaries.starts_word)
+        excluded = self.boundaries.never_word[input_ids]
+        separators = self._special[input_ids]
+        if never_word is not None:
+            given = torch.as_tensor(never_word).bool()
+            excluded, separators = excluded | given, separators | given
+        return input_ids, ops.group_words(input_ids, excluded, self.boundaries.starts_word), separators
 
     def match(self, input_ids: torch.Tensor, never_word: torch.Tensor | None = None) -> TermMatches:
         """Words and term occurrences of a padded [B, L] batch. ``never_word`` [B, L] flags
         tokens that belong to no word (padding); special tokens are always excluded."""
-        input_ids, words = self._group(input_ids, never_word)
+        input_ids, words, separators = self._group(input_ids, never_word)
         batch, n_columns = words.word_hash.shape
         codes, (start, end) = self._word_keys(input_ids, words, as_codes=True)
         span_start = torch.full((batch, n_columns), -1, dtype=torch.long)
@@ -219,10 +225,13 @@ class TermMatcher:
         candidates = self._starts_term[codes + 1].nonzero().tolist()
         if not candidates:
             return TermMatches(words, spans, span_start)
-        # Words w-1 and w are adjacent when no excluded token lies between them: a term never
-        # spans a special token (e.g. the separator between two segments).
+        # Words w-1 and w are adjacent when no separator lies between them: a term never spans a
+        # special token (e.g. the separator between two segments), but spans whitespace tokens.
+        before = torch.nn.functional.pad(separators.long().cumsum(1), (1, 0))  # [B, L+1]: separators before t
+        length = input_ids.shape[1]
         breaks = torch.ones((batch, n_columns), dtype=torch.bool)
-        breaks[:, 1:] = start[:, 1:] != end[:, :-1]
+        breaks[:, 1:] = (before.gather(1, start[:, 1:].clamp(0, length))
+                         != before.gather(1, end[:, :-1].clamp(0, length)))
         segment = breaks.cumsum(1)
         n_words = words.n_words.tolist()
         cursor = [0] * batch
@@ -262,7 +271,7 @@ class TermMatcher:
 
     def words_of(self, input_ids: torch.Tensor, never_word: torch.Tensor | None = None) -> list[list[str]]:
         """The normalized words of each row, as matched against the terms."""
-        input_ids, words = self._group(input_ids, never_word)
+        input_ids, words, _ = self._group(input_ids, never_word)
         return self._word_keys(input_ids, words)[0]
 
 

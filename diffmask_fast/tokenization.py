@@ -29,6 +29,9 @@ SCHEMES = WORD_BOUNDARY_SCHEMES
 _WORDPIECE_PREFIX = WORD_BOUNDARY_MARKERS["wordpiece"]
 _BYTE_LEVEL_SPACE = WORD_BOUNDARY_MARKERS["byte_bpe"]
 _METASPACE = WORD_BOUNDARY_MARKERS["sentencepiece"]
+#: How byte-level BPE writes the whitespace bytes (tab, newline, vertical tab, form feed, carriage
+#: return, space): byte b below 0x21 becomes chr(0x100 + b).
+_BYTE_LEVEL_WHITESPACE = frozenset(chr(0x100 + byte) for byte in b"\t\n\x0b\x0c\r ")
 
 #: A vocabulary-based guess needs at least this share of tokens carrying the winning marker...
 _MIN_MARKER_SHARE = 0.05
@@ -175,8 +178,9 @@ class WordBoundaries:
     ``starts_word[i]``: token ``i`` begins a word wherever it occurs (False for ``never_word``
     ids). The context rules — the first token of a sequence and the token after a special token
     start a word — are applied by the masking ops. ``never_word[i]``: token ``i`` is special
-    (padding, [CLS], [UNK], the mask token...): part of no word, never masked, never drawn as a
-    random replacement. ``random_token_ids``: every id of [0, V) that is not ``never_word``.
+    (padding, [CLS], [UNK], the mask token...) or, in byte-level BPE, only whitespace ("Ġ" of a
+    double space, "Ċ" of a newline): part of no word, never masked, never drawn as a random
+    replacement. ``random_token_ids``: every id of [0, V) that is not ``never_word``.
     """
 
     scheme: str
@@ -232,6 +236,16 @@ class WordBoundaries:
         )
 
 
+def special_token_table(tokenizer, vocab_size: int) -> torch.Tensor:
+    """[vocab_size] bool: which ids are the tokenizer's special tokens (a subset of ``never_word``,
+    which also holds byte-level BPE's whitespace tokens)."""
+    table = torch.zeros(vocab_size, dtype=torch.bool)
+    special = _special_ids(tokenizer, vocab_size)
+    if special:
+        table[torch.tensor(special, dtype=torch.long)] = True
+    return table
+
+
 def _special_ids(tokenizer, vocab_size: int) -> list[int]:
     ids = {int(i) for i in getattr(tokenizer, "all_special_ids", ()) if i is not None}
     added = getattr(tokenizer, "added_tokens_decoder", None) or {}
@@ -277,12 +291,21 @@ def _word_tables(tokenizer, scheme: str) -> tuple[torch.Tensor, torch.Tensor, to
         flags = [token.startswith(marker) if isinstance(token, str) else True for token in tokens]
     starts_word = torch.tensor(flags, dtype=torch.bool)
     never_word = torch.zeros(vocab_size, dtype=torch.bool)
+    if scheme == "byte_bpe":
+        # Whitespace is no word, and what follows it starts one: "kinase\ninhibitors" is
+        # "Ġkinase", "Ċ", "inhibitors" (no "Ġ" after the newline), two words.
+        never_word |= torch.tensor([_is_whitespace_token(token) for token in tokens], dtype=torch.bool)
     special = _special_ids(tokenizer, vocab_size)
     if special:
         never_word[torch.tensor(special, dtype=torch.long)] = True
     starts_word &= ~never_word
     holes = torch.tensor([not isinstance(token, str) for token in tokens], dtype=torch.bool)
     return starts_word, never_word, holes
+
+
+def _is_whitespace_token(token) -> bool:
+    """Whether a byte-level BPE token stands for whitespace only ("Ġ", "ĊĊ", or an added "\\n")."""
+    return isinstance(token, str) and token != "" and all(ch in _BYTE_LEVEL_WHITESPACE or ch.isspace() for ch in token)
 
 
 class WordGrouper:

@@ -332,6 +332,20 @@ def test_multiword_terms_match_across_tokenizers(request, corpus, seed):
                         assert words[row][start:end] == target, f"{message}: {words[row][start:end]} in {line!r}"
 
 
+@pytest.mark.parametrize("tokenizer_name", TOKENIZERS)
+def test_terms_match_across_any_whitespace(request, tokenizer_name):
+    """Double spaces, tabs and newlines separate words as a space does (byte-level BPE writes them
+    as whitespace-only tokens, and the word after one carries no "Ġ")."""
+    tokenizer = request.getfixturevalue(tokenizer_name)
+    matcher = TermMatcher(tokenizer, ["kinase inhibitors", "binds"])
+    texts = ["the kinase inhibitors binds", "the kinase  inhibitors  binds", "the kinase\ninhibitors\tbinds",
+             "the kinase \n inhibitors\r\nbinds"]
+    batch = RandomWordCollator(tokenizer)._pad(encode(tokenizer, texts, max_length=None))["input_ids"]
+    for row, words in enumerate(matcher.words_of(batch)):
+        assert words == ["the", "kinase", "inhibitors", "binds"], (tokenizer_name, texts[row], words)
+    assert matcher.spans(batch) == [[(1, 3), (3, 4)]] * len(texts), tokenizer_name
+
+
 def test_matcher_details(bert_wordpiece, roberta_byte_bpe, monkeypatch):
     tokenizer = bert_wordpiece
     # No match across a special token (the separator of a pair).

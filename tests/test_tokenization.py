@@ -104,9 +104,10 @@ def words_as_pre_tokenized(tokenizer, scheme, text):
 
     wordpiece and sentencepiece: the words are the backend's pre-tokens of the normalized text
     (BERT splits off punctuation; Metaspace splits at spaces), matched to tokens by word_ids.
-    byte_bpe: ByteLevel splits words into letters / digits / punctuation pre-tokens, and only
-    a space ("Ġ") marks a new word, so the words are the space-separated chunks of the text,
-    matched to tokens through their character offsets.
+    byte_bpe: ByteLevel splits words into letters / digits / punctuation pre-tokens; a space
+    ("Ġ") marks a new word and whitespace-only tokens ("Ċ", a lone "Ġ") belong to none, so the
+    words are the chunks of the text between ASCII whitespace, matched to tokens through their
+    character offsets.
     """
     backend = tokenizer.backend_tokenizer
     boundaries = word_boundaries(tokenizer, scheme)
@@ -117,7 +118,7 @@ def words_as_pre_tokenized(tokenizer, scheme, text):
     decoded = decode_words(tokenizer, [[ids[i] for i in group] for group in groups])
 
     if scheme == "byte_bpe":
-        chunks = [(m.start(), m.end()) for m in re.finditer(r"[^ ]+", text)]
+        chunks = [(m.start(), m.end()) for m in re.finditer(r"[^ \t\n\x0b\x0c\r]+", text)]
         words = [text[start:end].strip() for start, end in chunks]
 
         def unit_of(position):
@@ -322,13 +323,18 @@ def test_roberta_first_word_has_no_marker_but_starts_a_word(roberta_byte_bpe):
     assert roberta_byte_bpe.convert_ids_to_tokens(spaced)[1].startswith("\u0120")
 
 
-def test_newline_does_not_separate_byte_level_words(roberta_byte_bpe):
-    """Only a space becomes "Ġ": words split by a newline alone merge (as in the reference)."""
+def test_whitespace_tokens_separate_byte_level_words(roberta_byte_bpe):
+    """Only a space becomes "Ġ" on a word: the token after a newline or tab has none. Whitespace-only
+    tokens ("Ċ", "ĉ", the lone "Ġ" of a double space) belong to no word, so the next token starts one."""
     boundaries = word_boundaries(roberta_byte_bpe)
-    ids = roberta_byte_bpe("alpha\nbeta gamma", add_special_tokens=False)["input_ids"]
-    never = [False] * len(ids)
+    ids = roberta_byte_bpe("alpha\nbeta\tdelta  epsilon gamma", add_special_tokens=False)["input_ids"]
+    never = boundaries.never_word[torch.tensor(ids)].tolist()
+    tokens = roberta_byte_bpe.convert_ids_to_tokens(ids)
+    assert never == [token in ("\u010a", "\u0109", "\u0120") for token in tokens] and sum(never) == 3, tokens
     groups = reference.group_words(table_word_starts(ids, boundaries), never)
-    assert decode_words(roberta_byte_bpe, [[ids[i] for i in g] for g in groups]) == ["alpha\nbeta", "gamma"]
+    words = decode_words(roberta_byte_bpe, [[ids[i] for i in g] for g in groups])
+    assert words == ["alpha", "beta", "delta", "epsilon", "gamma"]
+    assert not set(boundaries.random_token_ids.tolist()) & set(boundaries.never_word.nonzero().flatten().tolist())
 
 
 # ----------------------------------------------------------------------------------------------
@@ -347,6 +353,11 @@ def test_tables_shapes_and_special_tokens(named_tokenizer):
 
     special = set(tokenizer.all_special_ids)
     special |= {i for i, token in tokenizer.added_tokens_decoder.items() if token.special}
+    if boundaries.scheme == "byte_bpe":  # and the tokens of whitespace alone
+        blank = {chr(0x100 + b) for b in b"\t\n\x0b\x0c\r "}
+        special |= {i for i, token in enumerate(tokenizer.convert_ids_to_tokens(list(range(size))))
+                    if token and set(token) <= blank}
+        assert len(special) > len(set(tokenizer.all_special_ids))
     assert set(torch.nonzero(boundaries.never_word).flatten().tolist()) == special
     assert {tokenizer.pad_token_id, tokenizer.mask_token_id, tokenizer.unk_token_id} <= special
     assert not (boundaries.starts_word & boundaries.never_word).any()
