@@ -129,7 +129,10 @@ setup(
     python_requires=">=3.10",
     install_requires=[
         "numpy",
-        "transformers",
+        # 5.0 and 5.24 pass the tests; 4.x takes no warmup share in warmup_steps and counts the
+        # masked tokens of a gradient-accumulation cycle otherwise.
+        "transformers>=5.0",
+        "accelerate>=1.1",  # transformers.Trainer needs it: pretrain and finetune
         "tokenizers",
         "tqdm",
         "wordsegment",
