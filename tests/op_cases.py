@@ -83,9 +83,10 @@ def supported_on(device_type: str) -> set[str]:
     return {name for name in operator_names() if _extension.has_kernel(name, device_type)}
 
 
-def masking_batch(g, batch, length, vocabulary=3000, known=0.7, empty_rows=()):
-    """A padded batch with never-word tokens, out-of-vocabulary ids under them, empty rows, and a
-    score table knowing ``known`` of its words (a tenth of them at score 0)."""
+def random_batch(g: torch.Generator, batch: int, length: int, vocabulary: int = 300, empty_rows=()):
+    """ids [B, L] (some out of the vocabulary at never-word positions), never_word [B, L] with
+    a leading special token, padding, scattered specials and ``empty_rows`` of no word, and
+    starts_word [V]."""
     ids = torch.randint(0, vocabulary, (batch, length), generator=g)
     never = torch.rand(batch, length, generator=g) < 0.08
     if length:
@@ -96,6 +97,13 @@ def masking_batch(g, batch, length, vocabulary=3000, known=0.7, empty_rows=()):
         never[row] = True
     ids[never & (torch.rand(batch, length, generator=g) < 0.3)] = vocabulary + 7  # ignored under never_word
     starts = torch.rand(vocabulary, generator=g) < 0.6
+    return ids, never, starts
+
+
+def masking_batch(g, batch, length, vocabulary=3000, known=0.7, empty_rows=()):
+    """A ``random_batch`` and a score table knowing ``known`` of its words (a tenth of them at
+    score 0)."""
+    ids, never, starts = random_batch(g, batch, length, vocabulary, empty_rows)
     words = ops.group_words(ids, never, starts)
     hashes = torch.unique(words.word_hash[words.word_hash != 0])
     table = ops.ScoreHashTable()

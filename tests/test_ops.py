@@ -380,24 +380,10 @@ def synthetic_tokens(ids, starts_word: torch.Tensor, scheme: str) -> list[str]:
     return tokens
 
 
-def random_batch(g: torch.Generator, batch: int, length: int, vocabulary: int = 300):
-    """ids [B, L] (some out of the vocabulary at never-word positions), never_word [B, L] with
-    a leading special token, padding and scattered specials, starts_word [V]."""
-    ids = torch.randint(0, vocabulary, (batch, length), generator=g)
-    never = torch.rand(batch, length, generator=g) < 0.08
-    if length:
-        never[:, 0] = True
-        lengths = torch.randint(0, length + 1, (batch,), generator=g)
-        never |= torch.arange(length)[None, :] >= lengths[:, None]
-    ids[never & (torch.rand(batch, length, generator=g) < 0.3)] = vocabulary + 7  # ignored
-    starts = torch.rand(vocabulary, generator=g) < 0.6
-    return ids, never, starts
-
-
 @pytest.mark.parametrize("scheme", ["wordpiece", "byte_bpe", "sentencepiece"])
 def test_group_words_matches_reference(seed, scheme):
     g = generator(seed)
-    ids, never, starts = random_batch(g, 12, 40)
+    ids, never, starts = op_cases.random_batch(g, 12, 40)
     words = ops.group_words(ids, never, starts)
     assert words.word_hash.shape == (12, int(words.n_words.max()))
     for b in range(12):
@@ -554,7 +540,7 @@ RANDOM_IDS = torch.arange(1000, 1013)
 
 def masking_setup(g: torch.Generator, batch: int = 48, length: int = 64, known: float = 0.7):
     """A random batch and a table holding scores for a random share of its words."""
-    ids, never, starts = random_batch(g, batch, length)
+    ids, never, starts = op_cases.random_batch(g, batch, length)
     words = ops.group_words(ids, never, starts)
     hashes = torch.unique(words.word_hash[words.word_hash != 0])
     keep = hashes[torch.rand(hashes.numel(), generator=g) < known]
