@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import itertools
 import math
 import os
 import warnings
@@ -127,10 +126,16 @@ def mine_anchors(
         if reference.has_letter(word)
     ]
     scored.sort(key=lambda item: (-item[1], item[0]))
-    broken = [(word, counts[word]) for word, _ in scored[:k] if reference.is_broken_text(word)]
+    chosen, broken = [], []  # the top k readable words; the broken ones among the top k of all
+    for rank, (word, score) in enumerate(scored):
+        if len(chosen) == k:  # reached only past rank k - 1: every rank below k was seen
+            break
+        if not reference.is_broken_text(word):
+            chosen.append((word, score))
+        elif rank < k:
+            broken.append((word, counts[word]))
     if broken:
         _warn_of_broken_text(broken)
-    chosen = list(itertools.islice((item for item in scored if not reference.is_broken_text(item[0])), k))
     if not chosen:
         raise ValueError(
             f"no word qualifies as an anchor: none has a letter, is readable text and occurs at least "

@@ -241,15 +241,12 @@ def _saved_scores(args, anchors):
     --anchors. The tokenizer is --model's, else the one that grouped the table's words."""
     from .embedding import default_model_path
     from .hf_loading import load_tokenizer
-    from .scoring import ScoreTable
+    from .scoring import load_scores_for
 
     if args.pooling is not None or args.similarity is not None:
         raise ValueError("--pooling and --similarity choose how preview scores words itself; the table of --scores "
                          "was scored already (its settings: ScoreTable.load(...).info)")
-    table = ScoreTable.load(args.scores)
-    if anchors is not None and set(anchors.words) != set(table.anchors):
-        raise ValueError(f"the score table {str(args.scores)!r} was made against other anchors than those of "
-                         f"{str(args.anchors)!r}; give the anchors it was scored against, or only --scores")
+    table = load_scores_for(args.scores, anchors, args.anchors)
     if args.model is not None:
         return load_tokenizer(args.model), table
     grouped_by = table.info.get("tokenizer")  # the tokenizer that grouped the table's words

@@ -180,17 +180,14 @@ def _domain_resources(config: PretrainConfig, documents: list[str], tokenizer: A
     if not needs_scores:
         return resources
     from .anchors import Anchors
-    from .scoring import ScoreTable
+    from .scoring import load_scores_for
 
     reuse = saved or (config.resume and (out / SCORES_FILE).exists())
     anchors_path = config.anchors or (out / ANCHORS_FILE if reuse and (out / ANCHORS_FILE).exists() else None)
     scores_path = config.scores or (out / SCORES_FILE if reuse else None)
     anchors = Anchors.load(anchors_path) if anchors_path is not None else None
     if scores_path is not None:
-        scores = ScoreTable.load(scores_path)
-        if anchors is not None and set(anchors.words) != set(scores.anchors):
-            raise ValueError(f"the score table {str(scores_path)!r} was made against other anchors than those of "
-                             f"{str(anchors_path)!r}; give the anchors it was scored against, or only --scores")
+        scores = load_scores_for(scores_path, anchors, anchors_path)
     else:
         from .embedding import WordEmbedder
         from .scoring import WordScorer

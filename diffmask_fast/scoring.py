@@ -321,6 +321,16 @@ class ScoreTable:
         return cls(normalized, unknown_score=unknown_score, lowercase=lowercase, similarity="given")
 
 
+def load_scores_for(path: str | os.PathLike, anchors: Anchors | None, anchors_path: str | os.PathLike | None):
+    """The score table saved at ``path``, refused when ``anchors`` (read from ``anchors_path``)
+    are not the anchors it was scored against."""
+    table = ScoreTable.load(path)
+    if anchors is not None and set(anchors.words) != set(table.anchors):
+        raise ValueError(f"the score table {os.fspath(path)!r} was made against other anchors than those of "
+                         f"{os.fspath(anchors_path)!r}; give the anchors it was scored against, or only --scores")
+    return table
+
+
 def similarity_to_anchors(word_vectors: torch.Tensor, anchor_vectors: torch.Tensor, similarity: str = "max"):
     """s(w) for each row of ``word_vectors`` (eq. 3-4) and, for ``max``, the nearest anchor.
 
