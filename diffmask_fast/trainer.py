@@ -13,6 +13,8 @@ accumulated (and, across processes, gathered) batch. Masked-LM classes such as
 accumulation steps and the number of processes. Computing the loss here also lets the LM head
 run on the masked positions only (``sparse_head``): a quarter of the positions at 25% masking,
 which matters because the vocabulary projection is the largest matrix product of a small encoder.
+accelerate puts only the model's own forward under autocast; the sparse head and a masker's
+pass through the model run under the accelerator's autocast too, so bf16 and fp16 reach them.
 
 A model whose masked-LM head starts untrained (``load_masked_lm(init_mlm_head=True)``) can train
 the head alone first: with ``head_warmup_steps`` the encoder's learning rate is 0 for that many
@@ -28,9 +30,10 @@ loss; pass ``mask_eval=False`` to evaluate on batches as they come (which then n
 
 from __future__ import annotations
 
+import contextlib
 import math
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from transformers import DataCollatorWithPadding, Trainer, TrainerCallback
@@ -70,7 +73,7 @@ class MaskingTrainer(Trainer):
         self._logits_discarded = False  # set while an evaluation keeps the loss only
         # compute_loss normalizes by num_items_in_batch itself, so have the Trainer count them.
         self.model_accepts_loss_kwargs = True
-        self._sparse_head = _SparseHead(self.model) if sparse_head else None
+        self._sparse_head = _SparseHead(self.model, self.accelerator.autocast) if sparse_head else None
         self.head_warmup_steps = head_warmup_steps
         self.head_learning_rate = head_learning_rate
         self._head_parameters = (_head_parameters(self.model) if head_warmup_steps or head_learning_rate is not None
@@ -107,10 +110,13 @@ class MaskingTrainer(Trainer):
             return inputs
         inputs = self._prepare_inputs(inputs)
         special_tokens_mask = inputs.pop("special_tokens_mask", None)
-        extra = {}
+        extra, precision = {}, contextlib.nullcontext()
         if getattr(self.masker, "needs_model", False):
             extra["model"] = self.accelerator.unwrap_model(self.model)
-        with torch.no_grad():
+            # The masker runs parts of the model (its encoder), outside the forward that
+            # accelerate wraps in autocast: give it the training precision too.
+            precision = self.accelerator.autocast()
+        with torch.no_grad(), precision:
             masked_ids, labels = self.masker(
                 inputs["input_ids"], inputs.get("attention_mask"), special_tokens_mask, **extra
             )
@@ -252,10 +258,14 @@ class _SparseHead:
     states to logits position by position (BERT, RoBERTa, XLM-R, ELECTRA...). That is checked
     once, in eval mode, against the model's own logits on the first batch; any other model (or a
     wrapped one, e.g. by DistributedDataParallel, whose forward must run) gets its full forward.
+
+    ``autocast`` gives the training precision (the accelerator's ``autocast``): accelerate
+    wraps only the model's own forward in it, and the encoder and head are called apart from it.
     """
 
-    def __init__(self, model: torch.nn.Module):
+    def __init__(self, model: torch.nn.Module, autocast: Callable[[], Any] = contextlib.nullcontext):
         self.model = model
+        self.autocast = autocast
         base = getattr(model, "base_model", None)
         heads = [module for module in model.children() if module is not base]
         self.parts = (base, heads[0]) if base is not None and base is not model and len(heads) == 1 else None
@@ -271,22 +281,28 @@ class _SparseHead:
 
     def __call__(self, inputs: dict, masked: torch.Tensor) -> torch.Tensor:
         encoder, head = self.parts
-        return head(encoder(**inputs)[0][masked])
+        with self.autocast():
+            return head(encoder(**inputs)[0][masked])
 
     @torch.no_grad()
     def _matches_full_forward(self, inputs: dict, masked: torch.Tensor) -> bool:
         training = self.model.training
         self.model.eval()  # no dropout, so both forwards see the same network
         try:
-            outputs = self.model(**inputs)
+            with self.autocast():
+                outputs = self.model(**inputs)
             expected = (outputs["logits"] if isinstance(outputs, dict) else outputs[0])[masked]
             sparse = self(inputs, masked)
         except (TypeError, RuntimeError, ValueError, KeyError, IndexError):
             return False
         finally:
             self.model.train(training)
+        # Under bf16/fp16 autocast the two differ by the rounding of the logits (a few units in
+        # the last place of the half-precision type); a head that is not position-wise differs
+        # by far more.
+        tolerance = max(1e-3, 8 * max(torch.finfo(sparse.dtype).eps, torch.finfo(expected.dtype).eps))
         return sparse.shape == expected.shape and bool(
-            torch.allclose(sparse.float(), expected.float(), rtol=1e-3, atol=1e-3))
+            torch.allclose(sparse.float(), expected.float(), rtol=tolerance, atol=tolerance))
 
 
 class DifferenceMaskingTrainer(MaskingTrainer):

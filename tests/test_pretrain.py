@@ -472,6 +472,35 @@ def test_sparse_head_falls_back_for_models_it_cannot_split(tiny_bert_mlm, tmp_pa
     assert float(loss) == pytest.approx(float(expected), rel=1e-6)
 
 
+def test_the_training_precision_reaches_the_sparse_head_and_the_attention_pass(tiny_bert_mlm, bert_wordpiece,
+                                                                              tmp_path, seed):
+    """accelerate wraps only the model's own forward in autocast. The sparse head and an attention
+    masker call the encoder themselves, and under bf16 they ran in float32: the attention pass cost
+    full precision, and the sparse head never matched the bf16 full forward, so it was dropped."""
+    from transformers import TrainingArguments
+
+    from diffmask_fast.attention import AttentionMasker
+
+    passes = []  # (gradients on, output dtype) of every encoder pass
+    tiny_bert_mlm.bert.encoder.layer[0].intermediate.dense.register_forward_hook(
+        lambda module, inputs, output: passes.append((torch.is_grad_enabled(), output.dtype)))
+    g = torch.Generator().manual_seed(seed)
+    examples = [{"input_ids": [bert_wordpiece.cls_token_id]
+                 + torch.randint(5, tiny_bert_mlm.config.vocab_size, (14,), generator=g).tolist()
+                 + [bert_wordpiece.sep_token_id]} for _ in range(12)]
+    args = TrainingArguments(output_dir=str(tmp_path), per_device_train_batch_size=4, max_steps=2, bf16=True,
+                             use_cpu=True, report_to=[], save_strategy="no")
+    trainer = MaskingTrainer(model=tiny_bert_mlm, args=args, train_dataset=examples,
+                             masker=AttentionMasker(bert_wordpiece, seed=seed))
+    trainer.train()
+    assert trainer._sparse_head.verified is True, "the sparse head was given up under bf16"
+    masking_passes = [dtype for grad, dtype in passes if not grad]
+    training_passes = [dtype for grad, dtype in passes if grad]
+    assert masking_passes and training_passes
+    assert set(masking_passes) == {torch.bfloat16}, f"the attention pass ran in {set(masking_passes)}"
+    assert set(training_passes) == {torch.bfloat16}, f"the training forward ran in {set(training_passes)}"
+
+
 def test_head_warmup_holds_the_encoder_then_trains_everything(tiny_bert_mlm, bert_wordpiece, tmp_path, seed):
     from transformers import TrainerCallback, TrainingArguments
 
