@@ -439,7 +439,7 @@ def add_pretrain_command(commands) -> None:
                    help="share of words (tokens for random-token and the attention strategies) to mask; for mslm, "
                         "the rate of words that are not domain terms (default 0.25)")
     p.add_argument("--max-length", type=int, default=128, help="tokens per sequence; longer documents are cut into "
-                   "windows (default 128)")
+                   "windows that end between words (default 128)")
     p.add_argument("--validation", nargs="+", default=None, help="validation files (default: hold out part of the corpus)")
     p.add_argument("--validation-fraction", type=float, default=0.05, help="share of documents held out (default 0.05)")
     p.add_argument("--text-field", default=None, help="field of JSON-lines records holding the text")

@@ -1,8 +1,10 @@
 """Data for continued pretraining: documents split into train and validation, tokenized into
 sequences of at most ``max_length`` tokens, and the collator the Trainer uses.
 
-Long documents are cut into consecutive windows (fast tokenizers) instead of being truncated,
-so no text is thrown away. The validation set is masked once up front (``MaskingStrategy.
+Long documents are cut into consecutive windows instead of being truncated, so no text is
+thrown away. Windows end between words, as the masking strategies group them: a word cut in two
+would start the next window as a word of its own ("##ors"), scored and matched against the
+domain terms as one. The validation set is masked once up front (``MaskingStrategy.
 mask_examples``) so that successive validation losses are measured on the same masks;
 ``TrainingCollator`` passes such pre-masked examples through and masks the others.
 """
@@ -13,9 +15,11 @@ import random
 from dataclasses import dataclass
 from typing import Any, Iterable, Sequence
 
+import numpy as np
 import torch
 
 from .corpus import iter_documents
+from .tokenization import WordGrouper
 
 #: The shortest sequence worth training on: two special tokens and two word pieces.
 MIN_MAX_LENGTH = 4
@@ -60,22 +64,69 @@ def split_documents(documents: list[str], validation_fraction: float, max_valida
 
 
 def tokenize_documents(tokenizer: Any, documents: list[str], max_length: int, *, batch_size: int = 1000,
-                       progress: bool = True, description: str = "tokenizing") -> list[list[int]]:
-    """Token ids with special tokens, one list per window of at most ``max_length`` tokens."""
+                       progress: bool = True, description: str = "tokenizing",
+                       word_boundary: str | None = None) -> list[list[int]]:
+    """Token ids with special tokens, one list per window of at most ``max_length`` tokens.
+
+    A document that does not fit is cut into consecutive windows, each as long as it can be
+    while ending between two words (``word_boundary`` names the scheme; detected when None).
+    Only a word longer than a whole window is cut inside. Documents without tokens give none.
+    """
     if max_length < MIN_MAX_LENGTH:
         raise ValueError(f"max_length must be at least {MIN_MAX_LENGTH}, got {max_length}")
     from tqdm.auto import tqdm
 
-    windows = bool(getattr(tokenizer, "is_fast", False))
+    before, after = special_wrapping(tokenizer)
+    room = max_length - len(before) - len(after)
+    if room < 1:
+        raise ValueError(f"max_length {max_length} leaves no room for text beside the {len(before) + len(after)} "
+                         f"special tokens {type(tokenizer).__name__} adds")
+    grouper = WordGrouper.for_tokenizer(tokenizer, word_boundary)
     sequences: list[list[int]] = []
     with tqdm(total=len(documents), desc=description, unit="doc", disable=not progress) as bar:
         for start in range(0, len(documents), batch_size):
             chunk = documents[start:start + batch_size]
-            encoded = tokenizer(chunk, truncation=True, max_length=max_length, return_overflowing_tokens=windows,
-                                return_attention_mask=False, return_token_type_ids=False)
-            sequences.extend(list(ids) for ids in encoded["input_ids"])
+            encoded = tokenizer(chunk, add_special_tokens=False, return_attention_mask=False,
+                                return_token_type_ids=False, verbose=False)
+            for ids in encoded["input_ids"]:
+                ids = list(ids)
+                spans = [(0, len(ids))] if len(ids) <= room else word_windows(grouper.breaks(ids), room)
+                sequences.extend(before + ids[begin:end] + after for begin, end in spans if end > begin)
             bar.update(len(chunk))
     return sequences
+
+
+def special_wrapping(tokenizer: Any) -> tuple[list[int], list[int]]:
+    """(ids before, ids after) the tokens of one sequence, as ``tokenizer`` adds them: ([CLS],
+    [SEP]) for BERT, (<s>, </s>) for RoBERTa, nothing for a tokenizer that adds none."""
+    probe = "a b"
+    inner = list(tokenizer(probe, add_special_tokens=False)["input_ids"])
+    wrapped = list(tokenizer(probe, add_special_tokens=True)["input_ids"])
+    if inner:
+        for start in range(len(wrapped) - len(inner) + 1):
+            if wrapped[start:start + len(inner)] == inner:
+                return wrapped[:start], wrapped[start + len(inner):]
+    raise ValueError(f"cannot tell which special tokens {type(tokenizer).__name__} adds around a sequence: "
+                     f"{probe!r} is {inner} alone and {wrapped} with them")
+
+
+def word_windows(breaks: np.ndarray, room: int) -> list[tuple[int, int]]:
+    """Consecutive ``(start, end)`` spans of at most ``room`` tokens covering a sequence, each
+    ending at the last position ``breaks`` allows within reach (cut at ``room`` when none)."""
+    if room < 1:
+        raise ValueError(f"a window must hold at least one token, got room for {room}")
+    cuts = np.flatnonzero(breaks)
+    length, start, spans = len(breaks), 0, []
+    while start < length:
+        end = start + room
+        if end < length:
+            last = int(cuts[np.searchsorted(cuts, end, side="right") - 1])
+            end = last if last > start else end
+        else:
+            end = length
+        spans.append((start, end))
+        start = end
+    return spans
 
 
 def pad_examples(examples: Sequence[dict], pad_token_id: int, padding_side: str = "right") -> dict:

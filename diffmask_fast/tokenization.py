@@ -20,6 +20,7 @@ import json
 from dataclasses import dataclass
 from typing import Iterable, Sequence
 
+import numpy as np
 import torch
 
 from .reference import TOKEN_SCHEME, WORD_BOUNDARY_MARKERS, WORD_BOUNDARY_SCHEMES
@@ -316,6 +317,7 @@ class WordGrouper:
 
     def __init__(self, starts_word: torch.Tensor, never_word: torch.Tensor):
         self._starts, self._never = starts_word.tolist(), never_word.tolist()
+        self._starts_array, self._never_array = starts_word.numpy().copy(), never_word.numpy().copy()
 
     @classmethod
     def for_tokenizer(cls, tokenizer, scheme: str | None = None) -> "WordGrouper":
@@ -340,6 +342,16 @@ class WordGrouper:
                 groups[-1].append(position)
             in_word = True
         return groups
+
+    def breaks(self, ids: Sequence[int]) -> np.ndarray:
+        """[n] bool: the positions a sequence can be cut at without splitting a word, i.e. where
+        ``__call__`` would start a new word or a token of no word is on either side."""
+        ids = np.asarray(ids, dtype=np.int64)
+        never = self._never_array[ids]
+        continues = ~self._starts_array[ids] & ~never
+        continues[1:] &= ~never[:-1]
+        continues[:1] = False
+        return ~continues
 
 
 def _as_id_list(token_ids: Iterable[int]) -> list[int]:

@@ -1,0 +1,92 @@
+"""Pretraining windows: long documents are cut between words, and nothing is lost."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+import tokenizers_offline
+from diffmask_fast.pretrain_data import special_wrapping, tokenize_documents, word_windows
+from diffmask_fast.tokenization import WordGrouper
+
+TOKENIZERS = ("bert_wordpiece", "roberta_byte_bpe", "sentencepiece_unigram", "word_level_whitespace")
+
+
+@pytest.fixture(scope="module", params=TOKENIZERS)
+def tokenizer(request):
+    return getattr(tokenizers_offline, request.param)()
+
+
+def units(tokenizer, ids: list[int]) -> list[tuple[int, int]]:
+    """(start, end) of each word of ``ids`` as the masking strategies group them, and of each token
+    that belongs to no word: the pieces a window may not split."""
+    spans = [(group[0], group[-1] + 1) for group in WordGrouper.for_tokenizer(tokenizer)(ids)]
+    covered = {position for start, end in spans for position in range(start, end)}
+    spans += [(position, position + 1) for position in range(len(ids)) if position not in covered]
+    return sorted(spans)
+
+
+def expected_windows(tokenizer, ids: list[int], room: int) -> list[tuple[int, int]]:
+    """Greedy windows of at most ``room`` tokens that end where a piece ends, cut inside a piece
+    only when it alone is longer than a window."""
+    starts = {start for start, _ in units(tokenizer, ids)}
+    windows, start = [], 0
+    while start < len(ids):
+        end = min(start + room, len(ids))
+        if end < len(ids):
+            end = max((p for p in range(start + 1, end + 1) if p in starts), default=end)
+        windows.append((start, end))
+        start = end
+    return windows
+
+
+def test_windows_end_between_words_and_keep_every_token(tokenizer, seed):
+    rng = random.Random(seed)
+    lines = tokenizers_offline.sample_lines(60, seed=seed)
+    documents = [" ".join(rng.sample(lines, rng.randint(1, 12))) for _ in range(6)]
+    documents.append("x")
+    before, after = special_wrapping(tokenizer)
+    for max_length in (4, 5, rng.randint(6, 64)):
+        room = max_length - len(before) - len(after)
+        windows = tokenize_documents(tokenizer, documents, max_length, progress=False, batch_size=rng.randint(1, 4))
+        position = 0
+        for document in documents:
+            ids = tokenizer(document, add_special_tokens=False)["input_ids"]
+            for start, end in expected_windows(tokenizer, ids, room):
+                window = windows[position]
+                position += 1
+                assert window == before + ids[start:end] + after, (
+                    f"seed={seed}, max_length={max_length}: window {position - 1} of {document[:40]!r}")
+                assert len(window) <= max_length
+        assert position == len(windows), f"seed={seed}: {len(windows) - position} windows more than expected"
+
+
+def test_a_word_longer_than_a_window_is_cut(bert_wordpiece):
+    document = "pneumonoultramicroscopicsilicovolcanoconiosis is long"
+    ids = bert_wordpiece(document, add_special_tokens=False)["input_ids"]
+    first_word = units(bert_wordpiece, ids)[0]
+    assert first_word[1] > 3, "the test needs a word of more than 3 pieces"
+    windows = tokenize_documents(bert_wordpiece, [document], 5, progress=False)
+    inner = [w[1:-1] for w in windows]
+    assert sum(inner, []) == ids
+    assert inner[0] == ids[:3], "a word longer than a window fills whole windows"
+
+
+def test_the_special_tokens_of_each_family(bert_wordpiece, roberta_byte_bpe):
+    assert special_wrapping(bert_wordpiece) == ([bert_wordpiece.cls_token_id], [bert_wordpiece.sep_token_id])
+    assert special_wrapping(roberta_byte_bpe) == ([roberta_byte_bpe.bos_token_id], [roberta_byte_bpe.eos_token_id])
+    assert special_wrapping(tokenizers_offline.word_level_whitespace()) == ([], [])
+
+
+def test_documents_without_tokens_give_no_window(bert_wordpiece):
+    assert tokenize_documents(bert_wordpiece, ["\x07", "a b"], 8, progress=False) == [
+        bert_wordpiece("a b")["input_ids"]]
+
+
+def test_word_windows_cut_at_the_last_break_within_reach():
+    breaks = [True, False, False, True, False, True, False, False, False, False, True]
+    assert word_windows(breaks, 4) == [(0, 3), (3, 5), (5, 9), (9, 11)]
+    assert word_windows([], 4) == []
+    with pytest.raises(ValueError, match="at least one token"):
+        word_windows(breaks, 0)
