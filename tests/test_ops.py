@@ -100,6 +100,31 @@ def test_similarity_blas_paths(seed):
     check_against_cosines(values, indices, embeddings, many, 1e-5, message)
 
 
+@pytest.mark.parametrize("k, dtype", [(1537, torch.float32), (20000, torch.float32), (3500, torch.float64)])
+def test_similarity_across_anchor_tiles(seed, k, dtype):
+    """Many anchors are searched in tiles of columns (1,536 at D = 384 in float32, 1,632 in
+    float64) with a running maximum: the first maximum still wins across tiles, and a maximum in
+    the first, the last or a one-column tile is found."""
+    g = generator(seed)
+    message = f"seed={seed} k={k} {dtype}"
+    anchors = torch.randn(k, 384, generator=g, dtype=dtype)
+    anchors[k - 2] = anchors[1]  # an exact duplicate in the last tile: the first index wins
+    embeddings = torch.randn(200, 384, generator=g, dtype=dtype)
+    planted = {0: k - 2, 1: k - 1, 2: 1536, 3: 1535, 4: k // 2}  # near these anchors
+    for row, anchor in planted.items():
+        embeddings[row] = anchors[anchor] * 2 + 1e-3 * embeddings[row]
+    embeddings[5, 7] = float("nan")
+    values, indices = ops.max_anchor_similarity(embeddings, anchors)
+    assert indices[0] == 1, f"{message}: the duplicate in a later tile won the tie"
+    for row, anchor in planted.items():
+        first = next(j for j in range(k) if torch.equal(anchors[j], anchors[anchor]))
+        assert indices[row] == first, f"{message}: row {row} found anchor {int(indices[row])}, not {first}"
+    assert torch.isnan(values[5]), message
+    keep = torch.ones(200, dtype=torch.bool)
+    keep[5] = False
+    check_against_cosines(values[keep], indices[keep], embeddings[keep], anchors, 1e-5, message)
+
+
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_similarity_half_precision(seed, dtype):
     g = generator(seed)

@@ -1,15 +1,17 @@
 // CPU kernel of max_anchor_similarity.
 //
-// Anchors are normalized (and exact duplicates merged) once; embeddings are processed in row
-// blocks that stay in a core's cache while a few passes read them: squared norms, the dot
-// products with every anchor, then the first arg max per row. The full [N, K] similarity
-// matrix is never materialized, embeddings are read from memory once, and conversion from
-// half precision or odd strides happens per block, in cache.
+// Anchors are normalized (and exact duplicates merged) once and cut into tiles of columns;
+// embeddings are processed in row blocks that stay in a core's cache while every tile is
+// multiplied with them: squared norms, then per tile the dot products and their first arg max,
+// folded into a running maximum per row. Neither the [N, K] similarity matrix nor a [block, K]
+// slice of it is materialized, embeddings are read from memory once, each anchor tile once per
+// row block (so large K costs arithmetic, not memory traffic), and conversion from half
+// precision or odd strides happens per block, in cache.
 //
 // The dot products come from the packed-panel kernels of core/dot_kernels.h where the CPU has
-// AVX2 or AVX-512 (float32 compute), otherwise from BLAS (at::mm) per block: float64 inputs,
-// transposed embeddings (BLAS reads them in place), other CPUs, very large K. Blocks have a
-// fixed size, so panel results do not depend on the number of threads.
+// AVX2 or AVX-512 (float32 compute), otherwise from BLAS (at::mm) per block and tile: float64
+// inputs, other CPUs, many anchors on AVX2. Blocks and tiles have fixed sizes, and tiles are
+// whole numbers of panels, so results depend neither on the number of threads nor on K's tiling.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
@@ -17,6 +19,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <limits>
 #include <type_traits>
 #include <vector>
 
@@ -31,14 +34,13 @@ namespace {
 constexpr const char* kOp = "max_anchor_similarity";
 
 // Largest K searched with the packed-panel kernels. With AVX-512 they run near the FMA peak for
-// any K (2.3x MKL's rate at K = 1000 on an AMD EPYC, where MKL does not use AVX-512), so BLAS
-// is kept only for very large K, whose panels would duplicate a large anchor matrix. The AVX2
+// any K (2.3x MKL's rate at K = 1000 on an AMD EPYC, where MKL does not use AVX-512). The AVX2
 // kernels (half the lanes and registers) have not been timed against BLAS on an AVX2-only
 // machine, so BLAS takes over early there.
 int64_t max_panel_anchors(core::Isa isa) {
   switch (isa) {
     case core::Isa::kAvx512:
-      return 8192;
+      return std::numeric_limits<int64_t>::max();
     case core::Isa::kAvx2:
       return 128;
     default:
@@ -46,13 +48,18 @@ int64_t max_panel_anchors(core::Isa isa) {
   }
 }
 
-// Rows per block: ~256 KiB of embeddings (a per-core L2 share holds the block while several
-// passes read it), fewer when the [rows, K] score tile would pass 1 MiB.
-int64_t block_rows(int64_t D, int64_t K, int64_t element_size) {
-  int64_t rows = (256 * 1024) / std::max<int64_t>(D * element_size, 1);
-  rows = std::min(rows, (1024 * 1024) / std::max<int64_t>(K * element_size, 1));
-  rows = std::max<int64_t>(16, std::min<int64_t>(rows, 1024));
-  return rows / 8 * 8;
+// Rows per block: ~256 KiB of embeddings, which a per-core L2 share holds while the norms and
+// every anchor tile read them.
+int64_t block_rows(int64_t D, int64_t element_size) {
+  const int64_t rows = (256 * 1024) / std::max<int64_t>(D * element_size, 1);
+  return std::max<int64_t>(16, std::min<int64_t>(rows, 1024)) / 8 * 8;
+}
+
+// Anchors per tile: the [rows, tile] score tile stays within 1 MiB. A multiple of 32, a whole
+// number of the widest panels, so every column is computed by the same kernel however K is cut.
+int64_t tile_anchors(int64_t rows, int64_t element_size) {
+  const int64_t tile = (1024 * 1024) / std::max<int64_t>(rows * element_size, 1);
+  return std::max<int64_t>(32, tile / 32 * 32);
 }
 
 core::Isa cpu_isa() {
@@ -60,17 +67,14 @@ core::Isa cpu_isa() {
   return isa;
 }
 
+// Unit anchors (zero anchors stay zero: cosine 0) with exact duplicates searched once: returns
+// the distinct rows, [distinct, D], and column_anchor[j], the (ascending) anchor index column j
+// stands for, so ties still go to the smallest index.
 template <typename T>
-void max_anchor_similarity_impl(const at::Tensor& embeddings, const at::Tensor& anchors, at::Tensor& values,
-                                at::Tensor& indices) {
-  const at::ScalarType dtype = c10::CppTypeToScalarType<T>::value;
+at::Tensor distinct_unit_anchors(const at::Tensor& anchors, at::ScalarType dtype,
+                                 std::vector<int64_t>& column_anchor) {
   const int64_t K = anchors.size(0);
   const int64_t D = anchors.size(1);
-  const int64_t N = values.numel();
-
-  // Unit anchors (zero anchors stay zero: cosine 0); exact duplicates are searched once, and
-  // column j of the search stands for anchor column_anchor[j] (ascending), so ties still go to
-  // the smallest index.
   const at::Tensor a = anchors.to(dtype).contiguous();
   const T* a_data = a.data_ptr<T>();
   std::vector<T> unit(static_cast<size_t>(K * D));
@@ -83,7 +87,7 @@ void max_anchor_similarity_impl(const at::Tensor& embeddings, const at::Tensor& 
   }
   std::vector<int64_t> first(static_cast<size_t>(K));
   const int64_t distinct = core::first_identical_rows(unit.data(), K, D, first.data());
-  std::vector<int64_t> column_anchor;
+  column_anchor.clear();
   column_anchor.reserve(static_cast<size_t>(distinct));
   at::Tensor u = at::empty({distinct, D}, a.options());
   T* u_data = u.data_ptr<T>();
@@ -93,20 +97,80 @@ void max_anchor_similarity_impl(const at::Tensor& embeddings, const at::Tensor& 
       column_anchor.push_back(k);
     }
   }
+  return u;
+}
 
-  const core::Isa isa = cpu_isa();
-  core::AnchorPanels panels;  // empty unless the panel kernels are used
-  bool use_panels = false;
-  if constexpr (std::is_same<T, float>::value) {
-    if (isa != core::Isa::kNone && distinct <= max_panel_anchors(isa)) {
-      panels = core::AnchorPanels(isa, u_data, distinct, D);
-      use_panels = true;
+// Columns [first, first + count) of the distinct anchors; `panels` is empty on the BLAS route.
+struct AnchorTile {
+  int64_t first = 0;
+  int64_t count = 0;
+  core::AnchorPanels panels;
+};
+
+// The first maximum of each row so far, over the tiles already searched (NaN: none yet).
+template <typename T>
+struct RunningMax {
+  std::vector<T> value;
+  std::vector<int64_t> column;
+
+  explicit RunningMax(int64_t rows) : value(static_cast<size_t>(rows)), column(static_cast<size_t>(rows)) {}
+
+  void reset(int64_t rows) {
+    std::fill(value.begin(), value.begin() + rows, std::numeric_limits<T>::quiet_NaN());
+    std::fill(column.begin(), column.begin() + rows, int64_t{0});
+  }
+
+  // Fold in a tile's scores: a later tile wins only with a strictly larger value, and NaN never
+  // wins, exactly as core::first_argmax over the whole row.
+  void fold(const T* scores, int64_t rows, int64_t ld, int64_t first, int64_t count) {
+    for (int64_t r = 0; r < rows; ++r) {
+      const T* s_row = scores + r * ld;
+      const int64_t j = core::first_argmax(s_row, count);
+      const T v = s_row[j];
+      if (!std::isnan(v) && (std::isnan(value[r]) || v > value[r])) {
+        value[r] = v;
+        column[r] = first + j;
+      }
     }
   }
-  const at::Tensor u_t = u.t();  // [D, distinct]; BLAS reads it transposed, no copy
+};
+
+template <typename T>
+void max_anchor_similarity_impl(const at::Tensor& embeddings, const at::Tensor& anchors, at::Tensor& values,
+                                at::Tensor& indices) {
+  const at::ScalarType dtype = c10::CppTypeToScalarType<T>::value;
+  const int64_t D = anchors.size(1);
+  const int64_t N = values.numel();
+
+  std::vector<int64_t> column_anchor;
+  at::Tensor u = distinct_unit_anchors<T>(anchors, dtype, column_anchor);
+  const int64_t distinct = u.size(0);
+
+  const core::Isa isa = cpu_isa();
+  const bool use_panels = std::is_same<T, float>::value && isa != core::Isa::kNone &&
+                          distinct <= max_panel_anchors(isa);
+  const int64_t rows_per_block = block_rows(D, sizeof(T));
+  const int64_t per_tile = tile_anchors(rows_per_block, sizeof(T));
+  std::vector<AnchorTile> tiles;
+  int64_t tile_columns = 0;  // width of a score tile
+  for (int64_t first = 0; first < distinct; first += per_tile) {
+    AnchorTile tile;
+    tile.first = first;
+    tile.count = std::min(per_tile, distinct - first);
+    if constexpr (std::is_same<T, float>::value) {
+      if (use_panels) {
+        tile.panels = core::AnchorPanels(isa, u.data_ptr<float>() + first * D, tile.count, D);
+      }
+    }
+    tile_columns = std::max(tile_columns, use_panels ? tile.panels.columns : tile.count);
+    tiles.push_back(std::move(tile));
+  }
+  if (use_panels) {
+    u = at::Tensor();  // the panels hold their own copy
+  }
+  const at::Tensor u_t = use_panels ? at::Tensor() : u.t();  // [D, distinct]; BLAS reads it transposed
 
   const at::Tensor e = embeddings.reshape({N, D});  // a view unless the leading dims cannot be flattened
-  const int64_t rows_per_block = block_rows(D, std::max(distinct, panels.columns), sizeof(T));
   const int64_t n_blocks = (N + rows_per_block - 1) / rows_per_block;
   float* value_data = values.data_ptr<float>();
   int64_t* index_data = indices.data_ptr<int64_t>();
@@ -114,51 +178,52 @@ void max_anchor_similarity_impl(const at::Tensor& embeddings, const at::Tensor& 
 
   at::parallel_for(0, n_blocks, 1, [&](int64_t block_begin, int64_t block_end) {
     at::Tensor buffer;       // converted or compacted rows, [rows_per_block, D]
-    at::Tensor blas_scores;  // [rows_per_block, distinct]
-    std::vector<float> panel_scores(use_panels ? static_cast<size_t>(rows_per_block * panels.columns) : 0);
+    at::Tensor blas_scores;  // [rows_per_block, tile_columns]
+    std::vector<float> panel_scores(use_panels ? static_cast<size_t>(rows_per_block * tile_columns) : 0);
     std::vector<T> norms(static_cast<size_t>(rows_per_block));
+    RunningMax<T> best(rows_per_block);
     for (int64_t block = block_begin; block < block_end; ++block) {
       const int64_t r0 = block * rows_per_block;
       const int64_t rows = std::min(rows_per_block, N - r0);
       at::Tensor x = e.narrow(0, r0, rows);
       const bool row_major = same_dtype && (D == 1 || x.stride(1) == 1) && (rows == 1 || x.stride(0) >= D);
       // Transposed embeddings: BLAS reads them in place, cheaper than a transposing copy.
-      const bool column_major = same_dtype && !row_major && x.stride(0) == 1 && x.stride(1) >= rows;
+      const bool column_major = !use_panels && same_dtype && !row_major && x.stride(0) == 1 && x.stride(1) >= rows;
       if (!row_major && !column_major) {
         if (!buffer.defined()) {
-          buffer = at::empty({rows_per_block, D}, a.options());
+          buffer = at::empty({rows_per_block, D}, e.options().dtype(dtype));
         }
         at::Tensor converted = buffer.narrow(0, 0, rows);
         converted.copy_(x);
         x = converted;
       }
       const T* x_data = x.data_ptr<T>();
-      const T* s_data = nullptr;
-      int64_t s_columns = distinct;
-      bool done = false;
+      const int64_t ld = column_major ? x.stride(1) : (rows == 1 ? D : x.stride(0));
+      best.reset(rows);
       if constexpr (std::is_same<T, float>::value) {
-        if (use_panels && !column_major) {
-          const int64_t ld = rows == 1 ? D : x.stride(0);
+        if (use_panels) {
           // Norms first: their sequential pass streams the block into cache at full memory
           // bandwidth, and the strided passes of the dot kernels then hit the cache.
-          panels.squared_norms(x_data, rows, ld, norms.data());
-          // Prefetch this thread's next block (when it is read in place) under the arithmetic.
+          tiles.front().panels.squared_norms(x_data, rows, ld, norms.data());
+          // Prefetch this thread's next block (when it is read in place) under the first tile.
           const bool prefetch = row_major && block + 1 < block_end && r0 + 2 * rows_per_block <= N;
-          panels.dots(x_data, rows, ld, panel_scores.data(), panels.columns, prefetch ? rows_per_block * ld : 0);
-          s_data = panel_scores.data();
-          s_columns = panels.columns;
-          done = true;
+          for (const AnchorTile& tile : tiles) {
+            tile.panels.dots(x_data, rows, ld, panel_scores.data(), tile_columns,
+                             prefetch && &tile == &tiles.front() ? rows_per_block * ld : 0);
+            best.fold(panel_scores.data(), rows, tile_columns, tile.first, tile.count);
+          }
         }
       }
-      if (!done) {
+      if (!use_panels) {
         if (!blas_scores.defined()) {
-          blas_scores = at::empty({rows_per_block, distinct}, a.options());
+          blas_scores = at::empty({rows_per_block, tile_columns}, e.options().dtype(dtype));
         }
-        at::Tensor tile = blas_scores.narrow(0, 0, rows);
-        at::mm_out(tile, x, u_t);
-        s_data = tile.data_ptr<T>();
+        for (const AnchorTile& tile : tiles) {
+          at::Tensor scores = blas_scores.narrow(0, 0, rows).narrow(1, 0, tile.count);
+          at::mm_out(scores, x, u_t.narrow(1, tile.first, tile.count));
+          best.fold(scores.data_ptr<T>(), rows, scores.stride(0), tile.first, tile.count);
+        }
         if (column_major) {
-          const int64_t ld = x.stride(1);
           std::fill(norms.begin(), norms.begin() + rows, T(0));
           for (int64_t d = 0; d < D; ++d) {
             const T* column = x_data + d * ld;
@@ -167,25 +232,24 @@ void max_anchor_similarity_impl(const at::Tensor& embeddings, const at::Tensor& 
             }
           }
         } else {
-          const int64_t ld = rows == 1 ? D : x.stride(0);
           for (int64_t r = 0; r < rows; ++r) {
             norms[r] = core::squared_norm(x_data + r * ld, D);
           }
         }
       }
       for (int64_t r = 0; r < rows; ++r) {
-        const T* s_row = s_data + r * s_columns;
-        const int64_t j = core::first_argmax(s_row, distinct);
+        const T dot = best.value[r];  // NaN when every score is NaN, as the row's first score
+        const int64_t j = best.column[r];
         double norm2 = static_cast<double>(norms[r]);
         if (core::squared_norm_out_of_range(norms[r])) {  // rare: measured again in double
-          const int64_t row_step = column_major ? 1 : (rows == 1 ? D : x.stride(0));
-          const int64_t step = column_major ? x.stride(1) : 1;
+          const int64_t row_step = column_major ? 1 : ld;
+          const int64_t step = column_major ? ld : 1;
           norm2 = core::squared_norm_double(x_data + r * row_step, D, step);
         }
         float value;
         int64_t index;
         if (norm2 > 0) {
-          value = static_cast<float>(static_cast<double>(s_row[j]) / std::sqrt(norm2));
+          value = static_cast<float>(static_cast<double>(dot) / std::sqrt(norm2));
           index = column_anchor[j];
         } else if (norm2 == 0) {
           value = 0.0f;  // zero vector: similarity 0 to every anchor
