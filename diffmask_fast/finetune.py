@@ -26,6 +26,7 @@ import random
 import sys
 import tempfile
 import time
+import zlib
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -103,7 +104,7 @@ def load_labeled(path: str | os.PathLike, text_field: str = "text",
                                      f" but the label on line {label_kind[1]} is not: use one kind throughout")
                 texts.append(text)
                 labels.append(label)
-    except (UnicodeDecodeError, EOFError, gzip.BadGzipFile) as error:
+    except (UnicodeDecodeError, EOFError, gzip.BadGzipFile, zlib.error) as error:
         raise ValueError(f"{str(path)!r} is not a readable UTF-8 JSON-lines file: {error}") from error
     if not texts:
         raise ValueError(f"labelled data file {str(path)!r} has no examples")
@@ -247,14 +248,38 @@ class FinetuneReport:
 
 
 def _load_classifier(model: str, id2label: dict[int, Any], label2id: dict[Any, int]):
+    """``model`` with a classification head drawn under the current seed, also where the
+    checkpoint has a head of its own (a fine-tuned model, perhaps for other labels)."""
     from transformers import AutoModelForSequenceClassification
 
     try:
         with quiet_transformers():
-            return AutoModelForSequenceClassification.from_pretrained(
-                model, num_labels=len(id2label), id2label=id2label, label2id=label2id)
-    except (OSError, ValueError, KeyError) as error:
+            classifier, loading = AutoModelForSequenceClassification.from_pretrained(
+                model, num_labels=len(id2label), id2label=id2label, label2id=label2id,
+                ignore_mismatched_sizes=True, output_loading_info=True)
+    except (OSError, ValueError, KeyError, RuntimeError) as error:
         raise ValueError(f"cannot load {model!r} for sequence classification: {error}") from error
+    fresh = set(loading.get("missing_keys", ())) | {key[0] for key in loading.get("mismatched_keys", ())}
+    _redraw_loaded_head(classifier, fresh)
+    return classifier
+
+
+def _redraw_loaded_head(classifier, fresh: set[str]) -> None:
+    """Draw again every head module (a child of the model beside its encoder) whose weights came
+    from the checkpoint: seeds must start from heads of their own, and an old head may have
+    ordered its labels differently. The new weights come from a model built from the config,
+    with the architecture's own initialization."""
+    from transformers import AutoModelForSequenceClassification
+
+    base = getattr(classifier, "base_model", None)
+    loaded = [name for name, module in classifier.named_children()
+              if module is not base and any(f"{name}.{key}" not in fresh for key, _ in module.named_parameters())]
+    if not loaded:
+        return
+    with quiet_transformers():
+        drawn = AutoModelForSequenceClassification.from_config(classifier.config)
+    for name in loaded:
+        getattr(classifier, name).load_state_dict(getattr(drawn, name).state_dict())
 
 
 def _make_keep_best_callback():
@@ -303,6 +328,8 @@ def _check_options(seeds, epochs, learning_rate, batch_size, max_length, weight_
         raise ValueError("give at least one seed")
     if any(isinstance(s, bool) or not isinstance(s, int) for s in seeds):
         raise ValueError(f"seeds must be integers, got {seeds!r}")
+    if any(not 0 <= s < 2**32 for s in seeds):
+        raise ValueError(f"seeds must be in [0, 2**32), got {seeds!r}")
     if len(set(seeds)) != len(seeds):
         raise ValueError(f"seeds repeat: {seeds!r}")
     for name, value in (("epochs", epochs), ("batch_size", batch_size), ("max_length", max_length)):
@@ -360,8 +387,9 @@ def finetune(model: str | os.PathLike, train: str | os.PathLike, dev: str | os.P
     ``"complete": false`` and how many of the requested seeds it holds. The path is checked before
     any data is read, and ``device`` and ``max_length`` (against the model's position limit)
     before any training. With ``resume``, the seeds an earlier run of the same model, data and
-    settings saved at ``report_path`` are kept and only the others run; without it, the report of
-    an interrupted run there is refused rather than overwritten.
+    settings saved at ``report_path`` are kept and only the others run; seeds it holds that
+    ``seeds`` leaves out stay in the report and its summary. Without it, the report of an
+    interrupted run there is refused rather than overwritten.
 
     ``on_seed_done`` is called with each seed's result as it finishes; by default a line saying it
     goes to stderr when ``progress`` is on.
@@ -419,6 +447,9 @@ def finetune(model: str | os.PathLike, train: str | os.PathLike, dev: str | os.P
 
     on_cpu = wanted_device is not None and wanted_device.type == "cpu"
     finished = _finished_seeds(report_path, model, label_names, config) if resume else {}
+    # Seeds saved earlier stay in the report even when not asked for again.
+    seeds = [seed for seed in finished if seed not in seeds] + seeds
+    config["seeds"] = seeds
     results: list[SeedResult] = []
     length_checked = False
     with contextlib.ExitStack() as stack:
@@ -502,8 +533,8 @@ def _refuse_unfinished(report_path: Path) -> None:
 
 
 def _finished_seeds(report_path: Path, model: str, labels: list[str], config: dict) -> dict[int, SeedResult]:
-    """The results an earlier run saved at ``report_path`` for the seeds asked for now, refused when
-    that run fine-tuned another model or used other data or settings."""
+    """The results an earlier run saved at ``report_path``, by seed in the order it ran them;
+    refused when that run fine-tuned another model or used other data or settings."""
     if not report_path.is_file():
         return {}
     earlier = FinetuneReport.load(report_path)
@@ -515,7 +546,7 @@ def _finished_seeds(report_path: Path, model: str, labels: list[str], config: di
     if changed:
         raise ValueError(f"cannot resume from {str(report_path)!r}: the run that saved it differs in "
                          f"{', '.join(changed)}")
-    return {result.seed: result for result in earlier.results if result.seed in config["seeds"]}
+    return {result.seed: result for result in earlier.results}
 
 
 # -------------------------------------------------------------------------------------- command line
@@ -551,8 +582,8 @@ def add_finetune_command(commands):
     parser.add_argument("--output", "-o", type=Path, default=None,
                         help="save the report as JSON here, updated after each seed")
     parser.add_argument("--resume", action="store_true",
-                        help="keep the seeds an interrupted run with the same model, data and settings saved in "
-                             "-o's report, and run only the others")
+                        help="keep the seeds an earlier run with the same model, data and settings saved in "
+                             "-o's report (also seeds not given now), and run only the others")
     parser.add_argument("--no-progress", action="store_true", help="do not show progress bars")
     return parser
 

@@ -145,6 +145,16 @@ def test_load_labeled_errors(tmp_path, lines, message):
     assert "bad.jsonl" in str(error.value)
 
 
+def test_load_labeled_corrupt_gzip(tmp_path):
+    data = bytearray(gzip.compress("".join(json.dumps({"text": f"text {i}", "label": "x"}) + "\n"
+                                           for i in range(200)).encode()))
+    data[30:60] = bytes(byte ^ 0xFF for byte in data[30:60])  # a damaged stream, not a bad header
+    path = tmp_path / "damaged.jsonl.gz"
+    path.write_bytes(bytes(data))
+    with pytest.raises(ValueError, match="damaged.jsonl.gz' is not a readable"):
+        load_labeled(path)
+
+
 def test_load_labeled_missing_file(tmp_path):
     with pytest.raises(FileNotFoundError, match="nothing.jsonl"):
         load_labeled(tmp_path / "nothing.jsonl")
@@ -274,6 +284,7 @@ def test_finetune_rejects_unseen_labels(model_dir, task, tmp_path):
 
 def test_finetune_rejects_bad_options(model_dir, task, tmp_path):
     for options, message in (({"seeds": ()}, "at least one seed"), ({"seeds": (1, 1)}, "repeat"),
+                             ({"seeds": (1, -5)}, r"in \[0, 2\*\*32\)"), ({"seeds": (2**32,)}, r"in \[0, 2\*\*32\)"),
                              ({"epochs": 0}, "epochs"), ({"warmup_ratio": 1.0}, "warmup_ratio"),
                              ({"max_train_examples": 0}, "max_train_examples")):
         with pytest.raises(ValueError, match=message):
@@ -336,8 +347,44 @@ def test_finetune_saves_the_report_after_each_seed(model_dir, task, tmp_path, mo
     assert len(calls) == 2 and resumed.seeds == [7, 8, 9] and resumed.complete
     assert finished == resumed.results[1:]
     assert resumed.results[0] == partial.results[0]
+    # Resuming with other seeds runs those and keeps every seed the report holds.
+    calls.clear()
+    extended = finetune(model_dir, task["train"], task["dev"], seeds=(10,), report_path=path, resume=True, **_FAST)
+    assert len(calls) == 1 and extended.seeds == [7, 8, 9, 10] and extended.complete
+    assert extended.results[:3] == resumed.results
+    saved = FinetuneReport.load(path)
+    assert saved.seeds == [7, 8, 9, 10] and saved.seeds_requested == [7, 8, 9, 10] and saved.complete
     with pytest.raises(ValueError, match="resuming needs the report path"):
         finetune(model_dir, task["train"], task["dev"], resume=True, **_FAST)
+
+
+def test_a_checkpoint_with_a_classification_head_gets_a_new_one_per_seed(model_dir, tmp_path, seed):
+    """A fine-tuned checkpoint's head (for these labels or others) is not reused: each seed draws
+    its own, reproducibly, over the checkpoint's encoder."""
+    import torch
+    from transformers import AutoModelForSequenceClassification
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        tuned = AutoModelForSequenceClassification.from_pretrained(model_dir, num_labels=3)
+    tuned.save_pretrained(tmp_path / "tuned")
+    labels = {3: dict(enumerate("abc")), 5: dict(enumerate("abcde"))}
+    heads = {}
+    for count, id2label in labels.items():
+        for run_seed in (1, 2, 1):
+            torch.manual_seed(run_seed)
+            model = finetune_module._load_classifier(str(tmp_path / "tuned"), id2label,
+                                                     {v: k for k, v in id2label.items()})
+            assert model.classifier.weight.shape[0] == count
+            assert torch.equal(model.bert.encoder.layer[0].attention.self.query.weight,
+                               tuned.bert.encoder.layer[0].attention.self.query.weight)
+            weight = model.classifier.weight.detach()
+            if count == 3:
+                assert not torch.equal(weight, tuned.classifier.weight), f"seed={seed}: the old head was kept"
+            if (count, run_seed) in heads:
+                assert torch.equal(weight, heads[count, run_seed]), "the same seed drew another head"
+            heads[count, run_seed] = weight
+        assert not torch.equal(heads[count, 1], heads[count, 2]), "two seeds drew the same head"
 
 
 def test_finetune_checks_the_report_path_before_anything_else(model_dir, task, tmp_path):
