@@ -69,12 +69,21 @@ def _encoded_words(collator: DifferenceMaskingCollator, texts: Sequence[str], ma
     return rows
 
 
+def _padding_offsets(collator: DifferenceMaskingCollator, rows, length: int) -> list[int]:
+    """Where each row's first token sits in a batch padded to ``length``: after the padding when
+    the tokenizer pads on the left, as the collator does."""
+    left = getattr(collator.tokenizer, "padding_side", "right") == "left"
+    return [length - len(ids) if left else 0 for ids, _, _ in rows]
+
+
 def preview(collator: DifferenceMaskingCollator, texts: Sequence[str], max_length: int = 128) -> list[list[PreviewWord]]:
     """Mask ``texts`` with ``collator`` once and report, word by word, score and whether it was masked."""
     rows = _encoded_words(collator, texts, max_length)
-    labels = collator([{"input_ids": ids} for ids, _, _ in rows])["labels"]
+    labels = torch.as_tensor(collator([{"input_ids": ids} for ids, _, _ in rows])["labels"])
+    offsets = _padding_offsets(collator, rows, labels.shape[1])
     return [
-        [PreviewWord(word, collator.scores.score(word), any(int(labels[row, i]) != -100 for i in group),
+        [PreviewWord(word, collator.scores.score(word),
+                     any(int(labels[row, offsets[row] + i]) != -100 for i in group),
                      collator.scores.nearest_anchor_of(word))
          for word, group in zip(words, groups)]
         for row, (_, groups, words) in enumerate(rows)
@@ -104,8 +113,11 @@ def masking_rates(collator: DifferenceMaskingCollator, texts: Sequence[str], dra
     occurrences = torch.bincount(types, minlength=len(word_types))
     masked = torch.zeros(len(word_types), dtype=torch.long)
     examples = [{"input_ids": ids} for ids, _, _ in rows]
-    for _ in range(draws):
+    for draw in range(draws):
         labels = torch.as_tensor(collator(examples)["labels"])  # the collator may return numpy
+        if draw == 0:
+            offsets = torch.tensor(_padding_offsets(collator, rows, labels.shape[1]))
+            index = (index[0], index[1] + offsets[index[0]])
         masked += torch.bincount(types, weights=(labels[index] != -100).double(), minlength=len(word_types)).long()
     rates = [
         WordMaskingRate(word, collator.scores.score(word), int(occurrences[t]), int(masked[t]), draws,

@@ -3,6 +3,7 @@ drawn from it (``plots.plot_masking_rates``)."""
 
 from __future__ import annotations
 
+import copy
 import math
 import random
 
@@ -10,7 +11,7 @@ import pytest
 
 from diffmask_fast.collator import DifferenceMaskingCollator
 from diffmask_fast.plots import plot_masking_rates
-from diffmask_fast.preview import masking_rates, sample_documents
+from diffmask_fast.preview import masking_rates, preview, sample_documents
 from diffmask_fast.scoring import ScoreTable
 
 FILLER = ["the", "protein", "binds", "its", "ligand", "in", "cells", "with", "high", "affinity", "and", "no", "activity"]
@@ -29,12 +30,14 @@ def sentences(seed: int, rows: int, with_word: str | None = None) -> list[str]:
     return texts
 
 
+@pytest.mark.parametrize("padding_side", ["right", "left"])
 @pytest.mark.parametrize("tokenizer_name, return_tensors", [("bert_wordpiece", "pt"), ("roberta_byte_bpe", "np")])
-def test_the_only_positive_word_is_masked_in_every_draw(request, tokenizer_name, seed, return_tensors):
+def test_the_only_positive_word_is_masked_in_every_draw(request, tokenizer_name, seed, return_tensors, padding_side):
     # >= 6 words a row: a budget of at least one word. RoBERTa keeps case: "Kinase" and "kinase,"
-    # are one word of the table.
+    # are one word of the table. Rows differ in length, so left padding moves them.
     texts = sentences(seed, 12, with_word="kinase")
-    tokenizer = request.getfixturevalue(tokenizer_name)
+    tokenizer = copy.deepcopy(request.getfixturevalue(tokenizer_name))
+    tokenizer.padding_side = padding_side
     collator = DifferenceMaskingCollator(tokenizer, ScoreTable.from_mapping({"kinase": 1.0}), seed=seed,
                                          return_tensors=return_tensors)
     rates = masking_rates(collator, texts, draws=30)
@@ -42,6 +45,9 @@ def test_the_only_positive_word_is_masked_in_every_draw(request, tokenizer_name,
     assert rates[0].occurrences == 12 and rates[0].masked == 12 * 30 and rates[0].draws == 30
     assert all(r.rate < 1.0 and r.score == 0.0 for r in rates[1:]), f"seed={seed}"
     assert [r.rate for r in rates] == sorted((r.rate for r in rates), reverse=True)
+    for row in preview(collator, texts):  # one draw, shown word by word
+        assert [w.text.strip(",").lower() for w in row if w.masked].count("kinase") == 1, f"seed={seed} {row}"
+        assert all(w.score == 0.0 for w in row if w.text.strip(",").lower() != "kinase")
 
 
 def test_words_scored_alike_are_masked_at_the_budget_rate(bert_wordpiece, seed):
