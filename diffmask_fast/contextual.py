@@ -9,8 +9,10 @@ word of that occurrence.
 
 Occurrences are found as the collator finds words (DESIGN.md §2: maximal runs of tokens the
 tokenizer marks as one word, special tokens excluded), decoded and normalized, and compared
-with the normalized anchor words. At most ``max_occurrences_per_anchor`` occurrences are kept per
-anchor, a uniform sample of all of them (reservoir sampling, seeded).
+with each anchor as the same tokenizer reads it: an uncased model reads "naïve" as "naive", and
+BERT reads "t-cell" as the three words "t", "-", "cell", which then match as a run of adjacent
+words. At most ``max_occurrences_per_anchor`` occurrences are kept per anchor, a uniform sample of
+all of them (reservoir sampling, seeded).
 
 Contextual vectors are means of sub-token hidden states, so they compare with word vectors of
 the same kind: use them with ``pooling="mean"`` (the pooled [CLS] output of a word alone lives
@@ -20,6 +22,7 @@ elsewhere, and input embeddings do not depend on context at all).
 from __future__ import annotations
 
 import random
+import warnings
 from dataclasses import dataclass
 from typing import Iterable, Sequence
 
@@ -28,6 +31,8 @@ import torch
 from tqdm.auto import tqdm
 
 from . import reference
+from .advice import DiffmaskWarning
+from .embedding import has_lone_surrogate
 from .tokenization import WordGrouper, decode_words
 
 
@@ -55,36 +60,71 @@ class ContextualAnchors:
         return dict(zip(self.words, counts.tolist()))
 
 
+def _word_key(word: str, lowercase: bool) -> str:
+    """How a decoded word is compared: normalized (a word of punctuation stays as it is)."""
+    return reference.normalize_word(word.strip(), lowercase)
+
+
+def anchor_readings(tokenizer, anchor_words: Sequence[str], *, lowercase: bool = True,
+                    scheme: str | None = None) -> list[tuple[str, ...]]:
+    """Each anchor as the words ``tokenizer`` reads in it, normalized: ``("naive",)`` for "naïve"
+    with an uncased model, ``("t", "-", "cell")`` for "t-cell" with BERT; empty when it reads
+    nothing (or the anchor is not valid Unicode text)."""
+    grouper = WordGrouper.for_tokenizer(tokenizer, scheme)
+    readable = [i for i, word in enumerate(anchor_words) if word.strip() and not has_lone_surrogate(word)]
+    readings: list[tuple[str, ...]] = [()] * len(anchor_words)
+    if not readable:
+        return readings
+    encoded = tokenizer([anchor_words[i] for i in readable], add_special_tokens=False)["input_ids"]
+    for i, ids in zip(readable, encoded):
+        words = decode_words(tokenizer, [[ids[j] for j in group] for group in grouper(ids)])
+        readings[i] = tuple(key for key in (_word_key(word, lowercase) for word in words) if key)
+    return readings
+
+
 def find_occurrences(tokenizer, texts: Iterable[str], anchor_words: Sequence[str], *, max_per_anchor: int,
                      max_length: int = 256, lowercase: bool = True, seed: int = 0, chunk: int = 512,
                      scheme: str | None = None) -> list[list[tuple[str, int, int]]]:
     """Per anchor, a uniform sample of at most ``max_per_anchor`` occurrences as
-    (text, first token, end token) in the tokenization with special tokens and truncation."""
+    (text, first token, end token) in the tokenization with special tokens and truncation.
+
+    An anchor occurs where the words of a text, as the tokenizer groups and decodes them, read as
+    the anchor does (``anchor_readings``); an anchor of several such words matches them only
+    adjacent, with no special token between. Anchors read alike all go to the first of them."""
     grouper = WordGrouper.for_tokenizer(tokenizer, scheme)
-    wanted = {reference.normalize_word(w, lowercase): i for i, w in enumerate(anchor_words)}
+    patterns: dict[tuple[str, ...], int] = {}
+    for anchor, reading in enumerate(anchor_readings(tokenizer, anchor_words, lowercase=lowercase, scheme=scheme)):
+        if reading:
+            patterns.setdefault(reading, anchor)
+    lengths = sorted({len(reading) for reading in patterns})
     rng = random.Random(seed)
     seen = [0] * len(anchor_words)
     kept: list[list[tuple[str, int, int]]] = [[] for _ in anchor_words]
 
+    def keep(anchor: int, occurrence: tuple[str, int, int]) -> None:
+        seen[anchor] += 1
+        if len(kept[anchor]) < max_per_anchor:
+            kept[anchor].append(occurrence)
+        else:
+            slot = rng.randrange(seen[anchor])
+            if slot < max_per_anchor:
+                kept[anchor][slot] = occurrence
+
     def consume(batch: list[str]) -> None:
         encoded = tokenizer(batch, add_special_tokens=True, truncation=True, max_length=max_length)["input_ids"]
-        spans, id_lists, owners = [], [], []
-        for text, ids in zip(batch, encoded):
-            for group in grouper(ids):
-                spans.append((group[0], group[-1] + 1))
-                id_lists.append([ids[i] for i in group])
-                owners.append(text)
-        for word, text, (start, end) in zip(decode_words(tokenizer, id_lists), owners, spans):
-            anchor = wanted.get(reference.normalize_word(word, lowercase)) if word else None
-            if anchor is None:
-                continue
-            seen[anchor] += 1
-            if len(kept[anchor]) < max_per_anchor:
-                kept[anchor].append((text, start, end))
-            else:
-                slot = rng.randrange(seen[anchor])
-                if slot < max_per_anchor:
-                    kept[anchor][slot] = (text, start, end)
+        documents = [(text, ids, grouper(ids)) for text, ids in zip(batch, encoded)]
+        decoded = iter(decode_words(tokenizer, [[ids[i] for i in group] for _, ids, groups in documents
+                                                for group in groups]))
+        for text, _, groups in documents:
+            keys = [_word_key(next(decoded), lowercase) for _ in groups]
+            for first in range(len(keys)):
+                for length in lengths:
+                    last = first + length - 1
+                    if last >= len(keys):
+                        break
+                    anchor = patterns.get(tuple(keys[first:last + 1]))
+                    if anchor is not None and all(groups[w][-1] + 1 == groups[w + 1][0] for w in range(first, last)):
+                        keep(anchor, (text, groups[first][0], groups[last][-1] + 1))
 
     batch: list[str] = []
     for text in texts:
@@ -105,12 +145,17 @@ def contextual_anchor_vectors(embedder, texts: Iterable[str], anchor_words: Sequ
 
     Each vector is the mean of the last hidden states of the word's sub-tokens, computed by
     ``embedder``'s model on the document (truncated to ``max_length`` tokens) with its device and
-    dtype. Anchors that never occur get no vectors (see ``ContextualAnchors.occurrences``);
-    when none occurs at all, ValueError.
+    dtype. Anchors keep the words given (``find_occurrences`` says how they are matched). Anchors
+    that never occur get no vectors (see ``ContextualAnchors.occurrences``) and are named in a
+    warning; when none occurs at all, ValueError.
     """
     if max_occurrences_per_anchor < 1:
         raise ValueError(f"max_occurrences_per_anchor must be positive, got {max_occurrences_per_anchor}")
-    words = tuple(reference.normalize_word(w, lowercase) for w in anchor_words)
+    if isinstance(anchor_words, (str, bytes)):
+        raise TypeError(f"anchor_words must be a list of words, not one string ({anchor_words!r})")
+    if isinstance(texts, (str, bytes)):
+        raise TypeError("texts must be an iterable of documents, not one string")
+    words = tuple(str(w) for w in anchor_words)
     if not words:
         raise ValueError("contextual anchors need at least one anchor word")
     tokenizer, model = embedder.tokenizer, embedder.model
@@ -121,8 +166,17 @@ def contextual_anchor_vectors(embedder, texts: Iterable[str], anchor_words: Sequ
         for text, start, end in occurrences:
             by_text.setdefault(text, []).append((anchor, start, end))
     total = sum(len(o) for o in kept)
-    if total == 0:
-        raise ValueError(f"none of the {len(words)} anchor words occurs in the texts")
+    missing = [i for i, occurrences in enumerate(kept) if not occurrences]
+    if missing:
+        readings = anchor_readings(tokenizer, [words[i] for i in missing], lowercase=lowercase)
+        shown = ", ".join(f"{words[i]!r} (read as {' '.join(reading) or 'nothing'!r})"
+                          for i, reading in list(zip(missing, readings))[:5])
+        if total == 0:
+            raise ValueError(f"none of the {len(words)} anchor words occurs in the texts as the embedding model's "
+                             f"tokenizer reads them: {shown}")
+        warnings.warn(f"{len(missing)} of the {len(words)} anchor words never occur in the texts as the embedding "
+                      f"model's tokenizer reads them, or read like an earlier anchor, and get no vectors: {shown}",
+                      DiffmaskWarning, stacklevel=2)
     documents = list(by_text)
     encoded = tokenizer(documents, add_special_tokens=True, truncation=True, max_length=max_length)["input_ids"]
     order = sorted(range(len(documents)), key=lambda i: len(encoded[i]))

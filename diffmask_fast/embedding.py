@@ -310,6 +310,8 @@ class WordEmbedder:
         then added to it. ``progress``: ``None`` follows ``self.progress``, a bool turns the bar
         on or off, and a tqdm bar is advanced instead of drawing a new one.
         """
+        if isinstance(words, (str, bytes)):
+            raise TypeError(f"words must be a list of words, not one string ({words!r}: wrap it in a list)")
         words = list(words)
         if not words:
             return torch.zeros(0, self.dimension)

@@ -246,7 +246,8 @@ class ScoreTable:
         np.cumsum(np.fromiter(map(len, encoded), dtype=np.int64, count=len(encoded)), out=offsets[1:])
         meta = {"format": BINARY_SCORES_FORMAT, "count": len(self._words), **self._meta()}
         buffer = io.BytesIO()
-        np.savez(buffer, meta=np.frombuffer(json.dumps(meta, ensure_ascii=False).encode("utf-8"), dtype=np.uint8),
+        # ASCII escapes: an anchor holding a lone surrogate (broken text) survives the round trip.
+        np.savez(buffer, meta=np.frombuffer(json.dumps(meta).encode("ascii"), dtype=np.uint8),
                  words=np.frombuffer(b"".join(encoded), dtype=np.uint8), offsets=offsets,
                  scores=self.values, nearest=self.nearest)
         atomic_write_bytes(path, buffer.getvalue())
@@ -498,6 +499,8 @@ class WordScorer:
 
     def score(self, words: Iterable[str], lowercase: bool = True, progress: bool | None = None) -> ScoreTable:
         """A ScoreTable for the given words (normalized and deduplicated first)."""
+        if isinstance(words, (str, bytes)):
+            raise TypeError(f"words must be an iterable of words, not one string ({words!r}: wrap it in a list)")
         keys = _encodable(normalize_words(words, lowercase))
         if not keys:
             raise ValueError("no words to score: the vocabulary is empty")

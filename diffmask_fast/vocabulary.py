@@ -28,6 +28,8 @@ def _words_of_batch(tokenizer, texts: list[str], grouper: WordGrouper) -> list[s
 
 def tokenizer_word_types(tokenizer, texts: Iterable[str], lowercase: bool = True, scheme: str | None = None) -> set[str]:
     """Normalized word types of ``texts`` as the collator will see them, for scoring."""
+    if isinstance(texts, (str, bytes)):
+        raise TypeError("texts must be an iterable of documents, not one string (wrap it in a list)")
     grouper = WordGrouper.for_tokenizer(tokenizer, scheme)
     types: set[str] = set()
     texts = iter(texts)

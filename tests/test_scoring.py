@@ -3,6 +3,7 @@
 import math
 import random
 import warnings
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -89,6 +90,24 @@ def test_embedder_errors(tiny_bert):
     assert embedder.embed([]).shape == (0, 24)
     with pytest.raises(ValueError, match="non-empty strings"):
         embedder.embed(["ok", ""])
+
+
+def test_one_string_is_not_taken_for_a_list_of_its_characters(tiny_bert):
+    from diffmask_fast.contextual import contextual_anchor_vectors
+    from diffmask_fast.vocabulary import tokenizer_word_types
+
+    model, tokenizer = tiny_bert
+    embedder = WordEmbedder(model, tokenizer, pooling="mean", progress=False)
+    with pytest.raises(TypeError, match="not one string"):
+        embedder.embed("enzyme")
+    with pytest.raises(TypeError, match="not one string"):
+        WordScorer(embedder, ["enzyme"]).score("phosphorylation")
+    with pytest.raises(TypeError, match="not one string"):
+        tokenizer_word_types(tokenizer, "the enzyme binds")
+    with pytest.raises(TypeError, match="not one string"):
+        contextual_anchor_vectors(embedder, "the enzyme binds", ["enzyme"])
+    with pytest.raises(TypeError, match="not one string"):
+        contextual_anchor_vectors(embedder, ["the enzyme binds"], "enzyme")
 
 
 @pytest.mark.parametrize("similarity", ["centroid", "mean"])
@@ -305,7 +324,8 @@ def random_table(n, rng):
     words |= {"new york", "tab\there", "nul\x00byte", "\u00e9t\u00e9"}
     scores = {w: rng.uniform(-0.3, 1.0) for w in words}
     nearest = {w: rng.randrange(-1, 5) for w in words}
-    return ScoreTable(scores, anchors=("enzyme", "receptor", "kinase", "ligand", "binding"),
+    # One anchor is broken text (a lone surrogate), which hand-made anchor lists can hold.
+    return ScoreTable(scores, anchors=("enzyme", "receptor", "kinase", "ligand\ud83d", "binding"),
                       nearest_anchor={w: i for w, i in nearest.items() if i >= 0}, similarity="max",
                       unknown_score=rng.uniform(0, 0.1), info={"model": "test"})
 
@@ -387,8 +407,10 @@ def test_contextual_anchor_vectors_are_word_states_in_context(tiny_bert, shared_
     anchors = ["receptor", "Inhibitor", "zzqxneverzzqx"]
     embedder = WordEmbedder(model, tokenizer, pooling="mean", progress=False)
     sample_seed = rng.randrange(1000)
-    contextual = contextual_anchor_vectors(embedder, texts, anchors, max_occurrences_per_anchor=6, seed=sample_seed)
-    assert contextual.words == ("receptor", "inhibitor", "zzqxneverzzqx")
+    with pytest.warns(DiffmaskWarning, match=r"1 of the 3 anchor words never occur .*'zzqxneverzzqx'"):
+        contextual = contextual_anchor_vectors(embedder, texts, anchors, max_occurrences_per_anchor=6,
+                                               seed=sample_seed)
+    assert contextual.words == ("receptor", "Inhibitor", "zzqxneverzzqx")  # as given: a table names them so
     occurrences = contextual.occurrences
     assert 0 < occurrences["receptor"] <= 6 and occurrences["zzqxneverzzqx"] == 0
     kept = find_occurrences(tokenizer, texts, contextual.words, max_per_anchor=6, seed=sample_seed, max_length=256)
@@ -397,12 +419,45 @@ def test_contextual_anchor_vectors_are_word_states_in_context(tiny_bert, shared_
         assert len(rows) == len(found)
         for text, begin, end in found:
             encoded = tokenizer(text, truncation=True, max_length=256, return_tensors="pt")
-            assert reference.normalize_word(tokenizer.decode(encoded["input_ids"][0, begin:end])) == contextual.words[anchor]
+            assert reference.normalize_word(tokenizer.decode(encoded["input_ids"][0, begin:end])) == \
+                reference.normalize_word(contextual.words[anchor])
             with torch.no_grad():
                 expected = model(**encoded).last_hidden_state[0, begin:end].mean(0)
             assert torch.isclose(rows, expected, atol=1e-4).all(dim=1).any(), "each occurrence has its vector"
     with pytest.raises(ValueError, match="none of the 1 anchor words occurs"):
         contextual_anchor_vectors(embedder, texts, ["zzqxneverzzqx"])
+
+
+def test_contextual_anchors_are_found_as_the_model_reads_them(minilm_tokenizer):
+    """An uncased model reads "naïve" as "naive", and BERT splits "t-cell" into three words: the
+    anchors still match those words, adjacent, and keep their given spelling."""
+    from diffmask_fast.contextual import anchor_readings, find_occurrences
+
+    texts = ["Naïve T-cell receptors bind.", "the naive t - cell binds", "t [SEP] cell is no T-cell here: t cell"]
+    anchors = ["naïve", "T-cell", "Naive", "receptors"]
+    assert anchor_readings(minilm_tokenizer, anchors) == [("naive",), ("t", "-", "cell"), ("naive",), ("receptors",)]
+    naive, t_cell, naive_again, receptors = find_occurrences(minilm_tokenizer, texts, anchors, max_per_anchor=10)
+    assert [(text[:5], end - start) for text, start, end in naive] == [("Naïve", 1), ("the n", 1)]
+    assert [text[:5] for text, _, _ in t_cell] == ["Naïve", "the n", "t [SE"]  # never across [SEP]
+    assert naive_again == [], "anchors read alike go to the first"
+    assert len(receptors) == 1
+
+
+def test_contextual_scoring_keeps_the_anchors_as_given(tiny_bert, tmp_path):
+    """A table scored against contextual anchors names them as given, so it loads again with the
+    same anchors file (it used to name them normalized and be refused)."""
+    from diffmask_fast.scoring import load_scores_for
+
+    model, tokenizer = tiny_bert
+    embedder = WordEmbedder(model, tokenizer, pooling="mean", progress=False)
+    texts = ["the Receptor binds the kinase", "a receptor and a kinase"]
+    scorer = WordScorer.with_contextual_anchors(embedder, ["Receptor", "kinase"], texts)
+    assert scorer.contextual_anchors.occurrences == {"Receptor": 2, "kinase": 2}
+    table = scorer.score(["receptor", "binds"])
+    assert table.anchors == ("Receptor", "kinase")
+    table.save(tmp_path / "scores.npz")
+    loaded = load_scores_for(tmp_path / "scores.npz", SimpleNamespace(words=["Receptor", "kinase"]), "anchors.json")
+    assert loaded.anchors == ("Receptor", "kinase")
 
 
 def test_scoring_against_contextual_anchors(shared_data_dir, minilm):
