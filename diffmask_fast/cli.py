@@ -34,7 +34,7 @@ def _add_masking_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--html", type=Path, default=None, help="also write the preview as an HTML page here")
     parser.add_argument("--plot", type=Path, default=None,
                         help=f"also draw how often each word is masked, over {PLOT_DRAWS} draws of up to "
-                             f"{PLOT_TEXTS} sentences, against its score (PNG)")
+                             f"{PLOT_TEXTS} sentences, against its score (PNG, or PDF or SVG by the suffix)")
 
 
 def _add_mining_options(parser: argparse.ArgumentParser) -> None:
@@ -156,6 +156,10 @@ def _check_outputs(args, *names: str) -> None:
         path = getattr(args, name, None)
         if path is not None:
             check_writable(path, "--" + name.replace("_", "-"))
+            if name == "plot":
+                from .plots import image_format
+
+                image_format(path)
 
 
 def _check_score_settings(args) -> None:

@@ -64,6 +64,10 @@ class CorruptSegment(Exception):
     pass
 
 
+class UnreadableSegment(CorruptSegment):
+    """A segment this process may not read (permissions of a shared cache): skipped, not deleted."""
+
+
 class _Segment:
     """One committed segment: its words, and its vectors mapped from disk once verified."""
 
@@ -72,6 +76,8 @@ class _Segment:
         self.vectors_path = meta_path.with_suffix(".npy")
         try:
             meta = json.loads(meta_path.read_text(encoding="utf-8"))
+        except PermissionError as error:
+            raise UnreadableSegment(f"cannot read {meta_path}: {error}") from error
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
             raise CorruptSegment(f"cannot read {meta_path}: {error}") from error
         if not isinstance(meta, dict) or meta.get("format") != CACHE_FORMAT:
@@ -95,6 +101,8 @@ class _Segment:
                 if _file_sha256(self.vectors_path) != self.checksum:
                     raise CorruptSegment(f"{self.vectors_path} does not match its checksum")
                 vectors = np.load(self.vectors_path, mmap_mode="r", allow_pickle=False)
+            except PermissionError as error:
+                raise UnreadableSegment(f"cannot read {self.vectors_path}: {error}") from error
             except (OSError, ValueError) as error:
                 raise CorruptSegment(f"cannot read {self.vectors_path}: {error}") from error
             if vectors.dtype != np.float32 or vectors.shape != (len(self.words), self.dimension):
@@ -161,6 +169,10 @@ class EmbeddingCache:
         if not segment.meta_path.exists():
             return  # merged away by another process, not damaged
         self._rejected.add(segment.meta_path.name)
+        if isinstance(error, UnreadableSegment):  # another user's, perhaps: theirs to keep
+            warnings.warn(f"embedding cache: {error}; skipping it and embedding its words again", DiffmaskWarning,
+                          stacklevel=4)
+            return
         warnings.warn(f"embedding cache: {error}; discarding {path} and embedding its words again", DiffmaskWarning,
                       stacklevel=4)
         segment.remove()

@@ -165,9 +165,23 @@ def _training_curve(summary: dict) -> list[tuple[int, float]]:
             if "loss" in entry and "step" in entry]
 
 
+#: Picture formats by file suffix (a path without one gets PNG).
+IMAGE_FORMATS = ("png", "pdf", "svg", "jpg", "jpeg", "webp", "eps")
+
+
+def image_format(path: str | os.PathLike) -> str:
+    """The picture format ``path`` names by its suffix; ValueError for one that is no picture."""
+    suffix = Path(path).suffix.lower().lstrip(".")
+    if not suffix:
+        return "png"
+    if suffix not in IMAGE_FORMATS:
+        raise ValueError(f"cannot draw a picture as {str(path)!r}: name it .{', .'.join(IMAGE_FORMATS)}")
+    return suffix
+
+
 def _save(figure, path: str | os.PathLike) -> Path:
     image = io.BytesIO()
-    figure.savefig(image, format="png", dpi=110)
+    figure.savefig(image, format=image_format(path), dpi=110)
     return atomic_write_bytes(path, image.getvalue())
 
 

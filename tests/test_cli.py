@@ -183,6 +183,7 @@ def test_outputs_and_options_are_checked_before_counting(tmp_path, capsys, monke
         (["mine", str(corpus), "--smoothing", "nan"], "--smoothing must be a positive finite number"),
         (["mine", str(corpus), "--general", str(tmp_path / "missing.tsv")], "does not exist"),
         (["preview", str(corpus), "--plot", str(blocker / "x.png")], "cannot write the --plot"),
+        (["preview", str(corpus), "--plot", str(tmp_path / "rates.txt")], "cannot draw a picture as"),
         (["score", str(corpus), "--anchors", str(tmp_path / "a.json"), "-o", str(blocker / "s.npz")],
          "cannot write the --output"),
         (["score", "--counts", str(tmp_path / "c.bin"), "--anchors", str(tmp_path / "a.json"), "-o",

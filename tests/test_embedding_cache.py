@@ -296,6 +296,36 @@ def test_a_corrupt_segment_that_cannot_be_deleted_is_not_read_again(tmp_path, rn
         assert reader.lookup(["enzyme"])[0].size == 0  # no second warning, no endless retry
 
 
+@pytest.mark.parametrize("denied", ["words", "vectors"])
+def test_a_segment_this_process_may_not_read_is_skipped_not_deleted(tmp_path, monkeypatch, denied):
+    """In a cache shared between users, a segment another user wrote may be unreadable here: its
+    words are embedded again, and the segment stays for those who can read it."""
+    from pathlib import Path
+
+    cache = embedding_cache.EmbeddingCache(tmp_path, "key", 3)
+    cache.add(["enzyme", "kinase"], np.ones((2, 3), dtype=np.float32))
+    files = sorted(cache.directory.glob("seg-*"))
+    if denied == "words":
+        read_text = Path.read_text
+
+        def refuse_segments(path, *args, **kwargs):
+            if path.name.startswith("seg-"):
+                raise PermissionError(13, "Permission denied", str(path))
+            return read_text(path, *args, **kwargs)
+
+        monkeypatch.setattr(Path, "read_text", refuse_segments)
+    else:
+        def refuse(path):
+            raise PermissionError(13, "Permission denied", str(path))
+
+        monkeypatch.setattr(embedding_cache, "_file_sha256", refuse)
+    reader = embedding_cache.EmbeddingCache(tmp_path, "key", 3)
+    with pytest.warns(UserWarning, match="Permission denied.*skipping it and embedding its words again"):
+        positions, _ = reader.lookup(["enzyme", "kinase"])
+    assert positions.size == 0
+    assert sorted(cache.directory.glob("seg-*")) == files, "an unreadable segment was deleted"
+
+
 def test_no_cache_writes_nothing_and_default_dir_follows_the_environment(tokenizer, tmp_path, monkeypatch, rng):
     model = tiny_bert(tokenizer, rng.randrange(2**31))
     monkeypatch.setenv("DIFFMASK_CACHE", str(tmp_path / "env"))

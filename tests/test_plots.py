@@ -63,6 +63,18 @@ def test_words_scored_alike_are_masked_at_the_budget_rate(bert_wordpiece, seed):
     assert abs(masked / (occurrences * draws) - 0.25) < 5 * spread, f"seed={seed}"
 
 
+def test_the_picture_format_follows_the_file_suffix(bert_wordpiece, tmp_path):
+    collator = DifferenceMaskingCollator(bert_wordpiece, {"kinase": 1.0})
+    rates = masking_rates(collator, ["the kinase binds its ligand"], draws=3)
+    starts = {"rates.png": b"\x89PNG", "rates.PDF": b"%PDF", "rates.svg": b"<?xml", "rates": b"\x89PNG"}
+    for name, start in starts.items():
+        plot_masking_rates(rates, tmp_path / name, 0.25)
+        assert (tmp_path / name).read_bytes().startswith(start), name
+    with pytest.raises(ValueError, match=r"cannot draw a picture as .*rates.txt.*\.png, \.pdf, \.svg"):
+        plot_masking_rates(rates, tmp_path / "rates.txt", 0.25)
+    assert not (tmp_path / "rates.txt").exists()
+
+
 def test_bad_arguments(bert_wordpiece, tmp_path):
     collator = DifferenceMaskingCollator(bert_wordpiece, {"kinase": 1.0})
     with pytest.raises(ValueError, match="draws must be at least 1"):
