@@ -185,7 +185,7 @@ class AttentionMasker(torch.nn.Module):
                 f"mask_replace_prob={self.mask_replace_prob}, random_replace_prob={self.random_replace_prob}, "
                 f"seed={self.seed}, attention_memory={self.attention_memory}")
 
-    def resume_at(self, step: int, calls_per_step: int = 1) -> None:
+    def resume_at(self, step: int, calls_per_step: int = 1, calls_made: int | None = None) -> None:
         """Draw new streams in a run resumed at optimizer ``step`` (``MaskingTrainer`` calls
         this): a seeded stream would otherwise start over and replay the first steps' draws."""
         self._resumed_at = int(step)

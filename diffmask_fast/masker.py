@@ -140,11 +140,11 @@ class DifferenceMasker(torch.nn.Module):
             self.seed_state.add_(_base_seed(self._root_seed, rank) - _base_seed(self._root_seed, self._rank))
             self._rank = rank
 
-    def resume_at(self, step: int, calls_per_step: int = 1) -> None:
+    def resume_at(self, step: int, calls_per_step: int = 1, calls_made: int | None = None) -> None:
         """Carry on from optimizer ``step`` of a resumed run (``MaskingTrainer`` calls this): the
-        seed moves on by the calls made before, so the masks are those of the run uninterrupted
-        when the masker was called ``calls_per_step`` times per step."""
-        self.seed_state.add_(int(step) * int(calls_per_step))
+        seed moves on by the calls made before (``calls_made``; ``step * calls_per_step`` when not
+        given), so the masks are those of the run uninterrupted."""
+        self.seed_state.add_(int(step) * int(calls_per_step) if calls_made is None else int(calls_made))
 
     # -- the training step -----------------------------------------------------------------------
     def forward(

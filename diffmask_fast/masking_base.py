@@ -172,7 +172,7 @@ class MaskingCollatorBase:
             self._generators[context] = generator
         return generator
 
-    def resume_at(self, step: int, calls_per_step: int = 1) -> None:
+    def resume_at(self, step: int, calls_per_step: int = 1, calls_made: int | None = None) -> None:
         """Draw new streams in a run resumed at optimizer ``step`` (``MaskingTrainer`` calls
         this): a seeded stream would otherwise start over and replay the first steps' draws."""
         self._resumed_at = int(step)

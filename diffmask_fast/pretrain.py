@@ -33,7 +33,8 @@ TERMS_FILE = "terms.txt"
 RUN_FILE = "pretrain_run.json"  # the settings a run started with, and its validation loss before training
 #: Settings a resumed run must share with the run it continues (the others may change, e.g. max_steps).
 RESUME_MUST_MATCH = (
-    "model", "corpus", "validation", "validation_fraction", "text_field", "strategy", "mlm_probability", "max_length",
+    "model", "corpus", "validation", "validation_fraction", "max_validation_documents", "text_field", "epochs",
+    "precision", "mask_on", "strategy", "mlm_probability", "max_length",
     "seed", "batch_size", "gradient_accumulation_steps", "learning_rate", "weight_decay", "warmup_ratio",
     "init_mlm_head", "head_warmup_steps", "head_learning_rate", "anchors", "scores", "anchors_count",
     "embedding_model", "pooling", "terms", "term_probability", "term_weight", "term_top_fraction", "attention_layer",
@@ -88,6 +89,13 @@ class PretrainConfig:
     attention_layer: int = -1
     progress: bool = True
     extra_training_arguments: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        # One path given alone is a list of one, not a string of one-character paths.
+        if isinstance(self.corpus, (str, os.PathLike)):
+            self.corpus = [self.corpus]
+        if isinstance(self.validation, (str, os.PathLike)):
+            self.validation = [self.validation]
 
     def check(self) -> None:
         check_strategy(self.strategy)
@@ -310,7 +318,9 @@ def pretrain(config: PretrainConfig) -> dict:
         attention_layer=config.attention_layer,
     )
     if config.strategy == "difference" and strategy.masker is not None:
-        strategy.masker.warm(train)  # the device table must know the words before training
+        # The device table must know the words before training, and those of the validation set,
+        # which it masks once up front (a word it lacks would score as unknown).
+        strategy.masker.warm(train + validation)
     validation_set = strategy.mask_examples([{"input_ids": s} for s in validation], model=model, seed=config.seed)
     trainer = MaskingTrainer(
         model=model, args=args, train_dataset=SequenceDataset(train), eval_dataset=SequenceDataset(validation_set),

@@ -165,7 +165,7 @@ class TrainingCollator:
             return pad_examples(examples, self.tokenizer.pad_token_id, self.tokenizer.padding_side)
         return self.masking(examples)
 
-    def resume_at(self, step: int, calls_per_step: int = 1) -> None:
+    def resume_at(self, step: int, calls_per_step: int = 1, calls_made: int | None = None) -> None:
         """Pass a resumed run's step on to the masking collator (see ``MaskingTrainer``)."""
         if hasattr(self.masking, "resume_at"):
-            self.masking.resume_at(step, calls_per_step)
+            self.masking.resume_at(step, calls_per_step, calls_made=calls_made)

@@ -140,8 +140,22 @@ def resolve_mask_location(name: str, mask_on: str) -> str:
         raise ValueError(f"the {name!r} strategy masks in DataLoader workers only; "
                          f"strategies that can mask on the device: {', '.join(DEVICE_STRATEGIES)}")
     if mask_on == "auto":
-        return "device" if name in DEVICE_STRATEGIES and torch.cuda.is_available() else "workers"
+        on_gpu = name in DEVICE_STRATEGIES and torch.cuda.is_available()
+        return "device" if on_gpu and not _missing_gpu_masking_kernel() else "workers"
+    if mask_on == "device" and torch.cuda.is_available() and _missing_gpu_masking_kernel():
+        raise ValueError(f"the {name!r} strategy would mask on the GPU, but the compiled extension has no CUDA "
+                         "masking kernel (it was built without nvcc): mask in DataLoader workers (mask_on='workers'), "
+                         "or rebuild it with CUDA (DIFFMASK_FAST_CUDA=1)")
     return mask_on
+
+
+def _missing_gpu_masking_kernel() -> bool:
+    """Whether the extension lacks the CUDA kernel of ``DifferenceMasker``: built where nvcc was
+    missing, as with a pip-installed CUDA torch."""
+    from ._extension import has_kernel, load
+
+    load()
+    return not has_kernel("difference_mask_device", "cuda")
 
 
 def build_strategy(

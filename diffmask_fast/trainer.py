@@ -327,11 +327,26 @@ class _ResumedMasking(TrainerCallback):
     def __init__(self, trainer: MaskingTrainer):
         self.trainer = trainer
 
-    def on_train_begin(self, args, state, control, **kwargs):
+    def on_train_begin(self, args, state, control, train_dataloader=None, **kwargs):
         if state.global_step > 0:
+            accumulation = args.gradient_accumulation_steps
+            calls = _batches_before(state.global_step, accumulation, train_dataloader)
             for masking in (self.trainer.masker, self.trainer.data_collator):
                 if hasattr(masking, "resume_at"):
-                    masking.resume_at(state.global_step, args.gradient_accumulation_steps)
+                    masking.resume_at(state.global_step, accumulation, calls_made=calls)
+
+
+def _batches_before(step: int, accumulation: int, dataloader) -> int:
+    """The batches an uninterrupted run has taken before optimizer step ``step``: every batch of
+    each finished epoch (whose last step may take fewer than ``accumulation``), then
+    ``accumulation`` per step."""
+    try:
+        batches = len(dataloader)
+    except TypeError:  # no dataloader, or one without a length: steps of equal size
+        return step * accumulation
+    per_epoch = max(-(-batches // accumulation), 1)
+    epochs, steps = divmod(step, per_epoch)
+    return epochs * batches + steps * accumulation
 
 
 class RunRecordCallback(TrainerCallback):

@@ -338,30 +338,36 @@ def test_trainer_masks_in_the_training_step(tiny_bert_mlm, bert_wordpiece, lines
         DifferenceMaskingTrainer(model=model, args=args, masker=object())
 
 
-def test_a_resumed_run_masks_as_the_uninterrupted_one_would(tiny_bert_mlm, bert_wordpiece, lines, tmp_path):
+@pytest.mark.parametrize("examples, steps, calls", [
+    (32, (2, 4), (4, 8)),  # 8 batches an epoch, 4 steps of 2
+    (20, (4, 6), (7, 10)),  # 5 batches an epoch: steps of 2, 2 and 1 batch; step 4 is 5 + 2 batches in
+])
+def test_a_resumed_run_masks_as_the_uninterrupted_one_would(tiny_bert_mlm, bert_wordpiece, lines, tmp_path,
+                                                            examples, steps, calls):
     import copy
 
     from transformers import TrainingArguments
 
     tokenizer = bert_wordpiece
     scores = score_table(tokenizer, lines)
-    train = [{"input_ids": tokenizer(t, truncation=True, max_length=32)["input_ids"]} for t in lines[:32]]
+    train = [{"input_ids": tokenizer(t, truncation=True, max_length=32)["input_ids"]} for t in lines[:examples]]
 
     def run(output_dir, max_steps, resume=False):
         masker = DifferenceMasker(tokenizer, scores, seed=4)
         args = TrainingArguments(output_dir=str(output_dir), max_steps=max_steps, per_device_train_batch_size=4,
-                                 gradient_accumulation_steps=2, save_strategy="steps", save_steps=2, report_to=[],
-                                 use_cpu=True, seed=0, learning_rate=1e-3)
+                                 gradient_accumulation_steps=2, save_strategy="steps", save_steps=steps[0],
+                                 report_to=[], use_cpu=True, seed=0, learning_rate=1e-3)
         trainer = DifferenceMaskingTrainer(model=copy.deepcopy(tiny_bert_mlm), args=args, train_dataset=train,
                                            masker=masker)
         start = int(masker.seed_state)
         trainer.train(resume_from_checkpoint=resume or None)
         return int(masker.seed_state) - start
 
-    assert run(tmp_path / "whole", 4) == 8
-    assert run(tmp_path / "parts", 2) == 4
-    # Checkpoints do not hold the masker: it moves on by the 2 steps x 2 micro-batches done, then draws 4 more.
-    assert run(tmp_path / "parts", 4, resume=True) == 4 + 4
+    assert run(tmp_path / "whole", steps[1]) == calls[1]
+    assert run(tmp_path / "parts", steps[0]) == calls[0]
+    # Checkpoints do not hold the masker: it moves on by the batches masked before the checkpoint
+    # (an epoch's last step may take fewer), then draws the rest as the whole run did.
+    assert run(tmp_path / "parts", steps[1], resume=True) == calls[1]
 
 
 def test_trainer_drops_a_class_label_column_before_masking(tiny_bert_mlm, bert_wordpiece, lines, tmp_path):

@@ -75,6 +75,11 @@ def test_difference_pretraining_saves_everything_and_resumes(model_dir, corpus, 
     with pytest.raises(ValueError, match="started with other settings: strategy 'difference' \\(now 'random-word'\\)"):
         pretrain(config_for(model_dir, corpus, out, max_steps=8, resume=True, strategy="random-word",
                             head_warmup_steps=1, head_learning_rate=2e-3))
+    for setting, value in (("epochs", 9.0), ("precision", "bf16"), ("mask_on", "device"),
+                           ("max_validation_documents", 1)):
+        with pytest.raises(ValueError, match=f"started with other settings: {setting} "):
+            pretrain(config_for(model_dir, corpus, out, max_steps=8, resume=True, head_warmup_steps=1,
+                                head_learning_rate=2e-3, **{setting: value}))
     (tmp_path / "a-file").write_text("")
     with pytest.raises(ValueError, match="is a file, not a directory"):
         pretrain(config_for(model_dir, corpus, tmp_path / "a-file"))
@@ -117,10 +122,21 @@ def test_every_strategy_trains(model_dir, corpus, tmp_path, strategy):
         assert (out / "terms.txt").read_text().split() == ["protein", "receptor", "binding", "site"]
 
 
-def test_masking_in_the_training_step(model_dir, corpus, tmp_path):
-    summary = pretrain(config_for(model_dir, corpus, tmp_path / "device", mask_on="device", max_steps=2, patience=0))
+def test_masking_in_the_training_step(model_dir, corpus, tmp_path, monkeypatch, bert_wordpiece):
+    """The device masker's table learns the validation words too: it masks the validation set up
+    front, and a word it lacked would score as unknown there."""
+    from diffmask_fast.masker import DifferenceMasker
+
+    validation = tmp_path / "validation.txt"
+    validation.write_text("the zymogen activation cascade\nan allosteric zymogen\n", encoding="utf-8")
+    warmed = []
+    warm = DifferenceMasker.warm
+    monkeypatch.setattr(DifferenceMasker, "warm", lambda self, data, **kw: warmed.extend(data) or warm(self, data, **kw))
+    summary = pretrain(config_for(model_dir, corpus, tmp_path / "device", mask_on="device", max_steps=2, patience=0,
+                                  validation=[validation]))
     assert summary["masking"]["location"].startswith("training step")
     assert math.isfinite(summary["best_validation_loss"])
+    assert bert_wordpiece("an allosteric zymogen", truncation=True, max_length=32)["input_ids"] in warmed
 
 
 def test_cli_pretrain(model_dir, corpus, tmp_path, capsys):
@@ -311,12 +327,37 @@ def test_missing_files_are_refused_before_the_model_is_read(tmp_path, missing, m
         pretrain(config)
 
 
+def test_one_corpus_path_given_alone_is_one_source(tmp_path):
+    config = PretrainConfig(model="m", corpus=str(tmp_path / "c.txt"), output_dir=tmp_path / "out",
+                            validation=tmp_path / "v.txt")
+    assert config.corpus == [str(tmp_path / "c.txt")] and config.validation == [tmp_path / "v.txt"]
+
+
 def test_strategy_registry():
     assert set(STRATEGIES) == {"difference", "random-token", "random-word", "attention", "mst", "terms", "mslm"}
     assert resolve_mask_location("attention", "auto") == "device"
     assert resolve_mask_location("random-token", "auto") == "workers"
     with pytest.raises(ValueError, match="mask_on must be one of"):
         resolve_mask_location("difference", "gpu")
+
+
+@pytest.mark.parametrize("built_with_cuda", [True, False])
+def test_gpu_masking_needs_the_cuda_kernel(monkeypatch, built_with_cuda):
+    """With a GPU, 'auto' masks on it only where the extension has its CUDA kernel (a build
+    without nvcc has none); asking for the device then fails before any work, not mid-training."""
+    from diffmask_fast import _extension
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(_extension, "has_kernel", lambda op, device: built_with_cuda or device != "cuda")
+    expected = "device" if built_with_cuda else "workers"
+    assert resolve_mask_location("difference", "auto") == expected
+    assert resolve_mask_location("random-word", "auto") == expected
+    assert resolve_mask_location("attention", "auto") == "device"  # plain torch: no kernel needed
+    if built_with_cuda:
+        assert resolve_mask_location("difference", "device") == "device"
+    else:
+        with pytest.raises(ValueError, match="no CUDA masking kernel"):
+            resolve_mask_location("difference", "device")
 
 
 def test_early_stopping_when_validation_loss_stops_improving(model_dir, corpus, tmp_path):
