@@ -218,6 +218,8 @@ class AnchorIndex:
         self.batch_size = int(batch_size)
         self.seed = int(seed)
         self.use_gpu = faiss_gpus() > 0 if use_gpu is None else bool(use_gpu)
+        if self.use_gpu and kind in ("flat", "ivf", "hnsw", "auto") and faiss_gpus() == 0:
+            raise ValueError("use_gpu=True, but FAISS sees no GPU (faiss-cpu installs no GPU support)")
         self.notes: list[str] = []
         self.report: RecallReport | None = None
         self.params: dict = {}
@@ -507,7 +509,9 @@ class AnchorIndex:
 
     def _build_ivf(self, nlist, nprobe, spill, engine, iterations) -> None:
         n = self._searchable.shape[0]
-        limit = max(1, n // 39)
+        limit = max(1, n // 39)  # k-means wants about 39 points per list
+        if nlist is not None and nlist > limit:
+            self.notes.append(f"nlist={nlist} lowered to {limit}: k-means needs about 39 anchors per list")
         nlist = min(nlist or max(1, round(4 * math.sqrt(n))), limit)
         engine = engine or ("faiss" if self.use_gpu else "batched")
         self._nlist = nlist

@@ -54,6 +54,9 @@ def _check_terms(terms) -> list[str]:
     wrong = [t for t in terms if not isinstance(t, str)]
     if wrong:
         raise TypeError(f"terms must be strings, got {type(wrong[0]).__name__} ({wrong[0]!r})")
+    # Whitespace inside a term is one space, as text reads it: "kinase  inhibitors" or a line's
+    # "enzyme\n" would otherwise tokenize into whitespace tokens or empty words that never match.
+    terms = [" ".join(t.split()) for t in terms]
     letterless = [t for t in terms if not has_letter(t)]
     if letterless:
         raise ValueError(
@@ -118,8 +121,11 @@ class TermMatcher:
         for row, ids in enumerate(encoded):
             input_ids[row, : len(ids)] = torch.tensor(ids, dtype=torch.long)
             padding[row, : len(ids)] = False
-        special = self.boundaries.never_word[input_ids] & ~padding
-        words = ops.group_words(input_ids, padding | special, self.boundaries.starts_word)
+        # Whitespace tokens (byte-level BPE) separate words as in text; special and unknown
+        # tokens make a term unusable.
+        excluded = self.boundaries.never_word[input_ids] & ~padding
+        special = self._special[input_ids] & ~padding
+        words = ops.group_words(input_ids, padding | excluded, self.boundaries.starts_word)
         keys, _ = self._word_keys(input_ids, words)
         n_words = words.n_words.tolist()
         self.vocabulary: dict[str, int] = {}
@@ -137,7 +143,8 @@ class TermMatcher:
                 DiffmaskWarning, stacklevel=3,
             )
         if not sequences:
-            raise ValueError("none of the terms can be represented by the tokenizer (all map to its unknown token)")
+            raise ValueError("none of the terms can be represented by the tokenizer (each holds its unknown token or "
+                             "a special token)")
         self.sequences: frozenset = frozenset(sequences)
         lengths_by_first: dict[int, set] = {}
         for sequence in sequences:

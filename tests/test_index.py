@@ -157,6 +157,18 @@ def test_given_parameters_are_kept_and_recall_still_measured(generator):
     assert hnsw.params == {"M": 8, "ef_construction": 80, "ef_search": 24} and hnsw.report.queries == 200
     silent = AnchorIndex(anchors, "ivf", recall_sample=0)
     assert silent.recall is None and "not measured" in silent.describe()
+    lowered = AnchorIndex(anchors, "ivf", nlist=1000, recall_sample=0)  # 3,000 anchors: at most 76 lists
+    assert lowered.params["nlist"] == 76 and "nlist=1000 lowered to 76" in lowered.describe()
+
+
+def test_a_gpu_index_without_a_gpu_is_refused(generator):
+    from diffmask_fast.index import faiss_gpus
+
+    if faiss_gpus():
+        pytest.skip("FAISS sees a GPU here")
+    for kind in ("flat", "ivf"):
+        with pytest.raises(ValueError, match="use_gpu=True, but FAISS sees no GPU"):
+            AnchorIndex(clustered(3000, 16, 50, generator), kind, use_gpu=True)
 
 
 def test_auto_chooses_by_size_and_falls_back_when_ivf_does_not_pay(monkeypatch, generator):

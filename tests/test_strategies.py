@@ -344,6 +344,10 @@ def test_terms_match_across_any_whitespace(request, tokenizer_name):
     for row, words in enumerate(matcher.words_of(batch)):
         assert words == ["the", "kinase", "inhibitors", "binds"], (tokenizer_name, texts[row], words)
     assert matcher.spans(batch) == [[(1, 3), (3, 4)]] * len(texts), tokenizer_name
+    # Whitespace inside terms, as a terms file read with readlines() or typed by hand gives it.
+    spaced = TermMatcher(tokenizer, ["kinase  inhibitors\n", "\tbinds\n"])
+    assert spaced.sequences == matcher.sequences, tokenizer_name
+    assert spaced.spans(batch) == [[(1, 3), (3, 4)]] * len(texts), tokenizer_name
 
 
 def test_matcher_details(bert_wordpiece, roberta_byte_bpe, monkeypatch):
