@@ -92,13 +92,23 @@ class GeneralFrequencies:
 
 
 def _decoded_lines(handle, path: Path):
-    """The lines of a text file, with a decoding error reported as ValueError naming the file."""
-    number = 0
+    """The lines of a text file, with a decoding error reported as ValueError naming the file and
+    the line (found again byte by byte: the text decoder reads ahead in chunks)."""
     try:
-        for number, line in enumerate(handle, start=1):
-            yield line
+        yield from handle
     except UnicodeDecodeError as error:
-        raise ValueError(f"{str(path)!r} near line {number + 1}: not UTF-8 text ({error.reason})") from None
+        raise ValueError(f"{str(path)!r} line {_first_undecodable_line(path)}: not UTF-8 text "
+                         f"({error.reason})") from None
+
+
+def _first_undecodable_line(path: Path) -> int:
+    with open(path, "rb") as handle:
+        for number, raw in enumerate(handle, start=1):
+            try:
+                raw.decode("utf-8")
+            except UnicodeDecodeError:
+                return number
+    return number
 
 
 @lru_cache(maxsize=1)

@@ -231,8 +231,14 @@ def test_general_table_file_with_a_bom_or_bad_bytes(tmp_path):
     table.write_bytes("\ufeffthe\t100\nenzyme\t3\n".encode("utf-8"))
     assert GeneralFrequencies.from_file(table).counts == {"the": 100.0, "enzyme": 3.0}
     table.write_bytes(b"the\t100\n\xff\xfe\t3\n")
-    with pytest.raises(ValueError, match="general.tsv.*not UTF-8"):
+    with pytest.raises(ValueError, match="general.tsv' line 2: not UTF-8"):
         GeneralFrequencies.from_file(table)
+    # Far into a file the line is still exact (a text decoder reads ahead in chunks).
+    table.write_bytes(b"".join(b"word%d\t%d\n" % (i, i + 1) for i in range(2499)) + b"caf\xe9\t3\nthe\t1\n")
+    with pytest.raises(ValueError, match="general.tsv' line 2500: not UTF-8"):
+        GeneralFrequencies.from_file(table)
+    table.write_bytes(b"the\t100\r\nenzyme\t3\r\n")  # Windows line ends
+    assert GeneralFrequencies.from_file(table).counts == {"the": 100.0, "enzyme": 3.0}
 
 
 @pytest.mark.parametrize("damage", ["no anchors key", "anchor field missing", "unknown field"])
