@@ -102,6 +102,7 @@ def _decoded_lines(handle, path: Path):
 
 
 def _first_undecodable_line(path: Path) -> int:
+    number = 0
     with open(path, "rb") as handle:
         for number, raw in enumerate(handle, start=1):
             try:

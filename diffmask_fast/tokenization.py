@@ -317,7 +317,7 @@ class WordGrouper:
 
     def __init__(self, starts_word: torch.Tensor, never_word: torch.Tensor):
         self._starts, self._never = starts_word.tolist(), never_word.tolist()
-        self._starts_array, self._never_array = starts_word.numpy().copy(), never_word.numpy().copy()
+        self._starts_array, self._never_array = starts_word.cpu().numpy().copy(), never_word.cpu().numpy().copy()
 
     @classmethod
     def for_tokenizer(cls, tokenizer, scheme: str | None = None) -> "WordGrouper":
