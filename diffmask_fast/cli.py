@@ -410,7 +410,8 @@ def run_score(args) -> None:
     if args.contextual_anchors is not None:
         scorer = WordScorer.with_contextual_anchors(embedder, anchors, iter_documents(corpus, args.text_field),
                                                     args.contextual_anchors,
-                                                    context_options={"progress": progress}, **options)
+                                                    context_options={"progress": progress,
+                                                                     "lowercase": counts.lowercase}, **options)
     else:
         scorer = WordScorer(embedder, anchors, **options)
     scores = scorer.score(words, lowercase=counts.lowercase, progress=progress)

@@ -293,6 +293,26 @@ def test_saved_counts_are_checksummed_when_loaded(tmp_path, capsys):
     assert "checksum mismatch" in capsys.readouterr().err
 
 
+def test_contextual_anchors_follow_the_case_of_saved_counts(tmp_path, monkeypatch):
+    """Counts that keep case (made with the library) make contextual matching keep case too."""
+    from diffmask_fast.counting import count_words
+    from diffmask_fast.scoring import WordScorer
+
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("The Kinase binds the receptor.\nA kinase blocks the Receptor.\n" * 5)
+    count_words([corpus], lowercase=False, progress=False).save(tmp_path / "cased.counts")
+    anchors = tmp_path / "anchors.json"
+    assert main(["mine", str(corpus), "-k", "2", "--min-count", "1", "-o", str(anchors), "--no-progress"]) == 0
+    given = []
+    original = WordScorer.with_contextual_anchors.__func__
+    monkeypatch.setattr(WordScorer, "with_contextual_anchors", classmethod(
+        lambda cls, *args, **kwargs: given.append(kwargs["context_options"]) or original(cls, *args, **kwargs)))
+    assert main(["score", str(corpus), "--counts", str(tmp_path / "cased.counts"), "--anchors", str(anchors),
+                 "--contextual-anchors", "5", "--pooling", "mean", "--no-cache", "--no-progress", "--top", "0",
+                 "-o", str(tmp_path / "scores.npz")]) == 0
+    assert given and given[0]["lowercase"] is False
+
+
 def test_index_options_reach_the_anchor_index(tmp_path, capsys):
     corpus = tmp_path / "corpus.txt"
     corpus.write_text("The enzyme binds the receptor in the membrane of the cell.\n"
