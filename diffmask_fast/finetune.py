@@ -492,14 +492,17 @@ def finetune(model: str | os.PathLike, train: str | os.PathLike, dev: str | os.P
             if test_set is not None:
                 prediction = trainer.predict(test_set)
                 test_scores = _scores(prediction.label_ids, prediction.predictions)
-            if output_dir is not None:
-                trainer.save_model(str(run_dir))
             result = SeedResult(seed=seed, best_epoch=keep_best.best_epoch, dev=dev_scores, test=test_scores,
                                 dev_history=keep_best.history, train_loss=float(output.training_loss),
                                 seconds=round(time.perf_counter() - started, 3))
             results.append(result)
-            if report_path is not None:
-                FinetuneReport(model=model, labels=label_names, results=list(results), config=config).save(report_path)
+            try:
+                if output_dir is not None:
+                    trainer.save_model(str(run_dir))
+            finally:  # the seed's scores are kept even when its model cannot be saved
+                if report_path is not None:
+                    FinetuneReport(model=model, labels=label_names, results=list(results),
+                                   config=config).save(report_path)
             if on_seed_done is not None:
                 on_seed_done(result)
             elif progress:

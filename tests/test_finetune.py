@@ -358,6 +358,21 @@ def test_finetune_saves_the_report_after_each_seed(model_dir, task, tmp_path, mo
         finetune(model_dir, task["train"], task["dev"], resume=True, **_FAST)
 
 
+def test_a_seed_whose_model_cannot_be_saved_keeps_its_scores(model_dir, task, tmp_path, monkeypatch):
+    from transformers import Trainer
+
+    def full_disk(self, *args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(Trainer, "save_model", full_disk)
+    path = tmp_path / "report.json"
+    with pytest.raises(OSError, match="No space left"):
+        finetune(model_dir, task["train"], task["dev"], seeds=(3, 4), report_path=path,
+                 output_dir=tmp_path / "models", **_FAST)
+    saved = FinetuneReport.load(path)
+    assert saved.seeds == [3] and not saved.complete
+
+
 def test_a_checkpoint_with_a_classification_head_gets_a_new_one_per_seed(model_dir, tmp_path, seed):
     """A fine-tuned checkpoint's head (for these labels or others) is not reused: each seed draws
     its own, reproducibly, over the checkpoint's encoder."""
