@@ -108,6 +108,8 @@ class TermMatcher:
         self.tokenizer = tokenizer
         self.boundaries = word_boundaries(tokenizer, word_boundary) if boundaries is None else boundaries
         self._special = special_token_table(tokenizer, self.boundaries.never_word.numel())
+        # Tokens of no word that are not special: byte-level BPE's whitespace ("Ċ", a lone "Ġ").
+        self._whitespace = self.boundaries.never_word & ~self._special
         self._normalized: dict[int, str] = {}
         self._build(terms)
 
@@ -207,7 +209,8 @@ class TermMatcher:
     # -- matching ------------------------------------------------------------------------------
     def _group(self, input_ids, never_word) -> tuple[torch.Tensor, ops.Words, torch.Tensor]:
         """(input_ids, words, separators): ``separators`` [B, L] flags the tokens no term spans
-        (special tokens and the caller's ``never_word``, such as padding)."""
+        (special tokens and the caller's ``never_word``, such as padding). Whitespace tokens never
+        separate, even where the caller flags them (the collators pass every token of no word)."""
         input_ids = torch.as_tensor(input_ids, dtype=torch.long)
         if input_ids.ndim != 2:
             raise ValueError(f"input_ids must be a [batch, length] matrix, got shape {tuple(input_ids.shape)}")
@@ -218,7 +221,7 @@ class TermMatcher:
         separators = self._special[input_ids]
         if never_word is not None:
             given = torch.as_tensor(never_word).bool()
-            excluded, separators = excluded | given, separators | given
+            excluded, separators = excluded | given, separators | (given & ~self._whitespace[input_ids])
         return input_ids, ops.group_words(input_ids, excluded, self.boundaries.starts_word), separators
 
     def match(self, input_ids: torch.Tensor, never_word: torch.Tensor | None = None) -> TermMatches:

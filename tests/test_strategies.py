@@ -344,6 +344,9 @@ def test_terms_match_across_any_whitespace(request, tokenizer_name):
     for row, words in enumerate(matcher.words_of(batch)):
         assert words == ["the", "kinase", "inhibitors", "binds"], (tokenizer_name, texts[row], words)
     assert matcher.spans(batch) == [[(1, 3), (3, 4)]] * len(texts), tokenizer_name
+    # The collators flag every token of no word, whitespace tokens included: terms still span them.
+    never_word = word_boundaries(tokenizer).never_word[batch] | (batch == tokenizer.pad_token_id)
+    assert matcher.spans(batch, never_word) == [[(1, 3), (3, 4)]] * len(texts), tokenizer_name
     # Whitespace inside terms, as a terms file read with readlines() or typed by hand gives it.
     spaced = TermMatcher(tokenizer, ["kinase  inhibitors\n", "\tbinds\n"])
     assert spaced.sequences == matcher.sequences, tokenizer_name
