@@ -31,6 +31,7 @@ import torch
 from tqdm.auto import tqdm
 
 from . import reference
+from ._checks import refuse_one_string
 from .advice import DiffmaskWarning
 from .embedding import has_lone_surrogate
 from .tokenization import WordGrouper, decode_words
@@ -151,10 +152,8 @@ def contextual_anchor_vectors(embedder, texts: Iterable[str], anchor_words: Sequ
     """
     if max_occurrences_per_anchor < 1:
         raise ValueError(f"max_occurrences_per_anchor must be positive, got {max_occurrences_per_anchor}")
-    if isinstance(anchor_words, (str, bytes)):
-        raise TypeError(f"anchor_words must be a list of words, not one string ({anchor_words!r})")
-    if isinstance(texts, (str, bytes)):
-        raise TypeError("texts must be an iterable of documents, not one string")
+    refuse_one_string(anchor_words, "anchor_words", "a list of words")
+    refuse_one_string(texts, "texts", "an iterable of documents")
     words = tuple(str(w) for w in anchor_words)
     if not words:
         raise ValueError("contextual anchors need at least one anchor word")

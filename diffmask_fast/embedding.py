@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from ._checks import refuse_one_string
 from .advice import DiffmaskWarning
 from .embedding_cache import EmbeddingCache, default_cache_dir
 from .hf_loading import cached_hub_file, check_model_reference, usable_device
@@ -310,8 +311,7 @@ class WordEmbedder:
         then added to it. ``progress``: ``None`` follows ``self.progress``, a bool turns the bar
         on or off, and a tqdm bar is advanced instead of drawing a new one.
         """
-        if isinstance(words, (str, bytes)):
-            raise TypeError(f"words must be a list of words, not one string ({words!r}: wrap it in a list)")
+        refuse_one_string(words, "words", "a list of words")
         words = list(words)
         if not words:
             return torch.zeros(0, self.dimension)

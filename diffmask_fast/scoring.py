@@ -27,6 +27,7 @@ import torch
 from tqdm.auto import tqdm
 
 from . import reference
+from ._checks import refuse_one_string
 from ._io import atomic_write_bytes, atomic_write_json, read_json
 from .advice import DiffmaskWarning
 from .anchors import Anchors
@@ -363,8 +364,7 @@ def _mean_similarity(word_vectors: torch.Tensor, mean_unit: torch.Tensor, simila
 def _anchor_words(anchors) -> list[str]:
     if isinstance(anchors, Anchors):
         return anchors.words
-    if isinstance(anchors, (str, bytes)):
-        raise TypeError(f"anchors must be an Anchors result or a list of words, not one string ({anchors!r})")
+    refuse_one_string(anchors, "anchors", "an Anchors result or a list of words")
     return [str(a) for a in anchors]
 
 
@@ -499,8 +499,7 @@ class WordScorer:
 
     def score(self, words: Iterable[str], lowercase: bool = True, progress: bool | None = None) -> ScoreTable:
         """A ScoreTable for the given words (normalized and deduplicated first)."""
-        if isinstance(words, (str, bytes)):
-            raise TypeError(f"words must be an iterable of words, not one string ({words!r}: wrap it in a list)")
+        refuse_one_string(words, "words", "an iterable of words")
         keys = _encodable(normalize_words(words, lowercase))
         if not keys:
             raise ValueError("no words to score: the vocabulary is empty")

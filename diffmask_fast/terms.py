@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from . import ops
+from ._checks import refuse_one_string
 from .advice import DiffmaskWarning
 from .masking_base import MaskingCollatorBase, check_probability, replace_selected
 from .reference import has_letter, is_anchor_candidate, normalize_word
@@ -46,8 +47,7 @@ class TermMatches(NamedTuple):
 
 
 def _check_terms(terms) -> list[str]:
-    if isinstance(terms, str):
-        raise TypeError("terms must be a list of strings, not a single string")
+    refuse_one_string(terms, "terms", "a list of strings")
     terms = list(terms)
     if not terms:
         raise ValueError("the term list is empty; give at least one term (e.g. from domain_terms)")

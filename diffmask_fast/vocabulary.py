@@ -6,6 +6,7 @@ import itertools
 from typing import Iterable
 
 from . import reference
+from ._checks import refuse_one_string
 from .tokenization import WordGrouper, decode_words
 
 #: Texts tokenized per call: a fast tokenizer encodes a batch in parallel.
@@ -28,8 +29,7 @@ def _words_of_batch(tokenizer, texts: list[str], grouper: WordGrouper) -> list[s
 
 def tokenizer_word_types(tokenizer, texts: Iterable[str], lowercase: bool = True, scheme: str | None = None) -> set[str]:
     """Normalized word types of ``texts`` as the collator will see them, for scoring."""
-    if isinstance(texts, (str, bytes)):
-        raise TypeError("texts must be an iterable of documents, not one string (wrap it in a list)")
+    refuse_one_string(texts, "texts", "an iterable of documents")
     grouper = WordGrouper.for_tokenizer(tokenizer, scheme)
     types: set[str] = set()
     texts = iter(texts)
