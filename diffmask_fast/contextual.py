@@ -66,12 +66,12 @@ def _word_key(word: str, lowercase: bool) -> str:
     return reference.normalize_word(word.strip(), lowercase)
 
 
-def anchor_readings(tokenizer, anchor_words: Sequence[str], *, lowercase: bool = True,
-                    scheme: str | None = None) -> list[tuple[str, ...]]:
+def anchor_readings(tokenizer, anchor_words: Sequence[str], *, lowercase: bool = True, scheme: str | None = None,
+                    grouper: WordGrouper | None = None) -> list[tuple[str, ...]]:
     """Each anchor as the words ``tokenizer`` reads in it, normalized: ``("naive",)`` for "naïve"
     with an uncased model, ``("t", "-", "cell")`` for "t-cell" with BERT; empty when it reads
-    nothing (or the anchor is not valid Unicode text)."""
-    grouper = WordGrouper.for_tokenizer(tokenizer, scheme)
+    nothing (or the anchor is not valid Unicode text). ``grouper``: the tokenizer's, if built."""
+    grouper = grouper or WordGrouper.for_tokenizer(tokenizer, scheme)
     readable = [i for i, word in enumerate(anchor_words) if word.strip() and not has_lone_surrogate(word)]
     readings: list[tuple[str, ...]] = [()] * len(anchor_words)
     if not readable:
@@ -94,7 +94,7 @@ def find_occurrences(tokenizer, texts: Iterable[str], anchor_words: Sequence[str
     adjacent, with no special token between. Anchors read alike all go to the first of them."""
     grouper = WordGrouper.for_tokenizer(tokenizer, scheme)
     patterns: dict[tuple[str, ...], int] = {}
-    for anchor, reading in enumerate(anchor_readings(tokenizer, anchor_words, lowercase=lowercase, scheme=scheme)):
+    for anchor, reading in enumerate(anchor_readings(tokenizer, anchor_words, lowercase=lowercase, grouper=grouper)):
         if reading:
             patterns.setdefault(reading, anchor)
     lengths = sorted({len(reading) for reading in patterns})
