@@ -17,10 +17,13 @@ os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 PLOT_DRAWS, PLOT_TEXTS = 100, 200
 
 
+#: ``embedding.POOLINGS``, spelled out so that ``--help`` needs no torch import.
+POOLING_CHOICES = ("pooled", "cls", "mean", "input_embeddings")
+
 def _add_masking_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default=None, help="encoder name or path for word embeddings and tokenization "
                         "(default: the bundled all-MiniLM-L6-v2)")
-    parser.add_argument("--pooling", choices=("pooled", "mean", "input_embeddings"), default=None,
+    parser.add_argument("--pooling", choices=POOLING_CHOICES, default=None,
                         help="how a word becomes a vector (default: pooled [CLS] output, or mean pooling for "
                              "sentence-transformers checkpoints trained with it, such as the bundled MiniLM)")
     parser.add_argument("--mlm-probability", type=float, default=0.25, help="share of words to mask (default 0.25)")
@@ -121,9 +124,9 @@ def _add_score_parser(commands) -> None:
                        "(default: the bundled all-MiniLM-L6-v2)")
     score.add_argument("--tokenizer", default=None, help="tokenizer of the model that will be pretrained; the corpus's "
                        "words are collected as it groups them (default: the embedding model's)")
-    score.add_argument("--pooling", choices=("pooled", "mean", "input_embeddings"), default=None,
-                       help="how a word becomes a vector (default: pooled [CLS] output, or mean pooling for "
-                            "sentence-transformers checkpoints trained with it, such as the bundled MiniLM)")
+    score.add_argument("--pooling", choices=POOLING_CHOICES, default=None,
+                       help="how a word becomes a vector (default: pooled [CLS] output; for sentence-transformers "
+                            "checkpoints, the pooling they were trained with: mean for the bundled MiniLM)")
     score.add_argument("--similarity", choices=("max", "centroid", "mean"), default="max",
                        help="how a word's score combines its similarity to the anchors (default max)")
     score.add_argument("--index", choices=("auto", "exact", "flat", "ivf", "hnsw"), default="auto",

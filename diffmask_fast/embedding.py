@@ -23,8 +23,9 @@ from .embedding_cache import EmbeddingCache, default_cache_dir
 from .hf_loading import cached_hub_file, check_model_reference, usable_device
 
 #: How a word becomes a vector. ``pooled`` is the authors' choice: encode "[CLS] w [SEP]" alone
-#: and take the pooled output (the [CLS] hidden state where the model has no pooler).
-POOLINGS = ("pooled", "mean", "input_embeddings")
+#: and take the pooled output (the [CLS] hidden state where the model has no pooler); ``cls``
+#: takes the [CLS] hidden state even where a pooler exists.
+POOLINGS = ("pooled", "cls", "mean", "input_embeddings")
 
 #: Names accepted for ``WordEmbedder(dtype=...)``: the precision of the forward pass under autocast.
 DTYPES = {"float32": None, "fp32": None, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
@@ -53,18 +54,23 @@ def default_model_path() -> str:
 
 def recommended_pooling(name_or_path: str | os.PathLike | None) -> str:
     """``pooled`` (the paper's choice) unless the checkpoint is a sentence-transformers model
-    trained with mean pooling (its ``1_Pooling/config.json`` says so), whose pooler head was
-    never trained: all-MiniLM-L6-v2's pooled output gives every word a score of 0.75-0.98, its
-    mean pooling separates "argument" (0.91) from "the" (0.12) against Python-domain anchors.
+    (its ``1_Pooling/config.json`` says how it pools), whose pooler head was never trained: then
+    ``mean`` for mean pooling, ``cls`` for [CLS] pooling (the raw [CLS] state, as it was trained).
+    all-MiniLM-L6-v2's pooled output gives every word a score of 0.75-0.98, its mean pooling
+    separates "argument" (0.91) from "the" (0.12) against Python-domain anchors.
     """
     name = os.fspath(name_or_path) if name_or_path is not None else default_model_path()
     config = _pooling_config(name)
     if config is not None:
         try:
-            if json.loads(config.read_text(encoding="utf-8")).get("pooling_mode_mean_tokens"):
-                return "mean"
+            modes = json.loads(config.read_text(encoding="utf-8"))
         except (OSError, ValueError):
-            pass
+            modes = {}
+        if isinstance(modes, dict):
+            if modes.get("pooling_mode_mean_tokens"):
+                return "mean"
+            if modes.get("pooling_mode_cls_token"):
+                return "cls"
     return "pooled"
 
 
@@ -165,7 +171,8 @@ class WordEmbedder:
     """Embeds word types with a HuggingFace encoder, in length-sorted batches without gradients.
 
     - ``pooling``: one of ``POOLINGS``. ``pooled`` encodes "[CLS] w [SEP]" alone and takes the
-      pooled output (the [CLS] hidden state without a pooler); ``mean`` averages the word's
+      pooled output (the [CLS] hidden state without a pooler); ``cls`` takes the [CLS] hidden
+      state, pooler or not (sentence-transformers CLS pooling); ``mean`` averages the word's
       sub-token hidden states; ``input_embeddings`` averages its sub-token input embeddings (no
       forward pass). Special tokens, [UNK] included, are left out of both means: a word made only
       of characters the vocabulary lacks gets the zero vector, whose similarity to any anchor is 0.
@@ -461,6 +468,8 @@ class WordEmbedder:
         output = self.model(input_ids=input_ids, attention_mask=attention)
         if self.pooling == "mean":
             return _masked_mean(output.last_hidden_state.float(), word_tokens)
+        if self.pooling == "cls":
+            return output.last_hidden_state[:, 0]
         pooled = getattr(output, "pooler_output", None)
         return pooled if pooled is not None else output.last_hidden_state[:, 0]
 

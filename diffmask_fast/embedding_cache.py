@@ -16,6 +16,9 @@ embedded again. Vectors are verified against their checksum the first time a run
 When a configuration has more than ``MAX_SEGMENTS`` segments, the smallest are merged into one.
 A segment is removed JSON first, so one whose JSON is gone was merged (or discarded) by another
 process: its words are looked up again in the segments on disk, with no warning.
+A process killed mid-write leaves temporary files, or a vectors file with no JSON; a run that
+adds segments deletes such leftovers once they are ``STALE_SECONDS`` old (younger ones may belong
+to a run still writing).
 """
 
 from __future__ import annotations
@@ -38,6 +41,8 @@ from .advice import DiffmaskWarning
 CACHE_FORMAT = "diffmask_fast.embedding_cache/1"
 #: Segments per configuration before they are merged into one.
 MAX_SEGMENTS = 16
+#: Age after which a temporary file, or a vectors file with no JSON, is a leftover of a dead writer.
+STALE_SECONDS = 3600.0
 
 
 def default_cache_dir() -> Path:
@@ -131,6 +136,7 @@ class EmbeddingCache:
         self._where: dict[str, tuple[str, int]] = {}
         #: Segments found corrupt: never read again, even where they could not be deleted.
         self._rejected: set[str] = set()
+        self._swept = False
 
     # -- reading -----------------------------------------------------------------------------
     def refresh(self) -> None:
@@ -223,10 +229,26 @@ class EmbeddingCache:
         key_file = self.directory / "key.json"
         if not key_file.is_file():
             atomic_write_json(key_file, {"format": CACHE_FORMAT, "key": self.key, **self.description})
+        if not self._swept:
+            self._swept = True
+            self._sweep_leftovers()
         self._write_segment(list(words), vectors)
         self.refresh()
         if len(self._segments) > MAX_SEGMENTS:
             self._merge()
+
+    def _sweep_leftovers(self, now: float | None = None) -> None:
+        """Delete what writers killed mid-segment left behind: temporary files, and vectors files
+        whose JSON never came, once they are older than STALE_SECONDS."""
+        now = time.time() if now is None else now
+        leftovers = list(self.directory.glob(".seg-*.tmp"))
+        leftovers += [path for path in self.directory.glob("seg-*.npy") if not path.with_suffix(".json").exists()]
+        for path in leftovers:
+            try:
+                if now - path.stat().st_mtime > STALE_SECONDS:
+                    path.unlink()
+            except OSError:  # gone already, or another user's: theirs to keep
+                continue
 
     def _write_segment(self, words: list[str], vectors: np.ndarray) -> str:
         name = f"seg-{time.time_ns():020d}-{uuid.uuid4().hex[:8]}"

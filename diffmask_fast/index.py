@@ -439,8 +439,9 @@ class AnchorIndex:
         """The smallest ``parameter`` (to within 1/8) whose sample recall, less one standard
         error, reaches the target (so the recall on other queries reaches it too, most of the time).
 
-        Doubles from ``start`` until the target or ``limit`` is reached, then bisects between the
-        last value that missed and the first that reached it (search cost grows linearly with it).
+        Doubles from ``start`` until the target or ``limit`` is reached (or halves while ``start``
+        already reaches it), then bisects between the largest value that missed and the smallest
+        that reached it (search cost grows linearly with it).
         """
         value, failed = max(1, min(start, limit)), 0
         while True:
@@ -452,6 +453,13 @@ class AnchorIndex:
         if not self._reaches(report):
             self.notes.append(f"{parameter}={value} (the most) did not show recall@1 >= {self.recall_target} "
                               f"on the {report.queries:,}-query sample")
+        while not failed and best > 1 and self._reaches(best_report):
+            lower = best // 2
+            report = self._try(parameter, lower, apply)
+            if not self._reaches(report):
+                failed = lower
+            else:
+                best, best_report = lower, report
         while failed and best - failed > max(1, best // 8):
             middle = (failed + best) // 2
             report = self._try(parameter, middle, apply)

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from ._io import atomic_write_bytes, atomic_write_json, check_writable, read_json
+from .embedding import POOLINGS
 from .masking_base import check_probability
 from .pretrain_data import MIN_MAX_LENGTH
 from .strategies import STRATEGIES, build_strategy, check_strategy, resolve_mask_location
@@ -485,7 +486,7 @@ def add_pretrain_command(commands) -> None:
                    help="anchors to mine (default 20)")
     p.add_argument("--embedding-model", default=None,
                    help="encoder that embeds words for scoring (default: the bundled all-MiniLM-L6-v2)")
-    p.add_argument("--pooling", choices=("pooled", "mean", "input_embeddings"), default=None,
+    p.add_argument("--pooling", choices=POOLINGS, default=None,
                    help="how the embedding model turns a word into a vector")
     p.add_argument("--terms", type=Path, default=None,
                    help="terms or phrases, one per line (needed by `terms`; for `mslm` the default takes the anchors "

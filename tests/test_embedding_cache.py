@@ -358,3 +358,29 @@ def test_reduced_precision_is_close_to_float32(tokenizer, dtype, rng):
         embedder(model, tokenizer, None, dtype="int8")
     inputs = embedder(model, tokenizer, None, pooling="input_embeddings", dtype=dtype).embed(words)
     np.testing.assert_array_equal(inputs.numpy(), embedder(model, tokenizer, None, pooling="input_embeddings").embed(words).numpy())
+
+
+def test_leftovers_of_a_killed_writer_are_swept_once_stale(tmp_path, rng):
+    """A writer killed mid-segment leaves a temporary file or a vectors file with no JSON: the next
+    run that adds segments deletes them once stale, and keeps young ones (a live writer's)."""
+    import os
+    import time
+
+    cache = embedding_cache.EmbeddingCache(tmp_path, "key", 3)
+    cache.add(["enzyme"], np.ones((1, 3), dtype=np.float32))
+    directory = cache.directory
+    kept_segment = {p.name for p in directory.iterdir()}
+    old = time.time() - embedding_cache.STALE_SECONDS - 60
+    stale = [directory / ".seg-1-aa.npy.x1.tmp", directory / "seg-00000000000000000001-deadbeef.npy"]
+    young = [directory / ".seg-2-bb.json.x2.tmp", directory / "seg-00000000000000000002-cafecafe.npy"]
+    for path in stale + young:
+        path.write_bytes(b"partial")
+    for path in stale:
+        os.utime(path, (old, old))
+    writer = embedding_cache.EmbeddingCache(tmp_path, "key", 3)
+    writer.add(["kinase"], np.full((1, 3), 2.0, dtype=np.float32))
+    assert not any(path.exists() for path in stale)
+    assert all(path.exists() for path in young)
+    assert kept_segment <= {p.name for p in directory.iterdir()}, "complete segments are never swept"
+    positions, found = writer.lookup(["enzyme", "kinase"])
+    assert sorted(positions.tolist()) == [0, 1]

@@ -41,10 +41,12 @@ def direct_embedding(model, tokenizer, word, pooling):
         output = model(**encoded)
     if pooling == "mean":
         return output.last_hidden_state[0, 1:-1].mean(0)
+    if pooling == "cls":
+        return output.last_hidden_state[0, 0]
     return output.pooler_output[0]
 
 
-@pytest.mark.parametrize("pooling", ["pooled", "mean", "input_embeddings"])
+@pytest.mark.parametrize("pooling", ["pooled", "cls", "mean", "input_embeddings"])
 def test_poolings_match_a_direct_computation(tiny_bert, pooling):
     model, tokenizer = tiny_bert
     words = random.sample(WORDS, len(WORDS))
@@ -525,8 +527,11 @@ def test_score_help():
     assert result.returncode == 0 and "usage: diffmask score" in result.stdout and "--contextual-anchors" in result.stdout
 
 
-@pytest.mark.parametrize("mean", [True, False])
-def test_recommended_pooling_reads_a_hub_name_from_the_local_cache(tmp_path, monkeypatch, mean):
+@pytest.mark.parametrize("modes, expected", [({"pooling_mode_mean_tokens": True}, "mean"),
+                                              ({"pooling_mode_cls_token": True, "pooling_mode_mean_tokens": False}, "cls"),
+                                              ({"pooling_mode_mean_tokens": False}, "pooled"),
+                                              (["not", "a", "config"], "pooled")])
+def test_recommended_pooling_reads_a_hub_name_from_the_local_cache(tmp_path, monkeypatch, modes, expected):
     import json
 
     import huggingface_hub
@@ -539,8 +544,15 @@ def test_recommended_pooling_reads_a_hub_name_from_the_local_cache(tmp_path, mon
     (repository / "refs" / "main").write_text(revision)
     pooling = repository / "snapshots" / revision / "1_Pooling"
     pooling.mkdir(parents=True)
-    (pooling / "config.json").write_text(json.dumps({"pooling_mode_mean_tokens": mean}))
+    (pooling / "config.json").write_text(json.dumps(modes))
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path))
-    assert recommended_pooling("someone/sentence-model") == ("mean" if mean else "pooled")
+    assert recommended_pooling("someone/sentence-model") == expected
     assert recommended_pooling("someone/not-cached") == "pooled"
-    assert recommended_pooling(pooling.parent) == ("mean" if mean else "pooled")  # the snapshot as a folder
+    assert recommended_pooling(pooling.parent) == expected  # the snapshot as a folder
+
+
+def test_the_command_line_offers_every_pooling():
+    from diffmask_fast.cli import POOLING_CHOICES
+    from diffmask_fast.embedding import POOLINGS
+
+    assert POOLING_CHOICES == POOLINGS
