@@ -344,8 +344,10 @@ def max_anchor_similarity(
     and the first anchor reaching it. Zero vectors (embeddings or anchors) have cosine 0, so a
     zero embedding gets (0, 0). Computed in float32 (float64 inputs in float64) in row blocks, so
     memory stays O(block x K) for any number of embeddings (on CUDA: O(rows), the running max is
-    kept per row). A NaN in an embedding makes its value NaN; NaN anchors are never chosen unless
-    every anchor is NaN.
+    kept per row). An embedding holding NaN or infinity gets (NaN, 0); anchors holding NaN or
+    infinity are never chosen unless every anchor does. Rows whose values are so large or small
+    that float32 products over- or underflow are searched again scaled by a power of two (on
+    the CPU; on CUDA only their norms are measured again, in float64).
 
     ``precision`` (see PRECISIONS) trades accuracy for speed on CUDA devices of compute capability
     8.0 or newer. Both factors of every product are rounded to the tensor-core format (unit
@@ -630,7 +632,8 @@ def difference_mask_device(
       value, so every replay would draw the same masks: under graph capture give a device seed
       (DifferenceMasker does).
     - ``table_values`` must be finite (ScoreTable and score_table_insert make sure of it): the
-      op does not check them on every batch.
+      op does not check them (difference_mask raises ValueError); a word whose score is NaN or
+      infinite scores ``unknown_score``.
     - Words absent from the table score ``unknown_score`` and are counted per row
       (``missed_words``) instead of listed: warm the table beforehand (DifferenceMasker.warm).
     - Ids outside [0, V) that are not never_word belong to no word and are never masked (the

@@ -122,4 +122,6 @@ MASKING_OPTIONS = [
     dict(uniform_mix=0.5, unknown_score=0.1, mask_replace_prob=0.6, random_replace_prob=0.3),
     dict(mlm_probability=1.0, mask_replace_prob=1.0, random_replace_prob=0.0),
     dict(mlm_probability=0.0),
+    # Unknown words of weight 1e-310, whose keys E / w overflow, beside known ones of normal weight.
+    dict(unknown_score=1e-310, mlm_probability=0.6),
 ]

@@ -318,6 +318,23 @@ def test_difference_mask_errors_on_gpu(seed):
     assert out.labels[2, 5].item() == -100
     with pytest.raises(ValueError, match="same device"):
         ops.difference_mask(*args[:5], args[5].cpu(), mask_token_id=1, seed=1)
+    # A score that is NaN: the CPU op's error, for the same word; the device op scores it unknown.
+    keys, values = table.tensors()
+    words = ops.group_words(ids, never, starts)
+    known = words.word_hash[1][torch.isin(words.word_hash[1], keys[keys != 0])]
+    broken = values.clone()
+    broken[keys == known[0]] = float("nan")
+    cpu_args = (ids, never, starts, keys, broken, torch.arange(10, 20))
+    with pytest.raises(ValueError) as on_cpu:
+        ops.difference_mask(*cpu_args, mask_token_id=1, seed=1)
+    with pytest.raises(ValueError, match="is not finite") as on_gpu:
+        ops.difference_mask(*[t.to(CUDA) for t in cpu_args], mask_token_id=1, seed=1)
+    assert str(on_gpu.value) == str(on_cpu.value)
+    expected = ops.difference_mask_device(*cpu_args, mask_token_id=1, seed=1)
+    got = ops.difference_mask_device(*[t.to(CUDA) for t in cpu_args], mask_token_id=1,
+                                     seed=torch.tensor([1], device=CUDA))
+    for a, b in zip(got, expected):
+        assert torch.equal(a.cpu(), b), f"seed={seed}"
 
 
 def test_difference_mask_device_never_synchronizes(seed):

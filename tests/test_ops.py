@@ -198,6 +198,30 @@ def test_similarity_nan_propagates():
     assert torch.isnan(values[1]) and torch.isfinite(values[[0, 2, 3]]).all()
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_similarity_of_non_finite_rows_follows_the_reference(seed, dtype):
+    """NaN or infinity in an embedding: (NaN, 0). In an anchor: never the nearest, unless every
+    anchor holds one. As reference.max_anchor_similarity says."""
+    g = generator(seed)
+    embeddings = torch.randn(9, 5, generator=g, dtype=dtype)
+    embeddings[1, 2] = float("nan")
+    embeddings[2, 0] = float("inf")
+    embeddings[3, 4] = -float("inf")
+    embeddings[4] = 0
+    embeddings[5] = -torch.randn(5, generator=g, dtype=dtype).abs()  # ordinary anchors all far: negative cosines
+    anchors = torch.randn(6, 5, generator=g, dtype=dtype).abs()
+    anchors[0, 1] = float("nan")
+    anchors[2, 3] = float("inf")
+    anchors[4] = 0  # cosine 0: beats the negative ones for row 5, unlike a NaN anchor
+    all_bad = torch.full((2, 5), float("nan"), dtype=dtype)
+    all_bad[1, 0] = float("inf")
+    for a in (anchors, all_bad):
+        values, indices = ops.max_anchor_similarity(embeddings, a)
+        expected_values, expected_indices = reference.max_anchor_similarity(embeddings.numpy(), a.numpy())
+        np.testing.assert_allclose(values.numpy(), expected_values, atol=1e-6, err_msg=f"seed={seed}")
+        assert np.array_equal(indices.numpy(), expected_indices), f"seed={seed} {indices} vs {expected_indices}"
+
+
 @pytest.mark.parametrize("scale", [1e20, 1e-25, 3e-20, 1e19])
 def test_similarity_of_vectors_whose_float32_squares_overflow_or_underflow(seed, scale):
     g = generator(seed)
@@ -214,6 +238,25 @@ def test_similarity_of_vectors_whose_float32_squares_overflow_or_underflow(seed,
     big[3] *= 1e20
     values, indices = ops.max_anchor_similarity(big[3:4] * 1e-20 + 1e-3 * embeddings[:1], big)
     assert indices.item() == 3 and values.item() == pytest.approx(1.0, abs=1e-4)
+
+
+@pytest.mark.parametrize("largest", [3e38, 1e-42])
+def test_similarity_of_vectors_whose_float32_products_overflow_or_underflow(seed, largest):
+    """Rows whose largest value is near float32's maximum (their dot products overflow) or
+    subnormal (their dot products lose every digit): the cosines are still right."""
+    g = generator(seed)
+    anchors = torch.randn(7, 12, generator=g)
+    embeddings = torch.randn(40, 12, generator=g)
+    embeddings = embeddings / embeddings.abs().amax(dim=1, keepdim=True) * largest
+    embeddings[5] = anchors[2] / anchors[2].abs().max() * largest  # nearest anchor: exactly 2
+    for e in (embeddings, embeddings.t().contiguous().t()):
+        values, indices = ops.max_anchor_similarity(e, anchors)
+        expected_values, expected_indices = reference.max_anchor_similarity(e.double().numpy(), anchors.double().numpy())
+        np.testing.assert_allclose(values.numpy(), expected_values, atol=1e-5, err_msg=f"seed={seed} largest={largest}")
+        assert np.array_equal(indices.numpy(), expected_indices), f"seed={seed} largest={largest}"
+        assert indices[5] == 2 and values[5].item() == pytest.approx(1.0, abs=1e-5)
+    values, indices = ops.max_anchor_similarity(torch.tensor([[3e38, 2.9e38]]), torch.tensor([[1.0, 0.5], [1.0, 0.95]]))
+    assert indices.item() == 1 and values.item() == pytest.approx(0.99996, abs=1e-5)
 
 
 @pytest.mark.parametrize("kind", ["float32", "float64", "transposed", "half", "many anchors"])
@@ -765,6 +808,66 @@ def test_difference_mask_zero_scores_fill_uniformly(seed):
     assert variance > 0, message
     for end, count in observed.items():
         assert abs(count - expected) <= 5 * math.sqrt(variance) + 1e-9, f"{message} {end}: {count} vs {expected:.1f}"
+
+
+def test_difference_mask_tiny_unknown_scores_are_drawn_uniformly(seed):
+    """unknown_score = 1e-310 makes the keys E / w of unknown words overflow to infinity. Once
+    the known words are taken, the unknown ones must still be drawn uniformly, not by position:
+    the first and the last unknown word of a row are drawn equally often."""
+    g = generator(seed)
+    ids, never, starts, words, table = masking_setup(g, batch=400, known=1.0)
+    known = torch.unique(words.word_hash[:, 0][words.n_words > 0])
+    table = ops.ScoreHashTable()
+    table.insert(known, torch.full((known.numel(),), 0.5))  # each row's first word only
+    out = run_mask(ids, never, starts, table, seed, mlm_probability=0.5, unknown_score=1e-310)
+    message = f"seed={seed}"
+    observed, expected, variance = {"first": 0, "last": 0}, 0.0, 0.0
+    for b in range(ids.shape[0]):
+        n, k = int(words.n_words[b]), int(out.masked_words[b])
+        if n == 0:
+            continue
+        masked = [bool((out.labels[b][words.word_index[b] == w] != -100).any()) for w in range(n)]
+        unknown = [w for w in range(n) if not bool(torch.isin(words.word_hash[b, w], known))]
+        assert sum(masked) == k, message
+        assert sum(masked[w] for w in range(n) if w not in unknown) == min(k, n - len(unknown)), f"{message} row={b}"
+        if k > n - len(unknown) and len(unknown) >= 2:
+            share = (k - (n - len(unknown))) / len(unknown)
+            observed["first"] += masked[unknown[0]]
+            observed["last"] += masked[unknown[-1]]
+            expected += share
+            variance += share * (1 - share)
+    assert variance > 0, message
+    for end, count in observed.items():
+        assert abs(count - expected) <= 5 * math.sqrt(variance) + 1e-9, f"{message} {end}: {count} vs {expected:.1f}"
+
+
+def test_difference_mask_refuses_non_finite_scores_it_reads(seed):
+    """A table value that is NaN or infinite (written past ScoreHashTable's checks) is refused
+    by difference_mask, naming the word; difference_mask_device leaves that check to callers."""
+    g = generator(seed)
+    ids, never, starts, words, table = masking_setup(g, batch=3, length=40, known=1.0)
+    keys, values = table.tensors()
+    row = 0
+    word = int(words.n_words[row]) // 2
+    first = int((words.word_hash[row, : int(words.n_words[row])] == words.word_hash[row, word]).nonzero()[0])
+    begin = int((words.word_index[row] == first).nonzero()[0])
+    for bad in (float("nan"), float("inf"), -float("inf")):
+        broken = values.clone()
+        broken[keys == words.word_hash[row, word]] = bad
+        args = dict(input_ids=ids, never_word=never, starts_word=starts, table_keys=keys, table_values=broken,
+                    random_token_ids=RANDOM_IDS, mask_token_id=MASK_ID, seed=seed)
+        for weighting in ("similarity", "rank"):
+            with pytest.raises(ValueError, match=rf"word at input_ids\[{row}, {begin}\] is not finite"):
+                ops.difference_mask(**args, weighting=weighting)
+        device = ops.difference_mask_device(**args)
+        as_unknown = values.clone()
+        as_unknown[keys == words.word_hash[row, word]] = 0.0  # unknown_score
+        expected = ops.difference_mask(**{**args, "table_values": as_unknown})
+        for a, b in zip(device[:3], expected[:3]):
+            assert torch.equal(a, b), f"seed={seed} {bad}"
+    unread = values.clone()
+    unread[keys == 0] = float("nan")  # empty slots are never read
+    ops.difference_mask(ids, never, starts, keys, unread, RANDOM_IDS, mask_token_id=MASK_ID, seed=seed)
 
 
 def test_difference_mask_errors():

@@ -80,6 +80,32 @@ def test_inclusion_of_subnormal_float64_weights(seed, scale):
         assert within_binomial(frequency[i], exact[i], ROWS), f"seed={seed} scale={scale} position={i}"
 
 
+def test_inclusion_of_weights_spanning_the_whole_float64_range(seed):
+    """Normal weights beside subnormal ones: the keys E / w of the subnormal ones overflow. Once
+    the normal ones are drawn, the rest must follow the law among the tiny weights, not their
+    positions; a row of huge weights (whose sum overflows) is the other end."""
+    rng = np.random.default_rng(seed)
+    for normal in (1, 2):
+        tiny = list(rng.uniform(1, 8, size=3) * 1e-320)
+        weights = list(rng.uniform(0.5, 2, size=normal)) + tiny
+        order = rng.permutation(len(weights))
+        weights = [weights[i] for i in order]
+        for k in (normal + 1, normal + 2):
+            exact = reference.successive_sampling_inclusion(weights, k)
+            rows = torch.tensor(weights, dtype=torch.float64).expand(ROWS, len(weights))
+            picked = ops.sample_without_replacement(rows, torch.full((ROWS,), k), torch.Generator().manual_seed(seed))
+            frequency = picked.double().mean(0).tolist()
+            for i in range(len(weights)):
+                assert within_binomial(frequency[i], exact[i], ROWS), f"seed={seed} weights={weights} k={k} position={i}"
+    huge = list(rng.uniform(0.2, 1, size=4) * 1.7e308)
+    exact = reference.successive_sampling_inclusion(huge, 2)
+    picked = ops.sample_without_replacement(torch.tensor(huge, dtype=torch.float64).expand(ROWS, 4),
+                                            torch.full((ROWS,), 2), torch.Generator().manual_seed(seed))
+    frequency = picked.double().mean(0).tolist()
+    for i in range(4):
+        assert within_binomial(frequency[i], exact[i], ROWS), f"seed={seed} weights={huge} position={i}"
+
+
 def exact_word_inclusion(scores, p, weighting, uniform_mix) -> list[float]:
     """P(word i is masked) under reference.mask_sequence: stochastic budget, successive sampling
     over positive weights, then a uniform draw among zero-weight words."""

@@ -178,8 +178,9 @@ struct RowScratch {
 };
 
 struct RowResult {
-  int64_t masked_words;  // words chosen; -1 on error
-  int64_t bad_position;  // first token with an out-of-range id, -1 if none
+  int64_t masked_words;             // words chosen; -1 on error
+  int64_t bad_position;             // first token with an out-of-range id, -1 if none
+  int64_t bad_score_position = -1;  // first token of a word whose table score is not finite
 };
 
 // Masks one row. Writes out_ids and out_labels (L entries each) and appends the row's words
@@ -196,7 +197,10 @@ inline RowResult mask_row(const int64_t* ids, const bool* never_word, int64_t L,
   }
 
   // Scores: look each word up, prefetching a few words ahead (tables are often larger than
-  // the caches and each look-up is otherwise a dependent miss).
+  // the caches and each look-up is otherwise a dependent miss). A score that is not finite is
+  // reported (difference_mask refuses it) and taken as unknown_score (difference_mask_device
+  // leaves table checks to its callers, and the CUDA kernel does the same).
+  int64_t bad_score_position = -1;
   constexpr int64_t kPrefetchDistance = 8;
   const int64_t* hashes = s.word_hash.data();
 #if defined(__GNUC__) || defined(__clang__)
@@ -219,6 +223,12 @@ inline RowResult mask_row(const int64_t* ids, const bool* never_word, int64_t L,
     const int64_t slot = table_find(table.keys, table.capacity, hashes[w]);
     if (slot >= 0) {
       s.scores[w] = static_cast<double>(table.values[slot]);
+      if (!std::isfinite(s.scores[w])) {
+        s.scores[w] = params.unknown_score;  // NaN would break the rank weighting's sort
+        if (bad_score_position < 0) {
+          bad_score_position = s.word_begin[w];
+        }
+      }
     } else {
       s.scores[w] = params.unknown_score;
       if (misses != nullptr) {
@@ -285,7 +295,7 @@ inline RowResult mask_row(const int64_t* ids, const bool* never_word, int64_t L,
         break;
     }
   }
-  return {budget, -1};
+  return {budget, -1, bad_score_position};
 }
 
 }  // namespace core

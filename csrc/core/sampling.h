@@ -138,24 +138,31 @@ inline int64_t successive_sample(const T* weights, int64_t n, int64_t count, con
     return k;  // nothing to choose between
   }
   const LogTable& table = log_table();
-  double largest = 0;
-  bool overflowed = false;
+  double largest_overflowed = 0;
+  int64_t finite = 0;
   for (int64_t j = 0; j < positive; ++j) {
     const int64_t i = scratch[j].index;
     const double weight = static_cast<double>(weights[i]);
     scratch[j].key = to_exponential(stream.at(static_cast<uint64_t>(i)), table) / weight;
-    overflowed |= std::isinf(scratch[j].key);
-    largest = std::max(largest, weight);
+    if (std::isinf(scratch[j].key)) {
+      largest_overflowed = std::max(largest_overflowed, weight);
+    } else {
+      ++finite;
+    }
   }
-  if (overflowed) {
-    // Weights so small (subnormal float64) that E / w overflows: every such key would tie at
-    // infinity. The keys of weights scaled by the power of two that brings the largest into
-    // [1, 2) order the items the same way (scaling is exact); the CUDA kernel does the same.
-    const int shift = -std::ilogb(largest);
+  if (finite < k) {
+    // Weights so small (subnormal float64) that E / w overflows: such keys would tie at infinity.
+    // Every finite key is below every overflowed one, so all finite items are drawn (key 0); the
+    // rest are ordered by the keys of their weights scaled by the power of two that brings the
+    // largest of them into [1, 2), which is exact and keeps their order. The CUDA kernels
+    // (device::successive_sampling_keys) do the same.
+    const int shift = -std::ilogb(largest_overflowed);
     for (int64_t j = 0; j < positive; ++j) {
       const int64_t i = scratch[j].index;
-      scratch[j].key = to_exponential(stream.at(static_cast<uint64_t>(i)), table) /
-                       std::ldexp(static_cast<double>(weights[i]), shift);
+      scratch[j].key = std::isinf(scratch[j].key)
+                           ? to_exponential(stream.at(static_cast<uint64_t>(i)), table) /
+                                 std::ldexp(static_cast<double>(weights[i]), shift)
+                           : 0.0;
     }
   }
   select_smallest(scratch, positive, k);

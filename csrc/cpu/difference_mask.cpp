@@ -70,6 +70,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> difference_mask_cpu(
   const int64_t V = batch.vocabulary;
   std::vector<std::vector<core::Miss>> row_misses(static_cast<size_t>(B));
   std::vector<int64_t> bad_position(static_cast<size_t>(B), -1);
+  std::vector<int64_t> bad_score_position(static_cast<size_t>(B), -1);
 
   at::parallel_for(0, B, grain_for(L, 2048), [&](int64_t begin, int64_t end) {
     core::RowScratch scratch(L);
@@ -81,6 +82,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> difference_mask_cpu(
                          batch.out_labels + b * L, &row_misses[b]);
       batch.out_words[b] = result.masked_words;
       bad_position[b] = result.bad_position;
+      bad_score_position[b] = result.bad_score_position;
     }
   });
   for (int64_t b = 0; b < B; ++b) {
@@ -89,6 +91,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> difference_mask_cpu(
       TORCH_CHECK_VALUE(false, kOp, ": input_ids[", b, ", ", l, "] = ", batch.id_data[b * L + l],
                         " is outside the vocabulary of starts_word, [0, ", V, ")");
     }
+    TORCH_CHECK_VALUE(bad_score_position[b] < 0, kOp, ": ", non_finite_score_message(b, bad_score_position[b]));
   }
   return {batch.masked_ids, batch.labels, batch.masked_words,
           collect_misses(row_misses, input_ids.options().dtype(at::kLong))};

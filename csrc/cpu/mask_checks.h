@@ -7,6 +7,7 @@
 #include <c10/util/Exception.h>
 
 #include <cmath>
+#include <string>
 #include <utility>
 
 #include "checks.h"
@@ -54,6 +55,13 @@ inline void check_mask_inputs(const char* op, const at::Tensor& input_ids, const
 }
 
 // The seed tensor of difference_mask_device: one int64 value.
+// The error of difference_mask (CPU and CUDA alike) for a word whose table score is NaN or infinite.
+inline std::string non_finite_score_message(int64_t row, int64_t position) {
+  return c10::str("the score in table_values of the word at input_ids[", row, ", ", position,
+                  "] is not finite (NaN or infinite); scores must be finite (ScoreHashTable and "
+                  "score_table_insert make sure of it)");
+}
+
 inline void check_seed_tensor(const char* op, const at::Tensor& seed) {
   check_dtype(seed, op, "seed", at::kLong);
   TORCH_CHECK_VALUE(seed.numel() == 1, op, ": seed must hold one int64 value, got shape ", seed.sizes());

@@ -20,6 +20,7 @@
 #include <algorithm>
 #include <cmath>
 #include <limits>
+#include <tuple>
 #include <type_traits>
 #include <vector>
 
@@ -176,6 +177,37 @@ void max_anchor_similarity_impl(const at::Tensor& embeddings, const at::Tensor& 
   int64_t* index_data = indices.data_ptr<int64_t>();
   const bool same_dtype = e.scalar_type() == dtype;
 
+  // (first maximum dot, its column, squared norm) of one row scaled so that its largest value
+  // is in [1, 2): for rows whose values are so large or small that float products over- or
+  // underflow. Slow (one row against every tile), and rare.
+  auto rescaled_row_max = [&](const T* row, int64_t step) {
+    double largest = 0;
+    for (int64_t d = 0; d < D; ++d) {
+      largest = std::max(largest, std::abs(static_cast<double>(row[d * step])));
+    }
+    const int shift = -std::ilogb(largest);
+    at::Tensor scaled = at::empty({1, D}, e.options().dtype(dtype));
+    T* scaled_data = scaled.data_ptr<T>();
+    for (int64_t d = 0; d < D; ++d) {
+      scaled_data[d] = static_cast<T>(std::ldexp(static_cast<double>(row[d * step]), shift));
+    }
+    RunningMax<T> one(1);
+    one.reset(1);
+    std::vector<float> panel_row(use_panels ? static_cast<size_t>(tile_columns) : 0);
+    for (const AnchorTile& tile : tiles) {
+      if constexpr (std::is_same<T, float>::value) {
+        if (use_panels) {
+          tile.panels.dots(scaled_data, 1, D, panel_row.data(), tile_columns);
+          one.fold(panel_row.data(), 1, tile_columns, tile.first, tile.count);
+          continue;
+        }
+      }
+      const at::Tensor scores = at::mm(scaled, u_t.narrow(1, tile.first, tile.count));
+      one.fold(scores.data_ptr<T>(), 1, scores.stride(0), tile.first, tile.count);
+    }
+    return std::make_tuple(one.value[0], one.column[0], core::squared_norm_double(scaled_data, D));
+  };
+
   at::parallel_for(0, n_blocks, 1, [&](int64_t block_begin, int64_t block_end) {
     at::Tensor buffer;       // converted or compacted rows, [rows_per_block, D]
     at::Tensor blas_scores;  // [rows_per_block, tile_columns]
@@ -238,25 +270,30 @@ void max_anchor_similarity_impl(const at::Tensor& embeddings, const at::Tensor& 
         }
       }
       for (int64_t r = 0; r < rows; ++r) {
-        const T dot = best.value[r];  // NaN when every score is NaN, as the row's first score
-        const int64_t j = best.column[r];
+        T dot = best.value[r];  // NaN when every score is NaN, as the row's first score
+        int64_t j = best.column[r];
         double norm2 = static_cast<double>(norms[r]);
         if (core::squared_norm_out_of_range(norms[r])) {  // rare: measured again in double
           const int64_t row_step = column_major ? 1 : ld;
           const int64_t step = column_major ? ld : 1;
           norm2 = core::squared_norm_double(x_data + r * row_step, D, step);
+          if (norm2 > 0 && std::isfinite(norm2)) {
+            // The dot products overflowed or lost their precision as the squares did: search
+            // the row again scaled by a power of two (exact), which leaves its cosines as they are.
+            std::tie(dot, j, norm2) = rescaled_row_max(x_data + r * row_step, step);
+          }
         }
         float value;
         int64_t index;
-        if (norm2 > 0) {
+        if (!std::isfinite(norm2)) {
+          value = std::numeric_limits<float>::quiet_NaN();  // NaN or infinity in the row
+          index = 0;
+        } else if (norm2 > 0) {
           value = static_cast<float>(static_cast<double>(dot) / std::sqrt(norm2));
           index = column_anchor[j];
-        } else if (norm2 == 0) {
+        } else {
           value = 0.0f;  // zero vector: similarity 0 to every anchor
           index = 0;
-        } else {
-          value = static_cast<float>(norm2);  // NaN in the row propagates
-          index = column_anchor[j];
         }
         value_data[r0 + r] = value;
         index_data[r0 + r] = index;

@@ -234,6 +234,58 @@ __device__ void apply_selection(const uint64_t* keys, int64_t n, const Selection
   }
 }
 
+// ---- keys of successive sampling -------------------------------------------------------------
+
+// Writes the keys of successive sampling of k items among those with weight_of(i) > 0 (the
+// others get kExcludedKey), as core::successive_sample: E_i / w_i with E_i from draw i of
+// `stream`. When fewer than k keys are finite (weights so small that E / w overflows), the
+// finite ones get key 0 (they are all drawn) and the overflowed ones the keys of their weights
+// scaled by the power of two that brings the largest of them into [1, 2). `largest_bits` is a
+// __shared__ word of scratch. Every thread of the block must call it; ends with a barrier.
+template <typename WeightOf>
+__device__ void successive_sampling_keys(int64_t n, long long k, WeightOf weight_of, const core::Stream& stream,
+                                         const core::LogTable& table, uint64_t* key, BlockScratch<long long>& scan,
+                                         unsigned long long* largest_bits) {
+  if (threadIdx.x == 0) {
+    *largest_bits = 0;
+  }
+  __syncthreads();
+  long long finite = 0;
+  double largest_overflowed = 0;
+  for (int64_t i = threadIdx.x; i < n; i += blockDim.x) {
+    const double weight = weight_of(i);
+    if (weight > 0) {
+      const double value = core::to_exponential(stream.at(static_cast<uint64_t>(i)), table) / weight;
+      if (isinf(value)) {
+        largest_overflowed = fmax(largest_overflowed, weight);
+      } else {
+        ++finite;
+      }
+      key[i] = core::bits_of(value);
+    } else {
+      key[i] = kExcludedKey;
+    }
+  }
+  if (largest_overflowed > 0) {  // positive doubles order as their bits
+    atomicMax(largest_bits, static_cast<unsigned long long>(core::bits_of(largest_overflowed)));
+  }
+  finite = block_sum<long long>(finite, scan);  // its barriers publish the keys and largest_bits
+  if (finite < k) {  // the same for every thread of the block
+    const int shift = -ilogb(core::double_of(*largest_bits));
+    const uint64_t overflowed = core::bits_of(static_cast<double>(INFINITY));
+    for (int64_t i = threadIdx.x; i < n; i += blockDim.x) {
+      if (key[i] == kExcludedKey) {
+        continue;
+      }
+      key[i] = key[i] == overflowed
+                   ? core::bits_of(core::to_exponential(stream.at(static_cast<uint64_t>(i)), table) /
+                                   ldexp(weight_of(i), shift))
+                   : 0;
+    }
+    __syncthreads();
+  }
+}
+
 }  // namespace device
 }  // namespace cuda
 }  // namespace diffmask_fast

@@ -133,6 +133,7 @@ struct MaskProblem {
   // Optional: the first token of each row whose id is outside [0, vocabulary) and that is not
   // never_word (-1 if none). Such tokens are treated as never_word either way.
   int64_t* bad_position = nullptr;  // [rows]
+  int64_t* bad_score = nullptr;     // [rows]: first token of a word whose table score is not finite, or -1
 };
 
 size_t mask_workspace_bytes(const MaskProblem& problem);

@@ -68,7 +68,9 @@ struct MaskShared {
   device::SelectScratch select;
   double tile[kThreads];
   double total;
+  unsigned long long largest_bits;  // scratch of device::successive_sampling_keys
   int bad;
+  int bad_score;
 };
 
 __global__ void __launch_bounds__(kThreads) difference_mask_kernel(const MaskProblem p, void* workspace) {
@@ -82,6 +84,7 @@ __global__ void __launch_bounds__(kThreads) difference_mask_kernel(const MaskPro
   const RowWorkspace ws = row_workspace(workspace, p.rows, L, row);
   if (threadIdx.x == 0) {
     sh.bad = INT_MAX;
+    sh.bad_score = INT_MAX;
   }
   const core::LogTable& table = device::fill_log_table(sh.log_table);  // ends with a barrier
   const uint64_t seed = static_cast<uint64_t>(p.seed_device != nullptr ? *p.seed_device : p.seed_value);
@@ -146,6 +149,10 @@ __global__ void __launch_bounds__(kThreads) difference_mask_kernel(const MaskPro
     double s;
     if (slot >= 0) {
       s = static_cast<double>(p.table_values[slot]);
+      if (!isfinite(s)) {  // as core::mask_row: reported, and scored as an unknown word
+        s = p.unknown_score;
+        atomicMin(&sh.bad_score, ws.begin[w]);
+      }
     } else {
       s = p.unknown_score;
       ++misses;
@@ -224,13 +231,8 @@ __global__ void __launch_bounds__(kThreads) difference_mask_kernel(const MaskPro
                                               core::to_unit(stream.sub(core::Purpose::kBudget).at(0)));
   const long long drawn = budget < positive ? budget : positive;
   if (drawn > 0 && drawn < positive) {
-    const core::Stream sampling = stream.sub(core::Purpose::kSampling);
-    for (int64_t w = threadIdx.x; w < n; w += kThreads) {
-      const double weight = ws.weight[w];
-      ws.key[w] = weight > 0 ? core::bits_of(core::to_exponential(sampling.at(static_cast<uint64_t>(w)), table) / weight)
-                             : device::kExcludedKey;
-    }
-    __syncthreads();
+    device::successive_sampling_keys(n, drawn, [&](int64_t w) { return ws.weight[w]; },
+                                     stream.sub(core::Purpose::kSampling), table, ws.key, sh.scan, &sh.largest_bits);
     const device::Selection selection = device::select_smallest(ws.key, n, drawn, sh.select);
     device::apply_selection(ws.key, n, selection, sh.select,
                             [&](int64_t i, bool selected) { ws.chosen[i] = selected ? 1 : 0; });
@@ -302,6 +304,9 @@ __global__ void __launch_bounds__(kThreads) difference_mask_kernel(const MaskPro
     }
     if (p.bad_position != nullptr) {
       p.bad_position[row] = sh.bad == INT_MAX ? -1 : sh.bad;
+    }
+    if (p.bad_score != nullptr) {
+      p.bad_score[row] = sh.bad_score == INT_MAX ? -1 : sh.bad_score;
     }
   }
 }

@@ -89,9 +89,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> differenc
   check_seed_tensor(kOp, seed);
   TORCH_CHECK_VALUE(seed.device().is_cpu() || seed.device() == input_ids.device(), kOp,
                     ": seed must be on the device of input_ids (or on the CPU), got ", seed.device());
-  const c10::cuda::CUDAGuard guard(input_ids.device());
   const MaskInputs in =
       prepare(kOp, input_ids, never_word, starts_word, table_keys, table_values, random_token_ids);
+  const c10::cuda::CUDAGuard guard(input_ids.device());  // after prepare has checked it is a CUDA device
   const int64_t B = in.ids.size(0);
   const auto long_options = input_ids.options().dtype(at::kLong);
   MaskProblem p = problem_of(in, mlm_probability, weighting, uniform_mix, unknown_score, mask_token_id,
@@ -121,9 +121,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> difference_mask_cuda(
   constexpr const char* kOp = "difference_mask";
   check_mask_inputs(kOp, input_ids, never_word, starts_word, table_keys, table_values, random_token_ids,
                     mlm_probability, weighting, uniform_mix, unknown_score, mask_replace_prob, random_replace_prob);
-  const c10::cuda::CUDAGuard guard(input_ids.device());
   const MaskInputs in =
       prepare(kOp, input_ids, never_word, starts_word, table_keys, table_values, random_token_ids);
+  const c10::cuda::CUDAGuard guard(input_ids.device());  // after prepare has checked it is a CUDA device
   const int64_t B = in.ids.size(0);
   const int64_t L = in.ids.size(1);
   const auto long_options = input_ids.options().dtype(at::kLong);
@@ -136,15 +136,17 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> difference_mask_cuda(
   }
   at::Tensor miss_hash = at::empty({B, L}, long_options);
   at::Tensor miss_end = at::empty({B, L}, long_options);
-  at::Tensor bad = at::empty({B}, long_options);
+  at::Tensor bad = at::empty({2, B}, long_options);  // out-of-range ids, then non-finite scores
   p.seed_value = seed;
   p.miss_hash = miss_hash.data_ptr<int64_t>();
   p.miss_end = miss_end.data_ptr<int64_t>();
-  p.bad_position = bad.data_ptr<int64_t>();
+  p.bad_position = bad[0].data_ptr<int64_t>();
+  p.bad_score = bad[1].data_ptr<int64_t>();
   const at::Tensor scratch = workspace(mask_workspace_bytes(p), input_ids);
   check_launch(difference_mask(p, scratch.data_ptr(), c10::cuda::getCurrentCUDAStream().stream()), kOp);
 
-  // Ids outside the vocabulary: the CPU op's error, for the first row that has one.
+  // Ids outside the vocabulary and non-finite scores: the CPU op's errors, for the first row
+  // that has one.
   const at::Tensor bad_host = bad.cpu();  // synchronizes
   const int64_t* bad_data = bad_host.data_ptr<int64_t>();
   for (int64_t b = 0; b < B; ++b) {
@@ -153,6 +155,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> difference_mask_cuda(
       TORCH_CHECK_VALUE(false, kOp, ": input_ids[", b, ", ", l, "] = ", in.ids[b][l].item<int64_t>(),
                         " is outside the vocabulary of starts_word, [0, ", in.starts.size(0), ")");
     }
+    TORCH_CHECK_VALUE(bad_data[B + b] < 0, kOp, ": ", cpu::non_finite_score_message(b, bad_data[B + b]));
   }
 
   // Misses: one row (hash, row, begin, end) per distinct missing word, at its first occurrence

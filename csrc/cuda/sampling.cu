@@ -18,8 +18,7 @@ struct SampleShared {
   device::BlockScratch<long long> scan;
   device::SelectScratch select;
   unsigned long long first_bad;
-  unsigned long long largest_bits;  // of the largest weight (positive doubles order as their bits)
-  int overflowed;                   // some key E / w overflowed: see core::successive_sample
+  unsigned long long largest_bits;  // scratch of device::successive_sampling_keys
 };
 
 template <typename W>
@@ -33,49 +32,25 @@ __global__ void __launch_bounds__(kThreads)
   bool* out = selected + row * cols;
   if (threadIdx.x == 0) {
     sh.first_bad = ~0ULL;
-    sh.largest_bits = 0;
-    sh.overflowed = 0;
   }
   const core::LogTable& table = device::fill_log_table(sh.log_table);  // ends with a barrier
   const core::Stream stream(seed, static_cast<uint64_t>(row));
+  // A weight the sampling may use: positive and finite (bad weights fail the row below).
+  auto usable = [&](int64_t i) {
+    const double weight = static_cast<double>(w[i]);
+    return weight > 0 && !isinf(weight) ? weight : 0.0;
+  };
 
   long long positive = 0;
-  double largest = 0;
-  bool overflowed = false;
   for (int64_t i = threadIdx.x; i < cols; i += kThreads) {
     const double weight = static_cast<double>(w[i]);
     if (isnan(weight) || isinf(weight) || weight < 0) {
       atomicMin(&sh.first_bad, static_cast<unsigned long long>(i));
-      key[i] = device::kExcludedKey;
     } else if (weight > 0) {
       ++positive;
-      const double value = core::to_exponential(stream.at(static_cast<uint64_t>(i)), table) / weight;
-      overflowed |= isinf(value);
-      largest = fmax(largest, weight);
-      key[i] = core::bits_of(value);
-    } else {
-      key[i] = device::kExcludedKey;
     }
   }
-  if (overflowed) {
-    atomicOr(&sh.overflowed, 1);
-  }
-  if (largest > 0) {
-    atomicMax(&sh.largest_bits, static_cast<unsigned long long>(core::bits_of(largest)));
-  }
-  positive = device::block_sum<long long>(positive, sh.scan);  // its barriers publish first_bad and keys
-  if (sh.overflowed) {  // the same for every thread of the block
-    // Subnormal weights: keys of the weights scaled by a power of two, as core::successive_sample.
-    const int shift = -ilogb(core::double_of(sh.largest_bits));
-    for (int64_t i = threadIdx.x; i < cols; i += kThreads) {
-      const double weight = static_cast<double>(w[i]);
-      if (weight > 0 && !isinf(weight)) {
-        key[i] = core::bits_of(core::to_exponential(stream.at(static_cast<uint64_t>(i)), table) /
-                               ldexp(weight, shift));
-      }
-    }
-    __syncthreads();
-  }
+  positive = device::block_sum<long long>(positive, sh.scan);  // its barriers publish first_bad
   const int64_t count = counts[row];
   const unsigned long long bad = sh.first_bad;
   if (threadIdx.x == 0) {
@@ -94,10 +69,11 @@ __global__ void __launch_bounds__(kThreads)
   const long long k = count < 0 || bad != ~0ULL ? 0 : (count < positive ? count : positive);
   if (k == 0 || k == positive) {
     for (int64_t i = threadIdx.x; i < cols; i += kThreads) {
-      out[i] = k > 0 && key[i] != device::kExcludedKey;
+      out[i] = k > 0 && usable(i) > 0;
     }
     return;
   }
+  device::successive_sampling_keys(cols, k, usable, stream, table, key, sh.scan, &sh.largest_bits);
   const device::Selection selection = device::select_smallest(key, cols, k, sh.select);
   device::apply_selection(key, cols, selection, sh.select, [&](int64_t i, bool chosen) { out[i] = chosen; });
 }

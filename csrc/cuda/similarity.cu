@@ -509,16 +509,16 @@ __global__ void finish_kernel(const T* __restrict__ part_value, const int32_t* _
     }
     float value;
     int64_t index;
-    if (norm2 > 0) {
+    if (!isfinite(norm2)) {
+      value = NAN;  // NaN or infinity in the row, as the CPU kernel
+      index = 0;
+    } else if (norm2 > 0) {
       // Every product NaN (all anchors NaN): NaN at anchor 0, as the CPU kernel.
       value = best_i < 0 ? NAN : static_cast<float>(static_cast<double>(best_v) / sqrt(norm2));
       index = best_i < 0 ? 0 : best_i;
-    } else if (norm2 == 0) {
+    } else {
       value = 0.0f;  // zero vector: similarity 0 to every anchor
       index = 0;
-    } else {
-      value = static_cast<float>(norm2);  // NaN in the row propagates
-      index = best_i < 0 ? 0 : best_i;
     }
     values[row] = value;
     indices[row] = index;
@@ -626,10 +626,20 @@ void launch_prologue_epilogue(const SimilarityProblem& p, const SimilarityPlan& 
 
 bool supports_tensor_core_precision(int device) {
   int major = 0;
-  if (cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device) != cudaSuccess) {
+  if (cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device) != cudaSuccess || major < 8) {
     return false;
   }
-  return major >= 8;
+  // The code that runs must also have been compiled for compute capability 8.0 or later: a build
+  // for older architectures only (say TORCH_CUDA_ARCH_LIST=7.5+PTX) runs PTX whose tensor-core
+  // body is a trap. ptxVersion is the virtual architecture the kernel was compiled for.
+  int current = 0;
+  cudaFuncAttributes attributes;
+  if (cudaGetDevice(&current) != cudaSuccess || cudaSetDevice(device) != cudaSuccess) {
+    return false;
+  }
+  const cudaError_t status = cudaFuncGetAttributes(&attributes, wmma_kernel<false>);
+  cudaSetDevice(current);
+  return status == cudaSuccess && attributes.ptxVersion >= 80;
 }
 
 cudaError_t plan_max_anchor_similarity(const SimilarityProblem& p, int device, SimilarityPlan* plan) {

@@ -46,7 +46,8 @@ std::tuple<at::Tensor, at::Tensor> max_anchor_similarity_precision_cuda(const at
   const at::ScalarType dtype = float64 ? at::kDouble : at::kFloat;  // half / bfloat16: exact in float32
   if (mode != Precision::kFloat32 && !float64) {
     TORCH_CHECK_VALUE(supports_tensor_core_precision(embeddings.device().index()), kOp, ": precision '", precision,
-                      "' needs a GPU of compute capability 8.0 or newer; use 'highest'");
+                      "' needs a GPU of compute capability 8.0 or newer and an extension built for one "
+                      "(TORCH_CUDA_ARCH_LIST 8.0 or later); use 'highest'");
   }
   at::Tensor e = embeddings.reshape({n, d});  // a view unless the leading dims cannot be flattened
   if (e.scalar_type() != dtype) {

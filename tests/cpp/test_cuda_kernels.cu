@@ -172,13 +172,19 @@ void test_masking(uint64_t seed, int64_t B, int64_t L, const core::MaskParams& p
   CHECK(d_missed.host() == cpu_missed);
 }
 
-void test_sampling(uint64_t seed, int64_t B, int64_t N, bool float64) {
+// mixed_scales (float64): weights scaled by 1, 1e-310 or 1e-320 at random, so that keys E / w
+// overflow beside finite ones in the same row.
+void test_sampling(uint64_t seed, int64_t B, int64_t N, bool float64, bool mixed_scales = false) {
   Random rng(seed);
   std::vector<double> w(B * N);
   std::vector<int64_t> counts(B);
+  const double scales[3] = {1.0, 1e-310, 1e-320};
   for (int64_t i = 0; i < B * N; ++i) {
     const double u = rng.unit();
     w[i] = u < 0.3 ? 0.0 : (float64 ? rng.unit() : static_cast<double>(static_cast<float>(rng.unit())));
+    if (mixed_scales) {
+      w[i] *= scales[rng.index(3)];
+    }
   }
   for (int64_t b = 0; b < B; ++b) counts[b] = rng.index(N + 3);
   std::vector<unsigned char> expected(B * N, 0);
@@ -327,9 +333,12 @@ int main(int argc, char** argv) {
   mixed.random_replace_prob = 0.3;
   core::MaskParams everything = defaults;
   everything.mlm_probability = 1.0;
+  core::MaskParams tiny_unknown = defaults;  // keys E / w of unknown words overflow
+  tiny_unknown.unknown_score = 1e-310;
+  tiny_unknown.mlm_probability = 0.6;
   const std::vector<uint64_t> seeds = quick ? std::vector<uint64_t>{1} : std::vector<uint64_t>{1, 2, 0xDEADBEEF};
   for (uint64_t seed : seeds) {
-    for (const core::MaskParams& params : {defaults, rank, mixed, everything}) {
+    for (const core::MaskParams& params : {defaults, rank, mixed, everything, tiny_unknown}) {
       test_masking(seed, quick ? 5 : 33, 300, params);
       if (!quick) test_masking(seed, 1, 8192, params);
       test_masking(seed, 2, 1, params);
@@ -339,6 +348,7 @@ int main(int argc, char** argv) {
       test_sampling(seed, quick ? 3 : 20, 513, float64);
       if (!quick) test_sampling(seed, 3, 8192, float64);
     }
+    test_sampling(seed, quick ? 3 : 20, 513, true, true);
   }
   test_sampling_status();
   for (int64_t k : {1, 5, 32, 33, 300}) {
