@@ -33,14 +33,29 @@ def _final_mode(path: Path) -> int:
         return 0o666 & ~_umask()
 
 
+#: Bytes of a file's name that start the name of its temporary file.
+TEMPORARY_NAME_START_BYTES = 64
+
+
+def _temporary_prefix(name: str) -> str:
+    """``.<start of name>.``: at most ``TEMPORARY_NAME_START_BYTES`` bytes of ``name``, so that the
+    temporary name (with mkstemp's 8 random characters and ``.tmp``) is allowed wherever ``name``
+    is, however long ``name`` is."""
+    start = name[:TEMPORARY_NAME_START_BYTES]
+    while len(os.fsencode(start)) > TEMPORARY_NAME_START_BYTES:
+        start = start[:-1]
+    return f".{start}."
+
+
 @contextlib.contextmanager
 def atomic_writer(path: str | os.PathLike) -> Iterator[BinaryIO]:
     """A binary file to write ``path`` through: it is written beside ``path`` under a temporary
     name, fsynced, and renamed into place only when the block finishes without an error. The
-    result has the permissions a plain ``open(path, "wb")`` would leave."""
-    path = Path(path)
+    result is what a plain ``open(path, "wb")`` would leave: its permissions, and through a link
+    the file the link points to (written beside that file), with the link kept."""
+    path = Path(os.path.realpath(path))
     path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    handle, temporary = tempfile.mkstemp(prefix=_temporary_prefix(path.name), suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(handle, "wb") as file:
             yield file

@@ -6,15 +6,22 @@ bytes become U+FFFD; a UTF-8 byte-order mark opening the file is not text), one 
 JSON-lines file (its ``text_field``), one string of an iterable, or one row of a dataset.
 ``iter_documents`` yields them one by one and is the plain definition ``count_words`` is tested
 against; ``count_words`` reads the same sources in blocks.
+
+A directory gives its files at any depth, through links to folders too, leaving hidden files and
+folders (``.git``, ``.ipynb_checkpoints``) out; the folders a glob matches give theirs alike. A
+file named twice, or reached again through a link, is read once. Pipes and devices (``<(cmd)``,
+``/dev/stdin``) are refused: a corpus file is read more than once.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import glob
 import gzip
 import io
 import json
 import os
+import stat
 import warnings
 import zlib
 from pathlib import Path
@@ -51,44 +58,168 @@ def _expand_path(pattern: str, suffixes: tuple[str, ...] = TEXT_SUFFIXES) -> lis
 
     A name that exists is taken as it is, even if it holds glob characters (``notes[2023].txt``)."""
     if any(ch in pattern for ch in "*?[") and not os.path.exists(pattern):
-        matches = sorted(Path(p) for p in glob.glob(pattern, recursive=True))
-        files = [p for p in matches if p.is_file()]
-        if not files:
-            raise CorpusError(f"no files match the pattern {pattern!r}")
-        return files
+        return _glob_files(pattern, suffixes)
     path = Path(pattern)
     if path.is_dir():
-        present = sorted(p for p in path.rglob("*") if p.is_file() and not p.name.startswith("."))
-        files = [p for p in present if p.name.endswith(suffixes)]
-        if not files:
-            raise CorpusError(f"directory {str(path)!r} holds no text files (looked for {', '.join(suffixes)})")
-        skipped = [p.name for p in present if not p.name.endswith(suffixes)]
-        if skipped:
-            hint = "; JSON lines are read from a directory with a text field (--text-field)" if (
-                suffixes == TEXT_SUFFIXES and any(name.endswith(DIRECTORY_JSONL_SUFFIXES) for name in skipped)) else ""
-            warnings.warn(f"reading the {len(files):,} file(s) ending in {', '.join(suffixes)} of directory "
-                          f"{str(path)!r}; skipped {len(skipped):,} other file(s) ({', '.join(skipped[:3])}"
-                          f"{', ...' if len(skipped) > 3 else ''}){hint}", DiffmaskWarning, stacklevel=3)
-        return files
+        return _directory_files(path, suffixes)
     if not path.exists():
-        raise CorpusError(f"corpus path {str(path)!r} does not exist")
+        raise CorpusError(f"corpus path {str(path)!r} does not exist"
+                          f"{' (it is a link to nothing)' if path.is_symlink() else ''}")
+    refuse_special_file(path)
     return [path]
+
+
+def refuse_special_file(path: Path) -> None:
+    """Raise CorpusError for a pipe, socket or device (``<(command)``, ``/dev/stdin``): its bytes
+    can be read only once, from the start, while a corpus file is checked before it is read and
+    split into ranges. Decided by ``os.stat``: opening a pipe would wait for a writer."""
+    mode = os.stat(path).st_mode
+    if stat.S_ISREG(mode):
+        return
+    kind = ("a pipe" if stat.S_ISFIFO(mode) else "a socket" if stat.S_ISSOCK(mode)
+            else "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) else "not a regular file")
+    raise CorpusError(f"corpus path {str(path)!r} is {kind}, which cannot be split or read twice; write it to a "
+                      "file first, or pass its lines in Python as an iterable of strings")
+
+
+@dataclasses.dataclass
+class _FolderScan:
+    """What walking folders found: the files to read, the other visible files, links to nothing."""
+
+    files: list[Path] = dataclasses.field(default_factory=list)
+    skipped: list[Path] = dataclasses.field(default_factory=list)
+    broken: list[Path] = dataclasses.field(default_factory=list)
+
+
+def _first_visit(folder: str, visited: set[tuple[int, int]]) -> bool:
+    """Whether ``folder`` is seen for the first time (by device and inode): a link back to a folder
+    above would otherwise be walked forever, and one to a folder seen before read it twice."""
+    try:
+        status = os.stat(folder)
+    except OSError:
+        return False
+    key = (status.st_dev, status.st_ino)
+    if key in visited:
+        return False
+    visited.add(key)
+    return True
+
+
+def _scan_folder(top: Path, suffixes: tuple[str, ...], scan: _FolderScan, visited: set[tuple[int, int]]) -> None:
+    """Add the files under ``top`` to ``scan``, following links to folders. Hidden files and
+    folders (a name starting with ".": ``.git``, ``.ipynb_checkpoints``) are no corpus and pass
+    silently; pipes, sockets and devices are skipped like files of other kinds."""
+    if not _first_visit(os.fspath(top), visited):
+        return
+    for root, folders, names in os.walk(top, followlinks=True):
+        folders[:] = sorted(name for name in folders
+                            if not name.startswith(".") and _first_visit(os.path.join(root, name), visited))
+        for name in names:
+            if name.startswith("."):
+                continue
+            path = Path(root, name)
+            if path.is_file():
+                (scan.files if name.endswith(suffixes) else scan.skipped).append(path)
+            elif path.is_symlink() and not path.exists():
+                scan.broken.append(path)
+            else:
+                scan.skipped.append(path)
+
+
+def _directory_files(folder: Path, suffixes: tuple[str, ...]) -> list[Path]:
+    """The files with ``suffixes`` under ``folder``, sorted; warns of the files it leaves out."""
+    scan = _FolderScan()
+    _scan_folder(folder, suffixes, scan, set())
+    if not scan.files:
+        raise CorpusError(f"directory {str(folder)!r} holds no text files (looked for {', '.join(suffixes)})")
+    _warn_skipped(f"directory {str(folder)!r}", scan, suffixes)
+    return sorted(scan.files)
+
+
+def _glob_files(pattern: str, suffixes: tuple[str, ...]) -> list[Path]:
+    """The files a glob matches, as named (whatever their ending), and the files with
+    ``suffixes`` under the folders it matches, as a directory gives them."""
+    matches = sorted(Path(p) for p in glob.glob(pattern, recursive=True))
+    folders = _outermost([p for p in matches if p.is_dir()])
+    named = [p for p in matches if not p.is_dir() and p.exists()]
+    for path in named:
+        refuse_special_file(path)
+    scan = _FolderScan(broken=[p for p in matches if not p.exists()])
+    visited: set[tuple[int, int]] = set()
+    for folder in folders:
+        _scan_folder(folder, suffixes, scan, visited)
+    taken = set(named)
+    scan.files = [p for p in scan.files if p not in taken]
+    scan.skipped = [p for p in scan.skipped if p not in taken]
+    if not named and not scan.files:
+        looked = f" (its folders hold no files ending in {', '.join(suffixes)})" if folders else ""
+        raise CorpusError(f"no files match the pattern {pattern!r}{looked}")
+    _warn_skipped(f"the {len(folders):,} folder(s) matched by {pattern!r}" if folders else f"pattern {pattern!r}",
+                  scan, suffixes)
+    return sorted([*named, *scan.files])
+
+
+def _outermost(folders: list[Path]) -> list[Path]:
+    """``folders`` less those inside another of them (a ``**`` glob matches a folder and every
+    folder below it): walking the outer one reads them."""
+    kept: list[Path] = []
+    for folder in sorted(folders, key=lambda p: len(p.parts)):
+        if not any(folder.is_relative_to(outer) for outer in kept):
+            kept.append(folder)
+    return sorted(kept)
+
+
+def _names(paths: list[Path]) -> str:
+    return f"{', '.join(p.name for p in paths[:3])}{', ...' if len(paths) > 3 else ''}"
+
+
+def _warn_skipped(where: str, scan: _FolderScan, suffixes: tuple[str, ...]) -> None:
+    """Say which files of the folders read were left out: files of other kinds and links to nothing."""
+    left_out = []
+    skipped, broken = sorted(scan.skipped), sorted(scan.broken)
+    if skipped:
+        hint = "; JSON lines are read from a directory with a text field (--text-field)" if (
+            suffixes == TEXT_SUFFIXES and any(p.name.endswith(DIRECTORY_JSONL_SUFFIXES) for p in skipped)) else ""
+        left_out.append(f"skipped {len(skipped):,} other file(s) ({_names(skipped)}){hint}")
+    if broken:
+        left_out.append(f"skipped {len(broken):,} broken link(s) to nothing ({_names(broken)})")
+    if left_out:
+        warnings.warn(f"reading the {len(scan.files):,} file(s) ending in {', '.join(suffixes)} of {where}; "
+                      + "; ".join(left_out), DiffmaskWarning, stacklevel=5)
+
+
+def _read_once(files: list[Path]) -> list[Path]:
+    """``files`` with each file (by its real path) kept at its first place only: one reached again
+    through a link, or named twice, would have its words counted twice."""
+    first: dict[str, Path] = {}
+    repeated: list[Path] = []
+    for path in files:
+        real = os.path.realpath(path)
+        if real in first:
+            repeated.append(path)
+        else:
+            first[real] = path
+    if repeated:
+        example, kept = repeated[0], first[os.path.realpath(repeated[0])]
+        same = f" (the file {str(kept)!r})" if example != kept else ""
+        warnings.warn(f"{len(repeated):,} file(s) of the corpus are named more than once (twice, or again through "
+                      f"a link) and are read once: {str(example)!r}{same}{', ...' if len(repeated) > 1 else ''}",
+                      DiffmaskWarning, stacklevel=3)
+    return list(first.values())
 
 
 def corpus_files(
     source: Union[str, os.PathLike, Iterable[Union[str, os.PathLike]]], text_field: str | None = None
 ) -> list[Path]:
-    """Every file of a corpus given as one path/pattern or a list of them.
+    """Every file of a corpus given as one path/pattern or a list of them, each file once.
 
     Directories contribute their text files, or their JSON-lines files when ``text_field`` is
-    given."""
+    given. Pipes and devices are refused (``refuse_special_file``)."""
     suffixes = DIRECTORY_JSONL_SUFFIXES if text_field is not None else TEXT_SUFFIXES
-    if isinstance(source, (str, os.PathLike)):
-        return _expand_path(os.fspath(source), suffixes)
     files: list[Path] = []
-    for item in source:
+    for item in [source] if isinstance(source, (str, os.PathLike)) else source:
         files.extend(_expand_path(os.fspath(item), suffixes))
-    return files
+    return _read_once(files)
 
 
 def is_json_lines(path: Path, text_field: str | None) -> bool:
@@ -245,12 +376,19 @@ def _iter_file_documents(path: Path, text_field: str | None) -> Iterator[str]:
         yield from iter_file_lines(path)
 
 
+def names_only_paths(source: object) -> bool:
+    """Whether ``source`` is a list or tuple of paths only: one set of files, each read once
+    however often it is named (``count_words`` takes such a list the same way)."""
+    return (isinstance(source, (list, tuple)) and bool(source)
+            and all(isinstance(item, os.PathLike) for item in source))
+
+
 def iter_documents(source: CorpusSource, text_field: str | None = None) -> Iterator[str]:
     """Documents of a corpus: lines of text files, records of JSON-lines files, rows of a
     dataset, or the strings themselves.
 
     A ``str`` is a path or pattern; an iterable holds literal strings or ``pathlib.Path``s."""
-    if isinstance(source, (str, os.PathLike)):
+    if isinstance(source, (str, os.PathLike)) or names_only_paths(source):
         for path in corpus_files(source, text_field):
             yield from _iter_file_documents(path, text_field)
         return

@@ -69,6 +69,8 @@ class GeneralFrequencies:
         path = Path(path)
         if not path.exists():
             raise FileNotFoundError(f"general frequency table {str(path)!r} does not exist")
+        if path.is_dir():
+            raise ValueError(f"general frequency table {str(path)!r} is a directory, not a file")
         counts: dict[str, float] = {}
         with open(path, encoding="utf-8-sig", errors="strict") as handle:  # -sig: a leading BOM is no part of a word
             for number, line in enumerate(_decoded_lines(handle, path), start=1):
@@ -88,7 +90,19 @@ class GeneralFrequencies:
                 counts[word] = counts.get(word, 0) + value
         if not counts:
             raise ValueError(f"general frequency table {str(path)!r} has no entries")
-        return cls(counts, float(total) if total is not None else float(sum(counts.values())), source=str(path))
+        return cls(counts, float(total) if total is not None else _table_total(counts, path), source=str(path))
+
+
+def _table_total(counts: dict, path: Path) -> float:
+    """The sum of a table's counts, as N_G; ValueError naming the file when it is no positive
+    finite number (every count 0), which TF-ICF cannot divide by."""
+    total = float(sum(counts.values()))
+    if total == 0:
+        raise ValueError(f"general frequency table {str(path)!r}: every count is 0, so its total (N_G) is 0; "
+                         "give a table of counts, or the total of the corpus they come from")
+    if not math.isfinite(total):
+        raise ValueError(f"general frequency table {str(path)!r}: its counts sum to {total}, not a finite total")
+    return total
 
 
 def _decoded_lines(handle, path: Path):
@@ -102,11 +116,14 @@ def _decoded_lines(handle, path: Path):
 
 
 def _first_undecodable_line(path: Path) -> int:
+    """The number of the first line that is not UTF-8, with lines ended as the text reader ends
+    them (``\\n``, ``\\r\\n`` or a lone ``\\r``): read as Latin-1, one character a byte, each line
+    is its bytes again."""
     number = 0
-    with open(path, "rb") as handle:
-        for number, raw in enumerate(handle, start=1):
+    with open(path, encoding="latin-1", newline=None) as handle:
+        for number, line in enumerate(handle, start=1):
             try:
-                raw.decode("utf-8")
+                line.encode("latin-1").decode("utf-8")
             except UnicodeDecodeError:
                 return number
     return number

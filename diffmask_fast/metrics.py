@@ -9,8 +9,9 @@ Macro-F1 convention (the same as scikit-learn's ``f1_score(average="macro", zero
 * with ``labels=None`` the average runs over the classes present in ``y_true`` or ``y_pred``, so a
   class with no true and no predicted example does not count;
 * with ``labels`` given it runs over exactly those classes: one absent from both sides counts as an
-  F1 of 0, and examples whose true or predicted label is outside the set add neither a false
-  positive nor a false negative to any class of it.
+  F1 of 0. An example whose true label is outside the set still adds a false positive to the class
+  it is predicted as, and one predicted outside the set a false negative to its true class; only
+  an example with both labels outside the set counts for no class.
 """
 
 from __future__ import annotations

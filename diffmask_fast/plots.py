@@ -37,7 +37,7 @@ def plot_masking_rates(rates: Sequence[WordMaskingRate], path: str | os.PathLike
 
     shown = list(rates[:top])[::-1]
     most.barh(range(len(shown)), [r.rate for r in shown], color=[_color(r) for r in shown])
-    most.set_yticks(range(len(shown)), [_label(r) for r in shown], fontsize=9)
+    most.set_yticks(range(len(shown)), [_label(r) for r in shown], fontsize=9, parse_math=False)
     most.axvline(mlm_probability, linestyle="--", color=_UNIFORM_COLOR, label=uniform)
     most.barh([], [], color=_ANCHOR_COLOR, label="anchor")
     most.set_xlim(0, 1)
@@ -56,7 +56,7 @@ def plot_masking_rates(rates: Sequence[WordMaskingRate], path: str | os.PathLike
     against_score.axhline(mlm_probability, linestyle="--", color=_UNIFORM_COLOR, label=uniform)
     for rate in [r for r in rates if not _is_anchor(r)][:3]:  # the anchors sit together at score 1
         against_score.annotate(_printable(rate.word), (rate.score, rate.rate), fontsize=8, xytext=(-4, 4),
-                               textcoords="offset points", ha="right")
+                               textcoords="offset points", ha="right", parse_math=False)
     against_score.set_ylim(-0.02, 1.02)
     against_score.set_xlabel("word score s(w): similarity to the nearest anchor")
     against_score.set_ylabel("share of the word's occurrences masked")
@@ -194,7 +194,9 @@ def _color(rate: WordMaskingRate) -> str:
 
 
 def _printable(text: str) -> str:
-    """``text`` with control characters (which decoded corpora hold, and fonts lack) shown as '?'."""
+    """``text`` with control characters (which decoded corpora hold, and fonts lack) shown as '?'.
+    Words are drawn with math text off (``parse_math=False``): a corpus word such as ``$x^$`` is
+    text, and matplotlib would refuse it as a formula."""
     return "".join(c if c.isprintable() else "?" for c in text)
 
 

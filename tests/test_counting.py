@@ -7,6 +7,7 @@ from __future__ import annotations
 import gzip
 import json
 import mmap
+import os
 import random
 import unicodedata
 import warnings
@@ -703,3 +704,163 @@ def test_a_byte_order_mark_opening_a_file_is_not_text(tmp_path, dask_client):
     for block_bytes in (1, 3, 1 << 20):
         assert count_words(sources, progress=False, block_bytes=block_bytes) == expected, block_bytes
     assert count_words(sources, progress=False, scheduler=dask_client) == expected
+
+
+# ----------------------------------------------------------------------------------------------
+# What a corpus path names: pipes, links, hidden folders, folders matched by a glob, repeats
+# ----------------------------------------------------------------------------------------------
+
+
+def random_lines(rng: random.Random, count: int) -> list[str]:
+    words = ["enzyme", "kinase", "binds", "the", "receptor", "Cell", "ΣΊΣΥΦΟΣ", "e.g.", "(IscS"]
+    return [" ".join(rng.choice(words) for _ in range(rng.randint(0, 6))) for _ in range(count)]
+
+
+def write_lines(path: Path, lines: list[str]) -> list[str]:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    data = "".join(line + "\n" for line in lines).encode()
+    path.write_bytes(gzip.compress(data) if path.name.endswith(".gz") else data)
+    return lines
+
+
+def counted(source, **options) -> tuple[WordCounts, list[str]]:
+    """count_words and iter_documents of ``source``, checked to agree; with the warnings given."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        counts = count_words(source, progress=False, threads=2, **options)
+        documents = list(iter_documents(source, **options))
+    assert counts == WordCounts.from_mapping(reference.count_words(documents), len(documents))
+    return counts, [str(w.message) for w in caught]
+
+
+def refused_before_reading(call, fifo: Path) -> CorpusError:
+    """The CorpusError ``call`` raises for ``fifo``, which must come before the pipe is opened:
+    opening it would wait for a writer, so a pipe still waited on fails the test (released by
+    opening it for writing, so that the test cannot hang)."""
+    import threading
+
+    outcome: dict = {}
+
+    def target():
+        try:
+            call()
+        except BaseException as error:
+            outcome["error"] = error
+
+    thread = threading.Thread(target=target, daemon=True)
+    thread.start()
+    thread.join(10)
+    for _ in range(5):  # each open for reading waits for one writer
+        if not thread.is_alive():
+            break
+        try:
+            os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+        except OSError:
+            pass
+        thread.join(1)
+    assert "error" in outcome and not thread.is_alive(), "the pipe was opened before it was refused"
+    assert isinstance(outcome["error"], CorpusError), repr(outcome["error"])
+    return outcome["error"]
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="named pipes")
+def test_a_pipe_is_refused_before_it_is_read(tmp_path, rng, recwarn):
+    fifo = tmp_path / "corpus.txt"  # as bash's <(cat corpus.txt) or /dev/stdin would give
+    os.mkfifo(fifo)
+    plain = tmp_path / "plain.txt"
+    write_lines(plain, random_lines(rng, 5))
+    calls = [lambda: count_words(fifo, progress=False), lambda: list(iter_documents(fifo)),
+             lambda: count_words([plain, fifo], progress=False), lambda: list(iter_documents(str(fifo))),
+             lambda: count_words(str(tmp_path / "corpus.t?t"), progress=False),
+             lambda: count_words([plain, fifo], progress=False, scheduler="tcp://127.0.0.1:1")]
+    for call in calls:
+        error = refused_before_reading(call, fifo)
+        assert f"{str(fifo)!r} is a pipe" in str(error) and "iterable of strings" in str(error)
+    # In a directory a pipe is one more file that is not read, and is named.
+    with pytest.warns(UserWarning, match=r"skipped 1 other file\(s\) \(corpus.txt\)"):
+        assert count_words(tmp_path, progress=False) == count_words(plain, progress=False)
+
+
+def test_a_directory_follows_links_and_leaves_hidden_folders_out(tmp_path, rng):
+    corpus, outside = tmp_path / "corpus", tmp_path / "outside"
+    read = write_lines(corpus / "a.txt", random_lines(rng, rng.randint(1, 20)))
+    read += write_lines(corpus / "deep" / "b.txt.gz", random_lines(rng, rng.randint(1, 20)))
+    read += write_lines(outside / "c.text", random_lines(rng, rng.randint(1, 20)))
+    for hidden in (".ipynb_checkpoints/a-checkpoint.txt", ".git/logs/HEAD.txt", "deep/.cache/x.txt", ".notes.txt"):
+        write_lines(corpus / hidden, ["hidden words"])
+    (corpus / "shared").symlink_to(outside, target_is_directory=True)  # a linked folder is entered
+    (corpus / "deep" / "up").symlink_to(corpus, target_is_directory=True)  # a cycle is walked once
+    (corpus / "gone.txt").symlink_to(tmp_path / "deleted.txt")
+    counts, said = counted(corpus)
+    assert counts == WordCounts.from_mapping(reference.count_words(read), len(read))
+    assert "hidden" not in counts
+    assert [m for m in said if "broken link" in m] == [m for m in said if "skipped" in m]
+    assert len(said) == 2 and "skipped 1 broken link(s) to nothing (gone.txt)" in said[0], said
+    # A file reached again through a link is read once, with a warning naming it.
+    (corpus / "alias.txt").symlink_to(corpus / "a.txt")
+    again, said = counted(corpus)
+    assert again == counts
+    assert any("named more than once" in m and "alias.txt' (the file '" in m for m in said), said
+
+
+def test_a_file_named_twice_is_read_once(tmp_path, rng):
+    corpus = tmp_path / "corpus"
+    first = write_lines(corpus / "a.txt", random_lines(rng, rng.randint(1, 20)))
+    second = write_lines(corpus / "sub" / "b.txt", random_lines(rng, rng.randint(1, 20)))
+    cases = [([corpus / "a.txt", corpus / "a.txt"], first), ([corpus, corpus / "sub"], first + second),
+             ((corpus / "sub", corpus), second + first)]  # each file at its first place
+    for source, expected in cases:
+        counts, said = counted(source)
+        assert counts == WordCounts.from_mapping(reference.count_words(expected), len(expected)), source
+        assert any("named more than once" in m for m in said), said
+
+
+def test_a_glob_that_matches_folders_reads_their_text_files(tmp_path, rng):
+    years = tmp_path / "g"
+    read = []
+    for year in rng.sample(range(2000, 2030), 3):
+        read += write_lines(years / str(year) / "news.txt", random_lines(rng, rng.randint(1, 10)))
+        read += write_lines(years / str(year) / "more" / "notes.txt.gz", random_lines(rng, rng.randint(1, 10)))
+    (years / "2099").mkdir()
+    (years / "2099" / "table.csv").write_text("not,read\n")
+    write_lines(years / "2099" / ".hidden" / "x.txt", ["hidden words"])
+    counts, said = counted(str(years / "*"))
+    with pytest.warns(UserWarning, match=r"skipped 1 other file\(s\) \(table.csv\)"):
+        assert counts == count_words(years, progress=False)
+    assert counts.documents == len(read) and "hidden" not in counts
+    assert len(said) == 2 and r"skipped 1 other file(s) (table.csv)" in said[0], said
+    assert "folder(s) matched by" in said[0]
+    # With a text field the folders give their JSON lines, as a directory does.
+    (years / "2099" / "records.jsonl").write_text(json.dumps({"body": "kinase binds"}) + "\n")
+    with pytest.warns(UserWarning, match=r"reading the 1 file\(s\) ending in \.jsonl.* skipped 7 other file"):
+        assert dict(count_words(str(years / "2*"), progress=False, text_field="body").counts) == {"kinase": 1, "binds": 1}
+    with pytest.raises(CorpusError, match=r"no files match the pattern .*its folders hold no files ending in \.txt"):
+        count_words(str(years / "2099*"), progress=False)
+
+
+# ----------------------------------------------------------------------------------------------
+# General-English frequency tables
+# ----------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("line_end", [b"\n", b"\r\n", b"\r"])
+def test_a_general_table_names_the_line_that_is_not_utf8_whatever_its_line_ends(tmp_path, rng, line_end):
+    lines = [b"word%d\t%d" % (i, rng.randint(1, 1000)) for i in range(rng.randint(1, 3000))]
+    bad = rng.randrange(len(lines) + 1)
+    lines.insert(bad, b"caf\xe9\t3")
+    table = tmp_path / "general.tsv"
+    table.write_bytes(line_end.join(lines) + line_end)
+    with pytest.raises(ValueError, match=rf"general.tsv' line {bad + 1}: not UTF-8"):
+        GeneralFrequencies.from_file(table)
+
+
+def test_a_general_table_that_is_a_folder_or_all_zeros_is_a_clear_error(tmp_path):
+    folder = tmp_path / "tables"
+    folder.mkdir()
+    with pytest.raises(ValueError, match=r"general frequency table '.*tables' is a directory"):
+        GeneralFrequencies.from_file(folder)
+    zeros = tmp_path / "zeros.tsv"
+    zeros.write_text("the\t0\nenzyme\t0\n")
+    with pytest.raises(ValueError, match=r"general frequency table '.*zeros.tsv': every count is 0"):
+        GeneralFrequencies.from_file(zeros)
+    assert GeneralFrequencies.from_file(zeros, total=1e9).total == 1e9  # a total of its own is taken

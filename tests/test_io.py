@@ -67,3 +67,42 @@ def test_check_writable_refuses_what_could_not_be_written_and_creates_nothing(tm
     monkeypatch.setattr(tempfile, "TemporaryFile", refused)  # as in a read-only folder, even for root
     with pytest.raises(ValueError, match=r"cannot write in folder .*Permission denied"):
         check_writable(tmp_path / "out" / "report.json")
+
+
+def test_writing_through_a_link_replaces_the_file_it_points_to(tmp_path):
+    """As open(path, "wb") does: the link stays, its target gets the new bytes and keeps its mode."""
+    results = tmp_path / "results"
+    results.mkdir()
+    target = results / "anchors-v2.json"
+    target.write_bytes(b"old")
+    target.chmod(0o640)
+    (tmp_path / "latest").mkdir()
+    link = tmp_path / "latest" / "anchors.json"
+    link.symlink_to(os.path.relpath(target, link.parent))
+    assert atomic_write_bytes(link, b"new") == link
+    assert link.is_symlink() and os.readlink(link) == os.path.relpath(target, link.parent)
+    assert target.read_bytes() == b"new" and mode(target) == 0o640
+    assert [p.name for p in results.iterdir()] == ["anchors-v2.json"]  # no temporary left beside it
+    assert [p.name for p in link.parent.iterdir()] == ["anchors.json"]
+    dangling = tmp_path / "latest" / "scores.npz"  # a link to a file not written yet: created there
+    dangling.symlink_to(results / "scores.npz")
+    atomic_write_bytes(dangling, b"scores")
+    assert dangling.is_symlink() and (results / "scores.npz").read_bytes() == b"scores"
+
+
+@pytest.mark.parametrize("length", [250, 255])
+def test_a_name_as_long_as_allowed_can_be_written(tmp_path, length, seed):
+    import random
+
+    from diffmask_fast._io import check_writable
+
+    rng = random.Random(seed)
+    name = "".join(rng.choice("abcdefghij-_é") for _ in range(length))
+    name = name.encode()[:length - 5].decode(errors="ignore") + ".json"  # bytes are what the system limits
+    path = tmp_path / name
+    assert check_writable(path) == path
+    with open(path, "wb"):  # the name itself is allowed
+        pass
+    path.unlink()
+    atomic_write_bytes(path, b"{}")
+    assert path.read_bytes() == b"{}" and [p.name for p in tmp_path.iterdir()] == [name]

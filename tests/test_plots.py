@@ -175,3 +175,33 @@ def test_sample_documents_draws_each_document_equally_often_in_one_pass():
     assert all(abs(count - expected) < 5 * spread for count in picked), picked
     assert sample_documents(documents, (4,), seed) == sample_documents(iter(documents), (4,), seed)
     assert sample_documents([], (4, 2), seed) == [[], []]
+
+
+def test_dollar_signs_in_words_are_drawn_as_text_not_formulas(tmp_path, monkeypatch, seed):
+    """A corpus word or anchor such as "$x^$" or "$\\frac$" is no formula for matplotlib to parse."""
+    from diffmask_fast import plots
+    from diffmask_fast.preview import WordMaskingRate
+
+    rng = random.Random(seed)
+    odd = ["$x^$", "$\\frac$", "$", "US$5", "$a$b$", "$$"]
+    anchor = rng.choice(odd)
+    words = rng.sample(odd, 4) + ["kinase"]
+    rates = [WordMaskingRate(anchor, 1.0, 3, 5, 2, anchor)]
+    rates += [WordMaskingRate(word, rng.random(), 3, 5, 2, anchor) for word in words]
+    drawn = []
+    save = plots._save
+
+    def keep_and_save(figure, path):
+        drawn.append(figure)
+        return save(figure, path)
+
+    monkeypatch.setattr(plots, "_save", keep_and_save)
+    path = plot_masking_rates(rates, tmp_path / "dollars.png", 0.25)
+    assert path.read_bytes().startswith(b"\x89PNG")
+    bars, dots = drawn[0].axes[:2]
+    labels = bars.get_yticklabels()
+    assert [label.get_text() for label in labels] == [plots._label(r) for r in rates[::-1]]
+    assert any("$" in label.get_text() for label in labels) and not any(label.get_parse_math() for label in labels)
+    assert "kinase (" in plots._label(rates[-1]) and "$" in plots._label(rates[-1])  # texts as given
+    notes = dots.texts
+    assert notes and all(not note.get_parse_math() and note.get_text() in words for note in notes)
