@@ -6,23 +6,35 @@ from __future__ import annotations
 import html
 import os
 import random
+import re
 from dataclasses import dataclass
 from typing import Iterable, Sequence
 
 import torch
+from tqdm.auto import tqdm
 
 from ._io import atomic_write_bytes
 from .collator import DifferenceMaskingCollator
+from .pretrain_data import special_wrapping, word_windows
 from .tokenization import WordGrouper, decode_words
 
+#: Characters of a text tokenized per token of the window at first: generous (English averages
+#: about 4), so that a huge one-line document is not tokenized whole to show its first words.
+CHARACTERS_PER_TOKEN = 50
 
-def sample_documents(documents: Iterable[str], sizes: Sequence[int], seed: int) -> list[list[str]]:
+#: The last run of whitespace and the (possibly cut) word after it.
+_LAST_SPACE_AND_WORD = re.compile(r"\s+\S*\Z")
+
+
+def sample_documents(documents: Iterable[str], sizes: Sequence[int], seed: int,
+                     progress: bool = True) -> list[list[str]]:
     """For each ``sizes[i]``, that many documents drawn uniformly without replacement (all of them
     if there are fewer), reproducibly from ``seed + i``. One pass, reservoir sampling: memory
-    holds the samples, not the corpus."""
+    holds the samples, not the corpus (a bar counts the documents read, as it takes a while)."""
     generators = [random.Random(seed + i) for i in range(len(sizes))]
     samples: list[list[str]] = [[] for _ in sizes]
-    for seen, document in enumerate(documents):
+    read = tqdm(documents, desc="sampling documents", unit=" docs", unit_scale=True, disable=not progress)
+    for seen, document in enumerate(read):
         for size, sample, generator in zip(sizes, samples, generators):
             if len(sample) < size:
                 sample.append(document)
@@ -57,13 +69,59 @@ class WordMaskingRate:
         return self.masked / (self.occurrences * self.draws)
 
 
+def _whole_words_prefix(text: str, limit: int) -> str:
+    """``text`` cut to at most ``limit`` characters before a run of whitespace: a word cut in the
+    middle would tokenize unlike the same word in the whole text."""
+    if len(text) <= limit:
+        return text
+    head = text[:limit + 1]  # one more: is the character at the cut whitespace?
+    last = _LAST_SPACE_AND_WORD.search(head)
+    return head[:last.start()] if last else ""
+
+
+def _leading_ids(tokenizer, text: str, count: int) -> list[int]:
+    """The token ids (no special tokens) of a prefix of ``text`` that tokenizes to at least
+    ``count`` ids, or of all of it: only as much of a long document is tokenized as the window
+    needs, the prefix doubling while it falls short."""
+    limit = count * CHARACTERS_PER_TOKEN
+    while True:
+        ids = tokenizer(_whole_words_prefix(text, limit), add_special_tokens=False, return_attention_mask=False,
+                        return_token_type_ids=False, verbose=False)["input_ids"]
+        if len(ids) >= count or limit >= len(text):
+            return list(ids)
+        limit *= 2
+
+
+def _window_ids(tokenizer, grouper: WordGrouper, text: str, room: int) -> list[int]:
+    """The first at most ``room`` token ids of ``text``, ending between words as the pretraining
+    windows do: a word whose last pieces do not fit is left out rather than shown, scored and
+    counted as a word of its own ("phosphory"). Only a word longer than the window is cut."""
+    ids = _leading_ids(tokenizer, text, room + 1)  # one past the window tells if its last word goes on
+    if len(ids) <= room:
+        return ids
+    _, end = word_windows(grouper.breaks(ids[:room + 1]), room)[0]
+    return ids[:end]
+
+
+def _room(tokenizer, before: list[int], after: list[int], max_length: int) -> int:
+    """Tokens of text that fit in ``max_length`` beside the special tokens."""
+    room = max_length - len(before) - len(after)
+    if room < 1:
+        raise ValueError(f"max_length {max_length} leaves no room for text beside the {len(before) + len(after)} "
+                         f"special tokens {type(tokenizer).__name__} adds")
+    return room
+
+
 def _encoded_words(collator: DifferenceMaskingCollator, texts: Sequence[str], max_length: int):
-    """Each text's token ids and its words: (ids, [token positions of each word], [word text])."""
+    """Each text's token ids (at most ``max_length``, special tokens included, as the tokenizer
+    adds them) and its words: (ids, [token positions of each word], [word text])."""
     tokenizer = collator.tokenizer
     grouper = WordGrouper(collator.boundaries.starts_word, collator.boundaries.never_word)  # the collator's words
+    before, after = special_wrapping(tokenizer)
+    room = _room(tokenizer, before, after, max_length)
     rows = []
     for text in texts:
-        ids = tokenizer(text, truncation=True, max_length=max_length)["input_ids"]
+        ids = before + _window_ids(tokenizer, grouper, text, room) + after
         groups = grouper(ids)
         rows.append((ids, groups, decode_words(tokenizer, [[ids[i] for i in group] for group in groups])))
     return rows
@@ -77,7 +135,8 @@ def _padding_offsets(collator: DifferenceMaskingCollator, rows, length: int) -> 
 
 
 def preview(collator: DifferenceMaskingCollator, texts: Sequence[str], max_length: int = 128) -> list[list[PreviewWord]]:
-    """Mask ``texts`` with ``collator`` once and report, word by word, score and whether it was masked."""
+    """Mask ``texts`` with ``collator`` once and report, word by word, score and whether it was
+    masked. A text longer than ``max_length`` tokens is shown up to its last word that fits."""
     rows = _encoded_words(collator, texts, max_length)
     labels = torch.as_tensor(collator([{"input_ids": ids} for ids, _, _ in rows])["labels"])
     offsets = _padding_offsets(collator, rows, labels.shape[1])

@@ -1,0 +1,68 @@
+"""``preview`` and ``masking_rates`` on texts longer than the window: the words shown end where a
+whole word ends, never on the first pieces of a word whose last pieces were cut off."""
+
+from __future__ import annotations
+
+import pytest
+
+from diffmask_fast.collator import DifferenceMaskingCollator
+from diffmask_fast.preview import masking_rates, preview, sample_documents
+from diffmask_fast.scoring import ScoreTable
+
+TOKENIZERS = ["bert_wordpiece", "roberta_byte_bpe"]
+
+
+def collator_for(request, tokenizer_name: str) -> DifferenceMaskingCollator:
+    table = ScoreTable.from_mapping({"phosphorylation": 1.0})
+    return DifferenceMaskingCollator(request.getfixturevalue(tokenizer_name), table, seed=0)
+
+
+@pytest.mark.parametrize("tokenizer_name", TOKENIZERS)
+@pytest.mark.parametrize("fillers", range(120, 130))  # the window ends before, inside and after the long word
+def test_a_word_cut_by_the_window_is_left_out(request, tokenizer_name, fillers):
+    collator = collator_for(request, tokenizer_name)
+    text = "the " * fillers + "phosphorylation of the protein"
+    words = [w.text for w in preview(collator, [text])[0]]
+    assert words == text.split()[:len(words)], f"{fillers}: {words[-3:]}"
+    assert len(words) >= 120
+    shown = "phosphorylation" in words
+    rates = {r.word: r for r in masking_rates(collator, [text], draws=3)}
+    assert set(rates) == set(words), "counted the words shown, no fragment"
+    assert ("phosphorylation" in rates) == shown
+    if shown:
+        assert rates["phosphorylation"].score == 1.0 and rates["phosphorylation"].rate == 1.0
+
+
+@pytest.mark.parametrize("tokenizer_name", TOKENIZERS)
+def test_a_word_longer_than_the_window_is_shown_cut(request, tokenizer_name):
+    collator = collator_for(request, tokenizer_name)
+    word = "phosphorylationkinasereceptorbinding" * 2
+    [row] = preview(collator, [word + " of the protein"], max_length=8)
+    assert len(row) == 1 and word.startswith(row[0].text) and len(row[0].text) < len(word)
+    [rate] = masking_rates(collator, [word], draws=2, max_length=8)
+    assert rate.word == row[0].text and rate.occurrences == 1
+
+
+@pytest.mark.parametrize("tokenizer_name", TOKENIZERS)
+def test_a_huge_line_previews_its_first_words(request, tokenizer_name):
+    collator = collator_for(request, tokenizer_name)
+    sentence = "the phosphorylation of the protein binds its ligand in cells "
+    text = sentence * (2_000_000 // len(sentence))  # one 2 MB line: only its start is tokenized
+    words = [w.text for w in preview(collator, [text])[0]]
+    assert words == [w.text for w in preview(collator, [sentence * 40])[0]]
+    assert words == text.split()[:len(words)] and len(words) > 60
+
+
+def test_preview_rejects_a_window_without_room_for_text(bert_wordpiece):
+    collator = DifferenceMaskingCollator(bert_wordpiece, ScoreTable.from_mapping({}), seed=0)
+    with pytest.raises(ValueError, match="leaves no room for text"):
+        preview(collator, ["the protein"], max_length=2)
+
+
+def test_sampling_documents_shows_a_bar_unless_told_not_to(capsys):
+    documents = [f"document {i}" for i in range(50)]
+    assert sample_documents(iter(documents), (3,), seed=0, progress=False) == sample_documents(documents, (3,), seed=0)
+    err = capsys.readouterr().err
+    assert err.count("sampling documents") >= 1 and "50" in err
+    sample_documents(documents, (3,), seed=0, progress=False)
+    assert "sampling documents" not in capsys.readouterr().err
