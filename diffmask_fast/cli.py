@@ -96,6 +96,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_text_field_option(preview)
     _add_mining_options(preview)
     _add_masking_options(preview)
+    preview.add_argument("--no-progress", action="store_true", help="do not show progress bars")
     _add_score_parser(commands)
     from .finetune import add_finetune_command
     from .pretrain import add_pretrain_command
@@ -235,7 +236,8 @@ def _score_shown_words(anchors, texts, args, plot_texts=()):
     from .scoring import WordScorer
     from .vocabulary import tokenizer_word_types
 
-    embedder = WordEmbedder.from_pretrained(args.model, pooling=args.pooling)
+    embedder = WordEmbedder.from_pretrained(args.model, pooling=args.pooling,
+                                            progress=not getattr(args, "no_progress", False))
     words = tokenizer_word_types(embedder.tokenizer, texts)
     if args.plot:
         words |= tokenizer_word_types(embedder.tokenizer, plot_texts)
@@ -358,7 +360,8 @@ def run_preview(args) -> None:
         _, anchors = _mine(corpus, args)
         print(anchors.table())
     documents = (d for d in iter_documents(corpus, args.text_field) if d.strip())
-    texts, plot_texts = sample_documents(documents, (args.sentences, PLOT_TEXTS if args.plot else 0), args.seed)
+    texts, plot_texts = sample_documents(documents, (args.sentences, PLOT_TEXTS if args.plot else 0), args.seed,
+                                         progress=not args.no_progress)
     if not texts:
         raise ValueError("the corpus has no non-empty documents to preview")
     if saved is not None:

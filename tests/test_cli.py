@@ -50,6 +50,8 @@ def test_preview_marks_masked_words_and_writes_html_and_a_picture(tmp_path, shar
     assert out.count("[[") >= 2
     assert "<span" in page.read_text(encoding="utf-8")
     assert picture.read_bytes().startswith(b"\x89PNG") and f"Wrote {picture}" in out
+    assert main(["preview", str(corpus), "--anchors", str(anchors_path), "-n", "1", "--no-progress"]) == 0
+    assert "sampling documents" not in capsys.readouterr().err
 
 
 def test_preview_masks_with_a_saved_score_table(tmp_path, capsys, seed):
