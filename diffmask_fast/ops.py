@@ -13,6 +13,7 @@ missing or was built for another torch.
 from __future__ import annotations
 
 import math
+import numbers
 from typing import NamedTuple, Sequence
 
 import torch
@@ -231,6 +232,17 @@ def _check_seed_tensor(op: str, seed, input_ids: torch.Tensor) -> None:
         raise ValueError(f"{op}: seed must hold one int64 value, got shape {tuple(seed.shape)}")
     if seed.device != input_ids.device and seed.device.type != "cpu":
         raise ValueError(f"{op}: seed must be on the device of input_ids ({input_ids.device}) or on the CPU, got {seed.device}")
+
+
+def _integer_seed(op: str, seed) -> int:
+    """``seed`` as an int64 value; TypeError for anything but an integer (1.7 or True would be
+    taken as 1, silently)."""
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
+        raise TypeError(f"{op}: seed must be an integer, got {type(seed).__name__} {seed!r}")
+    seed = int(seed)
+    if not -(2**63) <= seed < 2**63:
+        raise ValueError(f"{op}: seed must fit in a signed 64-bit integer, got {seed}")
+    return seed
 
 
 def _draw_seed(generator: torch.Generator | None) -> int:
@@ -582,11 +594,7 @@ def difference_mask(
         input_ids, never_word, starts_word, table_keys, table_values, random_token_ids, mlm_probability, code,
         uniform_mix, unknown_score, mask_replace_prob, random_replace_prob,
     )
-    if seed is None:
-        seed = _draw_seed(generator)
-    seed = int(seed)
-    if not -(2**63) <= seed < 2**63:
-        raise ValueError(f"difference_mask: seed must fit in a signed 64-bit integer, got {seed}")
+    seed = _integer_seed("difference_mask", _draw_seed(generator) if seed is None else seed)
     return DifferenceMaskOutput(
         *_ops.difference_mask(
             input_ids, never_word, starts_word, table_keys, table_values, random_token_ids, mlm_probability, code,
@@ -650,10 +658,7 @@ def difference_mask_device(
         uniform_mix, unknown_score, mask_replace_prob, random_replace_prob, op=op,
     )
     if not isinstance(seed, torch.Tensor):
-        seed = int(seed)
-        if not -(2**63) <= seed < 2**63:
-            raise ValueError(f"{op}: seed must fit in a signed 64-bit integer, got {seed}")
-        seed = torch.tensor([seed], dtype=torch.int64)
+        seed = torch.tensor([_integer_seed(op, seed)], dtype=torch.int64)
     _check_seed_tensor(op, seed, input_ids)
     return DeviceMaskOutput(
         *_ops.difference_mask_device(

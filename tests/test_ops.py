@@ -897,6 +897,12 @@ def test_difference_mask_errors():
     call(random_token_ids=torch.zeros(0, dtype=torch.long), random_replace_prob=0.0)
     with pytest.raises(ValueError, match="unknown_score"):
         call(unknown_score=float("nan"))
+    for bad_seed in (1.7, True, "3"):
+        with pytest.raises(TypeError, match="seed must be an integer"):
+            call(seed=bad_seed)
+        with pytest.raises(TypeError, match="seed must be an integer"):
+            ops.difference_mask_device(ids, never, starts, keys, values, RANDOM_IDS, mask_token_id=MASK_ID, seed=bad_seed)
+    assert torch.equal(call(seed=np.int64(5)).labels, call(seed=5).labels)
     with pytest.raises(TypeError, match="input_ids must have dtype torch.int64"):
         call(input_ids=ids.int())
     with pytest.raises(TypeError, match="random_token_ids must have dtype torch.int64"):
