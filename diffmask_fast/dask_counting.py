@@ -173,14 +173,16 @@ def count_words_distributed(
         files = corpus_files(items, text_field)
     if split_every < 2:
         raise ValueError(f"split_every must be at least 2, got {split_every}")
-    parts = plan_partitions(files, text_field, partition_bytes or DEFAULT_PARTITION_BYTES)
+    if threads is not None and threads < 1:
+        raise ValueError(f"threads must be at least 1, got {threads}")
+    parts = plan_partitions(files, text_field, DEFAULT_PARTITION_BYTES if partition_bytes is None else partition_bytes)
     if not parts:  # no files, or only empty ones: the same error as counting locally
         return _result(CountTable.empty(), 0, lowercase)
     client, owned = _client(scheduler)
     try:
         from distributed import as_completed
 
-        level = client.map(count_partition, parts, lowercase=lowercase, threads=threads or 1,
+        level = client.map(count_partition, parts, lowercase=lowercase, threads=1 if threads is None else threads,
                            block_bytes=block_bytes, pure=False)
         sizes = {future.key: part.end - part.start for future, part in zip(level, parts)}
         done = as_completed(level)

@@ -601,6 +601,17 @@ def test_dask_counting_of_no_text_is_the_local_error(dask_client, tmp_path):
         assert str(distributed.value) == str(local.value)
 
 
+def test_dask_counting_refuses_zero_threads_or_partition_bytes(dask_client, tmp_path):
+    from diffmask_fast.dask_counting import count_words_distributed
+
+    corpus = tmp_path / "a.txt"
+    corpus.write_text("kinase binds\n")
+    with pytest.raises(ValueError, match="threads must be at least 1, got 0"):
+        count_words_distributed(corpus, dask_client, progress=False, threads=0)
+    with pytest.raises(ValueError, match="partition_bytes must be at least 1, got 0"):
+        count_words_distributed(corpus, dask_client, progress=False, partition_bytes=0)
+
+
 # ----------------------------------------------------------------------------------------------
 # Reading files: names, damaged files, saved counts
 # ----------------------------------------------------------------------------------------------
