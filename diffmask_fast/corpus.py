@@ -241,8 +241,18 @@ def open_binary(path: Path):
         raise CorpusError(f"corpus path {str(path)!r} is a directory, not a file") from None
 
 
+#: How files compressed by tools other than gzip begin, which are not read (gzip is).
+UNREAD_COMPRESSIONS = {b"BZh": "bzip2", b"\xfd7zXZ\x00": "xz", b"\x28\xb5\x2f\xfd": "zstd",
+                       b"\x04\x22\x4d\x18": "lz4", b"PK\x03\x04": "zip", b"7z\xbc\xaf\x27\x1c": "7-Zip"}
+
+
 def check_text(path: Path, head: bytes) -> None:
-    """Raise CorpusError if the first bytes of a file hold a NUL byte (binary data, or UTF-16)."""
+    """Raise CorpusError if the first bytes of a file show another compression than gzip, or hold
+    a NUL byte (binary data, or UTF-16)."""
+    for magic, name in UNREAD_COMPRESSIONS.items():
+        if head.startswith(magic) and (name != "bzip2" or (len(head) > 3 and head[3] in b"123456789")):
+            raise CorpusError(f"{str(path)!r} is compressed with {name}, which is not read; decompress it, or "
+                              "compress it with gzip (.gz files are read)")
     if b"\x00" in head[:BINARY_CHECK_BYTES]:
         raise CorpusError(f"{str(path)!r} looks like a binary file (it contains NUL bytes), not text")
 

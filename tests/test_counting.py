@@ -324,6 +324,23 @@ def test_a_directory_says_which_files_it_skipped(tmp_path, recwarn):
         count_words(folder / "anchors.json", progress=False)
 
 
+def test_files_compressed_by_other_tools_than_gzip_are_named_as_such(tmp_path):
+    import bz2
+    import lzma
+    import zipfile
+
+    text = b"kinase inhibitors bind the receptor\n" * 50
+    (tmp_path / "a.txt.bz2").write_bytes(bz2.compress(text))
+    (tmp_path / "a.txt.xz").write_bytes(lzma.compress(text))
+    with zipfile.ZipFile(tmp_path / "a.zip", "w") as archive:
+        archive.writestr("a.txt", text)
+    for name, tool in (("a.txt.bz2", "bzip2"), ("a.txt.xz", "xz"), ("a.zip", "zip")):
+        with pytest.raises(CorpusError, match=f"is compressed with {tool}, which is not read"):
+            count_words(tmp_path / name, progress=False)
+    (tmp_path / "plain.txt").write_bytes(b"BZh\nBZhx words\n")  # text that opens like bzip2's mark
+    assert count_words(tmp_path / "plain.txt", progress=False, lowercase=False).counts["BZh"] == 1
+
+
 def test_bad_input_gives_clear_errors(tmp_path):
     with pytest.raises(CorpusError, match="does not exist"):
         count_words(tmp_path / "missing.txt", progress=False)
@@ -335,7 +352,7 @@ def test_bad_input_gives_clear_errors(tmp_path):
     with pytest.raises(CorpusError, match="binary"):
         count_words(tmp_path / "binary.txt", progress=False)
     with gzip.open(tmp_path / "binary.txt.gz", "wb") as handle:
-        handle.write(b"PK\x03\x04\x00\x00")
+        handle.write(b"\x7fELF\x02\x01\x00\x00")
     with pytest.raises(CorpusError, match="binary"):
         count_words(tmp_path / "binary.txt.gz", progress=False)
     (tmp_path / "broken.txt.gz").write_bytes(gzip.compress(b"some text\n" * 100)[:-30])
