@@ -43,6 +43,58 @@ def _is_batch(item: Any) -> bool:
     return isinstance(item, (torch.Tensor, np.ndarray)) and item.ndim == 2
 
 
+def _is_one_sequence(item: Any) -> bool:
+    """A 1-D tensor or array: one sequence of ids, not a collection of items."""
+    return isinstance(item, (torch.Tensor, np.ndarray)) and item.ndim == 1
+
+
+def _id_rows(item: Any) -> list[tuple[list[int], Any]]:
+    """(token ids, attention mask or None) rows of one item of ``warm``'s data: a sequence of ids,
+    an example dict, or a dict of rows (``tokenizer(texts)``, ``dataset[:n]``; padded or ragged)."""
+    if not isinstance(item, Mapping):
+        return [(_ids_of(item, "item"), None)]
+    if "input_ids" not in item:
+        keys = ", ".join(map(repr, item)) or "no keys"
+        raise ValueError(f"warm takes mappings with 'input_ids'; got one with {keys}")
+    ids, mask = item["input_ids"], item.get("attention_mask")
+    if not _holds_rows(ids):
+        row_ids = _ids_of(ids, "input_ids")
+        return [(row_ids, _checked_mask(mask, len(row_ids), None))]
+    masks = [None] * len(ids) if mask is None else mask
+    if len(masks) != len(ids):
+        raise ValueError(f"attention_mask has {len(masks)} rows but input_ids has {len(ids)}")
+    return [(_ids_of(row_ids, f"input_ids row {index}"), _checked_mask(row_mask, len(row_ids), index))
+            for index, (row_ids, row_mask) in enumerate(zip(ids, masks))]
+
+
+def _holds_rows(ids: Any) -> bool:
+    """Whether ``ids`` is a sequence of sequences of ids (rows) rather than one sequence."""
+    if isinstance(ids, (torch.Tensor, np.ndarray)):
+        return ids.ndim == 2
+    return (isinstance(ids, Sequence) and len(ids) > 0 and isinstance(ids[0], (Sequence, torch.Tensor, np.ndarray))
+            and not isinstance(ids[0], (str, bytes)))
+
+
+def _ids_of(sequence: Any, what: str) -> list[int]:
+    """One sequence of token ids as a list of ints."""
+    if isinstance(sequence, (str, bytes)):
+        raise TypeError(f"{what} is text inside token ids; pass texts as strings, ids as sequences of ints")
+    if isinstance(sequence, (torch.Tensor, np.ndarray)):
+        return sequence.reshape(-1).tolist()
+    try:
+        return [int(i) for i in sequence]
+    except TypeError:
+        raise TypeError(f"{what} is of type {type(sequence).__name__}, not a text or a sequence of token ids") from None
+
+
+def _checked_mask(mask: Any, length: int, row: int | None) -> Any:
+    """``mask`` (or None), once its length is known to match its row's ids."""
+    if mask is not None and len(mask) != length:
+        where = "" if row is None else f" of row {row}"
+        raise ValueError(f"attention_mask{where} has {len(mask)} items but its input_ids has {length}")
+    return mask
+
+
 class DifferenceMasker(torch.nn.Module):
     """Masks a padded batch of token ids where it lives (CPU or GPU): ``(input_ids, labels)``.
 
@@ -182,30 +234,34 @@ class DifferenceMasker(torch.nn.Module):
         device knows them; returns how many distinct words (token sequences) it knows.
 
         ``data``: texts (strings, tokenized here, truncated to ``max_length`` when given), token-id
-        sequences (lists, arrays, 1-D tensors), dicts with ``input_ids`` (a tokenized
-        ``datasets.Dataset`` works), or a padded [B, L] tensor / a batch dict with
-        ``input_ids`` and optional ``attention_mask``. Run it over the training data (or a large
-        sample of it) before training, and again whenever ``coverage()`` shows many misses.
+        sequences (lists, arrays, 1-D tensors), dicts with ``input_ids`` holding one example (a
+        tokenized ``datasets.Dataset`` works) or rows of them, padded or not (``tokenizer(texts)``,
+        ``dataset[:1000]``), or a padded [B, L] tensor / a batch dict with 2-D ``input_ids``; a
+        dict's ``attention_mask``, when present, marks the tokens to read. Run it over the
+        training data (or a large sample of it) before training, and again whenever
+        ``coverage()`` shows many misses.
         """
         if batch_size < 1:
             raise ValueError(f"batch_size must be positive, got {batch_size}")
-        if _is_batch(data):
+        if isinstance(data, (str, Mapping)) or _is_batch(data) or _is_one_sequence(data):
             data = [data]
-        elif isinstance(data, str):
-            data = [data]
-        pending: list = []
+        texts: list[str] = []
+        rows: list[tuple[list[int], Any]] = []
         for item in data:
             if _is_batch(item):  # e.g. the batches of a DataLoader
                 ids = item["input_ids"] if isinstance(item, Mapping) else item
                 mask = item.get("attention_mask") if isinstance(item, Mapping) else None
                 self._learn_batch(torch.as_tensor(ids), mask)
-                continue
-            pending.append(item)
-            if len(pending) == batch_size:
-                self._learn_sequences(self._token_ids(pending, max_length))
-                pending = []
-        if pending:
-            self._learn_sequences(self._token_ids(pending, max_length))
+            elif isinstance(item, str):
+                texts.append(item)
+            else:
+                rows.extend(_id_rows(item))
+            if len(texts) >= batch_size:
+                rows.extend(self._tokenized(texts, max_length))
+                texts = []
+            rows = self._learn_in_chunks(rows, batch_size)
+        rows.extend(self._tokenized(texts, max_length))
+        self._learn_in_chunks(rows, batch_size, everything=True)
         self._upload_table()
         return len(self.collator._cache)
 
@@ -234,31 +290,30 @@ class DifferenceMasker(torch.nn.Module):
                 getattr(self, name).copy_(value)
 
     # -- internals ---------------------------------------------------------------------------------
-    def _token_ids(self, chunk: Sequence[Any], max_length: int | None) -> list[list[int]]:
-        if all(isinstance(item, str) for item in chunk):
-            encoded = self.tokenizer(list(chunk), truncation=max_length is not None, max_length=max_length)
-            return [list(ids) for ids in encoded["input_ids"]]
-        sequences = []
-        for item in chunk:
-            if isinstance(item, Mapping):
-                item = item["input_ids"]
-            if isinstance(item, torch.Tensor):
-                item = item.reshape(-1).tolist()
-            elif isinstance(item, np.ndarray):
-                item = item.reshape(-1).tolist()
-            sequences.append([int(i) for i in item])
-        return sequences
+    def _tokenized(self, texts: list[str], max_length: int | None) -> list[tuple[list[int], None]]:
+        if not texts:
+            return []
+        encoded = self.tokenizer(texts, truncation=max_length is not None, max_length=max_length)
+        return [(list(ids), None) for ids in encoded["input_ids"]]
 
-    def _learn_sequences(self, sequences: list[list[int]]) -> None:
-        sequences = [s for s in sequences if len(s) > 0]
-        if not sequences:
+    def _learn_in_chunks(self, rows: list, batch_size: int, everything: bool = False) -> list:
+        """Learn ``rows`` ``batch_size`` at a time; returns the rows left for a later, full chunk."""
+        end = len(rows) if everything else len(rows) - len(rows) % batch_size
+        for start in range(0, end, batch_size):
+            self._learn_rows(rows[start:start + batch_size])
+        return rows[end:]
+
+    def _learn_rows(self, rows: list[tuple[list[int], Any]]) -> None:
+        """Learn the words of (token ids, attention mask or None) rows, padded into one batch."""
+        rows = [(ids, mask) for ids, mask in rows if len(ids) > 0]
+        if not rows:
             return
-        length = max(len(s) for s in sequences)
-        ids = torch.full((len(sequences), length), int(self.tokenizer.pad_token_id), dtype=torch.int64)
-        attention = torch.zeros((len(sequences), length), dtype=torch.bool)
-        for row, s in enumerate(sequences):
-            ids[row, : len(s)] = torch.tensor(s, dtype=torch.int64)
-            attention[row, : len(s)] = True
+        length = max(len(ids) for ids, _ in rows)
+        ids = torch.full((len(rows), length), int(self.tokenizer.pad_token_id), dtype=torch.int64)
+        attention = torch.zeros((len(rows), length), dtype=torch.bool)
+        for row, (row_ids, mask) in enumerate(rows):
+            ids[row, : len(row_ids)] = torch.tensor(row_ids, dtype=torch.int64)
+            attention[row, : len(row_ids)] = True if mask is None else torch.as_tensor(mask) != 0
         self._learn_batch(ids, attention)
 
     def _learn_batch(self, input_ids: torch.Tensor, attention_mask) -> None:

@@ -67,9 +67,9 @@ def replace_selected(
 
 def _stream_context(rank_default: int = 0) -> tuple[int, int, int, int]:
     """What makes a random stream distinct: process, distributed rank, DataLoader worker (-1
-    outside workers) and the worker's seed, which DataLoader draws anew from its generator for
-    every epoch's workers (they would otherwise replay the last epoch's masks). ``rank_default``
-    is the rank where neither a process group nor $RANK tells it."""
+    outside workers) and the worker's seed, which DataLoader draws anew from its generator (else
+    the global torch RNG) for every epoch's workers (they would otherwise replay the last epoch's
+    masks). ``rank_default`` is the rank where neither a process group nor $RANK tells it."""
     info = torch.utils.data.get_worker_info()
     rank = distributed_rank(rank_default)
     if info is None:
@@ -83,6 +83,13 @@ class MaskingCollatorBase:
     (keyword-only): the 80/10/10 split (``mask_replace_prob``, ``random_replace_prob``),
     ``pad_to_multiple_of``, ``return_tensors`` ("pt" or "np"), ``seed`` and ``word_boundary``
     (see ``word_boundaries``).
+
+    Examples are dicts with ``input_ids`` or bare sequences of ids (lists, arrays and tensors of
+    integers, mixed freely). ``attention_mask``, ``special_tokens_mask`` and ``token_type_ids``
+    are padded with them and must be as long as each example's ``input_ids``; ``labels`` gives
+    way to the masking labels; any other field (a class label, say) is kept, stacked into one
+    tensor over the examples, as ``DataCollatorForLanguageModeling`` keeps it, and a field that
+    does not stack (text, sequences of different lengths) is an error that names it.
 
     Subclasses (dataclasses) define ``tokenizer`` and ``mlm_probability`` (a ``__post_init__`` of
     their own calls ``_setup_base()``) and implement ``mask_batch(input_ids [B, L], never_word
@@ -156,8 +163,12 @@ class MaskingCollatorBase:
         return input_ids, (special if never_word is None else (never_word.bool() | special))
 
     def _generator(self) -> torch.Generator | None:
-        """A generator for this process: seeded from (seed, rank, worker, worker seed) when a seed
-        is set, so runs repeat under the same seeds and every epoch's workers draw new masks.
+        """A generator for this process, seeded from (seed, rank, worker, worker seed) when a seed
+        is set. Outside DataLoader workers that is the seed and the rank alone, so runs repeat.
+        A worker's seed is drawn by DataLoader at the start of every epoch from its ``generator``,
+        else from the global torch RNG, so that each epoch's workers draw new masks; runs with
+        workers repeat only when that is seeded too (``torch.manual_seed``, as ``set_seed`` and
+        ``Trainer`` do, or ``DataLoader(generator=torch.Generator().manual_seed(s))``).
 
         Without a seed the global torch RNG is used, which DataLoader already seeds per worker.
         """
@@ -189,28 +200,26 @@ class MaskingCollatorBase:
 
     def _pad(self, examples: Sequence[Any]) -> dict:
         """Pad every sequence-valued field to a common length without a per-token Python loop."""
-        if len(examples) == 0:
-            raise ValueError("cannot collate an empty list of examples")
-        if not isinstance(examples[0], Mapping):
-            examples = [{"input_ids": example} for example in examples]
-        if any("input_ids" not in example for example in examples):
-            raise ValueError("every example needs an 'input_ids' field")
+        examples = _as_examples(examples)
         sequences = [example["input_ids"] for example in examples]
-        lengths = np.fromiter((len(s) for s in sequences), dtype=np.int64, count=len(sequences))
+        lengths = _sequence_lengths(sequences, "input_ids")
+        total = int(lengths.sum())
         length = int(lengths.max())
         if self.pad_to_multiple_of:
             length = -(-length // self.pad_to_multiple_of) * self.pad_to_multiple_of
         rows = np.repeat(np.arange(len(sequences)), lengths)
         offsets = np.cumsum(lengths) - lengths
-        columns = np.arange(int(lengths.sum())) - np.repeat(offsets, lengths)
+        columns = np.arange(total) - np.repeat(offsets, lengths)
         if self.tokenizer.padding_side == "left":
             columns += np.repeat(length - lengths, lengths)
         index = (torch.from_numpy(rows), torch.from_numpy(columns))
 
         def padded(field_name: str, fill: int, dtype=torch.long) -> torch.Tensor:
-            values = _flatten([example[field_name] for example in examples], int(lengths.sum()), field_name)
+            values = _field_values(examples, field_name)
+            if field_name != "input_ids":
+                _check_lengths(values, lengths, field_name)
             out = torch.full((len(sequences), length), fill, dtype=dtype)
-            out[index] = torch.from_numpy(values).to(dtype)
+            out[index] = torch.from_numpy(_flatten(values, total, field_name)).to(dtype)
             return out
 
         batch = {"input_ids": padded("input_ids", self.tokenizer.pad_token_id)}
@@ -228,22 +237,123 @@ class MaskingCollatorBase:
         for key in examples[0]:
             if key in batch or key in ("input_ids", "labels"):
                 continue
-            batch[key] = torch.as_tensor(np.asarray([example[key] for example in examples]))
+            batch[key] = _stacked_extra(_field_values(examples, key), key)
         return batch
 
 
-def _flatten(sequences: list, total: int, field_name: str) -> np.ndarray:
-    """Concatenate sequences of ints (lists, numpy arrays or tensors) into one int64 array."""
-    first = sequences[0]
-    if isinstance(first, torch.Tensor):
-        flat = torch.cat([s.reshape(-1) for s in sequences]).numpy()
-    elif isinstance(first, np.ndarray):
-        flat = np.concatenate([s.reshape(-1) for s in sequences])
-    else:
+#: Why an example that is text cannot be collated.
+_NOT_TOKENIZED = ("examples must be tokenized: dicts with 'input_ids', or sequences of token ids "
+                  "(e.g. tokenizer(text)['input_ids'])")
+
+
+def _as_examples(examples: Sequence[Any]) -> list[Mapping]:
+    """The examples as mappings with ``input_ids``: a bare sequence of ids becomes one."""
+    if len(examples) == 0:
+        raise ValueError("cannot collate an empty list of examples")
+    mappings = []
+    for index, example in enumerate(examples):
+        if isinstance(example, (str, bytes)):
+            raise TypeError(f"example {index} is text; {_NOT_TOKENIZED}")
+        if not isinstance(example, Mapping):
+            example = {"input_ids": example}
+        elif "input_ids" not in example:
+            raise ValueError(f"every example needs an 'input_ids' field; example {index} has "
+                             f"{', '.join(map(repr, example)) or 'none'}")
+        mappings.append(example)
+    return mappings
+
+
+def _field_values(examples: list[Mapping], field_name: str) -> list:
+    """``field_name`` of every example; example 0 has it, so every example must."""
+    try:
+        return [example[field_name] for example in examples]
+    except KeyError:
+        missing = next(i for i, example in enumerate(examples) if field_name not in example)
+        raise ValueError(f"field {field_name!r} is in example 0 but not in example {missing}") from None
+
+
+def _sequence_lengths(values: list, field_name: str) -> np.ndarray:
+    """The length of every example's ``field_name``, which must be one sequence."""
+    lengths = np.empty(len(values), dtype=np.int64)
+    for index, value in enumerate(values):
+        if isinstance(value, (torch.Tensor, np.ndarray)) and value.ndim != 1:
+            raise ValueError(_shape_problem(field_name, index, f"has shape {tuple(value.shape)}"))
+        if isinstance(value, (str, bytes)):
+            raise TypeError(f"field {field_name!r} of example {index} is text; {_NOT_TOKENIZED}")
         try:
-            flat = np.fromiter(itertools.chain.from_iterable(sequences), dtype=np.int64, count=total)
-        except ValueError:
-            raise ValueError(f"field {field_name!r} is shorter than input_ids in some example") from None
-    if flat.shape[0] != total:
-        raise ValueError(f"field {field_name!r} has a different length than input_ids in some example")
-    return flat.astype(np.int64, copy=False)
+            lengths[index] = len(value)
+        except TypeError:
+            raise TypeError(f"field {field_name!r} of example {index} is of type {type(value).__name__}, "
+                            "not a sequence of token ids") from None
+    return lengths
+
+
+def _shape_problem(field_name: str, index: int, what_it_is: str) -> str:
+    return (f"field {field_name!r} of example {index} {what_it_is}; each example must be one sequence: "
+            "squeeze it, or tokenize without return_tensors")
+
+
+def _check_lengths(values: list, lengths: np.ndarray, field_name: str) -> None:
+    """Each example's ``field_name`` has as many items as its input_ids (tokenizer.pad agrees)."""
+    mismatched = np.flatnonzero(_sequence_lengths(values, field_name) != lengths)
+    if mismatched.size:
+        index = int(mismatched[0])
+        raise ValueError(f"field {field_name!r} of example {index} has {len(values[index])} items but its "
+                         f"input_ids has {int(lengths[index])}")
+
+
+def _flatten(sequences: list, total: int, field_name: str) -> np.ndarray:
+    """Concatenate the examples' sequences of integers (lists, numpy arrays or tensors, mixed
+    freely) into one int64 array of ``total`` items; anything but integers is refused."""
+    if all(isinstance(s, list) for s in sequences) and _all_integers(sequences):
+        return np.fromiter(itertools.chain.from_iterable(sequences), dtype=np.int64, count=total)
+    # Example by example, so that an error names the example.
+    arrays = [_integer_array(s, field_name, index) for index, s in enumerate(sequences)]
+    return np.concatenate(arrays).astype(np.int64, copy=False)
+
+
+def _all_integers(lists: list[list]) -> bool:
+    """Whether every item of the lists is an integer, at C speed: a float, string or list makes
+    their sum something else or raises. (np.fromiter would truncate floats and parse strings.)"""
+    try:
+        return isinstance(sum(map(sum, lists)), numbers.Integral)
+    except TypeError:
+        return False
+
+
+def _integer_array(sequence: Any, field_name: str, index: int) -> np.ndarray:
+    """One example's ``field_name`` as a 1-D numpy array of integers (or booleans)."""
+    if isinstance(sequence, torch.Tensor):
+        if sequence.dtype.is_floating_point or sequence.dtype.is_complex:
+            raise TypeError(_not_integers(field_name, index, sequence.dtype))
+        sequence = sequence.detach().cpu().numpy()
+    try:
+        array = np.asarray(sequence)
+    except ValueError:  # ragged nesting
+        raise ValueError(_shape_problem(field_name, index, "holds nested sequences")) from None
+    if array.size == 0:
+        return np.empty(0, dtype=np.int64)
+    if array.ndim != 1:
+        raise ValueError(_shape_problem(field_name, index, f"has shape {array.shape}"))
+    if array.dtype.kind not in "biu":
+        raise TypeError(_not_integers(field_name, index, array.dtype))
+    return array
+
+
+def _not_integers(field_name: str, index: int, dtype: Any) -> str:
+    return f"field {field_name!r} of example {index} holds {dtype} values; token ids and masks must be integers"
+
+
+def _stacked_extra(values: list, field_name: str) -> torch.Tensor:
+    """A field the collator does not pad (e.g. a class label) as one tensor over the examples."""
+    keep_or_remove = ("; the collator keeps other fields only as numbers or equal-shape arrays that "
+                      "stack into one tensor, so remove it (e.g. dataset.remove_columns) before collating")
+    try:
+        array = np.asarray(values)
+    except ValueError:
+        raise ValueError(f"field {field_name!r} has a different shape in some examples{keep_or_remove}") from None
+    if array.dtype.kind not in "biuf":
+        index = next((i for i, value in enumerate(values) if np.asarray(value).dtype.kind not in "biuf"), 0)
+        raise TypeError(f"field {field_name!r} of example {index} holds {type(values[index]).__name__} values"
+                        f"{keep_or_remove}")
+    return torch.as_tensor(array)

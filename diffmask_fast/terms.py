@@ -108,7 +108,7 @@ class TermMatcher:
         self.tokenizer = tokenizer
         self.boundaries = word_boundaries(tokenizer, word_boundary) if boundaries is None else boundaries
         self._special = special_token_table(tokenizer, self.boundaries.never_word.numel())
-        # Tokens of no word that are not special: byte-level BPE's whitespace ("Ċ", a lone "Ġ").
+        # Tokens of no word that are not special: whitespace ("Ċ", a lone "Ġ" or "▁", "Âł").
         self._whitespace = self.boundaries.never_word & ~self._special
         self._normalized: dict[int, str] = {}
         self._build(terms)

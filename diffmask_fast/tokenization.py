@@ -10,7 +10,10 @@ known from its id alone. The three sub-word families mark words differently:
 In both marker schemes a token that stands for whitespace alone (byte-level "Ċ" or "Âł", the
 no-break space; a lone "▁") is no word, and a token whose text opens with whitespace and goes on
 ("ĉword" of tab + word) starts one. "Whitespace" is what ``str.split()`` splits on, so the words
-grouped here are the words counting finds. Byte-level tokens are read through the byte alphabet
+grouped here are the words counting finds, with one exception: a token that ends in whitespace
+after other text (".Ċ" under cl100k-style rules, which GPT-2-style tokenizers such as RoBERTa's
+never make) does not end its word, since the tables say how a token starts, not how the one
+before it ended. Byte-level tokens are read through the byte alphabet
 and UTF-8; a piece of a multi-byte character cannot be judged and is read by its marker alone.
 A lone "▁" before a continuation ("▁", "s", "pa", "ces") is no word either (one table per id
 cannot see what follows it): the next token starts the word, whose text is the same, and the

@@ -381,3 +381,96 @@ def test_distributed_ranks_draw_different_masks(bert_wordpiece, lines, monkeypat
     assert not torch.equal(by_rank["0"], by_rank["1"])
     monkeypatch.setenv("RANK", "1")
     assert torch.equal(DifferenceMaskingCollator(tokenizer, table, seed=11)(examples)["labels"], by_rank["1"])
+
+
+@pytest.mark.parametrize("field", ["attention_mask", "special_tokens_mask", "token_type_ids"])
+def test_each_example_field_must_be_as_long_as_its_input_ids(bert_wordpiece, field):
+    collator = DifferenceMaskingCollator(bert_wordpiece, {"a": 1.0})
+    # The totals agree (6 + 2 = 5 + 3): only a per-example check sees that rows 0 and 1 disagree.
+    shifted = [{"input_ids": [2, 141, 1117, 144, 3], field: [1, 1, 1, 1, 1, 0]},
+               {"input_ids": [2, 141, 3], field: [1, 1]}]
+    with pytest.raises(ValueError, match=f"'{field}' of example 0 has 6 items but its input_ids has 5"):
+        collator(shifted)
+    longer_last = [{"input_ids": [2, 141, 3], field: [1, 1, 1]}, {"input_ids": [2, 141, 3], field: [1, 1, 1, 0]}]
+    with pytest.raises(ValueError, match=f"'{field}' of example 1 has 4"):
+        collator(longer_last)
+    with pytest.raises(ValueError, match=f"'{field}' of example 0 has 4"):
+        collator([{"input_ids": [2, 141, 3], field: np.array([1, 1, 1, 0])}])
+    with pytest.raises(ValueError, match=f"'{field}' is in example 0 but not in example 1"):
+        collator([{"input_ids": [2, 141, 3], field: [1, 1, 1]}, {"input_ids": [2, 141, 3]}])
+
+
+def test_untokenized_or_misshapen_examples_are_refused_by_name(bert_wordpiece):
+    collator = DifferenceMaskingCollator(bert_wordpiece, {"receptor": 1.0})
+    with pytest.raises(TypeError, match="example 0 is text; examples must be tokenized"):
+        collator(["the receptor"])
+    with pytest.raises(TypeError, match="'input_ids' of example 1 is text"):
+        collator([{"input_ids": [2, 141, 3]}, {"input_ids": "the receptor"}])
+    one_row = bert_wordpiece("the receptor", return_tensors="pt")["input_ids"]
+    with pytest.raises(ValueError, match=rf"'input_ids' of example 0 has shape \(1, {one_row.shape[1]}\).*squeeze"):
+        collator([{"input_ids": one_row}])
+    with pytest.raises(ValueError, match=r"'input_ids' of example 1 has shape \(1, 3\)"):
+        collator([[2, 141, 3], [[2, 141, 3]]])
+    with pytest.raises(TypeError, match="'input_ids' of example 0 is of type int, not a sequence"):
+        collator([{"input_ids": 5}])
+
+
+@pytest.mark.parametrize("ids", [[2.0, 5.5, 3.0], [2, 5.0, 3], np.array([2.0, 5.5, 3.0]),
+                                 torch.tensor([2.0, 5.0, 3.0]), [2, "5", 3]])
+def test_ids_that_are_not_integers_are_refused(bert_wordpiece, ids):
+    collator = DifferenceMaskingCollator(bert_wordpiece, {"a": 1.0})
+    with pytest.raises(TypeError, match="'input_ids' of example 1 holds .* values; token ids and masks must be integers"):
+        collator([[2, 141, 3], ids])
+    with pytest.raises(TypeError, match="'attention_mask' of example 0 holds"):
+        collator([{"input_ids": [2, 141, 3], "attention_mask": ids}])
+
+
+def test_lists_arrays_and_tensors_mix_freely(bert_wordpiece, lines):
+    tokenizer = bert_wordpiece
+    ids = [e["input_ids"] for e in encode(tokenizer, lines[:6])]
+    table = random_scores(tokenizer, lines[:6])
+    mixed = [torch.tensor(ids[0]), ids[1], np.asarray(ids[2], dtype=np.int32), tuple(ids[3]),
+             torch.tensor(ids[4], dtype=torch.int32), ids[5]]
+    expected = DifferenceMaskingCollator(tokenizer, table, seed=5)(ids)
+    got = DifferenceMaskingCollator(tokenizer, table, seed=5)(mixed)
+    assert all(torch.equal(got[key], expected[key]) for key in expected)
+    masks = [{"input_ids": ids[0], "attention_mask": torch.ones(len(ids[0]), dtype=torch.bool)},
+             {"input_ids": torch.tensor(ids[1]), "attention_mask": [1] * len(ids[1])}]
+    batch = DifferenceMaskingCollator(tokenizer, table)(masks)
+    assert batch["attention_mask"].sum(1).tolist() == [len(ids[0]), len(ids[1])]
+
+
+def test_other_fields_are_kept_when_they_stack_and_named_when_not(bert_wordpiece):
+    collator = DifferenceMaskingCollator(bert_wordpiece, {"a": 1.0})
+    kept = collator([{"input_ids": [2, 141, 3], "label": 1, "labels": 7},
+                     {"input_ids": [2, 141, 1117, 3], "label": 0, "labels": 7}])
+    assert kept["label"].tolist() == [1, 0]
+    assert kept["labels"].shape == kept["input_ids"].shape, "the masking labels replace a given labels field"
+    with pytest.raises(TypeError, match="field 'id' of example 0 holds str values.*remove it"):
+        collator([{"input_ids": [2, 141, 3], "id": "a"}, {"input_ids": [2, 141, 3], "id": "b"}])
+    with pytest.raises(ValueError, match="field 'word_ids' has a different shape in some examples"):
+        collator([{"input_ids": [2, 141, 3], "word_ids": [0, 1, 2]}, {"input_ids": [2, 3], "word_ids": [0, 1]}])
+
+
+def _labels_of_a_run(collator, examples, generator=None) -> list[torch.Tensor]:
+    loader = torch.utils.data.DataLoader(examples, batch_size=4, num_workers=2, persistent_workers=False,
+                                         collate_fn=collator, generator=generator)
+    return [batch["labels"] for batch in loader]
+
+
+def test_runs_with_workers_repeat_when_the_worker_seeds_are_seeded_too(bert_wordpiece):
+    """A worker's stream mixes in the worker seed DataLoader draws every epoch from its generator,
+    else from the global torch RNG: with ``seed`` alone, runs repeat only when that is seeded."""
+    tokenizer = bert_wordpiece
+    text = "enzymes bind receptors in cells and tissues of the brain"
+    examples = [{"input_ids": tokenizer(text)["input_ids"]}] * 16
+    collator = DifferenceMaskingCollator(tokenizer, random_scores(tokenizer, [text], zero_share=0.0), seed=3)
+    first = _labels_of_a_run(collator, examples, torch.Generator().manual_seed(8))
+    second = _labels_of_a_run(collator, examples, torch.Generator().manual_seed(8))
+    assert len(first) == 4 and all(torch.equal(a, b) for a, b in zip(first, second))
+    torch.manual_seed(8)  # what set_seed does for Trainer
+    from_global = _labels_of_a_run(collator, examples)
+    torch.manual_seed(8)
+    assert all(torch.equal(a, b) for a, b in zip(from_global, _labels_of_a_run(collator, examples)))
+    # Unseeded, each run's workers get seeds of their own: their masks may differ from run to run.
+    assert len(_labels_of_a_run(collator, examples)) == 4

@@ -384,3 +384,51 @@ def test_trainer_drops_a_class_label_column_before_masking(tiny_bert_mlm, bert_w
                                        eval_dataset=train, masker=masker)
     assert math.isfinite(trainer.train().training_loss)
     assert math.isfinite(trainer.evaluate()["eval_loss"])
+
+
+def test_warm_reads_dicts_of_rows_as_rows_not_their_keys(bert_wordpiece, lines):
+    """``tokenizer(texts)``, ``tokenizer(texts, padding=True)`` and ``dataset[:n]`` are dicts whose
+    input_ids hold one row per example (lists, ragged or padded): their words are learned."""
+    tokenizer = bert_wordpiece
+    scores = score_table(tokenizer, lines)
+    texts = lines[:8]
+    encoded = tokenizer(texts)
+    padded_lists = tokenizer(texts, padding=True)
+    by_texts = DifferenceMasker(tokenizer, scores, seed=0).warm(texts)
+    for name, data in {
+        "BatchEncoding": encoded,
+        "padded lists": padded_lists,
+        "dataset slice": {"input_ids": list(encoded["input_ids"]), "attention_mask": list(encoded["attention_mask"])},
+        "rows without a mask": {"input_ids": list(encoded["input_ids"])},
+        "rows of tensors": {"input_ids": [torch.tensor(ids) for ids in encoded["input_ids"]]},
+        "list of dicts of rows": [tokenizer(texts[:3]), tokenizer(texts[3:])],
+        "one example dict": [tokenizer(text) for text in texts],
+    }.items():
+        masker = DifferenceMasker(tokenizer, scores, seed=0)
+        assert masker.warm(data, batch_size=3) == by_texts, name
+        ids, attention = padded(tokenizer, texts, max_length=512)
+        masker(ids, attention)
+        assert masker.coverage()["missed"] == 0, name
+    assert DifferenceMasker(tokenizer, scores, seed=0).warm(tokenizer(texts[0])) > 0  # one example's dict
+
+
+def test_warm_honours_the_attention_mask_of_rows(bert_wordpiece, lines):
+    tokenizer = bert_wordpiece
+    scores = score_table(tokenizer, lines)
+    encoded = tokenizer(lines[:4], padding=True)
+    hidden = [[0] * len(mask) for mask in encoded["attention_mask"]]
+    masker = DifferenceMasker(tokenizer, scores, seed=0)
+    assert masker.warm({"input_ids": encoded["input_ids"], "attention_mask": hidden}) == 0
+    assert masker.warm({"input_ids": encoded["input_ids"][0], "attention_mask": hidden[0]}) == 0
+
+
+def test_warm_refuses_what_it_cannot_read(bert_wordpiece, lines):
+    masker = DifferenceMasker(bert_wordpiece, score_table(bert_wordpiece, lines), seed=0)
+    with pytest.raises(ValueError, match="mappings with 'input_ids'; got one with 'text'"):
+        masker.warm({"text": lines[:2]})
+    with pytest.raises(ValueError, match="attention_mask of row 1 has 2 items but its input_ids has 3"):
+        masker.warm({"input_ids": [[2, 141, 3], [2, 141, 3]], "attention_mask": [[1, 1, 1], [1, 1]]})
+    with pytest.raises(ValueError, match="attention_mask has 1 rows but input_ids has 2"):
+        masker.warm({"input_ids": [[2, 141, 3], [2, 141, 3]], "attention_mask": [[1, 1, 1]]})
+    with pytest.raises(TypeError, match="not a text or a sequence of token ids"):
+        masker.warm([2, 141, 3])
