@@ -235,8 +235,11 @@ def _check_seed_tensor(op: str, seed, input_ids: torch.Tensor) -> None:
 
 
 def _integer_seed(op: str, seed) -> int:
-    """``seed`` as an int64 value; TypeError for anything but an integer (1.7 or True would be
-    taken as 1, silently)."""
+    """``seed`` (an integer, or a one-element integer tensor) as an int64 value; TypeError for
+    anything else (1.7 or True would be taken as 1, silently)."""
+    if isinstance(seed, torch.Tensor) and seed.numel() == 1 and not seed.is_floating_point() \
+            and seed.dtype != torch.bool and not seed.is_complex():
+        seed = int(seed.item())
     if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
         raise TypeError(f"{op}: seed must be an integer, got {type(seed).__name__} {seed!r}")
     seed = int(seed)

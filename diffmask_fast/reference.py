@@ -371,10 +371,22 @@ def select_anchors(
 # ----------------------------------------------------------------------------------------------
 
 
+def _power_of_two_scaled(vector: Sequence[float]) -> list[float]:
+    """``vector`` times the power of two that brings its largest |x| into [0.5, 1): exact, and
+    the cosine does not change, but squares of 1e200 or 1e-200 no longer over- or underflow."""
+    values = [float(x) for x in vector]
+    largest = max(map(abs, values), default=0.0)
+    if largest == 0:
+        return values
+    exponent = math.frexp(largest)[1]
+    return [math.ldexp(x, -exponent) for x in values]
+
+
 def cosine(u: Sequence[float], v: Sequence[float]) -> float:
     """Cosine similarity; 0 when either vector is zero, NaN when either holds NaN or infinity."""
     if not all(math.isfinite(float(x)) for x in (*u, *v)):
         return math.nan
+    u, v = _power_of_two_scaled(u), _power_of_two_scaled(v)
     dot = sum(float(a) * float(b) for a, b in zip(u, v))
     norm = math.sqrt(sum(float(a) ** 2 for a in u)) * math.sqrt(sum(float(b) ** 2 for b in v))
     return dot / norm if norm > 0 else 0.0

@@ -198,6 +198,22 @@ def test_similarity_nan_propagates():
     assert torch.isnan(values[1]) and torch.isfinite(values[[0, 2, 3]]).all()
 
 
+@pytest.mark.parametrize("scale", [1e160, 1e-170, 1e300, 1e-310])
+def test_float64_similarity_of_values_whose_squares_leave_double_range(seed, scale):
+    """Float64 rows and anchors so large or small that even double sums of squares over- or
+    underflow: still their cosines, not NaN or the zero vector's 0."""
+    g = generator(seed)
+    embeddings = torch.randn(30, 16, generator=g, dtype=torch.float64)
+    anchors = torch.randn(6, 16, generator=g, dtype=torch.float64)
+    expected_values, expected_indices = reference.max_anchor_similarity(embeddings.numpy(), anchors.numpy())
+    for e, a in ((embeddings * scale, anchors), (embeddings, anchors * scale), (embeddings * scale, anchors * scale)):
+        values, indices = ops.max_anchor_similarity(e, a)
+        scaled_values, scaled_indices = reference.max_anchor_similarity(e.numpy(), a.numpy())
+        np.testing.assert_allclose(scaled_values, expected_values, atol=1e-12)  # the reference is scale-free too
+        np.testing.assert_allclose(values.numpy(), expected_values, atol=1e-6, err_msg=f"seed={seed} scale={scale}")
+        assert np.array_equal(indices.numpy(), expected_indices), f"seed={seed} scale={scale}"
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_similarity_of_non_finite_rows_follows_the_reference(seed, dtype):
     """NaN or infinity in an embedding: (NaN, 0). In an anchor: never the nearest, unless every
@@ -903,6 +919,9 @@ def test_difference_mask_errors():
         with pytest.raises(TypeError, match="seed must be an integer"):
             ops.difference_mask_device(ids, never, starts, keys, values, RANDOM_IDS, mask_token_id=MASK_ID, seed=bad_seed)
     assert torch.equal(call(seed=np.int64(5)).labels, call(seed=5).labels)
+    assert torch.equal(call(seed=torch.tensor(5)).labels, call(seed=5).labels)
+    with pytest.raises(TypeError, match="seed must be an integer"):
+        call(seed=torch.tensor(5.0))
     with pytest.raises(TypeError, match="input_ids must have dtype torch.int64"):
         call(input_ids=ids.int())
     with pytest.raises(TypeError, match="random_token_ids must have dtype torch.int64"):

@@ -5,6 +5,7 @@
 #pragma once
 
 #include <algorithm>
+#include <cmath>
 #include <cstdint>
 #include <cstring>
 #include <limits>
@@ -39,6 +40,32 @@ inline double squared_norm_double(const T* x, int64_t n, int64_t step = 1) {
   double acc = 0;
   for (int64_t i = 0; i < n; ++i) {
     const double v = static_cast<double>(x[i * step]);
+    acc += v * v;
+  }
+  return acc;
+}
+
+// The power of two that brings the largest |x[i]| of a finite, non-zero row into [1, 2); 0 for a
+// zero row or one holding NaN or infinity (which no scaling helps).
+template <typename T>
+inline int rescaling_shift(const T* x, int64_t n, int64_t step = 1) {
+  double largest = 0;
+  for (int64_t i = 0; i < n; ++i) {
+    const double v = std::abs(static_cast<double>(x[i * step]));
+    if (!(v <= std::numeric_limits<double>::max())) {
+      return 0;  // NaN or infinity
+    }
+    largest = std::max(largest, v);
+  }
+  return largest > 0 ? -std::ilogb(largest) : 0;
+}
+
+// Sum of squares of x * 2^shift in double.
+template <typename T>
+inline double squared_norm_double_scaled(const T* x, int64_t n, int shift, int64_t step = 1) {
+  double acc = 0;
+  for (int64_t i = 0; i < n; ++i) {
+    const double v = std::ldexp(static_cast<double>(x[i * step]), shift);
     acc += v * v;
   }
   return acc;

@@ -80,10 +80,16 @@ at::Tensor distinct_unit_anchors(const at::Tensor& anchors, at::ScalarType dtype
   const T* a_data = a.data_ptr<T>();
   std::vector<T> unit(static_cast<size_t>(K * D));
   for (int64_t k = 0; k < K; ++k) {  // in double: a float32 sum of squares over- or underflows
-    const double norm = std::sqrt(core::squared_norm_double(a_data + k * D, D));
-    const double scale = norm > 0 ? 1.0 / norm : 0.0;
+    const T* row = a_data + k * D;
+    const double norm2 = core::squared_norm_double(row, D);
+    // Float64 values beyond ~1e154 or below ~1e-154 over- or underflow even the double sum:
+    // such rows are scaled by a power of two first (exact), as the CUDA kernel does.
+    const int shift = norm2 >= std::numeric_limits<double>::min() && std::isfinite(norm2)
+                          ? 0 : core::rescaling_shift(row, D);
+    const double norm = std::sqrt(shift == 0 ? norm2 : core::squared_norm_double_scaled(row, D, shift));
+    const double scale = norm > 0 ? 1.0 / norm : 0.0;  // NaN anchors keep their NaNs and never win
     for (int64_t d = 0; d < D; ++d) {
-      unit[k * D + d] = static_cast<T>(static_cast<double>(a_data[k * D + d]) * scale);
+      unit[k * D + d] = static_cast<T>(std::ldexp(static_cast<double>(row[d]), shift) * scale);
     }
   }
   std::vector<int64_t> first(static_cast<size_t>(K));
@@ -177,13 +183,25 @@ void max_anchor_similarity_impl(const at::Tensor& embeddings, const at::Tensor& 
   int64_t* index_data = indices.data_ptr<int64_t>();
   const bool same_dtype = e.scalar_type() == dtype;
 
-  // (first maximum dot, its column, squared norm) of one row scaled so that its largest value
-  // is in [1, 2): for rows whose values are so large or small that float products over- or
-  // underflow. Slow (one row against every tile), and rare.
+  // (first maximum dot, its column, squared norm) of a row whose float sum of squares is out of
+  // range: (NaN, 0, NaN) when it holds NaN or infinity, (0, 0, 0) when it is zero, and otherwise
+  // the search of the row scaled so that its largest value is in [1, 2), for values so large or
+  // small that products over- or underflow (in float32 or float64). Slow (one row against every
+  // tile), and rare.
   auto rescaled_row_max = [&](const T* row, int64_t step) {
     double largest = 0;
+    bool finite = true;
     for (int64_t d = 0; d < D; ++d) {
-      largest = std::max(largest, std::abs(static_cast<double>(row[d * step])));
+      const double value = static_cast<double>(row[d * step]);
+      finite = finite && std::isfinite(value);
+      largest = std::max(largest, std::abs(value));
+    }
+    if (!finite) {
+      const double nan = std::numeric_limits<double>::quiet_NaN();
+      return std::make_tuple(static_cast<T>(nan), int64_t{0}, nan);
+    }
+    if (largest == 0) {
+      return std::make_tuple(T(0), int64_t{0}, 0.0);
     }
     const int shift = -std::ilogb(largest);
     at::Tensor scaled = at::empty({1, D}, e.options().dtype(dtype));
@@ -273,15 +291,12 @@ void max_anchor_similarity_impl(const at::Tensor& embeddings, const at::Tensor& 
         T dot = best.value[r];  // NaN when every score is NaN, as the row's first score
         int64_t j = best.column[r];
         double norm2 = static_cast<double>(norms[r]);
-        if (core::squared_norm_out_of_range(norms[r])) {  // rare: measured again in double
+        if (core::squared_norm_out_of_range(norms[r])) {
+          // Rare: a zero or non-finite row, or one whose dot products over- or underflowed as its
+          // squares did, searched again scaled by a power of two (exact: the cosines stay).
           const int64_t row_step = column_major ? 1 : ld;
           const int64_t step = column_major ? ld : 1;
-          norm2 = core::squared_norm_double(x_data + r * row_step, D, step);
-          if (norm2 > 0 && std::isfinite(norm2)) {
-            // The dot products overflowed or lost their precision as the squares did: search
-            // the row again scaled by a power of two (exact), which leaves its cosines as they are.
-            std::tie(dot, j, norm2) = rescaled_row_max(x_data + r * row_step, step);
-          }
+          std::tie(dot, j, norm2) = rescaled_row_max(x_data + r * row_step, step);
         }
         float value;
         int64_t index;

@@ -5,6 +5,7 @@
 
 #include <cuda_runtime.h>
 
+#include <cfloat>
 #include <cstdint>
 
 #include "../core/rng.h"
@@ -39,6 +40,24 @@ __device__ __forceinline__ T warp_inclusive_scan(T v, int lane) {
     }
   }
   return v;
+}
+
+// core::rescaling_shift of a row read by one warp: the power of two that brings its largest |x|
+// into [1, 2), or 0 for a zero row or one holding NaN or infinity. Every lane gets the result.
+template <typename T>
+__device__ int warp_rescaling_shift(const T* x, int64_t n, int lane) {
+  double largest = 0;
+  int finite = 1;
+  for (int64_t i = lane; i < n; i += kWarp) {
+    const double v = fabs(static_cast<double>(x[i]));
+    finite &= v <= DBL_MAX;
+    largest = fmax(largest, v);
+  }
+  for (int offset = kWarp / 2; offset > 0; offset /= 2) {
+    largest = fmax(largest, __shfl_xor_sync(0xffffffffu, largest, offset));
+    finite &= __shfl_xor_sync(0xffffffffu, finite, offset);
+  }
+  return finite && largest > 0 ? -ilogb(largest) : 0;
 }
 
 // Scratch of the block-wide reductions and scans: one slot per warp plus a total.

@@ -99,10 +99,24 @@ __global__ void normalize_anchors_kernel(const T* __restrict__ anchors, int64_t 
     squares += static_cast<double>(a[j]) * static_cast<double>(a[j]);
   }
   squares = device::warp_sum(squares);
+  // Float64 values beyond ~1e154 or below ~1e-154 over- or underflow even the double sum: such
+  // rows are scaled by a power of two first (exact), as the CPU kernel does.
+  int shift = 0;
+  if (!(squares >= DBL_MIN && squares <= DBL_MAX)) {
+    shift = device::warp_rescaling_shift(a, d, lane);
+    if (shift != 0) {
+      squares = 0;
+      for (int64_t j = lane; j < d; j += device::kWarp) {
+        const double v = ldexp(static_cast<double>(a[j]), shift);
+        squares += v * v;
+      }
+      squares = device::warp_sum(squares);
+    }
+  }
   const double norm = sqrt(squares);
   const double scale = norm > 0 ? 1.0 / norm : 0.0;  // NaN anchors keep their NaNs and never win
   for (int64_t j = lane; j < d; j += device::kWarp) {
-    units[anchor * d + j] = static_cast<T>(static_cast<double>(a[j]) * scale);
+    units[anchor * d + j] = static_cast<T>(ldexp(static_cast<double>(a[j]), shift) * scale);
   }
 }
 
@@ -496,25 +510,37 @@ __global__ void finish_kernel(const T* __restrict__ part_value, const int32_t* _
     for (int64_t g = 0; g < groups; ++g) {
       merge(best_v, best_i, part_value[g * n + row], part_index[g * n + row]);
     }
-    double norm2 = static_cast<double>(norms[row]);
+    double norm = sqrt(static_cast<double>(norms[row]));
     if (out_of_range(norms[row])) {
-      // Rare: a float32 sum of squares beyond ~1.8e19 or below ~1e-38 (or a zero or NaN row),
-      // measured again in double by this thread, as the CPU kernel does.
+      // Rare: a sum of squares out of range (float32 beyond ~1.8e19 or below ~1e-38), or a zero
+      // or non-finite row, measured again by this thread in double, scaled by a power of two
+      // so that float64 values beyond ~1e154 or below ~1e-154 do not over- or underflow it.
+      // (The CPU kernel also searches such rows again scaled; here the dot products are kept.)
       const T* e = embeddings + row * ld;
+      double largest = 0;
+      for (int64_t j = 0; j < d; ++j) {
+        largest = fmax(largest, fabs(static_cast<double>(e[j])));  // NaN: fmax keeps the other
+      }
+      bool finite = largest <= DBL_MAX;
+      for (int64_t j = 0; finite && j < d; ++j) {
+        finite = isfinite(static_cast<double>(e[j]));
+      }
+      const int shift = finite && largest > 0 ? -ilogb(largest) : 0;
       double squares = 0;
       for (int64_t j = 0; j < d; ++j) {
-        squares += static_cast<double>(e[j]) * static_cast<double>(e[j]);
+        const double v = ldexp(static_cast<double>(e[j]), shift);
+        squares += v * v;
       }
-      norm2 = squares;
+      norm = finite ? ldexp(sqrt(squares), -shift) : NAN;
     }
     float value;
     int64_t index;
-    if (!isfinite(norm2)) {
+    if (!isfinite(norm)) {
       value = NAN;  // NaN or infinity in the row, as the CPU kernel
       index = 0;
-    } else if (norm2 > 0) {
+    } else if (norm > 0) {
       // Every product NaN (all anchors NaN): NaN at anchor 0, as the CPU kernel.
-      value = best_i < 0 ? NAN : static_cast<float>(static_cast<double>(best_v) / sqrt(norm2));
+      value = best_i < 0 ? NAN : static_cast<float>(static_cast<double>(best_v) / norm);
       index = best_i < 0 ? 0 : best_i;
     } else {
       value = 0.0f;  // zero vector: similarity 0 to every anchor
