@@ -1,5 +1,5 @@
 """Reading a corpus: text files (plain or gzip), JSON lines, directories, globs, strings or a
-HuggingFace ``datasets.Dataset``.
+HuggingFace ``datasets.Dataset`` (or a pandas ``DataFrame``, read alike).
 
 A document is a line of a text file (``\\n``, ``\\r\\n`` and a lone ``\\r`` end a line; invalid UTF-8
 bytes become U+FFFD; a UTF-8 byte-order mark opening the file is not text), one record of a
@@ -105,15 +105,27 @@ def _first_visit(folder: str, visited: set[tuple[int, int]]) -> bool:
     return True
 
 
+def _leads_above(folder: str, top: str) -> bool:
+    """Whether ``folder`` is a link to ``top`` or to a folder holding it ("up -> ../.."): walking
+    it would read what lies around the corpus (a link to ~ or / the whole tree)."""
+    if not os.path.islink(folder):
+        return False
+    target = os.path.realpath(folder)
+    return top == target or top.startswith(target.rstrip(os.sep) + os.sep)
+
+
 def _scan_folder(top: Path, suffixes: tuple[str, ...], scan: _FolderScan, visited: set[tuple[int, int]]) -> None:
-    """Add the files under ``top`` to ``scan``, following links to folders. Hidden files and
-    folders (a name starting with ".": ``.git``, ``.ipynb_checkpoints``) are no corpus and pass
-    silently; pipes, sockets and devices are skipped like files of other kinds."""
+    """Add the files under ``top`` to ``scan``, following links to folders, but not to ``top`` or
+    the folders above it. Hidden files and folders (a name starting with ".": ``.git``,
+    ``.ipynb_checkpoints``) are no corpus and pass silently; pipes, sockets and devices are
+    skipped like files of other kinds."""
     if not _first_visit(os.fspath(top), visited):
         return
+    real_top = os.path.realpath(top)
     for root, folders, names in os.walk(top, followlinks=True):
         folders[:] = sorted(name for name in folders
-                            if not name.startswith(".") and _first_visit(os.path.join(root, name), visited))
+                            if not name.startswith(".") and not _leads_above(os.path.join(root, name), real_top)
+                            and _first_visit(os.path.join(root, name), visited))
         for name in names:
             if name.startswith("."):
                 continue
@@ -161,11 +173,11 @@ def _glob_files(pattern: str, suffixes: tuple[str, ...]) -> list[Path]:
 
 def _outermost(folders: list[Path]) -> list[Path]:
     """``folders`` less those inside another of them (a ``**`` glob matches a folder and every
-    folder below it): walking the outer one reads them."""
-    kept: list[Path] = []
+    folder below it): walking the outer one reads them. Linear in the folders times their depth."""
+    kept: set[Path] = set()
     for folder in sorted(folders, key=lambda p: len(p.parts)):
-        if not any(folder.is_relative_to(outer) for outer in kept):
-            kept.append(folder)
+        if not any(parent in kept for parent in folder.parents):
+            kept.add(folder)
     return sorted(kept)
 
 
@@ -191,16 +203,18 @@ def _warn_skipped(where: str, scan: _FolderScan, suffixes: tuple[str, ...]) -> N
 def _read_once(files: list[Path]) -> list[Path]:
     """``files`` with each file (by its real path) kept at its first place only: one reached again
     through a link, or named twice, would have its words counted twice."""
-    first: dict[str, Path] = {}
+    first: dict[tuple[int, int], Path] = {}
     repeated: list[Path] = []
     for path in files:
-        real = os.path.realpath(path)
-        if real in first:
+        status = os.stat(path)  # one call, where resolving the path would take one per component
+        identity = (status.st_dev, status.st_ino)
+        if identity in first:
             repeated.append(path)
         else:
-            first[real] = path
+            first[identity] = path
     if repeated:
-        example, kept = repeated[0], first[os.path.realpath(repeated[0])]
+        status = os.stat(repeated[0])
+        example, kept = repeated[0], first[(status.st_dev, status.st_ino)]
         same = f" (the file {str(kept)!r})" if example != kept else ""
         warnings.warn(f"{len(repeated):,} file(s) of the corpus are named more than once (twice, or again through "
                       f"a link) and are read once: {str(example)!r}{same}{', ...' if len(repeated) > 1 else ''}",
@@ -349,6 +363,35 @@ def is_dataset(source: object) -> bool:
             and hasattr(source, "column_names") and callable(getattr(source, "iter", None)))
 
 
+class _FrameAsDataset:
+    """A pandas ``DataFrame`` read as a dataset, one document a row of its text column: it is
+    neither a mapping nor a dataset, and iterating it would count its column names."""
+
+    def __init__(self, frame: Any):
+        self.frame = frame
+
+    @property
+    def column_names(self) -> list[str]:
+        return [str(name) for name in self.frame.columns]
+
+    def iter(self, batch_size: int) -> Iterator[dict[str, list]]:
+        names = {str(name): name for name in self.frame.columns}
+        for start in range(0, len(self.frame), batch_size):
+            rows = self.frame.iloc[start:start + batch_size]
+            yield {text: rows[name].tolist() for text, name in names.items()}
+
+
+def is_data_frame(source: object) -> bool:
+    """Whether ``source`` looks like a pandas ``DataFrame`` (``columns`` and ``iloc``); pandas
+    itself is never imported."""
+    return hasattr(source, "columns") and hasattr(source, "iloc") and not hasattr(source, "name")
+
+
+def dataset_view(source: object) -> object:
+    """``source``, with a pandas ``DataFrame`` read as a dataset of its rows."""
+    return _FrameAsDataset(source) if is_data_frame(source) else source
+
+
 def check_not_mapping(source: object) -> None:
     """A dict (e.g. a ``datasets.DatasetDict`` of splits) is no corpus: iterating it would count
     its keys."""
@@ -397,7 +440,9 @@ def iter_documents(source: CorpusSource, text_field: str | None = None) -> Itera
     """Documents of a corpus: lines of text files, records of JSON-lines files, rows of a
     dataset, or the strings themselves.
 
-    A ``str`` is a path or pattern; an iterable holds literal strings or ``pathlib.Path``s."""
+    A ``str`` is a path or pattern; an iterable holds literal strings or ``pathlib.Path``s; a
+    pandas ``DataFrame`` is read as a dataset."""
+    source = dataset_view(source)
     if isinstance(source, (str, os.PathLike)) or names_only_paths(source):
         for path in corpus_files(source, text_field):
             yield from _iter_file_documents(path, text_field)

@@ -52,6 +52,7 @@ from .corpus import (
     check_not_mapping,
     check_text_file,
     corpus_files,
+    dataset_view,
     is_dataset,
     is_gzip,
     is_json_lines,
@@ -656,7 +657,7 @@ def count_words(
 
     ``source`` is a file, directory or glob (plain or ``.gz`` text, one document a line; JSON
     lines, one document a record), a list of ``pathlib.Path``, an iterable of strings (one
-    document each), or a HuggingFace ``datasets.Dataset`` (one document a row).
+    document each), or a HuggingFace ``datasets.Dataset`` or pandas ``DataFrame`` (one document a row).
 
     - ``threads``: counting threads, each with its own table (default: every available core).
     - ``text_field``: the field of JSON-lines records or dataset rows holding the text (default
@@ -678,6 +679,7 @@ def count_words(
             source, scheduler, lowercase=lowercase, progress=progress, text_field=text_field,
             partition_bytes=partition_bytes, threads=threads, block_bytes=block_bytes)
     threads = default_threads() if threads is None else int(threads)
+    source = dataset_view(source)
     dataset = is_dataset(source)
     if not dataset:
         check_not_mapping(source)

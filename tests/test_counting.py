@@ -261,6 +261,21 @@ def test_real_datasets_dataset_if_installed():
     assert dict(counts.counts) == dict(reference.count_words(texts)) and counts.documents == 3
 
 
+def test_a_pandas_data_frame_is_read_by_its_text_column(rng):
+    pandas = pytest.importorskip("pandas")
+    from diffmask_fast.corpus import iter_documents
+
+    texts = [" ".join(rng.choice(["Enzyme", "binds", "ΣΊΣΥΦΟΣ", "the"]) for _ in range(rng.randrange(6)))
+             for _ in range(2500)]  # more rows than one batch
+    frame = pandas.DataFrame({"body": texts, "label": range(len(texts))})
+    counts = count_words(frame, progress=False, text_field="body")
+    assert dict(counts.counts) == dict(reference.count_words(texts)) and counts.documents == len(texts)
+    assert list(iter_documents(frame, "body")) == texts
+    assert list(iter_documents(frame["body"])) == texts  # a column alone is an iterable of strings
+    with pytest.raises(CorpusError, match="no column 'text' .*columns: body, label"):
+        count_words(frame, progress=False)
+
+
 def test_dataset_errors():
     with pytest.raises(CorpusError, match="mapping was given.*train"):
         count_words({"train": FakeDataset(["a"]), "test": FakeDataset(["b"])}, progress=False)
@@ -818,10 +833,12 @@ def test_a_directory_follows_links_and_leaves_hidden_folders_out(tmp_path, rng):
         write_lines(corpus / hidden, ["hidden words"])
     (corpus / "shared").symlink_to(outside, target_is_directory=True)  # a linked folder is entered
     (corpus / "deep" / "up").symlink_to(corpus, target_is_directory=True)  # a cycle is walked once
+    write_lines(tmp_path / "around.txt", ["words around the corpus"])
+    (corpus / "deep" / "top").symlink_to(tmp_path, target_is_directory=True)  # above the corpus: not entered
     (corpus / "gone.txt").symlink_to(tmp_path / "deleted.txt")
     counts, said = counted(corpus)
     assert counts == WordCounts.from_mapping(reference.count_words(read), len(read))
-    assert "hidden" not in counts
+    assert "hidden" not in counts and "around" not in counts
     assert [m for m in said if "broken link" in m] == [m for m in said if "skipped" in m]
     assert len(said) == 2 and "skipped 1 broken link(s) to nothing (gone.txt)" in said[0], said
     # A file reached again through a link is read once, with a warning naming it.
