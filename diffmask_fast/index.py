@@ -4,8 +4,8 @@
 query, for anchor sets from a handful of words to millions of contextual vectors:
 
 * ``exact``: the compiled ``max_anchor_similarity`` op (blocked matrix products, exact).
-* ``flat``: FAISS ``IndexFlatIP`` on unit vectors: exact too (up to float rounding), faster than
-  the op for large K on some machines, and on the GPU with GPU FAISS.
+* ``flat``: FAISS ``IndexFlatIP`` on unit vectors: exact too (up to float rounding); on the CPU
+  slower than the op at every K measured, but fast on the GPU with GPU FAISS.
 * ``ivf``: an inverted file over FAISS spherical k-means centroids (``nlist`` lists). Each query
   scans the ``nprobe`` lists whose centroids are most similar to it. On the CPU the lists are
   scanned query-batched: the queries of a block are grouped by the list they probe and each list
@@ -25,15 +25,16 @@ perturbs them (each moved to cosine ~0.7 of where it was), which only approximat
 Recall@1 counts a query as found when the returned anchor is the exact nearest anchor or is as
 similar to the query as it (within 1e-6: ties and float rounding).
 
-``kind="auto"`` picks by the number of anchors K, from measurements on a 2-core AVX-512 CPU
-(benchmarks/bench_scoring.py, D = 384): the exact op up to ``EXACT_MAX_ANCHORS`` (it is faster
-than FAISS flat up to K = 8,192 and 1.8-2.6x slower from 16,384), FAISS flat up to
-``IVF_MIN_ANCHORS``, IVF beyond (at recall@1 0.99 it is 0.9x flat search at K = 10^4, 2.5x at
-10^5, 7.6x at 10^6), falling back to flat when reaching the recall target would make IVF scan
-more than ``MAX_SCAN_FRACTION`` of the anchors. HNSW is never chosen automatically: on those
-word queries it needs ef_search in the hundreds for recall@1 0.99, which makes it slower than
-flat search at K = 10^5, and it is the slowest to build; it stays available for few-query,
-low-latency use.
+``kind="auto"`` picks by the number of anchors K, from measurements on 2-core AVX-512 CPUs
+(benchmarks/bench_scoring.py, D = 384; see benchmarks/RESULTS.md): the exact op below
+``IVF_MIN_ANCHORS`` (it answers 3-5x the queries/s of FAISS flat at every K from 10^3 to 10^6,
+and IVF tuned to recall@1 0.99 answers 0.8x its queries/s at K = 10^4, 3x at 10^5, 24x at
+10^6), IVF from there on, falling back to the exact op when reaching the recall target would
+make IVF scan more than ``MAX_SCAN_FRACTION`` of the anchors. With ``use_gpu``, FAISS flat search
+on the GPU takes the place of the exact op from ``GPU_FLAT_MIN_ANCHORS``. HNSW is never chosen
+automatically: on those word queries it needs ef_search in the hundreds for recall@1 0.99, which
+makes it slower than the exact op at K = 10^5, and it is the slowest to build; it stays
+available for few-query, low-latency use.
 
 Cosine similarity is the inner product of L2-normalized vectors. As in the exact op, a zero
 vector (query or anchor) has similarity 0 to everything, and a zero query gets (0, 0).
@@ -54,14 +55,21 @@ logger = logging.getLogger(__name__)
 INDEX_KINDS = ("auto", "exact", "flat", "ivf", "hnsw")
 IVF_ENGINES = ("batched", "faiss")
 
-#: ``auto`` uses the exact op up to this many anchors...
-EXACT_MAX_ANCHORS = 8192
-#: ...FAISS flat search below this many, and IVF from here on.
+#: ``auto`` uses the exact op below this many anchors, and IVF from here on...
 IVF_MIN_ANCHORS = 65536
+#: ...but with ``use_gpu``, FAISS flat search on the GPU from this many.
+GPU_FLAT_MIN_ANCHORS = 8192
 #: ``auto`` gives up on IVF when the recall target needs more than this share of anchors scanned.
 MAX_SCAN_FRACTION = 0.25
 #: Two similarities closer than this count as a tie when measuring recall.
 TIE_TOLERANCE = 1e-6
+
+
+def auto_kind(k: int, use_gpu: bool = False) -> str:
+    """The kind ``auto`` picks for ``k`` anchors (see the module's docstring for why)."""
+    if k >= IVF_MIN_ANCHORS:
+        return "ivf"
+    return "flat" if use_gpu and k >= GPU_FLAT_MIN_ANCHORS else "exact"
 
 
 def check_index_options(kind: str = "auto", *, recall_target: float = 0.99, spill: int = 1,
@@ -233,7 +241,7 @@ class AnchorIndex:
         self._searchable = searchable.contiguous()
 
         if kind == "auto":
-            kind = "exact" if self.k <= EXACT_MAX_ANCHORS else ("flat" if self.k < IVF_MIN_ANCHORS else "ivf")
+            kind = auto_kind(self.k, self.use_gpu)
         if self._searchable.shape[0] == 0:
             kind = "exact"
             self.notes.append("every anchor is the zero vector: all similarities are 0")
@@ -406,8 +414,9 @@ class AnchorIndex:
         return unit_rows(self._unit[rows] + noise), "perturbed anchors"
 
     def _exact(self, queries: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Exact nearest anchors: the op for small K, FAISS flat (exact, faster on large K) otherwise."""
-        if self.k <= EXACT_MAX_ANCHORS or self._searchable is None or self._searchable.shape[0] == 0:
+        """Exact nearest anchors, the yardstick of recall: the op, or with ``use_gpu`` and many
+        anchors FAISS flat search on the GPU (exact too)."""
+        if auto_kind(self.k, self.use_gpu) != "flat" or self._searchable is None or self._searchable.shape[0] == 0:
             return exact_search(queries, self._anchors)
         if self._flat is None:
             faiss = _faiss()
@@ -565,10 +574,13 @@ class AnchorIndex:
         chosen = self._tune("nprobe", 8, nlist, apply)
         scanned = chosen * spill / nlist
         if self.requested_kind == "auto" and scanned > MAX_SCAN_FRACTION:
+            fallback = "flat" if self.use_gpu else "exact"
+            instead = "exact flat search on the GPU" if fallback == "flat" else "the exact op"
             self.notes.append(f"IVF needed nprobe={chosen} of {nlist} lists ({scanned:.0%} of the anchors) for "
-                              f"recall@1 {self.report.recall:.3f}; using exact flat search instead")
-            self.kind, self.report = "flat", None
-            self._build_flat()
+                              f"recall@1 {self.report.recall:.3f}; using {instead} instead")
+            self.kind, self.report = fallback, None
+            if fallback == "flat":
+                self._build_flat()
 
     def _build_hnsw(self, m: int, ef_construction: int, ef_search: int | None) -> None:
         faiss = _faiss()

@@ -34,7 +34,7 @@ from .anchors import Anchors
 from .contextual import ContextualAnchors, contextual_anchor_vectors
 from .embedding import WordEmbedder, has_lone_surrogate
 from .general import GeneralFrequencies
-from .index import EXACT_MAX_ANCHORS, AnchorIndex, unit_rows
+from .index import AnchorIndex, auto_kind, unit_rows
 
 SIMILARITIES = ("max", "centroid", "mean")
 SCORES_FORMAT = "diffmask_fast.word_scores/1"
@@ -417,7 +417,7 @@ class WordScorer:
     ``anchors`` is an ``Anchors`` result, a list of anchor words, or ``ContextualAnchors``
     (one vector per occurrence; see ``with_contextual_anchors``). ``index`` and
     ``index_options`` choose the ``AnchorIndex`` for ``max`` similarity (``auto``: exact search
-    for up to 8,192 anchor vectors); an approximate index is tuned and its recall measured on a
+    below 65,536 anchor vectors, IVF from there on); an approximate index is tuned and its recall measured on a
     sample of the words being scored. ``chunk_size`` words are embedded and scored at a time.
     """
 
@@ -495,7 +495,7 @@ class WordScorer:
 
     def _needs_sample(self) -> bool:
         k = self.anchor_vectors.shape[0]
-        return self.index_kind in ("ivf", "hnsw") or (self.index_kind == "auto" and k > EXACT_MAX_ANCHORS)
+        return self.index_kind in ("ivf", "hnsw") or (self.index_kind == "auto" and auto_kind(k) == "ivf")
 
     def score(self, words: Iterable[str], lowercase: bool = True, progress: bool | None = None) -> ScoreTable:
         """A ScoreTable for the given words (normalized and deduplicated first)."""

@@ -174,16 +174,22 @@ def test_a_gpu_index_without_a_gpu_is_refused(generator):
 def test_auto_chooses_by_size_and_falls_back_when_ivf_does_not_pay(monkeypatch, generator):
     small = torch.randn(100, 8, generator=generator)
     assert AnchorIndex(small).kind == "exact"
-    middle = torch.randn(index_module.EXACT_MAX_ANCHORS + 1, 8, generator=generator)
-    assert AnchorIndex(middle).kind == "flat"
-    monkeypatch.setattr(index_module, "EXACT_MAX_ANCHORS", 1000)
+    middle = torch.randn(index_module.GPU_FLAT_MIN_ANCHORS + 1, 8, generator=generator)
+    assert AnchorIndex(middle).kind == "exact"  # FAISS flat only on the GPU
+    assert index_module.auto_kind(index_module.GPU_FLAT_MIN_ANCHORS, use_gpu=True) == "flat"
+    assert index_module.auto_kind(index_module.IVF_MIN_ANCHORS - 1) == "exact"
+    assert index_module.auto_kind(index_module.IVF_MIN_ANCHORS) == "ivf"
     monkeypatch.setattr(index_module, "IVF_MIN_ANCHORS", 4000)
     anchors = clustered(5000, 16, 100, generator)
     chosen = AnchorIndex(anchors, sample_queries=clustered(500, 16, 100, generator))
     assert chosen.kind == "ivf" and chosen.recall >= 0.99
     monkeypatch.setattr(index_module, "MAX_SCAN_FRACTION", 0.0)
-    fallback = AnchorIndex(anchors, sample_queries=clustered(500, 16, 100, generator))
-    assert fallback.kind == "flat" and fallback.exact and "using exact flat search" in fallback.describe()
+    queries = clustered(500, 16, 100, generator)
+    fallback = AnchorIndex(anchors, sample_queries=queries)
+    assert fallback.kind == "exact" and fallback.exact and "using the exact op instead" in fallback.describe()
+    values, ids = fallback.search(queries)
+    expected_values, expected_ids = exact_search(queries, anchors)
+    assert torch.equal(ids, expected_ids) and torch.equal(values, expected_values)
 
 
 @pytest.mark.parametrize("pooling,k", [("mean", 600), ("input_embeddings", 6000)])
