@@ -97,13 +97,22 @@ def run() -> tuple[str, dict]:
     rng = np.random.default_rng(0)
 
     ours_time = measure(lambda: ours(plain), min_seconds=2.0, min_runs=20)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as in a DataLoader worker, which torch gives one thread
+    try:
+        one_thread_time = measure(lambda: ours(plain), min_seconds=2.0, min_runs=20)
+    finally:
+        torch.set_num_threads(threads)
     hf_time = measure(lambda: huggingface(hf_examples), min_seconds=2.0, min_runs=5)
     reference_time = measure(lambda: reference_collate(tokenizer, table, plain, rng), min_seconds=0, min_runs=2, warmup=0)
-    results = {"ours": ours_time, "huggingface_wwm": hf_time, "reference": reference_time}
+    results = {"ours": ours_time, "ours_one_thread": one_thread_time, "huggingface_wwm": hf_time,
+               "reference": reference_time}
     table_md = markdown_table(
         ["collator (64 x 512 tokens, SciCite)", "time per batch", "ours / this"],
         [
-            ["diffmask_fast.DifferenceMaskingCollator", milliseconds(ours_time), "1"],
+            [f"diffmask_fast.DifferenceMaskingCollator ({threads} torch threads)", milliseconds(ours_time), "1"],
+            ["diffmask_fast.DifferenceMaskingCollator (1 thread, as in a DataLoader worker)",
+             milliseconds(one_thread_time), f"{ours_time / one_thread_time:.2f}"],
             ["DataCollatorForLanguageModeling(whole_word_mask=True)", milliseconds(hf_time), f"{ours_time / hf_time:.3f}"],
             ["reference collator (plain Python)", milliseconds(reference_time), f"{ours_time / reference_time:.5f} "
              f"({reference_time / ours_time:,.0f}x faster)"],

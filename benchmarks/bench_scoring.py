@@ -23,7 +23,6 @@ from __future__ import annotations
 import json
 import os
 import random
-import resource
 import subprocess
 import sys
 import time
@@ -122,10 +121,12 @@ def throughput(lines: list[str]) -> tuple[str, dict]:
 # ----------------------------------------------------------------------------------------------
 
 
-def _rss_mib() -> float:
+def _status_mib(field: str) -> float:
+    """A memory field of /proc/self/status in MiB: VmRSS (resident now), VmHWM (peak resident of
+    this process image; not ru_maxrss, which after fork and exec can report the parent's size)."""
     with open("/proc/self/status", encoding="utf-8") as handle:
         for line in handle:
-            if line.startswith("VmRSS:"):
+            if line.startswith(field + ":"):
                 return int(line.split()[1]) / 1024
     return float("nan")
 
@@ -154,7 +155,7 @@ def million_child() -> None:
     random.Random(0).shuffle(words)
     embedder = WordEmbedder.from_pretrained(None, pooling="input_embeddings", cache_dir=None, progress=False)
     scorer = WordScorer(embedder, anchors)
-    before = _rss_mib()
+    before = _status_mib("VmRSS")
     started = time.perf_counter()
     table = scorer.score(words, progress=False)
     score_seconds = time.perf_counter() - started
@@ -175,7 +176,7 @@ def million_child() -> None:
         "words": len(table), "anchors": len(anchors), "index": scorer.index.describe(), "score_seconds": score_seconds,
         "save_seconds": save_seconds, "file_mib": size / 2**20, "load_seconds": load_seconds,
         "lookup_us": lookup_seconds * 1e6, "rss_before_mib": before,
-        "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "peak_rss_mib": _status_mib("VmHWM"),
     }))
 
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import os
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -88,6 +89,24 @@ SCALES = {
 
 #: strategies the script can pretrain with: all but "terms", which needs a terms file it has no option for
 USABLE_STRATEGIES = tuple(name for name in STRATEGIES if name != "terms")
+
+
+def reproducing_command(args: argparse.Namespace, model: str | None) -> str:
+    """The command that trains what the table shows: every option that changes a result, not
+    only the scale (a table of other strategies or data would not be reproduced without them)."""
+    words = ["python", "benchmarks/comparison.py", "--scale", args.scale]
+    default = parse_args([])
+    if model is not None:
+        words += ["--model", model]
+    if Path(args.data).resolve() != Path(default.data).resolve():
+        words += ["--data", str(args.data)]
+    if args.strategies != default.strategies:
+        words += ["--strategies", *args.strategies]
+    if args.mlm_probability != default.mlm_probability:
+        words += ["--mlm-probability", repr(args.mlm_probability)]
+    if args.no_baseline:
+        words.append("--no-baseline")
+    return shlex.join(words + ["--write"])
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -283,8 +302,7 @@ def render(args, scale: dict, runs: Runs, picture: str | None = None) -> str:
                               "strategies compare from that start, not what a RoBERTa-base model reaches."
                               if bundled else f"`{model}`."),
         f"Machine: {runs.machine}. Date: {runs.date}. Total {runs.minutes:.0f} min.",
-        f"Command: `python benchmarks/comparison.py --scale {args.scale}"
-        + (f" --model {model}" if not bundled else "") + " --write`.",
+        f"Command: `{reproducing_command(args, None if bundled else model)}`.",
         "",
         "| strategy | validation MLM loss (start → best) | steps | dev accuracy | dev macro-F1 | test accuracy | test macro-F1 |",
         "|---|---|---|---|---|---|---|",

@@ -3,6 +3,7 @@ on the CPU here, so a GPU session's one run of it does not fail on a mistake a C
 
 from __future__ import annotations
 
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -173,6 +174,21 @@ def test_the_comparison_checks_its_strategies_before_training(capsys):
             parse_args(["--strategies", *strategies])
         assert exit_.value.code == 2
         assert message in capsys.readouterr().err
+
+
+def test_the_comparison_records_every_option_that_changes_its_results():
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        from comparison import parse_args, reproducing_command
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
+    assert reproducing_command(parse_args([]), None) == "python benchmarks/comparison.py --scale small --write"
+    args = parse_args(["--scale", "smoke", "--strategies", "mslm", "random-word", "--mlm-probability", "0.15",
+                       "--data", "/data/my corpus", "--no-baseline", "--work-dir", "/tmp/x"])
+    command = reproducing_command(args, "roberta-base")
+    assert command == ("python benchmarks/comparison.py --scale smoke --model roberta-base --data '/data/my corpus' "
+                       "--strategies mslm random-word --mlm-probability 0.15 --no-baseline --write")
+    assert parse_args(shlex.split(command)[2:]).strategies == ["mslm", "random-word"]
 
 
 def test_the_comparison_keeps_finished_runs_resumes_interrupted_ones_and_starts_over_when_fresh(
