@@ -19,7 +19,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
-from harness import markdown_table, measure, milliseconds  # noqa: E402
+from harness import markdown_table, measure, milliseconds, verdict  # noqa: E402
 
 from diffmask_fast import reference  # noqa: E402
 from diffmask_fast.collator import DifferenceMaskingCollator  # noqa: E402
@@ -108,14 +108,15 @@ def run() -> tuple[str, dict]:
     results = {"ours": ours_time, "ours_one_thread": one_thread_time, "huggingface_wwm": hf_time,
                "reference": reference_time}
     table_md = markdown_table(
-        ["collator (64 x 512 tokens, SciCite)", "time per batch", "ours / this"],
+        ["collator (64 x 512 tokens, SciCite)", "time per batch", "ours / this", "goal"],
         [
-            [f"diffmask_fast.DifferenceMaskingCollator ({threads} torch threads)", milliseconds(ours_time), "1"],
+            [f"diffmask_fast.DifferenceMaskingCollator ({threads} torch threads)", milliseconds(ours_time), "1", "-"],
             ["diffmask_fast.DifferenceMaskingCollator (1 thread, as in a DataLoader worker)",
-             milliseconds(one_thread_time), f"{ours_time / one_thread_time:.2f}"],
-            ["DataCollatorForLanguageModeling(whole_word_mask=True)", milliseconds(hf_time), f"{ours_time / hf_time:.3f}"],
+             milliseconds(one_thread_time), f"{ours_time / one_thread_time:.2f}", "-"],
+            ["DataCollatorForLanguageModeling(whole_word_mask=True)", milliseconds(hf_time), f"{ours_time / hf_time:.3f}",
+             verdict(ours_time / hf_time <= 0.2, "<= 0.2x")],
             ["reference collator (plain Python)", milliseconds(reference_time), f"{ours_time / reference_time:.5f} "
-             f"({reference_time / ours_time:,.0f}x faster)"],
+             f"({reference_time / ours_time:,.0f}x faster)", verdict(reference_time / ours_time >= 100, ">= 100x faster")],
         ],
     )
     return table_md, results

@@ -40,6 +40,11 @@ def machine() -> str:
             f"Python {platform.python_version()}")
 
 
+def verdict(met: bool, goal: str) -> str:
+    """A goal's line in a results table: met, or missed in bold, so a miss cannot pass unseen."""
+    return f"met ({goal})" if met else f"**missed** ({goal})"
+
+
 def markdown_table(header: list[str], rows: list[list[object]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
