@@ -19,7 +19,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
-from harness import markdown_table, measure, milliseconds, verdict  # noqa: E402
+from harness import markdown_table, measure, milliseconds, sized, verdict  # noqa: E402
 
 from diffmask_fast import reference  # noqa: E402
 from diffmask_fast.collator import DifferenceMaskingCollator  # noqa: E402
@@ -30,7 +30,7 @@ from diffmask_fast.tokenization import decode_word, word_boundaries  # noqa: E40
 GOALS = ("Goal: >= 100x faster than the reference collator and <= 0.2x the time of "
          "`DataCollatorForLanguageModeling(whole_word_mask=True)` on the same batch.")
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
-BATCH, LENGTH = 64, 512
+BATCH, LENGTH = sized((64, 512), (4, 128))
 
 
 def scicite_examples(tokenizer, batch: int = BATCH, length: int = LENGTH) -> list[dict]:
@@ -108,7 +108,7 @@ def run() -> tuple[str, dict]:
     results = {"ours": ours_time, "ours_one_thread": one_thread_time, "huggingface_wwm": hf_time,
                "reference": reference_time}
     table_md = markdown_table(
-        ["collator (64 x 512 tokens, SciCite)", "time per batch", "ours / this", "goal"],
+        [f"collator ({BATCH} x {LENGTH} tokens, SciCite)", "time per batch", "ours / this", "goal"],
         [
             [f"diffmask_fast.DifferenceMaskingCollator ({threads} torch threads)", milliseconds(ours_time), "1", "-"],
             ["diffmask_fast.DifferenceMaskingCollator (1 thread, as in a DataLoader worker)",

@@ -35,7 +35,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from harness import markdown_table, verdict  # noqa: E402
+from harness import markdown_table, sized, verdict  # noqa: E402
 
 import numpy as np  # noqa: E402
 from numba import njit  # noqa: E402
@@ -47,7 +47,12 @@ GOALS = ("Goals: `count_words` >= 200 MB/s per core and >= 8x `collections.Count
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 SOURCES = ["acl_arc/corpus.txt", "chemprot/abstracts.txt", "chemprot/corpus.txt", "scicite/corpus.txt"]
 MB = 1_000_000
-RUNS = 5
+RUNS = sized(5, 1)
+#: The corpus, the smaller one for memory, and the prefix the Counter baseline reads.
+CORPUS_BYTES, HALF_BYTES, PREFIX_BYTES = sized((200 * MB, 100 * MB, 50 * MB), (400_000, 200_000, 100_000))
+SPIN_VALUES, SPIN_ROUNDS = sized((1_000_000, 200), (10_000, 2))
+#: How many of the shared corpora's lines make up one pass of the corpus (None: all, about 6 MB).
+SOURCE_LINES = sized(None, 1_000)
 
 # VmHWM (peak resident memory of this process image), not ru_maxrss: after fork and exec,
 # ru_maxrss can still report the parent's size.
@@ -67,11 +72,17 @@ print(json.dumps({"warm_kb": warm, "peak_kb": status("VmHWM"), "distinct": len(c
 """
 
 
+def megabytes(nbytes: int) -> str:
+    """A corpus size as the table names it: "200 MB" (or "0.4 MB" in a smoke run)."""
+    return f"{nbytes / MB:g} MB"
+
+
 def build_corpus(path: Path, size: int, seed: int = 0) -> int:
     """Write lines of the shared corpora, reshuffled on every pass, until ``size`` bytes."""
     lines = []
     for source in SOURCES:
         lines += [line.encode("utf-8") + b"\n" for line in (DATA / source).read_text(encoding="utf-8").splitlines()]
+    lines = lines[:SOURCE_LINES]
     rng = random.Random(seed)
     written = 0
     with open(path, "wb") as handle:
@@ -142,10 +153,10 @@ def _spin(values, rounds):
 def spin_functions(pool: ThreadPoolExecutor) -> dict:
     """A pure-compute loop run once in 1 thread and twice side by side in 2: the ratio of their
     times (2.0 on two free cores) is the parallelism the machine gives at that moment."""
-    values = np.arange(1_000_000, dtype=np.int64)
+    values = np.arange(SPIN_VALUES, dtype=np.int64)
     _spin(values, 1)
-    return {"spin1": lambda: _spin(values, 200),
-            "spin2": lambda: list(pool.map(_spin, [values, values], [200, 200]))}
+    return {"spin1": lambda: _spin(values, SPIN_ROUNDS),
+            "spin2": lambda: list(pool.map(_spin, [values, values], [SPIN_ROUNDS, SPIN_ROUNDS]))}
 
 
 def peak_memory(paths: list[Path], threads: int = 2) -> dict:
@@ -158,10 +169,10 @@ def run() -> tuple[str, dict]:
     directory = Path(tempfile.mkdtemp(prefix="diffmask-bench-counting-"))
     try:
         big, half, prefix = directory / "corpus200.txt", directory / "corpus100.txt", directory / "prefix50.txt"
-        size = build_corpus(big, 200 * MB)
-        half_size = build_corpus(half, 100 * MB, seed=1)
+        size = build_corpus(big, CORPUS_BYTES)
+        half_size = build_corpus(half, HALF_BYTES, seed=1)
         with open(big, "rb") as source, open(prefix, "wb") as target:
-            target.write(source.read(50 * MB))
+            target.write(source.read(PREFIX_BYTES))
             target.write(source.readline())
         prefix_size = prefix.stat().st_size
 
@@ -212,12 +223,12 @@ def run() -> tuple[str, dict]:
          f"{verdict(two_wall / one_wall >= 1.8, '>= 1.8x')}. On this machine, in the same rounds: a pure-compute loop gains {parallelism:.2f}x "
          f"from 1 to 2 threads; two independent one-thread counts side by side give {process_scaling:.2f}x "
          "the throughput of one"],
-        ["peak RSS, 100 MB corpus", mib(memory["100MB"]["peak_kb"]),
+        [f"peak RSS, {megabytes(HALF_BYTES)} corpus", mib(memory["100MB"]["peak_kb"]),
          f"{mib(memory['100MB']['warm_kb'])} after import and JIT warm-up"],
-        ["peak RSS, 200 MB corpus", mib(memory["200MB"]["peak_kb"]),
+        [f"peak RSS, {megabytes(CORPUS_BYTES)} corpus", mib(memory["200MB"]["peak_kb"]),
          f"{mib(memory['200MB']['warm_kb'])} after import and JIT warm-up; goal: no growth with corpus size"],
-        ["peak RSS, 400 MB corpus", mib(memory["400MB"]["peak_kb"]),
-         f"{mib(memory['400MB']['warm_kb'])} after import and JIT warm-up (the 200 MB file twice)"],
+        [f"peak RSS, {megabytes(2 * CORPUS_BYTES)} corpus", mib(memory["400MB"]["peak_kb"]),
+         f"{mib(memory['400MB']['warm_kb'])} after import and JIT warm-up (the {megabytes(CORPUS_BYTES)} file twice)"],
     ]
     return markdown_table(["measurement", "result", "notes"], rows), raw
 

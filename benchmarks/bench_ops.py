@@ -15,13 +15,14 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from harness import markdown_table, measure, milliseconds, verdict  # noqa: E402
+from harness import markdown_table, measure, milliseconds, sized, verdict  # noqa: E402
 
 from diffmask_fast import ops  # noqa: E402
 
 GOALS = ("Goals: `sample_without_replacement` <= 1 ms on 64 x 512; `max_anchor_similarity` >= 80% of "
          "torch's fp32 matmul rate for K >= 1000, and within 1.5x of the time to read the embeddings twice for K = 20.")
-WORDS, DIM = 32_768, 768
+WORDS, DIM = sized((32_768, 768), (512, 64))
+ANCHOR_COUNTS = sized((20, 1000, 4096, 16384), (20, 100))
 
 
 def sampling() -> tuple[list, dict]:
@@ -41,7 +42,7 @@ def similarity() -> tuple[list, dict]:
     rows, results = [], {}
     read_twice = measure(lambda: (embeddings.sum(), embeddings.sum()), min_runs=10)
     results["read_twice"] = read_twice
-    for k in (20, 1000, 4096, 16384):
+    for k in ANCHOR_COUNTS:
         anchors = torch.randn(k, DIM)
         ours = measure(lambda: ops.max_anchor_similarity(embeddings, anchors), min_runs=5)
         anchors_t = anchors.T.contiguous()

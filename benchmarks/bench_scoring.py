@@ -25,6 +25,7 @@ import os
 import random
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -36,7 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
-from harness import markdown_table, verdict  # noqa: E402
+from harness import markdown_table, sized, smoke, verdict  # noqa: E402
 
 from diffmask_fast import reference  # noqa: E402
 
@@ -45,15 +46,25 @@ GOALS = ("Goals: embedding throughput and the cost of a 1,000,000-word score tab
          ">= 5x faster than exact search for K >= 10^5.")
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 CORPORA = ["chemprot/abstracts.txt", "scicite/corpus.txt", "chemprot/corpus.txt", "acl_arc/corpus.txt"]
-THROUGHPUT_WORDS = 2000
-MILLION = 1_000_000
-SEARCH_KS = (10_000, 100_000, 1_000_000)
+#: Lines read from each corpus (None: all).
+CORPUS_LINES = sized(None, 500)
+THROUGHPUT_WORDS = sized(2000, 20)
+INPUT_EMBEDDING_WORDS = sized(60_000, 500)
+TABLE_WORDS, LOOKUP_PROBES = sized((1_000_000, 100_000), (5_000, 1_000))
+#: Ks of the search: the middle one also gets FAISS IVF and HNSW rows, the first HNSW; the goal
+#: applies from the middle one up.
+SEARCH_KS = sized((10_000, 100_000, 1_000_000), (1_000, 5_000))
+#: Query words embedded; of them, the first tune the indexes and the rest are timed (fewer at the
+#: largest K, and for the per-query FAISS searches).
+QUERY_WORDS, CALIBRATION_QUERIES = sized((9192, 1000), (200, 100))
+LARGEST_K_QUERIES, PER_QUERY_QUERIES = sized((1024, 2048), (50, 50))
+CROSSOVER_KS, CROSSOVER_QUERIES = sized(((1024, 4096, 8192, 16384, 32768), 4096), ((256, 1024), 256))
 
 
 def corpus_lines() -> list[str]:
     lines = []
     for name in CORPORA:
-        lines += [line for line in (DATA / name).read_text(encoding="utf-8").splitlines() if line.strip()]
+        lines += [line for line in (DATA / name).read_text(encoding="utf-8").splitlines() if line.strip()][:CORPUS_LINES]
     return lines
 
 
@@ -63,8 +74,9 @@ def word_types(lines: list[str]) -> list[str]:
 
 
 def best_of(fn, runs: int = 2) -> tuple[float, object]:
+    """The best time of ``runs`` calls and the last result; one call in a smoke run."""
     best, result = float("inf"), None
-    for _ in range(runs):
+    for _ in range(sized(runs, 1)):
         started = time.perf_counter()
         result = fn()
         best = min(best, time.perf_counter() - started)
@@ -97,14 +109,12 @@ def throughput(lines: list[str]) -> tuple[str, dict]:
             raw[f"{device}/{pooling}/{dtype or 'float32'}"] = THROUGHPUT_WORDS / seconds
             rows.append([device, pooling, dtype or "float32", f"{THROUGHPUT_WORDS:,}", f"{THROUGHPUT_WORDS / seconds:,.0f}"])
         base.model.to("cpu")
-    many = words[:60_000]
+    many = words[:INPUT_EMBEDDING_WORDS]
     inputs = WordEmbedder(base.model, base.tokenizer, pooling="input_embeddings", device="cpu", cache_dir=None,
                           progress=False)
     seconds, _ = best_of(lambda: inputs.embed(many), runs=1)
     raw["cpu/input_embeddings"] = len(many) / seconds
     rows.append(["cpu", "input_embeddings", "float32", f"{len(many):,}", f"{len(many) / seconds:,.0f}"])
-    import tempfile
-
     with tempfile.TemporaryDirectory() as cache:
         cached = WordEmbedder(base.model, base.tokenizer, pooling="mean", cache_dir=cache, progress=False)
         cached.embed(sample)
@@ -132,8 +142,6 @@ def _status_mib(field: str) -> float:
 
 
 def million_child() -> None:
-    import tempfile
-
     from diffmask_fast.anchors import mine_anchors
     from diffmask_fast.counting import count_words
     from diffmask_fast.embedding import WordEmbedder
@@ -147,11 +155,11 @@ def million_child() -> None:
             words = [reference.normalize_word(w) for w in line.split()]
             for i in range(len(words) - n + 1):
                 types["-".join(words[i : i + n])] = None
-                if len(types) >= MILLION:
+                if len(types) >= TABLE_WORDS:
                     break
-            if len(types) >= MILLION:
+            if len(types) >= TABLE_WORDS:
                 break
-    words = list(types)[:MILLION]
+    words = list(types)[:TABLE_WORDS]
     random.Random(0).shuffle(words)
     embedder = WordEmbedder.from_pretrained(None, pooling="input_embeddings", cache_dir=None, progress=False)
     scorer = WordScorer(embedder, anchors)
@@ -168,7 +176,7 @@ def million_child() -> None:
         started = time.perf_counter()
         loaded = ScoreTable.load(path)
         load_seconds = time.perf_counter() - started
-    probe = random.Random(1).sample(words, 100_000)
+    probe = random.Random(1).sample(words, LOOKUP_PROBES)
     started = time.perf_counter()
     loaded.scores_of(probe)
     lookup_seconds = (time.perf_counter() - started) / len(probe)
@@ -188,7 +196,7 @@ def million() -> tuple[str, dict]:
         raise RuntimeError(f"the million-word child failed:\n{result.stderr[-3000:]}")
     raw = json.loads(result.stdout.strip().splitlines()[-1])
     rows = [
-        ["score 1,000,000 word types (normalize, tokenize, embed, exact max over 20 anchors, build the table)",
+        [f"score {TABLE_WORDS:,} word types (normalize, tokenize, embed, exact max over 20 anchors, build the table)",
          f"{raw['score_seconds']:.1f} s ({raw['words'] / raw['score_seconds']:,.0f} words/s)"],
         ["peak memory of the process (RSS)",
          f"{raw['peak_rss_mib']:,.0f} MiB ({raw['rss_before_mib']:,.0f} MiB before scoring: model, words)"],
@@ -196,7 +204,7 @@ def million() -> tuple[str, dict]:
         ["load the table", f"{raw['load_seconds']:.2f} s"],
         ["look a word up (ScoreTable.score, normalizing it)", f"{raw['lookup_us']:.1f} µs"],
     ]
-    return markdown_table(["1,000,000 word types, K = 20, MiniLM input-embedding vectors", "result"], rows), raw
+    return markdown_table([f"{TABLE_WORDS:,} word types, K = 20, MiniLM input-embedding vectors", "result"], rows), raw
 
 
 # ----------------------------------------------------------------------------------------------
@@ -204,11 +212,23 @@ def million() -> tuple[str, dict]:
 # ----------------------------------------------------------------------------------------------
 
 
-def search_vectors(lines: list[str]) -> tuple[torch.Tensor, torch.Tensor, str]:
-    """(contextual token vectors [>= 10^6, 384], word query vectors [N, 384], how they were obtained)."""
-    from diffmask_fast.embedding import WordEmbedder, default_cache_dir
+def bench_vectors(lines: list[str]) -> tuple[torch.Tensor, torch.Tensor, str]:
+    """The search's vectors, cached in the user's cache; in a smoke run in a temporary directory,
+    written and read back (its small vectors must never stand in for the real ones)."""
+    from diffmask_fast.embedding import default_cache_dir
 
-    cache = default_cache_dir() / "bench"
+    if not smoke():
+        return search_vectors(lines, default_cache_dir() / "bench")
+    with tempfile.TemporaryDirectory(prefix="diffmask-bench-vectors-") as cache:
+        search_vectors(lines, Path(cache))
+        return search_vectors(lines, Path(cache))
+
+
+def search_vectors(lines: list[str], cache: Path) -> tuple[torch.Tensor, torch.Tensor, str]:
+    """(contextual token vectors [>= max(SEARCH_KS), 384], word query vectors [N, 384], how they
+    were obtained), read from ``cache`` or computed and saved there."""
+    from diffmask_fast.embedding import WordEmbedder
+
     anchors_path, queries_path = cache / "minilm_contextual_tokens_v2.npy", cache / "minilm_word_queries_v2.npy"
     if anchors_path.is_file() and queries_path.is_file():
         return (torch.from_numpy(np.load(anchors_path).astype(np.float32)),
@@ -241,7 +261,7 @@ def search_vectors(lines: list[str]) -> tuple[torch.Tensor, torch.Tensor, str]:
     anchors = anchors[torch.randperm(anchors.shape[0], generator=torch.Generator().manual_seed(0))]
     words = word_types(lines)
     random.Random(0).shuffle(words)
-    queries = embedder.embed(words[:9192])
+    queries = embedder.embed(words[:QUERY_WORDS])
     cache.mkdir(parents=True, exist_ok=True)
     np.save(anchors_path, anchors.numpy())
     np.save(queries_path, queries.numpy())
@@ -251,12 +271,12 @@ def search_vectors(lines: list[str]) -> tuple[torch.Tensor, torch.Tensor, str]:
 def search(lines: list[str]) -> tuple[str, dict]:
     from diffmask_fast.index import AnchorIndex, exact_search, recall_at_1
 
-    anchors_all, queries, origin = search_vectors(lines)
-    calibration, timed = queries[:1000], queries[1000:]
+    anchors_all, queries, origin = bench_vectors(lines)
+    calibration, timed = queries[:CALIBRATION_QUERIES], queries[CALIBRATION_QUERIES:]
     rows, raw = [], {"vectors": origin}
     for k in SEARCH_KS:
         anchors = anchors_all[:k].contiguous()
-        exact_queries = timed[: 8192 if k <= 100_000 else 1024]
+        exact_queries = timed if k < max(SEARCH_KS) else timed[:LARGEST_K_QUERIES]
         exact_seconds, (exact_values, exact_ids) = best_of(lambda: exact_search(exact_queries, anchors))
         flat = AnchorIndex(anchors, "flat")
         flat_seconds, _ = best_of(lambda: flat.search(exact_queries))
@@ -267,15 +287,15 @@ def search(lines: list[str]) -> tuple[str, dict]:
         raw[k] = {"exact_qps": exact_rate, "flat_qps": flat_rate}
         flat = None  # free its copy of the anchors
         kinds = [("ivf", {})]
-        if k == 100_000:
+        if k == SEARCH_KS[1]:
             kinds += [("ivf", {"engine": "faiss"}), ("hnsw", {})]
-        elif k == 10_000:
+        elif k == SEARCH_KS[0]:
             kinds += [("hnsw", {})]
         for kind, options in kinds:
             index = AnchorIndex(anchors, kind, sample_queries=calibration, recall_target=0.99, **options)
             batched = kind == "ivf" and options.get("engine") != "faiss"
-            checked = len(exact_queries) if batched else min(2048, len(exact_queries))
-            timed_queries = timed[:8192] if batched else exact_queries[:checked]
+            checked = len(exact_queries) if batched else min(PER_QUERY_QUERIES, len(exact_queries))
+            timed_queries = timed if batched else exact_queries[:checked]
             seconds, _ = best_of(lambda: index.search(timed_queries))
             values, ids = index.search(exact_queries[:checked])
             report = recall_at_1(values, ids, exact_values[:checked], exact_ids[:checked])
@@ -285,7 +305,7 @@ def search(lines: list[str]) -> tuple[str, dict]:
                 name = "IVF, FAISS per-query scan"
             parameters = ", ".join(f"{key}={value}" for key, value in index.params.items() if key != "engine")
             goal = (verdict(rate / exact_rate >= 5 and report.recall >= 0.99, ">= 5x the exact op at recall@1 >= 0.99")
-                    if batched and k >= 100_000 else "-")
+                    if batched and k >= SEARCH_KS[1] else "-")
             rows.append([f"{k:,}", f"{name} ({parameters})", f"{index.build_seconds:.1f} s", f"{report.recall:.4f}",
                          f"{rate:,.0f}", f"{rate / exact_rate:.1f}x", f"{rate / flat_rate:.1f}x", goal])
             raw[k][f"{kind}{'-faiss' if options else ''}"] = {
@@ -302,16 +322,16 @@ def crossover() -> tuple[str, dict]:
     from diffmask_fast.index import AnchorIndex, exact_search
 
     generator = torch.Generator().manual_seed(0)
-    queries = torch.randn(4096, 384, generator=generator)
+    queries = torch.randn(CROSSOVER_QUERIES, 384, generator=generator)
     cells, raw = [], {}
-    for k in (1024, 4096, 8192, 16384, 32768):
+    for k in CROSSOVER_KS:
         anchors = torch.randn(k, 384, generator=generator)
         flat = AnchorIndex(anchors, "flat")
         op_seconds, _ = best_of(lambda: exact_search(queries, anchors), runs=2)
         flat_seconds, _ = best_of(lambda: flat.search(queries), runs=2)
         raw[k] = {"op": op_seconds, "flat": flat_seconds}
         cells.append(f"K={k:,}: op {op_seconds * 1e3:.0f} ms, flat {flat_seconds * 1e3:.0f} ms")
-    return "Exact op vs FAISS flat (4,096 random queries, D = 384): " + "; ".join(cells) + ".", raw
+    return f"Exact op vs FAISS flat ({CROSSOVER_QUERIES:,} random queries, D = 384): " + "; ".join(cells) + ".", raw
 
 
 def run() -> tuple[str, dict]:

@@ -6,13 +6,38 @@ import os
 import platform
 import statistics
 import time
-from typing import Callable
+from typing import Callable, TypeVar
 
 import torch
 
+#: Set to "1" (``run.py --smoke`` does) for a smoke run: every section takes every measurement once,
+#: on tiny sizes, to check the scripts end to end in seconds; its numbers mean nothing. Child
+#: processes inherit it, so their sizes shrink too.
+SMOKE_VARIABLE = "DIFFMASK_FAST_BENCH_SMOKE"
+T = TypeVar("T")
+
+
+def smoke() -> bool:
+    """Whether this is a smoke run (see SMOKE_VARIABLE)."""
+    return os.environ.get(SMOKE_VARIABLE) == "1"
+
+
+def enable_smoke() -> None:
+    """Make this process and its children a smoke run; before importing a section, whose sizes are
+    fixed when it is imported."""
+    os.environ[SMOKE_VARIABLE] = "1"
+
+
+def sized(full: T, small: T) -> T:
+    """``full``, or ``small`` in a smoke run: a section's sizes in one place, both visible."""
+    return small if smoke() else full
+
 
 def measure(fn: Callable[[], object], min_seconds: float = 1.0, min_runs: int = 5, warmup: int = 2) -> float:
-    """Median wall time of ``fn`` in seconds, over at least ``min_runs`` runs and ``min_seconds``."""
+    """Median wall time of ``fn`` in seconds, over at least ``min_runs`` runs and ``min_seconds``;
+    one run without warm-up in a smoke run."""
+    if smoke():
+        min_seconds, min_runs, warmup = 0.0, 1, 0
     for _ in range(warmup):
         fn()
     times = []

