@@ -259,7 +259,8 @@ class DifferenceMasker(torch.nn.Module):
             if len(texts) >= batch_size:
                 rows.extend(self._tokenized(texts, max_length))
                 texts = []
-            rows = self._learn_in_chunks(rows, batch_size)
+            if len(rows) >= batch_size:  # not on every item: the slice left over is a copy
+                rows = self._learn_in_chunks(rows, batch_size)
         rows.extend(self._tokenized(texts, max_length))
         self._learn_in_chunks(rows, batch_size, everything=True)
         self._upload_table()
