@@ -321,9 +321,10 @@ def test_difference_mask_errors_on_gpu(seed):
     # A score that is NaN: the CPU op's error, for the same word; the device op scores it unknown.
     keys, values = table.tensors()
     words = ops.group_words(ids, never, starts)
-    known = words.word_hash[1][torch.isin(words.word_hash[1], keys[keys != 0])]
+    known = torch.isin(words.word_hash, keys[keys != 0]) & (words.word_hash != 0)
+    row, column = known.nonzero()[0].tolist()  # a word the table knows (a random row may have none)
     broken = values.clone()
-    broken[keys == known[0]] = float("nan")
+    broken[keys == words.word_hash[row, column]] = float("nan")
     cpu_args = (ids, never, starts, keys, broken, torch.arange(10, 20))
     with pytest.raises(ValueError) as on_cpu:
         ops.difference_mask(*cpu_args, mask_token_id=1, seed=1)
