@@ -803,22 +803,28 @@ def test_difference_mask_zero_scores_fill_uniformly(seed):
     positive = torch.unique(words.word_hash[:, 0][words.n_words > 0])
     table.insert(positive, torch.full((positive.numel(),), 0.5))  # ... but each row's first word
     out = run_mask(ids, never, starts, table, seed, mlm_probability=0.5)
-    message = f"seed={seed}"
+    check_favoured_first_then_uniform(words, out, positive, f"seed={seed}")
+
+
+def check_favoured_first_then_uniform(words, out, favoured: torch.Tensor, message: str) -> None:
+    """Each row masks its words whose hash is in ``favoured`` first, and the rest, once those are
+    all taken, uniformly: the first and the last of the rest of a row are drawn equally often
+    (within 5 standard errors over the rows)."""
     observed, expected, variance = {"first": 0, "last": 0}, 0.0, 0.0
-    for b in range(ids.shape[0]):
+    for b in range(words.word_hash.shape[0]):
         n, k = int(words.n_words[b]), int(out.masked_words[b])
         if n == 0:
             continue
         masked = [bool((out.labels[b][words.word_index[b] == w] != -100).any()) for w in range(n)]
-        is_positive = torch.isin(words.word_hash[b, :n], positive).tolist()
-        zero = [w for w in range(n) if not is_positive[w]]
-        taken_positive = sum(m for m, p in zip(masked, is_positive) if p)
+        is_favoured = torch.isin(words.word_hash[b, :n], favoured).tolist()
+        rest = [w for w in range(n) if not is_favoured[w]]
+        taken_favoured = sum(m for m, f in zip(masked, is_favoured) if f)
         assert sum(masked) == k, message
-        assert taken_positive == min(k, n - len(zero)), f"{message} row={b}"  # positives first
-        if k > n - len(zero) and len(zero) >= 2:
-            share = (k - (n - len(zero))) / len(zero)
-            observed["first"] += masked[zero[0]]
-            observed["last"] += masked[zero[-1]]
+        assert taken_favoured == min(k, n - len(rest)), f"{message} row={b}"  # favoured first
+        if k > n - len(rest) and len(rest) >= 2:
+            share = (k - (n - len(rest))) / len(rest)
+            observed["first"] += masked[rest[0]]
+            observed["last"] += masked[rest[-1]]
             expected += share
             variance += share * (1 - share)
     assert variance > 0, message
@@ -836,25 +842,7 @@ def test_difference_mask_tiny_unknown_scores_are_drawn_uniformly(seed):
     table = ops.ScoreHashTable()
     table.insert(known, torch.full((known.numel(),), 0.5))  # each row's first word only
     out = run_mask(ids, never, starts, table, seed, mlm_probability=0.5, unknown_score=1e-310)
-    message = f"seed={seed}"
-    observed, expected, variance = {"first": 0, "last": 0}, 0.0, 0.0
-    for b in range(ids.shape[0]):
-        n, k = int(words.n_words[b]), int(out.masked_words[b])
-        if n == 0:
-            continue
-        masked = [bool((out.labels[b][words.word_index[b] == w] != -100).any()) for w in range(n)]
-        unknown = [w for w in range(n) if not bool(torch.isin(words.word_hash[b, w], known))]
-        assert sum(masked) == k, message
-        assert sum(masked[w] for w in range(n) if w not in unknown) == min(k, n - len(unknown)), f"{message} row={b}"
-        if k > n - len(unknown) and len(unknown) >= 2:
-            share = (k - (n - len(unknown))) / len(unknown)
-            observed["first"] += masked[unknown[0]]
-            observed["last"] += masked[unknown[-1]]
-            expected += share
-            variance += share * (1 - share)
-    assert variance > 0, message
-    for end, count in observed.items():
-        assert abs(count - expected) <= 5 * math.sqrt(variance) + 1e-9, f"{message} {end}: {count} vs {expected:.1f}"
+    check_favoured_first_then_uniform(words, out, known, f"seed={seed}")
 
 
 def test_difference_mask_refuses_non_finite_scores_it_reads(seed):

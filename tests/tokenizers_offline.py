@@ -102,17 +102,17 @@ def bert_wordpiece(vocab_size: int = 1500, mask: bool = True) -> PreTrainedToken
     )
 
 
-@functools.lru_cache(maxsize=None)
-def _roberta_backend_json(vocab_size: int) -> str:
+def _trained_byte_level_json(pre_tokenizer, vocab_size: int, lines: list[str]) -> str:
+    """A RoBERTa-style byte-level BPE trained on ``lines`` behind ``pre_tokenizer``, as JSON."""
     backend = Tokenizer(models.BPE())
-    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    backend.pre_tokenizer = pre_tokenizer
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,
         special_tokens=["<s>", "<pad>", "</s>", "<unk>"],
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
-    backend.train_from_iterator(training_lines(), trainer=trainer)
+    backend.train_from_iterator(lines, trainer=trainer)
     # As in RoBERTa the mask token comes last, added after the learned vocabulary, and swallows
     # the space before it.
     backend.add_special_tokens([AddedToken("<mask>", lstrip=True, special=True)])
@@ -123,9 +123,8 @@ def _roberta_backend_json(vocab_size: int) -> str:
     return backend.to_str()
 
 
-def roberta_byte_bpe(vocab_size: int = 1500) -> PreTrainedTokenizerFast:
-    """RoBERTa-style byte-level BPE: <s>=0 <pad>=1 </s>=2 <unk>=3, "Ġ" word starts, <mask> last."""
-    backend = Tokenizer.from_str(_roberta_backend_json(vocab_size))
+def _wrap_roberta(backend: Tokenizer) -> PreTrainedTokenizerFast:
+    """``backend`` with RoBERTa's special tokens."""
     return _wrap(
         backend,
         bos_token="<s>",
@@ -136,6 +135,16 @@ def roberta_byte_bpe(vocab_size: int = 1500) -> PreTrainedTokenizerFast:
         pad_token="<pad>",
         mask_token="<mask>",
     )
+
+
+@functools.lru_cache(maxsize=None)
+def _roberta_backend_json(vocab_size: int) -> str:
+    return _trained_byte_level_json(pre_tokenizers.ByteLevel(add_prefix_space=False), vocab_size, training_lines())
+
+
+def roberta_byte_bpe(vocab_size: int = 1500) -> PreTrainedTokenizerFast:
+    """RoBERTa-style byte-level BPE: <s>=0 <pad>=1 </s>=2 <unk>=3, "Ġ" word starts, <mask> last."""
+    return _wrap_roberta(Tokenizer.from_str(_roberta_backend_json(vocab_size)))
 
 
 @functools.lru_cache(maxsize=None)
@@ -237,28 +246,15 @@ def unicode_spaced(lines: list[str], seed: int = 0) -> list[str]:
 
 @functools.lru_cache(maxsize=None)
 def _unicode_space_backend_json(pre_tokenization: str) -> str:
-    backend = Tokenizer(models.BPE())
     if pre_tokenization == "cl100k":
-        backend.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizer = pre_tokenizers.Sequence([
             pre_tokenizers.Split(Regex(CL100K_PATTERN), behavior="isolated"),
             pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
         ])
     else:
-        backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    trainer = trainers.BpeTrainer(
-        vocab_size=1000,
-        special_tokens=["<s>", "<pad>", "</s>", "<unk>"],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
+        pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     lines = training_lines()
-    backend.train_from_iterator(lines + unicode_spaced(lines), trainer=trainer)
-    backend.add_special_tokens([AddedToken("<mask>", lstrip=True, special=True)])
-    backend.post_processor = processors.RobertaProcessing(
-        ("</s>", backend.token_to_id("</s>")), ("<s>", backend.token_to_id("<s>")), add_prefix_space=False
-    )
-    backend.decoder = decoders.ByteLevel()
-    return backend.to_str()
+    return _trained_byte_level_json(pre_tokenizer, 1000, lines + unicode_spaced(lines))
 
 
 def unicode_space_byte_bpe(pre_tokenization: str = "gpt2") -> PreTrainedTokenizerFast:
@@ -268,14 +264,4 @@ def unicode_space_byte_bpe(pre_tokenization: str = "gpt2") -> PreTrainedTokenize
     ``"cl100k"`` (any one whitespace character does: "ĉword", "Âłword")."""
     if pre_tokenization not in ("gpt2", "cl100k"):
         raise ValueError(f"pre_tokenization must be 'gpt2' or 'cl100k', got {pre_tokenization!r}")
-    backend = Tokenizer.from_str(_unicode_space_backend_json(pre_tokenization))
-    return _wrap(
-        backend,
-        bos_token="<s>",
-        eos_token="</s>",
-        cls_token="<s>",
-        sep_token="</s>",
-        unk_token="<unk>",
-        pad_token="<pad>",
-        mask_token="<mask>",
-    )
+    return _wrap_roberta(Tokenizer.from_str(_unicode_space_backend_json(pre_tokenization)))
