@@ -45,19 +45,26 @@ inline double squared_norm_double(const T* x, int64_t n, int64_t step = 1) {
   return acc;
 }
 
-// The power of two that brings the largest |x[i]| of a finite, non-zero row into [1, 2); 0 for a
-// zero row or one holding NaN or infinity (which no scaling helps).
+// The largest |x[i]| in double; +infinity when the row holds NaN or infinity.
 template <typename T>
-inline int rescaling_shift(const T* x, int64_t n, int64_t step = 1) {
+inline double largest_magnitude(const T* x, int64_t n, int64_t step = 1) {
   double largest = 0;
   for (int64_t i = 0; i < n; ++i) {
     const double v = std::abs(static_cast<double>(x[i * step]));
     if (!(v <= std::numeric_limits<double>::max())) {
-      return 0;  // NaN or infinity
+      return std::numeric_limits<double>::infinity();  // NaN or infinity
     }
     largest = std::max(largest, v);
   }
-  return largest > 0 ? -std::ilogb(largest) : 0;
+  return largest;
+}
+
+// The power of two that brings the largest |x[i]| of a finite, non-zero row into [1, 2); 0 for a
+// zero row or one holding NaN or infinity (which no scaling helps).
+template <typename T>
+inline int rescaling_shift(const T* x, int64_t n, int64_t step = 1) {
+  const double largest = largest_magnitude(x, n, step);
+  return largest > 0 && largest <= std::numeric_limits<double>::max() ? -std::ilogb(largest) : 0;
 }
 
 // Sum of squares of x * 2^shift in double.

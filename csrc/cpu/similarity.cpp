@@ -189,14 +189,8 @@ void max_anchor_similarity_impl(const at::Tensor& embeddings, const at::Tensor& 
   // small that products over- or underflow (in float32 or float64). Slow (one row against every
   // tile), and rare.
   auto rescaled_row_max = [&](const T* row, int64_t step) {
-    double largest = 0;
-    bool finite = true;
-    for (int64_t d = 0; d < D; ++d) {
-      const double value = static_cast<double>(row[d * step]);
-      finite = finite && std::isfinite(value);
-      largest = std::max(largest, std::abs(value));
-    }
-    if (!finite) {
+    const double largest = core::largest_magnitude(row, D, step);
+    if (!std::isfinite(largest)) {
       const double nan = std::numeric_limits<double>::quiet_NaN();
       return std::make_tuple(static_cast<T>(nan), int64_t{0}, nan);
     }
