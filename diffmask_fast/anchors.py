@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import numbers
 import os
 import warnings
 from dataclasses import asdict, dataclass
@@ -19,6 +20,9 @@ ANCHORS_FORMAT = "diffmask_fast.anchors/1"
 
 @dataclass(frozen=True)
 class Anchor:
+    """One anchor: its TF-ICF ``score`` (eq. 2) from its count in the domain corpus and in the
+    general-English table."""
+
     word: str
     score: float
     target_count: int
@@ -77,11 +81,35 @@ class Anchors:
             raise ValueError(f"{os.fspath(path)!r} is not a valid anchors file: {error}") from None
         if not anchors:
             raise ValueError(f"{os.fspath(path)!r} holds no anchors")
+        problem = _field_problem(loaded)
+        if problem is not None:
+            raise ValueError(f"{os.fspath(path)!r} is not a valid anchors file: {problem}")
         return loaded
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _field_problem(anchors: Anchors) -> str | None:
+    """What is wrong with the fields of loaded anchors (JSON gives any type), or None."""
+    for name in ("target_total", "general_total", "min_count", "smoothing_per_million"):
+        if not _is_number(getattr(anchors, name)):
+            return f"{name} must be a finite number, got {getattr(anchors, name)!r}"
+    for anchor in anchors:
+        if not isinstance(anchor.word, str) or not anchor.word:
+            return f"an anchor's word must be a non-empty string, got {anchor.word!r}"
+        for name in ("score", "target_count", "general_count"):
+            if not _is_number(getattr(anchor, name)):
+                return f"the {name} of anchor {anchor.word!r} must be a finite number, got {getattr(anchor, name)!r}"
+    return None
 
 
 def check_mining_settings(k: int, min_count: int | None, smoothing_per_million: float) -> None:
     """Raise ValueError for settings ``mine_anchors`` refuses: callers check them before a long count."""
+    for name, value in (("k", k), ("min_count", min_count)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, numbers.Integral)):
+            raise TypeError(f"{name} must be an integer, got {value!r}")
     if k < 1:
         raise ValueError(f"k (the number of anchors) must be at least 1, got {k}")
     if min_count is not None and min_count < 1:

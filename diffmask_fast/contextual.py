@@ -24,7 +24,7 @@ from __future__ import annotations
 import random
 import warnings
 from dataclasses import dataclass
-from typing import Iterable, Sequence
+from typing import Iterable, Sequence, Sized
 
 import numpy as np
 import torch
@@ -85,13 +85,14 @@ def anchor_readings(tokenizer, anchor_words: Sequence[str], *, lowercase: bool =
 
 def find_occurrences(tokenizer, texts: Iterable[str], anchor_words: Sequence[str], *, max_per_anchor: int,
                      max_length: int = 256, lowercase: bool = True, seed: int = 0, chunk: int = 512,
-                     scheme: str | None = None) -> list[list[tuple[str, int, int]]]:
+                     scheme: str | None = None, progress: bool = False) -> list[list[tuple[str, int, int]]]:
     """Per anchor, a uniform sample of at most ``max_per_anchor`` occurrences as
     (text, first token, end token) in the tokenization with special tokens and truncation.
 
     An anchor occurs where the words of a text, as the tokenizer groups and decodes them, read as
     the anchor does (``anchor_readings``); an anchor of several such words matches them only
-    adjacent, with no special token between. Anchors read alike all go to the first of them."""
+    adjacent, with no special token between. Anchors read alike all go to the first of them.
+    It reads every text, so it shows a progress bar (``progress``) by documents."""
     grouper = WordGrouper.for_tokenizer(tokenizer, scheme)
     patterns: dict[tuple[str, ...], int] = {}
     for anchor, reading in enumerate(anchor_readings(tokenizer, anchor_words, lowercase=lowercase, grouper=grouper)):
@@ -128,14 +129,17 @@ def find_occurrences(tokenizer, texts: Iterable[str], anchor_words: Sequence[str
                         keep(anchor, (text, groups[first][0], groups[last][-1] + 1))
 
     batch: list[str] = []
-    for text in texts:
-        if text and text.strip():
-            batch.append(text)
-        if len(batch) >= chunk:
+    total = len(texts) if isinstance(texts, Sized) else None
+    with tqdm(total=total, desc="finding anchors in context", unit="doc", disable=not progress) as bar:
+        for text in texts:
+            if text and text.strip():
+                batch.append(text)
+            bar.update(1)
+            if len(batch) >= chunk:
+                consume(batch)
+                batch = []
+        if batch:
             consume(batch)
-            batch = []
-    if batch:
-        consume(batch)
     return kept
 
 
@@ -158,8 +162,9 @@ def contextual_anchor_vectors(embedder, texts: Iterable[str], anchor_words: Sequ
     if not words:
         raise ValueError("contextual anchors need at least one anchor word")
     tokenizer, model = embedder.tokenizer, embedder.model
+    show = embedder.progress if progress is None else progress
     kept = find_occurrences(tokenizer, texts, words, max_per_anchor=max_occurrences_per_anchor,
-                            max_length=max_length, lowercase=lowercase, seed=seed)
+                            max_length=max_length, lowercase=lowercase, seed=seed, progress=show)
     by_text: dict[str, list[tuple[int, int, int]]] = {}
     for anchor, occurrences in enumerate(kept):
         for text, start, end in occurrences:
@@ -185,7 +190,6 @@ def contextual_anchor_vectors(embedder, texts: Iterable[str], anchor_words: Sequ
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     device = torch.device(embedder.device)
     autocast_dtype = getattr(embedder, "_autocast_dtype", None)
-    show = embedder.progress if progress is None else progress
     with torch.inference_mode(), torch.autocast(device_type=device.type, dtype=autocast_dtype,
                                                 enabled=autocast_dtype is not None), \
             tqdm(total=total, desc="embedding anchor occurrences", unit="vector", disable=not show) as bar:

@@ -6,12 +6,13 @@ import contextlib
 import hashlib
 import itertools
 import json
+import logging
 import os
 import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -20,7 +21,7 @@ from tqdm.auto import tqdm
 from ._checks import refuse_one_string
 from .advice import DiffmaskWarning
 from .embedding_cache import EmbeddingCache, default_cache_dir
-from .hf_loading import cached_hub_file, check_model_reference, usable_device
+from .hf_loading import cached_hub_file, check_model_reference, model_reference, quiet_transformers, usable_device
 
 #: How a word becomes a vector. ``pooled`` is the authors' choice: encode "[CLS] w [SEP]" alone
 #: and take the pooled output (the [CLS] hidden state where the model has no pooler); ``cls``
@@ -55,22 +56,22 @@ def default_model_path() -> str:
 def recommended_pooling(name_or_path: str | os.PathLike | None) -> str:
     """``pooled`` (the paper's choice) unless the checkpoint is a sentence-transformers model
     (its ``1_Pooling/config.json`` says how it pools), whose pooler head was never trained: then
-    ``mean`` for mean pooling, ``cls`` for [CLS] pooling (the raw [CLS] state, as it was trained).
+    ``cls`` for [CLS] pooling (the raw [CLS] state, as it was trained), otherwise ``mean`` (for
+    mean pooling, and the nearest of ours to max, weighted-mean or last-token pooling).
     all-MiniLM-L6-v2's pooled output gives every word a score of 0.75-0.98, its mean pooling
     separates "argument" (0.91) from "the" (0.12) against Python-domain anchors.
     """
-    name = os.fspath(name_or_path) if name_or_path is not None else default_model_path()
+    name = model_reference(name_or_path) if name_or_path is not None else default_model_path()
     config = _pooling_config(name)
     if config is not None:
         try:
             modes = json.loads(config.read_text(encoding="utf-8"))
         except (OSError, ValueError):
             modes = {}
-        if isinstance(modes, dict):
-            if modes.get("pooling_mode_mean_tokens"):
-                return "mean"
-            if modes.get("pooling_mode_cls_token"):
+        if isinstance(modes, dict) and any(key.startswith("pooling_mode_") for key in modes):
+            if modes.get("pooling_mode_cls_token") and not modes.get("pooling_mode_mean_tokens"):
                 return "cls"
+            return "mean"
     return "pooled"
 
 
@@ -96,14 +97,38 @@ def _pooling_config(name_or_path: str) -> Path | None:
 
 
 def load_encoder(name_or_path: str | os.PathLike | None = None):
-    """An encoder model and its tokenizer, from a local path or the local HuggingFace cache."""
+    """An encoder model and its tokenizer, from a local path or the local HuggingFace cache.
+
+    A checkpoint saved without pooler weights (a masked-LM checkpoint such as roberta-base's, or
+    what ``diffmask pretrain`` writes) loads with no pooler, not with the randomly initialized one
+    ``AutoModel`` would add: ``pooled`` then takes the [CLS] hidden state, as for any model
+    without a pooler, instead of scoring words through random weights drawn anew at every load.
+    """
     from transformers import AutoModel, AutoTokenizer
 
-    path = os.fspath(name_or_path) if name_or_path is not None else default_model_path()
+    path = model_reference(name_or_path) if name_or_path is not None else default_model_path()
     check_model_reference(path)
     tokenizer = AutoTokenizer.from_pretrained(path)
-    model = AutoModel.from_pretrained(path)
+    with quiet_transformers():  # the report of the missing pooler is replaced by drop_untrained_pooler's
+        model, loading = AutoModel.from_pretrained(path, output_loading_info=True)
+    drop_untrained_pooler(model, loading.get("missing_keys", ()), path)
     return model, tokenizer
+
+
+def drop_untrained_pooler(model: torch.nn.Module, missing_keys: Iterable[str], name: str) -> bool:
+    """Remove ``model.pooler`` when its weights were among the ``missing_keys`` of loading it
+    (freshly random); returns whether it did."""
+    missing_pooler = sorted(key for key in missing_keys if "pooler" in key.split("."))
+    if not missing_pooler:
+        return False
+    if not isinstance(getattr(model, "pooler", None), torch.nn.Module):
+        warnings.warn(f"{name!r} has no trained pooler ({', '.join(missing_pooler)} were newly initialized), and "
+                      f"{type(model).__name__} keeps it elsewhere than .pooler: pooling='pooled' would read random "
+                      "weights; use pooling='cls' or 'mean'", DiffmaskWarning, stacklevel=3)
+        return False
+    model.pooler = None
+    logging.getLogger(__name__).info("%s has no trained pooler: pooled output is its [CLS] hidden state", name)
+    return True
 
 
 def weights_fingerprint(model: torch.nn.Module) -> str:
@@ -411,15 +436,15 @@ class WordEmbedder:
         encoded = self._encode(words, add_special_tokens=True)
         long = [i for i, ids in enumerate(encoded) if len(ids) > self.max_length]
         if long:
-            cut = self.tokenizer([words[i] for i in long], add_special_tokens=True, truncation=True,
-                                 max_length=self.max_length)["input_ids"]
+            cut = self._first_pieces([words[i] for i in long])
             for i, ids in zip(long, cut):
                 encoded[i] = ids
             self.truncated_words += len(long)
             example = max((words[i] for i in long), key=len)
             warnings.warn(
                 f"{len(long):,} word(s) have more than {self.max_length} tokens with special tokens and were embedded "
-                f"from their first pieces (e.g. {example[:60]!r}); raise max_length to embed them whole",
+                f"from their first pieces (e.g. {example[:60]!r}); raise max_length (diffmask score --max-length) to "
+                "embed them whole",
                 DiffmaskWarning, stacklevel=3)
         order = sorted(range(len(words)), key=lambda i: len(encoded[i]))
         result = np.empty((len(words), self.dimension), dtype=np.float32)
@@ -431,6 +456,16 @@ class WordEmbedder:
                 result[batch] = self._embed_batch([encoded[i] for i in batch]).float().cpu().numpy()
                 bar.update(len(batch))
         return result
+
+    def _first_pieces(self, words: list[str]) -> list[list[int]]:
+        """Ids of words cut to ``max_length`` with special tokens, keeping their first pieces
+        whatever the tokenizer's ``truncation_side``, which the cache key does not hold."""
+        side = getattr(self.tokenizer, "truncation_side", "right")
+        self.tokenizer.truncation_side = "right"
+        try:
+            return self.tokenizer(words, add_special_tokens=True, truncation=True, max_length=self.max_length)["input_ids"]
+        finally:
+            self.tokenizer.truncation_side = side
 
     def _special_ids(self) -> torch.Tensor:
         return torch.tensor(sorted(set(self.tokenizer.all_special_ids)), dtype=torch.long)

@@ -39,12 +39,19 @@ def quiet_transformers() -> Iterator[None]:
         hf_logging.set_verbosity(verbosity)
 
 
+def model_reference(model: str | os.PathLike) -> str:
+    """``model`` as transformers must be given it: a path starting with "~" expanded (transformers
+    would take "~/run" for a malformed hub id), anything else as it is."""
+    name = os.fspath(model)
+    return os.path.expanduser(name) if name.startswith("~") else name
+
+
 def check_model_reference(model: str | os.PathLike) -> None:
     """Refuse, with a ValueError that says so, a model that is neither a local directory nor
     (offline) a name the Hugging Face cache could hold: transformers would report a failed
     download instead. Hub ids (``org/name``) pass when online."""
     name = os.fspath(model)
-    if Path(name).expanduser().exists():
+    if Path(model_reference(name)).exists():
         return
     looks_local = name.startswith((".", "/", "~")) or name.count("/") > 1 or (os.sep != "/" and os.sep in name)
     if looks_local:
@@ -71,6 +78,7 @@ def load_tokenizer(model: str):
     from transformers import AutoTokenizer
 
     check_model_reference(model)
+    model = model_reference(model)
     try:
         with quiet_transformers():
             tokenizer = AutoTokenizer.from_pretrained(model)

@@ -29,8 +29,9 @@ def load_masked_lm(name_or_path: str, *, init_mlm_head: bool = False, dtype: tor
     no masked-LM head, unless ``init_mlm_head`` (then the head is built by ``initialize_mlm_head``)."""
     from transformers import AutoConfig, AutoModelForMaskedLM
 
-    from .hf_loading import quiet_transformers
+    from .hf_loading import model_reference, quiet_transformers
 
+    name_or_path = model_reference(name_or_path)
     try:
         config = AutoConfig.from_pretrained(name_or_path)
     except (OSError, ValueError) as error:

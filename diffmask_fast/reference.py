@@ -296,10 +296,12 @@ def tf_icf(
 
 
 def word_parts(word: str) -> list[str]:
-    """The runs of letters and digits in a word: "long-term" -> ["long", "term"]."""
+    """The runs of letters and digits in a word: "long-term" -> ["long", "term"]. Combining marks
+    (Unicode categories M*) belong to their run: "ne\u0301e", decomposed "née", is one part, not
+    "ne" and "e"."""
     parts, current = [], []
     for ch in word:
-        if ch.isalnum():
+        if ch.isalnum() or unicodedata.category(ch).startswith("M"):
             current.append(ch)
         elif current:
             parts.append("".join(current))

@@ -10,6 +10,7 @@ as a compact ``.npz`` (or JSON) that the collator loads in a fraction of a secon
 from __future__ import annotations
 
 import bisect
+import contextlib
 import io
 import itertools
 import json
@@ -20,7 +21,7 @@ import warnings
 import zipfile
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -98,6 +99,28 @@ class _WordValues(Mapping):
         return f"<{len(self):,} words>"
 
 
+def _check_normalized(words: Sequence[str], lowercase: bool) -> None:
+    """Refuse keys that are not normalized words: the collator and ``score`` look up
+    normalize_word(w), so a key "Enzyme" or "receptor," could never be found."""
+    for word in words:
+        if (word.islower() or not lowercase) and word[:1].isalnum() and word[-1:].isalnum():
+            continue  # the usual case, normalized as it is
+        normalized = reference.normalize_word(word, lowercase)
+        if normalized != word:
+            raise ValueError(f"score table keys must be normalized words (reference.normalize_word): {word!r} would "
+                             f"be looked up as {normalized!r} and never found; ScoreTable.from_mapping normalizes keys")
+
+
+@contextlib.contextmanager
+def _fields_of(path: Path) -> Iterator[None]:
+    """A missing or mistyped field of a score file as a ValueError that names the file."""
+    try:
+        yield
+    except (KeyError, TypeError, AttributeError, ValueError) as error:
+        detail = f"missing field {error}" if isinstance(error, KeyError) else str(error)
+        raise ValueError(f"{os.fspath(path)!r} is not a valid word-scores file: {detail}") from error
+
+
 class ScoreTable:
     """s(w) for every scored word type, keyed by the normalized word (reference.normalize_word).
 
@@ -113,6 +136,7 @@ class ScoreTable:
                  unknown_score: float = 0.0, lowercase: bool = True, info: dict | None = None):
         scores = dict(scores or {})
         words = sorted(scores)
+        _check_normalized(words, lowercase)
         values = np.fromiter((float(scores[w]) for w in words), dtype=np.float64, count=len(words))
         nearest = None
         if nearest_anchor:
@@ -266,15 +290,17 @@ class ScoreTable:
         payload = read_json(path, "word scores")
         if not isinstance(payload, dict) or payload.get("format") != SCORES_FORMAT:
             raise ValueError(f"{os.fspath(path)!r} is not a word-scores file (expected format {SCORES_FORMAT})")
-        scores = {w: float(s) for w, s in payload["scores"].items()}
-        words = sorted(scores)
-        nearest = payload.get("nearest_anchor", {})
-        return cls.from_arrays(
-            words, [scores[w] for w in words], [int(nearest.get(w, -1)) for w in words], sorted_unique=True,
-            anchors=tuple(payload["anchors"]), similarity=payload["similarity"],
-            unknown_score=float(payload["unknown_score"]), lowercase=bool(payload["lowercase"]),
-            info=payload.get("info") or {},
-        )
+        with _fields_of(path):
+            scores = {w: float(s) for w, s in payload["scores"].items()}
+            words = sorted(scores)
+            lowercase = bool(payload["lowercase"])
+            _check_normalized(words, lowercase)
+            nearest = payload.get("nearest_anchor") or {}
+            return cls.from_arrays(
+                words, [scores[w] for w in words], [int(nearest.get(w, -1)) for w in words], sorted_unique=True,
+                anchors=tuple(payload["anchors"]), similarity=str(payload["similarity"]),
+                unknown_score=float(payload["unknown_score"]), lowercase=lowercase, info=dict(payload.get("info") or {}),
+            )
 
     @classmethod
     def _load_binary(cls, path: Path) -> "ScoreTable":
@@ -305,9 +331,10 @@ class ScoreTable:
             raise invalid(f"words are not UTF-8 ({error})") from error
         if any(a >= b for a, b in zip(words, itertools.islice(words, 1, None))):
             raise invalid("words are not sorted and distinct")
-        return cls.from_arrays(words, scores, nearest, sorted_unique=True, anchors=tuple(meta["anchors"]),
-                               similarity=meta["similarity"], unknown_score=float(meta["unknown_score"]),
-                               lowercase=bool(meta["lowercase"]), info=meta.get("info") or {})
+        with _fields_of(path):
+            return cls.from_arrays(words, scores, nearest, sorted_unique=True, anchors=tuple(meta["anchors"]),
+                                   similarity=str(meta["similarity"]), unknown_score=float(meta["unknown_score"]),
+                                   lowercase=bool(meta["lowercase"]), info=dict(meta.get("info") or {}))
 
     @classmethod
     def from_mapping(cls, scores: Mapping[str, float], unknown_score: float = 0.0, lowercase: bool = True) -> "ScoreTable":
@@ -549,6 +576,8 @@ class WordScorer:
                 "dtype": getattr(self.embedder, "compute_dtype", "float32"),
                 "anchor_words": len(self.anchor_words), "anchor_vectors": int(self.anchor_vectors.shape[0]),
                 "contextual": self.vector_anchor is not None}
+        if self.embedder.pooling != "input_embeddings":  # the only pooling that never truncates a word
+            info["max_length"] = getattr(self.embedder, "max_length", None)
         if self.index is not None:
             info["index"] = self.index.describe()
             info["index_kind"] = self.index.kind

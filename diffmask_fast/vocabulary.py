@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import itertools
-from typing import Iterable
+from typing import Iterable, Sized
 
 from . import reference
 from ._checks import refuse_one_string
@@ -22,17 +22,34 @@ def tokenizer_words(tokenizer, text: str, scheme: str | None = None, *, grouper:
 
 def _words_of_batch(tokenizer, texts: list[str], grouper: WordGrouper) -> list[str]:
     id_lists = []
-    for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]:
+    for ids in tokenizer(texts, add_special_tokens=False, verbose=False)["input_ids"]:  # no "longer than" warning
         id_lists.extend([ids[i] for i in group] for group in grouper(ids))
     return decode_words(tokenizer, id_lists)
 
 
-def tokenizer_word_types(tokenizer, texts: Iterable[str], lowercase: bool = True, scheme: str | None = None) -> set[str]:
-    """Normalized word types of ``texts`` as the collator will see them, for scoring."""
+def tokenizer_word_types(tokenizer, texts: Iterable[str], lowercase: bool = True, scheme: str | None = None,
+                         progress: bool = False) -> set[str]:
+    """Normalized word types of ``texts`` as the collator will see them, for scoring.
+
+    Reads the whole corpus through the tokenizer, so it shows a progress bar (``progress``) by
+    documents; each distinct token sequence is decoded once."""
+    from tqdm.auto import tqdm
+
     refuse_one_string(texts, "texts", "an iterable of documents")
     grouper = WordGrouper.for_tokenizer(tokenizer, scheme)
+    total = len(texts) if isinstance(texts, Sized) else None
     types: set[str] = set()
+    decoded: set[tuple[int, ...]] = set()
     texts = iter(texts)
-    while batch := list(itertools.islice(texts, BATCH_TEXTS)):
-        types.update(reference.normalize_word(w, lowercase) for w in _words_of_batch(tokenizer, batch, grouper) if w)
+    with tqdm(total=total, desc="reading words", unit="doc", disable=not progress) as bar:
+        while batch := list(itertools.islice(texts, BATCH_TEXTS)):
+            new: list[list[int]] = []
+            for ids in tokenizer(batch, add_special_tokens=False, verbose=False)["input_ids"]:
+                for group in grouper(ids):
+                    word = tuple(ids[i] for i in group)
+                    if word not in decoded:
+                        decoded.add(word)
+                        new.append(list(word))
+            types.update(reference.normalize_word(w, lowercase) for w in decode_words(tokenizer, new) if w)
+            bar.update(len(batch))
     return types

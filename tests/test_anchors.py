@@ -6,6 +6,7 @@ import random
 import warnings
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from diffmask_fast import DiffmaskWarning, reference
@@ -169,6 +170,12 @@ def test_mine_anchors_errors():
     counts = count_words(["enzyme enzyme enzyme 12 12 12"], progress=False)
     with pytest.raises(ValueError, match="at least 1"):
         mine_anchors(counts, k=0)
+    for k in (2.5, "20", True):
+        with pytest.raises(TypeError, match="k must be an integer"):
+            mine_anchors(counts, k=k)
+    with pytest.raises(TypeError, match="min_count must be an integer"):
+        mine_anchors(counts, min_count=1.5)
+    assert mine_anchors(counts, k=np.int64(1), min_count=1).words == ["enzyme"]
     with pytest.raises(ValueError, match="no word qualifies"):
         mine_anchors(count_words(["12 12 12 12"], progress=False))
     with pytest.raises(ValueError, match="empty"):
@@ -241,7 +248,8 @@ def test_general_table_file_with_a_bom_or_bad_bytes(tmp_path):
     assert GeneralFrequencies.from_file(table).counts == {"the": 100.0, "enzyme": 3.0}
 
 
-@pytest.mark.parametrize("damage", ["no anchors key", "anchor field missing", "unknown field"])
+@pytest.mark.parametrize("damage", ["no anchors key", "anchor field missing", "unknown field", "total as text",
+                                    "count as text", "word as number"])
 def test_a_damaged_anchors_file_is_a_clear_error(tmp_path, damage):
     path = tmp_path / "anchors.json"
     mine_anchors(WordCounts.from_mapping({"enzyme": 10, "cell": 5}, 1), k=2, min_count=1).save(path)
@@ -250,6 +258,12 @@ def test_a_damaged_anchors_file_is_a_clear_error(tmp_path, damage):
         del payload["anchors"]
     elif damage == "anchor field missing":
         del payload["anchors"][0]["score"]
+    elif damage == "total as text":
+        payload["target_total"] = "x"
+    elif damage == "count as text":
+        payload["anchors"][1]["target_count"] = "5"
+    elif damage == "word as number":
+        payload["anchors"][0]["word"] = 7
     else:
         payload["colour"] = "blue"
     path.write_text(json.dumps(payload))

@@ -131,6 +131,14 @@ def test_general_count_of_compounds_is_their_rarest_part():
     assert reference.general_count("zzz", general) == 0
 
 
+def test_a_word_with_combining_marks_is_one_word_not_a_compound():
+    general = {"ne": 5e7, "e": 3e7, "na": 1e6, "ve": 8e5, "well": 9e7, "known": 4e7}
+    assert reference.general_count("ne\u0301e", general) == 0  # decomposed "née", absent as the composed one
+    assert reference.general_count("na\u0131\u0308ve", general) == 0
+    assert reference.general_count("we\u0301ll-known", general) == 0  # its part "wéll" is missing; "we", "ll" are not parts
+    assert reference.word_parts("ne\u0301e-ve") == ["ne\u0301e", "ve"]
+
+
 def test_select_anchors_prefers_frequent_domain_words_and_breaks_ties_by_word():
     target = {"enzyme": 50, "receptor": 50, "the": 500, "typo": 1, "12": 80}
     general = {"the": 4e10, "enzyme": 1e5, "receptor": 1e5}

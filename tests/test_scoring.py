@@ -2,6 +2,7 @@
 
 import math
 import random
+import re
 import warnings
 from types import SimpleNamespace
 
@@ -196,6 +197,13 @@ def test_words_longer_than_max_length_are_embedded_from_their_first_pieces(tiny_
     expected = output.last_hidden_state[0, 1:-1].mean(0) if pooling == "mean" else output.pooler_output[0]
     torch.testing.assert_close(vectors[1], expected, atol=1e-5, rtol=1e-4)
     torch.testing.assert_close(vectors[0], direct_embedding(model, tokenizer, "enzyme", pooling), atol=1e-5, rtol=1e-4)
+    tokenizer.truncation_side = "left"  # a tokenizer set to keep last pieces: still the first ones
+    try:
+        with pytest.warns(UserWarning, match="more than 8 tokens"):
+            torch.testing.assert_close(embedder.embed([long_word])[0], expected, atol=1e-5, rtol=1e-4)
+    finally:
+        tokenizer.truncation_side = "right"
+    assert tokenizer.truncation_side == "right"
 
 
 def test_input_embeddings_never_truncate(tiny_bert):
@@ -322,7 +330,8 @@ def test_scorer_with_an_approximate_index_reports_its_recall(tiny_bert, seed):
 
 def random_table(n, rng):
     alphabet = "abcdefghijklmnopqrstuvwxyzäöüßéμ-'"
-    words = {"".join(rng.choice(alphabet) for _ in range(rng.randint(1, 14))) for _ in range(n)}
+    words = {reference.normalize_word("".join(rng.choice(alphabet) for _ in range(rng.randint(1, 14))))
+             for _ in range(n)}  # keys are words as they are looked up; "-" and "'" stay inside them
     words |= {"new york", "tab\there", "nul\x00byte", "\u00e9t\u00e9"}
     scores = {w: rng.uniform(-0.3, 1.0) for w in words}
     nearest = {w: rng.randrange(-1, 5) for w in words}
@@ -364,6 +373,50 @@ def test_broken_score_files_are_rejected(tmp_path):
         ScoreTable.load(tmp_path / "other.json")
     with pytest.raises(FileNotFoundError):
         ScoreTable.load(tmp_path / "missing.npz")
+
+
+@pytest.mark.parametrize("damage", ["similarity missing", "scores as a list", "score as text", "key not normalized"])
+def test_a_damaged_score_file_names_what_is_wrong(tmp_path, damage):
+    import json
+
+    path = tmp_path / "scores.json"
+    ScoreTable({"enzyme": 0.9, "cell": 0.5}, anchors=["enzyme"], nearest_anchor={"enzyme": 0, "cell": 0}).save(path)
+    payload = json.loads(path.read_text())
+    if damage == "similarity missing":
+        del payload["similarity"]
+    elif damage == "scores as a list":
+        payload["scores"] = [0.9, 0.5]
+    elif damage == "score as text":
+        payload["scores"]["cell"] = "high"
+    else:
+        payload["scores"]["Receptor,"] = 0.7
+    path.write_text(json.dumps(payload))
+    with pytest.raises(ValueError, match="scores.json' is not a valid word-scores file: .*"
+                       + {"similarity missing": "similarity", "scores as a list": "list", "score as text": "high",
+                          "key not normalized": "'Receptor,' would be looked up as 'receptor'"}[damage]):
+        ScoreTable.load(path)
+
+
+def test_a_binary_score_file_without_its_settings_is_named(tmp_path):
+    import io
+    import json
+
+    meta = json.dumps({"format": "diffmask_fast.word_scores.npz/1", "count": 1}).encode()
+    buffer = io.BytesIO()
+    np.savez(buffer, meta=np.frombuffer(meta, np.uint8), words=np.frombuffer(b"a", np.uint8), offsets=np.array([0, 1]),
+             scores=np.array([1.0], np.float32), nearest=np.array([0], np.int32))
+    (tmp_path / "scores.npz").write_bytes(buffer.getvalue())
+    with pytest.raises(ValueError, match="scores.npz' is not a valid word-scores file: missing field 'anchors'"):
+        ScoreTable.load(tmp_path / "scores.npz")
+
+
+def test_score_table_keys_must_be_words_as_they_are_looked_up():
+    for key in ("Enzyme", "receptor,", "(cell)"):
+        with pytest.raises(ValueError, match=f"{re.escape(repr(key))} would be looked up as"):
+            ScoreTable({key: 0.9})
+    cased = ScoreTable({"Enzyme": 0.9, "123": 0.1, ",": 0.2}, lowercase=False)
+    assert cased.score("Enzyme") == pytest.approx(0.9) and cased.score("enzyme") == 0.0
+    assert ScoreTable.from_mapping({"Enzyme": 0.9, "receptor,": 0.5}).score("ENZYME") == pytest.approx(0.9)
 
 
 def test_a_large_table_round_trips_compactly(tmp_path, seed):
@@ -529,7 +582,10 @@ def test_score_help():
 
 @pytest.mark.parametrize("modes, expected", [({"pooling_mode_mean_tokens": True}, "mean"),
                                               ({"pooling_mode_cls_token": True, "pooling_mode_mean_tokens": False}, "cls"),
-                                              ({"pooling_mode_mean_tokens": False}, "pooled"),
+                                              ({"pooling_mode_max_tokens": True, "pooling_mode_mean_tokens": False,
+                                                "pooling_mode_cls_token": False}, "mean"),
+                                              ({"pooling_mode_lasttoken": True}, "mean"),
+                                              ({"word_embedding_dimension": 384}, "pooled"),
                                               (["not", "a", "config"], "pooled")])
 def test_recommended_pooling_reads_a_hub_name_from_the_local_cache(tmp_path, monkeypatch, modes, expected):
     import json
@@ -556,3 +612,64 @@ def test_the_command_line_offers_every_pooling():
     from diffmask_fast.embedding import POOLINGS
 
     assert POOLING_CHOICES == POOLINGS
+
+
+def saved_masked_lm(minilm, folder):
+    """A tiny masked LM saved as a checkpoint of its own: encoder and MLM head, no pooler weights."""
+    from transformers import BertConfig, BertForMaskedLM
+
+    _, tokenizer = minilm
+    model = BertForMaskedLM(BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=16, num_hidden_layers=1,
+                                       num_attention_heads=2, intermediate_size=32))
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return model
+
+
+def test_a_checkpoint_without_pooler_weights_is_pooled_from_its_cls_state_not_a_random_pooler(minilm, tmp_path):
+    masked_lm = saved_masked_lm(minilm, tmp_path / "mlm").eval()
+    words = ["kinase", "the", "phosphorylation"]
+    first = WordEmbedder.from_pretrained(tmp_path / "mlm", cache_dir=None, progress=False)
+    second = WordEmbedder.from_pretrained(tmp_path / "mlm", cache_dir=None, progress=False)
+    assert first.pooling == "pooled" and first.model.pooler is None
+    torch.testing.assert_close(first.embed(words), second.embed(words), rtol=0, atol=0)
+    assert first.cache_key() == second.cache_key()
+    tokenizer = first.tokenizer
+    with torch.no_grad():
+        for word, vector in zip(words, first.embed(words)):
+            expected = masked_lm.bert(**tokenizer(word, return_tensors="pt")).last_hidden_state[0, 0]
+            torch.testing.assert_close(vector, expected, atol=1e-5, rtol=1e-4)
+    model, _ = load_encoder(default_model_path())  # a checkpoint with a trained pooler keeps it
+    assert model.pooler is not None
+
+
+def test_model_paths_may_start_with_the_home_folder(minilm, tmp_path, monkeypatch):
+    import json
+
+    from diffmask_fast.embedding import recommended_pooling
+    from diffmask_fast.hf_loading import load_tokenizer
+    from diffmask_fast.mlm_model import load_masked_lm
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    saved_masked_lm(minilm, tmp_path / "runs" / "mlm")
+    (tmp_path / "runs" / "mlm" / "1_Pooling").mkdir()
+    (tmp_path / "runs" / "mlm" / "1_Pooling" / "config.json").write_text(json.dumps({"pooling_mode_mean_tokens": True}))
+    model, tokenizer = load_encoder("~/runs/mlm")
+    assert model.config.hidden_size == 16 and len(tokenizer) == len(minilm[1])
+    assert recommended_pooling("~/runs/mlm") == "mean"
+    assert load_masked_lm("~/runs/mlm").config.hidden_size == 16
+    assert len(load_tokenizer("~/runs/mlm")) == len(minilm[1])
+
+
+def test_reading_a_corpus_shows_its_progress(tiny_bert, capsys):
+    from diffmask_fast.contextual import find_occurrences
+    from diffmask_fast.vocabulary import tokenizer_word_types
+
+    _, tokenizer = tiny_bert
+    texts = ["the enzyme binds the receptor", "a kinase phosphorylates the enzyme"] * 300
+    assert tokenizer_word_types(tokenizer, texts, progress=True) == tokenizer_word_types(tokenizer, texts)
+    assert "reading words" in capsys.readouterr().err
+    found = find_occurrences(tokenizer, iter(texts), ["enzyme"], max_per_anchor=3, progress=True)
+    assert len(found[0]) == 3 and "finding anchors in context" in capsys.readouterr().err
+    tokenizer_word_types(tokenizer, texts)
+    assert capsys.readouterr().err == ""
