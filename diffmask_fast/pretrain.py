@@ -116,6 +116,9 @@ class PretrainConfig:
             raise ValueError(f"max_length must be at least {MIN_MAX_LENGTH}, got {self.max_length}")
         if self.validation is None and not 0.0 < self.validation_fraction < 1.0:
             raise ValueError(f"validation_fraction must be in (0, 1), got {self.validation_fraction}")
+        if self.validation is None and self.max_validation_documents < 1:
+            raise ValueError(f"max_validation_documents must be at least 1 (early stopping and the best checkpoint "
+                             f"need a validation loss), got {self.max_validation_documents}")
         if not (math.isfinite(self.learning_rate) and self.learning_rate >= 0):
             raise ValueError(f"learning_rate must be non-negative, got {self.learning_rate}")
         if not (math.isfinite(self.weight_decay) and self.weight_decay >= 0):
@@ -209,7 +212,7 @@ def _domain_resources(config: PretrainConfig, documents: list[str], tokenizer: A
             anchors = mine_anchors(count_words(documents, progress=config.progress), k=config.anchors_count)
         embedder = WordEmbedder.from_pretrained(config.embedding_model, pooling=config.pooling, cache_dir=True,
                                                 progress=config.progress)
-        words = tokenizer_word_types(tokenizer, documents) | set(anchors.words)
+        words = tokenizer_word_types(tokenizer, documents, progress=config.progress) | set(anchors.words)
         scores = WordScorer(embedder, anchors).score(words, progress=config.progress)
         scores.info["tokenizer"] = config.model  # grouped the words as the model being trained does
     # A score table given alone names its anchors: nothing is mined that would not match it.
@@ -287,6 +290,7 @@ def pretrain(config: PretrainConfig) -> dict:
         raise ValueError(f"the tokenizer of {config.model!r} has no mask token; it cannot train a masked LM")
     model = load_masked_lm(config.model, init_mlm_head=config.init_mlm_head)
     check_max_length(model, config.max_length, config.model)
+    _check_vocabulary(tokenizer, model, config.model)
 
     documents = read_documents(config.corpus, config.text_field)
     if not documents:
@@ -302,6 +306,10 @@ def pretrain(config: PretrainConfig) -> dict:
                                description="tokenizing training documents")
     validation = tokenize_documents(tokenizer, validation_docs, config.max_length, progress=config.progress,
                                     description="tokenizing validation documents")
+    for name, sequences, docs in (("training", train, train_docs), ("validation", validation, validation_docs)):
+        if not sequences:  # the Trainer would fail only after training began, or train on nothing
+            raise ValueError(f"the {name} set is empty: its {len(docs)} document(s) tokenize to nothing (the "
+                             f"tokenizer of {config.model!r} drops all of their text)")
 
     workers = config.workers if config.workers is not None else (2 if torch.cuda.is_available() else 0)
     args = _training_arguments(config, workers)
@@ -345,8 +353,8 @@ def pretrain(config: PretrainConfig) -> dict:
         tokenizer.save_pretrained(str(out))
 
     state = trainer.state
-    planned = args.max_steps if args.max_steps > 0 else math.ceil(
-        len(train) / (config.batch_size * config.gradient_accumulation_steps * args.world_size)) * config.epochs
+    planned = args.max_steps if args.max_steps > 0 else planned_steps(
+        len(train), config.batch_size * config.gradient_accumulation_steps * args.world_size, config.epochs)
     summary = {
         "format": SUMMARY_FORMAT,
         "strategy": config.strategy,
@@ -364,7 +372,7 @@ def pretrain(config: PretrainConfig) -> dict:
         "best_checkpoint": state.best_model_checkpoint,
         "global_step": state.global_step,
         "epochs": state.epoch,
-        "stopped_early": bool(state.global_step < int(planned)),
+        "stopped_early": bool(state.global_step < planned),
         "train_loss": result.training_loss,
         "seconds": round(time.perf_counter() - started, 1),
         "config": _jsonable(dataclasses.asdict(config)),
@@ -382,6 +390,24 @@ def pretrain(config: PretrainConfig) -> dict:
     return summary
 
 
+def planned_steps(sequences: int, sequences_per_step: int, epochs: float) -> int:
+    """Optimizer steps of ``epochs`` over ``sequences``, rounded up as ``transformers.Trainer``
+    plans them (a fractional last epoch included), to tell a run that stopped early."""
+    return math.ceil(epochs * math.ceil(sequences / sequences_per_step))
+
+
+def _check_vocabulary(tokenizer: Any, model: Any, name: str) -> None:
+    """Refuse a tokenizer with ids the model cannot embed (tokens added to it without resizing the
+    model's embeddings): masking draws random replacements from the whole vocabulary, and the
+    first such id drawn would fail the embedding lookup, possibly thousands of steps in."""
+    embedded = getattr(model.get_input_embeddings(), "num_embeddings", None)
+    tokens = max(len(tokenizer), max(tokenizer.get_vocab().values(), default=-1) + 1)
+    if isinstance(embedded, int) and tokens > embedded:
+        raise ValueError(f"the tokenizer of {name!r} has {tokens} tokens but the model embeds only {embedded}: tokens "
+                         "were added to the tokenizer without resizing the model's embeddings. Call "
+                         "model.resize_token_embeddings(len(tokenizer)) and save the model again")
+
+
 def _check_output_dir(config: PretrainConfig) -> dict | None:
     """Refuse, before any work, an output that cannot take this run: a file, or the checkpoints of
     an earlier run that a fresh run would mix with its own (``--resume`` would then pick them up),
@@ -389,6 +415,11 @@ def _check_output_dir(config: PretrainConfig) -> dict | None:
     out = Path(config.output_dir)
     if out.exists() and not out.is_dir():
         raise ValueError(f"the output {str(out)!r} is a file, not a directory")
+    if config.resume is True and not any(out.glob("checkpoint-*")):
+        raise ValueError(f"nothing to resume in {str(out)!r}: it holds no checkpoint-* folder; run without --resume "
+                         "to start training there")
+    if config.resume not in (None, False, True) and not Path(config.resume).is_dir():
+        raise ValueError(f"the checkpoint to resume from, {str(config.resume)!r}, is not a directory")
     check_writable(out / RUN_FILE, "output directory's files")
     if not config.resume:
         checkpoints = sorted(out.glob("checkpoint-*")) if out.is_dir() else []
@@ -515,6 +546,8 @@ def run_pretrain_command(args) -> None:
         attention_layer=args.attention_layer, progress=not args.no_progress,
     )
     summary = pretrain(config)
+    if int(os.environ.get("RANK", "0")) != 0:  # under torchrun, one report for the run, not one per process
+        return
     before = summary["validation_loss_before"]
     print(f"{summary['strategy']}: {summary['global_step']} steps ({summary['epochs']:.2f} epochs) in "
           f"{summary['seconds']:.0f} s; validation MLM loss "

@@ -7,7 +7,9 @@ of gradient accumulation. A masker that needs the model (attention-based masking
 ``loss_weights`` entry in a batch weights each masked token's loss (``losses.weighted_mlm_loss``).
 
 The trainer computes the MLM loss itself, normalized by the masked tokens of the whole
-accumulated (and, across processes, gathered) batch. Masked-LM classes such as
+accumulated (and, across processes, gathered) batch, with ``args.label_smoothing_factor`` applied
+to each masked token. A ``compute_loss_func`` is refused: it would get the model's outputs
+without the per-token weights, and normalize by a count of its own. Masked-LM classes such as
 ``BertForMaskedLM`` accept ``num_items_in_batch`` but return a per-batch mean, which
 ``transformers.Trainer`` would then take for an already-normalized sum: gradients grow with the
 accumulation steps and the number of processes. Computing the loss here also lets the LM head
@@ -15,12 +17,19 @@ run on the masked positions only (``sparse_head``): a quarter of the positions a
 which matters because the vocabulary projection is the largest matrix product of a small encoder.
 accelerate puts only the model's own forward under autocast; the sparse head and a masker's
 pass through the model run under the accelerator's autocast too, so bf16 and fp16 reach them.
+The sparse head (and the head's parameters, below) follow the model being trained: with
+``model_init`` (``hyperparameter_search``) every ``train()`` starts from a fresh model.
 
 A model whose masked-LM head starts untrained (``load_masked_lm(init_mlm_head=True)``) can train
 the head alone first: with ``head_warmup_steps`` the encoder's learning rate is 0 for that many
 steps and then ramps up again over the warm-up of the schedule; ``head_learning_rate`` gives
 the head a learning rate of its own. The encoder does not drift while the head still predicts
 badly, and no parameter changes its ``requires_grad``, so DistributedDataParallel is unaffected.
+Both split the optimizer's parameter groups; a scheduler passed in ``optimizers`` was built for
+the groups before the split, so it is refused with them.
+
+Training refuses to start when the masking writes token ids the model cannot embed (tokens added
+to the tokenizer without ``model.resize_token_embeddings``).
 
 ``DifferenceMaskingTrainer`` is the same with a ``DifferenceMasker``: DataLoader workers only pad
 (``DataCollatorWithPadding``), the GPU masks. Evaluation batches without labels are masked the
@@ -66,6 +75,16 @@ class MaskingTrainer(Trainer):
                 raise ValueError("give a data_collator that pads batches, or a masker with a tokenizer to pad with")
             kwargs["data_collator"] = _PaddingForMasking(tokenizer)
         super().__init__(*args, **kwargs)
+        if self.compute_loss_func is not None:
+            raise ValueError("MaskingTrainer computes the masked-LM loss itself (weighted per token by the batch's "
+                             "loss_weights, normalized over the accumulated batch), and a compute_loss_func would get "
+                             "neither: leave it out (label smoothing: TrainingArguments.label_smoothing_factor), or "
+                             "subclass and override compute_loss")
+        if (head_warmup_steps or head_learning_rate is not None) and self.lr_scheduler is not None:
+            raise ValueError("head_warmup_steps and head_learning_rate split the optimizer's parameter groups into "
+                             "encoder and head, which the scheduler given in optimizers=(optimizer, scheduler) was not "
+                             "built for: give optimizers=(optimizer, None) to have the trainer schedule it, or give "
+                             "the head its own parameter group and schedule yourself")
         self.masker = masker.to(self.args.device) if masker is not None else None
         if hasattr(self.masker, "follow_rank"):  # the process group may have started after the masker
             self.masker.follow_rank()
@@ -78,13 +97,17 @@ class MaskingTrainer(Trainer):
         self.head_learning_rate = head_learning_rate
         self._head_parameters = (_head_parameters(self.model) if head_warmup_steps or head_learning_rate is not None
                                  else None)
+        self._head_parameters_model = self.model
         self.add_callback(_ResumedMasking(self))
+        self.add_callback(_MaskingFitsModel(self))
 
-    def create_optimizer(self):
+    def create_optimizer(self, model=None):
         """The Trainer's optimizer, with the head's parameters in groups of their own when the
         head trains apart from the encoder (warm-up or a learning rate of its own)."""
-        optimizer = super().create_optimizer()
+        optimizer = super().create_optimizer() if model is None else super().create_optimizer(model)
         if self._head_parameters is not None and not any("part" in g for g in optimizer.param_groups):
+            if self._head_parameters_model is not self.model:  # model_init made a fresh model for this run
+                self._head_parameters, self._head_parameters_model = _head_parameters(self.model), self.model
             _split_head_groups(optimizer, self._head_parameters, self.head_learning_rate)
         return optimizer
 
@@ -153,22 +176,35 @@ class MaskingTrainer(Trainer):
         weights = inputs.pop("loss_weights", None)
         if weights is None:
             weights = torch.ones(labels.shape, device=labels.device)
+        smoothing = self.args.label_smoothing_factor
         # The sparse head's logits cover the masked positions only: never returned as the outputs.
-        sparse = (self._sparse_head is not None and model is self.model
-                  and (not return_outputs or self._logits_discarded) and self._sparse_head.usable(inputs, labels))
+        sparse_head = self._sparse_head_for(model)
+        sparse = (sparse_head is not None and (not return_outputs or self._logits_discarded)
+                  and sparse_head.usable(inputs, labels))
         if sparse:
             masked = labels != -100
-            logits = self._sparse_head(inputs, masked)
-            loss = weighted_mlm_loss(logits[None], labels[masked][None], weights[masked][None], num_items_in_batch)
+            logits = sparse_head(inputs, masked)
+            loss = weighted_mlm_loss(logits[None], labels[masked][None], weights[masked][None], num_items_in_batch,
+                                     label_smoothing=smoothing)
             outputs = {"logits": logits}
         else:
             outputs = model(**inputs)
             logits = outputs["logits"] if isinstance(outputs, dict) else outputs[0]
-            loss = weighted_mlm_loss(logits, labels, weights, num_items_in_batch)
+            loss = weighted_mlm_loss(logits, labels, weights, num_items_in_batch, label_smoothing=smoothing)
         if self.args.average_tokens_across_devices and num_items_in_batch is not None:
             # num_items_in_batch counts every process's tokens; DDP averages the gradients.
             loss = loss * (self.accelerator.num_processes // self.get_tp_size())
         return (loss, outputs) if return_outputs else loss
+
+    def _sparse_head_for(self, model: torch.nn.Module) -> _SparseHead | None:
+        """The sparse head, when ``model`` is the trainer's model itself: a wrapper's forward
+        (DistributedDataParallel's) must run. Built again for a model that replaced the one it was
+        built for (``model_init`` makes a fresh one at every ``train()``)."""
+        if self._sparse_head is None or model is not self.model:
+            return None
+        if self._sparse_head.model is not model:
+            self._sparse_head = _SparseHead(model, self.accelerator.autocast)
+        return self._sparse_head
 
 
 class _PaddingForMasking(DataCollatorWithPadding):
@@ -293,16 +329,24 @@ class _SparseHead:
                 outputs = self.model(**inputs)
             expected = (outputs["logits"] if isinstance(outputs, dict) else outputs[0])[masked]
             sparse = self(inputs, masked)
-        except (TypeError, RuntimeError, ValueError, KeyError, IndexError):
+            # A head that returns anything but one row of logits per masked position (XLM's
+            # prediction layer returns a tuple) is not one to call apart.
+            rows = int(masked.sum())
+            if not (_are_logits(expected, rows) and _are_logits(sparse, rows) and sparse.shape == expected.shape):
+                return False
+            # Under bf16/fp16 autocast the two differ by the rounding of the logits (a few units in
+            # the last place of the half-precision type); a head that is not position-wise differs
+            # by far more.
+            tolerance = max(1e-3, 8 * max(torch.finfo(sparse.dtype).eps, torch.finfo(expected.dtype).eps))
+            return bool(torch.allclose(sparse.float(), expected.float(), rtol=tolerance, atol=tolerance))
+        except (TypeError, RuntimeError, ValueError, KeyError, IndexError, AttributeError):
             return False
         finally:
             self.model.train(training)
-        # Under bf16/fp16 autocast the two differ by the rounding of the logits (a few units in
-        # the last place of the half-precision type); a head that is not position-wise differs
-        # by far more.
-        tolerance = max(1e-3, 8 * max(torch.finfo(sparse.dtype).eps, torch.finfo(expected.dtype).eps))
-        return sparse.shape == expected.shape and bool(
-            torch.allclose(sparse.float(), expected.float(), rtol=tolerance, atol=tolerance))
+
+
+def _are_logits(value: Any, rows: int) -> bool:
+    return torch.is_tensor(value) and value.is_floating_point() and value.ndim == 2 and value.shape[0] == rows
 
 
 class DifferenceMaskingTrainer(MaskingTrainer):
@@ -334,6 +378,56 @@ class _ResumedMasking(TrainerCallback):
             for masking in (self.trainer.masker, self.trainer.data_collator):
                 if hasattr(masking, "resume_at"):
                     masking.resume_at(state.global_step, accumulation, calls_made=calls)
+
+
+class _MaskingFitsModel(TrainerCallback):
+    """Refuses, as training starts, masking that writes token ids the model cannot embed: random
+    replacements are drawn from the tokenizer's whole vocabulary, and tokens added to it without
+    ``model.resize_token_embeddings`` would fail the embedding lookup only when first drawn,
+    possibly thousands of steps in."""
+
+    def __init__(self, trainer: MaskingTrainer):
+        self.trainer = trainer
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        # The trainer's model, not the callbacks' (that stays the first one when model_init makes another).
+        embedded = _embedded_ids(self.trainer.accelerator.unwrap_model(self.trainer.model))
+        if embedded is None:
+            return
+        collator = self.trainer.data_collator
+        for masking in (self.trainer.masker, collator, getattr(collator, "masking", None)):
+            largest = _largest_written_id(masking)
+            if largest is not None and largest >= embedded:
+                raise ValueError(
+                    f"the masking writes token ids up to {largest} (the mask token, and random replacements drawn "
+                    f"from the tokenizer's vocabulary), but the model embeds only {embedded} ids (0 to {embedded - 1}): "
+                    "the tokenizer has tokens the model lacks. Call model.resize_token_embeddings(len(tokenizer)) "
+                    "before training")
+
+
+def _embedded_ids(model: Any) -> int | None:
+    """How many token ids the model's input embeddings hold; None when it does not say."""
+    try:
+        embeddings = model.get_input_embeddings()
+    except (AttributeError, NotImplementedError):
+        return None
+    size = getattr(embeddings, "num_embeddings", None)
+    return size if isinstance(size, int) else None
+
+
+def _largest_written_id(masking: Any) -> int | None:
+    """The largest token id a masker or masking collator puts into the inputs (the mask token or
+    a random replacement), from its word tables or its collator's; None for anything else."""
+    tables = (masking, getattr(masking, "boundaries", None), getattr(getattr(masking, "collator", None), "boundaries", None))
+    written = []
+    for table in tables:
+        random_ids = getattr(table, "random_token_ids", None)
+        if torch.is_tensor(random_ids) and random_ids.numel():
+            written.append(int(random_ids.max()))
+        mask_id = getattr(table, "mask_token_id", None)
+        if isinstance(mask_id, int):
+            written.append(mask_id)
+    return max(written, default=None)
 
 
 def _batches_before(step: int, accumulation: int, dataloader) -> int:

@@ -386,6 +386,26 @@ def test_trainer_drops_a_class_label_column_before_masking(tiny_bert_mlm, bert_w
     assert math.isfinite(trainer.evaluate()["eval_loss"])
 
 
+def test_trainer_refuses_a_masker_that_writes_ids_the_model_cannot_embed(tiny_bert_mlm, lines, tmp_path):
+    """Tokens added to the tokenizer without resizing the model's embeddings are drawn as random
+    replacements: refused when training starts, not when the first one is drawn."""
+    from transformers import TrainingArguments
+
+    tokenizer = tokenizers_offline.bert_wordpiece()  # a private copy: a token is added
+    tokenizer.add_tokens(["zymogenase"])
+    masker = DifferenceMasker(tokenizer, score_table(tokenizer, lines), seed=0)
+    train = [{"input_ids": tokenizer(t, truncation=True, max_length=32)["input_ids"]} for t in lines[:8]]
+    args = TrainingArguments(output_dir=str(tmp_path), max_steps=1, per_device_train_batch_size=4,
+                             save_strategy="no", report_to=[], use_cpu=True, seed=0)
+    model = tiny_bert_mlm.train()
+    trainer = DifferenceMaskingTrainer(model=model, args=args, train_dataset=train, masker=masker)
+    with pytest.raises(ValueError, match=r"token ids up to 1500 .* embeds only 1500 ids .*resize_token_embeddings"):
+        trainer.train()
+    model.resize_token_embeddings(len(tokenizer))
+    trainer = DifferenceMaskingTrainer(model=model, args=args, train_dataset=train, masker=masker)
+    assert math.isfinite(trainer.train().training_loss)
+
+
 def test_warm_reads_dicts_of_rows_as_rows_not_their_keys(bert_wordpiece, lines):
     """``tokenizer(texts)``, ``tokenizer(texts, padding=True)`` and ``dataset[:n]`` are dicts whose
     input_ids hold one row per example (lists, ragged or padded): their words are learned."""

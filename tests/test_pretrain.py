@@ -85,6 +85,32 @@ def test_difference_pretraining_saves_everything_and_resumes(model_dir, corpus, 
         pretrain(config_for(model_dir, corpus, tmp_path / "a-file"))
 
 
+def test_resuming_where_there_is_nothing_to_resume_is_refused_before_anything_is_made(model_dir, corpus, tmp_path):
+    with pytest.raises(ValueError, match="nothing to resume in .*fresh.*holds no checkpoint"):
+        pretrain(config_for(model_dir, corpus, tmp_path / "fresh", resume=True))
+    assert not (tmp_path / "fresh").exists()
+    with pytest.raises(ValueError, match="the checkpoint to resume from, .*checkpoint-9.*, is not a directory"):
+        pretrain(config_for(model_dir, corpus, tmp_path / "fresh", resume=str(tmp_path / "checkpoint-9")))
+
+
+@pytest.mark.parametrize("rank, printed", [(None, True), ("0", True), ("1", False)])
+def test_the_command_reports_once_per_run_not_once_per_process(monkeypatch, capsys, tmp_path, rank, printed):
+    from diffmask_fast import pretrain as pretrain_module
+
+    summary = {"strategy": "difference", "global_step": 4, "epochs": 1.0, "seconds": 3.0,
+               "validation_loss_before": 9.5, "best_validation_loss": 7.25, "stopped_early": False}
+    monkeypatch.setattr(pretrain_module, "pretrain", lambda config: summary)
+    if rank is None:
+        monkeypatch.delenv("RANK", raising=False)
+    else:
+        monkeypatch.setenv("RANK", rank)
+    args = cli.build_parser().parse_args(["pretrain", "corpus.txt", "--model", "m", "-o", str(tmp_path / "out")])
+    pretrain_module.run_pretrain_command(args)
+    out = capsys.readouterr().out
+    assert ("9.5000 -> 7.2500 (best)" in out and "Saved the model" in out) == printed
+    assert out == "" or printed
+
+
 def test_a_score_table_given_alone_names_the_anchors(model_dir, corpus, tmp_path):
     from diffmask_fast.scoring import ScoreTable
 
@@ -183,6 +209,45 @@ def test_pretrain_errors(model_dir, corpus, tmp_path, capsys):
         pretrain(config_for(model_dir, corpus, tmp_path / "g", strategy="random-token", max_length=positions + 1))
 
 
+def test_empty_training_or_validation_sets_are_refused_before_training(model_dir, corpus, tmp_path, monkeypatch):
+    import diffmask_fast.trainer
+
+    monkeypatch.setattr(diffmask_fast.trainer, "MaskingTrainer", lambda *a, **kw: pytest.fail("built the trainer"))
+    nothing = tmp_path / "zero-width.txt"  # documents whose every character the tokenizer drops
+    nothing.write_text("\u200b\n\u200b \u200b\n", encoding="utf-8")
+    with pytest.raises(ValueError, match="the validation set is empty: its 2 document\\(s\\) tokenize to nothing"):
+        pretrain(config_for(model_dir, corpus, tmp_path / "a", strategy="random-token", validation=[nothing]))
+    with pytest.raises(ValueError, match="the training set is empty: its 2 document\\(s\\) tokenize to nothing"):
+        pretrain(config_for(model_dir, nothing, tmp_path / "b", strategy="random-token", validation=[corpus]))
+
+
+def test_a_tokenizer_larger_than_the_model_is_refused_up_front(tmp_path, tiny_bert_mlm, corpus, monkeypatch):
+    """Random replacements are drawn from the whole tokenizer: an id the model cannot embed would
+    fail the lookup only when first drawn."""
+    import tokenizers_offline
+    from transformers import TrainingArguments
+
+    import diffmask_fast.pretrain_data
+
+    tokenizer = tokenizers_offline.bert_wordpiece()  # a private copy: tokens are added
+    tokenizer.add_tokens(["zymogenase", "kinasome", "receptorin"])
+    path = tmp_path / "grown-tokenizer"
+    tiny_bert_mlm.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    monkeypatch.setattr(diffmask_fast.pretrain_data, "read_documents", lambda *a: pytest.fail("read the corpus"))
+    with pytest.raises(ValueError, match="has 1503 tokens but the model embeds only 1500.*resize_token_embeddings"):
+        pretrain(config_for(path, corpus, tmp_path / "run", strategy="random-token"))
+
+    # The trainer refuses it too, as training starts (the collator's random replacements).
+    collator = build_strategy("random-token", tokenizer, seed=0, mask_on="workers").collator
+    examples = [{"input_ids": ids} for ids in tokenizer(["the enzyme binds its receptor"] * 4)["input_ids"]]
+    args = TrainingArguments(output_dir=str(tmp_path / "trainer"), max_steps=1, per_device_train_batch_size=4,
+                             report_to=[], use_cpu=True, save_strategy="no")
+    trainer = MaskingTrainer(model=tiny_bert_mlm, args=args, train_dataset=examples, data_collator=collator)
+    with pytest.raises(ValueError, match="token ids up to 1502 .* embeds only 1500 ids.*resize_token_embeddings"):
+        trainer.train()
+
+
 def test_a_model_without_mlm_head_is_refused_unless_asked(tmp_path, tiny_bert_mlm, bert_wordpiece, corpus):
     encoder_dir = tmp_path / "encoder"
     tiny_bert_mlm.bert.save_pretrained(encoder_dir)  # a bare BertModel checkpoint
@@ -240,6 +305,43 @@ def test_weighted_loss_is_sum_of_weighted_token_losses_over_masked_count(seed, t
         weighted_mlm_loss(logits, labels, weights[:, :5])
 
 
+def test_label_smoothing_applies_to_each_masked_token_before_its_weight(seed, tiny_bert_mlm, tmp_path):
+    from transformers import TrainingArguments
+    from transformers.trainer_pt_utils import LabelSmoother
+
+    g = torch.Generator().manual_seed(seed)
+    input_ids = torch.randint(5, tiny_bert_mlm.config.vocab_size, (3, 11), generator=g)
+    labels = random_labels(g, input_ids)
+    weights = torch.where(torch.rand(input_ids.shape, generator=g) < 0.5, 2.5, 1.0)
+    with torch.no_grad():
+        logits = tiny_bert_mlm(input_ids=input_ids).logits
+    expected, count = 0.0, 0
+    for b, i in (labels != -100).nonzero().tolist():
+        log_probs = torch.log_softmax(logits[b, i].double(), dim=-1)
+        smoothed = 0.9 * -float(log_probs[labels[b, i]]) + 0.1 * -float(log_probs.mean())
+        expected += float(weights[b, i]) * smoothed
+        count += 1
+    got = weighted_mlm_loss(logits, labels, weights, label_smoothing=0.1)
+    assert float(got) == pytest.approx(expected / count, rel=1e-5), f"seed={seed}"
+    with pytest.raises(ValueError, match="label_smoothing must be in"):
+        weighted_mlm_loss(logits, labels, weights, label_smoothing=1.5)
+
+    # The trainer takes TrainingArguments.label_smoothing_factor, on the sparse head and the full
+    # forward alike, as transformers.Trainer would.
+    batch = {"input_ids": input_ids, "attention_mask": torch.ones_like(input_ids), "labels": labels}
+    args = TrainingArguments(output_dir=str(tmp_path), report_to=[], use_cpu=True, label_smoothing_factor=0.1)
+    with torch.no_grad():
+        hf_expected = LabelSmoother(epsilon=0.1)(tiny_bert_mlm(**batch), labels)
+        sparse = MaskingTrainer(model=tiny_bert_mlm, args=args, data_collator=lambda x: x)
+        full = MaskingTrainer(model=tiny_bert_mlm, args=args, data_collator=lambda x: x, sparse_head=False)
+        assert float(sparse.compute_loss(tiny_bert_mlm, dict(batch))) == pytest.approx(float(hf_expected), rel=1e-5)
+        assert sparse._sparse_head.verified is True
+        assert float(full.compute_loss(tiny_bert_mlm, dict(batch))) == pytest.approx(float(hf_expected), rel=1e-5)
+    with pytest.raises(ValueError, match="compute_loss_func would get neither"):
+        MaskingTrainer(model=tiny_bert_mlm, args=args, data_collator=lambda x: x,
+                       compute_loss_func=lambda outputs, labels, num_items_in_batch=None: outputs.loss)
+
+
 def test_trainer_applies_loss_weights_from_the_batch(seed, tiny_bert_mlm, tmp_path):
     from transformers import TrainingArguments
 
@@ -287,6 +389,7 @@ def test_ranks_draw_different_masks_from_one_seed(name, bert_wordpiece, monkeypa
     ({"learning_rate": -1e-3}, "learning_rate must be non-negative"),
     ({"weight_decay": float("inf")}, "weight_decay must be non-negative"),
     ({"warmup_ratio": 1.0}, r"warmup_ratio must be in \[0, 1\)"),
+    ({"max_validation_documents": 0}, "max_validation_documents must be at least 1"),
     ({"workers": -1}, "workers must be non-negative"),
     ({"anchors_count": 0}, "anchors_count must be at least 1"),
     ({"strategy": "mslm", "term_probability": 1.5}, r"term_probability must be in \[0, 1\]"),
@@ -513,6 +616,25 @@ def test_sparse_head_falls_back_for_models_it_cannot_split(tiny_bert_mlm, tmp_pa
     assert float(loss) == pytest.approx(float(expected), rel=1e-6)
 
 
+def test_sparse_head_falls_back_for_a_head_that_returns_no_logits_tensor(tmp_path):
+    from transformers import TrainingArguments, XLMConfig, XLMWithLMHeadModel
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        model = XLMWithLMHeadModel(XLMConfig(vocab_size=100, emb_dim=32, n_layers=1, n_heads=2)).eval()
+    input_ids = torch.randint(5, 100, (2, 9))
+    labels = torch.where(torch.rand(2, 9) < 0.4, input_ids, torch.full_like(input_ids, -100))
+    labels[:, 1] = input_ids[:, 1]
+    trainer = MaskingTrainer(model=model, args=TrainingArguments(output_dir=str(tmp_path), report_to=[], use_cpu=True),
+                             data_collator=lambda x: x)
+    assert trainer._sparse_head.parts is not None  # an encoder and one head module: worth checking
+    with torch.no_grad():
+        loss = trainer.compute_loss(model, {"input_ids": input_ids, "labels": labels})
+        expected = weighted_mlm_loss(model(input_ids).logits, labels, torch.ones(2, 9))
+    assert trainer._sparse_head.verified is False  # its prediction layer returns a tuple
+    assert float(loss) == pytest.approx(float(expected), rel=1e-6)
+
+
 def test_the_training_precision_reaches_the_sparse_head_and_the_attention_pass(tiny_bert_mlm, bert_wordpiece,
                                                                               tmp_path, seed):
     """accelerate wraps only the model's own forward in autocast. The sparse head and an attention
@@ -588,8 +710,45 @@ def test_head_warmup_holds_the_encoder_then_trains_everything(tiny_bert_mlm, ber
     assert rates[:3] == [0.0, 0.0, 0.0] and rates[3] > 0  # the encoder's rate, as the Trainer logs it
 
 
+@pytest.mark.parametrize("head_warmup_steps", [0, 1])
+def test_model_init_trains_the_model_it_makes(tmp_path, seed, head_warmup_steps):
+    """train() makes a fresh model with model_init (as hyperparameter_search does): the loss, the
+    sparse head and the head's optimizer groups must be those of that model."""
+    from transformers import BertConfig, BertForMaskedLM, TrainingArguments
+
+    g = torch.Generator().manual_seed(seed)
+    examples = []
+    for _ in range(16):
+        ids = torch.randint(5, 100, (12,), generator=g)
+        labels = torch.where(torch.rand(12, generator=g) < 0.4, ids, torch.full_like(ids, -100))
+        labels[0] = ids[0]
+        examples.append({"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": labels})
+    made = []
+
+    def fresh_model():
+        model = BertForMaskedLM(BertConfig(vocab_size=100, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                                           intermediate_size=64))
+        made.append((model, {name: p.detach().clone() for name, p in model.named_parameters()}))
+        return model
+
+    args = TrainingArguments(output_dir=str(tmp_path), per_device_train_batch_size=8, max_steps=2, learning_rate=1e-2,
+                             report_to=[], use_cpu=True, save_strategy="no", logging_steps=1, disable_tqdm=True)
+    trainer = MaskingTrainer(model_init=fresh_model, args=args, train_dataset=examples,
+                             data_collator=lambda batch: {k: torch.stack([e[k] for e in batch]) for k in batch[0]},
+                             head_warmup_steps=head_warmup_steps)
+    trainer.train()
+    model, start = made[-1]
+    assert len(made) == 2 and trainer.model is model
+    assert all(entry["grad_norm"] > 0 for entry in trainer.state.log_history if "grad_norm" in entry)
+    assert any(not torch.equal(p.detach(), start[name]) for name, p in model.named_parameters()), "nothing trained"
+    assert trainer._sparse_head.model is model and trainer._sparse_head.verified is True
+    if head_warmup_steps:
+        head = {id(p) for group in trainer.optimizer.param_groups if group["part"] == "head" for p in group["params"]}
+        assert head == {id(p) for p in model.parameters()} - {id(p) for p in model.bert.parameters()}
+
+
 def test_head_warmup_errors(tiny_bert_mlm, tmp_path):
-    from transformers import TrainingArguments
+    from transformers import TrainingArguments, get_linear_schedule_with_warmup
 
     args = TrainingArguments(output_dir=str(tmp_path), report_to=[], use_cpu=True)
     with pytest.raises(ValueError, match="head_warmup_steps"):
@@ -602,3 +761,18 @@ def test_head_warmup_errors(tiny_bert_mlm, tmp_path):
     trainer._head_parameters = [torch.nn.Parameter(torch.zeros(3))]  # as if a wrapper had replaced the parameters
     with pytest.raises(ValueError, match="none of the head's parameters"):
         trainer.create_optimizer()
+    # A scheduler of one's own was built for the optimizer's groups before the head is split off.
+    optimizer = torch.optim.AdamW(tiny_bert_mlm.parameters(), lr=1e-3)
+    scheduler = get_linear_schedule_with_warmup(optimizer, 0, 4)
+    for options in ({"head_warmup_steps": 2}, {"head_learning_rate": 1e-3}):
+        with pytest.raises(ValueError, match="the scheduler given in optimizers=\\(optimizer, scheduler\\)"):
+            MaskingTrainer(model=tiny_bert_mlm, args=args, data_collator=lambda x: x,
+                           optimizers=(optimizer, scheduler), **options)
+
+
+def test_a_run_stopped_early_is_told_from_the_steps_trainer_plans():
+    from diffmask_fast.pretrain import planned_steps
+
+    assert planned_steps(100, 8, 1.0) == 13  # the last, partial batch is a step
+    assert planned_steps(100, 8, 1.5) == 20  # 19.5 steps: Trainer runs 20, so 19 is an early stop
+    assert planned_steps(96, 8, 2.0) == 24
