@@ -143,9 +143,13 @@ def _add_score_parser(commands) -> None:
     score.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default="float32",
                        help="precision of the model's forward pass (default float32)")
     score.add_argument("--batch-size", type=int, default=256, help="words per forward pass (default 256)")
+    score.add_argument("--max-length", type=int, default=64,
+                       help="tokens per word with special tokens; longer words are embedded from their first "
+                            "pieces (default 64)")
     score.add_argument("--device", default=None, help="torch device (default: cuda when available)")
     score.add_argument("--cache-dir", type=Path, default=None,
-                       help="embedding cache directory (default: $DIFFMASK_CACHE or ~/.cache/diffmask_fast)")
+                       help="embedding cache directory (default: $DIFFMASK_CACHE, else $XDG_CACHE_HOME/diffmask_fast, "
+                            "else ~/.cache/diffmask_fast)")
     score.add_argument("--no-cache", action="store_true", help="neither read nor write the embedding cache")
     score.add_argument("--top", type=int, default=15, help="top-scoring words to print (default 15)")
     score.add_argument("--no-progress", action="store_true", help="do not show progress bars")
@@ -175,6 +179,8 @@ def _check_score_settings(args) -> None:
     for flag, value in (("--batch-size", args.batch_size), ("--contextual-anchors", args.contextual_anchors)):
         if value is not None and value < 1:
             raise ValueError(f"{flag} must be positive, got {value}")
+    if args.max_length < 3:
+        raise ValueError(f"--max-length must be at least 3 (two special tokens and a piece), got {args.max_length}")
     if args.top < 0:
         raise ValueError(f"--top must be 0 or more, got {args.top}")
     for model in (args.model, args.tokenizer):
@@ -398,14 +404,16 @@ def run_score(args) -> None:
     words = set(table.words() if table is not None and hasattr(table, "words") else counts.counts)
     embedder = WordEmbedder.from_pretrained(
         args.model, pooling=args.pooling, cache_dir=None if args.no_cache else (args.cache_dir or True),
-        dtype=args.dtype, batch_size=args.batch_size, device=args.device, progress=progress)
+        dtype=args.dtype, batch_size=args.batch_size, max_length=args.max_length, device=args.device,
+        progress=progress)
     if corpus:
         tokenizer = embedder.tokenizer
         if args.tokenizer is not None:
-            from transformers import AutoTokenizer
+            from .hf_loading import load_tokenizer
 
-            tokenizer = AutoTokenizer.from_pretrained(args.tokenizer)
-        words |= tokenizer_word_types(tokenizer, iter_documents(corpus, args.text_field), lowercase=counts.lowercase)
+            tokenizer = load_tokenizer(args.tokenizer)
+        words |= tokenizer_word_types(tokenizer, iter_documents(corpus, args.text_field), lowercase=counts.lowercase,
+                                      progress=progress)
     words |= set(anchors.words)
     options = {"similarity": args.similarity, "index": args.index,
                "index_options": {key: value for key, value in (

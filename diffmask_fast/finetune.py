@@ -17,6 +17,7 @@ ignored). Label ids follow the sorted set of training labels.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import gzip
 import json
@@ -29,10 +30,10 @@ import time
 import zlib
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 from ._io import atomic_write_json, check_writable, read_json
-from .hf_loading import check_max_length, load_tokenizer, quiet_transformers, usable_device
+from .hf_loading import check_max_length, load_tokenizer, model_reference, quiet_transformers, usable_device
 from .metrics import accuracy, macro_f1, mean_std
 
 __all__ = ["load_labeled", "finetune", "FinetuneReport", "SeedResult", "add_finetune_command",
@@ -111,12 +112,31 @@ def load_labeled(path: str | os.PathLike, text_field: str = "text",
     return texts, labels
 
 
+#: Labels named in an error message, each cut to LABEL_CHARS characters: a text field given as
+#: the label field would otherwise print the whole data set.
+LABELS_SHOWN, LABEL_CHARS = 5, 40
+
+
+def _some_labels(labels: Sequence, counts: Mapping | None = None) -> str:
+    """The first LABELS_SHOWN of ``labels`` for a message, with their example counts if given."""
+    def shown(label) -> str:
+        text = repr(label)
+        text = text if len(text) <= LABEL_CHARS else text[:LABEL_CHARS - 3] + "..."
+        return text if counts is None else f"{text} ({counts[label]} examples)"
+
+    listed = ", ".join(shown(label) for label in list(labels)[:LABELS_SHOWN])
+    return listed + (f" and {len(labels) - LABELS_SHOWN:,} more" if len(labels) > LABELS_SHOWN else "")
+
+
 def _label_ids(labels: Sequence, label2id: dict, path: str | os.PathLike) -> list[int]:
-    unknown = [label for label in dict.fromkeys(labels) if label not in label2id]
+    counts = collections.Counter(labels)
+    unknown = [label for label in counts if label not in label2id]
     if unknown:
-        counts = ", ".join(f"{label!r} ({sum(1 for x in labels if x == label)} examples)" for label in unknown)
-        raise ValueError(f"{str(path)!r} has labels not seen in the training data: {counts}; "
-                         f"training labels: {', '.join(map(repr, label2id))}")
+        hint = (" (every label differs: is --label-field / label_field the label?)"
+                if len(counts) == len(labels) > LABELS_SHOWN else "")
+        raise ValueError(f"{str(path)!r} has {len(unknown):,} labels not seen in the training data: "
+                         f"{_some_labels(unknown, counts)}; {len(label2id):,} training labels: "
+                         f"{_some_labels(list(label2id))}{hint}")
     return [label2id[label] for label in labels]
 
 
@@ -255,7 +275,7 @@ def _load_classifier(model: str, id2label: dict[int, Any], label2id: dict[Any, i
     try:
         with quiet_transformers():
             classifier, loading = AutoModelForSequenceClassification.from_pretrained(
-                model, num_labels=len(id2label), id2label=id2label, label2id=label2id,
+                model_reference(model), num_labels=len(id2label), id2label=id2label, label2id=label2id,
                 ignore_mismatched_sizes=True, output_loading_info=True)
     except (OSError, ValueError, KeyError, RuntimeError) as error:
         raise ValueError(f"cannot load {model!r} for sequence classification: {error}") from error

@@ -138,6 +138,11 @@ def test_help(command):
     assert result.returncode == 0 and "usage: diffmask" in result.stdout
 
 
+def test_the_package_runs_as_a_module():
+    result = subprocess.run([sys.executable, "-m", "diffmask_fast", "mine", "--help"], capture_output=True, text=True)
+    assert result.returncode == 0 and "usage: diffmask mine" in result.stdout
+
+
 def test_mine_saves_the_counts_even_when_no_anchor_qualifies(tmp_path, capsys):
     corpus, counts = tmp_path / "corpus.txt", tmp_path / "counts.bin"
     corpus.write_text("enzyme binds the receptor\n" * 3)
@@ -205,6 +210,7 @@ def test_outputs_and_options_are_checked_before_counting(tmp_path, capsys, monke
         (score + ["--batch-size", "0"], "--batch-size must be positive, got 0"),
         (score + ["--contextual-anchors", "0"], "--contextual-anchors must be positive, got 0"),
         (score + ["--top", "-2"], "--top must be 0 or more, got -2"),
+        (score + ["--max-length", "2"], "--max-length must be at least 3"),
         (score + ["--tokenizer", "./missing-tokenizer"], "the model directory './missing-tokenizer' does not exist"),
     ]
     pretrain = ["pretrain", str(corpus), "--model", str(tmp_path / "no-model"), "-o", str(tmp_path / "out")]
@@ -277,7 +283,12 @@ def test_dtype_and_recall_target_reach_the_scorer(tmp_path, monkeypatch, capsys)
     assert targets == [0.5]
     assert main(["score", str(corpus), "--anchors", str(anchors), "-o", str(scores), "--no-cache",
                  "--no-progress", "--top", "0"]) == 0
-    assert ScoreTable.load(scores).info["dtype"] == "float32"
+    assert ScoreTable.load(scores).info["dtype"] == "float32" and ScoreTable.load(scores).info["max_length"] == 64
+    corpus.write_text("Tyrosine phosphorylation of the receptor.\n" * 20)  # "phosphorylation": three pieces
+    with pytest.warns(UserWarning, match="embedded from their first pieces"):
+        assert main(["score", str(corpus), "--anchors", str(anchors), "-o", str(scores), "--no-cache",
+                     "--no-progress", "--top", "0", "--max-length", "3"]) == 0
+    assert ScoreTable.load(scores).info["max_length"] == 3
 
 
 def test_saved_counts_are_checksummed_when_loaded(tmp_path, capsys):

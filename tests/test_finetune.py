@@ -282,6 +282,19 @@ def test_finetune_rejects_unseen_labels(model_dir, task, tmp_path):
         finetune(model_dir, task["train"], task["dev"], dev, **_FAST)
 
 
+def test_unseen_labels_are_named_briefly_even_when_the_label_field_holds_texts():
+    from diffmask_fast.finetune import _label_ids
+
+    paragraphs = [f"paragraph {i} " + "word " * 500 for i in range(1000)]
+    with pytest.raises(ValueError) as raised:
+        _label_ids(paragraphs, {f"training text {i} " + "x" * 500: i for i in range(1000)}, "dev.jsonl")
+    message = str(raised.value)
+    assert len(message) < 1000, len(message)
+    assert "1,000 labels not seen" in message and "'paragraph 0 word" in message and "(1 examples)" in message
+    assert "and 995 more" in message and "1,000 training labels" in message and "label-field" in message
+    assert _label_ids(["b", "a", "b"], {"a": 0, "b": 1}, "dev.jsonl") == [1, 0, 1]
+
+
 def test_finetune_rejects_bad_options(model_dir, task, tmp_path):
     for options, message in (({"seeds": ()}, "at least one seed"), ({"seeds": (1, 1)}, "repeat"),
                              ({"seeds": (1, -5)}, r"in \[0, 2\*\*32\)"), ({"seeds": (2**32,)}, r"in \[0, 2\*\*32\)"),
