@@ -228,7 +228,9 @@ def run() -> tuple[str, dict]:
         [f"peak RSS, {megabytes(CORPUS_BYTES)} corpus", mib(memory["200MB"]["peak_kb"]),
          f"{mib(memory['200MB']['warm_kb'])} after import and JIT warm-up; goal: no growth with corpus size"],
         [f"peak RSS, {megabytes(2 * CORPUS_BYTES)} corpus", mib(memory["400MB"]["peak_kb"]),
-         f"{mib(memory['400MB']['warm_kb'])} after import and JIT warm-up (the {megabytes(CORPUS_BYTES)} file twice)"],
+         f"{mib(memory['400MB']['warm_kb'])} after import and JIT warm-up (the {megabytes(CORPUS_BYTES)} file twice); "
+         + verdict(memory["400MB"]["peak_kb"] <= 1.1 * memory["100MB"]["peak_kb"],
+                   f"no growth: within 10% of the {megabytes(HALF_BYTES)} corpus's peak")],
     ]
     return markdown_table(["measurement", "result", "notes"], rows), raw
 

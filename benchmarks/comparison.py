@@ -109,6 +109,10 @@ def reproducing_command(args: argparse.Namespace, model: str | None) -> str:
     return shlex.join(words + ["--write"])
 
 
+#: What --data must hold: an unlabelled corpus for pretraining, labelled splits for fine-tuning.
+DATA_FILES = ("corpus.txt", "train.jsonl", "dev.jsonl", "test.jsonl")
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """The command line, with --strategies checked here: a bad name found only when its turn comes
     would fail after the strategies before it had pretrained, for up to an hour each."""
@@ -142,8 +146,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
+def missing_data(data: Path) -> str | None:
+    """What the --data folder lacks, said for the command line; None when it has every file."""
+    missing = [name for name in DATA_FILES if not (data / name).is_file()]
+    if not missing:
+        return None
+    return (f"--data {data} lacks {', '.join(missing)}: give the folder of a labelled task's "
+            f"{', '.join(DATA_FILES)} (SciCite's is ../shared/data/scicite beside the repository)")
+
+
 def main() -> None:
     args = parse_args()
+    problem = None if args.redraw else missing_data(args.data)
+    if problem is not None:  # before any training, not when the first strategy's corpus is read
+        sys.exit(f"comparison.py: error: {problem}")
 
     from diffmask_fast.plots import plot_comparison
 

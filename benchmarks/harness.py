@@ -49,6 +49,28 @@ def measure(fn: Callable[[], object], min_seconds: float = 1.0, min_runs: int = 
     return statistics.median(times)
 
 
+def measure_together(fns: dict[str, Callable[[], object]], min_seconds: float = 1.0, min_runs: int = 5,
+                     warmup: int = 2) -> dict[str, float]:
+    """Median wall time of each of ``fns`` in seconds, called in turn, one call of each per round:
+    a machine that slows down or speeds up during the measurement shifts them all alike, so the
+    ratio of two is not a record of when each was timed. ``min_runs`` and ``min_seconds`` count
+    rounds."""
+    if smoke():
+        min_seconds, min_runs, warmup = 0.0, 1, 0
+    for _ in range(warmup):
+        for fn in fns.values():
+            fn()
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    rounds, started = 0, time.perf_counter()
+    while rounds < min_runs or time.perf_counter() - started < min_seconds:
+        for name, fn in fns.items():
+            begin = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - begin)
+        rounds += 1
+    return {name: statistics.median(values) for name, values in times.items()}
+
+
 def machine() -> str:
     """CPU model, cores, threads and library versions, for RESULTS.md."""
     model = platform.processor() or "unknown CPU"

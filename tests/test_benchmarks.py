@@ -7,6 +7,7 @@ from __future__ import annotations
 import shlex
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -43,13 +44,13 @@ SMOKE_ROWS = {
     "Ops": (["sample_without_replacement, 64 x 512", "max_anchor_similarity, K = 20", "max_anchor_similarity, K = 100"], 3),
     "Word counting": (["`count_words`, 1 thread", "`count_words`, 2 threads", "`Counter.update(line.split())`",
                        "`count_words` (1 thread) / Counter", "1 -> 2 threads", "peak RSS, 0.2 MB corpus",
-                       "peak RSS, 0.4 MB corpus", "peak RSS, 0.8 MB corpus"], 3),
+                       "peak RSS, 0.4 MB corpus", "peak RSS, 0.8 MB corpus"], 4),
     "Word scoring": (["cpu", "score 5,000 word types", "peak memory of the process (RSS)", "save the table (.npz)",
                       "load the table", "look a word up"], 1),
     "Training step: masking strategies and the MLM head": (
         ["training step, transformers' MLM loss (all positions)", "training step, MaskingTrainer, full head",
          "training step, MaskingTrainer, sparse head (masked positions)", "DataCollatorForLanguageModeling",
-         "difference", "random-word", "random-token", "terms", "mslm"], 0),
+         "difference", "random-word", "random-token", "terms", "mslm"], 6),
 }
 #: (K, search) rows of the scoring section's search table in a smoke run.
 SMOKE_SEARCHES = [(k, name) for k in ("1,000", "5,000") for name in (
@@ -238,6 +239,22 @@ def test_the_comparison_checks_its_strategies_before_training(capsys):
         assert message in capsys.readouterr().err
 
 
+def test_the_comparison_checks_its_data_before_training(tmp_path, shared_data_dir):
+    (tmp_path / "corpus.txt").write_text("text\n")
+    script = [sys.executable, str(ROOT / "benchmarks" / "comparison.py"), "--scale", "smoke"]
+    process = subprocess.run(script + ["--data", str(tmp_path), "--work-dir", str(tmp_path / "work")],
+                             capture_output=True, text=True, timeout=600)
+    assert process.returncode == 1 and "Traceback" not in process.stderr
+    assert "comparison.py: error: --data" in process.stderr and "lacks train.jsonl, dev.jsonl, test.jsonl" in process.stderr
+    assert not (tmp_path / "work").exists()
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        from comparison import missing_data
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
+    assert missing_data(shared_data_dir / "scicite") is None
+
+
 def test_the_comparison_records_every_option_that_changes_its_results():
     sys.path.insert(0, str(ROOT / "benchmarks"))
     try:
@@ -309,3 +326,25 @@ def test_the_comparison_keeps_finished_runs_resumes_interrupted_ones_and_starts_
     assert calls == {"pretrain": [None, True], "finetune": 2}  # resumed, and its model fine-tuned again
     run("--fresh")
     assert calls == {"pretrain": [None, True, None], "finetune": 3}
+
+
+def test_measuring_together_calls_each_function_once_per_round_and_keeps_their_times_apart(monkeypatch):
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        import harness
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
+    monkeypatch.delenv(harness.SMOKE_VARIABLE, raising=False)
+    calls = []
+
+    def slow():
+        calls.append("slow")
+        time.sleep(0.004)
+
+    def fast():
+        calls.append("fast")
+
+    times = harness.measure_together({"slow": slow, "fast": fast}, min_seconds=0.0, min_runs=4, warmup=1)
+    assert calls == ["slow", "fast"] * 5  # one warm-up round, then four measured rounds in turn
+    assert set(times) == {"slow", "fast"}
+    assert times["slow"] >= 0.004 > times["fast"]
