@@ -49,6 +49,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 logger = logging.getLogger(__name__)
 
@@ -208,6 +209,7 @@ class AnchorIndex:
         batch_size: int = 32768,
         use_gpu: bool | None = None,
         seed: int = 0,
+        progress: bool = False,
     ):
         check_index_options(kind, recall_target=recall_target, spill=spill, engine=engine, nlist=nlist,
                             nprobe=nprobe, ef_search=ef_search, hnsw_m=hnsw_m, ef_construction=ef_construction,
@@ -251,16 +253,23 @@ class AnchorIndex:
         self._sample_exact = None
         self._flat = None
         self._pool, self._pool_size = None, 0
-        if kind == "exact":
-            pass
-        elif kind == "flat":
-            self._build_flat()
-        elif kind == "ivf":
-            self._build_ivf(nlist, nprobe, spill, engine, kmeans_iterations)
-        else:
-            self._build_hnsw(hnsw_m, ef_construction, ef_search)
-        if self.kind in ("ivf", "hnsw") and self._sample is not None and self.report is None:
-            self.report = self._measure(self._sample, self._sample_source)
+        # Building IVF or HNSW over many anchors takes minutes: the bar names the step under way.
+        self._stages = tqdm(desc=f"building the {kind} index of {self.k:,} anchors", bar_format="{desc}: {postfix} "
+                            "[{elapsed}]", disable=not progress or kind not in ("ivf", "hnsw"))
+        with self._stages:
+            if kind == "exact":
+                pass
+            elif kind == "flat":
+                self._build_flat()
+            elif kind == "ivf":
+                self._build_ivf(nlist, nprobe, spill, engine, kmeans_iterations)
+            else:
+                self._build_hnsw(hnsw_m, ef_construction, ef_search)
+            if self.kind in ("ivf", "hnsw") and self._sample is not None and self.report is None:
+                self._stage("measuring recall")
+                self.report = self._measure(self._sample, self._sample_source)
+            self._stage("done")
+        self._stages = None  # closed: later searches show nothing
         self.build_seconds = time.perf_counter() - started
         # Only the index structures (and the anchors, for exact search) are needed from here on.
         self._sample = self._sample_exact = self._flat = self._unit = self._searchable = None
@@ -480,6 +489,10 @@ class AnchorIndex:
         self.report = best_report
         return best
 
+    def _stage(self, step: str) -> None:
+        if self._stages is not None:
+            self._stages.set_postfix_str(step, refresh=True)
+
     def _reaches(self, report: RecallReport) -> bool:
         """Whether the sample recall, less one standard error, reaches the target. A sample with
         no miss has no spread to subtract: it must then be large enough that one more miss would
@@ -491,6 +504,7 @@ class AnchorIndex:
         return report.recall - error >= self.recall_target
 
     def _try(self, parameter: str, value: int, apply) -> RecallReport:
+        self._stage(f"tuning {parameter}: trying {value}")
         apply(value)
         report = self._measure(self._sample, self._sample_source)
         logger.debug("tuning %s=%d: %s", parameter, value, report)
@@ -517,6 +531,7 @@ class AnchorIndex:
         sample = self._searchable
         if n > points_per_centroid * nlist:
             sample = sample[torch.randperm(n, generator=generator)[: points_per_centroid * nlist]]
+        self._stage(f"k-means, {nlist:,} lists from {sample.shape[0]:,} anchors")
         kmeans = faiss.Kmeans(self.dimension, nlist, niter=iterations, spherical=True, seed=self.seed + 1,
                               max_points_per_centroid=points_per_centroid, verbose=False)
         started = time.perf_counter()
@@ -533,6 +548,7 @@ class AnchorIndex:
         engine = engine or ("faiss" if self.use_gpu else "batched")
         self._nlist = nlist
         self._centroids = self._train_centroids(nlist, iterations)
+        self._stage("assigning anchors to lists")
         if engine == "batched":
             started = time.perf_counter()
             faiss = _faiss()
@@ -586,6 +602,7 @@ class AnchorIndex:
         faiss = _faiss()
         index = faiss.IndexHNSWFlat(self.dimension, m, faiss.METRIC_INNER_PRODUCT)
         index.hnsw.efConstruction = ef_construction
+        self._stage(f"adding {self._searchable.shape[0]:,} anchors to the graph")
         index.add(np.ascontiguousarray(self._searchable.numpy()))
         self._faiss_index = index
         self.params = {"M": m, "ef_construction": ef_construction, "ef_search": ef_search}

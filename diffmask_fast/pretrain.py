@@ -331,8 +331,9 @@ def pretrain(config: PretrainConfig) -> dict:
         # which it masks once up front (a word it lacks would score as unknown).
         strategy.masker.warm(train + validation)
     validation_set = strategy.mask_examples([{"input_ids": s} for s in validation], model=model, seed=config.seed)
-    trainer = MaskingTrainer(
-        model=model, args=args, train_dataset=SequenceDataset(train), eval_dataset=SequenceDataset(validation_set),
+    trainer = MaskingTrainer(  # processing_class: every checkpoint holds the tokenizer, ready for finetune
+        model=model, args=args, processing_class=tokenizer, train_dataset=SequenceDataset(train),
+        eval_dataset=SequenceDataset(validation_set),
         data_collator=TrainingCollator(tokenizer, strategy.collator), masker=strategy.masker,
         head_warmup_steps=config.head_warmup_steps, head_learning_rate=config.head_learning_rate,
         callbacks=[EarlyStoppingCallback(early_stopping_patience=config.patience)] if config.patience else [],

@@ -513,11 +513,11 @@ class WordScorer:
                                                **(context_options or {}))
         return cls(embedder, contextual, **options)
 
-    def build_index(self, sample_queries=None) -> AnchorIndex:
+    def build_index(self, sample_queries=None, progress: bool = False) -> AnchorIndex:
         """The index for ``max`` similarity (built once; ``score`` calls this with a sample of its words)."""
         if self.index is None:
             self.index = AnchorIndex(self.anchor_vectors, self.index_kind, sample_queries=sample_queries,
-                                     seed=self.seed, **self.index_options)
+                                     seed=self.seed, progress=progress, **self.index_options)
         return self.index
 
     def _needs_sample(self) -> bool:
@@ -545,16 +545,16 @@ class WordScorer:
 
     def _score_keys(self, keys: list[str], progress: bool | None) -> tuple[np.ndarray, np.ndarray]:
         """(scores, nearest anchors or -1) of normalized words, embedded ``chunk_size`` at a time."""
+        show = self.embedder.progress if progress is None else progress
         if self.similarity == "max" and self.index is None:
             sample = None
             if self._needs_sample():
                 limit = int(self.index_options.get("recall_sample", 1000))
                 chosen = random.Random(self.seed).sample(keys, min(limit, len(keys)))
                 sample = self.embedder.embed(chosen, progress=False) if chosen else None
-            self.build_index(sample)
+            self.build_index(sample, progress=show)
         values = np.empty(len(keys), dtype=np.float32)
         nearest = np.full(len(keys), -1, dtype=np.int64)
-        show = self.embedder.progress if progress is None else progress
         with tqdm(total=len(keys), desc="scoring words", unit="word", disable=not show) as bar:
             for begin in range(0, len(keys), self.chunk_size):
                 chunk = keys[begin : begin + self.chunk_size]

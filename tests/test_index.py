@@ -239,3 +239,17 @@ def test_tuning_goes_below_its_starting_value_when_that_already_reaches_the_targ
     if chosen > 1:
         smaller = AnchorIndex(anchors, kind, sample_queries=queries, recall_target=0.99, **{parameter: chosen // 2})
         assert not smaller._reaches(smaller.report), (chosen, smaller.report)
+
+
+@pytest.mark.parametrize("kind", ["ivf", "hnsw"])
+def test_building_an_approximate_index_shows_its_steps(kind, generator, capsys):
+    anchors = clustered(3000, 16, 100, generator)
+    index = AnchorIndex(anchors, kind, sample_queries=clustered(300, 16, 100, generator), progress=True)
+    shown = capsys.readouterr().err
+    assert f"building the {kind} index of 3,000 anchors" in shown and "tuning" in shown and "done" in shown
+    if kind == "ivf":
+        assert "k-means" in shown and "assigning anchors to lists" in shown
+    index.search(clustered(50, 16, 100, generator))
+    assert capsys.readouterr().err == ""  # searching shows nothing
+    AnchorIndex(anchors, kind, sample_queries=clustered(300, 16, 100, generator))
+    assert capsys.readouterr().err == ""

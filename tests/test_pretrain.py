@@ -60,6 +60,7 @@ def test_difference_pretraining_saves_everything_and_resumes(model_dir, corpus, 
     assert saved["best_validation_loss"] == pytest.approx(best, rel=1e-5)  # the best model is kept
     assert summary["best_checkpoint"] is not None
     assert (out / "checkpoint-4").is_dir()
+    assert (out / "checkpoint-4" / "tokenizer.json").is_file()  # a checkpoint can be fine-tuned as it is
     resumed = pretrain(config_for(model_dir, corpus, out, max_steps=6, resume=True, head_warmup_steps=1,
                                   head_learning_rate=2e-3))
     assert resumed["global_step"] == 6
