@@ -322,7 +322,9 @@ def general_count(word: str, general_counts: Mapping[str, float]) -> float:
     tf_icf.
 
     General tables are case-folded: a word with capitals (counted with ``lowercase=False``) that
-    the table lacks as written is looked up in lowercase, so "The" is as common as "the".
+    the table lacks as written is looked up in lowercase, so "The" is as common as "the". The
+    default table is also ASCII only: a word with accents it lacks is looked up without them, so
+    "café" and "naïve" are as common as "cafe" and "naive", not unseen.
     """
     count = _table_count(word, general_counts)
     if count is not None:
@@ -334,9 +336,23 @@ def general_count(word: str, general_counts: Mapping[str, float]) -> float:
 
 
 def _table_count(word: str, general_counts: Mapping[str, float]) -> float | None:
-    """The table's count of a word as written, else of its lowercase form; None if it has neither."""
-    count = general_counts.get(word)
-    return general_counts.get(word.lower()) if count is None else count
+    """The table's count of a word as written, else of its lowercase form, else of either without
+    accents; None if it has none of them."""
+    forms = (word, word.lower())
+    if not word.isascii():
+        forms += (strip_accents(word), strip_accents(word.lower()))
+    for form in dict.fromkeys(forms):
+        count = general_counts.get(form)
+        if count is not None:
+            return count
+    return None
+
+
+def strip_accents(word: str) -> str:
+    """``word`` without combining marks after canonical decomposition: "naïve" -> "naive",
+    "Å" -> "A". Letters that do not decompose ("ß", "ø", Greek) stay as they are."""
+    decomposed = unicodedata.normalize("NFD", word)
+    return "".join(ch for ch in decomposed if not unicodedata.category(ch).startswith("M"))
 
 
 def select_anchors(

@@ -135,8 +135,19 @@ def test_a_word_with_combining_marks_is_one_word_not_a_compound():
     general = {"ne": 5e7, "e": 3e7, "na": 1e6, "ve": 8e5, "well": 9e7, "known": 4e7}
     assert reference.general_count("ne\u0301e", general) == 0  # decomposed "née", absent as the composed one
     assert reference.general_count("na\u0131\u0308ve", general) == 0
-    assert reference.general_count("we\u0301ll-known", general) == 0  # its part "wéll" is missing; "we", "ll" are not parts
+    assert reference.general_count("we\u0301ll-known", general) == 4e7  # parts "wéll" (as "well") and "known"
     assert reference.word_parts("ne\u0301e-ve") == ["ne\u0301e", "ve"]
+
+
+def test_words_with_accents_are_looked_up_without_them_where_the_table_lacks_them():
+    general = {"cafe": 1.6e7, "naive": 1.8e6, "resume": 2e7, "résumé": 5.0, "long": 100, "term": 50}
+    assert reference.general_count("café", general) == 1.6e7
+    assert reference.general_count("cafe\u0301", general) == 1.6e7  # decomposed, too
+    assert reference.general_count("Naïve", general) == 1.8e6  # and with capitals (lowercase=False counts)
+    assert reference.general_count("résumé", general) == 5.0  # a table that holds the accented form: as written
+    assert reference.general_count("lóng-térm", general) == 50  # compounds of accented parts
+    assert reference.general_count("straße", general) == 0 and reference.general_count("α", general) == 0
+    assert reference.strip_accents("Åçcéñt ß ø") == "Accent ß ø"
 
 
 def test_select_anchors_prefers_frequent_domain_words_and_breaks_ties_by_word():
