@@ -33,8 +33,9 @@ to the tokenizer without ``model.resize_token_embeddings``).
 
 ``DifferenceMaskingTrainer`` is the same with a ``DifferenceMasker``: DataLoader workers only pad
 (``DataCollatorWithPadding``), the GPU masks. Evaluation batches without labels are masked the
-same way (with fresh draws, as a masking collator would), so ``evaluate()`` reports the masked-LM
-loss; pass ``mask_eval=False`` to evaluate on batches as they come (which then need labels).
+same way, from a stream pinned to ``args.seed`` (the same masks at every evaluation, and the
+training stream left where it was), so ``evaluate()`` reports the masked-LM loss; pass
+``mask_eval=False`` to evaluate on batches as they come (which then need labels).
 """
 
 from __future__ import annotations
@@ -52,6 +53,10 @@ from .losses import weighted_mlm_loss
 from .masker import DifferenceMasker
 
 __all__ = ["MaskingTrainer", "DifferenceMaskingTrainer", "RunRecordCallback"]
+
+
+#: Evaluation masks come from seed ``args.seed + EVALUATION_SEED_OFFSET``, apart from training's.
+EVALUATION_SEED_OFFSET = 7919
 
 
 class MaskingTrainer(Trainer):
@@ -158,6 +163,16 @@ class MaskingTrainer(Trainer):
 
     def training_step(self, model, inputs, num_items_in_batch=None):
         return super().training_step(model, self.mask_batch(inputs), num_items_in_batch)
+
+    def evaluation_loop(self, *args, **kwargs):
+        """Evaluation batches without labels are masked from a stream of their own, pinned to
+        ``args.seed``: every evaluation draws the same masks (validation losses compare across
+        steps), and the training stream is not advanced (a resumed run replays its masks exactly)."""
+        pinned = getattr(self.masker, "pinned_generator", None)
+        if not self.mask_eval or pinned is None:
+            return super().evaluation_loop(*args, **kwargs)
+        with pinned(self.args.seed + EVALUATION_SEED_OFFSET):
+            return super().evaluation_loop(*args, **kwargs)
 
     def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
         if self.mask_eval:

@@ -324,9 +324,13 @@ def test_trainer_masks_in_the_training_step(tiny_bert_mlm, bert_wordpiece, lines
     assert any(not torch.equal(before[name], p.detach()) for name, p in model.named_parameters())
     losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
     assert losses and all(math.isfinite(loss) for loss in losses)
+    trained_state = int(masker.seed_state)
     metrics = trainer.evaluate()
     assert math.isfinite(metrics["eval_loss"])
     assert masker.coverage()["missed"] == 0
+    # Evaluation draws from a stream of its own: the same masks every time, training's left alone.
+    assert int(masker.seed_state) == trained_state
+    assert trainer.evaluate()["eval_loss"] == metrics["eval_loss"]
 
     # Batches that already carry labels (a masking collator upstream) are used as they are;
     # class labels are not masked-LM labels.
