@@ -192,6 +192,10 @@ class MaskingTrainer(Trainer):
         if weights is None:
             weights = torch.ones(labels.shape, device=labels.device)
         smoothing = self.args.label_smoothing_factor
+        if num_items_in_batch is not None and self.args.n_gpu > 1 and not self.args.average_tokens_across_devices:
+            # For DataParallel transformers divides the count among the replicas (each computing
+            # its share of the loss); this loss is computed once, over the gathered logits.
+            num_items_in_batch = num_items_in_batch * self.args.n_gpu
         # The sparse head's logits cover the masked positions only: never returned as the outputs.
         sparse_head = self._sparse_head_for(model)
         sparse = (sparse_head is not None and (not return_outputs or self._logits_discarded)

@@ -777,3 +777,26 @@ def test_a_run_stopped_early_is_told_from_the_steps_trainer_plans():
     assert planned_steps(100, 8, 1.0) == 13  # the last, partial batch is a step
     assert planned_steps(100, 8, 1.5) == 20  # 19.5 steps: Trainer runs 20, so 19 is an early stop
     assert planned_steps(96, 8, 2.0) == 24
+
+
+def test_the_loss_over_gathered_data_parallel_logits_counts_every_replicas_tokens(tiny_bert_mlm, tmp_path, seed):
+    """Without averaging across devices, transformers gives DataParallel replicas the count over
+    n_gpu each; the loss here is computed once for the whole batch, over the whole count."""
+    from transformers import TrainingArguments
+
+    g = torch.Generator().manual_seed(seed)
+    input_ids = torch.randint(5, tiny_bert_mlm.config.vocab_size, (4, 10), generator=g)
+    labels = random_labels(g, input_ids)
+    batch = {"input_ids": input_ids, "attention_mask": torch.ones_like(input_ids), "labels": labels}
+    masked = int((labels != -100).sum())
+    with torch.no_grad():
+        expected = weighted_mlm_loss(tiny_bert_mlm(input_ids=input_ids).logits, labels, torch.ones(labels.shape))
+    for average, n_gpu, given in ((True, 2, masked), (False, 2, masked // 2), (False, 1, masked)):
+        args = TrainingArguments(output_dir=str(tmp_path), report_to=[], use_cpu=True,
+                                 average_tokens_across_devices=average)
+        args._n_gpu = n_gpu  # as on a machine of n_gpu GPUs without torchrun
+        trainer = MaskingTrainer(model=tiny_bert_mlm, args=args, data_collator=lambda x: x, sparse_head=False)
+        with torch.no_grad():
+            loss = trainer.compute_loss(tiny_bert_mlm, dict(batch), num_items_in_batch=torch.tensor(given))
+        exact = float(expected) * masked / (given * (n_gpu if not average else 1))
+        assert float(loss) == pytest.approx(exact, rel=1e-5), (average, n_gpu)
