@@ -126,11 +126,20 @@ def faiss_gpus() -> int:
     return int(get()) if get is not None else 0
 
 
-def unit_rows(vectors: torch.Tensor) -> torch.Tensor:
-    """Rows scaled to unit L2 norm, in float32; zero rows stay zero."""
-    vectors = vectors.float()
-    norms = torch.linalg.vector_norm(vectors, dim=-1, keepdim=True)
-    return torch.where(norms > 0, vectors / torch.where(norms > 0, norms, torch.ones_like(norms)), torch.zeros_like(vectors))
+def unit_rows(vectors: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """Rows scaled to unit L2 norm, as ``dtype``; zero rows stay zero, and a row holding NaN or
+    inf becomes NaN (it has no direction), as the exact op scores such a row NaN.
+
+    Each row is divided by its largest magnitude first, so that rows of any finite scale (1e20,
+    or subnormal) normalize like the reference instead of overflowing or flushing to zero."""
+    vectors = vectors.to(dtype)
+    largest = vectors.abs().amax(dim=-1, keepdim=True)
+    ones = torch.ones_like(largest)
+    scaled = vectors / torch.where((largest > 0) & torch.isfinite(largest), largest, ones)
+    norms = torch.linalg.vector_norm(scaled, dim=-1, keepdim=True)
+    unit = torch.where(norms > 0, scaled / torch.where(norms > 0, norms, ones), torch.zeros_like(scaled))
+    finite = torch.isfinite(vectors).all(dim=-1, keepdim=True)
+    return torch.where(finite, unit, torch.full_like(unit, float("nan")))
 
 
 def exact_search(queries: torch.Tensor, anchors: torch.Tensor, block: int = 65536) -> tuple[torch.Tensor, torch.Tensor]:
@@ -355,8 +364,9 @@ class AnchorIndex:
             values = torch.where(zero_query, torch.zeros_like(values), values)
             ids = torch.where(zero_query, torch.zeros_like(ids), ids)
         bad = ~torch.isfinite(block).all(dim=1)
-        if bool(bad.any()):
+        if bool(bad.any()):  # the exact op's convention: (NaN, 0)
             values = torch.where(bad, torch.full_like(values, float("nan")), values)
+            ids = torch.where(bad, torch.zeros_like(ids), ids)
         return values, ids
 
     def _ivf_batched(self, units: torch.Tensor, nprobe: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -400,6 +400,14 @@ def _power_of_two_scaled(vector: Sequence[float]) -> list[float]:
     return [math.ldexp(x, -exponent) for x in values]
 
 
+def _unit_vector(vector: Sequence[float]) -> np.ndarray:
+    """``vector`` at unit length (scaled first, so that no square over- or underflows); a zero
+    vector stays zero."""
+    scaled = np.asarray(_power_of_two_scaled(vector), dtype=np.float64)
+    norm = math.sqrt(sum(float(x) ** 2 for x in scaled))
+    return scaled / norm if norm > 0 else scaled
+
+
 def cosine(u: Sequence[float], v: Sequence[float]) -> float:
     """Cosine similarity; 0 when either vector is zero, NaN when either holds NaN or infinity."""
     if not all(math.isfinite(float(x)) for x in (*u, *v)):
@@ -451,7 +459,7 @@ def word_similarity(embedding, anchors, mode: str = "max") -> float:
     if mode == "mean":
         return sum(cosine(embedding, anchor) for anchor in anchors) / len(anchors)
     if mode == "centroid":
-        units = [a / np.linalg.norm(a) if np.linalg.norm(a) > 0 else a for a in anchors]
+        units = [_unit_vector(a) for a in anchors]
         return cosine(embedding, np.mean(units, axis=0))
     raise ValueError(f"unknown similarity mode {mode!r}; expected 'max', 'centroid' or 'mean'")
 

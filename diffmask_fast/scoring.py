@@ -379,12 +379,12 @@ def similarity_to_anchors(word_vectors: torch.Tensor, anchor_vectors: torch.Tens
 
 
 def _mean_unit(anchor_vectors: torch.Tensor) -> torch.Tensor:
-    return unit_rows(anchor_vectors.double()).double().mean(dim=0)
+    return unit_rows(anchor_vectors, torch.float64).mean(dim=0)
 
 
 def _mean_similarity(word_vectors: torch.Tensor, mean_unit: torch.Tensor, similarity: str):
-    target = mean_unit if similarity == "mean" else unit_rows(mean_unit.unsqueeze(0)).squeeze(0).double()
-    values = (unit_rows(word_vectors.double()).double() @ target).float()
+    target = mean_unit if similarity == "mean" else unit_rows(mean_unit.unsqueeze(0), torch.float64).squeeze(0)
+    values = (unit_rows(word_vectors, torch.float64) @ target).float()
     return values, torch.full(values.shape, -1, dtype=torch.long)
 
 

@@ -1,5 +1,6 @@
 """AnchorIndex against exact search: the compiled op, FAISS flat/IVF/HNSW, recall on real MiniLM vectors."""
 
+import math
 import os
 import random
 
@@ -66,6 +67,27 @@ def test_exact_kinds_match_the_op(kind, generator):
     direct[3] = 0.0
     torch.testing.assert_close(values, direct, atol=1e-5, rtol=0)
     assert bool((cosines[torch.arange(500), ids] >= cosines.max(dim=1).values - 1e-5)[torch.arange(500) != 3].all())
+
+
+@pytest.mark.parametrize("kind", ["flat", "ivf", "hnsw"])
+def test_queries_and_anchors_of_any_scale_follow_the_exact_op(kind, generator):
+    """The index normalizes rows itself (FAISS compares unit vectors): rows of 1e20 or of
+    subnormal size must not overflow or flush to zero there, and a NaN query is (NaN, 0)."""
+    anchors = clustered(1200, 16, 40, generator) * torch.where(torch.rand(1200, 1, generator=generator) < 0.5, 1e20, 1e-25)
+    queries = clustered(300, 16, 40, generator)
+    queries[:100] *= 1e20
+    queries[100:200] *= 1e-40
+    queries[7, 3] = float("nan")
+    index = AnchorIndex(anchors, kind, recall_target=0.99, nprobe=30 if kind == "ivf" else None,
+                        ef_search=400 if kind == "hnsw" else None)
+    values, ids = index.search(queries)
+    expected_values, expected_ids = exact_search(queries, anchors)
+    assert math.isnan(values[7]) and ids[7] == 0 and math.isnan(expected_values[7])
+    keep = torch.arange(300) != 7
+    assert recall_at_1(values[keep], ids[keep], expected_values[keep], expected_ids[keep]).recall >= 0.97
+    found = values[keep] == values[keep]
+    torch.testing.assert_close(values[keep][found & (ids[keep] == expected_ids[keep])],
+                               expected_values[keep][found & (ids[keep] == expected_ids[keep])], atol=1e-5, rtol=0)
 
 
 @pytest.mark.parametrize("kind", ["flat", "ivf", "hnsw"])

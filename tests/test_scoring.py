@@ -114,15 +114,31 @@ def test_one_string_is_not_taken_for_a_list_of_its_characters(tiny_bert):
 
 
 @pytest.mark.parametrize("similarity", ["centroid", "mean"])
-def test_similarity_modes_match_reference(similarity):
-    words = torch.randn(7, 13)
-    words[2] = 0
-    anchors = torch.randn(4, 13)
-    values, nearest = similarity_to_anchors(words, anchors, similarity)
-    for row in range(7):
-        expected = reference.word_similarity(words[row].double().numpy(), anchors.double().numpy(), similarity)
-        assert values[row].item() == pytest.approx(expected, abs=1e-5)
-    assert (nearest == -1).all()
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_similarity_modes_match_reference(similarity, dtype, seed):
+    """Random rows at every scale the dtype holds (1e20, subnormal), zero rows and anchors, a NaN
+    row, K = 1: as the reference computes them in float64."""
+    g = torch.Generator().manual_seed(seed)
+    tiny, huge = (1e-42, 1e30) if dtype == torch.float32 else (1e-310, 1e300)
+    for k in (1, 4):
+        words = torch.randn(9, 13, generator=g, dtype=torch.float64)
+        words[2] = 0
+        words[3] *= huge
+        words[4] *= tiny
+        words[5, 6] = float("nan")
+        anchors = torch.randn(k, 13, generator=g, dtype=torch.float64)
+        anchors[0] *= huge if k == 1 else tiny
+        if k > 1:
+            anchors[1] = 0
+        words, anchors = words.to(dtype), anchors.to(dtype)
+        values, nearest = similarity_to_anchors(words, anchors, similarity)
+        for row in range(9):
+            expected = reference.word_similarity(words[row].double().numpy(), anchors.double().numpy(), similarity)
+            if math.isnan(expected):
+                assert math.isnan(values[row].item()), (row, k)
+            else:
+                assert values[row].item() == pytest.approx(expected, abs=1e-5), (row, k, f"seed={seed}")
+        assert (nearest == -1).all()
 
 
 def test_max_similarity_matches_reference():
@@ -300,16 +316,22 @@ def test_chunked_scoring_matches_the_reference(tiny_bert, similarity, seed):
     model, tokenizer = tiny_bert
     embedder = WordEmbedder(model, tokenizer, pooling="mean", progress=False)
     anchors = ["enzyme", "receptor", "kinase"]
-    words = rng.sample(WORDS + ["Enzymes", "(kinase)", "inhibitor"], 12)
+    alphabet = "abcXYZéßμ-'.,()«»1"  # capitals, punctuation to strip, letters that case-fold
+    made_up = ["".join(rng.choice(alphabet) for _ in range(rng.randint(1, 9))) for _ in range(8)]
+    words = rng.sample(WORDS + ["Enzymes", "(kinase)", "inhibitor"], 12) + made_up
     small = WordScorer(embedder, anchors, similarity, chunk_size=rng.randint(1, 4)).score(words)
     whole = WordScorer(embedder, anchors, similarity).score(words)
-    assert small.words == whole.words == sorted({reference.normalize_word(w) for w in words})
+    assert small.words == whole.words == sorted({reference.normalize_word(w) for w in words if w.strip()})
     np.testing.assert_allclose(small.values, whole.values, atol=1e-5)  # batches differ only in padding
-    assert (small.nearest == whole.nearest).all() or similarity == "max"
     anchor_vectors = embedder.embed(anchors).double().numpy()
-    for word in small.words:
+    for word, nearest in zip(small.words, small.nearest.tolist()):
         vector = embedder.embed([word])[0].double().numpy()
         assert small.score(word) == pytest.approx(reference.word_similarity(vector, anchor_vectors, similarity), abs=1e-5)
+        if similarity == "max":  # the nearest anchor, up to ties within float32 rounding
+            cosines = [reference.cosine(vector, anchor) for anchor in anchor_vectors]
+            assert cosines[nearest] >= max(cosines) - 1e-5, word
+        else:
+            assert nearest == -1
     assert small.info["similarity"] == similarity and small.info["anchor_vectors"] == 3
 
 
