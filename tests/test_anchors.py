@@ -145,6 +145,38 @@ def test_mine_anchors_equals_reference_and_round_trips(tmp_path):
     assert mine_anchors(counts, general, k=5) == anchors
 
 
+def test_mine_anchors_equals_reference_at_the_min_count_edge_with_tied_scores(seed):
+    """Many words occur exactly min_count - 1, min_count and min_count + 1 times and share their
+    general count, so TF-ICF ties abound: the count filter keeps min_count itself (>=, not >)
+    and ties break by word, as reference.select_anchors does, for any k and min_count."""
+    rng = random.Random(seed)
+    edge_words_chosen = 0
+    for trial in range(30):
+        min_count = rng.randint(2, 12)
+        counts, general = {}, {}
+        for _ in range(rng.randint(20, 80)):
+            word = "".join(rng.choice("abcde") for _ in range(rng.randint(2, 5)))
+            if rng.random() < 0.1:
+                word = str(rng.randrange(1000))  # no letter: never an anchor
+            counts[word] = min_count + rng.choice([-1, -1, 0, 0, 0, 1, 1, rng.randint(-min_count + 1, 30)])
+            general_count = rng.choice([None, None, 1e3, 1e3, 1e6])  # absent, or shared with many words
+            if general_count is not None:
+                general[word] = general_count
+        table = GeneralFrequencies(general, 1e10)
+        k = rng.randint(1, len(counts) + 2)
+        expected = reference.select_anchors(counts, table.counts, table.total, k=k, min_count=min_count)
+        message = f"seed={seed} trial={trial} k={k} min_count={min_count}"
+        for given in (counts, WordCounts.from_mapping(counts)):
+            if not expected:
+                with pytest.raises(ValueError, match="no word qualifies"):
+                    mine_anchors(given, table, k=k, min_count=min_count)
+                continue
+            anchors = mine_anchors(given, table, k=k, min_count=min_count)
+            assert [(a.word, a.score) for a in anchors] == expected, message
+        edge_words_chosen += any(counts[word] == min_count for word, _ in expected)
+    assert edge_words_chosen >= 10, f"seed={seed}: too few draws put a word of exactly min_count among the anchors"
+
+
 def test_words_of_broken_text_are_no_anchors_and_are_named_when_they_would_have_been():
     bullet, apostrophe, glyph = "\u00e2\x80", "don\u00e2\u20ac\u2122t", "pi3k\ue232akt"  # "•" and "don’t" mis-decoded
     general = GeneralFrequencies({"the": 5e9, "enzyme": 1e5, "kinase": 1e5, bullet: 1, apostrophe: 1, glyph: 1}, 1e12)

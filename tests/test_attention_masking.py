@@ -286,6 +286,26 @@ class _UniformAttention(torch.nn.Module):
         return SimpleNamespace(attentions=(torch.full((batch, 3, length, length), 1.0 / length),))
 
 
+def test_budget_rounds_up_with_probability_equal_to_the_fraction(bert_wordpiece, seed):
+    """Rows of the same n with p * n = 3.3 mask 4 tokens in 30% of rows, not 70%: a sum over
+    mixed fractions cannot tell "round up when draw < frac" from "when draw >= frac"."""
+    rows, n, p = 3000, 11, 0.3
+    g = torch.Generator().manual_seed(seed)
+    ordinary = word_boundaries(bert_wordpiece).random_token_ids
+    body = ordinary[torch.randint(0, ordinary.numel(), (rows, n), generator=g)]
+    ids = torch.cat([torch.full((rows, 1), bert_wordpiece.cls_token_id), body,
+                     torch.full((rows, 1), bert_wordpiece.sep_token_id)], dim=1)
+    attention = torch.ones_like(ids)
+    flagged = torch.zeros_like(ids, dtype=torch.bool)
+    assert bool((eligible_positions(bert_wordpiece, ids, attention, flagged).sum(dim=1) == n).all())
+    masker = AttentionMasker(bert_wordpiece, mlm_probability=p, seed=seed)
+    counts = (masker(ids, attention, flagged, model=_UniformAttention())[1] != -100).sum(dim=1)
+    assert set(counts.tolist()) <= {3, 4}, f"seed={seed}"
+    share = float((counts == 4).double().mean())
+    se = math.sqrt(0.3 * 0.7 / rows)
+    assert abs(share - 0.3) <= 5 * se, f"{share:.3f} of rows rounded up; seed={seed}"
+
+
 @pytest.mark.parametrize("order", ["most", "least"])
 def test_ties_go_to_the_earlier_position(bert_wordpiece, order, seed):
     ids, attention, flagged = random_batch(bert_wordpiece, seed, rows=10)

@@ -290,6 +290,30 @@ def test_padding_options(roberta_byte_bpe, lines):
     assert torch.equal(tensors["labels"], dicts["labels"])
 
 
+def test_pad_to_multiple_of_pads_to_the_next_multiple_and_no_further(roberta_byte_bpe, lines, seed):
+    """The batch is ceil(longest / m) * m long: a longest row already a multiple of m gets no
+    extra block of padding (wasted compute, and shapes that differ from the tokenizer's)."""
+    tokenizer = roberta_byte_bpe
+    table = random_scores(tokenizer, lines[:8])
+    encoded = [tokenizer(t)["input_ids"] for t in lines]
+    rng = random.Random(seed)
+    exact = 0
+    for trial in range(40):
+        multiple = rng.choice([1, 2, 3, 4, 5, 8, 16])
+        longest = rng.randint(1, 60)
+        if trial % 2:  # half the batches end exactly on a multiple
+            longest = max(multiple, longest - longest % multiple)
+        rows = [(encoded[rng.randrange(len(encoded))] * 64)[: rng.randint(1, longest)] for _ in range(rng.randint(1, 6))]
+        rows[rng.randrange(len(rows))] = (encoded[0] * 64)[:longest]
+        exact += longest % multiple == 0
+        batch = DifferenceMaskingCollator(tokenizer, table, pad_to_multiple_of=multiple, seed=trial)(
+            [{"input_ids": row} for row in rows])
+        want = -(-longest // multiple) * multiple
+        assert batch["input_ids"].shape == batch["labels"].shape == (len(rows), want), (longest, multiple)
+        assert batch["attention_mask"].sum(1).tolist() == [len(row) for row in rows]
+    assert exact >= 20
+
+
 def test_left_padding_and_given_masks(bert_wordpiece):
     from tokenizers_offline import bert_wordpiece as build
 

@@ -60,6 +60,35 @@ def next_collator_seed(collator) -> int:
     return value
 
 
+def test_tokens_the_attention_mask_hides_are_never_masked_even_real_words(bert_wordpiece, lines, seed):
+    """attention_mask 0 hides a token whatever it holds (a packed neighbour, a truncated tail, not
+    only padding): the masker leaves real words there alone, exactly as the collator told
+    ``never_word = attention == 0`` does."""
+    tokenizer = bert_wordpiece
+    scores = score_table(tokenizer, lines, seed)
+    options = {"mlm_probability": 0.6, "mask_replace_prob": 0.8, "random_replace_prob": 0.1}
+    collator = DifferenceMaskingCollator(tokenizer, scores, seed=seed, **options)
+    masker = DifferenceMasker(tokenizer, scores, seed=seed, **options)
+    ids, attention = padded(tokenizer, lines[:24])
+    masker.warm(ids)  # the hidden words are known words too
+    rng = random.Random(seed)
+    attention = attention.clone()
+    for row in range(ids.shape[0]):
+        length = int(attention[row].sum())
+        start = rng.randrange(1, length)
+        attention[row, start: start + rng.randint(1, length)] = 0  # real tokens, hidden
+    masker.warm({"input_ids": ids, "attention_mask": attention})  # and the pieces of words cut by the mask
+    hidden_words = (attention == 0) & ~masker.never_word[ids]
+    assert int(hidden_words.sum()) >= 24
+    for _ in range(3):
+        step_seed = next_collator_seed(collator)
+        masker.seed_state.fill_(step_seed)
+        expected_ids, expected_labels = collator.mask(ids, attention == 0)
+        got_ids, got_labels = masker(ids, attention)
+        assert bool((got_labels[attention == 0] == -100).all()) and torch.equal(got_ids[attention == 0], ids[attention == 0])
+        assert torch.equal(got_ids, expected_ids) and torch.equal(got_labels, expected_labels), f"seed={seed}"
+
+
 @pytest.mark.parametrize("tokenizer_name", TOKENIZERS)
 @pytest.mark.parametrize("options", [{}, {"weighting": "rank", "uniform_mix": 0.3, "mlm_probability": 0.4},
                                      {"mask_replace_prob": 0.5, "random_replace_prob": 0.3}])

@@ -634,6 +634,31 @@ def test_seeds_reproduce_and_calls_draw_anew(request, strategy, corpus, seed):
     assert not torch.equal(unseeded(examples)["labels"], unseeded(examples)["labels"]), f"seed={seed}"
 
 
+ALL_WORDS = {
+    **FACTORIES,
+    "mslm": lambda tok, **kw: MSLMCollator(tok, TERMS, term_probability=1.0, **kw),
+    "difference": lambda tok, **kw: DifferenceMaskingCollator(tok, ScoreTable.from_mapping({"the": 1.0, "receptor": 0.5}), **kw),
+}
+
+
+@pytest.mark.parametrize("strategy", sorted(ALL_WORDS))
+def test_mlm_probability_one_masks_every_eligible_word(request, strategy, corpus, seed):
+    """p = 1 leaves no word (no word token, for random-token) unmasked, in rows of one word too: a
+    budget capped below the row's word count, or rounded down, would leave one out."""
+    tokenizer = request.getfixturevalue(TOKENIZERS[seed % 3])
+    rng = np.random.default_rng(seed)
+    examples = encode(tokenizer, sample_lines(corpus, seed, 12)) + random_sequences(tokenizer, rng, 12)
+    examples += [tokenizer(word)["input_ids"] for word in ("receptor", "the", "kinase", "Enzymes")]
+    collator = ALL_WORDS[strategy](tokenizer, seed=seed, mlm_probability=1.0)
+    batch = collator(examples)
+    check_labels_and_specials(tokenizer, examples, batch, f"seed={seed} {strategy}")
+    never = word_boundaries(tokenizer).never_word  # specials and bare word marks ("▁", "Ġ")
+    for row, ids in enumerate(examples):
+        expected = [not bool(never[i]) for i in ids]
+        masked = (batch["labels"][row, : len(ids)] != -100).tolist()
+        assert masked == expected, f"seed={seed} {strategy} row={row}: {tokenizer.convert_ids_to_tokens(ids)}"
+
+
 @pytest.mark.parametrize("strategy", sorted(FACTORIES))
 def test_pickling_round_trip(request, strategy, corpus, seed):
     tokenizer = request.getfixturevalue(TOKENIZERS[(seed + 1) % 3])
@@ -685,26 +710,39 @@ def test_errors(bert_wordpiece, tokenizer_without_mask):
         MSLMCollator(tokenizer, ["enzyme"], term_probability=1.2)
 
 
-@pytest.mark.parametrize("name", ["difference", "random-token", "random-word", "terms", "mslm"])
+@pytest.mark.parametrize("name", ["difference", "random-token", "random-word", "terms", "mslm", "attention", "mst"])
 def test_replacement_shares_reach_every_strategy(request, name, corpus, seed):
-    """build_strategy forwards mask_replace_prob and random_replace_prob, and each collator
-    replaces its masked tokens by them (not by a fixed 80/10/10)."""
-    tokenizer = request.getfixturevalue(TOKENIZERS[seed % 3])
+    """build_strategy forwards mask_replace_prob and random_replace_prob, and each collator (or,
+    for the attention strategies, the masker of the training step) replaces its masked tokens by
+    them (not by a fixed 80/10/10)."""
+    step_only = name in ("attention", "mst")  # they read a model's attention: the tiny BERT's vocabulary
+    tokenizer = request.getfixturevalue("bert_wordpiece" if step_only else TOKENIZERS[seed % 3])
     mask_share, random_share = 0.55, 0.3
     strategy = build_strategy(name, tokenizer, seed=seed, scores=ScoreTable.from_mapping({"the": 1.0}), terms=TERMS,
-                              mask_on="workers", mlm_probability=0.4, mask_replace_prob=mask_share,
-                              random_replace_prob=random_share)
+                              mask_on="device" if step_only else "workers", mlm_probability=0.4,
+                              mask_replace_prob=mask_share, random_replace_prob=random_share)
     examples = encode(tokenizer, sample_lines(corpus, seed, 32))
+    if step_only:
+        model = request.getfixturevalue("tiny_bert_mlm")
+        ids = torch.nn.utils.rnn.pad_sequence([torch.tensor(e) for e in examples], batch_first=True,
+                                              padding_value=tokenizer.pad_token_id)
+
+        def mask(_):
+            with torch.no_grad():
+                masked_ids, labels = strategy.masker(ids, (ids != tokenizer.pad_token_id).long(), None, model=model)
+            return {"input_ids": masked_ids, "labels": labels}
+    else:
+        mask = strategy.collator
     masked = as_mask = as_random = unchanged = 0
     for _ in range(8):
-        batch = strategy.collator(examples)
+        batch = mask(examples)
         chosen = batch["labels"] != -100
         new, old = batch["input_ids"][chosen], batch["labels"][chosen]
         masked += int(chosen.sum())
         as_mask += int((new == tokenizer.mask_token_id).sum())
         as_random += int(((new != tokenizer.mask_token_id) & (new != old)).sum())
         unchanged += int((new == old).sum())
-    back = random_share / strategy.collator.boundaries.random_token_ids.numel()  # a random draw of the original
+    back = random_share / word_boundaries(tokenizer).random_token_ids.numel()  # a random draw of the original
     message = f"seed={seed} {name}"
     for observed, share in ((as_mask, mask_share), (as_random, random_share - back),
                             (unchanged, 1 - mask_share - random_share + back)):
