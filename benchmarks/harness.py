@@ -36,17 +36,7 @@ def sized(full: T, small: T) -> T:
 def measure(fn: Callable[[], object], min_seconds: float = 1.0, min_runs: int = 5, warmup: int = 2) -> float:
     """Median wall time of ``fn`` in seconds, over at least ``min_runs`` runs and ``min_seconds``;
     one run without warm-up in a smoke run."""
-    if smoke():
-        min_seconds, min_runs, warmup = 0.0, 1, 0
-    for _ in range(warmup):
-        fn()
-    times = []
-    started = time.perf_counter()
-    while len(times) < min_runs or time.perf_counter() - started < min_seconds:
-        begin = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - begin)
-    return statistics.median(times)
+    return measure_together({"fn": fn}, min_seconds=min_seconds, min_runs=min_runs, warmup=warmup)["fn"]
 
 
 def measure_together(fns: dict[str, Callable[[], object]], min_seconds: float = 1.0, min_runs: int = 5,

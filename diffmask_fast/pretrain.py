@@ -401,8 +401,11 @@ def _check_vocabulary(tokenizer: Any, model: Any, name: str) -> None:
     """Refuse a tokenizer with ids the model cannot embed (tokens added to it without resizing the
     model's embeddings): masking draws random replacements from the whole vocabulary, and the
     first such id drawn would fail the embedding lookup, possibly thousands of steps in."""
-    embedded = getattr(model.get_input_embeddings(), "num_embeddings", None)
-    tokens = max(len(tokenizer), max(tokenizer.get_vocab().values(), default=-1) + 1)
+    from .tokenization import token_id_count
+    from .trainer import embedded_id_count
+
+    embedded = embedded_id_count(model)
+    tokens = token_id_count(tokenizer)
     if isinstance(embedded, int) and tokens > embedded:
         raise ValueError(f"the tokenizer of {name!r} has {tokens} tokens but the model embeds only {embedded}: tokens "
                          "were added to the tokenizer without resizing the model's embeddings. Call "

@@ -294,10 +294,15 @@ def word_boundaries(tokenizer, scheme: str | None = None) -> WordBoundaries:
     return WordBoundaries(scheme, starts_word, never_word, random_token_ids, int(mask_token_id))
 
 
+def token_id_count(tokenizer) -> int:
+    """How many token ids ``tokenizer`` can produce: its largest id + 1. ``len()`` counts entries,
+    and with holes in the ids the largest id can be beyond it."""
+    return max(len(tokenizer), max(tokenizer.get_vocab().values(), default=-1) + 1)
+
+
 def _word_tables(tokenizer, scheme: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(starts_word, never_word, holes) per token id, for ids up to the largest."""
-    # len() counts entries; with holes in the ids the largest id can be beyond it.
-    vocab_size = max(len(tokenizer), max(tokenizer.get_vocab().values(), default=-1) + 1)
+    vocab_size = token_id_count(tokenizer)
     tokens = tokenizer.convert_ids_to_tokens(list(range(vocab_size)))
     if scheme in ("byte_bpe", "sentencepiece"):
         # Whitespace is no word, and what follows it starts one: "kinase\ninhibitors" is

@@ -410,7 +410,7 @@ class _MaskingFitsModel(TrainerCallback):
 
     def on_train_begin(self, args, state, control, **kwargs):
         # The trainer's model, not the callbacks' (that stays the first one when model_init makes another).
-        embedded = _embedded_ids(self.trainer.accelerator.unwrap_model(self.trainer.model))
+        embedded = embedded_id_count(self.trainer.accelerator.unwrap_model(self.trainer.model))
         if embedded is None:
             return
         collator = self.trainer.data_collator
@@ -424,7 +424,7 @@ class _MaskingFitsModel(TrainerCallback):
                     "before training")
 
 
-def _embedded_ids(model: Any) -> int | None:
+def embedded_id_count(model: Any) -> int | None:
     """How many token ids the model's input embeddings hold; None when it does not say."""
     try:
         embeddings = model.get_input_embeddings()
