@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import itertools
-from typing import Iterable, Sized
+from typing import Iterable, Iterator, Sized
 
 from . import reference
 from ._checks import refuse_one_string
@@ -20,11 +20,15 @@ def tokenizer_words(tokenizer, text: str, scheme: str | None = None, *, grouper:
     return _words_of_batch(tokenizer, [text], grouper)
 
 
-def _words_of_batch(tokenizer, texts: list[str], grouper: WordGrouper) -> list[str]:
-    id_lists = []
+def _word_ids(tokenizer, texts: list[str], grouper: WordGrouper) -> Iterator[tuple[int, ...]]:
+    """The token ids of each word of ``texts``, text after text."""
     for ids in tokenizer(texts, add_special_tokens=False, verbose=False)["input_ids"]:  # no "longer than" warning
-        id_lists.extend([ids[i] for i in group] for group in grouper(ids))
-    return decode_words(tokenizer, id_lists)
+        for group in grouper(ids):
+            yield tuple(ids[i] for i in group)
+
+
+def _words_of_batch(tokenizer, texts: list[str], grouper: WordGrouper) -> list[str]:
+    return decode_words(tokenizer, [list(word) for word in _word_ids(tokenizer, texts, grouper)])
 
 
 def tokenizer_word_types(tokenizer, texts: Iterable[str], lowercase: bool = True, scheme: str | None = None,
@@ -44,12 +48,10 @@ def tokenizer_word_types(tokenizer, texts: Iterable[str], lowercase: bool = True
     with tqdm(total=total, desc="reading words", unit="doc", disable=not progress) as bar:
         while batch := list(itertools.islice(texts, BATCH_TEXTS)):
             new: list[list[int]] = []
-            for ids in tokenizer(batch, add_special_tokens=False, verbose=False)["input_ids"]:
-                for group in grouper(ids):
-                    word = tuple(ids[i] for i in group)
-                    if word not in decoded:
-                        decoded.add(word)
-                        new.append(list(word))
+            for word in _word_ids(tokenizer, batch, grouper):
+                if word not in decoded:
+                    decoded.add(word)
+                    new.append(list(word))
             types.update(reference.normalize_word(w, lowercase) for w in decode_words(tokenizer, new) if w)
             bar.update(len(batch))
     return types
