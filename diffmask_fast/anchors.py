@@ -132,18 +132,21 @@ def mine_anchors(
     ``reference.default_min_count`` of the corpus size and ``smoothing_per_million`` is the add-n
     constant of ``reference.tf_icf``; both keep one-off names and typos from outranking words that
     are frequent in the domain. Ties break by word. The result equals
-    ``reference.select_anchors``; only words with at least ``min_count`` occurrences are decoded,
+    ``reference.select_anchors``, given the general table lowercased (``GeneralFrequencies.lowercased``)
+    when the counts are; only words with at least ``min_count`` occurrences are decoded,
     so counts mapped from a file are never decoded whole.
     """
     check_mining_settings(k, min_count, smoothing_per_million)
     if isinstance(counts, (str, os.PathLike)):
         counts = WordCounts.load(counts, verify=True)
-    elif not isinstance(counts, WordCounts):
-        counts = WordCounts.from_mapping(counts)
+    elif not isinstance(counts, WordCounts):  # lowercase unless a word says otherwise
+        counts = WordCounts.from_mapping(counts, lowercase=all(word == word.lower() for word in counts))
     total = counts.total
     if total == 0:
         raise ValueError("cannot mine anchors: the word counts are empty")
     general = general or GeneralFrequencies.default()
+    if counts.lowercase:  # the corpus's words are lowercase, so the table's must be too
+        general = general.lowercased()
     if min_count is None:
         min_count = reference.default_min_count(total)
     # reference.select_anchors, over the words that pass its count filter only.

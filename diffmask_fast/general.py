@@ -6,7 +6,7 @@ import heapq
 import math
 import os
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cached_property, lru_cache
 from pathlib import Path
 
 #: Tokens in the Google Web Trillion Word corpus the default table is drawn from. The shipped
@@ -38,6 +38,22 @@ class GeneralFrequencies:
         from .reference import general_count
 
         return general_count(word, self.counts)
+
+    def lowercased(self) -> "GeneralFrequencies":
+        """This table with its words lowercased (counts of "DNA" and "dna" summed), to match a
+        lowercased corpus: a cased key could never meet one of its words. Itself when no key has
+        an upper-case letter."""
+        if not self._has_cased_keys:
+            return self
+        counts: dict[str, float] = {}
+        for word, count in self.counts.items():
+            key = word.lower()
+            counts[key] = counts.get(key, 0) + count
+        return GeneralFrequencies(counts, self.total, self.source)
+
+    @cached_property
+    def _has_cased_keys(self) -> bool:
+        return any(word != word.lower() for word in self.counts)
 
     def relative(self, word: str) -> float:
         return self.count(word) / self.total

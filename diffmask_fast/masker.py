@@ -16,6 +16,7 @@ synchronizes, so call it now and then, not every step).
 from __future__ import annotations
 
 import contextlib
+import numbers
 from typing import Any, Mapping, Sequence
 
 import numpy as np
@@ -76,15 +77,28 @@ def _holds_rows(ids: Any) -> bool:
 
 
 def _ids_of(sequence: Any, what: str) -> list[int]:
-    """One sequence of token ids as a list of ints."""
+    """One sequence of token ids as a list of ints; floats are refused, not truncated."""
     if isinstance(sequence, (str, bytes)):
         raise TypeError(f"{what} is text inside token ids; pass texts as strings, ids as sequences of ints")
     if isinstance(sequence, (torch.Tensor, np.ndarray)):
+        _check_integer_dtype(sequence, what)
         return sequence.reshape(-1).tolist()
     try:
-        return [int(i) for i in sequence]
+        ids = list(sequence)
     except TypeError:
         raise TypeError(f"{what} is of type {type(sequence).__name__}, not a text or a sequence of token ids") from None
+    odd = next((i for i in ids if not isinstance(i, numbers.Integral)), None)
+    if odd is not None:
+        raise TypeError(f"{what} holds {odd!r} ({type(odd).__name__}); token ids must be integers")
+    return [int(i) for i in ids]
+
+
+def _check_integer_dtype(ids: torch.Tensor | np.ndarray, what: str) -> None:
+    """Token ids arrive as integers; a float tensor is refused, since casting would truncate it."""
+    integer = (not (ids.dtype.is_floating_point or ids.dtype.is_complex) if isinstance(ids, torch.Tensor)
+               else ids.dtype.kind in "biu")
+    if not integer:
+        raise TypeError(f"{what} holds {ids.dtype} values; token ids must be integers")
 
 
 def _checked_mask(mask: Any, length: int, row: int | None) -> Any:
@@ -251,6 +265,7 @@ class DifferenceMasker(torch.nn.Module):
             if _is_batch(item):  # e.g. the batches of a DataLoader
                 ids = item["input_ids"] if isinstance(item, Mapping) else item
                 mask = item.get("attention_mask") if isinstance(item, Mapping) else None
+                _check_integer_dtype(ids, "input_ids")
                 self._learn_batch(torch.as_tensor(ids), mask)
             elif isinstance(item, str):
                 texts.append(item)

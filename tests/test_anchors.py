@@ -310,3 +310,22 @@ def test_anchors_with_lone_surrogates_save_and_load(tmp_path):
     anchors = Anchors((Anchor("enzyme\ud83d", 9.0, 10, 0.0), Anchor("cell", 2.0, 5, 1e6)), 15, 1e12, 1, 0.5)
     anchors.save(tmp_path / "anchors.json")  # ...but an anchor list made by hand keeps it
     assert Anchors.load(tmp_path / "anchors.json") == anchors
+
+
+def test_a_cased_general_table_meets_a_lowercased_corpus():
+    """A table built by hand with "DNA" and "Kinase" (and "kinase") still knows the words of a
+    lowercased corpus: its counts are summed per lowercase word."""
+    general = GeneralFrequencies({"the": 5e9, "DNA": 4e7, "Kinase": 1e5, "kinase": 2e5, "enzyme": 1e4}, 1e12)
+    assert general.lowercased().counts == {"the": 5e9, "dna": 4e7, "kinase": 3e5, "enzyme": 1e4}
+    assert general.lowercased().total == general.total
+    plain = GeneralFrequencies({"the": 5e9, "dna": 4e7}, 1e12)
+    assert plain.lowercased() is plain
+    counts = {"the": 5000, "dna": 3000, "kinase": 100, "enzyme": 100}
+    anchors = mine_anchors(WordCounts.from_mapping(counts, 1), general, k=4, min_count=1)
+    assert {a.word: a.general_count for a in anchors} == {"the": 5e9, "dna": 4e7, "kinase": 3e5, "enzyme": 1e4}
+    assert mine_anchors(counts, general, k=4, min_count=1) == anchors  # a plain mapping of lowercase words too
+    assert [(a.word, a.score) for a in anchors] == reference.select_anchors(
+        counts, general.lowercased().counts, general.total, k=4, min_count=1)
+    # Counts that keep case look words up as written, then in lowercase.
+    cased = mine_anchors({"DNA": 3000, "Kinase": 100}, general, k=2, min_count=1)
+    assert {a.word: a.general_count for a in cased} == {"DNA": 4e7, "Kinase": 1e5}

@@ -485,3 +485,18 @@ def test_warm_refuses_what_it_cannot_read(bert_wordpiece, lines):
         masker.warm({"input_ids": [[2, 141, 3], [2, 141, 3]], "attention_mask": [[1, 1, 1]]})
     with pytest.raises(TypeError, match="not a text or a sequence of token ids"):
         masker.warm([2, 141, 3])
+
+
+@pytest.mark.parametrize("data", [
+    [[2, 141.7, 3]],
+    [np.array([2.0, 141.0, 3.0])],
+    [torch.tensor([2.0, 141.0, 3.0])],
+    {"input_ids": [[2, 141, 3], [2, "141", 3]]},
+    torch.tensor([[2.0, 141.0, 3.0]]),
+    {"input_ids": np.array([[2.0, 141.0, 3.0]])},
+])
+def test_warm_refuses_ids_that_are_not_integers(bert_wordpiece, lines, data):
+    """Casting would truncate 141.7 to another word's id, and learn a word nobody wrote."""
+    masker = DifferenceMasker(bert_wordpiece, score_table(bert_wordpiece, lines), seed=0)
+    with pytest.raises(TypeError, match="token ids must be integers"):
+        masker.warm(data)
