@@ -648,11 +648,20 @@ void launch_prologue_epilogue(const SimilarityProblem& p, const SimilarityPlan& 
   }
 }
 
+// A failed runtime query leaves its error as CUDA's "last error", which the next launch check of
+// any torch op would report as its own: the error is read back here, so the caller alone sees it.
+cudaError_t cleared(cudaError_t status) {
+  if (status != cudaSuccess) {
+    (void)cudaGetLastError();
+  }
+  return status;
+}
+
 }  // namespace
 
 bool supports_tensor_core_precision(int device) {
   int major = 0;
-  if (cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device) != cudaSuccess || major < 8) {
+  if (cleared(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device)) != cudaSuccess || major < 8) {
     return false;
   }
   // The code that runs must also have been compiled for compute capability 8.0 or later: a build
@@ -660,11 +669,11 @@ bool supports_tensor_core_precision(int device) {
   // body is a trap. ptxVersion is the virtual architecture the kernel was compiled for.
   int current = 0;
   cudaFuncAttributes attributes;
-  if (cudaGetDevice(&current) != cudaSuccess || cudaSetDevice(device) != cudaSuccess) {
+  if (cleared(cudaGetDevice(&current)) != cudaSuccess || cleared(cudaSetDevice(device)) != cudaSuccess) {
     return false;
   }
-  const cudaError_t status = cudaFuncGetAttributes(&attributes, wmma_kernel<false>);
-  cudaSetDevice(current);
+  const cudaError_t status = cleared(cudaFuncGetAttributes(&attributes, wmma_kernel<false>));
+  cleared(cudaSetDevice(current));
   return status == cudaSuccess && attributes.ptxVersion >= 80;
 }
 
@@ -692,12 +701,12 @@ cudaError_t plan_max_anchor_similarity(const SimilarityProblem& p, int device, S
   }
 
   int multiprocessors = 0;
-  cudaError_t status = cudaDeviceGetAttribute(&multiprocessors, cudaDevAttrMultiProcessorCount, device);
+  cudaError_t status = cleared(cudaDeviceGetAttribute(&multiprocessors, cudaDevAttrMultiProcessorCount, device));
   if (status != cudaSuccess) {
     return status;
   }
   int per_multiprocessor = 0;
-  status = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_multiprocessor, shape.function, shape.threads, 0);
+  status = cleared(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_multiprocessor, shape.function, shape.threads, 0));
   if (status != cudaSuccess) {
     return status;
   }
