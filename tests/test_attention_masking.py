@@ -140,24 +140,46 @@ def test_budget_is_p_n_rounded_stochastically(bert_wordpiece, tiny_bert_mlm, see
     assert sd > 1.0, message  # enough fractional budgets for the bound to mean something
 
 
+def binomial_p_value(successes: int, trials: int, probability: float) -> float:
+    """Two-sided exact p-value of ``successes`` in ``trials`` under Binomial(trials, probability)."""
+    from scipy.stats import binom
+
+    if probability <= 0.0:
+        return 1.0 if successes == 0 else 0.0
+    if probability >= 1.0:
+        return 1.0 if successes == trials else 0.0
+    return float(min(1.0, 2.0 * min(binom.cdf(successes, trials, probability),
+                                    binom.sf(successes - 1, trials, probability))))
+
+
 def test_replacement_is_80_10_10(bert_wordpiece, tiny_bert_mlm, seed):
-    ids, attention, flagged = random_batch(bert_wordpiece, seed, rows=200, max_body=30)
+    """Each masked token becomes the mask token (0.8), a random ordinary token (0.1) or stays
+    (0.1). Over ~70k masked tokens each share is checked against its exact binomial law at
+    1e-6 / 3 (a correct implementation fails below 1e-6); a 10% relative bias of a share (the
+    random one 0.10 -> 0.11, say) lies ~8 standard errors out and fails with probability > 0.999."""
+    ids, attention, flagged = random_batch(bert_wordpiece, seed, rows=5000, max_body=30)
     masker = AttentionMasker(bert_wordpiece, mlm_probability=1.0, seed=seed)
     masked_ids, labels = masker(ids, attention, flagged, model=tiny_bert_mlm)
     message = f"seed={seed}"
     eligible = eligible_positions(bert_wordpiece, ids, attention, flagged)
     assert torch.equal(labels != -100, eligible), message  # p = 1 masks every eligible token
+    assert torch.equal(masked_ids[~eligible], ids[~eligible]), message
     boundaries = word_boundaries(bert_wordpiece)
     selected_ids, original = masked_ids[eligible], ids[eligible]
     n = selected_ids.numel()
-    as_mask = float((selected_ids == boundaries.mask_token_id).double().mean())
+    assert n >= 60_000, message  # enough tokens for the power claimed above
+    as_mask = int((selected_ids == boundaries.mask_token_id).sum())
     changed = (selected_ids != boundaries.mask_token_id) & (selected_ids != original)
-    as_random = float(changed.double().mean())
-    kept = float((selected_ids == original).double().mean())
+    as_random = int(changed.sum())
+    kept = int((selected_ids == original).sum())
+    assert as_mask + as_random + kept == n, message  # the mask token is never an eligible token
     assert not boundaries.never_word[selected_ids[changed]].any(), message
+    # A random replacement draws the original token back with probability 1 / v.
     v = boundaries.random_token_ids.numel()
-    for observed, expected in ((as_mask, 0.8), (as_random, 0.1 * (1 - 1 / v)), (kept, 0.1 + 0.1 / v)):
-        assert abs(observed - expected) <= 5 * math.sqrt(expected * (1 - expected) / n), f"{observed} vs {expected}; {message}"
+    for name, count, expected in (("mask", as_mask, 0.8), ("random", as_random, 0.1 * (1 - 1 / v)),
+                                  ("kept", kept, 0.1 + 0.1 / v)):
+        assert binomial_p_value(count, n, expected) >= 1e-6 / 3, (
+            f"{name}: {count}/{n} = {count / n:.5f} vs {expected:.5f}; {message}")
 
 
 def test_model_runs_in_eval_mode_and_its_flags_are_restored(bert_wordpiece, tiny_bert_mlm, seed):

@@ -511,8 +511,35 @@ def test_term_masking_overshoots_only_by_whole_spans(request, tokenizer_name, se
 # ----------------------------------------------------------------------------------------------
 
 
+def binomial_p_value(successes: int, trials: int, probability: float) -> float:
+    """Two-sided exact p-value of ``successes`` in ``trials`` under Binomial(trials, probability)."""
+    from scipy.stats import binom
+
+    if probability <= 0.0:
+        return 1.0 if successes == 0 else 0.0
+    if probability >= 1.0:
+        return 1.0 if successes == trials else 0.0
+    return float(min(1.0, 2.0 * min(binom.cdf(successes, trials, probability),
+                                    binom.sf(successes - 1, trials, probability))))
+
+
+def trials_to_detect(probability: float, alpha: float, relative: float = 0.1, power_z: float = 3.1) -> int:
+    """Trials after which a rate off by ``relative`` (either way) fails a two-sided test at
+    ``alpha`` with probability above Phi(power_z) (0.999 for 3.1), by the normal approximation."""
+    from scipy.stats import norm
+
+    z = float(norm.isf(alpha / 2))
+    shifted = max(probability * (1 - relative), 0.0), min(probability * (1 + relative), 1.0)
+    spread = z * math.sqrt(probability * (1 - probability)) + power_z * max(math.sqrt(q * (1 - q)) for q in shifted)
+    return math.ceil((spread / (relative * probability)) ** 2)
+
+
 @pytest.mark.parametrize("tokenizer_name", TOKENIZERS)
 def test_mslm_rates_and_loss_weights(request, tokenizer_name, corpus, seed):
+    """Term occurrences are masked whole at term_probability, other words at mlm_probability,
+    with loss weights term_weight / 1 / 0. Both rates are checked by exact binomial p-values
+    at 1e-6 / 2 (a correct implementation fails below 1e-6) over as many calls as make a 10%
+    relative bias of either rate fail with probability above 0.999."""
     tokenizer = request.getfixturevalue(tokenizer_name)
     lines = sample_lines(corpus, seed, 16)
     rng = random.Random(seed)
@@ -521,42 +548,62 @@ def test_mslm_rates_and_loss_weights(request, tokenizer_name, corpus, seed):
     weight = rng.choice([0.5, 2.0, 3.7])
     collator = MSLMCollator(tokenizer, terms, term_probability=term_probability, mlm_probability=other_probability,
                             term_weight=weight, seed=seed)
-    examples = encode(tokenizer, lines) * 40
-    all_groups = [reference_words(tokenizer, ids)[0] for ids in examples[: len(lines)]] * 40
-    batch = collator(examples)
-    assert set(batch) == {"input_ids", "attention_mask", "labels", "loss_weights"}
-    assert batch["loss_weights"].dtype == torch.float32 and batch["loss_weights"].shape == batch["labels"].shape
+    copies = 40
+    examples = encode(tokenizer, lines) * copies
     message = f"seed={seed} terms={terms} rates={term_probability:.3f}/{other_probability:.3f} weight={weight}"
-    check_labels_and_specials(tokenizer, examples, batch, message)
-    spans = collator.matcher.spans(collator._pad(examples)["input_ids"])
-    occurrences = masked_occurrences = others = masked_others = 0
-    for row, groups in enumerate(all_groups):
-        labels = batch["labels"][row]
-        weights = batch["loss_weights"][row]
-        masked = labels != -100
-        expected = torch.zeros_like(weights)
+    # Per line: each token's unit (term occurrence or other word) as the position of the unit's
+    # first token (-1: in no unit), the first tokens of term occurrences and of other words, and
+    # the tokens of term occurrences; from the reference words and the matcher's spans.
+    width = max(len(ids) for ids in examples)
+    first_of = torch.full((len(lines), width), -1, dtype=torch.long)
+    term_first = torch.zeros((len(lines), width), dtype=torch.bool)
+    other_first = torch.zeros((len(lines), width), dtype=torch.bool)
+    term_token = torch.zeros((len(lines), width), dtype=torch.bool)
+    spans = collator.matcher.spans(collator._pad(examples[: len(lines)])["input_ids"])
+    for row, ids in enumerate(examples[: len(lines)]):
+        groups = reference_words(tokenizer, ids)[0]
         in_term = [False] * len(groups)
         for start, end in spans[row]:
             positions = [i for g in groups[start:end] for i in g]
-            flags = set(masked[positions].tolist())
-            assert len(flags) == 1, f"{message} row={row}: term occurrence masked in part"
-            occurrences += 1
-            masked_occurrences += flags.pop()
+            first_of[row, positions] = positions[0]
+            term_first[row, positions[0]] = True
+            term_token[row, positions] = True
             in_term[start:end] = [True] * (end - start)
-            expected[positions] = weight
         for group, term in zip(groups, in_term):
-            flags = set(masked[group].tolist())
-            assert len(flags) == 1, f"{message} row={row}: word masked in part"
             if not term:
-                others += 1
-                masked_others += flags.pop()
-                expected[group] = 1.0
-        expected[~masked] = 0.0
-        assert torch.equal(weights, expected), f"{message} row={row}: {weights.tolist()} vs {expected.tolist()}"
-    assert occurrences > 0, message
-    assert within(masked_occurrences / occurrences, term_probability, occurrences), (
-        f"{message}: {masked_occurrences}/{occurrences} term occurrences masked")
-    assert within(masked_others / others, other_probability, others), f"{message}: {masked_others}/{others} other words"
+                first_of[row, group] = group[0]
+                other_first[row, group[0]] = True
+    occurrences_per_call, others_per_call = copies * int(term_first.sum()), copies * int(other_first.sum())
+    assert occurrences_per_call > 0 and others_per_call > 0, message
+    first_of, term_first, other_first, term_token = (t.repeat(copies, 1) for t in (first_of, term_first, other_first, term_token))
+    in_unit = first_of >= 0
+    alpha = 1e-6 / 2
+    calls = max(math.ceil(trials_to_detect(term_probability, alpha) / occurrences_per_call),
+                math.ceil(trials_to_detect(other_probability, alpha) / others_per_call))
+    original = collator._pad(examples)["input_ids"]
+    masked_occurrences = masked_others = 0
+    for call in range(calls):
+        batch = collator(examples)
+        if call == 0:
+            assert set(batch) == {"input_ids", "attention_mask", "labels", "loss_weights"}
+            assert batch["loss_weights"].dtype == torch.float32 and batch["loss_weights"].shape == batch["labels"].shape
+            check_labels_and_specials(tokenizer, examples, batch, message)
+        labels, weights = batch["labels"], batch["loss_weights"]
+        masked = labels != -100
+        assert torch.equal(labels[masked], original[masked]), message
+        assert torch.equal(batch["input_ids"][~masked], original[~masked]), message
+        assert not (masked & ~in_unit).any(), f"{message}: a token of no word masked"
+        split = (masked != masked.gather(1, first_of.clamp(min=0))) & in_unit
+        assert not split.any(), f"{message} row={int(split.any(1).nonzero()[0])}: word or term occurrence masked in part"
+        expected = torch.where(masked, torch.where(term_token, weight, 1.0), 0.0).to(torch.float32)
+        assert torch.equal(weights, expected), f"{message}: loss weights"
+        masked_occurrences += int((masked & term_first).sum())
+        masked_others += int((masked & other_first).sum())
+    occurrences, others = calls * occurrences_per_call, calls * others_per_call
+    assert binomial_p_value(masked_occurrences, occurrences, term_probability) >= alpha, (
+        f"{message}: {masked_occurrences}/{occurrences} = {masked_occurrences / occurrences:.5f} term occurrences masked")
+    assert binomial_p_value(masked_others, others, other_probability) >= alpha, (
+        f"{message}: {masked_others}/{others} = {masked_others / others:.5f} other words masked")
 
 
 def test_mslm_numpy_output(bert_wordpiece):
