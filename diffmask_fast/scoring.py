@@ -537,6 +537,7 @@ class WordScorer:
             example = keys[int(np.flatnonzero(bad)[0])]
             raise ValueError(f"the embedding model produced non-finite vectors for {int(bad.sum()):,} words "
                              f"(e.g. {example!r}); word scores would be NaN")
+        np.clip(values, -1.0, 1.0, out=values)  # cosines: float32 rounding gives 1.0000007 for an anchor itself
         return ScoreTable.from_arrays(
             keys, values, nearest if self.similarity == "max" else None, sorted_unique=True,
             anchors=self.anchor_words, similarity=self.similarity, unknown_score=self.unknown_score,

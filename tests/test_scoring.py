@@ -695,3 +695,16 @@ def test_reading_a_corpus_shows_its_progress(tiny_bert, capsys):
     assert len(found[0]) == 3 and "finding anchors in context" in capsys.readouterr().err
     tokenizer_word_types(tokenizer, texts)
     assert capsys.readouterr().err == ""
+
+
+@pytest.mark.parametrize("similarity", ["max", "centroid", "mean"])
+def test_scores_are_cosines_within_minus_one_and_one(tiny_bert, similarity, seed):
+    """An anchor scored against itself rounds to 1.0000007 in float32 about a third of the time;
+    scores stay within [-1, 1], as cosines do."""
+    model, tokenizer = tiny_bert
+    rng = random.Random(seed)
+    anchors = rng.sample([w for w in tokenizer.get_vocab() if w.isalpha() and len(w) > 2], 30)
+    table = WordScorer(WordEmbedder(model, tokenizer, progress=False), anchors, similarity=similarity).score(anchors)
+    assert table.values.max() <= 1.0 and table.values.min() >= -1.0, f"seed={seed}"
+    if similarity == "max":
+        assert (table.values >= 1.0 - 1e-5).all(), f"seed={seed}"  # each anchor is its own nearest
