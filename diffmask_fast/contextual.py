@@ -34,7 +34,11 @@ from . import reference
 from ._checks import refuse_one_string
 from .advice import DiffmaskWarning
 from .embedding import has_lone_surrogate
+from .hf_loading import check_max_length, longest_input
 from .tokenization import WordGrouper, decode_words
+
+#: Tokens of a document read around anchor occurrences, unless the model takes fewer.
+CONTEXT_LENGTH = 256
 
 
 @dataclass
@@ -144,13 +148,13 @@ def find_occurrences(tokenizer, texts: Iterable[str], anchor_words: Sequence[str
 
 
 def contextual_anchor_vectors(embedder, texts: Iterable[str], anchor_words: Sequence[str], *,
-                              max_occurrences_per_anchor: int = 1000, max_length: int = 256, batch_size: int = 32,
+                              max_occurrences_per_anchor: int = 1000, max_length: int | None = None, batch_size: int = 32,
                               lowercase: bool = True, seed: int = 0, progress: bool | None = None) -> ContextualAnchors:
     """One vector per sampled occurrence of each anchor word in ``texts`` (one document each).
 
     Each vector is the mean of the last hidden states of the word's sub-tokens, computed by
-    ``embedder``'s model on the document (truncated to ``max_length`` tokens) with its device and
-    dtype. Anchors keep the words given (``find_occurrences`` says how they are matched). Anchors
+    ``embedder``'s model on the document (truncated to ``max_length`` tokens; by default
+    ``CONTEXT_LENGTH``, or fewer when the model takes fewer) with its device and dtype. Anchors keep the words given (``find_occurrences`` says how they are matched). Anchors
     that never occur get no vectors (see ``ContextualAnchors.occurrences``) and are named in a
     warning; when none occurs at all, ValueError.
     """
@@ -162,6 +166,10 @@ def contextual_anchor_vectors(embedder, texts: Iterable[str], anchor_words: Sequ
     if not words:
         raise ValueError("contextual anchors need at least one anchor word")
     tokenizer, model = embedder.tokenizer, embedder.model
+    if max_length is None:
+        max_length = longest_input(model, CONTEXT_LENGTH)
+    else:
+        check_max_length(model, max_length, getattr(model, "name_or_path", "") or type(model).__name__, "max_length")
     show = embedder.progress if progress is None else progress
     kept = find_occurrences(tokenizer, texts, words, max_per_anchor=max_occurrences_per_anchor,
                             max_length=max_length, lowercase=lowercase, seed=seed, progress=show)

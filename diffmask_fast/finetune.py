@@ -467,8 +467,8 @@ def finetune(model: str | os.PathLike, train: str | os.PathLike, dev: str | os.P
 
     on_cpu = wanted_device is not None and wanted_device.type == "cpu"
     finished = _finished_seeds(report_path, model, label_names, config) if resume else {}
-    # Seeds saved earlier stay in the report even when not asked for again.
-    seeds = [seed for seed in finished if seed not in seeds] + seeds
+    # Seeds saved earlier stay in the report, in its order, even when not asked for again.
+    seeds = list(finished) + [seed for seed in seeds if seed not in finished]
     config["seeds"] = seeds
     results: list[SeedResult] = []
     length_checked = False
@@ -528,7 +528,10 @@ def finetune(model: str | os.PathLike, train: str | os.PathLike, dev: str | os.P
             elif progress:
                 print(seed_line(result, epochs), file=sys.stderr)
             del trainer, classifier, keep_best
-    return FinetuneReport(model=model, labels=label_names, results=results, config=config)
+    report = FinetuneReport(model=model, labels=label_names, results=results, config=config)
+    if report_path is not None:  # also when a resumed run found every seed done: it is complete now
+        report.save(report_path)
+    return report
 
 
 def seed_line(result: SeedResult, epochs: int) -> str:

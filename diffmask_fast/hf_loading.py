@@ -116,21 +116,24 @@ def usable_device(device):
     return parsed
 
 
-def check_max_length(model, max_length: int, name: str) -> None:
-    """Raise a ``ValueError`` now when ``model`` cannot take ``max_length`` tokens, rather than a
-    tensor-size ``RuntimeError`` at the first long batch. Cheap: it runs one no-grad forward of a
-    dummy sequence only when ``max_length`` comes within 2 of ``max_position_embeddings``
-    (RoBERTa-style models reserve 2 positions, BERT-style ones none)."""
+def check_max_length(model, max_length: int, name: str, option: str = "--max-length") -> None:
+    """Raise a ``ValueError`` naming ``option`` now when ``model`` cannot take ``max_length``
+    tokens, rather than a tensor-size ``RuntimeError`` at the first long batch."""
+    longest = longest_input(model, max_length)
+    if longest < max_length:
+        raise ValueError(f"{option} {max_length} is longer than {name!r} takes (at most {longest} tokens); "
+                         f"give a smaller {option}")
+
+
+def longest_input(model, wanted: int) -> int:
+    """``wanted``, or the most tokens ``model`` takes when that is fewer. Cheap: it runs a no-grad
+    forward of a dummy sequence only when ``wanted`` comes within 2 of ``max_position_embeddings``
+    (RoBERTa-style models reserve 2 positions, BERT-style ones none). When even shorter sequences
+    fail, the length is not the problem: ``wanted``, and the model will say what is."""
     limit = getattr(getattr(model, "config", None), "max_position_embeddings", None)
-    if isinstance(limit, bool) or not isinstance(limit, int) or max_length <= limit - 2:
-        return
-    if _takes(model, max_length):
-        return
-    longest = next((length for length in (limit, limit - 2) if length < max_length and _takes(model, length)), None)
-    if longest is None:
-        return  # shorter sequences fail too: the length is not the problem, and training will say what is
-    raise ValueError(f"--max-length {max_length} is longer than {name!r} takes (at most {longest} tokens); "
-                     "give a smaller --max-length")
+    if isinstance(limit, bool) or not isinstance(limit, int) or wanted <= limit - 2 or _takes(model, wanted):
+        return wanted
+    return next((length for length in (limit, limit - 2) if length < wanted and _takes(model, length)), wanted)
 
 
 def _takes(model, length: int) -> bool:

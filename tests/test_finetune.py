@@ -367,6 +367,17 @@ def test_finetune_saves_the_report_after_each_seed(model_dir, task, tmp_path, mo
     assert extended.results[:3] == resumed.results
     saved = FinetuneReport.load(path)
     assert saved.seeds == [7, 8, 9, 10] and saved.seeds_requested == [7, 8, 9, 10] and saved.complete
+    # A run interrupted after its last new seed's scores, resumed asking only for seeds it holds,
+    # runs nothing and leaves the report complete, so that a later run may replace it.
+    calls.clear()
+    interrupted = FinetuneReport(model=saved.model, labels=saved.labels, results=saved.results[:2],
+                                 config={**saved.config, "seeds": [7, 8, 9]})
+    interrupted.save(path)
+    assert not FinetuneReport.load(path).complete
+    finetune(model_dir, task["train"], task["dev"], seeds=(7,), report_path=path, resume=True, **_FAST)
+    assert not calls
+    saved = FinetuneReport.load(path)
+    assert saved.complete and saved.seeds == [7, 8]
     with pytest.raises(ValueError, match="resuming needs the report path"):
         finetune(model_dir, task["train"], task["dev"], resume=True, **_FAST)
 

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from diffmask_fast import DiffmaskWarning, reference
-from diffmask_fast.contextual import ContextualAnchors
+from diffmask_fast.contextual import ContextualAnchors, contextual_anchor_vectors
 from diffmask_fast.embedding import WordEmbedder, default_model_path, load_encoder
 from diffmask_fast.scoring import ScoreTable, WordScorer, anchors_read_as_common_words, similarity_to_anchors
 
@@ -708,3 +708,20 @@ def test_scores_are_cosines_within_minus_one_and_one(tiny_bert, similarity, seed
     assert table.values.max() <= 1.0 and table.values.min() >= -1.0, f"seed={seed}"
     if similarity == "max":
         assert (table.values >= 1.0 - 1e-5).all(), f"seed={seed}"  # each anchor is its own nearest
+
+
+def test_contextual_anchors_read_no_more_context_than_the_model_takes(minilm):
+    """A model of 64 positions reads the first 64 tokens of a long document (it used to be given
+    256 and fail with a tensor-size error); a longer max_length, given, is refused by name."""
+    from transformers import BertConfig, BertModel
+
+    _, tokenizer = minilm
+    config = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=24, num_hidden_layers=1,
+                        num_attention_heads=2, intermediate_size=48, max_position_embeddings=64)
+    embedder = WordEmbedder(BertModel(config).eval(), tokenizer, pooling="mean", progress=False)
+    texts = ["kinase " * 100]
+    contextual = contextual_anchor_vectors(embedder, texts, ["kinase"], max_occurrences_per_anchor=1000)
+    assert contextual.occurrences == {"kinase": 62}  # 64 tokens less [CLS] and [SEP]
+    with pytest.raises(ValueError, match=r"max_length 100 is longer than .* takes \(at most 64 tokens\)"):
+        contextual_anchor_vectors(embedder, texts, ["kinase"], max_length=100)
+    assert contextual_anchor_vectors(embedder, texts, ["kinase"], max_length=20).occurrences == {"kinase": 18}
