@@ -173,7 +173,7 @@ def read_terms(path: str | os.PathLike) -> list[str]:
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"terms file {str(path)!r} does not exist")
-    terms = [line.strip() for line in path.read_text(encoding="utf-8").splitlines()]
+    terms = [line.strip() for line in path.read_text(encoding="utf-8-sig").splitlines()]  # -sig: a BOM is no text
     terms = [t for t in terms if t and not t.startswith("#")]
     if not terms:
         raise ValueError(f"terms file {str(path)!r} holds no terms")

@@ -22,8 +22,8 @@ from .tokenization import WordGrouper, decode_words
 #: about 4), so that a huge one-line document is not tokenized whole to show its first words.
 CHARACTERS_PER_TOKEN = 50
 
-#: The last run of whitespace and the (possibly cut) word after it.
-_LAST_SPACE_AND_WORD = re.compile(r"\s+\S*\Z")
+#: A run of characters that are not whitespace (anchored by ``match``, so it never backtracks).
+_NON_SPACE_RUN = re.compile(r"\S*")
 
 
 def sample_documents(documents: Iterable[str], sizes: Sequence[int], seed: int,
@@ -75,8 +75,9 @@ def _whole_words_prefix(text: str, limit: int) -> str:
     if len(text) <= limit:
         return text
     head = text[:limit + 1]  # one more: is the character at the cut whitespace?
-    last = _LAST_SPACE_AND_WORD.search(head)
-    return head[:last.start()] if last else ""
+    # The (possibly cut) last word, found from the end in linear time; then the space before it.
+    cut_word = _NON_SPACE_RUN.match(head[::-1]).end()
+    return head[:len(head) - cut_word].rstrip()
 
 
 def _leading_ids(tokenizer, text: str, count: int) -> list[int]:

@@ -15,6 +15,7 @@ from typing import Any, Sequence
 
 import torch
 
+from ._checks import refuse_one_string
 from .scoring import ScoreTable
 
 #: name -> what it masks
@@ -210,13 +211,16 @@ def build_strategy(
 
         order = "most" if name == "attention" else "least"
         return MaskingStrategy(name, masker=AttentionMasker(tokenizer, order=order, layer=attention_layer, **common))
+    if terms is not None:
+        refuse_one_string(terms, "terms", "a list of strings")
+        terms = list(terms)
     if not terms:
         raise ValueError(f"the {name!r} strategy needs domain terms (a terms list, or anchors and scores to take them from)")
     if name == "terms":
         from .terms import TermMaskingCollator
 
-        return MaskingStrategy(name, collator=TermMaskingCollator(tokenizer, list(terms), **collating))
+        return MaskingStrategy(name, collator=TermMaskingCollator(tokenizer, terms, **collating))
     from .terms import MSLMCollator
 
-    return MaskingStrategy(name, collator=MSLMCollator(tokenizer, list(terms), term_probability=term_probability,
+    return MaskingStrategy(name, collator=MSLMCollator(tokenizer, terms, term_probability=term_probability,
                                                        term_weight=term_weight, **collating))

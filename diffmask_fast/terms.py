@@ -56,7 +56,7 @@ def _check_terms(terms) -> list[str]:
         raise TypeError(f"terms must be strings, got {type(wrong[0]).__name__} ({wrong[0]!r})")
     # Whitespace inside a term is one space, as text reads it: "kinase  inhibitors" or a line's
     # "enzyme\n" would otherwise tokenize into whitespace tokens or empty words that never match.
-    terms = [" ".join(t.split()) for t in terms]
+    terms = [" ".join(t.replace("\ufeff", " ").split()) for t in terms]  # a byte-order mark is no text
     letterless = [t for t in terms if not has_letter(t)]
     if letterless:
         raise ValueError(

@@ -800,3 +800,11 @@ def test_the_loss_over_gathered_data_parallel_logits_counts_every_replicas_token
             loss = trainer.compute_loss(tiny_bert_mlm, dict(batch), num_items_in_batch=torch.tensor(given))
         exact = float(expected) * masked / (given * (n_gpu if not average else 1))
         assert float(loss) == pytest.approx(exact, rel=1e-5), (average, n_gpu)
+
+
+def test_a_terms_file_with_a_byte_order_mark(tmp_path):
+    from diffmask_fast.pretrain import read_terms
+
+    path = tmp_path / "terms.txt"
+    path.write_bytes("\ufeffkinase\r\nactive site\r\n# a comment\r\n".encode("utf-8"))
+    assert read_terms(path) == ["kinase", "active site"]

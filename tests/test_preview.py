@@ -3,6 +3,8 @@ whole word ends, never on the first pieces of a word whose last pieces were cut 
 
 from __future__ import annotations
 
+import random
+
 import pytest
 
 from diffmask_fast.collator import DifferenceMaskingCollator
@@ -66,3 +68,24 @@ def test_sampling_documents_shows_a_bar_unless_told_not_to(capsys):
     assert err.count("sampling documents") >= 1 and "50" in err
     sample_documents(documents, (3,), seed=0, progress=False)
     assert "sampling documents" not in capsys.readouterr().err
+
+
+def test_texts_are_cut_before_the_last_whitespace_within_the_limit(seed):
+    """Against its definition on random text over every kind of whitespace ``str.split`` knows,
+    and on a long run of spaces (a backtracking search took seconds there)."""
+    from diffmask_fast.preview import _whole_words_prefix
+
+    def cut(text: str, limit: int) -> str:
+        if len(text) <= limit:
+            return text
+        spaces = [i for i in range(limit + 1) if text[i].isspace()]
+        return text[:spaces[-1]].rstrip() if spaces else ""
+
+    rng = random.Random(seed)
+    alphabet = ["a", "é", "-", " ", "\n", "\t", "\u00a0", "\u2009", "\u3000", "\x1c"]
+    for _ in range(5000):
+        text = "".join(rng.choice(alphabet) for _ in range(rng.randint(0, 14)))
+        limit = rng.randint(0, 15)
+        assert _whole_words_prefix(text, limit) == cut(text, limit), (text, limit, f"seed={seed}")
+    text = "start" + " " * 40_000 + " word" * 20_000
+    assert _whole_words_prefix(text, 40_010) == cut(text, 40_010) == "start" + " " * 40_001 + "word"

@@ -355,6 +355,9 @@ def test_terms_match_across_any_whitespace(request, tokenizer_name):
     spaced = TermMatcher(tokenizer, ["kinase  inhibitors\n", "\tbinds\n"])
     assert spaced.sequences == matcher.sequences, tokenizer_name
     assert spaced.spans(batch) == [[(1, 3), (3, 4)]] * len(texts), tokenizer_name
+    # A byte-order mark (a terms file saved by Windows tools, read as plain UTF-8) is no text.
+    marked = TermMatcher(tokenizer, ["\ufeffkinase inhibitors", "binds"])
+    assert marked.sequences == matcher.sequences, tokenizer_name
 
 
 def test_matcher_details(bert_wordpiece, roberta_byte_bpe, monkeypatch):
@@ -845,3 +848,18 @@ def test_validation_masks_are_the_same_in_every_rank(bert_wordpiece, tiny_bert_m
     assert validation_0 == validation_1, f"seed={seed} {name}: validation masks differ between ranks"
     assert any(label != -100 for row in validation_0 for label in row), f"seed={seed} {name}: nothing masked"
     assert not torch.equal(training_0, training_1), f"seed={seed} {name}: ranks draw the same training masks"
+
+
+@pytest.mark.parametrize("terms", ["kinase", b"kinase"])
+def test_one_string_of_terms_is_refused_not_read_as_letters(bert_wordpiece, terms):
+    for name in ("terms", "mslm"):
+        with pytest.raises(TypeError, match="terms must be a list of strings, not one string"):
+            build_strategy(name, bert_wordpiece, terms=terms)
+
+
+def test_terms_may_come_as_any_sequence(bert_wordpiece):
+    as_list = build_strategy("terms", bert_wordpiece, terms=["kinase", "active site"]).collator
+    for terms in (("kinase", "active site"), np.array(["kinase", "active site"])):
+        assert build_strategy("terms", bert_wordpiece, terms=terms).collator.matcher.sequences == as_list.matcher.sequences
+    with pytest.raises(ValueError, match="needs domain terms"):
+        build_strategy("terms", bert_wordpiece, terms=np.array([], dtype=str))
