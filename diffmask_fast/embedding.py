@@ -255,7 +255,8 @@ class WordEmbedder:
         self._backend_checked: dict[bool, bool] = {}
         self._backend_fingerprint: str | None = None  # tokenizer_fingerprint of what _backend copies
         self._held: dict | None = None  # fingerprints taken inside an unchanged() block
-        #: Words cut to ``max_length`` tokens by the last ``embed`` call.
+        #: Words the last ``embed`` call cut to ``max_length`` tokens as it embedded them (words read
+        #: from the cache were cut, and warned about, when they were first embedded).
         self.truncated_words = 0
 
     @classmethod
