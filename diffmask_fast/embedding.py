@@ -364,8 +364,13 @@ class WordEmbedder:
             missing = np.arange(len(unique))
             self._follow_tokenizer(self._fingerprint("tokenizer"))
             cache = self._cache()
+            try:
+                positions, vectors = cache.lookup(unique) if cache is not None else (None, None)
+            except OSError as error:  # a folder this user may not read, say: embed without it
+                warnings.warn(f"could not read the embedding cache {cache.directory}: {error}; embedding without it",
+                              DiffmaskWarning, stacklevel=2)
+                cache = None
             if cache is not None:
-                positions, vectors = cache.lookup(unique)
                 result[positions] = vectors
                 bar.update(len(positions))
                 found = np.zeros(len(unique), dtype=bool)

@@ -345,6 +345,23 @@ def test_unwritable_cache_only_warns(tokenizer, tmp_path, rng):
     assert vectors.shape == (2, 24)
 
 
+def test_an_unreadable_cache_folder_only_warns(tokenizer, tmp_path, rng, monkeypatch):
+    """A folder this user may not list (another user's cache) is named in a warning, and the
+    words are embedded without it. (Root reads any folder, so the refusal is simulated.)"""
+    model = tiny_bert(tokenizer, rng.randrange(2**31))
+    words = random_words(20, rng)
+    expected = embedder(model, tokenizer, None).embed(words)
+    embedder(model, tokenizer, tmp_path).embed(words)  # the cache holds the words
+
+    def denied(self):
+        raise PermissionError(13, "Permission denied", str(self.directory))
+
+    monkeypatch.setattr(embedding_cache.EmbeddingCache, "refresh", denied)
+    with pytest.warns(UserWarning, match=r"could not read the embedding cache .*Permission denied"):
+        vectors = embedder(model, tokenizer, tmp_path).embed(words)
+    torch.testing.assert_close(vectors, expected)
+
+
 @pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
 def test_reduced_precision_is_close_to_float32(tokenizer, dtype, rng):
     model = tiny_bert(tokenizer, rng.randrange(2**31))
