@@ -50,16 +50,31 @@ def read_documents(sources: Iterable, text_field: str | None = None) -> list[str
 def split_documents(documents: list[str], validation_fraction: float, max_validation: int,
                     seed: int) -> tuple[list[str], list[str]]:
     """(train, validation): a seeded random ``validation_fraction`` of the documents (at least
-    one, at most ``max_validation``) held out."""
+    one, at most ``max_validation``) held out. Copies of a text stay together, on one side: a
+    text also trained on would make the validation loss look better than it is."""
     if not 0.0 < validation_fraction < 1.0:
         raise ValueError(f"validation_fraction must be in (0, 1), got {validation_fraction}")
     if len(documents) < 2:
         raise ValueError(f"the corpus has {len(documents)} non-empty document(s); holding out a validation set needs "
                          "at least 2 (or give validation files)")
-    order = list(range(len(documents)))
-    random.Random(seed).shuffle(order)
-    n = min(max(1, round(validation_fraction * len(documents))), max_validation, len(documents) - 1)
-    held = set(order[:n])
+    copies: dict[str, list[int]] = {}
+    for index, document in enumerate(documents):
+        copies.setdefault(document, []).append(index)
+    if len(copies) < 2:
+        raise ValueError(f"the corpus's {len(documents)} documents are one text repeated; holding out a validation set "
+                         "needs 2 different ones (or give validation files)")
+    texts = list(copies)
+    random.Random(seed).shuffle(texts)  # without repeated texts, the same draw as shuffling the documents
+    largest = min(max_validation, len(documents) - 1)
+    wanted = min(max(1, round(validation_fraction * len(documents))), largest)
+    held: set[int] = set()
+    for text in texts:
+        if len(held) >= wanted:
+            break
+        if len(held) + len(copies[text]) <= largest:  # a text with too many copies stays in training
+            held.update(copies[text])
+    if not held:  # every text has more copies than the validation set may hold: the rarest one
+        held.update(min((copies[text] for text in texts), key=len))
     return ([d for i, d in enumerate(documents) if i not in held], [documents[i] for i in sorted(held)])
 
 

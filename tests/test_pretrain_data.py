@@ -7,7 +7,7 @@ import random
 import pytest
 
 import tokenizers_offline
-from diffmask_fast.pretrain_data import special_wrapping, tokenize_documents, word_windows
+from diffmask_fast.pretrain_data import split_documents, special_wrapping, tokenize_documents, word_windows
 from diffmask_fast.tokenization import WordGrouper
 
 TOKENIZERS = ("bert_wordpiece", "roberta_byte_bpe", "sentencepiece_unigram", "word_level_whitespace")
@@ -90,3 +90,33 @@ def test_word_windows_cut_at_the_last_break_within_reach():
     assert word_windows([], 4) == []
     with pytest.raises(ValueError, match="at least one token"):
         word_windows(breaks, 0)
+
+
+def test_distinct_documents_are_held_out_as_a_seeded_shuffle_picks_them(seed):
+    """Without repeated texts, the held-out documents are the first of a seeded shuffle."""
+    rng = random.Random(seed)
+    documents = [f"document {i}" for i in range(rng.randint(2, 300))]
+    fraction, cap = rng.uniform(0.01, 0.9), rng.randint(1, 50)
+    train, validation = split_documents(documents, fraction, cap, seed)
+    order = list(range(len(documents)))
+    random.Random(seed).shuffle(order)
+    n = min(max(1, round(fraction * len(documents))), cap, len(documents) - 1)
+    assert validation == [documents[i] for i in sorted(order[:n])], f"seed={seed}"
+    assert train == [d for d in documents if d not in set(validation)]
+
+
+def test_copies_of_a_text_are_held_out_together_or_not_at_all(seed):
+    rng = random.Random(seed)
+    texts = [f"text {i}" for i in range(rng.randint(2, 40))]
+    documents = [rng.choice(texts) for _ in range(rng.randint(len(texts), 400))]
+    documents += texts[:2]  # at least two distinct texts
+    rng.shuffle(documents)
+    fraction, cap = rng.uniform(0.01, 0.5), rng.randint(1, 100)
+    train, validation = split_documents(documents, fraction, cap, seed)
+    assert not set(train) & set(validation), f"seed={seed}"
+    assert sorted(train + validation) == sorted(documents) and train and validation
+    largest_fitting = min(len(documents) - 1, cap) >= min(documents.count(t) for t in set(documents))
+    assert len(validation) <= cap or not largest_fitting, f"seed={seed}"
+    assert split_documents(documents, fraction, cap, seed) == (train, validation)
+    with pytest.raises(ValueError, match="one text repeated"):
+        split_documents(["the same"] * 5, 0.2, 10, seed)
