@@ -50,7 +50,8 @@ def _temporary_prefix(name: str) -> str:
 @contextlib.contextmanager
 def atomic_writer(path: str | os.PathLike) -> Iterator[BinaryIO]:
     """A binary file to write ``path`` through: it is written beside ``path`` under a temporary
-    name, fsynced, and renamed into place only when the block finishes without an error. The
+    name, fsynced, and renamed into place (the folder synced too) only when the block finishes
+    without an error. The
     result is what a plain ``open(path, "wb")`` would leave: its permissions, and through a link
     the file the link points to (written beside that file), with the link kept."""
     path = Path(os.path.realpath(path))
@@ -68,6 +69,22 @@ def atomic_writer(path: str | os.PathLike) -> Iterator[BinaryIO]:
         if os.path.exists(temporary):
             os.unlink(temporary)
         raise
+    _sync_folder(path.parent)
+
+
+def _sync_folder(folder: Path) -> None:
+    """Make a rename in ``folder`` durable: until the folder itself is synced, a power cut may
+    bring the old file back. Where folders cannot be opened (Windows), the rename has to do."""
+    try:
+        descriptor = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    except OSError:
+        return
+    try:
+        os.fsync(descriptor)
+    except OSError:
+        pass
+    finally:
+        os.close(descriptor)
 
 
 def check_writable(path: str | os.PathLike, what: str = "output") -> Path:

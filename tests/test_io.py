@@ -106,3 +106,20 @@ def test_a_name_as_long_as_allowed_can_be_written(tmp_path, length, seed):
     path.unlink()
     atomic_write_bytes(path, b"{}")
     assert path.read_bytes() == b"{}" and [p.name for p in tmp_path.iterdir()] == [name]
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="reads which file a descriptor is through /proc")
+def test_the_file_and_then_its_folder_are_synced(tmp_path, monkeypatch):
+    """A rename is durable only once its folder is synced: without it, a power cut can bring back
+    the old file, or no file, after the run said it wrote one."""
+    synced = []
+    fsync = os.fsync
+
+    def recording(descriptor):
+        synced.append(os.readlink(f"/proc/self/fd/{descriptor}"))
+        return fsync(descriptor)
+
+    monkeypatch.setattr(os, "fsync", recording)
+    target = tmp_path / "folder" / "result.json"
+    atomic_write_bytes(target, b"{}")
+    assert len(synced) == 2 and synced[0].endswith(".tmp") and synced[1] == str(target.parent), synced
