@@ -51,9 +51,9 @@ def _temporary_prefix(name: str) -> str:
 def atomic_writer(path: str | os.PathLike) -> Iterator[BinaryIO]:
     """A binary file to write ``path`` through: it is written beside ``path`` under a temporary
     name, fsynced, and renamed into place (the folder synced too) only when the block finishes
-    without an error. The
-    result is what a plain ``open(path, "wb")`` would leave: its permissions, and through a link
-    the file the link points to (written beside that file), with the link kept."""
+    without an error. The result is what a plain ``open(path, "wb")`` would leave: its
+    permissions, and through a link the file the link points to (written beside that file), with
+    the link kept."""
     path = Path(os.path.realpath(path))
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, temporary = tempfile.mkstemp(prefix=_temporary_prefix(path.name), suffix=".tmp", dir=path.parent)
