@@ -155,8 +155,9 @@ def contextual_anchor_vectors(embedder, texts: Iterable[str], anchor_words: Sequ
     Each vector is the mean of the last hidden states of the word's sub-tokens, computed by
     ``embedder``'s model on the document (truncated to ``max_length`` tokens; by default
     ``CONTEXT_LENGTH``, or fewer when the model takes fewer) with its device and dtype. Anchors
-    keep the words given (``find_occurrences`` says how they are matched). Anchors that never occur get no vectors (see ``ContextualAnchors.occurrences``) and are named in a
-    warning; when none occurs at all, ValueError.
+    keep the words given (``find_occurrences`` says how they are matched). Anchors that never
+    occur get no vectors (see ``ContextualAnchors.occurrences``) and are named in a warning; when
+    none occurs at all, ValueError.
     """
     if max_occurrences_per_anchor < 1:
         raise ValueError(f"max_occurrences_per_anchor must be positive, got {max_occurrences_per_anchor}")
