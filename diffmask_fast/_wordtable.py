@@ -66,10 +66,6 @@ _MIX_B = np.int64(-4417276706812531889)  # 0xc2b2ae3d27d4eb4f
 _MIX_C = np.int64(-2994355149440213613)  # 0xd6e8feb86659fd93
 
 
-_LOW = np.int64(0x2121212121212121)  # SWAR: flags bytes below 0x21 (ASCII whitespace is among them)
-_HIGH = np.int64(-0x7F7F7F7F7F7F7F80)  # 0x8080808080808080: flags non-ASCII bytes
-
-
 @intrinsic
 def _load8(typingctx, array, position):
     """The 8 bytes array[position:position + 8] as a little-endian int64 (an unaligned load)."""
@@ -98,6 +94,19 @@ def _prefetch(typingctx, array, position):
             builder.module, ir.FunctionType(ir.VoidType(), [byte_pointer, i32, i32, i32]), "llvm.prefetch.p0")
         builder.call(function, [builder.bitcast(builder.gep(data, [args[1]]), byte_pointer), i32(0), i32(3), i32(1)])
         return context.get_dummy_value()
+
+    return signature, codegen
+
+
+@intrinsic
+def _popcount(typingctx, value):
+    """The number of bits set in an int64 (llvm.ctpop)."""
+    signature = types.int64(types.int64)
+
+    def codegen(context, builder, sig, args):
+        i64 = ir.IntType(64)
+        function = cgutils.get_or_insert_function(builder.module, ir.FunctionType(i64, [i64]), "llvm.ctpop.i64")
+        return builder.call(function, [args[0]])
 
     return signature, codegen
 
@@ -197,9 +206,44 @@ def count_lines(buf, start, end, prev):
     return lf, cr, crlf
 
 
+@intrinsic
+def _block_masks(typingctx, array, position):
+    """Bit masks of the 64 bytes array[position:position + 64] (bit j for byte position + j):
+    ASCII whitespace, "\\n", "\\r", and non-ASCII bytes (vector compares in LLVM IR)."""
+    signature = types.UniTuple(types.int64, 4)(array, types.intp)
+
+    def codegen(context, builder, sig, args):
+        data = context.make_array(sig.args[0])(context, builder, args[0]).data
+        vector = ir.VectorType(ir.IntType(8), 64)
+        v = builder.load(builder.bitcast(builder.gep(data, [args[1]]), vector.as_pointer()), align=1)
+        i64 = ir.IntType(64)
+
+        def splat(value):
+            return ir.Constant(vector, [value] * 64)
+
+        def bits(flags):  # element j of a <64 x i1> vector -> bit j
+            value = builder.bitcast(flags, i64)
+            if sys.byteorder == "big":
+                function = cgutils.get_or_insert_function(builder.module, ir.FunctionType(i64, [i64]),
+                                                          "llvm.bitreverse.i64")
+                value = builder.call(function, [value])
+            return value
+
+        control = builder.or_(builder.icmp_unsigned("<", builder.sub(v, splat(0x09)), splat(5)),
+                              builder.icmp_unsigned("<", builder.sub(v, splat(0x1C)), splat(4)))
+        space = builder.or_(control, builder.icmp_unsigned("==", v, splat(0x20)))
+        masks = [bits(space), bits(builder.icmp_unsigned("==", v, splat(0x0A))),
+                 bits(builder.icmp_unsigned("==", v, splat(0x0D))), bits(builder.icmp_signed("<", v, splat(0)))]
+        return context.make_tuple(builder, sig.return_type, masks)
+
+    return signature, codegen
+
+
 #: Words scanned ahead of their lookups: the slots of a batch are prefetched together, so the
 #: cache misses of a batch overlap instead of following one another.
 BATCH = 32
+#: Bytes scanned at a time: whitespace is found with vector compares as a 64-bit mask.
+BLOCK = 64
 
 
 @njit(nogil=True, cache=True)
@@ -208,81 +252,102 @@ def _count_until_full(buf, start, end, prev, slots, arena, meta):
     it stopped (a word start, or ``end``) and the length of the word that did not fit. ``prev``
     is the byte before ``start`` (-1 if none), for a "\\r\\n" pair split between two spans.
 
-    Words are scanned 8 bytes at a time (SWAR: a word goes on while its bytes are ASCII above
-    0x20) and packed into their slot key with two loads, a batch at a time; then the batch is
-    looked up, its slots prefetched so that their cache misses overlap. Key packing and lookup are
-    written out here rather than in a helper: Numba passes arrays to a function, even an inlined
-    one, with reference counting that would cost more than the lookup itself."""
+    The text is scanned 64 bytes at a time: vector compares give bit masks of its whitespace
+    and line ends, and the words are read off the mask (bit tricks, no branch per byte or per
+    word length); a non-ASCII byte only costs a look at whether it starts a whitespace
+    character. Each word is packed into its slot key with two masked loads and hashed; when a
+    batch of words is gathered it is looked up, its slots prefetched so that their cache misses
+    overlap. Key packing and lookup are written out here rather than in a helper: Numba passes
+    arrays to a function, even an inlined one, with reference counting that would cost more
+    than the lookup itself."""
     size_buf = buf.shape[0]
     mask = slots.shape[0] - 1
     n = meta[META_DISTINCT]
     limit = slots.shape[0] // 2
-    starts = np.empty(BATCH, np.int64)
-    ends = np.empty(BATCH, np.int64)
-    key0 = np.empty(BATCH, np.int64)
-    key1 = np.empty(BATCH, np.int64)
-    hashes = np.empty(BATCH, np.int64)
+    room = BATCH + BLOCK + 1
+    starts = np.empty(room, np.int64)
+    ends = np.empty(room, np.int64)
+    key0 = np.empty(room, np.int64)
+    key1 = np.empty(room, np.int64)
+    hashes = np.empty(room, np.int64)
+    tail = np.empty(BLOCK, np.uint8)
     words = 0
     lf = 0
     cr = 0
     crlf = 0
-    i = start
-    while i < end:
-        # Scan a batch of words, computing their keys and counting line ends between them.
-        m = 0
-        while m < BATCH and i < end:
-            c = buf[i]
-            k = BYTE_CLASS[c]
-            if k == 1:
-                if c == 10:
-                    lf += 1
-                    if (buf[i - 1] if i > start else prev) == 13:
-                        crlf += 1
-                elif c == 13:
-                    cr += 1
-                i += 1
+    cr_before = np.int64(1) if prev == 13 else np.int64(0)  # whether the byte before p is "\r"
+    space_before = np.int64(1)  # whether the byte before p is whitespace (start is a boundary)
+    carry = np.int64(0)  # whitespace bits of a multi-byte character that runs into the next block
+    pending = -1  # start of a word that runs on past the scanned blocks
+    m = 0
+    p = start
+    while p < end or m > 0:
+        if p < end:
+            # Scan a block: its whitespace mask, then the words that start or end in it.
+            if p + BLOCK <= end:
+                space, lfs, crs, high = _block_masks(buf, p)
+            else:
+                for t in range(BLOCK):
+                    tail[t] = buf[p + t] if p + t < end else 32
+                space, lfs, crs, high = _block_masks(tail, 0)
+            space |= carry
+            carry = 0
+            while high != 0:
+                j = trailing_zeros(high)
+                high &= high - 1
+                if BYTE_CLASS[buf[p + j]] == 2:
+                    size = _space_length(buf, p + j, end)
+                    if size > 0:
+                        run = ((np.int64(1) << np.int64(size)) - 1)
+                        space |= run << np.int64(j)
+                        if j + size > BLOCK:
+                            carry = run >> np.int64(BLOCK - j)
+            lf += _popcount(lfs)
+            cr += _popcount(crs)
+            crlf += _popcount(lfs & ((crs << np.int64(1)) | cr_before))
+            cr_before = (crs >> np.int64(63)) & 1
+            shifted = (space << np.int64(1)) | space_before
+            space_before = (space >> np.int64(63)) & 1
+            firsts = ~space & shifted  # word starts
+            lasts = space & ~shifted  # first whitespace byte after a word
+            if pending >= 0 and lasts != 0:
+                starts[m] = pending
+                ends[m] = p + trailing_zeros(lasts)
+                lasts &= lasts - 1
+                m += 1
+                pending = -1
+            while firsts != 0:
+                s = p + trailing_zeros(firsts)
+                firsts &= firsts - 1
+                if lasts == 0:
+                    pending = s
+                    break
+                starts[m] = s
+                ends[m] = p + trailing_zeros(lasts)
+                lasts &= lasts - 1
+                m += 1
+            p += BLOCK
+            if p >= end:
+                p = end
+                if pending >= 0:
+                    starts[m] = pending
+                    ends[m] = end
+                    m += 1
+                    pending = -1
+            if m < BATCH and p < end:
                 continue
-            if k == 2:
-                size = _space_length(buf, i, end)
-                if size > 0:
-                    i += size
-                    continue
-            s = i
-            i += 1
-            while i < end:
-                if i + 8 <= size_buf:
-                    x = _load8(buf, i)
-                    flags = (((x - _LOW) & ~x) | x) & _HIGH
-                    if flags == 0:
-                        i += 8
-                        continue
-                    p = i + (trailing_zeros(flags) >> 3)
-                    if p >= end:
-                        i = end
-                        break
-                    i = p
-                c = buf[i]
-                k = BYTE_CLASS[c]
-                if k == 1:
-                    break
-                if k == 2 and _space_length(buf, i, end) > 0:
-                    break
-                i += 1
-            if i > end:
-                i = end
-            length = i - s
+        # Key, hash and prefetch the words of the batch, then look them up.
+        for q in range(m):
+            s = starts[q]
+            length = ends[q] - s
             w0 = np.int64(0)
             w1 = np.int64(0)
             if length <= INLINE:
                 if s + 16 <= size_buf:
-                    if length >= 8:
-                        w0 = _load8(buf, s)
-                        if length > 8:
-                            w1 = _load8(buf, s + 8)
-                            if length < 16:
-                                w1 &= (np.int64(1) << np.int64(8 * (length - 8))) - 1
-                    else:
-                        w0 = _load8(buf, s) & ((np.int64(1) << np.int64(8 * length)) - 1)
+                    low = length if length < 8 else 8
+                    rest = length - low
+                    w0 = _load8(buf, s) & (((np.int64(1) << np.int64(4 * low)) << np.int64(4 * low)) - 1)
+                    w1 = _load8(buf, s + 8) & (((np.int64(1) << np.int64(4 * rest)) << np.int64(4 * rest)) - 1)
                 else:
                     for t in range(length if length < 8 else 8):
                         w0 |= np.int64(buf[s + t]) << np.int64(8 * t)
@@ -291,18 +356,14 @@ def _count_until_full(buf, start, end, prev, slots, arena, meta):
                 h = _mix(w0, w1, length)
             else:
                 f = _FNV_OFFSET
-                for t in range(s, i):
+                for t in range(s, s + length):
                     f = (f ^ np.int64(buf[t])) * _FNV_PRIME
                 w1 = f
                 h = _mix(f, w0, length)
-            starts[m] = s
-            ends[m] = i
-            key0[m] = w0
-            key1[m] = w1
-            hashes[m] = h
+            key0[q] = w0
+            key1[q] = w1
+            hashes[q] = h
             _prefetch(slots, (h & mask) * 4)
-            m += 1
-        # Look the batch up.
         for q in range(m):
             s = starts[q]
             length = ends[q] - s
@@ -346,7 +407,7 @@ def _count_until_full(buf, start, end, prev, slots, arena, meta):
                     w0 = used
             if full:
                 # Line ends scanned past the word that did not fit are counted again on resuming.
-                d_lf, d_cr, d_crlf = count_lines(buf, s, i, buf[s - 1] if s > start else prev)
+                d_lf, d_cr, d_crlf = count_lines(buf, s, p, buf[s - 1] if s > start else prev)
                 meta[META_DISTINCT] = n
                 meta[META_WORDS] += words
                 meta[META_LF] += lf - d_lf
@@ -359,6 +420,7 @@ def _count_until_full(buf, start, end, prev, slots, arena, meta):
             slots[slot, 3] = 1
             n += 1
             words += 1
+        m = 0
     meta[META_DISTINCT] = n
     meta[META_WORDS] += words
     meta[META_LF] += lf

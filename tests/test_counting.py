@@ -14,6 +14,7 @@ import warnings
 from collections import Counter
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from diffmask_fast import _wordtable, counting, reference
@@ -116,6 +117,48 @@ def test_random_bytes_match_the_reference(tmp_path, rng, tiny_chunks, lowercase)
             continue
         counts = count_words(path, progress=False, block_bytes=block, threads=threads, lowercase=lowercase)
         assert_same(counts, expected, len(documents), context)
+
+
+def test_text_across_the_kernels_64_byte_blocks_matches_the_reference(tmp_path, rng):
+    """The kernel reads 64 bytes at a time: words, multi-byte whitespace and "\r\n" pairs
+    straddling a block's edge, and words longer than a block, land at every offset."""
+    long_words = [b"x" * n for n in (7, 8, 9, 15, 16, 17, 63, 64, 65, 130)]
+    for trial in range(80):
+        size, pieces = rng.randrange(1, 1500), []
+        while sum(map(len, pieces)) < size:
+            pieces.append(rng.choice(PIECES + long_words) if rng.random() < 0.95 else bytes([rng.randrange(1, 256)]))
+        data = b"".join(pieces)
+        path = tmp_path / f"blocks{trial}.txt"
+        path.write_bytes(data)
+        documents = list(iter_documents(path))
+        expected = dict(reference.count_words(documents))
+        if expected:
+            assert_same(count_words(path, progress=False, threads=1), expected, len(documents), f"data={data!r}")
+
+
+def test_the_kernel_counts_every_word_and_line_end_of_a_span(rng):
+    """count_span over random text from a random word boundary, with a table small enough to fill
+    and grow: the byte strings between whitespace and the line ends (a "\r\n" straddling the
+    kernel's 64-byte blocks counts once) are those of the text; ``prev`` carries a "\r"."""
+    for trial in range(300):
+        data = random_bytes(rng, rng.randrange(1, 200)) + b"\r" * rng.randint(0, 1)
+        buf = np.frombuffer(data, np.uint8)
+        start = 0 if rng.random() < 0.3 else max(0, int(_wordtable.find_cut(buf, 0, len(buf), False)))
+        prev = int(buf[start - 1]) if start else rng.choice([-1, 13])
+        slots, arena, meta = _wordtable.new_table(capacity=rng.choice([1, 4, 1 << 10]), arena_bytes=16)
+        slots, arena = _wordtable.count_span(buf, start, len(buf), prev, slots, arena, meta)
+        span = data[start:]
+        words = Counter(span.decode("utf-8", "replace").split())
+        lf, cr = span.count(b"\n"), span.count(b"\r")
+        crlf = span.count(b"\r\n") + (prev == 13 and span.startswith(b"\n"))
+        context = f"data={data!r} start={start} prev={prev}"
+        assert (meta[_wordtable.META_LF], meta[_wordtable.META_CR], meta[_wordtable.META_CRLF]) == (lf, cr, crlf), context
+        assert meta[_wordtable.META_WORDS] == sum(words.values()), context
+        blob, starts, lengths, counts = _wordtable.table_strings(slots, arena, meta)
+        found: Counter = Counter()
+        for begin, length, count in zip(starts, lengths, counts):  # distinct bytes may decode alike
+            found[bytes(blob[begin:begin + length]).decode("utf-8", "replace")] += int(count)
+        assert found == words, context
 
 
 @pytest.mark.parametrize("lowercase", [True, False])
