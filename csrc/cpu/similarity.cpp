@@ -50,11 +50,18 @@ int64_t max_panel_anchors(core::Isa isa) {
 }
 
 // Rows per block: ~256 KiB of embeddings, which a per-core L2 share holds while the norms and
-// every anchor tile read them.
-int64_t block_rows(int64_t D, int64_t element_size) {
-  const int64_t rows = (256 * 1024) / std::max<int64_t>(D * element_size, 1);
-  return std::max<int64_t>(16, std::min<int64_t>(rows, 1024)) / 8 * 8;
+// every anchor tile read them. `large`: float32 rows for the 32-wide panel kernels (many
+// anchors), ~768 KiB, three times fewer passes over the anchors (which large K streams from L3
+// or memory) for each row; the rows, packed, still stay in a 2 MiB L2.
+int64_t block_rows(int64_t D, int64_t element_size, bool large = false) {
+  const int64_t rows = (large ? 768 * 1024 : 256 * 1024) / std::max<int64_t>(D * element_size, 1);
+  return std::max<int64_t>(16, std::min<int64_t>(rows, large ? 3072 : 1024)) / 8 * 8;
 }
+
+// Anchors from which the float32 panel search takes the large blocks: enough 32-wide panels
+// for the anchor stream to matter. Small K (few panels, or a 16-wide one and row dots) keeps
+// the small blocks, where the norms pass streams the block in under little arithmetic.
+constexpr int64_t kLargeBlockAnchors = 256;
 
 // Anchors per tile: the [rows, tile] score tile stays within 1 MiB. A multiple of 32, a whole
 // number of the widest panels, so every column is computed by the same kernel however K is cut.
@@ -129,16 +136,22 @@ struct RunningMax {
 
   // Fold in a tile's scores: a later tile wins only with a strictly larger value, and NaN never
   // wins, exactly as core::first_argmax over the whole row.
-  void fold(const T* scores, int64_t rows, int64_t ld, int64_t first, int64_t count) {
+  // `argmax(s, n)`: core::first_argmax or an equivalent (AnchorPanels::first_argmax).
+  template <typename ArgMax>
+  void fold(const T* scores, int64_t rows, int64_t ld, int64_t first, int64_t count, ArgMax&& argmax) {
     for (int64_t r = 0; r < rows; ++r) {
       const T* s_row = scores + r * ld;
-      const int64_t j = core::first_argmax(s_row, count);
+      const int64_t j = argmax(s_row, count);
       const T v = s_row[j];
       if (!std::isnan(v) && (std::isnan(value[r]) || v > value[r])) {
         value[r] = v;
         column[r] = first + j;
       }
     }
+  }
+
+  void fold(const T* scores, int64_t rows, int64_t ld, int64_t first, int64_t count) {
+    fold(scores, rows, ld, first, count, [](const T* s, int64_t n) { return core::first_argmax(s, n); });
   }
 };
 
@@ -156,7 +169,7 @@ void max_anchor_similarity_impl(const at::Tensor& embeddings, const at::Tensor& 
   const core::Isa isa = cpu_isa();
   const bool use_panels = std::is_same<T, float>::value && isa != core::Isa::kNone &&
                           distinct <= max_panel_anchors(isa);
-  const int64_t rows_per_block = block_rows(D, sizeof(T));
+  const int64_t rows_per_block = block_rows(D, sizeof(T), use_panels && distinct >= kLargeBlockAnchors);
   const int64_t per_tile = tile_anchors(rows_per_block, sizeof(T));
   std::vector<AnchorTile> tiles;
   int64_t tile_columns = 0;  // width of a score tile
@@ -224,6 +237,7 @@ void max_anchor_similarity_impl(const at::Tensor& embeddings, const at::Tensor& 
     at::Tensor buffer;       // converted or compacted rows, [rows_per_block, D]
     at::Tensor blas_scores;  // [rows_per_block, tile_columns]
     std::vector<float> panel_scores(use_panels ? static_cast<size_t>(rows_per_block * tile_columns) : 0);
+    std::vector<float> packed_rows;  // the block laid out for the wide panel kernels, once for every tile
     std::vector<T> norms(static_cast<size_t>(rows_per_block));
     RunningMax<T> best(rows_per_block);
     for (int64_t block = block_begin; block < block_end; ++block) {
@@ -251,10 +265,16 @@ void max_anchor_similarity_impl(const at::Tensor& embeddings, const at::Tensor& 
           tiles.front().panels.squared_norms(x_data, rows, ld, norms.data());
           // Prefetch this thread's next block (when it is read in place) under the first tile.
           const bool prefetch = row_major && block + 1 < block_end && r0 + 2 * rows_per_block <= N;
+          const bool packed = tiles.front().panels.wants_packed_rows();
+          if (packed) {
+            tiles.front().panels.pack_rows(x_data, rows, ld, packed_rows);
+          }
           for (const AnchorTile& tile : tiles) {
             tile.panels.dots(x_data, rows, ld, panel_scores.data(), tile_columns,
-                             prefetch && &tile == &tiles.front() ? rows_per_block * ld : 0);
-            best.fold(panel_scores.data(), rows, tile_columns, tile.first, tile.count);
+                             prefetch && &tile == &tiles.front() ? rows_per_block * ld : 0,
+                             packed && tile.panels.wants_packed_rows() ? packed_rows.data() : nullptr);
+            best.fold(panel_scores.data(), rows, tile_columns, tile.first, tile.count,
+                      [&](const float* s, int64_t n) { return tile.panels.first_argmax(s, n); });
           }
         }
       }

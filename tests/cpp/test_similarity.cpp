@@ -37,6 +37,23 @@ static void test_first_argmax() {
   CHECK(first_argmax(one, 1) == 0);
   std::vector<float> equal(16, 0.25f);
   CHECK(first_argmax(equal.data(), 16) == 0);
+  // The vectorized variant (AnchorPanels::first_argmax) agrees on rows of every length mod 32,
+  // with NaNs, infinities, signed zeros and ties.
+  const AnchorPanels vectorized(detect_isa(), nullptr, 0, 1);
+  const float nan = std::numeric_limits<float>::quiet_NaN(), inf = std::numeric_limits<float>::infinity();
+  const float pool[] = {nan, -inf, inf, 0.0f, -0.0f, 1.0f, -1.0f, 0.5f, 1.0f, nan, -inf, -2.0f};
+  uint32_t state = 12345;
+  for (int64_t n = 1; n <= 70; ++n) {
+    for (int trial = 0; trial < 40; ++trial) {
+      std::vector<float> s(static_cast<size_t>(n));
+      const int spread = 1 + trial % 12;  // trial 0: all NaN
+      for (auto& v : s) {
+        state = state * 1664525u + 1013904223u;
+        v = pool[(state >> 8) % static_cast<uint32_t>(spread)];
+      }
+      CHECK(vectorized.first_argmax(s.data(), n) == first_argmax(s.data(), n));
+    }
+  }
 }
 
 static void test_identical_rows() {
@@ -66,24 +83,26 @@ static void test_panel_dots() {
   for (Isa which : isas) {
     for (int64_t K : {1, 3, 8, 9, 16, 20, 28, 32, 45, 64, 100}) {
       for (int64_t D : {1, 3, 13, 16, 47, 385}) {
-        const int64_t rows = 37, ldx = D + 5, next = 40;
-        std::vector<float> x(static_cast<size_t>((rows + next) * ldx));
-        std::vector<float> anchors(static_cast<size_t>(K * D));
-        for (size_t i = 0; i < x.size(); ++i) x[i] = static_cast<float>(std::sin(0.37 * i + 1.0));
-        for (size_t i = 0; i < anchors.size(); ++i) anchors[i] = static_cast<float>(std::cos(0.91 * i + 0.5));
-        const AnchorPanels panels(which, anchors.data(), K, D);
-        CHECK(panels.columns >= K);
-        std::vector<float> out(static_cast<size_t>(rows * panels.columns), -1.0f), norms(rows);
-        panels.dots(x.data(), rows, ldx, out.data(), panels.columns, next * ldx);
-        panels.squared_norms(x.data(), rows, ldx, norms.data());
-        for (int64_t r = 0; r < rows; ++r) {
-          double norm = 0;
-          for (int64_t d = 0; d < D; ++d) norm += static_cast<double>(x[r * ldx + d]) * x[r * ldx + d];
-          CHECK_NEAR(norms[r], norm, 1e-4 * (1 + norm));
-          for (int64_t k = 0; k < K; ++k) {
-            double dot = 0;
-            for (int64_t d = 0; d < D; ++d) dot += static_cast<double>(x[r * ldx + d]) * anchors[k * D + d];
-            CHECK_NEAR(out[r * panels.columns + k], dot, 1e-4 * (1 + std::sqrt(static_cast<double>(D))));
+        for (int64_t rows : {37, 61}) {  // row groups of 12 and 1; of 12, 8, 4 and 1
+          const int64_t ldx = D + 5, next = 40;
+          std::vector<float> x(static_cast<size_t>((rows + next) * ldx));
+          std::vector<float> anchors(static_cast<size_t>(K * D));
+          for (size_t i = 0; i < x.size(); ++i) x[i] = static_cast<float>(std::sin(0.37 * i + 1.0));
+          for (size_t i = 0; i < anchors.size(); ++i) anchors[i] = static_cast<float>(std::cos(0.91 * i + 0.5));
+          const AnchorPanels panels(which, anchors.data(), K, D);
+          CHECK(panels.columns >= K);
+          std::vector<float> out(static_cast<size_t>(rows * panels.columns), -1.0f), norms(rows);
+          panels.dots(x.data(), rows, ldx, out.data(), panels.columns, next * ldx);
+          panels.squared_norms(x.data(), rows, ldx, norms.data());
+          for (int64_t r = 0; r < rows; ++r) {
+            double norm = 0;
+            for (int64_t d = 0; d < D; ++d) norm += static_cast<double>(x[r * ldx + d]) * x[r * ldx + d];
+            CHECK_NEAR(norms[r], norm, 1e-4 * (1 + norm));
+            for (int64_t k = 0; k < K; ++k) {
+              double dot = 0;
+              for (int64_t d = 0; d < D; ++d) dot += static_cast<double>(x[r * ldx + d]) * anchors[k * D + d];
+              CHECK_NEAR(out[r * panels.columns + k], dot, 1e-4 * (1 + std::sqrt(static_cast<double>(D))));
+            }
           }
         }
       }
