@@ -296,10 +296,11 @@ def test_similarity_and_sampling_take_inputs_that_require_grad(seed, kind):
     assert chosen.sum().item() == 12 and not chosen.requires_grad
 
 
-def test_similarity_independent_of_threads(seed):
+@pytest.mark.parametrize("k, dim", [(20, 50), (300, 200)])  # 300: 32-wide panels, packed rows, large blocks
+def test_similarity_independent_of_threads(seed, k, dim):
     g = generator(seed)
-    embeddings = torch.randn(3000, 50, generator=g)
-    anchors = torch.randn(20, 50, generator=g)
+    embeddings = torch.randn(3000, dim, generator=g)
+    anchors = torch.randn(k, dim, generator=g)
     threads = torch.get_num_threads()
     try:
         torch.set_num_threads(1)
