@@ -11,6 +11,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
+from law_checks import binomial_p_value
 from diffmask_fast.attention import AttentionMasker
 from diffmask_fast.tokenization import word_boundaries
 
@@ -138,18 +139,6 @@ def test_budget_is_p_n_rounded_stochastically(bert_wordpiece, tiny_bert_mlm, see
     sd = math.sqrt(float((fraction * (1 - fraction)).sum()))
     assert abs(float(counts.sum() - (p * n).sum())) <= 5 * sd + 1e-9, message
     assert sd > 1.0, message  # enough fractional budgets for the bound to mean something
-
-
-def binomial_p_value(successes: int, trials: int, probability: float) -> float:
-    """Two-sided exact p-value of ``successes`` in ``trials`` under Binomial(trials, probability)."""
-    from scipy.stats import binom
-
-    if probability <= 0.0:
-        return 1.0 if successes == 0 else 0.0
-    if probability >= 1.0:
-        return 1.0 if successes == trials else 0.0
-    return float(min(1.0, 2.0 * min(binom.cdf(successes, trials, probability),
-                                    binom.sf(successes - 1, trials, probability))))
 
 
 def test_replacement_is_80_10_10(bert_wordpiece, tiny_bert_mlm, seed):

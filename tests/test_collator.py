@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 import torch
 
+from law_checks import words_of
 from diffmask_fast import reference
 from diffmask_fast.collator import DifferenceMaskingCollator
 from diffmask_fast.scoring import ScoreTable
-from diffmask_fast.tokenization import decode_words, word_boundaries
 
 TOKENIZERS = ["bert_wordpiece", "roberta_byte_bpe", "sentencepiece_unigram", "minilm_tokenizer",
               "word_level_whitespace"]
@@ -36,15 +36,6 @@ def corpus(request):
 def lines(corpus, seed):
     """48 lines drawn with the test's seed, so that the printed seed replays a failure."""
     return random.Random(seed).sample(corpus, 48)
-
-
-def words_of(tokenizer, ids):
-    """Reference grouping of one encoded sequence: (groups of positions, decoded words)."""
-    boundaries = word_boundaries(tokenizer)
-    tokens = tokenizer.convert_ids_to_tokens(ids)
-    never = [bool(boundaries.never_word[i]) for i in ids]
-    groups = reference.group_words(reference.word_starts(tokens, never, boundaries.scheme), never)
-    return groups, decode_words(tokenizer, [[ids[i] for i in g] for g in groups])
 
 
 def random_scores(tokenizer, texts, zero_share=0.2):

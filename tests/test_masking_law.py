@@ -26,13 +26,12 @@ import random
 import numpy as np
 import pytest
 import torch
-from scipy.stats import binom
 
 import tokenizers_offline
+from law_checks import binomial_p_value, words_of
 from diffmask_fast import reference
 from diffmask_fast.collator import DifferenceMaskingCollator
 from diffmask_fast.scoring import ScoreTable
-from diffmask_fast.tokenization import decode_words, word_boundaries
 
 TOKENIZERS = ["bert_wordpiece", "roberta_byte_bpe", "sentencepiece_unigram", "word_level_whitespace",
               "minilm_tokenizer"]
@@ -42,17 +41,6 @@ ALPHA = 1e-6
 SENTENCES = 4
 ROWS = 20_000  # per sentence
 MAX_WORDS = 8  # keeps the enumeration of successive sampling cheap
-
-
-def binomial_p_value(successes: int, trials: int, probability: float) -> float:
-    """Two-sided exact p-value of ``successes`` in ``trials`` under Binomial(trials, probability)."""
-    if probability <= 0.0:
-        return 1.0 if successes == 0 else 0.0
-    if probability >= 1.0:
-        return 1.0 if successes == trials else 0.0
-    lower = binom.cdf(successes, trials, probability)
-    upper = binom.sf(successes - 1, trials, probability)
-    return float(min(1.0, 2.0 * min(lower, upper)))
 
 
 def exact_inclusion(scores: list[float], p: float, weighting: str, uniform_mix: float) -> np.ndarray:
@@ -88,15 +76,6 @@ def word_pool(tokenizer) -> list[str]:
     """Plain lowercase words the tokenizer encodes without its unknown token."""
     unknown = tokenizer.unk_token_id
     return [w for w in _plain_words() if unknown not in tokenizer(w, add_special_tokens=False)["input_ids"]]
-
-
-def words_of(tokenizer, ids):
-    """Reference grouping of one encoded sequence: (groups of positions, decoded words)."""
-    boundaries = word_boundaries(tokenizer)
-    tokens = tokenizer.convert_ids_to_tokens(ids)
-    never = [bool(boundaries.never_word[i]) for i in ids]
-    groups = reference.group_words(reference.word_starts(tokens, never, boundaries.scheme), never)
-    return groups, decode_words(tokenizer, [[ids[i] for i in g] for g in groups])
 
 
 def random_sentence(tokenizer, pool: list[str], rng: random.Random):

@@ -17,6 +17,7 @@ import pytest
 import torch
 
 import tokenizers_offline
+from law_checks import binomial_p_value
 from diffmask_fast import reference
 from diffmask_fast.anchors import Anchor, Anchors
 from diffmask_fast.baselines import RandomTokenCollator, RandomWordCollator
@@ -512,18 +513,6 @@ def test_term_masking_overshoots_only_by_whole_spans(request, tokenizer_name, se
 # ----------------------------------------------------------------------------------------------
 # MSLM
 # ----------------------------------------------------------------------------------------------
-
-
-def binomial_p_value(successes: int, trials: int, probability: float) -> float:
-    """Two-sided exact p-value of ``successes`` in ``trials`` under Binomial(trials, probability)."""
-    from scipy.stats import binom
-
-    if probability <= 0.0:
-        return 1.0 if successes == 0 else 0.0
-    if probability >= 1.0:
-        return 1.0 if successes == trials else 0.0
-    return float(min(1.0, 2.0 * min(binom.cdf(successes, trials, probability),
-                                    binom.sf(successes - 1, trials, probability))))
 
 
 def trials_to_detect(probability: float, alpha: float, relative: float = 0.1, power_z: float = 3.1) -> int:
