@@ -35,7 +35,7 @@ from ._checks import refuse_one_string
 from .advice import DiffmaskWarning
 from .embedding import has_lone_surrogate
 from .hf_loading import check_max_length, longest_input
-from .tokenization import WordGrouper, decode_words
+from .tokenization import WordGrouper, decode_words, tokenize_texts
 
 #: Tokens of a document read around anchor occurrences, unless the model takes fewer.
 CONTEXT_LENGTH = 256
@@ -80,7 +80,7 @@ def anchor_readings(tokenizer, anchor_words: Sequence[str], *, lowercase: bool =
     readings: list[tuple[str, ...]] = [()] * len(anchor_words)
     if not readable:
         return readings
-    encoded = tokenizer([anchor_words[i] for i in readable], add_special_tokens=False)["input_ids"]
+    encoded = tokenize_texts(tokenizer, [anchor_words[i] for i in readable], add_special_tokens=False)["input_ids"]
     for i, ids in zip(readable, encoded):
         words = decode_words(tokenizer, [[ids[j] for j in group] for group in grouper(ids)])
         readings[i] = tuple(key for key in (_word_key(word, lowercase) for word in words) if key)
@@ -117,7 +117,8 @@ def find_occurrences(tokenizer, texts: Iterable[str], anchor_words: Sequence[str
                 kept[anchor][slot] = occurrence
 
     def consume(batch: list[str]) -> None:
-        encoded = tokenizer(batch, add_special_tokens=True, truncation=True, max_length=max_length)["input_ids"]
+        encoded = tokenize_texts(tokenizer, batch, add_special_tokens=True, truncation=True,
+                                 max_length=max_length)["input_ids"]
         documents = [(text, ids, grouper(ids)) for text, ids in zip(batch, encoded)]
         decoded = iter(decode_words(tokenizer, [[ids[i] for i in group] for _, ids, groups in documents
                                                 for group in groups]))
@@ -191,7 +192,8 @@ def contextual_anchor_vectors(embedder, texts: Iterable[str], anchor_words: Sequ
                       f"model's tokenizer reads them, or read like an earlier anchor, and get no vectors: {shown}",
                       DiffmaskWarning, stacklevel=2)
     documents = list(by_text)
-    encoded = tokenizer(documents, add_special_tokens=True, truncation=True, max_length=max_length)["input_ids"]
+    encoded = tokenize_texts(tokenizer, documents, add_special_tokens=True, truncation=True,
+                             max_length=max_length)["input_ids"]
     order = sorted(range(len(documents)), key=lambda i: len(encoded[i]))
     vectors = torch.empty(total, embedder.dimension)
     anchor_ids = torch.empty(total, dtype=torch.int64)

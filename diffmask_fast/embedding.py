@@ -22,6 +22,7 @@ from ._checks import refuse_one_string
 from .advice import DiffmaskWarning
 from .embedding_cache import EmbeddingCache, default_cache_dir
 from .hf_loading import cached_hub_file, check_model_reference, model_reference, quiet_transformers, usable_device
+from .tokenization import tokenize_texts
 
 #: How a word becomes a vector. ``pooled`` is the authors' choice: encode "[CLS] w [SEP]" alone
 #: and take the pooled output (the [CLS] hidden state where the model has no pooler); ``cls``
@@ -33,7 +34,7 @@ DTYPES = {"float32": None, "fp32": None, "bfloat16": torch.bfloat16, "bf16": tor
           "float16": torch.float16, "fp16": torch.float16}
 
 #: Version of what a cached vector means; part of every cache key.
-EMBEDDING_VERSION = 1
+EMBEDDING_VERSION = 2
 #: New words are embedded and cached in pieces of about CACHE_SECONDS of work (at least
 #: CACHE_PIECE words, half a minute on a CPU): an interrupted run keeps all but the last piece,
 #: and a fast GPU does not write many small cache segments.
@@ -417,6 +418,7 @@ class WordEmbedder:
                 self._backend = Tokenizer.from_str(backend.to_str())
                 self._backend.no_truncation()
                 self._backend.no_padding()
+                self._backend.encode_special_tokens = True  # words are text, as in tokenize_texts
             except Exception:  # no tokenizers backend: use the tokenizer itself
                 self._backend = False
         if self._backend:
@@ -425,10 +427,11 @@ class WordEmbedder:
             if add_special_tokens not in self._backend_checked:
                 probe = words[:64]
                 self._backend_checked[add_special_tokens] = (
-                    ids[: len(probe)] == self.tokenizer(probe, add_special_tokens=add_special_tokens)["input_ids"])
+                    ids[: len(probe)] == tokenize_texts(self.tokenizer, probe,
+                                                        add_special_tokens=add_special_tokens)["input_ids"])
             if self._backend_checked[add_special_tokens]:
                 return ids
-        return self.tokenizer(words, add_special_tokens=add_special_tokens)["input_ids"]
+        return tokenize_texts(self.tokenizer, words, add_special_tokens=add_special_tokens)["input_ids"]
 
     def _follow_tokenizer(self, fingerprint: str) -> None:
         """Drop the private copy of the tokenizer when the tokenizer was replaced or changed
@@ -469,7 +472,8 @@ class WordEmbedder:
         side = getattr(self.tokenizer, "truncation_side", "right")
         self.tokenizer.truncation_side = "right"
         try:
-            return self.tokenizer(words, add_special_tokens=True, truncation=True, max_length=self.max_length)["input_ids"]
+            return tokenize_texts(self.tokenizer, words, add_special_tokens=True, truncation=True,
+                                  max_length=self.max_length)["input_ids"]
         finally:
             self.tokenizer.truncation_side = side
 

@@ -144,7 +144,9 @@ class _Encoded:
     """Tokenized examples as a map-style dataset of dicts (padded later by the collator)."""
 
     def __init__(self, tokenizer, texts: Sequence[str], label_ids: Sequence[int], max_length: int):
-        encoded = tokenizer(list(texts), truncation=True, max_length=max_length)
+        from .tokenization import tokenize_texts
+
+        encoded = tokenize_texts(tokenizer, texts, truncation=True, max_length=max_length)
         names = [name for name in encoded if name in tokenizer.model_input_names] or list(encoded)
         self.rows = [{**{name: encoded[name][i] for name in names}, "labels": label}
                      for i, label in enumerate(label_ids)]

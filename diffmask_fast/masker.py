@@ -26,6 +26,7 @@ from . import ops
 from .collator import DifferenceMaskingCollator
 from .masking_base import distributed_rank
 from .scoring import ScoreTable
+from .tokenization import tokenize_texts
 
 __all__ = ["DifferenceMasker"]
 
@@ -309,7 +310,7 @@ class DifferenceMasker(torch.nn.Module):
     def _tokenized(self, texts: list[str], max_length: int | None) -> list[tuple[list[int], None]]:
         if not texts:
             return []
-        encoded = self.tokenizer(texts, truncation=max_length is not None, max_length=max_length)
+        encoded = tokenize_texts(self.tokenizer, texts, truncation=max_length is not None, max_length=max_length)
         return [(list(ids), None) for ids in encoded["input_ids"]]
 
     def _learn_in_chunks(self, rows: list, batch_size: int, everything: bool = False) -> list:

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from .corpus import iter_documents
-from .tokenization import WordGrouper
+from .tokenization import WordGrouper, tokenize_texts
 
 #: The shortest sequence worth training on: two special tokens and two word pieces.
 MIN_MAX_LENGTH = 4
@@ -101,8 +101,8 @@ def tokenize_documents(tokenizer: Any, documents: list[str], max_length: int, *,
     with tqdm(total=len(documents), desc=description, unit="doc", disable=not progress) as bar:
         for start in range(0, len(documents), batch_size):
             chunk = documents[start:start + batch_size]
-            encoded = tokenizer(chunk, add_special_tokens=False, return_attention_mask=False,
-                                return_token_type_ids=False, verbose=False)
+            encoded = tokenize_texts(tokenizer, chunk, add_special_tokens=False, return_attention_mask=False,
+                                   return_token_type_ids=False, verbose=False)
             for ids in encoded["input_ids"]:
                 ids = list(ids)
                 spans = [(0, len(ids))] if len(ids) <= room else word_windows(grouper.breaks(ids), room)

@@ -16,7 +16,7 @@ from tqdm.auto import tqdm
 from ._io import atomic_write_bytes
 from .collator import DifferenceMaskingCollator
 from .pretrain_data import special_wrapping, word_windows
-from .tokenization import WordGrouper, decode_words
+from .tokenization import WordGrouper, decode_words, tokenize_texts
 
 #: Characters of a text tokenized per token of the window at first: generous (English averages
 #: about 4), so that a huge one-line document is not tokenized whole to show its first words.
@@ -86,8 +86,8 @@ def _leading_ids(tokenizer, text: str, count: int) -> list[int]:
     needs, the prefix doubling while it falls short."""
     limit = count * CHARACTERS_PER_TOKEN
     while True:
-        ids = tokenizer(_whole_words_prefix(text, limit), add_special_tokens=False, return_attention_mask=False,
-                        return_token_type_ids=False, verbose=False)["input_ids"]
+        ids = tokenize_texts(tokenizer, [_whole_words_prefix(text, limit)], add_special_tokens=False,
+                             return_attention_mask=False, return_token_type_ids=False, verbose=False)["input_ids"][0]
         if len(ids) >= count or limit >= len(text):
             return list(ids)
         limit *= 2

@@ -36,6 +36,7 @@ from .contextual import ContextualAnchors, contextual_anchor_vectors
 from .embedding import WordEmbedder, has_lone_surrogate
 from .general import GeneralFrequencies
 from .index import AnchorIndex, auto_kind, unit_rows
+from .tokenization import tokenize_texts
 
 SIMILARITIES = ("max", "centroid", "mean")
 SCORES_FORMAT = "diffmask_fast.word_scores/1"
@@ -425,7 +426,7 @@ def anchors_read_as_common_words(embedder: WordEmbedder, anchors: Sequence[str])
     common = GeneralFrequencies.default().most_common(COMMON_WORDS_CHECKED)
 
     def token_ids(words: list[str]) -> list[tuple]:
-        return [tuple(ids) for ids in tokenizer(list(words), add_special_tokens=False)["input_ids"]]
+        return [tuple(ids) for ids in tokenize_texts(tokenizer, words, add_special_tokens=False)["input_ids"]]
 
     reading: dict = {}
     for word, ids in zip(common, token_ids(common)):

@@ -26,7 +26,7 @@ from ._checks import refuse_one_string
 from .advice import DiffmaskWarning
 from .masking_base import MaskingCollatorBase, check_probability, replace_selected
 from .reference import has_letter, is_anchor_candidate, normalize_word
-from .tokenization import WordBoundaries, decode_words, special_token_table, word_boundaries
+from .tokenization import WordBoundaries, decode_words, tokenize_texts, special_token_table, word_boundaries
 
 if TYPE_CHECKING:
     from .anchors import Anchors
@@ -115,7 +115,7 @@ class TermMatcher:
 
     # -- terms ---------------------------------------------------------------------------------
     def _build(self, terms: list[str]) -> None:
-        encoded = self.tokenizer(terms, add_special_tokens=False)["input_ids"]
+        encoded = tokenize_texts(self.tokenizer, terms, add_special_tokens=False)["input_ids"]
         lengths = [len(ids) for ids in encoded]
         width = max(lengths)
         input_ids = torch.zeros((len(terms), width), dtype=torch.long)

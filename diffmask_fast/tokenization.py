@@ -480,3 +480,21 @@ def decode_words(tokenizer, words: Sequence[Sequence[int]]) -> list[str]:
         backend = tokenizer.backend_tokenizer
         return [text.strip() for text in backend.decode_batch(id_lists, skip_special_tokens=False)]
     return [decode_word(tokenizer, ids) for ids in id_lists]
+
+
+def tokenize_texts(tokenizer, texts: Sequence[str], **options):
+    """``tokenizer(texts, **options)`` with the texts read as plain text.
+
+    A corpus may spell a special token ("[SEP]" quoted in an NLP paper, HTML's "<s>"). Read as
+    the special token, it would put a separator or an unlabeled mask mid-sequence, and being no
+    word it would never be masked; so every place that tokenizes corpus text, terms or words
+    goes through here with ``split_special_tokens``. The backend's own switch, which that
+    option leaves set, is put back for callers that use the backend directly.
+    """
+    backend = getattr(tokenizer, "backend_tokenizer", None) if getattr(tokenizer, "is_fast", False) else None
+    before = getattr(backend, "encode_special_tokens", None)
+    try:
+        return tokenizer(list(texts), split_special_tokens=True, **options)
+    finally:
+        if before is not None:
+            backend.encode_special_tokens = before

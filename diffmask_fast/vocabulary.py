@@ -7,7 +7,7 @@ from typing import Iterable, Iterator, Sized
 
 from . import reference
 from ._checks import refuse_one_string
-from .tokenization import WordGrouper, decode_words
+from .tokenization import WordGrouper, decode_words, tokenize_texts
 
 #: Texts tokenized per call: a fast tokenizer encodes a batch in parallel.
 BATCH_TEXTS = 256
@@ -22,7 +22,7 @@ def tokenizer_words(tokenizer, text: str, scheme: str | None = None, *, grouper:
 
 def _word_ids(tokenizer, texts: list[str], grouper: WordGrouper) -> Iterator[tuple[int, ...]]:
     """The token ids of each word of ``texts``, text after text."""
-    for ids in tokenizer(texts, add_special_tokens=False, verbose=False)["input_ids"]:  # no "longer than" warning
+    for ids in tokenize_texts(tokenizer, texts, add_special_tokens=False, verbose=False)["input_ids"]:  # no "longer than" warning
         for group in grouper(ids):
             yield tuple(ids[i] for i in group)
 

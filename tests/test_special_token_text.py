@@ -1,0 +1,140 @@
+"""Corpus text that spells a special token ("[SEP]", "<mask>") is read as text everywhere this
+library tokenizes: it never becomes a separator or an unlabeled mask mid-sequence."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+import torch
+
+from diffmask_fast.collator import DifferenceMaskingCollator
+from diffmask_fast.contextual import find_occurrences
+from diffmask_fast.embedding import WordEmbedder
+from diffmask_fast.finetune import _Encoded
+from diffmask_fast.masker import DifferenceMasker
+from diffmask_fast.pretrain_data import special_wrapping, tokenize_documents
+from diffmask_fast.preview import preview
+from diffmask_fast.scoring import ScoreTable
+from diffmask_fast.tokenization import tokenize_texts
+from diffmask_fast.vocabulary import tokenizer_word_types, tokenizer_words
+
+#: Tokenizers whose models cannot read a special token's spelling as that token once it is split
+#: (a Unigram model may hold "</s>" as an ordinary piece too, so it is left out).
+TOKENIZERS = ["bert_wordpiece", "roberta_byte_bpe", "minilm_tokenizer"]
+FILLERS = ["the", "protein", "binds", "a", "receptor", "of", "cells", "in", "mice"]
+
+
+def special_spellings(tokenizer) -> list[str]:
+    return sorted({t for t in tokenizer.all_special_tokens if t})
+
+
+def spelled_text(tokenizer, rng: random.Random) -> str:
+    """Filler words with every special token's spelling put in at random places, some glued to
+    a neighbouring word."""
+    words = [rng.choice(FILLERS) for _ in range(12)]
+    for spelling in special_spellings(tokenizer):
+        at = rng.randrange(len(words) + 1)
+        if rng.random() < 0.3 and at < len(words):
+            words[at] = words[at] + spelling
+        else:
+            words.insert(at, spelling)
+    return " ".join(words)
+
+
+def special_ids(tokenizer) -> set[int]:
+    return set(tokenizer.all_special_ids)
+
+
+def without_whitespace(text: str) -> str:
+    return "".join(text.split())
+
+
+@pytest.fixture(params=TOKENIZERS)
+def tokenizer(request):
+    return request.getfixturevalue(request.param)
+
+
+def test_tokenized_text_holds_no_special_token(tokenizer):
+    rng = random.Random()
+    texts = [spelled_text(tokenizer, rng) for _ in range(5)]
+    backend = tokenizer.backend_tokenizer
+    backend.encode_special_tokens = False
+    for ids in tokenize_texts(tokenizer, texts, add_special_tokens=False)["input_ids"]:
+        assert not special_ids(tokenizer) & set(ids)
+    before, after = special_wrapping(tokenizer)
+    for ids in tokenize_texts(tokenizer, texts, add_special_tokens=True)["input_ids"]:
+        inner = ids[len(before):len(ids) - len(after)]
+        assert ids[:len(before)] == before and ids[len(ids) - len(after):] == after
+        assert not special_ids(tokenizer) & set(inner)
+    assert backend.encode_special_tokens is False, "the backend's switch is put back"
+    plain = tokenizer(texts[0], add_special_tokens=False)["input_ids"]
+    assert special_ids(tokenizer) & set(plain), "the tokenizer's own call is untouched"
+
+
+def test_words_keep_every_character_of_spelled_special_tokens(tokenizer):
+    rng = random.Random()
+    text = spelled_text(tokenizer, rng)
+    expected = without_whitespace(text)
+    if tokenizer.backend_tokenizer.normalizer is not None:  # the uncased BERTs lowercase
+        expected = tokenizer.backend_tokenizer.normalizer.normalize_str(expected)
+    assert "".join(tokenizer_words(tokenizer, text)) == expected
+    assert "mask" in tokenizer_word_types(tokenizer, [text])
+
+
+def test_pretraining_windows_hold_special_tokens_only_around_the_text(tokenizer):
+    rng = random.Random()
+    documents = [" ".join(spelled_text(tokenizer, rng) for _ in range(rng.randint(1, 6))) for _ in range(6)]
+    before, after = special_wrapping(tokenizer)
+    windows = tokenize_documents(tokenizer, documents, max_length=rng.randint(16, 64), progress=False)
+    assert windows
+    for ids in windows:
+        assert ids[:len(before)] == before and ids[len(ids) - len(after):] == after
+        assert not special_ids(tokenizer) & set(ids[len(before):len(ids) - len(after)])
+
+
+def test_preview_and_warm_read_spelled_special_tokens_as_words(tokenizer):
+    text = f"the {tokenizer.mask_token} binds {tokenizer.sep_token or tokenizer.eos_token} here"
+    collator = DifferenceMaskingCollator(tokenizer, ScoreTable.from_mapping({"binds": 1.0}), seed=0)
+    shown = preview(collator, [text])[0]
+    assert without_whitespace("".join(word.text for word in shown)).lower() == without_whitespace(text).lower()
+    masker = DifferenceMasker(tokenizer, ScoreTable.from_mapping({}), seed=0)
+    learned = masker.warm([text])
+    plain = DifferenceMasker(tokenizer, ScoreTable.from_mapping({}), seed=0).warm(["the mask binds sep here"])
+    assert learned >= plain, "the spelled tokens' words are learned, as other words are"
+
+
+def test_contextual_occurrences_are_found_inside_spelled_special_tokens(bert_wordpiece):
+    text = "the [MASK] binds here"
+    found = find_occurrences(bert_wordpiece, [text], ["mask"], max_per_anchor=5)
+    assert len(found[0]) == 1
+    _, start, end = found[0][0]
+    ids = tokenize_texts(bert_wordpiece, [text], add_special_tokens=True)["input_ids"][0]
+    assert bert_wordpiece.decode(ids[start:end]) == "mask"
+
+
+def test_finetune_examples_read_spelled_special_tokens_as_text(tokenizer):
+    rng = random.Random()
+    texts = [spelled_text(tokenizer, rng) for _ in range(4)]
+    before, after = special_wrapping(tokenizer)
+    for row in _Encoded(tokenizer, texts, [0, 1, 0, 1], max_length=512).rows:
+        ids = row["input_ids"]
+        assert not special_ids(tokenizer) & set(ids[len(before):len(ids) - len(after)])
+
+
+@pytest.mark.parametrize("pooling", ["mean", "input_embeddings"])
+def test_a_word_spelling_a_special_token_is_embedded_as_text(minilm_tokenizer, pooling):
+    """The uncased MiniLM tokenizer reads "[MASK]" and "[mask]" alike once both are text."""
+    from transformers import BertConfig, BertModel
+
+    config = BertConfig(vocab_size=minilm_tokenizer.vocab_size, hidden_size=16, num_hidden_layers=1,
+                        num_attention_heads=2, intermediate_size=32)
+    model = BertModel(config).eval()
+    words = ["[MASK]", "[mask]", "x[SEP]", "x[sep]"]
+    for backend in (True, False):
+        embedder = WordEmbedder(model, minilm_tokenizer, pooling=pooling, progress=False)
+        if not backend:
+            embedder._backend = False  # the tokenizer's own call, as for a tokenizer without a backend
+        vectors = embedder.embed(words)
+        torch.testing.assert_close(vectors[0], vectors[1])
+        torch.testing.assert_close(vectors[2], vectors[3])
