@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import tempfile
 from pathlib import Path
@@ -117,12 +118,27 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
 
 def atomic_write_json(path: str | os.PathLike, payload: Any) -> Path:
     """Write ``payload`` as UTF-8 JSON; text holding lone surrogates (kept from invalid input by
-    counting) cannot be UTF-8, so such a payload is written with ``\\u`` escapes instead."""
+    counting) cannot be UTF-8, so such a payload is written with ``\\u`` escapes instead.
+
+    JSON has no NaN or infinity (a diverged run's loss): they are written as ``null``, which
+    every JSON reader takes, where Python's own ``NaN`` would break other tools."""
+    payload = _finite_or_null(payload)
     try:
-        data = json.dumps(payload, ensure_ascii=False, indent=1).encode("utf-8")
+        data = json.dumps(payload, ensure_ascii=False, indent=1, allow_nan=False).encode("utf-8")
     except UnicodeEncodeError:
-        data = json.dumps(payload, ensure_ascii=True, indent=1).encode("ascii")
+        data = json.dumps(payload, ensure_ascii=True, indent=1, allow_nan=False).encode("ascii")
     return atomic_write_bytes(path, data + b"\n")
+
+
+def _finite_or_null(value: Any) -> Any:
+    """``value`` with every non-finite float inside its dicts, lists and tuples made None."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {key: _finite_or_null(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite_or_null(item) for item in value]
+    return value
 
 
 def read_json(path: str | os.PathLike, what: str) -> Any:

@@ -175,6 +175,20 @@ class SeedResult:
     seconds: float = 0.0
 
 
+def _seed_result(fields: dict[str, Any]) -> SeedResult:
+    """A ``SeedResult`` read back from JSON, which holds a NaN metric (a diverged run's loss) as None."""
+    def metrics(values: dict | None) -> dict | None:
+        return None if values is None else {k: math.nan if v is None else v for k, v in values.items()}
+
+    fields = dict(fields)
+    for split in ("dev", "test"):
+        if split in fields:
+            fields[split] = metrics(fields[split])
+    if "dev_history" in fields:
+        fields["dev_history"] = [metrics(epoch) for epoch in fields["dev_history"]]
+    return SeedResult(**fields)
+
+
 @dataclass
 class FinetuneReport:
     """Per-seed results of :func:`finetune`, with their mean ± std."""
@@ -251,10 +265,10 @@ class FinetuneReport:
     @classmethod
     def from_dict(cls, payload: dict[str, Any]) -> FinetuneReport:
         try:
-            results = [SeedResult(**result) for result in payload["seeds"]]
+            results = [_seed_result(result) for result in payload["seeds"]]
             return cls(model=payload["model"], labels=list(payload["labels"]), results=results,
                        config=dict(payload.get("config", {})))
-        except (KeyError, TypeError) as error:
+        except (KeyError, TypeError, ValueError, AttributeError) as error:
             raise ValueError(f"not a fine-tuning report: {error}") from error
 
     def save(self, path: str | os.PathLike) -> Path:

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import io
+import math
 import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Mapping, Sequence
@@ -155,14 +156,19 @@ def _validation_curve(summary: dict) -> list[tuple[int, float]]:
     for entry in summary.get("log_history") or ():
         if "eval_loss" in entry and "step" in entry and int(entry["step"]) not in steps:
             steps.add(int(entry["step"]))
-            curve.append((int(entry["step"]), float(entry["eval_loss"])))
+            curve.append((int(entry["step"]), _loss(entry["eval_loss"])))
     return curve
 
 
 def _training_curve(summary: dict) -> list[tuple[int, float]]:
     """(step, training loss) as the trainer logged it."""
-    return [(int(entry["step"]), float(entry["loss"])) for entry in summary.get("log_history") or ()
+    return [(int(entry["step"]), _loss(entry["loss"])) for entry in summary.get("log_history") or ()
             if "loss" in entry and "step" in entry]
+
+
+def _loss(value) -> float:
+    """A logged loss; a summary read back from JSON holds a diverged (NaN) loss as None."""
+    return math.nan if value is None else float(value)
 
 
 #: Picture formats by file suffix (a path without one gets PNG).

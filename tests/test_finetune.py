@@ -563,3 +563,22 @@ def test_a_model_that_cannot_be_found_is_named(tmp_path, monkeypatch):
     check_model_reference(str(tmp_path))  # an existing directory passes
     monkeypatch.setenv("HF_HUB_OFFLINE", "0")
     check_model_reference("org/some-model")  # online, a hub id is for transformers to fetch
+
+
+def test_a_report_with_a_nan_loss_is_strict_json_and_reads_back(tmp_path):
+    report = FinetuneReport("m", ["a", "b"], [
+        SeedResult(1, 1, {"accuracy": 0.5, "macro_f1": 0.4, "loss": math.nan},
+                   test={"accuracy": 0.6, "macro_f1": 0.5, "loss": math.inf},
+                   dev_history=[{"epoch": 1, "accuracy": 0.5, "macro_f1": 0.4, "loss": math.nan}],
+                   train_loss=math.nan),
+        SeedResult(2, 1, {"accuracy": 0.7, "macro_f1": 0.6, "loss": 0.3})])
+    path = report.save(tmp_path / "report.json")
+    text = path.read_text()
+    assert "NaN" not in text and "Infinity" not in text
+    back = FinetuneReport.load(path)
+    assert math.isnan(back.results[0].dev["loss"]) and math.isnan(back.results[0].test["loss"])
+    assert math.isnan(back.results[0].dev_history[0]["loss"]) and back.results[0].train_loss is None
+    assert back.results[1] == report.results[1]
+    assert back.summary() == report.summary() and back.table() == report.table()
+    with pytest.raises(ValueError, match="not a fine-tuning report"):
+        FinetuneReport.from_dict({"model": "m", "labels": [], "seeds": [{"seed": 1, "dev": "x"}]})

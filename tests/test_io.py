@@ -123,3 +123,23 @@ def test_the_file_and_then_its_folder_are_synced(tmp_path, monkeypatch):
     target = tmp_path / "folder" / "result.json"
     atomic_write_bytes(target, b"{}")
     assert len(synced) == 2 and synced[0].endswith(".tmp") and synced[1] == str(target.parent), synced
+
+
+def test_json_is_written_without_nan_or_infinity(tmp_path):
+    """A diverged run's NaN loss is written as null: strict JSON readers take the file."""
+    import json
+    import math
+
+    from diffmask_fast._io import atomic_write_json
+
+    payload = {"loss": math.nan, "history": [{"loss": math.inf}, {"loss": 1.5}], "pair": (-math.inf, 2),
+               "nested": {"ok": 0.25, "bad": [math.nan]}, "text": "NaN", "none": None}
+    path = atomic_write_json(tmp_path / "out.json", payload)
+
+    def refuse(constant):
+        raise ValueError(f"{constant} is not JSON")
+
+    assert json.loads(path.read_text(), parse_constant=refuse) == {
+        "loss": None, "history": [{"loss": None}, {"loss": 1.5}], "pair": [None, 2],
+        "nested": {"ok": 0.25, "bad": [None]}, "text": "NaN", "none": None}
+    assert payload["loss"] != payload["loss"], "the caller's payload is left as it was"

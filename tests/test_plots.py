@@ -205,3 +205,13 @@ def test_dollar_signs_in_words_are_drawn_as_text_not_formulas(tmp_path, monkeypa
     assert "kinase (" in plots._label(rates[-1]) and "$" in plots._label(rates[-1])  # texts as given
     notes = dots.texts
     assert notes and all(not note.get_parse_math() and note.get_text() in words for note in notes)
+
+
+def test_the_pretraining_picture_of_a_summary_read_back_with_null_losses(tmp_path):
+    """JSON holds a diverged run's NaN losses as null: the picture leaves those points out."""
+    from diffmask_fast.plots import plot_pretraining
+
+    summary = {"strategy": "difference", "validation_loss_before": None,
+               "log_history": [{"step": 5, "loss": 8.0}, {"step": 10, "eval_loss": None}, {"step": 10, "loss": None},
+                               {"step": 20, "eval_loss": 7.0}]}
+    assert plot_pretraining(summary, tmp_path / "nan.png").read_bytes().startswith(b"\x89PNG")
