@@ -127,6 +127,8 @@ class PretrainConfig:
             raise ValueError(f"warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
         if self.workers is not None and self.workers < 0:
             raise ValueError(f"workers must be non-negative (0: mask in the main process), got {self.workers}")
+        if not 0 <= self.seed < 2**32:  # what numpy's and torch's seeding take
+            raise ValueError(f"seed must be in [0, 2**32), got {self.seed}")
         self._check_strategy_settings()
         self._check_files()
         if self.head_warmup_steps < 0:
@@ -143,8 +145,20 @@ class PretrainConfig:
 
     def _check_strategy_settings(self) -> None:
         """The anchor and term settings the strategy will use, refused before the model and corpus
-        are read, not when the masker is finally built."""
+        are read, not when the masker is finally built; a setting the strategy would not use is
+        refused too, rather than saved and reported as if it had been."""
         mines_terms = self.strategy == "mslm" and self.terms is None
+        uses_scores = self.strategy == "difference" or mines_terms
+        if self.terms is not None and self.strategy not in ("terms", "mslm"):
+            raise ValueError(f"terms are used by the terms and mslm strategies only, not by {self.strategy!r}")
+        unused = [name for name in ("anchors", "scores", "embedding_model", "pooling") if getattr(self, name) is not None]
+        if unused and not uses_scores:
+            raise ValueError(f"{' and '.join(unused)} would not be used: the {self.strategy!r} strategy"
+                             + (" with terms given" if self.strategy == "mslm" else "") + " scores no words")
+        scoring_settings = [name for name in ("embedding_model", "pooling") if getattr(self, name) is not None]
+        if self.scores is not None and scoring_settings:
+            raise ValueError(f"{' and '.join(scoring_settings)} would not be used: the words are scored already in "
+                             f"the score table {str(self.scores)!r}")
         if (self.strategy == "difference" or mines_terms) and self.anchors is None and self.scores is None \
                 and self.anchors_count < 1:
             raise ValueError(f"anchors_count must be at least 1, got {self.anchors_count}")
@@ -173,7 +187,11 @@ def read_terms(path: str | os.PathLike) -> list[str]:
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"terms file {str(path)!r} does not exist")
-    terms = [line.strip() for line in path.read_text(encoding="utf-8-sig").splitlines()]  # -sig: a BOM is no text
+    try:
+        text = path.read_text(encoding="utf-8-sig")  # -sig: a BOM is no text
+    except UnicodeDecodeError as error:
+        raise ValueError(f"terms file {str(path)!r} is not UTF-8 text ({error.reason} at byte {error.start})") from None
+    terms = [line.strip() for line in text.splitlines()]
     terms = [t for t in terms if t and not t.startswith("#")]
     if not terms:
         raise ValueError(f"terms file {str(path)!r} holds no terms")
@@ -194,9 +212,12 @@ def _domain_resources(config: PretrainConfig, documents: list[str], tokenizer: A
     from .anchors import Anchors
     from .scoring import load_scores_for
 
-    reuse = saved or (config.resume and (out / SCORES_FILE).exists())
-    anchors_path = config.anchors or (out / ANCHORS_FILE if reuse and (out / ANCHORS_FILE).exists() else None)
-    scores_path = config.scores or (out / SCORES_FILE if reuse else None)
+    source = out if saved else resumed_run_dir(config)
+    reuse = saved or (source is not None and (source / SCORES_FILE).exists())
+    # A score table given alone names its anchors: an anchors file left in the folder is not its own.
+    anchors_path = config.anchors or (source / ANCHORS_FILE if reuse and config.scores is None
+                                      and (source / ANCHORS_FILE).exists() else None)
+    scores_path = config.scores or (source / SCORES_FILE if reuse else None)
     anchors = Anchors.load(anchors_path) if anchors_path is not None else None
     if scores_path is not None:
         scores = load_scores_for(scores_path, anchors, anchors_path)
@@ -285,6 +306,7 @@ def pretrain(config: PretrainConfig) -> dict:
     started = time.perf_counter()
     out = Path(config.output_dir)
     resumed_run = _check_output_dir(config)
+    run_dir = resumed_run_dir(config)
     tokenizer = load_tokenizer(config.model)
     if tokenizer.mask_token_id is None:
         raise ValueError(f"the tokenizer of {config.model!r} has no mask token; it cannot train a masked LM")
@@ -313,6 +335,8 @@ def pretrain(config: PretrainConfig) -> dict:
 
     workers = config.workers if config.workers is not None else (2 if torch.cuda.is_available() else 0)
     args = _training_arguments(config, workers)
+    if resumed_run is not None and run_dir != out.resolve() and args.process_index == 0:
+        atomic_write_json(out / RUN_FILE, resumed_run)  # the run goes on here: its settings come along
     # One process per machine mines and scores; the others wait and load what it saved.
     with args.main_process_first(local=True, desc="mining anchors and scoring words"):
         main = args.local_process_index == 0
@@ -425,20 +449,53 @@ def _check_output_dir(config: PretrainConfig) -> dict | None:
     if config.resume not in (None, False, True) and not Path(config.resume).is_dir():
         raise ValueError(f"the checkpoint to resume from, {str(config.resume)!r}, is not a directory")
     check_writable(out / RUN_FILE, "output directory's files")
+    run_dir = resumed_run_dir(config)
+    checkpoints = sorted(out.glob("checkpoint-*")) if out.is_dir() else []
+    if checkpoints and run_dir != out.resolve():
+        raise ValueError(f"{str(out)!r} holds checkpoints of an earlier run ({checkpoints[0].name}...): pass "
+                         + ("--resume alone to continue that run" if config.resume else "--resume to continue that run")
+                         + ", or choose a new output directory")
     if not config.resume:
-        checkpoints = sorted(out.glob("checkpoint-*")) if out.is_dir() else []
-        if checkpoints:
-            raise ValueError(f"{str(out)!r} holds checkpoints of an earlier run ({checkpoints[0].name}...): pass "
-                             "--resume to continue that run, or choose a new output directory")
         return None
-    if not (out / RUN_FILE).exists():
+    _check_steps_left(config, _latest_checkpoint(out) if config.resume is True else Path(config.resume))
+    if not (run_dir / RUN_FILE).exists():
         return None
-    record = read_json(out / RUN_FILE, "pretraining run")
+    record = read_json(run_dir / RUN_FILE, "pretraining run")
     changed = settings_changed(record.get("config", {}) if isinstance(record, dict) else {}, config)
     if changed:
-        raise ValueError(f"--resume continues the run in {str(out)!r}, which was started with other settings: "
+        raise ValueError(f"--resume continues the run in {str(run_dir)!r}, which was started with other settings: "
                          + ", ".join(changed))
     return record
+
+
+def resumed_run_dir(config: PretrainConfig) -> Path | None:
+    """The folder of the run ``--resume`` continues, which holds its settings and resources: the
+    output directory, or the folder of the checkpoint given; None for a fresh run."""
+    if not config.resume:
+        return None
+    return Path(config.output_dir).resolve() if config.resume is True else Path(config.resume).resolve().parent
+
+
+def _latest_checkpoint(out: Path) -> Path | None:
+    """The ``checkpoint-<step>`` folder of the highest step, the one ``Trainer`` resumes from."""
+    steps = {int(p.name.split("-", 1)[1]): p for p in out.glob("checkpoint-*")
+             if p.is_dir() and p.name.split("-", 1)[1].isdigit()}
+    return steps[max(steps)] if steps else None
+
+
+def _check_steps_left(config: PretrainConfig, checkpoint: Path | None) -> None:
+    """Refuse a ``max_steps`` the checkpoint has passed: ``Trainer`` would still take a step past
+    the checkpoint and record the smaller number as the run's length. At the checkpoint's own
+    step, resuming only finishes the run (the best model, the summary)."""
+    if config.max_steps < 1 or checkpoint is None:
+        return
+    try:
+        step = int(read_json(checkpoint / "trainer_state.json", "trainer state")["global_step"])
+    except (FileNotFoundError, ValueError, KeyError, TypeError):
+        return  # not a Trainer checkpoint: Trainer itself will say so
+    if config.max_steps < step:
+        raise ValueError(f"the checkpoint {str(checkpoint)!r} is at step {step}, past max_steps {config.max_steps}: "
+                         f"give a max_steps of at least {step}")
 
 
 def settings_changed(started_with: dict, config: PretrainConfig, names=RESUME_MUST_MATCH) -> list[str]:
@@ -450,7 +507,12 @@ def settings_changed(started_with: dict, config: PretrainConfig, names=RESUME_MU
 
 
 def _save_resources(out: Path, resources: dict) -> None:
+    """Save what the strategy uses; resource files an earlier run left here are removed, so that
+    none of them is taken for this run's (by another process of it, or beside the model)."""
     out.mkdir(parents=True, exist_ok=True)
+    for name, path in (("anchors", ANCHORS_FILE), ("scores", SCORES_FILE), ("terms", TERMS_FILE)):
+        if name not in resources:
+            (out / path).unlink(missing_ok=True)
     if "anchors" in resources:
         resources["anchors"].save(out / ANCHORS_FILE)
     if "scores" in resources:

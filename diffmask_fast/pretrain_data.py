@@ -18,7 +18,7 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 import torch
 
-from .corpus import iter_documents
+from .corpus import corpus_files, iter_documents
 from .tokenization import WordGrouper, tokenize_texts
 
 #: The shortest sequence worth training on: two special tokens and two word pieces.
@@ -40,10 +40,11 @@ class SequenceDataset(torch.utils.data.Dataset):
 
 
 def read_documents(sources: Iterable, text_field: str | None = None) -> list[str]:
-    """Non-empty documents (stripped) of every source: files, directories, globs, JSON lines."""
+    """Non-empty documents (stripped) of every source: files, directories, globs, JSON lines;
+    a file named twice (or matched by two patterns) is read once."""
     documents = []
-    for source in sources:
-        documents.extend(d.strip() for d in iter_documents(str(source), text_field) if d.strip())
+    for path in corpus_files(list(sources), text_field):
+        documents.extend(d.strip() for d in iter_documents(path, text_field) if d.strip())
     return documents
 
 
@@ -71,9 +72,9 @@ def split_documents(documents: list[str], validation_fraction: float, max_valida
     for text in texts:
         if len(held) >= wanted:
             break
-        if len(held) + len(copies[text]) <= largest:  # a text with too many copies stays in training
+        if len(held) + len(copies[text]) <= wanted:  # a text with too many copies stays in training
             held.update(copies[text])
-    if not held:  # every text has more copies than the validation set may hold: the rarest one
+    if not held:  # every text has more copies than the validation set should hold: the rarest one
         held.update(min((copies[text] for text in texts), key=len))
     return ([d for i, d in enumerate(documents) if i not in held], [documents[i] for i in sorted(held)])
 

@@ -34,10 +34,16 @@ def corpus(tmp_path_factory, shared_data_dir):
 
 
 def config_for(model_dir, corpus, output_dir, **options) -> PretrainConfig:
+    """A small run; a strategy that scores words embeds them with the tiny model itself."""
     defaults = dict(model=str(model_dir), corpus=[corpus], output_dir=output_dir, max_length=32, batch_size=8,
-                    max_steps=4, eval_steps=2, logging_steps=1, embedding_model=str(model_dir), pooling="mean",
-                    validation_fraction=0.1, progress=False, learning_rate=1e-3)
+                    max_steps=4, eval_steps=2, logging_steps=1, validation_fraction=0.1, progress=False,
+                    learning_rate=1e-3)
     defaults.update(options)
+    strategy = defaults.get("strategy", "difference")
+    if (strategy == "difference" or (strategy == "mslm" and defaults.get("terms") is None)) \
+            and defaults.get("scores") is None:
+        defaults.setdefault("embedding_model", str(model_dir))
+        defaults.setdefault("pooling", "mean")
     return PretrainConfig(**defaults)
 
 
@@ -117,15 +123,22 @@ def test_a_score_table_given_alone_names_the_anchors(model_dir, corpus, tmp_path
 
     scores_path = tmp_path / "scores.npz"
     ScoreTable({"enzyme": 1.0, "protein": 0.8, "cell": 0.2}, anchors=("enzyme", "protein")).save(scores_path)
-    summary = pretrain(config_for(model_dir, corpus, tmp_path / "run", strategy="mslm", scores=scores_path,
-                                  max_steps=2, patience=0))
-    assert summary["anchors"] == ["enzyme", "protein"]  # the table's, not freshly mined ones
-    assert not (tmp_path / "run" / "anchors.json").exists()
-    assert {"enzyme", "protein"} <= set((tmp_path / "run" / "terms.txt").read_text().split())
     other = tmp_path / "anchors.json"
     mined = pretrain(config_for(model_dir, corpus, tmp_path / "mined", max_steps=1, patience=0))
     (tmp_path / "mined" / "anchors.json").replace(other)
     assert mined["anchors"]
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "anchors.json").write_bytes(other.read_bytes())  # left by an earlier run
+    config = config_for(model_dir, corpus, tmp_path / "run", strategy="mslm", scores=scores_path, max_steps=2,
+                        patience=0)
+    from diffmask_fast.pretrain import _domain_resources
+
+    # A process that loads what the main one saved does not take the earlier run's anchors for the table's.
+    assert _domain_resources(config, [], None, saved=True)["anchor_words"] == ["enzyme", "protein"]
+    summary = pretrain(config)
+    assert summary["anchors"] == ["enzyme", "protein"]  # the table's, not freshly mined ones
+    assert not (tmp_path / "run" / "anchors.json").exists(), "the earlier run's anchors are not left beside the model"
+    assert {"enzyme", "protein"} <= set((tmp_path / "run" / "terms.txt").read_text().split())
     with pytest.raises(ValueError, match="made against other anchors"):
         pretrain(config_for(model_dir, corpus, tmp_path / "mixed", scores=scores_path, anchors=other, max_steps=1))
 
@@ -396,6 +409,16 @@ def test_ranks_draw_different_masks_from_one_seed(name, bert_wordpiece, monkeypa
     ({"strategy": "mslm", "term_probability": 1.5}, r"term_probability must be in \[0, 1\]"),
     ({"strategy": "mslm", "term_weight": 0.0}, "term_weight must be positive"),
     ({"strategy": "mslm", "term_top_fraction": -0.1}, r"term_top_fraction must be in \[0, 1\]"),
+    ({"seed": -1}, r"seed must be in \[0, 2\*\*32\), got -1"),
+    ({"seed": 2**32}, r"seed must be in \[0, 2\*\*32\)"),
+    # settings the strategy would not use are refused, not saved and reported as if used
+    ({"strategy": "random-word", "terms": "terms.txt"}, "terms are used by the terms and mslm strategies only"),
+    ({"strategy": "random-token", "anchors": "a.json"}, "anchors would not be used: the 'random-token' strategy"),
+    ({"strategy": "attention", "embedding_model": "m", "pooling": "cls"}, "embedding_model and pooling would not be"),
+    ({"strategy": "mslm", "terms": "t.txt", "scores": "s.npz"}, "scores would not be used: the 'mslm' strategy with "
+                                                                 "terms given scores no words"),
+    ({"scores": "s.npz", "pooling": "cls"}, "pooling would not be used: the words are scored already in the score "
+                                            "table 's.npz'"),
 ])
 def test_settings_are_refused_before_the_model_or_corpus_is_read(tmp_path, options, message):
     config = config_for(tmp_path / "no-model", tmp_path / "no-corpus.txt", tmp_path / "out", **options)
@@ -424,9 +447,10 @@ def test_missing_files_are_refused_before_the_model_is_read(tmp_path, missing, m
         (tmp_path / f"{name}.txt").write_text("enzyme binds\n")
     path = {name: tmp_path / (f"no-{name}.txt" if name == missing else f"{name}.txt")
             for name in ("corpus", "validation", "anchors", "scores", "terms")}
-    config = config_for(tmp_path / "model", path["corpus"], tmp_path / "out", strategy="mslm",
-                        validation=[path["validation"]], anchors=path["anchors"], scores=path["scores"],
-                        terms=path["terms"])
+    resources = (dict(strategy="difference", anchors=path["anchors"], scores=path["scores"])
+                 if missing in ("anchors", "scores") else dict(strategy="terms", terms=path["terms"]))
+    config = config_for(tmp_path / "model", path["corpus"], tmp_path / "out", validation=[path["validation"]],
+                        **resources)
     with pytest.raises((FileNotFoundError, ValueError), match=f"no-{missing}.txt"):
         pretrain(config)
 
@@ -808,3 +832,41 @@ def test_a_terms_file_with_a_byte_order_mark(tmp_path):
     path = tmp_path / "terms.txt"
     path.write_bytes("\ufeffkinase\r\nactive site\r\n# a comment\r\n".encode("utf-8"))
     assert read_terms(path) == ["kinase", "active site"]
+
+
+def test_resuming_from_a_checkpoint_in_another_folder_continues_that_run(model_dir, corpus, tmp_path, monkeypatch):
+    from diffmask_fast import embedding
+
+    first = pretrain(config_for(model_dir, corpus, tmp_path / "a", patience=0))
+    assert first["global_step"] == 4
+    checkpoint = str(tmp_path / "a" / "checkpoint-2")
+    with pytest.raises(ValueError, match="run in .*'.*a'.* started with other settings: strategy 'difference' "
+                                         "\\(now 'random-word'\\)"):
+        pretrain(config_for(model_dir, corpus, tmp_path / "b", max_steps=6, resume=checkpoint, strategy="random-word",
+                            patience=0))
+    with pytest.raises(ValueError, match="checkpoint-4.* is at step 4, past max_steps 3: give a max_steps of at least 4"):
+        pretrain(config_for(model_dir, corpus, tmp_path / "a", max_steps=3, resume=True, patience=0))
+    with pytest.raises(ValueError, match="checkpoint-2.* is at step 2, past max_steps 1"):
+        pretrain(config_for(model_dir, corpus, tmp_path / "b", max_steps=1, resume=checkpoint, patience=0))
+    assert not (tmp_path / "b").exists()
+
+    def must_not_run(*args, **kwargs):
+        raise AssertionError("the resumed run scored the words again instead of taking its score table")
+
+    monkeypatch.setattr(embedding.WordEmbedder, "from_pretrained", must_not_run)
+    resumed = pretrain(config_for(model_dir, corpus, tmp_path / "b", max_steps=6, resume=checkpoint, patience=0))
+    assert resumed["global_step"] == 6 and resumed["anchors"] == first["anchors"]
+    assert resumed["validation_loss_before"] == first["validation_loss_before"]
+    record = json.loads((tmp_path / "b" / RUN_FILE).read_text())
+    assert record["validation_loss_before"] == first["validation_loss_before"]
+    with pytest.raises(ValueError, match="holds checkpoints of an earlier run .*--resume alone"):
+        pretrain(config_for(model_dir, corpus, tmp_path / "b", max_steps=8, resume=checkpoint, patience=0))
+
+
+def test_a_terms_file_that_is_not_utf8_is_named(tmp_path):
+    from diffmask_fast.pretrain import read_terms
+
+    path = tmp_path / "terms.txt"
+    path.write_bytes(b"caf\xe9\nkinase\n")
+    with pytest.raises(ValueError, match="terms file .*terms.txt.* is not UTF-8 text"):
+        read_terms(path)

@@ -7,6 +7,7 @@ import random
 import pytest
 
 import tokenizers_offline
+from diffmask_fast import DiffmaskWarning
 from diffmask_fast.pretrain_data import split_documents, special_wrapping, tokenize_documents, word_windows
 from diffmask_fast.tokenization import WordGrouper
 
@@ -115,8 +116,30 @@ def test_copies_of_a_text_are_held_out_together_or_not_at_all(seed):
     train, validation = split_documents(documents, fraction, cap, seed)
     assert not set(train) & set(validation), f"seed={seed}"
     assert sorted(train + validation) == sorted(documents) and train and validation
-    largest_fitting = min(len(documents) - 1, cap) >= min(documents.count(t) for t in set(documents))
-    assert len(validation) <= cap or not largest_fitting, f"seed={seed}"
+    wanted = min(max(1, round(fraction * len(documents))), cap, len(documents) - 1)
+    rarest = min(documents.count(t) for t in set(documents))
+    if rarest <= wanted:  # the size asked for, never more: a common text stays in training
+        assert len(validation) <= wanted, f"seed={seed}"
+    else:  # no text fits: the copies of one of the rarest
+        assert len(set(validation)) == 1 and len(validation) == rarest, f"seed={seed}"
     assert split_documents(documents, fraction, cap, seed) == (train, validation)
     with pytest.raises(ValueError, match="one text repeated"):
         split_documents(["the same"] * 5, 0.2, 10, seed)
+
+
+def test_a_boilerplate_text_repeated_often_stays_in_training():
+    documents = ["Copyright notice."] * 60 + [f"document number {i}" for i in range(40)]
+    train, validation = split_documents(documents, 0.05, 5000, seed=0)
+    assert len(validation) == 5 and "Copyright notice." not in validation
+    assert train.count("Copyright notice.") == 60
+
+
+def test_a_file_named_twice_is_read_once(tmp_path):
+    from diffmask_fast.pretrain_data import read_documents
+
+    (tmp_path / "a.txt").write_text("first document\n\nsecond document\n")
+    (tmp_path / "b.txt").write_text("third document\n")
+    once = read_documents([tmp_path / "a.txt", tmp_path / "b.txt"])
+    assert once == ["first document", "second document", "third document"]
+    with pytest.warns(DiffmaskWarning, match="read once"):
+        assert read_documents([tmp_path / "a.txt", str(tmp_path / "a.txt"), tmp_path / "*.txt", tmp_path]) == once
