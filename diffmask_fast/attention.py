@@ -26,7 +26,8 @@ from typing import Any, Iterator
 import numpy as np
 import torch
 
-from .masking_base import check_probability, check_replacement, distributed_rank, replace_selected
+from .masking_base import (check_like_ids, check_probability, check_replacement, check_seed, distributed_rank,
+                           replace_selected)
 from .tokenization import WordBoundaries, word_boundaries
 
 __all__ = ["AttentionMasker", "ORDERS"]
@@ -157,8 +158,6 @@ class AttentionMasker(torch.nn.Module):
         check_replacement(mask_replace_prob, random_replace_prob)
         if isinstance(layer, bool) or not isinstance(layer, (int, np.integer)):
             raise TypeError(f"layer must be an integer (a layer index, negative from the last), got {layer!r}")
-        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, (int, np.integer))):
-            raise TypeError(f"seed must be an integer or None, got {seed!r}")
         if isinstance(attention_memory, bool) or not isinstance(attention_memory, (int, np.integer)) \
                 or attention_memory < 1:
             raise ValueError(f"attention_memory must be a positive number of bytes, got {attention_memory!r}")
@@ -168,7 +167,7 @@ class AttentionMasker(torch.nn.Module):
         self.layer = int(layer)
         self.mask_replace_prob = float(mask_replace_prob)
         self.random_replace_prob = float(random_replace_prob)
-        self.seed = None if seed is None else int(seed)
+        self.seed = check_seed(seed)
         self.attention_memory = int(attention_memory)
         boundaries = word_boundaries(tokenizer, word_boundary)
         self.scheme = boundaries.scheme
@@ -213,9 +212,9 @@ class AttentionMasker(torch.nn.Module):
             raise ValueError(f"input_ids must be a [batch, length] matrix, got shape {tuple(input_ids.shape)}")
         input_ids = input_ids.long()
         if attention_mask is not None:
-            attention_mask = self._check_like(input_ids, attention_mask, "attention_mask")
+            attention_mask = check_like_ids(input_ids, attention_mask, "attention_mask")
         if special_tokens_mask is not None:
-            special_tokens_mask = self._check_like(input_ids, special_tokens_mask, "special_tokens_mask")
+            special_tokens_mask = check_like_ids(input_ids, special_tokens_mask, "special_tokens_mask")
         if not isinstance(model, torch.nn.Module):
             raise TypeError(f"model must be the torch.nn.Module being trained, got {type(model).__name__}")
         if self.never_word.device != input_ids.device:
@@ -239,15 +238,6 @@ class AttentionMasker(torch.nn.Module):
         )
 
     # -- steps -------------------------------------------------------------------------------------
-    @staticmethod
-    def _check_like(input_ids: torch.Tensor, mask: Any, name: str) -> torch.Tensor:
-        mask = torch.as_tensor(mask, device=input_ids.device)
-        if mask.shape != input_ids.shape:
-            raise ValueError(
-                f"{name} must have the shape of input_ids {tuple(input_ids.shape)}, got {tuple(mask.shape)}"
-            )
-        return mask
-
     def _eligible(self, input_ids, attention_mask, special_tokens_mask) -> torch.Tensor:
         """Tokens that may be masked: inside the vocabulary, not special, not padding."""
         vocabulary = self.never_word.shape[0]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import KW_ONLY, dataclass
 from typing import Any, Mapping
 
@@ -21,13 +22,14 @@ class DifferenceMaskingCollator(MaskingCollatorBase):
 
     Works from plain ``input_ids`` (``attention_mask`` and ``special_tokens_mask`` are used when
     present), so it fits ``Trainer`` with ``remove_unused_columns=True``. ``scores`` is a
-    ``ScoreTable`` or a ``{word: score}`` mapping. Each call draws fresh masks; with ``seed``
-    the draws are reproducible and differ across DataLoader workers and distributed ranks.
+    ``ScoreTable``, a ``{word: score}`` mapping or the path of a saved table. Each call draws
+    fresh masks; with ``seed`` the draws are reproducible and differ across DataLoader workers
+    and distributed ranks.
     All work is on the CPU, so it is safe in DataLoader workers.
     """
 
     tokenizer: Any
-    scores: ScoreTable | Mapping[str, float]
+    scores: ScoreTable | Mapping[str, float] | str | os.PathLike
     mlm_probability: float = 0.25
     weighting: str = "similarity"
     uniform_mix: float = 0.0
@@ -40,7 +42,12 @@ class DifferenceMaskingCollator(MaskingCollatorBase):
         if self.weighting not in WEIGHTINGS:
             raise ValueError(f"unknown weighting {self.weighting!r}; expected one of {', '.join(WEIGHTINGS)}")
         check_probability("uniform_mix", self.uniform_mix)
-        if not isinstance(self.scores, ScoreTable):
+        if isinstance(self.scores, (str, os.PathLike)):
+            self.scores = ScoreTable.load(self.scores)  # a table saved by `diffmask score`
+        elif not isinstance(self.scores, ScoreTable):
+            if not isinstance(self.scores, Mapping):
+                raise TypeError(f"scores must be a ScoreTable, a {{word: score}} mapping or the path of a saved "
+                                f"table, got {type(self.scores).__name__}")
             self.scores = ScoreTable.from_mapping(self.scores)
         self._setup_base()
         self._cache = ops.ScoreHashTable()

@@ -33,6 +33,25 @@ def check_probability(name: str, value: float) -> None:
         raise ValueError(f"{name} must be in [0, 1], got {value}")
 
 
+def check_seed(seed: Any) -> int | None:
+    """``seed`` as a Python int (numpy integers included), or None; anything else is refused
+    here rather than failing inside a DataLoader worker on the first batch."""
+    if seed is None:
+        return None
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
+        raise TypeError(f"seed must be an integer or None, got {seed!r}")
+    return int(seed)
+
+
+def check_like_ids(input_ids: torch.Tensor, mask: Any, name: str) -> torch.Tensor:
+    """``mask`` as a tensor on ``input_ids``' device, refused unless it has their [B, L] shape
+    (a [1, L] mask would silently broadcast over every row)."""
+    mask = torch.as_tensor(mask, device=input_ids.device)
+    if mask.shape != input_ids.shape:
+        raise ValueError(f"{name} must have the shape of input_ids {tuple(input_ids.shape)}, got {tuple(mask.shape)}")
+    return mask
+
+
 def check_replacement(mask_replace_prob: float, random_replace_prob: float) -> None:
     if not (mask_replace_prob >= 0 and random_replace_prob >= 0 and mask_replace_prob + random_replace_prob <= 1):
         raise ValueError(
@@ -111,6 +130,7 @@ class MaskingCollatorBase:
         """Check the options every masking collator has and build the tokenizer's word tables."""
         check_probability("mlm_probability", self.mlm_probability)
         check_replacement(self.mask_replace_prob, self.random_replace_prob)
+        self.seed = check_seed(self.seed)
         if self.pad_to_multiple_of is not None and (
                 isinstance(self.pad_to_multiple_of, bool) or not isinstance(self.pad_to_multiple_of, numbers.Integral)
                 or self.pad_to_multiple_of < 1):
@@ -237,7 +257,7 @@ class MaskingCollatorBase:
         for key in examples[0]:
             if key in batch or key in ("input_ids", "labels"):
                 continue
-            batch[key] = _stacked_extra(_field_values(examples, key), key)
+            batch[key] = _stacked_extra(_field_values(examples, key), key, self.return_tensors)
         return batch
 
 
@@ -248,6 +268,10 @@ _NOT_TOKENIZED = ("examples must be tokenized: dicts with 'input_ids', or sequen
 
 def _as_examples(examples: Sequence[Any]) -> list[Mapping]:
     """The examples as mappings with ``input_ids``: a bare sequence of ids becomes one."""
+    if isinstance(examples, Mapping):
+        raise TypeError("examples must be a list of examples (dicts with 'input_ids', or sequences of ids), not one "
+                        "mapping of columns (a whole batch, such as tokenizer(texts)); pass its rows, e.g. "
+                        "[{'input_ids': ids} for ids in batch['input_ids']]")
     if len(examples) == 0:
         raise ValueError("cannot collate an empty list of examples")
     mappings = []
@@ -344,8 +368,10 @@ def _not_integers(field_name: str, index: int, dtype: Any) -> str:
     return f"field {field_name!r} of example {index} holds {dtype} values; token ids and masks must be integers"
 
 
-def _stacked_extra(values: list, field_name: str) -> torch.Tensor:
-    """A field the collator does not pad (e.g. a class label) as one tensor over the examples."""
+def _stacked_extra(values: list, field_name: str, return_tensors: str = "pt") -> torch.Tensor:
+    """A field the collator does not pad (e.g. a class label) as one tensor over the examples.
+    Python floats become torch's default dtype (float32) for "pt", as transformers' collators
+    give them, rather than numpy's float64, which would carry into the loss."""
     keep_or_remove = ("; the collator keeps other fields only as numbers or equal-shape arrays that "
                       "stack into one tensor, so remove it (e.g. dataset.remove_columns) before collating")
     try:
@@ -356,4 +382,8 @@ def _stacked_extra(values: list, field_name: str) -> torch.Tensor:
         index = next((i for i, value in enumerate(values) if np.asarray(value).dtype.kind not in "biuf"), 0)
         raise TypeError(f"field {field_name!r} of example {index} holds {type(values[index]).__name__} values"
                         f"{keep_or_remove}")
-    return torch.as_tensor(array)
+    tensor = torch.as_tensor(array)
+    if return_tensors == "pt" and array.dtype == np.float64 \
+            and not any(isinstance(value, (np.ndarray, np.generic, torch.Tensor)) for value in values):
+        tensor = tensor.to(torch.get_default_dtype())
+    return tensor

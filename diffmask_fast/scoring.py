@@ -168,13 +168,16 @@ class ScoreTable:
         return table
 
     def _set(self, words, values, nearest, anchors, similarity, unknown_score, lowercase, info) -> None:
-        if not np.isfinite(values).all():
-            bad = words[int(np.flatnonzero(~np.isfinite(values))[0])]
-            raise ValueError(f"word scores must be finite; {int((~np.isfinite(values)).sum())} are not (e.g. {bad!r})")
-        if not math.isfinite(unknown_score):
-            raise ValueError(f"unknown_score must be finite, got {unknown_score}")
+        with np.errstate(over="ignore"):  # a score beyond float32's range becomes inf, refused below
+            stored = np.ascontiguousarray(values, dtype=np.float32)
+        if not np.isfinite(stored).all():
+            bad = words[int(np.flatnonzero(~np.isfinite(stored))[0])]
+            raise ValueError(f"word scores must be finite (and within float32's range, as the table holds them); "
+                             f"{int((~np.isfinite(stored)).sum())} are not (e.g. {bad!r})")
+        if not (math.isfinite(unknown_score) and abs(unknown_score) <= float(np.finfo(np.float32).max)):
+            raise ValueError(f"unknown_score must be finite (and within float32's range), got {unknown_score}")
         self._words: list[str] = words
-        self.values = np.ascontiguousarray(values, dtype=np.float32)
+        self.values = stored
         self.nearest = (np.full(len(words), -1, dtype=np.int32) if nearest is None
                         else np.ascontiguousarray(nearest, dtype=np.int32))
         self.anchors = tuple(anchors)

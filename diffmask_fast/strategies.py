@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import torch
 
@@ -67,8 +67,8 @@ class MaskingStrategy:
         collator = dataclasses.replace(self.collator, seed=seed, return_tensors="pt", pad_to_multiple_of=None)
         collator.pin_generator(seed)  # the same masks in every distributed rank
         masked: list[dict] = []
-        for start in range(0, len(examples), batch_size):
-            chunk = [{"input_ids": list(e["input_ids"])} for e in examples[start:start + batch_size]]
+        for examples_chunk in _chunks(examples, batch_size):
+            chunk = [{"input_ids": list(e["input_ids"])} for e in examples_chunk]
             batch = collator(chunk)
             masked.extend(_unpad(batch["input_ids"], batch["labels"], chunk, collator.tokenizer.padding_side))
         return masked
@@ -85,13 +85,20 @@ class MaskingStrategy:
         masked: list[dict] = []
         with pinned:
             device = next((b.device for b in masker.buffers()), torch.device("cpu"))
-            for start in range(0, len(examples), batch_size):
-                chunk = [list(e["input_ids"]) for e in examples[start:start + batch_size]]
+            for examples_chunk in _chunks(examples, batch_size):
+                chunk = [list(e["input_ids"]) for e in examples_chunk]
                 ids, attention = _pad_right(chunk, tokenizer.pad_token_id)
                 with torch.no_grad():
                     masked_ids, labels = masker(ids.to(device), attention.to(device), None, **extra)
                 masked.extend(_unpad(masked_ids.cpu(), labels.cpu(), [{"input_ids": c} for c in chunk], "right"))
         return masked
+
+
+def _chunks(examples: Sequence[dict], size: int) -> Iterator[list[dict]]:
+    """Consecutive lists of ``size`` examples, taken one by one: a slice of a ``datasets.Dataset``
+    is a dict of columns, not a list of examples."""
+    for start in range(0, len(examples), size):
+        yield [examples[i] for i in range(start, min(start + size, len(examples)))]
 
 
 @contextlib.contextmanager

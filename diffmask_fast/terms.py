@@ -437,7 +437,10 @@ def domain_terms(
     if isinstance(anchors, str):
         raise TypeError("anchors must be an Anchors object or a list of words, not a single string")
     anchor_words = anchors.words if hasattr(anchors, "words") else list(anchors)
-    found = {normalize_word(w) for w in anchor_words if isinstance(w, str) and has_letter(w)}
+    other = next((w for w in anchor_words if not isinstance(w, str)), None)
+    if other is not None:  # e.g. the (word, score) pairs of reference.select_anchors
+        raise TypeError(f"anchors must be words (strings), got {other!r}")
+    found = {normalize_word(w) for w in anchor_words if has_letter(w)}
     if scores is not None and len(scores):
         words = scores.words
         values = np.asarray(scores.values, dtype=np.float64)

@@ -153,7 +153,9 @@ def _scheme_from_backend(backend) -> str | None:
             return "sentencepiece"
         return None
     if kind == "Unigram":
-        return "byte_bpe" if byte_level and not metaspace else "sentencepiece"
+        if metaspace:
+            return "sentencepiece"
+        return "byte_bpe" if byte_level else None  # no marker in the pipeline: the vocabulary decides
     return None
 
 
@@ -163,8 +165,8 @@ def detect_word_boundary_scheme(tokenizer) -> str:
 
     A fast tokenizer is judged by its backend: a WordLevel model is ``token`` (every token is a
     whole word); a WordPiece model is ``wordpiece``; a BPE model with a ByteLevel pre-tokenizer
-    (also inside a Sequence) is ``byte_bpe``; a Metaspace pre-tokenizer, a Unigram model or a BPE
-    model fed "▁" by its normalizer is ``sentencepiece``. Otherwise, and for slow tokenizers, the
+    (also inside a Sequence) is ``byte_bpe``; a Metaspace pre-tokenizer, or a BPE or Unigram model
+    fed "▁" by its normalizer, is ``sentencepiece``. Otherwise, and for slow tokenizers, the
     vocabulary decides: the marker ("##", "Ġ", "▁") that starts clearly the most tokens. Raises
     ``UnknownWordBoundaries`` (a ValueError) when neither settles it.
     """

@@ -1,0 +1,163 @@
+"""What the maskers take: seeds, score tables, batches and datasets in the forms users hold them,
+and clear errors for the rest (never a failure inside a DataLoader worker on the first batch)."""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import pytest
+import torch
+
+from diffmask_fast.attention import AttentionMasker
+from diffmask_fast.baselines import RandomTokenCollator, RandomWordCollator
+from diffmask_fast.collator import DifferenceMaskingCollator
+from diffmask_fast.masker import DifferenceMasker
+from diffmask_fast.scoring import ScoreTable
+from diffmask_fast.strategies import build_strategy
+from diffmask_fast.terms import MSLMCollator, TermMaskingCollator, domain_terms
+from diffmask_fast.tokenization import UnknownWordBoundaries, detect_word_boundary_scheme
+
+SCORES = {"enzyme": 1.0, "binds": 0.5, "receptor": 0.8}
+TEXTS = ["the enzyme binds the receptor", "an enzyme", "receptor of the enzyme binds a protein in cells"]
+
+
+def collator_of(kind: str, tokenizer, seed):
+    makers = {
+        "difference": lambda: DifferenceMaskingCollator(tokenizer, SCORES, seed=seed),
+        "random-token": lambda: RandomTokenCollator(tokenizer, seed=seed),
+        "random-word": lambda: RandomWordCollator(tokenizer, seed=seed),
+        "terms": lambda: TermMaskingCollator(tokenizer, ["enzyme"], seed=seed),
+        "mslm": lambda: MSLMCollator(tokenizer, ["enzyme"], seed=seed),
+    }
+    return makers[kind]()
+
+
+COLLATORS = ["difference", "random-token", "random-word", "terms", "mslm"]
+
+
+@pytest.mark.parametrize("kind", COLLATORS)
+def test_a_numpy_integer_seed_draws_as_the_same_int(kind, bert_wordpiece):
+    seed = random.randrange(2**62)
+    examples = [bert_wordpiece(text) for text in TEXTS]
+    by_numpy = collator_of(kind, bert_wordpiece, np.int64(seed))(examples)
+    by_int = collator_of(kind, bert_wordpiece, seed)(examples)
+    assert torch.equal(by_numpy["labels"], by_int["labels"]) and torch.equal(by_numpy["input_ids"], by_int["input_ids"])
+
+
+@pytest.mark.parametrize("kind", COLLATORS + ["device", "attention"])
+@pytest.mark.parametrize("bad_seed", ["1", 1.0, True, torch.tensor(7)])
+def test_a_seed_that_is_no_integer_is_refused_when_built(kind, bad_seed, bert_wordpiece):
+    with pytest.raises(TypeError, match="seed must be an integer or None"):
+        if kind == "device":
+            DifferenceMasker(bert_wordpiece, SCORES, seed=bad_seed)
+        elif kind == "attention":
+            AttentionMasker(bert_wordpiece, seed=bad_seed)
+        else:
+            collator_of(kind, bert_wordpiece, bad_seed)
+
+
+def test_the_device_masker_checks_its_batch(bert_wordpiece):
+    encoded = bert_wordpiece(TEXTS, padding=True, return_tensors="pt")
+    ids, attention = encoded["input_ids"], encoded["attention_mask"]
+    masker = DifferenceMasker(bert_wordpiece, SCORES, mlm_probability=1.0, seed=0)
+    with pytest.raises(ValueError, match=r"attention_mask must have the shape of input_ids \(3, \d+\), got \(1, \d+\)"):
+        masker(ids, attention[:1])
+    with pytest.raises(ValueError, match="special_tokens_mask must have the shape of input_ids"):
+        masker(ids, attention, attention[:, 1:])
+    with pytest.raises(ValueError, match=r"input_ids must be a \[batch, length\] matrix, got shape \(\d+,\)"):
+        masker(ids[0])
+    with pytest.raises(TypeError, match="input_ids holds torch.float32 values; token ids must be integers"):
+        masker(ids.float(), attention)
+    state = masker.seed_state.clone()
+    from_tensor = masker(ids, attention)
+    masker.seed_state.copy_(state)
+    from_numpy = masker(ids.numpy(), attention.numpy())
+    assert all(torch.equal(a, b) for a, b in zip(from_tensor, from_numpy))
+    labels = from_tensor[1]
+    assert ((labels != -100) == (attention.bool() & (ids != bert_wordpiece.cls_token_id)
+                                 & (ids != bert_wordpiece.sep_token_id))).all(), "p = 1 masks every real token"
+
+
+@pytest.mark.parametrize("strategy", ["random-word", "difference"])
+def test_a_validation_set_given_as_a_dataset_is_masked(strategy, bert_wordpiece):
+    datasets = pytest.importorskip("datasets")
+    encoded = bert_wordpiece(TEXTS * 3)
+    dataset = datasets.Dataset.from_dict(dict(encoded))
+    options = {"scores": ScoreTable.from_mapping(SCORES)} if strategy == "difference" else {}
+    built = build_strategy(strategy, bert_wordpiece, seed=0, mask_on="workers", **options)
+    from_dataset = built.mask_examples(dataset, batch_size=4)
+    from_list = built.mask_examples([{"input_ids": ids} for ids in encoded["input_ids"]], batch_size=4)
+    assert len(from_dataset) == len(TEXTS) * 3
+    for a, b in zip(from_dataset, from_list):
+        assert a.keys() == b.keys() and all(torch.equal(torch.as_tensor(a[k]), torch.as_tensor(b[k])) for k in a)
+
+
+def test_float_fields_come_back_as_transformers_collators_give_them(bert_wordpiece):
+    examples = [{**bert_wordpiece("the enzyme"), "weight": 0.5, "target": [0.25, 1.0]},
+                {**bert_wordpiece("an enzyme binds"), "weight": 1.5, "target": [2.0, 3.0]}]
+    batch = DifferenceMaskingCollator(bert_wordpiece, SCORES)(examples)
+    assert batch["weight"].dtype == torch.float32 and batch["weight"].tolist() == [0.5, 1.5]
+    assert batch["target"].dtype == torch.float32 and batch["target"].shape == (2, 2)
+    as_numpy = DifferenceMaskingCollator(bert_wordpiece, SCORES, return_tensors="np")(examples)
+    assert as_numpy["weight"].dtype == np.float64, "numpy's own float, as transformers' numpy collators give"
+    arrays = [{**example, "weight": np.float64(example["weight"])} for example in examples]
+    assert DifferenceMaskingCollator(bert_wordpiece, SCORES)(arrays)["weight"].dtype == torch.float64, \
+        "numpy values keep their dtype"
+    ints = [{**example, "label": i} for i, example in enumerate(examples)]
+    assert DifferenceMaskingCollator(bert_wordpiece, SCORES)(ints)["label"].dtype == torch.int64
+
+
+def test_scores_given_as_the_path_of_a_saved_table(bert_wordpiece, tmp_path):
+    table = ScoreTable.from_mapping(SCORES)
+    table.save(tmp_path / "scores.npz")
+    examples = [bert_wordpiece(text) for text in TEXTS]
+    by_path = DifferenceMaskingCollator(bert_wordpiece, str(tmp_path / "scores.npz"), seed=3)
+    assert by_path.scores == table
+    assert torch.equal(by_path(examples)["labels"], DifferenceMaskingCollator(bert_wordpiece, table, seed=3)(examples)["labels"])
+    assert DifferenceMasker(bert_wordpiece, tmp_path / "scores.npz").collator.scores == table
+    for wrong in (None, [("enzyme", 1.0)], 0.5):
+        with pytest.raises(TypeError, match="scores must be a ScoreTable, a {word: score} mapping or the path"):
+            DifferenceMaskingCollator(bert_wordpiece, wrong)
+    with pytest.raises(FileNotFoundError, match="no-scores.npz"):
+        DifferenceMaskingCollator(bert_wordpiece, tmp_path / "no-scores.npz")
+
+
+def test_scores_float32_cannot_hold_are_refused_when_the_table_is_made():
+    with pytest.raises(ValueError, match="word scores must be finite \\(and within float32's range.*'enzyme'"):
+        ScoreTable.from_mapping({"enzyme": 1e39, "binds": 0.5})
+    with pytest.raises(ValueError, match="unknown_score must be finite \\(and within float32's range\\), got -1e\\+39"):
+        ScoreTable.from_mapping(SCORES, unknown_score=-1e39)
+    assert ScoreTable.from_mapping({"enzyme": 3e38}).score("enzyme") == pytest.approx(3e38, rel=1e-6)
+
+
+def test_a_whole_batch_given_as_examples_is_named(bert_wordpiece):
+    with pytest.raises(TypeError, match="not one mapping of columns \\(a whole batch, such as tokenizer\\(texts\\)\\)"):
+        DifferenceMaskingCollator(bert_wordpiece, SCORES)(bert_wordpiece(TEXTS))
+
+
+def test_domain_terms_refuse_anchors_that_are_not_words():
+    with pytest.raises(TypeError, match=r"anchors must be words \(strings\), got \('kinase', 3.5\)"):
+        domain_terms([("kinase", 3.5), ("enzyme", 2.0)])
+    assert domain_terms(["Kinase", "enzyme"]) == ["enzyme", "kinase"]
+
+
+def test_a_unigram_tokenizer_without_word_marks_is_not_taken_for_sentencepiece():
+    """Without Metaspace no token carries "▁": read as SentencePiece, a whole row would be one word."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    words = "the enzyme binds receptor strongly an inhibits kinase protein cell".split()
+    lines = [" ".join(words[(i * 7 + j) % 10] for j in range(8)) for i in range(300)]
+    backend = Tokenizer(models.Unigram())
+    backend.pre_tokenizer = pre_tokenizers.Whitespace()
+    backend.train_from_iterator(lines, trainers.UnigramTrainer(
+        vocab_size=120, special_tokens=["[PAD]", "[UNK]", "[MASK]"], unk_token="[UNK]", show_progress=False))
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, pad_token="[PAD]", unk_token="[UNK]",
+                                        mask_token="[MASK]")
+    with pytest.raises(UnknownWordBoundaries):
+        detect_word_boundary_scheme(tokenizer)
+    backend.pre_tokenizer = pre_tokenizers.Metaspace()
+    with_marks = PreTrainedTokenizerFast(tokenizer_object=backend, pad_token="[PAD]", unk_token="[UNK]",
+                                         mask_token="[MASK]")
+    assert detect_word_boundary_scheme(with_marks) == "sentencepiece"
