@@ -23,6 +23,7 @@ to a run still writing).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
@@ -235,7 +236,37 @@ class EmbeddingCache:
         self._write_segment(list(words), vectors)
         self.refresh()
         if len(self._segments) > MAX_SEGMENTS:
-            self._merge()
+            with self._merge_lock() as merging:
+                if merging:  # else another process is merging these segments now
+                    self.refresh()  # what another process merged before the lock came free
+                    if len(self._segments) > MAX_SEGMENTS:
+                        self._merge()
+
+    @contextlib.contextmanager
+    def _merge_lock(self):
+        """Yields whether this process holds the folder's merge lock (taken without waiting):
+        two processes merging the same segments would each write a copy of their words, and
+        later merges would copy the copies. Without ``fcntl`` (Windows) every process merges."""
+        try:
+            import fcntl
+        except ImportError:
+            yield True
+            return
+        try:
+            handle = open(self.directory / ".merge.lock", "a+b")
+        except OSError:  # a folder this process cannot write a lock in: merge as before
+            yield True
+            return
+        with handle:
+            try:
+                fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                yield False
+                return
+            try:
+                yield True
+            finally:
+                fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
 
     def _sweep_leftovers(self, now: float | None = None) -> None:
         """Delete what writers killed mid-segment left behind: temporary files, and vectors files
@@ -269,7 +300,7 @@ class EmbeddingCache:
         chosen = by_size[: len(by_size) - MAX_SEGMENTS // 2]
         if len(chosen) < 2:
             return
-        words, blocks = [], []
+        words, blocks, seen = [], [], set()
         for name in chosen:
             segment = self._segments[name]
             try:
@@ -278,8 +309,11 @@ class EmbeddingCache:
                 self._segments.pop(name)
                 self._discard(segment, segment.vectors_path, error)
                 continue
-            words += segment.words
-            blocks.append(vectors)
+            # A word two processes both embedded is in two segments: the merge keeps it once.
+            rows = [row for row, word in enumerate(segment.words) if word not in seen]
+            seen.update(segment.words)
+            words += [segment.words[row] for row in rows]
+            blocks.append(vectors[rows])
         if blocks:
             self._write_segment(words, np.concatenate(blocks))
         for name in chosen:

@@ -401,3 +401,46 @@ def test_leftovers_of_a_killed_writer_are_swept_once_stale(tmp_path, rng):
     assert kept_segment <= {p.name for p in directory.iterdir()}, "complete segments are never swept"
     positions, found = writer.lookup(["enzyme", "kinase"])
     assert sorted(positions.tolist()) == [0, 1]
+
+
+def test_a_merge_keeps_each_word_once(tmp_path, monkeypatch):
+    """Two processes that both embedded a word wrote it in two segments: merged, it is one row."""
+    monkeypatch.setattr(embedding_cache, "MAX_SEGMENTS", 1)  # every add past the first merges all segments
+    cache = embedding_cache.EmbeddingCache(tmp_path, "key", 2)
+    cache.add(["enzyme", "kinase"], np.array([[1, 0], [0, 1]], dtype=np.float32))
+    embedding_cache.EmbeddingCache(tmp_path, "key", 2).add(["kinase", "cell"], np.array([[0, 1], [1, 1]], np.float32))
+    cache.add(["enzyme", "protein"], np.array([[1, 0], [2, 2]], dtype=np.float32))
+    rows = sum(len(segment.words) for segment in cache._segments.values())
+    assert len(cache._segments) == 1 and rows == len(cache) == 4
+    positions, vectors = cache.lookup(["cell", "enzyme", "kinase", "protein"])
+    np.testing.assert_array_equal(vectors[np.argsort(positions)], [[1, 1], [1, 0], [0, 1], [2, 2]])
+
+
+def _add_random_words(directory: str, seed: int) -> None:
+    rng = random.Random(seed)
+    cache = embedding_cache.EmbeddingCache(directory, "key", 4)
+    for _ in range(60):
+        words = list(dict.fromkeys(f"w{rng.randrange(600)}" for _ in range(8)))
+        found = set(cache.lookup(words)[0].tolist())
+        new = [word for i, word in enumerate(words) if i not in found]
+        if new:
+            cache.add(new, np.full((len(new), 4), float(int(new[0][1:])), dtype=np.float32))
+
+
+def test_processes_adding_at_once_keep_the_cache_the_size_of_its_words(tmp_path):
+    import multiprocessing
+
+    context = multiprocessing.get_context("fork")
+    seed = random.randrange(2**31)
+    processes = [context.Process(target=_add_random_words, args=(str(tmp_path), seed + i)) for i in range(3)]
+    for process in processes:
+        process.start()
+    for process in processes:
+        process.join(timeout=300)
+        assert process.exitcode == 0
+    cache = embedding_cache.EmbeddingCache(tmp_path, "key", 4)
+    cache.refresh()
+    rows = sum(len(segment.words) for segment in cache._segments.values())
+    # Words embedded by two processes at once stay doubled until a merge reaches them, never more.
+    assert rows <= 2 * len(cache), f"{rows} rows for {len(cache)} words (seed {seed})"
+    assert len(cache._segments) <= embedding_cache.MAX_SEGMENTS + 3
