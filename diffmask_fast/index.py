@@ -604,7 +604,10 @@ class AnchorIndex:
             instead = "exact flat search on the GPU" if fallback == "flat" else "the exact op"
             self.notes.append(f"IVF needed nprobe={chosen} of {nlist} lists ({scanned:.0%} of the anchors) for "
                               f"recall@1 {self.report.recall:.3f}; using {instead} instead")
-            self.kind, self.report = fallback, None
+            self.kind, self.report, self.params = fallback, None, {}
+            # The lists hold a copy of every anchor (spill copies): nothing searches them now.
+            for name in ("_centroids", "_list_ids", "_list_vectors", "_offsets", "_quantizer", "_faiss_index"):
+                self.__dict__.pop(name, None)
             if fallback == "flat":
                 self._build_flat()
 

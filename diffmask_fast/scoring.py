@@ -324,6 +324,8 @@ class ScoreTable:
             raise invalid(f"expected format {BINARY_SCORES_FORMAT}")
         offsets, scores, nearest = arrays["offsets"], arrays["scores"], arrays["nearest"]
         count = meta.get("count")
+        if isinstance(count, bool) or not isinstance(count, int) or count < 0:
+            raise invalid(f"'count' must be a number of words, got {count!r}")
         if (offsets.shape != (count + 1,) or scores.shape != (count,) or nearest.shape != (count,)
                 or offsets[0] != 0 or offsets[-1] != arrays["words"].shape[0] or (np.diff(offsets) < 0).any()):
             raise invalid("array sizes do not agree")

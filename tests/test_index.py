@@ -209,6 +209,8 @@ def test_auto_chooses_by_size_and_falls_back_when_ivf_does_not_pay(monkeypatch, 
     queries = clustered(500, 16, 100, generator)
     fallback = AnchorIndex(anchors, sample_queries=queries)
     assert fallback.kind == "exact" and fallback.exact and "using the exact op instead" in fallback.describe()
+    assert fallback.describe().startswith("exact search (max_anchor_similarity) over 5,000 anchors; IVF needed")
+    assert fallback.params == {} and not hasattr(fallback, "_list_vectors"), "the IVF lists are not kept"
     values, ids = fallback.search(queries)
     expected_values, expected_ids = exact_search(queries, anchors)
     assert torch.equal(ids, expected_ids) and torch.equal(values, expected_values)

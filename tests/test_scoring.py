@@ -430,6 +430,14 @@ def test_a_binary_score_file_without_its_settings_is_named(tmp_path):
     (tmp_path / "scores.npz").write_bytes(buffer.getvalue())
     with pytest.raises(ValueError, match="scores.npz' is not a valid word-scores file: missing field 'anchors'"):
         ScoreTable.load(tmp_path / "scores.npz")
+    for count in (None, "1", -1, True):
+        meta = json.dumps({"format": "diffmask_fast.word_scores.npz/1", **({} if count is None else {"count": count})})
+        buffer = io.BytesIO()
+        np.savez(buffer, meta=np.frombuffer(meta.encode(), np.uint8), words=np.frombuffer(b"a", np.uint8),
+                 offsets=np.array([0, 1]), scores=np.array([1.0], np.float32), nearest=np.array([0], np.int32))
+        (tmp_path / "scores.npz").write_bytes(buffer.getvalue())
+        with pytest.raises(ValueError, match="not a valid binary word-scores file: 'count' must be a number of words"):
+            ScoreTable.load(tmp_path / "scores.npz")
 
 
 def test_score_table_keys_must_be_words_as_they_are_looked_up():
@@ -725,3 +733,13 @@ def test_contextual_anchors_read_no_more_context_than_the_model_takes(minilm):
     with pytest.raises(ValueError, match=r"max_length 100 is longer than .* takes \(at most 64 tokens\)"):
         contextual_anchor_vectors(embedder, texts, ["kinase"], max_length=100)
     assert contextual_anchor_vectors(embedder, texts, ["kinase"], max_length=20).occurrences == {"kinase": 18}
+
+
+def test_a_max_length_the_model_cannot_take_is_refused_when_the_embedder_is_made(tiny_bert):
+    model, tokenizer = tiny_bert
+    positions = model.config.max_position_embeddings
+    with pytest.raises(ValueError, match=f"max_length {positions + 1} is longer than .* takes \\(at most {positions}"):
+        WordEmbedder(model, tokenizer, max_length=positions + 1, progress=False)
+    assert WordEmbedder(model, tokenizer, max_length=positions, progress=False).embed(["enzyme"]).shape == (1, 24)
+    # input_embeddings runs no forward pass, so no length limits it
+    WordEmbedder(model, tokenizer, pooling="input_embeddings", max_length=positions + 1, progress=False)
