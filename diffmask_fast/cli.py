@@ -40,7 +40,7 @@ def _add_masking_options(parser: argparse.ArgumentParser) -> None:
 
 
 def _add_mining_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("-k", "--anchors-count", type=int, default=20, dest="k", help="number of anchors (default 20)")
+    parser.add_argument("-k", "--anchors-count", type=int, default=None, dest="k", help="number of anchors (default 20)")
     parser.add_argument("--min-count", type=int, default=None,
                         help="minimum domain count of an anchor (default: grows with the square root of corpus size)")
     parser.add_argument("--smoothing", type=float, default=None,
@@ -207,6 +207,7 @@ def _mining_settings(args) -> dict:
     from .reference import DEFAULT_SMOOTHING_PER_MILLION
 
     smoothing = DEFAULT_SMOOTHING_PER_MILLION if args.smoothing is None else args.smoothing
+    args.k = 20 if args.k is None else args.k
     check_mining_settings(args.k, args.min_count, smoothing)
     general = GeneralFrequencies.from_file(args.general) if args.general else GeneralFrequencies.default()
     return {"general": general, "k": args.k, "min_count": args.min_count, "smoothing_per_million": smoothing}
@@ -343,8 +344,8 @@ def run_mine(args) -> None:
     print(f"{counts.total:,} words, {len(counts):,} distinct, {counts.documents:,} documents; "
           f"anchors need at least {anchors.min_count} occurrences.\n")
     if len(anchors) < args.k:
-        print(f"Only {len(anchors):,} words occur often enough to be anchors ({args.k:,} asked for); "
-              f"a lower --min-count admits more.\n")
+        print(f"Only {len(anchors):,} words occur often enough to be anchors ({args.k:,} asked for)"
+              + ("; a lower --min-count admits more" if anchors.min_count > 1 else "") + ".\n")
     print(anchors.table())
     if args.output:
         anchors.save(args.output)
@@ -359,6 +360,12 @@ def run_preview(args) -> None:
     corpus = [Path(c) for c in args.corpus]
     _check_outputs(args, "html", "plot")
     _check_masking_settings(args)
+    mining = [option for option, value in (("-k", args.k), ("--min-count", args.min_count),
+                                           ("--smoothing", args.smoothing), ("--general", args.general))
+              if value is not None]
+    if mining and (args.anchors or args.scores is not None):
+        raise ValueError(f"{', '.join(mining)} choose how preview mines anchors; --anchors or --scores give them "
+                         "already")
     anchors = Anchors.load(args.anchors) if args.anchors else None
     saved = _saved_scores(args, anchors) if args.scores is not None else None
     if anchors is None and saved is None:

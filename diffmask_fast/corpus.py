@@ -131,7 +131,7 @@ def _scan_folder(top: Path, suffixes: tuple[str, ...], scan: _FolderScan, visite
                 continue
             path = Path(root, name)
             if path.is_file():
-                (scan.files if name.endswith(suffixes) else scan.skipped).append(path)
+                (scan.files if name.lower().endswith(suffixes) else scan.skipped).append(path)
             elif path.is_symlink() and not path.exists():
                 scan.broken.append(path)
             else:
@@ -191,7 +191,7 @@ def _warn_skipped(where: str, scan: _FolderScan, suffixes: tuple[str, ...]) -> N
     skipped, broken = sorted(scan.skipped), sorted(scan.broken)
     if skipped:
         hint = "; JSON lines are read from a directory with a text field (--text-field)" if (
-            suffixes == TEXT_SUFFIXES and any(p.name.endswith(DIRECTORY_JSONL_SUFFIXES) for p in skipped)) else ""
+            suffixes == TEXT_SUFFIXES and any(p.name.lower().endswith(DIRECTORY_JSONL_SUFFIXES) for p in skipped)) else ""
         left_out.append(f"skipped {len(skipped):,} other file(s) ({_names(skipped)}){hint}")
     if broken:
         left_out.append(f"skipped {len(broken):,} broken link(s) to nothing ({_names(broken)})")
@@ -238,11 +238,11 @@ def corpus_files(
 
 def is_json_lines(path: Path, text_field: str | None) -> bool:
     """Whether a file is read as JSON lines: always when a ``text_field`` is given, else by name."""
-    return text_field is not None or path.name.endswith(JSONL_SUFFIXES)
+    return text_field is not None or path.name.lower().endswith(JSONL_SUFFIXES)  # "DATA.JSONL" too
 
 
 def is_gzip(path: Path) -> bool:
-    return path.name.endswith(".gz")
+    return path.name.lower().endswith(".gz")
 
 
 def open_binary(path: Path):

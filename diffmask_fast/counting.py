@@ -95,6 +95,10 @@ def _readonly(array: np.ndarray) -> np.ndarray:
     return array
 
 
+#: Counts and their total are int64.
+_MAX_COUNT = 2**63
+
+
 class CountTable:
     """Distinct words and their counts, sorted by UTF-8 bytes (which is code point order).
 
@@ -121,8 +125,12 @@ class CountTable:
                 raise TypeError(f"words must be strings, got {type(word).__name__}")
             if count < 0 or int(count) != count:
                 raise ValueError(f"the count of {word!r} must be a non-negative integer, got {count!r}")
+            if count >= _MAX_COUNT:
+                raise ValueError(f"the count of {word!r} is {int(count)}, more than the {_MAX_COUNT - 1} a table holds")
             if count:
                 items.append((word.encode("utf-8", "surrogatepass"), int(count)))
+        if sum(count for _, count in items) >= _MAX_COUNT:
+            raise ValueError(f"the counts add up to more than the {_MAX_COUNT - 1} word occurrences a table holds")
         items.sort()
         lengths = np.fromiter((len(w) for w, _ in items), np.int64, len(items))
         offsets = np.zeros(len(items) + 1, np.int64)
@@ -662,7 +670,7 @@ def count_words(
     - ``threads``: counting threads, each with its own table (default: every available core).
     - ``text_field``: the field of JSON-lines records or dataset rows holding the text (default
       "text"). When given, every file is read as JSON lines and directories yield their
-      ``.jsonl``/``.ndjson``/``.json`` files; otherwise only files named so are read as JSON lines.
+      ``.jsonl``/``.ndjson`` files; otherwise only files named so (or ``.json``) are read as JSON lines.
     - ``scheduler``: a ``distributed.Client`` or the address of a Dask scheduler: files are
       counted on its workers in byte ranges of ``partition_bytes`` (see ``dask_counting``). The
       workers must see the same paths.

@@ -338,3 +338,28 @@ def test_index_options_reach_the_anchor_index(tmp_path, capsys):
     assert "IVF over" in (out := capsys.readouterr().out) and "nlist=2, nprobe=1" in out
     assert main(common + ["-o", str(tmp_path / "hnsw.npz"), "--index", "hnsw", "--ef-search", "24"]) == 0
     assert "FAISS HNSW" in (out := capsys.readouterr().out) and "ef_search=24" in out
+
+
+def test_preview_refuses_mining_options_it_would_not_use(tmp_path, capsys):
+    from diffmask_fast.anchors import Anchor, Anchors
+
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("the enzyme binds the receptor\n")
+    anchors = tmp_path / "anchors.json"
+    Anchors((Anchor("enzyme", 1.0, 5, 1.0),), target_total=5, general_total=1e6, min_count=1,
+            smoothing_per_million=10.0).save(anchors)
+    for options, named in ((["-k", "0"], "-k"), (["--min-count", "0", "--smoothing", "-5"], "--min-count, --smoothing"),
+                           (["--general", str(tmp_path / "none.tsv")], "--general")):
+        assert main(["preview", str(corpus), "--anchors", str(anchors), "-n", "1", *options]) == 1
+        assert f"{named} choose how preview mines anchors; --anchors or --scores give them already" \
+            in capsys.readouterr().err
+
+
+def test_mine_suggests_a_lower_min_count_only_when_there_is_one(tmp_path, capsys):
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("kinase enzyme\nkinase enzyme\n")
+    assert main(["mine", str(corpus), "-k", "5", "--min-count", "1", "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert "(5 asked for)." in out and "lower --min-count" not in out
+    assert main(["mine", str(corpus), "-k", "5", "--min-count", "2", "--no-progress"]) == 0
+    assert "(5 asked for); a lower --min-count admits more." in capsys.readouterr().out

@@ -963,3 +963,28 @@ def test_a_general_table_that_is_a_folder_or_all_zeros_is_a_clear_error(tmp_path
     with pytest.raises(ValueError, match=r"general frequency table '.*zeros.tsv': every count is 0"):
         GeneralFrequencies.from_file(zeros)
     assert GeneralFrequencies.from_file(zeros, total=1e9).total == 1e9  # a total of its own is taken
+
+
+def test_file_suffixes_are_read_whatever_their_case(tmp_path):
+    (tmp_path / "UP.JSONL").write_text('{"text": "enzyme receptor"}\n{"text": "kinase"}\n')
+    counts = count_words(tmp_path / "UP.JSONL", progress=False)
+    assert dict(counts.counts) == {"enzyme": 1, "receptor": 1, "kinase": 1} and counts.documents == 2
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    (folder / "A.TXT").write_text("enzyme binds\n")
+    (folder / "B.Txt.GZ").write_bytes(gzip.compress(b"kinase binds\n"))
+    counts = count_words(folder, progress=False)
+    assert dict(counts.counts) == {"enzyme": 1, "binds": 2, "kinase": 1} and counts.documents == 2
+
+
+def test_counts_beyond_int64_are_refused_by_name(tmp_path):
+    path = tmp_path / "huge.json"
+    header = '{"format": "diffmask_fast.word_counts/1", "documents": 1, "lowercase": true, "counts": '
+    path.write_text(header + '{"enzyme": 99999999999999999999}}')
+    with pytest.raises(ValueError, match="not a valid word-counts file: the count of 'enzyme' is 99999999999999999999"):
+        WordCounts.load(path)
+    path.write_text(header + '{"enzyme": 5000000000000000000, "kinase": 5000000000000000000}}')
+    with pytest.raises(ValueError, match="the counts add up to more than the 9223372036854775807 word occurrences"):
+        WordCounts.load(path)
+    path.write_text(header + '{"enzyme": 4000000000000000000, "kinase": 5000000000000000000}}')
+    assert WordCounts.load(path).total == 9 * 10**18
