@@ -26,8 +26,8 @@ from typing import Any, Iterator
 import numpy as np
 import torch
 
-from .masking_base import (check_like_ids, check_probability, check_replacement, check_seed, distributed_rank,
-                           replace_selected)
+from .masking_base import (check_batch_ids, check_like_ids, check_probability, check_replacement, check_seed,
+                           distributed_rank, replace_selected)
 from .tokenization import WordBoundaries, word_boundaries
 
 __all__ = ["AttentionMasker", "ORDERS"]
@@ -207,21 +207,13 @@ class AttentionMasker(torch.nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """(masked input_ids, labels) of a padded [B, L] batch; labels are -100 where nothing is
         masked."""
-        input_ids = torch.as_tensor(input_ids)
-        if input_ids.ndim != 2:
-            raise ValueError(f"input_ids must be a [batch, length] matrix, got shape {tuple(input_ids.shape)}")
-        input_ids = input_ids.long()
+        input_ids = check_batch_ids(input_ids, self.never_word.device).long()
         if attention_mask is not None:
             attention_mask = check_like_ids(input_ids, attention_mask, "attention_mask")
         if special_tokens_mask is not None:
             special_tokens_mask = check_like_ids(input_ids, special_tokens_mask, "special_tokens_mask")
         if not isinstance(model, torch.nn.Module):
             raise TypeError(f"model must be the torch.nn.Module being trained, got {type(model).__name__}")
-        if self.never_word.device != input_ids.device:
-            raise ValueError(
-                f"the masker's token tables are on {self.never_word.device} but input_ids is on "
-                f"{input_ids.device}; call masker.to({str(input_ids.device)!r})"
-            )
 
         eligible = self._eligible(input_ids, attention_mask, special_tokens_mask)
         if input_ids.numel() == 0:

@@ -24,7 +24,7 @@ import torch
 
 from . import ops
 from .collator import DifferenceMaskingCollator
-from .masking_base import check_like_ids, distributed_rank
+from .masking_base import check_batch_ids, check_like_ids, distributed_rank
 from .scoring import ScoreTable
 from .tokenization import tokenize_texts
 
@@ -222,13 +222,8 @@ class DifferenceMasker(torch.nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """(masked input_ids, labels) of a padded [B, L] batch; labels are -100 where nothing is
         masked. No host round trip: the seed, the tables and the miss counts stay on the device."""
-        input_ids = torch.as_tensor(input_ids)
-        if input_ids.ndim != 2:
-            raise ValueError(f"input_ids must be a [batch, length] matrix, got shape {tuple(input_ids.shape)}")
+        input_ids = check_batch_ids(input_ids, self.never_word.device)
         _check_integer_dtype(input_ids, "input_ids")
-        if input_ids.device != self.never_word.device:
-            raise ValueError(f"the masker's tables are on {self.never_word.device} but input_ids is on "
-                             f"{input_ids.device}; call masker.to({str(input_ids.device)!r})")
         input_ids = input_ids.long()
         vocabulary = self.never_word.shape[0]
         # Out-of-vocabulary ids belong to no word (the op ignores them); clamping keeps this

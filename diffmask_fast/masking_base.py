@@ -43,6 +43,18 @@ def check_seed(seed: Any) -> int | None:
     return int(seed)
 
 
+def check_batch_ids(input_ids: Any, tables_device: torch.device) -> torch.Tensor:
+    """``input_ids`` as a tensor, refused unless it is a [B, L] matrix on the device of the
+    masker's token tables (``tables_device``)."""
+    input_ids = torch.as_tensor(input_ids)
+    if input_ids.ndim != 2:
+        raise ValueError(f"input_ids must be a [batch, length] matrix, got shape {tuple(input_ids.shape)}")
+    if input_ids.device != tables_device:
+        raise ValueError(f"the masker's token tables are on {tables_device} but input_ids is on {input_ids.device}; "
+                         f"call masker.to({str(input_ids.device)!r})")
+    return input_ids
+
+
 def check_like_ids(input_ids: torch.Tensor, mask: Any, name: str) -> torch.Tensor:
     """``mask`` as a tensor on ``input_ids``' device, refused unless it has their [B, L] shape
     (a [1, L] mask would silently broadcast over every row)."""
