@@ -457,7 +457,10 @@ def _check_output_dir(config: PretrainConfig) -> dict | None:
                          + ", or choose a new output directory")
     if not config.resume:
         return None
-    _check_steps_left(config, _latest_checkpoint(out) if config.resume is True else Path(config.resume))
+    from transformers.trainer_utils import get_last_checkpoint  # the checkpoint Trainer resumes from
+
+    latest = get_last_checkpoint(str(out)) if config.resume is True else config.resume
+    _check_steps_left(config, None if latest is None else Path(latest))
     if not (run_dir / RUN_FILE).exists():
         return None
     record = read_json(run_dir / RUN_FILE, "pretraining run")
@@ -474,13 +477,6 @@ def resumed_run_dir(config: PretrainConfig) -> Path | None:
     if not config.resume:
         return None
     return Path(config.output_dir).resolve() if config.resume is True else Path(config.resume).resolve().parent
-
-
-def _latest_checkpoint(out: Path) -> Path | None:
-    """The ``checkpoint-<step>`` folder of the highest step, the one ``Trainer`` resumes from."""
-    steps = {int(p.name.split("-", 1)[1]): p for p in out.glob("checkpoint-*")
-             if p.is_dir() and p.name.split("-", 1)[1].isdigit()}
-    return steps[max(steps)] if steps else None
 
 
 def _check_steps_left(config: PretrainConfig, checkpoint: Path | None) -> None:
