@@ -34,7 +34,7 @@ from . import reference
 from ._checks import refuse_one_string
 from .advice import DiffmaskWarning
 from .embedding import has_lone_surrogate
-from .hf_loading import check_max_length, longest_input
+from .hf_loading import check_max_length, longest_input, model_name
 from .tokenization import WordGrouper, decode_words, tokenize_texts
 
 #: Tokens of a document read around anchor occurrences, unless the model takes fewer.
@@ -171,7 +171,7 @@ def contextual_anchor_vectors(embedder, texts: Iterable[str], anchor_words: Sequ
     if max_length is None:
         max_length = longest_input(model, CONTEXT_LENGTH)
     else:
-        check_max_length(model, max_length, getattr(model, "name_or_path", "") or type(model).__name__, "max_length")
+        check_max_length(model, max_length, model_name(model), "max_length")
     show = embedder.progress if progress is None else progress
     kept = find_occurrences(tokenizer, texts, words, max_per_anchor=max_occurrences_per_anchor,
                             max_length=max_length, lowercase=lowercase, seed=seed, progress=show)

@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 from ._checks import refuse_one_string
 from .advice import DiffmaskWarning
 from .embedding_cache import EmbeddingCache, default_cache_dir
-from .hf_loading import (cached_hub_file, check_max_length, check_model_reference, model_reference,
+from .hf_loading import (cached_hub_file, check_max_length, check_model_reference, model_name, model_reference,
                          quiet_transformers, usable_device)
 from .tokenization import tokenize_texts
 
@@ -249,8 +249,7 @@ class WordEmbedder:
         usable_device(self.device)
         self.model = self.model.to(self.device).eval()
         if self.pooling != "input_embeddings":  # refused now, not as a tensor-size error at the first long word
-            name = getattr(getattr(self.model, "config", None), "_name_or_path", "") or type(self.model).__name__
-            check_max_length(self.model, self.max_length, name, "max_length")
+            check_max_length(self.model, self.max_length, model_name(self.model), "max_length")
         if self.cache_dir is True:
             self.cache_dir = default_cache_dir()
         elif self.cache_dir is False:

@@ -116,6 +116,11 @@ def usable_device(device):
     return parsed
 
 
+def model_name(model) -> str:
+    """How messages name a loaded model: its path or hub id, else its class."""
+    return getattr(model, "name_or_path", "") or type(model).__name__
+
+
 def check_max_length(model, max_length: int, name: str, option: str = "--max-length") -> None:
     """Raise a ``ValueError`` naming ``option`` now when ``model`` cannot take ``max_length``
     tokens, rather than a tensor-size ``RuntimeError`` at the first long batch."""
