@@ -122,7 +122,7 @@ def atomic_write_json(path: str | os.PathLike, payload: Any) -> Path:
 
     JSON has no NaN or infinity (a diverged run's loss): they are written as ``null``, which
     every JSON reader takes, where Python's own ``NaN`` would break other tools."""
-    payload = _finite_or_null(payload)
+    payload = json_ready(payload)
     try:
         data = json.dumps(payload, ensure_ascii=False, indent=1, allow_nan=False).encode("utf-8")
     except UnicodeEncodeError:
@@ -130,14 +130,18 @@ def atomic_write_json(path: str | os.PathLike, payload: Any) -> Path:
     return atomic_write_bytes(path, data + b"\n")
 
 
-def _finite_or_null(value: Any) -> Any:
-    """``value`` with every non-finite float inside its dicts, lists and tuples made None."""
+def json_ready(value: Any) -> Any:
+    """``value`` as JSON will hold it: tuples as lists, paths as strings and non-finite floats
+    as None, inside its dicts, lists and tuples. A settings dict compared with one read back from
+    JSON must pass through here first."""
     if isinstance(value, float):
         return value if math.isfinite(value) else None
     if isinstance(value, dict):
-        return {key: _finite_or_null(item) for key, item in value.items()}
+        return {key: json_ready(item) for key, item in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_finite_or_null(item) for item in value]
+        return [json_ready(item) for item in value]
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
     return value
 
 

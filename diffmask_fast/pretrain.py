@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ._io import atomic_write_bytes, atomic_write_json, check_writable, read_json
+from ._io import atomic_write_bytes, atomic_write_json, check_writable, json_ready, read_json
 from .embedding import POOLINGS
 from .masking_base import check_probability
 from .pretrain_data import MIN_MAX_LENGTH
@@ -363,7 +363,7 @@ def pretrain(config: PretrainConfig) -> dict:
         callbacks=[EarlyStoppingCallback(early_stopping_patience=config.patience)] if config.patience else [],
     )
     record = None if config.resume else RunRecordCallback(  # also measures the loss before training
-        out / RUN_FILE, {"config": _jsonable(dataclasses.asdict(config))}, write=args.process_index == 0)
+        out / RUN_FILE, {"config": json_ready(dataclasses.asdict(config))}, write=args.process_index == 0)
     if record is not None:
         trainer.add_callback(record)
     with contextlib.nullcontext() if config.progress else no_progress_bars():
@@ -400,7 +400,7 @@ def pretrain(config: PretrainConfig) -> dict:
         "stopped_early": bool(state.global_step < planned),
         "train_loss": result.training_loss,
         "seconds": round(time.perf_counter() - started, 1),
-        "config": _jsonable(dataclasses.asdict(config)),
+        "config": json_ready(dataclasses.asdict(config)),
         "log_history": state.log_history,
         "versions": {"diffmask_fast": __version__, "torch": torch.__version__, "transformers": transformers.__version__},
     }
@@ -497,7 +497,7 @@ def _check_steps_left(config: PretrainConfig, checkpoint: Path | None) -> None:
 def settings_changed(started_with: dict, config: PretrainConfig, names=RESUME_MUST_MATCH) -> list[str]:
     """The settings among ``names`` in which ``config`` differs from a saved run's config (as
     ``pretrain_run.json`` and ``pretrain_summary.json`` hold it), as 'name old (now new)'."""
-    now = _jsonable(dataclasses.asdict(config))
+    now = json_ready(dataclasses.asdict(config))
     return [f"{name} {started_with[name]!r} (now {now[name]!r})"
             for name in names if name in started_with and started_with[name] != now[name]]
 
@@ -515,16 +515,6 @@ def _save_resources(out: Path, resources: dict) -> None:
         resources["scores"].save(out / SCORES_FILE)
     if "terms" in resources:
         atomic_write_bytes(out / TERMS_FILE, ("\n".join(resources["terms"]) + "\n").encode("utf-8"))
-
-
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {k: _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, os.PathLike):
-        return str(value)
-    return value
 
 
 # -- command line ------------------------------------------------------------------------------
