@@ -122,6 +122,16 @@ def _fields_of(path: Path) -> Iterator[None]:
         raise ValueError(f"{os.fspath(path)!r} is not a valid word-scores file: {detail}") from error
 
 
+def _check_nearest(nearest: np.ndarray, words: Sequence[str], anchor_count: int) -> None:
+    """Each nearest-anchor id must index ``anchors`` or be -1 (none): an id beyond them would name
+    no anchor, silently, in every explanation of the table."""
+    bad = (nearest < -1) | (nearest >= anchor_count)
+    if bad.any():
+        row = int(np.flatnonzero(bad)[0])
+        raise ValueError(f"nearest-anchor ids must be -1 (none) or index the table's {anchor_count} anchors; "
+                         f"{int(bad.sum())} do not (e.g. {int(nearest[row])} for {words[row]!r})")
+
+
 class ScoreTable:
     """s(w) for every scored word type, keyed by the normalized word (reference.normalize_word).
 
@@ -141,7 +151,7 @@ class ScoreTable:
         values = np.fromiter((float(scores[w]) for w in words), dtype=np.float64, count=len(words))
         nearest = None
         if nearest_anchor:
-            nearest = np.fromiter((int(nearest_anchor.get(w, -1)) for w in words), dtype=np.int32, count=len(words))
+            nearest = np.fromiter((int(nearest_anchor.get(w, -1)) for w in words), dtype=np.int64, count=len(words))
         self._set(words, values, nearest, anchors, similarity, unknown_score, lowercase, info)
 
     @classmethod
@@ -176,11 +186,14 @@ class ScoreTable:
                              f"{int((~np.isfinite(stored)).sum())} are not (e.g. {bad!r})")
         if not (math.isfinite(unknown_score) and abs(unknown_score) <= float(np.finfo(np.float32).max)):
             raise ValueError(f"unknown_score must be finite (and within float32's range), got {unknown_score}")
+        anchors = tuple(anchors)
+        if nearest is not None:
+            _check_nearest(np.asarray(nearest), words, len(anchors))
         self._words: list[str] = words
         self.values = stored
         self.nearest = (np.full(len(words), -1, dtype=np.int32) if nearest is None
                         else np.ascontiguousarray(nearest, dtype=np.int32))
-        self.anchors = tuple(anchors)
+        self.anchors = anchors
         self.similarity = similarity
         self.unknown_score = float(unknown_score)
         self.lowercase = bool(lowercase)

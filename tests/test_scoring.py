@@ -397,7 +397,8 @@ def test_broken_score_files_are_rejected(tmp_path):
         ScoreTable.load(tmp_path / "missing.npz")
 
 
-@pytest.mark.parametrize("damage", ["similarity missing", "scores as a list", "score as text", "key not normalized"])
+@pytest.mark.parametrize("damage", ["similarity missing", "scores as a list", "score as text", "key not normalized",
+                                    "nearest beyond the anchors"])
 def test_a_damaged_score_file_names_what_is_wrong(tmp_path, damage):
     import json
 
@@ -410,12 +411,15 @@ def test_a_damaged_score_file_names_what_is_wrong(tmp_path, damage):
         payload["scores"] = [0.9, 0.5]
     elif damage == "score as text":
         payload["scores"]["cell"] = "high"
-    else:
+    elif damage == "key not normalized":
         payload["scores"]["Receptor,"] = 0.7
+    else:
+        payload["nearest_anchor"]["cell"] = 1
     path.write_text(json.dumps(payload))
     with pytest.raises(ValueError, match="scores.json' is not a valid word-scores file: .*"
                        + {"similarity missing": "similarity", "scores as a list": "list", "score as text": "high",
-                          "key not normalized": "'Receptor,' would be looked up as 'receptor'"}[damage]):
+                          "key not normalized": "'Receptor,' would be looked up as 'receptor'",
+                          "nearest beyond the anchors": "index the table's 1 anchors.*1 for 'cell'"}[damage]):
         ScoreTable.load(path)
 
 
@@ -438,6 +442,26 @@ def test_a_binary_score_file_without_its_settings_is_named(tmp_path):
         (tmp_path / "scores.npz").write_bytes(buffer.getvalue())
         with pytest.raises(ValueError, match="not a valid binary word-scores file: 'count' must be a number of words"):
             ScoreTable.load(tmp_path / "scores.npz")
+
+
+def test_nearest_anchor_ids_must_index_the_anchors(tmp_path):
+    """An id beyond the anchors (or below -1) would explain a word's score by no anchor, silently;
+    a saved binary table with such ids is named when it is loaded."""
+    for nearest in ([0, 2], [-2, 0], [0, 2**40]):
+        with pytest.raises(ValueError, match="must be -1 \\(none\\) or index the table's 2 anchors"):
+            ScoreTable.from_arrays(["cell", "enzyme"], [0.5, 0.9], nearest, anchors=("enzyme", "kinase"))
+    with pytest.raises(ValueError, match="index the table's 0 anchors.*for 'enzyme'"):
+        ScoreTable({"enzyme": 0.9}, nearest_anchor={"enzyme": 0})
+    table = ScoreTable.from_arrays(["cell", "enzyme"], [0.5, 0.9], [-1, 1], anchors=("enzyme", "kinase"))
+    assert table.nearest_anchor_of("enzyme") == "kinase" and table.nearest_anchor_of("cell") is None
+    path = tmp_path / "scores.npz"
+    table.save(path)
+    with np.load(path) as archive:
+        arrays = dict(archive)
+    arrays["nearest"] = np.array([0, 7], dtype=arrays["nearest"].dtype)
+    np.savez(path, **arrays)
+    with pytest.raises(ValueError, match="scores.npz' is not a valid word-scores file: .*7 for 'enzyme'"):
+        ScoreTable.load(path)
 
 
 def test_score_table_keys_must_be_words_as_they_are_looked_up():
