@@ -132,9 +132,10 @@ def _add_score_parser(commands) -> None:
     score.add_argument("--index", choices=("auto", "exact", "flat", "ivf", "hnsw"), default="auto",
                        help="nearest-anchor search for max similarity: exact, FAISS flat, IVF or HNSW "
                             "(default auto: exact for small anchor sets, IVF for very large ones)")
-    score.add_argument("--recall-target", type=float, default=0.99,
+    score.add_argument("--recall-target", type=float, default=None,
                        help="recall@1 an approximate index is tuned to reach (default 0.99)")
-    score.add_argument("--nlist", type=int, default=None, help="IVF lists (default 4 sqrt(K))")
+    score.add_argument("--nlist", type=int, default=None, help="IVF lists (default 4 sqrt(K); at most K/39, "
+                       "as k-means needs about 39 anchors per list)")
     score.add_argument("--nprobe", type=int, default=None, help="IVF lists scanned per word (default: tuned)")
     score.add_argument("--ef-search", type=int, default=None, help="HNSW search depth (default: tuned)")
     score.add_argument("--contextual-anchors", type=int, default=None, metavar="N",
@@ -174,8 +175,16 @@ def _check_score_settings(args) -> None:
     from .hf_loading import check_model_reference
     from .index import check_index_options
 
-    check_index_options(args.index, recall_target=args.recall_target, nlist=args.nlist, nprobe=args.nprobe,
-                        ef_search=args.ef_search)
+    options = {"recall_target": args.recall_target, "nlist": args.nlist, "nprobe": args.nprobe,
+               "ef_search": args.ef_search}
+    check_index_options(args.index, **{name: value for name, value in options.items() if value is not None})
+    if args.similarity != "max":  # only the nearest anchor is searched in an index
+        given = ["--" + name.replace("_", "-") for name, value in options.items() if value is not None]
+        given = (["--index"] if args.index != "auto" else []) + given
+        if given:
+            raise ValueError(f"{', '.join(given)} {'choose' if len(given) > 1 else 'chooses'} the nearest-anchor "
+                             f"search of --similarity max; "
+                             f"--similarity {args.similarity} compares each word with every anchor")
     for flag, value in (("--batch-size", args.batch_size), ("--contextual-anchors", args.contextual_anchors)):
         if value is not None and value < 1:
             raise ValueError(f"{flag} must be positive, got {value}")
@@ -266,6 +275,8 @@ def _saved_scores(args, anchors):
         return load_tokenizer(args.model), table
     grouped_by = table.info.get("tokenizer")  # the tokenizer that grouped the table's words
     if grouped_by is None:
+        print("The score table does not name the tokenizer that grouped its words; the shown words are grouped "
+              "by the default embedding model's (--model names another).")
         return load_tokenizer(default_model_path()), table
     try:
         return load_tokenizer(grouped_by), table

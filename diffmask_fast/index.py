@@ -73,6 +73,10 @@ def auto_kind(k: int, use_gpu: bool = False) -> str:
     return "flat" if use_gpu and k >= GPU_FLAT_MIN_ANCHORS else "exact"
 
 
+#: The index kind each kind-specific option sets up.
+_OPTION_KIND = {"nlist": "ivf", "nprobe": "ivf", "engine": "ivf", "spill": "ivf", "ef_search": "hnsw"}
+
+
 def check_index_options(kind: str = "auto", *, recall_target: float = 0.99, spill: int = 1,
                         engine: str | None = None, **counts: int | None) -> None:
     """Raise ValueError for options ``AnchorIndex`` refuses. ``counts`` are the options that must
@@ -89,6 +93,13 @@ def check_index_options(kind: str = "auto", *, recall_target: float = 0.99, spil
     for name, value in counts.items():
         if value is not None and value < 1:
             raise ValueError(f"{name} must be positive, got {value}")
+    if kind != "auto":  # auto applies the options of the kind it picks
+        given = {"nlist": counts.get("nlist"), "nprobe": counts.get("nprobe"), "engine": engine,
+                 "spill": spill if spill != 1 else None, "ef_search": counts.get("ef_search")}
+        for name, value in given.items():
+            if value is not None and _OPTION_KIND[name] != kind:
+                raise ValueError(f"{name} must be left out of a {kind!r} index: it tunes "
+                                 f"{_OPTION_KIND[name]!r} indexes only")
 
 
 @dataclass

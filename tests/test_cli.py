@@ -69,6 +69,7 @@ def test_preview_masks_with_a_saved_score_table(tmp_path, capsys, seed):
     assert main(args) == 0
     out = capsys.readouterr().out
     assert "1 of the 6 words shown are not in the score table; they score 0." in out  # "cell"
+    assert "does not name the tokenizer that grouped its words" in out
     assert out.count("[[enzyme:1.00]]") == 2 and out.count("[[receptor:0.90]]") == 2, out
     assert "receptor (0.90, enzyme)" in out and "TF-ICF" not in out, "nothing was mined"
 
@@ -84,6 +85,7 @@ def test_preview_masks_with_a_saved_score_table(tmp_path, capsys, seed):
     err = capsys.readouterr().err
     assert "words were grouped by the tokenizer" in err and "gone" in err and "with --model" in err, err
     assert main(["preview", str(corpus), "--scores", str(moved), "--model", default_model_path(), "-n", "1"]) == 0
+    assert "does not name the tokenizer" not in capsys.readouterr().out
 
 
 def test_bad_input_gives_a_clear_error(tmp_path, capsys):
@@ -212,6 +214,11 @@ def test_outputs_and_options_are_checked_before_counting(tmp_path, capsys, monke
         (score + ["--top", "-2"], "--top must be 0 or more, got -2"),
         (score + ["--max-length", "2"], "--max-length must be at least 3"),
         (score + ["--tokenizer", "./missing-tokenizer"], "the model directory './missing-tokenizer' does not exist"),
+        (score + ["--index", "exact", "--nlist", "4"], "--nlist must be left out of a 'exact' index"),
+        (score + ["--index", "ivf", "--ef-search", "4"], "--ef-search must be left out of a 'ivf' index"),
+        (score + ["--similarity", "mean", "--index", "ivf", "--nprobe", "2"],
+         "--index, --nprobe choose the nearest-anchor search of --similarity max; --similarity mean compares"),
+        (score + ["--similarity", "centroid", "--recall-target", "0.9"], "--recall-target chooses the nearest"),
     ]
     pretrain = ["pretrain", str(corpus), "--model", str(tmp_path / "no-model"), "-o", str(tmp_path / "out")]
     cases += [

@@ -97,7 +97,8 @@ def test_zero_vectors_follow_the_exact_op(kind, generator):
     queries = torch.randn(64, 8, generator=generator)
     queries[0] = 0
     queries[1] = -anchors[:5].sum(0)  # far from most anchors
-    index = AnchorIndex(anchors, kind, recall_sample=0, nprobe=10_000, ef_search=4096)
+    options = {"flat": {}, "ivf": {"nprobe": 10_000}, "hnsw": {"ef_search": 4096}}[kind]
+    index = AnchorIndex(anchors, kind, recall_sample=0, **options)
     values, ids = index.search(queries)
     expected_values, expected_ids = exact_search(queries, anchors)
     torch.testing.assert_close(values, expected_values, atol=1e-5, rtol=0)
@@ -123,6 +124,19 @@ def test_search_takes_any_leading_shape_and_numpy(generator):
         AnchorIndex(torch.zeros(0, 6))
     with pytest.raises(ValueError, match="spill"):
         AnchorIndex(anchors, "ivf", spill=3)
+
+
+@pytest.mark.parametrize("kind, option", [("exact", {"nlist": 4}), ("flat", {"nprobe": 2}), ("hnsw", {"spill": 2}),
+                                          ("hnsw", {"engine": "faiss"}), ("ivf", {"ef_search": 64}),
+                                          ("exact", {"ef_search": 64})])
+def test_options_of_another_index_kind_are_refused(kind, option):
+    """An option the chosen kind would ignore is refused, so that nobody tunes an index they are
+    not using; ``auto`` takes them all and applies those of the kind it picks."""
+    name = next(iter(option))
+    with pytest.raises(ValueError, match=f"{name} must be left out of a '{kind}' index: it tunes "
+                                         f"'{'hnsw' if name == 'ef_search' else 'ivf'}' indexes only"):
+        AnchorIndex(torch.randn(100, 6), kind, **option)
+    assert AnchorIndex(torch.randn(100, 6), "auto", **option).kind == "exact"
 
 
 @pytest.mark.parametrize("options", [{}, {"spill": 2}, {"engine": "faiss"}])
