@@ -39,7 +39,7 @@ ORDERS = ("most", "least")
 def _generator_seed(seed: int, resumed_at: int = 0) -> int:
     """A seed for this process's generator, from ``seed``, the distributed rank and the step a
     resumed run started at."""
-    entropy = np.random.SeedSequence([int(seed) % 2**63, distributed_rank() + 1] + ([resumed_at] if resumed_at else []))
+    entropy = np.random.SeedSequence([int(seed), distributed_rank() + 1] + ([resumed_at] if resumed_at else []))
     return int(entropy.generate_state(1, np.uint64)[0] >> 1)
 
 

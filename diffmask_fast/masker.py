@@ -34,7 +34,7 @@ __all__ = ["DifferenceMasker"]
 def _base_seed(root: int, rank: int) -> int:
     """The first per-step seed of ``rank``, from a root seed. Below 2**62, so adding one per step
     never overflows int64."""
-    entropy = np.random.SeedSequence([int(root) % 2**63, rank + 1])
+    entropy = np.random.SeedSequence([int(root), rank + 1])
     return int(entropy.generate_state(1, np.uint64)[0] >> 2)
 
 

@@ -35,11 +35,14 @@ def check_probability(name: str, value: float) -> None:
 
 def check_seed(seed: Any) -> int | None:
     """``seed`` as a Python int (numpy integers included), or None; anything else is refused
-    here rather than failing inside a DataLoader worker on the first batch."""
+    here rather than failing inside a DataLoader worker on the first batch. Seeds lie in
+    [0, 2**63), as numpy's: each one then draws its own masks (wider seeds would share streams)."""
     if seed is None:
         return None
     if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
         raise TypeError(f"seed must be an integer or None, got {seed!r}")
+    if not 0 <= seed < 2**63:
+        raise ValueError(f"seed must be in [0, 2**63), got {seed}")
     return int(seed)
 
 
@@ -208,7 +211,7 @@ class MaskingCollatorBase:
         generator = self._generators.get(context)
         if generator is None and self.seed is not None:
             _, rank, worker, seed_of_worker = context
-            words = [self.seed % 2**63, rank + 1, worker + 1] + ([seed_of_worker % 2**64] if worker >= 0 else [])
+            words = [self.seed, rank + 1, worker + 1] + ([seed_of_worker % 2**64] if worker >= 0 else [])
             words += [self._resumed_at] if self._resumed_at else []
             entropy = np.random.SeedSequence(words)
             generator = torch.Generator().manual_seed(int(entropy.generate_state(1, np.uint64)[0] >> 1))

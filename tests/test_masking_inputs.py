@@ -57,6 +57,26 @@ def test_a_seed_that_is_no_integer_is_refused_when_built(kind, bad_seed, bert_wo
             collator_of(kind, bert_wordpiece, bad_seed)
 
 
+@pytest.mark.parametrize("kind", COLLATORS + ["device", "attention"])
+@pytest.mark.parametrize("bad_seed", [-1, 2**63, np.uint64(2**63 + 5)])
+def test_a_seed_outside_numpys_range_is_refused(kind, bad_seed, bert_wordpiece):
+    """Seeds lie in [0, 2**63): a wider one would draw the masks of another seed."""
+    with pytest.raises(ValueError, match=r"seed must be in \[0, 2\*\*63\), got"):
+        if kind == "device":
+            DifferenceMasker(bert_wordpiece, SCORES, seed=bad_seed)
+        elif kind == "attention":
+            AttentionMasker(bert_wordpiece, seed=bad_seed)
+        else:
+            collator_of(kind, bert_wordpiece, bad_seed)
+
+
+@pytest.mark.parametrize("kind", COLLATORS)
+def test_the_widest_seeds_draw_streams_of_their_own(kind, bert_wordpiece):
+    examples = [bert_wordpiece(text) for text in TEXTS * 4]
+    drawn = [collator_of(kind, bert_wordpiece, seed)(examples)["labels"] for seed in (0, 2**62, 2**63 - 1)]
+    assert not torch.equal(drawn[0], drawn[1]) and not torch.equal(drawn[1], drawn[2])
+
+
 def test_the_device_masker_checks_its_batch(bert_wordpiece):
     encoded = bert_wordpiece(TEXTS, padding=True, return_tensors="pt")
     ids, attention = encoded["input_ids"], encoded["attention_mask"]
