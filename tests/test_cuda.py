@@ -243,6 +243,21 @@ def test_similarity_of_vectors_whose_float32_squares_overflow_or_underflow(seed)
             check_similarity(values, indices, e, a, 1e-5, f"seed={seed} scale={scale}")
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_float64_anchors_beyond_the_compute_types_range_on_gpu(seed, dtype):
+    """Float64 anchors at 1e300 or 1e-300 with float32 compute keep their cosines, as on the CPU."""
+    g = generator(seed)
+    embeddings = torch.randn(200, 24, generator=g).to(dtype)
+    anchors = torch.randn(9, 24, generator=g, dtype=torch.float64)
+    anchors[1] *= 1e300
+    anchors[4] *= 1e-300
+    anchors[6] *= 1e-320
+    values, indices = ops.max_anchor_similarity(embeddings.to(CUDA), anchors.to(CUDA))
+    cpu_values, cpu_indices = ops.max_anchor_similarity(embeddings, anchors)
+    torch.testing.assert_close(values.cpu(), cpu_values, atol=1e-5, rtol=0)
+    assert torch.equal(indices.cpu(), cpu_indices), f"seed={seed}"
+
+
 def test_sampling_statistics_on_gpu(seed):
     rng = np.random.default_rng(seed)
     trials = 200_000

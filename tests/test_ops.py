@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib
 import math
 import pickle
+import random
 import subprocess
 import sys
 
@@ -212,6 +213,23 @@ def test_float64_similarity_of_values_whose_squares_leave_double_range(seed, sca
         np.testing.assert_allclose(scaled_values, expected_values, atol=1e-12)  # the reference is scale-free too
         np.testing.assert_allclose(values.numpy(), expected_values, atol=1e-6, err_msg=f"seed={seed} scale={scale}")
         assert np.array_equal(indices.numpy(), expected_indices), f"seed={seed} scale={scale}"
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+def test_float64_anchors_beyond_the_compute_types_range(seed, dtype):
+    """Float64 anchors at 1e300 or 1e-300 with lower-precision embeddings: normalized as float64
+    and only then rounded, so they keep their cosines (not infinity's NaN or the zero vector's 0)."""
+    g = generator(seed)
+    embeddings = torch.randn(40, 12, generator=g).to(dtype)
+    anchors = torch.randn(7, 12, generator=g, dtype=torch.float64)
+    anchors[1] *= 1e300
+    anchors[3] *= 1e-300
+    anchors[5] *= 1e-320  # subnormal float64
+    values, indices = ops.max_anchor_similarity(embeddings, anchors)
+    expected_values, expected_indices = reference.max_anchor_similarity(embeddings.double().numpy(), anchors.numpy())
+    np.testing.assert_allclose(values.numpy(), expected_values, atol=1e-5, err_msg=f"seed={seed}")
+    assert np.array_equal(indices.numpy(), expected_indices), f"seed={seed}"
+    assert {1, 3, 5} & set(indices.tolist()), f"seed={seed}: some row's nearest anchor is a rescaled one"
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
@@ -572,6 +590,22 @@ def test_score_table_insert_lookup_overwrite(seed):
     assert table.lookup([1, 2])[0].tolist() == [0.5, 0.25]
 
 
+def test_score_table_insert_of_pairs_that_view_the_table(seed):
+    """Pairs read from the table's own memory (a view of it) are read before any slot is written:
+    each key gets the value it was given, whatever slots the earlier pairs took."""
+    rng = random.Random(seed)
+    for _ in range(20):
+        capacity = 1 << rng.randrange(3, 7)
+        keys = torch.zeros(capacity, dtype=torch.long)
+        values = torch.tensor([rng.uniform(-5, 5) for _ in range(capacity)], dtype=torch.float32)
+        count = rng.randrange(1, capacity // 2 + 1)
+        new_keys = torch.tensor(rng.sample(range(1, 10**6), count), dtype=torch.long)
+        start = rng.randrange(0, capacity - count + 1)
+        given = values[start:start + count].clone()
+        ops.score_table_insert(keys, values, new_keys, values[start:start + count])
+        assert torch.equal(ops.score_table_lookup(keys, values, new_keys)[0], given), f"seed={seed}"
+
+
 def test_score_table_pickle(seed):
     g = generator(seed)
     table = ops.ScoreHashTable()
@@ -911,6 +945,14 @@ def test_difference_mask_errors():
     assert torch.equal(call(seed=torch.tensor(5)).labels, call(seed=5).labels)
     with pytest.raises(TypeError, match="seed must be an integer"):
         call(seed=torch.tensor(5.0))
+    for bad_id, error in ((2**63, ValueError), (-1, ValueError), (1.0, TypeError), (True, TypeError)):
+        with pytest.raises(error, match=r"difference_mask: mask_token_id must be an integer token id|"
+                                        r"difference_mask: mask_token_id must be a token id in \[0, 2\*\*63\)"):
+            call(mask_token_id=bad_id)
+        with pytest.raises(error, match="difference_mask_device: mask_token_id must be"):
+            ops.difference_mask_device(ids, never, starts, keys, values, RANDOM_IDS, mask_token_id=bad_id, seed=1)
+    assert torch.equal(call(mask_token_id=np.int64(MASK_ID), seed=5).masked_ids,
+                       call(mask_token_id=torch.tensor(MASK_ID), seed=5).masked_ids)
     with pytest.raises(TypeError, match="input_ids must have dtype torch.int64"):
         call(input_ids=ids.int())
     with pytest.raises(TypeError, match="random_token_ids must have dtype torch.int64"):

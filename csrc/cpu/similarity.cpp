@@ -75,35 +75,47 @@ core::Isa cpu_isa() {
   return isa;
 }
 
-// Unit anchors (zero anchors stay zero: cosine 0) with exact duplicates searched once: returns
-// the distinct rows, [distinct, D], and column_anchor[j], the (ascending) anchor index column j
-// stands for, so ties still go to the smallest index.
-template <typename T>
-at::Tensor distinct_unit_anchors(const at::Tensor& anchors, at::ScalarType dtype,
-                                 std::vector<int64_t>& column_anchor) {
-  const int64_t K = anchors.size(0);
-  const int64_t D = anchors.size(1);
-  const at::Tensor a = anchors.to(dtype).contiguous();
-  const T* a_data = a.data_ptr<T>();
-  std::vector<T> unit(static_cast<size_t>(K * D));
+// Rows of `a` ([K, D], contiguous, of type S) divided by their norms, into `unit` as T. Zero
+// rows stay zero (cosine 0); NaN rows keep their NaNs and never win.
+template <typename S, typename T>
+void unit_rows(const S* a, int64_t K, int64_t D, T* unit) {
   for (int64_t k = 0; k < K; ++k) {  // in double: a float32 sum of squares over- or underflows
-    const T* row = a_data + k * D;
+    const S* row = a + k * D;
     const double norm2 = core::squared_norm_double(row, D);
     // Float64 values beyond ~1e154 or below ~1e-154 over- or underflow even the double sum:
     // such rows are scaled by a power of two first (exact), as the CUDA kernel does.
     const int shift = norm2 >= std::numeric_limits<double>::min() && std::isfinite(norm2)
                           ? 0 : core::rescaling_shift(row, D);
     const double norm = std::sqrt(shift == 0 ? norm2 : core::squared_norm_double_scaled(row, D, shift));
-    const double scale = norm > 0 ? 1.0 / norm : 0.0;  // NaN anchors keep their NaNs and never win
+    const double scale = norm > 0 ? 1.0 / norm : 0.0;
     for (int64_t d = 0; d < D; ++d) {
       unit[k * D + d] = static_cast<T>(std::ldexp(static_cast<double>(row[d]), shift) * scale);
     }
+  }
+}
+
+// Unit anchors with exact duplicates searched once: returns the distinct rows, [distinct, D], of
+// type T, and column_anchor[j], the (ascending) anchor index column j stands for, so ties still
+// go to the smallest index. Float64 anchors are normalized as they are and only their unit rows
+// rounded to T: values beyond float32's range (1e300, 1e-300) have unit rows that T holds.
+template <typename T>
+at::Tensor distinct_unit_anchors(const at::Tensor& anchors, at::ScalarType dtype,
+                                 std::vector<int64_t>& column_anchor) {
+  const int64_t K = anchors.size(0);
+  const int64_t D = anchors.size(1);
+  std::vector<T> unit(static_cast<size_t>(K * D));
+  const bool wider = anchors.scalar_type() == at::kDouble && dtype != at::kDouble;
+  const at::Tensor a = (wider ? anchors : anchors.to(dtype)).contiguous();
+  if (wider) {
+    unit_rows(a.data_ptr<double>(), K, D, unit.data());
+  } else {
+    unit_rows(a.data_ptr<T>(), K, D, unit.data());
   }
   std::vector<int64_t> first(static_cast<size_t>(K));
   const int64_t distinct = core::first_identical_rows(unit.data(), K, D, first.data());
   column_anchor.clear();
   column_anchor.reserve(static_cast<size_t>(distinct));
-  at::Tensor u = at::empty({distinct, D}, a.options());
+  at::Tensor u = at::empty({distinct, D}, a.options().dtype(dtype));
   T* u_data = u.data_ptr<T>();
   for (int64_t k = 0; k < K; ++k) {
     if (first[k] == k) {

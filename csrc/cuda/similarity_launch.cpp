@@ -26,6 +26,17 @@ Precision parse_precision(c10::string_view precision) {
   return Precision::kBf16;
 }
 
+// Anchors in the compute type. Float64 anchors for float32 compute are divided by their largest
+// magnitude first: rows at 1e300 or 1e-300 then round to float32 as rows near unit scale, where a
+// plain cast makes them infinite (NaN anchors) or zero. The kernel normalizes them after.
+at::Tensor anchors_in(const at::Tensor& anchors, at::ScalarType dtype) {
+  if (anchors.scalar_type() != at::kDouble || dtype == at::kDouble) {
+    return anchors.to(dtype).contiguous();
+  }
+  const at::Tensor largest = anchors.abs().amax(1, /*keepdim=*/true);  // NaN rows stay NaN
+  return (anchors / at::where(largest > 0, largest, at::ones_like(largest))).to(dtype).contiguous();
+}
+
 std::tuple<at::Tensor, at::Tensor> max_anchor_similarity_precision_cuda(const at::Tensor& embeddings,
                                                                          const at::Tensor& anchors,
                                                                          c10::string_view precision) {
@@ -56,7 +67,7 @@ std::tuple<at::Tensor, at::Tensor> max_anchor_similarity_precision_cuda(const at
   if (d > 1 && e.stride(1) != 1) {
     e = e.contiguous();  // the kernels read rows with unit stride (any row stride, even 0)
   }
-  const at::Tensor a = anchors.to(dtype).contiguous();
+  const at::Tensor a = anchors_in(anchors, dtype);
 
   SimilarityProblem problem;
   problem.embeddings = e.data_ptr();
