@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 import numbers
+import operator
 from typing import NamedTuple, Sequence
 
 import torch
@@ -246,6 +247,21 @@ def _integer_seed(op: str, seed) -> int:
     if not -(2**63) <= seed < 2**63:
         raise ValueError(f"{op}: seed must fit in a signed 64-bit integer, got {seed}")
     return seed
+
+
+def _token_id(op: str, mask_token_id) -> int:
+    """``mask_token_id`` as an int, refused unless it is an integer id of int64 (a float or an
+    id beyond int64 would otherwise fail in the op's binding with a contradictory message)."""
+    try:
+        if isinstance(mask_token_id, bool) or getattr(mask_token_id, "dtype", None) == torch.bool:
+            raise TypeError
+        token_id = operator.index(mask_token_id)  # ints, numpy integers, one-element integer tensors
+    except TypeError:
+        raise TypeError(f"{op}: mask_token_id must be an integer token id, got {type(mask_token_id).__name__} "
+                        f"{mask_token_id!r}") from None
+    if not 0 <= token_id < 2**63:
+        raise ValueError(f"{op}: mask_token_id must be a token id in [0, 2**63), got {token_id}")
+    return token_id
 
 
 def _draw_seed(generator: torch.Generator | None) -> int:
@@ -601,7 +617,8 @@ def difference_mask(
     return DifferenceMaskOutput(
         *_ops.difference_mask(
             input_ids, never_word, starts_word, table_keys, table_values, random_token_ids, mlm_probability, code,
-            uniform_mix, unknown_score, int(mask_token_id), mask_replace_prob, random_replace_prob, seed,
+            uniform_mix, unknown_score, _token_id("difference_mask", mask_token_id), mask_replace_prob,
+            random_replace_prob, seed,
         )
     )
 
@@ -666,6 +683,6 @@ def difference_mask_device(
     return DeviceMaskOutput(
         *_ops.difference_mask_device(
             input_ids, never_word, starts_word, table_keys, table_values, random_token_ids, mlm_probability, code,
-            uniform_mix, unknown_score, int(mask_token_id), mask_replace_prob, random_replace_prob, seed,
+            uniform_mix, unknown_score, _token_id(op, mask_token_id), mask_replace_prob, random_replace_prob, seed,
         )
     )

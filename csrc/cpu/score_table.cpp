@@ -1,5 +1,6 @@
 // CPU kernels of score_table_insert and score_table_lookup.
 #include <ATen/ATen.h>
+#include <ATen/MemoryOverlap.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
@@ -28,8 +29,14 @@ void score_table_insert_cpu(const at::Tensor& keys, const at::Tensor& values, co
   if (m == 0) {
     return;
   }
-  const at::Tensor k = new_keys.contiguous();
-  const at::Tensor v = new_values.contiguous();
+  // Pairs are read while slots are written: pairs that share memory with the table (a view of
+  // it) are copied first, so that no pair reads a value an earlier one wrote.
+  const auto shares_table = [&](const at::Tensor& t) {
+    return at::get_overlap_status(t, keys) != at::MemOverlapStatus::No ||
+           at::get_overlap_status(t, values) != at::MemOverlapStatus::No;
+  };
+  const at::Tensor k = shares_table(new_keys) ? new_keys.clone() : new_keys.contiguous();
+  const at::Tensor v = shares_table(new_values) ? new_values.clone() : new_values.contiguous();
   const core::InsertResult result = core::table_insert(keys.data_ptr<int64_t>(), values.data_ptr<float>(),
                                                        keys.size(0), k.data_ptr<int64_t>(), v.data_ptr<float>(), m);
   switch (result.status) {
