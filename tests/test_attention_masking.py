@@ -11,7 +11,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from law_checks import binomial_p_value
+from law_checks import binomial_p_value, power_against_bias
 from diffmask_fast.attention import AttentionMasker
 from diffmask_fast.tokenization import word_boundaries
 
@@ -143,10 +143,11 @@ def test_budget_is_p_n_rounded_stochastically(bert_wordpiece, tiny_bert_mlm, see
 
 def test_replacement_is_80_10_10(bert_wordpiece, tiny_bert_mlm, seed):
     """Each masked token becomes the mask token (0.8), a random ordinary token (0.1) or stays
-    (0.1). Over ~70k masked tokens each share is checked against its exact binomial law at
-    1e-6 / 3 (a correct implementation fails below 1e-6); a 10% relative bias of a share (the
-    random one 0.10 -> 0.11, say) lies ~8 standard errors out and fails with probability > 0.999."""
-    ids, attention, flagged = random_batch(bert_wordpiece, seed, rows=5000, max_body=30)
+    (0.1). Over ~74k masked tokens each share is checked against its exact binomial law at
+    alpha = 1e-6 / 3 (a correct implementation fails below 1e-6). The test asserts its own power:
+    a 10% relative bias of any share (the random one 0.10 -> 0.11 or 0.09, say: ~8 standard
+    errors) fails it with probability at least 0.999, computed exactly (law_checks.power_against_bias)."""
+    ids, attention, flagged = random_batch(bert_wordpiece, seed, rows=5500, max_body=30)
     masker = AttentionMasker(bert_wordpiece, mlm_probability=1.0, seed=seed)
     masked_ids, labels = masker(ids, attention, flagged, model=tiny_bert_mlm)
     message = f"seed={seed}"
@@ -156,7 +157,6 @@ def test_replacement_is_80_10_10(bert_wordpiece, tiny_bert_mlm, seed):
     boundaries = word_boundaries(bert_wordpiece)
     selected_ids, original = masked_ids[eligible], ids[eligible]
     n = selected_ids.numel()
-    assert n >= 60_000, message  # enough tokens for the power claimed above
     as_mask = int((selected_ids == boundaries.mask_token_id).sum())
     changed = (selected_ids != boundaries.mask_token_id) & (selected_ids != original)
     as_random = int(changed.sum())
@@ -165,9 +165,12 @@ def test_replacement_is_80_10_10(bert_wordpiece, tiny_bert_mlm, seed):
     assert not boundaries.never_word[selected_ids[changed]].any(), message
     # A random replacement draws the original token back with probability 1 / v.
     v = boundaries.random_token_ids.numel()
+    alpha = 1e-6 / 3
     for name, count, expected in (("mask", as_mask, 0.8), ("random", as_random, 0.1 * (1 - 1 / v)),
                                   ("kept", kept, 0.1 + 0.1 / v)):
-        assert binomial_p_value(count, n, expected) >= 1e-6 / 3, (
+        power = power_against_bias(n, expected, alpha)
+        assert power >= 0.999, f"{name}: {n} masked tokens see a 10% bias with probability {power:.5f} only; {message}"
+        assert binomial_p_value(count, n, expected) >= alpha, (
             f"{name}: {count}/{n} = {count / n:.5f} vs {expected:.5f}; {message}")
 
 

@@ -8,10 +8,11 @@ import numpy as np
 import pytest
 import torch
 
-from law_checks import words_of
+from law_checks import binomial_p_value, power_against_bias, words_of
 from diffmask_fast import reference
 from diffmask_fast.collator import DifferenceMaskingCollator
 from diffmask_fast.scoring import ScoreTable
+from diffmask_fast.tokenization import word_boundaries
 
 TOKENIZERS = ["bert_wordpiece", "roberta_byte_bpe", "sentencepiece_unigram", "minilm_tokenizer",
               "word_level_whitespace"]
@@ -41,8 +42,9 @@ def lines(corpus, seed):
 def random_scores(tokenizer, texts, zero_share=0.2):
     """A score table over the words of ``texts`` with random scores, some exactly zero or negative."""
     words = set()
+    boundaries = word_boundaries(tokenizer)
     for text in texts:
-        _, decoded = words_of(tokenizer, tokenizer(text)["input_ids"])
+        _, decoded = words_of(tokenizer, tokenizer(text)["input_ids"], boundaries)
         words.update(decoded)
     rng = random.Random(random.getrandbits(64))  # the global generator starts from the test's seed
     return ScoreTable.from_mapping({w: (0.0 if rng.random() < zero_share else rng.uniform(-0.2, 1.0)) for w in words})
@@ -88,34 +90,48 @@ def test_masks_whole_words_only_and_never_special_tokens(request, tokenizer_name
 
 @pytest.mark.parametrize("mask_share, random_share", [(0.8, 0.1), (0.55, 0.3)])
 def test_budget_and_replacement_proportions(minilm_tokenizer, lines, mask_share, random_share):
+    """About p of the words are masked, and each masked token becomes the mask token, a random
+    non-special token or stays in the given shares. Each share is checked against its exact
+    binomial law at alpha = 1e-6 / 3 (a correct implementation fails below 1e-6), and batches
+    are drawn until a 10% relative bias of any share (the random one 0.10 -> 0.11, say) would
+    fail with probability at least 0.999 (exact power, law_checks.power_against_bias)."""
     tokenizer = minilm_tokenizer
     examples = encode(tokenizer, lines, max_length=128)
     collator = DifferenceMaskingCollator(tokenizer, random_scores(tokenizer, lines), mlm_probability=0.25,
                                          mask_replace_prob=mask_share, random_replace_prob=random_share)
-    first_tokens = [[g[0] for g in words_of(tokenizer, e["input_ids"])[0]] for e in examples]
-    n_words = sum(len(f) for f in first_tokens)
-    masked_words = masked_tokens = as_mask = as_random = 0
-    calls = 60
     boundaries = collator.boundaries
-    for _ in range(calls):
+    first_tokens = [[g[0] for g in words_of(tokenizer, e["input_ids"], boundaries)[0]] for e in examples]
+    n_words = sum(len(f) for f in first_tokens)
+    # A random replacement draws the original token back with probability 1 / v.
+    back = random_share / boundaries.random_token_ids.numel()
+    shares = {"mask": mask_share, "random": random_share - back, "kept": 1 - mask_share - random_share + back}
+    alpha = 1e-6 / len(shares)
+    counts = dict.fromkeys(shares, 0)
+    masked_words = masked_tokens = calls = 0
+    # How many tokens are masked does not depend on how they are replaced (separate draws), so
+    # stopping on that count leaves each share's count binomial given the total.
+    while calls == 0 or min(power_against_bias(masked_tokens, share, alpha) for share in shares.values()) < 0.999:
+        assert calls < 1000, f"{masked_tokens} masked tokens after {calls} calls"
         batch = collator(examples)
+        calls += 1
         labels = batch["labels"]
         chosen = labels != -100
+        new = batch["input_ids"][chosen]
         masked_tokens += int(chosen.sum())
-        as_mask += int((batch["input_ids"][chosen] == tokenizer.mask_token_id).sum())
-        replaced = batch["input_ids"][chosen] != labels[chosen]
-        replaced &= batch["input_ids"][chosen] != tokenizer.mask_token_id
-        as_random += int(replaced.sum())
-        assert not boundaries.never_word[batch["input_ids"][chosen][replaced]].any()
+        counts["mask"] += int((new == tokenizer.mask_token_id).sum())
+        changed = (new != tokenizer.mask_token_id) & (new != labels[chosen])
+        counts["random"] += int(changed.sum())
+        counts["kept"] += int((new == labels[chosen]).sum())
+        assert not boundaries.never_word[new[changed]].any(), "a random replacement is a special token"
         for row, starts in enumerate(first_tokens):
             masked_words += int((labels[row, starts] != -100).sum())
     share = masked_words / (n_words * calls)
     standard_error = math.sqrt(0.25 * 0.75 / (n_words * calls))
     assert abs(share - 0.25) < 5 * standard_error + 0.002, share
-    for observed, p in ((as_mask, mask_share), (as_random, random_share)):
-        # A random replacement can draw the original token back: allow for that (1 in ~30k).
-        bound = 5 * math.sqrt(p * (1 - p) / masked_tokens) + 0.002
-        assert abs(observed / masked_tokens - p) < bound, (observed, masked_tokens, p)
+    assert sum(counts.values()) == masked_tokens
+    for name, probability in shares.items():
+        assert binomial_p_value(counts[name], masked_tokens, probability) >= alpha, (
+            f"{name}: {counts[name]}/{masked_tokens} = {counts[name] / masked_tokens:.5f} vs {probability:.5f}")
 
 
 def test_word_frequencies_match_exact_successive_sampling(bert_wordpiece):

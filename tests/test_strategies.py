@@ -17,7 +17,7 @@ import pytest
 import torch
 
 import tokenizers_offline
-from law_checks import binomial_p_value
+from law_checks import binomial_p_value, power_against_bias, trials_to_detect
 from diffmask_fast import reference
 from diffmask_fast.anchors import Anchor, Anchors
 from diffmask_fast.baselines import RandomTokenCollator, RandomWordCollator
@@ -515,23 +515,13 @@ def test_term_masking_overshoots_only_by_whole_spans(request, tokenizer_name, se
 # ----------------------------------------------------------------------------------------------
 
 
-def trials_to_detect(probability: float, alpha: float, relative: float = 0.1, power_z: float = 3.1) -> int:
-    """Trials after which a rate off by ``relative`` (either way) fails a two-sided test at
-    ``alpha`` with probability above Phi(power_z) (0.999 for 3.1), by the normal approximation."""
-    from scipy.stats import norm
-
-    z = float(norm.isf(alpha / 2))
-    shifted = max(probability * (1 - relative), 0.0), min(probability * (1 + relative), 1.0)
-    spread = z * math.sqrt(probability * (1 - probability)) + power_z * max(math.sqrt(q * (1 - q)) for q in shifted)
-    return math.ceil((spread / (relative * probability)) ** 2)
-
-
 @pytest.mark.parametrize("tokenizer_name", TOKENIZERS)
 def test_mslm_rates_and_loss_weights(request, tokenizer_name, corpus, seed):
     """Term occurrences are masked whole at term_probability, other words at mlm_probability,
     with loss weights term_weight / 1 / 0. Both rates are checked by exact binomial p-values
-    at 1e-6 / 2 (a correct implementation fails below 1e-6) over as many calls as make a 10%
-    relative bias of either rate fail with probability above 0.999."""
+    at alpha = 1e-6 / 2 (a correct implementation fails below 1e-6) over as many calls as make a
+    10% relative bias of either rate, up or down, fail with probability at least 0.999 (exact
+    binomial power at the trials made, law_checks.power_against_bias)."""
     tokenizer = request.getfixturevalue(tokenizer_name)
     lines = sample_lines(corpus, seed, 16)
     rng = random.Random(seed)
@@ -572,6 +562,9 @@ def test_mslm_rates_and_loss_weights(request, tokenizer_name, corpus, seed):
     alpha = 1e-6 / 2
     calls = max(math.ceil(trials_to_detect(term_probability, alpha) / occurrences_per_call),
                 math.ceil(trials_to_detect(other_probability, alpha) / others_per_call))
+    while min(power_against_bias(calls * occurrences_per_call, term_probability, alpha),
+              power_against_bias(calls * others_per_call, other_probability, alpha)) < 0.999:
+        calls += 1  # the exact power of a binomial test saws with the trials: make it hold where we stop
     original = collator._pad(examples)["input_ids"]
     masked_occurrences = masked_others = 0
     for call in range(calls):
