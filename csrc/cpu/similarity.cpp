@@ -12,6 +12,9 @@
 // AVX2 or AVX-512 (float32 compute), otherwise from BLAS (at::mm) per block and tile: float64
 // inputs, other CPUs, many anchors on AVX2. Blocks and tiles have fixed sizes, and tiles are
 // whole numbers of panels, so results depend neither on the number of threads nor on K's tiling.
+// On the panel route a row's result does not depend on the other rows either; BLAS picks its
+// kernels by block shape, so there a float32 row's value can move by a unit in the last place
+// with the batch it is in (the nearest anchor only at such a near tie).
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
