@@ -198,10 +198,13 @@ def read_terms(path: str | os.PathLike) -> list[str]:
     return terms
 
 
-def _domain_resources(config: PretrainConfig, documents: list[str], tokenizer: Any, *, saved: bool = False) -> dict:
+def _domain_resources(config: PretrainConfig, documents: list[str], tokenizer: Any, *,
+                      validation_documents: list[str] = (), saved: bool = False) -> dict:
     """Anchors, score table and terms the strategy needs: given, saved by an earlier run in the
-    output directory (resuming) or by this run's main process (``saved``), or mined and scored
-    from the training documents now."""
+    output directory (resuming) or by this run's main process (``saved``), or mined from the
+    training documents now. The words of the validation documents are scored too: a score
+    depends on the word alone, and a word the table lacked would never be masked there, so the
+    validation loss would leave out exactly the words seen only in validation."""
     out = Path(config.output_dir)
     needs_scores = config.strategy == "difference" or (config.strategy == "mslm" and config.terms is None)
     resources: dict = {}
@@ -233,7 +236,8 @@ def _domain_resources(config: PretrainConfig, documents: list[str], tokenizer: A
             anchors = mine_anchors(count_words(documents, progress=config.progress), k=config.anchors_count)
         embedder = WordEmbedder.from_pretrained(config.embedding_model, pooling=config.pooling, cache_dir=True,
                                                 progress=config.progress)
-        words = tokenizer_word_types(tokenizer, documents, progress=config.progress) | set(anchors.words)
+        words = tokenizer_word_types(tokenizer, [*documents, *validation_documents], progress=config.progress)
+        words |= set(anchors.words)
         scores = WordScorer(embedder, anchors).score(words, progress=config.progress)
         scores.info["tokenizer"] = config.model  # grouped the words as the model being trained does
     # A score table given alone names its anchors: nothing is mined that would not match it.
@@ -340,7 +344,8 @@ def pretrain(config: PretrainConfig) -> dict:
     # One process per machine mines and scores; the others wait and load what it saved.
     with args.main_process_first(local=True, desc="mining anchors and scoring words"):
         main = args.local_process_index == 0
-        resources = _domain_resources(config, train_docs, tokenizer, saved=not main)
+        resources = _domain_resources(config, train_docs, tokenizer, validation_documents=validation_docs,
+                                      saved=not main)
         if main:
             _save_resources(out, resources)
     location = resolve_mask_location(config.strategy, config.mask_on)
@@ -363,7 +368,8 @@ def pretrain(config: PretrainConfig) -> dict:
         callbacks=[EarlyStoppingCallback(early_stopping_patience=config.patience)] if config.patience else [],
     )
     record = None if config.resume else RunRecordCallback(  # also measures the loss before training
-        out / RUN_FILE, {"config": json_ready(dataclasses.asdict(config))}, write=args.process_index == 0)
+        out / RUN_FILE, {"config": json_ready(dataclasses.asdict(config)), "working_directory": os.getcwd()},
+        write=args.process_index == 0)
     if record is not None:
         trainer.add_callback(record)
     with contextlib.nullcontext() if config.progress else no_progress_bars():
@@ -464,7 +470,8 @@ def _check_output_dir(config: PretrainConfig) -> dict | None:
     if not (run_dir / RUN_FILE).exists():
         return None
     record = read_json(run_dir / RUN_FILE, "pretraining run")
-    changed = settings_changed(record.get("config", {}) if isinstance(record, dict) else {}, config)
+    record = record if isinstance(record, dict) else {}
+    changed = settings_changed(record.get("config", {}), config, started_in=record.get("working_directory"))
     if changed:
         raise ValueError(f"--resume continues the run in {str(run_dir)!r}, which was started with other settings: "
                          + ", ".join(changed))
@@ -494,12 +501,38 @@ def _check_steps_left(config: PretrainConfig, checkpoint: Path | None) -> None:
                          f"give a max_steps of at least {step}")
 
 
-def settings_changed(started_with: dict, config: PretrainConfig, names=RESUME_MUST_MATCH) -> list[str]:
+#: Settings that name files or folders: the same file spelled another way is the same setting.
+PATH_SETTINGS = ("model", "corpus", "validation", "anchors", "scores", "terms", "embedding_model")
+
+
+def settings_changed(started_with: dict, config: PretrainConfig, names=RESUME_MUST_MATCH,
+                     started_in: str | None = None) -> list[str]:
     """The settings among ``names`` in which ``config`` differs from a saved run's config (as
-    ``pretrain_run.json`` and ``pretrain_summary.json`` hold it), as 'name old (now new)'."""
+    ``pretrain_run.json`` and ``pretrain_summary.json`` hold it), as 'name old (now new)'. Paths
+    are compared as the files they name: the saved ones from ``started_in`` (the run's working
+    directory, when recorded), the current ones from here, so "./c.txt" is "c.txt"."""
     now = json_ready(dataclasses.asdict(config))
+
+    def same(name: str) -> bool:
+        if name not in PATH_SETTINGS:
+            return started_with[name] == now[name]
+        return _file_keys(started_with[name], started_in) == _file_keys(now[name], None)
+
     return [f"{name} {started_with[name]!r} (now {now[name]!r})"
-            for name in names if name in started_with and started_with[name] != now[name]]
+            for name in names if name in started_with and not same(name)]
+
+
+def _file_keys(value: Any, directory: str | None) -> Any:
+    """``value`` (a path, a list of them, a hub id or None) with each path that names an existing
+    file or folder resolved (relative ones from ``directory``, else the working directory)."""
+    if isinstance(value, list):
+        return [_file_keys(item, directory) for item in value]
+    if not isinstance(value, str):
+        return value
+    path = Path(value).expanduser()
+    if directory is not None and not path.is_absolute():
+        path = Path(directory) / path
+    return str(path.resolve()) if path.exists() else value
 
 
 def _save_resources(out: Path, resources: dict) -> None:

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import math
+import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -67,8 +69,9 @@ def test_difference_pretraining_saves_everything_and_resumes(model_dir, corpus, 
     assert summary["best_checkpoint"] is not None
     assert (out / "checkpoint-4").is_dir()
     assert (out / "checkpoint-4" / "tokenizer.json").is_file()  # a checkpoint can be fine-tuned as it is
-    resumed = pretrain(config_for(model_dir, corpus, out, max_steps=6, resume=True, head_warmup_steps=1,
-                                  head_learning_rate=2e-3))
+    assert json.loads((out / RUN_FILE).read_text())["working_directory"] == os.getcwd()
+    resumed = pretrain(config_for(model_dir, Path(os.path.relpath(corpus)), out, max_steps=6, resume=True,
+                                  head_warmup_steps=1, head_learning_rate=2e-3))  # the corpus spelled another way
     assert resumed["global_step"] == 6
     assert resumed["validation_loss_before"] == saved["validation_loss_before"]  # kept from the start of the run
     steps = [entry["step"] for entry in resumed["log_history"] if "loss" in entry]
@@ -90,6 +93,34 @@ def test_difference_pretraining_saves_everything_and_resumes(model_dir, corpus, 
     (tmp_path / "a-file").write_text("")
     with pytest.raises(ValueError, match="is a file, not a directory"):
         pretrain(config_for(model_dir, corpus, tmp_path / "a-file"))
+
+
+def test_a_resume_may_spell_the_same_files_another_way(tmp_path, monkeypatch):
+    """Saved paths are compared as the files they name, relative ones from the directory the run
+    started in: "./c.txt", "c.txt" and its absolute path are one corpus; another file is not."""
+    import dataclasses
+
+    from diffmask_fast._io import json_ready
+    from diffmask_fast.pretrain import settings_changed
+
+    start, elsewhere = tmp_path / "start", tmp_path / "elsewhere"
+    for folder in (start, elsewhere):
+        folder.mkdir()
+        (folder / "c.txt").write_text("x\n")
+    (start / "scores.npz").write_text("")
+    monkeypatch.chdir(start)
+    saved = json_ready(dataclasses.asdict(config_for("hub-model/name", "c.txt", "out", scores="scores.npz")))
+    for now in (config_for("hub-model/name", "./c.txt", "out", scores=str(start / "scores.npz")),
+                config_for("hub-model/name", str(start / "c.txt"), "out", scores="./scores.npz")):
+        assert settings_changed(saved, now) == []
+    monkeypatch.chdir(elsewhere)  # the saved relative paths still name the files where the run started
+    now = config_for("hub-model/name", str(start / "c.txt"), "out", scores=str(start / "scores.npz"))
+    assert settings_changed(saved, now, started_in=str(start)) == []
+    changed = settings_changed(saved, config_for("hub-model/name", "c.txt", "out", scores=str(start / "scores.npz")),
+                               started_in=str(start))
+    assert changed == ["corpus ['c.txt'] (now ['c.txt'])"], "elsewhere/c.txt is another file"
+    assert settings_changed(saved, config_for("other/model", str(start / "c.txt"), "out", scores=str(
+        start / "scores.npz")), started_in=str(start)) == ["model 'hub-model/name' (now 'other/model')"]
 
 
 def test_resuming_where_there_is_nothing_to_resume_is_refused_before_anything_is_made(model_dir, corpus, tmp_path):
@@ -545,6 +576,23 @@ def test_torchrun_joins_processes_mines_once_and_validates_on_the_same_masks(mod
     # ...and the validation loss of the untouched model is the single process's, not scaled by the
     # number of processes (it differs slightly: the Trainer averages batch means, and the batches differ).
     assert distributed["validation_loss_before"] == pytest.approx(single["validation_loss_before"], rel=0.03)
+
+
+def test_words_seen_only_in_validation_are_scored(model_dir, corpus, tmp_path):
+    """A score depends on the word alone: the validation set's own words are scored with the
+    training words, so the validation loss covers them (a word the table lacked scored as
+    unknown and was never masked there)."""
+    validation = tmp_path / "validation.txt"
+    validation.write_text("the zymoxidase binds quorbulin in the cell\n" * 12)
+    out = tmp_path / "run"
+    pretrain(config_for(model_dir, corpus, out, validation=[validation], validation_fraction=0.0,
+                        max_steps=1))
+    from diffmask_fast.scoring import ScoreTable
+
+    table = ScoreTable.load(out / "scores.npz")
+    assert "zymoxidase" in table and "quorbulin" in table
+    anchors = json.loads((out / SUMMARY_FILE).read_text())["anchors"]
+    assert "zymoxidase" not in anchors and "quorbulin" not in anchors, "anchors come from training text alone"
 
 
 def test_other_processes_load_what_the_main_process_mined(model_dir, corpus, tmp_path, monkeypatch, bert_wordpiece):
