@@ -474,11 +474,21 @@ def _commands() -> dict:
             "pretrain": run_pretrain_command, "finetune": run_finetune_command}
 
 
-#: What an interrupted command leaves, and how to carry on.
+def _pretrain_hint(args) -> str:
+    """--resume needs a checkpoint, which the run saves every --eval-steps."""
+    output = getattr(args, "output", None)
+    if output is not None and any(Path(output).glob("checkpoint-*")):
+        return "rerun with --resume to continue from the last checkpoint"
+    return "no checkpoint was saved yet (one is every --eval-steps steps), so a rerun starts again"
+
+
+#: What an interrupted command leaves, and how to carry on (a function of the arguments where
+#: that depends on what the command got done).
 RESUME_HINTS = {
-    "pretrain": "rerun with --resume to continue from the last checkpoint",
+    "pretrain": _pretrain_hint,
     "finetune": "rerun with --resume to keep the seeds saved in the report (-o) and run the rest",
-    "score": "word vectors embedded so far are cached (unless --no-cache): a rerun embeds only the others",
+    "score": "word vectors embedded before the last half minute or so are cached (unless --no-cache): a rerun "
+             "embeds only the others",
     "mine": "save counts with --counts-output to mine again without recounting",
 }
 
@@ -516,6 +526,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     except KeyboardInterrupt:
         hint = RESUME_HINTS.get(args.command)
+        hint = hint(args) if callable(hint) else hint
         print(f"\ndiffmask {args.command}: interrupted" + (f"; {hint}" if hint else ""), file=sys.stderr)
         return 130
     finally:

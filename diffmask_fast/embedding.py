@@ -36,10 +36,10 @@ DTYPES = {"float32": None, "fp32": None, "bfloat16": torch.bfloat16, "bf16": tor
 
 #: Version of what a cached vector means; part of every cache key.
 EMBEDDING_VERSION = 2
-#: New words are embedded and cached in pieces of about CACHE_SECONDS of work (at least
-#: CACHE_PIECE words, half a minute on a CPU): an interrupted run keeps all but the last piece,
+#: New words are embedded and cached in pieces of about CACHE_SECONDS of work (the first, and at
+#: least, CACHE_PIECE words: seconds on a CPU): an interrupted run keeps all but the last piece,
 #: and a fast GPU does not write many small cache segments.
-CACHE_PIECE = 8192
+CACHE_PIECE = 1024
 CACHE_SECONDS = 30.0
 
 

@@ -109,7 +109,11 @@ def test_an_interrupt_says_how_to_carry_on(tmp_path, monkeypatch, capsys):
         raise KeyboardInterrupt
 
     monkeypatch.setattr(pretrain_module, "run_pretrain_command", interrupted)
-    assert main(["pretrain", str(tmp_path / "corpus.txt"), "--model", "m", "-o", str(tmp_path / "run")]) == 130
+    command = ["pretrain", str(tmp_path / "corpus.txt"), "--model", "m", "-o", str(tmp_path / "run")]
+    assert main(command) == 130  # before the first checkpoint: --resume would find nothing
+    assert "diffmask pretrain: interrupted; no checkpoint was saved yet" in capsys.readouterr().err
+    (tmp_path / "run" / "checkpoint-50").mkdir(parents=True)
+    assert main(command) == 130
     assert "diffmask pretrain: interrupted; rerun with --resume" in capsys.readouterr().err
 
 
