@@ -638,4 +638,8 @@ def run_pretrain_command(args) -> None:
           f"{summary['seconds']:.0f} s; validation MLM loss "
           + (f"{before:.4f} -> " if before is not None else "") + f"{summary['best_validation_loss']:.4f} (best)"
           + ("; stopped early" if summary["stopped_early"] else ""))
+    best = summary["best_validation_loss"]
+    if before is not None and best is not None and not best < before:  # NaN losses too
+        print(f"No checkpoint improved on the model before training (validation MLM loss {before:.4f}); the "
+              f"saved model is the best checkpoint all the same. A lower --learning-rate may help.")
     print(f"Saved the model, tokenizer and {SUMMARY_FILE} to {config.output_dir}")

@@ -147,6 +147,21 @@ def test_the_command_reports_once_per_run_not_once_per_process(monkeypatch, caps
     out = capsys.readouterr().out
     assert ("9.5000 -> 7.2500 (best)" in out and "Saved the model" in out) == printed
     assert out == "" or printed
+    assert "No checkpoint improved" not in out
+
+
+def test_the_command_says_when_no_checkpoint_beat_the_starting_model(monkeypatch, capsys, tmp_path):
+    from diffmask_fast import pretrain as pretrain_module
+
+    summary = {"strategy": "difference", "global_step": 6, "epochs": 1.0, "seconds": 3.0,
+               "validation_loss_before": 8.0051, "best_validation_loss": 21.9245, "stopped_early": True}
+    monkeypatch.setattr(pretrain_module, "pretrain", lambda config: summary)
+    monkeypatch.delenv("RANK", raising=False)
+    args = cli.build_parser().parse_args(["pretrain", "corpus.txt", "--model", "m", "-o", str(tmp_path / "out")])
+    pretrain_module.run_pretrain_command(args)
+    out = capsys.readouterr().out
+    assert "8.0051 -> 21.9245 (best); stopped early" in out
+    assert "No checkpoint improved on the model before training (validation MLM loss 8.0051)" in out
 
 
 def test_a_score_table_given_alone_names_the_anchors(model_dir, corpus, tmp_path):
