@@ -143,7 +143,8 @@ def _directory_files(folder: Path, suffixes: tuple[str, ...]) -> list[Path]:
     scan = _FolderScan()
     _scan_folder(folder, suffixes, scan, set())
     if not scan.files:
-        raise CorpusError(f"directory {str(folder)!r} holds no text files (looked for {', '.join(suffixes)})")
+        raise CorpusError(f"directory {str(folder)!r} holds no text files (looked for {', '.join(suffixes)})"
+                          + _jsonl_hint(scan.skipped, suffixes))
     _warn_skipped(f"directory {str(folder)!r}", scan, suffixes)
     return sorted(scan.files)
 
@@ -185,14 +186,19 @@ def _names(paths: list[Path]) -> str:
     return f"{', '.join(p.name for p in paths[:3])}{', ...' if len(paths) > 3 else ''}"
 
 
+def _jsonl_hint(skipped: list[Path], suffixes: tuple[str, ...]) -> str:
+    """A hint, when a folder read for text files holds JSON lines, that a text field reads them."""
+    if suffixes == TEXT_SUFFIXES and any(p.name.lower().endswith(DIRECTORY_JSONL_SUFFIXES) for p in skipped):
+        return "; JSON lines are read from a directory with a text field (--text-field)"
+    return ""
+
+
 def _warn_skipped(where: str, scan: _FolderScan, suffixes: tuple[str, ...]) -> None:
     """Say which files of the folders read were left out: files of other kinds and links to nothing."""
     left_out = []
     skipped, broken = sorted(scan.skipped), sorted(scan.broken)
     if skipped:
-        hint = "; JSON lines are read from a directory with a text field (--text-field)" if (
-            suffixes == TEXT_SUFFIXES and any(p.name.lower().endswith(DIRECTORY_JSONL_SUFFIXES) for p in skipped)) else ""
-        left_out.append(f"skipped {len(skipped):,} other file(s) ({_names(skipped)}){hint}")
+        left_out.append(f"skipped {len(skipped):,} other file(s) ({_names(skipped)}){_jsonl_hint(skipped, suffixes)}")
     if broken:
         left_out.append(f"skipped {len(broken):,} broken link(s) to nothing ({_names(broken)})")
     if left_out:

@@ -386,6 +386,13 @@ def test_a_directory_says_which_files_it_skipped(tmp_path, recwarn):
         assert count_words(folder, progress=False).total == 2
     with pytest.raises(CorpusError, match="anchors.json' line 1: not valid JSON .*one JSON document"):
         count_words(folder / "anchors.json", progress=False)
+    only_json_lines = tmp_path / "json-lines"
+    only_json_lines.mkdir()
+    (only_json_lines / "train.jsonl").write_text('{"text": "kinase"}\n')
+    with pytest.raises(CorpusError, match=r"holds no text files \(looked for .*\); JSON lines are read from a "
+                                          r"directory with a text field \(--text-field\)"):
+        count_words(only_json_lines, progress=False)
+    assert count_words(only_json_lines, progress=False, text_field="text").total == 1
 
 
 def test_files_compressed_by_other_tools_than_gzip_are_named_as_such(tmp_path):
