@@ -318,8 +318,9 @@ def general_count(word: str, general_counts: Mapping[str, float]) -> float:
     "term"). A word the table lacks that is made of several letter/digit runs ("e.g", "mg/kg",
     "follow-up", "object's") gets the smallest count among its parts (0 if a part is missing):
     a compound is at most as frequent as its rarest part, so it is never crowned for its
-    punctuation alone. Any other missing word has count 0 and is handled by the smoothing of
-    tf_icf.
+    punctuation alone. Parts that are numbers are left out ("cox-2" counts as "cox"): general
+    tables hold few numbers (the default none), so a number's absence says nothing of the
+    compound. Any other missing word has count 0 and is handled by the smoothing of tf_icf.
 
     General tables are case-folded: a word with capitals (counted with ``lowercase=False``) that
     the table lacks as written is looked up in lowercase, so "The" is as common as "the". The
@@ -332,7 +333,7 @@ def general_count(word: str, general_counts: Mapping[str, float]) -> float:
     parts = word_parts(word)
     if len(parts) < 2:
         return 0
-    return min(_table_count(part, general_counts) or 0 for part in parts)
+    return min((_table_count(part, general_counts) or 0 for part in parts if not part.isdigit()), default=0)
 
 
 def _table_count(word: str, general_counts: Mapping[str, float]) -> float | None:

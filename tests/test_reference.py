@@ -131,6 +131,19 @@ def test_general_count_of_compounds_is_their_rarest_part():
     assert reference.general_count("zzz", general) == 0
 
 
+def test_numbers_in_a_compound_say_nothing_of_its_rarity():
+    """The default table has no words with digits: "cox-2" counts as "cox", not as unseen; a
+    word that is only numbers, or a word with digits that is no compound, still counts 0."""
+    general = {"cox": 9_503_104, "covid": 1_000, "mg": 5e6, "kg": 8e6}
+    assert reference.general_count("cox-2", general) == 9_503_104
+    assert reference.general_count("covid-19", general) == 1_000
+    assert reference.general_count("il-1-beta", general) == 0  # "il" and "beta" are missing
+    assert reference.general_count("10-20", general) == 0
+    assert reference.general_count("p53", general) == 0 and reference.general_count("2nd", general) == 0
+    assert reference.general_count("mg/kg", general) == 5e6
+    assert reference.general_count("cox-2", {"cox": 100, "2": 7}) == 100  # a table that has the number too
+
+
 def test_a_word_with_combining_marks_is_one_word_not_a_compound():
     general = {"ne": 5e7, "e": 3e7, "na": 1e6, "ve": 8e5, "well": 9e7, "known": 4e7}
     assert reference.general_count("ne\u0301e", general) == 0  # decomposed "née", absent as the composed one
