@@ -232,7 +232,7 @@ class WordEmbedder:
             raise ValueError(f"unknown pooling {self.pooling!r}; expected one of {', '.join(POOLINGS)}")
         if self.batch_size < 1:
             raise ValueError(f"batch_size must be positive, got {self.batch_size}")
-        if self.max_length < 3:
+        if self.max_length < 3 and self.pooling != "input_embeddings":  # which never truncates
             raise ValueError(f"max_length must be at least 3 (two special tokens and a piece), got {self.max_length}")
         if isinstance(self.dtype, str):
             if self.dtype not in DTYPES:

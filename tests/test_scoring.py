@@ -767,3 +767,7 @@ def test_a_max_length_the_model_cannot_take_is_refused_when_the_embedder_is_made
     assert WordEmbedder(model, tokenizer, max_length=positions, progress=False).embed(["enzyme"]).shape == (1, 24)
     # input_embeddings runs no forward pass, so no length limits it
     WordEmbedder(model, tokenizer, pooling="input_embeddings", max_length=positions + 1, progress=False)
+    with pytest.raises(ValueError, match="max_length must be at least 3"):
+        WordEmbedder(model, tokenizer, max_length=2, progress=False)
+    short = WordEmbedder(model, tokenizer, pooling="input_embeddings", max_length=1, progress=False)
+    assert short.embed(["enzyme"]).shape == (1, 24)
