@@ -488,11 +488,18 @@ def _pretrain_hint(args) -> str:
     return "no checkpoint was saved yet (one is every --eval-steps steps), so a rerun starts again"
 
 
+def _finetune_hint(args) -> str:
+    """--resume reads the report, which is written only with -o."""
+    if getattr(args, "output", None) is None:
+        return "without -o no seed was saved; give -o to save each seed's results as it finishes"
+    return "rerun with --resume to keep the seeds saved in the report (-o) and run the rest"
+
+
 #: What an interrupted command leaves, and how to carry on (a function of the arguments where
 #: that depends on what the command got done).
 RESUME_HINTS = {
     "pretrain": _pretrain_hint,
-    "finetune": "rerun with --resume to keep the seeds saved in the report (-o) and run the rest",
+    "finetune": _finetune_hint,
     "score": "word vectors embedded before the last half minute or so are cached (unless --no-cache): a rerun "
              "embeds only the others",
     "mine": "save counts with --counts-output to mine again without recounting",

@@ -124,6 +124,15 @@ def test_an_interrupt_says_how_to_carry_on(tmp_path, monkeypatch, capsys):
     assert main(command) == 130
     assert "diffmask pretrain: interrupted; rerun with --resume" in capsys.readouterr().err
 
+    import diffmask_fast.finetune as finetune_module
+
+    monkeypatch.setattr(finetune_module, "run_finetune_command", interrupted)
+    command = ["finetune", "m", "--train", "t.jsonl", "--dev", "d.jsonl"]
+    assert main(command) == 130  # no report to resume from
+    assert "diffmask finetune: interrupted; without -o no seed was saved" in capsys.readouterr().err
+    assert main(command + ["-o", str(tmp_path / "report.json")]) == 130
+    assert "diffmask finetune: interrupted; rerun with --resume to keep the seeds" in capsys.readouterr().err
+
 
 def test_mine_says_when_fewer_words_qualify_than_asked(tmp_path, capsys):
     corpus = tmp_path / "corpus.txt"
