@@ -476,7 +476,8 @@ def finetune(model: str | os.PathLike, train: str | os.PathLike, dev: str | os.P
               "learning_rate": learning_rate, "batch_size": batch_size, "max_length": max_length,
               "weight_decay": weight_decay, "warmup_ratio": warmup_ratio, "warmup_steps": warmup_steps,
               "max_train_examples": max_train_examples, "text_field": text_field, "label_field": label_field,
-              "selection": "best dev macro-F1 epoch"}
+              "selection": "best dev macro-F1 epoch",
+              "inputs_sha256": _input_fingerprints(model, {"train": train, "dev": dev, "test": test})}
 
     def compute_metrics(prediction) -> dict[str, float]:
         return _scores(prediction.label_ids, prediction.predictions)
@@ -574,13 +575,46 @@ def _refuse_unfinished(report_path: Path) -> None:
                          "others, or remove it to start again")
 
 
+#: What each fingerprint in a report's ``inputs_sha256`` covers.
+INPUT_NAMES = {"model": "the model's weight files", "train": "--train", "dev": "--dev", "test": "--test"}
+
+
+def _input_fingerprints(model: str, data: Mapping[str, Any]) -> dict[str, str | None]:
+    """SHA-256 of what fine-tuning reads: the data files, and the weight files of a model given as
+    a folder (None for a hub name or a missing file). ``--resume`` compares them, so seeds of a
+    checkpoint retrained in place, or of edited data, are never reported together."""
+    import hashlib
+
+    def digest(paths: list[Path]) -> str | None:
+        if not paths:
+            return None
+        total = hashlib.sha256()
+        for path in paths:
+            total.update(path.name.encode("utf-8", "surrogatepass") + b"\0")
+            with open(path, "rb") as file:
+                for block in iter(lambda: file.read(1 << 20), b""):
+                    total.update(block)
+        return total.hexdigest()
+
+    folder = Path(model).expanduser()
+    weights = sorted(p for p in folder.iterdir() if p.is_file() and p.name.endswith((".safetensors", ".bin"))) \
+        if folder.is_dir() else []
+    fingerprints = {"model": digest(weights)}
+    for name, path in data.items():
+        fingerprints[name] = digest([Path(path)]) if path is not None and Path(path).is_file() else None
+    return fingerprints
+
+
 def _finished_seeds(report_path: Path, model: str, labels: list[str], config: dict) -> dict[int, SeedResult]:
     """The results an earlier run saved at ``report_path``, by seed in the order it ran them;
     refused when that run fine-tuned another model or used other data or settings."""
     if not report_path.is_file():
         return {}
     earlier = FinetuneReport.load(report_path)
-    changed = [key for key in config if key != "seeds" and earlier.config.get(key) != config[key]]
+    changed = [key for key in config if key not in ("seeds", "inputs_sha256") and earlier.config.get(key) != config[key]]
+    before = earlier.config.get("inputs_sha256") or {}  # reports of earlier versions have none
+    changed += [f"the contents of {INPUT_NAMES[name]}" for name, digest in config["inputs_sha256"].items()
+                if before.get(name) is not None and digest is not None and before[name] != digest]
     if earlier.model != model:
         changed.insert(0, "model")
     if list(earlier.labels) != list(labels):

@@ -382,6 +382,34 @@ def test_finetune_saves_the_report_after_each_seed(model_dir, task, tmp_path, mo
         finetune(model_dir, task["train"], task["dev"], resume=True, **_FAST)
 
 
+def test_resuming_refuses_a_model_or_data_changed_in_place(model_dir, task, tmp_path):
+    """The same paths with other contents (a checkpoint retrained in place, an edited split) are
+    other inputs: their seeds would be reported together with the earlier ones."""
+    import shutil
+
+    model, train = tmp_path / "copied-model", tmp_path / "copied" / "train.jsonl"
+    shutil.copytree(model_dir, model)
+    train.parent.mkdir()
+    shutil.copy(task["train"], train)
+    path = tmp_path / "report.json"
+    report = finetune(model, train, task["dev"], seeds=(7,), report_path=path, **_FAST)
+    digests = report.config["inputs_sha256"]
+    assert set(digests) == {"model", "train", "dev", "test"} and digests["test"] is None
+    assert all(len(digests[name]) == 64 for name in ("model", "train", "dev"))
+    weights = next(p for p in model.iterdir() if p.name.endswith((".safetensors", ".bin")))
+    original = weights.read_bytes()
+    weights.write_bytes(original[:-1] + bytes([original[-1] ^ 1]))
+    with pytest.raises(ValueError, match="differs in the contents of the model's weight files"):
+        finetune(model, train, task["dev"], seeds=(7, 8), report_path=path, resume=True, **_FAST)
+    weights.write_bytes(original)
+    train.write_text(train.read_text(encoding="utf-8").replace('"text": "', '"text": "x ', 1), encoding="utf-8")
+    with pytest.raises(ValueError, match="differs in the contents of --train"):
+        finetune(model, train, task["dev"], seeds=(7, 8), report_path=path, resume=True, **_FAST)
+    shutil.copy(task["train"], train)
+    resumed = finetune(model, train, task["dev"], seeds=(7, 8), report_path=path, resume=True, **_FAST)
+    assert resumed.seeds == [7, 8] and resumed.results[0] == report.results[0]
+
+
 def test_a_seed_whose_model_cannot_be_saved_keeps_its_scores(model_dir, task, tmp_path, monkeypatch):
     from transformers import Trainer
 
