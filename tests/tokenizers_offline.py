@@ -11,10 +11,15 @@ Nothing is downloaded; ``minilm_tokenizer`` loads the real BERT tokenizer shippe
 from __future__ import annotations
 
 import functools
+import hashlib
+import inspect
 import os
 import random
+import sys
+import tempfile
 from pathlib import Path
 
+import tokenizers
 from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
 from transformers import PreTrainedTokenizerFast
 
@@ -66,11 +71,40 @@ def sample_lines(count: int, seed: int = 0) -> list[str]:
     return [order[i % len(order)] for i in range(count)]
 
 
+def _trained_once(build):
+    """Cache a trained backend's JSON in this process and in the system's temporary folder: the
+    `tokenizers` trainers break ties differently from process to process, so a tokenizer trained
+    anew in each would give other ids (and WordPiece other pieces) in a test's subprocess or in
+    the replay of a failing seed. The key covers this module's code, the builder, its arguments, the training
+    text and the `tokenizers` version, so any change trains again."""
+
+    @functools.lru_cache(maxsize=None)
+    def cached(*args):
+        key = hashlib.sha256("\0".join([
+            inspect.getsource(sys.modules[build.__module__]), build.__name__, repr(args), tokenizers.__version__, *training_lines()]).encode()).hexdigest()
+        path = Path(tempfile.gettempdir()) / "diffmask_fast_test_tokenizers" / f"{build.__name__}-{key[:24]}.json"
+        try:
+            return path.read_text(encoding="utf-8")
+        except OSError:
+            pass
+        text = build(*args)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            temporary = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+            temporary.write_text(text, encoding="utf-8")
+            os.replace(temporary, path)  # whole or absent, whoever writes first or last
+        except OSError:
+            pass  # a read-only temporary folder: trained in every process, as before
+        return text
+
+    return cached
+
+
 def _wrap(backend: Tokenizer, **special_tokens) -> PreTrainedTokenizerFast:
     return PreTrainedTokenizerFast(tokenizer_object=backend, **special_tokens)
 
 
-@functools.lru_cache(maxsize=None)
+@_trained_once
 def _bert_backend_json(vocab_size: int) -> str:
     specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
     backend = Tokenizer(models.WordPiece(unk_token="[UNK]", continuing_subword_prefix="##"))
@@ -137,7 +171,7 @@ def _wrap_roberta(backend: Tokenizer) -> PreTrainedTokenizerFast:
     )
 
 
-@functools.lru_cache(maxsize=None)
+@_trained_once
 def _roberta_backend_json(vocab_size: int) -> str:
     return _trained_byte_level_json(pre_tokenizers.ByteLevel(add_prefix_space=False), vocab_size, training_lines())
 
@@ -147,7 +181,7 @@ def roberta_byte_bpe(vocab_size: int = 1500) -> PreTrainedTokenizerFast:
     return _wrap_roberta(Tokenizer.from_str(_roberta_backend_json(vocab_size)))
 
 
-@functools.lru_cache(maxsize=None)
+@_trained_once
 def _unigram_backend_json(vocab_size: int) -> str:
     backend = Tokenizer(models.Unigram())
     # What SentencePiece's nmt_nfkc rule does: NFKC, every whitespace run becomes one space.
@@ -244,7 +278,7 @@ def unicode_spaced(lines: list[str], seed: int = 0) -> list[str]:
     ]
 
 
-@functools.lru_cache(maxsize=None)
+@_trained_once
 def _unicode_space_backend_json(pre_tokenization: str) -> str:
     if pre_tokenization == "cl100k":
         pre_tokenizer = pre_tokenizers.Sequence([
