@@ -611,7 +611,8 @@ def _finished_seeds(report_path: Path, model: str, labels: list[str], config: di
     if not report_path.is_file():
         return {}
     earlier = FinetuneReport.load(report_path)
-    changed = [key for key in config if key not in ("seeds", "inputs_sha256") and earlier.config.get(key) != config[key]]
+    changed = [key for key in config
+               if key not in ("seeds", "inputs_sha256") and earlier.config.get(key) != config[key]]
     before = earlier.config.get("inputs_sha256") or {}  # reports of earlier versions have none
     changed += [f"the contents of {INPUT_NAMES[name]}" for name, digest in config["inputs_sha256"].items()
                 if before.get(name) is not None and digest is not None and before[name] != digest]
