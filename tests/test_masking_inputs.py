@@ -36,6 +36,15 @@ def collator_of(kind: str, tokenizer, seed):
 COLLATORS = ["difference", "random-token", "random-word", "terms", "mslm"]
 
 
+def masker_of(kind: str, tokenizer, seed):
+    """A collator of ``kind``, or the in-step maskers: "device" (DifferenceMasker), "attention"."""
+    if kind == "device":
+        return DifferenceMasker(tokenizer, SCORES, seed=seed)
+    if kind == "attention":
+        return AttentionMasker(tokenizer, seed=seed)
+    return collator_of(kind, tokenizer, seed)
+
+
 @pytest.mark.parametrize("kind", COLLATORS)
 def test_a_numpy_integer_seed_draws_as_the_same_int(kind, bert_wordpiece):
     seed = random.randrange(2**62)
@@ -49,12 +58,7 @@ def test_a_numpy_integer_seed_draws_as_the_same_int(kind, bert_wordpiece):
 @pytest.mark.parametrize("bad_seed", ["1", 1.0, True, torch.tensor(7)])
 def test_a_seed_that_is_no_integer_is_refused_when_built(kind, bad_seed, bert_wordpiece):
     with pytest.raises(TypeError, match="seed must be an integer or None"):
-        if kind == "device":
-            DifferenceMasker(bert_wordpiece, SCORES, seed=bad_seed)
-        elif kind == "attention":
-            AttentionMasker(bert_wordpiece, seed=bad_seed)
-        else:
-            collator_of(kind, bert_wordpiece, bad_seed)
+        masker_of(kind, bert_wordpiece, bad_seed)
 
 
 @pytest.mark.parametrize("kind", COLLATORS + ["device", "attention"])
@@ -62,12 +66,7 @@ def test_a_seed_that_is_no_integer_is_refused_when_built(kind, bad_seed, bert_wo
 def test_a_seed_outside_numpys_range_is_refused(kind, bad_seed, bert_wordpiece):
     """Seeds lie in [0, 2**63): a wider one would draw the masks of another seed."""
     with pytest.raises(ValueError, match=r"seed must be in \[0, 2\*\*63\), got"):
-        if kind == "device":
-            DifferenceMasker(bert_wordpiece, SCORES, seed=bad_seed)
-        elif kind == "attention":
-            AttentionMasker(bert_wordpiece, seed=bad_seed)
-        else:
-            collator_of(kind, bert_wordpiece, bad_seed)
+        masker_of(kind, bert_wordpiece, bad_seed)
 
 
 @pytest.mark.parametrize("kind", COLLATORS)
