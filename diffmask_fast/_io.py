@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import math
 import os
@@ -114,6 +115,15 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
     with atomic_writer(path) as file:
         file.write(data)
     return Path(path)
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """The SHA-256 of a file's bytes, read a block at a time."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 24), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def atomic_write_json(path: str | os.PathLike, payload: Any) -> Path:

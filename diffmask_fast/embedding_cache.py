@@ -36,7 +36,7 @@ from typing import Sequence
 
 import numpy as np
 
-from ._io import atomic_write_bytes, atomic_write_json
+from ._io import atomic_write_bytes, atomic_write_json, file_sha256 as _file_sha256
 from .advice import DiffmaskWarning
 
 CACHE_FORMAT = "diffmask_fast.embedding_cache/1"
@@ -53,17 +53,6 @@ def default_cache_dir() -> Path:
         return Path(explicit).expanduser()
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
     return Path(base) / "diffmask_fast"
-
-
-def _file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while True:
-            chunk = handle.read(1 << 24)
-            if not chunk:
-                break
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 class CorruptSegment(Exception):

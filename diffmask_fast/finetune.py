@@ -32,7 +32,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
-from ._io import atomic_write_json, check_writable, read_json
+from ._io import atomic_write_json, check_writable, file_sha256, read_json
 from .hf_loading import check_max_length, load_tokenizer, model_reference, quiet_transformers, usable_device
 from .metrics import accuracy, macro_f1, mean_std
 
@@ -588,13 +588,8 @@ def _input_fingerprints(model: str, data: Mapping[str, Any]) -> dict[str, str | 
     def digest(paths: list[Path]) -> str | None:
         if not paths:
             return None
-        total = hashlib.sha256()
-        for path in paths:
-            total.update(path.name.encode("utf-8", "surrogatepass") + b"\0")
-            with open(path, "rb") as file:
-                for block in iter(lambda: file.read(1 << 20), b""):
-                    total.update(block)
-        return total.hexdigest()
+        named = "".join(f"{path.name}\0{file_sha256(path)}\n" for path in paths)
+        return hashlib.sha256(named.encode("utf-8", "surrogatepass")).hexdigest()
 
     folder = Path(model).expanduser()
     weights = sorted(p for p in folder.iterdir() if p.is_file() and p.name.endswith((".safetensors", ".bin"))) \
