@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import math
 import numbers
-import operator
 from typing import NamedTuple, Sequence
 
 import torch
@@ -235,30 +234,34 @@ def _check_seed_tensor(op: str, seed, input_ids: torch.Tensor) -> None:
         raise ValueError(f"{op}: seed must be on the device of input_ids ({input_ids.device}) or on the CPU, got {seed.device}")
 
 
+def _as_integer(value) -> int | None:
+    """``value`` (an integer, numpy's included, or a one-element integer tensor) as an int; None
+    for anything else: 1.7 or True would be taken as 1, silently."""
+    if isinstance(value, torch.Tensor) and value.numel() == 1 and not value.is_floating_point() \
+            and value.dtype != torch.bool and not value.is_complex():
+        value = int(value.item())
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        return None
+    return int(value)
+
+
 def _integer_seed(op: str, seed) -> int:
-    """``seed`` (an integer, or a one-element integer tensor) as an int64 value; TypeError for
-    anything else (1.7 or True would be taken as 1, silently)."""
-    if isinstance(seed, torch.Tensor) and seed.numel() == 1 and not seed.is_floating_point() \
-            and seed.dtype != torch.bool and not seed.is_complex():
-        seed = int(seed.item())
-    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
+    """``seed`` as an int64 value; TypeError for what is no integer."""
+    value = _as_integer(seed)
+    if value is None:
         raise TypeError(f"{op}: seed must be an integer, got {type(seed).__name__} {seed!r}")
-    seed = int(seed)
-    if not -(2**63) <= seed < 2**63:
-        raise ValueError(f"{op}: seed must fit in a signed 64-bit integer, got {seed}")
-    return seed
+    if not -(2**63) <= value < 2**63:
+        raise ValueError(f"{op}: seed must fit in a signed 64-bit integer, got {value}")
+    return value
 
 
 def _token_id(op: str, mask_token_id) -> int:
     """``mask_token_id`` as an int, refused unless it is an integer id of int64 (a float or an
     id beyond int64 would otherwise fail in the op's binding with a contradictory message)."""
-    try:
-        if isinstance(mask_token_id, bool) or getattr(mask_token_id, "dtype", None) == torch.bool:
-            raise TypeError
-        token_id = operator.index(mask_token_id)  # ints, numpy integers, one-element integer tensors
-    except TypeError:
+    token_id = _as_integer(mask_token_id)
+    if token_id is None:
         raise TypeError(f"{op}: mask_token_id must be an integer token id, got {type(mask_token_id).__name__} "
-                        f"{mask_token_id!r}") from None
+                        f"{mask_token_id!r}")
     if not 0 <= token_id < 2**63:
         raise ValueError(f"{op}: mask_token_id must be a token id in [0, 2**63), got {token_id}")
     return token_id
