@@ -482,8 +482,10 @@ def _commands() -> dict:
 
 def _pretrain_hint(args) -> str:
     """--resume needs a checkpoint, which the run saves every --eval-steps."""
+    from transformers.trainer_utils import get_last_checkpoint  # the checkpoint --resume takes
+
     output = getattr(args, "output", None)
-    if output is not None and any(Path(output).glob("checkpoint-*")):
+    if output is not None and Path(output).is_dir() and get_last_checkpoint(str(output)) is not None:
         return "rerun with --resume to continue from the last checkpoint"
     return "no checkpoint was saved yet (one is every --eval-steps steps), so a rerun starts again"
 
