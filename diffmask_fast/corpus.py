@@ -114,15 +114,22 @@ def _leads_above(folder: str, top: str) -> bool:
     return top == target or top.startswith(target.rstrip(os.sep) + os.sep)
 
 
+def _unreadable_folder(error: OSError) -> None:
+    """``os.walk`` passes over a folder it cannot list; a corpus missing it would be counted, and
+    trained on, without a word."""
+    raise CorpusError(f"cannot read the folder {error.filename!r} ({error.strerror or error}); make it readable, "
+                      f"or name the folders to read") from error
+
+
 def _scan_folder(top: Path, suffixes: tuple[str, ...], scan: _FolderScan, visited: set[tuple[int, int]]) -> None:
     """Add the files under ``top`` to ``scan``, following links to folders, but not to ``top`` or
     the folders above it. Hidden files and folders (a name starting with ".": ``.git``,
     ``.ipynb_checkpoints``) are no corpus and pass silently; pipes, sockets and devices are
-    skipped like files of other kinds."""
+    skipped like files of other kinds. A folder that cannot be listed is refused."""
     if not _first_visit(os.fspath(top), visited):
         return
     real_top = os.path.realpath(top)
-    for root, folders, names in os.walk(top, followlinks=True):
+    for root, folders, names in os.walk(top, onerror=_unreadable_folder, followlinks=True):
         folders[:] = sorted(name for name in folders
                             if not name.startswith(".") and not _leads_above(os.path.join(root, name), real_top)
                             and _first_visit(os.path.join(root, name), visited))

@@ -909,6 +909,25 @@ def test_a_directory_follows_links_and_leaves_hidden_folders_out(tmp_path, rng):
     assert any("named more than once" in m and "alias.txt' (the file '" in m for m in said), said
 
 
+def test_a_folder_that_cannot_be_listed_is_refused_not_skipped(tmp_path, rng, monkeypatch):
+    """os.walk passes over a folder it cannot list unless told; the corpus would lose it silently.
+    (Simulated: a permission bit does not stop root, who may run this.)"""
+    corpus = tmp_path / "corpus"
+    write_lines(corpus / "a.txt", random_lines(rng, 3))
+    write_lines(corpus / "locked" / "b.txt", random_lines(rng, 3))
+    listing = os.scandir
+
+    def scandir(path="."):
+        if os.fspath(path).endswith("locked"):
+            raise PermissionError(13, "Permission denied", os.fspath(path))
+        return listing(path)
+
+    monkeypatch.setattr(os, "scandir", scandir)
+    for source in (corpus, str(tmp_path / "corp*")):
+        with pytest.raises(CorpusError, match=r"cannot read the folder '.*locked' \(Permission denied\)"):
+            count_words(source)
+
+
 def test_a_file_named_twice_is_read_once(tmp_path, rng):
     corpus = tmp_path / "corpus"
     first = write_lines(corpus / "a.txt", random_lines(rng, rng.randint(1, 20)))
