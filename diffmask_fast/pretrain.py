@@ -252,6 +252,35 @@ def _domain_resources(config: PretrainConfig, documents: list[str], tokenizer: A
     return resources
 
 
+#: How many training documents ``unscored_words_notice`` reads (all validation documents are read).
+COVERAGE_SAMPLE_DOCUMENTS = 5000
+
+
+def unscored_words_notice(scores: Any, tokenizer: Any, train_docs: list[str], validation_docs: list[str]) -> str | None:
+    """What a given score table lacks of the text, or None when it lacks nothing.
+
+    A word outside the table scores ``unknown_score`` (0 by default: masked only when a sequence
+    has too few scored words to fill its budget), so a table scored on another corpus, or on the
+    training text alone, would leave such words out of training and of the validation loss
+    without a word. Reads every validation document
+    and the first ``COVERAGE_SAMPLE_DOCUMENTS`` training documents."""
+    from .vocabulary import tokenizer_word_types
+
+    parts, examples = [], []
+    for name, docs in (("validation", validation_docs), ("training", train_docs[:COVERAGE_SAMPLE_DOCUMENTS])):
+        words = sorted(tokenizer_word_types(tokenizer, docs))
+        missing = [w for w in words if w not in scores]
+        if missing:
+            sampled = "" if name == "validation" or len(docs) == len(train_docs) else f"first {len(docs):,} "
+            parts.append(f"{len(missing):,} of the {len(words):,} word types of the {sampled}{name} documents")
+            examples += [w for w in missing if w not in examples][:5 - len(examples)]
+    if not parts:
+        return None
+    return (f"The score table lacks {' and '.join(parts)} (e.g. {', '.join(map(repr, examples))}); they score the "
+            f"table's unknown_score ({scores.unknown_score:g}), not their similarity to the anchors. Score the training and "
+            f"validation text together (diffmask score) to include them.")
+
+
 def _training_arguments(config: PretrainConfig, workers: int) -> Any:
     import torch
     from transformers import TrainingArguments
@@ -348,6 +377,10 @@ def pretrain(config: PretrainConfig) -> dict:
                                       saved=not main)
         if main:
             _save_resources(out, resources)
+    if config.scores is not None and "scores" in resources and args.process_index == 0:
+        notice = unscored_words_notice(resources["scores"], tokenizer, train_docs, validation_docs)
+        if notice:
+            print(notice)
     location = resolve_mask_location(config.strategy, config.mask_on)
     strategy = build_strategy(
         config.strategy, tokenizer, mlm_probability=config.mlm_probability, seed=config.seed,

@@ -610,6 +610,35 @@ def test_words_seen_only_in_validation_are_scored(model_dir, corpus, tmp_path):
     assert "zymoxidase" not in anchors and "quorbulin" not in anchors, "anchors come from training text alone"
 
 
+def test_a_given_score_table_that_lacks_words_of_the_text_says_so(model_dir, corpus, tmp_path, capsys):
+    """Words outside a given table score unknown_score; a table scored on other text would leave
+    them out silently, so the run names how many and which."""
+    from diffmask_fast.scoring import ScoreTable
+
+    scores_path = tmp_path / "scores.npz"
+    ScoreTable({"enzyme": 1.0, "protein": 0.8, "the": 0.1}, anchors=("enzyme",)).save(scores_path)
+    validation = tmp_path / "validation.txt"
+    validation.write_text("the zymoxidase binds the protein\n" * 12)
+    pretrain(config_for(model_dir, corpus, tmp_path / "run", scores=scores_path, validation=[validation],
+                        validation_fraction=0.0, max_steps=1, patience=0))
+    printed = capsys.readouterr().out
+    assert "The score table lacks 2 of the 4 word types of the validation documents" in printed
+    assert "'binds'" in printed and "'zymoxidase'" in printed
+    assert "word types of the training documents" in printed, "the training text is checked too"
+
+
+def test_no_notice_when_the_table_holds_every_word(bert_wordpiece):
+    from diffmask_fast.pretrain import unscored_words_notice
+    from diffmask_fast.scoring import ScoreTable
+
+    table = ScoreTable({w: 0.5 for w in ("the", "enzyme", "binds", "protein", ".")})
+    assert unscored_words_notice(table, bert_wordpiece, ["The enzyme binds."], ["the protein binds"]) is None
+    notice = unscored_words_notice(table, bert_wordpiece, ["an enzyme"] * 3, ["the protein"])
+    assert notice.startswith("The score table lacks 1 of the 2 word types of the training documents (e.g. 'an')")
+    sampled = unscored_words_notice(table, bert_wordpiece, ["an enzyme"] * 5001, [])
+    assert "of the first 5,000 training documents" in sampled
+
+
 def test_other_processes_load_what_the_main_process_mined(model_dir, corpus, tmp_path, monkeypatch, bert_wordpiece):
     from diffmask_fast import anchors, counting, embedding
     from diffmask_fast.pretrain import _domain_resources, _save_resources
