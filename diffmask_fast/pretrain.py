@@ -336,6 +336,10 @@ def pretrain(config: PretrainConfig) -> dict:
     from .trainer import MaskingTrainer, RunRecordCallback
 
     config.check()
+    if config.precision == "fp16" and not torch.cuda.is_available():
+        # accelerate turns fp16 autocast on only on a GPU: on the CPU the run would train in float32.
+        raise ValueError("precision fp16 needs a CUDA GPU (on the CPU, training would silently run in float32); "
+                         "use --precision bf16 or fp32")
     started = time.perf_counter()
     out = Path(config.output_dir)
     resumed_run = _check_output_dir(config)
@@ -618,7 +622,8 @@ def add_pretrain_command(commands) -> None:
                    help="where masks are drawn: DataLoader workers (CPU) or the training step on the device "
                         "(default auto: the device when a GPU is used and the strategy can)")
     p.add_argument("--workers", type=int, default=None, help="DataLoader worker processes (default 2 with a GPU, else 0)")
-    p.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default="fp32", help="training precision")
+    p.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default="fp32",
+                   help="training precision (mixed; fp16 needs a CUDA GPU)")
     p.add_argument("--init-mlm-head", action="store_true",
                    help="if the checkpoint has no masked-LM head (a bare encoder), start one tied to its input embeddings")
     p.add_argument("--head-warmup-steps", type=int, default=0,

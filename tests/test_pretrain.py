@@ -781,6 +781,24 @@ def test_the_training_precision_reaches_the_sparse_head_and_the_attention_pass(t
     assert set(training_passes) == {torch.bfloat16}, f"the training forward ran in {set(training_passes)}"
 
 
+def test_fp16_without_a_gpu_is_refused_not_run_in_float32(model_dir, corpus, tmp_path, monkeypatch):
+    """accelerate enables fp16 autocast only on a GPU; on the CPU the run trained in float32."""
+    from transformers import BertConfig, BertForMaskedLM, Trainer, TrainingArguments
+
+    dtypes = []
+    model = BertForMaskedLM(BertConfig(vocab_size=30, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                                       intermediate_size=32))
+    model.bert.encoder.layer[0].intermediate.dense.register_forward_hook(lambda m, i, o: dtypes.append(o.dtype))
+    examples = [{"input_ids": torch.arange(5, 13), "labels": torch.arange(5, 13)}] * 2
+    Trainer(model=model, args=TrainingArguments(output_dir=str(tmp_path / "t"), fp16=True, use_cpu=True, max_steps=1,
+                                                report_to=[], save_strategy="no"), train_dataset=examples).train()
+    assert set(dtypes) == {torch.float32}, "the premise: fp16 on the CPU computes in float32"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ValueError, match="precision fp16 needs a CUDA GPU"):
+        pretrain(config_for(model_dir, corpus, tmp_path / "run", precision="fp16"))
+    assert not (tmp_path / "run").exists()
+
+
 def test_head_warmup_holds_the_encoder_then_trains_everything(tiny_bert_mlm, bert_wordpiece, tmp_path, seed):
     from transformers import TrainerCallback, TrainingArguments
 
