@@ -11,7 +11,8 @@ Occurrences are found as the collator finds words (DESIGN.md §2: maximal runs o
 tokenizer marks as one word, special tokens excluded), decoded and normalized, and compared
 with each anchor as the same tokenizer reads it: an uncased model reads "naïve" as "naive", and
 BERT reads "t-cell" as the three words "t", "-", "cell", which then match as a run of adjacent
-words. At most ``max_occurrences_per_anchor`` occurrences are kept per anchor, a uniform sample of
+words spaced as in the anchor ("t - cell" is not "t-cell"; a fast tokenizer's character offsets
+tell). At most ``max_occurrences_per_anchor`` occurrences are kept per anchor, a uniform sample of
 all of them (reservoir sampling, seeded).
 
 Contextual vectors are means of sub-token hidden states, so they compare with word vectors of
@@ -75,16 +76,40 @@ def anchor_readings(tokenizer, anchor_words: Sequence[str], *, lowercase: bool =
     """Each anchor as the words ``tokenizer`` reads in it, normalized: ``("naive",)`` for "naïve"
     with an uncased model, ``("t", "-", "cell")`` for "t-cell" with BERT; empty when it reads
     nothing (or the anchor is not valid Unicode text). ``grouper``: the tokenizer's, if built."""
+    return [reading for reading, _ in _anchor_patterns(tokenizer, anchor_words, lowercase, scheme, grouper)]
+
+
+def _anchor_patterns(tokenizer, anchor_words: Sequence[str], lowercase: bool, scheme: str | None,
+                     grouper: WordGrouper | None) -> list[tuple[tuple[str, ...], tuple[bool, ...] | None]]:
+    """Each anchor's reading (``anchor_readings``) and spacing (``_spacing``)."""
     grouper = grouper or WordGrouper.for_tokenizer(tokenizer, scheme)
     readable = [i for i, word in enumerate(anchor_words) if word.strip() and not has_lone_surrogate(word)]
-    readings: list[tuple[str, ...]] = [()] * len(anchor_words)
+    patterns: list = [((), None)] * len(anchor_words)
     if not readable:
-        return readings
-    encoded = tokenize_texts(tokenizer, [anchor_words[i] for i in readable], add_special_tokens=False)["input_ids"]
-    for i, ids in zip(readable, encoded):
-        words = decode_words(tokenizer, [[ids[j] for j in group] for group in grouper(ids)])
-        readings[i] = tuple(key for key in (_word_key(word, lowercase) for word in words) if key)
-    return readings
+        return patterns
+    encoded = tokenize_texts(tokenizer, [anchor_words[i] for i in readable], add_special_tokens=False,
+                             return_offsets_mapping=_has_offsets(tokenizer))
+    offsets = encoded.get("offset_mapping") or [None] * len(readable)
+    for i, ids, spans in zip(readable, encoded["input_ids"], offsets):
+        groups = grouper(ids)
+        words = decode_words(tokenizer, [[ids[j] for j in group] for group in groups])
+        kept = [g for g, word in enumerate(words) if _word_key(word, lowercase)]
+        patterns[i] = (tuple(_word_key(words[g], lowercase) for g in kept),
+                       _spacing(spans, [groups[g] for g in kept]))
+    return patterns
+
+
+def _has_offsets(tokenizer) -> bool:
+    """Whether ``tokenizer`` maps tokens to characters (fast tokenizers do)."""
+    return bool(getattr(tokenizer, "is_fast", False))
+
+
+def _spacing(spans, groups: Sequence[Sequence[int]]) -> tuple[bool, ...] | None:
+    """Whether any character lies between each word of ``groups`` and the next, from the tokens'
+    character ``spans``; None without spans (a slow tokenizer: spacing is then not compared)."""
+    if spans is None:
+        return None
+    return tuple(spans[after[0]][0] > spans[before[-1]][1] for before, after in zip(groups, groups[1:]))
 
 
 def find_occurrences(tokenizer, texts: Iterable[str], anchor_words: Sequence[str], *, max_per_anchor: int,
@@ -95,14 +120,16 @@ def find_occurrences(tokenizer, texts: Iterable[str], anchor_words: Sequence[str
 
     An anchor occurs where the words of a text, as the tokenizer groups and decodes them, read as
     the anchor does (``anchor_readings``); an anchor of several such words matches them only
-    adjacent, with no special token between. Anchors read alike all go to the first of them.
+    adjacent, with no special token between, and spaced as in the anchor (with a fast tokenizer).
+    Anchors read and spaced alike all go to the first of them.
     It reads every text, so it shows a progress bar (``progress``) by documents."""
     grouper = WordGrouper.for_tokenizer(tokenizer, scheme)
-    patterns: dict[tuple[str, ...], int] = {}
-    for anchor, reading in enumerate(anchor_readings(tokenizer, anchor_words, lowercase=lowercase, grouper=grouper)):
-        if reading:
-            patterns.setdefault(reading, anchor)
+    patterns: dict[tuple[str, ...], list[tuple[tuple[bool, ...] | None, int]]] = {}
+    for anchor, (reading, spacing) in enumerate(_anchor_patterns(tokenizer, anchor_words, lowercase, None, grouper)):
+        if reading and all(spacing != seen for seen, _ in patterns.get(reading, [])):
+            patterns.setdefault(reading, []).append((spacing, anchor))
     lengths = sorted({len(reading) for reading in patterns})
+    offsets = _has_offsets(tokenizer)
     rng = random.Random(seed)
     seen = [0] * len(anchor_words)
     kept: list[list[tuple[str, int, int]]] = [[] for _ in anchor_words]
@@ -118,19 +145,25 @@ def find_occurrences(tokenizer, texts: Iterable[str], anchor_words: Sequence[str
 
     def consume(batch: list[str]) -> None:
         encoded = tokenize_texts(tokenizer, batch, add_special_tokens=True, truncation=True,
-                                 max_length=max_length)["input_ids"]
-        documents = [(text, ids, grouper(ids)) for text, ids in zip(batch, encoded)]
-        decoded = iter(decode_words(tokenizer, [[ids[i] for i in group] for _, ids, groups in documents
+                                 max_length=max_length, return_offsets_mapping=offsets)
+        spans_of = encoded.get("offset_mapping") or [None] * len(batch)
+        documents = [(text, ids, grouper(ids), spans) for text, ids, spans in zip(batch, encoded["input_ids"], spans_of)]
+        decoded = iter(decode_words(tokenizer, [[ids[i] for i in group] for _, ids, groups, _ in documents
                                                 for group in groups]))
-        for text, _, groups in documents:
+        for text, _, groups, spans in documents:
             keys = [_word_key(next(decoded), lowercase) for _ in groups]
             for first in range(len(keys)):
                 for length in lengths:
                     last = first + length - 1
                     if last >= len(keys):
                         break
-                    anchor = patterns.get(tuple(keys[first:last + 1]))
-                    if anchor is not None and all(groups[w][-1] + 1 == groups[w + 1][0] for w in range(first, last)):
+                    candidates = patterns.get(tuple(keys[first:last + 1]))
+                    if not candidates or any(groups[w][-1] + 1 != groups[w + 1][0] for w in range(first, last)):
+                        continue
+                    spacing = _spacing(spans, groups[first:last + 1])
+                    anchor = next((a for wanted, a in candidates if wanted is None or spacing is None
+                                   or wanted == spacing), None)
+                    if anchor is not None:
                         keep(anchor, (text, groups[first][0], groups[last][-1] + 1))
 
     batch: list[str] = []

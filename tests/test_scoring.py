@@ -539,16 +539,21 @@ def test_contextual_anchor_vectors_are_word_states_in_context(tiny_bert, shared_
 
 def test_contextual_anchors_are_found_as_the_model_reads_them(minilm_tokenizer):
     """An uncased model reads "naïve" as "naive", and BERT splits "t-cell" into three words: the
-    anchors still match those words, adjacent, and keep their given spelling."""
+    anchors still match those words, adjacent and spaced as in the anchor, and keep their given
+    spelling."""
     from diffmask_fast.contextual import anchor_readings, find_occurrences
 
-    texts = ["Naïve T-cell receptors bind.", "the naive t - cell binds", "t [SEP] cell is no T-cell here: t cell"]
-    anchors = ["naïve", "T-cell", "Naive", "receptors"]
-    assert anchor_readings(minilm_tokenizer, anchors) == [("naive",), ("t", "-", "cell"), ("naive",), ("receptors",)]
-    naive, t_cell, naive_again, receptors = find_occurrences(minilm_tokenizer, texts, anchors, max_per_anchor=10)
+    texts = ["Naïve T-cell receptors bind.", "the naive t - cell binds", "t [SEP] cell is no T-cell here: t cell",
+             "a t -cell, a t- cell"]
+    anchors = ["naïve", "T-cell", "Naive", "receptors", "t - cell", "t -  cell"]
+    assert anchor_readings(minilm_tokenizer, anchors) == [("naive",), ("t", "-", "cell"), ("naive",), ("receptors",),
+                                                          ("t", "-", "cell"), ("t", "-", "cell")]
+    naive, t_cell, naive_again, receptors, spaced, spaced_again = find_occurrences(
+        minilm_tokenizer, texts, anchors, max_per_anchor=10)
     assert [(text[:5], end - start) for text, start, end in naive] == [("Naïve", 1), ("the n", 1)]
-    assert [text[:5] for text, _, _ in t_cell] == ["Naïve", "the n", "t [SE"]  # never across [SEP]
-    assert naive_again == [], "anchors read alike go to the first"
+    assert [text[:5] for text, _, _ in t_cell] == ["Naïve", "t [SE"]  # never across [SEP], nor spaced otherwise
+    assert [text[:5] for text, _, _ in spaced] == ["the n"], "spaced as the anchor is"
+    assert naive_again == [] and spaced_again == [], "anchors read and spaced alike go to the first"
     assert len(receptors) == 1
 
 
