@@ -26,6 +26,7 @@ from typing import Any, Iterator
 import numpy as np
 import torch
 
+from .hf_loading import eval_mode
 from .masking_base import (check_batch_ids, check_like_ids, check_probability, check_replacement, check_seed,
                            distributed_rank, replace_selected)
 from .tokenization import WordBoundaries, word_boundaries
@@ -55,18 +56,6 @@ def _encoder(model: torch.nn.Module) -> torch.nn.Module:
     model itself when it has none."""
     base = getattr(model, "base_model", None)
     return base if isinstance(base, torch.nn.Module) else model
-
-
-@contextlib.contextmanager
-def _eval_mode(model: torch.nn.Module) -> Iterator[None]:
-    """``model`` in eval mode (no dropout); every submodule's own training flag restored after."""
-    flags = [(module, module.training) for module in model.modules()]
-    model.eval()
-    try:
-        yield
-    finally:
-        for module, training in flags:
-            module.training = training
 
 
 def _attention_configs(model: torch.nn.Module) -> list:
@@ -248,7 +237,7 @@ class AttentionMasker(torch.nn.Module):
         encoder = _encoder(model)
         batch, length = input_ids.shape
         rows = self._rows_per_pass(encoder, batch, length)
-        with torch.no_grad(), _eval_mode(model), _eager_attention(encoder):
+        with torch.no_grad(), eval_mode(model), _eager_attention(encoder):
             return torch.cat([
                 self._chunk_attention(encoder, input_ids[start:start + rows],
                                       None if attention_mask is None else attention_mask[start:start + rows])

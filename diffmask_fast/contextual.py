@@ -35,7 +35,7 @@ from . import reference
 from ._checks import refuse_one_string
 from .advice import DiffmaskWarning
 from .embedding import has_lone_surrogate
-from .hf_loading import check_max_length, longest_input, model_name
+from .hf_loading import check_max_length, eval_mode, longest_input, model_name
 from .tokenization import WordGrouper, decode_words, tokenize_texts
 
 #: Tokens of a document read around anchor occurrences, unless the model takes fewer.
@@ -234,8 +234,8 @@ def contextual_anchor_vectors(embedder, texts: Iterable[str], anchor_words: Sequ
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     device = torch.device(embedder.device)
     autocast_dtype = getattr(embedder, "_autocast_dtype", None)
-    with torch.inference_mode(), torch.autocast(device_type=device.type, dtype=autocast_dtype,
-                                                enabled=autocast_dtype is not None), \
+    with torch.inference_mode(), eval_mode(embedder.model), \
+            torch.autocast(device_type=device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None), \
             tqdm(total=total, desc="embedding anchor occurrences", unit="vector", disable=not show) as bar:
         for begin in range(0, len(order), batch_size):
             batch = order[begin : begin + batch_size]

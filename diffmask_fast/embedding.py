@@ -21,8 +21,8 @@ from tqdm.auto import tqdm
 from ._checks import refuse_one_string
 from .advice import DiffmaskWarning
 from .embedding_cache import EmbeddingCache, default_cache_dir
-from .hf_loading import (cached_hub_file, check_max_length, check_model_reference, model_name, model_reference,
-                         quiet_transformers, usable_device)
+from .hf_loading import (cached_hub_file, check_max_length, check_model_reference, eval_mode, model_name,
+                         model_reference, quiet_transformers, usable_device)
 from .tokenization import tokenize_texts
 
 #: How a word becomes a vector. ``pooled`` is the authors' choice: encode "[CLS] w [SEP]" alone
@@ -462,7 +462,7 @@ class WordEmbedder:
         result = np.empty((len(words), self.dimension), dtype=np.float32)
         autocast = torch.autocast(device_type=torch.device(self.device).type, dtype=self._autocast_dtype,
                                   enabled=self._autocast_dtype is not None)
-        with torch.inference_mode(), autocast:
+        with torch.inference_mode(), eval_mode(self.model), autocast:
             for begin in range(0, len(order), self.batch_size):
                 batch = order[begin : begin + self.batch_size]
                 result[batch] = self._embed_batch([encoded[i] for i in batch]).float().cpu().numpy()

@@ -25,6 +25,19 @@ def no_progress_bars() -> Iterator[None]:
 
 
 @contextlib.contextmanager
+def eval_mode(model) -> Iterator[None]:
+    """``model`` in eval mode (no dropout) for the block; every submodule's own training flag is
+    put back after. A model shared with training code may be in train mode when it is used."""
+    flags = [(module, module.training) for module in model.modules()]
+    model.eval()
+    try:
+        yield
+    finally:
+        for module, training in flags:
+            module.training = training
+
+
+@contextlib.contextmanager
 def quiet_transformers() -> Iterator[None]:
     """Hide the load report ("newly initialized" head, unused MLM-head weights) and the
     weight-loading progress bar."""

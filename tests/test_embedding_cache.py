@@ -69,6 +69,21 @@ def test_hit_runs_no_forward_pass_and_returns_the_same_vectors(tokenizer, tmp_pa
     torch.testing.assert_close(vectors[: len(shuffled)], uncached, atol=1e-6, rtol=1e-5)
 
 
+@pytest.mark.parametrize("pooling", ["pooled", "mean"])
+def test_a_model_left_in_train_mode_embeds_without_dropout(tokenizer, tmp_path, rng, seed, pooling):
+    """A model shared with training code may be in train mode: dropout would make the vectors
+    random, and the cache would keep them under the key of the deterministic ones."""
+    words = random_words(20, rng)
+    model = tiny_bert(tokenizer, seed)
+    expected = embedder(model, tokenizer, None, pooling=pooling).embed(words)
+    shared = embedder(model, tokenizer, tmp_path, pooling=pooling)
+    model.train()
+    assert torch.equal(shared.embed(words), expected)
+    assert model.training and all(m.training for m in model.modules()), "the caller's mode is put back"
+    model.eval()
+    assert torch.equal(embedder(model, tokenizer, tmp_path, pooling=pooling).embed(words), expected)
+
+
 def test_miss_embeds_only_new_words_and_extends_the_cache(tokenizer, tmp_path, rng):
     model = tiny_bert(tokenizer, rng.randrange(2**31))
     counter = count_forwards(model)

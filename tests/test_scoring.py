@@ -557,6 +557,20 @@ def test_contextual_anchors_are_found_as_the_model_reads_them(minilm_tokenizer):
     assert len(receptors) == 1
 
 
+def test_contextual_vectors_are_computed_without_dropout(tiny_bert):
+    """The embedder's model may be put back in train mode by code that shares it."""
+    model, tokenizer = tiny_bert
+    embedder = WordEmbedder(model, tokenizer, pooling="mean", progress=False)
+    texts = ["the receptor binds the kinase", "a receptor and a kinase"]
+    expected = contextual_anchor_vectors(embedder, texts, ["receptor", "kinase"]).vectors
+    model.train()
+    try:
+        assert torch.equal(contextual_anchor_vectors(embedder, texts, ["receptor", "kinase"]).vectors, expected)
+        assert model.training, "the caller's mode is put back"
+    finally:
+        model.eval()
+
+
 def test_contextual_scoring_keeps_the_anchors_as_given(tiny_bert, tmp_path):
     """A table scored against contextual anchors names them as given, so it loads again with the
     same anchors file (it used to name them normalized and be refused)."""
