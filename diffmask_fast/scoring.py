@@ -159,7 +159,8 @@ class ScoreTable:
                     similarity: str = "max", unknown_score: float = 0.0, lowercase: bool = True,
                     info: dict | None = None, sorted_unique: bool = False) -> "ScoreTable":
         """A table from parallel arrays; ``sorted_unique=True`` promises ``words`` are sorted and
-        distinct (skipping the sort). Words are used as keys as they are (already normalized)."""
+        distinct (skipping the sort). Words are used as keys as they are, so they must be
+        normalized (``normalize_words``); others are refused, as they could never be found."""
         words = list(words)
         values = np.asarray(values, dtype=np.float64).reshape(-1)
         nearest = None if nearest is None else np.asarray(nearest, dtype=np.int64).reshape(-1)
@@ -173,6 +174,7 @@ class ScoreTable:
             nearest = None if nearest is None else nearest[order]
             if any(a == b for a, b in zip(words, itertools.islice(words, 1, None))):
                 raise ValueError("score table words must be distinct")
+        _check_normalized(words, lowercase)
         table = cls.__new__(cls)
         table._set(words, values, nearest, anchors, similarity, unknown_score, lowercase, info)
         return table
@@ -237,6 +239,8 @@ class ScoreTable:
 
     def key(self, word: str) -> str:
         """The table key of a surface word."""
+        if not isinstance(word, str):
+            raise TypeError(f"a word must be a string, got {type(word).__name__}: {word!r}")
         return reference.normalize_word(word, self.lowercase)
 
     def score(self, word: str) -> float:
@@ -254,6 +258,8 @@ class ScoreTable:
 
     def top(self, n: int = 20) -> list[tuple[str, float]]:
         """The ``n`` highest-scoring words, ties broken by word."""
+        if isinstance(n, bool) or not isinstance(n, (int, np.integer)):
+            raise TypeError(f"n must be a number of words, got {n!r}")
         if n <= 0 or not len(self):
             return []
         values = self.values
@@ -274,7 +280,7 @@ class ScoreTable:
         """Write the table atomically: ``format`` "binary" (a .npz of sorted UTF-8 words, float32
         scores and int32 nearest anchors; the default) or "json" (the default for a .json path)."""
         if format is None:
-            format = "json" if os.fspath(path).endswith(".json") else "binary"
+            format = "json" if os.fspath(path).lower().endswith(".json") else "binary"
         if format == "json":
             nearest = {w: int(i) for w, i in zip(self._words, self.nearest.tolist()) if i >= 0}
             atomic_write_json(path, {"format": SCORES_FORMAT, **self._meta(),
@@ -286,7 +292,9 @@ class ScoreTable:
         encoded = [w.encode("utf-8", "surrogatepass") for w in self._words]
         offsets = np.zeros(len(encoded) + 1, dtype=np.int64)
         np.cumsum(np.fromiter(map(len, encoded), dtype=np.int64, count=len(encoded)), out=offsets[1:])
-        meta = {"format": BINARY_SCORES_FORMAT, "count": len(self._words), **self._meta()}
+        # Every table is made with its keys checked (from_arrays, __init__), so a file this
+        # version writes need not be checked again when loaded; a file without the mark is.
+        meta = {"format": BINARY_SCORES_FORMAT, "count": len(self._words), "keys_normalized": True, **self._meta()}
         buffer = io.BytesIO()
         # ASCII escapes: an anchor holding a lone surrogate (broken text) survives the round trip.
         np.savez(buffer, meta=np.frombuffer(json.dumps(meta).encode("ascii"), dtype=np.uint8),
@@ -300,6 +308,8 @@ class ScoreTable:
         path = Path(path)
         if not path.exists():
             raise FileNotFoundError(f"word scores file {str(path)!r} does not exist")
+        if path.is_dir():
+            raise IsADirectoryError(f"word scores file {str(path)!r} is a folder; give the .npz or .json file in it")
         with open(path, "rb") as handle:
             start = handle.read(4)
         if start.startswith(b"PK"):
@@ -311,7 +321,6 @@ class ScoreTable:
             scores = {w: float(s) for w, s in payload["scores"].items()}
             words = sorted(scores)
             lowercase = bool(payload["lowercase"])
-            _check_normalized(words, lowercase)
             nearest = payload.get("nearest_anchor") or {}
             return cls.from_arrays(
                 words, [scores[w] for w in words], [int(nearest.get(w, -1)) for w in words], sorted_unique=True,
@@ -351,9 +360,14 @@ class ScoreTable:
         if any(a >= b for a, b in zip(words, itertools.islice(words, 1, None))):
             raise invalid("words are not sorted and distinct")
         with _fields_of(path):
-            return cls.from_arrays(words, scores, nearest, sorted_unique=True, anchors=tuple(meta["anchors"]),
-                                   similarity=str(meta["similarity"]), unknown_score=float(meta["unknown_score"]),
-                                   lowercase=bool(meta["lowercase"]), info=dict(meta.get("info") or {}))
+            anchors, similarity = tuple(meta["anchors"]), str(meta["similarity"])
+            unknown_score, lowercase = float(meta["unknown_score"]), bool(meta["lowercase"])
+            if meta.get("keys_normalized") is not True:
+                _check_normalized(words, lowercase)
+            table = cls.__new__(cls)
+            table._set(words, scores, nearest, anchors, similarity, unknown_score, lowercase,
+                       dict(meta.get("info") or {}))
+            return table
 
     @classmethod
     def from_mapping(cls, scores: Mapping[str, float], unknown_score: float = 0.0, lowercase: bool = True) -> "ScoreTable":

@@ -1,5 +1,6 @@
 """WordEmbedder poolings against direct model calls; WordScorer against the reference similarity."""
 
+import json
 import math
 import random
 import re
@@ -471,6 +472,39 @@ def test_score_table_keys_must_be_words_as_they_are_looked_up():
     cased = ScoreTable({"Enzyme": 0.9, "123": 0.1, ",": 0.2}, lowercase=False)
     assert cased.score("Enzyme") == pytest.approx(0.9) and cased.score("enzyme") == 0.0
     assert ScoreTable.from_mapping({"Enzyme": 0.9, "receptor,": 0.5}).score("ENZYME") == pytest.approx(0.9)
+
+
+def test_every_way_to_make_or_load_a_table_refuses_keys_that_cannot_be_found(tmp_path):
+    """from_arrays and the binary loader used keys as given: "Enzyme" scored unknown_score
+    silently, and a table saved as JSON could not be loaded again."""
+    with pytest.raises(ValueError, match="'Enzyme' would be looked up as 'enzyme'"):
+        ScoreTable.from_arrays(["Enzyme", "receptor"], [0.9, 0.8])
+    assert ScoreTable.from_arrays(["Enzyme"], [0.9], lowercase=False).score("Enzyme") == pytest.approx(0.9)
+    path = tmp_path / "scores.npz"
+    ScoreTable({"enzyme": 0.9, "receptor": 0.8}).save(path)
+    with np.load(path) as archive:
+        arrays = dict(archive)
+    meta = json.loads(arrays["meta"].tobytes())
+    assert meta.pop("keys_normalized") is True
+    arrays["words"] = np.frombuffer(b"Enzymereceptor", dtype=np.uint8)
+    arrays["meta"] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
+    np.savez(tmp_path / "older.npz", **arrays)  # written without the mark: checked when loaded
+    with pytest.raises(ValueError, match="'Enzyme' would be looked up as 'enzyme'"):
+        ScoreTable.load(tmp_path / "older.npz")
+
+
+def test_score_table_arguments_are_checked(tmp_path):
+    table = ScoreTable({"enzyme": 0.9, "receptor": 0.8})
+    table.save(tmp_path / "SCORES.JSON")
+    assert (tmp_path / "SCORES.JSON").read_text().startswith("{"), "an upper-case .JSON ending is JSON too"
+    assert ScoreTable.load(tmp_path / "SCORES.JSON") == table
+    with pytest.raises(IsADirectoryError, match="is a folder"):
+        ScoreTable.load(tmp_path)
+    with pytest.raises(TypeError, match="a word must be a string, got NoneType"):
+        table.score(None)
+    assert None not in table
+    with pytest.raises(TypeError, match="n must be a number of words"):
+        table.top(2.5)
 
 
 def test_a_large_table_round_trips_compactly(tmp_path, seed):
