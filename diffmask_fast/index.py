@@ -141,16 +141,18 @@ def unit_rows(vectors: torch.Tensor, dtype: torch.dtype = torch.float32) -> torc
     """Rows scaled to unit L2 norm, as ``dtype``; zero rows stay zero, and a row holding NaN or
     inf becomes NaN (it has no direction), as the exact op scores such a row NaN.
 
-    Each row is divided by its largest magnitude first, so that rows of any finite scale (1e20,
-    or subnormal) normalize like the reference instead of overflowing or flushing to zero."""
-    vectors = vectors.to(dtype)
+    Each row is divided by its largest magnitude first, in the wider of its own type and
+    ``dtype``, so that rows of any finite scale (1e300, or subnormal) normalize like the
+    reference instead of overflowing or flushing to zero; only the unit rows are rounded."""
+    wide = torch.float64 if torch.float64 in (vectors.dtype, dtype) else torch.float32
+    vectors = vectors.to(wide)
     largest = vectors.abs().amax(dim=-1, keepdim=True)
     ones = torch.ones_like(largest)
     scaled = vectors / torch.where((largest > 0) & torch.isfinite(largest), largest, ones)
     norms = torch.linalg.vector_norm(scaled, dim=-1, keepdim=True)
     unit = torch.where(norms > 0, scaled / torch.where(norms > 0, norms, ones), torch.zeros_like(scaled))
     finite = torch.isfinite(vectors).all(dim=-1, keepdim=True)
-    return torch.where(finite, unit, torch.full_like(unit, float("nan")))
+    return torch.where(finite, unit, torch.full_like(unit, float("nan"))).to(dtype)
 
 
 def exact_search(queries: torch.Tensor, anchors: torch.Tensor, block: int = 65536) -> tuple[torch.Tensor, torch.Tensor]:

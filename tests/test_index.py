@@ -69,14 +69,19 @@ def test_exact_kinds_match_the_op(kind, generator):
     assert bool((cosines[torch.arange(500), ids] >= cosines.max(dim=1).values - 1e-5)[torch.arange(500) != 3].all())
 
 
+@pytest.mark.parametrize("dtype, large, small", [(torch.float32, 1e20, 1e-40), (torch.float64, 1e300, 1e-310)])
 @pytest.mark.parametrize("kind", ["flat", "ivf", "hnsw"])
-def test_queries_and_anchors_of_any_scale_follow_the_exact_op(kind, generator):
+def test_queries_and_anchors_of_any_scale_follow_the_exact_op(kind, generator, dtype, large, small):
     """The index normalizes rows itself (FAISS compares unit vectors): rows of 1e20 or of
-    subnormal size must not overflow or flush to zero there, and a NaN query is (NaN, 0)."""
-    anchors = clustered(1200, 16, 40, generator) * torch.where(torch.rand(1200, 1, generator=generator) < 0.5, 1e20, 1e-25)
-    queries = clustered(300, 16, 40, generator)
-    queries[:100] *= 1e20
-    queries[100:200] *= 1e-40
+    subnormal size must not overflow or flush to zero there (nor float64 rows beyond float32's
+    range, which were rounded to float32 before scaling), and a NaN query is (NaN, 0)."""
+    draw = torch.rand(1200, 1, generator=generator)  # a third each: large, tiny, ordinary
+    scale = torch.where(draw < 1 / 3, torch.tensor(large, dtype=dtype),
+                        torch.where(draw < 2 / 3, torch.tensor(small * 1e15, dtype=dtype), torch.ones((), dtype=dtype)))
+    anchors = clustered(1200, 16, 40, generator).to(dtype) * scale
+    queries = clustered(300, 16, 40, generator).to(dtype)
+    queries[:100] *= large
+    queries[100:200] *= small
     queries[7, 3] = float("nan")
     index = AnchorIndex(anchors, kind, recall_target=0.99, nprobe=30 if kind == "ivf" else None,
                         ef_search=400 if kind == "hnsw" else None)
@@ -84,6 +89,7 @@ def test_queries_and_anchors_of_any_scale_follow_the_exact_op(kind, generator):
     expected_values, expected_ids = exact_search(queries, anchors)
     assert math.isnan(values[7]) and ids[7] == 0 and math.isnan(expected_values[7])
     keep = torch.arange(300) != 7
+    assert not values[keep].isnan().any(), "a finite row has a direction"
     assert recall_at_1(values[keep], ids[keep], expected_values[keep], expected_ids[keep]).recall >= 0.97
     found = values[keep] == values[keep]
     torch.testing.assert_close(values[keep][found & (ids[keep] == expected_ids[keep])],
