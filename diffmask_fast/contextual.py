@@ -55,6 +55,12 @@ class ContextualAnchors:
         if self.vectors.ndim != 2 or self.anchor_ids.shape != (self.vectors.shape[0],):
             raise ValueError(f"vectors must be [M, D] and anchor_ids [M], got {tuple(self.vectors.shape)} "
                              f"and {tuple(self.anchor_ids.shape)}")
+        if self.anchor_ids.is_floating_point() or self.anchor_ids.is_complex() or self.anchor_ids.dtype == torch.bool:
+            raise ValueError(f"anchor_ids must be integers (indexes into words), got {self.anchor_ids.dtype}")
+        outside = (self.anchor_ids < 0) | (self.anchor_ids >= len(self.words))
+        if bool(outside.any()):
+            raise ValueError(f"anchor_ids must index the {len(self.words)} words; {int(outside.sum())} do not "
+                             f"(e.g. {int(self.anchor_ids[outside][0])})")
 
     def __len__(self) -> int:
         return int(self.vectors.shape[0])
@@ -169,8 +175,11 @@ def find_occurrences(tokenizer, texts: Iterable[str], anchor_words: Sequence[str
     batch: list[str] = []
     total = len(texts) if isinstance(texts, Sized) else None
     with tqdm(total=total, desc="finding anchors in context", unit="doc", disable=not progress) as bar:
-        for text in texts:
-            if text and text.strip():
+        for number, text in enumerate(texts):
+            if not isinstance(text, str):
+                raise TypeError(f"texts must be strings (one document each); text {number} is "
+                                f"{type(text).__name__}: {text!r:.60}")
+            if text.strip():
                 batch.append(text)
             bar.update(1)
             if len(batch) >= chunk:
@@ -193,8 +202,15 @@ def contextual_anchor_vectors(embedder, texts: Iterable[str], anchor_words: Sequ
     occur get no vectors (see ``ContextualAnchors.occurrences``) and are named in a warning; when
     none occurs at all, ValueError.
     """
-    if max_occurrences_per_anchor < 1:
-        raise ValueError(f"max_occurrences_per_anchor must be positive, got {max_occurrences_per_anchor}")
+    for name, value, least in (("max_occurrences_per_anchor", max_occurrences_per_anchor, 1),
+                               ("batch_size", batch_size, 1), ("max_length", max_length, 3)):
+        if value is None and name == "max_length":
+            continue
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < least:
+            reason = " (two special tokens and a piece)" if name == "max_length" else ""
+            raise ValueError(f"{name} must be an integer of at least {least}{reason}, got {value!r}")
+    if texts is None:
+        raise TypeError("texts must be an iterable of documents, got None")
     refuse_one_string(anchor_words, "anchor_words", "a list of words")
     refuse_one_string(texts, "texts", "an iterable of documents")
     words = tuple(str(w) for w in anchor_words)

@@ -605,6 +605,33 @@ def test_contextual_vectors_are_computed_without_dropout(tiny_bert):
         model.eval()
 
 
+def test_contextual_anchor_arguments_are_checked(tiny_bert):
+    """A max_length of 2 fit only the special tokens and was reported as anchors that never
+    occur; 1 was ignored by the tokenizer; other mistakes crashed inside the loop."""
+    model, tokenizer = tiny_bert
+    embedder = WordEmbedder(model, tokenizer, pooling="mean", progress=False)
+    texts = ["the receptor binds the kinase"]
+    for options, message in [({"max_length": 2}, "max_length must be an integer of at least 3"),
+                             ({"max_length": 1}, "max_length must be"), ({"batch_size": 0}, "batch_size must be"),
+                             ({"max_occurrences_per_anchor": 2.5}, "max_occurrences_per_anchor must be an integer")]:
+        with pytest.raises(ValueError, match=message):
+            contextual_anchor_vectors(embedder, texts, ["receptor"], **options)
+    with pytest.raises(TypeError, match="text 1 is int: 123"):
+        contextual_anchor_vectors(embedder, ["a receptor", 123], ["receptor"])
+    with pytest.raises(TypeError, match="texts must be an iterable of documents, got None"):
+        contextual_anchor_vectors(embedder, None, ["receptor"])
+    assert len(contextual_anchor_vectors(embedder, ["receptor binds"], ["receptor"], max_length=3, batch_size=1)) == 1
+
+
+def test_contextual_anchors_refuse_ids_that_name_no_anchor():
+    for ids in ([0, 5, 1], [0, -1, 1]):
+        with pytest.raises(ValueError, match="anchor_ids must index the 2 words; 1 do not"):
+            ContextualAnchors(("a", "b"), torch.randn(3, 4), torch.tensor(ids))
+    with pytest.raises(ValueError, match="anchor_ids must be integers"):
+        ContextualAnchors(("a", "b"), torch.randn(3, 4), torch.tensor([0.0, 1.0, 1.0]))
+    assert ContextualAnchors(("a", "b"), torch.randn(3, 4), torch.tensor([0, 1, 1])).occurrences == {"a": 1, "b": 2}
+
+
 def test_contextual_scoring_keeps_the_anchors_as_given(tiny_bert, tmp_path):
     """A table scored against contextual anchors names them as given, so it loads again with the
     same anchors file (it used to name them normalized and be refused)."""
