@@ -9,6 +9,8 @@ from dataclasses import dataclass
 from functools import cached_property, lru_cache
 from pathlib import Path
 
+import numpy as np
+
 #: Tokens in the Google Web Trillion Word corpus the default table is drawn from. The shipped
 #: table keeps only its 333,333 most frequent words, so its own sum is smaller.
 GOOGLE_TRILLION_TOTAL = 1_024_908_267_229
@@ -32,6 +34,15 @@ class GeneralFrequencies:
             raise ValueError("a general frequency table needs at least one word")
         if not (math.isfinite(self.total) and self.total > 0):
             raise ValueError(f"the general corpus total must be a positive finite number, got {self.total}")
+        try:  # a negative or NaN count would give negative or NaN TF-ICF, and anchors ranked by it
+            values = np.fromiter(self.counts.values(), dtype=np.float64, count=len(self.counts))
+        except (TypeError, ValueError) as error:
+            raise ValueError(f"general counts must be numbers ({error})") from None
+        bad = ~(np.isfinite(values) & (values >= 0))
+        if bad.any():
+            word = list(self.counts)[int(np.flatnonzero(bad)[0])]
+            raise ValueError(f"general counts must be finite and non-negative; {int(bad.sum())} are not "
+                             f"(e.g. {word!r}: {self.counts[word]!r})")
 
     def count(self, word: str) -> float:
         """c_G(w), with compounds of known parts counted as their rarest part (reference.general_count)."""

@@ -115,6 +115,18 @@ def test_most_common_general_words_break_ties_by_word():
     assert GeneralFrequencies(counts, 1e6).most_common(n) == sorted(counts, key=lambda w: (-counts[w], w))[:n]
 
 
+def test_a_general_table_made_in_code_refuses_counts_tf_icf_cannot_use():
+    """from_file checked its counts; a table built directly took a negative or NaN count, which
+    gives a negative or NaN TF-ICF and ranks anchors by it."""
+    for counts, message in [({"the": 5.0, "enzyme": -1.0}, r"1 are not \(e.g. 'enzyme': -1.0\)"),
+                            ({"the": float("nan")}, "finite and non-negative"),
+                            ({"the": float("inf")}, "finite and non-negative"),
+                            ({"the": "many"}, "general counts must be numbers")]:
+        with pytest.raises(ValueError, match=message):
+            GeneralFrequencies(counts, 1e6)
+    assert GeneralFrequencies({"the": 0, "enzyme": 3}, 1e6).relative("enzyme") == 3e-6
+
+
 def test_general_table_from_file(tmp_path):
     path = tmp_path / "general.tsv"
     path.write_text("# comment\nThe\t10\nthe\t5\n\nenzyme\t2.5\n")
