@@ -606,6 +606,9 @@ class AnchorIndex:
                 else:
                     self._faiss_index.nprobe = value
 
+        if nprobe is not None and nprobe > nlist:
+            self.notes.append(f"nprobe={nprobe} lowered to nlist={nlist}: there are no more lists to scan")
+            nprobe = nlist
         self.params = {"nlist": nlist, "nprobe": nprobe, "spill": spill, "engine": engine}
         if nprobe is not None or self._sample is None:
             apply(nprobe or min(nlist, max(1, nlist // 16)))

@@ -201,6 +201,9 @@ def test_given_parameters_are_kept_and_recall_still_measured(generator):
     assert silent.recall is None and "not measured" in silent.describe()
     lowered = AnchorIndex(anchors, "ivf", nlist=1000, recall_sample=0)  # 3,000 anchors: at most 76 lists
     assert lowered.params["nlist"] == 76 and "nlist=1000 lowered to 76" in lowered.describe()
+    probed = AnchorIndex(anchors, "ivf", nlist=20, nprobe=500, recall_sample=0)  # says what it scans
+    assert probed.params["nprobe"] == 20 and "nprobe=500 lowered to nlist=20" in probed.describe()
+    assert torch.equal(probed.search(anchors[:50])[1], torch.arange(50)), "every list is scanned: exact"
 
 
 def test_a_gpu_index_without_a_gpu_is_refused(generator):
