@@ -153,7 +153,8 @@ def find_occurrences(tokenizer, texts: Iterable[str], anchor_words: Sequence[str
         encoded = tokenize_texts(tokenizer, batch, add_special_tokens=True, truncation=True,
                                  max_length=max_length, return_offsets_mapping=offsets)
         spans_of = encoded.get("offset_mapping") or [None] * len(batch)
-        documents = [(text, ids, grouper(ids), spans) for text, ids, spans in zip(batch, encoded["input_ids"], spans_of)]
+        documents = [(text, ids, grouper(ids), spans)
+                     for text, ids, spans in zip(batch, encoded["input_ids"], spans_of)]
         decoded = iter(decode_words(tokenizer, [[ids[i] for i in group] for _, ids, groups, _ in documents
                                                 for group in groups]))
         for text, _, groups, spans in documents:
@@ -190,6 +191,11 @@ def find_occurrences(tokenizer, texts: Iterable[str], anchor_words: Sequence[str
     return kept
 
 
+def _check_at_least(name: str, value, least: int, why: str = "") -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < least:
+        raise ValueError(f"{name} must be an integer of at least {least}{why}, got {value!r}")
+
+
 def contextual_anchor_vectors(embedder, texts: Iterable[str], anchor_words: Sequence[str], *,
                               max_occurrences_per_anchor: int = 1000, max_length: int | None = None, batch_size: int = 32,
                               lowercase: bool = True, seed: int = 0, progress: bool | None = None) -> ContextualAnchors:
@@ -202,13 +208,10 @@ def contextual_anchor_vectors(embedder, texts: Iterable[str], anchor_words: Sequ
     occur get no vectors (see ``ContextualAnchors.occurrences``) and are named in a warning; when
     none occurs at all, ValueError.
     """
-    for name, value, least in (("max_occurrences_per_anchor", max_occurrences_per_anchor, 1),
-                               ("batch_size", batch_size, 1), ("max_length", max_length, 3)):
-        if value is None and name == "max_length":
-            continue
-        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < least:
-            reason = " (two special tokens and a piece)" if name == "max_length" else ""
-            raise ValueError(f"{name} must be an integer of at least {least}{reason}, got {value!r}")
+    _check_at_least("max_occurrences_per_anchor", max_occurrences_per_anchor, 1)
+    _check_at_least("batch_size", batch_size, 1)
+    if max_length is not None:
+        _check_at_least("max_length", max_length, 3, " (two special tokens and a piece)")
     if texts is None:
         raise TypeError("texts must be an iterable of documents, got None")
     refuse_one_string(anchor_words, "anchor_words", "a list of words")

@@ -262,8 +262,8 @@ def unscored_words_notice(scores: Any, tokenizer: Any, train_docs: list[str], va
     A word outside the table scores ``unknown_score`` (0 by default: masked only when a sequence
     has too few scored words to fill its budget), so a table scored on another corpus, or on the
     training text alone, would leave such words out of training and of the validation loss
-    without a word. Reads every validation document
-    and the first ``COVERAGE_SAMPLE_DOCUMENTS`` training documents."""
+    without a word. Reads every validation document and the first ``COVERAGE_SAMPLE_DOCUMENTS``
+    training documents."""
     from .vocabulary import tokenizer_word_types
 
     parts, examples = [], []
@@ -276,9 +276,9 @@ def unscored_words_notice(scores: Any, tokenizer: Any, train_docs: list[str], va
             examples += [w for w in missing if w not in examples][:5 - len(examples)]
     if not parts:
         return None
-    return (f"The score table lacks {' and '.join(parts)} (e.g. {', '.join(map(repr, examples))}); they score the "
-            f"table's unknown_score ({scores.unknown_score:g}), not their similarity to the anchors. Score the training and "
-            f"validation text together (diffmask score) to include them.")
+    return (f"The score table lacks {' and '.join(parts)} (e.g. {', '.join(map(repr, examples))}); they score "
+            f"the table's unknown_score ({scores.unknown_score:g}), not their similarity to the anchors. Score the "
+            f"training and validation text together (diffmask score) to include them.")
 
 
 def _training_arguments(config: PretrainConfig, workers: int) -> Any:
