@@ -86,6 +86,24 @@ def _token_flags(word_index: torch.Tensor, word_flags: torch.Tensor) -> torch.Te
     return padded.gather(1, column)
 
 
+def _stripped_edges(text: str) -> tuple[str, str]:
+    """The punctuation ``normalize_word`` strips from the start and from the end of a decoded
+    word ("(in" -> ("(", ""), "protein." -> ("", ".")): where a tokenizer keeps punctuation inside
+    its words, it stands between the word and its neighbours."""
+    lowered = text.lower()
+    key = normalize_word(text)
+    if key == lowered:
+        return "", ""
+    first = lowered.find(key)
+    return lowered[:first], lowered[first + len(key):]
+
+
+def _inner_punctuation(edges: Sequence[tuple[str, str]], first: int, stop: int) -> tuple[str, ...]:
+    """For the words ``first`` to ``stop`` (exclusive) of a row, the punctuation between each
+    word and the next."""
+    return tuple(edges[w][1] + edges[w + 1][0] for w in range(first, stop - 1))
+
+
 class TermMatcher:
     """Occurrences of ``terms`` in tokenized batches, on the words the tokenizer forms.
 
@@ -94,12 +112,18 @@ class TermMatcher:
     split ("Fe-S" is three words for BERT and one for RoBERTa, in terms and text alike). Words
     are compared in normalized form (``reference.normalize_word``: Unicode lowercase, surrounding
     punctuation and symbols stripped). An occurrence is a run of words equal to a term with no
-    special token or padding between them (whitespace tokens may be); occurrences do not overlap:
-    rows are scanned left to right, taking at each word the longest term that starts there.
+    special token or padding between them (whitespace tokens may be), and with the punctuation
+    between its words that the term has: where a tokenizer keeps punctuation inside a word
+    ("protein." for RoBERTa, "protein" "." for BERT), "protein. Kinase" is no occurrence of
+    "protein kinase", nor "protein, kinase" of "protein. kinase", under either. Occurrences do not overlap: rows are scanned left to right,
+    taking at each word the longest term that starts there.
 
     Each distinct word (token sequence) is decoded once per process: its normalized form is
     cached by its hash (``ops.word_hash``). Terms the tokenizer cannot represent (they would
-    contain its unknown token) can never match: they are dropped with a warning.
+    contain its unknown token) can never match: they are dropped with a warning. Where the
+    unknown token stands inside a word (SentencePiece and byte-level BPE; BERT's stands for a
+    whole word), the pieces of that word beside it are fragments ("p" of "p<unk>3") and match no
+    term.
     """
 
     def __init__(self, tokenizer, terms: Iterable[str], *, word_boundary: str | None = None,
@@ -111,6 +135,12 @@ class TermMatcher:
         # Tokens of no word that are not special: whitespace ("Ċ", a lone "Ġ" or "▁", "Âł").
         self._whitespace = self.boundaries.never_word & ~self._special
         self._normalized: dict[int, str] = {}
+        self._edges: dict[int, int] = {}  # by word hash: an index into _edge_pairs
+        self._edge_pairs: list[tuple[str, str]] = [("", "")]
+        self._edge_index: dict[tuple[str, str], int] = {("", ""): 0}
+        unknown = tokenizer.unk_token_id
+        self._unknown_inside_words = (unknown if self.boundaries.scheme in ("sentencepiece", "byte_bpe")
+                                      and unknown is not None and 0 <= unknown < self._special.numel() else None)
         self._build(terms)
 
     # -- terms ---------------------------------------------------------------------------------
@@ -128,16 +158,19 @@ class TermMatcher:
         excluded = self.boundaries.never_word[input_ids] & ~padding
         special = self._special[input_ids] & ~padding
         words = ops.group_words(input_ids, padding | excluded, self.boundaries.starts_word)
-        keys, _ = self._word_keys(input_ids, words)
+        keys, edges, _ = self._word_keys(input_ids, words)
         n_words = words.n_words.tolist()
         self.vocabulary: dict[str, int] = {}
         sequences: set[tuple[int, ...]] = set()
+        self._punctuation: dict[tuple[int, ...], set[tuple[str, ...]]] = {}  # see _inner_punctuation
         unusable = []
         for row, term in enumerate(terms):
             if n_words[row] == 0 or bool(special[row].any()):
                 unusable.append(term)
                 continue
-            sequences.add(tuple(self.vocabulary.setdefault(k, len(self.vocabulary)) for k in keys[row][: n_words[row]]))
+            sequence = tuple(self.vocabulary.setdefault(k, len(self.vocabulary)) for k in keys[row][: n_words[row]])
+            sequences.add(sequence)
+            self._punctuation.setdefault(sequence, set()).add(_inner_punctuation(edges[row], 0, len(sequence)))
         if unusable:
             warnings.warn(
                 f"{len(unusable)} term(s) hold text the tokenizer cannot represent and can never match, "
@@ -169,8 +202,10 @@ class TermMatcher:
 
     # -- words ---------------------------------------------------------------------------------
     def _word_keys(self, input_ids: torch.Tensor, words: ops.Words, *, as_codes: bool = False):
-        """The normalized form (or, with ``as_codes``, the term-vocabulary code, -1 for none) of
-        every word: (per-row lists when not ``as_codes``, else a [B, W] tensor; word extents)."""
+        """The normalized form of every word and the punctuation normalizing stripped from its
+        ends (``_stripped_edges``) as per-row lists, with the word extents: (keys, edges, extents);
+        with ``as_codes``, the term-vocabulary code of every word (-1 for none) as a [B, W]
+        tensor instead: (codes, extents). Either way, every word's edges are known after."""
         n_columns = words.word_hash.shape[1]
         start, end = _word_extents(words.word_index, n_columns)
         valid = torch.arange(n_columns) < words.n_words[:, None]
@@ -188,18 +223,27 @@ class TermMatcher:
             id_lists = [input_ids[r, s:e].tolist() for r, s, e in zip(rows, starts, ends)]
             for i, text in zip(missing, decode_words(self.tokenizer, id_lists)):
                 self._normalized[unique_list[i]] = normalize_word(text)
+                pair = _stripped_edges(text)
+                if pair not in self._edge_index:
+                    self._edge_index[pair] = len(self._edge_pairs)
+                    self._edge_pairs.append(pair)
+                self._edges[unique_list[i]] = self._edge_index[pair]
         if as_codes:
             codes = torch.tensor([self.vocabulary.get(self._normalized[h], -1) for h in unique_list], dtype=torch.long)
             out = torch.full(valid.shape, -1, dtype=torch.long)
             out[valid] = codes[inverse]
             return out, (start, end)
         normalized = [self._normalized[h] for h in unique_list]
-        flat = [normalized[i] for i in inverse.tolist()]
-        per_row, offset = [], 0
+        edges = [self._edge_pairs[self._edges[h]] for h in unique_list]
+        inverse_list = inverse.tolist()
+        flat = [normalized[i] for i in inverse_list]
+        flat_edges = [edges[i] for i in inverse_list]
+        per_row, per_row_edges, offset = [], [], 0
         for count in words.n_words.tolist():
             per_row.append(flat[offset: offset + count])
+            per_row_edges.append(flat_edges[offset: offset + count])
             offset += count
-        return per_row, (start, end)
+        return per_row, per_row_edges, (start, end)
 
     @property
     def known_words(self) -> int:
@@ -230,6 +274,8 @@ class TermMatcher:
         input_ids, words, separators = self._group(input_ids, never_word)
         batch, n_columns = words.word_hash.shape
         codes, (start, end) = self._word_keys(input_ids, words, as_codes=True)
+        if self._unknown_inside_words is not None and bool((input_ids == self._unknown_inside_words).any()):
+            codes = torch.where(self._beside_unknown(input_ids, start, end), torch.full_like(codes, -1), codes)
         span_start = torch.full((batch, n_columns), -1, dtype=torch.long)
         spans: list[list[tuple[int, int]]] = [[] for _ in range(batch)]
         candidates = self._starts_term[codes + 1].nonzero().tolist()
@@ -253,13 +299,17 @@ class TermMatcher:
                 continue
             if row not in rows_cache:
                 rows_cache.clear()
-                rows_cache[row] = (codes[row, : n_words[row]].tolist(), segment[row, : n_words[row]].tolist())
-            row_codes, row_segment = rows_cache[row]
+                rows_cache[row] = (codes[row, : n_words[row]].tolist(), segment[row, : n_words[row]].tolist(), [])
+            row_codes, row_segment, row_edges = rows_cache[row]
             for length in lengths[row_codes[position]]:
                 stop = position + length
                 if stop > n_words[row] or row_segment[stop - 1] != row_segment[position]:
                     continue
-                if length == 1 or tuple(row_codes[position:stop]) in terms:
+                sequence = tuple(row_codes[position:stop])
+                if length > 1 and sequence in terms and not row_edges:  # read once per row, when needed
+                    row_edges.extend(self._edge_pairs[self._edges[h]] for h in words.word_hash[row, : n_words[row]].tolist())
+                if length == 1 or (sequence in terms and _inner_punctuation(row_edges, position, stop)
+                                   in self._punctuation[sequence]):
                     spans[row].append((position, stop))
                     match_rows.append(row)
                     match_starts.append(position)
@@ -273,6 +323,16 @@ class TermMatcher:
             offsets = torch.arange(int(counts.sum())) - (counts.cumsum(0) - counts).repeat_interleave(counts)
             span_start[rows, firsts + offsets] = firsts
         return TermMatches(words, spans, span_start)
+
+    def _beside_unknown(self, input_ids: torch.Tensor, start: torch.Tensor, end: torch.Tensor) -> torch.Tensor:
+        """[B, W]: words whose first token follows, or whose last token precedes, the unknown
+        token directly: pieces of a word the tokenizer could not spell whole."""
+        unknown = input_ids == self._unknown_inside_words
+        padded = torch.nn.functional.pad(unknown, (1, 1))  # [B, L+2]: token t at t+1
+        length = input_ids.shape[1]
+        before = padded.gather(1, start.clamp(0, length))  # the token at start - 1
+        after = padded.gather(1, (end + 1).clamp(0, length + 1))  # the token at end
+        return before | after
 
     def spans(self, input_ids: torch.Tensor, never_word: torch.Tensor | None = None) -> list[list[tuple[int, int]]]:
         """Per row, the term occurrences as word-index spans (start word, end word exclusive),

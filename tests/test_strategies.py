@@ -7,10 +7,12 @@ probability, so a correct implementation fails a comparison with probability bel
 
 from __future__ import annotations
 
+import itertools
 import math
 import pickle
 import random
 import re
+import unicodedata
 
 import numpy as np
 import pytest
@@ -81,32 +83,64 @@ def random_sequences(tokenizer, rng: np.random.Generator, count: int) -> list[li
 def reference_words(tokenizer, ids):
     """Reference grouping of one sequence (no padding): token positions of each word, and the
     normalized words, decoded one at a time."""
+    groups, words = decoded_words(tokenizer, ids)
+    return groups, [reference.normalize_word(w) for w in words]
+
+
+def decoded_words(tokenizer, ids):
+    """Token positions and surface text of each word of one sequence, decoded one at a time."""
     boundaries = word_boundaries(tokenizer)
     never = [bool(boundaries.never_word[i]) for i in ids]
     groups = reference.group_words(reference.word_starts(tokenizer.convert_ids_to_tokens(ids), never, boundaries.scheme), never)
     words = [tokenizer.convert_tokens_to_string(tokenizer.convert_ids_to_tokens([ids[i] for i in g])).strip() for g in groups]
-    return groups, [reference.normalize_word(w) for w in words]
+    return groups, words
+
+
+def is_punctuation(character):
+    return unicodedata.category(character)[0] in "PS" and character != "\ufffd"
+
+
+def punctuation_between(words):
+    """The punctuation that ends each word and opens the next (a word of punctuation alone is a
+    word of its own, not punctuation around one)."""
+    def edge(word, step):
+        word = word.lower()
+        if all(map(is_punctuation, word)):
+            return ""
+        chars = word if step > 0 else word[::-1]
+        taken = "".join(itertools.takewhile(is_punctuation, chars))
+        return taken if step > 0 else taken[::-1]
+    return tuple(edge(a, -1) + edge(b, 1) for a, b in zip(words, words[1:]))
 
 
 def term_words(tokenizer, term):
+    """A term as the reference compares it: its normalized words, and the punctuation between them."""
     ids = tokenizer(term, add_special_tokens=False)["input_ids"]
-    return tuple(reference_words(tokenizer, ids)[1])
+    words = decoded_words(tokenizer, ids)[1]
+    return tuple(reference.normalize_word(w) for w in words), punctuation_between(words)
 
 
 def reference_spans(tokenizer, ids, terms) -> list[tuple[int, int]]:
-    """Leftmost-longest, non-overlapping occurrences of ``terms`` (tuples of normalized words)
-    among runs of adjacent words: only whitespace tokens (no word, not special) between them."""
-    groups, keys = reference_words(tokenizer, ids)
-    never = word_boundaries(tokenizer).never_word
-    special = set(tokenizer.all_special_ids)
+    """Leftmost-longest, non-overlapping occurrences of ``terms`` (as ``term_words`` gives them)
+    among runs of adjacent words: only whitespace tokens (no word, not special) between them, and
+    punctuation between words only where the term has it. Beside the unknown token, a
+    SentencePiece or byte-level BPE word is a fragment and part of no occurrence."""
+    groups, surface = decoded_words(tokenizer, ids)
+    keys = [reference.normalize_word(w) for w in surface]
+    boundaries = word_boundaries(tokenizer)
+    never, special = boundaries.never_word, set(tokenizer.all_special_ids)
     whitespace = [bool(never[i]) and i not in special for i in ids]
-    longest = max(len(t) for t in terms)
+    unknown = tokenizer.unk_token_id if boundaries.scheme in ("sentencepiece", "byte_bpe") else None
+    fragment = [unknown is not None and ((g[0] > 0 and ids[g[0] - 1] == unknown)
+                                         or (g[-1] + 1 < len(ids) and ids[g[-1] + 1] == unknown)) for g in groups]
+    longest = max(len(t) for t, _ in terms)
     spans, i = [], 0
     while i < len(keys):
         for n in range(min(longest, len(keys) - i), 0, -1):
             adjacent = all(all(whitespace[p] for p in range(groups[j][-1] + 1, groups[j + 1][0]))
                            for j in range(i, i + n - 1))
-            if adjacent and tuple(keys[i:i + n]) in terms:
+            found = (tuple(keys[i:i + n]), punctuation_between(surface[i:i + n])) in terms
+            if adjacent and found and not any(fragment[i:i + n]):
                 spans.append((i, i + n))
                 i += n
                 break
@@ -359,6 +393,41 @@ def test_terms_match_across_any_whitespace(request, tokenizer_name):
     # A byte-order mark (a terms file saved by Windows tools, read as plain UTF-8) is no text.
     marked = TermMatcher(tokenizer, ["\ufeffkinase inhibitors", "binds"])
     assert marked.sequences == matcher.sequences, tokenizer_name
+
+
+@pytest.mark.parametrize("tokenizer_name", TOKENIZERS)
+def test_terms_match_across_no_punctuation_they_lack(request, tokenizer_name):
+    """RoBERTa and SentencePiece keep punctuation inside words ("protein."), BERT makes it a word:
+    under every tokenizer "protein. Kinase" is no occurrence of "protein kinase" (it was under the
+    first two), and a term with the punctuation finds it."""
+    tokenizer = request.getfixturevalue(tokenizer_name)
+    texts = ["the protein kinase binds", "we purified the protein. Kinase binds", "the protein, kinase binds",
+             "the protein (kinase binds"]
+    batch = RandomWordCollator(tokenizer)._pad(encode(tokenizer, texts, max_length=None))["input_ids"]
+    plain = TermMatcher(tokenizer, ["protein kinase"]).spans(batch)
+    assert [bool(row) for row in plain] == [True, False, False, False], (tokenizer_name, plain)
+    dotted = TermMatcher(tokenizer, ["protein. kinase"]).spans(batch)
+    assert [bool(row) for row in dotted] == [False, True, False, False], (tokenizer_name, dotted)
+    after = TermMatcher(tokenizer, ["kinase binds"])  # punctuation before a term is none inside it
+    words = after.words_of(batch)
+    assert [[words[row][a:b] for a, b in spans] for row, spans in enumerate(after.spans(batch))] \
+        == [[["kinase", "binds"]]] * 4, tokenizer_name
+
+
+def test_pieces_beside_the_unknown_token_match_no_term(sentencepiece_unigram, bert_wordpiece):
+    """SentencePiece spells an unknown character as <unk> inside the word: "p" of "p<unk>3" is a
+    piece of a word, not the term "p". BERT's [UNK] stands for a whole word."""
+    texts = ["the p \u26033 protein", "the p\u26033 protein", "\u2603p binds p"]
+    ids = [sentencepiece_unigram(t)["input_ids"] for t in texts]
+    assert sentencepiece_unigram.unk_token_id in ids[1], "the premise: the character is unknown"
+    batch = RandomWordCollator(sentencepiece_unigram)._pad([{"input_ids": i} for i in ids])["input_ids"]
+    matcher = TermMatcher(sentencepiece_unigram, ["p", "protein", "the", "binds"])
+    words = matcher.words_of(batch)
+    found = [[words[row][a] for a, _ in spans] for row, spans in enumerate(matcher.spans(batch))]
+    assert found == [["the", "p", "protein"], ["the", "protein"], ["binds", "p"]], (words, found)
+    bert = torch.tensor([bert_wordpiece("the \u2603 protein")["input_ids"]])
+    assert bert_wordpiece.unk_token_id in bert[0].tolist()
+    assert len(TermMatcher(bert_wordpiece, ["the", "protein"]).spans(bert)[0]) == 2
 
 
 def test_matcher_details(bert_wordpiece, roberta_byte_bpe, monkeypatch):
