@@ -326,7 +326,8 @@ def _show_masks(anchor_words, tokenizer, table, texts, args, plot_texts=()) -> N
         from .preview import masking_rates
 
         rates = masking_rates(collator, plot_texts or texts, draws=PLOT_DRAWS)
-        plot_masking_rates(rates, args.plot, args.mlm_probability)
+        plot_masking_rates(rates, args.plot, args.mlm_probability, anchors=table.anchors or anchor_words,
+                           similarity=table.similarity)
         print(f"Wrote {args.plot} (how often each of {len(rates):,} words was masked over {PLOT_DRAWS} draws)")
 
 

@@ -7,11 +7,12 @@ import io
 import math
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Mapping, Sequence
+from typing import TYPE_CHECKING, Iterable, Mapping, Sequence
 
 from ._io import atomic_write_bytes
 from .metrics import mean_std
 from .preview import WordMaskingRate
+from .reference import normalize_word
 
 if TYPE_CHECKING:
     from .finetune import FinetuneReport
@@ -21,45 +22,69 @@ _ANCHOR_COLOR = "#1f4e9c"
 _UNIFORM_COLOR = "#555555"
 
 
+#: What a word's score is, by the score table's similarity (scoring.SIMILARITIES).
+_SCORE_MEANING = {"max": "similarity to the nearest anchor", "centroid": "similarity to the anchors' centroid",
+                  "mean": "mean similarity to the anchors"}
+
+
 def plot_masking_rates(rates: Sequence[WordMaskingRate], path: str | os.PathLike, mlm_probability: float,
-                       title: str = "Difference-Masking: which words are masked, and why", top: int = 15) -> Path:
+                       title: str = "Difference-Masking: which words are masked, and why", top: int = 15, *,
+                       anchors: Iterable[str] = (), similarity: str = "max") -> Path:
     """Draw ``masking_rates`` output: the ``top`` most often masked words (with their score and
     nearest anchor), and every word's masking rate against its score, each beside the rate that
-    masking every word alike (random-word masking) gives. Written atomically to ``path``."""
+    masking every word alike (random-word masking) gives. ``anchors`` and ``similarity`` are the
+    score table's: they pick out the anchors and say what a score is (a table scored by
+    ``centroid`` or ``mean`` names no nearest anchor). Written atomically to ``path``."""
     if not rates:
         raise ValueError("no word masking rates to plot")
     if top < 1:
         raise ValueError(f"top must be at least 1, got {top}")
+    if similarity not in _SCORE_MEANING:
+        raise ValueError(f"unknown similarity {similarity!r}; expected one of {', '.join(_SCORE_MEANING)}")
+    empty = [r for r in rates if r.occurrences < 1 or r.draws < 1]
+    if empty:
+        raise ValueError(f"a masking rate needs at least one occurrence and one draw; {empty[0].word!r} has "
+                         f"{empty[0].occurrences} occurrence(s) over {empty[0].draws} draw(s)")
     from matplotlib.figure import Figure
+    from matplotlib.patches import Patch
+
+    anchor_keys = {normalize_word(a) for a in anchors}
+
+    def is_anchor(rate: WordMaskingRate) -> bool:
+        return rate.word in anchor_keys or rate.nearest_anchor == rate.word
+
+    def color(rate: WordMaskingRate) -> str:
+        return _ANCHOR_COLOR if is_anchor(rate) else _WORD_COLOR
 
     figure = Figure(figsize=(13, 6), layout="constrained")
     most, against_score = figure.subplots(1, 2, width_ratios=[1, 1.25])
     uniform = f"every word alike ({mlm_probability:.0%})"
 
     shown = list(rates[:top])[::-1]
-    most.barh(range(len(shown)), [r.rate for r in shown], color=[_color(r) for r in shown])
-    most.set_yticks(range(len(shown)), [_label(r) for r in shown], fontsize=9, parse_math=False)
-    most.axvline(mlm_probability, linestyle="--", color=_UNIFORM_COLOR, label=uniform)
-    most.barh([], [], color=_ANCHOR_COLOR, label="anchor")
+    most.barh(range(len(shown)), [r.rate for r in shown], color=[color(r) for r in shown])
+    most.set_yticks(range(len(shown)), [_label(r, is_anchor(r)) for r in shown], fontsize=9, parse_math=False)
+    line = most.axvline(mlm_probability, linestyle="--", color=_UNIFORM_COLOR, label=uniform)
     most.set_xlim(0, 1)
     most.set_xlabel("share of the word's occurrences masked")
-    most.set_title(f"The {len(shown)} most often masked words (score, nearest anchor)", fontsize=11)
-    most.legend(loc="upper left", bbox_to_anchor=(0, -0.09), ncols=2, fontsize=9, frameon=False)
+    named = " and nearest anchor" if any(r.nearest_anchor for r in shown) else ""
+    most.set_title(f"The {len(shown)} most often masked words (score{named})", fontsize=11)
+    most.legend(handles=[Patch(color=_ANCHOR_COLOR, label="anchor"), Patch(color=_WORD_COLOR, label="other word"),
+                         line], loc="upper left", bbox_to_anchor=(0, -0.09), ncols=3, fontsize=9, frameon=False)
 
     occurrences = [r.occurrences for r in rates]
     largest = max(occurrences)
-    for is_anchor, label in ((False, "word"), (True, "anchor")):
-        group = [r for r in rates if _is_anchor(r) == is_anchor]
+    for anchor, label in ((False, "word"), (True, "anchor")):
+        group = [r for r in rates if is_anchor(r) == anchor]
         if group:
             against_score.scatter([r.score for r in group], [r.rate for r in group],
                                   s=[12 + 150 * (r.occurrences / largest) ** 0.5 for r in group],
-                                  color=_color(group[0]), alpha=0.45, edgecolors="none", label=label)
+                                  color=color(group[0]), alpha=0.45, edgecolors="none", label=label)
     against_score.axhline(mlm_probability, linestyle="--", color=_UNIFORM_COLOR, label=uniform)
-    for rate in [r for r in rates if not _is_anchor(r)][:3]:  # the anchors sit together at score 1
+    for rate in [r for r in rates if not is_anchor(r)][:3]:  # the anchors sit together at score 1
         against_score.annotate(_printable(rate.word), (rate.score, rate.rate), fontsize=8, xytext=(-4, 4),
                                textcoords="offset points", ha="right", parse_math=False)
     against_score.set_ylim(-0.02, 1.02)
-    against_score.set_xlabel("word score s(w): similarity to the nearest anchor")
+    against_score.set_xlabel(f"word score s(w): {_SCORE_MEANING[similarity]}")
     against_score.set_ylabel("share of the word's occurrences masked")
     draws = rates[0].draws
     against_score.set_title(f"{len(rates):,} distinct words over {draws:,} draws (dot area: occurrences)",
@@ -191,14 +216,6 @@ def _save(figure, path: str | os.PathLike) -> Path:
     return atomic_write_bytes(path, image.getvalue())
 
 
-def _is_anchor(rate: WordMaskingRate) -> bool:
-    return rate.nearest_anchor == rate.word
-
-
-def _color(rate: WordMaskingRate) -> str:
-    return _ANCHOR_COLOR if _is_anchor(rate) else _WORD_COLOR
-
-
 def _printable(text: str) -> str:
     """``text`` with control characters (which decoded corpora hold, and fonts lack) shown as '?'.
     Words are drawn with math text off (``parse_math=False``): a corpus word such as ``$x^$`` is
@@ -206,7 +223,7 @@ def _printable(text: str) -> str:
     return "".join(c if c.isprintable() else "?" for c in text)
 
 
-def _label(rate: WordMaskingRate) -> str:
-    if _is_anchor(rate) or not rate.nearest_anchor:
+def _label(rate: WordMaskingRate, is_anchor: bool) -> str:
+    if is_anchor or not rate.nearest_anchor:
         return f"{_printable(rate.word)} ({rate.score:.2f})"
     return f"{_printable(rate.word)} ({rate.score:.2f}, {_printable(rate.nearest_anchor)})"

@@ -89,6 +89,55 @@ def test_bad_arguments(bert_wordpiece, tmp_path):
     assert not list(tmp_path.iterdir())
 
 
+def drawn_figure(monkeypatch):
+    """The figure the next plot draws, kept as it is saved."""
+    from diffmask_fast import plots
+
+    kept = []
+    save = plots._save
+    monkeypatch.setattr(plots, "_save", lambda figure, path: (kept.append(figure), save(figure, path))[1])
+    return kept
+
+
+@pytest.mark.parametrize("similarity, meaning", [("max", "similarity to the nearest anchor"),
+                                                 ("centroid", "similarity to the anchors' centroid"),
+                                                 ("mean", "mean similarity to the anchors")])
+def test_the_picture_says_what_the_scores_are_and_which_words_are_anchors(bert_wordpiece, tmp_path, seed,
+                                                                           monkeypatch, similarity, meaning):
+    """A centroid- or mean-scored table names no nearest anchor: its anchors were drawn as words,
+    and the axis called every score the similarity to the nearest anchor."""
+    from matplotlib.colors import to_hex
+
+    from diffmask_fast.plots import _ANCHOR_COLOR, _WORD_COLOR
+
+    nearest = {"kinase": 0, "ligand": 0} if similarity == "max" else None
+    table = ScoreTable({"kinase": 0.9, "ligand": 0.6, "affinity": 0.3}, anchors=("Kinase",), nearest_anchor=nearest,
+                       similarity=similarity)
+    collator = DifferenceMaskingCollator(bert_wordpiece, table, seed=seed)
+    kept = drawn_figure(monkeypatch)
+    rates = masking_rates(collator, sentences(seed, 30, with_word="kinase"), draws=20)
+    plot_masking_rates(rates, tmp_path / "rates.png", 0.25, anchors=table.anchors, similarity=similarity)
+    most, against_score = kept[0].axes
+    assert against_score.get_xlabel() == f"word score s(w): {meaning}"
+    labels = [t.get_text() for t in most.get_yticklabels()]
+    colors = {label.split(" ")[0]: to_hex(bar.get_facecolor()) for label, bar in zip(labels, most.patches)}
+    assert colors["kinase"] == _ANCHOR_COLOR and colors["ligand"] == _WORD_COLOR, colors
+    assert ("nearest anchor" in most.get_title()) == (similarity == "max")
+    legend = {text.get_text(): handle for text, handle in zip(most.get_legend().get_texts(),
+                                                              most.get_legend().legend_handles)}
+    assert to_hex(legend["anchor"].get_facecolor()) == _ANCHOR_COLOR, "the swatch is the anchors' colour"
+    assert to_hex(legend["other word"].get_facecolor()) == _WORD_COLOR
+    with pytest.raises(ValueError, match="unknown similarity 'nearest'"):
+        plot_masking_rates(rates, tmp_path / "x.png", 0.25, similarity="nearest")
+
+
+def test_a_rate_without_occurrences_is_named(tmp_path):
+    from diffmask_fast.preview import WordMaskingRate
+
+    with pytest.raises(ValueError, match="'a' has 0 occurrence"):
+        plot_masking_rates([WordMaskingRate("a", 0.1, 0, 0, 10, None)], tmp_path / "x.png", 0.25)
+
+
 def test_the_picture_is_a_png_written_in_one_piece(bert_wordpiece, tmp_path, seed):
     texts = sentences(seed, 30, with_word="kinase")
     table = ScoreTable.from_mapping({"kinase": 1.0, "ligand": 0.6, "affinity": 0.3}, unknown_score=0.05)
@@ -200,9 +249,9 @@ def test_dollar_signs_in_words_are_drawn_as_text_not_formulas(tmp_path, monkeypa
     assert path.read_bytes().startswith(b"\x89PNG")
     bars, dots = drawn[0].axes[:2]
     labels = bars.get_yticklabels()
-    assert [label.get_text() for label in labels] == [plots._label(r) for r in rates[::-1]]
+    assert [label.get_text() for label in labels] == [plots._label(r, r.word == anchor) for r in rates[::-1]]
     assert any("$" in label.get_text() for label in labels) and not any(label.get_parse_math() for label in labels)
-    assert "kinase (" in plots._label(rates[-1]) and "$" in plots._label(rates[-1])  # texts as given
+    assert "kinase (" in plots._label(rates[-1], False) and "$" in plots._label(rates[-1], False)  # texts as given
     notes = dots.texts
     assert notes and all(not note.get_parse_math() and note.get_text() in words for note in notes)
 
