@@ -80,9 +80,12 @@ def plot_masking_rates(rates: Sequence[WordMaskingRate], path: str | os.PathLike
                                   s=[12 + 150 * (r.occurrences / largest) ** 0.5 for r in group],
                                   color=color(group[0]), alpha=0.45, edgecolors="none", label=label)
     against_score.axhline(mlm_probability, linestyle="--", color=_UNIFORM_COLOR, label=uniform)
-    for rate in [r for r in rates if not is_anchor(r)][:3]:  # the anchors sit together at score 1
-        against_score.annotate(_printable(rate.word), (rate.score, rate.rate), fontsize=8, xytext=(-4, 4),
-                               textcoords="offset points", ha="right", parse_math=False)
+    # The three most masked words that are not anchors (the anchors sit together at score 1);
+    # their labels step down a line each, as their dots often share a corner.
+    for line_number, rate in enumerate([r for r in rates if not is_anchor(r)][:3]):
+        against_score.annotate(_printable(rate.word), (rate.score, rate.rate), fontsize=8,
+                               xytext=(-4, 4 - 11 * line_number), textcoords="offset points", ha="right",
+                               parse_math=False)
     against_score.set_ylim(-0.02, 1.02)
     against_score.set_xlabel(f"word score s(w): {_SCORE_MEANING[similarity]}")
     against_score.set_ylabel("share of the word's occurrences masked")
