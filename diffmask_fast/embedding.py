@@ -21,8 +21,8 @@ from tqdm.auto import tqdm
 from ._checks import refuse_one_string
 from .advice import DiffmaskWarning
 from .embedding_cache import EmbeddingCache, default_cache_dir
-from .hf_loading import (cached_hub_file, check_max_length, check_model_reference, eval_mode, model_name,
-                         model_reference, quiet_transformers, usable_device)
+from .hf_loading import (cached_hub_file, check_max_length, check_model_reference, check_vocabulary, eval_mode,
+                         model_name, model_reference, quiet_transformers, usable_device)
 from .tokenization import tokenize_texts
 
 #: How a word becomes a vector. ``pooled`` is the authors' choice: encode "[CLS] w [SEP]" alone
@@ -230,6 +230,9 @@ class WordEmbedder:
     def __post_init__(self) -> None:
         if self.pooling not in POOLINGS:
             raise ValueError(f"unknown pooling {self.pooling!r}; expected one of {', '.join(POOLINGS)}")
+        for name, value in (("batch_size", self.batch_size), ("max_length", self.max_length)):
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)):  # a float fails only mid-run
+                raise ValueError(f"{name} must be an integer, got {value!r}")
         if self.batch_size < 1:
             raise ValueError(f"batch_size must be positive, got {self.batch_size}")
         if self.max_length < 3 and self.pooling != "input_embeddings":  # which never truncates
@@ -248,6 +251,7 @@ class WordEmbedder:
             self.device = "cuda" if torch.cuda.is_available() else "cpu"
         usable_device(self.device)
         self.model = self.model.to(self.device).eval()
+        check_vocabulary(self.tokenizer, self.model, model_name(self.model))
         if self.pooling != "input_embeddings":  # refused now, not as a tensor-size error at the first long word
             check_max_length(self.model, self.max_length, model_name(self.model), "max_length")
         if self.cache_dir is True:
@@ -308,10 +312,12 @@ class WordEmbedder:
 
     @property
     def compute_dtype(self) -> str:
-        """Precision the vectors are computed in: "float32", "bfloat16" or "float16" (always
-        float32 for ``input_embeddings``, which runs no forward pass)."""
+        """Precision the vectors are computed in: the autocast ``dtype`` of the forward pass, else
+        that of the model's weights ("float32", or "bfloat16" for a model loaded in bf16;
+        ``input_embeddings`` runs no forward pass and averages the weights as they are)."""
+        weights = self.model.get_input_embeddings().weight.dtype
         if self.pooling == "input_embeddings" or self._autocast_dtype is None:
-            return "float32"
+            return str(weights).replace("torch.", "")
         return str(self._autocast_dtype).replace("torch.", "")
 
     def cache_key(self) -> tuple[str, dict]:

@@ -24,6 +24,31 @@ def no_progress_bars() -> Iterator[None]:
             hf_logging.enable_progress_bar()
 
 
+def embedded_id_count(model) -> int | None:
+    """How many token ids the model's input embeddings hold; None when it does not say."""
+    try:
+        embeddings = model.get_input_embeddings()
+    except (AttributeError, NotImplementedError):
+        return None
+    size = getattr(embeddings, "num_embeddings", None)
+    return size if isinstance(size, int) else None
+
+
+def check_vocabulary(tokenizer, model, name: str) -> None:
+    """Refuse a tokenizer with ids the model cannot embed (tokens added to it without resizing the
+    model's embeddings, or another model's tokenizer): the first such id would fail the
+    embedding lookup deep inside a run (masking draws random replacements from the whole
+    vocabulary; scoring meets the id at the first word that holds it)."""
+    from .tokenization import token_id_count
+
+    embedded = embedded_id_count(model)
+    tokens = token_id_count(tokenizer)
+    if isinstance(embedded, int) and tokens > embedded:
+        raise ValueError(f"the tokenizer of {name!r} has {tokens} tokens but the model embeds only {embedded}: tokens "
+                         "were added to the tokenizer without resizing the model's embeddings, or the tokenizer is "
+                         "another model's. Call model.resize_token_embeddings(len(tokenizer)) and save the model again")
+
+
 @contextlib.contextmanager
 def eval_mode(model) -> Iterator[None]:
     """``model`` in eval mode (no dropout) for the block; every submodule's own training flag is

@@ -329,7 +329,7 @@ def pretrain(config: PretrainConfig) -> dict:
     from transformers import EarlyStoppingCallback
 
     from . import __version__
-    from .hf_loading import check_max_length, load_tokenizer, no_progress_bars
+    from .hf_loading import check_max_length, check_vocabulary, load_tokenizer, no_progress_bars
     from .mlm_model import load_masked_lm
     from .pretrain_data import (SequenceDataset, TrainingCollator, read_documents, split_documents,
                                 tokenize_documents)
@@ -349,7 +349,7 @@ def pretrain(config: PretrainConfig) -> dict:
         raise ValueError(f"the tokenizer of {config.model!r} has no mask token; it cannot train a masked LM")
     model = load_masked_lm(config.model, init_mlm_head=config.init_mlm_head)
     check_max_length(model, config.max_length, config.model)
-    _check_vocabulary(tokenizer, model, config.model)
+    check_vocabulary(tokenizer, model, config.model)
 
     documents = read_documents(config.corpus, config.text_field)
     if not documents:
@@ -462,21 +462,6 @@ def planned_steps(sequences: int, sequences_per_step: int, epochs: float) -> int
     """Optimizer steps of ``epochs`` over ``sequences``, rounded up as ``transformers.Trainer``
     plans them (a fractional last epoch included), to tell a run that stopped early."""
     return math.ceil(epochs * math.ceil(sequences / sequences_per_step))
-
-
-def _check_vocabulary(tokenizer: Any, model: Any, name: str) -> None:
-    """Refuse a tokenizer with ids the model cannot embed (tokens added to it without resizing the
-    model's embeddings): masking draws random replacements from the whole vocabulary, and the
-    first such id drawn would fail the embedding lookup, possibly thousands of steps in."""
-    from .tokenization import token_id_count
-    from .trainer import embedded_id_count
-
-    embedded = embedded_id_count(model)
-    tokens = token_id_count(tokenizer)
-    if isinstance(embedded, int) and tokens > embedded:
-        raise ValueError(f"the tokenizer of {name!r} has {tokens} tokens but the model embeds only {embedded}: tokens "
-                         "were added to the tokenizer without resizing the model's embeddings. Call "
-                         "model.resize_token_embeddings(len(tokenizer)) and save the model again")
 
 
 def _check_output_dir(config: PretrainConfig) -> dict | None:

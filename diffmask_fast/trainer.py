@@ -49,6 +49,7 @@ import torch
 from transformers import DataCollatorWithPadding, Trainer, TrainerCallback
 
 from ._io import atomic_write_json
+from .hf_loading import embedded_id_count
 from .losses import weighted_mlm_loss
 from .masker import DifferenceMasker
 
@@ -422,16 +423,6 @@ class _MaskingFitsModel(TrainerCallback):
                     f"from the tokenizer's vocabulary), but the model embeds only {embedded} ids (0 to {embedded - 1}): "
                     "the tokenizer has tokens the model lacks. Call model.resize_token_embeddings(len(tokenizer)) "
                     "before training")
-
-
-def embedded_id_count(model: Any) -> int | None:
-    """How many token ids the model's input embeddings hold; None when it does not say."""
-    try:
-        embeddings = model.get_input_embeddings()
-    except (AttributeError, NotImplementedError):
-        return None
-    size = getattr(embeddings, "num_embeddings", None)
-    return size if isinstance(size, int) else None
 
 
 def _largest_written_id(masking: Any) -> int | None:

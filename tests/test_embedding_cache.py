@@ -84,6 +84,32 @@ def test_a_model_left_in_train_mode_embeds_without_dropout(tokenizer, tmp_path, 
     assert torch.equal(embedder(model, tokenizer, tmp_path, pooling=pooling).embed(words), expected)
 
 
+def test_settings_that_would_fail_mid_run_are_refused_when_made(tokenizer, seed):
+    """A fractional max_length failed inside transformers at the first long word; a tokenizer
+    with more ids than the model embeds, at the first word holding one."""
+    model = tiny_bert(tokenizer, seed)
+    for options, message in [({"max_length": 8.5}, "max_length must be an integer, got 8.5"),
+                             ({"max_length": None}, "max_length must be an integer, got None"),
+                             ({"batch_size": "8"}, "batch_size must be an integer, got '8'"),
+                             ({"batch_size": True}, "batch_size must be an integer, got True")]:
+        with pytest.raises(ValueError, match=message):
+            embedder(model, tokenizer, None, **options)
+    small = tiny_bert(tokenizer, seed)
+    small.resize_token_embeddings(tokenizer.vocab_size - 10, mean_resizing=False)
+    for pooling in ("mean", "input_embeddings"):
+        with pytest.raises(ValueError, match=f"has {len(tokenizer)} tokens but the model embeds only "
+                                             f"{tokenizer.vocab_size - 10}.*resize_token_embeddings"):
+            embedder(small, tokenizer, None, pooling=pooling)
+
+
+def test_the_compute_precision_follows_weights_loaded_in_bf16(tokenizer, seed):
+    model = tiny_bert(tokenizer, seed).to(torch.bfloat16)
+    assert embedder(model, tokenizer, None).compute_dtype == "bfloat16"
+    assert embedder(model, tokenizer, None, pooling="input_embeddings").compute_dtype == "bfloat16"
+    assert embedder(model, tokenizer, None).cache_key()[1]["dtype"] == "bfloat16"
+    assert embedder(tiny_bert(tokenizer, seed), tokenizer, None).compute_dtype == "float32"
+
+
 def test_miss_embeds_only_new_words_and_extends_the_cache(tokenizer, tmp_path, rng):
     model = tiny_bert(tokenizer, rng.randrange(2**31))
     counter = count_forwards(model)
