@@ -32,6 +32,14 @@ def weighted_mlm_loss(
     if not 0.0 <= label_smoothing < 1.0:
         raise ValueError(f"label_smoothing must be in [0, 1), got {label_smoothing!r}")
     masked = labels != -100
+    valid = torch.where(masked, torch.isfinite(weights) & (weights >= 0), True).all()
+    if valid.device.type == "cpu":
+        if not bool(valid):
+            bad = weights[masked & ~(torch.isfinite(weights) & (weights >= 0))]
+            raise ValueError(f"loss_weights must be finite and non-negative where tokens are masked; "
+                             f"{bad.numel()} are not (e.g. {float(bad[0])})")
+    else:  # checked on the device, without waiting for it
+        torch._assert_async(valid, "loss_weights must be finite and non-negative where tokens are masked")
     token_losses = torch.nn.functional.cross_entropy(
         logits.float().reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=-100, reduction="none",
         label_smoothing=float(label_smoothing),
