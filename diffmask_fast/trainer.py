@@ -180,9 +180,22 @@ class MaskingTrainer(Trainer):
             inputs = self.mask_batch(inputs)
         self._logits_discarded = prediction_loss_only  # then the sparse head may compute the loss
         try:
-            return super().prediction_step(model, inputs, prediction_loss_only, ignore_keys=ignore_keys)
+            loss, *rest = super().prediction_step(model, inputs, prediction_loss_only, ignore_keys=ignore_keys)
         finally:
             self._logits_discarded = False
+        labels = inputs.get("labels")
+        if loss is not None and torch.is_tensor(labels) and not bool((labels != -100).any()):
+            # Nothing masked: no loss, which the evaluation loop leaves out of its mean (as it does
+            # transformers' NaN for such a batch); a 0 would pull the validation loss down.
+            loss = torch.full_like(loss, float("nan"))
+        return (loss, *rest)
+
+    def _set_signature_columns_if_needed(self):
+        # Trainer drops the dataset columns its model's forward does not take (remove_unused_columns),
+        # which would drop per-token loss weights before compute_loss reads them.
+        super()._set_signature_columns_if_needed()
+        if "loss_weights" not in self._signature_columns:
+            self._signature_columns.append("loss_weights")
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         if inputs.get("labels") is None:

@@ -363,6 +363,14 @@ def test_weighted_loss_is_sum_of_weighted_token_losses_over_masked_count(seed, t
     assert float(ones) == pytest.approx(float(plain), rel=1e-5)  # weight 1 everywhere: the usual MLM loss
     with pytest.raises(ValueError, match="loss_weights must have the labels' shape"):
         weighted_mlm_loss(logits, labels, weights[:, :5])
+    for bad in (-1.0, float("nan"), float("inf")):  # a negative weight would climb that token's loss
+        broken = weights.clone()
+        broken[labels != -100] = bad
+        with pytest.raises(ValueError, match="loss_weights must be finite and non-negative where tokens are masked"):
+            weighted_mlm_loss(logits, labels, broken)
+    unmasked = weights.clone()
+    unmasked[labels == -100] = float("nan")  # read only where tokens are masked
+    assert float(weighted_mlm_loss(logits, labels, unmasked)) == pytest.approx(expected / count, rel=1e-5)
 
 
 def test_label_smoothing_applies_to_each_masked_token_before_its_weight(seed, tiny_bert_mlm, tmp_path):
@@ -420,6 +428,48 @@ def test_trainer_applies_loss_weights_from_the_batch(seed, tiny_bert_mlm, tmp_pa
         unweighted = trainer.compute_loss(tiny_bert_mlm, {k: v for k, v in batch.items() if k != "loss_weights"})
     assert float(loss) == pytest.approx(float(weighted_mlm_loss(logits, labels, weights)), rel=1e-6), f"seed={seed}"
     assert float(loss) > float(unweighted)  # weights above 1 raise the loss
+
+
+def test_loss_weights_in_the_dataset_survive_the_removal_of_unused_columns(seed, tiny_bert_mlm, tmp_path):
+    """Trainer drops dataset columns its model's forward does not take (remove_unused_columns,
+    on by default): the weights were dropped and the run trained unweighted without a word."""
+    from transformers import TrainingArguments
+
+    g = torch.Generator().manual_seed(seed)
+    examples = []
+    for _ in range(4):
+        input_ids = torch.randint(5, tiny_bert_mlm.config.vocab_size, (9,), generator=g)
+        examples.append({"input_ids": input_ids, "labels": random_labels(g, input_ids[None])[0],
+                         "loss_weights": torch.full((9,), 2.5), "unused": torch.zeros(9)})
+    args = TrainingArguments(output_dir=str(tmp_path), report_to=[], per_device_train_batch_size=4, use_cpu=True)
+    assert args.remove_unused_columns
+    trainer = MaskingTrainer(model=tiny_bert_mlm, args=args, train_dataset=examples,
+                             data_collator=lambda rows: {k: torch.stack([r[k] for r in rows]) for k in rows[0]})
+    batch = next(iter(trainer.get_train_dataloader()))
+    assert "loss_weights" in batch and "unused" not in batch
+    with torch.no_grad():
+        weighted = trainer.compute_loss(tiny_bert_mlm, dict(batch))
+        plain = trainer.compute_loss(tiny_bert_mlm, {k: v for k, v in batch.items() if k != "loss_weights"})
+    assert float(weighted) == pytest.approx(2.5 * float(plain), rel=1e-5)
+
+
+def test_an_evaluation_batch_with_nothing_masked_is_left_out_of_the_loss(seed, tiny_bert_mlm, tmp_path):
+    """Its loss counted as 0 and pulled the validation loss down; transformers' NaN for such a
+    batch is left out of the mean."""
+    from transformers import TrainingArguments
+
+    g = torch.Generator().manual_seed(seed)
+    examples = []
+    for row in range(3):
+        input_ids = torch.randint(5, tiny_bert_mlm.config.vocab_size, (9,), generator=g)
+        labels = random_labels(g, input_ids[None])[0] if row != 1 else torch.full((9,), -100)
+        examples.append({"input_ids": input_ids, "labels": labels})
+    args = TrainingArguments(output_dir=str(tmp_path), report_to=[], per_device_eval_batch_size=1, use_cpu=True)
+    trainer = MaskingTrainer(model=tiny_bert_mlm, args=args, eval_dataset=examples)
+    with torch.no_grad():
+        expected = [float(tiny_bert_mlm(input_ids=e["input_ids"][None], labels=e["labels"][None]).loss)
+                    for e in (examples[0], examples[2])]
+    assert trainer.evaluate()["eval_loss"] == pytest.approx(sum(expected) / 2, rel=1e-5)
 
 
 @pytest.mark.parametrize("name", ["random-token", "random-word", "terms", "mslm", "difference"])
