@@ -21,6 +21,8 @@ from .tokenization import WordGrouper, decode_words, tokenize_texts
 #: Characters of a text tokenized per token of the window at first: generous (English averages
 #: about 4), so that a huge one-line document is not tokenized whole to show its first words.
 CHARACTERS_PER_TOKEN = 50
+#: ``masking_rates`` masks this many texts at a time, so that its memory does not grow with them.
+RATE_CHUNK_TEXTS = 2048
 
 #: A run of characters that are not whitespace (anchored by ``match``, so it never backtracks).
 _NON_SPACE_RUN = re.compile(r"\S*")
@@ -80,24 +82,31 @@ def _whole_words_prefix(text: str, limit: int) -> str:
     return head[:len(head) - cut_word].rstrip()
 
 
-def _leading_ids(tokenizer, text: str, count: int) -> list[int]:
-    """The token ids (no special tokens) of a prefix of ``text`` that tokenizes to at least
+def _leading_ids(tokenizer, texts: Sequence[str], count: int) -> list[list[int]]:
+    """For each text, the token ids (no special tokens) of a prefix that tokenizes to at least
     ``count`` ids, or of all of it: only as much of a long document is tokenized as the window
-    needs, the prefix doubling while it falls short."""
-    limit = count * CHARACTERS_PER_TOKEN
-    while True:
-        ids = tokenize_texts(tokenizer, [_whole_words_prefix(text, limit)], add_special_tokens=False,
-                             return_attention_mask=False, return_token_type_ids=False, verbose=False)["input_ids"][0]
-        if len(ids) >= count or limit >= len(text):
-            return list(ids)
-        limit *= 2
+    needs, the prefix doubling while it falls short. One tokenizer call per doubling."""
+    found: list[list[int]] = [[] for _ in texts]
+    pending, limit = list(range(len(texts))), count * CHARACTERS_PER_TOKEN
+    while pending:
+        encoded = tokenize_texts(tokenizer, [_whole_words_prefix(texts[i], limit) for i in pending],
+                                 add_special_tokens=False, return_attention_mask=False,
+                                 return_token_type_ids=False, verbose=False)["input_ids"]
+        short = []
+        for i, ids in zip(pending, encoded):
+            if len(ids) >= count or limit >= len(texts[i]):
+                found[i] = list(ids)
+            else:
+                short.append(i)
+        pending, limit = short, limit * 2
+    return found
 
 
-def _window_ids(tokenizer, grouper: WordGrouper, text: str, room: int) -> list[int]:
-    """The first at most ``room`` token ids of ``text``, ending between words as the pretraining
-    windows do: a word whose last pieces do not fit is left out rather than shown, scored and
-    counted as a word of its own ("phosphory"). Only a word longer than the window is cut."""
-    ids = _leading_ids(tokenizer, text, room + 1)  # one past the window tells if its last word goes on
+def _window_ids(grouper: WordGrouper, ids: list[int], room: int) -> list[int]:
+    """The first at most ``room`` of a text's leading ``ids`` (``room + 1`` of them tell whether
+    the last word goes on), ending between words as the pretraining windows do: a word whose
+    last pieces do not fit is left out rather than shown, scored and counted as a word of its
+    own ("phosphory"). Only a word longer than the window is cut."""
     if len(ids) <= room:
         return ids
     _, end = word_windows(grouper.breaks(ids[:room + 1]), room)[0]
@@ -120,12 +129,13 @@ def _encoded_words(collator: DifferenceMaskingCollator, texts: Sequence[str], ma
     grouper = WordGrouper(collator.boundaries.starts_word, collator.boundaries.never_word)  # the collator's words
     before, after = special_wrapping(tokenizer)
     room = _room(tokenizer, before, after, max_length)
-    rows = []
-    for text in texts:
-        ids = before + _window_ids(tokenizer, grouper, text, room) + after
-        groups = grouper(ids)
-        rows.append((ids, groups, decode_words(tokenizer, [[ids[i] for i in group] for group in groups])))
-    return rows
+    sequences = [before + _window_ids(grouper, ids, room) + after
+                 for ids in _leading_ids(tokenizer, texts, room + 1)]  # one past the window: see _window_ids
+    groups_of = [grouper(ids) for ids in sequences]
+    words = {tuple(ids[i] for i in group) for ids, groups in zip(sequences, groups_of) for group in groups}
+    words = dict(zip(words, decode_words(tokenizer, [list(word) for word in words])))  # each distinct word once
+    return [(ids, groups, [words[tuple(ids[i] for i in group)] for group in groups])
+            for ids, groups in zip(sequences, groups_of)]
 
 
 def _padding_offsets(collator: DifferenceMaskingCollator, rows, length: int) -> list[int]:
@@ -158,27 +168,32 @@ def masking_rates(collator: DifferenceMaskingCollator, texts: Sequence[str], dra
     first."""
     if draws < 1:
         raise ValueError(f"draws must be at least 1, got {draws}")
-    rows = _encoded_words(collator, texts, max_length)
     word_types: dict[str, int] = {}
-    rows_of, positions_of, types_of = [], [], []
-    for row, (_, groups, words) in enumerate(rows):
-        for word, group in zip(words, groups):
-            rows_of.append(row)
-            positions_of.append(group[0])  # a word is masked whole: its first token tells
-            types_of.append(word_types.setdefault(collator.scores.key(word), len(word_types)))
+    occurrences = masked = torch.zeros(0, dtype=torch.long)  # per word type, grown as types appear
+    for begin in range(0, len(texts), RATE_CHUNK_TEXTS):  # memory bounded by a chunk, not by the texts
+        rows = _encoded_words(collator, texts[begin:begin + RATE_CHUNK_TEXTS], max_length)
+        rows_of, positions_of, types_of = [], [], []
+        for row, (_, groups, words) in enumerate(rows):
+            for word, group in zip(words, groups):
+                rows_of.append(row)
+                positions_of.append(group[0])  # a word is masked whole: its first token tells
+                types_of.append(word_types.setdefault(collator.scores.key(word), len(word_types)))
+        if not types_of:
+            continue
+        index = (torch.tensor(rows_of), torch.tensor(positions_of))
+        types, known = torch.tensor(types_of), len(word_types)
+        grown = torch.zeros(known - occurrences.numel(), dtype=torch.long)
+        occurrences = torch.cat([occurrences, grown]) + torch.bincount(types, minlength=known)
+        masked = torch.cat([masked, grown])
+        examples = [{"input_ids": ids} for ids, _, _ in rows]
+        for draw in range(draws):
+            labels = torch.as_tensor(collator(examples)["labels"])  # the collator may return numpy
+            if draw == 0:
+                offsets = torch.tensor(_padding_offsets(collator, rows, labels.shape[1]))
+                index = (index[0], index[1] + offsets[index[0]])
+            masked += torch.bincount(types, weights=(labels[index] != -100).double(), minlength=known).long()
     if not word_types:
         raise ValueError("the texts hold no words to mask")
-    index = (torch.tensor(rows_of), torch.tensor(positions_of))
-    types = torch.tensor(types_of)
-    occurrences = torch.bincount(types, minlength=len(word_types))
-    masked = torch.zeros(len(word_types), dtype=torch.long)
-    examples = [{"input_ids": ids} for ids, _, _ in rows]
-    for draw in range(draws):
-        labels = torch.as_tensor(collator(examples)["labels"])  # the collator may return numpy
-        if draw == 0:
-            offsets = torch.tensor(_padding_offsets(collator, rows, labels.shape[1]))
-            index = (index[0], index[1] + offsets[index[0]])
-        masked += torch.bincount(types, weights=(labels[index] != -100).double(), minlength=len(word_types)).long()
     rates = [
         WordMaskingRate(word, collator.scores.score(word), int(occurrences[t]), int(masked[t]), draws,
                         collator.scores.nearest_anchor_of(word))

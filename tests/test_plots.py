@@ -50,6 +50,23 @@ def test_the_only_positive_word_is_masked_in_every_draw(request, tokenizer_name,
         assert all(w.score == 0.0 for w in row if w.text.strip(",").lower() != "kinase")
 
 
+def test_rates_are_counted_a_chunk_of_texts_at_a_time(bert_wordpiece, seed, monkeypatch):
+    """Masking every text at once held them all in memory, growing with the sample."""
+    from diffmask_fast import preview as preview_module
+
+    texts = sentences(seed, 13, with_word="kinase")
+    collator = DifferenceMaskingCollator(bert_wordpiece, ScoreTable.from_mapping({"kinase": 1.0}), seed=seed)
+    whole = masking_rates(collator, texts, draws=4)
+    calls = []
+    monkeypatch.setattr(preview_module, "RATE_CHUNK_TEXTS", 5)
+    call = DifferenceMaskingCollator.__call__
+    monkeypatch.setattr(DifferenceMaskingCollator, "__call__", lambda self, rows: (calls.append(len(rows)), call(self, rows))[1])
+    chunked = masking_rates(collator, texts, draws=4)
+    assert calls == [5] * 4 + [5] * 4 + [3] * 4
+    assert {r.word: r.occurrences for r in chunked} == {r.word: r.occurrences for r in whole}
+    assert chunked[0].word == "kinase" and chunked[0].masked == 13 * 4
+
+
 def test_words_scored_alike_are_masked_at_the_budget_rate(bert_wordpiece, seed):
     texts = sentences(seed, 40)
     table = ScoreTable.from_mapping({"the": 1.0}, unknown_score=1.0)
