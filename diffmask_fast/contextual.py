@@ -136,6 +136,7 @@ def find_occurrences(tokenizer, texts: Iterable[str], anchor_words: Sequence[str
             patterns.setdefault(reading, []).append((spacing, anchor))
     lengths = sorted({len(reading) for reading in patterns})
     offsets = _has_offsets(tokenizer)
+    known: dict[tuple[int, ...], str] = {}  # the key of each distinct word (token ids), decoded once
     rng = random.Random(seed)
     seen = [0] * len(anchor_words)
     kept: list[list[tuple[str, int, int]]] = [[] for _ in anchor_words]
@@ -155,10 +156,11 @@ def find_occurrences(tokenizer, texts: Iterable[str], anchor_words: Sequence[str
         spans_of = encoded.get("offset_mapping") or [None] * len(batch)
         documents = [(text, ids, grouper(ids), spans)
                      for text, ids, spans in zip(batch, encoded["input_ids"], spans_of)]
-        decoded = iter(decode_words(tokenizer, [[ids[i] for i in group] for _, ids, groups, _ in documents
-                                                for group in groups]))
-        for text, _, groups, spans in documents:
-            keys = [_word_key(next(decoded), lowercase) for _ in groups]
+        new = {tuple(ids[i] for i in group) for _, ids, groups, _ in documents for group in groups} - known.keys()
+        new = list(new)
+        known.update(zip(new, (_word_key(word, lowercase) for word in decode_words(tokenizer, [list(w) for w in new]))))
+        for text, ids, groups, spans in documents:
+            keys = [known[tuple(ids[i] for i in group)] for group in groups]
             for first in range(len(keys)):
                 for length in lengths:
                     last = first + length - 1
