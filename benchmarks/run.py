@@ -33,6 +33,7 @@ SECTIONS = [
     ("counting", "bench_counting", "Word counting"),
     ("scoring", "bench_scoring", "Word scoring"),
     ("training", "bench_training", "Training step: masking strategies and the MLM head"),
+    ("attention", "bench_attention", "Attention baselines: the masking pass"),
     ("gpu", "bench_gpu", "GPU"),
 ]
 

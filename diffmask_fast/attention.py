@@ -11,21 +11,23 @@ rounded stochastically (up with probability equal to the fraction, as every stra
 package), then replaces them 80/10/10. Everything runs where the batch lives, without a host
 round trip.
 
-Attention weights come only from the eager attention implementation: SDPA and flash attention
-never materialise them (transformers then returns no attentions). A model using another
-implementation is switched to eager for the masking pass and switched back afterwards. Eager
-attention returns every layer's [heads, L, L] weights per row, so a batch whose weights would
-exceed ``attention_memory`` bytes runs through the encoder in chunks of rows.
+The first token's attention row is read as ``attention_weights`` says: for models built on
+transformers' attention interface, from the chosen layer's query and key alone, the pass
+stopping there; other models are switched to eager attention for the pass, which returns
+every layer's [heads, L, L] weights per row, so a batch whose weights would exceed
+``attention_memory`` bytes then runs through the encoder in chunks of rows. The model's
+attention implementation is switched back afterwards.
 """
 
 from __future__ import annotations
 
 import contextlib
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 import torch
 
+from .attention_weights import check_layer, first_token_row, switched_attention
 from .hf_loading import eval_mode
 from .masking_base import (check_batch_ids, check_like_ids, check_probability, check_replacement, check_seed,
                            distributed_rank, replace_selected)
@@ -58,49 +60,11 @@ def _encoder(model: torch.nn.Module) -> torch.nn.Module:
     return base if isinstance(base, torch.nn.Module) else model
 
 
-def _attention_configs(model: torch.nn.Module) -> list:
-    """The configs of ``model`` and its sub-models that name an attention implementation, each
-    before its sub-configs."""
-    seen: set[int] = set()
-    configs: list = []
-
-    def visit(config) -> None:
-        if config is None or id(config) in seen or not hasattr(config, "_attn_implementation"):
-            return
-        seen.add(id(config))
-        configs.append(config)
-        for key in getattr(config, "sub_configs", None) or ():
-            visit(getattr(config, key, None))
-
-    for module in model.modules():
-        visit(getattr(module, "config", None))
-    return configs
-
-
-@contextlib.contextmanager
-def _eager_attention(encoder: torch.nn.Module) -> Iterator[None]:
-    """``encoder`` with eager attention, which returns attention weights, for the duration.
-
-    A transformers model using SDPA, flash or flex attention is switched with its public
-    ``set_attn_implementation("eager")``; afterwards every config is given back the
-    implementation it had. Models already eager, and modules without that method, are left as
-    they are (the caller checks that attentions came back).
-    """
-    configs = _attention_configs(encoder)
-    current = getattr(getattr(encoder, "config", None), "_attn_implementation", None)
-    switch = getattr(encoder, "set_attn_implementation", None)
-    if switch is None or not configs or current in (None, "eager"):
-        yield
-        return
-    previous = [(config, config._attn_implementation) for config in configs]
-    try:
-        switch("eager")
-        yield
-    finally:
-        # Parents first: setting a config also sets its sub-configs, which are restored after it.
-        for config, implementation in previous:
-            if config._attn_implementation != implementation:
-                config._attn_implementation = implementation
+def _first_positions(input_ids: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
+    """[B]: each row's first non-padding position (left padding puts it further right)."""
+    if attention_mask is None:
+        return torch.zeros(input_ids.shape[0], dtype=torch.long, device=input_ids.device)
+    return (attention_mask != 0).to(torch.uint8).argmax(dim=1)
 
 
 class AttentionMasker(torch.nn.Module):
@@ -114,12 +78,13 @@ class AttentionMasker(torch.nn.Module):
     token (``random_replace_prob``) or leaves them.
 
     ``forward(input_ids [B, L], attention_mask=None, special_tokens_mask=None, *, model)`` runs
-    ``model``'s encoder on the unmasked batch without gradients and in eval mode, switching it
-    to eager attention for that pass when it uses another implementation (SDPA, flash); its
-    training flags and attention implementation are restored afterwards, also on error. When
-    the weights of all layers would take more than ``attention_memory`` bytes (estimated from
-    the model's config), the pass runs on chunks of rows that fit. The
-    token tables are buffers, so ``masker.to(device)`` moves them. With a ``seed`` the draws
+    ``model``'s encoder on the unmasked batch without gradients and in eval mode, up to the
+    chosen layer where the model uses transformers' attention interface (see
+    ``attention_weights``), else whole with eager attention; its training flags and attention
+    implementation are restored afterwards, also on error. On the eager path, when the weights
+    of all layers would take more than ``attention_memory`` bytes (estimated from the model's
+    config), the pass runs on chunks of rows that fit. The token tables are buffers, so
+    ``masker.to(device)`` moves them. With a ``seed`` the draws
     come from a generator on the batch's device seeded from (seed, distributed rank) that
     advances with every call; without one, from the global torch RNG.
     """
@@ -236,8 +201,13 @@ class AttentionMasker(torch.nn.Module):
         model = _unwrap(model)
         encoder = _encoder(model)
         batch, length = input_ids.shape
+        with torch.no_grad(), eval_mode(model):
+            row = first_token_row(encoder, input_ids, attention_mask, _first_positions(input_ids, attention_mask),
+                                  self.layer)
+            if row is not None:
+                return row
         rows = self._rows_per_pass(encoder, batch, length)
-        with torch.no_grad(), eval_mode(model), _eager_attention(encoder):
+        with torch.no_grad(), eval_mode(model), switched_attention(encoder, "eager"):
             return torch.cat([
                 self._chunk_attention(encoder, input_ids[start:start + rows],
                                       None if attention_mask is None else attention_mask[start:start + rows])
@@ -273,9 +243,7 @@ class AttentionMasker(torch.nn.Module):
                 'attn_implementation="eager" (from_pretrained(..., attn_implementation="eager") or '
                 'model.set_attn_implementation("eager"))'
             )
-        n_layers = len(attentions)
-        if not -n_layers <= self.layer < n_layers:
-            raise ValueError(f"layer {self.layer} is out of range for a model with {n_layers} attention layers")
+        check_layer(self.layer, len(attentions))
         weights = attentions[self.layer]
         batch, length = input_ids.shape
         if weights.ndim != 4 or weights.shape[0] != batch or weights.shape[-2:] != (length, length):
@@ -283,12 +251,8 @@ class AttentionMasker(torch.nn.Module):
                 f"expected attention weights of shape [batch, heads, {length}, {length}] from "
                 f"{type(encoder).__name__}, got {tuple(weights.shape)}"
             )
-        if attention_mask is None:
-            first = torch.zeros(batch, dtype=torch.long, device=input_ids.device)
-        else:  # the first non-padding position (left padding puts it further right)
-            first = (attention_mask != 0).to(torch.uint8).argmax(dim=1)
         rows = torch.arange(batch, device=input_ids.device)
-        return weights[rows, :, first, :].float().mean(dim=1)
+        return weights[rows, :, _first_positions(input_ids, attention_mask), :].float().mean(dim=1)
 
     def _budget(self, eligible: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
         """[B] tokens to mask per row: p * n rounded up with probability frac(p * n)."""

@@ -94,7 +94,97 @@ def test_masks_the_top_or_bottom_tokens_by_first_token_attention(bert_wordpiece,
     assert torch.equal(masked_ids[untouched], ids[untouched]), message
 
 
-def test_a_batch_over_the_memory_bound_runs_in_chunks(bert_wordpiece, tiny_bert_mlm, seed):
+@pytest.mark.parametrize("layer", [0, 1, -1, -2])
+def test_the_wanted_layer_is_read_from_query_and_key_and_the_pass_stops_there(bert_wordpiece, tiny_bert_mlm, seed,
+                                                                              layer):
+    """Eager attention returned every layer's [heads, L, L] weights, costing more than the forward
+    pass at L = 512; a model on the attention interface gives the one row, and later layers do
+    not run."""
+    ids, attention, _ = random_batch(bert_wordpiece, seed, rows=6, left=layer == 0)
+    masker = AttentionMasker(bert_wordpiece, layer=layer, seed=seed)
+    ran = []
+    hooks = [block.intermediate.register_forward_hook(lambda module, args, output, i=i: ran.append(i))
+             for i, block in enumerate(tiny_bert_mlm.base_model.encoder.layer)]
+    try:
+        scores = masker._first_token_attention(tiny_bert_mlm, ids, attention)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    layers = tiny_bert_mlm.config.num_hidden_layers
+    assert ran == list(range(layer % layers)), "the layers after the wanted one's attention are skipped"
+    torch.testing.assert_close(scores, reference_attention(tiny_bert_mlm, ids, attention, layer), atol=1e-6, rtol=1e-5)
+    assert tiny_bert_mlm.config._attn_implementation == "sdpa", "the implementation is put back"
+
+
+ENCODERS = {
+    "distilbert": ("DistilBertForMaskedLM", "DistilBertConfig", dict(dim=32, n_layers=3, n_heads=4, hidden_dim=64)),
+    "albert": ("AlbertForMaskedLM", "AlbertConfig", dict(hidden_size=32, num_hidden_layers=3, num_attention_heads=4,
+                                                         intermediate_size=64, embedding_size=16)),
+    "electra": ("ElectraForMaskedLM", "ElectraConfig", dict(hidden_size=32, num_hidden_layers=3, num_attention_heads=4,
+                                                            intermediate_size=64, embedding_size=16)),
+    "roberta": ("RobertaForMaskedLM", "RobertaConfig", dict(hidden_size=32, num_hidden_layers=3, num_attention_heads=4,
+                                                            intermediate_size=64, pad_token_id=1)),
+    "deberta-v2": ("DebertaV2ForMaskedLM", "DebertaV2Config", dict(hidden_size=32, num_hidden_layers=3,
+                                                                   num_attention_heads=4, intermediate_size=64)),
+}
+
+
+@pytest.mark.parametrize("name", sorted(ENCODERS))
+def test_first_token_rows_equal_the_eager_weights_of_other_encoders(name, seed):
+    """The row read from the attention interface is the eager weights' row for every encoder
+    family that uses the interface; the others (DeBERTa-v2 here) answer None and are read eagerly."""
+    import transformers
+
+    from diffmask_fast.attention_weights import first_token_row
+
+    model_class, config_class, options = ENCODERS[name]
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed % 2**31)
+        model = getattr(transformers, model_class)(getattr(transformers, config_class)(vocab_size=100, **options)).eval()
+    encoder = model.base_model
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(5, 100, (4, 9), generator=g)
+    attention = torch.ones_like(ids)
+    attention[1, 6:] = 0
+    attention[2, :2] = 0  # left padding: the first token is further right
+    first = attention.argmax(dim=1)
+    eager = copy.deepcopy(encoder)
+    eager.set_attn_implementation("eager")
+    with torch.no_grad():
+        weights = eager(input_ids=ids, attention_mask=attention, output_attentions=True).attentions
+        for layer in (0, -1):
+            row = first_token_row(encoder, ids, attention, first, layer)
+            if name == "deberta-v2":
+                assert row is None
+                continue
+            expected = weights[layer][torch.arange(4), :, first, :].float().mean(dim=1)
+            torch.testing.assert_close(row, expected, atol=1e-6, rtol=1e-5)
+
+
+def test_an_additive_or_broadcast_mask_gives_the_row_a_boolean_one_does(seed):
+    from diffmask_fast.attention_weights import _first_row
+
+    g = torch.Generator().manual_seed(seed)
+    query, key = torch.randn(3, 4, 6, 8, generator=g), torch.randn(3, 4, 6, 8, generator=g)
+    allowed = torch.rand(3, 1, 6, 6, generator=g) < 0.7
+    allowed[..., 0] = True
+    first = torch.tensor([0, 2, 5])
+    boolean = _first_row(query, key, allowed, None, first)
+    additive = torch.zeros(allowed.shape).masked_fill(~allowed, torch.finfo(torch.float32).min)
+    torch.testing.assert_close(_first_row(query, key, additive, None, first), boolean)
+    grouped = _first_row(query, key[:, :2], None, 0.5, first)  # two key heads shared by four query heads
+    expected = torch.softmax(torch.einsum("bhd,bhkd->bhk", query[torch.arange(3), :, first],
+                                          key[:, :2].repeat_interleave(2, dim=1)) * 0.5, dim=-1).mean(1)
+    torch.testing.assert_close(grouped, expected)
+    broadcast = _first_row(query, key, allowed[:1, :, :1].expand(1, 1, 1, 6), None, first)
+    torch.testing.assert_close(broadcast, _first_row(query, key, allowed[:1, :, :1].expand(3, 1, 6, 6), None, first))
+
+
+def test_a_batch_over_the_memory_bound_runs_in_chunks(bert_wordpiece, tiny_bert_mlm, seed, monkeypatch):
+    """Where a model does not use the attention interface, its eager weights are read in chunks."""
+    from diffmask_fast import attention
+
+    monkeypatch.setattr(attention, "first_token_row", lambda *args: None)
     ids, attention, flagged = random_batch(bert_wordpiece, seed, rows=10)
     config = tiny_bert_mlm.config
     per_row = config.num_hidden_layers * config.num_attention_heads * ids.shape[1] ** 2 * 4

@@ -52,6 +52,9 @@ SMOKE_ROWS = {
         ["training step, transformers' MLM loss (all positions)", "training step, MaskingTrainer, full head",
          "training step, MaskingTrainer, sparse head (masked positions)", "DataCollatorForLanguageModeling",
          "difference", "random-word", "random-token", "terms", "mslm"], 6),
+    "Attention baselines: the masking pass": (
+        ["encoder forward, no gradients, 2 x 16", "masking pass, attention interface", "masking pass, eager attention"],
+        1),
 }
 #: (K, search) rows of the scoring section's search table in a smoke run.
 SMOKE_SEARCHES = [(k, name) for k in ("1,000", "5,000") for name in (
