@@ -132,9 +132,9 @@ def _encoded_words(collator: DifferenceMaskingCollator, texts: Sequence[str], ma
     sequences = [before + _window_ids(grouper, ids, room) + after
                  for ids in _leading_ids(tokenizer, texts, room + 1)]  # one past the window: see _window_ids
     groups_of = [grouper(ids) for ids in sequences]
-    words = {tuple(ids[i] for i in group) for ids, groups in zip(sequences, groups_of) for group in groups}
-    words = dict(zip(words, decode_words(tokenizer, [list(word) for word in words])))  # each distinct word once
-    return [(ids, groups, [words[tuple(ids[i] for i in group)] for group in groups])
+    distinct = list({tuple(ids[i] for i in group) for ids, groups in zip(sequences, groups_of) for group in groups})
+    text_of = dict(zip(distinct, decode_words(tokenizer, [list(word) for word in distinct])))  # each decoded once
+    return [(ids, groups, [text_of[tuple(ids[i] for i in group)] for group in groups])
             for ids, groups in zip(sequences, groups_of)]
 
 

@@ -115,8 +115,9 @@ class TermMatcher:
     special token or padding between them (whitespace tokens may be), and with the punctuation
     between its words that the term has: where a tokenizer keeps punctuation inside a word
     ("protein." for RoBERTa, "protein" "." for BERT), "protein. Kinase" is no occurrence of
-    "protein kinase", nor "protein, kinase" of "protein. kinase", under either. Occurrences do not overlap: rows are scanned left to right,
-    taking at each word the longest term that starts there.
+    "protein kinase", nor "protein, kinase" of "protein. kinase", under either. Occurrences do
+    not overlap: rows are scanned left to right, taking at each word the longest term that
+    starts there.
 
     Each distinct word (token sequence) is decoded once per process: its normalized form is
     cached by its hash (``ops.word_hash``). Terms the tokenizer cannot represent (they would
@@ -307,7 +308,8 @@ class TermMatcher:
                     continue
                 sequence = tuple(row_codes[position:stop])
                 if length > 1 and sequence in terms and not row_edges:  # read once per row, when needed
-                    row_edges.extend(self._edge_pairs[self._edges[h]] for h in words.word_hash[row, : n_words[row]].tolist())
+                    hashes = words.word_hash[row, : n_words[row]].tolist()
+                    row_edges.extend(self._edge_pairs[self._edges[h]] for h in hashes)
                 if length == 1 or (sequence in terms and _inner_punctuation(row_edges, position, stop)
                                    in self._punctuation[sequence]):
                     spans[row].append((position, stop))
