@@ -484,6 +484,12 @@ def decode_words(tokenizer, words: Sequence[Sequence[int]]) -> list[str]:
     return [decode_word(tokenizer, ids) for ids in id_lists]
 
 
+def _padding_options(padding: dict) -> dict:
+    """A backend's ``padding`` state as ``enable_padding`` takes it (it names the length ``length``
+    in both, but takes no ``pad_to_multiple_of`` of None)."""
+    return {key: value for key, value in padding.items() if value is not None or key == "length"}
+
+
 def tokenize_texts(tokenizer, texts: Sequence[str], **options):
     """``tokenizer(texts, **options)`` with the texts read as plain text.
 
@@ -491,12 +497,19 @@ def tokenize_texts(tokenizer, texts: Sequence[str], **options):
     the special token, it would put a separator or an unlabeled mask mid-sequence, and being no
     word it would never be masked; so every place that tokenizes corpus text, terms or words
     goes through here with ``split_special_tokens``. The backend's own switch, which that
-    option leaves set, is put back for callers that use the backend directly.
+    option leaves set, is put back for callers that use the backend directly, as are its
+    truncation and padding, which ``truncation=True`` or ``padding=True`` leave set.
     """
     backend = getattr(tokenizer, "backend_tokenizer", None) if getattr(tokenizer, "is_fast", False) else None
     before = getattr(backend, "encode_special_tokens", None)
+    truncation, padding = getattr(backend, "truncation", None), getattr(backend, "padding", None)
     try:
         return tokenizer(list(texts), split_special_tokens=True, **options)
     finally:
         if before is not None:
             backend.encode_special_tokens = before
+            # A call that truncates or pads leaves the backend doing so: put back what it did.
+            if backend.truncation != truncation:
+                backend.no_truncation() if truncation is None else backend.enable_truncation(**truncation)
+            if backend.padding != padding:
+                backend.no_padding() if padding is None else backend.enable_padding(**_padding_options(padding))

@@ -72,6 +72,23 @@ def test_tokenized_text_holds_no_special_token(tokenizer, seed):
     assert special_ids(tokenizer) & set(plain), "the tokenizer's own call is untouched"
 
 
+def test_the_backend_keeps_its_truncation_and_padding(tokenizer):
+    """A call that truncates or pads leaves a fast tokenizer's backend doing so: the embedder's
+    truncating call cut the user's later backend encodings to its max_length."""
+    import copy
+
+    tokenizer = copy.deepcopy(tokenizer)
+    backend = tokenizer.backend_tokenizer
+    text = " ".join(["kinase"] * 40)
+    for truncation, padding in [(None, None), ({"max_length": 200}, {"length": 64})]:
+        backend.no_truncation() if truncation is None else backend.enable_truncation(**truncation)
+        backend.no_padding() if padding is None else backend.enable_padding(**padding)
+        before = backend.truncation, backend.padding
+        tokenize_texts(tokenizer, [text, "a"], truncation=True, max_length=5, padding=True)
+        assert (backend.truncation, backend.padding) == before
+        assert len(backend.encode(text).ids) > 5
+
+
 def test_words_keep_every_character_of_spelled_special_tokens(tokenizer, seed):
     rng = random.Random(seed)
     text = spelled_text(tokenizer, rng)
