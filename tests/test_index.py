@@ -272,17 +272,24 @@ def test_gpu_faiss_matches_exact(kind, generator):  # pragma: no cover - needs a
 
 @pytest.mark.parametrize("kind, parameter", [("ivf", "nprobe"), ("hnsw", "ef_search")])
 def test_tuning_goes_below_its_starting_value_when_that_already_reaches_the_target(kind, parameter, generator):
-    """Tight, well separated clusters: a query's nearest anchor is in the nearest list, so the
-    tuned value is far below the start (nprobe 8, ef_search 16), and half of it misses."""
-    anchors = clustered(6000, 32, 150, generator, spread=0.02)
-    queries = anchors[torch.randperm(6000, generator=generator)[:400]] + 0.005 * torch.randn(400, 32, generator=generator)
+    """Tight, well separated clusters: a query's nearest anchor is in the nearest list, so half
+    the start (nprobe 8, ef_search 16) already reaches the target; the tuned value is below the
+    start, and half of it misses. (An HNSW graph now and then needs more even here: such data
+    are drawn again, at most five times.)"""
+    start = {"nprobe": 8, "ef_search": 16}[parameter]
+    for _ in range(5):
+        anchors = clustered(6000, 32, 150, generator, spread=0.02)
+        queries = anchors[torch.randperm(6000, generator=generator)[:400]] \
+            + 0.005 * torch.randn(400, 32, generator=generator)
+        half = AnchorIndex(anchors, kind, sample_queries=queries, recall_target=0.99, **{parameter: start // 2})
+        if half._reaches(half.report):
+            break
+    else:
+        pytest.fail(f"{start // 2} never reached the target: {half.describe()}")
     index = AnchorIndex(anchors, kind, sample_queries=queries, recall_target=0.99)
     chosen = index.params[parameter]
     assert index._reaches(index.report)
-    if kind == "ivf":
-        assert chosen < 8, index.describe()
-    else:
-        assert chosen < 16, index.describe()
+    assert chosen < start, index.describe()
     if chosen > 1:
         smaller = AnchorIndex(anchors, kind, sample_queries=queries, recall_target=0.99, **{parameter: chosen // 2})
         assert not smaller._reaches(smaller.report), (chosen, smaller.report)
