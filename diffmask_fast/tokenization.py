@@ -484,12 +484,6 @@ def decode_words(tokenizer, words: Sequence[Sequence[int]]) -> list[str]:
     return [decode_word(tokenizer, ids) for ids in id_lists]
 
 
-def _padding_options(padding: dict) -> dict:
-    """A backend's ``padding`` state as ``enable_padding`` takes it (it names the length ``length``
-    in both, but takes no ``pad_to_multiple_of`` of None)."""
-    return {key: value for key, value in padding.items() if value is not None or key == "length"}
-
-
 def tokenize_texts(tokenizer, texts: Sequence[str], **options):
     """``tokenizer(texts, **options)`` with the texts read as plain text.
 
@@ -512,4 +506,4 @@ def tokenize_texts(tokenizer, texts: Sequence[str], **options):
             if backend.truncation != truncation:
                 backend.no_truncation() if truncation is None else backend.enable_truncation(**truncation)
             if backend.padding != padding:
-                backend.no_padding() if padding is None else backend.enable_padding(**_padding_options(padding))
+                backend.no_padding() if padding is None else backend.enable_padding(**padding)
