@@ -9,3 +9,18 @@ def refuse_one_string(value: object, name: str, expected: str) -> None:
     if isinstance(value, (str, bytes)):
         raise TypeError(f"{name} must be {expected}, not one string (a single string, {value!r:.60}, would be "
                         "read character by character; wrap it in a list)")
+
+
+def first_unnormalized(words, lowercase: bool) -> tuple[str, str] | None:
+    """The first word that is not its own normalized form (``reference.normalize_word``) with
+    that form, or None. Tables keyed by normalized words look up ``normalize_word(w)``, so a key
+    "Enzyme" or "receptor," could never be found."""
+    from .reference import normalize_word
+
+    for word in words:
+        if (word.islower() or not lowercase) and word[:1].isalnum() and word[-1:].isalnum():
+            continue  # the usual case, normalized as it is
+        normalized = normalize_word(word, lowercase)
+        if normalized != word:
+            return word, normalized
+    return None

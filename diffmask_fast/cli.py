@@ -170,6 +170,40 @@ def _check_outputs(args, *names: str) -> None:
                 image_format(path)
 
 
+def _check_apart(args, outputs: tuple[str, ...], inputs: tuple[str, ...], corpus=()) -> None:
+    """Refuse an output that names an input of the command (a corpus file, --counts, --anchors,
+    --scores) or another output: saving would replace what the result was made from."""
+    from ._io import same_file
+
+    def flag(name):
+        return "--" + name.replace("_", "-")
+
+    named_outputs = [(flag(name), Path(getattr(args, name))) for name in outputs if getattr(args, name, None)]
+    named_inputs = [(flag(name), Path(getattr(args, name))) for name in inputs if getattr(args, name, None)]
+    for position, (output_flag, output) in enumerate(named_outputs):
+        for other_flag, other in named_outputs[:position]:
+            if same_file(output, other):
+                raise ValueError(f"{other_flag} and {output_flag} name the same file {str(output)!r}; give each "
+                                 "its own")
+        for input_flag, read in named_inputs:
+            if same_file(output, read):
+                raise ValueError(f"{output_flag} {str(output)!r} is the file of {input_flag}; writing it would "
+                                 "replace the input")
+    existing = [(output_flag, output) for output_flag, output in named_outputs if output.exists()]
+    if corpus and existing:  # only a file that exists can be one of the corpus
+        import warnings
+
+        from .corpus import corpus_files
+
+        with warnings.catch_warnings():  # the count warns about skipped files itself
+            warnings.simplefilter("ignore")
+            files = corpus_files(corpus, getattr(args, "text_field", None))
+        for output_flag, output in existing:
+            if any(same_file(output, file) for file in files):
+                raise ValueError(f"{output_flag} {str(output)!r} is a file of the corpus; writing it would replace "
+                                 "the text it is made from")
+
+
 def _check_score_settings(args) -> None:
     """Refuse, before counting and embedding, the score options the index or embedder would."""
     from .hf_loading import check_model_reference
@@ -201,9 +235,10 @@ def _check_masking_settings(args) -> None:
     """Refuse, before mining and scoring, a masking share the collator would, and a model that
     cannot be loaded."""
     from .hf_loading import check_model_reference
-    from .masking_base import check_probability
+    from .masking_base import check_probability, check_seed
 
     check_probability("--mlm-probability", args.mlm_probability)
+    check_seed(args.seed)
     if args.model is not None:
         check_model_reference(args.model)
 
@@ -237,12 +272,23 @@ def _count(corpus, args):
     if getattr(args, "counts", None) is not None:
         if corpus:
             raise ValueError("give either a corpus to count or --counts, not both")
+        _refuse_counting_options(args)
         return WordCounts.load(args.counts, verify=True)  # a flipped byte would be a wrong count
     if not corpus:
         raise ValueError("give a corpus to count (files, directories or globs), or --counts with saved word counts")
     return count_words(corpus, progress=not getattr(args, "no_progress", False),
                        threads=getattr(args, "threads", None), text_field=getattr(args, "text_field", None),
                        scheduler=getattr(args, "scheduler", None))
+
+
+def _refuse_counting_options(args) -> None:
+    """With --counts nothing is counted: options that choose how a corpus is counted would be
+    ignored, so they are refused."""
+    given = [option for option, name in (("--threads", "threads"), ("--text-field", "text_field"),
+                                         ("--scheduler", "scheduler")) if getattr(args, name, None) is not None]
+    if given:
+        raise ValueError(f"{', '.join(given)} {'choose' if len(given) > 1 else 'chooses'} how a corpus is counted; "
+                         "--counts gives counts already")
 
 
 def _score_shown_words(anchors, texts, args, plot_texts=()):
@@ -335,6 +381,7 @@ def run_demo(args) -> None:
     from .demo import python_reference_corpus, sample_sentences
 
     _check_outputs(args, "html", "plot")
+    _check_apart(args, ("html", "plot"), ())
     _check_masking_settings(args)
     lines = python_reference_corpus()
     print(f"Corpus: the Python language reference shipped with CPython ({len(lines):,} paragraphs).")
@@ -353,8 +400,10 @@ def run_mine(args) -> None:
     from .anchors import mine_anchors
 
     settings = _mining_settings(args)
+    corpus = [Path(c) for c in args.corpus]
     _check_outputs(args, "output", "counts_output")
-    counts = _count([Path(c) for c in args.corpus], args)
+    _check_apart(args, ("output", "counts_output"), ("counts",), corpus)
+    counts = _count(corpus, args)
     if args.counts_output:  # saved first: a long count survives a mining error
         counts.save(args.counts_output)
         print(f"Saved word counts to {args.counts_output} (load them with --counts, or WordCounts.load)")
@@ -377,6 +426,7 @@ def run_preview(args) -> None:
 
     corpus = [Path(c) for c in args.corpus]
     _check_outputs(args, "html", "plot")
+    _check_apart(args, ("html", "plot"), ("anchors", "scores"), corpus)
     _check_masking_settings(args)
     mining = [option for option, value in (("-k", args.k), ("--min-count", args.min_count),
                                            ("--smoothing", args.smoothing), ("--general", args.general))
@@ -419,7 +469,10 @@ def run_score(args) -> None:
         raise ValueError("--contextual-anchors needs a corpus to find the anchors' occurrences in")
     if args.tokenizer is not None and not corpus:
         raise ValueError("--tokenizer groups the words of a corpus; with --counts alone there is none to group")
+    if args.text_field is not None and not corpus:
+        raise ValueError("--text-field chooses how a corpus is read; with --counts alone there is none to read")
     _check_outputs(args, "output")
+    _check_apart(args, ("output",), ("counts", "anchors"), corpus)
     _check_score_settings(args)
     progress = not args.no_progress
     anchors = Anchors.load(args.anchors)
@@ -527,7 +580,11 @@ def _with_option_name(message: str, command_parser) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+    try:
+        parser = build_parser()  # imports torch (through pretrain and finetune): a second or two
+    except KeyboardInterrupt:
+        print("\ndiffmask: interrupted", file=sys.stderr)
+        return 130
     args = parser.parse_args(argv)
     if getattr(args, "sentences", 1) < 1:
         print(f"diffmask {args.command}: error: --sentences must be at least 1", file=sys.stderr)

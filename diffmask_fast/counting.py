@@ -28,6 +28,7 @@ import collections
 import functools
 import json
 import mmap
+import numbers
 import os
 import queue
 import struct
@@ -43,6 +44,7 @@ from tqdm.auto import tqdm
 
 from . import _wordtable as W
 from . import reference
+from ._checks import first_unnormalized
 from ._io import atomic_write_json, atomic_writer
 from .corpus import (
     DEFAULT_TEXT_FIELD,
@@ -165,6 +167,9 @@ class CountTable:
             return self
         if not len(self):
             return other
+        if int(self.counts.sum()) + int(other.counts.sum()) >= _MAX_COUNT:
+            raise ValueError(f"the merged counts would add up to more than the {_MAX_COUNT - 1} word occurrences a "
+                             "table holds")
         return CountTable(*W.merge_sorted(self.blob, self.offsets, self.counts, other.blob, other.offsets, other.counts))
 
     def items(self) -> Iterator[tuple[str, int]]:
@@ -736,6 +741,19 @@ def merge_counts(parts: Iterable["WordCounts"]) -> "WordCounts":
 # ----------------------------------------------------------------------------------------------
 
 
+def _check_counted_words(words: Iterable[str], lowercase: bool) -> None:
+    """Refuse words that counting could not have produced (empty, holding whitespace, or not
+    normalized): they would never meet a counted or looked-up word."""
+    for word in words:
+        if isinstance(word, str) and word.split() != [word]:
+            raise ValueError(f"counted words are non-empty and hold no whitespace (words of str.split()), got {word!r}")
+    found = first_unnormalized((word for word in words if isinstance(word, str)), lowercase)
+    if found is not None:
+        raise ValueError(f"counted words are normalized (reference.normalize_word"
+                         f"{'' if lowercase else ', lowercase=False'}): {found[0]!r} is counted as {found[1]!r}; "
+                         "count_words normalizes them")
+
+
 class WordCounts:
     """Normalized word counts of a corpus, with the number of documents they came from.
 
@@ -747,11 +765,16 @@ class WordCounts:
 
     def __init__(self, counts: Mapping[str, int] | CountTable | None = None, documents: int = 0,
                  lowercase: bool = True, *, total: int | None = None):
+        if isinstance(documents, bool) or not isinstance(documents, numbers.Integral) or documents < 0:
+            raise ValueError(f"documents must be a non-negative integer, got {documents!r}")
+        if not isinstance(lowercase, (bool, np.bool_)):
+            raise TypeError(f"lowercase must be True or False, got {lowercase!r}")
         if counts is None:
             table = CountTable.empty()
         elif isinstance(counts, CountTable):
             table = counts
         elif isinstance(counts, Mapping):
+            _check_counted_words(counts, bool(lowercase))
             table = CountTable.from_mapping(counts)
         else:
             raise TypeError(f"counts must be a mapping or a CountTable, got {type(counts).__name__}")
@@ -763,7 +786,7 @@ class WordCounts:
 
     @classmethod
     def from_mapping(cls, counts: Mapping[str, int], documents: int = 0, lowercase: bool = True) -> "WordCounts":
-        return cls(CountTable.from_mapping(counts), documents, lowercase)
+        return cls(counts, documents, lowercase)
 
     @property
     def counts(self) -> Mapping[str, int]:
@@ -906,6 +929,30 @@ def _write_binary(path: str | os.PathLike, counts: WordCounts) -> None:
             file.write(memoryview(part).cast("B"))
 
 
+#: The binary header's fields: those that are counts, and those that are true or false.
+_HEADER_COUNTS = ("documents", "total", "words", "blob_bytes", "crc32")
+_HEADER_FLAGS = ("lowercase",)
+
+
+def _check_binary_header(header: object, name: str) -> None:
+    """Refuse a header whose fields are missing or of the wrong kind (a damaged or hand-edited
+    file), naming the file and the field, before any of it is used."""
+    if not isinstance(header, dict):
+        raise ValueError(f"{name!r} is corrupt: its header is not a JSON object")
+    for field in _HEADER_COUNTS + _HEADER_FLAGS:
+        if field not in header:
+            raise ValueError(f"{name!r} is corrupt: its header lacks {field!r}")
+    for field in _HEADER_COUNTS:
+        value = header[field]
+        if type(value) is not int or value < 0:
+            raise ValueError(f"{name!r} is corrupt: its header's {field!r} must be a non-negative integer, "
+                             f"got {value!r}")
+    for field in _HEADER_FLAGS:
+        if type(header[field]) is not bool:
+            raise ValueError(f"{name!r} is corrupt: its header's {field!r} must be true or false, "
+                             f"got {header[field]!r}")
+
+
 def _read_binary(path: Path, verify: bool) -> WordCounts:
     name = str(path)
     size = path.stat().st_size
@@ -924,9 +971,10 @@ def _read_binary(path: Path, verify: bool) -> WordCounts:
             if len(header_bytes) < header_length:
                 raise ValueError("short header")
             header = json.loads(header_bytes.decode("utf-8"))
-            words, blob_bytes = int(header["words"]), int(header["blob_bytes"])
-        except (ValueError, KeyError, TypeError, UnicodeDecodeError):
+        except (ValueError, UnicodeDecodeError):
             raise ValueError(f"{name!r} is truncated or corrupt: its header cannot be read") from None
+        _check_binary_header(header, name)
+        words, blob_bytes = header["words"], header["blob_bytes"]
         data = _PREAMBLE.size + header_length
         expected = data + 8 * (2 * words + 1) + blob_bytes
         if size != expected:
@@ -948,5 +996,4 @@ def _read_binary(path: Path, verify: bool) -> WordCounts:
     table.blob, table.offsets, table.counts = blob, offsets, counts
     if offsets.dtype.byteorder not in ("<", "=", "|") or np.dtype("<i8") != np.dtype(np.int64):
         table = CountTable(blob, offsets.astype(np.int64), counts.astype(np.int64))
-    return WordCounts(table, int(header.get("documents", 0)), bool(header.get("lowercase", True)),
-                      total=int(header.get("total", counts.sum())))
+    return WordCounts(table, header["documents"], header["lowercase"], total=header["total"])

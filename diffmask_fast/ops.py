@@ -95,6 +95,19 @@ def _check_probability(op: str, name: str, value: float) -> None:
         raise ValueError(f"{op}: {name} must be in [0, 1], got {value}")
 
 
+#: The largest finite float32: a score beyond it would become infinite in the ops' float32 tables.
+_FLOAT32_MAX = float(torch.finfo(torch.float32).max)
+
+
+def _check_float32_value(op: str, name: str, value: float) -> None:
+    """Refuse a score that is NaN, infinite, or beyond float32's range (it would turn into inf).
+    Traced values (torch.compile with dynamic shapes makes floats symbolic) are checked eagerly."""
+    if torch.compiler.is_compiling():
+        return
+    if not math.isfinite(value) or abs(value) > _FLOAT32_MAX:
+        raise ValueError(f"{op}: {name} must be a finite float32 value, got {value}")
+
+
 def _check_similarity_args(embeddings: torch.Tensor, anchors: torch.Tensor, precision: str = "highest") -> None:
     op = "max_anchor_similarity"
     if precision not in PRECISIONS:
@@ -212,8 +225,7 @@ def _check_mask_args(
         )
     if weighting not in WEIGHTINGS.values():
         raise ValueError(f"{op}: weighting must be 0 (similarity) or 1 (rank), got {weighting}")
-    if not math.isfinite(unknown_score):
-        raise ValueError(f"{op}: unknown_score must be finite, got {unknown_score}")
+    _check_float32_value(op, "unknown_score", unknown_score)
     if random_replace_prob > 0 and random_token_ids.shape[0] == 0:
         raise ValueError(
             f"{op}: random_token_ids is empty but random_replace_prob = {random_replace_prob} > 0; pass the ids "
@@ -272,6 +284,16 @@ def _draw_seed(generator: torch.Generator | None) -> int:
     makes the compiled sampling reproducible."""
     device = generator.device if generator is not None else "cpu"
     return int(torch.randint(-(2**63), 2**63 - 1, (), dtype=torch.int64, generator=generator, device=device))
+
+
+def _chosen_seed(op: str, seed, generator: torch.Generator | None) -> int:
+    """``seed`` as an int64 value, else one drawn from ``generator``; both at once are refused
+    (one of them would be ignored)."""
+    if seed is None:
+        return _draw_seed(generator)
+    if generator is not None:
+        raise ValueError(f"{op}: give seed or generator, not both")
+    return _integer_seed(op, seed)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -405,7 +427,7 @@ def max_anchor_similarity(
 
 
 def sample_without_replacement(
-    weights: torch.Tensor, counts: torch.Tensor, generator: torch.Generator | None = None
+    weights: torch.Tensor, counts: torch.Tensor, generator: torch.Generator | None = None, *, seed: int | None = None
 ) -> torch.Tensor:
     """Successive sampling without replacement, proportional to weight, independently per row.
 
@@ -413,11 +435,14 @@ def sample_without_replacement(
     integer, non-negative. Returns bool [B, N] with exactly min(counts[b], #positive weights in
     row b) positions set in row b; zero weights are never drawn (unlike torch.multinomial).
     Inclusion is not proportional to weight: it is the law of drawing one item at a time with
-    probability proportional to weight among those left. The seed is drawn from ``generator``
-    (the global torch RNG when None), so ``torch.manual_seed`` makes results reproducible.
+    probability proportional to weight among those left. ``seed`` (int64) fixes the draw; without
+    it the seed is drawn from ``generator`` (the global torch RNG when None), so
+    ``torch.manual_seed`` makes results reproducible. Drawing reads a tensor's value, which
+    ``torch.compile`` treats as a graph break: under ``fullgraph=True`` pass ``seed``.
     """
     _check_sampling_args(weights, counts)
-    return _ops.sample_without_replacement(weights.detach(), counts, _draw_seed(generator))
+    return _ops.sample_without_replacement(weights.detach(), counts, _chosen_seed("sample_without_replacement",
+                                                                                  seed, generator))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -460,6 +485,9 @@ def word_hash(token_ids: Sequence[int]) -> int:
     ids = [int(i) for i in token_ids]
     if not ids:
         raise ValueError("word_hash: a word has at least one token")
+    outside = next((i for i in ids if not -(2**63) <= i < 2**63), None)
+    if outside is not None:  # int64 ids, as in the ops' tensors; a wider one would wrap onto another id
+        raise ValueError(f"word_hash: token ids are int64 values, got {outside}")
     h = _WORD_HASH_SEED
     for token_id in ids:
         h = _mix64(h ^ (token_id & _INT64_MASK))
@@ -492,7 +520,9 @@ def score_table_lookup(
     """Look queries (int64, any shape) up: (values float32, found bool), both of the queries' shape;
     ``default_value`` where a key is absent."""
     _check_lookup_args(keys, values, queries)
-    return _ops.score_table_lookup(keys, values, queries, float(default_value))
+    default_value = float(default_value)
+    _check_float32_value("score_table_lookup", "default_value", default_value)
+    return _ops.score_table_lookup(keys, values, queries, default_value)
 
 
 def _next_power_of_two(n: int) -> int:
@@ -605,7 +635,8 @@ def difference_mask(
 
     ``misses`` lists one occurrence of every distinct absent word; insert their scores and call
     again with the same ``seed`` to get exactly the result of a warm table. ``seed`` (int64)
-    defaults to a draw from ``generator`` (the global torch RNG when None).
+    defaults to a draw from ``generator`` (the global torch RNG when None); the draw is a graph
+    break for ``torch.compile``.
     """
     if weighting not in WEIGHTINGS:
         raise ValueError(f"difference_mask: weighting must be one of {sorted(WEIGHTINGS)}, got {weighting!r}")
@@ -616,7 +647,7 @@ def difference_mask(
         input_ids, never_word, starts_word, table_keys, table_values, random_token_ids, mlm_probability, code,
         uniform_mix, unknown_score, mask_replace_prob, random_replace_prob,
     )
-    seed = _integer_seed("difference_mask", _draw_seed(generator) if seed is None else seed)
+    seed = _chosen_seed("difference_mask", seed, generator)
     return DifferenceMaskOutput(
         *_ops.difference_mask(
             input_ids, never_word, starts_word, table_keys, table_values, random_token_ids, mlm_probability, code,

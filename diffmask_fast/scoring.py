@@ -28,7 +28,7 @@ import torch
 from tqdm.auto import tqdm
 
 from . import reference
-from ._checks import refuse_one_string
+from ._checks import first_unnormalized, refuse_one_string
 from ._io import atomic_write_bytes, atomic_write_json, read_json
 from .advice import DiffmaskWarning
 from .anchors import Anchors
@@ -103,13 +103,10 @@ class _WordValues(Mapping):
 def _check_normalized(words: Sequence[str], lowercase: bool) -> None:
     """Refuse keys that are not normalized words: the collator and ``score`` look up
     normalize_word(w), so a key "Enzyme" or "receptor," could never be found."""
-    for word in words:
-        if (word.islower() or not lowercase) and word[:1].isalnum() and word[-1:].isalnum():
-            continue  # the usual case, normalized as it is
-        normalized = reference.normalize_word(word, lowercase)
-        if normalized != word:
-            raise ValueError(f"score table keys must be normalized words (reference.normalize_word): {word!r} would "
-                             f"be looked up as {normalized!r} and never found; ScoreTable.from_mapping normalizes keys")
+    found = first_unnormalized(words, lowercase)
+    if found is not None:
+        raise ValueError(f"score table keys must be normalized words (reference.normalize_word): {found[0]!r} would "
+                         f"be looked up as {found[1]!r} and never found; ScoreTable.from_mapping normalizes keys")
 
 
 @contextlib.contextmanager

@@ -252,6 +252,81 @@ def test_outputs_and_options_are_checked_before_counting(tmp_path, capsys, monke
         assert message in capsys.readouterr().err, argv
 
 
+def test_outputs_that_would_replace_an_input_or_each_other_are_refused(tmp_path, capsys, monkeypatch):
+    import diffmask_fast.counting as counting
+
+    def no_counting(*args, **kwargs):
+        raise AssertionError("counted before checking the outputs")
+
+    monkeypatch.setattr(counting, "count_words", no_counting)
+    folder = tmp_path / "corpus"
+    folder.mkdir()
+    corpus = folder / "part.txt"
+    corpus.write_text("enzyme binds the receptor\n")
+    counts, anchors = tmp_path / "counts.bin", tmp_path / "anchors.json"
+    link = tmp_path / "link.txt"
+    link.symlink_to(corpus)
+    cases = [
+        (["mine", str(corpus), "-o", str(corpus)], f"--output {str(corpus)!r} is a file of the corpus"),
+        (["mine", str(folder), "--counts-output", str(link)], "--counts-output"),  # through a link
+        (["mine", str(tmp_path / "corpus" / "*.txt"), "-o", str(corpus)], "is a file of the corpus"),
+        (["mine", str(corpus), "-o", str(anchors), "--counts-output", str(tmp_path / "." / "anchors.json")],
+         f"--output and --counts-output name the same file {str(tmp_path / '.' / 'anchors.json')!r}"),
+        (["mine", "--counts", str(counts), "-o", str(counts)], "is the file of --counts; writing it would replace"),
+        (["score", str(corpus), "--anchors", str(anchors), "-o", str(anchors)],
+         f"--output {str(anchors)!r} is the file of --anchors"),
+        (["score", "--counts", str(counts), "--anchors", str(anchors), "-o", str(counts)], "is the file of --counts"),
+        (["score", str(folder), "--anchors", str(anchors), "-o", str(corpus)], "is a file of the corpus"),
+        (["preview", str(corpus), "--html", str(corpus)], "--html"),
+        (["preview", str(corpus), "--scores", str(tmp_path / "s.npz"), "--html", str(tmp_path / "s.npz")],
+         "is the file of --scores"),
+        (["demo", "--html", str(tmp_path / "x.svg"), "--plot", str(tmp_path / "x.svg")],
+         "--html and --plot name the same file"),
+    ]
+    for argv, message in cases:
+        assert main(argv) == 1, argv
+        err = capsys.readouterr().err
+        assert message in err and "error:" in err, (argv, err)
+    assert corpus.read_text() == "enzyme binds the receptor\n"
+
+
+def test_options_that_would_be_ignored_or_refused_late_are_refused_first(tmp_path, capsys, monkeypatch):
+    import diffmask_fast.counting as counting
+    import diffmask_fast.demo as demo
+
+    def no_work(*args, **kwargs):
+        raise AssertionError("worked before checking the options")
+
+    monkeypatch.setattr(counting, "count_words", no_work)
+    monkeypatch.setattr(demo, "python_reference_corpus", no_work)
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("enzyme binds the receptor\n")
+    counts = tmp_path / "counts.bin"
+    cases = [
+        (["demo", "--seed", "-1"], "--seed must be in [0, 2**63), got -1"),
+        (["preview", str(corpus), "--seed", str(2**63)], f"--seed must be in [0, 2**63), got {2**63}"),
+        (["mine", "--counts", str(counts), "--threads", "2"], "--threads chooses how a corpus is counted"),
+        (["mine", "--counts", str(counts), "--text-field", "body", "--scheduler", "tcp://h:1"],
+         "--text-field, --scheduler choose how a corpus is counted; --counts gives counts already"),
+        (["score", "--counts", str(counts), "--anchors", str(tmp_path / "a.json"), "-o", str(tmp_path / "s.npz"),
+          "--text-field", "body"], "--text-field chooses how a corpus is read"),
+    ]
+    for argv, message in cases:
+        assert main(argv) == 1, argv
+        assert message in capsys.readouterr().err, argv
+
+
+def test_an_interrupt_while_starting_up_is_one_line(monkeypatch, capsys):
+    import diffmask_fast.cli as cli
+
+    def interrupted():
+        raise KeyboardInterrupt  # as Ctrl-C while the parser imports torch
+
+    monkeypatch.setattr(cli, "build_parser", interrupted)
+    assert main(["mine", "x.txt"]) == 130
+    assert capsys.readouterr().err == "\ndiffmask: interrupted\n"
+
+
 def test_options_reach_what_they_set(tmp_path, monkeypatch, capsys):
     from diffmask_fast import collator as collator_module
     from diffmask_fast.scoring import ScoreTable

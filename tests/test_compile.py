@@ -55,3 +55,29 @@ def test_compile_fullgraph_traces_the_fixed_size_ops(seed, dynamic):
         for a, b in zip(got, expected):
             assert torch.equal(a, b)
         assert int(seeds[1]) == seed + 1
+
+
+def test_the_sampling_wrapper_compiles_whole_with_a_seed_and_with_a_graph_break_without(seed):
+    """Drawing a seed from the RNG reads a tensor's value: a graph break, so fullgraph needs a seed."""
+    g = torch.Generator().manual_seed(seed)
+    weights, counts = torch.rand(4, 30, generator=g), torch.tensor([0, 3, 7, 30])
+
+    def seeded(weights, counts):
+        return ops.sample_without_replacement(weights * 2, counts, seed=seed)
+
+    compiled = torch.compile(seeded, fullgraph=True, backend="aot_eager")
+    assert torch.equal(compiled(weights, counts), seeded(weights, counts))
+    assert torch.equal(compiled(weights, counts).sum(1), counts)
+    assert torch.equal(seeded(weights, counts), torch.ops.diffmask_fast.sample_without_replacement(weights, counts, seed))
+
+    def drawn(weights, counts):
+        return ops.sample_without_replacement(weights, counts)
+
+    torch._dynamo.reset()
+    breaking = torch.compile(drawn, backend="aot_eager")
+    torch.manual_seed(seed)
+    expected = drawn(weights, counts)
+    torch.manual_seed(seed)
+    assert torch.equal(breaking(weights, counts), expected)
+    with pytest.raises(ValueError, match="give seed or generator, not both"):
+        ops.sample_without_replacement(weights, counts, g, seed=1)

@@ -8,6 +8,7 @@ import gzip
 import json
 import mmap
 import os
+import re
 import random
 import unicodedata
 import warnings
@@ -753,6 +754,63 @@ def test_a_malformed_json_counts_file_is_a_clear_error(tmp_path, payload, proble
     with pytest.raises(ValueError, match=f"not a valid word-counts file.*{problem}"):
         WordCounts.load(path)
     assert main(["mine", "--counts", str(path)]) == 1
+
+
+@pytest.mark.parametrize("field, value, problem", [
+    ("documents", "many", "'documents' must be a non-negative integer, got 'many'"),
+    ("documents", -3, "'documents' must be a non-negative integer, got -3"),
+    ("documents", True, "'documents' must be a non-negative integer, got True"),
+    ("total", 2.5, "'total' must be a non-negative integer, got 2.5"),
+    ("words", "2", "'words' must be a non-negative integer, got '2'"),
+    ("lowercase", "false", "'lowercase' must be true or false, got 'false'"),
+    ("lowercase", None, "lacks 'lowercase'"),
+])
+def test_a_damaged_binary_counts_header_names_the_file_and_field(tmp_path, field, value, problem):
+    path = tmp_path / "counts.bin"
+    WordCounts.from_mapping({"alpha": 3, "beta": 1}, documents=2).save(path)
+    data = path.read_bytes()
+    header_length = int.from_bytes(data[16:24], "little")
+    header = json.loads(data[24: 24 + header_length])
+    if value is None:
+        del header[field]
+    else:
+        header[field] = value
+    encoded = json.dumps(header).encode()
+    encoded += b" " * (-len(encoded) % 8)
+    path.write_bytes(data[:16] + len(encoded).to_bytes(8, "little") + encoded + data[24 + header_length:])
+    with pytest.raises(ValueError, match=re.escape(f"{str(path)!r} is corrupt: its header") + ".*"
+                       + re.escape(problem)):
+        WordCounts.load(path)
+
+
+@pytest.mark.parametrize("counts, documents, problem", [
+    ({"": 2}, 1, "counted words are non-empty and hold no whitespace"),
+    ({"two words": 2}, 1, "counted words are non-empty and hold no whitespace (words of str.split()), got 'two words'"),
+    ({"Enzyme": 2}, 1, "'Enzyme' is counted as 'enzyme'"),
+    ({"receptor,": 2}, 1, "'receptor,' is counted as 'receptor'"),
+    ({"enzyme": 2}, True, "documents must be a non-negative integer, got True"),
+    ({"enzyme": 2}, -1, "documents must be a non-negative integer, got -1"),
+])
+def test_counts_that_counting_could_not_have_made_are_refused(tmp_path, counts, documents, problem):
+    """Such words would never meet a looked-up word (lookups normalize first), and a JSON true
+    would have been read as one document."""
+    path = tmp_path / "counts.json"
+    path.write_text(json.dumps({"format": counting.COUNTS_FORMAT, "counts": counts, "documents": documents,
+                                "lowercase": True}))
+    with pytest.raises(ValueError, match="not a valid word-counts file: .*" + re.escape(problem)):
+        WordCounts.load(path)
+    with pytest.raises(ValueError, match=re.escape(problem)):
+        WordCounts.from_mapping(counts, documents)
+    assert WordCounts.from_mapping({"Enzyme": 2, "Long-Term": 1}, lowercase=False)["Enzyme"] == 2
+
+
+def test_merging_counts_beyond_what_a_table_holds_is_refused():
+    half = WordCounts.from_mapping({"a": 2**62, "b": 1})
+    with pytest.raises(ValueError, match="the merged counts would add up to more than"):
+        half.merge(half)  # 2**63 + 2 occurrences: int64 counts would wrap to negative ones
+    with pytest.raises(ValueError, match="the merged counts would add up to more than"):
+        counting.merge_counts([half, WordCounts.from_mapping({"c": 2**62})])
+    assert half.merge(WordCounts.from_mapping({"a": 2**62 - 2})).total == 2**63 - 1
 
 
 def test_a_binary_counts_file_announcing_a_huge_header_is_a_clear_error(tmp_path):

@@ -530,6 +530,10 @@ def test_word_hash_properties():
     assert all(-(2**63) <= h < 2**63 for h in hashes)
     with pytest.raises(ValueError):
         ops.word_hash([])
+    assert ops.word_hash([-1]) == ops.word_hash([2**64 - 1 - 2**64])  # int64 ids, negative ones included
+    for outside in (2**63, -(2**63) - 1, 2**64 + 1):  # would wrap onto the hash of another id
+        with pytest.raises(ValueError, match=f"token ids are int64 values, got {outside}"):
+            ops.word_hash([3, outside])
 
 
 def test_group_words_errors():
@@ -577,6 +581,10 @@ def test_score_table_insert_lookup_overwrite(seed):
     missing = torch.tensor([0, 12345678901, -5])
     missing_scores, found = table.lookup(missing, default=-2.5)
     assert not found.any() and torch.all(missing_scores == -2.5)
+    for default in (1e300, -1e39, float("nan"), float("inf")):  # would become inf or NaN in float32
+        with pytest.raises(ValueError, match="default_value must be a finite float32 value"):
+            table.lookup(missing, default=default)
+    assert table.lookup(missing, default=-3.0e38)[0].isfinite().all()
     # Overwrite, with repeats: the last value wins, the size does not change.
     table.insert(torch.tensor([keys[0], keys[0], keys[5]]), torch.tensor([1.0, 2.0, 3.0]))
     assert len(table) == keys.numel()
@@ -934,8 +942,12 @@ def test_difference_mask_errors():
     with pytest.raises(ValueError, match="random_token_ids is empty"):
         call(random_token_ids=torch.zeros(0, dtype=torch.long))
     call(random_token_ids=torch.zeros(0, dtype=torch.long), random_replace_prob=0.0)
-    with pytest.raises(ValueError, match="unknown_score"):
-        call(unknown_score=float("nan"))
+    for bad_score in (float("nan"), 1e39, -1e300):  # beyond float32, the weight would be infinite
+        with pytest.raises(ValueError, match="unknown_score must be a finite float32 value"):
+            call(unknown_score=bad_score)
+        with pytest.raises(ValueError, match="unknown_score must be a finite float32 value"):
+            ops.difference_mask_device(ids, never, starts, keys, values, RANDOM_IDS, mask_token_id=MASK_ID, seed=1,
+                                       unknown_score=bad_score)
     for bad_seed in (1.7, True, "3"):
         with pytest.raises(TypeError, match="seed must be an integer"):
             call(seed=bad_seed)
