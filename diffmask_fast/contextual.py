@@ -57,6 +57,9 @@ class ContextualAnchors:
                              f"and {tuple(self.anchor_ids.shape)}")
         if self.anchor_ids.is_floating_point() or self.anchor_ids.is_complex() or self.anchor_ids.dtype == torch.bool:
             raise ValueError(f"anchor_ids must be integers (indexes into words), got {self.anchor_ids.dtype}")
+        repeated = _first_repeated(self.words)
+        if repeated is not None:  # occurrences and nearest anchors are per word
+            raise ValueError(f"anchor words must be distinct; {repeated!r} is given twice")
         outside = (self.anchor_ids < 0) | (self.anchor_ids >= len(self.words))
         if bool(outside.any()):
             raise ValueError(f"anchor_ids must index the {len(self.words)} words; {int(outside.sum())} do not "
@@ -70,6 +73,15 @@ class ContextualAnchors:
         """Occurrences kept per anchor word."""
         counts = np.bincount(self.anchor_ids.numpy(), minlength=len(self.words))
         return dict(zip(self.words, counts.tolist()))
+
+
+def _first_repeated(words: Sequence[str]) -> str | None:
+    seen: set = set()
+    for word in words:
+        if word in seen:
+            return word
+        seen.add(word)
+    return None
 
 
 def _word_key(word: str, lowercase: bool) -> str:
@@ -221,6 +233,9 @@ def contextual_anchor_vectors(embedder, texts: Iterable[str], anchor_words: Sequ
     words = tuple(str(w) for w in anchor_words)
     if not words:
         raise ValueError("contextual anchors need at least one anchor word")
+    repeated = _first_repeated(words)
+    if repeated is not None:  # refused now, before every text is read
+        raise ValueError(f"anchor words must be distinct; {repeated!r} is given twice")
     tokenizer, model = embedder.tokenizer, embedder.model
     if max_length is None:
         max_length = longest_input(model, CONTEXT_LENGTH)

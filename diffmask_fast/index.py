@@ -44,6 +44,7 @@ from __future__ import annotations
 
 import logging
 import math
+import numbers
 import time
 from dataclasses import dataclass
 
@@ -77,22 +78,47 @@ def auto_kind(k: int, use_gpu: bool = False) -> str:
 _OPTION_KIND = {"nlist": "ivf", "nprobe": "ivf", "engine": "ivf", "spill": "ivf", "ef_search": "hnsw"}
 
 
+#: The least value of each whole-number option (the others must be positive). FAISS's HNSW
+#: graph needs two links per node: one crashes it.
+_LEAST = {"hnsw_m": 2, "recall_sample": 0, "seed": 0}
+#: Seeds are passed to FAISS's k-means plus one, as a signed 64-bit value.
+_SEED_LIMIT = 2**63 - 1
+
+
+def _check_whole(name: str, value) -> None:
+    """Refuse a whole-number option that is no integer (1.5 or True would be cut or read as 1
+    deep inside torch or FAISS) or below its least value."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise ValueError(f"{name} must be an integer, got {value!r}")
+    least = _LEAST.get(name, 1)
+    if value < least:
+        raise ValueError(f"{name} must be {'positive' if least == 1 else f'at least {least}'}, got {value}")
+    if name == "seed" and value >= _SEED_LIMIT:
+        raise ValueError(f"seed must be below 2**63 - 1, got {value}")
+
+
 def check_index_options(kind: str = "auto", *, recall_target: float = 0.99, spill: int = 1,
                         engine: str | None = None, **counts: int | None) -> None:
-    """Raise ValueError for options ``AnchorIndex`` refuses. ``counts`` are the options that must
-    be positive (``nlist``, ``nprobe``, ``ef_search``, ...; None means the default). Callers check
-    them before the hours of counting and embedding that come before an index is built."""
+    """Raise ValueError for options ``AnchorIndex`` refuses. ``counts`` are the whole-number
+    options (``nlist``, ``nprobe``, ``ef_search``, ``hnsw_m``, ...; None means the default), positive
+    unless ``_LEAST`` says otherwise. Callers check them before the hours of counting and
+    embedding that come before an index is built."""
     if kind not in INDEX_KINDS:
         raise ValueError(f"unknown index kind {kind!r}; expected one of {', '.join(INDEX_KINDS)}")
     if not 0.0 < recall_target <= 1.0:
         raise ValueError(f"recall_target must be in (0, 1], got {recall_target}")
+    tuned = {"ivf": "nprobe", "hnsw": "ef_search"}.get(kind)
+    if recall_target >= 1.0 and tuned is not None and counts.get(tuned) is None:
+        raise ValueError(f"recall_target 1 cannot be shown by sampling: a {kind!r} index is tuned until a sample "
+                         f"shows recall@1 at the target, which only an exact search can promise; use kind 'exact' or "
+                         f"'flat', or a target below 1")
     if spill not in (1, 2):
         raise ValueError(f"spill must be 1 or 2, got {spill}")
     if engine is not None and engine not in IVF_ENGINES:
         raise ValueError(f"unknown IVF engine {engine!r}; expected one of {', '.join(IVF_ENGINES)}")
     for name, value in counts.items():
-        if value is not None and value < 1:
-            raise ValueError(f"{name} must be positive, got {value}")
+        if value is not None:
+            _check_whole(name, value)
     if kind != "auto":  # auto applies the options of the kind it picks
         given = {"nlist": counts.get("nlist"), "nprobe": counts.get("nprobe"), "engine": engine,
                  "spill": spill if spill != 1 else None, "ef_search": counts.get("ef_search")}
@@ -153,6 +179,51 @@ def unit_rows(vectors: torch.Tensor, dtype: torch.dtype = torch.float32) -> torc
     unit = torch.where(norms > 0, scaled / torch.where(norms > 0, norms, ones), torch.zeros_like(scaled))
     finite = torch.isfinite(vectors).all(dim=-1, keepdim=True)
     return torch.where(finite, unit, torch.full_like(unit, float("nan"))).to(dtype)
+
+
+def _directed(queries: torch.Tensor) -> torch.Tensor:
+    """The rows of ``queries`` that have a direction, at unit length (float32): zero rows and
+    rows holding NaN or infinity get the same answer from every search, so a recall sample of
+    them would show recall 1 whatever the index does."""
+    units = unit_rows(queries)
+    return units[torch.linalg.vector_norm(units, dim=1) > 0]  # NaN norms compare False
+
+
+def _first_equal_rows(rows: torch.Tensor) -> torch.Tensor:
+    """For each row of a float32 matrix, the index of the first row equal to it bit for bit.
+    Rows are hashed (exact integer arithmetic on their bits), and only rows whose hashes meet
+    are compared."""
+    first = torch.arange(rows.shape[0])
+    if rows.shape[0] < 2:
+        return first
+    multipliers = torch.randint(1, 2**62, (rows.shape[1],), generator=torch.Generator().manual_seed(0))
+    keys = torch.cat([(part.view(torch.int32).long() * multipliers).sum(1)  # wraps: any fixed hash will do
+                      for part in rows.contiguous().split(8192)])
+    keys, order = torch.sort(keys, stable=True)  # equal keys keep the rows' order
+    run_starts = torch.nonzero(torch.cat([torch.tensor([True]), keys[1:] != keys[:-1]])).squeeze(1).tolist()
+    bounds = run_starts + [rows.shape[0]]
+    for start, stop in zip(bounds, bounds[1:]):
+        if stop - start < 2:
+            continue
+        members = order[start:stop]
+        _, inverse = torch.unique(rows[members].view(torch.int32), dim=0, return_inverse=True)
+        earliest = torch.full((int(inverse.max()) + 1,), len(members)).scatter_reduce(
+            0, inverse, torch.arange(len(members)), "amin")
+        first[members] = members[earliest[inverse]]
+    return first
+
+
+def _distinct_directions(units: torch.Tensor, nonzero: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(the distinct non-zero unit rows, the anchor row of each, or None when that is every row).
+    An index holds each direction once, under its first anchor: ties then go to the first
+    anchor, as in the exact op, and HNSW's graph, which copies of one vector tangle, stays
+    searchable."""
+    rows = torch.nonzero(nonzero).squeeze(1)
+    distinct = _first_equal_rows(units[rows]) == torch.arange(rows.numel())
+    if rows.numel() == units.shape[0] and bool(distinct.all()):
+        return units.contiguous(), None
+    kept = rows[distinct]
+    return units[kept].contiguous(), kept
 
 
 def exact_search(queries: torch.Tensor, anchors: torch.Tensor, block: int = 65536) -> tuple[torch.Tensor, torch.Tensor]:
@@ -235,7 +306,8 @@ class AnchorIndex:
     ):
         check_index_options(kind, recall_target=recall_target, spill=spill, engine=engine, nlist=nlist,
                             nprobe=nprobe, ef_search=ef_search, hnsw_m=hnsw_m, ef_construction=ef_construction,
-                            batch_size=batch_size)
+                            batch_size=batch_size, kmeans_iterations=kmeans_iterations, recall_sample=recall_sample,
+                            seed=seed)
         started = time.perf_counter()
         anchors = _as_tensor(anchors, "anchors")
         if anchors.ndim != 2 or anchors.shape[0] < 1 or anchors.shape[1] < 1:
@@ -258,14 +330,14 @@ class AnchorIndex:
         self._anchors = anchors
         self._unit = unit_rows(anchors)
         nonzero = torch.linalg.vector_norm(self._unit, dim=1) > 0
-        self._nonzero_ids = torch.nonzero(nonzero).squeeze(1) if not bool(nonzero.all()) else None
         zero = torch.nonzero(~nonzero)
         self._zero_anchor = int(zero[0, 0]) if zero.numel() else -1
-        searchable = self._unit if self._nonzero_ids is None else self._unit[self._nonzero_ids]
-        self._searchable = searchable.contiguous()
+        self._searchable, self._row_of = _distinct_directions(self._unit, nonzero)
 
         if kind == "auto":
             kind = auto_kind(self.k, self.use_gpu)
+            if kind in ("ivf", "hnsw") and self.recall_target >= 1.0:  # only exact search shows recall 1
+                kind = "flat" if self.use_gpu else "exact"
         if self._searchable.shape[0] == 0:
             kind = "exact"
             self.notes.append("every anchor is the zero vector: all similarities are 0")
@@ -335,8 +407,9 @@ class AnchorIndex:
         return values.reshape(shape), indices.reshape(shape)
 
     def measure_recall(self, queries, source: str = "given") -> RecallReport:
-        """Recall@1 of this index against exact search on ``queries`` [N, D]."""
-        return self._measure(self._query_rows(queries, "queries"), source)
+        """Recall@1 of this index against exact search on ``queries`` [N, D]. Queries without a
+        direction (zero, NaN or infinite) are left out: every search gives them the same answer."""
+        return self._measure(_directed(self._query_rows(queries, "queries")), source)
 
     def _query_rows(self, queries, name: str) -> torch.Tensor:
         """``queries`` [..., D] as an [N, D] matrix; any other last dimension is an error."""
@@ -363,8 +436,8 @@ class AnchorIndex:
     def _finish(self, block, units, values, ids) -> tuple[torch.Tensor, torch.Tensor]:
         """Map ids back to anchor rows and apply the exact op's conventions to the edge cases."""
         missing = ids < 0  # an approximate index found nothing for these rows
-        if self._nonzero_ids is not None:
-            ids = self._nonzero_ids[ids.clamp_min(0)]
+        if self._row_of is not None:
+            ids = self._row_of[ids.clamp_min(0)]
             if self._zero_anchor >= 0:  # a zero anchor has similarity 0 to every query
                 below = (values < 0) | ((values == 0) & (ids > self._zero_anchor))
                 values = torch.where(below, torch.zeros_like(values), values)
@@ -437,10 +510,18 @@ class AnchorIndex:
             return None, ""
         generator = torch.Generator().manual_seed(self.seed)
         if sample_queries is not None:
-            sample = self._query_rows(sample_queries, "sample_queries").float()
+            given = self._query_rows(sample_queries, "sample_queries")
+            sample = _directed(given)
+            if sample.shape[0] < given.shape[0]:
+                self.notes.append(f"{given.shape[0] - sample.shape[0]:,} sample queries without a direction (zero, NaN "
+                                  "or infinite) left out of tuning")
             if sample.shape[0] > limit:
                 sample = sample[torch.randperm(sample.shape[0], generator=generator)[:limit]]
-            return (sample, "given") if sample.shape[0] else (None, "")
+            if sample.shape[0]:
+                return sample, "given"
+            if given.shape[0] == 0:
+                return None, ""
+            self.notes.append("no sample query has a direction: tuned on perturbed anchors instead")
         rows = torch.randint(0, self.k, (limit,), generator=generator)
         noise = unit_rows(torch.randn(limit, self.dimension, generator=generator))
         return unit_rows(self._unit[rows] + noise), "perturbed anchors"
@@ -491,9 +572,11 @@ class AnchorIndex:
                 break
             failed, value = value, min(2 * value, limit)
         best, best_report = value, report
-        if not self._reaches(report):
+        if not self._reaches(report):  # the limit itself fell short: nothing below it can do better
             self.notes.append(f"{parameter}={value} (the most) did not show recall@1 >= {self.recall_target} "
                               f"on the {report.queries:,}-query sample")
+            self.report = report
+            return value
         while not failed and best > 1 and self._reaches(best_report):
             lower = best // 2
             report = self._try(parameter, lower, apply)

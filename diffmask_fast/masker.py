@@ -285,8 +285,9 @@ class DifferenceMasker(torch.nn.Module):
         return len(self.collator._cache)
 
     def coverage(self) -> dict:
-        """Words masked so far and how many of them the table did not know (they scored
-        ``unknown_score``). Reads device counters: synchronizes."""
+        """Words of the batches masked so far (every word drawn from, masked or not) and how
+        many of them the table did not know (they scored ``unknown_score``). Reads device
+        counters: synchronizes."""
         seen, missed = int(self.words_seen), int(self.words_missed)
         return {"words": seen, "missed": missed, "missed_fraction": missed / seen if seen else 0.0,
                 "known_words": len(self.collator._cache)}

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import bisect
 import contextlib
+import inspect
 import io
 import itertools
 import json
@@ -418,6 +419,33 @@ def _mean_similarity(word_vectors: torch.Tensor, mean_unit: torch.Tensor, simila
     return values, torch.full(values.shape, -1, dtype=torch.long)
 
 
+#: Index settings WordScorer sets itself.
+_SCORER_INDEX_SETTINGS = ("kind", "sample_queries", "seed", "progress")
+
+
+def _check_index_choice(index: str, index_options: dict | None, similarity: str) -> None:
+    """Refuse, before anything is embedded, an index choice ``AnchorIndex`` would refuse."""
+    from .index import AnchorIndex, check_index_options
+
+    options = dict(index_options or {})
+    taken = [name for name in _SCORER_INDEX_SETTINGS if name in options]
+    if taken:
+        raise ValueError(f"index_options cannot set {', '.join(taken)}: the scorer sets "
+                         f"{'it' if len(taken) == 1 else 'them'} (index= and seed= choose the kind and seed)")
+    known = set(inspect.signature(AnchorIndex).parameters) - {"anchors", *_SCORER_INDEX_SETTINGS}
+    unknown = sorted(set(options) - known)
+    if unknown:
+        raise ValueError(f"unknown index option(s) {', '.join(map(repr, unknown))}; expected some of "
+                         f"{', '.join(sorted(known))}")
+    whole = {name: value for name, value in options.items() if name not in ("recall_target", "spill", "engine",
+                                                                            "use_gpu")}
+    check_index_options(index, **{name: options[name] for name in ("recall_target", "spill", "engine")
+                                  if name in options}, **whole)
+    if similarity != "max" and (index != "auto" or options):
+        raise ValueError(f"index and index_options choose the nearest-anchor search of similarity 'max'; "
+                         f"similarity {similarity!r} compares each word with every anchor")
+
+
 def _anchor_words(anchors) -> list[str]:
     if isinstance(anchors, Anchors):
         return anchors.words
@@ -485,6 +513,7 @@ class WordScorer:
             raise ValueError(f"unknown similarity {similarity!r}; expected one of {', '.join(SIMILARITIES)}")
         if chunk_size < 1:
             raise ValueError(f"chunk_size must be positive, got {chunk_size}")
+        _check_index_choice(index, index_options, similarity)
         self.embedder = embedder
         self.similarity = similarity
         self.unknown_score = float(unknown_score)
@@ -523,6 +552,9 @@ class WordScorer:
             warnings.warn(f"the embedding model reads {len(misread)} anchor(s) as very common English words "
                           f"({shown}): those words and their neighbours will score as domain words; "
                           "leave such anchors out", DiffmaskWarning, stacklevel=2)
+        if self.anchor_vectors.shape[1] != embedder.dimension:
+            raise ValueError(f"the anchor vectors have {self.anchor_vectors.shape[1]} dimensions and the embedding "
+                             f"model's word vectors {embedder.dimension}: they come from different models")
         broken = ~torch.isfinite(self.anchor_vectors).all(dim=1)
         if bool(broken.any()):
             rows = torch.nonzero(broken).flatten().tolist()
@@ -530,7 +562,22 @@ class WordScorer:
             names = ", ".join(dict.fromkeys(repr(self.anchor_words[i]) for i in owners[:5]))
             raise ValueError(f"{len(rows):,} anchor vector(s) hold NaN or infinite values (anchors {names}): "
                              "the embedding model produced them")
+        self._drop_zero_anchors()
         self._mean_unit = _mean_unit(self.anchor_vectors) if similarity != "max" else None
+
+    def _drop_zero_anchors(self) -> None:
+        """Leave zero anchor vectors (words the model knows no piece of) out: similar to nothing,
+        they would otherwise be every word's nearest anchor at 0 where all cosines are negative,
+        and dilute the mean."""
+        nonzero = self.anchor_vectors.any(dim=1)
+        if bool(nonzero.all()):
+            return
+        if not bool(nonzero.any()):
+            raise ValueError("every anchor vector is zero (the model knows no piece of any anchor): no word can be "
+                             "compared with them")
+        rows = torch.nonzero(nonzero).squeeze(1)
+        self.vector_anchor = rows if self.vector_anchor is None else self.vector_anchor[rows]
+        self.anchor_vectors = self.anchor_vectors[rows]
 
     @classmethod
     def with_contextual_anchors(cls, embedder: WordEmbedder, anchors: Anchors | Sequence[str], texts: Iterable[str],
@@ -594,6 +641,7 @@ class WordScorer:
                     chunk_values, chunk_nearest = self.index.search(vectors)
                     if self.vector_anchor is not None:
                         chunk_nearest = self.vector_anchor[chunk_nearest]
+                    chunk_nearest[~vectors.any(dim=1)] = -1  # a zero vector is near no anchor
                     nearest[begin : begin + len(chunk)] = chunk_nearest.numpy()
                 else:
                     chunk_values, _ = _mean_similarity(vectors, self._mean_unit, self.similarity)
@@ -606,7 +654,7 @@ class WordScorer:
         info = {"model": str(model), "pooling": self.embedder.pooling, "similarity": self.similarity,
                 "dtype": getattr(self.embedder, "compute_dtype", "float32"),
                 "anchor_words": len(self.anchor_words), "anchor_vectors": int(self.anchor_vectors.shape[0]),
-                "contextual": self.vector_anchor is not None}
+                "contextual": self.contextual_anchors is not None}
         if self.embedder.pooling != "input_embeddings":  # the only pooling that never truncates a word
             info["max_length"] = getattr(self.embedder, "max_length", None)
         if self.index is not None:

@@ -484,6 +484,18 @@ def decode_words(tokenizer, words: Sequence[Sequence[int]]) -> list[str]:
     return [decode_word(tokenizer, ids) for ids in id_lists]
 
 
+#: Surrogate code points: a JSON escape of half an emoji ("\\ud83d") puts one in a str, and no
+#: tokenizer takes it.
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _tokenizable(text):
+    """``text`` with each surrogate code point read as U+FFFD, one for one (offsets keep)."""
+    if isinstance(text, str) and not text.isascii() and _SURROGATE.search(text):
+        return _SURROGATE.sub("\ufffd", text)
+    return text
+
+
 def tokenize_texts(tokenizer, texts: Sequence[str], **options):
     """``tokenizer(texts, **options)`` with the texts read as plain text.
 
@@ -492,13 +504,14 @@ def tokenize_texts(tokenizer, texts: Sequence[str], **options):
     word it would never be masked; so every place that tokenizes corpus text, terms or words
     goes through here with ``split_special_tokens``. The backend's own switch, which that
     option leaves set, is put back for callers that use the backend directly, as are its
-    truncation and padding, which ``truncation=True`` or ``padding=True`` leave set.
+    truncation and padding, which ``truncation=True`` or ``padding=True`` leave set. A lone
+    surrogate (broken text kept by JSON escapes) is read as U+FFFD, which tokenizers take.
     """
     backend = getattr(tokenizer, "backend_tokenizer", None) if getattr(tokenizer, "is_fast", False) else None
     before = getattr(backend, "encode_special_tokens", None)
     truncation, padding = getattr(backend, "truncation", None), getattr(backend, "padding", None)
     try:
-        return tokenizer(list(texts), split_special_tokens=True, **options)
+        return tokenizer([_tokenizable(text) for text in texts], split_special_tokens=True, **options)
     finally:
         if before is not None:
             backend.encode_special_tokens = before

@@ -431,8 +431,10 @@ def test_contextual_anchors_follow_the_case_of_saved_counts(tmp_path, monkeypatc
 
 def test_index_options_reach_the_anchor_index(tmp_path, capsys):
     corpus = tmp_path / "corpus.txt"
-    corpus.write_text("The enzyme binds the receptor in the membrane of the cell.\n"
-                      "Kinase inhibitors block the receptor and slow the enzyme.\n" * 20)
+    # Lines that differ, so that the anchors' occurrences give distinct vectors (copies of one
+    # vector are indexed once, and k-means needs about 39 per list).
+    corpus.write_text("".join(f"The enzyme binds the receptor in the membrane of cell {i}.\n"
+                              f"Kinase inhibitors block the receptor and slow the enzyme {i} times.\n" for i in range(40)))
     anchors = tmp_path / "anchors.json"
     assert main(["mine", str(corpus), "-k", "3", "--min-count", "1", "-o", str(anchors), "--no-progress"]) == 0
     common = ["score", str(corpus), "--anchors", str(anchors), "--contextual-anchors", "40", "--pooling", "mean",

@@ -3,6 +3,7 @@
 import math
 import os
 import random
+import re
 
 import numpy as np
 import pytest
@@ -307,3 +308,78 @@ def test_building_an_approximate_index_shows_its_steps(kind, generator, capsys):
     assert capsys.readouterr().err == ""  # searching shows nothing
     AnchorIndex(anchors, kind, sample_queries=clustered(300, 16, 100, generator))
     assert capsys.readouterr().err == ""
+
+
+@pytest.mark.parametrize("option, value, message", [
+    ("hnsw_m", 1, "hnsw_m must be at least 2, got 1"),  # FAISS's graph crashed the process with one link
+    ("nlist", 10.5, "nlist must be an integer, got 10.5"),
+    ("nprobe", True, "nprobe must be an integer, got True"),
+    ("ef_search", 2.5, "ef_search must be an integer, got 2.5"),
+    ("batch_size", 2.5, "batch_size must be an integer, got 2.5"),
+    ("kmeans_iterations", 0, "kmeans_iterations must be positive, got 0"),
+    ("recall_sample", -5, "recall_sample must be at least 0, got -5"),
+    ("seed", 2**63, "seed must be below 2**63 - 1"),
+    ("seed", -1, "seed must be at least 0, got -1"),
+])
+def test_whole_number_options_are_checked(option, value, message):
+    kind = {"hnsw_m": "hnsw", "ef_search": "hnsw", "nlist": "ivf", "nprobe": "ivf", "kmeans_iterations": "ivf"}
+    with pytest.raises(ValueError, match=re.escape(message)):
+        AnchorIndex(torch.randn(200, 6), kind.get(option, "ivf"), **{option: value})
+
+
+def test_a_recall_target_of_one_needs_an_exact_index(monkeypatch, generator):
+    """Sampling can show recall 1 only with no miss on n queries, which the rule n / (n + 1) >=
+    target never accepts at 1: tuning would have scanned every list (or the whole HNSW graph)."""
+    anchors = torch.randn(3000, 8, generator=generator)
+    for kind in ("ivf", "hnsw"):
+        with pytest.raises(ValueError, match=f"recall_target 1 cannot be shown by sampling: a '{kind}' index"):
+            AnchorIndex(anchors, kind, recall_target=1.0)
+    assert AnchorIndex(anchors, "ivf", recall_target=1.0, nprobe=4).params["nprobe"] == 4  # nothing to tune
+    monkeypatch.setattr(index_module, "IVF_MIN_ANCHORS", 2000)
+    assert AnchorIndex(anchors).kind == "ivf"
+    assert AnchorIndex(anchors, recall_target=1.0).kind == "exact"
+
+
+def test_tuning_stops_when_its_limit_falls_short(monkeypatch, generator):
+    anchors = clustered(6000, 32, 200, generator)
+    tried = []
+    original = AnchorIndex._try
+    monkeypatch.setattr(AnchorIndex, "_try", lambda self, name, value, apply: (
+        tried.append(value), original(self, name, value, apply))[1])
+    index = AnchorIndex(anchors, "ivf", sample_queries=clustered(30, 32, 200, generator), recall_target=0.99)
+    nlist = index.params["nlist"]
+    assert tried[-1] == nlist == index.params["nprobe"] and tried.count(nlist) == 1, tried  # no bisection after
+
+
+@pytest.mark.parametrize("kind", ["ivf", "hnsw"])
+def test_sample_queries_without_a_direction_certify_nothing(kind, generator):
+    """Zero, NaN and infinite rows get the same answer from any search: as sample queries they
+    would have shown recall 1 for an index that finds nothing (float64 rows beyond float32's
+    range became infinite when cast)."""
+    anchors = clustered(6000, 32, 200, generator)
+    queries = clustered(1500, 32, 200, generator).double()
+    tuned = AnchorIndex(anchors, kind, sample_queries=queries[:1000] * 1e300)
+    assert tuned.report.queries == 1000 and tuned.recall >= 0.99, tuned.describe()
+    assert tuned.measure_recall(queries[1000:]).recall >= 0.95
+    for hollow in (torch.zeros(200, 32), torch.full((200, 32), float("nan"))):
+        index = AnchorIndex(anchors, kind, sample_queries=hollow)
+        assert index.report.source == "perturbed anchors" and "no sample query has a direction" in index.describe()
+        assert index.measure_recall(hollow).queries == 0
+    mixed = torch.cat([queries[:300].float(), torch.zeros(50, 32)])
+    index = AnchorIndex(anchors, kind, sample_queries=mixed)
+    assert index.report.queries == 300 and "50 sample queries without a direction" in index.describe()
+
+
+@pytest.mark.parametrize("kind", ["flat", "ivf", "hnsw"])
+def test_copies_of_an_anchor_are_searched_once_and_ties_go_to_the_first(kind, generator):
+    """Contextual anchors of boilerplate repeat one vector many times: HNSW's graph tangled on the
+    copies (recall 0.57), and an index returned any copy where the exact op returns the first."""
+    distinct = torch.randn(60, 32, generator=generator)
+    anchors = distinct[torch.randint(0, 60, (6000,), generator=generator)]  # copies bit for bit
+    queries = torch.randn(2000, 32, generator=generator)
+    index = AnchorIndex(anchors, kind)
+    assert index.recall is None or index.recall >= 0.99, index.describe()
+    values, ids = index.search(queries)
+    expected_values, expected_ids = exact_search(queries, anchors)
+    assert (ids == expected_ids).float().mean() >= 0.99, index.describe()
+    torch.testing.assert_close(values, expected_values, atol=1e-5, rtol=0)

@@ -242,9 +242,16 @@ def test_anchors_the_model_has_never_seen(tiny_bert):
     table = scorer.score(["frataxin", "enzyme", unknown, "the"])
     assert table.score("frataxin") == pytest.approx(1.0, abs=1e-5)
     assert table.score(unknown) == 0.0, "a zero vector is similar to nothing"
-    vectors = embedder.embed(["enzyme", never_whole])
-    expected = max(reference.cosine(vectors[0].numpy(), vectors[1].numpy()), 0.0)
-    assert table.score("enzyme") == pytest.approx(expected, abs=1e-5)
+    assert table.nearest_anchor_of(unknown) is None, "and near no anchor"
+    for word in ("enzyme", "the"):  # the zero anchor matches no word: it neither lifts a score to 0 nor is nearest
+        vectors = embedder.embed([word, never_whole])
+        expected = reference.cosine(vectors[0].numpy(), vectors[1].numpy())
+        assert table.score(word) == pytest.approx(expected, abs=1e-5) and table.nearest_anchor_of(word) == never_whole
+    with pytest.warns(DiffmaskWarning, match="zero vector"):
+        mean = WordScorer(embedder, [unknown, never_whole], similarity="mean").score(["enzyme"])
+    assert mean.score("enzyme") == pytest.approx(table.score("enzyme"), abs=1e-5)  # not halved by the zero anchor
+    with pytest.warns(UserWarning, match="zero vector"), pytest.raises(ValueError, match="every anchor vector is zero"):
+        WordScorer(embedder, [unknown])
 
 
 def test_anchors_the_model_reads_as_common_words_are_named(tiny_bert):
@@ -621,6 +628,51 @@ def test_contextual_anchor_arguments_are_checked(tiny_bert):
     with pytest.raises(TypeError, match="texts must be an iterable of documents, got None"):
         contextual_anchor_vectors(embedder, None, ["receptor"])
     assert len(contextual_anchor_vectors(embedder, ["receptor binds"], ["receptor"], max_length=3, batch_size=1)) == 1
+
+
+def test_scorer_settings_are_checked_before_anything_is_embedded(tiny_bert):
+    model, tokenizer = tiny_bert
+    embedder = WordEmbedder(model, tokenizer, pooling="mean", progress=False)
+    contextual = ContextualAnchors(("receptor",), torch.randn(2, 16), torch.tensor([0, 0]))
+    for similarity in ("max", "mean", "centroid"):
+        with pytest.raises(ValueError, match="the anchor vectors have 16 dimensions and the embedding model's word "
+                                             "vectors 24: they come from different models"):
+            WordScorer(embedder, contextual, similarity=similarity)
+    cases = [({"index": "lsh"}, "unknown index kind 'lsh'"),
+             ({"index_options": {"kind": "ivf"}}, "index_options cannot set kind: the scorer sets it"),
+             ({"index_options": {"seed": 1, "progress": True}}, "index_options cannot set seed, progress"),
+             ({"index_options": {"nprobes": 4}}, "unknown index option(s) 'nprobes'"),
+             ({"index": "ivf", "index_options": {"nprobe": 0}}, "nprobe must be positive, got 0"),
+             ({"index": "hnsw", "similarity": "mean"}, "similarity 'mean' compares each word with every anchor")]
+    for options, message in cases:
+        with pytest.raises(ValueError, match=re.escape(message)):
+            WordScorer(embedder, ["receptor"], **options)
+
+
+def test_contextual_anchors_refuse_a_word_given_twice(tiny_bert):
+    """Occurrences and nearest anchors are per word: the second 'receptor' overwrote the first's
+    count of occurrences with 0."""
+    with pytest.raises(ValueError, match="anchor words must be distinct; 'receptor' is given twice"):
+        ContextualAnchors(("receptor", "receptor"), torch.randn(1, 4), torch.tensor([0]))
+    model, tokenizer = tiny_bert
+    embedder = WordEmbedder(model, tokenizer, pooling="mean", progress=False)
+
+    def no_texts():
+        raise AssertionError("read the texts before checking the anchors")
+        yield
+
+    with pytest.raises(ValueError, match="anchor words must be distinct; 'receptor' is given twice"):
+        contextual_anchor_vectors(embedder, no_texts(), ["receptor", "kinase", "receptor"])
+
+
+def test_contextual_anchors_read_texts_with_broken_characters(tiny_bert):
+    """A JSON escape of half an emoji leaves a lone surrogate in a text: the tokenizer refused the
+    whole batch with a TypeError naming no text."""
+    model, tokenizer = tiny_bert
+    embedder = WordEmbedder(model, tokenizer, pooling="mean", progress=False)
+    texts = ["the receptor \udc80 binds", "a receptor"]
+    found = contextual_anchor_vectors(embedder, texts, ["receptor"])
+    assert found.occurrences == {"receptor": 2}
 
 
 def test_contextual_anchors_refuse_ids_that_name_no_anchor():

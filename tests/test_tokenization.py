@@ -737,3 +737,19 @@ def test_sentencepiece_byte_fallback_whitespace_is_no_word():
     boundaries = word_boundaries(tokenizer)
     ids = tokenizer.convert_tokens_to_ids(["<0x0A>", "<0x09>", "\u2581\u2581", "<0xC2>", "<0xA0>", "inhibitors"])
     assert boundaries.never_word[ids].tolist() == [True, True, True, False, False, False]
+
+
+def test_texts_with_lone_surrogates_are_tokenized_with_the_replacement_character(named_tokenizer):
+    """A JSON escape of half an emoji ("\\ud83d") leaves a lone surrogate in a str; every tokenizer
+    refused the whole batch with a TypeError. It reads as U+FFFD, one character for one, so
+    offsets still point into the text as given."""
+    from diffmask_fast.tokenization import tokenize_texts
+    from diffmask_fast.vocabulary import tokenizer_word_types
+
+    _, tokenizer = named_tokenizer
+    broken, repaired = "the receptor \ud83d binds", "the receptor \ufffd binds"
+    assert tokenize_texts(tokenizer, [broken, "x"])["input_ids"] == tokenize_texts(tokenizer, [repaired, "x"])["input_ids"]
+    assert tokenizer_word_types(tokenizer, [broken]) == tokenizer_word_types(tokenizer, [repaired])
+    if getattr(tokenizer, "is_fast", False):
+        spans = tokenize_texts(tokenizer, [broken], return_offsets_mapping=True)["offset_mapping"][0]
+        assert spans == tokenize_texts(tokenizer, [repaired], return_offsets_mapping=True)["offset_mapping"][0]
