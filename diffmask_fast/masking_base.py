@@ -29,6 +29,8 @@ def distributed_rank(default: int = 0) -> int:
 
 
 def check_probability(name: str, value: float) -> None:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a number in [0, 1], got {value!r}")
     if not 0.0 <= value <= 1.0:  # also refuses NaN
         raise ValueError(f"{name} must be in [0, 1], got {value}")
 
@@ -158,6 +160,7 @@ class MaskingCollatorBase:
         self._generators: dict = {}
         self._sender_rank = 0  # see __getstate__
         self._resumed_at = 0  # see resume_at
+        self._pinned_seed: int | None = None  # see pin_generator
 
     def _word_boundaries(self) -> WordBoundaries:
         return word_boundaries(self.tokenizer, self.word_boundary)
@@ -172,14 +175,16 @@ class MaskingCollatorBase:
         return state
 
     def __setstate__(self, state: dict) -> None:
+        state.setdefault("_pinned_seed", None)  # pickled before pinning survived pickling
         self.__dict__.update(state)
 
     def __call__(self, examples: Sequence[Any]) -> dict:
         batch = self._pad(examples)
         never_word = batch.pop("special_tokens_mask") | ~batch["attention_mask"].bool()
         batch.update(self.mask_batch(batch["input_ids"], never_word))
-        if self.return_tensors == "np":
-            return {key: value.numpy() for key, value in batch.items()}
+        if self.return_tensors == "np":  # numpy has no bfloat16: such a field comes back as float32
+            return {key: (value.float() if value.dtype == torch.bfloat16 else value).numpy()
+                    for key, value in batch.items()}
         return batch
 
     def mask_batch(self, input_ids: torch.Tensor, never_word: torch.Tensor) -> dict:
@@ -193,7 +198,10 @@ class MaskingCollatorBase:
             raise ValueError(f"input_ids must be a [batch, length] matrix, got shape {tuple(input_ids.shape)}")
         vocabulary = self.boundaries.never_word.numel()
         if input_ids.numel() and (int(input_ids.min()) < 0 or int(input_ids.max()) >= vocabulary):
-            raise ValueError(f"input_ids hold ids outside the tokenizer's vocabulary [0, {vocabulary})")
+            grown = len(self.tokenizer) > vocabulary  # tokens added after the word tables were built
+            raise ValueError(f"input_ids hold ids outside the tokenizer's vocabulary [0, {vocabulary})"
+                             + (f"; the tokenizer has grown to {len(self.tokenizer)} tokens since this collator "
+                                "was built: build it again after adding tokens" if grown else ""))
         special = self.boundaries.never_word[input_ids]
         return input_ids, (special if never_word is None else (never_word.bool() | special))
 
@@ -204,12 +212,16 @@ class MaskingCollatorBase:
         else from the global torch RNG, so that each epoch's workers draw new masks; runs with
         workers repeat only when that is seeded too (``torch.manual_seed``, as ``set_seed`` and
         ``Trainer`` do, or ``DataLoader(generator=torch.Generator().manual_seed(s))``).
+        After ``pin_generator(s)`` every process starts from ``s`` alone.
 
         Without a seed the global torch RNG is used, which DataLoader already seeds per worker.
         """
         context = _stream_context(self._sender_rank)
         generator = self._generators.get(context)
-        if generator is None and self.seed is not None:
+        if generator is None and self._pinned_seed is not None:
+            generator = torch.Generator().manual_seed(self._pinned_seed)
+            self._generators[context] = generator
+        elif generator is None and self.seed is not None:
             _, rank, worker, seed_of_worker = context
             words = [self.seed, rank + 1, worker + 1] + ([seed_of_worker % 2**64] if worker >= 0 else [])
             words += [self._resumed_at] if self._resumed_at else []
@@ -220,14 +232,17 @@ class MaskingCollatorBase:
 
     def resume_at(self, step: int, calls_per_step: int = 1, calls_made: int | None = None) -> None:
         """Draw new streams in a run resumed at optimizer ``step`` (``MaskingTrainer`` calls
-        this): a seeded stream would otherwise start over and replay the first steps' draws."""
+        this): a seeded stream would otherwise start over and replay the first steps' draws.
+        A pinned stream stays pinned."""
         self._resumed_at = int(step)
         self._generators = {}
 
-    def pin_generator(self, seed: int) -> None:
-        """Draw this process's masks from ``seed`` alone, the same in every rank and worker
-        (for masking a validation set identically everywhere)."""
-        self._generators[_stream_context(self._sender_rank)] = torch.Generator().manual_seed(int(seed))
+    def pin_generator(self, seed: int | None) -> None:
+        """Draw masks from ``seed`` alone, the same in every rank and DataLoader worker (for
+        masking a validation set identically everywhere): each process, and each worker the
+        collator is sent to, starts a stream from ``seed``. ``None`` unpins."""
+        self._pinned_seed = check_seed(seed)
+        self._generators = {}
 
     def _draw_seed(self) -> int:
         """A 64-bit seed for a compiled op, from this process's generator."""
@@ -389,6 +404,8 @@ def _stacked_extra(values: list, field_name: str, return_tensors: str = "pt") ->
     give them, rather than numpy's float64, which would carry into the loss."""
     keep_or_remove = ("; the collator keeps other fields only as numbers or equal-shape arrays that "
                       "stack into one tensor, so remove it (e.g. dataset.remove_columns) before collating")
+    if all(isinstance(value, torch.Tensor) for value in values):  # bfloat16 has no numpy dtype
+        return _stacked_tensors(values, field_name, keep_or_remove)
     try:
         array = np.asarray(values)
     except ValueError:
@@ -402,3 +419,14 @@ def _stacked_extra(values: list, field_name: str, return_tensors: str = "pt") ->
             and not any(isinstance(value, (np.ndarray, np.generic, torch.Tensor)) for value in values):
         tensor = tensor.to(torch.get_default_dtype())
     return tensor
+
+
+def _stacked_tensors(values: list[torch.Tensor], field_name: str, keep_or_remove: str) -> torch.Tensor:
+    """Tensors of one shape and kind stacked on the CPU, their dtype kept."""
+    shapes = {tuple(value.shape) for value in values}
+    if len(shapes) > 1:
+        raise ValueError(f"field {field_name!r} has a different shape in some examples{keep_or_remove}")
+    odd = next((i for i, value in enumerate(values) if value.is_complex()), None)
+    if odd is not None:
+        raise TypeError(f"field {field_name!r} of example {odd} holds {values[odd].dtype} values{keep_or_remove}")
+    return torch.stack([value.detach().cpu() for value in values])

@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 from dataclasses import dataclass
-from typing import Any, Iterator, Sequence
+from typing import Any, Iterator, Mapping, Sequence
 
 import torch
 
@@ -57,8 +57,10 @@ class MaskingStrategy:
     def mask_examples(self, examples: Sequence[dict], *, model: torch.nn.Module | None = None,
                       seed: int = 0, batch_size: int = 64) -> list[dict]:
         """Each example masked once (reproducibly for ``seed``): dicts with ``input_ids``,
-        ``attention_mask`` and ``labels`` of the example's own length. Loss weights are left out,
-        so a validation loss is the plain masked-LM loss whatever the strategy."""
+        ``attention_mask`` and ``labels`` of the example's own length, and ``token_type_ids``
+        where the examples have them. An example's own ``attention_mask`` and
+        ``special_tokens_mask`` are kept: its padding is never masked. Loss weights are left
+        out, so a validation loss is the plain masked-LM loss whatever the strategy."""
         if self.collator is not None:
             return self._mask_with_collator(examples, seed, batch_size)
         return self._mask_with_masker(examples, model, seed, batch_size)
@@ -68,9 +70,9 @@ class MaskingStrategy:
         collator.pin_generator(seed)  # the same masks in every distributed rank
         masked: list[dict] = []
         for examples_chunk in _chunks(examples, batch_size):
-            chunk = [{"input_ids": list(e["input_ids"])} for e in examples_chunk]
+            chunk = [_token_fields(example) for example in examples_chunk]
             batch = collator(chunk)
-            masked.extend(_unpad(batch["input_ids"], batch["labels"], chunk, collator.tokenizer.padding_side))
+            masked.extend(_unpad(batch, chunk, collator.tokenizer.padding_side))
         return masked
 
     def _mask_with_masker(self, examples, model, seed, batch_size) -> list[dict]:
@@ -86,12 +88,33 @@ class MaskingStrategy:
         with pinned:
             device = next((b.device for b in masker.buffers()), torch.device("cpu"))
             for examples_chunk in _chunks(examples, batch_size):
-                chunk = [list(e["input_ids"]) for e in examples_chunk]
-                ids, attention = _pad_right(chunk, tokenizer.pad_token_id)
+                chunk = [_token_fields(example) for example in examples_chunk]
+                batch = _pad_right(chunk, tokenizer.pad_token_id)
+                special = batch.get("special_tokens_mask")
                 with torch.no_grad():
-                    masked_ids, labels = masker(ids.to(device), attention.to(device), None, **extra)
-                masked.extend(_unpad(masked_ids.cpu(), labels.cpu(), [{"input_ids": c} for c in chunk], "right"))
+                    masked_ids, labels = masker(batch["input_ids"].to(device), batch["attention_mask"].to(device),
+                                                None if special is None else special.to(device), **extra)
+                batch.update(input_ids=masked_ids.cpu(), labels=labels.cpu())
+                masked.extend(_unpad(batch, chunk, "right"))
         return masked
+
+
+#: The fields of an example that ``mask_examples`` reads, padded alongside input_ids.
+_TOKEN_FIELDS = ("input_ids", "attention_mask", "special_tokens_mask", "token_type_ids")
+
+
+def _token_fields(example) -> dict:
+    """An example's token-level fields as lists (a bare sequence of ids is its input_ids)."""
+    if not isinstance(example, Mapping):
+        return {"input_ids": list(example)}
+    if "input_ids" not in example:
+        raise ValueError(f"every example needs an 'input_ids' field; one has {', '.join(map(repr, example)) or 'none'}")
+    fields = {name: list(example[name]) for name in _TOKEN_FIELDS if name in example}
+    for name, values in fields.items():
+        if len(values) != len(fields["input_ids"]):
+            raise ValueError(f"an example's {name!r} has {len(values)} items but its input_ids has "
+                             f"{len(fields['input_ids'])}")
+    return fields
 
 
 def _chunks(examples: Sequence[dict], size: int) -> Iterator[list[dict]]:
@@ -113,23 +136,38 @@ def _restoring_buffers(module: torch.nn.Module):
                 buffer.copy_(saved[name])
 
 
-def _pad_right(sequences: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    length = max(len(s) for s in sequences)
-    ids = torch.full((len(sequences), length), int(pad_id), dtype=torch.long)
-    attention = torch.zeros((len(sequences), length), dtype=torch.long)
-    for row, s in enumerate(sequences):
-        ids[row, : len(s)] = torch.tensor(s, dtype=torch.long)
-        attention[row, : len(s)] = 1
-    return ids, attention
+def _pad_right(chunk: list[dict], pad_id: int) -> dict:
+    """The chunk's token fields padded on the right into [B, L] tensors (attention_mask made
+    from the lengths where the examples have none)."""
+    length = max(len(example["input_ids"]) for example in chunk)
+    fills = {"input_ids": int(pad_id), "attention_mask": 0, "special_tokens_mask": 1, "token_type_ids": 0}
+    names = [name for name in _TOKEN_FIELDS if name in chunk[0]]
+    missing = next((name for name in names for example in chunk if name not in example), None)
+    if missing is not None:
+        raise ValueError(f"field {missing!r} is in the first example of a chunk but not in all of them")
+    batch = {name: torch.full((len(chunk), length), fills[name], dtype=torch.long) for name in names}
+    if "attention_mask" not in batch:
+        batch["attention_mask"] = torch.zeros((len(chunk), length), dtype=torch.long)
+    for row, example in enumerate(chunk):
+        n = len(example["input_ids"])
+        for name in names:
+            batch[name][row, :n] = torch.tensor(example[name], dtype=torch.long)
+        if "attention_mask" not in example:
+            batch["attention_mask"][row, :n] = 1
+    if "special_tokens_mask" in batch:
+        batch["special_tokens_mask"] = batch["special_tokens_mask"].bool()
+    return batch
 
 
-def _unpad(masked_ids: torch.Tensor, labels: torch.Tensor, chunk: list[dict], padding_side: str) -> list[dict]:
+def _unpad(batch: dict, chunk: list[dict], padding_side: str) -> list[dict]:
+    """Each example's rows of the masked batch, cut back to its own length."""
+    kept = ["input_ids", "attention_mask", "labels"] + (["token_type_ids"] if "token_type_ids" in batch else [])
+    width = batch["input_ids"].shape[1]
     rows = []
     for row, example in enumerate(chunk):
         n = len(example["input_ids"])
-        span = slice(masked_ids.shape[1] - n, None) if padding_side == "left" else slice(0, n)
-        rows.append({"input_ids": masked_ids[row, span].tolist(), "attention_mask": [1] * n,
-                     "labels": labels[row, span].tolist()})
+        span = slice(width - n, None) if padding_side == "left" else slice(0, n)
+        rows.append({name: batch[name][row, span].tolist() for name in kept})
     return rows
 
 

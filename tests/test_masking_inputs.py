@@ -3,6 +3,7 @@ and clear errors for the rest (never a failure inside a DataLoader worker on the
 
 from __future__ import annotations
 
+import pickle
 import random
 
 import numpy as np
@@ -106,7 +107,8 @@ def test_a_validation_set_given_as_a_dataset_is_masked(strategy, bert_wordpiece)
     options = {"scores": ScoreTable.from_mapping(SCORES)} if strategy == "difference" else {}
     built = build_strategy(strategy, bert_wordpiece, seed=0, mask_on="workers", **options)
     from_dataset = built.mask_examples(dataset, batch_size=4)
-    from_list = built.mask_examples([{"input_ids": ids} for ids in encoded["input_ids"]], batch_size=4)
+    from_list = built.mask_examples([{name: encoded[name][i] for name in encoded} for i in range(len(dataset))],
+                                    batch_size=4)
     assert len(from_dataset) == len(TEXTS) * 3
     for a, b in zip(from_dataset, from_list):
         assert a.keys() == b.keys() and all(torch.equal(torch.as_tensor(a[k]), torch.as_tensor(b[k])) for k in a)
@@ -180,3 +182,79 @@ def test_a_unigram_tokenizer_without_word_marks_is_not_taken_for_sentencepiece()
     with_marks = PreTrainedTokenizerFast(tokenizer_object=backend, pad_token="[PAD]", unk_token="[UNK]",
                                          mask_token="[MASK]")
     assert detect_word_boundary_scheme(with_marks) == "sentencepiece"
+
+
+@pytest.mark.parametrize("strategy", ["random-word", "difference", "terms", "device"])
+@pytest.mark.parametrize("padding_side", ["right", "left"])
+def test_a_validation_set_keeps_its_examples_padding_and_token_types(strategy, padding_side, bert_wordpiece):
+    tokenizer = bert_wordpiece
+    saved_side, tokenizer.padding_side = tokenizer.padding_side, padding_side
+    try:
+        length = random.randrange(16, 24)
+        texts = random.sample(TEXTS, 2)
+        encoded = tokenizer(texts, ["the enzyme"] * len(texts), padding="max_length", truncation=True,
+                            max_length=length)
+    finally:
+        tokenizer.padding_side = saved_side
+    examples = [{name: encoded[name][i] for name in encoded} for i in range(len(texts))]
+    for example in examples:  # this tokenizer gives none
+        second = random.randrange(length)
+        example["token_type_ids"] = [0] * second + [1] * (length - second)
+    options = {"terms": ["enzyme"]} if strategy == "terms" else {"scores": ScoreTable.from_mapping(SCORES)}
+    name, mask_on = ("difference", "device") if strategy == "device" else (strategy, "workers")
+    built = build_strategy(name, tokenizer, mlm_probability=1.0, seed=0, mask_on=mask_on, **options)
+    for example, masked in zip(examples, built.mask_examples(examples, seed=random.randrange(100))):
+        attention = torch.tensor(example["attention_mask"])
+        assert masked["attention_mask"] == example["attention_mask"], "the example's padding is kept"
+        assert masked["token_type_ids"] == example["token_type_ids"]
+        assert len(masked["input_ids"]) == length
+        labels = torch.tensor(masked["labels"])
+        assert (labels[attention == 0] == -100).all(), "padding is never masked"
+        special = torch.tensor(tokenizer.get_special_tokens_mask(example["input_ids"], already_has_special_tokens=True))
+        assert ((labels != -100) == ((attention == 1) & (special == 0))).all(), "p = 1 masks every real word"
+
+
+@pytest.mark.parametrize("own_seed", [None, 11])
+def test_a_pinned_collator_draws_the_same_after_pickling_and_in_workers(own_seed, bert_wordpiece):
+    examples = [bert_wordpiece(text) for text in TEXTS * 2]
+    collator = DifferenceMaskingCollator(bert_wordpiece, SCORES, mlm_probability=0.5, seed=own_seed)
+    pinned = random.randrange(2**62)
+    collator.pin_generator(pinned)
+    here = collator(examples)["labels"]
+    collator.pin_generator(pinned)  # starts the stream again
+    assert torch.equal(collator(examples)["labels"], here)
+    assert torch.equal(pickle.loads(pickle.dumps(collator))(examples)["labels"], here), "pinning survives pickling"
+    loader = torch.utils.data.DataLoader([examples], batch_size=None, num_workers=1, collate_fn=collator)
+    assert torch.equal(next(iter(loader))["labels"], here), "a worker draws from the pinned seed too"
+    collator.pin_generator(None)
+    if own_seed is not None:
+        unpinned = DifferenceMaskingCollator(bert_wordpiece, SCORES, mlm_probability=0.5, seed=own_seed)(examples)
+        assert torch.equal(collator(examples)["labels"], unpinned["labels"]), "unpinned: the collator's own seed"
+
+
+def test_tensor_fields_of_any_dtype_stack_with_the_field_named(bert_wordpiece):
+    examples = [{**bert_wordpiece(text), "weight": torch.tensor([0.5, 1.0 + i], dtype=torch.bfloat16)}
+                for i, text in enumerate(TEXTS)]
+    batch = DifferenceMaskingCollator(bert_wordpiece, SCORES)(examples)
+    assert batch["weight"].dtype == torch.bfloat16 and batch["weight"][:, 1].tolist() == [1.0, 2.0, 3.0]
+    as_numpy = DifferenceMaskingCollator(bert_wordpiece, SCORES, return_tensors="np")(examples)
+    assert as_numpy["weight"].dtype == np.float32 and as_numpy["weight"][:, 1].tolist() == [1.0, 2.0, 3.0]
+    examples[1]["weight"] = torch.zeros(3, dtype=torch.bfloat16)
+    with pytest.raises(ValueError, match="field 'weight' has a different shape"):
+        DifferenceMaskingCollator(bert_wordpiece, SCORES)(examples)
+
+
+@pytest.mark.parametrize("bad", [None, "0.15", True])
+def test_a_masking_rate_that_is_no_number_is_named(bad, bert_wordpiece):
+    with pytest.raises(TypeError, match="mlm_probability must be a number in \\[0, 1\\]"):
+        DifferenceMaskingCollator(bert_wordpiece, SCORES, mlm_probability=bad)
+
+
+def test_tokens_added_after_the_collator_was_built_say_to_build_it_again():
+    from tokenizers_offline import bert_wordpiece
+
+    tokenizer = bert_wordpiece()
+    collator = RandomWordCollator(tokenizer, seed=0)
+    tokenizer.add_tokens(["enzymology"])
+    with pytest.raises(ValueError, match="grown to 1501 tokens since this collator was built"):
+        collator([tokenizer("enzymology binds")])
