@@ -17,6 +17,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 import torch
+from transformers import BatchEncoding
 
 from .tokenization import WordBoundaries, word_boundaries
 
@@ -178,14 +179,16 @@ class MaskingCollatorBase:
         state.setdefault("_pinned_seed", None)  # pickled before pinning survived pickling
         self.__dict__.update(state)
 
-    def __call__(self, examples: Sequence[Any]) -> dict:
+    def __call__(self, examples: Sequence[Any]) -> BatchEncoding:
+        """The examples padded and masked, as a ``BatchEncoding`` (a mapping with ``.to(device)``),
+        as transformers' collators return them."""
         batch = self._pad(examples)
         never_word = batch.pop("special_tokens_mask") | ~batch["attention_mask"].bool()
         batch.update(self.mask_batch(batch["input_ids"], never_word))
         if self.return_tensors == "np":  # numpy has no bfloat16: such a field comes back as float32
-            return {key: (value.float() if value.dtype == torch.bfloat16 else value).numpy()
-                    for key, value in batch.items()}
-        return batch
+            batch = {key: (value.float() if value.dtype == torch.bfloat16 else value).numpy()
+                     for key, value in batch.items()}
+        return BatchEncoding(batch)
 
     def mask_batch(self, input_ids: torch.Tensor, never_word: torch.Tensor) -> dict:
         raise NotImplementedError

@@ -258,3 +258,11 @@ def test_tokens_added_after_the_collator_was_built_say_to_build_it_again():
     tokenizer.add_tokens(["enzymology"])
     with pytest.raises(ValueError, match="grown to 1501 tokens since this collator was built"):
         collator([tokenizer("enzymology binds")])
+
+
+@pytest.mark.parametrize("kind", COLLATORS)
+def test_batches_move_to_a_device_as_transformers_batches_do(kind, bert_wordpiece):
+    batch = collator_of(kind, bert_wordpiece, random.randrange(100))([bert_wordpiece(text) for text in TEXTS])
+    moved = batch.to("meta")  # as a training loop moves a BatchEncoding to its GPU
+    assert set(moved) == set(batch) and all(value.device.type == "meta" for value in moved.values())
+    assert dict(batch).keys() == batch.keys() and "labels" in batch
