@@ -11,6 +11,14 @@ def refuse_one_string(value: object, name: str, expected: str) -> None:
                         "read character by character; wrap it in a list)")
 
 
+def word_list(words, name: str, expected: str) -> list[str]:
+    """``words`` as a list of str, refusing one string; a set is sorted, so that anchor ids (the
+    order of the words) do not change with Python's hash seed from run to run."""
+    refuse_one_string(words, name, expected)
+    listed = [str(word) for word in words]
+    return sorted(listed) if isinstance(words, (set, frozenset)) else listed
+
+
 def first_unnormalized(words, lowercase: bool) -> tuple[str, str] | None:
     """The first word that is not its own normalized form (``reference.normalize_word``) with
     that form, or None. Tables keyed by normalized words look up ``normalize_word(w)``, so a key

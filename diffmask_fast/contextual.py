@@ -32,7 +32,7 @@ import torch
 from tqdm.auto import tqdm
 
 from . import reference
-from ._checks import refuse_one_string
+from ._checks import refuse_one_string, word_list
 from .advice import DiffmaskWarning
 from .embedding import has_lone_surrogate
 from .hf_loading import check_max_length, eval_mode, longest_input, model_name
@@ -228,9 +228,8 @@ def contextual_anchor_vectors(embedder, texts: Iterable[str], anchor_words: Sequ
         _check_at_least("max_length", max_length, 3, " (two special tokens and a piece)")
     if texts is None:
         raise TypeError("texts must be an iterable of documents, got None")
-    refuse_one_string(anchor_words, "anchor_words", "a list of words")
     refuse_one_string(texts, "texts", "an iterable of documents")
-    words = tuple(str(w) for w in anchor_words)
+    words = tuple(word_list(anchor_words, "anchor_words", "a list of words"))
     if not words:
         raise ValueError("contextual anchors need at least one anchor word")
     repeated = _first_repeated(words)

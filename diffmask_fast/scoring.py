@@ -29,7 +29,7 @@ import torch
 from tqdm.auto import tqdm
 
 from . import reference
-from ._checks import first_unnormalized, refuse_one_string
+from ._checks import first_unnormalized, refuse_one_string, word_list
 from ._io import atomic_write_bytes, atomic_write_json, read_json
 from .advice import DiffmaskWarning
 from .anchors import Anchors
@@ -446,11 +446,23 @@ def _check_index_choice(index: str, index_options: dict | None, similarity: str)
                          f"similarity {similarity!r} compares each word with every anchor")
 
 
+def _as_float32_vectors(vectors: torch.Tensor) -> torch.Tensor:
+    """Contextual anchor vectors in float32, the type scoring computes in; finite values beyond
+    its range are refused here rather than reported later as infinities the model produced."""
+    if not vectors.is_floating_point():
+        raise ValueError(f"contextual anchor vectors must be floating point, got {vectors.dtype}")
+    finite = vectors[torch.isfinite(vectors)]
+    largest = float(finite.abs().max()) if finite.numel() else 0.0
+    if largest > torch.finfo(torch.float32).max:
+        raise ValueError(f"contextual anchor vectors hold values beyond float32's range (largest magnitude "
+                         f"{largest:.3g}); scale them down, which leaves their cosine similarities as they are")
+    return vectors.float()
+
+
 def _anchor_words(anchors) -> list[str]:
     if isinstance(anchors, Anchors):
         return anchors.words
-    refuse_one_string(anchors, "anchors", "an Anchors result or a list of words")
-    return [str(a) for a in anchors]
+    return word_list(anchors, "anchors", "an Anchors result or a list of words")
 
 
 def _encodable(keys: list[str]) -> list[str]:
@@ -528,7 +540,7 @@ class WordScorer:
             if len(anchors) == 0:
                 raise ValueError("WordScorer needs at least one anchor vector (K=0 given)")
             self.anchor_words = anchors.words
-            self.anchor_vectors = anchors.vectors.float()
+            self.anchor_vectors = _as_float32_vectors(anchors.vectors)
             self.vector_anchor = anchors.anchor_ids.long()
             if embedder.pooling != "mean":
                 warnings.warn(f"contextual anchors are means of sub-token hidden states; word vectors made with "

@@ -903,3 +903,29 @@ def test_a_max_length_the_model_cannot_take_is_refused_when_the_embedder_is_made
         WordEmbedder(model, tokenizer, max_length=2, progress=False)
     short = WordEmbedder(model, tokenizer, pooling="input_embeddings", max_length=1, progress=False)
     assert short.embed(["enzyme"]).shape == (1, 24)
+
+
+def test_a_set_of_anchor_words_is_taken_in_sorted_order(tiny_bert):
+    """A set's order follows Python's hash seed: anchor ids (nearest anchors, contextual
+    occurrences) changed from run to run."""
+    model, tokenizer = tiny_bert
+    embedder = WordEmbedder(model, tokenizer, pooling="mean", progress=False)
+    words = random.sample(["receptor", "kinase", "enzyme", "ligand"], 4)
+    assert WordScorer(embedder, set(words)).anchor_words == tuple(sorted(words))
+    assert WordScorer(embedder, words).anchor_words == tuple(words), "a list keeps its order"
+    found = contextual_anchor_vectors(embedder, ["the kinase binds the receptor"], frozenset(words))
+    assert found.words == tuple(sorted(words))
+
+
+def test_contextual_vectors_beyond_float32_are_refused_by_name(tiny_bert):
+    model, tokenizer = tiny_bert
+    embedder = WordEmbedder(model, tokenizer, pooling="mean", progress=False)
+    vectors = torch.randn(3, embedder.dimension, dtype=torch.float64)
+    vectors[1, 0] = 1e300
+    with pytest.raises(ValueError, match="beyond float32's range .*1e\\+300.*scale them down"):
+        WordScorer(embedder, ContextualAnchors(("a", "b"), vectors, torch.tensor([0, 1, 1])))
+    with pytest.raises(ValueError, match="must be floating point"):
+        WordScorer(embedder, ContextualAnchors(("a", "b"), torch.ones(3, embedder.dimension, dtype=torch.long),
+                                               torch.tensor([0, 1, 1])))
+    scaled = WordScorer(embedder, ContextualAnchors(("a", "b"), vectors / 1e290, torch.tensor([0, 1, 1])))
+    assert scaled.anchor_vectors.dtype == torch.float32 and bool(torch.isfinite(scaled.anchor_vectors).all())
