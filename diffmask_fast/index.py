@@ -97,6 +97,11 @@ def _check_whole(name: str, value) -> None:
         raise ValueError(f"seed must be below 2**63 - 1, got {value}")
 
 
+#: Query-list pairs one batched IVF scan holds at once (about 40 bytes each): a block of
+#: queries probing many lists is scanned in parts.
+IVF_SCAN_PAIRS = 2**22
+
+
 def check_index_options(kind: str = "auto", *, recall_target: float = 0.99, spill: int = 1,
                         engine: str | None = None, **counts: int | None) -> None:
     """Raise ValueError for options ``AnchorIndex`` refuses. ``counts`` are the whole-number
@@ -424,7 +429,10 @@ class AnchorIndex:
             return exact_search(block, self._anchors)
         units = unit_rows(block)
         if self.kind == "ivf" and self.params.get("engine") == "batched":
-            values, ids = self._ivf_batched(units, self.params["nprobe"])
+            nprobe = self.params["nprobe"]
+            rows = max(1, IVF_SCAN_PAIRS // min(nprobe, self._nlist))  # memory grows with rows x nprobe
+            parts = [self._ivf_batched(part, nprobe) for part in units.split(rows)]
+            values, ids = torch.cat([part[0] for part in parts]), torch.cat([part[1] for part in parts])
         else:
             values, ids = self._faiss_search(units)
         return self._finish(block, units, values, ids)

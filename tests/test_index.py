@@ -383,3 +383,21 @@ def test_copies_of_an_anchor_are_searched_once_and_ties_go_to_the_first(kind, ge
     expected_values, expected_ids = exact_search(queries, anchors)
     assert (ids == expected_ids).float().mean() >= 0.99, index.describe()
     torch.testing.assert_close(values, expected_values, atol=1e-5, rtol=0)
+
+
+def test_a_batched_ivf_scan_in_parts_finds_what_one_scan_finds(generator, monkeypatch):
+    """A block probing many lists is scanned in parts (its memory grows with queries x nprobe)."""
+    anchors = clustered(3000, 16, 60, generator)
+    queries = torch.randn(random.randrange(200, 400), 16, generator=generator)
+    index = AnchorIndex(anchors, "ivf", nlist=random.randrange(8, 40), nprobe=random.randrange(2, 8), spill=2)
+    whole = index.search(queries)
+    scans = []
+    original = AnchorIndex._ivf_batched
+    monkeypatch.setattr(AnchorIndex, "_ivf_batched", lambda self, units, nprobe: scans.append(len(units))
+                        or original(self, units, nprobe))
+    monkeypatch.setattr(index_module, "IVF_SCAN_PAIRS", 7 * index.params["nprobe"])
+    parts = index.search(queries)
+    assert max(scans) == 7 and sum(scans) == len(queries)
+    assert torch.allclose(parts[0], whole[0], atol=1e-6), "the same lists scanned: products differ in rounding only"
+    chosen = torch.nn.functional.cosine_similarity(queries.double(), anchors[parts[1]].double(), dim=1)
+    assert torch.allclose(chosen.float(), whole[0], atol=1e-5) and (parts[1] == whole[1]).float().mean() > 0.95
