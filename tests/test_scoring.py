@@ -913,7 +913,8 @@ def test_a_set_of_anchor_words_is_taken_in_sorted_order(tiny_bert):
     words = random.sample(["receptor", "kinase", "enzyme", "ligand"], 4)
     assert WordScorer(embedder, set(words)).anchor_words == tuple(sorted(words))
     assert WordScorer(embedder, words).anchor_words == tuple(words), "a list keeps its order"
-    found = contextual_anchor_vectors(embedder, ["the kinase binds the receptor"], frozenset(words))
+    found = contextual_anchor_vectors(embedder, ["the kinase binds the receptor of an enzyme and a ligand"],
+                                      frozenset(words))
     assert found.words == tuple(sorted(words))
 
 
