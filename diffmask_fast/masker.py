@@ -117,10 +117,12 @@ class DifferenceMasker(torch.nn.Module):
     random draws and score look-ups are those of ``DifferenceMaskingCollator`` (given the seed of
     one of the collator's steps in ``seed_state``, the output is identical; the two advance their
     seeds differently, so they do not draw the same masks step after step). The word tables and
-    the score table are buffers, so ``masker.to(device)`` moves them; each call uses the seed in
-    the ``seed_state`` buffer and then adds one to it in place, so steps draw fresh masks without
-    a host round trip and a given ``seed`` reproduces a run (per distributed rank, as the
-    collator's seed).
+    the score table are buffers, so ``masker.to(device)`` moves them (a cast such as
+    ``model.half()`` leaves the score table float32); each call uses the seed in the
+    ``seed_state`` buffer and then adds one to it in place, so steps draw fresh masks without a
+    host round trip and a given ``seed`` reproduces a run (per distributed rank, as the
+    collator's seed). The state dict holds the calls made (``calls_made``) and the coverage
+    counters, not the seed: loaded in any rank, it carries on that rank's own stream.
 
     ``forward(input_ids [B, L], attention_mask=None, special_tokens_mask=None)``: padding
     (attention_mask 0), special tokens and ids outside the vocabulary are never masked.
@@ -158,7 +160,9 @@ class DifferenceMasker(torch.nn.Module):
         # every rank: the rank is mixed in either way.
         self._root_seed = int(seed) if seed is not None else int(torch.randint(0, 2**62, ()))
         self._rank = distributed_rank()
-        self.register_buffer("seed_state", torch.tensor([_base_seed(self._root_seed, self._rank)], dtype=torch.int64))
+        self.register_buffer("seed_state", torch.tensor([_base_seed(self._root_seed, self._rank)], dtype=torch.int64),
+                             persistent=False)
+        self.register_buffer("calls_made", torch.zeros(1, dtype=torch.int64))
         self.register_buffer("words_seen", torch.zeros((), dtype=torch.int64))
         self.register_buffer("words_missed", torch.zeros((), dtype=torch.int64))
         self._weighting_code = ops.WEIGHTINGS[weighting]
@@ -204,14 +208,33 @@ class DifferenceMasker(torch.nn.Module):
         steps already drawn counted."""
         rank = distributed_rank(self._rank)
         if rank != self._rank:
-            self.seed_state.add_(_base_seed(self._root_seed, rank) - _base_seed(self._root_seed, self._rank))
             self._rank = rank
+            self._reseed()
 
     def resume_at(self, step: int, calls_per_step: int = 1, calls_made: int | None = None) -> None:
         """Carry on from optimizer ``step`` of a resumed run (``MaskingTrainer`` calls this): the
-        seed moves on by the calls made before (``calls_made``; ``step * calls_per_step`` when not
-        given), so the masks are those of the run uninterrupted."""
-        self.seed_state.add_(int(step) * int(calls_per_step) if calls_made is None else int(calls_made))
+        calls made before (``calls_made``; ``step * calls_per_step`` when not given) are taken as
+        made, whatever this masker counted or loaded, so the masks are those of the run
+        uninterrupted."""
+        self.calls_made.fill_(int(step) * int(calls_per_step) if calls_made is None else int(calls_made))
+        self._reseed()
+
+    def _reseed(self) -> None:
+        """``seed_state`` from the root seed, this rank and the calls made (no host round trip)."""
+        self.seed_state.copy_(self.calls_made + _base_seed(self._root_seed, self._rank))
+
+    def _load_from_state_dict(self, state_dict, prefix, *args) -> None:
+        super()._load_from_state_dict(state_dict, prefix, *args)
+        self._reseed()  # the loaded calls, in this rank's stream
+
+    def _apply(self, fn, recurse: bool = True):
+        """Moves reach every buffer; casts (``model.half()``) leave the score table float32,
+        which the op reads, and its scores unrounded."""
+        table = self.table_values
+        result = super()._apply(fn, recurse)
+        if self.table_values.dtype != torch.float32:
+            self.table_values = table.to(self.table_values.device)
+        return result
 
     # -- the training step -----------------------------------------------------------------------
     def forward(
@@ -241,6 +264,7 @@ class DifferenceMasker(torch.nn.Module):
             self.seed_state,
         )
         self.seed_state.add_(1)
+        self.calls_made.add_(1)
         self.words_seen.add_(n_words.sum())
         self.words_missed.add_(missed_words.sum())
         return masked_ids, labels
@@ -301,7 +325,8 @@ class DifferenceMasker(torch.nn.Module):
         """Inside, draw from ``seed`` alone, the same in every rank (for masking a validation set
         identically everywhere) and without counting coverage; outside, the training draws and
         counts go on where they were. Words learned inside stay learned."""
-        saved = {name: getattr(self, name).clone() for name in ("seed_state", "words_seen", "words_missed")}
+        saved = {name: getattr(self, name).clone()
+                 for name in ("seed_state", "calls_made", "words_seen", "words_missed")}
         self.seed_state.fill_(int(torch.randint(0, 2**62, (), generator=torch.Generator().manual_seed(int(seed)))))
         try:
             yield self

@@ -177,7 +177,10 @@ class MaskingTrainer(Trainer):
 
     def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
         if self.mask_eval:
-            inputs = self.mask_batch(inputs)
+            masked = self.mask_batch(inputs)
+            if masked is not inputs:  # the evaluation loop gives its own batch to compute_metrics
+                inputs.update(input_ids=masked["input_ids"], labels=masked["labels"])
+            inputs = masked
         self._logits_discarded = prediction_loss_only  # then the sparse head may compute the loss
         try:
             loss, *rest = super().prediction_step(model, inputs, prediction_loss_only, ignore_keys=ignore_keys)
@@ -248,7 +251,27 @@ class _PaddingForMasking(DataCollatorWithPadding):
     def __call__(self, features):
         features = [{key: value for key, value in feature.items() if not _class_label(key, value, feature)}
                     for feature in features]
-        return super().__call__(features)
+        labels = [feature.pop("labels", None) for feature in features]  # tokenizer.pad does not pad them
+        labelled = sum(label is not None for label in labels)
+        if 0 < labelled < len(labels):
+            raise ValueError("some examples have per-token labels and some do not: give labels to all or none")
+        batch = super().__call__(features)
+        if not labelled:
+            return batch
+        batch["labels"] = _padded_labels(labels, batch["input_ids"].shape[1], self.tokenizer.padding_side)
+        return batch
+
+
+def _padded_labels(labels: list, length: int, padding_side: str) -> torch.Tensor:
+    """Per-token labels (an already masked batch) padded with -100, as their input_ids are."""
+    padded = torch.full((len(labels), length), -100, dtype=torch.long)
+    for row, label in enumerate(labels):
+        label = torch.as_tensor(label, dtype=torch.long)
+        if padding_side == "left":
+            padded[row, length - len(label):] = label
+        else:
+            padded[row, : len(label)] = label
+    return padded
 
 
 def _class_label(key: str, value: Any, feature: dict) -> bool:
@@ -324,7 +347,7 @@ class _SparseHead:
     """The MLM head applied to the masked positions only: ``head(encoder(**inputs)[0][masked])``.
 
     Used when the model is an encoder (``base_model``) plus one head module that maps hidden
-    states to logits position by position (BERT, RoBERTa, XLM-R, ELECTRA...). That is checked
+    states to logits position by position (BERT, RoBERTa, XLM-R...). That is checked
     once, in eval mode, against the model's own logits on the first batch; any other model (or a
     wrapped one, e.g. by DistributedDataParallel, whose forward must run) gets its full forward.
 

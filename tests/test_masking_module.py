@@ -308,12 +308,47 @@ def test_compiles_fullgraph_and_matches_eager(bert_wordpiece, lines):
     assert traced.coverage() == eager.coverage()
 
 
-def test_state_dict_holds_seed_and_counters_only(bert_wordpiece, lines):
-    masker = DifferenceMasker(bert_wordpiece, score_table(bert_wordpiece, lines), seed=1)
-    assert set(masker.state_dict()) == {"seed_state", "words_seen", "words_missed"}
-    other = DifferenceMasker(bert_wordpiece, masker.scores, seed=2)
-    other.load_state_dict(masker.state_dict())
-    assert int(other.seed_state) == int(masker.seed_state)
+def test_state_dict_holds_calls_and_counters_only(bert_wordpiece, lines, monkeypatch):
+    """The state carries on each rank's own stream: it held rank 0's absolute seed, so every
+    rank that loaded it drew rank 0's masks (and a resumed run counted its calls twice)."""
+    scores = score_table(bert_wordpiece, lines)
+    ids, attention = padded(bert_wordpiece, lines[:8])
+    calls = random.randrange(1, 5)
+    masker = DifferenceMasker(bert_wordpiece, scores, seed=1)
+    for _ in range(calls):
+        masker(ids, attention)
+    assert set(masker.state_dict()) == {"calls_made", "words_seen", "words_missed"}
+    assert int(masker.calls_made) == calls
+    again = DifferenceMasker(bert_wordpiece, scores, seed=1)
+    again.load_state_dict(masker.state_dict())
+    assert int(again.seed_state) == int(masker.seed_state) and again.coverage() == masker.coverage()
+    assert torch.equal(again(ids, attention)[1], masker(ids, attention)[1]), "the stream goes on where it was"
+    monkeypatch.setenv("RANK", "1")
+    other_rank = DifferenceMasker(bert_wordpiece, scores, seed=1)
+    other_rank.load_state_dict(masker.state_dict())
+    assert int(other_rank.calls_made) == int(masker.calls_made)
+    assert not torch.equal(other_rank(ids, attention)[1], masker(ids, attention)[1]), "rank 1 drew rank 0's masks"
+    fresh = DifferenceMasker(bert_wordpiece, scores, seed=1)
+    fresh.resume_at(calls + 2)
+    assert int(fresh.seed_state) == int(other_rank.seed_state), "resume_at sets the calls made, in this rank"
+    other_rank.resume_at(calls + 2)
+    assert int(other_rank.seed_state) == int(fresh.seed_state), "whatever was loaded"
+
+
+@pytest.mark.parametrize("cast", ["half", "double", "bfloat16"])
+def test_a_cast_of_the_model_leaves_the_score_table_float32(cast, bert_wordpiece, lines):
+    scores = score_table(bert_wordpiece, lines)
+    ids, attention = padded(bert_wordpiece, lines[:8])
+    masker = DifferenceMasker(bert_wordpiece, scores, seed=3)
+    masker.warm(ids)
+    expected = masker(ids, attention)
+    masker.seed_state.sub_(1)
+    holder = torch.nn.Module()
+    holder.masker = masker
+    getattr(holder, cast)()  # as model.half() reaches a masker held by the model
+    assert masker.table_values.dtype == torch.float32
+    got = masker(ids, attention)
+    assert torch.equal(got[0], expected[0]) and torch.equal(got[1], expected[1])
 
 
 def test_from_collator_keeps_options_and_known_words(bert_wordpiece, lines):
@@ -500,3 +535,47 @@ def test_warm_refuses_ids_that_are_not_integers(bert_wordpiece, lines, data):
     masker = DifferenceMasker(bert_wordpiece, score_table(bert_wordpiece, lines), seed=0)
     with pytest.raises(TypeError, match="token ids must be integers"):
         masker.warm(data)
+
+
+def test_trainer_pads_a_validation_set_masked_beforehand(tiny_bert_mlm, bert_wordpiece, lines, tmp_path):
+    """Examples that carry per-token labels (``MaskingStrategy.mask_examples``) are padded with
+    them: transformers' padding collator left the labels ragged and failed."""
+    from transformers import TrainingArguments
+
+    from diffmask_fast.strategies import build_strategy
+
+    tokenizer = bert_wordpiece
+    strategy = build_strategy("difference", tokenizer, scores=score_table(tokenizer, lines), mask_on="device", seed=0)
+    data = [{"input_ids": tokenizer(t, truncation=True, max_length=random.randrange(8, 40))["input_ids"]}
+            for t in lines[:12]]
+    validation = strategy.mask_examples(data, seed=0)
+    args = TrainingArguments(output_dir=str(tmp_path), per_device_eval_batch_size=4, report_to=[], use_cpu=True)
+    trainer = DifferenceMaskingTrainer(model=tiny_bert_mlm, args=args, eval_dataset=validation, masker=strategy.masker)
+    batch = trainer.data_collator(validation[:4])
+    for row, example in enumerate(validation[:4]):
+        n = len(example["labels"])
+        assert batch["labels"][row, :n].tolist() == example["labels"] and (batch["labels"][row, n:] == -100).all()
+    assert math.isfinite(trainer.evaluate()["eval_loss"])
+    with pytest.raises(ValueError, match="some examples have per-token labels and some do not"):
+        trainer.data_collator([validation[0], data[1]])
+
+
+def test_compute_metrics_sees_the_inputs_the_model_saw(tiny_bert_mlm, bert_wordpiece, lines, tmp_path):
+    from transformers import TrainingArguments
+
+    tokenizer = bert_wordpiece
+    masker = DifferenceMasker(tokenizer, {}, mlm_probability=0.5, mask_replace_prob=1.0, random_replace_prob=0.0,
+                              seed=random.randrange(100))
+    data = [{"input_ids": tokenizer(t, truncation=True, max_length=32)["input_ids"]} for t in lines[:8]]
+    args = TrainingArguments(output_dir=str(tmp_path), per_device_eval_batch_size=8, report_to=[], use_cpu=True,
+                             include_for_metrics=["inputs"])
+    seen = {}
+
+    def metrics(prediction):
+        seen.update(inputs=prediction.inputs, labels=prediction.label_ids)
+        return {}
+
+    DifferenceMaskingTrainer(model=tiny_bert_mlm, args=args, eval_dataset=data, masker=masker,
+                             compute_metrics=metrics).evaluate()
+    masked = seen["labels"] != -100
+    assert masked.any() and (seen["inputs"][masked] == tokenizer.mask_token_id).all()
