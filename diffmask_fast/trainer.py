@@ -136,6 +136,10 @@ class MaskingTrainer(Trainer):
                     f"the batch has labels of shape {tuple(getattr(labels, 'shape', ()))}, not that of its input_ids "
                     f"{tuple(getattr(inputs.get('input_ids'), 'shape', ()))}: class labels, not masked-LM labels? "
                     "Remove the label column, or let the trainer pad (no data_collator), which drops it")
+            if _labels_copy_inputs(inputs):
+                raise ValueError("the batch's labels are its input_ids at every token (a causal-LM labels column?): "
+                                 "the model would learn to copy unmasked tokens. Masked-LM labels are -100 except at "
+                                 "masked tokens; remove the labels column and the masker masks the batch")
             return inputs
         inputs = self._prepare_inputs(inputs)
         special_tokens_mask = inputs.pop("special_tokens_mask", None)
@@ -260,6 +264,17 @@ class _PaddingForMasking(DataCollatorWithPadding):
             return batch
         batch["labels"] = _padded_labels(labels, batch["input_ids"].shape[1], self.tokenizer.padding_side)
         return batch
+
+
+def _labels_copy_inputs(inputs: dict[str, Any]) -> bool:
+    """Whether a batch's labels are its input_ids at every attended token: no masked batch has
+    them (it labels a share of the tokens, and most of those hold the mask token)."""
+    labels, ids = inputs.get("labels"), inputs.get("input_ids")
+    if not (torch.is_tensor(labels) and torch.is_tensor(ids)) or labels.numel() == 0:
+        return False
+    attended = inputs.get("attention_mask")
+    attended = ids == ids if not torch.is_tensor(attended) else attended.to(ids.device) != 0
+    return bool(((labels == ids) | ~attended).all())
 
 
 def _padded_labels(labels: list, length: int, padding_side: str) -> torch.Tensor:

@@ -579,3 +579,21 @@ def test_compute_metrics_sees_the_inputs_the_model_saw(tiny_bert_mlm, bert_wordp
                              compute_metrics=metrics).evaluate()
     masked = seen["labels"] != -100
     assert masked.any() and (seen["inputs"][masked] == tokenizer.mask_token_id).all()
+
+
+def test_labels_that_copy_the_inputs_are_refused(tiny_bert_mlm, bert_wordpiece, lines, tmp_path):
+    """A causal-LM recipe's labels column (labels = input_ids) would pass as an already masked
+    batch: the model would learn to copy its input."""
+    from transformers import TrainingArguments
+
+    tokenizer = bert_wordpiece
+    data = [tokenizer(t, truncation=True, max_length=random.randrange(8, 32)) for t in lines[:8]]
+    copied = [{**example, "labels": list(example["input_ids"])} for example in data]
+    args = TrainingArguments(output_dir=str(tmp_path), max_steps=1, per_device_train_batch_size=4, report_to=[],
+                             use_cpu=True, save_strategy="no")
+    trainer = DifferenceMaskingTrainer(model=tiny_bert_mlm, args=args, train_dataset=copied,
+                                       masker=DifferenceMasker(tokenizer, {}, seed=0))
+    with pytest.raises(ValueError, match="labels are its input_ids at every token"):
+        trainer.train()
+    masked = trainer.mask_batch(trainer.data_collator(data[:4]))  # a batch the masker masked passes
+    assert trainer.mask_batch(masked) is masked
