@@ -352,7 +352,10 @@ def _scores(label_ids, logits) -> dict[str, float]:
 
     if isinstance(logits, (tuple, list)):
         logits = logits[0]
-    predictions = np.asarray(logits).argmax(axis=-1)
+    logits = np.asarray(logits)
+    if not np.isfinite(logits).all():  # a diverged model: argmax would read NaN rows as the first label
+        return {"accuracy": math.nan, "macro_f1": math.nan}
+    predictions = logits.argmax(axis=-1)
     label_ids = np.asarray(label_ids)
     return {"accuracy": accuracy(label_ids, predictions), "macro_f1": macro_f1(label_ids, predictions)}
 
@@ -373,10 +376,10 @@ def _check_options(seeds, epochs, learning_rate, batch_size, max_length, weight_
             raise ValueError(f"{name} must be a positive integer, got {value!r}")
     if max_length < 2:
         raise ValueError(f"max_length must be at least 2 (room for the special tokens), got {max_length}")
-    if not learning_rate > 0:
-        raise ValueError(f"learning_rate must be positive, got {learning_rate!r}")
-    if not weight_decay >= 0:
-        raise ValueError(f"weight_decay must be non-negative, got {weight_decay!r}")
+    if not (learning_rate > 0 and math.isfinite(learning_rate)):
+        raise ValueError(f"learning_rate must be positive and finite, got {learning_rate!r}")
+    if not (weight_decay >= 0 and math.isfinite(weight_decay)):
+        raise ValueError(f"weight_decay must be non-negative and finite, got {weight_decay!r}")
     if not 0 <= warmup_ratio < 1:
         raise ValueError(f"warmup_ratio must be in [0, 1), got {warmup_ratio!r}")
     if max_train_examples is not None and (isinstance(max_train_examples, bool)
@@ -529,6 +532,11 @@ def finetune(model: str | os.PathLike, train: str | os.PathLike, dev: str | os.P
             if test_set is not None:
                 prediction = trainer.predict(test_set)
                 test_scores = _scores(prediction.label_ids, prediction.predictions)
+            if any(math.isnan(scores["macro_f1"]) for scores in (dev_scores, test_scores) if scores is not None):
+                raise ValueError(f"seed {seed} diverged: the model's outputs hold NaN or infinity after every epoch "
+                                 f"(learning rate {learning_rate:g}); lower --learning-rate"
+                                 + (" (the seeds finished before it are saved; --resume keeps them)"
+                                    if report_path is not None and results else ""))
             result = SeedResult(seed=seed, best_epoch=keep_best.best_epoch, dev=dev_scores, test=test_scores,
                                 dev_history=keep_best.history, train_loss=float(output.training_loss),
                                 seconds=round(time.perf_counter() - started, 3))
@@ -606,12 +614,19 @@ def _finished_seeds(report_path: Path, model: str, labels: list[str], config: di
     if not report_path.is_file():
         return {}
     earlier = FinetuneReport.load(report_path)
-    changed = [key for key in config
-               if key not in ("seeds", "inputs_sha256") and earlier.config.get(key) != config[key]]
     before = earlier.config.get("inputs_sha256") or {}  # reports of earlier versions have none
-    changed += [f"the contents of {INPUT_NAMES[name]}" for name, digest in config["inputs_sha256"].items()
+    now = config["inputs_sha256"]
+
+    def same(name: str, saved: Any, given: Any) -> bool:
+        if name not in INPUT_NAMES:
+            return saved == given
+        return _same_input(saved, given, before.get(name), now.get(name))
+
+    changed = [key for key in config if key not in ("seeds", "inputs_sha256") and not same(key, earlier.config.get(key),
+                                                                                          config[key])]
+    changed += [f"the contents of {INPUT_NAMES[name]}" for name, digest in now.items()
                 if before.get(name) is not None and digest is not None and before[name] != digest]
-    if earlier.model != model:
+    if not same("model", earlier.model, model):
         changed.insert(0, "model")
     if list(earlier.labels) != list(labels):
         changed.append("labels")
@@ -619,6 +634,17 @@ def _finished_seeds(report_path: Path, model: str, labels: list[str], config: di
         raise ValueError(f"cannot resume from {str(report_path)!r}: the run that saved it differs in "
                          f"{', '.join(changed)}")
     return {result.seed: result for result in earlier.results}
+
+
+def _same_input(saved: Any, given: Any, saved_digest: str | None, digest: str | None) -> bool:
+    """Whether a saved input path and the one given now name the same input: the same text, the
+    same contents (both hashed alike), or the same file spelled another way ("model/", "./m")."""
+    if saved == given or (saved_digest is not None and saved_digest == digest):
+        return True
+    if saved is None or given is None:
+        return False
+    paths = [Path(str(value)).expanduser() for value in (saved, given)]
+    return all(path.exists() for path in paths) and paths[0].resolve() == paths[1].resolve()
 
 
 # -------------------------------------------------------------------------------------- command line

@@ -15,15 +15,17 @@ import dataclasses
 import math
 import os
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from ._io import atomic_write_bytes, atomic_write_json, check_writable, json_ready, read_json
+from .advice import DiffmaskWarning
 from .embedding import POOLINGS
 from .masking_base import check_probability
 from .pretrain_data import MIN_MAX_LENGTH
-from .strategies import STRATEGIES, build_strategy, check_strategy, resolve_mask_location
+from .strategies import STEP_ONLY_STRATEGIES, STRATEGIES, build_strategy, check_strategy, resolve_mask_location
 
 SUMMARY_FORMAT = "diffmask_fast.pretrain_summary/1"
 SUMMARY_FILE = "pretrain_summary.json"
@@ -168,6 +170,20 @@ class PretrainConfig:
             raise ValueError(f"term_weight must be positive and finite, got {self.term_weight}")
         if mines_terms:
             check_probability("term_top_fraction", self.term_top_fraction)
+        defaults = {f.name: f.default for f in dataclasses.fields(self)}
+        set_but_unused = [name for name in self.unused_settings() if getattr(self, name) != defaults[name]]
+        if set_but_unused:
+            raise ValueError(f"{', '.join(set_but_unused)} would not be used by the {self.strategy!r} strategy"
+                             + (" with the anchors or scores given" if set_but_unused == ["anchors_count"] else ""))
+
+    def unused_settings(self) -> list[str]:
+        """The strategy settings this run's strategy never reads (left out of the resume check)."""
+        mines_terms = self.strategy == "mslm" and self.terms is None
+        mines_anchors = (self.strategy == "difference" or mines_terms) and self.anchors is None and self.scores is None
+        used = {"anchors_count": mines_anchors, "term_probability": self.strategy == "mslm",
+                "term_weight": self.strategy == "mslm", "term_top_fraction": mines_terms,
+                "attention_layer": self.strategy in STEP_ONLY_STRATEGIES}
+        return [name for name, in_use in used.items() if not in_use]
 
     def _check_files(self) -> None:
         """The corpus, validation, anchors, scores and terms files exist (read only much later)."""
@@ -331,8 +347,8 @@ def pretrain(config: PretrainConfig) -> dict:
     from . import __version__
     from .hf_loading import check_max_length, check_vocabulary, load_tokenizer, no_progress_bars
     from .mlm_model import load_masked_lm
-    from .pretrain_data import (SequenceDataset, TrainingCollator, read_documents, split_documents,
-                                tokenize_documents)
+    from .pretrain_data import (SequenceDataset, TrainingCollator, documents_fingerprint, read_documents,
+                                shared_documents, split_documents, tokenize_documents)
     from .trainer import MaskingTrainer, RunRecordCallback
 
     config.check()
@@ -358,9 +374,18 @@ def pretrain(config: PretrainConfig) -> dict:
         train_docs, validation_docs = documents, read_documents(config.validation, config.text_field)
         if not validation_docs:
             raise ValueError("the validation files have no non-empty documents")
+        shared = shared_documents(train_docs, validation_docs)
+        if shared:
+            warnings.warn(f"{shared:,} of the {len(validation_docs):,} validation documents are also training documents: "
+                          "the validation loss will look better than it is", DiffmaskWarning, stacklevel=2)
     else:
         train_docs, validation_docs = split_documents(documents, config.validation_fraction,
                                                       config.max_validation_documents, config.seed)
+    data = {"training": documents_fingerprint(train_docs), "validation": documents_fingerprint(validation_docs)}
+    if resumed_run is not None and resumed_run.get("data", data) != data:
+        raise ValueError(f"--resume continues a run that began with other documents: {_data_change(resumed_run['data'], data)}. "
+                         "A resumed run trains and validates on the documents it began with (else held-out "
+                         "documents could be trained on); start a new run in a new output directory")
     train = tokenize_documents(tokenizer, train_docs, config.max_length, progress=config.progress,
                                description="tokenizing training documents")
     validation = tokenize_documents(tokenizer, validation_docs, config.max_length, progress=config.progress,
@@ -397,6 +422,9 @@ def pretrain(config: PretrainConfig) -> dict:
         # which it masks once up front (a word it lacks would score as unknown).
         strategy.masker.warm(train + validation)
     validation_set = strategy.mask_examples([{"input_ids": s} for s in validation], model=model, seed=config.seed)
+    if not any(label != -100 for example in validation_set for label in example["labels"]):
+        raise ValueError(f"masking the validation set chose no token: its {len(validation_docs)} document(s) are too few "
+                         "or too short for a validation loss; give more (--validation, --validation-fraction)")
     trainer = MaskingTrainer(  # processing_class: every checkpoint holds the tokenizer, ready for finetune
         model=model, args=args, processing_class=tokenizer, train_dataset=SequenceDataset(train),
         eval_dataset=SequenceDataset(validation_set),
@@ -405,7 +433,8 @@ def pretrain(config: PretrainConfig) -> dict:
         callbacks=[EarlyStoppingCallback(early_stopping_patience=config.patience)] if config.patience else [],
     )
     record = None if config.resume else RunRecordCallback(  # also measures the loss before training
-        out / RUN_FILE, {"config": json_ready(dataclasses.asdict(config)), "working_directory": os.getcwd()},
+        out / RUN_FILE, {"config": json_ready(dataclasses.asdict(config)), "working_directory": os.getcwd(),
+                         "data": data},
         write=args.process_index == 0)
     if record is not None:
         trainer.add_callback(record)
@@ -488,16 +517,40 @@ def _check_output_dir(config: PretrainConfig) -> dict | None:
     from transformers.trainer_utils import get_last_checkpoint  # the checkpoint Trainer resumes from
 
     latest = get_last_checkpoint(str(out)) if config.resume is True else config.resume
+    if latest is not None and Path(latest).is_dir() and not (Path(latest) / "trainer_state.json").exists():
+        folder = Path(latest).parent
+        complete = [p.name for p in folder.glob("checkpoint-*") if (p / "trainer_state.json").exists()]
+        raise ValueError(f"the checkpoint {str(latest)!r} is incomplete (no trainer_state.json: its saving was "
+                         "interrupted); delete it and resume again"
+                         + (f", or resume from another (--resume {str(folder / _latest_name(complete))})"
+                            if complete else ""))
     _check_steps_left(config, None if latest is None else Path(latest))
     if not (run_dir / RUN_FILE).exists():
         return None
     record = read_json(run_dir / RUN_FILE, "pretraining run")
     record = record if isinstance(record, dict) else {}
-    changed = settings_changed(record.get("config", {}), config, started_in=record.get("working_directory"))
+    in_use = [name for name in RESUME_MUST_MATCH if name not in config.unused_settings()]
+    changed = settings_changed(record.get("config", {}), config, in_use, started_in=record.get("working_directory"))
     if changed:
         raise ValueError(f"--resume continues the run in {str(run_dir)!r}, which was started with other settings: "
                          + ", ".join(changed))
     return record
+
+
+def _data_change(before: dict, now: dict) -> str:
+    """What differs between two runs' document fingerprints, in words."""
+    changes = []
+    for name in ("training", "validation"):
+        was, is_now = before.get(name, {}), now[name]
+        if was != is_now:
+            changes.append(f"{name} documents {was.get('documents')} (now {is_now['documents']})"
+                           + (", other text" if was.get("documents") == is_now["documents"] else ""))
+    return "; ".join(changes)
+
+
+def _latest_name(names: list[str]) -> str:
+    """The checkpoint folder name with the highest step."""
+    return max(names, key=lambda name: int(name.rsplit("-", 1)[1]) if name.rsplit("-", 1)[1].isdigit() else -1)
 
 
 def resumed_run_dir(config: PretrainConfig) -> Path | None:

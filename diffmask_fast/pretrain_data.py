@@ -11,13 +11,16 @@ mask_examples``) so that successive validation losses are measured on the same m
 
 from __future__ import annotations
 
+import hashlib
 import random
+import warnings
 from dataclasses import dataclass
 from typing import Any, Iterable, Sequence
 
 import numpy as np
 import torch
 
+from .advice import DiffmaskWarning
 from .corpus import corpus_files, iter_documents
 from .tokenization import WordGrouper, tokenize_texts
 
@@ -75,8 +78,33 @@ def split_documents(documents: list[str], validation_fraction: float, max_valida
         if len(held) + len(copies[text]) <= wanted:  # a text with too many copies stays in training
             held.update(copies[text])
     if not held:  # every text has more copies than the validation set should hold: the rarest one
-        held.update(min((copies[text] for text in texts), key=len))
+        rarest = min((copies[text] for text in texts), key=len)
+        if len(rarest) > largest:
+            raise ValueError(f"every text of the corpus appears at least {len(rarest)} times, and copies of a text stay "
+                             f"on one side of the split: holding one out exceeds the {largest} validation documents "
+                             "allowed; give validation files")
+        warnings.warn(f"every text of the corpus appears at least {len(rarest)} times, and copies of a text stay on one "
+                      f"side of the split: the validation set holds {len(rarest)} of {len(documents)} documents, not "
+                      f"the {wanted} asked for; give validation files for a smaller one", DiffmaskWarning, stacklevel=2)
+        held.update(rarest)
     return ([d for i, d in enumerate(documents) if i not in held], [documents[i] for i in sorted(held)])
+
+
+def documents_fingerprint(documents: Sequence[str]) -> dict:
+    """How many documents and a SHA-256 of their text, in order: a resumed run checks that it
+    trains and validates on the documents its run began with."""
+    digest = hashlib.sha256()
+    for document in documents:
+        data = document.encode("utf-8", "surrogatepass")
+        digest.update(len(data).to_bytes(8, "little"))
+        digest.update(data)
+    return {"documents": len(documents), "sha256": digest.hexdigest()}
+
+
+def shared_documents(train: Sequence[str], validation: Sequence[str]) -> int:
+    """How many validation documents are also training documents."""
+    training_texts = set(train)
+    return sum(document in training_texts for document in validation)
 
 
 def tokenize_documents(tokenizer: Any, documents: list[str], max_length: int, *, batch_size: int = 1000,

@@ -6,17 +6,19 @@ import argparse
 import gzip
 import json
 import math
+import os
 import random
 import statistics
 import tempfile
 from pathlib import Path
 from types import SimpleNamespace
 
+import numpy as np
 import pytest
 
 from diffmask_fast import finetune as finetune_module
-from diffmask_fast.finetune import (FinetuneReport, SeedResult, _make_keep_best_callback, add_finetune_command,
-                                    finetune, load_labeled, run_finetune_command)
+from diffmask_fast.finetune import (FinetuneReport, SeedResult, _make_keep_best_callback, _scores,
+                                    add_finetune_command, finetune, load_labeled, run_finetune_command)
 from diffmask_fast.hf_loading import check_max_length
 from diffmask_fast.metrics import accuracy, macro_f1, mean_std, per_class_f1
 
@@ -610,3 +612,24 @@ def test_a_report_with_a_nan_loss_is_strict_json_and_reads_back(tmp_path):
     assert back.summary() == report.summary() and back.table() == report.table()
     with pytest.raises(ValueError, match="not a fine-tuning report"):
         FinetuneReport.from_dict({"model": "m", "labels": [], "seeds": [{"seed": 1, "dev": "x"}]})
+
+
+def test_resuming_takes_the_same_files_spelled_another_way(model_dir, task, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    path = tmp_path / "report.json"
+    report = finetune(model_dir, task["train"], task["dev"], seeds=(3,), report_path=path, **_FAST)
+    resumed = finetune(f"{os.path.relpath(model_dir)}/", os.path.relpath(task["train"]), f"./{task['dev'].name}",
+                       seeds=(3,), report_path=path, resume=True, **_FAST)
+    assert resumed.results == report.results
+    with pytest.raises(ValueError, match="differs in dev, the contents of --dev"):
+        finetune(model_dir, task["train"], task["test"], seeds=(3,), report_path=path, resume=True, **_FAST)
+
+
+def test_a_diverged_seed_is_named_not_scored_as_the_first_label(model_dir, task, tmp_path):
+    scores = _scores(np.array([0, 1, 2, 1]), np.full((4, 3), np.nan))
+    assert math.isnan(scores["accuracy"]) and math.isnan(scores["macro_f1"]), "argmax read NaN rows as label 0"
+    for name, value in (("learning_rate", math.inf), ("weight_decay", math.inf), ("learning_rate", math.nan)):
+        with pytest.raises(ValueError, match=f"{name} must be .*finite"):
+            finetune(model_dir, task["train"], task["dev"], **{**_FAST, name: value})
+    with pytest.raises(ValueError, match="seed 5 diverged: the model's outputs hold NaN or infinity .*lower --learning"):
+        finetune(model_dir, task["train"], task["dev"], seeds=(5,), **{**_FAST, "learning_rate": 1e30})

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from diffmask_fast import cli
+from diffmask_fast import DiffmaskWarning, cli
 from diffmask_fast.losses import weighted_mlm_loss
 from diffmask_fast.mlm_model import HEAD_NORM_GAIN, load_masked_lm
 from diffmask_fast.pretrain import LOSS_PICTURE, RUN_FILE, SUMMARY_FILE, PretrainConfig, pretrain
@@ -523,15 +523,29 @@ def test_settings_are_refused_before_the_model_or_corpus_is_read(tmp_path, optio
     assert not (tmp_path / "out").exists()
 
 
-def test_settings_that_do_not_apply_are_not_checked(tmp_path):
+def test_settings_the_strategy_would_not_use_are_refused_not_saved(tmp_path):
+    """A setting the strategy never reads was saved as if used, and then blocked --resume."""
     for name in ("c.txt", "v.txt", "scores.npz", "terms.txt"):
         (tmp_path / name).write_text("x\n")
-    config_for(tmp_path, tmp_path / "c.txt", tmp_path / "out", validation=[tmp_path / "v.txt"],
-               validation_fraction=0.0, strategy="random-word", anchors_count=0, term_weight=0.0).check()
-    config_for(tmp_path, tmp_path / "c.txt", tmp_path / "out", max_steps=10, epochs=0).check()  # steps rule
-    config_for(tmp_path, tmp_path / "c.txt", tmp_path / "out", scores=tmp_path / "scores.npz", anchors_count=0).check()
-    config_for(tmp_path, tmp_path / "c.txt", tmp_path / "out", strategy="mslm", terms=tmp_path / "terms.txt",
-               anchors_count=0, term_top_fraction=5.0).check()
+
+    def check(**options):
+        config_for(tmp_path, tmp_path / "c.txt", tmp_path / "out", **options).check()
+
+    for options, named in ((dict(strategy="random-word", anchors_count=0, term_weight=0.0), "anchors_count, term_weight"),
+                           (dict(strategy="random-token", attention_layer=3), "attention_layer"),
+                           (dict(strategy="terms", terms=tmp_path / "terms.txt", term_probability=0.9),
+                            "term_probability"),
+                           (dict(scores=tmp_path / "scores.npz", anchors_count=5), "anchors_count"),
+                           (dict(strategy="mslm", terms=tmp_path / "terms.txt", term_top_fraction=0.5),
+                            "term_top_fraction")):
+        with pytest.raises(ValueError, match=f"^{named} would not be used by the"):
+            check(**options)
+    check(max_steps=10, epochs=0)  # the steps rule
+    check(strategy="attention", attention_layer=3)
+    check(strategy="mslm", term_probability=0.9, term_weight=3.0, term_top_fraction=0.1, anchors_count=5)
+    config = config_for(tmp_path, tmp_path / "c.txt", tmp_path / "out", strategy="random-token")
+    assert config.unused_settings() == ["anchors_count", "term_probability", "term_weight", "term_top_fraction",
+                                        "attention_layer"]
 
 
 @pytest.mark.parametrize("missing", ["corpus", "validation", "anchors", "scores", "terms"])
@@ -1030,3 +1044,42 @@ def test_a_terms_file_that_is_not_utf8_is_named(tmp_path):
     path.write_bytes(b"caf\xe9\nkinase\n")
     with pytest.raises(ValueError, match="terms file .*terms.txt.* is not UTF-8 text"):
         read_terms(path)
+
+
+def test_a_resume_on_other_documents_or_an_incomplete_checkpoint_is_refused(model_dir, corpus, tmp_path):
+    """Documents added to the corpus moved held-out documents into training; a checkpoint whose
+    saving was interrupted failed with a raw FileNotFoundError."""
+    import shutil
+
+    changing = tmp_path / "corpus.txt"
+    shutil.copy(corpus, changing)
+    out = tmp_path / "run"
+    pretrain(config_for(model_dir, changing, out, strategy="random-word", max_steps=2, eval_steps=1, patience=0))
+    assert json.loads((out / RUN_FILE).read_text())["data"]["validation"]["documents"] == 16
+    with changing.open("a", encoding="utf-8") as more:
+        more.write("".join(f"An added document about enzyme number {i}.\n" for i in range(20)))
+    with pytest.raises(ValueError, match="began with other documents: training documents 144 \\(now 162\\); "
+                                         "validation documents 16 \\(now 18\\)"):
+        pretrain(config_for(model_dir, changing, out, strategy="random-word", max_steps=4, eval_steps=1, patience=0,
+                            resume=True))
+    shutil.copy(corpus, changing)
+    (out / "checkpoint-2" / "trainer_state.json").unlink()
+    with pytest.raises(ValueError, match="checkpoint-2.* is incomplete .*delete it and resume again, or resume from "
+                                         "another \\(--resume .*checkpoint-1\\)"):
+        pretrain(config_for(model_dir, changing, out, strategy="random-word", max_steps=4, eval_steps=1, patience=0,
+                            resume=True))
+    shutil.rmtree(out / "checkpoint-2")
+    resumed = pretrain(config_for(model_dir, changing, out, strategy="random-word", max_steps=3, eval_steps=1,
+                                  patience=0, resume=True))
+    assert resumed["global_step"] == 3
+
+
+def test_a_validation_set_with_nothing_masked_is_refused_before_training(model_dir, corpus, tmp_path):
+    with pytest.raises(ValueError, match="masking the validation set chose no token"):
+        pretrain(config_for(model_dir, corpus, tmp_path / "out", strategy="random-token", mlm_probability=1e-9))
+
+
+def test_validation_documents_also_trained_on_are_named(model_dir, corpus, tmp_path):
+    with pytest.warns(DiffmaskWarning, match="160 of the 160 validation documents are also training documents"):
+        pretrain(config_for(model_dir, corpus, tmp_path / "out", strategy="random-token", validation=[corpus],
+                            max_steps=1, eval_steps=1))

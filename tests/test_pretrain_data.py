@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import warnings
 
 import pytest
 
@@ -113,18 +114,35 @@ def test_copies_of_a_text_are_held_out_together_or_not_at_all(seed):
     documents += texts[:2]  # at least two distinct texts
     rng.shuffle(documents)
     fraction, cap = rng.uniform(0.01, 0.5), rng.randint(1, 100)
-    train, validation = split_documents(documents, fraction, cap, seed)
+    largest = min(cap, len(documents) - 1)
+    wanted = min(max(1, round(fraction * len(documents))), largest)
+    rarest = min(documents.count(t) for t in set(documents))
+    if rarest > largest:  # no text fits even the most the validation set may hold
+        with pytest.raises(ValueError, match=f"at least {rarest} times.*exceeds the {largest} validation documents"):
+            split_documents(documents, fraction, cap, seed)
+        return
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        train, validation = split_documents(documents, fraction, cap, seed)
+        assert split_documents(documents, fraction, cap, seed) == (train, validation)
     assert not set(train) & set(validation), f"seed={seed}"
     assert sorted(train + validation) == sorted(documents) and train and validation
-    wanted = min(max(1, round(fraction * len(documents))), cap, len(documents) - 1)
-    rarest = min(documents.count(t) for t in set(documents))
     if rarest <= wanted:  # the size asked for, never more: a common text stays in training
-        assert len(validation) <= wanted, f"seed={seed}"
-    else:  # no text fits: the copies of one of the rarest
+        assert len(validation) <= wanted and not caught, f"seed={seed}"
+    else:  # no text fits the size asked for: the copies of one of the rarest, said
         assert len(set(validation)) == 1 and len(validation) == rarest, f"seed={seed}"
-    assert split_documents(documents, fraction, cap, seed) == (train, validation)
+        assert any(f"holds {rarest} of {len(documents)} documents, not the {wanted} asked" in str(w.message)
+                   for w in caught)
     with pytest.raises(ValueError, match="one text repeated"):
         split_documents(["the same"] * 5, 0.2, 10, seed)
+
+
+def test_a_corpus_of_a_few_repeated_texts_holds_out_what_it_must_and_says_so():
+    documents = ["a"] * 10 + ["b"] * 10 + ["c"] * 10
+    with pytest.warns(DiffmaskWarning, match="holds 10 of 30 documents, not the 2 asked for"):
+        assert [len(part) for part in split_documents(documents, 0.05, 5000, 0)] == [20, 10]
+    with pytest.raises(ValueError, match="exceeds the 1 validation documents allowed; give validation files"):
+        split_documents(documents, 0.05, 1, 0)
 
 
 def test_a_boilerplate_text_repeated_often_stays_in_training():
