@@ -213,6 +213,9 @@ class MaskingTrainer(Trainer):
         if weights is None:
             weights = torch.ones(labels.shape, device=labels.device)
         smoothing = self.args.label_smoothing_factor
+        if torch.is_tensor(num_items_in_batch) and num_items_in_batch.dim() > 0:
+            # DataParallel: transformers hands every replica its (equal) share as an [n_gpu, 1] tensor.
+            num_items_in_batch = num_items_in_batch.reshape(-1)[0]
         if num_items_in_batch is not None and self.args.n_gpu > 1 and not self.args.average_tokens_across_devices:
             # For DataParallel transformers divides the count among the replicas (each computing
             # its share of the loss); this loss is computed once, over the gathered logits.

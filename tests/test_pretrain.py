@@ -994,10 +994,13 @@ def test_the_loss_over_gathered_data_parallel_logits_counts_every_replicas_token
                                  average_tokens_across_devices=average)
         args._n_gpu = n_gpu  # as on a machine of n_gpu GPUs without torchrun
         trainer = MaskingTrainer(model=tiny_bert_mlm, args=args, data_collator=lambda x: x, sparse_head=False)
+        count = torch.tensor(given)
+        if n_gpu > 1 and not average:  # as transformers hands it to DataParallel: one share per replica
+            count = count.unsqueeze(0).expand(n_gpu, -1)
         with torch.no_grad():
-            loss = trainer.compute_loss(tiny_bert_mlm, dict(batch), num_items_in_batch=torch.tensor(given))
+            loss = trainer.compute_loss(tiny_bert_mlm, dict(batch), num_items_in_batch=count)
         exact = float(expected) * masked / (given * (n_gpu if not average else 1))
-        assert float(loss) == pytest.approx(exact, rel=1e-5), (average, n_gpu)
+        assert loss.dim() == 0 and float(loss) == pytest.approx(exact, rel=1e-5), (average, n_gpu)
 
 
 def test_a_terms_file_with_a_byte_order_mark(tmp_path):
