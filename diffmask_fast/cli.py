@@ -507,7 +507,9 @@ def run_score(args) -> None:
         scorer = WordScorer(embedder, anchors, **options)
     scores = scorer.score(words, lowercase=counts.lowercase, progress=progress)
     if corpus:
-        scores.info["tokenizer"] = args.tokenizer or scores.info["model"]
+        from .hf_loading import saved_reference
+
+        scores.info["tokenizer"] = saved_reference(args.tokenizer) if args.tokenizer else scores.info["model"]
     elapsed = time.perf_counter() - started
     scores.save(args.output)
     info = scores.info

@@ -250,7 +250,11 @@ class WordEmbedder:
         if self.device is None:
             self.device = "cuda" if torch.cuda.is_available() else "cpu"
         usable_device(self.device)
-        self.model = self.model.to(self.device).eval()
+        base = getattr(self.model, "base_model", None)
+        if isinstance(base, torch.nn.Module) and base is not self.model and callable(getattr(base, "forward", None)):
+            self.model = base  # a model with a head (masked LM...): word vectors are its encoder's states
+        # Left in its training mode: a model shared with training code; embedding runs in eval mode.
+        self.model = self.model.to(self.device)
         check_vocabulary(self.tokenizer, self.model, model_name(self.model))
         if self.pooling != "input_embeddings":  # refused now, not as a tensor-size error at the first long word
             check_max_length(self.model, self.max_length, model_name(self.model), "max_length")

@@ -84,6 +84,13 @@ def model_reference(model: str | os.PathLike) -> str:
     return os.path.expanduser(name) if name.startswith("~") else name
 
 
+def saved_reference(model: str | os.PathLike) -> str:
+    """``model`` as a file records it: a local folder by its absolute path, so that the record
+    names it from any working directory; a hub id as it is."""
+    path = Path(model_reference(model))
+    return str(path.resolve()) if path.is_dir() else os.fspath(model)
+
+
 def check_model_reference(model: str | os.PathLike) -> None:
     """Refuse, with a ValueError that says so, a model that is neither a local directory nor
     (offline) a name the Hugging Face cache could hold: transformers would report a failed

@@ -255,7 +255,9 @@ def _domain_resources(config: PretrainConfig, documents: list[str], tokenizer: A
         words = tokenizer_word_types(tokenizer, [*documents, *validation_documents], progress=config.progress)
         words |= set(anchors.words)
         scores = WordScorer(embedder, anchors).score(words, progress=config.progress)
-        scores.info["tokenizer"] = config.model  # grouped the words as the model being trained does
+        from .hf_loading import saved_reference
+
+        scores.info["tokenizer"] = saved_reference(config.model)  # grouped the words as the model being trained does
     # A score table given alone names its anchors: nothing is mined that would not match it.
     resources["anchor_words"] = list(anchors.words) if anchors is not None else list(scores.anchors)
     resources["scores"] = scores

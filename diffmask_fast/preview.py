@@ -148,6 +148,8 @@ def _padding_offsets(collator: DifferenceMaskingCollator, rows, length: int) -> 
 def preview(collator: DifferenceMaskingCollator, texts: Sequence[str], max_length: int = 128) -> list[list[PreviewWord]]:
     """Mask ``texts`` with ``collator`` once and report, word by word, score and whether it was
     masked. A text longer than ``max_length`` tokens is shown up to its last word that fits."""
+    if len(texts) == 0:  # nothing to show (the collator refuses an empty batch)
+        return []
     rows = _encoded_words(collator, texts, max_length)
     labels = torch.as_tensor(collator([{"input_ids": ids} for ids, _, _ in rows])["labels"])
     offsets = _padding_offsets(collator, rows, labels.shape[1])

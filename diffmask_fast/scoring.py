@@ -36,6 +36,7 @@ from .anchors import Anchors
 from .contextual import ContextualAnchors, contextual_anchor_vectors
 from .embedding import WordEmbedder, has_lone_surrogate
 from .general import GeneralFrequencies
+from .hf_loading import saved_reference
 from .index import AnchorIndex, auto_kind, unit_rows
 from .tokenization import tokenize_texts
 
@@ -662,8 +663,9 @@ class WordScorer:
 
     def describe(self) -> dict:
         """How this scorer makes scores: model, pooling, anchors and index (stored in the table)."""
-        model = getattr(getattr(self.embedder.model, "config", None), "_name_or_path", "") or type(self.embedder.model).__name__
-        info = {"model": str(model), "pooling": self.embedder.pooling, "similarity": self.similarity,
+        model = getattr(getattr(self.embedder.model, "config", None), "_name_or_path", "")
+        model = saved_reference(model) if model else type(self.embedder.model).__name__
+        info = {"model": model, "pooling": self.embedder.pooling, "similarity": self.similarity,
                 "dtype": getattr(self.embedder, "compute_dtype", "float32"),
                 "anchor_words": len(self.anchor_words), "anchor_vectors": int(self.anchor_vectors.shape[0]),
                 "contextual": self.contextual_anchors is not None}

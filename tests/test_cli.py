@@ -468,3 +468,28 @@ def test_mine_suggests_a_lower_min_count_only_when_there_is_one(tmp_path, capsys
     assert "(5 asked for)." in out and "lower --min-count" not in out
     assert main(["mine", str(corpus), "-k", "5", "--min-count", "2", "--no-progress"]) == 0
     assert "(5 asked for); a lower --min-count admits more." in capsys.readouterr().out
+
+
+def test_a_score_table_names_a_local_model_from_any_directory(tmp_path, monkeypatch, bert_wordpiece):
+    """A relative --model was recorded as given, so preview --scores failed from elsewhere (or
+    loaded another folder of that name)."""
+    from transformers import BertConfig, BertModel
+
+    from diffmask_fast.anchors import Anchor, Anchors
+    from diffmask_fast.scoring import ScoreTable
+
+    model_dir = tmp_path / "work" / "tinymodel"
+    BertModel(BertConfig(vocab_size=len(bert_wordpiece), hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                         intermediate_size=32)).save_pretrained(model_dir)
+    bert_wordpiece.save_pretrained(model_dir)
+    (tmp_path / "work" / "corpus.txt").write_text("the enzyme binds the receptor of the cell\n" * 4)
+    Anchors((Anchor("enzyme", 5.0, 4, 1.0),), 32, 1e12, 1, 10.0).save(tmp_path / "work" / "anchors.json")
+    monkeypatch.chdir(tmp_path / "work")
+    assert main(["score", "corpus.txt", "--anchors", "anchors.json", "-o", "scores.npz", "--model", "tinymodel",
+                 "--pooling", "mean", "--no-cache", "--no-progress"]) == 0
+    info = ScoreTable.load(tmp_path / "work" / "scores.npz").info
+    assert info["model"] == info["tokenizer"] == str(model_dir.resolve())
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    assert main(["preview", str(tmp_path / "work" / "corpus.txt"), "--scores", str(tmp_path / "work" / "scores.npz"),
+                 "-n", "1"]) == 0

@@ -61,6 +61,11 @@ def test_preview_rejects_a_window_without_room_for_text(bert_wordpiece):
         preview(collator, ["the protein"], max_length=2)
 
 
+def test_previewing_no_texts_shows_nothing(bert_wordpiece):
+    collator = DifferenceMaskingCollator(bert_wordpiece, ScoreTable.from_mapping({"enzyme": 1.0}), seed=0)
+    assert preview(collator, []) == []
+
+
 def test_sampling_documents_shows_a_bar_unless_told_not_to(capsys):
     documents = [f"document {i}" for i in range(50)]
     assert sample_documents(iter(documents), (3,), seed=0, progress=False) == sample_documents(documents, (3,), seed=0)

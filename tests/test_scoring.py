@@ -96,6 +96,28 @@ def test_embedder_errors(tiny_bert):
         embedder.embed(["ok", ""])
 
 
+def test_the_embedder_leaves_the_models_mode_alone_and_reads_a_head_models_encoder(tiny_bert):
+    """A model shared with training code was switched to eval mode for good; a masked LM was
+    accepted and failed at the first embed (its output has no last_hidden_state)."""
+    from transformers import BertForMaskedLM
+
+    model, tokenizer = tiny_bert
+    model.train()
+    try:
+        embedder = WordEmbedder(model, tokenizer, pooling="mean", progress=False)
+        assert model.training
+        words = random.sample(["enzyme", "receptor", "kinase", "the", "binds"], 3)
+        vectors = embedder.embed(words)
+        assert model.training, "embedding runs in eval mode and puts the mode back"
+        masked_lm = BertForMaskedLM(model.config)
+        masked_lm.bert.load_state_dict(model.state_dict(), strict=False)  # the same encoder, plus a head
+        from_head_model = WordEmbedder(masked_lm, tokenizer, pooling="mean", progress=False)
+        assert from_head_model.model is masked_lm.bert
+        assert torch.allclose(from_head_model.embed(words), vectors, atol=1e-5)
+    finally:
+        model.eval()
+
+
 def test_one_string_is_not_taken_for_a_list_of_its_characters(tiny_bert):
     from diffmask_fast.contextual import contextual_anchor_vectors
     from diffmask_fast.vocabulary import tokenizer_word_types
