@@ -268,6 +268,8 @@ def open_binary(path: Path):
         raise CorpusError(f"corpus path {str(path)!r} is a directory, not a file") from None
 
 
+#: How a gzip file begins.
+GZIP_MAGIC = b"\x1f\x8b"
 #: How files compressed by tools other than gzip begin, which are not read (gzip is).
 UNREAD_COMPRESSIONS = {b"BZh": "bzip2", b"\xfd7zXZ\x00": "xz", b"\x28\xb5\x2f\xfd": "zstd",
                        b"\x04\x22\x4d\x18": "lz4", b"PK\x03\x04": "zip", b"7z\xbc\xaf\x27\x1c": "7-Zip"}
@@ -276,6 +278,9 @@ UNREAD_COMPRESSIONS = {b"BZh": "bzip2", b"\xfd7zXZ\x00": "xz", b"\x28\xb5\x2f\xf
 def check_text(path: Path, head: bytes) -> None:
     """Raise CorpusError if the first bytes of a file show another compression than gzip, or hold
     a NUL byte (binary data, or UTF-16)."""
+    if head.startswith(GZIP_MAGIC) and not is_gzip(path):
+        raise CorpusError(f"{str(path)!r} is gzip-compressed but not named *.gz, so it is read as text; rename it "
+                          "to end in .gz, or decompress it")
     for magic, name in UNREAD_COMPRESSIONS.items():
         if head.startswith(magic) and (name != "bzip2" or (len(head) > 3 and head[3] in b"123456789")):
             raise CorpusError(f"{str(path)!r} is compressed with {name}, which is not read; decompress it, or "
@@ -314,9 +319,15 @@ def _read_lines(path: Path, handle) -> Iterator:
 def iter_file_lines(path: Path) -> Iterator[str]:
     """Lines of one text file, without line ends."""
     check_text_file(path)
-    # Invalid UTF-8 bytes become U+FFFD rather than aborting a long count; -sig drops a leading BOM.
-    with io.TextIOWrapper(open_binary(path), encoding="utf-8-sig", errors="replace", newline=None) as handle:
-        for line in _read_lines(path, handle):
+    # Invalid UTF-8 bytes become U+FFFD rather than aborting a long count. A whole byte-order mark
+    # opening the file is dropped here (utf-8-sig would also drop the bytes of a cut one, which
+    # are invalid UTF-8 like any other).
+    with io.TextIOWrapper(open_binary(path), encoding="utf-8", errors="replace", newline=None) as handle:
+        for number, line in enumerate(_read_lines(path, handle)):
+            if number == 0:
+                line = line.removeprefix("\ufeff")
+                if not line:  # the file held the mark alone: no line
+                    continue
             yield line.rstrip("\n")
 
 

@@ -461,10 +461,16 @@ class _Counter:
         self.string_words = _RawTables(threads, "surrogatepass")
         self.string_documents = 0
         self.final_lines = 0
+        self._bar_counts_bytes = total_bytes is not None  # else documents, the unit of an iterable of texts
         if total_bytes is not None:
             self.bar = tqdm(total=total_bytes, unit="B", unit_scale=True, desc="counting words", disable=not progress)
         else:
             self.bar = tqdm(unit=" docs", unit_scale=True, desc="counting words", disable=not progress)
+
+    def _bytes_read(self, count: int) -> None:
+        """Advance a bar of bytes; a bar of documents advances when a file is done."""
+        if self._bar_counts_bytes:
+            self.bar.update(count)
 
     def close(self) -> None:
         if self.pool is not None:
@@ -517,7 +523,7 @@ class _Counter:
                 size = len(buf)
                 if not size:
                     release()
-                    self.bar.update(taken)
+                    self._bytes_read(taken)
                     continue
                 futures: list[Future] = []
                 cut = int(W.find_cut(buf, 0, size, False))
@@ -536,7 +542,7 @@ class _Counter:
                 pending.extend(futures)
                 while pending and pending[0].done():
                     pending.popleft().result()  # raises a counting error
-                self.bar.update(taken)
+                self._bytes_read(taken)
             if carry:
                 rest = b"".join(carry)
                 pending.extend(self._submit(tables, np.frombuffer(rest, np.uint8), 0, len(rest), carry_prev))
@@ -575,7 +581,9 @@ class _Counter:
                 self.bar.update(len(batch))
                 batch, chars = [], 0
                 for path in corpus_files(item, text_field):
+                    before = self.documents
                     self.count_file(path, text_field)
+                    self.bar.update(self.documents - before)
                 continue
             raise CorpusError(f"corpus items must be strings, got {type(item).__name__}")
         self.count_strings(batch)
@@ -609,7 +617,7 @@ class _Counter:
         for block, taken, release in _BlockReader(path, start, end, self.block_bytes):
             data = block.tobytes()
             release()
-            self.bar.update(taken)
+            self._bytes_read(taken)
             if b"\n" not in data:
                 carry.append(data)
                 continue
@@ -874,6 +882,8 @@ class WordCounts:
         path = Path(path)
         if not path.exists():
             raise FileNotFoundError(f"word counts file {str(path)!r} does not exist")
+        if path.is_dir():
+            raise ValueError(f"word counts file {str(path)!r} is a directory")
         with open(path, "rb") as handle:
             start = handle.read(len(BINARY_MAGIC))
         if start == BINARY_MAGIC:

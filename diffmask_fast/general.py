@@ -107,6 +107,9 @@ class GeneralFrequencies:
                 parts = line.split("\t")
                 if len(parts) != 2 or not parts[0]:
                     raise ValueError(f"{str(path)!r} line {number}: expected 'word<TAB>count', got {line[:80]!r}")
+                if parts[0].split() != [parts[0]]:  # counted words never hold whitespace: it could never match
+                    raise ValueError(f"{str(path)!r} line {number}: the word {parts[0]!r} holds whitespace, which no "
+                                     "counted word does (a padded column?)")
                 try:
                     value = float(parts[1])
                 except ValueError:

@@ -341,3 +341,12 @@ def test_a_cased_general_table_meets_a_lowercased_corpus():
     # Counts that keep case look words up as written, then in lowercase.
     cased = mine_anchors({"DNA": 3000, "Kinase": 100}, general, k=2, min_count=1)
     assert {a.word: a.general_count for a in cased} == {"DNA": 4e7, "Kinase": 1e5}
+
+
+def test_a_general_table_word_holding_whitespace_is_refused(tmp_path):
+    """'the \t500' kept the key 'the ': "the" then counted 0 in general English and became an anchor."""
+    table = tmp_path / "general.tsv"
+    for line in ("the \t500", " the\t500", "new york\t7"):
+        table.write_text(f"enzyme\t3\n{line}\n")
+        with pytest.raises(ValueError, match="line 2: the word .* holds whitespace"):
+            GeneralFrequencies.from_file(table)

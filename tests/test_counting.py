@@ -1072,3 +1072,44 @@ def test_counts_beyond_int64_are_refused_by_name(tmp_path):
         WordCounts.load(path)
     path.write_text(header + '{"enzyme": 4000000000000000000, "kinase": 5000000000000000000}}')
     assert WordCounts.load(path).total == 9 * 10**18
+
+
+@pytest.mark.parametrize("data, broken", [(b"\xef", True), (b"\xef\xbb", True), (b"\xef\xbbx y", True),
+                                          (b"a\n\xef\xbb\xbf", False), (b"\xef\xbb\xbf\xef\xbb", True)])
+@pytest.mark.parametrize("compressed", [False, True])
+def test_the_bytes_of_a_cut_byte_order_mark_are_invalid_text_for_both_readers(tmp_path, data, broken, compressed):
+    """The reference reader (utf-8-sig) dropped the bytes of a cut mark at the end of a file,
+    where the counter reads them as U+FFFD."""
+    path = tmp_path / ("cut.txt.gz" if compressed else "cut.txt")
+    path.write_bytes(gzip.compress(data) if compressed else data)
+    documents = list(iter_documents(path))
+    assert count_words(path, progress=False) == WordCounts.from_mapping(reference.count_words(documents),
+                                                                        len(documents))
+    assert documents and ("\ufffd" in "".join(documents)) == broken
+
+
+def test_a_bar_of_documents_counts_the_documents_of_files_too(tmp_path, monkeypatch):
+    """Texts mixed with paths: the bar counted documents and then the bytes of the files."""
+    bars = []
+
+    class Bar(counting.tqdm):
+        def __init__(self, *args, **options):
+            super().__init__(*args, **options)
+            bars.append(self)
+
+    lines = random.randint(3, 40)
+    (tmp_path / "a.txt").write_text("".join(f"the enzyme number {i}\n" for i in range(lines)))
+    monkeypatch.setattr(counting, "tqdm", Bar)
+    counts = count_words(["one document", "and another", tmp_path / "a.txt"], progress=True)
+    assert counts.documents == lines + 2
+    assert bars[-1].unit == " docs" and bars[-1].n == counts.documents
+
+
+def test_gzip_under_another_name_and_a_folder_for_counts_are_named(tmp_path):
+    (tmp_path / "packed.txt").write_bytes(gzip.compress(b"hello world\n"))
+    with pytest.raises(CorpusError, match="is gzip-compressed but not named \\*.gz"):
+        count_words(tmp_path / "packed.txt", progress=False)
+    with pytest.raises(CorpusError, match="is gzip-compressed but not named \\*.gz"):
+        list(iter_documents(tmp_path / "packed.txt"))
+    with pytest.raises(ValueError, match="word counts file .* is a directory"):
+        WordCounts.load(tmp_path)
