@@ -446,10 +446,19 @@ def _release_when_done(futures: list[Future], release: Callable[[], None]) -> No
         future.add_done_callback(finished)
 
 
+def _known_length(source) -> int | None:
+    """``len(source)``, or None where it has none (a streaming dataset)."""
+    try:
+        return len(source)
+    except TypeError:
+        return None
+
+
 class _Counter:
     """Counts a corpus source by source into raw tables, then normalizes once."""
 
-    def __init__(self, threads: int, block_bytes: int, progress: bool, total_bytes: int | None):
+    def __init__(self, threads: int, block_bytes: int, progress: bool, total_bytes: int | None,
+                 total_documents: int | None = None):
         if threads < 1:
             raise ValueError(f"threads must be at least 1, got {threads}")
         if block_bytes < 1:
@@ -465,7 +474,8 @@ class _Counter:
         if total_bytes is not None:
             self.bar = tqdm(total=total_bytes, unit="B", unit_scale=True, desc="counting words", disable=not progress)
         else:
-            self.bar = tqdm(unit=" docs", unit_scale=True, desc="counting words", disable=not progress)
+            self.bar = tqdm(total=total_documents, unit=" docs", unit_scale=True, desc="counting words",
+                            disable=not progress)
 
     def _bytes_read(self, count: int) -> None:
         """Advance a bar of bytes; a bar of documents advances when a file is done."""
@@ -699,6 +709,9 @@ def count_words(
         return count_words_distributed(
             source, scheduler, lowercase=lowercase, progress=progress, text_field=text_field,
             partition_bytes=partition_bytes, threads=threads, block_bytes=block_bytes)
+    if partition_bytes is not None:
+        raise ValueError("partition_bytes sizes the byte ranges Dask workers count; without a scheduler it would do "
+                         "nothing (block_bytes sizes the reads here)")
     threads = default_threads() if threads is None else int(threads)
     source = dataset_view(source)
     dataset = is_dataset(source)
@@ -710,7 +723,8 @@ def count_words(
     elif isinstance(source, (list, tuple)) and source and all(isinstance(s, os.PathLike) for s in source):
         files = corpus_files(source, text_field)
     total_bytes = sum(p.stat().st_size for p in files) if files is not None else None
-    counter = _Counter(threads, block_bytes, progress, total_bytes)
+    rows = _known_length(source) if dataset else None  # a map-style dataset: the bar has an end
+    counter = _Counter(threads, block_bytes, progress, total_bytes, rows)
     try:
         if files is not None:
             for path in files:

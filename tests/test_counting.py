@@ -311,6 +311,24 @@ def test_real_datasets_dataset_if_installed():
     assert dict(counts.counts) == dict(reference.count_words(texts)) and counts.documents == 3
 
 
+def test_the_bar_of_a_dataset_knows_its_length(monkeypatch):
+    datasets = pytest.importorskip("datasets")
+    bars = []
+
+    class Bar(counting.tqdm):
+        def __init__(self, *args, **options):
+            super().__init__(*args, **options)
+            bars.append(self)
+
+    monkeypatch.setattr(counting, "tqdm", Bar)
+    rows = random.randint(1, 30)
+    count_words(datasets.Dataset.from_dict({"text": ["the enzyme"] * rows}), progress=True)
+    assert bars[-1].total == bars[-1].n == rows
+    streamed = datasets.Dataset.from_dict({"text": ["the enzyme"] * rows}).to_iterable_dataset()
+    count_words(streamed, progress=True)
+    assert bars[-1].total is None and bars[-1].n == rows
+
+
 def test_a_pandas_data_frame_is_read_by_its_text_column(rng):
     pandas = pytest.importorskip("pandas")
     from diffmask_fast.corpus import iter_documents
@@ -1113,3 +1131,8 @@ def test_gzip_under_another_name_and_a_folder_for_counts_are_named(tmp_path):
         list(iter_documents(tmp_path / "packed.txt"))
     with pytest.raises(ValueError, match="word counts file .* is a directory"):
         WordCounts.load(tmp_path)
+
+
+def test_partition_bytes_without_a_scheduler_is_refused():
+    with pytest.raises(ValueError, match="partition_bytes sizes the byte ranges Dask workers count"):
+        count_words(["the enzyme"], progress=False, partition_bytes=1 << 20)
