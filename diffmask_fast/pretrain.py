@@ -385,9 +385,10 @@ def pretrain(config: PretrainConfig) -> dict:
                                                       config.max_validation_documents, config.seed)
     data = {"training": documents_fingerprint(train_docs), "validation": documents_fingerprint(validation_docs)}
     if resumed_run is not None and resumed_run.get("data", data) != data:
-        raise ValueError(f"--resume continues a run that began with other documents: {_data_change(resumed_run['data'], data)}. "
-                         "A resumed run trains and validates on the documents it began with (else held-out "
-                         "documents could be trained on); start a new run in a new output directory")
+        raise ValueError(f"--resume continues a run that began with other documents: "
+                         f"{_data_change(resumed_run['data'], data)}. A resumed run trains and validates on the "
+                         "documents it began with (else held-out documents could be trained on); start a new run in "
+                         "a new output directory")
     train = tokenize_documents(tokenizer, train_docs, config.max_length, progress=config.progress,
                                description="tokenizing training documents")
     validation = tokenize_documents(tokenizer, validation_docs, config.max_length, progress=config.progress,
