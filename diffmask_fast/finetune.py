@@ -622,8 +622,8 @@ def _finished_seeds(report_path: Path, model: str, labels: list[str], config: di
             return saved == given
         return _same_input(saved, given, before.get(name), now.get(name))
 
-    changed = [key for key in config if key not in ("seeds", "inputs_sha256") and not same(key, earlier.config.get(key),
-                                                                                          config[key])]
+    changed = [key for key in config
+               if key not in ("seeds", "inputs_sha256") and not same(key, earlier.config.get(key), config[key])]
     changed += [f"the contents of {INPUT_NAMES[name]}" for name, digest in now.items()
                 if before.get(name) is not None and digest is not None and before[name] != digest]
     if not same("model", earlier.model, model):
