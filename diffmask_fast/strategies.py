@@ -106,10 +106,10 @@ _TOKEN_FIELDS = ("input_ids", "attention_mask", "special_tokens_mask", "token_ty
 def _token_fields(example) -> dict:
     """An example's token-level fields as lists (a bare sequence of ids is its input_ids)."""
     if not isinstance(example, Mapping):
-        return {"input_ids": list(example)}
+        return {"input_ids": _as_list(example)}
     if "input_ids" not in example:
         raise ValueError(f"every example needs an 'input_ids' field; one has {', '.join(map(repr, example)) or 'none'}")
-    fields = {name: list(example[name]) for name in _TOKEN_FIELDS if name in example}
+    fields = {name: _as_list(example[name]) for name in _TOKEN_FIELDS if name in example}
     for name, values in fields.items():
         if len(values) != len(fields["input_ids"]):
             raise ValueError(f"an example's {name!r} has {len(values)} items but its input_ids has "
@@ -134,6 +134,11 @@ def _restoring_buffers(module: torch.nn.Module):
         for name, buffer in module.named_buffers():
             if name in saved and buffer.shape == saved[name].shape:
                 buffer.copy_(saved[name])
+
+
+def _as_list(values) -> list:
+    """A sequence of ids as a list of Python numbers (tensors and arrays included)."""
+    return values.tolist() if hasattr(values, "tolist") else list(values)
 
 
 def _pad_right(chunk: list[dict], pad_id: int) -> dict:

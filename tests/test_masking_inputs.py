@@ -266,3 +266,14 @@ def test_batches_move_to_a_device_as_transformers_batches_do(kind, bert_wordpiec
     moved = batch.to("meta")  # as a training loop moves a BatchEncoding to its GPU
     assert set(moved) == set(batch) and all(value.device.type == "meta" for value in moved.values())
     assert dict(batch).keys() == batch.keys() and "labels" in batch
+
+
+@pytest.mark.parametrize("mask_on", ["workers", "device"])
+def test_a_validation_set_of_tensors_and_arrays_is_masked_as_lists_are(mask_on, bert_wordpiece):
+    encoded = [bert_wordpiece(text) for text in TEXTS]
+    as_lists = [{"input_ids": e["input_ids"], "attention_mask": e["attention_mask"]} for e in encoded]
+    as_arrays = [{"input_ids": torch.tensor(e["input_ids"]), "attention_mask": np.array(e["attention_mask"])}
+                 for e in encoded]
+    built = build_strategy("difference", bert_wordpiece, scores=ScoreTable.from_mapping(SCORES), seed=0, mask_on=mask_on)
+    seed = random.randrange(100)
+    assert built.mask_examples(as_arrays, seed=seed) == built.mask_examples(as_lists, seed=seed)
