@@ -63,6 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
                                description="Mine anchors from the Python language reference shipped with CPython, score "
                                            "words with the bundled all-MiniLM-L6-v2, and show masked sentences.")
     _add_masking_options(demo)
+    demo.add_argument("--no-progress", action="store_true", help="do not show progress bars")
 
     mine = commands.add_parser("mine", help="find a corpus's anchor words by TF-ICF",
                                description="Count the words of a corpus (text files, one document per line; "

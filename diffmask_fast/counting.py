@@ -723,7 +723,8 @@ def count_words(
     elif isinstance(source, (list, tuple)) and source and all(isinstance(s, os.PathLike) for s in source):
         files = corpus_files(source, text_field)
     total_bytes = sum(p.stat().st_size for p in files) if files is not None else None
-    rows = _known_length(source) if dataset else None  # a map-style dataset: the bar has an end
+    texts_only = isinstance(source, (list, tuple)) and all(isinstance(item, str) for item in source)
+    rows = _known_length(source) if dataset or texts_only else None  # the bar has an end
     counter = _Counter(threads, block_bytes, progress, total_bytes, rows)
     try:
         if files is not None:

@@ -20,6 +20,11 @@ def test_demo_runs_offline_with_no_arguments(capsys):
     assert "Wrote" not in out  # nothing is written unless asked
 
 
+def test_demo_shows_no_bars_when_told(capsys):
+    assert main(["demo", "--sentences", "1", "--no-progress"]) == 0
+    assert "%|" not in capsys.readouterr().err
+
+
 def test_demo_draws_the_masking_rates(capsys, tmp_path):
     picture = tmp_path / "masking.png"
     assert main(["demo", "--sentences", "1", "--plot", str(picture)]) == 0

@@ -327,6 +327,8 @@ def test_the_bar_of_a_dataset_knows_its_length(monkeypatch):
     streamed = datasets.Dataset.from_dict({"text": ["the enzyme"] * rows}).to_iterable_dataset()
     count_words(streamed, progress=True)
     assert bars[-1].total is None and bars[-1].n == rows
+    count_words(["the enzyme"] * rows, progress=True)  # a list of texts: its length too
+    assert bars[-1].total == bars[-1].n == rows
 
 
 def test_a_pandas_data_frame_is_read_by_its_text_column(rng):
