@@ -363,8 +363,9 @@ def _show_masks(anchor_words, tokenizer, table, texts, args, plot_texts=()) -> N
     print(render_text(sentences, show_scores=args.show_scores).replace("\n", "\n\n"))
     shown_words = {table.key(word.text) for sentence in sentences for word in sentence} - set(anchor_words)
     top = sorted(((w, table.score(w)) for w in shown_words if w in table), key=lambda item: (-item[1], item[0]))[:10]
-    print("\nHighest-scoring words here that are not anchors (score, nearest anchor): "
-          + ", ".join(f"{w} ({s:.2f}, {table.nearest_anchor_of(w) or '-'})" for w, s in top))
+    if top:  # else no word shown, beside the anchors, is in the table
+        print("\nHighest-scoring words here that are not anchors (score, nearest anchor): "
+              + ", ".join(f"{w} ({s:.2f}, {table.nearest_anchor_of(w) or '-'})" for w, s in top))
     if args.html:
         write_html(args.html, sentences)
         print(f"Wrote {args.html}")

@@ -498,3 +498,16 @@ def test_a_score_table_names_a_local_model_from_any_directory(tmp_path, monkeypa
     monkeypatch.chdir(tmp_path / "elsewhere")
     assert main(["preview", str(tmp_path / "work" / "corpus.txt"), "--scores", str(tmp_path / "work" / "scores.npz"),
                  "-n", "1"]) == 0
+
+
+def test_preview_leaves_out_an_empty_list_of_highest_scoring_words(tmp_path, capsys):
+    from diffmask_fast.embedding import default_model_path
+    from diffmask_fast.scoring import ScoreTable
+
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("the enzyme binds the receptor\n")
+    ScoreTable({"enzyme": 1.0}, anchors=["enzyme"], info={"tokenizer": default_model_path()}).save(tmp_path / "s.npz")
+    assert main(["preview", str(corpus), "--scores", str(tmp_path / "s.npz"), "-n", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "[[" in out or "enzyme" in out
+    assert "Highest-scoring words here" not in out, "no shown word but the anchor is in the table"
