@@ -270,6 +270,7 @@ class WordEmbedder:
         #: Words the last ``embed`` call cut to ``max_length`` tokens as it embedded them (words read
         #: from the cache were cut, and warned about, when they were first embedded).
         self.truncated_words = 0
+        self._longest_truncated = ""  # the example the warning names
 
     @classmethod
     def from_pretrained(cls, name_or_path: str | os.PathLike | None = None, pooling: str | None = None,
@@ -390,7 +391,7 @@ class WordEmbedder:
                 found = np.zeros(len(unique), dtype=bool)
                 found[positions] = True
                 missing = np.nonzero(~found)[0]
-            self.truncated_words = 0
+            self.truncated_words, self._longest_truncated = 0, ""
             begin, step = 0, CACHE_PIECE if cache is not None else len(missing)
             while begin < len(missing):
                 piece = missing[begin : begin + step]
@@ -409,6 +410,11 @@ class WordEmbedder:
                         continue
                     rate = len(piece) / max(time.perf_counter() - started, 1e-9)
                     step = max(CACHE_PIECE, int(rate * CACHE_SECONDS))
+            if self.truncated_words:  # one warning for the call, however many cache pieces it took
+                warnings.warn(
+                    f"{self.truncated_words:,} word(s) have more than {self.max_length} tokens with special tokens and "
+                    f"were embedded from their first pieces (e.g. {self._longest_truncated[:60]!r}); raise max_length "
+                    "(diffmask score --max-length) to embed them whole", DiffmaskWarning, stacklevel=2)
         finally:
             if not external:
                 bar.close()
@@ -462,12 +468,7 @@ class WordEmbedder:
             for i, ids in zip(long, cut):
                 encoded[i] = ids
             self.truncated_words += len(long)
-            example = max((words[i] for i in long), key=len)
-            warnings.warn(
-                f"{len(long):,} word(s) have more than {self.max_length} tokens with special tokens and were embedded "
-                f"from their first pieces (e.g. {example[:60]!r}); raise max_length (diffmask score --max-length) to "
-                "embed them whole",
-                DiffmaskWarning, stacklevel=3)
+            self._longest_truncated = max([self._longest_truncated, *(words[i] for i in long)], key=len)
         order = sorted(range(len(words)), key=lambda i: len(encoded[i]))
         result = np.empty((len(words), self.dimension), dtype=np.float32)
         autocast = torch.autocast(device_type=torch.device(self.device).type, dtype=self._autocast_dtype,

@@ -245,6 +245,23 @@ def test_words_longer_than_max_length_are_embedded_from_their_first_pieces(tiny_
     assert tokenizer.truncation_side == "right"
 
 
+def test_one_truncation_warning_per_call_however_many_cache_pieces(tiny_bert, tmp_path, monkeypatch):
+    from diffmask_fast import embedding
+
+    monkeypatch.setattr(embedding, "CACHE_PIECE", 2)
+    monkeypatch.setattr(embedding, "CACHE_SECONDS", 0.0)
+    model, tokenizer = tiny_bert
+    parts = ["enzyme", "receptor", "kinase", "ligand", "inhibitor", "binding"]
+    words = ["-".join(random.sample(parts, 6)) for _ in range(7)]
+    words = list(dict.fromkeys(words))
+    embedder = WordEmbedder(model, tokenizer, pooling="mean", max_length=8, progress=False, cache_dir=tmp_path)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        embedder.embed(words)
+    said = [w for w in caught if "more than 8 tokens" in str(w.message)]
+    assert len(said) == 1 and f"{len(words)} word(s)" in str(said[0].message) and embedder.truncated_words == len(words)
+
+
 def test_input_embeddings_never_truncate(tiny_bert):
     model, tokenizer = tiny_bert
     word = "-".join(["enzyme"] * 20)
