@@ -258,10 +258,10 @@ class EmbeddingCache:
                 fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
 
     def _sweep_leftovers(self, now: float | None = None) -> None:
-        """Delete what writers killed mid-segment left behind: temporary files, and vectors files
-        whose JSON never came, once they are older than STALE_SECONDS."""
+        """Delete what killed writers left behind: temporary files, and vectors files whose JSON
+        never came, once they are older than STALE_SECONDS."""
         now = time.time() if now is None else now
-        leftovers = list(self.directory.glob(".seg-*.tmp"))
+        leftovers = list(self.directory.glob(".*.tmp"))  # every atomic write's temporary file (key.json's too)
         leftovers += [path for path in self.directory.glob("seg-*.npy") if not path.with_suffix(".json").exists()]
         for path in leftovers:
             try:

@@ -429,7 +429,8 @@ def test_leftovers_of_a_killed_writer_are_swept_once_stale(tmp_path, rng):
     directory = cache.directory
     kept_segment = {p.name for p in directory.iterdir()}
     old = time.time() - embedding_cache.STALE_SECONDS - 60
-    stale = [directory / ".seg-1-aa.npy.x1.tmp", directory / "seg-00000000000000000001-deadbeef.npy"]
+    stale = [directory / ".seg-1-aa.npy.x1.tmp", directory / "seg-00000000000000000001-deadbeef.npy",
+             directory / ".key.json.x3.tmp"]
     young = [directory / ".seg-2-bb.json.x2.tmp", directory / "seg-00000000000000000002-cafecafe.npy"]
     for path in stale + young:
         path.write_bytes(b"partial")
