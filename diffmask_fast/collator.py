@@ -52,7 +52,7 @@ class DifferenceMaskingCollator(MaskingCollatorBase):
         self._setup_base()
         self._cache = ops.ScoreHashTable()
 
-    def mask_batch(self, input_ids: torch.Tensor, never_word: torch.Tensor) -> dict:
+    def mask_batch(self, input_ids: torch.Tensor, never_word: torch.Tensor | None = None) -> dict:
         masked_ids, labels = self.mask(input_ids, never_word)
         return {"input_ids": masked_ids, "labels": labels}
 

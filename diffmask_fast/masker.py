@@ -24,7 +24,7 @@ import torch
 
 from . import ops
 from .collator import DifferenceMaskingCollator
-from .masking_base import check_batch_ids, check_like_ids, distributed_rank
+from .masking_base import check_batch_ids, check_id_dtype, check_like_ids, distributed_rank
 from .scoring import ScoreTable
 from .tokenization import tokenize_texts
 
@@ -82,24 +82,16 @@ def _ids_of(sequence: Any, what: str) -> list[int]:
     if isinstance(sequence, (str, bytes)):
         raise TypeError(f"{what} is text inside token ids; pass texts as strings, ids as sequences of ints")
     if isinstance(sequence, (torch.Tensor, np.ndarray)):
-        _check_integer_dtype(sequence, what)
+        check_id_dtype(sequence, what)
         return sequence.reshape(-1).tolist()
     try:
         ids = list(sequence)
     except TypeError:
         raise TypeError(f"{what} is of type {type(sequence).__name__}, not a text or a sequence of token ids") from None
-    odd = next((i for i in ids if not isinstance(i, numbers.Integral)), None)
+    odd = next((i for i in ids if not isinstance(i, numbers.Integral) or isinstance(i, bool)), None)
     if odd is not None:
         raise TypeError(f"{what} holds {odd!r} ({type(odd).__name__}); token ids must be integers")
     return [int(i) for i in ids]
-
-
-def _check_integer_dtype(ids: torch.Tensor | np.ndarray, what: str) -> None:
-    """Token ids arrive as integers; a float tensor is refused, since casting would truncate it."""
-    integer = (not (ids.dtype.is_floating_point or ids.dtype.is_complex) if isinstance(ids, torch.Tensor)
-               else ids.dtype.kind in "biu")
-    if not integer:
-        raise TypeError(f"{what} holds {ids.dtype} values; token ids must be integers")
 
 
 def _checked_mask(mask: Any, length: int, row: int | None) -> Any:
@@ -246,7 +238,7 @@ class DifferenceMasker(torch.nn.Module):
         """(masked input_ids, labels) of a padded [B, L] batch; labels are -100 where nothing is
         masked. No host round trip: the seed, the tables and the miss counts stay on the device."""
         input_ids = check_batch_ids(input_ids, self.never_word.device)
-        _check_integer_dtype(input_ids, "input_ids")
+        check_id_dtype(input_ids, "input_ids")
         input_ids = input_ids.long()
         vocabulary = self.never_word.shape[0]
         # Out-of-vocabulary ids belong to no word (the op ignores them); clamping keeps this
@@ -292,7 +284,7 @@ class DifferenceMasker(torch.nn.Module):
             if _is_batch(item):  # e.g. the batches of a DataLoader
                 ids = item["input_ids"] if isinstance(item, Mapping) else item
                 mask = item.get("attention_mask") if isinstance(item, Mapping) else None
-                _check_integer_dtype(ids, "input_ids")
+                check_id_dtype(ids, "input_ids")
                 self._learn_batch(torch.as_tensor(ids), mask)
             elif isinstance(item, str):
                 texts.append(item)

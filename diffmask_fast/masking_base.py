@@ -61,6 +61,18 @@ def check_batch_ids(input_ids: Any, tables_device: torch.device) -> torch.Tensor
     return input_ids
 
 
+def check_id_dtype(ids: torch.Tensor | np.ndarray, what: str) -> None:
+    """Token ids arrive as integers: floats are refused, since casting would truncate them, and
+    booleans, which are a mask passed where the ids go. An empty batch may be of any type."""
+    if isinstance(ids, torch.Tensor):
+        kind = "b" if ids.dtype == torch.bool else "f" if ids.dtype.is_floating_point or ids.dtype.is_complex else "i"
+        empty = ids.numel() == 0
+    else:
+        kind, empty = ids.dtype.kind, ids.size == 0
+    if kind not in "iu" and not empty:
+        raise TypeError(f"{what} holds {ids.dtype} values; token ids must be integers")
+
+
 def check_like_ids(input_ids: torch.Tensor, mask: Any, name: str) -> torch.Tensor:
     """``mask`` as a tensor on ``input_ids``' device, refused unless it has their [B, L] shape
     (a [1, L] mask would silently broadcast over every row)."""
@@ -190,23 +202,30 @@ class MaskingCollatorBase:
                      for key, value in batch.items()}
         return BatchEncoding(batch)
 
-    def mask_batch(self, input_ids: torch.Tensor, never_word: torch.Tensor) -> dict:
+    def mask_batch(self, input_ids: torch.Tensor, never_word: torch.Tensor | None = None) -> dict:
         raise NotImplementedError
 
-    def _checked_inputs(self, input_ids, never_word) -> tuple[torch.Tensor, torch.Tensor]:
+    def _checked_inputs(self, input_ids, never_word, excluded_ids: torch.Tensor | None = None
+                        ) -> tuple[torch.Tensor, torch.Tensor]:
         """``input_ids`` as a [B, L] int64 tensor of ids inside the tokenizer's vocabulary, and the
-        tokens never to mask: the caller's ``never_word`` (or none) plus the special tokens."""
-        input_ids = torch.as_tensor(input_ids, dtype=torch.long)
+        tokens never to mask: the caller's ``never_word`` (or none) plus the tokens of
+        ``excluded_ids`` (a per-id table; by default the boundaries' ``never_word``, which holds
+        the special tokens and the whitespace tokens of no word)."""
+        input_ids = torch.as_tensor(input_ids)
         if input_ids.ndim != 2:
             raise ValueError(f"input_ids must be a [batch, length] matrix, got shape {tuple(input_ids.shape)}")
+        check_id_dtype(input_ids, "input_ids")
+        input_ids = input_ids.long()
         vocabulary = self.boundaries.never_word.numel()
         if input_ids.numel() and (int(input_ids.min()) < 0 or int(input_ids.max()) >= vocabulary):
             grown = len(self.tokenizer) > vocabulary  # tokens added after the word tables were built
             raise ValueError(f"input_ids hold ids outside the tokenizer's vocabulary [0, {vocabulary})"
                              + (f"; the tokenizer has grown to {len(self.tokenizer)} tokens since this collator "
                                 "was built: build it again after adding tokens" if grown else ""))
-        special = self.boundaries.never_word[input_ids]
-        return input_ids, (special if never_word is None else (never_word.bool() | special))
+        excluded = (self.boundaries.never_word if excluded_ids is None else excluded_ids)[input_ids]
+        if never_word is None:
+            return input_ids, excluded
+        return input_ids, check_like_ids(input_ids, never_word, "never_word").bool() | excluded
 
     def _generator(self) -> torch.Generator | None:
         """A generator for this process, seeded from (seed, rank, worker, worker seed) when a seed

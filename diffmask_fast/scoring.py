@@ -376,6 +376,8 @@ class ScoreTable:
         whatever their order."""
         normalized: dict[str, float] = {}
         for word, score in scores.items():
+            if not isinstance(word, str):
+                raise TypeError(f"scores must map words (str) to scores, got the key {word!r} ({type(word).__name__})")
             key, value = reference.normalize_word(word, lowercase), float(score)
             if key not in normalized or value > normalized[key] or math.isnan(value):  # NaN stays, to be refused
                 normalized[key] = value

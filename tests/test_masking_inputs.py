@@ -3,6 +3,7 @@ and clear errors for the rest (never a failure inside a DataLoader worker on the
 
 from __future__ import annotations
 
+import functools
 import pickle
 import random
 
@@ -16,7 +17,7 @@ from diffmask_fast.collator import DifferenceMaskingCollator
 from diffmask_fast.masker import DifferenceMasker
 from diffmask_fast.scoring import ScoreTable
 from diffmask_fast.strategies import build_strategy
-from diffmask_fast.terms import MSLMCollator, TermMaskingCollator, domain_terms
+from diffmask_fast.terms import MSLMCollator, TermMaskingCollator, TermMatcher, domain_terms
 from diffmask_fast.tokenization import UnknownWordBoundaries, detect_word_boundary_scheme
 
 SCORES = {"enzyme": 1.0, "binds": 0.5, "receptor": 0.8}
@@ -150,6 +151,43 @@ def test_scores_float32_cannot_hold_are_refused_when_the_table_is_made():
     with pytest.raises(ValueError, match="unknown_score must be finite \\(and within float32's range\\), got -1e\\+39"):
         ScoreTable.from_mapping(SCORES, unknown_score=-1e39)
     assert ScoreTable.from_mapping({"enzyme": 3e38}).score("enzyme") == pytest.approx(3e38, rel=1e-6)
+
+
+def test_score_keys_that_are_not_words_are_refused():
+    with pytest.raises(TypeError, match=r"scores must map words \(str\) to scores, got the key 1 \(int\)"):
+        ScoreTable.from_mapping({1: 0.5})
+
+
+@pytest.mark.parametrize("kind", COLLATORS + ["device", "attention"])
+@pytest.mark.parametrize("dtype", [torch.bool, torch.float64])
+def test_a_batch_of_ids_that_are_no_integers_is_refused(kind, dtype, bert_wordpiece):
+    """A mask passed where the ids go would be masked as ids 0 and 1; floats would be truncated."""
+    ids = bert_wordpiece(TEXTS, padding=True, return_tensors="pt")["input_ids"]
+    masker = masker_of(kind, bert_wordpiece, 0)
+    mask = (masker.mask_batch if kind in COLLATORS else
+            functools.partial(masker, model=torch.nn.Linear(1, 1)) if kind == "attention" else masker)
+    with pytest.raises(TypeError, match=f"input_ids holds {dtype} values; token ids must be integers"):
+        mask((ids % 2).to(dtype))
+    assert mask(torch.zeros((2, 0), dtype=dtype))[0 if kind not in COLLATORS else "labels"].shape == (2, 0)
+
+
+@pytest.mark.parametrize("kind", COLLATORS)
+def test_never_word_must_have_the_shape_of_the_batch(kind, bert_wordpiece):
+    ids = bert_wordpiece(TEXTS, padding=True, return_tensors="pt")["input_ids"]
+    collator = collator_of(kind, bert_wordpiece, 0)
+    with pytest.raises(ValueError, match=r"never_word must have the shape of input_ids \(3, \d+\), got \(1, \d+\)"):
+        collator.mask_batch(ids, torch.zeros((1, ids.shape[1]), dtype=torch.bool))
+    everything = collator.mask_batch(ids, np.ones(ids.shape, dtype=bool))  # numpy is read as a tensor
+    assert (everything["labels"] == -100).all(), "nothing may be masked where every token is excluded"
+
+
+def test_the_term_matcher_checks_never_word(bert_wordpiece):
+    ids = bert_wordpiece(TEXTS, padding=True, return_tensors="pt")["input_ids"]
+    matcher = TermMatcher(bert_wordpiece, ["enzyme"])
+    with pytest.raises(ValueError, match="never_word must have the shape of input_ids"):
+        matcher.spans(ids, torch.zeros((1, ids.shape[1]), dtype=torch.bool))
+    assert matcher.spans(ids, np.zeros(ids.shape, dtype=bool)) == matcher.spans(ids)
+    assert matcher.spans(ids, np.ones(ids.shape, dtype=bool)) == [[], [], []]
 
 
 def test_a_whole_batch_given_as_examples_is_named(bert_wordpiece):
