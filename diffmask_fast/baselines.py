@@ -19,7 +19,7 @@ import torch
 from . import ops
 from .masking_base import MaskingCollatorBase, replace_selected
 from .reference import TOKEN_SCHEME
-from .tokenization import UnknownWordBoundaries, WordBoundaries, word_boundaries
+from .tokenization import UnknownWordBoundaries, WordBoundaries, special_token_table, word_boundaries
 
 __all__ = ["RandomTokenCollator", "RandomWordCollator"]
 
@@ -28,7 +28,9 @@ __all__ = ["RandomTokenCollator", "RandomWordCollator"]
 class RandomTokenCollator(MaskingCollatorBase):
     """Masks every token (special tokens and padding excepted) independently with probability
     ``mlm_probability``, then replaces the selected tokens 80/10/10 (mask token / random token /
-    unchanged, by ``mask_replace_prob`` and ``random_replace_prob``).
+    unchanged, by ``mask_replace_prob`` and ``random_replace_prob``). Tokens that stand for
+    whitespace alone (byte-level BPE's "Ċ", a lone "▁"), which belong to no word, are masked
+    like any other, as transformers does.
 
     The selection ignores word boundaries, so words made of several tokens are often masked in
     part. ``word_boundary`` is handed to ``word_boundaries`` like in the other strategies (the
@@ -40,6 +42,10 @@ class RandomTokenCollator(MaskingCollatorBase):
     tokenizer: Any
     mlm_probability: float = 0.25
 
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self._special = special_token_table(self.tokenizer, self.boundaries.never_word.numel())
+
     def _word_boundaries(self) -> WordBoundaries:
         try:
             return super()._word_boundaries()
@@ -49,7 +55,7 @@ class RandomTokenCollator(MaskingCollatorBase):
     def mask_batch(self, input_ids: torch.Tensor, never_word: torch.Tensor | None = None) -> dict:
         """Mask a padded [B, L] batch; ``never_word`` flags tokens never to mask (padding; special
         tokens are always excluded). Returns ``input_ids`` (replaced) and ``labels``."""
-        input_ids, never_word = self._checked_inputs(input_ids, never_word)
+        input_ids, never_word = self._checked_inputs(input_ids, never_word, self._special)
         generator = self._generator()
         draw = torch.rand(input_ids.shape, generator=generator, dtype=torch.float64)
         selected = (draw < self.mlm_probability) & ~never_word

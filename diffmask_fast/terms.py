@@ -24,7 +24,7 @@ import torch
 from . import ops
 from ._checks import refuse_one_string
 from .advice import DiffmaskWarning
-from .masking_base import MaskingCollatorBase, check_probability, replace_selected
+from .masking_base import MaskingCollatorBase, check_id_dtype, check_like_ids, check_probability, replace_selected
 from .reference import has_letter, is_anchor_candidate, normalize_word
 from .tokenization import WordBoundaries, decode_words, tokenize_texts, special_token_table, word_boundaries
 
@@ -256,16 +256,18 @@ class TermMatcher:
         """(input_ids, words, separators): ``separators`` [B, L] flags the tokens no term spans
         (special tokens and the caller's ``never_word``, such as padding). Whitespace tokens never
         separate, even where the caller flags them (the collators pass every token of no word)."""
-        input_ids = torch.as_tensor(input_ids, dtype=torch.long)
+        input_ids = torch.as_tensor(input_ids)
         if input_ids.ndim != 2:
             raise ValueError(f"input_ids must be a [batch, length] matrix, got shape {tuple(input_ids.shape)}")
+        check_id_dtype(input_ids, "input_ids")
+        input_ids = input_ids.long()
         vocabulary = self.boundaries.never_word.numel()
         if input_ids.numel() and (int(input_ids.min()) < 0 or int(input_ids.max()) >= vocabulary):
             raise ValueError(f"input_ids hold ids outside the tokenizer's vocabulary [0, {vocabulary})")
         excluded = self.boundaries.never_word[input_ids]
         separators = self._special[input_ids]
         if never_word is not None:
-            given = torch.as_tensor(never_word).bool()
+            given = check_like_ids(input_ids, never_word, "never_word").bool()
             excluded, separators = excluded | given, separators | (given & ~self._whitespace[input_ids])
         return input_ids, ops.group_words(input_ids, excluded, self.boundaries.starts_word), separators
 
@@ -327,14 +329,16 @@ class TermMatcher:
         return TermMatches(words, spans, span_start)
 
     def _beside_unknown(self, input_ids: torch.Tensor, start: torch.Tensor, end: torch.Tensor) -> torch.Tensor:
-        """[B, W]: words whose first token follows, or whose last token precedes, the unknown
-        token directly: pieces of a word the tokenizer could not spell whole."""
+        """[B, W]: words whose last token precedes the unknown token directly, or whose first
+        token follows it and carries no word start of its own: pieces of a word the tokenizer
+        could not spell whole. ("▁kinase" after the unknown token is a word of its own.)"""
         unknown = input_ids == self._unknown_inside_words
         padded = torch.nn.functional.pad(unknown, (1, 1))  # [B, L+2]: token t at t+1
         length = input_ids.shape[1]
         before = padded.gather(1, start.clamp(0, length))  # the token at start - 1
         after = padded.gather(1, (end + 1).clamp(0, length + 1))  # the token at end
-        return before | after
+        first_starts_word = self.boundaries.starts_word[input_ids.gather(1, start.clamp(0, length - 1))]
+        return (before & ~first_starts_word) | after
 
     def spans(self, input_ids: torch.Tensor, never_word: torch.Tensor | None = None) -> list[list[tuple[int, int]]]:
         """Per row, the term occurrences as word-index spans (start word, end word exclusive),

@@ -123,15 +123,16 @@ def term_words(tokenizer, term):
 def reference_spans(tokenizer, ids, terms) -> list[tuple[int, int]]:
     """Leftmost-longest, non-overlapping occurrences of ``terms`` (as ``term_words`` gives them)
     among runs of adjacent words: only whitespace tokens (no word, not special) between them, and
-    punctuation between words only where the term has it. Beside the unknown token, a
-    SentencePiece or byte-level BPE word is a fragment and part of no occurrence."""
+    punctuation between words only where the term has it. Before the unknown token, or after it
+    without a word mark of its own, a SentencePiece or byte-level BPE word is a fragment and part
+    of no occurrence."""
     groups, surface = decoded_words(tokenizer, ids)
     keys = [reference.normalize_word(w) for w in surface]
     boundaries = word_boundaries(tokenizer)
     never, special = boundaries.never_word, set(tokenizer.all_special_ids)
     whitespace = [bool(never[i]) and i not in special for i in ids]
     unknown = tokenizer.unk_token_id if boundaries.scheme in ("sentencepiece", "byte_bpe") else None
-    fragment = [unknown is not None and ((g[0] > 0 and ids[g[0] - 1] == unknown)
+    fragment = [unknown is not None and ((g[0] > 0 and ids[g[0] - 1] == unknown and not boundaries.starts_word[ids[g[0]]])
                                          or (g[-1] + 1 < len(ids) and ids[g[-1] + 1] == unknown)) for g in groups]
     longest = max(len(t) for t, _ in terms)
     spans, i = [], 0
@@ -223,9 +224,12 @@ def test_random_token_rates_specials_and_replacement(request, tokenizer_name, co
     boundaries = collator.boundaries
     groups = [reference_words(tokenizer, ids)[0] for ids in examples]
     calls = 12
-    # Tokens of no word (special ones, and whitespace such as a lone "▁") are never masked.
-    eligible = calls * sum(not boundaries.never_word[token] for ids in examples for token in ids)
-    masked = as_mask = as_random = unchanged = partial = 0
+    # Every token but the special ones is eligible, as in transformers: whitespace tokens of no
+    # word (a lone "▁", "Ċ") too.
+    special = set(tokenizer.all_special_ids)
+    eligible = calls * sum(token not in special for ids in examples for token in ids)
+    blank = [[bool(boundaries.never_word[token]) and token not in special for token in ids] for ids in examples]
+    masked = as_mask = as_random = unchanged = partial = blank_masked = 0
     for _ in range(calls):
         batch = collator(examples)
         assert set(batch) == {"input_ids", "attention_mask", "labels"}
@@ -240,7 +244,11 @@ def test_random_token_rates_specials_and_replacement(request, tokenizer_name, co
         assert not boundaries.never_word[new[replaced]].any(), f"{message}: a special token drawn as replacement"
         for row, row_groups in enumerate(groups):
             partial += word_mask_counts(batch["labels"][row].tolist(), row_groups)[1]
+            blank_masked += int(chosen[row, : len(blank[row])][torch.tensor(blank[row], dtype=torch.bool)].sum())
     assert within(masked / eligible, p, eligible), f"{message}: masked {masked} of {eligible} eligible tokens"
+    blanks = calls * sum(map(sum, blank))
+    assert blank_masked == 0 if blanks == 0 else within(blank_masked / blanks, p, blanks), (
+        f"{message}: masked {blank_masked} of {blanks} whitespace tokens")
     # A random replacement draws the original token back with probability 1/R.
     back = 0.1 / boundaries.random_token_ids.numel()
     for observed, probability in ((as_mask, 0.8), (as_random, 0.1 - back), (unchanged, 0.1 + back)):
@@ -416,15 +424,17 @@ def test_terms_match_across_no_punctuation_they_lack(request, tokenizer_name):
 
 def test_pieces_beside_the_unknown_token_match_no_term(sentencepiece_unigram, bert_wordpiece):
     """SentencePiece spells an unknown character as <unk> inside the word: "p" of "p<unk>3" is a
-    piece of a word, not the term "p". BERT's [UNK] stands for a whole word."""
-    texts = ["the p \u26033 protein", "the p\u26033 protein", "\u2603p binds p"]
+    piece of a word, not the term "p"; a word marked as one ("▁protein") after it is a whole
+    word. BERT's [UNK] stands for a whole word."""
+    texts = ["the p \u26033 protein", "the p\u26033 protein", "\u2603p binds p", "the p\u2603 protein"]
     ids = [sentencepiece_unigram(t)["input_ids"] for t in texts]
     assert sentencepiece_unigram.unk_token_id in ids[1], "the premise: the character is unknown"
     batch = RandomWordCollator(sentencepiece_unigram)._pad([{"input_ids": i} for i in ids])["input_ids"]
     matcher = TermMatcher(sentencepiece_unigram, ["p", "protein", "the", "binds"])
     words = matcher.words_of(batch)
     found = [[words[row][a] for a, _ in spans] for row, spans in enumerate(matcher.spans(batch))]
-    assert found == [["the", "p", "protein"], ["the", "protein"], ["binds", "p"]], (words, found)
+    # "▁protein" after the unknown token starts a word of its own; "p" before it is a fragment.
+    assert found == [["the", "p", "protein"], ["the", "protein"], ["binds", "p"], ["the", "protein"]], (words, found)
     bert = torch.tensor([bert_wordpiece("the \u2603 protein")["input_ids"]])
     assert bert_wordpiece.unk_token_id in bert[0].tolist()
     assert len(TermMatcher(bert_wordpiece, ["the", "protein"]).spans(bert)[0]) == 2
@@ -744,8 +754,9 @@ ALL_WORDS = {
 
 @pytest.mark.parametrize("strategy", sorted(ALL_WORDS))
 def test_mlm_probability_one_masks_every_eligible_word(request, strategy, corpus, seed):
-    """p = 1 leaves no word (no word token, for random-token) unmasked, in rows of one word too: a
-    budget capped below the row's word count, or rounded down, would leave one out."""
+    """p = 1 leaves no word (no token but the special ones, for random-token) unmasked, in rows
+    of one word too: a budget capped below the row's word count, or rounded down, would leave
+    one out."""
     tokenizer = request.getfixturevalue(TOKENIZERS[seed % 3])
     rng = np.random.default_rng(seed)
     examples = encode(tokenizer, sample_lines(corpus, seed, 12)) + random_sequences(tokenizer, rng, 12)
@@ -754,8 +765,9 @@ def test_mlm_probability_one_masks_every_eligible_word(request, strategy, corpus
     batch = collator(examples)
     check_labels_and_specials(tokenizer, examples, batch, f"seed={seed} {strategy}")
     never = word_boundaries(tokenizer).never_word  # specials and bare word marks ("▁", "Ġ")
+    special = set(tokenizer.all_special_ids)
     for row, ids in enumerate(examples):
-        expected = [not bool(never[i]) for i in ids]
+        expected = [i not in special if strategy == "random_token" else not bool(never[i]) for i in ids]
         masked = (batch["labels"][row, : len(ids)] != -100).tolist()
         assert masked == expected, f"seed={seed} {strategy} row={row}: {tokenizer.convert_ids_to_tokens(ids)}"
 
