@@ -12,7 +12,7 @@ import itertools
 import math
 import unicodedata
 from collections import Counter
-from typing import Callable, Iterable, Mapping, Sequence
+from typing import Callable, Collection, Iterable, Mapping, Sequence
 
 import numpy as np
 
@@ -194,11 +194,13 @@ BYTE_LEVEL_CHARACTERS = _byte_level_characters()
 def token_text(token: str, scheme: str) -> str | None:
     """The text a byte-level BPE or SentencePiece token stands for ("Âł": a no-break space;
     "▁x": " x"; the byte-fallback piece "<0x09>": a tab), or None where it cannot be read alone
-    (a piece of a multi-byte character, an added token outside the byte alphabet)."""
+    (a byte-fallback piece of a multi-byte character, an added token outside the byte alphabet).
+    In a byte-level token, the bytes of an incomplete character read as U+FFFD: what comes
+    before them is still read ("Âłæ": a no-break space, then part of a character)."""
     if scheme == "byte_bpe":
         try:
-            return bytes(BYTE_LEVEL_CHARACTERS[c] for c in token).decode("utf-8")
-        except (KeyError, UnicodeDecodeError):
+            return bytes(BYTE_LEVEL_CHARACTERS[c] for c in token).decode("utf-8", "replace")
+        except KeyError:
             return None
     if scheme == "sentencepiece":
         if len(token) == 6 and token.startswith("<0x") and token.endswith(">"):
@@ -211,14 +213,16 @@ def token_text(token: str, scheme: str) -> str | None:
     return None
 
 
-def word_starts(tokens: Sequence[str], never_word: Sequence[bool], scheme: str) -> list[bool]:
+def word_starts(tokens: Sequence[str], never_word: Sequence[bool], scheme: str,
+                space_taking: Collection[str] = ()) -> list[bool]:
     """Which tokens begin a new word.
 
     A word is a maximal run of tokens the tokenizer marks as one word. ``never_word`` flags
     special tokens and padding (and, for byte-level BPE and SentencePiece, tokens that stand for
     whitespace alone); they belong to no word, and the token after one always starts a word
     (RoBERTa's first word carries no "Ġ"). Under a space marker, a token whose text opens with
-    whitespace and goes on ("ĉword" of a tab and a word) starts one too.
+    whitespace and goes on ("ĉword" of a tab and a word) starts one too, as does, under any
+    scheme, a token of ``space_taking``: added tokens that take the whitespace before them.
     """
     if scheme not in WORD_BOUNDARY_SCHEMES:
         raise ValueError(f"unknown word-boundary scheme {scheme!r}; expected one of {sorted(WORD_BOUNDARY_SCHEMES)}")
@@ -237,7 +241,7 @@ def word_starts(tokens: Sequence[str], never_word: Sequence[bool], scheme: str) 
         else:
             text = token_text(token, scheme)
             begins = token.startswith(marker) or (text is not None and text[:1].isspace() and not text.isspace())
-        starts.append(begins or not previous_in_word)
+        starts.append(begins or not previous_in_word or token in space_taking)
         previous_in_word = True
     return starts
 

@@ -273,6 +273,13 @@ def _special_ids(tokenizer, vocab_size: int) -> list[int]:
     return sorted(i for i in ids if 0 <= i < vocab_size)
 
 
+def _space_taking_ids(tokenizer, vocab_size: int) -> list[int]:
+    """Added tokens that take the whitespace before them (``lstrip``): "the kinase" with such a
+    token "kinase" is "the", "kinase", with no space token between, so the token starts a word."""
+    added = getattr(tokenizer, "added_tokens_decoder", None) or {}
+    return sorted(int(i) for i, token in added.items() if getattr(token, "lstrip", False) and 0 <= int(i) < vocab_size)
+
+
 def word_boundaries(tokenizer, scheme: str | None = None) -> WordBoundaries:
     """The ``WordBoundaries`` of ``tokenizer``; ``scheme`` overrides detection.
 
@@ -281,6 +288,7 @@ def word_boundaries(tokenizer, scheme: str | None = None) -> WordBoundaries:
     holes are never drawn as random replacements. Added tokens that are not special follow the
     scheme like any token: a byte-level BPE or SentencePiece tokenizer puts the space before one
     in a bare "Ġ" / "▁" token, which is whitespace and no word, so the added token starts one.
+    One that takes the space before it (``lstrip=True``) always starts a word.
     """
     mask_token_id = getattr(tokenizer, "mask_token_id", None)
     if getattr(tokenizer, "mask_token", None) is None or mask_token_id is None:
@@ -316,6 +324,9 @@ def _word_tables(tokenizer, scheme: str) -> tuple[torch.Tensor, torch.Tensor, to
         flags = _prefix_flags(tokenizer, tokens, scheme)
         never_word = torch.zeros(vocab_size, dtype=torch.bool)
     starts_word = torch.tensor(flags, dtype=torch.bool)
+    takes_space = _space_taking_ids(tokenizer, vocab_size)
+    if takes_space:
+        starts_word[torch.tensor(takes_space, dtype=torch.long)] = True
     special = _special_ids(tokenizer, vocab_size)
     if special:
         never_word[torch.tensor(special, dtype=torch.long)] = True
@@ -372,12 +383,13 @@ _BYTE_OF_CHARACTER = _byte_level_alphabet()
 
 
 def _byte_level_text(token: str) -> str | None:
-    """The text a byte-level token stands for ("Âł" -> "\\xa0"); None when that is not whole
-    UTF-8 characters (a piece of one) or the token is not in the byte alphabet (added tokens,
-    which are kept as written)."""
+    """The text a byte-level token stands for ("Âł" -> "\\xa0"), a piece of a multi-byte
+    character read as U+FFFD (so that a no-break space merged with the first bytes of a CJK
+    character still reads as whitespace, then more); None when the token is not in the byte
+    alphabet (added tokens, which are kept as written)."""
     try:
-        return bytes(_BYTE_OF_CHARACTER[character] for character in token).decode("utf-8")
-    except (KeyError, UnicodeDecodeError):
+        return bytes(_BYTE_OF_CHARACTER[character] for character in token).decode("utf-8", "replace")
+    except KeyError:
         return None
 
 

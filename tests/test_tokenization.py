@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import os
 import pickle
 import random
@@ -631,8 +632,8 @@ def test_a_token_opening_with_whitespace_starts_a_word():
 
 
 def test_word_tables_follow_the_text_each_byte_level_token_stands_for(unicode_space_tokenizer):
-    """Per token, as its own decoder reads it: whitespace alone is no word; a "Ġ" or whitespace
-    followed by more starts one; a piece of a character (decoded to U+FFFD) keeps its marker's say."""
+    """Per token, as its own decoder reads it (a piece of a character as U+FFFD): whitespace
+    alone is no word; a "Ġ" or whitespace followed by more starts one."""
     tokenizer = unicode_space_tokenizer
     boundaries = word_boundaries(tokenizer)
     decoder = tokenizer.backend_tokenizer.decoder
@@ -641,10 +642,24 @@ def test_word_tables_follow_the_text_each_byte_level_token_stands_for(unicode_sp
         if i in special:
             continue
         text = decoder.decode([token])
-        readable = "\ufffd" not in text
-        assert boundaries.never_word[i] == (readable and text.isspace()), (token, text)
-        opens = token.startswith("\u0120") or (readable and text[:1].isspace() and not text.isspace())
+        assert boundaries.never_word[i] == text.isspace(), (token, text)
+        opens = token.startswith("\u0120") or (text[:1].isspace() and not text.isspace())
         assert boundaries.starts_word[i] == (opens and not boundaries.never_word[i]), (token, text)
+
+
+def test_whitespace_before_part_of_a_character_starts_a_word(roberta_byte_bpe):
+    """A token of a no-break space and the first bytes of a character ("Âłæ" of "\\xa0漢") reads
+    as whitespace, then more: it starts a word, in the tables and the reference alike."""
+    tokenizer = copy.deepcopy(roberta_byte_bpe)
+    merged = ["\u00c2\u0142\u00e6", "\u010a\u00e6"]  # U+00A0 or "\n", then the lead byte of U+6F22
+    tokenizer.add_tokens(merged)
+    boundaries = word_boundaries(tokenizer)
+    ids = tokenizer.convert_tokens_to_ids(merged)
+    assert boundaries.starts_word[ids].all() and not boundaries.never_word[ids].any()
+    assert reference.token_text(merged[0], "byte_bpe") == "\u00a0\ufffd"
+    tokens = ["<s>", "the", *merged, "</s>"]
+    assert reference.word_starts(tokens, [True, False, False, False, True], "byte_bpe") == \
+        [False, True, True, True, False]
 
 
 def test_ascii_byte_level_tokens_keep_their_tables(roberta_byte_bpe):
@@ -753,3 +768,19 @@ def test_texts_with_lone_surrogates_are_tokenized_with_the_replacement_character
     if getattr(tokenizer, "is_fast", False):
         spans = tokenize_texts(tokenizer, [broken], return_offsets_mapping=True)["offset_mapping"][0]
         assert spans == tokenize_texts(tokenizer, [repaired], return_offsets_mapping=True)["offset_mapping"][0]
+
+
+@pytest.mark.parametrize("name", ["roberta_byte_bpe", "sentencepiece_unigram", "bert_wordpiece"])
+def test_an_added_token_that_takes_the_space_before_it_starts_a_word(request, name):
+    """An added token with ``lstrip=True`` swallows the space before it, so no "Ġ" / "▁" marks
+    the word it starts: "the kinasex" must not read as one word "thekinasex"."""
+    from tokenizers import AddedToken
+
+    tokenizer = copy.deepcopy(request.getfixturevalue(name))
+    tokenizer.add_tokens([AddedToken("kinasex", lstrip=True)])
+    assert grouped_words(tokenizer, "the kinasex binds") == ["the", "kinasex", "binds"]
+    ids = tokenizer("the kinasex binds")["input_ids"]
+    never = word_boundaries(tokenizer).never_word[ids].tolist()
+    tokens = tokenizer.convert_ids_to_tokens(ids)
+    assert reference.word_starts(tokens, never, word_boundaries(tokenizer).scheme, {"kinasex"}) == \
+        table_word_starts(ids, word_boundaries(tokenizer))
