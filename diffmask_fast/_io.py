@@ -165,11 +165,12 @@ def json_ready(value: Any) -> Any:
 
 
 def read_json(path: str | os.PathLike, what: str) -> Any:
-    """Load a JSON file, naming ``what`` it should have held when it cannot be read."""
+    """Load a JSON file, naming ``what`` it should have held when it cannot be read. A byte-order
+    mark, which some Windows editors write, is skipped."""
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"{what} file {str(path)!r} does not exist")
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        return json.loads(path.read_text(encoding="utf-8-sig"))
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
         raise ValueError(f"{str(path)!r} is not a valid {what} file: {error}") from error

@@ -24,6 +24,7 @@ maps into memory without reading it, so scoring and reports never recount a corp
 
 from __future__ import annotations
 
+import codecs
 import collections
 import functools
 import json
@@ -903,7 +904,7 @@ class WordCounts:
             start = handle.read(len(BINARY_MAGIC))
         if start == BINARY_MAGIC:
             return _read_binary(path, verify)
-        if start.lstrip()[:1] != b"{":
+        if start.removeprefix(codecs.BOM_UTF8).lstrip()[:1] != b"{":
             raise ValueError(f"{str(path)!r} is not a word-counts file (neither the binary nor the JSON format)")
         from ._io import read_json
 

@@ -4,6 +4,7 @@ and Dask. Random inputs are fresh each run; a failing test prints the seed that 
 
 from __future__ import annotations
 
+import codecs
 import gzip
 import json
 import mmap
@@ -551,6 +552,14 @@ def test_binary_counts_round_trip_lazily(tmp_path):
     counts.save(tmp_path / "counts.json")
     assert json.loads((tmp_path / "counts.json").read_text())["counts"]["receptor"] == counts["receptor"]
     assert WordCounts.load(tmp_path / "counts.json") == counts
+
+
+def test_json_counts_saved_by_an_editor_with_a_byte_order_mark_load(tmp_path):
+    counts = WordCounts.from_mapping({"enzyme": 3, "kinase": 2}, documents=2)
+    counts.save(tmp_path / "counts.json")
+    edited = tmp_path / "edited.json"
+    edited.write_bytes(codecs.BOM_UTF8 + (tmp_path / "counts.json").read_bytes())
+    assert WordCounts.load(edited) == counts
 
 
 def test_binary_counts_corruption_is_detected(tmp_path):
