@@ -11,6 +11,8 @@ import tempfile
 from pathlib import Path
 from typing import Any, BinaryIO, Iterator
 
+import numpy as np
+
 
 def _umask() -> int:
     """The process's file-creation mask, read without changing it where the system allows."""
@@ -57,6 +59,7 @@ def atomic_writer(path: str | os.PathLike) -> Iterator[BinaryIO]:
     permissions, and through a link the file the link points to (written beside that file), with
     the link kept."""
     path = Path(os.path.realpath(path))
+    _refuse_special_file(path, path)
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, temporary = tempfile.mkstemp(prefix=_temporary_prefix(path.name), suffix=".tmp", dir=path.parent)
     try:
@@ -72,6 +75,14 @@ def atomic_writer(path: str | os.PathLike) -> Iterator[BinaryIO]:
             os.unlink(temporary)
         raise
     _sync_folder(path.parent)
+
+
+def _refuse_special_file(target: Path, given: str | os.PathLike, what: str = "output") -> None:
+    """Refuse a ``target`` that exists and is no regular file (a pipe, a device such as
+    /dev/null, a socket): renaming a finished file onto it would replace it."""
+    if target.exists() and not target.is_file() and not target.is_dir():
+        raise ValueError(f"cannot write the {what} {os.fspath(given)!r}: it is not a regular file (a pipe, device or "
+                         "socket), and results are written whole, by renaming a finished file into place")
 
 
 def _sync_folder(folder: Path) -> None:
@@ -91,11 +102,15 @@ def _sync_folder(folder: Path) -> None:
 
 def check_writable(path: str | os.PathLike, what: str = "output") -> Path:
     """Raise ValueError now, before hours of work, if ``path`` could not be written later: it is a
-    directory, or the nearest existing folder on its way is a file or cannot be written in.
-    Nothing is created, so a run refused later leaves no empty folders behind."""
+    directory or no regular file, its name holds a NUL, or the nearest existing folder on its
+    way is a file or cannot be written in. Nothing is created, so a run refused later leaves no
+    empty folders behind."""
+    if "\x00" in os.fspath(path):
+        raise ValueError(f"the {what} {os.fspath(path)!r} holds a NUL character, which no file name can")
     path = Path(path)
     if path.is_dir():
         raise ValueError(f"the {what} {str(path)!r} is a directory, not a file")
+    _refuse_special_file(Path(os.path.realpath(path)), path, what)
     existing = path.absolute().parent
     while not existing.exists() and existing != existing.parent:
         existing = existing.parent
@@ -150,9 +165,11 @@ def atomic_write_json(path: str | os.PathLike, payload: Any) -> Path:
 
 
 def json_ready(value: Any) -> Any:
-    """``value`` as JSON will hold it: tuples as lists, paths as strings and non-finite floats
-    as None, inside its dicts, lists and tuples. A settings dict compared with one read back from
-    JSON must pass through here first."""
+    """``value`` as JSON will hold it: tuples as lists, paths as strings, numpy numbers as
+    Python's and non-finite floats as None, inside its dicts, lists and tuples. A settings dict
+    compared with one read back from JSON must pass through here first."""
+    if isinstance(value, np.generic):  # numpy numbers: JSON knows Python's
+        value = value.item()
     if isinstance(value, float):
         return value if math.isfinite(value) else None
     if isinstance(value, dict):

@@ -140,6 +140,12 @@ def mine_anchors(
     if isinstance(counts, (str, os.PathLike)):
         counts = WordCounts.load(counts, verify=True)
     elif not isinstance(counts, WordCounts):  # lowercase unless a word says otherwise
+        if not isinstance(counts, Mapping):
+            raise TypeError(f"counts must be WordCounts, a word -> count mapping or the path of saved counts, "
+                            f"got {type(counts).__name__}")
+        odd = next((word for word in counts if not isinstance(word, str)), None)
+        if odd is not None:
+            raise TypeError(f"the words of counts must be strings, got {odd!r} ({type(odd).__name__})")
         counts = WordCounts.from_mapping(counts, lowercase=all(word == word.lower() for word in counts))
     total = counts.total
     if total == 0:

@@ -28,6 +28,7 @@ import codecs
 import collections
 import functools
 import json
+import math
 import mmap
 import numbers
 import os
@@ -126,7 +127,8 @@ class CountTable:
         for word, count in mapping.items():
             if not isinstance(word, str):
                 raise TypeError(f"words must be strings, got {type(word).__name__}")
-            if count < 0 or int(count) != count:
+            if (isinstance(count, bool) or not isinstance(count, numbers.Real) or not math.isfinite(count)
+                    or count < 0 or int(count) != count):
                 raise ValueError(f"the count of {word!r} must be a non-negative integer, got {count!r}")
             if count >= _MAX_COUNT:
                 raise ValueError(f"the count of {word!r} is {int(count)}, more than the {_MAX_COUNT - 1} a table holds")

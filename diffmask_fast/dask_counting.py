@@ -91,7 +91,7 @@ def range_start(path: str | os.PathLike, nominal: int, size: int, json_lines: bo
             found = int(W.next_cut(np.frombuffer(data, np.uint8), max(nominal - position, 0), json_lines))
             if found >= 0:
                 return position + found
-            if position + len(data) >= size:
+            if position + len(data) >= size or len(data) <= 3:  # the end, or a file shorter than planned
                 break
             position += len(data) - 3
     return size
@@ -99,8 +99,13 @@ def range_start(path: str | os.PathLike, nominal: int, size: int, json_lines: bo
 
 def count_partition(part: Partition, lowercase: bool = True, threads: int = 1,
                     block_bytes: int = DEFAULT_BLOCK_BYTES) -> PartialCounts:
-    """Count one range on a worker: the same reader and kernel as ``count_words``."""
+    """Count one range on a worker: the same reader and kernel as ``count_words``. A file whose
+    size changed since the ranges were planned is refused: its ranges no longer cover it."""
     path = Path(part.path)
+    size = path.stat().st_size if path.exists() else part.size  # a missing file is named by the reader
+    if size != part.size:
+        raise CorpusError(f"{str(path)!r} changed while it was being counted ({part.size} bytes when the ranges "
+                          f"were planned, {size} now); count it again once it is complete")
     if is_gzip(path):
         start, end = 0, None
     else:

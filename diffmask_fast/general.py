@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import heapq
 import math
+import numbers
 import os
 from dataclasses import dataclass
 from functools import cached_property, lru_cache
@@ -14,6 +15,11 @@ import numpy as np
 #: Tokens in the Google Web Trillion Word corpus the default table is drawn from. The shipped
 #: table keeps only its 333,333 most frequent words, so its own sum is smaller.
 GOOGLE_TRILLION_TOTAL = 1_024_908_267_229
+
+
+def _is_number(value) -> bool:
+    """A real number, numpy's included; not a bool, a string or bytes (which numpy would read)."""
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
 
 
 @dataclass(frozen=True)
@@ -32,12 +38,16 @@ class GeneralFrequencies:
     def __post_init__(self) -> None:
         if not self.counts:
             raise ValueError("a general frequency table needs at least one word")
-        if not (math.isfinite(self.total) and self.total > 0):
-            raise ValueError(f"the general corpus total must be a positive finite number, got {self.total}")
-        try:  # a negative or NaN count would give negative or NaN TF-ICF, and anchors ranked by it
-            values = np.fromiter(self.counts.values(), dtype=np.float64, count=len(self.counts))
-        except (TypeError, ValueError) as error:
-            raise ValueError(f"general counts must be numbers ({error})") from None
+        if not (_is_number(self.total) and math.isfinite(self.total) and self.total > 0):
+            raise ValueError(f"the general corpus total must be a positive finite number, got {self.total!r}")
+        # A string or bytes count would pass numpy's conversion below and fail every later use.
+        odd = next(((w, c) for w, c in self.counts.items() if not isinstance(w, str) or not _is_number(c)), None)
+        if odd is not None:
+            word, count = odd
+            problem = f"the key {word!r} is no string" if not isinstance(word, str) else f"{word!r}: {count!r}"
+            raise ValueError(f"general counts must map words (strings) to numbers; {problem}")
+        # a negative or NaN count would give negative or NaN TF-ICF, and anchors ranked by it
+        values = np.fromiter(self.counts.values(), dtype=np.float64, count=len(self.counts))
         bad = ~(np.isfinite(values) & (values >= 0))
         if bad.any():
             word = list(self.counts)[int(np.flatnonzero(bad)[0])]

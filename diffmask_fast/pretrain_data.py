@@ -12,6 +12,7 @@ mask_examples``) so that successive validation losses are measured on the same m
 from __future__ import annotations
 
 import hashlib
+import os
 import random
 import warnings
 from dataclasses import dataclass
@@ -44,7 +45,9 @@ class SequenceDataset(torch.utils.data.Dataset):
 
 def read_documents(sources: Iterable, text_field: str | None = None) -> list[str]:
     """Non-empty documents (stripped) of every source: files, directories, globs, JSON lines;
-    a file named twice (or matched by two patterns) is read once."""
+    a file named twice (or matched by two patterns) is read once. One path may come alone."""
+    if isinstance(sources, (str, os.PathLike)):
+        sources = [sources]
     documents = []
     for path in corpus_files(list(sources), text_field):
         documents.extend(d.strip() for d in iter_documents(path, text_field) if d.strip())

@@ -121,9 +121,13 @@ def test_a_general_table_made_in_code_refuses_counts_tf_icf_cannot_use():
     for counts, message in [({"the": 5.0, "enzyme": -1.0}, r"1 are not \(e.g. 'enzyme': -1.0\)"),
                             ({"the": float("nan")}, "finite and non-negative"),
                             ({"the": float("inf")}, "finite and non-negative"),
-                            ({"the": "many"}, "general counts must be numbers")]:
+                            ({"the": "many"}, "general counts must map words \\(strings\\) to numbers; 'the': 'many'"),
+                            ({"the": "5"}, "'the': '5'"), ({"the": b"5"}, "'the': b'5'"), ({"the": True}, "'the': True"),
+                            ({1: 5.0}, "the key 1 is no string")]:
         with pytest.raises(ValueError, match=message):
             GeneralFrequencies(counts, 1e6)
+    with pytest.raises(ValueError, match="positive finite number, got '1000'"):
+        GeneralFrequencies({"the": 1.0}, "1000")
     assert GeneralFrequencies({"the": 0, "enzyme": 3}, 1e6).relative("enzyme") == 3e-6
 
 
@@ -224,6 +228,24 @@ def test_mine_anchors_errors():
         mine_anchors(count_words(["12 12 12 12"], progress=False))
     with pytest.raises(ValueError, match="empty"):
         mine_anchors(WordCounts())
+    for bad, error, message in [({1: 5, "the": 50}, TypeError, r"the words of counts must be strings, got 1 \(int\)"),
+                                ([("kinase", 10)], TypeError, "a word -> count mapping .*got list"),
+                                ({"kinase": float("nan")}, ValueError, "count of 'kinase' must be a non-negative integer"),
+                                ({"kinase": "10"}, ValueError, "count of 'kinase' must be a non-negative integer"),
+                                ({"kinase": float("inf")}, ValueError, "count of 'kinase' must be a non-negative integer"),
+                                ({"kinase": True}, ValueError, "count of 'kinase' must be a non-negative integer")]:
+        with pytest.raises(error, match=message):
+            mine_anchors(bad, k=1, min_count=1)
+
+
+def test_anchors_mined_against_numpy_counts_save_as_plain_json(tmp_path):
+    """A general table built from numpy arrays hands numpy numbers on to the anchors."""
+    general = GeneralFrequencies(dict(zip(["the", "cell", "kinase"], np.array([1000, 50, 2]))), total=np.int64(10**6))
+    anchors = mine_anchors({"kinase": 10, "the": 40, "cell": 5}, general, k=2, min_count=1)
+    anchors.save(tmp_path / "anchors.json")
+    loaded = Anchors.load(tmp_path / "anchors.json")
+    assert loaded.words == anchors.words == ["kinase", "cell"]
+    assert [a.general_count for a in loaded] == [2, 50] and loaded.general_total == 10**6
 
 
 @needs_data

@@ -24,7 +24,7 @@ from diffmask_fast.anchors import mine_anchors
 from diffmask_fast.cli import main
 from diffmask_fast.corpus import CorpusError, iter_documents
 from diffmask_fast.counting import CountTable, WordCounts, count_words
-from diffmask_fast.dask_counting import count_partition, merge_partials, plan_partitions
+from diffmask_fast.dask_counting import count_partition, merge_partials, plan_partitions, range_start
 from diffmask_fast.general import GeneralFrequencies
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -508,6 +508,18 @@ def test_every_distributed_range_checks_its_file_for_binary_data_and_existence(t
     path.unlink()  # gone after planning: the local path's error, not a bare FileNotFoundError
     with pytest.raises(CorpusError, match="does not exist"):
         count_partition(parts[3])
+
+
+def test_a_file_that_changed_after_planning_is_refused_not_counted_forever(tmp_path):
+    """A range planned past the end of a file that has since shrunk searched for its start forever."""
+    path = tmp_path / "growing.txt"
+    path.write_bytes(b"alpha " * 6000 + b"x" * 20000)
+    parts = plan_partitions([path], None, 10000)
+    path.write_bytes(b"alpha " * 6000 + b"x" * (parts[-1].start - 36000 + 5))
+    with pytest.raises(CorpusError, match="changed while it was being counted"):
+        count_partition(parts[-1])
+    path.write_bytes(b"x" * 28)
+    assert range_start(path, 20, 1000, False) == 1000, "a search past the end of a short file ends"
 
 
 def test_a_json_record_spanning_many_blocks(tmp_path):

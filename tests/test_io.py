@@ -143,3 +143,39 @@ def test_json_is_written_without_nan_or_infinity(tmp_path):
         "loss": None, "history": [{"loss": None}, {"loss": 1.5}], "pair": [None, 2],
         "nested": {"ok": 0.25, "bad": [None]}, "text": "NaN", "none": None}
     assert payload["loss"] != payload["loss"], "the caller's payload is left as it was"
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="named pipes are POSIX")
+def test_a_pipe_or_device_is_refused_not_replaced(tmp_path):
+    """Renaming a finished file onto a named pipe (or /dev/null) would replace it with a file."""
+    from diffmask_fast._io import atomic_write_json, check_writable
+
+    pipe = tmp_path / "pipe"
+    os.mkfifo(pipe)
+    link = tmp_path / "to-pipe"
+    link.symlink_to(pipe)
+    for target in (pipe, link):
+        with pytest.raises(ValueError, match="is not a regular file"):
+            check_writable(target)
+        with pytest.raises(ValueError, match="is not a regular file"):
+            atomic_write_json(target, {"a": 1})
+    assert stat.S_ISFIFO(os.stat(pipe).st_mode) and sorted(os.listdir(tmp_path)) == ["pipe", "to-pipe"]
+
+
+def test_a_name_with_a_nul_is_refused_before_any_work(tmp_path):
+    from diffmask_fast._io import check_writable
+
+    with pytest.raises(ValueError, match="holds a NUL character"):
+        check_writable(str(tmp_path / "x\x00y.json"))
+
+
+def test_numpy_numbers_are_written_as_json_numbers(tmp_path):
+    import json
+
+    import numpy as np
+
+    from diffmask_fast._io import atomic_write_json
+
+    path = atomic_write_json(tmp_path / "out.json", {"count": np.int64(3), "share": np.float32(0.5),
+                                                     "lost": np.float64("nan"), "flag": np.bool_(True)})
+    assert json.loads(path.read_text()) == {"count": 3, "share": 0.5, "lost": None, "flag": True}

@@ -161,3 +161,14 @@ def test_a_file_named_twice_is_read_once(tmp_path):
     assert once == ["first document", "second document", "third document"]
     with pytest.warns(DiffmaskWarning, match="read once"):
         assert read_documents([tmp_path / "a.txt", str(tmp_path / "a.txt"), tmp_path / "*.txt", tmp_path]) == once
+
+
+def test_one_path_alone_is_read_as_one_source(tmp_path, monkeypatch):
+    """A string path was read as a list of one-letter paths (and "/" walked the whole disk)."""
+    from diffmask_fast.pretrain_data import read_documents
+
+    (tmp_path / "corpus.txt").write_text("first document\n\nsecond document\n")
+    monkeypatch.chdir(tmp_path)
+    expected = ["first document", "second document"]
+    assert read_documents("corpus.txt") == read_documents(tmp_path / "corpus.txt") == expected
+    assert read_documents(str(tmp_path / "corpus.txt")) == expected
