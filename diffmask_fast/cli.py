@@ -173,7 +173,7 @@ def _check_outputs(args, *names: str) -> None:
 
 def _check_apart(args, outputs: tuple[str, ...], inputs: tuple[str, ...], corpus=()) -> None:
     """Refuse an output that names an input of the command (a corpus file, --counts, --anchors,
-    --scores) or another output: saving would replace what the result was made from."""
+    --scores, --general) or another output: saving would replace what the result was made from."""
     from ._io import same_file
 
     def flag(name):
@@ -293,16 +293,16 @@ def _refuse_counting_options(args) -> None:
 
 
 def _score_shown_words(anchors, texts, args, plot_texts=()):
-    """The tokenizer and a score table of every word of ``texts`` and ``plot_texts``, scored now."""
+    """The tokenizer and a score table of every word shown of ``texts`` and ``plot_texts``, scored now."""
     from .embedding import WordEmbedder
+    from .preview import shown_word_types
     from .scoring import WordScorer
-    from .vocabulary import tokenizer_word_types
 
     embedder = WordEmbedder.from_pretrained(args.model, pooling=args.pooling,
                                             progress=not getattr(args, "no_progress", False))
-    words = tokenizer_word_types(embedder.tokenizer, texts)
+    words = shown_word_types(embedder.tokenizer, texts)
     if args.plot:
-        words |= tokenizer_word_types(embedder.tokenizer, plot_texts)
+        words |= shown_word_types(embedder.tokenizer, plot_texts)
     scorer = WordScorer(embedder, anchors, similarity=args.similarity or "max")
     return embedder.tokenizer, scorer.score(words | set(anchors.words))
 
@@ -341,9 +341,9 @@ def _saved_scores(args, anchors):
 def _note_unknown_words(tokenizer, table, texts) -> None:
     """Say how many words of ``texts`` a saved score table does not know (they score its
     ``unknown_score``): a table scored on another corpus or tokenizer shows here."""
-    from .vocabulary import tokenizer_word_types
+    from .preview import shown_word_types
 
-    words = tokenizer_word_types(tokenizer, texts, lowercase=table.lowercase)
+    words = shown_word_types(tokenizer, texts, lowercase=table.lowercase)
     unknown = sum(word not in table for word in words)
     if unknown:
         print(f"{unknown:,} of the {len(words):,} words shown are not in the score table; they score "
@@ -404,7 +404,7 @@ def run_mine(args) -> None:
     settings = _mining_settings(args)
     corpus = [Path(c) for c in args.corpus]
     _check_outputs(args, "output", "counts_output")
-    _check_apart(args, ("output", "counts_output"), ("counts",), corpus)
+    _check_apart(args, ("output", "counts_output"), ("counts", "general"), corpus)
     counts = _count(corpus, args)
     if args.counts_output:  # saved first: a long count survives a mining error
         counts.save(args.counts_output)
@@ -428,7 +428,7 @@ def run_preview(args) -> None:
 
     corpus = [Path(c) for c in args.corpus]
     _check_outputs(args, "html", "plot")
-    _check_apart(args, ("html", "plot"), ("anchors", "scores"), corpus)
+    _check_apart(args, ("html", "plot"), ("anchors", "scores", "general"), corpus)
     _check_masking_settings(args)
     mining = [option for option, value in (("-k", args.k), ("--min-count", args.min_count),
                                            ("--smoothing", args.smoothing), ("--general", args.general))

@@ -192,24 +192,29 @@ class CountTable:
 
 
 class _RawTables:
-    """One Numba hash table of raw (undecoded, unnormalized) words per thread.
+    """One Numba hash table of raw (undecoded, unnormalized) words per thread that counts.
 
     ``errors`` is how distinct raw words are decoded before normalization: "replace" for file
     bytes (as the reader of ``corpus.iter_documents`` does), "surrogatepass" for strings, which
     are encoded that way so that any ``str`` round-trips exactly."""
 
     def __init__(self, threads: int, errors: str):
-        self.tables = [list(W.new_table()) for _ in range(threads)]
+        # Made on first use: many more threads than a small input keeps busy cost no memory.
+        self.tables: list[list | None] = [None] * threads
         self.errors = errors
         self.totals = None
-        self.idle: queue.SimpleQueue = queue.SimpleQueue()  # tables no thread is counting into
-        for k in range(threads):
+        # Tables no thread is counting into, the last returned handed out first, so that only as
+        # many tables are made as chunks were ever counted at once.
+        self.idle: queue.LifoQueue = queue.LifoQueue()
+        for k in reversed(range(threads)):
             self.idle.put(k)
 
     def count(self, thread: int, buf: np.ndarray, start: int, end: int, prev: int) -> None:
         """Count buf[start:end] (word boundaries; ``prev`` the byte before, -1 if none)."""
         if end > start:
             table = self.tables[thread]
+            if table is None:
+                table = self.tables[thread] = list(W.new_table())
             table[0], table[1] = W.count_span(buf, start, end, prev, table[0], table[1], table[2])
 
     def count_any(self, buf: np.ndarray, start: int, end: int, prev: int) -> None:
@@ -223,7 +228,7 @@ class _RawTables:
     def _sum(self, slot: int) -> int:
         if self.totals is not None:  # finished
             return int(self.totals[slot])
-        return int(sum(table[2][slot] for table in self.tables))
+        return int(sum(table[2][slot] for table in self.tables if table is not None))
 
     @property
     def words(self) -> int:
@@ -240,8 +245,9 @@ class _RawTables:
         Each thread's table is normalized (ASCII words, in Numba) and sorted on its own thread;
         the other words of all tables are summed, normalized once by ``reference.normalize_word``
         and merged in with the sorted tables."""
-        tables = [table for table in self.tables if table[2][W.META_DISTINCT] > 0]
-        self.totals = sum((table[2] for table in self.tables), np.zeros(W.META_SIZE, np.int64))
+        made = [table for table in self.tables if table is not None]
+        tables = [table for table in made if table[2][W.META_DISTINCT] > 0]
+        self.totals = sum((table[2] for table in made), np.zeros(W.META_SIZE, np.int64))
         self.tables = []
         if not tables:
             return CountTable.empty()

@@ -91,12 +91,20 @@ def saved_reference(model: str | os.PathLike) -> str:
     return str(path.resolve()) if path.is_dir() else os.fspath(model)
 
 
+#: Files ``save_pretrained`` writes, of which a model or tokenizer directory holds at least one.
+_SAVED_FILES = ("config.json", "tokenizer_config.json", "tokenizer.json")
+
+
 def check_model_reference(model: str | os.PathLike) -> None:
     """Refuse, with a ValueError that says so, a model that is neither a local directory nor
     (offline) a name the Hugging Face cache could hold: transformers would report a failed
     download instead. Hub ids (``org/name``) pass when online."""
     name = os.fspath(model)
-    if Path(model_reference(name)).exists():
+    local = Path(model_reference(name))
+    if local.is_dir() and not any((local / saved).is_file() for saved in _SAVED_FILES):
+        raise ValueError(f"the model directory {name!r} holds no model or tokenizer (none of "
+                         f"{', '.join(_SAVED_FILES)})")
+    if local.exists():
         return
     looks_local = name.startswith((".", "/", "~")) or name.count("/") > 1 or (os.sep != "/" and os.sep in name)
     if looks_local:
@@ -178,10 +186,14 @@ def check_max_length(model, max_length: int, name: str, option: str = "--max-len
 def longest_input(model, wanted: int) -> int:
     """``wanted``, or the most tokens ``model`` takes when that is fewer. Cheap: it runs a no-grad
     forward of a dummy sequence only when ``wanted`` comes within 2 of ``max_position_embeddings``
-    (RoBERTa-style models reserve 2 positions, BERT-style ones none). When even shorter sequences
-    fail, the length is not the problem: ``wanted``, and the model will say what is."""
+    (RoBERTa-style models reserve 2 positions, BERT-style ones none) or passes it; a model that
+    takes one token more than that has no table of positions to run out of, and takes ``wanted``
+    (never built itself: it may be any size). When even shorter sequences fail, the length is
+    not the problem: ``wanted``, and the model will say what is."""
     limit = getattr(getattr(model, "config", None), "max_position_embeddings", None)
-    if isinstance(limit, bool) or not isinstance(limit, int) or wanted <= limit - 2 or _takes(model, wanted):
+    if isinstance(limit, bool) or not isinstance(limit, int) or wanted <= limit - 2:
+        return wanted
+    if _takes(model, min(wanted, limit + 1)):
         return wanted
     return next((length for length in (limit, limit - 2) if length < wanted and _takes(model, length)), wanted)
 

@@ -83,11 +83,14 @@ _OPTION_KIND = {"nlist": "ivf", "nprobe": "ivf", "engine": "ivf", "spill": "ivf"
 _LEAST = {"hnsw_m": 2, "recall_sample": 0, "seed": 0}
 #: Seeds are passed to FAISS's k-means plus one, as a signed 64-bit value.
 _SEED_LIMIT = 2**63 - 1
+#: Options FAISS takes as a C int.
+_C_INT_OPTIONS = ("nlist", "nprobe", "ef_search", "hnsw_m", "ef_construction", "kmeans_iterations")
+_C_INT_MAX = 2**31 - 1
 
 
 def _check_whole(name: str, value) -> None:
     """Refuse a whole-number option that is no integer (1.5 or True would be cut or read as 1
-    deep inside torch or FAISS) or below its least value."""
+    deep inside torch or FAISS), below its least value or beyond what FAISS takes."""
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
         raise ValueError(f"{name} must be an integer, got {value!r}")
     least = _LEAST.get(name, 1)
@@ -95,6 +98,8 @@ def _check_whole(name: str, value) -> None:
         raise ValueError(f"{name} must be {'positive' if least == 1 else f'at least {least}'}, got {value}")
     if name == "seed" and value >= _SEED_LIMIT:
         raise ValueError(f"seed must be below 2**63 - 1, got {value}")
+    if name in _C_INT_OPTIONS and value > _C_INT_MAX:
+        raise ValueError(f"{name} must be at most 2**31 - 1 (FAISS takes it as a C int), got {value}")
 
 
 #: Query-list pairs one batched IVF scan holds at once (about 40 bytes each): a block of

@@ -9,6 +9,7 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterable, Mapping, Sequence
 
+from ._checks import refuse_one_string
 from ._io import atomic_write_bytes
 from .metrics import mean_std
 from .preview import WordMaskingRate
@@ -37,6 +38,7 @@ def plot_masking_rates(rates: Sequence[WordMaskingRate], path: str | os.PathLike
     ``centroid`` or ``mean`` names no nearest anchor). Written atomically to ``path``."""
     if not rates:
         raise ValueError("no word masking rates to plot")
+    refuse_one_string(anchors, "anchors", "a list of anchor words")
     if top < 1:
         raise ValueError(f"top must be at least 1, got {top}")
     if similarity not in _SCORE_MEANING:
@@ -142,7 +144,10 @@ def plot_pretraining(summaries: Mapping[str, dict], path: str | os.PathLike,
                      title: str = "Continued pretraining") -> Path:
     """Draw the training and validation MLM loss over the steps of pretraining runs
     (``pretrain``'s summaries, name -> dict; one summary alone is taken too). Written atomically."""
-    if "log_history" in summaries:  # a single summary
+    if not isinstance(summaries, Mapping):
+        raise TypeError(f"summaries must be a mapping of run name to summary, or one summary, got "
+                        f"{type(summaries).__name__}")
+    if any(not isinstance(value, Mapping) and value is not None for value in summaries.values()):  # one summary
         summaries = {str(summaries.get("strategy") or "run"): summaries}
     if not any(_validation_curve(s) or _training_curve(s) for s in summaries.values() if s):
         raise ValueError("the pretraining summaries hold no losses to plot")

@@ -13,9 +13,11 @@ from typing import Iterable, Sequence
 import torch
 from tqdm.auto import tqdm
 
+from ._checks import refuse_one_string
 from ._io import atomic_write_bytes
 from .collator import DifferenceMaskingCollator
 from .pretrain_data import special_wrapping, word_windows
+from .reference import normalize_word
 from .tokenization import WordGrouper, decode_words, tokenize_texts
 
 #: Characters of a text tokenized per token of the window at first: generous (English averages
@@ -33,6 +35,7 @@ def sample_documents(documents: Iterable[str], sizes: Sequence[int], seed: int,
     """For each ``sizes[i]``, that many documents drawn uniformly without replacement (all of them
     if there are fewer), reproducibly from ``seed + i``. One pass, reservoir sampling: memory
     holds the samples, not the corpus (a bar counts the documents read, as it takes a while)."""
+    refuse_one_string(documents, "documents", "an iterable of texts")
     generators = [random.Random(seed + i) for i in range(len(sizes))]
     samples: list[list[str]] = [[] for _ in sizes]
     read = tqdm(documents, desc="sampling documents", unit=" docs", unit_scale=True, disable=not progress)
@@ -125,8 +128,23 @@ def _room(tokenizer, before: list[int], after: list[int], max_length: int) -> in
 def _encoded_words(collator: DifferenceMaskingCollator, texts: Sequence[str], max_length: int):
     """Each text's token ids (at most ``max_length``, special tokens included, as the tokenizer
     adds them) and its words: (ids, [token positions of each word], [word text])."""
-    tokenizer = collator.tokenizer
     grouper = WordGrouper(collator.boundaries.starts_word, collator.boundaries.never_word)  # the collator's words
+    return _windows(collator.tokenizer, grouper, texts, max_length)
+
+
+def shown_word_types(tokenizer, texts: Sequence[str], max_length: int = 128, lowercase: bool = True) -> set[str]:
+    """The normalized word types ``preview`` and ``masking_rates`` show of ``texts`` (with the same
+    ``max_length``): those of each text's leading window only, so that scoring what a preview
+    shows never reads a huge document whole."""
+    refuse_one_string(texts, "texts", "a list of texts")
+    if len(texts) == 0:
+        return set()
+    rows = _windows(tokenizer, WordGrouper.for_tokenizer(tokenizer), texts, max_length)
+    return {normalize_word(word, lowercase) for _, _, words in rows for word in words if word}
+
+
+def _windows(tokenizer, grouper: WordGrouper, texts: Sequence[str], max_length: int):
+    """``_encoded_words`` with the words ``grouper`` forms."""
     before, after = special_wrapping(tokenizer)
     room = _room(tokenizer, before, after, max_length)
     sequences = [before + _window_ids(grouper, ids, room) + after
@@ -148,6 +166,7 @@ def _padding_offsets(collator: DifferenceMaskingCollator, rows, length: int) -> 
 def preview(collator: DifferenceMaskingCollator, texts: Sequence[str], max_length: int = 128) -> list[list[PreviewWord]]:
     """Mask ``texts`` with ``collator`` once and report, word by word, score and whether it was
     masked. A text longer than ``max_length`` tokens is shown up to its last word that fits."""
+    refuse_one_string(texts, "texts", "a list of texts")
     if len(texts) == 0:  # nothing to show (the collator refuses an empty batch)
         return []
     rows = _encoded_words(collator, texts, max_length)
@@ -168,6 +187,7 @@ def masking_rates(collator: DifferenceMaskingCollator, texts: Sequence[str], dra
     punctuation stripped: "The" and "the" are one word, scored once), how often it was masked:
     what the collator's distribution does with each word, which one draw cannot show. Most masked
     first."""
+    refuse_one_string(texts, "texts", "a list of texts")
     if draws < 1:
         raise ValueError(f"draws must be at least 1, got {draws}")
     word_types: dict[str, int] = {}

@@ -210,6 +210,8 @@ def test_outputs_and_options_are_checked_before_counting(tmp_path, capsys, monke
     corpus.write_text("enzyme binds the receptor\n")
     blocker = tmp_path / "a-file"
     blocker.write_text("")
+    empty_folder = tmp_path / "empty-folder"
+    empty_folder.mkdir()
     cases = [
         (["mine", str(corpus), "-o", str(blocker / "anchors.json")], "cannot write the --output"),
         (["mine", str(corpus), "--counts-output", str(tmp_path)], "is a directory, not a file"),
@@ -226,6 +228,7 @@ def test_outputs_and_options_are_checked_before_counting(tmp_path, capsys, monke
         (["demo", "--mlm-probability", "1.5"], "--mlm-probability must be in [0, 1], got 1.5"),
         (["preview", str(corpus), "--model", str(tmp_path / "missing-model")], "does not exist"),
         (["preview", str(corpus), "--model", "no-such-model"], "the Hugging Face cache holds no model"),
+        (["preview", str(corpus), "--model", str(empty_folder)], "holds no model or tokenizer"),
         (["preview", str(corpus), "--mlm-probability", "nan"], "--mlm-probability must be in [0, 1], got nan"),
     ]
     score = ["score", str(corpus), "--anchors", str(tmp_path / "a.json"), "-o", str(tmp_path / "s.npz")]
@@ -240,6 +243,8 @@ def test_outputs_and_options_are_checked_before_counting(tmp_path, capsys, monke
         (score + ["--top", "-2"], "--top must be 0 or more, got -2"),
         (score + ["--max-length", "2"], "--max-length must be at least 3"),
         (score + ["--tokenizer", "./missing-tokenizer"], "the model directory './missing-tokenizer' does not exist"),
+        (score + ["--model", str(empty_folder)], f"the model directory {str(empty_folder)!r} holds no model or tokenizer"),
+        (score + ["--ef-search", str(3 * 10**9)], "--ef-search must be at most 2**31 - 1"),
         (score + ["--index", "exact", "--nlist", "4"], "--nlist must be left out of a 'exact' index"),
         (score + ["--index", "ivf", "--ef-search", "4"], "--ef-search must be left out of a 'ivf' index"),
         (score + ["--similarity", "mean", "--index", "ivf", "--nprobe", "2"],
@@ -271,6 +276,8 @@ def test_outputs_that_would_replace_an_input_or_each_other_are_refused(tmp_path,
     counts, anchors = tmp_path / "counts.bin", tmp_path / "anchors.json"
     link = tmp_path / "link.txt"
     link.symlink_to(corpus)
+    general = tmp_path / "general.tsv"
+    general.write_text("the\t1000000\nenzyme\t10\n")
     cases = [
         (["mine", str(corpus), "-o", str(corpus)], f"--output {str(corpus)!r} is a file of the corpus"),
         (["mine", str(folder), "--counts-output", str(link)], "--counts-output"),  # through a link
@@ -287,12 +294,16 @@ def test_outputs_that_would_replace_an_input_or_each_other_are_refused(tmp_path,
          "is the file of --scores"),
         (["demo", "--html", str(tmp_path / "x.svg"), "--plot", str(tmp_path / "x.svg")],
          "--html and --plot name the same file"),
+        (["mine", str(corpus), "--general", str(general), "-o", str(general)], "is the file of --general"),
+        (["mine", str(corpus), "--general", str(general), "--counts-output", str(general)], "is the file of --general"),
+        (["preview", str(corpus), "--general", str(general), "--html", str(general)], "is the file of --general"),
     ]
     for argv, message in cases:
         assert main(argv) == 1, argv
         err = capsys.readouterr().err
         assert message in err and "error:" in err, (argv, err)
     assert corpus.read_text() == "enzyme binds the receptor\n"
+    assert general.read_text() == "the\t1000000\nenzyme\t10\n"
 
 
 def test_options_that_would_be_ignored_or_refused_late_are_refused_first(tmp_path, capsys, monkeypatch):

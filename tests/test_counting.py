@@ -465,6 +465,19 @@ def test_bad_input_gives_clear_errors(tmp_path):
         count_words(["text"], progress=False, threads=0)
 
 
+def test_threads_beyond_the_work_cost_no_tables(tmp_path, monkeypatch):
+    """Each counting thread's table took memory up front: --threads 100000 on a tiny file was
+    killed for memory. Tables are made when a chunk is counted, and reused."""
+    made = []
+    new_table = _wordtable.new_table
+    monkeypatch.setattr(_wordtable, "new_table", lambda *size: made.append(size) or new_table(*size))
+    texts = ["kinase binds the receptor"] * 50
+    (tmp_path / "small.txt").write_text("\n".join(texts) + "\n")
+    assert count_words(texts, progress=False, threads=5000) == count_words(texts, progress=False, threads=1)
+    assert count_words(tmp_path / "small.txt", progress=False, threads=5000)["kinase"] == 50
+    assert len(made) <= 12, f"{len(made)} tables made for one small input per call"
+
+
 def test_invalid_utf8_is_replaced_not_an_error(tmp_path):
     """Documented behaviour: invalid bytes decode to U+FFFD, as the reader of iter_documents does."""
     (tmp_path / "latin1.txt").write_bytes("café naïve señor\n".encode("latin-1"))

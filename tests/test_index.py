@@ -320,6 +320,9 @@ def test_building_an_approximate_index_shows_its_steps(kind, generator, capsys):
     ("recall_sample", -5, "recall_sample must be at least 0, got -5"),
     ("seed", 2**63, "seed must be below 2**63 - 1"),
     ("seed", -1, "seed must be at least 0, got -1"),
+    ("ef_search", 3 * 10**9, "ef_search must be at most 2**31 - 1 (FAISS takes it as a C int), got 3000000000"),
+    ("nprobe", 2**31, "nprobe must be at most 2**31 - 1"),
+    ("hnsw_m", 2**40, "hnsw_m must be at most 2**31 - 1"),
 ])
 def test_whole_number_options_are_checked(option, value, message):
     kind = {"hnsw_m": "hnsw", "ef_search": "hnsw", "nlist": "ivf", "nprobe": "ivf", "kmeans_iterations": "ivf"}

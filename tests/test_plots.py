@@ -196,6 +196,8 @@ def test_control_characters_in_words_are_drawn_as_question_marks(tmp_path):
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # a glyph missing from the font warns
         assert plot_masking_rates(rates, tmp_path / "words.png", 0.25).is_file()
+    with pytest.raises(TypeError, match="anchors must be a list of anchor words, not one string"):
+        plot_masking_rates(rates, tmp_path / "anchor.png", 0.25, anchors="anchor")
 
 
 def test_the_pretraining_picture_takes_one_summary_or_several(tmp_path):
@@ -211,7 +213,11 @@ def test_the_pretraining_picture_takes_one_summary_or_several(tmp_path):
     assert plot_pretraining(several, tmp_path / "several.png").is_file()
     with pytest.raises(ValueError, match="no losses"):
         plot_pretraining({"strategy": "x", "validation_loss_before": None, "log_history": []}, tmp_path / "no.png")
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["one.png", "several.png"]
+    # A summary without its log is one summary still, not a mapping of runs.
+    assert plot_pretraining({"strategy": "x", "validation_loss_before": 3.0}, tmp_path / "before.png").is_file()
+    with pytest.raises(TypeError, match="summaries must be a mapping of run name to summary"):
+        plot_pretraining([summary("difference", 9.0)], tmp_path / "list.png")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["before.png", "one.png", "several.png"]
 
 
 def test_loss_curves_keep_the_first_evaluation_of_a_step():

@@ -8,7 +8,8 @@ import random
 import pytest
 
 from diffmask_fast.collator import DifferenceMaskingCollator
-from diffmask_fast.preview import masking_rates, preview, sample_documents
+from diffmask_fast import reference
+from diffmask_fast.preview import masking_rates, preview, sample_documents, shown_word_types
 from diffmask_fast.scoring import ScoreTable
 
 TOKENIZERS = ["bert_wordpiece", "roberta_byte_bpe"]
@@ -55,6 +56,19 @@ def test_a_huge_line_previews_its_first_words(request, tokenizer_name):
     assert words == text.split()[:len(words)] and len(words) > 60
 
 
+@pytest.mark.parametrize("tokenizer_name", TOKENIZERS)
+def test_the_word_types_to_score_are_those_shown(request, tokenizer_name, shared_data_dir):
+    """What preview scores before it shows a text is the words of its window, not of the whole
+    document (a one-line corpus had every word of it embedded)."""
+    collator = collator_for(request, tokenizer_name)
+    lines = (shared_data_dir / "chemprot" / "corpus.txt").read_text(encoding="utf-8").splitlines()
+    texts = [" ".join(lines[:400]), *lines[400:405], "Word  "]
+    shown = {reference.normalize_word(w.text) for row in preview(collator, texts) for w in row if w.text}
+    types = shown_word_types(collator.tokenizer, texts)
+    assert types == shown and len(types) < 400
+    assert shown_word_types(collator.tokenizer, []) == set()
+
+
 def test_preview_rejects_a_window_without_room_for_text(bert_wordpiece):
     collator = DifferenceMaskingCollator(bert_wordpiece, ScoreTable.from_mapping({}), seed=0)
     with pytest.raises(ValueError, match="leaves no room for text"):
@@ -64,6 +78,14 @@ def test_preview_rejects_a_window_without_room_for_text(bert_wordpiece):
 def test_previewing_no_texts_shows_nothing(bert_wordpiece):
     collator = DifferenceMaskingCollator(bert_wordpiece, ScoreTable.from_mapping({"enzyme": 1.0}), seed=0)
     assert preview(collator, []) == []
+
+
+def test_one_text_alone_is_refused_not_read_letter_by_letter(bert_wordpiece):
+    collator = DifferenceMaskingCollator(bert_wordpiece, ScoreTable.from_mapping({"enzyme": 1.0}), seed=0)
+    for call in (lambda: preview(collator, "the enzyme"), lambda: masking_rates(collator, "the enzyme", draws=2),
+                 lambda: sample_documents("the enzyme", [2], seed=0, progress=False)):
+        with pytest.raises(TypeError, match="not one string"):
+            call()
 
 
 def test_sampling_documents_shows_a_bar_unless_told_not_to(capsys):

@@ -935,6 +935,10 @@ def test_a_max_length_the_model_cannot_take_is_refused_when_the_embedder_is_made
     positions = model.config.max_position_embeddings
     with pytest.raises(ValueError, match=f"max_length {positions + 1} is longer than .* takes \\(at most {positions}"):
         WordEmbedder(model, tokenizer, max_length=positions + 1, progress=False)
+    # A length far past the model's is refused the same way, never built as a dummy input.
+    for huge in (10**10, 10**20):
+        with pytest.raises(ValueError, match=f"max_length {huge} is longer than .* takes \\(at most {positions}"):
+            WordEmbedder(model, tokenizer, max_length=huge, progress=False)
     assert WordEmbedder(model, tokenizer, max_length=positions, progress=False).embed(["enzyme"]).shape == (1, 24)
     # input_embeddings runs no forward pass, so no length limits it
     WordEmbedder(model, tokenizer, pooling="input_embeddings", max_length=positions + 1, progress=False)
