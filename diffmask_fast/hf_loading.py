@@ -91,8 +91,10 @@ def saved_reference(model: str | os.PathLike) -> str:
     return str(path.resolve()) if path.is_dir() else os.fspath(model)
 
 
-#: Files ``save_pretrained`` writes, of which a model or tokenizer directory holds at least one.
-_SAVED_FILES = ("config.json", "tokenizer_config.json", "tokenizer.json")
+#: Files of which a model or tokenizer directory holds at least one (``save_pretrained``'s, and
+#: the vocabulary files of older tokenizer folders).
+_SAVED_FILES = ("config.json", "tokenizer_config.json", "tokenizer.json", "vocab.txt", "vocab.json", "spiece.model",
+                "sentencepiece.bpe.model")
 
 
 def check_model_reference(model: str | os.PathLike) -> None:

@@ -590,7 +590,10 @@ def test_a_model_that_cannot_be_found_is_named(tmp_path, monkeypatch):
     for name in ("runs/nosuch", "nosuchmodel", "not a model id!"):
         with pytest.raises(ValueError, match="HF_HUB_OFFLINE=1: nothing is downloaded"):
             check_model_reference(name)
-    check_model_reference(str(tmp_path))  # an existing directory passes
+    with pytest.raises(ValueError, match="holds no model or tokenizer"):  # an empty folder is no model
+        check_model_reference(str(tmp_path))
+    (tmp_path / "config.json").write_text("{}")
+    check_model_reference(str(tmp_path))  # an existing model directory passes
     monkeypatch.setenv("HF_HUB_OFFLINE", "0")
     check_model_reference("org/some-model")  # online, a hub id is for transformers to fetch
 
