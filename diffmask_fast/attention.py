@@ -158,9 +158,11 @@ class AttentionMasker(torch.nn.Module):
         special_tokens_mask: torch.Tensor | None = None,
         *,
         model: torch.nn.Module,
+        token_type_ids: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """(masked input_ids, labels) of a padded [B, L] batch; labels are -100 where nothing is
-        masked."""
+        masked. ``token_type_ids``, where the batch has them, go to the attention pass as to the
+        training forward (a sentence pair's segments change the attention)."""
         input_ids = check_batch_ids(input_ids, self.never_word.device)
         check_id_dtype(input_ids, "input_ids")
         input_ids = input_ids.long()
@@ -168,13 +170,15 @@ class AttentionMasker(torch.nn.Module):
             attention_mask = check_like_ids(input_ids, attention_mask, "attention_mask")
         if special_tokens_mask is not None:
             special_tokens_mask = check_like_ids(input_ids, special_tokens_mask, "special_tokens_mask")
+        if token_type_ids is not None:
+            token_type_ids = check_like_ids(input_ids, token_type_ids, "token_type_ids").long()
         if not isinstance(model, torch.nn.Module):
             raise TypeError(f"model must be the torch.nn.Module being trained, got {type(model).__name__}")
 
         eligible = self._eligible(input_ids, attention_mask, special_tokens_mask)
         if input_ids.numel() == 0:
             return input_ids.clone(), torch.full_like(input_ids, -100)
-        scores = self._first_token_attention(model, input_ids, attention_mask)
+        scores = self._first_token_attention(model, input_ids, attention_mask, token_type_ids)
         generator = self._generator(input_ids.device)
         budget = self._budget(eligible, generator)
         selected = self._select(scores, eligible, budget)
@@ -197,7 +201,7 @@ class AttentionMasker(torch.nn.Module):
             eligible &= ~special_tokens_mask.bool()
         return eligible
 
-    def _first_token_attention(self, model, input_ids, attention_mask) -> torch.Tensor:
+    def _first_token_attention(self, model, input_ids, attention_mask, token_type_ids=None) -> torch.Tensor:
         """[B, L] float32: attention of each row's first non-padding token to every position in
         layer ``self.layer``, averaged over heads."""
         model = _unwrap(model)
@@ -205,14 +209,15 @@ class AttentionMasker(torch.nn.Module):
         batch, length = input_ids.shape
         with torch.no_grad(), eval_mode(model):
             row = first_token_row(encoder, input_ids, attention_mask, _first_positions(input_ids, attention_mask),
-                                  self.layer)
+                                  self.layer, token_type_ids)
             if row is not None:
                 return row
         rows = self._rows_per_pass(encoder, batch, length)
         with torch.no_grad(), eval_mode(model), switched_attention(encoder, "eager"):
             return torch.cat([
                 self._chunk_attention(encoder, input_ids[start:start + rows],
-                                      None if attention_mask is None else attention_mask[start:start + rows])
+                                      None if attention_mask is None else attention_mask[start:start + rows],
+                                      None if token_type_ids is None else token_type_ids[start:start + rows])
                 for start in range(0, batch, rows)
             ])
 
@@ -228,11 +233,14 @@ class AttentionMasker(torch.nn.Module):
         per_row = layers * heads * length * length * element
         return max(1, min(batch, self.attention_memory // max(per_row, 1)))
 
-    def _chunk_attention(self, encoder: torch.nn.Module, input_ids, attention_mask) -> torch.Tensor:
+    def _chunk_attention(self, encoder: torch.nn.Module, input_ids, attention_mask,
+                         token_type_ids=None) -> torch.Tensor:
         """``_first_token_attention`` of rows that go through the encoder in one pass."""
         kwargs: dict = {"input_ids": input_ids, "output_attentions": True}
         if attention_mask is not None:
             kwargs["attention_mask"] = attention_mask.long()
+        if token_type_ids is not None:
+            kwargs["token_type_ids"] = token_type_ids
         if getattr(encoder, "config", None) is not None:
             kwargs["return_dict"] = True
         outputs = encoder(**kwargs)

@@ -81,13 +81,16 @@ def _register() -> None:
 
 
 def first_token_row(encoder: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor | None,
-                    first: torch.Tensor, layer: int) -> torch.Tensor | None:
+                    first: torch.Tensor, layer: int, token_type_ids: torch.Tensor | None = None) -> torch.Tensor | None:
     """[B, L] float32: the attention of each row's ``first`` token to every position in
     ``layer`` (negative from the last), averaged over heads; None when ``encoder`` does not use
     the attention interface (then read the weights with eager attention)."""
     can_switch = getattr(encoder, "_can_set_attn_implementation", None)
-    layers = getattr(getattr(encoder, "config", None), "num_hidden_layers", None)
+    config = getattr(encoder, "config", None)
+    layers = getattr(config, "num_hidden_layers", None)
     if can_switch is None or not isinstance(layers, int) or not can_switch():
+        return None
+    if getattr(config, "inner_group_num", 1) != 1:  # ALBERT: several attention calls per layer, counted by eager
         return None
     check_layer(layer, layers)
     _register()
@@ -95,6 +98,8 @@ def first_token_row(encoder: torch.nn.Module, input_ids: torch.Tensor, attention
     kwargs: dict = {"input_ids": input_ids}
     if attention_mask is not None:
         kwargs["attention_mask"] = attention_mask.long()
+    if token_type_ids is not None:
+        kwargs["token_type_ids"] = token_type_ids
     token = _READING.set(reading)
     try:
         with switched_attention(encoder, FIRST_ROW):

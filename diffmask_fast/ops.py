@@ -141,6 +141,8 @@ def _check_sampling_args(weights: torch.Tensor, counts: torch.Tensor) -> None:
         raise TypeError(f"{op}: weights must be a floating tensor, got {weights.dtype}")
     if counts.dtype.is_floating_point or counts.dtype.is_complex or counts.dtype == torch.bool:
         raise TypeError(f"{op}: counts must be an integer tensor, got {counts.dtype}")
+    if counts.dtype in (torch.uint32, torch.uint64):  # read as int64, a count past 2**63 would turn negative
+        raise TypeError(f"{op}: counts must be a signed integer tensor (int64 holds any count), got {counts.dtype}")
     if counts.shape != (weights.shape[0],):
         raise ValueError(
             f"{op}: counts must have shape [{weights.shape[0]}] (one count per row of weights), "

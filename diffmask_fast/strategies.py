@@ -16,6 +16,7 @@ from typing import Any, Iterator, Mapping, Sequence
 import torch
 
 from ._checks import refuse_one_string
+from .masking_base import check_seed
 from .scoring import ScoreTable
 
 #: name -> what it masks
@@ -61,6 +62,10 @@ class MaskingStrategy:
         where the examples have them. An example's own ``attention_mask`` and
         ``special_tokens_mask`` are kept: its padding is never masked. Loss weights are left
         out, so a validation loss is the plain masked-LM loss whatever the strategy."""
+        if seed is None:
+            raise TypeError("mask_examples needs an integer seed: the masks are drawn from it alone, the same in every "
+                            "rank and run")
+        seed = check_seed(seed)
         if self.collator is not None:
             return self._mask_with_collator(examples, seed, batch_size)
         return self._mask_with_masker(examples, model, seed, batch_size)
@@ -91,9 +96,12 @@ class MaskingStrategy:
                 chunk = [_token_fields(example) for example in examples_chunk]
                 batch = _pad_right(chunk, tokenizer.pad_token_id)
                 special = batch.get("special_tokens_mask")
+                # The attention pass sees the segments the model sees.
+                segments = ({"token_type_ids": batch["token_type_ids"].to(device)}
+                            if extra and "token_type_ids" in batch else {})
                 with torch.no_grad():
                     masked_ids, labels = masker(batch["input_ids"].to(device), batch["attention_mask"].to(device),
-                                                None if special is None else special.to(device), **extra)
+                                                None if special is None else special.to(device), **extra, **segments)
                 batch.update(input_ids=masked_ids.cpu(), labels=labels.cpu())
                 masked.extend(_unpad(batch, chunk, "right"))
         return masked

@@ -43,8 +43,9 @@ from __future__ import annotations
 import contextlib
 import math
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
+import numpy as np
 import torch
 from transformers import DataCollatorWithPadding, Trainer, TrainerCallback
 
@@ -146,6 +147,8 @@ class MaskingTrainer(Trainer):
         extra, precision = {}, contextlib.nullcontext()
         if getattr(self.masker, "needs_model", False):
             extra["model"] = self.accelerator.unwrap_model(self.model)
+            if inputs.get("token_type_ids") is not None:  # the attention pass sees the segments the model sees
+                extra["token_type_ids"] = inputs["token_type_ids"]
             # The masker runs parts of the model (its encoder), outside the forward that
             # accelerate wraps in autocast: give it the training precision too.
             precision = self.accelerator.autocast()
@@ -200,11 +203,14 @@ class MaskingTrainer(Trainer):
     def _set_signature_columns_if_needed(self):
         # Trainer drops the dataset columns its model's forward does not take (remove_unused_columns),
         # which would drop per-token loss weights before compute_loss reads them.
+        # So would it drop special_tokens_mask, which tells the masker tokens never to mask.
         super()._set_signature_columns_if_needed()
-        if "loss_weights" not in self._signature_columns:
-            self._signature_columns.append("loss_weights")
+        kept = ["loss_weights"] + (["special_tokens_mask"] if self.masker is not None else [])
+        self._signature_columns.extend(column for column in kept if column not in self._signature_columns)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        if "special_tokens_mask" in inputs:  # read by the masker (a batch masked already keeps it); no model takes it
+            inputs = {key: value for key, value in inputs.items() if key != "special_tokens_mask"}
         if inputs.get("labels") is None:
             return super().compute_loss(model, inputs, return_outputs=return_outputs, num_items_in_batch=None)
         inputs = dict(inputs)
@@ -256,6 +262,7 @@ class _PaddingForMasking(DataCollatorWithPadding):
     padded batch would carry it as ``labels`` and the masked-LM labels are drawn in the step."""
 
     def __call__(self, features):
+        features = [_as_example(feature) for feature in features]  # a bare sequence of ids, as the collators take
         features = [{key: value for key, value in feature.items() if not _class_label(key, value, feature)}
                     for feature in features]
         labels = [feature.pop("labels", None) for feature in features]  # tokenizer.pad does not pad them
@@ -267,6 +274,17 @@ class _PaddingForMasking(DataCollatorWithPadding):
             return batch
         batch["labels"] = _padded_labels(labels, batch["input_ids"].shape[1], self.tokenizer.padding_side)
         return batch
+
+
+def _as_example(feature: Any) -> Mapping:
+    """A dataset item as an example: a mapping as it is, a sequence of token ids as its input_ids."""
+    if isinstance(feature, Mapping):
+        return feature
+    if isinstance(feature, (str, bytes)):
+        raise TypeError("the dataset's examples must be tokenized (dicts with 'input_ids', or sequences of token ids), "
+                        "not text")
+    ids = feature.tolist() if isinstance(feature, (torch.Tensor, np.ndarray)) else list(feature)
+    return {"input_ids": ids}
 
 
 def _labels_copy_inputs(inputs: dict[str, Any]) -> bool:

@@ -40,13 +40,14 @@ def random_batch(tokenizer, seed: int, rows: int = 12, max_body: int = 30, left:
     return ids, attention, flagged
 
 
-def reference_attention(model, ids, attention, layer: int) -> torch.Tensor:
+def reference_attention(model, ids, attention, layer: int, token_type_ids=None) -> torch.Tensor:
     """[B, L]: attention of each row's first real token to every position, averaged over the
     heads of ``layer``, from an eager copy of ``model`` in eval mode."""
     reference = copy.deepcopy(model).eval()
     reference.set_attn_implementation("eager")
+    segments = {} if token_type_ids is None else {"token_type_ids": token_type_ids}
     with torch.no_grad():
-        out = reference.base_model(input_ids=ids, attention_mask=attention, output_attentions=True)
+        out = reference.base_model(input_ids=ids, attention_mask=attention, output_attentions=True, **segments)
     assert out.attentions and all(a is not None for a in out.attentions)
     weights = out.attentions[layer]
     rows = []
@@ -116,10 +117,38 @@ def test_the_wanted_layer_is_read_from_query_and_key_and_the_pass_stops_there(be
     assert tiny_bert_mlm.config._attn_implementation == "sdpa", "the implementation is put back"
 
 
+@pytest.mark.parametrize("path", ["interface", "eager"])
+def test_the_attention_pass_sees_the_segments_of_a_sentence_pair(bert_wordpiece, tiny_bert_mlm, seed, path):
+    """The ranking ran without token_type_ids, on another input than the model trains on."""
+    model = copy.deepcopy(tiny_bert_mlm)
+    with torch.no_grad():
+        model.base_model.embeddings.token_type_embeddings.weight.mul_(20)  # segments matter, as in a trained model
+    if path == "eager":
+        model.set_attn_implementation("eager")
+    pairs = bert_wordpiece(["the enzyme binds", "a receptor of cells"], ["its ligand in cells", "the protein"],
+                           padding=True, return_tensors="pt")
+    ids, attention = pairs["input_ids"], pairs["attention_mask"]
+    separators = (ids == bert_wordpiece.sep_token_id).long()
+    segments = ((separators.cumsum(dim=1) - separators) > 0).long() * attention  # 1 after the first [SEP], as BERT's
+    assert segments.any(), "the premise: a second segment"
+    masker = AttentionMasker(bert_wordpiece, layer=-1, seed=seed)
+    scores = masker._first_token_attention(model, ids, attention, segments)
+    torch.testing.assert_close(scores, reference_attention(model, ids, attention, -1, segments), atol=1e-6, rtol=1e-5)
+    assert not torch.allclose(scores, masker._first_token_attention(model, ids, attention), atol=1e-4)
+    masked_ids, labels = masker(ids, attention, model=model, token_type_ids=segments)
+    assert masked_ids.shape == ids.shape and (labels != -100).any()
+    with pytest.raises(ValueError, match="token_type_ids must have the shape of input_ids"):
+        masker(ids, attention, model=model, token_type_ids=segments[:1])
+
+
 ENCODERS = {
     "distilbert": ("DistilBertForMaskedLM", "DistilBertConfig", dict(dim=32, n_layers=3, n_heads=4, hidden_dim=64)),
     "albert": ("AlbertForMaskedLM", "AlbertConfig", dict(hidden_size=32, num_hidden_layers=3, num_attention_heads=4,
                                                          intermediate_size=64, embedding_size=16)),
+    # ALBERT with two attention calls per layer: the interface's calls are not the layers.
+    "albert-grouped": ("AlbertForMaskedLM", "AlbertConfig", dict(hidden_size=32, num_hidden_layers=3,
+                                                                 num_attention_heads=4, intermediate_size=64,
+                                                                 embedding_size=16, inner_group_num=2)),
     "electra": ("ElectraForMaskedLM", "ElectraConfig", dict(hidden_size=32, num_hidden_layers=3, num_attention_heads=4,
                                                             intermediate_size=64, embedding_size=16)),
     "roberta": ("RobertaForMaskedLM", "RobertaConfig", dict(hidden_size=32, num_hidden_layers=3, num_attention_heads=4,
@@ -132,7 +161,8 @@ ENCODERS = {
 @pytest.mark.parametrize("name", sorted(ENCODERS))
 def test_first_token_rows_equal_the_eager_weights_of_other_encoders(name, seed):
     """The row read from the attention interface is the eager weights' row for every encoder
-    family that uses the interface; the others (DeBERTa-v2 here) answer None and are read eagerly."""
+    family that uses the interface; the others (DeBERTa-v2 here, and ALBERT with several attention
+    calls per layer) answer None and are read eagerly."""
     import transformers
 
     from diffmask_fast.attention_weights import first_token_row
@@ -154,7 +184,7 @@ def test_first_token_rows_equal_the_eager_weights_of_other_encoders(name, seed):
         weights = eager(input_ids=ids, attention_mask=attention, output_attentions=True).attentions
         for layer in (0, -1):
             row = first_token_row(encoder, ids, attention, first, layer)
-            if name == "deberta-v2":
+            if name in ("deberta-v2", "albert-grouped"):
                 assert row is None
                 continue
             expected = weights[layer][torch.arange(4), :, first, :].float().mean(dim=1)

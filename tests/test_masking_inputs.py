@@ -100,6 +100,19 @@ def test_the_device_masker_checks_its_batch(bert_wordpiece):
                                  & (ids != bert_wordpiece.sep_token_id))).all(), "p = 1 masks every real token"
 
 
+@pytest.mark.parametrize("mask_on", ["workers", "device"])
+def test_a_validation_set_is_masked_from_an_integer_seed_only(mask_on, bert_wordpiece):
+    """The collators took seed=None and drew unpinned masks; the device masker failed inside."""
+    built = build_strategy("difference", bert_wordpiece, scores=ScoreTable.from_mapping(SCORES), seed=0,
+                           mask_on=mask_on)
+    examples = [bert_wordpiece(text) for text in TEXTS]
+    for seed, error, message in [(None, TypeError, "mask_examples needs an integer seed"),
+                                 (1.5, TypeError, "seed must be an integer"), (-1, ValueError, "seed must be in")]:
+        with pytest.raises(error, match=message):
+            built.mask_examples(examples, seed=seed)
+    assert len(built.mask_examples(examples, seed=np.int64(3))) == len(TEXTS)
+
+
 @pytest.mark.parametrize("strategy", ["random-word", "difference"])
 def test_a_validation_set_given_as_a_dataset_is_masked(strategy, bert_wordpiece):
     datasets = pytest.importorskip("datasets")

@@ -560,6 +560,51 @@ def test_trainer_pads_a_validation_set_masked_beforehand(tiny_bert_mlm, bert_wor
         trainer.data_collator([validation[0], data[1]])
 
 
+def test_the_trainer_keeps_the_datasets_special_tokens_mask_for_the_masker(tiny_bert_mlm, bert_wordpiece, lines,
+                                                                          tmp_path):
+    """Trainer drops the columns the model's forward does not take: special_tokens_mask was gone
+    before the masker could read it, and the tokens it protects were masked."""
+    datasets = pytest.importorskip("datasets")
+    from transformers import TrainingArguments
+
+    tokenizer = bert_wordpiece
+    ids = [tokenizer(t, truncation=True, max_length=24)["input_ids"] for t in lines[:8]]
+    protected = [[int(i < len(row) // 2) for i in range(len(row))] for row in ids]  # the first half of each row
+    data = datasets.Dataset.from_dict({"input_ids": ids, "special_tokens_mask": protected})
+    masker = DifferenceMasker(tokenizer, {}, mlm_probability=1.0, seed=0)
+    seen = []
+    forward = masker.forward
+
+    def spy(input_ids, attention_mask=None, special_tokens_mask=None):
+        masked_ids, labels = forward(input_ids, attention_mask, special_tokens_mask)
+        seen.append((special_tokens_mask, labels))
+        return masked_ids, labels
+
+    masker.forward = spy
+    args = TrainingArguments(output_dir=str(tmp_path), per_device_train_batch_size=4, max_steps=2, report_to=[],
+                             use_cpu=True, save_strategy="no")
+    DifferenceMaskingTrainer(model=tiny_bert_mlm, args=args, train_dataset=data, masker=masker).train()
+    assert seen and all(mask is not None for mask, _ in seen), "the masker never saw special_tokens_mask"
+    for mask, labels in seen:
+        assert not ((labels != -100) & mask.bool()).any() and (labels != -100).any()
+
+
+def test_the_trainer_pads_a_dataset_of_bare_id_sequences(tiny_bert_mlm, bert_wordpiece, lines, tmp_path):
+    """The collators and warm take sequences of ids as examples; the trainer's padding failed on them."""
+    from transformers import TrainingArguments
+
+    ids = [bert_wordpiece(t, truncation=True, max_length=24)["input_ids"] for t in lines[:6]]
+    data = ids[:2] + [torch.tensor(ids[2]), np.array(ids[3])] + ids[4:]
+    masker = DifferenceMasker(bert_wordpiece, {}, seed=0)
+    args = TrainingArguments(output_dir=str(tmp_path), per_device_eval_batch_size=6, report_to=[], use_cpu=True)
+    trainer = DifferenceMaskingTrainer(model=tiny_bert_mlm, args=args, eval_dataset=data, masker=masker)
+    batch = trainer.data_collator(data)
+    assert batch["input_ids"][3, : len(ids[3])].tolist() == ids[3] and batch["attention_mask"].sum() == sum(map(len, ids))
+    assert math.isfinite(trainer.evaluate()["eval_loss"])
+    with pytest.raises(TypeError, match="must be tokenized"):
+        trainer.data_collator(["a text"])
+
+
 def test_compute_metrics_sees_the_inputs_the_model_saw(tiny_bert_mlm, bert_wordpiece, lines, tmp_path):
     from transformers import TrainingArguments
 

@@ -460,6 +460,9 @@ def test_sampling_errors():
         ops.sample_without_replacement(weights, counts.float())
     with pytest.raises(ValueError, match=r"non-negative, got counts\[2\] = -1"):
         ops.sample_without_replacement(weights, torch.tensor([1, 2, -1]))
+    with pytest.raises(TypeError, match="counts must be a signed integer tensor"):  # 2**64 - 1 was read as -1
+        ops.sample_without_replacement(weights, torch.tensor([1, 2, 2**64 - 1], dtype=torch.uint64))
+    assert ops.sample_without_replacement(weights, counts.to(torch.uint8)).sum(1).tolist() == [1, 2, 3]
     with pytest.raises(ValueError, match="same device"):
         ops.sample_without_replacement(weights.to("meta"), counts)
     with pytest.raises(ValueError, match="counts must have shape"):
