@@ -511,6 +511,8 @@ def score_table_insert(
     keys int64 [C] and values float32 [C] (C a power of two, key 0 = empty slot); new_keys int64
     [M] non-zero, new_values float32 [M] finite. Raises ValueError, leaving the table unchanged,
     when a key is 0, a value is not finite, or the table fills up (ScoreHashTable grows instead).
+    Keep the table at most half full, as ScoreHashTable does: linear probing looks an absent key
+    up by scanning to the next empty slot, which in a nearly full table is most of it.
     """
     _check_insert_args(keys, values, new_keys, new_values)
     _ops.score_table_insert(keys, values, new_keys, new_values)

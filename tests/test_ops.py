@@ -441,6 +441,37 @@ def test_sampling_reproducible(seed):
         torch.set_num_threads(threads)
 
 
+@pytest.fixture
+def flush_denormals():
+    """The caller's thread flushing denormals to zero (torch.set_flush_denormal), put back after."""
+    if not torch.set_flush_denormal(True):
+        pytest.skip("this CPU cannot flush denormals")
+    threads = torch.get_num_threads()
+    try:
+        yield
+    finally:
+        torch.set_flush_denormal(False)
+        torch.set_num_threads(threads)
+
+
+def test_denormal_weights_count_whatever_the_callers_float_mode(flush_denormals):
+    """With the caller's thread flushing denormals, rows computed there read a weight of 1e-40 as
+    0 and rows on the pool's threads did not: results changed with the thread count."""
+    rows = 2000
+    torch.set_flush_denormal(False)
+    weights = torch.tensor([[1e-40, 2e-40, 3e-40, 1.0]], dtype=torch.float32).repeat(rows, 1)
+    tiny = torch.tensor([[1e-42, 2e-42, 0.0, 0.0]], dtype=torch.float32).repeat(rows, 1)
+    assert (weights[:, 0] > 0).all() and (tiny[:, 0] > 0).all(), "the premise: denormal values"
+    expected = ops.sample_without_replacement(weights, torch.full((rows,), 2), seed=3)
+    torch.set_flush_denormal(True)
+    for threads in (1, 2):
+        torch.set_num_threads(threads)
+        drawn = ops.sample_without_replacement(weights, torch.full((rows,), 2), seed=3)
+        assert torch.equal(drawn, expected) and (drawn.sum(dim=1) == 2).all(), threads
+        similarity, nearest = ops.max_anchor_similarity(tiny, torch.tensor([[1.0, 2.0, 0.0, 0.0]]))
+        torch.testing.assert_close(similarity, torch.ones(rows))
+
+
 def test_sampling_errors():
     weights, counts = torch.rand(3, 4), torch.tensor([1, 2, 3])
     for bad, word in [(float("nan"), "NaN"), (float("inf"), "infinite"), (-0.5, "negative")]:

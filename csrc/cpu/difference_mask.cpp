@@ -8,6 +8,7 @@
 
 #include "../core/masking.h"
 #include "mask_batch.h"
+#include "denormals.h"
 
 namespace diffmask_fast {
 namespace cpu {
@@ -73,6 +74,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> difference_mask_cpu(
   std::vector<int64_t> bad_score_position(static_cast<size_t>(B), -1);
 
   at::parallel_for(0, B, grain_for(L, 2048), [&](int64_t begin, int64_t end) {
+    KeepDenormals keep_denormals;
     core::RowScratch scratch(L);
     for (int64_t b = begin; b < end; ++b) {
       const core::Stream stream(static_cast<uint64_t>(seed), static_cast<uint64_t>(b));

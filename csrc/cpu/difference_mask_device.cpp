@@ -10,6 +10,7 @@
 
 #include "../core/masking.h"
 #include "mask_batch.h"
+#include "denormals.h"
 
 namespace diffmask_fast {
 namespace cpu {
@@ -40,6 +41,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> differenc
   const uint64_t seed_value = static_cast<uint64_t>(seed.reshape({-1})[0].item<int64_t>());
 
   at::parallel_for(0, B, grain_for(L, 2048), [&](int64_t begin, int64_t end) {
+    KeepDenormals keep_denormals;
     core::RowScratch scratch(L);
     std::unique_ptr<bool[]> excluded(new bool[static_cast<size_t>(std::max<int64_t>(L, 1))]);
     std::vector<core::Miss> misses;

@@ -8,6 +8,7 @@
 
 #include "../core/sampling.h"
 #include "checks.h"
+#include "denormals.h"
 
 namespace diffmask_fast {
 namespace cpu {
@@ -49,6 +50,7 @@ at::Tensor sample_without_replacement_cpu(const at::Tensor& weights, const at::T
   AT_DISPATCH_FLOATING_TYPES(w.scalar_type(), "sample_without_replacement_cpu", [&] {
     const scalar_t* data = w.data_ptr<scalar_t>();
     at::parallel_for(0, B, grain_for(N), [&](int64_t begin, int64_t end) {
+      KeepDenormals keep_denormals;
       std::vector<core::KeyIndex> scratch(static_cast<size_t>(N));
       for (int64_t b = begin; b < end; ++b) {
         const scalar_t* row = data + b * N;

@@ -30,6 +30,7 @@
 #include "../core/dot_kernels.h"
 #include "../core/similarity.h"
 #include "checks.h"
+#include "denormals.h"
 
 namespace diffmask_fast {
 namespace cpu {
@@ -249,6 +250,7 @@ void max_anchor_similarity_impl(const at::Tensor& embeddings, const at::Tensor& 
   };
 
   at::parallel_for(0, n_blocks, 1, [&](int64_t block_begin, int64_t block_end) {
+    KeepDenormals keep_denormals;
     at::Tensor buffer;       // converted or compacted rows, [rows_per_block, D]
     at::Tensor blas_scores;  // [rows_per_block, tile_columns]
     std::vector<float> panel_scores(use_panels ? static_cast<size_t>(rows_per_block * tile_columns) : 0);
