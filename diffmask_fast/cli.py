@@ -572,15 +572,22 @@ SETTING_OPTIONS = {"smoothing_per_million": "smoothing"}
 
 def _with_option_name(message: str, command_parser) -> str:
     """An error about a setting, naming it as the command line spells it: "min_count must be at
-    least 1" becomes "--min-count must be at least 1"."""
-    match = re.match(r"(\w+)( \([^)]*\))? must ", message)
-    if match is None or command_parser is None:
+    least 1" becomes "--min-count must be at least 1", and "lower min_count" "lower --min-count"
+    (inside a sentence, only names with an underscore, which no English word has)."""
+    if command_parser is None:
         return message
-    dest = SETTING_OPTIONS.get(match.group(1), match.group(1))
-    for action in getattr(command_parser, "_actions", ()):
-        if action.dest == dest and action.option_strings:
-            return max(action.option_strings, key=len) + message[match.end(1):]
-    return message
+    options = {action.dest: max(action.option_strings, key=len)
+               for action in getattr(command_parser, "_actions", ()) if action.option_strings}
+
+    def option(setting: str) -> str | None:
+        return options.get(SETTING_OPTIONS.get(setting, setting))
+
+    match = re.match(r"(\w+)( \([^)]*\))? must ", message)
+    if match is not None and option(match.group(1)) is not None:
+        message = option(match.group(1)) + message[match.end(1):]
+    # Not inside a path or a quoted name ('/runs/min_count', 'min_count.txt').
+    return re.sub(r"(?<![\w\-/.'\"])[a-z]+(?:_[a-z]+)+(?![\w/'\"-])(?!\.\w)",
+                  lambda found: option(found.group()) or found.group(), message)
 
 
 def main(argv: list[str] | None = None) -> int:

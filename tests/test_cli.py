@@ -166,6 +166,16 @@ def test_help(command):
     assert result.returncode == 0 and "usage: diffmask" in result.stdout
 
 
+def test_settings_named_inside_a_message_are_named_as_options():
+    from diffmask_fast.cli import _with_option_name, build_parser
+
+    mine = build_parser().commands["mine"]
+    assert _with_option_name("min_count must be at least 1", mine) == "--min-count must be at least 1"
+    assert _with_option_name("give more words or lower min_count.", mine) == "give more words or lower --min-count."
+    for untouched in ("cannot read '/runs/min_count/a.txt'", "min_count.txt is bad", "no_such_setting is off"):
+        assert _with_option_name(untouched, mine) == untouched
+
+
 def test_the_package_runs_as_a_module():
     result = subprocess.run([sys.executable, "-m", "diffmask_fast", "mine", "--help"], capture_output=True, text=True)
     assert result.returncode == 0 and "usage: diffmask mine" in result.stdout
@@ -175,7 +185,8 @@ def test_mine_saves_the_counts_even_when_no_anchor_qualifies(tmp_path, capsys):
     corpus, counts = tmp_path / "corpus.txt", tmp_path / "counts.bin"
     corpus.write_text("enzyme binds the receptor\n" * 3)
     assert main(["mine", str(corpus), "--min-count", "100", "--counts-output", str(counts), "--no-progress"]) == 1
-    assert "no word qualifies" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "no word qualifies" in err and "lower --min-count" in err, err  # the option, not the Python setting
     assert main(["mine", "--counts", str(counts), "--min-count", "3", "-k", "2"]) == 0
 
 
