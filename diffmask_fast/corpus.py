@@ -60,6 +60,11 @@ def _expand_path(pattern: str, suffixes: tuple[str, ...] = TEXT_SUFFIXES) -> lis
     if any(ch in pattern for ch in "*?[") and not os.path.exists(pattern):
         return _glob_files(pattern, suffixes)
     path = Path(pattern)
+    try:
+        path.is_dir()
+    except OSError as error:  # a name too long for a path: text given where a path goes?
+        raise CorpusError(f"corpus path {pattern[:60]!r}... cannot be a file ({error.strerror}); a string is read as a "
+                          "path: give texts as a list of strings") from None
     if path.is_dir():
         return _directory_files(path, suffixes)
     if not path.exists():
@@ -235,6 +240,33 @@ def _read_once(files: list[Path]) -> list[Path]:
     return list(first.values())
 
 
+class FilesReadOnce:
+    """The files of paths met one at a time (among texts, or from a generator such as
+    ``Path.rglob``), each kept the first time only, as ``corpus_files`` keeps them within one
+    call; the first repeat is named in a warning."""
+
+    def __init__(self) -> None:
+        self._first: dict[tuple[int, int], Path] = {}
+        self._warned = False
+
+    def new_files(self, item: Union[str, os.PathLike], text_field: str | None) -> list[Path]:
+        """The files of ``item`` (a path, folder or pattern) not met before."""
+        new = []
+        for path in corpus_files(item, text_field):
+            status = os.stat(path)
+            identity = (status.st_dev, status.st_ino)
+            if identity not in self._first:
+                self._first[identity] = path
+                new.append(path)
+            elif not self._warned:
+                self._warned = True
+                kept = self._first[identity]
+                same = f" (the file {str(kept)!r})" if path != kept else ""
+                warnings.warn(f"a file of the corpus is named more than once (twice, or again through a link) and is "
+                              f"read once: {str(path)!r}{same}", DiffmaskWarning, stacklevel=4)
+        return new
+
+
 def corpus_files(
     source: Union[str, os.PathLike, Iterable[Union[str, os.PathLike]]], text_field: str | None = None
 ) -> list[Path]:
@@ -346,6 +378,8 @@ def record_text(line: Union[str, bytes], path: Union[str, os.PathLike], number: 
     except json.JSONDecodeError as error:
         raise CorpusError(f"{os.fspath(path)!r} line {number}: not valid JSON ({error.msg})"
                           f"{_one_document_hint(line, number)}") from None
+    except (ValueError, RecursionError) as error:  # nested too deep, or a number too long for Python
+        raise CorpusError(f"{os.fspath(path)!r} line {number}: JSON that cannot be read ({error})") from None
     if not isinstance(record, dict):
         raise CorpusError(f"{os.fspath(path)!r} line {number}: expected a JSON object, got {type(record).__name__}"
                           f"{_one_document_hint(line, number)}")
@@ -476,9 +510,10 @@ def iter_documents(source: CorpusSource, text_field: str | None = None) -> Itera
             yield from batch
         return
     check_not_mapping(source)
+    files = FilesReadOnce()
     for item in source:
         if isinstance(item, os.PathLike):
-            for path in corpus_files(item, text_field):
+            for path in files.new_files(item, text_field):
                 yield from _iter_file_documents(path, text_field)
             continue
         if not isinstance(item, str):

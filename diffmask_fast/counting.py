@@ -53,6 +53,7 @@ from .corpus import (
     UTF8_BOM,
     CorpusError,
     CorpusSource,
+    FilesReadOnce,
     check_not_mapping,
     check_text_file,
     corpus_files,
@@ -73,6 +74,8 @@ _PREAMBLE = struct.Struct("<8sIIQ")  # magic, version, reserved, header length
 
 #: Bytes read at a time from a file; threads share each block.
 DEFAULT_BLOCK_BYTES = 16 << 20
+#: The largest block: a reader holds up to three at once.
+MAX_BLOCK_BYTES = 1 << 30
 #: Characters of strings (iterables, JSON lines, datasets) gathered before they are counted.
 STRING_BATCH_CHARS = 4 << 20
 #: A block is cut into up to this many chunks per thread, of at least MIN_CHUNK_BYTES each.
@@ -470,8 +473,11 @@ class _Counter:
                  total_documents: int | None = None):
         if threads < 1:
             raise ValueError(f"threads must be at least 1, got {threads}")
-        if block_bytes < 1:
-            raise ValueError(f"block_bytes must be at least 1, got {block_bytes}")
+        if isinstance(block_bytes, bool) or not isinstance(block_bytes, numbers.Integral):
+            raise TypeError(f"block_bytes must be an integer, got {block_bytes!r}")
+        if not 1 <= block_bytes <= MAX_BLOCK_BYTES:
+            raise ValueError(f"block_bytes must be between 1 and {MAX_BLOCK_BYTES:,} (1 GiB; a few blocks are held at "
+                             f"once), got {block_bytes}")
         self.threads = threads
         self.block_bytes = block_bytes
         self.pool = ThreadPoolExecutor(threads, thread_name_prefix="diffmask-count") if threads > 1 else None
@@ -586,6 +592,7 @@ class _Counter:
     def count_iterable(self, items: Iterable, text_field: str | None) -> None:
         batch: list[str] = []
         chars = 0
+        files = FilesReadOnce()
         for item in items:
             if type(item) is str or isinstance(item, str):
                 batch.append(item)
@@ -599,7 +606,7 @@ class _Counter:
                 self.count_strings(batch)
                 self.bar.update(len(batch))
                 batch, chars = [], 0
-                for path in corpus_files(item, text_field):
+                for path in files.new_files(item, text_field):
                     before = self.documents
                     self.count_file(path, text_field)
                     self.bar.update(self.documents - before)

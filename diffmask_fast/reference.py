@@ -34,14 +34,20 @@ REPLACEMENT_CHARACTER = "\ufffd"
 
 
 def _is_punctuation_or_symbol(ch: str) -> bool:
-    return ch != REPLACEMENT_CHARACTER and unicodedata.category(ch)[0] in "PS"
+    """Punctuation, a symbol, or an invisible format character (a byte-order mark left inside
+    joined files, a zero-width space, a soft hyphen): what normalizing strips from word ends."""
+    if ch == REPLACEMENT_CHARACTER:
+        return False
+    category = unicodedata.category(ch)
+    return category[0] in "PS" or category == "Cf"
 
 
 def normalize_word(word: str, lowercase: bool = True) -> str:
     """The form under which a word is counted and scored (DESIGN.md §2).
 
-    Unicode-aware lowercasing (``str.lower``), then punctuation and symbols (Unicode categories
-    P* and S*, except U+FFFD) stripped from both ends. A word made only of punctuation keeps its
+    Unicode-aware lowercasing (``str.lower``), then punctuation, symbols and invisible format
+    characters (Unicode categories P*, S* and Cf, except U+FFFD) stripped from both ends: "\ufeffhello"
+    of two files joined with their byte-order marks is "hello". A word made only of them keeps its
     (lowercased) form, so "," and "..." stay words of their own rather than collapsing into "".
     """
     if lowercase:

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from diffmask_fast import _wordtable, counting, reference
+from diffmask_fast import DiffmaskWarning, _wordtable, counting, reference
 from diffmask_fast.anchors import mine_anchors
 from diffmask_fast.cli import main
 from diffmask_fast.corpus import CorpusError, iter_documents
@@ -1172,3 +1172,60 @@ def test_gzip_under_another_name_and_a_folder_for_counts_are_named(tmp_path):
 def test_partition_bytes_without_a_scheduler_is_refused():
     with pytest.raises(ValueError, match="partition_bytes sizes the byte ranges Dask workers count"):
         count_words(["the enzyme"], progress=False, partition_bytes=1 << 20)
+
+
+def test_a_file_met_again_among_paths_one_at_a_time_is_read_once(tmp_path):
+    """Paths from a generator (Path.rglob) or among texts were expanded one by one, so a file
+    reached twice (by a link) was counted twice."""
+    (tmp_path / "a.txt").write_text("alpha beta\n")
+    (tmp_path / "link.txt").symlink_to(tmp_path / "a.txt")
+    once = {"alpha": 1, "beta": 1}
+    with pytest.warns(DiffmaskWarning, match="named more than once"):
+        assert dict(count_words(tmp_path.rglob("*.txt"), progress=False).counts) == once
+    with pytest.warns(DiffmaskWarning, match="named more than once"):
+        assert list(iter_documents(tmp_path.rglob("*.txt"))) == ["alpha beta"]
+    with pytest.warns(DiffmaskWarning, match="read once"):
+        mixed = count_words(("gamma", tmp_path / "a.txt", tmp_path / "a.txt"), progress=False)
+    assert dict(mixed.counts) == {**once, "gamma": 1} and mixed.documents == 2
+
+
+def test_json_records_python_cannot_read_are_named_by_file_and_line(tmp_path):
+    deep = tmp_path / "deep.jsonl"
+    deep.write_text('{"text": "x"}\n{"text": "x", "meta": ' + "[" * 200_000 + "]" * 200_000 + "}\n")
+    long_number = tmp_path / "number.jsonl"
+    long_number.write_text('{"text": "x", "id": ' + "1" * 5000 + "}\n")
+    for path, line in ((deep, 2), (long_number, 1)):
+        for read in (lambda: count_words(path, progress=False), lambda: list(iter_documents(path))):
+            with pytest.raises(CorpusError, match=f"line {line}: JSON that cannot be read"):
+                read()
+
+
+def test_one_long_text_given_as_the_corpus_is_named(tmp_path):
+    text = "The protein binds the receptor. " * 20
+    with pytest.raises(CorpusError, match="a string is read as a path: give texts as a list of strings"):
+        count_words(text, progress=False)
+
+
+@pytest.mark.parametrize("block, error, message", [
+    (1.5, TypeError, "block_bytes must be an integer, got 1.5"), (True, TypeError, "block_bytes must be an integer"),
+    (float("nan"), TypeError, "block_bytes must be an integer"), (2**62, ValueError, "block_bytes must be between 1"),
+    (0, ValueError, "block_bytes must be between 1")])
+def test_block_sizes_are_checked(tmp_path, block, error, message):
+    path = tmp_path / "small.txt.gz"
+    path.write_bytes(gzip.compress(b"alpha beta\n"))
+    for source in (path, ["alpha beta"]):
+        with pytest.raises(error, match=message):
+            count_words(source, progress=False, block_bytes=block)
+
+
+def test_a_byte_order_mark_inside_joined_files_is_no_part_of_a_word(tmp_path):
+    """`cat a.txt b.txt` keeps b's byte-order mark at the start of a line: "\ufeffhello" never
+    matched "hello". Normalizing strips invisible format characters from word ends."""
+    bom = codecs.BOM_UTF8
+    (tmp_path / "joined.txt").write_bytes(bom + b"hello world\n" + bom + b"hello again\n")
+    (tmp_path / "joined.txt.gz").write_bytes(gzip.compress(bom + b"hello world\n") + gzip.compress(bom + b"hello again\n"))
+    expected = {"hello": 2, "world": 1, "again": 1}
+    for name in ("joined.txt", "joined.txt.gz"):
+        assert dict(count_words(tmp_path / name, progress=False).counts) == expected, name
+        assert reference.count_words(iter_documents(tmp_path / name)) == expected, name
+    assert reference.normalize_word("word\u200b") == "word" and reference.normalize_word("\u00adsoft") == "soft"
