@@ -26,6 +26,8 @@ def first_unnormalized(words, lowercase: bool) -> tuple[str, str] | None:
     from .reference import normalize_word
 
     for word in words:
+        if not isinstance(word, str):
+            raise TypeError(f"words must be strings, got {word!r} ({type(word).__name__})")
         if (word.islower() or not lowercase) and word[:1].isalnum() and word[-1:].isalnum():
             continue  # the usual case, normalized as it is
         normalized = normalize_word(word, lowercase)

@@ -36,6 +36,7 @@ from ._checks import refuse_one_string, word_list
 from .advice import DiffmaskWarning
 from .embedding import has_lone_surrogate
 from .hf_loading import check_max_length, eval_mode, longest_input, model_name
+from .pretrain_data import special_wrapping
 from .tokenization import WordGrouper, decode_words, tokenize_texts
 
 #: Tokens of a document read around anchor occurrences, unless the model takes fewer.
@@ -139,7 +140,8 @@ def find_occurrences(tokenizer, texts: Iterable[str], anchor_words: Sequence[str
     An anchor occurs where the words of a text, as the tokenizer groups and decodes them, read as
     the anchor does (``anchor_readings``); an anchor of several such words matches them only
     adjacent, with no special token between, and spaced as in the anchor (with a fast tokenizer).
-    Anchors read and spaced alike all go to the first of them.
+    Anchors read and spaced alike all go to the first of them. A word that a text's cut at
+    ``max_length`` splits is left out: its first pieces may read as an anchor.
     It reads every text, so it shows a progress bar (``progress``) by documents."""
     grouper = WordGrouper.for_tokenizer(tokenizer, scheme)
     patterns: dict[tuple[str, ...], list[tuple[tuple[bool, ...] | None, int]]] = {}
@@ -162,11 +164,25 @@ def find_occurrences(tokenizer, texts: Iterable[str], anchor_words: Sequence[str
             if slot < max_per_anchor:
                 kept[anchor][slot] = occurrence
 
+    trailing = len(special_wrapping(tokenizer)[1])
+
+    def cut_to_window(ids: list[int], spans) -> tuple[list[int], list[list[int]], list]:
+        """A text tokenized to one token more than ``max_length``, cut to it: (ids, words, spans).
+        Where the cut falls inside a word ("kinase" of "kinases"), that last word is left out."""
+        if len(ids) <= max_length:
+            return ids, grouper(ids), spans
+        extra = len(ids) - trailing - 1  # the one text token past the window
+        inside_word = not bool(grouper.breaks(ids[: extra + 1])[extra])
+        ids = ids[:extra] + ids[extra + 1:]
+        spans = None if spans is None else spans[:extra] + spans[extra + 1:]
+        words = grouper(ids)
+        return ids, words[:-1] if inside_word and words else words, spans
+
     def consume(batch: list[str]) -> None:
         encoded = tokenize_texts(tokenizer, batch, add_special_tokens=True, truncation=True,
-                                 max_length=max_length, return_offsets_mapping=offsets)
+                                 max_length=max_length + 1, return_offsets_mapping=offsets)
         spans_of = encoded.get("offset_mapping") or [None] * len(batch)
-        documents = [(text, ids, grouper(ids), spans)
+        documents = [(text, *cut_to_window(list(ids), spans))
                      for text, ids, spans in zip(batch, encoded["input_ids"], spans_of)]
         new = {tuple(ids[i] for i in group) for _, ids, groups, _ in documents for group in groups} - known.keys()
         new = list(new)

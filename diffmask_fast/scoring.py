@@ -46,6 +46,12 @@ SCORES_FORMAT = "diffmask_fast.word_scores/1"
 BINARY_SCORES_FORMAT = "diffmask_fast.word_scores.npz/1"
 
 
+def check_unknown_score(unknown_score: float) -> None:
+    """Refuse a score for unknown words the table cannot hold (it is stored as float32)."""
+    if not (math.isfinite(unknown_score) and abs(unknown_score) <= float(np.finfo(np.float32).max)):
+        raise ValueError(f"unknown_score must be finite (and within float32's range), got {unknown_score}")
+
+
 def normalize_words(words: Iterable[str], lowercase: bool = True) -> list[str]:
     """Sorted distinct normalized forms (reference.normalize_word) of the non-blank words.
 
@@ -54,6 +60,8 @@ def normalize_words(words: Iterable[str], lowercase: bool = True) -> list[str]:
     """
     keys = set()
     for word in words:
+        if not isinstance(word, str):
+            raise TypeError(f"words must be strings, got {word!r} ({type(word).__name__})")
         if not word or word.isspace():
             continue
         lowered = word.lower() if lowercase else word
@@ -185,8 +193,7 @@ class ScoreTable:
             bad = words[int(np.flatnonzero(~np.isfinite(stored))[0])]
             raise ValueError(f"word scores must be finite (and within float32's range, as the table holds them); "
                              f"{int((~np.isfinite(stored)).sum())} are not (e.g. {bad!r})")
-        if not (math.isfinite(unknown_score) and abs(unknown_score) <= float(np.finfo(np.float32).max)):
-            raise ValueError(f"unknown_score must be finite (and within float32's range), got {unknown_score}")
+        check_unknown_score(unknown_score)
         anchors = tuple(anchors)
         if nearest is not None:
             _check_nearest(np.asarray(nearest), words, len(anchors))
@@ -532,6 +539,7 @@ class WordScorer:
         self.embedder = embedder
         self.similarity = similarity
         self.unknown_score = float(unknown_score)
+        check_unknown_score(self.unknown_score)  # before hours of embedding, not when the table is built
         self.index_kind = index
         self.index_options = dict(index_options or {})
         self.chunk_size = int(chunk_size)

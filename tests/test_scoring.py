@@ -637,6 +637,34 @@ def test_contextual_anchors_are_found_as_the_model_reads_them(minilm_tokenizer):
     assert len(receptors) == 1
 
 
+def test_bad_words_and_unknown_scores_are_refused_before_embedding(tiny_bert):
+    model, tokenizer = tiny_bert
+    embedder = WordEmbedder(model, tokenizer, progress=False)
+    for bad in (float("nan"), float("inf"), 1e39):
+        with pytest.raises(ValueError, match="unknown_score must be finite"):
+            WordScorer(embedder, ["enzyme"], unknown_score=bad)
+    scorer = WordScorer(embedder, ["enzyme"])
+    for word in (3, float("nan"), b"enzyme", None):
+        with pytest.raises(TypeError, match=r"words must be strings, got .*\("):
+            scorer.score(["enzyme", word])
+    with pytest.raises(TypeError, match="words must be strings, got 1 \\(int\\)"):
+        ScoreTable.from_arrays([1, 2], [0.1, 0.2])
+
+
+def test_a_word_split_by_the_cut_at_max_length_is_no_occurrence(minilm_tokenizer):
+    """ "kinases" cut after "kinase" read as the anchor "kinase" at one max_length only."""
+    from diffmask_fast.contextual import find_occurrences
+
+    text = "the cat saw the kinases today"
+    assert minilm_tokenizer.tokenize(text) == ["the", "cat", "saw", "the", "kinase", "##s", "today"]
+    for max_length in range(3, 12):
+        assert find_occurrences(minilm_tokenizer, [text], ["kinase"], max_per_anchor=5, max_length=max_length) == [[]]
+    whole = "the kinase binds"
+    for max_length, expected in ((3, []), (4, [(whole, 2, 3)]), (8, [(whole, 2, 3)])):  # [CLS] the kinase [SEP]
+        assert find_occurrences(minilm_tokenizer, [whole], ["kinase"], max_per_anchor=5,
+                                max_length=max_length) == [expected], max_length
+
+
 def test_contextual_vectors_are_computed_without_dropout(tiny_bert):
     """The embedder's model may be put back in train mode by code that shares it."""
     model, tokenizer = tiny_bert
