@@ -18,6 +18,7 @@ import json
 import math
 import os
 import random
+import re
 import warnings
 import zipfile
 from collections.abc import Mapping
@@ -42,6 +43,8 @@ from .tokenization import tokenize_texts
 
 SIMILARITIES = ("max", "centroid", "mean")
 SCORES_FORMAT = "diffmask_fast.word_scores/1"
+#: A high and a low surrogate code point in a row: JSON escapes join them into one character.
+_SURROGATE_PAIR = re.compile("[\ud800-\udbff][\udc00-\udfff]")
 #: Format tag of the binary (.npz) score table.
 BINARY_SCORES_FORMAT = "diffmask_fast.word_scores.npz/1"
 
@@ -288,6 +291,10 @@ class ScoreTable:
         if format is None:
             format = "json" if os.fspath(path).lower().endswith(".json") else "binary"
         if format == "json":
+            paired = next((w for w in self._words if _SURROGATE_PAIR.search(w)), None)
+            if paired is not None:  # JSON's "\ud83d\ude00" reads back as one character: another word
+                raise ValueError(f"the word {paired!r} holds a surrogate pair as two code points, which JSON reads "
+                                 "back as one character (another word); save the table in the binary format")
             nearest = {w: int(i) for w, i in zip(self._words, self.nearest.tolist()) if i >= 0}
             atomic_write_json(path, {"format": SCORES_FORMAT, **self._meta(),
                                      "scores": dict(zip(self._words, self.values.tolist())),

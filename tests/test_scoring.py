@@ -429,6 +429,20 @@ def test_score_table_round_trip(tmp_path, suffix, seed):
     assert pickle.loads(pickle.dumps(loaded)) == loaded
 
 
+def test_a_surrogate_pair_kept_as_two_code_points_is_saved_in_binary_only(tmp_path):
+    """JSON's escapes of such a word read back as one character: "a\ud83d\ude00b" came back
+    as "a😀b", colliding with that word."""
+    table = ScoreTable.from_mapping({"a\ud83d\ude00b": 0.5, "a\U0001F600b": 0.4, "lone\ud83d": 0.1})
+    with pytest.raises(ValueError, match="holds a surrogate pair as two code points.*binary format"):
+        table.save(tmp_path / "scores.json")
+    assert not (tmp_path / "scores.json").exists()
+    table.save(tmp_path / "scores.npz")
+    assert ScoreTable.load(tmp_path / "scores.npz") == table and len(table) == 3
+    lone = ScoreTable.from_mapping({"lone\ud83d": 0.1})
+    lone.save(tmp_path / "lone.json")
+    assert ScoreTable.load(tmp_path / "lone.json") == lone
+
+
 def test_broken_score_files_are_rejected(tmp_path):
     table = random_table(50, random.Random(0))
     path = tmp_path / "scores.npz"
