@@ -238,8 +238,6 @@ class DifferenceMasker(torch.nn.Module):
         """(masked input_ids, labels) of a padded [B, L] batch; labels are -100 where nothing is
         masked. No host round trip: the seed, the tables and the miss counts stay on the device."""
         input_ids = check_batch_ids(input_ids, self.never_word.device)
-        check_id_dtype(input_ids, "input_ids")
-        input_ids = input_ids.long()
         vocabulary = self.never_word.shape[0]
         # Out-of-vocabulary ids belong to no word (the op ignores them); clamping keeps this
         # look-up in bounds without checking them on the host.

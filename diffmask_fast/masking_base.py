@@ -50,14 +50,32 @@ def check_seed(seed: Any) -> int | None:
 
 
 def check_batch_ids(input_ids: Any, tables_device: torch.device) -> torch.Tensor:
-    """``input_ids`` as a tensor, refused unless it is a [B, L] matrix on the device of the
-    masker's token tables (``tables_device``)."""
+    """``input_ids`` as an int64 tensor, refused unless it is a [B, L] matrix of integers on the
+    device of the masker's token tables (``tables_device``)."""
     input_ids = torch.as_tensor(input_ids)
     if input_ids.ndim != 2:
         raise ValueError(f"input_ids must be a [batch, length] matrix, got shape {tuple(input_ids.shape)}")
+    check_id_dtype(input_ids, "input_ids")
     if input_ids.device != tables_device:
         raise ValueError(f"the masker's token tables are on {tables_device} but input_ids is on {input_ids.device}; "
                          f"call masker.to({str(input_ids.device)!r})")
+    return input_ids.long()
+
+
+def id_matrix(input_ids: Any, vocabulary: int, tokenizer: Any = None) -> torch.Tensor:
+    """``input_ids`` as a [B, L] int64 tensor of integer ids inside [0, ``vocabulary``), the size
+    of the word tables built from ``tokenizer``; else an error naming the problem (and a
+    tokenizer that has grown since the tables were built)."""
+    input_ids = torch.as_tensor(input_ids)
+    if input_ids.ndim != 2:
+        raise ValueError(f"input_ids must be a [batch, length] matrix, got shape {tuple(input_ids.shape)}")
+    check_id_dtype(input_ids, "input_ids")
+    input_ids = input_ids.long()
+    if input_ids.numel() and (int(input_ids.min()) < 0 or int(input_ids.max()) >= vocabulary):
+        grown = tokenizer is not None and len(tokenizer) > vocabulary  # tokens added after the tables were built
+        raise ValueError(f"input_ids hold ids outside the tokenizer's vocabulary [0, {vocabulary})"
+                         + (f"; the tokenizer has grown to {len(tokenizer)} tokens since this collator "
+                            "was built: build it again after adding tokens" if grown else ""))
     return input_ids
 
 
@@ -211,17 +229,7 @@ class MaskingCollatorBase:
         tokens never to mask: the caller's ``never_word`` (or none) plus the tokens of
         ``excluded_ids`` (a per-id table; by default the boundaries' ``never_word``, which holds
         the special tokens and the whitespace tokens of no word)."""
-        input_ids = torch.as_tensor(input_ids)
-        if input_ids.ndim != 2:
-            raise ValueError(f"input_ids must be a [batch, length] matrix, got shape {tuple(input_ids.shape)}")
-        check_id_dtype(input_ids, "input_ids")
-        input_ids = input_ids.long()
-        vocabulary = self.boundaries.never_word.numel()
-        if input_ids.numel() and (int(input_ids.min()) < 0 or int(input_ids.max()) >= vocabulary):
-            grown = len(self.tokenizer) > vocabulary  # tokens added after the word tables were built
-            raise ValueError(f"input_ids hold ids outside the tokenizer's vocabulary [0, {vocabulary})"
-                             + (f"; the tokenizer has grown to {len(self.tokenizer)} tokens since this collator "
-                                "was built: build it again after adding tokens" if grown else ""))
+        input_ids = id_matrix(input_ids, self.boundaries.never_word.numel(), self.tokenizer)
         excluded = (self.boundaries.never_word if excluded_ids is None else excluded_ids)[input_ids]
         if never_word is None:
             return input_ids, excluded

@@ -24,7 +24,7 @@ import torch
 from . import ops
 from ._checks import refuse_one_string
 from .advice import DiffmaskWarning
-from .masking_base import MaskingCollatorBase, check_id_dtype, check_like_ids, check_probability, replace_selected
+from .masking_base import MaskingCollatorBase, check_like_ids, check_probability, id_matrix, replace_selected
 from .reference import has_letter, is_anchor_candidate, normalize_word
 from .tokenization import WordBoundaries, decode_words, tokenize_texts, special_token_table, word_boundaries
 
@@ -256,14 +256,7 @@ class TermMatcher:
         """(input_ids, words, separators): ``separators`` [B, L] flags the tokens no term spans
         (special tokens and the caller's ``never_word``, such as padding). Whitespace tokens never
         separate, even where the caller flags them (the collators pass every token of no word)."""
-        input_ids = torch.as_tensor(input_ids)
-        if input_ids.ndim != 2:
-            raise ValueError(f"input_ids must be a [batch, length] matrix, got shape {tuple(input_ids.shape)}")
-        check_id_dtype(input_ids, "input_ids")
-        input_ids = input_ids.long()
-        vocabulary = self.boundaries.never_word.numel()
-        if input_ids.numel() and (int(input_ids.min()) < 0 or int(input_ids.max()) >= vocabulary):
-            raise ValueError(f"input_ids hold ids outside the tokenizer's vocabulary [0, {vocabulary})")
+        input_ids = id_matrix(input_ids, self.boundaries.never_word.numel(), self.tokenizer)
         excluded = self.boundaries.never_word[input_ids]
         separators = self._special[input_ids]
         if never_word is not None:
