@@ -151,6 +151,17 @@ def _client(scheduler):
     raise TypeError(f"scheduler must be a distributed.Client or a scheduler address, got {type(scheduler).__name__}")
 
 
+def _follow(futures, bar: tqdm, amount) -> None:
+    """Advance ``bar`` by ``amount(future)`` as each of ``futures`` (an ``as_completed``)
+    finishes, raising the first task error."""
+    with bar:
+        for future in futures:
+            if future.status == "error":
+                future.result()  # raises the task's error
+            bar.update(amount(future))
+            del future  # the last result is not held here
+
+
 def count_words_distributed(
     source,
     scheduler,
@@ -190,18 +201,19 @@ def count_words_distributed(
         level = client.map(count_partition, parts, lowercase=lowercase, threads=1 if threads is None else threads,
                            block_bytes=block_bytes, pure=False)
         sizes = {future.key: part.end - part.start for future, part in zip(level, parts)}
-        done = as_completed(level)
+        counted = as_completed(level)
+        merges = []
         while len(level) > 1:  # submitted at once: merges start as soon as their inputs exist
             level = [client.submit(merge_partials, *level[i: i + split_every], pure=False)
                      for i in range(0, len(level), split_every)]
-        with tqdm(total=sum(sizes.values()), unit="B", unit_scale=True, desc="counting words (dask)",
-                  disable=not progress) as bar:
-            for future in done:
-                if future.status == "error":
-                    future.result()  # raises the task's error
-                bar.update(sizes.pop(future.key, 0))
-            del future
-            result = level[0].result()
+            merges += level
+        merged = as_completed(merges)
+        del merges  # a merged table is freed on the cluster once the bar has seen it
+        _follow(counted, tqdm(total=sum(sizes.values()), unit="B", unit_scale=True, desc="counting words (dask)",
+                              disable=not progress), lambda future: sizes.pop(future.key, 0))
+        _follow(merged, tqdm(total=merged.count(), unit=" tables", desc="merging counts (dask)",
+                             disable=not progress or not merged.count()), lambda future: 1)
+        result = level[0].result()
     finally:
         if owned:
             client.close()

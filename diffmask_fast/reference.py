@@ -462,7 +462,9 @@ def word_similarity(embedding, anchors, mode: str = "max") -> float:
     """s(w) of eq. 3-4: ``max`` (nearest anchor, the default), ``centroid`` or ``mean``.
 
     ``centroid`` is the cosine to the mean of the unit-length anchors; ``mean`` averages the
-    cosines to all anchors.
+    cosines to all anchors. A zero anchor counts here with cosine 0; ``WordScorer`` leaves zero
+    anchor vectors (words the model knows no piece of) out before it compares, so that they are
+    never a word's nearest anchor and do not dilute the mean.
     """
     anchors = np.asarray(anchors, dtype=np.float64)
     if mode == "max":

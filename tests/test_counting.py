@@ -723,6 +723,30 @@ def test_dask_counts_equal_single_process_counts(dask_client, tmp_path):
         count_words(tmp_path / "missing.txt", progress=False, scheduler=dask_client)
 
 
+def test_dask_progress_follows_the_counting_and_the_merges(dask_client, tmp_path, capsys):
+    from diffmask_fast.dask_counting import count_words_distributed
+
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("the enzyme binds the receptor\n" * 2000)
+    size = corpus.stat().st_size
+    counts = count_words_distributed(corpus, dask_client, progress=True, partition_bytes=size // 9, split_every=2)
+    assert counts == count_words(corpus, progress=False)
+    bars = capsys.readouterr().err
+    assert "counting words (dask): 100%" in bars and "60.0k/60.0k" in bars, bars[-400:]
+    # The partial tables merged pairwise, level by level, the last merge included.
+    tables, merges = len(plan_partitions([corpus], None, size // 9)), 0
+    assert tables >= 9
+    while tables > 1:
+        tables = (tables + 1) // 2
+        merges += tables
+    merged = re.findall(r"merging counts \(dask\).*?(\d+)/(\d+)", bars)
+    assert merged and merged[-1] == (str(merges), str(merges)), bars[-400:]
+    single = tmp_path / "single.txt"
+    single.write_text("one partition\n")
+    count_words_distributed(single, dask_client, progress=True)
+    assert "merging counts" not in capsys.readouterr().err  # nothing to merge: no bar
+
+
 def test_mine_counts_on_the_scheduler_it_is_given(dask_client, tmp_path, capsys):
     corpus = tmp_path / "corpus.txt"
     corpus.write_text("enzyme binds the receptor\n" * 50 + "kinase inhibitors block it\n" * 30)
