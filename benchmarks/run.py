@@ -71,8 +71,8 @@ def main() -> None:
     report = "\n".join([
         "# Benchmark results",
         "",
-        f"Machine: {machine()}.",
-        f"Date: {datetime.date.today().isoformat()}. Command: {command(args)}.",
+        f"Every section measured by {command(args)} on {machine()}, {datetime.date.today().isoformat()},",
+        "unless it names its own machine, date and command (measured since on its own).",
         "Every ratio compares numbers measured in the same run; times are medians of repeated runs.",
         "",
         *body,

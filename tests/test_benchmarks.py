@@ -85,7 +85,7 @@ def test_cpu_benchmarks_smoke_run_writes_every_section_only_where_told(tmp_path,
     process = subprocess.run(run + ["--results", str(results)], capture_output=True, text=True, timeout=600)
     assert process.returncode == 0 and "Traceback" not in process.stderr, process.stderr[-4000:]
     text = results.read_text(encoding="utf-8")
-    assert "Command: `python benchmarks/run.py --smoke`" in text and "stale numbers" not in text and text.endswith(comparison)
+    assert "measured by `python benchmarks/run.py --smoke`" in text and "stale numbers" not in text and text.endswith(comparison)
     sections = report_sections(text)
     assert list(sections) == [*SMOKE_ROWS, "GPU", "Continued pretraining: strategies compared"], list(sections)
     assert table_rows(sections["GPU"]), "measured here, or skipped without a GPU"

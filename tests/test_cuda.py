@@ -243,6 +243,26 @@ def test_similarity_of_vectors_whose_float32_squares_overflow_or_underflow(seed)
             check_similarity(values, indices, e, a, 1e-5, f"seed={seed} scale={scale}")
 
 
+@pytest.mark.parametrize("dtype, largest", [(torch.float32, 3e38), (torch.float32, 1e-42),
+                                            (torch.float64, 1e306), (torch.float64, 1e-317)])
+@pytest.mark.parametrize("k", [7, 300])
+def test_similarity_of_vectors_whose_products_overflow_or_underflow_on_gpu(seed, dtype, largest, k):
+    """Rows whose largest value is near the type's maximum (their dot products overflow) or
+    subnormal (their dot products lose their digits) are searched again scaled, as on the CPU."""
+    g = generator(seed)
+    anchors = torch.randn(k, 24, generator=g, dtype=dtype)
+    embeddings = torch.randn(200, 24, generator=g, dtype=dtype)
+    embeddings[::3] = embeddings[::3] / embeddings[::3].abs().amax(dim=1, keepdim=True) * largest
+    embeddings[6] = anchors[2] / anchors[2].abs().max() * largest  # nearest anchor: exactly 2
+    values, indices = ops.max_anchor_similarity(embeddings.to(CUDA), anchors.to(CUDA))
+    expected_values, expected_indices = reference.max_anchor_similarity(embeddings.double().numpy(),
+                                                                         anchors.double().numpy())
+    np.testing.assert_allclose(values.cpu().numpy(), expected_values, atol=1e-5, err_msg=f"seed={seed}")
+    # The rows searched again are searched in float64: their nearest anchors are the reference's.
+    assert np.array_equal(indices.cpu().numpy()[::3], expected_indices[::3]), f"seed={seed}"
+    assert indices[6] == 2 and values[6].item() == pytest.approx(1.0, abs=1e-5)
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
 def test_float64_anchors_beyond_the_compute_types_range_on_gpu(seed, dtype):
     """Float64 anchors at 1e300 or 1e-300 with float32 compute keep their cosines, as on the CPU."""

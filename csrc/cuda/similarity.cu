@@ -498,24 +498,46 @@ __global__ void __launch_bounds__(kWmmaThreads, 1)
 __device__ __forceinline__ bool out_of_range(float x) { return !(x >= FLT_MIN && x <= FLT_MAX); }
 __device__ __forceinline__ bool out_of_range(double x) { return !(x >= DBL_MIN && x <= DBL_MAX); }
 
+// The best (dot product, first anchor) of row ``e`` scaled by 2^shift against the unit anchors,
+// in double: products of float32 values beyond ~1e19 overflow and those below ~1e-19 lose digits
+// to subnormals, so a row whose sum of squares left the range is searched again here, as the CPU
+// kernel does. One thread, K x D products: slow, and rare.
+template <typename T>
+__device__ void rescaled_row_max(const T* __restrict__ e, int shift, const T* __restrict__ units, int64_t k,
+                                 int64_t d, double& best_v, int& best_i) {
+  best_v = 0;
+  best_i = -1;
+  for (int64_t anchor = 0; anchor < k; ++anchor) {
+    const T* u = units + anchor * d;
+    double dot = 0;
+    for (int64_t j = 0; j < d; ++j) {
+      dot += ldexp(static_cast<double>(e[j]), shift) * static_cast<double>(u[j]);
+    }
+    if (!isnan(dot)) {
+      merge(best_v, best_i, dot, static_cast<int>(anchor));
+    }
+  }
+}
+
 template <typename T>
 __global__ void finish_kernel(const T* __restrict__ part_value, const int32_t* __restrict__ part_index,
                               int64_t groups, int64_t n, const T* __restrict__ norms,
-                              const T* __restrict__ embeddings, int64_t d, int64_t ld, float* __restrict__ values,
-                              int64_t* __restrict__ indices) {
+                              const T* __restrict__ embeddings, int64_t d, int64_t ld, const T* __restrict__ units,
+                              int64_t k, float* __restrict__ values, int64_t* __restrict__ indices) {
   for (int64_t row = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; row < n;
        row += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-    T best_v = 0;
+    T merged_v = 0;
     int best_i = -1;
     for (int64_t g = 0; g < groups; ++g) {
-      merge(best_v, best_i, part_value[g * n + row], part_index[g * n + row]);
+      merge(merged_v, best_i, part_value[g * n + row], part_index[g * n + row]);
     }
+    double best_v = static_cast<double>(merged_v);
     double norm = sqrt(static_cast<double>(norms[row]));
     if (out_of_range(norms[row])) {
       // Rare: a sum of squares out of range (float32 beyond ~1.8e19 or below ~1e-38), or a zero
       // or non-finite row, measured again by this thread in double, scaled by a power of two
-      // so that float64 values beyond ~1e154 or below ~1e-154 do not over- or underflow it.
-      // (The CPU kernel also searches such rows again scaled; here the dot products are kept.)
+      // so that float64 values beyond ~1e154 or below ~1e-154 do not over- or underflow it, and
+      // searched again scaled (its products over- or underflowed too).
       const T* e = embeddings + row * ld;
       double largest = 0;
       for (int64_t j = 0; j < d; ++j) {
@@ -531,7 +553,10 @@ __global__ void finish_kernel(const T* __restrict__ part_value, const int32_t* _
         const double v = ldexp(static_cast<double>(e[j]), shift);
         squares += v * v;
       }
-      norm = finite ? ldexp(sqrt(squares), -shift) : NAN;
+      norm = finite ? sqrt(squares) : NAN;  // of the scaled row, as the dot products below
+      if (finite && largest > 0) {
+        rescaled_row_max(e, shift, units, k, d, best_v, best_i);
+      }
     }
     float value;
     int64_t index;
@@ -540,7 +565,7 @@ __global__ void finish_kernel(const T* __restrict__ part_value, const int32_t* _
       index = 0;
     } else if (norm > 0) {
       // Every product NaN (all anchors NaN): NaN at anchor 0, as the CPU kernel.
-      value = best_i < 0 ? NAN : static_cast<float>(static_cast<double>(best_v) / norm);
+      value = best_i < 0 ? NAN : static_cast<float>(best_v / norm);
       index = best_i < 0 ? 0 : best_i;
     } else {
       value = 0.0f;  // zero vector: similarity 0 to every anchor
@@ -644,7 +669,7 @@ void launch_prologue_epilogue(const SimilarityProblem& p, const SimilarityPlan& 
     const int64_t blocks = needed < 65536 ? needed : 65536;
     finish_kernel<T><<<static_cast<unsigned>(blocks), threads, 0, stream>>>(
         static_cast<const T*>(w.part_value), w.part_index, plan.groups, p.n, static_cast<const T*>(w.norms),
-        static_cast<const T*>(p.embeddings), p.d, p.ld, p.values, p.indices);
+        static_cast<const T*>(p.embeddings), p.d, p.ld, static_cast<const T*>(w.units), p.k, p.values, p.indices);
   }
 }
 
