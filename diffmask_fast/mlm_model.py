@@ -53,7 +53,7 @@ def load_masked_lm(name_or_path: str, *, init_mlm_head: bool = False, dtype: tor
         if not init_mlm_head:
             raise ValueError(
                 f"{name_or_path!r} has no trained masked-LM head (missing {', '.join(missing_head[:4])}"
-                f"{', ...' if len(missing_head) > 4 else ''}); pass init_mlm_head=True (--init-mlm-head) to start "
+                f"{', ...' if len(missing_head) > 4 else ''}); pass init_mlm_head=True to start "
                 "from a head tied to its input embeddings"
             )
         initialize_mlm_head(model, missing_head)

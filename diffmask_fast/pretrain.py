@@ -360,7 +360,7 @@ def pretrain(config: PretrainConfig) -> dict:
                          "use --precision bf16 or fp32")
     started = time.perf_counter()
     out = Path(config.output_dir)
-    resumed_run = _check_output_dir(config)
+    resumed_run, complete_checkpoint = _check_output_dir(config)
     run_dir = resumed_run_dir(config)
     tokenizer = load_tokenizer(config.model)
     if tokenizer.mask_token_id is None:
@@ -442,7 +442,10 @@ def pretrain(config: PretrainConfig) -> dict:
     if record is not None:
         trainer.add_callback(record)
     with contextlib.nullcontext() if config.progress else no_progress_bars():
-        result = trainer.train(resume_from_checkpoint=config.resume or None)
+        if complete_checkpoint is not None:  # Trainer would take a step past max_steps
+            train_loss = _finish_from_checkpoint(trainer, complete_checkpoint)
+        else:
+            train_loss = trainer.train(resume_from_checkpoint=config.resume or None).training_loss
         # The best checkpoint is loaded at the end; its loss was measured when it was saved.
         best = trainer.state.best_metric
         if best is None:  # no evaluation during training
@@ -473,7 +476,7 @@ def pretrain(config: PretrainConfig) -> dict:
         "global_step": state.global_step,
         "epochs": state.epoch,
         "stopped_early": bool(state.global_step < planned),
-        "train_loss": result.training_loss,
+        "train_loss": train_loss,
         "seconds": round(time.perf_counter() - started, 1),
         "config": json_ready(dataclasses.asdict(config)),
         "log_history": state.log_history,
@@ -496,7 +499,7 @@ def planned_steps(sequences: int, sequences_per_step: int, epochs: float) -> int
     return math.ceil(epochs * math.ceil(sequences / sequences_per_step))
 
 
-def _check_output_dir(config: PretrainConfig) -> dict | None:
+def _check_output_dir(config: PretrainConfig) -> tuple[dict | None, Path | None]:
     """Refuse, before any work, an output that cannot take this run: a file, or the checkpoints of
     an earlier run that a fresh run would mix with its own (``--resume`` would then pick them up),
     or, resuming, a run started with other settings. Returns the record of the resumed run."""
@@ -516,7 +519,7 @@ def _check_output_dir(config: PretrainConfig) -> dict | None:
                          + ("--resume alone to continue that run" if config.resume else "--resume to continue that run")
                          + ", or choose a new output directory")
     if not config.resume:
-        return None
+        return None, None
     from transformers.trainer_utils import get_last_checkpoint  # the checkpoint Trainer resumes from
 
     latest = get_last_checkpoint(str(out)) if config.resume is True else config.resume
@@ -527,9 +530,10 @@ def _check_output_dir(config: PretrainConfig) -> dict | None:
                          "interrupted); delete it and resume again"
                          + (f", or resume from another (--resume {str(folder / _latest_name(complete))})"
                             if complete else ""))
-    _check_steps_left(config, None if latest is None else Path(latest))
+    latest = None if latest is None else Path(latest)
+    complete = latest if _check_steps_left(config, latest) else None
     if not (run_dir / RUN_FILE).exists():
-        return None
+        return None, complete
     record = read_json(run_dir / RUN_FILE, "pretraining run")
     record = record if isinstance(record, dict) else {}
     in_use = [name for name in RESUME_MUST_MATCH if name not in config.unused_settings()]
@@ -537,7 +541,7 @@ def _check_output_dir(config: PretrainConfig) -> dict | None:
     if changed:
         raise ValueError(f"--resume continues the run in {str(run_dir)!r}, which was started with other settings: "
                          + ", ".join(changed))
-    return record
+    return record, complete
 
 
 def _data_change(before: dict, now: dict) -> str:
@@ -564,19 +568,36 @@ def resumed_run_dir(config: PretrainConfig) -> Path | None:
     return Path(config.output_dir).resolve() if config.resume is True else Path(config.resume).resolve().parent
 
 
-def _check_steps_left(config: PretrainConfig, checkpoint: Path | None) -> None:
+def _check_steps_left(config: PretrainConfig, checkpoint: Path | None) -> bool:
     """Refuse a ``max_steps`` the checkpoint has passed: ``Trainer`` would still take a step past
-    the checkpoint and record the smaller number as the run's length. At the checkpoint's own
-    step, resuming only finishes the run (the best model, the summary)."""
+    the checkpoint and record the smaller number as the run's length. True when the checkpoint is
+    at ``max_steps`` itself: the run is trained, and resuming only finishes it (the best model,
+    the summary)."""
     if config.max_steps < 1 or checkpoint is None:
-        return
+        return False
     try:
         step = int(read_json(checkpoint / "trainer_state.json", "trainer state")["global_step"])
     except (FileNotFoundError, ValueError, KeyError, TypeError):
-        return  # not a Trainer checkpoint: Trainer itself will say so
+        return False  # not a Trainer checkpoint: Trainer itself will say so
     if config.max_steps < step:
         raise ValueError(f"the checkpoint {str(checkpoint)!r} is at step {step}, past max_steps {config.max_steps}: "
                          f"give a max_steps of at least {step}")
+    return config.max_steps == step
+
+
+def _finish_from_checkpoint(trainer, checkpoint: Path) -> float | None:
+    """Leave ``trainer`` as training up to ``checkpoint``, the run's last step, would have: its
+    state, and the best model (else the checkpoint's) loaded. Returns the run's training loss
+    where the checkpoint logged it (a run stopped before its end did not)."""
+    from transformers.trainer_callback import TrainerState
+
+    trainer.state = TrainerState.load_from_json(str(checkpoint / "trainer_state.json"))
+    best = trainer.state.best_model_checkpoint
+    if trainer.args.load_best_model_at_end and best is not None and Path(best).is_dir():
+        trainer._load_best_model()  # as Trainer.train does at the end
+    else:
+        trainer._load_from_checkpoint(str(checkpoint))
+    return next((entry["train_loss"] for entry in reversed(trainer.state.log_history) if "train_loss" in entry), None)
 
 
 #: Settings that name files or folders: the same file spelled another way is the same setting.

@@ -174,6 +174,10 @@ def test_settings_named_inside_a_message_are_named_as_options():
     assert _with_option_name("give more words or lower min_count.", mine) == "give more words or lower --min-count."
     for untouched in ("cannot read '/runs/min_count/a.txt'", "min_count.txt is bad", "no_such_setting is off"):
         assert _with_option_name(untouched, mine) == untouched
+    pretrain = build_parser().commands["pretrain"]  # a switch is given alone, never "=True"
+    assert (_with_option_name("pass init_mlm_head=True to start from a tied head", pretrain)
+            == "pass --init-mlm-head to start from a tied head")
+    assert _with_option_name("max_steps=True is odd", pretrain) == "--max-steps=True is odd"  # not a switch
 
 
 def test_the_package_runs_as_a_module():

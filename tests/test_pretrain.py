@@ -78,6 +78,19 @@ def test_difference_pretraining_saves_everything_and_resumes(model_dir, corpus, 
     assert steps[:4] == [1, 2, 3, 4] and steps[-1] == 6  # the history of the first run carries on
     reloaded = load_masked_lm(str(out))
     assert reloaded.config.vocab_size == json.loads((model_dir / "config.json").read_text())["vocab_size"]
+    # Resumed at its last step, the run is complete: nothing is trained past max_steps, and the
+    # best model is saved again as it was.
+    from safetensors.torch import load_file
+
+    best_weights = load_file(out / "model.safetensors")
+    again = pretrain(config_for(model_dir, corpus, out, max_steps=6, resume=True, head_warmup_steps=1,
+                                head_learning_rate=2e-3))
+    assert again["global_step"] == 6 and not (out / "checkpoint-7").exists()
+    assert again["best_validation_loss"] == resumed["best_validation_loss"]
+    assert again["best_checkpoint"] == resumed["best_checkpoint"]
+    saved_again = load_file(out / "model.safetensors")
+    assert saved_again.keys() == best_weights.keys()
+    assert all(torch.equal(saved_again[name], best_weights[name]) for name in best_weights)
 
     # A fresh run would mix its checkpoints with these; resuming with other settings continues another run.
     with pytest.raises(ValueError, match="holds checkpoints of an earlier run.*--resume"):
@@ -312,7 +325,7 @@ def test_a_model_without_mlm_head_is_refused_unless_asked(tmp_path, tiny_bert_ml
     encoder_dir = tmp_path / "encoder"
     tiny_bert_mlm.bert.save_pretrained(encoder_dir)  # a bare BertModel checkpoint
     bert_wordpiece.save_pretrained(encoder_dir)
-    with pytest.raises(ValueError, match="no trained masked-LM head.*--init-mlm-head"):
+    with pytest.raises(ValueError, match="no trained masked-LM head.*init_mlm_head=True"):
         load_masked_lm(str(encoder_dir))
     with pytest.raises(ValueError, match="no trained masked-LM head"):
         pretrain(config_for(encoder_dir, corpus, tmp_path / "run", strategy="random-token"))
