@@ -583,6 +583,13 @@ def _with_option_name(message: str, command_parser) -> str:
     def option(setting: str) -> str | None:
         return options.get(SETTING_OPTIONS.get(setting, setting))
 
+    def options_in(found: re.Match) -> str:
+        return re.sub(r"[a-z]+(?:_[a-z]+)*", lambda word: option(word.group()) or word.group(), found.group())
+
+    # Settings listed as a sentence's subject ("anchors and pooling would not be used"), and those
+    # a resume found changed ("settings: strategy 'x' (now 'y'), seed 1 (now 2)").
+    message = re.sub(r"^(?:[a-z_]+(?:, | and ))*[a-z_]+(?= would not be used)", options_in, message)
+    message = re.sub(r"(?:(?<=settings: )|(?<=\), ))[a-z_]+(?= )", options_in, message)
     # "init_mlm_head=True" of a switch is the switch alone: "--init-mlm-head".
     message = re.sub(r"\b([a-z]+(?:_[a-z]+)+)=True\b", lambda found: option(found.group(1))
                      if SETTING_OPTIONS.get(found.group(1), found.group(1)) in flags else found.group(), message)

@@ -7,7 +7,7 @@ hundreds of thousands of them, which is what ``AnchorIndex`` is for. A word's sc
 highest cosine similarity to any occurrence of any anchor, and its nearest anchor is the anchor
 word of that occurrence.
 
-Occurrences are found as the collator finds words (DESIGN.md §2: maximal runs of tokens the
+Occurrences are found as the collator finds words (README, "Choices": maximal runs of tokens the
 tokenizer marks as one word, special tokens excluded), decoded and normalized, and compared
 with each anchor as the same tokenizer reads it: an uncased model reads "naïve" as "naive", and
 BERT reads "t-cell" as the three words "t", "-", "cell", which then match as a run of adjacent

@@ -450,13 +450,25 @@ def dataset_view(source: object) -> object:
     return _FrameAsDataset(source) if is_data_frame(source) else source
 
 
-def check_not_mapping(source: object) -> None:
-    """A dict (e.g. a ``datasets.DatasetDict`` of splits) is no corpus: iterating it would count
-    its keys."""
+def check_iterable_corpus(source: object) -> None:
+    """Refuse what would be counted as something else: a dict (e.g. a ``datasets.DatasetDict`` of
+    splits) would count its keys, and a list of strings that name files (``glob.glob``'s, say)
+    their names, since strings are documents."""
     if isinstance(source, Mapping):
         keys = ", ".join(map(str, list(source)[:5]))
         raise CorpusError(f"a mapping was given as the corpus (keys: {keys}); pass one split of a "
                           "dataset, paths or an iterable of strings")
+    if isinstance(source, (list, tuple)) and source and all(map(_names_a_file, source[:8])):
+        shown = ", ".join(repr(name) for name in source[:3])
+        raise CorpusError(f"the corpus is a list of strings that name files ({shown}{', ...' if len(source) > 3 else ''}), "
+                          "and strings are documents: give the files as pathlib.Path objects "
+                          "([Path(name) for name in names]), or one path, directory or glob as a string")
+
+
+def _names_a_file(item: object) -> bool:
+    """Whether ``item`` is a string that could be a file name and names an existing file."""
+    return (isinstance(item, str) and 0 < len(item) < 4096 and "\n" not in item and "\0" not in item
+            and os.path.isfile(item))
 
 
 def iter_dataset_batches(dataset: Any, field: str | None, batch_size: int = 1000) -> Iterator[list[str]]:
@@ -509,7 +521,7 @@ def iter_documents(source: CorpusSource, text_field: str | None = None) -> Itera
         for batch in iter_dataset_batches(source, text_field):
             yield from batch
         return
-    check_not_mapping(source)
+    check_iterable_corpus(source)
     files = FilesReadOnce()
     for item in source:
         if isinstance(item, os.PathLike):

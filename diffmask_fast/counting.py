@@ -54,7 +54,7 @@ from .corpus import (
     CorpusError,
     CorpusSource,
     FilesReadOnce,
-    check_not_mapping,
+    check_iterable_corpus,
     check_text_file,
     corpus_files,
     dataset_view,
@@ -700,11 +700,11 @@ def count_words(
     block_bytes: int = DEFAULT_BLOCK_BYTES,
     partition_bytes: int | None = None,
 ) -> "WordCounts":
-    """Count normalized whitespace-separated words (DESIGN.md §2) of every document in ``source``.
+    """Count normalized whitespace-separated words (README, "Choices") of every document in ``source``.
 
     ``source`` is a file, directory or glob (plain or ``.gz`` text, one document a line; JSON
     lines, one document a record), a list of ``pathlib.Path``, an iterable of strings (one
-    document each), or a HuggingFace ``datasets.Dataset`` or pandas ``DataFrame`` (one document a row).
+    document each; a list of strings that all name files is refused, not counted as names), or a HuggingFace ``datasets.Dataset`` or pandas ``DataFrame`` (one document a row).
 
     - ``threads``: counting threads, each with its own table (default: every available core).
     - ``text_field``: the field of JSON-lines records or dataset rows holding the text (default
@@ -732,7 +732,7 @@ def count_words(
     source = dataset_view(source)
     dataset = is_dataset(source)
     if not dataset:
-        check_not_mapping(source)
+        check_iterable_corpus(source)
     files = None
     if isinstance(source, (str, os.PathLike)):
         files = corpus_files(source, text_field)

@@ -212,8 +212,8 @@ class WordEmbedder:
       and fp16 is usually slower than fp32. ``input_embeddings`` is always computed in float32.
     - ``device``: defaults to CUDA when available.
     - ``cache_dir``: a directory for the on-disk cache of vectors (``True``: ``default_cache_dir()``,
-      ``$DIFFMASK_CACHE`` or ``~/.cache/diffmask_fast``; ``None``: no cache). Entries are keyed by
-      ``cache_key()``, so a changed weight, tokenizer, pooling, max_length or dtype never reads
+      ``$DIFFMASK_CACHE``, else ``$XDG_CACHE_HOME/diffmask_fast``, else ``~/.cache/diffmask_fast``;
+      ``None``: no cache). Entries are keyed by ``cache_key()``, so a changed weight, tokenizer, pooling, max_length or dtype never reads
       stale vectors; words are cached verbatim, so "Enzyme" and "enzyme" are different entries.
     """
 

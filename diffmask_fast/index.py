@@ -5,12 +5,13 @@ query, for anchor sets from a handful of words to millions of contextual vectors
 
 * ``exact``: the compiled ``max_anchor_similarity`` op (blocked matrix products, exact).
 * ``flat``: FAISS ``IndexFlatIP`` on unit vectors: exact too (up to float rounding); on the CPU
-  slower than the op at every K measured, but fast on the GPU with GPU FAISS.
+  as fast as the op or slower up to K = 10^5 (about 2x faster at 10^6, where IVF is far faster
+  still), and fast on the GPU with GPU FAISS.
 * ``ivf``: an inverted file over FAISS spherical k-means centroids (``nlist`` lists). Each query
   scans the ``nprobe`` lists whose centroids are most similar to it. On the CPU the lists are
   scanned query-batched: the queries of a block are grouped by the list they probe and each list
   is scored against all its queries with one matrix product, which on the benchmark machine is
-  3-6x faster than FAISS's per-query list scan at the same ``nprobe`` (``engine="faiss"`` selects
+  about 4x faster than FAISS's per-query list scan at the same ``nprobe`` (``engine="faiss"`` selects
   the latter; with GPU FAISS it is the default).
 * ``hnsw``: FAISS ``IndexHNSWFlat`` (``hnsw_m`` links, ``ef_search`` tuned).
 
@@ -27,9 +28,9 @@ similar to the query as it (within 1e-6: ties and float rounding).
 
 ``kind="auto"`` picks by the number of anchors K, from measurements on 2-core AVX-512 CPUs
 (benchmarks/bench_scoring.py, D = 384; see benchmarks/RESULTS.md): the exact op below
-``IVF_MIN_ANCHORS`` (it answers 3-5x the queries/s of FAISS flat at every K from 10^3 to 10^6,
-and IVF tuned to recall@1 0.99 answers 0.8x its queries/s at K = 10^4, 3x at 10^5, 24x at
-10^6), IVF from there on, falling back to the exact op when reaching the recall target would
+``IVF_MIN_ANCHORS`` (it answers 1.1-1.6x the queries/s of FAISS flat from K = 10^3 to 3 x 10^4
+and as many at 10^5, and IVF tuned to recall@1 0.99 answers about 0.6x its queries/s at
+K = 10^4, 2x at 10^5 and 29x at 10^6), IVF from there on, falling back to the exact op when reaching the recall target would
 make IVF scan more than ``MAX_SCAN_FRACTION`` of the anchors. With ``use_gpu``, FAISS flat search
 on the GPU takes the place of the exact op from ``GPU_FLAT_MIN_ANCHORS``. HNSW is never chosen
 automatically: on those word queries it needs ef_search in the hundreds for recall@1 0.99, which
@@ -358,7 +359,7 @@ class AnchorIndex:
         self._flat = None
         self._pool, self._pool_size = None, 0
         # Building IVF or HNSW over many anchors takes minutes: the bar names the step under way.
-        self._stages = tqdm(desc=f"building the {kind} index of {self.k:,} anchors", bar_format="{desc}: {postfix} "
+        self._stages = tqdm(desc=f"building the {kind} index of {self.k:,} anchor vectors", bar_format="{desc}: {postfix} "
                             "[{elapsed}]", disable=not progress or kind not in ("ivf", "hnsw"))
         with self._stages:
             if kind == "exact":
@@ -395,7 +396,7 @@ class AnchorIndex:
     def describe(self) -> str:
         names = {"exact": "exact search (max_anchor_similarity)", "flat": "FAISS flat (exact)",
                  "ivf": "IVF", "hnsw": "FAISS HNSW"}
-        parts = [f"{names[self.kind]} over {self.k:,} anchors"]
+        parts = [f"{names[self.kind]} over {self.k:,} anchor vectors"]
         parts += [f"{key}={value}" for key, value in self.params.items()]
         text = ", ".join(parts)
         if self.kind not in ("exact", "flat"):

@@ -152,7 +152,7 @@ class PretrainConfig:
         mines_terms = self.strategy == "mslm" and self.terms is None
         uses_scores = self.strategy == "difference" or mines_terms
         if self.terms is not None and self.strategy not in ("terms", "mslm"):
-            raise ValueError(f"terms are used by the terms and mslm strategies only, not by {self.strategy!r}")
+            raise ValueError(f"terms would not be used: the terms and mslm strategies use them, not {self.strategy!r}")
         unused = [name for name in ("anchors", "scores", "embedding_model", "pooling") if getattr(self, name) is not None]
         if unused and not uses_scores:
             raise ValueError(f"{' and '.join(unused)} would not be used: the {self.strategy!r} strategy"
@@ -463,7 +463,8 @@ def pretrain(config: PretrainConfig) -> dict:
         "strategy": config.strategy,
         "strategy_description": STRATEGIES[config.strategy],
         "model": config.model,
-        "masking": {"location": "training step (device)" if strategy.masks_on_device else "DataLoader workers (CPU)",
+        "masking": {"location": "training step (device)" if strategy.masks_on_device
+                    else "DataLoader workers (CPU)" if workers > 0 else "the main process, batch by batch (CPU)",
                     "mlm_probability": config.mlm_probability},
         "data": {"documents_train": len(train_docs), "documents_validation": len(validation_docs),
                  "sequences_train": len(train), "sequences_validation": len(validation),
@@ -655,7 +656,8 @@ def add_pretrain_command(commands) -> None:
         "pretrain", help="continued masked-LM pretraining with a masking strategy",
         description="Continue the masked-LM pretraining of a HuggingFace model on a corpus, masking with the chosen "
                     "strategy, with early stopping on the validation MLM loss. Runs under torchrun / accelerate "
-                    "launch for several GPUs. Saves the model, tokenizer, anchors, score table and a JSON summary.")
+                    "launch for several GPUs. Saves the model, tokenizer, what the strategy masks by (anchors, "
+                    "score table, terms) and a JSON summary.")
     p.add_argument("corpus", nargs="+", help="text files (one document per line), directories, globs or JSON lines")
     p.add_argument("--model", required=True, help="masked LM name or path (e.g. roberta-base, a local directory)")
     p.add_argument("--output", "-o", type=Path, required=True, help="output directory (checkpoints go here too)")
@@ -681,7 +683,8 @@ def add_pretrain_command(commands) -> None:
                    help="stop after N validations without improvement; 0 never stops early (default 3)")
     p.add_argument("--seed", type=int, default=0, help="seed of the run; ranks and workers draw distinct masks from it")
     p.add_argument("--mask-on", choices=("auto", "workers", "device"), default="auto",
-                   help="where masks are drawn: DataLoader workers (CPU) or the training step on the device "
+                   help="where masks are drawn: as batches are collated on the CPU (in DataLoader workers with "
+                        "--workers) or in the training step on the device "
                         "(default auto: the device when a GPU is used and the strategy can)")
     p.add_argument("--workers", type=int, default=None, help="DataLoader worker processes (default 2 with a GPU, else 0)")
     p.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default="fp32",

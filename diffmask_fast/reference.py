@@ -43,7 +43,7 @@ def _is_punctuation_or_symbol(ch: str) -> bool:
 
 
 def normalize_word(word: str, lowercase: bool = True) -> str:
-    """The form under which a word is counted and scored (DESIGN.md §2).
+    """The form under which a word is counted and scored (README, "Choices").
 
     Unicode-aware lowercasing (``str.lower``), then punctuation, symbols and invisible format
     characters (Unicode categories P*, S* and Cf, except U+FFFD) stripped from both ends: "\ufeffhello"

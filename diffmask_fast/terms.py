@@ -430,7 +430,7 @@ class MSLMCollator(MaskingCollatorBase):
     tokenizer: Any
     terms: Sequence[str]
     term_probability: float = 0.5
-    mlm_probability: float = 0.15
+    mlm_probability: float = 0.25  # the package's rate for every strategy
     term_weight: float = 2.0
     matcher: TermMatcher = field(init=False, repr=False)
 

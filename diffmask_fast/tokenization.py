@@ -1,4 +1,4 @@
-"""Word boundaries from plain token ids (DESIGN.md §2, "Words").
+"""Word boundaries from plain token ids (README, "Choices": Words).
 
 ``Trainer`` hands the collator nothing but ``input_ids``, so whether a token begins a word must be
 known from its id alone. The three sub-word families mark words differently:

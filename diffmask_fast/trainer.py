@@ -61,6 +61,14 @@ __all__ = ["MaskingTrainer", "DifferenceMaskingTrainer", "RunRecordCallback"]
 EVALUATION_SEED_OFFSET = 7919
 
 
+def _tied_names(model: torch.nn.Module) -> dict[str, list[str]]:
+    """For each parameter name, every name of the parameter (more than one where it is tied)."""
+    names_of: dict[int, list[str]] = {}
+    for name, parameter in model.named_parameters(remove_duplicate=False):
+        names_of.setdefault(id(parameter), []).append(name)
+    return {name: names for names in names_of.values() for name in names}
+
+
 class MaskingTrainer(Trainer):
     """``Trainer(..., masker=None, mask_eval=True)``; see the module docstring.
 
@@ -124,6 +132,19 @@ class MaskingTrainer(Trainer):
         if created and self.head_warmup_steps:
             _hold_encoder_back(scheduler, self.head_warmup_steps, self.args.get_warmup_steps(num_training_steps))
         return scheduler
+
+    def _issue_warnings_after_load(self, load_result: Any) -> None:
+        """Trainer's warning about keys missing from a loaded checkpoint, without the keys of tied
+        parameters (RoBERTa's ``lm_head.decoder.weight`` is the word embeddings, which are saved
+        once): they were loaded through the parameter they share, and the warning alarmed for
+        nothing at the end of every run."""
+        missing = getattr(load_result, "missing_keys", None)
+        if missing and hasattr(load_result, "_replace"):
+            tied = _tied_names(self.model)
+            loaded_through_another = [key for key in missing if set(tied.get(key, ())) - set(missing)]
+            load_result = load_result._replace(missing_keys=[key for key in missing
+                                                             if key not in loaded_through_another])
+        super()._issue_warnings_after_load(load_result)
 
     def mask_batch(self, inputs: dict[str, Any]) -> dict[str, Any]:
         """The batch on the training device, masked (``input_ids`` replaced, ``labels`` added),

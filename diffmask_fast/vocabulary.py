@@ -14,7 +14,7 @@ BATCH_TEXTS = 256
 
 
 def tokenizer_words(tokenizer, text: str, scheme: str | None = None, *, grouper: WordGrouper | None = None) -> list[str]:
-    """Surface words of one text, grouped as the masking ops group them (DESIGN.md §2): special
+    """Surface words of one text, grouped as the masking ops group them (README, "Choices"): special
     tokens such as ``<unk>`` belong to no word. Pass a ``grouper`` to reuse its tables."""
     grouper = grouper or WordGrouper.for_tokenizer(tokenizer, scheme)
     return _words_of_batch(tokenizer, [text], grouper)

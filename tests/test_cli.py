@@ -178,6 +178,11 @@ def test_settings_named_inside_a_message_are_named_as_options():
     assert (_with_option_name("pass init_mlm_head=True to start from a tied head", pretrain)
             == "pass --init-mlm-head to start from a tied head")
     assert _with_option_name("max_steps=True is odd", pretrain) == "--max-steps=True is odd"  # not a switch
+    assert (_with_option_name("anchors and pooling would not be used: the words are scored", pretrain)
+            == "--anchors and --pooling would not be used: the words are scored")
+    assert (_with_option_name("started with other settings: strategy 'a' (now 'b'), seed 1 (now 2)", pretrain)
+            == "started with other settings: --strategy 'a' (now 'b'), --seed 1 (now 2)")
+    assert _with_option_name("the pooling would not be used", pretrain) == "the pooling would not be used"
 
 
 def test_the_package_runs_as_a_module():

@@ -1,4 +1,4 @@
-"""DifferenceMaskingCollator: the masking properties of DESIGN.md §2 on three tokenizer families."""
+"""DifferenceMaskingCollator: the masking properties the README fixes ("Choices") on three tokenizer families."""
 
 import math
 import pickle

@@ -5,6 +5,7 @@ and Dask. Random inputs are fresh each run; a failing test prints the seed that 
 from __future__ import annotations
 
 import codecs
+import glob
 import gzip
 import json
 import mmap
@@ -354,6 +355,22 @@ def test_dataset_errors():
         count_words(FakeDataset(["a"], column="body"), progress=False)
     with pytest.raises(CorpusError, match="row 1.*NoneType"):
         count_words(FakeDataset(["a", None]), progress=False)
+
+
+def test_a_list_of_file_names_is_refused_not_counted_as_names(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    for name in ("train.txt", "extra.txt"):
+        (tmp_path / name).write_text("the enzyme binds\n")
+    names = glob.glob("*.txt")  # strings, as glob gives them
+    for source in (names, tuple(names), [str(tmp_path / "train.txt")]):
+        with pytest.raises(CorpusError, match="strings that name files.*pathlib.Path"):
+            count_words(source, progress=False)
+        with pytest.raises(CorpusError, match="strings that name files"):
+            list(iter_documents(source))
+    assert count_words([Path(name) for name in names], progress=False).total == 6
+    # Documents that happen to include a file name among other text are documents.
+    assert count_words(["train.txt", "the enzyme binds"], progress=False).total == 4
+    assert list(iter_documents(["train.txt", "a document"])) == ["train.txt", "a document"]
 
 
 def test_threads_and_blocks_cut_words_anywhere(tmp_path, rng, tiny_chunks):

@@ -233,7 +233,7 @@ def test_auto_chooses_by_size_and_falls_back_when_ivf_does_not_pay(monkeypatch, 
     queries = clustered(500, 16, 100, generator)
     fallback = AnchorIndex(anchors, sample_queries=queries)
     assert fallback.kind == "exact" and fallback.exact and "using the exact op instead" in fallback.describe()
-    assert fallback.describe().startswith("exact search (max_anchor_similarity) over 5,000 anchors; IVF needed")
+    assert fallback.describe().startswith("exact search (max_anchor_similarity) over 5,000 anchor vectors; IVF needed")
     assert fallback.params == {} and not hasattr(fallback, "_list_vectors"), "the IVF lists are not kept"
     values, ids = fallback.search(queries)
     expected_values, expected_ids = exact_search(queries, anchors)
@@ -301,7 +301,7 @@ def test_building_an_approximate_index_shows_its_steps(kind, generator, capsys):
     anchors = clustered(3000, 16, 100, generator)
     index = AnchorIndex(anchors, kind, sample_queries=clustered(300, 16, 100, generator), progress=True)
     shown = capsys.readouterr().err
-    assert f"building the {kind} index of 3,000 anchors" in shown and "tuning" in shown and "done" in shown
+    assert f"building the {kind} index of 3,000 anchor vectors" in shown and "tuning" in shown and "done" in shown
     if kind == "ivf":
         assert "k-means" in shown and "assigning anchors to lists" in shown
     index.search(clustered(50, 16, 100, generator))

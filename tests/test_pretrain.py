@@ -211,8 +211,8 @@ def test_every_strategy_trains(model_dir, corpus, tmp_path, strategy):
                                   terms=terms if strategy == "terms" else None))
     assert summary["global_step"] == 2 and summary["strategy"] == strategy
     assert math.isfinite(summary["best_validation_loss"])
-    assert summary["masking"]["location"].startswith(
-        "training step" if strategy in ("attention", "mst") else "DataLoader")
+    assert summary["masking"]["location"].startswith(  # no --workers, no GPU: no worker processes
+        "training step" if strategy in ("attention", "mst") else "the main process")
     if strategy == "mslm":
         saved_terms = (out / "terms.txt").read_text().split("\n")
         assert summary["terms"] == len([t for t in saved_terms if t]) > 0
@@ -521,7 +521,7 @@ def test_ranks_draw_different_masks_from_one_seed(name, bert_wordpiece, monkeypa
     ({"seed": -1}, r"seed must be in \[0, 2\*\*32\), got -1"),
     ({"seed": 2**32}, r"seed must be in \[0, 2\*\*32\)"),
     # settings the strategy would not use are refused, not saved and reported as if used
-    ({"strategy": "random-word", "terms": "terms.txt"}, "terms are used by the terms and mslm strategies only"),
+    ({"strategy": "random-word", "terms": "terms.txt"}, "terms would not be used: the terms and mslm strategies use them"),
     ({"strategy": "random-token", "anchors": "a.json"}, "anchors would not be used: the 'random-token' strategy"),
     ({"strategy": "attention", "embedding_model": "m", "pooling": "cls"}, "embedding_model and pooling would not be"),
     ({"strategy": "mslm", "terms": "t.txt", "scores": "s.npz"}, "scores would not be used: the 'mslm' strategy with "
@@ -625,6 +625,7 @@ def test_workers_mask_in_subprocesses(model_dir, corpus, tmp_path):
     summary = pretrain(config_for(model_dir, corpus, tmp_path / "workers", strategy="random-word", workers=2,
                                   max_steps=2, patience=0))
     assert summary["global_step"] == 2 and math.isfinite(summary["best_validation_loss"])
+    assert summary["masking"]["location"] == "DataLoader workers (CPU)"
 
 
 def test_torchrun_joins_processes_mines_once_and_validates_on_the_same_masks(model_dir, corpus, tmp_path):
@@ -1099,3 +1100,31 @@ def test_validation_documents_also_trained_on_are_named(model_dir, corpus, tmp_p
     with pytest.warns(DiffmaskWarning, match="160 of the 160 validation documents are also training documents"):
         pretrain(config_for(model_dir, corpus, tmp_path / "out", strategy="random-token", validation=[corpus],
                             max_steps=1, eval_steps=1))
+
+
+def test_loading_a_checkpoint_warns_of_missing_weights_but_not_of_tied_ones(tmp_path, roberta_byte_bpe, monkeypatch):
+    """RoBERTa's decoder weight is its word embeddings, saved once: loading the best checkpoint at
+    the end of a run warned that it was missing. A weight truly missing is still named."""
+    import transformers.trainer
+    from safetensors.torch import load_file, save_file
+    from transformers import RobertaConfig, RobertaForMaskedLM, TrainingArguments
+
+    from diffmask_fast.trainer import MaskingTrainer
+
+    warned = []
+    monkeypatch.setattr(transformers.trainer.logger, "warning", lambda message, *args: warned.append(message))
+    config = RobertaConfig(vocab_size=len(roberta_byte_bpe), hidden_size=16, num_hidden_layers=1,
+                           num_attention_heads=2, intermediate_size=32, max_position_embeddings=40)
+    args = TrainingArguments(output_dir=str(tmp_path / "out"), report_to=[], use_cpu=True)
+    trainer = MaskingTrainer(model=RobertaForMaskedLM(config), args=args, data_collator=lambda rows: rows)
+    checkpoint = tmp_path / "checkpoint"
+    trainer.save_model(str(checkpoint))
+    assert "lm_head.decoder.weight" not in load_file(checkpoint / "model.safetensors")
+    trainer._load_from_checkpoint(str(checkpoint))
+    assert not [message for message in warned if "missing keys" in message], warned
+    weights = load_file(checkpoint / "model.safetensors")
+    del weights["lm_head.dense.weight"]
+    save_file(weights, checkpoint / "model.safetensors", metadata={"format": "pt"})
+    trainer._load_from_checkpoint(str(checkpoint))
+    missing = [message for message in warned if "missing keys" in message]
+    assert len(missing) == 1 and "lm_head.dense.weight" in missing[0] and "decoder" not in missing[0], warned

@@ -823,6 +823,16 @@ def test_errors(bert_wordpiece, tokenizer_without_mask):
         MSLMCollator(tokenizer, ["enzyme"], term_probability=1.2)
 
 
+def test_every_collator_masks_at_the_same_rate_by_default(bert_wordpiece):
+    """Built directly, as build_strategy and the command line build them: 25% of the words."""
+    scores = ScoreTable.from_mapping({"enzyme": 0.5})
+    collators = [DifferenceMaskingCollator(bert_wordpiece, scores), RandomTokenCollator(bert_wordpiece),
+                 RandomWordCollator(bert_wordpiece), TermMaskingCollator(bert_wordpiece, ["enzyme"]),
+                 MSLMCollator(bert_wordpiece, ["enzyme"])]
+    assert [collator.mlm_probability for collator in collators] == [0.25] * len(collators)
+    assert build_strategy("mslm", bert_wordpiece, terms=["enzyme"]).collator.mlm_probability == 0.25
+
+
 @pytest.mark.parametrize("name", ["difference", "random-token", "random-word", "terms", "mslm", "attention", "mst"])
 def test_replacement_shares_reach_every_strategy(request, name, corpus, seed):
     """build_strategy forwards mask_replace_prob and random_replace_prob, and each collator (or,

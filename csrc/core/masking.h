@@ -1,5 +1,5 @@
 // Difference-Masking of one tokenized row: words -> scores -> weights -> budget -> successive
-// sampling of words -> whole-word mask -> 80/10/10 replacement (DESIGN.md section 2).
+// sampling of words -> whole-word mask -> 80/10/10 replacement (README, "Choices").
 #pragma once
 
 #include <algorithm>
