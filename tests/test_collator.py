@@ -505,3 +505,40 @@ def test_runs_with_workers_repeat_when_the_worker_seeds_are_seeded_too(bert_word
     assert all(torch.equal(a, b) for a, b in zip(from_global, _labels_of_a_run(collator, examples)))
     # Unseeded, each run's workers get seeds of their own: their masks may differ from run to run.
     assert len(_labels_of_a_run(collator, examples)) == 4
+
+
+RESUME_TEXTS = ["the enzyme binds the receptor in cells of mice", "kinase inhibitors block the active site of the enzyme",
+                "receptor binding was inhibited by the antagonist"]
+
+
+def _resume_collator(tokenizer, **options):
+    return DifferenceMaskingCollator(tokenizer, {"enzyme": 1.0, "receptor": 0.5}, **options)
+
+
+def _resume_examples(tokenizer):
+    return [{"input_ids": tokenizer(text)["input_ids"]} for text in RESUME_TEXTS]
+
+
+def test_resume_and_pin_take_effect_after_draws_were_made(bert_wordpiece):
+    """A collator that has drawn already starts the stream it is told to, not its old one."""
+    examples = _resume_examples(bert_wordpiece)
+    used, fresh = _resume_collator(bert_wordpiece, seed=7), _resume_collator(bert_wordpiece, seed=7)
+    used(examples)
+    used.resume_at(5)
+    fresh.resume_at(5)
+    assert torch.equal(used(examples)["labels"], fresh(examples)["labels"])
+    pinned, other = _resume_collator(bert_wordpiece, seed=1), _resume_collator(bert_wordpiece, seed=2)
+    pinned(examples)
+    pinned.pin_generator(9)
+    other.pin_generator(9)
+    assert torch.equal(pinned(examples)["labels"], other(examples)["labels"])
+
+
+def test_tokens_the_attention_mask_hides_are_never_masked(bert_wordpiece):
+    examples = []
+    for text in RESUME_TEXTS:
+        ids = bert_wordpiece(text)["input_ids"]
+        examples.append({"input_ids": ids, "attention_mask": [1] * 4 + [0] * (len(ids) - 4)})
+    batch = _resume_collator(bert_wordpiece, mlm_probability=1.0, seed=0)(examples)
+    assert (batch["labels"][batch["attention_mask"] == 0] == -100).all()
+    assert (batch["labels"][batch["attention_mask"] == 1] != -100).any()

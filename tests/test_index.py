@@ -404,3 +404,16 @@ def test_a_batched_ivf_scan_in_parts_finds_what_one_scan_finds(generator, monkey
     assert torch.allclose(parts[0], whole[0], atol=1e-6), "the same lists scanned: products differ in rounding only"
     chosen = torch.nn.functional.cosine_similarity(queries.double(), anchors[parts[1]].double(), dim=1)
     assert torch.allclose(chosen.float(), whole[0], atol=1e-5) and (parts[1] == whole[1]).float().mean() > 0.95
+
+
+@pytest.mark.parametrize("kind", ["flat", "hnsw"])
+def test_a_zero_anchor_wins_a_tie_at_cosine_zero_as_in_the_exact_op(kind):
+    g = torch.Generator().manual_seed(0)
+    anchors = torch.randn(200, 4, generator=g)
+    anchors[3] = 0
+    anchors[10] = torch.tensor([0.0, 1.0, 0.0, 0.0])
+    anchors[anchors[:, 0] > 0, 0] *= -1  # every other anchor has cosine <= 0 with the query
+    query = torch.tensor([[1.0, 0.0, 0.0, 0.0]])
+    values, ids = AnchorIndex(anchors, kind, recall_sample=0).search(query)
+    _, exact_ids = exact_search(query, anchors)
+    assert exact_ids.tolist() == [3] and ids.tolist() == [3] and values.tolist() == [0.0]

@@ -183,6 +183,7 @@ def test_similarity_zero_vectors_and_ties(seed):
     np.testing.assert_allclose(values.numpy(), ref_values, atol=1e-5, err_msg=message)
     # Exact duplicates tie exactly: the reference's choice (first index) is reproduced.
     assert not np.any(np.isin(indices.numpy(), [7])), message
+    assert ref_indices[1] == 2 == indices[1], message
     all_zero = torch.zeros(3, 10)
     values, indices = ops.max_anchor_similarity(embeddings[:5], all_zero)
     assert torch.all(values == 0) and torch.all(indices == 0)

@@ -1128,3 +1128,8 @@ def test_loading_a_checkpoint_warns_of_missing_weights_but_not_of_tied_ones(tmp_
     trainer._load_from_checkpoint(str(checkpoint))
     missing = [message for message in warned if "missing keys" in message]
     assert len(missing) == 1 and "lm_head.dense.weight" in missing[0] and "decoder" not in missing[0], warned
+
+
+def test_the_weighted_loss_of_a_batch_with_nothing_masked_is_zero():
+    logits = torch.randn(2, 3, 5)
+    assert float(weighted_mlm_loss(logits, torch.full((2, 3), -100), torch.ones(2, 3))) == 0.0

@@ -290,3 +290,23 @@ def test_mask_sequence_end_to_end(seed):
         assert all(m in (1, 7, 8, ids[i]) for i, m in enumerate(masked))
         assert sum([mask[1], mask[4], mask[5]]) in (1, 2)
         assert not mask[4], "a zero-score word waits until the positive ones are drawn (budget 1 or 2 of 2)"
+
+
+def test_the_replacement_defaults_are_berts_80_10_10():
+    import inspect
+
+    for function in (reference.mask_sequence, reference.replace_tokens):
+        parameters = inspect.signature(function).parameters
+        assert (parameters["mask_replace_prob"].default, parameters["random_replace_prob"].default) == (0.8, 0.1)
+
+
+def test_similarity_ties_go_to_the_first_anchor():
+    # anchors 1 and 2 point the same way (2 is longer): equal cosines, the first wins
+    _, indices = reference.max_anchor_similarity(np.array([[1.0, 0.0]]), np.array([[0.0, 1.0], [1.0, 0.0], [3.0, 0.0]]))
+    assert indices.tolist() == [1]
+
+
+def test_sentencepiece_byte_tokens_are_text_only_for_single_byte_characters():
+    assert reference.token_text("<0x09>", "sentencepiece") == "\t"
+    assert reference.token_text("<0x41>", "sentencepiece") == "A"
+    assert reference.token_text("<0xC3>", "sentencepiece") is None  # part of a multi-byte character

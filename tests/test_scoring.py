@@ -1015,3 +1015,32 @@ def test_contextual_vectors_beyond_float32_are_refused_by_name(tiny_bert):
                                                torch.tensor([0, 1, 1])))
     scaled = WordScorer(embedder, ContextualAnchors(("a", "b"), vectors / 1e290, torch.tensor([0, 1, 1])))
     assert scaled.anchor_vectors.dtype == torch.float32 and bool(torch.isfinite(scaled.anchor_vectors).all())
+
+
+def test_top_keeps_the_first_of_words_tied_at_the_cut():
+    table = ScoreTable({"b": 0.5, "a": 0.5, "c": 0.9, "d": 0.1})
+    assert table.top(2) == [("c", pytest.approx(0.9)), ("a", 0.5)]
+    assert table.top(3) == [("c", pytest.approx(0.9)), ("a", 0.5), ("b", 0.5)]
+
+
+def test_nearest_anchor_zero_is_an_anchor():
+    table = ScoreTable({"a": 0.9, "b": 0.5, "c": 0.1}, anchors=("x", "y"), nearest_anchor={"a": 0, "b": 1})
+    assert dict(table.nearest_anchor) == {"a": 0, "b": 1}
+
+
+def test_scores_made_against_overlapping_but_other_anchors_are_refused(tmp_path):
+    from diffmask_fast.anchors import Anchor, Anchors
+    from diffmask_fast.scoring import load_scores_for
+
+    path = tmp_path / "scores.npz"
+    ScoreTable({"enzyme": 0.9}, anchors=("enzyme",)).save(path)
+    anchors = Anchors((Anchor("enzyme", 2.0, 5, 1.0), Anchor("cell", 1.5, 5, 1.0)), 100, 1e6, 2, 10.0)
+    with pytest.raises(ValueError, match="other anchors"):
+        load_scores_for(path, anchors, "anchors.json")
+
+
+def test_a_json_score_table_with_a_byte_order_mark_loads(tmp_path):
+    path = tmp_path / "scores.json"
+    ScoreTable({"enzyme": 0.5}).save(path)
+    path.write_bytes(b"\xef\xbb\xbf" + path.read_bytes())
+    assert ScoreTable.load(path).score("enzyme") == 0.5

@@ -936,3 +936,26 @@ def test_terms_may_come_as_any_sequence(bert_wordpiece):
         assert build_strategy("terms", bert_wordpiece, terms=terms).collator.matcher.sequences == as_list.matcher.sequences
     with pytest.raises(ValueError, match="needs domain terms"):
         build_strategy("terms", bert_wordpiece, terms=np.array([], dtype=str))
+
+
+def test_attention_masks_the_most_attended_words_and_mst_the_least(bert_wordpiece):
+    assert build_strategy("attention", bert_wordpiece).masker.order == "most"
+    assert build_strategy("mst", bert_wordpiece).masker.order == "least"
+
+
+def test_mask_examples_with_a_left_padding_tokenizer():
+    tokenizer = tokenizers_offline.bert_wordpiece()
+    tokenizer.padding_side = "left"
+    strategy = build_strategy("difference", tokenizer, scores=ScoreTable.from_mapping({"enzyme": 1.0}), mask_on="workers")
+    examples = [{"input_ids": tokenizer(text)["input_ids"]}
+                for text in ["enzyme", "the enzyme binds the receptor in cells of mice"]]
+    for example, row in zip(examples, strategy.mask_examples(examples, seed=3)):
+        ids = example["input_ids"]
+        assert row["attention_mask"] == [1] * len(ids)
+        assert all(label in (-100, token) for label, token in zip(row["labels"], ids))
+        assert all(masked == token for masked, token, label in zip(row["input_ids"], ids, row["labels"]) if label == -100)
+
+
+def test_the_top_fraction_of_domain_terms_rounds_up():
+    table = ScoreTable.from_mapping({f"w{chr(97 + i // 26)}{chr(97 + i % 26)}": i / 130 for i in range(130)})
+    assert len(domain_terms([], table, top_fraction=0.02)) == 3  # 2.6 words

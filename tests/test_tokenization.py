@@ -784,3 +784,9 @@ def test_an_added_token_that_takes_the_space_before_it_starts_a_word(request, na
     tokens = tokenizer.convert_ids_to_tokens(ids)
     assert reference.word_starts(tokens, never, word_boundaries(tokenizer).scheme, {"kinasex"}) == \
         table_word_starts(ids, word_boundaries(tokenizer))
+
+
+def test_an_added_token_of_newlines_is_no_word():
+    tokenizer = tokenizers_offline.roberta_byte_bpe()
+    tokenizer.add_tokens(["\n\n"])
+    assert bool(word_boundaries(tokenizer).never_word[tokenizer.convert_tokens_to_ids("\n\n")])
