@@ -704,7 +704,8 @@ def count_words(
 
     ``source`` is a file, directory or glob (plain or ``.gz`` text, one document a line; JSON
     lines, one document a record), a list of ``pathlib.Path``, an iterable of strings (one
-    document each; a list of strings that all name files is refused, not counted as names), or a HuggingFace ``datasets.Dataset`` or pandas ``DataFrame`` (one document a row).
+    document each; a list of strings that all name files is refused, not counted as names), or
+    a HuggingFace ``datasets.Dataset`` or pandas ``DataFrame`` (one document a row).
 
     - ``threads``: counting threads, each with its own table (default: every available core).
     - ``text_field``: the field of JSON-lines records or dataset rows holding the text (default

@@ -213,8 +213,8 @@ class WordEmbedder:
     - ``device``: defaults to CUDA when available.
     - ``cache_dir``: a directory for the on-disk cache of vectors (``True``: ``default_cache_dir()``,
       ``$DIFFMASK_CACHE``, else ``$XDG_CACHE_HOME/diffmask_fast``, else ``~/.cache/diffmask_fast``;
-      ``None``: no cache). Entries are keyed by ``cache_key()``, so a changed weight, tokenizer, pooling, max_length or dtype never reads
-      stale vectors; words are cached verbatim, so "Enzyme" and "enzyme" are different entries.
+      ``None``: no cache). Entries are keyed by ``cache_key()``, so a changed weight, tokenizer,
+      pooling, max_length or dtype never reads stale vectors; words are cached verbatim, so "Enzyme" and "enzyme" are different entries.
     """
 
     model: torch.nn.Module

@@ -11,8 +11,8 @@ query, for anchor sets from a handful of words to millions of contextual vectors
   scans the ``nprobe`` lists whose centroids are most similar to it. On the CPU the lists are
   scanned query-batched: the queries of a block are grouped by the list they probe and each list
   is scored against all its queries with one matrix product, which on the benchmark machine is
-  about 4x faster than FAISS's per-query list scan at the same ``nprobe`` (``engine="faiss"`` selects
-  the latter; with GPU FAISS it is the default).
+  about 4x faster than FAISS's per-query list scan at the same ``nprobe`` (``engine="faiss"``
+  selects the latter; with GPU FAISS it is the default).
 * ``hnsw``: FAISS ``IndexHNSWFlat`` (``hnsw_m`` links, ``ef_search`` tuned).
 
 Approximate kinds are tuned when built: unless ``nprobe`` / ``ef_search`` is given, the index
@@ -30,8 +30,8 @@ similar to the query as it (within 1e-6: ties and float rounding).
 (benchmarks/bench_scoring.py, D = 384; see benchmarks/RESULTS.md): the exact op below
 ``IVF_MIN_ANCHORS`` (it answers 1.1-1.6x the queries/s of FAISS flat from K = 10^3 to 3 x 10^4
 and as many at 10^5, and IVF tuned to recall@1 0.99 answers about 0.6x its queries/s at
-K = 10^4, 2x at 10^5 and 29x at 10^6), IVF from there on, falling back to the exact op when reaching the recall target would
-make IVF scan more than ``MAX_SCAN_FRACTION`` of the anchors. With ``use_gpu``, FAISS flat search
+K = 10^4, 2x at 10^5 and 29x at 10^6), IVF from there on, falling back to the exact op when
+reaching the recall target would make IVF scan more than ``MAX_SCAN_FRACTION`` of the anchors. With ``use_gpu``, FAISS flat search
 on the GPU takes the place of the exact op from ``GPU_FLAT_MIN_ANCHORS``. HNSW is never chosen
 automatically: on those word queries it needs ef_search in the hundreds for recall@1 0.99, which
 makes it slower than the exact op at K = 10^5, and it is the slowest to build; it stays
@@ -359,8 +359,9 @@ class AnchorIndex:
         self._flat = None
         self._pool, self._pool_size = None, 0
         # Building IVF or HNSW over many anchors takes minutes: the bar names the step under way.
-        self._stages = tqdm(desc=f"building the {kind} index of {self.k:,} anchor vectors", bar_format="{desc}: {postfix} "
-                            "[{elapsed}]", disable=not progress or kind not in ("ivf", "hnsw"))
+        self._stages = tqdm(desc=f"building the {kind} index of {self.k:,} anchor vectors",
+                            bar_format="{desc}: {postfix} [{elapsed}]",
+                            disable=not progress or kind not in ("ivf", "hnsw"))
         with self._stages:
             if kind == "exact":
                 pass

@@ -109,8 +109,8 @@ class DifferenceMasker(torch.nn.Module):
     random draws and score look-ups are those of ``DifferenceMaskingCollator`` (given the seed of
     one of the collator's steps in ``seed_state``, and once ``warm`` has seen the batch's words, the
     output is identical (the collator looks up words it has not seen; the masker scores them
-    ``unknown_score``); the two advance their
-    seeds differently, so they do not draw the same masks step after step). The word tables and
+    ``unknown_score``); the two advance their seeds differently, so they do not draw the same
+    masks step after step). The word tables and
     the score table are buffers, so ``masker.to(device)`` moves them (a cast such as
     ``model.half()`` leaves the score table float32); each call uses the seed in the
     ``seed_state`` buffer and then adds one to it in place, so steps draw fresh masks without a

@@ -503,7 +503,8 @@ def planned_steps(sequences: int, sequences_per_step: int, epochs: float) -> int
 def _check_output_dir(config: PretrainConfig) -> tuple[dict | None, Path | None]:
     """Refuse, before any work, an output that cannot take this run: a file, or the checkpoints of
     an earlier run that a fresh run would mix with its own (``--resume`` would then pick them up),
-    or, resuming, a run started with other settings. Returns the record of the resumed run."""
+    or, resuming, a run started with other settings. Returns the record of the resumed run, and
+    the checkpoint resumed from when it is at ``max_steps`` (the run only needs finishing)."""
     out = Path(config.output_dir)
     if out.exists() and not out.is_dir():
         raise ValueError(f"the output {str(out)!r} is a file, not a directory")
