@@ -483,3 +483,36 @@ def test_errors(bert_wordpiece, tiny_bert_mlm):
     with pytest.raises(TypeError, match="model"):
         masker(ids, attention, model=None)
     assert AttentionMasker.needs_model is True
+
+
+def test_a_resumed_attention_masker_draws_new_masks(bert_wordpiece, tiny_bert_mlm):
+    ids = torch.tensor([bert_wordpiece("the protein kinase binds the ligand of the cell " * 3)["input_ids"]] * 4)
+
+    def draws(resumed_at=None):
+        masker = AttentionMasker(bert_wordpiece, seed=3, mlm_probability=0.3)
+        if resumed_at is not None:
+            masker.resume_at(resumed_at)
+        return [masker(ids, model=tiny_bert_mlm) for _ in range(3)]
+
+    fresh, again, resumed = draws(), draws(), draws(resumed_at=5)
+    assert all(torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) for a, b in zip(fresh, again))
+    assert not all(torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) for a, b in zip(fresh, resumed)), \
+        "a resumed run replays the first steps' draws"
+
+
+def test_the_eager_attention_pass_reads_the_first_token_of_left_padded_rows(bert_wordpiece, tiny_bert_mlm,
+                                                                            monkeypatch):
+
+    from diffmask_fast import attention as attention_module
+
+    tokenizer = copy.deepcopy(bert_wordpiece)
+    tokenizer.padding_side = "left"
+    batch = tokenizer(["the enzyme binds", "a receptor of the cells binds its ligand"], padding=True,
+                      return_tensors="pt")
+    ids, attention = batch["input_ids"], batch["attention_mask"]
+    assert attention[0, 0] == 0, "the premise: the first row is padded on the left"
+    masker = AttentionMasker(tokenizer, layer=-1, seed=0)
+    read_from_query_and_key = masker._first_token_attention(tiny_bert_mlm, ids, attention)
+    monkeypatch.setattr(attention_module, "first_token_row", lambda *args, **kwargs: None)  # a model without it
+    eager = masker._first_token_attention(tiny_bert_mlm, ids, attention)
+    torch.testing.assert_close(eager, read_from_query_and_key, atol=1e-5, rtol=1e-4)

@@ -542,3 +542,72 @@ def test_preview_leaves_out_an_empty_list_of_highest_scoring_words(tmp_path, cap
     out = capsys.readouterr().out
     assert "[[" in out or "enzyme" in out
     assert "Highest-scoring words here" not in out, "no shown word but the anchor is in the table"
+
+
+def test_every_score_option_reaches_the_embedder(tmp_path, monkeypatch, capsys):
+    from diffmask_fast import embedding
+
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("The enzyme binds the receptor.\nKinase inhibitors block the receptor.\n" * 5)
+    anchors = tmp_path / "anchors.json"
+    assert main(["mine", str(corpus), "-k", "2", "--min-count", "1", "-o", str(anchors), "--no-progress"]) == 0
+    seen = {}
+
+    def fake(cls, name_or_path=None, pooling=None, cache_dir=True, **options):
+        seen.update(options, name_or_path=name_or_path, pooling=pooling, cache_dir=cache_dir)
+        raise ValueError("stop here")
+
+    monkeypatch.setattr(embedding.WordEmbedder, "from_pretrained", classmethod(fake))
+    model = tmp_path / "m"
+    model.mkdir()
+    (model / "config.json").write_text("{}")
+    assert main(["score", str(corpus), "--anchors", str(anchors), "-o", str(tmp_path / "s.npz"), "--model", str(model),
+                 "--pooling", "cls", "--dtype", "bfloat16", "--batch-size", "7", "--max-length", "9",
+                 "--device", "cpu", "--cache-dir", str(tmp_path / "cache"), "--no-progress"]) == 1
+    assert "stop here" in capsys.readouterr().err
+    assert (seen["name_or_path"], seen["pooling"], seen["cache_dir"]) == (str(model), "cls", tmp_path / "cache")
+    assert (seen["dtype"], seen["batch_size"], seen["max_length"], seen["device"]) == ("bfloat16", 7, 9, "cpu")
+
+
+def test_the_score_command_prints_as_many_top_words_beside_the_anchors_as_asked(tmp_path, tiny_bert_mlm,
+                                                                                bert_wordpiece, capsys):
+
+    model = tmp_path / "model"
+    tiny_bert_mlm.save_pretrained(model)
+    bert_wordpiece.save_pretrained(model)
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("The enzyme binds the receptor in the membrane of the cell.\n"
+                      "Kinase inhibitors block the receptor and slow the enzyme.\n" * 5)
+    anchors = tmp_path / "anchors.json"
+    assert main(["mine", str(corpus), "-k", "2", "--min-count", "1", "-o", str(anchors), "--no-progress"]) == 0
+    capsys.readouterr()
+    assert main(["score", str(corpus), "--anchors", str(anchors), "-o", str(tmp_path / "s.npz"), "--model", str(model),
+                 "--pooling", "mean", "--no-cache", "--top", "3", "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    listed = out.split("not anchors (score, nearest anchor):\n")[1].split("\n\n")[0].splitlines()
+    anchor_words = {a["word"] for a in __import__("json").loads(anchors.read_text())["anchors"]}
+    assert len(listed) == 3, listed
+    assert not {line.split()[1] for line in listed} & anchor_words
+
+
+def test_the_score_command_collects_words_in_the_case_of_cased_counts(tmp_path, tiny_bert_mlm, bert_wordpiece,
+                                                                      roberta_byte_bpe):
+    from diffmask_fast.counting import count_words
+    from diffmask_fast.scoring import ScoreTable
+
+    model, cased_tokenizer = tmp_path / "model", tmp_path / "cased-tokenizer"
+    tiny_bert_mlm.save_pretrained(model)
+    bert_wordpiece.save_pretrained(model)
+    roberta_byte_bpe.save_pretrained(cased_tokenizer)
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("The Kinase binds its Receptor.\nA Kinase blocks One Receptor.\n" * 3)
+    count_words([corpus], lowercase=False, progress=False).save(tmp_path / "cased.counts")
+    anchors = tmp_path / "anchors.json"
+    assert main(["mine", str(corpus), "-k", "2", "--min-count", "1", "-o", str(anchors), "--no-progress"]) == 0
+    scores = tmp_path / "scores.npz"
+    assert main(["score", str(corpus), "--counts", str(tmp_path / "cased.counts"), "--anchors", str(anchors),
+                 "--tokenizer", str(cased_tokenizer), "--model", str(model), "--pooling", "mean", "--no-cache",
+                 "--top", "0", "--no-progress", "-o", str(scores)]) == 0
+    words = set(ScoreTable.load(scores).words)
+    assert {"The", "A", "One", "Kinase", "Receptor"} <= words
+    assert not {"the", "a", "one"} & words, "the words of a case-keeping corpus were lowercased"

@@ -486,3 +486,39 @@ def test_processes_adding_at_once_keep_the_cache_the_size_of_its_words(tmp_path)
     # Words embedded by two processes at once stay doubled until a merge reaches them, never more.
     assert rows <= 2 * len(cache), f"{rows} rows for {len(cache)} words (seed {seed})"
     assert len(cache._segments) <= embedding_cache.MAX_SEGMENTS + 3
+
+
+def _tiny_bert(tokenizer, seed, **config):
+    from transformers import BertConfig, BertModel
+
+    options = dict(vocab_size=tokenizer.vocab_size, hidden_size=24, num_hidden_layers=2, num_attention_heads=2,
+                   intermediate_size=48)
+    options.update(config)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return BertModel(BertConfig(**options)).eval()
+
+
+def test_a_model_configured_otherwise_with_the_same_weights_reads_no_stale_vectors(minilm_tokenizer, tmp_path):
+    """The activation or the layer-norm epsilon changes the vectors, not the weights."""
+    from diffmask_fast.embedding import WordEmbedder
+
+    words = ["enzyme", "kinase", "receptor"]
+    gelu, relu = _tiny_bert(minilm_tokenizer, 0), _tiny_bert(minilm_tokenizer, 0, hidden_act="relu")
+    cached = WordEmbedder(gelu, minilm_tokenizer, pooling="mean", cache_dir=tmp_path, progress=False)
+    cached.embed(words)
+    other = WordEmbedder(relu, minilm_tokenizer, pooling="mean", cache_dir=tmp_path, progress=False)
+    assert other.cache_key()[0] != cached.cache_key()[0]
+    expected = WordEmbedder(relu, minilm_tokenizer, pooling="mean", cache_dir=None, progress=False).embed(words)
+    torch.testing.assert_close(other.embed(words), expected)
+
+
+def test_a_sentence_model_pooling_cls_and_mean_tokens_together_gets_mean(tmp_path):
+    import json
+
+    from diffmask_fast.embedding import recommended_pooling
+
+    (tmp_path / "1_Pooling").mkdir()
+    (tmp_path / "1_Pooling" / "config.json").write_text(json.dumps(
+        {"pooling_mode_cls_token": True, "pooling_mode_mean_tokens": True}))
+    assert recommended_pooling(tmp_path) == "mean", "mean is among its poolings: cls alone is not how it was trained"

@@ -15,6 +15,7 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
+import torch
 
 from diffmask_fast import finetune as finetune_module
 from diffmask_fast.finetune import (FinetuneReport, SeedResult, _make_keep_best_callback, _scores,
@@ -180,8 +181,6 @@ def test_report_summary_and_table():
 
 
 def test_keep_best_epoch_callback():
-    import torch
-
     model = torch.nn.Linear(2, 2)
     callback = _make_keep_best_callback()
     weights = {}
@@ -430,7 +429,6 @@ def test_a_seed_whose_model_cannot_be_saved_keeps_its_scores(model_dir, task, tm
 def test_a_checkpoint_with_a_classification_head_gets_a_new_one_per_seed(model_dir, tmp_path, seed):
     """A fine-tuned checkpoint's head (for these labels or others) is not reused: each seed draws
     its own, reproducibly, over the checkpoint's encoder."""
-    import torch
     from transformers import AutoModelForSequenceClassification
 
     with torch.random.fork_rng(devices=[]):
@@ -474,15 +472,12 @@ def test_finetune_rejects_bad_devices_up_front(model_dir, task, tmp_path, device
 
 
 def test_finetune_rejects_cuda_without_a_gpu(model_dir, task, tmp_path, monkeypatch):
-    import torch
-
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     with pytest.raises(ValueError, match=r"device 'cuda' was asked for, but torch finds no CUDA GPU"):
         finetune(model_dir, tmp_path / "missing.jsonl", task["dev"], **{**_FAST, "device": "cuda"})
 
 
 def _tiny_classifier(kind: str, positions: int):
-    import torch
     from transformers import (BertConfig, BertForSequenceClassification, RobertaConfig,
                               RobertaForSequenceClassification)
 
@@ -636,3 +631,93 @@ def test_a_diverged_seed_is_named_not_scored_as_the_first_label(model_dir, task,
             finetune(model_dir, task["train"], task["dev"], **{**_FAST, name: value})
     with pytest.raises(ValueError, match="seed 5 diverged: the model's outputs hold NaN or infinity .*lower --learning"):
         finetune(model_dir, task["train"], task["dev"], seeds=(5,), **{**_FAST, "learning_rate": 1e30})
+
+
+def test_finetune_scores_macro_f1_over_the_classes_present_in_gold_or_predictions():
+    from diffmask_fast.finetune import _scores
+
+    gold = np.array([0, 0, 1, 1])
+    logits = np.eye(3)[[0, 2, 1, 1]]  # predicts 0, 2, 1, 1: class 2 only among the predictions
+    scores = _scores(gold, logits)
+    assert scores["accuracy"] == pytest.approx(0.75)
+    assert scores["macro_f1"] == pytest.approx((2 / 3 + 1 + 0) / 3), "macro, not micro (= accuracy) F1"
+
+
+def test_every_finetune_option_reaches_its_setting(monkeypatch, tmp_path):
+    from diffmask_fast.cli import build_parser
+
+    seen = {}
+
+    class Stop(Exception):
+        pass
+
+    def fake_finetune(*args, **kwargs):
+        seen.update(kwargs, positional=args)
+        raise Stop
+
+    monkeypatch.setattr(finetune_module, "finetune", fake_finetune)
+    args = build_parser().parse_args([
+        "finetune", "m", "--train", "t.jsonl", "--dev", "d.jsonl", "--test", "x.jsonl", "--seeds", "4", "5",
+        "--epochs", "2", "--learning-rate", "3e-5", "--batch-size", "4", "--max-length", "64", "--weight-decay", "0.2",
+        "--warmup-ratio", "0.3", "--max-train-examples", "9", "--text-field", "body", "--label-field", "intent",
+        "--device", "cpu"])
+    with pytest.raises(Stop):
+        finetune_module.run_finetune_command(args)
+    assert [str(p) for p in seen["positional"]] == ["m", "t.jsonl", "d.jsonl", "x.jsonl"]
+    assert (seen["seeds"], seen["epochs"], seen["learning_rate"], seen["batch_size"], seen["max_length"]) == \
+        ([4, 5], 2, 3e-5, 4, 64)
+    assert (seen["weight_decay"], seen["warmup_ratio"], seen["max_train_examples"]) == (0.2, 0.3, 9)
+    assert (seen["text_field"], seen["label_field"], seen["device"]) == ("body", "intent", "cpu")
+
+
+def test_each_seed_draws_its_own_head_and_warms_up_over_every_epoch(tmp_path, tiny_bert_mlm, bert_wordpiece,
+                                                                    monkeypatch):
+
+
+    model_dir = tmp_path / "checkpoint"
+    tiny_bert_mlm.save_pretrained(model_dir)
+    bert_wordpiece.save_pretrained(model_dir)
+    rng = random.Random(0)
+    words = {"a": "enzyme protein kinase".split(), "b": "the of and".split()}
+    files = {}
+    for split, count in (("train", 24), ("dev", 6)):
+        rows = [{"text": " ".join(rng.choice(words[label]) for _ in range(5)), "label": label}
+                for label in ("a", "b") * (count // 2)]
+        files[split] = tmp_path / f"{split}.jsonl"
+        files[split].write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
+    heads = {}
+    load = finetune_module._load_classifier
+
+    def recording(*args, **kwargs):
+        classifier = load(*args, **kwargs)
+        heads[len(heads)] = classifier.classifier.weight.detach().clone()
+        return classifier
+
+    monkeypatch.setattr(finetune_module, "_load_classifier", recording)
+    report = finetune_module.finetune(model_dir, files["train"], files["dev"], seeds=(1, 2), epochs=2, batch_size=8,
+                                      max_length=16, warmup_ratio=0.5, progress=False, device="cpu")
+    assert not torch.equal(heads[0], heads[1]), "two seeds drew the same classification head"
+    torch.manual_seed(2)
+    assert torch.equal(heads[1], load(str(model_dir), {0: "a", 1: "b"}, {"a": 0, "b": 1}).classifier.weight), \
+        "the head is drawn under the run's seed"
+    assert report.config["warmup_steps"] == math.ceil(0.5 * 3 * 2), "warmup is a share of every epoch's steps"
+
+
+def test_a_finetune_resume_with_other_settings_or_labels_is_refused(tmp_path):
+    from diffmask_fast.finetune import FinetuneReport, SeedResult, _finished_seeds
+
+    config = {"train": "t.jsonl", "dev": "d.jsonl", "test": None, "train_examples": 24, "dev_examples": 6,
+              "test_examples": None, "seeds": [1, 2], "epochs": 1, "learning_rate": 2e-5, "batch_size": 16,
+              "max_length": 128, "weight_decay": 0.01, "warmup_ratio": 0.06, "warmup_steps": 1,
+              "max_train_examples": None, "text_field": "text", "label_field": "label",
+              "selection": "best dev macro-F1 epoch", "inputs_sha256": {"model": None, "train": None, "dev": None,
+                                                                        "test": None}}
+    path = tmp_path / "report.json"
+    FinetuneReport("m", ["a", "b"], [SeedResult(1, 1, {"accuracy": 0.5, "macro_f1": 0.5})], config).save(path)
+    assert list(_finished_seeds(path, "m", ["a", "b"], dict(config))) == [1]
+    for name, value in (("max_length", 64), ("warmup_ratio", 0.1), ("warmup_steps", 3), ("learning_rate", 1e-4)):
+        with pytest.raises(ValueError, match=f"differs in {name}"):
+            _finished_seeds(path, "m", ["a", "b"], {**config, name: value})
+    # A report of an earlier version holds no fingerprints: a train file edited in place shows in its labels.
+    with pytest.raises(ValueError, match="differs in labels"):
+        _finished_seeds(path, "m", ["a", "b", "c"], dict(config))

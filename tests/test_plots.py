@@ -7,6 +7,7 @@ import copy
 import math
 import random
 
+import numpy as np
 import pytest
 
 from diffmask_fast.collator import DifferenceMaskingCollator
@@ -287,3 +288,30 @@ def test_the_pretraining_picture_of_a_summary_read_back_with_null_losses(tmp_pat
                "log_history": [{"step": 5, "loss": 8.0}, {"step": 10, "eval_loss": None}, {"step": 10, "loss": None},
                                {"step": 20, "eval_loss": 7.0}]}
     assert plot_pretraining(summary, tmp_path / "nan.png").read_bytes().startswith(b"\x89PNG")
+
+
+def _drawn(monkeypatch):
+    from diffmask_fast import plots
+
+    kept = []
+    save = plots._save
+    monkeypatch.setattr(plots, "_save", lambda figure, path: (kept.append(figure), save(figure, path))[1])
+    return kept
+
+
+def test_the_masking_rate_picture_draws_rates_against_scores(tmp_path, monkeypatch):
+    """The bars are the top words' masking rates (not their scores), and each dot sits at (score,
+    rate) of its word."""
+    from diffmask_fast.preview import WordMaskingRate
+
+    # most masked first, as masking_rates returns them; scores in another order than rates
+    rates = [WordMaskingRate("kinase", 0.2, 4, 36, 10, None), WordMaskingRate("ligand", 0.9, 5, 30, 10, None),
+             WordMaskingRate("binds", 0.5, 2, 8, 10, None), WordMaskingRate("the", 0.1, 8, 8, 10, None),
+             WordMaskingRate("of", 0.3, 6, 3, 10, None)]
+    kept = _drawn(monkeypatch)
+    plot_masking_rates(rates, tmp_path / "rates.png", 0.25, top=2)
+    bars, dots = kept[0].axes[:2]
+    assert [label.get_text().split(" ")[0] for label in bars.get_yticklabels()] == ["ligand", "kinase"]
+    assert [patch.get_width() for patch in bars.patches] == pytest.approx([0.6, 0.9]), "bar length = rate"
+    [words] = dots.collections
+    np.testing.assert_allclose(np.asarray(words.get_offsets()), [[r.score, r.rate] for r in rates])

@@ -629,7 +629,6 @@ def test_workers_mask_in_subprocesses(model_dir, corpus, tmp_path):
 
 
 def test_torchrun_joins_processes_mines_once_and_validates_on_the_same_masks(model_dir, corpus, tmp_path):
-    import os
     import subprocess
     import sys
 
@@ -1109,7 +1108,6 @@ def test_loading_a_checkpoint_warns_of_missing_weights_but_not_of_tied_ones(tmp_
     from safetensors.torch import load_file, save_file
     from transformers import RobertaConfig, RobertaForMaskedLM, TrainingArguments
 
-    from diffmask_fast.trainer import MaskingTrainer
 
     warned = []
     monkeypatch.setattr(transformers.trainer.logger, "warning", lambda message, *args: warned.append(message))
@@ -1133,3 +1131,74 @@ def test_loading_a_checkpoint_warns_of_missing_weights_but_not_of_tied_ones(tmp_
 def test_the_weighted_loss_of_a_batch_with_nothing_masked_is_zero():
     logits = torch.randn(2, 3, 5)
     assert float(weighted_mlm_loss(logits, torch.full((2, 3), -100), torch.ones(2, 3))) == 0.0
+
+
+@pytest.mark.parametrize("name, value", [("max_length", 64), ("learning_rate", 1e-4), ("seed", 3), ("batch_size", 8),
+                                         ("mlm_probability", 0.15), ("gradient_accumulation_steps", 2),
+                                         ("weight_decay", 0.0), ("warmup_ratio", 0.1)])
+def test_a_resume_with_another_training_setting_is_refused(tmp_path, name, value):
+    import dataclasses
+
+    from diffmask_fast._io import json_ready
+    from diffmask_fast.pretrain import PretrainConfig, settings_changed
+
+    def config(**options):
+        return PretrainConfig(model="hub/model", corpus=["c.txt"], output_dir=tmp_path / "out", **options)
+
+    saved = json_ready(dataclasses.asdict(config()))
+    assert settings_changed(saved, config()) == []
+    changed = settings_changed(saved, config(**{name: value}))
+    assert len(changed) == 1 and changed[0].startswith(f"{name} "), changed
+
+
+def test_every_pretrain_option_reaches_its_setting(monkeypatch, tmp_path):
+    from diffmask_fast import pretrain as pretrain_module
+    from diffmask_fast.cli import build_parser
+
+    seen = []
+
+    class Stop(Exception):
+        pass
+
+    def fake_pretrain(config):
+        seen.append(config)
+        raise Stop
+
+    monkeypatch.setattr(pretrain_module, "pretrain", fake_pretrain)
+    args = build_parser().parse_args([
+        "pretrain", "c.txt", "--model", "m", "-o", str(tmp_path), "--strategy", "attention", "--attention-layer", "1",
+        "--mlm-probability", "0.3", "--max-length", "64", "--seed", "7", "--learning-rate", "1e-4", "--patience", "5",
+        "--epochs", "2", "--batch-size", "4", "--gradient-accumulation-steps", "3", "--eval-steps", "20",
+        "--validation-fraction", "0.2", "--mask-on", "workers", "--workers", "1", "--head-warmup-steps", "2",
+        "--head-learning-rate", "1e-3"])
+    with pytest.raises(Stop):
+        pretrain_module.run_pretrain_command(args)
+    config = seen[0]
+    assert (config.strategy, config.attention_layer, config.mlm_probability, config.max_length, config.seed) == \
+        ("attention", 1, 0.3, 64, 7)
+    assert (config.learning_rate, config.patience, config.epochs, config.batch_size,
+            config.gradient_accumulation_steps, config.eval_steps, config.logging_steps) == (1e-4, 5, 2.0, 4, 3, 20, 20)
+    assert (config.validation_fraction, config.mask_on, config.workers, config.head_warmup_steps,
+            config.head_learning_rate) == (0.2, "workers", 1, 2, 1e-3)
+
+
+def test_a_resume_on_other_validation_text_is_refused(tmp_path, tiny_bert_mlm, bert_wordpiece, shared_data_dir):
+    from diffmask_fast.pretrain import PretrainConfig, pretrain
+
+    model_dir = tmp_path / "model"
+    tiny_bert_mlm.save_pretrained(model_dir)
+    bert_wordpiece.save_pretrained(model_dir)
+    lines = (shared_data_dir / "chemprot" / "corpus.txt").read_text(encoding="utf-8").splitlines()[:60]
+    corpus, validation = tmp_path / "train.txt", tmp_path / "validation.txt"
+    corpus.write_text("\n".join(lines[:48]) + "\n", encoding="utf-8")
+    validation.write_text("\n".join(lines[48:]) + "\n", encoding="utf-8")
+
+    def config(**options):
+        return PretrainConfig(model=str(model_dir), corpus=[corpus], validation=[validation],
+                              output_dir=tmp_path / "run", strategy="random-word", max_length=32, batch_size=8,
+                              eval_steps=1, logging_steps=1, patience=0, progress=False, **options)
+
+    pretrain(config(max_steps=2))
+    validation.write_text("\n".join(["The enzyme binds the receptor."] + lines[49:]) + "\n", encoding="utf-8")
+    with pytest.raises(ValueError, match=r"began with other documents: validation documents 12 \(now 12\), other text"):
+        pretrain(config(max_steps=3, resume=True))

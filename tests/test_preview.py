@@ -4,6 +4,7 @@ whole word ends, never on the first pieces of a word whose last pieces were cut 
 from __future__ import annotations
 
 import random
+import re
 
 import pytest
 
@@ -116,3 +117,28 @@ def test_texts_are_cut_before_the_last_whitespace_within_the_limit(seed):
         assert _whole_words_prefix(text, limit) == cut(text, limit), (text, limit, f"seed={seed}")
     text = "start" + " " * 40_000 + " word" * 20_000
     assert _whole_words_prefix(text, 40_010) == cut(text, 40_010) == "start" + " " * 40_001 + "word"
+
+
+def test_the_html_preview_shades_words_by_score_and_boxes_the_masked_ones():
+    from diffmask_fast.preview import PreviewWord, render_html
+
+    page = render_html([[PreviewWord("low", 0.1, False, None), PreviewWord("mid", 0.5, False, None),
+                         PreviewWord("high", 0.9, True, "enzyme")]])
+    styles = {text: style for style, text in re.findall(r'<span style="([^"]*)"[^>]*>([^<]*)</span>', page)}
+    assert "rgba(255, 140, 0, 1.00)" in styles["high"], "the highest score is shaded darkest"
+    assert "rgba(255, 140, 0, 0.50)" in styles["mid"]
+    assert "rgba(255, 140, 0, 0.00)" in styles["low"]
+    assert "outline" in styles["high"] and "outline" not in styles["low"] + styles["mid"], "only masked words boxed"
+
+
+def test_masking_rates_are_ranked_by_rate_not_by_score(bert_wordpiece):
+    """"ligand" (score 0.5) is the only scored word of its row and is masked in every draw; the
+    words scored 1.0 share one row's single masked word."""
+    from diffmask_fast.preview import masking_rates
+
+    table = ScoreTable.from_mapping({"ligand": 0.5, "kinase": 1.0, "receptor": 1.0, "enzyme": 1.0, "protein": 1.0})
+    collator = DifferenceMaskingCollator(bert_wordpiece, table, mlm_probability=0.25, seed=0)
+    rates = masking_rates(collator, ["ligand the the the", "kinase receptor enzyme protein"], draws=20)
+    assert rates[0].word == "ligand" and rates[0].rate == 1.0
+    assert [r.rate for r in rates] == sorted((r.rate for r in rates), reverse=True)
+    assert all(r.rate < 1.0 for r in rates if r.score == 1.0)

@@ -461,7 +461,6 @@ def test_broken_score_files_are_rejected(tmp_path):
 @pytest.mark.parametrize("damage", ["similarity missing", "scores as a list", "score as text", "key not normalized",
                                     "nearest beyond the anchors"])
 def test_a_damaged_score_file_names_what_is_wrong(tmp_path, damage):
-    import json
 
     path = tmp_path / "scores.json"
     ScoreTable({"enzyme": 0.9, "cell": 0.5}, anchors=["enzyme"], nearest_anchor={"enzyme": 0, "cell": 0}).save(path)
@@ -486,7 +485,6 @@ def test_a_damaged_score_file_names_what_is_wrong(tmp_path, damage):
 
 def test_a_binary_score_file_without_its_settings_is_named(tmp_path):
     import io
-    import json
 
     meta = json.dumps({"format": "diffmask_fast.word_scores.npz/1", "count": 1}).encode()
     buffer = io.BytesIO()
@@ -855,7 +853,6 @@ def test_score_help():
                                               ({"word_embedding_dimension": 384}, "pooled"),
                                               (["not", "a", "config"], "pooled")])
 def test_recommended_pooling_reads_a_hub_name_from_the_local_cache(tmp_path, monkeypatch, modes, expected):
-    import json
 
     import huggingface_hub
 
@@ -911,7 +908,6 @@ def test_a_checkpoint_without_pooler_weights_is_pooled_from_its_cls_state_not_a_
 
 
 def test_model_paths_may_start_with_the_home_folder(minilm, tmp_path, monkeypatch):
-    import json
 
     from diffmask_fast.embedding import recommended_pooling
     from diffmask_fast.hf_loading import load_tokenizer
@@ -1044,3 +1040,28 @@ def test_a_json_score_table_with_a_byte_order_mark_loads(tmp_path):
     ScoreTable({"enzyme": 0.5}).save(path)
     path.write_bytes(b"\xef\xbb\xbf" + path.read_bytes())
     assert ScoreTable.load(path).score("enzyme") == 0.5
+
+
+def test_contextual_occurrences_are_a_uniform_sample(bert_wordpiece):
+    """With room for one occurrence of 20, each is kept about as often (reservoir sampling): not
+    always the last one, nor always the first."""
+    from diffmask_fast.contextual import find_occurrences
+
+    texts = [f"the protein number {i}" for i in range(20)]
+    kept = [0] * 20
+    runs = 400
+    for seed in range(runs):
+        [[(text, _, _)]] = find_occurrences(bert_wordpiece, texts, ["protein"], max_per_anchor=1, seed=seed)
+        kept[int(text.split()[-1])] += 1
+    expected = runs / 20
+    spread = math.sqrt(runs * (1 / 20) * (19 / 20))
+    assert all(abs(count - expected) < 5 * spread for count in kept), kept
+
+
+def test_word_types_keep_their_case_when_asked(roberta_byte_bpe):
+    from diffmask_fast.vocabulary import tokenizer_word_types
+
+    texts = ["The Kinase binds", "the kinase"]
+    assert tokenizer_word_types(roberta_byte_bpe, texts, lowercase=False) == {"The", "Kinase", "binds", "the",
+                                                                              "kinase"}
+    assert tokenizer_word_types(roberta_byte_bpe, texts) == {"the", "kinase", "binds"}
