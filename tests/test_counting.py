@@ -1270,3 +1270,15 @@ def test_a_byte_order_mark_inside_joined_files_is_no_part_of_a_word(tmp_path):
         assert dict(count_words(tmp_path / name, progress=False).counts) == expected, name
         assert reference.count_words(iter_documents(tmp_path / name)) == expected, name
     assert reference.normalize_word("word\u200b") == "word" and reference.normalize_word("\u00adsoft") == "soft"
+
+
+def test_count_lines_counts_a_crlf_pair_split_before_the_span():
+    """count_lines(buf, start, end, prev): prev is the byte before start, so a span that starts
+    with "\\n" after a "\\r" holds one more "\\r\\n" pair. (Mutant: the first byte's pair with prev
+    dropped. _count_until_full only calls count_lines on spans that start with a word, so the
+    counting tests cannot reach that branch.)"""
+    from diffmask_fast import _wordtable
+
+    buf = np.frombuffer(b"\nab\r\n", np.uint8)
+    assert _wordtable.count_lines(buf, 0, 5, 13) == (2, 1, 2)
+    assert _wordtable.count_lines(buf, 0, 5, -1) == (2, 1, 1)

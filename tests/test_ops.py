@@ -1088,3 +1088,205 @@ def test_loader_explains_how_to_rebuild(monkeypatch):
     monkeypatch.setattr(_extension.importlib, "import_module", lambda name, *a, **k: Stale())
     with pytest.raises(ImportError, match=r"built for torch 1\.0\.0.*make build"):
         _extension.load()
+
+
+# ----------------------------------------------------------------------------------------------
+# Draws: which random number each choice takes (laws alone cannot tell these apart)
+# ----------------------------------------------------------------------------------------------
+
+_SAMPLE = torch.ops.diffmask_fast.sample_without_replacement
+
+
+def test_sampling_key_of_a_position_does_not_depend_on_the_other_weights():
+    """core::successive_sample keys position i with draw i of the row's stream, so a weight that
+    is 0 or so tiny it is never drawn changes nothing else. (Mutant: keys numbered by rank among
+    the positive weights, stream.at(j): the same law, but every draw shifts.)"""
+    g = torch.Generator().manual_seed(0)
+    w = torch.rand(64, 40, generator=g, dtype=torch.float64) + 0.1
+    counts = torch.full((64,), 10)
+    for position in (0, 17):
+        zero, tiny = w.clone(), w.clone()
+        zero[:, position] = 0.0
+        tiny[:, position] = 1e-300  # key E / 1e-300 > 1e280: never among the 10 smallest
+        a, b = _SAMPLE(zero, counts, 7), _SAMPLE(tiny, counts, 7)
+        assert not b[:, position].any()
+        assert torch.equal(a, b), f"position {position}"
+
+
+def test_rows_of_a_batch_draw_independent_streams():
+    """Row b uses stream (seed, b): identical rows draw different subsets. (Mutant: rows 2i and
+    2i+1 share a stream, in the CPU kernel or in core::Stream.)"""
+    rows, n, k = 200, 50, 10
+    w = torch.linspace(1.0, 2.0, n, dtype=torch.float64).expand(rows, n).contiguous()
+    picked = _SAMPLE(w, torch.full((rows,), k), 11)
+    identical_pairs = sum(torch.equal(picked[i], picked[i + 1]) for i in range(0, rows, 2))
+    identical_any = sum(torch.equal(picked[0], picked[i]) for i in range(1, rows))
+    assert identical_pairs <= 2 and identical_any <= 2  # C(50, 10) ~ 1e10 subsets
+
+
+def _single_token_rows(rows: int, middle: int):
+    """Rows [1, 2 x middle, 3]: every token its own word (every id starts a word)."""
+    ids = torch.tensor([[1] + [2] * middle + [3]] * rows)
+    never = torch.zeros_like(ids, dtype=torch.bool)
+    starts = torch.ones(4, dtype=torch.bool)
+    return ids, never, starts
+
+
+def _mask_rows(ids, never, starts, scores: dict[int, float], seed: int, **kwargs):
+    table = ops.ScoreHashTable()
+    table.insert(torch.tensor([ops.word_hash([t]) for t in scores]), torch.tensor(list(scores.values())))
+    kwargs.setdefault("mlm_probability", 0.25)
+    out = ops.difference_mask(ids, never, starts, *table.tensors(), torch.tensor([0]), mask_token_id=0, seed=seed,
+                              **kwargs)
+    return out.labels != -100
+
+
+def test_fill_of_zero_weight_words_keys_each_word_by_its_position():
+    """Once every positive word is drawn, the rest of the budget goes to zero-weight words by
+    uniform keys numbered by word position (core::uniform_subset, as the CUDA kernel does). So
+    moving the one positive word from the first to the last position leaves the fill among the
+    words in between unchanged whenever neither end is filled. (Mutant: keys numbered by rank
+    among the zero-weight words, stream.at(j): the same law, but a different fill.)"""
+    ids, never, starts = _single_token_rows(400, 18)  # 20 words: budget 5 = 1 positive + 4 filled
+    first = _mask_rows(ids, never, starts, {1: 1.0, 2: -1.0, 3: -1.0}, seed=5)
+    last = _mask_rows(ids, never, starts, {1: -1.0, 2: -1.0, 3: 1.0}, seed=5)
+    assert first[:, 0].all() and last[:, -1].all() and (first.sum(1) == 5).all() and (last.sum(1) == 5).all()
+    comparable = ~first[:, -1] & ~last[:, 0]
+    assert comparable.sum() > 200
+    assert torch.equal(first[comparable, 1:-1], last[comparable, 1:-1])
+
+
+def test_difference_mask_rows_draw_independent_streams():
+    """Identical rows are masked independently (stream (seed, row)). (Mutant: rows 2i and 2i+1
+    share a stream.)"""
+    ids, never, starts = _single_token_rows(200, 38)  # 40 words, budget 10
+    masked = _mask_rows(ids, never, starts, {1: 0.5, 2: 1.0, 3: 2.0}, seed=3)
+    identical_pairs = sum(torch.equal(masked[i], masked[i + 1]) for i in range(0, 200, 2))
+    assert identical_pairs <= 2
+
+
+def test_rank_weighting_ties_signed_zeros():
+    """Scores -0.0 and +0.0 are equal, so under rank weighting they share the average rank 1.5
+    and each of two such words is drawn first half the time. (Mutant: core::ordered_float_bits
+    without its -0 -> +0 step gives ranks 1 and 2, frequencies 1/3 and 2/3. The C++ test's
+    float32 trials never reach the radix path: 3.0e38 and 1e-40 are not float32 values.)"""
+    ids = torch.tensor([[1, 2]] * 4000)
+    never = torch.zeros_like(ids, dtype=torch.bool)
+    starts = torch.ones(3, dtype=torch.bool)
+    masked = _mask_rows(ids, never, starts, {1: -0.0, 2: 0.0}, seed=9, mlm_probability=0.5, weighting="rank")
+    assert (masked.sum(1) == 1).all()
+    assert abs(masked[:, 0].double().mean().item() - 0.5) < 0.05  # 6 standard errors
+
+
+def test_tokens_of_a_masked_word_are_replaced_independently():
+    """BERT's 80/10/10 rule is drawn per token (counter 2l and 2l + 1 of the replace stream), not
+    per word. Ten-token words, all masked: all ten tokens of a word get the same treatment with
+    probability 0.8^10 + 2 * 0.1^10 ~ 0.107, and the random ids of a word's tokens differ. (Mutant:
+    the counter of every token is that of its word's first token.)"""
+    rows, length = 2000, 10
+    ids = torch.full((rows, length), 1)
+    ids[:, 0] = 2  # id 2 starts a word, id 1 continues it: one word of ten tokens per row
+    never = torch.zeros_like(ids, dtype=torch.bool)
+    starts = torch.tensor([False, False, True])
+    random_ids = torch.arange(100, 150)
+    table = ops.ScoreHashTable()
+    out = ops.difference_mask(ids, never, starts, *table.tensors(), random_ids, mask_token_id=0,
+                              mlm_probability=1.0, seed=4)
+    assert (out.labels == ids).all()
+    kind = torch.where(out.masked_ids == 0, 0, torch.where(out.masked_ids == ids, 1, 2))
+    uniform_rows = (kind == kind[:, :1]).all(1).double().mean().item()
+    assert abs(uniform_rows - (0.8**10 + 2 * 0.1**10)) < 0.05  # ~7 standard errors
+    randoms = out.masked_ids[kind == 2]
+    assert randoms.numel() > 1000 and torch.unique(randoms).numel() == 50
+    rows_with_two = [r for r in range(rows) if (kind[r] == 2).sum() >= 2]
+    distinct = sum(torch.unique(out.masked_ids[r][kind[r] == 2]).numel() > 1 for r in rows_with_two)
+    assert distinct >= 0.9 * len(rows_with_two)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_similarity_exact_tie_of_different_anchors_in_different_tiles_goes_to_the_first(dtype):
+    """Anchors (1, 1, 0, 0) at index 0 and (1, -1, 0, 0) at the last index are different rows (not
+    merged as duplicates) with exactly the same cosine with (c, 0, 0, 0); K = 4000 puts them in
+    different tiles (64 or 128 columns). The first index wins, as reference.max_anchor_similarity
+    says. (Mutant: RunningMax::fold lets a later tile win a tie, v >= value.)"""
+    K, D = 4000, 4
+    g = torch.Generator().manual_seed(1)
+    anchors = -(torch.rand(K, D, generator=g, dtype=dtype) + 0.1)  # negative cosines with (c, 0, 0, 0)
+    anchors[0] = torch.tensor([1.0, 1.0, 0.0, 0.0], dtype=dtype)
+    anchors[K - 1] = torch.tensor([1.0, -1.0, 0.0, 0.0], dtype=dtype)
+    embeddings = torch.zeros(10, D, dtype=dtype)
+    embeddings[:, 0] = torch.arange(1, 11, dtype=dtype)
+    values, indices = ops.max_anchor_similarity(embeddings, anchors)
+    assert indices.tolist() == [0] * 10
+    assert torch.allclose(values, torch.full((10,), 0.5**0.5), atol=1e-6)
+
+
+@pytest.mark.parametrize("which", ["embeddings", "anchors"])
+def test_similarity_of_vectors_whose_float32_squares_are_subnormal(which):
+    """Values ~1e-21: each square (~1e-42) is a float32 subnormal with a few significant bits, so
+    a float32 sum of squares that is merely positive is not good enough: such rows are measured
+    again in double. (Mutants: squared_norm_out_of_range accepting any positive norm2;
+    squared_norm_double accumulating in float.) The existing test's scales (3e-20, 1e-25) give
+    sums near FLT_MIN or zero, where both mutants pass."""
+    g = torch.Generator().manual_seed(2)
+    embeddings = torch.randn(40, 12, generator=g)
+    anchors = torch.randn(7, 12, generator=g)
+    if which == "embeddings":
+        embeddings = embeddings * 1e-21
+    else:
+        anchors = anchors * 1e-21
+    values, indices = ops.max_anchor_similarity(embeddings, anchors)
+    expected_values, expected_indices = reference.max_anchor_similarity(embeddings.double().numpy(),
+                                                                        anchors.double().numpy())
+    np.testing.assert_allclose(values.numpy(), expected_values, atol=1e-6)
+    assert np.array_equal(indices.numpy(), expected_indices)
+
+
+def test_similarity_of_column_major_float64_embeddings():
+    """Transposed float64 embeddings are read by BLAS in place and their norms accumulated column
+    by column. On a CPU with AVX-512 or AVX2 the existing transposed cases (float32) take the
+    panel kernels, so this path was untested there. (Mutant: norms[r] = instead of +=.)"""
+    g = torch.Generator().manual_seed(3)
+    embeddings = torch.randn(19, 300, generator=g, dtype=torch.float64).t()  # [300, 19], column-major
+    anchors = torch.randn(6, 19, generator=g, dtype=torch.float64)
+    values, indices = ops.max_anchor_similarity(embeddings, anchors)
+    expected_values, expected_indices = reference.max_anchor_similarity(embeddings.numpy(), anchors.numpy())
+    np.testing.assert_allclose(values.numpy(), expected_values, atol=1e-6)
+    assert np.array_equal(indices.numpy(), expected_indices)
+
+
+def test_random_draws_are_pinned_across_versions():
+    """A fixed (input, seed) gives fixed draws: results are reproducible across releases, not only
+    within one build. Pins the whole chain: stream derivation per (seed, row), sub-streams per
+    purpose, draw numbering by position. Mutants that permute draws without changing any law
+    (stream id + 1 -> stream id, counter + 1 -> counter, sampling on the fill stream, keys
+    numbered by rank) pass every statistical test but not this one; on a GPU machine the CPU/CUDA
+    equality tests catch some of them, elsewhere nothing else does. An intended change of the
+    random streams updates these values (and says so in the release notes)."""
+    w = torch.tensor([[1.0, 2, 3, 4, 5, 6, 7, 8], [0.0, 1, 0, 1, 0.5, 0.25, 2, 0]], dtype=torch.float64)
+    picked = _SAMPLE(w, torch.tensor([3, 2]), 2024)
+    assert [row.nonzero().flatten().tolist() for row in picked] == [[1, 5, 6], [5, 6]]
+    ids = torch.tensor([[1, 2, 3, 2, 3, 1, 2, 3, 2, 1, 3, 2]] * 3)
+    never = torch.zeros_like(ids, dtype=torch.bool)
+    starts = torch.ones(4, dtype=torch.bool)
+    table = ops.ScoreHashTable()
+    table.insert(torch.tensor([ops.word_hash([1])]), torch.tensor([0.5]))
+    out = ops.difference_mask(ids, never, starts, *table.tensors(), torch.arange(100, 110), mask_token_id=0,
+                              mlm_probability=0.45, seed=2024)
+    assert out.masked_words.tolist() == [5, 5, 6]
+    assert out.masked_ids.tolist() == [
+        [0, 2, 3, 2, 3, 103, 2, 0, 2, 0, 0, 2],
+        [0, 2, 100, 2, 3, 0, 0, 3, 2, 0, 3, 2],
+        [0, 2, 0, 0, 0, 0, 2, 3, 2, 1, 3, 2],
+    ]
+    # Words 1 and 2 positive (8 words for a budget of 5 or 6): the sampling stream chooses; above,
+    # the 3 positive words are all taken and the fill stream chooses the rest.
+    table.insert(torch.tensor([ops.word_hash([2])]), torch.tensor([1.5]))
+    out = ops.difference_mask(ids, never, starts, *table.tensors(), torch.arange(100, 110), mask_token_id=0,
+                              mlm_probability=0.45, seed=2024)
+    assert out.masked_words.tolist() == [5, 5, 6]
+    assert out.masked_ids.tolist() == [
+        [1, 0, 3, 0, 3, 1, 0, 3, 0, 1, 3, 0],
+        [0, 2, 3, 2, 3, 0, 0, 3, 2, 0, 3, 0],
+        [1, 103, 3, 0, 3, 0, 0, 3, 2, 1, 3, 0],
+    ]
