@@ -60,9 +60,9 @@ static void test_rank_weights() {
     }
     values.push_back(-0.0);
     values.push_back(0.0);
-    values.push_back(3.0e38);
-    values.push_back(-3.0e38);
-    values.push_back(1e-40);  // a float32 denormal
+    values.push_back(static_cast<double>(3.0e38f));  // float32 values, or the radix path is never taken
+    values.push_back(static_cast<double>(-3.0e38f));
+    values.push_back(static_cast<double>(1e-40f));  // a float32 denormal
     check_ranks(values);
     values.push_back(0.1);  // not a float32 value: comparison sort
     check_ranks(values);
