@@ -578,7 +578,7 @@ def _with_option_name(message: str, command_parser) -> str:
         return message
     actions = [action for action in getattr(command_parser, "_actions", ()) if action.option_strings]
     options = {action.dest: max(action.option_strings, key=len) for action in actions}
-    flags = {action.dest for action in actions if action.nargs == 0 and action.const is True}
+    switches = {options[action.dest] for action in actions if action.nargs == 0 and action.const is True}
 
     def option(setting: str) -> str | None:
         return options.get(SETTING_OPTIONS.get(setting, setting))
@@ -591,8 +591,9 @@ def _with_option_name(message: str, command_parser) -> str:
     message = re.sub(r"^(?:[a-z_]+(?:, | and ))*[a-z_]+(?= would not be used)", options_in, message)
     message = re.sub(r"(?:(?<=settings: )|(?<=\), ))[a-z_]+(?= )", options_in, message)
     # "init_mlm_head=True" of a switch is the switch alone: "--init-mlm-head".
-    message = re.sub(r"\b([a-z]+(?:_[a-z]+)+)=True\b", lambda found: option(found.group(1))
-                     if SETTING_OPTIONS.get(found.group(1), found.group(1)) in flags else found.group(), message)
+    message = re.sub(r"\b([a-z]+(?:_[a-z]+)+)=True\b",
+                     lambda found: option(found.group(1)) if option(found.group(1)) in switches else found.group(),
+                     message)
 
     match = re.match(r"(\w+)( \([^)]*\))? must ", message)
     if match is not None and option(match.group(1)) is not None:

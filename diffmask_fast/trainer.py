@@ -140,10 +140,9 @@ class MaskingTrainer(Trainer):
         nothing at the end of every run."""
         missing = getattr(load_result, "missing_keys", None)
         if missing and hasattr(load_result, "_replace"):
-            tied = _tied_names(self.model)
-            loaded_through_another = [key for key in missing if set(tied.get(key, ())) - set(missing)]
+            tied = _tied_names(self.model)  # a key is loaded through another name of its parameter
             load_result = load_result._replace(missing_keys=[key for key in missing
-                                                             if key not in loaded_through_another])
+                                                             if not set(tied.get(key, ())) - set(missing)])
         super()._issue_warnings_after_load(load_result)
 
     def mask_batch(self, inputs: dict[str, Any]) -> dict[str, Any]:

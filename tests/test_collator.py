@@ -515,13 +515,9 @@ def _resume_collator(tokenizer, **options):
     return DifferenceMaskingCollator(tokenizer, {"enzyme": 1.0, "receptor": 0.5}, **options)
 
 
-def _resume_examples(tokenizer):
-    return [{"input_ids": tokenizer(text)["input_ids"]} for text in RESUME_TEXTS]
-
-
 def test_resume_and_pin_take_effect_after_draws_were_made(bert_wordpiece):
     """A collator that has drawn already starts the stream it is told to, not its old one."""
-    examples = _resume_examples(bert_wordpiece)
+    examples = encode(bert_wordpiece, RESUME_TEXTS)
     used, fresh = _resume_collator(bert_wordpiece, seed=7), _resume_collator(bert_wordpiece, seed=7)
     used(examples)
     used.resume_at(5)

@@ -17,11 +17,11 @@ def tokenizer(minilm_tokenizer):
     return minilm_tokenizer
 
 
-def tiny_bert(tokenizer, seed):
+def tiny_bert(tokenizer, seed, **options):
     from transformers import BertConfig, BertModel
 
-    config = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=24, num_hidden_layers=2,
-                        num_attention_heads=2, intermediate_size=48)
+    config = BertConfig(**{"vocab_size": tokenizer.vocab_size, "hidden_size": 24, "num_hidden_layers": 2,
+                           "num_attention_heads": 2, "intermediate_size": 48, **options})
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         return BertModel(config).eval()
@@ -488,23 +488,12 @@ def test_processes_adding_at_once_keep_the_cache_the_size_of_its_words(tmp_path)
     assert len(cache._segments) <= embedding_cache.MAX_SEGMENTS + 3
 
 
-def _tiny_bert(tokenizer, seed, **config):
-    from transformers import BertConfig, BertModel
-
-    options = dict(vocab_size=tokenizer.vocab_size, hidden_size=24, num_hidden_layers=2, num_attention_heads=2,
-                   intermediate_size=48)
-    options.update(config)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        return BertModel(BertConfig(**options)).eval()
-
-
 def test_a_model_configured_otherwise_with_the_same_weights_reads_no_stale_vectors(minilm_tokenizer, tmp_path):
     """The activation or the layer-norm epsilon changes the vectors, not the weights."""
     from diffmask_fast.embedding import WordEmbedder
 
     words = ["enzyme", "kinase", "receptor"]
-    gelu, relu = _tiny_bert(minilm_tokenizer, 0), _tiny_bert(minilm_tokenizer, 0, hidden_act="relu")
+    gelu, relu = tiny_bert(minilm_tokenizer, 0), tiny_bert(minilm_tokenizer, 0, hidden_act="relu")
     cached = WordEmbedder(gelu, minilm_tokenizer, pooling="mean", cache_dir=tmp_path, progress=False)
     cached.embed(words)
     other = WordEmbedder(relu, minilm_tokenizer, pooling="mean", cache_dir=tmp_path, progress=False)

@@ -1136,9 +1136,7 @@ def _mask_rows(ids, never, starts, scores: dict[int, float], seed: int, **kwargs
     table = ops.ScoreHashTable()
     table.insert(torch.tensor([ops.word_hash([t]) for t in scores]), torch.tensor(list(scores.values())))
     kwargs.setdefault("mlm_probability", 0.25)
-    out = ops.difference_mask(ids, never, starts, *table.tensors(), torch.tensor([0]), mask_token_id=0, seed=seed,
-                              **kwargs)
-    return out.labels != -100
+    return run_mask(ids, never, starts, table, seed, **kwargs).labels != -100
 
 
 def test_fill_of_zero_weight_words_keys_each_word_by_its_position():
@@ -1270,9 +1268,13 @@ def test_random_draws_are_pinned_across_versions():
     never = torch.zeros_like(ids, dtype=torch.bool)
     starts = torch.ones(4, dtype=torch.bool)
     table = ops.ScoreHashTable()
+
+    def draw():
+        return ops.difference_mask(ids, never, starts, *table.tensors(), torch.arange(100, 110), mask_token_id=0,
+                                   mlm_probability=0.45, seed=2024)
+
     table.insert(torch.tensor([ops.word_hash([1])]), torch.tensor([0.5]))
-    out = ops.difference_mask(ids, never, starts, *table.tensors(), torch.arange(100, 110), mask_token_id=0,
-                              mlm_probability=0.45, seed=2024)
+    out = draw()
     assert out.masked_words.tolist() == [5, 5, 6]
     assert out.masked_ids.tolist() == [
         [0, 2, 3, 2, 3, 103, 2, 0, 2, 0, 0, 2],
@@ -1282,8 +1284,7 @@ def test_random_draws_are_pinned_across_versions():
     # Words 1 and 2 positive (8 words for a budget of 5 or 6): the sampling stream chooses; above,
     # the 3 positive words are all taken and the fill stream chooses the rest.
     table.insert(torch.tensor([ops.word_hash([2])]), torch.tensor([1.5]))
-    out = ops.difference_mask(ids, never, starts, *table.tensors(), torch.arange(100, 110), mask_token_id=0,
-                              mlm_probability=0.45, seed=2024)
+    out = draw()
     assert out.masked_words.tolist() == [5, 5, 6]
     assert out.masked_ids.tolist() == [
         [1, 0, 3, 0, 3, 1, 0, 3, 0, 1, 3, 0],

@@ -290,15 +290,6 @@ def test_the_pretraining_picture_of_a_summary_read_back_with_null_losses(tmp_pat
     assert plot_pretraining(summary, tmp_path / "nan.png").read_bytes().startswith(b"\x89PNG")
 
 
-def _drawn(monkeypatch):
-    from diffmask_fast import plots
-
-    kept = []
-    save = plots._save
-    monkeypatch.setattr(plots, "_save", lambda figure, path: (kept.append(figure), save(figure, path))[1])
-    return kept
-
-
 def test_the_masking_rate_picture_draws_rates_against_scores(tmp_path, monkeypatch):
     """The bars are the top words' masking rates (not their scores), and each dot sits at (score,
     rate) of its word."""
@@ -308,7 +299,7 @@ def test_the_masking_rate_picture_draws_rates_against_scores(tmp_path, monkeypat
     rates = [WordMaskingRate("kinase", 0.2, 4, 36, 10, None), WordMaskingRate("ligand", 0.9, 5, 30, 10, None),
              WordMaskingRate("binds", 0.5, 2, 8, 10, None), WordMaskingRate("the", 0.1, 8, 8, 10, None),
              WordMaskingRate("of", 0.3, 6, 3, 10, None)]
-    kept = _drawn(monkeypatch)
+    kept = drawn_figure(monkeypatch)
     plot_masking_rates(rates, tmp_path / "rates.png", 0.25, top=2)
     bars, dots = kept[0].axes[:2]
     assert [label.get_text().split(" ")[0] for label in bars.get_yticklabels()] == ["ligand", "kinase"]
