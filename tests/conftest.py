@@ -17,15 +17,19 @@ if importlib.util.find_spec("diffmask_fast") is None:  # not installed: use the 
 
 import tokenizers_offline  # noqa: E402
 
-#: Seconds a test may run before it fails (pytest-timeout; DIFFMASK_FAST_TEST_TIMEOUT to change):
-#: a test that hangs fails with every thread's stack, instead of holding the run until CI gives up.
-TEST_TIMEOUT_SECONDS = float(os.environ.get("DIFFMASK_FAST_TEST_TIMEOUT", "600"))
+#: Seconds a test may run before it fails, unless --timeout or PYTEST_TIMEOUT (pytest-timeout's own
+#: settings) say otherwise: a test that hangs fails with every thread's stack, instead of holding
+#: the run until CI gives up.
+TEST_TIMEOUT_SECONDS = 600
 
 
 def pytest_collection_modifyitems(config, items):
-    """Give every test without a timeout of its own the suite's timeout. The thread method, so
-    that a hang inside compiled code (where no signal handler runs) still ends."""
+    """Give every test without a timeout of its own the suite's timeout, when the run sets none.
+    The thread method, so that a hang inside compiled code (where no signal handler runs) still
+    ends."""
     if not config.pluginmanager.hasplugin("timeout"):
+        return
+    if config.getoption("timeout") is not None or os.environ.get("PYTEST_TIMEOUT"):
         return
     for item in items:
         if item.get_closest_marker("timeout") is None:
