@@ -780,6 +780,19 @@ def sorted_table(blob, starts, lengths, counts):
 
 
 @njit(nogil=True, cache=True)
+def first_inconsistent_row(offsets, counts, blob_bytes):
+    """First row whose word bytes are empty or outside [0, blob_bytes) or whose count is not
+    positive, or -1: one pass, no temporaries, so a damaged mapped table is refused before any
+    lookup reads through its offsets."""
+    if offsets.shape[0] != counts.shape[0] + 1 or (offsets.shape[0] > 0 and offsets[0] != 0):
+        return 0
+    for i in range(counts.shape[0]):
+        if offsets[i + 1] <= offsets[i] or offsets[i + 1] > blob_bytes or counts[i] <= 0:
+            return i
+    return -1
+
+
+@njit(nogil=True, cache=True)
 def merge_sorted(blob_a, offsets_a, counts_a, blob_b, offsets_b, counts_b):
     """Merge two sorted tables of distinct strings, adding the counts of strings in both."""
     na = counts_a.shape[0]

@@ -909,8 +909,9 @@ class WordCounts:
 
     @classmethod
     def load(cls, path: str | os.PathLike, verify: bool = False) -> "WordCounts":
-        """Read counts written by ``save``. The binary format is mapped into memory, not read;
-        ``verify`` checks its checksum and structure (reading it all)."""
+        """Read counts written by ``save``. The binary format is mapped into memory: its offsets
+        and counts are checked in one pass, its words are not read; ``verify`` also checks the
+        checksum (reading it all)."""
         path = Path(path)
         if not path.exists():
             raise FileNotFoundError(f"word counts file {str(path)!r} does not exist")
@@ -1028,12 +1029,18 @@ def _read_binary(path: Path, verify: bool) -> WordCounts:
     blob = np.frombuffer(mapped, np.uint8, blob_bytes, data + 8 * (2 * words + 1))
     if offsets[0] != 0 or offsets[-1] != blob_bytes:
         raise ValueError(f"{name!r} is corrupt: its word offsets do not span its word bytes")
+    bad_row = W.first_inconsistent_row(offsets, counts, blob_bytes)
+    if bad_row >= 0:
+        raise ValueError(f"{name!r} is corrupt: word {bad_row:,} has offsets {int(offsets[bad_row]):,}.."
+                         f"{int(offsets[bad_row + 1]):,} in {blob_bytes:,} word bytes and count "
+                         f"{int(counts[bad_row]):,} (offsets must increase, counts be positive)")
     if verify:
         crc = zlib.crc32(memoryview(mapped)[data:], 0)
         if crc != header.get("crc32"):
             raise ValueError(f"{name!r} is corrupt: checksum mismatch")
-        if np.any(np.diff(offsets) <= 0) or np.any(counts <= 0) or int(counts.sum()) != header.get("total"):
-            raise ValueError(f"{name!r} is corrupt: inconsistent offsets or counts")
+        if int(counts.sum()) != header.get("total"):
+            raise ValueError(f"{name!r} is corrupt: its counts sum to {int(counts.sum()):,}, its header "
+                             f"says {header['total']:,}")
     table = CountTable.__new__(CountTable)
     table.blob, table.offsets, table.counts = blob, offsets, counts
     if offsets.dtype.byteorder not in ("<", "=", "|") or np.dtype("<i8") != np.dtype(np.int64):

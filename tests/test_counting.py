@@ -878,6 +878,32 @@ def test_a_damaged_binary_counts_header_names_the_file_and_field(tmp_path, field
         WordCounts.load(path)
 
 
+def _overwrite_table_entry(path, part: str, row: int, value: int) -> None:
+    """Write ``value`` over one int64 of a binary counts file's offsets or counts, as damage
+    that leaves its header and length intact would."""
+    data = bytearray(path.read_bytes())
+    header_length = int.from_bytes(data[16:24], "little")
+    words = json.loads(data[24: 24 + header_length])["words"]
+    start = 24 + header_length + (0 if part == "offsets" else 8 * (words + 1)) + 8 * row
+    data[start: start + 8] = value.to_bytes(8, "little", signed=True)
+    path.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize("part, row, value", [
+    ("offsets", 1, 10 ** 12), ("offsets", 1, -5), ("offsets", 2, 2), ("offsets", 2, 14),
+    ("counts", 0, -4), ("counts", 2, 0),
+])
+def test_damaged_binary_counts_offsets_or_counts_are_refused_at_load(tmp_path, part, row, value):
+    """Loading maps the file without reading it, but a lookup reads through the offsets: an offset
+    outside the word bytes would read outside the mapping, and a decreasing one returns garbage
+    words; both are refused at load, with the row, without verify."""
+    path = tmp_path / "counts.bin"
+    WordCounts.from_mapping({"alpha": 3, "beta": 1, "gamma": 2}, documents=2).save(path)
+    _overwrite_table_entry(path, part, row, value)
+    with pytest.raises(ValueError, match=re.escape(f"{str(path)!r} is corrupt: word ")):
+        WordCounts.load(path)
+
+
 @pytest.mark.parametrize("counts, documents, problem", [
     ({"": 2}, 1, "counted words are non-empty and hold no whitespace"),
     ({"two words": 2}, 1, "counted words are non-empty and hold no whitespace (words of str.split()), got 'two words'"),
