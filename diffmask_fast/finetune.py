@@ -32,7 +32,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
-from ._io import atomic_write_json, check_writable, file_sha256, read_json
+from ._io import atomic_write_json, check_writable, file_sha256, read_json, same_file
 from .hf_loading import check_max_length, load_tokenizer, model_reference, quiet_transformers, usable_device
 from .metrics import accuracy, macro_f1, mean_std
 
@@ -444,8 +444,9 @@ def finetune(model: str | os.PathLike, train: str | os.PathLike, dev: str | os.P
         raise ValueError("resuming needs the report path (-o) where the earlier run saved its seeds")
     if report_path is not None:
         report_path = check_writable(report_path, "report")
-        if not resume:
-            _refuse_unfinished(report_path)
+    _check_outputs_apart(model, {"train": train, "dev": dev, "test": test}, output_dir, report_path, seeds)
+    if report_path is not None and not resume:
+        _refuse_unfinished(report_path)
     model = str(model)
     train_texts, train_labels = load_labeled(train, text_field, label_field)
     dev_texts, dev_labels = load_labeled(dev, text_field, label_field)
@@ -566,6 +567,32 @@ def seed_line(result: SeedResult, epochs: int) -> str:
     if result.test is not None:
         line += f"; test accuracy {result.test['accuracy']:.3f}, macro-F1 {result.test['macro_f1']:.3f}"
     return line
+
+
+def _check_outputs_apart(model, data: Mapping[str, Any], output_dir, report_path: Path | None,
+                         seeds: Sequence[int]) -> None:
+    """Refuse, before any training, outputs that would replace what fine-tuning reads (a data
+    file, a file of the model's folder) or each other (the report where a seed's model is saved):
+    this run, or the next, would lose it."""
+    if output_dir is not None and Path(output_dir).exists() and not Path(output_dir).is_dir():
+        raise ValueError(f"the output directory {str(output_dir)!r} is a file, not a directory")
+    if report_path is None:
+        return
+    for name, path in data.items():
+        if path is not None and same_file(report_path, path):
+            raise ValueError(f"the report {str(report_path)!r} is the file of {INPUT_NAMES[name]}; writing it "
+                             "would replace the data")
+    if Path(model).is_dir() and report_path.exists() and same_file(report_path.absolute().parent, model):
+        try:
+            FinetuneReport.load(report_path)  # an earlier report saved beside the model may be replaced
+        except (ValueError, KeyError, TypeError):
+            raise ValueError(f"the report {str(report_path)!r} is a file of the model {str(model)!r}; writing it "
+                             "would replace part of the model") from None
+    if output_dir is not None:
+        folders = [Path(output_dir)] + [Path(output_dir) / f"seed-{seed}" for seed in seeds]
+        if any(same_file(report_path, folder) for folder in folders):
+            raise ValueError(f"the report {str(report_path)!r} is the output directory {str(output_dir)!r} or a "
+                             "seed's folder in it, where the models are saved; write it elsewhere")
 
 
 def _refuse_unfinished(report_path: Path) -> None:

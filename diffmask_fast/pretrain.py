@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ._io import atomic_write_bytes, atomic_write_json, check_writable, json_ready, read_json
+from ._io import atomic_write_bytes, atomic_write_json, check_writable, json_ready, read_json, same_file
 from .advice import DiffmaskWarning
 from .embedding import POOLINGS
 from .masking_base import check_probability
@@ -508,6 +508,9 @@ def _check_output_dir(config: PretrainConfig) -> tuple[dict | None, Path | None]
     out = Path(config.output_dir)
     if out.exists() and not out.is_dir():
         raise ValueError(f"the output {str(out)!r} is a file, not a directory")
+    if Path(config.model).is_dir() and same_file(out, config.model):
+        raise ValueError(f"the output {str(out)!r} is the folder of the model trained from; saving there would "
+                         "replace its weights: choose a new output directory")
     if config.resume is True and not any(out.glob("checkpoint-*")):
         raise ValueError(f"nothing to resume in {str(out)!r}: it holds no checkpoint-* folder; run without --resume "
                          "to start training there")

@@ -462,6 +462,37 @@ def test_finetune_checks_the_report_path_before_anything_else(model_dir, task, t
         finetune(model_dir, tmp_path / "missing.jsonl", task["dev"], report_path=folder, **_FAST)
 
 
+@pytest.mark.parametrize("report, output_dir, problem", [
+    ("train.jsonl", None, "is the file of --train; writing it would replace the data"),
+    ("dev.jsonl", None, "is the file of --dev"),
+    ("test.jsonl", None, "is the file of --test"),
+    ("checkpoint/config.json", None, "is a file of the model .*; writing it would replace part of the model"),
+    ("models", "models", "is the output directory 'models' or a seed's folder in it"),
+    ("models/seed-2", "models", "is the output directory 'models' or a seed's folder in it"),
+    (None, "train.jsonl", "the output directory 'train.jsonl' is a file, not a directory"),
+])
+def test_finetune_refuses_outputs_that_would_replace_its_inputs_before_training(model_dir, task, tmp_path,
+                                                                               monkeypatch, report, output_dir,
+                                                                               problem):
+    """The report is written after the first seed and the models saved as each finishes: an
+    output naming a data file, a model file or a model's folder would replace it, or fail only
+    after a seed has trained."""
+    monkeypatch.chdir(tmp_path)
+    before = {path: path.read_bytes() for path in [*task.values(), model_dir / "config.json"]}
+    with pytest.raises(ValueError, match=problem):
+        finetune(model_dir, "train.jsonl", "dev.jsonl", "test.jsonl", seeds=(1, 2), report_path=report,
+                 output_dir=output_dir, **_FAST)
+    assert {path: path.read_bytes() for path in before} == before
+    assert not (tmp_path / "models").exists()
+
+
+def test_a_report_beside_the_model_may_be_written_and_replaced(model_dir, task):
+    report = model_dir / "finetune.json"
+    finetune(model_dir, task["train"], task["dev"], seeds=(1,), report_path=report, **_FAST)
+    finetune(model_dir, task["train"], task["dev"], seeds=(2,), report_path=report, **_FAST)
+    assert FinetuneReport.load(report).seeds == [2]
+
+
 @pytest.mark.parametrize("device, message", [
     ("bogus", r"unknown device 'bogus'"), ("cuda:x", r"unknown device 'cuda:x'"),
     ("cuda:99", r"device 'cuda:99' was asked for, but torch finds (no CUDA GPU|only \d+ CUDA GPU)"),

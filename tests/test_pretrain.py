@@ -106,6 +106,10 @@ def test_difference_pretraining_saves_everything_and_resumes(model_dir, corpus, 
     (tmp_path / "a-file").write_text("")
     with pytest.raises(ValueError, match="is a file, not a directory"):
         pretrain(config_for(model_dir, corpus, tmp_path / "a-file"))
+    weights = (model_dir / "model.safetensors").read_bytes()
+    with pytest.raises(ValueError, match="is the folder of the model trained from; saving there would replace"):
+        pretrain(config_for(model_dir, corpus, model_dir, max_steps=2))
+    assert (model_dir / "model.safetensors").read_bytes() == weights
 
 
 def test_a_resume_may_spell_the_same_files_another_way(tmp_path, monkeypatch):
