@@ -12,10 +12,16 @@ def refuse_one_string(value: object, name: str, expected: str) -> None:
 
 
 def word_list(words, name: str, expected: str) -> list[str]:
-    """``words`` as a list of str, refusing one string; a set is sorted, so that anchor ids (the
-    order of the words) do not change with Python's hash seed from run to run."""
+    """``words`` as a list of str, refusing one string and anything else that is not a word (a
+    (word, score) pair would otherwise become the word "('protein', 3.2)"); a set is sorted, so
+    that anchor ids (the order of the words) do not change with Python's hash seed from run to run."""
     refuse_one_string(words, name, expected)
-    listed = [str(word) for word in words]
+    listed = list(words)
+    wrong = [word for word in listed if not isinstance(word, str)]
+    if wrong:
+        other = wrong[0]
+        raise TypeError(f"{name} must be words (strings), got {other!r} ({type(other).__name__})"
+                        + ("; pass the words of (word, score) pairs" if isinstance(other, tuple) else ""))
     return sorted(listed) if isinstance(words, (set, frozenset)) else listed
 
 

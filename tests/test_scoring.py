@@ -136,6 +136,23 @@ def test_one_string_is_not_taken_for_a_list_of_its_characters(tiny_bert):
         contextual_anchor_vectors(embedder, ["the enzyme binds"], "enzyme")
 
 
+def test_anchors_that_are_not_words_are_refused_not_made_strings(tiny_bert):
+    """A (word, score) pair of ``reference.select_anchors`` would otherwise be embedded as the
+    text "('enzyme', 3.2)"."""
+    from diffmask_fast.contextual import contextual_anchor_vectors
+
+    model, tokenizer = tiny_bert
+    embedder = WordEmbedder(model, tokenizer, pooling="mean", progress=False)
+    with pytest.raises(TypeError, match=re.escape("anchors must be words (strings), got ('enzyme', 3.2) (tuple); "
+                                                  "pass the words of (word, score) pairs")):
+        WordScorer(embedder, [("enzyme", 3.2)])
+    with pytest.raises(TypeError, match=re.escape("anchors must be words (strings), got None (NoneType)")):
+        WordScorer(embedder, ["enzyme", None])
+    with pytest.raises(TypeError, match=re.escape("anchor_words must be words (strings), got 7 (int)")):
+        contextual_anchor_vectors(embedder, ["the enzyme binds"], [7])
+    assert WordScorer(embedder, {"kinase", "enzyme"}).anchor_words == ("enzyme", "kinase")
+
+
 @pytest.mark.parametrize("similarity", ["centroid", "mean"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_similarity_modes_match_reference(similarity, dtype, seed):
