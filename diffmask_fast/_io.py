@@ -7,6 +7,7 @@ import hashlib
 import json
 import math
 import os
+import stat
 import tempfile
 from pathlib import Path
 from typing import Any, BinaryIO, Iterator
@@ -181,12 +182,35 @@ def json_ready(value: Any) -> Any:
     return value
 
 
+def special_file_kind(path: str | os.PathLike) -> str | None:
+    """What ``path`` is when it exists and is neither a regular file nor a folder ("a pipe", "a
+    device", ...), else None. Decided by ``os.stat``: opening a pipe would wait for a writer."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return None
+    if stat.S_ISREG(mode) or stat.S_ISDIR(mode):
+        return None
+    return ("a pipe" if stat.S_ISFIFO(mode) else "a socket" if stat.S_ISSOCK(mode)
+            else "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) else "not a regular file")
+
+
+def refuse_special_input(path: str | os.PathLike, what: str) -> None:
+    """Raise ValueError for a saved file to read that is a pipe, socket or device: opening a pipe
+    waits for a writer, /dev/zero never ends, and a stream cannot be read twice (as checks and
+    fingerprints do)."""
+    kind = special_file_kind(path)
+    if kind is not None:
+        raise ValueError(f"{what} file {os.fspath(path)!r} is {kind}, not a regular file; write it to a file first")
+
+
 def read_json(path: str | os.PathLike, what: str) -> Any:
     """Load a JSON file, naming ``what`` it should have held when it cannot be read. A byte-order
     mark, which some Windows editors write, is skipped."""
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"{what} file {str(path)!r} does not exist")
+    refuse_special_input(path, what)
     try:
         return json.loads(path.read_text(encoding="utf-8-sig"))
     except (json.JSONDecodeError, UnicodeDecodeError) as error:

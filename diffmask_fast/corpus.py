@@ -21,12 +21,12 @@ import gzip
 import io
 import json
 import os
-import stat
 import warnings
 import zlib
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Mapping, Union
 
+from ._io import special_file_kind
 from .advice import DiffmaskWarning
 
 CorpusSource = Union[str, os.PathLike, Iterable[str], Any]
@@ -78,11 +78,9 @@ def refuse_special_file(path: Path) -> None:
     """Raise CorpusError for a pipe, socket or device (``<(command)``, ``/dev/stdin``): its bytes
     can be read only once, from the start, while a corpus file is checked before it is read and
     split into ranges. Decided by ``os.stat``: opening a pipe would wait for a writer."""
-    mode = os.stat(path).st_mode
-    if stat.S_ISREG(mode):
+    kind = special_file_kind(path)
+    if kind is None:
         return
-    kind = ("a pipe" if stat.S_ISFIFO(mode) else "a socket" if stat.S_ISSOCK(mode)
-            else "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) else "not a regular file")
     raise CorpusError(f"corpus path {str(path)!r} is {kind}, which cannot be split or read twice; write it to a "
                       "file first, or pass its lines in Python as an iterable of strings")
 

@@ -47,7 +47,7 @@ from tqdm.auto import tqdm
 from . import _wordtable as W
 from . import reference
 from ._checks import first_unnormalized
-from ._io import atomic_write_json, atomic_writer
+from ._io import atomic_write_json, atomic_writer, refuse_special_input
 from .corpus import (
     DEFAULT_TEXT_FIELD,
     UTF8_BOM,
@@ -917,6 +917,7 @@ class WordCounts:
             raise FileNotFoundError(f"word counts file {str(path)!r} does not exist")
         if path.is_dir():
             raise ValueError(f"word counts file {str(path)!r} is a directory")
+        refuse_special_input(path, "word counts")
         with open(path, "rb") as handle:
             start = handle.read(len(BINARY_MAGIC))
         if start == BINARY_MAGIC:

@@ -32,7 +32,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
-from ._io import atomic_write_json, check_writable, file_sha256, read_json, same_file
+from ._io import atomic_write_json, check_writable, file_sha256, read_json, refuse_special_input, same_file
 from .hf_loading import check_max_length, load_tokenizer, model_reference, quiet_transformers, usable_device
 from .metrics import accuracy, macro_f1, mean_std
 
@@ -71,6 +71,7 @@ def load_labeled(path: str | os.PathLike, text_field: str = "text",
         raise FileNotFoundError(f"labelled data file {str(path)!r} does not exist")
     if path.is_dir():
         raise ValueError(f"labelled data file {str(path)!r} is a directory, not a JSON-lines file")
+    refuse_special_input(path, "labelled data")
     texts: list[str] = []
     labels: list[str | int] = []
     label_kind: tuple[type, int] | None = None  # (str or int, first line with a label)

@@ -12,6 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ._io import refuse_special_input
+
 #: Tokens in the Google Web Trillion Word corpus the default table is drawn from. The shipped
 #: table keeps only its 333,333 most frequent words, so its own sum is smaller.
 GOOGLE_TRILLION_TOTAL = 1_024_908_267_229
@@ -108,6 +110,7 @@ class GeneralFrequencies:
             raise FileNotFoundError(f"general frequency table {str(path)!r} does not exist")
         if path.is_dir():
             raise ValueError(f"general frequency table {str(path)!r} is a directory, not a file")
+        refuse_special_input(path, "general frequency table")
         counts: dict[str, float] = {}
         with open(path, encoding="utf-8-sig", errors="strict") as handle:  # -sig: a leading BOM is no part of a word
             for number, line in enumerate(_decoded_lines(handle, path), start=1):

@@ -20,7 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ._io import atomic_write_bytes, atomic_write_json, check_writable, json_ready, read_json, same_file
+from ._io import (atomic_write_bytes, atomic_write_json, check_writable, json_ready, read_json, refuse_special_input,
+                  same_file)
 from .advice import DiffmaskWarning
 from .embedding import POOLINGS
 from .masking_base import check_probability
@@ -203,6 +204,7 @@ def read_terms(path: str | os.PathLike) -> list[str]:
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"terms file {str(path)!r} does not exist")
+    refuse_special_input(path, "terms")
     try:
         text = path.read_text(encoding="utf-8-sig")  # -sig: a BOM is no text
     except UnicodeDecodeError as error:

@@ -31,7 +31,7 @@ from tqdm.auto import tqdm
 
 from . import reference
 from ._checks import first_unnormalized, refuse_one_string, word_list
-from ._io import atomic_write_bytes, atomic_write_json, read_json
+from ._io import atomic_write_bytes, atomic_write_json, read_json, refuse_special_input
 from .advice import DiffmaskWarning
 from .anchors import Anchors
 from .contextual import ContextualAnchors, contextual_anchor_vectors
@@ -323,6 +323,7 @@ class ScoreTable:
             raise FileNotFoundError(f"word scores file {str(path)!r} does not exist")
         if path.is_dir():
             raise IsADirectoryError(f"word scores file {str(path)!r} is a folder; give the .npz or .json file in it")
+        refuse_special_input(path, "word scores")
         with open(path, "rb") as handle:
             start = handle.read(4)
         if start.startswith(b"PK"):

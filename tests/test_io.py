@@ -162,6 +162,35 @@ def test_a_pipe_or_device_is_refused_not_replaced(tmp_path):
     assert stat.S_ISFIFO(os.stat(pipe).st_mode) and sorted(os.listdir(tmp_path)) == ["pipe", "to-pipe"]
 
 
+def _saved_file_loaders():
+    from diffmask_fast.anchors import Anchors
+    from diffmask_fast.counting import WordCounts
+    from diffmask_fast.finetune import FinetuneReport, load_labeled
+    from diffmask_fast.general import GeneralFrequencies
+    from diffmask_fast.pretrain import read_terms
+    from diffmask_fast.scoring import ScoreTable
+
+    return {"word counts": WordCounts.load, "word scores": ScoreTable.load, "anchors": Anchors.load,
+            "general frequency table": GeneralFrequencies.from_file, "labelled data": load_labeled,
+            "terms": read_terms, "fine-tuning report": FinetuneReport.load}
+
+
+@pytest.mark.timeout(60, method="thread")
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="named pipes are POSIX")
+@pytest.mark.parametrize("what", list(_saved_file_loaders()))
+@pytest.mark.parametrize("special", ["pipe", "/dev/zero"])
+def test_a_pipe_or_device_given_as_a_saved_file_is_refused_not_read(tmp_path, what, special):
+    """Opening a named pipe waits for a writer, and /dev/zero never ends: either would hang the
+    load or exhaust memory."""
+    if special == "pipe":
+        special = tmp_path / "pipe"
+        os.mkfifo(special)
+    elif not os.path.exists(special):
+        pytest.skip(f"no {special}")
+    with pytest.raises(ValueError, match=f"{what} file '{special}' is a (pipe|device), not a regular file"):
+        _saved_file_loaders()[what](special)
+
+
 def test_a_name_with_a_nul_is_refused_before_any_work(tmp_path):
     from diffmask_fast._io import check_writable
 
