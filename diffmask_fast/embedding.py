@@ -22,7 +22,7 @@ from ._checks import refuse_one_string
 from .advice import DiffmaskWarning
 from .embedding_cache import EmbeddingCache, default_cache_dir
 from .hf_loading import (cached_hub_file, check_max_length, check_model_reference, check_vocabulary, eval_mode,
-                         model_name, model_reference, quiet_transformers, usable_device)
+                         model_name, model_reference, quiet_transformers, readable_weights, usable_device)
 from .tokenization import tokenize_texts
 
 #: How a word becomes a vector. ``pooled`` is the authors' choice: encode "[CLS] w [SEP]" alone
@@ -111,7 +111,8 @@ def load_encoder(name_or_path: str | os.PathLike | None = None):
     path = model_reference(name_or_path) if name_or_path is not None else default_model_path()
     check_model_reference(path)
     tokenizer = AutoTokenizer.from_pretrained(path)
-    with quiet_transformers():  # the report of the missing pooler is replaced by drop_untrained_pooler's
+    # The report of the missing pooler is replaced by drop_untrained_pooler's.
+    with quiet_transformers(), readable_weights(path):
         model, loading = AutoModel.from_pretrained(path, output_loading_info=True)
     drop_untrained_pooler(model, loading.get("missing_keys", ()), path)
     return model, tokenizer

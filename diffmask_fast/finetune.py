@@ -33,7 +33,8 @@ from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 from ._io import atomic_write_json, check_writable, file_sha256, read_json, refuse_special_input, same_file
-from .hf_loading import check_max_length, load_tokenizer, model_reference, quiet_transformers, usable_device
+from .hf_loading import (check_max_length, load_tokenizer, model_reference, quiet_transformers, readable_weights,
+                         usable_device)
 from .metrics import accuracy, macro_f1, mean_std
 
 __all__ = ["load_labeled", "finetune", "FinetuneReport", "SeedResult", "add_finetune_command",
@@ -290,7 +291,7 @@ def _load_classifier(model: str, id2label: dict[int, Any], label2id: dict[Any, i
     from transformers import AutoModelForSequenceClassification
 
     try:
-        with quiet_transformers():
+        with quiet_transformers(), readable_weights(model):
             classifier, loading = AutoModelForSequenceClassification.from_pretrained(
                 model_reference(model), num_labels=len(id2label), id2label=id2label, label2id=label2id,
                 ignore_mismatched_sizes=True, output_loading_info=True)

@@ -77,6 +77,19 @@ def quiet_transformers() -> Iterator[None]:
         hf_logging.set_verbosity(verbosity)
 
 
+@contextlib.contextmanager
+def readable_weights(model: str | os.PathLike) -> Iterator[None]:
+    """Turn the error of a damaged or cut-short weights file (safetensors raises an exception of
+    its own, neither OSError nor ValueError) into a ValueError naming the model."""
+    from safetensors import SafetensorError
+
+    try:
+        yield
+    except SafetensorError as error:
+        raise ValueError(f"cannot read the weights of {os.fspath(model)!r}: {error} (the weights file is damaged or "
+                         "was cut short; save or download it again)") from error
+
+
 def model_reference(model: str | os.PathLike) -> str:
     """``model`` as transformers must be given it: a path starting with "~" expanded (transformers
     would take "~/run" for a malformed hub id), anything else as it is."""

@@ -29,7 +29,7 @@ def load_masked_lm(name_or_path: str, *, init_mlm_head: bool = False, dtype: tor
     no masked-LM head, unless ``init_mlm_head`` (then the head is built by ``initialize_mlm_head``)."""
     from transformers import AutoConfig, AutoModelForMaskedLM
 
-    from .hf_loading import model_reference, quiet_transformers
+    from .hf_loading import model_reference, quiet_transformers, readable_weights
 
     name_or_path = model_reference(name_or_path)
     try:
@@ -41,7 +41,7 @@ def load_masked_lm(name_or_path: str, *, init_mlm_head: bool = False, dtype: tor
             f"{name_or_path!r} is a {config.model_type!r} model, which has no masked-LM head in transformers; "
             "continued MLM pretraining needs an encoder such as BERT, RoBERTa, DeBERTa or XLM-R"
         )
-    with quiet_transformers():  # the missing-weights report is replaced by the check below
+    with quiet_transformers(), readable_weights(name_or_path):  # the missing-weights report: see below
         model, info = AutoModelForMaskedLM.from_pretrained(name_or_path, output_loading_info=True, dtype=dtype)
     prefix = model.base_model_prefix + "."
     missing_head = sorted(k for k in info.get("missing_keys", ()) if not k.startswith(prefix))

@@ -115,6 +115,32 @@ def test_bad_input_gives_a_clear_error(tmp_path, capsys):
     assert "diffmask mine: error:" in capsys.readouterr().err
 
 
+def test_a_model_whose_weights_file_was_cut_short_is_named_not_a_traceback(tmp_path, capsys, tiny_bert_mlm,
+                                                                          bert_wordpiece):
+    """safetensors raises an exception of its own (no OSError or ValueError) for a damaged file."""
+    from diffmask_fast.embedding import load_encoder
+    from diffmask_fast.finetune import _load_classifier
+    from diffmask_fast.mlm_model import load_masked_lm
+
+    model = tmp_path / "model"
+    tiny_bert_mlm.save_pretrained(model)
+    bert_wordpiece.save_pretrained(model)
+    weights = model / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    damaged = f"cannot read the weights of '{model}': .* \\(the weights file is damaged or was cut short"
+    for load in (load_masked_lm, load_encoder, lambda path: _load_classifier(path, {0: "a", 1: "b"}, {"a": 0, "b": 1})):
+        with pytest.raises(ValueError, match=damaged):
+            load(str(model))
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("the enzyme binds the receptor\n" * 5)
+    anchors = tmp_path / "anchors.json"
+    assert main(["mine", str(corpus), "-k", "1", "--min-count", "1", "-o", str(anchors), "--no-progress"]) == 0
+    assert main(["score", str(corpus), "--anchors", str(anchors), "--model", str(model),
+                 "-o", str(tmp_path / "scores.npz"), "--no-progress"]) == 1
+    err = capsys.readouterr().err
+    assert "diffmask score: error: cannot read the weights of" in err and "Traceback" not in err
+
+
 def test_an_interrupt_says_how_to_carry_on(tmp_path, monkeypatch, capsys):
     import diffmask_fast.pretrain as pretrain_module
 
