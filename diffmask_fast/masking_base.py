@@ -10,6 +10,7 @@ DataLoader worker and distributed rank.
 from __future__ import annotations
 
 import itertools
+import math
 import numbers
 import os
 from dataclasses import dataclass, field
@@ -34,6 +35,22 @@ def check_probability(name: str, value: float) -> None:
         raise TypeError(f"{name} must be a number in [0, 1], got {value!r}")
     if not 0.0 <= value <= 1.0:  # also refuses NaN
         raise ValueError(f"{name} must be in [0, 1], got {value}")
+
+
+def check_loss_weight(name: str, value: Any) -> float:
+    """``value`` as a float after refusing what no float32 loss weight can hold: not a number, not
+    positive, or beyond float32's range (1e308 would fail at the first batch; 1e-50 becomes 0)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a number, got {value!r}")
+    weight = float(value)
+    if not (math.isfinite(weight) and weight > 0):
+        raise ValueError(f"{name} must be positive and finite, got {value}")
+    as_float32 = float(np.float32(weight)) if weight <= float(np.finfo(np.float32).max) else math.inf
+    if not 0 < as_float32 < math.inf:
+        raise ValueError(f"{name} must lie within float32's range (the loss weights' type), "
+                         f"{float(np.finfo(np.float32).smallest_subnormal):.3g} to {float(np.finfo(np.float32).max):.3g}, "
+                         f"got {value}")
+    return weight
 
 
 def check_seed(seed: Any) -> int | None:

@@ -24,7 +24,7 @@ from ._io import (atomic_write_bytes, atomic_write_json, check_writable, json_re
                   same_file)
 from .advice import DiffmaskWarning
 from .embedding import POOLINGS
-from .masking_base import check_probability
+from .masking_base import check_loss_weight, check_probability
 from .pretrain_data import MIN_MAX_LENGTH
 from .strategies import STEP_ONLY_STRATEGIES, STRATEGIES, build_strategy, check_strategy, resolve_mask_location
 
@@ -167,8 +167,8 @@ class PretrainConfig:
             raise ValueError(f"anchors_count must be at least 1, got {self.anchors_count}")
         if self.strategy in ("terms", "mslm"):
             check_probability("term_probability", self.term_probability)
-        if self.strategy == "mslm" and not (math.isfinite(self.term_weight) and self.term_weight > 0):
-            raise ValueError(f"term_weight must be positive and finite, got {self.term_weight}")
+        if self.strategy == "mslm":
+            check_loss_weight("term_weight", self.term_weight)
         if mines_terms:
             check_probability("term_top_fraction", self.term_top_fraction)
         defaults = {f.name: f.default for f in dataclasses.fields(self)}

@@ -24,7 +24,8 @@ import torch
 from . import ops
 from ._checks import refuse_one_string
 from .advice import DiffmaskWarning
-from .masking_base import MaskingCollatorBase, check_like_ids, check_probability, id_matrix, replace_selected
+from .masking_base import (MaskingCollatorBase, check_like_ids, check_loss_weight, check_probability, id_matrix,
+                           replace_selected)
 from .reference import has_letter, is_anchor_candidate, normalize_word
 from .tokenization import WordBoundaries, decode_words, tokenize_texts, special_token_table, word_boundaries
 
@@ -436,12 +437,7 @@ class MSLMCollator(MaskingCollatorBase):
 
     def __post_init__(self) -> None:
         check_probability("term_probability", self.term_probability)
-        try:
-            weight = float(self.term_weight)
-        except (TypeError, ValueError):
-            raise TypeError(f"term_weight must be a number, got {self.term_weight!r}") from None
-        if not (math.isfinite(weight) and weight > 0):
-            raise ValueError(f"term_weight must be positive and finite, got {self.term_weight}")
+        check_loss_weight("term_weight", self.term_weight)
         self.terms = _check_terms(self.terms)
         self._setup_base()
         self.matcher = TermMatcher(self.tokenizer, self.terms, boundaries=self.boundaries)

@@ -521,6 +521,7 @@ def test_ranks_draw_different_masks_from_one_seed(name, bert_wordpiece, monkeypa
     ({"anchors_count": 0}, "anchors_count must be at least 1"),
     ({"strategy": "mslm", "term_probability": 1.5}, r"term_probability must be in \[0, 1\]"),
     ({"strategy": "mslm", "term_weight": 0.0}, "term_weight must be positive"),
+    ({"strategy": "mslm", "term_weight": 1e308}, "term_weight must lie within float32's range"),
     ({"strategy": "mslm", "term_top_fraction": -0.1}, r"term_top_fraction must be in \[0, 1\]"),
     ({"seed": -1}, r"seed must be in \[0, 2\*\*32\), got -1"),
     ({"seed": 2**32}, r"seed must be in \[0, 2\*\*32\)"),

@@ -819,6 +819,14 @@ def test_errors(bert_wordpiece, tokenizer_without_mask):
     for weight in (float("nan"), -1.0, 0.0, float("inf")):
         with pytest.raises(ValueError, match="term_weight"):
             MSLMCollator(tokenizer, ["enzyme"], term_weight=weight)
+    for weight in (1e308, 1e-50):  # accepted, they would fail at the first batch, or weigh terms 0
+        with pytest.raises(ValueError, match="term_weight must lie within float32's range"):
+            MSLMCollator(tokenizer, ["enzyme"], term_weight=weight)
+    for weight in ("2", True, None):
+        with pytest.raises(TypeError, match="term_weight must be a number"):
+            MSLMCollator(tokenizer, ["enzyme"], term_weight=weight)
+    extreme = MSLMCollator(tokenizer, ["enzyme"], term_weight=3e38, term_probability=1.0)
+    assert extreme([tokenizer("the enzyme")["input_ids"]])["loss_weights"].max() == torch.tensor(3e38)
     with pytest.raises(ValueError, match="term_probability"):
         MSLMCollator(tokenizer, ["enzyme"], term_probability=1.2)
 
