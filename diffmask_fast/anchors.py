@@ -91,17 +91,41 @@ def _is_number(value) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
+def _is_count(value, least: int) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= least
+
+
 def _field_problem(anchors: Anchors) -> str | None:
-    """What is wrong with the fields of loaded anchors (JSON gives any type), or None."""
+    """What is wrong with the fields of loaded anchors (JSON gives any type, and a hand edit any
+    value), or None. Anchors are counted words: distinct, whole words of ``str.split()``, with
+    punctuation stripped (case is kept: counts made with ``lowercase=False`` keep it)."""
     for name in ("target_total", "general_total", "min_count", "smoothing_per_million"):
         if not _is_number(getattr(anchors, name)):
             return f"{name} must be a finite number, got {getattr(anchors, name)!r}"
+    for name, value, least in (("target_total", anchors.target_total, 1), ("min_count", anchors.min_count, 1)):
+        if not _is_count(value, least):
+            return f"{name} must be an integer of at least {least}, got {value!r}"
+    for name in ("general_total", "smoothing_per_million"):
+        if not getattr(anchors, name) > 0:
+            return f"{name} must be positive, got {getattr(anchors, name)!r}"
+    seen = set()
     for anchor in anchors:
-        if not isinstance(anchor.word, str) or not anchor.word:
-            return f"an anchor's word must be a non-empty string, got {anchor.word!r}"
+        if not isinstance(anchor.word, str) or anchor.word.split() != [anchor.word]:
+            return f"an anchor's word must be one word (non-empty, no whitespace), got {anchor.word!r}"
+        if reference.normalize_word(anchor.word, lowercase=False) != anchor.word:
+            return (f"anchor {anchor.word!r} is not a counted word (punctuation is stripped from words' ends: "
+                    f"{reference.normalize_word(anchor.word, lowercase=False)!r})")
+        if anchor.word in seen:
+            return f"anchor {anchor.word!r} is listed twice"
+        seen.add(anchor.word)
         for name in ("score", "target_count", "general_count"):
             if not _is_number(getattr(anchor, name)):
                 return f"the {name} of anchor {anchor.word!r} must be a finite number, got {getattr(anchor, name)!r}"
+        if not _is_count(anchor.target_count, 1) or anchor.target_count > anchors.target_total:
+            return (f"the target_count of anchor {anchor.word!r} must be an integer from 1 to target_total "
+                    f"({anchors.target_total:,}), got {anchor.target_count!r}")
+        if anchor.general_count < 0:
+            return f"the general_count of anchor {anchor.word!r} must not be negative, got {anchor.general_count!r}"
     return None
 
 

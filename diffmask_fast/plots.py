@@ -23,9 +23,9 @@ _ANCHOR_COLOR = "#1f4e9c"
 _UNIFORM_COLOR = "#555555"
 
 
-#: What a word's score is, by the score table's similarity (scoring.SIMILARITIES).
+#: What a word's score is, by the score table's similarity (scoring.TABLE_SIMILARITIES).
 _SCORE_MEANING = {"max": "similarity to the nearest anchor", "centroid": "similarity to the anchors' centroid",
-                  "mean": "mean similarity to the anchors"}
+                  "mean": "mean similarity to the anchors", "given": "the score given in the table"}
 
 
 def plot_masking_rates(rates: Sequence[WordMaskingRate], path: str | os.PathLike, mlm_probability: float,

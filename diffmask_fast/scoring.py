@@ -42,6 +42,8 @@ from .index import AnchorIndex, auto_kind, unit_rows
 from .tokenization import tokenize_texts
 
 SIMILARITIES = ("max", "centroid", "mean")
+#: What a table's scores are: one of SIMILARITIES, or "given" (made elsewhere: ``from_mapping``).
+TABLE_SIMILARITIES = SIMILARITIES + ("given",)
 SCORES_FORMAT = "diffmask_fast.word_scores/1"
 #: A high and a low surrogate code point in a row: JSON escapes join them into one character.
 _SURROGATE_PAIR = re.compile("[\ud800-\udbff][\udc00-\udfff]")
@@ -113,9 +115,16 @@ class _WordValues(Mapping):
         return f"<{len(self):,} words>"
 
 
+def _check_lowercase(lowercase: object) -> None:
+    """A saved "false" (a string) would read as true, and its table look up other keys."""
+    if not isinstance(lowercase, (bool, np.bool_)):
+        raise TypeError(f"lowercase must be true or false, got {lowercase!r}")
+
+
 def _check_normalized(words: Sequence[str], lowercase: bool) -> None:
     """Refuse keys that are not normalized words: the collator and ``score`` look up
     normalize_word(w), so a key "Enzyme" or "receptor," could never be found."""
+    _check_lowercase(lowercase)
     found = first_unnormalized(words, lowercase)
     if found is not None:
         raise ValueError(f"score table keys must be normalized words (reference.normalize_word): {found[0]!r} would "
@@ -197,7 +206,10 @@ class ScoreTable:
             raise ValueError(f"word scores must be finite (and within float32's range, as the table holds them); "
                              f"{int((~np.isfinite(stored)).sum())} are not (e.g. {bad!r})")
         check_unknown_score(unknown_score)
-        anchors = tuple(anchors)
+        if similarity not in TABLE_SIMILARITIES:
+            raise ValueError(f"a score table's similarity is one of {', '.join(TABLE_SIMILARITIES)}, got {similarity!r}")
+        _check_lowercase(lowercase)
+        anchors = tuple(word_list(anchors, "anchors", "a list of anchor words"))
         if nearest is not None:
             _check_nearest(np.asarray(nearest), words, len(anchors))
         self._words: list[str] = words
@@ -334,11 +346,11 @@ class ScoreTable:
         with _fields_of(path):
             scores = {w: float(s) for w, s in payload["scores"].items()}
             words = sorted(scores)
-            lowercase = bool(payload["lowercase"])
+            lowercase = payload["lowercase"]
             nearest = payload.get("nearest_anchor") or {}
             return cls.from_arrays(
                 words, [scores[w] for w in words], [int(nearest.get(w, -1)) for w in words], sorted_unique=True,
-                anchors=tuple(payload["anchors"]), similarity=str(payload["similarity"]),
+                anchors=payload["anchors"], similarity=payload["similarity"],
                 unknown_score=float(payload["unknown_score"]), lowercase=lowercase, info=dict(payload.get("info") or {}),
             )
 
@@ -374,8 +386,8 @@ class ScoreTable:
         if any(a >= b for a, b in zip(words, itertools.islice(words, 1, None))):
             raise invalid("words are not sorted and distinct")
         with _fields_of(path):
-            anchors, similarity = tuple(meta["anchors"]), str(meta["similarity"])
-            unknown_score, lowercase = float(meta["unknown_score"]), bool(meta["lowercase"])
+            anchors, similarity = meta["anchors"], meta["similarity"]
+            unknown_score, lowercase = float(meta["unknown_score"]), meta["lowercase"]
             if meta.get("keys_normalized") is not True:
                 _check_normalized(words, lowercase)
             table = cls.__new__(cls)

@@ -3,6 +3,7 @@
 import gzip
 import json
 import random
+import re
 import warnings
 from pathlib import Path
 
@@ -314,13 +315,36 @@ def test_general_table_file_with_a_bom_or_bad_bytes(tmp_path):
     assert GeneralFrequencies.from_file(table).counts == {"the": 100.0, "enzyme": 3.0}
 
 
-@pytest.mark.parametrize("damage", ["no anchors key", "anchor field missing", "unknown field", "total as text",
-                                    "count as text", "word as number"])
-def test_a_damaged_anchors_file_is_a_clear_error(tmp_path, damage):
+@pytest.mark.parametrize("damage, problem", [
+    ("no anchors key", "anchors"), ("anchor field missing", "score"), ("unknown field", "colour"),
+    ("total as text", "target_total must be a finite number"), ("count as text", "target_count"),
+    ("word as number", "must be one word"),
+    ("duplicate anchor", "anchor 'enzyme' is listed twice"),
+    ("two words", "must be one word (non-empty, no whitespace), got 'two words'"),
+    ("empty word", "must be one word"),
+    ("punctuation", "anchor 'enzyme,' is not a counted word"),
+    ("negative count", "target_count of anchor 'cell' must be an integer from 1 to target_total (15), got -5"),
+    ("count beyond total", "got 16"), ("fractional count", "got 2.5"),
+    ("negative general count", "general_count of anchor 'enzyme' must not be negative"),
+    ("zero total", "target_total must be an integer of at least 1, got 0"),
+    ("min count zero", "min_count must be an integer of at least 1"),
+    ("zero smoothing", "smoothing_per_million must be positive"),
+])
+def test_a_damaged_anchors_file_is_a_clear_error(tmp_path, damage, problem):
     path = tmp_path / "anchors.json"
     mine_anchors(WordCounts.from_mapping({"enzyme": 10, "cell": 5}, 1), k=2, min_count=1).save(path)
     payload = json.loads(path.read_text())
-    if damage == "no anchors key":
+    first, second = payload["anchors"]
+    edits = {"duplicate anchor": (second, "word", "enzyme"), "two words": (first, "word", "two words"),
+             "empty word": (first, "word", ""), "punctuation": (first, "word", "enzyme,"),
+             "negative count": (second, "target_count", -5), "count beyond total": (second, "target_count", 16),
+             "fractional count": (second, "target_count", 2.5),
+             "negative general count": (first, "general_count", -1.0), "zero total": (payload, "target_total", 0),
+             "min count zero": (payload, "min_count", 0), "zero smoothing": (payload, "smoothing_per_million", 0.0)}
+    if damage in edits:
+        record, field, value = edits[damage]
+        record[field] = value
+    elif damage == "no anchors key":
         del payload["anchors"]
     elif damage == "anchor field missing":
         del payload["anchors"][0]["score"]
@@ -333,7 +357,7 @@ def test_a_damaged_anchors_file_is_a_clear_error(tmp_path, damage):
     else:
         payload["colour"] = "blue"
     path.write_text(json.dumps(payload))
-    with pytest.raises(ValueError, match="not a valid anchors file"):
+    with pytest.raises(ValueError, match="not a valid anchors file: .*" + re.escape(problem)):
         Anchors.load(path)
 
 

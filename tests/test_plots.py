@@ -119,7 +119,8 @@ def drawn_figure(monkeypatch):
 
 @pytest.mark.parametrize("similarity, meaning", [("max", "similarity to the nearest anchor"),
                                                  ("centroid", "similarity to the anchors' centroid"),
-                                                 ("mean", "mean similarity to the anchors")])
+                                                 ("mean", "mean similarity to the anchors"),
+                                                 ("given", "the score given in the table")])
 def test_the_picture_says_what_the_scores_are_and_which_words_are_anchors(bert_wordpiece, tmp_path, seed,
                                                                            monkeypatch, similarity, meaning):
     """A centroid- or mean-scored table names no nearest anchor: its anchors were drawn as words,

@@ -475,8 +475,17 @@ def test_broken_score_files_are_rejected(tmp_path):
         ScoreTable.load(tmp_path / "missing.npz")
 
 
+#: Hand edits of a score file's settings that would be read as something else, and what is said.
+SETTING_DAMAGE = {
+    "lowercase as text": ("lowercase", "false", "lowercase must be true or false, got 'false'"),
+    "anchors as one string": ("anchors", "enzyme", "anchors must be a list of anchor words, not one string"),
+    "anchor as a number": ("anchors", [7], "anchors must be words (strings), got 7"),
+    "unknown similarity": ("similarity", "cosine", "similarity is one of max, centroid, mean, given, got 'cosine'"),
+}
+
+
 @pytest.mark.parametrize("damage", ["similarity missing", "scores as a list", "score as text", "key not normalized",
-                                    "nearest beyond the anchors"])
+                                    "nearest beyond the anchors", *SETTING_DAMAGE])
 def test_a_damaged_score_file_names_what_is_wrong(tmp_path, damage):
 
     path = tmp_path / "scores.json"
@@ -490,14 +499,45 @@ def test_a_damaged_score_file_names_what_is_wrong(tmp_path, damage):
         payload["scores"]["cell"] = "high"
     elif damage == "key not normalized":
         payload["scores"]["Receptor,"] = 0.7
+    elif damage in SETTING_DAMAGE:
+        field, value, _ = SETTING_DAMAGE[damage]
+        payload[field] = value
     else:
         payload["nearest_anchor"]["cell"] = 1
     path.write_text(json.dumps(payload))
-    with pytest.raises(ValueError, match="scores.json' is not a valid word-scores file: .*"
-                       + {"similarity missing": "similarity", "scores as a list": "list", "score as text": "high",
-                          "key not normalized": "'Receptor,' would be looked up as 'receptor'",
-                          "nearest beyond the anchors": "index the table's 1 anchors.*1 for 'cell'"}[damage]):
+    problems = {"similarity missing": "similarity", "scores as a list": "list", "score as text": "high",
+                "key not normalized": "'Receptor,' would be looked up as 'receptor'",
+                "nearest beyond the anchors": "index the table's 1 anchors.*1 for 'cell'",
+                **{name: re.escape(problem) for name, (_, _, problem) in SETTING_DAMAGE.items()}}
+    with pytest.raises(ValueError, match="scores.json' is not a valid word-scores file: .*" + problems[damage]):
         ScoreTable.load(path)
+
+
+@pytest.mark.parametrize("damage", list(SETTING_DAMAGE))
+def test_a_binary_score_file_with_damaged_settings_names_what_is_wrong(tmp_path, damage):
+    path = tmp_path / "scores.npz"
+    ScoreTable({"enzyme": 0.9, "cell": 0.5}, anchors=["enzyme"]).save(path)
+    with np.load(path) as archive:
+        arrays = dict(archive)
+    field, value, problem = SETTING_DAMAGE[damage]
+    meta = {**json.loads(arrays["meta"].tobytes()), field: value}
+    arrays["meta"] = np.frombuffer(json.dumps(meta).encode(), np.uint8)
+    np.savez(path, **arrays)
+    with pytest.raises(ValueError, match="scores.npz' is not a valid word-scores file: .*" + re.escape(problem)):
+        ScoreTable.load(path)
+
+
+def test_a_table_made_by_hand_takes_only_the_settings_a_table_can_have(tmp_path):
+    with pytest.raises(ValueError, match="similarity is one of max, centroid, mean, given, got 'nearest'"):
+        ScoreTable({"enzyme": 0.9}, similarity="nearest")
+    with pytest.raises(TypeError, match="lowercase must be true or false, got 'no'"):
+        ScoreTable.from_arrays(["enzyme"], [0.9], lowercase="no")
+    with pytest.raises(TypeError, match="anchors must be words"):
+        ScoreTable({"enzyme": 0.9}, anchors=[("enzyme", 2.0)])
+    given = ScoreTable.from_mapping({"Enzyme": 0.9})
+    assert given.similarity == "given"
+    given.save(tmp_path / "given.npz")
+    assert ScoreTable.load(tmp_path / "given.npz") == given
 
 
 def test_a_binary_score_file_without_its_settings_is_named(tmp_path):
