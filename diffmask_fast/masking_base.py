@@ -406,11 +406,27 @@ def _check_lengths(values: list, lengths: np.ndarray, field_name: str) -> None:
 def _flatten(sequences: list, total: int, field_name: str) -> np.ndarray:
     """Concatenate the examples' sequences of integers (lists, numpy arrays or tensors, mixed
     freely) into one int64 array of ``total`` items; anything but integers is refused."""
+    if field_name == "input_ids":  # a list of booleans is a mask passed where the ids go
+        flags = next((index for index, s in enumerate(sequences) if _starts_with_a_bool(s)), None)
+        if flags is not None:
+            raise TypeError(_not_integers(field_name, flags, "bool"))
     if all(isinstance(s, list) for s in sequences) and _all_integers(sequences):
-        return np.fromiter(itertools.chain.from_iterable(sequences), dtype=np.int64, count=total)
+        try:
+            return np.fromiter(itertools.chain.from_iterable(sequences), dtype=np.int64, count=total)
+        except OverflowError:
+            raise ValueError(f"field {field_name!r} holds integers beyond int64's range; token ids and masks are "
+                             "small non-negative integers") from None
     # Example by example, so that an error names the example.
     arrays = [_integer_array(s, field_name, index) for index, s in enumerate(sequences)]
     return np.concatenate(arrays).astype(np.int64, copy=False)
+
+
+def _starts_with_a_bool(sequence: Any) -> bool:
+    """Whether a sequence's first item is a boolean (read at its first item only: a per-item
+    check would cost a Python loop over the batch)."""
+    if isinstance(sequence, (torch.Tensor, np.ndarray)):
+        return sequence.dtype in (torch.bool, np.bool_)
+    return len(sequence) > 0 and isinstance(sequence[0], (bool, np.bool_))
 
 
 def _all_integers(lists: list[list]) -> bool:

@@ -484,7 +484,10 @@ def word_hash(token_ids: Sequence[int]) -> int:
     h = 0x9E3779B97F4A7C15; for each id: h = splitmix64_finalizer(h ^ id); 0 becomes 1 (0 marks
     empty table slots). Lets callers insert scores for known words without running the op.
     """
-    ids = [int(i) for i in token_ids]
+    given = list(token_ids)
+    ids = [_as_integer(i) for i in given]
+    if None in ids:
+        raise TypeError(f"word_hash: token ids must be integers, got {given[ids.index(None)]!r}")
     if not ids:
         raise ValueError("word_hash: a word has at least one token")
     outside = next((i for i in ids if not -(2**63) <= i < 2**63), None)
@@ -635,7 +638,8 @@ def difference_mask(
     ``similarity`` (max(s, 0)) or ``rank``, mixed with uniform by ``uniform_mix``; the budget is
     mlm_probability * n_words rounded stochastically; words are drawn by successive sampling and
     every token of a drawn word is masked and replaced 80/10/10 (random ids from
-    random_token_ids [R] int64).
+    random_token_ids [R] int64). ``mask_token_id`` and the random ids are written as given, not
+    checked against the vocabulary (the collators take them from the tokenizer).
 
     ``misses`` lists one occurrence of every distinct absent word; insert their scores and call
     again with the same ``seed`` to get exactly the result of a warm table. ``seed`` (int64)

@@ -185,6 +185,21 @@ def test_a_batch_of_ids_that_are_no_integers_is_refused(kind, dtype, bert_wordpi
 
 
 @pytest.mark.parametrize("kind", COLLATORS)
+def test_examples_of_booleans_or_of_ids_beyond_int64_are_refused(kind, bert_wordpiece):
+    """Collated from lists (as a DataLoader gives them), a list of booleans would be masked as ids
+    0 and 1, and an id of 2**63 stopped numpy with a bare OverflowError."""
+    collator = collator_of(kind, bert_wordpiece, 0)
+    ids = bert_wordpiece(TEXTS)["input_ids"]
+    for flags in ([True, False, True], np.array([True, False]), torch.tensor([True, False])):
+        with pytest.raises(TypeError, match="field 'input_ids' of example 1 holds bool values"):
+            collator([ids[0], flags])
+    with pytest.raises(ValueError, match="field 'input_ids' holds integers beyond int64's range"):
+        collator([ids[0], [2, 2**63, 3]])
+    masks = [{"input_ids": row, "attention_mask": [True] * len(row)} for row in ids]
+    assert collator(masks)["attention_mask"].sum() == sum(map(len, ids)), "a boolean attention mask is fine"
+
+
+@pytest.mark.parametrize("kind", COLLATORS)
 def test_never_word_must_have_the_shape_of_the_batch(kind, bert_wordpiece):
     ids = bert_wordpiece(TEXTS, padding=True, return_tensors="pt")["input_ids"]
     collator = collator_of(kind, bert_wordpiece, 0)

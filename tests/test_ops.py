@@ -569,6 +569,10 @@ def test_word_hash_properties():
     for outside in (2**63, -(2**63) - 1, 2**64 + 1):  # would wrap onto the hash of another id
         with pytest.raises(ValueError, match=f"token ids are int64 values, got {outside}"):
             ops.word_hash([3, outside])
+    for not_an_id in (1.7, True, "3", None):  # 1.7 and True were hashed as the id 1
+        with pytest.raises(TypeError, match="word_hash: token ids must be integers, got"):
+            ops.word_hash([3, not_an_id])
+    assert ops.word_hash(torch.tensor([7, 8])) == ops.word_hash((np.int32(7), 8))
 
 
 def test_group_words_errors():
