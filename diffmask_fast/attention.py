@@ -30,7 +30,7 @@ import torch
 from .attention_weights import check_layer, first_token_row, switched_attention
 from .hf_loading import eval_mode
 from .masking_base import (check_batch_ids, check_like_ids, check_probability, check_replacement, check_seed,
-                           distributed_rank, replace_selected)
+                           distributed_rank, pinned_seed, replace_selected, resume_counts)
 from .tokenization import WordBoundaries, word_boundaries
 
 __all__ = ["AttentionMasker", "ORDERS"]
@@ -141,7 +141,7 @@ class AttentionMasker(torch.nn.Module):
     def resume_at(self, step: int, calls_per_step: int = 1, calls_made: int | None = None) -> None:
         """Draw new streams in a run resumed at optimizer ``step`` (``MaskingTrainer`` calls
         this): a seeded stream would otherwise start over and replay the first steps' draws."""
-        self._resumed_at = int(step)
+        self._resumed_at, _, _ = resume_counts(step, calls_per_step, calls_made)
         self._generators = {}
 
     # -- pickling: generators are rebuilt on first use ------------------------------------------
@@ -288,7 +288,7 @@ class AttentionMasker(torch.nn.Module):
         """Inside, draw from ``seed`` alone, the same in every rank (for masking a validation set
         identically everywhere); outside, the training draws go on where they were."""
         saved = self._generators, self._pinned_seed
-        self._generators, self._pinned_seed = {}, int(seed)
+        self._generators, self._pinned_seed = {}, pinned_seed(seed)
         try:
             yield self
         finally:

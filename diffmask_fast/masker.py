@@ -24,7 +24,8 @@ import torch
 
 from . import ops
 from .collator import DifferenceMaskingCollator
-from .masking_base import check_batch_ids, check_id_dtype, check_like_ids, distributed_rank
+from .masking_base import (check_batch_ids, check_id_dtype, check_like_ids, distributed_rank, pinned_seed,
+                           resume_counts)
 from .scoring import ScoreTable
 from .tokenization import tokenize_texts
 
@@ -210,7 +211,8 @@ class DifferenceMasker(torch.nn.Module):
         calls made before (``calls_made``; ``step * calls_per_step`` when not given) are taken as
         made, whatever this masker counted or loaded, so the masks are those of the run
         uninterrupted."""
-        self.calls_made.fill_(int(step) * int(calls_per_step) if calls_made is None else int(calls_made))
+        step, calls_per_step, calls_made = resume_counts(step, calls_per_step, calls_made)
+        self.calls_made.fill_(step * calls_per_step if calls_made is None else calls_made)
         self._reseed()
 
     def _reseed(self) -> None:
@@ -319,7 +321,8 @@ class DifferenceMasker(torch.nn.Module):
         counts go on where they were. Words learned inside stay learned."""
         saved = {name: getattr(self, name).clone()
                  for name in ("seed_state", "calls_made", "words_seen", "words_missed")}
-        self.seed_state.fill_(int(torch.randint(0, 2**62, (), generator=torch.Generator().manual_seed(int(seed)))))
+        seed = pinned_seed(seed)
+        self.seed_state.fill_(int(torch.randint(0, 2**62, (), generator=torch.Generator().manual_seed(seed))))
         try:
             yield self
         finally:

@@ -53,6 +53,29 @@ def check_loss_weight(name: str, value: Any) -> float:
     return weight
 
 
+def check_count(name: str, value: Any) -> int:
+    """``value`` as a Python int after refusing what is no count: a step of 1.7 would be taken
+    as 1, silently, and a negative one would replay another run's draws."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be an integer, got {value!r}")
+    if value < 0:
+        raise ValueError(f"{name} must not be negative, got {value}")
+    return int(value)
+
+
+def resume_counts(step: Any, calls_per_step: Any, calls_made: Any) -> tuple[int, int, int | None]:
+    """``resume_at``'s arguments, checked (see ``check_count``)."""
+    return (check_count("step", step), check_count("calls_per_step", calls_per_step),
+            None if calls_made is None else check_count("calls_made", calls_made))
+
+
+def pinned_seed(seed: Any) -> int:
+    """A ``pinned_generator`` seed: an integer seed, never None (there is no unpinned pin)."""
+    if seed is None:
+        raise TypeError("a pinned generator needs an integer seed, got None")
+    return check_seed(seed)
+
+
 def check_seed(seed: Any) -> int | None:
     """``seed`` as a Python int (numpy integers included), or None; anything else is refused
     here rather than failing inside a DataLoader worker on the first batch. Seeds lie in
@@ -281,7 +304,7 @@ class MaskingCollatorBase:
         """Draw new streams in a run resumed at optimizer ``step`` (``MaskingTrainer`` calls
         this): a seeded stream would otherwise start over and replay the first steps' draws.
         A pinned stream stays pinned."""
-        self._resumed_at = int(step)
+        self._resumed_at, _, _ = resume_counts(step, calls_per_step, calls_made)
         self._generators = {}
 
     def pin_generator(self, seed: int | None) -> None:

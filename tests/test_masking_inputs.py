@@ -6,6 +6,7 @@ from __future__ import annotations
 import functools
 import pickle
 import random
+import re
 
 import numpy as np
 import pytest
@@ -182,6 +183,27 @@ def test_a_batch_of_ids_that_are_no_integers_is_refused(kind, dtype, bert_wordpi
     with pytest.raises(TypeError, match=f"input_ids holds {dtype} values; token ids must be integers"):
         mask((ids % 2).to(dtype))
     assert mask(torch.zeros((2, 0), dtype=dtype))[0 if kind not in COLLATORS else "labels"].shape == (2, 0)
+
+
+@pytest.mark.parametrize("kind", COLLATORS + ["device", "attention"])
+def test_a_resume_step_or_pinned_seed_that_is_no_count_is_refused(kind, bert_wordpiece):
+    """A step of 1.7 was taken as 1 and a pinned seed of 1.5 as 1, silently; a negative step
+    would draw from another run's stream."""
+    masker = masker_of(kind, bert_wordpiece, 0)
+    for bad in (1.7, True, "3"):
+        with pytest.raises(TypeError, match=f"step must be an integer, got {re.escape(repr(bad))}"):
+            masker.resume_at(bad)
+    with pytest.raises(ValueError, match="step must not be negative, got -1"):
+        masker.resume_at(-1)
+    with pytest.raises(TypeError, match="calls_per_step must be an integer, got 2.5"):
+        masker.resume_at(3, 2.5)
+    with pytest.raises(ValueError, match="calls_made must not be negative"):
+        masker.resume_at(3, 1, calls_made=-4)
+    masker.resume_at(np.int64(3), 2)
+    if kind in ("device", "attention"):
+        for bad, error in ((1.5, TypeError), (-1, ValueError), (None, TypeError)):
+            with pytest.raises(error, match="seed"), masker.pinned_generator(bad):
+                pass
 
 
 @pytest.mark.parametrize("kind", COLLATORS)
