@@ -13,6 +13,9 @@ With ``label_smoothing`` each masked token's loss is the smoothed cross-entropy 
 
 from __future__ import annotations
 
+import math
+import numbers
+
 import torch
 
 
@@ -24,7 +27,12 @@ def weighted_mlm_loss(
     label_smoothing: float = 0.0,
 ) -> torch.Tensor:
     """``logits`` [B, L, V], ``labels`` [B, L] (-100 = not masked), ``weights`` [B, L] (read only
-    where labels != -100; must be finite and non-negative there); ``label_smoothing`` in [0, 1)."""
+    where labels != -100; must be finite and non-negative there); ``label_smoothing`` in [0, 1);
+    ``num_items`` a count (a tensor on the GPU is not read, so as not to wait for it)."""
+    for name, value in (("logits", logits), ("labels", labels), ("loss_weights", weights)):
+        if not torch.is_tensor(value):
+            raise TypeError(f"{name} must be a tensor, got {type(value).__name__}")
+    _check_num_items(num_items)
     if logits.ndim != 3 or labels.shape != logits.shape[:2]:
         raise ValueError(f"logits must be [B, L, V] and labels [B, L]; got {tuple(logits.shape)} and {tuple(labels.shape)}")
     if weights.shape != labels.shape:
@@ -51,3 +59,16 @@ def weighted_mlm_loss(
     if torch.is_tensor(num_items):
         num_items = num_items.to(total.device, total.dtype)
     return total / torch.clamp(torch.as_tensor(num_items, dtype=total.dtype, device=total.device), min=1.0)
+
+
+def _check_num_items(num_items) -> None:
+    """Refuse a count of masked tokens that is none: NaN made the loss NaN, and a negative count
+    was taken as 1, silently. A tensor on the GPU is left unread (reading it would synchronize)."""
+    if num_items is None or (torch.is_tensor(num_items) and num_items.device.type != "cpu"):
+        return
+    if torch.is_tensor(num_items):
+        if num_items.numel() != 1:
+            raise ValueError(f"num_items must be one count, got a tensor of shape {tuple(num_items.shape)}")
+        num_items = num_items.item()
+    if isinstance(num_items, bool) or not isinstance(num_items, numbers.Real) or not 0 <= num_items < math.inf:
+        raise ValueError(f"num_items must be a finite non-negative count of masked tokens, got {num_items!r}")

@@ -8,6 +8,7 @@ import math
 import os
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -388,6 +389,14 @@ def test_weighted_loss_is_sum_of_weighted_token_losses_over_masked_count(seed, t
     unmasked = weights.clone()
     unmasked[labels == -100] = float("nan")  # read only where tokens are masked
     assert float(weighted_mlm_loss(logits, labels, unmasked)) == pytest.approx(expected / count, rel=1e-5)
+    for bad in (float("nan"), -3, float("inf"), torch.tensor(-3), True, "50"):  # NaN gave NaN, -3 divided by 1
+        with pytest.raises(ValueError, match="num_items must be a finite non-negative count of masked tokens"):
+            weighted_mlm_loss(logits, labels, weights, num_items=bad)
+    for same in (np.int64(50), torch.tensor(50), 50.0):
+        assert float(weighted_mlm_loss(logits, labels, weights, num_items=same)) == pytest.approx(expected / 50,
+                                                                                                  rel=1e-5)
+    with pytest.raises(TypeError, match="loss_weights must be a tensor, got list"):
+        weighted_mlm_loss(logits, labels, weights.tolist())
 
 
 def test_label_smoothing_applies_to_each_masked_token_before_its_weight(seed, tiny_bert_mlm, tmp_path):
