@@ -55,6 +55,10 @@ class GeneralFrequencies:
             word = list(self.counts)[int(np.flatnonzero(bad)[0])]
             raise ValueError(f"general counts must be finite and non-negative; {int(bad.sum())} are not "
                              f"(e.g. {word!r}: {self.counts[word]!r})")
+        counted = float(values.sum())
+        if counted > self.total * (1 + 1e-9):  # frequencies above 1 in sum: the total is of another corpus
+            raise ValueError(f"the general corpus total ({self.total:,.6g}) is less than the sum of its counts "
+                             f"({counted:,.6g}); the total is the size of the corpus the counts were made on")
 
     def count(self, word: str) -> float:
         """c_G(w), with compounds of known parts counted as their rarest part (reference.general_count)."""

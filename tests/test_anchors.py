@@ -138,6 +138,8 @@ def test_general_table_from_file(tmp_path):
     table = GeneralFrequencies.from_file(path)
     assert table.count("the") == 15 and table.total == 17.5
     assert GeneralFrequencies.from_file(path, total=1000).relative("enzyme") == 0.0025
+    with pytest.raises(ValueError, match=re.escape("total (10) is less than the sum of its counts (17.5)")):
+        GeneralFrequencies.from_file(path, total=10)  # relative frequencies summing past 1
     for bad, message in [("word 10\n", "expected 'word<TAB>count'"), ("word\tmany\n", "not a number"),
                          ("word\t-3\n", "non-negative"), ("word\tnan\n", "non-negative"), ("\n# only\n", "no entries")]:
         path.write_text(bad)
