@@ -207,7 +207,7 @@ def _check_apart(args, outputs: tuple[str, ...], inputs: tuple[str, ...], corpus
 
 def _check_score_settings(args) -> None:
     """Refuse, before counting and embedding, the score options the index or embedder would."""
-    from .hf_loading import check_model_reference
+    from .hf_loading import check_model_reference, usable_device
     from .index import check_index_options
 
     options = {"recall_target": args.recall_target, "nlist": args.nlist, "nprobe": args.nprobe,
@@ -230,6 +230,8 @@ def _check_score_settings(args) -> None:
     for model in (args.model, args.tokenizer):
         if model is not None:
             check_model_reference(model)
+    if args.device is not None:
+        usable_device(args.device)
 
 
 def _check_masking_settings(args) -> None:

@@ -372,6 +372,8 @@ def test_options_that_would_be_ignored_or_refused_late_are_refused_first(tmp_pat
          "--text-field, --scheduler choose how a corpus is counted; --counts gives counts already"),
         (["score", "--counts", str(counts), "--anchors", str(tmp_path / "a.json"), "-o", str(tmp_path / "s.npz"),
           "--text-field", "body"], "--text-field chooses how a corpus is read"),
+        (["score", str(corpus), "--anchors", str(tmp_path / "a.json"), "-o", str(tmp_path / "s.npz"),
+          "--device", "bogus"], "unknown device 'bogus'"),
     ]
     for argv, message in cases:
         assert main(argv) == 1, argv
