@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import numbers
-from typing import Any, Mapping, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -278,6 +278,11 @@ class DifferenceMasker(torch.nn.Module):
         """
         if batch_size < 1:
             raise ValueError(f"batch_size must be positive, got {batch_size}")
+        if max_length is not None and max_length < 1:
+            raise ValueError(f"max_length must be positive (or None), got {max_length}")
+        if not isinstance(data, Iterable):
+            raise TypeError(f"warm takes texts, token-id sequences, example dicts or batches, got "
+                            f"{type(data).__name__} {data!r:.60}")
         if isinstance(data, (str, Mapping)) or _is_batch(data) or _is_one_sequence(data):
             data = [data]
         texts: list[str] = []
@@ -362,8 +367,8 @@ class DifferenceMasker(torch.nn.Module):
             raise ValueError(f"input_ids must be a [batch, length] matrix, got shape {tuple(input_ids.shape)}")
         vocabulary = self.collator.boundaries.vocab_size
         never = (input_ids < 0) | (input_ids >= vocabulary)
-        if attention_mask is not None:
-            never |= torch.as_tensor(attention_mask).detach().cpu() == 0
+        if attention_mask is not None:  # [1, L] or [L] would broadcast over every row, silently
+            never |= check_like_ids(input_ids, torch.as_tensor(attention_mask).detach().cpu(), "attention_mask") == 0
         ids = input_ids.clamp(0, vocabulary - 1)
         # The collator's mask() decodes and scores every word its table lacks, until none is left.
         self.collator.mask(ids, never)

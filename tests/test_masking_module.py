@@ -520,6 +520,15 @@ def test_warm_refuses_what_it_cannot_read(bert_wordpiece, lines):
         masker.warm({"input_ids": [[2, 141, 3], [2, 141, 3]], "attention_mask": [[1, 1, 1]]})
     with pytest.raises(TypeError, match="not a text or a sequence of token ids"):
         masker.warm([2, 141, 3])
+    batch = torch.tensor([[2, 141, 3, 0], [2, 141, 141, 3]])
+    for mask in (torch.ones(2, 2), torch.ones(4), torch.ones(1, 4)):  # would broadcast, or fail in torch
+        with pytest.raises(ValueError, match=r"attention_mask must have the shape of input_ids \(2, 4\)"):
+            masker.warm({"input_ids": batch, "attention_mask": mask})
+    for data in (5, 5.5, None):
+        with pytest.raises(TypeError, match="warm takes texts, token-id sequences, example dicts or batches, got"):
+            masker.warm(data)
+    with pytest.raises(ValueError, match="max_length must be positive \\(or None\\), got -1"):
+        masker.warm(lines[:2], max_length=-1)
 
 
 @pytest.mark.parametrize("data", [
