@@ -161,7 +161,8 @@ def plot_pretraining(summaries: Mapping[str, dict], path: str | os.PathLike,
 
 def _draw_losses(axes, summaries: Mapping[str, dict], training: bool) -> None:
     """Validation loss (markers) and, with ``training``, training loss (a thin line of the same
-    colour) of each run against its steps."""
+    colour, with a dot at a point that has no neighbour to join, such as a lone logged loss) of each
+    run against its steps."""
     from matplotlib import rcParams
 
     colors = rcParams["axes.prop_cycle"].by_key()["color"]
@@ -173,8 +174,11 @@ def _draw_losses(axes, summaries: Mapping[str, dict], training: bool) -> None:
                       label=f"{name}, validation" if training else name)
         trained = _training_curve(summary) if training else []
         if trained:
-            axes.plot([step for step, _ in trained], [loss for _, loss in trained], linewidth=1, alpha=0.6,
-                      color=color, label=f"{name}, training")
+            losses = [loss for _, loss in trained]
+            alone = [i for i, loss in enumerate(losses) if math.isfinite(loss) and not any(
+                0 <= j < len(losses) and math.isfinite(losses[j]) for j in (i - 1, i + 1))]  # no line reaches it
+            axes.plot([step for step, _ in trained], losses, linewidth=1, alpha=0.6, color=color,
+                      marker="o" if alone else None, markersize=4, markevery=alone or None, label=f"{name}, training")
     axes.set_xlabel("pretraining step")
     axes.set_ylabel("MLM loss" + ("" if training else " on validation (each on its own masks)"))
     axes.legend(fontsize=9)

@@ -307,3 +307,21 @@ def test_the_masking_rate_picture_draws_rates_against_scores(tmp_path, monkeypat
     assert [patch.get_width() for patch in bars.patches] == pytest.approx([0.6, 0.9]), "bar length = rate"
     [words] = dots.collections
     np.testing.assert_allclose(np.asarray(words.get_offsets()), [[r.score, r.rate] for r in rates])
+
+
+def test_a_lone_training_loss_is_drawn_as_a_dot(tmp_path, monkeypatch):
+    """A line through one point draws nothing: a run that logged one training loss, or a loss between
+    diverged (NaN) ones, gets a dot there; a line that joins its points gets none."""
+    from diffmask_fast.plots import plot_pretraining
+
+    kept = drawn_figure(monkeypatch)
+    runs = {"one": {"validation_loss_before": 9.0, "log_history": [{"step": 5, "loss": 8.5}, {"step": 5, "eval_loss": 8.0}]},
+            "gap": {"validation_loss_before": 9.0, "log_history": [{"step": 5, "loss": 8.0}, {"step": 10, "loss": None},
+                                                                   {"step": 15, "loss": 7.5}, {"step": 20, "loss": 7.0}]},
+            "joined": {"validation_loss_before": 9.0, "log_history": [{"step": 5, "loss": 8.0}, {"step": 10, "loss": 7.5}]}}
+    plot_pretraining(runs, tmp_path / "losses.png")
+    training = {line.get_label(): line for line in kept[0].axes[0].lines if line.get_label().endswith(", training")}
+    assert training["one, training"].get_marker() == "o" and training["one, training"].get_markevery() == [0]
+    assert training["one, training"].get_xydata().tolist() == [[5, 8.5]]
+    assert training["gap, training"].get_marker() == "o" and training["gap, training"].get_markevery() == [0]
+    assert training["joined, training"].get_marker() in ("None", None, "")
