@@ -213,8 +213,10 @@ def _warn_of_broken_text(broken: list) -> None:
         f"{ascii(word)} ({count:,} times" + (f"; meant {repaired!r})" if (repaired := reference.repaired_mojibake(word))
                                              and repaired.isprintable() else ")")
         for word, count in broken[:5])
+    one = len(broken) == 1
     warnings.warn(
-        f"{len(broken)} of the top words are broken text and were skipped as anchors: {shown}. Such words "
+        f"{len(broken)} of the top words {'is' if one else 'are'} broken text and {'was' if one else 'were'} "
+        f"skipped as anchors: {shown}. Such words "
         f"hold control, surrogate, private-use or replacement characters, or are UTF-8 read as Latin-1 or "
         f"Windows-1252 ('\u2019' becomes '\u00e2\u20ac\u2122'); repair the corpus's encoding (for example "
         f"with ftfy) so that they count as what they stand for.",

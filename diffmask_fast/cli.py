@@ -436,8 +436,8 @@ def run_preview(args) -> None:
                                            ("--smoothing", args.smoothing), ("--general", args.general))
               if value is not None]
     if mining and (args.anchors or args.scores is not None):
-        raise ValueError(f"{', '.join(mining)} choose how preview mines anchors; --anchors or --scores give them "
-                         "already")
+        raise ValueError(f"{', '.join(mining)} {'choose' if len(mining) > 1 else 'chooses'} how preview mines "
+                         "anchors; --anchors or --scores give them already")
     anchors = Anchors.load(args.anchors) if args.anchors else None
     saved = _saved_scores(args, anchors) if args.scores is not None else None
     if anchors is None and saved is None:
