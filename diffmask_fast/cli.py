@@ -18,13 +18,17 @@ PLOT_DRAWS, PLOT_TEXTS = 100, 200
 
 #: ``embedding.POOLINGS``, spelled out so that ``--help`` needs no torch import.
 POOLING_CHOICES = ("pooled", "cls", "mean", "input_embeddings")
+#: What --pooling does and picks by default (``embedding.recommended_pooling``).
+POOLING_HELP = ("how a word becomes a vector (default: pooled [CLS] output; for sentence-transformers checkpoints, "
+                "the pooling they were trained with: mean for the bundled MiniLM)")
+#: Tokens (special tokens included) that preview shows of each document: ``preview.preview``'s
+#: ``max_length``; a longer document is shown up to its last word that fits.
+SHOWN_TOKENS = 128
 
 def _add_masking_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default=None, help="encoder name or path for word embeddings and tokenization "
                         "(default: the bundled all-MiniLM-L6-v2)")
-    parser.add_argument("--pooling", choices=POOLING_CHOICES, default=None,
-                        help="how a word becomes a vector (default: pooled [CLS] output, or mean pooling for "
-                             "sentence-transformers checkpoints trained with it, such as the bundled MiniLM)")
+    parser.add_argument("--pooling", choices=POOLING_CHOICES, default=None, help=POOLING_HELP)
     parser.add_argument("--mlm-probability", type=float, default=0.25, help="share of words to mask (default 0.25)")
     parser.add_argument("--similarity", choices=("max", "centroid", "mean"), default=None,
                         help="how a word's score combines its similarity to the anchors (default max)")
@@ -36,7 +40,8 @@ def _add_masking_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--html", type=Path, default=None, help="also write the preview as an HTML page here")
     parser.add_argument("--plot", type=Path, default=None,
                         help=f"also draw how often each word is masked, over {PLOT_DRAWS} draws of up to "
-                             f"{PLOT_TEXTS} sentences, against its score (PNG, or PDF or SVG by the suffix)")
+                             f"{PLOT_TEXTS} sentences, against its score (format by the suffix: .png, .pdf, .svg, "
+                             ".jpg, .jpeg, .webp or .eps; PNG without one)")
 
 
 def _add_mining_options(parser: argparse.ArgumentParser) -> None:
@@ -84,7 +89,8 @@ def build_parser() -> argparse.ArgumentParser:
     mine.add_argument("--no-progress", action="store_true", help="do not show a progress bar")
 
     preview = commands.add_parser("preview", help="show which words of a corpus get masked",
-                                  description="Mask sample documents of a corpus and mark the masked words.")
+                                  description="Mask sample documents of a corpus and mark the masked words. Each "
+                                              f"document is shown up to its last word within {SHOWN_TOKENS} tokens.")
     preview.add_argument("corpus", nargs="+", help="text files, directories or glob patterns")
     preview.add_argument("--anchors", type=Path, default=None,
                          help="anchors JSON from `diffmask mine` (default: mine them from the corpus now, or "
@@ -125,9 +131,7 @@ def _add_score_parser(commands) -> None:
                        "(default: the bundled all-MiniLM-L6-v2)")
     score.add_argument("--tokenizer", default=None, help="tokenizer of the model that will be pretrained; the corpus's "
                        "words are collected as it groups them (default: the embedding model's)")
-    score.add_argument("--pooling", choices=POOLING_CHOICES, default=None,
-                       help="how a word becomes a vector (default: pooled [CLS] output; for sentence-transformers "
-                            "checkpoints, the pooling they were trained with: mean for the bundled MiniLM)")
+    score.add_argument("--pooling", choices=POOLING_CHOICES, default=None, help=POOLING_HELP)
     score.add_argument("--similarity", choices=("max", "centroid", "mean"), default="max",
                        help="how a word's score combines its similarity to the anchors (default max)")
     score.add_argument("--index", choices=("auto", "exact", "flat", "ivf", "hnsw"), default="auto",

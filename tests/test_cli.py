@@ -193,6 +193,25 @@ def test_help(command):
     assert result.returncode == 0 and "usage: diffmask" in result.stdout
 
 
+def test_help_says_what_the_code_does():
+    """Help text that repeats a number or a list held elsewhere in the code matches it."""
+    import inspect
+
+    from diffmask_fast.cli import POOLING_HELP, SHOWN_TOKENS, build_parser
+    from diffmask_fast.plots import IMAGE_FORMATS
+    from diffmask_fast.preview import masking_rates, preview, shown_word_types
+
+    commands = build_parser().commands
+    for function in (preview, masking_rates, shown_word_types):
+        assert inspect.signature(function).parameters["max_length"].default == SHOWN_TOKENS
+    assert f"within {SHOWN_TOKENS} tokens" in commands["preview"].description
+    for command in ("demo", "preview", "score"):
+        [pooling] = [a for a in commands[command]._actions if a.dest == "pooling"]
+        assert pooling.help == POOLING_HELP
+    [plot] = [a for a in commands["demo"]._actions if a.dest == "plot"]
+    assert all(f".{suffix}" in plot.help for suffix in IMAGE_FORMATS) and "PNG without one" in plot.help
+
+
 def test_settings_named_inside_a_message_are_named_as_options():
     from diffmask_fast.cli import _with_option_name, build_parser
 
