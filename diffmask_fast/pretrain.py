@@ -675,7 +675,9 @@ def add_pretrain_command(commands) -> None:
     p.add_argument("--max-length", type=int, default=128, help="tokens per sequence; longer documents are cut into "
                    "windows that end between words (default 128)")
     p.add_argument("--validation", nargs="+", default=None, help="validation files (default: hold out part of the corpus)")
-    p.add_argument("--validation-fraction", type=float, default=0.05, help="share of documents held out (default 0.05)")
+    p.add_argument("--validation-fraction", type=float, default=0.05,
+                   help=f"share of documents held out, at most {PretrainConfig.max_validation_documents:,} of them "
+                        "(default 0.05)")
     p.add_argument("--text-field", default=None, help="field of JSON-lines records holding the text")
     p.add_argument("--epochs", type=float, default=3.0, help="training epochs (default 3)")
     p.add_argument("--max-steps", type=int, default=-1, help="stop after this many optimizer steps (overrides --epochs)")
@@ -689,9 +691,11 @@ def add_pretrain_command(commands) -> None:
                    help="stop after N validations without improvement; 0 never stops early (default 3)")
     p.add_argument("--seed", type=int, default=0, help="seed of the run; ranks and workers draw distinct masks from it")
     p.add_argument("--mask-on", choices=("auto", "workers", "device"), default="auto",
-                   help="where masks are drawn: as batches are collated on the CPU (in DataLoader workers with "
-                        "--workers) or in the training step on the device "
-                        "(default auto: the device when a GPU is used and the strategy can)")
+                   help="where difference and random-word draw masks: workers, as batches are collated on the CPU "
+                        "(in --workers DataLoader workers, else the main process); device, in the training step "
+                        "where the model is (on a GPU, this needs the extension's CUDA kernel); auto (default), "
+                        "device when a GPU and that kernel are there, else workers. attention and mst always mask "
+                        "in the training step, random-token, terms and mslm always as batches are collated")
     p.add_argument("--workers", type=int, default=None, help="DataLoader worker processes (default 2 with a GPU, else 0)")
     p.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default="fp32",
                    help="training precision (mixed; fp16 needs a CUDA GPU)")
