@@ -210,6 +210,8 @@ def read_json(path: str | os.PathLike, what: str) -> Any:
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"{what} file {str(path)!r} does not exist")
+    if path.is_dir():
+        raise IsADirectoryError(f"{what} file {str(path)!r} is a folder, not a file")
     refuse_special_input(path, what)
     try:
         return json.loads(path.read_text(encoding="utf-8-sig"))

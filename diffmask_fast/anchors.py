@@ -138,13 +138,15 @@ def check_mining_settings(k: int, min_count: int | None, smoothing_per_million: 
         raise ValueError(f"k (the number of anchors) must be at least 1, got {k}")
     if min_count is not None and min_count < 1:
         raise ValueError(f"min_count must be at least 1, got {min_count}")
+    if isinstance(smoothing_per_million, bool) or not isinstance(smoothing_per_million, numbers.Real):
+        raise TypeError(f"smoothing_per_million must be a number, got {smoothing_per_million!r}")
     if not (math.isfinite(smoothing_per_million) and smoothing_per_million > 0):
         raise ValueError(f"smoothing_per_million must be a positive finite number, got {smoothing_per_million}")
 
 
 def mine_anchors(
     counts: WordCounts | Mapping[str, int] | str | os.PathLike,
-    general: GeneralFrequencies | None = None,
+    general: GeneralFrequencies | str | os.PathLike | None = None,
     k: int = 20,
     min_count: int | None = None,
     smoothing_per_million: float = reference.DEFAULT_SMOOTHING_PER_MILLION,
@@ -152,7 +154,9 @@ def mine_anchors(
     """The ``k`` words with the highest TF-ICF (eq. 2) among words with a letter.
 
     ``counts`` is a ``WordCounts`` (from ``count_words`` or ``WordCounts.load``), a word -> count
-    mapping, or the path of saved counts (checksummed as it is loaded). ``min_count`` defaults to
+    mapping, or the path of saved counts (checksummed as it is loaded). ``general`` is the table of
+    general English (the bundled one by default), or the path of a ``word<TAB>count`` table
+    (``GeneralFrequencies.from_file``). ``min_count`` defaults to
     ``reference.default_min_count`` of the corpus size and ``smoothing_per_million`` is the add-n
     constant of ``reference.tf_icf``; both keep one-off names and typos from outranking words that
     are frequent in the domain. Ties break by word. The result equals
@@ -174,7 +178,13 @@ def mine_anchors(
     total = counts.total
     if total == 0:
         raise ValueError("cannot mine anchors: the word counts are empty")
-    general = general or GeneralFrequencies.default()
+    if isinstance(general, (str, os.PathLike)):
+        general = GeneralFrequencies.from_file(general)
+    elif general is None:
+        general = GeneralFrequencies.default()
+    elif not isinstance(general, GeneralFrequencies):
+        raise TypeError(f"general must be a GeneralFrequencies or the path of a word<TAB>count table, "
+                        f"got {type(general).__name__}")
     if counts.lowercase:  # the corpus's words are lowercase, so the table's must be too
         general = general.lowercased()
     if min_count is None:

@@ -451,7 +451,10 @@ def dataset_view(source: object) -> object:
 def check_iterable_corpus(source: object) -> None:
     """Refuse what would be counted as something else: a dict (e.g. a ``datasets.DatasetDict`` of
     splits) would count its keys, and a list of strings that name files (``glob.glob``'s, say)
-    their names, since strings are documents."""
+    their names, since strings are documents; bytes would be counted as numbers."""
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        raise CorpusError(f"the corpus is {type(source).__name__}; decode it to a string (text.decode('utf-8')) and "
+                          "pass its lines or documents as strings, or pass the path of a file")
     if isinstance(source, Mapping):
         keys = ", ".join(map(str, list(source)[:5]))
         raise CorpusError(f"a mapping was given as the corpus (keys: {keys}); pass one split of a "

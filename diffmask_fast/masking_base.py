@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from transformers import BatchEncoding
 
-from .tokenization import WordBoundaries, word_boundaries
+from .tokenization import WordBoundaries, check_tokenizer, word_boundaries
 
 
 def distributed_rank(default: int = 0) -> int:
@@ -225,6 +225,7 @@ class MaskingCollatorBase:
             raise ValueError(f"pad_to_multiple_of must be a positive integer, got {self.pad_to_multiple_of}")
         if self.return_tensors not in ("pt", "np"):
             raise ValueError(f"return_tensors must be 'pt' or 'np', got {self.return_tensors!r}")
+        check_tokenizer(self.tokenizer)
         if self.tokenizer.pad_token_id is None:
             raise ValueError(f"{type(self.tokenizer).__name__} has no padding token; set tokenizer.pad_token first")
         self.boundaries = self._word_boundaries()

@@ -359,6 +359,8 @@ class ScoreTable:
         def invalid(reason: str) -> ValueError:
             return ValueError(f"{str(path)!r} is not a valid binary word-scores file: {reason}")
 
+        if not zipfile.is_zipfile(path):  # else numpy reads it as a pickle, and says so
+            raise invalid("it starts as a .npz archive does but is none (damaged, or cut short)")
         try:
             with open(path, "rb") as handle, np.load(handle, allow_pickle=False) as archive:
                 arrays = {name: archive[name] for name in ("meta", "words", "offsets", "scores", "nearest")}
@@ -374,6 +376,11 @@ class ScoreTable:
         count = meta.get("count")
         if isinstance(count, bool) or not isinstance(count, int) or count < 0:
             raise invalid(f"'count' must be a number of words, got {count!r}")
+        kinds = {"offsets": offsets.dtype.kind, "nearest": nearest.dtype.kind, "scores": scores.dtype.kind,
+                  "words": arrays["words"].dtype.kind}
+        odd = next((name for name, kind in kinds.items() if kind not in ("f" if name == "scores" else "iu")), None)
+        if odd is not None:
+            raise invalid(f"its {odd} are {arrays[odd].dtype} values")
         if (offsets.shape != (count + 1,) or scores.shape != (count,) or nearest.shape != (count,)
                 or offsets[0] != 0 or offsets[-1] != arrays["words"].shape[0] or (np.diff(offsets) < 0).any()):
             raise invalid("array sizes do not agree")

@@ -30,6 +30,7 @@ padding) always start a word, which is how RoBERTa's first word, lacking "Ġ", i
 from __future__ import annotations
 
 import json
+import os
 import re
 from dataclasses import dataclass
 from typing import Iterable, Sequence
@@ -280,6 +281,14 @@ def _space_taking_ids(tokenizer, vocab_size: int) -> list[int]:
     return sorted(int(i) for i, token in added.items() if getattr(token, "lstrip", False) and 0 <= int(i) < vocab_size)
 
 
+def check_tokenizer(tokenizer) -> None:
+    """Refuse what is no tokenizer (a model name, None) before it fails as a missing attribute."""
+    if not all(hasattr(tokenizer, name) for name in ("convert_ids_to_tokens", "get_vocab", "pad_token_id")):
+        shown = f" {tokenizer!r:.60}" if isinstance(tokenizer, (str, os.PathLike)) else ""
+        raise TypeError(f"tokenizer must be a HuggingFace tokenizer (e.g. AutoTokenizer.from_pretrained(name)), got "
+                        f"{type(tokenizer).__name__}{shown}")
+
+
 def word_boundaries(tokenizer, scheme: str | None = None) -> WordBoundaries:
     """The ``WordBoundaries`` of ``tokenizer``; ``scheme`` overrides detection.
 
@@ -290,6 +299,7 @@ def word_boundaries(tokenizer, scheme: str | None = None) -> WordBoundaries:
     in a bare "Ġ" / "▁" token, which is whitespace and no word, so the added token starts one.
     One that takes the space before it (``lstrip=True``) always starts a word.
     """
+    check_tokenizer(tokenizer)
     mask_token_id = getattr(tokenizer, "mask_token_id", None)
     if getattr(tokenizer, "mask_token", None) is None or mask_token_id is None:
         raise ValueError(

@@ -136,6 +136,9 @@ def test_general_table_from_file(tmp_path):
     path = tmp_path / "general.tsv"
     path.write_text("# comment\nThe\t10\nthe\t5\n\nenzyme\t2.5\n")
     table = GeneralFrequencies.from_file(path)
+    counts = WordCounts.from_mapping({"enzyme": 5, "kinase": 3}, 1)
+    assert mine_anchors(counts, general=path, k=2, min_count=1) == mine_anchors(counts, general=table, k=2,
+                                                                                   min_count=1)
     assert table.count("the") == 15 and table.total == 17.5
     assert GeneralFrequencies.from_file(path, total=1000).relative("enzyme") == 0.0025
     with pytest.raises(ValueError, match=re.escape("total (10) is less than the sum of its counts (17.5)")):
@@ -227,6 +230,13 @@ def test_mine_anchors_errors():
             mine_anchors(counts, k=k)
     with pytest.raises(TypeError, match="min_count must be an integer"):
         mine_anchors(counts, min_count=1.5)
+    with pytest.raises(TypeError, match="smoothing_per_million must be a number, got '1'"):
+        mine_anchors(counts, smoothing_per_million="1")
+    with pytest.raises(TypeError, match="general must be a GeneralFrequencies or the path of a word<TAB>count table, "
+                                        "got dict"):
+        mine_anchors(counts, general={"the": 5})
+    with pytest.raises(FileNotFoundError, match="general frequency table 'missing.tsv' does not exist"):
+        mine_anchors(counts, general="missing.tsv")
     assert mine_anchors(counts, k=np.int64(1), min_count=1).words == ["enzyme"]
     with pytest.raises(ValueError, match="no word qualifies"):
         mine_anchors(count_words(["12 12 12 12"], progress=False))
@@ -363,6 +373,8 @@ def test_a_damaged_anchors_file_is_a_clear_error(tmp_path, damage, problem):
     path.write_text(json.dumps(payload))
     with pytest.raises(ValueError, match="not a valid anchors file: .*" + re.escape(problem)):
         Anchors.load(path)
+    with pytest.raises(IsADirectoryError, match=f"anchors file '{tmp_path}' is a folder, not a file"):
+        Anchors.load(tmp_path)
 
 
 def test_anchors_with_lone_surrogates_save_and_load(tmp_path):

@@ -351,6 +351,9 @@ def test_a_pandas_data_frame_is_read_by_its_text_column(rng):
 def test_dataset_errors():
     with pytest.raises(CorpusError, match="mapping was given.*train"):
         count_words({"train": FakeDataset(["a"]), "test": FakeDataset(["b"])}, progress=False)
+    for raw in (b"enzyme binds", bytearray(b"enzyme")):  # iterated, bytes are numbers
+        with pytest.raises(CorpusError, match=f"the corpus is {type(raw).__name__}; decode it to a string"):
+            count_words(raw, progress=False)
     with pytest.raises(CorpusError, match="no column 'text'"):
         count_words(FakeDataset(["a"], column="body"), progress=False)
     with pytest.raises(CorpusError, match="row 1.*NoneType"):

@@ -208,6 +208,9 @@ def test_a_resume_step_or_pinned_seed_that_is_no_count_is_refused(kind, bert_wor
 
 @pytest.mark.parametrize("kind", COLLATORS)
 def test_examples_of_booleans_or_of_ids_beyond_int64_are_refused(kind, bert_wordpiece):
+    for not_a_tokenizer in (None, "bert-base-uncased"):
+        with pytest.raises(TypeError, match="tokenizer must be a HuggingFace tokenizer .*, got (NoneType|str 'bert-base-uncased')$"):
+            collator_of(kind, not_a_tokenizer, 0)
     """Collated from lists (as a DataLoader gives them), a list of booleans would be masked as ids
     0 and 1, and an id of 2**63 stopped numpy with a bare OverflowError."""
     collator = collator_of(kind, bert_wordpiece, 0)

@@ -473,6 +473,20 @@ def test_broken_score_files_are_rejected(tmp_path):
         ScoreTable.load(tmp_path / "other.json")
     with pytest.raises(FileNotFoundError):
         ScoreTable.load(tmp_path / "missing.npz")
+    path.write_bytes(b"PK")  # numpy would read it as a pickle, and say so
+    with pytest.raises(ValueError, match="not a valid binary word-scores file: it starts as a .npz archive does but "
+                                         "is none"):
+        ScoreTable.load(path)
+    table.save(path)
+    with np.load(path) as archive:
+        arrays = dict(archive)
+    for name, dtype in (("offsets", np.float64), ("nearest", np.float32), ("scores", np.int32)):
+        np.savez(path, **{**arrays, name: arrays[name].astype(dtype)})
+        with pytest.raises(ValueError, match=f"not a valid binary word-scores file: its {name} are "
+                                             f"{np.dtype(dtype)} values"):
+            ScoreTable.load(path)
+    with pytest.raises(IsADirectoryError, match="is a folder"):
+        ScoreTable.load(tmp_path)
 
 
 #: Hand edits of a score file's settings that would be read as something else, and what is said.
