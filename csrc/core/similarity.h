@@ -9,6 +9,7 @@
 #include <cstdint>
 #include <cstring>
 #include <limits>
+#include <utility>
 #include <vector>
 
 #include "rng.h"
@@ -112,27 +113,39 @@ inline int64_t first_argmax(const T* s, int64_t n) {
   return 0;
 }
 
-// For each of K rows of D values, the index of the first row with identical bits, so exact
-// duplicates can be searched once and ties still resolve to the smallest index. Returns the
-// number of distinct rows; `first[k] == k` marks the first occurrence.
+// A 64-bit key of a row's bits: rows with identical bits have equal keys. Four independent
+// chains over interleaved words, joined at the end, so the mixing of one word does not wait for
+// the previous one (a single chain bounds keying 10^6 rows of 384 floats at about a second).
 template <typename T>
-inline int64_t first_identical_rows(const T* rows, int64_t K, int64_t D, int64_t* first) {
-  std::vector<std::pair<uint64_t, int64_t>> keyed(static_cast<size_t>(K));
-  for (int64_t k = 0; k < K; ++k) {
-    const unsigned char* bytes = reinterpret_cast<const unsigned char*>(rows + k * D);
-    uint64_t h = kGolden;
-    const size_t size = static_cast<size_t>(D) * sizeof(T);
-    size_t b = 0;
-    for (; b + 8 <= size; b += 8) {
+inline uint64_t row_key(const T* row, int64_t D) {
+  const unsigned char* bytes = reinterpret_cast<const unsigned char*>(row);
+  uint64_t lane[4] = {kGolden, kGolden + 1, kGolden + 2, kGolden + 3};
+  const size_t size = static_cast<size_t>(D) * sizeof(T);
+  size_t b = 0;
+  for (; b + 32 <= size; b += 32) {
+    for (int j = 0; j < 4; ++j) {
       uint64_t word;
-      std::memcpy(&word, bytes + b, 8);
-      h = mix64(h ^ word);
+      std::memcpy(&word, bytes + b + 8 * j, 8);
+      lane[j] = mix64(lane[j] ^ word);
     }
-    for (; b < size; ++b) {
-      h = mix64(h ^ bytes[b]);
-    }
-    keyed[static_cast<size_t>(k)] = {h, k};
   }
+  for (; b + 8 <= size; b += 8) {
+    uint64_t word;
+    std::memcpy(&word, bytes + b, 8);
+    lane[0] = mix64(lane[0] ^ word);
+  }
+  for (; b < size; ++b) {
+    lane[0] = mix64(lane[0] ^ bytes[b]);
+  }
+  return mix64(mix64(mix64(lane[0] ^ lane[1]) ^ lane[2]) ^ lane[3]);
+}
+
+// first_identical_rows from the (row_key, row) pair of every row, which callers may compute in
+// parallel; `keyed` is sorted in place.
+template <typename T>
+inline int64_t first_identical_keyed_rows(const T* rows, int64_t D, std::vector<std::pair<uint64_t, int64_t>>& keyed,
+                                          int64_t* first) {
+  const int64_t K = static_cast<int64_t>(keyed.size());
   std::sort(keyed.begin(), keyed.end());
   for (int64_t k = 0; k < K; ++k) {
     first[k] = k;
@@ -143,7 +156,7 @@ inline int64_t first_identical_rows(const T* rows, int64_t K, int64_t D, int64_t
     while (b < keyed.size() && keyed[b].first == keyed[a].first) {
       ++b;
     }
-    // keyed[a, b) share a hash and are sorted by index; compare each with earlier ones.
+    // keyed[a, b) share a key and are sorted by index; compare each with earlier ones.
     for (size_t x = a + 1; x < b; ++x) {
       const int64_t kx = keyed[x].second;
       for (size_t y = a; y < x; ++y) {
@@ -159,6 +172,18 @@ inline int64_t first_identical_rows(const T* rows, int64_t K, int64_t D, int64_t
     a = b;
   }
   return distinct;
+}
+
+// For each of K rows of D values, the index of the first row with identical bits, so exact
+// duplicates can be searched once and ties still resolve to the smallest index. Returns the
+// number of distinct rows; `first[k] == k` marks the first occurrence.
+template <typename T>
+inline int64_t first_identical_rows(const T* rows, int64_t K, int64_t D, int64_t* first) {
+  std::vector<std::pair<uint64_t, int64_t>> keyed(static_cast<size_t>(K));
+  for (int64_t k = 0; k < K; ++k) {
+    keyed[static_cast<size_t>(k)] = {row_key(rows + k * D, D), k};
+  }
+  return first_identical_keyed_rows(rows, D, keyed, first);
 }
 
 }  // namespace core

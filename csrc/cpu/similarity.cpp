@@ -79,22 +79,25 @@ core::Isa cpu_isa() {
   return isa;
 }
 
-// Rows of `a` ([K, D], contiguous, of type S) divided by their norms, into `unit` as T. Zero
-// rows stay zero (cosine 0); NaN rows keep their NaNs and never win.
+// Row k of `a` ([K, D], contiguous, of type S) divided by its norm, into `unit` as T. A zero
+// row stays zero (cosine 0); a NaN row keeps its NaNs and never wins.
 template <typename S, typename T>
-void unit_rows(const S* a, int64_t K, int64_t D, T* unit) {
-  for (int64_t k = 0; k < K; ++k) {  // in double: a float32 sum of squares over- or underflows
-    const S* row = a + k * D;
-    const double norm2 = core::squared_norm_double(row, D);
-    // Float64 values beyond ~1e154 or below ~1e-154 over- or underflow even the double sum:
-    // such rows are scaled by a power of two first (exact), as the CUDA kernel does.
-    const int shift = norm2 >= std::numeric_limits<double>::min() && std::isfinite(norm2)
-                          ? 0 : core::rescaling_shift(row, D);
-    const double norm = std::sqrt(shift == 0 ? norm2 : core::squared_norm_double_scaled(row, D, shift));
-    const double scale = norm > 0 ? 1.0 / norm : 0.0;
+void unit_row(const S* row, int64_t D, T* unit) {
+  const double norm2 = core::squared_norm_double(row, D);  // in double: a float32 sum over- or underflows
+  if (norm2 >= std::numeric_limits<double>::min() && std::isfinite(norm2)) {
+    const double scale = 1.0 / std::sqrt(norm2);
     for (int64_t d = 0; d < D; ++d) {
-      unit[k * D + d] = static_cast<T>(std::ldexp(static_cast<double>(row[d]), shift) * scale);
+      unit[d] = static_cast<T>(static_cast<double>(row[d]) * scale);
     }
+    return;
+  }
+  // Float64 values beyond ~1e154 or below ~1e-154 over- or underflow even the double sum: such
+  // rows are scaled by a power of two first (exact), as the CUDA kernel does.
+  const int shift = core::rescaling_shift(row, D);
+  const double norm = std::sqrt(core::squared_norm_double_scaled(row, D, shift));
+  const double scale = norm > 0 ? 1.0 / norm : 0.0;
+  for (int64_t d = 0; d < D; ++d) {
+    unit[d] = static_cast<T>(std::ldexp(static_cast<double>(row[d]), shift) * scale);
   }
 }
 
@@ -102,32 +105,41 @@ void unit_rows(const S* a, int64_t K, int64_t D, T* unit) {
 // type T, and column_anchor[j], the (ascending) anchor index column j stands for, so ties still
 // go to the smallest index. Float64 anchors are normalized as they are and only their unit rows
 // rounded to T: values beyond float32's range (1e300, 1e-300) have unit rows that T holds.
+// Rows are normalized and keyed in parallel, and duplicates compacted in place: at 10^6 anchors
+// this preparation, done on every call, would otherwise outweigh the search of a few queries.
 template <typename T>
 at::Tensor distinct_unit_anchors(const at::Tensor& anchors, at::ScalarType dtype,
                                  std::vector<int64_t>& column_anchor) {
   const int64_t K = anchors.size(0);
   const int64_t D = anchors.size(1);
-  std::vector<T> unit(static_cast<size_t>(K * D));
   const bool wider = anchors.scalar_type() == at::kDouble && dtype != at::kDouble;
   const at::Tensor a = (wider ? anchors : anchors.to(dtype)).contiguous();
-  if (wider) {
-    unit_rows(a.data_ptr<double>(), K, D, unit.data());
-  } else {
-    unit_rows(a.data_ptr<T>(), K, D, unit.data());
-  }
+  at::Tensor u = at::empty({K, D}, a.options().dtype(dtype));
+  T* u_data = u.data_ptr<T>();
+  std::vector<std::pair<uint64_t, int64_t>> keyed(static_cast<size_t>(K));
+  at::parallel_for(0, K, 1024, [&](int64_t begin, int64_t end) {
+    for (int64_t k = begin; k < end; ++k) {
+      if (wider) {
+        unit_row(a.data_ptr<double>() + k * D, D, u_data + k * D);
+      } else {
+        unit_row(a.data_ptr<T>() + k * D, D, u_data + k * D);
+      }
+      keyed[static_cast<size_t>(k)] = {core::row_key(u_data + k * D, D), k};
+    }
+  });
   std::vector<int64_t> first(static_cast<size_t>(K));
-  const int64_t distinct = core::first_identical_rows(unit.data(), K, D, first.data());
+  const int64_t distinct = core::first_identical_keyed_rows(u_data, D, keyed, first.data());
   column_anchor.clear();
   column_anchor.reserve(static_cast<size_t>(distinct));
-  at::Tensor u = at::empty({distinct, D}, a.options().dtype(dtype));
-  T* u_data = u.data_ptr<T>();
   for (int64_t k = 0; k < K; ++k) {
-    if (first[k] == k) {
-      std::copy(unit.data() + k * D, unit.data() + (k + 1) * D, u_data + column_anchor.size() * D);
+    if (first[k] == k) {  // moved down to its column: never onto a row still to be read
+      if (static_cast<int64_t>(column_anchor.size()) != k) {
+        std::copy(u_data + k * D, u_data + (k + 1) * D, u_data + column_anchor.size() * D);
+      }
       column_anchor.push_back(k);
     }
   }
-  return u;
+  return distinct == K ? u : u.narrow(0, 0, distinct);
 }
 
 // Columns [first, first + count) of the distinct anchors; `panels` is empty on the BLAS route.
@@ -193,13 +205,20 @@ void max_anchor_similarity_impl(const at::Tensor& embeddings, const at::Tensor& 
     AnchorTile tile;
     tile.first = first;
     tile.count = std::min(per_tile, distinct - first);
-    if constexpr (std::is_same<T, float>::value) {
-      if (use_panels) {
-        tile.panels = core::AnchorPanels(isa, u.data_ptr<float>() + first * D, tile.count, D);
-      }
-    }
-    tile_columns = std::max(tile_columns, use_panels ? tile.panels.columns : tile.count);
     tiles.push_back(std::move(tile));
+  }
+  if constexpr (std::is_same<T, float>::value) {
+    if (use_panels) {  // packed in parallel: each tile's panels are its own copy
+      at::parallel_for(0, static_cast<int64_t>(tiles.size()), 1, [&](int64_t begin, int64_t end) {
+        for (int64_t t = begin; t < end; ++t) {
+          AnchorTile& tile = tiles[static_cast<size_t>(t)];
+          tile.panels = core::AnchorPanels(isa, u.data_ptr<float>() + tile.first * D, tile.count, D);
+        }
+      });
+    }
+  }
+  for (const AnchorTile& tile : tiles) {
+    tile_columns = std::max(tile_columns, use_panels ? tile.panels.columns : tile.count);
   }
   if (use_panels) {
     u = at::Tensor();  // the panels hold their own copy

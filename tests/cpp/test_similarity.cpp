@@ -67,6 +67,41 @@ static void test_identical_rows() {
   CHECK(first_identical_rows(rows.data(), 1, D, single.data()) == 1 && single[0] == 0);
 }
 
+// The key of a row's bits: equal for equal bits, and (for these rows) different when any one bit
+// of any word differs, whichever of the four interleaved chains or the tail reads it.
+static void test_row_keys() {
+  for (int64_t D : {1, 2, 3, 8, 9, 16, 17, 384, 385}) {
+    std::vector<float> row(static_cast<size_t>(D));
+    for (int64_t d = 0; d < D; ++d) {
+      row[d] = static_cast<float>(std::sin(d + 0.5));
+    }
+    const std::vector<float> same = row;
+    const uint64_t key = row_key(row.data(), D);
+    CHECK(row_key(same.data(), D) == key);
+    for (int64_t d = 0; d < D; ++d) {
+      std::vector<float> other = row;
+      other[d] = std::nextafter(other[d], 2.0f);
+      CHECK(row_key(other.data(), D) != key);
+    }
+    std::vector<double> wide(static_cast<size_t>(D), 0.25);  // rows of another element size
+    std::vector<double> wide_other = wide;
+    wide_other[static_cast<size_t>(D) - 1] = -0.25;
+    CHECK(row_key(wide.data(), D) != row_key(wide_other.data(), D));
+  }
+  // Keyed by the caller (in any order), rows group as first_identical_rows groups them.
+  const int64_t K = 5, D = 2;
+  const std::vector<float> rows = {1, 2,  3, 4,  1, 2,  -0.0f, 0,  0, 0};
+  std::vector<std::pair<uint64_t, int64_t>> keyed;
+  for (int64_t k = K - 1; k >= 0; --k) {
+    keyed.push_back({row_key(rows.data() + k * D, D), k});
+  }
+  std::vector<int64_t> first(K), expected(K);
+  CHECK(first_identical_keyed_rows(rows.data(), D, keyed, first.data()) ==
+        first_identical_rows(rows.data(), K, D, expected.data()));
+  CHECK(first == expected);
+  CHECK(first[2] == 0 && first[4] == 4);  // -0.0 and 0.0 differ in their bits
+}
+
 // Packed-panel dot products against a double-precision loop, for every shape class: K with and
 // without a row-dot tail, wide and narrow panels, D not a multiple of 16, ragged row counts, row
 // strides larger than D, prefetching on.
@@ -115,5 +150,6 @@ int main() {
   test_squared_norm();
   test_first_argmax();
   test_identical_rows();
+  test_row_keys();
   TEST_MAIN_END();
 }
