@@ -61,8 +61,10 @@ cudaError_t plan_max_anchor_similarity(const SimilarityProblem& problem, int dev
 cudaError_t max_anchor_similarity(const SimilarityProblem& problem, const SimilarityPlan& plan, void* workspace,
                                   cudaStream_t stream);
 
-// Whether the tensor-core precisions run on `device` (compute capability 8.0 or newer).
-bool supports_tensor_core_precision(int device);
+// Whether the tensor-core precisions run on `device`: they need compute capability 8.0 or newer
+// and kernels compiled for it; a build with no kernel for the device runs no precision at all.
+enum class TensorCoreSupport { kSupported, kOldGpuOrBuild, kNoKernelForDevice };
+TensorCoreSupport tensor_core_support(int device);
 
 // ---- sample_without_replacement --------------------------------------------------------------
 

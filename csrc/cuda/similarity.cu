@@ -684,22 +684,27 @@ cudaError_t cleared(cudaError_t status) {
 
 }  // namespace
 
-bool supports_tensor_core_precision(int device) {
-  int major = 0;
-  if (cleared(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device)) != cudaSuccess || major < 8) {
-    return false;
-  }
-  // The code that runs must also have been compiled for compute capability 8.0 or later: a build
-  // for older architectures only (say TORCH_CUDA_ARCH_LIST=7.5+PTX) runs PTX whose tensor-core
-  // body is a trap. ptxVersion is the virtual architecture the kernel was compiled for.
+TensorCoreSupport tensor_core_support(int device) {
+  // The code that runs must have been compiled for this device at all (else no kernel of the
+  // extension runs on it), and for compute capability 8.0 or later: a build for older
+  // architectures only (say TORCH_CUDA_ARCH_LIST=7.5+PTX) runs PTX whose tensor-core body is a
+  // trap. ptxVersion is the virtual architecture the kernel was compiled for.
   int current = 0;
   cudaFuncAttributes attributes;
   if (cleared(cudaGetDevice(&current)) != cudaSuccess || cleared(cudaSetDevice(device)) != cudaSuccess) {
-    return false;
+    return TensorCoreSupport::kOldGpuOrBuild;
   }
   const cudaError_t status = cleared(cudaFuncGetAttributes(&attributes, wmma_kernel<false>));
   cleared(cudaSetDevice(current));
-  return status == cudaSuccess && attributes.ptxVersion >= 80;
+  if (status == cudaErrorNoKernelImageForDevice || status == cudaErrorInvalidDeviceFunction) {
+    return TensorCoreSupport::kNoKernelForDevice;
+  }
+  int major = 0;
+  if (cleared(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device)) != cudaSuccess ||
+      major < 8 || status != cudaSuccess || attributes.ptxVersion < 80) {
+    return TensorCoreSupport::kOldGpuOrBuild;
+  }
+  return TensorCoreSupport::kSupported;
 }
 
 cudaError_t plan_max_anchor_similarity(const SimilarityProblem& p, int device, SimilarityPlan* plan) {

@@ -56,7 +56,11 @@ std::tuple<at::Tensor, at::Tensor> max_anchor_similarity_precision_cuda(const at
   const bool float64 = embeddings.scalar_type() == at::kDouble;
   const at::ScalarType dtype = float64 ? at::kDouble : at::kFloat;  // half / bfloat16: exact in float32
   if (mode != Precision::kFloat32 && !float64) {
-    TORCH_CHECK_VALUE(supports_tensor_core_precision(embeddings.device().index()), kOp, ": precision '", precision,
+    const TensorCoreSupport support = tensor_core_support(embeddings.device().index());
+    TORCH_CHECK_VALUE(support != TensorCoreSupport::kNoKernelForDevice, kOp,
+                      ": this build of the extension has no kernels for this GPU (no precision runs on it); "
+                      "rebuild it for the GPU's architecture (TORCH_CUDA_ARCH_LIST)");
+    TORCH_CHECK_VALUE(support == TensorCoreSupport::kSupported, kOp, ": precision '", precision,
                       "' needs a GPU of compute capability 8.0 or newer and an extension built for one "
                       "(TORCH_CUDA_ARCH_LIST 8.0 or later); use 'highest'");
   }
