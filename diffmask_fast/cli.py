@@ -416,6 +416,8 @@ def run_mine(args) -> None:
         counts.save(args.counts_output)
         print(f"Saved word counts to {args.counts_output} (load them with --counts, or WordCounts.load)")
     anchors = mine_anchors(counts, **settings)
+    if args.output:  # saved before printing: a closed pipe (| head) must not lose it
+        anchors.save(args.output)
     print(f"{counts.total:,} words, {len(counts):,} distinct, {counts.documents:,} documents; "
           f"anchors need at least {anchors.min_count} occurrences.\n")
     if len(anchors) < args.k:
@@ -423,7 +425,6 @@ def run_mine(args) -> None:
               + ("; a lower --min-count admits more" if anchors.min_count > 1 else "") + ".\n")
     print(anchors.table())
     if args.output:
-        anchors.save(args.output)
         print(f"\nSaved anchors to {args.output}")
 
 

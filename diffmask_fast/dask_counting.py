@@ -62,6 +62,7 @@ def plan_partitions(files: Iterable[Path], text_field: str | None = None,
         raise ValueError(f"partition_bytes must be at least 1, got {partition_bytes}")
     parts = []
     for path in files:
+        path = Path(os.path.abspath(path))  # a worker may run in another directory
         size = path.stat().st_size
         json_lines = is_json_lines(path, text_field)
         field = (text_field or DEFAULT_TEXT_FIELD) if json_lines else None

@@ -234,6 +234,7 @@ class WordEmbedder:
         for name, value in (("batch_size", self.batch_size), ("max_length", self.max_length)):
             if isinstance(value, bool) or not isinstance(value, (int, np.integer)):  # a float fails only mid-run
                 raise ValueError(f"{name} must be an integer, got {value!r}")
+        self.batch_size, self.max_length = int(self.batch_size), int(self.max_length)  # numpy's: JSON in the cache key
         if self.batch_size < 1:
             raise ValueError(f"batch_size must be positive, got {self.batch_size}")
         if self.max_length < 3 and self.pooling != "input_embeddings":  # which never truncates

@@ -141,6 +141,21 @@ def test_a_model_whose_weights_file_was_cut_short_is_named_not_a_traceback(tmp_p
     assert "diffmask score: error: cannot read the weights of" in err and "Traceback" not in err
 
 
+def test_mine_saves_its_anchors_before_printing_them(tmp_path, monkeypatch):
+    """Piped into `head`, printing fails once the reader has gone: the anchors must be saved."""
+    import io
+
+    class ClosedPipe(io.StringIO):
+        def write(self, text):
+            raise BrokenPipeError(32, "Broken pipe")
+
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("the enzyme binds the receptor\n" * 5)
+    monkeypatch.setattr("sys.stdout", ClosedPipe())
+    assert main(["mine", str(corpus), "-k", "2", "--min-count", "1", "-o", str(tmp_path / "anchors.json")]) == 1
+    assert (tmp_path / "anchors.json").is_file()
+
+
 def test_an_interrupt_says_how_to_carry_on(tmp_path, monkeypatch, capsys):
     import diffmask_fast.pretrain as pretrain_module
 

@@ -543,6 +543,17 @@ def test_every_distributed_range_checks_its_file_for_binary_data_and_existence(t
         count_partition(parts[3])
 
 
+def test_distributed_ranges_name_files_by_absolute_paths(tmp_path, monkeypatch):
+    """A worker may run in another directory: a relative path would name another file there."""
+    (tmp_path / "c").mkdir()
+    (tmp_path / "c" / "a.txt").write_text("enzyme binds\n" * 50)
+    monkeypatch.chdir(tmp_path)
+    parts = plan_partitions([Path("c/a.txt")], None, 100)
+    assert len(parts) > 1 and {part.path for part in parts} == {str(tmp_path / "c" / "a.txt")}
+    monkeypatch.chdir(tmp_path / "c")
+    assert sum(count_partition(part).documents for part in parts) == 50
+
+
 def test_a_file_that_changed_after_planning_is_refused_not_counted_forever(tmp_path):
     """A range planned past the end of a file that has since shrunk searched for its start forever."""
     path = tmp_path / "growing.txt"

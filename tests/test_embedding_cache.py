@@ -84,6 +84,13 @@ def test_a_model_left_in_train_mode_embeds_without_dropout(tokenizer, tmp_path, 
     assert torch.equal(embedder(model, tokenizer, tmp_path, pooling=pooling).embed(words), expected)
 
 
+def test_numpy_integer_settings_work_with_the_cache(tokenizer, tmp_path, seed):
+    """They were accepted, then failed as the cache key was written as JSON."""
+    model = tiny_bert(tokenizer, seed)
+    made = embedder(model, tokenizer, tmp_path, max_length=np.int64(16), batch_size=np.int32(4))
+    assert type(made.max_length) is int and made.embed(["enzyme", "kinase"]).shape[0] == 2
+
+
 def test_settings_that_would_fail_mid_run_are_refused_when_made(tokenizer, seed):
     """A fractional max_length failed inside transformers at the first long word; a tokenizer
     with more ids than the model embeds, at the first word holding one."""
