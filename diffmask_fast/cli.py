@@ -358,23 +358,17 @@ def _note_unknown_words(tokenizer, table, texts) -> None:
 
 def _show_masks(anchor_words, tokenizer, table, texts, args, plot_texts=()) -> None:
     """Print ``texts`` masked once; with --html / --plot also write the page and the picture of
-    masking rates over ``plot_texts``."""
+    masking rates over ``plot_texts``, before printing: a closed pipe (| head) must not lose them."""
     from .collator import DifferenceMaskingCollator
     from .preview import preview, render_text, write_html
 
     collator = DifferenceMaskingCollator(tokenizer, table, mlm_probability=args.mlm_probability,
                                          weighting=args.weighting, seed=args.seed)
     sentences = preview(collator, texts)
-    print(f"\nMasked words ([[like this]]) at mlm_probability={args.mlm_probability}, seed={args.seed}:\n")
-    print(render_text(sentences, show_scores=args.show_scores).replace("\n", "\n\n"))
-    shown_words = {table.key(word.text) for sentence in sentences for word in sentence} - set(anchor_words)
-    top = sorted(((w, table.score(w)) for w in shown_words if w in table), key=lambda item: (-item[1], item[0]))[:10]
-    if top:  # else no word shown, beside the anchors, is in the table
-        print("\nHighest-scoring words here that are not anchors (score, nearest anchor): "
-              + ", ".join(f"{w} ({s:.2f}, {table.nearest_anchor_of(w) or '-'})" for w, s in top))
+    written = []
     if args.html:
         write_html(args.html, sentences)
-        print(f"Wrote {args.html}")
+        written.append(f"Wrote {args.html}")
     if args.plot:
         from .plots import plot_masking_rates
         from .preview import masking_rates
@@ -382,7 +376,17 @@ def _show_masks(anchor_words, tokenizer, table, texts, args, plot_texts=()) -> N
         rates = masking_rates(collator, plot_texts or texts, draws=PLOT_DRAWS)
         plot_masking_rates(rates, args.plot, args.mlm_probability, anchors=table.anchors or anchor_words,
                            similarity=table.similarity)
-        print(f"Wrote {args.plot} (how often each of {len(rates):,} words was masked over {PLOT_DRAWS} draws)")
+        written.append(f"Wrote {args.plot} (how often each of {len(rates):,} words was masked over {PLOT_DRAWS} "
+                       "draws)")
+    print(f"\nMasked words ([[like this]]) at mlm_probability={args.mlm_probability}, seed={args.seed}:\n")
+    print(render_text(sentences, show_scores=args.show_scores).replace("\n", "\n\n"))
+    shown_words = {table.key(word.text) for sentence in sentences for word in sentence} - set(anchor_words)
+    top = sorted(((w, table.score(w)) for w in shown_words if w in table), key=lambda item: (-item[1], item[0]))[:10]
+    if top:  # else no word shown, beside the anchors, is in the table
+        print("\nHighest-scoring words here that are not anchors (score, nearest anchor): "
+              + ", ".join(f"{w} ({s:.2f}, {table.nearest_anchor_of(w) or '-'})" for w, s in top))
+    for line in written:
+        print(line)
 
 
 def run_demo(args) -> None:

@@ -156,6 +156,33 @@ def test_mine_saves_its_anchors_before_printing_them(tmp_path, monkeypatch):
     assert (tmp_path / "anchors.json").is_file()
 
 
+def test_preview_writes_its_page_and_picture_before_printing_the_masked_text(tmp_path, monkeypatch):
+    """Piped into `head`, printing the masked text fails once the reader has gone: --html and
+    --plot must be written by then."""
+    import io
+
+    from diffmask_fast.embedding import default_model_path
+    from diffmask_fast.scoring import ScoreTable
+
+    class ClosedAtTheMaskedText(io.StringIO):
+        def write(self, text):
+            if "Masked words" in text or self.closed_now:
+                self.closed_now = True
+                raise BrokenPipeError(32, "Broken pipe")
+            return super().write(text)
+
+        closed_now = False
+
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("the enzyme binds the receptor\n" * 3)
+    ScoreTable({"enzyme": 1.0}, anchors=["enzyme"], info={"tokenizer": default_model_path()}).save(tmp_path / "s.npz")
+    page, picture = tmp_path / "preview.html", tmp_path / "masking.png"
+    monkeypatch.setattr("sys.stdout", ClosedAtTheMaskedText())
+    assert main(["preview", str(corpus), "--scores", str(tmp_path / "s.npz"), "-n", "1", "--no-progress",
+                 "--html", str(page), "--plot", str(picture)]) == 1
+    assert page.is_file() and picture.read_bytes().startswith(b"\x89PNG")
+
+
 def test_an_interrupt_says_how_to_carry_on(tmp_path, monkeypatch, capsys):
     import diffmask_fast.pretrain as pretrain_module
 
