@@ -380,7 +380,8 @@ def _show_masks(anchor_words, tokenizer, table, texts, args, plot_texts=()) -> N
                        "draws)")
     print(f"\nMasked words ([[like this]]) at mlm_probability={args.mlm_probability}, seed={args.seed}:\n")
     print(render_text(sentences, show_scores=args.show_scores).replace("\n", "\n\n"))
-    shown_words = {table.key(word.text) for sentence in sentences for word in sentence} - set(anchor_words)
+    anchor_keys = {table.key(word) for word in anchor_words}  # a hand-edited anchor may be capitalized
+    shown_words = {table.key(word.text) for sentence in sentences for word in sentence} - anchor_keys
     top = sorted(((w, table.score(w)) for w in shown_words if w in table), key=lambda item: (-item[1], item[0]))[:10]
     if top:  # else no word shown, beside the anchors, is in the table
         print("\nHighest-scoring words here that are not anchors (score, nearest anchor): "
@@ -533,8 +534,8 @@ def run_score(args) -> None:
     if scorer.index is not None:
         print(f"Nearest-anchor search: {scorer.index.describe()}.")
     if args.top > 0:
-        anchor_words = set(scores.anchors)
-        top = [(w, v) for w, v in scores.top(len(anchor_words) + args.top) if w not in anchor_words][: args.top]
+        anchor_keys = {scores.key(word) for word in scores.anchors}  # a hand-edited anchor may be capitalized
+        top = [(w, v) for w, v in scores.top(len(anchor_keys) + args.top) if w not in anchor_keys][: args.top]
         print("\nHighest-scoring words that are not anchors (score, nearest anchor):")
         for word, value in top:
             print(f"  {value:6.3f}  {word}  ({scores.nearest_anchor_of(word) or '-'})")

@@ -307,6 +307,28 @@ def test_preview_and_score_read_the_text_field_of_json_lines(tmp_path, capsys):
     assert "--text-field" in capsys.readouterr().err
 
 
+def test_a_capitalized_anchor_is_not_listed_among_the_words_that_are_not_anchors(tmp_path, capsys):
+    """A hand-edited anchors file may spell an anchor capitalized; the score table's words are
+    lowercased, so the anchor is found by its table key."""
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("The enzyme binds the receptor.\nKinase inhibitors block the receptor.\n" * 5)
+    anchors = tmp_path / "anchors.json"
+    assert main(["mine", str(corpus), "-k", "2", "--min-count", "1", "-o", str(anchors), "--no-progress"]) == 0
+    saved = json.loads(anchors.read_text())
+    first = saved["anchors"][0]["word"]
+    saved["anchors"][0]["word"] = first.capitalize()
+    anchors.write_text(json.dumps(saved))
+    capsys.readouterr()
+    scores = tmp_path / "scores.npz"
+    assert main(["score", str(corpus), "--anchors", str(anchors), "-o", str(scores), "--top", "20",
+                 "--no-cache", "--no-progress"]) == 0
+    listed = capsys.readouterr().out.split("that are not anchors")[1].split("Saved the score table")[0]
+    assert f"  {first}  (" not in listed, listed
+    assert main(["preview", str(corpus), "--scores", str(scores), "-n", "2", "--seed", "1"]) == 0
+    out = capsys.readouterr().out
+    assert f" {first} (" not in out.split("that are not anchors")[-1], out
+
+
 def test_outputs_and_options_are_checked_before_counting(tmp_path, capsys, monkeypatch):
     import diffmask_fast.counting as counting
 
