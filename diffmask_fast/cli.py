@@ -611,8 +611,10 @@ def _with_option_name(message: str, command_parser) -> str:
     if match is not None and option(match.group(1)) is not None:
         message = option(match.group(1)) + message[match.end(1):]
     # Not inside a path or a quoted name ('/runs/min_count', 'min_count.txt').
-    return re.sub(r"(?<![\w\-/.'\"])[a-z]+(?:_[a-z]+)+(?![\w/'\"-])(?!\.\w)",
-                  lambda found: option(found.group()) or found.group(), message)
+    message = re.sub(r"(?<![\w\-/.'\"])[a-z]+(?:_[a-z]+)+(?![\w/'\"-])(?!\.\w)",
+                     lambda found: option(found.group()) or found.group(), message)
+    # A message naming both spellings ("text_field / --text-field") names the option once.
+    return re.sub(r"(--[a-z][a-z-]*) / \1(?![\w-])", r"\1", message)
 
 
 def main(argv: list[str] | None = None) -> int:

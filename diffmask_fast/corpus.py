@@ -382,7 +382,7 @@ def record_text(line: Union[str, bytes], path: Union[str, os.PathLike], number: 
         raise CorpusError(f"{os.fspath(path)!r} line {number}: expected a JSON object, got {type(record).__name__}"
                           f"{_one_document_hint(line, number)}")
     if field not in record:
-        fields = ", ".join(sorted(record)[:10]) or "none"
+        fields = ", ".join(repr(name) for name in sorted(record)[:10]) or "none"  # quoted: not read as options
         raise CorpusError(f"{os.fspath(path)!r} line {number}: no field {field!r} (fields: {fields}); "
                           "choose the text field with text_field / --text-field")
     text = record[field]

@@ -329,6 +329,15 @@ def test_a_capitalized_anchor_is_not_listed_among_the_words_that_are_not_anchors
     assert f" {first} (" not in out.split("that are not anchors")[-1], out
 
 
+def test_a_missing_text_field_names_the_records_fields_as_they_are_and_the_option_once(tmp_path, capsys):
+    """Field names that look like settings (min_count) are the records' own, not options."""
+    records = tmp_path / "records.jsonl"
+    records.write_text(json.dumps({"body_text": "the enzyme", "min_count": 3}) + "\n")
+    assert main(["mine", str(records), "--no-progress"]) == 1
+    err = capsys.readouterr().err
+    assert "no field 'text' (fields: 'body_text', 'min_count'); choose the text field with --text-field\n" in err, err
+
+
 def test_outputs_and_options_are_checked_before_counting(tmp_path, capsys, monkeypatch):
     import diffmask_fast.counting as counting
 

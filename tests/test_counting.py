@@ -507,7 +507,7 @@ def test_invalid_utf8_is_replaced_not_an_error(tmp_path):
 
 @pytest.mark.parametrize("content, message", [
     (b'{"text": "fine"}\n{"text": "unterminated\n', r"bad\.jsonl?' line 2: not valid JSON"),
-    (b'{"text": "fine"}\n\n{"body": "x"}\n', r"line 3: no field 'text' \(fields: body\)"),
+    (b'{"text": "fine"}\n\n{"body": "x"}\n', r"line 3: no field 'text' \(fields: 'body'\)"),
     (b'{"text": 12}\n', r"line 1: field 'text' holds int, not a string"),
     (b'["text"]\n', r"line 1: expected a JSON object, got list"),
     (b'[\n  {"text": "one"},\n  {"text": "two"}\n]\n', r"line 1: not valid JSON .*one JSON document.*one JSON object per line"),
