@@ -10,6 +10,7 @@ from dataclasses import asdict, dataclass
 from typing import Iterator, Mapping
 
 from . import reference
+from ._display import printable
 from ._io import atomic_write_json, read_json
 from .advice import DiffmaskWarning
 from .counting import WordCounts
@@ -56,10 +57,11 @@ class Anchors:
     def table(self, limit: int | None = None) -> str:
         """A plain-text table of the anchors, for terminals and logs."""
         rows = self.anchors if limit is None else self.anchors[:limit]
-        width = max([len("anchor")] + [len(a.word) for a in rows])
+        words = [printable(a.word) for a in rows]
+        width = max([len("anchor")] + [len(word) for word in words])
         lines = [f"{'rank':>4}  {'anchor':<{width}}  {'TF-ICF':>9}  {'domain':>9}  {'general':>15}"]
-        for rank, a in enumerate(rows, start=1):
-            lines.append(f"{rank:>4}  {a.word:<{width}}  {a.score:>9.2f}  {a.target_count:>9,}  {a.general_count:>15,.0f}")
+        for rank, (a, word) in enumerate(zip(rows, words), start=1):
+            lines.append(f"{rank:>4}  {word:<{width}}  {a.score:>9.2f}  {a.target_count:>9,}  {a.general_count:>15,.0f}")
         return "\n".join(lines)
 
     def save(self, path: str | os.PathLike) -> None:

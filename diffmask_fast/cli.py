@@ -9,6 +9,8 @@ import sys
 import warnings
 from pathlib import Path
 
+from ._display import printable
+
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
 
@@ -385,7 +387,7 @@ def _show_masks(anchor_words, tokenizer, table, texts, args, plot_texts=()) -> N
     top = sorted(((w, table.score(w)) for w in shown_words if w in table), key=lambda item: (-item[1], item[0]))[:10]
     if top:  # else no word shown, beside the anchors, is in the table
         print("\nHighest-scoring words here that are not anchors (score, nearest anchor): "
-              + ", ".join(f"{w} ({s:.2f}, {table.nearest_anchor_of(w) or '-'})" for w, s in top))
+              + ", ".join(f"{printable(w)} ({s:.2f}, {printable(table.nearest_anchor_of(w) or '-')})" for w, s in top))
     for line in written:
         print(line)
 
@@ -538,7 +540,7 @@ def run_score(args) -> None:
         top = [(w, v) for w, v in scores.top(len(anchor_keys) + args.top) if w not in anchor_keys][: args.top]
         print("\nHighest-scoring words that are not anchors (score, nearest anchor):")
         for word, value in top:
-            print(f"  {value:6.3f}  {word}  ({scores.nearest_anchor_of(word) or '-'})")
+            print(f"  {value:6.3f}  {printable(word)}  ({printable(scores.nearest_anchor_of(word) or '-')})")
     print(f"\nSaved the score table to {args.output}")
 
 

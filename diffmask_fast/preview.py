@@ -14,6 +14,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ._checks import refuse_one_string
+from ._display import printable
 from ._io import atomic_write_bytes
 from .collator import DifferenceMaskingCollator
 from .pretrain_data import special_wrapping, word_windows
@@ -225,12 +226,13 @@ def masking_rates(collator: DifferenceMaskingCollator, texts: Sequence[str], dra
 
 
 def render_text(sentences: Sequence[Sequence[PreviewWord]], show_scores: bool = False) -> str:
-    """One line per sentence, masked words in [[double brackets]] (with their score if asked)."""
+    """One line per sentence, masked words in [[double brackets]] (with their score if asked);
+    characters that are not printable are shown escaped."""
     lines = []
     for words in sentences:
         parts = []
         for word in words:
-            text = f"{word.text}:{word.score:.2f}" if show_scores else word.text
+            text = f"{printable(word.text)}:{word.score:.2f}" if show_scores else printable(word.text)
             parts.append(f"[[{text}]]" if word.masked else text)
         lines.append(" ".join(parts))
     return "\n".join(lines)
@@ -249,8 +251,8 @@ def render_html(sentences: Sequence[Sequence[PreviewWord]], title: str = "Differ
             style = f"background: rgba(255, 140, 0, {alpha:.2f});"
             if w.masked:
                 style += " outline: 2px solid #1f4e9c; font-weight: bold;"
-            tip = f"score {w.score:.3f}" + (f", nearest anchor: {w.nearest_anchor}" if w.nearest_anchor else "")
-            cells.append(f'<span style="{style}" title="{html.escape(tip)}">{html.escape(w.text)}</span>')
+            tip = f"score {w.score:.3f}" + (f", nearest anchor: {printable(w.nearest_anchor)}" if w.nearest_anchor else "")
+            cells.append(f'<span style="{style}" title="{html.escape(tip)}">{html.escape(printable(w.text))}</span>')
         rows.append(f"<p>{' '.join(cells)}</p>")
     return (
         f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title></head>"

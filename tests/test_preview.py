@@ -131,6 +131,22 @@ def test_the_html_preview_shades_words_by_score_and_boxes_the_masked_ones():
     assert "outline" in styles["high"] and "outline" not in styles["low"] + styles["mid"], "only masked words boxed"
 
 
+def test_characters_that_are_not_printable_are_shown_escaped_in_text_html_and_tables():
+    """A corpus word holding an escape sequence must not recolour the terminal; a zero-width or
+    direction-changing character must not hide or reorder what is shown."""
+    from diffmask_fast.anchors import Anchor, Anchors
+    from diffmask_fast.preview import PreviewWord, render_html, render_text
+
+    words = [PreviewWord("\x1b[31mred", 0.9, True, "ok\u202e"), PreviewWord("zero\u200bwidth", 0.1, False, None),
+             PreviewWord("naïve", 0.5, False, None)]
+    for shown in (render_text([words], show_scores=True), render_html([words])):
+        assert "\x1b" not in shown and "\u200b" not in shown and "\u202e" not in shown, shown
+        assert "\\x1b[31mred" in shown and "zero\\u200bwidth" in shown and "naïve" in shown, shown
+    assert "ok\\u202e" in render_html([words])
+    table = Anchors((Anchor("bell\x07", 5.0, 9, 1.0),), 100, 1e12, 1, 10.0).table()
+    assert "\x07" not in table and "bell\\x07" in table, table
+
+
 def test_masking_rates_are_ranked_by_rate_not_by_score(bert_wordpiece):
     """"ligand" (score 0.5) is the only scored word of its row and is masked in every draw; the
     words scored 1.0 share one row's single masked word."""
