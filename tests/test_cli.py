@@ -207,10 +207,12 @@ def test_an_interrupt_says_how_to_carry_on(tmp_path, monkeypatch, capsys):
     assert "diffmask finetune: interrupted; rerun with --resume to keep the seeds" in capsys.readouterr().err
 
 
-def test_mine_says_when_fewer_words_qualify_than_asked(tmp_path, capsys):
+def test_mine_and_preview_say_when_fewer_words_qualify_than_asked(tmp_path, capsys):
     corpus = tmp_path / "corpus.txt"
     corpus.write_text("enzyme binds the receptor\n" * 3)
     assert main(["mine", str(corpus), "-k", "50", "--min-count", "3", "--no-progress"]) == 0
+    assert "Only 4 words occur often enough to be anchors (50 asked for)" in capsys.readouterr().out
+    assert main(["preview", str(corpus), "-k", "50", "--min-count", "3", "-n", "1", "--no-progress"]) == 0
     assert "Only 4 words occur often enough to be anchors (50 asked for)" in capsys.readouterr().out
     assert main(["preview", str(corpus), "-n", "0"]) == 2
     assert "diffmask preview: error: --sentences must be at least 1" in capsys.readouterr().err
