@@ -24,7 +24,8 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from . import _wordtable as W
-from .corpus import DEFAULT_TEXT_FIELD, CorpusError, corpus_files, is_dataset, is_gzip, is_json_lines, open_binary
+from .corpus import (DEFAULT_TEXT_FIELD, CorpusError, corpus_files, is_data_frame, is_dataset, is_gzip, is_json_lines,
+                     open_binary)
 from .counting import DEFAULT_BLOCK_BYTES, CountTable, WordCounts, _Counter, _result
 
 #: Nominal bytes of one range of a file counted by one task.
@@ -142,6 +143,21 @@ def merge_partials(*parts: PartialCounts) -> PartialCounts:
                          sum(p.documents for p in parts), sum(p.bytes for p in parts))
 
 
+#: ``dask.compute``'s local schedulers, which people pass as ``scheduler`` out of habit: as an
+#: address, Client would try to reach a host of that name.
+LOCAL_DASK_SCHEDULERS = frozenset({"sync", "synchronous", "single-threaded", "threads", "threading", "processes",
+                                   "multiprocessing"})
+
+
+def _check_scheduler(scheduler) -> None:
+    """Refuse a local Dask scheduler's name before any work: counting without a scheduler is
+    this machine's parallel count already."""
+    if isinstance(scheduler, str) and scheduler.strip().lower() in LOCAL_DASK_SCHEDULERS:
+        raise ValueError(f"scheduler={scheduler!r} names one of dask.compute's local schedulers, but scheduler "
+                         "takes a Dask cluster (a distributed.Client or an address such as 'tcp://host:8786'); "
+                         "to count on this machine leave scheduler out (threads= sets the counting threads)")
+
+
 def _client(scheduler):
     from distributed import Client
 
@@ -178,9 +194,10 @@ def count_words_distributed(
 
     ``source`` must name files (a path, directory, glob, or a list of them); ``threads`` is the
     counting threads per task (default 1: Dask runs tasks side by side)."""
+    _check_scheduler(scheduler)
     if isinstance(source, (str, os.PathLike)):
         files = corpus_files(source, text_field)
-    elif is_dataset(source):
+    elif is_dataset(source) or is_data_frame(source):
         raise CorpusError("distributed counting reads files; count a dataset without a scheduler, "
                           "or save it as JSON lines where the workers can read it")
     else:

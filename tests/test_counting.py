@@ -810,6 +810,29 @@ def test_dask_counting_refuses_zero_threads_or_partition_bytes(dask_client, tmp_
         count_words_distributed(corpus, dask_client, progress=False, partition_bytes=0)
 
 
+def test_a_local_dask_scheduler_name_or_a_data_frame_is_refused_with_the_way_to_count(tmp_path, monkeypatch):
+    """scheduler='synchronous' (dask.compute's habit) would be read as a host to connect to, and
+    a DataFrame's iteration gives its column names, which were called "strings of text"."""
+    pytest.importorskip("distributed")
+    import distributed
+
+    class NoConnection:
+        def __init__(self, *args, **kwargs):
+            raise AssertionError("tried to reach a scheduler")
+
+    monkeypatch.setattr(distributed, "Client", NoConnection)
+    corpus = tmp_path / "a.txt"
+    corpus.write_text("kinase binds\n")
+    for name in ("synchronous", "threads", "Processes", "single-threaded"):
+        with pytest.raises(ValueError, match=f"scheduler='{name}' names one of dask.compute's local schedulers.*"
+                                             "leave scheduler out"):
+            count_words(corpus, progress=False, scheduler=name)
+    pandas = pytest.importorskip("pandas")
+    frame = pandas.DataFrame({"text": ["kinase binds"]})
+    with pytest.raises(CorpusError, match="distributed counting reads files; count a dataset without a scheduler"):
+        count_words(frame, progress=False, scheduler="tcp://nowhere:1")
+
+
 # ----------------------------------------------------------------------------------------------
 # Reading files: names, damaged files, saved counts
 # ----------------------------------------------------------------------------------------------
