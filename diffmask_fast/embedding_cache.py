@@ -106,12 +106,17 @@ class _Segment:
             self._vectors = vectors
         return self._vectors
 
-    def remove(self) -> None:
+    def remove(self) -> OSError | None:
+        """Delete the segment's files; the error that kept one (a read-only cache) if any."""
+        kept = None
         for path in (self.meta_path, self.vectors_path):
             try:
                 path.unlink()
-            except OSError:
+            except FileNotFoundError:
                 pass
+            except OSError as error:
+                kept = kept or error
+        return kept
 
 
 class EmbeddingCache:
@@ -169,9 +174,14 @@ class EmbeddingCache:
             warnings.warn(f"embedding cache: {error}; skipping it and embedding its words again", DiffmaskWarning,
                           stacklevel=4)
             return
-        warnings.warn(f"embedding cache: {error}; discarding {path} and embedding its words again", DiffmaskWarning,
-                      stacklevel=4)
-        segment.remove()
+        kept = segment.remove()
+        if kept is None:
+            warnings.warn(f"embedding cache: {error}; discarded {path} and embedding its words again", DiffmaskWarning,
+                          stacklevel=4)
+        else:  # every run finds it again until someone who may delete it does
+            warnings.warn(f"embedding cache: {error}; cannot delete it ({kept.strerror or kept}), so skipping it and "
+                          f"embedding its words again; delete {segment.meta_path} and {segment.vectors_path} to stop "
+                          "this warning", DiffmaskWarning, stacklevel=4)
 
     def __contains__(self, word: str) -> bool:
         return word in self._where
