@@ -654,16 +654,30 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _warning_format(command: str, default_format):
-    """Print the package's advice (DiffmaskWarning) as one line like the errors, not as a source
-    location; other warnings keep Python's format."""
+    """Print warnings as one line like the errors, not as a source location: the package's advice
+    (DiffmaskWarning) alone, another library's (matplotlib's missing glyphs, say) with its category
+    and the package it came from. Python's format stays for code run from a file of one's own."""
     from .advice import DiffmaskWarning
 
     def format_warning(message, category, filename, lineno, line=None):
         if issubclass(category, DiffmaskWarning):
             return f"diffmask {command}: warning: {message}\n"
-        return default_format(message, category, filename, lineno, line)
+        package = _installed_package(filename)
+        if package is None:
+            return default_format(message, category, filename, lineno, line)
+        return f"diffmask {command}: warning: {message} ({category.__name__} from {package})\n"
 
     return format_warning
+
+
+def _installed_package(filename: str) -> str | None:
+    """The top-level package of an installed module's file, None for any other file."""
+    parts = Path(filename).parts
+    for folder in ("site-packages", "dist-packages"):
+        if folder in parts[:-1]:
+            found = parts[parts.index(folder) + 1]
+            return found.removesuffix(".py")
+    return None
 
 
 if __name__ == "__main__":

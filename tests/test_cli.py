@@ -3,6 +3,7 @@
 import json
 import subprocess
 import sys
+import warnings
 
 import pytest
 
@@ -229,6 +230,20 @@ def test_mine_names_broken_text_in_one_warning_line(tmp_path):
         "diffmask mine: warning: 1 of the top words is broken text and was skipped")
     assert "mine_anchors(" not in result.stderr, "no source line"
     assert "\u00e2" not in result.stdout.split("anchor")[-1]
+
+
+def test_other_libraries_warnings_are_one_line_naming_their_package():
+    """matplotlib's "Glyph missing" and the like, shown as the package's own warnings are."""
+    from diffmask_fast.advice import DiffmaskWarning
+    from diffmask_fast.cli import _warning_format
+
+    shown = _warning_format("preview", warnings.formatwarning)
+    assert shown("Glyph 7 missing from font(s) DejaVu Sans.", UserWarning,
+                 "/usr/lib/python3/site-packages/matplotlib/backends/backend_agg.py", 205, "x = 1") == (
+        "diffmask preview: warning: Glyph 7 missing from font(s) DejaVu Sans. (UserWarning from matplotlib)\n")
+    assert shown("advice", DiffmaskWarning, "/anywhere/cli.py", 1) == "diffmask preview: warning: advice\n"
+    own = shown("mine", UserWarning, "/home/me/run.py", 3, "warn()")
+    assert own.startswith("/home/me/run.py:3: UserWarning: mine"), "a file of one's own keeps Python's format"
 
 
 @pytest.mark.parametrize("command", ["demo", "mine", "preview"])
