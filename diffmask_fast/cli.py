@@ -23,6 +23,11 @@ POOLING_CHOICES = ("pooled", "cls", "mean", "input_embeddings")
 #: What --pooling does and picks by default (``embedding.recommended_pooling``).
 POOLING_HELP = ("how a word becomes a vector (default: pooled [CLS] output; for sentence-transformers checkpoints, "
                 "the pooling they were trained with: mean for the bundled MiniLM)")
+#: ``reference.WORD_BOUNDARY_SCHEMES``, spelled out so that ``--help`` needs no import.
+WORD_BOUNDARY_CHOICES = ("wordpiece", "byte_bpe", "sentencepiece", "token")
+WORD_BOUNDARY_HELP = ("how the tokenizer marks words: wordpiece (##ing continues a word), byte_bpe (Ġword starts "
+                      "one), sentencepiece (▁word starts one) or token (each token is a word); default: detected "
+                      "from the tokenizer")
 #: Tokens (special tokens included) that preview shows of each document: ``preview.preview``'s
 #: ``max_length``; a longer document is shown up to its last word that fits.
 SHOWN_TOKENS = 128
@@ -31,6 +36,7 @@ def _add_masking_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default=None, help="encoder name or path for word embeddings and tokenization "
                         "(default: the bundled all-MiniLM-L6-v2)")
     parser.add_argument("--pooling", choices=POOLING_CHOICES, default=None, help=POOLING_HELP)
+    _add_word_boundary_option(parser)
     parser.add_argument("--mlm-probability", type=float, default=0.25, help="share of words to mask (default 0.25)")
     parser.add_argument("--similarity", choices=("max", "centroid", "mean"), default=None,
                         help="how a word's score combines its similarity to the anchors (default max)")
@@ -54,6 +60,10 @@ def _add_mining_options(parser: argparse.ArgumentParser) -> None:
                         help="TF-ICF smoothing in occurrences per million words (default 10)")
     parser.add_argument("--general", type=Path, default=None,
                         help="general-English table, word<TAB>count per line (default: Google Web Trillion Word)")
+
+
+def _add_word_boundary_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--word-boundary", choices=WORD_BOUNDARY_CHOICES, default=None, help=WORD_BOUNDARY_HELP)
 
 
 def _add_text_field_option(parser: argparse.ArgumentParser) -> None:
@@ -133,6 +143,7 @@ def _add_score_parser(commands) -> None:
                        "(default: the bundled all-MiniLM-L6-v2)")
     score.add_argument("--tokenizer", default=None, help="tokenizer of the model that will be pretrained; the corpus's "
                        "words are collected as it groups them (default: the embedding model's)")
+    _add_word_boundary_option(score)
     score.add_argument("--pooling", choices=POOLING_CHOICES, default=None, help=POOLING_HELP)
     score.add_argument("--similarity", choices=("max", "centroid", "mean"), default="max",
                        help="how a word's score combines its similarity to the anchors (default max)")
@@ -307,25 +318,43 @@ def _refuse_counting_options(args) -> None:
                          "--counts gives counts already")
 
 
-def _score_shown_words(anchors, texts, args, plot_texts=()):
-    """The tokenizer and a score table of every word shown of ``texts`` and ``plot_texts``, scored now."""
+def _shown_words_embedder(args):
+    """The embedder that scores the shown words, its tokenizer's word boundaries checked (and
+    ``args.word_boundary`` set to the scheme) before any long work."""
     from .embedding import WordEmbedder
-    from .preview import shown_word_types
-    from .scoring import WordScorer
 
     embedder = WordEmbedder.from_pretrained(args.model, pooling=args.pooling,
                                             progress=not getattr(args, "no_progress", False))
-    words = shown_word_types(embedder.tokenizer, texts)
+    args.word_boundary = _word_boundary_scheme(embedder.tokenizer, args.word_boundary)
+    return embedder
+
+
+def _word_boundary_scheme(tokenizer, scheme: str | None) -> str:
+    """``scheme``, or the one detected for ``tokenizer``: an undetectable one fails here, before
+    counting or scoring, with the advice to name it."""
+    from .tokenization import word_boundaries
+
+    return word_boundaries(tokenizer, scheme).scheme
+
+
+def _score_shown_words(embedder, anchors, texts, args, plot_texts=()):
+    """The tokenizer and a score table of every word shown of ``texts`` and ``plot_texts``, scored now."""
+    from .preview import shown_word_types
+    from .scoring import WordScorer
+
+    words = shown_word_types(embedder.tokenizer, texts, scheme=args.word_boundary)
     if args.plot:
-        words |= shown_word_types(embedder.tokenizer, plot_texts)
+        words |= shown_word_types(embedder.tokenizer, plot_texts, scheme=args.word_boundary)
     scorer = WordScorer(embedder, anchors, similarity=args.similarity or "max")
-    return embedder.tokenizer, scorer.score(words | set(anchors.words))
+    table = scorer.score(words | set(anchors.words))
+    table.info["word_boundary"] = args.word_boundary
+    return embedder.tokenizer, table
 
 
 def _saved_scores(args, anchors):
     """The tokenizer and the score table of --scores (from `diffmask score`), checked against
-    --anchors. The tokenizer is --model's, else the one that grouped the table's words."""
-    from .embedding import default_model_path
+    --anchors. The tokenizer is --model's, else the one that grouped the table's words, with the
+    word boundaries they were grouped by unless --word-boundary names others."""
     from .hf_loading import load_tokenizer
     from .scoring import load_scores_for
 
@@ -334,7 +363,20 @@ def _saved_scores(args, anchors):
                          "was scored already (its settings: ScoreTable.load(...).info)")
     table = load_scores_for(args.scores, anchors, args.anchors)
     if args.model is not None:
-        return load_tokenizer(args.model), table
+        tokenizer = load_tokenizer(args.model)
+    else:
+        tokenizer = _table_tokenizer(table)
+        if args.word_boundary is None:
+            args.word_boundary = table.info.get("word_boundary")
+    args.word_boundary = _word_boundary_scheme(tokenizer, args.word_boundary)
+    return tokenizer, table
+
+
+def _table_tokenizer(table):
+    """The tokenizer that grouped a saved score table's words, as far as the table tells."""
+    from .embedding import default_model_path
+    from .hf_loading import load_tokenizer
+
     grouped_by = table.info.get("tokenizer")  # the tokenizer that grouped the table's words
     if grouped_by is None:  # scored from counts (words as whitespace splits them), or made by hand
         embedded_by = table.info.get("model")
@@ -345,20 +387,20 @@ def _saved_scores(args, anchors):
         print("The score table does not name the tokenizer that grouped its words; the shown words are grouped by "
               + (f"the tokenizer of its embedding model {embedded_by!r}" if tokenizer is not None
                  else "the default embedding model's tokenizer") + " (--model names another).")
-        return tokenizer or load_tokenizer(default_model_path()), table
+        return tokenizer or load_tokenizer(default_model_path())
     try:
-        return load_tokenizer(grouped_by), table
+        return load_tokenizer(grouped_by)
     except ValueError as error:
         raise ValueError(f"the score table's words were grouped by the tokenizer {grouped_by!r}, which cannot be "
                          f"loaded here ({error}); name the tokenizer with --model") from None
 
 
-def _note_unknown_words(tokenizer, table, texts) -> None:
+def _note_unknown_words(tokenizer, table, texts, scheme: str) -> None:
     """Say how many words of ``texts`` a saved score table does not know (they score its
     ``unknown_score``): a table scored on another corpus or tokenizer shows here."""
     from .preview import shown_word_types
 
-    words = shown_word_types(tokenizer, texts, lowercase=table.lowercase)
+    words = shown_word_types(tokenizer, texts, lowercase=table.lowercase, scheme=scheme)
     unknown = sum(word not in table for word in words)
     if unknown:
         print(f"{unknown:,} of the {len(words):,} words shown are not in the score table; they score "
@@ -372,7 +414,7 @@ def _show_masks(anchor_words, tokenizer, table, texts, args, plot_texts=()) -> N
     from .preview import preview, render_text, write_html
 
     collator = DifferenceMaskingCollator(tokenizer, table, mlm_probability=args.mlm_probability,
-                                         weighting=args.weighting, seed=args.seed)
+                                         weighting=args.weighting, seed=args.seed, word_boundary=args.word_boundary)
     sentences = preview(collator, texts)
     written = []
     if args.html:
@@ -409,12 +451,13 @@ def run_demo(args) -> None:
     print(f"Corpus: the Python language reference shipped with CPython ({len(lines):,} paragraphs).")
     args.general = args.min_count = args.smoothing = None
     args.k = 20
+    embedder = _shown_words_embedder(args)
     counts, anchors = _mine(lines, args)
     print(f"\nTop {len(anchors)} anchors by TF-ICF against general English ({counts.total:,} words counted):\n")
     print(anchors.table())
     texts = sample_sentences(lines, args.sentences, args.seed)
     plot_texts = sample_sentences(lines, PLOT_TEXTS, args.seed + 1)
-    tokenizer, table = _score_shown_words(anchors, texts, args, plot_texts)
+    tokenizer, table = _score_shown_words(embedder, anchors, texts, args, plot_texts)
     _show_masks(anchors.words, tokenizer, table, texts, args, plot_texts)
 
 
@@ -457,6 +500,7 @@ def run_preview(args) -> None:
                          "anchors; --anchors or --scores give them already")
     anchors = Anchors.load(args.anchors) if args.anchors else None
     saved = _saved_scores(args, anchors) if args.scores is not None else None
+    embedder = _shown_words_embedder(args) if saved is None else None
     if anchors is None and saved is None:
         _, anchors = _mine(corpus, args)
         _note_few_anchors(anchors, args.k)
@@ -468,9 +512,9 @@ def run_preview(args) -> None:
         raise ValueError("the corpus has no non-empty documents to preview")
     if saved is not None:
         tokenizer, table = saved
-        _note_unknown_words(tokenizer, table, texts)
+        _note_unknown_words(tokenizer, table, texts, args.word_boundary)
     else:
-        tokenizer, table = _score_shown_words(anchors, texts, args, plot_texts)
+        tokenizer, table = _score_shown_words(embedder, anchors, texts, args, plot_texts)
     _show_masks(table.anchors if anchors is None else anchors.words, tokenizer, table, texts, args, plot_texts)
 
 
@@ -493,15 +537,15 @@ def run_score(args) -> None:
         raise ValueError("--tokenizer groups the words of a corpus; with --counts alone there is none to group")
     if args.text_field is not None and not corpus:
         raise ValueError("--text-field chooses how a corpus is read; with --counts alone there is none to read")
+    if args.word_boundary is not None and not corpus:
+        raise ValueError("--word-boundary says how a tokenizer groups the words of a corpus; with --counts alone there "
+                         "is none to group")
     _check_outputs(args, "output")
     _check_apart(args, ("output",), ("counts", "anchors"), corpus)
     _check_score_settings(args)
     progress = not args.no_progress
     anchors = Anchors.load(args.anchors)
-    counts = (WordCounts.load(args.counts, verify=True) if args.counts is not None
-              else count_words(corpus, progress=progress, text_field=args.text_field))
-    table = getattr(counts, "table", None)
-    words = set(table.words() if table is not None and hasattr(table, "words") else counts.counts)
+    # The model and the tokenizer's word boundaries before the count: a count can take hours.
     embedder = WordEmbedder.from_pretrained(
         args.model, pooling=args.pooling, cache_dir=None if args.no_cache else (args.cache_dir or True),
         dtype=args.dtype, batch_size=args.batch_size, max_length=args.max_length, device=args.device,
@@ -512,8 +556,14 @@ def run_score(args) -> None:
             from .hf_loading import load_tokenizer
 
             tokenizer = load_tokenizer(args.tokenizer)
+        args.word_boundary = _word_boundary_scheme(tokenizer, args.word_boundary)
+    counts = (WordCounts.load(args.counts, verify=True) if args.counts is not None
+              else count_words(corpus, progress=progress, text_field=args.text_field))
+    table = getattr(counts, "table", None)
+    words = set(table.words() if table is not None and hasattr(table, "words") else counts.counts)
+    if corpus:
         words |= tokenizer_word_types(tokenizer, iter_documents(corpus, args.text_field), lowercase=counts.lowercase,
-                                      progress=progress)
+                                      scheme=args.word_boundary, progress=progress)
     words |= set(anchors.words)
     options = {"similarity": args.similarity, "index": args.index,
                "index_options": {key: value for key, value in (
@@ -523,8 +573,11 @@ def run_score(args) -> None:
     if args.contextual_anchors is not None:
         scorer = WordScorer.with_contextual_anchors(embedder, anchors, iter_documents(corpus, args.text_field),
                                                     args.contextual_anchors,
-                                                    context_options={"progress": progress,
-                                                                     "lowercase": counts.lowercase}, **options)
+                                                    context_options={
+                                                        "progress": progress, "lowercase": counts.lowercase,
+                                                        # the boundaries named are those of --tokenizer when given
+                                                        "scheme": None if args.tokenizer else args.word_boundary},
+                                                    **options)
     else:
         scorer = WordScorer(embedder, anchors, **options)
     scores = scorer.score(words, lowercase=counts.lowercase, progress=progress)
@@ -532,6 +585,7 @@ def run_score(args) -> None:
         from .hf_loading import saved_reference
 
         scores.info["tokenizer"] = saved_reference(args.tokenizer) if args.tokenizer else scores.info["model"]
+        scores.info["word_boundary"] = args.word_boundary
     elapsed = time.perf_counter() - started
     scores.save(args.output)
     info = scores.info
@@ -610,6 +664,8 @@ def _with_option_name(message: str, command_parser) -> str:
     # a resume found changed ("settings: strategy 'x' (now 'y'), seed 1 (now 2)").
     message = re.sub(r"^(?:[a-z_]+(?:, | and ))*[a-z_]+(?= would not be used)", options_in, message)
     message = re.sub(r"(?:(?<=settings: )|(?<=\), ))[a-z_]+(?= )", options_in, message)
+    # "pass word_boundary= explicitly": the option, "--word-boundary".
+    message = re.sub(r"\b([a-z]+(?:_[a-z]+)+)=(?= )", lambda found: option(found.group(1)) or found.group(), message)
     # "init_mlm_head=True" of a switch is the switch alone: "--init-mlm-head".
     message = re.sub(r"\b([a-z]+(?:_[a-z]+)+)=True\b",
                      lambda found: option(found.group(1)) if option(found.group(1)) in switches else found.group(),

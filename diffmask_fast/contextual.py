@@ -228,13 +228,15 @@ def _check_at_least(name: str, value, least: int, why: str = "") -> None:
 
 def contextual_anchor_vectors(embedder, texts: Iterable[str], anchor_words: Sequence[str], *,
                               max_occurrences_per_anchor: int = 1000, max_length: int | None = None, batch_size: int = 32,
-                              lowercase: bool = True, seed: int = 0, progress: bool | None = None) -> ContextualAnchors:
+                              lowercase: bool = True, seed: int = 0, scheme: str | None = None,
+                              progress: bool | None = None) -> ContextualAnchors:
     """One vector per sampled occurrence of each anchor word in ``texts`` (one document each).
 
     Each vector is the mean of the last hidden states of the word's sub-tokens, computed by
     ``embedder``'s model on the document (truncated to ``max_length`` tokens; by default
     ``CONTEXT_LENGTH``, or fewer when the model takes fewer) with its device and dtype. Anchors
-    keep the words given (``find_occurrences`` says how they are matched). Anchors that never
+    keep the words given (``find_occurrences`` says how they are matched; ``scheme`` names the
+    tokenizer's word boundaries, detected when None). Anchors that never
     occur get no vectors (see ``ContextualAnchors.occurrences``) and are named in a warning; when
     none occurs at all, ValueError.
     """
@@ -258,7 +260,7 @@ def contextual_anchor_vectors(embedder, texts: Iterable[str], anchor_words: Sequ
         check_max_length(model, max_length, model_name(model), "max_length")
     show = embedder.progress if progress is None else progress
     kept = find_occurrences(tokenizer, texts, words, max_per_anchor=max_occurrences_per_anchor,
-                            max_length=max_length, lowercase=lowercase, seed=seed, progress=show)
+                            max_length=max_length, lowercase=lowercase, seed=seed, scheme=scheme, progress=show)
     by_text: dict[str, list[tuple[int, int, int]]] = {}
     for anchor, occurrences in enumerate(kept):
         for text, start, end in occurrences:
@@ -266,7 +268,7 @@ def contextual_anchor_vectors(embedder, texts: Iterable[str], anchor_words: Sequ
     total = sum(len(o) for o in kept)
     missing = [i for i, occurrences in enumerate(kept) if not occurrences]
     if missing:
-        readings = anchor_readings(tokenizer, [words[i] for i in missing], lowercase=lowercase)
+        readings = anchor_readings(tokenizer, [words[i] for i in missing], lowercase=lowercase, scheme=scheme)
         shown = ", ".join(f"{words[i]!r} (read as {' '.join(reading) or 'nothing'!r})"
                           for i, reading in list(zip(missing, readings))[:5])
         if total == 0:

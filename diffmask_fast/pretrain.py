@@ -26,7 +26,9 @@ from .advice import DiffmaskWarning
 from .embedding import POOLINGS
 from .masking_base import check_loss_weight, check_probability
 from .pretrain_data import MIN_MAX_LENGTH
+from .reference import WORD_BOUNDARY_SCHEMES
 from .strategies import STEP_ONLY_STRATEGIES, STRATEGIES, build_strategy, check_strategy, resolve_mask_location
+from .tokenization import detect_word_boundary_scheme, word_boundaries
 
 SUMMARY_FORMAT = "diffmask_fast.pretrain_summary/1"
 SUMMARY_FILE = "pretrain_summary.json"
@@ -37,8 +39,8 @@ TERMS_FILE = "terms.txt"
 RUN_FILE = "pretrain_run.json"  # the settings a run started with, and its validation loss before training
 #: Settings a resumed run must share with the run it continues (the others may change, e.g. max_steps).
 RESUME_MUST_MATCH = (
-    "model", "corpus", "validation", "validation_fraction", "max_validation_documents", "text_field", "epochs",
-    "precision", "mask_on", "strategy", "mlm_probability", "max_length",
+    "model", "corpus", "validation", "validation_fraction", "max_validation_documents", "text_field", "word_boundary",
+    "epochs", "precision", "mask_on", "strategy", "mlm_probability", "max_length",
     "seed", "batch_size", "gradient_accumulation_steps", "learning_rate", "weight_decay", "warmup_ratio",
     "init_mlm_head", "head_warmup_steps", "head_learning_rate", "anchors", "scores", "anchors_count",
     "embedding_model", "pooling", "terms", "term_probability", "term_weight", "term_top_fraction", "attention_layer",
@@ -59,6 +61,8 @@ class PretrainConfig:
     validation_fraction: float = 0.05
     max_validation_documents: int = 5000
     text_field: str | None = None
+    #: How the tokenizer marks words (``reference.WORD_BOUNDARY_SCHEMES``); detected when None.
+    word_boundary: str | None = None
     epochs: float = 3.0
     max_steps: int = -1
     batch_size: int = 32
@@ -105,6 +109,9 @@ class PretrainConfig:
         check_strategy(self.strategy)
         if not self.corpus:
             raise ValueError("give a corpus to pretrain on (files, directories or glob patterns)")
+        if self.word_boundary is not None and self.word_boundary not in WORD_BOUNDARY_SCHEMES:
+            raise ValueError(f"unknown word_boundary {self.word_boundary!r}; expected one of "
+                             f"{', '.join(map(repr, WORD_BOUNDARY_SCHEMES))} (or None: detected from the tokenizer)")
         if not 0.0 < self.mlm_probability <= 1.0:
             raise ValueError(f"mlm_probability must be in (0, 1], got {self.mlm_probability}")
         for name in ("batch_size", "gradient_accumulation_steps", "eval_steps", "logging_steps", "save_total_limit"):
@@ -217,7 +224,7 @@ def read_terms(path: str | os.PathLike) -> list[str]:
 
 
 def _domain_resources(config: PretrainConfig, documents: list[str], tokenizer: Any, *,
-                      validation_documents: list[str] = (), saved: bool = False) -> dict:
+                      validation_documents: list[str] = (), saved: bool = False, scheme: str | None = None) -> dict:
     """Anchors, score table and terms the strategy needs: given, saved by an earlier run in the
     output directory (resuming) or by this run's main process (``saved``), or mined from the
     training documents now. The words of the validation documents are scored too: a score
@@ -254,12 +261,14 @@ def _domain_resources(config: PretrainConfig, documents: list[str], tokenizer: A
             anchors = mine_anchors(count_words(documents, progress=config.progress), k=config.anchors_count)
         embedder = WordEmbedder.from_pretrained(config.embedding_model, pooling=config.pooling, cache_dir=True,
                                                 progress=config.progress)
-        words = tokenizer_word_types(tokenizer, [*documents, *validation_documents], progress=config.progress)
+        words = tokenizer_word_types(tokenizer, [*documents, *validation_documents], scheme=scheme,
+                                     progress=config.progress)
         words |= set(anchors.words)
         scores = WordScorer(embedder, anchors).score(words, progress=config.progress)
         from .hf_loading import saved_reference
 
         scores.info["tokenizer"] = saved_reference(config.model)  # grouped the words as the model being trained does
+        scores.info["word_boundary"] = scheme or detect_word_boundary_scheme(tokenizer)
     # A score table given alone names its anchors: nothing is mined that would not match it.
     resources["anchor_words"] = list(anchors.words) if anchors is not None else list(scores.anchors)
     resources["scores"] = scores
@@ -276,7 +285,8 @@ def _domain_resources(config: PretrainConfig, documents: list[str], tokenizer: A
 COVERAGE_SAMPLE_DOCUMENTS = 5000
 
 
-def unscored_words_notice(scores: Any, tokenizer: Any, train_docs: list[str], validation_docs: list[str]) -> str | None:
+def unscored_words_notice(scores: Any, tokenizer: Any, train_docs: list[str], validation_docs: list[str],
+                          scheme: str | None = None) -> str | None:
     """What a given score table lacks of the text, or None when it lacks nothing.
 
     A word outside the table scores ``unknown_score`` (0 by default: masked only when a sequence
@@ -288,7 +298,7 @@ def unscored_words_notice(scores: Any, tokenizer: Any, train_docs: list[str], va
 
     parts, examples = [], []
     for name, docs in (("validation", validation_docs), ("training", train_docs[:COVERAGE_SAMPLE_DOCUMENTS])):
-        words = sorted(tokenizer_word_types(tokenizer, docs))
+        words = sorted(tokenizer_word_types(tokenizer, docs, scheme=scheme))
         missing = [w for w in words if w not in scores]
         if missing:
             sampled = "" if name == "validation" or len(docs) == len(train_docs) else f"first {len(docs):,} "
@@ -370,6 +380,7 @@ def pretrain(config: PretrainConfig) -> dict:
     model = load_masked_lm(config.model, init_mlm_head=config.init_mlm_head)
     check_max_length(model, config.max_length, config.model)
     check_vocabulary(tokenizer, model, config.model)
+    scheme = word_boundaries(tokenizer, config.word_boundary).scheme  # an undetectable one fails before any reading
 
     documents = read_documents(config.corpus, config.text_field)
     if not documents:
@@ -392,9 +403,9 @@ def pretrain(config: PretrainConfig) -> dict:
                          "documents it began with (else held-out documents could be trained on); start a new run in "
                          "a new output directory")
     train = tokenize_documents(tokenizer, train_docs, config.max_length, progress=config.progress,
-                               description="tokenizing training documents")
+                               description="tokenizing training documents", word_boundary=scheme)
     validation = tokenize_documents(tokenizer, validation_docs, config.max_length, progress=config.progress,
-                                    description="tokenizing validation documents")
+                                    description="tokenizing validation documents", word_boundary=scheme)
     for name, sequences, docs in (("training", train, train_docs), ("validation", validation, validation_docs)):
         if not sequences:  # the Trainer would fail only after training began, or train on nothing
             raise ValueError(f"the {name} set is empty: its {len(docs)} document(s) tokenize to nothing (the "
@@ -408,11 +419,11 @@ def pretrain(config: PretrainConfig) -> dict:
     with args.main_process_first(local=True, desc="mining anchors and scoring words"):
         main = args.local_process_index == 0
         resources = _domain_resources(config, train_docs, tokenizer, validation_documents=validation_docs,
-                                      saved=not main)
+                                      saved=not main, scheme=scheme)
         if main:
             _save_resources(out, resources)
     if config.scores is not None and "scores" in resources and args.process_index == 0:
-        notice = unscored_words_notice(resources["scores"], tokenizer, train_docs, validation_docs)
+        notice = unscored_words_notice(resources["scores"], tokenizer, train_docs, validation_docs, scheme)
         if notice:
             print(notice)
     location = resolve_mask_location(config.strategy, config.mask_on)
@@ -420,7 +431,7 @@ def pretrain(config: PretrainConfig) -> dict:
         config.strategy, tokenizer, mlm_probability=config.mlm_probability, seed=config.seed,
         scores=resources.get("scores"), terms=resources.get("terms"), mask_on=location,
         term_probability=config.term_probability, term_weight=config.term_weight,
-        attention_layer=config.attention_layer,
+        attention_layer=config.attention_layer, word_boundary=scheme,
     )
     if config.strategy == "difference" and strategy.masker is not None:
         # The device table must know the words before training, and those of the validation set,
@@ -658,6 +669,8 @@ def _save_resources(out: Path, resources: dict) -> None:
 
 # -- command line ------------------------------------------------------------------------------
 def add_pretrain_command(commands) -> None:
+    from .cli import WORD_BOUNDARY_HELP
+
     p = commands.add_parser(
         "pretrain", help="continued masked-LM pretraining with a masking strategy",
         description="Continue the masked-LM pretraining of a HuggingFace model on a corpus, masking with the chosen "
@@ -679,6 +692,7 @@ def add_pretrain_command(commands) -> None:
                    help=f"share of documents held out, at most {PretrainConfig.max_validation_documents:,} of them "
                         "(default 0.05)")
     p.add_argument("--text-field", default=None, help="field of JSON-lines records holding the text")
+    p.add_argument("--word-boundary", choices=WORD_BOUNDARY_SCHEMES, default=None, help=WORD_BOUNDARY_HELP)
     p.add_argument("--epochs", type=float, default=3.0, help="training epochs (default 3)")
     p.add_argument("--max-steps", type=int, default=-1, help="stop after this many optimizer steps (overrides --epochs)")
     p.add_argument("--batch-size", type=int, default=32, help="sequences per device and step (default 32)")
@@ -732,7 +746,8 @@ def run_pretrain_command(args) -> None:
     config = PretrainConfig(
         model=args.model, corpus=args.corpus, output_dir=args.output, strategy=args.strategy,
         mlm_probability=args.mlm_probability, max_length=args.max_length, validation=args.validation,
-        validation_fraction=args.validation_fraction, text_field=args.text_field, epochs=args.epochs,
+        validation_fraction=args.validation_fraction, text_field=args.text_field, word_boundary=args.word_boundary,
+        epochs=args.epochs,
         max_steps=args.max_steps, batch_size=args.batch_size, gradient_accumulation_steps=args.gradient_accumulation_steps,
         learning_rate=args.learning_rate, eval_steps=args.eval_steps, patience=args.patience, seed=args.seed,
         logging_steps=args.logging_steps if args.logging_steps is not None else min(50, args.eval_steps),

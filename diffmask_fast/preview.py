@@ -133,14 +133,15 @@ def _encoded_words(collator: DifferenceMaskingCollator, texts: Sequence[str], ma
     return _windows(collator.tokenizer, grouper, texts, max_length)
 
 
-def shown_word_types(tokenizer, texts: Sequence[str], max_length: int = 128, lowercase: bool = True) -> set[str]:
+def shown_word_types(tokenizer, texts: Sequence[str], max_length: int = 128, lowercase: bool = True,
+                     scheme: str | None = None) -> set[str]:
     """The normalized word types ``preview`` and ``masking_rates`` show of ``texts`` (with the same
-    ``max_length``): those of each text's leading window only, so that scoring what a preview
-    shows never reads a huge document whole."""
+    ``max_length`` and word-boundary ``scheme``, detected when None): those of each text's leading
+    window only, so that scoring what a preview shows never reads a huge document whole."""
     refuse_one_string(texts, "texts", "a list of texts")
     if len(texts) == 0:
         return set()
-    rows = _windows(tokenizer, WordGrouper.for_tokenizer(tokenizer), texts, max_length)
+    rows = _windows(tokenizer, WordGrouper.for_tokenizer(tokenizer, scheme), texts, max_length)
     return {normalize_word(word, lowercase) for _, _, words in rows for word in words if word}
 
 

@@ -256,9 +256,10 @@ def test_help_says_what_the_code_does():
     """Help text that repeats a number or a list held elsewhere in the code matches it."""
     import inspect
 
-    from diffmask_fast.cli import POOLING_HELP, SHOWN_TOKENS, build_parser
+    from diffmask_fast.cli import POOLING_HELP, SHOWN_TOKENS, WORD_BOUNDARY_HELP, build_parser
     from diffmask_fast.plots import IMAGE_FORMATS
     from diffmask_fast.preview import masking_rates, preview, shown_word_types
+    from diffmask_fast.reference import WORD_BOUNDARY_SCHEMES
 
     commands = build_parser().commands
     for function in (preview, masking_rates, shown_word_types):
@@ -267,6 +268,9 @@ def test_help_says_what_the_code_does():
     for command in ("demo", "preview", "score"):
         [pooling] = [a for a in commands[command]._actions if a.dest == "pooling"]
         assert pooling.help == POOLING_HELP
+    for command in ("demo", "preview", "score", "pretrain"):
+        [boundary] = [a for a in commands[command]._actions if a.dest == "word_boundary"]
+        assert tuple(boundary.choices) == WORD_BOUNDARY_SCHEMES and boundary.help == WORD_BOUNDARY_HELP
     [plot] = [a for a in commands["demo"]._actions if a.dest == "plot"]
     assert all(f".{suffix}" in plot.help for suffix in IMAGE_FORMATS) and "PNG without one" in plot.help
 
@@ -353,6 +357,40 @@ def test_a_missing_text_field_names_the_records_fields_as_they_are_and_the_optio
     assert main(["mine", str(records), "--no-progress"]) == 1
     err = capsys.readouterr().err
     assert "no field 'text' (fields: 'body_text', 'min_count'); choose the text field with --text-field\n" in err, err
+
+
+def test_word_boundaries_that_cannot_be_told_are_refused_before_counting_and_named_by_option(tmp_path, capsys,
+                                                                                             monkeypatch):
+    """An end-of-word BPE tokenizer ("b</w>") marks words in a way no scheme detects: score says so
+    before the count, naming --word-boundary; the scheme given is saved, and preview reuses it."""
+    import tokenizers_offline
+
+    import diffmask_fast.counting as counting
+    from diffmask_fast.scoring import ScoreTable
+
+    tokenizer = tmp_path / "end-of-word-bpe"
+    tokenizers_offline.end_of_word_bpe().save_pretrained(tokenizer)
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("a b ab c\nab c a\n" * 5)
+    anchors = tmp_path / "anchors.json"
+    assert main(["mine", str(corpus), "-k", "2", "--min-count", "1", "-o", str(anchors), "--no-progress"]) == 0
+    capsys.readouterr()
+    count_words = counting.count_words
+    monkeypatch.setattr(counting, "count_words", lambda *a, **k: pytest.fail("counted before the check"))
+    scores = tmp_path / "scores.npz"
+    command = ["score", str(corpus), "--anchors", str(anchors), "--tokenizer", str(tokenizer), "-o", str(scores),
+               "--no-cache", "--no-progress"]
+    assert main(command) == 1
+    err = capsys.readouterr().err
+    assert "cannot tell how" in err and "pass --word-boundary explicitly, one of 'wordpiece'" in err, err
+    monkeypatch.setattr(counting, "count_words", count_words)
+    assert main(command + ["--word-boundary", "token"]) == 0
+    assert ScoreTable.load(scores).info["word_boundary"] == "token"
+    capsys.readouterr()
+    assert main(["preview", str(corpus), "--scores", str(scores), "-n", "1", "--no-progress"]) == 0
+    assert main(["score", "--counts", str(tmp_path / "c.bin"), "--anchors", str(anchors), "-o", str(scores),
+                 "--word-boundary", "token"]) == 1
+    assert "--word-boundary says how a tokenizer groups the words of a corpus" in capsys.readouterr().err
 
 
 def test_outputs_and_options_are_checked_before_counting(tmp_path, capsys, monkeypatch):

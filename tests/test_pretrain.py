@@ -326,6 +326,27 @@ def test_a_tokenizer_larger_than_the_model_is_refused_up_front(tmp_path, tiny_be
         trainer.train()
 
 
+def test_a_tokenizer_whose_word_boundaries_cannot_be_told_is_refused_before_reading_unless_named(
+        tmp_path, tiny_bert_mlm, corpus, monkeypatch):
+    import tokenizers_offline
+
+    import diffmask_fast.pretrain_data
+    from diffmask_fast.tokenization import UnknownWordBoundaries
+
+    path = tmp_path / "end-of-word-bpe"
+    tiny_bert_mlm.save_pretrained(path)
+    tokenizers_offline.end_of_word_bpe().save_pretrained(path)
+    read = diffmask_fast.pretrain_data.read_documents
+    monkeypatch.setattr(diffmask_fast.pretrain_data, "read_documents", lambda *a: pytest.fail("read the corpus"))
+    with pytest.raises(UnknownWordBoundaries, match="cannot tell how"):
+        pretrain(config_for(path, corpus, tmp_path / "run", strategy="random-word"))
+    monkeypatch.setattr(diffmask_fast.pretrain_data, "read_documents", read)
+    summary = pretrain(config_for(path, corpus, tmp_path / "run", strategy="random-word", word_boundary="token",
+                                  max_steps=2))
+    assert summary["global_step"] == 2
+    assert json.loads((tmp_path / "run" / RUN_FILE).read_text())["config"]["word_boundary"] == "token"
+
+
 def test_a_model_without_mlm_head_is_refused_unless_asked(tmp_path, tiny_bert_mlm, bert_wordpiece, corpus):
     encoder_dir = tmp_path / "encoder"
     tiny_bert_mlm.bert.save_pretrained(encoder_dir)  # a bare BertModel checkpoint
@@ -534,6 +555,7 @@ def test_ranks_draw_different_masks_from_one_seed(name, bert_wordpiece, monkeypa
     ({"strategy": "mslm", "term_top_fraction": -0.1}, r"term_top_fraction must be in \[0, 1\]"),
     ({"seed": -1}, r"seed must be in \[0, 2\*\*32\), got -1"),
     ({"seed": 2**32}, r"seed must be in \[0, 2\*\*32\)"),
+    ({"word_boundary": "bpe"}, "unknown word_boundary 'bpe'; expected one of 'wordpiece', 'byte_bpe'"),
     # settings the strategy would not use are refused, not saved and reported as if used
     ({"strategy": "random-word", "terms": "terms.txt"}, "terms would not be used: the terms and mslm strategies use them"),
     ({"strategy": "random-token", "anchors": "a.json"}, "anchors would not be used: the 'random-token' strategy"),
