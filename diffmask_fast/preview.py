@@ -27,6 +27,10 @@ CHARACTERS_PER_TOKEN = 50
 #: ``masking_rates`` masks this many texts at a time, so that its memory does not grow with them.
 RATE_CHUNK_TEXTS = 2048
 
+#: Shown for a document in which the tokenizer reads no word (zero-width characters alone,
+#: say): a blank line would look like a preview that failed.
+NO_WORDS = "(no words: the tokenizer reads nothing in this document)"
+
 #: A run of characters that are not whitespace (anchored by ``match``, so it never backtracks).
 _NON_SPACE_RUN = re.compile(r"\S*")
 
@@ -235,7 +239,7 @@ def render_text(sentences: Sequence[Sequence[PreviewWord]], show_scores: bool = 
         for word in words:
             text = f"{printable(word.text)}:{word.score:.2f}" if show_scores else printable(word.text)
             parts.append(f"[[{text}]]" if word.masked else text)
-        lines.append(" ".join(parts))
+        lines.append(" ".join(parts) if parts else NO_WORDS)
     return "\n".join(lines)
 
 
@@ -254,7 +258,7 @@ def render_html(sentences: Sequence[Sequence[PreviewWord]], title: str = "Differ
                 style += " outline: 2px solid #1f4e9c; font-weight: bold;"
             tip = f"score {w.score:.3f}" + (f", nearest anchor: {printable(w.nearest_anchor)}" if w.nearest_anchor else "")
             cells.append(f'<span style="{style}" title="{html.escape(tip)}">{html.escape(printable(w.text))}</span>')
-        rows.append(f"<p>{' '.join(cells)}</p>")
+        rows.append(f"<p>{' '.join(cells)}</p>" if cells else f"<p><i>{html.escape(NO_WORDS)}</i></p>")
     return (
         f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title></head>"
         f"<body style='font-family: sans-serif; line-height: 2; max-width: 60em'>"

@@ -147,6 +147,16 @@ def test_characters_that_are_not_printable_are_shown_escaped_in_text_html_and_ta
     assert "\x07" not in table and "bell\\x07" in table, table
 
 
+def test_a_document_with_no_words_is_shown_as_such_not_as_a_blank_line(bert_wordpiece):
+    from diffmask_fast.preview import NO_WORDS, PreviewWord, preview, render_html, render_text
+
+    collator = DifferenceMaskingCollator(bert_wordpiece, ScoreTable.from_mapping({"enzyme": 1.0}), seed=0)
+    sentences = preview(collator, ["\u200b\u200b", "the enzyme"])
+    assert sentences[0] == [] and [w.text for w in sentences[1]] == ["the", "enzyme"]
+    assert render_text(sentences).splitlines()[0] == NO_WORDS
+    assert NO_WORDS in render_html(sentences) and NO_WORDS not in render_html([[PreviewWord("a", 0.0, False, None)]])
+
+
 def test_masking_rates_are_ranked_by_rate_not_by_score(bert_wordpiece):
     """"ligand" (score 0.5) is the only scored word of its row and is masked in every draw; the
     words scored 1.0 share one row's single masked word."""
