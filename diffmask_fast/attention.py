@@ -67,6 +67,22 @@ def _first_positions(input_ids: torch.Tensor, attention_mask: torch.Tensor | Non
     return (attention_mask != 0).to(torch.uint8).argmax(dim=1)
 
 
+@contextlib.contextmanager
+def _named_length_error(encoder: torch.nn.Module, length: int):
+    """A batch longer than the model's position table fails deep in its embedding lookup
+    ("index out of range in self"); say that the length is the problem, and which it is. RoBERTa-
+    style models take two positions fewer than ``max_position_embeddings``."""
+    try:
+        yield
+    except (IndexError, RuntimeError) as error:
+        limit = getattr(getattr(encoder, "config", None), "max_position_embeddings", None)
+        if isinstance(limit, bool) or not isinstance(limit, int) or length <= limit - 2:
+            raise
+        raise ValueError(f"the batch's rows are {length} tokens long, more than {type(encoder).__name__} takes "
+                         f"(max_position_embeddings {limit}; RoBERTa-style models take 2 fewer); tokenize with a "
+                         f"shorter max_length ({type(error).__name__}: {error})") from error
+
+
 class AttentionMasker(torch.nn.Module):
     """Masks a padded batch by the attention of the model's first token: ``(input_ids, labels)``.
 
@@ -204,6 +220,10 @@ class AttentionMasker(torch.nn.Module):
         layer ``self.layer``, averaged over heads."""
         model = _unwrap(model)
         encoder = _encoder(model)
+        with _named_length_error(encoder, input_ids.shape[1]):
+            return self._attention_rows(model, encoder, input_ids, attention_mask, token_type_ids)
+
+    def _attention_rows(self, model, encoder, input_ids, attention_mask, token_type_ids) -> torch.Tensor:
         batch, length = input_ids.shape
         with torch.no_grad(), eval_mode(model):
             row = first_token_row(encoder, input_ids, attention_mask, _first_positions(input_ids, attention_mask),

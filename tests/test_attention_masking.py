@@ -483,6 +483,12 @@ def test_errors(bert_wordpiece, tiny_bert_mlm):
     with pytest.raises(TypeError, match="model"):
         masker(ids, attention, model=None)
     assert AttentionMasker.needs_model is True
+    limit = model.config.max_position_embeddings
+    long_ids = torch.full((2, limit + 1), tokenizer.convert_tokens_to_ids("the"))
+    with pytest.raises(ValueError, match=f"rows are {limit + 1} tokens long, more than .* takes "
+                                         f"\\(max_position_embeddings {limit};"):
+        masker(long_ids, model=model)
+    masker(long_ids[:, :limit], model=model)  # as long as the model takes
 
 
 def test_a_resumed_attention_masker_draws_new_masks(bert_wordpiece, tiny_bert_mlm):
