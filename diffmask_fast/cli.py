@@ -234,8 +234,7 @@ def _check_score_settings(args) -> None:
         given = ["--" + name.replace("_", "-") for name, value in options.items() if value is not None]
         given = (["--index"] if args.index != "auto" else []) + given
         if given:
-            raise ValueError(f"{', '.join(given)} {'choose' if len(given) > 1 else 'chooses'} the nearest-anchor "
-                             f"search of --similarity max; "
+            raise ValueError(f"{_options_choose(given)} the nearest-anchor search of --similarity max; "
                              f"--similarity {args.similarity} compares each word with every anchor")
     for flag, value in (("--batch-size", args.batch_size), ("--contextual-anchors", args.contextual_anchors)):
         if value is not None and value < 1:
@@ -308,14 +307,18 @@ def _count(corpus, args):
                        scheduler=getattr(args, "scheduler", None))
 
 
+def _options_choose(options: list[str]) -> str:
+    """"--a chooses" or "--a, --b choose": the subject of a refusal, its verb agreeing."""
+    return f"{', '.join(options)} {'choose' if len(options) > 1 else 'chooses'}"
+
+
 def _refuse_counting_options(args) -> None:
     """With --counts nothing is counted: options that choose how a corpus is counted would be
     ignored, so they are refused."""
     given = [option for option, name in (("--threads", "threads"), ("--text-field", "text_field"),
                                          ("--scheduler", "scheduler")) if getattr(args, name, None) is not None]
     if given:
-        raise ValueError(f"{', '.join(given)} {'choose' if len(given) > 1 else 'chooses'} how a corpus is counted; "
-                         "--counts gives counts already")
+        raise ValueError(f"{_options_choose(given)} how a corpus is counted; --counts gives counts already")
 
 
 def _shown_words_embedder(args):
@@ -496,8 +499,8 @@ def run_preview(args) -> None:
                                            ("--smoothing", args.smoothing), ("--general", args.general))
               if value is not None]
     if mining and (args.anchors or args.scores is not None):
-        raise ValueError(f"{', '.join(mining)} {'choose' if len(mining) > 1 else 'chooses'} how preview mines "
-                         "anchors; --anchors or --scores give them already")
+        raise ValueError(f"{_options_choose(mining)} how preview mines anchors; --anchors or --scores give them "
+                         "already")
     anchors = Anchors.load(args.anchors) if args.anchors else None
     saved = _saved_scores(args, anchors) if args.scores is not None else None
     embedder = _shown_words_embedder(args) if saved is None else None
