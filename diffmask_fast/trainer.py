@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import warnings
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
@@ -50,6 +51,7 @@ import torch
 from transformers import DataCollatorWithPadding, Trainer, TrainerCallback
 
 from ._io import atomic_write_json
+from .advice import DiffmaskWarning
 from .hf_loading import embedded_id_count
 from .losses import weighted_mlm_loss
 from .masker import DifferenceMasker
@@ -105,6 +107,7 @@ class MaskingTrainer(Trainer):
             self.masker.follow_rank()
         self.mask_eval = mask_eval
         self._logits_discarded = False  # set while an evaluation keeps the loss only
+        self._loss_tally: _LossTally | None = None  # set while an evaluation runs
         # compute_loss normalizes by num_items_in_batch itself, so have the Trainer count them.
         self.model_accepts_loss_kwargs = True
         self._sparse_head = _SparseHead(self.model, self.accelerator.autocast) if sparse_head else None
@@ -192,15 +195,28 @@ class MaskingTrainer(Trainer):
     def training_step(self, model, inputs, num_items_in_batch=None):
         return super().training_step(model, self.mask_batch(inputs), num_items_in_batch)
 
-    def evaluation_loop(self, *args, **kwargs):
+    def evaluation_loop(self, dataloader, description, prediction_loss_only=None, ignore_keys=None,
+                        metric_key_prefix="eval"):
         """Evaluation batches without labels are masked from a stream of their own, pinned to
         ``args.seed``: every evaluation draws the same masks (validation losses compare across
-        steps), and the training stream is not advanced (a resumed run replays its masks exactly)."""
+        steps), and the training stream is not advanced (a resumed run replays its masks exactly).
+
+        A batch with nothing masked has no loss and is left out of the mean, whatever
+        ``args.logging_nan_inf_filter`` says (see ``_LossTally``)."""
         pinned = getattr(self.masker, "pinned_generator", None)
-        if not self.mask_eval or pinned is None:
-            return super().evaluation_loop(*args, **kwargs)
-        with pinned(self.args.seed + EVALUATION_SEED_OFFSET):
-            return super().evaluation_loop(*args, **kwargs)
+        masks = (pinned(self.args.seed + EVALUATION_SEED_OFFSET) if self.mask_eval and pinned is not None
+                 else contextlib.nullcontext())
+        tally, keep_non_finite = _LossTally(), not self.args.logging_nan_inf_filter
+        self._loss_tally, self.args.logging_nan_inf_filter = tally, True  # the loop drops the NaN of unmasked batches
+        try:
+            with masks:
+                output = super().evaluation_loop(dataloader, description, prediction_loss_only, ignore_keys,
+                                                 metric_key_prefix)
+        finally:
+            self._loss_tally, self.args.logging_nan_inf_filter = None, not keep_non_finite
+        tally.settle(output.metrics, f"{metric_key_prefix}_loss", keep_non_finite,
+                     lambda counts: self.accelerator.reduce(counts.to(self.args.device), reduction="sum").cpu())
+        return output
 
     def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
         if self.mask_eval:
@@ -214,10 +230,14 @@ class MaskingTrainer(Trainer):
         finally:
             self._logits_discarded = False
         labels = inputs.get("labels")
-        if loss is not None and torch.is_tensor(labels) and not bool((labels != -100).any()):
-            # Nothing masked: no loss, which the evaluation loop leaves out of its mean (as it does
-            # transformers' NaN for such a batch); a 0 would pull the validation loss down.
-            loss = torch.full_like(loss, float("nan"))
+        if loss is not None and torch.is_tensor(labels):
+            nothing_masked = not bool((labels != -100).any())
+            if self._loss_tally is not None:
+                self._loss_tally.add(loss, nothing_masked)
+            if nothing_masked:
+                # No loss, which the evaluation loop leaves out of its mean (as it does transformers'
+                # NaN for such a batch); a 0 would pull the validation loss down.
+                loss = torch.full_like(loss, float("nan"))
         return (loss, *rest)
 
     def _set_signature_columns_if_needed(self):
@@ -274,6 +294,44 @@ class MaskingTrainer(Trainer):
         if self._sparse_head.model is not model:
             self._sparse_head = _SparseHead(model, self.accelerator.autocast)
         return self._sparse_head
+
+
+class _LossTally:
+    """What an evaluation's batches were: how many, how many had nothing masked, and the losses of
+    masked batches that were not finite.
+
+    The evaluation loop averages the batches' losses, a batch with nothing masked standing as NaN,
+    and leaves NaN out only with ``logging_nan_inf_filter``: without it such a batch made the
+    validation loss NaN. So the loop runs with the filter, and ``settle`` puts back what it would
+    have hidden from a caller who turned it off: a loss on masked tokens that is not finite."""
+
+    def __init__(self):
+        self.batches, self.unmasked, self.non_finite, self.non_finite_sum = 0, 0, 0, 0.0
+
+    def add(self, loss: torch.Tensor, nothing_masked: bool) -> None:
+        self.batches += 1
+        if nothing_masked:
+            self.unmasked += 1
+            return
+        value = float(loss)
+        if not math.isfinite(value):
+            self.non_finite += 1
+            self.non_finite_sum += value
+
+    def settle(self, metrics: dict, key: str, keep_non_finite: bool,
+               sum_over_processes: Callable[[torch.Tensor], torch.Tensor]) -> None:
+        """Correct ``metrics[key]`` (the mean loss) once every process has counted its batches."""
+        counts = torch.tensor([self.batches, self.unmasked, self.non_finite, self.non_finite_sum], dtype=torch.float32)
+        batches, unmasked, non_finite, non_finite_sum = sum_over_processes(counts).tolist()
+        if key not in metrics:
+            return
+        if keep_non_finite and non_finite:
+            metrics[key] = non_finite_sum  # NaN or an infinity, as the mean of the losses with it would be
+        elif batches and unmasked == batches:
+            warnings.warn(f"no evaluation batch has a masked token (every label is -100), so {key} is NaN: nothing "
+                          "was measured. The masking chose no token of the evaluation set: its sequences are too "
+                          "short, or too few, for the share of tokens masked (mlm_probability); give more or longer "
+                          "ones", DiffmaskWarning, stacklevel=4)
 
 
 class _PaddingForMasking(DataCollatorWithPadding):

@@ -3,6 +3,7 @@ and the MSLM loss weights."""
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import os
@@ -517,6 +518,48 @@ def test_an_evaluation_batch_with_nothing_masked_is_left_out_of_the_loss(seed, t
         expected = [float(tiny_bert_mlm(input_ids=e["input_ids"][None], labels=e["labels"][None]).loss)
                     for e in (examples[0], examples[2])]
     assert trainer.evaluate()["eval_loss"] == pytest.approx(sum(expected) / 2, rel=1e-5)
+
+
+def evaluation_examples(generator, model, masked_rows) -> list[dict]:
+    """Three examples of 9 tokens; those of ``masked_rows`` have masked tokens, the others none."""
+    examples = []
+    for row in range(3):
+        input_ids = torch.randint(5, model.config.vocab_size, (9,), generator=generator)
+        labels = random_labels(generator, input_ids[None])[0] if row in masked_rows else torch.full((9,), -100)
+        examples.append({"input_ids": input_ids, "labels": labels})
+    return examples
+
+
+def test_a_batch_with_nothing_masked_is_left_out_even_when_non_finite_losses_are_kept(seed, tiny_bert_mlm, tmp_path):
+    """With logging_nan_inf_filter=False the NaN standing for such a batch was averaged in, and the
+    validation loss was NaN. A loss that is not finite on masked tokens is still reported."""
+    from transformers import TrainingArguments
+
+    examples = evaluation_examples(torch.Generator().manual_seed(seed), tiny_bert_mlm, masked_rows=(0, 2))
+    args = TrainingArguments(output_dir=str(tmp_path), report_to=[], per_device_eval_batch_size=1, use_cpu=True,
+                             logging_nan_inf_filter=False)
+    trainer = MaskingTrainer(model=tiny_bert_mlm, args=args, eval_dataset=examples)
+    with torch.no_grad():
+        expected = [float(tiny_bert_mlm(input_ids=e["input_ids"][None], labels=e["labels"][None]).loss)
+                    for e in (examples[0], examples[2])]
+    assert trainer.evaluate()["eval_loss"] == pytest.approx(sum(expected) / 2, rel=1e-5), f"seed={seed}"
+    assert not trainer.args.logging_nan_inf_filter, "the setting is the caller's"
+    broken = copy.deepcopy(tiny_bert_mlm)
+    with torch.no_grad():
+        broken.cls.predictions.bias.fill_(float("nan"))
+    assert math.isnan(MaskingTrainer(model=broken, args=args, eval_dataset=examples).evaluate()["eval_loss"])
+
+
+def test_an_evaluation_with_nothing_masked_at_all_says_why_it_has_no_loss(seed, tiny_bert_mlm, tmp_path):
+    from transformers import TrainingArguments
+
+    examples = evaluation_examples(torch.Generator().manual_seed(seed), tiny_bert_mlm, masked_rows=())
+    for keep_non_finite in (False, True):
+        args = TrainingArguments(output_dir=str(tmp_path), report_to=[], per_device_eval_batch_size=2, use_cpu=True,
+                                 logging_nan_inf_filter=not keep_non_finite)
+        trainer = MaskingTrainer(model=tiny_bert_mlm, args=args, eval_dataset=examples)
+        with pytest.warns(DiffmaskWarning, match="no evaluation batch has a masked token"):
+            assert math.isnan(trainer.evaluate()["eval_loss"])
 
 
 @pytest.mark.parametrize("name", ["random-token", "random-word", "terms", "mslm", "difference"])
