@@ -50,7 +50,7 @@ import numpy as np
 import torch
 from transformers import DataCollatorWithPadding, Trainer, TrainerCallback
 
-from ._io import atomic_write_json
+from ._io import atomic_write_json, read_json
 from .advice import DiffmaskWarning
 from .hf_loading import embedded_id_count
 from .losses import weighted_mlm_loss
@@ -606,7 +606,8 @@ def _batches_before(step: int, accumulation: int, dataloader) -> int:
 class RunRecordCallback(TrainerCallback):
     """Saves a run's record (``fields``, a JSON object) when training starts, and again with
     ``validation_loss_before`` once the evaluation at step 0 (``eval_on_start``) has measured it,
-    so an interrupted run keeps both. Only where ``write`` (the main process).
+    so an interrupted run keeps both. Only where ``write`` (the main process). A resumed run
+    (``resume_from_checkpoint``) keeps the loss before training that the record holds.
 
     The loss before training comes from that evaluation, not from ``evaluate()`` called before
     ``train()``: accelerate would prepare the model for evaluation only, and ``train()`` would then
@@ -621,7 +622,18 @@ class RunRecordCallback(TrainerCallback):
             atomic_write_json(self.path, {**self.fields, "validation_loss_before": self.loss_before})
 
     def on_train_begin(self, args, state, control, **kwargs):
+        if state.global_step > 0 and self.loss_before is None:  # resumed: measured when the run began, if at all
+            self.loss_before = self._recorded_loss_before()
         self._save()
+
+    def _recorded_loss_before(self) -> float | None:
+        """The validation loss before training that the run's record already holds: a resumed
+        run evaluates no step 0 to measure it again."""
+        if not self.path.exists():
+            return None
+        record = read_json(self.path, "run record")
+        loss = record.get("validation_loss_before") if isinstance(record, dict) else None
+        return float(loss) if loss is not None else None
 
     def on_evaluate(self, args, state, control, metrics=None, **kwargs):
         if self.loss_before is None and state.global_step == 0 and metrics and "eval_loss" in metrics:

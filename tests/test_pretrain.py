@@ -1281,3 +1281,24 @@ def test_a_resume_on_other_validation_text_is_refused(tmp_path, tiny_bert_mlm, b
     validation.write_text("\n".join(["The enzyme binds the receptor."] + lines[49:]) + "\n", encoding="utf-8")
     with pytest.raises(ValueError, match=r"began with other documents: validation documents 12 \(now 12\), other text"):
         pretrain(config(max_steps=3, resume=True))
+
+
+def test_a_resumed_run_keeps_the_validation_loss_its_record_holds(tmp_path):
+    """A resumed run measures no loss at step 0, and its record's loss before training was
+    overwritten with None."""
+    from transformers import TrainerControl, TrainerState, TrainingArguments
+
+    from diffmask_fast.trainer import RunRecordCallback
+
+    path = tmp_path / RUN_FILE
+    args = TrainingArguments(output_dir=str(tmp_path), report_to=[])
+    RunRecordCallback(path, {"run": 1}).on_evaluate(args, TrainerState(global_step=0), TrainerControl(),
+                                                    metrics={"eval_loss": 3.5})
+    resumed = RunRecordCallback(path, {"run": 1})
+    resumed.on_train_begin(args, TrainerState(global_step=4), TrainerControl())
+    assert json.loads(path.read_text())["validation_loss_before"] == 3.5 and resumed.loss_before == 3.5
+    fresh = RunRecordCallback(path, {"run": 2})
+    fresh.on_train_begin(args, TrainerState(global_step=0), TrainerControl())
+    assert json.loads(path.read_text()) == {"run": 2, "validation_loss_before": None}, "a new run measures its own"
+    RunRecordCallback(tmp_path / "none.json", {}).on_train_begin(args, TrainerState(global_step=4), TrainerControl())
+    assert json.loads((tmp_path / "none.json").read_text())["validation_loss_before"] is None
