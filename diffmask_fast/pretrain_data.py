@@ -15,6 +15,7 @@ import hashlib
 import os
 import random
 import warnings
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Iterable, Sequence
 
@@ -176,31 +177,55 @@ def word_windows(breaks: np.ndarray, room: int) -> list[tuple[int, int]]:
     return spans
 
 
+#: What ``pad_examples`` pads each per-token field with, beside ``input_ids`` (the pad token).
+PADDING_VALUES = {"attention_mask": 0, "labels": -100, "loss_weights": 0.0, "token_type_ids": 0,
+                  "special_tokens_mask": 1}
+
+
 def pad_examples(examples: Sequence[dict], pad_token_id: int, padding_side: str = "right") -> dict:
-    """Pad ``input_ids`` (with the pad token), ``attention_mask`` (0) and ``labels`` (-100)."""
+    """Pad ``input_ids`` (with the pad token) and every other per-token field the examples carry,
+    with its ``PADDING_VALUES``: ``attention_mask`` (0; made from the lengths where the examples
+    have none), ``labels`` (-100), ``loss_weights`` (0.0), ``token_type_ids`` (0) and
+    ``special_tokens_mask`` (1). A field some examples lack, or one it cannot pad, is refused:
+    dropping it would lose a pre-masked batch's weights or segments without a word."""
+    names = {name for name in {name for example in examples for name in example} if _shared_field(examples, name)}
+    unknown = sorted(names - {"input_ids", *PADDING_VALUES})
+    if unknown:
+        raise ValueError(f"the examples carry {unknown[0]!r}, which pad_examples cannot pad (it pads input_ids and "
+                         f"{', '.join(PADDING_VALUES)}); remove that field")
     length = max(len(e["input_ids"]) for e in examples)
-    batch = {
-        "input_ids": torch.full((len(examples), length), int(pad_token_id), dtype=torch.long),
-        "attention_mask": torch.zeros((len(examples), length), dtype=torch.long),
-    }
-    has_labels = "labels" in examples[0]
-    if has_labels:
-        batch["labels"] = torch.full((len(examples), length), -100, dtype=torch.long)
+    fills = {"input_ids": int(pad_token_id), **PADDING_VALUES}
+    padded = ["input_ids", "attention_mask", *(name for name in PADDING_VALUES if name in names - {"attention_mask"})]
+    batch = {name: torch.full((len(examples), length), fills[name],
+                              dtype=torch.float32 if name == "loss_weights" else torch.long) for name in padded}
     for row, example in enumerate(examples):
         n = len(example["input_ids"])
         span = slice(length - n, length) if padding_side == "left" else slice(0, n)
-        batch["input_ids"][row, span] = torch.as_tensor(example["input_ids"], dtype=torch.long)
-        batch["attention_mask"][row, span] = torch.as_tensor(example.get("attention_mask", [1] * n), dtype=torch.long)
-        if has_labels:
-            batch["labels"][row, span] = torch.as_tensor(example["labels"], dtype=torch.long)
+        for name in padded:
+            values = example[name] if name in example else [1] * n  # attention_mask: every token
+            if len(values) != n:
+                raise ValueError(f"example {row} of the batch: its {name!r} has {len(values)} items but its input_ids "
+                                 f"has {n}")
+            batch[name][row, span] = torch.as_tensor(values, dtype=batch[name].dtype)
     return batch
+
+
+def _shared_field(examples: Sequence[Any], name: str) -> bool:
+    """Whether the examples have field ``name``: all of them, or none. A field only some have is
+    refused, since a batch is one tensor per field (and pre-masked or not as a whole)."""
+    having = sum(isinstance(example, Mapping) and name in example for example in examples)
+    if 0 < having < len(examples):
+        raise ValueError(f"{having} of the batch's {len(examples)} examples have a {name!r} field and the others do "
+                         "not: give it to all of them or to none")
+    return having > 0
 
 
 @dataclass
 class TrainingCollator:
     """Masks training examples with ``masking`` (a strategy's collator), or only pads them when
     masking happens in the training step (``masking=None``); examples that already carry
-    ``labels`` (the pre-masked validation set) are padded as they are."""
+    ``labels`` (the pre-masked validation set) are padded as they are. A batch in which only
+    some examples carry labels is refused."""
 
     tokenizer: Any
     masking: Any | None = None
@@ -208,7 +233,7 @@ class TrainingCollator:
     def __call__(self, examples: Sequence[dict]) -> dict:
         if not examples:
             raise ValueError("cannot collate an empty list of examples")
-        if "labels" in examples[0] or self.masking is None:
+        if _shared_field(examples, "labels") or self.masking is None:
             return pad_examples(examples, self.tokenizer.pad_token_id, self.tokenizer.padding_side)
         return self.masking(examples)
 

@@ -222,3 +222,57 @@ def test_pre_masked_validation_examples_are_padded_not_masked_again(bert_wordpie
     batch = collate([{"input_ids": ids, "labels": labels}])
     assert batch["labels"].tolist() == [labels] and not masked, "the validation masks were drawn once, up front"
     assert collate([{"input_ids": ids}]) == {"masked": True} and len(masked) == 1, "training examples are masked"
+
+
+def test_every_per_token_field_of_pre_masked_examples_is_padded():
+    """Loss weights, segments and the special-tokens mask were dropped: a pre-masked MSLM batch
+    lost its weights, a pair of segments its token types."""
+    from diffmask_fast.pretrain_data import pad_examples
+
+    examples = [{"input_ids": [5, 6, 7], "labels": [-100, 6, -100], "loss_weights": [1.0, 2.5, 1.0],
+                 "token_type_ids": [0, 1, 1], "special_tokens_mask": [1, 0, 0]},
+                {"input_ids": [8], "labels": [8], "loss_weights": [2.0], "token_type_ids": [1],
+                 "special_tokens_mask": [0]}]
+    right = pad_examples(examples, 0)
+    assert right["loss_weights"].tolist() == [[1.0, 2.5, 1.0], [2.0, 0.0, 0.0]]
+    assert right["loss_weights"].dtype.is_floating_point
+    assert right["token_type_ids"].tolist() == [[0, 1, 1], [1, 0, 0]]
+    assert right["special_tokens_mask"].tolist() == [[1, 0, 0], [0, 1, 1]]
+    assert right["attention_mask"].tolist() == [[1, 1, 1], [1, 0, 0]]
+    left = pad_examples(examples, 0, "left")
+    assert left["loss_weights"].tolist() == [[1.0, 2.5, 1.0], [0.0, 0.0, 2.0]]
+    assert left["special_tokens_mask"].tolist() == [[1, 0, 0], [1, 1, 0]]
+
+
+@pytest.mark.parametrize("field", ["labels", "loss_weights", "token_type_ids", "special_tokens_mask",
+                                   "attention_mask"])
+def test_a_field_some_examples_lack_is_refused_by_name(field):
+    from diffmask_fast.pretrain_data import pad_examples
+
+    values = {"labels": [-100, 6], "loss_weights": [1.0, 2.0], "token_type_ids": [0, 0],
+              "special_tokens_mask": [1, 0], "attention_mask": [1, 1]}
+    with pytest.raises(ValueError, match=f"'{field}'"):
+        pad_examples([{"input_ids": [5, 6], field: values[field]}, {"input_ids": [7, 8]}], 0)
+    with pytest.raises(ValueError, match=f"'{field}'"):
+        pad_examples([{"input_ids": [7, 8]}, {"input_ids": [5, 6], field: values[field]}], 0)
+
+
+def test_a_field_that_cannot_be_padded_or_does_not_fit_is_refused():
+    from diffmask_fast.pretrain_data import pad_examples
+
+    with pytest.raises(ValueError, match="'position_ids'"):
+        pad_examples([{"input_ids": [5, 6], "position_ids": [0, 1]}], 0)
+    with pytest.raises(ValueError, match="'labels' has 3 items but its input_ids has 2"):
+        pad_examples([{"input_ids": [5, 6], "labels": [-100, 6, 7]}], 0)
+
+
+def test_a_batch_is_pre_masked_only_if_every_example_is(bert_wordpiece):
+    """Judged from the first example alone, a batch that was partly pre-masked was masked again
+    (its labels lost) or failed on the examples without labels."""
+    from diffmask_fast.pretrain_data import TrainingCollator
+
+    collate = TrainingCollator(bert_wordpiece, masking=lambda examples: pytest.fail("masked a pre-masked example"))
+    labelled, plain = {"input_ids": [2, 7, 3], "labels": [-100, 7, -100]}, {"input_ids": [2, 8, 3]}
+    for examples in ([plain, labelled], [labelled, plain]):
+        with pytest.raises(ValueError, match="'labels'"):
+            collate(examples)
