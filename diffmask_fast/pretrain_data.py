@@ -31,7 +31,8 @@ MIN_MAX_LENGTH = 4
 
 
 class SequenceDataset(torch.utils.data.Dataset):
-    """Token-id sequences (or pre-masked example dicts) as a map-style dataset of dicts."""
+    """Token-id sequences (or pre-masked examples: dicts, or any mapping such as a tokenizer's
+    BatchEncoding) as a map-style dataset of dicts."""
 
     def __init__(self, examples: Sequence[Any]):
         self.examples = list(examples)
@@ -41,7 +42,7 @@ class SequenceDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, index: int) -> dict:
         example = self.examples[index]
-        return dict(example) if isinstance(example, dict) else {"input_ids": example}
+        return dict(example) if isinstance(example, Mapping) else {"input_ids": example}
 
 
 def read_documents(sources: Iterable, text_field: str | None = None) -> list[str]:

@@ -276,3 +276,13 @@ def test_a_batch_is_pre_masked_only_if_every_example_is(bert_wordpiece):
     for examples in ([plain, labelled], [labelled, plain]):
         with pytest.raises(ValueError, match="'labels'"):
             collate(examples)
+
+
+def test_a_tokenizer_encoding_is_an_example_not_its_input_ids(bert_wordpiece):
+    """A BatchEncoding is a Mapping but no dict: it was wrapped whole as an example's input_ids."""
+    from diffmask_fast.pretrain_data import SequenceDataset
+
+    encoding = bert_wordpiece("the protein binds")
+    dataset = SequenceDataset([encoding, [2, 7, 3]])
+    assert type(dataset[0]) is dict and dataset[0] == {name: encoding[name] for name in encoding}
+    assert "attention_mask" in dataset[0] and dataset[1] == {"input_ids": [2, 7, 3]}
