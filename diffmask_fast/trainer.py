@@ -41,6 +41,7 @@ training stream left where it was), so ``evaluate()`` reports the masked-LM loss
 from __future__ import annotations
 
 import contextlib
+import inspect
 import math
 import warnings
 from pathlib import Path
@@ -63,6 +64,13 @@ __all__ = ["MaskingTrainer", "DifferenceMaskingTrainer", "RunRecordCallback"]
 EVALUATION_SEED_OFFSET = 7919
 
 
+def _trainer_arguments_by_name(args: tuple, kwargs: dict[str, Any]) -> dict[str, Any]:
+    """``Trainer``'s arguments, those given by position too, by name: a ``data_collator`` given
+    by position is then seen as given, not given a second time as the masker's padding."""
+    bound = inspect.signature(Trainer.__init__).bind_partial(None, *args, **kwargs)  # None: self
+    return {name: value for name, value in bound.arguments.items() if name != "self"}
+
+
 def _tied_names(model: torch.nn.Module) -> dict[str, list[str]]:
     """For each parameter name, every name of the parameter (more than one where it is tied)."""
     names_of: dict[int, list[str]] = {}
@@ -77,6 +85,7 @@ class MaskingTrainer(Trainer):
     ``masker``: a module called as ``masker(input_ids, attention_mask, special_tokens_mask)``
     returning ``(masked input_ids, labels)``; with ``masker.needs_model`` it is also given
     ``model=`` (the unwrapped model being trained). It is moved to the training device.
+    Without a ``data_collator`` (by name or by position) the masker's tokenizer pads the batches.
     """
 
     def __init__(self, *args: Any, masker: torch.nn.Module | None = None, mask_eval: bool = True,
@@ -86,12 +95,13 @@ class MaskingTrainer(Trainer):
             raise ValueError(f"head_warmup_steps must be a non-negative integer, got {head_warmup_steps!r}")
         if head_learning_rate is not None and not (head_learning_rate > 0 and math.isfinite(head_learning_rate)):
             raise ValueError(f"head_learning_rate must be positive and finite, got {head_learning_rate!r}")
+        kwargs = _trainer_arguments_by_name(args, kwargs)
         if masker is not None and kwargs.get("data_collator") is None:
             tokenizer = getattr(masker, "tokenizer", None)
             if tokenizer is None:
                 raise ValueError("give a data_collator that pads batches, or a masker with a tokenizer to pad with")
             kwargs["data_collator"] = _PaddingForMasking(tokenizer)
-        super().__init__(*args, **kwargs)
+        super().__init__(**kwargs)
         if self.compute_loss_func is not None:
             raise ValueError("MaskingTrainer computes the masked-LM loss itself (weighted per token by the batch's "
                              "loss_weights, normalized over the accumulated batch), and a compute_loss_func would get "

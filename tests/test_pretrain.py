@@ -1302,3 +1302,21 @@ def test_a_resumed_run_keeps_the_validation_loss_its_record_holds(tmp_path):
     assert json.loads(path.read_text()) == {"run": 2, "validation_loss_before": None}, "a new run measures its own"
     RunRecordCallback(tmp_path / "none.json", {}).on_train_begin(args, TrainerState(global_step=4), TrainerControl())
     assert json.loads((tmp_path / "none.json").read_text())["validation_loss_before"] is None
+
+
+def test_a_data_collator_given_by_position_goes_with_a_masker(tiny_bert_mlm, bert_wordpiece, tmp_path):
+    """Given by position beside a masker, the collator was passed twice (the masker's padding as
+    the keyword) and Trainer failed: "got multiple values for argument 'data_collator'"."""
+    from transformers import TrainingArguments
+
+    from diffmask_fast.attention import AttentionMasker
+    from diffmask_fast.pretrain_data import TrainingCollator
+
+    args = TrainingArguments(output_dir=str(tmp_path), report_to=[], use_cpu=True)
+    collator, masker = TrainingCollator(bert_wordpiece), AttentionMasker(bert_wordpiece, seed=0)
+    trainer = MaskingTrainer(tiny_bert_mlm, args, collator, masker=masker)
+    assert trainer.data_collator is collator and trainer.masker is masker and trainer.args is args
+    padding = MaskingTrainer(tiny_bert_mlm, args, None, masker=masker).data_collator
+    assert padding is not None and padding.tokenizer is bert_wordpiece, "None: the masker's tokenizer pads"
+    with pytest.raises(TypeError, match="multiple values for argument 'data_collator'"):
+        MaskingTrainer(tiny_bert_mlm, args, collator, data_collator=collator, masker=masker)
