@@ -35,7 +35,12 @@ class SequenceDataset(torch.utils.data.Dataset):
     BatchEncoding) as a map-style dataset of dicts."""
 
     def __init__(self, examples: Sequence[Any]):
+        if isinstance(examples, Mapping):  # a tokenizer's output for many texts: columns, not examples
+            examples = _rows_of_columns(examples)
         self.examples = list(examples)
+        if self.examples and isinstance(self.examples[0], (str, bytes)):
+            raise TypeError("SequenceDataset takes token-id sequences or example dicts, got "
+                            f"{type(self.examples[0]).__name__} items; tokenize the texts first")
 
     def __len__(self) -> int:
         return len(self.examples)
@@ -43,6 +48,20 @@ class SequenceDataset(torch.utils.data.Dataset):
     def __getitem__(self, index: int) -> dict:
         example = self.examples[index]
         return dict(example) if isinstance(example, Mapping) else {"input_ids": example}
+
+
+def _rows_of_columns(columns: Mapping) -> list[dict]:
+    """Examples from columns (``tokenizer(texts)``: ``{"input_ids": [[...], ...], ...}``), one a
+    row; columns of unequal length cannot be rows and are refused."""
+    if "input_ids" not in columns:
+        raise ValueError(f"a mapping given as the examples is read as columns and needs an 'input_ids' column; it has "
+                         f"{', '.join(map(repr, columns)) or 'none'}")
+    names = list(columns)
+    lengths = {name: len(columns[name]) for name in names}
+    if len(set(lengths.values())) > 1:
+        shown = ", ".join(f"{name}: {length}" for name, length in lengths.items())
+        raise ValueError(f"the columns given as the examples differ in length ({shown})")
+    return [{name: columns[name][row] for name in names} for row in range(lengths["input_ids"])]
 
 
 def read_documents(sources: Iterable, text_field: str | None = None) -> list[str]:

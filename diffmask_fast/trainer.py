@@ -647,5 +647,7 @@ class RunRecordCallback(TrainerCallback):
 
     def on_evaluate(self, args, state, control, metrics=None, **kwargs):
         if self.loss_before is None and state.global_step == 0 and metrics and "eval_loss" in metrics:
-            self.loss_before = float(metrics["eval_loss"])
-            self._save()
+            loss = float(metrics["eval_loss"])
+            if math.isfinite(loss):  # a NaN (nothing masked) is no measurement, and JSON cannot hold it
+                self.loss_before = loss
+                self._save()

@@ -1302,6 +1302,9 @@ def test_a_resumed_run_keeps_the_validation_loss_its_record_holds(tmp_path):
     assert json.loads(path.read_text()) == {"run": 2, "validation_loss_before": None}, "a new run measures its own"
     RunRecordCallback(tmp_path / "none.json", {}).on_train_begin(args, TrainerState(global_step=4), TrainerControl())
     assert json.loads((tmp_path / "none.json").read_text())["validation_loss_before"] is None
+    unmeasured = RunRecordCallback(tmp_path / "nan.json", {})  # nothing masked at step 0: no loss, no JSON NaN
+    unmeasured.on_evaluate(args, TrainerState(global_step=0), TrainerControl(), metrics={"eval_loss": float("nan")})
+    assert unmeasured.loss_before is None and not (tmp_path / "nan.json").exists()
 
 
 def test_a_data_collator_given_by_position_goes_with_a_masker(tiny_bert_mlm, bert_wordpiece, tmp_path):

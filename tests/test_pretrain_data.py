@@ -286,3 +286,21 @@ def test_a_tokenizer_encoding_is_an_example_not_its_input_ids(bert_wordpiece):
     dataset = SequenceDataset([encoding, [2, 7, 3]])
     assert type(dataset[0]) is dict and dataset[0] == {name: encoding[name] for name in encoding}
     assert "attention_mask" in dataset[0] and dataset[1] == {"input_ids": [2, 7, 3]}
+
+
+def test_a_tokenizer_encoding_of_many_texts_is_read_as_columns(bert_wordpiece):
+    """tokenizer(texts) holds columns; iterating it gave its keys, each taken as a sequence."""
+    from diffmask_fast.pretrain_data import SequenceDataset
+
+    texts = ["the protein binds", "a kinase"]
+    encoding = bert_wordpiece(texts)
+    dataset = SequenceDataset(encoding)
+    assert len(dataset) == 2
+    for row, text in enumerate(texts):
+        assert dataset[row] == {name: bert_wordpiece(text)[name] for name in encoding}
+    with pytest.raises(ValueError, match="needs an 'input_ids' column; it has 'ids'"):
+        SequenceDataset({"ids": [[1, 2]]})
+    with pytest.raises(ValueError, match="differ in length"):
+        SequenceDataset({"input_ids": [[1, 2], [3]], "attention_mask": [[1, 1]]})
+    with pytest.raises(TypeError, match="got str items; tokenize the texts first"):
+        SequenceDataset(texts)
