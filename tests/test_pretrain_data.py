@@ -5,6 +5,7 @@ from __future__ import annotations
 import random
 import warnings
 
+import numpy as np
 import pytest
 
 import tokenizers_offline
@@ -182,6 +183,16 @@ def test_the_documents_fingerprint_tells_other_texts_and_other_cuts_apart():
     assert same_lengths[0]["sha256"] != same_lengths[1]["sha256"], "other text of the same length"
     assert documents_fingerprint(["ab", "c"])["sha256"] != documents_fingerprint(["a", "bc"])["sha256"]
     assert documents_fingerprint(["a", "bc"]) == documents_fingerprint(["a", "bc"])
+
+
+def test_a_validation_set_of_no_documents_is_refused_as_such():
+    """max_validation=0 was reported as every text appearing "at least 1 times"."""
+    from diffmask_fast.pretrain_data import split_documents
+
+    for bad in (0, -3, 1.5, True):
+        with pytest.raises(ValueError, match="max_validation must be at least 1"):
+            split_documents(["a", "b", "c"], 0.5, bad, 0)
+    assert split_documents(["a", "b", "c"], 0.5, np.int64(1), 0)[1] in (["a"], ["b"], ["c"])
 
 
 def test_copies_of_a_text_never_straddle_the_split_whatever_the_seed():
