@@ -23,7 +23,7 @@ from .advice import DiffmaskWarning
 from .embedding_cache import EmbeddingCache, default_cache_dir
 from .hf_loading import (cached_hub_file, check_max_length, check_model_reference, check_vocabulary, eval_mode,
                          model_name, model_reference, quiet_transformers, readable_weights, usable_device)
-from .tokenization import tokenize_texts
+from .tokenization import model_reading_text, tokenize_texts
 
 #: How a word becomes a vector. ``pooled`` is the authors' choice: encode "[CLS] w [SEP]" alone
 #: and take the pooled output (the [CLS] hidden state where the model has no pooler); ``cls``
@@ -440,6 +440,9 @@ class WordEmbedder:
                 self._backend.no_truncation()
                 self._backend.no_padding()
                 self._backend.encode_special_tokens = True  # words are text, as in tokenize_texts
+                text_model = model_reading_text(self.tokenizer)
+                if text_model is not None:
+                    self._backend.model = text_model
             except Exception:  # no tokenizers backend: use the tokenizer itself
                 self._backend = False
         if self._backend:

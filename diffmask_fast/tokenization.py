@@ -32,6 +32,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import weakref
 from dataclasses import dataclass
 from typing import Iterable, Sequence
 
@@ -518,23 +519,89 @@ def _tokenizable(text):
     return text
 
 
+#: Put before a special token's piece in the Unigram model that reads text: U+FFFF is a Unicode
+#: noncharacter, kept for a program's own use and absent from text, so the piece matches no text.
+_UNSPELLABLE = "\uffff"
+
+#: tokenizer -> (its backend, the backend model's size, its special ids, the model reading text or None)
+_TEXT_MODELS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+
+def _unspellable_pieces(model, ids: Sequence[int]):
+    """A copy of the Unigram ``model`` in which the pieces of ``ids`` are spelled with U+FFFF in
+    front (more than one should such a spelling be a piece already), keeping every id and score."""
+    state = json.loads(model.__getstate__())
+    vocabulary = state["vocab"]
+    pieces = {piece for piece, _ in vocabulary}
+    for i in ids:
+        piece = _UNSPELLABLE + vocabulary[i][0]
+        while piece in pieces:
+            piece = _UNSPELLABLE + piece
+        vocabulary[i][0] = piece
+        pieces.add(piece)
+    copy = type(model)()
+    copy.__setstate__(json.dumps(state).encode("utf-8"))
+    return copy
+
+
+def model_reading_text(tokenizer):
+    """The model that ``tokenizer``'s backend should tokenize text with so that a special token's
+    spelling is read as text, or None when its own model does so already.
+
+    ``split_special_tokens`` keeps the added tokens from matching, which is all it takes for
+    WordPiece and BPE. A Unigram model (SentencePiece's: XLM-R, ALBERT, T5, CamemBERT) holds the
+    special tokens as pieces too ("<s>", "</s>", "<pad>", "<unk>", and "<mask>" in XLM-R) and
+    matches them in text like any piece, at the top score; it also names a run of unknown
+    characters by its text, so "<pad>" in characters it has no pieces for was the padding token.
+    Its copy spells those pieces with a noncharacter in front, so that they match no text:
+    the characters become the pieces of other text, or the unknown token when they have none.
+    Made once per tokenizer (a few tenths of a second for XLM-R's 250,002 pieces), and again
+    when its backend, the backend's size or its special tokens change.
+    """
+    backend = getattr(tokenizer, "backend_tokenizer", None) if getattr(tokenizer, "is_fast", False) else None
+    if backend is None:
+        return None
+    size = backend.get_vocab_size(with_added_tokens=False)
+    special = tuple(_special_ids(tokenizer, size))
+    try:
+        cached = _TEXT_MODELS.get(tokenizer)
+    except TypeError:  # a tokenizer that takes no weak reference: made on each call
+        cached = None
+    if cached is not None and cached[0] is backend and cached[1:3] == (size, special):
+        return cached[3]
+    model = backend.model
+    text_model = _unspellable_pieces(model, special) if type(model).__name__ == "Unigram" and special else None
+    try:
+        _TEXT_MODELS[tokenizer] = (backend, size, special, text_model)
+    except TypeError:
+        pass
+    return text_model
+
+
 def tokenize_texts(tokenizer, texts: Sequence[str], **options):
     """``tokenizer(texts, **options)`` with the texts read as plain text.
 
     A corpus may spell a special token ("[SEP]" quoted in an NLP paper, HTML's "<s>"). Read as
     the special token, it would put a separator or an unlabeled mask mid-sequence, and being no
     word it would never be masked; so every place that tokenizes corpus text, terms or words
-    goes through here with ``split_special_tokens``. The backend's own switch, which that
-    option leaves set, is put back for callers that use the backend directly, as are its
-    truncation and padding, which ``truncation=True`` or ``padding=True`` leave set. A lone
+    goes through here with ``split_special_tokens``, and with ``model_reading_text`` in place of
+    a Unigram model that holds the special tokens as pieces. The backend's own switch, which that
+    option leaves set, and its model are put back for callers that use the backend directly, as
+    are its truncation and padding, which ``truncation=True`` or ``padding=True`` leave set. A lone
     surrogate (broken text kept by JSON escapes) is read as U+FFFD, which tokenizers take.
     """
     backend = getattr(tokenizer, "backend_tokenizer", None) if getattr(tokenizer, "is_fast", False) else None
     before = getattr(backend, "encode_special_tokens", None)
     truncation, padding = getattr(backend, "truncation", None), getattr(backend, "padding", None)
+    text_model = model_reading_text(tokenizer)
+    model = None
     try:
+        if text_model is not None:
+            model, backend.model = backend.model, text_model
         return tokenizer([_tokenizable(text) for text in texts], split_special_tokens=True, **options)
     finally:
+        if model is not None:
+            backend.model = model
         if before is not None:
             backend.encode_special_tokens = before
             # A call that truncates or pads leaves the backend doing so: put back what it did.

@@ -7,6 +7,8 @@ import random
 
 import pytest
 import torch
+from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers
+from transformers import PreTrainedTokenizerFast
 
 from diffmask_fast.collator import DifferenceMaskingCollator
 from diffmask_fast.contextual import find_occurrences
@@ -19,9 +21,9 @@ from diffmask_fast.scoring import ScoreTable
 from diffmask_fast.tokenization import tokenize_texts
 from diffmask_fast.vocabulary import tokenizer_word_types, tokenizer_words
 
-#: Tokenizers whose models cannot read a special token's spelling as that token once it is split
-#: (a Unigram model may hold "</s>" as an ordinary piece too, so it is left out).
-TOKENIZERS = ["bert_wordpiece", "roberta_byte_bpe", "minilm_tokenizer"]
+#: One tokenizer of each kind: WordPiece, byte-level BPE, and a SentencePiece-style Unigram
+#: whose special tokens are pieces of the model too (XLM-R).
+TOKENIZERS = ["bert_wordpiece", "roberta_byte_bpe", "sentencepiece_unigram", "minilm_tokenizer"]
 FILLERS = ["the", "protein", "binds", "a", "receptor", "of", "cells", "in", "mice"]
 
 
@@ -155,3 +157,56 @@ def test_a_word_spelling_a_special_token_is_embedded_as_text(minilm_tokenizer, p
         vectors = embedder.embed(words)
         torch.testing.assert_close(vectors[0], vectors[1])
         torch.testing.assert_close(vectors[2], vectors[3])
+
+
+def xlmr_style_unigram(characters: str = "<>/abdeikmnpstu") -> PreTrainedTokenizerFast:
+    """A tiny Unigram tokenizer laid out as XLM-R's: <s>=0 <pad>=1 </s>=2 <unk>=3 are pieces of the
+    model (scored 0, above every other piece), as is <mask>, last; ``characters`` are the single
+    characters it has pieces for."""
+    words = ["\u2581the", "\u2581binds", "\u2581a", "\u2581mask", "\u2581pad", "\u2581unk", "\u2581", *characters]
+    pieces = [("<s>", 0.0), ("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0)]
+    pieces += [(piece, -2.0 - len(piece) ** -1) for piece in dict.fromkeys(words)] + [("<mask>", 0.0)]
+    backend = Tokenizer(models.Unigram(pieces, 3, False))
+    backend.pre_tokenizer = pre_tokenizers.Metaspace()
+    backend.decoder = decoders.Metaspace()
+    backend.add_special_tokens(["<s>", "<pad>", "</s>", "<unk>", AddedToken("<mask>", lstrip=True, special=True)])
+    return PreTrainedTokenizerFast(tokenizer_object=backend, bos_token="<s>", eos_token="</s>", cls_token="<s>",
+                                   sep_token="</s>", unk_token="<unk>", pad_token="<pad>", mask_token="<mask>")
+
+
+@pytest.mark.parametrize("text", ["<s>", "the </s> binds", "a<pad>", "kin<unk>a", "<s></s>", "the <mask> binds <mask>"])
+def test_spelled_special_pieces_of_a_unigram_model_are_text(text):
+    """A Unigram model matches "<s>" in text as it matches any of its pieces, which reading special
+    tokens as text (split_special_tokens) does not stop: it only keeps the added tokens from matching."""
+    tokenizer = xlmr_style_unigram()
+    saved = tokenizer.backend_tokenizer.to_str()
+    ids = tokenize_texts(tokenizer, [text], add_special_tokens=False)["input_ids"][0]
+    assert tokenizer.backend_tokenizer.to_str() == saved, "the backend keeps its own model"
+    tokens = tokenizer.convert_ids_to_tokens(ids)
+    assert not special_ids(tokenizer) & set(ids), tokens
+    assert without_whitespace(tokenizer.convert_tokens_to_string(tokens)) == without_whitespace(text)
+    plain = tokenizer(text, add_special_tokens=False)["input_ids"]
+    assert special_ids(tokenizer) & set(plain), "the tokenizer's own call is untouched"
+    assert tokenize_texts(tokenizer, ["the binds a"])["input_ids"] == tokenizer(["the binds a"])["input_ids"]
+
+
+def test_spelled_special_pieces_of_unknown_characters_are_the_unknown_token():
+    """Characters without pieces come out as one unknown token, which the model names by their text:
+    "<pad>" spelled in characters it has no pieces for was the padding token."""
+    tokenizer = xlmr_style_unigram(characters="abdeikmnstu")
+    ids = tokenize_texts(tokenizer, ["<pad> <s>"], add_special_tokens=False)["input_ids"][0]
+    assert not special_ids(tokenizer) - {tokenizer.unk_token_id} & set(ids), tokenizer.convert_ids_to_tokens(ids)
+
+
+def test_the_embedder_reads_spelled_special_pieces_as_text(sentencepiece_unigram):
+    """The embedder's own copy of the tokenizer reads them as the tokenizer's call does."""
+    from transformers import BertConfig, BertModel
+
+    config = BertConfig(vocab_size=len(sentencepiece_unigram), hidden_size=16, num_hidden_layers=1,
+                        num_attention_heads=2, intermediate_size=32)
+    embedder = WordEmbedder(BertModel(config).eval(), sentencepiece_unigram, progress=False)
+    words = ["kinase", "<s>", "x</s>", "<pad>y", "<unk>", "<mask>"] * 20
+    encoded = embedder._encode(words, add_special_tokens=False)
+    assert embedder._backend, "the copy is used"
+    assert encoded == tokenize_texts(sentencepiece_unigram, words, add_special_tokens=False)["input_ids"]
+    assert not special_ids(sentencepiece_unigram) & {i for ids in encoded for i in ids}
