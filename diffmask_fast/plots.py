@@ -64,7 +64,8 @@ def plot_masking_rates(rates: Sequence[WordMaskingRate], path: str | os.PathLike
 
     shown = list(rates[:top])[::-1]
     most.barh(range(len(shown)), [r.rate for r in shown], color=[color(r) for r in shown])
-    most.set_yticks(range(len(shown)), [_label(r, is_anchor(r)) for r in shown], fontsize=9, parse_math=False)
+    most.set_yticks(range(len(shown)), _shown_labels([_label(r, is_anchor(r)) for r in shown]), fontsize=9,
+                    parse_math=False)
     line = most.axvline(mlm_probability, linestyle="--", color=_UNIFORM_COLOR, label=uniform)
     most.set_xlim(0, 1)
     most.set_xlabel("share of the word's occurrences masked")
@@ -84,10 +85,10 @@ def plot_masking_rates(rates: Sequence[WordMaskingRate], path: str | os.PathLike
     against_score.axhline(mlm_probability, linestyle="--", color=_UNIFORM_COLOR, label=uniform)
     # The three most masked words that are not anchors (the anchors sit together at score 1);
     # their labels step down a line each, as their dots often share a corner.
-    for line_number, rate in enumerate([r for r in rates if not is_anchor(r)][:3]):
-        against_score.annotate(_printable(rate.word), (rate.score, rate.rate), fontsize=8,
-                               xytext=(-4, 4 - 11 * line_number), textcoords="offset points", ha="right",
-                               parse_math=False)
+    noted = [r for r in rates if not is_anchor(r)][:3]
+    for line_number, (rate, note) in enumerate(zip(noted, _shown_labels([(r.word,) for r in noted]))):
+        against_score.annotate(note, (rate.score, rate.rate), fontsize=8, xytext=(-4, 4 - 11 * line_number),
+                               textcoords="offset points", ha="right", parse_math=False)
     against_score.set_ylim(-0.02, 1.02)
     against_score.set_xlabel(f"word score s(w): {_SCORE_MEANING[similarity]}")
     against_score.set_ylabel("share of the word's occurrences masked")
@@ -235,7 +236,69 @@ def _printable(text: str) -> str:
     return "".join(c if c.isprintable() else "?" for c in text)
 
 
-def _label(rate: WordMaskingRate, is_anchor: bool) -> str:
+#: Most characters of a word's label as drawn (a bar's, score and anchor included, or a dot's): chemical
+#: names run to 160 characters, and the picture was all labels.
+_LABEL_LIMIT = 36
+#: Fewest characters a word or anchor is cut to, however long the rest of its label (a score of 1e30).
+_SHORTEST_NAME = 6
+_ELLIPSIS = "\u2026"
+
+
+def _label(rate: WordMaskingRate, is_anchor: bool) -> tuple[str, ...]:
+    """A bar's label in parts: the word, its score, and the nearest anchor unless the word is one.
+    Parts at even places are names, which ``_shown_labels`` may cut; the others are kept."""
     if is_anchor or not rate.nearest_anchor:
-        return f"{_printable(rate.word)} ({rate.score:.2f})"
-    return f"{_printable(rate.word)} ({rate.score:.2f}, {_printable(rate.nearest_anchor)})"
+        return rate.word, f" ({rate.score:.2f})"
+    return rate.word, f" ({rate.score:.2f}, ", rate.nearest_anchor, ")"
+
+
+def _shortened(text: str, limit: int) -> str:
+    """``text`` in at most ``limit`` characters: its start and end around "…" when it is longer."""
+    if len(text) <= limit:
+        return text
+    end = (limit - 1) // 2
+    return text[: limit - 1 - end] + _ELLIPSIS + text[len(text) - end:]
+
+
+def _fitted(names: Sequence[str], room: int) -> list[str]:
+    """``names`` cut to ``room`` characters together: the shorter ones kept whole while they take
+    no more than an even share, the longer ones sharing what is left."""
+    fitted = list(names)
+    left = room
+    order = sorted(range(len(names)), key=lambda i: len(names[i]))
+    for rank, i in enumerate(order):
+        fitted[i] = _shortened(names[i], max(left // (len(names) - rank), _SHORTEST_NAME))
+        left -= len(fitted[i])
+    return fitted
+
+
+def _drawn(parts: Sequence[str], room: int, mark: str = "") -> str:
+    """The label of ``parts`` in ``room`` characters, its names fitted to what the rest leaves and
+    ``mark`` after the word."""
+    kept = sum(len(part) for part in parts[1::2]) + len(mark)
+    drawn = list(parts)
+    drawn[::2] = _fitted(parts[::2], room - kept)
+    drawn[0] += mark
+    return "".join(drawn)
+
+
+def _shown_labels(labels: Sequence[Sequence[str]], limit: int = _LABEL_LIMIT) -> list[str]:
+    """Each label (its parts: names at even places, kept text between) as it is drawn, every word
+    of the picture going through here: printable (``_printable``), and at most ``limit``
+    characters, long names keeping their start and end around "…". A label that fits is drawn as
+    it is; one cut to read as another label is told apart by a number after its word ("…#2")."""
+    labels = [tuple(_printable(part) for part in label) for label in labels]
+    taken = {"".join(label) for label in labels if len("".join(label)) <= limit}
+    shown: dict[tuple[str, ...], str] = {}
+    for label in labels:
+        if label in shown:
+            continue
+        text, number = "".join(label), 1
+        if len(text) > limit:
+            text = _drawn(label, limit)
+            while text in taken:
+                number += 1
+                text = _drawn(label, limit, f"#{number}")
+        taken.add(text)
+        shown[label] = text
+    return [shown[label] for label in labels]

@@ -274,9 +274,9 @@ def test_dollar_signs_in_words_are_drawn_as_text_not_formulas(tmp_path, monkeypa
     assert path.read_bytes().startswith(b"\x89PNG")
     bars, dots = drawn[0].axes[:2]
     labels = bars.get_yticklabels()
-    assert [label.get_text() for label in labels] == [plots._label(r, r.word == anchor) for r in rates[::-1]]
+    assert [label.get_text() for label in labels] == ["".join(plots._label(r, r.word == anchor)) for r in rates[::-1]]
     assert any("$" in label.get_text() for label in labels) and not any(label.get_parse_math() for label in labels)
-    assert "kinase (" in plots._label(rates[-1], False) and "$" in plots._label(rates[-1], False)  # texts as given
+    assert "kinase (" in labels[0].get_text() and "$" in labels[0].get_text()  # texts as given
     notes = dots.texts
     assert notes and all(not note.get_parse_math() and note.get_text() in words for note in notes)
 
@@ -325,3 +325,57 @@ def test_a_lone_training_loss_is_drawn_as_a_dot(tmp_path, monkeypatch):
     assert training["one, training"].get_xydata().tolist() == [[5, 8.5]]
     assert training["gap, training"].get_marker() == "o" and training["gap, training"].get_markevery() == [0]
     assert training["joined, training"].get_marker() in ("None", None, "")
+
+
+def chemical_name(rng: random.Random, length: int) -> str:
+    """A systematic chemical name of about ``length`` characters, as ChemProt's are."""
+    parts = ["methyl", "ethyl", "phenyl", "amino", "chloro", "hydroxy", "benzyl", "pyridin", "carbonyl", "oxo"]
+    name = f"{rng.randint(1, 9)}-"
+    while len(name) < length:
+        name += f"({rng.randint(1, 9)}-{rng.choice(parts)})" if rng.random() < 0.3 else rng.choice(parts)
+    return name + "amide"
+
+
+def test_long_words_are_drawn_shortened_and_told_apart(tmp_path, monkeypatch, seed):
+    """Chemical names of 110 to 160 characters were drawn whole as labels, and the picture was all
+    labels. Drawn cut to their start and end, words cut alike still read as different labels,
+    and short words are drawn as they are."""
+    from diffmask_fast import plots
+    from diffmask_fast.preview import WordMaskingRate
+
+    rng = random.Random(seed)
+    long_anchor, start = chemical_name(rng, 140), chemical_name(rng, 60)
+    twins = [start + middle + "-4-carboxamide" for middle in (chemical_name(rng, 70), chemical_name(rng, 80))]
+    words = [chemical_name(rng, rng.randint(110, 160)) for _ in range(6)]
+    rates = [WordMaskingRate(long_anchor, 1.0, 3, 5, 9, long_anchor)]
+    rates += [WordMaskingRate(twin, 0.5, 3, 5, 9, "kinase") for twin in twins]  # labelled alike but for the middle
+    rates += [WordMaskingRate(word, rng.random(), 3, 5, 9, rng.choice([long_anchor, "kinase", None])) for word in words]
+    short = [("kinase", None), ("a\x07b", "kinase"), ("ligand", None)]
+    rates += [WordMaskingRate(word, rng.random(), 3, 4, 9, anchor) for word, anchor in short]
+    words += twins
+    kept = drawn_figure(monkeypatch)
+    plot_masking_rates(rates, tmp_path / "chemicals.png", 0.25, anchors=[long_anchor], top=len(rates))
+    bars, dots = kept[0].axes[:2]
+    labels = [label.get_text() for label in bars.get_yticklabels()]
+    assert len(labels) == len(rates) and len(set(labels)) == len(labels), labels
+    assert all(len(label) <= plots._LABEL_LIMIT for label in labels), labels
+    assert any(label.startswith(start[:8]) and "#2" in label for label in labels), "twins are told apart"
+    short = ["".join(plots._label(r, False)).replace("\x07", "?") for r in rates[-3:]]
+    assert short[1] == "a?b (" + f"{rates[-2].score:.2f}, kinase)" and set(short) <= set(labels), "short labels stay"
+    notes = [note.get_text() for note in dots.texts]
+    assert len(notes) == len(set(notes)) == 3 and all(len(note) <= plots._LABEL_LIMIT for note in notes), notes
+    assert notes[1].endswith("#2") and "\u2026" in notes[0], "the twins' notes are told apart too"
+    assert all(any(note[:5] in word for word in words) for note in notes)
+
+
+def test_shown_labels_keep_each_words_start_and_end():
+    from diffmask_fast.plots import _shown_labels
+
+    long = "N-(2-chloro-6-methylphenyl)-2-[(6-{4-(2-hydroxyethyl)piperazin-1-yl}-2-methylpyrimidin-4-yl)amino]"
+    [word, with_anchor, both_long, alone] = _shown_labels(
+        [(long,), (long, " (0.83, ", "kinase", ")"), (long, " (0.83, ", long, ")"), ("kinase", " (0.83)")], limit=30)
+    assert word == long[:15] + "\u2026" + long[-14:]
+    assert with_anchor.endswith(" (0.83, kinase)") and len(with_anchor) == 30 and with_anchor.startswith(long[:7])
+    assert " (0.83, " in both_long and len(both_long) == 30 and both_long.count("\u2026") == 2
+    assert alone == "kinase (0.83)"
+    assert _shown_labels([("a\tb",)]) == ["a?b"]
