@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Iterable, Mapping, Sequence
 
 from ._checks import refuse_one_string
+from ._display import printable
 from ._io import atomic_write_bytes
 from .metrics import mean_std
 from .preview import WordMaskingRate
@@ -229,13 +230,6 @@ def _save(figure, path: str | os.PathLike) -> Path:
     return atomic_write_bytes(path, image.getvalue())
 
 
-def _printable(text: str) -> str:
-    """``text`` with control characters (which decoded corpora hold, and fonts lack) shown as '?'.
-    Words are drawn with math text off (``parse_math=False``): a corpus word such as ``$x^$`` is
-    text, and matplotlib would refuse it as a formula."""
-    return "".join(c if c.isprintable() else "?" for c in text)
-
-
 #: Most characters of a word's label as drawn (a bar's, score and anchor included, or a dot's): chemical
 #: names run to 160 characters, and the picture was all labels.
 _LABEL_LIMIT = 36
@@ -284,10 +278,13 @@ def _drawn(parts: Sequence[str], room: int, mark: str = "") -> str:
 
 def _shown_labels(labels: Sequence[Sequence[str]], limit: int = _LABEL_LIMIT) -> list[str]:
     """Each label (its parts: names at even places, kept text between) as it is drawn, every word
-    of the picture going through here: printable (``_printable``), and at most ``limit``
+    of the picture going through here: printable (``_display.printable``: control characters
+    escaped, which fonts lack), and at most ``limit``
     characters, long names keeping their start and end around "…". A label that fits is drawn as
-    it is; one cut to read as another label is told apart by a number after its word ("…#2")."""
-    labels = [tuple(_printable(part) for part in label) for label in labels]
+    it is; one cut to read as another label is told apart by a number after its word ("…#2").
+    Labels are drawn with math text off (``parse_math=False``): a corpus word such as ``$x^$`` is
+    text, and matplotlib would refuse it as a formula."""
+    labels = [tuple(printable(part) for part in label) for label in labels]
     taken = {"".join(label) for label in labels if len("".join(label)) <= limit}
     shown: dict[tuple[str, ...], str] = {}
     for label in labels:

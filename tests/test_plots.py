@@ -360,8 +360,8 @@ def test_long_words_are_drawn_shortened_and_told_apart(tmp_path, monkeypatch, se
     assert len(labels) == len(rates) and len(set(labels)) == len(labels), labels
     assert all(len(label) <= plots._LABEL_LIMIT for label in labels), labels
     assert any(label.startswith(start[:8]) and "#2" in label for label in labels), "twins are told apart"
-    short = ["".join(plots._label(r, False)).replace("\x07", "?") for r in rates[-3:]]
-    assert short[1] == "a?b (" + f"{rates[-2].score:.2f}, kinase)" and set(short) <= set(labels), "short labels stay"
+    short = ["".join(plots._label(r, False)).replace("\x07", "\\x07") for r in rates[-3:]]
+    assert short[1] == "a\\x07b (" + f"{rates[-2].score:.2f}, kinase)" and set(short) <= set(labels), "short labels stay"
     notes = [note.get_text() for note in dots.texts]
     assert len(notes) == len(set(notes)) == 3 and all(len(note) <= plots._LABEL_LIMIT for note in notes), notes
     assert notes[1].endswith("#2") and "\u2026" in notes[0], "the twins' notes are told apart too"
@@ -378,4 +378,4 @@ def test_shown_labels_keep_each_words_start_and_end():
     assert with_anchor.endswith(" (0.83, kinase)") and len(with_anchor) == 30 and with_anchor.startswith(long[:7])
     assert " (0.83, " in both_long and len(both_long) == 30 and both_long.count("\u2026") == 2
     assert alone == "kinase (0.83)"
-    assert _shown_labels([("a\tb",)]) == ["a?b"]
+    assert _shown_labels([("a\tb",)]) == ["a\\tb"]
