@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import math
 import os
+import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterable, Mapping, Sequence
 
@@ -224,10 +225,24 @@ def image_format(path: str | os.PathLike) -> str:
     return suffix
 
 
+#: Metadata that would stamp a picture with the time it was drawn, left out: the same results
+#: draw the same bytes (a picture kept under version control changes only when they do).
+_UNDATED = {"pdf": {"CreationDate": None}, "svg": {"Date": None}}
+#: The EPS header's date, which matplotlib writes whatever the metadata says.
+_EPS_DATE = re.compile(rb"^%%CreationDate: [^\n]*\n", re.MULTILINE)
+
+
 def _save(figure, path: str | os.PathLike) -> Path:
+    import matplotlib
+
     image = io.BytesIO()
-    figure.savefig(image, format=image_format(path), dpi=110)
-    return atomic_write_bytes(path, image.getvalue())
+    kind = image_format(path)
+    with matplotlib.rc_context({"svg.hashsalt": "diffmask"}):  # SVG element ids, random by default
+        figure.savefig(image, format=kind, dpi=110, metadata=_UNDATED.get(kind))
+    data = image.getvalue()
+    if kind == "eps":
+        data = _EPS_DATE.sub(b"", data, count=1)
+    return atomic_write_bytes(path, data)
 
 
 #: Most characters of a word's label as drawn (a bar's, score and anchor included, or a dot's): chemical

@@ -93,6 +93,27 @@ def test_the_picture_format_follows_the_file_suffix(bert_wordpiece, tmp_path):
     assert not (tmp_path / "rates.txt").exists()
 
 
+def test_the_same_rates_draw_the_same_bytes_in_every_format(bert_wordpiece, tmp_path):
+    """PDF, SVG and EPS carried the time they were drawn (and SVG random element ids)."""
+    import time
+
+    from diffmask_fast.plots import IMAGE_FORMATS
+
+    collator = DifferenceMaskingCollator(bert_wordpiece, {"kinase": 1.0})
+    rates = masking_rates(collator, ["the kinase binds its ligand"], draws=3)
+
+    def drawn(folder):
+        folder.mkdir()
+        for suffix in IMAGE_FORMATS:
+            plot_masking_rates(rates, folder / f"rates.{suffix}", 0.25)
+        return {suffix: (folder / f"rates.{suffix}").read_bytes() for suffix in IMAGE_FORMATS}
+
+    first = drawn(tmp_path / "first")
+    time.sleep(1.1)  # the dates written have whole seconds
+    second = drawn(tmp_path / "second")
+    assert [suffix for suffix in IMAGE_FORMATS if first[suffix] != second[suffix]] == []
+
+
 def test_bad_arguments(bert_wordpiece, tmp_path):
     collator = DifferenceMaskingCollator(bert_wordpiece, {"kinase": 1.0})
     with pytest.raises(ValueError, match="draws must be at least 1"):
