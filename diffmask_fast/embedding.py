@@ -23,7 +23,7 @@ from .advice import DiffmaskWarning
 from .embedding_cache import EmbeddingCache, default_cache_dir
 from .hf_loading import (cached_hub_file, check_max_length, check_model_reference, check_vocabulary, eval_mode,
                          model_name, model_reference, quiet_transformers, readable_weights, usable_device)
-from .tokenization import model_reading_text, tokenize_texts
+from .tokenization import model_reading_text, tokenizable_text, tokenize_texts
 
 #: How a word becomes a vector. ``pooled`` is the authors' choice: encode "[CLS] w [SEP]" alone
 #: and take the pooled output (the [CLS] hidden state where the model has no pooler); ``cls``
@@ -35,7 +35,7 @@ DTYPES = {"float32": None, "fp32": None, "bfloat16": torch.bfloat16, "bf16": tor
           "float16": torch.float16, "fp16": torch.float16}
 
 #: Version of what a cached vector means; part of every cache key.
-EMBEDDING_VERSION = 2
+EMBEDDING_VERSION = 3
 #: New words are embedded and cached in pieces of about CACHE_SECONDS of work (the first, and at
 #: least, CACHE_PIECE words: seconds on a CPU): an interrupted run keeps all but the last piece,
 #: and a fast GPU does not write many small cache segments.
@@ -447,7 +447,8 @@ class WordEmbedder:
                 self._backend = False
         if self._backend:
             encode = getattr(self._backend, "encode_batch_fast", self._backend.encode_batch)
-            ids = [encoding.ids for encoding in encode(words, add_special_tokens=add_special_tokens)]
+            ids = [encoding.ids for encoding in encode([tokenizable_text(word) for word in words],
+                                                         add_special_tokens=add_special_tokens)]
             if add_special_tokens not in self._backend_checked:
                 probe = words[:64]
                 self._backend_checked[add_special_tokens] = (

@@ -32,6 +32,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import threading
 import weakref
 from dataclasses import dataclass
 from typing import Iterable, Sequence
@@ -509,18 +510,21 @@ def decode_words(tokenizer, words: Sequence[Sequence[int]]) -> list[str]:
 
 #: Surrogate code points: a JSON escape of half an emoji ("\\ud83d") puts one in a str, and no
 #: tokenizer takes it.
-_SURROGATE = re.compile("[\ud800-\udfff]")
+_SURROGATE = re.compile("[\ud800-\udfff\uffff]")
 
 
-def _tokenizable(text):
-    """``text`` with each surrogate code point read as U+FFFD, one for one (offsets keep)."""
+def tokenizable_text(text):
+    """``text`` with each surrogate code point, and the noncharacter U+FFFF that marks the special
+    pieces of ``model_reading_text`` (damaged text may hold one), read as U+FFFD, one for one
+    (offsets keep)."""
     if isinstance(text, str) and not text.isascii() and _SURROGATE.search(text):
         return _SURROGATE.sub("\ufffd", text)
     return text
 
 
 #: Put before a special token's piece in the Unigram model that reads text: U+FFFF is a Unicode
-#: noncharacter, kept for a program's own use and absent from text, so the piece matches no text.
+#: noncharacter, kept for a program's own use; ``tokenizable_text`` reads it in text as U+FFFD,
+#: so the piece matches no text.
 _UNSPELLABLE = "\uffff"
 
 #: tokenizer -> (its backend, the backend model's size, its special ids, the model reading text or None)
@@ -555,11 +559,11 @@ def model_reading_text(tokenizer):
     characters by its text, so "<pad>" in characters it has no pieces for was the padding token.
     Its copy spells those pieces with a noncharacter in front, so that they match no text:
     the characters become the pieces of other text, or the unknown token when they have none.
-    Made once per tokenizer (a few tenths of a second for XLM-R's 250,002 pieces), and again
-    when its backend, the backend's size or its special tokens change.
+    Made once per tokenizer (about a second for XLM-R's 250,002 pieces), and again when its
+    backend, the backend's size or its special tokens change.
     """
     backend = getattr(tokenizer, "backend_tokenizer", None) if getattr(tokenizer, "is_fast", False) else None
-    if backend is None:
+    if backend is None or type(backend.model).__name__ != "Unigram":  # WordPiece, BPE: nothing to do
         return None
     size = backend.get_vocab_size(with_added_tokens=False)
     special = tuple(_special_ids(tokenizer, size))
@@ -569,13 +573,28 @@ def model_reading_text(tokenizer):
         cached = None
     if cached is not None and cached[0] is backend and cached[1:3] == (size, special):
         return cached[3]
-    model = backend.model
-    text_model = _unspellable_pieces(model, special) if type(model).__name__ == "Unigram" and special else None
+    text_model = _unspellable_pieces(backend.model, special) if special else None
     try:
         _TEXT_MODELS[tokenizer] = (backend, size, special, text_model)
     except TypeError:
         pass
     return text_model
+
+
+#: tokenizer -> the lock held while ``tokenize_texts`` changes its backend's settings and model:
+#: threads sharing a tokenizer would otherwise put back each other's changes as the originals.
+_BACKEND_LOCKS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+_LOCKS_LOCK = threading.Lock()
+#: For tokenizers that take no weak reference.
+_SHARED_BACKEND_LOCK = threading.Lock()
+
+
+def _backend_lock(tokenizer) -> threading.Lock:
+    with _LOCKS_LOCK:
+        try:
+            return _BACKEND_LOCKS.setdefault(tokenizer, threading.Lock())
+        except TypeError:
+            return _SHARED_BACKEND_LOCK
 
 
 def tokenize_texts(tokenizer, texts: Sequence[str], **options):
@@ -588,9 +607,18 @@ def tokenize_texts(tokenizer, texts: Sequence[str], **options):
     a Unigram model that holds the special tokens as pieces. The backend's own switch, which that
     option leaves set, and its model are put back for callers that use the backend directly, as
     are its truncation and padding, which ``truncation=True`` or ``padding=True`` leave set. A lone
-    surrogate (broken text kept by JSON escapes) is read as U+FFFD, which tokenizers take.
+    surrogate (broken text kept by JSON escapes) is read as U+FFFD, which tokenizers take. Calls
+    on one fast tokenizer from several threads take turns, as its backend is changed meanwhile.
     """
     backend = getattr(tokenizer, "backend_tokenizer", None) if getattr(tokenizer, "is_fast", False) else None
+    if backend is None:
+        return tokenizer([tokenizable_text(text) for text in texts], split_special_tokens=True, **options)
+    with _backend_lock(tokenizer):
+        return _tokenize_with_backend(tokenizer, backend, texts, options)
+
+
+def _tokenize_with_backend(tokenizer, backend, texts: Sequence[str], options: dict):
+    """``tokenize_texts`` for a fast tokenizer, its backend's settings and model put back after."""
     before = getattr(backend, "encode_special_tokens", None)
     truncation, padding = getattr(backend, "truncation", None), getattr(backend, "padding", None)
     text_model = model_reading_text(tokenizer)
@@ -598,7 +626,7 @@ def tokenize_texts(tokenizer, texts: Sequence[str], **options):
     try:
         if text_model is not None:
             model, backend.model = backend.model, text_model
-        return tokenizer([_tokenizable(text) for text in texts], split_special_tokens=True, **options)
+        return tokenizer([tokenizable_text(text) for text in texts], split_special_tokens=True, **options)
     finally:
         if model is not None:
             backend.model = model

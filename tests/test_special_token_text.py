@@ -210,3 +210,41 @@ def test_the_embedder_reads_spelled_special_pieces_as_text(sentencepiece_unigram
     assert embedder._backend, "the copy is used"
     assert encoded == tokenize_texts(sentencepiece_unigram, words, add_special_tokens=False)["input_ids"]
     assert not special_ids(sentencepiece_unigram) & {i for ids in encoded for i in ids}
+
+
+def test_the_noncharacter_marking_special_pieces_is_read_as_broken_text():
+    """The special pieces are spelled with U+FFFF in front; damaged text holding that character
+    before "<s>" matched them again."""
+    tokenizer = xlmr_style_unigram()
+    text = "a \uffff<s> b \uffff</s> c \uffff<pad>"
+    ids = tokenize_texts(tokenizer, [text], add_special_tokens=False)["input_ids"][0]
+    assert not special_ids(tokenizer) - {tokenizer.unk_token_id} & set(ids), tokenizer.convert_ids_to_tokens(ids)
+    assert tokenize_texts(tokenizer, [text])["input_ids"] == tokenize_texts(
+        tokenizer, [text.replace("\uffff", "\ufffd")])["input_ids"], "read as U+FFFD, one for one"
+
+
+def test_threads_sharing_a_tokenizer_leave_its_backend_as_it_was():
+    """tokenize_texts changes the backend (its special-token switch and, for a Unigram model, the
+    model) and puts it back: threads sharing the tokenizer put back each other's changes as the
+    originals, and the tokenizer then saved a model without "<s>"."""
+    import threading
+
+    tokenizer = xlmr_style_unigram()
+    saved = tokenizer.backend_tokenizer.to_str()
+    texts = ["the <s> binds a receptor " * 10] * 32
+    problems = []
+
+    def work():
+        for _ in range(60):
+            ids = tokenize_texts(tokenizer, texts, add_special_tokens=False)["input_ids"]
+            if special_ids(tokenizer) - {tokenizer.unk_token_id} & {i for row in ids for i in row}:
+                problems.append("a special token read in text")
+
+    threads = [threading.Thread(target=work) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not problems, problems[:1]
+    assert tokenizer.backend_tokenizer.to_str() == saved
+    assert tokenizer.backend_tokenizer.encode_special_tokens is False
