@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from .attention_weights import check_layer, first_token_row, switched_attention
-from .hf_loading import eval_mode
+from .hf_loading import eval_mode, longest_input
 from .masking_base import (check_batch_ids, check_like_ids, check_probability, check_replacement, check_seed,
                            distributed_rank, pinned_seed, replace_selected, resume_counts)
 from .tokenization import WordBoundaries, word_boundaries
@@ -74,9 +74,12 @@ def _named_length_error(encoder: torch.nn.Module, length: int):
     style models take two positions fewer than ``max_position_embeddings``."""
     try:
         yield
+    except torch.OutOfMemoryError:  # a RuntimeError too, but about the batch's size, not its length
+        raise
     except (IndexError, RuntimeError) as error:
         limit = getattr(getattr(encoder, "config", None), "max_position_embeddings", None)
-        if isinstance(limit, bool) or not isinstance(limit, int) or length <= limit - 2:
+        if isinstance(limit, bool) or not isinstance(limit, int) or length <= limit - 2 \
+                or longest_input(encoder, length) >= length:  # the model takes the length: another error
             raise
         raise ValueError(f"the batch's rows are {length} tokens long, more than {type(encoder).__name__} takes "
                          f"(max_position_embeddings {limit}; RoBERTa-style models take 2 fewer); tokenize with a "

@@ -153,9 +153,10 @@ def _check_scheduler(scheduler) -> None:
     """Refuse a local Dask scheduler's name before any work: counting without a scheduler is
     this machine's parallel count already."""
     if isinstance(scheduler, str) and scheduler.strip().lower() in LOCAL_DASK_SCHEDULERS:
-        raise ValueError(f"scheduler={scheduler!r} names one of dask.compute's local schedulers, but scheduler "
-                         "takes a Dask cluster (a distributed.Client or an address such as 'tcp://host:8786'); "
-                         "to count on this machine leave scheduler out (threads= sets the counting threads)")
+        raise ValueError(f"the scheduler {scheduler!r} names one of dask.compute's local schedulers, but counting on "
+                         "Dask takes a cluster: a distributed.Client, or a scheduler's address such as "
+                         "'tcp://host:8786'. To count on this machine give no scheduler (threads, --threads on the "
+                         "command line, sets the counting threads)")
 
 
 def _client(scheduler):

@@ -57,6 +57,10 @@ def _rows_of_columns(columns: Mapping) -> list[dict]:
     if "input_ids" not in columns:
         raise ValueError(f"a mapping given as the examples is read as columns and needs an 'input_ids' column; it has "
                          f"{', '.join(map(repr, columns)) or 'none'}")
+    first = next(iter(columns["input_ids"]), None)
+    if isinstance(first, numbers.Integral):  # tokenizer(text), not tokenizer(texts)
+        raise ValueError("the mapping given as the examples is one example (its input_ids are token ids); give a list "
+                         "of examples, or tokenize a list of texts")
     names = list(columns)
     lengths = {name: len(columns[name]) for name in names}
     if len(set(lengths.values())) > 1:
@@ -83,7 +87,7 @@ def split_documents(documents: list[str], validation_fraction: float, max_valida
     text also trained on would make the validation loss look better than it is."""
     if not 0.0 < validation_fraction < 1.0:
         raise ValueError(f"validation_fraction must be in (0, 1), got {validation_fraction}")
-    if isinstance(max_validation, bool) or not isinstance(max_validation, numbers.Integral) or max_validation < 1:
+    if isinstance(max_validation, bool) or not isinstance(max_validation, numbers.Real) or not max_validation >= 1:
         raise ValueError(f"max_validation must be at least 1 (a validation set holds a document), got {max_validation!r}")
     if len(documents) < 2:
         raise ValueError(f"the corpus has {len(documents)} non-empty document(s); holding out a validation set needs "

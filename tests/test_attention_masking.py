@@ -490,6 +490,20 @@ def test_errors(bert_wordpiece, tiny_bert_mlm):
         masker(long_ids, model=model)
     masker(long_ids[:, :limit], model=model)  # as long as the model takes
 
+    def failing(error):
+        def first_token_row(*args, **kwargs):
+            raise error
+        return first_token_row
+
+    import diffmask_fast.attention as attention_module
+
+    for error, ids in ((torch.OutOfMemoryError("CUDA out of memory"), long_ids),  # about the size, not the length
+                       (RuntimeError("something else"), long_ids[:, :limit])):  # a length the model takes
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(attention_module, "first_token_row", failing(error))
+            with pytest.raises(type(error), match=str(error)):
+                masker(ids, model=model)
+
 
 def test_a_resumed_attention_masker_draws_new_masks(bert_wordpiece, tiny_bert_mlm):
     ids = torch.tensor([bert_wordpiece("the protein kinase binds the ligand of the cell " * 3)["input_ids"]] * 4)

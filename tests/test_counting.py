@@ -824,8 +824,8 @@ def test_a_local_dask_scheduler_name_or_a_data_frame_is_refused_with_the_way_to_
     corpus = tmp_path / "a.txt"
     corpus.write_text("kinase binds\n")
     for name in ("synchronous", "threads", "Processes", "single-threaded"):
-        with pytest.raises(ValueError, match=f"scheduler='{name}' names one of dask.compute's local schedulers.*"
-                                             "leave scheduler out"):
+        with pytest.raises(ValueError, match=f"the scheduler '{name}' names one of dask.compute's local schedulers.*"
+                                             "give no scheduler"):
             count_words(corpus, progress=False, scheduler=name)
     pandas = pytest.importorskip("pandas")
     frame = pandas.DataFrame({"text": ["kinase binds"]})

@@ -189,10 +189,11 @@ def test_a_validation_set_of_no_documents_is_refused_as_such():
     """max_validation=0 was reported as every text appearing "at least 1 times"."""
     from diffmask_fast.pretrain_data import split_documents
 
-    for bad in (0, -3, 1.5, True):
+    for bad in (0, -3, 0.5, True, float("nan"), "2"):
         with pytest.raises(ValueError, match="max_validation must be at least 1"):
             split_documents(["a", "b", "c"], 0.5, bad, 0)
-    assert split_documents(["a", "b", "c"], 0.5, np.int64(1), 0)[1] in (["a"], ["b"], ["c"])
+    for cap in (np.int64(1), 1.0, float("inf")):
+        assert len(split_documents(["a", "b", "c"], 0.3, cap, 0)[1]) == 1
 
 
 def test_copies_of_a_text_never_straddle_the_split_whatever_the_seed():
@@ -315,3 +316,5 @@ def test_a_tokenizer_encoding_of_many_texts_is_read_as_columns(bert_wordpiece):
         SequenceDataset({"input_ids": [[1, 2], [3]], "attention_mask": [[1, 1]]})
     with pytest.raises(TypeError, match="got str items; tokenize the texts first"):
         SequenceDataset(texts)
+    with pytest.raises(ValueError, match="is one example .*; give a list of examples, or tokenize a list of texts"):
+        SequenceDataset(bert_wordpiece(texts[0]))
