@@ -110,7 +110,7 @@ def build_parser() -> argparse.ArgumentParser:
     preview.add_argument("--scores", type=Path, default=None, metavar="FILE",
                          help="score table from `diffmask score`: mask with it instead of scoring the shown words "
                               "now (--model then names only the tokenizer; default: the one that grouped the "
-                              "table's words)")
+                              "table's words, with the word boundaries the table records)")
     _add_text_field_option(preview)
     _add_mining_options(preview)
     _add_masking_options(preview)
