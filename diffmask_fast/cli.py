@@ -438,8 +438,8 @@ def _show_masks(anchor_words, tokenizer, table, texts, args, plot_texts=()) -> N
     shown_words = {table.key(word.text) for sentence in sentences for word in sentence} - anchor_keys
     top = sorted(((w, table.score(w)) for w in shown_words if w in table), key=lambda item: (-item[1], item[0]))[:10]
     if top:  # else no word shown, beside the anchors, is in the table
-        print("\nHighest-scoring words here that are not anchors (score, nearest anchor): "
-              + ", ".join(f"{printable(w)} ({s:.2f}, {printable(table.nearest_anchor_of(w) or '-')})" for w, s in top))
+        listed = (f"{printable(w)} ({s:.2f}, {printable(table.nearest_anchor_of(w) or '-')})" for w, s in top)
+        print("\nHighest-scoring words here that are not anchors (score, nearest anchor): " + ", ".join(listed))
     for line in written:
         print(line)
 

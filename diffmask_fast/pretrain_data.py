@@ -88,7 +88,8 @@ def split_documents(documents: list[str], validation_fraction: float, max_valida
     if not 0.0 < validation_fraction < 1.0:
         raise ValueError(f"validation_fraction must be in (0, 1), got {validation_fraction}")
     if isinstance(max_validation, bool) or not isinstance(max_validation, numbers.Real) or not max_validation >= 1:
-        raise ValueError(f"max_validation must be at least 1 (a validation set holds a document), got {max_validation!r}")
+        raise ValueError(f"max_validation must be at least 1 (a validation set holds a document), got "
+                         f"{max_validation!r}")
     if len(documents) < 2:
         raise ValueError(f"the corpus has {len(documents)} non-empty document(s); holding out a validation set needs "
                          "at least 2 (or give validation files)")

@@ -256,7 +256,8 @@ def render_html(sentences: Sequence[Sequence[PreviewWord]], title: str = "Differ
             style = f"background: rgba(255, 140, 0, {alpha:.2f});"
             if w.masked:
                 style += " outline: 2px solid #1f4e9c; font-weight: bold;"
-            tip = f"score {w.score:.3f}" + (f", nearest anchor: {printable(w.nearest_anchor)}" if w.nearest_anchor else "")
+            nearest = f", nearest anchor: {printable(w.nearest_anchor)}" if w.nearest_anchor else ""
+            tip = f"score {w.score:.3f}{nearest}"
             cells.append(f'<span style="{style}" title="{html.escape(tip)}">{html.escape(printable(w.text))}</span>')
         rows.append(f"<p>{' '.join(cells)}</p>" if cells else f"<p><i>{html.escape(NO_WORDS)}</i></p>")
     return (
