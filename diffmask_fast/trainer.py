@@ -323,15 +323,15 @@ class _LossTally:
         if nothing_masked:
             self.unmasked += 1
             return
-        value = float(loss)
-        if not math.isfinite(value):
-            self.non_finite += 1
-            self.non_finite_sum += value
+        finite = torch.isfinite(loss.detach().float())  # kept on the device: no sync per batch
+        self.non_finite = self.non_finite + (~finite).sum()
+        self.non_finite_sum = self.non_finite_sum + torch.where(finite, 0.0, loss.detach().float()).sum()
 
     def settle(self, metrics: dict, key: str, keep_non_finite: bool,
                sum_over_processes: Callable[[torch.Tensor], torch.Tensor]) -> None:
         """Correct ``metrics[key]`` (the mean loss) once every process has counted its batches."""
-        counts = torch.tensor([self.batches, self.unmasked, self.non_finite, self.non_finite_sum], dtype=torch.float32)
+        counts = torch.tensor([self.batches, self.unmasked, float(self.non_finite), float(self.non_finite_sum)],
+                              dtype=torch.float32)
         batches, unmasked, non_finite, non_finite_sum = sum_over_processes(counts).tolist()
         if key not in metrics:
             return
