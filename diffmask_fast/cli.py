@@ -560,6 +560,8 @@ def run_score(args) -> None:
 
             tokenizer = load_tokenizer(args.tokenizer)
         args.word_boundary = _word_boundary_scheme(tokenizer, args.word_boundary)
+        if args.contextual_anchors is not None and args.tokenizer is not None:
+            _word_boundary_scheme(embedder.tokenizer, None)  # the anchors are found as the embedding model reads
     counts = (WordCounts.load(args.counts, verify=True) if args.counts is not None
               else count_words(corpus, progress=progress, text_field=args.text_field))
     table = getattr(counts, "table", None)

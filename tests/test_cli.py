@@ -393,6 +393,30 @@ def test_word_boundaries_that_cannot_be_told_are_refused_before_counting_and_nam
     assert "--word-boundary says how a tokenizer groups the words of a corpus" in capsys.readouterr().err
 
 
+def test_contextual_anchors_check_the_embedding_models_word_boundaries_before_counting(tmp_path, capsys, monkeypatch,
+                                                                                      tiny_bert_mlm, bert_wordpiece):
+    """With --tokenizer, the embedding model's own tokenizer finds the anchors in context: its
+    word boundaries failed only after the count."""
+    import tokenizers_offline
+
+    import diffmask_fast.counting as counting
+
+    model = tmp_path / "end-of-word-model"
+    tiny_bert_mlm.save_pretrained(model)
+    tokenizers_offline.end_of_word_bpe().save_pretrained(model)
+    bert_wordpiece.save_pretrained(tmp_path / "wordpiece")
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("the enzyme binds the receptor\n" * 5)
+    anchors = tmp_path / "anchors.json"
+    assert main(["mine", str(corpus), "-k", "2", "--min-count", "1", "-o", str(anchors), "--no-progress"]) == 0
+    capsys.readouterr()
+    monkeypatch.setattr(counting, "count_words", lambda *a, **k: pytest.fail("counted before the check"))
+    assert main(["score", str(corpus), "--anchors", str(anchors), "--model", str(model), "--tokenizer",
+                 str(tmp_path / "wordpiece"), "--contextual-anchors", "5", "-o", str(tmp_path / "s.npz"),
+                 "--no-cache", "--no-progress"]) == 1
+    assert "cannot tell how" in capsys.readouterr().err
+
+
 def test_outputs_and_options_are_checked_before_counting(tmp_path, capsys, monkeypatch):
     import diffmask_fast.counting as counting
 
