@@ -715,8 +715,9 @@ def test_torchrun_joins_processes_mines_once_and_validates_on_the_same_masks(mod
     torchrun = os.path.join(os.path.dirname(sys.executable), "torchrun")
     out = tmp_path / "ddp"
     driver = tmp_path / "driver.py"  # the command line, telling which model each training step got
+    seen_by = tmp_path / "seen-by-rank-"  # a file a rank: the ranks' printed lines may interleave
     driver.write_text(
-        "import sys\n"
+        "import os, sys\n"
         "from diffmask_fast.cli import main\n"
         "from diffmask_fast.trainer import MaskingTrainer\n"
         "seen = set()\n"
@@ -727,7 +728,7 @@ def test_torchrun_joins_processes_mines_once_and_validates_on_the_same_masks(mod
         "    return compute_loss(self, model, *args, **kwargs)\n"
         "MaskingTrainer.compute_loss = recording\n"
         "code = main(sys.argv[1:])\n"
-        "print('trained', sorted(seen))\n"
+        f"open({str(seen_by)!r} + os.environ['RANK'], 'w').write(repr(sorted(seen)))\n"
         "sys.exit(code)\n")
     command = [torchrun, "--nproc-per-node", "2", "--master-port", str(29500 + os.getpid() % 1000),
                str(driver), "pretrain", str(corpus), "--model", str(model_dir), "-o", str(out),
@@ -738,7 +739,8 @@ def test_torchrun_joins_processes_mines_once_and_validates_on_the_same_masks(mod
                           env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert done.returncode == 0, done.stderr[-3000:]
     # Every rank's training steps ran through DistributedDataParallel: one model, gradients averaged.
-    assert done.stdout.count("trained ['DistributedDataParallel']") == 2, done.stdout[-3000:]
+    for rank in (0, 1):
+        assert Path(f"{seen_by}{rank}").read_text() == "['DistributedDataParallel']", done.stdout[-3000:]
     distributed = json.loads((out / SUMMARY_FILE).read_text())
     # One process mined the anchors; the other loaded them: both trained with the same ones.
     assert distributed["anchors"] == single["anchors"]
