@@ -31,7 +31,7 @@ from .attention_weights import check_layer, first_token_row, switched_attention
 from .hf_loading import eval_mode, longest_input
 from .masking_base import (check_batch_ids, check_like_ids, check_probability, check_replacement, check_seed,
                            distributed_rank, pinned_seed, replace_selected, resume_counts)
-from .tokenization import WordBoundaries, word_boundaries
+from .tokenization import WordBoundaries, naming_word_boundary, word_boundaries
 
 __all__ = ["AttentionMasker", "ORDERS"]
 
@@ -142,7 +142,8 @@ class AttentionMasker(torch.nn.Module):
         self.random_replace_prob = float(random_replace_prob)
         self.seed = check_seed(seed)
         self.attention_memory = int(attention_memory)
-        boundaries = word_boundaries(tokenizer, word_boundary)
+        with naming_word_boundary():
+            boundaries = word_boundaries(tokenizer, word_boundary)
         self.scheme = boundaries.scheme
         self.mask_token_id = boundaries.mask_token_id
         self.register_buffer("starts_word", boundaries.starts_word.clone(), persistent=False)

@@ -335,9 +335,10 @@ def _shown_words_embedder(args):
 def _word_boundary_scheme(tokenizer, scheme: str | None) -> str:
     """``scheme``, or the one detected for ``tokenizer``: an undetectable one fails here, before
     counting or scoring, with the advice to name it."""
-    from .tokenization import word_boundaries
+    from .tokenization import naming_word_boundary, word_boundaries
 
-    return word_boundaries(tokenizer, scheme).scheme
+    with naming_word_boundary():  # as --word-boundary
+        return word_boundaries(tokenizer, scheme).scheme
 
 
 def _score_shown_words(embedder, anchors, texts, args, plot_texts=()):

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from transformers import BatchEncoding
 
-from .tokenization import WordBoundaries, check_tokenizer, word_boundaries
+from .tokenization import WordBoundaries, check_tokenizer, naming_word_boundary, word_boundaries
 
 
 def distributed_rank(default: int = 0) -> int:
@@ -235,7 +235,8 @@ class MaskingCollatorBase:
         self._pinned_seed: int | None = None  # see pin_generator
 
     def _word_boundaries(self) -> WordBoundaries:
-        return word_boundaries(self.tokenizer, self.word_boundary)
+        with naming_word_boundary():
+            return word_boundaries(self.tokenizer, self.word_boundary)
 
     # -- pickling: generators are per process and rebuilt on first use ----------------------
     def __getstate__(self) -> dict:

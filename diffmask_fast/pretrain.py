@@ -28,7 +28,7 @@ from .masking_base import check_loss_weight, check_probability
 from .pretrain_data import MIN_MAX_LENGTH
 from .reference import WORD_BOUNDARY_SCHEMES
 from .strategies import STEP_ONLY_STRATEGIES, STRATEGIES, build_strategy, check_strategy, resolve_mask_location
-from .tokenization import detect_word_boundary_scheme, word_boundaries
+from .tokenization import detect_word_boundary_scheme, naming_word_boundary, word_boundaries
 
 SUMMARY_FORMAT = "diffmask_fast.pretrain_summary/1"
 SUMMARY_FILE = "pretrain_summary.json"
@@ -380,7 +380,8 @@ def pretrain(config: PretrainConfig) -> dict:
     model = load_masked_lm(config.model, init_mlm_head=config.init_mlm_head)
     check_max_length(model, config.max_length, config.model)
     check_vocabulary(tokenizer, model, config.model)
-    scheme = word_boundaries(tokenizer, config.word_boundary).scheme  # an undetectable one fails before any reading
+    with naming_word_boundary():  # an undetectable scheme fails before any reading
+        scheme = word_boundaries(tokenizer, config.word_boundary).scheme
 
     documents = read_documents(config.corpus, config.text_field)
     if not documents:
@@ -450,7 +451,7 @@ def pretrain(config: PretrainConfig) -> dict:
     )
     record = None if config.resume else RunRecordCallback(  # also measures the loss before training
         out / RUN_FILE, {"config": json_ready(dataclasses.asdict(config)), "working_directory": os.getcwd(),
-                         "data": data},
+                         "data": data, "word_boundary": scheme},
         write=args.process_index == 0)
     if record is not None:
         trainer.add_callback(record)
@@ -554,12 +555,24 @@ def _check_output_dir(config: PretrainConfig) -> tuple[dict | None, Path | None]
         return None, complete
     record = read_json(run_dir / RUN_FILE, "pretraining run")
     record = record if isinstance(record, dict) else {}
+    started_with = _resume_word_boundary(record.get("config", {}), record.get("word_boundary"), config)
     in_use = [name for name in RESUME_MUST_MATCH if name not in config.unused_settings()]
-    changed = settings_changed(record.get("config", {}), config, in_use, started_in=record.get("working_directory"))
+    changed = settings_changed(started_with, config, in_use, started_in=record.get("working_directory"))
     if changed:
         raise ValueError(f"--resume continues the run in {str(run_dir)!r}, which was started with other settings: "
                          + ", ".join(changed))
     return record, complete
+
+
+def _resume_word_boundary(started_with: dict, used: str | None, config: PretrainConfig) -> dict:
+    """Resuming, the word boundaries are those the run used: with none given, the run's setting
+    (it may have named a scheme detection would not pick); one given may name the scheme the run
+    detected (``used``, recorded since). Returns the run's settings to compare ``config`` with."""
+    if config.word_boundary is None and started_with.get("word_boundary") in WORD_BOUNDARY_SCHEMES:
+        config.word_boundary = started_with["word_boundary"]
+    elif used is not None and config.word_boundary == used:
+        started_with = {**started_with, "word_boundary": used}
+    return started_with
 
 
 def _data_change(before: dict, now: dict) -> str:

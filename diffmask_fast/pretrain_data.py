@@ -25,7 +25,7 @@ import torch
 
 from .advice import DiffmaskWarning
 from .corpus import corpus_files, iter_documents
-from .tokenization import WordGrouper, tokenize_texts
+from .tokenization import WordGrouper, naming_word_boundary, tokenize_texts
 
 #: The shortest sequence worth training on: two special tokens and two word pieces.
 MIN_MAX_LENGTH = 4
@@ -157,7 +157,8 @@ def tokenize_documents(tokenizer: Any, documents: list[str], max_length: int, *,
     if room < 1:
         raise ValueError(f"max_length {max_length} leaves no room for text beside the {len(before) + len(after)} "
                          f"special tokens {type(tokenizer).__name__} adds")
-    grouper = WordGrouper.for_tokenizer(tokenizer, word_boundary)
+    with naming_word_boundary():
+        grouper = WordGrouper.for_tokenizer(tokenizer, word_boundary)
     sequences: list[list[int]] = []
     with tqdm(total=len(documents), desc=description, unit="doc", disable=not progress) as bar:
         for start in range(0, len(documents), batch_size):

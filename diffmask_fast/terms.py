@@ -27,7 +27,8 @@ from .advice import DiffmaskWarning
 from .masking_base import (MaskingCollatorBase, check_like_ids, check_loss_weight, check_probability, id_matrix,
                            replace_selected)
 from .reference import has_letter, is_anchor_candidate, normalize_word
-from .tokenization import WordBoundaries, decode_words, tokenize_texts, special_token_table, word_boundaries
+from .tokenization import (WordBoundaries, decode_words, naming_word_boundary, special_token_table, tokenize_texts,
+                           word_boundaries)
 
 if TYPE_CHECKING:
     from .anchors import Anchors
@@ -132,7 +133,10 @@ class TermMatcher:
                  boundaries: WordBoundaries | None = None):
         terms = _check_terms(terms)
         self.tokenizer = tokenizer
-        self.boundaries = word_boundaries(tokenizer, word_boundary) if boundaries is None else boundaries
+        if boundaries is None:
+            with naming_word_boundary():
+                boundaries = word_boundaries(tokenizer, word_boundary)
+        self.boundaries = boundaries
         self._special = special_token_table(tokenizer, self.boundaries.never_word.numel())
         # Tokens of no word that are not special: whitespace ("Ċ", a lone "Ġ" or "▁", "Âł").
         self._whitespace = self.boundaries.never_word & ~self._special

@@ -29,6 +29,7 @@ padding) always start a word, which is how RoBERTa's first word, lacking "Ġ", i
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -60,14 +61,32 @@ _MIN_MARKER_MARGIN = 3.0
 
 
 class UnknownWordBoundaries(ValueError):
-    """The tokenizer's way of marking words could not be detected."""
+    """The tokenizer's way of marking words could not be detected. The advice names the parameter
+    the caller takes the scheme by (``scheme`` here; see ``naming_word_boundary``)."""
+
+    def __init__(self, tokenizer_name: str, detail: str, parameter: str = "scheme"):
+        self.tokenizer_name, self.detail, self.parameter = tokenizer_name, detail, parameter
+        super().__init__(f"cannot tell how {tokenizer_name} marks word boundaries ({detail}); "
+                         f"pass {parameter}= explicitly, one of {', '.join(repr(s) for s in SCHEMES)}")
+
+    def __reduce__(self):  # the default pickles only the message, which __init__ does not take
+        return type(self), (self.tokenizer_name, self.detail, self.parameter)
+
+
+@contextlib.contextmanager
+def naming_word_boundary(parameter: str = "word_boundary"):
+    """Within it, undetectable word boundaries advise passing ``parameter=``: the name under which
+    the caller (a collator, a strategy) takes the scheme it hands on as ``scheme``."""
+    try:
+        yield
+    except UnknownWordBoundaries as error:
+        if error.parameter == parameter:
+            raise
+        raise UnknownWordBoundaries(error.tokenizer_name, error.detail, parameter) from None
 
 
 def _unknown_scheme(tokenizer, detail: str) -> ValueError:
-    return UnknownWordBoundaries(
-        f"cannot tell how {type(tokenizer).__name__} marks word boundaries ({detail}); "
-        f"pass word_boundary= explicitly, one of {', '.join(repr(s) for s in SCHEMES)}"
-    )
+    return UnknownWordBoundaries(type(tokenizer).__name__, detail)
 
 
 def _check_scheme(scheme: str) -> str:

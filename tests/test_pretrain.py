@@ -93,6 +93,10 @@ def test_difference_pretraining_saves_everything_and_resumes(model_dir, corpus, 
     saved_again = load_file(out / "model.safetensors")
     assert saved_again.keys() == best_weights.keys()
     assert all(torch.equal(saved_again[name], best_weights[name]) for name in best_weights)
+    # The scheme the run detected may be named when resuming.
+    named = pretrain(config_for(model_dir, corpus, out, max_steps=6, resume=True, head_warmup_steps=1,
+                                head_learning_rate=2e-3, word_boundary="wordpiece"))
+    assert named["global_step"] == 6
 
     # A fresh run would mix its checkpoints with these; resuming with other settings continues another run.
     with pytest.raises(ValueError, match="holds checkpoints of an earlier run.*--resume"):
@@ -101,7 +105,7 @@ def test_difference_pretraining_saves_everything_and_resumes(model_dir, corpus, 
         pretrain(config_for(model_dir, corpus, out, max_steps=8, resume=True, strategy="random-word",
                             head_warmup_steps=1, head_learning_rate=2e-3))
     for setting, value in (("epochs", 9.0), ("precision", "bf16"), ("mask_on", "device"),
-                           ("max_validation_documents", 1)):
+                           ("max_validation_documents", 1), ("word_boundary", "token")):
         with pytest.raises(ValueError, match=f"started with other settings: {setting} "):
             pretrain(config_for(model_dir, corpus, out, max_steps=8, resume=True, head_warmup_steps=1,
                                 head_learning_rate=2e-3, **{setting: value}))
@@ -346,6 +350,9 @@ def test_a_tokenizer_whose_word_boundaries_cannot_be_told_is_refused_before_read
                                   max_steps=2))
     assert summary["global_step"] == 2
     assert json.loads((tmp_path / "run" / RUN_FILE).read_text())["config"]["word_boundary"] == "token"
+    # Resumed without naming it, the run goes on with the scheme it was started with.
+    resumed = pretrain(config_for(path, corpus, tmp_path / "run", strategy="random-word", max_steps=3, resume=True))
+    assert resumed["global_step"] == 3
 
 
 def test_a_model_without_mlm_head_is_refused_unless_asked(tmp_path, tiny_bert_mlm, bert_wordpiece, corpus):

@@ -231,13 +231,35 @@ def test_bpe_with_continuation_prefix_is_wordpiece_like():
 
 def test_end_of_word_suffix_bpe_is_rejected():
     tokenizer = tokenizers_offline.end_of_word_bpe()
-    with pytest.raises(UnknownWordBoundaries, match="word_boundary=") as error:
+    with pytest.raises(UnknownWordBoundaries, match="pass scheme= explicitly") as error:
         detect_word_boundary_scheme(tokenizer)
     message = str(error.value)
     assert type(tokenizer).__name__ in message
     assert all(scheme in message for scheme in SCHEMES)
-    with pytest.raises(ValueError, match="word_boundary="):
+    with pytest.raises(ValueError, match="pass scheme= explicitly"):
         word_boundaries(tokenizer)
+
+
+def test_undetectable_word_boundaries_advise_the_parameter_the_caller_takes():
+    """Functions take the scheme as ``scheme=``, collators, strategies and the pretraining config
+    as ``word_boundary=``: the advice names the one the user called."""
+    import pickle
+
+    from diffmask_fast import RandomWordCollator
+    from diffmask_fast.pretrain_data import tokenize_documents
+    from diffmask_fast.terms import TermMatcher
+    from diffmask_fast.vocabulary import tokenizer_word_types
+
+    tokenizer = tokenizers_offline.end_of_word_bpe()
+    with pytest.raises(UnknownWordBoundaries, match="pass scheme= explicitly"):
+        tokenizer_word_types(tokenizer, ["a b"])
+    for build in (lambda: RandomWordCollator(tokenizer), lambda: TermMatcher(tokenizer, ["a"]),
+                  lambda: tokenize_documents(tokenizer, ["a b"], 16)):
+        with pytest.raises(UnknownWordBoundaries, match="pass word_boundary= explicitly, one of") as error:
+            build()
+        assert "scheme=" not in str(error.value)
+    copy = pickle.loads(pickle.dumps(error.value))  # crosses process boundaries (DataLoader workers)
+    assert type(copy) is UnknownWordBoundaries and str(copy) == str(error.value)
 
 
 class VocabularyOnly:
@@ -261,7 +283,7 @@ def test_detects_slow_tokenizers_from_their_vocabulary(request, name):
     tokenizer = request.getfixturevalue(name)
     slow = VocabularyOnly(tokenizer.convert_ids_to_tokens(list(range(len(tokenizer)))))
     assert detect_word_boundary_scheme(slow) == TOKENIZERS[name]
-    with pytest.raises(ValueError, match="word_boundary="):
+    with pytest.raises(ValueError, match="scheme="):
         detect_word_boundary_scheme(VocabularyOnly(["the", "cat", "sat", "on", "mat"]))
 
 
