@@ -31,6 +31,9 @@ the groups before the split, so it is refused with them.
 Training refuses to start when the masking writes token ids the model cannot embed (tokens added
 to the tokenizer without ``model.resize_token_embeddings``).
 
+An optimizer step that masked no token (short sequences, small batches) has no loss: the logged
+training loss averages the steps that masked something, and evaluation the batches that did.
+
 ``DifferenceMaskingTrainer`` is the same with a ``DifferenceMasker``: DataLoader workers only pad
 (``DataCollatorWithPadding``), the GPU masks. Evaluation batches without labels are masked the
 same way, from a stream pinned to ``args.seed`` (the same masks at every evaluation, and the
@@ -118,6 +121,8 @@ class MaskingTrainer(Trainer):
         self.mask_eval = mask_eval
         self._logits_discarded = False  # set while an evaluation keeps the loss only
         self._loss_tally: _LossTally | None = None  # set while an evaluation runs
+        self._unmasked_steps = _UnmaskedSteps()
+        self._loss_steps = self._run_steps = None  # (steps, unmasked) of the next training loss logged, see log
         # compute_loss normalizes by num_items_in_batch itself, so have the Trainer count them.
         self.model_accepts_loss_kwargs = True
         self._sparse_head = _SparseHead(self.model, self.accelerator.autocast) if sparse_head else None
@@ -196,14 +201,66 @@ class MaskingTrainer(Trainer):
     def get_batch_samples(self, epoch_iterator, num_batches, device):
         # Mask the batches of a gradient-accumulation cycle before the masked tokens are counted.
         batch_samples, num_items_in_batch = super().get_batch_samples(epoch_iterator, num_batches, device)
-        if self.masker is None or not any(batch.get("labels") is None for batch in batch_samples):
-            return batch_samples, num_items_in_batch
-        batch_samples = [self.mask_batch(batch) for batch in batch_samples]
-        count = getattr(self, "_get_num_items_in_batch", None)
-        return batch_samples, count(batch_samples, device) if count is not None else num_items_in_batch
+        if self.masker is not None and any(batch.get("labels") is None for batch in batch_samples):
+            batch_samples = [self.mask_batch(batch) for batch in batch_samples]
+            count = getattr(self, "_get_num_items_in_batch", None)
+            num_items_in_batch = count(batch_samples, device) if count is not None else num_items_in_batch
+        self._unmasked_steps.note(num_items_in_batch)
+        return batch_samples, num_items_in_batch
 
     def training_step(self, model, inputs, num_items_in_batch=None):
         return super().training_step(model, self.mask_batch(inputs), num_items_in_batch)
+
+    # -- the logged training loss leaves out steps that masked nothing ---------------------------
+    # Such a step's loss is 0 (no token to predict), which the Trainer would average in: the
+    # training loss of a run with short sequences or small batches would look better than it is.
+    def train(self, *args, **kwargs):
+        self._unmasked_steps = _UnmaskedSteps()
+        output = super().train(*args, **kwargs)
+        return output._replace(training_loss=output.metrics.get("train_loss", output.training_loss))
+
+    def _maybe_log_save_evaluate(self, tr_loss, *args, **kwargs):
+        if self.control.should_log and self.state.global_step > self._globalstep_last_logged:
+            # As the Trainer logs (every process, when it syncs anyway): the steps its mean covers.
+            self._loss_steps = (self.state.global_step - self._globalstep_last_logged,
+                                self._unmasked_steps.take(self._sum_over_processes))
+        return super()._maybe_log_save_evaluate(tr_loss, *args, **kwargs)
+
+    def _finalize_training(self, *args, **kwargs):
+        self._unmasked_steps.take(self._sum_over_processes)  # those after the last log
+        first = getattr(self, "_initial_global_step", None)
+        self._run_steps = None if first is None else (self.state.global_step - first, self._unmasked_steps.total)
+        return super()._finalize_training(*args, **kwargs)
+
+    def log(self, logs: dict[str, float], *args, **kwargs) -> None:
+        for key, attribute in (("loss", "_loss_steps"), ("train_loss", "_run_steps")):
+            steps = getattr(self, attribute, None)
+            if key in logs and steps is not None:
+                setattr(self, attribute, None)
+                logs[key] = self._mean_over_masked_steps(key, logs[key], *steps)
+                if logs[key] is None:
+                    del logs[key]
+        super().log(logs, *args, **kwargs)
+
+    def _mean_over_masked_steps(self, key: str, mean: float, steps: int, unmasked: int) -> float | None:
+        """``mean``, the loss averaged over ``steps`` steps of every process, over the ``unmasked``
+        (process, step) pairs that masked nothing left out; when none masked, a warning and None (NaN
+        for the run's train_loss)."""
+        pairs = steps * self.accelerator.num_processes
+        if not unmasked:
+            return mean
+        if unmasked < pairs:
+            return mean * pairs / (pairs - unmasked)
+        # One message per key: shown once, however many logs have no loss.
+        which, outcome = (("no step of the run", "train_loss is NaN") if key == "train_loss" else
+                          ("no step since the last log", "the log leaves 'loss' out"))
+        warnings.warn(f"{which} masked a token (every label was -100), so there is no training loss: {outcome}. The "
+                      "sequences are too short, or the batches too small, for the share of tokens masked "
+                      "(mlm_probability)", DiffmaskWarning, stacklevel=3)
+        return float("nan") if key == "train_loss" else None
+
+    def _sum_over_processes(self, counts: torch.Tensor) -> torch.Tensor:
+        return self.accelerator.reduce(counts.to(self.args.device), reduction="sum").cpu()
 
     def evaluation_loop(self, dataloader, description, prediction_loss_only=None, ignore_keys=None,
                         metric_key_prefix="eval"):
@@ -224,8 +281,7 @@ class MaskingTrainer(Trainer):
                                                  metric_key_prefix)
         finally:
             self._loss_tally, self.args.logging_nan_inf_filter = None, not keep_non_finite
-        tally.settle(output.metrics, f"{metric_key_prefix}_loss", keep_non_finite,
-                     lambda counts: self.accelerator.reduce(counts.to(self.args.device), reduction="sum").cpu())
+        tally.settle(output.metrics, f"{metric_key_prefix}_loss", keep_non_finite, self._sum_over_processes)
         return output
 
     def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
@@ -342,6 +398,28 @@ class _LossTally:
                           "was measured. The masking chose no token of the evaluation set: its sequences are too "
                           "short, or too few, for the share of tokens masked (mlm_probability); give more or longer "
                           "ones", DiffmaskWarning, stacklevel=4)
+
+
+class _UnmaskedSteps:
+    """Optimizer steps that masked no token, counted on the device (no sync per step) until the
+    Trainer logs; ``total`` is the run's, summed over processes."""
+
+    def __init__(self):
+        self.window: torch.Tensor | int = 0
+        self.total = 0
+
+    def note(self, masked_tokens: torch.Tensor | int | None) -> None:
+        if torch.is_tensor(masked_tokens):
+            masked_tokens = masked_tokens.reshape(-1)[0]  # DataParallel hands [n_gpu, 1] copies
+        if masked_tokens is not None:
+            self.window = self.window + (masked_tokens == 0)
+
+    def take(self, sum_over_processes: Callable[[torch.Tensor], torch.Tensor]) -> int:
+        """The steps noted since the last take, summed over processes (every process must call it)."""
+        window, self.window = self.window, 0
+        counted = int(sum_over_processes(torch.as_tensor(window, dtype=torch.float32).reshape(1)).item())
+        self.total += counted
+        return counted
 
 
 class _PaddingForMasking(DataCollatorWithPadding):

@@ -557,6 +557,47 @@ def test_a_batch_with_nothing_masked_is_left_out_even_when_non_finite_losses_are
     assert math.isnan(MaskingTrainer(model=broken, args=args, eval_dataset=examples).evaluate()["eval_loss"])
 
 
+def test_training_steps_with_nothing_masked_are_left_out_of_the_logged_training_loss(seed, tiny_bert_mlm, tmp_path):
+    """Such a step's loss is 0, no loss at all: averaged in, it pulled the logged training loss
+    down. With the learning rate 0 and no dropout every step's loss is its example's."""
+    from transformers import BertForMaskedLM, TrainingArguments
+
+    config = copy.deepcopy(tiny_bert_mlm.config)
+    config.hidden_dropout_prob = config.attention_probs_dropout_prob = 0.0
+    model = BertForMaskedLM(config)
+    model.load_state_dict(tiny_bert_mlm.state_dict())
+    generator = torch.Generator().manual_seed(seed)
+    unmasked_row = int(torch.randint(0, 4, (1,), generator=generator))
+    examples = []
+    for row in range(4):
+        input_ids = torch.randint(5, config.vocab_size, (9,), generator=generator)
+        labels = random_labels(generator, input_ids[None])[0] if row != unmasked_row else torch.full((9,), -100)
+        examples.append({"input_ids": input_ids, "labels": labels})
+    with torch.no_grad():
+        expected = sum(float(model(input_ids=e["input_ids"][None], labels=e["labels"][None]).loss)
+                       for row, e in enumerate(examples) if row != unmasked_row) / 3
+
+    def train(logging_steps: int, rows):
+        args = TrainingArguments(output_dir=str(tmp_path), report_to=[], per_device_train_batch_size=1, use_cpu=True,
+                                 learning_rate=0.0, max_steps=len(rows), logging_steps=logging_steps, save_strategy="no",
+                                 seed=seed)
+        trainer = MaskingTrainer(model=model, args=args, train_dataset=rows)
+        output = trainer.train()
+        return output, [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
+
+    output, logged = train(logging_steps=4, rows=examples)
+    assert logged == [pytest.approx(expected, rel=1e-5)], f"seed={seed}"
+    assert output.training_loss == pytest.approx(expected, rel=1e-5)
+    assert output.metrics["train_loss"] == output.training_loss
+    with pytest.warns(DiffmaskWarning, match="no step since the last log masked a token.*leaves 'loss' out"):
+        output, logged = train(logging_steps=1, rows=examples)  # one step alone masked nothing: no loss
+    assert len(logged) == 3 and sum(logged) / 3 == pytest.approx(expected, rel=1e-5)
+    assert output.training_loss == pytest.approx(expected, rel=1e-5)
+    with pytest.warns(DiffmaskWarning, match="no step of the run masked a token.*train_loss is NaN"):
+        output, logged = train(logging_steps=4, rows=[examples[unmasked_row]] * 2)
+    assert logged == [] and math.isnan(output.training_loss)
+
+
 def test_an_evaluation_with_nothing_masked_at_all_says_why_it_has_no_loss(seed, tiny_bert_mlm, tmp_path):
     from transformers import TrainingArguments
 
