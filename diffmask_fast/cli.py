@@ -341,6 +341,21 @@ def _word_boundary_scheme(tokenizer, scheme: str | None) -> str:
         return word_boundaries(tokenizer, scheme).scheme
 
 
+def _check_embedding_word_boundaries(tokenizer, args) -> None:
+    """With --tokenizer and --contextual-anchors the anchors are found as the embedding model reads
+    the corpus: its own word boundaries must be detectable (--word-boundary names those of
+    --tokenizer, no option names the model's)."""
+    from .tokenization import UnknownWordBoundaries, detect_word_boundary_scheme
+
+    try:
+        detect_word_boundary_scheme(tokenizer)
+    except UnknownWordBoundaries as error:
+        raise ValueError(f"--contextual-anchors finds the anchors in the corpus as the embedding model {args.model!r} "
+                         f"reads it, and cannot tell how its tokenizer marks words ({error.detail}); "
+                         "--word-boundary names the boundaries of --tokenizer, not the model's. Drop --tokenizer "
+                         "(--word-boundary then names the model's), or --contextual-anchors") from None
+
+
 def _score_shown_words(embedder, anchors, texts, args, plot_texts=()):
     """The tokenizer and a score table of every word shown of ``texts`` and ``plot_texts``, scored now."""
     from .preview import shown_word_types
@@ -562,7 +577,7 @@ def run_score(args) -> None:
             tokenizer = load_tokenizer(args.tokenizer)
         args.word_boundary = _word_boundary_scheme(tokenizer, args.word_boundary)
         if args.contextual_anchors is not None and args.tokenizer is not None:
-            _word_boundary_scheme(embedder.tokenizer, None)  # the anchors are found as the embedding model reads
+            _check_embedding_word_boundaries(embedder.tokenizer, args)
     counts = (WordCounts.load(args.counts, verify=True) if args.counts is not None
               else count_words(corpus, progress=progress, text_field=args.text_field))
     table = getattr(counts, "table", None)

@@ -414,7 +414,9 @@ def test_contextual_anchors_check_the_embedding_models_word_boundaries_before_co
     assert main(["score", str(corpus), "--anchors", str(anchors), "--model", str(model), "--tokenizer",
                  str(tmp_path / "wordpiece"), "--contextual-anchors", "5", "-o", str(tmp_path / "s.npz"),
                  "--no-cache", "--no-progress"]) == 1
-    assert "cannot tell how" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "cannot tell how its tokenizer marks words" in err and "end-of-word-model" in err, err
+    assert "--word-boundary names the boundaries of --tokenizer, not the model's. Drop --tokenizer" in err, err
 
 
 def test_outputs_and_options_are_checked_before_counting(tmp_path, capsys, monkeypatch):
