@@ -319,6 +319,10 @@ class AnchorIndex:
                             nprobe=nprobe, ef_search=ef_search, hnsw_m=hnsw_m, ef_construction=ef_construction,
                             batch_size=batch_size, kmeans_iterations=kmeans_iterations, recall_sample=recall_sample,
                             seed=seed)
+        # Whole numbers as Python ints: numpy's pass the check but not torch's or FAISS's setters.
+        nlist, nprobe, ef_search = (None if value is None else int(value) for value in (nlist, nprobe, ef_search))
+        spill, kmeans_iterations, hnsw_m, ef_construction, recall_sample = (
+            int(value) for value in (spill, kmeans_iterations, hnsw_m, ef_construction, recall_sample))
         started = time.perf_counter()
         anchors = _as_tensor(anchors, "anchors")
         if anchors.ndim != 2 or anchors.shape[0] < 1 or anchors.shape[1] < 1:

@@ -330,6 +330,20 @@ def test_whole_number_options_are_checked(option, value, message):
         AnchorIndex(torch.randn(200, 6), kind.get(option, "ivf"), **{option: value})
 
 
+@pytest.mark.parametrize("kind, options", [
+    ("ivf", {"nprobe": 2, "nlist": 8, "kmeans_iterations": 5, "spill": 2, "recall_sample": 100, "seed": 3}),
+    ("ivf", {"nprobe": 2, "engine": "faiss"}),
+    ("hnsw", {"ef_search": 32, "hnsw_m": 16, "ef_construction": 40, "batch_size": 64}),
+])
+def test_numpy_integer_options_work_as_python_ints(kind, options, generator):
+    """They passed the check, then failed inside torch's split or FAISS's setters."""
+    anchors, queries = torch.randn(400, 8, generator=generator), torch.randn(50, 8, generator=generator)
+    given = {name: np.int64(value) if isinstance(value, int) else value for name, value in options.items()}
+    found = AnchorIndex(anchors, kind, **given).search(queries)
+    expected = AnchorIndex(anchors, kind, **options).search(queries)
+    assert all(torch.equal(a, b) for a, b in zip(found, expected))
+
+
 def test_a_recall_target_of_one_needs_an_exact_index(monkeypatch, generator):
     """Sampling can show recall 1 only with no miss on n queries, which the rule n / (n + 1) >=
     target never accepts at 1: tuning would have scanned every list (or the whole HNSW graph)."""
