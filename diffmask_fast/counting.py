@@ -720,6 +720,7 @@ def count_words(
     ``CorpusError`` for a missing path, a directory without text files, a binary file, a bad
     JSON-lines record, or a corpus with no documents or no words.
     """
+    check_lowercase(lowercase)  # before the count, which can take hours
     if scheduler is not None:
         from .dask_counting import count_words_distributed
 
@@ -756,6 +757,11 @@ def count_words(
         return _result(counter.finish(lowercase), counter.documents, lowercase)
     finally:
         counter.close()
+
+
+def check_lowercase(lowercase) -> None:
+    if not isinstance(lowercase, (bool, np.bool_)):
+        raise TypeError(f"lowercase must be True or False, got {lowercase!r}")
 
 
 def _result(table: CountTable, documents: int, lowercase: bool) -> "WordCounts":
@@ -807,8 +813,7 @@ class WordCounts:
                  lowercase: bool = True, *, total: int | None = None):
         if isinstance(documents, bool) or not isinstance(documents, numbers.Integral) or documents < 0:
             raise ValueError(f"documents must be a non-negative integer, got {documents!r}")
-        if not isinstance(lowercase, (bool, np.bool_)):
-            raise TypeError(f"lowercase must be True or False, got {lowercase!r}")
+        check_lowercase(lowercase)
         if counts is None:
             table = CountTable.empty()
         elif isinstance(counts, CountTable):

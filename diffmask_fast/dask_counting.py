@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 from . import _wordtable as W
 from .corpus import (DEFAULT_TEXT_FIELD, CorpusError, corpus_files, is_data_frame, is_dataset, is_gzip, is_json_lines,
                      open_binary)
-from .counting import DEFAULT_BLOCK_BYTES, CountTable, WordCounts, _Counter, _result
+from .counting import DEFAULT_BLOCK_BYTES, CountTable, WordCounts, _Counter, _result, check_lowercase
 
 #: Nominal bytes of one range of a file counted by one task.
 DEFAULT_PARTITION_BYTES = 64 << 20
@@ -195,6 +195,7 @@ def count_words_distributed(
 
     ``source`` must name files (a path, directory, glob, or a list of them); ``threads`` is the
     counting threads per task (default 1: Dask runs tasks side by side)."""
+    check_lowercase(lowercase)
     _check_scheduler(scheduler)
     if isinstance(source, (str, os.PathLike)):
         files = corpus_files(source, text_field)

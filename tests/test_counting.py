@@ -1345,3 +1345,18 @@ def test_count_lines_counts_a_crlf_pair_split_before_the_span():
     buf = np.frombuffer(b"\nab\r\n", np.uint8)
     assert _wordtable.count_lines(buf, 0, 5, 13) == (2, 1, 2)
     assert _wordtable.count_lines(buf, 0, 5, -1) == (2, 1, 1)
+
+
+@pytest.mark.parametrize("lowercase", [None, 0, "no"])
+def test_a_lowercase_that_is_not_a_bool_is_refused_before_counting(lowercase, tmp_path):
+    """It was refused only when the counts were made, after the whole corpus was read."""
+    def documents():
+        pytest.fail("the corpus was read")
+        yield "never"
+
+    with pytest.raises(TypeError, match=f"lowercase must be True or False, got {lowercase!r}"):
+        count_words(documents(), lowercase=lowercase, progress=False)
+    path = tmp_path / "c.txt"
+    path.write_text("a b\n")
+    with pytest.raises(TypeError, match="lowercase must be True or False"):  # before connecting to the cluster
+        count_words(path, lowercase=lowercase, progress=False, scheduler="tcp://127.0.0.1:1")
