@@ -22,6 +22,7 @@ import contextlib
 import gzip
 import json
 import math
+import numbers
 import os
 import random
 import sys
@@ -32,7 +33,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
+import numpy as np
+
 from ._io import atomic_write_json, check_writable, file_sha256, read_json, refuse_special_input, same_file
+from .corpus import is_gzip
 from .hf_loading import (check_max_length, load_tokenizer, model_reference, quiet_transformers, readable_weights,
                          usable_device)
 from .metrics import accuracy, macro_f1, mean_std
@@ -53,10 +57,8 @@ SUBSET_SEED = 0
 
 
 def _open_text(path: Path):
-    # utf-8-sig: a byte-order mark (as some editors write) is no part of the first line.
-    if path.suffix == ".gz":
-        return gzip.open(path, "rt", encoding="utf-8-sig")
-    return path.open(encoding="utf-8-sig")
+    # Named as the corpus reader names them: "train.jsonl.GZ" is gzip too.
+    return gzip.open(path, "rt", encoding="utf-8") if is_gzip(path) else path.open(encoding="utf-8")
 
 
 def load_labeled(path: str | os.PathLike, text_field: str = "text",
@@ -79,6 +81,9 @@ def load_labeled(path: str | os.PathLike, text_field: str = "text",
     try:
         with _open_text(path) as handle:
             for number, line in enumerate(handle, start=1):
+                # A byte-order mark (as some editors write) is no part of the line, also where files
+                # that each begin with one were joined: as the corpus reader reads them.
+                line = line.removeprefix("\ufeff")
                 if not line.strip():
                     continue
                 where = f"{path}, line {number}"
@@ -86,6 +91,8 @@ def load_labeled(path: str | os.PathLike, text_field: str = "text",
                     record = json.loads(line)
                 except json.JSONDecodeError as error:
                     raise ValueError(f"{where}: invalid JSON ({error.msg} at column {error.colno})") from None
+                except (ValueError, RecursionError) as error:  # nested too deep, or a number too long
+                    raise ValueError(f"{where}: JSON that cannot be read ({error})") from None
                 if not isinstance(record, dict):
                     raise ValueError(f"{where}: expected a JSON object, got {type(record).__name__}")
                 for name in (text_field, label_field):
@@ -350,8 +357,6 @@ def _make_keep_best_callback():
 
 
 def _scores(label_ids, logits) -> dict[str, float]:
-    import numpy as np
-
     if isinstance(logits, (tuple, list)):
         logits = logits[0]
     logits = np.asarray(logits)
@@ -367,27 +372,35 @@ def _check_options(seeds, epochs, learning_rate, batch_size, max_length, weight_
     seeds = list(seeds)
     if not seeds:
         raise ValueError("give at least one seed")
-    if any(isinstance(s, bool) or not isinstance(s, int) for s in seeds):
+    if any(not _is_whole(s) for s in seeds):
         raise ValueError(f"seeds must be integers, got {seeds!r}")
+    seeds = [int(s) for s in seeds]  # numpy's as Python's: the report's JSON holds them
     if any(not 0 <= s < 2**32 for s in seeds):
         raise ValueError(f"seeds must be in [0, 2**32), got {seeds!r}")
     if len(set(seeds)) != len(seeds):
         raise ValueError(f"seeds repeat: {seeds!r}")
     for name, value in (("epochs", epochs), ("batch_size", batch_size), ("max_length", max_length)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        if not _is_whole(value) or value < 1:
             raise ValueError(f"{name} must be a positive integer, got {value!r}")
     if max_length < 2:
         raise ValueError(f"max_length must be at least 2 (room for the special tokens), got {max_length}")
+    for name, value in (("learning_rate", learning_rate), ("weight_decay", weight_decay), ("warmup_ratio", warmup_ratio)):
+        if not isinstance(value, numbers.Real) or isinstance(value, (bool, np.bool_)):
+            raise ValueError(f"{name} must be a number, got {value!r}")
     if not (learning_rate > 0 and math.isfinite(learning_rate)):
         raise ValueError(f"learning_rate must be positive and finite, got {learning_rate!r}")
     if not (weight_decay >= 0 and math.isfinite(weight_decay)):
         raise ValueError(f"weight_decay must be non-negative and finite, got {weight_decay!r}")
     if not 0 <= warmup_ratio < 1:
         raise ValueError(f"warmup_ratio must be in [0, 1), got {warmup_ratio!r}")
-    if max_train_examples is not None and (isinstance(max_train_examples, bool)
-                                           or not isinstance(max_train_examples, int) or max_train_examples < 1):
+    if max_train_examples is not None and (not _is_whole(max_train_examples) or max_train_examples < 1):
         raise ValueError(f"max_train_examples must be a positive integer, got {max_train_examples!r}")
     return seeds
+
+
+def _is_whole(value) -> bool:
+    """An integer, Python's or numpy's, and not a bool."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, (bool, np.bool_))
 
 
 def _check_device(training_args, device: str | None, wanted) -> None:
@@ -441,6 +454,10 @@ def finetune(model: str | os.PathLike, train: str | os.PathLike, dev: str | os.P
 
     seeds = _check_options(seeds, epochs, learning_rate, batch_size, max_length, weight_decay, warmup_ratio,
                            max_train_examples)
+    # numpy's numbers as Python's: the report's JSON holds them.
+    epochs, batch_size, max_length = int(epochs), int(batch_size), int(max_length)
+    learning_rate, weight_decay, warmup_ratio = float(learning_rate), float(weight_decay), float(warmup_ratio)
+    max_train_examples = None if max_train_examples is None else int(max_train_examples)
     wanted_device = usable_device(device) if device is not None else None
     if resume and report_path is None:
         raise ValueError("resuming needs the report path (-o) where the earlier run saved its seeds")

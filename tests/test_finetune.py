@@ -126,6 +126,12 @@ def test_load_labeled(tmp_path):
     marked = tmp_path / "marked.jsonl"  # opened by a byte-order mark, as some editors save
     marked.write_bytes(b"\xef\xbb\xbf" + path.read_bytes())
     assert load_labeled(marked) == (["one", ""], ["x", "y"])
+    joined = tmp_path / "joined.jsonl"  # two such files joined: a mark opens a line inside the file too
+    joined.write_bytes(marked.read_bytes() * 2)
+    assert load_labeled(joined) == (["one", "", "one", ""], ["x", "y", "x", "y"])
+    shouting = tmp_path / "DATA.JSONL.GZ"  # a gzip file whatever the case of its name, as the corpus reader reads it
+    shouting.write_bytes(zipped.read_bytes())
+    assert load_labeled(shouting) == (["one", ""], ["x", "y"])
 
 
 @pytest.mark.parametrize("lines, message", [
@@ -140,6 +146,7 @@ def test_load_labeled(tmp_path):
     (['{"text": "a", "label": "x"}', '{"text": "b", "label": 1}'], r"line 2: label 1 is an integer"),
     ([], r"has no examples"),
     (["", "  "], r"has no examples"),
+    (['{"text": "a", "label": "x"}', "[" * 100_000 + "]" * 100_000], r"line 2: JSON that cannot be read"),
 ])
 def test_load_labeled_errors(tmp_path, lines, message):
     path = _write_lines(tmp_path / "bad.jsonl", lines)
@@ -269,8 +276,13 @@ def test_finetune_end_to_end(model_dir, task, tmp_path, monkeypatch):
     assert FinetuneReport.load(tmp_path / "out" / "report.json").to_dict() == report.to_dict()
     assert [p.name for p in (tmp_path / "out").iterdir()] == ["report.json"]
 
-    again = finetune(model_dir, task["train"], task["dev"], None, seeds=(2,), **_FAST)
-    assert again.results[0].dev == pytest.approx(report.results[1].dev)  # seeded runs repeat
+    # Seeded runs repeat; numpy's numbers are taken as Python's (and the report's JSON holds them).
+    numpy_options = {"epochs": np.int64(1), "batch_size": np.int64(8), "max_length": np.int32(24),
+                     "learning_rate": np.float64(1e-3)}
+    again = finetune(model_dir, task["train"], task["dev"], None, seeds=np.array([2]), **{**_FAST, **numpy_options})
+    assert again.results[0].dev == pytest.approx(report.results[1].dev)
+    assert json.loads(json.dumps(again.to_dict()))["config"]["seeds"] == [2]
+    assert type(again.config["epochs"]) is int and type(again.config["batch_size"]) is int
     assert again.summary()["test"] is None and again.results[0].test is None
 
 
@@ -300,7 +312,9 @@ def test_finetune_rejects_bad_options(model_dir, task, tmp_path):
     for options, message in (({"seeds": ()}, "at least one seed"), ({"seeds": (1, 1)}, "repeat"),
                              ({"seeds": (1, -5)}, r"in \[0, 2\*\*32\)"), ({"seeds": (2**32,)}, r"in \[0, 2\*\*32\)"),
                              ({"epochs": 0}, "epochs"), ({"warmup_ratio": 1.0}, "warmup_ratio"),
-                             ({"max_train_examples": 0}, "max_train_examples")):
+                             ({"max_train_examples": 0}, "max_train_examples"), ({"seeds": (True,)}, "integers"),
+                             ({"learning_rate": "1e-3"}, "learning_rate must be a number, got '1e-3'"),
+                             ({"weight_decay": None}, "weight_decay must be a number, got None")):
         with pytest.raises(ValueError, match=message):
             finetune(model_dir, task["train"], task["dev"], **{**_FAST, **options})
     one_label = _write_jsonl(tmp_path / "one.jsonl", [{"text": "a b", "label": "x"}] * 3)
