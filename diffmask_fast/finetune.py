@@ -755,7 +755,20 @@ def run_finetune_command(args) -> FinetuneReport:
     print()
     print(report.table())
     if args.output_dir is not None:
-        print(f"\nSaved the best model of each seed under {args.output_dir}")
+        print(_saved_models_line(Path(args.output_dir), report.seeds))
     if args.output is not None:  # saved by finetune after each seed, the last time complete
         print(f"\nSaved the report to {args.output}")
     return report
+
+
+def _saved_models_line(output_dir: Path, seeds: list[int]) -> str:
+    """Where the seeds' best models are; a resumed run trains (and saves) only the seeds the report
+    lacked, so the others have a model here only if an earlier run saved it here."""
+    saved = [seed for seed in seeds if (output_dir / f"seed-{seed}").is_dir()]
+    missing = [seed for seed in seeds if seed not in saved]
+    line = (f"\nSaved the best model of seed{'s' if len(saved) != 1 else ''} {' '.join(map(str, saved))} under "
+            f"{output_dir} (seed-<seed>)" if saved else f"\nNo model saved under {output_dir}")
+    if missing:
+        line += (f"; seed{'s' if len(missing) != 1 else ''} {' '.join(map(str, missing))} came from the report "
+                 "(--resume) with no model there")
+    return line

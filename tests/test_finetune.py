@@ -585,11 +585,11 @@ def test_run_finetune_command(model_dir, tmp_path, shared_data_dir, capsys):
                                                                               for _ in range(count)])
     labels = set(load_labeled(files["train"])[1])
     assert set(load_labeled(files["dev"])[1]) <= labels, "the sample's dev labels must occur in its train labels"
-    args = _parser().parse_args([
-        "finetune", str(model_dir), "--train", str(files["train"]), "--dev", str(files["dev"]), "--seeds", "3",
+    args_given = [
+        "finetune", str(model_dir), "--train", str(files["train"]), "--dev", str(files["dev"]),
         "--epochs", "2", "--batch-size", "8", "--max-length", "32", "--learning-rate", "1e-3",
-        "--max-train-examples", "16", "--no-progress", "--device", "cpu", "--output-dir", str(tmp_path / "models"),
-        "-o", str(tmp_path / "report.json")])
+        "--max-train-examples", "16", "--no-progress", "--device", "cpu", "-o", str(tmp_path / "report.json")]
+    args = _parser().parse_args([*args_given, "--seeds", "3", "--output-dir", str(tmp_path / "models")])
     report = run_finetune_command(args)
     out, err = capsys.readouterr()
     assert "| Model (1 seed) | Dev accuracy | Dev macro-F1 |" in out and "2 epochs, seed 3;" in out
@@ -610,6 +610,14 @@ def test_run_finetune_command(model_dir, tmp_path, shared_data_dir, capsys):
 
     saved_report = json.loads((tmp_path / "report.json").read_text(encoding="utf-8"))
     assert (saved_report["complete"], saved_report["seeds_done"], saved_report["seeds_requested"]) == (True, 1, 1)
+    assert f"Saved the best model of seed 3 under {tmp_path / 'models'} (seed-<seed>)\n" in out
+    # Resumed into another folder, only the new seed's model is saved there, and said so.
+    resumed = _parser().parse_args([*args_given, "--seeds", "3", "4", "--output-dir", str(tmp_path / "more"),
+                                    "--resume"])
+    assert run_finetune_command(resumed).seeds == [3, 4]
+    out = capsys.readouterr().out
+    assert (f"Saved the best model of seed 4 under {tmp_path / 'more'} (seed-<seed>); seed 3 came from the report "
+            "(--resume) with no model there") in out, out
 
     missing = _parser().parse_args(["finetune", str(model_dir), "--train", str(tmp_path / "none.jsonl"),
                                     "--dev", str(files["dev"])])
