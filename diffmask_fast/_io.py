@@ -59,7 +59,9 @@ def atomic_writer(path: str | os.PathLike) -> Iterator[BinaryIO]:
     without an error. The result is what a plain ``open(path, "wb")`` would leave: its
     permissions, and through a link the file the link points to (written beside that file), with
     the link kept."""
-    path = Path(os.path.realpath(path))
+    given, path = path, Path(os.path.realpath(path))
+    if path.is_dir():  # else the rename fails naming the temporary file
+        raise IsADirectoryError(f"cannot write {os.fspath(given)!r}: it is a folder, not a file")
     _refuse_special_file(path, path)
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, temporary = tempfile.mkstemp(prefix=_temporary_prefix(path.name), suffix=".tmp", dir=path.parent)

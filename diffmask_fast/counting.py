@@ -903,7 +903,7 @@ class WordCounts:
         """Write the counts: ``format`` "binary" (compact, loaded lazily; the default) or "json"
         (readable; the default when ``path`` ends in ``.json``). Written atomically."""
         if format is None:
-            format = "json" if os.fspath(path).endswith(".json") else "binary"
+            format = "json" if os.fspath(path).lower().endswith(".json") else "binary"
         if format == "json":
             atomic_write_json(path, {"format": COUNTS_FORMAT, "documents": self.documents,
                                      "lowercase": self.lowercase, "counts": dict(self.most_common())})

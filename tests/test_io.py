@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import stat
 
 import pytest
@@ -208,3 +210,25 @@ def test_numpy_numbers_are_written_as_json_numbers(tmp_path):
     path = atomic_write_json(tmp_path / "out.json", {"count": np.int64(3), "share": np.float32(0.5),
                                                      "lost": np.float64("nan"), "flag": np.bool_(True)})
     assert json.loads(path.read_text()) == {"count": 3, "share": 0.5, "lost": None, "flag": True}
+
+
+def test_a_folder_in_the_way_is_named_not_the_temporary_file(tmp_path):
+    """The rename failed with an OS error naming the temporary file."""
+    from diffmask_fast.counting import WordCounts
+
+    folder = tmp_path / "counts.json"
+    folder.mkdir()
+    for write in (lambda: atomic_write_bytes(folder, b"x"),
+                  lambda: WordCounts.from_mapping({"a": 1}, 1).save(folder)):
+        with pytest.raises(IsADirectoryError, match=f"cannot write {re.escape(repr(str(folder)))}: it is a folder"):
+            write()
+    assert [p.name for p in tmp_path.iterdir()] == ["counts.json"] and not any(folder.iterdir())
+
+
+def test_word_counts_named_json_in_capitals_are_saved_as_json(tmp_path):
+    from diffmask_fast.counting import WordCounts
+
+    counts = WordCounts.from_mapping({"enzyme": 3, "binds": 1}, 2)
+    counts.save(tmp_path / "C.JSON")
+    assert json.loads((tmp_path / "C.JSON").read_text())["counts"] == {"enzyme": 3, "binds": 1}
+    assert WordCounts.load(tmp_path / "C.JSON") == counts
