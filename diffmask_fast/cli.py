@@ -454,10 +454,21 @@ def _show_masks(anchor_words, tokenizer, table, texts, args, plot_texts=()) -> N
     shown_words = {table.key(word.text) for sentence in sentences for word in sentence} - anchor_keys
     top = sorted(((w, table.score(w)) for w in shown_words if w in table), key=lambda item: (-item[1], item[0]))[:10]
     if top:  # else no word shown, beside the anchors, is in the table
-        listed = (f"{printable(w)} ({s:.2f}, {printable(table.nearest_anchor_of(w) or '-')})" for w, s in top)
-        print("\nHighest-scoring words here that are not anchors (score, nearest anchor): " + ", ".join(listed))
+        nearest = _nearest_anchors(table, [w for w, _ in top])
+        listed = (f"{printable(w)} ({s:.2f}{'' if nearest is None else ', ' + nearest[w]})" for w, s in top)
+        print(f"\nHighest-scoring words here that are not anchors (score{'' if nearest is None else ', nearest anchor'}): "
+              + ", ".join(listed))
     for line in written:
         print(line)
+
+
+def _nearest_anchors(table, words: list[str]) -> dict[str, str] | None:
+    """Each word's nearest anchor as shown ('-' where unknown); None when no word has one, as with
+    --similarity centroid or mean, which compare a word with every anchor and name none."""
+    nearest = {word: table.nearest_anchor_of(word) for word in words}
+    if not any(nearest.values()):
+        return None
+    return {word: printable(anchor or "-") for word, anchor in nearest.items()}
 
 
 def run_demo(args) -> None:
@@ -619,9 +630,10 @@ def run_score(args) -> None:
     if args.top > 0:
         anchor_keys = {scores.key(word) for word in scores.anchors}  # a hand-edited anchor may be capitalized
         top = [(w, v) for w, v in scores.top(len(anchor_keys) + args.top) if w not in anchor_keys][: args.top]
-        print("\nHighest-scoring words that are not anchors (score, nearest anchor):")
+        nearest = _nearest_anchors(scores, [w for w, _ in top])
+        print(f"\nHighest-scoring words that are not anchors (score{'' if nearest is None else ', nearest anchor'}):")
         for word, value in top:
-            print(f"  {value:6.3f}  {printable(word)}  ({printable(scores.nearest_anchor_of(word) or '-')})")
+            print(f"  {value:6.3f}  {printable(word)}" + ("" if nearest is None else f"  ({nearest[word]})"))
     print(f"\nSaved the score table to {args.output}")
 
 

@@ -1,6 +1,7 @@
 """The `diffmask` command line, end to end on real text with the bundled MiniLM."""
 
 import json
+import re
 import subprocess
 import sys
 import warnings
@@ -56,8 +57,14 @@ def test_preview_marks_masked_words_and_writes_html_and_a_picture(tmp_path, shar
     assert out.count("[[") >= 2
     assert "<span" in page.read_text(encoding="utf-8")
     assert picture.read_bytes().startswith(b"\x89PNG") and f"Wrote {picture}" in out
+    assert "(score, nearest anchor): " in out
     assert main(["preview", str(corpus), "--anchors", str(anchors_path), "-n", "1", "--no-progress"]) == 0
     assert "sampling documents" not in capsys.readouterr().err
+    # mean similarity names no nearest anchor: no dashes in its place
+    assert main(["preview", str(corpus), "--anchors", str(anchors_path), "-n", "1", "--no-progress",
+                 "--similarity", "mean"]) == 0
+    top = capsys.readouterr().out.split("not anchors (score): ")[1].splitlines()[0]
+    assert re.fullmatch(r"\S+ \(\d\.\d\d\)(, \S+ \(\d\.\d\d\))*", top), top
 
 
 def test_preview_masks_with_a_saved_score_table(tmp_path, capsys, seed, bert_wordpiece):
@@ -791,6 +798,13 @@ def test_the_score_command_prints_as_many_top_words_beside_the_anchors_as_asked(
     anchor_words = {a["word"] for a in __import__("json").loads(anchors.read_text())["anchors"]}
     assert len(listed) == 3, listed
     assert not {line.split()[1] for line in listed} & anchor_words
+    assert all(line.split()[2][1:-1] in anchor_words for line in listed), listed  # "(anchor)"
+    # centroid and mean similarity name no nearest anchor: no column of dashes
+    assert main(["score", str(corpus), "--anchors", str(anchors), "-o", str(tmp_path / "c.npz"), "--model", str(model),
+                 "--pooling", "mean", "--no-cache", "--top", "3", "--no-progress", "--similarity", "centroid"]) == 0
+    out = capsys.readouterr().out
+    listed = out.split("not anchors (score):\n")[1].split("\n\n")[0].splitlines()
+    assert len(listed) == 3 and all(len(line.split()) == 2 for line in listed), listed
 
 
 def test_the_score_command_collects_words_in_the_case_of_cased_counts(tmp_path, tiny_bert_mlm, bert_wordpiece,
