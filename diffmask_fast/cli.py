@@ -243,6 +243,8 @@ def _check_score_settings(args) -> None:
         raise ValueError(f"--max-length must be at least 3 (two special tokens and a piece), got {args.max_length}")
     if args.top < 0:
         raise ValueError(f"--top must be 0 or more, got {args.top}")
+    if args.no_cache and args.cache_dir is not None:
+        raise ValueError("--cache-dir names the embedding cache, which --no-cache leaves unused: give one of them")
     for model in (args.model, args.tokenizer):
         if model is not None:
             check_model_reference(model)

@@ -477,6 +477,8 @@ def test_outputs_and_options_are_checked_before_counting(tmp_path, capsys, monke
         (score + ["--similarity", "mean", "--index", "ivf", "--nprobe", "2"],
          "--index, --nprobe choose the nearest-anchor search of --similarity max; --similarity mean compares"),
         (score + ["--similarity", "centroid", "--recall-target", "0.9"], "--recall-target chooses the nearest"),
+        (score + ["--no-cache", "--cache-dir", str(tmp_path / "cache")], "--cache-dir names the embedding cache, "
+         "which --no-cache leaves unused"),
     ]
     pretrain = ["pretrain", str(corpus), "--model", str(tmp_path / "no-model"), "-o", str(tmp_path / "out")]
     cases += [
