@@ -649,6 +649,8 @@ class AnchorIndex:
         self.params = {"gpu": True} if self.use_gpu else {}
 
     def _train_centroids(self, nlist: int, iterations: int) -> torch.Tensor:
+        if nlist == 1:  # the one list holds every anchor: nothing to cluster (FAISS would warn of too few points)
+            return self._searchable[:1].clone()
         faiss = _faiss()
         n = self._searchable.shape[0]
         points_per_centroid = 40
@@ -670,6 +672,8 @@ class AnchorIndex:
         if nlist is not None and nlist > limit:
             self.notes.append(f"nlist={nlist} lowered to {limit}: k-means needs about 39 anchors per list")
         nlist = min(nlist or max(1, round(4 * math.sqrt(n))), limit)
+        if nlist == 1:
+            self.notes.append("one list holds every anchor: the IVF index scans them all, as exact search does")
         engine = engine or ("faiss" if self.use_gpu else "batched")
         self._nlist = nlist
         self._centroids = self._train_centroids(nlist, iterations)

@@ -431,3 +431,15 @@ def test_a_zero_anchor_wins_a_tie_at_cosine_zero_as_in_the_exact_op(kind):
     values, ids = AnchorIndex(anchors, kind, recall_sample=0).search(query)
     _, exact_ids = exact_search(query, anchors)
     assert exact_ids.tolist() == [3] and ids.tolist() == [3] and values.tolist() == [0.0]
+
+
+@pytest.mark.parametrize("engine", ["batched", "faiss"])
+def test_an_ivf_index_of_one_list_clusters_nothing(engine, generator, capfd):
+    """Under 78 anchors IVF has one list: k-means over it printed FAISS's warning of too few points."""
+    anchors, queries = torch.randn(30, 8, generator=generator), torch.randn(20, 8, generator=generator)
+    index = AnchorIndex(anchors, "ivf", engine=engine, nprobe=1)
+    assert capfd.readouterr().err == ""
+    assert index.params["nlist"] == 1 and any("one list holds every anchor" in note for note in index.notes)
+    values, rows = index.search(queries)
+    expected_values, expected_rows = exact_search(queries, anchors)
+    assert torch.equal(rows, expected_rows) and torch.allclose(values, expected_values, atol=1e-6)
