@@ -375,7 +375,7 @@ def _score_shown_words(embedder, anchors, texts, args, plot_texts=()):
 def _saved_scores(args, anchors):
     """The tokenizer and the score table of --scores (from `diffmask score`), checked against
     --anchors. The tokenizer is --model's, else the one that grouped the table's words, with the
-    word boundaries they were grouped by unless --word-boundary names others."""
+    word boundaries they were grouped by (other ones are refused: the words would miss the table)."""
     from .hf_loading import load_tokenizer
     from .scoring import load_scores_for
 
@@ -387,8 +387,13 @@ def _saved_scores(args, anchors):
         tokenizer = load_tokenizer(args.model)
     else:
         tokenizer = _table_tokenizer(table)
+        grouped_by = table.info.get("word_boundary")
         if args.word_boundary is None:
-            args.word_boundary = table.info.get("word_boundary")
+            args.word_boundary = grouped_by
+        elif grouped_by is not None and args.word_boundary != grouped_by:
+            raise ValueError(f"the words of --scores were grouped by {grouped_by!r} word boundaries; --word-boundary "
+                             f"{args.word_boundary} would group the text otherwise, and its words would miss the "
+                             "table: leave --word-boundary out")
     args.word_boundary = _word_boundary_scheme(tokenizer, args.word_boundary)
     return tokenizer, table
 

@@ -34,6 +34,7 @@ import json
 import os
 import re
 import threading
+import warnings
 import weakref
 from dataclasses import dataclass
 from typing import Iterable, Sequence
@@ -41,6 +42,7 @@ from typing import Iterable, Sequence
 import numpy as np
 import torch
 
+from .advice import DiffmaskWarning
 from .reference import TOKEN_SCHEME, WORD_BOUNDARY_MARKERS, WORD_BOUNDARY_SCHEMES
 
 SCHEMES = WORD_BOUNDARY_SCHEMES
@@ -87,6 +89,25 @@ def naming_word_boundary(parameter: str = "word_boundary"):
 
 def _unknown_scheme(tokenizer, detail: str) -> ValueError:
     return UnknownWordBoundaries(type(tokenizer).__name__, detail)
+
+
+def _scheme_for(tokenizer, scheme: str | None) -> str:
+    """``scheme``, or the one detected. One given that contradicts a detected one is warned of: it
+    groups text into pieces of words, or whole sentences into one word. ``token`` (every token a
+    word) is no contradiction: it masks sub-word tokens on purpose."""
+    if scheme is None:
+        return detect_word_boundary_scheme(tokenizer)
+    _check_scheme(scheme)
+    if scheme != TOKEN_SCHEME:
+        try:
+            detected = detect_word_boundary_scheme(tokenizer)
+        except UnknownWordBoundaries:
+            return scheme  # what naming the scheme is for
+        if detected != scheme:
+            warnings.warn(f"word boundaries {scheme!r} were named for {type(tokenizer).__name__}, whose tokens mark "
+                          f"words as {detected!r} does: its text will be grouped into pieces of words or runs of "
+                          f"several words. Leave the scheme out to use {detected!r}", DiffmaskWarning, stacklevel=3)
+    return scheme
 
 
 def _check_scheme(scheme: str) -> str:
@@ -327,7 +348,7 @@ def word_boundaries(tokenizer, scheme: str | None = None) -> WordBoundaries:
             f"{type(tokenizer).__name__} has no mask token; masked language modelling needs one "
             "(set tokenizer.mask_token)"
         )
-    scheme = detect_word_boundary_scheme(tokenizer) if scheme is None else _check_scheme(scheme)
+    scheme = _scheme_for(tokenizer, scheme)
     starts_word, never_word, holes = _word_tables(tokenizer, scheme)
     if not 0 <= int(mask_token_id) < never_word.numel():
         raise ValueError(f"the mask token id {mask_token_id} is outside the vocabulary [0, {never_word.numel()})")
@@ -453,8 +474,7 @@ class WordGrouper:
     @classmethod
     def for_tokenizer(cls, tokenizer, scheme: str | None = None) -> "WordGrouper":
         """The grouper of ``tokenizer``'s words (scheme detected unless given)."""
-        scheme = detect_word_boundary_scheme(tokenizer) if scheme is None else _check_scheme(scheme)
-        starts_word, never_word, _ = _word_tables(tokenizer, scheme)
+        starts_word, never_word, _ = _word_tables(tokenizer, _scheme_for(tokenizer, scheme))
         return cls(starts_word, never_word)
 
     def __call__(self, ids: Sequence[int]) -> list[list[int]]:

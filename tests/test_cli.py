@@ -395,6 +395,10 @@ def test_word_boundaries_that_cannot_be_told_are_refused_before_counting_and_nam
     assert ScoreTable.load(scores).info["word_boundary"] == "token"
     capsys.readouterr()
     assert main(["preview", str(corpus), "--scores", str(scores), "-n", "1", "--no-progress"]) == 0
+    capsys.readouterr()
+    assert main(["preview", str(corpus), "--scores", str(scores), "-n", "1", "--word-boundary", "wordpiece"]) == 1
+    assert ("the words of --scores were grouped by 'token' word boundaries; --word-boundary wordpiece would group the "
+            "text otherwise" in capsys.readouterr().err)
     assert main(["score", "--counts", str(tmp_path / "c.bin"), "--anchors", str(anchors), "-o", str(scores),
                  "--word-boundary", "token"]) == 1
     assert "--word-boundary says how a tokenizer groups the words of a corpus" in capsys.readouterr().err

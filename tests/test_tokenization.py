@@ -181,8 +181,11 @@ def test_word_level_tokenizer_has_one_word_per_token():
     special = set(tokenizer.all_special_ids)
     assert boundaries.starts_word.tolist() == [i not in special for i in range(len(tokenizer))]
     assert set(boundaries.never_word.nonzero().flatten().tolist()) == special
-    # An explicit scheme is honoured over detection.
-    assert word_boundaries(tokenizer, "wordpiece").scheme == "wordpiece"
+    # An explicit scheme is honoured over detection, with a warning that they differ.
+    from diffmask_fast.advice import DiffmaskWarning
+
+    with pytest.warns(DiffmaskWarning, match="'wordpiece' were named for"):
+        assert word_boundaries(tokenizer, "wordpiece").scheme == "wordpiece"
 
 
 def _variant(tokenizer, edit) -> PreTrainedTokenizerFast:
@@ -423,7 +426,10 @@ def test_unknown_scheme_is_rejected(bert_wordpiece):
 
 
 def test_explicit_scheme_overrides_detection(bert_wordpiece):
-    forced = word_boundaries(bert_wordpiece, "sentencepiece")
+    from diffmask_fast.advice import DiffmaskWarning
+
+    with pytest.warns(DiffmaskWarning, match="'sentencepiece' were named for"):
+        forced = word_boundaries(bert_wordpiece, "sentencepiece")
     assert forced.scheme == "sentencepiece"
     assert not forced.starts_word.any()  # no BERT token carries "▁"
     assert torch.equal(forced.never_word, word_boundaries(bert_wordpiece).never_word)
@@ -812,3 +818,24 @@ def test_an_added_token_of_newlines_is_no_word():
     tokenizer = tokenizers_offline.roberta_byte_bpe()
     tokenizer.add_tokens(["\n\n"])
     assert bool(word_boundaries(tokenizer).never_word[tokenizer.convert_tokens_to_ids("\n\n")])
+
+
+def test_a_named_scheme_that_contradicts_the_detected_one_is_warned_of(bert_wordpiece, roberta_byte_bpe):
+    """demo --word-boundary byte_bpe on a WordPiece model masked whole sentences as one word, silently."""
+    import warnings
+
+    from diffmask_fast import RandomWordCollator
+    from diffmask_fast.advice import DiffmaskWarning
+    from diffmask_fast.vocabulary import tokenizer_words
+
+    with pytest.warns(DiffmaskWarning, match="'byte_bpe' were named for .*mark words as 'wordpiece' does"):
+        word_boundaries(bert_wordpiece, "byte_bpe")
+    with pytest.warns(DiffmaskWarning, match="'wordpiece' were named for .*Leave the scheme out to use 'byte_bpe'"):
+        tokenizer_words(roberta_byte_bpe, "the enzyme binds", scheme="wordpiece")
+    with pytest.warns(DiffmaskWarning, match="'sentencepiece' were named for"):
+        RandomWordCollator(bert_wordpiece, word_boundary="sentencepiece")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        word_boundaries(bert_wordpiece, "wordpiece")  # the detected one
+        word_boundaries(roberta_byte_bpe, "token")  # every token a word: sub-word masking on purpose
+        word_boundaries(tokenizers_offline.end_of_word_bpe(), "wordpiece")  # nothing detected to contradict
