@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from dataclasses import KW_ONLY, dataclass
+from dataclasses import dataclass
 from typing import Any, Mapping
 
 import torch
@@ -33,12 +33,8 @@ class DifferenceMaskingCollator(MaskingCollatorBase):
     mlm_probability: float = 0.25
     weighting: str = "similarity"
     uniform_mix: float = 0.0
-    _: KW_ONLY
-    mlm: bool = True  # as in DataCollatorForLanguageModeling; only True is supported
 
     def __post_init__(self) -> None:
-        if not self.mlm:
-            raise ValueError("DifferenceMaskingCollator masks words for masked language modelling; mlm=False is not supported")
         if self.weighting not in WEIGHTINGS:
             raise ValueError(f"unknown weighting {self.weighting!r}; expected one of {', '.join(WEIGHTINGS)}")
         check_probability("uniform_mix", self.uniform_mix)

@@ -189,7 +189,7 @@ class MaskingCollatorBase:
     """Padding, seeding and pickling for a masking collator, and the options every strategy has
     (keyword-only): the 80/10/10 split (``mask_replace_prob``, ``random_replace_prob``),
     ``pad_to_multiple_of``, ``return_tensors`` ("pt" or "np"), ``seed`` and ``word_boundary``
-    (see ``word_boundaries``).
+    (see ``word_boundaries``), and ``mlm`` (only True) as ``DataCollatorForLanguageModeling`` takes it.
 
     Examples are dicts with ``input_ids`` or bare sequences of ids (lists, arrays and tensors of
     integers, mixed freely). ``attention_mask``, ``special_tokens_mask`` and ``token_type_ids``
@@ -209,6 +209,7 @@ class MaskingCollatorBase:
     return_tensors: str = "pt"
     seed: int | None = None
     word_boundary: str | None = None
+    mlm: bool = True  # as in DataCollatorForLanguageModeling, so that its calls carry over; only True
     boundaries: WordBoundaries = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -216,6 +217,9 @@ class MaskingCollatorBase:
 
     def _setup_base(self) -> None:
         """Check the options every masking collator has and build the tokenizer's word tables."""
+        if not self.mlm:
+            raise ValueError(f"{type(self).__name__} masks for masked language modelling; mlm=False (causal language "
+                             "modelling) is not supported")
         check_probability("mlm_probability", self.mlm_probability)
         check_replacement(self.mask_replace_prob, self.random_replace_prob)
         self.seed = check_seed(self.seed)

@@ -967,3 +967,18 @@ def test_mask_examples_with_a_left_padding_tokenizer():
 def test_the_top_fraction_of_domain_terms_rounds_up():
     table = ScoreTable.from_mapping({f"w{chr(97 + i // 26)}{chr(97 + i % 26)}": i / 130 for i in range(130)})
     assert len(domain_terms([], table, top_fraction=0.02)) == 3  # 2.6 words
+
+
+@pytest.mark.parametrize("build", [
+    lambda tokenizer, **options: RandomTokenCollator(tokenizer=tokenizer, mlm_probability=0.15, **options),
+    lambda tokenizer, **options: RandomWordCollator(tokenizer=tokenizer, **options),
+    lambda tokenizer, **options: DifferenceMaskingCollator(tokenizer, {"enzyme": 0.9}, **options),
+    lambda tokenizer, **options: TermMaskingCollator(tokenizer, ["enzyme"], **options),
+    lambda tokenizer, **options: MSLMCollator(tokenizer, ["enzyme"], **options),
+], ids=["random-token", "random-word", "difference", "terms", "mslm"])
+def test_every_collator_takes_the_mlm_flag_of_hf_collators(build, bert_wordpiece):
+    """DataCollatorForLanguageModeling(tokenizer=..., mlm=True, mlm_probability=...) calls carry over."""
+    collator = build(bert_wordpiece, mlm=True)
+    assert collator([bert_wordpiece("the enzyme binds")["input_ids"]])["labels"].shape[0] == 1
+    with pytest.raises(ValueError, match=f"{type(collator).__name__} masks for masked language modelling; mlm=False"):
+        build(bert_wordpiece, mlm=False)
