@@ -239,6 +239,10 @@ def build_strategy(
     ``random-token`` and the attention strategies) to mask; for ``mslm`` it is the rate of words
     that are not domain terms, which are masked at ``term_probability`` and weighted ``term_weight``."""
     location = resolve_mask_location(name, mask_on)
+    if location == "device" and pad_to_multiple_of is not None:
+        raise ValueError(f"pad_to_multiple_of pads the batches a collator masks; the {name!r} strategy masks in the "
+                         "training step, where the trainer's data_collator pads: give it one that pads so, e.g. "
+                         "DataCollatorWithPadding(tokenizer, pad_to_multiple_of=8)")
     common = dict(mlm_probability=mlm_probability, mask_replace_prob=mask_replace_prob,
                   random_replace_prob=random_replace_prob, seed=seed, word_boundary=word_boundary)
     collating = dict(common, pad_to_multiple_of=pad_to_multiple_of)

@@ -429,7 +429,9 @@ class MSLMCollator(MaskingCollatorBase):
 
     i over masked tokens, which ``losses.weighted_mlm_loss`` computes and the package's trainer
     applies when a batch holds ``loss_weights``; with every weight 1 it is the usual MLM loss.
-    A plain ``transformers.Trainer`` would pass ``loss_weights`` to the model, which rejects it.
+    A plain ``transformers.Trainer`` passes ``loss_weights`` to the model, and masked-LM models
+    that take ``**kwargs`` ignore it without a word: the loss is then the plain MLM loss. Train
+    with ``MaskingTrainer`` (or read the weights in your own loss).
     """
 
     tokenizer: Any

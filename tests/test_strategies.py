@@ -982,3 +982,13 @@ def test_every_collator_takes_the_mlm_flag_of_hf_collators(build, bert_wordpiece
     assert collator([bert_wordpiece("the enzyme binds")["input_ids"]])["labels"].shape[0] == 1
     with pytest.raises(ValueError, match=f"{type(collator).__name__} masks for masked language modelling; mlm=False"):
         build(bert_wordpiece, mlm=False)
+
+
+@pytest.mark.parametrize("name, mask_on", [("random-word", "device"), ("difference", "device"), ("attention", "auto")])
+def test_pad_to_multiple_of_is_refused_where_the_training_step_masks(name, mask_on, bert_wordpiece):
+    """It was dropped without a word: the trainer's padding collator never saw it."""
+    scores = ScoreTable({"enzyme": 0.9})
+    with pytest.raises(ValueError, match=f"the {name!r} strategy masks in the training step.*DataCollatorWithPadding"):
+        build_strategy(name, bert_wordpiece, scores=scores, mask_on=mask_on, pad_to_multiple_of=8)
+    collator = build_strategy("random-word", bert_wordpiece, mask_on="workers", pad_to_multiple_of=8).collator
+    assert collator([list(range(5, 14))])["input_ids"].shape[1] == 16  # 9 tokens padded to a multiple of 8
