@@ -316,7 +316,9 @@ def _training_arguments(config: PretrainConfig, workers: int) -> Any:
     from transformers import TrainingArguments
 
     options = dict(
-        output_dir=str(config.output_dir),
+        # Absolute: checkpoints record the best one's path, which a resume from another working
+        # directory must still find.
+        output_dir=os.path.abspath(config.output_dir),
         per_device_train_batch_size=config.batch_size,
         per_device_eval_batch_size=config.batch_size,
         gradient_accumulation_steps=config.gradient_accumulation_steps,
@@ -356,14 +358,13 @@ def pretrain(config: PretrainConfig) -> dict:
     """Run continued pretraining; returns the run summary (also saved as ``pretrain_summary.json``)."""
     import torch
     import transformers
-    from transformers import EarlyStoppingCallback
 
     from . import __version__
     from .hf_loading import check_max_length, check_vocabulary, load_tokenizer, no_progress_bars
     from .mlm_model import load_masked_lm
     from .pretrain_data import (SequenceDataset, TrainingCollator, documents_fingerprint, read_documents,
                                 shared_documents, split_documents, tokenize_documents)
-    from .trainer import MaskingTrainer, RunRecordCallback
+    from .trainer import MaskingTrainer, ResumableEarlyStopping, RunRecordCallback
 
     config.check()
     if config.precision == "fp16" and not torch.cuda.is_available():
@@ -447,7 +448,7 @@ def pretrain(config: PretrainConfig) -> dict:
         eval_dataset=SequenceDataset(validation_set),
         data_collator=TrainingCollator(tokenizer, strategy.collator), masker=strategy.masker,
         head_warmup_steps=config.head_warmup_steps, head_learning_rate=config.head_learning_rate,
-        callbacks=[EarlyStoppingCallback(early_stopping_patience=config.patience)] if config.patience else [],
+        callbacks=[ResumableEarlyStopping(early_stopping_patience=config.patience)] if config.patience else [],
     )
     record = None if config.resume else RunRecordCallback(  # also measures the loss before training
         out / RUN_FILE, {"config": json_ready(dataclasses.asdict(config)), "working_directory": os.getcwd(),
@@ -460,6 +461,8 @@ def pretrain(config: PretrainConfig) -> dict:
             train_loss = _finish_from_checkpoint(trainer, complete_checkpoint)
         else:
             train_loss = trainer.train(resume_from_checkpoint=config.resume or None).training_loss
+            train_loss = _run_training_loss(trainer.state.log_history, trainer.resumed_at_step, train_loss,
+                                            trainer.state.global_step)
         # The best checkpoint is loaded at the end; its loss was measured when it was saved.
         best = trainer.state.best_metric
         if best is None:  # no evaluation during training
@@ -601,34 +604,85 @@ def resumed_run_dir(config: PretrainConfig) -> Path | None:
 
 def _check_steps_left(config: PretrainConfig, checkpoint: Path | None) -> bool:
     """Refuse a ``max_steps`` the checkpoint has passed: ``Trainer`` would still take a step past
-    the checkpoint and record the smaller number as the run's length. True when the checkpoint is
-    at ``max_steps`` itself: the run is trained, and resuming only finishes it (the best model,
-    the summary)."""
-    if config.max_steps < 1 or checkpoint is None:
+    the checkpoint and record the smaller number as the run's length. True when the checkpoint
+    ends the run: at ``max_steps``, at the last step an epoch-based run planned, or stopped early
+    (as many evaluations without improvement as ``patience`` allows). Resuming then only
+    finishes it (the best model, the summary): ``Trainer`` would train on past its end."""
+    if checkpoint is None:
         return False
     try:
-        step = int(read_json(checkpoint / "trainer_state.json", "trainer state")["global_step"])
+        state = read_json(checkpoint / "trainer_state.json", "trainer state")
+        step = int(state["global_step"])
     except (FileNotFoundError, ValueError, KeyError, TypeError):
         return False  # not a Trainer checkpoint: Trainer itself will say so
-    if config.max_steps < step:
-        raise ValueError(f"the checkpoint {str(checkpoint)!r} is at step {step}, past max_steps {config.max_steps}: "
-                         f"give a max_steps of at least {step}")
-    return config.max_steps == step
+    if config.max_steps >= 1:
+        if config.max_steps < step:
+            raise ValueError(f"the checkpoint {str(checkpoint)!r} is at step {step}, past max_steps "
+                             f"{config.max_steps}: give a max_steps of at least {step}")
+        if config.max_steps == step:
+            return True
+    elif isinstance(state.get("max_steps"), int) and 0 < state["max_steps"] <= step:
+        return True
+    return config.patience > 0 and _evaluations_without_improvement(state) >= config.patience
+
+
+def _evaluations_without_improvement(state: dict) -> int:
+    """The early-stopping count a checkpoint's trainer state saved (0 where it saved none)."""
+    from .trainer import ResumableEarlyStopping
+
+    saved = state.get("stateful_callbacks") or {}
+    saved = saved.get(ResumableEarlyStopping.__name__) or saved.get("EarlyStoppingCallback")
+    saved = saved[0] if isinstance(saved, list) and saved else saved
+    count = saved.get("attributes", {}).get("early_stopping_patience_counter") if isinstance(saved, dict) else None
+    return count if isinstance(count, int) else 0
+
+
+def _logged_training_loss(log_history: list[dict], upto: int) -> tuple[float, int]:
+    """The sum of the logged training losses up to step ``upto``, each times the steps it covers,
+    and those steps (a log without a loss, of steps that masked nothing, covers none)."""
+    total, steps, previous = 0.0, 0, 0
+    for entry in log_history:
+        if "eval_loss" in entry or "train_runtime" in entry or "step" not in entry:
+            continue  # evaluations and the end-of-training summary
+        if entry["step"] > upto:
+            break
+        window, previous = entry["step"] - previous, entry["step"]
+        if isinstance(entry.get("loss"), (int, float)) and math.isfinite(entry["loss"]):
+            total, steps = total + entry["loss"] * window, steps + window
+    return total, steps
+
+
+def _run_training_loss(log_history: list[dict], resumed_at: int, session_loss: float | None,
+                       last_step: int) -> float | None:
+    """The training loss of the whole run. Resumed, the Trainer reports only the steps since the
+    checkpoint; those before it count as their logged losses did (steps after the last log before
+    the checkpoint were never logged, and are left out)."""
+    if not resumed_at:
+        return session_loss
+    total, steps = _logged_training_loss(log_history, resumed_at)
+    if session_loss is not None and math.isfinite(session_loss) and last_step > resumed_at:
+        total, steps = total + session_loss * (last_step - resumed_at), steps + last_step - resumed_at
+    return total / steps if steps else session_loss
 
 
 def _finish_from_checkpoint(trainer, checkpoint: Path) -> float | None:
     """Leave ``trainer`` as training up to ``checkpoint``, the run's last step, would have: its
-    state, and the best model (else the checkpoint's) loaded. Returns the run's training loss
-    where the checkpoint logged it (a run stopped before its end did not)."""
+    state, and the best model (else the checkpoint's) loaded. Returns the run's training loss as
+    its logs tell (None where none was logged)."""
     from transformers.trainer_callback import TrainerState
 
     trainer.state = TrainerState.load_from_json(str(checkpoint / "trainer_state.json"))
     best = trainer.state.best_model_checkpoint
+    if best is not None and not Path(best).is_dir() and (checkpoint.parent / Path(best).name).is_dir():
+        # Recorded relative to the directory the run started in; checkpoints lie side by side.
+        best = trainer.state.best_model_checkpoint = str(checkpoint.parent / Path(best).name)
     if trainer.args.load_best_model_at_end and best is not None and Path(best).is_dir():
         trainer._load_best_model()  # as Trainer.train does at the end
     else:
         trainer._load_from_checkpoint(str(checkpoint))
-    return next((entry["train_loss"] for entry in reversed(trainer.state.log_history) if "train_loss" in entry), None)
+    logged = next((entry["train_loss"] for entry in reversed(trainer.state.log_history) if "train_loss" in entry), None)
+    return logged if logged is not None else _run_training_loss(trainer.state.log_history, trainer.state.global_step,
+                                                                None, trainer.state.global_step)
 
 
 #: Settings that name files or folders: the same file spelled another way is the same setting.

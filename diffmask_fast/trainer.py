@@ -52,7 +52,7 @@ from typing import Any, Callable, Mapping
 
 import numpy as np
 import torch
-from transformers import DataCollatorWithPadding, Trainer, TrainerCallback
+from transformers import DataCollatorWithPadding, EarlyStoppingCallback, Trainer, TrainerCallback
 
 from ._io import atomic_write_json, read_json
 from .advice import DiffmaskWarning
@@ -123,6 +123,7 @@ class MaskingTrainer(Trainer):
         self._loss_tally: _LossTally | None = None  # set while an evaluation runs
         self._unmasked_steps = _UnmaskedSteps()
         self._loss_steps = self._run_steps = None  # (steps, unmasked) of the next training loss logged, see log
+        self.resumed_at_step = 0  # the step the last train() began at: > 0 when it resumed a checkpoint
         # compute_loss normalizes by num_items_in_batch itself, so have the Trainer count them.
         self.model_accepts_loss_kwargs = True
         self._sparse_head = _SparseHead(self.model, self.accelerator.autocast) if sparse_head else None
@@ -621,6 +622,24 @@ class DifferenceMaskingTrainer(MaskingTrainer):
         super().__init__(*args, masker=masker, mask_eval=mask_eval, **kwargs)
 
 
+class ResumableEarlyStopping(EarlyStoppingCallback):
+    """``EarlyStoppingCallback`` whose count of evaluations without improvement carries over a
+    resume, so that a resumed run stops where the uninterrupted one would. Checkpoints save the
+    count, but transformers restores callbacks only with ``restore_callback_states_from_checkpoint``,
+    which would bring back the saved patience too (it may change on resume)."""
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        super().on_train_begin(args, state, control, **kwargs)
+        if state.global_step == 0:
+            return
+        saved = state.stateful_callbacks or {}
+        saved = saved.get(type(self).__name__) or saved.get(EarlyStoppingCallback.__name__)
+        saved = saved[0] if isinstance(saved, list) and saved else saved
+        count = saved.get("attributes", {}).get("early_stopping_patience_counter") if isinstance(saved, dict) else None
+        if isinstance(count, int):
+            self.early_stopping_patience_counter = count
+
+
 class _ResumedMasking(TrainerCallback):
     """Tells the masker and the masking collator the step a resumed run starts at: their seeded
     streams would otherwise start over (checkpoints do not hold them) and repeat the run's first
@@ -630,6 +649,7 @@ class _ResumedMasking(TrainerCallback):
         self.trainer = trainer
 
     def on_train_begin(self, args, state, control, train_dataloader=None, **kwargs):
+        self.trainer.resumed_at_step = state.global_step
         if state.global_step > 0:
             accumulation = args.gradient_accumulation_steps
             calls = _batches_before(state.global_step, accumulation, train_dataloader)

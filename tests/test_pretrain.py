@@ -118,6 +118,77 @@ def test_difference_pretraining_saves_everything_and_resumes(model_dir, corpus, 
     assert (model_dir / "model.safetensors").read_bytes() == weights
 
 
+def test_a_run_resumed_after_a_crash_stops_early_and_reports_its_loss_as_the_uninterrupted_run(
+        model_dir, corpus, tmp_path, monkeypatch):
+    """Early stopping's count restarted at 0 on resume (the run trained on past its stop), and the
+    training loss covered only the steps after the resume. A learning rate of 3 makes the
+    validation loss worse, so patience 2 stops the run at step 3."""
+    from diffmask_fast import trainer as trainer_module
+
+    def config(out, **options):
+        return config_for(model_dir, corpus, out, strategy="random-word", mask_on="device", max_steps=8, eval_steps=1,
+                          learning_rate=3.0, patience=2, **options)
+
+    whole = pretrain(config(tmp_path / "whole"))
+    assert whole["stopped_early"] and whole["global_step"] < 8
+    step = trainer_module.MaskingTrainer.training_step
+
+    class Crash(Exception):
+        pass
+
+    def crash_after_step_2(self, *args, **kwargs):
+        if self.state.global_step == 2:
+            raise Crash
+        return step(self, *args, **kwargs)
+
+    monkeypatch.setattr(trainer_module.MaskingTrainer, "training_step", crash_after_step_2)
+    with pytest.raises(Crash):
+        pretrain(config(tmp_path / "cut"))
+    monkeypatch.setattr(trainer_module.MaskingTrainer, "training_step", step)
+    resumed = pretrain(config(tmp_path / "cut", resume=True))
+    assert resumed["global_step"] == whole["global_step"]
+    evaluations = [[(e["step"], e["eval_loss"]) for e in run["log_history"] if "eval_loss" in e]
+                   for run in (whole, resumed)]
+    assert [s for s, _ in evaluations[0]] == [s for s, _ in evaluations[1]]
+    assert [loss for _, loss in evaluations[0]] == pytest.approx([loss for _, loss in evaluations[1]], rel=1e-5)
+    assert resumed["train_loss"] == pytest.approx(whole["train_loss"], rel=1e-6)
+    # Resumed once more, the run that stopped early is finished, not trained on.
+    again = pretrain(config(tmp_path / "cut", resume=True))
+    assert again["global_step"] == whole["global_step"]
+    assert again["train_loss"] == pytest.approx(whole["train_loss"], rel=1e-6)
+
+
+def test_a_finished_epoch_run_resumed_is_only_finished(model_dir, corpus, tmp_path):
+    """It ran train() again with nothing left to do: train_loss 0.0 and a second end-of-training log."""
+    first = pretrain(config_for(model_dir, corpus, tmp_path / "run", strategy="random-word", max_steps=-1, epochs=1,
+                                eval_steps=4, logging_steps=2, batch_size=32))
+    again = pretrain(config_for(model_dir, corpus, tmp_path / "run", strategy="random-word", max_steps=-1, epochs=1,
+                                eval_steps=4, logging_steps=2, batch_size=32, resume=True))
+    assert again["global_step"] == first["global_step"]
+    assert again["train_loss"] == pytest.approx(first["train_loss"], rel=1e-6)
+    assert [e for e in again["log_history"] if "train_loss" in e] == []
+
+
+def test_a_run_finished_from_another_working_directory_keeps_its_best_checkpoint(model_dir, corpus, tmp_path,
+                                                                                  monkeypatch):
+    """The best checkpoint was recorded relative to where the run started: from elsewhere it was
+    not found, and the last checkpoint was saved as the model."""
+    from safetensors.torch import load_file
+
+    (tmp_path / "start").mkdir()
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "start")
+    options = dict(strategy="random-word", max_steps=3, eval_steps=1, learning_rate=3.0, patience=0)
+    first = pretrain(config_for(model_dir, corpus, Path("runs/a"), **options))
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    out = tmp_path / "start" / "runs" / "a"
+    finished = pretrain(config_for(model_dir, corpus, out, resume=True, **options))
+    best = Path(finished["best_checkpoint"])
+    assert best.is_dir() and best.name == Path(first["best_checkpoint"]).name
+    saved, kept = load_file(out / "model.safetensors"), load_file(best / "model.safetensors")
+    assert all(torch.equal(saved[name], kept[name]) for name in kept)
+
+
 def test_a_resume_may_spell_the_same_files_another_way(tmp_path, monkeypatch):
     """Saved paths are compared as the files they name, relative ones from the directory the run
     started in: "./c.txt", "c.txt" and its absolute path are one corpus; another file is not."""
