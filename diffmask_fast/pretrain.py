@@ -195,11 +195,14 @@ class PretrainConfig:
 
     def _check_files(self) -> None:
         """The corpus, validation, anchors, scores and terms files exist (read only much later)."""
-        from .corpus import corpus_files
+        from .corpus import CorpusError, corpus_files
 
         corpus_files(self.corpus, self.text_field)
         if self.validation is not None:
-            corpus_files(self.validation, self.text_field)
+            try:
+                corpus_files(self.validation, self.text_field)
+            except CorpusError as error:  # it says "corpus path": name the files it is about
+                raise CorpusError(f"the validation files: {error}") from None
         for name in ("anchors", "scores", "terms"):
             path = getattr(self, name)
             if path is not None and not Path(path).is_file():
