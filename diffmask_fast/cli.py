@@ -657,9 +657,18 @@ def _pretrain_hint(args) -> str:
     from transformers.trainer_utils import get_last_checkpoint  # the checkpoint --resume takes
 
     output = getattr(args, "output", None)
-    if output is not None and Path(output).is_dir() and get_last_checkpoint(str(output)) is not None:
+    latest = get_last_checkpoint(str(output)) if output is not None and Path(output).is_dir() else None
+    if latest is None:
+        return "no checkpoint was saved yet (one is every --eval-steps steps), so a rerun starts again"
+    if (Path(latest) / "trainer_state.json").exists():
         return "rerun with --resume to continue from the last checkpoint"
-    return "no checkpoint was saved yet (one is every --eval-steps steps), so a rerun starts again"
+    from .pretrain import _latest_name
+
+    # Cut off while saving: --resume refuses it.
+    complete = [p.name for p in Path(output).glob("checkpoint-*") if (p / "trainer_state.json").exists()]
+    return (f"the last checkpoint, {Path(latest).name}, was cut off while it was saved: delete it, then "
+            + (f"rerun with --resume to continue from {_latest_name(complete)}" if complete else
+               "rerun without --resume: no complete checkpoint is left"))
 
 
 def _finetune_hint(args) -> str:

@@ -201,9 +201,17 @@ def test_an_interrupt_says_how_to_carry_on(tmp_path, monkeypatch, capsys):
     command = ["pretrain", str(tmp_path / "corpus.txt"), "--model", "m", "-o", str(tmp_path / "run")]
     assert main(command) == 130  # before the first checkpoint: --resume would find nothing
     assert "diffmask pretrain: interrupted; no checkpoint was saved yet" in capsys.readouterr().err
-    (tmp_path / "run" / "checkpoint-50").mkdir(parents=True)
+    (tmp_path / "run" / "checkpoint-50").mkdir(parents=True)  # cut off while it was saved
+    assert main(command) == 130
+    assert ("diffmask pretrain: interrupted; the last checkpoint, checkpoint-50, was cut off while it was saved: "
+            "delete it, then rerun without --resume") in capsys.readouterr().err
+    (tmp_path / "run" / "checkpoint-50" / "trainer_state.json").write_text("{}")
     assert main(command) == 130
     assert "diffmask pretrain: interrupted; rerun with --resume" in capsys.readouterr().err
+    (tmp_path / "run" / "checkpoint-100").mkdir()
+    assert main(command) == 130
+    assert "checkpoint-100, was cut off while it was saved: delete it, then rerun with --resume to continue from " \
+           "checkpoint-50" in capsys.readouterr().err
 
     import diffmask_fast.finetune as finetune_module
 
