@@ -462,6 +462,8 @@ def pretrain(config: PretrainConfig) -> dict:
     with contextlib.nullcontext() if config.progress else no_progress_bars():
         if complete_checkpoint is not None:  # Trainer would take a step past max_steps
             train_loss = _finish_from_checkpoint(trainer, complete_checkpoint)
+            if train_loss is None:  # none logged: the summary of the session that trained it to here has it
+                train_loss = _summary_training_loss(out / SUMMARY_FILE, trainer.state.global_step)
         else:
             train_loss = trainer.train(resume_from_checkpoint=config.resume or None).training_loss
             train_loss = _run_training_loss(trainer.state.log_history, trainer.resumed_at_step, train_loss,
@@ -666,6 +668,16 @@ def _run_training_loss(log_history: list[dict], resumed_at: int, session_loss: f
     if session_loss is not None and math.isfinite(session_loss) and last_step > resumed_at:
         total, steps = total + session_loss * (last_step - resumed_at), steps + last_step - resumed_at
     return total / steps if steps else session_loss
+
+
+def _summary_training_loss(path: Path, step: int) -> float | None:
+    """The train_loss of a saved run summary that ends at ``step``; None where there is none."""
+    try:
+        summary = read_json(path, "pretraining summary")
+    except (OSError, ValueError):
+        return None
+    loss = summary.get("train_loss") if isinstance(summary, dict) and summary.get("global_step") == step else None
+    return float(loss) if isinstance(loss, (int, float)) and not isinstance(loss, bool) else None
 
 
 def _finish_from_checkpoint(trainer, checkpoint: Path) -> float | None:

@@ -169,6 +169,14 @@ def test_a_finished_epoch_run_resumed_is_only_finished(model_dir, corpus, tmp_pa
     assert [e for e in again["log_history"] if "train_loss" in e] == []
 
 
+def test_a_finished_run_that_logged_no_training_loss_keeps_the_one_its_summary_has(model_dir, corpus, tmp_path):
+    options = dict(strategy="random-word", max_steps=2, logging_steps=10)
+    first = pretrain(config_for(model_dir, corpus, tmp_path / "run", **options))
+    assert first["train_loss"] is not None
+    again = pretrain(config_for(model_dir, corpus, tmp_path / "run", resume=True, **options))
+    assert again["train_loss"] == first["train_loss"]
+
+
 def test_a_run_finished_from_another_working_directory_keeps_its_best_checkpoint(model_dir, corpus, tmp_path,
                                                                                   monkeypatch):
     """The best checkpoint was recorded relative to where the run started: from elsewhere it was
