@@ -124,6 +124,8 @@ class MaskingTrainer(Trainer):
         self._unmasked_steps = _UnmaskedSteps()
         self._loss_steps = self._run_steps = None  # (steps, unmasked) of the next training loss logged, see log
         self.resumed_at_step = 0  # the step the last train() began at: > 0 when it resumed a checkpoint
+        self._masked_here: list = []  # the batches get_batch_samples masked for this step
+        self._labels_checked = False  # whether a batch that came with labels was checked (see mask_batch)
         # compute_loss normalizes by num_items_in_batch itself, so have the Trainer count them.
         self.model_accepts_loss_kwargs = True
         self._sparse_head = _SparseHead(self.model, self.accelerator.autocast) if sparse_head else None
@@ -176,10 +178,15 @@ class MaskingTrainer(Trainer):
                     f"the batch has labels of shape {tuple(getattr(labels, 'shape', ()))}, not that of its input_ids "
                     f"{tuple(getattr(inputs.get('input_ids'), 'shape', ()))}: class labels, not masked-LM labels? "
                     "Remove the label column, or let the trainer pad (no data_collator), which drops it")
-            if _labels_copy_inputs(inputs):
-                raise ValueError("the batch's labels are its input_ids at every token (a causal-LM labels column?): "
-                                 "the model would learn to copy unmasked tokens. Masked-LM labels are -100 except at "
-                                 "masked tokens; remove the labels column and the masker masks the batch")
+            # The first batch that comes with labels tells (a labels column is in every batch), at
+            # the cost of one sync; later ones are not checked, so that steps do not wait on the device.
+            if not self._labels_checked:
+                if _labels_copy_inputs(inputs):
+                    raise ValueError("the batch's labels are its input_ids at every token (a causal-LM labels "
+                                     "column?): the model would learn to copy unmasked tokens. Masked-LM labels are "
+                                     "-100 except at masked tokens; remove the labels column and the masker masks "
+                                     "the batch")
+                self._labels_checked = True
             return inputs
         inputs = self._prepare_inputs(inputs)
         special_tokens_mask = inputs.pop("special_tokens_mask", None)
@@ -202,15 +209,18 @@ class MaskingTrainer(Trainer):
     def get_batch_samples(self, epoch_iterator, num_batches, device):
         # Mask the batches of a gradient-accumulation cycle before the masked tokens are counted.
         batch_samples, num_items_in_batch = super().get_batch_samples(epoch_iterator, num_batches, device)
+        self._masked_here = []
         if self.masker is not None and any(batch.get("labels") is None for batch in batch_samples):
-            batch_samples = [self.mask_batch(batch) for batch in batch_samples]
+            batch_samples = self._masked_here = [self.mask_batch(batch) for batch in batch_samples]
             count = getattr(self, "_get_num_items_in_batch", None)
             num_items_in_batch = count(batch_samples, device) if count is not None else num_items_in_batch
         self._unmasked_steps.note(num_items_in_batch)
         return batch_samples, num_items_in_batch
 
     def training_step(self, model, inputs, num_items_in_batch=None):
-        return super().training_step(model, self.mask_batch(inputs), num_items_in_batch)
+        if not any(inputs is batch for batch in self._masked_here):  # else masked in get_batch_samples already
+            inputs = self.mask_batch(inputs)
+        return super().training_step(model, inputs, num_items_in_batch)
 
     # -- the logged training loss leaves out steps that masked nothing ---------------------------
     # Such a step's loss is 0 (no token to predict), which the Trainer would average in: the

@@ -651,3 +651,29 @@ def test_labels_that_copy_the_inputs_are_refused(tiny_bert_mlm, bert_wordpiece, 
         trainer.train()
     masked = trainer.mask_batch(trainer.data_collator(data[:4]))  # a batch the masker masked passes
     assert trainer.mask_batch(masked) is masked
+
+
+def test_the_labels_check_waits_on_the_device_once_not_every_batch(tiny_bert_mlm, bert_wordpiece, lines, tmp_path,
+                                                                    monkeypatch):
+    """Batches the trainer masked were checked again (a host sync each); batches that come with
+    labels are checked once, on the first."""
+    from transformers import TrainingArguments
+
+    import diffmask_fast.trainer as trainer_module
+
+    calls = []
+    check = trainer_module._labels_copy_inputs
+    monkeypatch.setattr(trainer_module, "_labels_copy_inputs", lambda inputs: calls.append(1) or check(inputs))
+    tokenizer = bert_wordpiece
+    data = [tokenizer(t, truncation=True, max_length=random.randrange(8, 32)) for t in lines[:24]]
+    args = TrainingArguments(output_dir=str(tmp_path), max_steps=3, per_device_train_batch_size=2, report_to=[],
+                             use_cpu=True, save_strategy="no", gradient_accumulation_steps=2)
+    DifferenceMaskingTrainer(model=tiny_bert_mlm, args=args, train_dataset=data,
+                             masker=DifferenceMasker(tokenizer, {}, seed=0)).train()
+    assert calls == [], "the trainer's own masks were checked"
+    from diffmask_fast.strategies import build_strategy
+
+    collator = build_strategy("random-word", tokenizer, mask_on="workers", seed=0).collator
+    DifferenceMaskingTrainer(model=tiny_bert_mlm, args=args, train_dataset=data, data_collator=collator,
+                             masker=DifferenceMasker(tokenizer, {}, seed=0)).train()
+    assert calls == [1]
