@@ -43,7 +43,7 @@ def _generator_seed(seed: int, resumed_at: int = 0) -> int:
     """A seed for this process's generator, from ``seed``, the distributed rank and the step a
     resumed run started at."""
     entropy = np.random.SeedSequence([int(seed), distributed_rank() + 1] + ([resumed_at] if resumed_at else []))
-    return int(entropy.generate_state(1, np.uint64)[0] >> 1)
+    return int(entropy.generate_state(1, np.uint64)[0]) >> 1
 
 
 def _unwrap(model: torch.nn.Module) -> torch.nn.Module:

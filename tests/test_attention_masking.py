@@ -536,3 +536,20 @@ def test_the_eager_attention_pass_reads_the_first_token_of_left_padded_rows(bert
     monkeypatch.setattr(attention_module, "first_token_row", lambda *args, **kwargs: None)  # a model without it
     eager = masker._first_token_attention(tiny_bert_mlm, ids, attention)
     torch.testing.assert_close(eager, read_from_query_and_key, atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.filterwarnings("ignore:Dynamo detected a call to a .functools.lru_cache")  # in transformers
+def test_a_seeded_masker_compiles_and_draws_as_in_eager_mode(bert_wordpiece, tiny_bert_mlm, seed):
+    """Building its generator under torch.compile failed (numpy's uint64 shift in the seed), on the
+    first call and again after resume_at, which a resumed run makes."""
+    ids, attention, flagged = random_batch(bert_wordpiece, seed, rows=6)
+    tiny_bert_mlm.eval()
+    eager, traced = (AttentionMasker(bert_wordpiece, mlm_probability=0.3, seed=seed) for _ in range(2))
+    step = torch.compile(lambda i, a, f: traced(i, a, f, model=tiny_bert_mlm), backend="aot_eager")
+    for resumed in (False, True):
+        if resumed:
+            eager.resume_at(10)
+            traced.resume_at(10)
+        expected = eager(ids, attention, flagged, model=tiny_bert_mlm)
+        got = step(ids, attention, flagged)
+        assert all(torch.equal(a, b) for a, b in zip(got, expected)), f"seed={seed} resumed={resumed}"
