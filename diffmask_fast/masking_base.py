@@ -92,6 +92,10 @@ def check_seed(seed: Any) -> int | None:
 def check_batch_ids(input_ids: Any, tables_device: torch.device) -> torch.Tensor:
     """``input_ids`` as an int64 tensor, refused unless it is a [B, L] matrix of integers on the
     device of the masker's token tables (``tables_device``)."""
+    if isinstance(input_ids, Mapping):  # a tokenizer's whole output, say
+        raise TypeError(f"input_ids must be a [batch, length] matrix of token ids, got a {type(input_ids).__name__} "
+                        f"of {', '.join(map(repr, list(input_ids)[:6]))}: pass batch['input_ids'] and "
+                        "batch['attention_mask'] (masker(batch['input_ids'], batch['attention_mask']))")
     input_ids = torch.as_tensor(input_ids)
     if input_ids.ndim != 2:
         raise ValueError(f"input_ids must be a [batch, length] matrix, got shape {tuple(input_ids.shape)}")

@@ -677,3 +677,14 @@ def test_the_labels_check_waits_on_the_device_once_not_every_batch(tiny_bert_mlm
     DifferenceMaskingTrainer(model=tiny_bert_mlm, args=args, train_dataset=data, data_collator=collator,
                              masker=DifferenceMasker(tokenizer, {}, seed=0)).train()
     assert calls == [1]
+
+
+def test_a_whole_tokenizer_batch_given_as_input_ids_is_named(bert_wordpiece, tiny_bert_mlm, lines):
+    """It failed inside torch.as_tensor: "Could not infer dtype of tokenizers.Encoding"."""
+    from diffmask_fast.attention import AttentionMasker
+
+    batch = bert_wordpiece(lines[:3], padding=True, return_tensors="pt")
+    for masker, extra in ((DifferenceMasker(bert_wordpiece, {}, seed=0), {}),
+                          (AttentionMasker(bert_wordpiece, seed=0), {"model": tiny_bert_mlm})):
+        with pytest.raises(TypeError, match=r"got a BatchEncoding of 'input_ids', .*pass batch\['input_ids'\]"):
+            masker(batch, **extra)
