@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import re
+
+#: Whitespace at the start or end of one of the words joined by NUL.
+_PADDED = re.compile(r"(?:^|\0)\s|\s(?:\0|$)")
+
 
 def refuse_one_string(value: object, name: str, expected: str) -> None:
     """Raise TypeError when ``value`` is one string where a list is expected: iterating it would
@@ -40,3 +45,12 @@ def first_unnormalized(words, lowercase: bool) -> tuple[str, str] | None:
         if normalized != word:
             return word, normalized
     return None
+
+
+def first_padded(words) -> str | None:
+    """The first word with whitespace before or after it, or None: a table key such as
+    "protein\\n" (a line of readlines()) is never looked up, as lookups strip it."""
+    joined = "\0".join(words)
+    if _PADDED.search(joined) is None:  # one scan at C speed: tables hold millions of words
+        return None
+    return next((word for word in words if word != word.strip()), None)  # else a NUL inside a word matched

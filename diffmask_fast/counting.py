@@ -854,6 +854,11 @@ class WordCounts:
         row = self.table.find(word)
         return int(self.table.counts[row]) if row >= 0 else 0
 
+    def __iter__(self) -> Iterator[str]:
+        """The words, as a Counter's keys. Without it Python would iterate by indexing counts[0],
+        counts[1], ... (each 0, an unknown word) and never stop."""
+        return iter(self.table.words())
+
     def __contains__(self, word: object) -> bool:
         return isinstance(word, str) and self.table.find(word) >= 0
 

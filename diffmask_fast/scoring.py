@@ -30,7 +30,7 @@ import torch
 from tqdm.auto import tqdm
 
 from . import reference
-from ._checks import first_unnormalized, refuse_one_string, word_list
+from ._checks import first_padded, first_unnormalized, refuse_one_string, word_list
 from ._io import atomic_write_bytes, atomic_write_json, read_json, refuse_special_input
 from .advice import DiffmaskWarning
 from .anchors import Anchors
@@ -58,7 +58,8 @@ def check_unknown_score(unknown_score: float) -> None:
 
 
 def normalize_words(words: Iterable[str], lowercase: bool = True) -> list[str]:
-    """Sorted distinct normalized forms (reference.normalize_word) of the non-blank words.
+    """Sorted distinct normalized forms (reference.normalize_word) of the non-blank words, the
+    whitespace around them stripped (lookups strip it too).
 
     Words that are already normalized (the usual case: lowercase, letters or digits at both
     ends) skip the character-by-character stripping.
@@ -67,7 +68,8 @@ def normalize_words(words: Iterable[str], lowercase: bool = True) -> list[str]:
     for word in words:
         if not isinstance(word, str):
             raise TypeError(f"words must be strings, got {word!r} ({type(word).__name__})")
-        if not word or word.isspace():
+        word = word.strip()  # a line of readlines() keeps its newline
+        if not word:
             continue
         lowered = word.lower() if lowercase else word
         if lowered[0].isalnum() and lowered[-1].isalnum():
@@ -129,6 +131,10 @@ def _check_normalized(words: Sequence[str], lowercase: bool) -> None:
     if found is not None:
         raise ValueError(f"score table keys must be normalized words (reference.normalize_word): {found[0]!r} would "
                          f"be looked up as {found[1]!r} and never found; ScoreTable.from_mapping normalizes keys")
+    padded = first_padded(words)
+    if padded is not None:
+        raise ValueError(f"score table keys hold no whitespace before or after them: {padded!r} would never be "
+                         "looked up (lookups strip it); ScoreTable.from_mapping strips it")
 
 
 @contextlib.contextmanager
@@ -259,10 +265,10 @@ class ScoreTable:
         return row if row < len(self._words) and self._words[row] == key else -1
 
     def key(self, word: str) -> str:
-        """The table key of a surface word."""
+        """The table key of a surface word (the whitespace around it stripped)."""
         if not isinstance(word, str):
             raise TypeError(f"a word must be a string, got {type(word).__name__}: {word!r}")
-        return reference.normalize_word(word, self.lowercase)
+        return reference.normalize_word(word.strip(), self.lowercase)
 
     def score(self, word: str) -> float:
         """s(w) of a surface word (normalized first); ``unknown_score`` when it was never scored."""
@@ -412,7 +418,7 @@ class ScoreTable:
         for word, score in scores.items():
             if not isinstance(word, str):
                 raise TypeError(f"scores must map words (str) to scores, got the key {word!r} ({type(word).__name__})")
-            key, value = reference.normalize_word(word, lowercase), float(score)
+            key, value = reference.normalize_word(word.strip(), lowercase), float(score)
             if key not in normalized or value > normalized[key] or math.isnan(value):  # NaN stays, to be refused
                 normalized[key] = value
         return cls(normalized, unknown_score=unknown_score, lowercase=lowercase, similarity="given")

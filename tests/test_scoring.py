@@ -1136,3 +1136,29 @@ def test_word_types_keep_their_case_when_asked(roberta_byte_bpe):
     assert tokenizer_word_types(roberta_byte_bpe, texts, lowercase=False) == {"The", "Kinase", "binds", "the",
                                                                               "kinase"}
     assert tokenizer_word_types(roberta_byte_bpe, texts) == {"the", "kinase", "binds"}
+
+
+def test_whitespace_around_words_is_stripped_not_kept_in_keys(tiny_bert):
+    """Lines of readlines() keep their newline: "protein\n" became a key no lookup finds, and
+    "protein" scored as unknown without a word."""
+    model, tokenizer = tiny_bert
+    table = WordScorer(WordEmbedder(model, tokenizer, progress=False), ["enzyme"]).score(["protein\n", " the ", "\n"])
+    assert table.words == ["protein", "the"]
+    assert table.score("protein") == table.score(" protein\n") != table.unknown_score
+    given = ScoreTable.from_mapping({" kinase ": 0.9, "new york": 0.3})
+    assert given.words == ["kinase", "new york"] and given.score("kinase") == pytest.approx(0.9)
+    for keys in (["a\n"], ["\tb"]):
+        with pytest.raises(ValueError, match="keys hold no whitespace before or after them"):
+            ScoreTable.from_arrays(keys, [0.5])
+    assert ScoreTable.from_arrays(["nul\x00 byte"], [0.5]).words == ["nul\x00 byte"]  # a NUL inside is no edge
+
+
+def test_word_counts_iterate_as_their_words(tiny_bert):
+    """Iterating them indexed counts[0], counts[1], ... for ever: score(counts) failed, embed(counts) hung."""
+    from diffmask_fast.counting import WordCounts
+
+    counts = WordCounts.from_mapping({"enzyme": 3, "binds": 1, "receptor": 2}, 2)
+    assert sorted(counts) == ["binds", "enzyme", "receptor"]
+    model, tokenizer = tiny_bert
+    table = WordScorer(WordEmbedder(model, tokenizer, progress=False), ["enzyme"]).score(counts)
+    assert table.words == ["binds", "enzyme", "receptor"]
