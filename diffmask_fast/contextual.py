@@ -37,7 +37,7 @@ from .advice import DiffmaskWarning
 from .embedding import has_lone_surrogate
 from .hf_loading import check_max_length, eval_mode, longest_input, model_name
 from .pretrain_data import special_wrapping
-from .tokenization import WordGrouper, decode_words, tokenize_texts
+from .tokenization import WordGrouper, decode_words, tokenize_texts, truncating_on_the_right
 
 #: Tokens of a document read around anchor occurrences, unless the model takes fewer.
 CONTEXT_LENGTH = 256
@@ -179,8 +179,9 @@ def find_occurrences(tokenizer, texts: Iterable[str], anchor_words: Sequence[str
         return ids, words[:-1] if inside_word and words else words, spans
 
     def consume(batch: list[str]) -> None:
-        encoded = tokenize_texts(tokenizer, batch, add_special_tokens=True, truncation=True,
-                                 max_length=max_length + 1, return_offsets_mapping=offsets)
+        with truncating_on_the_right(tokenizer):  # cut_to_window drops the last text token
+            encoded = tokenize_texts(tokenizer, batch, add_special_tokens=True, truncation=True,
+                                     max_length=max_length + 1, return_offsets_mapping=offsets)
         spans_of = encoded.get("offset_mapping") or [None] * len(batch)
         documents = [(text, *cut_to_window(list(ids), spans))
                      for text, ids, spans in zip(batch, encoded["input_ids"], spans_of)]
@@ -278,8 +279,9 @@ def contextual_anchor_vectors(embedder, texts: Iterable[str], anchor_words: Sequ
                       f"model's tokenizer reads them, or read like an earlier anchor, and get no vectors: {shown}",
                       DiffmaskWarning, stacklevel=2)
     documents = list(by_text)
-    encoded = tokenize_texts(tokenizer, documents, add_special_tokens=True, truncation=True,
-                             max_length=max_length)["input_ids"]
+    with truncating_on_the_right(tokenizer):  # the window the occurrences were found in
+        encoded = tokenize_texts(tokenizer, documents, add_special_tokens=True, truncation=True,
+                                 max_length=max_length)["input_ids"]
     order = sorted(range(len(documents)), key=lambda i: len(encoded[i]))
     vectors = torch.empty(total, embedder.dimension)
     anchor_ids = torch.empty(total, dtype=torch.int64)

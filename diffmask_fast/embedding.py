@@ -23,7 +23,7 @@ from .advice import DiffmaskWarning
 from .embedding_cache import EmbeddingCache, default_cache_dir
 from .hf_loading import (cached_hub_file, check_max_length, check_model_reference, check_vocabulary, eval_mode,
                          model_name, model_reference, quiet_transformers, readable_weights, usable_device)
-from .tokenization import model_reading_text, tokenizable_text, tokenize_texts
+from .tokenization import model_reading_text, tokenizable_text, tokenize_texts, truncating_on_the_right
 
 #: How a word becomes a vector. ``pooled`` is the authors' choice: encode "[CLS] w [SEP]" alone
 #: and take the pooled output (the [CLS] hidden state where the model has no pooler); ``cls``
@@ -489,13 +489,9 @@ class WordEmbedder:
     def _first_pieces(self, words: list[str]) -> list[list[int]]:
         """Ids of words cut to ``max_length`` with special tokens, keeping their first pieces
         whatever the tokenizer's ``truncation_side``, which the cache key does not hold."""
-        side = getattr(self.tokenizer, "truncation_side", "right")
-        self.tokenizer.truncation_side = "right"
-        try:
+        with truncating_on_the_right(self.tokenizer):
             return tokenize_texts(self.tokenizer, words, add_special_tokens=True, truncation=True,
                                   max_length=self.max_length)["input_ids"]
-        finally:
-            self.tokenizer.truncation_side = side
 
     def _special_ids(self) -> torch.Tensor:
         return torch.tensor(sorted(set(self.tokenizer.all_special_ids)), dtype=torch.long)

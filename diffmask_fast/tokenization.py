@@ -636,6 +636,19 @@ def _backend_lock(tokenizer) -> threading.Lock:
             return _SHARED_BACKEND_LOCK
 
 
+@contextlib.contextmanager
+def truncating_on_the_right(tokenizer):
+    """Within it ``truncation=True`` keeps a text's first tokens, whatever the tokenizer's
+    ``truncation_side`` (put back after): where positions read in one tokenization are used in
+    another, or a cache key holds no side, both must cut the same end."""
+    side = getattr(tokenizer, "truncation_side", "right")
+    tokenizer.truncation_side = "right"
+    try:
+        yield
+    finally:
+        tokenizer.truncation_side = side
+
+
 def tokenize_texts(tokenizer, texts: Sequence[str], **options):
     """``tokenizer(texts, **options)`` with the texts read as plain text.
 

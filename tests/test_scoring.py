@@ -1162,3 +1162,25 @@ def test_word_counts_iterate_as_their_words(tiny_bert):
     model, tokenizer = tiny_bert
     table = WordScorer(WordEmbedder(model, tokenizer, progress=False), ["enzyme"]).score(counts)
     assert table.words == ["binds", "enzyme", "receptor"]
+
+
+def test_contextual_anchors_read_the_window_they_were_found_in_whatever_the_truncation_side(tiny_bert):
+    """With truncation_side "left", occurrences were found in the first window and the vectors
+    read from the last: every contextual anchor vector was another word's."""
+    from diffmask_fast.contextual import find_occurrences
+
+    model, tokenizer = tiny_bert
+    embedder = WordEmbedder(model, tokenizer, progress=False, pooling="mean")
+    text = " ".join(["the receptor binds the ligand and the kinase"] * 20)  # far past 32 tokens
+    found, vectors = {}, {}
+    for side in ("right", "left"):
+        tokenizer.truncation_side = side
+        try:
+            found[side] = find_occurrences(tokenizer, [text], ["receptor"], max_per_anchor=50, max_length=32)
+            vectors[side] = contextual_anchor_vectors(embedder, [text], ["receptor"], max_occurrences_per_anchor=50,
+                                                      max_length=32).vectors
+            assert tokenizer.truncation_side == side  # put back
+        finally:
+            tokenizer.truncation_side = "right"
+    assert found["left"] == found["right"] and found["right"][0]
+    assert torch.equal(vectors["left"], vectors["right"])
