@@ -273,6 +273,8 @@ class WordEmbedder:
         #: from the cache were cut, and warned about, when they were first embedded).
         self.truncated_words = 0
         self._longest_truncated = ""  # the example the warning names
+        self.unreadable_words = 0  # words read as special tokens alone ([UNK]): embedded as the zero vector
+        self._unreadable_example = ""
 
     @classmethod
     def from_pretrained(cls, name_or_path: str | os.PathLike | None = None, pooling: str | None = None,
@@ -394,6 +396,7 @@ class WordEmbedder:
                 found[positions] = True
                 missing = np.nonzero(~found)[0]
             self.truncated_words, self._longest_truncated = 0, ""
+            self.unreadable_words, self._unreadable_example = 0, ""
             begin, step = 0, CACHE_PIECE if cache is not None else len(missing)
             while begin < len(missing):
                 piece = missing[begin : begin + step]
@@ -417,6 +420,13 @@ class WordEmbedder:
                     f"{self.truncated_words:,} word(s) have more than {self.max_length} tokens with special tokens and "
                     f"were embedded from their first pieces (e.g. {self._longest_truncated[:60]!r}); raise max_length "
                     "(diffmask score --max-length) to embed them whole", DiffmaskWarning, stacklevel=2)
+            if self.unreadable_words:
+                got = ("the zero vector, whose similarity to any anchor is 0" if self.pooling in ("mean", "input_embeddings")
+                       else "the vector of a word with no pieces")
+                warnings.warn(
+                    f"{self.unreadable_words:,} word(s) are read by the tokenizer as nothing but special tokens such as "
+                    f"[UNK] (e.g. {self._unreadable_example[:60]!r}; WordPiece reads a run of over 100 characters "
+                    f"without punctuation so): they get {got}", DiffmaskWarning, stacklevel=2)
         finally:
             if not external:
                 bar.close()
@@ -468,6 +478,7 @@ class WordEmbedder:
         if self.pooling == "input_embeddings":
             return self._embed_input_embeddings(words, bar)
         encoded = self._encode(words, add_special_tokens=True)
+        self._note_unreadable(words, encoded)
         long = [i for i, ids in enumerate(encoded) if len(ids) > self.max_length]
         if long:
             cut = self._first_pieces([words[i] for i in long])
@@ -493,6 +504,14 @@ class WordEmbedder:
             return tokenize_texts(self.tokenizer, words, add_special_tokens=True, truncation=True,
                                   max_length=self.max_length)["input_ids"]
 
+    def _note_unreadable(self, words: list[str], encoded: list[list[int]]) -> None:
+        """Count the words whose tokens are all special ([UNK]): no sub-token is left to average."""
+        special = set(self.tokenizer.all_special_ids)
+        unreadable = [word for word, ids in zip(words, encoded) if all(token in special for token in ids)]
+        if unreadable:
+            self.unreadable_words += len(unreadable)
+            self._unreadable_example = self._unreadable_example or unreadable[0]
+
     def _special_ids(self) -> torch.Tensor:
         return torch.tensor(sorted(set(self.tokenizer.all_special_ids)), dtype=torch.long)
 
@@ -505,6 +524,7 @@ class WordEmbedder:
             for begin in range(0, len(words), block):
                 chunk = words[begin : begin + block]
                 encoded = self._encode(chunk, add_special_tokens=False)
+                self._note_unreadable(chunk, encoded)
                 lengths = torch.from_numpy(np.fromiter(map(len, encoded), dtype=np.int64, count=len(encoded)))
                 flat = torch.from_numpy(np.fromiter(itertools.chain.from_iterable(encoded), dtype=np.int64,
                                                     count=int(lengths.sum())))

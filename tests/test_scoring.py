@@ -1184,3 +1184,20 @@ def test_contextual_anchors_read_the_window_they_were_found_in_whatever_the_trun
             tokenizer.truncation_side = "right"
     assert found["left"] == found["right"] and found["right"][0]
     assert torch.equal(vectors["left"], vectors["right"])
+
+
+@pytest.mark.parametrize("pooling", ["mean", "input_embeddings"])
+def test_a_word_read_as_unk_alone_is_warned_of(tiny_bert, pooling):
+    """WordPiece reads an unbroken run of over 100 characters as [UNK]: the word got the zero
+    vector and scored 0 without a word, while a long word cut to max_length was warned of."""
+    model, tokenizer = tiny_bert
+    embedder = WordEmbedder(model, tokenizer, progress=False, pooling=pooling)
+    sequence = "acgt" * 26  # 104 characters
+    assert tokenizer.tokenize(sequence) == [tokenizer.unk_token]
+    with pytest.warns(DiffmaskWarning, match=r"1 word\(s\) are read by the tokenizer as nothing but special tokens "
+                                             r"such as \[UNK\] \(e.g. 'acgt"):
+        vectors = embedder.embed([sequence, "enzyme"])
+    assert not vectors[0].any() and vectors[1].any()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        embedder.embed(["enzyme", "acgt" * 25])  # 100 characters: read in pieces
