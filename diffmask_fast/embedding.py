@@ -425,8 +425,8 @@ class WordEmbedder:
                        else "the vector of a word with no pieces")
                 warnings.warn(
                     f"{self.unreadable_words:,} word(s) are read by the tokenizer as nothing but special tokens such as "
-                    f"[UNK] (e.g. {self._unreadable_example[:60]!r}; WordPiece reads a run of over 100 characters "
-                    f"without punctuation so): they get {got}", DiffmaskWarning, stacklevel=2)
+                    f"[UNK] (e.g. {self._unreadable_example[:60]!r}: characters its vocabulary lacks, or for WordPiece "
+                    f"a run of over 100 characters without punctuation): they get {got}", DiffmaskWarning, stacklevel=2)
         finally:
             if not external:
                 bar.close()
