@@ -595,7 +595,10 @@ class WordScorer:
             if not words:
                 raise ValueError("WordScorer needs at least one anchor (K=0 given)")
             self.anchor_words = tuple(words)
-            self.anchor_vectors = embedder.embed(list(self.anchor_words))
+            with warnings.catch_warnings():  # the zero anchors are named below, as anchors
+                warnings.filterwarnings("ignore", r".* word\(s\) are read by the tokenizer as nothing but special",
+                                        DiffmaskWarning)
+                self.anchor_vectors = embedder.embed(list(self.anchor_words))
             self.vector_anchor = None
             zero = [w for w, v in zip(words, self.anchor_vectors) if not bool(v.any())]
             if zero:
