@@ -463,8 +463,8 @@ def _show_masks(anchor_words, tokenizer, table, texts, args, plot_texts=()) -> N
     if top:  # else no word shown, beside the anchors, is in the table
         nearest = _nearest_anchors(table, [w for w, _ in top])
         listed = (f"{printable(w)} ({s:.2f}{'' if nearest is None else ', ' + nearest[w]})" for w, s in top)
-        print(f"\nHighest-scoring words here that are not anchors (score{'' if nearest is None else ', nearest anchor'}): "
-              + ", ".join(listed))
+        columns = "score" if nearest is None else "score, nearest anchor"
+        print(f"\nHighest-scoring words here that are not anchors ({columns}): " + ", ".join(listed))
     for line in written:
         print(line)
 

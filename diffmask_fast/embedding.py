@@ -421,12 +421,13 @@ class WordEmbedder:
                     f"were embedded from their first pieces (e.g. {self._longest_truncated[:60]!r}); raise max_length "
                     "(diffmask score --max-length) to embed them whole", DiffmaskWarning, stacklevel=2)
             if self.unreadable_words:
-                got = ("the zero vector, whose similarity to any anchor is 0" if self.pooling in ("mean", "input_embeddings")
-                       else "the vector of a word with no pieces")
+                averaged = self.pooling in ("mean", "input_embeddings")
+                got = "the zero vector, whose similarity to any anchor is 0" if averaged else "the vector of no pieces"
                 warnings.warn(
-                    f"{self.unreadable_words:,} word(s) are read by the tokenizer as nothing but special tokens such as "
-                    f"[UNK] (e.g. {self._unreadable_example[:60]!r}: characters its vocabulary lacks, or for WordPiece "
-                    f"a run of over 100 characters without punctuation): they get {got}", DiffmaskWarning, stacklevel=2)
+                    f"{self.unreadable_words:,} word(s) are read by the tokenizer as nothing but special tokens "
+                    f"such as [UNK] (e.g. {self._unreadable_example[:60]!r}: characters its vocabulary lacks, or "
+                    f"for WordPiece a run of over 100 characters without punctuation): they get {got}",
+                    DiffmaskWarning, stacklevel=2)
         finally:
             if not external:
                 bar.close()

@@ -384,7 +384,8 @@ def _check_options(seeds, epochs, learning_rate, batch_size, max_length, weight_
             raise ValueError(f"{name} must be a positive integer, got {value!r}")
     if max_length < 2:
         raise ValueError(f"max_length must be at least 2 (room for the special tokens), got {max_length}")
-    for name, value in (("learning_rate", learning_rate), ("weight_decay", weight_decay), ("warmup_ratio", warmup_ratio)):
+    numbers_given = (("learning_rate", learning_rate), ("weight_decay", weight_decay), ("warmup_ratio", warmup_ratio))
+    for name, value in numbers_given:
         if not isinstance(value, numbers.Real) or isinstance(value, (bool, np.bool_)):
             raise ValueError(f"{name} must be a number, got {value!r}")
     if not (learning_rate > 0 and math.isfinite(learning_rate)):

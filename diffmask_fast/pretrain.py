@@ -463,7 +463,8 @@ def pretrain(config: PretrainConfig) -> dict:
         if complete_checkpoint is not None:  # Trainer would take a step past max_steps
             train_loss = _finish_from_checkpoint(trainer, complete_checkpoint)
             if train_loss is None:  # none logged: the summary of the session that trained it to here has it
-                train_loss = _summary_training_loss(out / SUMMARY_FILE, trainer.state.global_step)
+                train_loss = _summary_training_loss(complete_checkpoint.parent / SUMMARY_FILE,
+                                                    trainer.state.global_step)
         else:
             train_loss = trainer.train(resume_from_checkpoint=config.resume or None).training_loss
             train_loss = _run_training_loss(trainer.state.log_history, trainer.resumed_at_step, train_loss,
@@ -628,18 +629,10 @@ def _check_steps_left(config: PretrainConfig, checkpoint: Path | None) -> bool:
             return True
     elif isinstance(state.get("max_steps"), int) and 0 < state["max_steps"] <= step:
         return True
-    return config.patience > 0 and _evaluations_without_improvement(state) >= config.patience
-
-
-def _evaluations_without_improvement(state: dict) -> int:
-    """The early-stopping count a checkpoint's trainer state saved (0 where it saved none)."""
     from .trainer import ResumableEarlyStopping
 
-    saved = state.get("stateful_callbacks") or {}
-    saved = saved.get(ResumableEarlyStopping.__name__) or saved.get("EarlyStoppingCallback")
-    saved = saved[0] if isinstance(saved, list) and saved else saved
-    count = saved.get("attributes", {}).get("early_stopping_patience_counter") if isinstance(saved, dict) else None
-    return count if isinstance(count, int) else 0
+    without_improvement = ResumableEarlyStopping.saved_count(state.get("stateful_callbacks"))
+    return config.patience > 0 and without_improvement >= config.patience
 
 
 def _logged_training_loss(log_history: list[dict], upto: int) -> tuple[float, int]:

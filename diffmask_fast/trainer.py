@@ -640,14 +640,18 @@ class ResumableEarlyStopping(EarlyStoppingCallback):
 
     def on_train_begin(self, args, state, control, **kwargs):
         super().on_train_begin(args, state, control, **kwargs)
-        if state.global_step == 0:
-            return
-        saved = state.stateful_callbacks or {}
-        saved = saved.get(type(self).__name__) or saved.get(EarlyStoppingCallback.__name__)
+        if state.global_step > 0:
+            self.early_stopping_patience_counter = self.saved_count(state.stateful_callbacks)
+
+    @classmethod
+    def saved_count(cls, stateful_callbacks: dict | None) -> int:
+        """The count a checkpoint's trainer state saved (``stateful_callbacks``), by this class or
+        by ``EarlyStoppingCallback``; 0 where it saved none."""
+        saved = stateful_callbacks or {}
+        saved = saved.get(cls.__name__) or saved.get(EarlyStoppingCallback.__name__)
         saved = saved[0] if isinstance(saved, list) and saved else saved
         count = saved.get("attributes", {}).get("early_stopping_patience_counter") if isinstance(saved, dict) else None
-        if isinstance(count, int):
-            self.early_stopping_patience_counter = count
+        return count if isinstance(count, int) and not isinstance(count, bool) else 0
 
 
 class _ResumedMasking(TrainerCallback):

@@ -658,8 +658,8 @@ def test_training_steps_with_nothing_masked_are_left_out_of_the_logged_training_
 
     def train(logging_steps: int, rows):
         args = TrainingArguments(output_dir=str(tmp_path), report_to=[], per_device_train_batch_size=1, use_cpu=True,
-                                 learning_rate=0.0, max_steps=len(rows), logging_steps=logging_steps, save_strategy="no",
-                                 seed=seed)
+                                 learning_rate=0.0, max_steps=len(rows), logging_steps=logging_steps,
+                                 save_strategy="no", seed=seed)
         trainer = MaskingTrainer(model=model, args=args, train_dataset=rows)
         output = trainer.train()
         return output, [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
