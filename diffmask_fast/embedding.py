@@ -479,7 +479,8 @@ class WordEmbedder:
         if self.pooling == "input_embeddings":
             return self._embed_input_embeddings(words, bar)
         encoded = self._encode(words, add_special_tokens=True)
-        self._note_unreadable(words, encoded)
+        special = set(self.tokenizer.all_special_ids)
+        self._note_unreadable(words, [i for i, ids in enumerate(encoded) if all(token in special for token in ids)])
         long = [i for i, ids in enumerate(encoded) if len(ids) > self.max_length]
         if long:
             cut = self._first_pieces([words[i] for i in long])
@@ -505,13 +506,12 @@ class WordEmbedder:
             return tokenize_texts(self.tokenizer, words, add_special_tokens=True, truncation=True,
                                   max_length=self.max_length)["input_ids"]
 
-    def _note_unreadable(self, words: list[str], encoded: list[list[int]]) -> None:
-        """Count the words whose tokens are all special ([UNK]): no sub-token is left to average."""
-        special = set(self.tokenizer.all_special_ids)
-        unreadable = [word for word, ids in zip(words, encoded) if all(token in special for token in ids)]
-        if unreadable:
-            self.unreadable_words += len(unreadable)
-            self._unreadable_example = self._unreadable_example or unreadable[0]
+    def _note_unreadable(self, words: list[str], rows: list[int]) -> None:
+        """Count the words at ``rows``, whose tokens are all special ([UNK]): no sub-token is left
+        to average."""
+        if rows:
+            self.unreadable_words += len(rows)
+            self._unreadable_example = self._unreadable_example or words[rows[0]]
 
     def _special_ids(self) -> torch.Tensor:
         return torch.tensor(sorted(set(self.tokenizer.all_special_ids)), dtype=torch.long)
@@ -525,7 +525,6 @@ class WordEmbedder:
             for begin in range(0, len(words), block):
                 chunk = words[begin : begin + block]
                 encoded = self._encode(chunk, add_special_tokens=False)
-                self._note_unreadable(chunk, encoded)
                 lengths = torch.from_numpy(np.fromiter(map(len, encoded), dtype=np.int64, count=len(encoded)))
                 flat = torch.from_numpy(np.fromiter(itertools.chain.from_iterable(encoded), dtype=np.int64,
                                                     count=int(lengths.sum())))
@@ -533,6 +532,7 @@ class WordEmbedder:
                 owner = torch.repeat_interleave(torch.arange(len(chunk)), lengths)[keep]
                 flat = flat[keep]
                 counts = torch.bincount(owner, minlength=len(chunk))
+                self._note_unreadable(chunk, torch.nonzero(counts == 0).flatten().tolist())  # no piece kept
                 offsets = torch.cumsum(counts, 0) - counts
                 vectors = torch.nn.functional.embedding_bag(flat.to(weight.device), weight.float(),
                                                             offsets.to(weight.device), mode="mean")
