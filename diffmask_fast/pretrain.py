@@ -689,8 +689,10 @@ def _finish_from_checkpoint(trainer, checkpoint: Path) -> float | None:
     else:
         trainer._load_from_checkpoint(str(checkpoint))
     logged = next((entry["train_loss"] for entry in reversed(trainer.state.log_history) if "train_loss" in entry), None)
-    return logged if logged is not None else _run_training_loss(trainer.state.log_history, trainer.state.global_step,
-                                                                None, trainer.state.global_step)
+    if logged is not None:
+        return logged
+    total, steps = _logged_training_loss(trainer.state.log_history, trainer.state.global_step)
+    return total / steps if steps else None
 
 
 #: Settings that name files or folders: the same file spelled another way is the same setting.
