@@ -11,3 +11,12 @@ def printable(text: str) -> str:
     if text.isprintable():  # the usual case, at C speed
         return text
     return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
+
+
+def printable_word(word: str) -> str:
+    """A word as shown: ``printable``, and a word of whitespace alone, which would show as
+    nothing (U+3000 standing alone is a word of byte-level BPE), spelled as escapes; "(blank)"
+    for the empty word."""
+    if word.strip():
+        return printable(word)
+    return "".join("\\x20" if c == " " else c.encode("unicode_escape").decode("ascii") for c in word) or "(blank)"

@@ -452,7 +452,7 @@ def _show_masks(anchor_words, tokenizer, table, texts, args, plot_texts=()) -> N
 
         rates = masking_rates(collator, plot_texts or texts, draws=PLOT_DRAWS)
         plot_masking_rates(rates, args.plot, args.mlm_probability, anchors=table.anchors or anchor_words,
-                           similarity=table.similarity)
+                           similarity=table.similarity, lowercase=table.lowercase)
         written.append(f"Wrote {args.plot} (how often each of {len(rates):,} words was masked over {PLOT_DRAWS} "
                        "draws)")
     print(f"\nMasked words ([[like this]]) at mlm_probability={args.mlm_probability}, seed={args.seed}:\n")

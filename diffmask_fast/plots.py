@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import functools
 import io
 import math
 import os
@@ -11,7 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Iterable, Mapping, Sequence
 
 from ._checks import refuse_one_string
-from ._display import printable
+from ._display import printable, printable_word
 from ._io import atomic_write_bytes
 from .metrics import mean_std
 from .preview import WordMaskingRate
@@ -32,12 +33,13 @@ _SCORE_MEANING = {"max": "similarity to the nearest anchor", "centroid": "simila
 
 def plot_masking_rates(rates: Sequence[WordMaskingRate], path: str | os.PathLike, mlm_probability: float,
                        title: str = "Difference-Masking: which words are masked, and why", top: int = 15, *,
-                       anchors: Iterable[str] = (), similarity: str = "max") -> Path:
+                       anchors: Iterable[str] = (), similarity: str = "max", lowercase: bool = True) -> Path:
     """Draw ``masking_rates`` output: the ``top`` most often masked words (with their score and
     nearest anchor), and every word's masking rate against its score, each beside the rate that
-    masking every word alike (random-word masking) gives. ``anchors`` and ``similarity`` are the
-    score table's: they pick out the anchors and say what a score is (a table scored by
-    ``centroid`` or ``mean`` names no nearest anchor). Written atomically to ``path``."""
+    masking every word alike (random-word masking) gives. ``anchors``, ``similarity`` and
+    ``lowercase`` are the score table's: they pick out the anchors (keyed as the table keys the
+    rates' words) and say what a score is (a table scored by ``centroid`` or ``mean`` names no
+    nearest anchor). Written atomically to ``path``."""
     if not rates:
         raise ValueError("no word masking rates to plot")
     refuse_one_string(anchors, "anchors", "a list of anchor words")
@@ -52,7 +54,7 @@ def plot_masking_rates(rates: Sequence[WordMaskingRate], path: str | os.PathLike
     from matplotlib.figure import Figure
     from matplotlib.patches import Patch
 
-    anchor_keys = {normalize_word(a) for a in anchors}
+    anchor_keys = {normalize_word(a.strip(), lowercase) for a in anchors}  # as ScoreTable.key
 
     def is_anchor(rate: WordMaskingRate) -> bool:
         return rate.word in anchor_keys or rate.nearest_anchor == rate.word
@@ -72,7 +74,8 @@ def plot_masking_rates(rates: Sequence[WordMaskingRate], path: str | os.PathLike
     most.set_xlim(0, 1)
     most.set_xlabel("share of the word's occurrences masked")
     named = " and nearest anchor" if any(r.nearest_anchor for r in shown) else ""
-    most.set_title(f"The {len(shown)} most often masked words (score{named})", fontsize=11)
+    most.set_title(f"The {_counted(len(shown), 'most often masked word')} (score{named})"
+                   if len(shown) > 1 else f"The most often masked word (score{named})", fontsize=11)
     most.legend(handles=[Patch(color=_ANCHOR_COLOR, label="anchor"), Patch(color=_WORD_COLOR, label="other word"),
                          line], loc="upper left", bbox_to_anchor=(0, -0.09), ncols=3, fontsize=9, frameon=False)
 
@@ -92,15 +95,29 @@ def plot_masking_rates(rates: Sequence[WordMaskingRate], path: str | os.PathLike
         against_score.annotate(note, (rate.score, rate.rate), fontsize=8, xytext=(-4, 4 - 11 * line_number),
                                textcoords="offset points", ha="right", parse_math=False)
     against_score.set_ylim(-0.02, 1.02)
+    against_score.set_xlim(*_score_axis([r.score for r in rates]))
     against_score.set_xlabel(f"word score s(w): {_SCORE_MEANING[similarity]}")
     against_score.set_ylabel("share of the word's occurrences masked")
-    draws = rates[0].draws
-    against_score.set_title(f"{len(rates):,} distinct words over {draws:,} draws (dot area: occurrences)",
-                            fontsize=11)
+    against_score.set_title(f"{_counted(len(rates), 'distinct word')} over {_counted(rates[0].draws, 'draw')} "
+                            "(dot area: occurrences)", fontsize=11)
     against_score.legend(loc="upper left", fontsize=9)
     figure.suptitle(title)
 
     return _save(figure, path)
+
+
+def _counted(count: int, noun: str) -> str:
+    """``count`` of ``noun``, with the noun's plural unless there is one ("1 draw", "2 draws")."""
+    return f"{count:,} {noun}" if count == 1 else f"{count:,} {noun}s"
+
+
+def _score_axis(scores: Sequence[float]) -> tuple[float, float]:
+    """Limits of a score axis: from 0 to 1 at least (where similarity scores lie), wider for the
+    scores beyond, with a margin; scores all alike read as such, not spread over a zoomed axis."""
+    finite = [s for s in scores if math.isfinite(s)]
+    low, high = min([0.0, *finite]), max([1.0, *finite])
+    margin = 0.03 * (high - low)
+    return low - margin, high + margin
 
 
 def plot_comparison(reports: Mapping[str, FinetuneReport], path: str | os.PathLike,
@@ -152,8 +169,12 @@ def plot_pretraining(summaries: Mapping[str, dict], path: str | os.PathLike,
                         f"{type(summaries).__name__}")
     if any(not isinstance(value, Mapping) and value is not None for value in summaries.values()):  # one summary
         summaries = {str(summaries.get("strategy") or "run"): summaries}
-    if not any(_validation_curve(s) or _training_curve(s) for s in summaries.values() if s):
+    losses = [loss for s in summaries.values() if s for _, loss in logged_losses(s)]
+    if not losses:
         raise ValueError("the pretraining summaries hold no losses to plot")
+    if not any(math.isfinite(loss) for loss in losses):
+        raise ValueError(f"every loss of the pretraining summaries is NaN or infinite ({len(losses)} logged): "
+                         "the runs diverged, and there is no curve to draw")
     from matplotlib.figure import Figure
 
     figure = Figure(figsize=(7.5, 5), layout="constrained")
@@ -185,6 +206,12 @@ def _draw_losses(axes, summaries: Mapping[str, dict], training: bool) -> None:
     axes.set_xlabel("pretraining step")
     axes.set_ylabel("MLM loss" + ("" if training else " on validation (each on its own masks)"))
     axes.legend(fontsize=9)
+
+
+def logged_losses(summary: dict) -> list[tuple[int, float]]:
+    """Every (step, loss) a pretraining summary holds, validation and training, by step; NaN for
+    a diverged one."""
+    return sorted(_validation_curve(summary) + _training_curve(summary), key=lambda point: point[0])
 
 
 def _validation_curve(summary: dict) -> list[tuple[int, float]]:
@@ -253,6 +280,35 @@ _SHORTEST_NAME = 6
 _ELLIPSIS = "\u2026"
 
 
+def _drawable_characters() -> frozenset[int]:
+    """The code points that the fonts labels are drawn in have glyphs for: those of each installed
+    font that matplotlib's font settings name (matplotlib falls back along that list)."""
+    from matplotlib import font_manager, rcParams
+
+    names = []
+    for family in rcParams["font.family"]:
+        generic = f"font.{family}"  # "sans-serif" names a list of fonts
+        names += rcParams[generic] if generic in rcParams else [family]
+    installed = {font.name: font.fname for font in font_manager.fontManager.ttflist}
+    paths = tuple(dict.fromkeys(installed[name] for name in names if name in installed)) or (
+        font_manager.findfont(font_manager.FontProperties()),)
+    return _font_characters(paths)
+
+
+@functools.lru_cache(maxsize=8)
+def _font_characters(paths: tuple[str, ...]) -> frozenset[int]:
+    from matplotlib import font_manager
+
+    return frozenset().union(*(font_manager.get_font(path).get_charmap() for path in paths))
+
+
+def _in_font(text: str, drawable: frozenset[int]) -> str:
+    """``text`` with each character outside ``drawable`` spelled as its escape (``\\u767d``)."""
+    if text.isascii():  # the usual case: every font has these
+        return text
+    return "".join(c if ord(c) in drawable else c.encode("unicode_escape").decode("ascii") for c in text)
+
+
 def _label(rate: WordMaskingRate, is_anchor: bool) -> tuple[str, ...]:
     """A bar's label in parts: the word, its score, and the nearest anchor unless the word is one.
     Parts at even places are names, which ``_shown_labels`` may cut; the others are kept."""
@@ -293,13 +349,17 @@ def _drawn(parts: Sequence[str], room: int, mark: str = "") -> str:
 
 def _shown_labels(labels: Sequence[Sequence[str]], limit: int = _LABEL_LIMIT) -> list[str]:
     """Each label (its parts: names at even places, kept text between) as it is drawn, every word
-    of the picture going through here: printable (``_display.printable``: control characters
-    escaped, which fonts lack), and at most ``limit``
+    of the picture going through here: printable (``_display.printable_word``: control characters
+    escaped, which fonts lack, and a blank word spelled out), and at most ``limit``
     characters, long names keeping their start and end around "…". A label that fits is drawn as
     it is; one cut to read as another label is told apart by a number after its word ("…#2").
+    Characters the picture's fonts lack (Chinese, say, with matplotlib's default fonts) are spelled
+    as their escapes too: drawn, they were empty boxes, and words of them could not be told apart.
     Labels are drawn with math text off (``parse_math=False``): a corpus word such as ``$x^$`` is
     text, and matplotlib would refuse it as a formula."""
-    labels = [tuple(printable(part) for part in label) for label in labels]
+    drawable = _drawable_characters()
+    labels = [tuple(_in_font(printable_word(part) if i % 2 == 0 else printable(part), drawable)
+                    for i, part in enumerate(label)) for label in labels]
     taken = {"".join(label) for label in labels if len("".join(label)) <= limit}
     shown: dict[tuple[str, ...], str] = {}
     for label in labels:

@@ -339,6 +339,9 @@ def _training_arguments(config: PretrainConfig, workers: int) -> Any:
         metric_for_best_model="eval_loss",
         greater_is_better=False,
         logging_steps=config.logging_steps,
+        # A NaN loss is logged as NaN: the Trainer's filter logs the window's mean instead, 0.0
+        # when a window starts diverged, and a diverged run looked like a perfect one.
+        logging_nan_inf_filter=False,
         seed=config.seed,
         data_seed=config.seed,
         bf16=config.precision == "bf16",
@@ -508,12 +511,16 @@ def pretrain(config: PretrainConfig) -> dict:
     }
     if args.process_index == 0:
         atomic_write_json(out / SUMMARY_FILE, summary)
-        from .plots import plot_pretraining
+        from .plots import logged_losses, plot_pretraining
 
-        try:
+        losses = logged_losses(summary)
+        diverged = [step for step, loss in losses if not math.isfinite(loss)]
+        if diverged:
+            warnings.warn(f"{len(diverged)} of the {len(losses)} losses this run logged are NaN or infinite, the "
+                          f"first at step {diverged[0]}: training diverged. A lower learning rate may help",
+                          DiffmaskWarning, stacklevel=2)
+        if len(diverged) < len(losses):  # a curve to draw
             plot_pretraining(summary, out / LOSS_PICTURE, title=f"Continued pretraining: {config.strategy}")
-        except ValueError:  # no loss was logged: no picture to draw
-            pass
     return summary
 
 

@@ -4,6 +4,7 @@ often each word is masked over many draws (``plots.plot_masking_rates`` draws it
 from __future__ import annotations
 
 import html
+import math
 import os
 import random
 import re
@@ -14,7 +15,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ._checks import refuse_one_string
-from ._display import printable
+from ._display import printable, printable_word
 from ._io import atomic_write_bytes
 from .collator import DifferenceMaskingCollator
 from .pretrain_data import special_wrapping, word_windows
@@ -27,9 +28,10 @@ CHARACTERS_PER_TOKEN = 50
 #: ``masking_rates`` masks this many texts at a time, so that its memory does not grow with them.
 RATE_CHUNK_TEXTS = 2048
 
-#: Shown for a document in which the tokenizer reads no word (zero-width characters alone,
-#: say): a blank line would look like a preview that failed.
-NO_WORDS = "(no words: the tokenizer reads nothing in this document)"
+#: Shown for a document in which the tokenizer reads no word (zero-width characters alone, or
+#: words it reads as [UNK], which are never masked): a blank line would look like a preview that
+#: failed.
+NO_WORDS = "(no words: the tokenizer reads nothing here but special or unknown tokens)"
 
 #: A run of characters that are not whitespace (anchored by ``match``, so it never backtracks).
 _NON_SPACE_RUN = re.compile(r"\S*")
@@ -179,12 +181,20 @@ def preview(collator: DifferenceMaskingCollator, texts: Sequence[str], max_lengt
     labels = torch.as_tensor(collator([{"input_ids": ids} for ids, _, _ in rows])["labels"])
     offsets = _padding_offsets(collator, rows, labels.shape[1])
     return [
-        [PreviewWord(word, collator.scores.score(word),
+        [PreviewWord(word or _unstripped_text(collator.tokenizer, ids, group), collator.scores.score(word),
                      any(int(labels[row, offsets[row] + i]) != -100 for i in group),
                      collator.scores.nearest_anchor_of(word))
          for word, group in zip(words, groups)]
-        for row, (_, groups, words) in enumerate(rows)
+        for row, (ids, groups, words) in enumerate(rows)
     ]
+
+
+def _unstripped_text(tokenizer, ids: Sequence[int], group: Sequence[int]) -> str:
+    """The text of a word that decodes to whitespace alone (U+3000 standing alone, in byte-level
+    BPE), which the decoded word, stripped, leaves empty: the word is masked like any other, and
+    an empty one could not be seen."""
+    return tokenizer.decode([ids[i] for i in group], skip_special_tokens=False,
+                            clean_up_tokenization_spaces=False).strip(" ")
 
 
 def masking_rates(collator: DifferenceMaskingCollator, texts: Sequence[str], draws: int = 100,
@@ -237,7 +247,7 @@ def render_text(sentences: Sequence[Sequence[PreviewWord]], show_scores: bool = 
     for words in sentences:
         parts = []
         for word in words:
-            text = f"{printable(word.text)}:{word.score:.2f}" if show_scores else printable(word.text)
+            text = f"{printable_word(word.text)}:{word.score:.2f}" if show_scores else printable_word(word.text)
             parts.append(f"[[{text}]]" if word.masked else text)
         lines.append(" ".join(parts) if parts else NO_WORDS)
     return "\n".join(lines)
@@ -245,27 +255,33 @@ def render_text(sentences: Sequence[Sequence[PreviewWord]], show_scores: bool = 
 
 def render_html(sentences: Sequence[Sequence[PreviewWord]], title: str = "Difference-Masking preview") -> str:
     """A page where each word is shaded by its score and masked words are boxed."""
-    scores = [w.score for words in sentences for w in words] or [0.0]
-    low, high = min(scores), max(scores)
-    span = (high - low) or 1.0
+    darkest = _darkest_score(sentences)
     rows = []
     for words in sentences:
         cells = []
         for w in words:
-            alpha = (w.score - low) / span
+            alpha = min(max(w.score / darkest, 0.0), 1.0) if math.isfinite(w.score) else 0.0
             style = f"background: rgba(255, 140, 0, {alpha:.2f});"
             if w.masked:
                 style += " outline: 2px solid #1f4e9c; font-weight: bold;"
             nearest = f", nearest anchor: {printable(w.nearest_anchor)}" if w.nearest_anchor else ""
             tip = f"score {w.score:.3f}{nearest}"
-            cells.append(f'<span style="{style}" title="{html.escape(tip)}">{html.escape(printable(w.text))}</span>')
+            cells.append(f'<span style="{style}" title="{html.escape(tip)}">{html.escape(printable_word(w.text))}</span>')
         rows.append(f"<p>{' '.join(cells)}</p>" if cells else f"<p><i>{html.escape(NO_WORDS)}</i></p>")
     return (
         f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title></head>"
         f"<body style='font-family: sans-serif; line-height: 2; max-width: 60em'>"
-        f"<h1>{html.escape(title)}</h1><p>Shading: word score (darker = closer to the domain's anchors); "
+        f"<h1>{html.escape(title)}</h1><p>Shading: word score, from none at 0 or below to darkest at "
+        f"{darkest:g} (darker = closer to the domain's anchors); "
         f"boxed: masked in this draw. Hover a word for its score and nearest anchor.</p>{''.join(rows)}</body></html>"
     )
+
+
+def _darkest_score(sentences: Sequence[Sequence[PreviewWord]]) -> float:
+    """The score shaded darkest: 1, a similarity's most, or the highest beyond it (a table of
+    given scores). One scale for the page, so that a score is shaded alike wherever it is, and a
+    page of anchors alone is dark, not blank."""
+    return max([1.0, *(w.score for words in sentences for w in words if math.isfinite(w.score))])
 
 
 def write_html(path: str | os.PathLike, sentences: Sequence[Sequence[PreviewWord]], title: str = "Difference-Masking preview") -> None:

@@ -400,3 +400,73 @@ def test_shown_labels_keep_each_words_start_and_end():
     assert " (0.83, " in both_long and len(both_long) == 30 and both_long.count("\u2026") == 2
     assert alone == "kinase (0.83)"
     assert _shown_labels([("a\tb",)]) == ["a\\tb"]
+
+
+def test_a_table_that_keeps_case_colours_its_own_anchors(roberta_byte_bpe, tmp_path, seed, monkeypatch):
+    """The anchors were lowercased to pick them out, whatever the table: "Kinase" was drawn as a
+    word, and "kinase", another word of a table that keeps case, as the anchor."""
+    from matplotlib.colors import to_hex
+
+    from diffmask_fast.plots import _ANCHOR_COLOR, _WORD_COLOR
+
+    table = ScoreTable({"Kinase": 1.0, "kinase": 0.2, "ligand": 0.6}, anchors=("Kinase",), similarity="centroid",
+                       lowercase=False)
+    collator = DifferenceMaskingCollator(roberta_byte_bpe, table, seed=seed)
+    rates = masking_rates(collator, ["the Kinase binds its ligand in cells with kinase"] * 6, draws=10)
+    kept = drawn_figure(monkeypatch)
+    plot_masking_rates(rates, tmp_path / "case.png", 0.25, anchors=table.anchors, similarity=table.similarity,
+                       lowercase=table.lowercase)
+    most = kept[0].axes[0]
+    colors = {label.get_text().split(" ")[0]: to_hex(bar.get_facecolor())
+              for label, bar in zip(most.get_yticklabels(), most.patches)}
+    assert colors["Kinase"] == _ANCHOR_COLOR and colors["kinase"] == _WORD_COLOR, colors
+
+
+def test_characters_the_fonts_lack_are_drawn_as_escapes_not_boxes(tmp_path, monkeypatch):
+    """Chinese words were drawn as rows of empty boxes, alike for different words, with a warning
+    per missing glyph."""
+    import warnings
+
+    from diffmask_fast.preview import WordMaskingRate
+
+    rates = [WordMaskingRate("白血病", 1.0, 3, 3, 2, "白血病"), WordMaskingRate("蛋白", 0.8, 3, 4, 2, "白血病"),
+             WordMaskingRate("naïve", 0.3, 3, 1, 2, "白血病")]
+    kept = drawn_figure(monkeypatch)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        plot_masking_rates(rates, tmp_path / "cjk.png", 0.25, anchors=["白血病"])
+    bars, dots = kept[0].axes[:2]
+    labels = [label.get_text() for label in bars.get_yticklabels()]
+    assert labels[0] == "naïve (0.30, \\u767d\\u8840\\u75c5)" and labels[2] == "\\u767d\\u8840\\u75c5 (1.00)", labels
+    assert labels[1].startswith("\\u86cb\\u767d (0.80, \\u767d"), "cut to the label's room, as any long label"
+    assert [note.get_text() for note in dots.texts] == ["\\u86cb\\u767d", "naïve"]
+
+
+def test_a_blank_word_one_draw_and_equal_scores_read_as_they_are(tmp_path, monkeypatch):
+    """The empty word (the key of U+3000 standing alone) had a bar without a name; titles said
+    "1 distinct words over 1 draws"; scores all alike were spread over a zoomed axis (0.96 to 1.04)."""
+    from diffmask_fast.preview import WordMaskingRate
+
+    kept = drawn_figure(monkeypatch)
+    plot_masking_rates([WordMaskingRate("", 1.0, 2, 1, 1, None)], tmp_path / "one.png", 0.25)
+    bars, dots = kept[0].axes[:2]
+    assert [label.get_text() for label in bars.get_yticklabels()] == ["(blank) (1.00)"]
+    assert dots.get_title().startswith("1 distinct word over 1 draw (") and bars.get_title().startswith("The most ")
+    low, high = dots.get_xlim()
+    assert low <= 0.0 and high >= 1.0
+    rates = [WordMaskingRate(w, 4.0, 2, 1, 3, None) for w in ("a", "b")]
+    plot_masking_rates(rates, tmp_path / "two.png", 0.25)
+    bars, dots = kept[1].axes[:2]
+    assert dots.get_title().startswith("2 distinct words over 3 draws (") and bars.get_title().startswith("The 2 most ")
+    low, high = dots.get_xlim()
+    assert low <= 0.0 and high >= 4.0
+
+
+def test_a_summary_of_nan_losses_alone_is_refused_not_drawn_as_empty_axes(tmp_path):
+    from diffmask_fast.plots import plot_pretraining
+
+    summary = {"strategy": "difference", "validation_loss_before": None,
+               "log_history": [{"step": 2, "loss": None}, {"step": 2, "eval_loss": math.nan}]}
+    with pytest.raises(ValueError, match=r"every loss .* is NaN or infinite \(2 logged\): the runs diverged"):
+        plot_pretraining(summary, tmp_path / "nan.png")
+    assert list(tmp_path.iterdir()) == []

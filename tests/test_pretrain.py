@@ -636,7 +636,9 @@ def test_a_batch_with_nothing_masked_is_left_out_even_when_non_finite_losses_are
     assert math.isnan(MaskingTrainer(model=broken, args=args, eval_dataset=examples).evaluate()["eval_loss"])
 
 
-def test_training_steps_with_nothing_masked_are_left_out_of_the_logged_training_loss(seed, tiny_bert_mlm, tmp_path):
+@pytest.mark.parametrize("nan_inf_filter", [True, False])
+def test_training_steps_with_nothing_masked_are_left_out_of_the_logged_training_loss(seed, tiny_bert_mlm, tmp_path,
+                                                                                    nan_inf_filter):
     """Such a step's loss is 0, no loss at all: averaged in, it pulled the logged training loss
     down. With the learning rate 0 and no dropout every step's loss is its example's."""
     from transformers import BertForMaskedLM, TrainingArguments
@@ -659,7 +661,7 @@ def test_training_steps_with_nothing_masked_are_left_out_of_the_logged_training_
     def train(logging_steps: int, rows):
         args = TrainingArguments(output_dir=str(tmp_path), report_to=[], per_device_train_batch_size=1, use_cpu=True,
                                  learning_rate=0.0, max_steps=len(rows), logging_steps=logging_steps,
-                                 save_strategy="no", seed=seed)
+                                 save_strategy="no", seed=seed, logging_nan_inf_filter=nan_inf_filter)
         trainer = MaskingTrainer(model=model, args=args, train_dataset=rows)
         output = trainer.train()
         return output, [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
@@ -1454,3 +1456,14 @@ def test_a_data_collator_given_by_position_goes_with_a_masker(tiny_bert_mlm, ber
     assert padding is not None and padding.tokenizer is bert_wordpiece, "None: the masker's tokenizer pads"
     with pytest.raises(TypeError, match="multiple values for argument 'data_collator'"):
         MaskingTrainer(tiny_bert_mlm, args, collator, data_collator=collator, masker=masker)
+
+
+def test_a_diverged_run_says_so(model_dir, corpus, tmp_path):
+    """Nothing said that training diverged, and the Trainer's filter logged a diverged step's loss
+    as 0.0, as if the model had learnt everything."""
+    with pytest.warns(DiffmaskWarning, match=r"are NaN or infinite, the first at step \d+: training diverged"):
+        summary = pretrain(config_for(model_dir, corpus, tmp_path / "run", strategy="random-word",
+                                      learning_rate=1e30))
+    logged = [e["loss"] for e in summary["log_history"] if "loss" in e]
+    assert math.isnan(logged[-1]) and math.isnan(summary["train_loss"]), "NaN, not the 0.0 of the Trainer's filter"
+    assert (tmp_path / "run" / LOSS_PICTURE).is_file(), "the validation loss before training is drawn"

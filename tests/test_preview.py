@@ -3,6 +3,7 @@ whole word ends, never on the first pieces of a word whose last pieces were cut 
 
 from __future__ import annotations
 
+import math
 import random
 import re
 
@@ -124,11 +125,46 @@ def test_the_html_preview_shades_words_by_score_and_boxes_the_masked_ones():
 
     page = render_html([[PreviewWord("low", 0.1, False, None), PreviewWord("mid", 0.5, False, None),
                          PreviewWord("high", 0.9, True, "enzyme")]])
-    styles = {text: style for style, text in re.findall(r'<span style="([^"]*)"[^>]*>([^<]*)</span>', page)}
-    assert "rgba(255, 140, 0, 1.00)" in styles["high"], "the highest score is shaded darkest"
+    styles = shading(page)
+    assert "rgba(255, 140, 0, 0.90)" in styles["high"] and "rgba(255, 140, 0, 0.10)" in styles["low"]
     assert "rgba(255, 140, 0, 0.50)" in styles["mid"]
-    assert "rgba(255, 140, 0, 0.00)" in styles["low"]
     assert "outline" in styles["high"] and "outline" not in styles["low"] + styles["mid"], "only masked words boxed"
+    assert "darkest at 1 " in page
+
+
+def shading(page: str) -> dict[str, str]:
+    return {text: style for style, text in re.findall(r'<span style="([^"]*)"[^>]*>([^<]*)</span>', page)}
+
+
+def test_the_html_shading_is_one_scale_not_stretched_over_each_page():
+    """Shading ran from the page's lowest score to its highest: a page of anchors alone was blank,
+    and a score of 0.05 was as dark as an anchor on a page without one."""
+    from diffmask_fast.preview import PreviewWord, render_html
+
+    anchors = shading(render_html([[PreviewWord("kinase", 1.0, True, "kinase"), PreviewWord("enzyme", 1.0, False, None)]]))
+    assert all("rgba(255, 140, 0, 1.00)" in style for style in anchors.values()), anchors
+    faint = shading(render_html([[PreviewWord("the", 0.01, False, None), PreviewWord("of", 0.05, False, None)]]))
+    assert "0.01)" in faint["the"] and "0.05)" in faint["of"], faint
+    given = render_html([[PreviewWord("big", 8.0, False, None), PreviewWord("half", 4.0, False, None),
+                          PreviewWord("below", -0.3, False, None), PreviewWord("odd", math.nan, False, None)]])
+    styles = shading(given)
+    assert "1.00)" in styles["big"] and "0.50)" in styles["half"] and "darkest at 8 " in given, "scores above 1"
+    assert "0.00)" in styles["below"] and "0.00)" in styles["odd"] and "nan)" not in given
+
+
+def test_a_word_of_whitespace_alone_is_shown_spelled_out_not_blank(roberta_byte_bpe):
+    """Byte-level BPE reads U+3000 standing alone as a word, masked like any other: it was shown as
+    an empty [[ ]], an empty box in HTML, and a bar without a word in the picture."""
+    from diffmask_fast.preview import preview, render_html, render_text
+
+    collator = DifferenceMaskingCollator(roberta_byte_bpe, ScoreTable.from_mapping({"protein": 1.0}),
+                                         mlm_probability=0.5, seed=0)
+    words = preview(collator, ["protein \u3000 binds \u00a0 the ligand"])[0]
+    assert [w.text for w in words] == ["protein", "\u3000", "binds", "\xa0", "the", "ligand"]
+    assert [w.score for w in words] == [1.0, 0.0, 0.0, 0.0, 0.0, 0.0]
+    text = render_text([words], show_scores=True)
+    assert "\\u3000:0.00" in text and "\\xa0:0.00" in text, text
+    assert "></span>" not in render_html([words]) and "\\u3000</span>" in render_html([words])
 
 
 def test_characters_that_are_not_printable_are_shown_escaped_in_text_html_and_tables():
@@ -155,6 +191,17 @@ def test_a_document_with_no_words_is_shown_as_such_not_as_a_blank_line(bert_word
     assert sentences[0] == [] and [w.text for w in sentences[1]] == ["the", "enzyme"]
     assert render_text(sentences).splitlines()[0] == NO_WORDS
     assert NO_WORDS in render_html(sentences) and NO_WORDS not in render_html([[PreviewWord("a", 0.0, False, None)]])
+
+
+def test_a_document_of_unknown_tokens_is_not_said_to_be_read_as_nothing(bert_wordpiece):
+    """WordPiece reads a word of over 100 characters as [UNK], which is never masked: the preview
+    said the tokenizer reads nothing in the document."""
+    from diffmask_fast.preview import NO_WORDS, preview, render_text
+
+    collator = DifferenceMaskingCollator(bert_wordpiece, ScoreTable.from_mapping({"enzyme": 1.0}), seed=0)
+    assert bert_wordpiece.tokenize("x" * 120) == ["[UNK]"]
+    assert render_text(preview(collator, ["x" * 120])) == NO_WORDS
+    assert "unknown tokens" in NO_WORDS and "reads nothing in" not in NO_WORDS
 
 
 def test_masking_rates_are_ranked_by_rate_not_by_score(bert_wordpiece):
