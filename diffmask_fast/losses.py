@@ -49,7 +49,7 @@ def weighted_mlm_loss(
     else:  # checked on the device, without waiting for it
         torch._assert_async(valid, "loss_weights must be finite and non-negative where tokens are masked")
     token_losses = torch.nn.functional.cross_entropy(
-        logits.float().reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=-100, reduction="none",
+        _at_least_float32(logits).reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=-100, reduction="none",
         label_smoothing=float(label_smoothing),
     ).reshape(labels.shape)
     weights = torch.where(masked, weights.to(token_losses.dtype), torch.zeros_like(token_losses))
@@ -59,6 +59,12 @@ def weighted_mlm_loss(
     if torch.is_tensor(num_items):
         num_items = num_items.to(total.device, total.dtype)
     return total / torch.clamp(torch.as_tensor(num_items, dtype=total.dtype, device=total.device), min=1.0)
+
+
+def _at_least_float32(logits: torch.Tensor) -> torch.Tensor:
+    """Half-precision logits in float32, where the softmax does not lose the loss; float32 and
+    float64 as they are (a float64 model keeps its precision, and gradcheck can check the loss)."""
+    return logits.float() if logits.dtype in (torch.float16, torch.bfloat16) else logits
 
 
 def _check_num_items(num_items) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import numbers
 from dataclasses import dataclass
 from typing import Any, Iterator, Mapping, Sequence
 
@@ -61,11 +62,15 @@ class MaskingStrategy:
         ``attention_mask`` and ``labels`` of the example's own length, and ``token_type_ids``
         where the examples have them. An example's own ``attention_mask`` and
         ``special_tokens_mask`` are kept: its padding is never masked. Loss weights are left
-        out, so a validation loss is the plain masked-LM loss whatever the strategy."""
+        out: a validation loss is the plain masked-LM loss, though on the tokens this strategy
+        masks (its own share of domain terms, say), so it compares a run's steps, not strategies."""
         if seed is None:
             raise TypeError("mask_examples needs an integer seed: the masks are drawn from it alone, the same in every "
                             "rank and run")
         seed = check_seed(seed)
+        if isinstance(batch_size, bool) or not isinstance(batch_size, numbers.Integral) or batch_size < 1:
+            raise ValueError(f"batch_size must be a positive whole number, got {batch_size!r}")
+        batch_size = int(batch_size)
         if self.collator is not None:
             return self._mask_with_collator(examples, seed, batch_size)
         return self._mask_with_masker(examples, model, seed, batch_size)
@@ -277,7 +282,8 @@ def build_strategy(
         refuse_one_string(terms, "terms", "a list of strings")
         terms = list(terms)
     if not terms:
-        raise ValueError(f"the {name!r} strategy needs domain terms (a terms list, or anchors and scores to take them from)")
+        raise ValueError(f"the {name!r} strategy needs domain terms (terms=): a list of them, or those "
+                         "diffmask_fast.terms.domain_terms(anchors, scores) takes from the anchors and a score table")
     if name == "terms":
         from .terms import TermMaskingCollator
 

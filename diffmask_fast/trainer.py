@@ -442,14 +442,18 @@ class _PaddingForMasking(DataCollatorWithPadding):
         features = [_as_example(feature) for feature in features]  # a bare sequence of ids, as the collators take
         features = [{key: value for key, value in feature.items() if not _class_label(key, value, feature)}
                     for feature in features]
-        labels = [feature.pop("labels", None) for feature in features]  # tokenizer.pad does not pad them
-        labelled = sum(label is not None for label in labels)
-        if 0 < labelled < len(labels):
-            raise ValueError("some examples have per-token labels and some do not: give labels to all or none")
+        # tokenizer.pad pads neither: labels pad with -100, an MSLM example's loss weights with 0
+        labels = [feature.pop("labels", None) for feature in features]
+        weights = [feature.pop("loss_weights", None) for feature in features]
+        for name, column in (("labels", labels), ("loss_weights", weights)):
+            if 0 < sum(value is not None for value in column) < len(column):
+                raise ValueError(f"some examples have per-token {name} and some do not: give them to all or none")
         batch = super().__call__(features)
-        if not labelled:
-            return batch
-        batch["labels"] = _padded_labels(labels, batch["input_ids"].shape[1], self.tokenizer.padding_side)
+        length, side = batch["input_ids"].shape[1], self.tokenizer.padding_side
+        if labels[0] is not None:
+            batch["labels"] = _padded_rows(labels, length, side, -100, torch.long)
+        if weights[0] is not None:
+            batch["loss_weights"] = _padded_rows(weights, length, side, 0.0, torch.float32)
         return batch
 
 
@@ -475,15 +479,16 @@ def _labels_copy_inputs(inputs: dict[str, Any]) -> bool:
     return bool(((labels == ids) | ~attended).all())
 
 
-def _padded_labels(labels: list, length: int, padding_side: str) -> torch.Tensor:
-    """Per-token labels (an already masked batch) padded with -100, as their input_ids are."""
-    padded = torch.full((len(labels), length), -100, dtype=torch.long)
-    for row, label in enumerate(labels):
-        label = torch.as_tensor(label, dtype=torch.long)
+def _padded_rows(rows: list, length: int, padding_side: str, fill, dtype: torch.dtype) -> torch.Tensor:
+    """Per-token values of an already masked batch (labels, loss weights) padded with ``fill``
+    on the side their input_ids are."""
+    padded = torch.full((len(rows), length), fill, dtype=dtype)
+    for index, row in enumerate(rows):
+        row = torch.as_tensor(row, dtype=dtype)
         if padding_side == "left":
-            padded[row, length - len(label):] = label
+            padded[index, length - len(row):] = row
         else:
-            padded[row, : len(label)] = label
+            padded[index, : len(row)] = row
     return padded
 
 

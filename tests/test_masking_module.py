@@ -569,6 +569,39 @@ def test_trainer_pads_a_validation_set_masked_beforehand(tiny_bert_mlm, bert_wor
         trainer.data_collator([validation[0], data[1]])
 
 
+@pytest.mark.parametrize("padding_side", ["right", "left"])
+def test_trainer_pads_the_loss_weights_of_mslm_examples_masked_beforehand(tiny_bert_mlm, bert_wordpiece, lines,
+                                                                         tmp_path, padding_side):
+    """They went on to tokenizer.pad, which cannot pad them, and the evaluation failed."""
+    import copy
+
+    from transformers import TrainingArguments
+
+    from diffmask_fast.strategies import build_strategy
+
+    tokenizer = copy.deepcopy(bert_wordpiece)
+    tokenizer.padding_side = padding_side
+    strategy = build_strategy("mslm", tokenizer, terms=["the", "protein", "of"], term_weight=3.0, seed=0)
+    data = [{"input_ids": tokenizer(t, truncation=True, max_length=random.randrange(8, 40))["input_ids"]}
+            for t in lines[:8]]
+    masked = [{**example, "loss_weights": strategy.collator([example])["loss_weights"][0].tolist()}
+              for example in strategy.mask_examples(data, seed=0)]
+    args = TrainingArguments(output_dir=str(tmp_path), per_device_eval_batch_size=4, report_to=[], use_cpu=True)
+    trainer = DifferenceMaskingTrainer(model=tiny_bert_mlm, args=args, eval_dataset=masked,
+                                       masker=DifferenceMasker(tokenizer, score_table(tokenizer, lines), seed=0))
+    batch = trainer.data_collator(masked[:4])
+    width = batch["input_ids"].shape[1]
+    for row, example in enumerate(masked[:4]):
+        n = len(example["loss_weights"])
+        kept = slice(width - n, width) if padding_side == "left" else slice(0, n)
+        pad = slice(0, width - n) if padding_side == "left" else slice(n, width)
+        assert batch["loss_weights"][row, kept].tolist() == example["loss_weights"]
+        assert (batch["loss_weights"][row, pad] == 0).all() and batch["loss_weights"].dtype == torch.float32
+    assert math.isfinite(trainer.evaluate()["eval_loss"])
+    with pytest.raises(ValueError, match="some examples have per-token loss_weights and some do not"):
+        trainer.data_collator([masked[0], {key: value for key, value in masked[1].items() if key != "loss_weights"}])
+
+
 def test_the_trainer_keeps_the_datasets_special_tokens_mask_for_the_masker(tiny_bert_mlm, bert_wordpiece, lines,
                                                                           tmp_path):
     """Trainer drops the columns the model's forward does not take: special_tokens_mask was gone

@@ -1467,3 +1467,16 @@ def test_a_diverged_run_says_so(model_dir, corpus, tmp_path):
     logged = [e["loss"] for e in summary["log_history"] if "loss" in e]
     assert math.isnan(logged[-1]) and math.isnan(summary["train_loss"]), "NaN, not the 0.0 of the Trainer's filter"
     assert (tmp_path / "run" / LOSS_PICTURE).is_file(), "the validation loss before training is drawn"
+
+
+def test_weighted_loss_keeps_float64_logits_in_float64(seed):
+    """Upcasting half precision turned float64 into float32 too: gradcheck could not check the loss."""
+    g = torch.Generator().manual_seed(seed)
+    logits = torch.randn(2, 5, 7, generator=g, dtype=torch.float64, requires_grad=True)
+    labels = torch.where(torch.rand(2, 5, generator=g) < 0.5, torch.randint(0, 7, (2, 5), generator=g), -100)
+    labels[0, 0] = 3
+    weights = torch.rand(2, 5, generator=g, dtype=torch.float64) + 0.5
+    assert weighted_mlm_loss(logits, labels, weights).dtype == torch.float64
+    assert torch.autograd.gradcheck(lambda x: weighted_mlm_loss(x, labels, weights), (logits,))
+    for half in (torch.float16, torch.bfloat16):
+        assert weighted_mlm_loss(logits.detach().to(half), labels, weights).dtype == torch.float32

@@ -992,3 +992,24 @@ def test_pad_to_multiple_of_is_refused_where_the_training_step_masks(name, mask_
         build_strategy(name, bert_wordpiece, scores=scores, mask_on=mask_on, pad_to_multiple_of=8)
     collator = build_strategy("random-word", bert_wordpiece, mask_on="workers", pad_to_multiple_of=8).collator
     assert collator([list(range(5, 14))])["input_ids"].shape[1] == 16  # 9 tokens padded to a multiple of 8
+
+
+def test_a_term_strategy_without_terms_names_what_gives_them(bert_wordpiece):
+    """It said to give "anchors and scores", which build_strategy does not take."""
+    from diffmask_fast.terms import domain_terms
+
+    table = ScoreTable({"enzyme": 0.9, "receptor": 0.8, "the": 0.1})
+    with pytest.raises(ValueError, match=r"needs domain terms \(terms=\).*domain_terms\(anchors, scores\)"):
+        build_strategy("mslm", bert_wordpiece, scores=table)
+    terms = domain_terms(["enzyme"], table, top_fraction=0.5)
+    assert build_strategy("mslm", bert_wordpiece, terms=terms).collator is not None
+
+
+@pytest.mark.parametrize("batch_size", [0, -1, 2.5, True, "8"])
+def test_mask_examples_refuses_a_batch_size_that_is_none(bert_wordpiece, batch_size):
+    """-1 gave no examples at all, without a word; 0 failed inside range()."""
+    strategy = build_strategy("random-word", bert_wordpiece, seed=0)
+    examples = [{"input_ids": bert_wordpiece("the protein binds")["input_ids"]}] * 2
+    with pytest.raises(ValueError, match=f"batch_size must be a positive whole number, got {re.escape(repr(batch_size))}"):
+        strategy.mask_examples(examples, seed=0, batch_size=batch_size)
+    assert len(strategy.mask_examples(examples, seed=0, batch_size=np.int64(1))) == 2
