@@ -11,7 +11,7 @@ from typing import Iterator, Mapping
 
 from . import reference
 from ._display import printable
-from ._io import atomic_write_json, read_json
+from ._io import atomic_write_json, json_ready, read_json
 from .advice import DiffmaskWarning
 from .counting import WordCounts
 from .general import GeneralFrequencies
@@ -41,6 +41,9 @@ class Anchors:
     smoothing_per_million: float
     general_source: str = ""
 
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "anchors", tuple(self.anchors))  # a list given compares equal to its loaded copy
+
     @property
     def words(self) -> list[str]:
         return [anchor.word for anchor in self.anchors]
@@ -65,9 +68,13 @@ class Anchors:
         return "\n".join(lines)
 
     def save(self, path: str | os.PathLike) -> None:
-        payload = {k: v for k, v in asdict(self).items() if k != "anchors"}
-        payload["format"] = ANCHORS_FORMAT
-        payload["anchors"] = [asdict(a) for a in self.anchors]
+        """Written atomically as JSON; anchors that ``load`` would refuse (an infinite score is
+        written as null) are refused here, before anything is written."""
+        payload = json_ready({**{k: v for k, v in asdict(self).items() if k != "anchors"}, "format": ANCHORS_FORMAT,
+                              "anchors": [asdict(a) for a in self.anchors]})
+        _, problem = _anchors_from(payload)
+        if problem is not None:
+            raise ValueError(f"cannot save these anchors, which could not be loaded again: {problem}")
         atomic_write_json(path, payload)
 
     @classmethod
@@ -75,18 +82,24 @@ class Anchors:
         payload = read_json(path, "anchors")
         if not isinstance(payload, dict) or payload.get("format") != ANCHORS_FORMAT:
             raise ValueError(f"{os.fspath(path)!r} is not an anchors file (expected format {ANCHORS_FORMAT})")
-        payload.pop("format")
-        try:
-            anchors = tuple(Anchor(**a) for a in payload.pop("anchors"))
-            loaded = cls(anchors=anchors, **payload)
-        except (KeyError, TypeError) as error:
-            raise ValueError(f"{os.fspath(path)!r} is not a valid anchors file: {error}") from None
-        if not anchors:
-            raise ValueError(f"{os.fspath(path)!r} holds no anchors")
-        problem = _field_problem(loaded)
+        loaded, problem = _anchors_from(payload)
         if problem is not None:
             raise ValueError(f"{os.fspath(path)!r} is not a valid anchors file: {problem}")
         return loaded
+
+
+def _anchors_from(payload: dict) -> tuple[Anchors | None, str | None]:
+    """The anchors of a saved file's payload, or None and what is wrong with it."""
+    fields = {key: value for key, value in payload.items() if key != "format"}
+    try:
+        anchors = tuple(Anchor(**a) for a in fields.pop("anchors"))
+        loaded = Anchors(anchors=anchors, **fields)
+    except (KeyError, TypeError) as error:
+        return None, str(error)
+    if not anchors:
+        return None, "it holds no anchors"
+    problem = _field_problem(loaded)
+    return (None, problem) if problem is not None else (loaded, None)
 
 
 def _is_number(value) -> bool:
@@ -167,6 +180,7 @@ def mine_anchors(
     so counts mapped from a file are never decoded whole.
     """
     check_mining_settings(k, min_count, smoothing_per_million)
+    smoothing_per_million = float(smoothing_per_million)  # a Fraction or numpy number: saved as JSON
     if isinstance(counts, (str, os.PathLike)):
         counts = WordCounts.load(counts, verify=True)
     elif not isinstance(counts, WordCounts):  # lowercase unless a word says otherwise
@@ -199,6 +213,10 @@ def mine_anchors(
         if reference.has_letter(word)
     ]
     scored.sort(key=lambda item: (-item[1], item[0]))
+    if scored and not math.isfinite(scored[0][1]):
+        raise ValueError(f"smoothing_per_million {smoothing_per_million:g} is too small: {scored[0][0]!r}, which "
+                         f"general English lacks, scores {scored[0][1]} (the default is "
+                         f"{reference.DEFAULT_SMOOTHING_PER_MILLION:g})")
     chosen, broken = [], []  # the top k readable words; the broken ones among the top k of all
     for rank, (word, score) in enumerate(scored):
         if len(chosen) == k:  # reached only past rank k - 1: every rank below k was seen
@@ -215,7 +233,26 @@ def mine_anchors(
             f"{min_count} times (the corpus has {total:,} words); lower min_count or give a larger corpus"
         )
     anchors = tuple(Anchor(w, s, counts[w], general.count(w)) for w, s in chosen)
+    _warn_of_weak_anchors(anchors, len(scored))
     return Anchors(anchors, total, general.total, min_count, smoothing_per_million, general.source)
+
+
+#: An anchor at most this many times as frequent in the domain as in general English (TF-ICF) is
+#: no word of the domain: "the" and "of" reach it when few words pass the count filter.
+WEAK_ANCHOR_TF_ICF = 2.0
+
+
+def _warn_of_weak_anchors(anchors: tuple, eligible: int) -> None:
+    """Warn of anchors that are no domain words: with max-similarity scoring, an anchor "the"
+    scores every function word as a domain word."""
+    weak = [a for a in anchors if a.score <= WEAK_ANCHOR_TF_ICF]
+    if weak:
+        shown = ", ".join(f"{printable(a.word)!r} ({a.score:.2f})" for a in weak[:5])
+        warnings.warn(
+            f"{len(weak)} of the {len(anchors)} anchors are at most {WEAK_ANCHOR_TF_ICF:g} times as frequent in the "
+            f"corpus as in general English, so no words of its domain: {shown}. Only {eligible:,} words occur often "
+            "enough to be anchors; a larger corpus, or a smaller k, keeps the anchors to the domain's words",
+            DiffmaskWarning, stacklevel=3)
 
 
 def _warn_of_broken_text(broken: list) -> None:

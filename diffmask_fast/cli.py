@@ -60,6 +60,10 @@ def _add_mining_options(parser: argparse.ArgumentParser) -> None:
                         help="TF-ICF smoothing in occurrences per million words (default 10)")
     parser.add_argument("--general", type=Path, default=None,
                         help="general-English table, word<TAB>count per line (default: Google Web Trillion Word)")
+    parser.add_argument("--general-total", type=float, default=None,
+                        help="with --general: the size (in words) of the corpus its counts come from, N_G "
+                             "(default: the sum of its counts, too small for a table cut to its most common "
+                             "words; Google's is 1024908267229)")
 
 
 def _add_word_boundary_option(parser: argparse.ArgumentParser) -> None:
@@ -274,7 +278,10 @@ def _mining_settings(args) -> dict:
     smoothing = DEFAULT_SMOOTHING_PER_MILLION if args.smoothing is None else args.smoothing
     args.k = 20 if args.k is None else args.k
     check_mining_settings(args.k, args.min_count, smoothing)
-    general = GeneralFrequencies.from_file(args.general) if args.general else GeneralFrequencies.default()
+    if args.general_total is not None and not args.general:
+        raise ValueError("--general-total is the size of the corpus behind a --general table; give the table too")
+    general = (GeneralFrequencies.from_file(args.general, total=args.general_total) if args.general
+               else GeneralFrequencies.default())
     return {"general": general, "k": args.k, "min_count": args.min_count, "smoothing_per_million": smoothing}
 
 
@@ -486,7 +493,7 @@ def run_demo(args) -> None:
     _check_masking_settings(args)
     lines = python_reference_corpus()
     print(f"Corpus: the Python language reference shipped with CPython ({len(lines):,} paragraphs).")
-    args.general = args.min_count = args.smoothing = None
+    args.general = args.general_total = args.min_count = args.smoothing = None
     args.k = 20
     embedder = _shown_words_embedder(args)
     counts, anchors = _mine(lines, args)
@@ -530,7 +537,8 @@ def run_preview(args) -> None:
     _check_apart(args, ("html", "plot"), ("anchors", "scores", "general"), corpus)
     _check_masking_settings(args)
     mining = [option for option, value in (("-k", args.k), ("--min-count", args.min_count),
-                                           ("--smoothing", args.smoothing), ("--general", args.general))
+                                           ("--smoothing", args.smoothing), ("--general", args.general),
+                                           ("--general-total", args.general_total))
               if value is not None]
     if mining and (args.anchors or args.scores is not None):
         raise ValueError(f"{_options_choose(mining)} how preview mines anchors; --anchors or --scores give them "

@@ -48,6 +48,10 @@ class GeneralFrequencies:
             word, count = odd
             problem = f"the key {word!r} is no string" if not isinstance(word, str) else f"{word!r}: {count!r}"
             raise ValueError(f"general counts must map words (strings) to numbers; {problem}")
+        spaced = next((w for w in self.counts if w.split() != [w]), None)
+        if spaced is not None:  # no counted word holds whitespace: "the " would leave "the" uncounted
+            raise ValueError(f"the general count's word {spaced!r} is empty or holds whitespace, which no counted word "
+                             "does (a padded column?)")
         # a negative or NaN count would give negative or NaN TF-ICF, and anchors ranked by it
         values = np.fromiter(self.counts.values(), dtype=np.float64, count=len(self.counts))
         bad = ~(np.isfinite(values) & (values >= 0))

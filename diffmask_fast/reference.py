@@ -123,10 +123,20 @@ def _decode_sequence(data: list[int], start: int) -> tuple[str, int] | None:
         for continuation in itertools.product(*map(_byte_options, following)):
             if all(0x80 <= b <= 0xBF for b in continuation):
                 try:
-                    return bytes((lead, *continuation)).decode("utf-8"), 1 + count
+                    character = bytes((lead, *continuation)).decode("utf-8")
                 except UnicodeDecodeError:  # an overlong or surrogate form
                     continue
+                if not _accent_before_punctuation(character, continuation):
+                    return character, 1 + count
     return None
+
+
+def _accent_before_punctuation(character: str, continuation: tuple[int, ...]) -> bool:
+    """Whether a two-byte "sequence" is more likely an accented letter before Windows-1252
+    punctuation (‘ ’ “ ” • – —, bytes 0x91-0x97) than a character of UTF-8: "é’" of "josé’s" reads
+    as "ɒ", but the characters it would be (Latin Extended-B, IPA, spacing modifiers, combining
+    marks: U+0180-U+036F) are next to never written, and such words are common."""
+    return len(continuation) == 1 and 0x91 <= continuation[0] <= 0x97 and 0x180 <= ord(character) <= 0x36F
 
 
 def repaired_mojibake(word: str) -> str | None:
@@ -348,10 +358,12 @@ def general_count(word: str, general_counts: Mapping[str, float]) -> float:
 
 def _table_count(word: str, general_counts: Mapping[str, float]) -> float | None:
     """The table's count of a word as written, else of its lowercase form, else of either without
-    accents; None if it has none of them."""
+    accents, else of either in compatibility form too (the ligature of "signiﬁcant", from a PDF,
+    read as "fi"); None if it has none of them."""
     forms = (word, word.lower())
     if not word.isascii():
-        forms += (strip_accents(word), strip_accents(word.lower()))
+        forms += (strip_accents(word), strip_accents(word.lower()),
+                  strip_accents(word, compatibility=True), strip_accents(word.lower(), compatibility=True))
     for form in dict.fromkeys(forms):
         count = general_counts.get(form)
         if count is not None:
@@ -359,10 +371,11 @@ def _table_count(word: str, general_counts: Mapping[str, float]) -> float | None
     return None
 
 
-def strip_accents(word: str) -> str:
+def strip_accents(word: str, compatibility: bool = False) -> str:
     """``word`` without combining marks after canonical decomposition: "naïve" -> "naive",
-    "Å" -> "A". Letters that do not decompose ("ß", "ø", Greek) stay as they are."""
-    decomposed = unicodedata.normalize("NFD", word)
+    "Å" -> "A". Letters that do not decompose ("ß", "ø", Greek) stay as they are. With
+    ``compatibility``, compatibility decomposition: also "ﬁ" -> "fi", "²" -> "2", "Ａ" -> "A"."""
+    decomposed = unicodedata.normalize("NFKD" if compatibility else "NFD", word)
     return "".join(ch for ch in decomposed if not unicodedata.category(ch).startswith("M"))
 
 

@@ -412,3 +412,53 @@ def test_a_general_table_word_holding_whitespace_is_refused(tmp_path):
         table.write_text(f"enzyme\t3\n{line}\n")
         with pytest.raises(ValueError, match="line 2: the word .* holds whitespace"):
             GeneralFrequencies.from_file(table)
+
+
+def test_ligatures_from_pdfs_do_not_make_common_words_anchors():
+    general = GeneralFrequencies({"the": 5e6, "significantly": 1e5, "kinase": 10.0}, total=1e8)
+    anchors = mine_anchors({"kinase": 50, "signiﬁcantly": 50, "the": 400}, general, k=1, min_count=1)
+    assert anchors.words == ["kinase"]
+
+
+def test_a_general_table_made_in_code_refuses_words_with_whitespace():
+    """from_file refused them; made in code, "the " left "the" uncounted, and "the" an anchor."""
+    for word in ("the ", " enzyme", "", "new york"):
+        with pytest.raises(ValueError, match=f"the general count's word {re.escape(repr(word))} is empty or holds "
+                                             "whitespace"):
+            GeneralFrequencies({word: 10, "kinase": 1}, total=100)
+
+
+def test_anchors_that_would_not_load_are_not_saved(tmp_path):
+    """A tiny smoothing scored a word general English lacks infinite; saved as null, the file did not load."""
+    general = GeneralFrequencies({"the": 1000}, total=1e6)
+    with pytest.raises(ValueError, match=r"smoothing_per_million 1e-310 is too small: 'frataxin'.*scores inf"):
+        mine_anchors({"frataxin": 10, "the": 40}, general, k=2, min_count=1, smoothing_per_million=1e-310)
+    anchors = Anchors((Anchor("frataxin", float("inf"), 10, 0.0),), 50, 1e6, 1, 10.0)
+    with pytest.raises(ValueError, match="cannot save these anchors, which could not be loaded again: the score of "
+                                         "anchor 'frataxin' must be a finite number, got None"):
+        anchors.save(tmp_path / "anchors.json")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_anchors_save_and_load_as_equals_whatever_numbers_and_sequence_they_were_given(tmp_path):
+    from fractions import Fraction
+
+    general = GeneralFrequencies({"the": 1000, "kinase": 2}, total=1e6)
+    mined = mine_anchors({"kinase": 10, "the": 40}, general, k=1, min_count=1, smoothing_per_million=Fraction(1, 2))
+    mined.save(tmp_path / "mined.json")
+    assert Anchors.load(tmp_path / "mined.json") == mined and mined.smoothing_per_million == 0.5
+    listed = Anchors([Anchor("kinase", 5.0, 10, 2.0)], 50, 1e6, 1, 10.0)
+    listed.save(tmp_path / "listed.json")
+    assert Anchors.load(tmp_path / "listed.json") == listed
+
+
+def test_anchors_no_more_frequent_than_in_general_english_are_warned_of():
+    """A small corpus passes few words through the count filter, and "the" became an anchor unsaid."""
+    general = GeneralFrequencies({"the": 5e5, "of": 3e5, "kinase": 1.0}, total=1e6)
+    with pytest.warns(DiffmaskWarning, match=r"2 of the 3 anchors are at most 2 times as frequent in the corpus as in "
+                                             r"general English.*'the' \(1\.\d\d\), 'of' \(1\.\d\d\)\. Only 3 words"):
+        anchors = mine_anchors({"kinase": 20, "the": 60, "of": 35}, general, k=5, min_count=1)
+    assert anchors.words == ["kinase", "the", "of"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert mine_anchors({"kinase": 20, "the": 60, "of": 35}, general, k=1, min_count=1).words == ["kinase"]

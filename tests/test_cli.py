@@ -842,3 +842,25 @@ def test_the_score_command_collects_words_in_the_case_of_cased_counts(tmp_path, 
     words = set(ScoreTable.load(scores).words)
     assert {"The", "A", "One", "Kinase", "Receptor"} <= words
     assert not {"the", "a", "one"} & words, "the words of a case-keeping corpus were lowercased"
+
+
+def test_a_general_table_cut_to_its_common_words_takes_its_corpus_total(tmp_path, shared_data_dir, capsys):
+    """The sum of a cut table's counts stood for N_G with no way to say otherwise: the default
+    table's own words, given as a file, mined other anchors than the default."""
+    from diffmask_fast.anchors import Anchors
+    from diffmask_fast.general import GOOGLE_TRILLION_TOTAL, GeneralFrequencies
+
+    default = GeneralFrequencies.default()
+    table = tmp_path / "unigrams.tsv"
+    table.write_text("".join(f"{word}\t{count:.0f}\n" for word, count in default.counts.items()), encoding="utf-8")
+    corpus = str(shared_data_dir / "chemprot" / "abstracts.txt")
+    mined = {}
+    for name, options in (("default", []), ("summed", ["--general", str(table)]),
+                          ("total", ["--general", str(table), "--general-total", str(GOOGLE_TRILLION_TOTAL)])):
+        assert main(["mine", corpus, "-o", str(tmp_path / f"{name}.json"), "--no-progress"] + options) == 0, name
+        mined[name] = Anchors.load(tmp_path / f"{name}.json")
+    assert mined["total"].words == mined["default"].words and mined["total"].general_total == GOOGLE_TRILLION_TOTAL
+    assert mined["summed"].general_total < GOOGLE_TRILLION_TOTAL
+    capsys.readouterr()
+    assert main(["mine", corpus, "--general-total", "1e12"]) == 1
+    assert "--general-total is the size of the corpus behind a --general table" in capsys.readouterr().err

@@ -52,7 +52,9 @@ def test_has_letter():
 
 
 LEGIBLE_WORDS = ("cox-2", "é", "café", "naïve", "garçon", "señor", "straße", "ñandú", "µm", "x²", "α-helix", "σύνταξη",
-                 "plus\u00admaze", "中文", "काम", "می\u200cخواهم", "👩\u200d🔬lab", "a\u0301b", "\U000e0fffab")
+                 "plus\u00admaze", "中文", "काम", "می\u200cخواهم", "👩\u200d🔬lab", "a\u0301b", "\U000e0fffab",
+                 # an accented letter before typographic punctuation read as UTF-8 is "ɒ" (U+0252)
+                 "poincaré’s", "josé–maría", "CAFÉ’S", "renée”", "ça‘")
 
 
 def test_anchor_candidates_have_a_letter_and_are_not_broken_text():
@@ -65,7 +67,8 @@ def test_anchor_candidates_have_a_letter_and_are_not_broken_text():
     assert not reference.is_anchor_candidate("12,22")
 
 
-@pytest.mark.parametrize("meant", ["don’t", "café", "Düsseldorf", "“quote”", "naïve—", "µm", "😀x", "ĳ", "€uro", "文字"])
+@pytest.mark.parametrize("meant", ["don’t", "café", "Düsseldorf", "“quote”", "naïve—", "µm", "😀x", "ĳ", "€uro", "文字",
+                                   "așa", "ə", "ёж", "cœur"])
 @pytest.mark.parametrize("read_as", ["latin-1", "cp1252"])
 def test_mojibake_is_recognized_and_repaired_also_when_lowercased(meant, read_as):
     try:
@@ -310,3 +313,12 @@ def test_sentencepiece_byte_tokens_are_text_only_for_single_byte_characters():
     assert reference.token_text("<0x09>", "sentencepiece") == "\t"
     assert reference.token_text("<0x41>", "sentencepiece") == "A"
     assert reference.token_text("<0xC3>", "sentencepiece") is None  # part of a multi-byte character
+
+
+def test_a_word_with_a_ligature_is_counted_as_its_letters_in_general_english():
+    """Text from PDFs holds "ﬁ": "signiﬁcantly" counted 0 in general English and was crowned an anchor."""
+    general = {"significantly": 5.0, "x2": 3.0, "naive": 2.0}
+    assert reference.general_count("signiﬁcantly", general) == 5.0
+    assert reference.general_count("x²", general) == 3.0 and reference.general_count("naïve", general) == 2.0
+    assert reference.general_count("signiﬁcantly", {"signiﬁcantly": 1.0, "significantly": 5.0}) == 1.0, "as written first"
+    assert reference.strip_accents("ﬁ") == "ﬁ" and reference.strip_accents("ﬁ", compatibility=True) == "fi"
