@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numbers
 import re
 
 #: Whitespace at the start or end of one of the words joined by NUL.
@@ -54,3 +55,13 @@ def first_padded(words) -> str | None:
     if _PADDED.search(joined) is None:  # one scan at C speed: tables hold millions of words
         return None
     return next((word for word in words if word != word.strip()), None)  # else a NUL inside a word matched
+
+
+def whole_number(value: object, name: str, least: int = 1) -> int:
+    """``value`` as an int, refusing what is no whole number (2.5, "2", True) or is below
+    ``least``, by name: int() would cut 2.5 to 2, and a string or float failed deep inside."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be a whole number, got {value!r}")
+    if value < least:
+        raise ValueError(f"{name} must be at least {least}, got {value}")
+    return int(value)

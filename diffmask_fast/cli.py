@@ -52,6 +52,15 @@ def _add_masking_options(parser: argparse.ArgumentParser) -> None:
                              ".jpg, .jpeg, .webp or .eps; PNG without one)")
 
 
+def _corpus_name(text: str) -> str:
+    """A corpus path as given, refusing an empty one (an unset variable): as a path it is the
+    current folder, whose text files would all be read."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError(f"a corpus path is empty ({text!r}), which would read the current folder; "
+                                         "name a file, folder or glob")
+    return text
+
+
 def _add_mining_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-k", "--anchors-count", type=int, default=None, dest="k", help="number of anchors (default 20)")
     parser.add_argument("--min-count", type=int, default=None,
@@ -89,7 +98,7 @@ def build_parser() -> argparse.ArgumentParser:
     mine = commands.add_parser("mine", help="find a corpus's anchor words by TF-ICF",
                                description="Count the words of a corpus (text files, one document per line; "
                                            "directories and globs allowed) and print its top anchors by TF-ICF.")
-    mine.add_argument("corpus", nargs="*", help="text or JSON-lines files (.jsonl, .ndjson, .json; plain or .gz), "
+    mine.add_argument("corpus", nargs="*", type=_corpus_name, help="text or JSON-lines files (.jsonl, .ndjson, .json; plain or .gz), "
                       "directories or glob patterns")
     _add_mining_options(mine)
     mine.add_argument("--output", "-o", type=Path, default=None, help="save the anchors as JSON here")
@@ -98,7 +107,9 @@ def build_parser() -> argparse.ArgumentParser:
     mine.add_argument("--counts", type=Path, default=None,
                       help="mine from word counts saved by --counts-output instead of counting a corpus")
     _add_text_field_option(mine)
-    mine.add_argument("--threads", type=int, default=None, help="counting threads (default: every available core)")
+    mine.add_argument("--threads", type=int, default=None,
+                      help="counting threads (default: every available core; with --scheduler, per Dask task, "
+                           "1 by default, as Dask runs tasks side by side)")
     mine.add_argument("--scheduler", default=None,
                       help="address of a Dask scheduler (e.g. tcp://host:8786): count on its workers, which "
                            "must see the same paths")
@@ -107,7 +118,7 @@ def build_parser() -> argparse.ArgumentParser:
     preview = commands.add_parser("preview", help="show which words of a corpus get masked",
                                   description="Mask sample documents of a corpus and mark the masked words. Each "
                                               f"document is shown up to its last word within {SHOWN_TOKENS} tokens.")
-    preview.add_argument("corpus", nargs="+", help="text files, directories or glob patterns")
+    preview.add_argument("corpus", nargs="+", type=_corpus_name, help="text files, directories or glob patterns")
     preview.add_argument("--anchors", type=Path, default=None,
                          help="anchors JSON from `diffmask mine` (default: mine them from the corpus now, or "
                               "the anchors of --scores)")
@@ -135,7 +146,7 @@ def _add_score_parser(commands) -> None:
         description="Embed the word types of a corpus (or of saved word counts), score each by its similarity to "
                     "the anchors, and save the score table the collator loads. Word vectors are cached on disk "
                     "per model, so a second run only embeds new words.")
-    score.add_argument("corpus", nargs="*", help="text files, directories or glob patterns: their words are counted "
+    score.add_argument("corpus", nargs="*", type=_corpus_name, help="text files, directories or glob patterns: their words are counted "
                        "(unless --counts is given) and also collected as the tokenizer groups them")
     score.add_argument("--counts", type=Path, default=None,
                        help="word counts saved by `diffmask mine --counts-output`: score their word types")

@@ -57,6 +57,8 @@ def _expand_path(pattern: str, suffixes: tuple[str, ...] = TEXT_SUFFIXES) -> lis
     """Files named by a path, a directory (its files with ``suffixes``, recursively) or a glob.
 
     A name that exists is taken as it is, even if it holds glob characters (``notes[2023].txt``)."""
+    if not str(pattern).strip():  # Path("") is the current folder: an unset variable counted it all
+        raise CorpusError(f"a corpus path is empty ({str(pattern)!r}); name a file, folder or glob")
     if any(ch in pattern for ch in "*?[") and not os.path.exists(pattern):
         return _glob_files(pattern, suffixes)
     path = Path(pattern)

@@ -46,9 +46,10 @@ from tqdm.auto import tqdm
 
 from . import _wordtable as W
 from . import reference
-from ._checks import first_unnormalized
+from ._checks import first_unnormalized, whole_number
 from ._io import atomic_write_json, atomic_writer, refuse_special_input
 from .corpus import (
+    BINARY_CHECK_BYTES,
     DEFAULT_TEXT_FIELD,
     UTF8_BOM,
     CorpusError,
@@ -332,9 +333,11 @@ class _BlockReader:
         try:
             with open_binary(self.path) as handle:
                 raw = getattr(handle, "fileobj", None) or handle
+                # A compressed file's bytes before the start are read by the seek: the bar counts them.
+                position = raw.tell() if raw is not handle else None
                 if self.start:
                     handle.seek(self.start)
-                position = raw.tell()
+                position = raw.tell() if position is None else position
                 left = None if self.end is None else self.end - self.start
                 while (left is None or left > 0) and not self.stop.is_set():
                     buffer = self.free.get()
@@ -382,6 +385,31 @@ class _BlockReader:
             worker.join()
 
 
+#: A plain file this small is read whole, at once: a memory map or a reader thread costs more.
+SMALL_FILE_BYTES = 1 << 16
+
+
+def _small_file(path: Path, start: int, end: int | None) -> list | None:
+    """A small plain file's bytes [start, end) as its one block (block, bytes, release), like
+    ``_BlockReader``'s; None for a larger, compressed or special file."""
+    if is_gzip(path):
+        return None
+    try:
+        size = path.stat().st_size
+        if not path.is_file() or size > SMALL_FILE_BYTES:
+            return None
+        with open(path, "rb") as handle:
+            handle.seek(start)
+            data = handle.read(size - start if end is None else max(0, min(end, size) - start))
+    except OSError:
+        return None  # named by the reader
+    return [(memoryview(data), len(data), _nothing_to_release)]
+
+
+def _nothing_to_release() -> None:
+    """The release of a block that holds no reader's buffer."""
+
+
 class _MappedBlocks:
     """A plain file's bytes [start, end) as blocks of a read-only memory map: no copies and no
     reader thread; the counting threads fault the pages in. At most ``in_flight`` blocks are
@@ -391,23 +419,27 @@ class _MappedBlocks:
     Iterating yields (block, its length, release), like ``_BlockReader``. As with any memory map,
     a file truncated by another process while it is being counted ends the process (SIGBUS)."""
 
-    def __init__(self, path: Path, start: int, end: int | None, block_bytes: int, in_flight: int = 3):
-        self.path, self.start, self.end, self.block_bytes = path, start, end, block_bytes
+    def __init__(self, mapped: mmap.mmap, start: int, stop: int, block_bytes: int, in_flight: int = 3):
+        self.mapped, self.start, self.stop, self.block_bytes = mapped, start, stop, block_bytes
         self.slots = threading.Semaphore(in_flight)
 
     @staticmethod
     def open(path: Path, start: int, end: int | None, block_bytes: int):
         """The blocks of a plain file through a memory map, or None where it cannot be mapped
-        (compressed, empty or special files); read them with ``_BlockReader`` then."""
+        (compressed, empty or special files, or a file system that maps no files: some network
+        and FUSE mounts); read them with ``_BlockReader`` then."""
         if is_gzip(path) or not path.is_file():
             return None
         try:
-            size = path.stat().st_size
-        except OSError:
+            with open(path, "rb") as handle:
+                size = os.fstat(handle.fileno()).st_size
+                stop = size if end is None else min(end, size)
+                if stop <= start:
+                    return None
+                mapped = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ)
+        except (OSError, ValueError):
             return None
-        if size == 0 or (end is not None and end <= start):
-            return None
-        return _MappedBlocks(path, start, end, block_bytes)
+        return _MappedBlocks(mapped, start, stop, block_bytes)
 
     def _release(self, mapped: mmap.mmap, position: int, length: int) -> None:
         page = mmap.PAGESIZE
@@ -421,18 +453,16 @@ class _MappedBlocks:
         self.slots.release()
 
     def __iter__(self) -> Iterator[tuple[memoryview, int, Callable[[], None]]]:
-        with open(self.path, "rb") as handle:
-            size = os.fstat(handle.fileno()).st_size
-            stop = size if self.end is None else min(self.end, size)
-            if stop <= self.start:
-                return
-            mapped = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ)
+        mapped = self.mapped
         if hasattr(mmap, "MADV_SEQUENTIAL"):
-            mapped.madvise(mmap.MADV_SEQUENTIAL)
+            try:
+                mapped.madvise(mmap.MADV_SEQUENTIAL)
+            except OSError:
+                pass  # advice only
         view = memoryview(mapped)
         position = self.start
-        while position < stop:
-            length = min(self.block_bytes, stop - position)
+        while position < self.stop:
+            length = min(self.block_bytes, self.stop - position)
             self.slots.acquire()
             yield (view[position: position + length], length,
                    functools.partial(self._release, mapped, position, length))
@@ -466,6 +496,16 @@ def _known_length(source) -> int | None:
         return None
 
 
+def check_block_bytes(block_bytes) -> int:
+    """``block_bytes`` as an int from 1 to ``MAX_BLOCK_BYTES``, or an error naming it."""
+    if isinstance(block_bytes, bool) or not isinstance(block_bytes, numbers.Integral):
+        raise TypeError(f"block_bytes must be an integer, got {block_bytes!r}")
+    if not 1 <= block_bytes <= MAX_BLOCK_BYTES:
+        raise ValueError(f"block_bytes must be between 1 and {MAX_BLOCK_BYTES:,} (1 GiB; a few blocks are held at "
+                         f"once), got {block_bytes}")
+    return int(block_bytes)
+
+
 class _Counter:
     """Counts a corpus source by source into raw tables, then normalizes once."""
 
@@ -473,11 +513,7 @@ class _Counter:
                  total_documents: int | None = None):
         if threads < 1:
             raise ValueError(f"threads must be at least 1, got {threads}")
-        if isinstance(block_bytes, bool) or not isinstance(block_bytes, numbers.Integral):
-            raise TypeError(f"block_bytes must be an integer, got {block_bytes!r}")
-        if not 1 <= block_bytes <= MAX_BLOCK_BYTES:
-            raise ValueError(f"block_bytes must be between 1 and {MAX_BLOCK_BYTES:,} (1 GiB; a few blocks are held at "
-                             f"once), got {block_bytes}")
+        check_block_bytes(block_bytes)
         self.threads = threads
         self.block_bytes = block_bytes
         self.pool = ThreadPoolExecutor(threads, thread_name_prefix="diffmask-count") if threads > 1 else None
@@ -513,6 +549,9 @@ class _Counter:
         thread, taken in turn by whichever thread is free, keep the threads equally busy."""
         if end <= start:
             return []
+        if end - start < MIN_CHUNK_BYTES:  # counted here: a thread's hand-off costs more (many small files)
+            (tables.count_any if self.pool is not None else functools.partial(tables.count, 0))(buf, start, end, prev)
+            return []
         parts = max(1, min(self.threads * CHUNKS_PER_THREAD, (end - start) // MIN_CHUNK_BYTES))
         chunks = _chunks(buf, start, end, parts)
         if self.pool is None:
@@ -536,13 +575,19 @@ class _Counter:
         head = check_text_file(path)  # the file's head, also for a range further on
         if start == 0 and head.startswith(UTF8_BOM):  # a byte-order mark is not text
             start = len(UTF8_BOM)
+            if not is_gzip(path):  # read past, all the same (a compressed file's reader counts it)
+                self._bytes_read(start)
         carry: list[bytes] = []  # the start of a word that goes on in the next block
         carry_prev = prev  # the byte before the carry
         last = prev
         pending: collections.deque = collections.deque()
         try:
-            blocks = (_MappedBlocks.open(path, start, end, self.block_bytes)
-                      or _BlockReader(path, start, end, self.block_bytes))
+            if end is None and len(head) < BINARY_CHECK_BYTES:  # the head read is the whole file
+                read = path.stat().st_size if is_gzip(path) else len(head) - start  # a BOM's bytes are counted
+                blocks = [(memoryview(head)[start:], read, _nothing_to_release)]
+            else:
+                blocks = (_small_file(path, start, end) or _MappedBlocks.open(path, start, end, self.block_bytes)
+                          or _BlockReader(path, start, end, self.block_bytes))
             for block, taken, release in blocks:
                 buf = np.frombuffer(block, np.uint8)
                 size = len(buf)
@@ -707,7 +752,8 @@ def count_words(
     document each; a list of strings that all name files is refused, not counted as names), or
     a HuggingFace ``datasets.Dataset`` or pandas ``DataFrame`` (one document a row).
 
-    - ``threads``: counting threads, each with its own table (default: every available core).
+    - ``threads``: counting threads, each with its own table (default: every available core;
+      with a ``scheduler``, threads per Dask task, 1 by default).
     - ``text_field``: the field of JSON-lines records or dataset rows holding the text (default
       "text"). When given, every file is read as JSON lines and directories yield their
       ``.jsonl``/``.ndjson`` files; otherwise only files named so (or ``.json``) are read as JSON lines.
@@ -730,7 +776,7 @@ def count_words(
     if partition_bytes is not None:
         raise ValueError("partition_bytes sizes the byte ranges Dask workers count; without a scheduler it would do "
                          "nothing (block_bytes sizes the reads here)")
-    threads = default_threads() if threads is None else int(threads)
+    threads = default_threads() if threads is None else whole_number(threads, "threads")
     source = dataset_view(source)
     dataset = is_dataset(source)
     if not dataset:
@@ -1034,7 +1080,11 @@ def _read_binary(path: Path, verify: bool) -> WordCounts:
         if size != expected:
             raise ValueError(f"{name!r} is truncated or corrupt: {size:,} bytes where its header "
                              f"announces {expected:,}")
-        mapped = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ)
+        try:
+            mapped = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ)
+        except (OSError, ValueError):  # a file system that maps no files: read it whole
+            handle.seek(0)
+            mapped = handle.read()
     offsets = np.frombuffer(mapped, np.dtype("<i8"), words + 1, data)
     counts = np.frombuffer(mapped, np.dtype("<i8"), words, data + 8 * (words + 1))
     blob = np.frombuffer(mapped, np.uint8, blob_bytes, data + 8 * (2 * words + 1))

@@ -24,9 +24,11 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from . import _wordtable as W
+from ._checks import whole_number
 from .corpus import (DEFAULT_TEXT_FIELD, CorpusError, corpus_files, is_data_frame, is_dataset, is_gzip, is_json_lines,
                      open_binary)
-from .counting import DEFAULT_BLOCK_BYTES, CountTable, WordCounts, _Counter, _result, check_lowercase
+from .counting import (DEFAULT_BLOCK_BYTES, CountTable, WordCounts, _Counter, _result, check_block_bytes,
+                       check_lowercase)
 
 #: Nominal bytes of one range of a file counted by one task.
 DEFAULT_PARTITION_BYTES = 64 << 20
@@ -59,8 +61,7 @@ class PartialCounts:
 def plan_partitions(files: Iterable[Path], text_field: str | None = None,
                     partition_bytes: int = DEFAULT_PARTITION_BYTES) -> list[Partition]:
     """Nominal ranges of about ``partition_bytes`` covering every file (a gzip file is one)."""
-    if partition_bytes < 1:
-        raise ValueError(f"partition_bytes must be at least 1, got {partition_bytes}")
+    partition_bytes = whole_number(partition_bytes, "partition_bytes")
     parts = []
     for path in files:
         path = Path(os.path.abspath(path))  # a worker may run in another directory
@@ -74,6 +75,17 @@ def plan_partitions(files: Iterable[Path], text_field: str | None = None,
         bounds = [size * k // count for k in range(count + 1)]
         parts.extend(Partition(str(path), a, b, size, json_lines, field) for a, b in zip(bounds, bounds[1:]))
     return parts
+
+
+def _paths_only(source: Iterable) -> list:
+    """The items of ``source``, refused at the first that is no path: an iterable of texts is
+    not read whole (into memory, or forever) before it is refused."""
+    items = []
+    for item in source:
+        if not isinstance(item, os.PathLike):
+            raise CorpusError("distributed counting reads files: give paths (pathlib.Path), not strings of text")
+        items.append(item)
+    return items
 
 
 def range_start(path: str | os.PathLike, nominal: int, size: int, json_lines: bool) -> int:
@@ -197,28 +209,26 @@ def count_words_distributed(
     counting threads per task (default 1: Dask runs tasks side by side)."""
     check_lowercase(lowercase)
     _check_scheduler(scheduler)
+    split_every = whole_number(split_every, "split_every", least=2)  # before any file is read
+    threads = 1 if threads is None else whole_number(threads, "threads")
+    block_bytes = check_block_bytes(block_bytes)
+    partition_bytes = DEFAULT_PARTITION_BYTES if partition_bytes is None else whole_number(partition_bytes,
+                                                                                           "partition_bytes")
     if isinstance(source, (str, os.PathLike)):
         files = corpus_files(source, text_field)
     elif is_dataset(source) or is_data_frame(source):
         raise CorpusError("distributed counting reads files; count a dataset without a scheduler, "
                           "or save it as JSON lines where the workers can read it")
     else:
-        items = list(source)
-        if not all(isinstance(item, os.PathLike) for item in items):
-            raise CorpusError("distributed counting reads files: give paths (pathlib.Path), not strings of text")
-        files = corpus_files(items, text_field)
-    if split_every < 2:
-        raise ValueError(f"split_every must be at least 2, got {split_every}")
-    if threads is not None and threads < 1:
-        raise ValueError(f"threads must be at least 1, got {threads}")
-    parts = plan_partitions(files, text_field, DEFAULT_PARTITION_BYTES if partition_bytes is None else partition_bytes)
+        files = corpus_files(_paths_only(source), text_field)
+    parts = plan_partitions(files, text_field, partition_bytes)
     if not parts:  # no files, or only empty ones: the same error as counting locally
         return _result(CountTable.empty(), 0, lowercase)
     client, owned = _client(scheduler)
     try:
         from distributed import as_completed
 
-        level = client.map(count_partition, parts, lowercase=lowercase, threads=1 if threads is None else threads,
+        level = client.map(count_partition, parts, lowercase=lowercase, threads=threads,
                            block_bytes=block_bytes, pure=False)
         sizes = {future.key: part.end - part.start for future, part in zip(level, parts)}
         counted = as_completed(level)

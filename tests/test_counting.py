@@ -23,7 +23,7 @@ import pytest
 from diffmask_fast import DiffmaskWarning, _wordtable, counting, reference
 from diffmask_fast.anchors import mine_anchors
 from diffmask_fast.cli import main
-from diffmask_fast.corpus import CorpusError, iter_documents
+from diffmask_fast.corpus import UTF8_BOM, CorpusError, iter_documents
 from diffmask_fast.counting import CountTable, WordCounts, count_words
 from diffmask_fast.dask_counting import count_partition, merge_partials, plan_partitions, range_start
 from diffmask_fast.general import GeneralFrequencies
@@ -808,6 +808,31 @@ def test_dask_counting_refuses_zero_threads_or_partition_bytes(dask_client, tmp_
         count_words_distributed(corpus, dask_client, progress=False, threads=0)
     with pytest.raises(ValueError, match="partition_bytes must be at least 1, got 0"):
         count_words_distributed(corpus, dask_client, progress=False, partition_bytes=0)
+    # A float failed inside the planning or the workers; True planned one task per byte.
+    for option, value in (("partition_bytes", 100e3), ("partition_bytes", True), ("threads", 2.5), ("threads", "2"),
+                          ("split_every", 2.0)):
+        with pytest.raises(TypeError, match=f"{option} must be a whole number, got {re.escape(repr(value))}"):
+            count_words_distributed(corpus, dask_client, progress=False, **{option: value})
+    with pytest.raises(ValueError, match="block_bytes must be between 1"):
+        count_words_distributed(corpus, dask_client, progress=False, block_bytes=2**62)
+    assert count_words_distributed(corpus, dask_client, progress=False, threads=np.int64(2)).total == 2
+
+
+def test_dask_counting_refuses_texts_at_the_first_not_after_reading_them_all(dask_client):
+    """An endless iterable of texts was read into a list before it was refused: forever."""
+    from diffmask_fast.dask_counting import count_words_distributed
+
+    read = []
+
+    def endless():
+        for _ in range(100_000):
+            read.append(1)
+            yield "the enzyme binds"
+        raise AssertionError("every text was read before any was refused")
+
+    with pytest.raises(CorpusError, match="distributed counting reads files: give paths"):
+        count_words_distributed(endless(), dask_client, progress=False)
+    assert len(read) == 1
 
 
 def test_a_local_dask_scheduler_name_or_a_data_frame_is_refused_with_the_way_to_count(tmp_path, monkeypatch):
@@ -1360,3 +1385,63 @@ def test_a_lowercase_that_is_not_a_bool_is_refused_before_counting(lowercase, tm
     path.write_text("a b\n")
     with pytest.raises(TypeError, match="lowercase must be True or False"):  # before connecting to the cluster
         count_words(path, lowercase=lowercase, progress=False, scheduler="tcp://127.0.0.1:1")
+
+
+def test_an_empty_corpus_path_is_refused_not_read_as_the_current_folder(tmp_path, monkeypatch, capsys):
+    """count_words("") and `mine ""` (an unset variable) counted every text file under the working folder."""
+    (tmp_path / "notes.txt").write_text("private words\n")
+    monkeypatch.chdir(tmp_path)
+    for source in ("", " "):
+        with pytest.raises(CorpusError, match="a corpus path is empty"):
+            count_words(source, progress=False)
+    with pytest.raises(SystemExit):
+        main(["mine", ""])
+    assert "a corpus path is empty" in capsys.readouterr().err
+
+
+def test_a_file_system_that_maps_no_files_is_read_instead(tmp_path, monkeypatch, rng):
+    """Counting and loading counts failed with a bare OSError on mounts that refuse mmap."""
+    text = "".join(rng.choice(["kinase ", "binds\n", "the ", "receptor\r\n"]) for _ in range(40_000))
+    corpus = tmp_path / "big.txt"
+    corpus.write_text(text, encoding="utf-8")
+    expected = reference.count_words(iter_documents(corpus))
+    count_words(corpus, progress=False).save(tmp_path / "counts.bin")
+
+    def refuse(*args, **kwargs):
+        raise OSError(19, "No such device")
+
+    monkeypatch.setattr(mmap, "mmap", refuse)
+    assert dict(count_words(corpus, progress=False, block_bytes=4096).counts) == dict(expected)
+    assert dict(WordCounts.load(tmp_path / "counts.bin").counts) == dict(expected)
+
+
+@pytest.mark.parametrize("size", [100, 20_000, 200_000])
+@pytest.mark.parametrize("compressed", [False, True])
+def test_the_bar_ends_full_for_files_that_open_with_a_byte_order_mark(tmp_path, monkeypatch, size, compressed):
+    """The bar's total is the bytes on disk; those of the mark, and for gzip those the seek past it
+    read, were never counted: such a corpus ended at 81%, or at 0%."""
+    bars = []
+
+    class Bar(counting.tqdm):
+        def __init__(self, *args, **options):
+            super().__init__(*args, **options)
+            bars.append(self)
+
+    data = UTF8_BOM + "".join(f"word{i % 997} " + ("\n" if i % 9 == 0 else "") for i in range(size)).encode()
+    path = tmp_path / ("a.txt.gz" if compressed else "a.txt")
+    path.write_bytes(gzip.compress(data) if compressed else data)
+    monkeypatch.setattr(counting, "tqdm", Bar)
+    counts = count_words(path, progress=True, block_bytes=1 << 14)
+    assert counts.total == size and bars[-1].n == bars[-1].total == path.stat().st_size
+
+
+def test_many_small_files_count_as_their_texts(tmp_path, rng):
+    """Files smaller than the head read to check them are counted from that head, whatever threads."""
+    texts = ["".join(rng.choice(["the ", "enzyme", "\n", "\r", " binds", "é"]) for _ in range(rng.randrange(0, 30)))
+             for _ in range(300)]
+    for i, text in enumerate(texts):
+        (tmp_path / f"{i:04d}.txt").write_text(text, encoding="utf-8", newline="")
+    expected = reference.count_words(iter_documents(tmp_path))
+    for threads in (1, 3):
+        counts = count_words(tmp_path, progress=False, threads=threads)
+        assert dict(counts.counts) == dict(expected) and counts.documents == len(list(iter_documents(tmp_path)))
