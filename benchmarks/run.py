@@ -37,6 +37,10 @@ SECTIONS = [
     ("gpu", "bench_gpu", "GPU"),
 ]
 
+#: Sections a run that cannot measure them (no GPU) keeps from an earlier run.
+KEPT_WHEN_SKIPPED = {"GPU"}
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--write", action="store_true", help="rewrite --results (default benchmarks/RESULTS.md)")
@@ -67,13 +71,14 @@ def main() -> None:
         section = importlib.import_module(module)
         table, results = run_section(section)
         kept = kept_section(args.results, heading, results)
-        body += [kept] if kept is not None else [f"## {heading}", "", section.GOALS, "", table, ""]
+        body += [kept] if kept is not None else measured_section(heading, section.GOALS, table, results, args)
     report = "\n".join([
         "# Benchmark results",
         "",
         f"Every section measured by {command(args)} on {machine()}, {datetime.date.today().isoformat()},",
-        "unless it names its own machine, date and command (measured since on its own).",
-        "Every ratio compares numbers measured in the same run; times are medians of repeated runs.",
+        "unless it names its own machine, date and command (measured since on its own, or kept from a",
+        "run on a machine with a GPU). Every ratio compares numbers measured in the same run; times are",
+        "medians of repeated runs unless a section says otherwise.",
         "",
         *body,
     ])
@@ -82,15 +87,24 @@ def main() -> None:
         atomic_write_bytes(args.results, (report + _kept_comparison(args.results)).encode("utf-8"))
 
 
+def measured_section(heading: str, goals: str, table: str, results: dict, args: argparse.Namespace) -> list[str]:
+    """The lines of a section this run measured. One that a later run may keep (the GPU's, on a
+    machine without one) names its own machine, date and command: the report's header will not."""
+    stamp = [f"Measured by {command(args)} on {machine()}, {datetime.date.today().isoformat()}.", ""] \
+        if heading in KEPT_WHEN_SKIPPED and not results.get("skipped") else []
+    return [f"## {heading}", "", goals, "", *stamp, table, ""]
+
+
 def run_one(args: argparse.Namespace) -> None:
     """``--only``: one section, printed, and with --write put in place of its section of --results."""
     module, heading = next((m, h) for name, m, h in SECTIONS if name == args.only)
     section = importlib.import_module(module)
     table, results = run_section(section)
     print(table)
-    if args.write and kept_section(args.results, heading, results) is not None:
-        print(f"{args.results.name} keeps its earlier '{heading}' section: this run skipped ({results['skipped']})")
-    elif args.write:
+    if results.get("skipped"):  # nothing measured: nothing to stamp as measured, and a make target fails
+        kept = " (it keeps its earlier section)" if args.write and kept_section(args.results, heading, results) else ""
+        sys.exit(f"'{heading}' was not measured: {results['skipped']}; {args.results.name} is left as it is{kept}")
+    if args.write:
         note = (f"Measured on its own: {machine()}; {datetime.date.today().isoformat()}; "
                 f"`python benchmarks/run.py --only {args.only}{' --smoke' if args.smoke else ''} --write`.")
         replace_section(args.results, f"## {heading}",

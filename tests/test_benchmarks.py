@@ -5,6 +5,7 @@ mistake a quick run could catch."""
 from __future__ import annotations
 
 import os
+import re
 import shlex
 import subprocess
 import sys
@@ -382,3 +383,37 @@ def test_pytest_benchmark_suite_runs_once_on_small_sizes():
     )
     assert process.returncode == 0, process.stdout[-4000:] + process.stderr[-2000:]
     assert "10 passed" in process.stdout, process.stdout[-2000:]
+
+
+def benchmark_module(name: str):
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        return __import__(name)
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
+
+
+def test_a_gpu_section_names_its_own_run_and_a_run_that_measured_nothing_says_so(tmp_path):
+    """A GPU section kept by a later run on a machine without one was credited to that run; a
+    skipped `--only gpu --write` stamped "Measured on its own" above "skipped", and exited 0."""
+    run = benchmark_module("run")
+    args = run.parse_args(["--write", "--results", str(tmp_path / "RESULTS.md")])
+    gpu = run.measured_section("GPU", "Goals.", "| table |", {"device": "NVIDIA H200"}, args)
+    assert any(line.startswith("Measured by `make bench`") for line in gpu), gpu
+    ops = run.measured_section("Ops", "Goals.", "| table |", {}, args)
+    assert not any(line.startswith("Measured") for line in ops)
+    process = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "run.py"), "--only", "gpu", "--write",
+                              "--results", str(tmp_path / "RESULTS.md")], capture_output=True, text=True, timeout=600,
+                             env={**os.environ, "CUDA_VISIBLE_DEVICES": ""})
+    assert process.returncode == 1 and "'GPU' was not measured: no CUDA device" in process.stderr
+    assert not (tmp_path / "RESULTS.md").exists()
+
+
+def test_the_gpu_section_says_whether_each_goal_is_met_and_reads_cpu_ratios_the_right_way():
+    gpu = benchmark_module("bench_gpu")
+    assert gpu.against_cpu(4e-3, 1e-3, "the CPU kernel") == "4.0x slower than the CPU kernel (1.000 ms)"
+    assert gpu.against_cpu(1e-3, 4e-3, "the CPU kernel") == "4.0x faster than the CPU kernel (4.000 ms)"
+    text, _ = gpu.run("cpu", gpu.SMOKE)
+    goals = [row.rsplit("|", 2)[-2].strip() for row in text.splitlines() if row.startswith("| ") and "ms" in row]
+    judged = [goal for goal in goals if goal not in ("-", "option")]
+    assert len(judged) == 4 and all(re.fullmatch(r"(met|\*\*missed\*\*) \(.+\)", goal) for goal in judged), goals
