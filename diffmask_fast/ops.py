@@ -540,7 +540,7 @@ class ScoreHashTable:
     """Word hash -> score, held in two CPU tensors that difference_mask reads directly.
 
     Grows by doubling (and rehashing) so the load stays at most 1/2, which keeps linear probing
-    short. Picklable (DataLoader workers get a copy).
+    short. Picklable by value: each DataLoader worker gets a copy of its own.
     """
 
     def __init__(self, capacity: int = 1024):
@@ -561,6 +561,17 @@ class ScoreHashTable:
 
     def __contains__(self, key: int) -> bool:
         return bool(self.lookup(torch.tensor([int(key)]))[1][0])
+
+    def __getstate__(self) -> dict:
+        # As numpy arrays, copied: torch's multiprocessing pickler would move the tensors to shared
+        # memory, and DataLoader workers started by spawn would all write into one table, each
+        # counting only its own words, until it overflowed.
+        return {"keys": self.keys.numpy().copy(), "values": self.values.numpy().copy(), "size": self._size}
+
+    def __setstate__(self, state: dict) -> None:
+        self.keys = torch.from_numpy(state["keys"])
+        self.values = torch.from_numpy(state["values"])
+        self._size = state["size"]
 
     def tensors(self) -> tuple[torch.Tensor, torch.Tensor]:
         """(keys, values) for difference_mask's table_keys and table_values."""

@@ -268,6 +268,26 @@ def test_spawned_workers_draw_what_forked_ones_do(bert_wordpiece):
     forked = _first_batch_per_worker(collator, examples, 1, "fork")
     spawned = _first_batch_per_worker(collator, examples, 1, "spawn")
     assert all(torch.equal(a, b) for a, b in zip(forked, spawned)) and not torch.equal(*spawned)
+    assert not collator._cache.keys.any(), "the workers' words went into the parent's table"
+
+
+def test_a_score_table_sent_to_a_process_is_a_copy_not_shared_memory():
+    """torch's multiprocessing pickler moved the table's tensors to shared memory: spawned
+    DataLoader workers all wrote into one table, each counting only its own words, and training
+    stopped with "the table (capacity 1024) is full"."""
+    from multiprocessing.reduction import ForkingPickler
+
+    import torch.multiprocessing  # noqa: F401  (registers torch's reductions with ForkingPickler)
+
+    from diffmask_fast.ops import ScoreHashTable
+
+    table = ScoreHashTable()
+    table.insert(torch.tensor([5, 9]), torch.tensor([0.5, 0.9]))
+    sent = ForkingPickler.loads(ForkingPickler.dumps(table))
+    sent.insert(torch.arange(100, 2100), torch.rand(2000))
+    assert len(table) == 2 and int((table.keys != 0).sum()) == 2 and table.capacity == 1024
+    assert table.lookup(torch.tensor([5, 9, 3]))[1].tolist() == [True, True, False]
+    assert len(sent) == 2002 and sent.lookup(torch.tensor([9]))[0].tolist() == [pytest.approx(0.9)]
 
 
 def test_trainer_with_plain_input_ids(bert_wordpiece, tiny_bert_mlm, tmp_path, lines):
