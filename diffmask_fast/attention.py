@@ -105,7 +105,8 @@ class AttentionMasker(torch.nn.Module):
     config), the pass runs on chunks of rows that fit. The token tables are buffers, so
     ``masker.to(device)`` moves them. With a ``seed`` the draws
     come from a generator on the batch's device seeded from (seed, distributed rank) that
-    advances with every call; without one, from the global torch RNG.
+    advances with every call; without one, from the global torch RNG (on ranks other than 0,
+    from a generator seeded from its seed and the rank).
     """
 
     #: The training loop must pass the model being trained (``masker(..., model=model)``).
@@ -319,13 +320,16 @@ class AttentionMasker(torch.nn.Module):
             self._generators, self._pinned_seed = saved
 
     def _generator(self, device: torch.device) -> torch.Generator | None:
-        """This masker's generator on ``device``, seeded from (seed, rank); None without a seed."""
-        if self.seed is None and self._pinned_seed is None:
+        """This masker's generator on ``device``, seeded from (seed, rank). Without a seed, None
+        (the global torch RNG) on rank 0; ``set_seed`` makes that RNG the same on every rank, so
+        the other ranks seed theirs from its seed and their rank, else all masked alike."""
+        if self.seed is None and self._pinned_seed is None and distributed_rank() == 0:
             return None
         key = str(device)
         generator = self._generators.get(key)
         if generator is None:
-            seed = self._pinned_seed if self._pinned_seed is not None else _generator_seed(self.seed, self._resumed_at)
+            root = torch.initial_seed() if self.seed is None else self.seed
+            seed = self._pinned_seed if self._pinned_seed is not None else _generator_seed(root, self._resumed_at)
             generator = torch.Generator(device=device).manual_seed(seed)
             self._generators[key] = generator
         return generator

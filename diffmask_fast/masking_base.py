@@ -294,21 +294,29 @@ class MaskingCollatorBase:
         ``Trainer`` do, or ``DataLoader(generator=torch.Generator().manual_seed(s))``).
         After ``pin_generator(s)`` every process starts from ``s`` alone.
 
-        Without a seed the global torch RNG is used, which DataLoader already seeds per worker.
+        Without a seed, rank 0 draws from the global torch RNG, which DataLoader already seeds per
+        worker. ``set_seed`` makes that RNG the same on every rank, so the other ranks draw from
+        streams of their own, seeded from its seed and their rank: else every rank masked the
+        same positions.
         """
         context = _stream_context(self._sender_rank)
         generator = self._generators.get(context)
+        _, rank, worker, seed_of_worker = context
         if generator is None and self._pinned_seed is not None:
             generator = torch.Generator().manual_seed(self._pinned_seed)
             self._generators[context] = generator
         elif generator is None and self.seed is not None:
-            _, rank, worker, seed_of_worker = context
             words = [self.seed, rank + 1, worker + 1] + ([seed_of_worker % 2**64] if worker >= 0 else [])
-            words += [self._resumed_at] if self._resumed_at else []
-            entropy = np.random.SeedSequence(words)
-            generator = torch.Generator().manual_seed(int(entropy.generate_state(1, np.uint64)[0] >> 1))
-            self._generators[context] = generator
+            generator = self._generators[context] = self._stream(words)
+        elif generator is None and rank > 0:
+            generator = self._generators[context] = self._stream([torch.initial_seed() % 2**64, rank + 1, worker + 1])
         return generator
+
+    def _stream(self, words: list[int]) -> torch.Generator:
+        """A generator seeded from ``words`` and, in a resumed run, the step it resumed at."""
+        words = words + ([self._resumed_at] if self._resumed_at else [])
+        entropy = np.random.SeedSequence(words)
+        return torch.Generator().manual_seed(int(entropy.generate_state(1, np.uint64)[0] >> 1))
 
     def resume_at(self, step: int, calls_per_step: int = 1, calls_made: int | None = None) -> None:
         """Draw new streams in a run resumed at optimizer ``step`` (``MaskingTrainer`` calls

@@ -421,6 +421,8 @@ def pretrain(config: PretrainConfig) -> dict:
 
     workers = config.workers if config.workers is not None else (2 if torch.cuda.is_available() else 0)
     args = _training_arguments(config, workers)
+    if resumed_run is not None and complete_checkpoint is None:
+        _check_same_processes(resumed_run.get("processes"), args.world_size)
     if resumed_run is not None and run_dir != out.resolve() and args.process_index == 0:
         atomic_write_json(out / RUN_FILE, resumed_run)  # the run goes on here: its settings come along
     # One process per machine mines and scores; the others wait and load what it saved.
@@ -458,7 +460,7 @@ def pretrain(config: PretrainConfig) -> dict:
     )
     record = None if config.resume else RunRecordCallback(  # also measures the loss before training
         out / RUN_FILE, {"config": json_ready(dataclasses.asdict(config)), "working_directory": os.getcwd(),
-                         "data": data, "word_boundary": scheme},
+                         "data": data, "word_boundary": scheme, "processes": args.world_size},
         write=args.process_index == 0)
     if record is not None:
         trainer.add_callback(record)
@@ -578,6 +580,18 @@ def _check_output_dir(config: PretrainConfig) -> tuple[dict | None, Path | None]
         raise ValueError(f"--resume continues the run in {str(run_dir)!r}, which was started with other settings: "
                          + ", ".join(changed))
     return record, complete
+
+
+def _check_same_processes(recorded, now: int) -> None:
+    """Refuse to go on training on another number of processes than the run trained on: each
+    step's batch is batch_size x processes, so the steps left would take other sequences, some
+    trained on already, and the masks of an uninterrupted run would not be drawn again. (A run
+    recorded before the count was kept is not checked.)"""
+    if isinstance(recorded, int) and recorded != now:
+        how = f"torchrun --nproc-per-node {recorded}" if recorded > 1 else "without torchrun"
+        raise ValueError(f"--resume continues a run that trained on {recorded} process(es), here on {now}: each "
+                         "step's batch would change, and with it the sequences the steps left take. Resume on "
+                         f"{recorded} ({how})")
 
 
 def _resume_word_boundary(started_with: dict, used: str | None, config: PretrainConfig) -> dict:

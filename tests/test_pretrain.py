@@ -709,6 +709,29 @@ def test_ranks_draw_different_masks_from_one_seed(name, bert_wordpiece, monkeypa
     assert not torch.equal(masks("0"), masks("1"))
 
 
+@pytest.mark.parametrize("name", ["random-token", "random-word", "terms", "mslm", "difference", "attention"])
+def test_ranks_draw_different_masks_without_a_seed_too(name, bert_wordpiece, tiny_bert_mlm, monkeypatch):
+    """Without a seed every rank drew from the global RNG, which set_seed makes equal on every
+    rank: all ranks masked the same positions (the device masker mixed the rank in already)."""
+    from diffmask_fast.scoring import ScoreTable
+
+    texts = ["the protein binds the receptor at the binding site of the enzyme"] * 16
+    batch = bert_wordpiece(texts, return_tensors="pt")
+    scores = ScoreTable({"protein": 0.9, "receptor": 0.8, "enzyme": 0.7, "the": 0.1})
+
+    def masks(rank: str):
+        monkeypatch.setenv("RANK", rank)
+        torch.manual_seed(11)  # as transformers' set_seed does on every rank
+        strategy = build_strategy(name, bert_wordpiece, scores=scores, terms=["protein", "binding site"],
+                                  mlm_probability=0.4, mask_on="device" if name == "attention" else "workers")
+        if strategy.collator is not None:
+            return strategy.collator([{"input_ids": ids} for ids in batch["input_ids"]])["labels"]
+        return strategy.masker(batch["input_ids"], batch["attention_mask"], model=tiny_bert_mlm)[1]
+
+    assert torch.equal(masks("1"), masks("1")), "a seeded run repeats"
+    assert not torch.equal(masks("0"), masks("1"))
+
+
 @pytest.mark.parametrize("options, message", [
     ({"epochs": 0, "max_steps": -1}, "epochs must be positive"),
     ({"epochs": float("nan"), "max_steps": -1}, "epochs must be positive"),
@@ -1480,3 +1503,18 @@ def test_weighted_loss_keeps_float64_logits_in_float64(seed):
     assert torch.autograd.gradcheck(lambda x: weighted_mlm_loss(x, labels, weights), (logits,))
     for half in (torch.float16, torch.bfloat16):
         assert weighted_mlm_loss(logits.detach().to(half), labels, weights).dtype == torch.float32
+
+
+def test_a_run_resumes_on_the_number_of_processes_it_trained_on(model_dir, corpus, tmp_path):
+    """Resumed on another number of processes, a run trained some sequences again (each step's
+    batch is batch_size x processes) and its epoch count went backwards, without a word."""
+    options = dict(strategy="random-word", max_steps=2, eval_steps=2)
+    pretrain(config_for(model_dir, corpus, tmp_path / "run", **options))
+    record = json.loads((tmp_path / "run" / RUN_FILE).read_text())
+    assert record["processes"] == 1
+    record["processes"] = 2  # as torchrun --nproc-per-node 2 records it
+    (tmp_path / "run" / RUN_FILE).write_text(json.dumps(record))
+    with pytest.raises(ValueError, match=r"trained on 2 process\(es\), here on 1.*torchrun --nproc-per-node 2"):
+        pretrain(config_for(model_dir, corpus, tmp_path / "run", resume=True, **{**options, "max_steps": 4}))
+    finished = pretrain(config_for(model_dir, corpus, tmp_path / "run", resume=True, **options))  # nothing left
+    assert finished["global_step"] == 2
