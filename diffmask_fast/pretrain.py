@@ -24,7 +24,7 @@ from ._io import (atomic_write_bytes, atomic_write_json, check_writable, json_re
                   same_file)
 from .advice import DiffmaskWarning
 from .embedding import POOLINGS
-from .masking_base import check_loss_weight, check_probability
+from .masking_base import check_loss_weight, check_probability, distributed_rank
 from .pretrain_data import MIN_MAX_LENGTH
 from .reference import WORD_BOUNDARY_SCHEMES
 from .strategies import STEP_ONLY_STRATEGIES, STRATEGIES, build_strategy, check_strategy, resolve_mask_location
@@ -390,6 +390,7 @@ def pretrain(config: PretrainConfig) -> dict:
     with naming_word_boundary():  # an undetectable scheme fails before any reading
         scheme = word_boundaries(tokenizer, config.word_boundary).scheme
 
+    reports = distributed_rank() == 0  # one process shows bars and advice, not every rank of torchrun
     documents = read_documents(config.corpus, config.text_field)
     if not documents:
         raise ValueError("the corpus has no non-empty documents")
@@ -398,7 +399,7 @@ def pretrain(config: PretrainConfig) -> dict:
         if not validation_docs:
             raise ValueError("the validation files have no non-empty documents")
         shared = shared_documents(train_docs, validation_docs)
-        if shared:
+        if shared and reports:
             warnings.warn(f"{shared:,} of the {len(validation_docs):,} validation documents are also training documents: "
                           "the validation loss will look better than it is", DiffmaskWarning, stacklevel=2)
     else:
@@ -410,9 +411,9 @@ def pretrain(config: PretrainConfig) -> dict:
                          f"{_data_change(resumed_run['data'], data)}. A resumed run trains and validates on the "
                          "documents it began with (else held-out documents could be trained on); start a new run in "
                          "a new output directory")
-    train = tokenize_documents(tokenizer, train_docs, config.max_length, progress=config.progress,
+    train = tokenize_documents(tokenizer, train_docs, config.max_length, progress=config.progress and reports,
                                description="tokenizing training documents", word_boundary=scheme)
-    validation = tokenize_documents(tokenizer, validation_docs, config.max_length, progress=config.progress,
+    validation = tokenize_documents(tokenizer, validation_docs, config.max_length, progress=config.progress and reports,
                                     description="tokenizing validation documents", word_boundary=scheme)
     for name, sequences, docs in (("training", train, train_docs), ("validation", validation, validation_docs)):
         if not sequences:  # the Trainer would fail only after training began, or train on nothing

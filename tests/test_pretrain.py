@@ -7,6 +7,7 @@ import copy
 import json
 import math
 import os
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -1518,3 +1519,21 @@ def test_a_run_resumes_on_the_number_of_processes_it_trained_on(model_dir, corpu
         pretrain(config_for(model_dir, corpus, tmp_path / "run", resume=True, **{**options, "max_steps": 4}))
     finished = pretrain(config_for(model_dir, corpus, tmp_path / "run", resume=True, **options))  # nothing left
     assert finished["global_step"] == 2
+
+
+def test_only_the_first_rank_shows_the_tokenizing_bars_and_the_advice(model_dir, corpus, tmp_path, monkeypatch, capsys):
+    """Under torchrun every rank drew the tokenizing bars and gave the same warning."""
+    from diffmask_fast import pretrain as pretrain_module
+
+    validation = tmp_path / "validation.txt"
+    validation.write_text("\n".join(corpus.read_text().splitlines()[:20]) + "\n")
+    seen = {}
+    for rank in (0, 1):
+        monkeypatch.setattr(pretrain_module, "distributed_rank", lambda: rank)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            pretrain(config_for(model_dir, corpus, tmp_path / f"run{rank}", strategy="random-word", max_steps=1,
+                                eval_steps=1, progress=True, validation=[validation]))
+        seen[rank] = ("tokenizing training documents" in capsys.readouterr().err,
+                      any("also training documents" in str(w.message) for w in caught))
+    assert seen == {0: (True, True), 1: (False, False)}
