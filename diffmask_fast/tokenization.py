@@ -177,6 +177,9 @@ def _scheme_from_backend(backend) -> str | None:
     normalizer = _components(backend.normalizer)
     decoder = _components(backend.decoder)
     byte_level = any(node["type"] == "ByteLevel" for node in pre_tokenizer)
+    if any(node["type"] == "Metaspace" and node.get("replacement", _METASPACE) != _METASPACE
+           for node in pre_tokenizer + decoder):
+        return None  # spaces marked by another character than "▁", which the tables look for
     metaspace = (
         any(node["type"] == "Metaspace" for node in pre_tokenizer + decoder)
         # Llama-style: the normalizer writes "▁" for spaces and prepends one.

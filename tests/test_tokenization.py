@@ -839,3 +839,21 @@ def test_a_named_scheme_that_contradicts_the_detected_one_is_warned_of(bert_word
         word_boundaries(bert_wordpiece, "wordpiece")  # the detected one
         word_boundaries(roberta_byte_bpe, "token")  # every token a word: sub-word masking on purpose
         word_boundaries(tokenizers_offline.end_of_word_bpe(), "wordpiece")  # nothing detected to contradict
+
+
+def test_a_metaspace_with_another_space_marker_is_refused_not_read_as_one_word():
+    """Its pieces carry "_", not "▁": it was taken for SentencePiece, found no word start, and
+    every sequence became one word, masked whole or not at all."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    backend = Tokenizer(models.Unigram())
+    backend.pre_tokenizer = pre_tokenizers.Metaspace(replacement="_")
+    backend.decoder = decoders.Metaspace(replacement="_")
+    lines = ["the enzyme binds the receptor", "kinase inhibitors include gefitinib"] * 20
+    backend.train_from_iterator(lines, trainers.UnigramTrainer(vocab_size=60, special_tokens=["<unk>", "<mask>"],
+                                                               unk_token="<unk>", show_progress=False))
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="<unk>", mask_token="<mask>")
+    assert any(token.startswith("_") for token in tokenizer.convert_ids_to_tokens(tokenizer("the enzyme")["input_ids"]))
+    with pytest.raises(UnknownWordBoundaries, match="pass scheme= explicitly"):
+        detect_word_boundary_scheme(tokenizer)
