@@ -33,6 +33,7 @@ import mmap
 import numbers
 import os
 import queue
+import stat
 import struct
 import threading
 import types
@@ -395,8 +396,9 @@ def _small_file(path: Path, start: int, end: int | None) -> list | None:
     if is_gzip(path):
         return None
     try:
-        size = path.stat().st_size
-        if not path.is_file() or size > SMALL_FILE_BYTES:
+        status = path.stat()
+        size = status.st_size
+        if not stat.S_ISREG(status.st_mode) or size > SMALL_FILE_BYTES:
             return None
         with open(path, "rb") as handle:
             handle.seek(start)

@@ -59,6 +59,7 @@ from .advice import DiffmaskWarning
 from .hf_loading import embedded_id_count
 from .losses import weighted_mlm_loss
 from .masker import DifferenceMasker
+from .pretrain_data import PADDING_VALUES
 
 __all__ = ["MaskingTrainer", "DifferenceMaskingTrainer", "RunRecordCallback"]
 
@@ -442,18 +443,18 @@ class _PaddingForMasking(DataCollatorWithPadding):
         features = [_as_example(feature) for feature in features]  # a bare sequence of ids, as the collators take
         features = [{key: value for key, value in feature.items() if not _class_label(key, value, feature)}
                     for feature in features]
-        # tokenizer.pad pads neither: labels pad with -100, an MSLM example's loss weights with 0
-        labels = [feature.pop("labels", None) for feature in features]
-        weights = [feature.pop("loss_weights", None) for feature in features]
-        for name, column in (("labels", labels), ("loss_weights", weights)):
+        # tokenizer.pad pads neither the labels nor an MSLM example's loss weights: padded here,
+        # with the values pad_examples pads them with
+        masked = {name: [feature.pop(name, None) for feature in features] for name in ("labels", "loss_weights")}
+        for name, column in masked.items():
             if 0 < sum(value is not None for value in column) < len(column):
                 raise ValueError(f"some examples have per-token {name} and some do not: give them to all or none")
         batch = super().__call__(features)
         length, side = batch["input_ids"].shape[1], self.tokenizer.padding_side
-        if labels[0] is not None:
-            batch["labels"] = _padded_rows(labels, length, side, -100, torch.long)
-        if weights[0] is not None:
-            batch["loss_weights"] = _padded_rows(weights, length, side, 0.0, torch.float32)
+        for name, column in masked.items():
+            if column[0] is not None:
+                dtype = torch.float32 if name == "loss_weights" else torch.long
+                batch[name] = _padded_rows(column, length, side, PADDING_VALUES[name], dtype)
         return batch
 
 
