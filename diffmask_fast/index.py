@@ -454,6 +454,7 @@ class AnchorIndex:
 
     def _finish(self, block, units, values, ids) -> tuple[torch.Tensor, torch.Tensor]:
         """Map ids back to anchor rows and apply the exact op's conventions to the edge cases."""
+        values = values.clamp(-1.0, 1.0)  # inner products of rounded unit rows pass 1 by an ulp
         missing = ids < 0  # an approximate index found nothing for these rows
         if self._row_of is not None:
             ids = self._row_of[ids.clamp_min(0)]

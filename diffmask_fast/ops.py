@@ -398,14 +398,14 @@ def max_anchor_similarity(
     """Nearest anchor by cosine similarity (eq. 4 with ``max``) for every embedding.
 
     embeddings [..., D] and anchors [K, D] (K >= 1), float32/float64/float16/bfloat16, any strides,
-    one device. Returns (values [...] float32, indices [...] int64): the max cosine over anchors
-    and the first anchor reaching it. Zero vectors (embeddings or anchors) have cosine 0, so a
-    zero embedding gets (0, 0). Computed in float32 (float64 inputs in float64) in row blocks, so
-    memory stays O(block x K) for any number of embeddings (on CUDA: O(rows), the running max is
-    kept per row). An embedding holding NaN or infinity gets (NaN, 0); anchors holding NaN or
-    infinity are never chosen unless every anchor does. Rows whose values are so large or small
-    that float32 products over- or underflow are searched again scaled by a power of two (on
-    the CPU; on CUDA only their norms are measured again, in float64).
+    one device. Returns (values [...] float32, indices [...] int64): the max cosine over anchors,
+    within [-1, 1], and the first anchor reaching it. Zero vectors (embeddings or anchors) have
+    cosine 0, so a zero embedding gets (0, 0). Computed in float32 (float64 inputs in float64) in
+    row blocks, so memory stays O(block x K) for any number of embeddings (on CUDA: O(rows), the
+    running max is kept per row). An embedding holding NaN or infinity gets (NaN, 0); anchors
+    holding NaN or infinity are never chosen unless every anchor does. Rows whose values are so
+    large or small that float32 products over- or underflow are searched again scaled by a power of
+    two.
 
     ``precision`` (see PRECISIONS) trades accuracy for speed on CUDA devices of compute capability
     8.0 or newer. Both factors of every product are rounded to the tensor-core format (unit

@@ -433,13 +433,15 @@ def _unit_vector(vector: Sequence[float]) -> np.ndarray:
 
 
 def cosine(u: Sequence[float], v: Sequence[float]) -> float:
-    """Cosine similarity; 0 when either vector is zero, NaN when either holds NaN or infinity."""
+    """Cosine similarity in [-1, 1]; 0 when either vector is zero, NaN when either holds NaN or infinity."""
     if not all(math.isfinite(float(x)) for x in (*u, *v)):
         return math.nan
     u, v = _power_of_two_scaled(u), _power_of_two_scaled(v)
     dot = sum(float(a) * float(b) for a, b in zip(u, v))
     norm = math.sqrt(sum(float(a) ** 2 for a in u)) * math.sqrt(sum(float(b) ** 2 for b in v))
-    return dot / norm if norm > 0 else 0.0
+    if norm == 0:
+        return 0.0
+    return min(1.0, max(-1.0, dot / norm))  # rounding can pass +-1 by an ulp; no cosine does
 
 
 def max_anchor_similarity(embeddings, anchors) -> tuple[np.ndarray, np.ndarray]:

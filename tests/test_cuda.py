@@ -180,6 +180,22 @@ def test_similarity_zero_vectors_ties_and_nan(seed):
     assert not bool((indices == 5).any()) and bool(torch.isfinite(values).all()), message
 
 
+@pytest.mark.parametrize("precision", ["highest", "high", "medium"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+def test_similarity_of_scaled_copies_of_anchors_is_at_most_one(seed, dtype, precision):
+    if precision != "highest" and (dtype != torch.float32 or torch.cuda.get_device_capability()[0] < 8):
+        pytest.skip("tensor-core precisions take float32 on compute capability 8.0 and later")
+    g = generator(seed)
+    for k in (1, 20, 3000):  # one anchor: the negative copies reach -1 too
+        anchors = torch.randn(k, 384, generator=g) * torch.rand(k, 1, generator=g) * 10
+        scales = torch.rand(4000, 1, generator=g) * 8 - 4
+        copies = anchors[torch.randint(0, k, (4000,), generator=g)] * scales
+        values, _ = ops.max_anchor_similarity(copies.to(CUDA, dtype), anchors.to(CUDA, dtype), precision)
+        message = f"seed={seed} {dtype} {precision} K={k}"
+        assert float(values.abs().max()) <= 1.0, f"{message}: {float(values.abs().max())!r}"
+        assert bool((values.cpu()[scales[:, 0] > 0] >= 1 - 1e-2).all()), message
+
+
 @pytest.mark.parametrize("precision, unit_roundoff", [("high", 2.0**-11), ("medium", 2.0**-8)])
 def test_similarity_tensor_core_precisions_within_documented_error(seed, precision, unit_roundoff):
     if torch.cuda.get_device_capability()[0] < 8:

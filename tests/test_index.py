@@ -70,6 +70,18 @@ def test_exact_kinds_match_the_op(kind, generator):
     assert bool((cosines[torch.arange(500), ids] >= cosines.max(dim=1).values - 1e-5)[torch.arange(500) != 3].all())
 
 
+@pytest.mark.parametrize("kind", ["exact", "flat", "ivf", "hnsw"])
+def test_similarity_to_an_anchor_itself_is_at_most_one(kind, generator):
+    """Queries along anchors: inner products of rounded unit rows pass 1 by an ulp, no cosine does."""
+    anchors = torch.randn(400, 96, generator=generator) * torch.rand(400, 1, generator=generator) * 10
+    chosen = torch.randint(0, 400, (600,), generator=generator)
+    queries = anchors[chosen] * (torch.rand(600, 1, generator=generator) * 5 + 0.1)
+    options = {} if kind in ("exact", "flat") else {"recall_target": 0.9, "sample_queries": queries[:300]}
+    values, _ = AnchorIndex(anchors, kind, **options).search(queries)
+    assert values.max() <= 1.0, values.max().item()
+    assert values.min() >= -1.0, values.min().item()
+
+
 @pytest.mark.parametrize("dtype, large, small", [(torch.float32, 1e20, 1e-40), (torch.float64, 1e300, 1e-310)])
 @pytest.mark.parametrize("kind", ["flat", "ivf", "hnsw"])
 def test_queries_and_anchors_of_any_scale_follow_the_exact_op(kind, generator, dtype, large, small):

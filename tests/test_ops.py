@@ -200,6 +200,23 @@ def test_similarity_nan_propagates():
     assert torch.isnan(values[1]) and torch.isfinite(values[[0, 2, 3]]).all()
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16, torch.bfloat16])
+def test_similarity_of_scaled_copies_of_anchors_is_at_most_one(seed, dtype):
+    """An embedding along an anchor has cosine exactly +-1: float rounding of the dot product
+    and the norm must not carry it past (1.0000013 before)."""
+    g = generator(seed)
+    for trial in range(20):
+        d = int(torch.randint(1, 400, (1,), generator=g))
+        k = 1 if trial % 2 else int(torch.randint(2, 70, (1,), generator=g))  # one anchor: -1 too
+        anchors = torch.randn(k, d, generator=g) * torch.rand(k, 1, generator=g) * 10
+        scales = torch.rand(200, 1, generator=g) * 8 - 4
+        copies = anchors[torch.randint(0, k, (200,), generator=g)] * scales
+        values, _ = ops.max_anchor_similarity(copies.to(dtype), anchors.to(dtype))
+        message = f"seed {seed}, D {d}, K {k}, {dtype}"
+        assert values.abs().max() <= 1.0, f"{message}: {values.abs().max().item()!r}"
+        assert (values[scales[:, 0] > 0] >= 1 - 1e-2).all(), message  # each copy finds its anchor
+
+
 @pytest.mark.parametrize("scale", [1e160, 1e-170, 1e300, 1e-310])
 def test_float64_similarity_of_values_whose_squares_leave_double_range(seed, scale):
     """Float64 rows and anchors so large or small that even double sums of squares over- or

@@ -196,6 +196,15 @@ def test_similarity_modes():
         reference.word_similarity(word, anchors, "median")
 
 
+def test_cosine_of_parallel_vectors_is_exactly_one_or_minus_one():
+    rng = np.random.default_rng()
+    for _ in range(200):
+        u = rng.standard_normal(int(rng.integers(1, 300)))
+        scale = float(rng.uniform(0.1, 10))
+        assert 1 - 1e-12 < reference.cosine(u, scale * u) <= 1.0
+        assert -1.0 <= reference.cosine(u, -scale * u) < -1 + 1e-12
+
+
 def test_rank_weights_average_ties():
     assert reference.rank_weights([0.3, 0.1, 0.3, 0.9]) == [2.5, 1.0, 2.5, 4.0]
 

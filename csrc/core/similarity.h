@@ -17,6 +17,14 @@
 namespace diffmask_fast {
 namespace core {
 
+// A cosine as the op returns it: the quotient of a rounded dot product and a rounded norm can
+// pass +-1 by a few ulps (an anchor against itself gives 1.0000013), which no cosine does. NaN
+// stays NaN.
+DIFFMASK_FAST_HD inline float cosine_in_range(double quotient) {
+  const float value = static_cast<float>(quotient);
+  return value > 1.0f ? 1.0f : (value < -1.0f ? -1.0f : value);
+}
+
 // Sum of squares with eight independent accumulators (vectorizes without -ffast-math and
 // loses less precision than one running sum).
 template <typename T>

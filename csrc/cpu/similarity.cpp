@@ -354,7 +354,7 @@ void max_anchor_similarity_impl(const at::Tensor& embeddings, const at::Tensor& 
           value = std::numeric_limits<float>::quiet_NaN();  // NaN or infinity in the row
           index = 0;
         } else if (norm2 > 0) {
-          value = static_cast<float>(static_cast<double>(dot) / std::sqrt(norm2));
+          value = core::cosine_in_range(static_cast<double>(dot) / std::sqrt(norm2));
           index = column_anchor[j];
         } else {
           value = 0.0f;  // zero vector: similarity 0 to every anchor

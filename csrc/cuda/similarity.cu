@@ -19,6 +19,7 @@
 #include <cmath>
 #include <type_traits>
 
+#include "../core/similarity.h"
 #include "device_common.cuh"
 #include "kernels.h"
 
@@ -565,7 +566,7 @@ __global__ void finish_kernel(const T* __restrict__ part_value, const int32_t* _
       index = 0;
     } else if (norm > 0) {
       // Every product NaN (all anchors NaN): NaN at anchor 0, as the CPU kernel.
-      value = best_i < 0 ? NAN : static_cast<float>(best_v / norm);
+      value = best_i < 0 ? NAN : core::cosine_in_range(best_v / norm);
       index = best_i < 0 ? 0 : best_i;
     } else {
       value = 0.0f;  // zero vector: similarity 0 to every anchor
