@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 import numbers
+import operator
 from typing import NamedTuple, Sequence
 
 import torch
@@ -196,6 +197,9 @@ def _check_insert_args(keys, values, new_keys, new_values) -> None:
         )
     if not (keys.is_contiguous() and values.is_contiguous()):
         raise ValueError(f"{op}: keys and values are updated in place and must be contiguous")
+    if keys.requires_grad or values.requires_grad:
+        raise ValueError(f"{op}: keys and values are updated in place, which no gradient flows through; "
+                         "they must not require grad")
     _check_devices(op, keys=keys, values=values, new_keys=new_keys, new_values=new_values)
 
 
@@ -536,6 +540,21 @@ def _next_power_of_two(n: int) -> int:
     return 1 << max(0, int(n) - 1).bit_length()
 
 
+_INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
+
+
+def _word_hashes(hashes, where: str) -> torch.Tensor:
+    """Hashes as an int64 tensor. Floats and booleans are refused rather than truncated: 2.5
+    would silently become the hash 2, another word's."""
+    try:
+        tensor = torch.as_tensor(hashes)
+    except (OverflowError, RuntimeError, TypeError, ValueError) as error:
+        raise ValueError(f"{where}: hashes must be int64 word hashes ({error})") from None
+    if tensor.numel() and (tensor.dtype == torch.bool or tensor.is_floating_point() or tensor.is_complex()):
+        raise TypeError(f"{where}: hashes must be integers (int64 word hashes), got {tensor.dtype}")
+    return tensor.to(torch.int64)
+
+
 class ScoreHashTable:
     """Word hash -> score, held in two CPU tensors that difference_mask reads directly.
 
@@ -559,8 +578,14 @@ class ScoreHashTable:
     def __repr__(self) -> str:
         return f"ScoreHashTable(size={self._size}, capacity={self.capacity})"
 
-    def __contains__(self, key: int) -> bool:
-        return bool(self.lookup(torch.tensor([int(key)]))[1][0])
+    def __contains__(self, key) -> bool:
+        try:
+            key = operator.index(key)  # an int, a numpy integer or a one-element integer tensor
+        except TypeError:
+            return False  # no float, string or None is a word hash
+        if not _INT64_MIN <= key <= _INT64_MAX:
+            return False
+        return bool(self.lookup(torch.tensor([key]))[1][0])
 
     def __getstate__(self) -> dict:
         # As numpy arrays, copied: torch's multiprocessing pickler would move the tensors to shared
@@ -579,7 +604,7 @@ class ScoreHashTable:
 
     def insert(self, hashes, scores) -> None:
         """Insert or overwrite hashes (int64, non-zero) with scores (finite); grows as needed."""
-        hashes = torch.as_tensor(hashes, dtype=torch.int64).reshape(-1).contiguous()
+        hashes = _word_hashes(hashes, "ScoreHashTable.insert").reshape(-1).contiguous()
         scores = torch.as_tensor(scores, dtype=torch.float32).reshape(-1).contiguous()
         if hashes.shape != scores.shape:
             raise ValueError(
@@ -600,8 +625,7 @@ class ScoreHashTable:
 
     def lookup(self, hashes, default: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
         """(scores float32, found bool) for hashes of any shape; ``default`` where absent."""
-        queries = torch.as_tensor(hashes, dtype=torch.int64)
-        return score_table_lookup(self.keys, self.values, queries, default)
+        return score_table_lookup(self.keys, self.values, _word_hashes(hashes, "ScoreHashTable.lookup"), default)
 
     def _rehash(self, capacity: int) -> None:
         occupied = self.keys != 0

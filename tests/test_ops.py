@@ -713,6 +713,50 @@ def test_score_table_errors():
         torch.ops.diffmask_fast.score_table_insert(keys, values, torch.tensor([66]), torch.tensor([1.0]))
 
 
+def test_score_table_takes_integer_hashes_only():
+    """A float or boolean hash was truncated to another word's hash (2.5 -> 2, True -> 1)."""
+    table = ops.ScoreHashTable()
+    for hashes in ([2.5], [True], torch.tensor([3.0]), np.array([4.0])):
+        with pytest.raises(TypeError, match="hashes must be integers"):
+            table.insert(hashes, [0.5])
+        with pytest.raises(TypeError, match="hashes must be integers"):
+            table.lookup(hashes)
+    with pytest.raises(ValueError, match="int64 word hashes"):
+        table.insert([2**64], [0.5])
+    assert len(table) == 0
+    table.insert(np.array([7, -(2**63)], dtype=np.int64), [0.25, 0.5])
+    table.insert(torch.tensor([9], dtype=torch.int16), [1.0])
+    table.insert([], [])
+    assert len(table) == 3 and table.lookup(np.array([[7, 9]], dtype=np.uint8))[1].all()
+    assert 7 in table and np.int64(9) in table and torch.tensor(7) in table and -(2**63) in table
+    assert 7.0 not in table and 2.5 not in table and "7" not in table and None not in table
+    assert 2**64 not in table and -(2**63) - 1 not in table and 8 not in table
+
+
+def test_score_table_insert_advances_versions_and_refuses_tensors_that_require_grad():
+    keys, values = torch.zeros(8, dtype=torch.long), torch.zeros(8)
+    versions = keys._version, values._version
+    ops.score_table_insert(keys, values, torch.tensor([5]), torch.tensor([0.5]))
+    assert keys._version > versions[0] and values._version > versions[1]
+    # A product that saved the values for its backward pass sees the write, as with x.add_(1).
+    weight = torch.ones(8, requires_grad=True)
+    product = (weight * values).sum()
+    ops.score_table_insert(keys, values, torch.tensor([6]), torch.tensor([0.75]))
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        product.backward()
+    values_needing_grad = torch.zeros(8, requires_grad=True)  # (integer keys cannot require grad)
+    new_pair = torch.tensor([5]), torch.tensor([0.5])
+    with pytest.raises(ValueError, match="must not require grad"):
+        ops.score_table_insert(torch.zeros(8, dtype=torch.long), values_needing_grad, *new_pair)
+    with pytest.raises(ValueError, match="must not require grad"):
+        torch.ops.diffmask_fast.score_table_insert(torch.zeros(8, dtype=torch.long), values_needing_grad, *new_pair)
+    assert not values_needing_grad.any()
+    with torch.inference_mode():
+        keys, values = torch.zeros(8, dtype=torch.long), torch.zeros(8)
+        ops.score_table_insert(keys, values, torch.tensor([5]), torch.tensor([0.5]))
+        assert values.max() == 0.5
+
+
 # ----------------------------------------------------------------------------------------------
 # difference_mask
 # ----------------------------------------------------------------------------------------------

@@ -1,6 +1,7 @@
 // CPU kernels of score_table_insert and score_table_lookup.
 #include <ATen/ATen.h>
 #include <ATen/MemoryOverlap.h>
+#include <ATen/core/dispatch/Dispatcher.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
@@ -18,6 +19,9 @@ void score_table_insert_cpu(const at::Tensor& keys, const at::Tensor& values, co
   check_score_table(keys, values, kOp, "keys", "values");
   TORCH_CHECK_VALUE(keys.is_contiguous() && values.is_contiguous(), kOp,
                     ": keys and values are updated in place and must be contiguous");
+  TORCH_CHECK_VALUE(!keys.requires_grad() && !values.requires_grad(), kOp,
+                    ": keys and values are updated in place, which no gradient flows through; they must not "
+                    "require grad");
   check_cpu(new_keys, kOp, "new_keys");
   check_cpu(new_values, kOp, "new_values");
   check_dtype(new_keys, kOp, "new_keys", at::kLong);
@@ -86,11 +90,30 @@ std::tuple<at::Tensor, at::Tensor> score_table_lookup_cpu(const at::Tensor& keys
   return {found_values, found};
 }
 
+// The insert writes into keys and values: their version counters advance, as a built-in in-place
+// op's do, so that autograd refuses a backward pass that saved them before the write.
+void score_table_insert_bumping_versions(const at::Tensor& keys, const at::Tensor& values,
+                                         const at::Tensor& new_keys, const at::Tensor& new_values) {
+  static const auto insert = c10::Dispatcher::singleton()
+                                 .findSchemaOrThrow("diffmask_fast::score_table_insert", "")
+                                 .typed<void(const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&)>();
+  {
+    const at::AutoDispatchBelowADInplaceOrView below;
+    insert.call(keys, values, new_keys, new_values);
+  }
+  keys.unsafeGetTensorImpl()->bump_version();
+  values.unsafeGetTensorImpl()->bump_version();
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(diffmask_fast, CPU, m) {
   m.impl("score_table_insert", &score_table_insert_cpu);
   m.impl("score_table_lookup", &score_table_lookup_cpu);
+}
+
+TORCH_LIBRARY_IMPL(diffmask_fast, ADInplaceOrView, m) {
+  m.impl("score_table_insert", &score_table_insert_bumping_versions);
 }
 
 }  // namespace cpu
