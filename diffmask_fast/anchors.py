@@ -10,6 +10,7 @@ from dataclasses import asdict, dataclass
 from typing import Iterator, Mapping
 
 from . import reference
+from ._checks import whole_number
 from ._display import printable
 from ._io import atomic_write_json, json_ready, read_json
 from .advice import DiffmaskWarning
@@ -146,13 +147,9 @@ def _field_problem(anchors: Anchors) -> str | None:
 
 def check_mining_settings(k: int, min_count: int | None, smoothing_per_million: float) -> None:
     """Raise ValueError for settings ``mine_anchors`` refuses: callers check them before a long count."""
-    for name, value in (("k", k), ("min_count", min_count)):
-        if value is not None and (isinstance(value, bool) or not isinstance(value, numbers.Integral)):
-            raise TypeError(f"{name} must be an integer, got {value!r}")
-    if k < 1:
-        raise ValueError(f"k (the number of anchors) must be at least 1, got {k}")
-    if min_count is not None and min_count < 1:
-        raise ValueError(f"min_count must be at least 1, got {min_count}")
+    whole_number(k, "k (the number of anchors)")
+    if min_count is not None:
+        whole_number(min_count, "min_count")
     if isinstance(smoothing_per_million, bool) or not isinstance(smoothing_per_million, numbers.Real):
         raise TypeError(f"smoothing_per_million must be a number, got {smoothing_per_million!r}")
     if not (math.isfinite(smoothing_per_million) and smoothing_per_million > 0):

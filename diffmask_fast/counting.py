@@ -500,12 +500,7 @@ def _known_length(source) -> int | None:
 
 def check_block_bytes(block_bytes) -> int:
     """``block_bytes`` as an int from 1 to ``MAX_BLOCK_BYTES``, or an error naming it."""
-    if isinstance(block_bytes, bool) or not isinstance(block_bytes, numbers.Integral):
-        raise TypeError(f"block_bytes must be an integer, got {block_bytes!r}")
-    if not 1 <= block_bytes <= MAX_BLOCK_BYTES:
-        raise ValueError(f"block_bytes must be between 1 and {MAX_BLOCK_BYTES:,} (1 GiB; a few blocks are held at "
-                         f"once), got {block_bytes}")
-    return int(block_bytes)
+    return whole_number(block_bytes, "block_bytes", most=MAX_BLOCK_BYTES, why=" (1 GiB; a few blocks are held at once)")
 
 
 class _Counter:
@@ -859,8 +854,7 @@ class WordCounts:
 
     def __init__(self, counts: Mapping[str, int] | CountTable | None = None, documents: int = 0,
                  lowercase: bool = True, *, total: int | None = None):
-        if isinstance(documents, bool) or not isinstance(documents, numbers.Integral) or documents < 0:
-            raise ValueError(f"documents must be a non-negative integer, got {documents!r}")
+        documents = whole_number(documents, "documents", least=0)
         check_lowercase(lowercase)
         if counts is None:
             table = CountTable.empty()

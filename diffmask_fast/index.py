@@ -45,13 +45,14 @@ from __future__ import annotations
 
 import logging
 import math
-import numbers
 import time
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
+
+from ._checks import whole_number
 
 logger = logging.getLogger(__name__)
 
@@ -92,15 +93,12 @@ _C_INT_MAX = 2**31 - 1
 def _check_whole(name: str, value) -> None:
     """Refuse a whole-number option that is no integer (1.5 or True would be cut or read as 1
     deep inside torch or FAISS), below its least value or beyond what FAISS takes."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise ValueError(f"{name} must be an integer, got {value!r}")
-    least = _LEAST.get(name, 1)
-    if value < least:
-        raise ValueError(f"{name} must be {'positive' if least == 1 else f'at least {least}'}, got {value}")
-    if name == "seed" and value >= _SEED_LIMIT:
-        raise ValueError(f"seed must be below 2**63 - 1, got {value}")
-    if name in _C_INT_OPTIONS and value > _C_INT_MAX:
-        raise ValueError(f"{name} must be at most 2**31 - 1 (FAISS takes it as a C int), got {value}")
+    if name == "seed":
+        whole_number(value, name, _LEAST[name], _SEED_LIMIT - 1, " (FAISS adds 1 to it in a signed 64-bit value)")
+    elif name in _C_INT_OPTIONS:
+        whole_number(value, name, _LEAST.get(name, 1), _C_INT_MAX, " (FAISS takes it as a C int)")
+    else:
+        whole_number(value, name, _LEAST.get(name, 1))
 
 
 #: Query-list pairs one batched IVF scan holds at once (about 40 bytes each): a block of

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from transformers import BatchEncoding
 
+from ._checks import whole_number
 from .tokenization import WordBoundaries, check_tokenizer, naming_word_boundary, word_boundaries
 
 
@@ -56,11 +57,7 @@ def check_loss_weight(name: str, value: Any) -> float:
 def check_count(name: str, value: Any) -> int:
     """``value`` as a Python int after refusing what is no count: a step of 1.7 would be taken
     as 1, silently, and a negative one would replay another run's draws."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"{name} must be an integer, got {value!r}")
-    if value < 0:
-        raise ValueError(f"{name} must not be negative, got {value}")
-    return int(value)
+    return whole_number(value, name, least=0)
 
 
 def resume_counts(step: Any, calls_per_step: Any, calls_made: Any) -> tuple[int, int, int | None]:
@@ -227,10 +224,8 @@ class MaskingCollatorBase:
         check_probability("mlm_probability", self.mlm_probability)
         check_replacement(self.mask_replace_prob, self.random_replace_prob)
         self.seed = check_seed(self.seed)
-        if self.pad_to_multiple_of is not None and (
-                isinstance(self.pad_to_multiple_of, bool) or not isinstance(self.pad_to_multiple_of, numbers.Integral)
-                or self.pad_to_multiple_of < 1):
-            raise ValueError(f"pad_to_multiple_of must be a positive integer, got {self.pad_to_multiple_of}")
+        if self.pad_to_multiple_of is not None:
+            self.pad_to_multiple_of = whole_number(self.pad_to_multiple_of, "pad_to_multiple_of")
         if self.return_tensors not in ("pt", "np"):
             raise ValueError(f"return_tensors must be 'pt' or 'np', got {self.return_tensors!r}")
         check_tokenizer(self.tokenizer)

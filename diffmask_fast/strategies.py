@@ -10,13 +10,12 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import numbers
 from dataclasses import dataclass
 from typing import Any, Iterator, Mapping, Sequence
 
 import torch
 
-from ._checks import refuse_one_string
+from ._checks import refuse_one_string, whole_number
 from .masking_base import check_seed
 from .scoring import ScoreTable
 
@@ -68,9 +67,7 @@ class MaskingStrategy:
             raise TypeError("mask_examples needs an integer seed: the masks are drawn from it alone, the same in every "
                             "rank and run")
         seed = check_seed(seed)
-        if isinstance(batch_size, bool) or not isinstance(batch_size, numbers.Integral) or batch_size < 1:
-            raise ValueError(f"batch_size must be a positive whole number, got {batch_size!r}")
-        batch_size = int(batch_size)
+        batch_size = whole_number(batch_size, "batch_size")
         if self.collator is not None:
             return self._mask_with_collator(examples, seed, batch_size)
         return self._mask_with_masker(examples, model, seed, batch_size)

@@ -400,7 +400,7 @@ def test_errors(bert_wordpiece, tokenizer_without_mask):
     bad_settings = [
         ({"mlm_probability": 1.5}, "mlm_probability"), ({"weighting": "softmax"}, "unknown weighting"),
         ({"uniform_mix": -0.1}, "uniform_mix"), ({"mask_replace_prob": 0.95, "random_replace_prob": 0.1}, "sum to at most 1"),
-        ({"pad_to_multiple_of": 0}, "pad_to_multiple_of"), ({"pad_to_multiple_of": 2.5}, "pad_to_multiple_of"),
+        ({"pad_to_multiple_of": 0}, "pad_to_multiple_of must be at least 1"),
         ({"mask_replace_prob": float("nan")}, "mask_replace_prob"), ({"random_replace_prob": float("nan")}, "sum"),
         ({"mlm_probability": float("nan")}, "mlm_probability"), ({"return_tensors": "tf"}, "return_tensors"),
         ({"mlm": False}, "mlm=False"), ({"word_boundary": "wordlevel"}, "wordlevel"),
@@ -408,6 +408,8 @@ def test_errors(bert_wordpiece, tokenizer_without_mask):
     for settings, message in bad_settings:
         with pytest.raises(ValueError, match=message):
             DifferenceMaskingCollator(bert_wordpiece, {"a": 1.0}, **settings)
+    with pytest.raises(TypeError, match="pad_to_multiple_of must be a whole number, got 2.5"):
+        DifferenceMaskingCollator(bert_wordpiece, {"a": 1.0}, pad_to_multiple_of=2.5)
     with pytest.raises(ValueError, match="finite"):
         DifferenceMaskingCollator(bert_wordpiece, {"a": float("nan")})
     collator = DifferenceMaskingCollator(bert_wordpiece, {"a": 1.0})

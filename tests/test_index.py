@@ -325,23 +325,24 @@ def test_building_an_approximate_index_shows_its_steps(kind, generator, capsys):
     assert capsys.readouterr().err == ""
 
 
-@pytest.mark.parametrize("option, value, message", [
-    ("hnsw_m", 1, "hnsw_m must be at least 2, got 1"),  # FAISS's graph crashed the process with one link
-    ("nlist", 10.5, "nlist must be an integer, got 10.5"),
-    ("nprobe", True, "nprobe must be an integer, got True"),
-    ("ef_search", 2.5, "ef_search must be an integer, got 2.5"),
-    ("batch_size", 2.5, "batch_size must be an integer, got 2.5"),
-    ("kmeans_iterations", 0, "kmeans_iterations must be positive, got 0"),
-    ("recall_sample", -5, "recall_sample must be at least 0, got -5"),
-    ("seed", 2**63, "seed must be below 2**63 - 1"),
-    ("seed", -1, "seed must be at least 0, got -1"),
-    ("ef_search", 3 * 10**9, "ef_search must be at most 2**31 - 1 (FAISS takes it as a C int), got 3000000000"),
-    ("nprobe", 2**31, "nprobe must be at most 2**31 - 1"),
-    ("hnsw_m", 2**40, "hnsw_m must be at most 2**31 - 1"),
+@pytest.mark.parametrize("option, value, error, message", [
+    ("hnsw_m", 1, ValueError, "hnsw_m must be at least 2, got 1"),  # FAISS's graph crashed the process with one link
+    ("nlist", 10.5, TypeError, "nlist must be a whole number, got 10.5"),
+    ("nprobe", True, TypeError, "nprobe must be a whole number, got True"),
+    ("ef_search", 2.5, TypeError, "ef_search must be a whole number, got 2.5"),
+    ("batch_size", 2.5, TypeError, "batch_size must be a whole number, got 2.5"),
+    ("kmeans_iterations", 0, ValueError, "kmeans_iterations must be at least 1, got 0"),
+    ("recall_sample", -5, ValueError, "recall_sample must be at least 0, got -5"),
+    ("seed", 2**63 - 1, ValueError, "seed must be at most 9,223,372,036,854,775,806 (FAISS adds 1"),
+    ("seed", -1, ValueError, "seed must be at least 0, got -1"),
+    ("ef_search", 3 * 10**9, ValueError,
+     "ef_search must be at most 2,147,483,647 (FAISS takes it as a C int), got 3000000000"),
+    ("nprobe", 2**31, ValueError, "nprobe must be at most 2,147,483,647"),
+    ("hnsw_m", 2**40, ValueError, "hnsw_m must be at most 2,147,483,647"),
 ])
-def test_whole_number_options_are_checked(option, value, message):
+def test_whole_number_options_are_checked(option, value, error, message):
     kind = {"hnsw_m": "hnsw", "ef_search": "hnsw", "nlist": "ivf", "nprobe": "ivf", "kmeans_iterations": "ivf"}
-    with pytest.raises(ValueError, match=re.escape(message)):
+    with pytest.raises(error, match=re.escape(message)):
         AnchorIndex(torch.randn(200, 6), kind.get(option, "ivf"), **{option: value})
 
 

@@ -191,13 +191,13 @@ def test_a_resume_step_or_pinned_seed_that_is_no_count_is_refused(kind, bert_wor
     would draw from another run's stream."""
     masker = masker_of(kind, bert_wordpiece, 0)
     for bad in (1.7, True, "3"):
-        with pytest.raises(TypeError, match=f"step must be an integer, got {re.escape(repr(bad))}"):
+        with pytest.raises(TypeError, match=f"step must be a whole number, got {re.escape(repr(bad))}"):
             masker.resume_at(bad)
-    with pytest.raises(ValueError, match="step must not be negative, got -1"):
+    with pytest.raises(ValueError, match="step must be at least 0, got -1"):
         masker.resume_at(-1)
-    with pytest.raises(TypeError, match="calls_per_step must be an integer, got 2.5"):
+    with pytest.raises(TypeError, match="calls_per_step must be a whole number, got 2.5"):
         masker.resume_at(3, 2.5)
-    with pytest.raises(ValueError, match="calls_made must not be negative"):
+    with pytest.raises(ValueError, match="calls_made must be at least 0"):
         masker.resume_at(3, 1, calls_made=-4)
     masker.resume_at(np.int64(3), 2)
     if kind in ("device", "attention"):

@@ -793,7 +793,7 @@ def test_scorer_settings_are_checked_before_anything_is_embedded(tiny_bert):
              ({"index_options": {"kind": "ivf"}}, "index_options cannot set kind: the scorer sets it"),
              ({"index_options": {"seed": 1, "progress": True}}, "index_options cannot set seed, progress"),
              ({"index_options": {"nprobes": 4}}, "unknown index option(s) 'nprobes'"),
-             ({"index": "ivf", "index_options": {"nprobe": 0}}, "nprobe must be positive, got 0"),
+             ({"index": "ivf", "index_options": {"nprobe": 0}}, "nprobe must be at least 1, got 0"),
              ({"index": "hnsw", "similarity": "mean"}, "similarity 'mean' compares each word with every anchor")]
     for options, message in cases:
         with pytest.raises(ValueError, match=re.escape(message)):
