@@ -35,6 +35,11 @@ def weighted_mlm_loss(
     _check_num_items(num_items)
     if logits.ndim != 3 or labels.shape != logits.shape[:2]:
         raise ValueError(f"logits must be [B, L, V] and labels [B, L]; got {tuple(logits.shape)} and {tuple(labels.shape)}")
+    if logits.shape[-1] == 0:
+        raise ValueError(f"logits have no vocabulary dimension: V = 0 in {tuple(logits.shape)}")
+    if labels.dtype == torch.bool or labels.is_floating_point() or labels.is_complex():
+        raise TypeError(f"labels must be integer token ids (-100 where not masked), got {labels.dtype}")
+    labels = labels.long()  # cross_entropy takes int64 targets; collators of other libraries give int32
     if weights.shape != labels.shape:
         raise ValueError(f"loss_weights must have the labels' shape {tuple(labels.shape)}, got {tuple(weights.shape)}")
     if not 0.0 <= label_smoothing < 1.0:
@@ -42,6 +47,9 @@ def weighted_mlm_loss(
     masked = labels != -100
     valid = torch.where(masked, torch.isfinite(weights) & (weights >= 0), True).all()
     if valid.device.type == "cpu":
+        if _is_zero(num_items) and bool(masked.any()):
+            raise ValueError(f"num_items is 0 but {int(masked.sum())} tokens are masked: it counts the masked tokens "
+                             "of the whole batch (over gradient accumulation, and processes)")
         if not bool(valid):
             bad = weights[masked & ~(torch.isfinite(weights) & (weights >= 0))]
             raise ValueError(f"loss_weights must be finite and non-negative where tokens are masked; "
@@ -76,5 +84,13 @@ def _check_num_items(num_items) -> None:
         if num_items.numel() != 1:
             raise ValueError(f"num_items must be one count, got a tensor of shape {tuple(num_items.shape)}")
         num_items = num_items.item()
-    if isinstance(num_items, bool) or not isinstance(num_items, numbers.Real) or not 0 <= num_items < math.inf:
+    if (isinstance(num_items, bool) or not isinstance(num_items, numbers.Real) or not 0 <= num_items < math.inf
+            or num_items != math.floor(num_items)):
         raise ValueError(f"num_items must be a finite non-negative count of masked tokens, got {num_items!r}")
+
+
+def _is_zero(num_items) -> bool:
+    """Whether a count already checked by ``_check_num_items`` is 0 (None and GPU tensors: no)."""
+    if num_items is None or (torch.is_tensor(num_items) and num_items.device.type != "cpu"):
+        return False
+    return float(num_items) == 0

@@ -1226,6 +1226,28 @@ def test_a_run_stopped_early_is_told_from_the_steps_trainer_plans():
     assert planned_steps(96, 8, 2.0) == 24
 
 
+def test_weighted_loss_refuses_a_count_below_any_batch_and_labels_or_logits_it_cannot_read():
+    """num_items=0 with tokens masked gave the sum of their losses, 1.5 a fraction of a token."""
+    logits = torch.randn(2, 3, 5)
+    labels = torch.tensor([[1, -100, 2], [-100, -100, 4]])
+    weights = torch.ones(2, 3)
+    expected = weighted_mlm_loss(logits, labels, weights)
+    for bad in (0, torch.tensor(0), 0.0):
+        with pytest.raises(ValueError, match="num_items is 0 but 3 tokens are masked"):
+            weighted_mlm_loss(logits, labels, weights, num_items=bad)
+    assert float(weighted_mlm_loss(logits, torch.full((2, 3), -100), weights, num_items=0)) == 0.0
+    for bad in (1.5, torch.tensor(2.5)):
+        with pytest.raises(ValueError, match="num_items must be a finite non-negative count"):
+            weighted_mlm_loss(logits, labels, weights, num_items=bad)
+    for dtype in (torch.int32, torch.int16):
+        assert torch.equal(weighted_mlm_loss(logits, labels.to(dtype), weights), expected), dtype
+    for dtype in (torch.float32, torch.bool):
+        with pytest.raises(TypeError, match=f"labels must be integer token ids .*got {dtype}"):
+            weighted_mlm_loss(logits, labels.to(dtype), weights)
+    with pytest.raises(ValueError, match=r"logits have no vocabulary dimension: V = 0 in \(2, 3, 0\)"):
+        weighted_mlm_loss(torch.randn(2, 3, 0), torch.full((2, 3), -100), weights)
+
+
 def test_the_loss_over_gathered_data_parallel_logits_counts_every_replicas_tokens(tiny_bert_mlm, tmp_path, seed):
     """Without averaging across devices, transformers gives DataParallel replicas the count over
     n_gpu each; the loss here is computed once for the whole batch, over the whole count."""
