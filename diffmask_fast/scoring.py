@@ -30,7 +30,7 @@ import torch
 from tqdm.auto import tqdm
 
 from . import reference
-from ._checks import first_padded, first_unnormalized, refuse_one_string, word_list
+from ._checks import first_blank_or_spaced, first_unnormalized, refuse_one_string, word_list
 from ._io import atomic_write_bytes, atomic_write_json, read_json, refuse_special_input
 from .advice import DiffmaskWarning
 from .anchors import Anchors
@@ -131,10 +131,30 @@ def _check_normalized(words: Sequence[str], lowercase: bool) -> None:
     if found is not None:
         raise ValueError(f"score table keys must be normalized words (reference.normalize_word): {found[0]!r} would "
                          f"be looked up as {found[1]!r} and never found; ScoreTable.from_mapping normalizes keys")
-    padded = first_padded(words)
-    if padded is not None:
-        raise ValueError(f"score table keys hold no whitespace before or after them: {padded!r} would never be "
-                         "looked up (lookups strip it); ScoreTable.from_mapping strips it")
+    spaced = first_blank_or_spaced(words)
+    if spaced is not None:
+        hint = "; ScoreTable.from_mapping strips it" if len(spaced.split()) == 1 else ""
+        raise ValueError(f"score table keys are words, non-empty and without whitespace: {spaced!r} would never be "
+                         f"looked up{hint}")
+
+
+def _check_scores_are_numbers(items) -> None:
+    """float() would read the score "0.5" as 0.5 and True as 1.0: a table made from parsed text
+    that was never converted, or from flags, is refused instead."""
+    for word, score in items:
+        if isinstance(score, (str, bytes, bool, np.bool_)):
+            raise TypeError(f"scores must be numbers, got {score!r} for {word!r}")
+
+
+def _one_dimensional(values, name: str, kinds: str) -> np.ndarray:
+    """``values`` as a 1-D array of numbers of a dtype kind in ``kinds``: a [N, 2] array was
+    flattened into 2N values, silently given to the wrong words, and strings were parsed."""
+    array = np.asarray(values)
+    if array.ndim != 1:
+        raise ValueError(f"{name} must be one value per word (1-D), got an array of shape {array.shape}")
+    if array.size and array.dtype.kind not in kinds:
+        raise TypeError(f"{name} must be {'numbers' if 'f' in kinds else 'integers'}, got an array of {array.dtype}")
+    return array.astype(np.float64 if "f" in kinds else np.int64, copy=False)
 
 
 @contextlib.contextmanager
@@ -173,6 +193,7 @@ class ScoreTable:
         scores = dict(scores or {})
         words = sorted(scores)
         _check_normalized(words, lowercase)
+        _check_scores_are_numbers(scores.items())
         values = np.fromiter((float(scores[w]) for w in words), dtype=np.float64, count=len(words))
         nearest = None
         if nearest_anchor:
@@ -187,8 +208,8 @@ class ScoreTable:
         distinct (skipping the sort). Words are used as keys as they are, so they must be
         normalized (``normalize_words``); others are refused, as they could never be found."""
         words = list(words)
-        values = np.asarray(values, dtype=np.float64).reshape(-1)
-        nearest = None if nearest is None else np.asarray(nearest, dtype=np.int64).reshape(-1)
+        values = _one_dimensional(values, "scores", "fiu")
+        nearest = None if nearest is None else _one_dimensional(nearest, "nearest anchors", "iu")
         if values.shape[0] != len(words) or (nearest is not None and nearest.shape[0] != len(words)):
             raise ValueError(f"{len(words)} words but {values.shape[0]} scores"
                              + ("" if nearest is None else f" and {nearest.shape[0]} nearest anchors"))
@@ -414,6 +435,7 @@ class ScoreTable:
 
         Keys that normalize to one word ("The" and "the,") give it the highest of their scores,
         whatever their order."""
+        _check_scores_are_numbers(scores.items())
         normalized: dict[str, float] = {}
         for word, score in scores.items():
             if not isinstance(word, str):
