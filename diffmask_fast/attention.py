@@ -29,8 +29,9 @@ import torch
 
 from .attention_weights import check_layer, first_token_row, switched_attention
 from .hf_loading import eval_mode, longest_input
-from .masking_base import (check_batch_ids, check_like_ids, check_probability, check_replacement, check_seed,
-                           distributed_rank, pinned_seed, replace_selected, resume_counts)
+from .masking_base import (check_batch_ids, check_in_vocabulary, check_like_ids, check_probability,
+                           check_replacement, check_seed, distributed_rank, pinned_seed, replace_selected,
+                           resume_counts)
 from .tokenization import WordBoundaries, naming_word_boundary, word_boundaries
 
 __all__ = ["AttentionMasker", "ORDERS"]
@@ -185,6 +186,7 @@ class AttentionMasker(torch.nn.Module):
         masked. ``token_type_ids``, where the batch has them, go to the attention pass as to the
         training forward (a sentence pair's segments change the attention)."""
         input_ids = check_batch_ids(input_ids, self.never_word.device)
+        check_in_vocabulary(input_ids, self.never_word.shape[0], self.tokenizer)
         if attention_mask is not None:
             attention_mask = check_like_ids(input_ids, attention_mask, "attention_mask")
         if special_tokens_mask is not None:

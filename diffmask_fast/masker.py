@@ -24,8 +24,8 @@ import torch
 
 from . import ops
 from .collator import DifferenceMaskingCollator
-from .masking_base import (check_batch_ids, check_id_dtype, check_like_ids, distributed_rank, pinned_seed,
-                           resume_counts)
+from .masking_base import (check_batch_ids, check_id_dtype, check_in_vocabulary, check_like_ids, distributed_rank,
+                           pinned_seed, resume_counts)
 from .scoring import ScoreTable
 from .tokenization import tokenize_texts
 
@@ -120,7 +120,9 @@ class DifferenceMasker(torch.nn.Module):
     counters, not the seed: loaded in any rank, it carries on that rank's own stream.
 
     ``forward(input_ids [B, L], attention_mask=None, special_tokens_mask=None)``: padding
-    (attention_mask 0), special tokens and ids outside the vocabulary are never masked.
+    (attention_mask 0) and special tokens are never masked. Ids outside the tokenizer's vocabulary
+    are refused: on the CPU with a ValueError, on a GPU or in a compiled step by an assertion on
+    the device.
     """
 
     def __init__(
@@ -243,8 +245,8 @@ class DifferenceMasker(torch.nn.Module):
         masked. No host round trip: the seed, the tables and the miss counts stay on the device."""
         input_ids = check_batch_ids(input_ids, self.never_word.device)
         vocabulary = self.never_word.shape[0]
-        # Out-of-vocabulary ids belong to no word (the op ignores them); clamping keeps this
-        # look-up in bounds without checking them on the host.
+        check_in_vocabulary(input_ids, vocabulary, self.collator.tokenizer)
+        # On a GPU the check above is not waited for: clamping keeps this look-up in bounds.
         never = self.never_word[input_ids.clamp(0, vocabulary - 1)]
         if attention_mask is not None:
             never = never | (check_like_ids(input_ids, attention_mask, "attention_mask") == 0)

@@ -120,6 +120,17 @@ def id_matrix(input_ids: Any, vocabulary: int, tokenizer: Any = None) -> torch.T
     return input_ids
 
 
+def check_in_vocabulary(input_ids: torch.Tensor, vocabulary: int, tokenizer: Any = None) -> None:
+    """Refuse ids outside [0, ``vocabulary``), which the model's embedding would fail on far from
+    here: at once on the CPU, with the reason; on a GPU or in a compiled step as an assertion on
+    the device, which the step does not wait for."""
+    if input_ids.device.type == "cpu" and not torch.compiler.is_compiling():
+        id_matrix(input_ids, vocabulary, tokenizer)
+    else:
+        inside = ((input_ids >= 0) & (input_ids < vocabulary)).all()
+        torch._assert_async(inside, f"input_ids hold ids outside the tokenizer's vocabulary [0, {vocabulary})")
+
+
 def check_id_dtype(ids: torch.Tensor | np.ndarray, what: str) -> None:
     """Token ids arrive as integers: floats are refused, since casting would truncate them, and
     booleans, which are a mask passed where the ids go. An empty batch may be of any type."""

@@ -233,6 +233,15 @@ def test_a_batch_over_the_memory_bound_runs_in_chunks(bert_wordpiece, tiny_bert_
     assert sum(check_selection("most", scores, eligible, labels, ids, 0.3, f"seed={seed}")) > 0
 
 
+def test_ids_outside_the_vocabulary_are_refused_before_the_attention_pass(bert_wordpiece, tiny_bert_mlm):
+    """They went into the model's embedding, which failed with an IndexError of its own."""
+    masker = AttentionMasker(bert_wordpiece, seed=0)
+    ids, attention, _ = random_batch(bert_wordpiece, 0)
+    ids[1, 0] = len(bert_wordpiece) + 3
+    with pytest.raises(ValueError, match=rf"input_ids hold ids outside the tokenizer's vocabulary \[0, {len(bert_wordpiece)}\)"):
+        masker(ids, attention, model=tiny_bert_mlm)
+
+
 def test_the_two_orders_pick_different_ends(bert_wordpiece, tiny_bert_mlm, seed):
     ids, attention, flagged = random_batch(bert_wordpiece, seed, rows=8)
     most = AttentionMasker(bert_wordpiece, order="most", mlm_probability=0.5, seed=seed)(ids, attention, model=tiny_bert_mlm)[1]
@@ -313,9 +322,17 @@ def test_model_runs_in_eval_mode_and_its_flags_are_restored(bert_wordpiece, tiny
 def test_flags_and_attention_implementation_restored_on_error(bert_wordpiece, tiny_bert_mlm):
     model = tiny_bert_mlm.train()
     masker = AttentionMasker(bert_wordpiece)
-    ids = torch.tensor([[bert_wordpiece.cls_token_id, 10, model.config.vocab_size + 5, bert_wordpiece.sep_token_id]])
-    with pytest.raises(IndexError):
-        masker(ids, model=model)
+    ids = torch.tensor([[bert_wordpiece.cls_token_id, 10, 11, bert_wordpiece.sep_token_id]])
+
+    def fail(*_):
+        raise RuntimeError("out of memory in the attention pass")
+
+    hook = model.bert.embeddings.register_forward_hook(fail)
+    try:
+        with pytest.raises(RuntimeError, match="out of memory in the attention pass"):
+            masker(ids, model=model)
+    finally:
+        hook.remove()
     assert all(module.training for module in model.modules())
     assert model.config._attn_implementation == "sdpa"
 

@@ -276,17 +276,20 @@ def test_out_of_vocabulary_and_special_tokens(bert_wordpiece, lines):
                               mask_replace_prob=1.0, random_replace_prob=0.0)
     ids, attention = padded(tokenizer, lines[:4])
     masker.warm(ids)
-    ids = ids.clone()
     vocabulary = masker.never_word.numel()
-    ids[0, 1] = vocabulary + 5
-    ids[1, 1] = -3
+    for bad in (vocabulary + 5, -3):  # passed through unmasked, for the model's embedding to fail on
+        wrong = ids.clone()
+        wrong[0, 1] = bad
+        with pytest.raises(ValueError, match=rf"input_ids hold ids outside the tokenizer's vocabulary \[0, {vocabulary}\)"):
+            masker(wrong, attention)
+        compiled = torch.compile(masker.forward, fullgraph=True, backend="eager")
+        with pytest.raises(RuntimeError, match="input_ids hold ids outside the tokenizer's vocabulary"):
+            compiled(wrong, attention)
     special = torch.zeros_like(ids, dtype=torch.bool)
     special[2, 1] = True
     masked_ids, labels = masker(ids, attention, special)
-    assert labels[0, 1] == -100 and labels[1, 1] == -100 and labels[2, 1] == -100
-    assert masked_ids[0, 1] == vocabulary + 5 and masked_ids[1, 1] == -3
-    words = (attention == 1) & ~masker.never_word[ids.clamp(0, vocabulary - 1)] & ~special
-    words[0, 1] = words[1, 1] = False
+    assert labels[2, 1] == -100
+    words = (attention == 1) & ~masker.never_word[ids] & ~special
     assert torch.equal(labels != -100, words)  # mlm_probability 1: every other token of a word
 
 
