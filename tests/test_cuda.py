@@ -508,6 +508,41 @@ def test_masker_in_a_cuda_graph(masker_pair):
         previous = static_labels.cpu().clone()
 
 
+_DEVICE_ASSERTS = """
+import sys, torch
+from diffmask_fast import DifferenceMasker, weighted_mlm_loss
+sys.path.insert(0, {tests!r})
+import tokenizers_offline
+case = sys.argv[1]
+if case == "masker":
+    tokenizer = tokenizers_offline.bert_wordpiece()
+    masker = DifferenceMasker(tokenizer, {{"the": 0.5}}, seed=0).to("cuda")
+    ids = torch.tensor([[tokenizer.cls_token_id, len(tokenizer) + 3, tokenizer.sep_token_id]], device="cuda")
+    masker(ids)
+else:
+    labels = torch.tensor([[1, -100]], device="cuda")
+    weighted_mlm_loss(torch.randn(1, 2, 5, device="cuda"), labels, torch.tensor([[-1.0, 1.0]], device="cuda"))
+print("queued", flush=True)
+torch.cuda.synchronize()
+print("synchronized", flush=True)
+"""
+
+
+@pytest.mark.parametrize("case", ["masker", "loss"])
+def test_bad_input_on_the_gpu_fails_the_device_assertion_without_a_synchronization(case, tmp_path):
+    """Out-of-vocabulary ids and negative loss weights are checked on the device: the call returns
+    without waiting, and the next synchronization fails (in a subprocess: the assertion leaves the
+    CUDA context unusable)."""
+    import subprocess
+    import sys
+
+    script = tmp_path / "device_asserts.py"
+    script.write_text(_DEVICE_ASSERTS.format(tests=os.path.dirname(__file__)))
+    done = subprocess.run([sys.executable, str(script), case], capture_output=True, text=True, timeout=300)
+    assert "queued" in done.stdout and "synchronized" not in done.stdout, done.stdout + done.stderr
+    assert done.returncode != 0 and "assert" in done.stderr.lower(), done.stderr[-2000:]
+
+
 def test_trainer_on_gpu(tiny_bert_mlm, bert_wordpiece, tmp_path, masker_pair):
     from transformers import TrainingArguments
 
