@@ -152,12 +152,30 @@ def check_like_ids(input_ids: torch.Tensor, mask: Any, name: str) -> torch.Tenso
     return mask
 
 
-def check_replacement(mask_replace_prob: float, random_replace_prob: float) -> None:
-    if not (mask_replace_prob >= 0 and random_replace_prob >= 0 and mask_replace_prob + random_replace_prob <= 1):
+#: The largest ``pad_to_multiple_of`` taken whatever the tokenizer's ``model_max_length``: tensor
+#: cores want multiples of 8 or 64, and 10**9 padded every batch to a billion tokens.
+PAD_MULTIPLE_LIMIT = 2**16
+
+
+def longest_padding(tokenizer: Any) -> int:
+    """The largest ``pad_to_multiple_of`` for ``tokenizer``: its ``model_max_length`` where it
+    names one beyond PAD_MULTIPLE_LIMIT (a long-context model), else the limit."""
+    longest = getattr(tokenizer, "model_max_length", None)
+    if isinstance(longest, numbers.Integral) and not isinstance(longest, bool) and longest < 10**9:
+        return max(PAD_MULTIPLE_LIMIT, int(longest))
+    return PAD_MULTIPLE_LIMIT  # unset: transformers' VERY_LARGE_INTEGER (1e30)
+
+
+def check_replacement(mask_replace_prob: float, random_replace_prob: float) -> tuple[float, float]:
+    """The shares of the 80/10/10 replacement as floats: numbers in [0, 1] that sum to at most 1."""
+    check_probability("mask_replace_prob", mask_replace_prob)
+    check_probability("random_replace_prob", random_replace_prob)
+    if mask_replace_prob + random_replace_prob > 1:
         raise ValueError(
-            "mask_replace_prob and random_replace_prob must be non-negative and sum to at most 1, "
+            "mask_replace_prob and random_replace_prob must sum to at most 1, "
             f"got {mask_replace_prob} and {random_replace_prob}"
         )
+    return float(mask_replace_prob), float(random_replace_prob)
 
 
 def replace_selected(
@@ -233,10 +251,13 @@ class MaskingCollatorBase:
             raise ValueError(f"{type(self).__name__} masks for masked language modelling; mlm=False (causal language "
                              "modelling) is not supported")
         check_probability("mlm_probability", self.mlm_probability)
-        check_replacement(self.mask_replace_prob, self.random_replace_prob)
+        self.mask_replace_prob, self.random_replace_prob = check_replacement(self.mask_replace_prob,
+                                                                             self.random_replace_prob)
         self.seed = check_seed(self.seed)
         if self.pad_to_multiple_of is not None:
-            self.pad_to_multiple_of = whole_number(self.pad_to_multiple_of, "pad_to_multiple_of")
+            self.pad_to_multiple_of = whole_number(self.pad_to_multiple_of, "pad_to_multiple_of",
+                                                   most=longest_padding(self.tokenizer),
+                                                   why=" (the longest sequence the tokenizer names, or 65,536)")
         if self.return_tensors not in ("pt", "np"):
             raise ValueError(f"return_tensors must be 'pt' or 'np', got {self.return_tensors!r}")
         check_tokenizer(self.tokenizer)
