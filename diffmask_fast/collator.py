@@ -10,7 +10,7 @@ import torch
 
 from . import ops
 from .masking_base import MaskingCollatorBase, check_probability
-from .scoring import ScoreTable
+from .scoring import ScoreTable, as_score_table
 from .tokenization import decode_words
 
 WEIGHTINGS = ("similarity", "rank")
@@ -38,13 +38,7 @@ class DifferenceMaskingCollator(MaskingCollatorBase):
         if self.weighting not in WEIGHTINGS:
             raise ValueError(f"unknown weighting {self.weighting!r}; expected one of {', '.join(WEIGHTINGS)}")
         check_probability("uniform_mix", self.uniform_mix)
-        if isinstance(self.scores, (str, os.PathLike)):
-            self.scores = ScoreTable.load(self.scores)  # a table saved by `diffmask score`
-        elif not isinstance(self.scores, ScoreTable):
-            if not isinstance(self.scores, Mapping):
-                raise TypeError(f"scores must be a ScoreTable, a {{word: score}} mapping or the path of a saved "
-                                f"table, got {type(self.scores).__name__}")
-            self.scores = ScoreTable.from_mapping(self.scores)
+        self.scores = as_score_table(self.scores)
         self._setup_base()
         self._cache = ops.ScoreHashTable()
 

@@ -446,6 +446,19 @@ class ScoreTable:
         return cls(normalized, unknown_score=unknown_score, lowercase=lowercase, similarity="given")
 
 
+def as_score_table(scores: "ScoreTable | Mapping[str, float] | str | os.PathLike") -> ScoreTable:
+    """A ScoreTable from what the collators take: a table, a ``{word: score}`` mapping (keys
+    normalized), or the path of a table saved by ``diffmask score``."""
+    if isinstance(scores, ScoreTable):
+        return scores
+    if isinstance(scores, (str, os.PathLike)):
+        return ScoreTable.load(scores)
+    if isinstance(scores, Mapping):
+        return ScoreTable.from_mapping(scores)
+    raise TypeError(f"scores must be a ScoreTable, a {{word: score}} mapping or the path of a saved table, "
+                    f"got {type(scores).__name__}")
+
+
 def load_scores_for(path: str | os.PathLike, anchors: Anchors | None, anchors_path: str | os.PathLike | None):
     """The score table saved at ``path``, refused when ``anchors`` (read from ``anchors_path``)
     are not the anchors it was scored against."""

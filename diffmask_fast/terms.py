@@ -14,9 +14,10 @@ The collators pad, seed and pickle like ``DifferenceMaskingCollator`` (see ``mas
 from __future__ import annotations
 
 import math
+import numbers
 import warnings
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Iterable, NamedTuple, Sequence
+from typing import TYPE_CHECKING, Any, Iterable, Mapping, NamedTuple, Sequence
 
 import numpy as np
 import torch
@@ -479,22 +480,27 @@ class MSLMCollator(MaskingCollatorBase):
 
 def domain_terms(
     anchors: Anchors | Iterable[str],
-    scores: ScoreTable | None = None,
+    scores: ScoreTable | Mapping[str, float] | str | None = None,
     top_fraction: float = 0.02,
     min_score: float | None = None,
 ) -> list[str]:
     """Domain terms for ``MSLMCollator`` / ``TermMaskingCollator`` without any labelled data.
 
     The anchor words (``Anchors`` or plain strings) plus the highest-scoring word types of
-    ``scores`` that could be anchors (``reference.is_anchor_candidate``: a letter, no broken
-    text): the top ``top_fraction`` of those (rounded up), or, when ``min_score`` is given, all of
+    ``scores`` (a ScoreTable, a ``{word: score}`` mapping or a saved table's path) that could be
+    anchors (``reference.is_anchor_candidate``: a letter, no broken text): the top ``top_fraction`` of those (rounded up), or, when ``min_score`` is given, all of
     them scoring at least ``min_score``. Returned normalized, deduplicated and sorted. Raises
     ValueError when nothing is left.
     """
-    if not 0.0 <= top_fraction <= 1.0:
-        raise ValueError(f"top_fraction must be in [0, 1], got {top_fraction}")
-    if min_score is not None and not math.isfinite(min_score):
-        raise ValueError(f"min_score must be finite, got {min_score}")
+    from .scoring import as_score_table
+
+    check_probability("top_fraction", top_fraction)
+    if min_score is not None:
+        if isinstance(min_score, bool) or not isinstance(min_score, numbers.Real):
+            raise TypeError(f"min_score must be a number, got {min_score!r}")
+        if not math.isfinite(min_score):
+            raise ValueError(f"min_score must be finite, got {min_score}")
+    scores = None if scores is None else as_score_table(scores)
     if isinstance(anchors, str):
         raise TypeError("anchors must be an Anchors object or a list of words, not a single string")
     anchor_words = anchors.words if hasattr(anchors, "words") else list(anchors)

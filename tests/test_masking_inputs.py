@@ -254,6 +254,26 @@ def test_domain_terms_refuse_anchors_that_are_not_words():
     assert domain_terms(["Kinase", "enzyme"]) == ["enzyme", "kinase"]
 
 
+def test_domain_terms_take_scores_as_the_collators_do_and_name_bad_settings(tmp_path):
+    """A {word: score} mapping failed with AttributeError ('dict' has no 'words'), and a string
+    min_score with "must be real number, not str"."""
+    from diffmask_fast import ScoreTable
+
+    scores = {"Receptor": 0.9, "ligand": 0.8, "the": 0.1}
+    table = ScoreTable.from_mapping(scores)
+    table.save(tmp_path / "scores.npz")
+    expected = domain_terms(["kinase"], table, top_fraction=0.5)
+    assert expected == ["kinase", "ligand", "receptor"]
+    assert domain_terms(["kinase"], scores, top_fraction=0.5) == expected
+    assert domain_terms(["kinase"], tmp_path / "scores.npz", top_fraction=0.5) == expected
+    with pytest.raises(TypeError, match=r"scores must be a ScoreTable, a \{word: score\} mapping or the path"):
+        domain_terms(["kinase"], [("receptor", 0.9)])
+    with pytest.raises(TypeError, match="min_score must be a number, got '0.5'"):
+        domain_terms(["kinase"], table, min_score="0.5")
+    with pytest.raises(TypeError, match=r"top_fraction must be a number in \[0, 1\], got '0.1'"):
+        domain_terms(["kinase"], table, top_fraction="0.1")
+
+
 def test_a_unigram_tokenizer_without_word_marks_is_not_taken_for_sentencepiece():
     """Without Metaspace no token carries "▁": read as SentencePiece, a whole row would be one word."""
     from tokenizers import Tokenizer, models, pre_tokenizers, trainers
