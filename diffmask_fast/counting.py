@@ -112,14 +112,16 @@ class CountTable:
     """Distinct words and their counts, sorted by UTF-8 bytes (which is code point order).
 
     ``blob`` holds the words' bytes back to back, word i is ``blob[offsets[i]:offsets[i + 1]]``,
-    and ``counts[i]`` is its count. Arrays are read-only; they may be mapped from a file."""
+    and ``counts[i]`` is its count. Arrays are read-only; they may be mapped from a file
+    (``source`` names it, for errors)."""
 
-    __slots__ = ("blob", "offsets", "counts")
+    __slots__ = ("blob", "offsets", "counts", "source")
 
-    def __init__(self, blob: np.ndarray, offsets: np.ndarray, counts: np.ndarray):
+    def __init__(self, blob: np.ndarray, offsets: np.ndarray, counts: np.ndarray, source: str | None = None):
         self.blob = _readonly(np.asarray(blob, dtype=np.uint8))
         self.offsets = _readonly(np.asarray(offsets, dtype=np.int64))
         self.counts = _readonly(np.asarray(counts, dtype=np.int64))
+        self.source = source
 
     @classmethod
     def empty(cls) -> "CountTable":
@@ -152,16 +154,28 @@ class CountTable:
         return len(self.counts)
 
     def word(self, i: int) -> str:
-        return self.blob[self.offsets[i]: self.offsets[i + 1]].tobytes().decode("utf-8", "surrogatepass")
+        try:
+            return self.blob[self.offsets[i]: self.offsets[i + 1]].tobytes().decode("utf-8", "surrogatepass")
+        except UnicodeDecodeError:
+            raise self._damaged(i) from None
 
     def words(self, rows: Iterable[int] | None = None) -> list[str]:
         """The words of some rows (all by default), decoded."""
-        data = self.blob.tobytes() if rows is None else None
-        offsets = self.offsets
-        if rows is None:
-            starts = offsets.tolist()
+        if rows is not None:
+            return [self.word(int(i)) for i in rows]
+        data, starts = self.blob.tobytes(), self.offsets.tolist()
+        try:
             return [data[starts[i]: starts[i + 1]].decode("utf-8", "surrogatepass") for i in range(len(self))]
-        return [self.word(int(i)) for i in rows]
+        except UnicodeDecodeError:
+            for i in range(len(self)):
+                self.word(i)  # raises for the first damaged word
+            raise
+
+    def _damaged(self, row: int) -> ValueError:
+        """Word bytes that are no UTF-8: counting writes none, so the file was damaged after."""
+        where = repr(self.source) if self.source else "the count table"
+        return ValueError(f"{where} is corrupt: word {row:,} is not UTF-8 (WordCounts.load(path, verify=True) and "
+                          "the CLI check a file's checksum as they load it)")
 
     def find(self, word: str) -> int:
         """Row of ``word``, or -1."""
@@ -1099,7 +1113,7 @@ def _read_binary(path: Path, verify: bool) -> WordCounts:
             raise ValueError(f"{name!r} is corrupt: its counts sum to {int(counts.sum()):,}, its header "
                              f"says {header['total']:,}")
     table = CountTable.__new__(CountTable)
-    table.blob, table.offsets, table.counts = blob, offsets, counts
+    table.blob, table.offsets, table.counts, table.source = blob, offsets, counts, name
     if offsets.dtype.byteorder not in ("<", "=", "|") or np.dtype("<i8") != np.dtype(np.int64):
-        table = CountTable(blob, offsets.astype(np.int64), counts.astype(np.int64))
+        table = CountTable(blob, offsets.astype(np.int64), counts.astype(np.int64), name)
     return WordCounts(table, header["documents"], header["lowercase"], total=header["total"])

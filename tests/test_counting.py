@@ -618,6 +618,21 @@ def test_json_counts_saved_by_an_editor_with_a_byte_order_mark_load(tmp_path):
     assert WordCounts.load(edited) == counts
 
 
+def test_damaged_word_bytes_read_without_verify_name_the_file(tmp_path):
+    """They failed with a bare UnicodeDecodeError at the first read of the words."""
+    path = tmp_path / "counts.dmwc"
+    WordCounts.from_mapping({"alpha": 5, "beta": 3, "gamma": 1}, documents=2).save(path)
+    data = bytearray(path.read_bytes())
+    data[-3] ^= 0xFF  # a byte of "gamma": no UTF-8 any more
+    path.write_bytes(bytes(data))
+    counts = WordCounts.load(path)
+    message = re.escape(f"{str(path)!r} is corrupt: word 2 is not UTF-8 (WordCounts.load(path, verify=True)")
+    for read in (lambda: dict(counts.counts), lambda: counts.most_common(3), lambda: list(counts)):
+        with pytest.raises(ValueError, match=message):
+            read()
+    assert counts.most_common(1) == [("alpha", 5)]  # the words before it still read
+
+
 def test_binary_counts_corruption_is_detected(tmp_path):
     counts = WordCounts.from_mapping({"enzyme": 3, "é": 2, "\ud800x": 1, "z" * 40: 7}, documents=4)
     path = tmp_path / "counts.dmwc"
