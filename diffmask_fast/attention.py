@@ -31,20 +31,13 @@ from .attention_weights import check_layer, first_token_row, switched_attention
 from .hf_loading import eval_mode, longest_input
 from .masking_base import (check_batch_ids, check_in_vocabulary, check_like_ids, check_probability,
                            check_replacement, check_seed, distributed_rank, pinned_seed, replace_selected,
-                           resume_counts)
+                           resume_counts, stream_seed)
 from .tokenization import WordBoundaries, naming_word_boundary, word_boundaries
 
 __all__ = ["AttentionMasker", "ORDERS"]
 
 #: Which end of the attention ranking is masked: "most" (AttnMask) or "least" (MST).
 ORDERS = ("most", "least")
-
-
-def _generator_seed(seed: int, resumed_at: int = 0) -> int:
-    """A seed for this process's generator, from ``seed``, the distributed rank and the step a
-    resumed run started at."""
-    entropy = np.random.SeedSequence([int(seed), distributed_rank() + 1] + ([resumed_at] if resumed_at else []))
-    return int(entropy.generate_state(1, np.uint64)[0]) >> 1
 
 
 def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
@@ -331,7 +324,8 @@ class AttentionMasker(torch.nn.Module):
         generator = self._generators.get(key)
         if generator is None:
             root = torch.initial_seed() if self.seed is None else self.seed
-            seed = self._pinned_seed if self._pinned_seed is not None else _generator_seed(root, self._resumed_at)
+            seed = (self._pinned_seed if self._pinned_seed is not None
+                    else stream_seed([int(root), distributed_rank() + 1], self._resumed_at))
             generator = torch.Generator(device=device).manual_seed(seed)
             self._generators[key] = generator
         return generator

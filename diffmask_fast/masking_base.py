@@ -202,6 +202,13 @@ def replace_selected(
     return masked, labels
 
 
+def stream_seed(words: list[int], resumed_at: int = 0) -> int:
+    """A torch seed (63 bits) drawn from ``words`` and, in a resumed run, the step it resumed at:
+    the streams of different words (seed, rank, worker...) are independent."""
+    entropy = np.random.SeedSequence(list(words) + ([resumed_at] if resumed_at else []))
+    return int(entropy.generate_state(1, np.uint64)[0]) >> 1
+
+
 def _stream_context(rank_default: int = 0) -> tuple[int, int, int, int]:
     """What makes a random stream distinct: process, distributed rank, DataLoader worker (-1
     outside workers) and the worker's seed, which DataLoader draws anew from its generator (else
@@ -341,9 +348,7 @@ class MaskingCollatorBase:
 
     def _stream(self, words: list[int]) -> torch.Generator:
         """A generator seeded from ``words`` and, in a resumed run, the step it resumed at."""
-        words = words + ([self._resumed_at] if self._resumed_at else [])
-        entropy = np.random.SeedSequence(words)
-        return torch.Generator().manual_seed(int(entropy.generate_state(1, np.uint64)[0] >> 1))
+        return torch.Generator().manual_seed(stream_seed(words, self._resumed_at))
 
     def resume_at(self, step: int, calls_per_step: int = 1, calls_made: int | None = None) -> None:
         """Draw new streams in a run resumed at optimizer ``step`` (``MaskingTrainer`` calls
