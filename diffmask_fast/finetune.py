@@ -37,8 +37,8 @@ import numpy as np
 
 from ._io import atomic_write_json, check_writable, file_sha256, read_json, refuse_special_input, same_file
 from .corpus import is_gzip
-from .hf_loading import (check_max_length, load_tokenizer, model_reference, quiet_transformers, readable_weights,
-                         usable_device)
+from .hf_loading import (check_max_length, load_tokenizer, model_reference, no_progress_bars, quiet_transformers,
+                         readable_weights, usable_device)
 from .metrics import accuracy, macro_f1, mean_std
 
 __all__ = ["load_labeled", "finetune", "FinetuneReport", "SeedResult", "add_finetune_command",
@@ -514,6 +514,8 @@ def finetune(model: str | os.PathLike, train: str | os.PathLike, dev: str | os.P
     results: list[SeedResult] = []
     length_checked = False
     with contextlib.ExitStack() as stack:
+        if not progress:  # transformers' own bars (writing a model's shards), which disable_tqdm leaves
+            stack.enter_context(no_progress_bars())
         if output_dir is None:
             work_dir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="diffmask-finetune-")))
         else:

@@ -440,6 +440,14 @@ def test_a_seed_whose_model_cannot_be_saved_keeps_its_scores(model_dir, task, tm
     assert saved.seeds == [3] and not saved.complete
 
 
+def test_saving_the_models_without_progress_draws_no_bar(model_dir, task, tmp_path, capfd):
+    """transformers drew its "Writing model shards" bar for every seed saved."""
+    finetune(model_dir, task["train"], task["dev"], seeds=(3,), output_dir=tmp_path / "models", **_FAST)
+    assert (tmp_path / "models" / "seed-3").is_dir()
+    err = capfd.readouterr().err
+    assert "%|" not in err and "shards" not in err, err[-500:]
+
+
 def test_a_checkpoint_with_a_classification_head_gets_a_new_one_per_seed(model_dir, tmp_path, seed):
     """A fine-tuned checkpoint's head (for these labels or others) is not reused: each seed draws
     its own, reproducibly, over the checkpoint's encoder."""
