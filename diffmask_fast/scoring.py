@@ -434,12 +434,18 @@ class ScoreTable:
         """A table from given scores (keys are normalized), e.g. for hand-made or external scores.
 
         Keys that normalize to one word ("The" and "the,") give it the highest of their scores,
-        whatever their order."""
+        whatever their order. Blank keys are left out; keys of several words are refused (the
+        term collators take multi-word terms)."""
         _check_scores_are_numbers(scores.items())
         normalized: dict[str, float] = {}
         for word, score in scores.items():
             if not isinstance(word, str):
                 raise TypeError(f"scores must map words (str) to scores, got the key {word!r} ({type(word).__name__})")
+            if not word.strip():
+                continue  # no word of text is blank: it would never be looked up
+            if len(word.split()) > 1:
+                raise ValueError(f"scores are given per word, and {word!r} is several: a word of text holds no "
+                                 "whitespace (for multi-word terms, see TermMaskingCollator and MSLMCollator)")
             key, value = reference.normalize_word(word.strip(), lowercase), float(score)
             if key not in normalized or value > normalized[key] or math.isnan(value):  # NaN stays, to be refused
                 normalized[key] = value

@@ -1171,6 +1171,9 @@ def test_score_tables_refuse_keys_no_word_can_be_and_scores_that_are_no_numbers(
         ScoreTable.from_arrays(["a"], np.array(["0.5"]))
     with pytest.raises(TypeError, match="nearest anchors must be integers, got an array of float64"):
         ScoreTable.from_arrays(["a"], [0.5], [0.0], anchors=["a"])
+    assert ScoreTable.from_mapping({"": 0.5, " \n": 0.7, "kinase": 0.9}).words == ["kinase"]  # blank: left out
+    with pytest.raises(ValueError, match="scores are given per word, and 'new york' is several.*TermMaskingCollator"):
+        ScoreTable.from_mapping({"new york": 0.3})
     for score in ("0.5", True, b"1"):
         for make in (ScoreTable, ScoreTable.from_mapping):
             with pytest.raises(TypeError, match=f"scores must be numbers, got {re.escape(repr(score))} for 'a'"):
