@@ -20,3 +20,8 @@ def printable_word(word: str) -> str:
     if word.strip():
         return printable(word)
     return "".join("\\x20" if c == " " else c.encode("unicode_escape").decode("ascii") for c in word) or "(blank)"
+
+
+def counted(count: int, noun: str) -> str:
+    """``count`` of ``noun``, with the noun's plural unless there is one ("1 draw", "2 draws")."""
+    return f"{count:,} {noun}" if count == 1 else f"{count:,} {noun}s"

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Iterable, Mapping, Sequence
 
 from ._checks import refuse_one_string
-from ._display import printable, printable_word
+from ._display import counted, printable, printable_word
 from ._io import atomic_write_bytes
 from .metrics import mean_std
 from .preview import WordMaskingRate
@@ -74,7 +74,7 @@ def plot_masking_rates(rates: Sequence[WordMaskingRate], path: str | os.PathLike
     most.set_xlim(0, 1)
     most.set_xlabel("share of the word's occurrences masked")
     named = " and nearest anchor" if any(r.nearest_anchor for r in shown) else ""
-    most.set_title(f"The {_counted(len(shown), 'most often masked word')} (score{named})"
+    most.set_title(f"The {counted(len(shown), 'most often masked word')} (score{named})"
                    if len(shown) > 1 else f"The most often masked word (score{named})", fontsize=11)
     most.legend(handles=[Patch(color=_ANCHOR_COLOR, label="anchor"), Patch(color=_WORD_COLOR, label="other word"),
                          line], loc="upper left", bbox_to_anchor=(0, -0.09), ncols=3, fontsize=9, frameon=False)
@@ -98,17 +98,12 @@ def plot_masking_rates(rates: Sequence[WordMaskingRate], path: str | os.PathLike
     against_score.set_xlim(*_score_axis([r.score for r in rates]))
     against_score.set_xlabel(f"word score s(w): {_SCORE_MEANING[similarity]}")
     against_score.set_ylabel("share of the word's occurrences masked")
-    against_score.set_title(f"{_counted(len(rates), 'distinct word')} over {_counted(rates[0].draws, 'draw')} "
+    against_score.set_title(f"{counted(len(rates), 'distinct word')} over {counted(rates[0].draws, 'draw')} "
                             "(dot area: occurrences)", fontsize=11)
     against_score.legend(loc="upper left", fontsize=9)
     figure.suptitle(title)
 
     return _save(figure, path)
-
-
-def _counted(count: int, noun: str) -> str:
-    """``count`` of ``noun``, with the noun's plural unless there is one ("1 draw", "2 draws")."""
-    return f"{count:,} {noun}" if count == 1 else f"{count:,} {noun}s"
 
 
 def _score_axis(scores: Sequence[float]) -> tuple[float, float]:

@@ -42,6 +42,7 @@ from typing import Iterable, Sequence
 import numpy as np
 import torch
 
+from ._display import counted
 from .advice import DiffmaskWarning
 from .reference import TOKEN_SCHEME, WORD_BOUNDARY_MARKERS, WORD_BOUNDARY_SCHEMES
 
@@ -387,7 +388,33 @@ def _word_tables(tokenizer, scheme: str) -> tuple[torch.Tensor, torch.Tensor, to
         never_word[torch.tensor(special, dtype=torch.long)] = True
     starts_word &= ~never_word
     holes = torch.tensor([not isinstance(token, str) for token in tokens], dtype=torch.bool)
+    _warn_of_words_tokens_cannot_tell(tokenizer, tokens, scheme)
     return starts_word, never_word, holes
+
+
+def _warn_of_words_tokens_cannot_tell(tokenizer, tokens: Sequence, scheme: str) -> None:
+    """Warn where this tokenizer's tokens cannot follow the words ``str.split()`` finds: pieces
+    that span a space (a pre-tokenizer that does not split there: Metaspace ``split=False``,
+    ByteLevel ``use_regex=False``), and added tokens that transformers matches inside longer
+    words (``single_word=False``, its default), which cut those words in two."""
+    name = type(tokenizer).__name__
+    if scheme in ("byte_bpe", "sentencepiece"):
+        text_of = _byte_level_text if scheme == "byte_bpe" else _sentencepiece_text
+        spanning = [token for token in tokens if isinstance(token, str) and len((text_of(token) or "").split()) > 1]
+        if spanning:
+            warnings.warn(f"{name} has {counted(len(spanning), 'token')} holding text of several words (e.g. "
+                          f"{spanning[0]!r}): its pre-tokenizer does not split at spaces, so such a token joins "
+                          "the end of one word to the start of the next, and both are masked and scored as one word",
+                          DiffmaskWarning, stacklevel=4)
+    added = getattr(tokenizer, "added_tokens_decoder", None) or {}
+    inside = sorted(str(token.content) for token in added.values()
+                    if not getattr(token, "special", True) and not getattr(token, "single_word", True)
+                    and (str(token.content)[:1].isalnum() or str(token.content)[-1:].isalnum()))
+    if inside:
+        warnings.warn(f"{name} has {counted(len(inside), 'added token')} matched inside longer words too (e.g. "
+                      f"{inside[0]!r}): {'pro' + inside[0]!r} is tokenized as 'pro' and {inside[0]!r}, two words to "
+                      "mask. Adding them as AddedToken(word, single_word=True) matches whole words only",
+                      DiffmaskWarning, stacklevel=4)
 
 
 def _prefix_flags(tokenizer, tokens: Sequence, scheme: str) -> list[bool]:

@@ -7,6 +7,7 @@ import os
 import pickle
 import random
 import re
+import warnings
 
 import pytest
 import torch
@@ -15,6 +16,7 @@ from transformers import PreTrainedTokenizerFast
 
 import tokenizers_offline
 from diffmask_fast import reference
+from diffmask_fast.advice import DiffmaskWarning
 from diffmask_fast.tokenization import (
     SCHEMES,
     UnknownWordBoundaries,
@@ -839,6 +841,44 @@ def test_a_named_scheme_that_contradicts_the_detected_one_is_warned_of(bert_word
         word_boundaries(bert_wordpiece, "wordpiece")  # the detected one
         word_boundaries(roberta_byte_bpe, "token")  # every token a word: sub-word masking on purpose
         word_boundaries(tokenizers_offline.end_of_word_bpe(), "wordpiece")  # nothing detected to contradict
+
+
+def test_added_tokens_matched_inside_words_are_warned_of_and_whole_word_ones_are_not():
+    """transformers cuts "prozymogenase" into "pro" and an added "zymogenase": two words to mask."""
+    from tokenizers import AddedToken
+
+    tokenizer = tokenizers_offline.bert_wordpiece()
+    tokenizer.add_tokens(["zymogenase", "<ent>"])
+    assert tokenizer.tokenize("prozymogenase") == ["pro", "zymogenase"]
+    with pytest.warns(DiffmaskWarning, match=r"has 1 added token matched inside longer words too \(e.g. 'zymogenase'\): "
+                                             r"'prozymogenase' is tokenized as 'pro' and 'zymogenase'.*single_word=True"):
+        word_boundaries(tokenizer)
+    whole = tokenizers_offline.bert_wordpiece()
+    whole.add_tokens([AddedToken("zymogenase", single_word=True), AddedToken("<x>", special=True)])
+    assert whole.tokenize("prozymogenase")[0] == "pro" and "zymogenase" not in whole.tokenize("prozymogenase")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        word_boundaries(whole)
+        for family in (tokenizers_offline.bert_wordpiece, tokenizers_offline.roberta_byte_bpe,
+                       tokenizers_offline.sentencepiece_unigram):
+            word_boundaries(family())
+
+
+def test_pieces_across_a_space_are_warned_of():
+    """A Metaspace pre-tokenizer that does not split lets a piece hold "s▁the": the end of one word
+    and the start of the next, grouped as one word."""
+    from tokenizers import decoders
+
+    pieces = [("<unk>", 0.0), ("<mask>", 0.0), ("▁the", -1.0), ("▁enzyme", -2.0), ("s▁the", -1.5), ("s", -3.0),
+              ("▁", -4.0)] + [(ch, -5.0) for ch in "abcdefghijklmnopqrstuvwxyz"]
+    backend = Tokenizer(models.Unigram(pieces, unk_id=0))
+    backend.pre_tokenizer = pre_tokenizers.Metaspace(split=False)
+    backend.decoder = decoders.Metaspace()
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="<unk>", mask_token="<mask>")
+    assert "s▁the" in tokenizer.tokenize("enzymes the")
+    with pytest.warns(DiffmaskWarning, match=r"has 1 token holding text of several words \(e.g. 's▁the'\): its "
+                                             "pre-tokenizer does not split at spaces"):
+        word_boundaries(tokenizer, "sentencepiece")
 
 
 def test_a_metaspace_with_another_space_marker_is_refused_not_read_as_one_word():
