@@ -707,10 +707,6 @@ class WordScorer:
         keys = _encodable(normalize_words(words, lowercase))
         if not keys:
             raise ValueError("no words to score: the vocabulary is empty")
-        spaced = first_blank_or_spaced(keys)
-        if spaced is not None:  # before the embedding, which the table would refuse after
-            raise ValueError(f"words are scored one by one, and {spaced!r} is several: a word of text holds no "
-                             "whitespace (for multi-word terms, see TermMaskingCollator and MSLMCollator)")
         with self.embedder.unchanged():  # the model is fingerprinted once, not once per chunk
             values, nearest = self._score_keys(keys, progress)
         bad = ~np.isfinite(values)
