@@ -5,7 +5,8 @@ from __future__ import annotations
 import numbers
 import re
 
-_WHITESPACE = re.compile(r"\s")
+#: Whitespace at the start or end of one of the words joined by NUL.
+_PADDED = re.compile(r"(?:^|\0)\s|\s(?:\0|$)")
 
 
 def refuse_one_string(value: object, name: str, expected: str) -> None:
@@ -47,16 +48,17 @@ def first_unnormalized(words, lowercase: bool) -> tuple[str, str] | None:
     return None
 
 
-def first_blank_or_spaced(words) -> str | None:
-    """The first word that is empty or holds whitespace, or None: words are what splitting text at
-    whitespace gives, so a table key such as "protein\\n" (a line of readlines()) or "two words"
-    is never looked up."""
+def first_blank_or_padded(words) -> str | None:
+    """The first word that is empty or has whitespace before or after it, or None: a table key
+    such as "protein\\n" (a line of readlines()) is never looked up, as lookups strip it. (Inside
+    a word whitespace can be: a byte-level BPE without a token for U+00A0 keeps "ligand\\u00a0with"
+    one word.)"""
     words = words if isinstance(words, list) else list(words)
     if "" in words:
         return ""
-    if _WHITESPACE.search("\0".join(words)) is None:  # one scan at C speed: tables hold millions of words
+    if _PADDED.search("\0".join(words)) is None:  # one scan at C speed: tables hold millions of words
         return None
-    return next(word for word in words if _WHITESPACE.search(word))
+    return next((word for word in words if word != word.strip()), None)  # else a NUL inside a word matched
 
 
 def whole_number(value: object, name: str, least: int = 1, most: int | None = None, why: str = "") -> int:

@@ -30,7 +30,7 @@ import torch
 from tqdm.auto import tqdm
 
 from . import reference
-from ._checks import first_blank_or_spaced, first_unnormalized, refuse_one_string, word_list
+from ._checks import first_blank_or_padded, first_unnormalized, refuse_one_string, word_list
 from ._io import atomic_write_bytes, atomic_write_json, read_json, refuse_special_input
 from .advice import DiffmaskWarning
 from .anchors import Anchors
@@ -131,11 +131,11 @@ def _check_normalized(words: Sequence[str], lowercase: bool) -> None:
     if found is not None:
         raise ValueError(f"score table keys must be normalized words (reference.normalize_word): {found[0]!r} would "
                          f"be looked up as {found[1]!r} and never found; ScoreTable.from_mapping normalizes keys")
-    spaced = first_blank_or_spaced(words)
-    if spaced is not None:
-        hint = "; ScoreTable.from_mapping strips it" if len(spaced.split()) == 1 else ""
-        raise ValueError(f"score table keys are words, non-empty and without whitespace: {spaced!r} would never be "
-                         f"looked up{hint}")
+    padded = first_blank_or_padded(words)
+    if padded is not None:
+        raise ValueError(f"score table keys are words, non-empty and without whitespace before or after them: "
+                         f"{padded!r} would never be looked up (lookups strip it); ScoreTable.from_mapping strips "
+                         "keys and leaves blank ones out")
 
 
 def _check_scores_are_numbers(items) -> None:
@@ -434,8 +434,7 @@ class ScoreTable:
         """A table from given scores (keys are normalized), e.g. for hand-made or external scores.
 
         Keys that normalize to one word ("The" and "the,") give it the highest of their scores,
-        whatever their order. Blank keys are left out; keys of several words are refused (the
-        term collators take multi-word terms)."""
+        whatever their order. Blank keys are left out."""
         _check_scores_are_numbers(scores.items())
         normalized: dict[str, float] = {}
         for word, score in scores.items():
@@ -443,9 +442,6 @@ class ScoreTable:
                 raise TypeError(f"scores must map words (str) to scores, got the key {word!r} ({type(word).__name__})")
             if not word.strip():
                 continue  # no word of text is blank: it would never be looked up
-            if len(word.split()) > 1:
-                raise ValueError(f"scores are given per word, and {word!r} is several: a word of text holds no "
-                                 "whitespace (for multi-word terms, see TermMaskingCollator and MSLMCollator)")
             key, value = reference.normalize_word(word.strip(), lowercase), float(score)
             if key not in normalized or value > normalized[key] or math.isnan(value):  # NaN stays, to be refused
                 normalized[key] = value
