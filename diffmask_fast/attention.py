@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ._checks import whole_number
 from .attention_weights import check_layer, first_token_row, switched_attention
 from .hf_loading import eval_mode, longest_input
 from .masking_base import (check_batch_ids, check_in_vocabulary, check_like_ids, check_probability,
@@ -126,9 +127,7 @@ class AttentionMasker(torch.nn.Module):
         check_replacement(mask_replace_prob, random_replace_prob)
         if isinstance(layer, bool) or not isinstance(layer, (int, np.integer)):
             raise TypeError(f"layer must be an integer (a layer index, negative from the last), got {layer!r}")
-        if isinstance(attention_memory, bool) or not isinstance(attention_memory, (int, np.integer)) \
-                or attention_memory < 1:
-            raise ValueError(f"attention_memory must be a positive number of bytes, got {attention_memory!r}")
+        attention_memory = whole_number(attention_memory, "attention_memory (bytes)")
         self.tokenizer = tokenizer
         self.order = order
         self.mlm_probability = float(mlm_probability)
@@ -179,7 +178,7 @@ class AttentionMasker(torch.nn.Module):
         masked. ``token_type_ids``, where the batch has them, go to the attention pass as to the
         training forward (a sentence pair's segments change the attention)."""
         input_ids = check_batch_ids(input_ids, self.never_word.device)
-        check_in_vocabulary(input_ids, self.never_word.shape[0], self.tokenizer)
+        check_in_vocabulary(input_ids, self.never_word.shape[0], self.tokenizer, "masker")
         if attention_mask is not None:
             attention_mask = check_like_ids(input_ids, attention_mask, "attention_mask")
         if special_tokens_mask is not None:

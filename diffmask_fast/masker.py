@@ -245,7 +245,7 @@ class DifferenceMasker(torch.nn.Module):
         masked. No host round trip: the seed, the tables and the miss counts stay on the device."""
         input_ids = check_batch_ids(input_ids, self.never_word.device)
         vocabulary = self.never_word.shape[0]
-        check_in_vocabulary(input_ids, vocabulary, self.collator.tokenizer)
+        check_in_vocabulary(input_ids, vocabulary, self.collator.tokenizer, "masker")
         # On a GPU the check above is not waited for: clamping keeps this look-up in bounds.
         never = self.never_word[input_ids.clamp(0, vocabulary - 1)]
         if attention_mask is not None:

@@ -103,10 +103,10 @@ def check_batch_ids(input_ids: Any, tables_device: torch.device) -> torch.Tensor
     return input_ids.long()
 
 
-def id_matrix(input_ids: Any, vocabulary: int, tokenizer: Any = None) -> torch.Tensor:
+def id_matrix(input_ids: Any, vocabulary: int, tokenizer: Any = None, owner: str = "collator") -> torch.Tensor:
     """``input_ids`` as a [B, L] int64 tensor of integer ids inside [0, ``vocabulary``), the size
-    of the word tables built from ``tokenizer``; else an error naming the problem (and a
-    tokenizer that has grown since the tables were built)."""
+    of the word tables the ``owner`` built from ``tokenizer``; else an error naming the problem
+    (and a tokenizer that has grown since the tables were built)."""
     input_ids = torch.as_tensor(input_ids)
     if input_ids.ndim != 2:
         raise ValueError(f"input_ids must be a [batch, length] matrix, got shape {tuple(input_ids.shape)}")
@@ -115,17 +115,17 @@ def id_matrix(input_ids: Any, vocabulary: int, tokenizer: Any = None) -> torch.T
     if input_ids.numel() and (int(input_ids.min()) < 0 or int(input_ids.max()) >= vocabulary):
         grown = tokenizer is not None and len(tokenizer) > vocabulary  # tokens added after the tables were built
         raise ValueError(f"input_ids hold ids outside the tokenizer's vocabulary [0, {vocabulary})"
-                         + (f"; the tokenizer has grown to {len(tokenizer)} tokens since this collator "
+                         + (f"; the tokenizer has grown to {len(tokenizer)} tokens since this {owner} "
                             "was built: build it again after adding tokens" if grown else ""))
     return input_ids
 
 
-def check_in_vocabulary(input_ids: torch.Tensor, vocabulary: int, tokenizer: Any = None) -> None:
+def check_in_vocabulary(input_ids: torch.Tensor, vocabulary: int, tokenizer: Any, owner: str) -> None:
     """Refuse ids outside [0, ``vocabulary``), which the model's embedding would fail on far from
     here: at once on the CPU, with the reason; on a GPU or in a compiled step as an assertion on
     the device, which the step does not wait for."""
     if input_ids.device.type == "cpu" and not torch.compiler.is_compiling():
-        id_matrix(input_ids, vocabulary, tokenizer)
+        id_matrix(input_ids, vocabulary, tokenizer, owner)
     else:
         inside = ((input_ids >= 0) & (input_ids < vocabulary)).all()
         torch._assert_async(inside, f"input_ids hold ids outside the tokenizer's vocabulary [0, {vocabulary})")

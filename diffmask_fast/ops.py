@@ -17,6 +17,7 @@ import numbers
 import operator
 from typing import NamedTuple, Sequence
 
+import numpy as np
 import torch
 
 from . import _extension
@@ -579,6 +580,8 @@ class ScoreHashTable:
         return f"ScoreHashTable(size={self._size}, capacity={self.capacity})"
 
     def __contains__(self, key) -> bool:
+        if isinstance(key, (bool, np.bool_)) or (isinstance(key, torch.Tensor) and key.dtype == torch.bool):
+            return False  # True would be read as the hash 1
         try:
             key = operator.index(key)  # an int, a numpy integer or a one-element integer tensor
         except TypeError:

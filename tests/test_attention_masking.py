@@ -482,8 +482,11 @@ def test_errors(bert_wordpiece, tiny_bert_mlm):
         AttentionMasker(tokenizer, mask_replace_prob=0.8, random_replace_prob=0.3)
     with pytest.raises(TypeError, match="layer must be an integer"):
         AttentionMasker(tokenizer, layer=1.5)
-    for memory in (0, -5, 1.5, True):
-        with pytest.raises(ValueError, match="attention_memory must be a positive number of bytes"):
+    for memory in (0, -5):
+        with pytest.raises(ValueError, match=rf"attention_memory \(bytes\) must be at least 1, got {memory}"):
+            AttentionMasker(tokenizer, attention_memory=memory)
+    for memory in (1.5, True):
+        with pytest.raises(TypeError, match=rf"attention_memory \(bytes\) must be a whole number, got {memory}"):
             AttentionMasker(tokenizer, attention_memory=memory)
     masker = AttentionMasker(tokenizer)
     ids, attention, flagged = random_batch(tokenizer, 0, rows=3)

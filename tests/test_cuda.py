@@ -187,10 +187,11 @@ def test_similarity_of_scaled_copies_of_anchors_is_at_most_one(seed, dtype, prec
         pytest.skip("tensor-core precisions take float32 on compute capability 8.0 and later")
     g = generator(seed)
     for k in (1, 20, 3000):  # one anchor: the negative copies reach -1 too
-        anchors = torch.randn(k, 384, generator=g) * torch.rand(k, 1, generator=g) * 10
-        scales = torch.rand(4000, 1, generator=g) * 8 - 4
-        copies = anchors[torch.randint(0, k, (4000,), generator=g)] * scales
-        values, _ = ops.max_anchor_similarity(copies.to(CUDA, dtype), anchors.to(CUDA, dtype), precision)
+        anchors = (torch.randn(k, 384, generator=g) * torch.rand(k, 1, generator=g) * 10).to(dtype)
+        # Powers of two scale exactly in every format: the copies are parallel to their anchors.
+        scales = 2.0 ** torch.randint(-3, 4, (4000, 1), generator=g) * (torch.randint(0, 2, (4000, 1), generator=g) * 2 - 1)
+        copies = (anchors[torch.randint(0, k, (4000,), generator=g)] * scales).to(dtype)
+        values, _ = ops.max_anchor_similarity(copies.to(CUDA), anchors.to(CUDA), precision)
         message = f"seed={seed} {dtype} {precision} K={k}"
         assert float(values.abs().max()) <= 1.0, f"{message}: {float(values.abs().max())!r}"
         assert bool((values.cpu()[scales[:, 0] > 0] >= 1 - 1e-2).all()), message

@@ -371,6 +371,21 @@ def test_tokens_added_after_the_collator_was_built_say_to_build_it_again():
         collator([tokenizer("enzymology binds")])
 
 
+def test_tokens_added_after_a_masker_was_built_say_to_build_the_masker_again():
+    from tokenizers_offline import bert_wordpiece
+
+    from diffmask_fast import DifferenceMasker
+    from diffmask_fast.attention import AttentionMasker
+
+    tokenizer = bert_wordpiece()
+    maskers = [DifferenceMasker(tokenizer, SCORES, seed=0), AttentionMasker(tokenizer, seed=0)]
+    tokenizer.add_tokens(["enzymology"])
+    ids = torch.tensor([tokenizer("enzymology binds")["input_ids"]])
+    for masker, options in zip(maskers, ({}, {"model": torch.nn.Linear(1, 1)})):  # refused before the model runs
+        with pytest.raises(ValueError, match="grown to 1501 tokens since this masker was built"):
+            masker(ids, **options)
+
+
 @pytest.mark.parametrize("kind", COLLATORS)
 def test_batches_move_to_a_device_as_transformers_batches_do(kind, bert_wordpiece):
     batch = collator_of(kind, bert_wordpiece, random.randrange(100))([bert_wordpiece(text) for text in TEXTS])

@@ -91,7 +91,9 @@ std::tuple<at::Tensor, at::Tensor> score_table_lookup_cpu(const at::Tensor& keys
 }
 
 // The insert writes into keys and values: their version counters advance, as a built-in in-place
-// op's do, so that autograd refuses a backward pass that saved them before the write.
+// op's do, so that autograd refuses a backward pass that saved them before the write. Tensors
+// made under inference_mode have no version counter (and no backward pass saves them): a table
+// grown in an evaluation stays writable afterwards, as before.
 void score_table_insert_bumping_versions(const at::Tensor& keys, const at::Tensor& values,
                                          const at::Tensor& new_keys, const at::Tensor& new_values) {
   static const auto insert = c10::Dispatcher::singleton()
@@ -101,8 +103,11 @@ void score_table_insert_bumping_versions(const at::Tensor& keys, const at::Tenso
     const at::AutoDispatchBelowADInplaceOrView below;
     insert.call(keys, values, new_keys, new_values);
   }
-  keys.unsafeGetTensorImpl()->bump_version();
-  values.unsafeGetTensorImpl()->bump_version();
+  for (const at::Tensor* table : {&keys, &values}) {
+    if (!table->is_inference()) {
+      table->unsafeGetTensorImpl()->bump_version();
+    }
+  }
 }
 
 }  // namespace
