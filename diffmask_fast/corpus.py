@@ -7,12 +7,12 @@ JSON-lines file (its ``text_field``), one string of an iterable, or one row of a
 ``iter_documents`` yields them one by one and is the plain definition ``count_words`` is tested
 against; ``count_words`` reads the same sources in blocks.
 
-A directory gives its text files (``TEXT_SUFFIXES``: .txt, .text, gzipped or not; JSON lines
-when a ``text_field`` is given) at any depth, through links to folders too, leaving hidden files
-and folders (``.git``, ``.ipynb_checkpoints``) out and warning of the other files it skips; the
-folders a glob matches give theirs alike. A
-file named twice, or reached again through a link, is read once. Pipes and devices (``<(cmd)``,
-``/dev/stdin``) are refused: a corpus file is read more than once.
+A directory gives its text files (``TEXT_SUFFIXES``: .txt, .text, gzipped or not; JSON lines when a
+``text_field`` is given) at any depth, through links to folders too, leaving hidden files and
+folders (``.git``, ``.ipynb_checkpoints``) out and warning of the other files it skips; the folders
+a glob matches give theirs alike. A file named twice, or reached again through a link, is read
+once. Pipes and devices (``<(cmd)``, ``/dev/stdin``) are refused: a corpus file is read more than
+once.
 """
 
 from __future__ import annotations
