@@ -84,8 +84,9 @@ def _check_num_items(num_items) -> None:
         if num_items.numel() != 1:
             raise ValueError(f"num_items must be one count, got a tensor of shape {tuple(num_items.shape)}")
         num_items = num_items.item()
-    if (isinstance(num_items, bool) or not isinstance(num_items, numbers.Real) or not 0 <= num_items < math.inf
-            or num_items != math.floor(num_items)):
+    # Not necessarily whole: transformers divides the count by the tensor- and context-parallel
+    # sizes, which need not divide it.
+    if isinstance(num_items, bool) or not isinstance(num_items, numbers.Real) or not 0 <= num_items < math.inf:
         raise ValueError(f"num_items must be a finite non-negative count of masked tokens, got {num_items!r}")
 
 
