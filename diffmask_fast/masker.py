@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from . import ops
+from ._checks import whole_number
 from .collator import DifferenceMaskingCollator
 from .masking_base import (check_batch_ids, check_id_dtype, check_in_vocabulary, check_like_ids, distributed_rank,
                            pinned_seed, resume_counts)
@@ -278,10 +279,9 @@ class DifferenceMasker(torch.nn.Module):
         training data (or a large sample of it) before training, and again whenever
         ``coverage()`` shows many misses.
         """
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be positive, got {batch_size}")
-        if max_length is not None and max_length < 1:
-            raise ValueError(f"max_length must be positive (or None), got {max_length}")
+        batch_size = whole_number(batch_size, "batch_size")
+        if max_length is not None:
+            max_length = whole_number(max_length, "max_length (or None)")
         if not isinstance(data, Iterable):
             raise TypeError(f"warm takes texts, token-id sequences, example dicts or batches, got "
                             f"{type(data).__name__} {data!r:.60}")

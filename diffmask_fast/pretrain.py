@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ._checks import whole_number
 from ._io import (atomic_write_bytes, atomic_write_json, check_writable, json_ready, read_json, refuse_special_input,
                   same_file)
 from .advice import DiffmaskWarning
@@ -114,16 +115,19 @@ class PretrainConfig:
                              f"{', '.join(map(repr, WORD_BOUNDARY_SCHEMES))} (or None: detected from the tokenizer)")
         if not 0.0 < self.mlm_probability <= 1.0:
             raise ValueError(f"mlm_probability must be in (0, 1], got {self.mlm_probability}")
-        for name in ("batch_size", "gradient_accumulation_steps", "eval_steps", "logging_steps", "save_total_limit"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)}")
+        for name, least in (("batch_size", 1), ("gradient_accumulation_steps", 1), ("eval_steps", 1),
+                            ("logging_steps", 1), ("save_total_limit", 1), ("max_length", MIN_MAX_LENGTH),
+                            ("max_validation_documents", 0), ("max_steps", -1), ("head_warmup_steps", 0),
+                            ("patience", 0)):
+            setattr(self, name, whole_number(getattr(self, name), name, least))  # 8.0 would reach transformers
+        if self.workers is not None:
+            self.workers = whole_number(self.workers, "workers (0: mask in the main process)", 0)
+        self.seed = whole_number(self.seed, "seed", 0, 2**32 - 1, " (what numpy's and torch's seeding take)")
         if self.max_steps == -1 and not (math.isfinite(self.epochs) and self.epochs > 0):
             raise ValueError(f"epochs must be positive, got {self.epochs}")
         if self.max_steps == 0 or self.max_steps < -1:
             raise ValueError(f"max_steps must be a positive number of steps (or -1: train for the epochs), "
                              f"got {self.max_steps}")
-        if self.max_length < MIN_MAX_LENGTH:
-            raise ValueError(f"max_length must be at least {MIN_MAX_LENGTH}, got {self.max_length}")
         if self.validation is None and not 0.0 < self.validation_fraction < 1.0:
             raise ValueError(f"validation_fraction must be in (0, 1), got {self.validation_fraction}")
         if self.validation is None and self.max_validation_documents < 1:
@@ -135,18 +139,10 @@ class PretrainConfig:
             raise ValueError(f"weight_decay must be non-negative, got {self.weight_decay}")
         if not 0.0 <= self.warmup_ratio < 1.0:
             raise ValueError(f"warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
-        if self.workers is not None and self.workers < 0:
-            raise ValueError(f"workers must be non-negative (0: mask in the main process), got {self.workers}")
-        if not 0 <= self.seed < 2**32:  # what numpy's and torch's seeding take
-            raise ValueError(f"seed must be in [0, 2**32), got {self.seed}")
         self._check_strategy_settings()
         self._check_files()
-        if self.head_warmup_steps < 0:
-            raise ValueError(f"head_warmup_steps must be non-negative, got {self.head_warmup_steps}")
         if self.head_learning_rate is not None and not self.head_learning_rate > 0:
             raise ValueError(f"head_learning_rate must be positive, got {self.head_learning_rate}")
-        if self.patience < 0:
-            raise ValueError(f"patience must be non-negative, got {self.patience}")
         if self.precision not in ("fp32", "bf16", "fp16"):
             raise ValueError(f"precision must be fp32, bf16 or fp16, got {self.precision!r}")
         if self.strategy == "terms" and self.terms is None:

@@ -30,7 +30,7 @@ import torch
 from tqdm.auto import tqdm
 
 from . import reference
-from ._checks import first_blank_or_padded, first_unnormalized, refuse_one_string, word_list
+from ._checks import first_blank_or_padded, first_unnormalized, refuse_one_string, whole_number, word_list
 from ._io import atomic_write_bytes, atomic_write_json, read_json, refuse_special_input
 from .advice import DiffmaskWarning
 from .anchors import Anchors
@@ -603,8 +603,7 @@ class WordScorer:
                  index_options: dict | None = None, chunk_size: int = 65536, seed: int = 0):
         if similarity not in SIMILARITIES:
             raise ValueError(f"unknown similarity {similarity!r}; expected one of {', '.join(SIMILARITIES)}")
-        if chunk_size < 1:
-            raise ValueError(f"chunk_size must be positive, got {chunk_size}")
+        chunk_size = whole_number(chunk_size, "chunk_size")
         _check_index_choice(index, index_options, similarity)
         self.embedder = embedder
         self.similarity = similarity

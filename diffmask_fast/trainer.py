@@ -54,6 +54,7 @@ import numpy as np
 import torch
 from transformers import DataCollatorWithPadding, EarlyStoppingCallback, Trainer, TrainerCallback
 
+from ._checks import whole_number
 from ._io import atomic_write_json, read_json
 from .advice import DiffmaskWarning
 from .hf_loading import embedded_id_count
@@ -95,8 +96,7 @@ class MaskingTrainer(Trainer):
     def __init__(self, *args: Any, masker: torch.nn.Module | None = None, mask_eval: bool = True,
                  sparse_head: bool = True, head_warmup_steps: int = 0, head_learning_rate: float | None = None,
                  **kwargs: Any):
-        if isinstance(head_warmup_steps, bool) or not isinstance(head_warmup_steps, int) or head_warmup_steps < 0:
-            raise ValueError(f"head_warmup_steps must be a non-negative integer, got {head_warmup_steps!r}")
+        head_warmup_steps = whole_number(head_warmup_steps, "head_warmup_steps", 0)
         if head_learning_rate is not None and not (head_learning_rate > 0 and math.isfinite(head_learning_rate)):
             raise ValueError(f"head_learning_rate must be positive and finite, got {head_learning_rate!r}")
         kwargs = _trainer_arguments_by_name(args, kwargs)

@@ -530,7 +530,7 @@ def test_warm_refuses_what_it_cannot_read(bert_wordpiece, lines):
     for data in (5, 5.5, None):
         with pytest.raises(TypeError, match="warm takes texts, token-id sequences, example dicts or batches, got"):
             masker.warm(data)
-    with pytest.raises(ValueError, match="max_length must be positive \\(or None\\), got -1"):
+    with pytest.raises(ValueError, match="max_length \\(or None\\) must be at least 1, got -1"):
         masker.warm(lines[:2], max_length=-1)
 
 

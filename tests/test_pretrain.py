@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 import json
 import math
+import re
 import os
 import warnings
 from pathlib import Path
@@ -743,14 +744,14 @@ def test_ranks_draw_different_masks_without_a_seed_too(name, bert_wordpiece, tin
     ({"weight_decay": float("inf")}, "weight_decay must be non-negative"),
     ({"warmup_ratio": 1.0}, r"warmup_ratio must be in \[0, 1\)"),
     ({"max_validation_documents": 0}, "max_validation_documents must be at least 1"),
-    ({"workers": -1}, "workers must be non-negative"),
+    ({"workers": -1}, r"workers \(0: mask in the main process\) must be at least 0, got -1"),
     ({"anchors_count": 0}, "anchors_count must be at least 1"),
     ({"strategy": "mslm", "term_probability": 1.5}, r"term_probability must be in \[0, 1\]"),
     ({"strategy": "mslm", "term_weight": 0.0}, "term_weight must be positive"),
     ({"strategy": "mslm", "term_weight": 1e308}, "term_weight must lie within float32's range"),
     ({"strategy": "mslm", "term_top_fraction": -0.1}, r"term_top_fraction must be in \[0, 1\]"),
-    ({"seed": -1}, r"seed must be in \[0, 2\*\*32\), got -1"),
-    ({"seed": 2**32}, r"seed must be in \[0, 2\*\*32\)"),
+    ({"seed": -1}, r"seed must be at least 0, got -1"),
+    ({"seed": 2**32}, r"seed must be at most 4,294,967,295 \(what numpy's and torch's seeding take\)"),
     ({"word_boundary": "bpe"}, "unknown word_boundary 'bpe'; expected one of 'wordpiece', 'byte_bpe'"),
     # settings the strategy would not use are refused, not saved and reported as if used
     ({"strategy": "random-word", "terms": "terms.txt"}, "terms would not be used: the terms and mslm strategies use them"),
@@ -764,6 +765,16 @@ def test_ranks_draw_different_masks_without_a_seed_too(name, bert_wordpiece, tin
 def test_settings_are_refused_before_the_model_or_corpus_is_read(tmp_path, options, message):
     config = config_for(tmp_path / "no-model", tmp_path / "no-corpus.txt", tmp_path / "out", **options)
     with pytest.raises(ValueError, match=message):
+        pretrain(config)
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("name, value", [("batch_size", 8.0), ("max_steps", 2.5), ("eval_steps", True),
+                                         ("max_length", "64"), ("patience", 1.5), ("workers", 2.0), ("seed", 1.0)])
+def test_whole_number_settings_that_are_no_whole_numbers_are_refused(tmp_path, name, value):
+    """batch_size=8.0 passed the check and reached transformers; 2.5 steps was taken as 2."""
+    config = config_for(tmp_path / "no-model", tmp_path / "no-corpus.txt", tmp_path / "out", **{name: value})
+    with pytest.raises(TypeError, match=f"must be a whole number, got {re.escape(repr(value))}"):
         pretrain(config)
     assert not (tmp_path / "out").exists()
 
