@@ -66,7 +66,10 @@ def weighted_mlm_loss(
         num_items = masked.sum()
     if torch.is_tensor(num_items):
         num_items = num_items.to(total.device, total.dtype)
-    return total / torch.clamp(torch.as_tensor(num_items, dtype=total.dtype, device=total.device), min=1.0)
+    count = torch.as_tensor(num_items, dtype=total.dtype, device=total.device)
+    # Nothing masked (a count of 0): the loss is 0, not 0/0. A share below 1 (the count divided
+    # among parallel ranks) is divided by as it is.
+    return total / torch.where(count > 0, count, torch.ones_like(count))
 
 
 def _at_least_float32(logits: torch.Tensor) -> torch.Tensor:

@@ -117,7 +117,7 @@ class PretrainConfig:
             raise ValueError(f"mlm_probability must be in (0, 1], got {self.mlm_probability}")
         for name, least in (("batch_size", 1), ("gradient_accumulation_steps", 1), ("eval_steps", 1),
                             ("logging_steps", 1), ("save_total_limit", 1), ("max_length", MIN_MAX_LENGTH),
-                            ("max_validation_documents", 0), ("max_steps", -1), ("head_warmup_steps", 0),
+                            ("max_steps", -1), ("head_warmup_steps", 0),
                             ("patience", 0)):
             setattr(self, name, whole_number(getattr(self, name), name, least))  # 8.0 would reach transformers
         if self.workers is not None:
@@ -130,6 +130,8 @@ class PretrainConfig:
                              f"got {self.max_steps}")
         if self.validation is None and not 0.0 < self.validation_fraction < 1.0:
             raise ValueError(f"validation_fraction must be in (0, 1), got {self.validation_fraction}")
+        if self.validation is None:  # else unused
+            self.max_validation_documents = whole_number(self.max_validation_documents, "max_validation_documents", 0)
         if self.validation is None and self.max_validation_documents < 1:
             raise ValueError(f"max_validation_documents must be at least 1 (early stopping and the best checkpoint "
                              f"need a validation loss), got {self.max_validation_documents}")

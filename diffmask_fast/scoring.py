@@ -440,12 +440,22 @@ class ScoreTable:
         for word, score in scores.items():
             if not isinstance(word, str):
                 raise TypeError(f"scores must map words (str) to scores, got the key {word!r} ({type(word).__name__})")
-            if not word.strip():
+            key, value = _mapping_key(word, lowercase), float(score)
+            if not key:
                 continue  # no word of text is blank: it would never be looked up
-            key, value = reference.normalize_word(word.strip(), lowercase), float(score)
             if key not in normalized or value > normalized[key] or math.isnan(value):  # NaN stays, to be refused
                 normalized[key] = value
         return cls(normalized, unknown_score=unknown_score, lowercase=lowercase, similarity="given")
+
+
+def _mapping_key(word: str, lowercase: bool) -> str:
+    """``word`` stripped of whitespace and normalized until neither changes it: "hello ," loses
+    its comma, then the space the comma left."""
+    while True:
+        key = reference.normalize_word(word.strip(), lowercase).strip()
+        if key == word:
+            return key
+        word = key
 
 
 def as_score_table(scores: "ScoreTable | Mapping[str, float] | str | os.PathLike") -> ScoreTable:

@@ -4,6 +4,7 @@ and the MSLM loss weights."""
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import math
 import re
@@ -779,6 +780,16 @@ def test_whole_number_settings_that_are_no_whole_numbers_are_refused(tmp_path, n
     assert not (tmp_path / "out").exists()
 
 
+def test_max_validation_documents_is_not_read_when_validation_files_are_given(tmp_path):
+    for name in ("c.txt", "v.txt"):
+        (tmp_path / name).write_text("hello world\n")
+    config = PretrainConfig(model="m", corpus=[tmp_path / "c.txt"], output_dir=tmp_path / "out", strategy="random-token",
+                            validation=[tmp_path / "v.txt"], max_validation_documents=None)
+    config.check()
+    with pytest.raises(TypeError, match="max_validation_documents must be a whole number, got None"):
+        dataclasses.replace(config, validation=None).check()
+
+
 def test_settings_the_strategy_would_not_use_are_refused_not_saved(tmp_path):
     """A setting the strategy never reads was saved as if used, and then blocked --resume."""
     for name in ("c.txt", "v.txt", "scores.npz", "terms.txt"):
@@ -1248,8 +1259,8 @@ def test_weighted_loss_refuses_a_count_below_any_batch_and_labels_or_logits_it_c
             weighted_mlm_loss(logits, labels, weights, num_items=bad)
     assert float(weighted_mlm_loss(logits, torch.full((2, 3), -100), weights, num_items=0)) == 0.0
     # transformers divides the count by the tensor- and context-parallel sizes: a share may be fractional.
-    for share in (1.5, torch.tensor(1.5)):
-        assert torch.allclose(weighted_mlm_loss(logits, labels, weights, num_items=share), expected * 3 / 1.5)
+    for share in (1.5, torch.tensor(1.5), 0.5):  # a share below 1 was taken as 1
+        assert torch.allclose(weighted_mlm_loss(logits, labels, weights, num_items=share), expected * 3 / share)
     for dtype in (torch.int32, torch.int16):
         assert torch.equal(weighted_mlm_loss(logits, labels.to(dtype), weights), expected), dtype
     for dtype in (torch.float32, torch.bool):
