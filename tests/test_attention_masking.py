@@ -238,7 +238,8 @@ def test_ids_outside_the_vocabulary_are_refused_before_the_attention_pass(bert_w
     masker = AttentionMasker(bert_wordpiece, seed=0)
     ids, attention, _ = random_batch(bert_wordpiece, 0)
     ids[1, 0] = len(bert_wordpiece) + 3
-    with pytest.raises(ValueError, match=rf"input_ids hold ids outside the tokenizer's vocabulary \[0, {len(bert_wordpiece)}\)"):
+    vocabulary = len(bert_wordpiece)
+    with pytest.raises(ValueError, match=rf"input_ids hold ids outside the tokenizer's vocabulary \[0, {vocabulary}\)"):
         masker(ids, attention, model=tiny_bert_mlm)
 
 

@@ -403,17 +403,20 @@ def test_errors(bert_wordpiece, tokenizer_without_mask):
         ({"mlm_probability": 1.5}, "mlm_probability"), ({"weighting": "softmax"}, "unknown weighting"),
         ({"uniform_mix": -0.1}, "uniform_mix"), ({"mask_replace_prob": 0.95, "random_replace_prob": 0.1}, "sum to at most 1"),
         ({"pad_to_multiple_of": 0}, "pad_to_multiple_of must be at least 1"),
-        ({"mask_replace_prob": float("nan")}, "mask_replace_prob"), ({"random_replace_prob": float("nan")}, "random_replace_prob must be in"),
+        ({"mask_replace_prob": float("nan")}, "mask_replace_prob"),
+        ({"random_replace_prob": float("nan")}, "random_replace_prob must be in"),
         ({"mlm_probability": float("nan")}, "mlm_probability"), ({"return_tensors": "tf"}, "return_tensors"),
         ({"mlm": False}, "mlm=False"), ({"word_boundary": "wordlevel"}, "wordlevel"),
     ]
     for settings, message in bad_settings:
         with pytest.raises(ValueError, match=message):
             DifferenceMaskingCollator(bert_wordpiece, {"a": 1.0}, **settings)
-    for name, value in (("mask_replace_prob", "0.8"), ("random_replace_prob", None), ("mask_replace_prob", torch.tensor(0.8))):
+    for name, value in (("mask_replace_prob", "0.8"), ("random_replace_prob", None),
+                        ("mask_replace_prob", torch.tensor(0.8))):
         with pytest.raises(TypeError, match=f"{name} must be a number in \\[0, 1\\], got {re.escape(repr(value))}"):
             DifferenceMaskingCollator(bert_wordpiece, {"a": 1.0}, **{name: value})
-    assert type(DifferenceMaskingCollator(bert_wordpiece, {"a": 1.0}, mask_replace_prob=np.float32(0.5)).mask_replace_prob) is float
+    numpy_share = DifferenceMaskingCollator(bert_wordpiece, {"a": 1.0}, mask_replace_prob=np.float32(0.5))
+    assert type(numpy_share.mask_replace_prob) is float
     with pytest.raises(ValueError, match=r"pad_to_multiple_of must be at most 65,536 \(the longest sequence the "
                                          r"tokenizer names, or 65,536\), got 1000000000"):
         DifferenceMaskingCollator(bert_wordpiece, {"a": 1.0}, pad_to_multiple_of=10**9)  # padded to 10^9 tokens

@@ -1352,8 +1352,10 @@ def test_one_long_text_given_as_the_corpus_is_named(tmp_path):
 
 @pytest.mark.parametrize("block, error, message", [
     (1.5, TypeError, "block_bytes must be a whole number, got 1.5"),
-    (True, TypeError, "block_bytes must be a whole number"), (float("nan"), TypeError, "block_bytes must be a whole number"),
-    (2**62, ValueError, "block_bytes must be at most 1,073,741,824"), (0, ValueError, "block_bytes must be at least 1")])
+    (True, TypeError, "block_bytes must be a whole number"),
+    (float("nan"), TypeError, "block_bytes must be a whole number"),
+    (2**62, ValueError, "block_bytes must be at most 1,073,741,824"),
+    (0, ValueError, "block_bytes must be at least 1")])
 def test_block_sizes_are_checked(tmp_path, block, error, message):
     path = tmp_path / "small.txt.gz"
     path.write_bytes(gzip.compress(b"alpha beta\n"))

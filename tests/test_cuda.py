@@ -189,7 +189,8 @@ def test_similarity_of_scaled_copies_of_anchors_is_at_most_one(seed, dtype, prec
     for k in (1, 20, 3000):  # one anchor: the negative copies reach -1 too
         anchors = (torch.randn(k, 384, generator=g) * torch.rand(k, 1, generator=g) * 10).to(dtype)
         # Powers of two scale exactly in every format: the copies are parallel to their anchors.
-        scales = 2.0 ** torch.randint(-3, 4, (4000, 1), generator=g) * (torch.randint(0, 2, (4000, 1), generator=g) * 2 - 1)
+        signs = torch.randint(0, 2, (4000, 1), generator=g) * 2 - 1
+        scales = 2.0 ** torch.randint(-3, 4, (4000, 1), generator=g) * signs
         copies = (anchors[torch.randint(0, k, (4000,), generator=g)] * scales).to(dtype)
         values, _ = ops.max_anchor_similarity(copies.to(CUDA), anchors.to(CUDA), precision)
         message = f"seed={seed} {dtype} {precision} K={k}"

@@ -280,7 +280,7 @@ def test_out_of_vocabulary_and_special_tokens(bert_wordpiece, lines):
     for bad in (vocabulary + 5, -3):  # passed through unmasked, for the model's embedding to fail on
         wrong = ids.clone()
         wrong[0, 1] = bad
-        with pytest.raises(ValueError, match=rf"input_ids hold ids outside the tokenizer's vocabulary \[0, {vocabulary}\)"):
+        with pytest.raises(ValueError, match=rf"ids outside the tokenizer's vocabulary \[0, {vocabulary}\)"):
             masker(wrong, attention)
         compiled = torch.compile(masker.forward, fullgraph=True, backend="eager")
         with pytest.raises(RuntimeError, match="input_ids hold ids outside the tokenizer's vocabulary"):

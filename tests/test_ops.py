@@ -211,7 +211,8 @@ def test_similarity_of_scaled_copies_of_anchors_is_at_most_one(seed, dtype):
         k = 1 if trial % 2 else int(torch.randint(2, 70, (1,), generator=g))  # one anchor: -1 too
         anchors = (torch.randn(k, d, generator=g) * torch.rand(k, 1, generator=g) * 10).to(dtype)
         # Powers of two scale exactly in every format: the copies are parallel to their anchors.
-        scales = 2.0 ** torch.randint(-3, 4, (200, 1), generator=g) * (torch.randint(0, 2, (200, 1), generator=g) * 2 - 1)
+        signs = torch.randint(0, 2, (200, 1), generator=g) * 2 - 1
+        scales = 2.0 ** torch.randint(-3, 4, (200, 1), generator=g) * signs
         copies = (anchors[torch.randint(0, k, (200,), generator=g)] * scales).to(dtype)
         values, _ = ops.max_anchor_similarity(copies, anchors)
         message = f"seed {seed}, D {d}, K {k}, {dtype}"

@@ -783,8 +783,8 @@ def test_whole_number_settings_that_are_no_whole_numbers_are_refused(tmp_path, n
 def test_max_validation_documents_is_not_read_when_validation_files_are_given(tmp_path):
     for name in ("c.txt", "v.txt"):
         (tmp_path / name).write_text("hello world\n")
-    config = PretrainConfig(model="m", corpus=[tmp_path / "c.txt"], output_dir=tmp_path / "out", strategy="random-token",
-                            validation=[tmp_path / "v.txt"], max_validation_documents=None)
+    config = PretrainConfig(model="m", corpus=[tmp_path / "c.txt"], output_dir=tmp_path / "out",
+                            strategy="random-token", validation=[tmp_path / "v.txt"], max_validation_documents=None)
     config.check()
     with pytest.raises(TypeError, match="max_validation_documents must be a whole number, got None"):
         dataclasses.replace(config, validation=None).check()

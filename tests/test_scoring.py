@@ -1164,7 +1164,8 @@ def test_score_tables_refuse_keys_no_lookup_finds_and_scores_that_are_no_numbers
     key "" kept, though no word of text is empty. Whitespace inside a key is kept: a byte-level
     BPE without a token for U+00A0 groups "ligand\u00a0with" as one word."""
     for keys in ([""], ["kinase", " b"]):
-        with pytest.raises(ValueError, match=f"before or after them: {re.escape(repr(keys[-1]))} would never be looked up"):
+        refused = re.escape(repr(keys[-1]))
+        with pytest.raises(ValueError, match=f"before or after them: {refused} would never be looked up"):
             ScoreTable.from_arrays(keys, [0.5] * len(keys))
         with pytest.raises(ValueError, match="before or after them"):
             ScoreTable(dict.fromkeys(keys, 0.5))

@@ -850,8 +850,9 @@ def test_added_tokens_matched_inside_words_are_warned_of_and_whole_word_ones_are
     tokenizer = tokenizers_offline.bert_wordpiece()
     tokenizer.add_tokens(["zymogenase", "<ent>"])
     assert tokenizer.tokenize("prozymogenase") == ["pro", "zymogenase"]
-    with pytest.warns(DiffmaskWarning, match=r"has 1 added token matched inside longer words too \(e.g. 'zymogenase'\): "
-                                             r"'prozymogenase' is tokenized as 'pro' and 'zymogenase'.*single_word=True"):
+    warning = (r"has 1 added token matched inside longer words too \(e.g. 'zymogenase'\): 'prozymogenase' is "
+               r"tokenized as 'pro' and 'zymogenase'.*single_word=True")
+    with pytest.warns(DiffmaskWarning, match=warning):
         word_boundaries(tokenizer)
     whole = tokenizers_offline.bert_wordpiece()
     whole.add_tokens([AddedToken("zymogenase", single_word=True), AddedToken("<x>", special=True)])
