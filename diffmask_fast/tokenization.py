@@ -374,11 +374,13 @@ def _word_tables(tokenizer, scheme: str) -> tuple[torch.Tensor, torch.Tensor, to
         # Whitespace is no word, and what follows it starts one: "kinase\ninhibitors" is
         # "Ġkinase", "Ċ", "inhibitors" (no "Ġ" after the newline), two words.
         marked = [_marker_flags(token, scheme) for token in tokens]
-        flags = [opens for opens, _ in marked]
-        never_word = torch.tensor([blank for _, blank in marked], dtype=torch.bool)
+        flags = [opens for opens, _, _ in marked]
+        never_word = torch.tensor([blank for _, blank, _ in marked], dtype=torch.bool)
+        spanning = [token for token, (_, _, spans) in zip(tokens, marked) if spans]
     else:
         flags = _prefix_flags(tokenizer, tokens, scheme)
         never_word = torch.zeros(vocab_size, dtype=torch.bool)
+        spanning = []  # WordPiece pieces and word-level tokens hold no space
     starts_word = torch.tensor(flags, dtype=torch.bool)
     takes_space = _space_taking_ids(tokenizer, vocab_size)
     if takes_space:
@@ -388,24 +390,21 @@ def _word_tables(tokenizer, scheme: str) -> tuple[torch.Tensor, torch.Tensor, to
         never_word[torch.tensor(special, dtype=torch.long)] = True
     starts_word &= ~never_word
     holes = torch.tensor([not isinstance(token, str) for token in tokens], dtype=torch.bool)
-    _warn_of_words_tokens_cannot_tell(tokenizer, tokens, scheme)
+    _warn_of_words_tokens_cannot_tell(tokenizer, spanning)
     return starts_word, never_word, holes
 
 
-def _warn_of_words_tokens_cannot_tell(tokenizer, tokens: Sequence, scheme: str) -> None:
+def _warn_of_words_tokens_cannot_tell(tokenizer, spanning: Sequence[str]) -> None:
     """Warn where this tokenizer's tokens cannot follow the words ``str.split()`` finds: pieces
-    that span a space (a pre-tokenizer that does not split there: Metaspace ``split=False``,
-    ByteLevel ``use_regex=False``), and added tokens that transformers matches inside longer
-    words (``single_word=False``, its default), which cut those words in two."""
+    that span a space (``spanning``; a pre-tokenizer that does not split there: Metaspace
+    ``split=False``, ByteLevel ``use_regex=False``), and added tokens that transformers matches
+    inside longer words (``single_word=False``, its default), which cut those words in two."""
     name = type(tokenizer).__name__
-    if scheme in ("byte_bpe", "sentencepiece"):
-        text_of = _byte_level_text if scheme == "byte_bpe" else _sentencepiece_text
-        spanning = [token for token in tokens if isinstance(token, str) and len((text_of(token) or "").split()) > 1]
-        if spanning:
-            warnings.warn(f"{name} has {counted(len(spanning), 'token')} holding text of several words (e.g. "
-                          f"{spanning[0]!r}): its pre-tokenizer does not split at spaces, so such a token joins "
-                          "the end of one word to the start of the next, and both are masked and scored as one word",
-                          DiffmaskWarning, stacklevel=4)
+    if spanning:
+        warnings.warn(f"{name} has {counted(len(spanning), 'token')} holding text of several words (e.g. "
+                      f"{spanning[0]!r}): its pre-tokenizer does not split at spaces, so such a token joins "
+                      "the end of one word to the start of the next, and both are masked and scored as one word",
+                      DiffmaskWarning, stacklevel=4)
     added = getattr(tokenizer, "added_tokens_decoder", None) or {}
     inside = sorted(str(token.content) for token in added.values()
                     if not getattr(token, "special", True) and not getattr(token, "single_word", True)
@@ -426,18 +425,19 @@ def _prefix_flags(tokenizer, tokens: Sequence, scheme: str) -> list[bool]:
     return [not token.startswith(prefix) if isinstance(token, str) else True for token in tokens]
 
 
-def _marker_flags(token, scheme: str) -> tuple[bool, bool]:
-    """(starts a word, is whitespace only) of one byte-level BPE or SentencePiece token.
+def _marker_flags(token, scheme: str) -> tuple[bool, bool, bool]:
+    """(starts a word, is whitespace only, holds text of several words) of one byte-level BPE or
+    SentencePiece token.
 
     Its text decides where it can be read, so that a no-break space or a tab splits words as
     ``str.split()`` does in counting; the marker still decides where it cannot.
     """
     if not isinstance(token, str):
-        return True, False  # a hole in the ids
+        return True, False, False  # a hole in the ids
     text = _byte_level_text(token) if scheme == "byte_bpe" else _sentencepiece_text(token)
     blank = _is_blank(text) or (scheme == "byte_bpe" and _is_whitespace_token(token))
     opens = token.startswith(WORD_BOUNDARY_MARKERS[scheme]) or _opens_word(text)
-    return opens, blank
+    return opens, blank, text is not None and len(text.split()) > 1
 
 
 def _is_blank(text: str | None) -> bool:
