@@ -32,7 +32,7 @@ def weighted_mlm_loss(
     for name, value in (("logits", logits), ("labels", labels), ("loss_weights", weights)):
         if not torch.is_tensor(value):
             raise TypeError(f"{name} must be a tensor, got {type(value).__name__}")
-    _check_num_items(num_items)
+    given_count = _check_num_items(num_items)
     if logits.ndim != 3 or labels.shape != logits.shape[:2]:
         raise ValueError(f"logits must be [B, L, V] and labels [B, L]; got {tuple(logits.shape)} and {tuple(labels.shape)}")
     if logits.shape[-1] == 0:
@@ -47,7 +47,7 @@ def weighted_mlm_loss(
     masked = labels != -100
     valid = torch.where(masked, torch.isfinite(weights) & (weights >= 0), True).all()
     if valid.device.type == "cpu":
-        if _is_zero(num_items) and bool(masked.any()):
+        if given_count == 0 and bool(masked.any()):
             raise ValueError(f"num_items is 0 but {int(masked.sum())} tokens are masked: it counts the masked tokens "
                              "of the whole batch (over gradient accumulation, and processes)")
         if not bool(valid):
@@ -62,11 +62,7 @@ def weighted_mlm_loss(
     ).reshape(labels.shape)
     weights = torch.where(masked, weights.to(token_losses.dtype), torch.zeros_like(token_losses))
     total = (token_losses * weights).sum()
-    if num_items is None:
-        num_items = masked.sum()
-    if torch.is_tensor(num_items):
-        num_items = num_items.to(total.device, total.dtype)
-    count = torch.as_tensor(num_items, dtype=total.dtype, device=total.device)
+    count = torch.as_tensor(masked.sum() if num_items is None else num_items, dtype=total.dtype, device=total.device)
     # Nothing masked (a count of 0): the loss is 0, not 0/0. A share below 1 (the count divided
     # among parallel ranks) is divided by as it is.
     return total / torch.where(count > 0, count, torch.ones_like(count))
@@ -78,11 +74,12 @@ def _at_least_float32(logits: torch.Tensor) -> torch.Tensor:
     return logits.float() if logits.dtype in (torch.float16, torch.bfloat16) else logits
 
 
-def _check_num_items(num_items) -> None:
+def _check_num_items(num_items) -> float | None:
     """Refuse a count of masked tokens that is none: NaN made the loss NaN, and a negative count
-    was taken as 1, silently. A tensor on the GPU is left unread (reading it would synchronize)."""
+    was taken as 1, silently. Returns the count, or None where there is none to read: None given,
+    or a tensor on the GPU, left unread (reading it would synchronize)."""
     if num_items is None or (torch.is_tensor(num_items) and num_items.device.type != "cpu"):
-        return
+        return None
     if torch.is_tensor(num_items):
         if num_items.numel() != 1:
             raise ValueError(f"num_items must be one count, got a tensor of shape {tuple(num_items.shape)}")
@@ -91,10 +88,4 @@ def _check_num_items(num_items) -> None:
     # sizes, which need not divide it.
     if isinstance(num_items, bool) or not isinstance(num_items, numbers.Real) or not 0 <= num_items < math.inf:
         raise ValueError(f"num_items must be a finite non-negative count of masked tokens, got {num_items!r}")
-
-
-def _is_zero(num_items) -> bool:
-    """Whether a count already checked by ``_check_num_items`` is 0 (None and GPU tensors: no)."""
-    if num_items is None or (torch.is_tensor(num_items) and num_items.device.type != "cpu"):
-        return False
-    return float(num_items) == 0
+    return float(num_items)

@@ -112,20 +112,25 @@ def id_matrix(input_ids: Any, vocabulary: int, tokenizer: Any = None, owner: str
         raise ValueError(f"input_ids must be a [batch, length] matrix, got shape {tuple(input_ids.shape)}")
     check_id_dtype(input_ids, "input_ids")
     input_ids = input_ids.long()
+    _refuse_ids_outside(input_ids, vocabulary, tokenizer, owner)
+    return input_ids
+
+
+def _refuse_ids_outside(input_ids: torch.Tensor, vocabulary: int, tokenizer: Any, owner: str) -> None:
+    """Raise ValueError for ids of an integer tensor outside [0, ``vocabulary``)."""
     if input_ids.numel() and (int(input_ids.min()) < 0 or int(input_ids.max()) >= vocabulary):
         grown = tokenizer is not None and len(tokenizer) > vocabulary  # tokens added after the tables were built
         raise ValueError(f"input_ids hold ids outside the tokenizer's vocabulary [0, {vocabulary})"
                          + (f"; the tokenizer has grown to {len(tokenizer)} tokens since this {owner} "
                             "was built: build it again after adding tokens" if grown else ""))
-    return input_ids
 
 
 def check_in_vocabulary(input_ids: torch.Tensor, vocabulary: int, tokenizer: Any, owner: str) -> None:
-    """Refuse ids outside [0, ``vocabulary``), which the model's embedding would fail on far from
-    here: at once on the CPU, with the reason; on a GPU or in a compiled step as an assertion on
-    the device, which the step does not wait for."""
+    """Refuse ids outside [0, ``vocabulary``) of a batch ``check_batch_ids`` passed, which the
+    model's embedding would fail on far from here: at once on the CPU, with the reason; on a GPU
+    or in a compiled step as an assertion on the device, which the step does not wait for."""
     if input_ids.device.type == "cpu" and not torch.compiler.is_compiling():
-        id_matrix(input_ids, vocabulary, tokenizer, owner)
+        _refuse_ids_outside(input_ids, vocabulary, tokenizer, owner)
     else:
         inside = ((input_ids >= 0) & (input_ids < vocabulary)).all()
         torch._assert_async(inside, f"input_ids hold ids outside the tokenizer's vocabulary [0, {vocabulary})")
