@@ -124,18 +124,15 @@ class AttentionMasker(torch.nn.Module):
         if order not in ORDERS:
             raise ValueError(f"unknown order {order!r}; expected 'most' (AttnMask) or 'least' (MST)")
         check_probability("mlm_probability", mlm_probability)
-        check_replacement(mask_replace_prob, random_replace_prob)
+        self.mask_replace_prob, self.random_replace_prob = check_replacement(mask_replace_prob, random_replace_prob)
         if isinstance(layer, bool) or not isinstance(layer, (int, np.integer)):
             raise TypeError(f"layer must be an integer (a layer index, negative from the last), got {layer!r}")
-        attention_memory = whole_number(attention_memory, "attention_memory (bytes)")
+        self.attention_memory = whole_number(attention_memory, "attention_memory (bytes)")
         self.tokenizer = tokenizer
         self.order = order
         self.mlm_probability = float(mlm_probability)
         self.layer = int(layer)
-        self.mask_replace_prob = float(mask_replace_prob)
-        self.random_replace_prob = float(random_replace_prob)
         self.seed = check_seed(seed)
-        self.attention_memory = int(attention_memory)
         with naming_word_boundary():
             boundaries = word_boundaries(tokenizer, word_boundary)
         self.scheme = boundaries.scheme
@@ -204,10 +201,11 @@ class AttentionMasker(torch.nn.Module):
 
     # -- steps -------------------------------------------------------------------------------------
     def _eligible(self, input_ids, attention_mask, special_tokens_mask) -> torch.Tensor:
-        """Tokens that may be masked: inside the vocabulary, not special, not padding."""
+        """Tokens that may be masked: not special, not padding. (Ids outside the vocabulary were
+        refused by ``forward``; on a GPU that check is not waited for, and clamping keeps this
+        look-up in bounds.)"""
         vocabulary = self.never_word.shape[0]
-        inside = (input_ids >= 0) & (input_ids < vocabulary)
-        eligible = inside & ~self.never_word[input_ids.clamp(0, vocabulary - 1)]
+        eligible = ~self.never_word[input_ids.clamp(0, vocabulary - 1)]
         if attention_mask is not None:
             eligible &= attention_mask != 0
         if special_tokens_mask is not None:

@@ -117,24 +117,23 @@ class PretrainConfig:
             raise ValueError(f"mlm_probability must be in (0, 1], got {self.mlm_probability}")
         for name, least in (("batch_size", 1), ("gradient_accumulation_steps", 1), ("eval_steps", 1),
                             ("logging_steps", 1), ("save_total_limit", 1), ("max_length", MIN_MAX_LENGTH),
-                            ("max_steps", -1), ("head_warmup_steps", 0),
-                            ("patience", 0)):
+                            ("max_steps", -1), ("head_warmup_steps", 0), ("patience", 0)):
             setattr(self, name, whole_number(getattr(self, name), name, least))  # 8.0 would reach transformers
         if self.workers is not None:
             self.workers = whole_number(self.workers, "workers (0: mask in the main process)", 0)
         self.seed = whole_number(self.seed, "seed", 0, 2**32 - 1, " (what numpy's and torch's seeding take)")
         if self.max_steps == -1 and not (math.isfinite(self.epochs) and self.epochs > 0):
             raise ValueError(f"epochs must be positive, got {self.epochs}")
-        if self.max_steps == 0 or self.max_steps < -1:
+        if self.max_steps == 0:  # (below -1 is refused above)
             raise ValueError(f"max_steps must be a positive number of steps (or -1: train for the epochs), "
                              f"got {self.max_steps}")
         if self.validation is None and not 0.0 < self.validation_fraction < 1.0:
             raise ValueError(f"validation_fraction must be in (0, 1), got {self.validation_fraction}")
         if self.validation is None:  # else unused
             self.max_validation_documents = whole_number(self.max_validation_documents, "max_validation_documents", 0)
-        if self.validation is None and self.max_validation_documents < 1:
-            raise ValueError(f"max_validation_documents must be at least 1 (early stopping and the best checkpoint "
-                             f"need a validation loss), got {self.max_validation_documents}")
+            if self.max_validation_documents < 1:
+                raise ValueError(f"max_validation_documents must be at least 1 (early stopping and the best "
+                                 f"checkpoint need a validation loss), got {self.max_validation_documents}")
         if not (math.isfinite(self.learning_rate) and self.learning_rate >= 0):
             raise ValueError(f"learning_rate must be non-negative, got {self.learning_rate}")
         if not (math.isfinite(self.weight_decay) and self.weight_decay >= 0):
