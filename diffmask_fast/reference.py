@@ -112,9 +112,10 @@ def _byte_options(byte: int) -> tuple[int, ...]:
     return (byte, _CAPITAL_BYTE[byte]) if byte in _CAPITAL_BYTE else (byte,)
 
 
-def _decode_sequence(data: list[int], start: int) -> tuple[str, int] | None:
+def _decode_sequence(data: list[int], start: int, among_ascii_letters: bool) -> tuple[str, int] | None:
     """(character, bytes used) of the UTF-8 sequence at ``data[start]``, each byte read as itself
-    or as the capital it may have been (itself first), if there is one."""
+    or as the capital it may have been (itself first), if there is one. ``among_ascii_letters``:
+    the word holds ASCII letters too (see ``_accent_before_punctuation``)."""
     for lead in _byte_options(data[start]):
         count = _continuation_count(lead)
         following = data[start + 1 : start + 1 + count]
@@ -126,17 +127,23 @@ def _decode_sequence(data: list[int], start: int) -> tuple[str, int] | None:
                     character = bytes((lead, *continuation)).decode("utf-8")
                 except UnicodeDecodeError:  # an overlong or surrogate form
                     continue
-                if not _accent_before_punctuation(character, continuation):
+                if not _accent_before_punctuation(character, continuation, among_ascii_letters):
                     return character, 1 + count
     return None
 
 
-def _accent_before_punctuation(character: str, continuation: tuple[int, ...]) -> bool:
+def _accent_before_punctuation(character: str, continuation: tuple[int, ...], among_ascii_letters: bool) -> bool:
     """Whether a two-byte "sequence" is more likely an accented letter before Windows-1252
     punctuation (‘ ’ “ ” • – —, bytes 0x91-0x97) than a character of UTF-8: "é’" of "josé’s" reads
     as "ɒ", but the characters it would be (Latin Extended-B, IPA, spacing modifiers, combining
-    marks: U+0180-U+036F) are next to never written, and such words are common."""
-    return len(continuation) == 1 and 0x91 <= continuation[0] <= 0x97 and 0x180 <= ord(character) <= 0x36F
+    marks: U+0180-U+036F) are next to never written, and such words are common. So is a letter of
+    another script amid ASCII letters: "ú’" of "perú’s" reads as Arabic "ڒ", "ö’" of "malmö’s" as a
+    Hebrew accent, while a Cyrillic word read as Latin-1 ("ð‘ð°ð½ðº") holds no ASCII letter."""
+    if len(continuation) != 1 or not 0x91 <= continuation[0] <= 0x97:
+        return False
+    if 0x180 <= ord(character) <= 0x36F:
+        return True
+    return among_ascii_letters and not unicodedata.name(character, "").startswith("LATIN")
 
 
 def repaired_mojibake(word: str) -> str | None:
@@ -152,13 +159,14 @@ def repaired_mojibake(word: str) -> str | None:
     data = [_single_byte(ch) for ch in word]
     if None in data:
         return None
+    among_ascii_letters = any(ch.isascii() and ch.isalpha() for ch in word)
     out, i = [], 0
     while i < len(data):
         if data[i] < 0x80:
             out.append(chr(data[i]))
             i += 1
             continue
-        decoded = _decode_sequence(data, i)
+        decoded = _decode_sequence(data, i, among_ascii_letters)
         if decoded is None:
             return None
         out.append(decoded[0])

@@ -245,7 +245,9 @@ class ScoreTable:
                         else np.ascontiguousarray(nearest, dtype=np.int32))
         self.anchors = anchors
         self.similarity = similarity
-        self.unknown_score = float(unknown_score)
+        # As float32, the type of the table's and the collators' cached scores: an unknown word then
+        # weighs exactly as a word scored the same, and as itself once a collator has cached it.
+        self.unknown_score = float(np.float32(unknown_score))
         self.lowercase = bool(lowercase)
         self.info = dict(info or {})
 

@@ -391,6 +391,7 @@ def _word_tables(tokenizer, scheme: str) -> tuple[torch.Tensor, torch.Tensor, to
     starts_word &= ~never_word
     holes = torch.tensor([not isinstance(token, str) for token in tokens], dtype=torch.bool)
     _warn_of_words_tokens_cannot_tell(tokenizer, spanning)
+    _warn_of_tokens_gluing_the_next_word(tokenizer, starts_word, never_word)
     return starts_word, never_word, holes
 
 
@@ -414,6 +415,27 @@ def _warn_of_words_tokens_cannot_tell(tokenizer, spanning: Sequence[str]) -> Non
                       f"{inside[0]!r}): {'pro' + inside[0]!r} is tokenized as 'pro' and {inside[0]!r}, two words to "
                       "mask. Adding them as AddedToken(word, single_word=True) matches whole words only",
                       DiffmaskWarning, stacklevel=4)
+
+
+def _warn_of_tokens_gluing_the_next_word(tokenizer, starts_word: torch.Tensor, never_word: torch.Tensor) -> None:
+    """Warn of added tokens that take the whitespace after them (``rstrip=True``) where the token
+    that follows then lacks its word-start marker ("Ġ"): "zymogenase binds" is read as one word,
+    "zymogenasebinds". Found by tokenizing such a token before a word, as the marker's absence
+    depends on the pre-tokenizer (a Metaspace that prepends "▁" to every piece keeps it)."""
+    added = getattr(tokenizer, "added_tokens_decoder", None) or {}
+    taking = [(int(i), str(token.content)) for i, token in sorted(added.items())
+              if getattr(token, "rstrip", False) and not getattr(token, "special", True)]
+    glued = []
+    for token_id, content in taking:
+        ids = tokenizer(content + " word", add_special_tokens=False)["input_ids"]
+        after = [ids[i + 1] for i in range(len(ids) - 1) if ids[i] == token_id]
+        if after and 0 <= after[0] < starts_word.numel() and not (starts_word[after[0]] or never_word[after[0]]):
+            glued.append(content)
+    if glued:
+        warnings.warn(f"{type(tokenizer).__name__} has {counted(len(glued), 'added token')} with rstrip=True (e.g. "
+                      f"{glued[0]!r}): taking the space after it, such a token leaves the next word without its "
+                      f"word-start marker, so {glued[0] + ' word'!r} is masked and scored as one word. Adding them "
+                      "with rstrip=False keeps the words apart", DiffmaskWarning, stacklevel=4)
 
 
 def _prefix_flags(tokenizer, tokens: Sequence, scheme: str) -> list[bool]:

@@ -54,7 +54,9 @@ def test_has_letter():
 LEGIBLE_WORDS = ("cox-2", "é", "café", "naïve", "garçon", "señor", "straße", "ñandú", "µm", "x²", "α-helix", "σύνταξη",
                  "plus\u00admaze", "中文", "काम", "می\u200cخواهم", "👩\u200d🔬lab", "a\u0301b", "\U000e0fffab",
                  # an accented letter before typographic punctuation read as UTF-8 is "ɒ" (U+0252)
-                 "poincaré’s", "josé–maría", "CAFÉ’S", "renée”", "ça‘")
+                 "poincaré’s", "josé–maría", "CAFÉ’S", "renée”", "ça‘",
+                 # or a letter of another script amid ASCII letters ("ڒ", a Hebrew accent, "Ӓ")
+                 "perú’s", "malmö’s", "MALMÖ’S", "rondó”", "xô–y")
 
 
 def test_anchor_candidates_have_a_letter_and_are_not_broken_text():
@@ -68,7 +70,7 @@ def test_anchor_candidates_have_a_letter_and_are_not_broken_text():
 
 
 @pytest.mark.parametrize("meant", ["don’t", "café", "Düsseldorf", "“quote”", "naïve—", "µm", "😀x", "ĳ", "€uro", "文字",
-                                   "așa", "ə", "ёж", "cœur"])
+                                   "așa", "ə", "ёж", "cœur", "Međugorje", "їжак", "міст", "ё"])
 @pytest.mark.parametrize("read_as", ["latin-1", "cp1252"])
 def test_mojibake_is_recognized_and_repaired_also_when_lowercased(meant, read_as):
     try:

@@ -218,6 +218,25 @@ def test_score_table_rejects_non_finite_scores():
     assert table.score("enzyme,") == 0.5 and table.score("x") == pytest.approx(0.1)
 
 
+def test_unknown_words_weigh_exactly_as_words_scored_the_same_everywhere(bert_wordpiece, tmp_path, seed):
+    """The table holds float32 scores and a collator caches them so: an unknown_score kept as a
+    double made an unknown word outrank a word scored 0.1 under rank weighting, and outrank
+    itself once cached."""
+    from diffmask_fast import reference
+    from diffmask_fast.masker import DifferenceMasker
+
+    unknown = float(np.random.default_rng(seed).uniform(0.01, 1.0))
+    table = ScoreTable({"receptor": unknown}, unknown_score=unknown)
+    assert table.score("kinase") == table.score("receptor") == float(np.float32(unknown))
+    assert reference.word_weights([table.score("receptor"), table.score("kinase")], "rank") == [1.5, 1.5]
+    table.save(tmp_path / "t.npz")
+    assert ScoreTable.load(tmp_path / "t.npz") == table
+    masker = DifferenceMasker(bert_wordpiece, table, weighting="rank")
+    assert masker.warm([bert_wordpiece("kinase")["input_ids"]]) == 1
+    cached = masker.collator._cache.values[masker.collator._cache.values != 0]
+    assert cached.tolist() == [table.unknown_score]
+
+
 # ----------------------------------------------------------------------------------------------
 # Words the tokenizer splits into many pieces, words it has never seen
 # ----------------------------------------------------------------------------------------------

@@ -865,6 +865,30 @@ def test_added_tokens_matched_inside_words_are_warned_of_and_whole_word_ones_are
             word_boundaries(family())
 
 
+def test_added_tokens_that_take_the_next_space_are_warned_of_where_they_glue_the_next_word():
+    """An rstrip token leaves a byte-level BPE's next word without its "Ġ", so the two read as one
+    word; WordPiece and a Metaspace that prepends "▁" to every piece keep them apart."""
+    from tokenizers import AddedToken
+
+    from diffmask_fast.vocabulary import tokenizer_words
+
+    glued = tokenizers_offline.roberta_byte_bpe()
+    glued.add_tokens([AddedToken("zymogenase", single_word=True, rstrip=True)])
+    with pytest.warns(DiffmaskWarning, match=r"has 1 added token with rstrip=True \(e.g. 'zymogenase'\).*"
+                                             r"'zymogenase word' is masked and scored as one word"):
+        assert tokenizer_words(glued, "the zymogenase binds") == ["the", "zymogenasebinds"]
+    for family in (tokenizers_offline.roberta_byte_bpe, tokenizers_offline.bert_wordpiece,
+                   tokenizers_offline.sentencepiece_unigram):
+        for rstrip in (False, True):
+            tokenizer = family()
+            tokenizer.add_tokens([AddedToken("zymogenase", single_word=True, rstrip=rstrip)])
+            if rstrip and family is tokenizers_offline.roberta_byte_bpe:
+                continue
+            with warnings.catch_warnings():
+                warnings.simplefilter("error")
+                assert tokenizer_words(tokenizer, "the zymogenase binds") == ["the", "zymogenase", "binds"]
+
+
 def test_pieces_across_a_space_are_warned_of():
     """A Metaspace pre-tokenizer that does not split lets a piece hold "s▁the": the end of one word
     and the start of the next, grouped as one word."""
