@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numbers
 import re
+import unicodedata
 
 #: Whitespace at the start or end of one of the words joined by NUL.
 _PADDED = re.compile(r"(?:^|\0)\s|\s(?:\0|$)")
@@ -40,12 +41,21 @@ def first_unnormalized(words, lowercase: bool) -> tuple[str, str] | None:
     for word in words:
         if not isinstance(word, str):
             raise TypeError(f"words must be strings, got {word!r} ({type(word).__name__})")
-        if (word.islower() or not lowercase) and word[:1].isalnum() and word[-1:].isalnum():
+        if (word.islower() or not lowercase) and word[:1].isalnum() and word[-1:].isalnum() \
+                and (word.isascii() or unicodedata.is_normalized("NFC", word)):
             continue  # the usual case, normalized as it is
         normalized = normalize_word(word, lowercase)
         if normalized != word:
             return word, normalized
     return None
+
+
+def shown_apart(word: str, normalized: str) -> tuple[str, str]:
+    """The reprs of a word and its normalized form, escaped (``ascii``) where the word's accents
+    are not composed: "cafe" + U+0301 and its composed form "café" print alike."""
+    if unicodedata.is_normalized("NFC", word):
+        return repr(word), repr(normalized)
+    return ascii(word), ascii(normalized) + " (Unicode NFC: accents composed)"
 
 
 def first_blank_or_padded(words) -> str | None:

@@ -10,7 +10,7 @@ from dataclasses import asdict, dataclass
 from typing import Iterator, Mapping
 
 from . import reference
-from ._checks import whole_number
+from ._checks import shown_apart, whole_number
 from ._display import printable
 from ._io import atomic_write_json, json_ready, read_json
 from .advice import DiffmaskWarning
@@ -128,9 +128,10 @@ def _field_problem(anchors: Anchors) -> str | None:
     for anchor in anchors:
         if not isinstance(anchor.word, str) or anchor.word.split() != [anchor.word]:
             return f"an anchor's word must be one word (non-empty, no whitespace), got {anchor.word!r}"
-        if reference.normalize_word(anchor.word, lowercase=False) != anchor.word:
-            return (f"anchor {anchor.word!r} is not a counted word (punctuation is stripped from words' ends: "
-                    f"{reference.normalize_word(anchor.word, lowercase=False)!r})")
+        if (normalized := reference.normalize_word(anchor.word, lowercase=False)) != anchor.word:
+            word, normalized = shown_apart(anchor.word, normalized)
+            return (f"anchor {word} is not a counted word (punctuation is stripped from words' ends, accents "
+                    f"composed: {normalized})")
         if anchor.word in seen:
             return f"anchor {anchor.word!r} is listed twice"
         seen.add(anchor.word)

@@ -47,7 +47,7 @@ from tqdm.auto import tqdm
 
 from . import _wordtable as W
 from . import reference
-from ._checks import first_unnormalized, whole_number
+from ._checks import first_unnormalized, shown_apart, whole_number
 from ._io import atomic_write_json, atomic_writer, refuse_special_input
 from .corpus import (
     BINARY_CHECK_BYTES,
@@ -852,8 +852,9 @@ def _check_counted_words(words: Iterable[str], lowercase: bool) -> None:
             raise ValueError(f"counted words are non-empty and hold no whitespace (words of str.split()), got {word!r}")
     found = first_unnormalized((word for word in words if isinstance(word, str)), lowercase)
     if found is not None:
+        word, normalized = shown_apart(*found)
         raise ValueError(f"counted words are normalized (reference.normalize_word"
-                         f"{'' if lowercase else ', lowercase=False'}): {found[0]!r} is counted as {found[1]!r}; "
+                         f"{'' if lowercase else ', lowercase=False'}): {word} is counted as {normalized}; "
                          "count_words normalizes them")
 
 

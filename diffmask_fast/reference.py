@@ -45,13 +45,17 @@ def _is_punctuation_or_symbol(ch: str) -> bool:
 def normalize_word(word: str, lowercase: bool = True) -> str:
     """The form under which a word is counted and scored (README, "Choices").
 
-    Unicode-aware lowercasing (``str.lower``), then punctuation, symbols and invisible format
-    characters (Unicode categories P*, S* and Cf, except U+FFFD) stripped from both ends: "\ufeffhello"
-    of two files joined with their byte-order marks is "hello". A word made only of them keeps its
-    (lowercased) form, so "," and "..." stay words of their own rather than collapsing into "".
+    Unicode-aware lowercasing (``str.lower``) and canonical composition (NFC: "cafe" + U+0301,
+    as macOS file names and some PDF extractors write it, is the "café" of other text), then
+    punctuation, symbols and invisible format characters (Unicode categories P*, S* and Cf, except
+    U+FFFD) stripped from both ends: "\ufeffhello" of two files joined with their byte-order marks
+    is "hello". A word made only of them keeps its (lowercased) form, so "," and "..." stay words
+    of their own rather than collapsing into "".
     """
     if lowercase:
         word = word.lower()
+    if not word.isascii():
+        word = unicodedata.normalize("NFC", word)
     start, end = 0, len(word)
     while start < end and _is_punctuation_or_symbol(word[start]):
         start += 1

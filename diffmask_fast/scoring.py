@@ -19,6 +19,7 @@ import math
 import os
 import random
 import re
+import unicodedata
 import warnings
 import zipfile
 from collections.abc import Mapping
@@ -30,7 +31,8 @@ import torch
 from tqdm.auto import tqdm
 
 from . import reference
-from ._checks import first_blank_or_padded, first_unnormalized, refuse_one_string, whole_number, word_list
+from ._checks import (first_blank_or_padded, first_unnormalized, refuse_one_string, shown_apart, whole_number,
+                      word_list)
 from ._io import atomic_write_bytes, atomic_write_json, read_json, refuse_special_input
 from .advice import DiffmaskWarning
 from .anchors import Anchors
@@ -72,7 +74,7 @@ def normalize_words(words: Iterable[str], lowercase: bool = True) -> list[str]:
         if not word:
             continue
         lowered = word.lower() if lowercase else word
-        if lowered[0].isalnum() and lowered[-1].isalnum():
+        if lowered[0].isalnum() and lowered[-1].isalnum() and (lowered.isascii() or unicodedata.is_normalized("NFC", lowered)):
             keys.add(lowered)
         else:
             keys.add(reference.normalize_word(word, lowercase))
@@ -129,8 +131,9 @@ def _check_normalized(words: Sequence[str], lowercase: bool) -> None:
     _check_lowercase(lowercase)
     found = first_unnormalized(words, lowercase)
     if found is not None:
-        raise ValueError(f"score table keys must be normalized words (reference.normalize_word): {found[0]!r} would "
-                         f"be looked up as {found[1]!r} and never found; ScoreTable.from_mapping normalizes keys")
+        word, normalized = shown_apart(*found)
+        raise ValueError(f"score table keys must be normalized words (reference.normalize_word): {word} would "
+                         f"be looked up as {normalized} and never found; ScoreTable.from_mapping normalizes keys")
     padded = first_blank_or_padded(words)
     if padded is not None:
         raise ValueError(f"score table keys are words, non-empty and without whitespace before or after them: "

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 import numbers
+import unicodedata
 import warnings
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Iterable, Mapping, NamedTuple, Sequence
@@ -93,7 +94,7 @@ def _stripped_edges(text: str) -> tuple[str, str]:
     """The punctuation ``normalize_word`` strips from the start and from the end of a decoded
     word ("(in" -> ("(", ""), "protein." -> ("", ".")): where a tokenizer keeps punctuation inside
     its words, it stands between the word and its neighbours."""
-    lowered = text.lower()
+    lowered = unicodedata.normalize("NFC", text.lower())  # as normalize_word composes accents
     key = normalize_word(text)
     if key == lowered:
         return "", ""

@@ -169,7 +169,8 @@ def test_random_strings_match_the_reference(rng, tiny_chunks, lowercase):
     """Case rules of every kind (final sigma, dotted I, Kelvin sign) hold, or are left alone
     with lowercase=False, in ASCII and non-ASCII words alike."""
     alphabet = list(" \n\r\t\x85\xa0\u2028\u3000\u200b") + ["a", "Σ", "ς", "İ", "ß", "ﬁ", "K", "\u212a", ".", "-",
-                                                          "“", "”", "😀", "\ufffd", "\x00", "\ud800", "\udfff", "é"]
+                                                          "“", "”", "😀", "\ufffd", "\x00", "\ud800", "\udfff", "é",
+                                                          "\u0301", "\u212b", "\u0308"]  # composed by NFC
     texts = ["".join(rng.choice(alphabet) for _ in range(rng.randrange(0, 40))) for _ in range(3000)]
     expected = dict(reference.count_words(texts, lowercase=lowercase))
     for threads in (1, 2):

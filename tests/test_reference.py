@@ -36,10 +36,31 @@ def test_reference_needs_no_extension_or_torch():
         ("...", "..."),
         ("“quoted”", "quoted"),
         ("caf\ufffd,", "caf\ufffd"),  # U+FFFD, what undecodable bytes become, marks broken text: kept
+        ("Cafe\u0301", "caf\u00e9"),  # decomposed accents, composed (NFC)
+        ("\"nai\u0308ve\u0301.\"", "na\u00efv\u00e9"),
+        ("\u212bngstr\u00f6m", "\u00e5ngstr\u00f6m"),  # the Angstrom sign is the letter
     ],
 )
 def test_normalize_word(raw, expected):
     assert reference.normalize_word(raw) == expected
+
+
+def test_normalize_word_is_a_fixed_point_and_ignores_how_accents_are_written(seed):
+    """Tables are keyed by normalized words and refuse keys that normalize to another one, so a
+    normalized word must stay as it is; its composed and decomposed spellings are one word."""
+    import random
+    import unicodedata
+
+    rng = random.Random(seed)
+    alphabet = ["a", "e", "I", "İ", "Σ", "ς", "ß", "\u212a", "\u212b", "\u0301", "\u0308", "\u0327", "é", "Å", ".", ",",
+                "“", "-", "\ufeff", "\u200b", "😀"]
+    for _ in range(3000):
+        word = "".join(rng.choice(alphabet) for _ in range(rng.randrange(1, 8)))
+        for lowercase in (True, False):
+            once = reference.normalize_word(word, lowercase)
+            assert reference.normalize_word(once, lowercase) == once, ascii(word)
+            for form in ("NFD", "NFC"):
+                assert reference.normalize_word(unicodedata.normalize(form, word), lowercase) == once, ascii(word)
 
 
 def test_normalize_word_can_keep_case():

@@ -14,7 +14,8 @@ import torch
 from diffmask_fast import DiffmaskWarning, reference
 from diffmask_fast.contextual import ContextualAnchors, contextual_anchor_vectors
 from diffmask_fast.embedding import WordEmbedder, default_model_path, load_encoder
-from diffmask_fast.scoring import ScoreTable, WordScorer, anchors_read_as_common_words, similarity_to_anchors
+from diffmask_fast.scoring import (ScoreTable, WordScorer, anchors_read_as_common_words, normalize_words,
+                                   similarity_to_anchors)
 
 WORDS = ["enzyme", "receptor", "frataxin", "the", "phosphorylation", "Straße", "a", "μm", "antidisestablishmentarianism"]
 
@@ -387,6 +388,26 @@ def test_given_scores_that_collide_after_normalization():
     with pytest.raises(ValueError, match="finite"):
         ScoreTable.from_mapping({"The": 0.5, "the": math.nan})
     assert ScoreTable.from_mapping({"The": 0.75, "the": 0.25}, lowercase=False).scores == {"The": 0.75, "the": 0.25}
+
+
+def test_accents_written_decomposed_are_the_composed_words_in_tables_and_collators(roberta_byte_bpe):
+    """Text with "cafe" + U+0301 (macOS file names, some PDF extractors) meets the "café" of a
+    table scored from other text: the byte-level BPE keeps its bytes, the lookup composes them."""
+    from diffmask_fast import DifferenceMaskingCollator
+
+    decomposed, composed = "cafe\u0301", "caf\u00e9"
+    table = ScoreTable.from_mapping({decomposed: 1.0, "the": 0.0, "is": 0.0, "open": 0.0})
+    assert table.scores == {composed: 1.0, "the": 0.0, "is": 0.0, "open": 0.0}
+    assert table.score(decomposed.upper()) == table.score(composed) == 1.0
+    assert normalize_words([decomposed, composed, "Cafe\u0301,"]) == [composed]
+    with pytest.raises(ValueError, match=r"'cafe\\u0301' would be looked up as 'caf\\xe9' \(Unicode NFC"):
+        ScoreTable({decomposed: 1.0})
+    ids = roberta_byte_bpe(f"the {decomposed} is open")["input_ids"]
+    collator = DifferenceMaskingCollator(roberta_byte_bpe, table, mlm_probability=0.25, seed=0)
+    batch = collator([ids] * 50)  # 4 words, a budget of exactly one: the one that scores above 0
+    masked = {roberta_byte_bpe.decode([ids[i] for i in row.nonzero().flatten().tolist()])
+              for row in batch["labels"] != -100}
+    assert masked == {f" {decomposed}"}
 
 
 # ----------------------------------------------------------------------------------------------

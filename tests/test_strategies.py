@@ -404,6 +404,18 @@ def test_terms_match_across_any_whitespace(request, tokenizer_name):
 
 
 @pytest.mark.parametrize("tokenizer_name", TOKENIZERS)
+def test_terms_match_however_their_accents_are_written(request, tokenizer_name):
+    """A term written with composed accents finds text written with decomposed ones ("e" +
+    U+0301) and the other way round; the punctuation beside such a word is still read."""
+    tokenizer = request.getfixturevalue(tokenizer_name)
+    texts = ["the Cafe\u0301 au lait", "the caf\u00e9 au lait", "the cafe\u0301. au lait", "the (cafe\u0301 au lait"]
+    batch = RandomWordCollator(tokenizer)._pad(encode(tokenizer, texts, max_length=None))["input_ids"]
+    for term in ("caf\u00e9 au lait", "cafe\u0301 au lait"):
+        found = TermMatcher(tokenizer, [term]).spans(batch)
+        assert [bool(row) for row in found] == [True, True, False, True], (tokenizer_name, ascii(term), found)
+
+
+@pytest.mark.parametrize("tokenizer_name", TOKENIZERS)
 def test_terms_match_across_no_punctuation_they_lack(request, tokenizer_name):
     """RoBERTa and SentencePiece keep punctuation inside words ("protein."), BERT makes it a word:
     under every tokenizer "protein. Kinase" is no occurrence of "protein kinase" (it was under the
