@@ -442,9 +442,11 @@ class _FrameAsDataset:
 
 
 def is_data_frame(source: object) -> bool:
-    """Whether ``source`` looks like a pandas ``DataFrame`` (``columns`` and ``iloc``); pandas
-    itself is never imported."""
-    return hasattr(source, "columns") and hasattr(source, "iloc") and not hasattr(source, "name")
+    """Whether ``source`` looks like a pandas ``DataFrame`` (``columns`` and ``iloc``, but no
+    Series' ``name``); pandas itself is never imported. Its class is asked, not the frame: a
+    frame's columns are attributes too, so one with a "name" column has ``frame.name``."""
+    kind = type(source)
+    return hasattr(kind, "columns") and hasattr(kind, "iloc") and not hasattr(kind, "name")
 
 
 def dataset_view(source: object) -> object:
@@ -459,6 +461,9 @@ def check_iterable_corpus(source: object) -> None:
     if isinstance(source, (bytes, bytearray, memoryview)):
         raise CorpusError(f"the corpus is {type(source).__name__}; decode it to a string (text.decode('utf-8')) and "
                           "pass its lines or documents as strings, or pass the path of a file")
+    if not isinstance(source, (str, os.PathLike, Iterable)):
+        raise CorpusError(f"the corpus is {source!r:.60} ({type(source).__name__}); pass the path of a file, directory "
+                          "or glob, an iterable of strings, a datasets.Dataset or a pandas DataFrame")
     if isinstance(source, Mapping):
         keys = ", ".join(map(str, list(source)[:5]))
         raise CorpusError(f"a mapping was given as the corpus (keys: {keys}); pass one split of a "

@@ -367,7 +367,7 @@ def pretrain(config: PretrainConfig) -> dict:
     from .mlm_model import load_masked_lm
     from .pretrain_data import (SequenceDataset, TrainingCollator, documents_fingerprint, read_documents,
                                 shared_documents, split_documents, tokenize_documents)
-    from .trainer import MaskingTrainer, ResumableEarlyStopping, RunRecordCallback
+    from .trainer import CurrentIntervals, MaskingTrainer, ResumableEarlyStopping, RunRecordCallback
 
     config.check()
     if config.precision == "fp16" and not torch.cuda.is_available():
@@ -454,7 +454,8 @@ def pretrain(config: PretrainConfig) -> dict:
         eval_dataset=SequenceDataset(validation_set),
         data_collator=TrainingCollator(tokenizer, strategy.collator), masker=strategy.masker,
         head_warmup_steps=config.head_warmup_steps, head_learning_rate=config.head_learning_rate,
-        callbacks=[ResumableEarlyStopping(early_stopping_patience=config.patience)] if config.patience else [],
+        callbacks=[CurrentIntervals()] + ([ResumableEarlyStopping(early_stopping_patience=config.patience)]
+                                          if config.patience else []),
     )
     record = None if config.resume else RunRecordCallback(  # also measures the loss before training
         out / RUN_FILE, {"config": json_ready(dataclasses.asdict(config)), "working_directory": os.getcwd(),

@@ -660,6 +660,16 @@ class ResumableEarlyStopping(EarlyStoppingCallback):
         return count if isinstance(count, int) and not isinstance(count, bool) else 0
 
 
+class CurrentIntervals(TrainerCallback):
+    """Evaluate, save and log at the intervals of the resumed run's arguments: transformers takes
+    a checkpoint's (its saved trainer state) and mentions it only in its log, so a raised
+    ``eval_steps`` changed nothing, and patience went on counting the old evaluations."""
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        if state.global_step > 0:
+            state.compute_steps(args, state.max_steps)
+
+
 class _ResumedMasking(TrainerCallback):
     """Tells the masker and the masking collator the step a resumed run starts at: their seeded
     streams would otherwise start over (checkpoints do not hold them) and repeat the run's first

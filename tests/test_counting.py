@@ -347,6 +347,12 @@ def test_a_pandas_data_frame_is_read_by_its_text_column(rng):
     assert list(iter_documents(frame["body"])) == texts  # a column alone is an iterable of strings
     with pytest.raises(CorpusError, match="no column 'text' .*columns: body, label"):
         count_words(frame, progress=False)
+    # A column "name" is an attribute of the frame as a Series' name is of a Series: still a frame,
+    # not an iterable of its two column labels.
+    named = pandas.DataFrame({"name": [f"doc{i}" for i in range(len(texts))], "text": texts})
+    counts = count_words(named, progress=False)
+    assert dict(counts.counts) == dict(reference.count_words(texts)) and counts.documents == len(texts)
+    assert list(iter_documents(named)) == texts
 
 
 def test_dataset_errors():
@@ -458,6 +464,11 @@ def test_files_compressed_by_other_tools_than_gzip_are_named_as_such(tmp_path):
 def test_bad_input_gives_clear_errors(tmp_path):
     with pytest.raises(CorpusError, match="does not exist"):
         count_words(tmp_path / "missing.txt", progress=False)
+    for nothing, shown in ((None, r"None \(NoneType\)"), (5, r"5 \(int\)")):  # not "object is not iterable"
+        with pytest.raises(CorpusError, match=f"the corpus is {shown}; pass the path of a file"):
+            count_words(nothing, progress=False)
+        with pytest.raises(CorpusError, match=f"the corpus is {shown}"):
+            list(iter_documents(nothing))
     (tmp_path / "empty_dir").mkdir()
     (tmp_path / "empty_dir" / "notes.csv").write_text("a,b\n")
     with pytest.raises(CorpusError, match="no text files"):
@@ -869,9 +880,9 @@ def test_a_local_dask_scheduler_name_or_a_data_frame_is_refused_with_the_way_to_
                                              "give no scheduler"):
             count_words(corpus, progress=False, scheduler=name)
     pandas = pytest.importorskip("pandas")
-    frame = pandas.DataFrame({"text": ["kinase binds"]})
-    with pytest.raises(CorpusError, match="distributed counting reads files; count a dataset without a scheduler"):
-        count_words(frame, progress=False, scheduler="tcp://nowhere:1")
+    for frame in (pandas.DataFrame({"text": ["kinase binds"]}), pandas.DataFrame({"name": ["a"], "text": ["kinase"]})):
+        with pytest.raises(CorpusError, match="distributed counting reads files; count a dataset without a scheduler"):
+            count_words(frame, progress=False, scheduler="tcp://nowhere:1")
 
 
 # ----------------------------------------------------------------------------------------------

@@ -1565,6 +1565,20 @@ def test_a_run_resumes_on_the_number_of_processes_it_trained_on(model_dir, corpu
     assert finished["global_step"] == 2
 
 
+def test_a_resume_evaluates_saves_and_logs_at_its_own_intervals(model_dir, corpus, tmp_path):
+    """The README lets --eval-steps and --logging-steps change on --resume; transformers kept the
+    checkpoint's intervals, so the resumed part still evaluated and logged every 2 steps."""
+    options = dict(strategy="random-word", patience=0)
+    pretrain(config_for(model_dir, corpus, tmp_path / "run", max_steps=4, eval_steps=2, logging_steps=2, **options))
+    summary = pretrain(config_for(model_dir, corpus, tmp_path / "run", resume=True, max_steps=12, eval_steps=4,
+                                  logging_steps=4, save_total_limit=10, **options))
+    history = summary["log_history"]
+    evaluated = sorted({entry["step"] for entry in history if "eval_loss" in entry and entry["step"] > 0})
+    logged = sorted({entry["step"] for entry in history if "loss" in entry})
+    assert evaluated == [2, 4, 8, 12] and logged == [2, 4, 8, 12], (evaluated, logged)
+    assert sorted(int(p.name.split("-")[1]) for p in (tmp_path / "run").glob("checkpoint-*")) == [2, 4, 8, 12]
+
+
 def test_only_the_first_rank_shows_the_tokenizing_bars_and_the_advice(model_dir, corpus, tmp_path, monkeypatch, capsys):
     """Under torchrun every rank drew the tokenizing bars and gave the same warning."""
     from diffmask_fast import pretrain as pretrain_module
