@@ -71,14 +71,15 @@ def first_blank_or_padded(words) -> str | None:
     return next((word for word in words if word != word.strip()), None)  # else a NUL inside a word matched
 
 
-def whole_number(value: object, name: str, least: int = 1, most: int | None = None, why: str = "") -> int:
+def whole_number(value: object, name: str, least: int = 1, most: int | None = None, why: str = "",
+                 least_why: str = "") -> int:
     """``value`` as an int, refusing what is no whole number (2.5, "2", True) or lies outside
-    [``least``, ``most``], by name (``why`` says where ``most`` comes from): int() would cut 2.5
-    to 2, and a string or float failed deep inside."""
+    [``least``, ``most``], by name (``why`` and ``least_why`` say where the bounds come from):
+    int() would cut 2.5 to 2, and a string or float failed deep inside."""
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
         raise TypeError(f"{name} must be a whole number, got {value!r}")
     if value < least:
-        raise ValueError(f"{name} must be at least {least:,}, got {value}")
+        raise ValueError(f"{name} must be at least {least:,}{least_why}, got {value}")
     if most is not None and value > most:
         raise ValueError(f"{name} must be at most {most:,}{why}, got {value}")
     return int(value)

@@ -32,7 +32,7 @@ import torch
 from tqdm.auto import tqdm
 
 from . import reference
-from ._checks import refuse_one_string, word_list
+from ._checks import refuse_one_string, whole_number, word_list
 from .advice import DiffmaskWarning
 from .embedding import has_lone_surrogate
 from .hf_loading import check_max_length, eval_mode, longest_input, model_name
@@ -222,11 +222,6 @@ def find_occurrences(tokenizer, texts: Iterable[str], anchor_words: Sequence[str
     return kept
 
 
-def _check_at_least(name: str, value, least: int, why: str = "") -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < least:
-        raise ValueError(f"{name} must be an integer of at least {least}{why}, got {value!r}")
-
-
 def contextual_anchor_vectors(embedder, texts: Iterable[str], anchor_words: Sequence[str], *,
                               max_occurrences_per_anchor: int = 1000, max_length: int | None = None, batch_size: int = 32,
                               lowercase: bool = True, seed: int = 0, scheme: str | None = None,
@@ -241,10 +236,10 @@ def contextual_anchor_vectors(embedder, texts: Iterable[str], anchor_words: Sequ
     occur get no vectors (see ``ContextualAnchors.occurrences``) and are named in a warning; when
     none occurs at all, ValueError.
     """
-    _check_at_least("max_occurrences_per_anchor", max_occurrences_per_anchor, 1)
-    _check_at_least("batch_size", batch_size, 1)
+    max_occurrences_per_anchor = whole_number(max_occurrences_per_anchor, "max_occurrences_per_anchor")
+    batch_size = whole_number(batch_size, "batch_size")
     if max_length is not None:
-        _check_at_least("max_length", max_length, 3, " (two special tokens and a piece)")
+        max_length = whole_number(max_length, "max_length", least=3, least_why=" (two special tokens and a piece)")
     if texts is None:
         raise TypeError("texts must be an iterable of documents, got None")
     refuse_one_string(texts, "texts", "an iterable of documents")

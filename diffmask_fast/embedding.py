@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ._checks import refuse_one_string
+from ._checks import refuse_one_string, whole_number
 from .advice import DiffmaskWarning
 from .embedding_cache import EmbeddingCache, default_cache_dir
 from .hf_loading import (cached_hub_file, check_max_length, check_model_reference, check_vocabulary, eval_mode,
@@ -231,14 +231,11 @@ class WordEmbedder:
     def __post_init__(self) -> None:
         if self.pooling not in POOLINGS:
             raise ValueError(f"unknown pooling {self.pooling!r}; expected one of {', '.join(POOLINGS)}")
-        for name, value in (("batch_size", self.batch_size), ("max_length", self.max_length)):
-            if isinstance(value, bool) or not isinstance(value, (int, np.integer)):  # a float fails only mid-run
-                raise ValueError(f"{name} must be an integer, got {value!r}")
-        self.batch_size, self.max_length = int(self.batch_size), int(self.max_length)  # numpy's: JSON in the cache key
-        if self.batch_size < 1:
-            raise ValueError(f"batch_size must be positive, got {self.batch_size}")
-        if self.max_length < 3 and self.pooling != "input_embeddings":  # which never truncates
-            raise ValueError(f"max_length must be at least 3 (two special tokens and a piece), got {self.max_length}")
+        # As ints (numpy's too: they go into the cache key's JSON); a float would fail only mid-run.
+        self.batch_size = whole_number(self.batch_size, "batch_size")
+        truncates = self.pooling != "input_embeddings"  # which reads no sequence
+        self.max_length = whole_number(self.max_length, "max_length", least=3 if truncates else 1,
+                                       least_why=" (two special tokens and a piece)" if truncates else "")
         if isinstance(self.dtype, str):
             if self.dtype not in DTYPES:
                 raise ValueError(f"unknown dtype {self.dtype!r}; expected one of {', '.join(DTYPES)}")

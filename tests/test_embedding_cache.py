@@ -95,11 +95,11 @@ def test_settings_that_would_fail_mid_run_are_refused_when_made(tokenizer, seed)
     """A fractional max_length failed inside transformers at the first long word; a tokenizer
     with more ids than the model embeds, at the first word holding one."""
     model = tiny_bert(tokenizer, seed)
-    for options, message in [({"max_length": 8.5}, "max_length must be an integer, got 8.5"),
-                             ({"max_length": None}, "max_length must be an integer, got None"),
-                             ({"batch_size": "8"}, "batch_size must be an integer, got '8'"),
-                             ({"batch_size": True}, "batch_size must be an integer, got True")]:
-        with pytest.raises(ValueError, match=message):
+    for options, message in [({"max_length": 8.5}, "max_length must be a whole number, got 8.5"),
+                             ({"max_length": None}, "max_length must be a whole number, got None"),
+                             ({"batch_size": "8"}, "batch_size must be a whole number, got '8'"),
+                             ({"batch_size": True}, "batch_size must be a whole number, got True")]:
+        with pytest.raises(TypeError, match=message):
             embedder(model, tokenizer, None, **options)
     small = tiny_bert(tokenizer, seed)
     small.resize_token_embeddings(tokenizer.vocab_size - 10, mean_resizing=False)

@@ -809,10 +809,11 @@ def test_contextual_anchor_arguments_are_checked(tiny_bert):
     model, tokenizer = tiny_bert
     embedder = WordEmbedder(model, tokenizer, pooling="mean", progress=False)
     texts = ["the receptor binds the kinase"]
-    for options, message in [({"max_length": 2}, "max_length must be an integer of at least 3"),
+    for options, message in [({"max_length": 2}, r"max_length must be at least 3 \(two special tokens and a piece\)"),
                              ({"max_length": 1}, "max_length must be"), ({"batch_size": 0}, "batch_size must be"),
-                             ({"max_occurrences_per_anchor": 2.5}, "max_occurrences_per_anchor must be an integer")]:
-        with pytest.raises(ValueError, match=message):
+                             ({"max_occurrences_per_anchor": 2.5}, "max_occurrences_per_anchor must be a whole number"),
+                             ({"batch_size": 8.0}, "batch_size must be a whole number")]:
+        with pytest.raises((ValueError, TypeError), match=message):
             contextual_anchor_vectors(embedder, texts, ["receptor"], **options)
     with pytest.raises(TypeError, match="text 1 is int: 123"):
         contextual_anchor_vectors(embedder, ["a receptor", 123], ["receptor"])
