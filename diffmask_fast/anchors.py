@@ -10,7 +10,7 @@ from dataclasses import asdict, dataclass
 from typing import Iterator, Mapping
 
 from . import reference
-from ._checks import shown_apart, whole_number
+from ._checks import first_unnormalized, shown_apart, whole_number
 from ._display import printable
 from ._io import atomic_write_json, json_ready, read_json
 from .advice import DiffmaskWarning
@@ -130,8 +130,7 @@ def _field_problem(anchors: Anchors) -> str | None:
             return f"an anchor's word must be one word (non-empty, no whitespace), got {anchor.word!r}"
         if (normalized := reference.normalize_word(anchor.word, lowercase=False)) != anchor.word:
             word, normalized = shown_apart(anchor.word, normalized)
-            return (f"anchor {word} is not a counted word (punctuation is stripped from words' ends, accents "
-                    f"composed: {normalized})")
+            return f"anchor {word} is not a counted word (punctuation is stripped from words' ends: {normalized})"
         if anchor.word in seen:
             return f"anchor {anchor.word!r} is listed twice"
         seen.add(anchor.word)
@@ -225,6 +224,7 @@ def mine_anchors(
             broken.append((word, counts[word]))
     if broken:
         _warn_of_broken_text(broken)
+    _refuse_uncomposed([word for word, _ in chosen], counts.lowercase)
     if not chosen:
         raise ValueError(
             f"no word qualifies as an anchor: none has a letter, is readable text and occurs at least "
@@ -233,6 +233,16 @@ def mine_anchors(
     anchors = tuple(Anchor(w, s, counts[w], general.count(w)) for w, s in chosen)
     _warn_of_weak_anchors(anchors, len(scored))
     return Anchors(anchors, total, general.total, min_count, smoothing_per_million, general.source)
+
+
+def _refuse_uncomposed(words: list, lowercase: bool) -> None:
+    """Refuse anchors that counting no longer makes: counts saved before words had their accents
+    composed (NFC) hold "cafe" + U+0301 apart from "café", and such an anchor could not be saved."""
+    found = first_unnormalized(words, lowercase)
+    if found is not None:
+        word, normalized = shown_apart(*found)
+        raise ValueError(f"the counts hold the anchor {word}, which is now counted as {normalized}: they were saved "
+                         "by an earlier version, which kept decomposed accents apart; count the corpus again")
 
 
 #: An anchor at most this many times as frequent in the domain as in general English (TF-ICF) is

@@ -461,7 +461,7 @@ def check_iterable_corpus(source: object) -> None:
     if isinstance(source, (bytes, bytearray, memoryview)):
         raise CorpusError(f"the corpus is {type(source).__name__}; decode it to a string (text.decode('utf-8')) and "
                           "pass its lines or documents as strings, or pass the path of a file")
-    if not isinstance(source, (str, os.PathLike, Iterable)):
+    if not isinstance(source, (str, os.PathLike, Iterable)) and not _iterable_by_index(source):
         raise CorpusError(f"the corpus is {source!r:.60} ({type(source).__name__}); pass the path of a file, directory "
                           "or glob, an iterable of strings, a datasets.Dataset or a pandas DataFrame")
     if isinstance(source, Mapping):
@@ -473,6 +473,16 @@ def check_iterable_corpus(source: object) -> None:
         raise CorpusError(f"the corpus is a list of strings that name files ({shown}{', ...' if len(source) > 3 else ''}), "
                           "and strings are documents: give the files as pathlib.Path objects "
                           "([Path(name) for name in names]), or one path, directory or glob as a string")
+
+
+def _iterable_by_index(source: object) -> bool:
+    """Whether ``iter()`` takes ``source`` though it is no ``Iterable``: a sequence by
+    ``__getitem__`` alone (a map-style torch Dataset). ``iter()`` starts nothing here."""
+    try:
+        iter(source)
+    except TypeError:
+        return False
+    return True
 
 
 def _names_a_file(item: object) -> bool:

@@ -37,6 +37,7 @@ import stat
 import struct
 import threading
 import types
+import unicodedata
 import zlib
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from pathlib import Path
@@ -853,9 +854,11 @@ def _check_counted_words(words: Iterable[str], lowercase: bool) -> None:
     found = first_unnormalized((word for word in words if isinstance(word, str)), lowercase)
     if found is not None:
         word, normalized = shown_apart(*found)
+        earlier = ("" if unicodedata.is_normalized("NFC", found[0])
+                   else " (counts saved by earlier versions kept decomposed accents apart: count again)")
         raise ValueError(f"counted words are normalized (reference.normalize_word"
                          f"{'' if lowercase else ', lowercase=False'}): {word} is counted as {normalized}; "
-                         "count_words normalizes them")
+                         f"count_words normalizes them{earlier}")
 
 
 class WordCounts:

@@ -6,6 +6,7 @@ import heapq
 import math
 import numbers
 import os
+import unicodedata
 from dataclasses import dataclass
 from functools import cached_property, lru_cache
 from pathlib import Path
@@ -59,6 +60,8 @@ class GeneralFrequencies:
             word = list(self.counts)[int(np.flatnonzero(bad)[0])]
             raise ValueError(f"general counts must be finite and non-negative; {int(bad.sum())} are not "
                              f"(e.g. {word!r}: {self.counts[word]!r})")
+        if any(not word.isascii() and not unicodedata.is_normalized("NFC", word) for word in self.counts):
+            object.__setattr__(self, "counts", _accents_composed(self.counts))
         counted = float(values.sum())
         if counted > self.total * (1 + 1e-9):  # frequencies above 1 in sum: the total is of another corpus
             raise ValueError(f"the general corpus total ({self.total:,.6g}) is less than the sum of its counts "
@@ -142,6 +145,17 @@ class GeneralFrequencies:
         if not counts:
             raise ValueError(f"general frequency table {str(path)!r} has no entries")
         return cls(counts, float(total) if total is not None else _table_total(counts, path), source=str(path))
+
+
+def _accents_composed(counts: dict) -> dict:
+    """``counts`` keyed by words with their accents composed (NFC), as corpus words are
+    (``reference.normalize_word``), summing spellings that compose alike: a table's
+    "re\u0301sume\u0301" would never meet a corpus's "résumé"."""
+    composed: dict = {}
+    for word, count in counts.items():
+        key = word if word.isascii() else unicodedata.normalize("NFC", word)
+        composed[key] = composed.get(key, 0) + count
+    return composed
 
 
 def _table_total(counts: dict, path: Path) -> float:

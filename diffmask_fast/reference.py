@@ -136,18 +136,29 @@ def _decode_sequence(data: list[int], start: int, among_ascii_letters: bool) -> 
     return None
 
 
+#: What an accented letter before Windows-1252 punctuation (bytes 0x91-0x97) reads as in UTF-8
+#: when the letter is taken for the capital it may have been lowercased from, where that is a
+#: character next to never written: "ó’" as "Ӓ" (Chuvash), "ô" as Cyrillic Supplement, "ö" as a
+#: Hebrew cantillation mark, "ø" as an Arabic honorific, "ú’" and "ú”" as Arabic "ڒ" and "ڔ",
+#: "ü" as Syriac, "ý" as Arabic Supplement, "þ" as Thaana. (Greek, "×", Cyrillic "ё" and "і" are
+#: written: "ã—" and "î”" stay mojibake.)
+_RARELY_WRITTEN_AFTER_AN_ACCENT = ((0x4D1, 0x4D7), (0x511, 0x517), (0x591, 0x597), (0x611, 0x617), (0x692, 0x692),
+                                   (0x694, 0x694), (0x711, 0x717), (0x751, 0x757), (0x791, 0x797))
+
+
 def _accent_before_punctuation(character: str, continuation: tuple[int, ...], among_ascii_letters: bool) -> bool:
     """Whether a two-byte "sequence" is more likely an accented letter before Windows-1252
     punctuation (‘ ’ “ ” • – —, bytes 0x91-0x97) than a character of UTF-8: "é’" of "josé’s" reads
     as "ɒ", but the characters it would be (Latin Extended-B, IPA, spacing modifiers, combining
-    marks: U+0180-U+036F) are next to never written, and such words are common. So is a letter of
-    another script amid ASCII letters: "ú’" of "perú’s" reads as Arabic "ڒ", "ö’" of "malmö’s" as a
-    Hebrew accent, while a Cyrillic word read as Latin-1 ("ð‘ð°ð½ðº") holds no ASCII letter."""
+    marks: U+0180-U+036F) are next to never written, and such words are common. So are those of
+    ``_RARELY_WRITTEN_AFTER_AN_ACCENT`` amid ASCII letters ("perú’s", "malmö’s"), where a word of
+    their script read as Latin-1 would hold none."""
     if len(continuation) != 1 or not 0x91 <= continuation[0] <= 0x97:
         return False
-    if 0x180 <= ord(character) <= 0x36F:
+    code = ord(character)
+    if 0x180 <= code <= 0x36F:
         return True
-    return among_ascii_letters and not unicodedata.name(character, "").startswith("LATIN")
+    return among_ascii_letters and any(low <= code <= high for low, high in _RARELY_WRITTEN_AFTER_AN_ACCENT)
 
 
 def repaired_mojibake(word: str) -> str | None:

@@ -424,7 +424,8 @@ def _warn_of_tokens_gluing_the_next_word(tokenizer, starts_word: torch.Tensor, n
     depends on the pre-tokenizer (a Metaspace that prepends "▁" to every piece keeps it)."""
     added = getattr(tokenizer, "added_tokens_decoder", None) or {}
     taking = [(int(i), str(token.content)) for i, token in sorted(added.items())
-              if getattr(token, "rstrip", False) and not getattr(token, "special", True)]
+              if getattr(token, "rstrip", False) and not getattr(token, "special", True)
+              and str(token.content).strip()]  # whitespace ends a word anyway
     glued = []
     for token_id, content in taking:
         ids = tokenizer(content + " word", add_special_tokens=False)["input_ids"]

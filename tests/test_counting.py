@@ -469,6 +469,13 @@ def test_bad_input_gives_clear_errors(tmp_path):
             count_words(nothing, progress=False)
         with pytest.raises(CorpusError, match=f"the corpus is {shown}"):
             list(iter_documents(nothing))
+
+    class ByIndex:  # iterable by __getitem__ alone, as a map-style torch Dataset
+        def __getitem__(self, index):
+            return ["the kinase binds", "the receptor"][index]
+
+    assert list(iter_documents(ByIndex())) == ["the kinase binds", "the receptor"]
+    assert count_words(ByIndex(), progress=False).counts["the"] == 2
     (tmp_path / "empty_dir").mkdir()
     (tmp_path / "empty_dir" / "notes.csv").write_text("a,b\n")
     with pytest.raises(CorpusError, match="no text files"):

@@ -90,6 +90,16 @@ def test_anchor_candidates_have_a_letter_and_are_not_broken_text():
     assert not reference.is_anchor_candidate("12,22")
 
 
+@pytest.mark.parametrize("meant", ["10,000×g", "4×SSC", "ΔG", "ΔΔCt", "Γ-secretase", "ϕX174", "pH–ΔpH"])
+@pytest.mark.parametrize("read_as", ["latin-1", "cp1252"])
+def test_mojibake_of_symbols_and_greek_amid_ascii_letters_is_broken_text(meant, read_as):
+    """Greek and "×" read as Windows-1252 put a lead byte before punctuation ("î”g" for "ΔG",
+    "ã—g" for "×g"): unlike "perú’s", these are written, and their mojibake is no anchor."""
+    garbled = "".join(bytes([b]).decode(read_as, errors="ignore") or chr(b) for b in meant.encode("utf-8"))
+    for form in (garbled, garbled.lower()):
+        assert reference.is_broken_text(form) and not reference.is_anchor_candidate(form), ascii(form)
+
+
 @pytest.mark.parametrize("meant", ["don’t", "café", "Düsseldorf", "“quote”", "naïve—", "µm", "😀x", "ĳ", "€uro", "文字",
                                    "așa", "ə", "ёж", "cœur", "Međugorje", "їжак", "міст", "ё"])
 @pytest.mark.parametrize("read_as", ["latin-1", "cp1252"])

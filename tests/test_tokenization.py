@@ -887,6 +887,11 @@ def test_added_tokens_that_take_the_next_space_are_warned_of_where_they_glue_the
             with warnings.catch_warnings():
                 warnings.simplefilter("error")
                 assert tokenizer_words(tokenizer, "the zymogenase binds") == ["the", "zymogenase", "binds"]
+    spacing = tokenizers_offline.roberta_byte_bpe()  # a whitespace token taking the space after it
+    spacing.add_tokens([AddedToken("\n\n", rstrip=True, normalized=False), AddedToken("\t\t", rstrip=True)])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert tokenizer_words(spacing, "kinase\n\n binds\t\t the") == ["kinase", "binds", "the"]
 
 
 def test_pieces_across_a_space_are_warned_of():
