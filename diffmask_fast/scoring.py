@@ -74,7 +74,8 @@ def normalize_words(words: Iterable[str], lowercase: bool = True) -> list[str]:
         if not word:
             continue
         lowered = word.lower() if lowercase else word
-        if lowered[0].isalnum() and lowered[-1].isalnum() and (lowered.isascii() or unicodedata.is_normalized("NFC", lowered)):
+        if lowered[0].isalnum() and lowered[-1].isalnum() \
+                and (lowered.isascii() or unicodedata.is_normalized("NFC", lowered)):
             keys.add(lowered)
         else:
             keys.add(reference.normalize_word(word, lowercase))
