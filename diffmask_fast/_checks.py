@@ -40,7 +40,7 @@ def first_unnormalized(words, lowercase: bool) -> tuple[str, str] | None:
 
     for word in words:
         if not isinstance(word, str):
-            raise TypeError(f"words must be strings, got {word!r} ({type(word).__name__})")
+            raise _no_string(word)
         if (word.islower() or not lowercase) and word[:1].isalnum() and word[-1:].isalnum() \
                 and (word.isascii() or unicodedata.is_normalized("NFC", word)):
             continue  # the usual case, normalized as it is
@@ -48,6 +48,10 @@ def first_unnormalized(words, lowercase: bool) -> tuple[str, str] | None:
         if normalized != word:
             return word, normalized
     return None
+
+
+def _no_string(word: object) -> TypeError:
+    return TypeError(f"words must be strings, got {word!r} ({type(word).__name__})")
 
 
 def shown_apart(word: str, normalized: str) -> tuple[str, str]:
@@ -66,7 +70,11 @@ def first_blank_or_padded(words) -> str | None:
     words = words if isinstance(words, list) else list(words)
     if "" in words:
         return ""
-    if _PADDED.search("\0".join(words)) is None:  # one scan at C speed: tables hold millions of words
+    try:
+        joined = "\0".join(words)
+    except TypeError:
+        raise _no_string(next(word for word in words if not isinstance(word, str))) from None
+    if _PADDED.search(joined) is None:  # one scan at C speed: tables hold millions of words
         return None
     return next((word for word in words if word != word.strip()), None)  # else a NUL inside a word matched
 

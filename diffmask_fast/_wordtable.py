@@ -48,10 +48,11 @@ for _ch in WHITESPACE:
     _encoded = _ch.encode("utf-8")
     BYTE_CLASS[_encoded[0]] = 1 if len(_encoded) == 1 else 2
 
-#: ASCII bytes that normalize_word strips from word ends (Unicode categories P* and S*).
+#: ASCII bytes that normalize_word strips from word ends (Unicode categories P* and S*, and
+#: whitespace, which never is inside a word split on it).
 ASCII_STRIP = np.zeros(256, np.bool_)
 for _byte in range(128):
-    ASCII_STRIP[_byte] = reference._is_punctuation_or_symbol(chr(_byte))
+    ASCII_STRIP[_byte] = reference._is_stripped_from_word_ends(chr(_byte))
 
 #: meta[] slots: distinct strings, arena bytes used, "\n" bytes, "\r" bytes, "\r\n" pairs, words.
 META_DISTINCT, META_ARENA, META_LF, META_CR, META_CRLF, META_WORDS = range(6)

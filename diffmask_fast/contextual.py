@@ -87,7 +87,7 @@ def _first_repeated(words: Sequence[str]) -> str | None:
 
 def _word_key(word: str, lowercase: bool) -> str:
     """How a decoded word is compared: normalized (a word of punctuation stays as it is)."""
-    return reference.normalize_word(word.strip(), lowercase)
+    return reference.normalize_word(word, lowercase)
 
 
 def anchor_readings(tokenizer, anchor_words: Sequence[str], *, lowercase: bool = True, scheme: str | None = None,

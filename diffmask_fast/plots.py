@@ -54,7 +54,7 @@ def plot_masking_rates(rates: Sequence[WordMaskingRate], path: str | os.PathLike
     from matplotlib.figure import Figure
     from matplotlib.patches import Patch
 
-    anchor_keys = {normalize_word(a.strip(), lowercase) for a in anchors}  # as ScoreTable.key
+    anchor_keys = {normalize_word(a, lowercase) for a in anchors}  # as ScoreTable.key
 
     def is_anchor(rate: WordMaskingRate) -> bool:
         return rate.word in anchor_keys or rate.nearest_anchor == rate.word

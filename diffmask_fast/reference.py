@@ -33,13 +33,16 @@ WORD_BOUNDARY_SCHEMES = (*WORD_BOUNDARY_MARKERS, TOKEN_SCHEME)
 REPLACEMENT_CHARACTER = "\ufffd"
 
 
-def _is_punctuation_or_symbol(ch: str) -> bool:
-    """Punctuation, a symbol, or an invisible format character (a byte-order mark left inside
-    joined files, a zero-width space, a soft hyphen): what normalizing strips from word ends."""
+def _is_stripped_from_word_ends(ch: str) -> bool:
+    """Punctuation, a symbol, an invisible format character (a byte-order mark left inside joined
+    files, a zero-width space, a soft hyphen) or whitespace: what normalizing strips from word
+    ends. Text split on whitespace has none of it inside words, but tokenizers that keep a
+    no-break space inside a word ("5" + U+00A0 + "%") leave it next to the word once the
+    punctuation is gone."""
     if ch == REPLACEMENT_CHARACTER:
         return False
     category = unicodedata.category(ch)
-    return category[0] in "PS" or category == "Cf"
+    return category[0] in "PS" or category == "Cf" or ch.isspace()
 
 
 def normalize_word(word: str, lowercase: bool = True) -> str:
@@ -47,21 +50,23 @@ def normalize_word(word: str, lowercase: bool = True) -> str:
 
     Unicode-aware lowercasing (``str.lower``) and canonical composition (NFC: "cafe" + U+0301,
     as macOS file names and some PDF extractors write it, is the "café" of other text), then
-    punctuation, symbols and invisible format characters (Unicode categories P*, S* and Cf, except
-    U+FFFD) stripped from both ends: "\ufeffhello" of two files joined with their byte-order marks
-    is "hello". A word made only of them keeps its (lowercased) form, so "," and "..." stay words
-    of their own rather than collapsing into "".
+    punctuation, symbols, invisible format characters and whitespace (Unicode categories P*, S* and
+    Cf except U+FFFD, and ``str.isspace``) stripped from both ends: "\ufeffhello" of two files
+    joined with their byte-order marks is "hello". A word made only of them keeps its (lowercased)
+    form less the whitespace around it, so "," and "..." stay words of their own rather than
+    collapsing into "". Whitespace never ends a normalized word, so normalizing twice changes
+    nothing.
     """
     if lowercase:
         word = word.lower()
     if not word.isascii():
         word = unicodedata.normalize("NFC", word)
     start, end = 0, len(word)
-    while start < end and _is_punctuation_or_symbol(word[start]):
+    while start < end and _is_stripped_from_word_ends(word[start]):
         start += 1
-    while end > start and _is_punctuation_or_symbol(word[end - 1]):
+    while end > start and _is_stripped_from_word_ends(word[end - 1]):
         end -= 1
-    return word[start:end] if start < end else word
+    return word[start:end] if start < end else word.strip()
 
 
 def has_letter(word: str) -> bool:

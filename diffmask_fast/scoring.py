@@ -130,16 +130,16 @@ def _check_normalized(words: Sequence[str], lowercase: bool) -> None:
     """Refuse keys that are not normalized words: the collator and ``score`` look up
     normalize_word(w), so a key "Enzyme" or "receptor," could never be found."""
     _check_lowercase(lowercase)
+    padded = first_blank_or_padded(words)  # first: whitespace is the likelier slip, and says more
+    if padded is not None:
+        raise ValueError(f"score table keys are words, non-empty and without whitespace before or after them: "
+                         f"{padded!r} would never be looked up (lookups strip it); ScoreTable.from_mapping strips "
+                         "keys and leaves blank ones out")
     found = first_unnormalized(words, lowercase)
     if found is not None:
         word, normalized = shown_apart(*found)
         raise ValueError(f"score table keys must be normalized words (reference.normalize_word): {word} would "
                          f"be looked up as {normalized} and never found; ScoreTable.from_mapping normalizes keys")
-    padded = first_blank_or_padded(words)
-    if padded is not None:
-        raise ValueError(f"score table keys are words, non-empty and without whitespace before or after them: "
-                         f"{padded!r} would never be looked up (lookups strip it); ScoreTable.from_mapping strips "
-                         "keys and leaves blank ones out")
 
 
 def _check_scores_are_numbers(items) -> None:
@@ -292,10 +292,10 @@ class ScoreTable:
         return row if row < len(self._words) and self._words[row] == key else -1
 
     def key(self, word: str) -> str:
-        """The table key of a surface word (the whitespace around it stripped)."""
+        """The table key of a surface word: its normalized form."""
         if not isinstance(word, str):
             raise TypeError(f"a word must be a string, got {type(word).__name__}: {word!r}")
-        return reference.normalize_word(word.strip(), self.lowercase)
+        return reference.normalize_word(word, self.lowercase)
 
     def score(self, word: str) -> float:
         """s(w) of a surface word (normalized first); ``unknown_score`` when it was never scored."""
@@ -446,22 +446,12 @@ class ScoreTable:
         for word, score in scores.items():
             if not isinstance(word, str):
                 raise TypeError(f"scores must map words (str) to scores, got the key {word!r} ({type(word).__name__})")
-            key, value = _mapping_key(word, lowercase), float(score)
+            key, value = reference.normalize_word(word, lowercase), float(score)
             if not key:
                 continue  # no word of text is blank: it would never be looked up
             if key not in normalized or value > normalized[key] or math.isnan(value):  # NaN stays, to be refused
                 normalized[key] = value
         return cls(normalized, unknown_score=unknown_score, lowercase=lowercase, similarity="given")
-
-
-def _mapping_key(word: str, lowercase: bool) -> str:
-    """``word`` stripped of whitespace and normalized until neither changes it: "hello ," loses
-    its comma, then the space the comma left."""
-    while True:
-        key = reference.normalize_word(word.strip(), lowercase).strip()
-        if key == word:
-            return key
-        word = key
 
 
 def as_score_table(scores: "ScoreTable | Mapping[str, float] | str | os.PathLike") -> ScoreTable:

@@ -90,7 +90,10 @@ def test_whitespace_is_what_str_split_splits_on():
 
 def test_ascii_strip_is_normalize_word_on_ascii():
     for byte in range(128):
-        assert bool(_wordtable.ASCII_STRIP[byte]) == (unicodedata.category(chr(byte))[0] in "PS")
+        character = chr(byte)
+        stripped = unicodedata.category(character)[0] in "PS" or character.isspace()
+        assert bool(_wordtable.ASCII_STRIP[byte]) == stripped
+        assert stripped == (reference.normalize_word(f"a{character}") == "a")
 
 
 @pytest.fixture

@@ -39,6 +39,11 @@ def test_reference_needs_no_extension_or_torch():
         ("Cafe\u0301", "caf\u00e9"),  # decomposed accents, composed (NFC)
         ("\"nai\u0308ve\u0301.\"", "na\u00efv\u00e9"),
         ("\u212bngstr\u00f6m", "\u00e5ngstr\u00f6m"),  # the Angstrom sign is the letter
+        ("ligand\u00a0.", "ligand"),  # whitespace a tokenizer kept inside a word goes with the punctuation
+        ("5\u00a0%", "5"),
+        ("(\u2009x", "x"),
+        ("\u00a0%", "%"),  # a word of punctuation keeps it, less the whitespace around it
+        ("( - )", "( - )"),
     ],
 )
 def test_normalize_word(raw, expected):
@@ -53,7 +58,7 @@ def test_normalize_word_is_a_fixed_point_and_ignores_how_accents_are_written(see
 
     rng = random.Random(seed)
     alphabet = ["a", "e", "I", "İ", "Σ", "ς", "ß", "\u212a", "\u212b", "\u0301", "\u0308", "\u0327", "é", "Å", ".", ",",
-                "“", "-", "\ufeff", "\u200b", "😀"]
+                "“", "-", "\ufeff", "\u200b", "😀", "%", " ", "\u00a0", "\u2009"]
     for _ in range(3000):
         word = "".join(rng.choice(alphabet) for _ in range(rng.randrange(1, 8)))
         for lowercase in (True, False):

@@ -410,6 +410,29 @@ def test_accents_written_decomposed_are_the_composed_words_in_tables_and_collato
     assert masked == {f" {decomposed}"}
 
 
+def test_whitespace_a_tokenizer_keeps_inside_a_word_is_stripped_as_punctuation_is(tiny_bert, roberta_byte_bpe):
+    """Byte-level BPE keeps "5" + NBSP + "%" one word: scoring, the table and the collator's
+    lookup all key it "5", not "5" + NBSP (a key no table could hold)."""
+    from diffmask_fast import DifferenceMaskingCollator
+    from diffmask_fast.vocabulary import tokenizer_word_types
+
+    model, tokenizer = tiny_bert
+    scorer = WordScorer(WordEmbedder(model, tokenizer, cache_dir=None, progress=False), ["kinase"])
+    assert normalize_words(["ligand\u00a0.", "5\u00a0%"]) == ["5", "ligand"]
+    assert set(scorer.score(["kinase", "ligand\u00a0."]).scores) == {"kinase", "ligand"}
+
+    text = "the yield is 5\u00a0% now"
+    assert "5" in tokenizer_word_types(roberta_byte_bpe, [text])
+    table = ScoreTable.from_mapping({"the": 0.0, "yield": 0.0, "is": 0.0, "5": 1.0, "now": 0.0})
+    assert table.key("5\u00a0%") == "5" and table.score("5\u00a0%") == 1.0
+    ids = roberta_byte_bpe(text)["input_ids"]
+    collator = DifferenceMaskingCollator(roberta_byte_bpe, table, mlm_probability=0.2, seed=0)
+    batch = collator([ids] * 50)  # 5 words, a budget of exactly one: the one that scores above 0
+    masked = {roberta_byte_bpe.decode([ids[i] for i in row.nonzero().flatten().tolist()]).strip()
+              for row in batch["labels"] != -100}
+    assert masked == {"5\u00a0%"}
+
+
 # ----------------------------------------------------------------------------------------------
 # Scoring at scale: chunks, similarities, the score table format
 # ----------------------------------------------------------------------------------------------
@@ -1220,9 +1243,11 @@ def test_score_tables_refuse_keys_no_lookup_finds_and_scores_that_are_no_numbers
     with pytest.raises(TypeError, match="nearest anchors must be integers, got an array of float64"):
         ScoreTable.from_arrays(["a"], [0.5], [0.0], anchors=["a"])
     assert ScoreTable.from_mapping({"": 0.5, " \n": 0.7, "kinase": 0.9}).words == ["kinase"]  # blank: left out
-    # Normalized until stable: the comma's removal left a space that was refused as padding.
+    # The space a stripped comma leaves is stripped too; a word made only of punctuation and
+    # spaces is a word of its own, as the lookup keys it.
     given = ScoreTable.from_mapping({"hello ,": 1.0, "( protein": 0.5, "\u201c hello": 2.0, "( - )": 0.1})
-    assert given.words == ["-", "hello", "protein"] and given.score("hello") == 2.0
+    assert given.words == ["( - )", "hello", "protein"] and given.score("hello") == 2.0
+    assert given.score(" ( - )\n") == pytest.approx(0.1)
     for score in ("0.5", True, b"1"):
         for make in (ScoreTable, ScoreTable.from_mapping):
             with pytest.raises(TypeError, match=f"scores must be numbers, got {re.escape(repr(score))} for 'a'"):
