@@ -173,8 +173,8 @@ def faiss_gpus() -> int:
 
 
 def unit_rows(vectors: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """Rows scaled to unit L2 norm, as ``dtype``; zero rows stay zero, and a row holding NaN or
-    inf becomes NaN (it has no direction), as the exact op scores such a row NaN.
+    """Rows scaled to unit L2 norm, as ``dtype``, zeros positive; zero rows stay zero, and a row
+    holding NaN or inf becomes NaN (it has no direction), as the exact op scores such a row NaN.
 
     Each row is divided by its largest magnitude first, in the wider of its own type and
     ``dtype``, so that rows of any finite scale (1e300, or subnormal) normalize like the
@@ -187,7 +187,8 @@ def unit_rows(vectors: torch.Tensor, dtype: torch.dtype = torch.float32) -> torc
     norms = torch.linalg.vector_norm(scaled, dim=-1, keepdim=True)
     unit = torch.where(norms > 0, scaled / torch.where(norms > 0, norms, ones), torch.zeros_like(scaled))
     finite = torch.isfinite(vectors).all(dim=-1, keepdim=True)
-    return torch.where(finite, unit, torch.full_like(unit, float("nan"))).to(dtype)
+    unit = torch.where(finite, unit, torch.full_like(unit, float("nan"))).to(dtype)
+    return torch.where(unit == 0, torch.zeros_like(unit), unit)  # -0.0 is 0.0: copies hash alike
 
 
 def _directed(queries: torch.Tensor) -> torch.Tensor:

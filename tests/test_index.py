@@ -13,6 +13,7 @@ import torch
 from diffmask_fast import index as index_module
 from diffmask_fast import reference
 from diffmask_fast.index import AnchorIndex, exact_search, faiss_gpus, recall_at_1
+from diffmask_fast.ops import max_anchor_similarity
 
 
 def clustered(n, d, clusters, generator, spread=0.3):
@@ -416,6 +417,24 @@ def test_copies_of_an_anchor_are_searched_once_and_ties_go_to_the_first(kind, ge
     expected_values, expected_ids = exact_search(queries, anchors)
     assert (ids == expected_ids).float().mean() >= 0.99, index.describe()
     torch.testing.assert_close(values, expected_values, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("kind", ["flat", "ivf", "hnsw"])
+def test_copies_written_with_negative_zeros_are_copies(kind, generator):
+    """-0.0 equals 0.0: an anchor written with either is one vector, whose ties go to its first
+    row, as in the exact op (their bits differ, which kept both in the index)."""
+    distinct = torch.randn(60, 32, generator=generator)
+    distinct[torch.rand(60, 32, generator=generator) < 0.5] = 0.0
+    signed = torch.where(distinct == 0, torch.full_like(distinct, -0.0), distinct)
+    anchors = torch.cat([distinct, signed])[torch.randperm(120, generator=generator)]
+    first_copy = {}
+    for row, anchor in enumerate(anchors.tolist()):
+        first_copy.setdefault(tuple(anchor), row)  # -0.0 == 0.0: both spellings are one key
+    expected = torch.tensor([first_copy[tuple(anchor)] for anchor in anchors.tolist()])
+    assert len(first_copy) == 60
+    assert torch.equal(max_anchor_similarity(anchors, anchors)[1], expected)
+    index = AnchorIndex(anchors, kind)
+    assert index.search(anchors)[1].tolist() == expected.tolist(), index.describe()
 
 
 def test_a_batched_ivf_scan_in_parts_finds_what_one_scan_finds(generator, monkeypatch):

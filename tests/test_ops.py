@@ -193,6 +193,21 @@ def test_similarity_zero_vectors_and_ties(seed):
     assert values.item() == 0 and indices.item() == 1, message
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_anchors_that_differ_only_in_the_sign_of_zeros_are_one_anchor(seed, dtype):
+    """-0.0 == 0.0, so such anchors tie exactly and the first wins, as in the reference; their
+    bits differ, which had kept both, computed in different lanes of a panel and no longer tied."""
+    g = generator(seed)
+    distinct = torch.randn(60, 32, generator=g, dtype=dtype)
+    distinct[torch.rand(60, 32, generator=g) < 0.5] = 0.0
+    signed = torch.where(distinct == 0, torch.full_like(distinct, -0.0), distinct)
+    anchors = torch.cat([distinct, signed])[torch.randperm(120, generator=g)]
+    embeddings = torch.cat([anchors, anchors * 3, torch.randn(40, 32, generator=g, dtype=dtype)])
+    _, indices = ops.max_anchor_similarity(embeddings, anchors)
+    _, expected = reference.max_anchor_similarity(embeddings.numpy(), anchors.numpy())
+    assert indices[:240].tolist() == expected[:240].tolist(), f"seed={seed} {dtype}"
+
+
 def test_similarity_nan_propagates():
     embeddings = torch.randn(4, 6)
     embeddings[1, 3] = float("nan")

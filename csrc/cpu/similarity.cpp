@@ -79,15 +79,22 @@ core::Isa cpu_isa() {
   return isa;
 }
 
-// Row k of `a` ([K, D], contiguous, of type S) divided by its norm, into `unit` as T. A zero
-// row stays zero (cosine 0); a NaN row keeps its NaNs and never wins.
+// 0 for -0.0 (and any other value as it is): -0.0 == 0.0, so rows that differ only in the sign of
+// a zero are one anchor, which the bitwise duplicate check must see.
+template <typename T>
+T positive_zero(T value) {
+  return value == T(0) ? T(0) : value;
+}
+
+// Row k of `a` ([K, D], contiguous, of type S) divided by its norm, into `unit` as T, zeros
+// positive. A zero row stays zero (cosine 0); a NaN row keeps its NaNs and never wins.
 template <typename S, typename T>
 void unit_row(const S* row, int64_t D, T* unit) {
   const double norm2 = core::squared_norm_double(row, D);  // in double: a float32 sum over- or underflows
   if (norm2 >= std::numeric_limits<double>::min() && std::isfinite(norm2)) {
     const double scale = 1.0 / std::sqrt(norm2);
     for (int64_t d = 0; d < D; ++d) {
-      unit[d] = static_cast<T>(static_cast<double>(row[d]) * scale);
+      unit[d] = positive_zero(static_cast<T>(static_cast<double>(row[d]) * scale));
     }
     return;
   }
@@ -97,7 +104,7 @@ void unit_row(const S* row, int64_t D, T* unit) {
   const double norm = std::sqrt(core::squared_norm_double_scaled(row, D, shift));
   const double scale = norm > 0 ? 1.0 / norm : 0.0;
   for (int64_t d = 0; d < D; ++d) {
-    unit[d] = static_cast<T>(std::ldexp(static_cast<double>(row[d]), shift) * scale);
+    unit[d] = positive_zero(static_cast<T>(std::ldexp(static_cast<double>(row[d]), shift) * scale));
   }
 }
 
