@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import numbers
 import re
-import unicodedata
 
 #: Whitespace at the start or end of one of the words joined by NUL.
 _PADDED = re.compile(r"(?:^|\0)\s|\s(?:\0|$)")
@@ -36,13 +35,13 @@ def first_unnormalized(words, lowercase: bool) -> tuple[str, str] | None:
     """The first word that is not its own normalized form (``reference.normalize_word``) with
     that form, or None. Tables keyed by normalized words look up ``normalize_word(w)``, so a key
     "Enzyme" or "receptor," could never be found."""
-    from .reference import normalize_word
+    from .reference import is_composed, normalize_word
 
     for word in words:
         if not isinstance(word, str):
             raise _no_string(word)
         if (word.islower() or not lowercase) and word[:1].isalnum() and word[-1:].isalnum() \
-                and (word.isascii() or unicodedata.is_normalized("NFC", word)):
+                and is_composed(word):
             continue  # the usual case, normalized as it is
         normalized = normalize_word(word, lowercase)
         if normalized != word:
@@ -57,7 +56,9 @@ def _no_string(word: object) -> TypeError:
 def shown_apart(word: str, normalized: str) -> tuple[str, str]:
     """The reprs of a word and its normalized form, escaped (``ascii``) where the word's accents
     are not composed: "cafe" + U+0301 and its composed form "café" print alike."""
-    if unicodedata.is_normalized("NFC", word):
+    from .reference import is_composed
+
+    if is_composed(word):
         return repr(word), repr(normalized)
     return ascii(word), ascii(normalized) + " (Unicode NFC: accents composed)"
 

@@ -37,7 +37,6 @@ import stat
 import struct
 import threading
 import types
-import unicodedata
 import zlib
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from pathlib import Path
@@ -854,7 +853,7 @@ def _check_counted_words(words: Iterable[str], lowercase: bool) -> None:
     found = first_unnormalized((word for word in words if isinstance(word, str)), lowercase)
     if found is not None:
         word, normalized = shown_apart(*found)
-        earlier = ("" if unicodedata.is_normalized("NFC", found[0])
+        earlier = ("" if reference.is_composed(found[0])
                    else " (counts saved by earlier versions kept decomposed accents apart: count again)")
         raise ValueError(f"counted words are normalized (reference.normalize_word"
                          f"{'' if lowercase else ', lowercase=False'}): {word} is counted as {normalized}; "

@@ -6,13 +6,13 @@ import heapq
 import math
 import numbers
 import os
-import unicodedata
 from dataclasses import dataclass
 from functools import cached_property, lru_cache
 from pathlib import Path
 
 import numpy as np
 
+from . import reference
 from ._io import refuse_special_input
 
 #: Tokens in the Google Web Trillion Word corpus the default table is drawn from. The shipped
@@ -60,7 +60,7 @@ class GeneralFrequencies:
             word = list(self.counts)[int(np.flatnonzero(bad)[0])]
             raise ValueError(f"general counts must be finite and non-negative; {int(bad.sum())} are not "
                              f"(e.g. {word!r}: {self.counts[word]!r})")
-        if any(not word.isascii() and not unicodedata.is_normalized("NFC", word) for word in self.counts):
+        if not all(reference.is_composed(word) for word in self.counts):
             object.__setattr__(self, "counts", _accents_composed(self.counts))
         counted = float(values.sum())
         if counted > self.total * (1 + 1e-9):  # frequencies above 1 in sum: the total is of another corpus
@@ -153,7 +153,7 @@ def _accents_composed(counts: dict) -> dict:
     "re\u0301sume\u0301" would never meet a corpus's "résumé"."""
     composed: dict = {}
     for word, count in counts.items():
-        key = word if word.isascii() else unicodedata.normalize("NFC", word)
+        key = reference.composed(word)
         composed[key] = composed.get(key, 0) + count
     return composed
 

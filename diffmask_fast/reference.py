@@ -45,6 +45,16 @@ def _is_stripped_from_word_ends(ch: str) -> bool:
     return category[0] in "PS" or category == "Cf" or ch.isspace()
 
 
+def composed(word: str) -> str:
+    """``word`` with its accents composed (Unicode NFC), as words are counted and looked up."""
+    return word if word.isascii() else unicodedata.normalize("NFC", word)
+
+
+def is_composed(word: str) -> bool:
+    """Whether ``composed(word)`` is ``word`` (cheaper than composing: most text is)."""
+    return word.isascii() or unicodedata.is_normalized("NFC", word)
+
+
 def normalize_word(word: str, lowercase: bool = True) -> str:
     """The form under which a word is counted and scored (README, "Choices").
 
@@ -57,10 +67,7 @@ def normalize_word(word: str, lowercase: bool = True) -> str:
     collapsing into "". Whitespace never ends a normalized word, so normalizing twice changes
     nothing.
     """
-    if lowercase:
-        word = word.lower()
-    if not word.isascii():
-        word = unicodedata.normalize("NFC", word)
+    word = composed(word.lower() if lowercase else word)
     start, end = 0, len(word)
     while start < end and _is_stripped_from_word_ends(word[start]):
         start += 1

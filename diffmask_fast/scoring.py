@@ -19,7 +19,6 @@ import math
 import os
 import random
 import re
-import unicodedata
 import warnings
 import zipfile
 from collections.abc import Mapping
@@ -75,7 +74,7 @@ def normalize_words(words: Iterable[str], lowercase: bool = True) -> list[str]:
             continue
         lowered = word.lower() if lowercase else word
         if lowered[0].isalnum() and lowered[-1].isalnum() \
-                and (lowered.isascii() or unicodedata.is_normalized("NFC", lowered)):
+                and reference.is_composed(lowered):
             keys.add(lowered)
         else:
             keys.add(reference.normalize_word(word, lowercase))

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import math
 import numbers
-import unicodedata
 import warnings
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Iterable, Mapping, NamedTuple, Sequence
@@ -28,7 +27,7 @@ from ._checks import refuse_one_string
 from .advice import DiffmaskWarning
 from .masking_base import (MaskingCollatorBase, check_like_ids, check_loss_weight, check_probability, id_matrix,
                            replace_selected)
-from .reference import has_letter, is_anchor_candidate, normalize_word
+from .reference import composed, has_letter, is_anchor_candidate, normalize_word
 from .tokenization import (WordBoundaries, decode_words, naming_word_boundary, special_token_table, tokenize_texts,
                            word_boundaries)
 
@@ -94,7 +93,7 @@ def _stripped_edges(text: str) -> tuple[str, str]:
     """The punctuation ``normalize_word`` strips from the start and from the end of a decoded
     word ("(in" -> ("(", ""), "protein." -> ("", ".")): where a tokenizer keeps punctuation inside
     its words, it stands between the word and its neighbours."""
-    lowered = unicodedata.normalize("NFC", text.lower())  # as normalize_word composes accents
+    lowered = composed(text.lower())  # as normalize_word composes accents
     key = normalize_word(text)
     if key == lowered:
         return "", ""
