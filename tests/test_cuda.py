@@ -180,6 +180,21 @@ def test_similarity_zero_vectors_ties_and_nan(seed):
     assert not bool((indices == 5).any()) and bool(torch.isfinite(values).all()), message
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_anchors_that_differ_only_in_the_sign_of_zeros_tie_as_on_the_cpu(seed, dtype):
+    """-0.0 == 0.0: such copies of an anchor score alike, and the first wins (the CPU op merges
+    them; the GPU computes each the same way)."""
+    g = generator(seed)
+    distinct = torch.randn(300, 32, generator=g, dtype=dtype)
+    distinct[torch.rand(300, 32, generator=g) < 0.5] = 0.0
+    signed = torch.where(distinct == 0, torch.full_like(distinct, -0.0), distinct)
+    anchors = torch.cat([distinct, signed])[torch.randperm(600, generator=g)]
+    embeddings = torch.cat([anchors, anchors * 3])
+    _, indices = ops.max_anchor_similarity(embeddings.to(CUDA), anchors.to(CUDA))
+    _, cpu_indices = ops.max_anchor_similarity(embeddings, anchors)
+    assert indices.cpu().tolist() == cpu_indices.tolist(), f"seed={seed} {dtype}"
+
+
 @pytest.mark.parametrize("precision", ["highest", "high", "medium"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
 def test_similarity_of_scaled_copies_of_anchors_is_at_most_one(seed, dtype, precision):
