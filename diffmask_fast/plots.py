@@ -89,11 +89,14 @@ def plot_masking_rates(rates: Sequence[WordMaskingRate], path: str | os.PathLike
                                   color=color(group[0]), alpha=0.45, edgecolors="none", label=label)
     against_score.axhline(mlm_probability, linestyle="--", color=_UNIFORM_COLOR, label=uniform)
     # The three most masked words that are not anchors (the anchors sit together at score 1);
-    # their labels step down a line each, as their dots often share a corner.
+    # their labels step down a line each, as their dots often share a corner, and a line leads
+    # from each label to its own dot.
     noted = [r for r in rates if not is_anchor(r)][:3]
     for line_number, (rate, note) in enumerate(zip(noted, _shown_labels([(r.word,) for r in noted]))):
-        against_score.annotate(note, (rate.score, rate.rate), fontsize=8, xytext=(-4, 4 - 11 * line_number),
-                               textcoords="offset points", ha="right", parse_math=False)
+        against_score.annotate(note, (rate.score, rate.rate), fontsize=8, xytext=(-16, 10 - 11 * line_number),
+                               textcoords="offset points", ha="right", va="center", parse_math=False,
+                               arrowprops={"arrowstyle": "-", "color": _UNIFORM_COLOR, "linewidth": 0.6,
+                                           "shrinkA": 1, "shrinkB": 2})
     against_score.set_ylim(-0.02, 1.02)
     against_score.set_xlim(*_score_axis([r.score for r in rates]))
     against_score.set_xlabel(f"word score s(w): {_SCORE_MEANING[similarity]}")

@@ -8,6 +8,7 @@ import math
 import os
 import random
 import re
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Iterable, Sequence
 
@@ -171,14 +172,32 @@ def _padding_offsets(collator: DifferenceMaskingCollator, rows, length: int) -> 
     return [length - len(ids) if left else 0 for ids, _, _ in rows]
 
 
+@contextmanager
+def _draws_left_as_they_were(collator: DifferenceMaskingCollator):
+    """Let ``collator`` mask inside, then put its random streams and torch's global RNG back:
+    a look at a collator before it is handed to a Trainer must not change what training draws
+    (the same masks with or without a preview, for a seeded run)."""
+    saved = {context: generator.get_state() for context, generator in collator._generators.items()}
+    with torch.random.fork_rng(devices=[]):
+        try:
+            yield
+        finally:
+            collator._generators = {context: generator for context, generator in collator._generators.items()
+                                    if context in saved}
+            for context, state in saved.items():
+                collator._generators[context].set_state(state)
+
+
 def preview(collator: DifferenceMaskingCollator, texts: Sequence[str], max_length: int = 128) -> list[list[PreviewWord]]:
     """Mask ``texts`` with ``collator`` once and report, word by word, score and whether it was
-    masked. A text longer than ``max_length`` tokens is shown up to its last word that fits."""
+    masked. A text longer than ``max_length`` tokens is shown up to its last word that fits.
+    The collator's random streams are left as they were: training draws the same masks."""
     refuse_one_string(texts, "texts", "a list of texts")
     if len(texts) == 0:  # nothing to show (the collator refuses an empty batch)
         return []
     rows = _encoded_words(collator, texts, max_length)
-    labels = torch.as_tensor(collator([{"input_ids": ids} for ids, _, _ in rows])["labels"])
+    with _draws_left_as_they_were(collator):
+        labels = torch.as_tensor(collator([{"input_ids": ids} for ids, _, _ in rows])["labels"])
     offsets = _padding_offsets(collator, rows, labels.shape[1])
     return [
         [PreviewWord(word or _unstripped_text(collator.tokenizer, ids, group), collator.scores.score(word),
@@ -202,13 +221,29 @@ def masking_rates(collator: DifferenceMaskingCollator, texts: Sequence[str], dra
     """Mask ``texts`` ``draws`` times and count, per word as the score table keys it (lowercased,
     punctuation stripped: "The" and "the" are one word, scored once), how often it was masked:
     what the collator's distribution does with each word, which one draw cannot show. Most masked
-    first."""
+    first. The collator's random streams are left as they were: training draws the same masks."""
     refuse_one_string(texts, "texts", "a list of texts")
     if draws < 1:
         raise ValueError(f"draws must be at least 1, got {draws}")
+    with _draws_left_as_they_were(collator):
+        word_types, occurrences, masked = _masked_counts(collator, texts, draws, max_length)
+    if not word_types:
+        raise ValueError("the texts hold no words to mask")
+    rates = [
+        WordMaskingRate(word, collator.scores.score(word), int(occurrences[t]), int(masked[t]), draws,
+                        collator.scores.nearest_anchor_of(word))
+        for word, t in word_types.items()
+    ]
+    return sorted(rates, key=lambda r: (-r.rate, -r.score, r.word))
+
+
+def _masked_counts(collator: DifferenceMaskingCollator, texts: Sequence[str], draws: int, max_length: int
+                   ) -> tuple[dict[str, int], torch.Tensor, torch.Tensor]:
+    """({word type: its index}, occurrences and masked occurrences of each type over ``draws``
+    maskings of ``texts``), a chunk of texts at a time so that memory does not grow with them."""
     word_types: dict[str, int] = {}
     occurrences = masked = torch.zeros(0, dtype=torch.long)  # per word type, grown as types appear
-    for begin in range(0, len(texts), RATE_CHUNK_TEXTS):  # memory bounded by a chunk, not by the texts
+    for begin in range(0, len(texts), RATE_CHUNK_TEXTS):
         rows = _encoded_words(collator, texts[begin:begin + RATE_CHUNK_TEXTS], max_length)
         rows_of, positions_of, types_of = [], [], []
         for row, (_, groups, words) in enumerate(rows):
@@ -230,14 +265,7 @@ def masking_rates(collator: DifferenceMaskingCollator, texts: Sequence[str], dra
                 offsets = torch.tensor(_padding_offsets(collator, rows, labels.shape[1]))
                 index = (index[0], index[1] + offsets[index[0]])
             masked += torch.bincount(types, weights=(labels[index] != -100).double(), minlength=known).long()
-    if not word_types:
-        raise ValueError("the texts hold no words to mask")
-    rates = [
-        WordMaskingRate(word, collator.scores.score(word), int(occurrences[t]), int(masked[t]), draws,
-                        collator.scores.nearest_anchor_of(word))
-        for word, t in word_types.items()
-    ]
-    return sorted(rates, key=lambda r: (-r.rate, -r.score, r.word))
+    return word_types, occurrences, masked
 
 
 def render_text(sentences: Sequence[Sequence[PreviewWord]], show_scores: bool = False) -> str:

@@ -68,6 +68,30 @@ def test_rates_are_counted_a_chunk_of_texts_at_a_time(bert_wordpiece, seed, monk
     assert chunked[0].word == "kinase" and chunked[0].masked == 13 * 4
 
 
+@pytest.mark.parametrize("look", ["preview", "masking_rates"])
+@pytest.mark.parametrize("seeded", [True, False])
+def test_a_look_at_the_masks_leaves_the_training_draws_as_they_were(bert_wordpiece, seed, look, seeded):
+    """The README looks at a collator before handing it to a Trainer: a look that drew from the
+    collator's stream (or, unseeded, from torch's) changed every mask training then drew."""
+    import torch
+
+    texts = sentences(seed, 12, with_word="kinase")
+    table = ScoreTable({"kinase": 0.9, "ligand": 0.5})
+    examples = [{"input_ids": bert_wordpiece(text)["input_ids"]} for text in texts]
+
+    def first_batches(look_first: bool):
+        torch.manual_seed(seed)
+        collator = DifferenceMaskingCollator(bert_wordpiece, table, seed=seed if seeded else None)
+        collator(examples[:2])  # a stream already in use is left where it was too
+        if look_first:
+            (preview(collator, texts) if look == "preview" else masking_rates(collator, texts, draws=3))
+        return [collator(examples)["input_ids"] for _ in range(2)], torch.rand(3)
+
+    (batches, after), (looked_batches, looked_after) = first_batches(False), first_batches(True)
+    assert all(torch.equal(a, b) for a, b in zip(batches, looked_batches))
+    assert torch.equal(after, looked_after), "torch's global RNG is left as it was"
+
+
 def test_words_scored_alike_are_masked_at_the_budget_rate(bert_wordpiece, seed):
     texts = sentences(seed, 40)
     table = ScoreTable.from_mapping({"the": 1.0}, unknown_score=1.0)
@@ -169,6 +193,21 @@ def test_the_picture_says_what_the_scores_are_and_which_words_are_anchors(bert_w
     assert to_hex(legend["other word"].get_facecolor()) == _WORD_COLOR
     with pytest.raises(ValueError, match="unknown similarity 'nearest'"):
         plot_masking_rates(rates, tmp_path / "x.png", 0.25, similarity="nearest")
+
+
+def test_each_noted_word_has_a_line_to_its_own_dot(bert_wordpiece, tmp_path, seed, monkeypatch):
+    """The three most masked words are named beside the scatter: labels stepped down a line each
+    sat beside other words' dots, so a line leads from each label to its word."""
+    table = ScoreTable({"kinase": 0.9, "ligand": 0.8, "affinity": 0.7, "binds": 0.6}, anchors=("enzyme",))
+    collator = DifferenceMaskingCollator(bert_wordpiece, table, seed=seed)
+    kept = drawn_figure(monkeypatch)
+    rates = masking_rates(collator, sentences(seed, 30, with_word="kinase"), draws=10)
+    plot_masking_rates(rates, tmp_path / "rates.png", 0.25, anchors=table.anchors)
+    _, against_score = kept[0].axes
+    notes = [text for text in against_score.texts if hasattr(text, "xy")]
+    assert [note.get_text() for note in notes] == [r.word for r in rates[:3]]
+    for note, rate in zip(notes, rates):
+        assert note.xy == (rate.score, rate.rate) and note.arrow_patch is not None, note.get_text()
 
 
 def test_a_rate_without_occurrences_is_named(tmp_path):
