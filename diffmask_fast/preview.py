@@ -93,6 +93,16 @@ def _whole_words_prefix(text: str, limit: int) -> str:
     return head[:len(head) - cut_word].rstrip()
 
 
+def _prefix(text: str, limit: int) -> str:
+    """``_whole_words_prefix``, unless that is under half of ``limit``: text without whitespace
+    (Chinese, a minified line) is then cut at ``limit`` characters, as otherwise every doubling
+    found no word to cut before and the whole document was tokenized. The word so cut is the
+    prefix's last, which the window leaves out (``_window_ids``) unless it is longer than the
+    window."""
+    prefix = _whole_words_prefix(text, limit)
+    return prefix if 2 * len(prefix) >= min(limit, len(text)) else text[:limit]
+
+
 def _leading_ids(tokenizer, texts: Sequence[str], count: int) -> list[list[int]]:
     """For each text, the token ids (no special tokens) of a prefix that tokenizes to at least
     ``count`` ids, or of all of it: only as much of a long document is tokenized as the window
@@ -100,7 +110,7 @@ def _leading_ids(tokenizer, texts: Sequence[str], count: int) -> list[list[int]]
     found: list[list[int]] = [[] for _ in texts]
     pending, limit = list(range(len(texts))), count * CHARACTERS_PER_TOKEN
     while pending:
-        encoded = tokenize_texts(tokenizer, [_whole_words_prefix(texts[i], limit) for i in pending],
+        encoded = tokenize_texts(tokenizer, [_prefix(texts[i], limit) for i in pending],
                                  add_special_tokens=False, return_attention_mask=False,
                                  return_token_type_ids=False, verbose=False)["input_ids"]
         short = []

@@ -59,6 +59,25 @@ def test_a_huge_line_previews_its_first_words(request, tokenizer_name):
 
 
 @pytest.mark.parametrize("tokenizer_name", TOKENIZERS)
+@pytest.mark.parametrize("text", ["\u86cb\u767d\u8d28\u78f7\u9178\u5316" * 100_000, "a=f(b,c);" * 60_000])
+def test_a_huge_document_without_spaces_previews_its_start_without_being_read_whole(request, tokenizer_name, text,
+                                                                                     monkeypatch):
+    """Chinese text or a minified line has no whitespace to cut before: the prefix was empty at
+    every doubling, and the whole document was tokenized to show its first 128 tokens."""
+    from diffmask_fast import preview as preview_module
+
+    collator = collator_for(request, tokenizer_name)
+    tokenized = []
+    original = preview_module.tokenize_texts
+    monkeypatch.setattr(preview_module, "tokenize_texts",
+                        lambda tokenizer, texts, **kw: tokenized.extend(map(len, texts)) or original(tokenizer, texts, **kw))
+    words = [w.text for w in preview(collator, [text])[0]]
+    assert max(tokenized) <= 4 * 128 * preview_module.CHARACTERS_PER_TOKEN, tokenized
+    assert words == [w.text for w in preview(collator, [text[:20_000]])[0]]
+    assert words or text.startswith("\u86cb"), "the test BERT vocabulary reads Chinese as [UNK]: no words"
+
+
+@pytest.mark.parametrize("tokenizer_name", TOKENIZERS)
 def test_the_word_types_to_score_are_those_shown(request, tokenizer_name, shared_data_dir):
     """What preview scores before it shows a text is the words of its window, not of the whole
     document (a one-line corpus had every word of it embedded)."""
