@@ -278,14 +278,22 @@ def _masked_counts(collator: DifferenceMaskingCollator, texts: Sequence[str], dr
     return word_types, occurrences, masked
 
 
+def _bracket_safe(text: str) -> str:
+    """``text`` with its brackets escaped ("\\[") where it holds "[[" or "]]": wiki markup
+    "[[Paris]]", one word to a byte-level BPE, would print as a masked "Paris"."""
+    return text.replace("[", "\\[").replace("]", "\\]") if "[[" in text or "]]" in text else text
+
+
 def render_text(sentences: Sequence[Sequence[PreviewWord]], show_scores: bool = False) -> str:
     """One line per sentence, masked words in [[double brackets]] (with their score if asked);
-    characters that are not printable are shown escaped."""
+    characters that are not printable are shown escaped, as are the brackets of a word that
+    holds "[[" or "]]"."""
     lines = []
     for words in sentences:
         parts = []
         for word in words:
-            text = f"{printable_word(word.text)}:{word.score:.2f}" if show_scores else printable_word(word.text)
+            shown = _bracket_safe(printable_word(word.text))
+            text = f"{shown}:{word.score:.2f}" if show_scores else shown
             parts.append(f"[[{text}]]" if word.masked else text)
         lines.append(" ".join(parts) if parts else NO_WORDS)
     return "\n".join(lines)

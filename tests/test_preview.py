@@ -202,6 +202,19 @@ def test_characters_that_are_not_printable_are_shown_escaped_in_text_html_and_ta
     assert "\x07" not in table and "bell\\x07" in table, table
 
 
+def test_words_written_in_double_brackets_are_not_shown_as_masked_words():
+    """Wiki markup "[[Paris]]" is one word to a byte-level BPE: unmasked, it printed exactly as a
+    masked "Paris". Brackets in a word holding "[[" or "]]" are shown escaped."""
+    from diffmask_fast.preview import PreviewWord, render_text
+
+    def shown(text: str, masked: bool) -> str:
+        return render_text([[PreviewWord(text, 0.5, masked, None)]])
+
+    assert shown("[[Paris]]", False) == "\\[\\[Paris\\]\\]" != shown("Paris", True) == "[[Paris]]"
+    assert shown("[[Paris]]", True) == "[[\\[\\[Paris\\]\\]]]"
+    assert shown("[", True) == "[[[]]" and shown("[14]", False) == "[14]"  # no "[[" or "]]": as they are
+
+
 def test_a_document_with_no_words_is_shown_as_such_not_as_a_blank_line(bert_wordpiece):
     from diffmask_fast.preview import NO_WORDS, PreviewWord, preview, render_html, render_text
 
