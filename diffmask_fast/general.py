@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from . import reference
+from ._checks import first_unnormalized
 from ._io import refuse_special_input
 
 #: Tokens in the Google Web Trillion Word corpus the default table is drawn from. The shipped
@@ -30,7 +31,8 @@ class GeneralFrequencies:
     """A unigram table of general English.
 
     ``total`` is N_G, the size of the corpus the counts come from (not necessarily the sum of a
-    truncated table). Words missing from the table have count 0; TF-ICF smooths them
+    truncated table). Keys are normalized as counted words are (``reference.normalize_word``,
+    case kept), the counts of keys that normalize alike summed. Words missing from the table have count 0; TF-ICF smooths them
     (``reference.tf_icf``).
     """
 
@@ -54,14 +56,19 @@ class GeneralFrequencies:
             raise ValueError(f"the general count's word {spaced!r} is empty or holds whitespace, which no counted word "
                              "does (a padded column?)")
         # a negative or NaN count would give negative or NaN TF-ICF, and anchors ranked by it
-        values = np.fromiter(self.counts.values(), dtype=np.float64, count=len(self.counts))
+        try:
+            values = np.fromiter(self.counts.values(), dtype=np.float64, count=len(self.counts))
+        except OverflowError:  # an int beyond float64's range
+            word = next(w for w, c in self.counts.items() if not _fits_a_float(c))
+            raise ValueError(f"general counts must be finite and non-negative; {word!r}: {self.counts[word]!r} "
+                             "is too large for a float") from None
         bad = ~(np.isfinite(values) & (values >= 0))
         if bad.any():
             word = list(self.counts)[int(np.flatnonzero(bad)[0])]
             raise ValueError(f"general counts must be finite and non-negative; {int(bad.sum())} are not "
                              f"(e.g. {word!r}: {self.counts[word]!r})")
-        if not all(reference.is_composed(word) for word in self.counts):
-            object.__setattr__(self, "counts", _accents_composed(self.counts))
+        if first_unnormalized(self.counts, lowercase=False) is not None:
+            object.__setattr__(self, "counts", _normalized_keys(self.counts))
         counted = float(values.sum())
         if counted > self.total * (1 + 1e-9):  # frequencies above 1 in sum: the total is of another corpus
             raise ValueError(f"the general corpus total ({self.total:,.6g}) is less than the sum of its counts "
@@ -113,7 +120,8 @@ class GeneralFrequencies:
     def from_file(cls, path: str | os.PathLike, total: float | None = None, lowercase: bool = True) -> "GeneralFrequencies":
         """Read a ``word<TAB>count`` table (one word a line; blank lines and ``#`` comments skipped).
 
-        Words are lowercased like the target corpus and duplicate lines summed. ``total``
+        Words are lowercased like the target corpus, normalized as its words are ("protein," is
+        "protein") and duplicates summed. ``total``
         defaults to the sum of the counts. A malformed line raises ``ValueError`` naming it.
         """
         path = Path(path)
@@ -147,15 +155,24 @@ class GeneralFrequencies:
         return cls(counts, float(total) if total is not None else _table_total(counts, path), source=str(path))
 
 
-def _accents_composed(counts: dict) -> dict:
-    """``counts`` keyed by words with their accents composed (NFC), as corpus words are
-    (``reference.normalize_word``), summing spellings that compose alike: a table's
-    "re\u0301sume\u0301" would never meet a corpus's "résumé"."""
-    composed: dict = {}
+def _normalized_keys(counts: dict) -> dict:
+    """``counts`` keyed by words normalized as corpus words are (``reference.normalize_word``,
+    case kept: lookups fold it), summing keys that normalize alike: a table split from raw text
+    holds "protein," and "(protein)", and one with decomposed accents "re\u0301sume\u0301",
+    which no counted word would ever meet."""
+    normalized: dict = {}
     for word, count in counts.items():
-        key = reference.composed(word)
-        composed[key] = composed.get(key, 0) + count
-    return composed
+        key = reference.normalize_word(word, lowercase=False)
+        normalized[key] = normalized.get(key, 0) + count
+    return normalized
+
+
+def _fits_a_float(count) -> bool:
+    try:
+        float(count)
+    except OverflowError:
+        return False
+    return True
 
 
 def _table_total(counts: dict, path: Path) -> float:

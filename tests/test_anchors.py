@@ -420,6 +420,28 @@ def test_a_general_table_with_decomposed_accents_meets_the_composed_corpus_words
     assert {a.word: a.general_count for a in anchors} == {"kinase": 1e3, "binds": 0}
 
 
+def test_a_general_table_split_from_raw_text_meets_the_words_as_they_are_counted(tmp_path):
+    """A table made by splitting text on whitespace spreads a word over "protein,", "(protein)"
+    and "protein."; corpus words are stripped of that punctuation, so only the bare form met
+    them, and "protein" looked 200 times rarer than it is. Keys are normalized as counted words
+    are (case kept: lookups fold it), their counts summed; a key of punctuation alone stays."""
+    raw = {"The": 4e9, "the.": 1e9, "protein": 5.0, "protein,": 100.0, "(protein)": 1000.0, "\u201cprotein\u201d": 10.0,
+           ",": 3e9, "kinase": 2.0}
+    general = GeneralFrequencies(raw, 1e12)
+    assert general.counts == {"The": 4e9, "the": 1e9, "protein": 1115.0, ",": 3e9, "kinase": 2.0}
+    assert general.count("protein") == 1115.0 and general.count("the") == 1e9
+    (tmp_path / "general.tsv").write_text("".join(f"{word}\t{count}\n" for word, count in raw.items()), encoding="utf-8")
+    from_file = GeneralFrequencies.from_file(tmp_path / "general.tsv", total=1e12)
+    assert from_file.counts == {"the": 5e9, "protein": 1115.0, ",": 3e9, "kinase": 2.0}
+    counts = count_words(["the protein, the kinase."] * 50, progress=False)
+    assert {a.word: a.general_count for a in mine_anchors(counts, general, k=1, min_count=1)} == {"kinase": 2.0}
+
+
+def test_a_general_count_too_large_for_a_float_is_named():
+    with pytest.raises(ValueError, match=r"general counts must be finite and non-negative; 'the': 1000.*is too large"):
+        GeneralFrequencies({"a": 1, "the": 10**400}, 1e12)
+
+
 def test_counts_saved_with_decomposed_accents_are_refused_where_such_a_word_is_read(tmp_path, monkeypatch):
     """Counts saved before words had their accents composed hold "zymogene" + U+0301 apart: the
     anchor mined from them could not be saved, and JSON counts did not say why they were refused."""
