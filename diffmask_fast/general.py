@@ -9,6 +9,7 @@ import os
 from dataclasses import dataclass
 from functools import cached_property, lru_cache
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
@@ -32,8 +33,8 @@ class GeneralFrequencies:
 
     ``total`` is N_G, the size of the corpus the counts come from (not necessarily the sum of a
     truncated table). Keys are normalized as counted words are (``reference.normalize_word``,
-    case kept), the counts of keys that normalize alike summed. Words missing from the table have count 0; TF-ICF smooths them
-    (``reference.tf_icf``).
+    case kept), the counts of keys that normalize alike summed. Words missing from the table
+    have count 0; TF-ICF smooths them (``reference.tf_icf``).
     """
 
     counts: dict
@@ -86,11 +87,7 @@ class GeneralFrequencies:
         an upper-case letter."""
         if not self._has_cased_keys:
             return self
-        counts: dict[str, float] = {}
-        for word, count in self.counts.items():
-            key = word.lower()
-            counts[key] = counts.get(key, 0) + count
-        return GeneralFrequencies(counts, self.total, self.source)
+        return GeneralFrequencies(_summed_by(self.counts, str.lower), self.total, self.source)
 
     @cached_property
     def _has_cased_keys(self) -> bool:
@@ -160,11 +157,16 @@ def _normalized_keys(counts: dict) -> dict:
     case kept: lookups fold it), summing keys that normalize alike: a table split from raw text
     holds "protein," and "(protein)", and one with decomposed accents "re\u0301sume\u0301",
     which no counted word would ever meet."""
-    normalized: dict = {}
+    return _summed_by(counts, lambda word: reference.normalize_word(word, lowercase=False))
+
+
+def _summed_by(counts: dict, key: Callable[[str], str]) -> dict:
+    """``counts`` keyed by ``key(word)``, the counts of words with one key summed."""
+    summed: dict = {}
     for word, count in counts.items():
-        key = reference.normalize_word(word, lowercase=False)
-        normalized[key] = normalized.get(key, 0) + count
-    return normalized
+        word_key = key(word)
+        summed[word_key] = summed.get(word_key, 0) + count
+    return summed
 
 
 def _fits_a_float(count) -> bool:
