@@ -508,6 +508,24 @@ def test_denormal_weights_count_whatever_the_callers_float_mode(flush_denormals)
         torch.testing.assert_close(similarity, torch.ones(rows))
 
 
+def test_anchor_preparation_keeps_denormals_whatever_the_callers_float_mode(flush_denormals, seed):
+    """Anchors are normalized in parallel: with the caller's thread flushing denormals, anchors
+    normalized there read as zero rows (similarity 0 to everything) while those normalized on the
+    pool's threads kept their direction, so results changed with the thread count."""
+    torch.set_flush_denormal(False)
+    g = generator(seed)
+    anchors = torch.randn(4096, 16, generator=g) * 1e-40
+    assert (anchors.abs() < torch.finfo(torch.float32).tiny).all(), "the premise: denormal anchors"
+    queries = torch.randn(500, 16, generator=g)
+    expected = ops.max_anchor_similarity(queries, anchors)
+    assert (expected[0] > 0.3).all()
+    torch.set_flush_denormal(True)
+    for threads in (1, 2, 4):
+        torch.set_num_threads(threads)
+        values, indices = ops.max_anchor_similarity(queries, anchors)
+        assert torch.equal(indices, expected[1]) and torch.equal(values, expected[0]), f"{threads=} {seed=}"
+
+
 def test_sampling_errors():
     weights, counts = torch.rand(3, 4), torch.tensor([1, 2, 3])
     for bad, word in [(float("nan"), "NaN"), (float("inf"), "infinite"), (-0.5, "negative")]:

@@ -125,6 +125,7 @@ at::Tensor distinct_unit_anchors(const at::Tensor& anchors, at::ScalarType dtype
   T* u_data = u.data_ptr<T>();
   std::vector<std::pair<uint64_t, int64_t>> keyed(static_cast<size_t>(K));
   at::parallel_for(0, K, 1024, [&](int64_t begin, int64_t end) {
+    KeepDenormals keep_denormals;  // rows normalized on the caller's thread as on the pool's
     for (int64_t k = begin; k < end; ++k) {
       if (wider) {
         unit_row(a.data_ptr<double>() + k * D, D, u_data + k * D);
