@@ -634,9 +634,10 @@ def insert_strings(blob, starts, lengths, counts, slots, arena, meta):
 
 
 @njit(nogil=True, cache=True)
-def normalize_ascii(blob, starts, lengths, lowercase):
-    """``normalize_word`` of every pure-ASCII string (A-Z lowercased, ASCII punctuation and
-    symbols stripped from both ends, kept whole if nothing else is left).
+def normalize_ascii(blob, starts, lengths, lowercase, stripped):
+    """``normalize_word`` of every pure-ASCII string (A-Z lowercased, the bytes ``stripped``
+    marks, ``ASCII_STRIP``, stripped from both ends, kept whole if nothing else is left). The
+    table is an argument, not a global: Numba's on-disk cache would keep a global's old value.
 
     Returns (normalized blob, starts, lengths, rows) of the ASCII strings and the rows of the
     others, which Python normalizes."""
@@ -663,9 +664,9 @@ def normalize_ascii(blob, starts, lengths, lowercase):
             continue
         s = offset
         e = offset + length
-        while s < e and ASCII_STRIP[blob[s]]:
+        while s < e and stripped[blob[s]]:
             s += 1
-        while e > s and ASCII_STRIP[blob[e - 1]]:
+        while e > s and stripped[blob[e - 1]]:
             e -= 1
         if s == e:
             s = offset

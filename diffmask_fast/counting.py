@@ -274,7 +274,8 @@ class _RawTables:
         def ascii_words(table: list) -> tuple[CountTable, list[tuple[bytes, int]]]:
             blob, starts, lengths, counts = W.table_strings(*table)
             table.clear()
-            ascii_blob, ascii_starts, ascii_lengths, rows, others = W.normalize_ascii(blob, starts, lengths, lowercase)
+            ascii_blob, ascii_starts, ascii_lengths, rows, others = W.normalize_ascii(
+                blob, starts, lengths, lowercase, W.ASCII_STRIP)
             slots, arena, meta = W.new_table(max(16, len(rows) // 2))
             slots, arena = W.insert_strings(ascii_blob, ascii_starts, ascii_lengths,
                                             np.ascontiguousarray(counts[rows]), slots, arena, meta)

@@ -96,6 +96,18 @@ def test_ascii_strip_is_normalize_word_on_ascii():
         assert stripped == (reference.normalize_word(f"a{character}") == "a")
 
 
+def test_ascii_normalization_reads_the_strip_table_of_this_run(tmp_path, monkeypatch):
+    """Numba caches compiled kernels on disk with the globals they read frozen in: the strip table
+    is an argument, so a kernel compiled before a change to it still strips what it says now."""
+    path = tmp_path / "tags.txt"
+    path.write_text("#tag x# #tag\n")
+    assert dict(count_words(path, progress=False).counts) == {"tag": 2, "x": 1}
+    keep_hash = _wordtable.ASCII_STRIP.copy()
+    keep_hash[ord("#")] = False
+    monkeypatch.setattr(_wordtable, "ASCII_STRIP", keep_hash)
+    assert dict(count_words(path, progress=False).counts) == {"#tag": 2, "x#": 1}
+
+
 @pytest.fixture
 def tiny_chunks(monkeypatch):
     """Blocks are cut into chunks of any size, so that small inputs are cut too."""
