@@ -148,8 +148,10 @@ inline uint64_t row_key(const T* row, int64_t D) {
   return mix64(mix64(mix64(lane[0] ^ lane[1]) ^ lane[2]) ^ lane[3]);
 }
 
-// first_identical_rows from the (row_key, row) pair of every row, which callers may compute in
-// parallel; `keyed` is sorted in place.
+// For each of K rows of D values, the index of the first row with identical bits, so exact
+// duplicates can be searched once and ties still resolve to the smallest index. `keyed` holds
+// the (row_key, k) pair of every row k, which callers may compute in parallel; it is sorted in
+// place. Returns the number of distinct rows; `first[k] == k` marks the first occurrence.
 template <typename T>
 inline int64_t first_identical_keyed_rows(const T* rows, int64_t D, std::vector<std::pair<uint64_t, int64_t>>& keyed,
                                           int64_t* first) {
@@ -180,18 +182,6 @@ inline int64_t first_identical_keyed_rows(const T* rows, int64_t D, std::vector<
     a = b;
   }
   return distinct;
-}
-
-// For each of K rows of D values, the index of the first row with identical bits, so exact
-// duplicates can be searched once and ties still resolve to the smallest index. Returns the
-// number of distinct rows; `first[k] == k` marks the first occurrence.
-template <typename T>
-inline int64_t first_identical_rows(const T* rows, int64_t K, int64_t D, int64_t* first) {
-  std::vector<std::pair<uint64_t, int64_t>> keyed(static_cast<size_t>(K));
-  for (int64_t k = 0; k < K; ++k) {
-    keyed[static_cast<size_t>(k)] = {row_key(rows + k * D, D), k};
-  }
-  return first_identical_keyed_rows(rows, D, keyed, first);
 }
 
 }  // namespace core

@@ -2,6 +2,7 @@
 #include <cmath>
 #include <cstdint>
 #include <limits>
+#include <utility>
 #include <vector>
 
 #include "check.h"
@@ -54,6 +55,16 @@ static void test_first_argmax() {
       CHECK(vectorized.first_argmax(s.data(), n) == first_argmax(s.data(), n));
     }
   }
+}
+
+// first_identical_keyed_rows with the rows keyed one after another: the plain form it must equal.
+template <typename T>
+static int64_t first_identical_rows(const T* rows, int64_t K, int64_t D, int64_t* first) {
+  std::vector<std::pair<uint64_t, int64_t>> keyed(static_cast<size_t>(K));
+  for (int64_t k = 0; k < K; ++k) {
+    keyed[static_cast<size_t>(k)] = {row_key(rows + k * D, D), k};
+  }
+  return first_identical_keyed_rows(rows, D, keyed, first);
 }
 
 static void test_identical_rows() {
