@@ -5,8 +5,16 @@ from __future__ import annotations
 import numbers
 import re
 
+import numpy as np
+
 #: Whitespace at the start or end of one of the words joined by NUL.
 _PADDED = re.compile(r"(?:^|\0)\s|\s(?:\0|$)")
+
+
+def check_lowercase(lowercase: object) -> None:
+    """A saved "false" (a string) would read as true, and words would be keyed another way."""
+    if not isinstance(lowercase, (bool, np.bool_)):
+        raise TypeError(f"lowercase must be True or False, got {lowercase!r}")
 
 
 def refuse_one_string(value: object, name: str, expected: str) -> None:

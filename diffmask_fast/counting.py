@@ -47,7 +47,7 @@ from tqdm.auto import tqdm
 
 from . import _wordtable as W
 from . import reference
-from ._checks import first_unnormalized, shown_apart, whole_number
+from ._checks import check_lowercase, first_unnormalized, shown_apart, whole_number
 from ._io import atomic_write_json, atomic_writer, refuse_special_input
 from .corpus import (
     BINARY_CHECK_BYTES,
@@ -815,11 +815,6 @@ def count_words(
         return _result(counter.finish(lowercase), counter.documents, lowercase)
     finally:
         counter.close()
-
-
-def check_lowercase(lowercase) -> None:
-    if not isinstance(lowercase, (bool, np.bool_)):
-        raise TypeError(f"lowercase must be True or False, got {lowercase!r}")
 
 
 def _result(table: CountTable, documents: int, lowercase: bool) -> "WordCounts":

@@ -24,11 +24,10 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from . import _wordtable as W
-from ._checks import whole_number
+from ._checks import check_lowercase, whole_number
 from .corpus import (DEFAULT_TEXT_FIELD, CorpusError, corpus_files, is_data_frame, is_dataset, is_gzip, is_json_lines,
                      open_binary)
-from .counting import (DEFAULT_BLOCK_BYTES, CountTable, WordCounts, _Counter, _result, check_block_bytes,
-                       check_lowercase)
+from .counting import DEFAULT_BLOCK_BYTES, CountTable, WordCounts, _Counter, _result, check_block_bytes
 
 #: Nominal bytes of one range of a file counted by one task.
 DEFAULT_PARTITION_BYTES = 64 << 20

@@ -30,8 +30,8 @@ import torch
 from tqdm.auto import tqdm
 
 from . import reference
-from ._checks import (first_blank_or_padded, first_unnormalized, refuse_one_string, shown_apart, whole_number,
-                      word_list)
+from ._checks import (check_lowercase, first_blank_or_padded, first_unnormalized, refuse_one_string, shown_apart,
+                      whole_number, word_list)
 from ._io import atomic_write_bytes, atomic_write_json, read_json, refuse_special_input
 from .advice import DiffmaskWarning
 from .anchors import Anchors
@@ -119,16 +119,10 @@ class _WordValues(Mapping):
         return f"<{len(self):,} words>"
 
 
-def _check_lowercase(lowercase: object) -> None:
-    """A saved "false" (a string) would read as true, and its table look up other keys."""
-    if not isinstance(lowercase, (bool, np.bool_)):
-        raise TypeError(f"lowercase must be true or false, got {lowercase!r}")
-
-
 def _check_normalized(words: Sequence[str], lowercase: bool) -> None:
     """Refuse keys that are not normalized words: the collator and ``score`` look up
     normalize_word(w), so a key "Enzyme" or "receptor," could never be found."""
-    _check_lowercase(lowercase)
+    check_lowercase(lowercase)
     padded = first_blank_or_padded(words)  # first: whitespace is the likelier slip, and says more
     if padded is not None:
         raise ValueError(f"score table keys are words, non-empty and without whitespace before or after them: "
@@ -238,7 +232,7 @@ class ScoreTable:
         check_unknown_score(unknown_score)
         if similarity not in TABLE_SIMILARITIES:
             raise ValueError(f"a score table's similarity is one of {', '.join(TABLE_SIMILARITIES)}, got {similarity!r}")
-        _check_lowercase(lowercase)
+        check_lowercase(lowercase)
         anchors = tuple(word_list(anchors, "anchors", "a list of anchor words"))
         if nearest is not None:
             _check_nearest(np.asarray(nearest), words, len(anchors))

@@ -555,7 +555,7 @@ def test_broken_score_files_are_rejected(tmp_path):
 
 #: Hand edits of a score file's settings that would be read as something else, and what is said.
 SETTING_DAMAGE = {
-    "lowercase as text": ("lowercase", "false", "lowercase must be true or false, got 'false'"),
+    "lowercase as text": ("lowercase", "false", "lowercase must be True or False, got 'false'"),
     "anchors as one string": ("anchors", "enzyme", "anchors must be a list of anchor words, not one string"),
     "anchor as a number": ("anchors", [7], "anchors must be words (strings), got 7"),
     "unknown similarity": ("similarity", "cosine", "similarity is one of max, centroid, mean, given, got 'cosine'"),
@@ -608,7 +608,7 @@ def test_a_binary_score_file_with_damaged_settings_names_what_is_wrong(tmp_path,
 def test_a_table_made_by_hand_takes_only_the_settings_a_table_can_have(tmp_path):
     with pytest.raises(ValueError, match="similarity is one of max, centroid, mean, given, got 'nearest'"):
         ScoreTable({"enzyme": 0.9}, similarity="nearest")
-    with pytest.raises(TypeError, match="lowercase must be true or false, got 'no'"):
+    with pytest.raises(TypeError, match="lowercase must be True or False, got 'no'"):
         ScoreTable.from_arrays(["enzyme"], [0.9], lowercase="no")
     with pytest.raises(TypeError, match="anchors must be words"):
         ScoreTable({"enzyme": 0.9}, anchors=[("enzyme", 2.0)])
