@@ -9,6 +9,7 @@ DataLoader worker and distributed rank.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import math
 import numbers
@@ -368,6 +369,20 @@ class MaskingCollatorBase:
         collator is sent to, starts a stream from ``seed``. ``None`` unpins."""
         self._pinned_seed = check_seed(seed)
         self._generators = {}
+
+    @contextlib.contextmanager
+    def pinned_generator(self, seed: int):
+        """Inside, draw from ``seed`` alone, as after ``pin_generator(seed)``; outside, the
+        streams go on where they were. An evaluation masked inside draws the same masks every
+        time and leaves the training draws as they were (``MaskingTrainer`` evaluates so). The
+        pin reaches DataLoader workers started inside; persistent workers started earlier keep
+        the streams they were sent."""
+        saved_seed, saved_generators = self._pinned_seed, self._generators
+        self.pin_generator(seed)
+        try:
+            yield self
+        finally:
+            self._pinned_seed, self._generators = saved_seed, saved_generators
 
     def _draw_seed(self) -> int:
         """A 64-bit seed for a compiled op, from this process's generator."""

@@ -1,7 +1,8 @@
 """Trainers that mask each batch in the training step and weight the loss per token.
 
 ``MaskingTrainer`` serves every masking strategy. Batches that arrive with ``labels`` (masked by
-a collator in DataLoader workers) pass through; batches without labels are moved to the device
+a collator in DataLoader workers) pass through, once the first has shown masked-LM labels (not a
+causal-LM copy of input_ids, nor per-token tags); batches without labels are moved to the device
 and masked there by ``masker`` before the masked tokens are counted for the loss normalization
 of gradient accumulation. A masker that needs the model (attention-based masking) gets it. A
 ``loss_weights`` entry in a batch weights each masked token's loss (``losses.weighted_mlm_loss``).
@@ -33,6 +34,8 @@ to the tokenizer without ``model.resize_token_embeddings``).
 
 An optimizer step that masked no token (short sequences, small batches) has no loss: the logged
 training loss averages the steps that masked something, and evaluation the batches that did.
+Evaluation masks, the masker's or a masking collator's, come from a stream pinned to
+``args.seed``: every evaluation draws the same ones, and training's draws are left as they were.
 
 ``DifferenceMaskingTrainer`` is the same with a ``DifferenceMasker``: DataLoader workers only pad
 (``DataCollatorWithPadding``), the GPU masks. Evaluation batches without labels are masked the
@@ -180,14 +183,12 @@ class MaskingTrainer(Trainer):
                     f"{tuple(getattr(inputs.get('input_ids'), 'shape', ()))}: class labels, not masked-LM labels? "
                     "Remove the label column, or let the trainer pad (no data_collator), which drops it")
             # The first batch that comes with labels tells (a labels column is in every batch), at
-            # the cost of one sync; later ones are not checked, so that steps do not wait on the device.
+            # the cost of a sync; later ones are not checked, so that steps do not wait on the device.
             if not self._labels_checked:
-                if _labels_copy_inputs(inputs):
-                    raise ValueError("the batch's labels are its input_ids at every token (a causal-LM labels "
-                                     "column?): the model would learn to copy unmasked tokens. Masked-LM labels are "
-                                     "-100 except at masked tokens; remove the labels column and the masker masks "
-                                     "the batch")
                 self._labels_checked = True
+                problem = _labels_problem(inputs, *_mask_token_share(self.masker))
+                if problem is not None:
+                    raise ValueError(f"{problem}; remove the labels column and the masker masks the batch")
             return inputs
         inputs = self._prepare_inputs(inputs)
         special_tokens_mask = inputs.pop("special_tokens_mask", None)
@@ -276,19 +277,21 @@ class MaskingTrainer(Trainer):
 
     def evaluation_loop(self, dataloader, description, prediction_loss_only=None, ignore_keys=None,
                         metric_key_prefix="eval"):
-        """Evaluation batches without labels are masked from a stream of their own, pinned to
-        ``args.seed``: every evaluation draws the same masks (validation losses compare across
-        steps), and the training stream is not advanced (a resumed run replays its masks exactly).
+        """Evaluation batches are masked from a stream of their own, pinned to ``args.seed``,
+        by the masker or by a masking ``data_collator`` alike: every evaluation draws the same
+        masks (validation losses compare across steps), and the training stream is not advanced
+        (a resumed run replays its masks exactly).
 
         A batch with nothing masked has no loss and is left out of the mean, whatever
         ``args.logging_nan_inf_filter`` says (see ``_LossTally``)."""
-        pinned = getattr(self.masker, "pinned_generator", None)
-        masks = (pinned(self.args.seed + EVALUATION_SEED_OFFSET) if self.mask_eval and pinned is not None
-                 else contextlib.nullcontext())
         tally, keep_non_finite = _LossTally(), not self.args.logging_nan_inf_filter
         self._loss_tally, self.args.logging_nan_inf_filter = tally, True  # the loop drops the NaN of unmasked batches
         try:
-            with masks:
+            with contextlib.ExitStack() as pinned_masks:
+                for masking in (self.masker, self.data_collator) if self.mask_eval else ():
+                    pinned = getattr(masking, "pinned_generator", None)
+                    if pinned is not None:
+                        pinned_masks.enter_context(pinned(self.args.seed + EVALUATION_SEED_OFFSET))
                 output = super().evaluation_loop(dataloader, description, prediction_loss_only, ignore_keys,
                                                  metric_key_prefix)
         finally:
@@ -469,15 +472,42 @@ def _as_example(feature: Any) -> Mapping:
     return {"input_ids": ids}
 
 
-def _labels_copy_inputs(inputs: dict[str, Any]) -> bool:
-    """Whether a batch's labels are its input_ids at every attended token: no masked batch has
-    them (it labels a share of the tokens, and most of those hold the mask token)."""
+#: Labelled tokens expected to hold the mask token that make a batch tell masked-LM labels from
+#: tags: none of them holding it comes by chance at odds below e**-40.
+_EXPECTED_MASK_TOKENS = 40
+
+
+def _mask_token_share(masker: Any) -> tuple[int | None, float]:
+    """The mask token id and the share of masked tokens the masker replaces with it (0.8 at
+    80/10/10): labels a masking collator made show about that share too."""
+    settings = getattr(masker, "collator", masker)
+    share = float(getattr(settings, "mask_replace_prob", 0.8))
+    return getattr(getattr(masker, "tokenizer", None), "mask_token_id", None), share
+
+
+def _labels_problem(inputs: dict[str, Any], mask_token_id: int | None, mask_share: float) -> str | None:
+    """What shows a batch's labels are not masked-LM labels, None if nothing does. Masked-LM
+    labels label a share of the tokens, most of which hold the mask token; a causal-LM column
+    copies input_ids, and per-token tags (NER) label nearly every token, none of which holds
+    it. A batch with too few labelled tokens to tell passes."""
     labels, ids = inputs.get("labels"), inputs.get("input_ids")
     if not (torch.is_tensor(labels) and torch.is_tensor(ids)) or labels.numel() == 0:
-        return False
+        return None
+    labels = labels.to(ids.device)
     attended = inputs.get("attention_mask")
     attended = ids == ids if not torch.is_tensor(attended) else attended.to(ids.device) != 0
-    return bool(((labels == ids) | ~attended).all())
+    if bool(((labels == ids) | ~attended).all()):
+        return ("the batch's labels are its input_ids at every token (a causal-LM labels column?): the model would "
+                "learn to copy unmasked tokens. Masked-LM labels are -100 except at masked tokens")
+    labelled = (labels != -100) & attended
+    count = int(labelled.sum())
+    if mask_token_id is None or count * mask_share < _EXPECTED_MASK_TOKENS:
+        return None
+    if not bool((labelled & (ids == mask_token_id)).any()):
+        return (f"the batch's labels are not masked-LM labels: none of its {count:,} labelled tokens holds the mask "
+                f"token, where the masker would put it at {mask_share:.0%} of them (per-token tags of a "
+                "token-classification set, e.g. NER?); the model would learn to predict tag ids")
+    return None
 
 
 def _padded_rows(rows: list, length: int, padding_side: str, fill, dtype: torch.dtype) -> torch.Tensor:

@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 import torch
 
+import diffmask_fast
 import tokenizers_offline
 from diffmask_fast import DifferenceMasker, DifferenceMaskingCollator, DifferenceMaskingTrainer, ops
 from diffmask_fast.scoring import ScoreTable
@@ -689,6 +690,57 @@ def test_labels_that_copy_the_inputs_are_refused(tiny_bert_mlm, bert_wordpiece, 
     assert trainer.mask_batch(masked) is masked
 
 
+def test_per_token_tags_are_refused_as_masked_lm_labels(tiny_bert_mlm, bert_wordpiece, lines, tmp_path):
+    """A token-classification set's labels column (NER tags, the length of input_ids) passed as
+    an already masked batch: nothing was masked and the model learned to predict tag ids."""
+    from transformers import TrainingArguments
+
+    tokenizer = bert_wordpiece
+    data = [tokenizer(t, truncation=True, max_length=32) for t in lines[:16]]
+    tagged = [{**example, "labels": [-100] + [random.randrange(9) for _ in example["input_ids"][2:]] + [-100]}
+              for example in data]
+    args = TrainingArguments(output_dir=str(tmp_path), max_steps=1, per_device_train_batch_size=8, report_to=[],
+                             use_cpu=True, save_strategy="no")
+    trainer = DifferenceMaskingTrainer(model=tiny_bert_mlm, args=args, train_dataset=tagged,
+                                       masker=DifferenceMasker(tokenizer, {}, seed=0))
+    with pytest.raises(ValueError, match=r"not masked-LM labels: none of its [\d,]+ labelled tokens holds the mask"):
+        trainer.train()
+    # Labels a masking collator made pass, at any replacement shares the masker would draw with.
+    for mask_share, random_share in ((0.8, 0.1), (0.2, 0.0), (0.0, 1.0)):
+        collator = DifferenceMaskingCollator(tokenizer, {}, mlm_probability=0.5, mask_replace_prob=mask_share,
+                                             random_replace_prob=random_share, seed=random.randrange(2**32))
+        masked = collator(data)
+        assert (masked["labels"] != -100).sum() * mask_share >= 40 or mask_share == 0, "the premise: a batch that tells"
+        trainer = DifferenceMaskingTrainer(model=tiny_bert_mlm, args=args, train_dataset=data,
+                                           masker=DifferenceMasker(tokenizer, {}, mask_replace_prob=mask_share,
+                                                                   random_replace_prob=random_share, seed=0))
+        assert trainer.mask_batch(masked) is masked
+    # A batch with too few labelled tokens to tell passes.
+    few = trainer.data_collator(tagged[:1])
+    few["labels"][:, 3:] = -100
+    assert DifferenceMaskingTrainer(model=tiny_bert_mlm, args=args, train_dataset=data,
+                                    masker=DifferenceMasker(tokenizer, {}, seed=0)).mask_batch(few) is few
+
+
+def test_evaluation_with_a_masking_collator_draws_the_same_masks_every_time(tiny_bert_mlm, bert_wordpiece, lines,
+                                                                            tmp_path):
+    """Evaluation batches a masking data_collator masked came from its training stream: every
+    evaluate() reported another loss, and advanced the masks training would draw."""
+    from transformers import TrainingArguments
+
+    tokenizer = bert_wordpiece
+    data = [{"input_ids": tokenizer(t, truncation=True, max_length=32)["input_ids"]} for t in lines[:16]]
+    collator = DifferenceMaskingCollator(tokenizer, {}, seed=random.randrange(2**32))
+    args = TrainingArguments(output_dir=str(tmp_path), per_device_eval_batch_size=4, report_to=[], use_cpu=True,
+                             seed=random.randrange(2**31))
+    trainer = diffmask_fast.MaskingTrainer(model=tiny_bert_mlm, args=args, eval_dataset=data, data_collator=collator)
+    before = collator._generator().get_state()
+    losses = {trainer.evaluate()["eval_loss"] for _ in range(3)}
+    assert len(losses) == 1
+    assert torch.equal(collator._generator().get_state(), before), "evaluation advanced the training stream"
+    assert collator._pinned_seed is None
+
+
 def test_the_labels_check_waits_on_the_device_once_not_every_batch(tiny_bert_mlm, bert_wordpiece, lines, tmp_path,
                                                                     monkeypatch):
     """Batches the trainer masked were checked again (a host sync each); batches that come with
@@ -698,8 +750,8 @@ def test_the_labels_check_waits_on_the_device_once_not_every_batch(tiny_bert_mlm
     import diffmask_fast.trainer as trainer_module
 
     calls = []
-    check = trainer_module._labels_copy_inputs
-    monkeypatch.setattr(trainer_module, "_labels_copy_inputs", lambda inputs: calls.append(1) or check(inputs))
+    check = trainer_module._labels_problem
+    monkeypatch.setattr(trainer_module, "_labels_problem", lambda *given: calls.append(1) or check(*given))
     tokenizer = bert_wordpiece
     data = [tokenizer(t, truncation=True, max_length=random.randrange(8, 32)) for t in lines[:24]]
     args = TrainingArguments(output_dir=str(tmp_path), max_steps=3, per_device_train_batch_size=2, report_to=[],
