@@ -734,8 +734,8 @@ def _with_option_name(message: str, command_parser) -> str:
     message = re.sub(r"(?:(?<=settings: )|(?<=\), ))[a-z_]+(?= )", options_in, message)
     # "pass word_boundary= explicitly": the option, "--word-boundary".
     message = re.sub(r"\b([a-z]+(?:_[a-z]+)+)=(?= )", lambda found: option(found.group(1)) or found.group(), message)
-    # "init_mlm_head=True" of a switch is the switch alone: "--init-mlm-head".
-    message = re.sub(r"\b([a-z]+(?:_[a-z]+)+)=True\b",
+    # "init_mlm_head=True" or "resume=True" of a switch is the switch alone: "--init-mlm-head".
+    message = re.sub(r"\b([a-z]+(?:_[a-z]+)*)=True\b",
                      lambda found: option(found.group(1)) if option(found.group(1)) in switches else found.group(),
                      message)
 

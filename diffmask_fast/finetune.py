@@ -628,7 +628,7 @@ def _refuse_unfinished(report_path: Path) -> None:
         return
     if not earlier.complete:
         raise ValueError(f"{str(report_path)!r} holds an interrupted run ({len(earlier.results)} of "
-                         f"{len(earlier.seeds_requested)} seeds done): pass --resume (resume=True) to run only the "
+                         f"{len(earlier.seeds_requested)} seeds done): pass resume=True to run only the "
                          "others, or remove it to start again")
 
 

@@ -302,6 +302,10 @@ def test_settings_named_inside_a_message_are_named_as_options():
     assert (_with_option_name("pass init_mlm_head=True to start from a tied head", pretrain)
             == "pass --init-mlm-head to start from a tied head")
     assert _with_option_name("max_steps=True is odd", pretrain) == "--max-steps=True is odd"  # not a switch
+    finetune = build_parser().commands["finetune"]  # a switch without an underscore in its name
+    assert (_with_option_name("holds an interrupted run: pass resume=True to run only the others", finetune)
+            == "holds an interrupted run: pass --resume to run only the others")
+    assert _with_option_name("pass strict=True to go on", finetune) == "pass strict=True to go on"  # no such option
     assert (_with_option_name("anchors and pooling would not be used: the words are scored", pretrain)
             == "--anchors and --pooling would not be used: the words are scored")
     assert (_with_option_name("started with other settings: strategy 'a' (now 'b'), seed 1 (now 2)", pretrain)

@@ -362,7 +362,7 @@ def test_finetune_saves_the_report_after_each_seed(model_dir, task, tmp_path, mo
     # Resuming keeps seed 7 and runs 8 and 9 only; other settings cannot resume from it, and a
     # run that does not resume must not overwrite it.
     monkeypatch.setattr(finetune_module, "_load_classifier", load)
-    with pytest.raises(ValueError, match=r"holds an interrupted run \(1 of 3 seeds done\): pass --resume"):
+    with pytest.raises(ValueError, match=r"holds an interrupted run \(1 of 3 seeds done\): pass resume=True"):
         finetune(model_dir, task["train"], task["dev"], seeds=(7, 8, 9), report_path=path, **_FAST)
     with pytest.raises(ValueError, match="differs in epochs"):
         finetune(model_dir, task["train"], task["dev"], seeds=(7, 8, 9), report_path=path, resume=True,
