@@ -630,7 +630,8 @@ def resumed_run_dir(config: PretrainConfig) -> Path | None:
 
 def _check_steps_left(config: PretrainConfig, checkpoint: Path | None) -> bool:
     """Refuse a ``max_steps`` the checkpoint has passed: ``Trainer`` would still take a step past
-    the checkpoint and record the smaller number as the run's length. True when the checkpoint
+    the checkpoint and record the smaller number as the run's length. Warn of another one: the
+    schedule is rebuilt for it, and the learning rate jumps at the checkpoint. True when the checkpoint
     ends the run: at ``max_steps``, at the last step an epoch-based run planned, or stopped early
     (as many evaluations without improvement as ``patience`` allows). Resuming then only
     finishes it (the best model, the summary): ``Trainer`` would train on past its end."""
@@ -647,6 +648,13 @@ def _check_steps_left(config: PretrainConfig, checkpoint: Path | None) -> bool:
                              f"{config.max_steps}: give a max_steps of at least {step}")
         if config.max_steps == step:
             return True
+        planned = state.get("max_steps")
+        if isinstance(planned, int) and planned > 0 and planned != config.max_steps and distributed_rank() == 0:
+            warnings.warn(f"the run resumed at step {step} planned {planned} steps, now max_steps {config.max_steps}: "
+                          f"the learning-rate schedule (warm-up, then linear decay to 0) is rebuilt for "
+                          f"{config.max_steps} steps, so the rate jumps at step {step} "
+                          f"({'down: it decays faster' if config.max_steps < planned else 'up: it decays slower'}); "
+                          f"give max_steps {planned} to keep the schedule", DiffmaskWarning, stacklevel=2)
     elif isinstance(state.get("max_steps"), int) and 0 < state["max_steps"] <= step:
         return True
     from .trainer import ResumableEarlyStopping

@@ -75,8 +75,11 @@ def test_difference_pretraining_saves_everything_and_resumes(model_dir, corpus, 
     assert (out / "checkpoint-4").is_dir()
     assert (out / "checkpoint-4" / "tokenizer.json").is_file()  # a checkpoint can be fine-tuned as it is
     assert json.loads((out / RUN_FILE).read_text())["working_directory"] == os.getcwd()
-    resumed = pretrain(config_for(model_dir, Path(os.path.relpath(corpus)), out, max_steps=6, resume=True,
-                                  head_warmup_steps=1, head_learning_rate=2e-3))  # the corpus spelled another way
+    # A longer run is allowed, and said to change the learning-rate schedule from the checkpoint on.
+    with pytest.warns(DiffmaskWarning, match=r"resumed at step 4 planned 4 steps, now max_steps 6: the learning-rate "
+                                             r"schedule .* rebuilt for 6 steps, so the rate jumps at step 4 \(up"):
+        resumed = pretrain(config_for(model_dir, Path(os.path.relpath(corpus)), out, max_steps=6, resume=True,
+                                      head_warmup_steps=1, head_learning_rate=2e-3))  # the corpus spelled another way
     assert resumed["global_step"] == 6
     assert resumed["validation_loss_before"] == saved["validation_loss_before"]  # kept from the start of the run
     steps = [entry["step"] for entry in resumed["log_history"] if "loss" in entry]
@@ -1324,13 +1327,18 @@ def test_resuming_from_a_checkpoint_in_another_folder_continues_that_run(model_d
         raise AssertionError("the resumed run scored the words again instead of taking its score table")
 
     monkeypatch.setattr(embedding.WordEmbedder, "from_pretrained", must_not_run)
-    resumed = pretrain(config_for(model_dir, corpus, tmp_path / "b", max_steps=6, resume=checkpoint, patience=0))
+    with pytest.warns(DiffmaskWarning, match="resumed at step 2 planned 4 steps, now max_steps 6: .*jumps at step 2 "
+                                             r"\(up: it decays slower\); give max_steps 4 to keep the schedule"):
+        resumed = pretrain(config_for(model_dir, corpus, tmp_path / "b", max_steps=6, resume=checkpoint, patience=0))
     assert resumed["global_step"] == 6 and resumed["anchors"] == first["anchors"]
     assert resumed["validation_loss_before"] == first["validation_loss_before"]
     record = json.loads((tmp_path / "b" / RUN_FILE).read_text())
     assert record["validation_loss_before"] == first["validation_loss_before"]
     with pytest.raises(ValueError, match="holds checkpoints of an earlier run .*--resume alone"):
         pretrain(config_for(model_dir, corpus, tmp_path / "b", max_steps=8, resume=checkpoint, patience=0))
+    with pytest.warns(DiffmaskWarning, match=r"planned 4 steps, now max_steps 3: .*\(down: it decays faster\)"):
+        shorter = pretrain(config_for(model_dir, corpus, tmp_path / "c", max_steps=3, resume=checkpoint, patience=0))
+    assert shorter["global_step"] == 3
 
 
 def test_a_terms_file_that_is_not_utf8_is_named(tmp_path):
