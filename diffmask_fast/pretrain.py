@@ -391,10 +391,12 @@ def pretrain(config: PretrainConfig) -> dict:
     documents = read_documents(config.corpus, config.text_field)
     if not documents:
         raise ValueError("the corpus has no non-empty documents")
+    _warn_of_undecoded_text(documents, "corpus", reports)
     if config.validation:
         train_docs, validation_docs = documents, read_documents(config.validation, config.text_field)
         if not validation_docs:
             raise ValueError("the validation files have no non-empty documents")
+        _warn_of_undecoded_text(validation_docs, "validation", reports)
         shared = shared_documents(train_docs, validation_docs)
         if shared and reports:
             warnings.warn(f"{shared:,} of the {len(validation_docs):,} validation documents are also training documents: "
@@ -626,6 +628,14 @@ def resumed_run_dir(config: PretrainConfig) -> Path | None:
     if not config.resume:
         return None
     return Path(config.output_dir).resolve() if config.resume is True else Path(config.resume).resolve().parent
+
+
+def _warn_of_undecoded_text(documents: list[str], name: str, reports: bool) -> None:
+    from .pretrain_data import undecoded_text_notice
+
+    notice = undecoded_text_notice(documents, name)
+    if notice and reports:
+        warnings.warn(notice, DiffmaskWarning, stacklevel=3)
 
 
 def _check_steps_left(config: PretrainConfig, checkpoint: Path | None) -> bool:

@@ -139,6 +139,20 @@ def shared_documents(train: Sequence[str], validation: Sequence[str]) -> int:
     return sum(document in training_texts for document in validation)
 
 
+def undecoded_text_notice(documents: Sequence[str], name: str) -> str | None:
+    """A warning when documents hold U+FFFD, which reading puts for bytes that are not UTF-8: a
+    corpus saved in another encoding (Latin-1, cp1252) would otherwise be trained on with its
+    accented words broken into marks, and nothing said."""
+    damaged = [document for document in documents if "\ufffd" in document]
+    if not damaged:
+        return None
+    at = damaged[0].index("\ufffd")
+    example = damaged[0][max(0, at - 30): at + 30]
+    return (f"{len(damaged):,} of the {len(documents):,} {name} documents hold U+FFFD, the mark reading leaves for "
+            f"bytes that are not UTF-8 (e.g. {example!r}): is the corpus in another encoding? Convert it to UTF-8 "
+            "(iconv -f latin1 -t utf-8), or the model trains on the marks")
+
+
 def tokenize_documents(tokenizer: Any, documents: list[str], max_length: int, *, batch_size: int = 1000,
                        progress: bool = True, description: str = "tokenizing",
                        word_boundary: str | None = None) -> list[list[int]]:

@@ -1603,3 +1603,22 @@ def test_only_the_first_rank_shows_the_tokenizing_bars_and_the_advice(model_dir,
         seen[rank] = ("tokenizing training documents" in capsys.readouterr().err,
                       any("also training documents" in str(w.message) for w in caught))
     assert seen == {0: (True, True), 1: (False, False)}
+
+
+def test_a_corpus_in_another_encoding_is_named(model_dir, corpus, tmp_path):
+    """A Latin-1 corpus read as UTF-8 has its accented words broken into U+FFFD marks: training
+    went on without a word about it."""
+    lines = corpus.read_text(encoding="utf-8").splitlines()
+    latin = tmp_path / "latin.txt"
+    latin.write_bytes("\n".join(lines[:40] + ["the café enzyme has a naïve résumé"] * 3).encode("latin-1", "replace"))
+    with pytest.warns(DiffmaskWarning, match=r"3 of the 43 corpus documents hold U\+FFFD, .* not UTF-8 \(e\.g\. "
+                                             "'the caf\ufffd enzyme.*another encoding\\?"):
+        pretrain(config_for(model_dir, latin, tmp_path / "run", strategy="random-word", max_steps=1))
+    with pytest.warns(DiffmaskWarning, match=r"1 of the 1 validation documents hold U\+FFFD"):
+        validation = tmp_path / "validation.txt"
+        validation.write_bytes(b"caf\xe9 kinase\n")
+        pretrain(config_for(model_dir, corpus, tmp_path / "run2", strategy="random-word", max_steps=1,
+                            validation=[validation]))
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message=".*U\\+FFFD", category=DiffmaskWarning)
+        pretrain(config_for(model_dir, corpus, tmp_path / "run3", strategy="random-word", max_steps=1))
