@@ -37,6 +37,9 @@ LOSS_PICTURE = "pretraining.png"  # training and validation loss over the steps
 ANCHORS_FILE = "anchors.json"
 SCORES_FILE = "scores.npz"
 TERMS_FILE = "terms.txt"
+#: A saved model's weights: an output directory holding them has a model a run would replace.
+MODEL_WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
+                      "pytorch_model.bin.index.json")
 RUN_FILE = "pretrain_run.json"  # the settings a run started with, and its validation loss before training
 #: Settings a resumed run must share with the run it continues (the others may change, e.g. max_steps).
 RESUME_MUST_MATCH = (
@@ -534,9 +537,9 @@ def planned_steps(sequences: int, sequences_per_step: int, epochs: float) -> int
 
 
 def _check_output_dir(config: PretrainConfig) -> tuple[dict | None, Path | None]:
-    """Refuse, before any work, an output that cannot take this run: a file, or the checkpoints of
+    """Refuse, before any work, an output that cannot take this run: a file, the checkpoints of
     an earlier run that a fresh run would mix with its own (``--resume`` would then pick them up),
-    or, resuming, a run started with other settings. Returns the record of the resumed run, and
+    a model the run would replace, or, resuming, a run started with other settings. Returns the record of the resumed run, and
     the checkpoint resumed from when it is at ``max_steps`` (the run only needs finishing)."""
     out = Path(config.output_dir)
     if out.exists() and not out.is_dir():
@@ -556,6 +559,10 @@ def _check_output_dir(config: PretrainConfig) -> tuple[dict | None, Path | None]
         raise ValueError(f"{str(out)!r} holds checkpoints of an earlier run ({checkpoints[0].name}...): pass "
                          + ("--resume alone to continue that run" if config.resume else "--resume to continue that run")
                          + ", or choose a new output directory")
+    weights = [name for name in MODEL_WEIGHT_FILES if (out / name).is_file()]
+    if weights and run_dir != out.resolve():
+        raise ValueError(f"{str(out)!r} holds a model ({weights[0]}) that this run would replace when it saves its "
+                         "own: choose a new output directory, or remove that model first")
     if not config.resume:
         return None, None
     from transformers.trainer_utils import get_last_checkpoint  # the checkpoint Trainer resumes from

@@ -1622,3 +1622,24 @@ def test_a_corpus_in_another_encoding_is_named(model_dir, corpus, tmp_path):
     with warnings.catch_warnings():
         warnings.filterwarnings("error", message=".*U\\+FFFD", category=DiffmaskWarning)
         pretrain(config_for(model_dir, corpus, tmp_path / "run3", strategy="random-word", max_steps=1))
+
+
+def test_a_new_run_refuses_an_output_directory_holding_a_model(model_dir, corpus, tmp_path):
+    """A fresh run into a folder holding another model (a finished run whose checkpoints were
+    removed, a downloaded model) replaced its weights when it saved its own."""
+    import shutil
+
+    for weights in ("model.safetensors", "pytorch_model.bin"):
+        out = tmp_path / f"holds-{weights}"
+        out.mkdir()
+        shutil.copy(model_dir / "model.safetensors", out / weights)
+        before = (out / weights).read_bytes()
+        with pytest.raises(ValueError, match=f"holds a model \\({re.escape(weights)}\\) that this run would replace"):
+            pretrain(config_for(model_dir, corpus, out, strategy="random-word", max_steps=1))
+        assert (out / weights).read_bytes() == before and sorted(p.name for p in out.iterdir()) == [weights]
+    # A finished run resumed in its own folder goes on (its model is the one it replaces).
+    out = tmp_path / "run"
+    pretrain(config_for(model_dir, corpus, out, strategy="random-word", max_steps=2, eval_steps=1))
+    with pytest.warns(DiffmaskWarning, match="planned 2 steps, now max_steps 3"):
+        assert pretrain(config_for(model_dir, corpus, out, strategy="random-word", max_steps=3, eval_steps=1,
+                                   resume=True))["global_step"] == 3
