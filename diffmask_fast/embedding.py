@@ -433,6 +433,14 @@ class WordEmbedder:
             result = result[np.fromiter((row[w] for w in words), dtype=np.int64, count=len(words))]
         return torch.from_numpy(result)
 
+    def read_as_special_tokens_only(self, words: Sequence[str]) -> list[bool]:
+        """Whether the tokenizer reads each word as nothing but special tokens ([UNK]). Such a
+        word has no piece of its own: averaged poolings give it the zero vector, ``cls`` and
+        ``pooled`` the state of "[CLS] [UNK] [SEP]", one vector for all such words."""
+        self._follow_tokenizer(self._fingerprint("tokenizer"))
+        special = set(self.tokenizer.all_special_ids)
+        return [all(token in special for token in ids) for ids in self._encode(list(words), add_special_tokens=True)]
+
     def _encode(self, words: list[str], add_special_tokens: bool) -> list[list[int]]:
         """Token ids of each word, untruncated. Goes straight to a private copy of the tokenizer's
         ``tokenizers`` backend when it gives the same ids as the tokenizer's own call (checked on

@@ -331,6 +331,28 @@ def test_anchors_the_model_has_never_seen(tiny_bert):
         WordScorer(embedder, [unknown])
 
 
+@pytest.mark.parametrize("pooling", ["cls", "pooled"])
+def test_an_anchor_read_as_unk_alone_matches_no_word_whatever_the_pooling(tiny_bert, pooling):
+    """Under cls/pooled pooling an anchor read as [UNK] alone kept the vector of "[CLS] [UNK] [SEP]",
+    which every word of unknown characters has too: they all scored 1.0 against it, unannounced."""
+    model, tokenizer = tiny_bert
+    unknown, other_unknown = "\U0001f9ec\U0001f9ec", "\u13e3\u13b3\u13a9"  # no piece of either in the vocabulary
+    for word in (unknown, other_unknown):
+        assert set(tokenizer(word, add_special_tokens=False)["input_ids"]) == {tokenizer.unk_token_id}
+    embedder = WordEmbedder(model, tokenizer, pooling=pooling, progress=False)
+    assert embedder.read_as_special_tokens_only([unknown, "enzyme", ""]) == [True, False, True]
+    with pytest.warns(DiffmaskWarning, match="1 anchor\\(s\\) have a zero vector .*" + unknown):
+        scorer = WordScorer(embedder, [unknown, "enzyme"])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DiffmaskWarning)  # the scored unknown word is named as such
+        table = scorer.score([other_unknown, "enzyme", "the"])
+    assert table.score("enzyme") == pytest.approx(1.0, abs=1e-5)
+    for word in (other_unknown, "the"):
+        assert table.nearest_anchor_of(word) == "enzyme"
+        vectors = embedder.embed([word, "enzyme"])
+        assert table.score(word) == pytest.approx(reference.cosine(vectors[0].numpy(), vectors[1].numpy()), abs=1e-5)
+
+
 def test_anchors_the_model_reads_as_common_words_are_named(tiny_bert):
     model, tokenizer = tiny_bert  # uncased: strips accents
     embedder = WordEmbedder(model, tokenizer, progress=False)
