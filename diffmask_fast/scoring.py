@@ -539,9 +539,13 @@ def _as_float32_vectors(vectors: torch.Tensor) -> torch.Tensor:
 
 
 def _anchor_words(anchors) -> list[str]:
+    """Anchor words in the form words are scored in (``normalize_word``, case kept: lowercasing
+    is chosen when scoring): an anchor "cell," given by hand was embedded with its comma, so the
+    word "cell" scored below 1 against it. Copies that normalize alike are one anchor."""
     if isinstance(anchors, Anchors):
         return anchors.words
-    return word_list(anchors, "anchors", "an Anchors result or a list of words")
+    words = word_list(anchors, "anchors", "an Anchors result or a list of words")
+    return list(dict.fromkeys(reference.normalize_word(word, lowercase=False) for word in words))
 
 
 def _encodable(keys: list[str]) -> list[str]:
@@ -554,6 +558,26 @@ def _encodable(keys: list[str]) -> list[str]:
         warnings.warn(f"skipped {len(keys) - len(kept):,} word(s) holding lone surrogates (broken text such as "
                       f"{example!r}); they stay unscored", DiffmaskWarning, stacklevel=3)
     return kept
+
+
+def _warn_of_cased_anchors(embedder: WordEmbedder, anchors: Sequence[str]) -> None:
+    """Name anchors with capitals the model reads apart from their lowercase form, when the words
+    scored are lowercased: no word is then scored against its own spelling ("python" against
+    the anchor "Python"), and the anchor's own word scores below 1."""
+    tokenizer = getattr(embedder, "tokenizer", None)
+    cased = [anchor for anchor in anchors
+             if reference.normalize_word(anchor) != anchor and not has_lone_surrogate(anchor)]
+    if tokenizer is None or not cased:
+        return
+    lowered = [reference.normalize_word(anchor) for anchor in cased]
+    read = tokenize_texts(tokenizer, cased + lowered, add_special_tokens=False)["input_ids"]
+    apart = [(anchor, low) for anchor, low, as_given, as_lowered in zip(cased, lowered, read, read[len(cased):])
+             if as_given != as_lowered]
+    if apart:
+        shown = ", ".join(f"{anchor!r}" for anchor, _ in apart[:5])
+        warnings.warn(f"{len(apart)} anchor(s) hold capitals the embedding model reads ({shown}) while the words "
+                      f"scored are lowercased: {apart[0][1]!r} is scored against {apart[0][0]!r} as written, below "
+                      "1.0; give the anchors lowercased, or score with lowercase=False", DiffmaskWarning, stacklevel=3)
 
 
 #: How many of the most common general-English words ``anchors_read_as_common_words`` compares with.
@@ -702,9 +726,12 @@ class WordScorer:
     def score(self, words: Iterable[str], lowercase: bool = True, progress: bool | None = None) -> ScoreTable:
         """A ScoreTable for the given words (normalized and deduplicated first)."""
         refuse_one_string(words, "words", "an iterable of words")
+        check_lowercase(lowercase)  # before the embedding, which can take hours
         keys = _encodable(normalize_words(words, lowercase))
         if not keys:
             raise ValueError("no words to score: the vocabulary is empty")
+        if lowercase:
+            _warn_of_cased_anchors(self.embedder, self.anchor_words)
         with self.embedder.unchanged():  # the model is fingerprinted once, not once per chunk
             values, nearest = self._score_keys(keys, progress)
         bad = ~np.isfinite(values)

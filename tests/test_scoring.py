@@ -353,6 +353,33 @@ def test_an_anchor_read_as_unk_alone_matches_no_word_whatever_the_pooling(tiny_b
         assert table.score(word) == pytest.approx(reference.cosine(vectors[0].numpy(), vectors[1].numpy()), abs=1e-5)
 
 
+def test_anchor_words_given_by_hand_are_normalized_as_scored_words_are():
+    """An anchor list is embedded in the form words are scored in: "cell," was embedded with its
+    comma and the word "cell" scored below 1 against it. Capitals a cased model reads apart from
+    the lowercase form are named when the scored words are lowercased."""
+    from transformers import RobertaConfig, RobertaModel
+
+    import tokenizers_offline
+
+    tokenizer = tokenizers_offline.roberta_byte_bpe()  # cased
+    config = RobertaConfig(vocab_size=len(tokenizer), hidden_size=24, num_hidden_layers=2, num_attention_heads=2,
+                           intermediate_size=48, pad_token_id=tokenizer.pad_token_id)
+    embedder = WordEmbedder(RobertaModel(config).eval(), tokenizer, pooling="mean", progress=False, cache_dir=None)
+    scorer = WordScorer(embedder, ["cell,", "(Python)", "cell", "Cafe\u0301"])
+    assert scorer.anchor_words == ("cell", "Python", "Caf\u00e9")
+    with pytest.warns(DiffmaskWarning, match="2 anchor\\(s\\) hold capitals the embedding model reads \\('Python', "
+                                             "'Café'\\) .* 'python' is scored against 'Python' as written"):
+        table = scorer.score(["cell", "python"])
+    assert table.score("cell") == pytest.approx(1.0, abs=1e-6) and table.nearest_anchor_of("cell") == "cell"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", DiffmaskWarning)
+        cased = scorer.score(["cell", "Python"], lowercase=False)
+        assert cased.score("Python") == pytest.approx(1.0, abs=1e-6)
+        WordScorer(embedder, ["cell", "python"]).score(["cell"])
+    with pytest.raises(TypeError, match="lowercase must be True or False, got 'false'"):
+        scorer.score(["cell"], lowercase="false")
+
+
 def test_anchors_the_model_reads_as_common_words_are_named(tiny_bert):
     model, tokenizer = tiny_bert  # uncased: strips accents
     embedder = WordEmbedder(model, tokenizer, progress=False)
