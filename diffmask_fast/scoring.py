@@ -370,6 +370,8 @@ class ScoreTable:
         if not isinstance(payload, dict) or payload.get("format") != SCORES_FORMAT:
             raise ValueError(f"{os.fspath(path)!r} is not a word-scores file (expected format {SCORES_FORMAT})")
         with _fields_of(path):
+            _check_scores_are_numbers(payload["scores"].items())  # a hand-edited "0.5" is not read as 0.5
+            _check_scores_are_numbers([("unknown_score", payload["unknown_score"])])
             scores = {w: float(s) for w, s in payload["scores"].items()}
             words = sorted(scores)
             lowercase = payload["lowercase"]

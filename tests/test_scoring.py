@@ -608,11 +608,13 @@ SETTING_DAMAGE = {
     "anchors as one string": ("anchors", "enzyme", "anchors must be a list of anchor words, not one string"),
     "anchor as a number": ("anchors", [7], "anchors must be words (strings), got 7"),
     "unknown similarity": ("similarity", "cosine", "similarity is one of max, centroid, mean, given, got 'cosine'"),
+    "unknown score as text": ("unknown_score", "0.1", "scores must be numbers, got '0.1' for 'unknown_score'"),
 }
 
 
-@pytest.mark.parametrize("damage", ["similarity missing", "scores as a list", "score as text", "key not normalized",
-                                    "nearest beyond the anchors", *SETTING_DAMAGE])
+@pytest.mark.parametrize("damage", ["similarity missing", "scores as a list", "score as text", "score as a number's text",
+                                    "score as a flag", "key not normalized", "nearest beyond the anchors",
+                                    *SETTING_DAMAGE])
 def test_a_damaged_score_file_names_what_is_wrong(tmp_path, damage):
 
     path = tmp_path / "scores.json"
@@ -624,6 +626,10 @@ def test_a_damaged_score_file_names_what_is_wrong(tmp_path, damage):
         payload["scores"] = [0.9, 0.5]
     elif damage == "score as text":
         payload["scores"]["cell"] = "high"
+    elif damage == "score as a number's text":  # was read as 0.5
+        payload["scores"]["cell"] = "0.5"
+    elif damage == "score as a flag":  # was read as 1.0
+        payload["scores"]["cell"] = True
     elif damage == "key not normalized":
         payload["scores"]["Receptor,"] = 0.7
     elif damage in SETTING_DAMAGE:
@@ -633,6 +639,8 @@ def test_a_damaged_score_file_names_what_is_wrong(tmp_path, damage):
         payload["nearest_anchor"]["cell"] = 1
     path.write_text(json.dumps(payload))
     problems = {"similarity missing": "similarity", "scores as a list": "list", "score as text": "high",
+                "score as a number's text": "scores must be numbers, got '0.5' for 'cell'",
+                "score as a flag": "scores must be numbers, got True for 'cell'",
                 "key not normalized": "'Receptor,' would be looked up as 'receptor'",
                 "nearest beyond the anchors": "index the table's 1 anchors.*1 for 'cell'",
                 **{name: re.escape(problem) for name, (_, _, problem) in SETTING_DAMAGE.items()}}
