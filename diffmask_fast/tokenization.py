@@ -392,7 +392,25 @@ def _word_tables(tokenizer, scheme: str) -> tuple[torch.Tensor, torch.Tensor, to
     holes = torch.tensor([not isinstance(token, str) for token in tokens], dtype=torch.bool)
     _warn_of_words_tokens_cannot_tell(tokenizer, spanning)
     _warn_of_tokens_gluing_the_next_word(tokenizer, starts_word, never_word)
+    _warn_of_a_missing_decoder(tokenizer, scheme)
     return starts_word, never_word, holes
+
+
+#: The ``tokenizers`` decoder that turns each scheme's tokens back into text.
+_DECODERS = {"byte_bpe": "ByteLevel()", "wordpiece": "WordPiece()", "sentencepiece": "Metaspace()"}
+
+
+def _warn_of_a_missing_decoder(tokenizer, scheme: str) -> None:
+    """Warn of a fast tokenizer built without a decoder (one trained with ``tokenizers`` and
+    saved before setting it): its words decode as their tokens joined by spaces ("Ġkin ase"),
+    so the words scored and looked up never meet the words counted."""
+    if scheme not in _DECODERS or not _decodes_with_backend(tokenizer):
+        return
+    if tokenizer.backend_tokenizer.decoder is None:
+        warnings.warn(f"{type(tokenizer).__name__} has no decoder (backend_tokenizer.decoder is None): a word's tokens "
+                      "decode as themselves joined by spaces, so the words scored and looked up are not the words "
+                      "counted; set tokenizer.backend_tokenizer.decoder = tokenizers.decoders."
+                      f"{_DECODERS[scheme]}", DiffmaskWarning, stacklevel=4)
 
 
 def _warn_of_words_tokens_cannot_tell(tokenizer, spanning: Sequence[str]) -> None:

@@ -927,3 +927,19 @@ def test_a_metaspace_with_another_space_marker_is_refused_not_read_as_one_word()
     assert any(token.startswith("_") for token in tokenizer.convert_ids_to_tokens(tokenizer("the enzyme")["input_ids"]))
     with pytest.raises(UnknownWordBoundaries, match="pass scheme= explicitly"):
         detect_word_boundary_scheme(tokenizer)
+
+
+@pytest.mark.parametrize("build, decoder", [(tokenizers_offline.bert_wordpiece, "WordPiece()"),
+                                            (tokenizers_offline.roberta_byte_bpe, "ByteLevel()"),
+                                            (tokenizers_offline.sentencepiece_unigram, "Metaspace()")])
+def test_a_tokenizer_without_a_decoder_is_named(build, decoder):
+    """A tokenizer trained with `tokenizers` and saved without a decoder decodes a word as its
+    tokens joined by spaces ("Ġkin ase"): the word types scored and looked up were junk."""
+    tokenizer = copy.deepcopy(build())
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", DiffmaskWarning)
+        word_boundaries(tokenizer)
+    tokenizer.backend_tokenizer.decoder = None
+    with pytest.warns(DiffmaskWarning, match=r"has no decoder \(backend_tokenizer\.decoder is None\).* "
+                                             f"tokenizers\\.decoders\\.{re.escape(decoder)}"):
+        word_boundaries(tokenizer)

@@ -239,6 +239,7 @@ def end_of_word_bpe() -> PreTrainedTokenizerFast:
     vocab = {"<pad>": 0, "<unk>": 1, "<mask>": 2, "a": 3, "b</w>": 4, "ab</w>": 5, "c</w>": 6}
     backend = Tokenizer(models.BPE(vocab=vocab, merges=[], unk_token="<unk>", end_of_word_suffix="</w>"))
     backend.pre_tokenizer = pre_tokenizers.Whitespace()
+    backend.decoder = decoders.BPEDecoder(suffix="</w>")
     return _wrap(backend, unk_token="<unk>", pad_token="<pad>", mask_token="<mask>")
 
 
