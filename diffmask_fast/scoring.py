@@ -422,6 +422,7 @@ class ScoreTable:
             raise invalid("words are not sorted and distinct")
         with _fields_of(path):
             anchors, similarity = meta["anchors"], meta["similarity"]
+            _check_scores_are_numbers([("unknown_score", meta["unknown_score"])])
             unknown_score, lowercase = float(meta["unknown_score"]), meta["lowercase"]
             if meta.get("keys_normalized") is not True:
                 _check_normalized(words, lowercase)
