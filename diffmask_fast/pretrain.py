@@ -539,8 +539,9 @@ def planned_steps(sequences: int, sequences_per_step: int, epochs: float) -> int
 def _check_output_dir(config: PretrainConfig) -> tuple[dict | None, Path | None]:
     """Refuse, before any work, an output that cannot take this run: a file, the checkpoints of
     an earlier run that a fresh run would mix with its own (``--resume`` would then pick them up),
-    a model the run would replace, or, resuming, a run started with other settings. Returns the record of the resumed run, and
-    the checkpoint resumed from when it is at ``max_steps`` (the run only needs finishing)."""
+    a model the run would replace, or, resuming, a run started with other settings. Returns the
+    record of the resumed run, and the checkpoint resumed from when it is at ``max_steps`` (the
+    run only needs finishing)."""
     out = Path(config.output_dir)
     if out.exists() and not out.is_dir():
         raise ValueError(f"the output {str(out)!r} is a file, not a directory")
@@ -638,6 +639,7 @@ def resumed_run_dir(config: PretrainConfig) -> Path | None:
 
 
 def _warn_of_undecoded_text(documents: list[str], name: str, reports: bool) -> None:
+    """Warn (from the reporting process) of documents holding bytes that were not UTF-8."""
     from .pretrain_data import undecoded_text_notice
 
     notice = undecoded_text_notice(documents, name)
@@ -648,10 +650,10 @@ def _warn_of_undecoded_text(documents: list[str], name: str, reports: bool) -> N
 def _check_steps_left(config: PretrainConfig, checkpoint: Path | None) -> bool:
     """Refuse a ``max_steps`` the checkpoint has passed: ``Trainer`` would still take a step past
     the checkpoint and record the smaller number as the run's length. Warn of another one: the
-    schedule is rebuilt for it, and the learning rate jumps at the checkpoint. True when the checkpoint
-    ends the run: at ``max_steps``, at the last step an epoch-based run planned, or stopped early
-    (as many evaluations without improvement as ``patience`` allows). Resuming then only
-    finishes it (the best model, the summary): ``Trainer`` would train on past its end."""
+    schedule is rebuilt for it, and the learning rate jumps at the checkpoint. True when the
+    checkpoint ends the run: at ``max_steps``, at the last step an epoch-based run planned, or
+    stopped early (as many evaluations without improvement as ``patience`` allows). Resuming then
+    only finishes it (the best model, the summary): ``Trainer`` would train on past its end."""
     if checkpoint is None:
         return False
     try:
