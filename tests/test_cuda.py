@@ -308,7 +308,12 @@ def test_float64_anchors_beyond_the_compute_types_range_on_gpu(seed, dtype):
     values, indices = ops.max_anchor_similarity(embeddings.to(CUDA), anchors.to(CUDA))
     cpu_values, cpu_indices = ops.max_anchor_similarity(embeddings, anchors)
     torch.testing.assert_close(values.cpu(), cpu_values, atol=1e-5, rtol=0)
-    assert torch.equal(indices.cpu(), cpu_indices), f"seed={seed}"
+    # The GPU rounds such anchors to float32 before normalizing them, the CPU after: unit rows
+    # may differ in a last bit, so arg maxes are compared where they are defined.
+    rescaled = anchors / anchors.abs().amax(1, keepdim=True)  # the same directions, norms float64 can take
+    _, gap = check_similarity(values, indices, embeddings, rescaled, 1e-5, f"seed={seed}")
+    clear = gap.cpu() > 1e-5
+    assert torch.equal(indices.cpu()[clear], cpu_indices[clear]), f"seed={seed}"
 
 
 def test_sampling_statistics_on_gpu(seed):
