@@ -375,8 +375,8 @@ class MaskingCollatorBase:
         """Inside, draw from ``seed`` alone, as after ``pin_generator(seed)``; outside, the
         streams go on where they were. An evaluation masked inside draws the same masks every
         time and leaves the training draws as they were (``MaskingTrainer`` evaluates so). The
-        pin reaches DataLoader workers started inside; persistent workers started earlier keep
-        the streams they were sent."""
+        pin reaches DataLoader workers started inside; persistent workers (``persistent_workers``)
+        go on with the stream they started with, so their masks change from one use to the next."""
         saved_seed, saved_generators = self._pinned_seed, self._generators
         self.pin_generator(seed)
         try:
