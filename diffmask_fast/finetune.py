@@ -38,7 +38,7 @@ import numpy as np
 from ._io import atomic_write_json, check_writable, file_sha256, read_json, refuse_special_input, same_file
 from .corpus import is_gzip
 from .hf_loading import (check_max_length, load_tokenizer, model_reference, no_progress_bars, quiet_transformers,
-                         readable_weights, usable_device)
+                         readable_weights, saved_weights, usable_device)
 from .metrics import accuracy, macro_f1, mean_std
 
 __all__ = ["load_labeled", "finetune", "FinetuneReport", "SeedResult", "add_finetune_command",
@@ -467,6 +467,8 @@ def finetune(model: str | os.PathLike, train: str | os.PathLike, dev: str | os.P
     _check_outputs_apart(model, {"train": train, "dev": dev, "test": test}, output_dir, report_path, seeds)
     if report_path is not None and not resume:
         _refuse_unfinished(report_path)
+    if output_dir is not None and not resume:
+        _refuse_saved_seed_models(Path(output_dir), seeds)
     model = str(model)
     train_texts, train_labels = load_labeled(train, text_field, label_field)
     dev_texts, dev_labels = load_labeled(dev, text_field, label_field)
@@ -615,6 +617,18 @@ def _check_outputs_apart(model, data: Mapping[str, Any], output_dir, report_path
         if any(same_file(report_path, folder) for folder in folders):
             raise ValueError(f"the report {str(report_path)!r} is the output directory {str(output_dir)!r} or a "
                              "seed's folder in it, where the models are saved; write it elsewhere")
+
+
+def _refuse_saved_seed_models(output_dir: Path, seeds: Sequence[int]) -> None:
+    """Refuse to save over the seed models of an earlier run (a new run of another model or other
+    data into the same folder): they would be replaced, or listed as this run's. Resuming that
+    run keeps the seeds it finished and trains only the others."""
+    for seed in seeds:
+        weights = saved_weights(output_dir / f"seed-{seed}")
+        if weights is not None:
+            raise ValueError(f"{str(output_dir)!r} holds a model saved for seed {seed} by an earlier run "
+                             f"(seed-{seed}/{weights}), which this run would replace: choose another output_dir, "
+                             "remove it, or pass resume=True with that run's report to keep its seeds")
 
 
 def _refuse_unfinished(report_path: Path) -> None:

@@ -9,6 +9,17 @@ from pathlib import Path
 from typing import Iterator
 
 
+#: A saved model's weights, as ``save_pretrained`` writes them (whole or sharded).
+MODEL_WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
+                      "pytorch_model.bin.index.json")
+
+
+def saved_weights(folder: str | os.PathLike) -> str | None:
+    """The name of a saved model's weights file in ``folder``; None when it holds none. Saving a
+    model there would replace that one."""
+    return next((name for name in MODEL_WEIGHT_FILES if (Path(folder) / name).is_file()), None)
+
+
 @contextlib.contextmanager
 def no_progress_bars() -> Iterator[None]:
     """Hide transformers' own progress bars (loading and writing weight shards), which

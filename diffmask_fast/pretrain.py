@@ -25,6 +25,7 @@ from ._io import (atomic_write_bytes, atomic_write_json, check_writable, json_re
                   same_file)
 from .advice import DiffmaskWarning
 from .embedding import POOLINGS
+from .hf_loading import saved_weights
 from .masking_base import check_loss_weight, check_probability, distributed_rank
 from .pretrain_data import MIN_MAX_LENGTH
 from .reference import WORD_BOUNDARY_SCHEMES
@@ -37,9 +38,6 @@ LOSS_PICTURE = "pretraining.png"  # training and validation loss over the steps
 ANCHORS_FILE = "anchors.json"
 SCORES_FILE = "scores.npz"
 TERMS_FILE = "terms.txt"
-#: A saved model's weights: an output directory holding them has a model a run would replace.
-MODEL_WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
-                      "pytorch_model.bin.index.json")
 RUN_FILE = "pretrain_run.json"  # the settings a run started with, and its validation loss before training
 #: Settings a resumed run must share with the run it continues (the others may change, e.g. max_steps).
 RESUME_MUST_MATCH = (
@@ -560,9 +558,9 @@ def _check_output_dir(config: PretrainConfig) -> tuple[dict | None, Path | None]
         raise ValueError(f"{str(out)!r} holds checkpoints of an earlier run ({checkpoints[0].name}...): pass "
                          + ("--resume alone to continue that run" if config.resume else "--resume to continue that run")
                          + ", or choose a new output directory")
-    weights = [name for name in MODEL_WEIGHT_FILES if (out / name).is_file()]
-    if weights and run_dir != out.resolve():
-        raise ValueError(f"{str(out)!r} holds a model ({weights[0]}) that this run would replace when it saves its "
+    weights = saved_weights(out)
+    if weights is not None and run_dir != out.resolve():
+        raise ValueError(f"{str(out)!r} holds a model ({weights}) that this run would replace when it saves its "
                          "own: choose a new output directory, or remove that model first")
     if not config.resume:
         return None, None

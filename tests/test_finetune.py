@@ -448,6 +448,25 @@ def test_saving_the_models_without_progress_draws_no_bar(model_dir, task, tmp_pa
     assert "%|" not in err and "shards" not in err, err[-500:]
 
 
+def test_a_new_run_refuses_seed_models_an_earlier_run_saved(model_dir, task, tmp_path):
+    """A new run into the folder of an earlier one (another model, other data) saved over its seed
+    models, or, resumed, listed them as its own."""
+    from diffmask_fast.cli import _with_option_name, build_parser
+
+    models = tmp_path / "models"
+    finetune(model_dir, task["train"], task["dev"], seeds=(3,), output_dir=models, **_FAST)
+    weights = {path.name: path.read_bytes() for path in (models / "seed-3").iterdir() if path.is_file()}
+    with pytest.raises(ValueError, match=r"holds a model saved for seed 3 by an earlier run \(seed-3/model.safetensors"
+                                         r"\), which this run would replace") as refused:
+        finetune(model_dir, task["train"], task["dev"], seeds=(4, 3), output_dir=models, **_FAST)
+    assert {path.name: path.read_bytes() for path in (models / "seed-3").iterdir() if path.is_file()} == weights
+    assert not (models / "seed-4").exists(), "refused before any training"
+    said = _with_option_name(str(refused.value), build_parser().commands["finetune"])
+    assert "choose another --output-dir, remove it, or pass --resume with that run's report" in said
+    finetune(model_dir, task["train"], task["dev"], seeds=(4,), output_dir=models, **_FAST)  # seeds of its own
+    assert (models / "seed-4" / "model.safetensors").is_file()
+
+
 def test_a_checkpoint_with_a_classification_head_gets_a_new_one_per_seed(model_dir, tmp_path, seed):
     """A fine-tuned checkpoint's head (for these labels or others) is not reused: each seed draws
     its own, reproducibly, over the checkpoint's encoder."""
