@@ -646,14 +646,20 @@ def _refuse_unfinished(report_path: Path) -> None:
                          "others, or remove it to start again")
 
 
-#: What each fingerprint in a report's ``inputs_sha256`` covers.
-INPUT_NAMES = {"model": "the model's weight files", "train": "--train", "dev": "--dev", "test": "--test"}
+#: What each fingerprint in a report's ``inputs_sha256`` covers (reports of earlier versions lack
+#: the tokenizer's: it is compared where both reports hold it).
+INPUT_NAMES = {"model": "the model's weight files", "tokenizer": "the model's tokenizer files", "train": "--train",
+               "dev": "--dev", "test": "--test"}
+#: Files of a model's folder that make its tokenizer (vocabularies, merges, SentencePiece models).
+TOKENIZER_FILE_PREFIXES = ("tokenizer", "vocab", "merges", "special_tokens_map", "added_tokens", "spiece",
+                           "sentencepiece")
 
 
 def _input_fingerprints(model: str, data: Mapping[str, Any]) -> dict[str, str | None]:
-    """SHA-256 of what fine-tuning reads: the data files, and the weight files of a model given as
-    a folder (None for a hub name or a missing file). ``--resume`` compares them, so seeds of a
-    checkpoint retrained in place, or of edited data, are never reported together."""
+    """SHA-256 of what fine-tuning reads: the data files, and the weight and tokenizer files of a
+    model given as a folder (None for a hub name or a missing file). ``--resume`` compares them, so
+    seeds of a checkpoint retrained or re-tokenized in place, or of edited data, are never reported
+    together."""
     import hashlib
 
     def digest(paths: list[Path]) -> str | None:
@@ -663,9 +669,10 @@ def _input_fingerprints(model: str, data: Mapping[str, Any]) -> dict[str, str | 
         return hashlib.sha256(named.encode("utf-8", "surrogatepass")).hexdigest()
 
     folder = Path(model).expanduser()
-    weights = sorted(p for p in folder.iterdir() if p.is_file() and p.name.endswith((".safetensors", ".bin"))) \
-        if folder.is_dir() else []
-    fingerprints = {"model": digest(weights)}
+    files = sorted(p for p in folder.iterdir() if p.is_file()) if folder.is_dir() else []
+    weights = [p for p in files if p.name.endswith((".safetensors", ".bin"))]
+    tokenizer = [p for p in files if p.name.startswith(TOKENIZER_FILE_PREFIXES) and p not in weights]
+    fingerprints = {"model": digest(weights), "tokenizer": digest(tokenizer)}
     for name, path in data.items():
         fingerprints[name] = digest([Path(path)]) if path is not None and Path(path).is_file() else None
     return fingerprints

@@ -409,8 +409,20 @@ def test_resuming_refuses_a_model_or_data_changed_in_place(model_dir, task, tmp_
     path = tmp_path / "report.json"
     report = finetune(model, train, task["dev"], seeds=(7,), report_path=path, **_FAST)
     digests = report.config["inputs_sha256"]
-    assert set(digests) == {"model", "train", "dev", "test"} and digests["test"] is None
-    assert all(len(digests[name]) == 64 for name in ("model", "train", "dev"))
+    assert set(digests) == {"model", "tokenizer", "train", "dev", "test"} and digests["test"] is None
+    assert all(len(digests[name]) == 64 for name in ("model", "tokenizer", "train", "dev"))
+    # A tokenizer re-saved in place (another vocabulary, added tokens) reads the text otherwise.
+    tokenizer_file = model / "tokenizer.json"
+    tokenizer_text = tokenizer_file.read_text(encoding="utf-8")
+    tokenizer_file.write_text(tokenizer_text + "\n", encoding="utf-8")
+    with pytest.raises(ValueError, match="differs in the contents of the model's tokenizer files"):
+        finetune(model, train, task["dev"], seeds=(7, 8), report_path=path, resume=True, **_FAST)
+    saved = json.loads(path.read_text(encoding="utf-8"))  # a report of an earlier version holds no tokenizer digest
+    del saved["config"]["inputs_sha256"]["tokenizer"]
+    old_report = tmp_path / "old-report.json"
+    old_report.write_text(json.dumps(saved), encoding="utf-8")
+    assert finetune(model, train, task["dev"], seeds=(7,), report_path=old_report, resume=True, **_FAST).seeds == [7]
+    tokenizer_file.write_text(tokenizer_text, encoding="utf-8")
     weights = next(p for p in model.iterdir() if p.name.endswith((".safetensors", ".bin")))
     original = weights.read_bytes()
     weights.write_bytes(original[:-1] + bytes([original[-1] ^ 1]))
