@@ -438,11 +438,12 @@ def pretrain(config: PretrainConfig) -> dict:
         if notice:
             print(notice)
     location = resolve_mask_location(config.strategy, config.mask_on)
+    unused = config.unused_settings()
     strategy = build_strategy(
         config.strategy, tokenizer, mlm_probability=config.mlm_probability, seed=config.seed,
-        scores=resources.get("scores"), terms=resources.get("terms"), mask_on=location,
-        term_probability=config.term_probability, term_weight=config.term_weight,
-        attention_layer=config.attention_layer, word_boundary=scheme,
+        scores=resources.get("scores"), terms=resources.get("terms"), mask_on=location, word_boundary=scheme,
+        **{setting: getattr(config, setting) for setting in ("term_probability", "term_weight", "attention_layer")
+           if setting not in unused},
     )
     if config.strategy == "difference" and strategy.masker is not None:
         # The device table must know the words before training, and those of the validation set,

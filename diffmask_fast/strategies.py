@@ -228,9 +228,9 @@ def build_strategy(
     scores: ScoreTable | None = None,
     terms: Sequence[str] | None = None,
     mask_on: str = "auto",
-    term_probability: float = 0.5,
-    term_weight: float = 2.0,
-    attention_layer: int = -1,
+    term_probability: float | None = None,
+    term_weight: float | None = None,
+    attention_layer: int | None = None,
     mask_replace_prob: float = 0.8,
     random_replace_prob: float = 0.1,
     word_boundary: str | None = None,
@@ -239,7 +239,20 @@ def build_strategy(
     """The strategy ``name`` for ``tokenizer``. ``difference`` needs ``scores``; ``terms`` and
     ``mslm`` need ``terms``. ``mlm_probability`` is the share of words (tokens for
     ``random-token`` and the attention strategies) to mask; for ``mslm`` it is the rate of words
-    that are not domain terms, which are masked at ``term_probability`` and weighted ``term_weight``."""
+    that are not domain terms, which are masked at ``term_probability`` (default 0.5) and weighted
+    ``term_weight`` (default 2.0). ``attention_layer`` (default -1, the last) is the layer whose
+    attention ``attention`` and ``mst`` read. A setting the strategy does not read is refused: a
+    typo in the strategy's name would otherwise train another strategy with it silently ignored."""
+    given = {"term_probability": term_probability, "term_weight": term_weight, "attention_layer": attention_layer}
+    reads = {"term_probability": name == "mslm", "term_weight": name == "mslm",
+             "attention_layer": name in STEP_ONLY_STRATEGIES}
+    unused = [setting for setting, value in given.items() if value is not None and not reads[setting]]
+    if unused and name in STRATEGIES:
+        raise ValueError(f"the {name!r} strategy does not use {' or '.join(unused)}: leave "
+                         f"{'them' if len(unused) > 1 else 'it'} out")
+    term_probability = 0.5 if term_probability is None else term_probability
+    term_weight = 2.0 if term_weight is None else term_weight
+    attention_layer = -1 if attention_layer is None else attention_layer
     location = resolve_mask_location(name, mask_on)
     if location == "device" and pad_to_multiple_of is not None:
         raise ValueError(f"pad_to_multiple_of pads the batches a collator masks; the {name!r} strategy masks in the "

@@ -1017,6 +1017,24 @@ def test_a_term_strategy_without_terms_names_what_gives_them(bert_wordpiece):
     assert build_strategy("mslm", bert_wordpiece, terms=terms).collator is not None
 
 
+def test_settings_a_strategy_does_not_read_are_refused(bert_wordpiece):
+    """build_strategy("msml", ..., term_weight=3.0) with the name mistyped as "random-word" or
+    "difference" trained that strategy, the setting silently dropped."""
+    scores = ScoreTable({"enzyme": 0.9})
+    for name, settings in (("difference", {"term_weight": 3.0}), ("random-word", {"term_probability": 0.6}),
+                           ("random-token", {"attention_layer": 2}), ("mslm", {"attention_layer": -2}),
+                           ("attention", {"term_probability": 0.5, "term_weight": 2.0})):
+        unused = " or ".join(settings)
+        with pytest.raises(ValueError, match=f"the {name!r} strategy does not use {unused}: leave"):
+            build_strategy(name, bert_wordpiece, scores=scores, terms=["enzyme"], **settings)
+    mslm = build_strategy("mslm", bert_wordpiece, terms=["enzyme"], term_probability=0.6, term_weight=3.0)
+    assert (mslm.collator.term_probability, mslm.collator.term_weight) == (0.6, 3.0)
+    default = build_strategy("mslm", bert_wordpiece, terms=["enzyme"])
+    assert (default.collator.term_probability, default.collator.term_weight) == (0.5, 2.0)
+    assert build_strategy("attention", bert_wordpiece, attention_layer=1).masker.layer == 1
+    assert build_strategy("mst", bert_wordpiece).masker.layer == -1
+
+
 @pytest.mark.parametrize("batch_size", [0, -1, 2.5, True, "8"])
 def test_mask_examples_refuses_a_batch_size_that_is_none(bert_wordpiece, batch_size):
     """-1 gave no examples at all, without a word; 0 failed inside range()."""
