@@ -432,7 +432,8 @@ def pretrain(config: PretrainConfig) -> dict:
         resources = _domain_resources(config, train_docs, tokenizer, validation_documents=validation_docs,
                                       saved=not main, scheme=scheme)
         if main:
-            _save_resources(out, resources)
+            given = {name: getattr(config, name) for name in ("anchors", "scores", "terms")}
+            _save_resources(out, resources, given)
     if config.scores is not None and "scores" in resources and args.process_index == 0:
         notice = unscored_words_notice(resources["scores"], tokenizer, train_docs, validation_docs, scheme)
         if notice:
@@ -775,19 +776,23 @@ def _file_keys(value: Any, directory: str | None) -> Any:
     return str(path.resolve()) if path.exists() else value
 
 
-def _save_resources(out: Path, resources: dict) -> None:
+def _save_resources(out: Path, resources: dict, given: dict | None = None) -> None:
     """Save what the strategy uses; resource files an earlier run left here are removed, so that
-    none of them is taken for this run's (by another process of it, or beside the model)."""
+    none of them is taken for this run's (by another process of it, or beside the model). A file
+    ``given`` as the run's input (``--terms`` in the output folder) is the saved one: rewriting
+    it would drop what reading it left out (a terms file's comments)."""
     out.mkdir(parents=True, exist_ok=True)
-    for name, path in (("anchors", ANCHORS_FILE), ("scores", SCORES_FILE), ("terms", TERMS_FILE)):
+    given = given or {}
+    saving = [(name, out / path) for name, path in (("anchors", ANCHORS_FILE), ("scores", SCORES_FILE),
+                                                     ("terms", TERMS_FILE))
+              if given.get(name) is None or not same_file(given[name], out / path)]
+    for name, path in saving:
         if name not in resources:
-            (out / path).unlink(missing_ok=True)
-    if "anchors" in resources:
-        resources["anchors"].save(out / ANCHORS_FILE)
-    if "scores" in resources:
-        resources["scores"].save(out / SCORES_FILE)
-    if "terms" in resources:
-        atomic_write_bytes(out / TERMS_FILE, ("\n".join(resources["terms"]) + "\n").encode("utf-8"))
+            path.unlink(missing_ok=True)
+        elif name == "terms":
+            atomic_write_bytes(path, ("\n".join(resources["terms"]) + "\n").encode("utf-8"))
+        else:
+            resources[name].save(path)
 
 
 # -- command line ------------------------------------------------------------------------------

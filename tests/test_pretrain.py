@@ -1643,3 +1643,18 @@ def test_a_new_run_refuses_an_output_directory_holding_a_model(model_dir, corpus
     with pytest.warns(DiffmaskWarning, match="planned 2 steps, now max_steps 3"):
         assert pretrain(config_for(model_dir, corpus, out, strategy="random-word", max_steps=3, eval_steps=1,
                                    resume=True))["global_step"] == 3
+
+
+def test_a_terms_file_given_from_the_output_folder_is_kept_as_written(model_dir, corpus, tmp_path):
+    """--terms out/terms.txt was rewritten as the list read from it: its comments were lost."""
+    out = tmp_path / "run"
+    out.mkdir()
+    terms = out / "terms.txt"
+    written = "# curated from the ontology, v3\nprotein\n\nbinding site\n"
+    terms.write_text(written, encoding="utf-8")
+    summary = pretrain(config_for(model_dir, corpus, out, strategy="terms", terms=terms, max_steps=1))
+    assert summary["global_step"] == 1
+    assert terms.read_text(encoding="utf-8") == written
+    elsewhere = tmp_path / "elsewhere"  # a terms file elsewhere is saved beside the model, as read
+    pretrain(config_for(model_dir, corpus, elsewhere, strategy="terms", terms=terms, max_steps=1))
+    assert (elsewhere / "terms.txt").read_text(encoding="utf-8") == "protein\nbinding site\n"
