@@ -63,8 +63,12 @@ def atomic_writer(path: str | os.PathLike) -> Iterator[BinaryIO]:
     if path.is_dir():  # else the rename fails naming the temporary file
         raise IsADirectoryError(f"cannot write {os.fspath(given)!r}: it is a folder, not a file")
     _refuse_special_file(path, path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=_temporary_prefix(path.name), suffix=".tmp", dir=path.parent)
+    temporary_start = os.path.join(path.parent, _temporary_prefix(path.name))
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handle, temporary = tempfile.mkstemp(prefix=_temporary_prefix(path.name), suffix=".tmp", dir=path.parent)
+    except OSError as error:
+        raise _naming(error, given, temporary_start) from error
     try:
         with os.fdopen(handle, "wb") as file:
             yield file
@@ -73,11 +77,22 @@ def atomic_writer(path: str | os.PathLike) -> Iterator[BinaryIO]:
                 os.fchmod(file.fileno(), _final_mode(path))
             os.fsync(file.fileno())
         os.replace(temporary, path)
-    except BaseException:
+    except BaseException as error:
         if os.path.exists(temporary):
             os.unlink(temporary)
+        if isinstance(error, OSError):
+            raise _naming(error, given, temporary_start) from error
         raise
     _sync_folder(path.parent)
+
+
+def _naming(error: OSError, given: str | os.PathLike, temporary_start: str) -> OSError:
+    """``error`` naming the file being written where it named none (a full disk: "[Errno 28] No
+    space left on device") or its temporary file, which the user never asked for. An error
+    about another file (a folder that cannot be made, a file the caller's block read) is kept."""
+    if error.filename is not None and not os.fspath(error.filename).startswith(temporary_start):
+        return error
+    return type(error)(error.errno, error.strerror or str(error), os.fspath(given))
 
 
 def _refuse_special_file(target: Path, given: str | os.PathLike, what: str = "output") -> None:
@@ -103,6 +118,12 @@ def _sync_folder(folder: Path) -> None:
         os.close(descriptor)
 
 
+def user_path(text: str) -> Path:
+    """A path given on the command line, ``~`` expanded: a shell leaves ``--output=~/x`` as it is,
+    which would otherwise name a folder "~" in the working directory."""
+    return Path(os.path.expanduser(text))
+
+
 def check_writable(path: str | os.PathLike, what: str = "output") -> Path:
     """Raise ValueError now, before hours of work, if ``path`` could not be written later: it is a
     directory or no regular file, its name holds a NUL, or the nearest existing folder on its
@@ -113,8 +134,9 @@ def check_writable(path: str | os.PathLike, what: str = "output") -> Path:
     path = Path(path)
     if path.is_dir():
         raise ValueError(f"the {what} {str(path)!r} is a directory, not a file")
-    _refuse_special_file(Path(os.path.realpath(path)), path, what)
-    existing = path.absolute().parent
+    target = Path(os.path.realpath(path))  # through a link, the writer writes beside its target
+    _refuse_special_file(target, path, what)
+    existing = target.parent
     while not existing.exists() and existing != existing.parent:
         existing = existing.parent
     if not existing.is_dir():
@@ -219,3 +241,5 @@ def read_json(path: str | os.PathLike, what: str) -> Any:
         return json.loads(path.read_text(encoding="utf-8-sig"))
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
         raise ValueError(f"{str(path)!r} is not a valid {what} file: {error}") from error
+    except RecursionError:  # brackets nested thousands deep: no file this library writes
+        raise ValueError(f"{str(path)!r} is not a valid {what} file: its JSON is nested too deeply") from None

@@ -10,6 +10,7 @@ import warnings
 from pathlib import Path
 
 from ._display import printable
+from ._io import user_path
 
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
@@ -45,8 +46,8 @@ def _add_masking_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--sentences", "-n", type=int, default=5, help="sentences to show (default 5)")
     parser.add_argument("--seed", type=int, default=0, help="seed for the sentences and the masks (default 0)")
     parser.add_argument("--show-scores", action="store_true", help="print each word's score next to it")
-    parser.add_argument("--html", type=Path, default=None, help="also write the preview as an HTML page here")
-    parser.add_argument("--plot", type=Path, default=None,
+    parser.add_argument("--html", type=user_path, default=None, help="also write the preview as an HTML page here")
+    parser.add_argument("--plot", type=user_path, default=None,
                         help=f"also draw how often each word is masked, over {PLOT_DRAWS} draws of up to "
                              f"{PLOT_TEXTS} sentences, against its score (format by the suffix: .png, .pdf, .svg, "
                              ".jpg, .jpeg, .webp or .eps; PNG without one)")
@@ -58,7 +59,7 @@ def _corpus_name(text: str) -> str:
     if not text.strip():
         raise argparse.ArgumentTypeError(f"a corpus path is empty ({text!r}), which would read the current folder; "
                                          "name a file, folder or glob")
-    return text
+    return os.path.expanduser(text)
 
 
 def _add_mining_options(parser: argparse.ArgumentParser) -> None:
@@ -67,7 +68,7 @@ def _add_mining_options(parser: argparse.ArgumentParser) -> None:
                         help="minimum domain count of an anchor (default: grows with the square root of corpus size)")
     parser.add_argument("--smoothing", type=float, default=None,
                         help="TF-ICF smoothing in occurrences per million words (default 10)")
-    parser.add_argument("--general", type=Path, default=None,
+    parser.add_argument("--general", type=user_path, default=None,
                         help="general-English table, word<TAB>count per line (default: Google Web Trillion Word)")
     parser.add_argument("--general-total", type=float, default=None,
                         help="with --general: the size (in words) of the corpus its counts come from, N_G "
@@ -101,10 +102,10 @@ def build_parser() -> argparse.ArgumentParser:
     mine.add_argument("corpus", nargs="*", type=_corpus_name, help="text or JSON-lines files (.jsonl, .ndjson, .json; plain or .gz), "
                       "directories or glob patterns")
     _add_mining_options(mine)
-    mine.add_argument("--output", "-o", type=Path, default=None, help="save the anchors as JSON here")
-    mine.add_argument("--counts-output", type=Path, default=None,
+    mine.add_argument("--output", "-o", type=user_path, default=None, help="save the anchors as JSON here")
+    mine.add_argument("--counts-output", type=user_path, default=None,
                       help="save the word counts here, in the compact binary format (JSON if the name ends in .json)")
-    mine.add_argument("--counts", type=Path, default=None,
+    mine.add_argument("--counts", type=user_path, default=None,
                       help="mine from word counts saved by --counts-output instead of counting a corpus")
     _add_text_field_option(mine)
     mine.add_argument("--threads", type=int, default=None,
@@ -119,10 +120,10 @@ def build_parser() -> argparse.ArgumentParser:
                                   description="Mask sample documents of a corpus and mark the masked words. Each "
                                               f"document is shown up to its last word within {SHOWN_TOKENS} tokens.")
     preview.add_argument("corpus", nargs="+", type=_corpus_name, help="text files, directories or glob patterns")
-    preview.add_argument("--anchors", type=Path, default=None,
+    preview.add_argument("--anchors", type=user_path, default=None,
                          help="anchors JSON from `diffmask mine` (default: mine them from the corpus now, or "
                               "the anchors of --scores)")
-    preview.add_argument("--scores", type=Path, default=None, metavar="FILE",
+    preview.add_argument("--scores", type=user_path, default=None, metavar="FILE",
                          help="score table from `diffmask score`: mask with it instead of scoring the shown words "
                               "now (--model then names only the tokenizer; default: the one that grouped the "
                               "table's words, with the word boundaries the table records)")
@@ -148,11 +149,11 @@ def _add_score_parser(commands) -> None:
                     "per model, so a second run only embeds new words.")
     score.add_argument("corpus", nargs="*", type=_corpus_name, help="text files, directories or glob patterns: their words are counted "
                        "(unless --counts is given) and also collected as the tokenizer groups them")
-    score.add_argument("--counts", type=Path, default=None,
+    score.add_argument("--counts", type=user_path, default=None,
                        help="word counts saved by `diffmask mine --counts-output`: score their word types")
-    score.add_argument("--anchors", type=Path, required=True, help="anchors JSON from `diffmask mine -o`")
+    score.add_argument("--anchors", type=user_path, required=True, help="anchors JSON from `diffmask mine -o`")
     _add_text_field_option(score)
-    score.add_argument("--output", "-o", type=Path, required=True,
+    score.add_argument("--output", "-o", type=user_path, required=True,
                        help="where to save the score table (binary .npz; JSON if the name ends in .json)")
     score.add_argument("--model", default=None, help="encoder name or path for word embeddings "
                        "(default: the bundled all-MiniLM-L6-v2)")
@@ -181,7 +182,7 @@ def _add_score_parser(commands) -> None:
                        help="tokens per word with special tokens; longer words are embedded from their first "
                             "pieces (default 64)")
     score.add_argument("--device", default=None, help="torch device (default: cuda when available)")
-    score.add_argument("--cache-dir", type=Path, default=None,
+    score.add_argument("--cache-dir", type=user_path, default=None,
                        help="embedding cache directory (default: $DIFFMASK_CACHE, else $XDG_CACHE_HOME/diffmask_fast, "
                             "else ~/.cache/diffmask_fast)")
     score.add_argument("--no-cache", action="store_true", help="neither read nor write the embedding cache")

@@ -35,7 +35,8 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
-from ._io import atomic_write_json, check_writable, file_sha256, read_json, refuse_special_input, same_file
+from ._io import (atomic_write_json, check_writable, file_sha256, read_json, refuse_special_input, same_file,
+                  user_path)
 from .corpus import is_gzip
 from .hf_loading import (check_max_length, load_tokenizer, model_reference, no_progress_bars, quiet_transformers,
                          readable_weights, saved_weights, usable_device)
@@ -729,9 +730,9 @@ def add_finetune_command(commands):
                     "the epoch with the best dev macro-F1; print dev (and test) accuracy and macro-F1 as "
                     "mean ± std over the seeds. Data files are JSON lines with a text and a label per line.")
     parser.add_argument("model", metavar="MODEL", help="name or path of a checkpoint saved with its tokenizer")
-    parser.add_argument("--train", type=Path, required=True, help="training data, JSON lines")
-    parser.add_argument("--dev", type=Path, required=True, help="dev data, JSON lines: selects the best epoch")
-    parser.add_argument("--test", type=Path, default=None, help="test data, JSON lines (optional)")
+    parser.add_argument("--train", type=user_path, required=True, help="training data, JSON lines")
+    parser.add_argument("--dev", type=user_path, required=True, help="dev data, JSON lines: selects the best epoch")
+    parser.add_argument("--test", type=user_path, default=None, help="test data, JSON lines (optional)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3], help="run seeds (default 1 2 3)")
     parser.add_argument("--epochs", type=int, default=3, help="training epochs (default 3)")
     parser.add_argument("--learning-rate", type=float, default=2e-5, help="peak learning rate (default 2e-5)")
@@ -745,9 +746,9 @@ def add_finetune_command(commands):
     parser.add_argument("--text-field", default="text", help="field holding the text (default 'text')")
     parser.add_argument("--label-field", default="label", help="field holding the label (default 'label')")
     parser.add_argument("--device", default=None, help="torch device (default: cuda when available)")
-    parser.add_argument("--output-dir", type=Path, default=None,
+    parser.add_argument("--output-dir", type=user_path, default=None,
                         help="save each seed's best model here as seed-<seed>/ (default: keep no models)")
-    parser.add_argument("--output", "-o", type=Path, default=None,
+    parser.add_argument("--output", "-o", type=user_path, default=None,
                         help="save the report as JSON here, updated after each seed")
     parser.add_argument("--resume", action="store_true",
                         help="keep the seeds an earlier run with the same model, data and settings saved in "

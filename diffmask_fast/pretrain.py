@@ -22,7 +22,7 @@ from typing import Any
 
 from ._checks import whole_number
 from ._io import (atomic_write_bytes, atomic_write_json, check_writable, json_ready, read_json, refuse_special_input,
-                  same_file)
+                  same_file, user_path)
 from .advice import DiffmaskWarning
 from .embedding import POOLINGS
 from .hf_loading import saved_weights
@@ -797,7 +797,7 @@ def _save_resources(out: Path, resources: dict, given: dict | None = None) -> No
 
 # -- command line ------------------------------------------------------------------------------
 def add_pretrain_command(commands) -> None:
-    from .cli import WORD_BOUNDARY_HELP
+    from .cli import WORD_BOUNDARY_HELP, _corpus_name
 
     p = commands.add_parser(
         "pretrain", help="continued masked-LM pretraining with a masking strategy",
@@ -805,9 +805,10 @@ def add_pretrain_command(commands) -> None:
                     "strategy, with early stopping on the validation MLM loss. Runs under torchrun / accelerate "
                     "launch for several GPUs. Saves the model, tokenizer, what the strategy masks by (anchors, "
                     "score table, terms) and a JSON summary.")
-    p.add_argument("corpus", nargs="+", help="text files (one document per line), directories, globs or JSON lines")
+    p.add_argument("corpus", nargs="+", type=_corpus_name,
+                   help="text files (one document per line), directories, globs or JSON lines")
     p.add_argument("--model", required=True, help="masked LM name or path (e.g. roberta-base, a local directory)")
-    p.add_argument("--output", "-o", type=Path, required=True, help="output directory (checkpoints go here too)")
+    p.add_argument("--output", "-o", type=user_path, required=True, help="output directory (checkpoints go here too)")
     p.add_argument("--strategy", default="difference", choices=list(STRATEGIES),
                    help="masking strategy (default difference): " + "; ".join(f"{k}: {v}" for k, v in STRATEGIES.items()))
     p.add_argument("--mlm-probability", type=float, default=0.25,
@@ -815,7 +816,8 @@ def add_pretrain_command(commands) -> None:
                         "the rate of words that are not domain terms (default 0.25)")
     p.add_argument("--max-length", type=int, default=128, help="tokens per sequence; longer documents are cut into "
                    "windows that end between words (default 128)")
-    p.add_argument("--validation", nargs="+", default=None, help="validation files (default: hold out part of the corpus)")
+    p.add_argument("--validation", nargs="+", type=_corpus_name, default=None,
+                   help="validation files (default: hold out part of the corpus)")
     p.add_argument("--validation-fraction", type=float, default=0.05,
                    help=f"share of documents held out, at most {PretrainConfig.max_validation_documents:,} of them "
                         "(default 0.05)")
@@ -851,15 +853,15 @@ def add_pretrain_command(commands) -> None:
                    help="learning rate of the masked-LM head (default: --learning-rate)")
     p.add_argument("--resume", nargs="?", const=True, default=None, metavar="CHECKPOINT",
                    help="resume from the latest checkpoint in --output, or from the given checkpoint directory")
-    p.add_argument("--anchors", type=Path, default=None, help="anchors JSON from `diffmask mine` (default: mine now)")
-    p.add_argument("--scores", type=Path, default=None, help="score table from `diffmask score` (default: score now)")
+    p.add_argument("--anchors", type=user_path, default=None, help="anchors JSON from `diffmask mine` (default: mine now)")
+    p.add_argument("--scores", type=user_path, default=None, help="score table from `diffmask score` (default: score now)")
     p.add_argument("-k", "--anchors-count", type=int, default=20, dest="anchors_count",
                    help="anchors to mine (default 20)")
     p.add_argument("--embedding-model", default=None,
                    help="encoder that embeds words for scoring (default: the bundled all-MiniLM-L6-v2)")
     p.add_argument("--pooling", choices=POOLINGS, default=None,
                    help="how the embedding model turns a word into a vector")
-    p.add_argument("--terms", type=Path, default=None,
+    p.add_argument("--terms", type=user_path, default=None,
                    help="terms or phrases, one per line (needed by `terms`; for `mslm` the default takes the anchors "
                         "and the highest-scoring words)")
     p.add_argument("--term-probability", type=float, default=0.5, help="mslm: masking rate of domain terms (default 0.5)")

@@ -232,3 +232,84 @@ def test_word_counts_named_json_in_capitals_are_saved_as_json(tmp_path):
     counts.save(tmp_path / "C.JSON")
     assert json.loads((tmp_path / "C.JSON").read_text())["counts"] == {"enzyme": 3, "binds": 1}
     assert WordCounts.load(tmp_path / "C.JSON") == counts
+
+
+def test_a_full_disk_names_the_file_being_written(tmp_path, monkeypatch):
+    """It said only "[Errno 28] No space left on device", or named the temporary file."""
+    path = tmp_path / "anchors.json"
+    with pytest.raises(OSError, match=r"No space left on device: '.*anchors\.json'$") as raised:
+        with atomic_writer(path) as file:
+            file.write(b"{}")
+            real_fsync = os.fsync
+
+            def full(descriptor):
+                monkeypatch.setattr(os, "fsync", real_fsync)
+                raise OSError(28, "No space left on device")
+
+            monkeypatch.setattr(os, "fsync", full)
+    assert raised.value.errno == 28 and raised.value.filename == str(path)
+    assert list(tmp_path.iterdir()) == []
+    import tempfile
+
+    def read_only(*args, **kwargs):
+        raise OSError(30, "Read-only file system", str(tmp_path / ".anchors.json.abc123.tmp"))
+
+    monkeypatch.setattr(tempfile, "mkstemp", read_only)
+    with pytest.raises(OSError, match=r"Read-only file system: '.*anchors\.json'$"):
+        atomic_write_bytes(path, b"{}")
+    monkeypatch.undo()
+    other = tmp_path / "other.txt"  # an error about another file, in the caller's block, is its own
+    with pytest.raises(FileNotFoundError, match="other.txt"):
+        with atomic_writer(path) as file:
+            file.write(other.read_bytes())
+
+
+def test_check_writable_follows_a_link_as_the_writer_does(tmp_path, monkeypatch):
+    """A link to a file in a folder that cannot be written passed the check (the link's folder
+    was tried), and hours of work were lost when the result was saved beside the target."""
+    import tempfile
+
+    from diffmask_fast._io import check_writable
+
+    (tmp_path / "locked").mkdir()
+    (tmp_path / "locked" / "anchors.json").write_text("[]")
+    link = tmp_path / "anchors.json"
+    link.symlink_to(tmp_path / "locked" / "anchors.json")
+    tried = []
+    real = tempfile.TemporaryFile
+
+    def locked(*args, dir=None, **kwargs):
+        tried.append(dir)
+        if str(dir).endswith("locked"):
+            raise PermissionError(13, "Permission denied")
+        return real(*args, dir=dir, **kwargs)
+
+    monkeypatch.setattr(tempfile, "TemporaryFile", locked)
+    with pytest.raises(ValueError, match=r"cannot write in folder '.*locked'"):
+        check_writable(link, "anchors")
+    assert check_writable(tmp_path / "plain.json") == tmp_path / "plain.json"
+
+
+def test_json_nested_too_deeply_is_named(tmp_path):
+    """It escaped as a RecursionError traceback."""
+    from diffmask_fast._io import read_json
+
+    path = tmp_path / "anchors.json"
+    path.write_text("[" * 200_000 + "]" * 200_000)
+    with pytest.raises(ValueError, match="is not a valid anchors file: its JSON is nested too deeply"):
+        read_json(path, "anchors")
+
+
+def test_command_line_paths_expand_the_home_folder(tmp_path, monkeypatch):
+    """--output=~/x is not expanded by the shell: a folder named "~" was made in the working directory."""
+    from diffmask_fast._io import user_path
+    from diffmask_fast.cli import _corpus_name, build_parser
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert user_path("~/anchors.json") == tmp_path / "anchors.json"
+    assert _corpus_name("~/corpus/*.txt") == str(tmp_path / "corpus" / "*.txt")
+    args = build_parser().parse_args(["mine", "~/corpus.txt", "--output=~/anchors.json"])
+    assert args.output == tmp_path / "anchors.json" and args.corpus == [str(tmp_path / "corpus.txt")]
+    args = build_parser().parse_args(["pretrain", "~/c.txt", "--model", "m", "-o", "~/run", "--validation", "~/v.txt"])
+    assert args.output == tmp_path / "run" and args.corpus == [str(tmp_path / "c.txt")]
+    assert args.validation == [str(tmp_path / "v.txt")]
