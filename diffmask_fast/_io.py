@@ -90,7 +90,8 @@ def _naming(error: OSError, given: str | os.PathLike, temporary_start: str) -> O
     """``error`` naming the file being written where it named none (a full disk: "[Errno 28] No
     space left on device") or its temporary file, which the user never asked for. An error
     about another file (a folder that cannot be made, a file the caller's block read) is kept."""
-    if error.filename is not None and not os.fspath(error.filename).startswith(temporary_start):
+    if error.errno is None or (error.filename is not None
+                               and not os.fspath(error.filename).startswith(temporary_start)):
         return error
     return type(error)(error.errno, error.strerror or str(error), os.fspath(given))
 
