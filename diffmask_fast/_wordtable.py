@@ -795,6 +795,16 @@ def first_inconsistent_row(offsets, counts, blob_bytes):
 
 
 @njit(nogil=True, cache=True)
+def first_unsorted_row(blob, offsets):
+    """First row whose word does not sort strictly after the one before it (bytes order), or -1:
+    lookups bisect the words, so a table out of order would miss words it holds."""
+    for i in range(1, offsets.shape[0] - 1):
+        if not _less(blob, offsets[i - 1], offsets[i] - offsets[i - 1], blob, offsets[i], offsets[i + 1] - offsets[i]):
+            return i
+    return -1
+
+
+@njit(nogil=True, cache=True)
 def merge_sorted(blob_a, offsets_a, counts_a, blob_b, offsets_b, counts_b):
     """Merge two sorted tables of distinct strings, adding the counts of strings in both."""
     na = counts_a.shape[0]

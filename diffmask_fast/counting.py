@@ -976,7 +976,7 @@ class WordCounts:
     def load(cls, path: str | os.PathLike, verify: bool = False) -> "WordCounts":
         """Read counts written by ``save``. The binary format is mapped into memory: its offsets
         and counts are checked in one pass, its words are not read; ``verify`` also checks the
-        checksum (reading it all)."""
+        checksum, the total and the words' order (reading it all)."""
         path = Path(path)
         if not path.exists():
             raise FileNotFoundError(f"word counts file {str(path)!r} does not exist")
@@ -1111,6 +1111,10 @@ def _read_binary(path: Path, verify: bool) -> WordCounts:
         if int(counts.sum()) != header.get("total"):
             raise ValueError(f"{name!r} is corrupt: its counts sum to {int(counts.sum()):,}, its header "
                              f"says {header['total']:,}")
+        unsorted = W.first_unsorted_row(blob, offsets)
+        if unsorted >= 0:
+            raise ValueError(f"{name!r} is corrupt: word {unsorted:,} does not sort after word {unsorted - 1:,} "
+                             "(words are stored sorted and distinct, and looked up by bisection)")
     table = CountTable.__new__(CountTable)
     table.blob, table.offsets, table.counts, table.source = blob, offsets, counts, name
     if offsets.dtype.byteorder not in ("<", "=", "|") or np.dtype("<i8") != np.dtype(np.int64):

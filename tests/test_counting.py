@@ -698,6 +698,22 @@ def test_binary_counts_corruption_is_detected(tmp_path):
     assert WordCounts.load(tmp_path / "empty.bin", verify=True) == empty and len(empty) == 0
 
 
+@pytest.mark.parametrize("words", [[b"zyme", b"enzyme"], [b"enzyme", b"enzyme"], [b"ab", b"a"]])
+def test_verify_refuses_binary_counts_whose_words_are_out_of_order(tmp_path, words):
+    """A table written out of order (by another writer) carries a valid checksum: words are
+    looked up by bisection, so "enzyme" was counted and yet not found."""
+    from diffmask_fast.counting import CountTable
+
+    table = CountTable.__new__(CountTable)
+    table.blob = np.frombuffer(b"".join(words), np.uint8).copy()
+    table.offsets = np.cumsum([0] + [len(word) for word in words]).astype(np.int64)
+    table.counts, table.source = np.array([2, 3], dtype=np.int64), None
+    path = tmp_path / "counts.bin"
+    WordCounts(table, 2, True, total=5).save(path)
+    with pytest.raises(ValueError, match="is corrupt: word 1 does not sort after word 0"):
+        WordCounts.load(path, verify=True)
+
+
 def test_word_counts_api(rng):
     words = [f"w{rng.randrange(50)}" for _ in range(2000)]
     reference_counts = Counter(words)
