@@ -554,6 +554,8 @@ class WordGrouper:
         groups: list[list[int]] = []
         in_word = False
         starts, never = self._starts, self._never
+        if len(ids):
+            self._check_ids(min(ids), max(ids))
         for position, token in enumerate(ids):
             if never[token]:
                 in_word = False
@@ -565,10 +567,19 @@ class WordGrouper:
             in_word = True
         return groups
 
+    def _check_ids(self, lowest: int, highest: int) -> None:
+        """Refuse ids outside the tables: a negative one (-100, the label of unmasked tokens) read
+        them from their end, silently, and one past them failed as a bare IndexError."""
+        if lowest < 0 or highest >= len(self._never):
+            raise ValueError(f"token ids must be in [0, {len(self._never)}), the vocabulary's; got "
+                             f"{lowest if lowest < 0 else highest}")
+
     def breaks(self, ids: Sequence[int]) -> np.ndarray:
         """[n] bool: the positions a sequence can be cut at without splitting a word, i.e. where
         ``__call__`` would start a new word or a token of no word is on either side."""
         ids = np.asarray(ids, dtype=np.int64)
+        if ids.size:
+            self._check_ids(int(ids.min()), int(ids.max()))
         never = self._never_array[ids]
         continues = ~self._starts_array[ids] & ~never
         continues[1:] &= ~never[:-1]

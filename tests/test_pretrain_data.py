@@ -318,3 +318,16 @@ def test_a_tokenizer_encoding_of_many_texts_is_read_as_columns(bert_wordpiece):
         SequenceDataset(texts)
     with pytest.raises(ValueError, match="is one example .*; give a list of examples, or tokenize a list of texts"):
         SequenceDataset(bert_wordpiece(texts[0]))
+
+
+def test_word_grouping_refuses_ids_outside_the_vocabulary(bert_wordpiece):
+    """-100 (the label of unmasked tokens) was read from the tables' end and joined the word before it."""
+    grouper = WordGrouper.for_tokenizer(bert_wordpiece)
+    ids = bert_wordpiece("the kinase binds", add_special_tokens=False)["input_ids"]
+    assert len(grouper(ids)) == 3
+    for bad in (-100, -1, len(bert_wordpiece) + 5):
+        with pytest.raises(ValueError, match=f"token ids must be in \\[0, \\d+\\), the vocabulary's; got {bad}"):
+            grouper(ids[:1] + [bad] + ids[1:])
+        with pytest.raises(ValueError, match=f"got {bad}"):
+            grouper.breaks(ids[:1] + [bad] + ids[1:])
+    assert grouper([]) == [] and grouper.breaks([]).shape == (0,)
