@@ -301,11 +301,15 @@ class AttentionMasker(torch.nn.Module):
         return eligible & (rank < budget[:, None])
 
     @contextlib.contextmanager
-    def pinned_generator(self, seed: int):
+    def pinned_generator(self, seed: int, per_process: bool = False):
         """Inside, draw from ``seed`` alone, the same in every rank (for masking a validation set
-        identically everywhere); outside, the training draws go on where they were."""
+        identically everywhere); outside, the training draws go on where they were.
+        ``per_process``: each rank draws a stream of its own from ``seed``, for ranks that mask
+        different batches."""
         saved = self._generators, self._pinned_seed
-        self._generators, self._pinned_seed = {}, pinned_seed(seed)
+        seed = pinned_seed(seed)
+        self._generators = {}
+        self._pinned_seed = stream_seed([seed, distributed_rank() + 1]) if per_process else seed
         try:
             yield self
         finally:

@@ -322,13 +322,16 @@ class DifferenceMasker(torch.nn.Module):
         self.words_missed.zero_()
 
     @contextlib.contextmanager
-    def pinned_generator(self, seed: int):
+    def pinned_generator(self, seed: int, per_process: bool = False):
         """Inside, draw from ``seed`` alone, the same in every rank (for masking a validation set
         identically everywhere) and without counting coverage; outside, the training draws and
-        counts go on where they were. Words learned inside stay learned."""
+        counts go on where they were. Words learned inside stay learned. ``per_process``: each
+        rank draws a stream of its own from ``seed``, for ranks that mask different batches."""
         saved = {name: getattr(self, name).clone()
                  for name in ("seed_state", "calls_made", "words_seen", "words_missed")}
         seed = pinned_seed(seed)
+        if per_process:
+            seed = _base_seed(seed, distributed_rank(self._rank))
         self.seed_state.fill_(int(torch.randint(0, 2**62, (), generator=torch.Generator().manual_seed(seed))))
         try:
             yield self

@@ -281,6 +281,7 @@ class MaskingCollatorBase:
         self._sender_rank = 0  # see __getstate__
         self._resumed_at = 0  # see resume_at
         self._pinned_seed: int | None = None  # see pin_generator
+        self._pinned_per_process = False  # see pinned_generator
 
     def _word_boundaries(self) -> WordBoundaries:
         with naming_word_boundary():
@@ -297,6 +298,7 @@ class MaskingCollatorBase:
 
     def __setstate__(self, state: dict) -> None:
         state.setdefault("_pinned_seed", None)  # pickled before pinning survived pickling
+        state.setdefault("_pinned_per_process", False)
         self.__dict__.update(state)
 
     def __call__(self, examples: Sequence[Any]) -> BatchEncoding:
@@ -343,8 +345,9 @@ class MaskingCollatorBase:
         generator = self._generators.get(context)
         _, rank, worker, seed_of_worker = context
         if generator is None and self._pinned_seed is not None:
-            generator = torch.Generator().manual_seed(self._pinned_seed)
-            self._generators[context] = generator
+            seed = (stream_seed([self._pinned_seed, rank + 1, worker + 1]) if self._pinned_per_process
+                    else self._pinned_seed)
+            generator = self._generators[context] = torch.Generator().manual_seed(seed)
         elif generator is None and self.seed is not None:
             words = [self.seed, rank + 1, worker + 1] + ([seed_of_worker % 2**64] if worker >= 0 else [])
             generator = self._generators[context] = self._stream(words)
@@ -368,21 +371,25 @@ class MaskingCollatorBase:
         masking a validation set identically everywhere): each process, and each worker the
         collator is sent to, starts a stream from ``seed``. ``None`` unpins."""
         self._pinned_seed = check_seed(seed)
+        self._pinned_per_process = False
         self._generators = {}
 
     @contextlib.contextmanager
-    def pinned_generator(self, seed: int):
+    def pinned_generator(self, seed: int, per_process: bool = False):
         """Inside, draw from ``seed`` alone, as after ``pin_generator(seed)``; outside, the
         streams go on where they were. An evaluation masked inside draws the same masks every
-        time and leaves the training draws as they were (``MaskingTrainer`` evaluates so). The
+        time and leaves the training draws as they were (``MaskingTrainer`` evaluates so).
+        ``per_process``: each rank and DataLoader worker draws a stream of its own from ``seed``
+        (they mask different batches, which one stream would mask at the same positions). The
         pin reaches DataLoader workers started inside; persistent workers (``persistent_workers``)
         go on with the stream they started with, so their masks change from one use to the next."""
-        saved_seed, saved_generators = self._pinned_seed, self._generators
-        self.pin_generator(seed)
+        saved = self._pinned_seed, self._pinned_per_process, self._generators
+        self.pin_generator(pinned_seed(seed))
+        self._pinned_per_process = bool(per_process)
         try:
             yield self
         finally:
-            self._pinned_seed, self._generators = saved_seed, saved_generators
+            self._pinned_seed, self._pinned_per_process, self._generators = saved
 
     def _draw_seed(self) -> int:
         """A 64-bit seed for a compiled op, from this process's generator."""

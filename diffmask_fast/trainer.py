@@ -34,8 +34,9 @@ to the tokenizer without ``model.resize_token_embeddings``).
 
 An optimizer step that masked no token (short sequences, small batches) has no loss: the logged
 training loss averages the steps that masked something, and evaluation the batches that did.
-Evaluation masks, the masker's or a masking collator's, come from a stream pinned to
-``args.seed``: every evaluation draws the same ones, and training's draws are left as they were.
+Evaluation masks, the masker's or a masking collator's, come from streams pinned to
+``args.seed``, one per rank and DataLoader worker: every evaluation draws the same ones, and
+training's draws are left as they were.
 
 ``DifferenceMaskingTrainer`` is the same with a ``DifferenceMasker``: DataLoader workers only pad
 (``DataCollatorWithPadding``), the GPU masks. Evaluation batches without labels are masked the
@@ -277,10 +278,10 @@ class MaskingTrainer(Trainer):
 
     def evaluation_loop(self, dataloader, description, prediction_loss_only=None, ignore_keys=None,
                         metric_key_prefix="eval"):
-        """Evaluation batches are masked from a stream of their own, pinned to ``args.seed``,
-        by the masker or by a masking ``data_collator`` alike: every evaluation draws the same
-        masks (validation losses compare across steps), and the training stream is not advanced
-        (a resumed run replays its masks exactly).
+        """Evaluation batches are masked from streams of their own, pinned to ``args.seed`` (one
+        per rank and DataLoader worker), by the masker or by a masking ``data_collator`` alike:
+        every evaluation draws the same masks (validation losses compare across steps), and the
+        training stream is not advanced (a resumed run replays its masks exactly).
 
         A batch with nothing masked has no loss and is left out of the mean, whatever
         ``args.logging_nan_inf_filter`` says (see ``_LossTally``)."""
@@ -291,7 +292,8 @@ class MaskingTrainer(Trainer):
                 for masking in (self.masker, self.data_collator) if self.mask_eval else ():
                     pinned = getattr(masking, "pinned_generator", None)
                     if pinned is not None:
-                        pinned_masks.enter_context(pinned(self.args.seed + EVALUATION_SEED_OFFSET))
+                        seed = self.args.seed + EVALUATION_SEED_OFFSET
+                        pinned_masks.enter_context(_pinned_apart(pinned, seed))
                 output = super().evaluation_loop(dataloader, description, prediction_loss_only, ignore_keys,
                                                  metric_key_prefix)
         finally:
@@ -470,6 +472,15 @@ def _as_example(feature: Any) -> Mapping:
                         "not text")
     ids = feature.tolist() if isinstance(feature, (torch.Tensor, np.ndarray)) else list(feature)
     return {"input_ids": ids}
+
+
+def _pinned_apart(pinned: Callable, seed: int):
+    """``pinned(seed)`` with a stream per rank and DataLoader worker where it takes
+    ``per_process`` (the package's maskers and collators): each masks batches of its own, which
+    one shared stream would mask at the same positions."""
+    if "per_process" in inspect.signature(pinned).parameters:
+        return pinned(seed, per_process=True)
+    return pinned(seed)
 
 
 #: Labelled tokens expected to hold the mask token that make a batch tell masked-LM labels from

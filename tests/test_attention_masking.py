@@ -574,3 +574,23 @@ def test_a_seeded_masker_compiles_and_draws_as_in_eager_mode(bert_wordpiece, tin
         expected = eager(ids, attention, flagged, model=tiny_bert_mlm)
         got = step(ids, attention, flagged)
         assert all(torch.equal(a, b) for a, b in zip(got, expected)), f"seed={seed} resumed={resumed}"
+
+
+def test_a_pinned_stream_per_process_differs_by_rank_and_repeats(bert_wordpiece, tiny_bert_mlm, seed, monkeypatch):
+    """Pinned for an evaluation in which every rank masks batches of its own, one shared stream
+    masked them at the same positions; per_process gives each rank its own, the same at every pin."""
+    ids, attention, flagged = random_batch(bert_wordpiece, seed, rows=16)
+    draws = {}
+    for rank in ("0", "1"):
+        monkeypatch.setenv("RANK", rank)
+        masker = AttentionMasker(bert_wordpiece, mlm_probability=0.5, seed=seed)
+        with masker.pinned_generator(5):
+            shared = masker(ids, attention, flagged, model=tiny_bert_mlm)[0]
+        own = []
+        for _ in range(2):
+            with masker.pinned_generator(5, per_process=True):
+                own.append(masker(ids, attention, flagged, model=tiny_bert_mlm)[0])
+        assert torch.equal(own[0], own[1]), f"rank {rank}: another draw at the same pin"
+        draws[rank] = shared, own[0]
+    assert torch.equal(draws["0"][0], draws["1"][0]), "without per_process every rank draws alike"
+    assert not torch.equal(draws["0"][1], draws["1"][1]), f"seed={seed}"

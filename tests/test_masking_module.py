@@ -202,6 +202,18 @@ def test_pinned_generator_draws_from_the_seed_alone_and_leaves_training_state(be
             pinned[rank] = masker(ids, attention)
         assert (int(masker.seed_state), masker.coverage()) == before, f"rank {rank}: training state moved"
     assert all(torch.equal(a, b) for a, b in zip(pinned["0"], pinned["1"]))
+    apart = {}  # per_process: each rank its own stream, the same at every pin
+    for rank in ("0", "1"):
+        monkeypatch.setenv("RANK", rank)
+        masker = DifferenceMasker(bert_wordpiece, scores, seed=11)
+        draws = []
+        for _ in range(2):
+            with masker.pinned_generator(3, per_process=True):
+                draws.append(masker(ids, attention)[1])
+        assert torch.equal(draws[0], draws[1]), f"rank {rank}: another draw at the same pin"
+        apart[rank] = draws[0]
+    assert not torch.equal(apart["0"], apart["1"]), "ranks masking different batches drew one stream"
+    assert not torch.equal(apart["0"], pinned["0"][1]), "a stream of its own, not the shared one"
 
 
 def test_masks_whole_words_within_the_budget(roberta_byte_bpe, lines, seed):
@@ -739,6 +751,33 @@ def test_evaluation_with_a_masking_collator_draws_the_same_masks_every_time(tiny
     assert len(losses) == 1
     assert torch.equal(collator._generator().get_state(), before), "evaluation advanced the training stream"
     assert collator._pinned_seed is None
+
+
+def test_evaluation_workers_of_a_masking_collator_draw_streams_of_their_own(tiny_bert_mlm, bert_wordpiece, tmp_path):
+    """Pinned for evaluation, every DataLoader worker started from the one pinned seed: batches
+    of the same shape in different workers were masked at the same positions."""
+    from transformers import TrainingArguments
+
+    from diffmask_fast.strategies import build_strategy
+
+    collator = build_strategy("random-token", bert_wordpiece, mask_on="workers", seed=0).collator
+    g = torch.Generator().manual_seed(random.randrange(2**31))
+    examples = [{"input_ids": [bert_wordpiece.cls_token_id] + torch.randint(10, 400, (60,), generator=g).tolist()
+                 + [bert_wordpiece.sep_token_id]} for _ in range(8)]
+    seen = []
+
+    class Recording(diffmask_fast.MaskingTrainer):
+        def prediction_step(self, model, inputs, *args, **kwargs):
+            seen.append(inputs["labels"].cpu() != -100)
+            return super().prediction_step(model, inputs, *args, **kwargs)
+
+    args = TrainingArguments(output_dir=str(tmp_path), per_device_eval_batch_size=2, dataloader_num_workers=2,
+                             report_to=[], use_cpu=True, seed=42)
+    trainer = Recording(model=tiny_bert_mlm, args=args, data_collator=collator, eval_dataset=examples)
+    first = trainer.evaluate()["eval_loss"]
+    masks, seen[:] = list(seen), []
+    assert not any(torch.equal(masks[i], masks[i + 1]) for i in (0, 2)), "workers 0 and 1 masked alike"
+    assert trainer.evaluate()["eval_loss"] == first and all(torch.equal(a, b) for a, b in zip(seen, masks))
 
 
 def test_the_labels_check_waits_on_the_device_once_not_every_batch(tiny_bert_mlm, bert_wordpiece, lines, tmp_path,
