@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import math
@@ -68,7 +69,10 @@ def atomic_writer(path: str | os.PathLike) -> Iterator[BinaryIO]:
         path.parent.mkdir(parents=True, exist_ok=True)
         handle, temporary = tempfile.mkstemp(prefix=_temporary_prefix(path.name), suffix=".tmp", dir=path.parent)
     except OSError as error:
-        raise _naming(error, given, temporary_start) from error
+        named = _naming(error, given, temporary_start)
+        if named is None:
+            raise
+        raise named from error
     try:
         with os.fdopen(handle, "wb") as file:
             yield file
@@ -80,20 +84,27 @@ def atomic_writer(path: str | os.PathLike) -> Iterator[BinaryIO]:
     except BaseException as error:
         if os.path.exists(temporary):
             os.unlink(temporary)
-        if isinstance(error, OSError):
-            raise _naming(error, given, temporary_start) from error
-        raise
+        named = _naming(error, given, temporary_start) if isinstance(error, OSError) else None
+        if named is None:
+            raise
+        raise named from error
     _sync_folder(path.parent)
 
 
-def _naming(error: OSError, given: str | os.PathLike, temporary_start: str) -> OSError:
-    """``error`` naming the file being written where it named none (a full disk: "[Errno 28] No
-    space left on device") or its temporary file, which the user never asked for. An error
-    about another file (a folder that cannot be made, a file the caller's block read) is kept."""
-    if error.errno is None or (error.filename is not None
-                               and not os.fspath(error.filename).startswith(temporary_start)):
-        return error
-    return type(error)(error.errno, error.strerror or str(error), os.fspath(given))
+#: Errors of writing that name no file: a full disk or quota, a file too large, a read-only mount.
+_UNNAMED_WRITE_ERRORS = frozenset(getattr(errno, name) for name in ("ENOSPC", "EDQUOT", "EFBIG", "EROFS")
+                                  if hasattr(errno, name))
+
+
+def _naming(error: OSError, given: str | os.PathLike, temporary_start: str) -> OSError | None:
+    """``error`` naming the file being written, where it named its temporary file (which the
+    user never asked for) or, an error of writing, none ("[Errno 28] No space left on device");
+    None to keep ``error`` as it is (about another file, or not one of writing)."""
+    if error.filename is not None:
+        ours = os.fspath(error.filename).startswith(temporary_start)
+    else:
+        ours = error.errno in _UNNAMED_WRITE_ERRORS
+    return type(error)(error.errno, error.strerror or str(error), os.fspath(given)) if ours else None
 
 
 def _refuse_special_file(target: Path, given: str | os.PathLike, what: str = "output") -> None:

@@ -259,9 +259,22 @@ def test_a_full_disk_names_the_file_being_written(tmp_path, monkeypatch):
         atomic_write_bytes(path, b"{}")
     monkeypatch.undo()
     other = tmp_path / "other.txt"  # an error about another file, in the caller's block, is its own
-    with pytest.raises(FileNotFoundError, match="other.txt"):
+    with pytest.raises(FileNotFoundError, match="other.txt") as raised:
         with atomic_writer(path) as file:
             file.write(other.read_bytes())
+    assert raised.value.__cause__ is None, "passed on as it was, not as its own cause"
+    folder = os.open(tmp_path, os.O_RDONLY)
+    try:  # an error of the caller's block naming no file, and not one of writing, is not the output's
+        with pytest.raises(IsADirectoryError) as raised:
+            with atomic_writer(path) as file:
+                file.write(os.read(folder, 10))
+    finally:
+        os.close(folder)
+    assert raised.value.filename is None and raised.value.__cause__ is None
+    with pytest.raises(OSError, match="^a socket closed$") as raised:
+        with atomic_writer(path):
+            raise OSError("a socket closed")
+    assert raised.value.__cause__ is None and list(tmp_path.iterdir()) == []
 
 
 def test_check_writable_follows_a_link_as_the_writer_does(tmp_path, monkeypatch):
