@@ -499,8 +499,9 @@ def _mask_token_share(masker: Any) -> tuple[int | None, float]:
 def _labels_problem(inputs: dict[str, Any], mask_token_id: int | None, mask_share: float) -> str | None:
     """What shows a batch's labels are not masked-LM labels, None if nothing does. Masked-LM
     labels label a share of the tokens, most of which hold the mask token; a causal-LM column
-    copies input_ids, and per-token tags (NER) label nearly every token, none of which holds
-    it. A batch with too few labelled tokens to tell passes."""
+    copies input_ids, and per-token tags (NER) label most tokens, none of which holds it. A
+    batch with too few labelled tokens to tell passes, and so does one labelling at most half
+    of its tokens (masks drawn by a collator that never puts the mask token, say)."""
     labels, ids = inputs.get("labels"), inputs.get("input_ids")
     if not (torch.is_tensor(labels) and torch.is_tensor(ids)) or labels.numel() == 0:
         return None
@@ -511,13 +512,13 @@ def _labels_problem(inputs: dict[str, Any], mask_token_id: int | None, mask_shar
         return ("the batch's labels are its input_ids at every token (a causal-LM labels column?): the model would "
                 "learn to copy unmasked tokens. Masked-LM labels are -100 except at masked tokens")
     labelled = (labels != -100) & attended
-    count = int(labelled.sum())
-    if mask_token_id is None or count * mask_share < _EXPECTED_MASK_TOKENS:
+    count, tokens = int(labelled.sum()), int(attended.sum())
+    if mask_token_id is None or count * mask_share < _EXPECTED_MASK_TOKENS or 2 * count <= tokens:
         return None
     if not bool((labelled & (ids == mask_token_id)).any()):
-        return (f"the batch's labels are not masked-LM labels: none of its {count:,} labelled tokens holds the mask "
-                f"token, where the masker would put it at {mask_share:.0%} of them (per-token tags of a "
-                "token-classification set, e.g. NER?); the model would learn to predict tag ids")
+        return (f"the batch's labels are not masked-LM labels: they label {count:,} of its {tokens:,} tokens and none "
+                f"holds the mask token, where the masker would put it at {mask_share:.0%} of them (per-token tags of "
+                "a token-classification set, e.g. NER?); the model would learn to predict tag ids")
     return None
 
 

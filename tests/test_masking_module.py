@@ -715,9 +715,11 @@ def test_per_token_tags_are_refused_as_masked_lm_labels(tiny_bert_mlm, bert_word
                              use_cpu=True, save_strategy="no")
     trainer = DifferenceMaskingTrainer(model=tiny_bert_mlm, args=args, train_dataset=tagged,
                                        masker=DifferenceMasker(tokenizer, {}, seed=0))
-    with pytest.raises(ValueError, match=r"not masked-LM labels: none of its [\d,]+ labelled tokens holds the mask"):
+    with pytest.raises(ValueError, match=r"not masked-LM labels: they label [\d,]+ of its [\d,]+ tokens and none "
+                                         "holds the mask token"):
         trainer.train()
-    # Labels a masking collator made pass, at any replacement shares the masker would draw with.
+    # Labels a masking collator made pass, at any replacement shares the masker would draw with,
+    # and at shares other than its own (no mask token at all) when they label at most half the tokens.
     for mask_share, random_share in ((0.8, 0.1), (0.2, 0.0), (0.0, 1.0)):
         collator = DifferenceMaskingCollator(tokenizer, {}, mlm_probability=0.5, mask_replace_prob=mask_share,
                                              random_replace_prob=random_share, seed=random.randrange(2**32))
@@ -727,6 +729,11 @@ def test_per_token_tags_are_refused_as_masked_lm_labels(tiny_bert_mlm, bert_word
                                            masker=DifferenceMasker(tokenizer, {}, mask_replace_prob=mask_share,
                                                                    random_replace_prob=random_share, seed=0))
         assert trainer.mask_batch(masked) is masked
+    random_only = DifferenceMaskingCollator(tokenizer, {}, mlm_probability=0.3, mask_replace_prob=0.0,
+                                            random_replace_prob=1.0, seed=random.randrange(2**32))(data)
+    trainer = DifferenceMaskingTrainer(model=tiny_bert_mlm, args=args, train_dataset=data,
+                                       masker=DifferenceMasker(tokenizer, {}, seed=0))
+    assert trainer.mask_batch(random_only) is random_only
     # A batch with too few labelled tokens to tell passes.
     few = trainer.data_collator(tagged[:1])
     few["labels"][:, 3:] = -100
