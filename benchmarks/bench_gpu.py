@@ -283,7 +283,10 @@ def training_step_time(device: torch.device, masked_ids, attention, labels, size
     in the largest micro-batches that fit; (seconds, micro-batch size)."""
     from transformers import RobertaConfig, RobertaForMaskedLM
 
-    model = RobertaForMaskedLM(RobertaConfig(**sizes.model)).to(device).train()
+    # RoBERTa's position ids start after the padding index: 512 tokens need 514 positions, as
+    # roberta-base has (RobertaConfig's default of 512 fails on them).
+    config = RobertaConfig(**{"max_position_embeddings": sizes.length + 2, **sizes.model})
+    model = RobertaForMaskedLM(config).to(device).train()
     try:
         for micro in [m for m in (sizes.batch, 128, 64, 32, 16) if m <= sizes.batch]:
             def forward_backward():

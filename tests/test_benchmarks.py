@@ -37,6 +37,24 @@ def test_gpu_benchmark_smoke_run_writes_every_measurement(tmp_path):
     assert all(" ms" in row.split(" | ")[1] for row in rows), text  # every measurement took a time
 
 
+def test_the_training_step_runs_on_sequences_of_the_full_length():
+    """At 512 tokens RoBERTa needs 514 positions (its ids start after the padding index): the
+    model of RobertaConfig's default 512 failed the full run's step, which the smoke run's 128
+    tokens never reached."""
+    import dataclasses
+
+    import torch
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import bench_gpu
+
+    sizes = dataclasses.replace(bench_gpu.SMOKE, batch=1, length=512, seconds=0.001)
+    ids = torch.randint(5, 1000, (1, 512))
+    labels = torch.where(torch.rand(1, 512) < 0.25, ids, torch.full_like(ids, -100))
+    seconds, micro = bench_gpu.training_step_time(torch.device("cpu"), ids, torch.ones_like(ids), labels, sizes)
+    assert seconds > 0 and micro == 1
+
+
 #: By heading: names (their starts) of rows each CPU section's tables show in a smoke run, and how
 #: many of its rows carry a goal's verdict.
 SMOKE_ROWS = {
