@@ -531,19 +531,24 @@ def test_masker_in_a_cuda_graph(masker_pair):
 
 
 _DEVICE_ASSERTS = """
-import sys, torch
+import sys
+sys.path[:0] = [{root!r}, {tests!r}]  # the package as the tests import it (built in place or installed)
+import torch
 from diffmask_fast import DifferenceMasker, weighted_mlm_loss
-sys.path.insert(0, {tests!r})
 import tokenizers_offline
 case = sys.argv[1]
 if case == "masker":
     tokenizer = tokenizers_offline.bert_wordpiece()
     masker = DifferenceMasker(tokenizer, {{"the": 0.5}}, seed=0).to("cuda")
     ids = torch.tensor([[tokenizer.cls_token_id, len(tokenizer) + 3, tokenizer.sep_token_id]], device="cuda")
+    torch.cuda.set_sync_debug_mode("error")  # a synchronization inside the call raises
     masker(ids)
 else:
-    labels = torch.tensor([[1, -100]], device="cuda")
-    weighted_mlm_loss(torch.randn(1, 2, 5, device="cuda"), labels, torch.tensor([[-1.0, 1.0]], device="cuda"))
+    logits, labels = torch.randn(1, 2, 5, device="cuda"), torch.tensor([[1, -100]], device="cuda")
+    weights = torch.tensor([[-1.0, 1.0]], device="cuda")
+    torch.cuda.set_sync_debug_mode("error")
+    weighted_mlm_loss(logits, labels, weights)
+torch.cuda.set_sync_debug_mode(0)
 print("queued", flush=True)
 torch.cuda.synchronize()
 print("synchronized", flush=True)
@@ -552,17 +557,22 @@ print("synchronized", flush=True)
 
 @pytest.mark.parametrize("case", ["masker", "loss"])
 def test_bad_input_on_the_gpu_fails_the_device_assertion_without_a_synchronization(case, tmp_path):
-    """Out-of-vocabulary ids and negative loss weights are checked on the device: the call returns
-    without waiting, and the next synchronization fails (in a subprocess: the assertion leaves the
-    CUDA context unusable)."""
+    """Out-of-vocabulary ids and negative loss weights are checked on the device, without a
+    synchronization in the call (sync debug mode "error" would raise), and fail by name: at the
+    next synchronization, or at a launch after the assertion ran, which CUDA may report first
+    (in a subprocess: the assertion leaves the CUDA context unusable)."""
     import subprocess
     import sys
 
     script = tmp_path / "device_asserts.py"
-    script.write_text(_DEVICE_ASSERTS.format(tests=os.path.dirname(__file__)))
+    tests = os.path.dirname(os.path.abspath(__file__))
+    script.write_text(_DEVICE_ASSERTS.format(root=os.path.dirname(tests), tests=tests))
     done = subprocess.run([sys.executable, str(script), case], capture_output=True, text=True, timeout=300)
-    assert "queued" in done.stdout and "synchronized" not in done.stdout, done.stdout + done.stderr
-    assert done.returncode != 0 and "assert" in done.stderr.lower(), done.stderr[-2000:]
+    expected = {"masker": "input_ids hold ids outside the tokenizer's vocabulary",
+                "loss": "loss_weights must be finite and non-negative where tokens are masked"}[case]
+    assert done.returncode != 0 and "synchronized" not in done.stdout, done.stdout + done.stderr
+    assert expected in done.stderr, done.stderr[-2000:]
+    assert "called a synchronizing CUDA operation" not in done.stderr, done.stderr[-2000:]
 
 
 def test_trainer_on_gpu(tiny_bert_mlm, bert_wordpiece, tmp_path, masker_pair):

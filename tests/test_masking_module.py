@@ -721,10 +721,11 @@ def test_per_token_tags_are_refused_as_masked_lm_labels(tiny_bert_mlm, bert_word
     # Labels a masking collator made pass, at any replacement shares the masker would draw with,
     # and at shares other than its own (no mask token at all) when they label at most half the tokens.
     for mask_share, random_share in ((0.8, 0.1), (0.2, 0.0), (0.0, 1.0)):
-        collator = DifferenceMaskingCollator(tokenizer, {}, mlm_probability=0.5, mask_replace_prob=mask_share,
+        collator = DifferenceMaskingCollator(tokenizer, {}, mlm_probability=0.9, mask_replace_prob=mask_share,
                                              random_replace_prob=random_share, seed=random.randrange(2**32))
         masked = collator(data)
-        assert (masked["labels"] != -100).sum() * mask_share >= 40 or mask_share == 0, "the premise: a batch that tells"
+        labelled, tokens = int((masked["labels"] != -100).sum()), int(masked["attention_mask"].sum())
+        assert mask_share == 0 or (labelled * mask_share >= 40 and 2 * labelled > tokens), "the premise: it tells"
         trainer = DifferenceMaskingTrainer(model=tiny_bert_mlm, args=args, train_dataset=data,
                                            masker=DifferenceMasker(tokenizer, {}, mask_replace_prob=mask_share,
                                                                    random_replace_prob=random_share, seed=0))
