@@ -33,12 +33,17 @@ test-cpp: $(DEPS_STAMP)
 # benchmarks/RESULTS.md (`make bench` elsewhere keeps it).
 GPU_PY ?= python3
 GPU_JOBS ?= 8
+# The system's compilers, not a CXX the environment exports: an extension built by a compiler
+# wrapper (/opt/gcc/bin/g++ on one GPU image) crashed the process on its first C++ exception.
+GPU_CC ?= cc
+GPU_CXX ?= c++
 
 gpu-check: gpu-build gpu-test gpu-bench
 
 gpu-build:
-	DIFFMASK_FAST_CUDA=1 MAX_JOBS=$(GPU_JOBS) $(GPU_PY) setup.py build_ext --inplace
-	cmake -S . -B build/gpu -DCMAKE_BUILD_TYPE=Release -DDIFFMASK_SANITIZE=OFF -DCMAKE_CUDA_ARCHITECTURES=native > /dev/null
+	CC=$(GPU_CC) CXX=$(GPU_CXX) DIFFMASK_FAST_CUDA=1 MAX_JOBS=$(GPU_JOBS) $(GPU_PY) setup.py build_ext --inplace
+	CC=$(GPU_CC) CXX=$(GPU_CXX) cmake -S . -B build/gpu -DCMAKE_BUILD_TYPE=Release -DDIFFMASK_SANITIZE=OFF \
+	  -DCMAKE_CUDA_ARCHITECTURES=native > /dev/null
 	cmake --build build/gpu -j $(GPU_JOBS)
 
 gpu-test:
