@@ -438,8 +438,12 @@ class WordEmbedder:
         word has no piece of its own: averaged poolings give it the zero vector, ``cls`` and
         ``pooled`` the state of "[CLS] [UNK] [SEP]", one vector for all such words."""
         self._follow_tokenizer(self._fingerprint("tokenizer"))
+        return self._special_only(self._encode(list(words), add_special_tokens=True))
+
+    def _special_only(self, encoded: list[list[int]]) -> list[bool]:
+        """For each id list, whether every id is a special token's."""
         special = set(self.tokenizer.all_special_ids)
-        return [all(token in special for token in ids) for ids in self._encode(list(words), add_special_tokens=True)]
+        return [all(token in special for token in ids) for ids in encoded]
 
     def _encode(self, words: list[str], add_special_tokens: bool) -> list[list[int]]:
         """Token ids of each word, untruncated. Goes straight to a private copy of the tokenizer's
@@ -484,8 +488,7 @@ class WordEmbedder:
         if self.pooling == "input_embeddings":
             return self._embed_input_embeddings(words, bar)
         encoded = self._encode(words, add_special_tokens=True)
-        special = set(self.tokenizer.all_special_ids)
-        self._note_unreadable(words, [i for i, ids in enumerate(encoded) if all(token in special for token in ids)])
+        self._note_unreadable(words, [i for i, unreadable in enumerate(self._special_only(encoded)) if unreadable])
         long = [i for i, ids in enumerate(encoded) if len(ids) > self.max_length]
         if long:
             cut = self._first_pieces([words[i] for i in long])
