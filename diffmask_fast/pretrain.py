@@ -29,7 +29,7 @@ from .hf_loading import saved_weights
 from .masking_base import check_loss_weight, check_probability, distributed_rank
 from .pretrain_data import MIN_MAX_LENGTH
 from .reference import WORD_BOUNDARY_SCHEMES
-from .strategies import STEP_ONLY_STRATEGIES, STRATEGIES, build_strategy, check_strategy, resolve_mask_location
+from .strategies import STRATEGIES, STRATEGY_SETTINGS, build_strategy, check_strategy, resolve_mask_location
 from .tokenization import detect_word_boundary_scheme, naming_word_boundary, word_boundaries
 
 SUMMARY_FORMAT = "diffmask_fast.pretrain_summary/1"
@@ -186,9 +186,10 @@ class PretrainConfig:
         """The strategy settings this run's strategy never reads (left out of the resume check)."""
         mines_terms = self.strategy == "mslm" and self.terms is None
         mines_anchors = (self.strategy == "difference" or mines_terms) and self.anchors is None and self.scores is None
-        used = {"anchors_count": mines_anchors, "term_probability": self.strategy == "mslm",
-                "term_weight": self.strategy == "mslm", "term_top_fraction": mines_terms,
-                "attention_layer": self.strategy in STEP_ONLY_STRATEGIES}
+        reads = {setting: self.strategy in readers for setting, readers in STRATEGY_SETTINGS.items()}
+        used = {"anchors_count": mines_anchors, "term_probability": reads["term_probability"],
+                "term_weight": reads["term_weight"], "term_top_fraction": mines_terms,
+                "attention_layer": reads["attention_layer"]}
         return [name for name, in_use in used.items() if not in_use]
 
     def _check_files(self) -> None:
@@ -443,8 +444,7 @@ def pretrain(config: PretrainConfig) -> dict:
     strategy = build_strategy(
         config.strategy, tokenizer, mlm_probability=config.mlm_probability, seed=config.seed,
         scores=resources.get("scores"), terms=resources.get("terms"), mask_on=location, word_boundary=scheme,
-        **{setting: getattr(config, setting) for setting in ("term_probability", "term_weight", "attention_layer")
-           if setting not in unused},
+        **{setting: getattr(config, setting) for setting in STRATEGY_SETTINGS if setting not in unused},
     )
     if config.strategy == "difference" and strategy.masker is not None:
         # The device table must know the words before training, and those of the validation set,

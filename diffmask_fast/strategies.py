@@ -34,6 +34,8 @@ STRATEGIES = {
 DEVICE_STRATEGIES = ("difference", "random-word", "attention", "mst")
 #: strategies that can only mask in the training step (they need the model)
 STEP_ONLY_STRATEGIES = ("attention", "mst")
+#: build_strategy's settings that only some strategies read, and those strategies.
+STRATEGY_SETTINGS = {"term_probability": ("mslm",), "term_weight": ("mslm",), "attention_layer": STEP_ONLY_STRATEGIES}
 MASK_LOCATIONS = ("auto", "workers", "device")
 
 
@@ -244,9 +246,7 @@ def build_strategy(
     attention ``attention`` and ``mst`` read. A setting the strategy does not read is refused: a
     typo in the strategy's name would otherwise train another strategy with it silently ignored."""
     given = {"term_probability": term_probability, "term_weight": term_weight, "attention_layer": attention_layer}
-    reads = {"term_probability": name == "mslm", "term_weight": name == "mslm",
-             "attention_layer": name in STEP_ONLY_STRATEGIES}
-    unused = [setting for setting, value in given.items() if value is not None and not reads[setting]]
+    unused = [setting for setting, value in given.items() if value is not None and name not in STRATEGY_SETTINGS[setting]]
     if unused and name in STRATEGIES:
         raise ValueError(f"the {name!r} strategy does not use {' or '.join(unused)}: leave "
                          f"{'them' if len(unused) > 1 else 'it'} out")
