@@ -4,8 +4,8 @@ medians of repeated runs):
 - max_anchor_similarity on 32,768 x 768 fp32 embeddings at K = 20, 1,000 and 100,000 anchors, as a
   fraction of the FLOP rate of torch.mm on the same shapes (fp32, TF32 off, torch's default), and
   for K = 20 against the memory-bandwidth floor (the time to read the embeddings once at the
-  copy bandwidth measured in the same run); the TF32 and bfloat16 precisions against torch.mm
-  in TF32 and in bfloat16.
+  copy bandwidth measured in the same run); the 'high' (bf16x3) and 'medium' (bfloat16)
+  precisions against torch.mm at the same names (TF32, and bfloat16).
 - Full masking of a 256 x 512 batch on the GPU (DifferenceMasker: never-word look-up plus
   difference_mask_device), against the forward + backward pass of a RoBERTa-base-sized masked LM
   (RobertaConfig defaults, random weights, bfloat16 autocast) on the same batch.
@@ -172,7 +172,7 @@ def similarity(device: torch.device, sizes: Sizes) -> tuple[list, dict]:
                 against += f"; {against_cpu(ours, cpu, 'the CPU kernel')}"
             rows.append([f"max_anchor_similarity fp32, K = {k:,}", f"{milliseconds(ours)} = {tflops(flops, ours)}",
                          against, goal])
-            # Tensor-core precisions against torch.mm at the same precision.
+            # The tensor-core precisions against torch.mm at the same setting's name.
             if tensor_cores:
                 torch.backends.cuda.matmul.allow_tf32 = True
                 high = timed(lambda: ops.max_anchor_similarity(embeddings, anchors, "high"))
@@ -182,7 +182,7 @@ def similarity(device: torch.device, sizes: Sizes) -> tuple[list, dict]:
                 medium = timed(lambda: ops.max_anchor_similarity(embeddings, anchors, "medium"))
                 matmul_bf16 = timed(lambda: torch.mm(e16, a16))
                 entry.update(high=high, matmul_tf32=matmul_tf32, medium=medium, matmul_bf16=matmul_bf16)
-                rows.append([f"max_anchor_similarity TF32 ('high'), K = {k:,}",
+                rows.append([f"max_anchor_similarity bf16x3 ('high'), K = {k:,}",
                              f"{milliseconds(high)} = {tflops(flops, high)}",
                              f"{matmul_tf32 / high:.0%} of torch.mm TF32 ({tflops(flops, matmul_tf32)})", "option"])
                 rows.append([f"max_anchor_similarity bf16 ('medium'), K = {k:,}",

@@ -13,8 +13,9 @@ TORCH_LIBRARY(diffmask_fast, m) {
   // Max cosine similarity over anchors [K, D] for each embedding [..., D], and the first arg max.
   m.def("max_anchor_similarity(Tensor embeddings, Tensor anchors) -> (Tensor values, Tensor indices)");
   // The same with the precision of the dot products: "highest" (float32, the op above), "high"
-  // (TF32 tensor cores) or "medium" (bfloat16 tensor cores); the reduced ones apply on CUDA
-  // devices of compute capability 8.0 and newer, the CPU computes all three in float32.
+  // (bf16x3: each factor as two bfloat16s, three tensor-core products) or "medium" (bfloat16
+  // tensor cores); the reduced ones apply on CUDA devices of compute capability 8.0 and newer
+  // for more than 32 anchors, the CPU computes all three in float32.
   m.def(
       "max_anchor_similarity_precision(Tensor embeddings, Tensor anchors, str precision) -> "
       "(Tensor values, Tensor indices)");

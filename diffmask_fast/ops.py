@@ -47,8 +47,9 @@ WEIGHTINGS = {"similarity": 0, "rank": 1}
 
 #: Precisions of max_anchor_similarity's dot products, named as in torch.set_float32_matmul_precision:
 #: "highest" float32 (float64 for float64 inputs); on CUDA devices of compute capability >= 8.0,
-#: "high" rounds the inputs to TF32 and "medium" to bfloat16 for the tensor cores (float32
-#: accumulation). The CPU computes every precision in float32.
+#: "high" splits each float32 factor into two bfloat16s and sums three of their four products
+#: ("bf16x3", which torch's "high" also allows) and "medium" rounds the factors to bfloat16, on
+#: the tensor cores with float32 accumulation. The CPU computes every precision in float32.
 PRECISIONS = ("highest", "high", "medium")
 
 _FLOATING = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
@@ -406,20 +407,23 @@ def max_anchor_similarity(
     one device. Returns (values [...] float32, indices [...] int64): the max cosine over anchors,
     within [-1, 1], and the first anchor reaching it. Zero vectors (embeddings or anchors) have
     cosine 0, so a zero embedding gets (0, 0). Computed in float32 (float64 inputs in float64) in
-    row blocks, so memory stays O(block x K) for any number of embeddings (on CUDA: O(rows), the
-    running max is kept per row). An embedding holding NaN or infinity gets (NaN, 0); anchors
-    holding NaN or infinity are never chosen unless every anchor does. Rows whose values are so
-    large or small that float32 products over- or underflow are searched again scaled by a power of
-    two.
+    row blocks, so memory stays O(block x K) for any number of embeddings (on CUDA: the unit
+    anchors, a running max per row and one block of at most 128 MiB of products). An embedding
+    holding NaN or infinity gets (NaN, 0); anchors holding NaN or infinity are never chosen unless
+    every anchor does. Rows whose values are so large or small that float32 products over- or
+    underflow are searched again scaled by a power of two.
 
     ``precision`` (see PRECISIONS) trades accuracy for speed on CUDA devices of compute capability
-    8.0 or newer. Both factors of every product are rounded to the tensor-core format (unit
-    roundoff u), products are exact and summed in float32, and norms come from the float32
-    values, so a cosine errs by at most 2u plus the float32 bound D * 2^-24 of "highest":
-    "high" (TF32, u = 2^-11) by at most ~1e-3, "medium" (bfloat16, u = 2^-8) by at most ~8e-3.
-    Rounding errors mostly cancel, so typical errors are about u / sqrt(D) (1e-5 and 1e-4 at
-    D = 768). Anchors closer than the error to the best may be chosen instead of it. The CPU
-    computes every precision in float32.
+    8.0 or newer, for more than 32 anchors (up to 32 the search is bound by reading the
+    embeddings, and every precision computes in float32). With bfloat16's unit roundoff
+    u = 2^-8: "medium" rounds both factors of every product to bfloat16, so a cosine errs by at
+    most 2u plus the float32 bound D * 2^-24 of "highest" (~8e-3 at D = 768); "high" writes each
+    factor v as hi + lo (hi = v rounded to bfloat16, lo = the rest rounded) and sums
+    hi*hi + hi*lo + lo*hi, which errs by at most 3u^2 plus 3 D * 2^-24 (~2e-4 at D = 768, finer
+    than TF32's 2^-10). Products are exact and summed in float32, and norms come from the float32
+    values. Rounding errors mostly cancel, so typical errors are far smaller (about u / sqrt(D)
+    for "medium": 1e-4 at D = 768). Anchors closer than the error to the best may be chosen
+    instead of it. The CPU computes every precision in float32.
     """
     _check_similarity_args(embeddings, anchors, precision)
     embeddings, anchors = embeddings.detach(), anchors.detach()  # no gradient flows through the search

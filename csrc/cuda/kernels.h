@@ -13,18 +13,34 @@
 #include <cstddef>
 #include <cstdint>
 
+#include "similarity_plan.h"
+
 namespace diffmask_fast {
 namespace cuda {
 
 // ---- max_anchor_similarity ---------------------------------------------------------------------
 
-// How the dot products of max_anchor_similarity are computed (norms and the final division are
-// always float32, or float64 for float64 inputs).
-enum class Precision : int {
-  kFloat32 = 0,  // CUDA-core FMAs in float32: the CPU kernel's results up to rounding
-  kTf32 = 1,     // tensor cores, inputs rounded to TF32 (10-bit mantissa), float32 accumulation
-  kBf16 = 2,     // tensor cores, inputs rounded to bfloat16 (7-bit mantissa), float32 accumulation
+// One block of products, c[i, j] = sum over t < depth of a[i, t] * b[j, t] (i < rows, j < cols):
+// float32 or float64 operands into c of the same type, or bfloat16 operands into float32 c
+// (float32 accumulation). Rows have unit stride and the given leading dimensions.
+enum class ProductType : int { kFloat32 = 0, kFloat64 = 1, kBfloat16 = 2 };
+
+struct ProductBlock {
+  ProductType type = ProductType::kFloat32;
+  const void* a = nullptr;
+  int64_t lda = 0;  // may be 0 (every row the same)
+  const void* b = nullptr;
+  int64_t ldb = 0;
+  int64_t rows = 0;
+  int64_t cols = 0;
+  int64_t depth = 0;
+  void* c = nullptr;
+  int64_t ldc = 0;
 };
+
+// The matrix-product routine of the blocked method: enqueues one block on `stream` (the
+// extension passes torch's cuBLAS products, the C++ tests a plain kernel).
+using ProductFunction = cudaError_t (*)(const ProductBlock& block, cudaStream_t stream, void* context);
 
 struct SimilarityProblem {
   const void* embeddings = nullptr;  // [n, d] rows, row stride `ld` elements, unit inner stride
@@ -35,36 +51,27 @@ struct SimilarityProblem {
   int64_t k = 0;
   bool float64 = false;  // embeddings and anchors are double (else float)
   Precision precision = Precision::kFloat32;  // ignored for float64 (always computed in float64)
+  // The blocked method's products; without a routine the fused kernel searches every K (float32
+  // and lower inputs only: float64 needs one).
+  ProductFunction product = nullptr;
+  void* product_context = nullptr;
   float* values = nullptr;     // [n] max cosine
   int64_t* indices = nullptr;  // [n] first anchor reaching it
 };
 
-// How a problem is cut: rows in tiles of `block_rows`, anchors in tiles of `block_anchors`, and
-// the anchor tiles split into `groups` that run in parallel (each group keeps a running max per
-// row; a last pass merges the groups). Never more than [groups, n] partial maxima are stored,
-// whatever k is: the [n, k] matrix of similarities is never formed.
-struct SimilarityPlan {
-  int kernel = 0;  // internal kernel choice
-  int block_rows = 0;
-  int block_anchors = 0;
-  int64_t row_tiles = 0;
-  int64_t anchor_tiles = 0;
-  int64_t groups = 0;
-  int64_t tiles_per_group = 0;
-  size_t workspace_bytes = 0;
-};
+// The plan of a problem (similarity_plan.h); cudaErrorInvalidValue for sizes no plan fits.
+cudaError_t plan_max_anchor_similarity(const SimilarityProblem& problem, SimilarityPlan* plan,
+                                       const BlockLimits& limits = BlockLimits());
 
-// The plan of a problem on `device` (reads its multiprocessor count and the kernels' occupancy).
-cudaError_t plan_max_anchor_similarity(const SimilarityProblem& problem, int device, SimilarityPlan* plan);
-
-// Runs a planned problem; `workspace` holds plan.workspace_bytes bytes, 256-byte aligned.
+// Runs a planned problem; `workspace` holds plan.workspace_bytes bytes, 256-byte aligned. Errors
+// of the product routine are returned as they come, before anything else is launched.
 cudaError_t max_anchor_similarity(const SimilarityProblem& problem, const SimilarityPlan& plan, void* workspace,
                                   cudaStream_t stream);
 
-// Whether the tensor-core precisions run on `device`: they need compute capability 8.0 or newer
-// and kernels compiled for it; a build with no kernel for the device runs no precision at all.
-enum class TensorCoreSupport { kSupported, kOldGpuOrBuild, kNoKernelForDevice };
-TensorCoreSupport tensor_core_support(int device);
+// Whether the bfloat16 precisions run on `device`: their products need compute capability 8.0
+// or newer, and a build with no kernel for the device runs no precision at all.
+enum class Bf16Support { kSupported, kOldGpu, kNoKernelForDevice };
+Bf16Support bf16_support(int device);
 
 // ---- sample_without_replacement --------------------------------------------------------------
 

@@ -1,19 +1,21 @@
-// CUDA kernels of max_anchor_similarity: a tiled matrix product whose epilogue keeps a running
-// max and first arg max per row instead of writing the products out.
+// CUDA kernels of max_anchor_similarity, by one of two methods (similarity_plan.h):
 //
-// A thread block owns a tile of rows and walks a range of anchor tiles. For each anchor tile it
-// computes the [rows x anchors] dot products in registers (CUDA-core FMAs, or tensor cores for
-// the TF32 / bfloat16 precisions), reduces them to one (max, arg max) per row and merges that into
-// the row's running best. When there are few row tiles, the anchor tiles are split into groups
-// that run in parallel and a last kernel merges the groups' (max, arg max): memory is O(groups x
-// rows), never rows x anchors. The squared norms of the rows are summed while the first anchor
-// tile streams them in, so each embedding is read once when one anchor tile covers all anchors
-// (K <= 32 with the small-K tiles) and the search runs at the speed of reading the embeddings.
+// - Fused, for few anchors (K <= 32): a tiled product whose epilogue keeps a running max and
+//   first arg max per row instead of writing the products out. The squared norms of the rows are
+//   summed while the tile streams them in, so every embedding is read once and the search runs
+//   at the speed of reading the embeddings.
+// - Blocked, for more: blocks of the [rows x anchors] product by the caller's matrix-product
+//   routine (torch's cuBLAS in the extension: a hand-written product reaches a fraction of its
+//   rate, above all on tensor cores), each reduced by a kernel that merges its per-row (max,
+//   first arg max) into the rows' running best. Memory: one block, never rows x anchors. The
+//   bfloat16 precisions first write the operands in bfloat16 (the anchors once, the rows block
+//   by block, their squared norms summed on the way).
+// - Without a product routine (the extension passes none where torch's float32 products could be
+//   TF32), the fused kernel searches every K, with larger tiles beyond 32 anchors.
 //
 // Anchors are scaled to unit length first (a zero anchor stays zero: cosine 0); a row's cosine
 // is its best dot product over the square root of its squared norm, as on the CPU.
 #include <cuda_bf16.h>
-#include <mma.h>
 
 #include <cfloat>
 #include <cmath>
@@ -74,15 +76,6 @@ __device__ __forceinline__ void load4(const float* p, float* out) {
   out[3] = v.w;
 }
 
-__device__ __forceinline__ void load4(const double* p, double* out) {
-  const double2 v0 = *reinterpret_cast<const double2*>(p);
-  const double2 v1 = *reinterpret_cast<const double2*>(p + 2);
-  out[0] = v0.x;
-  out[1] = v0.y;
-  out[2] = v1.x;
-  out[3] = v1.y;
-}
-
 // ---- anchors to unit length -------------------------------------------------------------------
 
 template <typename T>
@@ -121,7 +114,7 @@ __global__ void normalize_anchors_kernel(const T* __restrict__ anchors, int64_t 
   }
 }
 
-// ---- CUDA-core kernel ---------------------------------------------------------------------------
+// ---- fused kernel ---------------------------------------------------------------------------------
 //
 // Tile of BM rows x BN anchors, BK dimensions per step, double-buffered in shared memory (stored
 // transposed, [BK][BM + 4], so a thread reads its TM rows and TN anchors as float4s without bank
@@ -132,8 +125,7 @@ __global__ void normalize_anchors_kernel(const T* __restrict__ anchors, int64_t 
 template <typename T, int BM, int BN, int BK, int TM, int TN, int kMinBlocks>
 __global__ void __launch_bounds__((BM / TM) * (BN / TN), kMinBlocks)
     simt_kernel(const T* __restrict__ x, int64_t n, int64_t d, int64_t ld, const T* __restrict__ units, int64_t k,
-                int64_t tiles_per_group, T* __restrict__ part_value, int32_t* __restrict__ part_index,
-                T* __restrict__ norms) {
+                T* __restrict__ best_value, int32_t* __restrict__ best_index, T* __restrict__ norms) {
   constexpr int TX = BN / TN;
   constexpr int TY = BM / TM;
   constexpr int kThreads = TX * TY;
@@ -157,9 +149,6 @@ __global__ void __launch_bounds__((BM / TM) * (BN / TN), kMinBlocks)
   const int ty = tid / TX;
   const int64_t row0 = static_cast<int64_t>(blockIdx.x) * BM;
   const int64_t anchor_tiles = (k + BN - 1) / BN;
-  const int64_t tile_begin = static_cast<int64_t>(blockIdx.y) * tiles_per_group;
-  const int64_t tile_end = tile_begin + tiles_per_group < anchor_tiles ? tile_begin + tiles_per_group : anchor_tiles;
-  const bool want_norms = blockIdx.y == 0;
 
   const int a_row = tid / P;
   const int a_k = (tid % P) * EA;
@@ -180,12 +169,12 @@ __global__ void __launch_bounds__((BM / TM) * (BN / TN), kMinBlocks)
   }
   T squares = 0;  // of this thread's share of row a_row, on the first anchor tile
 
-  for (int64_t tile = tile_begin; tile < tile_end; ++tile) {
+  for (int64_t tile = 0; tile < anchor_tiles; ++tile) {
     const int64_t col0 = tile * BN;
     const int64_t b_global = col0 + b_row;
     const bool b_ok = b_global < k;
     const T* b_src = units + (b_ok ? b_global : 0) * d;
-    const bool first = want_norms && tile == tile_begin;
+    const bool first = tile == 0;
 
     T acc[TM][TN];
 #pragma unroll
@@ -290,210 +279,106 @@ __global__ void __launch_bounds__((BM / TM) * (BN / TN), kMinBlocks)
     }
   }
 
-  if (want_norms) {
-    const T total = sum_lanes<P>(squares);
-    if (tid % P == 0 && a_ok) {
-      norms[a_global] = total;
-    }
+  const T total = sum_lanes<P>(squares);
+  if (tid % P == 0 && a_ok) {
+    norms[a_global] = total;
   }
   if (tx == 0) {
-    const int64_t base = static_cast<int64_t>(blockIdx.y) * n;
 #pragma unroll
     for (int i = 0; i < TM; ++i) {
       const int r = (i / 4) * (BM / (TM / 4)) + ty * 4 + (i % 4);
       if (row0 + r < n) {
-        part_value[base + row0 + r] = run_v[r];
-        part_index[base + row0 + r] = run_i[r];
+        best_value[row0 + r] = run_v[r];
+        best_index[row0 + r] = run_i[r];
       }
     }
   }
 }
 
-// ---- tensor-core kernel (TF32 or bfloat16 inputs, float32 accumulation) -------------------------
-//
-// Tile of 128 rows x 64 anchors, 32 dimensions per step; eight warps, each a 32 x 32 block of
-// 16 x 16 WMMA fragments. The accumulators go through shared memory to the epilogue, where two
-// threads share a row.
-constexpr int kWmmaRows = 128;
-constexpr int kWmmaAnchors = 64;
-constexpr int kWmmaThreads = 256;
+// ---- blocked method: operands and squared norms of the rows, merge of a block of products -------
 
-template <bool kBf16>
-__global__ void __launch_bounds__(kWmmaThreads, 1)
-    wmma_kernel(const float* __restrict__ x, int64_t n, int64_t d, int64_t ld, const float* __restrict__ units,
-                int64_t k, int64_t tiles_per_group, float* __restrict__ part_value, int32_t* __restrict__ part_index,
-                float* __restrict__ norms) {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
-  namespace wmma = nvcuda::wmma;
-  // Staged inputs: TF32 fragments load float and round, bfloat16 ones load bfloat16.
-  using Element = typename std::conditional<kBf16, __nv_bfloat16, float>::type;
-  using Precision = typename std::conditional<kBf16, __nv_bfloat16, wmma::precision::tf32>::type;
-  constexpr int BM = kWmmaRows, BN = kWmmaAnchors, BK = 32;
-  constexpr int kStep = kBf16 ? 16 : 8;               // k of one MMA
-  constexpr int kPitch = BK + (kBf16 ? 8 : 4);         // staged rows, in elements (16-byte multiple)
-  constexpr int kPitchC = BN + 4;                      // accumulator rows, in floats
-  constexpr size_t kStageA = sizeof(Element) * BM * kPitch;
-  constexpr size_t kStageB = sizeof(Element) * BN * kPitch;
-  constexpr size_t kTileC = sizeof(float) * BM * kPitchC;
-  constexpr int P = kWmmaThreads / BM, EA = BK / P;
-  constexpr int Q = kWmmaThreads / BN, EB = BK / Q;
-  // The staged inputs and the accumulator tile are never live together: one buffer holds both.
-  __shared__ __align__(128) unsigned char smem[kStageA + kStageB > kTileC ? kStageA + kStageB : kTileC];
-  Element (*stage_a)[kPitch] = reinterpret_cast<Element (*)[kPitch]>(smem);
-  Element (*stage_b)[kPitch] = reinterpret_cast<Element (*)[kPitch]>(smem + kStageA);
-  float (*tile_c)[kPitchC] = reinterpret_cast<float (*)[kPitchC]>(smem);
-  auto to_element = [](float v) -> Element {
-    if constexpr (kBf16) {
-      return __float2bfloat16_rn(v);
-    } else {
-      return v;  // rounded to TF32 when loaded into fragments
-    }
-  };
-
-  const int tid = threadIdx.x;
-  const int warp = tid / device::kWarp;
-  const int warp_m = warp % 4;  // rows [32 warp_m, +32)
-  const int warp_n = warp / 4;  // anchors [32 warp_n, +32)
-  const int64_t row0 = static_cast<int64_t>(blockIdx.x) * BM;
-  const int64_t anchor_tiles = (k + BN - 1) / BN;
-  const int64_t tile_begin = static_cast<int64_t>(blockIdx.y) * tiles_per_group;
-  const int64_t tile_end = tile_begin + tiles_per_group < anchor_tiles ? tile_begin + tiles_per_group : anchor_tiles;
-  const bool want_norms = blockIdx.y == 0;
-
-  const int a_row = tid / P;  // also the row this thread (with its neighbour) reduces
-  const int a_k = (tid % P) * EA;
-  const int b_row = tid / Q;
-  const int b_k = (tid % Q) * EB;
-  const int64_t a_global = row0 + a_row;
-  const bool a_ok = a_global < n;
-  const float* a_src = x + (a_ok ? a_global : 0) * ld;
-  const int64_t chunks = (d + BK - 1) / BK;
-
-  float run_v = 0;
-  int run_i = -1;
-  float squares = 0;  // of this thread's share of row a_row, on the first anchor tile
-
-  for (int64_t tile = tile_begin; tile < tile_end; ++tile) {
-    const int64_t col0 = tile * BN;
-    const int64_t b_global = col0 + b_row;
-    const bool b_ok = b_global < k;
-    const float* b_src = units + (b_ok ? b_global : 0) * d;
-    const bool first = want_norms && tile == tile_begin;
-
-    wmma::fragment<wmma::accumulator, 16, 16, kStep, float> acc[2][2];
-#pragma unroll
-    for (int i = 0; i < 2; ++i) {
-#pragma unroll
-      for (int j = 0; j < 2; ++j) {
-        wmma::fill_fragment(acc[i][j], 0.0f);
-      }
-    }
-    float ra[EA];
-    float rb[EB];
-    auto load = [&](int64_t chunk) {
-      const int64_t k0 = chunk * BK;
-#pragma unroll
-      for (int e = 0; e < EA; ++e) {
-        const int64_t kk = k0 + a_k + e;
-        ra[e] = a_ok && kk < d ? a_src[kk] : 0.0f;
-      }
-#pragma unroll
-      for (int e = 0; e < EB; ++e) {
-        const int64_t kk = k0 + b_k + e;
-        rb[e] = b_ok && kk < d ? b_src[kk] : 0.0f;
-      }
-    };
-    load(0);
-    for (int64_t chunk = 0; chunk < chunks; ++chunk) {
-      __syncthreads();  // the previous step's fragments (or the last epilogue) are read
-#pragma unroll
-      for (int e = 0; e < EA; ++e) {
-        stage_a[a_row][a_k + e] = to_element(ra[e]);
-        if (first) {
-          squares += ra[e] * ra[e];
-        }
-      }
-#pragma unroll
-      for (int e = 0; e < EB; ++e) {
-        stage_b[b_row][b_k + e] = to_element(rb[e]);
-      }
-      __syncthreads();
-      if (chunk + 1 < chunks) {
-        load(chunk + 1);  // in flight during the MMAs
-      }
-#pragma unroll
-      for (int kk = 0; kk < BK; kk += kStep) {
-        wmma::fragment<wmma::matrix_b, 16, 16, kStep, Precision, wmma::col_major> b_frag[2];
-#pragma unroll
-        for (int j = 0; j < 2; ++j) {
-          wmma::load_matrix_sync(b_frag[j], &stage_b[warp_n * 32 + j * 16][kk], kPitch);
-          if constexpr (!kBf16) {
-#pragma unroll
-            for (int t = 0; t < b_frag[j].num_elements; ++t) {
-              b_frag[j].x[t] = wmma::__float_to_tf32(b_frag[j].x[t]);
-            }
-          }
-        }
-#pragma unroll
-        for (int i = 0; i < 2; ++i) {
-          wmma::fragment<wmma::matrix_a, 16, 16, kStep, Precision, wmma::row_major> a_frag;
-          wmma::load_matrix_sync(a_frag, &stage_a[warp_m * 32 + i * 16][kk], kPitch);
-          if constexpr (!kBf16) {
-#pragma unroll
-            for (int t = 0; t < a_frag.num_elements; ++t) {
-              a_frag.x[t] = wmma::__float_to_tf32(a_frag.x[t]);
-            }
-          }
-#pragma unroll
-          for (int j = 0; j < 2; ++j) {
-            wmma::mma_sync(acc[i][j], a_frag, b_frag[j], acc[i][j]);
+// Squared norms of rows [0, n) of x (when `norms` is set) and, for the bfloat16 precisions, their
+// bfloat16 operands (when `operand` is set, rows `operand_ld` apart): kBf16 the rounded values;
+// kBf16x3 splits each value v into hi = bf16(v) and lo = bf16(v - hi) (v - hi is exact in
+// float32) and writes rows as [hi | lo | hi] and anchors as [lo | hi | hi], so that one product
+// of depth 3 d sums hi*lo + lo*hi + hi*hi: the small cross terms first, before the large ones
+// make the running sum coarse. One warp per row.
+template <typename T>
+__global__ void prepare_rows_kernel(const T* __restrict__ x, int64_t n, int64_t d, int64_t ld, T* __restrict__ norms,
+                                    __nv_bfloat16* __restrict__ operand, int64_t operand_ld, Precision precision,
+                                    bool anchor_side) {
+  const int lane = threadIdx.x % device::kWarp;
+  const int64_t first = (blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x) / device::kWarp;
+  const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x / device::kWarp;
+  const bool split = precision == Precision::kBf16x3;
+  for (int64_t row = first; row < n; row += stride) {
+    const T* values = x + row * ld;
+    T squares = 0;
+    for (int64_t j = lane; j < d; j += device::kWarp) {
+      const T v = values[j];
+      squares += v * v;
+      if constexpr (std::is_same<T, float>::value) {
+        if (operand != nullptr) {
+          __nv_bfloat16* out = operand + row * operand_ld;
+          const __nv_bfloat16 hi = __float2bfloat16_rn(v);
+          if (split) {
+            const __nv_bfloat16 lo = __float2bfloat16_rn(v - __bfloat162float(hi));
+            out[j] = anchor_side ? lo : hi;
+            out[d + j] = anchor_side ? hi : lo;
+            out[2 * d + j] = hi;
+          } else {
+            out[j] = hi;
           }
         }
       }
     }
-    __syncthreads();  // the staged inputs are dead; the accumulators take their place
-#pragma unroll
-    for (int i = 0; i < 2; ++i) {
-#pragma unroll
-      for (int j = 0; j < 2; ++j) {
-        wmma::store_matrix_sync(&tile_c[warp_m * 32 + i * 16][warp_n * 32 + j * 16], acc[i][j], kPitchC,
-                                wmma::mem_row_major);
+    if (norms != nullptr) {
+      squares = device::warp_sum(squares);
+      if (lane == 0) {
+        norms[row] = squares;
       }
     }
-    __syncthreads();
-    float best_v = 0;
-    int best_i = -1;
-    const int half = tid % P;
-#pragma unroll 8
-    for (int j = 0; j < BN / P; ++j) {
-      const int c = half * (BN / P) + j;
-      const int64_t col = col0 + c;
-      const float v = tile_c[a_row][c];
-      if (col < k && !isnan(v)) {
-        merge(best_v, best_i, v, static_cast<int>(col));
-      }
-    }
-    merge_lanes<P>(best_v, best_i);
-    merge(run_v, run_i, best_v, best_i);
   }
-
-  if (want_norms) {
-    const float total = sum_lanes<P>(squares);
-    if (tid % P == 0 && a_ok) {
-      norms[a_global] = total;
-    }
-  }
-  if (tid % P == 0 && a_ok) {
-    const int64_t at = static_cast<int64_t>(blockIdx.y) * n + a_global;
-    part_value[at] = run_v;
-    part_index[at] = run_i;
-  }
-#else
-  __trap();  // the host never launches it below compute capability 8.0
-#endif
 }
 
-// ---- merge of the groups and the final division by the norm -----------------------------------
+// Merges a block of products (rows [0, rows) of `products`, anchors col0 + [0, cols)) into the
+// rows' running best: the block's max (NaN never wins) and first arg max per row, then merged
+// with the best of earlier blocks (`first`: there is none). Blocks come in anchor order, so ties
+// go to the smaller index across blocks too. One warp per row.
+template <typename T>
+__global__ void merge_block_kernel(const T* __restrict__ products, int64_t rows, int64_t cols, int64_t ldc,
+                                   int64_t col0, bool first, T* __restrict__ best_value,
+                                   int32_t* __restrict__ best_index) {
+  const int lane = threadIdx.x % device::kWarp;
+  const int64_t begin = (blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x) / device::kWarp;
+  const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x / device::kWarp;
+  for (int64_t row = begin; row < rows; row += stride) {
+    const T* block = products + row * ldc;
+    T v = 0;
+    int i = -1;
+#pragma unroll 4
+    for (int64_t c = lane; c < cols; c += device::kWarp) {
+      const T product = block[c];
+      if (!isnan(product)) {
+        merge(v, i, product, static_cast<int>(col0 + c));
+      }
+    }
+    merge_lanes<device::kWarp>(v, i);
+    if (lane == 0) {
+      if (!first) {
+        T earlier_v = best_value[row];
+        int earlier_i = best_index[row];
+        merge(earlier_v, earlier_i, v, i);
+        v = earlier_v;
+        i = earlier_i;
+      }
+      best_value[row] = v;
+      best_index[row] = i;
+    }
+  }
+}
+
+// ---- the final division by the norm ---------------------------------------------------------------
 
 // Whether a sum of squares may have over- or underflowed (or is zero or NaN): measured again.
 __device__ __forceinline__ bool out_of_range(float x) { return !(x >= FLT_MIN && x <= FLT_MAX); }
@@ -521,18 +406,14 @@ __device__ void rescaled_row_max(const T* __restrict__ e, int shift, const T* __
 }
 
 template <typename T>
-__global__ void finish_kernel(const T* __restrict__ part_value, const int32_t* __restrict__ part_index,
-                              int64_t groups, int64_t n, const T* __restrict__ norms,
-                              const T* __restrict__ embeddings, int64_t d, int64_t ld, const T* __restrict__ units,
-                              int64_t k, float* __restrict__ values, int64_t* __restrict__ indices) {
+__global__ void finish_kernel(const T* __restrict__ best_value, const int32_t* __restrict__ best_index, int64_t n,
+                              const T* __restrict__ norms, const T* __restrict__ embeddings, int64_t d, int64_t ld,
+                              const T* __restrict__ units, int64_t k, float* __restrict__ values,
+                              int64_t* __restrict__ indices) {
   for (int64_t row = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; row < n;
        row += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-    T merged_v = 0;
-    int best_i = -1;
-    for (int64_t g = 0; g < groups; ++g) {
-      merge(merged_v, best_i, part_value[g * n + row], part_index[g * n + row]);
-    }
-    double best_v = static_cast<double>(merged_v);
+    int best_i = best_index[row];
+    double best_v = static_cast<double>(best_value[row]);
     double norm = sqrt(static_cast<double>(norms[row]));
     if (out_of_range(norms[row])) {
       // Rare: a sum of squares out of range (float32 beyond ~1.8e19 or below ~1e-38), or a zero
@@ -577,101 +458,108 @@ __global__ void finish_kernel(const T* __restrict__ part_value, const int32_t* _
   }
 }
 
-// ---- plans ------------------------------------------------------------------------------------
+// ---- host side -----------------------------------------------------------------------------------
 
-enum Kernel : int { kSimtSmall = 0, kSimtLarge = 1, kSimtDouble = 2, kWmmaTf32 = 3, kWmmaBf16 = 4 };
+// The fused kernel's tiles (type, rows, anchors, dimensions per step, rows and anchors per
+// thread, blocks per multiprocessor). Small: 64 x 32 for K <= 32 (one tile covers the anchors,
+// so the embeddings stream through once; 16 dimensions per step keep enough loads in flight to
+// approach the memory bandwidth). Large: 128 x 128 with 8 x 8 per thread, for more anchors where
+// no product routine computes float32 products.
+#define DIFFMASK_FAST_FUSED_SMALL float, 64, 32, 16, 4, 4, 4
+#define DIFFMASK_FAST_FUSED_LARGE float, 128, 128, 8, 8, 8, 2
+static_assert(kFusedMaxAnchors <= 32, "the small tile holds every anchor");
 
-// CUDA-core tiles: (type, BM, BN, BK, TM, TN, blocks per multiprocessor). Small: 64 x 32 for
-// K <= 32 (one anchor tile, so the embeddings stream through once; 16 dimensions per step keep
-// enough loads in flight to approach the memory bandwidth). Large: 128 x 128 with 8 x 8 per
-// thread. Double: 64 x 64 with 4 x 4 per thread. First knobs if a GPU runs them below target:
-// BK (more bytes in flight per step) and the blocks per multiprocessor (register budget).
-#define DIFFMASK_FAST_SIMT_SMALL float, 64, 32, 16, 4, 4, 4
-#define DIFFMASK_FAST_SIMT_LARGE float, 128, 128, 8, 8, 8, 2
-#define DIFFMASK_FAST_SIMT_DOUBLE double, 64, 64, 8, 4, 4, 2
-
-struct KernelShape {
-  int rows;
-  int anchors;
-  int threads;
-  const void* function;
-};
-
-KernelShape shape_of(int kernel) {
-  switch (kernel) {
-    case kSimtSmall:
-      return {64, 32, 128, reinterpret_cast<const void*>(&simt_kernel<DIFFMASK_FAST_SIMT_SMALL>)};
-    case kSimtLarge:
-      return {128, 128, 256, reinterpret_cast<const void*>(&simt_kernel<DIFFMASK_FAST_SIMT_LARGE>)};
-    case kSimtDouble:
-      return {64, 64, 256, reinterpret_cast<const void*>(&simt_kernel<DIFFMASK_FAST_SIMT_DOUBLE>)};
-    case kWmmaTf32:
-      return {kWmmaRows, kWmmaAnchors, kWmmaThreads, reinterpret_cast<const void*>(&wmma_kernel<false>)};
-    default:
-      return {kWmmaRows, kWmmaAnchors, kWmmaThreads, reinterpret_cast<const void*>(&wmma_kernel<true>)};
-  }
-}
-
-size_t align256(size_t bytes) {
-  return (bytes + 255) / 256 * 256;
-}
+constexpr int kThreads = 256;  // of the other kernels
 
 struct Workspace {
   void* units;
+  __nv_bfloat16* anchor_operand;
+  __nv_bfloat16* row_operand;
   void* norms;
-  void* part_value;
-  int32_t* part_index;
+  void* best_value;
+  int32_t* best_index;
+  void* products;
 };
 
-Workspace carve(const SimilarityProblem& p, const SimilarityPlan& plan, void* base, size_t* total) {
-  const size_t element = p.float64 ? sizeof(double) : sizeof(float);
+Workspace carve(const SimilarityPlan& plan, void* base) {
   unsigned char* at = static_cast<unsigned char*>(base);
-  Workspace w;
-  size_t offset = 0;
-  w.units = at + offset;
-  offset += align256(element * static_cast<size_t>(p.k) * static_cast<size_t>(p.d));
-  w.norms = at + offset;
-  offset += align256(element * static_cast<size_t>(p.n));
-  w.part_value = at + offset;
-  offset += align256(element * static_cast<size_t>(plan.groups) * static_cast<size_t>(p.n));
-  w.part_index = reinterpret_cast<int32_t*>(at + offset);
-  offset += align256(sizeof(int32_t) * static_cast<size_t>(plan.groups) * static_cast<size_t>(p.n));
-  *total = offset;
-  return w;
+  return {at + plan.units,
+          reinterpret_cast<__nv_bfloat16*>(at + plan.anchor_operand),
+          reinterpret_cast<__nv_bfloat16*>(at + plan.row_operand),
+          at + plan.norms,
+          at + plan.best_value,
+          reinterpret_cast<int32_t*>(at + plan.best_index),
+          at + plan.products};
 }
 
-template <typename T, int BM, int BN, int BK, int TM, int TN, int kMinBlocks>
-void launch_simt(const SimilarityProblem& p, const SimilarityPlan& plan, const Workspace& w, cudaStream_t stream) {
-  const dim3 grid(static_cast<unsigned>(plan.row_tiles), static_cast<unsigned>(plan.groups));
-  constexpr int kThreads = (BM / TM) * (BN / TN);
-  simt_kernel<T, BM, BN, BK, TM, TN, kMinBlocks><<<grid, kThreads, 0, stream>>>(
-      static_cast<const T*>(p.embeddings), p.n, p.d, p.ld, static_cast<const T*>(w.units), p.k, plan.tiles_per_group,
-      static_cast<T*>(w.part_value), w.part_index, static_cast<T*>(w.norms));
-}
-
-template <bool kBf16>
-void launch_wmma(const SimilarityProblem& p, const SimilarityPlan& plan, const Workspace& w, cudaStream_t stream) {
-  const dim3 grid(static_cast<unsigned>(plan.row_tiles), static_cast<unsigned>(plan.groups));
-  wmma_kernel<kBf16><<<grid, kWmmaThreads, 0, stream>>>(
-      static_cast<const float*>(p.embeddings), p.n, p.d, p.ld, static_cast<const float*>(w.units), p.k,
-      plan.tiles_per_group, static_cast<float*>(w.part_value), w.part_index, static_cast<float*>(w.norms));
+// Blocks for one warp per item, grid-stride beyond a million warps.
+unsigned warp_blocks(int64_t items) {
+  const int64_t warps_per_block = kThreads / device::kWarp;
+  const int64_t needed = (items + warps_per_block - 1) / warps_per_block;
+  return static_cast<unsigned>(needed < (int64_t{1} << 17) ? (needed > 0 ? needed : 1) : (int64_t{1} << 17));
 }
 
 template <typename T>
-void launch_prologue_epilogue(const SimilarityProblem& p, const SimilarityPlan& plan, const Workspace& w,
-                              cudaStream_t stream, bool prologue) {
-  const int threads = 256;
-  if (prologue) {
-    const int64_t blocks = (p.k * device::kWarp + threads - 1) / threads;
-    normalize_anchors_kernel<T><<<static_cast<unsigned>(blocks), threads, 0, stream>>>(
-        static_cast<const T*>(p.anchors), p.k, p.d, static_cast<T*>(w.units));
-  } else {
-    const int64_t needed = (p.n + threads - 1) / threads;
-    const int64_t blocks = needed < 65536 ? needed : 65536;
-    finish_kernel<T><<<static_cast<unsigned>(blocks), threads, 0, stream>>>(
-        static_cast<const T*>(w.part_value), w.part_index, plan.groups, p.n, static_cast<const T*>(w.norms),
-        static_cast<const T*>(p.embeddings), p.d, p.ld, static_cast<const T*>(w.units), p.k, p.values, p.indices);
+cudaError_t run_blocked(const SimilarityProblem& p, const SimilarityPlan& plan, const Workspace& w,
+                        cudaStream_t stream) {
+  const bool bf16 = !p.float64 && p.precision != Precision::kFloat32;
+  const T* x = static_cast<const T*>(p.embeddings);
+  const T* units = static_cast<const T*>(w.units);
+  T* norms = static_cast<T*>(w.norms);
+  T* products = static_cast<T*>(w.products);
+  if (bf16) {
+    prepare_rows_kernel<T><<<warp_blocks(p.k), kThreads, 0, stream>>>(
+        units, p.k, p.d, p.d, nullptr, w.anchor_operand, plan.operand_ld, p.precision, /*anchor_side=*/true);
   }
+  ProductBlock block;
+  block.type = p.float64 ? ProductType::kFloat64 : (bf16 ? ProductType::kBfloat16 : ProductType::kFloat32);
+  block.depth = plan.depth;
+  block.c = products;
+  for (int64_t row0 = 0; row0 < p.n; row0 += plan.row_block) {
+    const int64_t rows = p.n - row0 < plan.row_block ? p.n - row0 : plan.row_block;
+    prepare_rows_kernel<T><<<warp_blocks(rows), kThreads, 0, stream>>>(
+        x + row0 * p.ld, rows, p.d, p.ld, norms + row0, bf16 ? w.row_operand : nullptr, plan.operand_ld, p.precision,
+        /*anchor_side=*/false);
+    block.a = bf16 ? static_cast<const void*>(w.row_operand) : static_cast<const void*>(x + row0 * p.ld);
+    block.lda = bf16 ? plan.operand_ld : p.ld;
+    block.rows = rows;
+    for (int64_t col0 = 0; col0 < p.k; col0 += plan.anchor_block) {
+      const int64_t cols = p.k - col0 < plan.anchor_block ? p.k - col0 : plan.anchor_block;
+      // A launch error must reach the caller as ours, not as the product routine's.
+      cudaError_t status = cudaGetLastError();
+      if (status != cudaSuccess) {
+        return status;
+      }
+      block.b = bf16 ? static_cast<const void*>(w.anchor_operand + col0 * plan.operand_ld)
+                     : static_cast<const void*>(units + col0 * p.d);
+      block.ldb = bf16 ? plan.operand_ld : p.d;
+      block.cols = cols;
+      block.ldc = cols;
+      status = p.product(block, stream, p.product_context);
+      if (status != cudaSuccess) {
+        return status;
+      }
+      merge_block_kernel<T><<<warp_blocks(rows), kThreads, 0, stream>>>(
+          products, rows, cols, cols, col0, col0 == 0, static_cast<T*>(w.best_value) + row0, w.best_index + row0);
+    }
+  }
+  return cudaGetLastError();
+}
+
+template <typename T>
+void normalize_anchors(const SimilarityProblem& p, const Workspace& w, cudaStream_t stream) {
+  const int64_t blocks = (p.k * device::kWarp + kThreads - 1) / kThreads;
+  normalize_anchors_kernel<T><<<static_cast<unsigned>(blocks), kThreads, 0, stream>>>(
+      static_cast<const T*>(p.anchors), p.k, p.d, static_cast<T*>(w.units));
+}
+
+template <typename T>
+void finish(const SimilarityProblem& p, const Workspace& w, cudaStream_t stream) {
+  const int64_t needed = (p.n + kThreads - 1) / kThreads;
+  const int64_t blocks = needed < 65536 ? needed : 65536;
+  finish_kernel<T><<<static_cast<unsigned>(blocks), kThreads, 0, stream>>>(
+      static_cast<const T*>(w.best_value), w.best_index, p.n, static_cast<const T*>(w.norms),
+      static_cast<const T*>(p.embeddings), p.d, p.ld, static_cast<const T*>(w.units), p.k, p.values, p.indices);
 }
 
 // A failed runtime query leaves its error as CUDA's "last error", which the next launch check of
@@ -685,84 +573,36 @@ cudaError_t cleared(cudaError_t status) {
 
 }  // namespace
 
-TensorCoreSupport tensor_core_support(int device) {
-  // The code that runs must have been compiled for this device at all (else no kernel of the
-  // extension runs on it), and for compute capability 8.0 or later: a build for older
-  // architectures only (say TORCH_CUDA_ARCH_LIST=7.5+PTX) runs PTX whose tensor-core body is a
-  // trap. ptxVersion is the virtual architecture the kernel was compiled for.
+Bf16Support bf16_support(int device) {
+  // The extension must hold code for this device at all (else none of its kernels runs on it).
   int current = 0;
   cudaFuncAttributes attributes;
   if (cleared(cudaGetDevice(&current)) != cudaSuccess || cleared(cudaSetDevice(device)) != cudaSuccess) {
-    return TensorCoreSupport::kOldGpuOrBuild;
+    return Bf16Support::kOldGpu;
   }
-  const cudaError_t status = cleared(cudaFuncGetAttributes(&attributes, wmma_kernel<false>));
+  const cudaError_t status = cleared(cudaFuncGetAttributes(&attributes, merge_block_kernel<float>));
   cleared(cudaSetDevice(current));
   if (status == cudaErrorNoKernelImageForDevice || status == cudaErrorInvalidDeviceFunction) {
-    return TensorCoreSupport::kNoKernelForDevice;
+    return Bf16Support::kNoKernelForDevice;
   }
   int major = 0;
   if (cleared(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device)) != cudaSuccess ||
-      major < 8 || status != cudaSuccess || attributes.ptxVersion < 80) {
-    return TensorCoreSupport::kOldGpuOrBuild;
+      major < 8 || status != cudaSuccess) {
+    return Bf16Support::kOldGpu;
   }
-  return TensorCoreSupport::kSupported;
+  return Bf16Support::kSupported;
 }
 
-cudaError_t plan_max_anchor_similarity(const SimilarityProblem& p, int device, SimilarityPlan* plan) {
-  if (p.n < 0 || p.d < 1 || p.k < 1 || p.k > 0x7FFFFFFF) {
-    return cudaErrorInvalidValue;
-  }
-  SimilarityPlan out;
-  if (p.float64) {
-    out.kernel = kSimtDouble;
-  } else if (p.precision == Precision::kTf32) {
-    out.kernel = kWmmaTf32;
-  } else if (p.precision == Precision::kBf16) {
-    out.kernel = kWmmaBf16;
-  } else {
-    out.kernel = p.k <= 32 ? kSimtSmall : kSimtLarge;
-  }
-  const KernelShape shape = shape_of(out.kernel);
-  out.block_rows = shape.rows;
-  out.block_anchors = shape.anchors;
-  out.row_tiles = (p.n + shape.rows - 1) / shape.rows;
-  out.anchor_tiles = (p.k + shape.anchors - 1) / shape.anchors;
-  if (out.row_tiles > 0x7FFFFFFF) {
-    return cudaErrorInvalidValue;
-  }
-
-  int multiprocessors = 0;
-  cudaError_t status = cleared(cudaDeviceGetAttribute(&multiprocessors, cudaDevAttrMultiProcessorCount, device));
-  if (status != cudaSuccess) {
-    return status;
-  }
-  int per_multiprocessor = 0;
-  status = cleared(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_multiprocessor, shape.function, shape.threads, 0));
-  if (status != cudaSuccess) {
-    return status;
-  }
-  const int64_t slots = static_cast<int64_t>(multiprocessors) * (per_multiprocessor > 0 ? per_multiprocessor : 1);
-
-  // Groups of anchor tiles: the fewest that minimize (waves of blocks) x (tiles per block).
-  int64_t best_groups = 1;
-  int64_t best_cost = -1;
-  const int64_t row_tiles = out.row_tiles > 0 ? out.row_tiles : 1;
-  int64_t limit = out.anchor_tiles < 8 * slots ? out.anchor_tiles : 8 * slots;
-  limit = limit < 65535 ? limit : 65535;
-  for (int64_t groups = 1; groups <= limit; ++groups) {
-    const int64_t per_group = (out.anchor_tiles + groups - 1) / groups;
-    const int64_t waves = (row_tiles * groups + slots - 1) / slots;
-    const int64_t cost = waves * per_group;
-    if (best_cost < 0 || cost < best_cost) {
-      best_cost = cost;
-      best_groups = groups;
-    }
-  }
-  out.tiles_per_group = (out.anchor_tiles + best_groups - 1) / best_groups;
-  out.groups = (out.anchor_tiles + out.tiles_per_group - 1) / out.tiles_per_group;
-  carve(p, out, nullptr, &out.workspace_bytes);
-  *plan = out;
-  return cudaSuccess;
+cudaError_t plan_max_anchor_similarity(const SimilarityProblem& p, SimilarityPlan* plan, const BlockLimits& limits) {
+  SimilaritySizes sizes;
+  sizes.n = p.n;
+  sizes.d = p.d;
+  sizes.k = p.k;
+  sizes.float64 = p.float64;
+  sizes.precision = p.precision;
+  sizes.products = p.product != nullptr;
+  sizes.strided_rows = p.n > 1 && p.ld < p.d;
+  return plan_similarity(sizes, limits, plan) ? cudaSuccess : cudaErrorInvalidValue;
 }
 
 cudaError_t max_anchor_similarity(const SimilarityProblem& p, const SimilarityPlan& plan, void* workspace,
@@ -770,35 +610,46 @@ cudaError_t max_anchor_similarity(const SimilarityProblem& p, const SimilarityPl
   if (p.n == 0) {
     return cudaSuccess;
   }
-  size_t total = 0;
-  const Workspace w = carve(p, plan, workspace, &total);
+  const bool blocked = plan.method == SimilarityMethod::kBlocked;
+  if ((blocked && p.product == nullptr) || (!blocked && p.float64)) {
+    return cudaErrorInvalidValue;
+  }
+  const bool small = p.k <= kFusedMaxAnchors;
+  const int64_t tile_rows = small ? 64 : 128;
+  if (!blocked && (p.n + tile_rows - 1) / tile_rows > 0x7FFFFFFF) {
+    return cudaErrorInvalidValue;
+  }
+  const Workspace w = carve(plan, workspace);
   if (p.float64) {
-    launch_prologue_epilogue<double>(p, plan, w, stream, true);
+    normalize_anchors<double>(p, w, stream);
+    const cudaError_t status = run_blocked<double>(p, plan, w, stream);
+    if (status != cudaSuccess) {
+      return status;
+    }
+    finish<double>(p, w, stream);
+    return cudaGetLastError();
+  }
+  normalize_anchors<float>(p, w, stream);
+  if (blocked) {
+    const cudaError_t status = run_blocked<float>(p, plan, w, stream);
+    if (status != cudaSuccess) {
+      return status;
+    }
   } else {
-    launch_prologue_epilogue<float>(p, plan, w, stream, true);
+    const dim3 grid(static_cast<unsigned>((p.n + tile_rows - 1) / tile_rows));
+    const float* x = static_cast<const float*>(p.embeddings);
+    const float* units = static_cast<const float*>(w.units);
+    float* best_value = static_cast<float*>(w.best_value);
+    float* norms = static_cast<float*>(w.norms);
+    if (small) {
+      simt_kernel<DIFFMASK_FAST_FUSED_SMALL><<<grid, 128, 0, stream>>>(x, p.n, p.d, p.ld, units, p.k, best_value,
+                                                                      w.best_index, norms);
+    } else {
+      simt_kernel<DIFFMASK_FAST_FUSED_LARGE><<<grid, 256, 0, stream>>>(x, p.n, p.d, p.ld, units, p.k, best_value,
+                                                                      w.best_index, norms);
+    }
   }
-  switch (plan.kernel) {
-    case kSimtSmall:
-      launch_simt<DIFFMASK_FAST_SIMT_SMALL>(p, plan, w, stream);
-      break;
-    case kSimtLarge:
-      launch_simt<DIFFMASK_FAST_SIMT_LARGE>(p, plan, w, stream);
-      break;
-    case kSimtDouble:
-      launch_simt<DIFFMASK_FAST_SIMT_DOUBLE>(p, plan, w, stream);
-      break;
-    case kWmmaTf32:
-      launch_wmma<false>(p, plan, w, stream);
-      break;
-    default:
-      launch_wmma<true>(p, plan, w, stream);
-      break;
-  }
-  if (p.float64) {
-    launch_prologue_epilogue<double>(p, plan, w, stream, false);
-  } else {
-    launch_prologue_epilogue<float>(p, plan, w, stream, false);
-  }
+  finish<float>(p, w, stream);
   return cudaGetLastError();
 }
 

@@ -1,6 +1,7 @@
 // CUDA adapters of max_anchor_similarity and max_anchor_similarity_precision: argument checks,
-// layouts, workspace, current stream.
+// layouts, workspace, current stream, and the blocked method's matrix products (torch's cuBLAS).
 #include <ATen/ATen.h>
+#include <ATen/Context.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
@@ -19,7 +20,7 @@ Precision parse_precision(c10::string_view precision) {
     return Precision::kFloat32;
   }
   if (precision == "high") {
-    return Precision::kTf32;
+    return Precision::kBf16x3;
   }
   TORCH_CHECK_VALUE(precision == "medium", kOp, ": precision must be 'highest', 'high' or 'medium', got '", precision,
                     "'");
@@ -35,6 +36,38 @@ at::Tensor anchors_in(const at::Tensor& anchors, at::ScalarType dtype) {
   }
   const at::Tensor largest = anchors.abs().amax(1, /*keepdim=*/true);  // NaN rows stay NaN
   return (anchors / at::where(largest > 0, largest, at::ones_like(largest))).to(dtype).contiguous();
+}
+
+// One block of the blocked method's products through torch, on torch's current stream (the one
+// the kernels run on): float32 with TF32 off (a thread-local guard), float64, or bfloat16
+// operands summed into float32.
+cudaError_t product_with_torch(const ProductBlock& block, cudaStream_t stream, void* context) {
+  const at::Device device = *static_cast<const at::Device*>(context);
+  TORCH_INTERNAL_ASSERT(stream == c10::cuda::getCurrentCUDAStream(device.index()).stream(),
+                        "the products must run on the stream of the kernels");
+  const at::ScalarType operand_type = block.type == ProductType::kFloat64   ? at::kDouble
+                                      : block.type == ProductType::kBfloat16 ? at::kBFloat16
+                                                                              : at::kFloat;
+  const at::ScalarType out_type = block.type == ProductType::kFloat64 ? at::kDouble : at::kFloat;
+  const auto operands = at::TensorOptions().dtype(operand_type).device(device);
+  const at::Tensor a = at::from_blob(const_cast<void*>(block.a), {block.rows, block.depth}, {block.lda, 1}, operands);
+  const at::Tensor b = at::from_blob(const_cast<void*>(block.b), {block.cols, block.depth}, {block.ldb, 1}, operands);
+  at::Tensor c = at::from_blob(block.c, {block.rows, block.cols}, {block.ldc, 1}, operands.dtype(out_type));
+  if (block.type == ProductType::kBfloat16) {
+    at::mm_out(c, a, b.t(), at::kFloat);
+  } else {
+    const at::NoTF32Guard full_float32;
+    at::mm_out(c, a, b.t());
+  }
+  return cudaSuccess;
+}
+
+// Whether torch computes float32 products in float32 under the guard above. Its cuBLASLt path
+// takes TF32 from torch's global setting alone, so where torch prefers cuBLASLt and allows TF32
+// the fused kernel searches instead (slower, never TF32).
+bool float32_products_exact() {
+  at::Context& context = at::globalContext();
+  return context.blasPreferredBackend() != at::BlasBackend::Cublaslt || !context.allowTF32CuBLAS();
 }
 
 std::tuple<at::Tensor, at::Tensor> max_anchor_similarity_precision_cuda(const at::Tensor& embeddings,
@@ -56,13 +89,13 @@ std::tuple<at::Tensor, at::Tensor> max_anchor_similarity_precision_cuda(const at
   const bool float64 = embeddings.scalar_type() == at::kDouble;
   const at::ScalarType dtype = float64 ? at::kDouble : at::kFloat;  // half / bfloat16: exact in float32
   if (mode != Precision::kFloat32 && !float64) {
-    const TensorCoreSupport support = tensor_core_support(embeddings.device().index());
-    TORCH_CHECK_VALUE(support != TensorCoreSupport::kNoKernelForDevice, kOp,
+    const Bf16Support support = bf16_support(embeddings.device().index());
+    TORCH_CHECK_VALUE(support != Bf16Support::kNoKernelForDevice, kOp,
                       ": this build of the extension has no kernels for this GPU (no precision runs on it); "
                       "rebuild it for the GPU's architecture (TORCH_CUDA_ARCH_LIST)");
-    TORCH_CHECK_VALUE(support == TensorCoreSupport::kSupported, kOp, ": precision '", precision,
-                      "' needs a GPU of compute capability 8.0 or newer and an extension built for one "
-                      "(TORCH_CUDA_ARCH_LIST 8.0 or later); use 'highest'");
+    TORCH_CHECK_VALUE(support == Bf16Support::kSupported, kOp, ": precision '", precision,
+                      "' needs a GPU of compute capability 8.0 or newer (its products are bfloat16 "
+                      "tensor-core products); use 'highest'");
   }
   at::Tensor e = embeddings.reshape({n, d});  // a view unless the leading dims cannot be flattened
   if (e.scalar_type() != dtype) {
@@ -84,8 +117,13 @@ std::tuple<at::Tensor, at::Tensor> max_anchor_similarity_precision_cuda(const at
   problem.precision = mode;
   problem.values = values.data_ptr<float>();
   problem.indices = indices.data_ptr<int64_t>();
+  at::Device device = embeddings.device();
+  if (float64 || mode != Precision::kFloat32 || float32_products_exact()) {
+    problem.product = &product_with_torch;
+    problem.product_context = &device;
+  }
   SimilarityPlan plan;
-  check_launch(plan_max_anchor_similarity(problem, embeddings.device().index(), &plan), kOp);
+  check_launch(plan_max_anchor_similarity(problem, &plan), kOp);
   const at::Tensor scratch = workspace(plan.workspace_bytes, embeddings);
   check_launch(max_anchor_similarity(problem, plan, scratch.data_ptr(), c10::cuda::getCurrentCUDAStream().stream()),
                kOp);

@@ -1,6 +1,7 @@
 // The CUDA kernels (csrc/cuda, torch-free) against the CPU algorithms of csrc/core: masking and
 // sampling must match bit for bit for the same seed, similarities within float32 rounding.
 // Exits with 77 (reported as skipped by ctest) when no CUDA device is present.
+#include <cuda_bf16.h>
 #include <cuda_runtime.h>
 
 #include <algorithm>
@@ -8,8 +9,10 @@
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
+#include <limits>
 #include <memory>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #include "check.h"
@@ -237,13 +240,77 @@ void test_sampling_status() {
   CHECK(status[5] == cuda::kSampleNegativeCount);
 }
 
-void test_similarity(uint64_t seed, int64_t n, int64_t d, int64_t k, cuda::Precision precision, double tolerance) {
+// The blocked method's products by a plain kernel (the extension passes torch's cuBLAS): one
+// thread per product, summed in the output's type.
+template <typename In, typename Out>
+__global__ void plain_product_kernel(const In* a, int64_t lda, const In* b, int64_t ldb, int64_t rows, int64_t cols,
+                                     int64_t depth, Out* c, int64_t ldc) {
+  for (int64_t at = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; at < rows * cols;
+       at += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const int64_t i = at / cols;
+    const int64_t j = at % cols;
+    Out sum = 0;
+    for (int64_t t = 0; t < depth; ++t) {
+      sum += static_cast<Out>(a[i * lda + t]) * static_cast<Out>(b[j * ldb + t]);
+    }
+    c[i * ldc + j] = sum;
+  }
+}
+
+struct ProductCalls {
+  int blocks = 0;
+  bool failing = false;  // the routine fails (as torch's would with an error)
+};
+
+cudaError_t plain_product(const cuda::ProductBlock& block, cudaStream_t stream, void* context) {
+  ProductCalls& calls = *static_cast<ProductCalls*>(context);
+  ++calls.blocks;
+  if (calls.failing) {
+    return cudaErrorNotSupported;
+  }
+  const unsigned grid = static_cast<unsigned>(std::min<int64_t>((block.rows * block.cols + 255) / 256, 4096));
+  switch (block.type) {
+    case cuda::ProductType::kFloat32:
+      plain_product_kernel<<<grid, 256, 0, stream>>>(static_cast<const float*>(block.a), block.lda,
+                                                       static_cast<const float*>(block.b), block.ldb, block.rows,
+                                                       block.cols, block.depth, static_cast<float*>(block.c), block.ldc);
+      break;
+    case cuda::ProductType::kFloat64:
+      plain_product_kernel<<<grid, 256, 0, stream>>>(static_cast<const double*>(block.a), block.lda,
+                                                       static_cast<const double*>(block.b), block.ldb, block.rows,
+                                                       block.cols, block.depth, static_cast<double*>(block.c),
+                                                       block.ldc);
+      break;
+    case cuda::ProductType::kBfloat16:
+      plain_product_kernel<<<grid, 256, 0, stream>>>(static_cast<const __nv_bfloat16*>(block.a), block.lda,
+                                                       static_cast<const __nv_bfloat16*>(block.b), block.ldb,
+                                                       block.rows, block.cols, block.depth,
+                                                       static_cast<float*>(block.c), block.ldc);
+      break;
+  }
+  return cudaGetLastError();
+}
+
+template <typename T>
+void test_similarity(uint64_t seed, int64_t n, int64_t d, int64_t k, cuda::Precision precision, double tolerance,
+                     const cuda::BlockLimits& limits = cuda::BlockLimits(), bool duplicates = false,
+                     bool with_products = true) {
   Random rng(seed);
-  std::vector<float> x(n * d), a(k * d);
-  for (auto& v : x) v = static_cast<float>(2 * rng.unit() - 1);
-  for (auto& v : a) v = static_cast<float>(2 * rng.unit() - 1);
-  for (int64_t j = 0; j < d; ++j) x[j] = 0.0f;  // a zero embedding
-  DeviceArray<float> d_x(x), d_a(a), d_values(n);
+  std::vector<T> x(n * d), a(k * d);
+  for (auto& v : x) v = static_cast<T>(2 * rng.unit() - 1);
+  for (auto& v : a) v = static_cast<T>(2 * rng.unit() - 1);
+  for (int64_t j = 0; j < d; ++j) x[j] = 0;  // a zero embedding
+  if (duplicates && k >= 3) {
+    for (int64_t j = 0; j < d; ++j) a[(k - 1) * d + j] = a[1 * d + j];  // ties go to anchor 1
+    for (int64_t r = 1; r < n; r += 7) {
+      for (int64_t j = 0; j < d; ++j) x[r * d + j] = a[1 * d + j] * 2;  // exactly anchor 1's direction
+    }
+  }
+  if (n > 2) {
+    x[2 * d] = std::numeric_limits<T>::quiet_NaN();  // a NaN embedding: (NaN, 0)
+  }
+  DeviceArray<T> d_x(x), d_a(a);
+  DeviceArray<float> d_values(n);
   DeviceArray<int64_t> d_indices(n);
   cuda::SimilarityProblem p;
   p.embeddings = d_x.data;
@@ -252,14 +319,25 @@ void test_similarity(uint64_t seed, int64_t n, int64_t d, int64_t k, cuda::Preci
   p.ld = d;
   p.anchors = d_a.data;
   p.k = k;
+  p.float64 = std::is_same<T, double>::value;
   p.precision = precision;
+  ProductCalls calls;
+  if (with_products) {
+    p.product = &plain_product;
+    p.product_context = &calls;
+  }
   p.values = d_values.data;
   p.indices = d_indices.data;
   cuda::SimilarityPlan plan;
-  CUDA_OK(cuda::plan_max_anchor_similarity(p, 0, &plan));
+  CUDA_OK(cuda::plan_max_anchor_similarity(p, &plan, limits));
+  CHECK((plan.method == cuda::SimilarityMethod::kBlocked) == (p.float64 || (with_products && k > 32)));
   DeviceArray<unsigned char> workspace(plan.workspace_bytes);
   CUDA_OK(cuda::max_anchor_similarity(p, plan, workspace.data, nullptr));
   CUDA_OK(cudaDeviceSynchronize());
+  const bool blocked = plan.method == cuda::SimilarityMethod::kBlocked;
+  const int64_t expected_blocks =
+      blocked ? ((n + plan.row_block - 1) / plan.row_block) * ((k + plan.anchor_block - 1) / plan.anchor_block) : 0;
+  CHECK(calls.blocks == expected_blocks);
   const std::vector<float> values = d_values.host();
   const std::vector<int64_t> indices = d_indices.host();
   std::vector<double> anchor_norm(k);
@@ -270,6 +348,10 @@ void test_similarity(uint64_t seed, int64_t n, int64_t d, int64_t k, cuda::Preci
   }
   double worst = 0;
   for (int64_t r = 0; r < n; ++r) {
+    if (r == 2) {
+      CHECK(std::isnan(values[r]) && indices[r] == 0);
+      continue;
+    }
     double norm = 0;
     for (int64_t j = 0; j < d; ++j) norm += static_cast<double>(x[r * d + j]) * x[r * d + j];
     norm = std::sqrt(norm);
@@ -283,14 +365,48 @@ void test_similarity(uint64_t seed, int64_t n, int64_t d, int64_t k, cuda::Preci
     worst = std::max(worst, std::fabs(values[r] - best));
     CHECK(indices[r] >= 0 && indices[r] < k);
     if (indices[r] >= 0 && indices[r] < k) CHECK(cosine(indices[r]) >= best - 2 * tolerance);
+    if (duplicates && k >= 3 && r % 7 == 1) CHECK(indices[r] == 1);
   }
   CHECK(values[0] == 0.0f && indices[0] == 0);
   if (!(worst <= tolerance)) {
-    std::fprintf(stderr, "similarity n=%lld d=%lld k=%lld precision=%d: max error %g > %g\n",
+    std::fprintf(stderr, "similarity n=%lld d=%lld k=%lld precision=%d float64=%d: max error %g > %g\n",
                  static_cast<long long>(n), static_cast<long long>(d), static_cast<long long>(k),
-                 static_cast<int>(precision), worst, tolerance);
+                 static_cast<int>(precision), static_cast<int>(p.float64), worst, tolerance);
     CHECK(false);
   }
+}
+
+// A failing product routine: its error comes back, and nothing is written after it.
+void test_similarity_product_error() {
+  const int64_t n = 40, d = 8, k = 50;
+  std::vector<float> x(n * d, 1.0f), a(k * d, 1.0f);
+  DeviceArray<float> d_x(x), d_a(a), d_values(std::vector<float>(n, -7.0f));
+  DeviceArray<int64_t> d_indices(std::vector<int64_t>(n, -7));
+  cuda::SimilarityProblem p;
+  p.embeddings = d_x.data;
+  p.n = n;
+  p.d = d;
+  p.ld = d;
+  p.anchors = d_a.data;
+  p.k = k;
+  ProductCalls calls;
+  calls.failing = true;
+  p.product = &plain_product;
+  p.product_context = &calls;
+  p.values = d_values.data;
+  p.indices = d_indices.data;
+  cuda::SimilarityPlan plan;
+  CUDA_OK(cuda::plan_max_anchor_similarity(p, &plan));
+  CHECK(plan.method == cuda::SimilarityMethod::kBlocked);
+  DeviceArray<unsigned char> workspace(plan.workspace_bytes);
+  CHECK(cuda::max_anchor_similarity(p, plan, workspace.data, nullptr) == cudaErrorNotSupported);
+  CHECK(calls.blocks == 1);
+  CUDA_OK(cudaDeviceSynchronize());
+  CHECK(d_values.host() == std::vector<float>(n, -7.0f));
+  p.product = nullptr;  // the blocked method needs a product routine
+  CHECK(cuda::max_anchor_similarity(p, plan, workspace.data, nullptr) == cudaErrorInvalidValue);
+  p.float64 = true;  // and float64 has no other method
+  CHECK(cuda::plan_max_anchor_similarity(p, &plan) == cudaErrorInvalidValue);
 }
 
 void test_lookup() {
@@ -351,15 +467,30 @@ int main(int argc, char** argv) {
     test_sampling(seed, quick ? 3 : 20, 513, true, true);
   }
   test_sampling_status();
-  for (int64_t k : {1, 5, 32, 33, 300}) {
-    test_similarity(k, quick ? 200 : 1000, 96, k, cuda::Precision::kFloat32, 1e-5);
+  const double float32 = 1e-5;
+  for (int64_t k : {1, 5, 32, 33, 300}) {  // fused up to 32 anchors, blocked beyond
+    test_similarity<float>(k, quick ? 200 : 1000, 96, k, cuda::Precision::kFloat32, float32, cuda::BlockLimits(), true);
   }
-  int major = 0;
-  CUDA_OK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, 0));
-  if (major >= 8) {
-    test_similarity(7, 700, 96, 70, cuda::Precision::kTf32, std::ldexp(2.0, -11) + 96 * std::ldexp(1.0, -24));
-    test_similarity(8, 700, 96, 70, cuda::Precision::kBf16, std::ldexp(2.0, -8) + 96 * std::ldexp(1.0, -24));
+  // Many blocks of rows and of anchors, ragged at both ends; float64; the bfloat16 precisions
+  // within their documented bounds (unit roundoff u = 2^-8; bf16x3 3 u^2; sums of depth terms).
+  cuda::BlockLimits small;
+  small.anchors = 7;
+  small.bytes = 7 * 30 * sizeof(float);
+  test_similarity<float>(11, quick ? 101 : 301, 40, 45, cuda::Precision::kFloat32, float32, small, true);
+  test_similarity<double>(12, quick ? 101 : 301, 40, 45, cuda::Precision::kFloat32, 1e-12, small, true);
+  test_similarity<double>(13, 50, 17, 3, cuda::Precision::kFloat32, 1e-12);  // float64 is always blocked
+  const double u = std::ldexp(1.0, -8);
+  for (const cuda::BlockLimits& limits : {cuda::BlockLimits(), small}) {
+    test_similarity<float>(14, quick ? 150 : 700, 96, 70, cuda::Precision::kBf16x3, 3 * u * u + 3 * 96 * std::ldexp(1.0, -24),
+                           limits);
+    test_similarity<float>(15, quick ? 150 : 700, 96, 70, cuda::Precision::kBf16, 2 * u + 96 * std::ldexp(1.0, -24), limits);
   }
+  test_similarity<float>(16, 300, 96, 20, cuda::Precision::kBf16, float32);  // few anchors: fused, float32
+  for (int64_t k : {33, 300}) {  // no product routine: the fused kernel's large tiles, ragged
+    test_similarity<float>(17, quick ? 150 : 700, 70, k, cuda::Precision::kFloat32, float32, cuda::BlockLimits(), true,
+                           /*with_products=*/false);
+  }
+  test_similarity_product_error();
   test_lookup();
   TEST_MAIN_END();
 }
