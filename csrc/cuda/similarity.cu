@@ -121,7 +121,10 @@ __global__ void normalize_anchors_kernel(const T* __restrict__ anchors, int64_t 
 // conflicts), next step's values prefetched into registers during the FMAs. Thread (ty, tx) owns
 // rows {g * BM / (TM / 4) + 4 ty + r} and anchors {h * BN / (TN / 4) + 4 tx + c}. Rows of a
 // thread's row group are spread over the TX consecutive lanes that share ty, which merge their
-// per-row best by shuffles.
+// per-row best by shuffles. Loading, thread t reads dimension t % BK of rows t / BK + e kThreads
+// / BK (and anchors alike): the BK consecutive lanes that share a row read consecutive addresses,
+// so every load instruction of a warp reads whole 32-byte sectors (one value per lane from 32 /
+// BK rows), where BK values of one row per thread made each instruction touch a sector per lane.
 template <typename T, int BM, int BN, int BK, int TM, int TN, int kMinBlocks>
 __global__ void __launch_bounds__((BM / TM) * (BN / TN), kMinBlocks)
     simt_kernel(const T* __restrict__ x, int64_t n, int64_t d, int64_t ld, const T* __restrict__ units, int64_t k,
@@ -129,13 +132,12 @@ __global__ void __launch_bounds__((BM / TM) * (BN / TN), kMinBlocks)
   constexpr int TX = BN / TN;
   constexpr int TY = BM / TM;
   constexpr int kThreads = TX * TY;
-  constexpr int P = kThreads / BM;  // loader threads per row
-  constexpr int EA = BK / P;        // values each loads per step
-  constexpr int Q = kThreads / BN;  // loader threads per anchor
-  constexpr int EB = BK / Q;
+  constexpr int kPassRows = kThreads / BK;  // rows (or anchors) loaded per pass of all threads
+  constexpr int EA = BM / kPassRows;        // passes (values each thread loads) per step: rows
+  constexpr int EB = BN / kPassRows;        // anchors
   constexpr int kPad = 4;
-  static_assert(kThreads % BM == 0 && BK % P == 0 && kThreads % BN == 0 && BK % Q == 0, "loader layout");
-  static_assert(TM % 4 == 0 && TN % 4 == 0 && 32 % TX == 0 && 32 % P == 0, "thread layout");
+  static_assert(kThreads % BK == 0 && BM % kPassRows == 0 && BN % kPassRows == 0 && 32 % BK == 0, "loader layout");
+  static_assert(TM % 4 == 0 && TN % 4 == 0 && 32 % TX == 0, "thread layout");
   __shared__ __align__(16) T As[2][BK][BM + kPad];
   __shared__ __align__(16) T Bs[2][BK][BN + kPad];
   // Running best of each row over the anchor tiles seen so far. Row r is only ever touched by
@@ -150,13 +152,11 @@ __global__ void __launch_bounds__((BM / TM) * (BN / TN), kMinBlocks)
   const int64_t row0 = static_cast<int64_t>(blockIdx.x) * BM;
   const int64_t anchor_tiles = (k + BN - 1) / BN;
 
-  const int a_row = tid / P;
-  const int a_k = (tid % P) * EA;
-  const int b_row = tid / Q;
-  const int b_k = (tid % Q) * EB;
-  const int64_t a_global = row0 + a_row;
-  const bool a_ok = a_global < n;
-  const T* a_src = x + (a_ok ? a_global : 0) * ld;
+  const int load_k = tid % BK;    // the dimension this thread loads
+  const int load_row = tid / BK;  // its first row (and anchor) of the tile; then every kPassRows
+  const int64_t rows_left = n - row0 - load_row;  // pass e loads a row when e * kPassRows < rows_left
+  const T* a_src = x + (row0 + load_row) * ld + load_k;
+  const int64_t a_pass = static_cast<int64_t>(kPassRows) * ld;
   const int64_t chunks = (d + BK - 1) / BK;
 
   if (tx == 0) {
@@ -167,13 +167,17 @@ __global__ void __launch_bounds__((BM / TM) * (BN / TN), kMinBlocks)
       run_i[r] = -1;
     }
   }
-  T squares = 0;  // of this thread's share of row a_row, on the first anchor tile
+  T squares[EA];  // of this thread's values of each of its rows, on the first anchor tile
+#pragma unroll
+  for (int e = 0; e < EA; ++e) {
+    squares[e] = 0;
+  }
 
   for (int64_t tile = 0; tile < anchor_tiles; ++tile) {
     const int64_t col0 = tile * BN;
-    const int64_t b_global = col0 + b_row;
-    const bool b_ok = b_global < k;
-    const T* b_src = units + (b_ok ? b_global : 0) * d;
+    const int64_t anchors_left = k - col0 - load_row;
+    const T* b_src = units + (col0 + load_row) * d + load_k;
+    const int64_t b_pass = static_cast<int64_t>(kPassRows) * d;
     const bool first = tile == 0;
 
     T acc[TM][TN];
@@ -188,39 +192,27 @@ __global__ void __launch_bounds__((BM / TM) * (BN / TN), kMinBlocks)
     T rb[EB];
     auto load = [&](int64_t chunk) {
       const int64_t k0 = chunk * BK;
-      if (k0 + BK <= d) {  // a full step: only the row and anchor bounds matter
-#pragma unroll
-        for (int e = 0; e < EA; ++e) {
-          ra[e] = a_ok ? a_src[k0 + a_k + e] : T(0);
-        }
-#pragma unroll
-        for (int e = 0; e < EB; ++e) {
-          rb[e] = b_ok ? b_src[k0 + b_k + e] : T(0);
-        }
-        return;
-      }
+      const bool in_row = k0 + load_k < d;
 #pragma unroll
       for (int e = 0; e < EA; ++e) {
-        const int64_t kk = k0 + a_k + e;
-        ra[e] = a_ok && kk < d ? a_src[kk] : T(0);
+        ra[e] = in_row && e * kPassRows < rows_left ? a_src[e * a_pass + k0] : T(0);
       }
 #pragma unroll
       for (int e = 0; e < EB; ++e) {
-        const int64_t kk = k0 + b_k + e;
-        rb[e] = b_ok && kk < d ? b_src[kk] : T(0);
+        rb[e] = in_row && e * kPassRows < anchors_left ? b_src[e * b_pass + k0] : T(0);
       }
     };
     auto store = [&](int buffer) {
 #pragma unroll
       for (int e = 0; e < EA; ++e) {
-        As[buffer][a_k + e][a_row] = ra[e];
+        As[buffer][load_k][load_row + e * kPassRows] = ra[e];
         if (first) {
-          squares += ra[e] * ra[e];
+          squares[e] += ra[e] * ra[e];
         }
       }
 #pragma unroll
       for (int e = 0; e < EB; ++e) {
-        Bs[buffer][b_k + e][b_row] = rb[e];
+        Bs[buffer][load_k][load_row + e * kPassRows] = rb[e];
       }
     };
 
@@ -279,9 +271,13 @@ __global__ void __launch_bounds__((BM / TM) * (BN / TN), kMinBlocks)
     }
   }
 
-  const T total = sum_lanes<P>(squares);
-  if (tid % P == 0 && a_ok) {
-    norms[a_global] = total;
+  // The BK lanes that loaded a row sum its squares.
+#pragma unroll
+  for (int e = 0; e < EA; ++e) {
+    const T total = sum_lanes<BK>(squares[e]);
+    if (load_k == 0 && e * kPassRows < rows_left) {
+      norms[row0 + load_row + e * kPassRows] = total;
+    }
   }
   if (tx == 0) {
 #pragma unroll
