@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 import re
+import signal
 import sys
 import warnings
 from pathlib import Path
@@ -764,6 +765,11 @@ def main(argv: list[str] | None = None) -> int:
     warnings.formatwarning = _warning_format(args.command, default_format)
     try:
         _commands()[args.command](args)
+    except BrokenPipeError:
+        # The reader of the output left (`| head`): the commands write their files before they
+        # print, so nothing is lost. Quiet, with the status of a writer to a closed pipe.
+        _stdout_to_devnull()
+        return 128 + signal.SIGPIPE
     except (ValueError, OSError, ImportError) as error:  # bad input, or a file that cannot be read or written
         message = _with_option_name(str(error), parser.commands.get(args.command))
         print(f"diffmask {args.command}: error: {message}", file=sys.stderr)
@@ -776,6 +782,16 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         warnings.formatwarning = default_format
     return 0
+
+
+def _stdout_to_devnull() -> None:
+    """Point standard output at the null device, so that flushing what is left in its buffer at
+    exit finds no closed pipe (which Python reports as an ignored exception)."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, sys.stdout.fileno())
+    finally:
+        os.close(devnull)
 
 
 def _warning_format(command: str, default_format):

@@ -2,6 +2,7 @@
 
 import json
 import re
+import signal
 import subprocess
 import sys
 import warnings
@@ -245,6 +246,23 @@ def test_mine_names_broken_text_in_one_warning_line(tmp_path):
         "diffmask mine: warning: 1 of the top words is broken text and was skipped")
     assert "mine_anchors(" not in result.stderr, "no source line"
     assert "\u00e2" not in result.stdout.split("anchor")[-1]
+
+
+def test_a_reader_that_leaves_early_ends_the_command_quietly(tmp_path):
+    """`diffmask mine corpus | head -1`: the pipe closes before the anchors are printed. The
+    anchors file is written first; the command ends with the status of a writer to a closed pipe
+    and no error or ignored exception on stderr."""
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("the kinase binds the phosphate of the kinase substrate\n" * 5, encoding="utf-8")
+    anchors = tmp_path / "anchors.json"
+    process = subprocess.Popen([sys.executable, "-m", "diffmask_fast.cli", "mine", str(corpus), "-k", "3",
+                                "--min-count", "1", "--no-progress", "--output", str(anchors)],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    process.stdout.close()  # the reader is gone before the command prints (it takes seconds to start)
+    stderr = process.stderr.read().decode()
+    assert process.wait(timeout=300) == 128 + signal.SIGPIPE, stderr
+    assert "error" not in stderr and "Exception" not in stderr and "Traceback" not in stderr, stderr
+    assert anchors.read_text(encoding="utf-8").strip()
 
 
 def test_other_libraries_warnings_are_one_line_naming_their_package():
