@@ -202,6 +202,7 @@ def preview(collator: DifferenceMaskingCollator, texts: Sequence[str], max_lengt
     """Mask ``texts`` with ``collator`` once and report, word by word, score and whether it was
     masked. A text longer than ``max_length`` tokens is shown up to its last word that fits.
     The collator's random streams are left as they were: training draws the same masks."""
+    _refuse_other_collators(collator, "preview")
     refuse_one_string(texts, "texts", "a list of texts")
     if len(texts) == 0:  # nothing to show (the collator refuses an empty batch)
         return []
@@ -218,6 +219,14 @@ def preview(collator: DifferenceMaskingCollator, texts: Sequence[str], max_lengt
     ]
 
 
+def _refuse_other_collators(collator, function: str) -> None:
+    """The previews report each word's score and nearest anchor, which only a
+    DifferenceMaskingCollator has (the baselines and the term collators score no word)."""
+    if not isinstance(collator, DifferenceMaskingCollator):
+        raise TypeError(f"{function} shows the scores and nearest anchors of a DifferenceMaskingCollator's words; "
+                        f"got a {type(collator).__name__}")
+
+
 def _unstripped_text(tokenizer, ids: Sequence[int], group: Sequence[int]) -> str:
     """The text of a word that decodes to whitespace alone (U+3000 standing alone, in byte-level
     BPE), which the decoded word, stripped, leaves empty: the word is masked like any other, and
@@ -232,6 +241,7 @@ def masking_rates(collator: DifferenceMaskingCollator, texts: Sequence[str], dra
     punctuation stripped: "The" and "the" are one word, scored once), how often it was masked:
     what the collator's distribution does with each word, which one draw cannot show. Most masked
     first. The collator's random streams are left as they were: training draws the same masks."""
+    _refuse_other_collators(collator, "masking_rates")
     refuse_one_string(texts, "texts", "a list of texts")
     if draws < 1:
         raise ValueError(f"draws must be at least 1, got {draws}")
