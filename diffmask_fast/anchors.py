@@ -65,7 +65,8 @@ class Anchors:
         width = max([len("anchor")] + [len(word) for word in words])
         lines = [f"{'rank':>4}  {'anchor':<{width}}  {'TF-ICF':>9}  {'domain':>9}  {'general':>15}"]
         for rank, (a, word) in enumerate(zip(rows, words), start=1):
-            lines.append(f"{rank:>4}  {word:<{width}}  {a.score:>9.2f}  {a.target_count:>9,}  {a.general_count:>15,.0f}")
+            score = f"{a.score:>9.2f}" if abs(a.score) < 1e6 else f"{a.score:>9.3g}"  # 1e308 under a tiny smoothing
+            lines.append(f"{rank:>4}  {word:<{width}}  {score}  {a.target_count:>9,}  {a.general_count:>15,.0f}")
         return "\n".join(lines)
 
     def save(self, path: str | os.PathLike) -> None:

@@ -27,6 +27,9 @@ _UNIFORM_COLOR = "#555555"
 
 
 #: What a word's score is, by the score table's similarity (scoring.TABLE_SIMILARITIES).
+#: The most bars the picture of the most masked words labels (its height grows with them).
+MOST_MASKED_BARS = 100
+
 _SCORE_MEANING = {"max": "similarity to the nearest anchor", "centroid": "similarity to the anchors' centroid",
                   "mean": "mean similarity to the anchors", "given": "the score given in the table"}
 
@@ -43,8 +46,8 @@ def plot_masking_rates(rates: Sequence[WordMaskingRate], path: str | os.PathLike
     if not rates:
         raise ValueError("no word masking rates to plot")
     refuse_one_string(anchors, "anchors", "a list of anchor words")
-    if top < 1:
-        raise ValueError(f"top must be at least 1, got {top}")
+    if not 1 <= top <= MOST_MASKED_BARS:
+        raise ValueError(f"top must be between 1 and {MOST_MASKED_BARS} (more bars than a picture can label), got {top}")
     if similarity not in _SCORE_MEANING:
         raise ValueError(f"unknown similarity {similarity!r}; expected one of {', '.join(_SCORE_MEANING)}")
     empty = [r for r in rates if r.occurrences < 1 or r.draws < 1]
@@ -62,11 +65,11 @@ def plot_masking_rates(rates: Sequence[WordMaskingRate], path: str | os.PathLike
     def color(rate: WordMaskingRate) -> str:
         return _ANCHOR_COLOR if is_anchor(rate) else _WORD_COLOR
 
-    figure = Figure(figsize=(13, 6), layout="constrained")
+    shown = list(rates[:top])[::-1]
+    figure = Figure(figsize=(13, max(6.0, 1.5 + 0.2 * len(shown))), layout="constrained")  # a label per bar
     most, against_score = figure.subplots(1, 2, width_ratios=[1, 1.25])
     uniform = f"every word alike ({mlm_probability:.0%})"
 
-    shown = list(rates[:top])[::-1]
     most.barh(range(len(shown)), [r.rate for r in shown], color=[color(r) for r in shown])
     most.set_yticks(range(len(shown)), _shown_labels([_label(r, is_anchor(r)) for r in shown]), fontsize=9,
                     parse_math=False)
@@ -310,9 +313,16 @@ def _in_font(text: str, drawable: frozenset[int]) -> str:
 def _label(rate: WordMaskingRate, is_anchor: bool) -> tuple[str, ...]:
     """A bar's label in parts: the word, its score, and the nearest anchor unless the word is one.
     Parts at even places are names, which ``_shown_labels`` may cut; the others are kept."""
+    score = _score_text(rate.score)
     if is_anchor or not rate.nearest_anchor:
-        return rate.word, f" ({rate.score:.2f})"
-    return rate.word, f" ({rate.score:.2f}, ", rate.nearest_anchor, ")"
+        return rate.word, f" ({score})"
+    return rate.word, f" ({score}, ", rate.nearest_anchor, ")"
+
+
+def _score_text(score: float) -> str:
+    """A score in a few characters: two decimals, or three significant digits for a score given
+    in a table that is far from the similarities' [-1, 1] (1e30 as "1e+30", not 31 digits)."""
+    return f"{score:.2f}" if abs(score) < 1e4 else f"{score:.3g}"
 
 
 def _shortened(text: str, limit: int) -> str:

@@ -518,3 +518,13 @@ def test_anchors_no_more_frequent_than_in_general_english_are_warned_of():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert mine_anchors({"kinase": 20, "the": 60, "of": 35}, general, k=1, min_count=1).words == ["kinase"]
+
+
+def test_the_table_keeps_its_columns_for_scores_of_any_size():
+    """A tiny smoothing gives TF-ICF scores near 1e308: the table shows them in a few digits, its
+    columns aligned, not as 300-digit numbers."""
+    anchors = Anchors((Anchor("kinase", 1.7e308, 40, 0.0), Anchor("enzyme", 12.5, 30, 2.0e6)), target_total=1000,
+                      general_total=1e12, min_count=1, smoothing_per_million=1e-300)
+    lines = anchors.table().splitlines()
+    assert len({len(line) for line in lines}) == 1, "\n".join(lines)
+    assert "1.7e+308" in lines[1] and "12.50" in lines[2]

@@ -147,9 +147,19 @@ def test_bad_arguments(bert_wordpiece, tmp_path):
     with pytest.raises(ValueError, match="no word masking rates"):
         plot_masking_rates([], tmp_path / "empty.png", 0.25)
     rates = masking_rates(collator, ["the kinase binds"], draws=2)
-    with pytest.raises(ValueError, match="top must be at least 1"):
-        plot_masking_rates(rates, tmp_path / "none.png", 0.25, top=0)
+    for top in (0, 101):
+        with pytest.raises(ValueError, match="top must be between 1 and 100"):
+            plot_masking_rates(rates, tmp_path / "none.png", 0.25, top=top)
     assert not list(tmp_path.iterdir())
+
+
+def test_collators_that_score_no_word_are_named(bert_wordpiece):
+    from diffmask_fast.baselines import RandomTokenCollator, RandomWordCollator
+
+    for collator in (RandomWordCollator(bert_wordpiece, seed=0), RandomTokenCollator(bert_wordpiece, seed=0)):
+        for function in (preview, masking_rates):
+            with pytest.raises(TypeError, match=f"DifferenceMaskingCollator's words; got a {type(collator).__name__}"):
+                function(collator, ["the kinase binds"])
 
 
 def drawn_figure(monkeypatch):
@@ -509,3 +519,18 @@ def test_a_summary_of_nan_losses_alone_is_refused_not_drawn_as_empty_axes(tmp_pa
     with pytest.raises(ValueError, match=r"every loss .* is NaN or infinite \(2 logged\): the runs diverged"):
         plot_pretraining(summary, tmp_path / "nan.png")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_many_bars_get_a_taller_picture_and_huge_scores_short_labels(tmp_path, monkeypatch):
+    """A label per bar: 100 bars stretch the picture rather than stack their labels into a smear;
+    a score given as 1e30 is labelled in a few characters, not 31 digits."""
+    from diffmask_fast.preview import WordMaskingRate
+
+    rates = [WordMaskingRate(f"word{i}", 1e30 if i == 0 else i / 100, 3, 2, 10, None) for i in range(100)]
+    kept = drawn_figure(monkeypatch)
+    plot_masking_rates(rates, tmp_path / "few.png", 0.25, top=15)
+    plot_masking_rates(rates, tmp_path / "many.png", 0.25, top=100)
+    few, many = (figure.get_size_inches()[1] for figure in kept)
+    assert few == 6 and many >= 100 * 0.2, (few, many)
+    labels = [label.get_text() for label in kept[1].axes[0].get_yticklabels()]
+    assert "word0 (1e+30)" in labels, labels[-3:]
