@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import os
 import re
-import signal
 import sys
 import warnings
 from pathlib import Path
@@ -751,6 +750,11 @@ def _with_option_name(message: str, command_parser) -> str:
     return re.sub(r"(--[a-z][a-z-]*) / \1(?![\w-])", r"\1", message)
 
 
+#: The status of a command whose reader closed the output pipe early: 128 + SIGPIPE, as a shell
+#: reports a writer the closed pipe ended.
+CLOSED_PIPE_STATUS = 141
+
+
 def main(argv: list[str] | None = None) -> int:
     try:
         parser = build_parser()  # imports torch (through pretrain and finetune): a second or two
@@ -769,7 +773,7 @@ def main(argv: list[str] | None = None) -> int:
         # The reader of the output left (`| head`): the commands write their files before they
         # print, so nothing is lost. Quiet, with the status of a writer to a closed pipe.
         _stdout_to_devnull()
-        return 128 + signal.SIGPIPE
+        return CLOSED_PIPE_STATUS
     except (ValueError, OSError, ImportError) as error:  # bad input, or a file that cannot be read or written
         message = _with_option_name(str(error), parser.commands.get(args.command))
         print(f"diffmask {args.command}: error: {message}", file=sys.stderr)
@@ -786,10 +790,15 @@ def main(argv: list[str] | None = None) -> int:
 
 def _stdout_to_devnull() -> None:
     """Point standard output at the null device, so that flushing what is left in its buffer at
-    exit finds no closed pipe (which Python reports as an ignored exception)."""
+    exit finds no closed pipe (which Python reports as an ignored exception). Standard output
+    that is no file (a notebook's, a test's capture) is left as it is."""
+    try:
+        descriptor = sys.stdout.fileno()
+    except (AttributeError, OSError, ValueError):  # io.UnsupportedOperation is both of the last two
+        return
     devnull = os.open(os.devnull, os.O_WRONLY)
     try:
-        os.dup2(devnull, sys.stdout.fileno())
+        os.dup2(devnull, descriptor)
     finally:
         os.close(devnull)
 
