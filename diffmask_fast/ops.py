@@ -408,14 +408,15 @@ def max_anchor_similarity(
     within [-1, 1], and the first anchor reaching it. Zero vectors (embeddings or anchors) have
     cosine 0, so a zero embedding gets (0, 0). Computed in float32 (float64 inputs in float64) in
     row blocks, so memory stays O(block x K) for any number of embeddings (on CUDA: the unit
-    anchors, a running max per row and one block of at most 128 MiB of products). An embedding
+    anchors, their bfloat16 parts for "high" and "medium", a running max per row and one block
+    of at most 128 MiB of products). An embedding
     holding NaN or infinity gets (NaN, 0); anchors holding NaN or infinity are never chosen unless
     every anchor does. Rows whose values are so large or small that float32 products over- or
     underflow are searched again scaled by a power of two.
 
     ``precision`` (see PRECISIONS) trades accuracy for speed on CUDA devices of compute capability
-    8.0 or newer, for more than 32 anchors (up to 32 the search is bound by reading the
-    embeddings, and every precision computes in float32). With bfloat16's unit roundoff
+    8.0 or newer (older ones refuse "high" and "medium"), for more than 32 anchors (up to 32 the
+    search is bound by reading the embeddings, and every precision computes in float32). With bfloat16's unit roundoff
     u = 2^-8: "medium" rounds both factors of every product to bfloat16, so a cosine errs by at
     most 2u plus the float32 bound D * 2^-24 of "highest" (~8e-3 at D = 768); "high" writes each
     factor v as hi + lo (hi = v rounded to bfloat16, lo = the rest rounded) and sums

@@ -26,10 +26,10 @@ _ANCHOR_COLOR = "#1f4e9c"
 _UNIFORM_COLOR = "#555555"
 
 
-#: What a word's score is, by the score table's similarity (scoring.TABLE_SIMILARITIES).
 #: The most bars the picture of the most masked words labels (its height grows with them).
 MOST_MASKED_BARS = 100
 
+#: What a word's score is, by the score table's similarity (scoring.TABLE_SIMILARITIES).
 _SCORE_MEANING = {"max": "similarity to the nearest anchor", "centroid": "similarity to the anchors' centroid",
                   "mean": "mean similarity to the anchors", "given": "the score given in the table"}
 
@@ -37,9 +37,9 @@ _SCORE_MEANING = {"max": "similarity to the nearest anchor", "centroid": "simila
 def plot_masking_rates(rates: Sequence[WordMaskingRate], path: str | os.PathLike, mlm_probability: float,
                        title: str = "Difference-Masking: which words are masked, and why", top: int = 15, *,
                        anchors: Iterable[str] = (), similarity: str = "max", lowercase: bool = True) -> Path:
-    """Draw ``masking_rates`` output: the ``top`` most often masked words (with their score and
-    nearest anchor), and every word's masking rate against its score, each beside the rate that
-    masking every word alike (random-word masking) gives. ``anchors``, ``similarity`` and
+    """Draw ``masking_rates`` output: the ``top`` (at most 100) most often masked words (with their
+    score and nearest anchor), and every word's masking rate against its score, each beside the
+    rate that masking every word alike (random-word masking) gives. ``anchors``, ``similarity`` and
     ``lowercase`` are the score table's: they pick out the anchors (keyed as the table keys the
     rates' words) and say what a score is (a table scored by ``centroid`` or ``mean`` names no
     nearest anchor). Written atomically to ``path``."""
