@@ -420,6 +420,13 @@ def pretrain(config: PretrainConfig) -> dict:
         if not sequences:  # the Trainer would fail only after training began, or train on nothing
             raise ValueError(f"the {name} set is empty: its {len(docs)} document(s) tokenize to nothing (the "
                              f"tokenizer of {config.model!r} drops all of their text)")
+    windows = {"training": train.fingerprint(), "validation": validation.fingerprint()}
+    if resumed_run is not None and resumed_run.get("windows", windows) != windows:
+        raise ValueError(f"--resume continues a run whose documents tokenized to other windows: the tokenizer of "
+                         f"{config.model!r} reads them otherwise than when the run began ({_windows_change(resumed_run['windows'], windows)}), "
+                         "so the run would skip and train on other windows than those it counted. Restore the "
+                         "tokenizer files the run began with (every checkpoint holds a copy), or start a new run in a "
+                         "new output directory")
 
     workers = config.workers if config.workers is not None else (2 if torch.cuda.is_available() else 0)
     args = _training_arguments(config, workers)
@@ -449,7 +456,8 @@ def pretrain(config: PretrainConfig) -> dict:
     if config.strategy == "difference" and strategy.masker is not None:
         # The device table must know the words before training, and those of the validation set,
         # which it masks once up front (a word it lacks would score as unknown).
-        strategy.masker.warm(train + validation)
+        strategy.masker.warm(train)
+        strategy.masker.warm(validation)
     validation_set = strategy.mask_examples([{"input_ids": s} for s in validation], model=model, seed=config.seed)
     if not any(label != -100 for example in validation_set for label in example["labels"]):
         raise ValueError(f"masking the validation set chose no token: its {len(validation_docs)} document(s) are too few "
@@ -464,7 +472,7 @@ def pretrain(config: PretrainConfig) -> dict:
     )
     record = None if config.resume else RunRecordCallback(  # also measures the loss before training
         out / RUN_FILE, {"config": json_ready(dataclasses.asdict(config)), "working_directory": os.getcwd(),
-                         "data": data, "word_boundary": scheme, "processes": args.world_size},
+                         "data": data, "windows": windows, "word_boundary": scheme, "processes": args.world_size},
         write=args.process_index == 0)
     if record is not None:
         trainer.add_callback(record)
@@ -622,6 +630,18 @@ def _data_change(before: dict, now: dict) -> str:
         if was != is_now:
             changes.append(f"{name} documents {was.get('documents')} (now {is_now['documents']})"
                            + (", other text" if was.get("documents") == is_now["documents"] else ""))
+    return "; ".join(changes)
+
+
+def _windows_change(before: dict, now: dict) -> str:
+    """What differs between two runs' window fingerprints, in words."""
+    changes = []
+    for name in ("training", "validation"):
+        was, is_now = before.get(name, {}), now[name]
+        if was != is_now:
+            same_sizes = (was.get("windows"), was.get("tokens")) == (is_now["windows"], is_now["tokens"])
+            changes.append(f"{name}: {was.get('windows')} windows of {was.get('tokens')} tokens, now "
+                           f"{is_now['windows']} of {is_now['tokens']}" + (", other ids" if same_sizes else ""))
     return "; ".join(changes)
 
 

@@ -13,10 +13,12 @@ from __future__ import annotations
 
 import hashlib
 import numbers
+import operator
 import os
 import random
 import warnings
 from collections.abc import Mapping
+from collections.abc import Sequence as SequenceABC
 from dataclasses import dataclass
 from typing import Any, Iterable, Sequence
 
@@ -38,7 +40,8 @@ class SequenceDataset(torch.utils.data.Dataset):
     def __init__(self, examples: Sequence[Any]):
         if isinstance(examples, Mapping):  # a tokenizer's output for many texts: columns, not examples
             examples = _rows_of_columns(examples)
-        self.examples = list(examples)
+        # TokenWindows stay compact (a list of them would take ten times the memory).
+        self.examples = examples if isinstance(examples, TokenWindows) else list(examples)
         if self.examples and isinstance(self.examples[0], (str, bytes)):
             raise TypeError("SequenceDataset takes token-id sequences or example dicts, got "
                             f"{type(self.examples[0]).__name__} items; tokenize the texts first")
@@ -155,8 +158,9 @@ def undecoded_text_notice(documents: Sequence[str], name: str) -> str | None:
 
 def tokenize_documents(tokenizer: Any, documents: list[str], max_length: int, *, batch_size: int = 1000,
                        progress: bool = True, description: str = "tokenizing",
-                       word_boundary: str | None = None) -> list[list[int]]:
-    """Token ids with special tokens, one list per window of at most ``max_length`` tokens.
+                       word_boundary: str | None = None) -> TokenWindows:
+    """Token ids with special tokens, one window of at most ``max_length`` tokens each (a
+    ``TokenWindows``: read as lists of ints, kept in a few bytes a token).
 
     A document that does not fit is cut into consecutive windows, each as long as it can be
     while ending between two words (``word_boundary`` names the scheme; detected when None).
@@ -173,7 +177,7 @@ def tokenize_documents(tokenizer: Any, documents: list[str], max_length: int, *,
                          f"special tokens {type(tokenizer).__name__} adds")
     with naming_word_boundary():
         grouper = WordGrouper.for_tokenizer(tokenizer, word_boundary)
-    sequences: list[list[int]] = []
+    windows = TokenWindows.Builder()
     with tqdm(total=len(documents), desc=description, unit="doc", disable=not progress) as bar:
         for start in range(0, len(documents), batch_size):
             chunk = documents[start:start + batch_size]
@@ -182,9 +186,81 @@ def tokenize_documents(tokenizer: Any, documents: list[str], max_length: int, *,
             for ids in encoded["input_ids"]:
                 ids = list(ids)
                 spans = [(0, len(ids))] if len(ids) <= room else word_windows(grouper.breaks(ids), room)
-                sequences.extend(before + ids[begin:end] + after for begin, end in spans if end > begin)
+                for begin, end in spans:
+                    if end > begin:
+                        windows.add(before + ids[begin:end] + after)
+            windows.flush()
             bar.update(len(chunk))
-    return sequences
+    return windows.build()
+
+
+class TokenWindows(SequenceABC):
+    """Token-id windows kept as one flat array of ids and the offsets where each window starts:
+    4 bytes a token (8 for ids beyond int32), where lists of Python ints take about 40, and
+    memory the DataLoader workers of a forked process share as it is (reading a list of ints
+    writes to every int's reference count, copying its page into each worker). Reads as a
+    sequence of lists of ints."""
+
+    def __init__(self, ids: np.ndarray, offsets: np.ndarray):
+        if ids.ndim != 1 or offsets.ndim != 1 or len(offsets) < 1 or offsets[0] != 0 or offsets[-1] != len(ids) \
+                or bool(np.any(np.diff(offsets) < 0)):
+            raise ValueError("TokenWindows takes the flat ids and the offsets of the windows in them, from 0 to "
+                             "len(ids), in order")
+        self.ids, self.offsets = ids, offsets
+
+    def __len__(self) -> int:
+        return len(self.offsets) - 1
+
+    def __getitem__(self, index):
+        if isinstance(index, slice):
+            return [self[i] for i in range(*index.indices(len(self)))]
+        index = operator.index(index)
+        if index < 0:
+            index += len(self)
+        if not 0 <= index < len(self):
+            raise IndexError(f"window {index} of {len(self)}")
+        return self.ids[self.offsets[index]:self.offsets[index + 1]].tolist()
+
+    def __repr__(self) -> str:
+        return f"TokenWindows({len(self):,} windows, {len(self.ids):,} tokens)"
+
+    def fingerprint(self) -> dict:
+        """How many windows and tokens, and a SHA-256 of the ids window by window: a resumed run
+        checks that its documents still tokenize to the windows it began with."""
+        digest = hashlib.sha256()
+        step = 1 << 20  # a million values at a time: no copy of a whole corpus in int64
+        lengths = np.diff(self.offsets)
+        for values in (lengths, self.ids):
+            for start in range(0, len(values), step):
+                digest.update(values[start:start + step].astype("<i8").tobytes())
+        return {"windows": len(self), "tokens": int(len(self.ids)), "sha256": digest.hexdigest()}
+
+    class Builder:
+        """Windows added one list at a time, kept as arrays chunk by chunk (``flush``)."""
+
+        def __init__(self):
+            self._pending: list[int] = []
+            self._lengths: list[int] = []
+            self._chunks: list[np.ndarray] = []
+            self._chunk_lengths: list[np.ndarray] = []
+
+        def add(self, window: list[int]) -> None:
+            self._pending.extend(window)
+            self._lengths.append(len(window))
+
+        def flush(self) -> None:
+            if self._lengths:
+                ids = np.asarray(self._pending, dtype=np.int64)
+                fits = len(ids) == 0 or (ids.min() >= np.iinfo(np.int32).min and ids.max() <= np.iinfo(np.int32).max)
+                self._chunks.append(ids.astype(np.int32) if fits else ids)  # joined, int64 only if one needs it
+                self._chunk_lengths.append(np.asarray(self._lengths, dtype=np.int64))
+                self._pending, self._lengths = [], []
+
+        def build(self) -> TokenWindows:
+            self.flush()
+            ids = np.concatenate(self._chunks) if self._chunks else np.zeros(0, dtype=np.int32)
+            lengths = np.concatenate(self._chunk_lengths) if self._chunk_lengths else np.zeros(0, dtype=np.int64)
+            return TokenWindows(ids, np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64))
 
 
 def special_wrapping(tokenizer: Any) -> tuple[list[int], list[int]]:
@@ -211,7 +287,8 @@ def word_windows(breaks: np.ndarray, room: int) -> list[tuple[int, int]]:
     while start < length:
         end = start + room
         if end < length:
-            last = int(cuts[np.searchsorted(cuts, end, side="right") - 1])
+            at = int(np.searchsorted(cuts, end, side="right")) - 1  # the last cut within reach, if any
+            last = int(cuts[at]) if at >= 0 else start
             end = last if last > start else end
         else:
             end = length

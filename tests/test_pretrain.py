@@ -1378,6 +1378,21 @@ def test_a_resume_on_other_documents_or_an_incomplete_checkpoint_is_refused(mode
     assert resumed["global_step"] == 3
 
 
+def test_a_resume_with_a_tokenizer_that_reads_the_documents_otherwise_is_refused(model_dir, corpus, tmp_path):
+    """The same documents and --model path, but the tokenizer no longer lowercases: every window
+    differs, and the resumed run would skip and train on other windows than those it counted."""
+    out = tmp_path / "run"
+    pretrain(config_for(model_dir, corpus, out, strategy="random-word", max_steps=2, eval_steps=1, patience=0))
+    record = json.loads((out / RUN_FILE).read_text())["windows"]
+    assert record["training"]["windows"] > 0 and len(record["validation"]["sha256"]) == 64
+    settings = json.loads((model_dir / "tokenizer.json").read_text(encoding="utf-8"))
+    settings["normalizer"]["lowercase"] = False
+    (model_dir / "tokenizer.json").write_text(json.dumps(settings), encoding="utf-8")
+    with pytest.raises(ValueError, match="tokenized to other windows: .*training: \\d+ windows of \\d+ tokens, now"):
+        pretrain(config_for(model_dir, corpus, out, strategy="random-word", max_steps=3, eval_steps=1, patience=0,
+                            resume=True))
+
+
 def test_a_validation_set_with_nothing_masked_is_refused_before_training(model_dir, corpus, tmp_path):
     with pytest.raises(ValueError, match="masking the validation set chose no token"):
         pretrain(config_for(model_dir, corpus, tmp_path / "out", strategy="random-token", mlm_probability=1e-9))

@@ -10,7 +10,8 @@ import pytest
 
 import tokenizers_offline
 from diffmask_fast import DiffmaskWarning
-from diffmask_fast.pretrain_data import split_documents, special_wrapping, tokenize_documents, word_windows
+from diffmask_fast.pretrain_data import (SequenceDataset, TokenWindows, split_documents, special_wrapping,
+                                         tokenize_documents, word_windows)
 from diffmask_fast.tokenization import WordGrouper
 
 TOKENIZERS = ("bert_wordpiece", "roberta_byte_bpe", "sentencepiece_unigram", "word_level_whitespace")
@@ -83,7 +84,7 @@ def test_the_special_tokens_of_each_family(bert_wordpiece, roberta_byte_bpe):
 
 
 def test_documents_without_tokens_give_no_window(bert_wordpiece):
-    assert tokenize_documents(bert_wordpiece, ["\x07", "a b"], 8, progress=False) == [
+    assert list(tokenize_documents(bert_wordpiece, ["\x07", "a b"], 8, progress=False)) == [
         bert_wordpiece("a b")["input_ids"]]
 
 
@@ -93,6 +94,31 @@ def test_word_windows_cut_at_the_last_break_within_reach():
     assert word_windows([], 4) == []
     with pytest.raises(ValueError, match="at least one token"):
         word_windows(breaks, 0)
+
+
+def test_word_windows_without_a_break_within_reach_cut_at_the_window():
+    """No break at or before a window's end: the window is cut at ``room`` tokens, never longer
+    (the last break of the sequence used to be taken, 6 tokens for room 4)."""
+    assert word_windows([0, 0, 0, 0, 0, 0, 1, 0, 0, 0], 4) == [(0, 4), (4, 6), (6, 10)]
+    assert word_windows([0] * 9, 4) == [(0, 4), (4, 8), (8, 9)]
+
+
+def test_windows_are_kept_compact_and_read_as_lists(bert_wordpiece, shared_data_dir):
+    """A few bytes a token (lists of Python ints took about 40), read back as the same lists."""
+    documents = (shared_data_dir / "chemprot" / "corpus.txt").read_text(encoding="utf-8").splitlines()[:300]
+    windows = tokenize_documents(bert_wordpiece, documents, 64, progress=False)
+    assert isinstance(windows, TokenWindows) and windows.ids.dtype == np.int32
+    assert windows.ids.nbytes + windows.offsets.nbytes <= 6 * len(windows.ids)
+    as_lists = list(windows)
+    assert all(type(window) is list and all(type(i) is int for i in window) for window in as_lists)
+    assert windows[-1] == as_lists[-1] and windows[1:3] == as_lists[1:3]
+    with pytest.raises(IndexError):
+        windows[len(windows)]
+    dataset = SequenceDataset(windows)
+    assert dataset.examples is windows and dataset[0] == {"input_ids": as_lists[0]}
+    again = tokenize_documents(bert_wordpiece, documents, 64, progress=False, batch_size=7)
+    assert again.fingerprint() == windows.fingerprint()
+    assert tokenize_documents(bert_wordpiece, documents, 65, progress=False).fingerprint() != windows.fingerprint()
 
 
 def test_distinct_documents_are_held_out_as_a_seeded_shuffle_picks_them(seed):
