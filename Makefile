@@ -10,7 +10,7 @@ CSRC := $(shell find csrc -name '*.cpp' -o -name '*.h' -o -name '*.cu' -o -name 
 EXTENSION_STAMP := $(VENV)/.extension-built
 DEPS_STAMP := $(VENV)/.deps-installed
 
-.PHONY: demo test test-python test-cpp bench build clean gpu-check gpu-build gpu-test gpu-bench
+.PHONY: demo test test-python test-cpp bench build clean gpu-check gpu-build gpu-test gpu-bench gpu-profile
 
 demo: $(EXTENSION_STAMP)
 	HF_HUB_OFFLINE=1 $(VENV)/bin/diffmask demo --plot build/demo/masking.png
@@ -30,7 +30,8 @@ test-cpp: $(DEPS_STAMP)
 # Python that has the CUDA torch); gpu-test runs the C++ kernel tests on the GPU (also under
 # compute-sanitizer's memcheck, racecheck and synccheck when it is installed) and the CUDA tests
 # (failing, not skipping, if the kernels are missing); gpu-bench replaces the GPU section of
-# benchmarks/RESULTS.md (`make bench` elsewhere keeps it).
+# benchmarks/RESULTS.md (`make bench` elsewhere keeps it); gpu-profile reads the kernels' hardware
+# counters (not part of gpu-check).
 GPU_PY ?= python3
 GPU_JOBS ?= 8
 # The system's compilers, not a CXX the environment exports: an extension built by a compiler
@@ -58,6 +59,12 @@ gpu-test:
 
 gpu-bench:
 	$(GPU_PY) benchmarks/run.py --only gpu --write
+
+# The hardware counters of each GPU path (Nsight Compute), for tuning: build/gpu/profile.txt.
+gpu-profile:
+	mkdir -p build/gpu
+	ncu --profile-from-start off --clock-control none --section SpeedOfLight --section MemoryWorkloadAnalysis \
+	  --section Occupancy --section LaunchStats $(GPU_PY) benchmarks/profile_gpu.py > build/gpu/profile.txt
 
 bench: $(EXTENSION_STAMP)
 	$(PY) benchmarks/run.py --write

@@ -37,6 +37,15 @@ def test_gpu_benchmark_smoke_run_writes_every_measurement(tmp_path):
     assert all(" ms" in row.split(" | ")[1] for row in rows), text  # every measurement took a time
 
 
+def test_the_profiling_script_runs_every_path(tmp_path):
+    """`make gpu-profile` runs it under Nsight Compute on a GPU; its smoke run checks it here."""
+    process = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "profile_gpu.py"), "--smoke"],
+                             capture_output=True, text=True, timeout=600)
+    assert process.returncode == 0, process.stderr[-4000:]
+    for path in ("K=20 (fused)", "K=1000 float32 (blocked)", "'high' (bf16x3)", "'medium' (bf16)", "masking step"):
+        assert path in process.stdout, process.stdout
+
+
 def test_the_training_step_runs_on_sequences_of_the_full_length():
     """At 512 tokens RoBERTa needs 514 positions (its ids start after the padding index): the
     model of RobertaConfig's default 512 failed the full run's step, which the smoke run's 128
