@@ -39,6 +39,9 @@ ANCHORS_FILE = "anchors.json"
 SCORES_FILE = "scores.npz"
 TERMS_FILE = "terms.txt"
 RUN_FILE = "pretrain_run.json"  # the settings a run started with, and its validation loss before training
+#: What makes two documents copies that stay on one side of the split: read alike by the tokenizer
+#: (``pretrain_data.reading_key``), as a run's record says; a record without it split by the text.
+COPIES_BY = "tokenizer"
 #: Settings a resumed run must share with the run it continues (the others may change, e.g. max_steps).
 RESUME_MUST_MATCH = (
     "model", "corpus", "validation", "validation_fraction", "max_validation_documents", "text_field", "word_boundary",
@@ -368,7 +371,7 @@ def pretrain(config: PretrainConfig) -> dict:
     from .hf_loading import check_max_length, check_vocabulary, load_tokenizer, no_progress_bars
     from .mlm_model import load_masked_lm
     from .pretrain_data import (SequenceDataset, TrainingCollator, documents_fingerprint, read_documents,
-                                shared_documents, split_documents, tokenize_documents)
+                                reading_key, shared_documents, split_documents, tokenize_documents)
     from .trainer import CurrentIntervals, MaskingTrainer, ResumableEarlyStopping, RunRecordCallback
 
     config.check()
@@ -394,18 +397,22 @@ def pretrain(config: PretrainConfig) -> dict:
     if not documents:
         raise ValueError("the corpus has no non-empty documents")
     _warn_of_undecoded_text(documents, "corpus", reports)
+    # Copies are texts the tokenizer reads alike; runs begun before that was so split by the text.
+    copies_by = COPIES_BY if resumed_run is None else resumed_run.get("copies_by", "text")
+    copies = reading_key(tokenizer) if copies_by == COPIES_BY else None
     if config.validation:
         train_docs, validation_docs = documents, read_documents(config.validation, config.text_field)
         if not validation_docs:
             raise ValueError("the validation files have no non-empty documents")
         _warn_of_undecoded_text(validation_docs, "validation", reports)
-        shared = shared_documents(train_docs, validation_docs)
+        shared = shared_documents(train_docs, validation_docs, copies)
         if shared and reports:
-            warnings.warn(f"{shared:,} of the {len(validation_docs):,} validation documents are also training documents: "
-                          "the validation loss will look better than it is", DiffmaskWarning, stacklevel=2)
+            warnings.warn(f"{shared:,} of the {len(validation_docs):,} validation documents are also training documents "
+                          "(as the tokenizer reads them): the validation loss will look better than it is",
+                          DiffmaskWarning, stacklevel=2)
     else:
         train_docs, validation_docs = split_documents(documents, config.validation_fraction,
-                                                      config.max_validation_documents, config.seed)
+                                                      config.max_validation_documents, config.seed, copies)
     data = {"training": documents_fingerprint(train_docs), "validation": documents_fingerprint(validation_docs)}
     if resumed_run is not None and resumed_run.get("data", data) != data:
         raise ValueError(f"--resume continues a run that began with other documents: "
@@ -472,7 +479,8 @@ def pretrain(config: PretrainConfig) -> dict:
     )
     record = None if config.resume else RunRecordCallback(  # also measures the loss before training
         out / RUN_FILE, {"config": json_ready(dataclasses.asdict(config)), "working_directory": os.getcwd(),
-                         "data": data, "windows": windows, "word_boundary": scheme, "processes": args.world_size},
+                         "data": data, "windows": windows, "copies_by": copies_by, "word_boundary": scheme,
+                         "processes": args.world_size},
         write=args.process_index == 0)
     if record is not None:
         trainer.add_callback(record)

@@ -20,7 +20,7 @@ import warnings
 from collections.abc import Mapping
 from collections.abc import Sequence as SequenceABC
 from dataclasses import dataclass
-from typing import Any, Iterable, Sequence
+from typing import Any, Callable, Hashable, Iterable, Sequence
 
 import numpy as np
 import torch
@@ -84,10 +84,12 @@ def read_documents(sources: Iterable, text_field: str | None = None) -> list[str
 
 
 def split_documents(documents: list[str], validation_fraction: float, max_validation: int,
-                    seed: int) -> tuple[list[str], list[str]]:
+                    seed: int, key: Callable[[str], Hashable] | None = None) -> tuple[list[str], list[str]]:
     """(train, validation): a seeded random ``validation_fraction`` of the documents (at least
     one, at most ``max_validation``) held out. Copies of a text stay together, on one side: a
-    text also trained on would make the validation loss look better than it is."""
+    text also trained on would make the validation loss look better than it is. ``key`` says
+    which texts are copies (``reading_key(tokenizer)``: those the tokenizer reads alike); the
+    text itself when None."""
     if not 0.0 < validation_fraction < 1.0:
         raise ValueError(f"validation_fraction must be in (0, 1), got {validation_fraction}")
     if isinstance(max_validation, bool) or not isinstance(max_validation, numbers.Real) or not max_validation >= 1:
@@ -96,9 +98,9 @@ def split_documents(documents: list[str], validation_fraction: float, max_valida
     if len(documents) < 2:
         raise ValueError(f"the corpus has {len(documents)} non-empty document(s); holding out a validation set needs "
                          "at least 2 (or give validation files)")
-    copies: dict[str, list[int]] = {}
+    copies: dict[Hashable, list[int]] = {}
     for index, document in enumerate(documents):
-        copies.setdefault(document, []).append(index)
+        copies.setdefault(document if key is None else key(document), []).append(index)
     if len(copies) < 2:
         raise ValueError(f"the corpus's {len(documents)} documents are one text repeated; holding out a validation set "
                          "needs 2 different ones (or give validation files)")
@@ -136,10 +138,33 @@ def documents_fingerprint(documents: Sequence[str]) -> dict:
     return {"documents": len(documents), "sha256": digest.hexdigest()}
 
 
-def shared_documents(train: Sequence[str], validation: Sequence[str]) -> int:
-    """How many validation documents are also training documents."""
-    training_texts = set(train)
-    return sum(document in training_texts for document in validation)
+def shared_documents(train: Sequence[str], validation: Sequence[str],
+                     key: Callable[[str], Hashable] | None = None) -> int:
+    """How many validation documents are also training documents (as ``key`` tells copies, see
+    ``split_documents``)."""
+    read = (lambda document: document) if key is None else key
+    training_texts = {read(document) for document in train}
+    return sum(read(document) in training_texts for document in validation)
+
+
+def reading_key(tokenizer: Any) -> Callable[[str], Hashable]:
+    """A key of a text as ``tokenizer`` reads it, for ``split_documents`` to keep near-copies on
+    one side: the text after the tokenizer's normalizer (which may fold case and Unicode forms),
+    without its whitespace, digested (16 bytes a document). Texts that differ in what the
+    normalizer folds or in spacing ("Gagoś" in NFC and NFD under an uncased model, "[ diethyl"
+    and "[diethyl") share a key, where the raw text put some in training and their copies, token
+    for token, in validation. Texts that differ only in spacing inside a word share it too,
+    though they tokenize apart: keeping such near-copies together costs the split nothing. A
+    fraction of tokenizing's time (it pre-tokenizes nothing)."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    normalizer = None if backend is None else backend.normalizer
+
+    def key(text: str) -> bytes:
+        if normalizer is not None:
+            text = normalizer.normalize_str(text)
+        return hashlib.blake2b("".join(text.split()).encode("utf-8", "surrogatepass"), digest_size=16).digest()
+
+    return key
 
 
 def undecoded_text_notice(documents: Sequence[str], name: str) -> str | None:

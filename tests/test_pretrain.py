@@ -1393,6 +1393,33 @@ def test_a_resume_with_a_tokenizer_that_reads_the_documents_otherwise_is_refused
                             resume=True))
 
 
+def test_a_run_begun_when_copies_were_told_by_their_text_resumes_on_its_split(model_dir, tmp_path, bert_wordpiece):
+    """A run records how it tells copies of a text (``copies_by``): read alike by the tokenizer.
+    A record without it split by the raw text, and resuming it keeps that split, the documents
+    the run began with (the tokenizer's reading would move upper-case variants across)."""
+    from diffmask_fast.pretrain import COPIES_BY
+    from diffmask_fast.pretrain_data import documents_fingerprint, read_documents, reading_key, split_documents
+
+    corpus = tmp_path / "corpus.txt"
+    lines = [f"The kinase number {i} binds the receptor of cell {i * 7}." for i in range(60)]
+    corpus.write_text("\n".join(lines + [line.upper() for line in lines[:30]]) + "\n", encoding="utf-8")
+    out = tmp_path / "run"
+    settings = dict(strategy="random-word", eval_steps=1, patience=0, validation_fraction=0.3)
+    pretrain(config_for(model_dir, corpus, out, max_steps=2, **settings))
+    record = json.loads((out / RUN_FILE).read_text())
+    assert record["copies_by"] == COPIES_BY == "tokenizer"
+    documents = read_documents([corpus])
+    seed, largest = record["config"]["seed"], record["config"]["max_validation_documents"]
+    by_text = split_documents(documents, 0.3, largest, seed)
+    assert by_text != split_documents(documents, 0.3, largest, seed, reading_key(bert_wordpiece)), \
+        "the test needs a corpus the two ways split differently"
+    del record["copies_by"], record["windows"]
+    record["data"] = {"training": documents_fingerprint(by_text[0]), "validation": documents_fingerprint(by_text[1])}
+    (out / RUN_FILE).write_text(json.dumps(record), encoding="utf-8")
+    resumed = pretrain(config_for(model_dir, corpus, out, max_steps=3, resume=True, **settings))
+    assert resumed["global_step"] == 3
+
+
 def test_a_validation_set_with_nothing_masked_is_refused_before_training(model_dir, corpus, tmp_path):
     with pytest.raises(ValueError, match="masking the validation set chose no token"):
         pretrain(config_for(model_dir, corpus, tmp_path / "out", strategy="random-token", mlm_probability=1e-9))

@@ -10,8 +10,8 @@ import pytest
 
 import tokenizers_offline
 from diffmask_fast import DiffmaskWarning
-from diffmask_fast.pretrain_data import (SequenceDataset, TokenWindows, split_documents, special_wrapping,
-                                         tokenize_documents, word_windows)
+from diffmask_fast.pretrain_data import (SequenceDataset, TokenWindows, reading_key, shared_documents,
+                                         split_documents, special_wrapping, tokenize_documents, word_windows)
 from diffmask_fast.tokenization import WordGrouper
 
 TOKENIZERS = ("bert_wordpiece", "roberta_byte_bpe", "sentencepiece_unigram", "word_level_whitespace")
@@ -119,6 +119,33 @@ def test_windows_are_kept_compact_and_read_as_lists(bert_wordpiece, shared_data_
     again = tokenize_documents(bert_wordpiece, documents, 64, progress=False, batch_size=7)
     assert again.fingerprint() == windows.fingerprint()
     assert tokenize_documents(bert_wordpiece, documents, 65, progress=False).fingerprint() != windows.fingerprint()
+
+
+def test_texts_the_tokenizer_reads_alike_stay_on_one_side(bert_wordpiece, roberta_byte_bpe, seed):
+    """An uncased WordPiece tokenizer reads case, Unicode form and spacing around punctuation
+    alike: such variants of a text tokenize to the same windows, and were split like different
+    texts ("Gagoś" in NFC and NFD, "[ diethyl" and "[diethyl")."""
+    import unicodedata
+
+    key = reading_key(bert_wordpiece)
+    base = ["Gago\u015b and Arczewska measured the film.", "the [ diethyl ] ester binds", "Kinase  activity rose"]
+    variants = [[text, unicodedata.normalize("NFD", text), text.upper(), text.replace("[ ", "[").replace(" ]", "]"),
+                 text.replace("  ", " ")] for text in base]
+    assert all(len({key(v) for v in group}) == 1 for group in variants)
+    assert key("the kinase binds") != key("the kinases bind")
+    byte_level = reading_key(roberta_byte_bpe)  # cased: case tells texts apart, spacing does not
+    assert byte_level("the [ diethyl") == byte_level("the [diethyl") and byte_level("A") != byte_level("a")
+    rng = random.Random(seed)
+    others = [f"other document number {i}" for i in range(60)]
+    documents = others + [v for group in variants for v in group]
+    rng.shuffle(documents)
+    for draw in range(20):
+        train, validation = split_documents(documents, 0.3, 1000, seed + draw, key=key)
+        held = set(validation)
+        for group in variants:
+            assert len({v in held for v in group}) == 1, f"seed={seed + draw}: {group} split"
+    assert shared_documents(["GAGO\u015a and arczewska measured the film ."], base, key) == 1
+    assert shared_documents(["GAGO\u015a and arczewska measured the film ."], base) == 0
 
 
 def test_distinct_documents_are_held_out_as_a_seeded_shuffle_picks_them(seed):
