@@ -91,14 +91,26 @@ def quiet_transformers() -> Iterator[None]:
 @contextlib.contextmanager
 def readable_weights(model: str | os.PathLike) -> Iterator[None]:
     """Turn the error of a damaged or cut-short weights file (safetensors raises an exception of
-    its own, neither OSError nor ValueError) into a ValueError naming the model."""
+    its own, neither OSError nor ValueError; torch's reader of a .bin file a RuntimeError, or an
+    unpickling error or EOFError) into a ValueError naming the model."""
+    import pickle
+
     from safetensors import SafetensorError
 
     try:
         yield
-    except SafetensorError as error:
+    except (SafetensorError, RuntimeError, pickle.UnpicklingError, EOFError) as error:
+        if isinstance(error, RuntimeError) and not _weights_reading_error(error):
+            raise
         raise ValueError(f"cannot read the weights of {os.fspath(model)!r}: {error} (the weights file is damaged or "
                          "was cut short; save or download it again)") from error
+
+
+def _weights_reading_error(error: RuntimeError) -> bool:
+    """Whether a RuntimeError is torch's failure to read a saved file (a cut-short or damaged
+    zip archive), not some other failure while the model loads."""
+    text = str(error)
+    return any(mark in text for mark in ("PytorchStreamReader", "zip archive", "unexpected EOF", "Invalid magic"))
 
 
 def model_reference(model: str | os.PathLike) -> str:

@@ -47,6 +47,7 @@ def load_masked_lm(name_or_path: str, *, init_mlm_head: bool = False, dtype: tor
     missing_head = sorted(k for k in info.get("missing_keys", ()) if not k.startswith(prefix))
     missing_encoder = sorted(k for k in info.get("missing_keys", ()) if k.startswith(prefix))
     if missing_encoder:
+        _refuse_a_random_encoder(model, name_or_path, missing_encoder)
         logging.getLogger(__name__).warning("%s: %d encoder weights were not in the checkpoint (e.g. %s)",
                                             name_or_path, len(missing_encoder), missing_encoder[0])
     if missing_head:
@@ -60,11 +61,28 @@ def load_masked_lm(name_or_path: str, *, init_mlm_head: bool = False, dtype: tor
     return model
 
 
+def _refuse_a_random_encoder(model: Any, name: str, missing: list[str]) -> None:
+    """A checkpoint lacking the input embeddings or most encoder weights (keys saved under a
+    prefix transformers does not know, a checkpoint of another model) would be pretrained from
+    random weights: refused. A few missing weights are only logged."""
+    prefix = model.base_model_prefix + "."
+    encoder = [n for n, _ in model.named_parameters() if n.startswith(prefix)]
+    inputs = model.get_input_embeddings()
+    embeddings = [n for n, p in model.named_parameters() if inputs is not None and p is inputs.weight]
+    if set(embeddings) & set(missing) or 2 * len(missing) > len(encoder):
+        raise ValueError(f"{name!r}: {len(missing)} of its {len(encoder)} encoder weights are not in the checkpoint "
+                         f"(e.g. {missing[0]}{', the input embeddings' if set(embeddings) & set(missing) else ''}), so "
+                         "the encoder would start from random weights; is it a checkpoint of another model, or were "
+                         "its weights saved under another prefix?")
+
+
 @torch.no_grad()
 def initialize_mlm_head(model: Any, parameter_names: list[str] | None = None) -> None:
     """Set the MLM head's parameters (all of them, or those named) to an embedding-tied start:
-    square linear maps to the identity, layer norms to (HEAD_NORM_GAIN, 0), biases to 0, and the output
-    projection tied to (or, where the model does not tie, copied from) the input embeddings."""
+    square linear maps to the identity, a map from the hidden size to a smaller embedding size
+    (ALBERT, ELECTRA) to the pseudo-inverse of the model's projection of embeddings into the
+    hidden size, layer norms to (HEAD_NORM_GAIN, 0), biases to 0, and the output projection tied
+    to (or, where the model does not tie, copied from) the input embeddings."""
     output = model.get_output_embeddings()
     inputs = model.get_input_embeddings()
     if output is None or inputs is None:
@@ -79,18 +97,38 @@ def initialize_mlm_head(model: Any, parameter_names: list[str] | None = None) ->
         parameter = named.get(name)
         if module is None or parameter is None:
             continue
-        if module is output and attribute == "weight":
-            if parameter.shape != inputs.weight.shape:
-                raise ValueError(f"cannot tie {name} {tuple(parameter.shape)} to the input embeddings "
-                                 f"{tuple(inputs.weight.shape)}")
+        if module is output and attribute == "weight" and parameter.shape == inputs.weight.shape:
             parameter.copy_(inputs.weight)
+        elif module is output and attribute == "weight" and parameter.shape[0] == inputs.weight.shape[0]:
+            raise ValueError(f"cannot tie {name} {tuple(parameter.shape)} to the input embeddings "
+                             f"{tuple(inputs.weight.shape)}")
         elif attribute == "bias" or name.endswith(".bias"):
             parameter.zero_()
         elif isinstance(module, torch.nn.LayerNorm) or "norm" in module_name.lower():
             parameter.fill_(HEAD_NORM_GAIN)
         elif isinstance(module, torch.nn.Linear) and parameter.ndim == 2 and parameter.shape[0] == parameter.shape[1]:
             parameter.copy_(torch.eye(parameter.shape[0], dtype=parameter.dtype))
+        elif isinstance(module, torch.nn.Linear) and parameter.ndim == 2 and parameter.shape[0] == inputs.weight.shape[1]:
+            parameter.copy_(_inverse_of_the_embedding_projection(model, name, parameter))
         else:
             raise ValueError(f"do not know how to initialize {name} of {type(model).__name__} from its embeddings")
     if getattr(model.config, "tie_word_embeddings", False):
         model.tie_weights()
+
+
+def _inverse_of_the_embedding_projection(model: Any, name: str, parameter: torch.Tensor) -> torch.Tensor:
+    """For a head map from the hidden size to a smaller embedding size, the pseudo-inverse of the
+    encoder's one linear map the other way (ALBERT's embedding_hidden_mapping_in, ELECTRA's
+    embeddings_project): the transform then starts by reading hidden states back as embeddings,
+    as the identity does where the sizes are equal."""
+    embedding_size, hidden_size = parameter.shape
+    prefix = model.base_model_prefix + "."
+    projections = [module for module_name, module in model.named_modules()
+                   if (module_name + ".").startswith(prefix) and isinstance(module, torch.nn.Linear)
+                   and tuple(module.weight.shape) == (hidden_size, embedding_size)]
+    if len(projections) != 1:
+        raise ValueError(f"cannot initialize {name} of {type(model).__name__}: it maps the hidden size {hidden_size} "
+                         f"to the embedding size {embedding_size}, and the encoder has "
+                         f"{'no' if not projections else len(projections)} linear maps from the embedding size to the "
+                         "hidden size to invert (one is needed); start from a checkpoint with a trained masked-LM head")
+    return torch.linalg.pinv(projections[0].weight.float()).to(parameter.dtype)

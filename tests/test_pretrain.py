@@ -457,6 +457,67 @@ def test_a_model_without_mlm_head_is_refused_unless_asked(tmp_path, tiny_bert_ml
                        tiny_bert_mlm.bert.encoder.layer[0].attention.self.query.weight)
 
 
+HEAD_TEST_SIZES = dict(vocab_size=120, hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=37,
+                       max_position_embeddings=64)
+
+
+@pytest.mark.parametrize("family", ["albert", "electra", "deberta-v2 (legacy=False)"])
+def test_heads_of_other_shapes_start_from_the_embeddings(tmp_path, family):
+    """ALBERT and ELECTRA heads map the hidden size to a smaller embedding size: the map starts as
+    the pseudo-inverse of the encoder's projection of embeddings into the hidden size. DeBERTa-v2's
+    newer head scores against the embeddings without a decoder of its own: its square transform
+    was taken for the decoder and refused."""
+    from transformers import AlbertConfig, AutoModelForMaskedLM, DebertaV2Config, ElectraConfig
+
+    config = {"albert": lambda: AlbertConfig(**HEAD_TEST_SIZES, embedding_size=16),
+              "electra": lambda: ElectraConfig(**HEAD_TEST_SIZES, embedding_size=16),
+              "deberta-v2 (legacy=False)": lambda: DebertaV2Config(**HEAD_TEST_SIZES, legacy=False)}[family]()
+    torch.manual_seed(0)
+    encoder_dir = tmp_path / "encoder"
+    AutoModelForMaskedLM.from_config(config).base_model.save_pretrained(encoder_dir)
+    model = load_masked_lm(str(encoder_dir), init_mlm_head=True)
+    head = {name: parameter for name, parameter in model.named_parameters()
+            if not name.startswith(model.base_model_prefix + ".")}
+    maps = [p for name, p in head.items() if name.endswith("dense.weight")]
+    assert len(maps) == 1, list(head)
+    if family == "deberta-v2 (legacy=False)":
+        assert torch.equal(maps[0], torch.eye(32))
+    else:
+        projection = [m for m in model.base_model.modules() if isinstance(m, torch.nn.Linear)
+                      and tuple(m.weight.shape) == (32, 16)]
+        assert len(projection) == 1 and maps[0].shape == (16, 32)
+        torch.testing.assert_close(maps[0] @ projection[0].weight, torch.eye(16), atol=1e-4, rtol=0)
+    ids = torch.randint(5, 120, (2, 10))
+    with torch.no_grad():
+        logits = model(input_ids=ids).logits
+    first_loss = float(torch.nn.functional.cross_entropy(logits.reshape(-1, 120), ids.reshape(-1)))
+    assert first_loss < math.log(120) + 1.0, "starts near guessing uniformly, not confidently wrong"
+
+
+def test_a_checkpoint_whose_encoder_weights_do_not_load_is_refused(tmp_path, tiny_bert_mlm):
+    """Keys saved under a prefix transformers does not know: every encoder weight was missing,
+    and the run pretrained a random encoder after a log line."""
+    from safetensors.torch import load_file, save_file
+
+    path = tmp_path / "wrapped"
+    tiny_bert_mlm.save_pretrained(path)
+    weights = load_file(path / "model.safetensors")
+    save_file({f"wrapper.{name}": tensor for name, tensor in weights.items()}, path / "model.safetensors",
+              metadata={"format": "pt"})
+    with pytest.raises(ValueError, match="encoder weights are not in the checkpoint .*the input embeddings.*random"):
+        load_masked_lm(str(path), init_mlm_head=True)
+
+
+def test_a_damaged_bin_weights_file_is_named(tmp_path, tiny_bert_mlm):
+    path = tmp_path / "bin"
+    tiny_bert_mlm.config.save_pretrained(path)
+    torch.save(tiny_bert_mlm.state_dict(), path / "pytorch_model.bin")
+    with open(path / "pytorch_model.bin", "r+b") as weights:
+        weights.truncate(1000)
+    with pytest.raises(ValueError, match="cannot read the weights of .*damaged or was cut short"):
+        load_masked_lm(str(path))
+
+
 def test_a_model_type_without_mlm_head_class_is_refused(tmp_path):
     from transformers import GPT2Config, GPT2LMHeadModel
 
