@@ -193,8 +193,9 @@ def replace_selected(
     generator: torch.Generator | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(masked input_ids, labels) for the ``selected`` positions of a [B, L] batch: each becomes
-    the mask token with ``mask_replace_prob``, a random non-special token with
-    ``random_replace_prob``, and stays otherwise; labels are -100 where nothing is selected.
+    the mask token with ``mask_replace_prob``, a random token with ``random_replace_prob`` (from
+    ``boundaries.random_token_ids``: never a special token, nor a whitespace-only one, which is no
+    word's), and stays otherwise; labels are -100 where nothing is selected.
     Works on any device (``generator`` must live on the batch's device)."""
     device = input_ids.device
     labels = torch.where(selected, input_ids, torch.full_like(input_ids, -100))

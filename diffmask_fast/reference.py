@@ -558,6 +558,9 @@ def word_weights(scores: Sequence[float], scheme: str = "similarity", uniform_mi
     """
     if not 0.0 <= uniform_mix <= 1.0:
         raise ValueError(f"uniform_mix must be in [0, 1], got {uniform_mix}")
+    bad = next((s for s in scores if not math.isfinite(float(s))), None)
+    if bad is not None:  # as the ops refuse them: a NaN has no rank, and makes every weight of a mix NaN
+        raise ValueError(f"score {bad} is not finite: a word's score must be a finite number")
     if scheme == "similarity":
         weights = [max(float(s), 0.0) for s in scores]
     elif scheme == "rank":

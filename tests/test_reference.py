@@ -256,6 +256,16 @@ def test_word_weights():
         reference.word_weights([1.0], scheme="softmax")
 
 
+@pytest.mark.parametrize("scheme", ["similarity", "rank"])
+@pytest.mark.parametrize("uniform_mix", [0.0, 0.2])
+def test_scores_that_are_not_finite_are_refused_as_the_ops_refuse_them(scheme, uniform_mix):
+    """A NaN score made every weight of a uniform mix uniform, and took a rank by its position;
+    the ops refuse it."""
+    for bad in (float("nan"), float("inf"), float("-inf")):
+        with pytest.raises(ValueError, match="score .* is not finite"):
+            reference.word_weights([0.3, bad, 0.5], scheme, uniform_mix)
+
+
 def test_masking_budget_rounds_stochastically_with_exact_expectation():
     assert reference.masking_budget(10, 0.25, 0.49) == 3
     assert reference.masking_budget(10, 0.25, 0.5) == 2
