@@ -19,7 +19,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
-from harness import markdown_table, measure, milliseconds, sized, verdict  # noqa: E402
+from harness import markdown_table, measure, measure_together, milliseconds, sized, verdict  # noqa: E402
 
 from diffmask_fast import reference  # noqa: E402
 from diffmask_fast.collator import DifferenceMaskingCollator  # noqa: E402
@@ -28,7 +28,8 @@ from diffmask_fast.scoring import ScoreTable  # noqa: E402
 from diffmask_fast.tokenization import decode_word, word_boundaries  # noqa: E402
 
 GOALS = ("Goal: >= 100x faster than the reference collator and <= 0.2x the time of "
-         "`DataCollatorForLanguageModeling(whole_word_mask=True)` on the same batch.")
+         "`DataCollatorForLanguageModeling(whole_word_mask=True)` on the same batch, each on one torch thread "
+         "as in a DataLoader worker.")
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 BATCH, LENGTH = sized((64, 512), (4, 128))
 
@@ -82,6 +83,18 @@ def reference_collate(tokenizer, table: ScoreTable, examples, rng, mlm_probabili
     return {"input_ids": torch.tensor(out_ids), "labels": torch.tensor(out_labels)}
 
 
+def on_one_thread(fn):
+    """``fn`` run with torch on one thread, as in a DataLoader worker, and its threads restored."""
+    def call():
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            return fn()
+        finally:
+            torch.set_num_threads(threads)
+    return call
+
+
 def run() -> tuple[str, dict]:
     from transformers import DataCollatorForLanguageModeling
 
@@ -96,14 +109,14 @@ def run() -> tuple[str, dict]:
                    for e in examples]
     rng = np.random.default_rng(0)
 
-    ours_time = measure(lambda: ours(plain), min_seconds=2.0, min_runs=20)
     threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # as in a DataLoader worker, which torch gives one thread
-    try:
-        one_thread_time = measure(lambda: ours(plain), min_seconds=2.0, min_runs=20)
-    finally:
-        torch.set_num_threads(threads)
-    hf_time = measure(lambda: huggingface(hf_examples), min_seconds=2.0, min_runs=5)
+    # Interleaved, so that a machine that slows down shifts all alike; the goals are judged where
+    # collators run, in DataLoader workers, which torch gives one thread: HuggingFace's too.
+    times = measure_together({"ours": lambda: ours(plain),
+                              "ours_one_thread": on_one_thread(lambda: ours(plain)),
+                              "huggingface_wwm": on_one_thread(lambda: huggingface(hf_examples))},
+                             min_seconds=6.0, min_runs=10)
+    ours_time, one_thread_time, hf_time = times["ours"], times["ours_one_thread"], times["huggingface_wwm"]
     reference_time = measure(lambda: reference_collate(tokenizer, table, plain, rng), min_seconds=0, min_runs=2, warmup=0)
     results = {"ours": ours_time, "ours_one_thread": one_thread_time, "huggingface_wwm": hf_time,
                "reference": reference_time}
@@ -113,10 +126,11 @@ def run() -> tuple[str, dict]:
             [f"diffmask_fast.DifferenceMaskingCollator ({threads} torch threads)", milliseconds(ours_time), "1", "-"],
             ["diffmask_fast.DifferenceMaskingCollator (1 thread, as in a DataLoader worker)",
              milliseconds(one_thread_time), f"{ours_time / one_thread_time:.2f}", "-"],
-            ["DataCollatorForLanguageModeling(whole_word_mask=True)", milliseconds(hf_time), f"{ours_time / hf_time:.3f}",
-             verdict(ours_time / hf_time <= 0.2, "<= 0.2x")],
-            ["reference collator (plain Python)", milliseconds(reference_time), f"{ours_time / reference_time:.5f} "
-             f"({reference_time / ours_time:,.0f}x faster)", verdict(reference_time / ours_time >= 100, ">= 100x faster")],
+            ["DataCollatorForLanguageModeling(whole_word_mask=True), 1 thread", milliseconds(hf_time),
+             f"{one_thread_time / hf_time:.3f} (1 thread each)", verdict(one_thread_time / hf_time <= 0.2, "<= 0.2x")],
+            ["reference collator (plain Python)", milliseconds(reference_time),
+             f"{one_thread_time / reference_time:.5f} ({reference_time / one_thread_time:,.0f}x faster, 1 thread)",
+             verdict(reference_time / one_thread_time >= 100, ">= 100x faster")],
         ],
     )
     return table_md, results

@@ -49,7 +49,8 @@ SOURCES = ["acl_arc/corpus.txt", "chemprot/abstracts.txt", "chemprot/corpus.txt"
 MB = 1_000_000
 RUNS = sized(5, 1)
 #: The corpus, the smaller one for memory, and the prefix the Counter baseline reads.
-CORPUS_BYTES, HALF_BYTES, PREFIX_BYTES = sized((200 * MB, 100 * MB, 50 * MB), (400_000, 200_000, 100_000))
+# Smoke sizes above 2 x counting.MIN_CHUNK_BYTES, so that two threads share the smaller corpora too.
+CORPUS_BYTES, HALF_BYTES, PREFIX_BYTES = sized((200 * MB, 100 * MB, 50 * MB), (4_400_000, 2_200_000, 2_200_000))
 SPIN_VALUES, SPIN_ROUNDS = sized((1_000_000, 200), (10_000, 2))
 #: How many of the shared corpora's lines make up one pass of the corpus (None: all, about 6 MB).
 SOURCE_LINES = sized(None, 1_000)
