@@ -72,8 +72,8 @@ SMOKE_ROWS = {
          "DataCollatorForLanguageModeling(whole_word_mask=True)", "reference collator (plain Python)"], 2),
     "Ops": (["sample_without_replacement, 64 x 512", "max_anchor_similarity, K = 20", "max_anchor_similarity, K = 100"], 3),
     "Word counting": (["`count_words`, 1 thread", "`count_words`, 2 threads", "`Counter.update(line.split())`",
-                       "`count_words` (1 thread) / Counter", "1 -> 2 threads", "peak RSS, 0.2 MB corpus",
-                       "peak RSS, 0.4 MB corpus", "peak RSS, 0.8 MB corpus"], 4),
+                       "`count_words` (1 thread) / Counter", "1 -> 2 threads", "peak RSS, 2.2 MB corpus",
+                       "peak RSS, 4.4 MB corpus", "peak RSS, 8.8 MB corpus"], 4),
     "Word scoring": (["cpu", "score 5,000 word types", "peak memory of the process (RSS)", "save the table (.npz)",
                       "load the table", "look a word up"], 1),
     "Training step: masking strategies and the MLM head": (
