@@ -429,8 +429,9 @@ def pretrain(config: PretrainConfig) -> dict:
                              f"tokenizer of {config.model!r} drops all of their text)")
     windows = {"training": train.fingerprint(), "validation": validation.fingerprint()}
     if resumed_run is not None and resumed_run.get("windows", windows) != windows:
+        change = _windows_change(resumed_run["windows"], windows)
         raise ValueError(f"--resume continues a run whose documents tokenized to other windows: the tokenizer of "
-                         f"{config.model!r} reads them otherwise than when the run began ({_windows_change(resumed_run['windows'], windows)}), "
+                         f"{config.model!r} reads them otherwise than when the run began ({change}), "
                          "so the run would skip and train on other windows than those it counted. Restore the "
                          "tokenizer files the run began with (every checkpoint holds a copy), or start a new run in a "
                          "new output directory")
