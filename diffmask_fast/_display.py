@@ -25,3 +25,9 @@ def printable_word(word: str) -> str:
 def counted(count: int, noun: str) -> str:
     """``count`` of ``noun``, with the noun's plural unless there is one ("1 draw", "2 draws")."""
     return f"{count:,} {noun}" if count == 1 else f"{count:,} {noun}s"
+
+
+def short_score(score: float) -> str:
+    """A score in a few characters: two decimals, or three significant digits for a score given
+    in a table far from the similarities' [-1, 1] ("1e+30", not 31 digits)."""
+    return f"{score:.2f}" if abs(score) < 1e4 else f"{score:.3g}"

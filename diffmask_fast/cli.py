@@ -9,7 +9,7 @@ import sys
 import warnings
 from pathlib import Path
 
-from ._display import printable
+from ._display import printable, short_score
 from ._io import user_path
 
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
@@ -481,7 +481,7 @@ def _show_masks(anchor_words, tokenizer, table, texts, args, plot_texts=()) -> N
     top = sorted(((w, table.score(w)) for w in shown_words if w in table), key=lambda item: (-item[1], item[0]))[:10]
     if top:  # else no word shown, beside the anchors, is in the table
         nearest = _nearest_anchors(table, [w for w, _ in top])
-        listed = (f"{printable(w)} ({s:.2f}{'' if nearest is None else ', ' + nearest[w]})" for w, s in top)
+        listed = (f"{printable(w)} ({short_score(s)}{'' if nearest is None else ', ' + nearest[w]})" for w, s in top)
         columns = "score" if nearest is None else "score, nearest anchor"
         print(f"\nHighest-scoring words here that are not anchors ({columns}): " + ", ".join(listed))
     for line in written:

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Iterable, Mapping, Sequence
 
 from ._checks import refuse_one_string
-from ._display import counted, printable, printable_word
+from ._display import counted, printable, printable_word, short_score
 from ._io import atomic_write_bytes
 from .metrics import mean_std
 from .preview import WordMaskingRate
@@ -313,16 +313,11 @@ def _in_font(text: str, drawable: frozenset[int]) -> str:
 def _label(rate: WordMaskingRate, is_anchor: bool) -> tuple[str, ...]:
     """A bar's label in parts: the word, its score, and the nearest anchor unless the word is one.
     Parts at even places are names, which ``_shown_labels`` may cut; the others are kept."""
-    score = _score_text(rate.score)
+    score = short_score(rate.score)
     if is_anchor or not rate.nearest_anchor:
         return rate.word, f" ({score})"
     return rate.word, f" ({score}, ", rate.nearest_anchor, ")"
 
-
-def _score_text(score: float) -> str:
-    """A score in a few characters: two decimals, or three significant digits for a score given
-    in a table that is far from the similarities' [-1, 1] (1e30 as "1e+30", not 31 digits)."""
-    return f"{score:.2f}" if abs(score) < 1e4 else f"{score:.3g}"
 
 
 def _shortened(text: str, limit: int) -> str:

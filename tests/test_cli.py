@@ -791,6 +791,19 @@ def test_preview_leaves_out_an_empty_list_of_highest_scoring_words(tmp_path, cap
     assert "Highest-scoring words here" not in out, "no shown word but the anchor is in the table"
 
 
+def test_preview_lists_a_huge_given_score_in_a_few_digits(tmp_path, capsys):
+    from diffmask_fast.embedding import default_model_path
+    from diffmask_fast.scoring import ScoreTable
+
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("the enzyme binds the receptor\n")
+    ScoreTable({"enzyme": 1.0, "receptor": 1e30, "binds": 0.25}, anchors=["enzyme"],
+               info={"tokenizer": default_model_path()}).save(tmp_path / "s.npz")
+    assert main(["preview", str(corpus), "--scores", str(tmp_path / "s.npz"), "-n", "1", "--no-progress"]) == 0
+    listed = [line for line in capsys.readouterr().out.splitlines() if "Highest-scoring words here" in line]
+    assert listed and "receptor (1e+30" in listed[0] and "binds (0.25" in listed[0], listed
+
+
 def test_every_score_option_reaches_the_embedder(tmp_path, monkeypatch, capsys):
     from diffmask_fast import embedding
 
