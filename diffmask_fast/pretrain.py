@@ -470,6 +470,10 @@ def pretrain(config: PretrainConfig) -> dict:
     if not any(label != -100 for example in validation_set for label in example["labels"]):
         raise ValueError(f"masking the validation set chose no token: its {len(validation_docs)} document(s) are too few "
                          "or too short for a validation loss; give more (--validation, --validation-fraction)")
+    # The documents' text is not needed past here: released before training (and before the
+    # DataLoader workers fork), as the windows stand for it.
+    document_counts = {"documents_train": len(train_docs), "documents_validation": len(validation_docs)}
+    del documents, train_docs, validation_docs
     trainer = MaskingTrainer(  # processing_class: every checkpoint holds the tokenizer, ready for finetune
         model=model, args=args, processing_class=tokenizer, train_dataset=SequenceDataset(train),
         eval_dataset=SequenceDataset(validation_set),
@@ -515,9 +519,8 @@ def pretrain(config: PretrainConfig) -> dict:
         "masking": {"location": "training step (device)" if strategy.masks_on_device
                     else "DataLoader workers (CPU)" if workers > 0 else "the main process, batch by batch (CPU)",
                     "mlm_probability": config.mlm_probability},
-        "data": {"documents_train": len(train_docs), "documents_validation": len(validation_docs),
-                 "sequences_train": len(train), "sequences_validation": len(validation),
-                 "tokens_train": sum(len(s) for s in train), "max_length": config.max_length},
+        "data": {**document_counts, "sequences_train": len(train), "sequences_validation": len(validation),
+                 "tokens_train": len(train.ids), "max_length": config.max_length},
         "anchors": resources.get("anchor_words"),
         "terms": len(resources["terms"]) if "terms" in resources else None,
         "validation_loss_before": before,

@@ -1481,6 +1481,31 @@ def test_a_run_begun_when_copies_were_told_by_their_text_resumes_on_its_split(mo
     assert resumed["global_step"] == 3
 
 
+def test_the_documents_text_is_released_before_training(model_dir, corpus, tmp_path, monkeypatch):
+    """The windows stand for the text once tokenized: the documents' lists were kept through
+    training (and into every forked DataLoader worker), as much memory as the corpus again."""
+    import gc
+
+    from diffmask_fast import trainer as trainer_module
+
+    unique = "zyxwvut this sentence appears once in the corpus"
+    path = tmp_path / "corpus.txt"
+    path.write_text(corpus.read_text(encoding="utf-8") + unique + "\n", encoding="utf-8")
+    held = []
+    train = trainer_module.MaskingTrainer.train
+
+    def checked_train(self, *args, **kwargs):
+        gc.collect()
+        held.append(any(isinstance(o, list) and o and isinstance(o[0], str) and unique in o for o in gc.get_objects()))
+        return train(self, *args, **kwargs)
+
+    monkeypatch.setattr(trainer_module.MaskingTrainer, "train", checked_train)
+    summary = pretrain(config_for(model_dir, path, tmp_path / "run", strategy="random-word", max_steps=1, eval_steps=1,
+                                  patience=0))
+    assert held == [False]
+    assert summary["data"]["documents_train"] + summary["data"]["documents_validation"] == 161
+
+
 def test_a_validation_set_with_nothing_masked_is_refused_before_training(model_dir, corpus, tmp_path):
     with pytest.raises(ValueError, match="masking the validation set chose no token"):
         pretrain(config_for(model_dir, corpus, tmp_path / "out", strategy="random-token", mlm_probability=1e-9))
