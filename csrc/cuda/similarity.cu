@@ -456,13 +456,25 @@ __global__ void finish_kernel(const T* __restrict__ best_value, const int32_t* _
 
 // ---- host side -----------------------------------------------------------------------------------
 
-// The fused kernel's tiles (type, rows, anchors, dimensions per step, rows and anchors per
+// The fused kernel's float32 tiles (rows, anchors, dimensions per step, rows and anchors per
 // thread, blocks per multiprocessor). Small: 64 x 32 for K <= 32 (one tile covers the anchors,
 // so the embeddings stream through once; 16 dimensions per step keep enough loads in flight to
 // approach the memory bandwidth). Large: 128 x 128 with 8 x 8 per thread, for more anchors where
 // no product routine computes float32 products.
-#define DIFFMASK_FAST_FUSED_SMALL float, 64, 32, 16, 4, 4, 4
-#define DIFFMASK_FAST_FUSED_LARGE float, 128, 128, 8, 8, 8, 2
+template <int BM, int BN, int BK, int TM, int TN, int kMinBlocks>
+struct FusedTile {
+  static constexpr int kRows = BM;
+  static constexpr int kBlockThreads = (BM / TM) * (BN / TN);  // simt_kernel's launch bounds
+
+  static void launch(const SimilarityProblem& p, const float* units, float* best_value, int32_t* best_index,
+                     float* norms, cudaStream_t stream) {
+    const dim3 grid(static_cast<unsigned>((p.n + kRows - 1) / kRows));
+    simt_kernel<float, BM, BN, BK, TM, TN, kMinBlocks><<<grid, kBlockThreads, 0, stream>>>(
+        static_cast<const float*>(p.embeddings), p.n, p.d, p.ld, units, p.k, best_value, best_index, norms);
+  }
+};
+using SmallTile = FusedTile<64, 32, 16, 4, 4, 4>;
+using LargeTile = FusedTile<128, 128, 8, 8, 8, 2>;
 static_assert(kFusedMaxAnchors <= 32, "the small tile holds every anchor");
 
 constexpr int kThreads = 256;  // of the other kernels
@@ -611,7 +623,7 @@ cudaError_t max_anchor_similarity(const SimilarityProblem& p, const SimilarityPl
     return cudaErrorInvalidValue;
   }
   const bool small = p.k <= kFusedMaxAnchors;
-  const int64_t tile_rows = small ? 64 : 128;
+  const int64_t tile_rows = small ? SmallTile::kRows : LargeTile::kRows;
   if (!blocked && (p.n + tile_rows - 1) / tile_rows > 0x7FFFFFFF) {
     return cudaErrorInvalidValue;
   }
@@ -632,18 +644,9 @@ cudaError_t max_anchor_similarity(const SimilarityProblem& p, const SimilarityPl
       return status;
     }
   } else {
-    const dim3 grid(static_cast<unsigned>((p.n + tile_rows - 1) / tile_rows));
-    const float* x = static_cast<const float*>(p.embeddings);
-    const float* units = static_cast<const float*>(w.units);
-    float* best_value = static_cast<float*>(w.best_value);
-    float* norms = static_cast<float*>(w.norms);
-    if (small) {
-      simt_kernel<DIFFMASK_FAST_FUSED_SMALL><<<grid, 128, 0, stream>>>(x, p.n, p.d, p.ld, units, p.k, best_value,
-                                                                      w.best_index, norms);
-    } else {
-      simt_kernel<DIFFMASK_FAST_FUSED_LARGE><<<grid, 256, 0, stream>>>(x, p.n, p.d, p.ld, units, p.k, best_value,
-                                                                      w.best_index, norms);
-    }
+    const auto launch = small ? &SmallTile::launch : &LargeTile::launch;
+    launch(p, static_cast<const float*>(w.units), static_cast<float*>(w.best_value), w.best_index,
+           static_cast<float*>(w.norms), stream);
   }
   finish<float>(p, w, stream);
   return cudaGetLastError();
