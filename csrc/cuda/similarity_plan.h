@@ -4,6 +4,7 @@
 // kernels.h includes it for the kernels' entry points.
 #pragma once
 
+#include <algorithm>
 #include <cstddef>
 #include <cstdint>
 
@@ -62,8 +63,6 @@ namespace plan_detail {
 
 inline size_t aligned(size_t bytes) { return (bytes + 255) / 256 * 256; }
 
-inline int64_t smallest(int64_t a, int64_t b) { return a < b ? a : b; }
-
 }  // namespace plan_detail
 
 // What the plan depends on.
@@ -85,7 +84,6 @@ struct SimilaritySizes {
 // int32 indices of the running best, or float64 without a product routine).
 inline bool plan_similarity(const SimilaritySizes& sizes, const BlockLimits& limits, SimilarityPlan* plan) {
   using plan_detail::aligned;
-  using plan_detail::smallest;
   const int64_t n = sizes.n, d = sizes.d, k = sizes.k;
   if (n < 0 || d < 1 || k < 1 || k > 0x7FFFFFFF || limits.anchors < 1 || limits.bytes < 1 ||
       (sizes.float64 && !sizes.products)) {
@@ -100,14 +98,14 @@ inline bool plan_similarity(const SimilaritySizes& sizes, const BlockLimits& lim
   out.depth = operands && sizes.precision == Precision::kBf16x3 ? 3 * d : d;
   out.operand_ld = (out.depth + 7) / 8 * 8;
   if (blocked) {
-    out.anchor_block = smallest(k, limits.anchors);
+    out.anchor_block = std::min(k, limits.anchors);
     int64_t rows = static_cast<int64_t>(limits.bytes / (static_cast<size_t>(out.anchor_block) * element));
     if (operands) {
-      rows = smallest(rows, static_cast<int64_t>(limits.bytes / (static_cast<size_t>(out.operand_ld) * bfloat16)));
+      rows = std::min(rows, static_cast<int64_t>(limits.bytes / (static_cast<size_t>(out.operand_ld) * bfloat16)));
     } else if (sizes.strided_rows) {
-      rows = smallest(rows, static_cast<int64_t>(limits.bytes / (static_cast<size_t>(d) * element)));
+      rows = std::min(rows, static_cast<int64_t>(limits.bytes / (static_cast<size_t>(d) * element)));
     }
-    rows = smallest(rows, n);
+    rows = std::min(rows, n);
     out.row_block = rows > 0 ? rows : 1;
   }
   size_t at = 0;
