@@ -291,6 +291,21 @@ cudaError_t plain_product(const cuda::ProductBlock& block, cudaStream_t stream, 
   return cudaGetLastError();
 }
 
+// n contiguous rows of d values against k anchors, the results into values and indices.
+cuda::SimilarityProblem contiguous_problem(const void* x, const void* anchors, int64_t n, int64_t d, int64_t k,
+                                           float* values, int64_t* indices) {
+  cuda::SimilarityProblem p;
+  p.embeddings = x;
+  p.n = n;
+  p.d = d;
+  p.ld = d;
+  p.anchors = anchors;
+  p.k = k;
+  p.values = values;
+  p.indices = indices;
+  return p;
+}
+
 template <typename T>
 void test_similarity(uint64_t seed, int64_t n, int64_t d, int64_t k, cuda::Precision precision, double tolerance,
                      const cuda::BlockLimits& limits = cuda::BlockLimits(), bool duplicates = false,
@@ -312,13 +327,7 @@ void test_similarity(uint64_t seed, int64_t n, int64_t d, int64_t k, cuda::Preci
   DeviceArray<T> d_x(x), d_a(a);
   DeviceArray<float> d_values(n);
   DeviceArray<int64_t> d_indices(n);
-  cuda::SimilarityProblem p;
-  p.embeddings = d_x.data;
-  p.n = n;
-  p.d = d;
-  p.ld = d;
-  p.anchors = d_a.data;
-  p.k = k;
+  cuda::SimilarityProblem p = contiguous_problem(d_x.data, d_a.data, n, d, k, d_values.data, d_indices.data);
   p.float64 = std::is_same<T, double>::value;
   p.precision = precision;
   ProductCalls calls;
@@ -326,8 +335,6 @@ void test_similarity(uint64_t seed, int64_t n, int64_t d, int64_t k, cuda::Preci
     p.product = &plain_product;
     p.product_context = &calls;
   }
-  p.values = d_values.data;
-  p.indices = d_indices.data;
   cuda::SimilarityPlan plan;
   CUDA_OK(cuda::plan_max_anchor_similarity(p, &plan, limits));
   CHECK((plan.method == cuda::SimilarityMethod::kBlocked) == (p.float64 || (with_products && k > 32)));
@@ -382,19 +389,11 @@ void test_similarity_product_error() {
   std::vector<float> x(n * d, 1.0f), a(k * d, 1.0f);
   DeviceArray<float> d_x(x), d_a(a), d_values(std::vector<float>(n, -7.0f));
   DeviceArray<int64_t> d_indices(std::vector<int64_t>(n, -7));
-  cuda::SimilarityProblem p;
-  p.embeddings = d_x.data;
-  p.n = n;
-  p.d = d;
-  p.ld = d;
-  p.anchors = d_a.data;
-  p.k = k;
+  cuda::SimilarityProblem p = contiguous_problem(d_x.data, d_a.data, n, d, k, d_values.data, d_indices.data);
   ProductCalls calls;
   calls.failing = true;
   p.product = &plain_product;
   p.product_context = &calls;
-  p.values = d_values.data;
-  p.indices = d_indices.data;
   cuda::SimilarityPlan plan;
   CUDA_OK(cuda::plan_max_anchor_similarity(p, &plan));
   CHECK(plan.method == cuda::SimilarityMethod::kBlocked);
