@@ -131,6 +131,11 @@ def tflops(flops: float, seconds: float) -> str:
 # ----------------------------------------------------------------------------------------------
 
 
+def runs_tensor_core_precisions(device: torch.device) -> bool:
+    """Whether 'high' and 'medium' run here: compute capability 8.0 or newer (the CPU runs all)."""
+    return device.type != "cuda" or torch.cuda.get_device_capability(device)[0] >= 8
+
+
 def similarity(device: torch.device, sizes: Sizes) -> tuple[list, dict]:
     from diffmask_fast import ops
 
@@ -144,7 +149,7 @@ def similarity(device: torch.device, sizes: Sizes) -> tuple[list, dict]:
     results["copy_bandwidth_bytes_per_s"] = bandwidth
     cpu_embeddings = embeddings.cpu()
     fewest, most = min(sizes.anchor_counts), max(sizes.anchor_counts)
-    tensor_cores = device.type != "cuda" or torch.cuda.get_device_capability(device)[0] >= 8
+    tensor_cores = runs_tensor_core_precisions(device)
     allow_tf32 = torch.backends.cuda.matmul.allow_tf32
     try:
         for k in sizes.anchor_counts:

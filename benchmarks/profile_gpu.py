@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 def calls(device: torch.device, sizes) -> list[tuple[str, callable]]:
     """(name, call) of each path, on inputs made once."""
-    from bench_gpu import masker_and_batch
+    from bench_gpu import masker_and_batch, runs_tensor_core_precisions
     from diffmask_fast import ops
 
     generator = torch.Generator(device=device).manual_seed(0)
@@ -32,12 +32,11 @@ def calls(device: torch.device, sizes) -> list[tuple[str, callable]]:
     embeddings = torch.randn(sizes.words, dim, device=device, generator=generator)
     few = torch.randn(20, dim, device=device, generator=generator)
     many = torch.randn(1000, dim, device=device, generator=generator)
-    tensor_cores = device.type != "cuda" or torch.cuda.get_device_capability(device)[0] >= 8
     paths = [
         ("similarity K=20 (fused)", lambda: ops.max_anchor_similarity(embeddings, few)),
         ("similarity K=1000 float32 (blocked)", lambda: ops.max_anchor_similarity(embeddings, many)),
     ]
-    if tensor_cores:
+    if runs_tensor_core_precisions(device):
         paths += [
             ("similarity K=1000 'high' (bf16x3)", lambda: ops.max_anchor_similarity(embeddings, many, "high")),
             ("similarity K=1000 'medium' (bf16)", lambda: ops.max_anchor_similarity(embeddings, many, "medium")),
