@@ -306,6 +306,25 @@ cuda::SimilarityProblem contiguous_problem(const void* x, const void* anchors, i
   return p;
 }
 
+// The cosine of `row` with anchor `anchor` of `anchors`, or with the nearest anchor (anchor -1),
+// in double; 0 for a zero row.
+template <typename T>
+double reference_cosine(const T* row, const std::vector<T>& anchors, int64_t d, int64_t k, int64_t anchor) {
+  double norm = 0;
+  for (int64_t j = 0; j < d; ++j) norm += static_cast<double>(row[j]) * row[j];
+  norm = std::sqrt(norm);
+  double best = -2;
+  for (int64_t a_i = anchor < 0 ? 0 : anchor; a_i < (anchor < 0 ? k : anchor + 1); ++a_i) {
+    double dot = 0, anchor_norm = 0;
+    for (int64_t j = 0; j < d; ++j) {
+      dot += static_cast<double>(row[j]) * anchors[a_i * d + j];
+      anchor_norm += static_cast<double>(anchors[a_i * d + j]) * anchors[a_i * d + j];
+    }
+    best = std::max(best, norm > 0 ? dot / (norm * std::sqrt(anchor_norm)) : 0.0);
+  }
+  return best;
+}
+
 template <typename T>
 void test_similarity(uint64_t seed, int64_t n, int64_t d, int64_t k, cuda::Precision precision, double tolerance,
                      const cuda::BlockLimits& limits = cuda::BlockLimits(), bool duplicates = false,
@@ -347,31 +366,18 @@ void test_similarity(uint64_t seed, int64_t n, int64_t d, int64_t k, cuda::Preci
   CHECK(calls.blocks == expected_blocks);
   const std::vector<float> values = d_values.host();
   const std::vector<int64_t> indices = d_indices.host();
-  std::vector<double> anchor_norm(k);
-  for (int64_t a_i = 0; a_i < k; ++a_i) {
-    double s = 0;
-    for (int64_t j = 0; j < d; ++j) s += static_cast<double>(a[a_i * d + j]) * a[a_i * d + j];
-    anchor_norm[a_i] = std::sqrt(s);
-  }
   double worst = 0;
   for (int64_t r = 0; r < n; ++r) {
     if (r == 2) {
       CHECK(std::isnan(values[r]) && indices[r] == 0);
       continue;
     }
-    double norm = 0;
-    for (int64_t j = 0; j < d; ++j) norm += static_cast<double>(x[r * d + j]) * x[r * d + j];
-    norm = std::sqrt(norm);
-    auto cosine = [&](int64_t a_i) {
-      double dot = 0;
-      for (int64_t j = 0; j < d; ++j) dot += static_cast<double>(x[r * d + j]) * a[a_i * d + j];
-      return norm > 0 ? dot / (norm * anchor_norm[a_i]) : 0.0;
-    };
-    double best = -2;
-    for (int64_t a_i = 0; a_i < k; ++a_i) best = std::max(best, cosine(a_i));
+    const double best = reference_cosine(x.data() + r * d, a, d, k, -1);
     worst = std::max(worst, std::fabs(values[r] - best));
     CHECK(indices[r] >= 0 && indices[r] < k);
-    if (indices[r] >= 0 && indices[r] < k) CHECK(cosine(indices[r]) >= best - 2 * tolerance);
+    if (indices[r] >= 0 && indices[r] < k) {
+      CHECK(reference_cosine(x.data() + r * d, a, d, k, indices[r]) >= best - 2 * tolerance);
+    }
     if (duplicates && k >= 3 && r % 7 == 1) CHECK(indices[r] == 1);
   }
   CHECK(values[0] == 0.0f && indices[0] == 0);
@@ -380,6 +386,40 @@ void test_similarity(uint64_t seed, int64_t n, int64_t d, int64_t k, cuda::Preci
                  static_cast<long long>(n), static_cast<long long>(d), static_cast<long long>(k),
                  static_cast<int>(precision), static_cast<int>(p.float64), worst, tolerance);
     CHECK(false);
+  }
+}
+
+// Rows `ld` values apart: padded (ld > d; the padding is NaN and must never be read) or one row
+// seen n times (ld = 0, as an expanded tensor), by the fused kernel and by the blocked method.
+void test_similarity_row_stride(uint64_t seed, int64_t n, int64_t d, int64_t k, int64_t ld, bool with_products,
+                                const cuda::BlockLimits& limits = cuda::BlockLimits()) {
+  Random rng(seed);
+  std::vector<float> x(ld == 0 ? d : (n - 1) * ld + d, NAN), a(k * d);
+  for (int64_t r = 0; r < (ld == 0 ? 1 : n); ++r) {
+    for (int64_t j = 0; j < d; ++j) x[r * ld + j] = static_cast<float>(2 * rng.unit() - 1);
+  }
+  for (auto& v : a) v = static_cast<float>(2 * rng.unit() - 1);
+  DeviceArray<float> d_x(x), d_a(a), d_values(n);
+  DeviceArray<int64_t> d_indices(n);
+  cuda::SimilarityProblem p = contiguous_problem(d_x.data, d_a.data, n, d, k, d_values.data, d_indices.data);
+  p.ld = ld;
+  ProductCalls calls;
+  if (with_products) {
+    p.product = &plain_product;
+    p.product_context = &calls;
+  }
+  cuda::SimilarityPlan plan;
+  CUDA_OK(cuda::plan_max_anchor_similarity(p, &plan, limits));
+  DeviceArray<unsigned char> workspace(plan.workspace_bytes);
+  CUDA_OK(cuda::max_anchor_similarity(p, plan, workspace.data, nullptr));
+  CUDA_OK(cudaDeviceSynchronize());
+  const std::vector<float> values = d_values.host();
+  const std::vector<int64_t> indices = d_indices.host();
+  for (int64_t r = 0; r < n; ++r) {
+    const float* row = x.data() + r * ld;
+    CHECK_NEAR(values[r], reference_cosine(row, a, d, k, -1), 1e-5);
+    CHECK(indices[r] >= 0 && indices[r] < k);
+    if (indices[r] >= 0 && indices[r] < k) CHECK(reference_cosine(row, a, d, k, indices[r]) >= values[r] - 2e-5);
   }
 }
 
@@ -490,6 +530,16 @@ int main(int argc, char** argv) {
     test_similarity<float>(17, quick ? 150 : 700, 70, k, cuda::Precision::kFloat32, float32, cuda::BlockLimits(), true,
                            /*with_products=*/false);
   }
+  for (bool with_products : {true, false}) {
+    for (int64_t k : {7, 40}) {
+      test_similarity_row_stride(18, quick ? 70 : 300, 37, k, 41, with_products);  // padded rows
+      test_similarity_row_stride(19, quick ? 70 : 300, 37, k, 0, with_products);   // one row, expanded
+    }
+  }
+  cuda::BlockLimits few_rows;  // expanded rows bound the blocks (the product routine copies them)
+  few_rows.anchors = 16;
+  few_rows.bytes = 16 * 37 * sizeof(float);
+  test_similarity_row_stride(20, 100, 37, 40, 0, true, few_rows);
   test_similarity_product_error();
   test_lookup();
   TEST_MAIN_END();
