@@ -11,6 +11,7 @@
 #include <cstdlib>
 #include <limits>
 #include <memory>
+#include <random>
 #include <string>
 #include <type_traits>
 #include <vector>
@@ -391,18 +392,23 @@ void test_similarity(uint64_t seed, int64_t n, int64_t d, int64_t k, cuda::Preci
 
 // Rows `ld` values apart: padded (ld > d; the padding is NaN and must never be read) or one row
 // seen n times (ld = 0, as an expanded tensor), by the fused kernel and by the blocked method.
-void test_similarity_row_stride(uint64_t seed, int64_t n, int64_t d, int64_t k, int64_t ld, bool with_products,
-                                const cuda::BlockLimits& limits = cuda::BlockLimits()) {
+template <typename T>
+void test_similarity_layout(uint64_t seed, int64_t n, int64_t d, int64_t k, int64_t ld, cuda::Precision precision,
+                            double tolerance, bool with_products,
+                            const cuda::BlockLimits& limits = cuda::BlockLimits()) {
   Random rng(seed);
-  std::vector<float> x(ld == 0 ? d : (n - 1) * ld + d, NAN), a(k * d);
+  std::vector<T> x(ld == 0 ? d : (n - 1) * ld + d, std::numeric_limits<T>::quiet_NaN()), a(k * d);
   for (int64_t r = 0; r < (ld == 0 ? 1 : n); ++r) {
-    for (int64_t j = 0; j < d; ++j) x[r * ld + j] = static_cast<float>(2 * rng.unit() - 1);
+    for (int64_t j = 0; j < d; ++j) x[r * ld + j] = static_cast<T>(2 * rng.unit() - 1);
   }
-  for (auto& v : a) v = static_cast<float>(2 * rng.unit() - 1);
-  DeviceArray<float> d_x(x), d_a(a), d_values(n);
+  for (auto& v : a) v = static_cast<T>(2 * rng.unit() - 1);
+  DeviceArray<T> d_x(x), d_a(a);
+  DeviceArray<float> d_values(n);
   DeviceArray<int64_t> d_indices(n);
   cuda::SimilarityProblem p = contiguous_problem(d_x.data, d_a.data, n, d, k, d_values.data, d_indices.data);
   p.ld = ld;
+  p.float64 = std::is_same<T, double>::value;
+  p.precision = precision;
   ProductCalls calls;
   if (with_products) {
     p.product = &plain_product;
@@ -415,12 +421,77 @@ void test_similarity_row_stride(uint64_t seed, int64_t n, int64_t d, int64_t k, 
   CUDA_OK(cudaDeviceSynchronize());
   const std::vector<float> values = d_values.host();
   const std::vector<int64_t> indices = d_indices.host();
+  int wrong = 0;
   for (int64_t r = 0; r < n; ++r) {
-    const float* row = x.data() + r * ld;
-    CHECK_NEAR(values[r], reference_cosine(row, a, d, k, -1), 1e-5);
-    CHECK(indices[r] >= 0 && indices[r] < k);
-    if (indices[r] >= 0 && indices[r] < k) CHECK(reference_cosine(row, a, d, k, indices[r]) >= values[r] - 2e-5);
+    const T* row = x.data() + r * ld;
+    const double best = reference_cosine(row, a, d, k, -1);
+    wrong += !(std::fabs(values[r] - best) <= tolerance);
+    wrong += !(indices[r] >= 0 && indices[r] < k);
+    if (indices[r] >= 0 && indices[r] < k) wrong += !(reference_cosine(row, a, d, k, indices[r]) >= best - 2 * tolerance);
   }
+  if (wrong > 0) {
+    std::fprintf(stderr, "similarity seed=%llu n=%lld d=%lld k=%lld ld=%lld precision=%d float64=%d products=%d: "
+                 "%d wrong\n", static_cast<unsigned long long>(seed), static_cast<long long>(n),
+                 static_cast<long long>(d), static_cast<long long>(k), static_cast<long long>(ld),
+                 static_cast<int>(precision), static_cast<int>(p.float64), static_cast<int>(with_products), wrong);
+    CHECK(wrong == 0);
+  }
+}
+
+// Bounds of the precisions (unit roundoff u = 2^-8 for bfloat16; bf16x3 3 u^2; sums of depth
+// terms in float32), for values in [-1, 1].
+double precision_bound(cuda::Precision precision, int64_t d, bool float64) {
+  const double u = std::ldexp(1.0, -8), sums = static_cast<double>(d) * std::ldexp(1.0, -24);
+  if (float64) return 1e-7;  // computed in float64, returned in float32 (a rounding of up to 3e-8)
+  switch (precision) {
+    case cuda::Precision::kBf16x3:
+      return 3 * u * u + 3 * sums;
+    case cuda::Precision::kBf16:
+      return 2 * u + sums;
+    default:
+      return 1e-5;
+  }
+}
+
+// A random similarity problem: shape, row layout, type, precision, method and block sizes.
+void fuzz_similarity(uint64_t seed) {
+  Random rng(seed);
+  const int64_t n = 1 + rng.index(rng.unit() < 0.2 ? 3 : 260);
+  const int64_t d = 1 + rng.index(rng.unit() < 0.2 ? 4 : 100);
+  const int64_t k = 1 + rng.index(rng.unit() < 0.5 ? 40 : 120);
+  const double layout = rng.unit();
+  const int64_t ld = n == 1 || layout < 0.6 ? d : layout < 0.8 ? d + 1 + rng.index(9) : 0;
+  const bool float64 = rng.unit() < 0.25;
+  const bool with_products = float64 || rng.unit() < 0.8;
+  const cuda::Precision precision = static_cast<cuda::Precision>(rng.index(3));
+  cuda::BlockLimits limits;
+  if (rng.unit() < 0.6) {  // small blocks: many, ragged
+    limits.anchors = 1 + rng.index(20);
+    limits.bytes = static_cast<size_t>(1 + rng.index(64 * d)) * 8;
+  }
+  const double tolerance = precision_bound(precision, d, float64);
+  if (float64) {
+    test_similarity_layout<double>(seed, n, d, k, ld, precision, tolerance, with_products, limits);
+  } else {
+    test_similarity_layout<float>(seed, n, d, k, ld, precision, tolerance, with_products, limits);
+  }
+}
+
+// Random rows of random lengths, masked with random parameters; random sampling problems.
+void fuzz_masking_and_sampling(uint64_t seed) {
+  Random rng(seed);
+  core::MaskParams params;
+  params.mask_token_id = 3;
+  params.mlm_probability = rng.unit() < 0.1 ? 1.0 : 0.01 + 0.9 * rng.unit();
+  params.weighting = rng.unit() < 0.3 ? core::kWeightingRank : core::kWeightingSimilarity;
+  params.uniform_mix = rng.unit() < 0.5 ? 0.0 : rng.unit();
+  params.unknown_score = rng.unit() < 0.5 ? 0.0 : rng.unit() < 0.5 ? 1e-310 : rng.unit();
+  params.mask_replace_prob = rng.unit();
+  params.random_replace_prob = (1 - params.mask_replace_prob) * rng.unit();
+  test_masking(seed, 1 + rng.index(6), 1 + rng.index(rng.unit() < 0.3 ? 8 : 700), params);
+  const bool float64 = rng.unit() < 0.5;
+  test_sampling(seed, 1 + rng.index(5), 1 + rng.index(rng.unit() < 0.3 ? 8 : 1500), float64,
+                float64 && rng.unit() < 0.3);
 }
 
 // A failing product routine: its error comes back, and nothing is written after it.
@@ -531,15 +602,23 @@ int main(int argc, char** argv) {
                            /*with_products=*/false);
   }
   for (bool with_products : {true, false}) {
-    for (int64_t k : {7, 40}) {
-      test_similarity_row_stride(18, quick ? 70 : 300, 37, k, 41, with_products);  // padded rows
-      test_similarity_row_stride(19, quick ? 70 : 300, 37, k, 0, with_products);   // one row, expanded
+    for (int64_t k : {7, 40}) {  // padded rows; one row, expanded
+      test_similarity_layout<float>(18, quick ? 70 : 300, 37, k, 41, cuda::Precision::kFloat32, float32, with_products);
+      test_similarity_layout<float>(19, quick ? 70 : 300, 37, k, 0, cuda::Precision::kFloat32, float32, with_products);
     }
   }
   cuda::BlockLimits few_rows;  // expanded rows bound the blocks (the product routine copies them)
   few_rows.anchors = 16;
   few_rows.bytes = 16 * 37 * sizeof(float);
-  test_similarity_row_stride(20, 100, 37, 40, 0, true, few_rows);
+  test_similarity_layout<float>(20, 100, 37, 40, 0, cuda::Precision::kFloat32, float32, true, few_rows);
+  // Fresh random problems every run (DIFFMASK_TEST_SEED repeats a run's).
+  const char* fixed = std::getenv("DIFFMASK_TEST_SEED");
+  const uint64_t run_seed = fixed != nullptr ? std::strtoull(fixed, nullptr, 0) : std::random_device()();
+  std::printf("random problems of seed %llu\n", static_cast<unsigned long long>(run_seed));
+  for (uint64_t i = 0; i < (quick ? 4 : 40); ++i) {
+    fuzz_similarity(run_seed * 1000 + i);
+    fuzz_masking_and_sampling(run_seed * 1000 + i);
+  }
   test_similarity_product_error();
   test_lookup();
   TEST_MAIN_END();
