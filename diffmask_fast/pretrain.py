@@ -14,6 +14,8 @@ import contextlib
 import dataclasses
 import math
 import os
+import shutil
+import socket
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -39,6 +41,10 @@ ANCHORS_FILE = "anchors.json"
 SCORES_FILE = "scores.npz"
 TERMS_FILE = "terms.txt"
 RUN_FILE = "pretrain_run.json"  # the settings a run started with, and its validation loss before training
+# Where the processes of one machine find the windows its first process tokenized (removed once
+# they have mapped them; several processes only).
+WINDOWS_DIR = "windows"
+WINDOWS_PARTS = ("training", "validation")
 #: What makes two documents copies that stay on one side of the split: read alike by the tokenizer
 #: (``pretrain_data.reading_key``), as a run's record says; a record without it split by the text.
 COPIES_BY = "tokenizer"
@@ -371,7 +377,7 @@ def pretrain(config: PretrainConfig) -> dict:
     from .hf_loading import check_max_length, check_vocabulary, load_tokenizer, no_progress_bars
     from .mlm_model import load_masked_lm
     from .pretrain_data import (SequenceDataset, TrainingCollator, documents_fingerprint, read_documents,
-                                reading_key, shared_documents, split_documents, tokenize_documents)
+                                reading_key, shared_documents, split_documents)
     from .trainer import CurrentIntervals, MaskingTrainer, ResumableEarlyStopping, RunRecordCallback
 
     config.check()
@@ -419,10 +425,12 @@ def pretrain(config: PretrainConfig) -> dict:
                          f"{_data_change(resumed_run['data'], data)}. A resumed run trains and validates on the "
                          "documents it began with (else held-out documents could be trained on); start a new run in "
                          "a new output directory")
-    train = tokenize_documents(tokenizer, train_docs, config.max_length, progress=config.progress and reports,
-                               description="tokenizing training documents", word_boundary=scheme)
-    validation = tokenize_documents(tokenizer, validation_docs, config.max_length, progress=config.progress and reports,
-                                    description="tokenizing validation documents", word_boundary=scheme)
+    workers = config.workers if config.workers is not None else (2 if torch.cuda.is_available() else 0)
+    args = _training_arguments(config, workers)
+    if resumed_run is not None and complete_checkpoint is None:
+        _check_same_processes(resumed_run.get("processes"), args.world_size)
+    train, validation = _token_windows(config, tokenizer, train_docs, validation_docs, scheme, args,
+                                       progress=config.progress and reports)
     for name, sequences, docs in (("training", train, train_docs), ("validation", validation, validation_docs)):
         if not sequences:  # the Trainer would fail only after training began, or train on nothing
             raise ValueError(f"the {name} set is empty: its {len(docs)} document(s) tokenize to nothing (the "
@@ -436,10 +444,6 @@ def pretrain(config: PretrainConfig) -> dict:
                          "tokenizer files the run began with (every checkpoint holds a copy), or start a new run in a "
                          "new output directory")
 
-    workers = config.workers if config.workers is not None else (2 if torch.cuda.is_available() else 0)
-    args = _training_arguments(config, workers)
-    if resumed_run is not None and complete_checkpoint is None:
-        _check_same_processes(resumed_run.get("processes"), args.world_size)
     if resumed_run is not None and run_dir != out.resolve() and args.process_index == 0:
         atomic_write_json(out / RUN_FILE, resumed_run)  # the run goes on here: its settings come along
     # One process per machine mines and scores; the others wait and load what it saved.
@@ -548,6 +552,45 @@ def pretrain(config: PretrainConfig) -> dict:
         if len(diverged) < len(losses):  # a curve to draw
             plot_pretraining(summary, out / LOSS_PICTURE, title=f"Continued pretraining: {config.strategy}")
     return summary
+
+
+def _token_windows(config: PretrainConfig, tokenizer: Any, train_docs: list[str], validation_docs: list[str],
+                   scheme: str, args: Any, progress: bool) -> tuple[Any, Any]:
+    """The training and validation windows. Alone, the process tokenizes them. With several
+    processes, one per machine tokenizes them and writes them to ``windows/<host>/`` in the output
+    directory, every process of the machine maps those files, and the files are removed (what is
+    mapped stays readable): the machine tokenizes the corpus once and holds one copy of it, not
+    one per process."""
+    import torch
+
+    from .pretrain_data import TokenWindows, tokenize_documents
+
+    def tokenize() -> tuple[TokenWindows, TokenWindows]:
+        return tuple(tokenize_documents(tokenizer, docs, config.max_length, progress=progress,
+                                        description=f"tokenizing {name} documents", word_boundary=scheme)
+                     for name, docs in zip(WINDOWS_PARTS, (train_docs, validation_docs)))
+
+    if args.world_size == 1:
+        return tokenize()
+    # One folder a machine: the machines of a run may share the output directory.
+    folder = Path(config.output_dir) / WINDOWS_DIR / socket.gethostname()
+    main = args.local_process_index == 0
+    with args.main_process_first(local=True, desc="tokenizing"):
+        if main:
+            shutil.rmtree(folder, ignore_errors=True)  # an earlier run's windows must never be read
+            for name, windows in zip(WINDOWS_PARTS, tokenize()):
+                windows.save(folder / name)
+        try:
+            mapped = tuple(TokenWindows.load(folder / name) for name in WINDOWS_PARTS)
+        except FileNotFoundError as error:
+            raise RuntimeError(f"the first process of this machine wrote no tokenized windows to {folder} (its own "
+                               "error says why)") from error
+    torch.distributed.barrier()  # every process has mapped them
+    if main:
+        shutil.rmtree(folder, ignore_errors=True)
+        with contextlib.suppress(OSError):  # other machines' folders may still be there
+            folder.parent.rmdir()
+    return mapped
 
 
 def planned_steps(sequences: int, sequences_per_step: int, epochs: float) -> int:

@@ -260,6 +260,22 @@ class TokenWindows(SequenceABC):
                 digest.update(values[start:start + step].astype("<i8").tobytes())
         return {"windows": len(self), "tokens": int(len(self.ids)), "sha256": digest.hexdigest()}
 
+    def save(self, stem: str | os.PathLike) -> None:
+        """Writes ``<stem>.ids.npy`` and ``<stem>.offsets.npy`` (each atomically), for ``load``."""
+        from ._io import atomic_writer
+
+        for part, values in (("ids", self.ids), ("offsets", self.offsets)):
+            with atomic_writer(f"{os.fspath(stem)}.{part}.npy") as file:
+                np.save(file, np.ascontiguousarray(values), allow_pickle=False)
+
+    @classmethod
+    def load(cls, stem: str | os.PathLike) -> TokenWindows:
+        """The windows ``save`` wrote, memory-mapped read-only: the processes that load the same
+        files share one copy of them in memory (the page cache), however many there are."""
+        ids, offsets = [np.load(f"{os.fspath(stem)}.{part}.npy", mmap_mode="r", allow_pickle=False)
+                        for part in ("ids", "offsets")]
+        return cls(ids, offsets)
+
     class Builder:
         """Windows added one list at a time, kept as arrays chunk by chunk (``flush``)."""
 

@@ -19,7 +19,7 @@ import torch
 from diffmask_fast import DiffmaskWarning, cli
 from diffmask_fast.losses import weighted_mlm_loss
 from diffmask_fast.mlm_model import HEAD_NORM_GAIN, load_masked_lm
-from diffmask_fast.pretrain import LOSS_PICTURE, RUN_FILE, SUMMARY_FILE, PretrainConfig, pretrain
+from diffmask_fast.pretrain import LOSS_PICTURE, RUN_FILE, SUMMARY_FILE, WINDOWS_DIR, PretrainConfig, pretrain
 from diffmask_fast.strategies import STRATEGIES, build_strategy, resolve_mask_location
 from diffmask_fast.trainer import MaskingTrainer
 
@@ -968,8 +968,15 @@ def test_torchrun_joins_processes_mines_once_and_validates_on_the_same_masks(mod
         "        seen.add(type(model).__name__)\n"
         "    return compute_loss(self, model, *args, **kwargs)\n"
         "MaskingTrainer.compute_loss = recording\n"
+        "import diffmask_fast.pretrain_data as data\n"
+        "tokenized = []\n"
+        "tokenize = data.tokenize_documents\n"
+        "def counting(*args, **kwargs):\n"
+        "    tokenized.append(len(args[1]))\n"
+        "    return tokenize(*args, **kwargs)\n"
+        "data.tokenize_documents = counting\n"
         "code = main(sys.argv[1:])\n"
-        f"open({str(seen_by)!r} + os.environ['RANK'], 'w').write(repr(sorted(seen)))\n"
+        f"open({str(seen_by)!r} + os.environ['RANK'], 'w').write(repr((sorted(seen), len(tokenized))))\n"
         "sys.exit(code)\n")
     command = [torchrun, "--nproc-per-node", "2", "--master-port", str(29500 + os.getpid() % 1000),
                str(driver), "pretrain", str(corpus), "--model", str(model_dir), "-o", str(out),
@@ -980,9 +987,14 @@ def test_torchrun_joins_processes_mines_once_and_validates_on_the_same_masks(mod
                           env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert done.returncode == 0, done.stderr[-3000:]
     # Every rank's training steps ran through DistributedDataParallel: one model, gradients averaged.
-    for rank in (0, 1):
-        assert Path(f"{seen_by}{rank}").read_text() == "['DistributedDataParallel']", done.stdout[-3000:]
+    # The first process of the machine tokenized the corpus (training and validation documents);
+    # the other mapped the windows it wrote, which are gone once both had.
+    for rank, tokenized in ((0, 2), (1, 0)):
+        seen = Path(f"{seen_by}{rank}").read_text()
+        assert seen == repr((["DistributedDataParallel"], tokenized)), done.stdout[-3000:]
+    assert not (out / WINDOWS_DIR).exists()
     distributed = json.loads((out / SUMMARY_FILE).read_text())
+    assert distributed["data"]["tokens_train"] == single["data"]["tokens_train"]
     # One process mined the anchors; the other loaded them: both trained with the same ones.
     assert distributed["anchors"] == single["anchors"]
     # Two processes share the work: an epoch has half the steps...

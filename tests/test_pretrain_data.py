@@ -121,6 +121,25 @@ def test_windows_are_kept_compact_and_read_as_lists(bert_wordpiece, shared_data_
     assert tokenize_documents(bert_wordpiece, documents, 65, progress=False).fingerprint() != windows.fingerprint()
 
 
+def test_windows_saved_load_memory_mapped_as_they_were(bert_wordpiece, shared_data_dir, tmp_path):
+    """The processes of a machine share the windows one of them tokenized: saved, and loaded
+    read-only from a memory map (every process of the machine then reads one copy)."""
+    documents = (shared_data_dir / "chemprot" / "corpus.txt").read_text(encoding="utf-8").splitlines()[:200]
+    windows = tokenize_documents(bert_wordpiece, documents, 48, progress=False)
+    windows.save(tmp_path / "shared" / "training")
+    assert sorted(path.name for path in (tmp_path / "shared").iterdir()) == ["training.ids.npy",
+                                                                           "training.offsets.npy"]
+    loaded = TokenWindows.load(tmp_path / "shared" / "training")
+    assert isinstance(loaded.ids, np.memmap) and isinstance(loaded.offsets, np.memmap)
+    assert not loaded.ids.flags.writeable
+    assert loaded.fingerprint() == windows.fingerprint() and list(loaded) == list(windows)
+    empty = TokenWindows(np.zeros(0, dtype=np.int32), np.zeros(1, dtype=np.int64))
+    empty.save(tmp_path / "empty")
+    assert len(TokenWindows.load(tmp_path / "empty")) == 0
+    with pytest.raises(FileNotFoundError):
+        TokenWindows.load(tmp_path / "missing")
+
+
 def test_texts_the_tokenizer_reads_alike_stay_on_one_side(bert_wordpiece, roberta_byte_bpe, seed):
     """An uncased WordPiece tokenizer reads case, Unicode form and spacing around punctuation
     alike: such variants of a text tokenize to the same windows, and were split like different
