@@ -218,9 +218,9 @@ bool release_waiting() {
     return false;
   }
   if (at_barrier + exited == e.fibers.size() && exited > 0) {
-    for (const Fiber& f : e.fibers) {
+    for (Fiber& f : e.fibers) {
       if (f.state == State::kExited) {
-        e.current = const_cast<Fiber*>(&f);
+        e.current = &f;
         fail("__syncthreads() waits for " + thread_name(f) + ", which has exited");
       }
     }

@@ -10,12 +10,13 @@
 // anew for every block, so code that reads shared memory another thread writes without a
 // barrier between them gives results that change from run to run.
 //
-// What a GPU would leave undefined stops the program with a message naming the kernel: a
-// barrier some threads of the block have exited before reaching, a shuffle with a lane that has
-// exited or with a partial mask, threads waiting on each other at different barriers
-// (deadlock). Device memory is host memory, filled with 0xFF bytes when allocated (NaN as
-// floats, -1 as integers), so reading what no kernel wrote shows up; built with
-// AddressSanitizer, reads and writes out of bounds are caught too.
+// What a GPU would leave undefined stops the program (exit status 3) with a message naming the
+// kernel and block: a barrier some threads of the block have exited before reaching, a shuffle
+// waiting for a lane that has exited, lanes of a warp at different shuffles, a partial mask or
+// warp, threads waiting on each other at a barrier and a shuffle (deadlock). Device memory is
+// host memory, filled with 0xFF bytes when allocated (NaN as floats, -1 as integers), so reading
+// what no kernel wrote shows up; built with AddressSanitizer, reads and writes out of bounds are
+// caught too.
 //
 // What it cannot show: timing, memory-model effects of real concurrency (threads never run at
 // the same time), the accuracy of the GPU's own math functions (these are the host's), and
