@@ -41,10 +41,11 @@ ANCHORS_FILE = "anchors.json"
 SCORES_FILE = "scores.npz"
 TERMS_FILE = "terms.txt"
 RUN_FILE = "pretrain_run.json"  # the settings a run started with, and its validation loss before training
-# Where the processes of one machine find the windows its first process tokenized (removed once
-# they have mapped them; several processes only).
+# Where the processes of one machine find the documents its first process read and tokenized
+# (removed once they have mapped them; several processes only).
 WINDOWS_DIR = "windows"
-WINDOWS_PARTS = ("training", "validation")
+WINDOWS_PARTS = ("train", "validation")  # the windows' files, named as _PreparedData's fields
+WINDOWS_FOUND = "documents.json"  # and the documents' counts and fingerprints
 #: What makes two documents copies that stay on one side of the split: read alike by the tokenizer
 #: (``pretrain_data.reading_key``), as a run's record says; a record without it split by the text.
 COPIES_BY = "tokenizer"
@@ -376,8 +377,7 @@ def pretrain(config: PretrainConfig) -> dict:
     from . import __version__
     from .hf_loading import check_max_length, check_vocabulary, load_tokenizer, no_progress_bars
     from .mlm_model import load_masked_lm
-    from .pretrain_data import (SequenceDataset, TrainingCollator, documents_fingerprint, read_documents,
-                                reading_key, shared_documents, split_documents)
+    from .pretrain_data import SequenceDataset, TrainingCollator
     from .trainer import CurrentIntervals, MaskingTrainer, ResumableEarlyStopping, RunRecordCallback
 
     config.check()
@@ -399,42 +399,19 @@ def pretrain(config: PretrainConfig) -> dict:
         scheme = word_boundaries(tokenizer, config.word_boundary).scheme
 
     reports = distributed_rank() == 0  # one process shows bars and advice, not every rank of torchrun
-    documents = read_documents(config.corpus, config.text_field)
-    if not documents:
-        raise ValueError("the corpus has no non-empty documents")
-    _warn_of_undecoded_text(documents, "corpus", reports)
     # Copies are texts the tokenizer reads alike; runs begun before that was so split by the text.
     copies_by = COPIES_BY if resumed_run is None else resumed_run.get("copies_by", "text")
-    copies = reading_key(tokenizer) if copies_by == COPIES_BY else None
-    if config.validation:
-        train_docs, validation_docs = documents, read_documents(config.validation, config.text_field)
-        if not validation_docs:
-            raise ValueError("the validation files have no non-empty documents")
-        _warn_of_undecoded_text(validation_docs, "validation", reports)
-        shared = shared_documents(train_docs, validation_docs, copies)
-        if shared and reports:
-            warnings.warn(f"{shared:,} of the {len(validation_docs):,} validation documents are also training documents "
-                          "(as the tokenizer reads them): the validation loss will look better than it is",
-                          DiffmaskWarning, stacklevel=2)
-    else:
-        train_docs, validation_docs = split_documents(documents, config.validation_fraction,
-                                                      config.max_validation_documents, config.seed, copies)
-    data = {"training": documents_fingerprint(train_docs), "validation": documents_fingerprint(validation_docs)}
-    if resumed_run is not None and resumed_run.get("data", data) != data:
-        raise ValueError(f"--resume continues a run that began with other documents: "
-                         f"{_data_change(resumed_run['data'], data)}. A resumed run trains and validates on the "
-                         "documents it began with (else held-out documents could be trained on); start a new run in "
-                         "a new output directory")
     workers = config.workers if config.workers is not None else (2 if torch.cuda.is_available() else 0)
     args = _training_arguments(config, workers)
     if resumed_run is not None and complete_checkpoint is None:
         _check_same_processes(resumed_run.get("processes"), args.world_size)
-    train, validation = _token_windows(config, tokenizer, train_docs, validation_docs, scheme, args,
-                                       progress=config.progress and reports)
-    for name, sequences, docs in (("training", train, train_docs), ("validation", validation, validation_docs)):
+    prepared = _prepared_data(config, tokenizer, scheme, resumed_run, copies_by, args, reports)
+    train, validation, data = prepared.train, prepared.validation, prepared.data
+    for name, sequences, count in (("training", train, "documents_train"),
+                                   ("validation", validation, "documents_validation")):
         if not sequences:  # the Trainer would fail only after training began, or train on nothing
-            raise ValueError(f"the {name} set is empty: its {len(docs)} document(s) tokenize to nothing (the "
-                             f"tokenizer of {config.model!r} drops all of their text)")
+            raise ValueError(f"the {name} set is empty: its {prepared.documents[count]} document(s) tokenize to "
+                             f"nothing (the tokenizer of {config.model!r} drops all of their text)")
     windows = {"training": train.fingerprint(), "validation": validation.fingerprint()}
     if resumed_run is not None and resumed_run.get("windows", windows) != windows:
         change = _windows_change(resumed_run["windows"], windows)
@@ -449,13 +426,14 @@ def pretrain(config: PretrainConfig) -> dict:
     # One process per machine mines and scores; the others wait and load what it saved.
     with args.main_process_first(local=True, desc="mining anchors and scoring words"):
         main = args.local_process_index == 0
-        resources = _domain_resources(config, train_docs, tokenizer, validation_documents=validation_docs,
-                                      saved=not main, scheme=scheme)
+        resources = _domain_resources(config, prepared.train_docs, tokenizer,
+                                      validation_documents=prepared.validation_docs, saved=not main, scheme=scheme)
         if main:
             given = {name: getattr(config, name) for name in ("anchors", "scores", "terms")}
             _save_resources(out, resources, given)
     if config.scores is not None and "scores" in resources and args.process_index == 0:
-        notice = unscored_words_notice(resources["scores"], tokenizer, train_docs, validation_docs, scheme)
+        notice = unscored_words_notice(resources["scores"], tokenizer, prepared.train_docs, prepared.validation_docs,
+                                       scheme)
         if notice:
             print(notice)
     location = resolve_mask_location(config.strategy, config.mask_on)
@@ -472,12 +450,12 @@ def pretrain(config: PretrainConfig) -> dict:
         strategy.masker.warm(validation)
     validation_set = strategy.mask_examples([{"input_ids": s} for s in validation], model=model, seed=config.seed)
     if not any(label != -100 for example in validation_set for label in example["labels"]):
-        raise ValueError(f"masking the validation set chose no token: its {len(validation_docs)} document(s) are too few "
-                         "or too short for a validation loss; give more (--validation, --validation-fraction)")
+        raise ValueError(f"masking the validation set chose no token: its {prepared.documents['documents_validation']} "
+                         "document(s) are too few or too short for a validation loss; give more (--validation, "
+                         "--validation-fraction)")
     # The documents' text is not needed past here: released before training (and before the
     # DataLoader workers fork), as the windows stand for it.
-    document_counts = {"documents_train": len(train_docs), "documents_validation": len(validation_docs)}
-    del documents, train_docs, validation_docs
+    prepared.release_text()
     trainer = MaskingTrainer(  # processing_class: every checkpoint holds the tokenizer, ready for finetune
         model=model, args=args, processing_class=tokenizer, train_dataset=SequenceDataset(train),
         eval_dataset=SequenceDataset(validation_set),
@@ -523,7 +501,7 @@ def pretrain(config: PretrainConfig) -> dict:
         "masking": {"location": "training step (device)" if strategy.masks_on_device
                     else "DataLoader workers (CPU)" if workers > 0 else "the main process, batch by batch (CPU)",
                     "mlm_probability": config.mlm_probability},
-        "data": {**document_counts, "sequences_train": len(train), "sequences_validation": len(validation),
+        "data": {**prepared.documents, "sequences_train": len(train), "sequences_validation": len(validation),
                  "tokens_train": len(train.ids), "max_length": config.max_length},
         "anchors": resources.get("anchor_words"),
         "terms": len(resources["terms"]) if "terms" in resources else None,
@@ -554,43 +532,97 @@ def pretrain(config: PretrainConfig) -> dict:
     return summary
 
 
-def _token_windows(config: PretrainConfig, tokenizer: Any, train_docs: list[str], validation_docs: list[str],
-                   scheme: str, args: Any, progress: bool) -> tuple[Any, Any]:
-    """The training and validation windows. Alone, the process tokenizes them. With several
-    processes, one per machine tokenizes them and writes them to ``windows/<host>/`` in the output
-    directory, every process of the machine maps those files, and the files are removed (what is
-    mapped stays readable): the machine tokenizes the corpus once and holds one copy of it, not
-    one per process."""
+@dataclass
+class _PreparedData:
+    """A run's documents, split, and their windows. ``train_docs`` and ``validation_docs`` are
+    empty in a process that mapped the windows another one tokenized."""
+
+    train: Any  # TokenWindows
+    validation: Any
+    data: dict  # what identifies the documents: pretrain_run.json keeps it for --resume
+    documents: dict  # {"documents_train": ..., "documents_validation": ...}
+    train_docs: list[str] = field(default_factory=list)
+    validation_docs: list[str] = field(default_factory=list)
+
+    def release_text(self) -> None:
+        self.train_docs, self.validation_docs = [], []
+
+
+def _prepared_data(config: PretrainConfig, tokenizer: Any, scheme: str, resumed_run: dict | None, copies_by: str,
+                   args: Any, reports: bool) -> _PreparedData:
+    """The documents, split and tokenized. Alone, the process does it. With several processes, the
+    first of each machine does, writes the windows and what it found to ``windows/<host>/`` in the
+    output directory, and every process of the machine maps those files; then they are removed
+    (what is mapped stays readable). A machine thus reads and tokenizes the corpus once and holds
+    one copy of it, not one per process."""
     import torch
 
-    from .pretrain_data import TokenWindows, tokenize_documents
-
-    def tokenize() -> tuple[TokenWindows, TokenWindows]:
-        return tuple(tokenize_documents(tokenizer, docs, config.max_length, progress=progress,
-                                        description=f"tokenizing {name} documents", word_boundary=scheme)
-                     for name, docs in zip(WINDOWS_PARTS, (train_docs, validation_docs)))
+    from .pretrain_data import TokenWindows
 
     if args.world_size == 1:
-        return tokenize()
+        return _read_and_tokenize(config, tokenizer, scheme, resumed_run, copies_by, reports)
     # One folder a machine: the machines of a run may share the output directory.
     folder = Path(config.output_dir) / WINDOWS_DIR / socket.gethostname()
     main = args.local_process_index == 0
-    with args.main_process_first(local=True, desc="tokenizing"):
+    with args.main_process_first(local=True, desc="reading and tokenizing the documents"):
         if main:
             shutil.rmtree(folder, ignore_errors=True)  # an earlier run's windows must never be read
-            for name, windows in zip(WINDOWS_PARTS, tokenize()):
-                windows.save(folder / name)
+            prepared = _read_and_tokenize(config, tokenizer, scheme, resumed_run, copies_by, reports)
+            for name in WINDOWS_PARTS:
+                getattr(prepared, name).save(folder / name)
+            atomic_write_json(folder / WINDOWS_FOUND, {"data": prepared.data, "documents": prepared.documents})
         try:
-            mapped = tuple(TokenWindows.load(folder / name) for name in WINDOWS_PARTS)
+            mapped = {name: TokenWindows.load(folder / name) for name in WINDOWS_PARTS}
+            found = read_json(folder / WINDOWS_FOUND, "tokenized documents")
         except FileNotFoundError as error:
-            raise RuntimeError(f"the first process of this machine wrote no tokenized windows to {folder} (its own "
+            raise RuntimeError(f"the first process of this machine left no tokenized documents in {folder} (its own "
                                "error says why)") from error
     torch.distributed.barrier()  # every process has mapped them
     if main:
         shutil.rmtree(folder, ignore_errors=True)
         with contextlib.suppress(OSError):  # other machines' folders may still be there
             folder.parent.rmdir()
-    return mapped
+        return dataclasses.replace(prepared, **mapped)
+    return _PreparedData(**mapped, data=found["data"], documents=found["documents"])
+
+
+def _read_and_tokenize(config: PretrainConfig, tokenizer: Any, scheme: str, resumed_run: dict | None,
+                       copies_by: str, reports: bool) -> _PreparedData:
+    """Reads the documents, splits off the validation set (or reads it), checks them against the
+    run being resumed and tokenizes them."""
+    from .pretrain_data import (documents_fingerprint, read_documents, reading_key, shared_documents,
+                                split_documents, tokenize_documents)
+
+    documents = read_documents(config.corpus, config.text_field)
+    if not documents:
+        raise ValueError("the corpus has no non-empty documents")
+    _warn_of_undecoded_text(documents, "corpus", reports)
+    copies = reading_key(tokenizer) if copies_by == COPIES_BY else None
+    if config.validation:
+        train_docs, validation_docs = documents, read_documents(config.validation, config.text_field)
+        if not validation_docs:
+            raise ValueError("the validation files have no non-empty documents")
+        _warn_of_undecoded_text(validation_docs, "validation", reports)
+        shared = shared_documents(train_docs, validation_docs, copies)
+        if shared and reports:
+            warnings.warn(f"{shared:,} of the {len(validation_docs):,} validation documents are also training documents "
+                          "(as the tokenizer reads them): the validation loss will look better than it is",
+                          DiffmaskWarning, stacklevel=4)  # at pretrain's caller
+    else:
+        train_docs, validation_docs = split_documents(documents, config.validation_fraction,
+                                                      config.max_validation_documents, config.seed, copies)
+    data = {"training": documents_fingerprint(train_docs), "validation": documents_fingerprint(validation_docs)}
+    if resumed_run is not None and resumed_run.get("data", data) != data:
+        raise ValueError(f"--resume continues a run that began with other documents: "
+                         f"{_data_change(resumed_run['data'], data)}. A resumed run trains and validates on the "
+                         "documents it began with (else held-out documents could be trained on); start a new run in "
+                         "a new output directory")
+    train, validation = (tokenize_documents(tokenizer, docs, config.max_length, progress=config.progress and reports,
+                                            description=f"tokenizing {name} documents", word_boundary=scheme)
+                         for name, docs in (("training", train_docs), ("validation", validation_docs)))
+    return _PreparedData(train, validation, data,
+                         {"documents_train": len(train_docs), "documents_validation": len(validation_docs)},
+                         train_docs, validation_docs)
 
 
 def planned_steps(sequences: int, sequences_per_step: int, epochs: float) -> int:
@@ -719,7 +751,7 @@ def _warn_of_undecoded_text(documents: list[str], name: str, reports: bool) -> N
 
     notice = undecoded_text_notice(documents, name)
     if notice and reports:
-        warnings.warn(notice, DiffmaskWarning, stacklevel=3)
+        warnings.warn(notice, DiffmaskWarning, stacklevel=5)  # at pretrain's caller
 
 
 def _check_steps_left(config: PretrainConfig, checkpoint: Path | None) -> bool:

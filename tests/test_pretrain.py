@@ -9,6 +9,7 @@ import json
 import math
 import re
 import os
+import socket
 import warnings
 from pathlib import Path
 
@@ -969,14 +970,17 @@ def test_torchrun_joins_processes_mines_once_and_validates_on_the_same_masks(mod
         "    return compute_loss(self, model, *args, **kwargs)\n"
         "MaskingTrainer.compute_loss = recording\n"
         "import diffmask_fast.pretrain_data as data\n"
-        "tokenized = []\n"
-        "tokenize = data.tokenize_documents\n"
-        "def counting(*args, **kwargs):\n"
-        "    tokenized.append(len(args[1]))\n"
-        "    return tokenize(*args, **kwargs)\n"
-        "data.tokenize_documents = counting\n"
+        "calls = {'read_documents': 0, 'tokenize_documents': 0}\n"
+        "def counted(name):\n"
+        "    function = getattr(data, name)\n"
+        "    def counting(*args, **kwargs):\n"
+        "        calls[name] += 1\n"
+        "        return function(*args, **kwargs)\n"
+        "    setattr(data, name, counting)\n"
+        "for name in calls:\n"
+        "    counted(name)\n"
         "code = main(sys.argv[1:])\n"
-        f"open({str(seen_by)!r} + os.environ['RANK'], 'w').write(repr((sorted(seen), len(tokenized))))\n"
+        f"open({str(seen_by)!r} + os.environ['RANK'], 'w').write(repr((sorted(seen), calls)))\n"
         "sys.exit(code)\n")
     command = [torchrun, "--nproc-per-node", "2", "--master-port", str(29500 + os.getpid() % 1000),
                str(driver), "pretrain", str(corpus), "--model", str(model_dir), "-o", str(out),
@@ -987,11 +991,13 @@ def test_torchrun_joins_processes_mines_once_and_validates_on_the_same_masks(mod
                           env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert done.returncode == 0, done.stderr[-3000:]
     # Every rank's training steps ran through DistributedDataParallel: one model, gradients averaged.
-    # The first process of the machine tokenized the corpus (training and validation documents);
-    # the other mapped the windows it wrote, which are gone once both had.
-    for rank, tokenized in ((0, 2), (1, 0)):
+    # The first process of the machine read the corpus and tokenized it (training and validation
+    # documents); the other never held the text, and mapped the windows it wrote, which are gone
+    # once both had.
+    for rank, reads, tokenizes in ((0, 1, 2), (1, 0, 0)):
         seen = Path(f"{seen_by}{rank}").read_text()
-        assert seen == repr((["DistributedDataParallel"], tokenized)), done.stdout[-3000:]
+        expected = (["DistributedDataParallel"], {"read_documents": reads, "tokenize_documents": tokenizes})
+        assert seen == repr(expected), done.stdout[-3000:]
     assert not (out / WINDOWS_DIR).exists()
     distributed = json.loads((out / SUMMARY_FILE).read_text())
     assert distributed["data"]["tokens_train"] == single["data"]["tokens_train"]
@@ -1002,6 +1008,30 @@ def test_torchrun_joins_processes_mines_once_and_validates_on_the_same_masks(mod
     # ...and the validation loss of the untouched model is the single process's, not scaled by the
     # number of processes (it differs slightly: the Trainer averages batch means, and the batches differ).
     assert distributed["validation_loss_before"] == pytest.approx(single["validation_loss_before"], rel=0.03)
+
+
+def test_torchrun_fails_in_every_process_when_the_first_cannot_prepare_the_documents(model_dir, tmp_path):
+    """The machine's first process reads the corpus for all: when it fails, the others fail too,
+    naming it, instead of waiting for it or reading what an earlier run left."""
+    import subprocess
+    import sys
+
+    empty = tmp_path / "empty.txt"
+    empty.write_text("\n\n", encoding="utf-8")
+    out = tmp_path / "ddp"
+    stale = out / WINDOWS_DIR / socket.gethostname()
+    stale.mkdir(parents=True)  # as a run that stopped before removing them leaves them
+    (stale / "note").write_text("an earlier run's")
+    torchrun = os.path.join(os.path.dirname(sys.executable), "torchrun")
+    command = [torchrun, "--nproc-per-node", "2", "--master-port", str(28500 + os.getpid() % 1000),
+               "-m", "diffmask_fast.cli", "pretrain", str(empty), "--model", str(model_dir), "-o", str(out),
+               "--strategy", "random-word", "--max-steps", "1", "--max-length", "32", "--no-progress"]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode != 0
+    assert "the corpus has no non-empty documents" in done.stderr
+    assert "the first process of this machine left no tokenized documents" in done.stderr
+    assert not (stale / "note").exists()
 
 
 def test_words_seen_only_in_validation_are_scored(model_dir, corpus, tmp_path):
