@@ -121,7 +121,7 @@ def test_windows_are_kept_compact_and_read_as_lists(bert_wordpiece, shared_data_
     assert tokenize_documents(bert_wordpiece, documents, 65, progress=False).fingerprint() != windows.fingerprint()
 
 
-def test_windows_saved_load_memory_mapped_as_they_were(bert_wordpiece, shared_data_dir, tmp_path):
+def test_saved_windows_load_memory_mapped_as_they_were(bert_wordpiece, shared_data_dir, tmp_path):
     """The processes of a machine share the windows one of them tokenized: saved, and loaded
     read-only from a memory map (every process of the machine then reads one copy)."""
     documents = (shared_data_dir / "chemprot" / "corpus.txt").read_text(encoding="utf-8").splitlines()[:200]
