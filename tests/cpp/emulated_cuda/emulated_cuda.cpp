@@ -8,6 +8,7 @@
 #include <cstdlib>
 #include <random>
 #include <string>
+#include <unordered_map>
 #include <vector>
 
 #if defined(__SANITIZE_ADDRESS__)
@@ -40,8 +41,8 @@ struct Fiber {
   int warp = 0;
   int lane = 0;
   unsigned shuffles = 0;  // shuffles this thread has made (their parity picks the buffer)
-  const char* shuffle_file = "";  // where the shuffle it waits at is
-  int shuffle_line = 0;
+  const char* wait_file = "";  // where the barrier or shuffle it waits at is
+  int wait_line = 0;
 #if defined(EMULATED_CUDA_ASAN)
   void* fake_stack = nullptr;
 #endif
@@ -61,6 +62,8 @@ struct Emulator {
   ucontext_t scheduler;
   const char* kernel = "";
   const std::function<void()>* body = nullptr;
+  uint64_t block_serial = 0;  // of the running block, counted over all launches
+  std::unordered_map<const void*, uint64_t> shared_filled;  // shared variable -> block that filled it
   uint64_t seed = 0;
   uint64_t random = 0;
   cudaError_t last_error = cudaSuccess;
@@ -163,6 +166,12 @@ std::string thread_name(const Fiber& f) {
          std::to_string(f.place.thread.z) + ")";
 }
 
+bool same_place(const Fiber& a, const Fiber& b) {
+  return a.wait_line == b.wait_line && std::strcmp(a.wait_file, b.wait_file) == 0;
+}
+
+std::string place_name(const Fiber& f) { return std::string(f.wait_file) + ":" + std::to_string(f.wait_line); }
+
 // Releases what can be released once no thread can run: a warp whose lanes all wait at a
 // shuffle, or the block when every thread waits at the barrier. False when nothing can be.
 bool release_waiting() {
@@ -193,13 +202,11 @@ bool release_waiting() {
       for (size_t t = first; t < first + static_cast<size_t>(lanes); ++t) {
         const Fiber& a = e.fibers[first];
         const Fiber& b = e.fibers[t];
-        if (b.shuffles != a.shuffles || b.shuffle_line != a.shuffle_line ||
-            std::strcmp(b.shuffle_file, a.shuffle_file) != 0) {
+        if (b.shuffles != a.shuffles || !same_place(a, b)) {
           e.current = &e.fibers[t];
-          fail("the lanes of a warp wait at different shuffles: " + thread_name(a) + " at " + a.shuffle_file + ":" +
-               std::to_string(a.shuffle_line) + " (shuffle " + std::to_string(a.shuffles) + "), " + thread_name(b) +
-               " at " + b.shuffle_file + ":" + std::to_string(b.shuffle_line) + " (shuffle " +
-               std::to_string(b.shuffles) + ")");
+          fail("the lanes of a warp wait at different shuffles: " + thread_name(a) + " at " + place_name(a) +
+               " (shuffle " + std::to_string(a.shuffles) + "), " + thread_name(b) + " at " + place_name(b) +
+               " (shuffle " + std::to_string(b.shuffles) + ")");
         }
         e.fibers[t].state = State::kRunnable;
       }
@@ -227,6 +234,13 @@ bool release_waiting() {
   }
   if (at_barrier != e.fibers.size()) {
     return false;  // some threads wait at shuffles with lanes at the barrier: a deadlock
+  }
+  for (Fiber& f : e.fibers) {
+    if (!same_place(f, e.fibers[0])) {
+      e.current = &f;
+      fail("the threads of the block wait at different __syncthreads(): " + thread_name(e.fibers[0]) + " at " +
+           place_name(e.fibers[0]) + ", " + thread_name(f) + " at " + place_name(f));
+    }
   }
   for (Fiber& f : e.fibers) {
     f.state = State::kRunnable;
@@ -264,6 +278,7 @@ void prepare_fiber(Fiber& f, unsigned t) {
 
 void run_block(const LaunchConfig& config, uint3 block) {
   Emulator& e = emulator();
+  ++e.block_serial;
   const unsigned threads = config.block.x * config.block.y * config.block.z;
   e.fibers.assign(threads, Fiber());
   e.exchanges.assign((threads + kWarp - 1) / kWarp, WarpExchange());
@@ -316,18 +331,37 @@ const ThreadPlace& place() {
   return e.current->place;
 }
 
-void sync_threads() {
-  if (emulator().current == nullptr) {
+void fresh_shared(void* variable, size_t bytes) {
+  Emulator& e = emulator();
+  if (e.current == nullptr) {
+    fail("a __shared__ variable declared outside a kernel");
+  }
+  uint64_t& filled_by = e.shared_filled[variable];
+  if (filled_by != e.block_serial) {
+    std::memset(variable, 0xFF, bytes);
+    filled_by = e.block_serial;
+  }
+}
+
+void sync_threads(const char* file, int line) {
+  Emulator& e = emulator();
+  if (e.current == nullptr) {
     fail("__syncthreads() outside a kernel");
   }
+  e.current->wait_file = file;
+  e.current->wait_line = line;
   leave(State::kAtBarrier);
 }
 
-void warp_exchange(unsigned mask, const void* value, void* out, size_t bytes, int source, const char* file, int line) {
+void warp_exchange(unsigned mask, const void* value, void* out, size_t bytes, Shuffle kind, int operand,
+                   const char* file, int line) {
   Emulator& e = emulator();
+  if (e.current == nullptr) {
+    fail("a warp shuffle outside a kernel");
+  }
   Fiber& f = *e.current;
-  f.shuffle_file = file;
-  f.shuffle_line = line;
+  f.wait_file = file;
+  f.wait_line = line;
   if (mask != 0xFFFFFFFFu) {
     fail("a warp shuffle with a partial mask (only full warps are emulated)");
   }
@@ -340,6 +374,9 @@ void warp_exchange(unsigned mask, const void* value, void* out, size_t bytes, in
   unsigned char (&buffer)[kWarp][16] = e.exchanges[static_cast<size_t>(f.warp)].bytes[f.shuffles++ & 1];
   std::memcpy(buffer[f.lane], value, bytes);
   leave(State::kAtShuffle);  // released once every lane has written
+  // The lane within the warp is the thread's linear index in the block, modulo 32, in blocks of
+  // any shape.
+  const int source = kind == Shuffle::kXor ? (f.lane ^ operand) : f.lane - operand;
   const int from = source >= 0 && source < kWarp ? source : f.lane;
   std::memcpy(out, buffer[from], bytes);
 }
@@ -352,7 +389,7 @@ void run(const char* kernel, const LaunchConfig& config, const std::function<voi
   const uint64_t threads = uint64_t{config.block.x} * config.block.y * config.block.z;
   if (threads == 0 || threads > kMaxBlockThreads || config.block.z > 64 || config.grid.x == 0 || config.grid.y == 0 ||
       config.grid.z == 0 || config.grid.x > 0x7FFFFFFFu || config.grid.y > 65535 || config.grid.z > 65535 ||
-      config.shared_bytes > (size_t{227} << 10)) {
+      config.shared_bytes > (size_t{48} << 10)) {  // beyond 48 KiB needs cudaFuncSetAttribute
     e.last_error = cudaErrorInvalidConfiguration;
     return;
   }

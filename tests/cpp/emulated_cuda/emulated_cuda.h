@@ -11,16 +11,19 @@
 // barrier between them gives results that change from run to run.
 //
 // What a GPU would leave undefined stops the program (exit status 3) with a message naming the
-// kernel and block: a barrier some threads of the block have exited before reaching, a shuffle
-// waiting for a lane that has exited, lanes of a warp at different shuffles, a partial mask or
-// warp, threads waiting on each other at a barrier and a shuffle (deadlock). Device memory is
-// host memory, filled with 0xFF bytes when allocated (NaN as floats, -1 as integers), so reading
-// what no kernel wrote shows up; built with AddressSanitizer, reads and writes out of bounds are
+// kernel and block: a barrier some threads of the block have exited before reaching, threads at
+// different barriers, a shuffle waiting for a lane that has exited, lanes of a warp at different
+// shuffles, a partial mask or warp, threads waiting on each other at a barrier and a shuffle
+// (deadlock). Device memory is host memory, filled with 0xFF bytes when allocated (NaN as
+// floats, -1 as integers), and so is shared memory at the start of every block, so reading what
+// no thread wrote shows up; built with AddressSanitizer, reads and writes out of bounds are
 // caught too.
 //
 // What it cannot show: timing, memory-model effects of real concurrency (threads never run at
-// the same time), the accuracy of the GPU's own math functions (these are the host's), and
-// fused multiply-adds that nvcc contracts.
+// the same time, so atomics and racing plain writes look alike), the accuracy of the GPU's own
+// math functions (these are the host's), fused multiply-adds that nvcc contracts, launches beyond
+// a kernel's __launch_bounds__ (ignored), and host pointers passed to kernels (all memory is the
+// host's).
 #pragma once
 
 #include <cmath>
@@ -40,7 +43,9 @@
 #define __forceinline__ __inline__
 #define __launch_bounds__(...)
 #define __align__(n) __attribute__((aligned(n)))
-// One block runs at a time, so a kernel's shared variables can be its function's statics.
+// One block runs at a time, so a kernel's shared variables can be its function's statics;
+// translate_launches.cmake adds the fresh_shared call after each declaration of a translated
+// source (this macro is only what a header's declaration would get, without it).
 #define __shared__ static
 
 // Unqualified in device code, as CUDA's math functions are.
@@ -142,11 +147,18 @@ struct ThreadPlace {
 };
 const ThreadPlace& place();
 
-void sync_threads();
-// Exchanges `bytes` bytes of every lane of the calling warp: `value` is this lane's, and the
-// result is written to `out` from lane `source` (own value when `source` is out of range).
-// `file` and `line` name the shuffle: every lane must wait at the same one.
-void warp_exchange(unsigned mask, const void* value, void* out, size_t bytes, int source, const char* file, int line);
+// Fills a shared variable with 0xFF bytes the first time a thread of the running block reaches
+// its declaration: each block starts with garbage in shared memory, as on a GPU.
+void fresh_shared(void* variable, size_t bytes);
+
+// `file` and `line` name the barrier or shuffle: every thread (lane) must wait at the same one.
+void sync_threads(const char* file, int line);
+
+enum class Shuffle { kXor, kUp };
+// Exchanges `bytes` bytes of every lane of the calling warp: `value` is this lane's, and `out`
+// gets the value of the lane `kind` and `operand` pick (its own when that is out of range).
+void warp_exchange(unsigned mask, const void* value, void* out, size_t bytes, Shuffle kind, int operand,
+                   const char* file, int line);
 
 struct LaunchConfig {
   dim3 grid;
@@ -197,16 +209,17 @@ Launch<Body> launch(const char* kernel, const LaunchConfig& config, Body body) {
 
 // ---- device intrinsics ----------------------------------------------------------------------
 
-inline void __syncthreads() { emulated_cuda::sync_threads(); }
+// The caller's file and line (GCC's and Clang's builtins) tell one barrier or shuffle from another.
+inline void __syncthreads(const char* file = __builtin_FILE(), int line = __builtin_LINE()) {
+  emulated_cuda::sync_threads(file, line);
+}
 
-// The caller's file and line (GCC's and Clang's builtins) tell one shuffle from another.
 template <typename T>
 T __shfl_xor_sync(unsigned mask, T value, int lane_mask, const char* file = __builtin_FILE(),
                   int line = __builtin_LINE()) {
   static_assert(std::is_trivially_copyable<T>::value, "shuffled values are copied as bytes");
-  const int lane = static_cast<int>(threadIdx.x % 32);
   T out;
-  emulated_cuda::warp_exchange(mask, &value, &out, sizeof(T), lane ^ lane_mask, file, line);
+  emulated_cuda::warp_exchange(mask, &value, &out, sizeof(T), emulated_cuda::Shuffle::kXor, lane_mask, file, line);
   return out;
 }
 
@@ -214,10 +227,9 @@ template <typename T>
 T __shfl_up_sync(unsigned mask, T value, unsigned delta, const char* file = __builtin_FILE(),
                  int line = __builtin_LINE()) {
   static_assert(std::is_trivially_copyable<T>::value, "shuffled values are copied as bytes");
-  const int lane = static_cast<int>(threadIdx.x % 32);
-  const int source = lane - static_cast<int>(delta);
   T out;
-  emulated_cuda::warp_exchange(mask, &value, &out, sizeof(T), source >= 0 ? source : lane, file, line);
+  emulated_cuda::warp_exchange(mask, &value, &out, sizeof(T), emulated_cuda::Shuffle::kUp, static_cast<int>(delta),
+                               file, line);
   return out;
 }
 

@@ -39,6 +39,34 @@ __global__ void sum_kernel(const int* values, int n, int* sums, int* neighbours)
   neighbours[blockIdx.x * kThreads + t] = own[(t + 1) % kThreads];
 }
 
+// Right in a block of any shape: a thread's lane is its linear index modulo 32.
+__global__ void shuffle_2d_kernel(int* out) {
+  const int linear = static_cast<int>(threadIdx.y * blockDim.x + threadIdx.x);
+  out[linear] = __shfl_xor_sync(0xFFFFFFFFu, linear, 1);
+}
+
+// Wrong on a GPU for every block but the first: reads a shared value only block 0 wrote.
+__global__ void unwritten_shared_kernel(int* out) {
+  __shared__ int own[4];
+  if (threadIdx.x == 0) {
+    own[blockIdx.x] = 7;
+  }
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    out[blockIdx.x] = own[0];
+  }
+}
+
+// Wrong: the warps of a block wait at different barriers.
+__global__ void divergent_barrier_kernel(int* out) {
+  if (threadIdx.x < 32) {
+    __syncthreads();
+  } else {
+    __syncthreads();
+  }
+  out[threadIdx.x] = 1;
+}
+
 // Wrong: reads what the next thread writes, with no barrier between.
 __global__ void missing_barrier_kernel(int* neighbours) {
   __shared__ int own[kThreads];
@@ -117,10 +145,17 @@ int right() {
       wrong += neighbours[b * kThreads + t] != (next < n ? values[b * n + next] : 0);
     }
   }
-  // A launch the hardware refuses leaves its error for cudaGetLastError, once.
+  // Shuffles in a 16 x 4 block pair linear indices.
+  shuffle_2d_kernel<<<1, dim3(16, 4)>>>(d_neighbours);
+  cudaMemcpy(neighbours.data(), d_neighbours, 64 * sizeof(int), cudaMemcpyDeviceToHost);
+  for (int t = 0; t < 64; ++t) wrong += neighbours[t] != (t ^ 1);
+  // A launch the hardware refuses leaves its error for cudaGetLastError, once: too many threads,
+  // or more dynamic shared memory than a kernel gets without asking.
   sum_kernel<<<1, 2048>>>(d_values, n, d_sums, d_neighbours);
   wrong += cudaGetLastError() != cudaErrorInvalidConfiguration;
   wrong += cudaGetLastError() != cudaSuccess;
+  sum_kernel<<<1, kThreads, 49 << 10>>>(d_values, n, d_sums, d_neighbours);
+  wrong += cudaGetLastError() != cudaErrorInvalidConfiguration;
   cudaFree(d_values);
   cudaFree(d_sums);
   cudaFree(d_neighbours);
@@ -144,6 +179,19 @@ int missing_barrier() {
   }
   std::printf("missing barrier: %d of %d reads wrong\n", wrong, blocks * kThreads);
   return wrong > 0 ? 0 : 1;
+}
+
+int unwritten_shared() {
+  int* d_out;
+  cudaMalloc(&d_out, 2 * sizeof(int));
+  unwritten_shared_kernel<<<2, 32>>>(d_out);
+  int out[2];
+  cudaMemcpy(out, d_out, sizeof out, cudaMemcpyDeviceToHost);
+  cudaFree(d_out);
+  const bool garbage = out[0] == 7 && out[1] == -1;  // block 1 reads 0xFF bytes, not block 0's 7
+  std::printf(garbage ? "unwritten shared memory: 0xFF bytes in every block\n"
+                      : "unwritten shared memory: block 1 read %d\n", out[1]);
+  return garbage ? 0 : 1;
 }
 
 int bfloat16() {
@@ -171,6 +219,7 @@ int run_wrong_kernel(const std::string& which) {
   if (which == "exited-lane") exited_lane_kernel<<<1, 64>>>(out);
   if (which == "exited-before-barrier") exited_before_barrier_kernel<<<1, 64>>>(out);
   if (which == "deadlock") deadlock_kernel<<<1, 32>>>(out);
+  if (which == "divergent-barrier") divergent_barrier_kernel<<<1, 64>>>(out);
   if (which == "divergent-shuffle") divergent_shuffle_kernel<<<1, 32>>>(out);
   if (which == "out-of-bounds") {
     int* values;
@@ -190,5 +239,6 @@ int main(int argc, char** argv) {
   if (which == "right") return right();
   if (which == "missing-barrier") return missing_barrier();
   if (which == "bfloat16") return bfloat16();
+  if (which == "unwritten-shared") return unwritten_shared();
   return run_wrong_kernel(which);
 }
