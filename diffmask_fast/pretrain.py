@@ -89,6 +89,9 @@ class PretrainConfig:
     seed: int = 0
     mask_on: str = "auto"
     workers: int | None = None
+    #: Seconds a process waits for the others (torch.distributed's timeout): under torchrun, the
+    #: machine's first process reads, tokenizes and scores the corpus while the others wait.
+    ddp_timeout: int = 3 * 3600
     precision: str = "fp32"
     init_mlm_head: bool = False
     head_warmup_steps: int = 0
@@ -132,6 +135,7 @@ class PretrainConfig:
             setattr(self, name, whole_number(getattr(self, name), name, least))  # 8.0 would reach transformers
         if self.workers is not None:
             self.workers = whole_number(self.workers, "workers (0: mask in the main process)", 0)
+        self.ddp_timeout = whole_number(self.ddp_timeout, "ddp_timeout (seconds)", 1)
         self.seed = whole_number(self.seed, "seed", 0, 2**32 - 1, " (what numpy's and torch's seeding take)")
         if self.max_steps == -1 and not (math.isfinite(self.epochs) and self.epochs > 0):
             raise ValueError(f"epochs must be positive, got {self.epochs}")
@@ -356,6 +360,7 @@ def _training_arguments(config: PretrainConfig, workers: int) -> Any:
         bf16=config.precision == "bf16",
         fp16=config.precision == "fp16",
         dataloader_num_workers=workers,
+        ddp_timeout=config.ddp_timeout,
         dataloader_pin_memory=torch.cuda.is_available(),
         remove_unused_columns=False,
         report_to=[],
@@ -551,18 +556,20 @@ class _PreparedData:
 def _prepared_data(config: PretrainConfig, tokenizer: Any, scheme: str, resumed_run: dict | None, copies_by: str,
                    args: Any, reports: bool) -> _PreparedData:
     """The documents, split and tokenized. Alone, the process does it. With several processes, the
-    first of each machine does, writes the windows and what it found to ``windows/<host>/`` in the
-    output directory, and every process of the machine maps those files; then they are removed
-    (what is mapped stays readable). A machine thus reads and tokenizes the corpus once and holds
-    one copy of it, not one per process."""
+    first of each machine does, writes the windows and what it found to ``windows/<host>-<rank>/``
+    in the output directory, and every process of the machine maps those files; then they are
+    removed (what is mapped stays readable). A machine thus reads and tokenizes the corpus once
+    and holds one copy of it, not one per process."""
     import torch
 
     from .pretrain_data import TokenWindows
 
     if args.world_size == 1:
         return _read_and_tokenize(config, tokenizer, scheme, resumed_run, copies_by, reports)
-    # One folder a machine: the machines of a run may share the output directory.
-    folder = Path(config.output_dir) / WINDOWS_DIR / socket.gethostname()
+    # One folder a machine, as the machines of a run may share the output directory: named by its
+    # host and the rank of its first process (two containers may share a host name).
+    first_rank = args.process_index - args.local_process_index
+    folder = Path(config.output_dir) / WINDOWS_DIR / f"{socket.gethostname()}-{first_rank}"
     main = args.local_process_index == 0
     with args.main_process_first(local=True, desc="reading and tokenizing the documents"):
         if main:
@@ -948,6 +955,9 @@ def add_pretrain_command(commands) -> None:
                         "device when a GPU and that kernel are there, else workers. attention and mst always mask "
                         "in the training step, random-token, terms and mslm always as batches are collated")
     p.add_argument("--workers", type=int, default=None, help="DataLoader worker processes (default 2 with a GPU, else 0)")
+    p.add_argument("--ddp-timeout", type=int, default=PretrainConfig.ddp_timeout,
+                   help="under torchrun, seconds a process waits for the others, as while the first process of each "
+                        "machine reads, tokenizes and scores the corpus (default 10800: 3 hours)")
     p.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default="fp32",
                    help="training precision (mixed; fp16 needs a CUDA GPU)")
     p.add_argument("--init-mlm-head", action="store_true",
@@ -988,7 +998,8 @@ def run_pretrain_command(args) -> None:
         max_steps=args.max_steps, batch_size=args.batch_size, gradient_accumulation_steps=args.gradient_accumulation_steps,
         learning_rate=args.learning_rate, eval_steps=args.eval_steps, patience=args.patience, seed=args.seed,
         logging_steps=args.logging_steps if args.logging_steps is not None else min(50, args.eval_steps),
-        mask_on=args.mask_on, workers=args.workers, precision=args.precision, init_mlm_head=args.init_mlm_head,
+        mask_on=args.mask_on, workers=args.workers, ddp_timeout=args.ddp_timeout, precision=args.precision,
+        init_mlm_head=args.init_mlm_head,
         head_warmup_steps=args.head_warmup_steps, head_learning_rate=args.head_learning_rate,
         resume=args.resume, anchors=args.anchors, scores=args.scores, anchors_count=args.anchors_count,
         embedding_model=args.embedding_model, pooling=args.pooling, terms=args.terms,

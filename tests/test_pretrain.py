@@ -259,6 +259,27 @@ def test_the_command_reports_once_per_run_not_once_per_process(monkeypatch, caps
     assert "No checkpoint improved" not in out
 
 
+def test_processes_wait_for_each_other_as_long_as_told(monkeypatch, model_dir, corpus, tmp_path):
+    """Under torchrun the machine's first process reads, tokenizes and scores the corpus while the
+    others wait at a barrier: torch's 30 minutes would end a run whose corpus takes longer."""
+    from diffmask_fast import pretrain as pretrain_module
+
+    configs = []
+    monkeypatch.setattr(pretrain_module, "pretrain", lambda config: configs.append(config) or {
+        "strategy": "difference", "global_step": 1, "epochs": 1.0, "seconds": 1.0, "validation_loss_before": None,
+        "best_validation_loss": 1.0, "stopped_early": False})
+    monkeypatch.delenv("RANK", raising=False)
+    for flags, expected in (([], 3 * 3600), (["--ddp-timeout", "86400"], 86400)):
+        args = cli.build_parser().parse_args(["pretrain", str(corpus), "--model", str(model_dir),
+                                              "-o", str(tmp_path / "out"), *flags])
+        pretrain_module.run_pretrain_command(args)
+        config = configs[-1]
+        config.check()
+        assert pretrain_module._training_arguments(config, 0).ddp_timeout == expected
+    with pytest.raises(ValueError, match="ddp_timeout"):
+        config_for(model_dir, corpus, tmp_path / "run", ddp_timeout=0).check()
+
+
 def test_the_command_says_when_no_checkpoint_beat_the_starting_model(monkeypatch, capsys, tmp_path):
     from diffmask_fast import pretrain as pretrain_module
 
@@ -1019,7 +1040,7 @@ def test_torchrun_fails_in_every_process_when_the_first_cannot_prepare_the_docum
     empty = tmp_path / "empty.txt"
     empty.write_text("\n\n", encoding="utf-8")
     out = tmp_path / "ddp"
-    stale = out / WINDOWS_DIR / socket.gethostname()
+    stale = out / WINDOWS_DIR / f"{socket.gethostname()}-0"
     stale.mkdir(parents=True)  # as a run that stopped before removing them leaves them
     (stale / "note").write_text("an earlier run's")
     torchrun = os.path.join(os.path.dirname(sys.executable), "torchrun")
