@@ -390,8 +390,8 @@ void test_similarity(uint64_t seed, int64_t n, int64_t d, int64_t k, cuda::Preci
   }
 }
 
-// Rows `ld` values apart: padded (ld > d; the padding is NaN and must never be read) or one row
-// seen n times (ld = 0, as an expanded tensor), by the fused kernel and by the blocked method.
+// Rows `ld` values apart: contiguous (ld = d), padded (ld > d; the padding is NaN and must never
+// be read) or one row seen n times (ld = 0, as an expanded tensor), by either method.
 template <typename T>
 void test_similarity_layout(uint64_t seed, int64_t n, int64_t d, int64_t k, int64_t ld, cuda::Precision precision,
                             double tolerance, bool with_products,
