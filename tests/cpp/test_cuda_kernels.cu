@@ -307,6 +307,21 @@ cuda::SimilarityProblem contiguous_problem(const void* x, const void* anchors, i
   return p;
 }
 
+// Plans and runs `p` with the plain product routine (counting its calls in `calls`) or without one.
+cuda::SimilarityPlan run_similarity(cuda::SimilarityProblem& p, bool with_products, ProductCalls& calls,
+                                    const cuda::BlockLimits& limits) {
+  if (with_products) {
+    p.product = &plain_product;
+    p.product_context = &calls;
+  }
+  cuda::SimilarityPlan plan;
+  CUDA_OK(cuda::plan_max_anchor_similarity(p, &plan, limits));
+  DeviceArray<unsigned char> workspace(plan.workspace_bytes);
+  CUDA_OK(cuda::max_anchor_similarity(p, plan, workspace.data, nullptr));
+  CUDA_OK(cudaDeviceSynchronize());
+  return plan;
+}
+
 // The cosine of `row` with anchor `anchor` of `anchors`, or with the nearest anchor (anchor -1),
 // in double; 0 for a zero row.
 template <typename T>
@@ -351,16 +366,8 @@ void test_similarity(uint64_t seed, int64_t n, int64_t d, int64_t k, cuda::Preci
   p.float64 = std::is_same<T, double>::value;
   p.precision = precision;
   ProductCalls calls;
-  if (with_products) {
-    p.product = &plain_product;
-    p.product_context = &calls;
-  }
-  cuda::SimilarityPlan plan;
-  CUDA_OK(cuda::plan_max_anchor_similarity(p, &plan, limits));
+  const cuda::SimilarityPlan plan = run_similarity(p, with_products, calls, limits);
   CHECK((plan.method == cuda::SimilarityMethod::kBlocked) == (p.float64 || (with_products && k > 32)));
-  DeviceArray<unsigned char> workspace(plan.workspace_bytes);
-  CUDA_OK(cuda::max_anchor_similarity(p, plan, workspace.data, nullptr));
-  CUDA_OK(cudaDeviceSynchronize());
   const bool blocked = plan.method == cuda::SimilarityMethod::kBlocked;
   const int64_t expected_blocks =
       blocked ? ((n + plan.row_block - 1) / plan.row_block) * ((k + plan.anchor_block - 1) / plan.anchor_block) : 0;
@@ -410,15 +417,7 @@ void test_similarity_layout(uint64_t seed, int64_t n, int64_t d, int64_t k, int6
   p.float64 = std::is_same<T, double>::value;
   p.precision = precision;
   ProductCalls calls;
-  if (with_products) {
-    p.product = &plain_product;
-    p.product_context = &calls;
-  }
-  cuda::SimilarityPlan plan;
-  CUDA_OK(cuda::plan_max_anchor_similarity(p, &plan, limits));
-  DeviceArray<unsigned char> workspace(plan.workspace_bytes);
-  CUDA_OK(cuda::max_anchor_similarity(p, plan, workspace.data, nullptr));
-  CUDA_OK(cudaDeviceSynchronize());
+  run_similarity(p, with_products, calls, limits);
   const std::vector<float> values = d_values.host();
   const std::vector<int64_t> indices = d_indices.host();
   int wrong = 0;
@@ -577,24 +576,24 @@ int main(int argc, char** argv) {
     test_sampling(seed, quick ? 3 : 20, 513, true, true);
   }
   test_sampling_status();
-  const double float32 = 1e-5;
+  const double float32 = precision_bound(cuda::Precision::kFloat32, 96, false);
   for (int64_t k : {1, 5, 32, 33, 300}) {  // fused up to 32 anchors, blocked beyond
     test_similarity<float>(k, quick ? 200 : 1000, 96, k, cuda::Precision::kFloat32, float32, cuda::BlockLimits(), true);
   }
   // Many blocks of rows and of anchors, ragged at both ends; float64; the bfloat16 precisions
-  // within their documented bounds (unit roundoff u = 2^-8; bf16x3 3 u^2; sums of depth terms).
+  // within their documented bounds (precision_bound).
   cuda::BlockLimits small;
   small.anchors = 7;
   small.bytes = 7 * 30 * sizeof(float);
   test_similarity<float>(11, quick ? 101 : 301, 40, 45, cuda::Precision::kFloat32, float32, small, true);
-  const double float64 = 1e-7;  // computed in float64, returned in float32 (a rounding of up to 3e-8)
+  const double float64 = precision_bound(cuda::Precision::kFloat32, 40, true);
   test_similarity<double>(12, quick ? 101 : 301, 40, 45, cuda::Precision::kFloat32, float64, small, true);
   test_similarity<double>(13, 50, 17, 3, cuda::Precision::kFloat32, float64);  // float64 is always blocked
-  const double u = std::ldexp(1.0, -8);
   for (const cuda::BlockLimits& limits : {cuda::BlockLimits(), small}) {
-    test_similarity<float>(14, quick ? 150 : 700, 96, 70, cuda::Precision::kBf16x3, 3 * u * u + 3 * 96 * std::ldexp(1.0, -24),
-                           limits);
-    test_similarity<float>(15, quick ? 150 : 700, 96, 70, cuda::Precision::kBf16, 2 * u + 96 * std::ldexp(1.0, -24), limits);
+    test_similarity<float>(14, quick ? 150 : 700, 96, 70, cuda::Precision::kBf16x3,
+                           precision_bound(cuda::Precision::kBf16x3, 96, false), limits);
+    test_similarity<float>(15, quick ? 150 : 700, 96, 70, cuda::Precision::kBf16,
+                           precision_bound(cuda::Precision::kBf16, 96, false), limits);
   }
   test_similarity<float>(16, 300, 96, 20, cuda::Precision::kBf16, float32);  // few anchors: fused, float32
   for (int64_t k : {33, 300}) {  // no product routine: the fused kernel's large tiles, ragged
