@@ -42,7 +42,7 @@ SCORES_FILE = "scores.npz"
 TERMS_FILE = "terms.txt"
 RUN_FILE = "pretrain_run.json"  # the settings a run started with, and its validation loss before training
 # Where the processes of one machine find the documents its first process read and tokenized
-# (removed once they have mapped them; several processes only).
+# (removed when training is done).
 WINDOWS_DIR = "windows"
 WINDOWS_PARTS = ("train", "validation")  # the windows' files, named as _PreparedData's fields
 WINDOWS_FOUND = "documents.json"  # and the documents' counts and fingerprints
@@ -411,86 +411,91 @@ def pretrain(config: PretrainConfig) -> dict:
     if resumed_run is not None and complete_checkpoint is None:
         _check_same_processes(resumed_run.get("processes"), args.world_size)
     prepared = _prepared_data(config, tokenizer, scheme, resumed_run, copies_by, args, reports)
-    train, validation, data = prepared.train, prepared.validation, prepared.data
-    for name, sequences, count in (("training", train, "documents_train"),
-                                   ("validation", validation, "documents_validation")):
-        if not sequences:  # the Trainer would fail only after training began, or train on nothing
-            raise ValueError(f"the {name} set is empty: its {prepared.documents[count]} document(s) tokenize to "
-                             f"nothing (the tokenizer of {config.model!r} drops all of their text)")
-    windows = {"training": train.fingerprint(), "validation": validation.fingerprint()}
-    if resumed_run is not None and resumed_run.get("windows", windows) != windows:
-        change = _windows_change(resumed_run["windows"], windows)
-        raise ValueError(f"--resume continues a run whose documents tokenized to other windows: the tokenizer of "
-                         f"{config.model!r} reads them otherwise than when the run began ({change}), "
-                         "so the run would skip and train on other windows than those it counted. Restore the "
-                         "tokenizer files the run began with (every checkpoint holds a copy), or start a new run in a "
-                         "new output directory")
+    try:
+        train, validation, data = prepared.train, prepared.validation, prepared.data
+        for name, sequences, count in (("training", train, "documents_train"),
+                                       ("validation", validation, "documents_validation")):
+            if not sequences:  # the Trainer would fail only after training began, or train on nothing
+                raise ValueError(f"the {name} set is empty: its {prepared.documents[count]} document(s) tokenize to "
+                                 f"nothing (the tokenizer of {config.model!r} drops all of their text)")
+        windows = {"training": train.fingerprint(), "validation": validation.fingerprint()}
+        if resumed_run is not None and resumed_run.get("windows", windows) != windows:
+            change = _windows_change(resumed_run["windows"], windows)
+            raise ValueError(f"--resume continues a run whose documents tokenized to other windows: the tokenizer of "
+                             f"{config.model!r} reads them otherwise than when the run began ({change}), "
+                             "so the run would skip and train on other windows than those it counted. Restore the "
+                             "tokenizer files the run began with (every checkpoint holds a copy), or start a new run "
+                             "in a new output directory")
 
-    if resumed_run is not None and run_dir != out.resolve() and args.process_index == 0:
-        atomic_write_json(out / RUN_FILE, resumed_run)  # the run goes on here: its settings come along
-    # One process per machine mines and scores; the others wait and load what it saved.
-    with args.main_process_first(local=True, desc="mining anchors and scoring words"):
-        main = args.local_process_index == 0
-        resources = _domain_resources(config, prepared.train_docs, tokenizer,
-                                      validation_documents=prepared.validation_docs, saved=not main, scheme=scheme)
-        if main:
-            given = {name: getattr(config, name) for name in ("anchors", "scores", "terms")}
-            _save_resources(out, resources, given)
-    if config.scores is not None and "scores" in resources and args.process_index == 0:
-        notice = unscored_words_notice(resources["scores"], tokenizer, prepared.train_docs, prepared.validation_docs,
-                                       scheme)
-        if notice:
-            print(notice)
-    location = resolve_mask_location(config.strategy, config.mask_on)
-    unused = config.unused_settings()
-    strategy = build_strategy(
-        config.strategy, tokenizer, mlm_probability=config.mlm_probability, seed=config.seed,
-        scores=resources.get("scores"), terms=resources.get("terms"), mask_on=location, word_boundary=scheme,
-        **{setting: getattr(config, setting) for setting in STRATEGY_SETTINGS if setting not in unused},
-    )
-    if config.strategy == "difference" and strategy.masker is not None:
-        # The device table must know the words before training, and those of the validation set,
-        # which it masks once up front (a word it lacks would score as unknown).
-        strategy.masker.warm(train)
-        strategy.masker.warm(validation)
-    validation_set = strategy.mask_examples([{"input_ids": s} for s in validation], model=model, seed=config.seed)
-    if not any(label != -100 for example in validation_set for label in example["labels"]):
-        raise ValueError(f"masking the validation set chose no token: its {prepared.documents['documents_validation']} "
-                         "document(s) are too few or too short for a validation loss; give more (--validation, "
-                         "--validation-fraction)")
-    # The documents' text is not needed past here: released before training (and before the
-    # DataLoader workers fork), as the windows stand for it.
-    prepared.release_text()
-    trainer = MaskingTrainer(  # processing_class: every checkpoint holds the tokenizer, ready for finetune
-        model=model, args=args, processing_class=tokenizer, train_dataset=SequenceDataset(train),
-        eval_dataset=SequenceDataset(validation_set),
-        data_collator=TrainingCollator(tokenizer, strategy.collator), masker=strategy.masker,
-        head_warmup_steps=config.head_warmup_steps, head_learning_rate=config.head_learning_rate,
-        callbacks=[CurrentIntervals()] + ([ResumableEarlyStopping(early_stopping_patience=config.patience)]
-                                          if config.patience else []),
-    )
-    record = None if config.resume else RunRecordCallback(  # also measures the loss before training
-        out / RUN_FILE, {"config": json_ready(dataclasses.asdict(config)), "working_directory": os.getcwd(),
-                         "data": data, "windows": windows, "copies_by": copies_by, "word_boundary": scheme,
-                         "processes": args.world_size},
-        write=args.process_index == 0)
-    if record is not None:
-        trainer.add_callback(record)
-    with contextlib.nullcontext() if config.progress else no_progress_bars():
-        if complete_checkpoint is not None:  # Trainer would take a step past max_steps
-            train_loss = _finish_from_checkpoint(trainer, complete_checkpoint)
-            if train_loss is None:  # none logged: the summary of the session that trained it to here has it
-                train_loss = _summary_training_loss(complete_checkpoint.parent / SUMMARY_FILE,
-                                                    trainer.state.global_step)
-        else:
-            train_loss = trainer.train(resume_from_checkpoint=config.resume or None).training_loss
-            train_loss = _run_training_loss(trainer.state.log_history, trainer.resumed_at_step, train_loss,
-                                            trainer.state.global_step)
-        # The best checkpoint is loaded at the end; its loss was measured when it was saved.
-        best = trainer.state.best_metric
-        if best is None:  # no evaluation during training
-            best = trainer.evaluate()["eval_loss"]
-        trainer.save_model(str(out))
+        if resumed_run is not None and run_dir != out.resolve() and args.process_index == 0:
+            atomic_write_json(out / RUN_FILE, resumed_run)  # the run goes on here: its settings come along
+        # One process per machine mines and scores; the others wait and load what it saved.
+        with args.main_process_first(local=True, desc="mining anchors and scoring words"):
+            main = args.local_process_index == 0
+            resources = _domain_resources(config, prepared.train_docs, tokenizer,
+                                          validation_documents=prepared.validation_docs, saved=not main, scheme=scheme)
+            if main:
+                given = {name: getattr(config, name) for name in ("anchors", "scores", "terms")}
+                _save_resources(out, resources, given)
+        if config.scores is not None and "scores" in resources and args.process_index == 0:
+            notice = unscored_words_notice(resources["scores"], tokenizer, prepared.train_docs,
+                                           prepared.validation_docs, scheme)
+            if notice:
+                print(notice)
+        location = resolve_mask_location(config.strategy, config.mask_on)
+        unused = config.unused_settings()
+        strategy = build_strategy(
+            config.strategy, tokenizer, mlm_probability=config.mlm_probability, seed=config.seed,
+            scores=resources.get("scores"), terms=resources.get("terms"), mask_on=location, word_boundary=scheme,
+            **{setting: getattr(config, setting) for setting in STRATEGY_SETTINGS if setting not in unused},
+        )
+        if config.strategy == "difference" and strategy.masker is not None:
+            # The device table must know the words before training, and those of the validation set,
+            # which it masks once up front (a word it lacks would score as unknown).
+            strategy.masker.warm(train)
+            strategy.masker.warm(validation)
+        validation_set = strategy.mask_examples([{"input_ids": s} for s in validation], model=model, seed=config.seed)
+        if not any(label != -100 for example in validation_set for label in example["labels"]):
+            raise ValueError(f"masking the validation set chose no token: its "
+                             f"{prepared.documents['documents_validation']} document(s) are too few or too short for "
+                             "a validation loss; give more (--validation, --validation-fraction)")
+        # The documents' text is not needed past here: released before training (and before the
+        # DataLoader workers start), as the windows stand for it.
+        prepared.release_text()
+        trainer = MaskingTrainer(  # processing_class: every checkpoint holds the tokenizer, ready for finetune
+            model=model, args=args, processing_class=tokenizer, train_dataset=SequenceDataset(train),
+            eval_dataset=SequenceDataset(validation_set),
+            data_collator=TrainingCollator(tokenizer, strategy.collator), masker=strategy.masker,
+            head_warmup_steps=config.head_warmup_steps, head_learning_rate=config.head_learning_rate,
+            callbacks=[CurrentIntervals()] + ([ResumableEarlyStopping(early_stopping_patience=config.patience)]
+                                              if config.patience else []),
+        )
+        record = None if config.resume else RunRecordCallback(  # also measures the loss before training
+            out / RUN_FILE, {"config": json_ready(dataclasses.asdict(config)), "working_directory": os.getcwd(),
+                             "data": data, "windows": windows, "copies_by": copies_by, "word_boundary": scheme,
+                             "processes": args.world_size},
+            write=args.process_index == 0)
+        if record is not None:
+            trainer.add_callback(record)
+        with contextlib.nullcontext() if config.progress else no_progress_bars():
+            if complete_checkpoint is not None:  # Trainer would take a step past max_steps
+                train_loss = _finish_from_checkpoint(trainer, complete_checkpoint)
+                if train_loss is None:  # none logged: the summary of the session that trained it to here has it
+                    train_loss = _summary_training_loss(complete_checkpoint.parent / SUMMARY_FILE,
+                                                        trainer.state.global_step)
+            else:
+                train_loss = trainer.train(resume_from_checkpoint=config.resume or None).training_loss
+                train_loss = _run_training_loss(trainer.state.log_history, trainer.resumed_at_step, train_loss,
+                                                trainer.state.global_step)
+            # The best checkpoint is loaded at the end; its loss was measured when it was saved.
+            best = trainer.state.best_metric
+            if best is None:  # no evaluation during training
+                best = trainer.evaluate()["eval_loss"]
+            trainer.save_model(str(out))
+    except BaseException:
+        prepared.remove_windows(all_done=False)
+        raise
+    prepared.remove_windows(all_done=True)
     before = record.loss_before if record is not None else (resumed_run or {}).get("validation_loss_before")
     if args.process_index == 0:
         tokenizer.save_pretrained(str(out))
@@ -539,8 +544,9 @@ def pretrain(config: PretrainConfig) -> dict:
 
 @dataclass
 class _PreparedData:
-    """A run's documents, split, and their windows. ``train_docs`` and ``validation_docs`` are
-    empty in a process that mapped the windows another one tokenized."""
+    """A run's documents, split, and their windows, mapped from the files in ``folder``.
+    ``train_docs`` and ``validation_docs`` are empty in a process that mapped the windows
+    another one tokenized."""
 
     train: Any  # TokenWindows
     validation: Any
@@ -548,24 +554,35 @@ class _PreparedData:
     documents: dict  # {"documents_train": ..., "documents_validation": ...}
     train_docs: list[str] = field(default_factory=list)
     validation_docs: list[str] = field(default_factory=list)
+    folder: Path | None = None  # where the windows' files are, removed by the process that wrote them
+    processes: int = 1
 
     def release_text(self) -> None:
         self.train_docs, self.validation_docs = [], []
 
+    def remove_windows(self, all_done: bool) -> None:
+        """Removes the windows' files, once every process is done with them (``all_done``: after
+        waiting for all), or at once as this process fails. What is mapped stays readable."""
+        import torch
+
+        if all_done and self.processes > 1:
+            torch.distributed.barrier()
+        if self.folder is not None:
+            shutil.rmtree(self.folder, ignore_errors=True)
+            with contextlib.suppress(OSError):  # other machines' folders may still be there
+                self.folder.parent.rmdir()
+
 
 def _prepared_data(config: PretrainConfig, tokenizer: Any, scheme: str, resumed_run: dict | None, copies_by: str,
                    args: Any, reports: bool) -> _PreparedData:
-    """The documents, split and tokenized. Alone, the process does it. With several processes, the
-    first of each machine does, writes the windows and what it found to ``windows/<host>-<rank>/``
-    in the output directory, and every process of the machine maps those files; then they are
-    removed (what is mapped stays readable). A machine thus reads and tokenizes the corpus once
-    and holds one copy of it, not one per process."""
-    import torch
-
+    """The documents, split and tokenized into windows kept in files for the run, in
+    ``windows/<host>-<rank>/`` in the output directory. The first process of each machine reads
+    and tokenizes the documents, writing the windows out as it makes them (they never need to fit
+    in memory), and every process of the machine maps the files: a machine reads and tokenizes the
+    corpus once and holds one copy of the windows, which its processes and their DataLoader
+    workers share, forked or spawned. ``remove_windows`` removes the files when training is done."""
     from .pretrain_data import TokenWindows
 
-    if args.world_size == 1:
-        return _read_and_tokenize(config, tokenizer, scheme, resumed_run, copies_by, reports)
     # One folder a machine, as the machines of a run may share the output directory: named by its
     # host and the rank of its first process (two containers may share a host name).
     first_rank = args.process_index - args.local_process_index
@@ -574,29 +591,26 @@ def _prepared_data(config: PretrainConfig, tokenizer: Any, scheme: str, resumed_
     with args.main_process_first(local=True, desc="reading and tokenizing the documents"):
         if main:
             shutil.rmtree(folder, ignore_errors=True)  # an earlier run's windows must never be read
-            prepared = _read_and_tokenize(config, tokenizer, scheme, resumed_run, copies_by, reports)
-            for name in WINDOWS_PARTS:
-                getattr(prepared, name).save(folder / name)
-            atomic_write_json(folder / WINDOWS_FOUND, {"data": prepared.data, "documents": prepared.documents})
+            try:
+                prepared = _read_and_tokenize(config, tokenizer, scheme, resumed_run, copies_by, reports, folder)
+                atomic_write_json(folder / WINDOWS_FOUND, {"data": prepared.data, "documents": prepared.documents})
+            except BaseException:
+                shutil.rmtree(folder, ignore_errors=True)
+                raise
+            return dataclasses.replace(prepared, folder=folder, processes=args.world_size)
         try:
             mapped = {name: TokenWindows.load(folder / name) for name in WINDOWS_PARTS}
             found = read_json(folder / WINDOWS_FOUND, "tokenized documents")
         except FileNotFoundError as error:
             raise RuntimeError(f"the first process of this machine left no tokenized documents in {folder} (its own "
                                "error says why)") from error
-    torch.distributed.barrier()  # every process has mapped them
-    if main:
-        shutil.rmtree(folder, ignore_errors=True)
-        with contextlib.suppress(OSError):  # other machines' folders may still be there
-            folder.parent.rmdir()
-        return dataclasses.replace(prepared, **mapped)
-    return _PreparedData(**mapped, data=found["data"], documents=found["documents"])
+    return _PreparedData(**mapped, data=found["data"], documents=found["documents"], processes=args.world_size)
 
 
 def _read_and_tokenize(config: PretrainConfig, tokenizer: Any, scheme: str, resumed_run: dict | None,
-                       copies_by: str, reports: bool) -> _PreparedData:
+                       copies_by: str, reports: bool, folder: Path) -> _PreparedData:
     """Reads the documents, splits off the validation set (or reads it), checks them against the
-    run being resumed and tokenizes them."""
+    run being resumed and tokenizes them into files in ``folder``."""
     from .pretrain_data import (documents_fingerprint, read_documents, reading_key, shared_documents,
                                 split_documents, tokenize_documents)
 
@@ -625,8 +639,10 @@ def _read_and_tokenize(config: PretrainConfig, tokenizer: Any, scheme: str, resu
                          "documents it began with (else held-out documents could be trained on); start a new run in "
                          "a new output directory")
     train, validation = (tokenize_documents(tokenizer, docs, config.max_length, progress=config.progress and reports,
-                                            description=f"tokenizing {name} documents", word_boundary=scheme)
-                         for name, docs in (("training", train_docs), ("validation", validation_docs)))
+                                            description=f"tokenizing {name} documents", word_boundary=scheme,
+                                            into=folder / part)
+                         for name, part, docs in (("training", "train", train_docs),
+                                                  ("validation", "validation", validation_docs)))
     return _PreparedData(train, validation, data,
                          {"documents_train": len(train_docs), "documents_validation": len(validation_docs)},
                          train_docs, validation_docs)

@@ -16,6 +16,7 @@ import numbers
 import operator
 import os
 import random
+import tempfile
 import warnings
 from collections.abc import Mapping
 from collections.abc import Sequence as SequenceABC
@@ -183,13 +184,15 @@ def undecoded_text_notice(documents: Sequence[str], name: str) -> str | None:
 
 def tokenize_documents(tokenizer: Any, documents: list[str], max_length: int, *, batch_size: int = 1000,
                        progress: bool = True, description: str = "tokenizing",
-                       word_boundary: str | None = None) -> TokenWindows:
+                       word_boundary: str | None = None, into: str | os.PathLike | None = None) -> TokenWindows:
     """Token ids with special tokens, one window of at most ``max_length`` tokens each (a
     ``TokenWindows``: read as lists of ints, kept in a few bytes a token).
 
     A document that does not fit is cut into consecutive windows, each as long as it can be
     while ending between two words (``word_boundary`` names the scheme; detected when None).
     Only a word longer than a whole window is cut inside. Documents without tokens give none.
+    Given ``into``, the windows are written to ``TokenWindows.save``'s files there as they are
+    made, and returned memory-mapped from them (``TokenWindows.load``).
     """
     if max_length < MIN_MAX_LENGTH:
         raise ValueError(f"max_length must be at least {MIN_MAX_LENGTH}, got {max_length}")
@@ -202,7 +205,7 @@ def tokenize_documents(tokenizer: Any, documents: list[str], max_length: int, *,
                          f"special tokens {type(tokenizer).__name__} adds")
     with naming_word_boundary():
         grouper = WordGrouper.for_tokenizer(tokenizer, word_boundary)
-    windows = TokenWindows.Builder()
+    windows = TokenWindows.Builder(into)
     with tqdm(total=len(documents), desc=description, unit="doc", disable=not progress) as bar:
         for start in range(0, len(documents), batch_size):
             chunk = documents[start:start + batch_size]
@@ -232,6 +235,7 @@ class TokenWindows(SequenceABC):
             raise ValueError("TokenWindows takes the flat ids and the offsets of the windows in them, from 0 to "
                              "len(ids), in order")
         self.ids, self.offsets = ids, offsets
+        self._files: str | None = None  # the stem of the files they are mapped from (``load``)
 
     def __len__(self) -> int:
         return len(self.offsets) - 1
@@ -271,19 +275,37 @@ class TokenWindows(SequenceABC):
     @classmethod
     def load(cls, stem: str | os.PathLike) -> TokenWindows:
         """The windows ``save`` wrote, memory-mapped read-only: the processes that load the same
-        files share one copy of them in memory (the page cache), however many there are."""
-        ids, offsets = [np.load(f"{os.fspath(stem)}.{part}.npy", mmap_mode="r", allow_pickle=False)
-                        for part in ("ids", "offsets")]
-        return cls(ids, offsets)
+        files share one copy of them in memory (the page cache), however many there are. Such
+        windows pickle as their files' name, so spawned DataLoader workers map them too instead
+        of each receiving a copy; the files must stay until those have started."""
+        stem = os.path.abspath(os.fspath(stem))
+        ids, offsets = [np.load(f"{stem}.{part}.npy", mmap_mode="r", allow_pickle=False) for part in ("ids", "offsets")]
+        windows = cls(ids, offsets)
+        windows._files = stem
+        return windows
+
+    def __reduce__(self):
+        if self._files is not None:
+            return TokenWindows.load, (self._files,)
+        return TokenWindows, (np.asarray(self.ids), np.asarray(self.offsets))
 
     class Builder:
-        """Windows added one list at a time, kept as arrays chunk by chunk (``flush``)."""
+        """Windows added one list at a time, kept as arrays chunk by chunk (``flush``). Given a
+        ``stem``, the chunks go to (unnamed) temporary files instead and ``build`` writes
+        ``save``'s files from them and returns the windows mapped: a corpus's windows never
+        need to fit in memory, not even once."""
 
-        def __init__(self):
+        def __init__(self, stem: str | os.PathLike | None = None):
             self._pending: list[int] = []
             self._lengths: list[int] = []
-            self._chunks: list[np.ndarray] = []
-            self._chunk_lengths: list[np.ndarray] = []
+            self._chunks: list[tuple[np.ndarray, np.ndarray]] = []  # (ids, lengths), in memory
+            self._stem = None if stem is None else os.fspath(stem)
+            self._spooled: list[tuple[np.dtype, int, int]] = []  # (ids' type, ids, windows) of each chunk
+            self._spools = None
+            if self._stem is not None:
+                folder = os.path.dirname(os.path.abspath(self._stem))
+                os.makedirs(folder, exist_ok=True)
+                self._spools = [tempfile.TemporaryFile(dir=folder) for _ in ("ids", "lengths")]
 
         def add(self, window: list[int]) -> None:
             self._pending.extend(window)
@@ -293,15 +315,61 @@ class TokenWindows(SequenceABC):
             if self._lengths:
                 ids = np.asarray(self._pending, dtype=np.int64)
                 fits = len(ids) == 0 or (ids.min() >= np.iinfo(np.int32).min and ids.max() <= np.iinfo(np.int32).max)
-                self._chunks.append(ids.astype(np.int32) if fits else ids)  # joined, int64 only if one needs it
-                self._chunk_lengths.append(np.asarray(self._lengths, dtype=np.int64))
+                ids = ids.astype(np.int32) if fits else ids  # joined as int64 only if one chunk needs it
+                lengths = np.asarray(self._lengths, dtype=np.int64)
+                if self._spools is None:
+                    self._chunks.append((ids, lengths))
+                else:
+                    for spool, values in zip(self._spools, (ids, lengths)):
+                        spool.write(values.tobytes())
+                    self._spooled.append((ids.dtype, len(ids), len(lengths)))
                 self._pending, self._lengths = [], []
 
         def build(self) -> TokenWindows:
             self.flush()
-            ids = np.concatenate(self._chunks) if self._chunks else np.zeros(0, dtype=np.int32)
-            lengths = np.concatenate(self._chunk_lengths) if self._chunk_lengths else np.zeros(0, dtype=np.int64)
+            if self._spools is not None:
+                return self._build_files()
+            ids = np.concatenate([ids for ids, _ in self._chunks]) if self._chunks else np.zeros(0, dtype=np.int32)
+            lengths = (np.concatenate([lengths for _, lengths in self._chunks]) if self._chunks
+                       else np.zeros(0, dtype=np.int64))
             return TokenWindows(ids, np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64))
+
+        def _build_files(self) -> TokenWindows:
+            from ._io import atomic_writer
+
+            ids_spool, lengths_spool = self._spools
+            try:
+                wide = any(dtype == np.int64 for dtype, _, _ in self._spooled)
+                ids_type = np.dtype("<i8" if wide else "<i4")
+                ids_total = sum(count for _, count, _ in self._spooled)
+                windows_total = sum(windows for _, _, windows in self._spooled)
+                with atomic_writer(f"{self._stem}.ids.npy") as file:
+                    _write_npy_header(file, ids_type, ids_total)
+                    ids_spool.seek(0)
+                    for dtype, count, _ in self._spooled:
+                        values = np.frombuffer(ids_spool.read(count * dtype.itemsize), dtype=dtype)
+                        file.write(values.astype(ids_type, copy=False).tobytes())
+                with atomic_writer(f"{self._stem}.offsets.npy") as file:
+                    _write_npy_header(file, np.dtype("<i8"), windows_total + 1)
+                    file.write(np.zeros(1, dtype="<i8").tobytes())
+                    lengths_spool.seek(0)
+                    end = 0
+                    for _, _, windows in self._spooled:
+                        offsets = end + np.cumsum(np.frombuffer(lengths_spool.read(windows * 8), dtype=np.int64))
+                        file.write(offsets.astype("<i8", copy=False).tobytes())
+                        end = int(offsets[-1]) if windows else end
+            finally:
+                for spool in self._spools:
+                    spool.close()
+                self._spools = None
+            return TokenWindows.load(self._stem)
+
+
+def _write_npy_header(file, dtype: np.dtype, length: int) -> None:
+    """The header of a ``.npy`` file holding a one-dimensional array of ``length`` values of
+    ``dtype``, whose values are then written after it as raw bytes."""
+    np.lib.format.write_array_header_1_0(
+        file, {"descr": np.lib.format.dtype_to_descr(dtype), "fortran_order": False, "shape": (length,)})
 
 
 def special_wrapping(tokenizer: Any) -> tuple[list[int], list[int]]:

@@ -970,6 +970,58 @@ def test_workers_mask_in_subprocesses(model_dir, corpus, tmp_path):
     assert summary["masking"]["location"] == "DataLoader workers (CPU)"
 
 
+def test_the_windows_are_mapped_files_while_training_and_gone_after(model_dir, corpus, tmp_path, monkeypatch):
+    """The training set is the windows' files, mapped (what DataLoader workers receive as a file
+    name, spawned or forked), from the start of training to its end; then they are removed, also
+    when training fails."""
+    train = MaskingTrainer.train
+    seen = {}
+
+    def recording(self, *args, **kwargs):
+        ids = self.train_dataset.examples.ids
+        seen["file"] = Path(ids.filename)
+        seen["there"] = seen["file"].exists()
+        return train(self, *args, **kwargs)
+
+    monkeypatch.setattr(MaskingTrainer, "train", recording)
+    out = tmp_path / "run"
+    pretrain(config_for(model_dir, corpus, out, strategy="random-word", max_steps=1))
+    assert seen["there"] and seen["file"] == out / WINDOWS_DIR / f"{socket.gethostname()}-0" / "train.ids.npy"
+    assert not (out / WINDOWS_DIR).exists()
+
+    def failing(self, *args, **kwargs):
+        raise RuntimeError("out of memory, say")
+
+    monkeypatch.setattr(MaskingTrainer, "train", failing)
+    with pytest.raises(RuntimeError, match="out of memory, say"):
+        pretrain(config_for(model_dir, corpus, tmp_path / "failed", strategy="random-word", max_steps=1))
+    assert not (tmp_path / "failed" / WINDOWS_DIR).exists()
+
+
+def test_spawned_workers_mask_too(model_dir, corpus, tmp_path):
+    """Where DataLoader workers are spawned (macOS, Windows; forkserver, Linux's default from
+    Python 3.14, pickles the same way), they start from the pickled dataset and collator: the
+    windows travel as their files' name (test_pretrain_data), and the files are there for them."""
+    import subprocess
+    import sys
+
+    out = tmp_path / "spawned"
+    program = ("import multiprocessing, sys\n"
+               "from diffmask_fast.cli import main\n"
+               "if __name__ == '__main__':\n"
+               "    multiprocessing.set_start_method('spawn')\n"
+               "    sys.exit(main(sys.argv[1:]))\n")
+    command = [sys.executable, "-c", program, "pretrain", str(corpus), "--model", str(model_dir), "-o", str(out),
+               "--strategy", "random-word", "--workers", "2", "--max-steps", "2", "--max-length", "32",
+               "--batch-size", "8", "--patience", "0", "--no-progress"]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0, done.stderr[-3000:]
+    summary = json.loads((out / SUMMARY_FILE).read_text())
+    assert summary["global_step"] == 2 and summary["masking"]["location"] == "DataLoader workers (CPU)"
+    assert not (out / WINDOWS_DIR).exists()
+
+
 def test_torchrun_joins_processes_mines_once_and_validates_on_the_same_masks(model_dir, corpus, tmp_path):
     import subprocess
     import sys

@@ -140,6 +140,80 @@ def test_saved_windows_load_memory_mapped_as_they_were(bert_wordpiece, shared_da
         TokenWindows.load(tmp_path / "missing")
 
 
+def test_windows_written_as_they_are_made_equal_those_kept_in_memory(bert_wordpiece, shared_data_dir, tmp_path):
+    """``into`` writes each chunk of windows out as it is made and maps the result: the same
+    windows as in memory, in ``save``'s two files and nothing else (the chunks' temporary files
+    are gone)."""
+    documents = (shared_data_dir / "chemprot" / "corpus.txt").read_text(encoding="utf-8").splitlines()[:150]
+    documents.insert(40, "")  # a document without windows in the middle of a chunk
+    in_memory = tokenize_documents(bert_wordpiece, documents, 40, progress=False)
+    on_disk = tokenize_documents(bert_wordpiece, documents, 40, progress=False, batch_size=13,
+                                 into=tmp_path / "windows" / "train")
+    assert sorted(path.name for path in (tmp_path / "windows").iterdir()) == ["train.ids.npy", "train.offsets.npy"]
+    assert isinstance(on_disk.ids, np.memmap) and on_disk.ids.dtype == np.int32 and not on_disk.ids.flags.writeable
+    assert on_disk.fingerprint() == in_memory.fingerprint() and list(on_disk) == list(in_memory)
+    assert np.array_equal(on_disk.offsets, in_memory.offsets)
+    none = tokenize_documents(bert_wordpiece, ["", " "], 40, progress=False, into=tmp_path / "none")
+    assert len(none) == 0 and len(none.ids) == 0 and none.offsets.tolist() == [0]
+
+
+def test_windows_built_in_files_widen_every_chunk_when_one_needs_int64(tmp_path, seed):
+    """Ids are kept as int32 unless one does not fit: then the whole array is int64, also when
+    the chunks were written out one by one with different types."""
+    rng = random.Random(seed)
+    windows = [[rng.randrange(0, 50_000) for _ in range(rng.randrange(1, 9))] for _ in range(40)]
+    windows[rng.randrange(20, 40)][0] = 2**31 + rng.randrange(1000)
+    built = {}
+    for where in (None, tmp_path / "wide"):
+        builder = TokenWindows.Builder(where)
+        for number, window in enumerate(windows):
+            builder.add(window)
+            if number % 7 == 6:
+                builder.flush()
+        built[where] = builder.build()
+    in_memory, on_disk = built.values()
+    assert on_disk.ids.dtype == in_memory.ids.dtype == np.int64
+    assert list(on_disk) == list(in_memory) == windows
+
+
+def test_mapped_windows_pickle_as_their_files_and_others_as_their_values(bert_wordpiece, tmp_path):
+    """Spawned DataLoader workers receive the dataset pickled: mapped windows travel as the name
+    of their files (each worker maps them: one copy in memory however many workers there are),
+    windows in memory as their values."""
+    import pickle
+
+    windows = tokenize_documents(bert_wordpiece, ["the enzyme binds the receptor"] * 2000, 16, progress=False)
+    windows.save(tmp_path / "train")
+    mapped = TokenWindows.load(tmp_path / "train")
+    sent = pickle.dumps(SequenceDataset(mapped))
+    assert len(sent) < 1000 < windows.ids.nbytes
+    received = pickle.loads(sent).examples
+    assert isinstance(received.ids, np.memmap) and received.ids.filename == mapped.ids.filename
+    assert received.fingerprint() == windows.fingerprint()
+    copied = pickle.loads(pickle.dumps(windows))
+    assert not isinstance(copied.ids, np.memmap) and copied.fingerprint() == windows.fingerprint()
+
+
+class WorkerReport(SequenceDataset):
+    """Tells, with each example, whether the worker reading it maps the windows' file."""
+
+    def __getitem__(self, index: int) -> dict:
+        ids = self.examples.ids
+        return {**super().__getitem__(index), "mapped_from": getattr(ids, "filename", None)}
+
+
+def test_spawned_dataloader_workers_map_the_windows(bert_wordpiece, tmp_path):
+    import torch
+
+    documents = [f"the enzyme {n} binds receptor {n % 7}" for n in range(300)]
+    windows = tokenize_documents(bert_wordpiece, documents, 12, progress=False, into=tmp_path / "train")
+    loader = torch.utils.data.DataLoader(WorkerReport(windows), batch_size=None, num_workers=2,
+                                         multiprocessing_context="spawn")
+    examples = list(loader)
+    assert [example["input_ids"] for example in examples] == list(windows)
+    assert {example["mapped_from"] for example in examples} == {windows.ids.filename}
+
+
 def test_texts_the_tokenizer_reads_alike_stay_on_one_side(bert_wordpiece, roberta_byte_bpe, seed):
     """An uncased WordPiece tokenizer reads case, Unicode form and spacing around punctuation
     alike: such variants of a text tokenize to the same windows, and were split like different
