@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import itertools
 import math
 import os
 import shutil
@@ -20,7 +21,7 @@ import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable, Iterator, Sequence
 
 from ._checks import whole_number
 from ._io import (atomic_write_bytes, atomic_write_json, check_writable, json_ready, read_json, refuse_special_input,
@@ -29,7 +30,7 @@ from .advice import DiffmaskWarning
 from .embedding import POOLINGS
 from .hf_loading import saved_weights
 from .masking_base import check_loss_weight, check_probability, distributed_rank
-from .pretrain_data import MIN_MAX_LENGTH
+from .pretrain_data import MIN_MAX_LENGTH, undecoded_text_notice
 from .reference import WORD_BOUNDARY_SCHEMES
 from .strategies import STRATEGIES, STRATEGY_SETTINGS, build_strategy, check_strategy, resolve_mask_location
 from .tokenization import detect_word_boundary_scheme, naming_word_boundary, word_boundaries
@@ -42,8 +43,9 @@ SCORES_FILE = "scores.npz"
 TERMS_FILE = "terms.txt"
 RUN_FILE = "pretrain_run.json"  # the settings a run started with, and its validation loss before training
 # Where the processes of one machine find the documents its first process read and tokenized
-# (removed when training is done).
-WINDOWS_DIR = "windows"
+# (removed when training is done). A name that transformers' push_to_hub leaves out ("_*"):
+# the windows are the corpus's text, token by token.
+WINDOWS_DIR = "_windows"
 WINDOWS_PARTS = ("train", "validation")  # the windows' files, named as _PreparedData's fields
 WINDOWS_FOUND = "documents.json"  # and the documents' counts and fingerprints
 #: What makes two documents copies that stay on one side of the split: read alike by the tokenizer
@@ -239,8 +241,8 @@ def read_terms(path: str | os.PathLike) -> list[str]:
     return terms
 
 
-def _domain_resources(config: PretrainConfig, documents: list[str], tokenizer: Any, *,
-                      validation_documents: list[str] = (), saved: bool = False, scheme: str | None = None) -> dict:
+def _domain_resources(config: PretrainConfig, documents: Iterable[str], tokenizer: Any, *,
+                      validation_documents: Sequence[str] = (), saved: bool = False, scheme: str | None = None) -> dict:
     """Anchors, score table and terms the strategy needs: given, saved by an earlier run in the
     output directory (resuming) or by this run's main process (``saved``), or mined from the
     training documents now. The words of the validation documents are scored too: a score
@@ -277,7 +279,7 @@ def _domain_resources(config: PretrainConfig, documents: list[str], tokenizer: A
             anchors = mine_anchors(count_words(documents, progress=config.progress), k=config.anchors_count)
         embedder = WordEmbedder.from_pretrained(config.embedding_model, pooling=config.pooling, cache_dir=True,
                                                 progress=config.progress)
-        words = tokenizer_word_types(tokenizer, [*documents, *validation_documents], scheme=scheme,
+        words = tokenizer_word_types(tokenizer, _Joined(documents, validation_documents), scheme=scheme,
                                      progress=config.progress)
         words |= set(anchors.words)
         scores = WordScorer(embedder, anchors).score(words, progress=config.progress)
@@ -297,11 +299,25 @@ def _domain_resources(config: PretrainConfig, documents: list[str], tokenizer: A
     return resources
 
 
+class _Joined:
+    """Two collections of documents read one after the other, and counted together (for a
+    progress bar), without a list of both."""
+
+    def __init__(self, first: Iterable[str], second: Iterable[str]):
+        self.parts = (first, second)
+
+    def __iter__(self) -> Iterator[str]:
+        return itertools.chain(*self.parts)
+
+    def __len__(self) -> int:
+        return sum(map(len, self.parts))
+
+
 #: How many training documents ``unscored_words_notice`` reads (all validation documents are read).
 COVERAGE_SAMPLE_DOCUMENTS = 5000
 
 
-def unscored_words_notice(scores: Any, tokenizer: Any, train_docs: list[str], validation_docs: list[str],
+def unscored_words_notice(scores: Any, tokenizer: Any, train_docs: Iterable[str], validation_docs: Sequence[str],
                           scheme: str | None = None) -> str | None:
     """What a given score table lacks of the text, or None when it lacks nothing.
 
@@ -313,11 +329,13 @@ def unscored_words_notice(scores: Any, tokenizer: Any, train_docs: list[str], va
     from .vocabulary import tokenizer_word_types
 
     parts, examples = [], []
-    for name, docs in (("validation", validation_docs), ("training", train_docs[:COVERAGE_SAMPLE_DOCUMENTS])):
+    sample = list(itertools.islice(train_docs, COVERAGE_SAMPLE_DOCUMENTS + 1))
+    whole = len(sample) <= COVERAGE_SAMPLE_DOCUMENTS
+    for name, docs in (("validation", validation_docs), ("training", sample[:COVERAGE_SAMPLE_DOCUMENTS])):
         words = sorted(tokenizer_word_types(tokenizer, docs, scheme=scheme))
         missing = [w for w in words if w not in scores]
         if missing:
-            sampled = "" if name == "validation" or len(docs) == len(train_docs) else f"first {len(docs):,} "
+            sampled = "" if name == "validation" or whole else f"first {len(docs):,} "
             parts.append(f"{len(missing):,} of the {len(words):,} word types of the {sampled}{name} documents")
             examples += [w for w in missing if w not in examples][:5 - len(examples)]
     if not parts:
@@ -552,31 +570,38 @@ class _PreparedData:
     validation: Any
     data: dict  # what identifies the documents: pretrain_run.json keeps it for --resume
     documents: dict  # {"documents_train": ..., "documents_validation": ...}
-    train_docs: list[str] = field(default_factory=list)
+    train_docs: Any = ()  # CorpusDocuments: read from the files at each pass
     validation_docs: list[str] = field(default_factory=list)
     folder: Path | None = None  # where the windows' files are, removed by the process that wrote them
     processes: int = 1
 
     def release_text(self) -> None:
-        self.train_docs, self.validation_docs = [], []
+        self.train_docs, self.validation_docs = (), []
 
     def remove_windows(self, all_done: bool) -> None:
         """Removes the windows' files, once every process is done with them (``all_done``: after
         waiting for all), or at once as this process fails. What is mapped stays readable."""
         import torch
 
-        if all_done and self.processes > 1:
-            torch.distributed.barrier()
-        if self.folder is not None:
-            shutil.rmtree(self.folder, ignore_errors=True)
-            with contextlib.suppress(OSError):  # other machines' folders may still be there
-                self.folder.parent.rmdir()
+        try:
+            if all_done and self.processes > 1:
+                torch.distributed.barrier()
+        finally:
+            if self.folder is not None:
+                _remove_windows_folder(self.folder)
+
+
+def _remove_windows_folder(folder: Path) -> None:
+    """Removes a machine's windows, and the folder of all machines' once it is empty."""
+    shutil.rmtree(folder, ignore_errors=True)
+    with contextlib.suppress(OSError):  # other machines' folders may still be there
+        folder.parent.rmdir()
 
 
 def _prepared_data(config: PretrainConfig, tokenizer: Any, scheme: str, resumed_run: dict | None, copies_by: str,
                    args: Any, reports: bool) -> _PreparedData:
     """The documents, split and tokenized into windows kept in files for the run, in
-    ``windows/<host>-<rank>/`` in the output directory. The first process of each machine reads
+    ``_windows/<host>-<rank>/`` in the output directory. The first process of each machine reads
     and tokenizes the documents, writing the windows out as it makes them (they never need to fit
     in memory), and every process of the machine maps the files: a machine reads and tokenizes the
     corpus once and holds one copy of the windows, which its processes and their DataLoader
@@ -587,17 +612,17 @@ def _prepared_data(config: PretrainConfig, tokenizer: Any, scheme: str, resumed_
     # host and the rank of its first process (two containers may share a host name).
     first_rank = args.process_index - args.local_process_index
     folder = Path(config.output_dir) / WINDOWS_DIR / f"{socket.gethostname()}-{first_rank}"
-    main = args.local_process_index == 0
-    with args.main_process_first(local=True, desc="reading and tokenizing the documents"):
-        if main:
-            shutil.rmtree(folder, ignore_errors=True)  # an earlier run's windows must never be read
-            try:
+    if args.local_process_index == 0:
+        try:
+            with args.main_process_first(local=True, desc="reading and tokenizing the documents"):
+                shutil.rmtree(folder, ignore_errors=True)  # an earlier run's windows must never be read
                 prepared = _read_and_tokenize(config, tokenizer, scheme, resumed_run, copies_by, reports, folder)
                 atomic_write_json(folder / WINDOWS_FOUND, {"data": prepared.data, "documents": prepared.documents})
-            except BaseException:
-                shutil.rmtree(folder, ignore_errors=True)
-                raise
-            return dataclasses.replace(prepared, folder=folder, processes=args.world_size)
+        except BaseException:  # also when the others fail while it prepares (the barrier raises)
+            _remove_windows_folder(folder)
+            raise
+        return dataclasses.replace(prepared, folder=folder, processes=args.world_size)
+    with args.main_process_first(local=True, desc="reading and tokenizing the documents"):
         try:
             mapped = {name: TokenWindows.load(folder / name) for name in WINDOWS_PARTS}
             found = read_json(folder / WINDOWS_FOUND, "tokenized documents")
@@ -610,28 +635,39 @@ def _prepared_data(config: PretrainConfig, tokenizer: Any, scheme: str, resumed_
 def _read_and_tokenize(config: PretrainConfig, tokenizer: Any, scheme: str, resumed_run: dict | None,
                        copies_by: str, reports: bool, folder: Path) -> _PreparedData:
     """Reads the documents, splits off the validation set (or reads it), checks them against the
-    run being resumed and tokenizes them into files in ``folder``."""
-    from .pretrain_data import (documents_fingerprint, read_documents, reading_key, shared_documents,
-                                split_documents, tokenize_documents)
+    run being resumed and tokenizes them into files in ``folder``. The training documents are
+    read from the corpus's files again for each pass over them (keys, fingerprint, windows,
+    then mining and scoring), never held all at once: what is kept of them is a 16-byte key each
+    until the split is made. The validation documents (a few thousand) are kept."""
+    from tqdm.auto import tqdm
 
-    documents = read_documents(config.corpus, config.text_field)
-    if not documents:
+    from .pretrain_data import (CorpusDocuments, UndecodedText, documents_fingerprint, held_out, read_documents,
+                                reading_key, shared_documents, text_key, tokenize_documents)
+
+    corpus = CorpusDocuments(config.corpus, config.text_field)
+    key = reading_key(tokenizer) if copies_by == COPIES_BY else text_key
+    undecoded, keys = UndecodedText(), []
+    for document in tqdm(corpus, desc="reading documents", unit="doc", disable=not (config.progress and reports)):
+        undecoded.see(document)
+        keys.append(key(document))
+    if not keys:
         raise ValueError("the corpus has no non-empty documents")
-    _warn_of_undecoded_text(documents, "corpus", reports)
-    copies = reading_key(tokenizer) if copies_by == COPIES_BY else None
+    _warn_of_undecoded_text(undecoded.notice("corpus"), reports)
     if config.validation:
-        train_docs, validation_docs = documents, read_documents(config.validation, config.text_field)
+        held, validation_docs = set(), read_documents(config.validation, config.text_field)
         if not validation_docs:
             raise ValueError("the validation files have no non-empty documents")
-        _warn_of_undecoded_text(validation_docs, "validation", reports)
-        shared = shared_documents(train_docs, validation_docs, copies)
+        _warn_of_undecoded_text(undecoded_text_notice(validation_docs, "validation"), reports)
+        shared = shared_documents(keys, [key(document) for document in validation_docs])
         if shared and reports:
             warnings.warn(f"{shared:,} of the {len(validation_docs):,} validation documents are also training documents "
                           "(as the tokenizer reads them): the validation loss will look better than it is",
                           DiffmaskWarning, stacklevel=4)  # at pretrain's caller
     else:
-        train_docs, validation_docs = split_documents(documents, config.validation_fraction,
-                                                      config.max_validation_documents, config.seed, copies)
+        held = held_out(keys, config.validation_fraction, config.max_validation_documents, config.seed, stacklevel=5)
+        validation_docs = [document for position, document in enumerate(corpus) if position in held]
+    del keys
+    train_docs = corpus.without(held)
     data = {"training": documents_fingerprint(train_docs), "validation": documents_fingerprint(validation_docs)}
     if resumed_run is not None and resumed_run.get("data", data) != data:
         raise ValueError(f"--resume continues a run that began with other documents: "
@@ -644,7 +680,8 @@ def _read_and_tokenize(config: PretrainConfig, tokenizer: Any, scheme: str, resu
                          for name, part, docs in (("training", "train", train_docs),
                                                   ("validation", "validation", validation_docs)))
     return _PreparedData(train, validation, data,
-                         {"documents_train": len(train_docs), "documents_validation": len(validation_docs)},
+                         {"documents_train": data["training"]["documents"],
+                          "documents_validation": len(validation_docs)},
                          train_docs, validation_docs)
 
 
@@ -768,11 +805,8 @@ def resumed_run_dir(config: PretrainConfig) -> Path | None:
     return Path(config.output_dir).resolve() if config.resume is True else Path(config.resume).resolve().parent
 
 
-def _warn_of_undecoded_text(documents: list[str], name: str, reports: bool) -> None:
+def _warn_of_undecoded_text(notice: str | None, reports: bool) -> None:
     """Warn (from the reporting process) of documents holding bytes that were not UTF-8."""
-    from .pretrain_data import undecoded_text_notice
-
-    notice = undecoded_text_notice(documents, name)
     if notice and reports:
         warnings.warn(notice, DiffmaskWarning, stacklevel=5)  # at pretrain's caller
 

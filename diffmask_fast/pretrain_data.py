@@ -11,7 +11,9 @@ mask_examples``) so that successive validation losses are measured on the same m
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import itertools
 import numbers
 import operator
 import os
@@ -20,14 +22,15 @@ import tempfile
 import warnings
 from collections.abc import Mapping
 from collections.abc import Sequence as SequenceABC
+from collections.abc import Sized
 from dataclasses import dataclass
-from typing import Any, Callable, Hashable, Iterable, Sequence
+from typing import Any, Callable, Hashable, Iterable, Iterator, Sequence
 
 import numpy as np
 import torch
 
 from .advice import DiffmaskWarning
-from .corpus import corpus_files, iter_documents
+from .corpus import CorpusError, corpus_files, iter_documents
 from .tokenization import WordGrouper, naming_word_boundary, tokenize_texts
 
 #: The shortest sequence worth training on: two special tokens and two word pieces.
@@ -73,15 +76,53 @@ def _rows_of_columns(columns: Mapping) -> list[dict]:
     return [{name: columns[name][row] for name in names} for row in range(lengths["input_ids"])]
 
 
+class CorpusDocuments:
+    """The non-empty documents (stripped) of a corpus's files, in order, read from the files
+    again each time they are iterated: a corpus never needs to fit in memory. ``without``
+    leaves the documents at some positions out. A pass that finds another number of documents
+    than the first did fails: the files changed while the run read them."""
+
+    def __init__(self, sources: Iterable, text_field: str | None = None):
+        if isinstance(sources, (str, os.PathLike)):
+            sources = [sources]
+        self.files = corpus_files(list(sources), text_field)  # a file named twice is read once
+        self.text_field = text_field
+        self._left_out: frozenset[int] = frozenset()
+        self._count: list[int | None] = [None]  # documents of the files, once a pass has counted them; shared
+
+    def without(self, positions: Iterable[int]) -> CorpusDocuments:
+        """The same documents but those at ``positions`` (counted among all of the files')."""
+        other = object.__new__(CorpusDocuments)
+        other.files, other.text_field, other._count = self.files, self.text_field, self._count
+        other._left_out = self._left_out | frozenset(positions)
+        return other
+
+    def __iter__(self) -> Iterator[str]:
+        position = 0
+        for path in self.files:
+            for document in iter_documents(path, self.text_field):
+                document = document.strip()
+                if document:
+                    if position not in self._left_out:
+                        yield document
+                    position += 1
+        if self._count[0] is None:
+            self._count[0] = position
+        elif position != self._count[0]:
+            raise CorpusError(f"the corpus files changed while they were read: they hold {position:,} documents now, "
+                              f"{self._count[0]:,} before")
+
+    def __len__(self) -> int:
+        if self._count[0] is None:
+            for _ in self:  # counts them
+                pass
+        return self._count[0] - sum(position < self._count[0] for position in self._left_out)
+
+
 def read_documents(sources: Iterable, text_field: str | None = None) -> list[str]:
     """Non-empty documents (stripped) of every source: files, directories, globs, JSON lines;
     a file named twice (or matched by two patterns) is read once. One path may come alone."""
-    if isinstance(sources, (str, os.PathLike)):
-        sources = [sources]
-    documents = []
-    for path in corpus_files(list(sources), text_field):
-        documents.extend(d.strip() for d in iter_documents(path, text_field) if d.strip())
-    return documents
+    return list(CorpusDocuments(sources, text_field))
 
 
 def split_documents(documents: list[str], validation_fraction: float, max_validation: int,
@@ -91,24 +132,34 @@ def split_documents(documents: list[str], validation_fraction: float, max_valida
     text also trained on would make the validation loss look better than it is. ``key`` says
     which texts are copies (``reading_key(tokenizer)``: those the tokenizer reads alike); the
     text itself when None."""
+    held = held_out(documents if key is None else [key(document) for document in documents],
+                    validation_fraction, max_validation, seed, stacklevel=3)
+    return ([d for i, d in enumerate(documents) if i not in held], [documents[i] for i in sorted(held)])
+
+
+def held_out(keys: Sequence[Hashable], validation_fraction: float, max_validation: int, seed: int, *,
+             stacklevel: int = 2) -> set[int]:
+    """The positions ``split_documents`` holds out of documents with these keys (equal keys:
+    copies). Keys stand for the documents, so a corpus's split needs 16 bytes a document
+    (``reading_key``'s digests), not its text. ``stacklevel`` places its warning."""
     if not 0.0 < validation_fraction < 1.0:
         raise ValueError(f"validation_fraction must be in (0, 1), got {validation_fraction}")
     if isinstance(max_validation, bool) or not isinstance(max_validation, numbers.Real) or not max_validation >= 1:
         raise ValueError(f"max_validation must be at least 1 (a validation set holds a document), got "
                          f"{max_validation!r}")
-    if len(documents) < 2:
-        raise ValueError(f"the corpus has {len(documents)} non-empty document(s); holding out a validation set needs "
+    if len(keys) < 2:
+        raise ValueError(f"the corpus has {len(keys)} non-empty document(s); holding out a validation set needs "
                          "at least 2 (or give validation files)")
     copies: dict[Hashable, list[int]] = {}
-    for index, document in enumerate(documents):
-        copies.setdefault(document if key is None else key(document), []).append(index)
+    for index, key in enumerate(keys):
+        copies.setdefault(key, []).append(index)
     if len(copies) < 2:
-        raise ValueError(f"the corpus's {len(documents)} documents are one text repeated; holding out a validation set "
+        raise ValueError(f"the corpus's {len(keys)} documents are one text repeated; holding out a validation set "
                          "needs 2 different ones (or give validation files)")
     texts = list(copies)
     random.Random(seed).shuffle(texts)  # without repeated texts, the same draw as shuffling the documents
-    largest = min(max_validation, len(documents) - 1)
-    wanted = min(max(1, round(validation_fraction * len(documents))), largest)
+    largest = min(max_validation, len(keys) - 1)
+    wanted = min(max(1, round(validation_fraction * len(keys))), largest)
     held: set[int] = set()
     for text in texts:
         if len(held) >= wanted:
@@ -122,30 +173,34 @@ def split_documents(documents: list[str], validation_fraction: float, max_valida
                              f"on one side of the split: holding one out exceeds the {largest} validation documents "
                              "allowed; give validation files")
         warnings.warn(f"every text of the corpus appears at least {len(rarest)} times, and copies of a text stay on one "
-                      f"side of the split: the validation set holds {len(rarest)} of {len(documents)} documents, not "
-                      f"the {wanted} asked for; give validation files for a smaller one", DiffmaskWarning, stacklevel=2)
+                      f"side of the split: the validation set holds {len(rarest)} of {len(keys)} documents, not "
+                      f"the {wanted} asked for; give validation files for a smaller one", DiffmaskWarning,
+                      stacklevel=stacklevel)
         held.update(rarest)
-    return ([d for i, d in enumerate(documents) if i not in held], [documents[i] for i in sorted(held)])
+    return held
 
 
-def documents_fingerprint(documents: Sequence[str]) -> dict:
+def documents_fingerprint(documents: Iterable[str]) -> dict:
     """How many documents and a SHA-256 of their text, in order: a resumed run checks that it
     trains and validates on the documents its run began with."""
-    digest = hashlib.sha256()
+    digest, count = hashlib.sha256(), 0
     for document in documents:
         data = document.encode("utf-8", "surrogatepass")
         digest.update(len(data).to_bytes(8, "little"))
         digest.update(data)
-    return {"documents": len(documents), "sha256": digest.hexdigest()}
+        count += 1
+    return {"documents": count, "sha256": digest.hexdigest()}
 
 
-def shared_documents(train: Sequence[str], validation: Sequence[str],
+def shared_documents(train: Iterable[str], validation: Sequence[str],
                      key: Callable[[str], Hashable] | None = None) -> int:
     """How many validation documents are also training documents (as ``key`` tells copies, see
-    ``split_documents``)."""
+    ``split_documents``). Holds the validation set's keys only, however long ``train`` is."""
     read = (lambda document: document) if key is None else key
-    training_texts = {read(document) for document in train}
-    return sum(read(document) in training_texts for document in validation)
+    validation_keys = [read(document) for document in validation]
+    wanted = set(validation_keys)
+    trained = {text for text in map(read, train) if text in wanted}
+    return sum(text in trained for text in validation_keys)
 
 
 def reading_key(tokenizer: Any) -> Callable[[str], Hashable]:
@@ -168,21 +223,48 @@ def reading_key(tokenizer: Any) -> Callable[[str], Hashable]:
     return key
 
 
-def undecoded_text_notice(documents: Sequence[str], name: str) -> str | None:
-    """A warning when documents hold U+FFFD, which reading puts for bytes that are not UTF-8: a
-    corpus saved in another encoding (Latin-1, cp1252) would otherwise be trained on with its
-    accented words broken into marks, and nothing said."""
-    damaged = [document for document in documents if "\ufffd" in document]
-    if not damaged:
-        return None
-    at = damaged[0].index("\ufffd")
-    example = damaged[0][max(0, at - 30): at + 30]
-    return (f"{len(damaged):,} of the {len(documents):,} {name} documents hold U+FFFD, the mark reading leaves for "
-            f"bytes that are not UTF-8 (e.g. {example!r}): is the corpus in another encoding? Convert it to UTF-8 "
-            "(iconv -f latin1 -t utf-8), or the model trains on the marks")
+def text_key(text: str) -> bytes:
+    """The key of a text where copies are texts equal to the letter (``split_documents`` without
+    a key, as runs began before ``reading_key`` split): a digest, 16 bytes a document. Keys
+    split as the texts themselves do: the split depends on which keys are equal, not on them."""
+    return hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=16).digest()
 
 
-def tokenize_documents(tokenizer: Any, documents: list[str], max_length: int, *, batch_size: int = 1000,
+class UndecodedText:
+    """Documents holding U+FFFD, which reading puts for bytes that are not UTF-8, counted as they
+    go by (``see``): a corpus saved in another encoding (Latin-1, cp1252) would otherwise be
+    trained on with its accented words broken into marks, and nothing said."""
+
+    def __init__(self) -> None:
+        self.documents = self.damaged = 0
+        self.example: str | None = None
+
+    def see(self, document: str) -> None:
+        self.documents += 1
+        if "\ufffd" in document:
+            self.damaged += 1
+            if self.example is None:
+                at = document.index("\ufffd")
+                self.example = document[max(0, at - 30): at + 30]
+
+    def notice(self, name: str) -> str | None:
+        """The warning for the documents seen, or None when none was damaged."""
+        if not self.damaged:
+            return None
+        return (f"{self.damaged:,} of the {self.documents:,} {name} documents hold U+FFFD, the mark reading leaves "
+                f"for bytes that are not UTF-8 (e.g. {self.example!r}): is the corpus in another encoding? Convert it "
+                "to UTF-8 (iconv -f latin1 -t utf-8), or the model trains on the marks")
+
+
+def undecoded_text_notice(documents: Iterable[str], name: str) -> str | None:
+    """``UndecodedText``'s warning for ``documents``, or None."""
+    tally = UndecodedText()
+    for document in documents:
+        tally.see(document)
+    return tally.notice(name)
+
+
+def tokenize_documents(tokenizer: Any, documents: Iterable[str], max_length: int, *, batch_size: int = 1000,
                        progress: bool = True, description: str = "tokenizing",
                        word_boundary: str | None = None, into: str | os.PathLike | None = None) -> TokenWindows:
     """Token ids with special tokens, one window of at most ``max_length`` tokens each (a
@@ -196,7 +278,6 @@ def tokenize_documents(tokenizer: Any, documents: list[str], max_length: int, *,
     """
     if max_length < MIN_MAX_LENGTH:
         raise ValueError(f"max_length must be at least {MIN_MAX_LENGTH}, got {max_length}")
-    from tqdm.auto import tqdm
 
     before, after = special_wrapping(tokenizer)
     room = max_length - len(before) - len(after)
@@ -206,9 +287,24 @@ def tokenize_documents(tokenizer: Any, documents: list[str], max_length: int, *,
     with naming_word_boundary():
         grouper = WordGrouper.for_tokenizer(tokenizer, word_boundary)
     windows = TokenWindows.Builder(into)
-    with tqdm(total=len(documents), desc=description, unit="doc", disable=not progress) as bar:
-        for start in range(0, len(documents), batch_size):
-            chunk = documents[start:start + batch_size]
+    try:
+        _add_windows(windows, tokenizer, documents, room, before, after, grouper, batch_size, progress, description)
+    except BaseException:
+        windows.discard()
+        raise
+    return windows.build()
+
+
+def _add_windows(windows: TokenWindows.Builder, tokenizer: Any, documents: Iterable[str], room: int,
+                 before: list[int], after: list[int], grouper: WordGrouper, batch_size: int, progress: bool,
+                 description: str) -> None:
+    """``tokenize_documents``'s work: the windows of ``documents``, added to ``windows``."""
+    from tqdm.auto import tqdm
+
+    total = len(documents) if isinstance(documents, Sized) else None
+    documents = iter(documents)
+    with tqdm(total=total, desc=description, unit="doc", disable=not progress) as bar:
+        while chunk := list(itertools.islice(documents, batch_size)):
             encoded = tokenize_texts(tokenizer, chunk, add_special_tokens=False, return_attention_mask=False,
                                    return_token_type_ids=False, verbose=False)
             for ids in encoded["input_ids"]:
@@ -219,7 +315,6 @@ def tokenize_documents(tokenizer: Any, documents: list[str], max_length: int, *,
                         windows.add(before + ids[begin:end] + after)
             windows.flush()
             bar.update(len(chunk))
-    return windows.build()
 
 
 class TokenWindows(SequenceABC):
@@ -234,8 +329,18 @@ class TokenWindows(SequenceABC):
                 or bool(np.any(np.diff(offsets) < 0)):
             raise ValueError("TokenWindows takes the flat ids and the offsets of the windows in them, from 0 to "
                              "len(ids), in order")
-        self.ids, self.offsets = ids, offsets
-        self._files: str | None = None  # the stem of the files they are mapped from (``load``)
+        self._ids, self._offsets = ids, offsets
+        self._files: tuple[str, tuple] | None = None  # the stem of the files they are mapped from, and their identity
+
+    @property
+    def ids(self) -> np.ndarray:
+        """Every window's ids, one after the other."""
+        return self._ids
+
+    @property
+    def offsets(self) -> np.ndarray:
+        """Where each window starts in ``ids``, and ``len(ids)`` last."""
+        return self._offsets
 
     def __len__(self) -> int:
         return len(self.offsets) - 1
@@ -268,7 +373,7 @@ class TokenWindows(SequenceABC):
         """Writes ``<stem>.ids.npy`` and ``<stem>.offsets.npy`` (each atomically), for ``load``."""
         from ._io import atomic_writer
 
-        for part, values in (("ids", self.ids), ("offsets", self.offsets)):
+        for part, values in zip(WINDOWS_FILES, (self.ids, self.offsets)):
             with atomic_writer(f"{os.fspath(stem)}.{part}.npy") as file:
                 np.save(file, np.ascontiguousarray(values), allow_pickle=False)
 
@@ -277,92 +382,179 @@ class TokenWindows(SequenceABC):
         """The windows ``save`` wrote, memory-mapped read-only: the processes that load the same
         files share one copy of them in memory (the page cache), however many there are. Such
         windows pickle as their files' name, so spawned DataLoader workers map them too instead
-        of each receiving a copy; the files must stay until those have started."""
+        of each receiving a copy; the files must stay, unchanged, until those have started."""
         stem = os.path.abspath(os.fspath(stem))
-        ids, offsets = [np.load(f"{stem}.{part}.npy", mmap_mode="r", allow_pickle=False) for part in ("ids", "offsets")]
+        identity = _files_identity(stem)
+        ids, offsets = [np.load(f"{stem}.{part}.npy", mmap_mode="r", allow_pickle=False) for part in WINDOWS_FILES]
         windows = cls(ids, offsets)
-        windows._files = stem
+        windows._files = stem, identity
         return windows
 
     def __reduce__(self):
         if self._files is not None:
-            return TokenWindows.load, (self._files,)
+            return _load_unchanged, self._files
         return TokenWindows, (np.asarray(self.ids), np.asarray(self.offsets))
+
+    def __copy__(self) -> TokenWindows:
+        copied = TokenWindows(self.ids, self.offsets)
+        copied._files = self._files
+        return copied
+
+    def __deepcopy__(self, memo: dict) -> TokenWindows:
+        return TokenWindows(np.array(self.ids), np.array(self.offsets))  # in memory, whatever happens to the files
 
     class Builder:
         """Windows added one list at a time, kept as arrays chunk by chunk (``flush``). Given a
-        ``stem``, the chunks go to (unnamed) temporary files instead and ``build`` writes
-        ``save``'s files from them and returns the windows mapped: a corpus's windows never
-        need to fit in memory, not even once."""
+        ``stem``, the chunks go to ``save``'s files instead as they come, and ``build`` returns
+        the windows mapped from them: a corpus's windows never need to fit in memory, nor to be
+        copied on disk. ``discard`` removes what was written of a build that cannot finish."""
 
         def __init__(self, stem: str | os.PathLike | None = None):
             self._pending: list[int] = []
             self._lengths: list[int] = []
             self._chunks: list[tuple[np.ndarray, np.ndarray]] = []  # (ids, lengths), in memory
             self._stem = None if stem is None else os.fspath(stem)
-            self._spooled: list[tuple[np.dtype, int, int]] = []  # (ids' type, ids, windows) of each chunk
-            self._spools = None
+            self._ids_file: _IdsFile | None = None
+            self._lengths_spool = None  # the windows' lengths, 8 bytes a window, until the offsets are written
             if self._stem is not None:
-                folder = os.path.dirname(os.path.abspath(self._stem))
-                os.makedirs(folder, exist_ok=True)
-                self._spools = [tempfile.TemporaryFile(dir=folder) for _ in ("ids", "lengths")]
+                self._ids_file = _IdsFile(f"{self._stem}.ids.npy")
+                self._lengths_spool = tempfile.TemporaryFile(dir=os.path.dirname(os.path.abspath(self._stem)))
 
         def add(self, window: list[int]) -> None:
+            self._check_open()
             self._pending.extend(window)
             self._lengths.append(len(window))
 
         def flush(self) -> None:
+            self._check_open()
             if self._lengths:
                 ids = np.asarray(self._pending, dtype=np.int64)
                 fits = len(ids) == 0 or (ids.min() >= np.iinfo(np.int32).min and ids.max() <= np.iinfo(np.int32).max)
                 ids = ids.astype(np.int32) if fits else ids  # joined as int64 only if one chunk needs it
                 lengths = np.asarray(self._lengths, dtype=np.int64)
-                if self._spools is None:
+                if self._ids_file is None:
                     self._chunks.append((ids, lengths))
                 else:
-                    for spool, values in zip(self._spools, (ids, lengths)):
-                        spool.write(values.tobytes())
-                    self._spooled.append((ids.dtype, len(ids), len(lengths)))
+                    self._ids_file.append(ids)
+                    self._lengths_spool.write(lengths.astype("<i8", copy=False).tobytes())
                 self._pending, self._lengths = [], []
 
         def build(self) -> TokenWindows:
             self.flush()
-            if self._spools is not None:
+            if self._stem is not None:
                 return self._build_files()
             ids = np.concatenate([ids for ids, _ in self._chunks]) if self._chunks else np.zeros(0, dtype=np.int32)
             lengths = (np.concatenate([lengths for _, lengths in self._chunks]) if self._chunks
                        else np.zeros(0, dtype=np.int64))
             return TokenWindows(ids, np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64))
 
+        def discard(self) -> None:
+            if self._ids_file is not None:
+                self._ids_file.discard()
+                self._lengths_spool.close()
+                self._ids_file = self._lengths_spool = None
+
+        def _check_open(self) -> None:
+            if self._stem is not None and self._ids_file is None:
+                raise RuntimeError(f"the windows were built into {self._stem}.*.npy already (or discarded); a Builder "
+                                   "builds them once")
+
         def _build_files(self) -> TokenWindows:
             from ._io import atomic_writer
 
-            ids_spool, lengths_spool = self._spools
             try:
-                wide = any(dtype == np.int64 for dtype, _, _ in self._spooled)
-                ids_type = np.dtype("<i8" if wide else "<i4")
-                ids_total = sum(count for _, count, _ in self._spooled)
-                windows_total = sum(windows for _, _, windows in self._spooled)
-                with atomic_writer(f"{self._stem}.ids.npy") as file:
-                    _write_npy_header(file, ids_type, ids_total)
-                    ids_spool.seek(0)
-                    for dtype, count, _ in self._spooled:
-                        values = np.frombuffer(ids_spool.read(count * dtype.itemsize), dtype=dtype)
-                        file.write(values.astype(ids_type, copy=False).tobytes())
+                self._ids_file.finish()
+                windows = self._lengths_spool.tell() // 8
                 with atomic_writer(f"{self._stem}.offsets.npy") as file:
-                    _write_npy_header(file, np.dtype("<i8"), windows_total + 1)
+                    _write_npy_header(file, np.dtype("<i8"), windows + 1)
                     file.write(np.zeros(1, dtype="<i8").tobytes())
-                    lengths_spool.seek(0)
+                    self._lengths_spool.seek(0)
                     end = 0
-                    for _, _, windows in self._spooled:
-                        offsets = end + np.cumsum(np.frombuffer(lengths_spool.read(windows * 8), dtype=np.int64))
+                    while block := self._lengths_spool.read(1 << 23):
+                        offsets = end + np.cumsum(np.frombuffer(block, dtype="<i8"))
                         file.write(offsets.astype("<i8", copy=False).tobytes())
-                        end = int(offsets[-1]) if windows else end
+                        end = int(offsets[-1])
             finally:
-                for spool in self._spools:
-                    spool.close()
-                self._spools = None
+                self.discard()
             return TokenWindows.load(self._stem)
+
+
+class _IdsFile:
+    """Token ids appended to a ``.npy`` file as they come, under a temporary name until
+    ``finish`` renames it into place. Its header must name the final length, so it is written
+    last, over room kept for it. Values are int32 until one needs int64; then what was written
+    is widened, once."""
+
+    HEADER_BYTES = 128  # a multiple of 64, as numpy aligns its headers, with room for any length
+
+    def __init__(self, path: str):
+        self.path, self.dtype, self.count = path, np.dtype("<i4"), 0
+        self.handle = self._new_file()
+
+    def _new_file(self):
+        folder, name = os.path.split(os.path.abspath(self.path))
+        os.makedirs(folder, exist_ok=True)
+        handle = tempfile.NamedTemporaryFile(dir=folder, prefix=f".{name}.", suffix=".tmp", delete=False)
+        handle.write(bytes(self.HEADER_BYTES))
+        return handle
+
+    def append(self, ids: np.ndarray) -> None:
+        if ids.dtype.itemsize > self.dtype.itemsize:
+            self._widen()
+        self.handle.write(ids.astype(self.dtype, copy=False).tobytes())
+        self.count += len(ids)
+
+    def _widen(self) -> None:
+        narrow, self.handle = self.handle, self._new_file()
+        narrow.seek(self.HEADER_BYTES)
+        while block := narrow.read(1 << 24):  # a multiple of 4 bytes: whole int32 values
+            self.handle.write(np.frombuffer(block, dtype="<i4").astype("<i8").tobytes())
+        narrow.close()
+        os.unlink(narrow.name)
+        self.dtype = np.dtype("<i8")
+
+    def finish(self) -> None:
+        header = repr({"descr": np.lib.format.dtype_to_descr(self.dtype), "fortran_order": False,
+                       "shape": (self.count,)}).encode("latin1")
+        room = self.HEADER_BYTES - 10  # after the magic string, the version and the header's length
+        self.handle.seek(0)
+        self.handle.write(b"\x93NUMPY\x01\x00" + room.to_bytes(2, "little") + header.ljust(room - 1) + b"\n")
+        self.handle.flush()
+        os.fsync(self.handle.fileno())
+        self.handle.close()
+        os.replace(self.handle.name, self.path)
+
+    def discard(self) -> None:
+        self.handle.close()
+        with contextlib.suppress(FileNotFoundError):  # renamed into place already
+            os.unlink(self.handle.name)
+
+
+WINDOWS_FILES = ("ids", "offsets")  # <stem>.ids.npy and <stem>.offsets.npy
+
+
+def _files_identity(stem: str) -> tuple:
+    """What tells the windows' files apart from others written in their place since."""
+    identity = []
+    for part in WINDOWS_FILES:
+        status = os.stat(f"{stem}.{part}.npy")
+        identity.append((status.st_dev, status.st_ino, status.st_size, status.st_mtime_ns))
+    return tuple(identity)
+
+
+def _load_unchanged(stem: str, identity: tuple) -> TokenWindows:
+    """``TokenWindows.load``, for windows that were pickled as the name of their files: refused
+    when the files are gone or were written again since (they would be other windows)."""
+    try:
+        now = _files_identity(stem)
+    except FileNotFoundError as error:
+        raise FileNotFoundError(f"the windows' files {stem}.*.npy are gone: windows mapped from files are pickled as "
+                                "their name (for DataLoader workers), and the files must stay until they are "
+                                "loaded") from error
+    if now != identity:
+        raise ValueError(f"the windows' files {stem}.*.npy were written again since these windows were mapped from "
+                         "them; they hold other windows")
+    return TokenWindows.load(stem)
 
 
 def _write_npy_header(file, dtype: np.dtype, length: int) -> None:

@@ -997,6 +997,43 @@ def test_the_windows_are_mapped_files_while_training_and_gone_after(model_dir, c
         pretrain(config_for(model_dir, corpus, tmp_path / "failed", strategy="random-word", max_steps=1))
     assert not (tmp_path / "failed" / WINDOWS_DIR).exists()
 
+    import diffmask_fast.pretrain_data as pretrain_data
+
+    def tokenizing_fails(*args, **kwargs):
+        raise MemoryError("tokenizing, say")
+
+    monkeypatch.setattr(pretrain_data, "tokenize_documents", tokenizing_fails)
+    with pytest.raises(MemoryError, match="tokenizing, say"):
+        pretrain(config_for(model_dir, corpus, tmp_path / "unprepared", strategy="random-word", max_steps=1))
+    assert not (tmp_path / "unprepared" / WINDOWS_DIR).exists()
+
+
+def test_push_to_hub_uploads_no_windows(model_dir, corpus, tmp_path, monkeypatch):
+    """The windows are the corpus's text, token by token: a run that pushes its output directory
+    to the Hub as it trains leaves them out, as the Trainer leaves out names that start with "_"."""
+    import transformers.trainer
+
+    uploaded = []
+
+    class Hub:  # what the Trainer asks of the Hub, recorded
+        def create_repo(self, *args, **kwargs):
+            return type("Repo", (), {"repo_id": "someone/run"})()
+
+        def upload_folder(self, *, folder_path, ignore_patterns=(), **kwargs):
+            from huggingface_hub.utils import filter_repo_objects
+
+            files = [os.path.relpath(os.path.join(folder, name), folder_path)
+                     for folder, _, names in os.walk(folder_path) for name in names]
+            uploaded.extend(filter_repo_objects(files, ignore_patterns=ignore_patterns))
+            return type("Upload", (), {"done": lambda self: True, "is_done": lambda self: True})()
+
+    monkeypatch.setattr(transformers.trainer, "hf_api", Hub)
+    out = tmp_path / "pushed"
+    pretrain(config_for(model_dir, corpus, out, strategy="random-word", max_steps=2, eval_steps=1,
+                        extra_training_arguments={"push_to_hub": True, "hub_model_id": "someone/run"}))
+    assert any(name.endswith("model.safetensors") for name in uploaded), uploaded
+    assert not [name for name in uploaded if WINDOWS_DIR in name or name.endswith(".npy")], uploaded
+
 
 def test_spawned_workers_mask_too(model_dir, corpus, tmp_path):
     """Where DataLoader workers are spawned (macOS, Windows; forkserver, Linux's default from
@@ -1022,6 +1059,43 @@ def test_spawned_workers_mask_too(model_dir, corpus, tmp_path):
     assert not (out / WINDOWS_DIR).exists()
 
 
+def test_preparing_the_documents_holds_a_key_a_document_not_the_text(bert_wordpiece, shared_data_dir, tmp_path, seed):
+    """The first process of a machine reads the corpus's files again for each pass over the
+    training documents and keeps 16-byte keys of them until the split is made: the memory it
+    needs grows with the corpus by a small fraction of the text (the windows go to files), where
+    a list of the documents grew by all of it."""
+    import random
+    import sys
+    import tracemalloc
+
+    from diffmask_fast.pretrain import COPIES_BY, _read_and_tokenize
+
+    rng = random.Random(seed)
+    words = (shared_data_dir / "chemprot" / "corpus.txt").read_text(encoding="utf-8").split()[:20000]
+    grown = []
+    for documents in (1500, 4500):
+        texts = [" ".join(rng.choice(words) for _ in range(60)) for _ in range(documents)]
+        path = tmp_path / f"corpus-{documents}.txt"
+        path.write_text("\n".join(texts) + "\n", encoding="utf-8")
+        text_bytes = sum(map(sys.getsizeof, texts))
+        del texts
+        config = PretrainConfig(model="unused", corpus=[path], output_dir=tmp_path / "out", max_length=64,
+                                progress=False, strategy="random-word")
+        tracemalloc.start()
+        try:
+            prepared = _read_and_tokenize(config, bert_wordpiece, "wordpiece", None, COPIES_BY, False,
+                                          tmp_path / "out" / f"windows-{documents}")
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+        assert sorted([*prepared.train_docs, *prepared.validation_docs]) == \
+            sorted(path.read_text(encoding="utf-8").splitlines())
+        assert len(prepared.validation_docs) == prepared.documents["documents_validation"] == round(0.05 * documents)
+        grown.append((text_bytes, peak))
+    (small_text, small_peak), (large_text, large_peak) = grown
+    assert (large_peak - small_peak) / (large_text - small_text) < 0.5, grown
+
+
 def test_torchrun_joins_processes_mines_once_and_validates_on_the_same_masks(model_dir, corpus, tmp_path):
     import subprocess
     import sys
@@ -1043,7 +1117,7 @@ def test_torchrun_joins_processes_mines_once_and_validates_on_the_same_masks(mod
         "    return compute_loss(self, model, *args, **kwargs)\n"
         "MaskingTrainer.compute_loss = recording\n"
         "import diffmask_fast.pretrain_data as data\n"
-        "calls = {'read_documents': 0, 'tokenize_documents': 0}\n"
+        "calls = {'iter_documents': 0, 'tokenize_documents': 0}\n"
         "def counted(name):\n"
         "    function = getattr(data, name)\n"
         "    def counting(*args, **kwargs):\n"
@@ -1067,10 +1141,13 @@ def test_torchrun_joins_processes_mines_once_and_validates_on_the_same_masks(mod
     # The first process of the machine read the corpus and tokenized it (training and validation
     # documents); the other never held the text, and mapped the windows it wrote, which are gone
     # once both had.
-    for rank, reads, tokenizes in ((0, 1, 2), (1, 0, 0)):
-        seen = Path(f"{seen_by}{rank}").read_text()
-        expected = (["DistributedDataParallel"], {"read_documents": reads, "tokenize_documents": tokenizes})
-        assert seen == repr(expected), done.stdout[-3000:]
+    for rank in (0, 1):
+        models, calls = eval(Path(f"{seen_by}{rank}").read_text())
+        assert models == ["DistributedDataParallel"], done.stdout[-3000:]
+        if rank == 0:  # the corpus has one file, read for each pass over the documents
+            assert calls["iter_documents"] > 1 and calls["tokenize_documents"] == 2, calls
+        else:
+            assert calls == {"iter_documents": 0, "tokenize_documents": 0}
     assert not (out / WINDOWS_DIR).exists()
     distributed = json.loads((out / SUMMARY_FILE).read_text())
     assert distributed["data"]["tokens_train"] == single["data"]["tokens_train"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import random
 import warnings
 
@@ -10,8 +11,10 @@ import pytest
 
 import tokenizers_offline
 from diffmask_fast import DiffmaskWarning
-from diffmask_fast.pretrain_data import (SequenceDataset, TokenWindows, reading_key, shared_documents,
-                                         split_documents, special_wrapping, tokenize_documents, word_windows)
+from diffmask_fast.corpus import CorpusError
+from diffmask_fast.pretrain_data import (CorpusDocuments, SequenceDataset, TokenWindows, held_out, read_documents,
+                                         reading_key, shared_documents, split_documents, special_wrapping, text_key,
+                                         tokenize_documents, word_windows)
 from diffmask_fast.tokenization import WordGrouper
 
 TOKENIZERS = ("bert_wordpiece", "roberta_byte_bpe", "sentencepiece_unigram", "word_level_whitespace")
@@ -156,6 +159,15 @@ def test_windows_written_as_they_are_made_equal_those_kept_in_memory(bert_wordpi
     none = tokenize_documents(bert_wordpiece, ["", " "], 40, progress=False, into=tmp_path / "none")
     assert len(none) == 0 and len(none.ids) == 0 and none.offsets.tolist() == [0]
 
+    def failing_reader():  # as reading a corpus can fail, after some chunks were written
+        yield from documents
+        raise OSError("the disk went away")
+
+    with pytest.raises(OSError, match="went away"):
+        tokenize_documents(bert_wordpiece, failing_reader(), 40, progress=False, batch_size=13,
+                           into=tmp_path / "failed" / "train")
+    assert list((tmp_path / "failed").iterdir()) == []
+
 
 def test_windows_built_in_files_widen_every_chunk_when_one_needs_int64(tmp_path, seed):
     """Ids are kept as int32 unless one does not fit: then the whole array is int64, also when
@@ -174,6 +186,13 @@ def test_windows_built_in_files_widen_every_chunk_when_one_needs_int64(tmp_path,
     in_memory, on_disk = built.values()
     assert on_disk.ids.dtype == in_memory.ids.dtype == np.int64
     assert list(on_disk) == list(in_memory) == windows
+    for part in ("ids", "offsets"):  # plain .npy files, read as numpy reads any
+        assert np.array_equal(np.load(tmp_path / f"wide.{part}.npy"), getattr(in_memory, part))
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["wide.ids.npy", "wide.offsets.npy"]
+    with pytest.raises(RuntimeError, match="builds them once"):
+        builder.add([1, 2])
+    with pytest.raises(RuntimeError, match="builds them once"):
+        builder.build()
 
 
 def test_mapped_windows_pickle_as_their_files_and_others_as_their_values(bert_wordpiece, tmp_path):
@@ -192,6 +211,18 @@ def test_mapped_windows_pickle_as_their_files_and_others_as_their_values(bert_wo
     assert received.fingerprint() == windows.fingerprint()
     copied = pickle.loads(pickle.dumps(windows))
     assert not isinstance(copied.ids, np.memmap) and copied.fingerprint() == windows.fingerprint()
+    shallow, deep = copy.copy(mapped), copy.deepcopy(mapped)
+    assert shallow.ids is mapped.ids and pickle.loads(pickle.dumps(shallow)).ids.filename == mapped.ids.filename
+    assert not isinstance(deep.ids, np.memmap) and deep.fingerprint() == windows.fingerprint()
+    # Files written again, or gone, hold other windows or none: refused, never read as these.
+    TokenWindows(np.array([9, 9], dtype=np.int32), np.array([0, 2])).save(tmp_path / "train")
+    with pytest.raises(ValueError, match="written again since these windows were mapped"):
+        pickle.loads(sent)
+    for part in ("ids", "offsets"):
+        (tmp_path / f"train.{part}.npy").unlink()
+    with pytest.raises(FileNotFoundError, match="are gone"):
+        pickle.loads(sent)
+    assert list(deep) == list(windows)
 
 
 class WorkerReport(SequenceDataset):
@@ -282,6 +313,48 @@ def test_copies_of_a_text_are_held_out_together_or_not_at_all(seed):
                    for w in caught)
     with pytest.raises(ValueError, match="one text repeated"):
         split_documents(["the same"] * 5, 0.2, 10, seed)
+
+
+def test_corpus_documents_are_read_again_at_each_pass_and_a_changed_corpus_is_refused(tmp_path, seed):
+    """The documents of a corpus's files, stripped, the empty ones left out, as ``read_documents``
+    lists them; ``without`` leaves positions out. Every pass reads the files again, so files
+    that change between two passes would give a split and windows of different documents."""
+    rng = random.Random(seed)
+    lines = [rng.choice(["", "  ", f" doc {n} ", f"doc {n}\tend"]) for n in range(rng.randint(5, 60))] + ["last"]
+    first, second = tmp_path / "a.txt", tmp_path / "b.txt"
+    cut = rng.randint(0, len(lines))
+    first.write_text("\n".join(lines[:cut]) + "\n", encoding="utf-8")
+    second.write_text("\n".join(lines[cut:]) + "\n", encoding="utf-8")
+    expected = [line.strip() for line in lines if line.strip()]
+    with pytest.warns(DiffmaskWarning, match="named more than once"):
+        corpus = CorpusDocuments([first, second, first])  # a file named twice is read once
+    assert list(corpus) == list(corpus) == expected == read_documents([first, second])
+    left_out = set(rng.sample(range(len(expected)), rng.randint(0, len(expected))))
+    rest = corpus.without(left_out)
+    assert list(rest) == [document for position, document in enumerate(expected) if position not in left_out]
+    assert len(rest) == len(expected) - len(left_out) and len(corpus) == len(expected)
+    assert len(CorpusDocuments(second).without([10**6])) == sum(1 for line in lines[cut:] if line.strip())
+    second.write_text("an added document\n" + second.read_text(encoding="utf-8"), encoding="utf-8")
+    with pytest.raises(CorpusError, match=f"changed while they were read: they hold {len(expected) + 1:,} documents "
+                                          f"now, {len(expected):,} before"):
+        list(rest)
+
+
+def test_a_split_by_digests_of_the_texts_is_the_split_by_the_texts(seed):
+    """Runs begun before copies were told by the tokenizer split by the text: ``text_key``'s
+    digests (16 bytes a document) give that split exactly, without holding the texts."""
+    rng = random.Random(seed)
+    texts = [f"text {i} " + "x" * rng.randrange(50) for i in range(rng.randint(2, 60))]
+    documents = [rng.choice(texts) for _ in range(rng.randint(len(texts), 500))] + texts[:2]
+    rng.shuffle(documents)
+    fraction, cap = rng.uniform(0.01, 0.5), rng.randint(20, 200)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DiffmaskWarning)  # a few texts, each common: said, not asserted here
+        train, validation = split_documents(documents, fraction, cap, seed)
+        held = held_out([text_key(document) for document in documents], fraction, cap, seed)
+    assert validation == [documents[position] for position in sorted(held)]
+    assert train == [document for position, document in enumerate(documents) if position not in held]
+    assert len({text_key(text) for text in texts}) == len(texts)
 
 
 def test_a_corpus_of_a_few_repeated_texts_holds_out_what_it_must_and_says_so():
