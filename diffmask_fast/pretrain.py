@@ -46,6 +46,7 @@ RUN_FILE = "pretrain_run.json"  # the settings a run started with, and its valid
 # (removed when training is done). A name that transformers' push_to_hub leaves out ("_*"):
 # the windows are the corpus's text, token by token.
 WINDOWS_DIR = "_windows"
+LEGACY_WINDOWS_DIR = "windows"  # as it was named before
 WINDOWS_PARTS = ("train", "validation")  # the windows' files, named as _PreparedData's fields
 WINDOWS_FOUND = "documents.json"  # and the documents' counts and fingerprints
 #: What makes two documents copies that stay on one side of the split: read alike by the tokenizer
@@ -242,28 +243,23 @@ def read_terms(path: str | os.PathLike) -> list[str]:
 
 
 def _domain_resources(config: PretrainConfig, documents: Iterable[str], tokenizer: Any, *,
-                      validation_documents: Sequence[str] = (), saved: bool = False, scheme: str | None = None) -> dict:
+                      validation_documents: Sequence[str] = (), saved: bool = False, scheme: str | None = None,
+                      word_types: set[str] | None = None) -> dict:
     """Anchors, score table and terms the strategy needs: given, saved by an earlier run in the
     output directory (resuming) or by this run's main process (``saved``), or mined from the
     training documents now. The words of the validation documents are scored too: a score
     depends on the word alone, and a word the table lacked would never be masked there, so the
-    validation loss would leave out exactly the words seen only in validation."""
-    out = Path(config.output_dir)
-    needs_scores = config.strategy == "difference" or (config.strategy == "mslm" and config.terms is None)
+    validation loss would leave out exactly the words seen only in validation. ``word_types``:
+    those words, gathered as the documents were tokenized (else they are read again)."""
     resources: dict = {}
     if config.terms is not None:
         resources["terms"] = read_terms(config.terms)
-    if not needs_scores:
+    if not _needs_scores(config):
         return resources
     from .anchors import Anchors
     from .scoring import load_scores_for
 
-    source = out if saved else resumed_run_dir(config)
-    reuse = saved or (source is not None and (source / SCORES_FILE).exists())
-    # A score table given alone names its anchors: an anchors file left in the folder is not its own.
-    anchors_path = config.anchors or (source / ANCHORS_FILE if reuse and config.scores is None
-                                      and (source / ANCHORS_FILE).exists() else None)
-    scores_path = config.scores or (source / SCORES_FILE if reuse else None)
+    anchors_path, scores_path = _saved_resources(config, saved)
     anchors = Anchors.load(anchors_path) if anchors_path is not None else None
     if scores_path is not None:
         scores = load_scores_for(scores_path, anchors, anchors_path)
@@ -279,9 +275,10 @@ def _domain_resources(config: PretrainConfig, documents: Iterable[str], tokenize
             anchors = mine_anchors(count_words(documents, progress=config.progress), k=config.anchors_count)
         embedder = WordEmbedder.from_pretrained(config.embedding_model, pooling=config.pooling, cache_dir=True,
                                                 progress=config.progress)
-        words = tokenizer_word_types(tokenizer, _Joined(documents, validation_documents), scheme=scheme,
-                                     progress=config.progress)
-        words |= set(anchors.words)
+        if word_types is None:
+            word_types = tokenizer_word_types(tokenizer, _Joined(documents, validation_documents), scheme=scheme,
+                                              progress=config.progress)
+        words = word_types | set(anchors.words)
         scores = WordScorer(embedder, anchors).score(words, progress=config.progress)
         from .hf_loading import saved_reference
 
@@ -297,6 +294,28 @@ def _domain_resources(config: PretrainConfig, documents: Iterable[str], tokenize
 
         resources["terms"] = domain_terms(resources["anchor_words"], scores, top_fraction=config.term_top_fraction)
     return resources
+
+
+def _needs_scores(config: PretrainConfig) -> bool:
+    return config.strategy == "difference" or (config.strategy == "mslm" and config.terms is None)
+
+
+def _saved_resources(config: PretrainConfig, saved: bool) -> tuple[Path | None, Path | None]:
+    """The anchors and score table files a run takes (given, or saved in the output directory by
+    the run it resumes or, ``saved``, by its main process), None for those it makes itself."""
+    source = Path(config.output_dir) if saved else resumed_run_dir(config)
+    reuse = saved or (source is not None and (source / SCORES_FILE).exists())
+    # A score table given alone names its anchors: an anchors file left in the folder is not its own.
+    anchors_path = config.anchors or (source / ANCHORS_FILE if reuse and config.scores is None
+                                      and (source / ANCHORS_FILE).exists() else None)
+    scores_path = config.scores or (source / SCORES_FILE if reuse else None)
+    return anchors_path, scores_path
+
+
+def _scores_words(config: PretrainConfig) -> bool:
+    """Whether the run's main process scores the documents' words itself (so it gathers them
+    while it tokenizes the documents)."""
+    return _needs_scores(config) and _saved_resources(config, saved=False)[1] is None
 
 
 class _Joined:
@@ -451,7 +470,8 @@ def pretrain(config: PretrainConfig) -> dict:
         with args.main_process_first(local=True, desc="mining anchors and scoring words"):
             main = args.local_process_index == 0
             resources = _domain_resources(config, prepared.train_docs, tokenizer,
-                                          validation_documents=prepared.validation_docs, saved=not main, scheme=scheme)
+                                          validation_documents=prepared.validation_docs, saved=not main, scheme=scheme,
+                                          word_types=prepared.word_types)
             if main:
                 given = {name: getattr(config, name) for name in ("anchors", "scores", "terms")}
                 _save_resources(out, resources, given)
@@ -572,11 +592,12 @@ class _PreparedData:
     documents: dict  # {"documents_train": ..., "documents_validation": ...}
     train_docs: Any = ()  # CorpusDocuments: read from the files at each pass
     validation_docs: list[str] = field(default_factory=list)
+    word_types: set[str] | None = None  # the documents' words, gathered as they were tokenized, for scoring
     folder: Path | None = None  # where the windows' files are, removed by the process that wrote them
     processes: int = 1
 
     def release_text(self) -> None:
-        self.train_docs, self.validation_docs = (), []
+        self.train_docs, self.validation_docs, self.word_types = (), [], None
 
     def remove_windows(self, all_done: bool) -> None:
         """Removes the windows' files, once every process is done with them (``all_done``: after
@@ -613,9 +634,12 @@ def _prepared_data(config: PretrainConfig, tokenizer: Any, scheme: str, resumed_
     first_rank = args.process_index - args.local_process_index
     folder = Path(config.output_dir) / WINDOWS_DIR / f"{socket.gethostname()}-{first_rank}"
     if args.local_process_index == 0:
+        # Windows an earlier run left (killed), never to be read: also under the name that
+        # push_to_hub would upload, which runs used before.
+        _remove_windows_folder(Path(config.output_dir) / LEGACY_WINDOWS_DIR / folder.name)
         try:
             with args.main_process_first(local=True, desc="reading and tokenizing the documents"):
-                shutil.rmtree(folder, ignore_errors=True)  # an earlier run's windows must never be read
+                shutil.rmtree(folder, ignore_errors=True)
                 prepared = _read_and_tokenize(config, tokenizer, scheme, resumed_run, copies_by, reports, folder)
                 atomic_write_json(folder / WINDOWS_FOUND, {"data": prepared.data, "documents": prepared.documents})
         except BaseException:  # also when the others fail while it prepares (the barrier raises)
@@ -635,30 +659,36 @@ def _prepared_data(config: PretrainConfig, tokenizer: Any, scheme: str, resumed_
 def _read_and_tokenize(config: PretrainConfig, tokenizer: Any, scheme: str, resumed_run: dict | None,
                        copies_by: str, reports: bool, folder: Path) -> _PreparedData:
     """Reads the documents, splits off the validation set (or reads it), checks them against the
-    run being resumed and tokenizes them into files in ``folder``. The training documents are
-    read from the corpus's files again for each pass over them (keys, fingerprint, windows,
-    then mining and scoring), never held all at once: what is kept of them is a 16-byte key each
-    until the split is made. The validation documents (a few thousand) are kept."""
+    run being resumed and tokenizes them into files in ``folder``, gathering the words to score
+    from the same tokens where the run scores them. The training documents are read from the
+    corpus's files again for each pass over them (keys, fingerprint, windows, then counting
+    words), never held all at once: what is kept of them is a 16-byte key each until the split is
+    made. The validation documents (a few thousand) are kept."""
     from tqdm.auto import tqdm
 
+    import numpy as np
+
     from .pretrain_data import (CorpusDocuments, UndecodedText, documents_fingerprint, held_out, read_documents,
-                                reading_key, shared_documents, text_key, tokenize_documents)
+                                reading_key, text_key, tokenize_documents)
+    from .vocabulary import WordTypes
 
     corpus = CorpusDocuments(config.corpus, config.text_field)
     key = reading_key(tokenizer) if copies_by == COPIES_BY else text_key
-    undecoded, keys = UndecodedText(), []
-    for document in tqdm(corpus, desc="reading documents", unit="doc", disable=not (config.progress and reports)):
+    undecoded, keys = UndecodedText(), bytearray()  # 16 bytes a document
+    for document in tqdm(iter(corpus), desc="reading documents", unit="doc",
+                         disable=not (config.progress and reports)):  # iter: no pass to count them first
         undecoded.see(document)
-        keys.append(key(document))
+        keys += key(document)
     if not keys:
         raise ValueError("the corpus has no non-empty documents")
+    keys = np.frombuffer(keys, dtype="V16")
     _warn_of_undecoded_text(undecoded.notice("corpus"), reports)
     if config.validation:
         held, validation_docs = set(), read_documents(config.validation, config.text_field)
         if not validation_docs:
             raise ValueError("the validation files have no non-empty documents")
         _warn_of_undecoded_text(undecoded_text_notice(validation_docs, "validation"), reports)
-        shared = shared_documents(keys, [key(document) for document in validation_docs])
+        shared = int(np.isin(np.frombuffer(b"".join(map(key, validation_docs)), dtype="V16"), keys).sum())
         if shared and reports:
             warnings.warn(f"{shared:,} of the {len(validation_docs):,} validation documents are also training documents "
                           "(as the tokenizer reads them): the validation loss will look better than it is",
@@ -674,15 +704,16 @@ def _read_and_tokenize(config: PretrainConfig, tokenizer: Any, scheme: str, resu
                          f"{_data_change(resumed_run['data'], data)}. A resumed run trains and validates on the "
                          "documents it began with (else held-out documents could be trained on); start a new run in "
                          "a new output directory")
+    word_types = WordTypes(tokenizer, scheme=scheme) if _scores_words(config) else None
     train, validation = (tokenize_documents(tokenizer, docs, config.max_length, progress=config.progress and reports,
                                             description=f"tokenizing {name} documents", word_boundary=scheme,
-                                            into=folder / part)
+                                            into=folder / part, word_types=word_types)
                          for name, part, docs in (("training", "train", train_docs),
                                                   ("validation", "validation", validation_docs)))
     return _PreparedData(train, validation, data,
                          {"documents_train": data["training"]["documents"],
                           "documents_validation": len(validation_docs)},
-                         train_docs, validation_docs)
+                         train_docs, validation_docs, None if word_types is None else word_types.types)
 
 
 def planned_steps(sequences: int, sequences_per_step: int, epochs: float) -> int:

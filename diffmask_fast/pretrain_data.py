@@ -24,14 +24,17 @@ from collections.abc import Mapping
 from collections.abc import Sequence as SequenceABC
 from collections.abc import Sized
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable, Hashable, Iterable, Iterator, Sequence
 
 import numpy as np
 import torch
 
 from .advice import DiffmaskWarning
+from ._io import final_mode, sync_folder
 from .corpus import CorpusError, corpus_files, iter_documents
 from .tokenization import WordGrouper, naming_word_boundary, tokenize_texts
+from .vocabulary import WordTypes
 
 #: The shortest sequence worth training on: two special tokens and two word pieces.
 MIN_MAX_LENGTH = 4
@@ -137,11 +140,13 @@ def split_documents(documents: list[str], validation_fraction: float, max_valida
     return ([d for i, d in enumerate(documents) if i not in held], [documents[i] for i in sorted(held)])
 
 
-def held_out(keys: Sequence[Hashable], validation_fraction: float, max_validation: int, seed: int, *,
+def held_out(keys: Sequence[Hashable] | np.ndarray, validation_fraction: float, max_validation: int, seed: int, *,
              stacklevel: int = 2) -> set[int]:
     """The positions ``split_documents`` holds out of documents with these keys (equal keys:
-    copies). Keys stand for the documents, so a corpus's split needs 16 bytes a document
-    (``reading_key``'s digests), not its text. ``stacklevel`` places its warning."""
+    copies). Keys stand for the documents, so a corpus's split needs no text: given as a numpy
+    array of 16-byte values (``reading_key``'s digests, ``np.dtype("V16")``), 16 bytes a
+    document, and a few times that while the copies are grouped. ``stacklevel`` places its
+    warning."""
     if not 0.0 < validation_fraction < 1.0:
         raise ValueError(f"validation_fraction must be in (0, 1), got {validation_fraction}")
     if isinstance(max_validation, bool) or not isinstance(max_validation, numbers.Real) or not max_validation >= 1:
@@ -150,34 +155,49 @@ def held_out(keys: Sequence[Hashable], validation_fraction: float, max_validatio
     if len(keys) < 2:
         raise ValueError(f"the corpus has {len(keys)} non-empty document(s); holding out a validation set needs "
                          "at least 2 (or give validation files)")
-    copies: dict[Hashable, list[int]] = {}
-    for index, key in enumerate(keys):
-        copies.setdefault(key, []).append(index)
-    if len(copies) < 2:
+    group_of, sizes = _copies(keys)  # each document's text, numbered in the order texts first appear
+    if len(sizes) < 2:
         raise ValueError(f"the corpus's {len(keys)} documents are one text repeated; holding out a validation set "
                          "needs 2 different ones (or give validation files)")
-    texts = list(copies)
+    texts = list(range(len(sizes)))
     random.Random(seed).shuffle(texts)  # without repeated texts, the same draw as shuffling the documents
     largest = min(max_validation, len(keys) - 1)
     wanted = min(max(1, round(validation_fraction * len(keys))), largest)
-    held: set[int] = set()
+    chosen, held = [], 0
     for text in texts:
-        if len(held) >= wanted:
+        if held >= wanted:
             break
-        if len(held) + len(copies[text]) <= wanted:  # a text with too many copies stays in training
-            held.update(copies[text])
-    if not held:  # every text has more copies than the validation set should hold: the rarest one
-        rarest = min((copies[text] for text in texts), key=len)
-        if len(rarest) > largest:
-            raise ValueError(f"every text of the corpus appears at least {len(rarest)} times, and copies of a text stay "
+        if held + sizes[text] <= wanted:  # a text with too many copies stays in training
+            chosen.append(text)
+            held += int(sizes[text])
+    if not chosen:  # every text has more copies than the validation set should hold: the rarest one
+        rarest = min(texts, key=lambda text: sizes[text])
+        copies = int(sizes[rarest])
+        if copies > largest:
+            raise ValueError(f"every text of the corpus appears at least {copies} times, and copies of a text stay "
                              f"on one side of the split: holding one out exceeds the {largest} validation documents "
                              "allowed; give validation files")
-        warnings.warn(f"every text of the corpus appears at least {len(rarest)} times, and copies of a text stay on one "
-                      f"side of the split: the validation set holds {len(rarest)} of {len(keys)} documents, not "
+        warnings.warn(f"every text of the corpus appears at least {copies} times, and copies of a text stay on one "
+                      f"side of the split: the validation set holds {copies} of {len(keys)} documents, not "
                       f"the {wanted} asked for; give validation files for a smaller one", DiffmaskWarning,
                       stacklevel=stacklevel)
-        held.update(rarest)
-    return held
+        chosen = [rarest]
+    return set(np.flatnonzero(np.isin(group_of, chosen)).tolist())
+
+
+def _copies(keys: Sequence[Hashable] | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(the text of each document, the number of documents of each text): texts are numbered in
+    the order they first appear, documents with equal keys are one text."""
+    if isinstance(keys, np.ndarray):
+        _, first, inverse, sizes = np.unique(keys, return_index=True, return_inverse=True, return_counts=True)
+        order = np.argsort(first, kind="stable")  # unique's texts, in the order they first appear
+        number = np.empty_like(order)
+        number[order] = np.arange(len(order))
+        return number[inverse.reshape(-1)], sizes[order]
+    numbers_of: dict[Hashable, int] = {}
+    group_of = np.fromiter((numbers_of.setdefault(key, len(numbers_of)) for key in keys), dtype=np.int64,
+                           count=len(keys))
+    return group_of, np.bincount(group_of, minlength=len(numbers_of))
 
 
 def documents_fingerprint(documents: Iterable[str]) -> dict:
@@ -190,17 +210,6 @@ def documents_fingerprint(documents: Iterable[str]) -> dict:
         digest.update(data)
         count += 1
     return {"documents": count, "sha256": digest.hexdigest()}
-
-
-def shared_documents(train: Iterable[str], validation: Sequence[str],
-                     key: Callable[[str], Hashable] | None = None) -> int:
-    """How many validation documents are also training documents (as ``key`` tells copies, see
-    ``split_documents``). Holds the validation set's keys only, however long ``train`` is."""
-    read = (lambda document: document) if key is None else key
-    validation_keys = [read(document) for document in validation]
-    wanted = set(validation_keys)
-    trained = {text for text in map(read, train) if text in wanted}
-    return sum(text in trained for text in validation_keys)
 
 
 def reading_key(tokenizer: Any) -> Callable[[str], Hashable]:
@@ -266,7 +275,8 @@ def undecoded_text_notice(documents: Iterable[str], name: str) -> str | None:
 
 def tokenize_documents(tokenizer: Any, documents: Iterable[str], max_length: int, *, batch_size: int = 1000,
                        progress: bool = True, description: str = "tokenizing",
-                       word_boundary: str | None = None, into: str | os.PathLike | None = None) -> TokenWindows:
+                       word_boundary: str | None = None, into: str | os.PathLike | None = None,
+                       word_types: WordTypes | None = None) -> TokenWindows:
     """Token ids with special tokens, one window of at most ``max_length`` tokens each (a
     ``TokenWindows``: read as lists of ints, kept in a few bytes a token).
 
@@ -274,7 +284,8 @@ def tokenize_documents(tokenizer: Any, documents: Iterable[str], max_length: int
     while ending between two words (``word_boundary`` names the scheme; detected when None).
     Only a word longer than a whole window is cut inside. Documents without tokens give none.
     Given ``into``, the windows are written to ``TokenWindows.save``'s files there as they are
-    made, and returned memory-mapped from them (``TokenWindows.load``).
+    made, and returned memory-mapped from them (``TokenWindows.load``). Given ``word_types``,
+    the documents' words are added to it from the same tokens (for scoring).
     """
     if max_length < MIN_MAX_LENGTH:
         raise ValueError(f"max_length must be at least {MIN_MAX_LENGTH}, got {max_length}")
@@ -288,7 +299,8 @@ def tokenize_documents(tokenizer: Any, documents: Iterable[str], max_length: int
         grouper = WordGrouper.for_tokenizer(tokenizer, word_boundary)
     windows = TokenWindows.Builder(into)
     try:
-        _add_windows(windows, tokenizer, documents, room, before, after, grouper, batch_size, progress, description)
+        _add_windows(windows, tokenizer, documents, room, before, after, grouper, batch_size, progress, description,
+                     word_types)
     except BaseException:
         windows.discard()
         raise
@@ -297,7 +309,7 @@ def tokenize_documents(tokenizer: Any, documents: Iterable[str], max_length: int
 
 def _add_windows(windows: TokenWindows.Builder, tokenizer: Any, documents: Iterable[str], room: int,
                  before: list[int], after: list[int], grouper: WordGrouper, batch_size: int, progress: bool,
-                 description: str) -> None:
+                 description: str, word_types: WordTypes | None) -> None:
     """``tokenize_documents``'s work: the windows of ``documents``, added to ``windows``."""
     from tqdm.auto import tqdm
 
@@ -307,6 +319,8 @@ def _add_windows(windows: TokenWindows.Builder, tokenizer: Any, documents: Itera
         while chunk := list(itertools.islice(documents, batch_size)):
             encoded = tokenize_texts(tokenizer, chunk, add_special_tokens=False, return_attention_mask=False,
                                    return_token_type_ids=False, verbose=False)
+            if word_types is not None:
+                word_types.add(encoded["input_ids"])
             for ids in encoded["input_ids"]:
                 ids = list(ids)
                 spans = [(0, len(ids))] if len(ids) <= room else word_windows(grouper.breaks(ids), room)
@@ -488,7 +502,7 @@ class _IdsFile:
     HEADER_BYTES = 128  # a multiple of 64, as numpy aligns its headers, with room for any length
 
     def __init__(self, path: str):
-        self.path, self.dtype, self.count = path, np.dtype("<i4"), 0
+        self.path, self.dtype, self.count = os.path.abspath(path), np.dtype("<i4"), 0
         self.handle = self._new_file()
 
     def _new_file(self):
@@ -505,13 +519,18 @@ class _IdsFile:
         self.count += len(ids)
 
     def _widen(self) -> None:
-        narrow, self.handle = self.handle, self._new_file()
-        narrow.seek(self.HEADER_BYTES)
-        while block := narrow.read(1 << 24):  # a multiple of 4 bytes: whole int32 values
-            self.handle.write(np.frombuffer(block, dtype="<i4").astype("<i8").tobytes())
-        narrow.close()
-        os.unlink(narrow.name)
-        self.dtype = np.dtype("<i8")
+        wide = self._new_file()
+        try:
+            self.handle.seek(self.HEADER_BYTES)
+            while block := self.handle.read(1 << 24):  # a multiple of 4 bytes: whole int32 values
+                wide.write(np.frombuffer(block, dtype="<i4").astype("<i8").tobytes())
+        except BaseException:
+            wide.close()
+            os.unlink(wide.name)
+            self.handle.seek(0, os.SEEK_END)  # where the next ids go, as if the widening had not begun
+            raise
+        self.discard()
+        self.handle, self.dtype = wide, np.dtype("<i8")
 
     def finish(self) -> None:
         header = repr({"descr": np.lib.format.dtype_to_descr(self.dtype), "fortran_order": False,
@@ -520,9 +539,12 @@ class _IdsFile:
         self.handle.seek(0)
         self.handle.write(b"\x93NUMPY\x01\x00" + room.to_bytes(2, "little") + header.ljust(room - 1) + b"\n")
         self.handle.flush()
+        if hasattr(os, "fchmod"):  # POSIX: as open() would leave it, not private to the owner
+            os.fchmod(self.handle.fileno(), final_mode(Path(self.path)))
         os.fsync(self.handle.fileno())
         self.handle.close()
         os.replace(self.handle.name, self.path)
+        sync_folder(Path(self.path).parent)
 
     def discard(self) -> None:
         self.handle.close()

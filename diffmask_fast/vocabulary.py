@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import itertools
-from typing import Iterable, Iterator, Sized
+from typing import Iterable, Iterator, Sequence, Sized
 
 from . import reference
 from ._checks import refuse_one_string
@@ -40,18 +40,35 @@ def tokenizer_word_types(tokenizer, texts: Iterable[str], lowercase: bool = True
     from tqdm.auto import tqdm
 
     refuse_one_string(texts, "texts", "an iterable of documents")
-    grouper = WordGrouper.for_tokenizer(tokenizer, scheme)
+    types = WordTypes(tokenizer, lowercase, scheme)
     total = len(texts) if isinstance(texts, Sized) else None
-    types: set[str] = set()
-    decoded: set[tuple[int, ...]] = set()
     texts = iter(texts)
     with tqdm(total=total, desc="reading words", unit="doc", disable=not progress) as bar:
         while batch := list(itertools.islice(texts, BATCH_TEXTS)):
-            new: list[list[int]] = []
-            for word in _word_ids(tokenizer, batch, grouper):
-                if word not in decoded:
-                    decoded.add(word)
-                    new.append(list(word))
-            types.update(reference.normalize_word(w, lowercase) for w in decode_words(tokenizer, new) if w)
+            types.add(tokenize_texts(tokenizer, batch, add_special_tokens=False, verbose=False)["input_ids"])
             bar.update(len(batch))
-    return types
+    return types.types
+
+
+class WordTypes:
+    """``tokenizer_word_types`` of token ids the caller has already: texts tokenized for another
+    purpose (``pretrain_data.tokenize_documents``) give their word types without being read
+    through the tokenizer a second time. ``types`` holds those of every ``add`` so far."""
+
+    def __init__(self, tokenizer, lowercase: bool = True, scheme: str | None = None):
+        self.tokenizer, self.lowercase = tokenizer, lowercase
+        self.grouper = WordGrouper.for_tokenizer(tokenizer, scheme)
+        self.types: set[str] = set()
+        self._decoded: set[tuple[int, ...]] = set()  # each distinct token sequence is decoded once
+
+    def add(self, token_ids: Iterable[Sequence[int]]) -> None:
+        """Adds the words of texts given as their ids, without special tokens (as
+        ``tokenizer(texts, add_special_tokens=False)`` gives them)."""
+        new: list[list[int]] = []
+        for ids in token_ids:
+            for group in self.grouper(ids):
+                word = tuple(ids[i] for i in group)
+                if word not in self._decoded:
+                    self._decoded.add(word)
+                    new.append(list(word))
+        self.types.update(reference.normalize_word(w, self.lowercase) for w in decode_words(self.tokenizer, new) if w)

@@ -985,7 +985,11 @@ def test_the_windows_are_mapped_files_while_training_and_gone_after(model_dir, c
 
     monkeypatch.setattr(MaskingTrainer, "train", recording)
     out = tmp_path / "run"
+    left = out / "windows" / f"{socket.gethostname()}-0"  # where runs killed before kept them
+    left.mkdir(parents=True)
+    (left / "train.ids.npy").write_bytes(b"an earlier run's")
     pretrain(config_for(model_dir, corpus, out, strategy="random-word", max_steps=1))
+    assert not (out / "windows").exists()
     assert seen["there"] and seen["file"] == out / WINDOWS_DIR / f"{socket.gethostname()}-0" / "train.ids.npy"
     assert not (out / WINDOWS_DIR).exists()
 
@@ -1059,7 +1063,8 @@ def test_spawned_workers_mask_too(model_dir, corpus, tmp_path):
     assert not (out / WINDOWS_DIR).exists()
 
 
-def test_preparing_the_documents_holds_a_key_a_document_not_the_text(bert_wordpiece, shared_data_dir, tmp_path, seed):
+def test_preparing_the_documents_holds_a_key_a_document_not_the_text(bert_wordpiece, shared_data_dir, tmp_path, seed,
+                                                                      monkeypatch):
     """The first process of a machine reads the corpus's files again for each pass over the
     training documents and keeps 16-byte keys of them until the split is made: the memory it
     needs grows with the corpus by a small fraction of the text (the windows go to files), where
@@ -1068,6 +1073,7 @@ def test_preparing_the_documents_holds_a_key_a_document_not_the_text(bert_wordpi
     import sys
     import tracemalloc
 
+    import diffmask_fast.pretrain_data as pretrain_data
     from diffmask_fast.pretrain import COPIES_BY, _read_and_tokenize
 
     rng = random.Random(seed)
@@ -1081,6 +1087,9 @@ def test_preparing_the_documents_holds_a_key_a_document_not_the_text(bert_wordpi
         del texts
         config = PretrainConfig(model="unused", corpus=[path], output_dir=tmp_path / "out", max_length=64,
                                 progress=False, strategy="random-word")
+        passes = []
+        monkeypatch.setattr(pretrain_data, "iter_documents",
+                            lambda *args, read=pretrain_data.iter_documents: passes.append(1) or read(*args))
         tracemalloc.start()
         try:
             prepared = _read_and_tokenize(config, bert_wordpiece, "wordpiece", None, COPIES_BY, False,
@@ -1088,6 +1097,8 @@ def test_preparing_the_documents_holds_a_key_a_document_not_the_text(bert_wordpi
             peak = tracemalloc.get_traced_memory()[1]
         finally:
             tracemalloc.stop()
+            monkeypatch.undo()
+        assert len(passes) == 4  # keys, the validation documents, the fingerprint, the windows
         assert sorted([*prepared.train_docs, *prepared.validation_docs]) == \
             sorted(path.read_text(encoding="utf-8").splitlines())
         assert len(prepared.validation_docs) == prepared.documents["documents_validation"] == round(0.05 * documents)
@@ -1249,6 +1260,26 @@ def test_other_processes_load_what_the_main_process_mined(model_dir, corpus, tmp
     assert loaded["anchors"].words == mined["anchors"].words
     assert loaded["terms"] == mined["terms"]
     assert loaded["scores"] == mined["scores"]
+
+
+def test_the_words_scored_are_gathered_while_tokenizing(model_dir, corpus, tmp_path, monkeypatch, bert_wordpiece):
+    """The documents are read through the tokenizer once: the words to score come from the
+    tokens the windows were cut from, the word types of every training and validation document
+    (and the anchors), as reading them again would give."""
+    from diffmask_fast import vocabulary
+    from diffmask_fast.pretrain_data import read_documents
+    from diffmask_fast.scoring import ScoreTable
+
+    read_again = vocabulary.tokenizer_word_types
+
+    def must_not_run(*args, **kwargs):
+        raise AssertionError("the documents were read through the tokenizer again for their words")
+
+    monkeypatch.setattr(vocabulary, "tokenizer_word_types", must_not_run)
+    out = tmp_path / "run"
+    summary = pretrain(config_for(model_dir, corpus, out, max_steps=1))
+    expected = read_again(bert_wordpiece, read_documents([corpus])) | set(summary["anchors"])
+    assert set(ScoreTable.load(out / "scores.npz").words) == expected
 
 
 def test_sparse_head_gives_the_full_forward_loss(seed, tiny_bert_mlm, tmp_path):
