@@ -40,7 +40,7 @@ import types
 import zlib
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from pathlib import Path
-from typing import Callable, Iterable, Iterator, Mapping, Sized
+from typing import Callable, Collection, Iterable, Iterator, Mapping, Sized
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -800,7 +800,9 @@ def count_words(
         files = corpus_files(source, text_field)
     total_bytes = sum(p.stat().st_size for p in files) if files is not None else None
     texts_only = isinstance(source, (list, tuple)) and all(isinstance(item, str) for item in source)
-    sized = files is None and isinstance(source, Sized)  # e.g. pretrain's documents, read from their files
+    # Other sized sources of texts (pretrain's documents, read from their files) have a length too;
+    # not collections, whose items may be files of many documents.
+    sized = progress and files is None and isinstance(source, Sized) and not isinstance(source, Collection)
     rows = _known_length(source) if dataset or texts_only or sized else None  # the bar has an end
     counter = _Counter(threads, block_bytes, progress, total_bytes, rows)
     try:

@@ -250,7 +250,8 @@ def _domain_resources(config: PretrainConfig, documents: Iterable[str], tokenize
     training documents now. The words of the validation documents are scored too: a score
     depends on the word alone, and a word the table lacked would never be masked there, so the
     validation loss would leave out exactly the words seen only in validation. ``word_types``:
-    those words, gathered as the documents were tokenized (else they are read again)."""
+    those words, gathered as the documents were tokenized (else they are read again); the
+    anchors are added to the set."""
     resources: dict = {}
     if config.terms is not None:
         resources["terms"] = read_terms(config.terms)
@@ -278,8 +279,8 @@ def _domain_resources(config: PretrainConfig, documents: Iterable[str], tokenize
         if word_types is None:
             word_types = tokenizer_word_types(tokenizer, _Joined(documents, validation_documents), scheme=scheme,
                                               progress=config.progress)
-        words = word_types | set(anchors.words)
-        scores = WordScorer(embedder, anchors).score(words, progress=config.progress)
+        word_types.update(anchors.words)  # in place: a corpus's words are many
+        scores = WordScorer(embedder, anchors).score(word_types, progress=config.progress)
         from .hf_loading import saved_reference
 
         scores.info["tokenizer"] = saved_reference(config.model)  # grouped the words as the model being trained does
@@ -472,6 +473,7 @@ def pretrain(config: PretrainConfig) -> dict:
             resources = _domain_resources(config, prepared.train_docs, tokenizer,
                                           validation_documents=prepared.validation_docs, saved=not main, scheme=scheme,
                                           word_types=prepared.word_types)
+            prepared.word_types = None  # scored: no longer needed
             if main:
                 given = {name: getattr(config, name) for name in ("anchors", "scores", "terms")}
                 _save_resources(out, resources, given)

@@ -188,7 +188,9 @@ def held_out(keys: Sequence[Hashable] | np.ndarray, validation_fraction: float, 
 def _copies(keys: Sequence[Hashable] | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(the text of each document, the number of documents of each text): texts are numbered in
     the order they first appear, documents with equal keys are one text."""
-    if isinstance(keys, np.ndarray):
+    if isinstance(keys, np.ndarray) and keys.ndim != 1:
+        raise ValueError(f"the keys must be one a document, in a one-dimensional array; got shape {keys.shape}")
+    if isinstance(keys, np.ndarray) and keys.dtype.kind in "VS":  # fixed-width bytes: compared as such
         _, first, inverse, sizes = np.unique(keys, return_index=True, return_inverse=True, return_counts=True)
         order = np.argsort(first, kind="stable")  # unique's texts, in the order they first appear
         number = np.empty_like(order)

@@ -349,6 +349,36 @@ def test_the_bar_of_a_dataset_knows_its_length(monkeypatch):
     assert bars[-1].total == bars[-1].n == rows
 
 
+
+def test_the_bar_of_other_sized_texts_asks_their_length_only_to_be_shown(monkeypatch):
+    """A sized source of texts that is no list (pretrain's documents, read from their files at
+    each pass) gives the bar its end; its length is not asked when no bar is shown (counting
+    them may cost a pass over the files)."""
+    bars = []
+
+    class Bar(counting.tqdm):
+        def __init__(self, *args, **options):
+            super().__init__(*args, **options)
+            bars.append(self)
+
+    class Documents:
+        def __init__(self, texts):
+            self.texts, self.asked = texts, 0
+
+        def __iter__(self):
+            return iter(self.texts)
+
+        def __len__(self):
+            self.asked += 1
+            return len(self.texts)
+
+    monkeypatch.setattr(counting, "tqdm", Bar)
+    rows = random.randint(1, 30)
+    documents = Documents(["the enzyme"] * rows)
+    assert count_words(documents, progress=False).documents == rows and documents.asked == 0
+    count_words(documents, progress=True)
+    assert bars[-1].total == bars[-1].n == rows
+
 def test_a_pandas_data_frame_is_read_by_its_text_column(rng):
     pandas = pytest.importorskip("pandas")
     from diffmask_fast.corpus import iter_documents

@@ -388,12 +388,22 @@ def test_a_split_by_digests_of_the_texts_is_the_split_by_the_texts(seed):
     documents = [rng.choice(texts) for _ in range(rng.randint(len(texts), 500))] + texts[:2]
     rng.shuffle(documents)
     fraction, cap = rng.uniform(0.01, 0.5), rng.randint(20, 200)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DiffmaskWarning)  # a few texts, each common: said, not asserted here
-        train, validation = split_documents(documents, fraction, cap, seed)
-        held = held_out([text_key(document) for document in documents], fraction, cap, seed)
-    assert validation == [documents[position] for position in sorted(held)]
-    assert train == [document for position, document in enumerate(documents) if position not in held]
+    outcomes = []
+    for split in (lambda: split_documents(documents, fraction, cap, seed),
+                  lambda: held_out([text_key(document) for document in documents], fraction, cap, seed)):
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            try:
+                outcomes.append((split(), [str(warning.message) for warning in caught]))
+            except ValueError as error:  # a few texts, each more common than the validation set is large
+                outcomes.append(str(error))
+    if isinstance(outcomes[0], str):
+        assert outcomes[1] == outcomes[0], f"seed={seed}"
+    else:
+        ((train, validation), said), (held, said_too) = outcomes
+        assert validation == [documents[position] for position in sorted(held)], f"seed={seed}"
+        assert train == [document for position, document in enumerate(documents) if position not in held]
+        assert said == said_too
     assert len({text_key(text) for text in texts}) == len(texts)
 
 
@@ -417,6 +427,11 @@ def test_keys_in_an_array_split_as_keys_in_a_list(seed):
                 except ValueError as error:
                     outcomes.append(str(error))
         assert outcomes[0] == outcomes[1], f"seed={seed}, draw {draw}"
+    # Other arrays are keys one by one, as in a list (a NaN equals no other); more than one axis is refused.
+    floats = np.array([1.0, np.nan, 1.0, np.nan, 2.0, 3.0])
+    assert held_out(floats, 0.34, 10, seed) == held_out(floats.tolist(), 0.34, 10, seed)
+    with pytest.raises(ValueError, match=r"one-dimensional array; got shape \(4, 16\)"):
+        held_out(np.zeros((4, 16), dtype=np.uint8), 0.5, 10, seed)
 
 
 def test_a_corpus_of_a_few_repeated_texts_holds_out_what_it_must_and_says_so():
