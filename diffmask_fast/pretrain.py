@@ -298,6 +298,7 @@ def _domain_resources(config: PretrainConfig, documents: Iterable[str], tokenize
 
 
 def _needs_scores(config: PretrainConfig) -> bool:
+    """Whether the strategy masks by word scores (``difference``; ``mslm`` without given terms)."""
     return config.strategy == "difference" or (config.strategy == "mslm" and config.terms is None)
 
 

@@ -973,7 +973,7 @@ def test_workers_mask_in_subprocesses(model_dir, corpus, tmp_path):
 def test_the_windows_are_mapped_files_while_training_and_gone_after(model_dir, corpus, tmp_path, monkeypatch):
     """The training set is the windows' files, mapped (what DataLoader workers receive as a file
     name, spawned or forked), from the start of training to its end; then they are removed, also
-    when training fails."""
+    when training or tokenizing fails, and so are those a killed run left under the old name."""
     train = MaskingTrainer.train
     seen = {}
 
