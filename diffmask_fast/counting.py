@@ -194,6 +194,22 @@ class CountTable:
                              "table holds")
         return CountTable(*W.merge_sorted(self.blob, self.offsets, self.counts, other.blob, other.offsets, other.counts))
 
+    def subtract(self, part: "CountTable") -> "CountTable":
+        """These counts less those of ``part``, counts of some of the same text (words left at 0
+        are dropped): what the rest of a corpus holds, without counting it again."""
+        counts = np.array(self.counts)
+        for word, count in part.items():
+            at = self.find(word)
+            if at < 0 or counts[at] < count:
+                raise ValueError(f"cannot subtract counts that are not part of these: {word!r} occurs "
+                                 f"{count} times there, {0 if at < 0 else int(counts[at])} here")
+            counts[at] -= count
+        kept = counts > 0
+        lengths = np.diff(self.offsets)
+        offsets = np.zeros(int(kept.sum()) + 1, np.int64)
+        np.cumsum(lengths[kept], out=offsets[1:])
+        return CountTable(self.blob[np.repeat(kept, lengths)], offsets, counts[kept])
+
     def items(self) -> Iterator[tuple[str, int]]:
         return zip(self.words(), self.counts.tolist())
 
@@ -959,6 +975,16 @@ class WordCounts:
         if other.lowercase != self.lowercase:
             raise ValueError("cannot merge counts made with different lowercasing")
         return WordCounts(self.table.merge(other.table), self.documents + other.documents, self.lowercase)
+
+    def subtract(self, part: "WordCounts") -> "WordCounts":
+        """The counts of a corpus without some of its documents, given their counts (``part``):
+        the rest is counted by the fast reader of whole files, the few left out as strings."""
+        if part.lowercase != self.lowercase:
+            raise ValueError("cannot subtract counts made with different lowercasing")
+        if part.documents > self.documents:
+            raise ValueError(f"cannot subtract the counts of {part.documents} documents from those of "
+                             f"{self.documents}")
+        return WordCounts(self.table.subtract(part.table), self.documents - part.documents, self.lowercase)
 
     # -- files --------------------------------------------------------------------------------
 

@@ -30,7 +30,7 @@ from .advice import DiffmaskWarning
 from .embedding import POOLINGS
 from .hf_loading import saved_weights
 from .masking_base import check_loss_weight, check_probability, distributed_rank
-from .pretrain_data import MIN_MAX_LENGTH, undecoded_text_notice
+from .pretrain_data import MIN_MAX_LENGTH, CorpusDocuments, undecoded_text_notice
 from .reference import WORD_BOUNDARY_SCHEMES
 from .strategies import STRATEGIES, STRATEGY_SETTINGS, build_strategy, check_strategy, resolve_mask_location
 from .tokenization import detect_word_boundary_scheme, naming_word_boundary, word_boundaries
@@ -273,7 +273,9 @@ def _domain_resources(config: PretrainConfig, documents: Iterable[str], tokenize
             from .anchors import mine_anchors
             from .counting import count_words
 
-            anchors = mine_anchors(count_words(documents, progress=config.progress), k=config.anchors_count)
+            counts = (documents.word_counts(progress=config.progress) if isinstance(documents, CorpusDocuments)
+                      else count_words(documents, progress=config.progress))
+            anchors = mine_anchors(counts, k=config.anchors_count)
         embedder = WordEmbedder.from_pretrained(config.embedding_model, pooling=config.pooling, cache_dir=True,
                                                 progress=config.progress)
         if word_types is None:
@@ -671,8 +673,8 @@ def _read_and_tokenize(config: PretrainConfig, tokenizer: Any, scheme: str, resu
 
     import numpy as np
 
-    from .pretrain_data import (CorpusDocuments, UndecodedText, documents_fingerprint, held_out, read_documents,
-                                reading_key, text_key, tokenize_documents)
+    from .pretrain_data import (UndecodedText, documents_fingerprint, held_out, read_documents, reading_key, text_key,
+                                tokenize_documents)
     from .vocabulary import WordTypes
 
     corpus = CorpusDocuments(config.corpus, config.text_field)
@@ -700,7 +702,7 @@ def _read_and_tokenize(config: PretrainConfig, tokenizer: Any, scheme: str, resu
         held = held_out(keys, config.validation_fraction, config.max_validation_documents, config.seed, stacklevel=5)
         validation_docs = [document for position, document in enumerate(corpus) if position in held]
     del keys
-    train_docs = corpus.without(held)
+    train_docs = corpus.without(held, validation_docs if held else ())
     data = {"training": documents_fingerprint(train_docs), "validation": documents_fingerprint(validation_docs)}
     if resumed_run is not None and resumed_run.get("data", data) != data:
         raise ValueError(f"--resume continues a run that began with other documents: "

@@ -91,14 +91,36 @@ class CorpusDocuments:
         self.files = corpus_files(list(sources), text_field)  # a file named twice is read once
         self.text_field = text_field
         self._left_out: frozenset[int] = frozenset()
+        self._left_out_documents: Sequence[str] | None = ()  # those at the positions left out, where known
         self._count: list[int | None] = [None]  # documents of the files, once a pass has counted them; shared
 
-    def without(self, positions: Iterable[int]) -> CorpusDocuments:
-        """The same documents but those at ``positions`` (counted among all of the files')."""
+    def without(self, positions: Iterable[int], documents: Sequence[str] | None = None) -> CorpusDocuments:
+        """The same documents but those at ``positions`` (counted among all of the files').
+        ``documents``: those at the positions, where the caller holds them (``word_counts``
+        then counts the files whole, less them)."""
+        positions = frozenset(positions)
+        if documents is not None and len(documents) != len(positions):
+            raise ValueError(f"{len(documents)} documents were given for the {len(positions)} positions left out")
         other = object.__new__(CorpusDocuments)
         other.files, other.text_field, other._count = self.files, self.text_field, self._count
-        other._left_out = self._left_out | frozenset(positions)
+        other._left_out = self._left_out | positions
+        known = self._left_out_documents is not None and documents is not None
+        other._left_out_documents = [*self._left_out_documents, *documents] if known else None
         return other
+
+    def word_counts(self, progress: bool = True) -> Any:
+        """``counting.count_words`` of these documents (a ``WordCounts``). Where the documents
+        left out are known, the files are counted whole by the counter's multi-threaded reader of
+        files, and the counts of those left out subtracted: the same counts, without passing
+        every document to the counter as a Python string."""
+        from .counting import count_words
+
+        if self._left_out_documents is None:
+            return count_words(self, progress=progress)
+        whole = count_words(list(self.files), progress=progress, text_field=self.text_field)
+        if self._left_out_documents:
+            whole = whole.subtract(count_words(self._left_out_documents, progress=False))
+        return type(whole)(whole.table, len(self), whole.lowercase)
 
     def __iter__(self) -> Iterator[str]:
         position = 0

@@ -1542,3 +1542,23 @@ def test_many_small_files_count_as_their_texts(tmp_path, rng):
     for threads in (1, 3):
         counts = count_words(tmp_path, progress=False, threads=threads)
         assert dict(counts.counts) == dict(expected) and counts.documents == len(list(iter_documents(tmp_path)))
+
+
+def test_counts_less_those_of_some_documents_are_the_counts_of_the_rest(rng):
+    """A corpus counted whole, less the counts of some of its documents: exactly the counts of
+    the others (words left at 0 dropped); counts of other text are refused."""
+    words = ["enzyme", "Receptor", "ΣΊΣΥΦΟΣ", "the", "binds", "x" * 30, "kinase"]
+    documents = [" ".join(rng.choice(words) for _ in range(rng.randrange(1, 9))) for _ in range(rng.randrange(2, 80))]
+    part = rng.sample(range(len(documents)), rng.randrange(1, len(documents)))
+    taken = [documents[i] for i in part]
+    rest = [document for i, document in enumerate(documents) if i not in set(part)]
+    whole = count_words(documents, progress=False)
+    less = whole.subtract(count_words(taken, progress=False))
+    if rest:
+        assert less == count_words(rest, progress=False)
+    assert dict(less.counts) == dict(reference.count_words(rest)) and less.documents == len(rest)
+    assert all(count > 0 for count in less.table.counts.tolist())
+    with pytest.raises(ValueError, match="not part of these: 'unrelated' occurs 1 times there, 0 here"):
+        whole.subtract(count_words(["unrelated"], progress=False))
+    with pytest.raises(ValueError, match="different lowercasing"):
+        whole.subtract(count_words(taken, lowercase=False, progress=False))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import json
 import os
 import random
 import warnings
@@ -13,6 +14,7 @@ import pytest
 import tokenizers_offline
 from diffmask_fast import DiffmaskWarning
 from diffmask_fast.corpus import CorpusError
+from diffmask_fast.counting import count_words
 from diffmask_fast.pretrain_data import (CorpusDocuments, SequenceDataset, TokenWindows, held_out, read_documents,
                                          reading_key, split_documents, special_wrapping, text_key,
                                          tokenize_documents, word_windows)
@@ -378,6 +380,28 @@ def test_corpus_documents_are_read_again_at_each_pass_and_a_changed_corpus_is_re
     with pytest.raises(CorpusError, match=f"changed while they were read: they hold {len(expected) + 1:,} documents "
                                           f"now, {len(expected):,} before"):
         list(rest)
+
+
+def test_the_word_counts_of_corpus_documents_are_those_of_their_text(tmp_path, seed):
+    """The documents that stay are counted as the files' counts less those of the documents left
+    out (when they are given): the counts of the documents' text, as counting them as strings."""
+    rng = random.Random(seed)
+    words = ["Enzyme", "receptor", "ΣΊΣΥΦΟΣ", "the", "binds", "Kinase,", "(x)"]
+    lines = [rng.choice(["", "  "]) if rng.random() < 0.1 else " ".join(rng.choice(words) for _ in range(5))
+             for _ in range(rng.randint(10, 200))] + ["last enzyme"]
+    (tmp_path / "a.txt").write_text("\n".join(lines[:len(lines) // 2]) + "\n", encoding="utf-8")
+    records = [json.dumps({"text": line}) for line in lines[len(lines) // 2:]]
+    (tmp_path / "b.jsonl").write_text("\n".join(records) + "\n", encoding="utf-8")
+    corpus = CorpusDocuments([tmp_path / "a.txt", tmp_path / "b.jsonl"])  # plain lines, and JSON lines
+    documents = list(corpus)
+    left_out = set(rng.sample(range(len(documents)), rng.randint(1, len(documents) - 1)))
+    rest = [document for position, document in enumerate(documents) if position not in left_out]
+    expected = count_words(rest, progress=False)
+    counted = corpus.without(left_out, [documents[position] for position in sorted(left_out)]).word_counts(False)
+    assert counted == expected and counted.documents == len(rest)
+    assert corpus.without(left_out).word_counts(False) == expected  # read as strings where they are not given
+    with pytest.raises(ValueError, match="1 documents were given for the 2 positions left out"):
+        corpus.without({0, 1}, documents[:1])
 
 
 def test_a_split_by_digests_of_the_texts_is_the_split_by_the_texts(seed):
