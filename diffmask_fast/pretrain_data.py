@@ -104,7 +104,8 @@ class CorpusDocuments:
         other = object.__new__(CorpusDocuments)
         other.files, other.text_field, other._count = self.files, self.text_field, self._count
         other._left_out = self._left_out | positions
-        known = self._left_out_documents is not None and documents is not None
+        # Documents given again for positions already left out would be subtracted twice: unknown then.
+        known = self._left_out_documents is not None and documents is not None and not positions & self._left_out
         other._left_out_documents = [*self._left_out_documents, *documents] if known else None
         return other
 

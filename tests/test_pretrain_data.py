@@ -400,6 +400,9 @@ def test_the_word_counts_of_corpus_documents_are_those_of_their_text(tmp_path, s
     counted = corpus.without(left_out, [documents[position] for position in sorted(left_out)]).word_counts(False)
     assert counted == expected and counted.documents == len(rest)
     assert corpus.without(left_out).word_counts(False) == expected  # read as strings where they are not given
+    some = sorted(left_out)[:1]  # left out twice, given twice: counted as strings, not subtracted twice
+    twice = corpus.without(left_out, [documents[p] for p in sorted(left_out)]).without(some, [documents[some[0]]])
+    assert twice.word_counts(False) == expected
     with pytest.raises(ValueError, match="1 documents were given for the 2 positions left out"):
         corpus.without({0, 1}, documents[:1])
 
