@@ -453,11 +453,11 @@ class TokenWindows(SequenceABC):
             self._lengths: list[int] = []
             self._chunks: list[tuple[np.ndarray, np.ndarray]] = []  # (ids, lengths), in memory
             self._stem = None if stem is None else os.fspath(stem)
-            self._ids_file: _IdsFile | None = None
-            self._lengths_spool = None  # the windows' lengths, 8 bytes a window, until the offsets are written
+            self._files: tuple[_GrowingNpy, _GrowingNpy] | None = None  # (ids, offsets), given a stem
+            self._end = 0  # the offset after the last window written to the files
             if self._stem is not None:
-                self._ids_file = _IdsFile(f"{self._stem}.ids.npy")
-                self._lengths_spool = tempfile.TemporaryFile(dir=os.path.dirname(os.path.abspath(self._stem)))
+                self._files = _GrowingNpy(f"{self._stem}.ids.npy"), _GrowingNpy(f"{self._stem}.offsets.npy", "<i8")
+                self._files[1].append(np.zeros(1, dtype=np.int64))
 
         def add(self, window: list[int]) -> None:
             self._check_open()
@@ -471,63 +471,51 @@ class TokenWindows(SequenceABC):
                 fits = len(ids) == 0 or (ids.min() >= np.iinfo(np.int32).min and ids.max() <= np.iinfo(np.int32).max)
                 ids = ids.astype(np.int32) if fits else ids  # joined as int64 only if one chunk needs it
                 lengths = np.asarray(self._lengths, dtype=np.int64)
-                if self._ids_file is None:
+                if self._files is None:
                     self._chunks.append((ids, lengths))
                 else:
-                    self._ids_file.append(ids)
-                    self._lengths_spool.write(lengths.astype("<i8", copy=False).tobytes())
+                    offsets = self._end + np.cumsum(lengths)
+                    self._files[0].append(ids)
+                    self._files[1].append(offsets)
+                    self._end = int(offsets[-1])
                 self._pending, self._lengths = [], []
 
         def build(self) -> TokenWindows:
             self.flush()
             if self._stem is not None:
-                return self._build_files()
+                try:
+                    for file in self._files:
+                        file.finish()
+                finally:
+                    self.discard()
+                return TokenWindows.load(self._stem)
             ids = np.concatenate([ids for ids, _ in self._chunks]) if self._chunks else np.zeros(0, dtype=np.int32)
             lengths = (np.concatenate([lengths for _, lengths in self._chunks]) if self._chunks
                        else np.zeros(0, dtype=np.int64))
             return TokenWindows(ids, np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64))
 
         def discard(self) -> None:
-            if self._ids_file is not None:
-                self._ids_file.discard()
-                self._lengths_spool.close()
-                self._ids_file = self._lengths_spool = None
+            if self._files is not None:
+                for file in self._files:
+                    file.discard()
+                self._files = None
 
         def _check_open(self) -> None:
-            if self._stem is not None and self._ids_file is None:
+            if self._stem is not None and self._files is None:
                 raise RuntimeError(f"the windows were built into {self._stem}.*.npy already (or discarded); a Builder "
                                    "builds them once")
 
-        def _build_files(self) -> TokenWindows:
-            from ._io import atomic_writer
 
-            try:
-                self._ids_file.finish()
-                windows = self._lengths_spool.tell() // 8
-                with atomic_writer(f"{self._stem}.offsets.npy") as file:
-                    _write_npy_header(file, np.dtype("<i8"), windows + 1)
-                    file.write(np.zeros(1, dtype="<i8").tobytes())
-                    self._lengths_spool.seek(0)
-                    end = 0
-                    while block := self._lengths_spool.read(1 << 23):
-                        offsets = end + np.cumsum(np.frombuffer(block, dtype="<i8"))
-                        file.write(offsets.astype("<i8", copy=False).tobytes())
-                        end = int(offsets[-1])
-            finally:
-                self.discard()
-            return TokenWindows.load(self._stem)
-
-
-class _IdsFile:
-    """Token ids appended to a ``.npy`` file as they come, under a temporary name until
-    ``finish`` renames it into place. Its header must name the final length, so it is written
-    last, over room kept for it. Values are int32 until one needs int64; then what was written
-    is widened, once."""
+class _GrowingNpy:
+    """A one-dimensional ``.npy`` file appended to as its values come, under a temporary name
+    until ``finish`` renames it into place. Its header must name the final length, so it is
+    written last, over room kept for it. int32 values (the default) are widened to int64 once,
+    when values that need it come."""
 
     HEADER_BYTES = 128  # a multiple of 64, as numpy aligns its headers, with room for any length
 
-    def __init__(self, path: str):
-        self.path, self.dtype, self.count = os.path.abspath(path), np.dtype("<i4"), 0
+    def __init__(self, path: str, dtype: str = "<i4"):
+        self.path, self.dtype, self.count = os.path.abspath(path), np.dtype(dtype), 0
         self.handle = self._new_file()
 
     def _new_file(self):
@@ -537,11 +525,11 @@ class _IdsFile:
         handle.write(bytes(self.HEADER_BYTES))
         return handle
 
-    def append(self, ids: np.ndarray) -> None:
-        if ids.dtype.itemsize > self.dtype.itemsize:
+    def append(self, values: np.ndarray) -> None:
+        if values.dtype.itemsize > self.dtype.itemsize:
             self._widen()
-        self.handle.write(ids.astype(self.dtype, copy=False).tobytes())
-        self.count += len(ids)
+        self.handle.write(values.astype(self.dtype, copy=False).tobytes())
+        self.count += len(values)
 
     def _widen(self) -> None:
         wide = self._new_file()
@@ -552,7 +540,7 @@ class _IdsFile:
         except BaseException:
             wide.close()
             os.unlink(wide.name)
-            self.handle.seek(0, os.SEEK_END)  # where the next ids go, as if the widening had not begun
+            self.handle.seek(0, os.SEEK_END)  # where the next values go, as if the widening had not begun
             raise
         self.discard()
         self.handle, self.dtype = wide, np.dtype("<i8")
@@ -602,13 +590,6 @@ def _load_unchanged(stem: str, identity: tuple) -> TokenWindows:
         raise ValueError(f"the windows' files {stem}.*.npy were written again since these windows were mapped from "
                          "them; they hold other windows")
     return TokenWindows.load(stem)
-
-
-def _write_npy_header(file, dtype: np.dtype, length: int) -> None:
-    """The header of a ``.npy`` file holding a one-dimensional array of ``length`` values of
-    ``dtype``, whose values are then written after it as raw bytes."""
-    np.lib.format.write_array_header_1_0(
-        file, {"descr": np.lib.format.dtype_to_descr(dtype), "fortran_order": False, "shape": (length,)})
 
 
 def special_wrapping(tokenizer: Any) -> tuple[list[int], list[int]]:
