@@ -700,10 +700,19 @@ def _read_and_tokenize(config: PretrainConfig, tokenizer: Any, scheme: str, resu
                           DiffmaskWarning, stacklevel=4)  # at pretrain's caller
     else:
         held = held_out(keys, config.validation_fraction, config.max_validation_documents, config.seed, stacklevel=5)
-        validation_docs = [document for position, document in enumerate(corpus) if position in held]
+        validation_docs = []
     del keys
+
+    def training_documents() -> Iterator[str]:  # one pass sets the held-out documents aside
+        for position, document in enumerate(corpus):
+            if position in held:
+                validation_docs.append(document)
+            else:
+                yield document
+
+    data = {"training": documents_fingerprint(training_documents())}
+    data["validation"] = documents_fingerprint(validation_docs)
     train_docs = corpus.without(held, validation_docs if held else ())
-    data = {"training": documents_fingerprint(train_docs), "validation": documents_fingerprint(validation_docs)}
     if resumed_run is not None and resumed_run.get("data", data) != data:
         raise ValueError(f"--resume continues a run that began with other documents: "
                          f"{_data_change(resumed_run['data'], data)}. A resumed run trains and validates on the "

@@ -1098,7 +1098,7 @@ def test_preparing_the_documents_holds_a_key_a_document_not_the_text(bert_wordpi
         finally:
             tracemalloc.stop()
             monkeypatch.undo()
-        assert len(passes) == 4  # keys, the validation documents, the fingerprint, the windows
+        assert len(passes) == 3  # keys; the fingerprint, the validation documents set aside; the windows
         assert sorted([*prepared.train_docs, *prepared.validation_docs]) == \
             sorted(path.read_text(encoding="utf-8").splitlines())
         assert len(prepared.validation_docs) == prepared.documents["documents_validation"] == round(0.05 * documents)
