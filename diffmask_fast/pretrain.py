@@ -279,8 +279,8 @@ def _domain_resources(config: PretrainConfig, documents: Iterable[str], tokenize
         embedder = WordEmbedder.from_pretrained(config.embedding_model, pooling=config.pooling, cache_dir=True,
                                                 progress=config.progress)
         if word_types is None:
-            word_types = tokenizer_word_types(tokenizer, _Joined(documents, validation_documents), scheme=scheme,
-                                              progress=config.progress)
+            word_types = tokenizer_word_types(tokenizer, itertools.chain(documents, validation_documents),
+                                              scheme=scheme, progress=config.progress)
         word_types.update(anchors.words)  # in place: a corpus's words are many
         scores = WordScorer(embedder, anchors).score(word_types, progress=config.progress)
         from .hf_loading import saved_reference
@@ -320,20 +320,6 @@ def _scores_words(config: PretrainConfig) -> bool:
     """Whether the run's main process scores the documents' words itself (so it gathers them
     while it tokenizes the documents)."""
     return _needs_scores(config) and _saved_resources(config, saved=False)[1] is None
-
-
-class _Joined:
-    """Two collections of documents read one after the other, and counted together (for a
-    progress bar), without a list of both."""
-
-    def __init__(self, first: Iterable[str], second: Iterable[str]):
-        self.parts = (first, second)
-
-    def __iter__(self) -> Iterator[str]:
-        return itertools.chain(*self.parts)
-
-    def __len__(self) -> int:
-        return sum(map(len, self.parts))
 
 
 #: How many training documents ``unscored_words_notice`` reads (all validation documents are read).
