@@ -19,6 +19,15 @@ TORCH_LIBRARY(diffmask_fast, m) {
   m.def(
       "max_anchor_similarity_precision(Tensor embeddings, Tensor anchors, str precision) -> "
       "(Tensor values, Tensor indices)");
+  // The k vectors [C, D] of largest dot product with each query [N, D] (NaN lowest, ties to the
+  // smaller index), in increasing index order: the lists an inverted-file index probes.
+  m.def("top_dots(Tensor queries, Tensor vectors, int k) -> Tensor");
+  // The list scan of an inverted-file index: for each query [N, D], the largest dot product with
+  // the vectors of the lists it probes (probes [N, P]; list l is vectors[offsets[l], offsets[l + 1]))
+  // and the first position reaching it; (-inf, -1) where those lists hold no vector.
+  m.def(
+      "ivf_max_dot(Tensor queries, Tensor probes, Tensor vectors, Tensor offsets) -> "
+      "(Tensor values, Tensor positions)");
   // Successive sampling of min(counts[b], #positive) positions per row of weights [B, N].
   m.def("sample_without_replacement(Tensor weights, Tensor counts, int seed) -> Tensor");
   // Word of each token, word hashes [B, W] and word counts [B].

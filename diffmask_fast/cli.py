@@ -168,7 +168,7 @@ def _add_score_parser(commands) -> None:
                             "(default auto: exact for small anchor sets, IVF for very large ones)")
     score.add_argument("--recall-target", type=float, default=None,
                        help="recall@1 an approximate index is tuned to reach (default 0.99)")
-    score.add_argument("--nlist", type=int, default=None, help="IVF lists (default 4 sqrt(K); at most K/39, "
+    score.add_argument("--nlist", type=int, default=None, help="IVF lists (default 8 sqrt(K); at most K/39, "
                        "as k-means needs about 39 anchors per list)")
     score.add_argument("--nprobe", type=int, default=None, help="IVF lists scanned per word (default: tuned)")
     score.add_argument("--ef-search", type=int, default=None, help="HNSW search depth (default: tuned)")

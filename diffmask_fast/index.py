@@ -5,14 +5,15 @@ query, for anchor sets from a handful of words to millions of contextual vectors
 
 * ``exact``: the compiled ``max_anchor_similarity`` op (blocked matrix products, exact).
 * ``flat``: FAISS ``IndexFlatIP`` on unit vectors: exact too (up to float rounding); on the CPU
-  as fast as the op or slower up to K = 10^5 (about 2x faster at 10^6, where IVF is far faster
-  still), and fast on the GPU with GPU FAISS.
+  as fast as the op or slower up to K = 10^6 (where IVF is far faster), and fast on the GPU
+  with GPU FAISS.
 * ``ivf``: an inverted file over FAISS spherical k-means centroids (``nlist`` lists). Each query
   scans the ``nprobe`` lists whose centroids are most similar to it. On the CPU the lists are
-  scanned query-batched: the queries of a block are grouped by the list they probe and each list
-  is scored against all its queries with one matrix product, which on the benchmark machine is
-  about 4x faster than FAISS's per-query list scan at the same ``nprobe`` (``engine="faiss"``
-  selects the latter; with GPU FAISS it is the default).
+  scanned query-batched by the compiled ops ``top_dots`` (the lists each query probes) and
+  ``ivf_max_dot`` (list by list, the list's vectors multiplied with all the queries that probe it,
+  gathered in cache): on the benchmark machine about 10x the queries/s of FAISS's per-query list
+  scan at the same recall (``engine="faiss"`` selects the latter; with GPU FAISS it is the
+  default).
 * ``hnsw``: FAISS ``IndexHNSWFlat`` (``hnsw_m`` links, ``ef_search`` tuned).
 
 Approximate kinds are tuned when built: unless ``nprobe`` / ``ef_search`` is given, the index
@@ -28,10 +29,11 @@ similar to the query as it (within 1e-6: ties and float rounding).
 
 ``kind="auto"`` picks by the number of anchors K, from measurements on 2-core AVX-512 CPUs
 (benchmarks/bench_scoring.py, D = 384; see benchmarks/RESULTS.md): the exact op below
-``IVF_MIN_ANCHORS`` (it answers 1.1-1.6x the queries/s of FAISS flat from K = 10^3 to 3 x 10^4
-and as many at 10^5, and IVF tuned to recall@1 0.99 answers about 0.6x its queries/s at
-K = 10^4, 2x at 10^5 and 29x at 10^6), IVF from there on, falling back to the exact op when
-reaching the recall target would make IVF scan more than ``MAX_SCAN_FRACTION`` of the anchors. With ``use_gpu``, FAISS flat search
+``IVF_MIN_ANCHORS`` (it answers 1.0-2.0x the queries/s of FAISS flat from K = 10^3 to 3 x 10^4
+and 1.1x at 10^5, and IVF tuned to recall@1 0.99 answers about as many queries/s as it at
+K = 10^4, 5.6x at 10^5 and 10x at 10^6), IVF from there on, falling back to the exact op when
+reaching the recall target would make IVF scan more than ``MAX_SCAN_FRACTION`` of the anchors.
+With ``use_gpu``, FAISS flat search
 on the GPU takes the place of the exact op from ``GPU_FLAT_MIN_ANCHORS``. HNSW is never chosen
 automatically: on those word queries it needs ef_search in the hundreds for recall@1 0.99, which
 makes it slower than the exact op at K = 10^5, and it is the slowest to build; it stays
@@ -104,12 +106,20 @@ def _check_whole(name: str, value) -> None:
         whole_number(value, name, _LEAST.get(name, 1))
 
 
-#: Query-list pairs one batched IVF scan holds at once (about 40 bytes each): a block of
+#: IVF's default number of lists: this many times sqrt(K) (at most K/39, for k-means)...
+IVF_LISTS_PER_ROOT = 8
+#: ...and with the batched engine each anchor goes into its two nearest lists (``spill=2``) when
+#: lists hold fewer anchors than this on average: anchors near the edge of a short list are
+#: often nearest to queries that probe the list beside it. (Measured on the benchmark's word
+#: queries: at K = 10^5, 2,530 lists of 40, recall@1 0.99 with 5.2x the exact op's queries/s
+#: against 3.7x with one list each; at K = 10^6, 8,000 lists of 125, 12.2x against 9.5x.)
+SPILL_BELOW_LIST_SIZE = 64
+#: Query-list pairs one batched IVF scan holds at once (about 30 bytes each): a block of
 #: queries probing many lists is scanned in parts.
 IVF_SCAN_PAIRS = 2**22
 
 
-def check_index_options(kind: str = "auto", *, recall_target: float = 0.99, spill: int = 1,
+def check_index_options(kind: str = "auto", *, recall_target: float = 0.99, spill: int | None = None,
                         engine: str | None = None, **counts: int | None) -> None:
     """Raise ValueError for options ``AnchorIndex`` refuses. ``counts`` are the whole-number
     options (``nlist``, ``nprobe``, ``ef_search``, ``hnsw_m``, ...; None means the default), positive
@@ -124,7 +134,7 @@ def check_index_options(kind: str = "auto", *, recall_target: float = 0.99, spil
         raise ValueError(f"recall_target 1 cannot be shown by sampling: a {kind!r} index is tuned until a sample "
                          f"shows recall@1 at the target, which only an exact search can promise; use kind 'exact' or "
                          f"'flat', or a target below 1")
-    if spill not in (1, 2):
+    if spill is not None and spill not in (1, 2):
         raise ValueError(f"spill must be 1 or 2, got {spill}")
     if engine is not None and engine not in IVF_ENGINES:
         raise ValueError(f"unknown IVF engine {engine!r}; expected one of {', '.join(IVF_ENGINES)}")
@@ -133,7 +143,7 @@ def check_index_options(kind: str = "auto", *, recall_target: float = 0.99, spil
             _check_whole(name, value)
     if kind != "auto":  # auto applies the options of the kind it picks
         given = {"nlist": counts.get("nlist"), "nprobe": counts.get("nprobe"), "engine": engine,
-                 "spill": spill if spill != 1 else None, "ef_search": counts.get("ef_search")}
+                 "spill": spill if spill not in (None, 1) else None, "ef_search": counts.get("ef_search")}
         for name, value in given.items():
             if value is not None and _OPTION_KIND[name] != kind:
                 raise ValueError(f"{name} must be left out of a {kind!r} index: it tunes "
@@ -288,9 +298,11 @@ class AnchorIndex:
     - ``sample_queries``: [N, D] queries like the real ones, for tuning and measuring recall;
       ``recall_sample`` caps how many are used (0 skips measuring, and tuning then keeps the
       given or default parameters).
-    - IVF: ``nlist`` (default 4·sqrt(K), at most K/39 so k-means has 39 points per centroid),
-      ``nprobe``, ``spill`` (lists each anchor is put in, 1 or 2: 2 doubles memory and raises
-      recall at a given scan cost), ``engine`` (``batched`` or ``faiss``), ``kmeans_iterations``.
+    - IVF: ``nlist`` (default 8·sqrt(K), at most K/39 so k-means has 39 points per centroid),
+      ``nprobe``, ``spill`` (lists each anchor is put in, 1 or 2: 2 doubles the lists' memory and
+      raises recall at a given scan cost; default 2 with the batched engine where lists average
+      fewer than ``SPILL_BELOW_LIST_SIZE`` anchors, else 1), ``engine`` (``batched`` or ``faiss``),
+      ``kmeans_iterations``.
     - HNSW: ``hnsw_m``, ``ef_construction``, ``ef_search``.
     - ``batch_size``: queries sent to the index at once. ``use_gpu``: GPU FAISS for flat and IVF
       (default: when FAISS sees a GPU). ``seed``: k-means and sampling.
@@ -306,7 +318,7 @@ class AnchorIndex:
         recall_sample: int = 1000,
         nlist: int | None = None,
         nprobe: int | None = None,
-        spill: int = 1,
+        spill: int | None = None,
         engine: str | None = None,
         kmeans_iterations: int = 10,
         hnsw_m: int = 32,
@@ -323,8 +335,9 @@ class AnchorIndex:
                             seed=seed)
         # Whole numbers as Python ints: numpy's pass the check but not torch's or FAISS's setters.
         nlist, nprobe, ef_search = (None if value is None else int(value) for value in (nlist, nprobe, ef_search))
-        spill, kmeans_iterations, hnsw_m, ef_construction, recall_sample = (
-            int(value) for value in (spill, kmeans_iterations, hnsw_m, ef_construction, recall_sample))
+        spill = None if spill is None else int(spill)
+        kmeans_iterations, hnsw_m, ef_construction, recall_sample = (
+            int(value) for value in (kmeans_iterations, hnsw_m, ef_construction, recall_sample))
         started = time.perf_counter()
         anchors = _as_tensor(anchors, "anchors")
         if anchors.ndim != 2 or anchors.shape[0] < 1 or anchors.shape[1] < 1:
@@ -363,7 +376,6 @@ class AnchorIndex:
         self._sample, self._sample_source = self._sample_queries(sample_queries, recall_sample)
         self._sample_exact = None
         self._flat = None
-        self._pool, self._pool_size = None, 0
         # Building IVF or HNSW over many anchors takes minutes: the bar names the step under way.
         self._stages = tqdm(desc=f"building the {kind} index of {self.k:,} anchor vectors",
                             bar_format="{desc}: {postfix} [{elapsed}]",
@@ -478,53 +490,17 @@ class AnchorIndex:
         return values, ids
 
     def _ivf_batched(self, units: torch.Tensor, nprobe: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Scan the probed lists of a block of unit queries, one matrix product per list.
+        """Probe the lists of the ``nprobe`` nearest centroids (``ops.top_dots``) and scan them
+        with ``ops.ivf_max_dot``: list by list, each list's vectors multiplied with all the
+        queries that probe it at once. (value, anchor id) per query; (-inf, -1) where the probed
+        lists are empty."""
+        from .ops import ivf_max_dot, top_dots
 
-        The lists are shared among ``torch.get_num_threads()`` Python threads, each running torch
-        single-threaded (the thread count is restored afterwards): thousands of small products
-        would otherwise each be an OpenMP parallel region, and those stall for a scheduler tick
-        whenever another process takes a core (measured: 20x slower on a busy 2-core machine).
-        """
-        n = units.shape[0]
-        nprobe = min(nprobe, self._nlist)
-        probes = torch.cat([torch.topk(part @ self._centroids.T, nprobe, dim=1).indices
-                            for part in units.split(8192)]).reshape(-1)
-        order = torch.argsort(probes)
-        query_of = order // nprobe
-        counts = torch.bincount(probes, minlength=self._nlist)
-        best = torch.full((n * nprobe,), -math.inf, dtype=torch.float32)
-        best_id = torch.full((n * nprobe,), -1, dtype=torch.int64)
-        ends = torch.cumsum(counts, 0).tolist()
-        starts = [0] + ends[:-1]
-        sizes = [self._offsets[i + 1] - self._offsets[i] for i in range(self._nlist)]
-        work = [lst for lst in torch.nonzero(counts).squeeze(1).tolist() if sizes[lst]]
-        work.sort(key=lambda lst: -(ends[lst] - starts[lst]) * sizes[lst])
-
-        def scan(lists: list[int]) -> None:
-            for lst in lists:
-                lo, hi = self._offsets[lst], self._offsets[lst + 1]
-                pairs = order[starts[lst] : ends[lst]]
-                similarities = units.index_select(0, query_of[starts[lst] : ends[lst]]) @ self._list_vectors[lo:hi].T
-                value, position = similarities.max(dim=1)
-                best[pairs] = value
-                best_id[pairs] = self._list_ids[lo + position]
-
-        workers = torch.get_num_threads()
-        if workers <= 1 or len(work) < 2 * workers:
-            scan(work)
-        else:
-            if self._pool is None or self._pool_size != workers:
-                from concurrent.futures import ThreadPoolExecutor
-
-                self._pool, self._pool_size = ThreadPoolExecutor(workers, thread_name_prefix="ivf-scan"), workers
-            torch.set_num_threads(1)
-            try:
-                list(self._pool.map(scan, [work[i::workers] for i in range(workers)]))
-            finally:
-                torch.set_num_threads(workers)
-        value, column = best.view(n, nprobe).max(dim=1)
-        ids = best_id.view(n, nprobe).gather(1, column.unsqueeze(1)).squeeze(1)
-        return value, ids
+        probes = top_dots(units, self._centroids, min(nprobe, self._nlist))
+        values, positions = ivf_max_dot(units, probes, self._list_vectors, self._offsets)
+        found = positions >= 0
+        ids = torch.where(found, self._list_ids[positions.clamp_min(0)], torch.full_like(positions, -1))
+        return values, ids
 
     # -- building ------------------------------------------------------------------------------
     def _sample_queries(self, sample_queries, limit: int):
@@ -678,10 +654,12 @@ class AnchorIndex:
         limit = max(1, n // 39)  # k-means wants about 39 points per list
         if nlist is not None and nlist > limit:
             self.notes.append(f"nlist={nlist} lowered to {limit}: k-means needs about 39 anchors per list")
-        nlist = min(nlist or max(1, round(4 * math.sqrt(n))), limit)
+        nlist = min(nlist or max(1, round(IVF_LISTS_PER_ROOT * math.sqrt(n))), limit)
         if nlist == 1:
             self.notes.append("one list holds every anchor: the IVF index scans them all, as exact search does")
         engine = engine or ("faiss" if self.use_gpu else "batched")
+        if spill is None:
+            spill = 2 if engine == "batched" and n / nlist < SPILL_BELOW_LIST_SIZE else 1
         self._nlist = nlist
         self._centroids = self._train_centroids(nlist, iterations)
         self._stage("assigning anchors to lists")
@@ -697,7 +675,8 @@ class AnchorIndex:
             order = torch.argsort(lists, stable=True)
             self._list_ids = ids[order].contiguous()
             self._list_vectors = self._searchable[self._list_ids].contiguous()
-            self._offsets = [0] + torch.cumsum(torch.bincount(lists, minlength=nlist), 0).tolist()
+            self._offsets = torch.cat([torch.zeros(1, dtype=torch.int64),
+                                       torch.cumsum(torch.bincount(lists, minlength=nlist), 0)])
             logger.debug("assigning %d anchors to lists: %.1f s", n, time.perf_counter() - started)
             apply = lambda value: self.params.__setitem__("nprobe", value)  # noqa: E731
         else:

@@ -27,6 +27,8 @@ _ops = torch.ops.diffmask_fast
 
 __all__ = [
     "max_anchor_similarity",
+    "ivf_max_dot",
+    "top_dots",
     "sample_without_replacement",
     "group_words",
     "word_hash",
@@ -133,6 +135,51 @@ def _check_similarity_args(embeddings: torch.Tensor, anchors: torch.Tensor, prec
             f"and anchors {tuple(anchors.shape)}"
         )
     _check_devices(op, embeddings=embeddings, anchors=anchors)
+
+
+def _check_top_dots_args(queries, vectors, k) -> None:
+    op = "top_dots"
+    _check_tensor(op, "queries", queries)
+    _check_tensor(op, "vectors", vectors)
+    _check_dtype(op, "queries", queries, torch.float32)
+    _check_dtype(op, "vectors", vectors, torch.float32)
+    _check_ndim(op, "queries", queries, 2, "[N, D]")
+    _check_ndim(op, "vectors", vectors, 2, "[C, D]")
+    if queries.shape[1] < 1:
+        raise ValueError(f"{op}: queries must have a positive dimension D, got shape {tuple(queries.shape)}")
+    if vectors.shape[1] != queries.shape[1]:
+        raise ValueError(f"{op}: queries [N, D] and vectors [C, D] must share D, got queries "
+                         f"{tuple(queries.shape)} and vectors {tuple(vectors.shape)}")
+    if isinstance(k, bool) or not isinstance(k, (numbers.Integral, torch.SymInt)):
+        raise TypeError(f"{op}: k must be an integer, got {type(k).__name__}")
+    if not torch.compiler.is_compiling() and not 0 <= k <= vectors.shape[0]:
+        raise ValueError(f"{op}: k must be in [0, C] = [0, {vectors.shape[0]}], got {k}")
+    _check_devices(op, queries=queries, vectors=vectors)
+
+
+def _check_ivf_args(queries, probes, vectors, offsets) -> None:
+    op = "ivf_max_dot"
+    for name, tensor in (("queries", queries), ("probes", probes), ("vectors", vectors), ("offsets", offsets)):
+        _check_tensor(op, name, tensor)
+    _check_dtype(op, "queries", queries, torch.float32)
+    _check_dtype(op, "vectors", vectors, torch.float32)
+    _check_dtype(op, "probes", probes, torch.int64)
+    _check_dtype(op, "offsets", offsets, torch.int64)
+    _check_ndim(op, "queries", queries, 2, "[N, D]")
+    _check_ndim(op, "vectors", vectors, 2, "[M, D]")
+    _check_ndim(op, "probes", probes, 2, "[N, P]")
+    _check_ndim(op, "offsets", offsets, 1, "[L + 1]")
+    if queries.shape[1] < 1:
+        raise ValueError(f"{op}: queries must have a positive dimension D, got shape {tuple(queries.shape)}")
+    if vectors.shape[1] != queries.shape[1]:
+        raise ValueError(f"{op}: queries [N, D] and vectors [M, D] must share D, got queries "
+                         f"{tuple(queries.shape)} and vectors {tuple(vectors.shape)}")
+    if probes.shape[0] != queries.shape[0]:
+        raise ValueError(f"{op}: probes [N, P] must have a row for every query, got probes "
+                         f"{tuple(probes.shape)} and queries {tuple(queries.shape)}")
+    if offsets.shape[0] < 1:
+        raise ValueError(f"{op}: offsets must hold at least one value (offsets[0] = 0)")
+    _check_devices(op, queries=queries, probes=probes, vectors=vectors, offsets=offsets)
 
 
 def _check_sampling_args(weights: torch.Tensor, counts: torch.Tensor) -> None:
@@ -323,6 +370,19 @@ def _max_anchor_similarity_precision_fake(embeddings, anchors, precision):
     return embeddings.new_empty(shape, dtype=torch.float32), embeddings.new_empty(shape, dtype=torch.int64)
 
 
+@torch.library.register_fake("diffmask_fast::top_dots")
+def _top_dots_fake(queries, vectors, k):
+    _check_top_dots_args(queries, vectors, k)
+    return queries.new_empty((queries.shape[0], k), dtype=torch.int64)
+
+
+@torch.library.register_fake("diffmask_fast::ivf_max_dot")
+def _ivf_max_dot_fake(queries, probes, vectors, offsets):
+    _check_ivf_args(queries, probes, vectors, offsets)
+    n = queries.shape[0]
+    return queries.new_empty((n,), dtype=torch.float32), queries.new_empty((n,), dtype=torch.int64)
+
+
 @torch.library.register_fake("diffmask_fast::sample_without_replacement")
 def _sample_without_replacement_fake(weights, counts, seed):
     _check_sampling_args(weights, counts)
@@ -431,6 +491,37 @@ def max_anchor_similarity(
     if precision == "highest":
         return _ops.max_anchor_similarity(embeddings, anchors)
     return _ops.max_anchor_similarity_precision(embeddings, anchors, precision)
+
+
+def top_dots(queries: torch.Tensor, vectors: torch.Tensor, k: int) -> torch.Tensor:
+    """The k vectors of largest dot product with each query: the lists an inverted-file index
+    probes, given its centroids.
+
+    queries [N, D] and vectors [C, D] float32, 0 <= k <= C. Returns indices [N, k] int64, each row
+    in increasing order: the k largest products in float32, NaN below every value, ties to the
+    smaller index (so the result does not depend on threads or blocking). CPU only.
+    """
+    _check_top_dots_args(queries, vectors, k)
+    return _ops.top_dots(queries.detach(), vectors.detach(), int(k))
+
+
+def ivf_max_dot(queries: torch.Tensor, probes: torch.Tensor, vectors: torch.Tensor,
+                offsets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The list scan of an inverted-file index: for each query, the largest dot product with the
+    vectors of the lists it probes, and where that vector is.
+
+    queries [N, D] and vectors [M, D] float32; vectors are grouped by list, list l being
+    vectors[offsets[l]:offsets[l + 1]] (offsets [L + 1] int64, from 0 to M, never decreasing);
+    probes [N, P] int64 names the lists each query scans (in [0, L); a list named twice is scanned
+    once more, to no effect). Returns (values [N] float32, positions [N] int64): the largest dot
+    product in float32 and the smallest position m reaching it; (-inf, -1) for a query whose
+    lists hold no vector, or only vectors whose products are NaN (NaN never wins). CPU only.
+
+    ``AnchorIndex`` scans its IVF lists with it: the queries probing a list are multiplied with
+    it together, a cached block at a time, instead of one query at a time.
+    """
+    _check_ivf_args(queries, probes, vectors, offsets)
+    return _ops.ivf_max_dot(queries.detach(), probes, vectors.detach(), offsets)
 
 
 # ----------------------------------------------------------------------------------------------

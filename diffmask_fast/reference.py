@@ -508,6 +508,36 @@ def max_anchor_similarity(embeddings, anchors) -> tuple[np.ndarray, np.ndarray]:
     return values.reshape(embeddings.shape[:-1]), indices.reshape(embeddings.shape[:-1])
 
 
+def top_dots(queries, vectors, k: int) -> np.ndarray:
+    """For each query, the k vectors of largest dot product (NaN below every value, ties to the
+    smaller index), in increasing index order."""
+    queries = np.asarray(queries, dtype=np.float64)
+    vectors = np.asarray(vectors, dtype=np.float64)
+    rows = []
+    for query in queries:
+        dots = [float(np.dot(query, vector)) for vector in vectors]
+        ranked = sorted(range(len(dots)), key=lambda c: (math.inf if math.isnan(dots[c]) else -dots[c], c))
+        rows.append(sorted(ranked[:k]))
+    return np.array(rows, dtype=np.int64).reshape(len(queries), k)
+
+
+def ivf_max_dot(queries, probes, vectors, offsets) -> tuple[np.ndarray, np.ndarray]:
+    """The list scan of an inverted-file index: for each query, the largest dot product with the
+    vectors of the lists it probes (list l is vectors[offsets[l]:offsets[l + 1]]) and the smallest
+    position reaching it; (-inf, -1) when those lists hold no vector or only NaN products."""
+    queries = np.asarray(queries, dtype=np.float64)
+    vectors = np.asarray(vectors, dtype=np.float64)
+    values = np.full(len(queries), -math.inf)
+    positions = np.full(len(queries), -1, dtype=np.int64)
+    for row, (query, lists) in enumerate(zip(queries, probes)):
+        candidates = {m for lst in lists for m in range(int(offsets[lst]), int(offsets[lst + 1]))}
+        for m in sorted(candidates):
+            dot = float(np.dot(query, vectors[m]))
+            if not math.isnan(dot) and (positions[row] < 0 or dot > values[row]):
+                values[row], positions[row] = dot, m
+    return values, positions
+
+
 def word_similarity(embedding, anchors, mode: str = "max") -> float:
     """s(w) of eq. 3-4: ``max`` (nearest anchor, the default), ``centroid`` or ``mean``.
 

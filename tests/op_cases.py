@@ -56,6 +56,16 @@ def cases(device, seed: int) -> dict[str, list[tuple]]:
             (*on(torch.randn(2, 6, 8, generator=g), torch.randn(3, 8, generator=g)), "medium"),
             (*on(torch.randn(6, 8, generator=g), torch.randn(3, 8, generator=g)), "highest"),
         ],
+        "top_dots": [
+            (*on(torch.randn(9, 8, generator=g), torch.randn(30, 8, generator=g)), 4),
+            (*on(torch.randn(2, 5, generator=g), torch.randn(3, 5, generator=g)), 0),
+        ],
+        "ivf_max_dot": [
+            on(torch.randn(7, 8, generator=g), torch.randint(0, 3, (7, 2), generator=g), torch.randn(40, 8, generator=g),
+               torch.tensor([0, 5, 5, 40])),
+            on(torch.randn(3, 4, generator=g), torch.zeros(3, 0, dtype=torch.int64), torch.randn(2, 4, generator=g),
+               torch.tensor([0, 2])),
+        ],
         "sample_without_replacement": [
             (*on(torch.rand(4, 9, generator=g), torch.tensor([1, 3, 0, 9])), 7),
             (*on(torch.rand(2, 300, generator=g, dtype=torch.float64), torch.tensor([100, 299])), -5),

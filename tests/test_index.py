@@ -164,11 +164,25 @@ def test_ivf_is_tuned_to_the_recall_target(options, generator):
     anchors = clustered(6000, 32, 200, generator)
     queries = clustered(1500, 32, 200, generator)
     index = AnchorIndex(anchors, "ivf", sample_queries=queries[:1000], recall_target=0.99, **options)
-    assert index.kind == "ivf" and index.params["nlist"] == min(round(4 * 6000**0.5), 6000 // 39)
+    assert index.kind == "ivf"
+    assert index.params["nlist"] == min(round(index_module.IVF_LISTS_PER_ROOT * 6000**0.5), 6000 // 39)
+    short_lists = index.params["engine"] == "batched" and "spill" not in options
+    assert index.params["spill"] == (2 if short_lists else options.get("spill", 1))
     assert index.recall >= 0.99 and index.report.queries == 1000 and index.report.source == "given"
     held_out = index.measure_recall(queries[1000:])
     assert held_out.recall >= 0.96, held_out
     assert "recall@1" in index.describe() and "nprobe=" in index.describe()
+
+
+@pytest.mark.parametrize("nlist, engine, spill", [(None, None, 2), (20, None, 1), (None, "faiss", 1), (50, None, 2)])
+def test_ivf_spills_into_two_lists_by_default_where_lists_are_short(generator, nlist, engine, spill):
+    """Lists of 2,000 anchors: 51 by default (39 anchors each) or 50, short, and each anchor goes
+    into two; 20 lists of 100 anchors each, one; FAISS's scan takes one list per anchor."""
+    anchors = clustered(2000, 16, 60, generator)
+    index = AnchorIndex(anchors, "ivf", nlist=nlist, engine=engine, nprobe=4)
+    assert index.params["spill"] == spill and index.params["nlist"] == (nlist or 2000 // 39)
+    if engine is None:
+        assert len(index._list_ids) == spill * 2000
 
 
 def report(recall, queries):

@@ -238,6 +238,67 @@ inline void pack_rows_avx512(const float* x, int64_t rows, int64_t ldx, int64_t 
   }
 }
 
+// The 16 x 16 floats of t transposed in place (t[j] lane i <- t[i] lane j): 32-bit and 64-bit
+// interleaves within 128-bit lanes, then two rounds of 128-bit lane shuffles.
+DIFFMASK_FAST_AVX512 inline void transpose16_avx512(__m512 t[16]) {
+  __m512 u[16];
+  for (int k = 0; k < 16; k += 2) {
+    u[k] = _mm512_unpacklo_ps(t[k], t[k + 1]);      // per 128-bit lane: a0 b0 a1 b1
+    u[k + 1] = _mm512_unpackhi_ps(t[k], t[k + 1]);  // a2 b2 a3 b3
+  }
+  __m512 v[16];  // v[4k + c], 128-bit lane L: column 4L + c of rows 4k .. 4k + 3
+  for (int k = 0; k < 16; k += 4) {
+    const __m512d lo0 = _mm512_castps_pd(u[k]), hi0 = _mm512_castps_pd(u[k + 1]);
+    const __m512d lo1 = _mm512_castps_pd(u[k + 2]), hi1 = _mm512_castps_pd(u[k + 3]);
+    v[k] = _mm512_castpd_ps(_mm512_unpacklo_pd(lo0, lo1));
+    v[k + 1] = _mm512_castpd_ps(_mm512_unpackhi_pd(lo0, lo1));
+    v[k + 2] = _mm512_castpd_ps(_mm512_unpacklo_pd(hi0, hi1));
+    v[k + 3] = _mm512_castpd_ps(_mm512_unpackhi_pd(hi0, hi1));
+  }
+  for (int c = 0; c < 4; ++c) {
+    const __m512 w0 = _mm512_shuffle_f32x4(v[c], v[4 + c], 0x44);  // lanes 0, 1 of each
+    const __m512 w1 = _mm512_shuffle_f32x4(v[c], v[4 + c], 0xEE);  // lanes 2, 3
+    const __m512 w2 = _mm512_shuffle_f32x4(v[8 + c], v[12 + c], 0x44);
+    const __m512 w3 = _mm512_shuffle_f32x4(v[8 + c], v[12 + c], 0xEE);
+    t[c] = _mm512_shuffle_f32x4(w0, w2, 0x88);
+    t[4 + c] = _mm512_shuffle_f32x4(w0, w2, 0xDD);
+    t[8 + c] = _mm512_shuffle_f32x4(w1, w3, 0x88);
+    t[12 + c] = _mm512_shuffle_f32x4(w1, w3, 0xDD);
+  }
+}
+
+// Rows x + at[r] * ldx (r < rows) laid out as pack_rows_avx512 lays out rows in place: a gather
+// and a pack in one pass, 16 values of up to 16 rows transposed in registers at a time, for
+// callers whose rows are scattered (the IVF list scan, cpu/ivf.cpp).
+DIFFMASK_FAST_AVX512 inline void gather_pack_rows_avx512(const float* x, const int64_t* at, int64_t rows, int64_t ldx,
+                                                         int64_t D, float* xp) {
+  for (int64_t r = 0, g; r < rows; r += g) {
+    g = group_size(rows, r);
+    float* dst = xp + r * D;
+    const float* src[kRows32];
+    for (int64_t i = 0; i < g; ++i) {
+      src[i] = x + at[r + i] * ldx;
+    }
+    const __mmask16 lanes = static_cast<__mmask16>((1u << g) - 1u);
+    int64_t d = 0;
+    for (; d + 16 <= D; d += 16) {
+      __m512 t[16];
+      for (int64_t i = 0; i < 16; ++i) {
+        t[i] = i < g ? _mm512_loadu_ps(src[i] + d) : _mm512_setzero_ps();
+      }
+      transpose16_avx512(t);
+      for (int64_t j = 0; j < 16; ++j) {
+        _mm512_mask_storeu_ps(dst + (d + j) * g, lanes, t[j]);
+      }
+    }
+    for (; d < D; ++d) {
+      for (int64_t i = 0; i < g; ++i) {
+        dst[d * g + i] = src[i][d];
+      }
+    }
+  }
+}
+
 // One panel of 16V columns against rows packed by pack_rows_avx512 (x and ldx: the same rows in
 // place, for `prefetch`), D in slices of kKSlice; the first row group of each slice prefetches
 // the next slice (the panels are contiguous: the next slice of this panel, or the first of the
@@ -441,10 +502,14 @@ struct AnchorPanels {
 
   AnchorPanels() = default;
 
-  AnchorPanels(Isa isa_, const float* anchors, int64_t K_, int64_t D_) : isa(isa_), K(K_), D(D_) {
+  // `row_dot_tail` false: no row-dot tail, the last anchors padded into a panel instead, so that
+  // on AVX-512 dots() reads only the packed rows (gather_pack_rows), never the rows in place.
+  AnchorPanels(Isa isa_, const float* anchors, int64_t K_, int64_t D_, bool row_dot_tail = true)
+      : isa(isa_), K(K_), D(D_) {
     if (isa == Isa::kAvx512) {
       const int64_t rest = K % 16;
-      const int64_t covered = rest > 8 ? K - rest + 16 : K - rest;  // a short tail goes to row dots
+      // A short tail goes to row dots.
+      const int64_t covered = rest > 8 || (rest > 0 && !row_dot_tail) ? K - rest + 16 : K - rest;
       wide = covered / 32;
       narrow = (covered % 32) / 16;
       tail_begin = std::min(covered, K);
@@ -467,6 +532,22 @@ struct AnchorPanels {
   // Whether dots() reads the rows packed (pack_rows): then a caller that multiplies the same rows
   // with several tiles packs them once and passes them to each.
   bool wants_packed_rows() const { return isa == Isa::kAvx512 && wide > 0; }
+
+  // Whether dots() can take rows packed by gather_pack_rows alone (any width, no row-dot tail),
+  // reading nothing else of x.
+  bool reads_only_packed_rows() const { return isa == Isa::kAvx512 && tail_begin >= K; }
+
+  // Rows x + at[r] * ldx (r < rows) packed as pack_rows packs rows in place, into `packed_rows`
+  // (resized). Requires isa == kAvx512.
+  void gather_pack_rows(const float* x, const int64_t* at, int64_t rows, int64_t ldx,
+                        std::vector<float>& packed_rows) const {
+#if DIFFMASK_FAST_X86_KERNELS
+    packed_rows.resize(static_cast<size_t>(rows * D));
+    gather_pack_rows_avx512(x, at, rows, ldx, D, packed_rows.data());
+#else
+    (void)x, (void)at, (void)rows, (void)ldx, (void)packed_rows;
+#endif
+  }
 
   // Rows [0, rows) of x laid out for the 32-wide kernels, into `packed_rows` (resized).
   void pack_rows(const float* x, int64_t rows, int64_t ldx, std::vector<float>& packed_rows) const {

@@ -1,4 +1,5 @@
 // Row kernels of the similarity search.
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <limits>
@@ -156,8 +157,56 @@ static void test_panel_dots() {
   }
 }
 
+// Panels without a row-dot tail against rows gathered straight into the packed layout (the IVF
+// list scan): scattered and repeated row indices, every K mod 16, D with and without a remainder
+// of 16, ragged row counts; the packed rows equal pack_rows of the same rows copied in order.
+static void test_gathered_panel_dots() {
+#if DIFFMASK_FAST_X86_KERNELS
+  if (detect_isa() != Isa::kAvx512) {
+    std::printf("no AVX-512: gathered packing not exercised\n");
+    return;
+  }
+  const int64_t pool = 50;
+  for (int64_t K : {1, 7, 9, 16, 17, 31, 33, 79, 80}) {
+    for (int64_t D : {1, 15, 16, 17, 40, 384}) {
+      for (int64_t rows : {1, 5, 12, 37, 61}) {
+        const int64_t ldx = D + 3;
+        std::vector<float> x(static_cast<size_t>(pool * ldx)), anchors(static_cast<size_t>(K * D));
+        for (size_t i = 0; i < x.size(); ++i) x[i] = static_cast<float>(std::sin(0.61 * i + 0.2));
+        for (size_t i = 0; i < anchors.size(); ++i) anchors[i] = static_cast<float>(std::cos(0.43 * i + 0.7));
+        std::vector<int64_t> at(static_cast<size_t>(rows));
+        for (int64_t r = 0; r < rows; ++r) at[r] = (r * 17 + 3) % pool;  // scattered, repeating past 50 rows
+        const AnchorPanels panels(Isa::kAvx512, anchors.data(), K, D, /*row_dot_tail=*/false);
+        CHECK(panels.reads_only_packed_rows());
+        CHECK(panels.columns >= K && panels.columns % 16 == 0);
+        std::vector<float> packed, expected, copied(static_cast<size_t>(rows * D));
+        panels.gather_pack_rows(x.data(), at.data(), rows, ldx, packed);
+        for (int64_t r = 0; r < rows; ++r) {
+          std::copy(x.begin() + at[r] * ldx, x.begin() + at[r] * ldx + D, copied.begin() + r * D);
+        }
+        expected.resize(static_cast<size_t>(rows * D));
+        pack_rows_avx512(copied.data(), rows, D, D, expected.data());
+        CHECK(packed == expected);
+        std::vector<float> out(static_cast<size_t>(rows * panels.columns), -1.0f);
+        panels.dots(packed.data(), rows, D, out.data(), panels.columns, 0, packed.data());
+        for (int64_t r = 0; r < rows; ++r) {
+          for (int64_t k = 0; k < K; ++k) {
+            double dot = 0;
+            for (int64_t d = 0; d < D; ++d) dot += static_cast<double>(x[at[r] * ldx + d]) * anchors[k * D + d];
+            CHECK_NEAR(out[r * panels.columns + k], dot, 1e-4 * (1 + std::sqrt(static_cast<double>(D))));
+          }
+        }
+      }
+    }
+  }
+#else
+  std::printf("not an x86 build: gathered packing not exercised\n");
+#endif
+}
+
 int main() {
   test_panel_dots();
+  test_gathered_panel_dots();
   test_squared_norm();
   test_first_argmax();
   test_identical_rows();
