@@ -19,8 +19,8 @@ TORCH_LIBRARY(diffmask_fast, m) {
   m.def(
       "max_anchor_similarity_precision(Tensor embeddings, Tensor anchors, str precision) -> "
       "(Tensor values, Tensor indices)");
-  // The k vectors [C, D] of largest dot product with each query [N, D] (NaN lowest, ties to the
-  // smaller index), in increasing index order: the lists an inverted-file index probes.
+  // The k vectors [C, D] of largest dot product with each query [N, D] (NaN ranked as -inf, ties
+  // to the smaller index), in increasing index order: the lists an inverted-file index probes.
   m.def("top_dots(Tensor queries, Tensor vectors, int k) -> Tensor");
   // The list scan of an inverted-file index: for each query [N, D], the largest dot product with
   // the vectors of the lists it probes (probes [N, P]; list l is vectors[offsets[l], offsets[l + 1]))

@@ -660,6 +660,7 @@ class AnchorIndex:
         engine = engine or ("faiss" if self.use_gpu else "batched")
         if spill is None:
             spill = 2 if engine == "batched" and n / nlist < SPILL_BELOW_LIST_SIZE else 1
+        spill = min(spill, nlist)  # one list takes each anchor once
         self._nlist = nlist
         self._centroids = self._train_centroids(nlist, iterations)
         self._stage("assigning anchors to lists")
@@ -668,7 +669,7 @@ class AnchorIndex:
             faiss = _faiss()
             quantizer = faiss.IndexFlatIP(self.dimension)
             quantizer.add(np.ascontiguousarray(self._centroids.numpy()))
-            _, nearest = quantizer.search(np.ascontiguousarray(self._searchable.numpy()), min(spill, nlist))
+            _, nearest = quantizer.search(np.ascontiguousarray(self._searchable.numpy()), spill)
             assignment = torch.from_numpy(nearest)
             lists = assignment.reshape(-1)
             ids = torch.arange(n).repeat_interleave(assignment.shape[1])

@@ -498,8 +498,9 @@ def top_dots(queries: torch.Tensor, vectors: torch.Tensor, k: int) -> torch.Tens
     probes, given its centroids.
 
     queries [N, D] and vectors [C, D] float32, 0 <= k <= C. Returns indices [N, k] int64, each row
-    in increasing order: the k largest products in float32, NaN below every value, ties to the
-    smaller index (so the result does not depend on threads or blocking). CPU only.
+    in increasing order: the k largest products in float32, a NaN product ranked as -inf, equal
+    products to the smaller index (so the result does not depend on threads or blocking; every
+    product of a row comes from the same kernel, so copies of a vector tie exactly). CPU only.
     """
     _check_top_dots_args(queries, vectors, k)
     return _ops.top_dots(queries.detach(), vectors.detach(), int(k))
@@ -515,7 +516,10 @@ def ivf_max_dot(queries: torch.Tensor, probes: torch.Tensor, vectors: torch.Tens
     probes [N, P] int64 names the lists each query scans (in [0, L); a list named twice is scanned
     once more, to no effect). Returns (values [N] float32, positions [N] int64): the largest dot
     product in float32 and the smallest position m reaching it; (-inf, -1) for a query whose
-    lists hold no vector, or only vectors whose products are NaN (NaN never wins). CPU only.
+    lists hold no vector, or only vectors whose products are NaN (NaN never wins). On AVX-512
+    every product comes from the same kernel, so copies of a vector tie exactly; where lists are
+    multiplied by BLAS (other CPUs, long lists on AVX2) a copy's product can differ in the last
+    bit with the length of its list. CPU only.
 
     ``AnchorIndex`` scans its IVF lists with it: the queries probing a list are multiplied with
     it together, a cached block at a time, instead of one query at a time.

@@ -509,13 +509,14 @@ def max_anchor_similarity(embeddings, anchors) -> tuple[np.ndarray, np.ndarray]:
 
 
 def top_dots(queries, vectors, k: int) -> np.ndarray:
-    """For each query, the k vectors of largest dot product (NaN below every value, ties to the
-    smaller index), in increasing index order."""
+    """For each query, the k vectors of largest dot product (a NaN product ranked as -inf, ties
+    to the smaller index), in increasing index order."""
     queries = np.asarray(queries, dtype=np.float64)
     vectors = np.asarray(vectors, dtype=np.float64)
     rows = []
     for query in queries:
         dots = [float(np.dot(query, vector)) for vector in vectors]
+        # Key math.inf for NaN: the key of a product of -inf.
         ranked = sorted(range(len(dots)), key=lambda c: (math.inf if math.isnan(dots[c]) else -dots[c], c))
         rows.append(sorted(ranked[:k]))
     return np.array(rows, dtype=np.int64).reshape(len(queries), k)

@@ -185,6 +185,11 @@ def test_ivf_spills_into_two_lists_by_default_where_lists_are_short(generator, n
         assert len(index._list_ids) == spill * 2000
 
 
+def test_one_list_takes_each_anchor_once(generator):
+    index = AnchorIndex(clustered(60, 8, 6, generator), "ivf", nprobe=1)
+    assert index.params["nlist"] == 1 and index.params["spill"] == 1 and len(index._list_ids) == 60
+
+
 def report(recall, queries):
     return index_module.RecallReport(recall=recall, queries=queries, mean_shortfall=0.0, max_shortfall=0.0)
 

@@ -224,6 +224,24 @@ def test_top_dots_ties_and_nan_go_by_index(seed):
         assert torch.equal(found, torch.from_numpy(reference.top_dots(queries.numpy(), vectors.numpy(), k))), k
 
 
+@pytest.mark.parametrize("c", [20, 37, 100, 1029])  # C mod 16 from 1 to 8: every column by the same kernel
+def test_top_dots_copies_of_a_vector_tie_exactly(seed, c):
+    g = torch.Generator().manual_seed(seed)
+    vectors = torch.randn(1, 24, generator=g).repeat(c, 1)
+    queries = torch.randn(64, 24, generator=g)
+    assert ops.top_dots(queries, vectors, 1).flatten().tolist() == [0] * 64
+    assert ops.top_dots(queries, vectors, 3).tolist() == [[0, 1, 2]] * 64
+
+
+def test_top_dots_ranks_nan_as_minus_infinity():
+    query = torch.tensor([[1.0]])
+    for column, expected in (([float("nan"), float("-inf")], [0]), ([float("-inf"), float("nan")], [0]),
+                             ([float("nan"), -1e30], [1])):
+        vectors = torch.tensor(column).unsqueeze(1)
+        assert ops.top_dots(query, vectors, 1)[0].tolist() == expected, column
+        assert reference.top_dots(query.numpy(), vectors.numpy(), 1)[0].tolist() == expected, column
+
+
 def test_top_dots_when_the_sample_threshold_keeps_too_few():
     """Every sampled point (each 8th of 2,048) above the rest: the threshold taken from the
     sample keeps 256 values, fewer than k = 300, and every value is searched instead."""

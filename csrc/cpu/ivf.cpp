@@ -238,7 +238,7 @@ std::tuple<at::Tensor, at::Tensor> ivf_max_dot_cpu(const at::Tensor& queries_in,
 // top_dots: rows per block (their products with every vector stay in L2 for the selection).
 constexpr int64_t kTopBlockRows = 64;
 
-// NaN ranks below every value.
+// NaN ranks with -inf, below every other value.
 inline float rank_value(float value) {
   return std::isnan(value) ? -std::numeric_limits<float>::infinity() : value;
 }
@@ -252,7 +252,7 @@ struct Selection {
 // Values sampled (evenly spaced) to find a threshold below the k-th largest.
 constexpr int64_t kSelectionSample = 256;
 
-// The k largest of s[0, n) by value (NaN below everything, ties to the smaller index), written
+// The k largest of s[0, n) by value (NaN as -inf, ties to the smaller index), written
 // to out in increasing index order. A threshold a little below the k-th largest, taken from an
 // evenly spaced sample, keeps the values at or above it (about 2k and more, in index order); the
 // k-th largest is found among them and one pass takes what is above it and, in index order,
@@ -333,7 +333,8 @@ at::Tensor top_dots_cpu(const at::Tensor& queries_in, const at::Tensor& vectors_
   const bool panels = panels_for(isa, C);
   core::AnchorPanels packed;
   if (panels) {
-    packed = core::AnchorPanels(isa, vectors.data_ptr<float>(), C, D);
+    // No row-dot tail: every column computed by the same kernel, so equal vectors tie exactly.
+    packed = core::AnchorPanels(isa, vectors.data_ptr<float>(), C, D, /*row_dot_tail=*/false);
   }
   const int64_t columns = panels ? packed.columns : C;
   const float* q = queries.data_ptr<float>();
