@@ -102,6 +102,53 @@ def test_max_anchor_similarity_baseline_torch(benchmark, embeddings, k):
     assert values.shape == (WORDS,)
 
 
+LISTS, LIST_SIZE, PROBES = sized((1024, 40, 64), (16, 8, 4))
+
+
+@pytest.fixture(scope="module")
+def inverted_file(embeddings):
+    """(unit queries, centroids, list vectors grouped by list, offsets): an IVF's search inputs."""
+    g = torch.Generator().manual_seed(1)
+    sizes = torch.randint(1, 2 * LIST_SIZE, (LISTS,), generator=g)
+    offsets = torch.cat([torch.zeros(1, dtype=torch.int64), sizes.cumsum(0)])
+    return (_unit(embeddings), _unit(torch.randn(LISTS, DIM, generator=g)),
+            _unit(torch.randn(int(offsets[-1]), DIM, generator=g)), offsets)
+
+
+_IVF_GROUP = (f"IVF search (probe {PROBES} of {LISTS} lists of ~{LIST_SIZE}, {WORDS:,} queries) vs torch.topk + "
+              "a product per list")
+
+
+@pytest.mark.benchmark(group=_IVF_GROUP)
+def test_ivf_search(benchmark, inverted_file):
+    queries, centroids, vectors, offsets = inverted_file
+
+    def search():
+        return ops.ivf_max_dot(queries, ops.top_dots(queries, centroids, PROBES), vectors, offsets)
+
+    values, positions = benchmark(search)
+    assert bool((positions >= 0).all())
+
+
+@pytest.mark.benchmark(group=_IVF_GROUP)
+def test_ivf_search_baseline_torch(benchmark, inverted_file):
+    queries, centroids, vectors, offsets = inverted_file
+    bounds = offsets.tolist()
+
+    def search():
+        probes = torch.topk(queries @ centroids.T, PROBES, dim=1).indices.reshape(-1)
+        order = torch.argsort(probes)
+        ends = torch.bincount(probes, minlength=LISTS).cumsum(0).tolist()
+        best = torch.full((len(probes),), float("-inf"))
+        for lst, (start, end) in enumerate(zip([0] + ends[:-1], ends)):
+            pairs = order[start:end]
+            products = queries[pairs // PROBES] @ vectors[bounds[lst]:bounds[lst + 1]].T
+            best[pairs] = products.max(dim=1).values
+        return best.view(-1, PROBES).max(dim=1).values
+
+    assert bool(torch.isfinite(benchmark(search)).all())
+
+
 @pytest.fixture(scope="module")
 def sampling_weights():
     weights = torch.rand(64, 512, generator=torch.Generator().manual_seed(0))
