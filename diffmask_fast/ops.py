@@ -137,19 +137,24 @@ def _check_similarity_args(embeddings: torch.Tensor, anchors: torch.Tensor, prec
     _check_devices(op, embeddings=embeddings, anchors=anchors)
 
 
-def _check_top_dots_args(queries, vectors, k) -> None:
-    op = "top_dots"
+def _check_queries_and_vectors(op: str, queries, vectors, rows: str) -> None:
+    """float32 queries [N, D] and vectors [``rows``, D] with D >= 1, the operands of the IVF ops."""
     _check_tensor(op, "queries", queries)
     _check_tensor(op, "vectors", vectors)
     _check_dtype(op, "queries", queries, torch.float32)
     _check_dtype(op, "vectors", vectors, torch.float32)
     _check_ndim(op, "queries", queries, 2, "[N, D]")
-    _check_ndim(op, "vectors", vectors, 2, "[C, D]")
+    _check_ndim(op, "vectors", vectors, 2, f"[{rows}, D]")
     if queries.shape[1] < 1:
         raise ValueError(f"{op}: queries must have a positive dimension D, got shape {tuple(queries.shape)}")
     if vectors.shape[1] != queries.shape[1]:
-        raise ValueError(f"{op}: queries [N, D] and vectors [C, D] must share D, got queries "
+        raise ValueError(f"{op}: queries [N, D] and vectors [{rows}, D] must share D, got queries "
                          f"{tuple(queries.shape)} and vectors {tuple(vectors.shape)}")
+
+
+def _check_top_dots_args(queries, vectors, k) -> None:
+    op = "top_dots"
+    _check_queries_and_vectors(op, queries, vectors, "C")
     if isinstance(k, bool) or not isinstance(k, (numbers.Integral, torch.SymInt)):
         raise TypeError(f"{op}: k must be an integer, got {type(k).__name__}")
     if not torch.compiler.is_compiling() and not 0 <= k <= vectors.shape[0]:
@@ -159,21 +164,13 @@ def _check_top_dots_args(queries, vectors, k) -> None:
 
 def _check_ivf_args(queries, probes, vectors, offsets) -> None:
     op = "ivf_max_dot"
-    for name, tensor in (("queries", queries), ("probes", probes), ("vectors", vectors), ("offsets", offsets)):
-        _check_tensor(op, name, tensor)
-    _check_dtype(op, "queries", queries, torch.float32)
-    _check_dtype(op, "vectors", vectors, torch.float32)
+    _check_tensor(op, "probes", probes)
+    _check_tensor(op, "offsets", offsets)
+    _check_queries_and_vectors(op, queries, vectors, "M")
     _check_dtype(op, "probes", probes, torch.int64)
     _check_dtype(op, "offsets", offsets, torch.int64)
-    _check_ndim(op, "queries", queries, 2, "[N, D]")
-    _check_ndim(op, "vectors", vectors, 2, "[M, D]")
     _check_ndim(op, "probes", probes, 2, "[N, P]")
     _check_ndim(op, "offsets", offsets, 1, "[L + 1]")
-    if queries.shape[1] < 1:
-        raise ValueError(f"{op}: queries must have a positive dimension D, got shape {tuple(queries.shape)}")
-    if vectors.shape[1] != queries.shape[1]:
-        raise ValueError(f"{op}: queries [N, D] and vectors [M, D] must share D, got queries "
-                         f"{tuple(queries.shape)} and vectors {tuple(vectors.shape)}")
     if probes.shape[0] != queries.shape[0]:
         raise ValueError(f"{op}: probes [N, P] must have a row for every query, got probes "
                          f"{tuple(probes.shape)} and queries {tuple(queries.shape)}")

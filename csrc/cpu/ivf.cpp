@@ -55,25 +55,29 @@ bool panels_for(core::Isa isa, int64_t size) {
   return isa == core::Isa::kAvx512 || (isa == core::Isa::kAvx2 && size <= 128);
 }
 
+// float32 CPU queries [N, D] and vectors [`rows`, D] with D >= 1: the operands of both ops.
+void check_queries_and_vectors(const at::Tensor& queries, const at::Tensor& vectors, const char* op, const char* rows) {
+  check_cpu(queries, op, "queries");
+  check_cpu(vectors, op, "vectors");
+  check_dtype(queries, op, "queries", at::kFloat);
+  check_dtype(vectors, op, "vectors", at::kFloat);
+  TORCH_CHECK_VALUE(queries.dim() == 2, op, ": queries must be 2-D [N, D], got shape ", queries.sizes());
+  TORCH_CHECK_VALUE(vectors.dim() == 2, op, ": vectors must be 2-D [", rows, ", D], got shape ", vectors.sizes());
+  TORCH_CHECK_VALUE(queries.size(1) >= 1, op, ": queries must have a positive dimension D, got shape ",
+                    queries.sizes());
+  TORCH_CHECK_VALUE(vectors.size(1) == queries.size(1), op, ": queries [N, D] and vectors [", rows,
+                    ", D] must share D, got queries ", queries.sizes(), " and vectors ", vectors.sizes());
+}
+
 void check_arguments(const at::Tensor& queries, const at::Tensor& probes, const at::Tensor& vectors,
                      const at::Tensor& offsets) {
-  check_cpu(queries, kOp, "queries");
+  check_queries_and_vectors(queries, vectors, kOp, "M");
   check_cpu(probes, kOp, "probes");
-  check_cpu(vectors, kOp, "vectors");
   check_cpu(offsets, kOp, "offsets");
-  check_dtype(queries, kOp, "queries", at::kFloat);
-  check_dtype(vectors, kOp, "vectors", at::kFloat);
   check_dtype(probes, kOp, "probes", at::kLong);
   check_dtype(offsets, kOp, "offsets", at::kLong);
-  TORCH_CHECK_VALUE(queries.dim() == 2, kOp, ": queries must be 2-D [N, D], got shape ", queries.sizes());
-  TORCH_CHECK_VALUE(vectors.dim() == 2, kOp, ": vectors must be 2-D [M, D], got shape ", vectors.sizes());
   TORCH_CHECK_VALUE(probes.dim() == 2, kOp, ": probes must be 2-D [N, P], got shape ", probes.sizes());
   TORCH_CHECK_VALUE(offsets.dim() == 1, kOp, ": offsets must be 1-D [L + 1], got shape ", offsets.sizes());
-  TORCH_CHECK_VALUE(queries.size(1) >= 1, kOp, ": queries must have a positive dimension D, got shape ",
-                    queries.sizes());
-  TORCH_CHECK_VALUE(vectors.size(1) == queries.size(1), kOp,
-                    ": queries [N, D] and vectors [M, D] must share D, got queries ", queries.sizes(),
-                    " and vectors ", vectors.sizes());
   TORCH_CHECK_VALUE(probes.size(0) == queries.size(0), kOp,
                     ": probes [N, P] must have a row for every query, got probes ", probes.sizes(), " and queries ",
                     queries.sizes());
@@ -307,17 +311,7 @@ void select_top(const float* s, int64_t n, int64_t k, Selection& w, int64_t* out
 
 at::Tensor top_dots_cpu(const at::Tensor& queries_in, const at::Tensor& vectors_in, int64_t k) {
   const at::AutoDispatchBelowADInplaceOrView no_autograd;
-  check_cpu(queries_in, kTopOp, "queries");
-  check_cpu(vectors_in, kTopOp, "vectors");
-  check_dtype(queries_in, kTopOp, "queries", at::kFloat);
-  check_dtype(vectors_in, kTopOp, "vectors", at::kFloat);
-  TORCH_CHECK_VALUE(queries_in.dim() == 2, kTopOp, ": queries must be 2-D [N, D], got shape ", queries_in.sizes());
-  TORCH_CHECK_VALUE(vectors_in.dim() == 2, kTopOp, ": vectors must be 2-D [C, D], got shape ", vectors_in.sizes());
-  TORCH_CHECK_VALUE(queries_in.size(1) >= 1, kTopOp, ": queries must have a positive dimension D, got shape ",
-                    queries_in.sizes());
-  TORCH_CHECK_VALUE(vectors_in.size(1) == queries_in.size(1), kTopOp,
-                    ": queries [N, D] and vectors [C, D] must share D, got queries ", queries_in.sizes(),
-                    " and vectors ", vectors_in.sizes());
+  check_queries_and_vectors(queries_in, vectors_in, kTopOp, "C");
   TORCH_CHECK_VALUE(k >= 0 && k <= vectors_in.size(0), kTopOp, ": k must be in [0, C] = [0, ", vectors_in.size(0),
                     "], got ", k);
   const at::Tensor queries = queries_in.contiguous();
