@@ -481,8 +481,7 @@ def pretrain(config: PretrainConfig) -> dict:
         if config.strategy == "difference" and strategy.masker is not None:
             # The device table must know the words before training, and those of the validation set,
             # which it masks once up front (a word it lacks would score as unknown).
-            strategy.masker.warm(train)
-            strategy.masker.warm(validation)
+            strategy.masker.warm(itertools.chain(train, validation))  # one upload of the table
         validation_set = strategy.mask_examples([{"input_ids": s} for s in validation], model=model, seed=config.seed)
         if not any(label != -100 for example in validation_set for label in example["labels"]):
             raise ValueError(f"masking the validation set chose no token: its "

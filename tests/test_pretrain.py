@@ -345,14 +345,22 @@ def test_masking_in_the_training_step(model_dir, corpus, tmp_path, monkeypatch, 
 
     validation = tmp_path / "validation.txt"
     validation.write_text("the zymogen activation cascade\nan allosteric zymogen\n", encoding="utf-8")
-    warmed = []
+    warmed, calls = [], []
     warm = DifferenceMasker.warm
-    monkeypatch.setattr(DifferenceMasker, "warm", lambda self, data, **kw: warmed.extend(data) or warm(self, data, **kw))
+
+    def spy(self, data, **options):
+        data = list(data)  # an iterator, read once
+        warmed.extend(data)
+        calls.append(len(data))
+        return warm(self, data, **options)
+
+    monkeypatch.setattr(DifferenceMasker, "warm", spy)
     summary = pretrain(config_for(model_dir, corpus, tmp_path / "device", mask_on="device", max_steps=2, patience=0,
                                   validation=[validation]))
     assert summary["masking"]["location"].startswith("training step")
     assert math.isfinite(summary["best_validation_loss"])
     assert bert_wordpiece("an allosteric zymogen", truncation=True, max_length=32)["input_ids"] in warmed
+    assert len(calls) == 1  # training and validation windows in one pass: the table goes to the device once
 
 
 def test_cli_pretrain(model_dir, corpus, tmp_path, capsys):
