@@ -30,7 +30,7 @@ def _umask() -> int:
     return mask
 
 
-def final_mode(path: Path) -> int:
+def _final_mode(path: Path) -> int:
     """The permissions ``path`` should end with: those of the file it replaces, else what
     ``open()`` would give a new file (mkstemp's temporary files are private to the owner)."""
     try:
@@ -76,11 +76,7 @@ def atomic_writer(path: str | os.PathLike) -> Iterator[BinaryIO]:
     try:
         with os.fdopen(handle, "wb") as file:
             yield file
-            file.flush()
-            if hasattr(os, "fchmod"):  # POSIX
-                os.fchmod(file.fileno(), final_mode(path))
-            os.fsync(file.fileno())
-        os.replace(temporary, path)
+            put_in_place(file, temporary, path)
     except BaseException as error:
         if os.path.exists(temporary):
             os.unlink(temporary)
@@ -88,7 +84,19 @@ def atomic_writer(path: str | os.PathLike) -> Iterator[BinaryIO]:
         if named is None:
             raise
         raise named from error
-    sync_folder(path.parent)
+
+
+def put_in_place(file: BinaryIO, temporary: str, path: Path) -> None:
+    """Finish ``file``, written under the name ``temporary`` beside ``path``, and rename it to
+    ``path``: the permissions a plain ``open()`` would leave (those of the file it replaces),
+    fsynced and closed, renamed, and the folder synced so that the rename survives a power cut."""
+    file.flush()
+    if hasattr(os, "fchmod"):  # POSIX
+        os.fchmod(file.fileno(), _final_mode(path))
+    os.fsync(file.fileno())
+    file.close()
+    os.replace(temporary, path)
+    _sync_folder(path.parent)
 
 
 #: Errors of writing that name no file: a full disk or quota, a file too large, a read-only mount.
@@ -115,7 +123,7 @@ def _refuse_special_file(target: Path, given: str | os.PathLike, what: str = "ou
                          "socket), and results are written whole, by renaming a finished file into place")
 
 
-def sync_folder(folder: Path) -> None:
+def _sync_folder(folder: Path) -> None:
     """Make a rename in ``folder`` durable: until the folder itself is synced, a power cut may
     bring the old file back. Where folders cannot be opened (Windows), the rename has to do."""
     try:

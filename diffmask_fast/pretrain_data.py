@@ -31,7 +31,7 @@ import numpy as np
 import torch
 
 from .advice import DiffmaskWarning
-from ._io import final_mode, sync_folder
+from ._io import put_in_place
 from .corpus import CorpusError, corpus_files, iter_documents
 from .tokenization import WordGrouper, naming_word_boundary, tokenize_texts
 from .vocabulary import WordTypes
@@ -551,13 +551,7 @@ class _GrowingNpy:
         room = self.HEADER_BYTES - 10  # after the magic string, the version and the header's length
         self.handle.seek(0)
         self.handle.write(b"\x93NUMPY\x01\x00" + room.to_bytes(2, "little") + header.ljust(room - 1) + b"\n")
-        self.handle.flush()
-        if hasattr(os, "fchmod"):  # POSIX: as open() would leave it, not private to the owner
-            os.fchmod(self.handle.fileno(), final_mode(Path(self.path)))
-        os.fsync(self.handle.fileno())
-        self.handle.close()
-        os.replace(self.handle.name, self.path)
-        sync_folder(Path(self.path).parent)
+        put_in_place(self.handle, self.handle.name, Path(self.path))
 
     def discard(self) -> None:
         self.handle.close()
