@@ -22,7 +22,13 @@ def tokenizer_words(tokenizer, text: str, scheme: str | None = None, *, grouper:
 
 def _word_ids(tokenizer, texts: list[str], grouper: WordGrouper) -> Iterator[tuple[int, ...]]:
     """The token ids of each word of ``texts``, text after text."""
-    for ids in tokenize_texts(tokenizer, texts, add_special_tokens=False, verbose=False)["input_ids"]:  # no "longer than" warning
+    # No "longer than" warning: the texts are not fed to a model.
+    return _words_of_ids(tokenize_texts(tokenizer, texts, add_special_tokens=False, verbose=False)["input_ids"], grouper)
+
+
+def _words_of_ids(token_ids: Iterable[Sequence[int]], grouper: WordGrouper) -> Iterator[tuple[int, ...]]:
+    """The token ids of each word of texts given as their ids (without special tokens)."""
+    for ids in token_ids:
         for group in grouper(ids):
             yield tuple(ids[i] for i in group)
 
@@ -65,10 +71,8 @@ class WordTypes:
         """Adds the words of texts given as their ids, without special tokens (as
         ``tokenizer(texts, add_special_tokens=False)`` gives them)."""
         new: list[list[int]] = []
-        for ids in token_ids:
-            for group in self.grouper(ids):
-                word = tuple(ids[i] for i in group)
-                if word not in self._decoded:
-                    self._decoded.add(word)
-                    new.append(list(word))
+        for word in _words_of_ids(token_ids, self.grouper):
+            if word not in self._decoded:
+                self._decoded.add(word)
+                new.append(list(word))
         self.types.update(reference.normalize_word(w, self.lowercase) for w in decode_words(self.tokenizer, new) if w)
