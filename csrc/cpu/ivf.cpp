@@ -32,6 +32,7 @@
 #include "../core/similarity.h"
 #include "checks.h"
 #include "denormals.h"
+#include "panel_choice.h"
 
 namespace diffmask_fast {
 namespace cpu {
@@ -43,17 +44,6 @@ constexpr const char* kTopOp = "top_dots";
 // Gathered queries per product: 256 rows of D = 384 floats (384 KiB) stay in a core's L2 with
 // the list's packed vectors.
 constexpr int64_t kBlockRows = 256;
-
-core::Isa scan_isa() {
-  static const core::Isa isa = core::detect_isa();
-  return isa;
-}
-
-// Whether a list of `size` vectors is multiplied by the panel kernels (else by BLAS): as in
-// max_anchor_similarity, AVX2's 16-wide panels only for short lists.
-bool panels_for(core::Isa isa, int64_t size) {
-  return isa == core::Isa::kAvx512 || (isa == core::Isa::kAvx2 && size <= 128);
-}
 
 // float32 CPU queries [N, D] and vectors [`rows`, D] with D >= 1: the operands of both ops.
 void check_queries_and_vectors(const at::Tensor& queries, const at::Tensor& vectors, const char* op, const char* rows) {
@@ -156,7 +146,7 @@ std::tuple<at::Tensor, at::Tensor> ivf_max_dot_cpu(const at::Tensor& queries_in,
   std::vector<int64_t> pair_position(static_cast<size_t>(pairs), -1);
   const float* q = queries.data_ptr<float>();
   const float* v = vectors.data_ptr<float>();
-  const core::Isa isa = scan_isa();
+  const core::Isa isa = cpu_isa();
   const int64_t jobs = static_cast<int64_t>(work.size());
   std::atomic<int64_t> next{0};
 
@@ -170,7 +160,7 @@ std::tuple<at::Tensor, at::Tensor> ivf_max_dot_cpu(const at::Tensor& queries_in,
       const int64_t list = work[static_cast<size_t>(job)];
       const int64_t lo = offset[list];
       const int64_t size = offset[list + 1] - lo;
-      const bool panels = panels_for(isa, size);
+      const bool panels = size <= max_panel_anchors(isa);
       core::AnchorPanels packed;
       if (panels) {
         packed = core::AnchorPanels(isa, v + lo * D, size, D, /*row_dot_tail=*/false);
@@ -323,8 +313,8 @@ at::Tensor top_dots_cpu(const at::Tensor& queries_in, const at::Tensor& vectors_
   if (N == 0 || k == 0) {
     return indices;
   }
-  const core::Isa isa = scan_isa();
-  const bool panels = panels_for(isa, C);
+  const core::Isa isa = cpu_isa();
+  const bool panels = C <= max_panel_anchors(isa);
   core::AnchorPanels packed;
   if (panels) {
     // No row-dot tail: every column computed by the same kernel, so equal vectors tie exactly.

@@ -31,27 +31,13 @@
 #include "../core/similarity.h"
 #include "checks.h"
 #include "denormals.h"
+#include "panel_choice.h"
 
 namespace diffmask_fast {
 namespace cpu {
 namespace {
 
 constexpr const char* kOp = "max_anchor_similarity";
-
-// Largest K searched with the packed-panel kernels. With AVX-512 they run near the FMA peak for
-// any K (2.3x MKL's rate at K = 1000 on an AMD EPYC, where MKL does not use AVX-512). The AVX2
-// kernels (half the lanes and registers) have not been timed against BLAS on an AVX2-only
-// machine, so BLAS takes over early there.
-int64_t max_panel_anchors(core::Isa isa) {
-  switch (isa) {
-    case core::Isa::kAvx512:
-      return std::numeric_limits<int64_t>::max();
-    case core::Isa::kAvx2:
-      return 128;
-    default:
-      return 0;
-  }
-}
 
 // Rows per block: ~256 KiB of embeddings, which a per-core L2 share holds while the norms and
 // every anchor tile read them. `large`: float32 rows for the 32-wide panel kernels (many
@@ -72,11 +58,6 @@ constexpr int64_t kLargeBlockAnchors = 256;
 int64_t tile_anchors(int64_t rows, int64_t element_size) {
   const int64_t tile = (1024 * 1024) / std::max<int64_t>(rows * element_size, 1);
   return std::max<int64_t>(32, tile / 32 * 32);
-}
-
-core::Isa cpu_isa() {
-  static const core::Isa isa = core::detect_isa();
-  return isa;
 }
 
 // 0 for -0.0 (and any other value as it is): -0.0 == 0.0, so rows that differ only in the sign of
