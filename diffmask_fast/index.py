@@ -185,6 +185,11 @@ def faiss_gpus() -> int:
     return int(get()) if get is not None else 0
 
 
+#: Values ``unit_rows`` normalizes at a time: its dozen elementwise passes then run in cache
+#: (3-5x faster than over a whole block of 32,768 queries).
+UNIT_ROWS_BLOCK_VALUES = 2**17
+
+
 def unit_rows(vectors: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """Rows scaled to unit L2 norm, as ``dtype``, zeros positive; zero rows stay zero, and a row
     holding NaN or inf becomes NaN (it has no direction), as the exact op scores such a row NaN.
@@ -192,6 +197,16 @@ def unit_rows(vectors: torch.Tensor, dtype: torch.dtype = torch.float32) -> torc
     Each row is divided by its largest magnitude first, in the wider of its own type and
     ``dtype``, so that rows of any finite scale (1e300, or subnormal) normalize like the
     reference instead of overflowing or flushing to zero; only the unit rows are rounded."""
+    step = max(1, UNIT_ROWS_BLOCK_VALUES // max(1, vectors.shape[-1]))
+    if vectors.ndim != 2 or vectors.shape[0] <= step:
+        return _unit_rows(vectors, dtype)
+    unit = torch.empty(vectors.shape, dtype=dtype, device=vectors.device)
+    for begin in range(0, vectors.shape[0], step):
+        unit[begin : begin + step] = _unit_rows(vectors[begin : begin + step], dtype)
+    return unit
+
+
+def _unit_rows(vectors: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     wide = torch.float64 if torch.float64 in (vectors.dtype, dtype) else torch.float32
     vectors = vectors.to(wide)
     largest = vectors.abs().amax(dim=-1, keepdim=True)

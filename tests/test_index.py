@@ -110,6 +110,35 @@ def test_queries_and_anchors_of_any_scale_follow_the_exact_op(kind, generator, d
                                expected_values[keep][found & (ids[keep] == expected_ids[keep])], atol=1e-5, rtol=0)
 
 
+
+@pytest.mark.parametrize("dtype, out_dtype", [(torch.float32, torch.float32), (torch.float64, torch.float32),
+                                              (torch.float32, torch.float64), (torch.float16, torch.float32)])
+def test_unit_rows_in_blocks_equals_unit_rows_at_once(monkeypatch, generator, dtype, out_dtype):
+    """unit_rows normalizes a few rows at a time (in cache): the same bits as all rows at once,
+    for every row count around the block size, zero, NaN, infinite, huge and subnormal rows
+    included, and unit norms to float64 rounding."""
+    d = int(torch.randint(1, 40, (1,), generator=generator))
+    monkeypatch.setattr(index_module, "UNIT_ROWS_BLOCK_VALUES", 7 * d)
+    for n in (1, 6, 7, 8, 13, 14, 15, int(torch.randint(16, 300, (1,), generator=generator))):
+        rows = torch.randn(n, d, generator=generator, dtype=torch.float64)
+        rows *= torch.tensor([1.0, 1e30, 1e-40], dtype=torch.float64)[torch.randint(0, 3, (n, 1), generator=generator)]
+        special = torch.randint(0, n, (3,), generator=generator)
+        rows[special[0]] = 0.0
+        rows[special[1], 0] = float("nan")
+        rows[special[2], -1] = float("inf")
+        rows = rows.to(dtype)
+        blocked = index_module.unit_rows(rows, out_dtype)
+        assert blocked.dtype == out_dtype and blocked.shape == rows.shape
+        at_once = index_module._unit_rows(rows, out_dtype)
+        assert torch.equal(blocked.nan_to_num(7.0), at_once.nan_to_num(7.0)), (n, d)
+        norms = torch.linalg.vector_norm(blocked.double(), dim=1)
+        finite = torch.isfinite(rows).all(dim=1)
+        nonzero = finite & (rows != 0).any(dim=1)
+        assert blocked[~finite].isnan().all() and not blocked[finite].isnan().any()
+        assert (blocked[finite & ~nonzero] == 0).all()
+        torch.testing.assert_close(norms[nonzero], torch.ones(int(nonzero.sum()), dtype=torch.float64),
+                                   atol=1e-6, rtol=0)
+
 @pytest.mark.parametrize("kind", ["flat", "ivf", "hnsw"])
 def test_zero_vectors_follow_the_exact_op(kind, generator):
     anchors = torch.randn(2000, 8, generator=generator)
