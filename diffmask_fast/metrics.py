@@ -1,6 +1,7 @@
 """Classification metrics for fine-tuning runs: accuracy, macro-F1, and mean ± std over seeds.
 
-Labels can be any hashable values (strings, integers, ...); they are compared with ``==``.
+Labels can be any hashable values (strings, integers, ...), one per example; they are compared
+with ``==``. Numpy arrays and torch tensors are compared by value, as Python numbers.
 
 Macro-F1 convention (the same as scikit-learn's ``f1_score(average="macro", zero_division=0)``):
 
@@ -23,8 +24,31 @@ import numpy as np
 __all__ = ["accuracy", "macro_f1", "per_class_f1", "mean_std"]
 
 
+def _labels(values: Iterable[Hashable], name: str) -> list:
+    """The labels as a list of scalars that compare and hash by value: arrays and tensors (whose
+    elements hash by identity, a tensor's) become Python numbers, and a label that is itself a
+    vector (a one-hot row) is refused rather than compared element by element."""
+    if hasattr(values, "tolist") and hasattr(values, "ndim"):  # a numpy array or a torch tensor
+        if values.ndim != 1:
+            raise ValueError(f"{name} must hold one label per example (one dimension), got shape "
+                             f"{tuple(values.shape)}; take the argmax of one-hot or score rows first")
+        return values.tolist()
+    labels = []
+    for value in values:
+        if hasattr(value, "ndim") and hasattr(value, "tolist"):  # a 0-d tensor or a numpy scalar
+            if value.ndim != 0:
+                raise ValueError(f"{name} must hold one label per example, got a label of shape "
+                                 f"{tuple(value.shape)}; take the argmax of one-hot or score rows first")
+            value = value.tolist()
+        elif isinstance(value, (list, tuple, set, dict)):
+            raise ValueError(f"{name} must hold one label per example, got a {type(value).__name__} label "
+                             f"{value!r:.60}; take the argmax of one-hot or score rows first")
+        labels.append(value)
+    return labels
+
+
 def _pair(y_true: Iterable[Hashable], y_pred: Iterable[Hashable]) -> tuple[list, list]:
-    y_true, y_pred = list(y_true), list(y_pred)
+    y_true, y_pred = _labels(y_true, "y_true"), _labels(y_pred, "y_pred")
     if len(y_true) != len(y_pred):
         raise ValueError(f"y_true and y_pred differ in length: {len(y_true)} and {len(y_pred)}")
     if not y_true:
@@ -50,7 +74,7 @@ def per_class_f1(y_true: Iterable[Hashable], y_pred: Iterable[Hashable],
         except TypeError:  # labels of types that do not order: keep first-seen order
             labels = list(dict.fromkeys(y_true + y_pred))
     else:
-        labels = list(labels)
+        labels = _labels(labels, "labels")
         if not labels:
             raise ValueError("labels is empty: give at least one class to average over")
         if len(set(labels)) != len(labels):

@@ -84,6 +84,35 @@ def test_metrics_match_a_plain_recomputation(seed):
         assert macro_f1(y_true, y_pred, labels) == pytest.approx(_plain_macro_f1(y_true, y_pred, labels))
 
 
+def test_metrics_compare_tensor_and_array_labels_by_value(seed):
+    """Tensors hash by identity, so set() and dict lookups would make each element a class of its
+    own (macro-F1 0): tensors, arrays and lists of their elements score as the same Python labels."""
+    rng = random.Random(seed)
+    for _ in range(20):
+        n = rng.randint(1, 30)
+        y_true, y_pred = [rng.randrange(4) for _ in range(n)], [rng.randrange(5) for _ in range(n)]
+        labels = rng.sample(range(6), rng.randint(1, 6))
+        expected = (accuracy(y_true, y_pred), per_class_f1(y_true, y_pred), macro_f1(y_true, y_pred, labels))
+        for convert in (torch.tensor, np.array, lambda v: list(torch.tensor(v)), lambda v: list(np.array(v))):
+            t, p = convert(y_true), convert(y_pred)
+            assert accuracy(t, p) == pytest.approx(expected[0])
+            assert per_class_f1(t, p) == pytest.approx(expected[1])
+            assert macro_f1(t, p, convert(labels)) == pytest.approx(expected[2])
+            assert all(type(key) is int for key in per_class_f1(t, p))
+
+
+@pytest.mark.parametrize("metric", [accuracy, macro_f1, per_class_f1])
+def test_metrics_refuse_a_label_that_is_a_vector(metric):
+    """A one-hot row is no label: accuracy compared such rows element by element (0.56 for an
+    exact-match accuracy of 0.33)."""
+    one_hot = np.eye(3)[[0, 1, 2]]
+    predicted = np.eye(3)[[0, 2, 1]]
+    for t, p in ((one_hot, predicted), (torch.tensor(one_hot), torch.tensor(predicted)),
+                 (list(one_hot), list(predicted)), (one_hot.tolist(), predicted.tolist())):
+        with pytest.raises(ValueError, match="one label per example.*argmax"):
+            metric(t, p)
+
+
 def test_macro_f1_matches_sklearn(seed):
     metrics = pytest.importorskip("sklearn.metrics")
     rng = random.Random(seed)
