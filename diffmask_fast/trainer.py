@@ -217,6 +217,11 @@ class MaskingTrainer(Trainer):
             batch_samples = self._masked_here = [self.mask_batch(batch) for batch in batch_samples]
             count = getattr(self, "_get_num_items_in_batch", None)
             num_items_in_batch = count(batch_samples, device) if count is not None else num_items_in_batch
+        if num_items_in_batch is not None and self.args.n_gpu > 1:
+            # DataParallel: transformers hands each replica its count ([n_gpu, 1]), without averaging
+            # across devices floored to its share (7 tokens on 2 GPUs: 3 each); this loss is computed
+            # once, over the gathered logits, and needs them all.
+            num_items_in_batch = sum((batch["labels"] != -100).sum() for batch in batch_samples).to(device)
         self._unmasked_steps.note(num_items_in_batch)
         return batch_samples, num_items_in_batch
 
@@ -342,13 +347,6 @@ class MaskingTrainer(Trainer):
         if weights is None:
             weights = torch.ones(labels.shape, device=labels.device)
         smoothing = self.args.label_smoothing_factor
-        if torch.is_tensor(num_items_in_batch) and num_items_in_batch.dim() > 0:
-            # DataParallel: transformers hands every replica its (equal) share as an [n_gpu, 1] tensor.
-            num_items_in_batch = num_items_in_batch.reshape(-1)[0]
-        if num_items_in_batch is not None and self.args.n_gpu > 1 and not self.args.average_tokens_across_devices:
-            # For DataParallel transformers divides the count among the replicas (each computing
-            # its share of the loss); this loss is computed once, over the gathered logits.
-            num_items_in_batch = num_items_in_batch * self.args.n_gpu
         # The sparse head's logits cover the masked positions only: never returned as the outputs.
         sparse_head = self._sparse_head_for(model)
         sparse = (sparse_head is not None and (not return_outputs or self._logits_discarded)
@@ -426,8 +424,6 @@ class _UnmaskedSteps:
         self.total = 0
 
     def note(self, masked_tokens: torch.Tensor | int | None) -> None:
-        if torch.is_tensor(masked_tokens):
-            masked_tokens = masked_tokens.reshape(-1)[0]  # DataParallel hands [n_gpu, 1] copies
         if masked_tokens is not None:
             self.window = self.window + (masked_tokens == 0)
 

@@ -1565,30 +1565,32 @@ def test_weighted_loss_refuses_a_count_below_any_batch_and_labels_or_logits_it_c
         weighted_mlm_loss(torch.randn(2, 3, 0), torch.full((2, 3), -100), weights)
 
 
-def test_the_loss_over_gathered_data_parallel_logits_counts_every_replicas_tokens(tiny_bert_mlm, tmp_path, seed):
-    """Without averaging across devices, transformers gives DataParallel replicas the count over
-    n_gpu each; the loss here is computed once for the whole batch, over the whole count."""
+@pytest.mark.parametrize("masked", [1, 7, None])
+def test_the_loss_over_gathered_data_parallel_logits_counts_every_replicas_tokens(tiny_bert_mlm, tmp_path, seed,
+                                                                                  masked):
+    """Without averaging across devices, transformers hands DataParallel replicas the count
+    floored to their share (7 tokens on 2 GPUs: 3 each; 1 token: 0); the loss here is computed
+    once for the whole batch, over the whole count: the mean over the masked tokens."""
     from transformers import TrainingArguments
 
     g = torch.Generator().manual_seed(seed)
     input_ids = torch.randint(5, tiny_bert_mlm.config.vocab_size, (4, 10), generator=g)
     labels = random_labels(g, input_ids)
+    if masked is not None:  # exactly this many tokens masked
+        labels = torch.where(torch.arange(labels.numel()).reshape(labels.shape) < masked, input_ids, -100)
     batch = {"input_ids": input_ids, "attention_mask": torch.ones_like(input_ids), "labels": labels}
-    masked = int((labels != -100).sum())
     with torch.no_grad():
         expected = weighted_mlm_loss(tiny_bert_mlm(input_ids=input_ids).logits, labels, torch.ones(labels.shape))
-    for average, n_gpu, given in ((True, 2, masked), (False, 2, masked // 2), (False, 1, masked)):
+    for average, n_gpu in ((True, 2), (False, 2), (False, 3), (False, 1)):
         args = TrainingArguments(output_dir=str(tmp_path), report_to=[], use_cpu=True,
                                  average_tokens_across_devices=average)
         args._n_gpu = n_gpu  # as on a machine of n_gpu GPUs without torchrun
         trainer = MaskingTrainer(model=tiny_bert_mlm, args=args, data_collator=lambda x: x, sparse_head=False)
-        count = torch.tensor(given)
-        if n_gpu > 1 and not average:  # as transformers hands it to DataParallel: one share per replica
-            count = count.unsqueeze(0).expand(n_gpu, -1)
+        # The count as the training loop gets it and hands it to training_step.
+        _, count = trainer.get_batch_samples(iter([dict(batch)]), 1, torch.device("cpu"))
         with torch.no_grad():
             loss = trainer.compute_loss(tiny_bert_mlm, dict(batch), num_items_in_batch=count)
-        exact = float(expected) * masked / (given * (n_gpu if not average else 1))
-        assert loss.dim() == 0 and float(loss) == pytest.approx(exact, rel=1e-5), (average, n_gpu)
+        assert loss.dim() == 0 and float(loss) == pytest.approx(float(expected), rel=1e-5), (average, n_gpu, count)
 
 
 def test_a_terms_file_with_a_byte_order_mark(tmp_path):
