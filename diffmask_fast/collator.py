@@ -34,6 +34,8 @@ class DifferenceMaskingCollator(MaskingCollatorBase):
     weighting: str = "similarity"
     uniform_mix: float = 0.0
 
+    TABLES_FROM = (*MaskingCollatorBase.TABLES_FROM, "scores")
+
     def __post_init__(self) -> None:
         if self.weighting not in WEIGHTINGS:
             raise ValueError(f"unknown weighting {self.weighting!r}; expected one of {', '.join(WEIGHTINGS)}")

@@ -256,8 +256,35 @@ class MaskingCollatorBase:
     mlm: bool = True  # as in DataCollatorForLanguageModeling, so that its calls carry over; only True
     boundaries: WordBoundaries = field(init=False, repr=False)
 
+    #: Fields the collator's tables are built from (word boundaries, score caches, term
+    #: matchers): assigning one after construction rebuilds them (see ``__setattr__``).
+    TABLES_FROM = ("tokenizer", "word_boundary")
+    #: What ``_setup_base`` starts afresh and a rebuild keeps: the random streams and their position.
+    _STREAM_STATE = ("_generators", "_sender_rank", "_resumed_at", "_pinned_seed", "_pinned_per_process")
+
     def __post_init__(self) -> None:
         self._setup_base()
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        """Assigning a field of ``TABLES_FROM`` to a built collator (``collator.scores = table``)
+        checks it and rebuilds what was derived from it, keeping the random streams where they
+        are, instead of masking on with tables of the old value; a value that fails its checks is
+        refused and the old one kept."""
+        if name not in self.TABLES_FROM or "boundaries" not in self.__dict__ or self.__dict__.get("_rebuilding"):
+            object.__setattr__(self, name, value)
+            return
+        before = dict(self.__dict__)
+        object.__setattr__(self, name, value)
+        self.__dict__["_rebuilding"] = True
+        try:
+            self.__post_init__()
+        except BaseException:
+            self.__dict__.clear()
+            self.__dict__.update(before)
+            raise
+        finally:
+            self.__dict__.pop("_rebuilding", None)
+        self.__dict__.update({key: before[key] for key in self._STREAM_STATE})
 
     def _setup_base(self) -> None:
         """Check the options every masking collator has and build the tokenizer's word tables."""

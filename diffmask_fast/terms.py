@@ -382,6 +382,8 @@ class TermMaskingCollator(MaskingCollatorBase):
     mlm_probability: float = 0.25
     matcher: TermMatcher = field(init=False, repr=False)
 
+    TABLES_FROM = (*MaskingCollatorBase.TABLES_FROM, "terms")
+
     def __post_init__(self) -> None:
         self.terms = _check_terms(self.terms)
         self._setup_base()
@@ -441,6 +443,8 @@ class MSLMCollator(MaskingCollatorBase):
     mlm_probability: float = 0.25  # the package's rate for every strategy
     term_weight: float = 2.0
     matcher: TermMatcher = field(init=False, repr=False)
+
+    TABLES_FROM = (*MaskingCollatorBase.TABLES_FROM, "terms")
 
     def __post_init__(self) -> None:
         check_probability("term_probability", self.term_probability)

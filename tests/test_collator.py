@@ -575,3 +575,56 @@ def test_tokens_the_attention_mask_hides_are_never_masked(bert_wordpiece):
     batch = _resume_collator(bert_wordpiece, mlm_probability=1.0, seed=0)(examples)
     assert (batch["labels"][batch["attention_mask"] == 0] == -100).all()
     assert (batch["labels"][batch["attention_mask"] == 1] != -100).any()
+
+
+def _same_batches(first, second):
+    assert first.keys() == second.keys()
+    for key in first:
+        assert torch.equal(first[key], second[key]), key
+
+
+def test_assigning_a_score_table_rebuilds_what_came_from_the_old_one(bert_wordpiece, lines, seed):
+    """collator.scores = other: the words already seen are masked by the new table's scores (the
+    old ones were remembered by token ids), the random stream goes on where it was, and a table
+    that fails its checks is refused with the old one kept."""
+    examples = encode(bert_wordpiece, lines)
+    old, new = random_scores(bert_wordpiece, lines), random_scores(bert_wordpiece, lines)
+    changed = DifferenceMaskingCollator(bert_wordpiece, old, seed=seed)
+    fresh = DifferenceMaskingCollator(bert_wordpiece, new, seed=seed)
+    changed(examples[:16]), fresh(examples[:16])  # the same draws so far, whatever the table
+    changed.scores = {word: new.score(word) for word in new.words}  # a mapping becomes a table, as in __init__
+    assert isinstance(changed.scores, ScoreTable)
+    _same_batches(changed(examples), fresh(examples))
+    with pytest.raises(ValueError, match="word scores must be finite"):
+        changed.scores = {"kinase": float("nan")}
+    assert changed.scores.score("kinase") == new.score("kinase")
+    _same_batches(changed(examples[16:]), fresh(examples[16:]))
+
+
+def test_assigning_a_tokenizer_rebuilds_the_word_tables(bert_wordpiece, roberta_byte_bpe, lines, seed):
+    table = random_scores(roberta_byte_bpe, lines)
+    changed = DifferenceMaskingCollator(bert_wordpiece, table, seed=seed)
+    changed(encode(bert_wordpiece, lines[:4]))
+    changed.tokenizer = roberta_byte_bpe
+    fresh = DifferenceMaskingCollator(roberta_byte_bpe, table, seed=seed)
+    fresh(encode(roberta_byte_bpe, lines[:4]))
+    examples = encode(roberta_byte_bpe, lines)
+    _same_batches(changed(examples), fresh(examples))
+
+
+@pytest.mark.parametrize("name", ["TermMaskingCollator", "MSLMCollator"])
+def test_assigning_terms_rebuilds_the_term_matcher(bert_wordpiece, lines, seed, name):
+    from diffmask_fast import terms
+
+    collator_class = getattr(terms, name)
+    words = sorted({w for line in lines for w in line.split() if w.isalpha()})
+    chosen = random.Random(seed).sample(words, 6)
+    changed = collator_class(bert_wordpiece, ["zzzz unused"], seed=seed)
+    fresh = collator_class(bert_wordpiece, chosen, seed=seed)
+    examples = encode(bert_wordpiece, lines)
+    changed(examples[:8]), fresh(examples[:8])
+    changed.terms = chosen
+    _same_batches(changed(examples), fresh(examples))
+    with pytest.raises((TypeError, ValueError)):
+        changed.terms = 7
+    assert changed.terms == fresh.terms
