@@ -6,12 +6,13 @@ weights, tokenizer, pooling, max_length, dtype and this format's version). The d
 ``key.json`` (the key's fields, for people) and segments, one per batch of newly embedded words:
 
 * ``<name>.npy``: float32 [n, D], the vectors, read by memory map;
-* ``<name>.json``: the words in row order, n, D and the SHA-256 of the vectors file.
+* ``<name>.json``: the words in row order, n, D, the SHA-256 of the vectors file and that of
+  the words (as JSON): a damaged word would otherwise be served another word's vector.
 
 A segment is written as temporary files renamed into place, vectors first and the JSON last, so
 a segment exists only once it is complete: concurrent runs and crashes never expose a partial
 one. A segment that fails its checks (unreadable JSON, a missing or truncated vectors file, a
-checksum mismatch) is reported with ``warnings.warn`` naming the file, deleted, and its words are
+checksum mismatch, of the vectors or of the words) is reported with ``warnings.warn`` naming the file, deleted, and its words are
 embedded again. Vectors are verified against their checksum the first time a run reads them.
 When a configuration has more than ``MAX_SEGMENTS`` segments, the smallest are merged into one.
 A segment is removed JSON first, so one whose JSON is gone was merged (or discarded) by another
@@ -26,22 +27,25 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import io
+import itertools
 import json
 import os
 import time
 import uuid
 import warnings
 from pathlib import Path
-from typing import Sequence
+from typing import Iterable, Sequence
 
 import numpy as np
 
-from ._io import atomic_write_bytes, atomic_write_json, file_sha256 as _file_sha256
+from ._io import atomic_write_json, atomic_writer, file_sha256 as _file_sha256
 from .advice import DiffmaskWarning
 
 CACHE_FORMAT = "diffmask_fast.embedding_cache/1"
 #: Segments per configuration before they are merged into one.
 MAX_SEGMENTS = 16
+#: Vectors a merge copies at a time (about 100 MiB at D = 384).
+MERGE_BLOCK_ROWS = 65536
 #: Age after which a temporary file, or a vectors file with no JSON, is a leftover of a dead writer.
 STALE_SECONDS = 3600.0
 
@@ -53,6 +57,12 @@ def default_cache_dir() -> Path:
         return Path(explicit).expanduser()
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
     return Path(base) / "diffmask_fast"
+
+
+def _words_sha256(words: list[str]) -> str:
+    """SHA-256 of a segment's words, written as JSON with every non-ASCII character escaped (so
+    the same for any word, lone surrogates too)."""
+    return hashlib.sha256(json.dumps(words).encode("ascii")).hexdigest()
 
 
 class CorruptSegment(Exception):
@@ -82,6 +92,9 @@ class _Segment:
             raise CorruptSegment(f"{meta_path} has inconsistent fields (rows {rows}, dimension {dim}, expected {dimension})")
         if not all(isinstance(w, str) for w in words):
             raise CorruptSegment(f"{meta_path} holds words that are not strings")
+        words_checksum = meta.get("words_sha256")  # absent from segments of earlier versions
+        if words_checksum is not None and words_checksum != _words_sha256(words):
+            raise CorruptSegment(f"{meta_path}'s words do not match their checksum")
         if not self.vectors_path.is_file():
             raise CorruptSegment(f"{self.vectors_path} is missing")
         self.words: list[str] = words
@@ -281,40 +294,59 @@ class EmbeddingCache:
                 continue
 
     def _write_segment(self, words: list[str], vectors: np.ndarray) -> str:
+        return self._write_segment_from(words, [vectors])
+
+    def _write_segment_from(self, words: list[str], blocks: Iterable[np.ndarray]) -> str:
+        """A segment of ``words`` whose vectors are ``blocks`` (float32 [rows, D] each, rows
+        adding up to len(words)), written one block at a time: a merge never holds its segment
+        in memory. Vectors first, then the JSON that commits the segment."""
         name = f"seg-{time.time_ns():020d}-{uuid.uuid4().hex[:8]}"
-        buffer = io.BytesIO()
-        np.save(buffer, vectors, allow_pickle=False)
-        data = buffer.getvalue()
-        atomic_write_bytes(self.directory / f"{name}.npy", data)
+        digest = hashlib.sha256()
+        with atomic_writer(self.directory / f"{name}.npy") as file:
+            header = io.BytesIO()
+            np.lib.format.write_array_header_1_0(
+                header, {"descr": np.dtype(np.float32).str, "fortran_order": False, "shape": (len(words), self.dimension)})
+            rows = 0
+            for data in itertools.chain([header.getvalue()], blocks):
+                if isinstance(data, np.ndarray):
+                    rows += data.shape[0]
+                    data = np.ascontiguousarray(data, dtype=np.float32).data
+                digest.update(data)
+                file.write(data)
+            if rows != len(words):
+                raise ValueError(f"a segment of {len(words)} words got {rows} vectors")
         atomic_write_json(self.directory / f"{name}.json", {
             "format": CACHE_FORMAT, "rows": len(words), "dimension": self.dimension,
-            "sha256": hashlib.sha256(data).hexdigest(), "words": words,
+            "sha256": digest.hexdigest(), "words_sha256": _words_sha256(words), "words": words,
         })
         return f"{name}.json"
 
     def _merge(self) -> None:
         """Merge the smallest segments into one, leaving MAX_SEGMENTS // 2 + 1 segments: large
-        segments are rewritten rarely, so caching n words costs O(n log n) writes, not O(n^2)."""
+        segments are rewritten rarely, so caching n words costs O(n log n) writes, not O(n^2).
+        The merged vectors are copied ``MERGE_BLOCK_ROWS`` at a time from the mapped segments."""
         by_size = sorted(self._segments, key=lambda name: (len(self._segments[name].words), name))
         chosen = by_size[: len(by_size) - MAX_SEGMENTS // 2]
         if len(chosen) < 2:
             return
-        words, blocks, seen = [], [], set()
+        words, parts, seen = [], [], set()
         for name in chosen:
             segment = self._segments[name]
             try:
-                vectors = np.asarray(segment.vectors, dtype=np.float32)
+                vectors = segment.vectors  # verified against its checksum before anything is written
             except CorruptSegment as error:
                 self._segments.pop(name)
                 self._discard(segment, segment.vectors_path, error)
                 continue
             # A word two processes both embedded is in two segments: the merge keeps it once.
-            rows = [row for row, word in enumerate(segment.words) if word not in seen]
+            rows = np.fromiter((row for row, word in enumerate(segment.words) if word not in seen), dtype=np.int64)
             seen.update(segment.words)
-            words += [segment.words[row] for row in rows]
-            blocks.append(vectors[rows])
-        if blocks:
-            self._write_segment(words, np.concatenate(blocks))
+            words += [segment.words[row] for row in rows.tolist()]
+            parts.append((vectors, rows))
+        if parts:
+            self._write_segment_from(words, (vectors[rows[start : start + MERGE_BLOCK_ROWS]]
+                                             for vectors, rows in parts
+                                             for start in range(0, len(rows), MERGE_BLOCK_ROWS)))
         for name in chosen:
             segment = self._segments.pop(name, None)
             if segment is not None:

@@ -1,5 +1,6 @@
 """The on-disk word-vector cache: hits, misses, invalidation, corruption, atomic segments; dtypes."""
 
+import json
 import random
 import string
 import warnings
@@ -464,6 +465,77 @@ def test_a_merge_keeps_each_word_once(tmp_path, monkeypatch):
     assert len(cache._segments) == 1 and rows == len(cache) == 4
     positions, vectors = cache.lookup(["cell", "enzyme", "kinase", "protein"])
     np.testing.assert_array_equal(vectors[np.argsort(positions)], [[1, 1], [1, 0], [0, 1], [2, 2]])
+
+
+@pytest.mark.parametrize("damage", ["one_letter", "two_swapped"])
+def test_damaged_words_of_a_segment_are_caught_by_their_checksum(tmp_path, rng, damage):
+    """The JSON names the word of each row: a changed letter, or two words swapped, parse as
+    well as before and would serve one word another's vector."""
+    words = random_words(20, rng)
+    vectors = np.random.default_rng(rng.randrange(2**31)).standard_normal((20, 3)).astype(np.float32)
+    embedding_cache.EmbeddingCache(tmp_path, "key", 3).add(words, vectors)
+    words_file = next((tmp_path / "embeddings" / "key").glob("seg-*.json"))
+    meta = json.loads(words_file.read_text(encoding="utf-8"))
+    first, second = rng.sample(range(20), 2)
+    if damage == "one_letter":
+        meta["words"][first] = meta["words"][first][:-1] + ("a" if meta["words"][first][-1] != "a" else "b")
+    else:
+        meta["words"][first], meta["words"][second] = meta["words"][second], meta["words"][first]
+    words_file.write_text(json.dumps(meta), encoding="utf-8")
+    with pytest.warns(UserWarning, match=f"{words_file.name}'s words do not match their checksum"):
+        positions, found = embedding_cache.EmbeddingCache(tmp_path, "key", 3).lookup(words + meta["words"])
+    assert len(positions) == 0 and not words_file.exists()
+
+
+def test_segments_without_a_words_checksum_are_still_read(tmp_path, rng, recwarn):
+    """Segments written before the words had a checksum stay valid."""
+    words = random_words(10, rng)
+    vectors = np.random.default_rng(rng.randrange(2**31)).standard_normal((10, 3)).astype(np.float32)
+    embedding_cache.EmbeddingCache(tmp_path, "key", 3).add(words, vectors)
+    words_file = next((tmp_path / "embeddings" / "key").glob("seg-*.json"))
+    meta = json.loads(words_file.read_text(encoding="utf-8"))
+    del meta["words_sha256"]
+    words_file.write_text(json.dumps(meta), encoding="utf-8")
+    positions, found = embedding_cache.EmbeddingCache(tmp_path, "key", 3).lookup(words)
+    np.testing.assert_array_equal(found, vectors[positions])
+    assert sorted(positions.tolist()) == list(range(10))
+    assert not [w for w in recwarn if "embedding cache" in str(w.message)]
+
+
+def test_a_merge_copies_the_vectors_a_block_at_a_time(tmp_path, rng, monkeypatch):
+    """Merging built the merged segment in memory (copies, concatenation, the serialized file:
+    a process's memory grew by about 4x the segment), so merging 10^6-word segments took tens of
+    GB. Now the
+    merged segment is streamed to disk from the mapped segments, a few rows at a time, and reads
+    back as the vectors added (copies of a word kept once, block boundaries anywhere)."""
+    import tracemalloc
+
+    dimension, per_segment = 256, 2000
+    monkeypatch.setattr(embedding_cache, "MAX_SEGMENTS", 4)
+    monkeypatch.setattr(embedding_cache, "MERGE_BLOCK_ROWS", rng.randrange(50, 300))
+    generator = np.random.default_rng(rng.randrange(2**31))
+    words = random_words(5 * per_segment, rng)
+    vectors = generator.standard_normal((len(words), dimension)).astype(np.float32)
+    cache = embedding_cache.EmbeddingCache(tmp_path, "key", dimension)
+    for part in range(4):
+        rows = slice(part * per_segment, (part + 1) * per_segment)
+        cache.add(words[rows], vectors[rows])
+    cache.add(words[: per_segment // 2], vectors[: per_segment // 2])  # copies: kept once in the merge
+    tracemalloc.start()
+    try:
+        cache.add(words[4 * per_segment :], vectors[4 * per_segment :])  # the sixth segment: a merge
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert len(cache._segments) < 6, "merged"
+    merged_bytes = max(len(segment.words) for segment in cache._segments.values()) * dimension * 4
+    assert peak < merged_bytes / 3, f"merging {merged_bytes:,} bytes of vectors took {peak:,} bytes at most"
+    positions, found = embedding_cache.EmbeddingCache(tmp_path, "key", dimension).lookup(words)
+    assert sorted(positions.tolist()) == list(range(len(words)))
+    np.testing.assert_array_equal(found, vectors[positions])
+    reread = embedding_cache.EmbeddingCache(tmp_path, "key", dimension)
+    reread.refresh()
+    assert len(reread) == sum(len(segment.words) for segment in reread._segments.values()) == len(words)
 
 
 def _add_random_words(directory: str, seed: int) -> None:
