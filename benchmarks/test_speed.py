@@ -33,6 +33,7 @@ from harness import sized  # noqa: E402
 from diffmask_fast import ops  # noqa: E402
 from diffmask_fast.collator import DifferenceMaskingCollator  # noqa: E402
 from diffmask_fast.counting import count_words  # noqa: E402
+from diffmask_fast.index import _unit_rows, unit_rows  # noqa: E402
 
 BATCH, LENGTH = sized((16, 512), (2, 64))
 WORDS, DIM = sized((16_384, 384), (256, 32))
@@ -147,6 +148,25 @@ def test_ivf_search_baseline_torch(benchmark, inverted_file):
         return best.view(-1, PROBES).max(dim=1).values
 
     assert bool(torch.isfinite(benchmark(search)).all())
+
+
+NORMALIZED_ROWS = sized(32_768, 512)
+_UNIT_ROWS_GROUP = f"unit_rows of {NORMALIZED_ROWS:,} x {DIM} in cache-sized blocks vs all rows at once"
+
+
+@pytest.fixture(scope="module")
+def rows_to_normalize():
+    return torch.randn(NORMALIZED_ROWS, DIM, generator=torch.Generator().manual_seed(2))
+
+
+@pytest.mark.benchmark(group=_UNIT_ROWS_GROUP)
+def test_unit_rows(benchmark, rows_to_normalize):
+    assert benchmark(unit_rows, rows_to_normalize).shape == rows_to_normalize.shape
+
+
+@pytest.mark.benchmark(group=_UNIT_ROWS_GROUP)
+def test_unit_rows_baseline_all_rows_at_once(benchmark, rows_to_normalize):
+    assert benchmark(_unit_rows, rows_to_normalize, torch.float32).shape == rows_to_normalize.shape
 
 
 @pytest.fixture(scope="module")

@@ -186,7 +186,7 @@ def faiss_gpus() -> int:
 
 
 #: Values ``unit_rows`` normalizes at a time: its dozen elementwise passes then run in cache
-#: (3-5x faster than over a whole block of 32,768 queries).
+#: (2-4x faster than over a whole block of 32,768 queries: benchmarks/test_speed.py).
 UNIT_ROWS_BLOCK_VALUES = 2**17
 
 
