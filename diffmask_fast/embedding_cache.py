@@ -12,8 +12,8 @@ weights, tokenizer, pooling, max_length, dtype and this format's version). The d
 A segment is written as temporary files renamed into place, vectors first and the JSON last, so
 a segment exists only once it is complete: concurrent runs and crashes never expose a partial
 one. A segment that fails its checks (unreadable JSON, a missing or truncated vectors file, a
-checksum mismatch, of the vectors or of the words) is reported with ``warnings.warn`` naming the file, deleted, and its words are
-embedded again. Vectors are verified against their checksum the first time a run reads them.
+checksum mismatch, of the vectors or of the words) is reported with ``warnings.warn`` naming
+the file, deleted, and its words are embedded again. Vectors are verified against their checksum the first time a run reads them.
 When a configuration has more than ``MAX_SEGMENTS`` segments, the smallest are merged into one.
 A segment is removed JSON first, so one whose JSON is gone was merged (or discarded) by another
 process: its words are looked up again in the segments on disk, with no warning.
