@@ -545,6 +545,7 @@ class WordGrouper:
     @classmethod
     def for_tokenizer(cls, tokenizer, scheme: str | None = None) -> "WordGrouper":
         """The grouper of ``tokenizer``'s words (scheme detected unless given)."""
+        check_tokenizer(tokenizer)
         starts_word, never_word, _ = _word_tables(tokenizer, _scheme_for(tokenizer, scheme))
         return cls(starts_word, never_word)
 
@@ -595,10 +596,37 @@ def _as_id_list(token_ids: Iterable[int]) -> list[int]:
 
 def decode_word(tokenizer, token_ids: Sequence[int]) -> str:
     """The surface string of one word from its token ids, surrounding whitespace stripped."""
-    tokens = [t for t in tokenizer.convert_ids_to_tokens(_as_id_list(token_ids)) if isinstance(t, str)]
-    if not tokens:
-        return ""
-    return tokenizer.convert_tokens_to_string(tokens).strip()
+    return decode_words(tokenizer, [token_ids])[0]
+
+
+def _decode_tokens(tokenizer, ids: list[int]) -> str:
+    tokens = [t for t in tokenizer.convert_ids_to_tokens(ids) if isinstance(t, str)]
+    return tokenizer.convert_tokens_to_string(tokens) if tokens else ""
+
+
+#: tokenizer -> (its length when read, {id: content} of the added tokens its decoder garbles)
+_GARBLED_ADDED: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+
+def _garbled_added_tokens(tokenizer) -> dict[int, str]:
+    """The tokenizer's added (not special) tokens that its decoder does not give back as written,
+    id -> text: a byte-level decoder reads every character of a token as a byte, so an added
+    "café" or "µM" (written as text, not bytes) decodes to "caf\ufffd", "\ufffdM"."""
+    try:
+        known = _GARBLED_ADDED.get(tokenizer)
+    except TypeError:  # an object weakref cannot follow
+        known = None
+    if known is not None and known[0] == len(tokenizer):
+        return known[1]
+    added = getattr(tokenizer, "added_tokens_decoder", None) or {}
+    garbled = {}
+    for token_id, token in added.items():
+        if not getattr(token, "special", False) and _decode_tokens(tokenizer, [int(token_id)]).strip() != \
+                token.content.strip():
+            garbled[int(token_id)] = token.content
+    with contextlib.suppress(TypeError):
+        _GARBLED_ADDED[tokenizer] = (len(tokenizer), garbled)
+    return garbled
 
 
 def _decodes_with_backend(tokenizer) -> bool:
@@ -623,10 +651,32 @@ def decode_words(tokenizer, words: Sequence[Sequence[int]]) -> list[str]:
     id_lists = [_as_id_list(ids) for ids in words]
     if not id_lists:
         return []
+    garbled = _garbled_added_tokens(tokenizer)
+    runs, words_parts = id_lists, None
+    if garbled and any(i in garbled for ids in id_lists for i in ids):
+        # Added tokens the decoder garbles are taken as written, the ids around them decoded.
+        runs, words_parts = [], []
+        for ids in id_lists:
+            parts, run = [], []
+            for token_id in ids + [None]:
+                if token_id is None or token_id in garbled:
+                    if run:
+                        parts.append(len(runs))
+                        runs.append(run)
+                        run = []
+                    if token_id is not None:
+                        parts.append(garbled[token_id])
+                else:
+                    run.append(token_id)
+            words_parts.append(parts)
     if _decodes_with_backend(tokenizer):
-        backend = tokenizer.backend_tokenizer
-        return [text.strip() for text in backend.decode_batch(id_lists, skip_special_tokens=False)]
-    return [decode_word(tokenizer, ids) for ids in id_lists]
+        texts = tokenizer.backend_tokenizer.decode_batch(runs, skip_special_tokens=False)
+    else:
+        texts = [_decode_tokens(tokenizer, run) for run in runs]
+    if words_parts is None:
+        return [text.strip() for text in texts]
+    return ["".join(texts[part] if isinstance(part, int) else part for part in parts).strip()
+            for parts in words_parts]
 
 
 #: Surrogate code points: a JSON escape of half an emoji ("\\ud83d") puts one in a str, and no

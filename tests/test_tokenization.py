@@ -8,6 +8,7 @@ import pickle
 import random
 import re
 import warnings
+from unittest import mock
 
 import pytest
 import torch
@@ -15,7 +16,7 @@ from tokenizers import Regex, Tokenizer, models, normalizers, pre_tokenizers
 from transformers import PreTrainedTokenizerFast
 
 import tokenizers_offline
-from diffmask_fast import reference
+from diffmask_fast import reference, tokenization
 from diffmask_fast.advice import DiffmaskWarning
 from diffmask_fast.tokenization import (
     SCHEMES,
@@ -415,6 +416,48 @@ def test_added_domain_tokens_are_whole_words_as_the_reference_groups_them(reques
     groups = reference.group_words(table_word_starts(ids, boundaries), never)
     words = decode_words(tokenizer, [[ids[i] for i in group] for group in groups])
     assert [w.lower() for w in words] == text.lower().split(), (name, tokenizer.convert_ids_to_tokens(ids))
+
+
+@pytest.mark.parametrize("name", ["bert_wordpiece", "roberta_byte_bpe", "sentencepiece_unigram"])
+def test_added_tokens_with_accented_letters_decode_as_written(request, name):
+    """A byte-level decoder reads each character of a token as a byte: an added "café" or "µM"
+    (text, not bytes) decoded to "caf\ufffd", and was scored and masked under that name. Every
+    word decodes as the text spells it, with and without the backend, and the word types
+    the vocabulary reads are the words the collator looks up."""
+    import copy
+
+    from diffmask_fast.vocabulary import tokenizer_word_types
+
+    tokenizer = copy.deepcopy(request.getfixturevalue(name))  # the fixture is shared: not changed
+    added = ["café", "µM", "naïve", "Müller", "β-amyloid", "señor"]
+    tokenizer.add_tokens(random.sample(added, len(added)))
+    text = "add 5 µM of café to naïve Müller cells with β-amyloid for señor"
+    boundaries = word_boundaries(tokenizer)
+    ids = tokenizer(text)["input_ids"]
+    never = boundaries.never_word[torch.tensor(ids)].tolist()
+    groups = reference.group_words(table_word_starts(ids, boundaries), never)
+    id_lists = [[ids[i] for i in group] for group in groups]
+    expected = [reference.normalize_word(w) for w in text.split()]
+    normalized = lambda words: [reference.normalize_word(w) for w in words]  # noqa: E731
+    assert normalized(decode_words(tokenizer, id_lists)) == expected, tokenizer.convert_ids_to_tokens(ids)
+    assert normalized(decode_word(tokenizer, word) for word in id_lists) == expected
+    with mock.patch.object(tokenization, "_decodes_with_backend", return_value=False):  # token by token
+        assert normalized(decode_words(tokenizer, id_lists)) == expected
+    if name != "sentencepiece_unigram":  # its normalizer spells µ as Greek mu
+        assert tokenizer_word_types(tokenizer, [text]) == set(expected)
+
+
+def test_reading_word_types_with_no_tokenizer_is_a_clear_error(bert_wordpiece):
+    """A model name, None or a bare tokenizers.Tokenizer failed deep inside as a missing
+    attribute or len()."""
+    from diffmask_fast.tokenization import WordGrouper
+    from diffmask_fast.vocabulary import WordTypes, tokenizer_word_types
+
+    for not_a_tokenizer in (None, "bert-base-uncased", bert_wordpiece.backend_tokenizer):
+        for read in (lambda t: tokenizer_word_types(t, ["a kinase"]), WordGrouper.for_tokenizer, WordTypes):
+            with pytest.raises(TypeError, match="tokenizer must be a HuggingFace tokenizer .*, got "
+                                                "(NoneType|str 'bert-base-uncased'|Tokenizer)$"):
+                read(not_a_tokenizer)
 
 
 def test_missing_mask_token_is_a_clear_error(tokenizer_without_mask):
