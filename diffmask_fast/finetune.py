@@ -38,7 +38,7 @@ import numpy as np
 from ._io import (atomic_write_json, check_writable, file_sha256, read_json, refuse_special_input, same_file,
                   user_path)
 from .corpus import is_gzip
-from .hf_loading import (check_max_length, load_tokenizer, model_reference, no_progress_bars, quiet_transformers,
+from .hf_loading import (check_max_length, check_vocabulary, load_tokenizer, model_reference, no_progress_bars, quiet_transformers,
                          readable_weights, saved_weights, usable_device)
 from .metrics import accuracy, macro_f1, mean_std
 
@@ -295,13 +295,17 @@ class FinetuneReport:
 
 def _load_classifier(model: str, id2label: dict[int, Any], label2id: dict[Any, int]):
     """``model`` with a classification head drawn under the current seed, also where the
-    checkpoint has a head of its own (a fine-tuned model, perhaps for other labels)."""
+    checkpoint has a head of its own (a fine-tuned model, perhaps for other labels, or for
+    regression: the problem is always single-label classification here). Weights are float32
+    whatever the checkpoint was saved in (see ``mlm_model.load_masked_lm``)."""
+    import torch
     from transformers import AutoModelForSequenceClassification
 
     try:
         with quiet_transformers(), readable_weights(model):
             classifier, loading = AutoModelForSequenceClassification.from_pretrained(
                 model_reference(model), num_labels=len(id2label), id2label=id2label, label2id=label2id,
+                problem_type="single_label_classification", dtype=torch.float32,
                 ignore_mismatched_sizes=True, output_loading_info=True)
     except (OSError, ValueError, KeyError, RuntimeError) as error:
         raise ValueError(f"cannot load {model!r} for sequence classification: {error}") from error
@@ -315,6 +319,7 @@ def _redraw_loaded_head(classifier, fresh: set[str]) -> None:
     from the checkpoint: seeds must start from heads of their own, and an old head may have
     ordered its labels differently. The new weights come from a model built from the config,
     with the architecture's own initialization."""
+    import torch
     from transformers import AutoModelForSequenceClassification
 
     base = getattr(classifier, "base_model", None)
@@ -323,7 +328,7 @@ def _redraw_loaded_head(classifier, fresh: set[str]) -> None:
     if not loaded:
         return
     with quiet_transformers():
-        drawn = AutoModelForSequenceClassification.from_config(classifier.config)
+        drawn = AutoModelForSequenceClassification.from_config(classifier.config, dtype=torch.float32)
     for name in loaded:
         getattr(classifier, name).load_state_dict(getattr(drawn, name).state_dict())
 
@@ -542,6 +547,7 @@ def finetune(model: str | os.PathLike, train: str | os.PathLike, dev: str | os.P
             classifier = _load_classifier(model, id2label, label2id)
             if not length_checked:
                 check_max_length(classifier, max_length, model)
+                check_vocabulary(tokenizer, classifier, model)
                 length_checked = True
             keep_best = _make_keep_best_callback()
             trainer = Trainer(model=classifier, args=training_args, data_collator=collator,

@@ -24,9 +24,13 @@ __all__ = ["load_masked_lm", "initialize_mlm_head"]
 HEAD_NORM_GAIN = 0.1
 
 
-def load_masked_lm(name_or_path: str, *, init_mlm_head: bool = False, dtype: torch.dtype | None = None) -> Any:
+def load_masked_lm(name_or_path: str, *, init_mlm_head: bool = False, dtype: torch.dtype = torch.float32) -> Any:
     """``AutoModelForMaskedLM`` for ``name_or_path``; raises ValueError when the checkpoint has
-    no masked-LM head, unless ``init_mlm_head`` (then the head is built by ``initialize_mlm_head``)."""
+    no masked-LM head, unless ``init_mlm_head`` (then the head is built by ``initialize_mlm_head``).
+    Weights are loaded as ``dtype``, float32 unless asked otherwise, whatever the checkpoint was
+    saved in: transformers would load a bfloat16 checkpoint in bfloat16, where most of AdamW's
+    updates round away (and in float16 its epsilon underflows); lower precision for training is
+    the Trainer's mixed precision (``bf16``/``fp16``), over float32 weights."""
     from transformers import AutoConfig, AutoModelForMaskedLM
 
     from .hf_loading import model_reference, quiet_transformers, readable_weights

@@ -842,3 +842,52 @@ def test_a_finetune_resume_with_other_settings_or_labels_is_refused(tmp_path):
     # A report of an earlier version holds no fingerprints: a train file edited in place shows in its labels.
     with pytest.raises(ValueError, match="differs in labels"):
         _finished_seeds(path, "m", ["a", "b", "c"], dict(config))
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_a_half_precision_checkpoint_is_fine_tuned_in_float32(model_dir, tmp_path, dtype):
+    """transformers loads a checkpoint in the dtype it was saved in: fine-tuned in bfloat16 most
+    updates rounded away, in float16 AdamW's epsilon underflowed to NaN, and the run still
+    reported a score. The classifier and each seed's new head are float32."""
+    from transformers import AutoModelForMaskedLM
+
+    from diffmask_fast.mlm_model import load_masked_lm
+
+    half = tmp_path / "half"
+    AutoModelForMaskedLM.from_pretrained(model_dir).to(dtype).save_pretrained(half)
+    assert json.loads((half / "config.json").read_text())["dtype"] == str(dtype).removeprefix("torch.")
+    for source in (str(half), str(tmp_path / "tuned")):
+        classifier = finetune_module._load_classifier(source, {0: "a", 1: "b"}, {"a": 0, "b": 1})
+        assert {p.dtype for p in classifier.parameters()} == {torch.float32}, source
+        classifier.save_pretrained(tmp_path / "tuned")  # a checkpoint with a head of its own, redrawn
+    assert {p.dtype for p in load_masked_lm(str(half)).parameters()} == {torch.float32}  # pretrain's loader
+
+
+@pytest.mark.parametrize("problem_type", ["regression", "multi_label_classification"])
+def test_a_checkpoint_fine_tuned_for_another_problem_is_fine_tuned_to_classify(model_dir, task, tmp_path,
+                                                                               problem_type):
+    """The checkpoint's problem type came along: a regression head's MSE loss (or multi-label
+    BCE) met integer class labels and failed on tensor shapes."""
+    from transformers import AutoModelForSequenceClassification
+
+    tuned = tmp_path / "tuned"
+    AutoModelForSequenceClassification.from_pretrained(model_dir, num_labels=3, problem_type=problem_type
+                                                       ).save_pretrained(tuned)
+    for name in ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json"):
+        if (model_dir / name).is_file():
+            (tuned / name).write_bytes((model_dir / name).read_bytes())
+    report = finetune(tuned, task["train"], task["dev"], seeds=(1,), **_FAST)
+    assert not math.isnan(report.results[0].dev["macro_f1"])
+
+
+def test_a_tokenizer_with_tokens_the_model_cannot_embed_is_refused_before_training(model_dir, task, tmp_path):
+    """It trained until the first batch holding an added token, and died in torch's embedding
+    lookup with a bare IndexError (after a whole epoch when only dev or test held one)."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    tokenizer.add_tokens(["frataxin", "kinasex"])
+    tokenizer.save_pretrained(model_dir)
+    with pytest.raises(ValueError, match=r"has \d+ tokens but the model embeds only \d+: tokens were added"):
+        finetune(model_dir, task["train"], task["dev"], seeds=(1,), output_dir=tmp_path / "out", **_FAST)
+    assert not (tmp_path / "out" / "seed-1").exists()
