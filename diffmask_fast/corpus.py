@@ -423,6 +423,17 @@ def is_dataset(source: object) -> bool:
             and hasattr(source, "column_names") and callable(getattr(source, "iter", None)))
 
 
+def text_field_name(text_field: object) -> str:
+    """The field (JSON key, dataset or frame column) documents are read from: ``text`` when none is
+    given; a given one is used as it is, "" too (``or`` would read "" as "text")."""
+    if text_field is None:
+        return DEFAULT_TEXT_FIELD
+    if not isinstance(text_field, str):
+        raise TypeError(f"text_field must be the name of a field (a string), got {type(text_field).__name__} "
+                        f"{text_field!r:.60}")
+    return text_field
+
+
 class _FrameAsDataset:
     """A pandas ``DataFrame`` read as a dataset, one document a row of its text column: it is
     neither a mapping nor a dataset, and iterating it would count its column names."""
@@ -434,11 +445,30 @@ class _FrameAsDataset:
     def column_names(self) -> list[str]:
         return [str(name) for name in self.frame.columns]
 
-    def iter(self, batch_size: int) -> Iterator[dict[str, list]]:
-        names = {str(name): name for name in self.frame.columns}
+    def iter(self, batch_size: int) -> Iterator["_FrameRows"]:
+        names: dict[str, list] = {}
+        for name in self.frame.columns:
+            names.setdefault(str(name), []).append(name)
         for start in range(0, len(self.frame), batch_size):
-            rows = self.frame.iloc[start:start + batch_size]
-            yield {text: rows[name].tolist() for text, name in names.items()}
+            yield _FrameRows(self.frame.iloc[start:start + batch_size], names)
+
+
+class _FrameRows:
+    """Some rows of a frame, a column read only when asked for by name: the other columns may be
+    of any kind, or share a name (``pd.concat(axis=1)``), which only the text column may not."""
+
+    def __init__(self, rows: Any, names: dict[str, list]):
+        self.rows, self.names = rows, names
+
+    def __contains__(self, field: str) -> bool:
+        return field in self.names
+
+    def __getitem__(self, field: str) -> list:
+        columns = self.names[field]
+        if len(columns) > 1:
+            raise CorpusError(f"the data frame has {len(columns)} columns named {field!r}; the text must be one "
+                              "column (keep one, e.g. frame.loc[:, ~frame.columns.duplicated()])")
+        return self.rows[columns[0]].tolist()
 
 
 def is_data_frame(source: object) -> bool:
@@ -493,7 +523,7 @@ def _names_a_file(item: object) -> bool:
 
 def iter_dataset_batches(dataset: Any, field: str | None, batch_size: int = 1000) -> Iterator[list[str]]:
     """Lists of texts of a dataset's ``field`` column, ``batch_size`` rows at a time."""
-    field = field or DEFAULT_TEXT_FIELD
+    field = text_field_name(field)
     columns = dataset.column_names
     if isinstance(columns, dict):
         raise CorpusError(f"a dataset with several splits ({', '.join(columns)}) was given; pass one split")
@@ -514,7 +544,7 @@ def iter_dataset_batches(dataset: Any, field: str | None, batch_size: int = 1000
 
 def _iter_file_documents(path: Path, text_field: str | None) -> Iterator[str]:
     if is_json_lines(path, text_field):
-        yield from iter_json_lines(path, text_field or DEFAULT_TEXT_FIELD)
+        yield from iter_json_lines(path, text_field_name(text_field))
     else:
         yield from iter_file_lines(path)
 

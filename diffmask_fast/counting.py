@@ -51,7 +51,6 @@ from ._checks import check_lowercase, first_unnormalized, shown_apart, whole_num
 from ._io import atomic_write_json, atomic_writer, refuse_special_input
 from .corpus import (
     BINARY_CHECK_BYTES,
-    DEFAULT_TEXT_FIELD,
     UTF8_BOM,
     CorpusError,
     CorpusSource,
@@ -66,6 +65,7 @@ from .corpus import (
     iter_dataset_batches,
     open_binary,
     record_text,
+    text_field_name,
 )
 
 COUNTS_FORMAT = "diffmask_fast.word_counts/1"
@@ -735,7 +735,7 @@ class _Counter:
 
     def count_file(self, path: Path, text_field: str | None) -> None:
         if is_json_lines(path, text_field):
-            self.count_json_lines(path, text_field or DEFAULT_TEXT_FIELD)
+            self.count_json_lines(path, text_field_name(text_field))
         else:
             self.count_text_file(path)
 
@@ -954,8 +954,8 @@ class WordCounts:
     def most_common(self, n: int | None = None) -> list[tuple[str, int]]:
         """Words by count, ties broken by word so the order is deterministic."""
         counts = self.table.counts
-        if n is not None and n < 0:
-            raise ValueError(f"n must be non-negative, got {n}")
+        if n is not None:
+            n = whole_number(n, "n", 0)
         if n is None or n >= len(counts):
             rows = np.argsort(-counts, kind="stable")
         elif n == 0:
@@ -968,7 +968,7 @@ class WordCounts:
 
     def at_least(self, min_count: int) -> list[tuple[str, int]]:
         """(word, count) of every word with at least ``min_count`` occurrences, in word order."""
-        rows = np.flatnonzero(self.table.counts >= min_count)
+        rows = np.flatnonzero(self.table.counts >= whole_number(min_count, "min_count", 0))
         return list(zip(self.table.words(rows), self.table.counts[rows].tolist()))
 
     def merge(self, other: "WordCounts") -> "WordCounts":

@@ -25,8 +25,8 @@ from tqdm.auto import tqdm
 
 from . import _wordtable as W
 from ._checks import check_lowercase, whole_number
-from .corpus import (DEFAULT_TEXT_FIELD, CorpusError, corpus_files, is_data_frame, is_dataset, is_gzip, is_json_lines,
-                     open_binary)
+from .corpus import (CorpusError, corpus_files, is_data_frame, is_dataset, is_gzip, is_json_lines, open_binary,
+                     text_field_name)
 from .counting import DEFAULT_BLOCK_BYTES, CountTable, WordCounts, _Counter, _result, check_block_bytes
 
 #: Nominal bytes of one range of a file counted by one task.
@@ -66,7 +66,7 @@ def plan_partitions(files: Iterable[Path], text_field: str | None = None,
         path = Path(os.path.abspath(path))  # a worker may run in another directory
         size = path.stat().st_size
         json_lines = is_json_lines(path, text_field)
-        field = (text_field or DEFAULT_TEXT_FIELD) if json_lines else None
+        field = text_field_name(text_field) if json_lines else None
         if is_gzip(path) or size <= partition_bytes:
             parts.append(Partition(str(path), 0, size, size, json_lines, field))
             continue

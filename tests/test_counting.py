@@ -764,6 +764,37 @@ def test_word_counts_api(rng):
         CountTable.from_mapping({"a": -1})
 
 
+def test_word_counts_options_are_checked_by_name():
+    counts = WordCounts.from_mapping({"kinase": 3, "enzyme": 1}, documents=1)
+    assert counts.most_common(np.int64(1)) == [("kinase", 3)] and counts.at_least(np.int64(2)) == [("kinase", 3)]
+    for call, name in ((counts.most_common, "n"), (counts.at_least, "min_count")):
+        for bad, error, said in ((1.0, TypeError, "a whole number, got 1.0"), ("1", TypeError, "a whole number"),
+                                 (True, TypeError, "a whole number"), (-1, ValueError, "at least 0, got -1")):
+            with pytest.raises(error, match=f"{name} must be {said}"):
+                call(bad)
+
+
+def test_a_text_field_is_used_as_given_and_must_be_a_name(tmp_path):
+    """text_field="" named the "text" field ("" or "text"), while "" was taken as a given field
+    elsewhere; a number failed line by line."""
+    path = tmp_path / "docs.jsonl"
+    path.write_text('{"": "from the empty-named field", "text": "from the text field"}\n', encoding="utf-8")
+    assert set(count_words([path], text_field="", progress=False).counts) == {"from", "the", "empty-named", "field"}
+    assert set(count_words([path], progress=False).counts) == {"from", "the", "text", "field"}
+    with pytest.raises(TypeError, match="text_field must be the name of a field .*, got int 5"):
+        count_words([path], text_field=5, progress=False)
+
+
+def test_a_data_frame_may_hold_columns_of_one_name_beside_its_text():
+    pandas = pytest.importorskip("pandas")
+    frame = pandas.concat([pandas.DataFrame({"text": ["the enzyme binds", "a kinase"], "label": [0, 1]}),
+                           pandas.DataFrame({"label": ["x", "y"]})], axis=1)
+    assert dict(count_words(frame, progress=False).counts) == dict(reference.count_words(["the enzyme binds",
+                                                                                           "a kinase"]))
+    with pytest.raises(CorpusError, match="the data frame has 2 columns named 'label'; the text must be one column"):
+        count_words(frame, text_field="label", progress=False)
+
+
 def test_uncased_counting_and_anchors_are_deterministic():
     texts = ["Enzyme enzyme ENZYME Receptor receptor", "Kinase, kinase. KINASE!"] * 20
     assert dict(count_words(texts, lowercase=False, progress=False).counts) == dict(reference.count_words(texts, lowercase=False))
