@@ -473,7 +473,7 @@ def finetune(model: str | os.PathLike, train: str | os.PathLike, dev: str | os.P
     _check_outputs_apart(model, {"train": train, "dev": dev, "test": test}, output_dir, report_path, seeds)
     if report_path is not None and not resume:
         _refuse_unfinished(report_path)
-    if output_dir is not None and not resume:
+    if output_dir is not None and not (resume and report_path.is_file()):  # else that run's, checked below
         _refuse_saved_seed_models(Path(output_dir), seeds)
     model = str(model)
     train_texts, train_labels = load_labeled(train, text_field, label_field)

@@ -506,6 +506,11 @@ def test_a_new_run_refuses_seed_models_an_earlier_run_saved(model_dir, task, tmp
     assert "choose another --output-dir, remove it, or pass --resume with that run's report" in said
     finetune(model_dir, task["train"], task["dev"], seeds=(4,), output_dir=models, **_FAST)  # seeds of its own
     assert (models / "seed-4" / "model.safetensors").is_file()
+    # Resuming from a report that does not exist resumes no run: the folder's models are still another's.
+    with pytest.raises(ValueError, match=r"holds a model saved for seed 3 by an earlier run"):
+        finetune(model_dir, task["train"], task["dev"], seeds=(3,), output_dir=models, resume=True,
+                 report_path=tmp_path / "new-report.json", **_FAST)
+    assert {path.name: path.read_bytes() for path in (models / "seed-3").iterdir() if path.is_file()} == weights
 
 
 def test_a_checkpoint_with_a_classification_head_gets_a_new_one_per_seed(model_dir, tmp_path, seed):
