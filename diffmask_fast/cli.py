@@ -766,7 +766,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"diffmask {args.command}: error: --sentences must be at least 1", file=sys.stderr)
         return 2
     default_format = warnings.formatwarning
-    warnings.formatwarning = _warning_format(args.command, default_format)
+    warnings.formatwarning = _warning_format(args.command, default_format, parser.commands.get(args.command))
     try:
         _commands()[args.command](args)
     except BrokenPipeError:
@@ -803,15 +803,16 @@ def _stdout_to_devnull() -> None:
         os.close(devnull)
 
 
-def _warning_format(command: str, default_format):
+def _warning_format(command: str, default_format, command_parser=None):
     """Print warnings as one line like the errors, not as a source location: the package's advice
-    (DiffmaskWarning) alone, another library's (matplotlib's missing glyphs, say) with its category
+    (DiffmaskWarning) alone, naming settings as the command's options as errors do
+    (``_with_option_name``), another library's (matplotlib's missing glyphs, say) with its category
     and the package it came from. Python's format stays for code run from a file of one's own."""
     from .advice import DiffmaskWarning
 
     def format_warning(message, category, filename, lineno, line=None):
         if issubclass(category, DiffmaskWarning):
-            return f"diffmask {command}: warning: {message}\n"
+            return f"diffmask {command}: warning: {_with_option_name(str(message), command_parser)}\n"
         package = _installed_package(filename)
         if package is None:
             return default_format(message, category, filename, lineno, line)

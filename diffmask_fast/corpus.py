@@ -66,8 +66,11 @@ def _expand_path(pattern: str, suffixes: tuple[str, ...] = TEXT_SUFFIXES) -> lis
     path = Path(pattern)
     try:
         path.is_dir()
+    except PermissionError as error:  # a folder on the way that may not be searched
+        raise CorpusError(f"cannot read corpus path {str(path)!r}: {error.strerror or error}") from None
     except OSError as error:  # a name too long for a path: text given where a path goes?
-        raise CorpusError(f"corpus path {pattern[:60]!r}... cannot be a file ({error.strerror}); a string is read as a "
+        shown = f"{pattern[:60]!r}..." if len(pattern) > 60 else repr(pattern)
+        raise CorpusError(f"corpus path {shown} cannot be a file ({error.strerror}); a string is read as a "
                           "path: give texts as a list of strings") from None
     if path.is_dir():
         return _directory_files(path, suffixes)

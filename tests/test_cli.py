@@ -280,6 +280,18 @@ def test_other_libraries_warnings_are_one_line_naming_their_package():
     assert own.startswith("/home/me/run.py:3: UserWarning: mine"), "a file of one's own keeps Python's format"
 
 
+def test_the_packages_warnings_name_settings_as_the_command_spells_them():
+    """Errors said "--max-steps" and a warning of the same command "max_steps"."""
+    from diffmask_fast.advice import DiffmaskWarning
+    from diffmask_fast.cli import _warning_format, build_parser
+
+    shown = _warning_format("pretrain", warnings.formatwarning, build_parser().commands["pretrain"])
+    said = shown("the schedule was planned for max_steps 2, now max_steps 4: give max_steps 2 to keep it",
+                 DiffmaskWarning, "/anywhere/pretrain.py", 1)
+    assert said == ("diffmask pretrain: warning: the schedule was planned for --max-steps 2, now --max-steps 4: "
+                    "give --max-steps 2 to keep it\n")
+
+
 @pytest.mark.parametrize("command", ["demo", "mine", "preview"])
 def test_help(command):
     result = subprocess.run([sys.executable, "-m", "diffmask_fast.cli", command, "--help"], capture_output=True, text=True)

@@ -795,6 +795,22 @@ def test_a_data_frame_may_hold_columns_of_one_name_beside_its_text():
         count_words(frame, text_field="label", progress=False)
 
 
+def test_a_corpus_path_in_a_folder_that_may_not_be_searched_is_named_so(tmp_path, monkeypatch):
+    """The path was said to be "read as a path: give texts as a list of strings", advice meant for
+    text passed where a path goes."""
+    locked = tmp_path / "locked" / "c.txt"
+    real_is_dir = Path.is_dir
+
+    def is_dir(path):
+        if path == locked:
+            raise PermissionError(13, "Permission denied")
+        return real_is_dir(path)
+
+    monkeypatch.setattr(Path, "is_dir", is_dir)
+    with pytest.raises(CorpusError, match=rf"^cannot read corpus path '{re.escape(str(locked))}': Permission denied$"):
+        count_words(str(locked), progress=False)
+
+
 def test_uncased_counting_and_anchors_are_deterministic():
     texts = ["Enzyme enzyme ENZYME Receptor receptor", "Kinase, kinase. KINASE!"] * 20
     assert dict(count_words(texts, lowercase=False, progress=False).counts) == dict(reference.count_words(texts, lowercase=False))
