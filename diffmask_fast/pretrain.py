@@ -721,6 +721,21 @@ def planned_steps(sequences: int, sequences_per_step: int, epochs: float) -> int
     return math.ceil(epochs * math.ceil(sequences / sequences_per_step))
 
 
+def _refuse_output_in_corpus_folder(out: Path, config: PretrainConfig) -> None:
+    """Refuse an output folder that is, or lies in, a folder of the corpus or validation files: a
+    folder is read with its subfolders, so the text files a run writes (terms.txt) would be read
+    as documents by every later run on that corpus, and a resumed one would find its documents
+    changed."""
+    inside = out.resolve()
+    for name, paths in (("corpus", config.corpus), ("validation", config.validation or [])):
+        for path in paths:
+            folder = Path(path).expanduser()
+            if folder.is_dir() and (inside == folder.resolve() or folder.resolve() in inside.parents):
+                raise ValueError(f"the output {str(out)!r} lies in the {name} folder {str(path)!r}, which is read "
+                                 "with its subfolders: the files the run writes there would be read as documents "
+                                 "by later runs; choose an output directory outside it")
+
+
 def _check_output_dir(config: PretrainConfig) -> tuple[dict | None, Path | None]:
     """Refuse, before any work, an output that cannot take this run: a file, the checkpoints of
     an earlier run that a fresh run would mix with its own (``--resume`` would then pick them up),
@@ -733,6 +748,7 @@ def _check_output_dir(config: PretrainConfig) -> tuple[dict | None, Path | None]
     if Path(config.model).is_dir() and same_file(out, config.model):
         raise ValueError(f"the output {str(out)!r} is the folder of the model trained from; saving there would "
                          "replace its weights: choose a new output directory")
+    _refuse_output_in_corpus_folder(out, config)
     if config.resume is True and not any(out.glob("checkpoint-*")):
         raise ValueError(f"nothing to resume in {str(out)!r}: it holds no checkpoint-* folder; run without --resume "
                          "to start training there")

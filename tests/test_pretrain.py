@@ -43,7 +43,8 @@ def corpus(tmp_path_factory, shared_data_dir):
 
 def config_for(model_dir, corpus, output_dir, **options) -> PretrainConfig:
     """A small run; a strategy that scores words embeds them with the tiny model itself."""
-    defaults = dict(model=str(model_dir), corpus=[corpus], output_dir=output_dir, max_length=32, batch_size=8,
+    corpus = corpus if isinstance(corpus, list) else [corpus]
+    defaults = dict(model=str(model_dir), corpus=corpus, output_dir=output_dir, max_length=32, batch_size=8,
                     max_steps=4, eval_steps=2, logging_steps=1, validation_fraction=0.1, progress=False,
                     learning_rate=1e-3)
     defaults.update(options)
@@ -123,6 +124,23 @@ def test_difference_pretraining_saves_everything_and_resumes(model_dir, corpus, 
     with pytest.raises(ValueError, match="is the folder of the model trained from; saving there would replace"):
         pretrain(config_for(model_dir, corpus, model_dir, max_steps=2))
     assert (model_dir / "model.safetensors").read_bytes() == weights
+
+
+def test_an_output_folder_in_a_corpus_folder_is_refused_before_any_work(model_dir, corpus, tmp_path):
+    """A folder is read with its subfolders: the terms.txt an mslm run wrote into "data/run" was
+    read as documents by every later run on "data" (a resumed one found its documents changed)."""
+    data = tmp_path / "data"
+    (data / "part").mkdir(parents=True)
+    (data / "part" / "corpus.txt").write_bytes(corpus.read_bytes())
+    for corpus_paths, validation, out in (([data], None, data / "run"), ([data], None, data),
+                                          ([data / "part" / "corpus.txt"], [data], data / "part" / "run"),
+                                          ([str(data / "part")], None, data / "part" / "x" / "run")):
+        name = "validation" if validation else "corpus"
+        with pytest.raises(ValueError, match=f"the output .* lies in the {name} folder .*, which is read with its "
+                                             "subfolders"):
+            pretrain(config_for(model_dir, corpus_paths, out, validation=validation, strategy="mslm"))
+        assert not (out / "terms.txt").exists() and not (out / "_windows").exists(), out
+    assert sorted(p.name for p in data.rglob("*")) == ["corpus.txt", "part"]
 
 
 def test_a_run_resumed_after_a_crash_stops_early_and_reports_its_loss_as_the_uninterrupted_run(
