@@ -73,6 +73,8 @@ def _id_rows(item: Any) -> list[tuple[list[int], Any]]:
 
 def _holds_rows(ids: Any) -> bool:
     """Whether ``ids`` is a sequence of sequences of ids (rows) rather than one sequence."""
+    if isinstance(ids, np.ndarray) and ids.dtype == object:  # ragged rows of a numpy-formatted dataset[:n]
+        return ids.ndim == 1 and len(ids) > 0 and isinstance(ids[0], (Sequence, torch.Tensor, np.ndarray))
     if isinstance(ids, (torch.Tensor, np.ndarray)):
         return ids.ndim == 2
     return (isinstance(ids, Sequence) and len(ids) > 0 and isinstance(ids[0], (Sequence, torch.Tensor, np.ndarray))
@@ -154,6 +156,7 @@ class DifferenceMasker(torch.nn.Module):
         keys, values = self.collator._cache.tensors()
         self.register_buffer("table_keys", keys.clone(), persistent=False)
         self.register_buffer("table_values", values.clone(), persistent=False)
+        self._uploaded = (self.collator._cache, len(self.collator._cache))  # see _table_is_current
         # Without a seed, the root comes from the global torch RNG, which set_seed makes equal on
         # every rank: the rank is mixed in either way.
         self._root_seed = int(seed) if seed is not None else int(torch.randint(0, 2**62, ()))
@@ -306,7 +309,8 @@ class DifferenceMasker(torch.nn.Module):
                 rows = self._learn_in_chunks(rows, batch_size)
         rows.extend(self._tokenized(texts, max_length))
         self._learn_in_chunks(rows, batch_size, everything=True)
-        self._upload_table()
+        if not self._table_is_current():  # a warm that learned nothing copies nothing to the device
+            self._upload_table()
         return len(self.collator._cache)
 
     def coverage(self) -> dict:
@@ -375,11 +379,21 @@ class DifferenceMasker(torch.nn.Module):
         if attention_mask is not None:  # [1, L] or [L] would broadcast over every row, silently
             never |= check_like_ids(input_ids, torch.as_tensor(attention_mask).detach().cpu(), "attention_mask") == 0
         ids = input_ids.clamp(0, vocabulary - 1)
-        # The collator's mask() decodes and scores every word its table lacks, until none is left.
-        self.collator.mask(ids, never)
+        # The collator's mask() decodes and scores every word its table lacks, until none is left;
+        # its masks are thrown away, drawn from a stream of their own (not the global RNG's).
+        with self.collator.pinned_generator(0):
+            self.collator.mask(ids, never)
 
     def _upload_table(self) -> None:
-        keys, values = self.collator._cache.tensors()
+        cache = self.collator._cache
+        keys, values = cache.tensors()
         device = self.starts_word.device
         self.table_keys = keys.to(device, copy=True)
         self.table_values = values.to(device, copy=True)
+        self._uploaded = (cache, len(cache))  # what the device's table holds
+
+    def _table_is_current(self) -> bool:
+        """Whether the device's table holds every word the collator's does (a new score table
+        given to the collator starts a new one)."""
+        cache, words = getattr(self, "_uploaded", (None, -1))  # a masker pickled before it had one
+        return cache is self.collator._cache and words == len(cache)

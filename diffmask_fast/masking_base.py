@@ -426,6 +426,7 @@ class MaskingCollatorBase:
     def _pad(self, examples: Sequence[Any]) -> dict:
         """Pad every sequence-valued field to a common length without a per-token Python loop."""
         examples = _as_examples(examples)
+        _refuse_fields_example_0_lacks(examples)
         sequences = [example["input_ids"] for example in examples]
         lengths = _sequence_lengths(sequences, "input_ids")
         total = int(lengths.sum())
@@ -490,6 +491,16 @@ def _as_examples(examples: Sequence[Any]) -> list[Mapping]:
                              f"{', '.join(map(repr, example)) or 'none'}")
         mappings.append(example)
     return mappings
+
+
+def _refuse_fields_example_0_lacks(examples: list[Mapping]) -> None:
+    """Fields are read as example 0 has them: one only a later example holds (its attention_mask,
+    say) would be left out without a word, its tokens masked as if attended."""
+    first = examples[0].keys()
+    for index, example in enumerate(examples[1:], 1):
+        if example.keys() - first - {"labels"}:  # labels give way to the masking labels, held or not
+            name = min(example.keys() - first - {"labels"}, key=str)
+            raise ValueError(f"field {name!r} is in example {index} but not in example 0")
 
 
 def _field_values(examples: list[Mapping], field_name: str) -> list:

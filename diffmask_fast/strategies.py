@@ -90,6 +90,10 @@ class MaskingStrategy:
         extra = {"model": model} if getattr(masker, "needs_model", False) else {}
         if extra and model is None:
             raise ValueError(f"the {self.name!r} strategy needs the model to mask a validation set")
+        # A masker scores only the words it was warmed with: the validation words would all get
+        # the unknown score, and be drawn as in random-word masking.
+        if hasattr(masker, "warm"):
+            masker.warm(examples, batch_size=batch_size)
         # The same draws in every rank: the package's maskers pin their random stream to ``seed``;
         # any other masker gets its buffers back afterwards.
         pinned = masker.pinned_generator(seed) if hasattr(masker, "pinned_generator") else _restoring_buffers(masker)
@@ -158,10 +162,10 @@ def _pad_right(chunk: list[dict], pad_id: int) -> dict:
     from the lengths where the examples have none)."""
     length = max(len(example["input_ids"]) for example in chunk)
     fills = {"input_ids": int(pad_id), "attention_mask": 0, "special_tokens_mask": 1, "token_type_ids": 0}
-    names = [name for name in _TOKEN_FIELDS if name in chunk[0]]
+    names = [name for name in _TOKEN_FIELDS if any(name in example for example in chunk)]
     missing = next((name for name in names for example in chunk if name not in example), None)
-    if missing is not None:
-        raise ValueError(f"field {missing!r} is in the first example of a chunk but not in all of them")
+    if missing is not None:  # else one example's attention_mask would be read as another's
+        raise ValueError(f"field {missing!r} is in some examples of a chunk but not in all of them")
     batch = {name: torch.full((len(chunk), length), fills[name], dtype=torch.long) for name in names}
     if "attention_mask" not in batch:
         batch["attention_mask"] = torch.zeros((len(chunk), length), dtype=torch.long)

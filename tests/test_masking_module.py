@@ -507,6 +507,9 @@ def test_warm_reads_dicts_of_rows_as_rows_not_their_keys(bert_wordpiece, lines):
         "rows of tensors": {"input_ids": [torch.tensor(ids) for ids in encoded["input_ids"]]},
         "list of dicts of rows": [tokenizer(texts[:3]), tokenizer(texts[3:])],
         "one example dict": [tokenizer(text) for text in texts],
+        "ragged rows of a numpy-formatted dataset[:n]": {  # a 1-D object array of row arrays
+            "input_ids": np.array([np.array(ids) for ids in encoded["input_ids"]] + [np.array([1, 2])],
+                                  dtype=object)[:-1]},
     }.items():
         masker = DifferenceMasker(tokenizer, scores, seed=0)
         assert masker.warm(data, batch_size=3) == by_texts, name
@@ -514,6 +517,26 @@ def test_warm_reads_dicts_of_rows_as_rows_not_their_keys(bert_wordpiece, lines):
         masker(ids, attention)
         assert masker.coverage()["missed"] == 0, name
     assert DifferenceMasker(tokenizer, scores, seed=0).warm(tokenizer(texts[0])) > 0  # one example's dict
+
+
+def test_warm_leaves_the_global_random_stream_alone(bert_wordpiece, lines):
+    """warm masks to learn words and throws the masks away: drawn from the global RNG (a masker
+    without a seed), model initialization or shuffling after it depended on how much was warmed."""
+    masker = DifferenceMasker(bert_wordpiece, score_table(bert_wordpiece, lines))
+    state = torch.get_rng_state()
+    masker.warm(lines[:40], batch_size=7)
+    assert torch.equal(torch.get_rng_state(), state)
+
+
+def test_a_warm_that_learns_nothing_copies_no_table(bert_wordpiece, lines, monkeypatch):
+    masker = DifferenceMasker(bert_wordpiece, score_table(bert_wordpiece, lines), seed=0)
+    uploads = []
+    upload = DifferenceMasker._upload_table
+    monkeypatch.setattr(DifferenceMasker, "_upload_table", lambda self: uploads.append(1) or upload(self))
+    known = masker.warm(lines[:20])
+    assert masker.warm(lines[:20]) == known and len(uploads) == 1
+    masker.warm(lines[20:40])
+    assert len(uploads) == 2
 
 
 def test_warm_honours_the_attention_mask_of_rows(bert_wordpiece, lines):

@@ -853,6 +853,38 @@ def test_every_collator_masks_at_the_same_rate_by_default(bert_wordpiece):
     assert build_strategy("mslm", bert_wordpiece, terms=["enzyme"]).collator.mlm_probability == 0.25
 
 
+@pytest.mark.parametrize("mask_on", ["workers", "device"])
+def test_a_validation_set_masked_in_the_training_step_is_scored(bert_wordpiece, corpus, seed, mask_on):
+    """The device masker scores only the words it was warmed with, and mask_examples did not warm
+    it: every validation word scored as unknown, drawn as in random-word masking (coverage() was
+    put back and said nothing)."""
+    strategy = build_strategy("difference", bert_wordpiece, seed=seed, scores=ScoreTable.from_mapping({"the": 1.0}),
+                              terms=TERMS, mask_on=mask_on, mlm_probability=0.25)
+    the = bert_wordpiece.convert_tokens_to_ids("the")
+    examples = [ids for ids in encode(bert_wordpiece, sample_lines(corpus, seed, 200)) if the in ids]
+    masked = strategy.mask_examples(examples, seed=seed)
+    # A row that masks anything masks an occurrence of the word "the", drawn before every word of
+    # score 0 (the token may also be part of another word, "the-", hence not every row).
+    rows = [(example["labels"], ids) for example, ids in zip(masked, examples)
+            if any(label != -100 for label in example["labels"])]
+    chosen = sum(any(label != -100 for label, token in zip(labels, ids) if token == the) for labels, ids in rows)
+    assert len(rows) > 50 and chosen >= 0.9 * len(rows), f"'the' masked in {chosen} of {len(rows)} rows masking a word"
+
+
+@pytest.mark.parametrize("mask_on", ["workers", "device"])
+def test_examples_must_agree_on_the_fields_they_hold(bert_wordpiece, corpus, seed, mask_on):
+    """Fields were read as the first example has them: an attention_mask only a later example held
+    was ignored (its hidden tokens masked) or, on the device, read as all padding."""
+    strategy = build_strategy("random-word", bert_wordpiece, seed=seed, terms=TERMS, mask_on=mask_on,
+                              scores=ScoreTable.from_mapping({"the": 1.0}))
+    ids = encode(bert_wordpiece, sample_lines(corpus, seed, 2))
+    plain, hiding = {"input_ids": ids[0]}, {"input_ids": ids[1], "attention_mask": [1] * 3 + [0] * (len(ids[1]) - 3)}
+    for examples in ([plain, hiding], [hiding, plain]):
+        with pytest.raises(ValueError, match="'attention_mask' is in (example 1 but not in example 0|example 0 but "
+                                             "not in example 1|some examples of a chunk but not in all of them)"):
+            strategy.mask_examples(examples, seed=seed)
+
+
 @pytest.mark.parametrize("name", ["difference", "random-token", "random-word", "terms", "mslm", "attention", "mst"])
 def test_replacement_shares_reach_every_strategy(request, name, corpus, seed):
     """build_strategy forwards mask_replace_prob and random_replace_prob, and each collator (or,
