@@ -53,6 +53,12 @@ class ContextualAnchors:
 
     def __post_init__(self) -> None:
         self.words = tuple(self.words)
+        for name in ("vectors", "anchor_ids"):
+            value = getattr(self, name)
+            if isinstance(value, np.ndarray):  # numpy arrays as tensors, sharing memory
+                setattr(self, name, torch.from_numpy(value))
+            elif not isinstance(value, torch.Tensor):
+                raise TypeError(f"{name} must be a tensor (or numpy array), got {type(value).__name__}")
         if self.vectors.ndim != 2 or self.anchor_ids.shape != (self.vectors.shape[0],):
             raise ValueError(f"vectors must be [M, D] and anchor_ids [M], got {tuple(self.vectors.shape)} "
                              f"and {tuple(self.anchor_ids.shape)}")

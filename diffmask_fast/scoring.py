@@ -16,6 +16,7 @@ import io
 import itertools
 import json
 import math
+import numbers
 import os
 import random
 import re
@@ -32,7 +33,7 @@ from tqdm.auto import tqdm
 from . import reference
 from ._checks import (check_lowercase, first_blank_or_padded, first_unnormalized, refuse_one_string, shown_apart,
                       whole_number, word_list)
-from ._io import atomic_write_bytes, atomic_write_json, read_json, refuse_special_input
+from ._io import atomic_write_bytes, atomic_write_json, json_ready, read_json, refuse_special_input
 from .advice import DiffmaskWarning
 from .anchors import Anchors
 from .contextual import ContextualAnchors, contextual_anchor_vectors
@@ -53,7 +54,10 @@ BINARY_SCORES_FORMAT = "diffmask_fast.word_scores.npz/1"
 
 
 def check_unknown_score(unknown_score: float) -> None:
-    """Refuse a score for unknown words the table cannot hold (it is stored as float32)."""
+    """Refuse a score for unknown words the table cannot hold (it is stored as float32), or that
+    is no number ("0.5" or True would be read as one)."""
+    if isinstance(unknown_score, (bool, np.bool_)) or not isinstance(unknown_score, numbers.Real):
+        raise TypeError(f"unknown_score must be a number, got {type(unknown_score).__name__} {unknown_score!r:.40}")
     if not (math.isfinite(unknown_score) and abs(unknown_score) <= float(np.finfo(np.float32).max)):
         raise ValueError(f"unknown_score must be finite (and within float32's range), got {unknown_score}")
 
@@ -217,6 +221,11 @@ class ScoreTable:
             nearest = None if nearest is None else nearest[order]
             if any(a == b for a, b in zip(words, itertools.islice(words, 1, None))):
                 raise ValueError("score table words must be distinct")
+        else:  # a broken promise would make lookups miss (they bisect) and the saved file unreadable
+            wrong = next((i for i, (a, b) in enumerate(zip(words, itertools.islice(words, 1, None))) if not a < b), None)
+            if wrong is not None:
+                raise ValueError(f"sorted_unique=True, but words {wrong} and {wrong + 1} ({words[wrong]!r:.40}, "
+                                 f"{words[wrong + 1]!r:.40}) are not in increasing order")
         _check_normalized(words, lowercase)
         table = cls.__new__(cls)
         table._set(words, values, nearest, anchors, similarity, unknown_score, lowercase, info)
@@ -348,7 +357,8 @@ class ScoreTable:
         meta = {"format": BINARY_SCORES_FORMAT, "count": len(self._words), "keys_normalized": True, **self._meta()}
         buffer = io.BytesIO()
         # ASCII escapes: an anchor holding a lone surrogate (broken text) survives the round trip.
-        np.savez(buffer, meta=np.frombuffer(json.dumps(meta).encode("ascii"), dtype=np.uint8),
+        header = json.dumps(json_ready(meta), allow_nan=False).encode("ascii")  # as the JSON format takes info
+        np.savez(buffer, meta=np.frombuffer(header, dtype=np.uint8),
                  words=np.frombuffer(b"".join(encoded), dtype=np.uint8), offsets=offsets,
                  scores=self.values, nearest=self.nearest)
         atomic_write_bytes(path, buffer.getvalue())
@@ -484,6 +494,9 @@ def similarity_to_anchors(word_vectors: torch.Tensor, anchor_vectors: torch.Tens
         raise ValueError(f"unknown similarity {similarity!r}; expected one of {', '.join(SIMILARITIES)}")
     if anchor_vectors.ndim != 2 or anchor_vectors.shape[0] == 0:
         raise ValueError(f"anchor vectors must be a non-empty [K, D] matrix, got shape {tuple(anchor_vectors.shape)}")
+    if word_vectors.ndim < 2 or word_vectors.shape[-1] != anchor_vectors.shape[1]:
+        raise ValueError(f"word vectors [..., D] and anchor vectors [K, D] must share D, got shapes "
+                         f"{tuple(word_vectors.shape)} and {tuple(anchor_vectors.shape)}")
     if similarity == "max":
         from .ops import max_anchor_similarity
 
@@ -633,8 +646,8 @@ class WordScorer:
         _check_index_choice(index, index_options, similarity)
         self.embedder = embedder
         self.similarity = similarity
+        check_unknown_score(unknown_score)  # before hours of embedding, not when the table is built
         self.unknown_score = float(unknown_score)
-        check_unknown_score(self.unknown_score)  # before hours of embedding, not when the table is built
         self.index_kind = index
         self.index_options = dict(index_options or {})
         self.chunk_size = int(chunk_size)

@@ -1362,3 +1362,51 @@ def test_a_word_read_as_unk_alone_is_warned_of(tiny_bert, pooling):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         embedder.embed(["enzyme", "acgt" * 25])  # 100 characters: read in pieces
+
+
+def test_a_broken_sorted_unique_promise_is_refused(tmp_path):
+    """Lookups bisect: unsorted words said to be sorted missed every lookup (unknown_score), and the
+    saved file was refused by load."""
+    with pytest.raises(ValueError, match=r"sorted_unique=True, but words 0 and 1 \('zeta', 'alpha'\) are not in "
+                                         "increasing order"):
+        ScoreTable.from_arrays(["zeta", "alpha"], [0.9, 0.8], sorted_unique=True)
+    with pytest.raises(ValueError, match="words 1 and 2"):
+        ScoreTable.from_arrays(["a", "b", "b"], [0.1, 0.2, 0.3], sorted_unique=True)
+    table = ScoreTable.from_arrays(["alpha", "zeta"], [0.8, 0.9], sorted_unique=True)
+    assert table.score("alpha") == pytest.approx(0.8) and table.score("zeta") == pytest.approx(0.9)
+
+
+@pytest.mark.parametrize("suffix", [".npz", ".json"])
+def test_both_formats_save_the_info_json_can_hold(tmp_path, suffix):
+    """The binary format wrote info with json.dumps alone: a numpy number or a path in it failed."""
+    table = ScoreTable({"kinase": 0.5}, info={"recall": np.float32(0.99), "corpus": tmp_path / "c.txt", "k": np.int64(3)})
+    table.save(tmp_path / f"scores{suffix}")
+    info = ScoreTable.load(tmp_path / f"scores{suffix}").info
+    assert info["recall"] == pytest.approx(0.99) and info["corpus"] == str(tmp_path / "c.txt") and info["k"] == 3
+
+
+@pytest.mark.parametrize("similarity", ["max", "mean", "centroid"])
+def test_vectors_of_other_widths_are_refused_by_every_similarity(similarity):
+    anchors = torch.randn(3, 4)
+    for words in (torch.randn(2, 3), torch.randn(4)):
+        with pytest.raises(ValueError, match=r"must share D, got shapes \((2, 3|4,)\) and \(3, 4\)"):
+            similarity_to_anchors(words, anchors, similarity)
+
+
+def test_unknown_score_must_be_a_number(tmp_path):
+    embedder = SimpleNamespace()
+    for bad in ("0.5", True, None):
+        with pytest.raises(TypeError, match="unknown_score must be a number"):
+            ScoreTable({"kinase": 0.5}, unknown_score=bad)
+        with pytest.raises(TypeError, match="unknown_score must be a number"):
+            WordScorer(embedder, ["kinase"], unknown_score=bad)
+    assert ScoreTable({"kinase": 0.5}, unknown_score=np.float32(0.25)).unknown_score == 0.25
+
+
+def test_contextual_anchors_take_numpy_arrays_and_refuse_other_types():
+    words, vectors, ids = ("kinase", "enzyme"), np.random.rand(3, 4).astype(np.float32), np.array([0, 1, 1])
+    anchors = ContextualAnchors(words, vectors, ids)
+    assert torch.equal(anchors.vectors, torch.from_numpy(vectors)) and anchors.anchor_ids.tolist() == [0, 1, 1]
+    for bad in ({"vectors": vectors.tolist()}, {"anchor_ids": [0, 1, 1]}):
+        with pytest.raises(TypeError, match=f"{next(iter(bad))} must be a tensor \\(or numpy array\\), got list"):
+            ContextualAnchors(**{"words": words, "vectors": vectors, "anchor_ids": ids, **bad})
