@@ -13,7 +13,8 @@ A segment is written as temporary files renamed into place, vectors first and th
 a segment exists only once it is complete: concurrent runs and crashes never expose a partial
 one. A segment that fails its checks (unreadable JSON, a missing or truncated vectors file, a
 checksum mismatch, of the vectors or of the words) is reported with ``warnings.warn`` naming
-the file, deleted, and its words are embedded again. Vectors are verified against their checksum the first time a run reads them.
+the file, deleted, and its words are embedded again. Vectors are verified against their
+checksum the first time a run reads them.
 When a configuration has more than ``MAX_SEGMENTS`` segments, the smallest are merged into one.
 A segment is removed JSON first, so one whose JSON is gone was merged (or discarded) by another
 process: its words are looked up again in the segments on disk, with no warning.
@@ -304,8 +305,9 @@ class EmbeddingCache:
         digest = hashlib.sha256()
         with atomic_writer(self.directory / f"{name}.npy") as file:
             header = io.BytesIO()
+            shape = (len(words), self.dimension)
             np.lib.format.write_array_header_1_0(
-                header, {"descr": np.dtype(np.float32).str, "fortran_order": False, "shape": (len(words), self.dimension)})
+                header, {"descr": np.dtype(np.float32).str, "fortran_order": False, "shape": shape})
             rows = 0
             for data in itertools.chain([header.getvalue()], blocks):
                 if isinstance(data, np.ndarray):

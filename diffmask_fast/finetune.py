@@ -38,8 +38,8 @@ import numpy as np
 from ._io import (atomic_write_json, check_writable, file_sha256, read_json, refuse_special_input, same_file,
                   user_path)
 from .corpus import is_gzip
-from .hf_loading import (check_max_length, check_vocabulary, load_tokenizer, model_reference, no_progress_bars, quiet_transformers,
-                         readable_weights, saved_weights, usable_device)
+from .hf_loading import (check_max_length, check_vocabulary, load_tokenizer, model_reference, no_progress_bars,
+                         quiet_transformers, readable_weights, saved_weights, usable_device)
 from .metrics import accuracy, macro_f1, mean_std
 
 __all__ = ["load_labeled", "finetune", "FinetuneReport", "SeedResult", "add_finetune_command",

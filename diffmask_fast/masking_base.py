@@ -498,9 +498,9 @@ def _refuse_fields_example_0_lacks(examples: list[Mapping]) -> None:
     say) would be left out without a word, its tokens masked as if attended."""
     first = examples[0].keys()
     for index, example in enumerate(examples[1:], 1):
-        if example.keys() - first - {"labels"}:  # labels give way to the masking labels, held or not
-            name = min(example.keys() - first - {"labels"}, key=str)
-            raise ValueError(f"field {name!r} is in example {index} but not in example 0")
+        extra = example.keys() - first - {"labels"}  # labels give way to the masking labels, held or not
+        if extra:
+            raise ValueError(f"field {min(extra, key=str)!r} is in example {index} but not in example 0")
 
 
 def _field_values(examples: list[Mapping], field_name: str) -> list:

@@ -222,7 +222,8 @@ class ScoreTable:
             if any(a == b for a, b in zip(words, itertools.islice(words, 1, None))):
                 raise ValueError("score table words must be distinct")
         else:  # a broken promise would make lookups miss (they bisect) and the saved file unreadable
-            wrong = next((i for i, (a, b) in enumerate(zip(words, itertools.islice(words, 1, None))) if not a < b), None)
+            pairs = enumerate(zip(words, itertools.islice(words, 1, None)))
+            wrong = next((i for i, (a, b) in pairs if not a < b), None)
             if wrong is not None:
                 raise ValueError(f"sorted_unique=True, but words {wrong} and {wrong + 1} ({words[wrong]!r:.40}, "
                                  f"{words[wrong + 1]!r:.40}) are not in increasing order")

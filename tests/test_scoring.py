@@ -1379,7 +1379,8 @@ def test_a_broken_sorted_unique_promise_is_refused(tmp_path):
 @pytest.mark.parametrize("suffix", [".npz", ".json"])
 def test_both_formats_save_the_info_json_can_hold(tmp_path, suffix):
     """The binary format wrote info with json.dumps alone: a numpy number or a path in it failed."""
-    table = ScoreTable({"kinase": 0.5}, info={"recall": np.float32(0.99), "corpus": tmp_path / "c.txt", "k": np.int64(3)})
+    info = {"recall": np.float32(0.99), "corpus": tmp_path / "c.txt", "k": np.int64(3)}
+    table = ScoreTable({"kinase": 0.5}, info=info)
     table.save(tmp_path / f"scores{suffix}")
     info = ScoreTable.load(tmp_path / f"scores{suffix}").info
     assert info["recall"] == pytest.approx(0.99) and info["corpus"] == str(tmp_path / "c.txt") and info["k"] == 3
