@@ -585,6 +585,7 @@ class _PreparedData:
     word_types: set[str] | None = None  # the documents' words, gathered as they were tokenized, for scoring
     folder: Path | None = None  # where the windows' files are, removed by the process that wrote them
     processes: int = 1
+    made_output: bool = False  # whether the output folder was made for the windows (by this run)
 
     def release_text(self) -> None:
         self.train_docs, self.validation_docs, self.word_types = (), [], None
@@ -599,14 +600,17 @@ class _PreparedData:
                 torch.distributed.barrier()
         finally:
             if self.folder is not None:
-                _remove_windows_folder(self.folder)
+                _remove_windows_folder(self.folder, self.made_output and not all_done)
 
 
-def _remove_windows_folder(folder: Path) -> None:
-    """Removes a machine's windows, and the folder of all machines' once it is empty."""
+def _remove_windows_folder(folder: Path, output_too: bool = False) -> None:
+    """Removes a machine's windows, and the folder of all machines' once it is empty; with
+    ``output_too``, the output folder too if that leaves it empty (a failed run made it only to
+    hold the windows: a refused run leaves nothing behind)."""
     shutil.rmtree(folder, ignore_errors=True)
-    with contextlib.suppress(OSError):  # other machines' folders may still be there
-        folder.parent.rmdir()
+    for emptied in (folder.parent, folder.parent.parent) if output_too else (folder.parent,):
+        with contextlib.suppress(OSError):  # other machines' folders (or files) may still be there
+            emptied.rmdir()
 
 
 def _prepared_data(config: PretrainConfig, tokenizer: Any, scheme: str, resumed_run: dict | None, copies_by: str,
@@ -622,6 +626,7 @@ def _prepared_data(config: PretrainConfig, tokenizer: Any, scheme: str, resumed_
     # One folder a machine, as the machines of a run may share the output directory: named by its
     # host and the rank of its first process (two containers may share a host name).
     first_rank = args.process_index - args.local_process_index
+    made_output = not Path(config.output_dir).exists()
     folder = Path(config.output_dir) / WINDOWS_DIR / f"{socket.gethostname()}-{first_rank}"
     if args.local_process_index == 0:
         # Windows an earlier run left (killed), never to be read: also under the name that
@@ -633,9 +638,9 @@ def _prepared_data(config: PretrainConfig, tokenizer: Any, scheme: str, resumed_
                 prepared = _read_and_tokenize(config, tokenizer, scheme, resumed_run, copies_by, reports, folder)
                 atomic_write_json(folder / WINDOWS_FOUND, {"data": prepared.data, "documents": prepared.documents})
         except BaseException:  # also when the others fail while it prepares (the barrier raises)
-            _remove_windows_folder(folder)
+            _remove_windows_folder(folder, made_output)
             raise
-        return dataclasses.replace(prepared, folder=folder, processes=args.world_size)
+        return dataclasses.replace(prepared, folder=folder, processes=args.world_size, made_output=made_output)
     with args.main_process_first(local=True, desc="reading and tokenizing the documents"):
         try:
             mapped = {name: TokenWindows.load(folder / name) for name in WINDOWS_PARTS}

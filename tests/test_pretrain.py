@@ -126,6 +126,21 @@ def test_difference_pretraining_saves_everything_and_resumes(model_dir, corpus, 
     assert (model_dir / "model.safetensors").read_bytes() == weights
 
 
+def test_a_run_refused_once_its_data_is_read_leaves_no_output_folder(model_dir, corpus, tmp_path):
+    """The windows' folder was made (and removed) but the output folder it was made in stayed,
+    empty; a folder that was there before stays."""
+    bad_scores = tmp_path / "scores.json"
+    bad_scores.write_text('{"not": "a score table"}', encoding="utf-8")
+    out = tmp_path / "new" / "run"
+    with pytest.raises(ValueError, match="scores"):
+        pretrain(config_for(model_dir, corpus, out, scores=str(bad_scores)))
+    assert not out.exists()
+    out.mkdir(parents=True)
+    with pytest.raises(ValueError, match="scores"):
+        pretrain(config_for(model_dir, corpus, out, scores=str(bad_scores)))
+    assert out.is_dir() and not any(out.iterdir())
+
+
 def test_an_output_folder_in_a_corpus_folder_is_refused_before_any_work(model_dir, corpus, tmp_path):
     """A folder is read with its subfolders: the terms.txt an mslm run wrote into "data/run" was
     read as documents by every later run on "data" (a resumed one found its documents changed)."""
