@@ -59,13 +59,17 @@ def plot_masking_rates(rates: Sequence[WordMaskingRate], path: str | os.PathLike
 
     anchor_keys = {normalize_word(a, lowercase) for a in anchors}  # as ScoreTable.key
 
-    def is_anchor(rate: WordMaskingRate) -> bool:
-        return rate.word in anchor_keys or rate.nearest_anchor == rate.word
+    def is_anchor(rate: WordMaskingRate) -> bool:  # a table keeps its anchors as given ("DNA" for "dna")
+        nearest = rate.nearest_anchor
+        return rate.word in anchor_keys or (nearest is not None
+                                            and rate.word in (nearest, normalize_word(nearest, lowercase)))
 
     def color(rate: WordMaskingRate) -> str:
         return _ANCHOR_COLOR if is_anchor(rate) else _WORD_COLOR
 
-    shown = list(rates[:top])[::-1]
+    # The most masked first, as masking_rates returns them (its order kept among equal rates).
+    rates = sorted(rates, key=lambda rate: -rate.rate)
+    shown = rates[:top][::-1]
     figure = Figure(figsize=(13, max(6.0, 1.5 + 0.2 * len(shown))), layout="constrained")  # a label per bar
     most, against_score = figure.subplots(1, 2, width_ratios=[1, 1.25])
     uniform = f"every word alike ({mlm_probability:.0%})"

@@ -288,21 +288,23 @@ def _masked_counts(collator: DifferenceMaskingCollator, texts: Sequence[str], dr
     return word_types, occurrences, masked
 
 
-def _bracket_safe(text: str) -> str:
-    """``text`` with its brackets escaped ("\\[") where it holds "[[" or "]]": wiki markup
-    "[[Paris]]", one word to a byte-level BPE, would print as a masked "Paris"."""
-    return text.replace("[", "\\[").replace("]", "\\]") if "[[" in text or "]]" in text else text
+def _bracket_safe(text: str, masked: bool) -> str:
+    """``text`` with its brackets escaped ("\\[") where it holds "[[" or "]]", or, masked, starts
+    with "[" or ends with "]": wiki markup "[[Paris]]", one word to a byte-level BPE, would print
+    as a masked "Paris", and a masked "protein]" as "[[protein]]]", a masked "protein" and a "]"."""
+    ambiguous = "[[" in text or "]]" in text or (masked and (text.startswith("[") or text.endswith("]")))
+    return text.replace("[", "\\[").replace("]", "\\]") if ambiguous else text
 
 
 def render_text(sentences: Sequence[Sequence[PreviewWord]], show_scores: bool = False) -> str:
     """One line per sentence, masked words in [[double brackets]] (with their score if asked);
     characters that are not printable are shown escaped, as are the brackets of a word that
-    holds "[[" or "]]"."""
+    holds "[[" or "]]" (or, masked, starts with "[" or ends with "]")."""
     lines = []
     for words in sentences:
         parts = []
         for word in words:
-            shown = _bracket_safe(printable_word(word.text))
+            shown = _bracket_safe(printable_word(word.text), word.masked)
             text = f"{shown}:{word.score:.2f}" if show_scores else shown
             parts.append(f"[[{text}]]" if word.masked else text)
         lines.append(" ".join(parts) if parts else NO_WORDS)

@@ -486,8 +486,9 @@ def test_characters_the_fonts_lack_are_drawn_as_escapes_not_boxes(tmp_path, monk
         plot_masking_rates(rates, tmp_path / "cjk.png", 0.25, anchors=["白血病"])
     bars, dots = kept[0].axes[:2]
     labels = [label.get_text() for label in bars.get_yticklabels()]
-    assert labels[0] == "naïve (0.30, \\u767d\\u8840\\u75c5)" and labels[2] == "\\u767d\\u8840\\u75c5 (1.00)", labels
-    assert labels[1].startswith("\\u86cb\\u767d (0.80, \\u767d"), "cut to the label's room, as any long label"
+    # Bars by masking rate, the most masked at the top: 蛋白 (4 of 6), 白血病 (3 of 6), naïve (1 of 6).
+    assert labels[0] == "naïve (0.30, \\u767d\\u8840\\u75c5)" and labels[1] == "\\u767d\\u8840\\u75c5 (1.00)", labels
+    assert labels[2].startswith("\\u86cb\\u767d (0.80, \\u767d"), "cut to the label's room, as any long label"
     assert [note.get_text() for note in dots.texts] == ["\\u86cb\\u767d", "naïve"]
 
 
@@ -534,3 +535,21 @@ def test_many_bars_get_a_taller_picture_and_huge_scores_short_labels(tmp_path, m
     assert few == 6 and many >= 100 * 0.2, (few, many)
     labels = [label.get_text() for label in kept[1].axes[0].get_yticklabels()]
     assert "word0 (1e+30)" in labels, labels[-3:]
+
+
+def test_rates_in_any_order_draw_the_most_masked_words_and_a_table_cased_anchor(tmp_path, monkeypatch):
+    """The bars took the first ``top`` rates as given (a list sorted by word drew the least masked
+    under "most often masked"), and an anchor kept as given ("DNA") was drawn as an ordinary word:
+    its nearest anchor, "DNA", is not its key, "dna"."""
+    from diffmask_fast.preview import WordMaskingRate
+
+    rates = [WordMaskingRate(f"w{i}", 0.1 * i, 10, i * 10, 10, "DNA") for i in range(10)]
+    rates.append(WordMaskingRate("dna", 1.0, 10, 95, 10, "DNA"))
+    random.Random(0).shuffle(rates)
+    kept = drawn_figure(monkeypatch)
+    plot_masking_rates(rates, tmp_path / "rates.png", 0.25, top=3)
+    bars, dots = kept[0].axes[:2]
+    assert [label.get_text().split(" ")[0] for label in bars.get_yticklabels()] == ["w8", "w9", "dna"]
+    assert len({tuple(patch.get_facecolor()) for patch in bars.patches}) == 2, "the anchor's bar has its own colour"
+    assert [text.get_text() for text in dots.get_legend().get_texts()][:2] == ["word", "anchor"]
+    assert "dna" not in [note.get_text() for note in dots.texts], "an anchor noted as a most masked non-anchor"

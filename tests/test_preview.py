@@ -212,7 +212,11 @@ def test_words_written_in_double_brackets_are_not_shown_as_masked_words():
 
     assert shown("[[Paris]]", False) == "\\[\\[Paris\\]\\]" != shown("Paris", True) == "[[Paris]]"
     assert shown("[[Paris]]", True) == "[[\\[\\[Paris\\]\\]]]"
-    assert shown("[", True) == "[[[]]" and shown("[14]", False) == "[14]"  # no "[[" or "]]": as they are
+    assert shown("[14]", False) == "[14]" and shown("x]", False) == "x]"  # no "[[" or "]]": as they are
+    # Masked, a word's own bracket at its edge ran into the marks: "[[protein]]]" read as a masked
+    # "protein" and a "]".
+    assert shown("protein]", True) == "[[protein\\]]]" and shown("[cells", True) == "[[\\[cells]]"
+    assert shown("[", True) == "[[\\[]]" and shown("a[1", True) == "[[a[1]]"
 
 
 def test_a_document_with_no_words_is_shown_as_such_not_as_a_blank_line(bert_wordpiece):
