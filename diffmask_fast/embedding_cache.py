@@ -246,7 +246,7 @@ class EmbeddingCache:
         if not self._swept:
             self._swept = True
             self._sweep_leftovers()
-        self._write_segment(list(words), vectors)
+        self._write_segment(list(words), [vectors])
         self.refresh()
         if len(self._segments) > MAX_SEGMENTS:
             with self._merge_lock() as merging:
@@ -294,10 +294,7 @@ class EmbeddingCache:
             except OSError:  # gone already, or another user's: theirs to keep
                 continue
 
-    def _write_segment(self, words: list[str], vectors: np.ndarray) -> str:
-        return self._write_segment_from(words, [vectors])
-
-    def _write_segment_from(self, words: list[str], blocks: Iterable[np.ndarray]) -> str:
+    def _write_segment(self, words: list[str], blocks: Iterable[np.ndarray]) -> str:
         """A segment of ``words`` whose vectors are ``blocks`` (float32 [rows, D] each, rows
         adding up to len(words)), written one block at a time: a merge never holds its segment
         in memory. Vectors first, then the JSON that commits the segment."""
@@ -346,9 +343,8 @@ class EmbeddingCache:
             words += [segment.words[row] for row in rows.tolist()]
             parts.append((vectors, rows))
         if parts:
-            self._write_segment_from(words, (vectors[rows[start : start + MERGE_BLOCK_ROWS]]
-                                             for vectors, rows in parts
-                                             for start in range(0, len(rows), MERGE_BLOCK_ROWS)))
+            self._write_segment(words, (vectors[rows[start : start + MERGE_BLOCK_ROWS]]
+                                        for vectors, rows in parts for start in range(0, len(rows), MERGE_BLOCK_ROWS)))
         for name in chosen:
             segment = self._segments.pop(name, None)
             if segment is not None:
