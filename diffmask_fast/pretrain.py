@@ -479,9 +479,10 @@ def pretrain(config: PretrainConfig) -> dict:
             **{setting: getattr(config, setting) for setting in STRATEGY_SETTINGS if setting not in unused},
         )
         if config.strategy == "difference" and strategy.masker is not None:
-            # The device table must know the words before training, and those of the validation set,
-            # which it masks once up front (a word it lacks would score as unknown).
-            strategy.masker.warm(itertools.chain(train, validation))  # one upload of the table
+            # The device table must know the words before training. The validation words go in the
+            # same pass, so the table goes to the device once: mask_examples warms with them again
+            # (a word the table lacks would score as unknown), finds nothing new and copies nothing.
+            strategy.masker.warm(itertools.chain(train, validation))
         validation_set = strategy.mask_examples([{"input_ids": s} for s in validation], model=model, seed=config.seed)
         if not any(label != -100 for example in validation_set for label in example["labels"]):
             raise ValueError(f"masking the validation set chose no token: its "
