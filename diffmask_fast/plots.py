@@ -50,10 +50,7 @@ def plot_masking_rates(rates: Sequence[WordMaskingRate], path: str | os.PathLike
         raise ValueError(f"top must be between 1 and {MOST_MASKED_BARS} (more bars than a picture can label), got {top}")
     if similarity not in _SCORE_MEANING:
         raise ValueError(f"unknown similarity {similarity!r}; expected one of {', '.join(_SCORE_MEANING)}")
-    empty = [r for r in rates if r.occurrences < 1 or r.draws < 1]
-    if empty:
-        raise ValueError(f"a masking rate needs at least one occurrence and one draw; {empty[0].word!r} has "
-                         f"{empty[0].occurrences} occurrence(s) over {empty[0].draws} draw(s)")
+    _check_rates(rates)
     from matplotlib.figure import Figure
     from matplotlib.patches import Patch
 
@@ -114,6 +111,22 @@ def plot_masking_rates(rates: Sequence[WordMaskingRate], path: str | os.PathLike
     figure.suptitle(title)
 
     return _save(figure, path)
+
+
+def _check_rates(rates: Sequence[WordMaskingRate]) -> None:
+    """Refuse, by word, a rate that is no share of a word's occurrences, and rates of different
+    draw counts (the picture is titled by one)."""
+    for rate in rates:
+        if rate.occurrences < 1 or rate.draws < 1:
+            raise ValueError(f"a masking rate needs at least one occurrence and one draw; {rate.word!r} has "
+                             f"{rate.occurrences} occurrence(s) over {rate.draws} draw(s)")
+        if not 0 <= rate.masked <= rate.occurrences * rate.draws:
+            raise ValueError(f"{rate.word!r} was masked {rate.masked} times in {rate.occurrences} occurrence(s) "
+                             f"over {rate.draws} draw(s): a word is masked at most once per occurrence and draw")
+    other = next((rate for rate in rates if rate.draws != rates[0].draws), None)
+    if other is not None:
+        raise ValueError(f"every rate must come from the same draws: {rates[0].word!r} has {rates[0].draws} "
+                         f"draw(s), {other.word!r} {other.draws}")
 
 
 def _score_axis(scores: Sequence[float]) -> tuple[float, float]:
@@ -200,17 +213,23 @@ def _draw_losses(axes, summaries: Mapping[str, dict], training: bool) -> None:
         validation = _validation_curve(summary)
         if validation:
             axes.plot([step for step, _ in validation], [loss for _, loss in validation], marker="o", color=color,
-                      label=f"{name}, validation" if training else name)
+                      label=_curve_label(f"{name}, validation" if training else name, validation))
         trained = _training_curve(summary) if training else []
         if trained:
             losses = [loss for _, loss in trained]
             alone = [i for i, loss in enumerate(losses) if math.isfinite(loss) and not any(
                 0 <= j < len(losses) and math.isfinite(losses[j]) for j in (i - 1, i + 1))]  # no line reaches it
             axes.plot([step for step, _ in trained], losses, linewidth=1, alpha=0.6, color=color,
-                      marker="o" if alone else None, markersize=4, markevery=alone or None, label=f"{name}, training")
+                      marker="o" if alone else None, markersize=4, markevery=alone or None,
+                      label=_curve_label(f"{name}, training", trained))
     axes.set_xlabel("pretraining step")
     axes.set_ylabel("MLM loss" + ("" if training else " on validation (each on its own masks)"))
     axes.legend(fontsize=9)
+
+
+def _curve_label(label: str, curve: list[tuple[int, float]]) -> str:
+    """A curve's legend entry; one with no finite loss draws nothing, so its entry says why."""
+    return label if any(math.isfinite(loss) for _, loss in curve) else f"{label} (diverged: every loss NaN)"
 
 
 def logged_losses(summary: dict) -> list[tuple[int, float]]:

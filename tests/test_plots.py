@@ -553,3 +553,38 @@ def test_rates_in_any_order_draw_the_most_masked_words_and_a_table_cased_anchor(
     assert len({tuple(patch.get_facecolor()) for patch in bars.patches}) == 2, "the anchor's bar has its own colour"
     assert [text.get_text() for text in dots.get_legend().get_texts()][:2] == ["word", "anchor"]
     assert "dna" not in [note.get_text() for note in dots.texts], "an anchor noted as a most masked non-anchor"
+
+
+def test_a_diverged_run_beside_a_trained_one_is_named_as_diverged_in_the_legend(tmp_path, monkeypatch):
+    """A run whose every loss is NaN draws no point; its legend entries said nothing of why (a
+    coloured line with no curve to match)."""
+    from diffmask_fast.plots import plot_pretraining
+
+    kept = drawn_figure(monkeypatch)
+    runs = {"random": {"validation_loss_before": 9.0, "log_history": [{"step": 5, "loss": 8.0}, {"step": 10, "loss": 7.0},
+                                                                      {"step": 10, "eval_loss": 7.5}]},
+            "difference": {"validation_loss_before": None,
+                           "log_history": [{"step": 5, "loss": None}, {"step": 10, "loss": math.nan},
+                                           {"step": 10, "eval_loss": None}]}}
+    plot_pretraining(runs, tmp_path / "losses.png")
+    labels = [text.get_text() for text in kept[0].axes[0].get_legend().get_texts()]
+    assert "random, training" in labels and "random, validation" in labels
+    assert [label for label in labels if label.startswith("difference")] == [
+        "difference, validation (diverged: every loss NaN)", "difference, training (diverged: every loss NaN)"]
+
+
+@pytest.mark.parametrize("rates, problem", [
+    ([(3, 7, 2)], r"'w0' was masked 7 times in 3 occurrence\(s\) over 2 draw\(s\)"),
+    ([(3, -1, 2)], r"'w0' was masked -1 times"),
+    ([(3, 1, 2), (2, 1, 5)], r"every rate must come from the same draws: 'w0' has 2 draw\(s\), 'w1' 5"),
+])
+def test_impossible_masking_rates_are_refused_by_word(tmp_path, rates, problem):
+    """A hand-built rate above 1 drew a bar past the axis, and rates of different draw counts
+    were all titled by the first's."""
+    from diffmask_fast.preview import WordMaskingRate
+
+    built = [WordMaskingRate(f"w{i}", 0.5, occurrences, masked, draws, None)
+             for i, (occurrences, masked, draws) in enumerate(rates)]
+    with pytest.raises(ValueError, match=problem):
+        plot_masking_rates(built, tmp_path / "x.png", 0.25)
+    assert list(tmp_path.iterdir()) == []
