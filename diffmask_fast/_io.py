@@ -9,11 +9,11 @@ import json
 import math
 import os
 import stat
+import sys
 import tempfile
 from pathlib import Path
 from typing import Any, BinaryIO, Iterator
 
-import numpy as np
 
 
 def _umask() -> int:
@@ -213,7 +213,8 @@ def json_ready(value: Any) -> Any:
     """``value`` as JSON will hold it: tuples as lists, paths as strings, numpy numbers as
     Python's and non-finite floats as None, inside its dicts, lists and tuples. A settings dict
     compared with one read back from JSON must pass through here first."""
-    if isinstance(value, np.generic):  # numpy numbers: JSON knows Python's
+    numpy = sys.modules.get("numpy")  # not imported: no numpy number (the command line starts without it)
+    if numpy is not None and isinstance(value, numpy.generic):  # numpy numbers: JSON knows Python's
         value = value.item()
     if isinstance(value, float):
         return value if math.isfinite(value) else None
