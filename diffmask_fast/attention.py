@@ -81,12 +81,31 @@ def _named_length_error(encoder: torch.nn.Module, length: int):
                          f"shorter max_length ({type(error).__name__}: {error})") from error
 
 
+def _calls_per_layer(config) -> int:
+    """Attention calls a layer makes: ALBERT's ``inner_group_num`` (each call's weights are
+    returned), else 1."""
+    calls = getattr(config, "inner_group_num", 1)
+    return calls if isinstance(calls, int) and calls > 1 else 1
+
+
+def _layer_weights(attentions: tuple, layer: int, config) -> torch.Tensor:
+    """The eager weights of ``layer``, counted in the model's layers: of a layer that attends
+    several times, the last call's, whose output the next layer reads."""
+    layers, calls = getattr(config, "num_hidden_layers", None), _calls_per_layer(config)
+    if calls == 1 or not isinstance(layers, int) or len(attentions) != layers * calls:
+        check_layer(layer, len(attentions))
+        return attentions[layer]
+    check_layer(layer, layers)
+    return attentions[(layer % layers) * calls + calls - 1]
+
+
 class AttentionMasker(torch.nn.Module):
     """Masks a padded batch by the attention of the model's first token: ``(input_ids, labels)``.
 
     ``order="most"`` masks the tokens the first token ([CLS] / <s>) attends to most (AttnMask),
     ``order="least"`` those it attends to least (MST); ``layer`` picks the layer whose attention
-    (averaged over heads) ranks them, ties going to the earlier position. Each row masks
+    (averaged over heads; of a layer that attends several times, as ALBERT's with
+    ``inner_group_num > 1``, its last call's) ranks them, ties going to the earlier position. Each row masks
     ``mlm_probability`` of its eligible tokens (not special, not padding), rounded
     stochastically, and replaces them with the mask token (``mask_replace_prob``), a random
     token (``random_replace_prob``) or leaves them.
@@ -245,7 +264,7 @@ class AttentionMasker(torch.nn.Module):
             return batch
         parameter = next((p for p in encoder.parameters() if p.is_floating_point()), None)
         element = 4 if parameter is None else parameter.element_size()  # the weights' dtype, at most
-        per_row = layers * heads * length * length * element
+        per_row = layers * _calls_per_layer(config) * heads * length * length * element
         return max(1, min(batch, self.attention_memory // max(per_row, 1)))
 
     def _chunk_attention(self, encoder: torch.nn.Module, input_ids, attention_mask,
@@ -268,8 +287,7 @@ class AttentionMasker(torch.nn.Module):
                 'attn_implementation="eager" (from_pretrained(..., attn_implementation="eager") or '
                 'model.set_attn_implementation("eager"))'
             )
-        check_layer(self.layer, len(attentions))
-        weights = attentions[self.layer]
+        weights = _layer_weights(attentions, self.layer, getattr(encoder, "config", None))
         batch, length = input_ids.shape
         if weights.ndim != 4 or weights.shape[0] != batch or weights.shape[-2:] != (length, length):
             raise RuntimeError(

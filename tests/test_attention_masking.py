@@ -191,6 +191,36 @@ def test_first_token_rows_equal_the_eager_weights_of_other_encoders(name, seed):
             torch.testing.assert_close(row, expected, atol=1e-6, rtol=1e-5)
 
 
+def test_a_layer_of_grouped_albert_is_its_last_attention_call_and_counted_by_layers(bert_wordpiece, seed):
+    """ALBERT with ``inner_group_num`` 2 records two attention calls per layer: ``layer`` counted
+    the calls (layer 1 read layer 0's second, and 3 to 5 were taken on a 3-layer model), and the
+    chunk estimate held half the weights eager attention returns."""
+    import transformers
+
+    _, config_class, options = ENCODERS["albert-grouped"]
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed % 2**31)
+        config = getattr(transformers, config_class)(vocab_size=len(bert_wordpiece), **options)
+        model = transformers.AlbertForMaskedLM(config).eval()
+    ids, attention, _ = random_batch(bert_wordpiece, seed, rows=10)
+    for layer, call in ((0, 1), (1, 3), (-1, 5), (-3, 1)):  # call: the index among the eager weights
+        rows = AttentionMasker(bert_wordpiece, layer=layer, seed=seed)._first_token_attention(model, ids, attention)
+        torch.testing.assert_close(rows, reference_attention(model, ids, attention, call), atol=1e-6, rtol=1e-5)
+    for layer in (3, -4):
+        with pytest.raises(ValueError, match=f"layer {layer} is out of range for a model with 3 attention layers"):
+            AttentionMasker(bert_wordpiece, layer=layer, seed=seed)._first_token_attention(model, ids, attention)
+    per_row = config.num_hidden_layers * config.inner_group_num * config.num_attention_heads * ids.shape[1] ** 2 * 4
+    masker = AttentionMasker(bert_wordpiece, seed=seed, attention_memory=3 * per_row + 1)
+    passes = []
+    hook = model.base_model.register_forward_pre_hook(
+        lambda module, args, kwargs: passes.append(kwargs["input_ids"].shape[0]), with_kwargs=True)
+    try:
+        masker._first_token_attention(model, ids, attention)
+    finally:
+        hook.remove()
+    assert passes == [3, 3, 3, 1]
+
+
 def test_an_additive_or_broadcast_mask_gives_the_row_a_boolean_one_does(seed):
     from diffmask_fast.attention_weights import _first_row
 
