@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import numbers
+import warnings
 from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
@@ -24,6 +25,7 @@ import torch
 
 from . import ops
 from ._checks import whole_number
+from .advice import DiffmaskWarning
 from .collator import DifferenceMaskingCollator
 from .masking_base import (check_batch_ids, check_id_dtype, check_in_vocabulary, check_like_ids, distributed_rank,
                            pinned_seed, resume_counts)
@@ -120,7 +122,9 @@ class DifferenceMasker(torch.nn.Module):
     ``seed_state`` buffer and then adds one to it in place, so steps draw fresh masks without a
     host round trip and a given ``seed`` reproduces a run (per distributed rank, as the
     collator's seed). The state dict holds the calls made (``calls_made``) and the coverage
-    counters, not the seed: loaded in any rank, it carries on that rank's own stream.
+    counters, not the seed: loaded in any rank, it carries on that rank's own stream. Options
+    assigned to ``masker.collator`` later (``scores``, ``tokenizer``) reach the device tables at
+    the next uncompiled call or ``warm``; a new score table knows no word until ``warm``.
 
     ``forward(input_ids [B, L], attention_mask=None, special_tokens_mask=None)``: padding
     (attention_mask 0) and special tokens are never masked. Ids outside the tokenizer's vocabulary
@@ -153,6 +157,7 @@ class DifferenceMasker(torch.nn.Module):
         self.register_buffer("starts_word", boundaries.starts_word.clone(), persistent=False)
         self.register_buffer("never_word", boundaries.never_word.clone(), persistent=False)
         self.register_buffer("random_token_ids", boundaries.random_token_ids.clone(), persistent=False)
+        self._boundaries = boundaries  # see _follow_collator
         keys, values = self.collator._cache.tensors()
         self.register_buffer("table_keys", keys.clone(), persistent=False)
         self.register_buffer("table_values", values.clone(), persistent=False)
@@ -247,6 +252,8 @@ class DifferenceMasker(torch.nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """(masked input_ids, labels) of a padded [B, L] batch; labels are -100 where nothing is
         masked. No host round trip: the seed, the tables and the miss counts stay on the device."""
+        if not torch.compiler.is_compiling():  # a compiled step keeps the tables it was traced with
+            self._follow_collator()
         input_ids = check_batch_ids(input_ids, self.never_word.device)
         vocabulary = self.never_word.shape[0]
         check_in_vocabulary(input_ids, vocabulary, self.collator.tokenizer, "masker")
@@ -283,6 +290,7 @@ class DifferenceMasker(torch.nn.Module):
         ``coverage()`` shows many misses.
         """
         batch_size = whole_number(batch_size, "batch_size")
+        self._follow_collator(warn=False)
         if max_length is not None:
             max_length = whole_number(max_length, "max_length (or None)")
         if not isinstance(data, Iterable):
@@ -383,6 +391,23 @@ class DifferenceMasker(torch.nn.Module):
         # its masks are thrown away, drawn from a stream of their own (not the global RNG's).
         with self.collator.pinned_generator(0):
             self.collator.mask(ids, never)
+
+    def _follow_collator(self, warn: bool = True) -> None:
+        """Take up what an assignment to the collator rebuilt (``masker.collator.scores = table``
+        starts a new table of known words; a new tokenizer, new word boundaries): two identity
+        checks when nothing changed."""
+        boundaries = self.collator.boundaries
+        if boundaries is not getattr(self, "_boundaries", boundaries):  # a masker pickled before it had one
+            device = self.starts_word.device
+            for name in ("starts_word", "never_word", "random_token_ids"):
+                setattr(self, name, getattr(boundaries, name).to(device, copy=True))
+            self._boundaries = boundaries
+        if getattr(self, "_uploaded", (self.collator._cache,))[0] is not self.collator._cache:
+            if warn:
+                warnings.warn("an option assigned to the masker's collator (collator.scores = ...) rebuilt its tables: "
+                              "the device's table of scored words starts empty, so every word scores unknown_score "
+                              "until masker.warm(...) sees it", DiffmaskWarning, stacklevel=3)
+            self._upload_table()
 
     def _upload_table(self) -> None:
         cache = self.collator._cache

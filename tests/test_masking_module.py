@@ -539,6 +539,33 @@ def test_a_warm_that_learns_nothing_copies_no_table(bert_wordpiece, lines, monke
     assert len(uploads) == 2
 
 
+def test_a_score_table_or_tokenizer_given_to_the_masker_s_collator_reaches_the_device(
+        bert_wordpiece, roberta_byte_bpe, lines, seed):
+    """``masker.collator.scores = table`` rebuilt the collator's tables, but the device kept masking
+    with the old scores (and a new tokenizer's ids went through the old word boundaries)."""
+    from diffmask_fast import DiffmaskWarning
+
+    masker = DifferenceMasker(bert_wordpiece, score_table(bert_wordpiece, lines, seed), seed=seed)
+    ids, attention = padded(bert_wordpiece, lines[:24])
+    masker.warm({"input_ids": ids, "attention_mask": attention})
+    masker.collator.scores = score_table(bert_wordpiece, lines, seed + 1)
+    with pytest.warns(DiffmaskWarning, match=r"scores = \.\.\.\) rebuilt its tables.*warm"):
+        masker(ids, attention)
+    assert masker.coverage()["missed"] == masker.coverage()["words"] > 0, "the new table knows no word yet"
+    for tokenizer, table in ((bert_wordpiece, masker.collator.scores),
+                             (roberta_byte_bpe, score_table(roberta_byte_bpe, lines, seed + 2))):
+        if tokenizer is not bert_wordpiece:
+            masker.collator.tokenizer, masker.collator.scores = tokenizer, table
+            ids, attention = padded(tokenizer, lines[:24])
+        fresh = DifferenceMasker(tokenizer, table, seed=seed)
+        for each in (masker, fresh):
+            each.warm({"input_ids": ids, "attention_mask": attention})
+            each.seed_state.fill_(seed + 7)
+        expected_ids, expected_labels = fresh(ids, attention)
+        got_ids, got_labels = masker(ids, attention)
+        assert torch.equal(got_ids, expected_ids) and torch.equal(got_labels, expected_labels), f"seed={seed}"
+
+
 def test_warm_honours_the_attention_mask_of_rows(bert_wordpiece, lines):
     tokenizer = bert_wordpiece
     scores = score_table(tokenizer, lines)
