@@ -205,8 +205,7 @@ def mine_anchors(
         min_count = reference.default_min_count(total)
     # reference.select_anchors, over the words that pass its count filter only.
     scored = [
-        (word, reference.tf_icf(count, total, reference.general_count(word, general.counts), general.total,
-                                smoothing_per_million))
+        (word, reference.tf_icf(count, total, general.count(word), general.total, smoothing_per_million))
         for word, count in counts.at_least(min_count)
         if reference.has_letter(word)
     ]

@@ -79,7 +79,7 @@ class GeneralFrequencies:
         """c_G(w), with compounds of known parts counted as their rarest part (reference.general_count)."""
         from .reference import general_count
 
-        return general_count(word, self.counts)
+        return general_count(word, self.counts, self._folded_counts)
 
     def lowercased(self) -> "GeneralFrequencies":
         """This table with its words lowercased (counts of "DNA" and "dna" summed), to match a
@@ -92,6 +92,11 @@ class GeneralFrequencies:
     @cached_property
     def _has_cased_keys(self) -> bool:
         return any(word != word.lower() for word in self.counts)
+
+    @cached_property
+    def _folded_counts(self) -> dict | None:
+        """Where keys keep case, the counts by lowercase word: "dna" is found beside "DNA"."""
+        return self.lowercased().counts if self._has_cased_keys else None
 
     def relative(self, word: str) -> float:
         return self.count(word) / self.total

@@ -366,7 +366,8 @@ def word_parts(word: str) -> list[str]:
     return parts
 
 
-def general_count(word: str, general_counts: Mapping[str, float]) -> float:
+def general_count(word: str, general_counts: Mapping[str, float],
+                  folded_counts: Mapping[str, float] | None = None) -> float:
     """c_G(w): the word's count in the general table.
 
     General-English tables split words at punctuation ("long-term" is counted as "long" and
@@ -380,15 +381,32 @@ def general_count(word: str, general_counts: Mapping[str, float]) -> float:
     General tables are case-folded: a word with capitals (counted with ``lowercase=False``) that
     the table lacks as written is looked up in lowercase, so "The" is as common as "the". The
     default table is also ASCII only: a word with accents it lacks is looked up without them, so
-    "café" and "naïve" are as common as "cafe" and "naive", not unseen.
+    "café" and "naïve" are as common as "cafe" and "naive", not unseen. A table that keeps case
+    comes with ``folded_counts`` (``case_folded``): a word it lacks in every form ("dna" beside
+    its "DNA") is looked up there.
     """
-    count = _table_count(word, general_counts)
+    def lookup(form: str) -> float | None:
+        count = _table_count(form, general_counts)
+        return count if count is not None or folded_counts is None else _table_count(form, folded_counts)
+
+    count = lookup(word)
     if count is not None:
         return count
     parts = word_parts(word)
     if len(parts) < 2:
         return 0
-    return min((_table_count(part, general_counts) or 0 for part in parts if not part.isdigit()), default=0)
+    return min((lookup(part) or 0 for part in parts if not part.isdigit()), default=0)
+
+
+def case_folded(general_counts: Mapping[str, float]) -> dict[str, float] | None:
+    """The table's counts summed by lowercase word, for ``general_count``; None when no key has
+    an upper-case letter (its own lookups fold the word's case already)."""
+    if all(word == word.lower() for word in general_counts):
+        return None
+    folded: dict[str, float] = {}
+    for word, count in general_counts.items():
+        folded[word.lower()] = folded.get(word.lower(), 0) + count
+    return folded
 
 
 def _table_count(word: str, general_counts: Mapping[str, float]) -> float | None:
@@ -434,8 +452,10 @@ def select_anchors(
         raise ValueError("the target corpus has no words")
     if min_count is None:
         min_count = default_min_count(target_total)
+    folded = case_folded(general_counts)
     scored = [
-        (word, tf_icf(count, target_total, general_count(word, general_counts), general_total, smoothing_per_million))
+        (word, tf_icf(count, target_total, general_count(word, general_counts, folded), general_total,
+                      smoothing_per_million))
         for word, count in target_counts.items()
         if count >= min_count and is_anchor_candidate(word)
     ]

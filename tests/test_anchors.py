@@ -167,6 +167,27 @@ def test_mine_anchors_equals_reference_and_round_trips(tmp_path):
     assert mine_anchors(counts, general, k=5) == anchors
 
 
+def test_a_cased_general_table_is_found_by_a_word_in_another_case(tmp_path):
+    """A table that keeps case ("DNA") gave the word "dna" of a corpus counted with case kept no
+    count at all, and so the TF-ICF of a word unseen in general English: an anchor."""
+    table = tmp_path / "general.tsv"
+    table.write_text("the\t1000\nDNA\t500\nprotein\t10\nof\t900\nbinds\t800\nenzyme\t700\n")
+    general = GeneralFrequencies.from_file(table, lowercase=False)
+    assert general.count("dna") == general.count("Dna") == general.count("DNA") == 500
+    assert general.count("dna-protein") == 10 and general.count("zzz") == 0
+    counts = count_words(["the dna of the protein binds dna the enzyme binds DNA"] * 10, lowercase=False,
+                         progress=False)
+    anchors = mine_anchors(counts, general, k=7, min_count=1)
+    assert anchors.words[0] == "protein", "the one word general English makes rare"
+    assert {anchor.word: anchor.general_count for anchor in anchors} == {
+        "protein": 10, "dna": 500, "DNA": 500, "the": 1000, "of": 900, "binds": 800, "enzyme": 700}
+    expected = reference.select_anchors(counts.counts, general.counts, general.total, k=7, min_count=1)
+    assert [(a.word, a.score) for a in anchors] == expected
+    assert reference.general_count("dna", {"DNA": 5.0, "dna": 2.0}) == 2.0, "a word as written comes first"
+    assert reference.general_count("dna", {"DNA": 5.0, "Dna": 2.0}) == 0, "unfolded: the table as given"
+    assert reference.general_count("dna", {"DNA": 5.0, "Dna": 2.0}, reference.case_folded({"DNA": 5.0, "Dna": 2.0})) == 7
+
+
 def test_mine_anchors_equals_reference_at_the_min_count_edge_with_tied_scores(seed):
     """Many words occur exactly min_count - 1, min_count and min_count + 1 times and share their
     general count, so TF-ICF ties abound: the count filter keeps min_count itself (>=, not >)
