@@ -14,7 +14,7 @@ from typing import Callable
 import numpy as np
 
 from . import reference
-from ._checks import first_unnormalized
+from ._checks import first_unnormalized, whole_number
 from ._io import refuse_special_input
 
 #: Tokens in the Google Web Trillion Word corpus the default table is drawn from. The shipped
@@ -102,13 +102,19 @@ class GeneralFrequencies:
         return self.count(word) / self.total
 
     def __contains__(self, word: object) -> bool:
-        return word in self.counts
+        """Whether ``count`` finds the word ("the" beside a key "The", "cafe" beside "café"), as a
+        check before ``count`` expects."""
+        return isinstance(word, str) and self.count(word) > 0
+
+    def __hash__(self) -> int:  # the dataclass's would hash the dict of counts, which cannot be
+        return hash((self.source, self.total, len(self.counts)))
 
     def __len__(self) -> int:
         return len(self.counts)
 
     def most_common(self, n: int) -> list[str]:
         """The ``n`` most frequent words, most frequent first (ties by word)."""
+        n = whole_number(n, "n (words)", least=0)
         if self.source == _DEFAULT_SOURCE and self is _default_table():  # cached: asked once per scorer
             return list(_most_common_default(n))
         return _most_common(self.counts, n)

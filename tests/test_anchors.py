@@ -549,3 +549,18 @@ def test_the_table_keeps_its_columns_for_scores_of_any_size():
     lines = anchors.table().splitlines()
     assert len({len(line) for line in lines}) == 1, "\n".join(lines)
     assert "1.7e+308" in lines[1] and "12.50" in lines[2]
+
+
+def test_a_general_table_holds_what_its_count_finds_hashes_and_names_a_bad_n():
+    """``in`` read the keys as written ("the" was not in a table of "The" that counts it); the
+    frozen table could not be hashed; most_common(None) failed in a comparison."""
+    general = GeneralFrequencies({"The": 5, "café": 3, "long": 4, "term": 2}, 100)
+    assert [word in general for word in ("The", "the", "CAFÉ", "long-term", "zzz", 3)] == [
+        True, True, True, True, False, False]
+    again = GeneralFrequencies({"The": 5, "café": 3, "long": 4, "term": 2}, 100)
+    assert general == again and len({general, again}) == 1
+    with pytest.raises(TypeError, match=r"n \(words\) must be a whole number, got None"):
+        general.most_common(None)
+    with pytest.raises(ValueError, match=r"n \(words\) must be at least 0, got -1"):
+        general.most_common(-1)
+    assert general.most_common(0) == []
