@@ -37,12 +37,15 @@ class DifferenceMaskingCollator(MaskingCollatorBase):
     TABLES_FROM = (*MaskingCollatorBase.TABLES_FROM, "scores")
 
     def __post_init__(self) -> None:
-        if self.weighting not in WEIGHTINGS:
-            raise ValueError(f"unknown weighting {self.weighting!r}; expected one of {', '.join(WEIGHTINGS)}")
-        check_probability("uniform_mix", self.uniform_mix)
         self.scores = as_score_table(self.scores)
         self._setup_base()
         self._cache = ops.ScoreHashTable()
+
+    def _check_settings(self) -> None:
+        if self.weighting not in WEIGHTINGS:
+            raise ValueError(f"unknown weighting {self.weighting!r}; expected one of {', '.join(WEIGHTINGS)}")
+        check_probability("uniform_mix", self.uniform_mix)
+        super()._check_settings()
 
     def mask_batch(self, input_ids: torch.Tensor, never_word: torch.Tensor | None = None) -> dict:
         masked_ids, labels = self.mask(input_ids, never_word)

@@ -10,11 +10,12 @@ DataLoader worker and distributed rank.
 from __future__ import annotations
 
 import contextlib
+import functools
 import itertools
 import math
 import numbers
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any, Mapping, Sequence
 
 import numpy as np
@@ -228,6 +229,12 @@ def _stream_context(rank_default: int = 0) -> tuple[int, int, int, int]:
     return (os.getpid(), rank, info.id, int(info.seed))
 
 
+@functools.cache
+def _option_names(collator_class: type) -> frozenset[str]:
+    """The fields a collator is constructed with."""
+    return frozenset(f.name for f in fields(collator_class) if f.init)
+
+
 @dataclass(kw_only=True)
 class MaskingCollatorBase:
     """Padding, seeding and pickling for a masking collator, and the options every strategy has
@@ -268,26 +275,36 @@ class MaskingCollatorBase:
     def __setattr__(self, name: str, value: Any) -> None:
         """Assigning a field of ``TABLES_FROM`` to a built collator (``collator.scores = table``)
         checks it and rebuilds what was derived from it, keeping the random streams where they
-        are, instead of masking on with tables of the old value; a value that fails its checks is
-        refused and the old one kept."""
-        if name not in self.TABLES_FROM or "boundaries" not in self.__dict__ or self.__dict__.get("_rebuilding"):
+        are, instead of masking on with tables of the old value; any other option is checked as
+        the constructor checks it (``collator.mlm_probability = 7`` is refused), and a new
+        ``seed`` restarts the streams from it. A value that fails its checks is refused and the
+        old one kept."""
+        built = "boundaries" in self.__dict__ and not self.__dict__.get("_rebuilding")
+        if not built or name not in _option_names(type(self)):
             object.__setattr__(self, name, value)
             return
         before = dict(self.__dict__)
         object.__setattr__(self, name, value)
         self.__dict__["_rebuilding"] = True
         try:
-            self.__post_init__()
+            if name in self.TABLES_FROM:
+                self.__post_init__()
+            else:
+                self._check_settings()
         except BaseException:
             self.__dict__.clear()
             self.__dict__.update(before)
             raise
         finally:
             self.__dict__.pop("_rebuilding", None)
-        self.__dict__.update({key: before[key] for key in self._STREAM_STATE})
+        if name in self.TABLES_FROM:
+            self.__dict__.update({key: before[key] for key in self._STREAM_STATE})
+        elif name == "seed" and self.seed != before["seed"]:
+            self._generators = {}
 
-    def _setup_base(self) -> None:
-        """Check the options every masking collator has and build the tokenizer's word tables."""
+    def _check_settings(self) -> None:
+        """Check (and normalize) the options that build no table: at construction and whenever
+        one is assigned. Subclasses check their own too."""
         if not self.mlm:
             raise ValueError(f"{type(self).__name__} masks for masked language modelling; mlm=False (causal language "
                              "modelling) is not supported")
@@ -301,6 +318,10 @@ class MaskingCollatorBase:
                                                    why=" (the longest sequence the tokenizer names, or 65,536)")
         if self.return_tensors not in ("pt", "np"):
             raise ValueError(f"return_tensors must be 'pt' or 'np', got {self.return_tensors!r}")
+
+    def _setup_base(self) -> None:
+        """Check the options every masking collator has and build the tokenizer's word tables."""
+        self._check_settings()
         check_tokenizer(self.tokenizer)
         if self.tokenizer.pad_token_id is None:
             raise ValueError(f"{type(self.tokenizer).__name__} has no padding token; set tokenizer.pad_token first")

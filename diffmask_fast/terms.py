@@ -447,11 +447,14 @@ class MSLMCollator(MaskingCollatorBase):
     TABLES_FROM = (*MaskingCollatorBase.TABLES_FROM, "terms")
 
     def __post_init__(self) -> None:
-        check_probability("term_probability", self.term_probability)
-        check_loss_weight("term_weight", self.term_weight)
         self.terms = _check_terms(self.terms)
         self._setup_base()
         self.matcher = TermMatcher(self.tokenizer, self.terms, boundaries=self.boundaries)
+
+    def _check_settings(self) -> None:
+        check_probability("term_probability", self.term_probability)
+        check_loss_weight("term_weight", self.term_weight)
+        super()._check_settings()
 
     def mask_batch(self, input_ids: torch.Tensor, never_word: torch.Tensor | None = None) -> dict:
         """Mask a padded [B, L] batch; ``never_word`` flags tokens that belong to no word (special

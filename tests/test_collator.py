@@ -628,3 +628,41 @@ def test_assigning_terms_rebuilds_the_term_matcher(bert_wordpiece, lines, seed, 
     with pytest.raises((TypeError, ValueError)):
         changed.terms = 7
     assert changed.terms == fresh.terms
+
+
+@pytest.mark.parametrize("name, setting, value, problem", [
+    ("DifferenceMaskingCollator", "mlm_probability", 7.0, "mlm_probability must be"),
+    ("DifferenceMaskingCollator", "weighting", "ranked", "unknown weighting 'ranked'"),
+    ("DifferenceMaskingCollator", "uniform_mix", -0.5, "uniform_mix must be"),
+    ("DifferenceMaskingCollator", "random_replace_prob", 0.5, "mask_replace_prob .* random_replace_prob"),
+    ("MSLMCollator", "term_weight", -5.0, "term_weight must be positive and finite, got -5.0"),
+    ("MSLMCollator", "term_probability", 7.0, "term_probability must be"),
+    ("RandomWordCollator", "return_tensors", "tf", "return_tensors must be 'pt' or 'np'"),
+    ("RandomTokenCollator", "seed", -1, "seed"),
+])
+def test_an_option_assigned_after_construction_is_checked_as_the_constructor_checks_it(
+        bert_wordpiece, lines, seed, name, setting, value, problem):
+    """``collator.term_weight = -5`` was taken: every masked term then weighed -5 in the loss."""
+    import diffmask_fast
+
+    collator_class = getattr(diffmask_fast, name)
+    arguments = {"DifferenceMaskingCollator": (random_scores(bert_wordpiece, lines),),
+                 "MSLMCollator": (["kinase"],)}.get(name, ())
+    collator = collator_class(bert_wordpiece, *arguments, seed=seed)
+    with pytest.raises(ValueError, match=problem):
+        collator_class(bert_wordpiece, *arguments, **{"seed": seed, setting: value})
+    kept = getattr(collator, setting)
+    with pytest.raises(ValueError, match=problem):
+        setattr(collator, setting, value)
+    assert getattr(collator, setting) == kept
+    collator.mlm_probability = 0.5
+    assert collator.mlm_probability == 0.5
+
+
+def test_a_seed_assigned_after_construction_restarts_the_stream_from_it(bert_wordpiece, lines, seed):
+    examples = encode(bert_wordpiece, lines)
+    table = random_scores(bert_wordpiece, lines)
+    changed = DifferenceMaskingCollator(bert_wordpiece, table, seed=seed)
+    changed(examples[:8])
+    changed.seed = seed + 1
+    _same_batches(changed(examples), DifferenceMaskingCollator(bert_wordpiece, table, seed=seed + 1)(examples))
