@@ -12,6 +12,9 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import fnmatch
+import functools
+import glob
 import itertools
 import math
 import os
@@ -740,6 +743,29 @@ def _refuse_output_in_corpus_folder(out: Path, config: PretrainConfig) -> None:
                 raise ValueError(f"the output {str(out)!r} lies in the {name} folder {str(path)!r}, which is read "
                                  "with its subfolders: the files the run writes there would be read as documents "
                                  "by later runs; choose an output directory outside it")
+            if glob.has_magic(str(path)) and not folder.exists() and _glob_reaches(str(path), inside):
+                raise ValueError(f"the output {str(out)!r} lies where the {name} glob {str(path)!r} reads (it matches "
+                                 "the output, a folder holding it, or files it may hold): the files the run writes "
+                                 "would be read as documents by later runs; choose an output directory outside it")
+
+
+def _glob_reaches(pattern: str, out: Path) -> bool:
+    """Whether ``pattern`` (a corpus glob, ``**`` reaching any depth) matches ``out``, a folder
+    holding it (read with its subfolders), or may match a file inside it."""
+    parts = Path(pattern).expanduser().parts
+    fixed = next((i for i, part in enumerate(parts) if glob.has_magic(part)), len(parts))
+    wanted = Path(*parts[:fixed]).resolve().parts + parts[fixed:] if fixed else Path.cwd().parts + parts
+    path = out.parts
+
+    @functools.cache
+    def reaches(i: int, j: int) -> bool:
+        if i == len(wanted) or j == len(path):  # matched a folder holding out, or out and on into it
+            return True
+        if wanted[i] == "**":
+            return reaches(i + 1, j) or reaches(i, j + 1)
+        return fnmatch.fnmatchcase(path[j], wanted[i]) and reaches(i + 1, j + 1)
+
+    return reaches(0, 0)
 
 
 def _check_output_dir(config: PretrainConfig) -> tuple[dict | None, Path | None]:

@@ -30,10 +30,11 @@ from typing import Any, Callable, Hashable, Iterable, Iterator, Sequence
 import numpy as np
 import torch
 
+from ._checks import whole_number
 from .advice import DiffmaskWarning
 from ._io import put_in_place
 from .corpus import CorpusError, corpus_files, iter_documents
-from .tokenization import WordGrouper, naming_word_boundary, tokenize_texts
+from .tokenization import WordGrouper, naming_word_boundary, tokenizable_text, tokenize_texts
 from .vocabulary import WordTypes
 
 #: The shortest sequence worth training on: two special tokens and two word pieces.
@@ -250,9 +251,10 @@ def reading_key(tokenizer: Any) -> Callable[[str], Hashable]:
     normalizer = None if backend is None else backend.normalizer
 
     def key(text: str) -> bytes:
+        text = tokenizable_text(text)  # a lone surrogate (from JSON) as the tokenizer reads it: U+FFFD
         if normalizer is not None:
             text = normalizer.normalize_str(text)
-        return hashlib.blake2b("".join(text.split()).encode("utf-8", "surrogatepass"), digest_size=16).digest()
+        return hashlib.blake2b("".join(text.split()).encode("utf-8"), digest_size=16).digest()
 
     return key
 
@@ -312,8 +314,9 @@ def tokenize_documents(tokenizer: Any, documents: Iterable[str], max_length: int
     made, and returned memory-mapped from them (``TokenWindows.load``). Given ``word_types``,
     the documents' words are added to it from the same tokens (for scoring).
     """
-    if max_length < MIN_MAX_LENGTH:
-        raise ValueError(f"max_length must be at least {MIN_MAX_LENGTH}, got {max_length}")
+    if isinstance(documents, (str, bytes)):  # iterating would read a document a character
+        raise TypeError(f"documents must be an iterable of texts, got one {type(documents).__name__}: give [text]")
+    max_length = whole_number(max_length, "max_length", least=MIN_MAX_LENGTH)
 
     before, after = special_wrapping(tokenizer)
     room = max_length - len(before) - len(after)

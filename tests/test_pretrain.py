@@ -158,6 +158,27 @@ def test_an_output_folder_in_a_corpus_folder_is_refused_before_any_work(model_di
     assert sorted(p.name for p in data.rglob("*")) == ["corpus.txt", "part"]
 
 
+def test_an_output_folder_a_corpus_glob_would_read_is_refused_before_any_work(model_dir, corpus, tmp_path):
+    """A glob ("data/*", "data/**") was not checked: the run's terms.txt, or with "**" its
+    checkpoints' config.json, were read as documents by the next run on it."""
+    from diffmask_fast.pretrain import _glob_reaches
+
+    data = tmp_path / "data"
+    (data / "part").mkdir(parents=True)
+    for text in (data / "corpus.txt", data / "part" / "corpus.txt"):
+        text.write_bytes(corpus.read_bytes())
+    for pattern, out in ((data / "*", data / "run"), (data / "**", data / "deep" / "run"),
+                         (data / "*" / "*.txt", data / "run"), (tmp_path / "da*" / "*" / "*.txt", data / "run")):
+        with pytest.raises(ValueError, match=r"the output .* lies where the corpus glob .* reads"):
+            pretrain(config_for(model_dir, [str(pattern)], out, strategy="mslm"))
+        assert not out.exists(), out
+    assert sorted(p.name for p in data.rglob("*")) == ["corpus.txt", "corpus.txt", "part"]
+    for pattern, out, reaches in (("/d/*.txt", "/d/run", False), ("/d/*.txt", "/e/run", False),
+                                  ("/d/?un", "/d/run", True), ("/d/**/x/*.txt", "/d/a/b/run", True),
+                                  ("/d/[ab]*", "/d/run", False), ("/d/*/c.txt", "/d/run/x", False)):
+        assert _glob_reaches(pattern, Path(out)) == reaches, (pattern, out)
+
+
 def test_a_run_resumed_after_a_crash_stops_early_and_reports_its_loss_as_the_uninterrupted_run(
         model_dir, corpus, tmp_path, monkeypatch):
     """Early stopping's count restarted at 0 on resume (the run trained on past its stop), and the

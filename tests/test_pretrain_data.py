@@ -654,3 +654,25 @@ def test_word_grouping_refuses_ids_outside_the_vocabulary(bert_wordpiece):
         with pytest.raises(ValueError, match=f"got {bad}"):
             grouper.breaks(ids[:1] + [bad] + ids[1:])
     assert grouper([]) == [] and grouper.breaks([]).shape == (0,)
+
+
+@pytest.mark.parametrize("name", ["bert_wordpiece", "sentencepiece_unigram", "roberta_byte_bpe"])
+def test_the_reading_key_takes_a_lone_surrogate_as_tokenizing_does(name):
+    """JSON lines may hold "\\ud800": tokenizing reads it as U+FFFD, the split key failed in the
+    tokenizer's normalizer (UnicodeEncodeError) before a run could start."""
+    from diffmask_fast.pretrain_data import reading_key
+
+    tokenizer = getattr(tokenizers_offline, name)()
+    key = reading_key(tokenizer)
+    assert key("broken \ud800 text") == key("broken \ufffd text") != key("mended text")
+    assert tokenize_documents(tokenizer, ["broken \ud800 text"], 16, progress=False)[0]
+
+
+def test_tokenize_documents_refuses_one_text_and_a_length_that_is_no_whole_number():
+    """One string was read as a document a character; a max_length of 8.0 failed as a slice index
+    on the first word longer than a window."""
+    tokenizer = tokenizers_offline.roberta_byte_bpe()
+    with pytest.raises(TypeError, match="documents must be an iterable of texts, got one str"):
+        tokenize_documents(tokenizer, "The receptor binds its ligand", 16, progress=False)
+    with pytest.raises(TypeError, match="max_length must be a whole number, got 8.0"):
+        tokenize_documents(tokenizer, ["x" * 200], 8.0, progress=False)
