@@ -119,6 +119,14 @@ SPILL_BELOW_LIST_SIZE = 64
 IVF_SCAN_PAIRS = 2**22
 
 
+def smallest_tuning_sample(recall_target: float) -> int:
+    """The fewest sample queries that can show ``recall_target`` (``AnchorIndex._reaches``: with
+    no miss, n / (n + 1) must reach it): 99 for 0.99."""
+    if recall_target >= 1.0:
+        return 1
+    return max(1, math.ceil(recall_target / (1 - recall_target) - 1e-9))
+
+
 def check_index_options(kind: str = "auto", *, recall_target: float = 0.99, spill: int | None = None,
                         engine: str | None = None, **counts: int | None) -> None:
     """Raise ValueError for options ``AnchorIndex`` refuses. ``counts`` are the whole-number
@@ -138,9 +146,16 @@ def check_index_options(kind: str = "auto", *, recall_target: float = 0.99, spil
         raise ValueError(f"spill must be 1 or 2, got {spill}")
     if engine is not None and engine not in IVF_ENGINES:
         raise ValueError(f"unknown IVF engine {engine!r}; expected one of {', '.join(IVF_ENGINES)}")
+    if spill == 2 and engine == "faiss":
+        raise ValueError("spill=2 needs engine='batched': FAISS's IVF index puts each anchor in one list")
     for name, value in counts.items():
         if value is not None:
             _check_whole(name, value)
+    sample, needed = counts.get("recall_sample"), smallest_tuning_sample(recall_target)
+    if sample is not None and 0 < sample < needed and kind != "exact" and kind != "flat":
+        raise ValueError(f"recall_sample {sample} cannot show recall@1 {recall_target}: a sample with no miss shows at "
+                         f"most n/(n+1), so tuning would scan every list; give at least {needed} (or 0 to keep the "
+                         "default parameters untuned)")
     if kind != "auto":  # auto applies the options of the kind it picks
         given = {"nlist": counts.get("nlist"), "nprobe": counts.get("nprobe"), "engine": engine,
                  "spill": spill if spill not in (None, 1) else None, "ef_search": counts.get("ef_search")}
@@ -519,9 +534,13 @@ class AnchorIndex:
 
     # -- building ------------------------------------------------------------------------------
     def _sample_queries(self, sample_queries, limit: int):
+        """(sample, its source): at most ``limit`` of the given queries that have a direction, topped
+        up with perturbed anchors to the ``smallest_tuning_sample`` the target needs; all perturbed
+        anchors without given queries."""
         if limit <= 0:
             return None, ""
         generator = torch.Generator().manual_seed(self.seed)
+        needed = min(limit, smallest_tuning_sample(self.recall_target))
         if sample_queries is not None:
             given = self._query_rows(sample_queries, "sample_queries")
             sample = _directed(given)
@@ -530,14 +549,22 @@ class AnchorIndex:
                                   "or infinite) left out of tuning")
             if sample.shape[0] > limit:
                 sample = sample[torch.randperm(sample.shape[0], generator=generator)[:limit]]
-            if sample.shape[0]:
+            if sample.shape[0] >= needed:
                 return sample, "given"
-            if given.shape[0] == 0:
-                return None, ""
-            self.notes.append("no sample query has a direction: tuned on perturbed anchors instead")
-        rows = torch.randint(0, self.k, (limit,), generator=generator)
-        noise = unit_rows(torch.randn(limit, self.dimension, generator=generator))
-        return unit_rows(self._unit[rows] + noise), "perturbed anchors"
+            if sample.shape[0]:
+                self.notes.append(f"only {sample.shape[0]:,} sample queries: topped up with perturbed anchors to the "
+                                  f"{needed:,} a sample needs to show recall@1 {self.recall_target}")
+                return torch.cat([sample, self._perturbed_anchors(needed - sample.shape[0], generator)]), \
+                    "given and perturbed anchors"
+            missing = "no sample query given" if given.shape[0] == 0 else "no sample query has a direction"
+            self.notes.append(f"{missing}: tuned on perturbed anchors instead")
+        return self._perturbed_anchors(limit, generator), "perturbed anchors"
+
+    def _perturbed_anchors(self, count: int, generator: torch.Generator) -> torch.Tensor:
+        """``count`` queries near random anchors (as far from each as from a random direction)."""
+        rows = torch.randint(0, self.k, (count,), generator=generator)
+        noise = unit_rows(torch.randn(count, self.dimension, generator=generator))
+        return unit_rows(self._unit[rows] + noise)
 
     def _exact(self, queries: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Exact nearest anchors, the yardstick of recall: the op, or with ``use_gpu`` and many

@@ -230,13 +230,32 @@ def test_a_perfect_small_sample_does_not_certify_the_target(generator):
         index = AnchorIndex(anchors, "ivf", sample_queries=queries[:n], recall_target=0.99)
         perfect = report(1.0, n)
         assert index._reaches(perfect) is certifiable, n
-        if not certifiable:  # tuning went to the limit: every list scanned, exact
-            assert index.params["nprobe"] == index.params["nlist"] and index.recall == 1.0
-            assert "did not show recall@1 >= 0.99 on the" in index.describe()
+        if not certifiable:  # topped up to a sample that can show the target, not tuned to scan every list
+            assert index.report.queries == 99 and index.report.source == "given and perturbed anchors"
+            assert f"only {n} sample queries: topped up with perturbed anchors to the 99" in index.describe()
+            assert index.params["nprobe"] < index.params["nlist"], index.describe()
     # With misses, two standard errors below the sample recall must reach the target: 0.993 of
     # 1,000 is one (0.0026) above 0.99, not two.
     assert index._reaches(report(0.995, 1000)) and not index._reaches(report(0.99, 1000))
     assert not index._reaches(report(0.993, 1000))
+
+
+@pytest.mark.parametrize("kind", ["ivf", "hnsw"])
+def test_an_empty_sample_or_one_too_small_to_show_the_target_is_not_taken_as_it_is(kind, generator):
+    """An empty sample switched tuning off (the default nprobe, recall 0.95, no note); a
+    recall_sample below 99 made tuning scan every list (or graph node) for a target of 0.99."""
+    anchors = clustered(6000, 32, 200, generator)
+    empty = AnchorIndex(anchors, kind, sample_queries=torch.zeros(0, 32))
+    assert empty.report is not None and empty.report.source == "perturbed anchors" and empty.recall >= 0.99
+    assert "no sample query given: tuned on perturbed anchors instead" in empty.describe()
+    for small, target in ((50, 0.99), (9, 0.95), (1, 0.9)):
+        with pytest.raises(ValueError, match=f"recall_sample {small} cannot show recall@1 {target}: .* give at "
+                                             f"least {index_module.smallest_tuning_sample(target)}"):
+            AnchorIndex(anchors, kind, recall_sample=small, recall_target=target)
+    assert [index_module.smallest_tuning_sample(t) for t in (0.5, 0.9, 0.95, 0.99, 0.999)] == [1, 9, 19, 99, 999]
+    assert AnchorIndex(anchors, kind, recall_sample=0).report is None
+    with pytest.raises(ValueError, match="spill=2 needs engine='batched'"):
+        index_module.check_index_options("ivf", spill=2, engine="faiss")
 
 
 def test_queries_and_anchors_are_checked(generator):
@@ -430,9 +449,11 @@ def test_tuning_stops_when_its_limit_falls_short(monkeypatch, generator):
     original = AnchorIndex._try
     monkeypatch.setattr(AnchorIndex, "_try", lambda self, name, value, apply: (
         tried.append(value), original(self, name, value, apply))[1])
-    index = AnchorIndex(anchors, "ivf", sample_queries=clustered(30, 32, 200, generator), recall_target=0.99)
+    monkeypatch.setattr(AnchorIndex, "_reaches", lambda self, report: False)  # no setting shows the target
+    index = AnchorIndex(anchors, "ivf", sample_queries=clustered(300, 32, 200, generator), recall_target=0.99)
     nlist = index.params["nlist"]
     assert tried[-1] == nlist == index.params["nprobe"] and tried.count(nlist) == 1, tried  # no bisection after
+    assert f"nprobe={nlist} (the most) did not show recall@1 >= 0.99 on the 300-query sample" in index.describe()
 
 
 @pytest.mark.parametrize("kind", ["ivf", "hnsw"])
