@@ -39,7 +39,7 @@ from ._io import (atomic_write_json, check_writable, file_sha256, read_json, ref
                   user_path)
 from .corpus import is_gzip
 from .hf_loading import (check_max_length, check_vocabulary, load_tokenizer, model_reference, no_progress_bars,
-                         quiet_transformers, readable_weights, saved_weights, usable_device)
+                         quiet_transformers, readable_weights, saved_weights, usable_device, weights_of_other_sizes)
 from .metrics import accuracy, macro_f1, mean_std
 
 __all__ = ["load_labeled", "finetune", "FinetuneReport", "SeedResult", "add_finetune_command",
@@ -307,6 +307,11 @@ def _load_classifier(model: str, id2label: dict[int, Any], label2id: dict[Any, i
                 model_reference(model), num_labels=len(id2label), id2label=id2label, label2id=label2id,
                 problem_type="single_label_classification", dtype=torch.float32,
                 ignore_mismatched_sizes=True, output_loading_info=True)
+        # Sizes are let differ for a head of other labels; the encoder's must be the checkpoint's.
+        encoder = [row for row in loading.get("mismatched_keys", ())
+                   if row[0].startswith(f"{classifier.base_model_prefix}.")]
+        if encoder:
+            raise weights_of_other_sizes(model, encoder)
     except (OSError, ValueError, KeyError, RuntimeError) as error:
         raise ValueError(f"cannot load {model!r} for sequence classification: {error}") from error
     fresh = set(loading.get("missing_keys", ())) | {key[0] for key in loading.get("mismatched_keys", ())}

@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
 
 #: A saved model's weights, as ``save_pretrained`` writes them (whole or sharded).
@@ -92,18 +93,77 @@ def quiet_transformers() -> Iterator[None]:
 def readable_weights(model: str | os.PathLike) -> Iterator[None]:
     """Turn the error of a damaged or cut-short weights file (safetensors raises an exception of
     its own, neither OSError nor ValueError; torch's reader of a .bin file a RuntimeError, or an
-    unpickling error or EOFError) into a ValueError naming the model."""
+    unpickling error or EOFError) into a ValueError naming the model, and so transformers' error
+    for weights of other sizes than the config gives, with the weights its load report names
+    (the report is kept from the log: loads are quiet)."""
     import pickle
 
     from safetensors import SafetensorError
 
+    with _load_report() as report:
+        try:
+            yield
+        except (SafetensorError, RuntimeError, pickle.UnpicklingError, EOFError) as error:
+            if isinstance(error, RuntimeError) and "ignore_mismatched_sizes" in str(error):
+                raise weights_of_other_sizes(model, _mismatched_rows(report)) from None
+            if isinstance(error, RuntimeError) and not _weights_reading_error(error):
+                raise
+            raise ValueError(f"cannot read the weights of {os.fspath(model)!r}: {error} (the weights file is damaged "
+                             "or was cut short; save or download it again)") from error
+
+
+@contextlib.contextmanager
+def _load_report() -> Iterator[list[str]]:
+    """The messages transformers' model loading logs at warning level (its load report among
+    them), collected instead of printed."""
+    import logging
+
+    class Collecting(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            messages.append(record.getMessage())
+
+    messages: list[str] = []
+    logger = logging.getLogger("transformers.modeling_utils")
+    handler, kept = Collecting(logging.WARNING), (logger.level, logger.propagate)
+    logger.addHandler(handler)
+    logger.setLevel(logging.WARNING)
+    logger.propagate = False
     try:
-        yield
-    except (SafetensorError, RuntimeError, pickle.UnpicklingError, EOFError) as error:
-        if isinstance(error, RuntimeError) and not _weights_reading_error(error):
-            raise
-        raise ValueError(f"cannot read the weights of {os.fspath(model)!r}: {error} (the weights file is damaged or "
-                         "was cut short; save or download it again)") from error
+        yield messages
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(kept[0])
+        logger.propagate = kept[1]
+
+
+#: Terminal colour codes, which transformers' load report holds.
+_COLOUR_CODE = re.compile(r"\x1b\[[0-9;]*m")
+#: A shape as the load report writes it.
+_SHAPE = re.compile(r"torch\.Size\((\[[^\]]*\])\)")
+
+
+def _mismatched_rows(report: list[str]) -> list[tuple[str, str, str]]:
+    """(weight, its size in the checkpoint, the size the config gives it) of every row of a load
+    report that names a weight of another size."""
+    rows = []
+    for message in report:
+        for line in _COLOUR_CODE.sub("", message).splitlines():
+            if "MISMATCH" in line:
+                shapes = _SHAPE.findall(line)
+                rows.append((line.split("|")[0].strip(), *(shapes if len(shapes) == 2 else ("?", "?"))))
+    return rows
+
+
+def weights_of_other_sizes(model: str | os.PathLike, rows: list[tuple[str, Any, Any]], shown: int = 3) -> ValueError:
+    """The error for a checkpoint whose weights have other sizes than its config gives them:
+    ``rows`` of (weight, size in the checkpoint, size by the config), the first ``shown`` named."""
+    named = "; ".join(f"{key}: {list(saved) if not isinstance(saved, str) else saved} in the weights, "
+                      f"{list(wanted) if not isinstance(wanted, str) else wanted} by the config"
+                      for key, saved, wanted in sorted(rows)[:shown])
+    more = f"; and {len(rows) - shown} more" if len(rows) > shown else ""
+    return ValueError(f"the weights of {os.fspath(model)!r} do not have the sizes its config.json gives them"
+                      f"{f' ({named}{more})' if rows else ''}: was the config edited (vocab_size, a layer size), "
+                      "or the tokenizer grown without model.resize_token_embeddings?")
 
 
 def _weights_reading_error(error: RuntimeError) -> bool:

@@ -225,6 +225,29 @@ def test_an_interrupt_says_how_to_carry_on(tmp_path, monkeypatch, capsys):
     assert "diffmask finetune: interrupted; rerun with --resume to keep the seeds" in capsys.readouterr().err
 
 
+def test_weights_of_other_sizes_than_the_config_gives_are_named_not_a_traceback(tmp_path, tiny_bert_mlm,
+                                                                               bert_wordpiece):
+    """transformers raised "For details look at the above report!" with that report hidden (loads
+    are quiet), a RuntimeError no command caught."""
+    import json
+
+    from diffmask_fast.embedding import load_encoder
+    from diffmask_fast.finetune import _load_classifier
+    from diffmask_fast.mlm_model import load_masked_lm
+
+    model = tmp_path / "model"
+    tiny_bert_mlm.save_pretrained(model)
+    bert_wordpiece.save_pretrained(model)
+    config = json.loads((model / "config.json").read_text())
+    config["intermediate_size"] += 32
+    (model / "config.json").write_text(json.dumps(config))
+    named = (f"the weights of '{model}' do not have the sizes its config.json gives them .*"
+             r"intermediate.dense.weight.*\[\d+, \d+\].*\[\d+, \d+\]")
+    for load in (load_masked_lm, load_encoder, lambda path: _load_classifier(path, {0: "a", 1: "b"}, {"a": 0, "b": 1})):
+        with pytest.raises(ValueError, match=named):
+            load(str(model))
+
+
 def test_the_command_reaches_its_interrupt_handler_before_the_heavy_imports():
     """Ctrl-C while the command's module loads prints Python's traceback, not "interrupted": that
     module imports nothing heavy, so the window is the interpreter's start alone (numpy added ~0.1 s)."""
