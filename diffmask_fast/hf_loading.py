@@ -108,6 +108,11 @@ def readable_weights(model: str | os.PathLike) -> Iterator[None]:
                 raise weights_of_other_sizes(model, _mismatched_rows(report)) from None
             if isinstance(error, RuntimeError) and not _weights_reading_error(error):
                 raise
+            if isinstance(error, pickle.UnpicklingError) and "Weights only load failed" in str(error):
+                raise ValueError(f"cannot read the weights of {os.fspath(model)!r}: its .bin file holds objects "
+                                 "besides tensors, which torch does not unpickle where it cannot vouch for them; if "
+                                 "you trust the file, load the model with transformers yourself and save it again as "
+                                 "safetensors (model.save_pretrained)") from error
             raise ValueError(f"cannot read the weights of {os.fspath(model)!r}: {error} (the weights file is damaged "
                              "or was cut short; save or download it again)") from error
 
@@ -199,6 +204,8 @@ def check_model_reference(model: str | os.PathLike) -> None:
     download instead. Hub ids (``org/name``) pass when online."""
     name = os.fspath(model)
     local = Path(model_reference(name))
+    if local.is_file():  # a config.json would be read as a config, then as weights
+        raise ValueError(f"{name!r} is a file: give the folder that holds it ({str(local.parent)!r})")
     if local.is_dir() and not any((local / saved).is_file() for saved in _SAVED_FILES):
         raise ValueError(f"the model directory {name!r} holds no model or tokenizer (none of "
                          f"{', '.join(_SAVED_FILES)})")
@@ -236,6 +243,13 @@ def load_tokenizer(model: str):
     except (OSError, ValueError, TypeError, KeyError) as error:
         raise ValueError(f"cannot load a tokenizer for {model!r} (a checkpoint needs its tokenizer saved "
                          f"with it): {error}") from error
+    except Exception as error:  # the tokenizers library's own: a bare Exception
+        if type(error) is not Exception:
+            raise
+        import tokenizers
+
+        raise ValueError(f"cannot load a tokenizer for {model!r}: tokenizer.json cannot be parsed by the installed "
+                         f"tokenizers {tokenizers.__version__} ({error}); was it written by a newer version?") from None
     if len(tokenizer) <= len(set(tokenizer.all_special_ids)):
         # A directory with a model config but no tokenizer files loads as a tokenizer whose
         # vocabulary is its special tokens alone: every word would become [UNK].
@@ -262,8 +276,20 @@ def usable_device(device):
             raise ValueError(f"device {device!r} was asked for, but torch finds no CUDA GPU on this machine")
         if parsed.index is not None and parsed.index >= count:
             raise ValueError(f"device {device!r} was asked for, but torch finds only {count} CUDA GPU(s)")
-    elif parsed.type == "mps" and not torch.backends.mps.is_available():
-        raise ValueError(f"device {device!r} was asked for, but MPS is not available")
+    elif parsed.type == "mps":
+        if not torch.backends.mps.is_available():
+            raise ValueError(f"device {device!r} was asked for, but MPS is not available")
+    elif parsed.type == "cpu":
+        if parsed.index not in (None, 0):
+            raise ValueError(f"device {device!r}: the processor is one device, 'cpu'")
+    else:  # xpu and the like: torch.<type>.is_available(); meta holds no values to compute with
+        backend = getattr(torch, parsed.type, None)
+        available = getattr(backend, "is_available", None)
+        if parsed.type == "meta" or not callable(available) or not available():
+            raise ValueError(f"device {device!r} was asked for, but torch cannot compute on it on this machine")
+        count = getattr(backend, "device_count", lambda: 1)()
+        if parsed.index is not None and parsed.index >= count:
+            raise ValueError(f"device {device!r} was asked for, but torch finds only {count} of them")
     return parsed
 
 
@@ -288,12 +314,17 @@ def longest_input(model, wanted: int) -> int:
     takes one token more than that has no table of positions to run out of, and takes ``wanted``
     (never built itself: it may be any size). When even shorter sequences fail, the length is
     not the problem: ``wanted``, and the model will say what is."""
-    limit = getattr(getattr(model, "config", None), "max_position_embeddings", None)
-    if isinstance(limit, bool) or not isinstance(limit, int) or wanted <= limit - 2:
+    config = getattr(model, "config", None)
+    limit = getattr(config, "max_position_embeddings", None)
+    pad = getattr(config, "pad_token_id", None)
+    # RoBERTa-style positions start after the padding id: limit - 1 - pad tokens (2 fewer for pad 1).
+    reserved = 1 + max(1, pad) if isinstance(pad, int) and not isinstance(pad, bool) else 2
+    if isinstance(limit, bool) or not isinstance(limit, int) or wanted <= limit - reserved:
         return wanted
     if _takes(model, min(wanted, limit + 1)):
         return wanted
-    return next((length for length in (limit, limit - 2) if length < wanted and _takes(model, length)), wanted)
+    lengths = sorted({limit, limit - 2, limit - reserved}, reverse=True)
+    return next((length for length in lengths if 0 < length < wanted and _takes(model, length)), wanted)
 
 
 def _takes(model, length: int) -> bool:

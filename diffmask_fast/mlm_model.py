@@ -33,8 +33,9 @@ def load_masked_lm(name_or_path: str, *, init_mlm_head: bool = False, dtype: tor
     the Trainer's mixed precision (``bf16``/``fp16``), over float32 weights."""
     from transformers import AutoConfig, AutoModelForMaskedLM
 
-    from .hf_loading import model_reference, quiet_transformers, readable_weights
+    from .hf_loading import check_model_reference, model_reference, quiet_transformers, readable_weights
 
+    check_model_reference(name_or_path)
     name_or_path = model_reference(name_or_path)
     try:
         config = AutoConfig.from_pretrained(name_or_path)

@@ -1,0 +1,73 @@
+"""Loading models and tokenizers: what a bad model folder, device or length is told."""
+
+from __future__ import annotations
+
+import json
+import pickle
+
+import numpy as np
+import pytest
+import torch
+
+import tokenizers_offline
+from diffmask_fast.hf_loading import check_max_length, load_tokenizer, longest_input, usable_device
+from diffmask_fast.mlm_model import load_masked_lm
+
+
+def test_a_tokenizer_file_the_installed_tokenizers_cannot_parse_is_named(tmp_path):
+    """The tokenizers library raises a bare Exception ("data did not match any variant of untagged
+    enum ..."), as for a file a newer version wrote: it left load_tokenizer as a traceback."""
+    tokenizer = tokenizers_offline.bert_wordpiece()
+    tokenizer.save_pretrained(tmp_path)
+    saved = json.loads((tmp_path / "tokenizer.json").read_text())
+    saved["normalizer"] = {"type": "NormalizerOfAFutureVersion"}
+    (tmp_path / "tokenizer.json").write_text(json.dumps(saved))
+    with pytest.raises(ValueError, match=r"cannot load a tokenizer for .*: tokenizer.json cannot be parsed by the "
+                                         r"installed tokenizers \d"):
+        load_tokenizer(str(tmp_path))
+
+
+@pytest.mark.parametrize("device", ["xpu", "meta", "vulkan", "cpu:3", "hpu:0"])
+def test_a_device_the_machine_cannot_compute_on_is_refused_by_name(device):
+    """Only CUDA and MPS were checked: 'xpu' failed in model.to() with an AssertionError, 'meta'
+    later in the embedding."""
+    with pytest.raises(ValueError, match=f"device '{device}'"):
+        usable_device(device)
+    assert usable_device("cpu") == torch.device("cpu")
+
+
+def test_a_roberta_style_model_with_a_later_padding_id_is_probed_for_its_longest_input():
+    """Positions start after the padding id: with pad_token_id 3, 64 positions take 60 tokens;
+    62 passed unprobed (the first 62-token batch failed with an index error)."""
+    import transformers
+
+    config = transformers.RobertaConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                                        intermediate_size=64, vocab_size=100, max_position_embeddings=64,
+                                        pad_token_id=3)
+    model = transformers.RobertaForMaskedLM(config).eval()
+    assert longest_input(model, 62) == 60 and longest_input(model, 60) == 60
+    with pytest.raises(ValueError, match=r"--max-length 62 is longer than 'r' takes \(at most 60 tokens\)"):
+        check_max_length(model, 62, "r")
+    model(input_ids=torch.randint(5, 100, (1, 60)))
+
+
+def test_a_file_given_as_the_model_is_named_as_a_file(tmp_path, tiny_bert_mlm, bert_wordpiece):
+    """run/config.json was read as a config, then torch.load-ed as weights: "damaged or cut short"."""
+    tiny_bert_mlm.save_pretrained(tmp_path)
+    bert_wordpiece.save_pretrained(tmp_path)
+    for load in (load_masked_lm, load_tokenizer):
+        with pytest.raises(ValueError, match=f"'{tmp_path / 'config.json'}' is a file: give the folder that holds it "
+                                             f"\\('{tmp_path}'\\)"):
+            load(str(tmp_path / "config.json"))
+
+
+def test_weights_torch_will_not_unpickle_safely_are_not_called_damaged(tmp_path, tiny_bert_mlm, bert_wordpiece):
+    """A .bin holding numpy numbers beside the tensors is refused by weights-only loading, which
+    says it can be loaded; the message went on to call it damaged or cut short."""
+    tiny_bert_mlm.config.save_pretrained(tmp_path)
+    bert_wordpiece.save_pretrained(tmp_path)
+    torch.save({**tiny_bert_mlm.state_dict(), "step": np.int64(5)}, tmp_path / "pytorch_model.bin",
+               pickle_protocol=pickle.HIGHEST_PROTOCOL)
+    with pytest.raises(ValueError, match=r"holds objects besides tensors.* save it again as safetensors") as caught:
+        load_masked_lm(str(tmp_path))
+    assert "damaged" not in str(caught.value)
