@@ -301,7 +301,8 @@ def contextual_anchor_vectors(embedder, texts: Iterable[str], anchor_words: Sequ
             for b, i in enumerate(batch):
                 input_ids[b, : len(encoded[i])] = torch.tensor(encoded[i])
                 attention[b, : len(encoded[i])] = 1
-            hidden = model(input_ids=input_ids.to(device), attention_mask=attention.to(device)).last_hidden_state
+            hidden = model(input_ids=input_ids.to(device), attention_mask=attention.to(device),
+                           return_dict=True).last_hidden_state
             hidden = hidden.float().cpu()
             for b, i in enumerate(batch):
                 for anchor, start, end in by_text[documents[i]]:

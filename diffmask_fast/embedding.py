@@ -254,6 +254,7 @@ class WordEmbedder:
             self.model = base  # a model with a head (masked LM...): word vectors are its encoder's states
         # Left in its training mode: a model shared with training code; embedding runs in eval mode.
         self.model = self.model.to(self.device)
+        self._refuse_other_half_precision()
         check_vocabulary(self.tokenizer, self.model, model_name(self.model))
         if self.pooling != "input_embeddings":  # refused now, not as a tensor-size error at the first long word
             check_max_length(self.model, self.max_length, model_name(self.model), "max_length")
@@ -437,8 +438,23 @@ class WordEmbedder:
         """Whether the tokenizer reads each word as nothing but special tokens ([UNK]). Such a
         word has no piece of its own: averaged poolings give it the zero vector, ``cls`` and
         ``pooled`` the state of "[CLS] [UNK] [SEP]", one vector for all such words."""
+        refuse_one_string(words, "words", "a list of words")
+        words = list(words)
+        if not words:
+            return []
+        if any(not isinstance(w, str) or not w for w in words):
+            raise ValueError("words to read must be non-empty strings")
         self._follow_tokenizer(self._fingerprint("tokenizer"))
-        return self._special_only(self._encode(list(words), add_special_tokens=True))
+        return self._special_only(self._encode(words, add_special_tokens=True))
+
+    def _refuse_other_half_precision(self) -> None:
+        """Autocast to float16 over bfloat16 weights (or the other way) fails in the first
+        LayerNorm ("mixed dtype"): refused now, by name."""
+        weights = next((p.dtype for p in self.model.parameters() if p.is_floating_point()), torch.float32)
+        if weights in (torch.float16, torch.bfloat16) and self._autocast_dtype not in (None, weights):
+            name, asked = str(weights).split(".")[1], str(self._autocast_dtype).split(".")[1]
+            raise ValueError(f"the model's weights are {name}: compute in float32 (load the model in float32) or "
+                             f"in {name} (dtype={name!r} or None), not {asked}")
 
     def _special_only(self, encoded: list[list[int]]) -> list[bool]:
         """For each id list, whether every id is a special token's."""
@@ -555,7 +571,7 @@ class WordEmbedder:
         attention = torch.tensor([[1] * len(s) + [0] * (length - len(s)) for s in sequences], device=self.device)
         special = torch.isin(input_ids, self._special_ids().to(self.device))
         word_tokens = (attention.bool() & ~special).unsqueeze(-1)
-        output = self.model(input_ids=input_ids, attention_mask=attention)
+        output = self.model(input_ids=input_ids, attention_mask=attention, return_dict=True)  # whatever its config says
         if self.pooling == "mean":
             return _masked_mean(output.last_hidden_state.float(), word_tokens)
         if self.pooling == "cls":

@@ -71,3 +71,60 @@ def test_weights_torch_will_not_unpickle_safely_are_not_called_damaged(tmp_path,
     with pytest.raises(ValueError, match=r"holds objects besides tensors.* save it again as safetensors") as caught:
         load_masked_lm(str(tmp_path))
     assert "damaged" not in str(caught.value)
+
+
+def small_bert(tokenizer, **options):
+    import transformers
+
+    config = transformers.BertConfig(vocab_size=len(tokenizer), hidden_size=16, num_hidden_layers=1,
+                                     num_attention_heads=2, intermediate_size=32, **options)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        return transformers.BertModel(config).eval()
+
+
+@pytest.mark.parametrize("pooling", ["pooled", "cls", "mean"])
+def test_a_model_configured_to_return_tuples_embeds_as_any_other(bert_wordpiece, tmp_path, pooling):
+    """return_dict=False (kept in config.json) made the model return a tuple: 'tuple' object has no
+    attribute 'last_hidden_state'."""
+    from diffmask_fast import WordEmbedder
+
+    words = ["enzyme", "receptor binding", "kinase"]
+    expected = WordEmbedder(small_bert(bert_wordpiece), bert_wordpiece, pooling=pooling, progress=False).embed(words)
+    model = small_bert(bert_wordpiece, return_dict=False)
+    tuples = WordEmbedder(model, bert_wordpiece, pooling=pooling, progress=False)
+    torch.testing.assert_close(tuples.embed(words), expected)
+    if pooling == "mean":  # contextual anchors read the states too
+        from diffmask_fast import contextual_anchor_vectors
+
+        texts = ["the enzyme binds the kinase", "a kinase and an enzyme"]
+        dicts = WordEmbedder(small_bert(bert_wordpiece), bert_wordpiece, pooling=pooling, progress=False)
+        found = contextual_anchor_vectors(tuples, texts, ["enzyme", "kinase"], progress=False)
+        np.testing.assert_allclose(np.asarray(found.vectors),
+                                   np.asarray(contextual_anchor_vectors(dicts, texts, ["enzyme", "kinase"],
+                                                                        progress=False).vectors), rtol=1e-5)
+
+
+@pytest.mark.parametrize("weights, computed", [(torch.bfloat16, "float16"), (torch.float16, "bfloat16")])
+def test_half_precision_weights_computed_in_the_other_half_precision_are_refused(bert_wordpiece, weights, computed):
+    """Construction passed and the first batch failed in LayerNorm ("mixed dtype")."""
+    from diffmask_fast import WordEmbedder
+
+    with pytest.raises(ValueError, match=f"the model's weights are {str(weights).split('.')[1]}: compute in "
+                                         f"float32 .* or in {str(weights).split('.')[1]}"):
+        WordEmbedder(small_bert(bert_wordpiece).to(weights), bert_wordpiece, dtype=computed, progress=False)
+    same = WordEmbedder(small_bert(bert_wordpiece).to(weights), bert_wordpiece, dtype=weights, progress=False)
+    assert torch.isfinite(same.embed(["enzyme"])).all()
+
+
+def test_reading_words_as_special_tokens_takes_the_words_embed_takes(bert_wordpiece):
+    """[] failed in the tokenizer, one string was read a character a word, "" was taken."""
+    from diffmask_fast import WordEmbedder
+
+    embedder = WordEmbedder(small_bert(bert_wordpiece), bert_wordpiece, progress=False)
+    assert embedder.read_as_special_tokens_only([]) == []
+    with pytest.raises(TypeError, match="words must be a list of words"):
+        embedder.read_as_special_tokens_only("enzyme")
+    with pytest.raises(ValueError, match="must be non-empty strings"):
+        embedder.read_as_special_tokens_only(["", "enzyme"])
+    assert embedder.read_as_special_tokens_only(["enzyme", "\u2603"]) == [False, True]  # a snowman: [UNK]
