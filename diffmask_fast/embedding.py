@@ -442,8 +442,8 @@ class WordEmbedder:
         words = list(words)
         if not words:
             return []
-        if any(not isinstance(w, str) or not w for w in words):
-            raise ValueError("words to read must be non-empty strings")
+        if any(not isinstance(w, str) for w in words):
+            raise TypeError("words to read must be strings")
         self._follow_tokenizer(self._fingerprint("tokenizer"))
         return self._special_only(self._encode(words, add_special_tokens=True))
 
