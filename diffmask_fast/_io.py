@@ -60,6 +60,9 @@ def atomic_writer(path: str | os.PathLike) -> Iterator[BinaryIO]:
     without an error. The result is what a plain ``open(path, "wb")`` would leave: its
     permissions, and through a link the file the link points to (written beside that file), with
     the link kept."""
+    if _names_a_folder(path):  # realpath would drop the final "/" and write a file of that name
+        raise IsADirectoryError(f"cannot write {os.fspath(path)!r}: it names a folder (it ends in a separator), "
+                                "not a file")
     given, path = path, Path(os.path.realpath(path))
     if path.is_dir():  # else the rename fails naming the temporary file
         raise IsADirectoryError(f"cannot write {os.fspath(given)!r}: it is a folder, not a file")
@@ -151,6 +154,8 @@ def check_writable(path: str | os.PathLike, what: str = "output") -> Path:
     empty folders behind."""
     if "\x00" in os.fspath(path):
         raise ValueError(f"the {what} {os.fspath(path)!r} holds a NUL character, which no file name can")
+    if _names_a_folder(path):
+        raise ValueError(f"the {what} {os.fspath(path)!r} names a folder (it ends in a separator), not a file")
     path = Path(path)
     if path.is_dir():
         raise ValueError(f"the {what} {str(path)!r} is a directory, not a file")
@@ -168,6 +173,11 @@ def check_writable(path: str | os.PathLike, what: str = "output") -> Path:
         raise ValueError(f"cannot write the {what} {str(path)!r}: cannot write in folder {str(existing)!r} "
                          f"({error.strerror or error})") from None
     return path
+
+
+def _names_a_folder(path: str | os.PathLike) -> bool:
+    """Whether a path's last part is no file name: it ends in a separator, "." or ".."."""
+    return os.path.basename(os.fspath(path)) in ("", ".", "..")
 
 
 def same_file(first: str | os.PathLike, second: str | os.PathLike) -> bool:
@@ -210,18 +220,28 @@ def atomic_write_json(path: str | os.PathLike, payload: Any) -> Path:
 
 
 def json_ready(value: Any) -> Any:
-    """``value`` as JSON will hold it: tuples as lists, paths as strings, numpy numbers as
-    Python's and non-finite floats as None, inside its dicts, lists and tuples. A settings dict
+    """``value`` as JSON will hold it: tuples and sets as lists, paths as strings, numpy numbers
+    and arrays and torch tensors as Python's numbers and lists, and non-finite floats as None,
+    inside its dicts (numpy keys too), lists and tuples. A settings dict
     compared with one read back from JSON must pass through here first."""
-    numpy = sys.modules.get("numpy")  # not imported: no numpy number (the command line starts without it)
-    if numpy is not None and isinstance(value, numpy.generic):  # numpy numbers: JSON knows Python's
-        value = value.item()
+    numpy, torch = sys.modules.get("numpy"), sys.modules.get("torch")  # not loaded: none of their values
+    if numpy is not None and isinstance(value, (numpy.generic, numpy.ndarray)):  # JSON knows Python's numbers
+        value = value.tolist()
+    elif torch is not None and isinstance(value, torch.Tensor):
+        value = value.tolist()
     if isinstance(value, float):
         return value if math.isfinite(value) else None
     if isinstance(value, dict):
-        return {key: json_ready(item) for key, item in value.items()}
+        return {json_ready(key) if numpy is not None and isinstance(key, numpy.generic) else key: json_ready(item)
+                for key, item in value.items()}
     if isinstance(value, (list, tuple)):
         return [json_ready(item) for item in value]
+    if isinstance(value, (set, frozenset)):  # in a fixed order, where its items have one
+        items = [json_ready(item) for item in value]
+        try:
+            return sorted(items)
+        except TypeError:
+            return items
     if isinstance(value, os.PathLike):
         return os.fspath(value)
     return value

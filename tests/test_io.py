@@ -326,3 +326,31 @@ def test_command_line_paths_expand_the_home_folder(tmp_path, monkeypatch):
     args = build_parser().parse_args(["pretrain", "~/c.txt", "--model", "m", "-o", "~/run", "--validation", "~/v.txt"])
     assert args.output == tmp_path / "run" and args.corpus == [str(tmp_path / "c.txt")]
     assert args.validation == [str(tmp_path / "v.txt")]
+
+
+@pytest.mark.parametrize("ending", ["/", "/."])
+def test_a_path_that_names_a_folder_is_refused_not_written_as_a_file(tmp_path, ending):
+    """realpath drops a final "/": save("results/") wrote a file named results, where open() refuses."""
+    from diffmask_fast._io import check_writable
+
+    path = str(tmp_path / "results") + ending
+    with pytest.raises(ValueError, match="names a folder"):
+        check_writable(path)
+    with pytest.raises(IsADirectoryError, match="names a folder"):
+        atomic_write_bytes(path, b"x")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_numpy_and_torch_values_are_written_as_json_holds_them(tmp_path):
+    """Arrays, tensors, sets and numpy keys failed in json.dumps ("not JSON serializable")."""
+    import numpy as np
+    import torch
+
+    from diffmask_fast._io import atomic_write_json
+
+    payload = {"array": np.array([1.5, 2.0]), "tensor": torch.tensor(0.5), "vector": torch.tensor([1, 2]),
+               np.int64(3): "three", "set": {"b", "a"}, "nested": [np.float32(0.25), (np.bool_(True),)]}
+    atomic_write_json(tmp_path / "x.json", payload)
+    assert json.loads((tmp_path / "x.json").read_text()) == {
+        "array": [1.5, 2.0], "tensor": 0.5, "vector": [1, 2], "3": "three", "set": ["a", "b"],
+        "nested": [0.25, [True]]}
