@@ -107,6 +107,20 @@ def _inner_punctuation(edges: Sequence[tuple[str, str]], first: int, stop: int) 
     return tuple(edges[w][1] + edges[w + 1][0] for w in range(first, stop - 1))
 
 
+def _term_punctuation(edges: Sequence[tuple[str, str]]) -> tuple:
+    """What a term's words hold beside their normalized forms: (the punctuation before its first
+    word, that between each word and the next, that after its last word): "C++" has "++" after."""
+    return edges[0][0], _inner_punctuation(edges, 0, len(edges)), edges[-1][1]
+
+
+def _punctuation_fits(form: tuple, edges: Sequence[tuple[str, str]], first: int, stop: int) -> bool:
+    """Whether the words ``first`` to ``stop`` of a row have a term's punctuation (``form``): the
+    same between them, and at the ends at least the term's ("(C++)" holds "C++", "C" does not)."""
+    before, inner, after = form
+    return (edges[first][0].endswith(before) and edges[stop - 1][1].startswith(after)
+            and _inner_punctuation(edges, first, stop) == inner)
+
+
 class TermMatcher:
     """Occurrences of ``terms`` in tokenized batches, on the words the tokenizer forms.
 
@@ -115,8 +129,9 @@ class TermMatcher:
     split ("Fe-S" is three words for BERT and one for RoBERTa, in terms and text alike). Words
     are compared in normalized form (``reference.normalize_word``: Unicode lowercase, surrounding
     punctuation and symbols stripped). An occurrence is a run of words equal to a term with no
-    special token or padding between them (whitespace tokens may be), and with the punctuation
-    between its words that the term has: where a tokenizer keeps punctuation inside a word
+    special token or padding between them (whitespace tokens may be), with the punctuation
+    the term has at its ends (a word "C++" is an occurrence of "C++" and of "C"; "C" is none of
+    "C++"), and with the punctuation between its words that the term has: where a tokenizer keeps punctuation inside a word
     ("protein." for RoBERTa, "protein" "." for BERT), "protein. Kinase" is no occurrence of
     "protein kinase", nor "protein, kinase" of "protein. kinase", under either. Occurrences do
     not overlap: rows are scanned left to right, taking at each word the longest term that
@@ -169,7 +184,7 @@ class TermMatcher:
         n_words = words.n_words.tolist()
         self.vocabulary: dict[str, int] = {}
         sequences: set[tuple[int, ...]] = set()
-        self._punctuation: dict[tuple[int, ...], set[tuple[str, ...]]] = {}  # see _inner_punctuation
+        self._punctuation: dict[tuple[int, ...], set[tuple]] = {}  # see _term_punctuation
         unusable = []
         for row, term in enumerate(terms):
             if n_words[row] == 0 or bool(special[row].any()):
@@ -177,7 +192,7 @@ class TermMatcher:
                 continue
             sequence = tuple(self.vocabulary.setdefault(k, len(self.vocabulary)) for k in keys[row][: n_words[row]])
             sequences.add(sequence)
-            self._punctuation.setdefault(sequence, set()).add(_inner_punctuation(edges[row], 0, len(sequence)))
+            self._punctuation.setdefault(sequence, set()).add(_term_punctuation(edges[row][: len(sequence)]))
         if unusable:
             warnings.warn(
                 f"{len(unusable)} term(s) hold text the tokenizer cannot represent and can never match, "
@@ -188,6 +203,9 @@ class TermMatcher:
             raise ValueError("none of the terms can be represented by the tokenizer (each holds its unknown token or "
                              "a special token)")
         self.sequences: frozenset = frozenset(sequences)
+        # One word, no punctuation of its own: any occurrence of the word is one of the term.
+        self._bare = frozenset(sequence for sequence, forms in self._punctuation.items()
+                               if len(sequence) == 1 and ("", (), "") in forms)
         lengths_by_first: dict[int, set] = {}
         for sequence in sequences:
             lengths_by_first.setdefault(sequence[0], set()).add(len(sequence))
@@ -196,8 +214,9 @@ class TermMatcher:
         self._starts_term[torch.tensor([first + 1 for first in self._lengths], dtype=torch.long)] = True
 
     def __len__(self) -> int:
-        """Number of distinct terms (as sequences of normalized words)."""
-        return len(self.sequences)
+        """Number of distinct terms (as sequences of normalized words, with the punctuation the
+        terms hold at their ends and between their words)."""
+        return sum(len(forms) for forms in self._punctuation.values())
 
     @property
     def max_term_words(self) -> int:
@@ -308,11 +327,13 @@ class TermMatcher:
                 if stop > n_words[row] or row_segment[stop - 1] != row_segment[position]:
                     continue
                 sequence = tuple(row_codes[position:stop])
-                if length > 1 and sequence in terms and not row_edges:  # read once per row, when needed
+                if sequence not in terms:
+                    continue
+                if sequence not in self._bare and not row_edges:  # read once per row, when needed
                     hashes = words.word_hash[row, : n_words[row]].tolist()
                     row_edges.extend(self._edge_pairs[self._edges[h]] for h in hashes)
-                if length == 1 or (sequence in terms and _inner_punctuation(row_edges, position, stop)
-                                   in self._punctuation[sequence]):
+                if sequence in self._bare or any(_punctuation_fits(form, row_edges, position, stop)
+                                                 for form in self._punctuation[sequence]):
                     spans[row].append((position, stop))
                     match_rows.append(row)
                     match_starts.append(position)

@@ -434,6 +434,26 @@ def test_terms_match_across_no_punctuation_they_lack(request, tokenizer_name):
         == [[["kinase", "binds"]]] * 4, tokenizer_name
 
 
+@pytest.mark.parametrize("tokenizer_name", TOKENIZERS)
+def test_a_term_with_punctuation_at_its_ends_finds_that_punctuation(request, tokenizer_name):
+    """Normalizing strips the ends of words: where a tokenizer keeps "C++" one word (RoBERTa,
+    SentencePiece), the term "C++" was "c" and matched every "vitamin C", and "C++" and "C" were
+    one term. Punctuation outside the term's own still does not matter ("(C++)", "C++,")."""
+    tokenizer = request.getfixturevalue(tokenizer_name)
+    texts = ["vitamin C and kinase C", "written in C++, today", "code (C++) here", "C+ is no C++", "a C, and (C)"]
+    batch = RandomWordCollator(tokenizer)._pad(encode(tokenizer, texts, max_length=None))["input_ids"]
+    words = TermMatcher(tokenizer, ["C"]).words_of(batch)
+    found = [[" ".join(words[row][a:b]) for a, b in spans]
+             for row, spans in enumerate(TermMatcher(tokenizer, ["C++"]).spans(batch))]
+    plus = "c + +" if tokenizer_name == "bert_wordpiece" else "c"  # BERT makes each "+" a word
+    assert found == [[], [plus], [plus], [plus], []], (tokenizer_name, found)
+    single = TermMatcher(tokenizer, ["C"])  # a term without punctuation takes a word with any, as "protein."
+    assert [len(spans) for spans in single.spans(batch)] == [2, 1, 1, 2, 2], tokenizer_name
+    assert len(TermMatcher(tokenizer, ["C++", "C"])) == 2, tokenizer_name
+    both = TermMatcher(tokenizer, ["C++", "C"]).spans(batch)
+    assert [len(spans) for spans in both] == [2, 1, 1, 2, 2], (tokenizer_name, both)
+
+
 def test_pieces_beside_the_unknown_token_match_no_term(sentencepiece_unigram, bert_wordpiece):
     """SentencePiece spells an unknown character as <unk> inside the word: "p" of "p<unk>3" is a
     piece of a word, not the term "p"; a word marked as one ("▁protein") after it is a whole
