@@ -112,11 +112,27 @@ void test_masking(uint64_t seed, int64_t B, int64_t L, const core::MaskParams& p
                                                            new_values.data(), static_cast<int64_t>(new_keys.size()));
     CHECK(inserted.status == core::InsertStatus::kOk);
   }
+  // A few scores that are not finite (reported per row as bad_score) and a few ids outside the
+  // vocabulary that no never_word covers (reported as bad_position; masked as never_word).
+  for (int64_t c = 0; c < capacity; ++c) {
+    if (keys[c] != 0 && rng.unit() < 0.05) values[c] = rng.unit() < 0.5 ? NAN : INFINITY;
+  }
+  std::vector<int64_t> cpu_bad(B, -1);
+  for (int64_t i = 0; i < B * L; ++i) {
+    if (!never[i] && rng.unit() < 0.01) ids[i] = rng.unit() < 0.5 ? -3 : V + 9;
+  }
+  for (int64_t b = 0; b < B; ++b) {
+    for (int64_t l = 0; l < L && cpu_bad[b] < 0; ++l) {
+      const int64_t id = ids[b * L + l];
+      if (!never[b * L + l] && (id < 0 || id >= V)) cpu_bad[b] = l;
+    }
+  }
   std::vector<int64_t> random_ids;
   for (int64_t v = 100; v < 200; ++v) random_ids.push_back(v);
 
   // CPU: core::mask_row per row, ids outside the vocabulary treated as never_word.
-  std::vector<int64_t> cpu_ids(B * L), cpu_labels(B * L), cpu_words(B), cpu_missed(B);
+  std::vector<int64_t> cpu_ids(B * L), cpu_labels(B * L), cpu_words(B), cpu_missed(B), cpu_bad_score(B);
+  std::vector<int64_t> cpu_miss_hash(B * L, 0), cpu_miss_end(B * L, 0);  // at each missing word's first token
   core::RowScratch scratch(L);
   std::unique_ptr<bool[]> excluded(new bool[L + 1]);
   const std::unique_ptr<bool[]> starts_host = as_bools(starts);
@@ -134,6 +150,11 @@ void test_masking(uint64_t seed, int64_t B, int64_t L, const core::MaskParams& p
                                              cpu_ids.data() + b * L, cpu_labels.data() + b * L, &misses);
     cpu_words[b] = r.masked_words;
     cpu_missed[b] = static_cast<int64_t>(misses.size());
+    cpu_bad_score[b] = r.bad_score_position;
+    for (const core::Miss& miss : misses) {
+      cpu_miss_hash[b * L + miss.begin] = miss.hash;
+      cpu_miss_end[b * L + miss.begin] = miss.end;
+    }
   }
 
   // GPU.
@@ -167,6 +188,11 @@ void test_masking(uint64_t seed, int64_t B, int64_t L, const core::MaskParams& p
   p.masked_words = d_words.data;
   p.n_words = d_n.data;
   p.missed_words = d_missed.data;
+  DeviceArray<int64_t> d_miss_hash(B * L), d_miss_end(B * L), d_bad(B), d_bad_score(B);
+  p.miss_hash = d_miss_hash.data;
+  p.miss_end = d_miss_end.data;
+  p.bad_position = d_bad.data;
+  p.bad_score = d_bad_score.data;
   DeviceArray<unsigned char> workspace(cuda::mask_workspace_bytes(p));
   CUDA_OK(cuda::difference_mask(p, workspace.data, nullptr));
   CUDA_OK(cudaDeviceSynchronize());
@@ -174,6 +200,10 @@ void test_masking(uint64_t seed, int64_t B, int64_t L, const core::MaskParams& p
   CHECK(d_labels.host() == cpu_labels);
   CHECK(d_words.host() == cpu_words);
   CHECK(d_missed.host() == cpu_missed);
+  CHECK(d_miss_hash.host() == cpu_miss_hash);
+  CHECK(d_miss_end.host() == cpu_miss_end);
+  CHECK(d_bad.host() == cpu_bad);
+  CHECK(d_bad_score.host() == cpu_bad_score);
 }
 
 // mixed_scales (float64): weights scaled by 1, 1e-310 or 1e-320 at random, so that keys E / w
