@@ -212,6 +212,14 @@ class PretrainConfig:
                 "attention_layer": reads["attention_layer"]}
         return [name for name, in_use in used.items() if not in_use]
 
+    def resume_must_match(self) -> list[str]:
+        """The settings a resumed run must share with the run it continues: those of
+        ``RESUME_MUST_MATCH`` it reads (with validation files, no share of the corpus is held out)."""
+        unread = set(self.unused_settings())
+        if self.validation is not None:
+            unread |= {"validation_fraction", "max_validation_documents"}
+        return [name for name in RESUME_MUST_MATCH if name not in unread]
+
     def _check_files(self) -> None:
         """The corpus, validation, anchors, scores and terms files exist (read only much later)."""
         from .corpus import CorpusError, corpus_files
@@ -816,8 +824,8 @@ def _check_output_dir(config: PretrainConfig) -> tuple[dict | None, Path | None]
     record = read_json(run_dir / RUN_FILE, "pretraining run")
     record = record if isinstance(record, dict) else {}
     started_with = _resume_word_boundary(record.get("config", {}), record.get("word_boundary"), config)
-    in_use = [name for name in RESUME_MUST_MATCH if name not in config.unused_settings()]
-    changed = settings_changed(started_with, config, in_use, started_in=record.get("working_directory"))
+    changed = settings_changed(started_with, config, config.resume_must_match(),
+                               started_in=record.get("working_directory"))
     if changed:
         raise ValueError(f"--resume continues the run in {str(run_dir)!r}, which was started with other settings: "
                          + ", ".join(changed))

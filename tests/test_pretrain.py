@@ -1860,6 +1860,23 @@ def test_a_resume_with_another_training_setting_is_refused(tmp_path, name, value
     assert len(changed) == 1 and changed[0].startswith(f"{name} "), changed
 
 
+def test_a_resume_with_validation_files_ignores_the_share_it_would_have_held_out(tmp_path):
+    """Validation files replace the held-out share: a resume refused a --validation-fraction that
+    changed nothing."""
+    from diffmask_fast._io import json_ready
+    from diffmask_fast.pretrain import PretrainConfig, settings_changed
+
+    def config(**options):
+        return PretrainConfig(model="hub/model", corpus=["c.txt"], output_dir=tmp_path / "out", **options)
+
+    for validation, refused in ((["v.txt"], []), (None, ["validation_fraction", "max_validation_documents"])):
+        started = config(validation=validation)
+        saved = json_ready(dataclasses.asdict(started))
+        now = config(validation=validation, validation_fraction=0.1, max_validation_documents=100)
+        changed = settings_changed(saved, now, now.resume_must_match())
+        assert [entry.split(" ")[0] for entry in changed] == refused, changed
+
+
 def test_every_pretrain_option_reaches_its_setting(monkeypatch, tmp_path):
     from diffmask_fast import pretrain as pretrain_module
     from diffmask_fast.cli import build_parser
