@@ -131,11 +131,11 @@ class TermMatcher:
     punctuation and symbols stripped). An occurrence is a run of words equal to a term with no
     special token or padding between them (whitespace tokens may be), with the punctuation
     the term has at its ends (a word "C++" is an occurrence of "C++" and of "C"; "C" is none of
-    "C++"), and with the punctuation between its words that the term has: where a tokenizer keeps punctuation inside a word
-    ("protein." for RoBERTa, "protein" "." for BERT), "protein. Kinase" is no occurrence of
-    "protein kinase", nor "protein, kinase" of "protein. kinase", under either. Occurrences do
-    not overlap: rows are scanned left to right, taking at each word the longest term that
-    starts there.
+    "C++"), and with the punctuation between its words that the term has: where a tokenizer
+    keeps punctuation inside a word ("protein." for RoBERTa, "protein" "." for BERT),
+    "protein. Kinase" is no occurrence of "protein kinase", nor "protein, kinase" of
+    "protein. kinase", under either. Occurrences do not overlap: rows are scanned left to
+    right, taking at each word the longest term that starts there.
 
     Each distinct word (token sequence) is decoded once per process: its normalized form is
     cached by its hash (``ops.word_hash``). Terms the tokenizer cannot represent (they would

@@ -561,8 +561,8 @@ def test_a_diverged_run_beside_a_trained_one_is_named_as_diverged_in_the_legend(
     from diffmask_fast.plots import plot_pretraining
 
     kept = drawn_figure(monkeypatch)
-    runs = {"random": {"validation_loss_before": 9.0, "log_history": [{"step": 5, "loss": 8.0}, {"step": 10, "loss": 7.0},
-                                                                      {"step": 10, "eval_loss": 7.5}]},
+    trained = [{"step": 5, "loss": 8.0}, {"step": 10, "loss": 7.0}, {"step": 10, "eval_loss": 7.5}]
+    runs = {"random": {"validation_loss_before": 9.0, "log_history": trained},
             "difference": {"validation_loss_before": None,
                            "log_history": [{"step": 5, "loss": None}, {"step": 10, "loss": math.nan},
                                            {"step": 10, "eval_loss": None}]}}
