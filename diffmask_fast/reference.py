@@ -562,8 +562,10 @@ def ivf_max_dot(queries, probes, vectors, offsets) -> tuple[np.ndarray, np.ndarr
 def word_similarity(embedding, anchors, mode: str = "max") -> float:
     """s(w) of eq. 3-4: ``max`` (nearest anchor, the default), ``centroid`` or ``mean``.
 
-    ``centroid`` is the cosine to the mean of the unit-length anchors; ``mean`` averages the
-    cosines to all anchors. A zero anchor counts here with cosine 0; ``WordScorer`` leaves zero
+    ``centroid`` is the cosine to the anchors' centroid, the mean of their vectors as the model
+    gives them; ``mean`` averages the cosines to all anchors, which is the dot product with the
+    mean of the unit-length anchors (a centroid of unit anchors would only rescale it, and mask
+    as ``mean`` does). A zero anchor counts here with cosine 0; ``WordScorer`` leaves zero
     anchor vectors (words the model knows no piece of) out before it compares, so that they are
     never a word's nearest anchor and do not dilute the mean.
     """
@@ -573,8 +575,8 @@ def word_similarity(embedding, anchors, mode: str = "max") -> float:
     if mode == "mean":
         return sum(cosine(embedding, anchor) for anchor in anchors) / len(anchors)
     if mode == "centroid":
-        units = [_unit_vector(a) for a in anchors]
-        return cosine(embedding, np.mean(units, axis=0))
+        largest = float(np.abs(anchors).max(initial=0.0))
+        return cosine(embedding, np.mean(anchors / (largest if largest > 0 else 1.0), axis=0))
     raise ValueError(f"unknown similarity mode {mode!r}; expected 'max', 'centroid' or 'mean'")
 
 

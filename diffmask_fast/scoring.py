@@ -1,7 +1,7 @@
 """Word scores s(w) (eq. 3-4): similarity of each word type to the domain's anchors.
 
 ``WordScorer`` embeds word types in chunks and sends each chunk through an ``AnchorIndex``
-(``max``) or a dot product with the anchors' mean unit vector (``centroid``, ``mean``), so memory
+(``max``) or a dot product with one vector (``centroid``, ``mean``), so memory
 stays O(chunk x D) for any number of words and anchors: no words x anchors matrix is ever held.
 The result is a ``ScoreTable``: sorted words with float32 scores and nearest-anchor ids, saved
 as a compact ``.npz`` (or JSON) that the collator loads in a fraction of a second.
@@ -489,7 +489,7 @@ def similarity_to_anchors(word_vectors: torch.Tensor, anchor_vectors: torch.Tens
 
     ``max`` is the exact op. ``mean`` and ``centroid`` need no words x anchors matrix: the mean
     of the cosines to the anchors is the dot product of the unit word vector with the mean unit
-    anchor vector, and ``centroid`` is the cosine to that same mean.
+    anchor vector, and ``centroid`` the cosine to the mean anchor vector (``_similarity_target``).
     """
     if similarity not in SIMILARITIES:
         raise ValueError(f"unknown similarity {similarity!r}; expected one of {', '.join(SIMILARITIES)}")
@@ -502,15 +502,23 @@ def similarity_to_anchors(word_vectors: torch.Tensor, anchor_vectors: torch.Tens
         from .ops import max_anchor_similarity
 
         return max_anchor_similarity(word_vectors, anchor_vectors)
-    return _mean_similarity(word_vectors, _mean_unit(anchor_vectors), similarity)
+    return _similarity_to(word_vectors, _similarity_target(anchor_vectors, similarity))
 
 
-def _mean_unit(anchor_vectors: torch.Tensor) -> torch.Tensor:
-    return unit_rows(anchor_vectors, torch.float64).mean(dim=0)
+def _similarity_target(anchor_vectors: torch.Tensor, similarity: str) -> torch.Tensor:
+    """The float64 vector whose dot product with a unit word vector is its score: for ``mean``
+    the mean unit anchor vector, for ``centroid`` the unit vector along the anchors' mean (their
+    vectors scaled alike first, so no sum overflows). A centroid of unit anchors would be a
+    multiple of ``mean``'s vector, every score scaled alike: the same masks."""
+    if similarity == "mean":
+        return unit_rows(anchor_vectors, torch.float64).mean(dim=0)
+    anchors = anchor_vectors.double()
+    largest = float(anchors.abs().max()) if anchors.numel() else 0.0
+    centroid = (anchors / largest if largest > 0 else anchors).mean(dim=0, keepdim=True)
+    return unit_rows(centroid, torch.float64).squeeze(0)
 
 
-def _mean_similarity(word_vectors: torch.Tensor, mean_unit: torch.Tensor, similarity: str):
-    target = mean_unit if similarity == "mean" else unit_rows(mean_unit.unsqueeze(0), torch.float64).squeeze(0)
+def _similarity_to(word_vectors: torch.Tensor, target: torch.Tensor):
     values = (unit_rows(word_vectors, torch.float64) @ target).float()
     return values, torch.full(values.shape, -1, dtype=torch.long)
 
@@ -702,7 +710,7 @@ class WordScorer:
             raise ValueError(f"{len(rows):,} anchor vector(s) hold NaN or infinite values (anchors {names}): "
                              "the embedding model produced them")
         self._drop_zero_anchors()
-        self._mean_unit = _mean_unit(self.anchor_vectors) if similarity != "max" else None
+        self._target = _similarity_target(self.anchor_vectors, similarity) if similarity != "max" else None
 
     def _drop_zero_anchors(self) -> None:
         """Leave zero anchor vectors (words the model knows no piece of) out: similar to nothing,
@@ -786,7 +794,7 @@ class WordScorer:
                     chunk_nearest[~vectors.any(dim=1)] = -1  # a zero vector is near no anchor
                     nearest[begin : begin + len(chunk)] = chunk_nearest.numpy()
                 else:
-                    chunk_values, _ = _mean_similarity(vectors, self._mean_unit, self.similarity)
+                    chunk_values, _ = _similarity_to(vectors, self._target)
                 values[begin : begin + len(chunk)] = chunk_values.numpy()
         return values, nearest
 

@@ -182,6 +182,21 @@ def test_similarity_modes_match_reference(similarity, dtype, seed):
         assert (nearest == -1).all()
 
 
+def test_centroid_and_mean_similarity_are_two_ablations_not_one(seed):
+    """The centroid was taken of the unit anchors: a multiple of mean's vector, so every centroid
+    score was mean's times one constant and the two masked alike. The centroid is the anchors'
+    mean vector as the model gives them."""
+    g = torch.Generator().manual_seed(seed)
+    anchors = torch.randn(5, 8, generator=g, dtype=torch.float64) * torch.tensor([[0.2], [1.0], [3.0], [0.5], [8.0]])
+    words = torch.randn(40, 8, generator=g, dtype=torch.float64)
+    centroid, _ = similarity_to_anchors(words, anchors, "centroid")
+    mean, _ = similarity_to_anchors(words, anchors, "mean")
+    ratios = (mean.double() / centroid.double()).abs()
+    assert float(ratios.max() - ratios.min()) > 1e-2, "one constant ratio: the same masks"
+    expected = torch.nn.functional.cosine_similarity(words, anchors.mean(dim=0, keepdim=True))
+    torch.testing.assert_close(centroid, expected.float(), atol=1e-6, rtol=1e-6)
+
+
 def test_max_similarity_matches_reference():
     words, anchors = torch.randn(9, 11), torch.randn(5, 11)
     values, nearest = similarity_to_anchors(words, anchors, "max")
