@@ -714,8 +714,8 @@ class ScoreHashTable:
             return
         if bool((hashes == 0).any()):
             raise ValueError("ScoreHashTable.insert: hash 0 marks empty slots and cannot be inserted")
-        if not bool(torch.isfinite(scores).all()):
-            raise ValueError("ScoreHashTable.insert: scores must be finite")
+        if not bool(torch.isfinite(scores).all()):  # a finite 1e39 is float32's infinity
+            raise ValueError("ScoreHashTable.insert: scores must be finite float32 values (|score| <= 3.4e38)")
         _, present = score_table_lookup(self.keys, self.values, torch.unique(hashes))
         size = self._size + int((~present).sum())
         if 2 * size > self.capacity:

@@ -345,8 +345,12 @@ def tf_icf(
     """
     if target_total <= 0 or general_total <= 0:
         raise ValueError("tf_icf needs positive corpus totals")
+    if not (math.isfinite(smoothing_per_million) and smoothing_per_million >= 0):
+        raise ValueError(f"smoothing_per_million must be a finite number >= 0, got {smoothing_per_million}")
     target_per_million = 1e6 * target_count / target_total
     general_per_million = 1e6 * general_count / general_total
+    if general_per_million + smoothing_per_million == 0:
+        raise ValueError("without smoothing (smoothing_per_million=0), a word general English lacks has no TF-ICF")
     return (target_per_million + smoothing_per_million) / (general_per_million + smoothing_per_million)
 
 
@@ -447,11 +451,14 @@ def select_anchors(
     """
     if k < 1:
         raise ValueError(f"k must be at least 1, got {k}")
+    if not (math.isfinite(smoothing_per_million) and smoothing_per_million > 0):  # as mine_anchors
+        raise ValueError(f"smoothing_per_million must be a positive finite number, got {smoothing_per_million}")
     target_total = sum(target_counts.values())
     if target_total == 0:
         raise ValueError("the target corpus has no words")
     if min_count is None:
         min_count = default_min_count(target_total)
+    min_count = max(min_count, 1)  # a word the corpus lacks is no candidate
     folded = case_folded(general_counts)
     scored = [
         (word, tf_icf(count, target_total, general_count(word, general_counts, folded), general_total,
@@ -489,6 +496,8 @@ def _unit_vector(vector: Sequence[float]) -> np.ndarray:
 
 def cosine(u: Sequence[float], v: Sequence[float]) -> float:
     """Cosine similarity in [-1, 1]; 0 when either vector is zero, NaN when either holds NaN or infinity."""
+    if len(u) != len(v):
+        raise ValueError(f"cosine of vectors of different lengths ({len(u)} and {len(v)})")
     if not all(math.isfinite(float(x)) for x in (*u, *v)):
         return math.nan
     u, v = _power_of_two_scaled(u), _power_of_two_scaled(v)
@@ -507,7 +516,7 @@ def max_anchor_similarity(embeddings, anchors) -> tuple[np.ndarray, np.ndarray]:
     one is never the nearest, unless every anchor does (then NaN at anchor 0).
     """
     embeddings = np.asarray(embeddings, dtype=np.float64)
-    anchors = np.asarray(anchors, dtype=np.float64)
+    anchors = _anchor_matrix(anchors, embeddings.shape[-1])
     flat = embeddings.reshape(-1, embeddings.shape[-1])
     values = np.zeros(len(flat))
     indices = np.zeros(len(flat), dtype=np.int64)
@@ -526,6 +535,14 @@ def max_anchor_similarity(embeddings, anchors) -> tuple[np.ndarray, np.ndarray]:
         best = max(usable, key=lambda i: (similarities[i], -i))
         values[row], indices[row] = similarities[best], best
     return values.reshape(embeddings.shape[:-1]), indices.reshape(embeddings.shape[:-1])
+
+
+def _anchor_matrix(anchors, dimension: int) -> np.ndarray:
+    """``anchors`` as a float64 [K, D] array, refused unless K >= 1 and D is ``dimension``."""
+    anchors = np.asarray(anchors, dtype=np.float64)
+    if anchors.ndim != 2 or anchors.shape[0] == 0 or anchors.shape[1] != dimension:
+        raise ValueError(f"anchors must be a non-empty [K, {dimension}] array, got shape {anchors.shape}")
+    return anchors
 
 
 def top_dots(queries, vectors, k: int) -> np.ndarray:
@@ -569,9 +586,9 @@ def word_similarity(embedding, anchors, mode: str = "max") -> float:
     anchor vectors (words the model knows no piece of) out before it compares, so that they are
     never a word's nearest anchor and do not dilute the mean.
     """
-    anchors = np.asarray(anchors, dtype=np.float64)
-    if mode == "max":
-        return max(cosine(embedding, anchor) for anchor in anchors)
+    anchors = _anchor_matrix(anchors, len(embedding))
+    if mode == "max":  # a NaN anchor is never the nearest, in any order (max_anchor_similarity)
+        return float(max_anchor_similarity(np.asarray(embedding, dtype=np.float64)[None], anchors)[0][0])
     if mode == "mean":
         return sum(cosine(embedding, anchor) for anchor in anchors) / len(anchors)
     if mode == "centroid":
@@ -635,6 +652,8 @@ def masking_budget(n_words: int, mlm_probability: float, u: float) -> int:
 
     ``u`` is a uniform draw in [0, 1). The expectation is exactly p·n, capped at n.
     """
+    if not 0.0 <= mlm_probability <= 1.0:
+        raise ValueError(f"mlm_probability must be in [0, 1], got {mlm_probability}")
     expected = mlm_probability * n_words
     budget = math.floor(expected) + (1 if u < expected - math.floor(expected) else 0)
     return min(budget, n_words)
@@ -732,8 +751,10 @@ def replace_tokens(
     ``mask_replace_prob``, a uniformly drawn token from ``random_token_ids`` with probability
     ``random_replace_prob``, and stays as it is otherwise.
     """
-    if mask_replace_prob < 0 or random_replace_prob < 0 or mask_replace_prob + random_replace_prob > 1:
+    if not (0 <= mask_replace_prob and 0 <= random_replace_prob and mask_replace_prob + random_replace_prob <= 1):
         raise ValueError("mask_replace_prob and random_replace_prob must be non-negative and sum to at most 1")
+    if random_replace_prob > 0 and len(random_token_ids) == 0:
+        raise ValueError("random_replace_prob > 0 needs random_token_ids to draw from")
     ids = list(input_ids)
     labels = [-100] * len(ids)
     for position, masked in enumerate(mask):

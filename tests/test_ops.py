@@ -1401,3 +1401,9 @@ def test_random_draws_are_pinned_across_versions():
         [0, 2, 3, 2, 3, 0, 0, 3, 2, 0, 3, 0],
         [1, 103, 3, 0, 3, 0, 0, 3, 2, 1, 3, 0],
     ]
+
+
+def test_a_score_beyond_float32_is_named_as_such():
+    """1e39 is finite, but float32's infinity: "scores must be finite" contradicted the input."""
+    with pytest.raises(ValueError, match=r"finite float32 values \(\|score\| <= 3.4e38\)"):
+        ops.ScoreHashTable().insert([9], [1e39])

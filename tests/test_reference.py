@@ -379,3 +379,31 @@ def test_a_word_with_a_ligature_is_counted_as_its_letters_in_general_english():
     assert reference.general_count("x²", general) == 3.0 and reference.general_count("naïve", general) == 2.0
     assert reference.general_count("signiﬁcantly", {"signiﬁcantly": 1.0, "significantly": 5.0}) == 1.0, "as written first"
     assert reference.strip_accents("ﬁ") == "ﬁ" and reference.strip_accents("ﬁ", compatibility=True) == "fi"
+
+
+def test_the_reference_refuses_what_the_ops_refuse():
+    """The specification answered where the ops refuse: vectors of other lengths were cut to the
+    shorter, no anchor gave NaN at a missing index, a NaN anchor came first or not by its place,
+    a smoothing of 0 divided by zero, and NaN probabilities replaced nothing."""
+    rng = np.random.default_rng(0)
+    with pytest.raises(ValueError, match="different lengths"):
+        reference.cosine([1, 0, 0], [1, 0])
+    with pytest.raises(ValueError, match=r"anchors must be a non-empty \[K, 3\] array, got shape \(1, 2\)"):
+        reference.max_anchor_similarity([[0, 0, 5]], [[1, 0]])
+    for mode in ("max", "mean", "centroid"):
+        with pytest.raises(ValueError, match="anchors must be a non-empty"):
+            reference.word_similarity([1.0, 0.0], np.zeros((0, 2)), mode)
+    for anchors in ([[math.nan, 0], [1, 0]], [[1, 0], [math.nan, 0]]):
+        assert reference.word_similarity([1.0, 0.0], anchors, "max") == 1.0
+    for smoothing in (0.0, -5.0, math.nan):
+        with pytest.raises(ValueError, match="smoothing_per_million must be a positive finite number"):
+            reference.select_anchors({"enzyme": 5, "the": 9}, {"the": 100}, 1e6, k=2,
+                                     smoothing_per_million=smoothing)
+    chosen = reference.select_anchors({"enzyme": 5, "zero": 0}, {}, 1e6, k=2, min_count=0)
+    assert [word for word, _ in chosen] == ["enzyme"]
+    with pytest.raises(ValueError, match="must be non-negative and sum to at most 1"):
+        reference.replace_tokens([5, 6], [True, True], 1, [2], rng, math.nan, 0.1)
+    with pytest.raises(ValueError, match="needs random_token_ids"):
+        reference.replace_tokens([5, 6], [True, True], 1, [], rng, 0.0, 1.0)
+    with pytest.raises(ValueError, match=r"mlm_probability must be in \[0, 1\]"):
+        reference.masking_budget(4, -0.5, 0.1)
