@@ -350,13 +350,18 @@ class MaskingCollatorBase:
         state.setdefault("_pinned_per_process", False)
         self.__dict__.update(state)
 
-    def __call__(self, examples: Sequence[Any]) -> BatchEncoding:
+    def __call__(self, examples: Sequence[Any], return_tensors: str | None = None) -> BatchEncoding:
         """The examples padded and masked, as a ``BatchEncoding`` (a mapping with ``.to(device)``),
-        as transformers' collators return them."""
-        batch = self._pad(examples)
+        as transformers' collators return them; ``return_tensors`` ("pt" or "np") overrides the
+        collator's for this call, as theirs take it."""
+        if return_tensors is None:
+            return_tensors = self.return_tensors
+        elif return_tensors not in ("pt", "np"):
+            raise ValueError(f"return_tensors must be 'pt' or 'np', got {return_tensors!r}")
+        batch = self._pad(examples, return_tensors)
         never_word = batch.pop("special_tokens_mask") | ~batch["attention_mask"].bool()
         batch.update(self.mask_batch(batch["input_ids"], never_word))
-        if self.return_tensors == "np":  # numpy has no bfloat16: such a field comes back as float32
+        if return_tensors == "np":  # numpy has no bfloat16: such a field comes back as float32
             batch = {key: (value.float() if value.dtype == torch.bfloat16 else value).numpy()
                      for key, value in batch.items()}
         return BatchEncoding(batch)
@@ -444,8 +449,9 @@ class MaskingCollatorBase:
         """A 64-bit seed for a compiled op, from this process's generator."""
         return int(torch.randint(-(2**63), 2**63 - 1, (), generator=self._generator()))
 
-    def _pad(self, examples: Sequence[Any]) -> dict:
-        """Pad every sequence-valued field to a common length without a per-token Python loop."""
+    def _pad(self, examples: Sequence[Any], return_tensors: str | None = None) -> dict:
+        """Pad every sequence-valued field to a common length without a per-token Python loop
+        (other fields stacked as ``return_tensors``, by default the collator's, will hold them)."""
         examples = _as_examples(examples)
         _refuse_fields_example_0_lacks(examples)
         sequences = [example["input_ids"] for example in examples]
@@ -484,7 +490,7 @@ class MaskingCollatorBase:
         for key in examples[0]:
             if key in batch or key in ("input_ids", "labels"):
                 continue
-            batch[key] = _stacked_extra(_field_values(examples, key), key, self.return_tensors)
+            batch[key] = _stacked_extra(_field_values(examples, key), key, return_tensors or self.return_tensors)
         return batch
 
 
@@ -601,6 +607,8 @@ def _all_integers(lists: list[list]) -> bool:
 def _integer_array(sequence: Any, field_name: str, index: int) -> np.ndarray:
     """One example's ``field_name`` as a 1-D numpy array of integers (or booleans)."""
     if isinstance(sequence, torch.Tensor):
+        if sequence.numel() == 0:  # torch.tensor([]) is float32: empty, it holds no wrong value
+            return np.empty(0, dtype=np.int64)
         if sequence.dtype.is_floating_point or sequence.dtype.is_complex:
             raise TypeError(_not_integers(field_name, index, sequence.dtype))
         sequence = sequence.detach().cpu().numpy()

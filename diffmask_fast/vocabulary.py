@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import itertools
-from typing import Iterable, Iterator, Sequence, Sized
+import numbers
+from typing import Iterable, Iterator, Mapping, Sequence, Sized
 
 from . import reference
 from ._checks import refuse_one_string
@@ -16,6 +17,8 @@ BATCH_TEXTS = 256
 def tokenizer_words(tokenizer, text: str, scheme: str | None = None, *, grouper: WordGrouper | None = None) -> list[str]:
     """Surface words of one text, grouped as the masking ops group them (README, "Choices"): special
     tokens such as ``<unk>`` belong to no word. Pass a ``grouper`` to reuse its tables."""
+    if not isinstance(text, str):
+        raise TypeError(f"text must be one string, got {type(text).__name__} (for many texts, call once for each)")
     grouper = grouper or WordGrouper.for_tokenizer(tokenizer, scheme)
     return _words_of_batch(tokenizer, [text], grouper)
 
@@ -38,17 +41,22 @@ def _words_of_batch(tokenizer, texts: list[str], grouper: WordGrouper) -> list[s
 
 
 def tokenizer_word_types(tokenizer, texts: Iterable[str], lowercase: bool = True, scheme: str | None = None,
-                         progress: bool = False) -> set[str]:
+                         progress: bool = False, text_field: str | None = None) -> set[str]:
     """Normalized word types of ``texts`` as the collator will see them, for scoring.
 
-    Reads the whole corpus through the tokenizer, so it shows a progress bar (``progress``) by
-    documents; each distinct token sequence is decoded once."""
+    ``texts`` is a corpus as ``count_words`` reads it (strings, paths, a pandas DataFrame or a
+    ``datasets.Dataset``, its ``text_field`` column), one string alone excepted. Reads the whole
+    corpus through the tokenizer, so it shows a progress bar (``progress``) by documents; each
+    distinct token sequence is decoded once."""
     from tqdm.auto import tqdm
+
+    from .corpus import iter_documents, names_only_paths
 
     refuse_one_string(texts, "texts", "an iterable of documents")
     types = WordTypes(tokenizer, lowercase, scheme)
-    total = len(texts) if isinstance(texts, Sized) else None
-    texts = iter(texts)
+    counted = isinstance(texts, Sized) and not isinstance(texts, Mapping) and not names_only_paths(texts)
+    total = len(texts) if counted else None  # documents, not files
+    texts = iter_documents(texts, text_field)
     with tqdm(total=total, desc="reading words", unit="doc", disable=not progress) as bar:
         while batch := list(itertools.islice(texts, BATCH_TEXTS)):
             types.add(tokenize_texts(tokenizer, batch, add_special_tokens=False, verbose=False)["input_ids"])
@@ -70,6 +78,10 @@ class WordTypes:
     def add(self, token_ids: Iterable[Sequence[int]]) -> None:
         """Adds the words of texts given as their ids, without special tokens (as
         ``tokenizer(texts, add_special_tokens=False)`` gives them)."""
+        token_ids = list(token_ids)
+        if token_ids and isinstance(token_ids[0], numbers.Integral):
+            raise TypeError("token_ids must be a list of id sequences, one per text, got one sequence of ids: "
+                            "pass [ids]")
         new: list[list[int]] = []
         for word in _words_of_ids(token_ids, self.grouper):
             if word not in self._decoded:

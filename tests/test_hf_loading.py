@@ -128,3 +128,43 @@ def test_reading_words_as_special_tokens_takes_the_words_embed_takes(bert_wordpi
     with pytest.raises(TypeError, match="words to read must be strings"):
         embedder.read_as_special_tokens_only([b"enzyme"])
     assert embedder.read_as_special_tokens_only(["enzyme", "\u2603", ""]) == [False, True, True]  # snowman: [UNK]
+
+
+def test_word_types_read_every_corpus_form_counting_reads(bert_wordpiece, tmp_path):
+    """A DataFrame or a dict of columns was iterated by its column names: the word types were
+    {'text'}, and every real word then scored unknown_score."""
+    import datasets
+    import pandas as pd
+
+    from diffmask_fast.corpus import CorpusError
+    from diffmask_fast.vocabulary import tokenizer_word_types
+
+    docs = ["The receptor binds.", "Kinase inhibitors."]
+    expected = tokenizer_word_types(bert_wordpiece, docs)
+    assert {"receptor", "binds", "kinase", "inhibitors"} <= expected
+    (tmp_path / "c.txt").write_text("\n".join(docs) + "\n")
+    for corpus in (pd.DataFrame({"text": docs}), datasets.Dataset.from_dict({"text": docs}), [tmp_path / "c.txt"]):
+        assert tokenizer_word_types(bert_wordpiece, corpus) == expected, type(corpus).__name__
+    with pytest.raises(CorpusError, match="a mapping was given as the corpus"):
+        tokenizer_word_types(bert_wordpiece, {"text": docs})
+    with pytest.raises(CorpusError, match="corpus items must be strings, got NoneType"):
+        tokenizer_word_types(bert_wordpiece, ["The receptor", None])
+
+
+def test_collators_take_the_call_options_and_inputs_transformers_collators_take(bert_wordpiece):
+    """return_tensors= per call (as DataCollatorForLanguageModeling takes it) was a TypeError, and
+    an empty torch.tensor([]) example (float32) was refused where an empty list passed."""
+    from diffmask_fast import RandomTokenCollator
+    from diffmask_fast.vocabulary import WordTypes, tokenizer_words
+
+    collator = RandomTokenCollator(bert_wordpiece, seed=0)
+    ids = bert_wordpiece("the receptor binds")["input_ids"]
+    batch = collator([ids, ids], return_tensors="np")
+    assert isinstance(batch["input_ids"], np.ndarray) and isinstance(collator([ids])["input_ids"], torch.Tensor)
+    with pytest.raises(ValueError, match="return_tensors must be 'pt' or 'np', got 'tf'"):
+        collator([ids], return_tensors="tf")
+    assert collator([torch.tensor(ids), torch.tensor([])])["input_ids"].shape == (2, len(ids))
+    with pytest.raises(TypeError, match=r"a list of id sequences, one per text, .* pass \[ids\]"):
+        WordTypes(bert_wordpiece).add(ids)
+    with pytest.raises(TypeError, match="text must be one string, got list"):
+        tokenizer_words(bert_wordpiece, ["the receptor"])
