@@ -818,10 +818,12 @@ def _check_output_dir(config: PretrainConfig) -> tuple[dict | None, Path | None]
                          + (f", or resume from another (--resume {str(folder / _latest_name(complete))})"
                             if complete else ""))
     latest = None if latest is None else Path(latest)
+    record = read_json(run_dir / RUN_FILE, "pretraining run") if (run_dir / RUN_FILE).exists() else None
+    if isinstance(record, dict):
+        _resume_run_length(record.get("config", {}), config, latest)
     complete = latest if _check_steps_left(config, latest) else None
-    if not (run_dir / RUN_FILE).exists():
+    if record is None:
         return None, complete
-    record = read_json(run_dir / RUN_FILE, "pretraining run")
     record = record if isinstance(record, dict) else {}
     started_with = _resume_word_boundary(record.get("config", {}), record.get("word_boundary"), config)
     changed = settings_changed(started_with, config, config.resume_must_match(),
@@ -842,6 +844,21 @@ def _check_same_processes(recorded, now: int) -> None:
         raise ValueError(f"--resume continues a run that trained on {recorded} process(es), here on {now}: each "
                          "step's batch would change, and with it the sequences the steps left take. Resume on "
                          f"{recorded} ({how})")
+
+
+def _resume_run_length(started_with: dict, config: PretrainConfig, checkpoint: Path | None) -> None:
+    """A resume that names no max_steps continues a run given one for the steps its checkpoint
+    planned (as the run began, or as a resume lengthened it), not for --epochs: that would
+    change the run's length and rebuild its learning-rate schedule unannounced."""
+    if config.max_steps >= 1 or not isinstance(started_with.get("max_steps"), int) or started_with["max_steps"] < 1:
+        return
+    planned = None
+    if checkpoint is not None:
+        try:
+            planned = int(read_json(checkpoint / "trainer_state.json", "trainer state")["max_steps"])
+        except (FileNotFoundError, ValueError, KeyError, TypeError):
+            planned = None
+    config.max_steps = planned if planned is not None and planned > 0 else started_with["max_steps"]
 
 
 def _resume_word_boundary(started_with: dict, used: str | None, config: PretrainConfig) -> dict:

@@ -1860,6 +1860,18 @@ def test_a_resume_with_another_training_setting_is_refused(tmp_path, name, value
     assert len(changed) == 1 and changed[0].startswith(f"{name} "), changed
 
 
+def test_a_resume_naming_no_max_steps_keeps_the_steps_the_run_planned(model_dir, corpus, tmp_path):
+    """The README's resume command names no --max-steps: a run given one then trained for
+    --epochs instead (234 steps for 4 planned), its learning rate warmed up again, unannounced."""
+    import shutil
+
+    out = tmp_path / "run"
+    pretrain(config_for(model_dir, corpus, out, strategy="random-word", max_steps=4))
+    shutil.rmtree(out / "checkpoint-4")  # as if stopped after the checkpoint at step 2
+    again = pretrain(config_for(model_dir, corpus, out, strategy="random-word", max_steps=-1, resume=True))
+    assert again["global_step"] == 4 and not (out / "checkpoint-5").exists()
+
+
 def test_a_resume_with_validation_files_ignores_the_share_it_would_have_held_out(tmp_path):
     """Validation files replace the held-out share: a resume refused a --validation-fraction that
     changed nothing."""
