@@ -531,6 +531,8 @@ def pretrain(config: PretrainConfig) -> dict:
             best = trainer.state.best_metric
             if best is None:  # no evaluation during training
                 best = trainer.evaluate()["eval_loss"]
+            elif not math.isfinite(best):  # Trainer's starting value: no evaluation had a finite loss
+                best = math.nan
             trainer.save_model(str(out))
     except BaseException:
         prepared.remove_windows(all_done=False)
@@ -1162,13 +1164,17 @@ def run_pretrain_command(args) -> None:
     summary = pretrain(config)
     if int(os.environ.get("RANK", "0")) != 0:  # under torchrun, one report for the run, not one per process
         return
-    before = summary["validation_loss_before"]
+    before, best = summary["validation_loss_before"], summary["best_validation_loss"]
+    finite = best is not None and math.isfinite(best)
     print(f"{summary['strategy']}: {summary['global_step']} steps ({summary['epochs']:.2f} epochs) in "
           f"{summary['seconds']:.0f} s; validation MLM loss "
-          + (f"{before:.4f} -> " if before is not None else "") + f"{summary['best_validation_loss']:.4f} (best)"
+          + (f"{before:.4f} -> " if before is not None else "")
+          + (f"{best:.4f} (best)" if finite else "no finite loss (diverged)")
           + ("; stopped early" if summary["stopped_early"] else ""))
-    best = summary["best_validation_loss"]
-    if before is not None and best is not None and not best < before:  # NaN losses too
+    if not finite:
+        print("No validation loss during training was finite: training diverged, and the saved model is its last "
+              "step's. A lower --learning-rate may help.")
+    elif before is not None and not best < before:
         print(f"No checkpoint improved on the model before training (validation MLM loss {before:.4f}); the "
               f"saved model is the best checkpoint all the same. A lower --learning-rate may help.")
     print(f"Saved the model, tokenizer and {SUMMARY_FILE} to {config.output_dir}")

@@ -1993,6 +1993,24 @@ def test_a_diverged_run_says_so(model_dir, corpus, tmp_path):
     logged = [e["loss"] for e in summary["log_history"] if "loss" in e]
     assert math.isnan(logged[-1]) and math.isnan(summary["train_loss"]), "NaN, not the 0.0 of the Trainer's filter"
     assert (tmp_path / "run" / LOSS_PICTURE).is_file(), "the validation loss before training is drawn"
+    # No evaluation was finite: no best loss (Trainer's starting inf was reported), as the file holds it.
+    assert math.isnan(summary["best_validation_loss"]) and summary["best_checkpoint"] is None
+    assert json.loads((tmp_path / "run" / SUMMARY_FILE).read_text())["best_validation_loss"] is None
+
+
+def test_the_command_says_a_diverged_run_has_no_best_checkpoint(monkeypatch, capsys, tmp_path):
+    """It printed "-> inf (best)" and called the diverged last step's model the best checkpoint."""
+    from diffmask_fast import pretrain as pretrain_module
+
+    summary = {"strategy": "random-word", "global_step": 4, "epochs": 0.1, "seconds": 3.0,
+               "validation_loss_before": 7.3274, "best_validation_loss": math.nan, "stopped_early": False}
+    monkeypatch.setattr(pretrain_module, "pretrain", lambda config: summary)
+    monkeypatch.delenv("RANK", raising=False)
+    args = cli.build_parser().parse_args(["pretrain", "corpus.txt", "--model", "m", "-o", str(tmp_path / "out")])
+    pretrain_module.run_pretrain_command(args)
+    out = capsys.readouterr().out
+    assert "7.3274 -> no finite loss (diverged)" in out and "the saved model is its last step's" in out
+    assert "best checkpoint" not in out
 
 
 def test_weighted_loss_keeps_float64_logits_in_float64(seed):
