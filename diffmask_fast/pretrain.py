@@ -30,6 +30,7 @@ from ._checks import whole_number
 from ._io import (atomic_write_bytes, atomic_write_json, check_writable, json_ready, read_json, refuse_special_input,
                   same_file, user_path)
 from .advice import DiffmaskWarning
+from .attention_weights import check_layer
 from .embedding import POOLINGS
 from .hf_loading import saved_weights
 from .masking_base import check_loss_weight, check_probability, distributed_rank
@@ -163,8 +164,9 @@ class PretrainConfig:
             raise ValueError(f"warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
         self._check_strategy_settings()
         self._check_files()
-        if self.head_learning_rate is not None and not self.head_learning_rate > 0:
-            raise ValueError(f"head_learning_rate must be positive, got {self.head_learning_rate}")
+        if self.head_learning_rate is not None and not (math.isfinite(self.head_learning_rate)
+                                                        and self.head_learning_rate > 0):
+            raise ValueError(f"head_learning_rate must be positive and finite, got {self.head_learning_rate}")
         if self.precision not in ("fp32", "bf16", "fp16"):
             raise ValueError(f"precision must be fp32, bf16 or fp16, got {self.precision!r}")
         if self.strategy == "terms" and self.terms is None:
@@ -438,6 +440,9 @@ def pretrain(config: PretrainConfig) -> dict:
     model = load_masked_lm(config.model, init_mlm_head=config.init_mlm_head)
     check_max_length(model, config.max_length, config.model)
     check_vocabulary(tokenizer, model, config.model)
+    layers = getattr(model.config, "num_hidden_layers", None)
+    if "attention_layer" not in config.unused_settings() and isinstance(layers, int):  # now, not after the data
+        check_layer(config.attention_layer, layers)
     with naming_word_boundary():  # an undetectable scheme fails before any reading
         scheme = word_boundaries(tokenizer, config.word_boundary).scheme
 
@@ -519,10 +524,13 @@ def pretrain(config: PretrainConfig) -> dict:
             trainer.add_callback(record)
         with contextlib.nullcontext() if config.progress else no_progress_bars():
             if complete_checkpoint is not None:  # Trainer would take a step past max_steps
-                train_loss = _finish_from_checkpoint(trainer, complete_checkpoint)
-                if train_loss is None:  # none logged: the summary of the session that trained it to here has it
-                    train_loss = _summary_training_loss(complete_checkpoint.parent / SUMMARY_FILE,
-                                                        trainer.state.global_step)
+                logged = _finish_from_checkpoint(trainer, complete_checkpoint)
+                # The summary of the session that trained the run to here holds its loss over every
+                # step; the logs hold only the steps they logged.
+                train_loss = _summary_training_loss(complete_checkpoint.parent / SUMMARY_FILE,
+                                                    trainer.state.global_step)
+                if train_loss is None:
+                    train_loss = logged
             else:
                 train_loss = trainer.train(resume_from_checkpoint=config.resume or None).training_loss
                 train_loss = _run_training_loss(trainer.state.log_history, trainer.resumed_at_step, train_loss,
@@ -808,6 +816,7 @@ def _check_output_dir(config: PretrainConfig) -> tuple[dict | None, Path | None]
         raise ValueError(f"{str(out)!r} holds a model ({weights}) that this run would replace when it saves its "
                          "own: choose a new output directory, or remove that model first")
     if not config.resume:
+        _refuse_files_a_run_would_replace(out, config)
         return None, None
     from transformers.trainer_utils import get_last_checkpoint  # the checkpoint Trainer resumes from
 
@@ -834,6 +843,20 @@ def _check_output_dir(config: PretrainConfig) -> tuple[dict | None, Path | None]
         raise ValueError(f"--resume continues the run in {str(run_dir)!r}, which was started with other settings: "
                          + ", ".join(changed))
     return record, complete
+
+
+def _refuse_files_a_run_would_replace(out: Path, config: PretrainConfig) -> None:
+    """A run saves its anchors, scores and terms in its output folder, replacing or removing those
+    an earlier run left there; a file of those names no run left (no earlier run's record is
+    beside it: ``diffmask mine -o run/anchors.json``) is refused unless it is given as the run's
+    input, where it is kept."""
+    if (out / RUN_FILE).exists():
+        return
+    for name, file_name in (("anchors", ANCHORS_FILE), ("scores", SCORES_FILE), ("terms", TERMS_FILE)):
+        path, given = out / file_name, getattr(config, name)
+        if path.exists() and (given is None or not same_file(given, path)):
+            raise ValueError(f"{str(out)!r} holds {file_name}, which this run would replace or remove (a run saves "
+                             f"its {name} there): give it as --{name}, move it, or choose another output directory")
 
 
 def _check_same_processes(recorded, now: int) -> None:

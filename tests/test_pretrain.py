@@ -358,7 +358,8 @@ def test_a_score_table_given_alone_names_the_anchors(model_dir, corpus, tmp_path
     (tmp_path / "mined" / "anchors.json").replace(other)
     assert mined["anchors"]
     (tmp_path / "run").mkdir()
-    (tmp_path / "run" / "anchors.json").write_bytes(other.read_bytes())  # left by an earlier run
+    (tmp_path / "run" / "anchors.json").write_bytes(other.read_bytes())  # left by an earlier run,
+    (tmp_path / "run" / RUN_FILE).write_bytes((tmp_path / "mined" / RUN_FILE).read_bytes())  # as its record says
     config = config_for(model_dir, corpus, tmp_path / "run", strategy="mslm", scores=scores_path, max_steps=2,
                         patience=0)
     from diffmask_fast.pretrain import _domain_resources
@@ -1858,6 +1859,46 @@ def test_a_resume_with_another_training_setting_is_refused(tmp_path, name, value
     assert settings_changed(saved, config()) == []
     changed = settings_changed(saved, config(**{name: value}))
     assert len(changed) == 1 and changed[0].startswith(f"{name} "), changed
+
+
+def test_resuming_a_finished_run_keeps_its_training_loss(model_dir, corpus, tmp_path):
+    """The loss was recomputed from the logged steps alone (step 3 of 4 with logging_steps 3),
+    overwriting the exact one of the summary."""
+    out, options = tmp_path / "run", dict(strategy="random-word", max_steps=4, eval_steps=2, logging_steps=3)
+    first = pretrain(config_for(model_dir, corpus, out, **options))
+    again = pretrain(config_for(model_dir, corpus, out, resume=True, **options))
+    assert again["train_loss"] == first["train_loss"]
+    assert json.loads((out / SUMMARY_FILE).read_text())["train_loss"] == first["train_loss"]
+
+
+def test_settings_the_model_or_arithmetic_refuse_are_refused_before_the_corpus_is_read(model_dir, corpus, tmp_path,
+                                                                                       monkeypatch):
+    """An infinite head learning rate and an attention layer the model lacks were refused only
+    after the corpus was read, tokenized (and for some strategies mined and scored)."""
+    from diffmask_fast import pretrain as pretrain_module
+
+    monkeypatch.setattr(pretrain_module, "_prepared_data", lambda *args: pytest.fail("the corpus was read"))
+    with pytest.raises(ValueError, match="head_learning_rate must be positive and finite, got inf"):
+        pretrain(config_for(model_dir, corpus, tmp_path / "a", strategy="random-word", head_learning_rate=math.inf))
+    with pytest.raises(ValueError, match="layer 7 is out of range for a model with 2 attention layers"):
+        pretrain(config_for(model_dir, corpus, tmp_path / "b", strategy="attention", attention_layer=7))
+
+
+def test_a_fresh_run_refuses_resource_files_no_run_left_in_its_output(model_dir, corpus, tmp_path):
+    """mine -o run/anchors.json, then pretrain --scores ... -o run: the run removed the mined
+    anchors (it removes the resource files an earlier run left), as it would have replaced them."""
+    from diffmask_fast.pretrain import _refuse_files_a_run_would_replace
+
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "anchors.json").write_text("{}")
+    with pytest.raises(ValueError, match=r"holds anchors.json, which this run would replace or remove .* give it as "
+                                         r"--anchors, move it"):
+        pretrain(config_for(model_dir, corpus, out, strategy="random-word"))
+    assert sorted(p.name for p in out.iterdir()) == ["anchors.json"]
+    _refuse_files_a_run_would_replace(out, config_for(model_dir, corpus, out, anchors=out / "anchors.json"))
+    (out / "pretrain_run.json").write_text("{}")  # an earlier run's: its files are its own to replace
+    _refuse_files_a_run_would_replace(out, config_for(model_dir, corpus, out, strategy="random-word"))
 
 
 def test_a_resume_naming_no_max_steps_keeps_the_steps_the_run_planned(model_dir, corpus, tmp_path):
