@@ -209,7 +209,7 @@ class WordEmbedder:
       ``embed`` warns how many were cut; ``input_embeddings`` never truncates.
     - ``dtype``: ``None``/``"float32"``, or ``"bfloat16"``/``"float16"`` to run the forward pass
       under autocast (vectors are returned in float32). On GPUs both are fast; on CPUs bf16 pays
-      off where the CPU has bf16 instructions (AVX-512 BF16, AMX: 3-6x on the benchmark machine)
+      off where the CPU has bf16 instructions (AVX-512 BF16, AMX: about 1.7-1.9x on the benchmark machine)
       and fp16 is usually slower than fp32. ``input_embeddings`` is always computed in float32.
     - ``device``: defaults to CUDA when available.
     - ``cache_dir``: a directory for the on-disk cache of vectors (``True``: ``default_cache_dir()``,

@@ -31,7 +31,7 @@ similar to the query as it (within 1e-6: ties and float rounding).
 (benchmarks/bench_scoring.py, D = 384; see benchmarks/RESULTS.md): the exact op below
 ``IVF_MIN_ANCHORS`` (it answers 1.0-2.0x the queries/s of FAISS flat from K = 10^3 to 3 x 10^4
 and 1.1x at 10^5, and IVF tuned to recall@1 0.99 answers about as many queries/s as it at
-K = 10^4, 5.6x at 10^5 and 10x at 10^6), IVF from there on, falling back to the exact op when
+K = 10^4, 5.3x at 10^5 and 10.7x at 10^6), IVF from there on, falling back to the exact op when
 reaching the recall target would make IVF scan more than ``MAX_SCAN_FRACTION`` of the anchors.
 With ``use_gpu``, FAISS flat search
 on the GPU takes the place of the exact op from ``GPU_FLAT_MIN_ANCHORS``. HNSW is never chosen
