@@ -7,8 +7,10 @@ strategy, then fine-tuning each resulting model on the task's labels.
     python benchmarks/comparison.py --redraw --write      the same from the last run's saved results
 
 A second call keeps the pretraining and fine-tuning an earlier one finished with the same settings
-and resumes a pretraining it left off at a checkpoint and a fine-tuning it left between seeds;
-``--fresh`` runs everything again.
+and data files (their SHA-256, and the package version, kept in the work dir's inputs.json) and
+resumes a pretraining it left off at a checkpoint and a fine-tuning it left between seeds;
+``--fresh`` runs everything again. A table of rows all kept says when, where and in how long the
+call that ran them did.
 
 The default data is ../shared/data/scicite: ``corpus.txt`` (unlabeled) for continued pretraining,
 ``train/dev/test.jsonl`` for fine-tuning. Offline, the starting model is all-MiniLM-L6-v2 (from the
@@ -24,6 +26,7 @@ import argparse
 import datetime
 import os
 import shlex
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -38,7 +41,7 @@ os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
 from harness import machine, replace_section  # noqa: E402
 
-from diffmask_fast._io import atomic_write_json  # noqa: E402
+from diffmask_fast._io import atomic_write_json, read_json  # noqa: E402
 from diffmask_fast.strategies import STRATEGIES  # noqa: E402
 
 SECTION = "## Continued pretraining: strategies compared"
@@ -189,8 +192,17 @@ def run_strategies(args, scale: dict) -> Runs:
     bundled = args.model is None
     date = datetime.date.today().isoformat()
     started = time.perf_counter()
+    if not args.fresh and not same_inputs(args):
+        print("the data files or the package changed since the runs kept in the work dir: running everything again")
+        args.fresh = True
+    if args.fresh:  # all of it, now: a call stopped halfway would leave earlier runs for the next to keep
+        shutil.rmtree(args.work_dir / args.scale, ignore_errors=True)
+    earlier = args.work_dir / args.scale / "comparison.json"
+    earlier = read_json(earlier, "comparison results") if earlier.is_file() else {}
+    atomic_write_json(args.work_dir / args.scale / INPUTS_FILE, input_fingerprints(args))
     trained: list[tuple[str, str, dict | None]] = [] if args.no_baseline else [("none", model, None)]
     kept = {"none"}  # models an earlier run left as they are: their fine-tuning can be kept too
+    call_started, ran_again = time.time(), False
     for strategy in args.strategies:
         config = PretrainConfig(
             model=model, corpus=[args.data / "corpus.txt"], output_dir=args.work_dir / args.scale / strategy,
@@ -203,6 +215,7 @@ def run_strategies(args, scale: dict) -> Runs:
             kept.add(strategy)
         else:
             summary = pretrain(prepared_for_pretraining(config, args.fresh))
+            ran_again = True
         trained.append((strategy, str(config.output_dir), summary))
     rows = []
     for name, path, summary in trained:
@@ -218,12 +231,37 @@ def run_strategies(args, scale: dict) -> Runs:
                               progress=False, report_path=report_path, resume=resume,
                               **scale["finetune"])  # saved after each seed
         rows.append((name, summary, report))
-    runs = Runs(str(args.data), model, bundled, date, machine(), (time.perf_counter() - started) / 60, rows,
+        ran_again = ran_again or report_path.stat().st_mtime >= call_started
+    when = (earlier["date"], earlier["machine"], earlier["minutes"]) if not ran_again and earlier.get("date") else (
+        date, machine(), (time.perf_counter() - started) / 60)
+    runs = Runs(str(args.data), model, bundled, *when, rows,
                 command=reproducing_command(args, None if bundled else model), about=scale["about"])
     atomic_write_json(args.work_dir / args.scale / "comparison.json", {
         **runs._asdict(), "scale": args.scale,
         "rows": [{"strategy": n, "pretrain": s, "finetune": r.to_dict()} for n, s, r in rows]})
     return runs
+
+
+#: The work dir's record of what its runs were made from (``input_fingerprints``).
+INPUTS_FILE = "inputs.json"
+
+
+def input_fingerprints(args) -> dict:
+    """SHA-256 of each data file the runs read, and the package's version."""
+    import diffmask_fast
+    from diffmask_fast._io import file_sha256
+
+    files = {name: file_sha256(args.data / name) for name in ("corpus.txt", "train.jsonl", "dev.jsonl", "test.jsonl")}
+    return {"files": files, "diffmask_fast": diffmask_fast.__version__}
+
+
+def same_inputs(args) -> bool:
+    """Whether the work dir's runs were made from the data files (and package version) given now;
+    False where no record says (runs kept from before the record was written are run again)."""
+    path = args.work_dir / args.scale / INPUTS_FILE
+    if not path.is_file():
+        return not (args.work_dir / args.scale).exists()
+    return read_json(path, "comparison inputs") == input_fingerprints(args)
 
 
 def finished_pretraining(config) -> dict | None:

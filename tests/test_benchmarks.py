@@ -447,3 +447,27 @@ def test_the_gpu_section_says_whether_each_goal_is_met_and_reads_cpu_ratios_the_
     goals = [row.rsplit("|", 2)[-2].strip() for row in text.splitlines() if row.startswith("| ") and "ms" in row]
     judged = [goal for goal in goals if goal not in ("-", "option")]
     assert len(judged) == 4 and all(re.fullmatch(r"(met|\*\*missed\*\*) \(.+\)", goal) for goal in judged), goals
+
+
+def test_the_comparison_keeps_runs_only_of_the_data_files_they_were_made_from(tmp_path, monkeypatch):
+    """Runs were kept by their settings alone: a corpus or split rewritten at the same path kept the
+    old models and reports, stamped with the new call's date."""
+    import argparse
+
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    import comparison
+
+    from diffmask_fast._io import atomic_write_json
+
+    data = tmp_path / "data"
+    data.mkdir()
+    for name in ("corpus.txt", "train.jsonl", "dev.jsonl", "test.jsonl"):
+        (data / name).write_text(f"{name}\n")
+    args = argparse.Namespace(data=data, work_dir=tmp_path / "work", scale="smoke")
+    assert comparison.same_inputs(args), "nothing kept yet: nothing to run again"
+    (args.work_dir / "smoke").mkdir(parents=True)
+    assert not comparison.same_inputs(args), "runs without a record of their inputs are run again"
+    atomic_write_json(args.work_dir / "smoke" / comparison.INPUTS_FILE, comparison.input_fingerprints(args))
+    assert comparison.same_inputs(args)
+    (data / "train.jsonl").write_text("other labels\n")
+    assert not comparison.same_inputs(args)
