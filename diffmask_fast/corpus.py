@@ -312,9 +312,13 @@ UNREAD_COMPRESSIONS = {b"BZh": "bzip2", b"\xfd7zXZ\x00": "xz", b"\x28\xb5\x2f\xf
                        b"\x04\x22\x4d\x18": "lz4", b"PK\x03\x04": "zip", b"7z\xbc\xaf\x27\x1c": "7-Zip"}
 
 
+#: How a saved ``WordCounts`` file begins (``counting.BINARY_MAGIC``).
+WORD_COUNTS_MAGIC = b"DMWCOUNT"
+
+
 def check_text(path: Path, head: bytes) -> None:
     """Raise CorpusError if the first bytes of a file show another compression than gzip, or hold
-    a NUL byte (binary data, or UTF-16)."""
+    a NUL byte (binary data, saved word counts, or UTF-16)."""
     if head.startswith(GZIP_MAGIC) and not is_gzip(path):
         raise CorpusError(f"{str(path)!r} is gzip-compressed but not named *.gz, so it is read as text; rename it "
                           "to end in .gz, or decompress it")
@@ -322,8 +326,40 @@ def check_text(path: Path, head: bytes) -> None:
         if head.startswith(magic) and (name != "bzip2" or (len(head) > 3 and head[3] in b"123456789")):
             raise CorpusError(f"{str(path)!r} is compressed with {name}, which is not read; decompress it, or "
                               "compress it with gzip (.gz files are read)")
+    if head.startswith(WORD_COUNTS_MAGIC):
+        raise CorpusError(f"{str(path)!r} holds saved word counts, not text: give it as counts (--counts), not as "
+                          "the corpus")
     if b"\x00" in head[:BINARY_CHECK_BYTES]:
+        if _looks_like_utf16(head[:BINARY_CHECK_BYTES]):
+            raise CorpusError(f"{str(path)!r} is UTF-16 text: convert it to UTF-8 (iconv -f UTF-16 -t UTF-8), "
+                              "which corpora are read as")
         raise CorpusError(f"{str(path)!r} looks like a binary file (it contains NUL bytes), not text")
+
+
+def _looks_like_utf16(head: bytes) -> bool:
+    """A UTF-16 byte-order mark, or every other byte NUL (mostly ASCII text in UTF-16)."""
+    if head.startswith((b"\xff\xfe", b"\xfe\xff")):
+        return True
+    even, odd = head[0::2], head[1::2]
+    return len(head) >= 4 and (even.count(0) >= 0.9 * len(even) or odd.count(0) >= 0.9 * len(odd))
+
+
+def warn_of_json_lines_read_as_text(path: Path, head: bytes) -> None:
+    """Warn where a file read as text opens with a JSON object on its own line: JSON lines under
+    another name (train.jsonl copied as train.txt), whose field names and quotes would be words."""
+    first = next((line for line in head.split(b"\n") if line.strip()), b"")
+    text = first.decode("utf-8", "replace").removeprefix("\ufeff").strip()
+    if not text.startswith("{"):
+        return
+    try:
+        record = json.loads(text)
+    except ValueError:  # prose in braces, or a first line the head cuts
+        return
+    if isinstance(record, dict) and record:
+        fields = ", ".join(repr(key) for key in list(record)[:3])
+        warnings.warn(f"{str(path)!r} looks like JSON lines (fields {fields}) but is read as text, its field names "
+                      "and quotes as words: name it .jsonl, or give its text field (--text-field)",
+                      DiffmaskWarning, stacklevel=2)
 
 
 #: What reading a damaged file raises: OSError (also gzip.BadGzipFile), a truncated gzip
@@ -355,7 +391,7 @@ def _read_lines(path: Path, handle) -> Iterator:
 
 def iter_file_lines(path: Path) -> Iterator[str]:
     """Lines of one text file, without line ends."""
-    check_text_file(path)
+    warn_of_json_lines_read_as_text(path, check_text_file(path))
     # Invalid UTF-8 bytes become U+FFFD rather than aborting a long count. A whole byte-order mark
     # opening the file is dropped here (utf-8-sig would also drop the bytes of a cut one, which
     # are invalid UTF-8 like any other).

@@ -55,6 +55,7 @@ from .corpus import (
     CorpusError,
     CorpusSource,
     FilesReadOnce,
+    WORD_COUNTS_MAGIC,
     check_iterable_corpus,
     check_text_file,
     corpus_files,
@@ -66,11 +67,12 @@ from .corpus import (
     open_binary,
     record_text,
     text_field_name,
+    warn_of_json_lines_read_as_text,
 )
 
 COUNTS_FORMAT = "diffmask_fast.word_counts/1"
 #: First bytes of the binary counts format.
-BINARY_MAGIC = b"DMWCOUNT"
+BINARY_MAGIC = WORD_COUNTS_MAGIC  # b"DMWCOUNT"
 BINARY_VERSION = 1
 _PREAMBLE = struct.Struct("<8sIIQ")  # magic, version, reserved, header length
 
@@ -601,6 +603,7 @@ class _Counter:
         out (a block's buffer goes back to the reader when its last chunk is counted)."""
         tables = self.file_words
         head = check_text_file(path)  # the file's head, also for a range further on
+        warn_of_json_lines_read_as_text(path, head)
         if start == 0 and head.startswith(UTF8_BOM):  # a byte-order mark is not text
             start = len(UTF8_BOM)
             if not is_gzip(path):  # read past, all the same (a compressed file's reader counts it)

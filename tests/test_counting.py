@@ -1609,3 +1609,34 @@ def test_counts_less_those_of_some_documents_are_the_counts_of_the_rest(rng):
         whole.subtract(count_words(["unrelated"], progress=False))
     with pytest.raises(ValueError, match="different lowercasing"):
         whole.subtract(count_words(taken, lowercase=False, progress=False))
+
+
+def test_a_file_read_as_text_that_holds_json_lines_is_warned_of(tmp_path):
+    """train.jsonl copied as train.txt was counted as text without a word: its field names and
+    quotes were words, "text_marked" and "label" among the top anchors."""
+    path = tmp_path / "train.txt"
+    path.write_text("".join(json.dumps({"text": f"the enzyme {i} binds", "label": "a"}) + "\n" for i in range(20)))
+    for read in (lambda: count_words(path, progress=False), lambda: list(iter_documents(path))):
+        with pytest.warns(DiffmaskWarning, match=r"'.*train.txt' looks like JSON lines \(fields 'text', 'label'\) but "
+                                                 r"is read as text.* name it \.jsonl, or give its text field"):
+            read()
+    assert count_words(path, progress=False, text_field="text")["enzyme"] == 20
+    plain = tmp_path / "plain.txt"
+    plain.write_text("{braces} open this line\nthe enzyme binds\n")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        count_words(plain, progress=False)
+
+
+def test_utf16_text_and_a_counts_file_are_named_not_called_binary(tmp_path):
+    """Notepad's "Unicode" and PowerShell's > write UTF-16, and a counts file given as the corpus
+    was "a binary file" too."""
+    for name, data in (("bom.txt", "the enzyme binds\n".encode("utf-16")),
+                       ("plain.txt", "the enzyme binds\n".encode("utf-16-le"))):
+        (tmp_path / name).write_bytes(data)
+        with pytest.raises(CorpusError, match=f"'.*{name}' is UTF-16 text: convert it to UTF-8"):
+            count_words(tmp_path / name, progress=False)
+    count_words(["the enzyme binds"], progress=False).save(tmp_path / "c.counts")
+    with pytest.raises(CorpusError, match=r"'.*c.counts' holds saved word counts, not text: give it as counts "
+                                          r"\(--counts\)"):
+        count_words(tmp_path / "c.counts", progress=False)
