@@ -765,8 +765,9 @@ def main(argv: list[str] | None = None) -> int:
     if getattr(args, "sentences", 1) < 1:
         print(f"diffmask {args.command}: error: --sentences must be at least 1", file=sys.stderr)
         return 2
-    default_format = warnings.formatwarning
+    default_format, default_show = warnings.formatwarning, warnings.showwarning
     warnings.formatwarning = _warning_format(args.command, default_format, parser.commands.get(args.command))
+    warnings.showwarning = _shown_once(default_show)
     try:
         _commands()[args.command](args)
     except BrokenPipeError:
@@ -784,8 +785,22 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\ndiffmask {args.command}: interrupted" + (f"; {hint}" if hint else ""), file=sys.stderr)
         return 130
     finally:
-        warnings.formatwarning = default_format
+        warnings.formatwarning, warnings.showwarning = default_format, default_show
     return 0
+
+
+def _shown_once(show):
+    """``warnings.showwarning`` that shows each message once: advice given from several places
+    (a table built three times for one tokenizer) is read once. The filters' "once" cannot do it:
+    any change of filters (a ``catch_warnings`` block) forgets what was shown."""
+    shown: set = set()
+
+    def show_once(message, category, filename, lineno, file=None, line=None):
+        if (str(message), category) not in shown:
+            shown.add((str(message), category))
+            show(message, category, filename, lineno, file, line)
+
+    return show_once
 
 
 def _stdout_to_devnull() -> None:

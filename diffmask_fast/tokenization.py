@@ -107,7 +107,7 @@ def _scheme_for(tokenizer, scheme: str | None) -> str:
         if detected != scheme:
             warnings.warn(f"word boundaries {scheme!r} were named for {type(tokenizer).__name__}, whose tokens mark "
                           f"words as {detected!r} does: its text will be grouped into pieces of words or runs of "
-                          f"several words. Leave the scheme out to use {detected!r}", DiffmaskWarning, stacklevel=3)
+                          f"several words. Leave word_boundary out to use {detected!r}", DiffmaskWarning, stacklevel=3)
     return scheme
 
 

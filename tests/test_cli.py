@@ -1,6 +1,7 @@
 """The `diffmask` command line, end to end on real text with the bundled MiniLM."""
 
 import json
+import os
 import re
 import signal
 import subprocess
@@ -26,6 +27,15 @@ def test_demo_runs_offline_with_no_arguments(capsys):
 def test_demo_shows_no_bars_when_told(capsys):
     assert main(["demo", "--sentences", "1", "--no-progress"]) == 0
     assert "%|" not in capsys.readouterr().err
+
+
+def test_a_contradicting_word_boundary_is_warned_of_once_by_its_option_name():
+    """Three tables built for the tokenizer printed the same warning three times, naming "the scheme"."""
+    run = subprocess.run([sys.executable, "-m", "diffmask_fast", "demo", "-n", "1", "--word-boundary", "byte_bpe",
+                          "--no-progress"], capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert run.returncode == 0, run.stderr
+    warned = [line for line in run.stderr.splitlines() if "warning:" in line]
+    assert len(warned) == 1 and "Leave --word-boundary out to use 'wordpiece'" in warned[0], run.stderr
 
 
 def test_demo_draws_the_masking_rates(capsys, tmp_path):

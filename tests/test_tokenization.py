@@ -875,7 +875,7 @@ def test_a_named_scheme_that_contradicts_the_detected_one_is_warned_of(bert_word
 
     with pytest.warns(DiffmaskWarning, match="'byte_bpe' were named for .*mark words as 'wordpiece' does"):
         word_boundaries(bert_wordpiece, "byte_bpe")
-    with pytest.warns(DiffmaskWarning, match="'wordpiece' were named for .*Leave the scheme out to use 'byte_bpe'"):
+    with pytest.warns(DiffmaskWarning, match="'wordpiece' were named for .*Leave word_boundary out to use 'byte_bpe'"):
         tokenizer_words(roberta_byte_bpe, "the enzyme binds", scheme="wordpiece")
     with pytest.warns(DiffmaskWarning, match="'sentencepiece' were named for"):
         RandomWordCollator(bert_wordpiece, word_boundary="sentencepiece")
