@@ -257,9 +257,9 @@ def _warn_of_weak_anchors(anchors: tuple, eligible: int) -> None:
     if weak:
         shown = ", ".join(f"{printable(a.word)!r} ({a.score:.2f})" for a in weak[:5])
         warnings.warn(
-            f"{len(weak)} of the {len(anchors)} anchors are at most {WEAK_ANCHOR_TF_ICF:g} times as frequent in the "
-            f"corpus as in general English, so no words of its domain: {shown}. Only {eligible:,} words occur often "
-            "enough to be anchors; a larger corpus, or a smaller k, keeps the anchors to the domain's words",
+            f"{len(weak):,} of the {len(anchors):,} anchors are at most {WEAK_ANCHOR_TF_ICF:g} times as frequent in "
+            f"the corpus as in general English, so no words of its domain: {shown}. Only {eligible:,} words occur "
+            "often enough to be anchors; a larger corpus, or fewer anchors, keeps the anchors to the domain's words",
             DiffmaskWarning, stacklevel=3)
 
 

@@ -32,6 +32,8 @@ WORD_BOUNDARY_HELP = ("how the tokenizer marks words: wordpiece (##ing continues
 #: Tokens (special tokens included) that preview shows of each document: ``preview.preview``'s
 #: ``max_length``; a longer document is shown up to its last word that fits.
 SHOWN_TOKENS = 128
+#: What a corpus argument may name.
+CORPUS_HELP = "text or JSON-lines files (.jsonl, .ndjson, .json; plain or .gz), directories or glob patterns"
 
 def _add_masking_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default=None, help="encoder name or path for word embeddings and tokenization "
@@ -43,13 +45,14 @@ def _add_masking_options(parser: argparse.ArgumentParser) -> None:
                         help="how a word's score combines its similarity to the anchors (default max)")
     parser.add_argument("--weighting", choices=("similarity", "rank"), default="similarity",
                         help="sampling weight of a word: its score, or its rank within the sequence")
-    parser.add_argument("--sentences", "-n", type=int, default=5, help="sentences to show (default 5)")
-    parser.add_argument("--seed", type=int, default=0, help="seed for the sentences and the masks (default 0)")
+    parser.add_argument("--sentences", "-n", type=int, default=5,
+                        help=f"documents to show (default 5), each up to its last word within {SHOWN_TOKENS} tokens")
+    parser.add_argument("--seed", type=int, default=0, help="seed for the documents and the masks (default 0)")
     parser.add_argument("--show-scores", action="store_true", help="print each word's score next to it")
     parser.add_argument("--html", type=user_path, default=None, help="also write the preview as an HTML page here")
     parser.add_argument("--plot", type=user_path, default=None,
                         help=f"also draw how often each word is masked, over {PLOT_DRAWS} draws of up to "
-                             f"{PLOT_TEXTS} sentences, against its score (format by the suffix: .png, .pdf, .svg, "
+                             f"{PLOT_TEXTS} documents, against its score (format by the suffix: .png, .pdf, .svg, "
                              ".jpg, .jpeg, .webp or .eps; PNG without one)")
 
 
@@ -99,8 +102,7 @@ def build_parser() -> argparse.ArgumentParser:
     mine = commands.add_parser("mine", help="find a corpus's anchor words by TF-ICF",
                                description="Count the words of a corpus (text files, one document per line; "
                                            "directories and globs allowed) and print its top anchors by TF-ICF.")
-    mine.add_argument("corpus", nargs="*", type=_corpus_name, help="text or JSON-lines files (.jsonl, .ndjson, .json; plain or .gz), "
-                      "directories or glob patterns")
+    mine.add_argument("corpus", nargs="*", type=_corpus_name, help=CORPUS_HELP)
     _add_mining_options(mine)
     mine.add_argument("--output", "-o", type=user_path, default=None, help="save the anchors as JSON here")
     mine.add_argument("--counts-output", type=user_path, default=None,
@@ -119,7 +121,7 @@ def build_parser() -> argparse.ArgumentParser:
     preview = commands.add_parser("preview", help="show which words of a corpus get masked",
                                   description="Mask sample documents of a corpus and mark the masked words. Each "
                                               f"document is shown up to its last word within {SHOWN_TOKENS} tokens.")
-    preview.add_argument("corpus", nargs="+", type=_corpus_name, help="text files, directories or glob patterns")
+    preview.add_argument("corpus", nargs="+", type=_corpus_name, help=CORPUS_HELP)
     preview.add_argument("--anchors", type=user_path, default=None,
                          help="anchors JSON from `diffmask mine` (default: mine them from the corpus now, or "
                               "the anchors of --scores)")
@@ -147,8 +149,8 @@ def _add_score_parser(commands) -> None:
         description="Embed the word types of a corpus (or of saved word counts), score each by its similarity to "
                     "the anchors, and save the score table the collator loads. Word vectors are cached on disk "
                     "per model, so a second run only embeds new words.")
-    score.add_argument("corpus", nargs="*", type=_corpus_name, help="text files, directories or glob patterns: their words are counted "
-                       "(unless --counts is given) and also collected as the tokenizer groups them")
+    score.add_argument("corpus", nargs="*", type=_corpus_name, help=CORPUS_HELP + ": their words are counted (unless "
+                       "--counts is given) and also collected as the tokenizer groups them")
     score.add_argument("--counts", type=user_path, default=None,
                        help="word counts saved by `diffmask mine --counts-output`: score their word types")
     score.add_argument("--anchors", type=user_path, required=True, help="anchors JSON from `diffmask mine -o`")

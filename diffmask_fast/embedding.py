@@ -417,7 +417,7 @@ class WordEmbedder:
                 warnings.warn(
                     f"{self.truncated_words:,} word(s) have more than {self.max_length} tokens with special tokens and "
                     f"were embedded from their first pieces (e.g. {self._longest_truncated[:60]!r}); raise max_length "
-                    "(diffmask score --max-length) to embed them whole", DiffmaskWarning, stacklevel=2)
+                    "to embed them whole", DiffmaskWarning, stacklevel=2)
             if self.unreadable_words:
                 averaged = self.pooling in ("mean", "input_embeddings")
                 got = "the zero vector, whose similarity to any anchor is 0" if averaged else "the vector of no pieces"

@@ -954,3 +954,14 @@ def test_a_general_table_cut_to_its_common_words_takes_its_corpus_total(tmp_path
     capsys.readouterr()
     assert main(["mine", corpus, "--general-total", "1e12"]) == 1
     assert "--general-total is the size of the corpus behind a --general table" in capsys.readouterr().err
+
+
+def test_every_command_that_reads_a_corpus_says_what_it_reads():
+    """preview and score said "text files, directories or glob patterns" and read JSON lines and gzip too."""
+    from diffmask_fast.cli import CORPUS_HELP, build_parser
+
+    parser = build_parser()
+    for command in ("mine", "preview", "score"):
+        assert "JSON-lines files" in " ".join(parser.commands[command].format_help().split()), command
+    assert "JSON-lines" in CORPUS_HELP and "documents to show" in " ".join(
+        parser.commands["preview"].format_help().split())
