@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any, BinaryIO, Iterator
 
 
-
 def _umask() -> int:
     """The process's file-creation mask, read without changing it where the system allows."""
     try:

@@ -105,8 +105,8 @@ class AttentionMasker(torch.nn.Module):
     ``order="most"`` masks the tokens the first token ([CLS] / <s>) attends to most (AttnMask),
     ``order="least"`` those it attends to least (MST); ``layer`` picks the layer whose attention
     (averaged over heads; of a layer that attends several times, as ALBERT's with
-    ``inner_group_num > 1``, its last call's) ranks them, ties going to the earlier position. Each row masks
-    ``mlm_probability`` of its eligible tokens (not special, not padding), rounded
+    ``inner_group_num > 1``, its last call's) ranks them, ties going to the earlier position.
+    Each row masks ``mlm_probability`` of its eligible tokens (not special, not padding), rounded
     stochastically, and replaces them with the mask token (``mask_replace_prob``), a random
     token (``random_replace_prob``) or leaves them.
 

@@ -102,8 +102,8 @@ class GeneralFrequencies:
         return self.count(word) / self.total
 
     def __contains__(self, word: object) -> bool:
-        """Whether ``count`` finds the word ("the" beside a key "The", "cafe" beside "café"), as a
-        check before ``count`` expects."""
+        """Whether ``count`` finds the word (a key "The" counts "the", a key "café" counts "CAFÉ"),
+        as a check before ``count`` expects."""
         return isinstance(word, str) and self.count(word) > 0
 
     def __hash__(self) -> int:  # the dataclass's would hash the dict of counts, which cannot be
