@@ -782,6 +782,31 @@ def sorted_table(blob, starts, lengths, counts):
 
 
 @njit(nogil=True, cache=True)
+def merge_equal_neighbours(blob, offsets, counts):
+    """(blob, offsets, counts) of a sorted table whose equal strings lie side by side (words that
+    normalize alike, "The" and "the"), each kept once with their counts summed: cheaper than
+    inserting the normalized words into a second hash table before sorting."""
+    n = counts.shape[0]
+    out_blob = np.empty(blob.shape[0], np.uint8)
+    out_offsets = np.zeros(n + 1, np.int64)
+    out_counts = np.empty(n, np.int64)
+    kept, written, last_start, last_length = 0, 0, 0, -1
+    for i in range(n):
+        start, length = offsets[i], offsets[i + 1] - offsets[i]
+        if length == last_length and not _less(blob, start, length, blob, last_start, last_length) \
+                and not _less(blob, last_start, last_length, blob, start, length):
+            out_counts[kept - 1] += counts[i]
+            continue
+        out_blob[written:written + length] = blob[start:start + length]
+        written += length
+        out_counts[kept] = counts[i]
+        kept += 1
+        out_offsets[kept] = written
+        last_start, last_length = start, length
+    return out_blob[:written], out_offsets[:kept + 1], out_counts[:kept]
+
+
+@njit(nogil=True, cache=True)
 def first_inconsistent_row(offsets, counts, blob_bytes):
     """First row whose word bytes are empty or outside [0, blob_bytes) or whose count is not
     positive, or -1: one pass, no temporaries, so a damaged mapped table is refused before any

@@ -294,10 +294,9 @@ class _RawTables:
             table.clear()
             ascii_blob, ascii_starts, ascii_lengths, rows, others = W.normalize_ascii(
                 blob, starts, lengths, lowercase, W.ASCII_STRIP)
-            slots, arena, meta = W.new_table(max(16, len(rows) // 2))
-            slots, arena = W.insert_strings(ascii_blob, ascii_starts, ascii_lengths,
-                                            np.ascontiguousarray(counts[rows]), slots, arena, meta)
-            normalized = CountTable(*W.sorted_table(*W.table_strings(slots, arena, meta)))
+            # Sorted, the words that normalize alike lie side by side: merged there.
+            normalized = CountTable(*W.merge_equal_neighbours(*W.sorted_table(
+                ascii_blob, ascii_starts, ascii_lengths, np.ascontiguousarray(counts[rows]))))
             rest = [(blob[s: s + n].tobytes(), c) for s, n, c in
                     zip(starts[others].tolist(), lengths[others].tolist(), counts[others].tolist())]
             return normalized, rest

@@ -1640,3 +1640,22 @@ def test_utf16_text_and_a_counts_file_are_named_not_called_binary(tmp_path):
     with pytest.raises(CorpusError, match=r"'.*c.counts' holds saved word counts, not text: give it as counts "
                                           r"\(--counts\)"):
         count_words(tmp_path / "c.counts", progress=False)
+
+
+def test_equal_neighbours_of_a_sorted_table_are_merged_and_nothing_else(seed):
+    """Normalized words are sorted and their equal neighbours merged ("The" and "the" both become
+    "the"); a prefix ("a" before "ab") or an empty table stays as it is."""
+    rng = random.Random(seed)
+    words = [rng.choice(["a", "ab", "abc", "b", "ba", "the", "\u00e9t\u00e9"]) for _ in range(rng.randint(0, 60))]
+    counts = [rng.randint(1, 9) for _ in words]
+    encoded = sorted((word.encode("utf-8"), count) for word, count in zip(words, counts))
+    blob = np.frombuffer(b"".join(word for word, _ in encoded), dtype=np.uint8).copy()
+    offsets = np.cumsum([0] + [len(word) for word, _ in encoded]).astype(np.int64)
+    merged_blob, merged_offsets, merged_counts = _wordtable.merge_equal_neighbours(
+        blob, offsets, np.array([count for _, count in encoded], dtype=np.int64))
+    got = [(bytes(merged_blob[a:b]).decode("utf-8"), int(c))
+           for a, b, c in zip(merged_offsets[:-1], merged_offsets[1:], merged_counts)]
+    expected: dict = {}
+    for word, count in zip(words, counts):
+        expected[word] = expected.get(word, 0) + count
+    assert got == sorted(expected.items(), key=lambda item: item[0].encode("utf-8")), f"seed={seed}"
