@@ -24,9 +24,10 @@ TORCH_LIBRARY(diffmask_fast, m) {
   m.def("top_dots(Tensor queries, Tensor vectors, int k) -> Tensor");
   // The list scan of an inverted-file index: for each query [N, D], the largest dot product with
   // the vectors of the lists it probes (probes [N, P]; list l is vectors[offsets[l], offsets[l + 1]))
-  // and the first position reaching it; (-inf, -1) where those lists hold no vector.
+  // and the first position reaching it (given ids [M], the position of the smallest id among
+  // the lists' first); (-inf, -1) where those lists hold no vector.
   m.def(
-      "ivf_max_dot(Tensor queries, Tensor probes, Tensor vectors, Tensor offsets) -> "
+      "ivf_max_dot(Tensor queries, Tensor probes, Tensor vectors, Tensor offsets, Tensor? ids=None) -> "
       "(Tensor values, Tensor positions)");
   // Successive sampling of min(counts[b], #positive) positions per row of weights [B, N].
   m.def("sample_without_replacement(Tensor weights, Tensor counts, int seed) -> Tensor");

@@ -527,7 +527,7 @@ class AnchorIndex:
         from .ops import ivf_max_dot, top_dots
 
         probes = top_dots(units, self._centroids, min(nprobe, self._nlist))
-        values, positions = ivf_max_dot(units, probes, self._list_vectors, self._offsets)
+        values, positions = ivf_max_dot(units, probes, self._list_vectors, self._offsets, self._list_ids)
         found = positions >= 0
         ids = torch.where(found, self._list_ids[positions.clamp_min(0)], torch.full_like(positions, -1))
         return values, ids

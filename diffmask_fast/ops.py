@@ -162,7 +162,7 @@ def _check_top_dots_args(queries, vectors, k) -> None:
     _check_devices(op, queries=queries, vectors=vectors)
 
 
-def _check_ivf_args(queries, probes, vectors, offsets) -> None:
+def _check_ivf_args(queries, probes, vectors, offsets, ids=None) -> None:
     op = "ivf_max_dot"
     _check_tensor(op, "probes", probes)
     _check_tensor(op, "offsets", offsets)
@@ -171,6 +171,13 @@ def _check_ivf_args(queries, probes, vectors, offsets) -> None:
     _check_dtype(op, "offsets", offsets, torch.int64)
     _check_ndim(op, "probes", probes, 2, "[N, P]")
     _check_ndim(op, "offsets", offsets, 1, "[L + 1]")
+    if ids is not None:
+        _check_tensor(op, "ids", ids)
+        _check_dtype(op, "ids", ids, torch.int64)
+        if ids.shape != (vectors.shape[0],):
+            raise ValueError(f"{op}: ids must be 1-D [M], one per vector, got shape {tuple(ids.shape)} for vectors "
+                             f"{tuple(vectors.shape)}")
+        _check_devices(op, vectors=vectors, ids=ids)
     if probes.shape[0] != queries.shape[0]:
         raise ValueError(f"{op}: probes [N, P] must have a row for every query, got probes "
                          f"{tuple(probes.shape)} and queries {tuple(queries.shape)}")
@@ -374,8 +381,8 @@ def _top_dots_fake(queries, vectors, k):
 
 
 @torch.library.register_fake("diffmask_fast::ivf_max_dot")
-def _ivf_max_dot_fake(queries, probes, vectors, offsets):
-    _check_ivf_args(queries, probes, vectors, offsets)
+def _ivf_max_dot_fake(queries, probes, vectors, offsets, ids=None):
+    _check_ivf_args(queries, probes, vectors, offsets, ids)
     n = queries.shape[0]
     return queries.new_empty((n,), dtype=torch.float32), queries.new_empty((n,), dtype=torch.int64)
 
@@ -504,7 +511,7 @@ def top_dots(queries: torch.Tensor, vectors: torch.Tensor, k: int) -> torch.Tens
 
 
 def ivf_max_dot(queries: torch.Tensor, probes: torch.Tensor, vectors: torch.Tensor,
-                offsets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+                offsets: torch.Tensor, ids: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """The list scan of an inverted-file index: for each query, the largest dot product with the
     vectors of the lists it probes, and where that vector is.
 
@@ -518,11 +525,14 @@ def ivf_max_dot(queries: torch.Tensor, probes: torch.Tensor, vectors: torch.Tens
     multiplied by BLAS (other CPUs, long lists on AVX2) a copy's product can differ in the last
     bit with the length of its list. CPU only.
 
-    ``AnchorIndex`` scans its IVF lists with it: the queries probing a list are multiplied with
-    it together, a cached block at a time, instead of one query at a time.
+    Given ``ids`` [M] int64 (what each vector stands for, increasing within every list), a tie
+    between lists goes to the smaller id instead: ``AnchorIndex`` passes its anchor ids, so that
+    ties go to the first anchor, as in the exact op. It scans its IVF lists with this op: the
+    queries probing a list are multiplied with it together, a cached block at a time, instead of
+    one query at a time.
     """
-    _check_ivf_args(queries, probes, vectors, offsets)
-    return _ops.ivf_max_dot(queries.detach(), probes, vectors.detach(), offsets)
+    _check_ivf_args(queries, probes, vectors, offsets, ids)
+    return _ops.ivf_max_dot(queries.detach(), probes, vectors.detach(), offsets, ids)
 
 
 # ----------------------------------------------------------------------------------------------

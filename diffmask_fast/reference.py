@@ -559,17 +559,19 @@ def top_dots(queries, vectors, k: int) -> np.ndarray:
     return np.array(rows, dtype=np.int64).reshape(len(queries), k)
 
 
-def ivf_max_dot(queries, probes, vectors, offsets) -> tuple[np.ndarray, np.ndarray]:
+def ivf_max_dot(queries, probes, vectors, offsets, ids=None) -> tuple[np.ndarray, np.ndarray]:
     """The list scan of an inverted-file index: for each query, the largest dot product with the
     vectors of the lists it probes (list l is vectors[offsets[l]:offsets[l + 1]]) and the smallest
-    position reaching it; (-inf, -1) when those lists hold no vector or only NaN products."""
+    position reaching it (given ``ids``, increasing within each list, the position of the smallest
+    id reaching it); (-inf, -1) when those lists hold no vector or only NaN products."""
     queries = np.asarray(queries, dtype=np.float64)
     vectors = np.asarray(vectors, dtype=np.float64)
+    rank = (lambda m: m) if ids is None else (lambda m: (int(ids[m]), m))
     values = np.full(len(queries), -math.inf)
     positions = np.full(len(queries), -1, dtype=np.int64)
     for row, (query, lists) in enumerate(zip(queries, probes)):
         candidates = {m for lst in lists for m in range(int(offsets[lst]), int(offsets[lst + 1]))}
-        for m in sorted(candidates):
+        for m in sorted(candidates, key=rank):
             dot = float(np.dot(query, vectors[m]))
             if not math.isnan(dot) and (positions[row] < 0 or dot > values[row]):
                 values[row], positions[row] = dot, m

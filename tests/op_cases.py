@@ -65,6 +65,8 @@ def cases(device, seed: int) -> dict[str, list[tuple]]:
                torch.tensor([0, 5, 5, 40])),
             on(torch.randn(3, 4, generator=g), torch.zeros(3, 0, dtype=torch.int64), torch.randn(2, 4, generator=g),
                torch.tensor([0, 2])),
+            on(torch.randn(5, 8, generator=g), torch.randint(0, 2, (5, 2), generator=g), torch.randn(6, 8, generator=g),
+               torch.tensor([0, 3, 6]), torch.tensor([2, 4, 5, 0, 1, 3])),
         ],
         "sample_without_replacement": [
             (*on(torch.rand(4, 9, generator=g), torch.tensor([1, 3, 0, 9])), 7),

@@ -11,7 +11,7 @@ import torch
 
 # FAISS and the compiled extension are dependencies: when they are missing the suite fails, not skips.
 from diffmask_fast import index as index_module
-from diffmask_fast import reference
+from diffmask_fast import ops, reference
 from diffmask_fast.index import AnchorIndex, exact_search, faiss_gpus, recall_at_1
 from diffmask_fast.ops import max_anchor_similarity
 
@@ -549,3 +549,19 @@ def test_an_ivf_index_of_one_list_clusters_nothing(engine, generator, capfd):
     values, rows = index.search(queries)
     expected_values, expected_rows = exact_search(queries, anchors)
     assert torch.equal(rows, expected_rows) and torch.allclose(values, expected_values, atol=1e-6)
+
+
+@pytest.mark.parametrize("engine", ["batched"])
+def test_an_ivf_tie_between_lists_goes_to_the_first_anchor(engine):
+    """Two anchors tie exactly for a query; k-means put the later one in an earlier list, and the
+    index named it where the exact op names the first."""
+    for seed in range(6):  # k-means orders the lists: some seeds put the later anchor's list first
+        generator = torch.Generator().manual_seed(seed)
+        anchors = torch.zeros(400, 4)
+        anchors[:200, 0], anchors[:200, 2] = 1, 0.1 + torch.rand(200, generator=generator)
+        anchors[200:, 1], anchors[200:, 3] = 1, 0.1 + torch.rand(200, generator=generator)
+        anchors[0], anchors[399] = torch.tensor([1.0, 0, 0, 0]), torch.tensor([0, 1.0, 0, 0])
+        query = torch.tensor([[1.0, 1.0, 0, 0]])
+        exact_values, exact_ids = ops.max_anchor_similarity(query, anchors)
+        values, ids = AnchorIndex(anchors, "ivf", nprobe=10**6, engine=engine, seed=seed).search(query)
+        assert ids.tolist() == exact_ids.tolist() == [0] and values.tolist() == exact_values.tolist(), seed

@@ -111,6 +111,31 @@ def test_ties_go_to_the_smallest_position(seed):
         assert values[row] == top
 
 
+def test_given_ids_ties_between_lists_go_to_the_smallest_id(seed):
+    """An index's lists hold its anchors in id order list after list: a tie between lists went to
+    the earlier list's anchor, not the first anchor as the exact op answers."""
+    g = torch.Generator().manual_seed(seed)
+    base = torch.randint(-3, 4, (6, 16), generator=g).float()  # exact products: copies tie exactly
+    vectors = torch.cat([base[3:], base, base[:2]])  # lists [0, 3), [3, 9), [9, 11)
+    offsets = torch.tensor([0, 3, 9, 11])
+    ids = torch.tensor([3, 4, 5, 0, 1, 2, 3, 4, 5, 0, 1])  # what each vector stands for, increasing in a list
+    queries = torch.randint(-3, 4, (60, 16), generator=g).float()
+    probes = torch.randint(0, 3, (60, 2), generator=g)
+    values, positions = ops.ivf_max_dot(queries, probes, vectors, offsets, ids)
+    ref_values, ref_positions = reference.ivf_max_dot(queries.numpy(), probes.numpy(), vectors.numpy(),
+                                                       offsets.numpy(), ids.numpy())
+    assert positions.tolist() == ref_positions.tolist() and values.tolist() == ref_values.tolist()
+    dots = queries @ vectors.T
+    for row in range(60):
+        allowed = {m for lst in probes[row].tolist() for m in range(int(offsets[lst]), int(offsets[lst + 1]))}
+        top = max(float(dots[row, m]) for m in allowed)
+        assert int(ids[positions[row]]) == min(int(ids[m]) for m in allowed if float(dots[row, m]) == top)
+    with pytest.raises(ValueError, match=r"ids must be 1-D \[M\], one per vector, got shape \(3,\)"):
+        ops.ivf_max_dot(queries, probes, vectors, offsets, ids[:3])
+    with pytest.raises(TypeError, match="ids"):
+        ops.ivf_max_dot(queries, probes, vectors, offsets, ids.int())
+
+
 def test_empty_inputs_and_lists():
     vectors, offsets = torch.randn(3, 5), torch.tensor([0, 0, 3, 3])
     queries = torch.randn(4, 5)

@@ -9,9 +9,10 @@
 // core/dot_kernels.h (BLAS where the CPU has neither AVX-512 nor AVX2, or AVX2 and a long list).
 // With AVX-512 the queries are gathered straight into the kernels' packed layout, transposed in
 // registers: one copy of each gathered query, in cache. Each (query, probe) pair keeps its
-// list's first maximum; a query's pairs are then reduced, ties going to the smallest position,
-// so results depend neither on the number of threads nor on the order in which the lists are
-// scanned. One parallel region: the threads take lists, costliest first, from a shared counter.
+// list's first maximum; a query's pairs are then reduced, ties going to the smallest position
+// (or, given ids, to the smallest id: an index's lists hold its anchors in id order, list after
+// list, so a tie between lists would otherwise go to the anchor of the earlier list), so results
+// depend neither on the number of threads nor on the order in which the lists are scanned. One parallel region: the threads take lists, costliest first, from a shared counter.
 //
 // top_dots: row blocks multiplied with every centroid by the same panel kernels, and the k
 // largest products of each row selected (select_top).
@@ -90,13 +91,24 @@ void check_values(const int64_t* offsets, int64_t lists, int64_t M, const int64_
 }
 
 std::tuple<at::Tensor, at::Tensor> ivf_max_dot_cpu(const at::Tensor& queries_in, const at::Tensor& probes_in,
-                                                    const at::Tensor& vectors_in, const at::Tensor& offsets_in) {
+                                                    const at::Tensor& vectors_in, const at::Tensor& offsets_in,
+                                                    const std::optional<at::Tensor>& ids_in) {
   const at::AutoDispatchBelowADInplaceOrView no_autograd;
   check_arguments(queries_in, probes_in, vectors_in, offsets_in);
   const at::Tensor queries = queries_in.contiguous();
   const at::Tensor probes = probes_in.contiguous();
   const at::Tensor vectors = vectors_in.contiguous();
   const at::Tensor offsets = offsets_in.contiguous();
+  at::Tensor ids_tensor;
+  if (ids_in.has_value()) {
+    check_cpu(*ids_in, kOp, "ids");
+    check_dtype(*ids_in, kOp, "ids", at::kLong);
+    TORCH_CHECK_VALUE(ids_in->dim() == 1 && ids_in->size(0) == vectors.size(0), kOp,
+                      ": ids must be 1-D [M], one per vector, got shape ", ids_in->sizes(), " for vectors ",
+                      vectors.sizes());
+    ids_tensor = ids_in->contiguous();
+  }
+  const int64_t* id = ids_tensor.defined() ? ids_tensor.data_ptr<int64_t>() : nullptr;
   const int64_t N = queries.size(0);
   const int64_t D = queries.size(1);
   const int64_t P = probes.size(1);
@@ -217,7 +229,11 @@ std::tuple<at::Tensor, at::Tensor> ivf_max_dot_cpu(const at::Tensor& queries_in,
       for (int64_t p = 0; p < P; ++p) {
         const int64_t m = pair_position[static_cast<size_t>(n * P + p)];
         const float value = pair_value[static_cast<size_t>(n * P + p)];
-        if (m >= 0 && (at < 0 || value > best || (value == best && m < at))) {
+        if (m < 0) {
+          continue;
+        }
+        if (at < 0 || value > best ||
+            (value == best && (id != nullptr ? id[m] < id[at] || (id[m] == id[at] && m < at) : m < at))) {
           best = value;
           at = m;
         }
