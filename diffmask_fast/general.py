@@ -126,8 +126,7 @@ class GeneralFrequencies:
 
     @classmethod
     def from_file(cls, path: str | os.PathLike, total: float | None = None, lowercase: bool = True) -> "GeneralFrequencies":
-        """Read a ``word<TAB>count`` table (one word a line; blank lines and ``#`` comments skipped:
-        a line starting with ``#`` that reads as ``word<TAB>count``, as "#hashtag" does, is a word).
+        """Read a ``word<TAB>count`` table (one word a line; blank lines and ``#`` comments skipped).
 
         Words are lowercased like the target corpus, normalized as its words are ("protein," is
         "protein") and duplicates summed. ``total``
@@ -143,7 +142,7 @@ class GeneralFrequencies:
         with open(path, encoding="utf-8-sig", errors="strict") as handle:  # -sig: a leading BOM is no part of a word
             for number, line in enumerate(_decoded_lines(handle, path), start=1):
                 line = line.rstrip("\r\n")
-                if not line.strip() or (line.startswith("#") and not _is_count_line(line)):
+                if not line.strip() or line.startswith("#"):
                     continue
                 parts = line.split("\t")
                 if len(parts) != 2 or not parts[0]:
@@ -162,18 +161,6 @@ class GeneralFrequencies:
         if not counts:
             raise ValueError(f"general frequency table {str(path)!r} has no entries")
         return cls(counts, float(total) if total is not None else _table_total(counts, path), source=str(path))
-
-
-def _is_count_line(line: str) -> bool:
-    """Whether a line reads as ``word<TAB>count``."""
-    parts = line.split("\t")
-    if len(parts) != 2:
-        return False
-    try:
-        float(parts[1])
-    except ValueError:
-        return False
-    return True
 
 
 def _normalized_keys(counts: dict) -> dict:

@@ -565,11 +565,3 @@ def test_a_general_table_holds_what_its_count_finds_hashes_and_names_a_bad_n():
     with pytest.raises(ValueError, match=r"n \(words\) must be at least 0, got -1"):
         general.most_common(-1)
     assert general.most_common(0) == []
-
-
-def test_a_general_table_line_starting_with_a_hash_is_a_word_where_it_reads_as_one(tmp_path):
-    """Every line starting with "#" was a comment: "#hashtag<TAB>10" vanished, from N_G too."""
-    table = tmp_path / "general.tsv"
-    table.write_text("# counts of a social-media crawl\n#metoo\t10\n#\ttotal below\nthe\t100\n")
-    general = GeneralFrequencies.from_file(table)
-    assert general.counts == {"metoo": 10.0, "the": 100.0} and general.total == 110.0
