@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import threading
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -129,16 +130,20 @@ def _load_report() -> Iterator[list[str]]:
 
     messages: list[str] = []
     logger = logging.getLogger("transformers.modeling_utils")
-    handler, kept = Collecting(logging.WARNING), (logger.level, logger.propagate)
-    logger.addHandler(handler)
-    logger.setLevel(logging.WARNING)
-    logger.propagate = False
-    try:
-        yield messages
-    finally:
-        logger.removeHandler(handler)
-        logger.setLevel(kept[0])
-        logger.propagate = kept[1]
+    with _LOAD_REPORT_LOCK:  # loads in other threads wait: each restores the logger as it found it
+        handler, kept = Collecting(logging.WARNING), (logger.level, logger.propagate)
+        logger.addHandler(handler)
+        logger.setLevel(logging.WARNING)
+        logger.propagate = False
+        try:
+            yield messages
+        finally:
+            logger.removeHandler(handler)
+            logger.setLevel(kept[0])
+            logger.propagate = kept[1]
+
+
+_LOAD_REPORT_LOCK = threading.RLock()
 
 
 #: Terminal colour codes, which transformers' load report holds.
@@ -153,9 +158,10 @@ def _mismatched_rows(report: list[str]) -> list[tuple[str, str, str]]:
     rows = []
     for message in report:
         for line in _COLOUR_CODE.sub("", message).splitlines():
-            if "MISMATCH" in line:
-                shapes = _SHAPE.findall(line)
-                rows.append((line.split("|")[0].strip(), *(shapes if len(shapes) == 2 else ("?", "?"))))
+            columns = [column.strip() for column in line.split("|")]
+            shapes = _SHAPE.findall(line)
+            if len(columns) >= 2 and columns[1] == "MISMATCH" and len(shapes) == 2:  # not the notes below it
+                rows.append((columns[0], *shapes))
     return rows
 
 
@@ -248,8 +254,8 @@ def load_tokenizer(model: str):
             raise
         import tokenizers
 
-        raise ValueError(f"cannot load a tokenizer for {model!r}: tokenizer.json cannot be parsed by the installed "
-                         f"tokenizers {tokenizers.__version__} ({error}); was it written by a newer version?") from None
+        raise ValueError(f"cannot load a tokenizer for {model!r}: {error} (where tokenizer.json cannot be parsed, it "
+                         f"may come from a newer tokenizers than the installed {tokenizers.__version__})") from error
     if len(tokenizer) <= len(set(tokenizer.all_special_ids)):
         # A directory with a model config but no tokenizer files loads as a tokenizer whose
         # vocabulary is its special tokens alone: every word would become [UNK].
@@ -279,17 +285,17 @@ def usable_device(device):
     elif parsed.type == "mps":
         if not torch.backends.mps.is_available():
             raise ValueError(f"device {device!r} was asked for, but MPS is not available")
-    elif parsed.type == "cpu":
-        if parsed.index not in (None, 0):
-            raise ValueError(f"device {device!r}: the processor is one device, 'cpu'")
-    else:  # xpu and the like: torch.<type>.is_available(); meta holds no values to compute with
+    elif parsed.type == "meta":  # shapes without values: nothing to compute with
+        raise ValueError(f"device {device!r} holds no values to compute with; give a device such as 'cpu' or 'cuda'")
+    elif parsed.type != "cpu":  # xpu and the like say whether they are there; others (xla) are let through
         backend = getattr(torch, parsed.type, None)
         available = getattr(backend, "is_available", None)
-        if parsed.type == "meta" or not callable(available) or not available():
-            raise ValueError(f"device {device!r} was asked for, but torch cannot compute on it on this machine")
-        count = getattr(backend, "device_count", lambda: 1)()
-        if parsed.index is not None and parsed.index >= count:
-            raise ValueError(f"device {device!r} was asked for, but torch finds only {count} of them")
+        if callable(available) and not available():
+            raise ValueError(f"device {device!r} was asked for, but torch finds no {parsed.type} device on this "
+                             "machine")
+        count = getattr(backend, "device_count", None)
+        if callable(count) and parsed.index is not None and parsed.index >= count():
+            raise ValueError(f"device {device!r} was asked for, but torch finds only {count()} of them")
     return parsed
 
 
@@ -317,8 +323,10 @@ def longest_input(model, wanted: int) -> int:
     config = getattr(model, "config", None)
     limit = getattr(config, "max_position_embeddings", None)
     pad = getattr(config, "pad_token_id", None)
-    # RoBERTa-style positions start after the padding id: limit - 1 - pad tokens (2 fewer for pad 1).
-    reserved = 1 + max(1, pad) if isinstance(pad, int) and not isinstance(pad, bool) else 2
+    # RoBERTa-style positions start after the padding id: limit - 1 - pad tokens (2 fewer for pad 1);
+    # a padding id past the table (ModernBERT's) belongs to no such model.
+    usable_pad = isinstance(pad, int) and not isinstance(pad, bool) and isinstance(limit, int) and pad + 1 < limit
+    reserved = 1 + max(1, pad) if usable_pad else 2
     if isinstance(limit, bool) or not isinstance(limit, int) or wanted <= limit - reserved:
         return wanted
     if _takes(model, min(wanted, limit + 1)):
@@ -337,7 +345,7 @@ def _takes(model, length: int) -> bool:
     device = next(model.parameters()).device
     ids = torch.full((1, length), token, dtype=torch.long, device=device)
     try:
-        with torch.no_grad():
+        with torch.no_grad(), eval_mode(model):  # no dropout: the random stream of a seeded run is left as it is
             model(input_ids=ids, attention_mask=torch.ones_like(ids))
     except (RuntimeError, IndexError):
         return False
