@@ -127,6 +127,11 @@ def smallest_tuning_sample(recall_target: float) -> int:
     return max(1, math.ceil(recall_target / (1 - recall_target) - 1e-9))
 
 
+def default_recall_sample(recall_target: float) -> int:
+    """Sample queries tuning uses when not told: 1,000, or as many as ``recall_target`` needs."""
+    return max(1000, smallest_tuning_sample(recall_target))
+
+
 def check_index_options(kind: str = "auto", *, recall_target: float = 0.99, spill: int | None = None,
                         engine: str | None = None, **counts: int | None) -> None:
     """Raise ValueError for options ``AnchorIndex`` refuses. ``counts`` are the whole-number
@@ -326,7 +331,8 @@ class AnchorIndex:
     - ``kind``: one of ``INDEX_KINDS`` (see the module documentation for ``auto``).
     - ``recall_target``: recall@1 the tuning of ``nprobe`` / ``ef_search`` aims for.
     - ``sample_queries``: [N, D] queries like the real ones, for tuning and measuring recall;
-      ``recall_sample`` caps how many are used (0 skips measuring, and tuning then keeps the
+      ``recall_sample`` caps how many are used (default ``default_recall_sample``; 0 skips
+      measuring, and tuning then keeps the
       given or default parameters).
     - IVF: ``nlist`` (default 8·sqrt(K), at most K/39 so k-means has 39 points per centroid),
       ``nprobe``, ``spill`` (lists each anchor is put in, 1 or 2: 2 doubles the lists' memory and
@@ -345,7 +351,7 @@ class AnchorIndex:
         *,
         recall_target: float = 0.99,
         sample_queries=None,
-        recall_sample: int = 1000,
+        recall_sample: int | None = None,
         nlist: int | None = None,
         nprobe: int | None = None,
         spill: int | None = None,
@@ -366,6 +372,8 @@ class AnchorIndex:
         # Whole numbers as Python ints: numpy's pass the check but not torch's or FAISS's setters.
         nlist, nprobe, ef_search = (None if value is None else int(value) for value in (nlist, nprobe, ef_search))
         spill = None if spill is None else int(spill)
+        if recall_sample is None:
+            recall_sample = default_recall_sample(recall_target)
         kmeans_iterations, hnsw_m, ef_construction, recall_sample = (
             int(value) for value in (kmeans_iterations, hnsw_m, ef_construction, recall_sample))
         started = time.perf_counter()

@@ -13,7 +13,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import fnmatch
-import functools
 import glob
 import itertools
 import math
@@ -767,23 +766,32 @@ def _refuse_output_in_corpus_folder(out: Path, config: PretrainConfig) -> None:
                                  "would be read as documents by later runs; choose an output directory outside it")
 
 
+#: Files a run writes in its output folder, as a glob could meet them (relative paths).
+_RUN_WRITES = (TERMS_FILE, ANCHORS_FILE, SCORES_FILE, RUN_FILE, "pretrain_summary.json", "config.json",
+               "tokenizer.json", "checkpoint-1/config.json", "checkpoint-1/trainer_state.json")
+
+
 def _glob_reaches(pattern: str, out: Path) -> bool:
-    """Whether ``pattern`` (a corpus glob, ``**`` reaching any depth) matches ``out``, a folder
-    holding it (read with its subfolders), or may match a file inside it."""
+    """Whether ``pattern`` (a corpus glob, ``**`` reaching any depth, neither it nor a wildcard
+    entering a hidden name, as ``glob.glob`` reads them) matches ``out`` or a folder holding it
+    (read with its subfolders), or one of the files a run writes in it."""
     parts = Path(pattern).expanduser().parts
     fixed = next((i for i, part in enumerate(parts) if glob.has_magic(part)), len(parts))
     wanted = Path(*parts[:fixed]).resolve().parts + parts[fixed:] if fixed else Path.cwd().parts + parts
-    path = out.parts
 
-    @functools.cache
-    def reaches(i: int, j: int) -> bool:
-        if i == len(wanted) or j == len(path):  # matched a folder holding out, or out and on into it
+    def fits(name: str, part: str) -> bool:
+        return fnmatch.fnmatchcase(name, part) and (not name.startswith(".") or part.startswith("."))
+
+    def reaches(path: tuple, i: int, j: int, inside: bool) -> bool:
+        if i == len(wanted):  # matched out or a folder holding it; inside it, a file the run writes
             return True
+        if j == len(path):  # out is matched so far: what is left must take a file the run writes
+            return not inside and any(reaches(path + Path(name).parts, i, j, True) for name in _RUN_WRITES)
         if wanted[i] == "**":
-            return reaches(i + 1, j) or reaches(i, j + 1)
-        return fnmatch.fnmatchcase(path[j], wanted[i]) and reaches(i + 1, j + 1)
+            return reaches(path, i + 1, j, inside) or (not path[j].startswith(".") and reaches(path, i, j + 1, inside))
+        return fits(path[j], wanted[i]) and reaches(path, i + 1, j + 1, inside)
 
-    return reaches(0, 0)
+    return reaches(out.parts, 0, 0, False)
 
 
 def _check_output_dir(config: PretrainConfig) -> tuple[dict | None, Path | None]:

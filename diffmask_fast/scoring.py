@@ -40,7 +40,7 @@ from .contextual import ContextualAnchors, contextual_anchor_vectors
 from .embedding import WordEmbedder, has_lone_surrogate
 from .general import GeneralFrequencies
 from .hf_loading import saved_reference
-from .index import AnchorIndex, auto_kind, unit_rows
+from .index import AnchorIndex, auto_kind, default_recall_sample, unit_rows
 from .tokenization import tokenize_texts
 
 SIMILARITIES = ("max", "centroid", "mean")
@@ -777,8 +777,10 @@ class WordScorer:
         if self.similarity == "max" and self.index is None:
             sample = None
             if self._needs_sample():
-                limit = int(self.index_options.get("recall_sample", 1000))
-                chosen = random.Random(self.seed).sample(keys, min(limit, len(keys)))
+                limit = self.index_options.get("recall_sample")
+                if limit is None:
+                    limit = default_recall_sample(self.index_options.get("recall_target", 0.99))
+                chosen = random.Random(self.seed).sample(keys, min(int(limit), len(keys)))
                 sample = self.embedder.embed(chosen, progress=False) if chosen else None
             self.build_index(sample, progress=show)
         values = np.empty(len(keys), dtype=np.float32)

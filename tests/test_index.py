@@ -254,6 +254,9 @@ def test_an_empty_sample_or_one_too_small_to_show_the_target_is_not_taken_as_it_
             AnchorIndex(anchors, kind, recall_sample=small, recall_target=target)
     assert [index_module.smallest_tuning_sample(t) for t in (0.5, 0.9, 0.95, 0.99, 0.999)] == [1, 9, 19, 99, 999]
     assert AnchorIndex(anchors, kind, recall_sample=0).report is None
+    # Not told a sample size, tuning takes as many as a high target needs (1,000 refused 0.9995).
+    strict = AnchorIndex(anchors, kind, recall_target=0.9995)
+    assert strict.report.queries == index_module.default_recall_sample(0.9995) == 1999
     with pytest.raises(ValueError, match="spill=2 needs engine='batched'"):
         index_module.check_index_options("ivf", spill=2, engine="faiss")
 

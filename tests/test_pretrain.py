@@ -174,8 +174,13 @@ def test_an_output_folder_a_corpus_glob_would_read_is_refused_before_any_work(mo
         assert not out.exists(), out
     assert sorted(p.name for p in data.rglob("*")) == ["corpus.txt", "corpus.txt", "part"]
     for pattern, out, reaches in (("/d/*.txt", "/d/run", False), ("/d/*.txt", "/e/run", False),
-                                  ("/d/?un", "/d/run", True), ("/d/**/x/*.txt", "/d/a/b/run", True),
-                                  ("/d/[ab]*", "/d/run", False), ("/d/*/c.txt", "/d/run/x", False)):
+                                  ("/d/?un", "/d/run", True), ("/d/**/x/*.txt", "/d/a/b/run", False),
+                                  ("/d/**/*.json", "/d/a/b/run", True), ("/d/[ab]*", "/d/run", False),
+                                  ("/d/*/c.txt", "/d/run/x", False),
+                                  # what a run never writes, or folders the glob only passes through
+                                  ("/p/data/pubmed/*.txt", "/p", False), ("/p/data/pubmed/*.txt", "/p/data", False),
+                                  ("/d/*/corpus.txt", "/d/run", False), ("/d/**/*.txt", "/d/.runs/r1", False),
+                                  ("/d/*/*/config.json", "/d/run", True)):
         assert _glob_reaches(pattern, Path(out)) == reaches, (pattern, out)
 
 
