@@ -44,6 +44,8 @@ LOSS_PICTURE = "pretraining.png"  # training and validation loss over the steps
 ANCHORS_FILE = "anchors.json"
 SCORES_FILE = "scores.npz"
 TERMS_FILE = "terms.txt"
+#: The resource files a run saved (``_save_resources``), so a rerun knows them for its own.
+RESOURCES_MARK = ".pretrain_resources.json"
 RUN_FILE = "pretrain_run.json"  # the settings a run started with, and its validation loss before training
 # Where the processes of one machine find the documents its first process read and tokenized
 # (removed when training is done). A name that transformers' push_to_hub leaves out ("_*"):
@@ -860,9 +862,13 @@ def _refuse_files_a_run_would_replace(out: Path, config: PretrainConfig) -> None
     input, where it is kept."""
     if (out / RUN_FILE).exists():
         return
+    try:  # the files a run saved before it failed, when it failed before its record was written
+        saved = set(read_json(out / RESOURCES_MARK, "saved resources"))
+    except (OSError, ValueError, TypeError):
+        saved = set()
     for name, file_name in (("anchors", ANCHORS_FILE), ("scores", SCORES_FILE), ("terms", TERMS_FILE)):
         path, given = out / file_name, getattr(config, name)
-        if path.exists() and (given is None or not same_file(given, path)):
+        if path.exists() and file_name not in saved and (given is None or not same_file(given, path)):
             raise ValueError(f"{str(out)!r} holds {file_name}, which this run would replace or remove (a run saves "
                              f"its {name} there): give it as --{name}, move it, or choose another output directory")
 
@@ -1086,6 +1092,8 @@ def _save_resources(out: Path, resources: dict, given: dict | None = None) -> No
     saving = [(name, out / path) for name, path in (("anchors", ANCHORS_FILE), ("scores", SCORES_FILE),
                                                      ("terms", TERMS_FILE))
               if given.get(name) is None or not same_file(given[name], out / path)]
+    # Written first: a run that fails before its record is written may be started again over them.
+    atomic_write_json(out / RESOURCES_MARK, [path.name for name, path in saving if name in resources])
     for name, path in saving:
         if name not in resources:
             path.unlink(missing_ok=True)

@@ -1906,6 +1906,25 @@ def test_a_fresh_run_refuses_resource_files_no_run_left_in_its_output(model_dir,
     _refuse_files_a_run_would_replace(out, config_for(model_dir, corpus, out, strategy="random-word"))
 
 
+def test_a_run_that_failed_before_training_can_be_started_again(model_dir, corpus, tmp_path, monkeypatch):
+    """A run saves its anchors and scores before its record; one that failed in between (out of
+    memory while masking the validation set) left files the rerun took for a user's and refused."""
+    from diffmask_fast import trainer as trainer_module
+
+    out = tmp_path / "run"
+    built = trainer_module.MaskingTrainer.__init__
+
+    def failing(self, *args, **kwargs):
+        raise MemoryError("out of memory before training began")
+
+    monkeypatch.setattr(trainer_module.MaskingTrainer, "__init__", failing)
+    with pytest.raises(MemoryError):
+        pretrain(config_for(model_dir, corpus, out, max_steps=2))
+    assert (out / "anchors.json").exists() and not (out / "pretrain_run.json").exists()
+    monkeypatch.setattr(trainer_module.MaskingTrainer, "__init__", built)
+    assert pretrain(config_for(model_dir, corpus, out, max_steps=2))["global_step"] == 2
+
+
 def test_a_resume_naming_no_max_steps_keeps_the_steps_the_run_planned(model_dir, corpus, tmp_path):
     """The README's resume command names no --max-steps: a run given one then trained for
     --epochs instead (234 steps for 4 planned), its learning rate warmed up again, unannounced."""
