@@ -330,18 +330,29 @@ def check_text(path: Path, head: bytes) -> None:
         raise CorpusError(f"{str(path)!r} holds saved word counts, not text: give it as counts (--counts), not as "
                           "the corpus")
     if b"\x00" in head[:BINARY_CHECK_BYTES]:
-        if _looks_like_utf16(head[:BINARY_CHECK_BYTES]):
-            raise CorpusError(f"{str(path)!r} is UTF-16 text: convert it to UTF-8 (iconv -f UTF-16 -t UTF-8), "
+        encoding = _wide_text_encoding(head[:BINARY_CHECK_BYTES])
+        if encoding is not None:
+            raise CorpusError(f"{str(path)!r} is {encoding} text: convert it to UTF-8 (iconv -f {encoding} -t UTF-8), "
                               "which corpora are read as")
         raise CorpusError(f"{str(path)!r} looks like a binary file (it contains NUL bytes), not text")
 
 
-def _looks_like_utf16(head: bytes) -> bool:
-    """A UTF-16 byte-order mark, or every other byte NUL (mostly ASCII text in UTF-16)."""
-    if head.startswith((b"\xff\xfe", b"\xfe\xff")):
-        return True
-    even, odd = head[0::2], head[1::2]
-    return len(head) >= 4 and (even.count(0) >= 0.9 * len(even) or odd.count(0) >= 0.9 * len(odd))
+def _wide_text_encoding(head: bytes) -> str | None:
+    """"UTF-32" or "UTF-16" where the bytes read as text in it, nearly all printable characters,
+    and either open with its byte-order mark or hold as many NUL bytes as Latin text in it does
+    (UTF-8 text with a stray NUL reads as printable UTF-16 too); None for binary data."""
+    zeros = head.count(0) / max(len(head), 1)
+    for name, width, marks, least_zeros in (("UTF-32", 4, (b"\xff\xfe\x00\x00", b"\x00\x00\xfe\xff"), 0.4),
+                                            ("UTF-16", 2, (b"\xff\xfe", b"\xfe\xff"), 0.2)):
+        if not head.startswith(marks) and zeros < least_zeros:
+            continue
+        for codec in (f"{name.lower()}-le", f"{name.lower()}-be"):
+            text = head[: len(head) - len(head) % width].decode(codec, "replace").lstrip("\ufeff")
+            readable = sum(character.isprintable() and character != "\ufffd" or character in "\t\n\r"
+                           for character in text)
+            if text and readable >= 0.95 * len(text):
+                return name
+    return None
 
 
 def warn_of_json_lines_read_as_text(path: Path, head: bytes) -> None:

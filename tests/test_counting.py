@@ -1631,10 +1631,18 @@ def test_a_file_read_as_text_that_holds_json_lines_is_warned_of(tmp_path):
 def test_utf16_text_and_a_counts_file_are_named_not_called_binary(tmp_path):
     """Notepad's "Unicode" and PowerShell's > write UTF-16, and a counts file given as the corpus
     was "a binary file" too."""
-    for name, data in (("bom.txt", "the enzyme binds\n".encode("utf-16")),
-                       ("plain.txt", "the enzyme binds\n".encode("utf-16-le"))):
+    text = "the enzyme binds caf\u00e9\n"
+    for name, data, encoding in (("bom.txt", text.encode("utf-16"), "UTF-16"),
+                                 ("plain.txt", text.encode("utf-16-le"), "UTF-16"),
+                                 ("big.txt", text.encode("utf-16-be"), "UTF-16"),
+                                 ("wide.txt", text.encode("utf-32"), "UTF-32")):
         (tmp_path / name).write_bytes(data)
-        with pytest.raises(CorpusError, match=f"'.*{name}' is UTF-16 text: convert it to UTF-8"):
+        with pytest.raises(CorpusError, match=f"'.*{name}' is {encoding} text: convert it to UTF-8"):
+            count_words(tmp_path / name, progress=False)
+    for name, data in (("zeros.bin", bytes(10_000)), ("numbers.bin", np.arange(3000, dtype=np.int32).tobytes()),
+                       ("marked.bin", b"\xff\xfe" + bytes(range(256)) * 8)):
+        (tmp_path / name).write_bytes(data)
+        with pytest.raises(CorpusError, match=f"'.*{name}' looks like a binary file"):
             count_words(tmp_path / name, progress=False)
     count_words(["the enzyme binds"], progress=False).save(tmp_path / "c.counts")
     with pytest.raises(CorpusError, match=r"'.*c.counts' holds saved word counts, not text: give it as counts "
