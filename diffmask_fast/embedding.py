@@ -452,7 +452,8 @@ class WordEmbedder:
         LayerNorm ("mixed dtype"): refused now, by name."""
         weights = next((p.dtype for p in self.model.parameters() if p.is_floating_point()), torch.float32)
         runs_the_model = self.pooling != "input_embeddings"  # which reads the table alone, in float32
-        if runs_the_model and weights in (torch.float16, torch.bfloat16) and self._autocast_dtype not in (None, weights):
+        half = weights in (torch.float16, torch.bfloat16)
+        if runs_the_model and half and self._autocast_dtype not in (None, weights):
             name, asked = str(weights).split(".")[1], str(self._autocast_dtype).split(".")[1]
             raise ValueError(f"the model's weights are {name}: compute in float32 (load the model in float32) or "
                              f"in {name} (dtype={name!r} or None), not {asked}")

@@ -12,7 +12,8 @@
 // list's first maximum; a query's pairs are then reduced, ties going to the smallest position
 // (or, given ids, to the smallest id: an index's lists hold its anchors in id order, list after
 // list, so a tie between lists would otherwise go to the anchor of the earlier list), so results
-// depend neither on the number of threads nor on the order in which the lists are scanned. One parallel region: the threads take lists, costliest first, from a shared counter.
+// depend neither on the number of threads nor on the order in which the lists are scanned. One
+// parallel region: the threads take lists, costliest first, from a shared counter.
 //
 // top_dots: row blocks multiplied with every centroid by the same panel kernels, and the k
 // largest products of each row selected (select_top).
