@@ -44,6 +44,8 @@ LOSS_PICTURE = "pretraining.png"  # training and validation loss over the steps
 ANCHORS_FILE = "anchors.json"
 SCORES_FILE = "scores.npz"
 TERMS_FILE = "terms.txt"
+#: The files a run saves its resources in, by the setting that can give each.
+RESOURCE_FILES = (("anchors", ANCHORS_FILE), ("scores", SCORES_FILE), ("terms", TERMS_FILE))
 #: The resource files a run saved (``_save_resources``), so a rerun knows them for its own.
 RESOURCES_MARK = ".pretrain_resources.json"
 RUN_FILE = "pretrain_run.json"  # the settings a run started with, and its validation loss before training
@@ -769,7 +771,7 @@ def _refuse_output_in_corpus_folder(out: Path, config: PretrainConfig) -> None:
 
 
 #: Files a run writes in its output folder, as a glob could meet them (relative paths).
-_RUN_WRITES = (TERMS_FILE, ANCHORS_FILE, SCORES_FILE, RUN_FILE, "pretrain_summary.json", "config.json",
+_RUN_WRITES = (TERMS_FILE, ANCHORS_FILE, SCORES_FILE, RUN_FILE, SUMMARY_FILE, "config.json",
                "tokenizer.json", "checkpoint-1/config.json", "checkpoint-1/trainer_state.json")
 
 
@@ -840,9 +842,10 @@ def _check_output_dir(config: PretrainConfig) -> tuple[dict | None, Path | None]
                             if complete else ""))
     latest = None if latest is None else Path(latest)
     record = read_json(run_dir / RUN_FILE, "pretraining run") if (run_dir / RUN_FILE).exists() else None
+    state = _trainer_state(latest)
     if isinstance(record, dict):
-        _resume_run_length(record.get("config", {}), config, latest)
-    complete = latest if _check_steps_left(config, latest) else None
+        _resume_run_length(record.get("config", {}), config, state)
+    complete = latest if _check_steps_left(config, latest, state) else None
     if record is None:
         return None, complete
     record = record if isinstance(record, dict) else {}
@@ -866,7 +869,7 @@ def _refuse_files_a_run_would_replace(out: Path, config: PretrainConfig) -> None
         saved = set(read_json(out / RESOURCES_MARK, "saved resources"))
     except (OSError, ValueError, TypeError):
         saved = set()
-    for name, file_name in (("anchors", ANCHORS_FILE), ("scores", SCORES_FILE), ("terms", TERMS_FILE)):
+    for name, file_name in RESOURCE_FILES:
         path, given = out / file_name, getattr(config, name)
         if path.exists() and file_name not in saved and (given is None or not same_file(given, path)):
             raise ValueError(f"{str(out)!r} holds {file_name}, which this run would replace or remove (a run saves "
@@ -885,18 +888,27 @@ def _check_same_processes(recorded, now: int) -> None:
                          f"{recorded} ({how})")
 
 
-def _resume_run_length(started_with: dict, config: PretrainConfig, checkpoint: Path | None) -> None:
+def _trainer_state(checkpoint: Path | None) -> dict | None:
+    """A checkpoint's trainer_state.json, read once for the checks of a resume; None where there
+    is none to read (not a Trainer checkpoint: Trainer itself will say so)."""
+    if checkpoint is None:
+        return None
+    try:
+        return read_json(checkpoint / "trainer_state.json", "trainer state")
+    except (FileNotFoundError, ValueError):
+        return None
+
+
+def _resume_run_length(started_with: dict, config: PretrainConfig, state: dict | None) -> None:
     """A resume that names no max_steps continues a run given one for the steps its checkpoint
-    planned (as the run began, or as a resume lengthened it), not for --epochs: that would
-    change the run's length and rebuild its learning-rate schedule unannounced."""
+    (``state``) planned (as the run began, or as a resume lengthened it), not for --epochs: that
+    would change the run's length and rebuild its learning-rate schedule unannounced."""
     if config.max_steps >= 1 or not isinstance(started_with.get("max_steps"), int) or started_with["max_steps"] < 1:
         return
-    planned = None
-    if checkpoint is not None:
-        try:
-            planned = int(read_json(checkpoint / "trainer_state.json", "trainer state")["max_steps"])
-        except (FileNotFoundError, ValueError, KeyError, TypeError):
-            planned = None
+    try:
+        planned = int(state["max_steps"])
+    except (KeyError, TypeError, ValueError):
+        planned = None
     config.max_steps = planned if planned is not None and planned > 0 else started_with["max_steps"]
 
 
@@ -953,20 +965,18 @@ def _warn_of_undecoded_text(notice: str | None, reports: bool) -> None:
         warnings.warn(notice, DiffmaskWarning, stacklevel=5)  # at pretrain's caller
 
 
-def _check_steps_left(config: PretrainConfig, checkpoint: Path | None) -> bool:
+def _check_steps_left(config: PretrainConfig, checkpoint: Path | None, state: dict | None) -> bool:
     """Refuse a ``max_steps`` the checkpoint has passed: ``Trainer`` would still take a step past
     the checkpoint and record the smaller number as the run's length. Warn of another one: the
     schedule is rebuilt for it, and the learning rate jumps at the checkpoint. True when the
     checkpoint ends the run: at ``max_steps``, at the last step an epoch-based run planned, or
     stopped early (as many evaluations without improvement as ``patience`` allows). Resuming then
-    only finishes it (the best model, the summary): ``Trainer`` would train on past its end."""
-    if checkpoint is None:
-        return False
+    only finishes it (the best model, the summary): ``Trainer`` would train on past its end.
+    ``state`` is the checkpoint's (``_trainer_state``)."""
     try:
-        state = read_json(checkpoint / "trainer_state.json", "trainer state")
         step = int(state["global_step"])
-    except (FileNotFoundError, ValueError, KeyError, TypeError):
-        return False  # not a Trainer checkpoint: Trainer itself will say so
+    except (KeyError, TypeError, ValueError):
+        return False  # no checkpoint, or not a Trainer checkpoint: Trainer itself will say so
     if config.max_steps >= 1:
         if config.max_steps < step:
             raise ValueError(f"the checkpoint {str(checkpoint)!r} is at step {step}, past max_steps "
@@ -1089,8 +1099,7 @@ def _save_resources(out: Path, resources: dict, given: dict | None = None) -> No
     it would drop what reading it left out (a terms file's comments)."""
     out.mkdir(parents=True, exist_ok=True)
     given = given or {}
-    saving = [(name, out / path) for name, path in (("anchors", ANCHORS_FILE), ("scores", SCORES_FILE),
-                                                     ("terms", TERMS_FILE))
+    saving = [(name, out / path) for name, path in RESOURCE_FILES
               if given.get(name) is None or not same_file(given[name], out / path)]
     # Written first: a run that fails before its record is written may be started again over them.
     atomic_write_json(out / RESOURCES_MARK, [path.name for name, path in saving if name in resources])
