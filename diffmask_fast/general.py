@@ -95,8 +95,9 @@ class GeneralFrequencies:
 
     @cached_property
     def _folded_counts(self) -> dict | None:
-        """Where keys keep case, the counts by lowercase word: "dna" is found beside "DNA"."""
-        return self.lowercased().counts if self._has_cased_keys else None
+        """Where keys keep case, the counts by lowercase word: "dna" is found beside "DNA"
+        (``reference.case_folded``, as ``reference.select_anchors`` folds the table)."""
+        return reference.case_folded(self.counts)
 
     def relative(self, word: str) -> float:
         return self.count(word) / self.total

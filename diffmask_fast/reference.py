@@ -486,14 +486,6 @@ def _power_of_two_scaled(vector: Sequence[float]) -> list[float]:
     return [math.ldexp(x, -exponent) for x in values]
 
 
-def _unit_vector(vector: Sequence[float]) -> np.ndarray:
-    """``vector`` at unit length (scaled first, so that no square over- or underflows); a zero
-    vector stays zero."""
-    scaled = np.asarray(_power_of_two_scaled(vector), dtype=np.float64)
-    norm = math.sqrt(sum(float(x) ** 2 for x in scaled))
-    return scaled / norm if norm > 0 else scaled
-
-
 def cosine(u: Sequence[float], v: Sequence[float]) -> float:
     """Cosine similarity in [-1, 1]; 0 when either vector is zero, NaN when either holds NaN or infinity."""
     if len(u) != len(v):
