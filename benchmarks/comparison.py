@@ -192,17 +192,18 @@ def run_strategies(args, scale: dict) -> Runs:
     bundled = args.model is None
     date = datetime.date.today().isoformat()
     started = time.perf_counter()
-    if not args.fresh and not same_inputs(args):
+    inputs = input_fingerprints(args)  # the data files are hashed once
+    if not args.fresh and not same_inputs(args, inputs):
         print("the data files or the package changed since the runs kept in the work dir: running everything again")
         args.fresh = True
     if args.fresh:  # all of it, now: a call stopped halfway would leave earlier runs for the next to keep
         shutil.rmtree(args.work_dir / args.scale, ignore_errors=True)
     earlier = args.work_dir / args.scale / "comparison.json"
     earlier = read_json(earlier, "comparison results") if earlier.is_file() else {}
-    atomic_write_json(args.work_dir / args.scale / INPUTS_FILE, input_fingerprints(args))
+    atomic_write_json(args.work_dir / args.scale / INPUTS_FILE, inputs)
     trained: list[tuple[str, str, dict | None]] = [] if args.no_baseline else [("none", model, None)]
     kept = {"none"}  # models an earlier run left as they are: their fine-tuning can be kept too
-    call_started, ran_again = time.time(), False
+    ran_again = False  # whether this call trained anything (else the table says when the kept rows ran)
     for strategy in args.strategies:
         config = PretrainConfig(
             model=model, corpus=[args.data / "corpus.txt"], output_dir=args.work_dir / args.scale / strategy,
@@ -230,8 +231,8 @@ def run_strategies(args, scale: dict) -> Runs:
             report = finetune(path, args.data / "train.jsonl", args.data / "dev.jsonl", args.data / "test.jsonl",
                               progress=False, report_path=report_path, resume=resume,
                               **scale["finetune"])  # saved after each seed
+            ran_again = True
         rows.append((name, summary, report))
-        ran_again = ran_again or report_path.stat().st_mtime >= call_started
     when = (earlier["date"], earlier["machine"], earlier["minutes"]) if not ran_again and earlier.get("date") else (
         date, machine(), (time.perf_counter() - started) / 60)
     runs = Runs(str(args.data), model, bundled, *when, rows,
@@ -255,20 +256,20 @@ def input_fingerprints(args) -> dict:
     return {"files": files, "diffmask_fast": diffmask_fast.__version__}
 
 
-def same_inputs(args) -> bool:
-    """Whether the work dir's runs were made from the data files (and package version) given now;
-    False where no record says (runs kept from before the record was written are run again)."""
+def same_inputs(args, inputs: dict) -> bool:
+    """Whether the work dir's runs were made from ``inputs`` (``input_fingerprints`` of the data
+    files given now); False where no record says (runs kept from before the record was written
+    are run again)."""
     path = args.work_dir / args.scale / INPUTS_FILE
     if not path.is_file():
         return not (args.work_dir / args.scale).exists()
-    return read_json(path, "comparison inputs") == input_fingerprints(args)
+    return read_json(path, "comparison inputs") == inputs
 
 
 def finished_pretraining(config) -> dict | None:
     """The summary of an earlier run in ``config.output_dir`` that finished with the same settings."""
     import dataclasses
 
-    from diffmask_fast._io import read_json
     from diffmask_fast.pretrain import SUMMARY_FILE, settings_changed
 
     path = Path(config.output_dir) / SUMMARY_FILE
@@ -283,9 +284,6 @@ def prepared_for_pretraining(config, fresh: bool):
     """``config``, set to resume an interrupted run with the same settings in its output directory;
     an earlier run there with other settings (or ``fresh``) is removed: the directory is this
     script's own."""
-    import shutil
-
-    from diffmask_fast._io import read_json
     from diffmask_fast.pretrain import RUN_FILE, settings_changed
 
     output = Path(config.output_dir)
@@ -326,7 +324,6 @@ def earlier_finetuning(path: Path, model: str, args, scale: dict, model_kept: bo
 
 def saved_runs(args) -> Runs:
     """What ``run_strategies`` returned, read back from the work dir's comparison.json."""
-    from diffmask_fast._io import read_json
     from diffmask_fast.embedding import default_model_path
     from diffmask_fast.finetune import FinetuneReport
 

@@ -464,10 +464,11 @@ def test_the_comparison_keeps_runs_only_of_the_data_files_they_were_made_from(tm
     for name in ("corpus.txt", "train.jsonl", "dev.jsonl", "test.jsonl"):
         (data / name).write_text(f"{name}\n")
     args = argparse.Namespace(data=data, work_dir=tmp_path / "work", scale="smoke")
-    assert comparison.same_inputs(args), "nothing kept yet: nothing to run again"
+    assert comparison.same_inputs(args, comparison.input_fingerprints(args)), "nothing kept yet: nothing to run again"
     (args.work_dir / "smoke").mkdir(parents=True)
-    assert not comparison.same_inputs(args), "runs without a record of their inputs are run again"
+    assert not comparison.same_inputs(args, comparison.input_fingerprints(args)), \
+        "runs without a record of their inputs are run again"
     atomic_write_json(args.work_dir / "smoke" / comparison.INPUTS_FILE, comparison.input_fingerprints(args))
-    assert comparison.same_inputs(args)
+    assert comparison.same_inputs(args, comparison.input_fingerprints(args))
     (data / "train.jsonl").write_text("other labels\n")
-    assert not comparison.same_inputs(args)
+    assert not comparison.same_inputs(args, comparison.input_fingerprints(args))
