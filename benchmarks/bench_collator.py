@@ -37,15 +37,17 @@ BATCH, LENGTH = sized((64, 512), (4, 128))
 def scicite_examples(tokenizer, batch: int = BATCH, length: int = LENGTH) -> list[dict]:
     """``batch`` examples of exactly ``length`` tokens, each from consecutive SciCite sentences."""
     lines = (DATA / "scicite" / "corpus.txt").read_text(encoding="utf-8").splitlines()
-    examples, cursor = [], 0
-    while len(examples) < batch:
-        text = " ".join(lines[cursor: cursor + 40])
-        cursor += 40
-        encoded = tokenizer(text, truncation=True, max_length=length, return_offsets_mapping=True,
-                            return_special_tokens_mask=True)
+    windows = []
+    for start in range(0, len(lines), 40):
+        encoded = tokenizer(" ".join(lines[start: start + 40]), truncation=True, max_length=length,
+                            return_offsets_mapping=True, return_special_tokens_mask=True)
         if len(encoded["input_ids"]) == length:
-            examples.append(dict(encoded))
-    return examples
+            windows.append(dict(encoded))
+    if not windows:
+        raise ValueError(f"no 40 consecutive SciCite sentences reach {length} tokens")
+    # A batch larger than the corpus reuses its windows (the collator's cost does not depend on
+    # whether two rows are equal).
+    return [windows[i % len(windows)] for i in range(batch)]
 
 
 def scores_for(tokenizer, examples) -> ScoreTable:

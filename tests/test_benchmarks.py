@@ -472,3 +472,17 @@ def test_the_comparison_keeps_runs_only_of_the_data_files_they_were_made_from(tm
     assert comparison.same_inputs(args, comparison.input_fingerprints(args))
     (data / "train.jsonl").write_text("other labels\n")
     assert not comparison.same_inputs(args, comparison.input_fingerprints(args))
+
+
+def test_the_collator_benchmark_batch_may_exceed_the_corpus_windows(shared_data_dir, minilm_tokenizer):
+    """SciCite holds about 250 windows of 40 sentences; a larger batch reuses them (it looped forever)."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        from bench_collator import scicite_examples
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
+    examples = scicite_examples(minilm_tokenizer, batch=600, length=128)
+    assert len(examples) == 600 and all(len(e["input_ids"]) == 128 for e in examples)
+    assert examples[:4] == scicite_examples(minilm_tokenizer, batch=4, length=128)
+    with pytest.raises(ValueError, match="reach 100000 tokens"):
+        scicite_examples(minilm_tokenizer, batch=1, length=100_000)
