@@ -23,6 +23,7 @@ import gzip
 import io
 import json
 import os
+import threading
 import warnings
 import zlib
 from pathlib import Path
@@ -355,9 +356,16 @@ def _wide_text_encoding(head: bytes) -> str | None:
     return None
 
 
+#: Folders with a file already warned of as JSON lines read as text, with the lock that guards
+#: them (counting threads read files at once): a folder of thousands of such files warns once.
+_FOLDERS_WARNED_OF_JSON_LINES: set[str] = set()
+_FOLDERS_WARNED_LOCK = threading.Lock()
+
+
 def warn_of_json_lines_read_as_text(path: Path, head: bytes) -> None:
     """Warn where a file read as text opens with a JSON object on its own line: JSON lines under
-    another name (train.jsonl copied as train.txt), whose field names and quotes would be words."""
+    another name (train.jsonl copied as train.txt), whose field names and quotes would be words.
+    Once per folder in a process, as Python shows a repeated warning once."""
     first = next((line for line in head.split(b"\n") if line.strip()), b"")
     text = first.decode("utf-8", "replace").removeprefix("\ufeff").strip()
     if not text.startswith("{"):
@@ -366,11 +374,17 @@ def warn_of_json_lines_read_as_text(path: Path, head: bytes) -> None:
         record = json.loads(text)
     except ValueError:  # prose in braces, or a first line the head cuts
         return
-    if isinstance(record, dict) and record:
-        fields = ", ".join(repr(key) for key in list(record)[:3])
-        warnings.warn(f"{str(path)!r} looks like JSON lines (fields {fields}) but is read as text, its field names "
-                      "and quotes as words: name it .jsonl, or give its text field (--text-field)",
-                      DiffmaskWarning, stacklevel=2)
+    if not (isinstance(record, dict) and record):
+        return
+    folder = os.path.abspath(path.parent)
+    with _FOLDERS_WARNED_LOCK:
+        if folder in _FOLDERS_WARNED_OF_JSON_LINES:
+            return
+        _FOLDERS_WARNED_OF_JSON_LINES.add(folder)
+    fields = ", ".join(repr(key) for key in list(record)[:3])
+    warnings.warn(f"{str(path)!r} looks like JSON lines (fields {fields}) but is read as text, its field names "
+                  "and quotes as words: name it .jsonl, or give its text field (--text-field); other files "
+                  f"of {str(path.parent)!r} read so are not named", DiffmaskWarning, stacklevel=2)
 
 
 #: What reading a damaged file raises: OSError (also gzip.BadGzipFile), a truncated gzip

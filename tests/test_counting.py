@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from diffmask_fast import DiffmaskWarning, _wordtable, counting, reference
+from diffmask_fast import DiffmaskWarning, _wordtable, corpus, counting, reference
 from diffmask_fast.anchors import mine_anchors
 from diffmask_fast.cli import main
 from diffmask_fast.corpus import UTF8_BOM, CorpusError, iter_documents
@@ -1617,6 +1617,7 @@ def test_a_file_read_as_text_that_holds_json_lines_is_warned_of(tmp_path):
     path = tmp_path / "train.txt"
     path.write_text("".join(json.dumps({"text": f"the enzyme {i} binds", "label": "a"}) + "\n" for i in range(20)))
     for read in (lambda: count_words(path, progress=False), lambda: list(iter_documents(path))):
+        corpus._FOLDERS_WARNED_OF_JSON_LINES.clear()
         with pytest.warns(DiffmaskWarning, match=r"'.*train.txt' looks like JSON lines \(fields 'text', 'label'\) but "
                                                  r"is read as text.* name it \.jsonl, or give its text field"):
             read()
@@ -1626,6 +1627,23 @@ def test_a_file_read_as_text_that_holds_json_lines_is_warned_of(tmp_path):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         count_words(plain, progress=False)
+
+
+def test_a_folder_of_json_lines_read_as_text_warns_once(tmp_path):
+    """A folder of thousands of misnamed files printed a warning for each."""
+    for i in range(30):
+        (tmp_path / f"part{i:02}.txt").write_text(json.dumps({"text": "the enzyme binds"}) + "\n")
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "more.txt").write_text(json.dumps({"text": "a kinase"}) + "\n")
+    corpus._FOLDERS_WARNED_OF_JSON_LINES.clear()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert count_words(tmp_path, progress=False)["enzyme"] == 30
+        list(iter_documents(tmp_path))
+    messages = sorted(str(warning.message) for warning in caught)
+    assert len(messages) == 2, messages
+    assert "part00.txt' looks like JSON lines" in messages[1] and "other files of" in messages[1]
+    assert "more.txt' looks like JSON lines" in messages[0]
 
 
 def test_utf16_text_and_a_counts_file_are_named_not_called_binary(tmp_path):
