@@ -171,7 +171,6 @@ class DifferenceMasker(torch.nn.Module):
         self.register_buffer("calls_made", torch.zeros(1, dtype=torch.int64))
         self.register_buffer("words_seen", torch.zeros((), dtype=torch.int64))
         self.register_buffer("words_missed", torch.zeros((), dtype=torch.int64))
-        self._weighting_code = ops.WEIGHTINGS[weighting]
 
     @classmethod
     def from_collator(cls, collator: DifferenceMaskingCollator, seed: int | None = None) -> "DifferenceMasker":
@@ -266,7 +265,7 @@ class DifferenceMasker(torch.nn.Module):
         c = self.collator
         masked_ids, labels, _, n_words, missed_words = torch.ops.diffmask_fast.difference_mask_device(
             input_ids, never, self.starts_word, self.table_keys, self.table_values, self.random_token_ids,
-            float(c.mlm_probability), self._weighting_code, float(c.uniform_mix), float(c.scores.unknown_score),
+            float(c.mlm_probability), ops.WEIGHTINGS[c.weighting], float(c.uniform_mix), float(c.scores.unknown_score),
             int(c.boundaries.mask_token_id), float(c.mask_replace_prob), float(c.random_replace_prob),
             self.seed_state,
         )

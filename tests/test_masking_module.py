@@ -566,6 +566,26 @@ def test_a_score_table_or_tokenizer_given_to_the_masker_s_collator_reaches_the_d
         assert torch.equal(got_ids, expected_ids) and torch.equal(got_labels, expected_labels), f"seed={seed}"
 
 
+def test_options_given_to_the_masker_s_collator_are_followed(bert_wordpiece, lines, seed):
+    """``masker.collator.weighting = "uniform"`` was accepted, but the masker kept the weighting it
+    was built with."""
+    ids, attention = padded(bert_wordpiece, lines[:24])
+    table = score_table(bert_wordpiece, lines, seed)
+    options = dict(weighting="rank", uniform_mix=0.3, mlm_probability=0.4, mask_replace_prob=0.5,
+                   random_replace_prob=0.25)
+    masker = DifferenceMasker(bert_wordpiece, table, seed=seed)
+    fresh = DifferenceMasker(bert_wordpiece, table, seed=seed, **options)
+    for name, value in options.items():
+        setattr(masker.collator, name, value)
+    for each in (masker, fresh):
+        each.warm({"input_ids": ids, "attention_mask": attention})
+        each.seed_state.fill_(seed + 3)
+    expected_ids, expected_labels = fresh(ids, attention)
+    got_ids, got_labels = masker(ids, attention)
+    assert torch.equal(got_ids, expected_ids) and torch.equal(got_labels, expected_labels), f"seed={seed}"
+    assert "weighting='rank'" in repr(masker)
+
+
 def test_warm_honours_the_attention_mask_of_rows(bert_wordpiece, lines):
     tokenizer = bert_wordpiece
     scores = score_table(tokenizer, lines)
