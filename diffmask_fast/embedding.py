@@ -194,6 +194,15 @@ def _config_identity(model) -> dict:
             if not k.startswith("_") and k not in ("transformers_version", "torch_dtype", "dtype")}
 
 
+def default_device(model: torch.nn.Module) -> torch.device:
+    """Where to embed with ``model``: where it is, if on an accelerator (moving a model that
+    training shares to another device would move it under the training); else CUDA if any."""
+    placed = next((tensor.device for tensor in itertools.chain(model.parameters(), model.buffers())), None)
+    if placed is not None and placed.type not in ("cpu", "meta"):
+        return placed
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
 @dataclass
 class WordEmbedder:
     """Embeds word types with a HuggingFace encoder, in length-sorted batches without gradients.
@@ -211,7 +220,9 @@ class WordEmbedder:
       under autocast (vectors are returned in float32). On GPUs both are fast; on CPUs bf16 pays
       off where the CPU has bf16 instructions (AVX-512 BF16, AMX: about 1.7-1.9x on the benchmark machine)
       and fp16 is usually slower than fp32. ``input_embeddings`` is always computed in float32.
-    - ``device``: defaults to CUDA when available.
+    - ``device``: defaults to the model's device where that is an accelerator (a model already on
+      ``cuda:1`` stays there), else CUDA when available. The model is moved to ``device`` in
+      place, as HuggingFace pipelines move theirs.
     - ``cache_dir``: a directory for the on-disk cache of vectors (``True``: ``default_cache_dir()``,
       ``$DIFFMASK_CACHE``, else ``$XDG_CACHE_HOME/diffmask_fast``, else ``~/.cache/diffmask_fast``;
       ``None``: no cache). Entries are keyed by ``cache_key()``, so a changed weight, tokenizer,
@@ -247,7 +258,7 @@ class WordEmbedder:
         else:
             raise ValueError(f"dtype must be float32, bfloat16 or float16, got {self.dtype}")
         if self.device is None:
-            self.device = "cuda" if torch.cuda.is_available() else "cpu"
+            self.device = default_device(self.model)
         usable_device(self.device)
         base = getattr(self.model, "base_model", None)
         if isinstance(base, torch.nn.Module) and base is not self.model and callable(getattr(base, "forward", None)):

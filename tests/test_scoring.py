@@ -97,6 +97,36 @@ def test_embedder_errors(tiny_bert):
         embedder.embed(["ok", ""])
 
 
+def test_the_embedder_embeds_where_an_accelerator_model_is(tiny_bert, monkeypatch):
+    """A model on cuda:1 (another rank's, or one training shares) was moved to cuda:0, the
+    default device, in place."""
+    from diffmask_fast.embedding import default_device
+
+    model, _ = tiny_bert
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert default_device(model) == torch.device("cpu")
+    assert default_device(torch.nn.Module()) == torch.device("cpu")  # no weights at all
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert default_device(model) == torch.device("cuda")
+    with torch.device("meta"):
+        assert default_device(torch.nn.Linear(2, 2)) == torch.device("cuda")
+
+    class Placed(torch.nn.Module):  # parameters that report an accelerator's device
+        def parameters(self, recurse=True):
+            yield type("Weight", (), {"device": torch.device("cuda", 1)})()
+
+    assert default_device(Placed()) == torch.device("cuda", 1)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
+def test_a_model_on_the_last_gpu_stays_there(tiny_bert):
+    model, tokenizer = tiny_bert
+    device = torch.device("cuda", torch.cuda.device_count() - 1)
+    embedder = WordEmbedder(model.to(device), tokenizer, progress=False)
+    assert embedder.device == device and next(model.parameters()).device == device
+    assert embedder.embed(["enzyme"]).shape == (1, model.config.hidden_size)
+
+
 def test_the_embedder_leaves_the_models_mode_alone_and_reads_a_head_models_encoder(tiny_bert):
     """A model shared with training code was switched to eval mode for good; a masked LM was
     accepted and failed at the first embed (its output has no last_hidden_state)."""
