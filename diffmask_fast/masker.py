@@ -253,6 +253,7 @@ class DifferenceMasker(torch.nn.Module):
         masked. No host round trip: the seed, the tables and the miss counts stay on the device."""
         if not torch.compiler.is_compiling():  # a compiled step keeps the tables it was traced with
             self._follow_collator()
+            self._warn_if_never_warmed()
         input_ids = check_batch_ids(input_ids, self.never_word.device)
         vocabulary = self.never_word.shape[0]
         check_in_vocabulary(input_ids, vocabulary, self.collator.tokenizer, "masker")
@@ -407,6 +408,16 @@ class DifferenceMasker(torch.nn.Module):
                               "the device's table of scored words starts empty, so every word scores unknown_score "
                               "until masker.warm(...) sees it", DiffmaskWarning, stacklevel=3)
             self._upload_table()
+
+    def _warn_if_never_warmed(self) -> None:
+        """Once, where the device's table knows no word: every word then scores unknown_score and
+        the masks are random-word masks, which ``coverage()`` alone would show (a host check: the
+        table's size is known on the host)."""
+        if len(self.collator._cache) == 0 and not getattr(self, "_warned_never_warmed", False):
+            self._warned_never_warmed = True
+            warnings.warn("the masker knows no word's score yet, so every word scores unknown_score and masking "
+                          "is uniform over words: call masker.warm(texts or batches) before training",
+                          DiffmaskWarning, stacklevel=3)
 
     def _upload_table(self) -> None:
         cache = self.collator._cache

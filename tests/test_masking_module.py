@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 import random
 import statistics
+import warnings
 
 import numpy as np
 import pytest
@@ -584,6 +585,23 @@ def test_options_given_to_the_masker_s_collator_are_followed(bert_wordpiece, lin
     got_ids, got_labels = masker(ids, attention)
     assert torch.equal(got_ids, expected_ids) and torch.equal(got_labels, expected_labels), f"seed={seed}"
     assert "weighting='rank'" in repr(masker)
+
+
+def test_a_masker_never_warmed_says_so_once(bert_wordpiece, lines):
+    """Without warm() every word scored unknown_score (random-word masking) and only coverage()
+    showed it."""
+    from diffmask_fast import DiffmaskWarning
+
+    ids, attention = padded(bert_wordpiece, lines[:8])
+    masker = DifferenceMasker(bert_wordpiece, score_table(bert_wordpiece, lines), seed=0)
+    with pytest.warns(DiffmaskWarning, match="knows no word's score yet.*masker.warm"):
+        masker(ids, attention)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        masker(ids, attention)  # once
+        warmed = DifferenceMasker(bert_wordpiece, score_table(bert_wordpiece, lines), seed=0)
+        warmed.warm({"input_ids": ids, "attention_mask": attention})
+        warmed(ids, attention)
 
 
 def test_warm_honours_the_attention_mask_of_rows(bert_wordpiece, lines):
