@@ -29,6 +29,9 @@ _UNIFORM_COLOR = "#555555"
 #: The most bars the picture of the most masked words labels (its height grows with them).
 MOST_MASKED_BARS = 100
 
+#: Runs a comparison draws side by side at its narrowest; more widen it and slant their names.
+_ROOMY_RUNS = 8
+
 #: What a word's score is, by the score table's similarity (scoring.TABLE_SIMILARITIES).
 _SCORE_MEANING = {"max": "similarity to the nearest anchor", "centroid": "similarity to the anchors' centroid",
                   "mean": "mean similarity to the anchors", "given": "the score given in the table"}
@@ -108,7 +111,7 @@ def plot_masking_rates(rates: Sequence[WordMaskingRate], path: str | os.PathLike
     against_score.set_title(f"{counted(len(rates), 'distinct word')} over {counted(rates[0].draws, 'draw')} "
                             "(dot area: occurrences)", fontsize=11)
     against_score.legend(loc="upper left", fontsize=9)
-    figure.suptitle(title)
+    figure.suptitle(title, parse_math=False)
 
     return _save(figure, path)
 
@@ -152,29 +155,43 @@ def plot_comparison(reports: Mapping[str, FinetuneReport], path: str | os.PathLi
 
     with_curves = {name: summary for name, summary in (summaries or {}).items()
                    if summary and _validation_curve(summary)}
-    figure = Figure(figsize=(13 if with_curves else 7, 5.5), layout="constrained")
-    axes = figure.subplots(1, 2 if with_curves else 1, squeeze=False)[0]
-    scores = axes[0]
     names = list(reports)
+    crowded = len(names) > _ROOMY_RUNS
+    width = 7 + (0.45 * (len(names) - _ROOMY_RUNS) if crowded else 0)
+    figure = Figure(figsize=(width + (6 if with_curves else 0), 5.5), layout="constrained")
+    axes = figure.subplots(1, 2 if with_curves else 1, squeeze=False,
+                           gridspec_kw={"width_ratios": [width, 6] if with_curves else [1]})[0]
+    scores = axes[0]
     metric_title = {"macro_f1": "macro-F1", "accuracy": "accuracy"}.get(metric, metric)
-    for x, name in enumerate(names):
+    ticks = []
+    for x, (name, shown) in enumerate(zip(names, _shown_labels([(name,) for name in names]))):
         values = [100 * v for v in reports[name].values(split, metric)]
-        offsets = [0.0] if len(values) == 1 else [-0.15 + 0.3 * i / (len(values) - 1) for i in range(len(values))]
-        scores.scatter([x + o for o in offsets], values, color=_WORD_COLOR, alpha=0.6, zorder=3,
-                       label="one fine-tuning seed" if x == 0 else None)
-        mean, spread = mean_std(values)
+        finite = [v for v in values if math.isfinite(v)]
+        # A seed whose metric is NaN (a report saved with None) has no dot: the tick says so,
+        # and the mean is over the others.
+        ticks.append(shown if len(finite) == len(values) else
+                     f"{shown}\n({len(values) - len(finite)} of {counted(len(values), 'seed')} NaN)")
+        if not finite:
+            continue
+        offsets = [0.0] if len(finite) == 1 else [-0.15 + 0.3 * i / (len(finite) - 1) for i in range(len(finite))]
+        scores.scatter([x + o for o in offsets], finite, color=_WORD_COLOR, alpha=0.6, zorder=3,
+                       label="one fine-tuning seed" if not scores.collections else None)
+        mean, spread = mean_std(finite)
         scores.errorbar([x], [mean], yerr=[spread], fmt="_", markersize=28, capsize=8, color=_ANCHOR_COLOR,
-                        zorder=4, label="mean ± std" if x == 0 else None)
-        scores.annotate(f"{mean:.1f}", (x, mean), xytext=(22, -4), textcoords="offset points", fontsize=9)
-    scores.set_xticks(range(len(names)), names)
+                        zorder=4, label="mean ± std" if len(scores.collections) == 1 else None)
+        if not crowded:  # beside every bar of many, the numbers run into each other
+            scores.annotate(f"{mean:.1f}", (x, mean), xytext=(22, -4), textcoords="offset points", fontsize=9)
+    scores.set_xticks(range(len(names)), ticks, parse_math=False,
+                      **({"rotation": 35, "ha": "right", "rotation_mode": "anchor"} if crowded else {}))
     scores.set_xlim(-0.6, len(names) - 0.4)
     scores.set_ylabel(f"{split} {metric_title} (%)")
     scores.set_title(f"Fine-tuned: {split} {metric_title} per seed", fontsize=11)
-    scores.legend(loc="lower right", fontsize=9)
+    if scores.collections:
+        _plain_text(scores.legend(loc="lower right", fontsize=9))
     if with_curves:
         _draw_losses(axes[1], with_curves, training=False)
         axes[1].set_title("Continued pretraining", fontsize=11)
-    figure.suptitle(title)
+    figure.suptitle(title, parse_math=False)
     return _save(figure, path)
 
 
@@ -197,7 +214,7 @@ def plot_pretraining(summaries: Mapping[str, dict], path: str | os.PathLike,
 
     figure = Figure(figsize=(7.5, 5), layout="constrained")
     _draw_losses(figure.subplots(), {name: s for name, s in summaries.items() if s}, training=True)
-    figure.suptitle(title)
+    figure.suptitle(title, parse_math=False)
     return _save(figure, path)
 
 
@@ -208,8 +225,10 @@ def _draw_losses(axes, summaries: Mapping[str, dict], training: bool) -> None:
     from matplotlib import rcParams
 
     colors = rcParams["axes.prop_cycle"].by_key()["color"]
+    shown_names = _shown_labels([(name,) for name in summaries])
     for index, (name, summary) in enumerate(summaries.items()):
         color = colors[index % len(colors)]
+        name = shown_names[index]
         validation = _validation_curve(summary)
         if validation:
             axes.plot([step for step, _ in validation], [loss for _, loss in validation], marker="o", color=color,
@@ -224,7 +243,13 @@ def _draw_losses(axes, summaries: Mapping[str, dict], training: bool) -> None:
                       label=_curve_label(f"{name}, training", trained))
     axes.set_xlabel("pretraining step")
     axes.set_ylabel("MLM loss" + ("" if training else " on validation (each on its own masks)"))
-    axes.legend(fontsize=9)
+    _plain_text(axes.legend(fontsize=9))
+
+
+def _plain_text(legend) -> None:
+    """A legend's entries drawn as text: run names are the user's (``$x^$`` is no formula)."""
+    for text in legend.get_texts():
+        text.set_parse_math(False)
 
 
 def _curve_label(label: str, curve: list[tuple[int, float]]) -> str:

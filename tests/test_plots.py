@@ -588,3 +588,55 @@ def test_impossible_masking_rates_are_refused_by_word(tmp_path, rates, problem):
     with pytest.raises(ValueError, match=problem):
         plot_masking_rates(built, tmp_path / "x.png", 0.25)
     assert list(tmp_path.iterdir()) == []
+
+
+def _report(scores):
+    from diffmask_fast.finetune import FinetuneReport, SeedResult
+
+    return FinetuneReport("m", [0, 1], [SeedResult(i, 1, {"accuracy": s, "macro_f1": s}, {"accuracy": s, "macro_f1": s})
+                                        for i, s in enumerate(scores)])
+
+
+def test_run_names_and_titles_with_dollar_signs_are_drawn_as_text(tmp_path, monkeypatch):
+    """A run named "cost $x^$" (or a title naming a folder with two "$") aborted the picture with
+    matplotlib's formula parser."""
+    from diffmask_fast.plots import plot_comparison, plot_pretraining
+
+    kept = drawn_figure(monkeypatch)
+    curve = {"validation_loss_before": 3.0, "log_history": [{"step": 10, "eval_loss": 2.0}, {"step": 10, "loss": 2.1}]}
+    plot_comparison({"cost $x^$": _report([0.5, 0.6]), "b": _report([0.7])}, tmp_path / "c.png",
+                    {"cost $x^$": curve, "b": None}, title="runs/$HOME_x^$")
+    plot_pretraining({"a$x^$": curve}, tmp_path / "p.png", title="a $x^$ title")
+    for figure in kept:
+        texts = [figure._suptitle] + [t for axes in figure.axes for t in axes.get_xticklabels()]
+        texts += [t for axes in figure.axes if axes.get_legend() for t in axes.get_legend().get_texts()]
+        assert any("$x^$" in t.get_text() for t in texts[1:]) and "x^$" in texts[0].get_text()
+        assert not any(t.get_parse_math() for t in texts if "$" in t.get_text())
+
+
+def test_a_comparison_of_many_runs_widens_and_slants_its_names(tmp_path, monkeypatch):
+    from diffmask_fast.plots import plot_comparison
+
+    kept = drawn_figure(monkeypatch)
+    plot_comparison({f"strategy-number-{i}-with-a-rather-long-name-{i}": _report([0.5, 0.6, 0.7]) for i in range(30)},
+                    tmp_path / "many.png")
+    plot_comparison({"a": _report([0.5]), "b": _report([0.6])}, tmp_path / "few.png")
+    many, few = kept
+    assert many.get_figwidth() > 2 * few.get_figwidth()
+    ticks = many.axes[0].get_xticklabels()
+    assert len({t.get_text() for t in ticks}) == 30 and all(len(t.get_text()) <= 36 for t in ticks)
+    assert all(t.get_rotation() == 35 for t in ticks) and not many.axes[0].texts  # no means run together
+    assert [t.get_rotation() for t in few.axes[0].get_xticklabels()] == [0, 0] and len(few.axes[0].texts) == 2
+
+
+def test_a_seed_whose_metric_is_nan_is_named_not_dropped_silently(tmp_path, monkeypatch):
+    """A report read back with a null metric drew one dot and no mean, as if the run had one seed."""
+    from diffmask_fast.plots import plot_comparison
+
+    kept = drawn_figure(monkeypatch)
+    plot_comparison({"dm": _report([0.5, math.nan, 0.7]), "lost": _report([math.nan]), "ok": _report([0.6])},
+                    tmp_path / "nan.png")
+    axes = kept[0].axes[0]
+    assert [t.get_text() for t in axes.get_xticklabels()] == ["dm\n(1 of 3 seeds NaN)", "lost\n(1 of 1 seed NaN)", "ok"]
+    assert [t.get_text() for t in axes.texts] == ["60.0", "60.0"]  # dm's mean over its two finite seeds
+    assert [len(c.get_offsets()) for c in axes.collections if len(c.get_offsets())][:2] == [2, 1]
