@@ -16,7 +16,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ._checks import refuse_one_string
-from ._display import printable, printable_word
+from ._display import printable, printable_word, short_score
 from ._io import atomic_write_bytes
 from .collator import DifferenceMaskingCollator
 from .pretrain_data import special_wrapping, word_windows
@@ -290,22 +290,27 @@ def _masked_counts(collator: DifferenceMaskingCollator, texts: Sequence[str], dr
 
 def _bracket_safe(text: str, masked: bool) -> str:
     """``text`` with its brackets escaped ("\\[") where it holds "[[" or "]]", or, masked, starts
-    with "[" or ends with "]": wiki markup "[[Paris]]", one word to a byte-level BPE, would print
-    as a masked "Paris", and a masked "protein]" as "[[protein]]]", a masked "protein" and a "]"."""
-    ambiguous = "[[" in text or "]]" in text or (masked and (text.startswith("[") or text.endswith("]")))
-    return text.replace("[", "\\[").replace("]", "\\]") if ambiguous else text
+    with "[" or ends with "]" or a backslash: wiki markup "[[Paris]]", one word to a byte-level
+    BPE, would print as a masked "Paris", a masked "protein]" as "[[protein]]]", a masked "protein"
+    and a "]", and a masked "C:\\" as "[[C:\\]]", an escaped bracket. Backslashes of a word so
+    escaped are doubled first, so that each escape reads one way."""
+    ambiguous = "[[" in text or "]]" in text or (masked and (text.startswith("[") or text.endswith(("]", "\\"))))
+    if not ambiguous:
+        return text
+    return text.replace("\\", "\\\\").replace("[", "\\[").replace("]", "\\]")
 
 
 def render_text(sentences: Sequence[Sequence[PreviewWord]], show_scores: bool = False) -> str:
     """One line per sentence, masked words in [[double brackets]] (with their score if asked);
     characters that are not printable are shown escaped, as are the brackets of a word that
-    holds "[[" or "]]" (or, masked, starts with "[" or ends with "]")."""
+    holds "[[" or "]]" (or, masked, starts with "[" or ends with "]" or a backslash); scores of a
+    table far from [-1, 1] are shown in three significant digits."""
     lines = []
     for words in sentences:
         parts = []
         for word in words:
             shown = _bracket_safe(printable_word(word.text), word.masked)
-            text = f"{shown}:{word.score:.2f}" if show_scores else shown
+            text = f"{shown}:{short_score(word.score)}" if show_scores else shown
             parts.append(f"[[{text}]]" if word.masked else text)
         lines.append(" ".join(parts) if parts else NO_WORDS)
     return "\n".join(lines)
@@ -323,7 +328,7 @@ def render_html(sentences: Sequence[Sequence[PreviewWord]], title: str = "Differ
             if w.masked:
                 style += " outline: 2px solid #1f4e9c; font-weight: bold;"
             nearest = f", nearest anchor: {printable(w.nearest_anchor)}" if w.nearest_anchor else ""
-            tip = f"score {w.score:.3f}{nearest}"
+            tip = f"score {w.score:.3f}{nearest}" if abs(w.score) < 1e4 else f"score {w.score:.3g}{nearest}"
             cells.append(f'<span style="{style}" title="{html.escape(tip)}">{html.escape(printable_word(w.text))}</span>')
         rows.append(f"<p>{' '.join(cells)}</p>" if cells else f"<p><i>{html.escape(NO_WORDS)}</i></p>")
     return (

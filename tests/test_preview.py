@@ -217,6 +217,22 @@ def test_words_written_in_double_brackets_are_not_shown_as_masked_words():
     # "protein" and a "]".
     assert shown("protein]", True) == "[[protein\\]]]" and shown("[cells", True) == "[[\\[cells]]"
     assert shown("[", True) == "[[\\[]]" and shown("a[1", True) == "[[a[1]]"
+    # A masked word ending in a backslash read as an escaped bracket ("[[C:\\]]"); in a word whose
+    # brackets are escaped, backslashes are doubled, so an escape reads one way.
+    assert shown("C:\\", True) == "[[C:\\\\]]" and shown("C:\\", False) == "C:\\"
+    assert shown("\\]", True) == "[[\\\\\\]]]" != shown("]", True) == "[[\\]]]"
+    assert shown("a\\b", True) == "[[a\\b]]"  # nothing ambiguous: as it is
+
+
+def test_huge_table_scores_are_shown_short(bert_wordpiece):
+    """A table's score of 1e30 printed as 31 digits in the text preview."""
+    from diffmask_fast.preview import PreviewWord, render_html, render_text
+
+    words = [PreviewWord("protein", 1e30, True, None), PreviewWord("cell", 12345.678, False, None),
+             PreviewWord("of", 0.123456, False, None)]
+    assert render_text([words], show_scores=True) == "[[protein:1e+30]] cell:1.23e+04 of:0.12"
+    page = render_html([words])
+    assert 'title="score 1e+30"' in page and 'title="score 1.23e+04"' in page and 'title="score 0.123"' in page
 
 
 def test_a_document_with_no_words_is_shown_as_such_not_as_a_blank_line(bert_wordpiece):
