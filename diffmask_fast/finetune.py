@@ -18,6 +18,7 @@ ignored). Label ids follow the sorted set of training labels.
 from __future__ import annotations
 
 import collections
+import collections.abc
 import contextlib
 import gzip
 import json
@@ -380,6 +381,10 @@ def _scores(label_ids, logits) -> dict[str, float]:
 
 def _check_options(seeds, epochs, learning_rate, batch_size, max_length, weight_decay, warmup_ratio,
                    max_train_examples) -> list[int]:
+    if _is_whole(seeds):
+        seeds = [seeds]  # one seed
+    elif not isinstance(seeds, collections.abc.Iterable) or isinstance(seeds, (str, bytes)):
+        raise ValueError(f"seeds must be integers, one or a sequence of them such as (1, 2, 3), got {seeds!r}")
     seeds = list(seeds)
     if not seeds:
         raise ValueError("give at least one seed")
@@ -426,7 +431,7 @@ def _check_device(training_args, device: str | None, wanted) -> None:
 
 
 def finetune(model: str | os.PathLike, train: str | os.PathLike, dev: str | os.PathLike,
-             test: str | os.PathLike | None = None, *, seeds: Sequence[int] = (1, 2, 3), epochs: int = 3,
+             test: str | os.PathLike | None = None, *, seeds: int | Sequence[int] = (1, 2, 3), epochs: int = 3,
              learning_rate: float = 2e-5, batch_size: int = 16, max_length: int = 128,
              weight_decay: float = 0.01, warmup_ratio: float = 0.06, max_train_examples: int | None = None,
              output_dir: str | os.PathLike | None = None, text_field: str = "text", label_field: str = "label",

@@ -308,7 +308,7 @@ def test_finetune_end_to_end(model_dir, task, tmp_path, monkeypatch):
     # Seeded runs repeat; numpy's numbers are taken as Python's (and the report's JSON holds them).
     numpy_options = {"epochs": np.int64(1), "batch_size": np.int64(8), "max_length": np.int32(24),
                      "learning_rate": np.float64(1e-3)}
-    again = finetune(model_dir, task["train"], task["dev"], None, seeds=np.array([2]), **{**_FAST, **numpy_options})
+    again = finetune(model_dir, task["train"], task["dev"], None, seeds=np.int64(2), **{**_FAST, **numpy_options})
     assert again.results[0].dev == pytest.approx(report.results[1].dev)
     assert json.loads(json.dumps(again.to_dict()))["config"]["seeds"] == [2]
     assert type(again.config["epochs"]) is int and type(again.config["batch_size"]) is int
@@ -342,6 +342,8 @@ def test_finetune_rejects_bad_options(model_dir, task, tmp_path):
                              ({"seeds": (1, -5)}, r"in \[0, 2\*\*32\)"), ({"seeds": (2**32,)}, r"in \[0, 2\*\*32\)"),
                              ({"epochs": 0}, "epochs"), ({"warmup_ratio": 1.0}, "warmup_ratio"),
                              ({"max_train_examples": 0}, "max_train_examples"), ({"seeds": (True,)}, "integers"),
+                             ({"seeds": 1.5}, r"one or a sequence of them such as \(1, 2, 3\), got 1.5"),
+                             ({"seeds": "7"}, "one or a sequence of them"),
                              ({"learning_rate": "1e-3"}, "learning_rate must be a number, got '1e-3'"),
                              ({"weight_decay": None}, "weight_decay must be a number, got None")):
         with pytest.raises(ValueError, match=message):
