@@ -35,7 +35,7 @@ DTYPES = {"float32": None, "fp32": None, "bfloat16": torch.bfloat16, "bf16": tor
           "float16": torch.float16, "fp16": torch.float16}
 
 #: Version of what a cached vector means; part of every cache key.
-EMBEDDING_VERSION = 3
+EMBEDDING_VERSION = 4
 #: New words are embedded and cached in pieces of about CACHE_SECONDS of work (the first, and at
 #: least, CACHE_PIECE words: seconds on a CPU): an interrupted run keeps all but the last piece,
 #: and a fast GPU does not write many small cache segments.
@@ -211,8 +211,9 @@ class WordEmbedder:
       pooled output (the [CLS] hidden state without a pooler); ``cls`` takes the [CLS] hidden
       state, pooler or not (sentence-transformers CLS pooling); ``mean`` averages the word's
       sub-token hidden states; ``input_embeddings`` averages its sub-token input embeddings (no
-      forward pass). Special tokens, [UNK] included, are left out of both means: a word made only
-      of characters the vocabulary lacks gets the zero vector, whose similarity to any anchor is 0.
+      forward pass). Special tokens, [UNK] included, are left out of both means, and a word made
+      only of characters the vocabulary lacks gets the zero vector under every pooling: its
+      similarity to any anchor is 0.
     - ``max_length``: tokens per encoded word, special tokens included. A word of more sub-tokens
       (long chemical names, URLs) is embedded from its first ``max_length - 2`` pieces, and
       ``embed`` warns how many were cut; ``input_embeddings`` never truncates.
@@ -430,13 +431,11 @@ class WordEmbedder:
                     f"were embedded from their first pieces (e.g. {self._longest_truncated[:60]!r}); raise max_length "
                     "to embed them whole", DiffmaskWarning, stacklevel=2)
             if self.unreadable_words:
-                averaged = self.pooling in ("mean", "input_embeddings")
-                got = "the zero vector, whose similarity to any anchor is 0" if averaged else "the vector of no pieces"
                 warnings.warn(
                     f"{self.unreadable_words:,} word(s) are read by the tokenizer as nothing but special tokens "
                     f"such as [UNK] (e.g. {self._unreadable_example[:60]!r}: characters its vocabulary lacks, or "
-                    f"for WordPiece a run of over 100 characters without punctuation): they get {got}",
-                    DiffmaskWarning, stacklevel=2)
+                    "for WordPiece a run of over 100 characters without punctuation): they get the zero vector, "
+                    "whose similarity to any anchor is 0", DiffmaskWarning, stacklevel=2)
         finally:
             if not external:
                 bar.close()
@@ -587,10 +586,11 @@ class WordEmbedder:
         output = self.model(input_ids=input_ids, attention_mask=attention, return_dict=True)  # whatever its config says
         if self.pooling == "mean":
             return _masked_mean(output.last_hidden_state.float(), word_tokens)
-        if self.pooling == "cls":
-            return output.last_hidden_state[:, 0]
-        pooled = getattr(output, "pooler_output", None)
-        return pooled if pooled is not None else output.last_hidden_state[:, 0]
+        pooled = getattr(output, "pooler_output", None) if self.pooling == "pooled" else None
+        vectors = pooled if pooled is not None else output.last_hidden_state[:, 0]
+        # A word of special tokens alone ([UNK]) is the zero vector here too: otherwise every such
+        # word has the one vector of "[CLS] [UNK] [SEP]" and scores alike, often above real words.
+        return vectors.masked_fill(~word_tokens.any(1), 0)
 
 
 def _masked_mean(vectors: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

@@ -683,10 +683,6 @@ class WordScorer:
                 warnings.filterwarnings("ignore", r".* word\(s\) are read by the tokenizer as nothing but special",
                                         DiffmaskWarning)
                 self.anchor_vectors = embedder.embed(list(self.anchor_words))
-            # Under cls/pooled pooling such an anchor has a vector, the one every [UNK] word has:
-            # all of those would score 1.0 against it. It matches no word, as with mean pooling.
-            unreadable = torch.tensor(embedder.read_as_special_tokens_only(self.anchor_words), dtype=torch.bool)
-            self.anchor_vectors = self.anchor_vectors.masked_fill(unreadable[:, None], 0.0)
             self.vector_anchor = None
             zero = [w for w, v in zip(words, self.anchor_vectors) if not bool(v.any())]
             if zero:
