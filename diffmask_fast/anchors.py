@@ -230,6 +230,11 @@ def mine_anchors(
             f"no word qualifies as an anchor: none has a letter, is readable text and occurs at least "
             f"{min_count} times (the corpus has {total:,} words); lower min_count or give a larger corpus"
         )
+    if len(chosen) < k:
+        warnings.warn(f"only {len(chosen):,} words qualify as anchors ({k:,} asked for): the others lack a letter or "
+                      f"occur fewer than {min_count:,} times"
+                      + ("; a lower min_count admits more" if min_count > 1 else ""),
+                      DiffmaskWarning, stacklevel=2)
     anchors = tuple(Anchor(w, s, counts[w], general.count(w)) for w, s in chosen)
     _warn_of_weak_anchors(anchors, len(scored))
     return Anchors(anchors, total, general.total, min_count, smoothing_per_million, general.source)

@@ -307,13 +307,6 @@ def _mine(corpus, args):
     return counts, mine_anchors(counts, **settings)
 
 
-def _note_few_anchors(anchors, asked: int) -> None:
-    """Say so when fewer words than -k qualify as anchors, and what admits more."""
-    if len(anchors) < asked:
-        print(f"Only {len(anchors):,} words occur often enough to be anchors ({asked:,} asked for)"
-              + ("; a lower --min-count admits more" if anchors.min_count > 1 else "") + ".\n")
-
-
 def _count(corpus, args):
     """The word counts of ``corpus``, or the saved ones of ``--counts``."""
     from .counting import WordCounts, count_words
@@ -535,7 +528,6 @@ def run_mine(args) -> None:
         anchors.save(args.output)
     print(f"{counts.total:,} words, {len(counts):,} distinct, {counts.documents:,} documents; "
           f"anchors need at least {anchors.min_count} occurrences.\n")
-    _note_few_anchors(anchors, args.k)
     print(anchors.table())
     if args.output:
         print(f"\nSaved anchors to {args.output}")
@@ -562,7 +554,6 @@ def run_preview(args) -> None:
     embedder = _shown_words_embedder(args) if saved is None else None
     if anchors is None and saved is None:
         _, anchors = _mine(corpus, args)
-        _note_few_anchors(anchors, args.k)
         print(anchors.table())
     documents = (d for d in iter_documents(corpus, args.text_field) if d.strip())
     texts, plot_texts = sample_documents(documents, (args.sentences, PLOT_TEXTS if args.plot else 0), args.seed,

