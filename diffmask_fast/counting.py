@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import codecs
 import collections
+import collections.abc
 import functools
 import json
 import math
@@ -40,7 +41,7 @@ import types
 import zlib
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from pathlib import Path
-from typing import Callable, Collection, Iterable, Iterator, Mapping, Sized
+from typing import Callable, Collection, ItemsView, Iterable, Iterator, KeysView, Mapping, Sized, ValuesView
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -938,6 +939,21 @@ class WordCounts:
     def __contains__(self, word: object) -> bool:
         return isinstance(word, str) and self.table.find(word) >= 0
 
+    # A mapping's views, so that Counter(counts), dict(counts) and code written for a Counter read
+    # the counts (Counter() of the words alone counted each once).
+    def keys(self) -> KeysView:
+        return self.counts.keys()
+
+    def items(self) -> ItemsView:
+        return self.counts.items()
+
+    def values(self) -> ValuesView:
+        return self.counts.values()
+
+    def get(self, word: str, default: int | None = None) -> int | None:
+        row = self.table.find(word)
+        return int(self.table.counts[row]) if row >= 0 else default
+
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, WordCounts):
             return NotImplemented
@@ -1034,6 +1050,10 @@ class WordCounts:
             return cls.from_mapping(counts, documents, lowercase)
         except (KeyError, TypeError, ValueError) as error:
             raise ValueError(f"{str(path)!r} is not a valid word-counts file: {error}") from None
+
+
+# A mapping as Counter is one (a missing word counts 0), not a subclass: its table is no dict.
+collections.abc.Mapping.register(WordCounts)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -1629,6 +1629,24 @@ def test_a_file_read_as_text_that_holds_json_lines_is_warned_of(tmp_path):
         count_words(plain, progress=False)
 
 
+def test_word_counts_read_as_a_mapping_give_their_counts(tmp_path):
+    """Counter(counts) counted each word once (it iterated the words alone), dict(counts) failed or
+    paired letters, and code taking a mapping's items() could not read them."""
+    from collections.abc import Mapping
+
+    counts = count_words(["the the the enzyme of it", "of the"], progress=False)
+    expected = {"the": 4, "of": 2, "enzyme": 1, "it": 1}
+    assert isinstance(counts, Mapping)
+    assert Counter(counts) == Counter(expected) and dict(counts) == expected
+    assert dict(counts.items()) == expected and sorted(counts.keys()) == sorted(expected)
+    assert sorted(counts.values()) == [1, 1, 2, 4]
+    assert counts.get("of") == 2 and counts.get("kinase") is None and counts.get("kinase", 0) == 0
+    assert counts["kinase"] == 0  # as a Counter's
+    assert Counter(counts) + Counter(counts) == Counter({word: 2 * n for word, n in expected.items()})
+    assert GeneralFrequencies(counts, counts.total).count("the") == 4
+    assert WordCounts(counts, counts.documents) == counts
+
+
 def test_a_folder_of_json_lines_read_as_text_warns_once(tmp_path):
     """A folder of thousands of misnamed files printed a warning for each."""
     for i in range(30):
