@@ -61,19 +61,43 @@ def normalize_word(word: str, lowercase: bool = True) -> str:
     Unicode-aware lowercasing (``str.lower``) and canonical composition (NFC: "cafe" + U+0301,
     as macOS file names and some PDF extractors write it, is the "café" of other text), then
     punctuation, symbols, invisible format characters and whitespace (Unicode categories P*, S* and
-    Cf except U+FFFD, and ``str.isspace``) stripped from both ends: "\ufeffhello" of two files
-    joined with their byte-order marks is "hello". A word made only of them keeps its (lowercased)
+    Cf except U+FFFD, and ``str.isspace``) stripped from both ends, each with the combining marks
+    that follow it (M*: "(x)" + U+0301 is "x"): "\ufeffhello" of two files joined with their
+    byte-order marks is "hello". A word made only of them keeps its (lowercased)
     form less the whitespace around it, so "," and "..." stay words of their own rather than
     collapsing into "". Whitespace never ends a normalized word, so normalizing twice changes
     nothing.
     """
     word = composed(word.lower() if lowercase else word)
+    start, end = _stripped_span(word, _is_stripped_from_word_ends)
+    if start < end:
+        return word[start:end]
+    start, end = _stripped_span(word, str.isspace)
+    return word[start:end]
+
+
+def _stripped_span(word: str, stripped) -> tuple[int, int]:
+    """Bounds of ``word`` less the characters ``stripped`` accepts at its ends, each taken with
+    the combining marks after it (a variation selector, as in the emoji "\u2764\ufe0f", or an
+    accent: left behind, every such emoji was the one word "\ufe0f")."""
     start, end = 0, len(word)
-    while start < end and _is_stripped_from_word_ends(word[start]):
+    while start < end and stripped(word[start]):
         start += 1
-    while end > start and _is_stripped_from_word_ends(word[end - 1]):
-        end -= 1
-    return word[start:end] if start < end else word.strip()
+        while start < end and _is_mark(word[start]):
+            start += 1
+    while end > start:
+        before_marks = end
+        while before_marks > start and _is_mark(word[before_marks - 1]):
+            before_marks -= 1
+        if before_marks == start or not stripped(word[before_marks - 1]):
+            break
+        end = before_marks - 1
+    return start, end
+
+
+def _is_mark(ch: str) -> bool:
+    """A combining mark (Unicode categories M*): variation selectors, accents, enclosing keycaps."""
+    return unicodedata.category(ch)[0] == "M"
 
 
 def has_letter(word: str) -> bool:

@@ -1629,6 +1629,17 @@ def test_a_file_read_as_text_that_holds_json_lines_is_warned_of(tmp_path):
         count_words(plain, progress=False)
 
 
+def test_emoji_with_a_variation_selector_are_counted_apart(tmp_path):
+    """Every emoji written with U+FE0F was the one word U+FE0F (the symbol stripped, its selector left)."""
+    text = "I \u2764\ufe0f NY \u2714\ufe0f done \u00a9\ufe0f 2024 \u263a\ufe0f \u2764\ufe0f (x)\u0301\n"
+    (tmp_path / "emoji.txt").write_text(text * 3, encoding="utf-8")
+    for corpus in ([text] * 3, tmp_path / "emoji.txt"):
+        counts = count_words(corpus, progress=False)
+        assert counts["\u2764\ufe0f"] == 6 and counts["\u2714\ufe0f"] == 3 and counts["x"] == 3
+        assert "\ufe0f" not in counts
+        assert dict(counts.counts) == dict(reference.count_words([text] * 3))
+
+
 def test_word_counts_read_as_a_mapping_give_their_counts(tmp_path):
     """Counter(counts) counted each word once (it iterated the words alone), dict(counts) failed or
     paired letters, and code taking a mapping's items() could not read them."""

@@ -44,6 +44,14 @@ def test_reference_needs_no_extension_or_torch():
         ("(\u2009x", "x"),
         ("\u00a0%", "%"),  # a word of punctuation keeps it, less the whitespace around it
         ("( - )", "( - )"),
+        # A stripped symbol goes with the marks after it: emoji with a variation selector were
+        # all the one word U+FE0F.
+        ("\u2764\ufe0f", "\u2764\ufe0f"),
+        ("\u2714\ufe0f,", "\u2714\ufe0f,"),  # symbols alone: kept whole, as "%," is
+        ("(x)\u0301", "x"),
+        ("\u2764\ufe0fhello", "hello"),
+        ("1\ufe0f\u20e3", "1\ufe0f\u20e3"),  # a keycap: the marks follow a digit, which stays
+        ("\ufe0fx", "\ufe0fx"),  # marks after no stripped character stay
     ],
 )
 def test_normalize_word(raw, expected):
@@ -58,7 +66,8 @@ def test_normalize_word_is_a_fixed_point_and_ignores_how_accents_are_written(see
 
     rng = random.Random(seed)
     alphabet = ["a", "e", "I", "İ", "Σ", "ς", "ß", "\u212a", "\u212b", "\u0301", "\u0308", "\u0327", "é", "Å", ".", ",",
-                "“", "-", "\ufeff", "\u200b", "😀", "%", " ", "\u00a0", "\u2009"]
+                "“", "-", "\ufeff", "\u200b", "😀", "%", " ", "\u00a0", "\u2009", "\ufe0f",
+                "\u20e3", "\u2764", "1"]
     for _ in range(3000):
         word = "".join(rng.choice(alphabet) for _ in range(rng.randrange(1, 8)))
         for lowercase in (True, False):
