@@ -38,6 +38,7 @@ import stat
 import struct
 import threading
 import types
+import warnings
 import zlib
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from pathlib import Path
@@ -50,6 +51,7 @@ from . import _wordtable as W
 from . import reference
 from ._checks import check_lowercase, first_unnormalized, shown_apart, whole_number
 from ._io import atomic_write_json, atomic_writer, refuse_special_input
+from .advice import DiffmaskWarning
 from .corpus import (
     BINARY_CHECK_BYTES,
     UTF8_BOM,
@@ -794,8 +796,9 @@ def count_words(
     - ``block_bytes``: bytes read at a time (memory use is a few blocks plus the tables).
 
     Counts equal ``reference.count_words(corpus.iter_documents(source))`` exactly. Raises
-    ``CorpusError`` for a missing path, a directory without text files, a binary file, a bad
-    JSON-lines record, or a corpus with no documents or no words.
+    ``CorpusError`` for a missing path, a directory without text files, a binary file (a NUL
+    byte in its first ``BINARY_CHECK_BYTES``; words holding one further on are warned of), a
+    bad JSON-lines record, or a corpus with no documents or no words.
     """
     check_lowercase(lowercase)  # before the count, which can take hours
     if scheduler is not None:
@@ -844,7 +847,21 @@ def _result(table: CountTable, documents: int, lowercase: bool) -> "WordCounts":
         raise CorpusError("the corpus is empty: it has no documents")
     if not len(table):
         raise CorpusError(f"the corpus has no words: its {documents} document(s) are blank")
+    _warn_of_nul_bytes(table)
     return WordCounts(table, documents, lowercase)
+
+
+def _warn_of_nul_bytes(table: CountTable) -> None:
+    """Warn where counted words hold NUL bytes, which text has not: binary data past the head of
+    a file (``BINARY_CHECK_BYTES``, the part read for the binary check), or texts read wrongly.
+    One pass over the distinct words' bytes, not the corpus's."""
+    if not np.any(table.blob == 0):
+        return
+    rows = np.flatnonzero(np.add.reduceat(table.blob == 0, table.offsets[:-1]))  # words are never empty
+    example = table.word(int(rows[0]))
+    warnings.warn(f"{len(rows):,} distinct counted word(s) hold NUL bytes (e.g. {example[:40]!r}), which text has "
+                  f"not: the corpus holds binary data (a file is checked for it in its first {BINARY_CHECK_BYTES:,} "
+                  "bytes only)", DiffmaskWarning, stacklevel=3)
 
 
 def merge_counts(parts: Iterable["WordCounts"]) -> "WordCounts":

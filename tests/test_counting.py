@@ -1640,6 +1640,22 @@ def test_emoji_with_a_variation_selector_are_counted_apart(tmp_path):
         assert dict(counts.counts) == dict(reference.count_words([text] * 3))
 
 
+def test_nul_bytes_past_the_checked_head_are_warned_of(tmp_path):
+    """Binary data after a file's first 8 KiB was counted as words without a word said."""
+    from diffmask_fast.corpus import BINARY_CHECK_BYTES
+
+    path = tmp_path / "late.txt"
+    path.write_bytes(b"enzyme binds\n" * (BINARY_CHECK_BYTES // 10) + b"blob\x00data more\x00\x01 words\n")
+    for corpus in (path, [path.read_text()]):
+        with pytest.warns(DiffmaskWarning, match=r"2 distinct counted word\(s\) hold NUL bytes \(e\.g\. 'blob\\x00data'\)"
+                                                 r".*first 8,192 bytes only"):
+            counts = count_words(corpus, progress=False)
+        assert counts["blob\x00data"] == 1 and counts["enzyme"] == BINARY_CHECK_BYTES // 10
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        count_words(["enzyme binds"] * 3, progress=False)
+
+
 def test_word_counts_read_as_a_mapping_give_their_counts(tmp_path):
     """Counter(counts) counted each word once (it iterated the words alone), dict(counts) failed or
     paired letters, and code taking a mapping's items() could not read them."""
