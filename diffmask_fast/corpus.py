@@ -162,7 +162,7 @@ def _directory_files(folder: Path, suffixes: tuple[str, ...]) -> list[Path]:
     _scan_folder(folder, suffixes, scan, set())
     if not scan.files:
         raise CorpusError(f"directory {str(folder)!r} holds no text files (looked for {', '.join(suffixes)})"
-                          + _jsonl_hint(scan.skipped, suffixes))
+                          + (_jsonl_hint(scan.skipped, suffixes) or _json_hint(scan.skipped)))
     _warn_skipped(f"directory {str(folder)!r}", scan, suffixes)
     return sorted(scan.files)
 
@@ -208,6 +208,14 @@ def _jsonl_hint(skipped: list[Path], suffixes: tuple[str, ...]) -> str:
     """A hint, when a folder read for text files holds JSON lines, that a text field reads them."""
     if suffixes == TEXT_SUFFIXES and any(p.name.lower().endswith(DIRECTORY_JSONL_SUFFIXES) for p in skipped):
         return "; JSON lines are read from a directory with a text field (--text-field)"
+    return ""
+
+
+def _json_hint(skipped: list[Path]) -> str:
+    """How to read the .json files of a folder that holds nothing else to read."""
+    if any(p.name.lower().endswith((".json", ".json.gz")) for p in skipped):
+        return ("; .json files are not read from a directory (they are as often one JSON document as JSON lines): "
+                "name them by a glob (folder/*.json) or rename them .jsonl")
     return ""
 
 

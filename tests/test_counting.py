@@ -487,6 +487,14 @@ def test_a_directory_says_which_files_it_skipped(tmp_path, recwarn):
                                           r"directory with a text field \(--text-field\)"):
         count_words(only_json_lines, progress=False)
     assert count_words(only_json_lines, progress=False, text_field="text").total == 1
+    only_json = tmp_path / "json"  # as datasets' to_json names its JSON lines
+    only_json.mkdir()
+    (only_json / "train.json").write_text('{"text": "kinase binds"}\n')
+    for field in (None, "text"):
+        with pytest.raises(CorpusError, match=r"holds no .* \.json files are not read from a directory .*: name them by "
+                                              r"a glob \(folder/\*\.json\) or rename them \.jsonl"):
+            count_words(only_json, progress=False, text_field=field)
+    assert count_words(str(only_json / "*.json"), progress=False, text_field="text").total == 2
 
 
 def test_files_compressed_by_other_tools_than_gzip_are_named_as_such(tmp_path):
