@@ -121,7 +121,8 @@ class DifferenceMasker(torch.nn.Module):
     ``model.half()`` leaves the score table float32); each call uses the seed in the
     ``seed_state`` buffer and then adds one to it in place, so steps draw fresh masks without a
     host round trip and a given ``seed`` reproduces a run (per distributed rank, as the
-    collator's seed). The state dict holds the calls made (``calls_made``) and the coverage
+    collator's seed). Without one the root seed is drawn from the global torch RNG, and
+    ``MaskingTrainer`` roots it at ``TrainingArguments.seed`` so that runs repeat. The state dict holds the calls made (``calls_made``) and the coverage
     counters, not the seed: loaded in any rank, it carries on that rank's own stream. Options
     assigned to ``masker.collator`` later (``scores``, ``tokenizer``) reach the device tables at
     the next uncompiled call or ``warm``; a new score table knows no word until ``warm``.
@@ -165,6 +166,7 @@ class DifferenceMasker(torch.nn.Module):
         # Without a seed, the root comes from the global torch RNG, which set_seed makes equal on
         # every rank: the rank is mixed in either way.
         self._root_seed = int(seed) if seed is not None else int(torch.randint(0, 2**62, ()))
+        self._seed_given = seed is not None  # see follow_run_seed
         self._rank = distributed_rank()
         self.register_buffer("seed_state", torch.tensor([_base_seed(self._root_seed, self._rank)], dtype=torch.int64),
                              persistent=False)
@@ -214,6 +216,15 @@ class DifferenceMasker(torch.nn.Module):
         rank = distributed_rank(self._rank)
         if rank != self._rank:
             self._rank = rank
+            self._reseed()
+
+    def follow_run_seed(self, seed: int) -> None:
+        """Root a masker built without a seed at the run's ``seed`` (``MaskingTrainer`` calls this
+        with ``TrainingArguments.seed``): its root came from the global torch RNG when it was
+        built, before ``Trainer`` seeded that RNG, so its masks differed from run to run. A
+        masker given a seed keeps it."""
+        if not getattr(self, "_seed_given", True):  # a masker pickled before it had the flag keeps its root
+            self._root_seed = int(seed)
             self._reseed()
 
     def resume_at(self, step: int, calls_per_step: int = 1, calls_made: int | None = None) -> None:

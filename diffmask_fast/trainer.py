@@ -123,6 +123,8 @@ class MaskingTrainer(Trainer):
         self.masker = masker.to(self.args.device) if masker is not None else None
         if hasattr(self.masker, "follow_rank"):  # the process group may have started after the masker
             self.masker.follow_rank()
+        if hasattr(self.masker, "follow_run_seed"):  # a masker without a seed repeats as the run does
+            self.masker.follow_run_seed(self.args.seed)
         self.mask_eval = mask_eval
         self._logits_discarded = False  # set while an evaluation keeps the loss only
         self._loss_tally: _LossTally | None = None  # set while an evaluation runs

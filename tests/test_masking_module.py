@@ -455,6 +455,33 @@ def test_a_resumed_run_masks_as_the_uninterrupted_one_would(tiny_bert_mlm, bert_
     assert run(tmp_path / "parts", steps[1], resume=True) == calls[1]
 
 
+def test_a_masker_without_a_seed_repeats_as_the_trainer_s_run_does(tiny_bert_mlm, bert_wordpiece, lines, tmp_path):
+    """Its root seed came from the unseeded global RNG when it was built, before Trainer's
+    set_seed: its masks differed from run to run although the collator's repeated."""
+    import copy
+
+    from transformers import TrainingArguments
+
+    tokenizer = bert_wordpiece
+    scores = score_table(tokenizer, lines)
+    train = [{"input_ids": tokenizer(t, truncation=True, max_length=32)["input_ids"]} for t in lines[:8]]
+
+    def masks(run_seed, masker_seed=None):
+        torch.manual_seed(random.randrange(2**31))  # whatever the RNG held before the run
+        masker = DifferenceMasker(tokenizer, scores, seed=masker_seed)
+        masker.warm(train)
+        args = TrainingArguments(output_dir=str(tmp_path / "out"), max_steps=2, per_device_train_batch_size=4,
+                                 report_to=[], use_cpu=True, seed=run_seed, save_strategy="no")
+        DifferenceMaskingTrainer(model=copy.deepcopy(tiny_bert_mlm), args=args, train_dataset=train, masker=masker)
+        return [masker(*padded(tokenizer, lines[:4]))[1] for _ in range(2)]
+
+    first, again, other = masks(7), masks(7), masks(8)
+    assert all(torch.equal(a, b) for a, b in zip(first, again))
+    assert not all(torch.equal(a, b) for a, b in zip(first, other))
+    given = masks(7, masker_seed=3)  # a masker given a seed keeps it
+    assert all(torch.equal(a, b) for a, b in zip(given, masks(8, masker_seed=3)))
+
+
 def test_trainer_drops_a_class_label_column_before_masking(tiny_bert_mlm, bert_wordpiece, lines, tmp_path):
     from transformers import TrainingArguments
 
