@@ -1097,3 +1097,51 @@ def test_mask_examples_refuses_a_batch_size_that_is_none(bert_wordpiece, batch_s
     with pytest.raises(error, match=f"batch_size must be {problem}, got {re.escape(repr(batch_size))}"):
         strategy.mask_examples(examples, seed=0, batch_size=batch_size)
     assert len(strategy.mask_examples(examples, seed=0, batch_size=np.int64(1))) == 2
+
+
+def _every_collator(tokenizer, lines, seed, **options):
+    """One collator of each strategy over ``tokenizer``, seeded, with ``options``."""
+    words = frequent_words(lines, 12)
+    table = ScoreTable.from_mapping({w: (i % 5) / 5 for i, w in enumerate(words)})
+    return {"difference": DifferenceMaskingCollator(tokenizer, table, seed=seed, **options),
+            "random-token": RandomTokenCollator(tokenizer, seed=seed, **options),
+            "random-word": RandomWordCollator(tokenizer, seed=seed, **options),
+            "terms": TermMaskingCollator(tokenizer, words[:4], seed=seed, **options),
+            "mslm": MSLMCollator(tokenizer, words[:4], seed=seed, **options)}
+
+
+def test_every_collator_s_pinned_draws_leave_its_training_stream_where_it_was(bert_wordpiece, corpus, seed):
+    """MaskingTrainer evaluates inside pinned_generator: were the training streams reset on the
+    way out, every evaluation would restart the training masks from the first step."""
+    examples = encode(bert_wordpiece, sample_lines(corpus, seed, 6))
+    undisturbed = _every_collator(bert_wordpiece, corpus, seed)
+    pinned = _every_collator(bert_wordpiece, corpus, seed)
+    for name, collator in pinned.items():
+        first = undisturbed[name](examples)["labels"]
+        second = undisturbed[name](examples)["labels"]
+        assert torch.equal(collator(examples)["labels"], first)
+        with collator.pinned_generator(99):
+            inside = collator(examples)["labels"]
+        with collator.pinned_generator(99):
+            assert torch.equal(collator(examples)["labels"], inside), name
+        assert torch.equal(collator(examples)["labels"], second), name
+        assert not torch.equal(second, first), name
+
+
+def test_every_collator_s_pinned_draws_per_process_differ_by_rank(bert_wordpiece, corpus, seed, monkeypatch):
+    """Ranks evaluating different batches with one stream would mask them at the same positions."""
+    examples = encode(bert_wordpiece, sample_lines(corpus, seed, 6))
+
+    def pinned_labels(rank, per_process):
+        monkeypatch.setenv("RANK", str(rank))
+        labels = {}
+        for name, collator in _every_collator(bert_wordpiece, corpus, seed).items():
+            with collator.pinned_generator(5, per_process=per_process):
+                labels[name] = collator(examples)["labels"]
+        return labels
+
+    for per_process in (True, False):
+        zero, one, zero_again = pinned_labels(0, per_process), pinned_labels(1, per_process), pinned_labels(0, per_process)
+        for name in zero:
+            assert torch.equal(zero[name], zero_again[name]), name
+            assert torch.equal(zero[name], one[name]) != per_process, (name, per_process)
