@@ -380,6 +380,22 @@ def test_from_collator_keeps_options_and_known_words(bert_wordpiece, lines):
     assert masker.coverage()["missed"] == 0
 
 
+def test_from_collator_masks_as_a_masker_built_with_the_same_options(bert_wordpiece, lines, seed):
+    table = score_table(bert_wordpiece, lines)
+    options = dict(mlm_probability=0.35, weighting="rank", uniform_mix=0.3, mask_replace_prob=0.6,
+                   random_replace_prob=0.3, seed=seed % 1000, word_boundary="wordpiece")
+    ids, attention = padded(bert_wordpiece, lines[:16])
+    made = DifferenceMasker.from_collator(DifferenceMaskingCollator(bert_wordpiece, table, **options))
+    built = DifferenceMasker(bert_wordpiece, table, **options)
+    for name, value in options.items():
+        assert getattr(made.collator, name) == value == getattr(built.collator, name), name
+    for masker in (made, built):
+        masker.warm({"input_ids": ids, "attention_mask": attention})
+    for _ in range(3):
+        got, expected = made(ids, attention), built(ids, attention)
+        assert all(torch.equal(a, b) for a, b in zip(got, expected)), f"seed={seed}"
+
+
 def test_trainer_masks_in_the_training_step(tiny_bert_mlm, bert_wordpiece, lines, tmp_path):
     from transformers import TrainingArguments
 
