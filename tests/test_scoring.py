@@ -1,5 +1,6 @@
 """WordEmbedder poolings against direct model calls; WordScorer against the reference similarity."""
 
+import copy
 import json
 import math
 import random
@@ -1460,3 +1461,21 @@ def test_contextual_anchors_take_numpy_arrays_and_refuse_other_types():
     for bad in ({"vectors": vectors.tolist()}, {"anchor_ids": [0, 1, 1]}):
         with pytest.raises(TypeError, match=f"{next(iter(bad))} must be a tensor \\(or numpy array\\), got list"):
             ContextualAnchors(**{"words": words, "vectors": vectors, "anchor_ids": ids, **bad})
+
+
+def test_negative_similarities_are_kept_not_clipped_at_zero(tiny_bert):
+    """A word opposite every anchor scores -1, below a word orthogonal to them (rank weighting and
+    domain_terms(min_score < 0) tell them apart); scores stay the reference's cosines."""
+    model, tokenizer = tiny_bert
+    model = copy.deepcopy(model)
+    ids = {word: tokenizer.convert_tokens_to_ids(word) for word in ("water", "cell", "blood")}
+    weight = model.get_input_embeddings().weight
+    with torch.no_grad():
+        weight[ids["cell"]] = -2.0 * weight[ids["water"]]
+    embedder = WordEmbedder(model, tokenizer, pooling="input_embeddings", progress=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DiffmaskWarning)
+        table = WordScorer(embedder, ["water"]).score(["cell", "blood", "water"])
+    assert table.score("cell") == pytest.approx(-1.0, abs=1e-6)
+    vectors = embedder.embed(["water", "blood"]).numpy()
+    assert table.score("blood") == pytest.approx(reference.cosine(vectors[1], vectors[0]), abs=1e-6)

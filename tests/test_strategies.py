@@ -1145,3 +1145,22 @@ def test_every_collator_s_pinned_draws_per_process_differ_by_rank(bert_wordpiece
         for name in zero:
             assert torch.equal(zero[name], zero_again[name]), name
             assert torch.equal(zero[name], one[name]) != per_process, (name, per_process)
+
+
+def test_random_replacements_are_uniform_over_every_allowed_id(seed):
+    """The Python replacement behind random-token, random-word, terms and MSLM masking: each allowed
+    id, the last included, equally often (the C++ op's own is checked in test_sampling_statistics)."""
+    from types import SimpleNamespace
+
+    from diffmask_fast.masking_base import replace_selected
+
+    allowed = torch.tensor([5, 9, 11, 12, 20, 21, 30, 31, 40, 47])
+    boundaries = SimpleNamespace(random_token_ids=allowed, mask_token_id=3)
+    ids = torch.full((200, 100), 7)
+    masked, labels = replace_selected(ids, torch.ones_like(ids, dtype=torch.bool), boundaries, 0.0, 1.0,
+                                      torch.Generator().manual_seed(seed))
+    assert torch.equal(labels, ids)
+    counts = torch.bincount(masked.flatten(), minlength=48)[allowed]
+    assert int(counts.sum()) == ids.numel()
+    for count in counts.tolist():  # each ~ Binomial(20000, 1/10)
+        assert binomial_p_value(count, ids.numel(), 0.1) > 1e-6, (counts.tolist(), f"seed={seed}")
