@@ -666,3 +666,17 @@ def test_a_seed_assigned_after_construction_restarts_the_stream_from_it(bert_wor
     changed(examples[:8])
     changed.seed = seed + 1
     _same_batches(changed(examples), DifferenceMaskingCollator(bert_wordpiece, table, seed=seed + 1)(examples))
+
+
+def test_a_cased_score_table_tells_capitals_apart(roberta_byte_bpe, seed):
+    """A table that keeps case (lowercase=False) scores "The" and "the" apart; no collator test
+    used one, so looking words up lowercased would have passed."""
+    table = ScoreTable.from_mapping({"The": 1.0, "the": 0.0, "cat": 0.0, "sat": 0.0, "on": 0.0, "mat": 0.0},
+                                    lowercase=False)
+    collator = DifferenceMaskingCollator(roberta_byte_bpe, table, mlm_probability=1 / 6, seed=seed % 1000)
+    ids = roberta_byte_bpe("The cat sat on the mat")["input_ids"]
+    labels = collator([ids] * 200)["labels"]
+    tokens = roberta_byte_bpe.convert_ids_to_tokens(ids)
+    capital, lower = tokens.index("The"), tokens.index("\u0120the")
+    assert (labels[:, capital] != -100).all(), "the only positive word, within a budget of one word"
+    assert (labels != -100).sum() == 200 and (labels[:, lower] == -100).all()
