@@ -186,6 +186,20 @@ def _check_ivf_args(queries, probes, vectors, offsets, ids=None) -> None:
     _check_devices(op, queries=queries, probes=probes, vectors=vectors, offsets=offsets)
 
 
+def _check_ids_increase_within_lists(ids: torch.Tensor, offsets: torch.Tensor) -> None:
+    """Refuse ``ids`` that do not increase within a list: ties inside a list go to the first
+    vector, which is the smallest id only so (it was a silently different answer)."""
+    if ids.numel() < 2:
+        return
+    falls = torch.nonzero(ids[1:] <= ids[:-1]).flatten() + 1  # positions whose id is not above the one before
+    list_starts = offsets[(offsets > 0) & (offsets < ids.numel())]
+    falls = falls[~torch.isin(falls, list_starts)]
+    if falls.numel():
+        m = int(falls[0])
+        raise ValueError(f"ivf_max_dot: ids must increase within every list, got ids[{m - 1}] = {int(ids[m - 1])} "
+                         f"then ids[{m}] = {int(ids[m])} in one list")
+
+
 def _check_sampling_args(weights: torch.Tensor, counts: torch.Tensor) -> None:
     op = "sample_without_replacement"
     _check_tensor(op, "weights", weights)
@@ -532,6 +546,8 @@ def ivf_max_dot(queries: torch.Tensor, probes: torch.Tensor, vectors: torch.Tens
     one query at a time.
     """
     _check_ivf_args(queries, probes, vectors, offsets, ids)
+    if ids is not None and not torch.compiler.is_compiling():  # data-dependent: no traced graph takes it
+        _check_ids_increase_within_lists(ids, offsets)
     return _ops.ivf_max_dot(queries.detach(), probes, vectors.detach(), offsets, ids)
 
 
@@ -641,7 +657,9 @@ def score_table_lookup(
     _check_lookup_args(keys, values, queries)
     default_value = float(default_value)
     _check_float32_value("score_table_lookup", "default_value", default_value)
-    return _ops.score_table_lookup(keys, values, queries, default_value)
+    # No gradient flows through a look-up: detached, as the other ops' inputs (else autograd's
+    # fallback marked the result as needing one and backward left the values' grad None).
+    return _ops.score_table_lookup(keys, values.detach(), queries, default_value)
 
 
 def _next_power_of_two(n: int) -> int:

@@ -582,6 +582,11 @@ def ivf_max_dot(queries, probes, vectors, offsets, ids=None) -> tuple[np.ndarray
     id reaching it); (-inf, -1) when those lists hold no vector or only NaN products."""
     queries = np.asarray(queries, dtype=np.float64)
     vectors = np.asarray(vectors, dtype=np.float64)
+    if ids is not None:
+        for lst in range(len(offsets) - 1):
+            inside = [int(ids[m]) for m in range(int(offsets[lst]), int(offsets[lst + 1]))]
+            if any(later <= earlier for earlier, later in zip(inside, inside[1:])):
+                raise ValueError(f"ids must increase within every list; list {lst} holds {inside}")
     rank = (lambda m: m) if ids is None else (lambda m: (int(ids[m]), m))
     values = np.full(len(queries), -math.inf)
     positions = np.full(len(queries), -1, dtype=np.int64)

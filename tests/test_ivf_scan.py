@@ -134,6 +134,17 @@ def test_given_ids_ties_between_lists_go_to_the_smallest_id(seed):
         ops.ivf_max_dot(queries, probes, vectors, offsets, ids[:3])
     with pytest.raises(TypeError, match="ids"):
         ops.ivf_max_dot(queries, probes, vectors, offsets, ids.int())
+    # Within a list a tie goes to the first vector: the smallest id only where ids increase there.
+    falling = ids.clone()
+    falling[4], falling[5] = 2, 1  # list [3, 9) holds 0, 2, 1, ...
+    with pytest.raises(ValueError, match=r"ids must increase within every list, got ids\[4\] = 2 then ids\[5\] = 1"):
+        ops.ivf_max_dot(queries, probes, vectors, offsets, falling)
+    with pytest.raises(ValueError, match=r"ids must increase within every list; list 1 holds \[0, 2, 1, 3, 4, 5\]"):
+        reference.ivf_max_dot(queries.numpy(), probes.numpy(), vectors.numpy(), offsets.numpy(), falling.numpy())
+    equal = ids.clone()
+    equal[10] = 0  # list [9, 11) holds 0, 0
+    with pytest.raises(ValueError, match=r"ids\[9\] = 0 then ids\[10\] = 0"):
+        ops.ivf_max_dot(queries, probes, vectors, offsets, equal)
 
 
 def test_empty_inputs_and_lists():

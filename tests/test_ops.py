@@ -1407,3 +1407,15 @@ def test_a_score_beyond_float32_is_named_as_such():
     """1e39 is finite, but float32's infinity: "scores must be finite" contradicted the input."""
     with pytest.raises(ValueError, match=r"finite float32 values \(\|score\| <= 3.4e38\)"):
         ops.ScoreHashTable().insert([9], [1e39])
+
+
+def test_no_op_result_asks_for_a_gradient_it_would_not_get():
+    """score_table_lookup of values that require grad gave a result that did too; backward then
+    left the values' grad None with a warning only. Every op's result is detached."""
+    keys, values = torch.zeros(8, dtype=torch.long), torch.zeros(8)
+    ops.score_table_insert(keys, values, torch.tensor([7]), torch.tensor([0.5]))
+    found_values, found = ops.score_table_lookup(keys, values.clone().requires_grad_(True), torch.tensor([7, 3]))
+    assert found_values.tolist() == [0.5, 0.0] and found.tolist() == [True, False]
+    assert not found_values.requires_grad
+    embeddings, anchors = torch.randn(4, 8, requires_grad=True), torch.randn(3, 8, requires_grad=True)
+    assert not any(t.requires_grad for t in ops.max_anchor_similarity(embeddings, anchors))
