@@ -122,8 +122,9 @@ class DifferenceMasker(torch.nn.Module):
     ``seed_state`` buffer and then adds one to it in place, so steps draw fresh masks without a
     host round trip and a given ``seed`` reproduces a run (per distributed rank, as the
     collator's seed). Without one the root seed is drawn from the global torch RNG, and
-    ``MaskingTrainer`` roots it at ``TrainingArguments.seed`` so that runs repeat. The state dict holds the calls made (``calls_made``) and the coverage
-    counters, not the seed: loaded in any rank, it carries on that rank's own stream. Options
+    ``MaskingTrainer`` roots it at ``TrainingArguments.seed`` so that runs repeat. The state dict
+    holds the calls made (``calls_made``) and the coverage counters, not the seed: loaded in any
+    rank, it carries on that rank's own stream. Options
     assigned to ``masker.collator`` later (``scores``, ``tokenizer``) reach the device tables at
     the next uncompiled call or ``warm``; a new score table knows no word until ``warm``.
 

@@ -20,10 +20,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from diffmask_fast import DiffmaskWarning, _wordtable, corpus, counting, reference
+from diffmask_fast import DiffmaskWarning, _wordtable, counting, reference
 from diffmask_fast.anchors import mine_anchors
 from diffmask_fast.cli import main
-from diffmask_fast.corpus import UTF8_BOM, CorpusError, iter_documents
+from diffmask_fast.corpus import _FOLDERS_WARNED_OF_JSON_LINES, UTF8_BOM, CorpusError, iter_documents
 from diffmask_fast.counting import CountTable, WordCounts, count_words
 from diffmask_fast.dask_counting import count_partition, merge_partials, plan_partitions, range_start
 from diffmask_fast.general import GeneralFrequencies
@@ -491,8 +491,8 @@ def test_a_directory_says_which_files_it_skipped(tmp_path, recwarn):
     only_json.mkdir()
     (only_json / "train.json").write_text('{"text": "kinase binds"}\n')
     for field in (None, "text"):
-        with pytest.raises(CorpusError, match=r"holds no .* \.json files are not read from a directory .*: name them by "
-                                              r"a glob \(folder/\*\.json\) or rename them \.jsonl"):
+        with pytest.raises(CorpusError, match=r"holds no .* \.json files are not read from a directory .*: "
+                                              r"name them by a glob \(folder/\*\.json\) or rename them \.jsonl"):
             count_words(only_json, progress=False, text_field=field)
     assert count_words(str(only_json / "*.json"), progress=False, text_field="text").total == 2
 
@@ -1625,7 +1625,7 @@ def test_a_file_read_as_text_that_holds_json_lines_is_warned_of(tmp_path):
     path = tmp_path / "train.txt"
     path.write_text("".join(json.dumps({"text": f"the enzyme {i} binds", "label": "a"}) + "\n" for i in range(20)))
     for read in (lambda: count_words(path, progress=False), lambda: list(iter_documents(path))):
-        corpus._FOLDERS_WARNED_OF_JSON_LINES.clear()
+        _FOLDERS_WARNED_OF_JSON_LINES.clear()
         with pytest.warns(DiffmaskWarning, match=r"'.*train.txt' looks like JSON lines \(fields 'text', 'label'\) but "
                                                  r"is read as text.* name it \.jsonl, or give its text field"):
             read()
@@ -1655,8 +1655,8 @@ def test_nul_bytes_past_the_checked_head_are_warned_of(tmp_path):
     path = tmp_path / "late.txt"
     path.write_bytes(b"enzyme binds\n" * (BINARY_CHECK_BYTES // 10) + b"blob\x00data more\x00\x01 words\n")
     for corpus in (path, [path.read_text()]):
-        with pytest.warns(DiffmaskWarning, match=r"2 distinct counted word\(s\) hold NUL bytes \(e\.g\. 'blob\\x00data'\)"
-                                                 r".*first 8,192 bytes only"):
+        with pytest.warns(DiffmaskWarning, match=r"2 distinct counted word\(s\) hold NUL bytes "
+                                                 r"\(e\.g\. 'blob\\x00data'\).*first 8,192 bytes only"):
             counts = count_words(corpus, progress=False)
         assert counts["blob\x00data"] == 1 and counts["enzyme"] == BINARY_CHECK_BYTES // 10
     with warnings.catch_warnings():
@@ -1688,7 +1688,7 @@ def test_a_folder_of_json_lines_read_as_text_warns_once(tmp_path):
         (tmp_path / f"part{i:02}.txt").write_text(json.dumps({"text": "the enzyme binds"}) + "\n")
     (tmp_path / "other").mkdir()
     (tmp_path / "other" / "more.txt").write_text(json.dumps({"text": "a kinase"}) + "\n")
-    corpus._FOLDERS_WARNED_OF_JSON_LINES.clear()
+    _FOLDERS_WARNED_OF_JSON_LINES.clear()
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         assert count_words(tmp_path, progress=False)["enzyme"] == 30

@@ -1141,7 +1141,8 @@ def test_every_collator_s_pinned_draws_per_process_differ_by_rank(bert_wordpiece
         return labels
 
     for per_process in (True, False):
-        zero, one, zero_again = pinned_labels(0, per_process), pinned_labels(1, per_process), pinned_labels(0, per_process)
+        zero, one = pinned_labels(0, per_process), pinned_labels(1, per_process)
+        zero_again = pinned_labels(0, per_process)
         for name in zero:
             assert torch.equal(zero[name], zero_again[name]), name
             assert torch.equal(zero[name], one[name]) != per_process, (name, per_process)
