@@ -601,33 +601,31 @@ def test_a_score_table_or_tokenizer_given_to_the_masker_s_collator_reaches_the_d
         if tokenizer is not bert_wordpiece:
             masker.collator.tokenizer, masker.collator.scores = tokenizer, table
             ids, attention = padded(tokenizer, lines[:24])
-        fresh = DifferenceMasker(tokenizer, table, seed=seed)
-        for each in (masker, fresh):
-            each.warm({"input_ids": ids, "attention_mask": attention})
-            each.seed_state.fill_(seed + 7)
-        expected_ids, expected_labels = fresh(ids, attention)
-        got_ids, got_labels = masker(ids, attention)
-        assert torch.equal(got_ids, expected_ids) and torch.equal(got_labels, expected_labels), f"seed={seed}"
+        assert_masks_alike(masker, DifferenceMasker(tokenizer, table, seed=seed), ids, attention, seed + 7)
 
 
 def test_options_given_to_the_masker_s_collator_are_followed(bert_wordpiece, lines, seed):
-    """``masker.collator.weighting = "uniform"`` was accepted, but the masker kept the weighting it
+    """``masker.collator.weighting = "rank"`` was accepted, but the masker kept the weighting it
     was built with."""
     ids, attention = padded(bert_wordpiece, lines[:24])
     table = score_table(bert_wordpiece, lines, seed)
     options = dict(weighting="rank", uniform_mix=0.3, mlm_probability=0.4, mask_replace_prob=0.5,
                    random_replace_prob=0.25)
     masker = DifferenceMasker(bert_wordpiece, table, seed=seed)
-    fresh = DifferenceMasker(bert_wordpiece, table, seed=seed, **options)
     for name, value in options.items():
         setattr(masker.collator, name, value)
-    for each in (masker, fresh):
-        each.warm({"input_ids": ids, "attention_mask": attention})
-        each.seed_state.fill_(seed + 3)
-    expected_ids, expected_labels = fresh(ids, attention)
-    got_ids, got_labels = masker(ids, attention)
-    assert torch.equal(got_ids, expected_ids) and torch.equal(got_labels, expected_labels), f"seed={seed}"
+    assert_masks_alike(masker, DifferenceMasker(bert_wordpiece, table, seed=seed, **options), ids, attention, seed + 3)
     assert "weighting='rank'" in repr(masker)
+
+
+def assert_masks_alike(masker, expected, ids, attention, seed_state: int) -> None:
+    """``masker`` and ``expected``, warmed on the batch and set to one seed, mask it alike."""
+    for each in (masker, expected):
+        each.warm({"input_ids": ids, "attention_mask": attention})
+        each.seed_state.fill_(seed_state)
+    expected_ids, expected_labels = expected(ids, attention)
+    got_ids, got_labels = masker(ids, attention)
+    assert torch.equal(got_ids, expected_ids) and torch.equal(got_labels, expected_labels), f"seed={seed_state}"
 
 
 def test_a_masker_never_warmed_says_so_once(bert_wordpiece, lines):
