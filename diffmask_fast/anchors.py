@@ -204,9 +204,10 @@ def mine_anchors(
     if min_count is None:
         min_count = reference.default_min_count(total)
     # reference.select_anchors, over the words that pass its count filter only.
+    frequent = counts.at_least(min_count)
     scored = [
         (word, reference.tf_icf(count, total, general.count(word), general.total, smoothing_per_million))
-        for word, count in counts.at_least(min_count)
+        for word, count in frequent
         if reference.has_letter(word)
     ]
     scored.sort(key=lambda item: (-item[1], item[0]))
@@ -231,13 +232,26 @@ def mine_anchors(
             f"{min_count} times (the corpus has {total:,} words); lower min_count or give a larger corpus"
         )
     if len(chosen) < k:
-        warnings.warn(f"only {len(chosen):,} words qualify as anchors ({k:,} asked for): the others lack a letter or "
-                      f"occur fewer than {min_count:,} times"
-                      + ("; a lower min_count admits more" if min_count > 1 else ""),
-                      DiffmaskWarning, stacklevel=2)
+        _warn_of_few_anchors(len(chosen), k, min_count, rare=len(counts) - len(frequent),
+                             letterless=len(frequent) - len(scored), broken=len(scored) - len(chosen))
     anchors = tuple(Anchor(w, s, counts[w], general.count(w)) for w, s in chosen)
     _warn_of_weak_anchors(anchors, len(scored))
     return Anchors(anchors, total, general.total, min_count, smoothing_per_million, general.source)
+
+
+def _warn_of_few_anchors(qualified: int, asked: int, min_count: int, rare: int, letterless: int, broken: int) -> None:
+    """Warn that fewer words than asked for qualify as anchors, naming what kept the others out
+    (every word was seen: the selection ran through all of them)."""
+    reasons = [f"{count:,} {one if count == 1 else many}"
+               for count, one, many in ((rare, f"occurs fewer than {min_count:,} times",
+                                         f"occur fewer than {min_count:,} times"),
+                                        (letterless, "has no letter", "have no letter"),
+                                        (broken, "is broken text", "are broken text"))
+               if count]
+    qualify = "word qualifies" if qualified == 1 else "words qualify"
+    why = f"of the others, {', '.join(reasons)}" if reasons else "the corpus has no other words"
+    warnings.warn(f"only {qualified:,} {qualify} as anchors ({asked:,} asked for): {why}"
+                  + ("; a lower min_count admits more" if rare else ""), DiffmaskWarning, stacklevel=3)
 
 
 def _refuse_uncomposed(words: list, lowercase: bool) -> None:

@@ -246,14 +246,18 @@ def test_words_of_broken_text_are_no_anchors_and_are_named_when_they_would_have_
 def test_fewer_qualifying_words_than_asked_for_are_warned_of():
     """The library returned fewer than k anchors without a word (the command line alone said so)."""
     general = GeneralFrequencies({"the": 1000, "enzyme": 1, "cell": 10}, total=10000)
-    counts = {"enzyme": 10, "receptor": 10, "kinase": 10, "the": 50, "cell": 10, "42": 30}
-    with pytest.warns(DiffmaskWarning, match=r"only 5 words qualify as anchors \(100 asked for\): the others lack "
-                                             r"a letter or occur fewer than 2 times; a lower min_count"):
+    counts = {"enzyme": 10, "receptor": 10, "kinase": 10, "the": 50, "cell": 10, "42": 30, "rare": 1, "odd": 1,
+              "caf\ufffd": 40}
+    with pytest.warns(DiffmaskWarning, match=r"only 5 words qualify as anchors \(100 asked for\): of the others, "
+                                             r"2 occur fewer than 2 times, 1 has no letter, 1 is broken text; "
+                                             r"a lower min_count admits more$"):
         assert len(mine_anchors(counts, general, k=100, min_count=2)) == 5
-    with pytest.warns(DiffmaskWarning, match=r"only 5 words .* fewer than 1 times$"):
-        mine_anchors(counts, general, k=6, min_count=1)
+    with pytest.warns(DiffmaskWarning, match=r"only 1 word qualifies as anchors \(9 asked for\): of the others, "
+                                             r"2 have no letter$"):
+        mine_anchors({"enzyme": 3, "42": 3, "%": 3}, general, k=9, min_count=1)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
+        del counts["caf\ufffd"]
         assert len(mine_anchors(counts, general, k=3, min_count=2)) == 3
 
 

@@ -272,7 +272,8 @@ def test_the_command_reaches_its_interrupt_handler_before_the_heavy_imports():
 def test_mine_and_preview_say_when_fewer_words_qualify_than_asked(tmp_path, capsys):
     corpus = tmp_path / "corpus.txt"
     corpus.write_text("enzyme binds the receptor\n" * 3)
-    said = "only 4 words qualify as anchors (50 asked for): the others lack a letter or occur fewer than 3 times; " \
+    corpus.write_text("enzyme binds the receptor\n" * 3 + "kinase\n")
+    said = "only 4 words qualify as anchors (50 asked for): of the others, 1 occurs fewer than 3 times; " \
            "a lower min_count admits more"
     with pytest.warns(DiffmaskWarning, match=re.escape(said)):
         assert main(["preview", str(corpus), "-k", "50", "--min-count", "3", "-n", "1", "--no-progress"]) == 0
@@ -806,9 +807,11 @@ def test_preview_refuses_mining_options_it_would_not_use(tmp_path, capsys):
 def test_mine_suggests_a_lower_min_count_only_when_there_is_one(tmp_path, capsys):
     corpus = tmp_path / "corpus.txt"
     corpus.write_text("kinase enzyme\nkinase enzyme\n")
-    with pytest.warns(DiffmaskWarning, match=r"\(5 asked for\): the others lack a letter or occur fewer than 1 times$"):
+    with pytest.warns(DiffmaskWarning, match=r"\(5 asked for\): the corpus has no other words$"):
         assert main(["mine", str(corpus), "-k", "5", "--min-count", "1", "--no-progress"]) == 0
-    with pytest.warns(DiffmaskWarning, match=r"\(5 asked for\): .* fewer than 2 times; a lower min_count admits more$"):
+    corpus.write_text("kinase enzyme\nkinase enzyme\nbinds\n")
+    with pytest.warns(DiffmaskWarning, match=r"\(5 asked for\): .* 1 occurs fewer than 2 times; a lower min_count "
+                                             r"admits more$"):
         assert main(["mine", str(corpus), "-k", "5", "--min-count", "2", "--no-progress"]) == 0
 
 
