@@ -100,24 +100,30 @@ def is_punctuation(character):
     return unicodedata.category(character)[0] in "PS" and character != "\ufffd"
 
 
+def punctuation_edge(word, step):
+    """The punctuation opening (``step`` 1) or closing (-1) a word; none for a word of punctuation
+    alone, which is a word of its own, not punctuation around one."""
+    word = word.lower()
+    if all(map(is_punctuation, word)):
+        return ""
+    chars = word if step > 0 else word[::-1]
+    taken = "".join(itertools.takewhile(is_punctuation, chars))
+    return taken if step > 0 else taken[::-1]
+
+
 def punctuation_between(words):
-    """The punctuation that ends each word and opens the next (a word of punctuation alone is a
-    word of its own, not punctuation around one)."""
-    def edge(word, step):
-        word = word.lower()
-        if all(map(is_punctuation, word)):
-            return ""
-        chars = word if step > 0 else word[::-1]
-        taken = "".join(itertools.takewhile(is_punctuation, chars))
-        return taken if step > 0 else taken[::-1]
-    return tuple(edge(a, -1) + edge(b, 1) for a, b in zip(words, words[1:]))
+    """The punctuation that ends each word and opens the next."""
+    return tuple(punctuation_edge(a, -1) + punctuation_edge(b, 1) for a, b in zip(words, words[1:]))
 
 
 def term_words(tokenizer, term):
-    """A term as the reference compares it: its normalized words, and the punctuation between them."""
+    """A term as the reference compares it: its normalized words, the punctuation between them,
+    and that before its first word and after its last (which an occurrence must hold too: "C++"
+    is no "C", "RESULTS:" no "results")."""
     ids = tokenizer(term, add_special_tokens=False)["input_ids"]
     words = decoded_words(tokenizer, ids)[1]
-    return tuple(reference.normalize_word(w) for w in words), punctuation_between(words)
+    return (tuple(reference.normalize_word(w) for w in words), punctuation_between(words),
+            punctuation_edge(words[0], 1), punctuation_edge(words[-1], -1))
 
 
 def reference_spans(tokenizer, ids, terms) -> list[tuple[int, int]]:
@@ -134,13 +140,16 @@ def reference_spans(tokenizer, ids, terms) -> list[tuple[int, int]]:
     unknown = tokenizer.unk_token_id if boundaries.scheme in ("sentencepiece", "byte_bpe") else None
     fragment = [unknown is not None and ((g[0] > 0 and ids[g[0] - 1] == unknown and not boundaries.starts_word[ids[g[0]]])
                                          or (g[-1] + 1 < len(ids) and ids[g[-1] + 1] == unknown)) for g in groups]
-    longest = max(len(t) for t, _ in terms)
+    longest = max(len(term[0]) for term in terms)
     spans, i = [], 0
     while i < len(keys):
         for n in range(min(longest, len(keys) - i), 0, -1):
             adjacent = all(all(whitespace[p] for p in range(groups[j][-1] + 1, groups[j + 1][0]))
                            for j in range(i, i + n - 1))
-            found = (tuple(keys[i:i + n]), punctuation_between(surface[i:i + n])) in terms
+            inside = (tuple(keys[i:i + n]), punctuation_between(surface[i:i + n]))
+            found = any(inside == (words, between) and punctuation_edge(surface[i], 1).endswith(before)
+                        and punctuation_edge(surface[i + n - 1], -1).startswith(after)
+                        for words, between, before, after in terms)
             if adjacent and found and not any(fragment[i:i + n]):
                 spans.append((i, i + n))
                 i += n
