@@ -910,6 +910,10 @@ class WordCounts:
         check_lowercase(lowercase)
         if counts is None:
             table = CountTable.empty()
+        elif isinstance(counts, WordCounts):  # a mapping too, but its table is already checked
+            if bool(lowercase) != counts.lowercase:
+                raise ValueError(f"counts made with lowercase={counts.lowercase} cannot be taken as lowercase={lowercase}")
+            table = counts.table
         elif isinstance(counts, CountTable):
             table = counts
         elif isinstance(counts, Mapping):

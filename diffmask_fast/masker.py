@@ -416,16 +416,18 @@ class DifferenceMasker(torch.nn.Module):
             self._boundaries = boundaries
         if getattr(self, "_uploaded", (self.collator._cache,))[0] is not self.collator._cache:
             if warn:
+                self._warned_never_warmed = True  # this says it already
                 warnings.warn("an option assigned to the masker's collator (collator.scores = ...) rebuilt its tables: "
                               "the device's table of scored words starts empty, so every word scores unknown_score "
                               "until masker.warm(...) sees it", DiffmaskWarning, stacklevel=3)
             self._upload_table()
 
     def _warn_if_never_warmed(self) -> None:
-        """Once, where the device's table knows no word: every word then scores unknown_score and
-        the masks are random-word masks, which ``coverage()`` alone would show (a host check: the
-        table's size is known on the host)."""
-        if len(self.collator._cache) == 0 and not getattr(self, "_warned_never_warmed", False):
+        """Once, where the device's table knows no word of a score table that has some: every word
+        then scores unknown_score and the masks are random-word masks, which ``coverage()`` alone
+        would show (a host check: the table's size is known on the host)."""
+        if (len(self.collator._cache) == 0 and len(self.collator.scores) > 0  # an empty table scores all alike
+                and not getattr(self, "_warned_never_warmed", False)):
             self._warned_never_warmed = True
             warnings.warn("the masker knows no word's score yet, so every word scores unknown_score and masking "
                           "is uniform over words: call masker.warm(texts or batches) before training",

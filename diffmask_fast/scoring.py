@@ -37,6 +37,7 @@ from ._io import atomic_write_bytes, atomic_write_json, json_ready, read_json, r
 from .advice import DiffmaskWarning
 from .anchors import Anchors
 from .contextual import ContextualAnchors, contextual_anchor_vectors
+from .counting import WordCounts
 from .embedding import WordEmbedder, has_lone_surrogate
 from .general import GeneralFrequencies
 from .hf_loading import saved_reference
@@ -468,6 +469,9 @@ def as_score_table(scores: "ScoreTable | Mapping[str, float] | str | os.PathLike
         return scores
     if isinstance(scores, (str, os.PathLike)):
         return ScoreTable.load(scores)
+    if isinstance(scores, WordCounts):
+        raise TypeError("scores must be word scores, got word counts (WordCounts): mine anchors from them "
+                        "(mine_anchors) and score words against those (WordScorer)")
     if isinstance(scores, Mapping):
         return ScoreTable.from_mapping(scores)
     raise TypeError(f"scores must be a ScoreTable, a {{word: score}} mapping or the path of a saved table, "

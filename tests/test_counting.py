@@ -1680,6 +1680,15 @@ def test_word_counts_read_as_a_mapping_give_their_counts(tmp_path):
     assert Counter(counts) + Counter(counts) == Counter({word: 2 * n for word, n in expected.items()})
     assert GeneralFrequencies(counts, counts.total).count("the") == 4
     assert WordCounts(counts, counts.documents) == counts
+    cased = count_words(["Enzyme binds enzyme"], lowercase=False, progress=False)
+    assert WordCounts(cased, 1, lowercase=False) == cased  # its table, not a dict of its words
+    with pytest.raises(ValueError, match="counts made with lowercase=False cannot be taken as lowercase=True"):
+        WordCounts(cased, 1)
+    from diffmask_fast.collator import DifferenceMaskingCollator  # counts are no scores
+    from tokenizers_offline import bert_wordpiece
+
+    with pytest.raises(TypeError, match=r"scores must be word scores, got word counts \(WordCounts\)"):
+        DifferenceMaskingCollator(bert_wordpiece(), counts)
 
 
 def test_a_folder_of_json_lines_read_as_text_warns_once(tmp_path):

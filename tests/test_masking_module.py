@@ -643,6 +643,17 @@ def test_a_masker_never_warmed_says_so_once(bert_wordpiece, lines):
         warmed = DifferenceMasker(bert_wordpiece, score_table(bert_wordpiece, lines), seed=0)
         warmed.warm({"input_ids": ids, "attention_mask": attention})
         warmed(ids, attention)
+        from diffmask_fast.strategies import build_strategy  # random-word on the device: no scores by design
+
+        build_strategy("random-word", bert_wordpiece, mask_on="device", seed=0).masker(ids, attention)
+    swapped = DifferenceMasker(bert_wordpiece, score_table(bert_wordpiece, lines), seed=0)
+    swapped.warm({"input_ids": ids, "attention_mask": attention})
+    swapped.collator.scores = score_table(bert_wordpiece, lines, 1)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        swapped(ids, attention)
+    assert [str(w.message).split(":")[0] for w in caught] == [
+        "an option assigned to the masker's collator (collator.scores = ...) rebuilt its tables"]
 
 
 def test_warm_honours_the_attention_mask_of_rows(bert_wordpiece, lines):
