@@ -57,6 +57,19 @@ def first_unnormalized(words, lowercase: bool) -> tuple[str, str] | None:
     return None
 
 
+def earlier_normalization(word: str, lowercase: bool) -> str | None:
+    """How an earlier version normalized a word it would keep but this one does not, for files
+    saved then: None where no earlier version made such a word (the slip is the caller's)."""
+    from .reference import _is_mark, _is_stripped_from_word_ends, is_composed
+
+    if not is_composed(word):
+        return "kept decomposed accents apart"
+    if (any(map(_is_mark, word)) and (not lowercase or word.lower() == word)
+            and not _is_stripped_from_word_ends(word[0]) and not _is_stripped_from_word_ends(word[-1])):
+        return "stripped a symbol at a word's end but not the marks after it (an emoji's variation selector)"
+    return None
+
+
 def _no_string(word: object) -> TypeError:
     return TypeError(f"words must be strings, got {word!r} ({type(word).__name__})")
 

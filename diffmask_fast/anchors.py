@@ -10,7 +10,7 @@ from dataclasses import asdict, dataclass
 from typing import Iterator, Mapping
 
 from . import reference
-from ._checks import first_unnormalized, shown_apart, whole_number
+from ._checks import earlier_normalization, first_unnormalized, shown_apart, whole_number
 from ._display import printable
 from ._io import atomic_write_json, json_ready, read_json
 from .advice import DiffmaskWarning
@@ -255,13 +255,15 @@ def _warn_of_few_anchors(qualified: int, asked: int, min_count: int, rare: int, 
 
 
 def _refuse_uncomposed(words: list, lowercase: bool) -> None:
-    """Refuse anchors that counting no longer makes: counts saved before words had their accents
-    composed (NFC) hold "cafe" + U+0301 apart from "café", and such an anchor could not be saved."""
+    """Refuse anchors that counting no longer makes: counts saved by an earlier version (before
+    accents were composed, or marks stripped with the symbol before them) hold words such as
+    "cafe" + U+0301 apart from "café", and such an anchor could not be saved."""
     found = first_unnormalized(words, lowercase)
     if found is not None:
         word, normalized = shown_apart(*found)
+        reason = earlier_normalization(found[0], lowercase) or "normalized words otherwise"
         raise ValueError(f"the counts hold the anchor {word}, which is now counted as {normalized}: they were saved "
-                         "by an earlier version, which kept decomposed accents apart; count the corpus again")
+                         f"by an earlier version, which {reason}; count the corpus again")
 
 
 #: An anchor at most this many times as frequent in the domain as in general English (TF-ICF) is

@@ -49,7 +49,7 @@ from tqdm.auto import tqdm
 
 from . import _wordtable as W
 from . import reference
-from ._checks import check_lowercase, first_unnormalized, shown_apart, whole_number
+from ._checks import check_lowercase, earlier_normalization, first_unnormalized, shown_apart, whole_number
 from ._io import atomic_write_json, atomic_writer, refuse_special_input
 from .advice import DiffmaskWarning
 from .corpus import (
@@ -888,8 +888,8 @@ def _check_counted_words(words: Iterable[str], lowercase: bool) -> None:
     found = first_unnormalized((word for word in words if isinstance(word, str)), lowercase)
     if found is not None:
         word, normalized = shown_apart(*found)
-        earlier = ("" if reference.is_composed(found[0])
-                   else " (counts saved by earlier versions kept decomposed accents apart: count again)")
+        reason = earlier_normalization(found[0], lowercase)
+        earlier = f" (counts saved by an earlier version, which {reason}: count again)" if reason else ""
         raise ValueError(f"counted words are normalized (reference.normalize_word"
                          f"{'' if lowercase else ', lowercase=False'}): {word} is counted as {normalized}; "
                          f"count_words normalizes them{earlier}")

@@ -31,8 +31,8 @@ import torch
 from tqdm.auto import tqdm
 
 from . import reference
-from ._checks import (check_lowercase, first_blank_or_padded, first_unnormalized, refuse_one_string, shown_apart,
-                      whole_number, word_list)
+from ._checks import (check_lowercase, earlier_normalization, first_blank_or_padded, first_unnormalized,
+                      refuse_one_string, shown_apart, whole_number, word_list)
 from ._io import atomic_write_bytes, atomic_write_json, json_ready, read_json, refuse_special_input
 from .advice import DiffmaskWarning
 from .anchors import Anchors
@@ -136,8 +136,10 @@ def _check_normalized(words: Sequence[str], lowercase: bool) -> None:
     found = first_unnormalized(words, lowercase)
     if found is not None:
         word, normalized = shown_apart(*found)
+        reason = earlier_normalization(found[0], lowercase)
         raise ValueError(f"score table keys must be normalized words (reference.normalize_word): {word} would "
-                         f"be looked up as {normalized} and never found; ScoreTable.from_mapping normalizes keys")
+                         f"be looked up as {normalized} and never found; ScoreTable.from_mapping normalizes keys"
+                         + (f" (tables saved by an earlier version, which {reason}: score again)" if reason else ""))
 
 
 def _check_scores_are_numbers(items) -> None:

@@ -1747,3 +1747,26 @@ def test_equal_neighbours_of_a_sorted_table_are_merged_and_nothing_else(seed):
     for word, count in zip(words, counts):
         expected[word] = expected.get(word, 0) + count
     assert got == sorted(expected.items(), key=lambda item: item[0].encode("utf-8")), f"seed={seed}"
+
+
+def test_counts_saved_before_marks_went_with_their_symbol_name_the_version(tmp_path):
+    """Counts and tables saved when "love" + U+2764 U+FE0F normalized to itself (the heart
+    stripped, its selector left) were refused as the caller's slip ("count_words normalizes them")."""
+    from diffmask_fast.anchors import mine_anchors
+    from diffmask_fast.scoring import ScoreTable
+
+    stale = "love\u2764\ufe0f"
+    assert reference.normalize_word(stale) == "love"
+    path = tmp_path / "counts.json"
+    path.write_text(json.dumps({"format": counting.COUNTS_FORMAT, "counts": {stale: 3, "enzyme": 2},
+                                "documents": 1, "lowercase": True}))
+    with pytest.raises(ValueError, match=r"saved by an earlier version, which stripped a symbol at a word's end but "
+                                         r"not the marks after it .*: count again"):
+        WordCounts.load(path)
+    with pytest.raises(ValueError, match=r"score again"):
+        ScoreTable.from_arrays([stale], np.array([0.5], np.float32))
+    with pytest.raises(ValueError, match=r"'enzyme,' is counted as 'enzyme'; count_words normalizes them$"):
+        WordCounts({"enzyme,": 2})  # no earlier version made that word
+    counts = WordCounts(counting.CountTable.from_mapping({stale: 30, "enzyme": 2}), 1)  # a binary file, unchecked
+    with pytest.raises(ValueError, match=r"anchor 'love.*', which .* earlier version, which stripped a symbol"):
+        mine_anchors(counts, min_count=1)
