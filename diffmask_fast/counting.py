@@ -912,7 +912,8 @@ class WordCounts:
             table = CountTable.empty()
         elif isinstance(counts, WordCounts):  # a mapping too, but its table is already checked
             if bool(lowercase) != counts.lowercase:
-                raise ValueError(f"counts made with lowercase={counts.lowercase} cannot be taken as lowercase={lowercase}")
+                raise ValueError(f"counts made with lowercase={counts.lowercase} cannot be taken as "
+                                 f"lowercase={lowercase}")
             table = counts.table
         elif isinstance(counts, CountTable):
             table = counts
