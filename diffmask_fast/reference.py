@@ -63,8 +63,8 @@ def normalize_word(word: str, lowercase: bool = True) -> str:
     punctuation, symbols, invisible format characters and whitespace (Unicode categories P*, S* and
     Cf except U+FFFD, and ``str.isspace``) stripped from both ends, each with the combining marks
     that follow it (M*: "(x)" + U+0301 is "x"): "\ufeffhello" of two files joined with their
-    byte-order marks is "hello". A word made only of them keeps its (lowercased)
-    form less the whitespace around it, so "," and "..." stay words of their own rather than
+    byte-order marks is "hello". A word made only of them keeps its (lowercased) form less the
+    whitespace around it (and that whitespace's marks), so "," and "..." stay words of their own rather than
     collapsing into "". Whitespace never ends a normalized word, so normalizing twice changes
     nothing.
     """
