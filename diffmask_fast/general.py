@@ -85,13 +85,8 @@ class GeneralFrequencies:
         """This table with its words lowercased (counts of "DNA" and "dna" summed), to match a
         lowercased corpus: a cased key could never meet one of its words. Itself when no key has
         an upper-case letter."""
-        if not self._has_cased_keys:
-            return self
-        return GeneralFrequencies(_summed_by(self.counts, str.lower), self.total, self.source)
-
-    @cached_property
-    def _has_cased_keys(self) -> bool:
-        return any(word != word.lower() for word in self.counts)
+        folded = self._folded_counts
+        return self if folded is None else GeneralFrequencies(dict(folded), self.total, self.source)
 
     @cached_property
     def _folded_counts(self) -> dict | None:
