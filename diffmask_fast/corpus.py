@@ -374,6 +374,9 @@ def warn_of_json_lines_read_as_text(path: Path, head: bytes) -> None:
     """Warn where a file read as text opens with a JSON object on its own line: JSON lines under
     another name (train.jsonl copied as train.txt), whose field names and quotes would be words.
     Once per folder in a process, as Python shows a repeated warning once."""
+    folder = os.path.abspath(path.parent)
+    if folder in _FOLDERS_WARNED_OF_JSON_LINES:  # said already: its other files (or ranges) need no parsing
+        return
     first = next((line for line in head.split(b"\n") if line.strip()), b"")
     text = first.decode("utf-8", "replace").removeprefix("\ufeff").strip()
     if not text.startswith("{"):
@@ -384,9 +387,8 @@ def warn_of_json_lines_read_as_text(path: Path, head: bytes) -> None:
         return
     if not (isinstance(record, dict) and record):
         return
-    folder = os.path.abspath(path.parent)
     with _FOLDERS_WARNED_LOCK:
-        if folder in _FOLDERS_WARNED_OF_JSON_LINES:
+        if folder in _FOLDERS_WARNED_OF_JSON_LINES:  # another thread said it meanwhile
             return
         _FOLDERS_WARNED_OF_JSON_LINES.add(folder)
     fields = ", ".join(repr(key) for key in list(record)[:3])

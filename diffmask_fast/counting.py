@@ -855,9 +855,10 @@ def _warn_of_nul_bytes(table: CountTable) -> None:
     """Warn where counted words hold NUL bytes, which text has not: binary data past the head of
     a file (``BINARY_CHECK_BYTES``, the part read for the binary check), or texts read wrongly.
     One pass over the distinct words' bytes, not the corpus's."""
-    if not np.any(table.blob == 0):
+    nul = table.blob == 0
+    if not nul.any():
         return
-    rows = np.flatnonzero(np.add.reduceat(table.blob == 0, table.offsets[:-1]))  # words are never empty
+    rows = np.flatnonzero(np.add.reduceat(nul, table.offsets[:-1]))  # words are never empty
     example = table.word(int(rows[0]))
     warnings.warn(f"{len(rows):,} distinct counted word(s) hold NUL bytes (e.g. {example[:40]!r}), which text has "
                   f"not: the corpus holds binary data (a file is checked for it in its first {BINARY_CHECK_BYTES:,} "
@@ -950,8 +951,7 @@ class WordCounts:
         return len(self.table)
 
     def __getitem__(self, word: str) -> int:
-        row = self.table.find(word)
-        return int(self.table.counts[row]) if row >= 0 else 0
+        return self.get(word, 0)
 
     def __iter__(self) -> Iterator[str]:
         """The words, as a Counter's keys. Without it Python would iterate by indexing counts[0],
