@@ -64,9 +64,9 @@ def normalize_word(word: str, lowercase: bool = True) -> str:
     Cf except U+FFFD, and ``str.isspace``) stripped from both ends, each with the combining marks
     that follow it (M*: "(x)" + U+0301 is "x"): "\ufeffhello" of two files joined with their
     byte-order marks is "hello". A word made only of them keeps its (lowercased) form less the
-    whitespace around it (and that whitespace's marks), so "," and "..." stay words of their own rather than
-    collapsing into "". Whitespace never ends a normalized word, so normalizing twice changes
-    nothing.
+    whitespace around it (and that whitespace's marks), so "," and "..." stay words of their own
+    rather than collapsing into "". Whitespace never ends a normalized word, so normalizing twice
+    changes nothing.
     """
     word = composed(word.lower() if lowercase else word)
     start, end = _stripped_span(word, _is_stripped_from_word_ends)
