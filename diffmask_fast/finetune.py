@@ -510,13 +510,11 @@ def finetune(model: str | os.PathLike, train: str | os.PathLike, dev: str | os.P
     test_set = _Encoded(tokenizer, test_data[0], test_ids, max_length) if test_data is not None else None
     collator = DataCollatorWithPadding(tokenizer)
 
-    steps_per_epoch = math.ceil(len(train_set) / batch_size)
-    warmup_steps = math.ceil(warmup_ratio * steps_per_epoch * epochs)
     config = {"train": str(train), "dev": str(dev), "test": None if test is None else str(test),
               "train_examples": len(train_set), "dev_examples": len(dev_set),
               "test_examples": None if test_set is None else len(test_set), "seeds": seeds, "epochs": epochs,
               "learning_rate": learning_rate, "batch_size": batch_size, "max_length": max_length,
-              "weight_decay": weight_decay, "warmup_ratio": warmup_ratio, "warmup_steps": warmup_steps,
+              "weight_decay": weight_decay, "warmup_ratio": warmup_ratio,
               "max_train_examples": max_train_examples, "text_field": text_field, "label_field": label_field,
               "selection": "best dev macro-F1 epoch",
               "inputs_sha256": _input_fingerprints(model, {"train": train, "dev": dev, "test": test})}
@@ -547,7 +545,9 @@ def finetune(model: str | os.PathLike, train: str | os.PathLike, dev: str | os.P
             training_args = TrainingArguments(
                 output_dir=str(run_dir), num_train_epochs=epochs, learning_rate=learning_rate,
                 per_device_train_batch_size=batch_size, per_device_eval_batch_size=batch_size,
-                weight_decay=weight_decay, warmup_steps=warmup_steps, lr_scheduler_type="linear",
+                # A share of the steps Trainer counts: with several devices an epoch has fewer steps
+                # than batch_size makes on one, and a number of steps computed here would overshoot.
+                weight_decay=weight_decay, warmup_steps=warmup_ratio, lr_scheduler_type="linear",
                 eval_strategy="epoch", save_strategy="no", logging_strategy="epoch", seed=seed,
                 report_to="none", disable_tqdm=not progress, use_cpu=on_cpu,
                 dataloader_num_workers=0, dataloader_pin_memory=torch.cuda.is_available() and not on_cpu,

@@ -798,13 +798,11 @@ def test_every_finetune_option_reaches_its_setting(monkeypatch, tmp_path):
     assert (seen["text_field"], seen["label_field"], seen["device"]) == ("body", "intent", "cpu")
 
 
-def test_each_seed_draws_its_own_head_and_warms_up_over_every_epoch(tmp_path, tiny_bert_mlm, bert_wordpiece,
-                                                                    monkeypatch):
-
-
+def _intent_task(tmp_path: Path, model, tokenizer) -> tuple[Path, dict[str, Path]]:
+    """A saved checkpoint and JSON-lines train (24 examples) and dev (6) files of two labels."""
     model_dir = tmp_path / "checkpoint"
-    tiny_bert_mlm.save_pretrained(model_dir)
-    bert_wordpiece.save_pretrained(model_dir)
+    model.save_pretrained(model_dir)
+    tokenizer.save_pretrained(model_dir)
     rng = random.Random(0)
     words = {"a": "enzyme protein kinase".split(), "b": "the of and".split()}
     files = {}
@@ -813,6 +811,32 @@ def test_each_seed_draws_its_own_head_and_warms_up_over_every_epoch(tmp_path, ti
                 for label in ("a", "b") * (count // 2)]
         files[split] = tmp_path / f"{split}.jsonl"
         files[split].write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
+    return model_dir, files
+
+
+def _recorded_warmups(monkeypatch) -> list[tuple[int, int]]:
+    """(steps, warm-up steps) of each learning-rate schedule Trainer makes: the warm-up ends at the
+    first step whose factor reaches 1."""
+    from transformers import Trainer
+
+    recorded = []
+    create = Trainer.create_scheduler
+
+    def recording(trainer, num_training_steps, optimizer=None):
+        scheduler = create(trainer, num_training_steps, optimizer)
+        factor = scheduler.lr_lambdas[0]
+        recorded.append((num_training_steps, next(step for step in range(num_training_steps + 1)
+                                                  if factor(step) >= 1)))
+        return scheduler
+
+    monkeypatch.setattr(Trainer, "create_scheduler", recording)
+    return recorded
+
+
+def test_each_seed_draws_its_own_head_and_warms_up_over_every_epoch(tmp_path, tiny_bert_mlm, bert_wordpiece,
+                                                                    monkeypatch):
+    model_dir, files = _intent_task(tmp_path, tiny_bert_mlm, bert_wordpiece)
+    warmups = _recorded_warmups(monkeypatch)
     heads = {}
     load = finetune_module._load_classifier
 
@@ -828,7 +852,24 @@ def test_each_seed_draws_its_own_head_and_warms_up_over_every_epoch(tmp_path, ti
     torch.manual_seed(2)
     assert torch.equal(heads[1], load(str(model_dir), {0: "a", 1: "b"}, {"a": 0, "b": 1}).classifier.weight), \
         "the head is drawn under the run's seed"
-    assert report.config["warmup_steps"] == math.ceil(0.5 * 3 * 2), "warmup is a share of every epoch's steps"
+    assert warmups == [(6, math.ceil(0.5 * 6))] * 2, "warmup is a share of every epoch's steps"
+
+
+def test_warmup_is_a_share_of_the_steps_trainer_takes_on_several_devices(tmp_path, tiny_bert_mlm, bert_wordpiece,
+                                                                         monkeypatch):
+    """Under DataParallel each step takes batch_size examples per device, so an epoch has fewer
+    steps than on one device: a warm-up counted in one device's steps overshot its share."""
+    from transformers import TrainingArguments
+
+    devices = 2
+    monkeypatch.setattr(TrainingArguments, "train_batch_size",
+                        property(lambda args: args.per_device_train_batch_size * devices))
+    warmups = _recorded_warmups(monkeypatch)
+    model_dir, files = _intent_task(tmp_path, tiny_bert_mlm, bert_wordpiece)
+    finetune_module.finetune(model_dir, files["train"], files["dev"], seeds=(1,), epochs=2, batch_size=8,
+                             max_length=16, warmup_ratio=0.5, progress=False, device="cpu")
+    steps = 2 * math.ceil(24 / (8 * devices))
+    assert warmups == [(steps, math.ceil(0.5 * steps))]
 
 
 def test_a_finetune_resume_with_other_settings_or_labels_is_refused(tmp_path):
@@ -836,14 +877,14 @@ def test_a_finetune_resume_with_other_settings_or_labels_is_refused(tmp_path):
 
     config = {"train": "t.jsonl", "dev": "d.jsonl", "test": None, "train_examples": 24, "dev_examples": 6,
               "test_examples": None, "seeds": [1, 2], "epochs": 1, "learning_rate": 2e-5, "batch_size": 16,
-              "max_length": 128, "weight_decay": 0.01, "warmup_ratio": 0.06, "warmup_steps": 1,
+              "max_length": 128, "weight_decay": 0.01, "warmup_ratio": 0.06,
               "max_train_examples": None, "text_field": "text", "label_field": "label",
               "selection": "best dev macro-F1 epoch", "inputs_sha256": {"model": None, "train": None, "dev": None,
                                                                         "test": None}}
     path = tmp_path / "report.json"
     FinetuneReport("m", ["a", "b"], [SeedResult(1, 1, {"accuracy": 0.5, "macro_f1": 0.5})], config).save(path)
     assert list(_finished_seeds(path, "m", ["a", "b"], dict(config))) == [1]
-    for name, value in (("max_length", 64), ("warmup_ratio", 0.1), ("warmup_steps", 3), ("learning_rate", 1e-4)):
+    for name, value in (("max_length", 64), ("warmup_ratio", 0.1), ("learning_rate", 1e-4)):
         with pytest.raises(ValueError, match=f"differs in {name}"):
             _finished_seeds(path, "m", ["a", "b"], {**config, name: value})
     # A report of an earlier version holds no fingerprints: a train file edited in place shows in its labels.
