@@ -1083,7 +1083,8 @@ collections.abc.Mapping.register(WordCounts)
 #
 #   offset 0   b"DMWCOUNT", uint32 version, uint32 0, uint64 header length H (little-endian)
 #   24         header: UTF-8 JSON, space-padded to a multiple of 8 bytes: format, documents,
-#              lowercase, total, words (n), blob_bytes (B), crc32 of the data below
+#              lowercase, total, words (n), blob_bytes (B), crc32 of the data below, and
+#              header_crc32 of the other fields (``_header_checksum``; files of earlier versions lack it)
 #   24 + H     offsets: n + 1 little-endian int64;  counts: n int64;  blob: B bytes
 #              (words sorted by UTF-8 bytes; word i is blob[offsets[i]:offsets[i + 1]])
 # ----------------------------------------------------------------------------------------------
@@ -1099,16 +1100,24 @@ def _write_binary(path: str | os.PathLike, counts: WordCounts) -> None:
     crc = 0
     for part in parts:
         crc = zlib.crc32(memoryview(part).cast("B"), crc)
-    header = json.dumps({
+    fields = {
         "format": COUNTS_FORMAT, "documents": counts.documents, "lowercase": counts.lowercase,
         "total": counts.total, "words": len(table), "blob_bytes": int(table.blob.shape[0]), "crc32": crc,
-    }).encode("utf-8")
+    }
+    header = json.dumps({**fields, "header_crc32": _header_checksum(fields)}).encode("utf-8")
     header += b" " * (-len(header) % 8)
     with atomic_writer(path) as file:
         file.write(_PREAMBLE.pack(BINARY_MAGIC, BINARY_VERSION, 0, len(header)))
         file.write(header)
         for part in parts:
             file.write(memoryview(part).cast("B"))
+
+
+def _header_checksum(fields: dict) -> int:
+    """The CRC-32 of the header's fields but itself, in one spelling: the data's checksum does
+    not cover the header, whose number of documents no other check would catch changed."""
+    fields = {name: value for name, value in fields.items() if name != "header_crc32"}
+    return zlib.crc32(json.dumps(fields, sort_keys=True).encode("utf-8"))
 
 
 #: The binary header's fields: those that are counts, and those that are true or false.
@@ -1124,7 +1133,7 @@ def _check_binary_header(header: object, name: str) -> None:
     for field in _HEADER_COUNTS + _HEADER_FLAGS:
         if field not in header:
             raise ValueError(f"{name!r} is corrupt: its header lacks {field!r}")
-    for field in _HEADER_COUNTS:
+    for field in _HEADER_COUNTS + (("header_crc32",) if "header_crc32" in header else ()):
         value = header[field]
         if type(value) is not int or value < 0:
             raise ValueError(f"{name!r} is corrupt: its header's {field!r} must be a non-negative integer, "
@@ -1181,6 +1190,8 @@ def _read_binary(path: Path, verify: bool) -> WordCounts:
         crc = zlib.crc32(memoryview(mapped)[data:], 0)
         if crc != header.get("crc32"):
             raise ValueError(f"{name!r} is corrupt: checksum mismatch")
+        if "header_crc32" in header and _header_checksum(header) != header["header_crc32"]:
+            raise ValueError(f"{name!r} is corrupt: its header's checksum does not match its fields")
         if int(counts.sum()) != header.get("total"):
             raise ValueError(f"{name!r} is corrupt: its counts sum to {int(counts.sum()):,}, its header "
                              f"says {header['total']:,}")

@@ -723,6 +723,16 @@ def test_binary_counts_corruption_is_detected(tmp_path):
         WordCounts.load(path, verify=True)
     with pytest.raises(ValueError, match="checksum"):  # mining reads every count: it verifies a path it loads
         mine_anchors(path, k=1, min_count=1)
+    header_start = data.index(b'"documents": 4')
+    for edit in (b'"documents": 5', b'"documents":14'):  # a digit changed, or one written over a space
+        edited = data[:header_start] + edit + data[header_start + len(edit):]
+        path.write_bytes(edited)
+        assert WordCounts.load(path).documents != 4  # found only by verify, as any damage of the data
+        with pytest.raises(ValueError, match="header's checksum does not match"):
+            WordCounts.load(path, verify=True)
+    own_checksum = re.search(rb', "header_crc32": \d+}', data).group()
+    path.write_bytes(data.replace(own_checksum, b"}".ljust(len(own_checksum))))
+    assert WordCounts.load(path, verify=True) == counts  # as files of earlier versions were written
     path.write_bytes(data[:8] + b"\x07" + data[9:])
     with pytest.raises(ValueError, match="version 7"):
         WordCounts.load(path)
