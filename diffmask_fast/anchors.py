@@ -7,15 +7,17 @@ import numbers
 import os
 import warnings
 from dataclasses import asdict, dataclass
-from typing import Iterator, Mapping
+from typing import TYPE_CHECKING, Iterator, Mapping
 
 from . import reference
 from ._checks import earlier_normalization, first_unnormalized, shown_apart, whole_number
 from ._display import printable
 from ._io import atomic_write_json, json_ready, read_json
 from .advice import DiffmaskWarning
-from .counting import WordCounts
 from .general import GeneralFrequencies
+
+if TYPE_CHECKING:
+    from .counting import WordCounts
 
 ANCHORS_FORMAT = "diffmask_fast.anchors/1"
 
@@ -177,6 +179,8 @@ def mine_anchors(
     when the counts are; only words with at least ``min_count`` occurrences are decoded,
     so counts mapped from a file are never decoded whole.
     """
+    from .counting import WordCounts  # here: scores and masking are used without counting's Numba
+
     check_mining_settings(k, min_count, smoothing_per_million)
     smoothing_per_million = float(smoothing_per_million)  # a Fraction or numpy number: saved as JSON
     if isinstance(counts, (str, os.PathLike)):

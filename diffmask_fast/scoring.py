@@ -20,6 +20,7 @@ import numbers
 import os
 import random
 import re
+import sys
 import warnings
 import zipfile
 from collections.abc import Mapping
@@ -37,7 +38,6 @@ from ._io import atomic_write_bytes, atomic_write_json, json_ready, read_json, r
 from .advice import DiffmaskWarning
 from .anchors import Anchors
 from .contextual import ContextualAnchors, contextual_anchor_vectors
-from .counting import WordCounts
 from .embedding import WordEmbedder, has_lone_surrogate
 from .general import GeneralFrequencies
 from .hf_loading import saved_reference
@@ -471,7 +471,10 @@ def as_score_table(scores: "ScoreTable | Mapping[str, float] | str | os.PathLike
         return scores
     if isinstance(scores, (str, os.PathLike)):
         return ScoreTable.load(scores)
-    if isinstance(scores, WordCounts):
+    # Word counts exist only once counting is imported (and with it Numba, which masking on a
+    # training machine does without): no import here.
+    counting = sys.modules.get(f"{__package__}.counting")
+    if counting is not None and isinstance(scores, counting.WordCounts):
         raise TypeError("scores must be word scores, got word counts (WordCounts): mine anchors from them "
                         "(mine_anchors) and score words against those (WordScorer)")
     if isinstance(scores, Mapping):

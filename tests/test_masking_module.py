@@ -10,6 +10,9 @@ from __future__ import annotations
 import math
 import random
 import statistics
+import subprocess
+import sys
+import textwrap
 import warnings
 
 import numpy as np
@@ -60,6 +63,27 @@ def next_collator_seed(collator) -> int:
     value = int(torch.randint(-(2**63), 2**63 - 1, (), generator=generator))
     generator.set_state(state)
     return value
+
+
+def test_masking_in_the_training_step_needs_no_numba(bert_wordpiece, tmp_path):
+    """Numba counts corpora; a training machine that only masks (a GPU image without it) imports
+    the masker, the collator and the trainer, and masks, without it."""
+    bert_wordpiece.save_pretrained(tmp_path / "tokenizer")
+    script = textwrap.dedent(f"""
+        import sys
+        sys.modules["numba"] = None  # as if not installed: importing it raises ImportError
+        import torch
+        from transformers import AutoTokenizer
+        from diffmask_fast import DifferenceMasker, DifferenceMaskingCollator, DifferenceMaskingTrainer
+        tokenizer = AutoTokenizer.from_pretrained({str(tmp_path / "tokenizer")!r})
+        masker = DifferenceMasker(tokenizer, {{"the": 0.5, "protein": 1.0, "binds": 0.25}}, seed=0)
+        batch = tokenizer(["the protein binds the protein"] * 4, return_tensors="pt")
+        ids, labels = masker(batch["input_ids"], batch["attention_mask"])
+        assert (labels != -100).any() and "diffmask_fast.counting" not in sys.modules
+        print("masked", int((labels != -100).sum()))
+    """)
+    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0 and run.stdout.startswith("masked"), run.stderr[-3000:]
 
 
 def test_tokens_the_attention_mask_hides_are_never_masked_even_real_words(bert_wordpiece, lines, seed):
