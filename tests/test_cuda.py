@@ -9,6 +9,7 @@ rounding, and arg maxes except at near-ties.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 
@@ -242,30 +243,53 @@ def test_similarity_tensor_core_precisions_within_documented_error(seed, precisi
             assert float(error.mean()) < typical(d), f"{message}: mean {float(error.mean()):.3g}"
 
 
+@contextlib.contextmanager
+def tf32_allowed(api: str):
+    """Torch's permission to round float32 products to TF32, given through its legacy API
+    (set_float32_matmul_precision) or its per-backend one (fp32_precision, whose use makes the
+    legacy getter raise), and taken back after."""
+    if api == "legacy":
+        setting = torch.get_float32_matmul_precision()
+        torch.set_float32_matmul_precision("high")
+        try:
+            yield
+        finally:
+            torch.set_float32_matmul_precision(setting)
+    else:
+        setting = torch.backends.cuda.matmul.fp32_precision
+        torch.backends.cuda.matmul.fp32_precision = "tf32"
+        try:
+            yield
+        finally:
+            torch.backends.cuda.matmul.fp32_precision = setting
+
+
+@pytest.mark.parametrize("api", ["legacy", "fp32_precision"])
 @pytest.mark.parametrize("library", ["cublas", "cublaslt"])
-def test_highest_precision_stays_float32_when_torch_allows_tf32(seed, library):
+def test_highest_precision_stays_float32_when_torch_allows_tf32(seed, library, api):
     """The products of "highest" go through torch's cuBLAS; torch's global permission to round
     float32 matrix products to TF32 must not reach them (errors near 1e-3 where float32 gives
     1e-6). Torch's cuBLASLt path ignores the thread's guard against TF32: where torch prefers it,
     the fused kernel searches instead."""
+    if api == "fp32_precision" and not hasattr(torch.backends.cuda.matmul, "fp32_precision"):
+        pytest.skip(f"torch {torch.__version__} has no per-backend float32 precision")
     g = generator(seed)
     embeddings = torch.randn(3000, 768, generator=g)
     anchors = torch.randn(1000, 768, generator=g)
-    setting, preferred = torch.get_float32_matmul_precision(), torch.backends.cuda.preferred_blas_library()
-    torch.set_float32_matmul_precision("high")
+    preferred = torch.backends.cuda.preferred_blas_library()
     try:
         torch.backends.cuda.preferred_blas_library(library)
-        values, indices = ops.max_anchor_similarity(embeddings.to(CUDA), anchors.to(CUDA))
-        bf16 = torch.cuda.get_device_capability()[0] >= 8  # the bfloat16 products run through either library
-        if bf16:
-            medium, medium_indices = ops.max_anchor_similarity(embeddings.to(CUDA), anchors.to(CUDA), "medium")
+        with tf32_allowed(api):
+            values, indices = ops.max_anchor_similarity(embeddings.to(CUDA), anchors.to(CUDA))
+            bf16 = torch.cuda.get_device_capability()[0] >= 8  # the bfloat16 products run through either library
+            if bf16:
+                medium, medium_indices = ops.max_anchor_similarity(embeddings.to(CUDA), anchors.to(CUDA), "medium")
     finally:
-        torch.set_float32_matmul_precision(setting)
         torch.backends.cuda.preferred_blas_library(preferred)
-    check_similarity(values, indices, embeddings, anchors, 1e-5, f"seed={seed} {library}")
+    check_similarity(values, indices, embeddings, anchors, 1e-5, f"seed={seed} {library} {api}")
     if bf16:
         check_similarity(medium, medium_indices, embeddings, anchors, 2 * BF16_ROUNDOFF + 768 * 2.0**-24,
-                         f"seed={seed} {library} medium")
+                         f"seed={seed} {library} {api} medium")
 
 
 # ----------------------------------------------------------------------------------------------

@@ -5,6 +5,7 @@
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
+#include <torch/version.h>
 
 #include "kernels.h"
 #include "launch_checks.h"
@@ -62,12 +63,23 @@ cudaError_t product_with_torch(const ProductBlock& block, cudaStream_t stream, v
   return cudaSuccess;
 }
 
+// Whether torch may round float32 matrix products to TF32. Torch 2.10 and later read the
+// per-backend precision (torch.backends.cuda.matmul.fp32_precision) in their own cuBLAS calls, and
+// their legacy getter raises once that has been set without the legacy API.
+bool tf32_allowed(const at::Context& context) {
+#if TORCH_VERSION_MAJOR > 2 || (TORCH_VERSION_MAJOR == 2 && TORCH_VERSION_MINOR >= 10)
+  return context.float32Precision(at::Float32Backend::CUDA, at::Float32Op::MATMUL) == at::Float32Precision::TF32;
+#else
+  return context.allowTF32CuBLAS();
+#endif
+}
+
 // Whether torch computes float32 products in float32 under the guard above. Its cuBLASLt path
 // takes TF32 from torch's global setting alone, so where torch prefers cuBLASLt and allows TF32
 // the fused kernel searches instead (slower, never TF32).
 bool float32_products_exact() {
   at::Context& context = at::globalContext();
-  return context.blasPreferredBackend() != at::BlasBackend::Cublaslt || !context.allowTF32CuBLAS();
+  return context.blasPreferredBackend() != at::BlasBackend::Cublaslt || !tf32_allowed(context);
 }
 
 std::tuple<at::Tensor, at::Tensor> max_anchor_similarity_precision_cuda(const at::Tensor& embeddings,
