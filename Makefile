@@ -38,13 +38,17 @@ GPU_JOBS ?= 8
 # wrapper (/opt/gcc/bin/g++ on one GPU image) crashed the process on its first C++ exception.
 GPU_CC ?= cc
 GPU_CXX ?= c++
+# This GPU's architecture as torch reports it ("90" on an H100): CMake understands "native" only
+# from 3.24.
+GPU_ARCH ?= $(shell $(GPU_PY) -c "import torch; print('%d%d' % torch.cuda.get_device_capability())" 2>/dev/null \
+  || echo native)
 
 gpu-check: gpu-build gpu-test gpu-bench
 
 gpu-build:
 	CC=$(GPU_CC) CXX=$(GPU_CXX) DIFFMASK_FAST_CUDA=1 MAX_JOBS=$(GPU_JOBS) $(GPU_PY) setup.py build_ext --inplace
 	CC=$(GPU_CC) CXX=$(GPU_CXX) cmake -S . -B build/gpu -DCMAKE_BUILD_TYPE=Release -DDIFFMASK_SANITIZE=OFF \
-	  -DCMAKE_CUDA_ARCHITECTURES=native > /dev/null
+	  -DCMAKE_CUDA_ARCHITECTURES=$(GPU_ARCH) > /dev/null
 	cmake --build build/gpu -j $(GPU_JOBS)
 
 gpu-test:
