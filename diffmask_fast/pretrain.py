@@ -26,8 +26,8 @@ from pathlib import Path
 from typing import Any, Iterable, Iterator, Sequence
 
 from ._checks import whole_number
-from ._io import (atomic_write_bytes, atomic_write_json, check_writable, json_ready, read_json, refuse_special_input,
-                  same_file, user_path)
+from ._io import (atomic_write_bytes, atomic_write_json, check_writable, file_sha256, json_ready, read_json,
+                  refuse_special_input, same_file, user_path)
 from .advice import DiffmaskWarning
 from .attention_weights import check_layer
 from .embedding import POOLINGS
@@ -521,7 +521,7 @@ def pretrain(config: PretrainConfig) -> dict:
         record = None if config.resume else RunRecordCallback(  # also measures the loss before training
             out / RUN_FILE, {"config": json_ready(dataclasses.asdict(config)), "working_directory": os.getcwd(),
                              "data": data, "windows": windows, "copies_by": copies_by, "word_boundary": scheme,
-                             "processes": args.world_size},
+                             "processes": args.world_size, "resources_sha256": given_resource_digests(config)},
             write=args.process_index == 0)
         if record is not None:
             trainer.add_callback(record)
@@ -816,6 +816,8 @@ def _check_output_dir(config: PretrainConfig) -> tuple[dict | None, Path | None]
                          "to start training there")
     if config.resume not in (None, False, True) and not Path(config.resume).is_dir():
         raise ValueError(f"the checkpoint to resume from, {str(config.resume)!r}, is not a directory")
+    if config.resume not in (None, False, True):
+        _refuse_a_run_folder_as_checkpoint(Path(config.resume))
     check_writable(out / RUN_FILE, "output directory's files")
     run_dir = resumed_run_dir(config)
     checkpoints = sorted(out.glob("checkpoint-*")) if out.is_dir() else []
@@ -855,7 +857,37 @@ def _check_output_dir(config: PretrainConfig) -> tuple[dict | None, Path | None]
     if changed:
         raise ValueError(f"--resume continues the run in {str(run_dir)!r}, which was started with other settings: "
                          + ", ".join(changed))
+    began_with = record.get("resources_sha256") or {}  # records of earlier versions hold none
+    edited = [name for name, digest in given_resource_digests(config).items()
+              if began_with.get(name) not in (None, digest)]
+    if edited:
+        raise ValueError(f"--resume continues the run in {str(run_dir)!r}, but its "
+                         + " and ".join(f"{name} file {str(getattr(config, name))!r}" for name in edited)
+                         + " changed since the run began: the steps so far masked by what they held then (the run "
+                         "keeps a copy in its output directory). Restore them, or start a new run in a new output "
+                         "directory")
     return record, complete
+
+
+def given_resource_digests(config: PretrainConfig) -> dict[str, str]:
+    """The SHA-256 of each anchors, scores and terms file the run is given, which a resumed run
+    reads again: the record keeps them, so that a file edited in between is refused, not used
+    for the steps left (and their validation masks) alone."""
+    return {name: file_sha256(path) for name in ("anchors", "scores", "terms")
+            if (path := getattr(config, name)) is not None}
+
+
+def _refuse_a_run_folder_as_checkpoint(folder: Path) -> None:
+    """``--resume PATH`` takes one checkpoint; the output folder of a run (its checkpoints and
+    record inside) is resumed with ``-o`` and ``--resume`` alone."""
+    if (folder / "trainer_state.json").exists():
+        return
+    checkpoints = [p.name for p in folder.glob("checkpoint-*") if (p / "trainer_state.json").exists()]
+    if checkpoints or (folder / RUN_FILE).exists():
+        raise ValueError(f"{str(folder)!r} is the output folder of a run, not one of its checkpoints: resume that "
+                         f"run with -o {str(folder)} --resume"
+                         + (f", or name a checkpoint (--resume {str(folder / _latest_name(checkpoints))})"
+                            if checkpoints else ""))
 
 
 def _refuse_files_a_run_would_replace(out: Path, config: PretrainConfig) -> None:

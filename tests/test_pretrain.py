@@ -1738,6 +1738,31 @@ def test_a_resume_on_other_documents_or_an_incomplete_checkpoint_is_refused(mode
     assert resumed["global_step"] == 3
 
 
+@pytest.mark.filterwarnings("ignore:the run resumed at step 2 planned 2 steps")
+def test_a_resume_with_an_edited_terms_file_or_a_run_folder_as_checkpoint_is_refused(model_dir, corpus, tmp_path):
+    """The terms file given again was read anew, so the steps left (and the validation masks)
+    used other terms than the steps before, and the run's copy of the first was overwritten.
+    ``--resume RUN`` (the run's folder, not a checkpoint) was called an incomplete checkpoint to
+    delete."""
+    terms, out = tmp_path / "terms.txt", tmp_path / "run"
+    terms.write_text("protein\nreceptor\n", encoding="utf-8")
+    options = dict(strategy="terms", terms=terms, max_steps=2, eval_steps=1, patience=0)
+    pretrain(config_for(model_dir, corpus, out, **options))
+    terms.write_text("cells\ninhibitor\n", encoding="utf-8")
+    with pytest.raises(ValueError, match="but its terms file .*terms.txt' changed since the run began"):
+        pretrain(config_for(model_dir, corpus, out, **{**options, "max_steps": 3}, resume=True))
+    assert (out / "terms.txt").read_text(encoding="utf-8") == "protein\nreceptor\n"
+    terms.write_text("# the same terms, spelled with a comment\nprotein\nreceptor\n", encoding="utf-8")
+    with pytest.raises(ValueError, match="changed since the run began"):  # the file's bytes, as read
+        pretrain(config_for(model_dir, corpus, out, **{**options, "max_steps": 3}, resume=True))
+    terms.write_text("protein\nreceptor\n", encoding="utf-8")
+    with pytest.raises(ValueError, match=f"{re.escape(repr(str(out)))} is the output folder of a run, not one of its "
+                                         f"checkpoints: resume that run with -o .* --resume, or name a checkpoint "
+                                         f"\\(--resume .*checkpoint-2\\)"):
+        pretrain(config_for(model_dir, corpus, tmp_path / "elsewhere", **{**options, "max_steps": 3}, resume=out))
+    assert pretrain(config_for(model_dir, corpus, out, **{**options, "max_steps": 3}, resume=True))["global_step"] == 3
+
+
 def test_a_resume_with_a_tokenizer_that_reads_the_documents_otherwise_is_refused(model_dir, corpus, tmp_path):
     """The same documents and --model path, but the tokenizer no longer lowercases: every window
     differs, and the resumed run would skip and train on other windows than those it counted."""
