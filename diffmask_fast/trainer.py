@@ -23,7 +23,8 @@ The sparse head (and the head's parameters, below) follow the model being traine
 
 A model whose masked-LM head starts untrained (``load_masked_lm(init_mlm_head=True)``) can train
 the head alone first: with ``head_warmup_steps`` the encoder's learning rate is 0 for that many
-steps and then ramps up again over the warm-up of the schedule; ``head_learning_rate`` gives
+steps, then ramps up over the schedule's warm-up to its peak and follows the rest of the
+schedule over the steps left (so it too reaches the learning rate asked for); ``head_learning_rate`` gives
 the head a learning rate of its own. The encoder does not drift while the head still predicts
 badly, and no parameter changes its ``requires_grad``, so DistributedDataParallel is unaffected.
 Both split the optimizer's parameter groups; a scheduler passed in ``optimizers`` was built for
@@ -158,7 +159,8 @@ class MaskingTrainer(Trainer):
         created = self.lr_scheduler is None
         scheduler = super().create_scheduler(num_training_steps, optimizer)
         if created and self.head_warmup_steps:
-            _hold_encoder_back(scheduler, self.head_warmup_steps, self.args.get_warmup_steps(num_training_steps))
+            _hold_encoder_back(scheduler, self.head_warmup_steps, self.args.get_warmup_steps(num_training_steps),
+                               num_training_steps)
         return scheduler
 
     def _issue_warnings_after_load(self, load_result: Any) -> None:
@@ -580,18 +582,28 @@ def _split_head_groups(optimizer: torch.optim.Optimizer, head: list[torch.nn.Par
                 optimizer.add_param_group({**options, "params": params, "lr": lr, "part": part})
 
 
-def _hold_encoder_back(scheduler, steps: int, ramp: int) -> None:
-    """Make the encoder groups' learning rate 0 for ``steps`` steps, then the schedule's again,
-    ramped up linearly over ``ramp`` steps."""
+def _hold_encoder_back(scheduler, steps: int, ramp: int, total: int) -> None:
+    """Make the encoder groups' learning rate 0 for ``steps`` steps, then ramp it up linearly over
+    ``ramp`` steps to the schedule's value where its own warm-up ends (its peak), and follow the
+    rest of the schedule squeezed into the steps left before ``total``: the encoder reaches the
+    learning rate asked for and ends where the schedule ends, where joining the schedule as it
+    stood after the hold would have given it a rate decayed meanwhile (71% of the peak for 3 of
+    10 steps)."""
     if not isinstance(scheduler, torch.optim.lr_scheduler.LambdaLR):
         raise ValueError(f"head_warmup_steps needs a LambdaLR schedule (as transformers' step-based schedules are), "
                          f"got {type(scheduler).__name__}")
+    after_ramp = total - steps - ramp
 
     def held_back(schedule):
         def factor(step: int) -> float:  # a plain function: checkpoints store no state for it
             if step < steps:
                 return 0.0
-            return schedule(step) * (min(1.0, (step - steps + 1) / ramp) if ramp > 0 else 1.0)
+            since = step - steps
+            if since < ramp:
+                return schedule(ramp) * (since + 1) / ramp
+            if after_ramp <= 0:  # past the run's steps
+                return schedule(step)
+            return schedule(ramp + (since - ramp) * (total - ramp) / after_ramp)
         return factor
 
     for index, group in enumerate(scheduler.optimizer.param_groups):

@@ -1541,6 +1541,29 @@ def test_head_warmup_holds_the_encoder_then_trains_everything(tiny_bert_mlm, ber
     assert rates[:3] == [0.0, 0.0, 0.0] and rates[3] > 0  # the encoder's rate, as the Trainer logs it
 
 
+@pytest.mark.parametrize("schedule", ["linear", "cosine"])
+def test_after_the_head_warmup_the_encoder_reaches_the_peak_rate_and_ends_with_the_schedule(tiny_bert_mlm, tmp_path,
+                                                                                            schedule):
+    """The encoder joined the schedule where it stood after the hold, already decayed: held 3 of
+    10 steps with 3 of warm-up, its rate peaked at 71% of the learning rate asked for."""
+    from transformers import TrainingArguments
+
+    args = TrainingArguments(output_dir=str(tmp_path), max_steps=10, learning_rate=1e-3, warmup_steps=0.3,
+                             lr_scheduler_type=schedule, report_to=[], use_cpu=True, save_strategy="no")
+    trainer = MaskingTrainer(model=tiny_bert_mlm, args=args, data_collator=lambda x: x, head_warmup_steps=3,
+                             head_learning_rate=2e-3)
+    trainer.create_optimizer_and_scheduler(num_training_steps=10)
+    factors = {group["part"]: [schedule(step) for step in range(11)]
+               for group, schedule in zip(trainer.optimizer.param_groups, trainer.lr_scheduler.lr_lambdas)}
+    head, encoder = factors["head"], factors["encoder"]
+    assert head[:4] == [0.0, 1 / 3, 2 / 3, 1.0], "the head keeps the schedule"
+    assert encoder[:6] == pytest.approx([0.0, 0.0, 0.0, 1 / 3, 2 / 3, 1.0]), "held, then the warm-up to the peak"
+    assert max(encoder) == pytest.approx(1.0) and encoder[10] == pytest.approx(0.0)
+    assert all(a >= b for a, b in zip(encoder[5:], encoder[6:])) and encoder[9] > 0, "then decays to the end"
+    if schedule == "linear":
+        assert encoder[6:10] == pytest.approx([1.0, 0.75, 0.5, 0.25])
+
+
 @pytest.mark.parametrize("head_warmup_steps", [0, 1])
 def test_model_init_trains_the_model_it_makes(tmp_path, seed, head_warmup_steps):
     """train() makes a fresh model with model_init (as hyperparameter_search does): the loss, the
