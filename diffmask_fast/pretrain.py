@@ -1224,6 +1224,16 @@ def add_pretrain_command(commands) -> None:
     p.add_argument("--no-progress", action="store_true", help="do not show progress bars")
 
 
+def _leave_process_group() -> None:
+    """Under torchrun, leave the process group training joined once the run is done: a process
+    that exits still in it has torch warn of leaked resources (NCCL), or now and then abort at
+    exit (gloo)."""
+    import torch.distributed
+
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
+
+
 def run_pretrain_command(args) -> None:
     config = PretrainConfig(
         model=args.model, corpus=args.corpus, output_dir=args.output, strategy=args.strategy,
@@ -1242,6 +1252,7 @@ def run_pretrain_command(args) -> None:
         attention_layer=args.attention_layer, progress=not args.no_progress,
     )
     summary = pretrain(config)
+    _leave_process_group()
     if int(os.environ.get("RANK", "0")) != 0:  # under torchrun, one report for the run, not one per process
         return
     before, best = summary["validation_loss_before"], summary["best_validation_loss"]

@@ -318,6 +318,27 @@ def test_the_command_reports_once_per_run_not_once_per_process(monkeypatch, caps
     assert "No checkpoint improved" not in out
 
 
+def test_the_command_leaves_the_process_group_when_done(monkeypatch, tmp_path):
+    """Processes of a torchrun run exited still in the process group training joined (torch
+    warns of leaked resources with NCCL, and gloo now and then aborted at exit)."""
+    import torch.distributed as dist
+
+    from diffmask_fast import pretrain as pretrain_module
+
+    summary = {"strategy": "random-word", "global_step": 1, "epochs": 1.0, "seconds": 1.0,
+               "validation_loss_before": None, "best_validation_loss": 1.0, "stopped_early": False}
+    monkeypatch.setattr(pretrain_module, "pretrain", lambda config: summary)
+    monkeypatch.delenv("RANK", raising=False)
+    dist.init_process_group("gloo", init_method=(tmp_path / "rendezvous").as_uri(), rank=0, world_size=1)
+    try:
+        args = cli.build_parser().parse_args(["pretrain", "corpus.txt", "--model", "m", "-o", str(tmp_path / "out")])
+        pretrain_module.run_pretrain_command(args)
+        assert not dist.is_initialized()
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
 def test_processes_wait_for_each_other_as_long_as_told(monkeypatch, model_dir, corpus, tmp_path):
     """Under torchrun the machine's first process reads, tokenizes and scores the corpus while the
     others wait at a barrier: torch's 30 minutes would end a run whose corpus takes longer."""
