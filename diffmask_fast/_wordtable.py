@@ -697,11 +697,13 @@ def _less(arena_a, sa, la, arena_b, sb, lb):
 
 
 @njit(nogil=True, cache=True)
-def _prefix_keys(arena, starts, lengths):
+def _prefix_keys(arena, starts, lengths, skip):
+    """Each string's bytes ``skip`` to ``skip + 7`` as a big-endian integer (zeros past its end):
+    integers in the order of those bytes."""
     keys = np.zeros(starts.shape[0], np.uint64)
     for i in range(starts.shape[0]):
         key = np.uint64(0)
-        for t in range(8):
+        for t in range(skip, skip + 8):
             key = key << np.uint64(8)
             if t < lengths[i]:
                 key = key | np.uint64(arena[starts[i] + t])
@@ -709,15 +711,48 @@ def _prefix_keys(arena, starts, lengths):
     return keys
 
 
+#: Bits of a key each pass of ``_radix_order`` sorts by.
+RADIX_BITS = 11
+
+
 @njit(nogil=True, cache=True)
-def _sort_runs(order, keys, arena, starts, lengths):
-    """Sort, by full bytes, every run of ``order`` whose 8-byte prefix keys are equal (merge sort)."""
+def _radix_order(order, keys):
+    """``order`` stably sorted by ``keys[order]``: least significant digit first, a pass per
+    ``RADIX_BITS`` bits, skipping digits every key shares (short words leave their low bytes 0)."""
+    n = order.shape[0]
+    other = np.empty(n, np.int64)
+    buckets = 1 << RADIX_BITS
+    starts = np.empty(buckets, np.int64)
+    for shift in range(0, 64, RADIX_BITS):
+        starts[:] = 0
+        for i in range(n):
+            starts[(keys[order[i]] >> np.uint64(shift)) & np.uint64(buckets - 1)] += 1
+        if starts.max() == n:
+            continue
+        total = 0
+        for digit in range(buckets):
+            count = starts[digit]
+            starts[digit] = total
+            total += count
+        for i in range(n):
+            row = order[i]
+            digit = (keys[row] >> np.uint64(shift)) & np.uint64(buckets - 1)
+            other[starts[digit]] = row
+            starts[digit] += 1
+        order, other = other, order
+    return order
+
+
+@njit(nogil=True, cache=True)
+def _sort_runs(order, high, low, arena, starts, lengths):
+    """Sort, by full bytes, every run of ``order`` whose 16-byte prefix keys (``high``, ``low``)
+    are equal (merge sort)."""
     n = order.shape[0]
     buffer = np.empty(n, np.int64)
     a = 0
     while a < n:
         b = a + 1
-        while b < n and keys[order[b]] == keys[order[a]]:
+        while b < n and high[order[b]] == high[order[a]] and low[order[b]] == low[order[a]]:
             b += 1
         if b - a > 1:
             width = 1
@@ -774,9 +809,10 @@ def sorted_table(blob, starts, lengths, counts):
     """(blob, offsets, counts) of distinct strings in bytes order (= code point order)."""
     starts = np.ascontiguousarray(starts, dtype=np.int64)
     lengths = np.ascontiguousarray(lengths, dtype=np.int64)
-    keys = _prefix_keys(blob, starts, lengths)
-    order = np.argsort(keys, kind="stable").astype(np.int64)
-    order = _sort_runs(order, keys, blob, starts, lengths)
+    # By the first 16 bytes (a radix sort by bytes 8-15, then 0-7), then runs alike there by all.
+    high, low = _prefix_keys(blob, starts, lengths, 0), _prefix_keys(blob, starts, lengths, 8)
+    order = _radix_order(_radix_order(np.arange(starts.shape[0], dtype=np.int64), low), high)
+    order = _sort_runs(order, high, low, blob, starts, lengths)
     sorted_blob, offsets = _gather(blob, starts, lengths, order)
     return sorted_blob, offsets, np.asarray(counts, dtype=np.int64)[order]
 

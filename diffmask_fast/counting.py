@@ -312,12 +312,15 @@ class _RawTables:
         for _, rest in parts:
             for word, count in rest:
                 raw[word] = raw.get(word, 0) + count
-        normalized: dict[str, int] = {}
         normalize, errors = reference.normalize_word, self.errors
-        for word, count in raw.items():
-            key = normalize(word.decode("utf-8", errors), lowercase)
-            normalized[key] = normalized.get(key, 0) + count
-        result = CountTable.from_mapping(normalized)
+        keys = [normalize(word.decode("utf-8", errors), lowercase).encode("utf-8", "surrogatepass") for word in raw]
+        lengths = np.fromiter(map(len, keys), np.int64, len(keys))
+        starts = np.zeros(len(keys), np.int64)
+        np.cumsum(lengths[:-1], out=starts[1:])
+        # Sorted as the ASCII words are, words that normalize alike merged where they meet.
+        result = CountTable(*W.merge_equal_neighbours(*W.sorted_table(
+            np.frombuffer(bytearray(b"".join(keys)), np.uint8), starts, lengths,  # writable: one compiled kernel
+            np.fromiter(raw.values(), np.int64, len(raw)))))
         for table, _ in parts:
             result = result.merge(table)
         return result

@@ -1759,6 +1759,25 @@ def test_equal_neighbours_of_a_sorted_table_are_merged_and_nothing_else(seed):
     assert got == sorted(expected.items(), key=lambda item: item[0].encode("utf-8")), f"seed={seed}"
 
 
+def test_a_table_is_sorted_by_its_words_bytes_past_every_prefix_key(seed):
+    """Strings are ordered by their first 16 bytes (two radix-sorted keys, zeros past a string's
+    end), then by all their bytes where those agree: strings alike up to 7, 8, 9, 15, 16 or 17
+    bytes, zero bytes ("ab" and "ab\\0" share their keys), the empty string, duplicates."""
+    rng = random.Random(seed)
+    base = bytes(rng.choice(b"ab\x00\xff") for _ in range(24))
+    words = [base[:rng.choice([0, 1, 7, 8, 9, 15, 16, 17, 24])] + bytes(rng.choice(b"a\x00\xff\x01") for _ in
+                                                                   range(rng.randint(0, 3)))
+             for _ in range(rng.randint(1, 300))]
+    counts = np.array([rng.randint(1, 9) for _ in words], np.int64)
+    lengths = np.array([len(word) for word in words], np.int64)
+    starts = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
+    blob = np.frombuffer(bytearray(b"".join(words)), np.uint8)
+    sorted_blob, offsets, sorted_counts = _wordtable.sorted_table(blob, starts, lengths, counts)
+    got = [(bytes(sorted_blob[a:b]), int(c)) for a, b, c in zip(offsets[:-1], offsets[1:], sorted_counts)]
+    assert [word for word, _ in got] == sorted(words), f"seed={seed}"
+    assert sorted(got) == sorted(zip(words, counts.tolist())), f"seed={seed}: a count left its word"
+
+
 def test_counts_saved_before_marks_went_with_their_symbol_name_the_version(tmp_path):
     """Counts and tables saved when "love" + U+2764 U+FE0F normalized to itself (the heart
     stripped, its selector left) were refused as the caller's slip ("count_words normalizes them")."""
