@@ -446,8 +446,8 @@ class WordEmbedder:
 
     def read_as_special_tokens_only(self, words: Sequence[str]) -> list[bool]:
         """Whether the tokenizer reads each word as nothing but special tokens ([UNK]). Such a
-        word has no piece of its own: averaged poolings give it the zero vector, ``cls`` and
-        ``pooled`` the state of "[CLS] [UNK] [SEP]", one vector for all such words."""
+        word has no piece of its own, and every pooling gives it the zero vector (``cls`` and
+        ``pooled`` would otherwise give all such words the one state of "[CLS] [UNK] [SEP]")."""
         refuse_one_string(words, "words", "a list of words")
         words = list(words)
         if not words:

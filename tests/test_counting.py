@@ -1759,6 +1759,43 @@ def test_equal_neighbours_of_a_sorted_table_are_merged_and_nothing_else(seed):
     assert got == sorted(expected.items(), key=lambda item: item[0].encode("utf-8")), f"seed={seed}"
 
 
+def test_verify_refuses_counts_whose_total_is_not_their_sum(tmp_path):
+    """The header's total is N_T of TF-ICF and sets the default min_count: a writer that got it
+    wrong (its checksums consistent) is caught by verify, which sums the counts."""
+    from diffmask_fast.counting import CountTable
+
+    path = tmp_path / "counts.bin"
+    WordCounts(CountTable.from_mapping({"enzyme": 2, "the": 5}), 3, True, total=9).save(path)
+    assert WordCounts.load(path).total == 9
+    with pytest.raises(ValueError, match="its counts sum to 7, its header says 9"):
+        WordCounts.load(path, verify=True)
+
+
+def test_subtracting_more_of_a_word_than_the_counts_hold_is_refused():
+    whole = WordCounts.from_mapping({"enzyme": 2, "the": 5}, documents=3)
+    with pytest.raises(ValueError, match="'enzyme' occurs 3 times there, 2 here"):
+        whole.subtract(WordCounts.from_mapping({"enzyme": 3}, documents=1))
+
+
+@pytest.mark.parametrize("name", ["counts.bin", "counts.json"])
+def test_a_save_that_fails_leaves_the_earlier_counts(tmp_path, monkeypatch, name):
+    """Both formats are written to a temporary file that replaces the file only once complete."""
+    from diffmask_fast import _io
+
+    path = tmp_path / name
+    WordCounts.from_mapping({"enzyme": 2}, documents=1).save(path)
+    before = path.read_bytes()
+
+    def full_disk(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(_io.os, "replace", full_disk)
+    with pytest.raises(OSError, match="No space left"):
+        WordCounts.from_mapping({"kinase": 3, "protein": 4}, documents=2).save(path)
+    monkeypatch.undo()
+    assert path.read_bytes() == before and [p.name for p in tmp_path.iterdir()] == [name]
+
+
 def test_a_table_is_sorted_by_its_words_bytes_past_every_prefix_key(seed):
     """Strings are ordered by their first 16 bytes (two radix-sorted keys, zeros past a string's
     end), then by all their bytes where those agree: strings alike up to 7, 8, 9, 15, 16 or 17

@@ -217,6 +217,26 @@ def test_a_tokenizer_changed_after_first_use_is_followed(tokenizer, tmp_path, rn
     torch.testing.assert_close(embedder(model, tokenizer, tmp_path).embed(words), expected, atol=1e-6, rtol=1e-5)
 
 
+def test_a_tokenizer_that_reads_words_otherwise_gets_vectors_of_its_own(tokenizer, tmp_path, rng):
+    """The same vocabulary and weights, but a tokenizer that reads "k" as "c": the cache key must
+    follow the tokenizer itself (the test above also changes the weights, which change the key anyway)."""
+    import copy
+
+    from tokenizers import normalizers
+
+    model = tiny_bert(tokenizer, rng.randrange(2**31))
+    respelling = copy.deepcopy(tokenizer)
+    respelling.backend_tokenizer.normalizer = normalizers.Sequence([normalizers.BertNormalizer(),
+                                                                    normalizers.Replace("k", "c")])
+    words = ["kinase", "keratin", "kidney"]
+    for word in words:
+        read = respelling(word, add_special_tokens=False)["input_ids"]
+        assert read != tokenizer(word, add_special_tokens=False)["input_ids"] and tokenizer.unk_token_id not in read
+    embedder(model, tokenizer, tmp_path).embed(words)  # cached as the first tokenizer reads them
+    torch.testing.assert_close(embedder(model, respelling, tmp_path).embed(words),
+                               embedder(model, respelling, None).embed(words))
+
+
 def test_fingerprints_are_taken_once_per_scoring_call(tokenizer, tmp_path, rng, monkeypatch):
     from diffmask_fast import embedding
     from diffmask_fast.scoring import WordScorer

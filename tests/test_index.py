@@ -433,6 +433,29 @@ def test_numpy_integer_options_work_as_python_ints(kind, options, generator):
     assert all(torch.equal(a, b) for a, b in zip(found, expected))
 
 
+def test_a_query_whose_probed_lists_are_empty_gets_the_exact_answer(generator, monkeypatch):
+    """An approximate search that finds nothing for a row (its probed lists empty: id -1) falls
+    back to the exact search for that row, never an id of -1 or a score of -inf."""
+    anchors, queries = torch.randn(4000, 16, generator=generator), torch.randn(5, 16, generator=generator)
+    index = AnchorIndex(anchors, "ivf", nprobe=1, recall_sample=0)
+    found_nothing = (torch.full((5,), float("-inf")), torch.full((5,), -1, dtype=torch.long))
+    monkeypatch.setattr(index, "_ivf_batched", lambda units, nprobe: found_nothing)
+    values, ids = index.search(queries)
+    expected_values, expected_ids = exact_search(queries, anchors)
+    assert torch.equal(ids, expected_ids)
+    torch.testing.assert_close(values, expected_values)
+
+
+def test_recall_counts_an_anchor_within_the_tie_tolerance_as_found():
+    """Two anchors as near as rounding can tell apart are both the nearest: tuning that counted
+    them missed would ask for more probes than the target needs."""
+    report = recall_at_1(torch.tensor([0.9, 0.5]), torch.tensor([3, 1]), torch.tensor([0.9 + 1e-7, 0.5]),
+                         torch.tensor([2, 1]))
+    assert report.recall == 1.0
+    assert recall_at_1(torch.tensor([0.9]), torch.tensor([3]), torch.tensor([0.9 + 1e-4]),
+                       torch.tensor([2])).recall == 0.0
+
+
 def test_a_recall_target_of_one_needs_an_exact_index(monkeypatch, generator):
     """Sampling can show recall 1 only with no miss on n queries, which the rule n / (n + 1) >=
     target never accepts at 1: tuning would have scanned every list (or the whole HNSW graph)."""

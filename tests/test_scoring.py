@@ -712,6 +712,25 @@ def test_a_binary_score_file_with_damaged_settings_names_what_is_wrong(tmp_path,
         ScoreTable.load(path)
 
 
+def test_a_binary_score_file_whose_words_are_out_of_order_is_refused(tmp_path):
+    """Words are looked up by bisection: a table written out of order (by another writer) would
+    miss every word it holds."""
+    path = tmp_path / "scores.npz"
+    ScoreTable({"alpha": 0.1, "zeta": 0.9}).save(path)
+    with np.load(path) as archive:
+        arrays = dict(archive)
+    arrays["words"], arrays["offsets"] = np.frombuffer(b"zetaalpha", np.uint8), np.array([0, 4, 9], np.int64)
+    np.savez(path, **arrays)
+    with pytest.raises(ValueError, match="words are not sorted and distinct"):
+        ScoreTable.load(path)
+
+
+def test_tables_that_score_unknown_words_otherwise_differ():
+    """Round trips compare tables with ==: a save that lost unknown_score must not compare equal."""
+    assert ScoreTable({"a": 0.5}, unknown_score=0.0) != ScoreTable({"a": 0.5}, unknown_score=0.25)
+    assert ScoreTable({"a": 0.5}, unknown_score=0.25) == ScoreTable({"a": 0.5}, unknown_score=0.25)
+
+
 def test_a_table_made_by_hand_takes_only_the_settings_a_table_can_have(tmp_path):
     with pytest.raises(ValueError, match="similarity is one of max, centroid, mean, given, got 'nearest'"):
         ScoreTable({"enzyme": 0.9}, similarity="nearest")
