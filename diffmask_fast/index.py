@@ -69,6 +69,8 @@ GPU_FLAT_MIN_ANCHORS = 8192
 MAX_SCAN_FRACTION = 0.25
 #: Two similarities closer than this count as a tie when measuring recall.
 TIE_TOLERANCE = 1e-6
+#: Results FAISS is asked for per query, among which a tie goes to the smallest anchor id.
+TIE_CANDIDATES = 8
 
 
 def auto_kind(k: int, use_gpu: bool = False) -> str:
@@ -406,6 +408,11 @@ class AnchorIndex:
             kind = auto_kind(self.k, self.use_gpu)
             if kind in ("ivf", "hnsw") and self.recall_target >= 1.0:  # only exact search shows recall 1
                 kind = "flat" if self.use_gpu else "exact"
+            given = {"nlist": nlist, "nprobe": nprobe, "engine": engine, "spill": spill, "ef_search": ef_search}
+            unused = [name for name, value in given.items() if value is not None and _OPTION_KIND[name] != kind]
+            if unused:
+                self.notes.append(f"{', '.join(unused)} left unused: 'auto' chose {kind} search for {self.k:,} anchor "
+                                  f"vectors (IVF from {IVF_MIN_ANCHORS:,}); give the kind to use them")
         if self._searchable.shape[0] == 0:
             kind = "exact"
             self.notes.append("every anchor is the zero vector: all similarities are 0")
@@ -501,8 +508,15 @@ class AnchorIndex:
         return self._finish(block, units, values, ids)
 
     def _faiss_search(self, units: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        distances, labels = self._faiss_index.search(np.ascontiguousarray(units.numpy()), 1)
-        return torch.from_numpy(distances[:, 0].copy()), torch.from_numpy(labels[:, 0].copy())
+        """FAISS's nearest anchor of each row; where several of the first ``TIE_CANDIDATES`` it
+        finds are as near as the nearest, the smallest id: FAISS orders ties as its scan meets them
+        (by list, or by SIMD lane), the exact op by anchor."""
+        count = min(TIE_CANDIDATES, int(self._faiss_index.ntotal))
+        distances, labels = self._faiss_index.search(np.ascontiguousarray(units.numpy()), count)
+        distances, labels = torch.from_numpy(distances), torch.from_numpy(labels)
+        tied = (distances == distances[:, :1]) & (labels >= 0)
+        smallest = torch.where(tied, labels, torch.full_like(labels, torch.iinfo(labels.dtype).max)).amin(dim=1)
+        return distances[:, 0].clone(), torch.where(labels[:, 0] < 0, labels[:, 0], smallest)
 
     def _finish(self, block, units, values, ids) -> tuple[torch.Tensor, torch.Tensor]:
         """Map ids back to anchor rows and apply the exact op's conventions to the edge cases."""

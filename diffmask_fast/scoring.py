@@ -390,6 +390,9 @@ class ScoreTable:
             words = sorted(scores)
             lowercase = payload["lowercase"]
             nearest = payload.get("nearest_anchor") or {}
+            odd = next(((w, i) for w, i in nearest.items() if type(i) is not int), None)
+            if odd is not None:  # int() would read "1" and True as 1, and 1.9 as 1
+                raise TypeError(f"nearest-anchor ids must be whole numbers, got {odd[1]!r} for {odd[0]!r}")
             return cls.from_arrays(
                 words, [scores[w] for w in words], [int(nearest.get(w, -1)) for w in words], sorted_unique=True,
                 anchors=payload["anchors"], similarity=payload["similarity"],

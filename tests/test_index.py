@@ -577,7 +577,32 @@ def test_an_ivf_index_of_one_list_clusters_nothing(engine, generator, capfd):
     assert torch.equal(rows, expected_rows) and torch.allclose(values, expected_values, atol=1e-6)
 
 
-@pytest.mark.parametrize("engine", ["batched"])
+def test_auto_names_the_options_of_a_kind_it_did_not_choose(generator):
+    """Below the IVF threshold 'auto' searches exactly: the IVF and HNSW options given were dropped
+    without a word, while the user believed them tuning the search."""
+    anchors = torch.randn(1000, 16, generator=generator)
+    index = AnchorIndex(anchors, "auto", nlist=10, nprobe=3, ef_search=5)
+    assert index.kind == "exact" and index.params == {}
+    assert "nlist, nprobe, ef_search left unused: 'auto' chose exact search for 1,000 anchor vectors" \
+        in index.describe()
+    assert "unused" not in AnchorIndex(anchors, "auto").describe()
+
+
+@pytest.mark.parametrize("kind, options", [("flat", {}), ("ivf", {"engine": "faiss", "nprobe": 10**6}),
+                                           ("ivf", {"engine": "batched", "nprobe": 10**6})])
+def test_exact_ties_go_to_the_first_anchor_in_every_kind(kind, options):
+    """Queries halfway between two unit anchors tie them exactly: FAISS's flat search named the
+    later one for anchors 16 apart (its SIMD lanes), its IVF the one of the list it scanned first."""
+    anchors = torch.eye(64)
+    pairs = [(i, j) for i in range(64) for j in range(i + 1, 64)]
+    queries = torch.stack([anchors[i] + anchors[j] for i, j in pairs])
+    values, ids = AnchorIndex(anchors, kind, recall_sample=0, **options).search(queries)
+    exact_values, exact_ids = ops.max_anchor_similarity(queries, anchors)
+    assert ids.tolist() == exact_ids.tolist() == [i for i, _ in pairs]
+    assert torch.equal(values, exact_values)
+
+
+@pytest.mark.parametrize("engine", ["batched", "faiss"])
 def test_an_ivf_tie_between_lists_goes_to_the_first_anchor(engine):
     """Two anchors tie exactly for a query; k-means put the later one in an earlier list, and the
     index named it where the exact op names the first."""

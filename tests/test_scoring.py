@@ -664,7 +664,7 @@ SETTING_DAMAGE = {
 
 @pytest.mark.parametrize("damage", ["similarity missing", "scores as a list", "score as text", "score as a number's text",
                                     "score as a flag", "key not normalized", "nearest beyond the anchors",
-                                    *SETTING_DAMAGE])
+                                    "nearest as text", "nearest as a fraction", "nearest as a flag", *SETTING_DAMAGE])
 def test_a_damaged_score_file_names_what_is_wrong(tmp_path, damage):
 
     path = tmp_path / "scores.json"
@@ -685,6 +685,8 @@ def test_a_damaged_score_file_names_what_is_wrong(tmp_path, damage):
     elif damage in SETTING_DAMAGE:
         field, value, _ = SETTING_DAMAGE[damage]
         payload[field] = value
+    elif damage.startswith("nearest as"):  # int() read each as anchor 0 (or 1)
+        payload["nearest_anchor"]["cell"] = {"text": "0", "a fraction": 0.9, "a flag": False}[damage[len("nearest as "):]]
     else:
         payload["nearest_anchor"]["cell"] = 1
     path.write_text(json.dumps(payload))
@@ -693,6 +695,9 @@ def test_a_damaged_score_file_names_what_is_wrong(tmp_path, damage):
                 "score as a flag": "scores must be numbers, got True for 'cell'",
                 "key not normalized": "'Receptor,' would be looked up as 'receptor'",
                 "nearest beyond the anchors": "index the table's 1 anchors.*1 for 'cell'",
+                "nearest as text": "nearest-anchor ids must be whole numbers, got '0' for 'cell'",
+                "nearest as a fraction": "nearest-anchor ids must be whole numbers, got 0.9 for 'cell'",
+                "nearest as a flag": "nearest-anchor ids must be whole numbers, got False for 'cell'",
                 **{name: re.escape(problem) for name, (_, _, problem) in SETTING_DAMAGE.items()}}
     with pytest.raises(ValueError, match="scores.json' is not a valid word-scores file: .*" + problems[damage]):
         ScoreTable.load(path)
