@@ -590,7 +590,7 @@ class AnchorIndex:
 
     def _exact(self, queries: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Exact nearest anchors, the yardstick of recall: the op, or with ``use_gpu`` and many
-        anchors FAISS flat search on the GPU (exact too)."""
+        anchors (where ``auto`` would search FAISS flat) FAISS's flat search on the CPU, exact too."""
         if auto_kind(self.k, self.use_gpu) != "flat" or self._searchable is None or self._searchable.shape[0] == 0:
             return exact_search(queries, self._anchors)
         if self._flat is None:
