@@ -686,7 +686,8 @@ def test_a_damaged_score_file_names_what_is_wrong(tmp_path, damage):
         field, value, _ = SETTING_DAMAGE[damage]
         payload[field] = value
     elif damage.startswith("nearest as"):  # int() read each as anchor 0 (or 1)
-        payload["nearest_anchor"]["cell"] = {"text": "0", "a fraction": 0.9, "a flag": False}[damage[len("nearest as "):]]
+        odd_ids = {"nearest as text": "0", "nearest as a fraction": 0.9, "nearest as a flag": False}
+        payload["nearest_anchor"]["cell"] = odd_ids[damage]
     else:
         payload["nearest_anchor"]["cell"] = 1
     path.write_text(json.dumps(payload))
