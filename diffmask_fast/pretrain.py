@@ -202,7 +202,12 @@ class PretrainConfig:
         if mines_terms:
             check_probability("term_top_fraction", self.term_top_fraction)
         defaults = {f.name: f.default for f in dataclasses.fields(self)}
-        set_but_unused = [name for name in self.unused_settings() if getattr(self, name) != defaults[name]]
+        self.refuse_unused([name for name in self.unused_settings() if getattr(self, name) != defaults[name]])
+
+    def refuse_unused(self, given: Sequence[str]) -> None:
+        """Refuse the strategy settings among ``given`` that this run's strategy would not read
+        (the command line names those typed, also at their default value)."""
+        set_but_unused = [name for name in self.unused_settings() if name in given]
         if set_but_unused:
             raise ValueError(f"{', '.join(set_but_unused)} would not be used by the {self.strategy!r} strategy"
                              + (" with the anchors or scores given" if set_but_unused == ["anchors_count"] else ""))
@@ -1207,7 +1212,9 @@ def add_pretrain_command(commands) -> None:
                    help="resume from the latest checkpoint in --output, or from the given checkpoint directory")
     p.add_argument("--anchors", type=user_path, default=None, help="anchors JSON from `diffmask mine` (default: mine now)")
     p.add_argument("--scores", type=user_path, default=None, help="score table from `diffmask score` (default: score now)")
-    p.add_argument("-k", "--anchors-count", type=int, default=20, dest="anchors_count",
+    # The strategy settings default to None here (PretrainConfig's defaults apply), so that one a
+    # strategy would not read is refused when typed, even at its default value.
+    p.add_argument("-k", "--anchors-count", type=int, default=None, dest="anchors_count",
                    help="anchors to mine (default 20)")
     p.add_argument("--embedding-model", default=None,
                    help="encoder that embeds words for scoring (default: the bundled all-MiniLM-L6-v2)")
@@ -1216,11 +1223,12 @@ def add_pretrain_command(commands) -> None:
     p.add_argument("--terms", type=user_path, default=None,
                    help="terms or phrases, one per line (needed by `terms`; for `mslm` the default takes the anchors "
                         "and the highest-scoring words)")
-    p.add_argument("--term-probability", type=float, default=0.5, help="mslm: masking rate of domain terms (default 0.5)")
-    p.add_argument("--term-weight", type=float, default=2.0, help="mslm: loss weight of domain terms (default 2)")
-    p.add_argument("--term-top-fraction", type=float, default=0.02,
+    p.add_argument("--term-probability", type=float, default=None, help="mslm: masking rate of domain terms (default 0.5)")
+    p.add_argument("--term-weight", type=float, default=None, help="mslm: loss weight of domain terms (default 2)")
+    p.add_argument("--term-top-fraction", type=float, default=None,
                    help="mslm without --terms: share of the highest-scoring word types taken as terms (default 0.02)")
-    p.add_argument("--attention-layer", type=int, default=-1, help="attention/mst: layer whose attention is read")
+    p.add_argument("--attention-layer", type=int, default=None,
+                   help="attention/mst: layer whose attention is read (default -1, the last)")
     p.add_argument("--no-progress", action="store_true", help="do not show progress bars")
 
 
@@ -1232,6 +1240,10 @@ def _leave_process_group() -> None:
 
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         torch.distributed.destroy_process_group()
+
+
+#: The command line's options that only some strategies read (None where not typed).
+STRATEGY_OPTIONS = ("anchors_count", "term_probability", "term_weight", "term_top_fraction", "attention_layer")
 
 
 def run_pretrain_command(args) -> None:
@@ -1246,11 +1258,11 @@ def run_pretrain_command(args) -> None:
         mask_on=args.mask_on, workers=args.workers, ddp_timeout=args.ddp_timeout, precision=args.precision,
         init_mlm_head=args.init_mlm_head,
         head_warmup_steps=args.head_warmup_steps, head_learning_rate=args.head_learning_rate,
-        resume=args.resume, anchors=args.anchors, scores=args.scores, anchors_count=args.anchors_count,
-        embedding_model=args.embedding_model, pooling=args.pooling, terms=args.terms,
-        term_probability=args.term_probability, term_weight=args.term_weight, term_top_fraction=args.term_top_fraction,
-        attention_layer=args.attention_layer, progress=not args.no_progress,
+        resume=args.resume, anchors=args.anchors, scores=args.scores,
+        embedding_model=args.embedding_model, pooling=args.pooling, terms=args.terms, progress=not args.no_progress,
+        **{name: getattr(args, name) for name in STRATEGY_OPTIONS if getattr(args, name) is not None},
     )
+    config.refuse_unused([name for name in STRATEGY_OPTIONS if getattr(args, name) is not None])
     summary = pretrain(config)
     _leave_process_group()
     if int(os.environ.get("RANK", "0")) != 0:  # under torchrun, one report for the run, not one per process

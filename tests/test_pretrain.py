@@ -318,6 +318,41 @@ def test_the_command_reports_once_per_run_not_once_per_process(monkeypatch, caps
     assert "No checkpoint improved" not in out
 
 
+@pytest.mark.parametrize("flags, refused", [(["--strategy", "random-token", "--term-weight", "2"], "term_weight"),
+                                            (["--strategy", "random-word", "--attention-layer", "-1"], "attention_layer"),
+                                            (["--anchors", "a.json", "-k", "20"], "anchors_count"),
+                                            (["--strategy", "mslm", "--terms", "t.txt", "--term-top-fraction", "0.02"],
+                                             "term_top_fraction")])
+def test_a_strategy_option_typed_for_a_strategy_that_ignores_it_is_refused_even_at_its_default(monkeypatch, tmp_path,
+                                                                                                 flags, refused):
+    """The command line filled in every default, so an option typed with its default value could
+    not be told from one left out, and was accepted where another value was refused."""
+    from diffmask_fast import pretrain as pretrain_module
+
+    monkeypatch.setattr(pretrain_module, "pretrain", lambda config: pytest.fail("the run started"))
+    args = cli.build_parser().parse_args(["pretrain", "corpus.txt", "--model", "m", "-o", str(tmp_path), *flags])
+    with pytest.raises(ValueError, match=f"^{refused} would not be used by the"):
+        pretrain_module.run_pretrain_command(args)
+
+
+def test_strategy_options_left_out_take_the_run_defaults(monkeypatch, tmp_path):
+    from diffmask_fast import pretrain as pretrain_module
+
+    configs = []
+    monkeypatch.setattr(pretrain_module, "pretrain", lambda config: configs.append(config) or {
+        "strategy": "mslm", "global_step": 1, "epochs": 1.0, "seconds": 1.0, "validation_loss_before": None,
+        "best_validation_loss": 1.0, "stopped_early": False})
+    monkeypatch.delenv("RANK", raising=False)
+    for flags in ([], ["--term-weight", "3"]):
+        args = cli.build_parser().parse_args(["pretrain", "c.txt", "--model", "m", "-o", str(tmp_path),
+                                              "--strategy", "mslm", *flags])
+        pretrain_module.run_pretrain_command(args)
+    defaults = PretrainConfig(model="m", corpus=["c.txt"], output_dir=tmp_path)
+    assert [(c.anchors_count, c.term_probability, c.term_top_fraction, c.attention_layer) for c in configs] == \
+        [(defaults.anchors_count, defaults.term_probability, defaults.term_top_fraction, defaults.attention_layer)] * 2
+    assert [c.term_weight for c in configs] == [defaults.term_weight, 3.0]
+
+
 def test_the_command_leaves_the_process_group_when_done(monkeypatch, tmp_path):
     """Processes of a torchrun run exited still in the process group training joined (torch
     warns of leaked resources with NCCL, and gloo now and then aborted at exit)."""
