@@ -761,8 +761,15 @@ def main(argv: list[str] | None = None) -> int:
     default_format, default_show = warnings.formatwarning, warnings.showwarning
     warnings.formatwarning = _warning_format(args.command, default_format, parser.commands.get(args.command))
     warnings.showwarning = _shown_once(default_show)
+    real_stdout = sys.stdout
+    output = _OutputThatOutlivesItsReader(real_stdout) if args.command in LONG_RUNNING_COMMANDS else None
+    if output is not None:
+        sys.stdout = output
     try:
         _commands()[args.command](args)
+        if output is not None and output.reader_left:
+            print(f"diffmask {args.command}: the reader of the output left before the end; the run went on and "
+                  "finished without printing", file=sys.stderr)
     except BrokenPipeError:
         # The reader of the output left (`| head`): the commands write their files before they
         # print, so nothing is lost. Quiet, with the status of a writer to a closed pipe.
@@ -779,7 +786,44 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     finally:
         warnings.formatwarning, warnings.showwarning = default_format, default_show
+        sys.stdout = real_stdout
     return 0
+
+
+#: Commands that train for hours and print as they go: a reader that leaves must not end them.
+LONG_RUNNING_COMMANDS = ("pretrain", "finetune")
+
+
+class _OutputThatOutlivesItsReader:
+    """Standard output for the long commands: once its reader has left (``| head``), what they
+    print goes nowhere and the run goes on. A log line of a training loop would otherwise raise
+    BrokenPipeError out of the loop and end the run, checkpoints and model unsaved."""
+
+    def __init__(self, stream):
+        self.stream = stream
+        self.reader_left = False
+
+    def write(self, text: str) -> int:
+        if not self.reader_left:
+            try:
+                return self.stream.write(text)
+            except BrokenPipeError:
+                self._reader_gone()
+        return len(text)
+
+    def flush(self) -> None:
+        if not self.reader_left:
+            try:
+                self.stream.flush()
+            except BrokenPipeError:
+                self._reader_gone()
+
+    def _reader_gone(self) -> None:
+        self.reader_left = True
+        _stdout_to_devnull()  # what is left in the buffer is flushed there at exit
+
+    def __getattr__(self, name: str):  # fileno, isatty, encoding...: the stream's own
+        return getattr(self.stream, name)
 
 
 def _shown_once(show):
