@@ -10,7 +10,7 @@ import logging
 import os
 import time
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Iterator, Sequence
 
@@ -216,7 +216,9 @@ class WordEmbedder:
       similarity to any anchor is 0.
     - ``max_length``: tokens per encoded word, special tokens included. A word of more sub-tokens
       (long chemical names, URLs) is embedded from its first ``max_length - 2`` pieces, and
-      ``embed`` warns how many were cut; ``input_embeddings`` never truncates.
+      ``embed`` warns how many were cut; ``input_embeddings`` never truncates. ``length_setting``
+      is how errors and that warning name it (a caller's own name for it: pretrain's
+      ``embedding_max_length``, whose ``max_length`` is the training sequences').
     - ``dtype``: ``None``/``"float32"``, or ``"bfloat16"``/``"float16"`` to run the forward pass
       under autocast (vectors are returned in float32). On GPUs both are fast; on CPUs bf16 pays
       off where the CPU has bf16 instructions (AVX-512 BF16, AMX: about 1.7-1.9x on the benchmark machine)
@@ -239,6 +241,7 @@ class WordEmbedder:
     progress: bool = True
     dtype: str | torch.dtype | None = None
     cache_dir: str | os.PathLike | bool | None = None
+    length_setting: str = field(default="max_length", repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if self.pooling not in POOLINGS:
@@ -246,7 +249,7 @@ class WordEmbedder:
         # As ints (numpy's too: they go into the cache key's JSON); a float would fail only mid-run.
         self.batch_size = whole_number(self.batch_size, "batch_size")
         truncates = self.pooling != "input_embeddings"  # which reads no sequence
-        self.max_length = whole_number(self.max_length, "max_length", least=3 if truncates else 1,
+        self.max_length = whole_number(self.max_length, self.length_setting, least=3 if truncates else 1,
                                        least_why=" (two special tokens and a piece)" if truncates else "")
         if isinstance(self.dtype, str):
             if self.dtype not in DTYPES:
@@ -269,7 +272,7 @@ class WordEmbedder:
         self._refuse_other_half_precision()
         check_vocabulary(self.tokenizer, self.model, model_name(self.model))
         if self.pooling != "input_embeddings":  # refused now, not as a tensor-size error at the first long word
-            check_max_length(self.model, self.max_length, model_name(self.model), "max_length")
+            check_max_length(self.model, self.max_length, model_name(self.model), self.length_setting)
         if self.cache_dir is True:
             self.cache_dir = default_cache_dir()
         elif self.cache_dir is False:
@@ -428,8 +431,8 @@ class WordEmbedder:
             if self.truncated_words:  # one warning for the call, however many cache pieces it took
                 warnings.warn(
                     f"{self.truncated_words:,} word(s) have more than {self.max_length} tokens with special tokens and "
-                    f"were embedded from their first pieces (e.g. {self._longest_truncated[:60]!r}); raise max_length "
-                    "to embed them whole", DiffmaskWarning, stacklevel=2)
+                    f"were embedded from their first pieces (e.g. {self._longest_truncated[:60]!r}); raise "
+                    f"{self.length_setting} to embed them whole", DiffmaskWarning, stacklevel=2)
             if self.unreadable_words:
                 warnings.warn(
                     f"{self.unreadable_words:,} word(s) are read by the tokenizer as nothing but special tokens "

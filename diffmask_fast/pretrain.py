@@ -59,13 +59,16 @@ WINDOWS_FOUND = "documents.json"  # and the documents' counts and fingerprints
 #: What makes two documents copies that stay on one side of the split: read alike by the tokenizer
 #: (``pretrain_data.reading_key``), as a run's record says; a record without it split by the text.
 COPIES_BY = "tokenizer"
+#: Settings of the embedder that scores words (difference, and mslm without terms).
+SCORING_SETTINGS = ("embedding_model", "pooling", "embedding_max_length")
 #: Settings a resumed run must share with the run it continues (the others may change, e.g. max_steps).
 RESUME_MUST_MATCH = (
     "model", "corpus", "validation", "validation_fraction", "max_validation_documents", "text_field", "word_boundary",
     "epochs", "precision", "mask_on", "strategy", "mlm_probability", "max_length",
     "seed", "batch_size", "gradient_accumulation_steps", "learning_rate", "weight_decay", "warmup_ratio",
     "init_mlm_head", "head_warmup_steps", "head_learning_rate", "anchors", "scores", "anchors_count",
-    "embedding_model", "pooling", "terms", "term_probability", "term_weight", "term_top_fraction", "attention_layer",
+    "embedding_model", "pooling", "embedding_max_length", "terms", "term_probability", "term_weight",
+    "term_top_fraction", "attention_layer",
 )
 
 
@@ -113,6 +116,8 @@ class PretrainConfig:
     anchors_count: int = 20
     embedding_model: str | None = None
     pooling: str | None = None
+    #: Tokens per word as the embedding model reads it (None: the embedder's default, 64).
+    embedding_max_length: int | None = None
     # terms / mslm
     terms: Path | None = None
     term_probability: float = 0.5
@@ -145,6 +150,9 @@ class PretrainConfig:
             setattr(self, name, whole_number(getattr(self, name), name, least))  # 8.0 would reach transformers
         if self.workers is not None:
             self.workers = whole_number(self.workers, "workers (0: mask in the main process)", 0)
+        if self.embedding_max_length is not None:  # as the embedder reads a word: two special tokens and a piece
+            self.embedding_max_length = whole_number(self.embedding_max_length, "embedding_max_length",
+                                                     1 if self.pooling == "input_embeddings" else 3)
         self.ddp_timeout = whole_number(self.ddp_timeout, "ddp_timeout (seconds)", 1)
         self.seed = whole_number(self.seed, "seed", 0, 2**32 - 1, " (what numpy's and torch's seeding take)")
         if self.max_steps == -1 and not (math.isfinite(self.epochs) and self.epochs > 0):
@@ -184,11 +192,11 @@ class PretrainConfig:
         uses_scores = self.strategy == "difference" or mines_terms
         if self.terms is not None and self.strategy not in ("terms", "mslm"):
             raise ValueError(f"terms would not be used: the terms and mslm strategies use them, not {self.strategy!r}")
-        unused = [name for name in ("anchors", "scores", "embedding_model", "pooling") if getattr(self, name) is not None]
+        unused = [name for name in ("anchors", "scores", *SCORING_SETTINGS) if getattr(self, name) is not None]
         if unused and not uses_scores:
             raise ValueError(f"{' and '.join(unused)} would not be used: the {self.strategy!r} strategy"
                              + (" with terms given" if self.strategy == "mslm" else "") + " scores no words")
-        scoring_settings = [name for name in ("embedding_model", "pooling") if getattr(self, name) is not None]
+        scoring_settings = [name for name in SCORING_SETTINGS if getattr(self, name) is not None]
         if self.scores is not None and scoring_settings:
             raise ValueError(f"{' and '.join(scoring_settings)} would not be used: the words are scored already in "
                              f"the score table {str(self.scores)!r}")
@@ -297,8 +305,10 @@ def _domain_resources(config: PretrainConfig, documents: Iterable[str], tokenize
             counts = (documents.word_counts(progress=config.progress) if isinstance(documents, CorpusDocuments)
                       else count_words(documents, progress=config.progress))
             anchors = mine_anchors(counts, k=config.anchors_count)
+        length = {} if config.embedding_max_length is None else {"max_length": config.embedding_max_length}
         embedder = WordEmbedder.from_pretrained(config.embedding_model, pooling=config.pooling, cache_dir=True,
-                                                progress=config.progress)
+                                                progress=config.progress, length_setting="embedding_max_length",
+                                                **length)
         if word_types is None:
             word_types = tokenizer_word_types(tokenizer, itertools.chain(documents, validation_documents),
                                               scheme=scheme, progress=config.progress)
@@ -1220,6 +1230,9 @@ def add_pretrain_command(commands) -> None:
                    help="encoder that embeds words for scoring (default: the bundled all-MiniLM-L6-v2)")
     p.add_argument("--pooling", choices=POOLINGS, default=None,
                    help="how the embedding model turns a word into a vector")
+    p.add_argument("--embedding-max-length", type=int, default=None,
+                   help="tokens per word as the embedding model reads it, special tokens included; a longer word "
+                        "is embedded from its first pieces (default 64)")
     p.add_argument("--terms", type=user_path, default=None,
                    help="terms or phrases, one per line (needed by `terms`; for `mslm` the default takes the anchors "
                         "and the highest-scoring words)")
@@ -1259,7 +1272,8 @@ def run_pretrain_command(args) -> None:
         init_mlm_head=args.init_mlm_head,
         head_warmup_steps=args.head_warmup_steps, head_learning_rate=args.head_learning_rate,
         resume=args.resume, anchors=args.anchors, scores=args.scores,
-        embedding_model=args.embedding_model, pooling=args.pooling, terms=args.terms, progress=not args.no_progress,
+        embedding_model=args.embedding_model, pooling=args.pooling, embedding_max_length=args.embedding_max_length,
+        terms=args.terms, progress=not args.no_progress,
         **{name: getattr(args, name) for name in STRATEGY_OPTIONS if getattr(args, name) is not None},
     )
     config.refuse_unused([name for name in STRATEGY_OPTIONS if getattr(args, name) is not None])

@@ -353,6 +353,21 @@ def test_strategy_options_left_out_take_the_run_defaults(monkeypatch, tmp_path):
     assert [c.term_weight for c in configs] == [defaults.term_weight, 3.0]
 
 
+def test_words_longer_than_the_embedding_length_are_named_by_pretrain_s_own_setting(model_dir, corpus, tmp_path):
+    """The embedder's warning said "raise max_length", which the command line read as pretrain's
+    --max-length (the training sequences' length); pretrain had no way to set the embedder's."""
+    from diffmask_fast.cli import _with_option_name
+    from diffmask_fast.scoring import ScoreTable
+
+    out = tmp_path / "run"
+    with pytest.warns(DiffmaskWarning, match=r"have more than 3 tokens .*; raise embedding_max_length to embed them "
+                                             r"whole") as caught:
+        pretrain(config_for(model_dir, corpus, out, embedding_max_length=3, max_steps=1, eval_steps=1))
+    assert ScoreTable.load(out / "scores.npz").info["max_length"] == 3
+    message = next(str(w.message) for w in caught if "embedding_max_length" in str(w.message))
+    assert "raise --embedding-max-length to" in _with_option_name(message, cli.build_parser().commands["pretrain"])
+
+
 def test_the_command_leaves_the_process_group_when_done(monkeypatch, tmp_path):
     """Processes of a torchrun run exited still in the process group training joined (torch
     warns of leaked resources with NCCL, and gloo now and then aborted at exit)."""
@@ -978,6 +993,8 @@ def test_ranks_draw_different_masks_without_a_seed_too(name, bert_wordpiece, tin
                                                                  "terms given scores no words"),
     ({"scores": "s.npz", "pooling": "cls"}, "pooling would not be used: the words are scored already in the score "
                                             "table 's.npz'"),
+    ({"scores": "s.npz", "embedding_max_length": 128}, "embedding_max_length would not be used: the words are scored"),
+    ({"embedding_max_length": 2}, "embedding_max_length must be at least 3, got 2"),
 ])
 def test_settings_are_refused_before_the_model_or_corpus_is_read(tmp_path, options, message):
     config = config_for(tmp_path / "no-model", tmp_path / "no-corpus.txt", tmp_path / "out", **options)
