@@ -761,19 +761,18 @@ def main(argv: list[str] | None = None) -> int:
     default_format, default_show = warnings.formatwarning, warnings.showwarning
     warnings.formatwarning = _warning_format(args.command, default_format, parser.commands.get(args.command))
     warnings.showwarning = _shown_once(default_show)
-    real_stdout = sys.stdout
-    output = _OutputThatOutlivesItsReader(real_stdout) if args.command in LONG_RUNNING_COMMANDS else None
-    if output is not None:
-        sys.stdout = output
+    real_stdout, real_stderr = sys.stdout, sys.stderr
+    if args.command in LONG_RUNNING_COMMANDS:  # progress bars, warnings and logs go to both
+        sys.stdout, sys.stderr = _OutputThatOutlivesItsReader(real_stdout), _OutputThatOutlivesItsReader(real_stderr)
     try:
         _commands()[args.command](args)
-        if output is not None and output.reader_left:
+        if sys.stdout is not real_stdout and sys.stdout.reader_left:
             print(f"diffmask {args.command}: the reader of the output left before the end; the run went on and "
                   "finished without printing", file=sys.stderr)
     except BrokenPipeError:
         # The reader of the output left (`| head`): the commands write their files before they
         # print, so nothing is lost. Quiet, with the status of a writer to a closed pipe.
-        _stdout_to_devnull()
+        _to_devnull(sys.stdout)
         return CLOSED_PIPE_STATUS
     except (ValueError, OSError, ImportError) as error:  # bad input, or a file that cannot be read or written
         message = _with_option_name(str(error), parser.commands.get(args.command))
@@ -786,7 +785,7 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     finally:
         warnings.formatwarning, warnings.showwarning = default_format, default_show
-        sys.stdout = real_stdout
+        sys.stdout, sys.stderr = real_stdout, real_stderr
     return 0
 
 
@@ -795,9 +794,10 @@ LONG_RUNNING_COMMANDS = ("pretrain", "finetune")
 
 
 class _OutputThatOutlivesItsReader:
-    """Standard output for the long commands: once its reader has left (``| head``), what they
-    print goes nowhere and the run goes on. A log line of a training loop would otherwise raise
-    BrokenPipeError out of the loop and end the run, checkpoints and model unsaved."""
+    """Standard output or error for the long commands: once its reader has left (``| head``,
+    ``2>&1 | head``), what they print there goes nowhere and the run goes on. A log line or a
+    progress bar of a training loop would otherwise raise BrokenPipeError out of the loop and end
+    the run, checkpoints and model unsaved."""
 
     def __init__(self, stream):
         self.stream = stream
@@ -820,7 +820,7 @@ class _OutputThatOutlivesItsReader:
 
     def _reader_gone(self) -> None:
         self.reader_left = True
-        _stdout_to_devnull()  # what is left in the buffer is flushed there at exit
+        _to_devnull(self.stream)  # what is left in its buffer is flushed there at exit
 
     def __getattr__(self, name: str):  # fileno, isatty, encoding...: the stream's own
         return getattr(self.stream, name)
@@ -840,12 +840,12 @@ def _shown_once(show):
     return show_once
 
 
-def _stdout_to_devnull() -> None:
-    """Point standard output at the null device, so that flushing what is left in its buffer at
-    exit finds no closed pipe (which Python reports as an ignored exception). Standard output
-    that is no file (a notebook's, a test's capture) is left as it is."""
+def _to_devnull(stream) -> None:
+    """Point ``stream`` (standard output or error) at the null device, so that flushing what is
+    left in its buffer at exit finds no closed pipe (which Python reports as an ignored
+    exception). A stream that is no file (a notebook's, a test's capture) is left as it is."""
     try:
-        descriptor = sys.stdout.fileno()
+        descriptor = stream.fileno()
     except (AttributeError, OSError, ValueError):  # io.UnsupportedOperation is both of the last two
         return
     devnull = os.open(os.devnull, os.O_WRONLY)

@@ -69,8 +69,15 @@ GPU_FLAT_MIN_ANCHORS = 8192
 MAX_SCAN_FRACTION = 0.25
 #: Two similarities closer than this count as a tie when measuring recall.
 TIE_TOLERANCE = 1e-6
-#: Results FAISS is asked for per query, among which a tie goes to the smallest anchor id.
+#: Results FAISS is asked for per query whose best two tie, among which the smallest id wins.
 TIE_CANDIDATES = 8
+
+
+def _smallest_tied(distances: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Per row, the smallest label among the results as near as the first (FAISS orders ties as
+    its scan meets them: by list, or by SIMD lane; the exact op by anchor)."""
+    tied = (distances == distances[:, :1]) & (labels >= 0)
+    return torch.where(tied, labels, torch.full_like(labels, torch.iinfo(labels.dtype).max)).amin(dim=1)
 
 
 def auto_kind(k: int, use_gpu: bool = False) -> str:
@@ -406,13 +413,14 @@ class AnchorIndex:
 
         if kind == "auto":
             kind = auto_kind(self.k, self.use_gpu)
+            why = f"for {self.k:,} anchor vectors (IVF from {IVF_MIN_ANCHORS:,}); give the kind to use them"
             if kind in ("ivf", "hnsw") and self.recall_target >= 1.0:  # only exact search shows recall 1
                 kind = "flat" if self.use_gpu else "exact"
+                why = "as recall_target 1 needs an exact search"
             given = {"nlist": nlist, "nprobe": nprobe, "engine": engine, "spill": spill, "ef_search": ef_search}
             unused = [name for name, value in given.items() if value is not None and _OPTION_KIND[name] != kind]
             if unused:
-                self.notes.append(f"{', '.join(unused)} left unused: 'auto' chose {kind} search for {self.k:,} anchor "
-                                  f"vectors (IVF from {IVF_MIN_ANCHORS:,}); give the kind to use them")
+                self.notes.append(f"{', '.join(unused)} left unused: 'auto' chose {kind} search {why}")
         if self._searchable.shape[0] == 0:
             kind = "exact"
             self.notes.append("every anchor is the zero vector: all similarities are 0")
@@ -508,15 +516,23 @@ class AnchorIndex:
         return self._finish(block, units, values, ids)
 
     def _faiss_search(self, units: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """FAISS's nearest anchor of each row; where several of the first ``TIE_CANDIDATES`` it
-        finds are as near as the nearest, the smallest id: FAISS orders ties as its scan meets them
-        (by list, or by SIMD lane), the exact op by anchor."""
-        count = min(TIE_CANDIDATES, int(self._faiss_index.ntotal))
-        distances, labels = self._faiss_index.search(np.ascontiguousarray(units.numpy()), count)
-        distances, labels = torch.from_numpy(distances), torch.from_numpy(labels)
-        tied = (distances == distances[:, :1]) & (labels >= 0)
-        smallest = torch.where(tied, labels, torch.full_like(labels, torch.iinfo(labels.dtype).max)).amin(dim=1)
-        return distances[:, 0].clone(), torch.where(labels[:, 0] < 0, labels[:, 0], smallest)
+        """FAISS's nearest anchor of each row; where several (of the first ``TIE_CANDIDATES``)
+        are as near as the nearest, the smallest id, as the exact op gives."""
+        rows = np.ascontiguousarray(units.numpy())
+        distances, labels = self._faiss_search_rows(rows, 2)  # the runner-up shows a tie (FAISS's k=8 costs 17%)
+        tied = (distances[:, 1] == distances[:, 0]) & (labels[:, 1] >= 0)
+        if bool(tied.any()):
+            rows_tied = torch.nonzero(tied).squeeze(1)
+            more = self._faiss_search_rows(rows[rows_tied.numpy()], TIE_CANDIDATES)
+            labels[rows_tied, 0] = _smallest_tied(*more)
+        return distances[:, 0].clone(), labels[:, 0].clone()
+
+    def _faiss_search_rows(self, rows: np.ndarray, count: int) -> tuple[torch.Tensor, torch.Tensor]:
+        distances, labels = self._faiss_index.search(rows, min(count, int(self._faiss_index.ntotal)))
+        if distances.shape[1] < 2:  # one vector indexed: no runner-up
+            distances = np.concatenate([distances, np.full_like(distances, -np.inf)], axis=1)
+            labels = np.concatenate([labels, np.full_like(labels, -1)], axis=1)
+        return torch.from_numpy(distances), torch.from_numpy(labels)
 
     def _finish(self, block, units, values, ids) -> tuple[torch.Tensor, torch.Tensor]:
         """Map ids back to anchor rows and apply the exact op's conventions to the edge cases."""

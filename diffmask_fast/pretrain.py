@@ -217,8 +217,10 @@ class PretrainConfig:
         (the command line names those typed, also at their default value)."""
         set_but_unused = [name for name in self.unused_settings() if name in given]
         if set_but_unused:
-            raise ValueError(f"{', '.join(set_but_unused)} would not be used by the {self.strategy!r} strategy"
-                             + (" with the anchors or scores given" if set_but_unused == ["anchors_count"] else ""))
+            reason = ""  # anchors_count alone: the strategy mines anchors, but not in this run
+            if set_but_unused == ["anchors_count"]:
+                reason = " with terms given" if self.terms is not None else " with the anchors or scores given"
+            raise ValueError(f"{', '.join(set_but_unused)} would not be used by the {self.strategy!r} strategy{reason}")
 
     def unused_settings(self) -> list[str]:
         """The strategy settings this run's strategy never reads (left out of the resume check)."""

@@ -599,8 +599,8 @@ def _hold_encoder_back(scheduler, steps: int, ramp: int, total: int) -> None:
             if step < steps:
                 return 0.0
             since = step - steps
-            if since < ramp:
-                return schedule(ramp) * (since + 1) / ramp
+            if since < ramp:  # a warm-up reaches its peak at its last step or the one after
+                return max(schedule(ramp - 1), schedule(ramp)) * (since + 1) / ramp
             if after_ramp <= 0:  # past the run's steps
                 return schedule(step)
             return schedule(ramp + (since - ramp) * (total - ramp) / after_ramp)

@@ -204,10 +204,12 @@ def test_preview_writes_its_page_and_picture_before_printing_the_masked_text(tmp
     assert page.is_file() and picture.read_bytes().startswith(b"\x89PNG")
 
 
+@pytest.mark.parametrize("closed", ["stdout", "both"])
 @pytest.mark.parametrize("command", ["pretrain", "finetune"])
-def test_a_reader_that_leaves_does_not_end_a_training_run(tmp_path, monkeypatch, capsys, command):
-    """`diffmask pretrain ... | head -2`: the trainer's third log line raised BrokenPipeError out
-    of the training loop, and the run ended silently with no checkpoint or model saved."""
+def test_a_reader_that_leaves_does_not_end_a_training_run(tmp_path, monkeypatch, command, closed):
+    """`diffmask pretrain ... | head -2` (or `2>&1 | head -2`): the trainer's third log line, or a
+    progress bar on standard error, raised BrokenPipeError out of the training loop, and the run
+    ended silently with no checkpoint or model saved."""
     import io
 
     import diffmask_fast.finetune as finetune_module
@@ -222,19 +224,22 @@ def test_a_reader_that_leaves_does_not_end_a_training_run(tmp_path, monkeypatch,
     def training(args):
         for step in range(5):
             print(f"{{'loss': {9 - step}, 'step': {step}}}")
+            print(f"step {step}/5", file=sys.stderr)
         (tmp_path / "model.safetensors").write_bytes(b"saved after the log")
 
     module, name = ((pretrain_module, "run_pretrain_command") if command == "pretrain"
                     else (finetune_module, "run_finetune_command"))
     monkeypatch.setattr(module, name, training)
-    stdout = ClosedAfterTwoLines()
+    stdout, stderr = ClosedAfterTwoLines(), ClosedAfterTwoLines() if closed == "both" else io.StringIO()
     monkeypatch.setattr("sys.stdout", stdout)
+    monkeypatch.setattr("sys.stderr", stderr)
     arguments = ([str(tmp_path / "c.txt"), "--model", "m", "-o", str(tmp_path / "run")] if command == "pretrain"
                  else ["m", "--train", str(tmp_path / "train.jsonl"), "--dev", str(tmp_path / "dev.jsonl")])
     assert main([command, *arguments]) == 0
     assert (tmp_path / "model.safetensors").read_bytes() == b"saved after the log"
-    assert stdout.getvalue().count("\n") == 2 and sys.stdout is stdout
-    assert "the reader of the output left before the end; the run went on" in capsys.readouterr().err
+    assert stdout.getvalue().count("\n") == 2 and sys.stdout is stdout and sys.stderr is stderr
+    if closed == "stdout":
+        assert "the reader of the output left before the end; the run went on" in stderr.getvalue()
 
 
 def test_an_interrupt_says_how_to_carry_on(tmp_path, monkeypatch, capsys):
