@@ -848,6 +848,7 @@ def test_each_seed_draws_its_own_head_and_warms_up_over_every_epoch(tmp_path, ti
     monkeypatch.setattr(finetune_module, "_load_classifier", recording)
     report = finetune_module.finetune(model_dir, files["train"], files["dev"], seeds=(1, 2), epochs=2, batch_size=8,
                                       max_length=16, warmup_ratio=0.5, progress=False, device="cpu")
+    assert report.config["warmup_ratio"] == 0.5 and "warmup_steps" not in report.config
     assert not torch.equal(heads[0], heads[1]), "two seeds drew the same classification head"
     torch.manual_seed(2)
     assert torch.equal(heads[1], load(str(model_dir), {0: "a", 1: "b"}, {"a": 0, "b": 1}).classifier.weight), \
