@@ -1046,9 +1046,9 @@ class WordCounts:
 
     @classmethod
     def load(cls, path: str | os.PathLike, verify: bool = False) -> "WordCounts":
-        """Read counts written by ``save``. The binary format is mapped into memory: its offsets
-        and counts are checked in one pass, its words are not read; ``verify`` also checks the
-        checksum, the total and the words' order (reading it all)."""
+        """Read counts written by ``save``. The binary format is mapped into memory: its header's
+        checksum is checked, its offsets and counts in one pass, its words are not read; ``verify``
+        also checks the data's checksum, the total and the words' order (reading it all)."""
         path = Path(path)
         if not path.exists():
             raise FileNotFoundError(f"word counts file {str(path)!r} does not exist")
@@ -1168,6 +1168,8 @@ def _read_binary(path: Path, verify: bool) -> WordCounts:
         except (ValueError, UnicodeDecodeError):
             raise ValueError(f"{name!r} is truncated or corrupt: its header cannot be read") from None
         _check_binary_header(header, name)
+        if "header_crc32" in header and _header_checksum(header) != header["header_crc32"]:  # costs nothing
+            raise ValueError(f"{name!r} is corrupt: its header's checksum does not match its fields")
         words, blob_bytes = header["words"], header["blob_bytes"]
         data = _PREAMBLE.size + header_length
         expected = data + 8 * (2 * words + 1) + blob_bytes
@@ -1193,8 +1195,6 @@ def _read_binary(path: Path, verify: bool) -> WordCounts:
         crc = zlib.crc32(memoryview(mapped)[data:], 0)
         if crc != header.get("crc32"):
             raise ValueError(f"{name!r} is corrupt: checksum mismatch")
-        if "header_crc32" in header and _header_checksum(header) != header["header_crc32"]:
-            raise ValueError(f"{name!r} is corrupt: its header's checksum does not match its fields")
         if int(counts.sum()) != header.get("total"):
             raise ValueError(f"{name!r} is corrupt: its counts sum to {int(counts.sum()):,}, its header "
                              f"says {header['total']:,}")
