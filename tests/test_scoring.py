@@ -577,6 +577,30 @@ def test_scorer_with_an_approximate_index_reports_its_recall(tiny_bert, seed):
     assert agree >= 0.95 and (table.values <= exact.values + 1e-5).all()
 
 
+def test_the_index_is_tuned_on_a_random_sample_of_the_words_scored(tiny_bert, seed, monkeypatch):
+    """The recall sample is drawn from all the words, not their first in sorted order (numbers
+    and words of one letter), which would tune the index and report its recall on a skewed few."""
+    rng = random.Random(seed)
+    model, tokenizer = tiny_bert
+    embedder = WordEmbedder(model, tokenizer, pooling="input_embeddings", progress=False)
+    vocabulary = sorted(t for t in tokenizer.get_vocab() if t.isalpha() and t.islower())
+    words = rng.sample(vocabulary, 800)
+    samples = []
+    built = WordScorer.build_index
+
+    def recording(self, sample_queries=None, progress=False):
+        samples.append(sample_queries)
+        return built(self, sample_queries, progress)
+
+    monkeypatch.setattr(WordScorer, "build_index", recording)
+    scorer = WordScorer(embedder, rng.sample(vocabulary, 3000), index="ivf", index_options={"recall_sample": 300})
+    scorer.score(words)
+    sample = samples[0]
+    vectors = embedder.embed(sorted(words))
+    rows = [int(torch.nonzero((vectors == row).all(dim=1))[0]) for row in sample]
+    assert len(set(rows)) == 300 and max(rows) > 700 and min(rows) < 100, "a sample of all the words, in no order"
+
+
 def random_table(n, rng):
     alphabet = "abcdefghijklmnopqrstuvwxyzäöüßéμ-'"
     words = {reference.normalize_word("".join(rng.choice(alphabet) for _ in range(rng.randint(1, 14))))
