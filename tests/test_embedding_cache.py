@@ -4,6 +4,7 @@ import json
 import random
 import string
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -324,6 +325,31 @@ def test_segments_are_atomic_and_merged(tokenizer, tmp_path, rng, monkeypatch):
     vectors = embedder(model, tokenizer, tmp_path).embed(words)
     assert counter["rows"] == 0
     torch.testing.assert_close(vectors, embedder(model, tokenizer, None).embed(words), atol=1e-6, rtol=1e-5)
+
+
+def test_a_segment_whose_commit_fails_is_never_read(tmp_path, rng, monkeypatch):
+    """The JSON that commits a segment is written whole or not at all: one cut short would be
+    taken for a corrupt segment by another process, which removes it and warns."""
+    from diffmask_fast import _io
+
+    dimension = 4
+    words = random_words(10, rng)
+    vectors = np.random.default_rng(rng.randrange(2**31)).standard_normal((10, dimension)).astype(np.float32)
+    cache = embedding_cache.EmbeddingCache(tmp_path, "key", dimension)
+    replace = _io.os.replace
+
+    def full_disk_at_the_commit(source, target, *args, **kwargs):
+        if Path(target).name.startswith("seg-") and str(target).endswith(".json"):
+            raise OSError(28, "No space left on device")
+        return replace(source, target, *args, **kwargs)
+
+    monkeypatch.setattr(_io.os, "replace", full_disk_at_the_commit)
+    with pytest.raises(OSError, match="No space left"):
+        cache.add(words, vectors)
+    monkeypatch.undo()
+    assert not list(tmp_path.rglob("seg-*.json")) and not list(tmp_path.rglob("*tmp*"))
+    found, _ = embedding_cache.EmbeddingCache(tmp_path, "key", dimension).lookup(words)
+    assert len(found) == 0, "nothing of the failed segment is read"
 
 
 def test_a_merge_by_another_process_is_followed_without_a_warning(tmp_path, rng, recwarn, monkeypatch):
