@@ -273,6 +273,19 @@ def test_ids_outside_the_vocabulary_are_refused_before_the_attention_pass(bert_w
         masker(ids, attention, model=tiny_bert_mlm)
 
 
+def test_a_model_that_embeds_fewer_ids_than_the_tokenizer_holds_is_named(bert_wordpiece):
+    """Tokens added to the tokenizer without resizing the model's embeddings: the attention pass
+    failed with an IndexError deep in the embedding lookup (pretrain checks; the library did not)."""
+    from transformers import BertConfig, BertForMaskedLM
+
+    model = BertForMaskedLM(BertConfig(vocab_size=len(bert_wordpiece) - 100, hidden_size=32, num_hidden_layers=2,
+                                       num_attention_heads=2, intermediate_size=64)).eval()
+    ids, attention, _ = random_batch(bert_wordpiece, 0)
+    with pytest.raises(ValueError, match=rf"has {len(bert_wordpiece)} tokens but the model embeds only "
+                                         rf"{len(bert_wordpiece) - 100}: .*resize_token_embeddings"):
+        AttentionMasker(bert_wordpiece, seed=0)(ids, attention, model=model)
+
+
 def test_the_two_orders_pick_different_ends(bert_wordpiece, tiny_bert_mlm, seed):
     ids, attention, flagged = random_batch(bert_wordpiece, seed, rows=8)
     most = AttentionMasker(bert_wordpiece, order="most", mlm_probability=0.5, seed=seed)(ids, attention, model=tiny_bert_mlm)[1]
