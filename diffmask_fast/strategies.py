@@ -59,7 +59,8 @@ class MaskingStrategy:
 
     def mask_examples(self, examples: Sequence[dict], *, model: torch.nn.Module | None = None,
                       seed: int = 0, batch_size: int = 64) -> list[dict]:
-        """Each example masked once (reproducibly for ``seed``): dicts with ``input_ids``,
+        """Each example masked once (reproducibly for ``seed`` and ``batch_size``: one random stream
+        runs through the batches, so another ``batch_size`` draws other masks): dicts with ``input_ids``,
         ``attention_mask`` and ``labels`` of the example's own length, and ``token_type_ids``
         where the examples have them. An example's own ``attention_mask`` and
         ``special_tokens_mask`` are kept: its padding is never masked. Loss weights are left
