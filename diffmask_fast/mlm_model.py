@@ -14,6 +14,7 @@ above that of guessing uniformly); with ``HEAD_NORM_GAIN`` they start near unifo
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -33,7 +34,8 @@ def load_masked_lm(name_or_path: str, *, init_mlm_head: bool = False, dtype: tor
     the Trainer's mixed precision (``bf16``/``fp16``), over float32 weights."""
     from transformers import AutoConfig, AutoModelForMaskedLM
 
-    from .hf_loading import check_model_reference, model_reference, quiet_transformers, readable_weights
+    from .hf_loading import (MODEL_WEIGHT_FILES, check_model_reference, model_reference, quiet_transformers,
+                             readable_weights, saved_weights)
 
     check_model_reference(name_or_path)
     name_or_path = model_reference(name_or_path)
@@ -46,6 +48,9 @@ def load_masked_lm(name_or_path: str, *, init_mlm_head: bool = False, dtype: tor
             f"{name_or_path!r} is a {config.model_type!r} model, which has no masked-LM head in transformers; "
             "continued MLM pretraining needs an encoder such as BERT, RoBERTa, DeBERTa or XLM-R"
         )
+    if Path(name_or_path).is_dir() and saved_weights(name_or_path) is None:
+        raise ValueError(f"the model directory {name_or_path!r} holds a configuration but no weights (none of "
+                         f"{', '.join(MODEL_WEIGHT_FILES)}): save the model there, or give the folder that holds them")
     with quiet_transformers(), readable_weights(name_or_path):  # the missing-weights report: see below
         model, info = AutoModelForMaskedLM.from_pretrained(name_or_path, output_loading_info=True, dtype=dtype)
     prefix = model.base_model_prefix + "."

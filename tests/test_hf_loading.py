@@ -75,6 +75,15 @@ def test_a_file_given_as_the_model_is_named_as_a_file(tmp_path, tiny_bert_mlm, b
             load(str(tmp_path / "config.json"))
 
 
+def test_a_model_folder_with_a_configuration_but_no_weights_is_named(tmp_path, tiny_bert_mlm, bert_wordpiece):
+    """transformers' own OSError ("no file named model.safetensors, or pytorch_model.bin") came
+    out of the library as it was, where every other unreadable checkpoint is a ValueError."""
+    tiny_bert_mlm.config.save_pretrained(tmp_path)
+    bert_wordpiece.save_pretrained(tmp_path)
+    with pytest.raises(ValueError, match="holds a configuration but no weights \\(none of model.safetensors"):
+        load_masked_lm(str(tmp_path))
+
+
 def test_weights_torch_will_not_unpickle_safely_are_not_called_damaged(tmp_path, tiny_bert_mlm, bert_wordpiece):
     """A .bin holding numpy numbers beside the tensors is refused by weights-only loading, which
     says it can be loaded; the message went on to call it damaged or cut short."""
