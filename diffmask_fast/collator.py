@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import threading
 from dataclasses import dataclass
 from typing import Any, Mapping
 
@@ -23,9 +24,12 @@ class DifferenceMaskingCollator(MaskingCollatorBase):
     Works from plain ``input_ids`` (``attention_mask`` and ``special_tokens_mask`` are used when
     present), so it fits ``Trainer`` with ``remove_unused_columns=True``. ``scores`` is a
     ``ScoreTable``, a ``{word: score}`` mapping or the path of a saved table. Each call draws
-    fresh masks; with ``seed`` the draws are reproducible and differ across DataLoader workers
-    and distributed ranks.
-    All work is on the CPU, so it is safe in DataLoader workers.
+    fresh masks; with ``seed`` the draws are reproducible in the main process and differ across
+    distributed ranks; in DataLoader workers they differ per worker and epoch, and repeat from
+    run to run where the DataLoader's seeds do (``torch.manual_seed`` or ``set_seed`` first, as
+    ``Trainer`` does).
+    All work is on the CPU, so it is safe in DataLoader workers; calls from several threads at
+    once take turns (the table of words seen so far grows as they mask).
     """
 
     tokenizer: Any
@@ -40,6 +44,7 @@ class DifferenceMaskingCollator(MaskingCollatorBase):
         self.scores = as_score_table(self.scores)
         self._setup_base()
         self._cache = ops.ScoreHashTable()
+        self._lock = threading.Lock()
 
     def _check_settings(self) -> None:
         if self.weighting not in WEIGHTINGS:
@@ -55,19 +60,29 @@ class DifferenceMaskingCollator(MaskingCollatorBase):
         """Mask a padded [B, L] batch; ``never_word`` flags tokens that belong to no word
         (special tokens are always excluded). Returns (masked input_ids, labels)."""
         input_ids, never_word = self._checked_inputs(input_ids, never_word)
-        seed = self._draw_seed()
-        while True:
-            keys, values = self._cache.tensors()
-            masked_ids, labels, _, misses = ops.difference_mask(
-                input_ids, never_word, self.boundaries.starts_word, keys, values,
-                self.boundaries.random_token_ids,
-                mlm_probability=self.mlm_probability, weighting=self.weighting, uniform_mix=self.uniform_mix,
-                unknown_score=self.scores.unknown_score, mask_token_id=self.boundaries.mask_token_id,
-                mask_replace_prob=self.mask_replace_prob, random_replace_prob=self.random_replace_prob, seed=seed,
-            )
-            if misses.shape[0] == 0:
-                return masked_ids, labels
-            self._learn_words(input_ids, misses)
+        with self._lock:  # another thread's new words would grow the table under this one's reads
+            seed = self._draw_seed()
+            while True:
+                keys, values = self._cache.tensors()
+                masked_ids, labels, _, misses = ops.difference_mask(
+                    input_ids, never_word, self.boundaries.starts_word, keys, values,
+                    self.boundaries.random_token_ids,
+                    mlm_probability=self.mlm_probability, weighting=self.weighting, uniform_mix=self.uniform_mix,
+                    unknown_score=self.scores.unknown_score, mask_token_id=self.boundaries.mask_token_id,
+                    mask_replace_prob=self.mask_replace_prob, random_replace_prob=self.random_replace_prob, seed=seed,
+                )
+                if misses.shape[0] == 0:
+                    return masked_ids, labels
+                self._learn_words(input_ids, misses)
+
+    def __getstate__(self) -> dict:
+        state = super().__getstate__()
+        state.pop("_lock", None)  # a lock is no value to copy: each copy takes turns of its own
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        super().__setstate__(state)
+        self._lock = threading.Lock()
 
     @property
     def known_token_sequences(self) -> int:

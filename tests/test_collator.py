@@ -195,6 +195,26 @@ def test_pickling_keeps_behaviour(bert_wordpiece, lines):
     assert torch.equal(collator(examples)["labels"], copy(examples)["labels"])
 
 
+def test_threads_masking_with_one_collator_take_turns(bert_wordpiece, shared_data_dir):
+    """Prefetching threads share a collator: one thread's new words grew (rehashed) the table
+    while another read it, and the call failed with a shape mismatch."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    lines = (shared_data_dir / "scicite" / "corpus.txt").read_text(encoding="utf-8").splitlines()[:1500]
+    examples, table = encode(bert_wordpiece, lines), random_scores(bert_wordpiece, lines)
+    collator = DifferenceMaskingCollator(bert_wordpiece, table, seed=0)
+    batches = [examples[i:i + 16] for i in range(0, len(examples), 16)]
+    with ThreadPoolExecutor(8) as pool:
+        outputs = list(pool.map(collator, batches))
+    assert all(out["labels"].shape == out["input_ids"].shape for out in outputs)
+    single = DifferenceMaskingCollator(bert_wordpiece, table, seed=0)
+    for batch in batches:
+        single(batch)
+    assert collator.known_token_sequences == single.known_token_sequences  # no word lost to a race
+    copied = copy.deepcopy(pickle.loads(pickle.dumps(collator)))  # each copy takes turns of its own
+    assert copied._lock is not collator._lock and copied(batches[0])["labels"].shape[0] == len(batches[0])
+
+
 def test_an_unpickled_collator_keeps_the_rank_it_was_sent_from(bert_wordpiece, lines, monkeypatch):
     """A worker started by spawn has no process group, and without torchrun no $RANK."""
     tokenizer = bert_wordpiece
