@@ -7,7 +7,6 @@ import numbers
 from typing import Iterable, Iterator, Mapping, Sequence, Sized
 
 from . import reference
-from ._checks import refuse_one_string
 from .tokenization import WordGrouper, decode_words, tokenize_texts
 
 #: Texts tokenized per call: a fast tokenizer encodes a batch in parallel.
@@ -45,16 +44,16 @@ def tokenizer_word_types(tokenizer, texts: Iterable[str], lowercase: bool = True
     """Normalized word types of ``texts`` as the collator will see them, for scoring.
 
     ``texts`` is a corpus as ``count_words`` reads it (strings, paths, a pandas DataFrame or a
-    ``datasets.Dataset``, its ``text_field`` column), one string alone excepted. Reads the whole
-    corpus through the tokenizer, so it shows a progress bar (``progress``) by documents; each
-    distinct token sequence is decoded once."""
+    ``datasets.Dataset``, its ``text_field`` column; one string names a file, folder or glob).
+    Reads the whole corpus through the tokenizer, so it shows a progress bar (``progress``) by
+    documents; each distinct token sequence is decoded once."""
     from tqdm.auto import tqdm
 
     from .corpus import iter_documents, names_only_paths
 
-    refuse_one_string(texts, "texts", "an iterable of documents")
     types = WordTypes(tokenizer, lowercase, scheme)
-    counted = isinstance(texts, Sized) and not isinstance(texts, Mapping) and not names_only_paths(texts)
+    counted = (isinstance(texts, Sized) and not isinstance(texts, (str, bytes, Mapping))
+               and not names_only_paths(texts))
     total = len(texts) if counted else None  # documents, not files
     texts = iter_documents(texts, text_field)
     with tqdm(total=total, desc="reading words", unit="doc", disable=not progress) as bar:

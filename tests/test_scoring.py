@@ -150,8 +150,21 @@ def test_the_embedder_leaves_the_models_mode_alone_and_reads_a_head_models_encod
         model.eval()
 
 
+def test_word_types_of_a_corpus_named_by_one_string_are_its_files(bert_wordpiece, tmp_path):
+    """count_words takes one string as a file, folder or glob; tokenizer_word_types refused it
+    ("wrap it in a list"), and wrapped, was told to give it as one string."""
+    from diffmask_fast.vocabulary import tokenizer_word_types
+
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("The enzyme binds.\nA kinase, phosphorylated\n", encoding="utf-8")
+    expected = tokenizer_word_types(bert_wordpiece, ["The enzyme binds.", "A kinase, phosphorylated"])
+    assert tokenizer_word_types(bert_wordpiece, str(corpus)) == tokenizer_word_types(bert_wordpiece, corpus) == expected
+    assert tokenizer_word_types(bert_wordpiece, str(tmp_path / "*.txt")) == expected
+
+
 def test_one_string_is_not_taken_for_a_list_of_its_characters(tiny_bert):
     from diffmask_fast.contextual import contextual_anchor_vectors
+    from diffmask_fast.corpus import CorpusError
     from diffmask_fast.vocabulary import tokenizer_word_types
 
     model, tokenizer = tiny_bert
@@ -160,8 +173,8 @@ def test_one_string_is_not_taken_for_a_list_of_its_characters(tiny_bert):
         embedder.embed("enzyme")
     with pytest.raises(TypeError, match="not one string"):
         WordScorer(embedder, ["enzyme"]).score("phosphorylation")
-    with pytest.raises(TypeError, match="not one string"):
-        tokenizer_word_types(tokenizer, "the enzyme binds")
+    with pytest.raises(CorpusError, match="corpus path 'the enzyme binds' does not exist"):
+        tokenizer_word_types(tokenizer, "the enzyme binds")  # one string names files, as for count_words
     with pytest.raises(TypeError, match="not one string"):
         contextual_anchor_vectors(embedder, "the enzyme binds", ["enzyme"])
     with pytest.raises(TypeError, match="not one string"):
