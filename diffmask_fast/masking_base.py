@@ -488,11 +488,15 @@ class MaskingCollatorBase:
         if "token_type_ids" in examples[0]:
             batch["token_type_ids"] = padded("token_type_ids", getattr(self.tokenizer, "pad_token_type_id", 0))
         for key in examples[0]:
-            if key in batch or key in ("input_ids", "labels"):
+            if key in batch or key in DROPPED_FIELDS:
                 continue
             batch[key] = _stacked_extra(_field_values(examples, key), key, return_tensors or self.return_tensors)
         return batch
 
+
+#: Fields a batch never carries, as transformers' collators drop them: labels give way to the
+#: masking's, and character offsets (what HF's whole-word masking reads) are no model input.
+DROPPED_FIELDS = ("input_ids", "labels", "offset_mapping")
 
 #: Why an example that is text cannot be collated.
 _NOT_TOKENIZED = ("examples must be tokenized: dicts with 'input_ids', or sequences of token ids "
@@ -525,7 +529,7 @@ def _refuse_fields_example_0_lacks(examples: list[Mapping]) -> None:
     say) would be left out without a word, its tokens masked as if attended."""
     first = examples[0].keys()
     for index, example in enumerate(examples[1:], 1):
-        extra = example.keys() - first - {"labels"}  # labels give way to the masking labels, held or not
+        extra = example.keys() - first - {"labels", "offset_mapping"}  # dropped from the batch, held or not
         if extra:
             raise ValueError(f"field {min(extra, key=str)!r} is in example {index} but not in example 0")
 
