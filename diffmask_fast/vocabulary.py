@@ -77,6 +77,8 @@ class WordTypes:
     def add(self, token_ids: Iterable[Sequence[int]]) -> None:
         """Adds the words of texts given as their ids, without special tokens (as
         ``tokenizer(texts, add_special_tokens=False)`` gives them)."""
+        if getattr(token_ids, "ndim", None) == 1:  # one tensor or array of ids: refused as one list of them is
+            token_ids = token_ids.tolist()
         token_ids = list(token_ids)
         if token_ids and isinstance(token_ids[0], numbers.Integral):
             raise TypeError("token_ids must be a list of id sequences, one per text, got one sequence of ids: "

@@ -190,8 +190,9 @@ def test_collators_take_the_call_options_and_inputs_transformers_collators_take(
     with pytest.raises(ValueError, match="return_tensors must be 'pt' or 'np', got 'tf'"):
         collator([ids], return_tensors="tf")
     assert collator([torch.tensor(ids), torch.tensor([])])["input_ids"].shape == (2, len(ids))
-    with pytest.raises(TypeError, match=r"a list of id sequences, one per text, .* pass \[ids\]"):
-        WordTypes(bert_wordpiece).add(ids)
+    for one_text in (ids, torch.tensor(ids), np.array(ids)):  # a 1-D tensor failed on len() of a 0-d tensor
+        with pytest.raises(TypeError, match=r"a list of id sequences, one per text, .* pass \[ids\]"):
+            WordTypes(bert_wordpiece).add(one_text)
     with pytest.raises(TypeError, match="text must be one string, got list"):
         tokenizer_words(bert_wordpiece, ["the receptor"])
 
