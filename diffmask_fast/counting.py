@@ -282,9 +282,10 @@ class _RawTables:
     def finish(self, lowercase: bool, pool: ThreadPoolExecutor | None = None) -> CountTable:
         """Normalize every distinct raw word once and return the sorted table of normalized words.
 
-        Each thread's table is normalized (ASCII words, in Numba) and sorted on its own thread;
-        the other words of all tables are summed, normalized once by ``reference.normalize_word``
-        and merged in with the sorted tables."""
+        Each thread's table is split into its ASCII words, normalized in Numba and then sorted on
+        a thread of ``pool``, and its other words; those of all tables are summed and normalized
+        by ``reference.normalize_word`` here, while the threads sort, and merged in with the
+        sorted tables."""
         made = [table for table in self.tables if table is not None]
         tables = [table for table in made if table[2][W.META_DISTINCT] > 0]
         self.totals = sum((table[2] for table in made), np.zeros(W.META_SIZE, np.int64))
@@ -292,22 +293,22 @@ class _RawTables:
         if not tables:
             return CountTable.empty()
 
-        def ascii_words(table: list) -> tuple[CountTable, list[tuple[bytes, int]]]:
+        def sorted_merged(blob, starts, lengths, counts) -> CountTable:
+            # Sorted, the words that normalize alike lie side by side: merged there.
+            return CountTable(*W.merge_equal_neighbours(*W.sorted_table(blob, starts, lengths, counts)))
+
+        def split(table: list) -> tuple[Future | CountTable, list[tuple[bytes, int]]]:
             blob, starts, lengths, counts = W.table_strings(*table)
             table.clear()
             ascii_blob, ascii_starts, ascii_lengths, rows, others = W.normalize_ascii(
                 blob, starts, lengths, lowercase, W.ASCII_STRIP)
-            # Sorted, the words that normalize alike lie side by side: merged there.
-            normalized = CountTable(*W.merge_equal_neighbours(*W.sorted_table(
-                ascii_blob, ascii_starts, ascii_lengths, np.ascontiguousarray(counts[rows]))))
+            ascii_words = (ascii_blob, ascii_starts, ascii_lengths, np.ascontiguousarray(counts[rows]))
+            sorting = pool.submit(sorted_merged, *ascii_words) if pool is not None else sorted_merged(*ascii_words)
             rest = [(blob[s: s + n].tobytes(), c) for s, n, c in
                     zip(starts[others].tolist(), lengths[others].tolist(), counts[others].tolist())]
-            return normalized, rest
+            return sorting, rest
 
-        if pool is not None and len(tables) > 1:
-            parts = list(pool.map(ascii_words, tables))
-        else:
-            parts = [ascii_words(table) for table in tables]
+        parts = list(pool.map(split, tables)) if pool is not None and len(tables) > 1 else [split(t) for t in tables]
         raw: dict[bytes, int] = {}
         for _, rest in parts:
             for word, count in rest:
@@ -317,12 +318,10 @@ class _RawTables:
         lengths = np.fromiter(map(len, keys), np.int64, len(keys))
         starts = np.zeros(len(keys), np.int64)
         np.cumsum(lengths[:-1], out=starts[1:])
-        # Sorted as the ASCII words are, words that normalize alike merged where they meet.
-        result = CountTable(*W.merge_equal_neighbours(*W.sorted_table(
-            np.frombuffer(bytearray(b"".join(keys)), np.uint8), starts, lengths,  # writable: one compiled kernel
-            np.fromiter(raw.values(), np.int64, len(raw)))))
-        for table, _ in parts:
-            result = result.merge(table)
+        result = sorted_merged(np.frombuffer(bytearray(b"".join(keys)), np.uint8),  # writable: one compiled kernel
+                             starts, lengths, np.fromiter(raw.values(), np.int64, len(raw)))
+        for sorting, _ in parts:
+            result = result.merge(sorting.result() if isinstance(sorting, Future) else sorting)
         return result
 
 
