@@ -19,8 +19,8 @@ counting, normalizing every distinct word and sorting the table.
 - The baseline, ``Counter.update(line.split())`` over the lines of the file opened as UTF-8 text,
   is measured on the file's first 50 MB (its rate does not depend on length) in the same run.
 - Peak memory is the peak resident set size (VmHWM) of a fresh process that counts the 100 MB,
-  the 200 MB or twice the 200 MB corpus with 2 threads, next to that process's size after
-  importing and compiling. The table of distinct words grows with them (the 100 MB corpus has
+  the 200 MB or twice the 200 MB corpus with 2 threads (the median of ``MEMORY_PROBES``
+  processes), next to that process's size after importing and compiling. The table of distinct words grows with them (the 100 MB corpus has
   fewer); the 200 MB file and a copy of it hold the same words in twice the bytes, so memory that
   grows with the bytes read shows there. Plain files are memory-mapped a few 16 MB blocks
   at a time and each block's pages are dropped once it is counted.
@@ -194,10 +194,18 @@ def spin_functions(pool: ThreadPoolExecutor) -> dict:
             "spin2": lambda: list(pool.map(_spin, [values, values], [SPIN_ROUNDS, SPIN_ROUNDS]))}
 
 
+#: Fresh processes a peak is the median of: one count's peak varies by about 8% from run to run
+#: (how many of the mapped blocks' pages are resident at once), the size of the goal's margin.
+MEMORY_PROBES = 3
+
+
 def peak_memory(paths: list[Path], threads: int = 2) -> dict:
-    result = subprocess.run([sys.executable, "-c", _MEMORY_PROBE, str(threads), *map(str, paths)],
-                            capture_output=True, text=True, check=True)
-    return json.loads(result.stdout.strip().splitlines()[-1])
+    probes = []
+    for _ in range(MEMORY_PROBES):
+        result = subprocess.run([sys.executable, "-c", _MEMORY_PROBE, str(threads), *map(str, paths)],
+                                capture_output=True, text=True, check=True)
+        probes.append(json.loads(result.stdout.strip().splitlines()[-1]))
+    return sorted(probes, key=lambda probe: probe["peak_kb"])[len(probes) // 2]
 
 
 def run() -> tuple[str, dict]:
