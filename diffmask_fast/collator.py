@@ -44,7 +44,8 @@ class DifferenceMaskingCollator(MaskingCollatorBase):
         self.scores = as_score_table(self.scores)
         self._setup_base()
         self._cache = ops.ScoreHashTable()
-        self._lock = threading.Lock()
+        if "_lock" not in self.__dict__:  # kept when an assignment rebuilds the tables: threads may be masking
+            self._new_lock()
 
     def _check_settings(self) -> None:
         if self.weighting not in WEIGHTINGS:
@@ -60,6 +61,8 @@ class DifferenceMaskingCollator(MaskingCollatorBase):
         """Mask a padded [B, L] batch; ``never_word`` flags tokens that belong to no word
         (special tokens are always excluded). Returns (masked input_ids, labels)."""
         input_ids, never_word = self._checked_inputs(input_ids, never_word)
+        if self._lock_pid != os.getpid():  # forked while another thread held it: never released here
+            self._new_lock()
         with self._lock:  # another thread's new words would grow the table under this one's reads
             seed = self._draw_seed()
             while True:
@@ -75,6 +78,9 @@ class DifferenceMaskingCollator(MaskingCollatorBase):
                     return masked_ids, labels
                 self._learn_words(input_ids, misses)
 
+    def _new_lock(self) -> None:
+        self._lock, self._lock_pid = threading.Lock(), os.getpid()
+
     def __getstate__(self) -> dict:
         state = super().__getstate__()
         state.pop("_lock", None)  # a lock is no value to copy: each copy takes turns of its own
@@ -82,7 +88,7 @@ class DifferenceMaskingCollator(MaskingCollatorBase):
 
     def __setstate__(self, state: dict) -> None:
         super().__setstate__(state)
-        self._lock = threading.Lock()
+        self._new_lock()
 
     @property
     def known_token_sequences(self) -> int:

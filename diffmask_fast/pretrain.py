@@ -151,8 +151,10 @@ class PretrainConfig:
         if self.workers is not None:
             self.workers = whole_number(self.workers, "workers (0: mask in the main process)", 0)
         if self.embedding_max_length is not None:  # as the embedder reads a word: two special tokens and a piece
-            self.embedding_max_length = whole_number(self.embedding_max_length, "embedding_max_length",
-                                                     1 if self.pooling == "input_embeddings" else 3)
+            if self.pooling == "input_embeddings":
+                raise ValueError("embedding_max_length would not be used: the 'input_embeddings' pooling reads no "
+                                 "sequence, and never cuts a word")
+            self.embedding_max_length = whole_number(self.embedding_max_length, "embedding_max_length", 3)
         self.ddp_timeout = whole_number(self.ddp_timeout, "ddp_timeout (seconds)", 1)
         self.seed = whole_number(self.seed, "seed", 0, 2**32 - 1, " (what numpy's and torch's seeding take)")
         if self.max_steps == -1 and not (math.isfinite(self.epochs) and self.epochs > 0):
@@ -1107,6 +1109,10 @@ def _finish_from_checkpoint(trainer, checkpoint: Path) -> float | None:
     return total / steps if steps else None
 
 
+#: Settings added after runs were first recorded, with the value those runs had: a run resumed
+#: from such a record with another value is refused as one whose record holds it.
+SETTINGS_ADDED_SINCE = {"embedding_max_length": None}
+
 #: Settings that name files or folders: the same file spelled another way is the same setting.
 PATH_SETTINGS = ("model", "corpus", "validation", "anchors", "scores", "terms", "embedding_model")
 
@@ -1118,6 +1124,7 @@ def settings_changed(started_with: dict, config: PretrainConfig, names=RESUME_MU
     are compared as the files they name: the saved ones from ``started_in`` (the run's working
     directory, when recorded), the current ones from here, so "./c.txt" is "c.txt"."""
     now = json_ready(dataclasses.asdict(config))
+    started_with = {**SETTINGS_ADDED_SINCE, **started_with}  # a record made before they were
 
     def same(name: str) -> bool:
         if name not in PATH_SETTINGS:

@@ -215,6 +215,26 @@ def test_threads_masking_with_one_collator_take_turns(bert_wordpiece, shared_dat
     assert copied._lock is not collator._lock and copied(batches[0])["labels"].shape[0] == len(batches[0])
 
 
+def test_the_turns_survive_a_new_score_table_and_a_fork(bert_wordpiece, lines):
+    """Assigning scores rebuilt the collator with a new lock while threads were masking under the
+    old one; a process forked while another thread held the lock would wait for it forever."""
+    import threading
+
+    examples, table = encode(bert_wordpiece, lines), random_scores(bert_wordpiece, lines)
+    collator = DifferenceMaskingCollator(bert_wordpiece, table, seed=0)
+    lock = collator._lock
+    collator.scores = random_scores(bert_wordpiece, lines)
+    assert collator._lock is lock and collator.known_token_sequences == 0, "new tables, the same turns"
+    lock.acquire()  # held by a thread of the parent when the process was forked
+    collator._lock_pid = -1  # as a forked child sees it
+    done = threading.Event()
+    worker = threading.Thread(target=lambda: (collator(examples), done.set()), daemon=True)
+    worker.start()
+    worker.join(timeout=60)
+    lock.release()
+    assert done.is_set(), "the child waited for a lock no thread of its own would release"
+
+
 def test_an_unpickled_collator_keeps_the_rank_it_was_sent_from(bert_wordpiece, lines, monkeypatch):
     """A worker started by spawn has no process group, and without torchrun no $RANK."""
     tokenizer = bert_wordpiece

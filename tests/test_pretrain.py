@@ -998,6 +998,8 @@ def test_ranks_draw_different_masks_without_a_seed_too(name, bert_wordpiece, tin
                                             "table 's.npz'"),
     ({"scores": "s.npz", "embedding_max_length": 128}, "embedding_max_length would not be used: the words are scored"),
     ({"embedding_max_length": 2}, "embedding_max_length must be at least 3, got 2"),
+    ({"pooling": "input_embeddings", "embedding_max_length": 512}, "embedding_max_length would not be used: the "
+                                                                   "'input_embeddings' pooling reads no sequence"),
 ])
 def test_settings_are_refused_before_the_model_or_corpus_is_read(tmp_path, options, message):
     config = config_for(tmp_path / "no-model", tmp_path / "no-corpus.txt", tmp_path / "out", **options)
@@ -1991,6 +1993,23 @@ def test_a_resume_with_another_training_setting_is_refused(tmp_path, name, value
     assert settings_changed(saved, config()) == []
     changed = settings_changed(saved, config(**{name: value}))
     assert len(changed) == 1 and changed[0].startswith(f"{name} "), changed
+
+
+def test_a_setting_added_since_a_run_was_recorded_is_compared_with_the_value_that_run_had(tmp_path):
+    """A record made before --embedding-max-length existed holds none: a resume giving one was
+    accepted, and its summary named a length its saved scores never used."""
+    import dataclasses
+
+    from diffmask_fast._io import json_ready
+    from diffmask_fast.pretrain import settings_changed
+
+    def config(**options):
+        return PretrainConfig(model="hub/model", corpus=["c.txt"], output_dir=tmp_path / "out", **options)
+
+    recorded_before = json_ready(dataclasses.asdict(config()))
+    del recorded_before["embedding_max_length"]
+    assert settings_changed(recorded_before, config()) == []
+    assert settings_changed(recorded_before, config(embedding_max_length=16)) == ["embedding_max_length None (now 16)"]
 
 
 def test_resuming_a_finished_run_keeps_its_training_loss(model_dir, corpus, tmp_path):
