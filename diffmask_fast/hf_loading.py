@@ -337,16 +337,45 @@ def longest_input(model, wanted: int) -> int:
 
 def _takes(model, length: int) -> bool:
     """Whether a forward of one dummy sequence of ``length`` tokens runs (not the padding token,
-    whose positions RoBERTa-style models do not count)."""
+    whose positions RoBERTa-style models do not count). A model on an accelerator is probed
+    through a CPU twin: a position past its table there is a device-side assert, which leaves
+    the process unable to use the device at all, where the CPU raises an IndexError. A model
+    without a twin is taken to run (it will say itself what is wrong)."""
     import torch
 
+    probe = model if _probed_in_place(model) else _cpu_twin(model)
+    if probe is None:
+        return True
     pad = getattr(model.config, "pad_token_id", None)
     token = 1 if pad == 0 else 0
-    device = next(model.parameters()).device
-    ids = torch.full((1, length), token, dtype=torch.long, device=device)
+    ids = torch.full((1, length), token, dtype=torch.long, device=next(probe.parameters()).device)
     try:
-        with torch.no_grad(), eval_mode(model):  # no dropout: the random stream of a seeded run is left as it is
-            model(input_ids=ids, attention_mask=torch.ones_like(ids))
+        with torch.no_grad(), eval_mode(probe):  # no dropout: the random stream of a seeded run is left as it is
+            probe(input_ids=ids, attention_mask=torch.ones_like(ids))
     except (RuntimeError, IndexError):
         return False
     return True
+
+
+def _probed_in_place(model) -> bool:
+    return next(model.parameters()).device.type == "cpu"
+
+
+def _cpu_twin(model):
+    """A model of ``model``'s class and configuration on the CPU, with its buffers (position ids,
+    token type ids) and uninitialized weights: it takes the inputs ``model`` takes. None where
+    the class cannot be built from its configuration (a wrapper, a model of one's own)."""
+    import torch
+
+    try:
+        with torch.device("meta"):
+            twin = type(model)(model.config)
+        twin = twin.to_empty(device="cpu")
+    except Exception:  # any class's own constructor: no twin, no probe
+        return None
+    buffers = dict(model.named_buffers())
+    with torch.no_grad():
+        for name, buffer in twin.named_buffers():
+            if name in buffers and buffers[name].shape == buffer.shape:
+                buffer.copy_(buffers[name])
+    return twin

@@ -65,6 +65,33 @@ def test_a_roberta_style_model_with_a_later_padding_id_is_probed_for_its_longest
     assert torch.equal(torch.random.get_rng_state(), state) and bert.training, "probed in eval mode, put back"
 
 
+@pytest.mark.parametrize("architecture", ["roberta", "bert"])
+def test_a_model_on_an_accelerator_is_probed_through_a_cpu_twin(monkeypatch, architecture):
+    """A probe one position past the table is a device-side assert on a GPU, after which the
+    process cannot use the device: the probe runs on a CPU model of the same class, configuration
+    and buffers, and finds the same longest input; the model itself never runs."""
+    import transformers
+
+    from diffmask_fast import hf_loading
+
+    if architecture == "roberta":
+        config = transformers.RobertaConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                                            intermediate_size=64, vocab_size=100, max_position_embeddings=64,
+                                            pad_token_id=3)
+        model, longest = transformers.RobertaForMaskedLM(config).eval(), 60
+    else:
+        config = transformers.BertConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                                         intermediate_size=64, vocab_size=100, max_position_embeddings=64)
+        model, longest = transformers.BertForMaskedLM(config).eval(), 64
+    calls = []
+    model.register_forward_pre_hook(lambda module, args: calls.append(1))
+    monkeypatch.setattr(hf_loading, "_probed_in_place", lambda probed: False)  # as on a GPU
+    assert longest_input(model, 80) == longest and longest_input(model, longest) == longest
+    assert calls == [], "the model itself ran the probe"
+    monkeypatch.setattr(hf_loading, "_cpu_twin", lambda model: None)  # a class that cannot be built so
+    assert longest_input(model, 80) == 80, "without a twin, no probe: the model says later what is wrong"
+
+
 def test_a_file_given_as_the_model_is_named_as_a_file(tmp_path, tiny_bert_mlm, bert_wordpiece):
     """run/config.json was read as a config, then torch.load-ed as weights: "damaged or cut short"."""
     tiny_bert_mlm.save_pretrained(tmp_path)
