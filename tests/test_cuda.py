@@ -651,3 +651,33 @@ def test_trainer_on_gpu(tiny_bert_mlm, bert_wordpiece, tmp_path, masker_pair):
     assert trainer.masker.seed_state.device.type == CUDA
     assert math.isfinite(trainer.train().training_loss)
     assert math.isfinite(trainer.evaluate()["eval_loss"])
+
+
+def test_a_model_on_the_last_gpu_stays_there(bert_wordpiece):
+    """WordEmbedder moved a model on cuda:1 to cuda:0 in place (its default device)."""
+    from transformers import BertConfig, BertModel
+
+    from diffmask_fast.embedding import WordEmbedder
+
+    model = BertModel(BertConfig(vocab_size=len(bert_wordpiece), hidden_size=24, num_hidden_layers=2,
+                                 num_attention_heads=2, intermediate_size=48)).eval()
+    device = torch.device(CUDA, torch.cuda.device_count() - 1)
+    embedder = WordEmbedder(model.to(device), bert_wordpiece, pooling="mean", progress=False)
+    assert embedder.device == device and next(model.parameters()).device == device
+    assert embedder.embed(["enzyme"]).shape == (1, model.config.hidden_size)
+
+
+def test_a_model_on_the_gpu_is_probed_for_its_longest_input_without_a_device_assert():
+    """A probe one position past the table on the GPU is a device-side assert, after which the
+    process cannot use the device: the probe runs on a CPU twin, and the device still works."""
+    from transformers import BertConfig, BertForMaskedLM
+
+    from diffmask_fast.hf_loading import longest_input
+
+    model = BertForMaskedLM(BertConfig(vocab_size=100, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                                       intermediate_size=64, max_position_embeddings=64)).eval().to(CUDA)
+    assert longest_input(model, 80) == 64
+    logits = model(input_ids=torch.randint(5, 100, (1, 64), device=CUDA)).logits
+    torch.cuda.synchronize()
+    assert torch.isfinite(logits).all()
+

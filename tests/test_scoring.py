@@ -119,15 +119,6 @@ def test_the_embedder_embeds_where_an_accelerator_model_is(tiny_bert, monkeypatc
     assert default_device(Placed()) == torch.device("cuda", 1)
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
-def test_a_model_on_the_last_gpu_stays_there(tiny_bert):
-    model, tokenizer = tiny_bert
-    device = torch.device("cuda", torch.cuda.device_count() - 1)
-    embedder = WordEmbedder(model.to(device), tokenizer, progress=False)
-    assert embedder.device == device and next(model.parameters()).device == device
-    assert embedder.embed(["enzyme"]).shape == (1, model.config.hidden_size)
-
-
 def test_the_embedder_leaves_the_models_mode_alone_and_reads_a_head_models_encoder(tiny_bert):
     """A model shared with training code was switched to eval mode for good; a masked LM was
     accepted and failed at the first embed (its output has no last_hidden_state)."""
