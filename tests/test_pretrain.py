@@ -1867,6 +1867,19 @@ def test_a_resume_with_an_edited_terms_file_or_a_run_folder_as_checkpoint_is_ref
     assert pretrain(config_for(model_dir, corpus, out, **{**options, "max_steps": 3}, resume=True))["global_step"] == 3
 
 
+@pytest.mark.filterwarnings("ignore:the run resumed at step 2 planned 2 steps")
+def test_a_resume_with_an_edited_score_table_is_refused(model_dir, corpus, tmp_path):
+    from diffmask_fast.scoring import ScoreTable
+
+    scores, out = tmp_path / "scores.npz", tmp_path / "run"
+    ScoreTable({"enzyme": 1.0, "protein": 0.8, "cell": 0.2}, anchors=("enzyme", "protein")).save(scores)
+    options = dict(strategy="difference", scores=scores, max_steps=2, eval_steps=1, patience=0)
+    pretrain(config_for(model_dir, corpus, out, **options))
+    ScoreTable({"enzyme": 0.1, "protein": 0.8, "cell": 1.0}, anchors=("enzyme", "protein")).save(scores)
+    with pytest.raises(ValueError, match="but its scores file .*scores.npz' changed since the run began"):
+        pretrain(config_for(model_dir, corpus, out, **{**options, "max_steps": 3}, resume=True))
+
+
 def test_a_resume_with_a_tokenizer_that_reads_the_documents_otherwise_is_refused(model_dir, corpus, tmp_path):
     """The same documents and --model path, but the tokenizer no longer lowercases: every window
     differs, and the resumed run would skip and train on other windows than those it counted."""
