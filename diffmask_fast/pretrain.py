@@ -1245,7 +1245,8 @@ def add_pretrain_command(commands) -> None:
     p.add_argument("--terms", type=user_path, default=None,
                    help="terms or phrases, one per line (needed by `terms`; for `mslm` the default takes the anchors "
                         "and the highest-scoring words)")
-    p.add_argument("--term-probability", type=float, default=None, help="mslm: masking rate of domain terms (default 0.5)")
+    p.add_argument("--term-probability", type=float, default=None,
+                   help="mslm: masking rate of domain terms (default 0.5)")
     p.add_argument("--term-weight", type=float, default=None, help="mslm: loss weight of domain terms (default 2)")
     p.add_argument("--term-top-fraction", type=float, default=None,
                    help="mslm without --terms: share of the highest-scoring word types taken as terms (default 0.02)")

@@ -560,7 +560,8 @@ def test_other_fields_are_kept_when_they_stack_and_named_when_not(bert_wordpiece
         collator([{"input_ids": [2, 141, 3], "word_ids": [0, 1, 2]}, {"input_ids": [2, 3], "word_ids": [0, 1]}])
     # Character offsets (which transformers' whole-word masking reads, and drops) are no model input.
     encoded = [bert_wordpiece(text, return_offsets_mapping=True) for text in ("the cell", "the enzyme binds it")]
-    assert "offset_mapping" in encoded[0] and set(collator(encoded)) == set(encoded[0]) - {"offset_mapping"} | {"labels"}
+    assert "offset_mapping" in encoded[0]
+    assert set(collator(encoded)) == set(encoded[0]) - {"offset_mapping"} | {"labels"}
 
 
 def _labels_of_a_run(collator, examples, generator=None) -> list[torch.Tensor]:
