@@ -319,7 +319,7 @@ class _RawTables:
         starts = np.zeros(len(keys), np.int64)
         np.cumsum(lengths[:-1], out=starts[1:])
         result = sorted_merged(np.frombuffer(bytearray(b"".join(keys)), np.uint8),  # writable: one compiled kernel
-                             starts, lengths, np.fromiter(raw.values(), np.int64, len(raw)))
+                               starts, lengths, np.fromiter(raw.values(), np.int64, len(raw)))
         for sorting, _ in parts:
             result = result.merge(sorting.result() if isinstance(sorting, Future) else sorting)
         return result

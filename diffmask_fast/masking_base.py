@@ -529,7 +529,7 @@ def _refuse_fields_example_0_lacks(examples: list[Mapping]) -> None:
     say) would be left out without a word, its tokens masked as if attended."""
     first = examples[0].keys()
     for index, example in enumerate(examples[1:], 1):
-        extra = example.keys() - first - {"labels", "offset_mapping"}  # dropped from the batch, held or not
+        extra = example.keys() - first - set(DROPPED_FIELDS)  # not in the batch, held or not
         if extra:
             raise ValueError(f"field {min(extra, key=str)!r} is in example {index} but not in example 0")
 

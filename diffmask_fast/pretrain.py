@@ -1270,6 +1270,7 @@ STRATEGY_OPTIONS = ("anchors_count", "term_probability", "term_weight", "term_to
 
 
 def run_pretrain_command(args) -> None:
+    typed = {name: getattr(args, name) for name in STRATEGY_OPTIONS if getattr(args, name) is not None}
     config = PretrainConfig(
         model=args.model, corpus=args.corpus, output_dir=args.output, strategy=args.strategy,
         mlm_probability=args.mlm_probability, max_length=args.max_length, validation=args.validation,
@@ -1284,9 +1285,9 @@ def run_pretrain_command(args) -> None:
         resume=args.resume, anchors=args.anchors, scores=args.scores,
         embedding_model=args.embedding_model, pooling=args.pooling, embedding_max_length=args.embedding_max_length,
         terms=args.terms, progress=not args.no_progress,
-        **{name: getattr(args, name) for name in STRATEGY_OPTIONS if getattr(args, name) is not None},
+        **typed,
     )
-    config.refuse_unused([name for name in STRATEGY_OPTIONS if getattr(args, name) is not None])
+    config.refuse_unused(list(typed))
     summary = pretrain(config)
     _leave_process_group()
     if int(os.environ.get("RANK", "0")) != 0:  # under torchrun, one report for the run, not one per process
