@@ -29,7 +29,7 @@ import torch
 
 from ._checks import whole_number
 from .attention_weights import check_layer, first_token_row, switched_attention
-from .hf_loading import check_vocabulary, eval_mode, longest_input, model_name
+from .hf_loading import check_vocabulary, embedded_id_count, eval_mode, longest_input, model_name
 from .masking_base import (check_batch_ids, check_in_vocabulary, check_like_ids, check_probability,
                            check_replacement, check_seed, distributed_rank, pinned_seed, replace_selected,
                            resume_counts, stream_seed)
@@ -162,7 +162,6 @@ class AttentionMasker(torch.nn.Module):
         self._generators: dict = {}
         self._pinned_seed: int | None = None
         self._resumed_at = 0
-        self._vocabulary_checked_for: int | None = None  # id() of the last model checked
 
     def extra_repr(self) -> str:
         return (f"order={self.order!r}, mlm_probability={self.mlm_probability}, layer={self.layer}, "
@@ -236,9 +235,9 @@ class AttentionMasker(torch.nn.Module):
         """[B, L] float32: attention of each row's first non-padding token to every position in
         layer ``self.layer``, averaged over heads."""
         model = _unwrap(model)
-        if id(model) != self._vocabulary_checked_for:  # once per model: the tokenizer's ids fit its embeddings
-            check_vocabulary(self.tokenizer, model, model_name(model))  # (else an IndexError deep in the pass)
-            self._vocabulary_checked_for = id(model)
+        embedded = embedded_id_count(model)  # the tokenizer's ids fit its embeddings (else an IndexError deep
+        if isinstance(embedded, int) and self.never_word.shape[0] > embedded:  # in the pass); cheap at every call
+            check_vocabulary(self.tokenizer, model, model_name(model))
         encoder = _encoder(model)
         with _named_length_error(encoder, input_ids.shape[1]):
             return self._attention_rows(model, encoder, input_ids, attention_mask, token_type_ids)

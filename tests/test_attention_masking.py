@@ -286,6 +286,21 @@ def test_a_model_that_embeds_fewer_ids_than_the_tokenizer_holds_is_named(bert_wo
         AttentionMasker(bert_wordpiece, seed=0)(ids, attention, model=model)
 
 
+def test_a_model_whose_embeddings_shrink_after_a_first_call_is_still_named(bert_wordpiece):
+    """The check ran once per model identity: the same model resized afterwards (or another one
+    at a freed model's address) reached the embedding lookup unchecked."""
+    from transformers import BertConfig, BertForMaskedLM
+
+    model = BertForMaskedLM(BertConfig(vocab_size=len(bert_wordpiece), hidden_size=32, num_hidden_layers=2,
+                                       num_attention_heads=2, intermediate_size=64)).eval()
+    masker = AttentionMasker(bert_wordpiece, seed=0)
+    ids, attention, _ = random_batch(bert_wordpiece, 0)
+    masker(ids, attention, model=model)
+    model.resize_token_embeddings(len(bert_wordpiece) - 100)
+    with pytest.raises(ValueError, match=rf"the model embeds only {len(bert_wordpiece) - 100}: "):
+        masker(ids, attention, model=model)
+
+
 def test_the_two_orders_pick_different_ends(bert_wordpiece, tiny_bert_mlm, seed):
     ids, attention, flagged = random_batch(bert_wordpiece, seed, rows=8)
     most = AttentionMasker(bert_wordpiece, order="most", mlm_probability=0.5, seed=seed)(ids, attention, model=tiny_bert_mlm)[1]
