@@ -235,6 +235,10 @@ class AttentionMasker(torch.nn.Module):
         """[B, L] float32: attention of each row's first non-padding token to every position in
         layer ``self.layer``, averaged over heads."""
         model = _unwrap(model)
+        weight = next(model.parameters(), None)
+        if weight is not None and weight.device != input_ids.device:
+            raise ValueError(f"the model is on {weight.device} but the masker and its batch on {input_ids.device}: "
+                             f"call masker.to({str(weight.device)!r}) and give it batches there")
         embedded = embedded_id_count(model)  # the tokenizer's ids fit its embeddings (else an IndexError deep
         if isinstance(embedded, int) and self.never_word.shape[0] > embedded:  # in the pass); cheap at every call
             check_vocabulary(self.tokenizer, model, model_name(model))

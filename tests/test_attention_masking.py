@@ -286,6 +286,18 @@ def test_a_model_that_embeds_fewer_ids_than_the_tokenizer_holds_is_named(bert_wo
         AttentionMasker(bert_wordpiece, seed=0)(ids, attention, model=model)
 
 
+def test_a_model_on_another_device_than_the_masker_is_named(bert_wordpiece, tiny_bert_mlm):
+    """The model's forward met ids on another device and failed with torch's own message (a
+    masker left on the CPU with the model on a GPU, in ``mask_examples`` say)."""
+    import copy
+
+    elsewhere = copy.deepcopy(tiny_bert_mlm).to("meta")
+    ids, attention, _ = random_batch(bert_wordpiece, 0)
+    with pytest.raises(ValueError, match=r"the model is on meta but the masker and its batch on cpu: "
+                                         r"call masker.to\('meta'\)"):
+        AttentionMasker(bert_wordpiece, seed=0)(ids, attention, model=elsewhere)
+
+
 def test_a_model_whose_embeddings_shrink_after_a_first_call_is_still_named(bert_wordpiece):
     """The check ran once per model identity: the same model resized afterwards (or another one
     at a freed model's address) reached the embedding lookup unchecked."""
