@@ -92,7 +92,8 @@ def initialize_mlm_head(model: Any, parameter_names: list[str] | None = None) ->
     square linear maps to the identity, a map from the hidden size to a smaller embedding size
     (ALBERT, ELECTRA) to the pseudo-inverse of the model's projection of embeddings into the
     hidden size, layer norms to (HEAD_NORM_GAIN, 0), biases to 0, and the output projection tied
-    to (or, where the model does not tie, copied from) the input embeddings."""
+    to (or, where the model does not tie, copied from) the input embeddings; a map from the
+    vocabulary that extends it (MobileBERT's, for hidden sizes past the embedding size) to 0."""
     output = model.get_output_embeddings()
     inputs = model.get_input_embeddings()
     if output is None or inputs is None:
@@ -116,6 +117,8 @@ def initialize_mlm_head(model: Any, parameter_names: list[str] | None = None) ->
             parameter.zero_()
         elif isinstance(module, torch.nn.LayerNorm) or "norm" in module_name.lower():
             parameter.fill_(HEAD_NORM_GAIN)
+        elif isinstance(module, torch.nn.Linear) and parameter.ndim == 2 and parameter.shape[1] == inputs.weight.shape[0]:
+            parameter.zero_()  # MobileBERT's rows of the output projection past the embedding size: no say at first
         elif isinstance(module, torch.nn.Linear) and parameter.ndim == 2 and parameter.shape[0] == parameter.shape[1]:
             parameter.copy_(torch.eye(parameter.shape[0], dtype=parameter.dtype))
         elif isinstance(module, torch.nn.Linear) and parameter.ndim == 2 and parameter.shape[0] == inputs.weight.shape[1]:

@@ -631,26 +631,32 @@ HEAD_TEST_SIZES = dict(vocab_size=120, hidden_size=32, num_hidden_layers=1, num_
                        max_position_embeddings=64)
 
 
-@pytest.mark.parametrize("family", ["albert", "electra", "deberta-v2 (legacy=False)"])
+@pytest.mark.parametrize("family", ["albert", "electra", "deberta-v2 (legacy=False)", "mobilebert"])
 def test_heads_of_other_shapes_start_from_the_embeddings(tmp_path, family):
     """ALBERT and ELECTRA heads map the hidden size to a smaller embedding size: the map starts as
     the pseudo-inverse of the encoder's projection of embeddings into the hidden size. DeBERTa-v2's
     newer head scores against the embeddings without a decoder of its own: its square transform
-    was taken for the decoder and refused."""
-    from transformers import AlbertConfig, AutoModelForMaskedLM, DebertaV2Config, ElectraConfig
+    was taken for the decoder and refused. MobileBERT's output projection is the embeddings plus a
+    map from the vocabulary for the hidden sizes past the embedding size: it was taken for a map
+    into the embedding size and refused, naming the vocabulary as the hidden size."""
+    from transformers import AlbertConfig, AutoModelForMaskedLM, DebertaV2Config, ElectraConfig, MobileBertConfig
 
     config = {"albert": lambda: AlbertConfig(**HEAD_TEST_SIZES, embedding_size=16),
               "electra": lambda: ElectraConfig(**HEAD_TEST_SIZES, embedding_size=16),
-              "deberta-v2 (legacy=False)": lambda: DebertaV2Config(**HEAD_TEST_SIZES, legacy=False)}[family]()
+              "deberta-v2 (legacy=False)": lambda: DebertaV2Config(**HEAD_TEST_SIZES, legacy=False),
+              "mobilebert": lambda: MobileBertConfig(**HEAD_TEST_SIZES, embedding_size=16, true_hidden_size=16,
+                                                     intra_bottleneck_size=16, num_feedforward_networks=1)}[family]()
     torch.manual_seed(0)
     encoder_dir = tmp_path / "encoder"
     AutoModelForMaskedLM.from_config(config).base_model.save_pretrained(encoder_dir)
     model = load_masked_lm(str(encoder_dir), init_mlm_head=True)
     head = {name: parameter for name, parameter in model.named_parameters()
             if not name.startswith(model.base_model_prefix + ".")}
+    if family == "mobilebert":
+        assert torch.equal(head.pop("cls.predictions.dense.weight"), torch.zeros(32 - 16, 120))
     maps = [p for name, p in head.items() if name.endswith("dense.weight")]
     assert len(maps) == 1, list(head)
-    if family == "deberta-v2 (legacy=False)":
+    if family in ("deberta-v2 (legacy=False)", "mobilebert"):
         assert torch.equal(maps[0], torch.eye(32))
     else:
         projection = [m for m in model.base_model.modules() if isinstance(m, torch.nn.Linear)
