@@ -213,8 +213,13 @@ def check_model_reference(model: str | os.PathLike) -> None:
     if local.is_file():  # a config.json would be read as a config, then as weights
         raise ValueError(f"{name!r} is a file: give the folder that holds it ({str(local.parent)!r})")
     if local.is_dir() and not any((local / saved).is_file() for saved in _SAVED_FILES):
+        inner = sorted(str(folder) for folder in local.iterdir()
+                       if folder.is_dir() and any((folder / saved).is_file() for saved in _SAVED_FILES))
+        pointer = (f"; the model is in its folder {inner[0]!r} (as older sentence-transformers saves keep it): "
+                   "give that folder" if len(inner) == 1 else
+                   f"; its folders {', '.join(map(repr, inner))} hold models: give one" if inner else "")
         raise ValueError(f"the model directory {name!r} holds no model or tokenizer (none of "
-                         f"{', '.join(_SAVED_FILES)})")
+                         f"{', '.join(_SAVED_FILES)}){pointer}")
     if local.exists():
         return
     looks_local = name.startswith((".", "/", "~")) or name.count("/") > 1 or (os.sep != "/" and os.sep in name)

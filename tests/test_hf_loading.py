@@ -111,6 +111,25 @@ def test_a_model_folder_with_a_configuration_but_no_weights_is_named(tmp_path, t
         load_masked_lm(str(tmp_path))
 
 
+def test_a_folder_that_keeps_its_model_one_level_down_points_to_it(tmp_path, tiny_bert_mlm, bert_wordpiece):
+    """Older sentence-transformers saves keep the transformer in 0_Transformer/ beside
+    modules.json: the folder was called empty with no word of where the model is."""
+    import re
+
+    (tmp_path / "modules.json").write_text("[]")
+    tiny_bert_mlm.save_pretrained(tmp_path / "0_Transformer")
+    bert_wordpiece.save_pretrained(tmp_path / "0_Transformer")
+    (tmp_path / "1_Pooling").mkdir()
+    for load in (load_masked_lm, load_tokenizer):
+        with pytest.raises(ValueError, match=re.escape(f"holds no model or tokenizer (none of config.json, ") + ".*"
+                           + re.escape(f"); the model is in its folder {str(tmp_path / '0_Transformer')!r}")):
+            load(str(tmp_path))
+    bert_wordpiece.save_pretrained(tmp_path / "1_Pooling")
+    with pytest.raises(ValueError, match="; its folders '.*/0_Transformer', '.*/1_Pooling' hold models: give one"):
+        load_masked_lm(str(tmp_path))
+    assert load_tokenizer(str(tmp_path / "0_Transformer")) is not None
+
+
 def test_weights_torch_will_not_unpickle_safely_are_not_called_damaged(tmp_path, tiny_bert_mlm, bert_wordpiece):
     """A .bin holding numpy numbers beside the tensors is refused by weights-only loading, which
     says it can be loaded; the message went on to call it damaged or cut short."""
