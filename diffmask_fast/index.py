@@ -121,7 +121,9 @@ IVF_LISTS_PER_ROOT = 8
 #: lists hold fewer anchors than this on average: anchors near the edge of a short list are
 #: often nearest to queries that probe the list beside it. (Measured on the benchmark's word
 #: queries: at K = 10^5, 2,530 lists of 40, recall@1 0.99 with 5.2x the exact op's queries/s
-#: against 3.7x with one list each; at K = 10^6, 8,000 lists of 125, 12.2x against 9.5x.)
+#: against 3.7x with one list each; at K = 10^6, 8,000 lists of 125, 12.2x against 9.5x.) Longer
+#: lists come with large K, where the second copy of every anchor costs most memory (1.5 GB more
+#: at 10^6 anchors of 384 floats) for a smaller gain: they take one list each unless ``spill=2``.
 SPILL_BELOW_LIST_SIZE = 64
 #: Query-list pairs one batched IVF scan holds at once (about 30 bytes each): a block of
 #: queries probing many lists is scanned in parts.
