@@ -50,7 +50,7 @@ class DifferenceMaskingCollator(MaskingCollatorBase):
     def _check_settings(self) -> None:
         if self.weighting not in WEIGHTINGS:
             raise ValueError(f"unknown weighting {self.weighting!r}; expected one of {', '.join(WEIGHTINGS)}")
-        check_probability("uniform_mix", self.uniform_mix)
+        self.uniform_mix = check_probability("uniform_mix", self.uniform_mix)
         super()._check_settings()
 
     def mask_batch(self, input_ids: torch.Tensor, never_word: torch.Tensor | None = None) -> dict:

@@ -33,11 +33,14 @@ def distributed_rank(default: int = 0) -> int:
     return int(os.environ.get("RANK", default))
 
 
-def check_probability(name: str, value: float) -> None:
+def check_probability(name: str, value: float) -> float:
+    """``value`` as a float, refused unless a number in [0, 1] (a Fraction or a NumPy scalar is
+    kept as a float: torch compares tensors with neither)."""
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise TypeError(f"{name} must be a number in [0, 1], got {value!r}")
     if not 0.0 <= value <= 1.0:  # also refuses NaN
         raise ValueError(f"{name} must be in [0, 1], got {value}")
+    return float(value)
 
 
 def check_loss_weight(name: str, value: Any) -> float:
@@ -308,7 +311,7 @@ class MaskingCollatorBase:
         if not self.mlm:
             raise ValueError(f"{type(self).__name__} masks for masked language modelling; mlm=False (causal language "
                              "modelling) is not supported")
-        check_probability("mlm_probability", self.mlm_probability)
+        self.mlm_probability = check_probability("mlm_probability", self.mlm_probability)
         self.mask_replace_prob, self.random_replace_prob = check_replacement(self.mask_replace_prob,
                                                                              self.random_replace_prob)
         self.seed = check_seed(self.seed)

@@ -473,8 +473,8 @@ class MSLMCollator(MaskingCollatorBase):
         self.matcher = TermMatcher(self.tokenizer, self.terms, boundaries=self.boundaries)
 
     def _check_settings(self) -> None:
-        check_probability("term_probability", self.term_probability)
-        check_loss_weight("term_weight", self.term_weight)
+        self.term_probability = check_probability("term_probability", self.term_probability)
+        self.term_weight = check_loss_weight("term_weight", self.term_weight)
         super()._check_settings()
 
     def mask_batch(self, input_ids: torch.Tensor, never_word: torch.Tensor | None = None) -> dict:

@@ -724,3 +724,28 @@ def test_a_cased_score_table_tells_capitals_apart(roberta_byte_bpe, seed):
     capital, lower = tokens.index("The"), tokens.index("\u0120the")
     assert (labels[:, capital] != -100).all(), "the only positive word, within a budget of one word"
     assert (labels != -100).sum() == 200 and (labels[:, lower] == -100).all()
+
+
+def test_probabilities_of_any_real_type_are_kept_as_floats(bert_wordpiece):
+    """A Fraction passed the checks and failed at the first batch (torch compares tensors with no
+    Fraction), inside a DataLoader worker."""
+    from fractions import Fraction
+
+    from diffmask_fast.baselines import RandomTokenCollator, RandomWordCollator
+    from diffmask_fast.terms import MSLMCollator, TermMaskingCollator
+
+    quarter = Fraction(1, 4)
+    collators = [
+        RandomTokenCollator(bert_wordpiece, seed=0, mlm_probability=quarter),
+        RandomWordCollator(bert_wordpiece, seed=0, mlm_probability=quarter),
+        DifferenceMaskingCollator(bert_wordpiece, {"cell": 1.0}, seed=0, mlm_probability=quarter, uniform_mix=quarter),
+        TermMaskingCollator(bert_wordpiece, ["protein"], seed=0, mlm_probability=quarter),
+        MSLMCollator(bert_wordpiece, ["protein"], seed=0, mlm_probability=quarter, term_probability=quarter,
+                     term_weight=Fraction(3, 2)),
+    ]
+    ids = bert_wordpiece("the cell binds the protein receptor")["input_ids"]
+    for collator in collators:
+        settings = {name: getattr(collator, name) for name in ("mlm_probability", "uniform_mix", "term_probability",
+                                                                "term_weight") if hasattr(collator, name)}
+        assert all(type(value) is float for value in settings.values()), (type(collator).__name__, settings)
+        assert collator([ids])["labels"].shape == (1, len(ids))
