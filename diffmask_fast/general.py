@@ -44,7 +44,7 @@ class GeneralFrequencies:
     def __post_init__(self) -> None:
         if not self.counts:
             raise ValueError("a general frequency table needs at least one word")
-        if not (_is_number(self.total) and math.isfinite(self.total) and self.total > 0):
+        if not (_is_number(self.total) and _fits_a_float(self.total) and math.isfinite(self.total) and self.total > 0):
             raise ValueError(f"the general corpus total must be a positive finite number, got {self.total!r}")
         # A string or bytes count would pass numpy's conversion below and fail every later use.
         odd = next(((w, c) for w, c in self.counts.items() if not isinstance(w, str) or not _is_number(c)), None)
@@ -76,7 +76,9 @@ class GeneralFrequencies:
                              f"({counted:,.6g}); the total is the size of the corpus the counts were made on")
 
     def count(self, word: str) -> float:
-        """c_G(w), with compounds of known parts counted as their rarest part (reference.general_count)."""
+        """c_G(w), with compounds of known parts counted as their rarest part (reference.general_count).
+        Where the table keeps case, a spelling it holds is counted as written ("the" apart from
+        "The"); ``lowercased()`` sums them, as anchors for a lowercased corpus need."""
         from .reference import general_count
 
         return general_count(word, self.counts, self._folded_counts)

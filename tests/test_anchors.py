@@ -129,6 +129,8 @@ def test_a_general_table_made_in_code_refuses_counts_tf_icf_cannot_use():
             GeneralFrequencies(counts, 1e6)
     with pytest.raises(ValueError, match="positive finite number, got '1000'"):
         GeneralFrequencies({"the": 1.0}, "1000")
+    with pytest.raises(ValueError, match="positive finite number, got 1000000"):  # an OverflowError before
+        GeneralFrequencies({"the": 1.0}, 10**400)
     assert GeneralFrequencies({"the": 0, "enzyme": 3}, 1e6).relative("enzyme") == 3e-6
 
 
