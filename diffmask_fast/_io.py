@@ -68,7 +68,7 @@ def atomic_writer(path: str | os.PathLike) -> Iterator[BinaryIO]:
     _refuse_special_file(path, path)
     temporary_start = os.path.join(path.parent, _temporary_prefix(path.name))
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
+        _make_folder(path.parent, given)
         handle, temporary = tempfile.mkstemp(prefix=_temporary_prefix(path.name), suffix=".tmp", dir=path.parent)
     except OSError as error:
         named = _naming(error, given, temporary_start)
@@ -86,6 +86,17 @@ def atomic_writer(path: str | os.PathLike) -> Iterator[BinaryIO]:
         if named is None:
             raise
         raise named from error
+
+
+def _make_folder(folder: Path, given: str | os.PathLike) -> None:
+    """``folder`` and those above it, made where missing. A file where a folder should be is
+    named as ``open()`` names it (mkdir's "File exists" reads as if the output already did)."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+        blocking = next((part for part in (folder, *folder.parents) if part.exists() and not part.is_dir()), folder)
+        raise NotADirectoryError(errno.ENOTDIR, f"cannot write {os.fspath(given)!r}: {str(blocking)!r} is a file, "
+                                 "not a folder") from None
 
 
 def put_in_place(file: BinaryIO, temporary: str, path: Path) -> None:

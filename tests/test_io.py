@@ -225,6 +225,15 @@ def test_a_folder_in_the_way_is_named_not_the_temporary_file(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["counts.json"] and not any(folder.iterdir())
 
 
+def test_a_file_where_a_folder_should_be_is_named_as_open_names_it(tmp_path):
+    """mkdir's FileExistsError came out, which reads as if the output already existed."""
+    (tmp_path / "runs").write_text("notes")
+    with pytest.raises(NotADirectoryError, match=re.escape(f"cannot write {str(tmp_path / 'runs' / 'x.json')!r}: "
+                                                           f"{str(tmp_path / 'runs')!r} is a file, not a folder")):
+        atomic_write_bytes(tmp_path / "runs" / "x.json", b"x")
+    assert (tmp_path / "runs").read_text() == "notes" and [p.name for p in tmp_path.iterdir()] == ["runs"]
+
+
 def test_word_counts_named_json_in_capitals_are_saved_as_json(tmp_path):
     from diffmask_fast.counting import WordCounts
 
