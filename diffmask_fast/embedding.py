@@ -271,6 +271,8 @@ class WordEmbedder:
         self.model = self.model.to(self.device)
         self._refuse_other_half_precision()
         check_vocabulary(self.tokenizer, self.model, model_name(self.model))
+        if self.pooling in ("cls", "pooled"):
+            self._refuse_a_class_token_elsewhere()
         if self.pooling != "input_embeddings":  # refused now, not as a tensor-size error at the first long word
             check_max_length(self.model, self.max_length, model_name(self.model), self.length_setting)
         if self.cache_dir is True:
@@ -379,7 +381,7 @@ class WordEmbedder:
         refuse_one_string(words, "words", "a list of words")
         words = list(words)
         if not words:
-            return torch.zeros(0, self.dimension)
+            return torch.zeros(0, self.dimension, dtype=torch.float32)  # whatever torch's default dtype
         if any(not isinstance(w, str) or not w for w in words):
             raise ValueError("words to embed must be non-empty strings")
         broken = next((w for w in words if has_lone_surrogate(w)), None)
@@ -537,6 +539,19 @@ class WordEmbedder:
                 result[batch] = self._embed_batch([encoded[i] for i in batch]).float().cpu().numpy()
                 bar.update(len(batch))
         return result
+
+    def _refuse_a_class_token_elsewhere(self) -> None:
+        """``cls`` and ``pooled`` read the first position, the class token of BERT-style
+        tokenizers; one that puts it last (XLNet's "w <sep> <cls>") or adds none (T5's
+        encoders) would have the word's first piece read instead, with no error."""
+        first = tokenize_texts(self.tokenizer, ["a"], add_special_tokens=True)["input_ids"][0][:1]
+        class_token = getattr(self.tokenizer, "cls_token_id", None)
+        if class_token is None or first != [class_token]:
+            where = ("has no class token" if class_token is None else
+                     f"puts {self.tokenizer.convert_ids_to_tokens(first)[0] if first else 'nothing'!r} first, not "
+                     f"its class token {self.tokenizer.cls_token!r}")
+            raise ValueError(f"pooling={self.pooling!r} reads the class token's hidden state at the first position, "
+                             f"but {type(self.tokenizer).__name__} {where}: use pooling='mean'")
 
     def _first_pieces(self, words: list[str]) -> list[list[int]]:
         """Ids of words cut to ``max_length`` with special tokens, keeping their first pieces

@@ -94,6 +94,12 @@ def test_embedder_errors(tiny_bert):
             WordEmbedder(model, tokenizer, device="cuda")
     embedder = WordEmbedder(model, tokenizer, progress=False)
     assert embedder.embed([]).shape == (0, 24)
+    default = torch.get_default_dtype()
+    try:  # float32 as for any other words, whatever torch's default
+        torch.set_default_dtype(torch.float64)
+        assert embedder.embed([]).dtype == torch.float32
+    finally:
+        torch.set_default_dtype(default)
     with pytest.raises(ValueError, match="non-empty strings"):
         embedder.embed(["ok", ""])
 
@@ -379,6 +385,24 @@ def test_anchors_the_model_has_never_seen(tiny_bert):
     assert mean.score("enzyme") == pytest.approx(table.score("enzyme"), abs=1e-5)  # not halved by the zero anchor
     with pytest.warns(UserWarning, match="zero vector"), pytest.raises(ValueError, match="every anchor vector is zero"):
         WordScorer(embedder, [unknown])
+
+
+@pytest.mark.parametrize("pooling", ["cls", "pooled"])
+def test_class_token_pooling_refuses_a_tokenizer_that_puts_no_class_token_first(pooling):
+    """XLNet's tokenizer encodes a word as "w <sep> <cls>": cls/pooled pooling read the word's
+    first piece as if it were the class token, with no error."""
+    from transformers import XLNetConfig, XLNetModel, XLNetTokenizer
+
+    pieces = [("<unk>", 0.0), ("<s>", 0.0), ("</s>", 0.0), ("<cls>", 0.0), ("<sep>", 0.0), ("<pad>", 0.0),
+              ("<mask>", 0.0)] + [("\u2581" + w, -1.0 - i) for i, w in enumerate(["enzyme", "the"])]
+    tokenizer = XLNetTokenizer(vocab=pieces + [(c, -20.0) for c in "abcdefghijklmnopqrstuvwxyz\u2581"])
+    model = XLNetModel(XLNetConfig(vocab_size=len(tokenizer), d_model=32, n_layer=1, n_head=2, d_inner=64,
+                                   pad_token_id=tokenizer.pad_token_id)).eval()
+    with pytest.raises(ValueError, match=rf"pooling={pooling!r} reads the class token's hidden state at the first "
+                                         r"position, but XLNetTokenizer puts '.*' first, not its class token '<cls>': "
+                                         r"use pooling='mean'"):
+        WordEmbedder(model, tokenizer, pooling=pooling, progress=False)
+    assert WordEmbedder(model, tokenizer, pooling="mean", progress=False).embed(["enzyme"]).shape == (1, 32)
 
 
 @pytest.mark.parametrize("pooling", ["cls", "pooled"])
