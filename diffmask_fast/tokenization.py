@@ -788,7 +788,8 @@ def tokenize_texts(tokenizer, texts: Sequence[str], **options):
     the special token, it would put a separator or an unlabeled mask mid-sequence, and being no
     word it would never be masked; so every place that tokenizes corpus text, terms or words
     goes through here with ``split_special_tokens``, and with ``model_reading_text`` in place of
-    a Unigram model that holds the special tokens as pieces. The backend's own switch, which that
+    a Unigram model that holds the special tokens as pieces. (A Python tokenizer that reads them
+    as special in spite of that option is warned of: that cannot be undone from outside it.) The backend's own switch, which that
     option leaves set, and its model are put back for callers that use the backend directly, as
     are its truncation and padding, which ``truncation=True`` or ``padding=True`` leave set. A lone
     surrogate (broken text kept by JSON escapes) is read as U+FFFD, which tokenizers take. Calls
@@ -796,9 +797,39 @@ def tokenize_texts(tokenizer, texts: Sequence[str], **options):
     """
     backend = getattr(tokenizer, "backend_tokenizer", None) if getattr(tokenizer, "is_fast", False) else None
     if backend is None:
+        _warn_of_special_text_read_as_special(tokenizer)
         return tokenizer([tokenizable_text(text) for text in texts], split_special_tokens=True, **options)
     with _backend_lock(tokenizer):
         return _tokenize_with_backend(tokenizer, backend, texts, options)
+
+
+#: Python (slow) tokenizers already checked by ``_warn_of_special_text_read_as_special``.
+_SPECIAL_TEXT_CHECKED: "weakref.WeakSet" = weakref.WeakSet()
+
+
+def _warn_of_special_text_read_as_special(tokenizer) -> None:
+    """Warn, once per tokenizer, where a Python tokenizer reads special-token text as the special
+    token in spite of ``split_special_tokens`` (ProphetNet's word splitter keeps "[SEP]" whole, a
+    SentencePiece model may hold "[MASK]" as a piece): ``tokenize_texts`` cannot read it as text."""
+    try:
+        if tokenizer in _SPECIAL_TEXT_CHECKED:
+            return
+        _SPECIAL_TEXT_CHECKED.add(tokenizer)
+    except TypeError:  # an object a weak set cannot hold: checked at every call
+        pass
+    special = {int(i) for i in getattr(tokenizer, "all_special_ids", ()) if i is not None}
+    spellings = [token for token in getattr(tokenizer, "all_special_tokens", ()) if isinstance(token, str) and token]
+    if not special or not spellings:
+        return
+    read = tokenizer([f"a {token} b" for token in spellings], split_special_tokens=True,
+                     add_special_tokens=False)["input_ids"]
+    kept = [token for token, ids in zip(spellings, read) if special & set(ids)]
+    if kept:
+        warnings.warn(f"{type(tokenizer).__name__} (a Python tokenizer) reads "
+                      f"{', '.join(map(repr, kept[:4]))} in the text as its special token{'s' if len(kept) > 1 else ''}: "
+                      "a corpus that spells one has it left out of words and counts, and a mask token spelled in "
+                      "the text is a mask with no label. Use a fast tokenizer where one exists",
+                      DiffmaskWarning, stacklevel=3)
 
 
 def _tokenize_with_backend(tokenizer, backend, texts: Sequence[str], options: dict):

@@ -248,3 +248,26 @@ def test_threads_sharing_a_tokenizer_leave_its_backend_as_it_was():
     assert not problems, problems[:1]
     assert tokenizer.backend_tokenizer.to_str() == saved
     assert tokenizer.backend_tokenizer.encode_special_tokens is False
+
+
+def test_a_python_tokenizer_that_reads_special_text_as_special_is_warned_of_once(tmp_path):
+    """Python tokenizers (ProphetNet's, BERT's legacy one) keep "[SEP]" whole whatever
+    split_special_tokens says: the words left the counts and a spelled "[MASK]" became an
+    unlabeled mask, with no word said."""
+    import warnings
+
+    from transformers import BertTokenizerLegacy, ProphetNetTokenizer
+
+    from diffmask_fast import DiffmaskWarning
+
+    (tmp_path / "vocab.txt").write_text("\n".join(["[PAD]", "[UNK]", "[SEP]", "[X_SEP]", "[CLS]", "[MASK]", "the",
+                                                   "token", "[", "]", "sep", "mask"]) + "\n")
+    for tokenizer in (ProphetNetTokenizer(str(tmp_path / "vocab.txt")),
+                      BertTokenizerLegacy(vocab_file=str(tmp_path / "vocab.txt"))):
+        with pytest.warns(DiffmaskWarning, match=rf"{type(tokenizer).__name__} \(a Python tokenizer\) reads .*"
+                                                 r"'\[SEP\]'.* in the text as its special tokens: .*Use a fast tokenizer"):
+            read = tokenize_texts(tokenizer, ["the [SEP] token"], add_special_tokens=False)["input_ids"][0]
+        assert tokenizer.sep_token_id in read  # what the warning says
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", DiffmaskWarning)
+            tokenize_texts(tokenizer, ["the [SEP] token"], add_special_tokens=False)  # once per tokenizer
