@@ -762,6 +762,7 @@ def main(argv: list[str] | None = None) -> int:
     warnings.formatwarning = _warning_format(args.command, default_format, parser.commands.get(args.command))
     warnings.showwarning = _shown_once(default_show)
     real_stdout, real_stderr = sys.stdout, sys.stderr
+    strictness = [(stream, _escape_what_it_cannot_encode(stream)) for stream in (real_stdout, real_stderr)]
     if args.command in LONG_RUNNING_COMMANDS:  # progress bars, warnings and logs go to both
         sys.stdout, sys.stderr = _OutputThatOutlivesItsReader(real_stdout), _OutputThatOutlivesItsReader(real_stderr)
     try:
@@ -786,7 +787,24 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         warnings.formatwarning, warnings.showwarning = default_format, default_show
         sys.stdout, sys.stderr = real_stdout, real_stderr
+        for stream, errors in strictness:
+            if errors is not None:
+                stream.reconfigure(errors=errors)
     return 0
+
+
+def _escape_what_it_cannot_encode(stream) -> str | None:
+    """Have ``stream`` write a character its encoding lacks as an escape (\\u767d): a corpus
+    word or "±" printed to a cp1252 or ASCII stream raised UnicodeEncodeError and ended the
+    command with its output cut. Returns the setting to put back, None where nothing changed."""
+    errors = getattr(stream, "errors", None)
+    if errors != "strict" or not callable(getattr(stream, "reconfigure", None)):
+        return None
+    try:
+        stream.reconfigure(errors="backslashreplace")
+    except (OSError, ValueError):  # a stream that takes no new settings once written to
+        return None
+    return errors
 
 
 #: Commands that train for hours and print as they go: a reader that leaves must not end them.

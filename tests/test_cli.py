@@ -323,6 +323,18 @@ def test_mine_and_preview_say_when_fewer_words_qualify_than_asked(tmp_path, caps
     assert "diffmask preview: error: --sentences must be at least 1" in capsys.readouterr().err
 
 
+def test_output_the_terminal_cannot_encode_is_escaped_not_fatal(tmp_path):
+    """A corpus word beyond the stream's encoding (a cp1252 or ASCII locale, output redirected on
+    Windows) raised UnicodeEncodeError mid-print: the preview stopped after its heading."""
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("\u86cb\u767d\u8d28 protein enzyme binds the receptor\n" * 3, encoding="utf-8")
+    result = subprocess.run([sys.executable, "-m", "diffmask_fast.cli", "mine", str(corpus), "-k", "3", "--min-count",
+                             "1", "--no-progress"], capture_output=True, text=True, encoding="ascii",
+                            env={**os.environ, "PYTHONIOENCODING": "ascii"})
+    assert result.returncode == 0, result.stderr
+    assert "\\u86cb\\u767d\\u8d28" in result.stdout
+
+
 def test_mine_names_broken_text_in_one_warning_line(tmp_path):
     corpus = tmp_path / "corpus.txt"
     corpus.write_text("\u00e2\x80\u00a2 the enzyme binds \u00e2\x80\u00a2 the receptor\n" * 3, encoding="utf-8")
