@@ -26,6 +26,7 @@ import math
 import numbers
 import os
 import random
+import shutil
 import sys
 import tempfile
 import time
@@ -585,7 +586,7 @@ def finetune(model: str | os.PathLike, train: str | os.PathLike, dev: str | os.P
             results.append(result)
             try:
                 if output_dir is not None:
-                    trainer.save_model(str(run_dir))
+                    _save_model_whole(trainer, run_dir)
             finally:  # the seed's scores are kept even when its model cannot be saved
                 if report_path is not None:
                     FinetuneReport(model=model, labels=label_names, results=list(results),
@@ -802,10 +803,40 @@ def run_finetune_command(args) -> FinetuneReport:
     return report
 
 
+def _save_model_whole(trainer, run_dir: Path) -> None:
+    """The seed's model saved under ``run_dir`` whole or not at all: written beside it and renamed
+    into place. A save cut short (a full disk) left a folder with part of a weights file, which a
+    resumed run, keeping the seed from its report, called the seed's saved model. Every process
+    saves (sharded engines need them all); the one that writes files renames."""
+    staging = run_dir.with_name(f".{run_dir.name}.saving")
+    writes = trainer.args.should_save
+    if writes and staging.exists():
+        shutil.rmtree(staging)
+    try:
+        trainer.save_model(str(staging))
+    except BaseException:
+        if writes:
+            shutil.rmtree(staging, ignore_errors=True)
+        raise
+    if not writes:
+        return
+    replaced = run_dir.with_name(f".{run_dir.name}.replaced")
+    if replaced.exists():
+        shutil.rmtree(replaced)
+    if run_dir.exists():
+        run_dir.rename(replaced)
+    staging.rename(run_dir)
+    shutil.rmtree(replaced, ignore_errors=True)
+
+
+def _has_saved_model(folder: Path) -> bool:
+    return (folder / "config.json").is_file() and saved_weights(folder) is not None
+
+
 def _saved_models_line(output_dir: Path, seeds: list[int]) -> str:
     """Where the seeds' best models are; a resumed run trains (and saves) only the seeds the report
     lacked, so the others have a model here only if an earlier run saved it here."""
-    saved = [seed for seed in seeds if (output_dir / f"seed-{seed}").is_dir()]
+    saved = [seed for seed in seeds if _has_saved_model(output_dir / f"seed-{seed}")]
     missing = [seed for seed in seeds if seed not in saved]
     line = (f"\nSaved the best model of seed{'s' if len(saved) != 1 else ''} {' '.join(map(str, saved))} under "
             f"{output_dir} (seed-<seed>)" if saved else f"\nNo model saved under {output_dir}")

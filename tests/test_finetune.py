@@ -469,18 +469,32 @@ def test_resuming_refuses_a_model_or_data_changed_in_place(model_dir, task, tmp_
 
 
 def test_a_seed_whose_model_cannot_be_saved_keeps_its_scores(model_dir, task, tmp_path, monkeypatch):
+    """The save cut short left seed-3/ with part of a weights file, and the resumed run, keeping
+    seed 3 from the report, said it had saved seed 3's model."""
     from transformers import Trainer
 
-    def full_disk(self, *args, **kwargs):
+    from diffmask_fast.finetune import _saved_models_line
+
+    def full_disk(self, output_dir=None, *args, **kwargs):
+        Path(output_dir).mkdir(parents=True, exist_ok=True)
+        (Path(output_dir) / "model.safetensors").write_bytes(bytes(10))
         raise OSError(28, "No space left on device")
 
+    save_model = Trainer.save_model
     monkeypatch.setattr(Trainer, "save_model", full_disk)
-    path = tmp_path / "report.json"
+    path, models = tmp_path / "report.json", tmp_path / "models"
     with pytest.raises(OSError, match="No space left"):
-        finetune(model_dir, task["train"], task["dev"], seeds=(3, 4), report_path=path,
-                 output_dir=tmp_path / "models", **_FAST)
+        finetune(model_dir, task["train"], task["dev"], seeds=(3, 4), report_path=path, output_dir=models, **_FAST)
     saved = FinetuneReport.load(path)
     assert saved.seeds == [3] and not saved.complete
+    assert [p.name for p in models.rglob("*") if not p.is_dir()] == [], "no part of a model is left"
+    monkeypatch.setattr(Trainer, "save_model", save_model)
+    resumed = finetune(model_dir, task["train"], task["dev"], seeds=(3, 4), report_path=path, output_dir=models,
+                       resume=True, **_FAST)
+    assert resumed.seeds == [3, 4] and not (models / "seed-3" / "model.safetensors").exists()
+    assert _saved_models_line(models, resumed.seeds).endswith(
+        "Saved the best model of seed 4 under " + str(models) + " (seed-<seed>); seed 3 came from the report "
+        "(--resume) with no model there")
 
 
 def test_saving_the_models_without_progress_draws_no_bar(model_dir, task, tmp_path, capfd):
