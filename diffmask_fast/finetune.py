@@ -30,6 +30,7 @@ import shutil
 import sys
 import tempfile
 import time
+import warnings
 import zlib
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -39,6 +40,7 @@ import numpy as np
 
 from ._io import (atomic_write_json, check_writable, file_sha256, read_json, refuse_special_input, same_file,
                   user_path)
+from .advice import DiffmaskWarning
 from .corpus import is_gzip
 from .hf_loading import (check_max_length, check_vocabulary, load_tokenizer, model_reference, no_progress_bars,
                          quiet_transformers, readable_weights, saved_weights, usable_device, weights_of_other_sizes)
@@ -491,6 +493,7 @@ def finetune(model: str | os.PathLike, train: str | os.PathLike, dev: str | os.P
     dev_texts, dev_labels = load_labeled(dev, text_field, label_field)
     test_data = load_labeled(test, text_field, label_field) if test is not None else None
 
+    _warn_of_texts_with_several_labels(train_texts, train_labels, train, text_field)
     label_names = sorted(set(train_labels))
     if len(label_names) < 2:
         raise ValueError(f"{str(train)!r} has a single label ({label_names[0]!r}): classification needs at least two")
@@ -801,6 +804,26 @@ def run_finetune_command(args) -> FinetuneReport:
     if args.output is not None:  # saved by finetune after each seed, the last time complete
         print(f"\nSaved the report to {args.output}")
     return report
+
+
+#: Share of training examples whose text other examples hold with another label, above which
+#: ``finetune`` warns: the text alone cannot tell them apart.
+AMBIGUOUS_SHARE = 0.05  # ChemProt's text_marked has 1%: pairs that hold two relations
+
+
+def _warn_of_texts_with_several_labels(texts: Sequence[str], labels: Sequence, path, text_field: str) -> None:
+    """Warn where many training texts come with several labels. A relation task has a row per
+    pair of entities in a sentence: with the markers of the pair left out (ChemProt's ``text``
+    field; its ``text_marked`` keeps them) a third of its rows repeat a text under another label."""
+    labels_of: dict[str, set] = collections.defaultdict(set)
+    for text, label in zip(texts, labels):
+        labels_of[text].add(label)
+    ambiguous = sum(len(labels_of[text]) > 1 for text in texts)
+    if ambiguous > AMBIGUOUS_SHARE * len(texts):
+        warnings.warn(f"{ambiguous:,} of the {len(texts):,} examples in {str(path)!r} ({ambiguous / len(texts):.0%}) "
+                      f"share their {text_field!r} with examples of another label, which no model can tell apart "
+                      "from the text: is the thing to classify marked in another field (ChemProt's 'text_marked')? "
+                      "Give that field as text_field", DiffmaskWarning, stacklevel=3)
 
 
 def _save_model_whole(trainer, run_dir: Path) -> None:

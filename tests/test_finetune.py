@@ -19,6 +19,7 @@ import torch
 
 from diffmask_fast import finetune as finetune_module
 from diffmask_fast.finetune import (FinetuneReport, SeedResult, _make_keep_best_callback, _scores,
+                                    _warn_of_texts_with_several_labels,
                                     add_finetune_command, finetune, load_labeled, run_finetune_command)
 from diffmask_fast.hf_loading import check_max_length
 from diffmask_fast.metrics import accuracy, macro_f1, mean_std, per_class_f1
@@ -954,3 +955,24 @@ def test_a_tokenizer_with_tokens_the_model_cannot_embed_is_refused_before_traini
     with pytest.raises(ValueError, match=r"has \d+ tokens but the model embeds only \d+: tokens were added"):
         finetune(model_dir, task["train"], task["dev"], seeds=(1,), output_dir=tmp_path / "out", **_FAST)
     assert not (tmp_path / "out" / "seed-1").exists()
+
+
+def test_training_texts_under_several_labels_are_warned_of(model_dir, task, tmp_path, shared_data_dir):
+    """ChemProt's 'text' leaves out which chemical and protein a row is about: 30% of its
+    training rows repeat a text under another label, and finetune trained on them with no word."""
+    import warnings
+
+    from diffmask_fast import DiffmaskWarning
+
+    chemprot = shared_data_dir / "chemprot" / "train.jsonl"
+    with pytest.warns(DiffmaskWarning, match=r"of the [\d,]+ examples in .*train.jsonl' \(\d\d%\) share their 'text' "
+                                             r"with examples of another label.*ChemProt's 'text_marked'"):
+        _warn_of_texts_with_several_labels(*load_labeled(chemprot), chemprot, "text")
+    rows = [json.loads(line) for line in task["train"].read_text(encoding="utf-8").splitlines()]
+    ambiguous = _write_jsonl(tmp_path / "ambiguous.jsonl", rows + [{**rows[0], "label": rows[1]["label"]}])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", DiffmaskWarning)
+        _warn_of_texts_with_several_labels(*load_labeled(chemprot, "text_marked"), chemprot, "text_marked")
+        finetune(model_dir, task["train"], task["dev"], seeds=(1,), **_FAST)
+    with pytest.warns(DiffmaskWarning, match=r"2 of the 25 examples in .*ambiguous.jsonl' \(8%\) share their 'text'"):
+        finetune(model_dir, ambiguous, task["dev"], seeds=(1,), **_FAST)
