@@ -412,9 +412,13 @@ class TokenWindows(SequenceABC):
         return {"windows": len(self), "tokens": int(len(self.ids)), "sha256": digest.hexdigest()}
 
     def save(self, stem: str | os.PathLike) -> None:
-        """Writes ``<stem>.ids.npy`` and ``<stem>.offsets.npy`` (each atomically), for ``load``."""
+        """Writes ``<stem>.ids.npy`` and ``<stem>.offsets.npy`` (each atomically), for ``load``.
+        Earlier offsets are removed first and the new ones put in place last, so that a save cut
+        short leaves no new ids beside old offsets (which ``load`` could not tell apart when
+        their lengths agree): it leaves no offsets, and ``load`` says so."""
         from ._io import atomic_writer
 
+        _remove_offsets(os.fspath(stem))
         for part, values in zip(WINDOWS_FILES, (self.ids, self.offsets)):
             with atomic_writer(f"{os.fspath(stem)}.{part}.npy") as file:
                 np.save(file, np.ascontiguousarray(values), allow_pickle=False)
@@ -426,6 +430,9 @@ class TokenWindows(SequenceABC):
         windows pickle as their files' name, so spawned DataLoader workers map them too instead
         of each receiving a copy; the files must stay, unchanged, until those have started."""
         stem = os.path.abspath(os.fspath(stem))
+        if os.path.exists(f"{stem}.ids.npy") and not os.path.exists(f"{stem}.offsets.npy"):
+            raise ValueError(f"the windows at {stem} have ids but no offsets ({stem}.offsets.npy): their save or "
+                             "build was cut short; make them again")
         identity = _files_identity(stem)
         ids, offsets = [np.load(f"{stem}.{part}.npy", mmap_mode="r", allow_pickle=False) for part in WINDOWS_FILES]
         windows = cls(ids, offsets)
@@ -487,6 +494,7 @@ class TokenWindows(SequenceABC):
             self.flush()
             if self._stem is not None:
                 try:
+                    _remove_offsets(self._stem)  # as in save: no new ids beside old offsets
                     for file in self._files:
                         file.finish()
                 finally:
@@ -563,6 +571,11 @@ class _GrowingNpy:
 
 
 WINDOWS_FILES = ("ids", "offsets")  # <stem>.ids.npy and <stem>.offsets.npy
+
+
+def _remove_offsets(stem: str) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(f"{stem}.offsets.npy")
 
 
 def _files_identity(stem: str) -> tuple:

@@ -147,6 +147,46 @@ def test_saved_windows_load_memory_mapped_as_they_were(bert_wordpiece, shared_da
         TokenWindows.load(tmp_path / "missing")
 
 
+def test_a_save_cut_short_leaves_no_new_ids_beside_old_offsets(tmp_path, monkeypatch):
+    """Each file was replaced atomically, but not the pair: new ids beside old offsets of the same
+    total length loaded as other windows, with no error."""
+    import diffmask_fast.pretrain_data as pretrain_data
+
+    stem = tmp_path / "train"
+    TokenWindows(np.array([101, 5, 6, 102, 101, 7, 102]), np.array([0, 4, 7])).save(stem)
+    saves = []
+
+    def cut_short_at_the_offsets(file, values, **options):
+        saves.append(len(values))
+        if len(saves) == 2:
+            raise KeyboardInterrupt("interrupted while writing the offsets")
+        return np.lib.format.write_array(file, values, **{k: v for k, v in options.items() if k != "allow_pickle"})
+
+    monkeypatch.setattr(pretrain_data.np, "save", cut_short_at_the_offsets)
+    with pytest.raises(KeyboardInterrupt):
+        TokenWindows(np.array([101, 8, 102, 101, 9, 10, 102]), np.array([0, 3, 7])).save(stem)
+    monkeypatch.undo()
+    with pytest.raises(ValueError, match=f"the windows at {stem} have ids but no offsets .*cut short; make them again"):
+        TokenWindows.load(stem)
+    # A build into the same files, cut short between its two files, leaves no mixed pair either.
+    TokenWindows(np.array([101, 5, 6, 102, 101, 7, 102]), np.array([0, 4, 7])).save(stem)
+    builder = TokenWindows.Builder(stem)
+    for window in ([101, 8, 102], [101, 9, 10, 102]):
+        builder.add(window)
+    finish = pretrain_data._GrowingNpy.finish
+
+    def finish_the_ids_only(growing):
+        if growing.path.endswith("offsets.npy"):
+            raise KeyboardInterrupt("interrupted before the offsets were put in place")
+        finish(growing)
+
+    monkeypatch.setattr(pretrain_data._GrowingNpy, "finish", finish_the_ids_only)
+    with pytest.raises(KeyboardInterrupt):
+        builder.build()
+    with pytest.raises(ValueError, match="have ids but no offsets"):
+        TokenWindows.load(stem)
+
+
 def test_windows_written_as_they_are_made_equal_those_kept_in_memory(bert_wordpiece, shared_data_dir, tmp_path):
     """``into`` writes each chunk of windows out as it is made and maps the result: the same
     windows as in memory, in ``save``'s two files and nothing else (the chunks' temporary files
