@@ -341,7 +341,7 @@ def _add_windows(windows: TokenWindows.Builder, tokenizer: Any, documents: Itera
     """``tokenize_documents``'s work: the windows of ``documents``, added to ``windows``."""
     from tqdm.auto import tqdm
 
-    total = len(documents) if isinstance(documents, Sized) else None
+    total = _length_known_without_reading(documents) if progress else None
     documents = iter(documents)
     with tqdm(total=total, desc=description, unit="doc", disable=not progress) as bar:
         while chunk := list(itertools.islice(documents, batch_size)):
@@ -357,6 +357,14 @@ def _add_windows(windows: TokenWindows.Builder, tokenizer: Any, documents: Itera
                         windows.add(before + ids[begin:end] + after)
             windows.flush()
             bar.update(len(chunk))
+
+
+def _length_known_without_reading(documents: Iterable[str]) -> int | None:
+    """``len(documents)`` where no pass over them is needed to know it (the progress bar's total):
+    a ``CorpusDocuments`` not read yet would read its files through once more to count."""
+    if isinstance(documents, CorpusDocuments) and documents._count[0] is None:
+        return None
+    return len(documents) if isinstance(documents, Sized) else None
 
 
 class TokenWindows(SequenceABC):

@@ -716,3 +716,21 @@ def test_tokenize_documents_refuses_one_text_and_a_length_that_is_no_whole_numbe
         tokenize_documents(tokenizer, "The receptor binds its ligand", 16, progress=False)
     with pytest.raises(TypeError, match="max_length must be a whole number, got 8.0"):
         tokenize_documents(tokenizer, ["x" * 200], 8.0, progress=False)
+
+
+@pytest.mark.parametrize("progress", [False, True])
+def test_tokenizing_a_corpus_reads_its_files_once(bert_wordpiece, tmp_path, monkeypatch, progress):
+    """The progress bar's total asked a corpus not read yet for its length: a whole extra pass
+    over its files, with or without a bar."""
+    import diffmask_fast.pretrain_data as pretrain_data
+
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("the enzyme binds the receptor\n\nkinase inhibitors block it\n", encoding="utf-8")
+    passes = []
+    read = pretrain_data.iter_documents
+    monkeypatch.setattr(pretrain_data, "iter_documents", lambda *args: passes.append(args) or read(*args))
+    documents = CorpusDocuments([corpus])
+    windows = tokenize_documents(bert_wordpiece, documents, 16, progress=progress)
+    assert len(passes) == 1 and len(windows) == 2
+    tokenize_documents(bert_wordpiece, documents, 16, progress=progress)  # counted now: its length is known
+    assert len(passes) == 2
