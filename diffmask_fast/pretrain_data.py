@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import itertools
 import numbers
 import operator
 import os
@@ -312,7 +311,9 @@ def tokenize_documents(tokenizer: Any, documents: Iterable[str], max_length: int
     Only a word longer than a whole window is cut inside. Documents without tokens give none.
     Given ``into``, the windows are written to ``TokenWindows.save``'s files there as they are
     made, and returned memory-mapped from them (``TokenWindows.load``). Given ``word_types``,
-    the documents' words are added to it from the same tokens (for scoring).
+    the documents' words are added to it from the same tokens (for scoring). The tokenizer reads
+    at most ``batch_size`` documents and about ``CHARACTERS_PER_BATCH`` characters at once: a
+    longer document goes in pieces cut before a space, and has the windows of the whole.
     """
     if isinstance(documents, (str, bytes)):  # iterating would read a document a character
         raise TypeError(f"documents must be an iterable of texts, got one {type(documents).__name__}: give [text]")
@@ -342,21 +343,89 @@ def _add_windows(windows: TokenWindows.Builder, tokenizer: Any, documents: Itera
     from tqdm.auto import tqdm
 
     total = _length_known_without_reading(documents) if progress else None
-    documents = iter(documents)
+    cutter = _WindowCutter(grouper, room)
     with tqdm(total=total, desc=description, unit="doc", disable=not progress) as bar:
-        while chunk := list(itertools.islice(documents, batch_size)):
-            encoded = tokenize_texts(tokenizer, chunk, add_special_tokens=False, return_attention_mask=False,
-                                   return_token_type_ids=False, verbose=False)
+        for batch in _batches_of_pieces(documents, batch_size, CHARACTERS_PER_BATCH):
+            encoded = tokenize_texts(tokenizer, [text for text, _ in batch], add_special_tokens=False,
+                                     return_attention_mask=False, return_token_type_ids=False,
+                                     verbose=False)["input_ids"]
             if word_types is not None:
-                word_types.add(encoded["input_ids"])
-            for ids in encoded["input_ids"]:
-                ids = list(ids)
-                spans = [(0, len(ids))] if len(ids) <= room else word_windows(grouper.breaks(ids), room)
-                for begin, end in spans:
-                    if end > begin:
-                        windows.add(before + ids[begin:end] + after)
+                word_types.add(encoded)
+            for (_, ends_document), ids in zip(batch, encoded):
+                for window in cutter.windows(ids, ends_document):
+                    windows.add(before + window + after)
+            del encoded
             windows.flush()
-            bar.update(len(chunk))
+            bar.update(sum(ends_document for _, ends_document in batch))
+
+
+#: Characters tokenized at once, about: a batch holds documents up to this many characters, and a
+#: longer document is tokenized in pieces of this size. A tokenizer's output takes about 150 bytes
+#: a character (its encodings), so memory holds a piece's, not a whole long document's (a corpus
+#: of one 100 MB line took 15 GB).
+CHARACTERS_PER_BATCH = 1 << 20
+
+
+def _batches_of_pieces(documents: Iterable[str], batch_size: int, characters: int
+                       ) -> Iterator[list[tuple[str, bool]]]:
+    """Texts to tokenize at once, each with whether it ends its document: at most ``batch_size``
+    documents and, past the first text, ``characters`` characters a batch."""
+    batch: list[tuple[str, bool]] = []
+    held = ended = 0
+    for document in documents:
+        for piece, last in _pieces(document, characters):
+            if batch and (held + len(piece) > characters or ended == batch_size):
+                yield batch
+                batch, held, ended = [], 0, 0
+            batch.append((piece, last))
+            held += len(piece)
+            ended += last
+    if batch:
+        yield batch
+
+
+def _pieces(text: str, size: int) -> Iterator[tuple[str, bool]]:
+    """``text`` in consecutive pieces of at most about ``size`` characters, each (but the last) cut
+    before a space that follows other characters: the space goes with the word after it, which
+    the tokenizers then read as a word begun after a space (byte-level BPE's "Ġword",
+    SentencePiece's "▁word"), as they do inside the whole text. A stretch of ``size`` characters
+    without such a space is cut where it ends."""
+    start = 0
+    while len(text) - start > size:
+        cut = start + size
+        while cut > start + 1 and not (text[cut] == " " and not text[cut - 1].isspace()):
+            cut -= 1
+        if cut == start + 1:
+            cut = start + size
+        yield text[start:cut], False
+        start = cut
+    yield text[start:], True
+
+
+class _WindowCutter:
+    """A document's windows (``word_windows``' spans of its ids) from its ids given piece by piece:
+    a span whose reach (``room`` tokens from its start) lies within the ids seen so far is final;
+    the ids from the first span that is not wait for the next piece (at most ``room`` of them)."""
+
+    def __init__(self, grouper: WordGrouper, room: int):
+        self.grouper, self.room = grouper, room
+        self._waiting: list[int] = []
+
+    def windows(self, ids: list[int], ends_document: bool) -> Iterator[list[int]]:
+        ids = self._waiting + list(ids) if self._waiting else list(ids)
+        self._waiting = []
+        if ends_document and len(ids) <= self.room:
+            if ids:
+                yield ids
+            return
+        taken = 0
+        for begin, end in word_windows(self.grouper.breaks(ids), self.room):
+            if not ends_document and begin + self.room >= len(ids):
+                break
+            if end > begin:
+                yield ids[begin:end]
+            taken = end
+        self._waiting = ids[taken:]
 
 
 def _length_known_without_reading(documents: Iterable[str]) -> int | None:

@@ -734,3 +734,69 @@ def test_tokenizing_a_corpus_reads_its_files_once(bert_wordpiece, tmp_path, monk
     assert len(passes) == 1 and len(windows) == 2
     tokenize_documents(bert_wordpiece, documents, 16, progress=progress)  # counted now: its length is known
     assert len(passes) == 2
+
+
+@pytest.mark.parametrize("name", TOKENIZERS + ("minilm_tokenizer",))
+def test_a_long_document_tokenized_in_pieces_gives_the_windows_of_the_whole(request, name, shared_data_dir,
+                                                                           monkeypatch, seed):
+    """A long document is tokenized in pieces cut before a space (memory then holds a piece's
+    tokenization, not the document's): the windows are those of the whole document, for every
+    tokenizer family, with runs of spaces, tabs and other whitespace at the cuts."""
+    import diffmask_fast.pretrain_data as pretrain_data
+
+    tokenizer = request.getfixturevalue(name)
+    rng = random.Random(seed)
+    lines = (shared_data_dir / "chemprot" / "abstracts.txt").read_text(encoding="utf-8").splitlines()[:6]
+    glue = [" ", "  ", "\t", " \t ", "\u00a0", "\u3000 ", "   "]
+    text = "".join(word + rng.choice(glue) if rng.random() < 0.2 else word + " "
+                   for word in " ".join(lines).split(" ")).strip()
+    documents = ["short one", text, "", "x" * 15 + " end", text[: rng.randrange(50, 400)]]
+    whole = tokenize_documents(tokenizer, documents, 40, progress=False)
+    # Longer than any stretch without a place to cut (a space after a word), which is cut inside.
+    cuts = [0] + [i for i in range(1, len(text)) if text[i] == " " and not text[i - 1].isspace()] + [len(text)]
+    size = rng.randrange(1, 150) + max(b - a for a, b in zip(cuts, cuts[1:]))
+    tokenized_texts = []
+    tokenize = pretrain_data.tokenize_texts
+    monkeypatch.setattr(pretrain_data, "CHARACTERS_PER_BATCH", size)
+    monkeypatch.setattr(pretrain_data, "tokenize_texts",
+                        lambda tok, texts, **options: tokenized_texts.append(list(texts)) or tokenize(tok, texts, **options))
+    types = WordTypes(tokenizer)
+    pieces = tokenize_documents(tokenizer, documents, 40, progress=False, word_types=types)
+    assert list(pieces) == list(whole), f"seed={seed} size={size}"
+    assert sum(map(len, tokenized_texts)) > len(text) // size, "the long document went in pieces"
+    assert all(sum(map(len, texts)) <= size for texts in tokenized_texts if len(texts) > 1), "batches hold `size`"
+    assert types.types == tokenizer_word_types(tokenizer, documents)
+
+
+def test_pieces_of_a_long_text_are_cut_before_a_space_that_follows_a_word(seed):
+    from diffmask_fast.pretrain_data import _pieces
+
+    rng = random.Random(seed)
+    text = "".join(rng.choice(["ab", "c", " ", "  ", "\t", "\u00a0", "x" * 30]) for _ in range(400))
+    size = rng.randrange(2, 60)
+    pieces = list(_pieces(text, size))
+    assert "".join(piece for piece, _ in pieces) == text and [last for _, last in pieces] == [False] * (
+        len(pieces) - 1) + [True]
+    for (piece, _), (after, _) in zip(pieces, pieces[1:]):
+        assert len(piece) <= size
+        assert (after[0] == " " and not piece[-1].isspace()) or len(piece) == size, (piece, after)
+    assert list(_pieces("x" * 10, 4)) == [("xxxx", False), ("xxxx", False), ("xx", True)]  # no space: cut at size
+    assert list(_pieces("", 4)) == [("", True)]
+
+
+def test_windows_cut_from_ids_given_piece_by_piece_are_those_of_the_whole(bert_wordpiece, seed):
+    """``word_windows`` of a document's whole ids, met as ids that come in pieces of any size."""
+    from diffmask_fast.pretrain_data import _WindowCutter
+
+    rng = np.random.default_rng(seed)
+    grouper = WordGrouper.for_tokenizer(bert_wordpiece)
+    vocabulary = len(bert_wordpiece)
+    for _ in range(50):
+        ids = rng.integers(0, vocabulary, rng.integers(0, 400)).tolist()
+        room = int(rng.integers(1, 60))
+        expected = [ids[begin:end] for begin, end in word_windows(grouper.breaks(ids), room) if end > begin]
+        cuts = sorted(rng.choice(len(ids) + 1, size=min(len(ids) + 1, int(rng.integers(0, 8))), replace=False))
+        pieces = [ids[a:b] for a, b in zip([0, *cuts], [*cuts, len(ids)])]
+        cutter = _WindowCutter(grouper, room)
+        got = [window for i, piece in enumerate(pieces) for window in cutter.windows(piece, i == len(pieces) - 1)]
+        assert got == expected, f"seed={seed} room={room} cuts={cuts}"
