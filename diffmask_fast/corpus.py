@@ -453,7 +453,7 @@ def record_text(line: Union[str, bytes], path: Union[str, os.PathLike], number: 
         record = json.loads(line)
     except json.JSONDecodeError as error:
         raise CorpusError(f"{os.fspath(path)!r} line {number}: not valid JSON ({error.msg})"
-                          f"{_one_document_hint(line, number)}") from None
+                          f"{_one_document_hint(line, number) or _plain_text_hint(path)}") from None
     except (ValueError, RecursionError) as error:  # nested too deep, or a number too long for Python
         raise CorpusError(f"{os.fspath(path)!r} line {number}: JSON that cannot be read ({error})") from None
     if not isinstance(record, dict):
@@ -467,6 +467,14 @@ def record_text(line: Union[str, bytes], path: Union[str, os.PathLike], number: 
     if not isinstance(text, str):
         raise CorpusError(f"{os.fspath(path)!r} line {number}: field {field!r} holds {type(text).__name__}, not a string")
     return text
+
+
+def _plain_text_hint(path: Union[str, os.PathLike]) -> str:
+    """Why a file named as plain text was read as JSON lines."""
+    if not os.fspath(path).lower().endswith(TEXT_SUFFIXES):
+        return ""
+    return ("; with a text field (text_field / --text-field) every file is read as JSON lines, this plain-text one "
+            "too: read plain-text files in a run without a text field")
 
 
 def _one_document_hint(line: str, number: int) -> str:

@@ -598,6 +598,18 @@ def test_bad_json_lines_name_the_file_and_line(tmp_path, content, message, name)
         list(iter_documents(path))
 
 
+def test_a_plain_text_file_read_with_a_text_field_says_why_it_was_read_as_json(tmp_path):
+    """With a text field every file is read as JSON lines: a .txt corpus beside .jsonl ones was
+    "not valid JSON" with no word of why."""
+    (tmp_path / "train.txt").write_text("the enzyme binds the receptor\n", encoding="utf-8")
+    said = (r"train.txt' line 1: not valid JSON \(Expecting value\); with a text field \(text_field / --text-field\) "
+            r"every file is read as JSON lines, this plain-text one too")
+    with pytest.raises(CorpusError, match=said):
+        count_words(tmp_path / "train.txt", text_field="abstract", progress=False)
+    with pytest.raises(CorpusError, match=said):
+        list(iter_documents(tmp_path / "train.txt", "abstract"))
+
+
 @pytest.mark.parametrize("name", ["text.txt", "records.jsonl"])
 def test_every_distributed_range_checks_its_file_for_binary_data_and_existence(tmp_path, name):
     path = tmp_path / name
