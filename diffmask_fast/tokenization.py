@@ -788,12 +788,13 @@ def tokenize_texts(tokenizer, texts: Sequence[str], **options):
     the special token, it would put a separator or an unlabeled mask mid-sequence, and being no
     word it would never be masked; so every place that tokenizes corpus text, terms or words
     goes through here with ``split_special_tokens``, and with ``model_reading_text`` in place of
-    a Unigram model that holds the special tokens as pieces. (A Python tokenizer that reads them
-    as special in spite of that option is warned of: that cannot be undone from outside it.) The backend's own switch, which that
-    option leaves set, and its model are put back for callers that use the backend directly, as
-    are its truncation and padding, which ``truncation=True`` or ``padding=True`` leave set. A lone
-    surrogate (broken text kept by JSON escapes) is read as U+FFFD, which tokenizers take. Calls
-    on one fast tokenizer from several threads take turns, as its backend is changed meanwhile.
+    a Unigram model that holds the special tokens as pieces (a Python tokenizer that reads them
+    as special in spite of that option is warned of: that cannot be undone from outside it). The
+    backend's own switch, which that option leaves set, and its model are put back for callers
+    that use the backend directly, as are its truncation and padding, which ``truncation=True``
+    or ``padding=True`` leave set. A lone surrogate (broken text kept by JSON escapes) is read as
+    U+FFFD, which tokenizers take. Calls on one fast tokenizer from several threads take turns,
+    as its backend is changed meanwhile.
     """
     backend = getattr(tokenizer, "backend_tokenizer", None) if getattr(tokenizer, "is_fast", False) else None
     if backend is None:
@@ -817,13 +818,15 @@ def _warn_of_special_text_read_as_special(tokenizer) -> None:
         _SPECIAL_TEXT_CHECKED.add(tokenizer)
     except TypeError:  # an object a weak set cannot hold: checked at every call
         pass
-    special = {int(i) for i in getattr(tokenizer, "all_special_ids", ()) if i is not None}
-    spellings = [token for token in getattr(tokenizer, "all_special_tokens", ()) if isinstance(token, str) and token]
-    if not special or not spellings:
+    # The unknown token is left out: text read as text may well hold pieces the vocabulary lacks.
+    unknown = getattr(tokenizer, "unk_token", None)
+    spellings = [token for token in getattr(tokenizer, "all_special_tokens", ())
+                 if isinstance(token, str) and token and token != unknown]
+    if not spellings:
         return
     read = tokenizer([f"a {token} b" for token in spellings], split_special_tokens=True,
                      add_special_tokens=False)["input_ids"]
-    kept = [token for token, ids in zip(spellings, read) if special & set(ids)]
+    kept = [token for token, ids in zip(spellings, read) if tokenizer.convert_tokens_to_ids(token) in ids]
     if kept:
         warnings.warn(f"{type(tokenizer).__name__} (a Python tokenizer) reads "
                       f"{', '.join(map(repr, kept[:4]))} in the text as its special token{'s' if len(kept) > 1 else ''}: "
