@@ -342,12 +342,12 @@ def _redraw_loaded_head(classifier, fresh: set[str]) -> None:
         getattr(classifier, name).load_state_dict(getattr(drawn, name).state_dict())
 
 
-def _make_keep_best_callback():
+def _make_keep_best_callback(select_by: str = "macro_f1"):
     from transformers import TrainerCallback
 
     class KeepBestEpoch(TrainerCallback):
         """Records the dev metrics of every epoch and keeps a CPU copy of the weights of the epoch
-        with the best dev macro-F1 (the earliest on a tie)."""
+        with the best dev ``select_by`` metric (the earliest on a tie)."""
 
         def __init__(self) -> None:
             self.history: list[dict[str, float]] = []
@@ -362,8 +362,8 @@ def _make_keep_best_callback():
             self.history.append({"epoch": epoch, "accuracy": float(metrics["eval_accuracy"]),
                                  "macro_f1": float(metrics["eval_macro_f1"]),
                                  "loss": float(metrics.get("eval_loss", math.nan))})
-            if metrics["eval_macro_f1"] > self.best_score and model is not None:
-                self.best_score = metrics["eval_macro_f1"]
+            if metrics[f"eval_{select_by}"] > self.best_score and model is not None:
+                self.best_score = metrics[f"eval_{select_by}"]
                 self.best_epoch = epoch
                 self.best_state = {key: value.detach().to("cpu", copy=True)
                                    for key, value in model.state_dict().items()}
@@ -440,10 +440,12 @@ def finetune(model: str | os.PathLike, train: str | os.PathLike, dev: str | os.P
              output_dir: str | os.PathLike | None = None, text_field: str = "text", label_field: str = "label",
              device: str | None = None, progress: bool = True,
              report_path: str | os.PathLike | None = None, resume: bool = False,
-             on_seed_done: Callable[[SeedResult], None] | None = None) -> FinetuneReport:
+             on_seed_done: Callable[[SeedResult], None] | None = None,
+             select_by: str = "macro_f1") -> FinetuneReport:
     """Fine-tune ``model`` (a name or path of a checkpoint with a tokenizer) on the JSON-lines
     ``train`` file once per seed and report dev (and test) accuracy and macro-F1 of each run's best
-    dev epoch.
+    dev epoch: best by ``select_by``, "macro_f1" (ACL-ARC's and SciCite's metric) or "accuracy"
+    (micro-F1 of a single-label task: ChemProt's).
 
     Each seed seeds the classification head's initialization, the data order and dropout. Training
     uses AdamW with a linear schedule warmed up over ``warmup_ratio`` of the steps. ``max_train_examples``
@@ -474,6 +476,8 @@ def finetune(model: str | os.PathLike, train: str | os.PathLike, dev: str | os.P
 
     seeds = _check_options(seeds, epochs, learning_rate, batch_size, max_length, weight_decay, warmup_ratio,
                            max_train_examples)
+    if select_by not in METRICS:
+        raise ValueError(f"select_by must be one of {', '.join(METRICS)}, got {select_by!r}")
     # numpy's numbers as Python's: the report's JSON holds them.
     epochs, batch_size, max_length = int(epochs), int(batch_size), int(max_length)
     learning_rate, weight_decay, warmup_ratio = float(learning_rate), float(weight_decay), float(warmup_ratio)
@@ -520,7 +524,7 @@ def finetune(model: str | os.PathLike, train: str | os.PathLike, dev: str | os.P
               "learning_rate": learning_rate, "batch_size": batch_size, "max_length": max_length,
               "weight_decay": weight_decay, "warmup_ratio": warmup_ratio,
               "max_train_examples": max_train_examples, "text_field": text_field, "label_field": label_field,
-              "selection": "best dev macro-F1 epoch",
+              "selection": f"best dev {_METRIC_TITLES[select_by]} epoch",
               "inputs_sha256": _input_fingerprints(model, {"train": train, "dev": dev, "test": test})}
 
     def compute_metrics(prediction) -> dict[str, float]:
@@ -563,7 +567,7 @@ def finetune(model: str | os.PathLike, train: str | os.PathLike, dev: str | os.P
                 check_max_length(classifier, max_length, model)
                 check_vocabulary(tokenizer, classifier, model)
                 length_checked = True
-            keep_best = _make_keep_best_callback()
+            keep_best = _make_keep_best_callback(select_by)
             trainer = Trainer(model=classifier, args=training_args, data_collator=collator,
                               train_dataset=train_set, eval_dataset=dev_set, processing_class=tokenizer,
                               compute_metrics=compute_metrics, callbacks=[keep_best])
@@ -747,8 +751,8 @@ def add_finetune_command(commands):
         "finetune", help="fine-tune a checkpoint on a labelled task over several seeds",
         description="Fine-tune a checkpoint (e.g. one saved after continued pretraining) with a new "
                     "classification head once per seed; after each epoch evaluate on the dev set and keep "
-                    "the epoch with the best dev macro-F1; print dev (and test) accuracy and macro-F1 as "
-                    "mean ± std over the seeds. Data files are JSON lines with a text and a label per line.")
+                    "the epoch with the best dev macro-F1 (or --select-by); print dev (and test) accuracy and "
+                    "macro-F1 as mean ± std over the seeds. Data files are JSON lines with a text and a label per line.")
     parser.add_argument("model", metavar="MODEL", help="name or path of a checkpoint saved with its tokenizer")
     parser.add_argument("--train", type=user_path, required=True, help="training data, JSON lines")
     parser.add_argument("--dev", type=user_path, required=True, help="dev data, JSON lines: selects the best epoch")
@@ -763,7 +767,11 @@ def add_finetune_command(commands):
                         help="share of the steps the learning rate warms up over (default 0.06)")
     parser.add_argument("--max-train-examples", type=int, default=None,
                         help="train on a random subset of this many examples (same subset for every seed)")
-    parser.add_argument("--text-field", default="text", help="field holding the text (default 'text')")
+    parser.add_argument("--select-by", choices=METRICS, default="macro_f1",
+                        help="dev metric that picks each seed's best epoch: macro_f1 (default; ACL-ARC, SciCite) or "
+                             "accuracy (micro-F1 of a single-label task: ChemProt)")
+    parser.add_argument("--text-field", default="text",
+                        help="field holding the text (default 'text'; ChemProt's relation pairs: 'text_marked')")
     parser.add_argument("--label-field", default="label", help="field holding the label (default 'label')")
     parser.add_argument("--device", default=None, help="torch device (default: cuda when available)")
     parser.add_argument("--output-dir", type=user_path, default=None,
@@ -785,12 +793,13 @@ def run_finetune_command(args) -> FinetuneReport:
                       max_train_examples=args.max_train_examples, output_dir=args.output_dir,
                       text_field=args.text_field, label_field=args.label_field, device=args.device,
                       progress=not args.no_progress, report_path=args.output, resume=args.resume,
-                      on_seed_done=lambda result: print(seed_line(result, args.epochs), file=sys.stderr, flush=True))
+                      on_seed_done=lambda result: print(seed_line(result, args.epochs), file=sys.stderr, flush=True),
+                      select_by=args.select_by)
     config = report.config
     print(f"Fine-tuned {report.model} on {config['train_examples']:,} examples ({len(report.labels)} labels), "
           f"{config['epochs']} epoch{'s' if config['epochs'] != 1 else ''}, "
           f"seed{'s' if len(report.seeds) != 1 else ''} {' '.join(map(str, report.seeds))}; "
-          "best dev macro-F1 epoch kept.\n")
+          f"{config['selection']} kept.\n")
     for result in report.results:
         line = (f"  seed {result.seed}: epoch {result.best_epoch}  dev acc {100 * result.dev['accuracy']:.1f}"
                 f"  F1 {100 * result.dev['macro_f1']:.1f}")

@@ -232,6 +232,33 @@ def test_keep_best_epoch_callback():
     assert [h["epoch"] for h in callback.history] == [1, 2, 3, 4]
 
 
+def test_the_best_epoch_can_be_chosen_by_accuracy(model_dir, task, tmp_path, capsys):
+    """ChemProt is reported as micro-F1 (accuracy, one label an example): the epoch kept was
+    always the best by macro-F1."""
+    by_accuracy = _make_keep_best_callback("accuracy")
+    for epoch, (accuracy_, macro) in enumerate([(0.5, 0.6), (0.8, 0.4), (0.7, 0.5)], start=1):
+        by_accuracy.on_evaluate(None, SimpleNamespace(epoch=float(epoch)), None, model=torch.nn.Linear(2, 2),
+                                metrics={"eval_accuracy": accuracy_, "eval_macro_f1": macro, "eval_loss": 1.0})
+    assert by_accuracy.best_epoch == 2
+    report = finetune(model_dir, task["train"], task["dev"], seeds=(1,), select_by="accuracy", **_FAST)
+    assert report.config["selection"] == "best dev accuracy epoch"
+    with pytest.raises(ValueError, match="select_by must be one of accuracy, macro_f1, got 'f1'"):
+        finetune(model_dir, task["train"], task["dev"], seeds=(1,), select_by="f1", **_FAST)
+    path = tmp_path / "report.json"
+    args = ["finetune", str(model_dir), "--train", str(task["train"]), "--dev", str(task["dev"]), "--seeds", "1",
+            "--epochs", "1", "--batch-size", "8", "--max-length", "24", "--device", "cpu", "--no-progress",
+            "-o", str(path)]
+    from diffmask_fast.cli import main
+
+    assert main(args + ["--select-by", "accuracy"]) == 0
+    assert "best dev accuracy epoch kept" in capsys.readouterr().out
+    # A resumed run with another selection is another run: refused, as for any other setting.
+    path.write_text(path.read_text(encoding="utf-8").replace('"complete": true', '"complete": false'),
+                    encoding="utf-8")
+    assert main(args + ["--seeds", "1", "2", "--resume"]) == 1
+    assert "selection" in capsys.readouterr().err
+
+
 # ----------------------------------------------------------------------------------------- finetune
 
 _WORDS = {"background": "previous studies reported similar findings in earlier work on cells".split(),
