@@ -166,7 +166,8 @@ def mine_anchors(
     min_count: int | None = None,
     smoothing_per_million: float = reference.DEFAULT_SMOOTHING_PER_MILLION,
 ) -> Anchors:
-    """The ``k`` words with the highest TF-ICF (eq. 2) among words with a letter.
+    """The ``k`` words with the highest TF-ICF (eq. 2) among words with a letter, citation syntax
+    (``reference.CITATION_WORDS``: "et", "al", "cf", ...) left out.
 
     ``counts`` is a ``WordCounts`` (from ``count_words`` or ``WordCounts.load``), a word -> count
     mapping, or the path of saved counts (checksummed as it is loaded). ``general`` is the table of
@@ -209,10 +210,11 @@ def mine_anchors(
         min_count = reference.default_min_count(total)
     # reference.select_anchors, over the words that pass its count filter only.
     frequent = counts.at_least(min_count)
+    lettered = [(word, count) for word, count in frequent if reference.has_letter(word)]
     scored = [
         (word, reference.tf_icf(count, total, general.count(word), general.total, smoothing_per_million))
-        for word, count in frequent
-        if reference.has_letter(word)
+        for word, count in lettered
+        if not reference.is_citation_word(word)
     ]
     scored.sort(key=lambda item: (-item[1], item[0]))
     if scored and not math.isfinite(scored[0][1]):
@@ -237,19 +239,23 @@ def mine_anchors(
         )
     if len(chosen) < k:
         _warn_of_few_anchors(len(chosen), k, min_count, rare=len(counts) - len(frequent),
-                             letterless=len(frequent) - len(scored), broken=len(scored) - len(chosen))
+                             letterless=len(frequent) - len(lettered), citation=len(lettered) - len(scored),
+                             broken=len(scored) - len(chosen))
     anchors = tuple(Anchor(w, s, counts[w], general.count(w)) for w, s in chosen)
     _warn_of_weak_anchors(anchors, len(scored))
     return Anchors(anchors, total, general.total, min_count, smoothing_per_million, general.source)
 
 
-def _warn_of_few_anchors(qualified: int, asked: int, min_count: int, rare: int, letterless: int, broken: int) -> None:
+def _warn_of_few_anchors(qualified: int, asked: int, min_count: int, rare: int, letterless: int, citation: int,
+                         broken: int) -> None:
     """Warn that fewer words than asked for qualify as anchors, naming what kept the others out
     (every word was seen: the selection ran through all of them)."""
     reasons = [f"{count:,} {one if count == 1 else many}"
                for count, one, many in ((rare, f"occurs fewer than {min_count:,} times",
                                          f"occur fewer than {min_count:,} times"),
                                         (letterless, "has no letter", "have no letter"),
+                                        (citation, "is citation syntax (et al., cf.)",
+                                         "are citation syntax (et al., cf.)"),
                                         (broken, "is broken text", "are broken text"))
                if count]
     qualify = "word qualifies" if qualified == 1 else "words qualify"

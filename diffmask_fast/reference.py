@@ -231,14 +231,27 @@ def is_broken_text(word: str) -> bool:
     return has_unreadable_character(word) or repaired_mojibake(word) is not None
 
 
+#: Words of citation syntax ("et al.", "cf.", "i.e."; as normalized, in lowercase): frequent in
+#: scientific text and rare on the web, so TF-ICF ranks them high, but they name nothing of a
+#: domain. On ACL-ARC "et" and "al" were anchors 2 and 4, and the words nearest them (themselves,
+#: 700 times each, and fragments such as "e", "en", "ed") drew a third of the masking weight.
+CITATION_WORDS = frozenset({"et", "al", "cf", "etc", "ibid", "viz", "ie", "eg", "i.e", "e.g"})
+
+
+def is_citation_word(word: str) -> bool:
+    """Whether a (normalized) word is citation syntax (``CITATION_WORDS``), whatever its case."""
+    return word.lower() in CITATION_WORDS
+
+
 def is_anchor_candidate(word: str) -> bool:
-    """Whether a word may be an anchor: it has a letter and is not broken text.
+    """Whether a word may be an anchor: it has a letter, is no citation syntax
+    (``CITATION_WORDS``) and is not broken text.
 
     Broken-text fragments such as "â\x80" or "donâ€™t" are frequent in some corpora and absent
     from general English, so TF-ICF would crown them; an uncased embedding model then reads "â"
     as "a" and scores every "a" as a domain word.
     """
-    return has_letter(word) and not is_broken_text(word)
+    return has_letter(word) and not is_citation_word(word) and not is_broken_text(word)
 
 
 def count_words(texts: Iterable[str], lowercase: bool = True) -> Counter:
@@ -340,7 +353,8 @@ def group_words(starts: Sequence[bool], never_word: Sequence[bool]) -> list[list
 
 #: Smoothing constant of the TF-ICF ratio, in occurrences per million words (see tf_icf). At 10,
 #: anchors of ChemProt are "receptor, inhibition, inhibitor, ...", of ACL-ARC "lexical, corpus,
-#: semantic, grammar, ...", where 1 crowns author names and 100 drifts to "cells", "results".
+#: semantic, grammar, ..." (citation syntax left out: ``CITATION_WORDS``), where 1 crowns author
+#: names and 100 drifts to "cells", "results".
 DEFAULT_SMOOTHING_PER_MILLION = 10.0
 
 

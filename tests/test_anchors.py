@@ -329,6 +329,33 @@ def test_broken_text_of_acl_arc_is_named_not_mined():
     assert all(reference.is_anchor_candidate(word) for word in anchors.words), anchors.table()
 
 
+@needs_data
+def test_citation_syntax_is_no_anchor_of_acl_arc():
+    """"et" and "al" (of "et al.") were ACL-ARC's anchors 2 and 4 and drew a third of the masking
+    weight; the words after them are the field's."""
+    counts = count_words(DATA / "acl_arc/corpus.txt", progress=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DiffmaskWarning)  # the corpus's broken text, named above
+        anchors = mine_anchors(counts, k=20)
+    assert {"et", "al"} <= {word for word, _ in counts.most_common(300)}
+    assert not {"et", "al", "cf"} & set(anchors.words) and anchors.words[:3] == ["lexical", "corpus", "semantic"]
+    general = GeneralFrequencies.default().lowercased()
+    assert [(a.word, a.score) for a in anchors] == reference.select_anchors(
+        dict(counts.counts), general.counts, general.total, k=20, min_count=anchors.min_count)
+
+
+def test_citation_words_are_left_out_whatever_their_case_and_named_when_few_qualify():
+    general = GeneralFrequencies({"the": 5e9, "protein": 1e6}, 1e12)
+    for lowercase, words in ((True, {"et": 90, "al": 90, "i.e": 40, "protein": 30}),
+                             (False, {"Et": 90, "al": 90, "E.g": 40, "protein": 30})):
+        counts = WordCounts.from_mapping(words, 10, lowercase=lowercase)
+        with pytest.warns(DiffmaskWarning, match=r"only 1 word qualifies as anchors \(3 asked for\): of the others, "
+                                                 r"3 are citation syntax \(et al., cf.\)"):
+            assert mine_anchors(counts, general, k=3, min_count=1).words == ["protein"]
+        assert reference.select_anchors(words, general.counts, general.total, k=3, min_count=1)[0][0] == "protein"
+    assert reference.is_anchor_candidate("etc.") and not reference.is_anchor_candidate(reference.normalize_word("etc."))
+
+
 def test_case_kept_counts_look_general_words_up_in_lowercase():
     general = GeneralFrequencies({"the": 5e9, "there": 1e9, "enzyme": 1e4, "long": 1e8, "term": 1e8}, 1e12)
     counts = WordCounts.from_mapping({"The": 500, "There": 400, "the": 900, "Enzyme": 300, "Long-Term": 50}, 10,
