@@ -77,6 +77,14 @@ def recommended_pooling(name_or_path: str | os.PathLike | None) -> str:
     return "pooled"
 
 
+def class_token_first(tokenizer) -> bool:
+    """Whether ``tokenizer`` puts its class token ([CLS], <s>) first in an encoded text, where
+    ``cls`` and ``pooled`` pooling read it."""
+    class_token = getattr(tokenizer, "cls_token_id", None)
+    first = tokenize_texts(tokenizer, ["a"], add_special_tokens=True)["input_ids"][0][:1]
+    return class_token is not None and first == [class_token]
+
+
 def has_lone_surrogate(word: str) -> bool:
     """Whether ``word`` holds a lone surrogate (kept by counting from broken input): not valid
     Unicode text, which no tokenizer takes."""
@@ -296,12 +304,16 @@ class WordEmbedder:
                         cache_dir: str | os.PathLike | bool | None = True, **options) -> "WordEmbedder":
         """Load an encoder by name or path; ``None`` means the bundled all-MiniLM-L6-v2.
 
-        ``pooling=None`` picks ``recommended_pooling`` for the checkpoint. The disk cache is on
+        ``pooling=None`` picks ``recommended_pooling`` for the checkpoint, or ``mean`` where that
+        reads a class token the tokenizer does not put first. The disk cache is on
         (``cache_dir=True``: the default directory); pass ``cache_dir=None`` to turn it off.
         """
         model, tokenizer = load_encoder(name_or_path)
-        return cls(model, tokenizer, pooling=pooling or recommended_pooling(name_or_path), cache_dir=cache_dir,
-                   **options)
+        if pooling is None:
+            pooling = recommended_pooling(name_or_path)
+            if pooling in ("cls", "pooled") and not class_token_first(tokenizer):
+                pooling = "mean"
+        return cls(model, tokenizer, pooling=pooling, cache_dir=cache_dir, **options)
 
     @property
     def dimension(self) -> int:
@@ -544,10 +556,9 @@ class WordEmbedder:
         """``cls`` and ``pooled`` read the first position, the class token of BERT-style
         tokenizers; one that puts it last (XLNet's "w <sep> <cls>") or adds none (T5's
         encoders) would have the word's first piece read instead, with no error."""
-        first = tokenize_texts(self.tokenizer, ["a"], add_special_tokens=True)["input_ids"][0][:1]
-        class_token = getattr(self.tokenizer, "cls_token_id", None)
-        if class_token is None or first != [class_token]:
-            where = ("has no class token" if class_token is None else
+        if not class_token_first(self.tokenizer):
+            first = tokenize_texts(self.tokenizer, ["a"], add_special_tokens=True)["input_ids"][0][:1]
+            where = ("has no class token" if getattr(self.tokenizer, "cls_token_id", None) is None else
                      f"puts {self.tokenizer.convert_ids_to_tokens(first)[0] if first else 'nothing'!r} first, not "
                      f"its class token {self.tokenizer.cls_token!r}")
             raise ValueError(f"pooling={self.pooling!r} reads the class token's hidden state at the first position, "

@@ -566,7 +566,6 @@ def test_contextual_anchors_check_the_embedding_models_word_boundaries_before_co
     monkeypatch.setattr(counting, "count_words", lambda *a, **k: pytest.fail("counted before the check"))
     assert main(["score", str(corpus), "--anchors", str(anchors), "--model", str(model), "--tokenizer",
                  str(tmp_path / "wordpiece"), "--contextual-anchors", "5", "-o", str(tmp_path / "s.npz"),
-                 "--pooling", "mean",  # the end-of-word tokenizer has no class token for cls/pooled pooling
                  "--no-cache", "--no-progress"]) == 1
     err = capsys.readouterr().err
     assert "cannot tell how its tokenizer marks words" in err and "end-of-word-model" in err, err

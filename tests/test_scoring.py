@@ -388,7 +388,7 @@ def test_anchors_the_model_has_never_seen(tiny_bert):
 
 
 @pytest.mark.parametrize("pooling", ["cls", "pooled"])
-def test_class_token_pooling_refuses_a_tokenizer_that_puts_no_class_token_first(pooling):
+def test_class_token_pooling_refuses_a_tokenizer_that_puts_no_class_token_first(pooling, tmp_path):
     """XLNet's tokenizer encodes a word as "w <sep> <cls>": cls/pooled pooling read the word's
     first piece as if it were the class token, with no error."""
     from transformers import XLNetConfig, XLNetModel, XLNetTokenizer
@@ -403,6 +403,9 @@ def test_class_token_pooling_refuses_a_tokenizer_that_puts_no_class_token_first(
                                          r"use pooling='mean'"):
         WordEmbedder(model, tokenizer, pooling=pooling, progress=False)
     assert WordEmbedder(model, tokenizer, pooling="mean", progress=False).embed(["enzyme"]).shape == (1, 32)
+    model.save_pretrained(tmp_path)
+    tokenizer.save_pretrained(tmp_path)  # the default pooling of such a checkpoint reads every piece
+    assert WordEmbedder.from_pretrained(tmp_path, cache_dir=None, progress=False).pooling == "mean"
 
 
 @pytest.mark.parametrize("pooling", ["cls", "pooled"])
