@@ -10,7 +10,8 @@ CSRC := $(shell find csrc -name '*.cpp' -o -name '*.h' -o -name '*.cu' -o -name 
 EXTENSION_STAMP := $(VENV)/.extension-built
 DEPS_STAMP := $(VENV)/.deps-installed
 
-.PHONY: demo test test-python test-cpp bench build clean gpu-check gpu-build gpu-test gpu-bench gpu-profile
+.PHONY: demo test test-python test-cpp bench build clean gpu-check gpu-build gpu-test gpu-pytest gpu-ctest gpu-bench \
+  gpu-profile
 
 demo: $(EXTENSION_STAMP)
 	HF_HUB_OFFLINE=1 $(VENV)/bin/diffmask demo --plot build/demo/masking.png
@@ -27,11 +28,13 @@ test-cpp: $(DEPS_STAMP)
 
 # On a machine with an NVIDIA GPU and a CUDA build of torch (never part of `make test`):
 # gpu-build compiles the extension with its CUDA kernels for this GPU (in place, with GPU_PY, the
-# Python that has the CUDA torch); gpu-test runs the C++ kernel tests on the GPU (also under
-# compute-sanitizer's memcheck, racecheck and synccheck when it is installed) and the CUDA tests
-# (failing, not skipping, if the kernels are missing); gpu-bench replaces the GPU section of
-# benchmarks/RESULTS.md (`make bench` elsewhere keeps it); gpu-profile reads the kernels' hardware
-# counters (not part of gpu-check).
+# Python that has the CUDA torch); gpu-test runs the CUDA tests (gpu-pytest: failing, not skipping,
+# if the kernels are missing) and the C++ kernel tests on the GPU (gpu-ctest: also under
+# compute-sanitizer's memcheck, racecheck and synccheck when it is installed); gpu-bench replaces
+# the GPU section of benchmarks/RESULTS.md (`make bench` elsewhere keeps it); gpu-profile reads the
+# kernels' hardware counters (not part of gpu-check). gpu-check runs every step after the build
+# even when one fails, the benchmarks before the slow sanitizers, and fails at the end if any step
+# did: a failing test must not cost a GPU session its benchmark numbers.
 GPU_PY ?= python3
 GPU_JOBS ?= 8
 # The system's compilers, not a CXX the environment exports: an extension built by a compiler
@@ -42,24 +45,42 @@ GPU_CXX ?= c++
 # from 3.24.
 GPU_ARCH ?= $(shell $(GPU_PY) -c "import torch; print('%d%d' % torch.cuda.get_device_capability())" 2>/dev/null \
   || echo native)
+# The nvcc torch builds with where none is on PATH (CMake looks only there and in CUDACXX).
+GPU_NVCC ?= $(shell command -v nvcc 2>/dev/null || $(GPU_PY) -c "from torch.utils.cpp_extension import CUDA_HOME; \
+  import os; print(os.path.join(CUDA_HOME, 'bin', 'nvcc') if CUDA_HOME else '')" 2>/dev/null)
 
-gpu-check: gpu-build gpu-test gpu-bench
+gpu-check:
+	$(MAKE) gpu-build
+	status=0; \
+	$(MAKE) gpu-pytest || status=1; \
+	$(MAKE) gpu-bench || status=1; \
+	$(MAKE) gpu-ctest || status=1; \
+	exit $$status
 
 gpu-build:
 	CC=$(GPU_CC) CXX=$(GPU_CXX) DIFFMASK_FAST_CUDA=1 MAX_JOBS=$(GPU_JOBS) $(GPU_PY) setup.py build_ext --inplace
 	CC=$(GPU_CC) CXX=$(GPU_CXX) cmake -S . -B build/gpu -DCMAKE_BUILD_TYPE=Release -DDIFFMASK_SANITIZE=OFF \
-	  -DCMAKE_CUDA_ARCHITECTURES=$(GPU_ARCH) > /dev/null
+	  -DDIFFMASK_EMULATED_CUDA=OFF -DCMAKE_CUDA_ARCHITECTURES=$(GPU_ARCH) \
+	  $(if $(GPU_NVCC),-DCMAKE_CUDA_COMPILER=$(GPU_NVCC)) > /dev/null
 	cmake --build build/gpu -j $(GPU_JOBS)
 
-gpu-test:
+gpu-test: gpu-pytest gpu-ctest
+
+gpu-pytest:
+	DIFFMASK_FAST_REQUIRE_CUDA=1 $(GPU_PY) -m pytest -q -rs tests/test_cuda.py tests/test_masking_module.py \
+	  tests/test_compile.py tests/test_ops.py
+
+gpu-ctest:
+	@test -x build/gpu/test_cuda_kernels || { echo "build/gpu/test_cuda_kernels was not built: CMake found no nvcc" \
+	  "(GPU_NVCC='$(GPU_NVCC)')"; exit 1; }
 	ctest --test-dir build/gpu --output-on-failure
 	if command -v compute-sanitizer > /dev/null; then \
+	  status=0; \
 	  for tool in memcheck racecheck synccheck; do \
-	    compute-sanitizer --tool $$tool --error-exitcode 1 build/gpu/test_cuda_kernels --quick || exit 1; \
+	    compute-sanitizer --tool $$tool --error-exitcode 1 build/gpu/test_cuda_kernels --quick || status=1; \
 	  done; \
+	  exit $$status; \
 	fi
-	DIFFMASK_FAST_REQUIRE_CUDA=1 $(GPU_PY) -m pytest -q tests/test_cuda.py tests/test_masking_module.py \
-	  tests/test_compile.py tests/test_ops.py
 
 gpu-bench:
 	$(GPU_PY) benchmarks/run.py --only gpu --write

@@ -26,6 +26,7 @@ import platform
 import statistics
 import sys
 import time
+import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -348,9 +349,16 @@ def masking_and_step(device: torch.device, sizes: Sizes) -> tuple[list, dict]:
     return rows, results
 
 
+#: The measurements, in the order they run: a phase that fails is a row saying so, and the
+#: others are kept (a GPU is lent for a short session).
+PHASES = {"similarity": similarity, "sampling": sampling, "masking": masking_and_step}
+COLUMNS = ["measurement", "device time", "against the baseline (same device, same run)", "goal"]
+
+
 def run(device: str | torch.device = "cuda", sizes: Sizes = FULL) -> tuple[str, dict]:
     """The GPU section's text and raw numbers; on a non-CUDA ``device`` (smoke runs) the same
-    measurements run there."""
+    measurements run there. Each phase's rows go to stderr as soon as they are measured, so that
+    they reach the reader even if a later phase ends the process."""
     device = torch.device(device)
     reason = unavailable() if device.type == "cuda" else None
     if reason is not None:
@@ -358,15 +366,22 @@ def run(device: str | torch.device = "cuda", sizes: Sizes = FULL) -> tuple[str, 
     if device.type == "cuda" and device.index is None:
         device = torch.device("cuda", torch.cuda.current_device())
     torch.manual_seed(0)
-    similarity_rows, similarity_results = similarity(device, sizes)
-    sampling_rows, sampling_results = sampling(device, sizes)
-    masking_rows, masking_results = masking_and_step(device, sizes)
-    table = markdown_table(["measurement", "device time", "against the baseline (same device, same run)", "goal"],
-                           similarity_rows + sampling_rows + masking_rows)
-    text = f"Device: {device_description(device)}.\n\n{table}"
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else device.type
-    return text, {"device": name, "similarity": similarity_results, "sampling": sampling_results,
-                  "masking": masking_results}
+    rows, results = [], {"device": name}
+    for phase, measure_phase in PHASES.items():
+        try:
+            phase_rows, results[phase] = measure_phase(device, sizes)
+        except Exception as error:  # any failure: the other phases' numbers stay
+            traceback.print_exc()
+            phase_rows, results[phase] = [[phase, "not measured", f"failed: {error!r}"[:300], "-"]], {
+                "error": repr(error)}
+        print(f"bench_gpu {phase}:\n{markdown_table(COLUMNS, phase_rows)}", file=sys.stderr, flush=True)
+        rows += phase_rows
+    failed = [phase for phase in PHASES if "error" in results[phase]]
+    if failed:
+        results["failed"] = failed
+    text = f"Device: {device_description(device)}.\n\n{markdown_table(COLUMNS, rows)}"
+    return text, results
 
 
 def main() -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import platform
+import re
 import statistics
 import time
 from typing import Callable, TypeVar
@@ -94,12 +95,12 @@ def milliseconds(seconds: float) -> str:
 
 def _section_span(text: str, heading: str) -> tuple[int, int] | None:
     """Where the section that starts with the line ``heading`` lies in ``text`` (up to the next
-    ``## `` heading or the end), or None."""
-    start = text.find(heading + "\n")
-    if start < 0:
+    ``## `` heading or the end), or None. Whole lines only: "## GPU" is no "### GPU"."""
+    found = re.search(rf"^{re.escape(heading)}$", text, re.MULTILINE)
+    if found is None:
         return None
-    following = text.find("\n## ", start + len(heading))
-    return start, following if following >= 0 else len(text)
+    following = re.search(r"^## ", text[found.end():], re.MULTILINE)
+    return found.start(), found.end() + following.start() - 1 if following else len(text)  # before its "\n"
 
 
 def read_section(path, heading: str) -> str | None:

@@ -109,6 +109,8 @@ def run_one(args: argparse.Namespace) -> None:
                 f"`python benchmarks/run.py --only {args.only}{' --smoke' if args.smoke else ''} --write`.")
         replace_section(args.results, f"## {heading}",
                         "\n".join([f"## {heading}", "", section.GOALS, "", note, "", table, ""]))
+    if results.get("failed"):  # written with the rest, but a make target fails
+        sys.exit(f"'{heading}': {', '.join(results['failed'])} failed (see the rows that say so)")
 
 
 def run_section(section) -> tuple[str, dict]:

@@ -449,6 +449,36 @@ def test_the_gpu_section_says_whether_each_goal_is_met_and_reads_cpu_ratios_the_
     assert len(judged) == 4 and all(re.fullmatch(r"(met|\*\*missed\*\*) \(.+\)", goal) for goal in judged), goals
 
 
+def test_a_failing_gpu_phase_keeps_the_others_numbers(monkeypatch, capsys):
+    """A failure in the masking phase (after minutes of similarity timing) lost every number:
+    nothing was printed or written. The phases' rows now come as they are measured, a failed
+    phase is a row saying so, and run.py still writes the section but fails."""
+    gpu = benchmark_module("bench_gpu")
+
+    def fails(device, sizes):
+        raise RuntimeError("simulated failure in the masking phase")
+
+    monkeypatch.setitem(gpu.PHASES, "masking", fails)
+    text, results = gpu.run("cpu", gpu.SMOKE)
+    assert results["failed"] == ["masking"] and "simulated failure" in results["masking"]["error"]
+    assert "max_anchor_similarity fp32, K = 20" in text and "sample_without_replacement" in text
+    assert "| masking | not measured | failed: RuntimeError('simulated failure in the masking phase') | - |" in text
+    err = capsys.readouterr().err
+    assert "bench_gpu similarity:\n| measurement" in err and "bench_gpu masking:" in err
+
+
+def test_a_section_is_found_by_its_whole_heading_line(tmp_path):
+    """"## GPU" matched inside "### GPU": the subsection was rewritten and the old section kept."""
+    harness = benchmark_module("harness")
+    path = tmp_path / "RESULTS.md"
+    path.write_text("# Results\n\n## Ops\n\n### GPU\n\nnotes\n\n## GPU\n\nold\n\n## Last\n\nend\n")
+    harness.replace_section(path, "## GPU", "## GPU\n\nnew\n")
+    assert path.read_text() == "# Results\n\n## Ops\n\n### GPU\n\nnotes\n\n## GPU\n\nnew\n\n## Last\n\nend\n"
+    assert harness.read_section(path, "## Ops") == "## Ops\n\n### GPU\n\nnotes\n"
+    harness.replace_section(path, "## Last", "## Last\n\nlater\n")
+    assert path.read_text().endswith("## GPU\n\nnew\n\n## Last\n\nlater\n")
+
+
 def test_the_comparison_keeps_runs_only_of_the_data_files_they_were_made_from(tmp_path, monkeypatch):
     """Runs were kept by their settings alone: a corpus or split rewritten at the same path kept the
     old models and reports, stamped with the new call's date."""
