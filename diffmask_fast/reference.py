@@ -496,7 +496,8 @@ def select_anchors(
         raise ValueError("the target corpus has no words")
     if min_count is None:
         min_count = default_min_count(target_total)
-    min_count = max(min_count, 1)  # a word the corpus lacks is no candidate
+    if min_count < 1:  # as mine_anchors: a word the corpus lacks is no candidate
+        raise ValueError(f"min_count must be at least 1, got {min_count}")
     folded = case_folded(general_counts)
     scored = [
         (word, tf_icf(count, target_total, general_count(word, general_counts, folded), general_total,
@@ -568,8 +569,10 @@ def max_anchor_similarity(embeddings, anchors) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _anchor_matrix(anchors, dimension: int) -> np.ndarray:
-    """``anchors`` as a float64 [K, D] array, refused unless K >= 1 and D is ``dimension``."""
+    """``anchors`` as a float64 [K, D] array, refused unless K >= 1 and D is ``dimension`` >= 1."""
     anchors = np.asarray(anchors, dtype=np.float64)
+    if dimension < 1:  # else a reshape of no values failed, naming no argument
+        raise ValueError(f"the vectors must have a positive dimension D, got {dimension}")
     if anchors.ndim != 2 or anchors.shape[0] == 0 or anchors.shape[1] != dimension:
         raise ValueError(f"anchors must be a non-empty [K, {dimension}] array, got shape {anchors.shape}")
     return anchors

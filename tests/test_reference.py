@@ -408,8 +408,12 @@ def test_the_reference_refuses_what_the_ops_refuse():
         with pytest.raises(ValueError, match="smoothing_per_million must be a positive finite number"):
             reference.select_anchors({"enzyme": 5, "the": 9}, {"the": 100}, 1e6, k=2,
                                      smoothing_per_million=smoothing)
-    chosen = reference.select_anchors({"enzyme": 5, "zero": 0}, {}, 1e6, k=2, min_count=0)
+    chosen = reference.select_anchors({"enzyme": 5, "zero": 0}, {}, 1e6, k=2, min_count=1)
     assert [word for word, _ in chosen] == ["enzyme"]
+    with pytest.raises(ValueError, match="min_count must be at least 1, got 0"):  # as mine_anchors refuses it
+        reference.select_anchors({"enzyme": 5, "zero": 0}, {}, 1e6, k=2, min_count=0)
+    with pytest.raises(ValueError, match="the vectors must have a positive dimension D, got 0"):  # a reshape error
+        reference.max_anchor_similarity(np.zeros((2, 0)), np.zeros((1, 0)))
     with pytest.raises(ValueError, match="must be non-negative and sum to at most 1"):
         reference.replace_tokens([5, 6], [True, True], 1, [2], rng, math.nan, 0.1)
     with pytest.raises(ValueError, match="needs random_token_ids"):
