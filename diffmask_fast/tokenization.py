@@ -599,9 +599,20 @@ def decode_word(tokenizer, token_ids: Sequence[int]) -> str:
     return decode_words(tokenizer, [token_ids])[0]
 
 
+#: A SentencePiece byte piece (byte fallback: a character the pieces lack, byte by byte).
+_BYTE_PIECE = re.compile(r"<0x[0-9A-Fa-f]{2}>")
+
+
 def _decode_tokens(tokenizer, ids: list[int]) -> str:
     tokens = [t for t in tokenizer.convert_ids_to_tokens(ids) if isinstance(t, str)]
-    return tokenizer.convert_tokens_to_string(tokens) if tokens else ""
+    if not tokens:
+        return ""
+    model = getattr(tokenizer, "sp_model", None)
+    if model is not None and any(_BYTE_PIECE.fullmatch(token) for token in tokens):
+        # A Python SentencePiece tokenizer spells byte pieces out ("na<0xC3><0xAF>ve"), and such a
+        # word never met its counted form "naïve"; its model joins them into the characters.
+        return model.decode_pieces(tokens)
+    return tokenizer.convert_tokens_to_string(tokens)
 
 
 #: tokenizer -> (its length when read, {id: content} of the added tokens its decoder garbles)

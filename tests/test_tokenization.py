@@ -986,3 +986,23 @@ def test_a_tokenizer_without_a_decoder_is_named(build, decoder):
     with pytest.warns(DiffmaskWarning, match=r"has no decoder \(backend_tokenizer\.decoder is None\).* "
                                              f"tokenizers\\.decoders\\.{re.escape(decoder)}"):
         word_boundaries(tokenizer)
+
+
+def test_a_python_sentencepiece_tokenizer_decodes_byte_pieces_into_characters(tmp_path):
+    """A character its pieces lack is byte pieces ("<0xC3><0xAF>"); the Python tokenizer's
+    convert_tokens_to_string spelled them out, so "naïve" was the word "na<0xC3><0xAF>ve" and
+    never met its counted form."""
+    import sentencepiece
+    from transformers import BertGenerationTokenizer
+
+    from diffmask_fast.vocabulary import tokenizer_word_types, tokenizer_words
+
+    (tmp_path / "train.txt").write_text("\n".join(tokenizers_offline.training_lines()), encoding="utf-8")
+    sentencepiece.SentencePieceTrainer.train(input=str(tmp_path / "train.txt"), model_prefix=str(tmp_path / "sp"),
+                                             vocab_size=800, byte_fallback=True, minloglevel=3)
+    tokenizer = BertGenerationTokenizer(str(tmp_path / "sp.model"))
+    assert not getattr(tokenizer, "is_fast", False)
+    text = "the naïve enzyme 東京 😀"
+    assert "<0xC3>" in tokenizer.tokenize(text)
+    assert tokenizer_words(tokenizer, text) == ["the", "naïve", "enzyme", "東京", "😀"]
+    assert tokenizer_word_types(tokenizer, [text]) == {"the", "naïve", "enzyme", "東京", "😀"}
