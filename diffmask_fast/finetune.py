@@ -752,7 +752,8 @@ def add_finetune_command(commands):
         description="Fine-tune a checkpoint (e.g. one saved after continued pretraining) with a new "
                     "classification head once per seed; after each epoch evaluate on the dev set and keep "
                     "the epoch with the best dev macro-F1 (or --select-by); print dev (and test) accuracy and "
-                    "macro-F1 as mean ± std over the seeds. Data files are JSON lines with a text and a label per line.")
+                    "macro-F1 as mean ± std over the seeds. Data files are JSON lines with a text and a label "
+                    "per line.")
     parser.add_argument("model", metavar="MODEL", help="name or path of a checkpoint saved with its tokenizer")
     parser.add_argument("--train", type=user_path, required=True, help="training data, JSON lines")
     parser.add_argument("--dev", type=user_path, required=True, help="dev data, JSON lines: selects the best epoch")

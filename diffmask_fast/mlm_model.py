@@ -117,7 +117,8 @@ def initialize_mlm_head(model: Any, parameter_names: list[str] | None = None) ->
             parameter.zero_()
         elif isinstance(module, torch.nn.LayerNorm) or "norm" in module_name.lower():
             parameter.fill_(HEAD_NORM_GAIN)
-        elif isinstance(module, torch.nn.Linear) and parameter.ndim == 2 and parameter.shape[1] == inputs.weight.shape[0]:
+        elif isinstance(module, torch.nn.Linear) and parameter.ndim == 2 \
+                and parameter.shape[1] == inputs.weight.shape[0]:  # a map from the vocabulary
             parameter.zero_()  # MobileBERT's rows of the output projection past the embedding size: no say at first
         elif isinstance(module, torch.nn.Linear) and parameter.ndim == 2 and parameter.shape[0] == parameter.shape[1]:
             parameter.copy_(torch.eye(parameter.shape[0], dtype=parameter.dtype))

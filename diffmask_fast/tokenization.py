@@ -839,8 +839,8 @@ def _warn_of_special_text_read_as_special(tokenizer) -> None:
                      add_special_tokens=False)["input_ids"]
     kept = [token for token, ids in zip(spellings, read) if tokenizer.convert_tokens_to_ids(token) in ids]
     if kept:
-        warnings.warn(f"{type(tokenizer).__name__} (a Python tokenizer) reads "
-                      f"{', '.join(map(repr, kept[:4]))} in the text as its special token{'s' if len(kept) > 1 else ''}: "
+        warnings.warn(f"{type(tokenizer).__name__} (a Python tokenizer) reads {', '.join(map(repr, kept[:4]))} "
+                      f"in the text as its special token{'s' if len(kept) > 1 else ''}: "
                       "a corpus that spells one has it left out of words and counts, and a mask token spelled in "
                       "the text is a mask with no label. Use a fast tokenizer where one exists",
                       DiffmaskWarning, stacklevel=3)

@@ -121,7 +121,7 @@ def test_a_folder_that_keeps_its_model_one_level_down_points_to_it(tmp_path, tin
     bert_wordpiece.save_pretrained(tmp_path / "0_Transformer")
     (tmp_path / "1_Pooling").mkdir()
     for load in (load_masked_lm, load_tokenizer):
-        with pytest.raises(ValueError, match=re.escape(f"holds no model or tokenizer (none of config.json, ") + ".*"
+        with pytest.raises(ValueError, match=re.escape("holds no model or tokenizer (none of config.json, ") + ".*"
                            + re.escape(f"); the model is in its folder {str(tmp_path / '0_Transformer')!r}")):
             load(str(tmp_path))
     bert_wordpiece.save_pretrained(tmp_path / "1_Pooling")

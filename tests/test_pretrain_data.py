@@ -759,7 +759,8 @@ def test_a_long_document_tokenized_in_pieces_gives_the_windows_of_the_whole(requ
     tokenize = pretrain_data.tokenize_texts
     monkeypatch.setattr(pretrain_data, "CHARACTERS_PER_BATCH", size)
     monkeypatch.setattr(pretrain_data, "tokenize_texts",
-                        lambda tok, texts, **options: tokenized_texts.append(list(texts)) or tokenize(tok, texts, **options))
+                        lambda tok, texts, **options: tokenized_texts.append(list(texts))
+                        or tokenize(tok, texts, **options))
     types = WordTypes(tokenizer)
     pieces = tokenize_documents(tokenizer, documents, 40, progress=False, word_types=types)
     assert list(pieces) == list(whole), f"seed={seed} size={size}"

@@ -265,7 +265,8 @@ def test_a_python_tokenizer_that_reads_special_text_as_special_is_warned_of_once
     for tokenizer in (ProphetNetTokenizer(str(tmp_path / "vocab.txt")),
                       BertTokenizerLegacy(vocab_file=str(tmp_path / "vocab.txt"))):
         with pytest.warns(DiffmaskWarning, match=rf"{type(tokenizer).__name__} \(a Python tokenizer\) reads .*"
-                                                 r"'\[SEP\]'.* in the text as its special tokens: .*Use a fast tokenizer"):
+                                                 r"'\[SEP\]'.* in the text as its special tokens: "
+                                                 r".*Use a fast tokenizer"):
             read = tokenize_texts(tokenizer, ["the [SEP] token"], add_special_tokens=False)["input_ids"][0]
         assert tokenizer.sep_token_id in read  # what the warning says
         with warnings.catch_warnings():
