@@ -789,8 +789,19 @@ def main(argv: list[str] | None = None) -> int:
         sys.stdout, sys.stderr = real_stdout, real_stderr
         for stream, errors in strictness:
             if errors is not None:
-                stream.reconfigure(errors=errors)
+                _put_back_errors(stream, errors)
     return 0
+
+
+def _put_back_errors(stream, errors: str) -> None:
+    """``stream``'s own error handling back; reconfiguring flushes, and a reader that has left
+    (``| head``) makes that flush fail: the rest of the output goes to the null device."""
+    try:
+        stream.reconfigure(errors=errors)
+    except BrokenPipeError:
+        _to_devnull(stream)
+    except (OSError, ValueError):  # a closed stream: nothing to put back
+        pass
 
 
 def _escape_what_it_cannot_encode(stream) -> str | None:

@@ -365,6 +365,26 @@ def test_a_reader_that_leaves_early_ends_the_command_quietly(tmp_path):
     assert anchors.read_text(encoding="utf-8").strip()
 
 
+def test_a_reader_gone_before_the_last_output_is_flushed_ends_quietly(tmp_path):
+    """Putting the stream's error handling back flushes it: output still in the buffer met the
+    closed pipe there, and main raised BrokenPipeError with a traceback."""
+    script = tmp_path / "late.py"
+    script.write_text("import sys, time\n"
+                      "from diffmask_fast import cli\n"
+                      "def late(args):\n"
+                      "    time.sleep(1)\n"
+                      "    sys.stdout.write('kept in the buffer')\n"
+                      "cli._commands = lambda: {'demo': late}\n"
+                      "print('main returned', cli.main(['demo']), file=sys.stderr)\n", encoding="utf-8")
+    environment = {key: value for key, value in os.environ.items() if key != "PYTHONUNBUFFERED"}
+    process = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               env={**environment, "PYTHONIOENCODING": "utf-8", "PYTHONPATH": os.pathsep.join(sys.path)})
+    process.stdout.close()
+    stderr = process.stderr.read().decode()
+    assert process.wait(timeout=300) == 0 and "main returned 0" in stderr, stderr
+    assert "Traceback" not in stderr and "Exception" not in stderr, stderr
+
+
 def test_other_libraries_warnings_are_one_line_naming_their_package():
     """matplotlib's "Glyph missing" and the like, shown as the package's own warnings are."""
     from diffmask_fast.advice import DiffmaskWarning
