@@ -14,10 +14,12 @@ from __future__ import annotations
 import array
 import contextlib
 import hashlib
+import math
 import numbers
 import operator
 import os
 import random
+import re
 import tempfile
 import warnings
 from collections.abc import Mapping
@@ -315,7 +317,9 @@ def tokenize_documents(tokenizer: Any, documents: Iterable[str], max_length: int
     made, and returned memory-mapped from them (``TokenWindows.load``). Given ``word_types``,
     the documents' words are added to it from the same tokens (for scoring). The tokenizer reads
     at most ``batch_size`` documents and about ``CHARACTERS_PER_BATCH`` characters at once: a
-    longer document goes in pieces cut before a space, and has the windows of the whole.
+    longer document goes in pieces cut before a space after a word, and has the windows of the
+    whole (unless it has no such space in four times that many characters: see ``_pieces``). A
+    tokenizer that reads text cut there otherwise reads each document whole.
     """
     if isinstance(documents, (str, bytes)):  # iterating would read a document a character
         raise TypeError(f"documents must be an iterable of texts, got one {type(documents).__name__}: give [text]")
@@ -346,8 +350,9 @@ def _add_windows(windows: TokenWindows.Builder, tokenizer: Any, documents: Itera
 
     total = _length_known_without_reading(documents) if progress else None
     cutter = _WindowCutter(grouper, room)
+    piece_start = _piece_start(tokenizer)
     with tqdm(total=total, desc=description, unit="doc", disable=not progress) as bar:
-        for batch in _batches_of_pieces(documents, batch_size, CHARACTERS_PER_BATCH):
+        for batch in _batches_of_pieces(documents, batch_size, CHARACTERS_PER_BATCH, piece_start):
             encoded = tokenize_texts(tokenizer, [text for text, _ in batch], add_special_tokens=False,
                                      return_attention_mask=False, return_token_type_ids=False,
                                      verbose=False)["input_ids"]
@@ -368,14 +373,18 @@ def _add_windows(windows: TokenWindows.Builder, tokenizer: Any, documents: Itera
 CHARACTERS_PER_BATCH = 1 << 20
 
 
-def _batches_of_pieces(documents: Iterable[str], batch_size: int, characters: int
+def _batches_of_pieces(documents: Iterable[str], batch_size: int, characters: int, piece_start: str | None
                        ) -> Iterator[list[tuple[str, bool]]]:
     """Texts to tokenize at once, each with whether it ends its document: at most ``batch_size``
-    documents and, past the first text, ``characters`` characters a batch."""
+    documents and, past the first text, ``characters`` characters a batch. ``piece_start``
+    (``_piece_start``): how a piece after a cut begins; None: documents are not cut."""
     batch: list[tuple[str, bool]] = []
     held = ended = 0
     for document in documents:
-        for piece, last in _pieces(document, characters):
+        pieces = _pieces(document, characters if piece_start is not None else math.inf)
+        for number, (piece, last) in enumerate(pieces):
+            if number and piece_start == "no space":
+                piece = piece[1:]
             if batch and (held + len(piece) > characters or ended == batch_size):
                 yield batch
                 batch, held, ended = [], 0, 0
@@ -386,22 +395,57 @@ def _batches_of_pieces(documents: Iterable[str], batch_size: int, characters: in
         yield batch
 
 
-def _pieces(text: str, size: int) -> Iterator[tuple[str, bool]]:
+def _pieces(text: str, size: float) -> Iterator[tuple[str, bool]]:
     """``text`` in consecutive pieces of at most about ``size`` characters, each (but the last) cut
     before a space that follows other characters: the space goes with the word after it, which
     the tokenizers then read as a word begun after a space (byte-level BPE's "Ġword",
-    SentencePiece's "▁word"), as they do inside the whole text. A stretch of ``size`` characters
-    without such a space is cut where it ends."""
+    SentencePiece's "▁word"), as they do inside the whole text. Where no such space lies within
+    ``size`` characters, the first one after them ends the piece, and where none lies within
+    ``4 * size`` either, the piece is cut inside a word."""
     start = 0
     while len(text) - start > size:
-        cut = start + size
-        while cut > start + 1 and not (text[cut] == " " and not text[cut - 1].isspace()):
-            cut -= 1
-        if cut == start + 1:
-            cut = start + size
-        yield text[start:cut], False
-        start = cut
+        start, cut = _cut(text, start, int(size)), start
+        yield text[cut:start], False
     yield text[start:], True
+
+
+#: A space after other characters: where ``_pieces`` cuts.
+_SPACE_AFTER_TEXT = re.compile(r"(?<=\S) ")
+
+
+def _cut(text: str, start: int, size: int) -> int:
+    """Where the piece of ``text`` from ``start`` ends (see ``_pieces``)."""
+    at = text.rfind(" ", start + 1, start + size + 1)
+    while at > start and text[at - 1].isspace():
+        at = text.rfind(" ", start + 1, at)
+    if at > start:
+        return at
+    later = _SPACE_AFTER_TEXT.search(text, start + size, start + 4 * size)
+    return later.start() if later else start + size
+
+
+#: Texts with the cuts ``_pieces`` makes (before a space after a word, a run of spaces, accents,
+#: punctuation) that tell whether a tokenizer reads the pieces as it reads the whole text.
+_CUT_PROBES = ("the receptor binds its ligand", "inhibition. (Fig. 2) of", "the na\u00efve  caf\u00e9 \u6771\u4eac")
+
+
+def _piece_start(tokenizer: Any) -> str | None:
+    """How a piece after a cut begins for ``tokenizer`` to read the pieces as the whole text: with
+    the space before its first word ("space": most tokenizers), without it ("no space": a
+    normalizer that puts "▁" before every text, as Llama 2's does), or None where neither (such
+    a tokenizer reads each document whole)."""
+    for start, skip in (("space", 0), ("no space", 1)):
+        if all(_reads_as_the_whole(tokenizer, text, skip) for text in _CUT_PROBES):
+            return start
+    return None
+
+
+def _reads_as_the_whole(tokenizer: Any, text: str, skip: int) -> bool:
+    cuts = [match.start() for match in _SPACE_AFTER_TEXT.finditer(text)]
+    texts = [text] + [part for cut in cuts for part in (text[:cut], text[cut + skip:])]
+    ids = tokenize_texts(tokenizer, texts, add_special_tokens=False, return_attention_mask=False,
+                         return_token_type_ids=False, verbose=False)["input_ids"]
+    return all(list(ids[0]) == list(ids[1 + 2 * i]) + list(ids[2 + 2 * i]) for i in range(len(cuts)))
 
 
 class _WindowCutter:

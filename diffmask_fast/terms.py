@@ -516,7 +516,8 @@ def domain_terms(
 
     The anchor words (``Anchors`` or plain strings) plus the highest-scoring word types of
     ``scores`` (a ScoreTable, a ``{word: score}`` mapping or a saved table's path) that could be
-    anchors (``reference.is_anchor_candidate``: a letter, no broken text): the top ``top_fraction``
+    anchors (``reference.is_anchor_candidate``: a letter, no citation syntax such as "et" or "al",
+    no broken text; given anchors too): the top ``top_fraction``
     of those (rounded up), or, when ``min_score`` is given, all of them scoring at least
     ``min_score``. Returned normalized, deduplicated and sorted. Raises ValueError when nothing is
     left.

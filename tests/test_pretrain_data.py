@@ -764,8 +764,9 @@ def test_a_long_document_tokenized_in_pieces_gives_the_windows_of_the_whole(requ
     types = WordTypes(tokenizer)
     pieces = tokenize_documents(tokenizer, documents, 40, progress=False, word_types=types)
     assert list(pieces) == list(whole), f"seed={seed} size={size}"
-    assert sum(map(len, tokenized_texts)) > len(text) // size, "the long document went in pieces"
-    assert all(sum(map(len, texts)) <= size for texts in tokenized_texts if len(texts) > 1), "batches hold `size`"
+    batches = [texts for texts in tokenized_texts if not set(texts) & set(pretrain_data._CUT_PROBES)]  # not probes
+    assert sum(map(len, batches)) > len(text) // size, "the long document went in pieces"
+    assert all(sum(map(len, texts)) <= size for texts in batches if len(texts) > 1), "batches hold `size`"
     assert types.types == tokenizer_word_types(tokenizer, documents)
 
 
@@ -779,10 +780,45 @@ def test_pieces_of_a_long_text_are_cut_before_a_space_that_follows_a_word(seed):
     assert "".join(piece for piece, _ in pieces) == text and [last for _, last in pieces] == [False] * (
         len(pieces) - 1) + [True]
     for (piece, _), (after, _) in zip(pieces, pieces[1:]):
-        assert len(piece) <= size
-        assert (after[0] == " " and not piece[-1].isspace()) or len(piece) == size, (piece, after)
-    assert list(_pieces("x" * 10, 4)) == [("xxxx", False), ("xxxx", False), ("xx", True)]  # no space: cut at size
+        cut_before_a_space = after[0] == " " and not piece[-1].isspace()
+        assert len(piece) <= size or (cut_before_a_space and len(piece) < 4 * size) or len(piece) == size, piece
+        assert cut_before_a_space or len(piece) == size, (piece, after)
+        # No space after a word within the piece's first `size` characters where it runs longer.
+        assert len(piece) <= size or not any(piece[i] == " " and not piece[i - 1].isspace() for i in range(1, size))
+    assert list(_pieces("a bcdefghij klm", 10)) == [("a", False), (" bcdefghij", False), (" klm", True)]
+    assert list(_pieces("x" * 10 + " y", 4)) == [("x" * 10, False), (" y", True)]  # the first space after
+    assert list(_pieces("x" * 20, 4)) == [("xxxx", False)] * 4 + [("xxxx", True)]  # none within 4 x 4: cut inside
     assert list(_pieces("", 4)) == [("", True)]
+
+
+def test_a_tokenizer_that_puts_its_marker_before_every_text_gets_pieces_without_the_space(sentencepiece_unigram):
+    """Llama 2's normalizer puts "▁" before every text: a piece that kept the space before its
+    first word read as "▁▁word", a token more at every cut."""
+    import copy
+
+    from tokenizers import normalizers
+
+    from diffmask_fast import pretrain_data
+
+    tokenizer = copy.deepcopy(sentencepiece_unigram)
+    tokenizer.backend_tokenizer.normalizer = normalizers.Sequence([normalizers.Prepend("\u2581"),
+                                                                   normalizers.Replace(" ", "\u2581")])
+    tokenizer.backend_tokenizer.pre_tokenizer = None
+    assert pretrain_data._piece_start(tokenizer) == "no space"
+    assert pretrain_data._piece_start(sentencepiece_unigram) == "space"
+    document = "the receptor binds its ligand and the enzyme is inhibited by the drug  twice"
+    whole = list(tokenize_documents(tokenizer, [document], 64, progress=False))
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(pretrain_data, "CHARACTERS_PER_BATCH", 12)
+        assert list(tokenize_documents(tokenizer, [document], 64, progress=False)) == whole
+        # A tokenizer that reads cut text otherwise either way reads documents whole.
+        patch.setattr(pretrain_data, "_piece_start", lambda tokenizer: None)
+        texts = []
+        tokenize = pretrain_data.tokenize_texts
+        patch.setattr(pretrain_data, "tokenize_texts", lambda tok, batch, **options: texts.append(list(batch))
+                      or tokenize(tok, batch, **options))
+        assert list(tokenize_documents(tokenizer, [document], 64, progress=False)) == whole
+        assert texts == [[document]]
 
 
 def test_windows_cut_from_ids_given_piece_by_piece_are_those_of_the_whole(bert_wordpiece, seed):
