@@ -377,8 +377,9 @@ def test_a_reader_gone_before_the_last_output_is_flushed_ends_quietly(tmp_path):
                       "cli._commands = lambda: {'demo': late}\n"
                       "print('main returned', cli.main(['demo']), file=sys.stderr)\n", encoding="utf-8")
     environment = {key: value for key, value in os.environ.items() if key != "PYTHONUNBUFFERED"}
+    environment.update(PYTHONIOENCODING="utf-8", PYTHONPATH=os.pathsep.join(sys.path))
     process = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                               env={**environment, "PYTHONIOENCODING": "utf-8", "PYTHONPATH": os.pathsep.join(sys.path)})
+                               env=environment)
     process.stdout.close()
     stderr = process.stderr.read().decode()
     assert process.wait(timeout=300) == 0 and "main returned 0" in stderr, stderr
