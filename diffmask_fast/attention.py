@@ -41,6 +41,18 @@ __all__ = ["AttentionMasker", "ORDERS"]
 ORDERS = ("most", "least")
 
 
+def _input_device(model: torch.nn.Module) -> torch.device | None:
+    """The device of the model's input embeddings, where its ids must be; None where it does not
+    say, or where the weights are held elsewhere and brought in for each pass (offloaded to
+    "meta" by accelerate's hooks). A model split over devices reads its ids where its embeddings
+    are, whichever device its first parameter is on."""
+    try:
+        weight = model.get_input_embeddings().weight
+    except (AttributeError, NotImplementedError):
+        return None
+    return None if not isinstance(weight, torch.Tensor) or weight.device.type == "meta" else weight.device
+
+
 def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
     """The model inside a (Distributed)DataParallel wrapper."""
     while isinstance(model, (torch.nn.DataParallel, torch.nn.parallel.DistributedDataParallel)):
@@ -235,10 +247,10 @@ class AttentionMasker(torch.nn.Module):
         """[B, L] float32: attention of each row's first non-padding token to every position in
         layer ``self.layer``, averaged over heads."""
         model = _unwrap(model)
-        weight = next(model.parameters(), None)
-        if weight is not None and weight.device != input_ids.device:
-            raise ValueError(f"the model is on {weight.device} but the masker and its batch on {input_ids.device}: "
-                             f"call masker.to({str(weight.device)!r}) and give it batches there")
+        reads_on = _input_device(model)
+        if reads_on is not None and reads_on != input_ids.device:
+            raise ValueError(f"the model is on {reads_on} but the masker and its batch on {input_ids.device}: "
+                             f"call masker.to({str(reads_on)!r}) and give it batches there")
         embedded = embedded_id_count(model)  # the tokenizer's ids fit its embeddings (else an IndexError deep
         if isinstance(embedded, int) and self.never_word.shape[0] > embedded:  # in the pass); cheap at every call
             check_vocabulary(self.tokenizer, model, model_name(model))

@@ -286,16 +286,24 @@ def test_a_model_that_embeds_fewer_ids_than_the_tokenizer_holds_is_named(bert_wo
         AttentionMasker(bert_wordpiece, seed=0)(ids, attention, model=model)
 
 
-def test_a_model_on_another_device_than_the_masker_is_named(bert_wordpiece, tiny_bert_mlm):
+def test_a_model_on_another_device_than_the_masker_is_named(bert_wordpiece, tiny_bert_mlm, monkeypatch):
     """The model's forward met ids on another device and failed with torch's own message (a
-    masker left on the CPU with the model on a GPU, in ``mask_examples`` say)."""
+    masker left on the CPU with the model on a GPU, in ``mask_examples`` say). The device is that
+    of the input embeddings (a model split over devices reads its ids there), and weights
+    offloaded to "meta" between passes are not taken for a device."""
     import copy
 
-    elsewhere = copy.deepcopy(tiny_bert_mlm).to("meta")
-    ids, attention, _ = random_batch(bert_wordpiece, 0)
-    with pytest.raises(ValueError, match=r"the model is on meta but the masker and its batch on cpu: "
-                                         r"call masker.to\('meta'\)"):
-        AttentionMasker(bert_wordpiece, seed=0)(ids, attention, model=elsewhere)
+    from diffmask_fast import attention
+
+    assert attention._input_device(tiny_bert_mlm) == torch.device("cpu")
+    offloaded = copy.deepcopy(tiny_bert_mlm)
+    offloaded.get_input_embeddings().to("meta")
+    assert attention._input_device(offloaded) is None
+    ids, attention_mask, _ = random_batch(bert_wordpiece, 0)
+    monkeypatch.setattr(attention, "_input_device", lambda model: torch.device("cuda", 1))
+    with pytest.raises(ValueError, match=r"the model is on cuda:1 but the masker and its batch on cpu: "
+                                         r"call masker.to\('cuda:1'\)"):
+        AttentionMasker(bert_wordpiece, seed=0)(ids, attention_mask, model=tiny_bert_mlm)
 
 
 def test_a_model_whose_embeddings_shrink_after_a_first_call_is_still_named(bert_wordpiece):
