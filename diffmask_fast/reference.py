@@ -66,14 +66,55 @@ def normalize_word(word: str, lowercase: bool = True) -> str:
     byte-order marks is "hello". A word made only of them keeps its (lowercased) form less the
     whitespace around it (and that whitespace's marks), so "," and "..." stay words of their own
     rather than collapsing into "". Whitespace never ends a normalized word, so normalizing twice
-    changes nothing.
+    changes nothing. A word's end that is UTF-8 read as Latin-1 or Windows-1252 ("cafÃ©": "é" as
+    "Ã" and the symbol "©") keeps its symbols (``_broken_tail_end``), so that the word is seen as
+    broken text rather than counted as "cafã".
     """
     word = composed(word.lower() if lowercase else word)
     start, end = _stripped_span(word, _is_stripped_from_word_ends)
     if start < end:
+        if end < len(word) and not word.isascii():
+            end = _broken_tail_end(word, start, end)
         return word[start:end]
     start, end = _stripped_span(word, str.isspace)
     return word[start:end]
+
+
+#: What UTF-8 read as Latin-1 or Windows-1252 at a word's end stands for, where a stripped symbol
+#: is part of it: the Latin-1 supplement and Latin Extended-A (letters with accents, "©", "°"),
+#: Greek (chemistry's "α"), general punctuation ("’", "”", "–") and "€", "™". Other characters
+#: (Cyrillic, IPA) are what an accented capital before a guillemet reads as ("CANCIÓN»"): real text.
+_BROKEN_TAIL_STANDS_FOR = ((0xA0, 0x17F), (0x370, 0x3FF), (0x2000, 0x206F), (0x20AC, 0x20AC), (0x2122, 0x2122))
+#: Bytes of what follows a word's last letter in real text (… “ ” ‘ ’ • – — › ° ª º ® ¹ ² ³ « » ™):
+#: after a lowercase letter read as the capital it may have been ("irmã”" as "irmÔ"), no
+#: mojibake. (So lowercased "perÃº" and "dÃ»" still lose their ends: "perã", "dã".)
+_AFTER_A_WORD = frozenset({0x85, 0x91, 0x92, 0x93, 0x94, 0x95, 0x96, 0x97, 0x99, 0x9B, 0xAA, 0xAB, 0xAE, 0xB0,
+                           0xB2, 0xB3, 0xB9, 0xBA, 0xBB})
+
+
+def _broken_tail_end(word: str, start: int, end: int) -> int:
+    """Where ``word`` ends when the symbols after ``end`` complete a UTF-8 sequence begun before
+    it, read as Latin-1 or Windows-1252 ("cafÃ©", lowercased "cafã©"; "donâ€™"): past them; else
+    ``end``. A function of the word as given, so that normalizing twice changes nothing."""
+    for lead_at in range(max(start, end - 3), end):
+        written = _single_byte(word[lead_at])
+        for lead in () if written is None else _byte_options(written):
+            count = _continuation_count(lead)
+            stop = lead_at + 1 + count
+            if count < 1 or stop <= end or stop > len(word):
+                continue
+            continuation = [_single_byte(ch) for ch in word[lead_at + 1:stop]]
+            if None in continuation or not all(0x80 <= b <= 0xBF for b in continuation):
+                continue
+            if lead != written and count == 1 and continuation[0] in _AFTER_A_WORD:
+                continue
+            try:
+                character = bytes((lead, *continuation)).decode("utf-8")
+            except UnicodeDecodeError:  # an overlong or surrogate form
+                continue
+            if any(low <= ord(character) <= high for low, high in _BROKEN_TAIL_STANDS_FOR):
+                return stop
+    return end
 
 
 def _stripped_span(word: str, stripped) -> tuple[int, int]:
@@ -247,7 +288,7 @@ def is_anchor_candidate(word: str) -> bool:
     """Whether a word may be an anchor: it has a letter, is no citation syntax
     (``CITATION_WORDS``) and is not broken text.
 
-    Broken-text fragments such as "â\x80" or "donâ€™t" are frequent in some corpora and absent
+    Broken-text fragments such as "â\x80¢" or "donâ€™t" are frequent in some corpora and absent
     from general English, so TF-ICF would crown them; an uncased embedding model then reads "â"
     as "a" and scores every "a" as a domain word.
     """

@@ -324,7 +324,8 @@ def test_default_anchors_are_frequent_domain_words(corpus, expected):
 def test_broken_text_of_acl_arc_is_named_not_mined():
     counts = count_words(DATA / "acl_arc/corpus.txt", progress=False)
     with pytest.warns(DiffmaskWarning,
-                      match=r"top words (is|are) broken text.*'\\xe2\\x80' \(39 times\).*UTF-8 read as Latin-1"):
+                      match=r"top words (is|are) broken text.*'\\xe2\\x80\\xa2' \(39 times; meant '•'\).*UTF-8 read "
+                            r"as Latin-1"):
         anchors = mine_anchors(counts, k=20)
     assert all(reference.is_anchor_candidate(word) for word in anchors.words), anchors.table()
 

@@ -97,11 +97,27 @@ LEGIBLE_WORDS = ("cox-2", "é", "café", "naïve", "garçon", "señor", "straße
 def test_anchor_candidates_have_a_letter_and_are_not_broken_text():
     for word in LEGIBLE_WORDS:  # any script, soft hyphen, ZWNJ, ZWJ, combining mark, unassigned code point
         assert reference.is_anchor_candidate(word) and reference.repaired_mojibake(word) is None, ascii(word)
-    # Broken text: UTF-8 read as Latin-1 ("•" -> "â\x80¢", stripped to "â\x80"), a C0 control,
+    # Broken text: UTF-8 read as Latin-1 ("•" -> "â\x80¢", counted whole, or a fragment "â\x80"), a C0 control,
     # a PDF's private-use glyph, a decoder's replacement mark, a lone surrogate.
     for word in ("\u00e2\x80", "a\x02b", "pi3k\ue232akt", "caf\ufffd", "half\ud83d"):
         assert reference.has_letter(word) and not reference.is_anchor_candidate(word), ascii(word)
     assert not reference.is_anchor_candidate("12,22")
+
+
+@pytest.mark.parametrize("read_as", ["latin-1", "cp1252"])
+def test_a_broken_encoding_at_a_words_end_is_broken_text_not_a_shorter_word(read_as):
+    """Normalizing stripped the symbols that end a mis-decoded character ("cafÃ©" lost "©") before
+    anyone looked: "cafã" passed for a word, and was an anchor of a corpus read as cp1252. Real
+    text with an accented letter before closing punctuation stays a word."""
+    for meant in ("café", "José.", "Núñez’", "•", "niño", "François", "£", "α"):
+        garbled = "".join(bytes([b]).decode(read_as, errors="ignore") or chr(b) for b in meant.encode("utf-8"))
+        for lowercase in (True, False):
+            word = reference.normalize_word(garbled, lowercase)
+            assert reference.is_broken_text(word) and not reference.is_anchor_candidate(word), (ascii(garbled), word)
+            assert reference.normalize_word(word, lowercase) == word
+    for text, word in (("manhã»", "manhã"), ("irmã”", "irmã"), ("café»", "café"), ("CANCIÓN»", "canción"),
+                       ("maçã…", "maçã"), ("Nestlé®", "nestlé"), ("são”", "são"), ("lã°", "lã"), ("Ã", "ã")):
+        assert reference.normalize_word(text) == word and reference.is_anchor_candidate(word), text
 
 
 @pytest.mark.parametrize("meant", ["10,000×g", "4×SSC", "ΔG", "ΔΔCt", "Γ-secretase", "ϕX174", "pH–ΔpH"])
