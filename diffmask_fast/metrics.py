@@ -27,7 +27,11 @@ __all__ = ["accuracy", "macro_f1", "per_class_f1", "mean_std"]
 def _labels(values: Iterable[Hashable], name: str) -> list:
     """The labels as a list of scalars that compare and hash by value: arrays and tensors (whose
     elements hash by identity, a tensor's) become Python numbers, and a label that is itself a
-    vector (a one-hot row) is refused rather than compared element by element."""
+    vector (a one-hot row) is refused rather than compared element by element, as is one string
+    (read a character a label)."""
+    if isinstance(values, (str, bytes)):
+        raise TypeError(f"{name} must hold one label per example, got one {type(values).__name__} {values!r:.60}: "
+                        "give a list of labels")
     if hasattr(values, "tolist") and hasattr(values, "ndim"):  # a numpy array or a torch tensor
         if values.ndim != 1:
             raise ValueError(f"{name} must hold one label per example (one dimension), got shape "

@@ -112,6 +112,8 @@ def test_metrics_refuse_a_label_that_is_a_vector(metric):
                  (list(one_hot), list(predicted)), (one_hot.tolist(), predicted.tolist())):
         with pytest.raises(ValueError, match="one label per example.*argmax"):
             metric(t, p)
+    with pytest.raises(TypeError, match="y_true must hold one label per example, got one str 'ab': give a list"):
+        metric("ab", ["a", "b"])  # was scored a character a label
 
 
 def test_macro_f1_matches_sklearn(seed):
