@@ -164,6 +164,10 @@ def plot_comparison(reports: Mapping[str, FinetuneReport], path: str | os.PathLi
     scores = axes[0]
     metric_title = {"macro_f1": "macro-F1", "accuracy": "accuracy"}.get(metric, metric)
     ticks = []
+    lacking = [name for name in names if split == "test" and not reports[name].has_test]
+    if lacking:  # named here: each report says only that it has none
+        raise ValueError(f"the fine-tuning of {', '.join(map(repr, lacking))} has no test results to draw; "
+                         "draw split='dev', or fine-tune with a test set")
     for x, (name, shown) in enumerate(zip(names, _shown_labels([(name,) for name in names]))):
         values = [100 * v for v in reports[name].values(split, metric)]
         finite = [v for v in values if math.isfinite(v)]

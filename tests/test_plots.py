@@ -256,6 +256,9 @@ def test_the_comparison_picture_with_and_without_pretraining_curves(tmp_path):
         plot_comparison({}, tmp_path / "none.png")
     with pytest.raises(ValueError, match="split must be"):
         plot_comparison(reports, tmp_path / "bad.png", split="train")
+    reports["mslm"] = FinetuneReport("m", [0, 1], [SeedResult(0, 1, {"accuracy": 0.7, "macro_f1": 0.7}, None)])
+    with pytest.raises(ValueError, match="the fine-tuning of 'mslm' has no test results to draw; draw split='dev'"):
+        plot_comparison(reports, tmp_path / "test.png")  # "this report has no test results": which?
     assert sorted(p.name for p in tmp_path.iterdir()) == ["curves.png", "scores.png"]
 
 
