@@ -109,6 +109,9 @@ def _check_whole(name: str, value) -> None:
     deep inside torch or FAISS), below its least value or beyond what FAISS takes."""
     if name == "seed":
         whole_number(value, name, _LEAST[name], _SEED_LIMIT - 1, " (FAISS adds 1 to it in a signed 64-bit value)")
+    elif name == "ef_search":  # FAISS searches with max(ef_search, k), and k is 2 (the runner-up, for ties)
+        whole_number(value, name, 2, _C_INT_MAX, " (FAISS takes it as a C int)",
+                     " (the search asks for the two nearest anchors, to break ties as the exact op does)")
     elif name in _C_INT_OPTIONS:
         whole_number(value, name, _LEAST.get(name, 1), _C_INT_MAX, " (FAISS takes it as a C int)")
     else:

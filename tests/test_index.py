@@ -404,6 +404,8 @@ def test_building_an_approximate_index_shows_its_steps(kind, generator, capsys):
     ("nlist", 10.5, TypeError, "nlist must be a whole number, got 10.5"),
     ("nprobe", True, TypeError, "nprobe must be a whole number, got True"),
     ("ef_search", 2.5, TypeError, "ef_search must be a whole number, got 2.5"),
+    # FAISS searches with max(ef_search, 2) for the runner-up: 1 was taken and searched as 2.
+    ("ef_search", 1, ValueError, "ef_search must be at least 2 (the search asks for the two nearest anchors"),
     ("batch_size", 2.5, TypeError, "batch_size must be a whole number, got 2.5"),
     ("kmeans_iterations", 0, ValueError, "kmeans_iterations must be at least 1, got 0"),
     ("recall_sample", -5, ValueError, "recall_sample must be at least 0, got -5"),
