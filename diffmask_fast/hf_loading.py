@@ -7,9 +7,11 @@ import contextlib
 import os
 import re
 import threading
+import warnings
 from pathlib import Path
 from typing import Any, Iterator
 
+from .advice import DiffmaskWarning
 
 #: A saved model's weights, as ``save_pretrained`` writes them (whole or sharded).
 MODEL_WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
@@ -225,10 +227,17 @@ def check_model_reference(model: str | os.PathLike) -> None:
     looks_local = name.startswith((".", "/", "~")) or name.count("/") > 1 or (os.sep != "/" and os.sep in name)
     if looks_local:
         raise ValueError(f"the model directory {name!r} does not exist")
+    # "runs/diff" for "runs/dif": a hub id by its form, but its first part is a folder here.
+    folder = name.split("/", 1)[0] if "/" in name else None
+    beside = (f" ({folder!r} is a folder here: is {name!r} a mistyped path?)"
+              if folder is not None and Path(folder).is_dir() else "")
     if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on"):
         if cached_hub_file(name, "config.json") is None:
             raise ValueError(f"{name!r} is not a local directory, and the Hugging Face cache holds no model of "
-                             "that name (HF_HUB_OFFLINE=1: nothing is downloaded)")
+                             f"that name (HF_HUB_OFFLINE=1: nothing is downloaded){beside}")
+    elif beside and cached_hub_file(name, "config.json") is None:
+        warnings.warn(f"{name!r} is no local directory, so it is asked of the Hugging Face hub{beside}",
+                      DiffmaskWarning, stacklevel=3)
 
 
 def cached_hub_file(name: str, filename: str) -> Path | None:

@@ -273,3 +273,25 @@ def test_loads_in_two_threads_leave_the_transformers_logger_as_they_found_it():
     for thread in threads:
         thread.join(5)
     assert second_in.is_set() and (logger.level, logger.propagate) == before
+
+
+def test_a_mistyped_path_beside_a_folder_of_its_first_part_is_named(tmp_path, monkeypatch):
+    """"runs/dif" for the folder runs/diff has a hub id's form: offline it was "not in the cache",
+    online it was asked of the hub (25 s of retries), neither saying the folder is right here."""
+    from diffmask_fast import DiffmaskWarning
+    from diffmask_fast.hf_loading import check_model_reference
+
+    (tmp_path / "runs" / "diff").mkdir(parents=True)
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ValueError, match=r"HF_HUB_OFFLINE=1: nothing is downloaded\) \('runs' is a folder here: "
+                                         r"is 'runs/dif' a mistyped path\?\)"):
+        check_model_reference("runs/dif")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    with pytest.warns(DiffmaskWarning, match=r"'runs/dif' is no local directory, so it is asked of the Hugging Face "
+                                             r"hub \('runs' is a folder here"):
+        check_model_reference("runs/dif")
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", DiffmaskWarning)
+        check_model_reference("someone/model")  # a hub id with no folder of its name here: asked as it is
