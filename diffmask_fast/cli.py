@@ -177,6 +177,9 @@ def _add_score_parser(commands) -> None:
     score.add_argument("--contextual-anchors", type=int, default=None, metavar="N",
                        help="use the vectors of up to N occurrences of each anchor word in the corpus as anchors "
                             "instead of the anchor words alone (pair with --pooling mean)")
+    score.add_argument("--context-length", type=int, default=None, metavar="TOKENS",
+                       help="with --contextual-anchors, the tokens of each document read for occurrences and their "
+                            "context (default 256, or fewer where the model takes fewer)")
     score.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default="float32",
                        help="precision of the model's forward pass (default float32)")
     score.add_argument("--batch-size", type=int, default=256, help="words per forward pass (default 256)")
@@ -257,6 +260,11 @@ def _check_score_settings(args) -> None:
     for flag, value in (("--batch-size", args.batch_size), ("--contextual-anchors", args.contextual_anchors)):
         if value is not None and value < 1:
             raise ValueError(f"{flag} must be positive, got {value}")
+    if args.context_length is not None and args.contextual_anchors is None:
+        raise ValueError("--context-length is the context of --contextual-anchors, which is not given")
+    if args.context_length is not None and args.context_length < 3:
+        raise ValueError(f"--context-length must be at least 3 (two special tokens and a piece), "
+                         f"got {args.context_length}")
     if args.max_length < 3:
         raise ValueError(f"--max-length must be at least 3 (two special tokens and a piece), got {args.max_length}")
     if args.top < 0:
@@ -627,6 +635,7 @@ def run_score(args) -> None:
                                                     args.contextual_anchors,
                                                     context_options={
                                                         "progress": progress, "lowercase": counts.lowercase,
+                                                        "max_length": args.context_length,
                                                         # the boundaries named are those of --tokenizer when given
                                                         "scheme": None if args.tokenizer else args.word_boundary},
                                                     **options)

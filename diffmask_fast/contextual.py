@@ -13,7 +13,8 @@ with each anchor as the same tokenizer reads it: an uncased model reads "naïve"
 BERT reads "t-cell" as the three words "t", "-", "cell", which then match as a run of adjacent
 words spaced as in the anchor ("t - cell" is not "t-cell"; a fast tokenizer's character offsets
 tell). At most ``max_occurrences_per_anchor`` occurrences are kept per anchor, a uniform sample of
-all of them (reservoir sampling, seeded).
+all of them (reservoir sampling, seeded) in each document's first ``max_length`` tokens, the
+context the vectors are read in.
 
 Contextual vectors are means of sub-token hidden states, so they compare with word vectors of
 the same kind: use them with ``pooling="mean"`` (the pooled [CLS] output of a word alone lives
@@ -39,8 +40,12 @@ from .hf_loading import check_max_length, eval_mode, longest_input, model_name
 from .pretrain_data import special_wrapping
 from .tokenization import WordGrouper, decode_words, tokenize_texts, truncating_on_the_right
 
-#: Tokens of a document read around anchor occurrences, unless the model takes fewer.
+#: Tokens of a document read around anchor occurrences, unless the model takes fewer: the first
+#: so many of each document (occurrences after them are not sampled).
 CONTEXT_LENGTH = 256
+#: Share of documents longer than the context above which ``contextual_anchor_vectors`` says that
+#: occurrences past it were not sampled.
+CUT_SHARE_NOTED = 0.1
 
 
 @dataclass
@@ -139,9 +144,12 @@ def _spacing(spans, groups: Sequence[Sequence[int]]) -> tuple[bool, ...] | None:
 
 def find_occurrences(tokenizer, texts: Iterable[str], anchor_words: Sequence[str], *, max_per_anchor: int,
                      max_length: int = 256, lowercase: bool = True, seed: int = 0, chunk: int = 512,
-                     scheme: str | None = None, progress: bool = False) -> list[list[tuple[str, int, int]]]:
+                     scheme: str | None = None, progress: bool = False,
+                     tally: dict | None = None) -> list[list[tuple[str, int, int]]]:
     """Per anchor, a uniform sample of at most ``max_per_anchor`` occurrences as
-    (text, first token, end token) in the tokenization with special tokens and truncation.
+    (text, first token, end token) in the tokenization with special tokens and truncation: of
+    those in each document's first ``max_length`` tokens (the context the vectors are read in;
+    ``tally``, a dict, gets the number of ``documents`` read and of those ``cut`` there).
 
     An anchor occurs where the words of a text, as the tokenizer groups and decodes them, read as
     the anchor does (``anchor_readings``); an anchor of several such words matches them only
@@ -172,11 +180,16 @@ def find_occurrences(tokenizer, texts: Iterable[str], anchor_words: Sequence[str
 
     trailing = len(special_wrapping(tokenizer)[1])
 
+    counted = {"documents": 0, "cut": 0} if tally is None else tally
+    counted.update(documents=0, cut=0)
+
     def cut_to_window(ids: list[int], spans) -> tuple[list[int], list[list[int]], list]:
         """A text tokenized to one token more than ``max_length``, cut to it: (ids, words, spans).
         Where the cut falls inside a word ("kinase" of "kinases"), that last word is left out."""
+        counted["documents"] += 1
         if len(ids) <= max_length:
             return ids, grouper(ids), spans
+        counted["cut"] += 1
         extra = len(ids) - trailing - 1  # the one text token past the window
         inside_word = not bool(grouper.breaks(ids[: extra + 1])[extra])
         ids = ids[:extra] + ids[extra + 1:]
@@ -261,8 +274,14 @@ def contextual_anchor_vectors(embedder, texts: Iterable[str], anchor_words: Sequ
     else:
         check_max_length(model, max_length, model_name(model), "max_length")
     show = embedder.progress if progress is None else progress
+    tally: dict = {}
     kept = find_occurrences(tokenizer, texts, words, max_per_anchor=max_occurrences_per_anchor,
-                            max_length=max_length, lowercase=lowercase, seed=seed, scheme=scheme, progress=show)
+                            max_length=max_length, lowercase=lowercase, seed=seed, scheme=scheme, progress=show,
+                            tally=tally)
+    # Occurrences past a document's first max_length tokens are not read: said where it matters.
+    unread = (f" (in the first {max_length:,} tokens of each document, the context read: {tally['cut']:,} of the "
+              f"{tally['documents']:,} documents are longer; a larger max_length reads more of them)"
+              if tally["cut"] else "")
     by_text: dict[str, list[tuple[int, int, int]]] = {}
     for anchor, occurrences in enumerate(kept):
         for text, start, end in occurrences:
@@ -274,11 +293,13 @@ def contextual_anchor_vectors(embedder, texts: Iterable[str], anchor_words: Sequ
         shown = ", ".join(f"{words[i]!r} (read as {' '.join(reading) or 'nothing'!r})"
                           for i, reading in list(zip(missing, readings))[:5])
         if total == 0:
-            raise ValueError(f"none of the {len(words)} anchor words occurs in the texts as the embedding model's "
-                             f"tokenizer reads them: {shown}")
-        warnings.warn(f"{len(missing)} of the {len(words)} anchor words never occur in the texts as the embedding "
-                      f"model's tokenizer reads them, or read like an earlier anchor, and get no vectors: {shown}",
-                      DiffmaskWarning, stacklevel=2)
+            raise ValueError(f"none of the {len(words)} anchor words occurs in the texts{unread} as the embedding "
+                             f"model's tokenizer reads them: {shown}")
+        warnings.warn(f"{len(missing)} of the {len(words)} anchor words never occur in the texts{unread} as the "
+                      f"embedding model's tokenizer reads them, or read like an earlier anchor, and get no vectors: "
+                      f"{shown}", DiffmaskWarning, stacklevel=2)
+    elif tally["cut"] > CUT_SHARE_NOTED * tally["documents"]:
+        warnings.warn(f"the anchors' occurrences were sampled{unread}", DiffmaskWarning, stacklevel=2)
     documents = list(by_text)
     with truncating_on_the_right(tokenizer):  # the window the occurrences were found in
         encoded = tokenize_texts(tokenizer, documents, add_special_tokens=True, truncation=True,

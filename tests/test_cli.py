@@ -631,9 +631,11 @@ def test_outputs_and_options_are_checked_before_counting(tmp_path, capsys, monke
         (score + ["--recall-target", "nan"], "--recall-target must be in (0, 1], got nan"),
         (score + ["--nlist", "0"], "--nlist must be at least 1, got 0"),
         (score + ["--nprobe", "-1"], "--nprobe must be at least 1, got -1"),
-        (score + ["--ef-search", "0"], "--ef-search must be at least 1, got 0"),
+        (score + ["--ef-search", "1"], "--ef-search must be at least 2 (the search asks for the two nearest anchors"),
         (score + ["--batch-size", "0"], "--batch-size must be positive, got 0"),
         (score + ["--contextual-anchors", "0"], "--contextual-anchors must be positive, got 0"),
+        (score + ["--context-length", "64"], "--context-length is the context of --contextual-anchors, which is not"),
+        (score + ["--contextual-anchors", "5", "--context-length", "2"], "--context-length must be at least 3"),
         (score + ["--top", "-2"], "--top must be 0 or more, got -2"),
         (score + ["--max-length", "2"], "--max-length must be at least 3"),
         (score + ["--tokenizer", "./missing-tokenizer"], "the model directory './missing-tokenizer' does not exist"),
@@ -839,8 +841,8 @@ def test_contextual_anchors_follow_the_case_of_saved_counts(tmp_path, monkeypatc
         lambda cls, *args, **kwargs: given.append(kwargs["context_options"]) or original(cls, *args, **kwargs)))
     assert main(["score", str(corpus), "--counts", str(tmp_path / "cased.counts"), "--anchors", str(anchors),
                  "--contextual-anchors", "5", "--pooling", "mean", "--no-cache", "--no-progress", "--top", "0",
-                 "-o", str(tmp_path / "scores.npz")]) == 0
-    assert given and given[0]["lowercase"] is False
+                 "--context-length", "32", "-o", str(tmp_path / "scores.npz")]) == 0
+    assert given and given[0]["lowercase"] is False and given[0]["max_length"] == 32
 
 
 def test_index_options_reach_the_anchor_index(tmp_path, capsys):

@@ -1291,6 +1291,26 @@ def test_contextual_anchors_read_no_more_context_than_the_model_takes(minilm):
     assert contextual_anchor_vectors(embedder, texts, ["kinase"], max_length=20).occurrences == {"kinase": 18}
 
 
+def test_an_anchor_only_past_the_context_read_is_not_said_to_be_absent(tiny_bert):
+    """Occurrences are read in each document's first max_length tokens: "enzyme" at token 302 was
+    said to "never occur in the texts"; the message now says what was read, and so does a
+    warning when many documents run longer."""
+    model, tokenizer = tiny_bert
+    embedder = WordEmbedder(model, tokenizer, pooling="mean", progress=False)
+    texts = [" ".join(["the"] * 300) + " enzyme", "kinases are many"]
+    with pytest.raises(ValueError, match=r"none of the 2 anchor words occurs in the texts \(in the first 256 tokens of "
+                                         r"each document, the context read: 1 of the 2 documents are longer; a larger "
+                                         r"max_length reads more of them\)"):
+        contextual_anchor_vectors(embedder, texts, ["enzyme", "kinase"])
+    assert model.config.max_position_embeddings >= 310
+    with pytest.warns(DiffmaskWarning, match=r"1 of the 2 anchor words never occur in the texts as"):  # kinase
+        found = contextual_anchor_vectors(embedder, texts, ["enzyme", "kinase"], max_length=310)
+    assert found.occurrences == {"enzyme": 1, "kinase": 0}
+    with pytest.warns(DiffmaskWarning, match=r"the anchors' occurrences were sampled \(in the first 256 tokens of each "
+                                             r"document, the context read: 1 of the 2 documents are longer"):
+        contextual_anchor_vectors(embedder, [" ".join(["the"] * 300) + " enzyme", "the enzyme"], ["enzyme"])
+
+
 def test_a_max_length_the_model_cannot_take_is_refused_when_the_embedder_is_made(tiny_bert):
     model, tokenizer = tiny_bert
     positions = model.config.max_position_embeddings
