@@ -74,15 +74,15 @@ def normalize_words(words: Iterable[str], lowercase: bool = True) -> list[str]:
     for word in words:
         if not isinstance(word, str):
             raise TypeError(f"words must be strings, got {word!r} ({type(word).__name__})")
-        word = word.strip()  # a line of readlines() keeps its newline
+        given, word = word, word.strip()  # a line of readlines() keeps its newline
         if not word:
             continue
         lowered = word.lower() if lowercase else word
         if lowered[0].isalnum() and lowered[-1].isalnum() \
                 and reference.is_composed(lowered):
             keys.add(lowered)
-        else:
-            keys.add(reference.normalize_word(word, lowercase))
+        else:  # as given: whitespace is stripped with the marks after it, as lookups strip it
+            keys.add(reference.normalize_word(given, lowercase))
     keys.discard("")
     return sorted(keys)
 

@@ -549,6 +549,10 @@ def test_whitespace_a_tokenizer_keeps_inside_a_word_is_stripped_as_punctuation_i
     model, tokenizer = tiny_bert
     scorer = WordScorer(WordEmbedder(model, tokenizer, cache_dir=None, progress=False), ["kinase"])
     assert normalize_words(["ligand\u00a0.", "5\u00a0%"]) == ["5", "ligand"]
+    # Whitespace before a combining mark goes with it, as lookups strip it: the key was "\u0301kinase".
+    leading = "\u00a0\u0301Kinase"
+    assert normalize_words([leading]) == [reference.normalize_word(leading)] == ["kinase"]
+    assert leading in ScoreTable.from_arrays(normalize_words([leading]), [0.9])
     assert set(scorer.score(["kinase", "ligand\u00a0."]).scores) == {"kinase", "ligand"}
 
     text = "the yield is 5\u00a0% now"
