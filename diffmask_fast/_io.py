@@ -288,8 +288,14 @@ def read_json(path: str | os.PathLike, what: str) -> Any:
     if path.is_dir():
         raise IsADirectoryError(f"{what} file {str(path)!r} is a folder, not a file")
     refuse_special_input(path, what)
+    data = path.read_bytes()
+    if not data:  # a copy or save cut short: "Expecting value" said nothing of it
+        raise ValueError(f"{str(path)!r} is not a valid {what} file: it is empty (0 bytes)")
+    if data.startswith(b"PK"):  # a zip: a score table's .npz, say
+        raise ValueError(f"{str(path)!r} is not a valid {what} file: it is a zip archive (as score tables saved as "
+                         ".npz are), not JSON")
     try:
-        return json.loads(path.read_text(encoding="utf-8-sig"))
+        return json.loads(data.decode("utf-8-sig"))
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
         raise ValueError(f"{str(path)!r} is not a valid {what} file: {error}") from error
     except RecursionError:  # brackets nested thousands deep: no file this library writes

@@ -322,6 +322,24 @@ def test_json_nested_too_deeply_is_named(tmp_path):
         read_json(path, "anchors")
 
 
+def test_an_empty_file_and_a_score_table_are_named_where_json_is_read(tmp_path):
+    """A file left empty by a cut-short copy read "Expecting value: line 1 column 1 (char 0)"; a
+    score table given as anchors, "'utf-8' codec can't decode byte 0xa9"."""
+    from diffmask_fast._io import read_json
+    from diffmask_fast.anchors import Anchors
+    from diffmask_fast.scoring import ScoreTable
+
+    (tmp_path / "empty.json").write_bytes(b"")
+    with pytest.raises(ValueError, match=r"'.*empty.json' is not a valid word scores file: it is empty \(0 bytes\)"):
+        ScoreTable.load(tmp_path / "empty.json")
+    ScoreTable.from_mapping({"kinase": 0.5}).save(tmp_path / "scores.npz")
+    with pytest.raises(ValueError, match=r"is not a valid anchors file: it is a zip archive \(as score tables saved "
+                                         r"as .npz are\), not JSON"):
+        Anchors.load(tmp_path / "scores.npz")
+    (tmp_path / "ok.json").write_text('\ufeff{"a": 1}', encoding="utf-8")  # a byte-order mark is still skipped
+    assert read_json(tmp_path / "ok.json", "x") == {"a": 1}
+
+
 def test_command_line_paths_expand_the_home_folder(tmp_path, monkeypatch):
     """--output=~/x is not expanded by the shell: a folder named "~" was made in the working directory."""
     from diffmask_fast._io import user_path
