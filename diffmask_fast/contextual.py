@@ -180,7 +180,7 @@ def find_occurrences(tokenizer, texts: Iterable[str], anchor_words: Sequence[str
 
     trailing = len(special_wrapping(tokenizer)[1])
 
-    counted = {"documents": 0, "cut": 0} if tally is None else tally
+    counted = {} if tally is None else tally
     counted.update(documents=0, cut=0)
 
     def cut_to_window(ids: list[int], spans) -> tuple[list[int], list[list[int]], list]:

@@ -81,8 +81,12 @@ def class_token_first(tokenizer) -> bool:
     """Whether ``tokenizer`` puts its class token ([CLS], <s>) first in an encoded text, where
     ``cls`` and ``pooled`` pooling read it."""
     class_token = getattr(tokenizer, "cls_token_id", None)
-    first = tokenize_texts(tokenizer, ["a"], add_special_tokens=True)["input_ids"][0][:1]
-    return class_token is not None and first == [class_token]
+    return class_token is not None and _first_token(tokenizer) == [class_token]
+
+
+def _first_token(tokenizer) -> list[int]:
+    """The id an encoded text starts with (in a list; empty where there is none)."""
+    return tokenize_texts(tokenizer, ["a"], add_special_tokens=True)["input_ids"][0][:1]
 
 
 def has_lone_surrogate(word: str) -> bool:
@@ -557,7 +561,7 @@ class WordEmbedder:
         tokenizers; one that puts it last (XLNet's "w <sep> <cls>") or adds none (T5's
         encoders) would have the word's first piece read instead, with no error."""
         if not class_token_first(self.tokenizer):
-            first = tokenize_texts(self.tokenizer, ["a"], add_special_tokens=True)["input_ids"][0][:1]
+            first = _first_token(self.tokenizer)
             where = ("has no class token" if getattr(self.tokenizer, "cls_token_id", None) is None else
                      f"puts {self.tokenizer.convert_ids_to_tokens(first)[0] if first else 'nothing'!r} first, not "
                      f"its class token {self.tokenizer.cls_token!r}")
