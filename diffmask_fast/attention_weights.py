@@ -57,7 +57,14 @@ def _first_row_attention(module, query, key, value, attention_mask, scaling=None
 
 
 def _first_row(query, key, attention_mask, scaling, first) -> torch.Tensor:
-    """[B, L] float32: softmax(q_first k^T * scaling + mask), averaged over the heads."""
+    """[B, L] float32: softmax(q_first k^T * scaling + mask), averaged over the heads. Computed
+    outside autocast, which would round it to bf16/fp16: many tokens would tie, and ties go to
+    the earlier position."""
+    with torch.autocast(query.device.type, enabled=False):
+        return _first_row_float32(query, key, attention_mask, scaling, first)
+
+
+def _first_row_float32(query, key, attention_mask, scaling, first) -> torch.Tensor:
     rows = torch.arange(query.shape[0], device=query.device)
     if key.shape[1] != query.shape[1]:  # fewer key heads than query heads (grouped-query attention)
         key = key.repeat_interleave(query.shape[1] // key.shape[1], dim=1)

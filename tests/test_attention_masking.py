@@ -240,6 +240,28 @@ def test_an_additive_or_broadcast_mask_gives_the_row_a_boolean_one_does(seed):
     torch.testing.assert_close(broadcast, _first_row(query, key, allowed[:1, :, :1].expand(3, 1, 6, 6), None, first))
 
 
+def test_the_row_is_float32_under_autocast(bert_wordpiece, tiny_bert_mlm, seed):
+    """Mixed-precision training runs the masker under autocast, which rounded the row to bf16:
+    many tokens tied (13 distinct values of 256 in a row), and ties go to the earlier position."""
+    from diffmask_fast.attention_weights import _first_row
+
+    g = torch.Generator().manual_seed(seed)
+    query, key = torch.randn(2, 4, 64, 8, generator=g), torch.randn(2, 4, 64, 8, generator=g)
+    first = torch.tensor([0, 3])
+    exact = _first_row(query, key, None, None, first)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        rounded = _first_row(query.bfloat16(), key.bfloat16(), None, None, first)
+        row = _first_row(query, key, None, None, first)
+    assert row.dtype == rounded.dtype == torch.float32
+    torch.testing.assert_close(row, exact, atol=1e-7, rtol=1e-6)
+    torch.testing.assert_close(rounded, _first_row(query.bfloat16(), key.bfloat16(), None, None, first),
+                               atol=1e-7, rtol=1e-6)
+    ids, attention, _ = random_batch(bert_wordpiece, seed, rows=4)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        scores = AttentionMasker(bert_wordpiece, seed=seed)._first_token_attention(tiny_bert_mlm, ids, attention)
+    assert scores.dtype == torch.float32
+
+
 def test_a_batch_over_the_memory_bound_runs_in_chunks(bert_wordpiece, tiny_bert_mlm, seed, monkeypatch):
     """Where a model does not use the attention interface, its eager weights are read in chunks."""
     from diffmask_fast import attention
