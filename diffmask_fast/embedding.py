@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 
 from ._checks import refuse_one_string, whole_number
 from .advice import DiffmaskWarning
-from .embedding_cache import EmbeddingCache, default_cache_dir
+from .embedding_cache import CACHE_FORMAT, EmbeddingCache, default_cache_dir
 from .hf_loading import (bundled_model_path, cached_hub_file, check_max_length, check_model_reference,
                          check_vocabulary, eval_mode, model_name, model_reference, quiet_transformers,
                          readable_weights, usable_device)
@@ -358,6 +358,7 @@ class WordEmbedder:
         """(SHA-256 key, its fields): everything the vectors depend on, weights hashed by content."""
         fields = {
             "version": EMBEDDING_VERSION,
+            "cache_format": CACHE_FORMAT,  # another format's segments go to a folder of their own
             "model_class": type(self.model).__name__,
             "config": _config_identity(self.model),
             "weights_sha256": self._fingerprint("weights"),

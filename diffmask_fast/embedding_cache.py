@@ -21,6 +21,9 @@ process: its words are looked up again in the segments on disk, with no warning.
 A process killed mid-write leaves temporary files, or a vectors file with no JSON; a run that
 adds segments deletes such leftovers once they are ``STALE_SECONDS`` old (younger ones may belong
 to a run still writing).
+The cache trusts whoever may write its folders: one that every user may write (a world-writable
+folder such as /tmp as the root), or another user's that this user may not write, is not used
+(``UntrustedCache``), and nothing is written through a link planted in the key's folder.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ import io
 import itertools
 import json
 import os
+import stat
 import time
 import uuid
 import warnings
@@ -71,7 +75,24 @@ class CorruptSegment(Exception):
 
 
 class UnreadableSegment(CorruptSegment):
-    """A segment this process may not read (permissions of a shared cache): skipped, not deleted."""
+    """A segment this process may not read (permissions of a shared cache), or one of another
+    format (written by another version of the library): skipped, not deleted."""
+
+
+class UntrustedCache(PermissionError):
+    """A cache folder others could fill with vectors of their choosing: not read, not written."""
+
+
+def _untrusted_reason(folder: Path) -> str | None:
+    """Why ``folder`` (an existing folder of the cache) is not to be trusted, or None."""
+    if not hasattr(os, "getuid"):  # no POSIX owners (Windows): nothing to check
+        return None
+    status = folder.stat()
+    if status.st_mode & stat.S_IWOTH:
+        return f"{folder} is writable by every user (mode {stat.S_IMODE(status.st_mode):o})"
+    if status.st_uid not in (os.getuid(), 0) and not os.access(folder, os.W_OK):
+        return f"{folder} belongs to another user (uid {status.st_uid}), who alone may write it"
+    return None
 
 
 class _Segment:
@@ -86,8 +107,11 @@ class _Segment:
             raise UnreadableSegment(f"cannot read {meta_path}: {error}") from error
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
             raise CorruptSegment(f"cannot read {meta_path}: {error}") from error
-        if not isinstance(meta, dict) or meta.get("format") != CACHE_FORMAT:
+        if not isinstance(meta, dict) or not isinstance(meta.get("format"), str):
             raise CorruptSegment(f"{meta_path} is not an embedding-cache segment of format {CACHE_FORMAT}")
+        if meta["format"] != CACHE_FORMAT:
+            raise UnreadableSegment(f"{meta_path} is a segment of format {meta['format'][:60]!r}, not {CACHE_FORMAT} "
+                                    "(another version's)")
         words, rows, dim, checksum = meta.get("words"), meta.get("rows"), meta.get("dimension"), meta.get("sha256")
         if not isinstance(words, list) or rows != len(words) or dim != dimension or not isinstance(checksum, str):
             raise CorruptSegment(f"{meta_path} has inconsistent fields (rows {rows}, dimension {dim}, expected {dimension})")
@@ -147,9 +171,18 @@ class EmbeddingCache:
         self._rejected: set[str] = set()
         self._swept = False
 
+    def check_trusted(self) -> None:
+        """Raise ``UntrustedCache`` where another user could have put vectors into this cache."""
+        for folder in (self.directory.parent.parent, self.directory.parent, self.directory):
+            reason = _untrusted_reason(folder) if folder.is_dir() else None
+            if reason is not None:
+                raise UntrustedCache(f"{reason}: vectors there could be anyone's, so the cache is not used; give a "
+                                     "cache folder of your own (cache_dir, or $DIFFMASK_CACHE)")
+
     # -- reading -----------------------------------------------------------------------------
     def refresh(self) -> None:
         """Pick up segments written since the last look (by this or another process)."""
+        self.check_trusted()
         if not self.directory.is_dir():
             return
         names = sorted(p.name for p in self.directory.glob("seg-*.json"))
@@ -239,9 +272,11 @@ class EmbeddingCache:
             raise ValueError(f"expected {len(words)} x {self.dimension} vectors, got {vectors.shape}")
         if not len(words):
             return
+        self.check_trusted()
         self.directory.mkdir(parents=True, exist_ok=True)
+        self.check_trusted()  # the folders another process made meanwhile too
         key_file = self.directory / "key.json"
-        if not key_file.is_file():
+        if not key_file.is_file() and not key_file.is_symlink():  # never written through a link
             atomic_write_json(key_file, {"format": CACHE_FORMAT, "key": self.key, **self.description})
         if not self._swept:
             self._swept = True
@@ -265,8 +300,9 @@ class EmbeddingCache:
         except ImportError:
             yield True
             return
-        try:
-            handle = open(self.directory / ".merge.lock", "a+b")
+        try:  # a link there is refused (O_NOFOLLOW): the lock file is never created elsewhere
+            handle = os.fdopen(os.open(self.directory / ".merge.lock", os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644),
+                               "r+b")
         except OSError:  # a folder this process cannot write a lock in: merge as before
             yield True
             return

@@ -637,3 +637,70 @@ def test_a_sentence_model_pooling_cls_and_mean_tokens_together_gets_mean(tmp_pat
     (tmp_path / "1_Pooling" / "config.json").write_text(json.dumps(
         {"pooling_mode_cls_token": True, "pooling_mode_mean_tokens": True}))
     assert recommended_pooling(tmp_path) == "mean", "mean is among its poolings: cls alone is not how it was trained"
+
+
+def test_a_cache_every_user_may_write_is_not_used(tokenizer, tmp_path, rng):
+    """A cache under a world-writable folder (/tmp as its root) could hold anyone's vectors."""
+    model = tiny_bert(tokenizer, rng.randrange(2**31))
+    words = random_words(10, rng)
+    expected = embedder(model, tokenizer, None).embed(words)
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o1777)
+    with pytest.warns(UserWarning, match=r"could not read the embedding cache .*shared is writable by every user "
+                                         r"\(mode 1777\).*give a cache folder of your own"):
+        vectors = embedder(model, tokenizer, shared).embed(words)
+    torch.testing.assert_close(vectors, expected)
+    assert list(shared.iterdir()) == [], "nothing is written there"
+
+
+@pytest.mark.parametrize("writable", [False, True])
+def test_another_users_cache_is_read_only_where_this_user_may_write_it(tmp_path, monkeypatch, writable):
+    """A folder another user owns and alone may write could hold vectors of their choosing; a
+    folder shared with this user (group-writable) is a team's cache."""
+    import os
+
+    cache = embedding_cache.EmbeddingCache(tmp_path / "theirs", "key", 2)
+    cache.add(["enzyme"], np.ones((1, 2), dtype=np.float32))
+    owner = os.getuid()
+    if owner == 0:  # root's folders are trusted: give them to another user
+        owner = 4242
+        for folder in (tmp_path / "theirs", cache.directory.parent, cache.directory):
+            os.chown(folder, owner, owner)
+    monkeypatch.setattr(embedding_cache.os, "getuid", lambda: owner + 1)
+    monkeypatch.setattr(embedding_cache.os, "access", lambda path, mode, **options: writable)
+    reader = embedding_cache.EmbeddingCache(tmp_path / "theirs", "key", 2)
+    if writable:
+        assert reader.lookup(["enzyme"])[0].tolist() == [0]
+    else:
+        with pytest.raises(embedding_cache.UntrustedCache, match=rf"theirs belongs to another user \(uid {owner}\)"):
+            reader.lookup(["enzyme"])
+
+
+def test_links_planted_in_the_key_folder_are_never_written_through(tmp_path, monkeypatch):
+    """Where key.json or the merge lock is a link, writing it would create the file it points to,
+    wherever another user chose."""
+    monkeypatch.setattr(embedding_cache, "MAX_SEGMENTS", 2)
+    cache = embedding_cache.EmbeddingCache(tmp_path / "cache", "key", 2)
+    cache.directory.mkdir(parents=True)
+    (cache.directory / "key.json").symlink_to(tmp_path / "planted.json")
+    (cache.directory / ".merge.lock").symlink_to(tmp_path / "planted.lock")
+    for number in range(4):  # the third add merges
+        cache.add([f"word{number}"], np.full((1, 2), number, dtype=np.float32))
+    assert not (tmp_path / "planted.json").exists() and not (tmp_path / "planted.lock").exists()
+    assert len(cache._segments) <= 2 and len(cache) == 4
+
+
+def test_a_segment_of_another_format_is_skipped_not_deleted(tmp_path, tokenizer, rng):
+    """Another version of the library writes another format: its segments are its own."""
+    cache = embedding_cache.EmbeddingCache(tmp_path, "key", 2)
+    cache.add(["enzyme"], np.ones((1, 2), dtype=np.float32))
+    (segment,) = cache.directory.glob("seg-*.json")
+    meta = json.loads(segment.read_text())
+    segment.write_text(json.dumps({**meta, "format": "diffmask_fast.embedding_cache/2"}))
+    with pytest.warns(UserWarning, match=r"of format 'diffmask_fast.embedding_cache/2', not "
+                                         r"diffmask_fast.embedding_cache/1 \(another version's\); skipping it"):
+        positions, _ = embedding_cache.EmbeddingCache(tmp_path, "key", 2).lookup(["enzyme"])
+    assert positions.size == 0 and segment.exists()
+    key, fields = embedder(tiny_bert(tokenizer, rng.randrange(2**31)), tokenizer, tmp_path).cache_key()
+    assert fields["cache_format"] == embedding_cache.CACHE_FORMAT, "another format gets a folder of its own"
