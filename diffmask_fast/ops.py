@@ -352,6 +352,7 @@ def _token_id(op: str, mask_token_id) -> int:
     return token_id
 
 
+@torch.compiler.disable  # a graph break, also where dynamo would trace int() as a symbolic int the op refuses
 def _draw_seed(generator: torch.Generator | None) -> int:
     """A 64-bit seed from ``generator`` (the global torch RNG when None), so torch.manual_seed
     makes the compiled sampling reproducible."""
@@ -362,6 +363,10 @@ def _draw_seed(generator: torch.Generator | None) -> int:
 def _chosen_seed(op: str, seed, generator: torch.Generator | None) -> int:
     """``seed`` as an int64 value, else one drawn from ``generator``; both at once are refused
     (one of them would be ignored)."""
+    if generator is not None and not isinstance(generator, torch.Generator):
+        hint = f" (pass an integer seed as seed={generator!r})" if _as_integer(generator) is not None else ""
+        raise TypeError(f"{op}: generator must be a torch.Generator, got {type(generator).__name__} "
+                        f"{generator!r:.60}{hint}")
     if seed is None:
         return _draw_seed(generator)
     if generator is not None:
@@ -547,9 +552,10 @@ def ivf_max_dot(queries: torch.Tensor, probes: torch.Tensor, vectors: torch.Tens
     one query at a time.
     """
     _check_ivf_args(queries, probes, vectors, offsets, ids)
+    result = _ops.ivf_max_dot(queries.detach(), probes, vectors.detach(), offsets, ids)  # checks the offsets first
     if ids is not None and not torch.compiler.is_compiling():  # data-dependent: no traced graph takes it
         _check_ids_increase_within_lists(ids, offsets)
-    return _ops.ivf_max_dot(queries.detach(), probes, vectors.detach(), offsets, ids)
+    return result
 
 
 # ----------------------------------------------------------------------------------------------
@@ -708,10 +714,15 @@ class ScoreHashTable:
     def __contains__(self, key) -> bool:
         if isinstance(key, (bool, np.bool_)) or (isinstance(key, torch.Tensor) and key.dtype == torch.bool):
             return False  # True would be read as the hash 1
+        if isinstance(key, torch.Tensor) and not key.is_signed() and key.numel() == 1:
+            key = key.to(torch.int64)  # its bits, as insert and lookup read an unsigned hash
+        unsigned = isinstance(key, np.unsignedinteger)
         try:
             key = operator.index(key)  # an int, a numpy integer or a one-element integer tensor
         except TypeError:
             return False  # no float, string or None is a word hash
+        if unsigned and _INT64_MAX < key < 2**64:  # its bits, as insert and lookup read an unsigned hash
+            key -= 2**64
         if not _INT64_MIN <= key <= _INT64_MAX:
             return False
         return bool(self.lookup(torch.tensor([key]))[1][0])

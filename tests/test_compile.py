@@ -81,3 +81,26 @@ def test_the_sampling_wrapper_compiles_whole_with_a_seed_and_with_a_graph_break_
     assert torch.equal(breaking(weights, counts), expected)
     with pytest.raises(ValueError, match="give seed or generator, not both"):
         ops.sample_without_replacement(weights, counts, g, seed=1)
+    with pytest.raises(TypeError, match=r"generator must be a torch.Generator, got int 42 \(pass an integer seed as "
+                                        r"seed=42\)"):
+        ops.sample_without_replacement(weights, counts, 42)
+
+
+def test_drawing_the_seed_breaks_the_graph_where_dynamo_captures_scalars(seed):
+    """With capture_scalar_outputs (what torch's graph-break message suggests) the drawn seed was
+    traced as a symbolic int that the op refuses: the call failed instead of breaking the graph."""
+    g = torch.Generator().manual_seed(seed)
+    weights, counts = torch.rand(4, 30, generator=g), torch.tensor([0, 3, 7, 30])
+
+    def drawn(weights, counts):
+        return ops.sample_without_replacement(weights, counts)
+
+    torch._dynamo.reset()
+    with torch._dynamo.config.patch(capture_scalar_outputs=True):
+        compiled = torch.compile(drawn, backend="aot_eager")
+        torch.manual_seed(seed)
+        expected = drawn(weights, counts)
+        torch.manual_seed(seed)
+        assert torch.equal(compiled(weights, counts), expected)
+        assert not torch.equal(compiled(weights, counts), expected) or counts.sum() == 0, "a fresh draw per call"
+    torch._dynamo.reset()

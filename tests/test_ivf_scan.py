@@ -145,6 +145,10 @@ def test_given_ids_ties_between_lists_go_to_the_smallest_id(seed):
     equal[10] = 0  # list [9, 11) holds 0, 0
     with pytest.raises(ValueError, match=r"ids\[9\] = 0 then ids\[10\] = 0"):
         ops.ivf_max_dot(queries, probes, vectors, offsets, equal)
+    # Bad offsets are named as such, not as ids that fall where the offsets put no list start.
+    few = torch.tensor([[0], [1]])
+    with pytest.raises(ValueError, match=r"offsets\[0\] must be 0, got 1"):  # the ids fall at 2, inside a list
+        ops.ivf_max_dot(queries[:2], few, vectors[:5], torch.tensor([1, 3, 5]), torch.tensor([3, 4, 0, 1, 2]))
 
 
 def test_empty_inputs_and_lists():
