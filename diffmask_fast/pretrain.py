@@ -871,14 +871,16 @@ def _check_output_dir(config: PretrainConfig) -> tuple[dict | None, Path | None]
         return None, complete
     record = record if isinstance(record, dict) else {}
     started_with = _resume_word_boundary(record.get("config", {}), record.get("word_boundary"), config)
-    changed = settings_changed(started_with, config, config.resume_must_match(),
+    began_with = record.get("resources_sha256") or {}  # records of earlier versions hold none
+    digests = given_resource_digests(config)
+    moved = _checked_by_content(record, began_with, digests)
+    changed = settings_changed(started_with, config, [name for name in config.resume_must_match()
+                                                      if name not in moved or started_with.get(name) is None],
                                started_in=record.get("working_directory"))
     if changed:
         raise ValueError(f"--resume continues the run in {str(run_dir)!r}, which was started with other settings: "
                          + ", ".join(changed))
-    began_with = record.get("resources_sha256") or {}  # records of earlier versions hold none
-    edited = [name for name, digest in given_resource_digests(config).items()
-              if began_with.get(name) not in (None, digest)]
+    edited = [name for name, digest in digests.items() if began_with.get(name) not in (None, digest)]
     if edited:
         raise ValueError(f"--resume continues the run in {str(run_dir)!r}, but its "
                          + " and ".join(f"{name} file {str(getattr(config, name))!r}" for name in edited)
@@ -886,6 +888,14 @@ def _check_output_dir(config: PretrainConfig) -> tuple[dict | None, Path | None]
                          "keeps a copy in its output directory). Restore them, or start a new run in a new output "
                          "directory")
     return record, complete
+
+
+def _checked_by_content(record: dict, began_with: dict, digests: dict) -> set[str]:
+    """The file settings a resumed run may give by another path (data moved, or the run's own
+    copy of its scores): those whose contents the record lets it check, the documents by their
+    fingerprint (compared once read) and the anchors, scores and terms by their SHA-256."""
+    checked = {"corpus", "validation"} if isinstance(record.get("data"), dict) else set()
+    return checked | {name for name, digest in digests.items() if began_with.get(name) == digest}
 
 
 def given_resource_digests(config: PretrainConfig) -> dict[str, str]:

@@ -1886,6 +1886,39 @@ def test_a_resume_with_an_edited_score_table_is_refused(model_dir, corpus, tmp_p
         pretrain(config_for(model_dir, corpus, out, **{**options, "max_steps": 3}, resume=True))
 
 
+@pytest.mark.filterwarnings("ignore:the run resumed at step 2 planned 2 steps")
+def test_a_resume_takes_its_files_moved_where_their_contents_are_checked(model_dir, corpus, tmp_path):
+    """A run whose corpus moved (copied to scratch, the original tidied away) could never be
+    resumed: paths were compared, not the documents and files the record holds digests of."""
+    import shutil
+
+    from diffmask_fast.scoring import ScoreTable
+
+    first, scores, out = tmp_path / "first" / "corpus.txt", tmp_path / "scores.npz", tmp_path / "run"
+    first.parent.mkdir()
+    shutil.copy(corpus, first)
+    ScoreTable({"enzyme": 1.0, "protein": 0.8, "cell": 0.2}, anchors=("enzyme", "protein")).save(scores)
+    options = dict(strategy="difference", max_steps=2, eval_steps=1, patience=0)
+    pretrain(config_for(model_dir, first, out, scores=scores, **options))
+    moved = tmp_path / "moved" / "corpus.txt"
+    moved.parent.mkdir()
+    shutil.move(first, moved)
+    scores.unlink()  # the run's own copy is the table
+    other = tmp_path / "other.npz"
+    ScoreTable({"enzyme": 0.1, "protein": 0.8, "cell": 1.0}, anchors=("enzyme", "protein")).save(other)
+    with pytest.raises(ValueError, match=r"started with other settings: scores .*scores.npz' \(now .*other.npz'\)"):
+        pretrain(config_for(model_dir, moved, out, scores=other, **{**options, "max_steps": 3}, resume=True))
+    with moved.open("a", encoding="utf-8") as more:
+        more.write("An added document about enzymes.\n")
+    with pytest.raises(ValueError, match="began with other documents"):
+        pretrain(config_for(model_dir, moved, out, scores=out / "scores.npz", **{**options, "max_steps": 3},
+                            resume=True))
+    shutil.copy(corpus, moved)
+    resumed = pretrain(config_for(model_dir, moved, out, scores=out / "scores.npz", **{**options, "max_steps": 3},
+                                  resume=True))
+    assert resumed["global_step"] == 3
+
+
 def test_a_resume_with_a_tokenizer_that_reads_the_documents_otherwise_is_refused(model_dir, corpus, tmp_path):
     """The same documents and --model path, but the tokenizer no longer lowercases: every window
     differs, and the resumed run would skip and train on other windows than those it counted."""
