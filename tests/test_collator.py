@@ -460,6 +460,11 @@ def test_errors(bert_wordpiece, tokenizer_without_mask):
     with pytest.raises(ValueError, match=r"pad_to_multiple_of must be at most 65,536 \(the longest sequence the "
                                          r"tokenizer names, or 65,536\), got 1000000000"):
         DifferenceMaskingCollator(bert_wordpiece, {"a": 1.0}, pad_to_multiple_of=10**9)  # padded to 10^9 tokens
+    short_context = copy.copy(bert_wordpiece)
+    short_context.model_max_length = 512  # the limit is 65,536 for it too, not its 512
+    assert DifferenceMaskingCollator(short_context, {"a": 1.0}, pad_to_multiple_of=1024).pad_to_multiple_of == 1024
+    with pytest.raises(ValueError, match="pad_to_multiple_of must be at most 65,536"):
+        DifferenceMaskingCollator(short_context, {"a": 1.0}, pad_to_multiple_of=65_537)
     long_context = copy.copy(bert_wordpiece)
     long_context.model_max_length = 131_072
     assert DifferenceMaskingCollator(long_context, {"a": 1.0}, pad_to_multiple_of=131_072).pad_to_multiple_of == 131_072
@@ -489,6 +494,16 @@ def test_distributed_ranks_draw_different_masks(bert_wordpiece, lines, monkeypat
     assert not torch.equal(by_rank["0"], by_rank["1"])
     monkeypatch.setenv("RANK", "1")
     assert torch.equal(DifferenceMaskingCollator(tokenizer, table, seed=11)(examples)["labels"], by_rank["1"])
+    from diffmask_fast.baselines import RandomWordCollator
+
+    unseeded = {}
+    for rank in ("0", "1"):  # without a seed too: every rank starts from the same torch seed (set_seed)
+        monkeypatch.setenv("RANK", rank)
+        torch.manual_seed(5)
+        unseeded[rank] = [collator(examples)["labels"] for collator in (DifferenceMaskingCollator(tokenizer, table),
+                                                                        RandomWordCollator(tokenizer))]
+    for on_rank_0, on_rank_1 in zip(unseeded["0"], unseeded["1"]):
+        assert not torch.equal(on_rank_0, on_rank_1)
 
 
 @pytest.mark.parametrize("field", ["attention_mask", "special_tokens_mask", "token_type_ids"])

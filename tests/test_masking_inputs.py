@@ -25,13 +25,13 @@ SCORES = {"enzyme": 1.0, "binds": 0.5, "receptor": 0.8}
 TEXTS = ["the enzyme binds the receptor", "an enzyme", "receptor of the enzyme binds a protein in cells"]
 
 
-def collator_of(kind: str, tokenizer, seed):
+def collator_of(kind: str, tokenizer, seed, **options):
     makers = {
-        "difference": lambda: DifferenceMaskingCollator(tokenizer, SCORES, seed=seed),
-        "random-token": lambda: RandomTokenCollator(tokenizer, seed=seed),
-        "random-word": lambda: RandomWordCollator(tokenizer, seed=seed),
-        "terms": lambda: TermMaskingCollator(tokenizer, ["enzyme"], seed=seed),
-        "mslm": lambda: MSLMCollator(tokenizer, ["enzyme"], seed=seed),
+        "difference": lambda: DifferenceMaskingCollator(tokenizer, SCORES, seed=seed, **options),
+        "random-token": lambda: RandomTokenCollator(tokenizer, seed=seed, **options),
+        "random-word": lambda: RandomWordCollator(tokenizer, seed=seed, **options),
+        "terms": lambda: TermMaskingCollator(tokenizer, ["enzyme"], seed=seed, **options),
+        "mslm": lambda: MSLMCollator(tokenizer, ["enzyme"], seed=seed, **options),
     }
     return makers[kind]()
 
@@ -46,6 +46,28 @@ def masker_of(kind: str, tokenizer, seed):
     if kind == "attention":
         return AttentionMasker(tokenizer, seed=seed)
     return collator_of(kind, tokenizer, seed)
+
+
+@pytest.mark.parametrize("kind", COLLATORS)
+def test_a_word_the_examples_special_tokens_mask_flags_is_never_masked(kind, bert_wordpiece, seed):
+    """``special_tokens_mask`` given with an example is read, not only dropped: every collator
+    leaves the tokens it flags alone, even where it masks everything else."""
+    encoded = bert_wordpiece("the enzyme binds the [MASK] receptor", return_special_tokens_mask=True)
+    enzyme = [position for position, word in enumerate(encoded.word_ids()) if word == 1]
+    assert bert_wordpiece.decode([encoded["input_ids"][i] for i in enzyme]) == "enzyme"
+    flags = list(encoded["special_tokens_mask"])
+    for position in enzyme:
+        flags[position] = 1
+    options = dict(mlm_probability=1.0, mask_replace_prob=1.0, random_replace_prob=0.0)
+    if kind == "mslm":
+        options["term_probability"] = 1.0
+    collator = collator_of(kind, bert_wordpiece, seed, **options)
+    labels = collator([{"input_ids": encoded["input_ids"], "special_tokens_mask": flags}])["labels"][0]
+    assert labels[enzyme].tolist() == [-100] * len(enzyme), kind
+    unflagged = collator([{"input_ids": encoded["input_ids"]}])["labels"][0]
+    assert (unflagged[enzyme] != -100).all(), f"{kind} masks the word when nothing flags it"
+    assert (collator_of(kind, bert_wordpiece, seed, mlm_probability=0.0)([encoded["input_ids"]])["labels"]
+            == -100).all(), "no label where nothing is masked, not at the [MASK] the text holds either"
 
 
 @pytest.mark.parametrize("kind", COLLATORS)

@@ -681,6 +681,20 @@ def test_a_masker_never_warmed_says_so_once(bert_wordpiece, lines):
         "an option assigned to the masker's collator (collator.scores = ...) rebuilt its tables"]
 
 
+def test_words_not_warmed_are_weighted_by_the_unknown_score(bert_wordpiece):
+    """A word the masker has not seen scores the table's unknown_score, as in the collator, not 0."""
+    table = ScoreTable({"enzyme": 1.0}, unknown_score=1.0)  # every word weighs as much as the one known
+    masker = DifferenceMasker(bert_wordpiece, table, mlm_probability=0.2, seed=0)
+    masker.warm(["enzyme"])
+    encoded = bert_wordpiece(["the enzyme binds the receptor"], return_tensors="pt")
+    enzyme = [i for i, word in enumerate(encoded.word_ids()) if word == 1]
+    others = 0
+    for _ in range(100):  # one word of five a call: "enzyme" alone would be drawn 0.2 ** 100 of the time
+        _, labels = masker(encoded["input_ids"], encoded["attention_mask"])
+        others += int((labels[0] != -100).sum()) - int((labels[0, enzyme] != -100).sum())
+    assert others > 0, "words not warmed were never drawn: weighted 0 instead of unknown_score"
+
+
 def test_warm_honours_the_attention_mask_of_rows(bert_wordpiece, lines):
     tokenizer = bert_wordpiece
     scores = score_table(tokenizer, lines)

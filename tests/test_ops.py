@@ -668,6 +668,10 @@ def test_score_table_insert_lookup_overwrite(seed):
     table.insert(keys[1000:], scores[1000:])
     assert len(table) == keys.numel() and table.capacity >= 2 * len(table), f"seed={seed}"
     assert table.capacity & (table.capacity - 1) == 0
+    one_by_one = ops.ScoreHashTable(capacity=4)
+    for count, key in enumerate(keys[:40].tolist(), start=1):  # at most half full after every insert
+        one_by_one.insert([key], [0.5])
+        assert one_by_one.capacity >= 2 * count, (count, one_by_one.capacity)
     found_scores, found = table.lookup(keys)
     assert found.all() and torch.equal(found_scores, scores), f"seed={seed}"
     missing = torch.tensor([0, 12345678901, -5])

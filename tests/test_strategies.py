@@ -367,11 +367,16 @@ def test_multiword_terms_match_across_tokenizers(request, corpus, seed):
         if starts:
             i = rng.choice(starts)
             phrases.append(words[i:i + k])
+    checked = 0
     for tokenizer_name in TOKENIZERS:
         tokenizer = request.getfixturevalue(tokenizer_name)
         collator = RandomWordCollator(tokenizer)
         for phrase in phrases:
             term = " ".join(w.upper() if k % 2 else w.title() for k, w in enumerate(phrase))  # case must not matter
+            cased = " ".join([" ".join(phrase).upper(), " ".join(phrase).title(), " ".join(phrase).lower()])
+            if tokenizer.unk_token_id in tokenizer(cased, add_special_tokens=False)["input_ids"]:
+                continue  # a letter the tiny vocabulary lacks in some case: no tokenizer could match it
+            checked += 1
             matcher = TermMatcher(tokenizer, [term])
             message = f"seed={seed} {tokenizer_name} term={term!r}"
             for text in (lines, [line.lower() for line in lines], [line.upper() for line in lines]):
@@ -386,6 +391,7 @@ def test_multiword_terms_match_across_tokenizers(request, corpus, seed):
                     assert not occurs or spans[row], f"{message}: missed in {line!r}"
                     for start, end in spans[row]:
                         assert words[row][start:end] == target, f"{message}: {words[row][start:end]} in {line!r}"
+    assert checked >= 2 * len(phrases), "the tokenizers with full alphabets check every phrase"
 
 
 @pytest.mark.parametrize("tokenizer_name", TOKENIZERS)
