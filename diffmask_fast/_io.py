@@ -279,6 +279,10 @@ def refuse_special_input(path: str | os.PathLike, what: str) -> None:
         raise ValueError(f"{what} file {os.fspath(path)!r} is {kind}, not a regular file; write it to a file first")
 
 
+#: How a saved ``WordCounts`` file begins (``counting.BINARY_MAGIC``).
+WORD_COUNTS_MAGIC = b"DMWCOUNT"
+
+
 def read_json(path: str | os.PathLike, what: str) -> Any:
     """Load a JSON file, naming ``what`` it should have held when it cannot be read. A byte-order
     mark, which some Windows editors write, is skipped."""
@@ -294,6 +298,9 @@ def read_json(path: str | os.PathLike, what: str) -> Any:
     if data.startswith(b"PK"):  # a zip: a score table's .npz, say
         raise ValueError(f"{str(path)!r} is not a valid {what} file: it is a zip archive (as score tables saved as "
                          ".npz are), not JSON")
+    if data.startswith(WORD_COUNTS_MAGIC):
+        raise ValueError(f"{str(path)!r} is not a valid {what} file: it holds saved word counts (as mine "
+                         "--counts-output writes them), not JSON")
     try:
         return json.loads(data.decode("utf-8-sig"))
     except (json.JSONDecodeError, UnicodeDecodeError) as error:

@@ -735,6 +735,8 @@ def _with_option_name(message: str, command_parser) -> str:
     # a resume found changed ("settings: strategy 'x' (now 'y'), seed 1 (now 2)").
     message = re.sub(r"^(?:[a-z_]+(?:, | and ))*[a-z_]+(?= would not be used)", options_in, message)
     message = re.sub(r"(?:(?<=settings: )|(?<=\), ))[a-z_]+(?= )", options_in, message)
+    # Those a resumed fine-tuning run found changed ("differs in test, max_length").
+    message = re.sub(r"(?<=differs in )[a-z_]+(?:, [a-z_]+)*(?=,|$)", options_in, message)
     # "pass word_boundary= explicitly": the option, "--word-boundary".
     message = re.sub(r"\b([a-z]+(?:_[a-z]+)+)=(?= )", lambda found: option(found.group(1)) or found.group(), message)
     # "init_mlm_head=True" or "resume=True" of a switch is the switch alone: "--init-mlm-head".

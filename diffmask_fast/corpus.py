@@ -29,7 +29,7 @@ import zlib
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Mapping, Union
 
-from ._io import special_file_kind
+from ._io import WORD_COUNTS_MAGIC, special_file_kind
 from .advice import DiffmaskWarning
 
 CorpusSource = Union[str, os.PathLike, Iterable[str], Any]
@@ -321,8 +321,6 @@ UNREAD_COMPRESSIONS = {b"BZh": "bzip2", b"\xfd7zXZ\x00": "xz", b"\x28\xb5\x2f\xf
                        b"\x04\x22\x4d\x18": "lz4", b"PK\x03\x04": "zip", b"7z\xbc\xaf\x27\x1c": "7-Zip"}
 
 
-#: How a saved ``WordCounts`` file begins (``counting.BINARY_MAGIC``).
-WORD_COUNTS_MAGIC = b"DMWCOUNT"
 
 
 def check_text(path: Path, head: bytes) -> None:

@@ -719,6 +719,9 @@ def _finished_seeds(report_path: Path, model: str, labels: list[str], config: di
 
     changed = [key for key in config
                if key not in ("seeds", "inputs_sha256") and not same(key, earlier.config.get(key), config[key])]
+    counts = [key for key in changed if key.endswith("_examples") and key != "max_train_examples"]
+    if len(counts) < len(changed):  # the numbers of examples follow from the settings named with them
+        changed = [key for key in changed if key not in counts]
     changed += [f"the contents of {INPUT_NAMES[name]}" for name, digest in now.items()
                 if before.get(name) is not None and digest is not None and before[name] != digest]
     if not same("model", earlier.model, model):

@@ -219,9 +219,11 @@ class PretrainConfig:
         (the command line names those typed, also at their default value)."""
         set_but_unused = [name for name in self.unused_settings() if name in given]
         if set_but_unused:
-            reason = ""  # anchors_count alone: the strategy mines anchors, but not in this run
-            if set_but_unused == ["anchors_count"]:
+            reason = ""  # anchors_count alone, for a strategy that mines anchors, but not in this run
+            if set_but_unused == ["anchors_count"] and self.strategy in ("difference", "mslm"):
                 reason = " with terms given" if self.terms is not None else " with the anchors or scores given"
+            elif set_but_unused == ["anchors_count"]:
+                reason = ", which mines no anchors"
             raise ValueError(f"{', '.join(set_but_unused)} would not be used by the {self.strategy!r} strategy{reason}")
 
     def unused_settings(self) -> list[str]:

@@ -935,6 +935,14 @@ def test_a_finetune_resume_with_other_settings_or_labels_is_refused(tmp_path):
     # A report of an earlier version holds no fingerprints: a train file edited in place shows in its labels.
     with pytest.raises(ValueError, match="differs in labels"):
         _finished_seeds(path, "m", ["a", "b", "c"], dict(config))
+    # A test file left out is named, not also the number of test examples that follows from it.
+    with pytest.raises(ValueError, match=r"differs in test, max_length$") as refused:
+        _finished_seeds(path, "m", ["a", "b"], {**config, "test": "te.jsonl", "test_examples": 5, "max_length": 64})
+    from diffmask_fast import cli
+
+    parser = cli.build_parser()
+    finetune_parser = next(action for action in parser._actions if action.dest == "command").choices["finetune"]
+    assert cli._with_option_name(str(refused.value), finetune_parser).endswith("differs in --test, --max-length")
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])

@@ -336,6 +336,12 @@ def test_an_empty_file_and_a_score_table_are_named_where_json_is_read(tmp_path):
     with pytest.raises(ValueError, match=r"is not a valid anchors file: it is a zip archive \(as score tables saved "
                                          r"as .npz are\), not JSON"):
         Anchors.load(tmp_path / "scores.npz")
+    from diffmask_fast.counting import WordCounts
+
+    WordCounts.from_mapping({"kinase": 3}, 1).save(tmp_path / "corpus.counts")  # binary: no zip, no JSON
+    with pytest.raises(ValueError, match=r"is not a valid word scores file: it holds saved word counts \(as mine "
+                                         r"--counts-output writes them\), not JSON"):
+        ScoreTable.load(tmp_path / "corpus.counts")
     (tmp_path / "ok.json").write_text('\ufeff{"a": 1}', encoding="utf-8")  # a byte-order mark is still skipped
     assert read_json(tmp_path / "ok.json", "x") == {"a": 1}
 

@@ -325,7 +325,11 @@ def test_the_command_reports_once_per_run_not_once_per_process(monkeypatch, caps
                                           "anchors or scores given$"),
     (["--strategy", "mslm", "--terms", "t.txt", "--term-top-fraction", "0.02"], "term_top_fraction would not be"),
     (["--strategy", "mslm", "--terms", "t.txt", "-k", "5"], "anchors_count would not be used by the 'mslm' strategy "
-                                                            "with terms given$")])
+                                                            "with terms given$"),
+    (["--strategy", "random-token", "-k", "5"], "anchors_count would not be used by the 'random-token' strategy, "
+                                                "which mines no anchors$"),
+    (["--strategy", "terms", "--terms", "t.txt", "-k", "5"], "anchors_count would not be used by the 'terms' "
+                                                             "strategy, which mines no anchors$")])
 def test_a_strategy_option_typed_for_a_strategy_that_ignores_it_is_refused_even_at_its_default(monkeypatch, tmp_path,
                                                                                                  flags, refused):
     """The command line filled in every default, so an option typed with its default value could
