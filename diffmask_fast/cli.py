@@ -178,8 +178,9 @@ def _add_score_parser(commands) -> None:
                        help="use the vectors of up to N occurrences of each anchor word in the corpus as anchors "
                             "instead of the anchor words alone (pair with --pooling mean)")
     score.add_argument("--context-length", type=int, default=None, metavar="TOKENS",
-                       help="with --contextual-anchors, the tokens of each document read for occurrences and their "
-                            "context (default 256, or fewer where the model takes fewer)")
+                       help="with --contextual-anchors, the tokens of the context each occurrence is read in: longer "
+                            "documents are read in windows of whole words of that many (default 256, or fewer where "
+                            "the model takes fewer)")
     score.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default="float32",
                        help="precision of the model's forward pass (default float32)")
     score.add_argument("--batch-size", type=int, default=256, help="words per forward pass (default 256)")

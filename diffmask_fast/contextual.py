@@ -13,8 +13,10 @@ with each anchor as the same tokenizer reads it: an uncased model reads "naïve"
 BERT reads "t-cell" as the three words "t", "-", "cell", which then match as a run of adjacent
 words spaced as in the anchor ("t - cell" is not "t-cell"; a fast tokenizer's character offsets
 tell). At most ``max_occurrences_per_anchor`` occurrences are kept per anchor, a uniform sample of
-all of them (reservoir sampling, seeded) in each document's first ``max_length`` tokens, the
-context the vectors are read in.
+all of them (reservoir sampling, seeded). A document longer than the context the vectors are read
+in (``max_length`` tokens) is read as consecutive windows of whole words that fit it, so that the
+whole document is sampled; a Python (slow) tokenizer, which gives no character offsets to cut the
+text by, is read in each document's first ``max_length`` tokens only.
 
 Contextual vectors are means of sub-token hidden states, so they compare with word vectors of
 the same kind: use them with ``pooling="mean"`` (the pooled [CLS] output of a word alone lives
@@ -26,7 +28,7 @@ from __future__ import annotations
 import random
 import warnings
 from dataclasses import dataclass
-from typing import Iterable, Sequence, Sized
+from typing import Iterable, Iterator, Sequence, Sized
 
 import numpy as np
 import torch
@@ -37,15 +39,18 @@ from ._checks import refuse_one_string, whole_number, word_list
 from .advice import DiffmaskWarning
 from .embedding import has_lone_surrogate
 from .hf_loading import check_max_length, eval_mode, longest_input, model_name
-from .pretrain_data import special_wrapping
+from .pretrain_data import batches_of_pieces, piece_start, special_wrapping, word_windows
 from .tokenization import WordGrouper, decode_words, tokenize_texts, truncating_on_the_right
 
-#: Tokens of a document read around anchor occurrences, unless the model takes fewer: the first
-#: so many of each document (occurrences after them are not sampled).
+#: Tokens of the context an anchor occurrence is read in, unless the model takes fewer: a longer
+#: document is read as windows of whole words of at most so many tokens.
 CONTEXT_LENGTH = 256
 #: Share of documents longer than the context above which ``contextual_anchor_vectors`` says that
-#: occurrences past it were not sampled.
+#: occurrences past it were not sampled (with a tokenizer that cannot cut documents into windows).
 CUT_SHARE_NOTED = 0.1
+#: Characters of documents cut into windows at a time: a longer document is tokenized in pieces cut
+#: before a space (as pretraining's are), which no window spans.
+WINDOW_PIECE_CHARACTERS = 1 << 20
 
 
 @dataclass
@@ -142,14 +147,50 @@ def _spacing(spans, groups: Sequence[Sequence[int]]) -> tuple[bool, ...] | None:
     return tuple(spans[after[0]][0] > spans[before[-1]][1] for before, after in zip(groups, groups[1:]))
 
 
+def context_windows(tokenizer, texts: Iterable[str], max_length: int, grouper: WordGrouper,
+                    batch_size: int = 512) -> Iterator[str]:
+    """Each of ``texts`` as the texts of consecutive windows of whole words that the tokenizer
+    reads in at most ``max_length`` tokens with its special tokens; a text that fits is itself.
+    A window's text begins where the token before it ends, so that the whitespace before its
+    first word is kept and the tokenizer reads that word as it does inside the text (but for a
+    tokenizer that puts "▁" before every text: there it begins at the word). A word longer than a
+    window is in none whole, and left out."""
+    room = max_length - sum(len(tokens) for tokens in special_wrapping(tokenizer))
+    if room < 1:
+        raise ValueError(f"max_length {max_length} leaves no room for a token beside the special tokens")
+    start = piece_start(tokenizer) or "space"  # a tokenizer that reads pieces otherwise reads them anew anyway
+    start_at_word = start == "no space"
+    for batch in batches_of_pieces(texts, batch_size, WINDOW_PIECE_CHARACTERS, start):
+        pieces = [piece for piece, _ in batch]
+        encoded = tokenize_texts(tokenizer, pieces, add_special_tokens=False, return_offsets_mapping=True,
+                                 return_attention_mask=False, return_token_type_ids=False, verbose=False)
+        for piece, ids, spans in zip(pieces, encoded["input_ids"], encoded["offset_mapping"]):
+            if len(ids) <= room:
+                yield piece
+                continue
+            breaks = grouper.breaks_after_words(ids)
+            for start, end in word_windows(breaks, room):
+                if end < len(ids) and not breaks[end]:
+                    continue  # all one piece of a word longer than a window
+                if not breaks[start]:  # the end of such a word, then perhaps whole words
+                    whole = np.flatnonzero(breaks[start + 1 : end])
+                    if not whole.size:
+                        continue
+                    start += 1 + int(whole[0])
+                begin = spans[start][0] if start_at_word else 0 if start == 0 else spans[start - 1][1]
+                yield piece[begin : spans[end - 1][1]]
+
+
 def find_occurrences(tokenizer, texts: Iterable[str], anchor_words: Sequence[str], *, max_per_anchor: int,
                      max_length: int = 256, lowercase: bool = True, seed: int = 0, chunk: int = 512,
                      scheme: str | None = None, progress: bool = False,
                      tally: dict | None = None) -> list[list[tuple[str, int, int]]]:
     """Per anchor, a uniform sample of at most ``max_per_anchor`` occurrences as
-    (text, first token, end token) in the tokenization with special tokens and truncation: of
-    those in each document's first ``max_length`` tokens (the context the vectors are read in;
-    ``tally``, a dict, gets the number of ``documents`` read and of those ``cut`` there).
+    (text, first token, end token) in the tokenization of ``text`` with special tokens and
+    truncation to ``max_length``, where ``text`` is a document or, for a longer one, the text of
+    one of its windows (``context_windows``; with a Python tokenizer, which gives no offsets to cut
+    by, the document, read in its first ``max_length`` tokens). ``tally``, a dict, gets the
+    number of ``documents`` read and of those ``cut`` at ``max_length`` (not read whole).
 
     An anchor occurs where the words of a text, as the tokenizer groups and decodes them, read as
     the anchor does (``anchor_readings``); an anchor of several such words matches them only
@@ -186,10 +227,9 @@ def find_occurrences(tokenizer, texts: Iterable[str], anchor_words: Sequence[str
     def cut_to_window(ids: list[int], spans) -> tuple[list[int], list[list[int]], list]:
         """A text tokenized to one token more than ``max_length``, cut to it: (ids, words, spans).
         Where the cut falls inside a word ("kinase" of "kinases"), that last word is left out."""
-        counted["documents"] += 1
         if len(ids) <= max_length:
             return ids, grouper(ids), spans
-        counted["cut"] += 1
+        counted["cut"] += not offsets  # else a window, which its text fits but for tokens read otherwise
         extra = len(ids) - trailing - 1  # the one text token past the window
         inside_word = not bool(grouper.breaks(ids[: extra + 1])[extra])
         ids = ids[:extra] + ids[extra + 1:]
@@ -223,22 +263,33 @@ def find_occurrences(tokenizer, texts: Iterable[str], anchor_words: Sequence[str
                     if anchor is not None:
                         keep(anchor, (text, groups[first][0], groups[last][-1] + 1))
 
-    batch: list[str] = []
-    total = len(texts) if isinstance(texts, Sized) else None
-    with tqdm(total=total, desc="finding anchors in context", unit="doc", disable=not progress) as bar:
-        for number, text in enumerate(texts):
-            if not isinstance(text, str):
-                raise TypeError(f"texts must be strings (one document each); text {number} is "
-                                f"{type(text).__name__}: {text!r:.60}")
-            if text.strip():
-                batch.append(text)
-            bar.update(1)
-            if len(batch) >= chunk:
-                consume(batch)
-                batch = []
-        if batch:
-            consume(batch)
+    def documents() -> Iterator[str]:
+        total = len(texts) if isinstance(texts, Sized) else None
+        with tqdm(total=total, desc="finding anchors in context", unit="doc", disable=not progress) as bar:
+            for number, text in enumerate(texts):
+                if not isinstance(text, str):
+                    raise TypeError(f"texts must be strings (one document each); text {number} is "
+                                    f"{type(text).__name__}: {text!r:.60}")
+                if text.strip():
+                    counted["documents"] += 1
+                    yield text
+                bar.update(1)
+
+    read = context_windows(tokenizer, documents(), max_length, grouper, chunk) if offsets else documents()
+    for batch in _batched(read, chunk):
+        consume(batch)
     return kept
+
+
+def _batched(items: Iterable[str], size: int) -> Iterator[list[str]]:
+    batch: list[str] = []
+    for item in items:
+        batch.append(item)
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
 
 
 def contextual_anchor_vectors(embedder, texts: Iterable[str], anchor_words: Sequence[str], *,
@@ -248,8 +299,9 @@ def contextual_anchor_vectors(embedder, texts: Iterable[str], anchor_words: Sequ
     """One vector per sampled occurrence of each anchor word in ``texts`` (one document each).
 
     Each vector is the mean of the last hidden states of the word's sub-tokens, computed by
-    ``embedder``'s model on the document (truncated to ``max_length`` tokens; by default
-    ``CONTEXT_LENGTH``, or fewer when the model takes fewer) with its device and dtype. Anchors
+    ``embedder``'s model on the document, or on the window of a longer one that holds the
+    occurrence (of at most ``max_length`` tokens; by default ``CONTEXT_LENGTH``, or fewer when the
+    model takes fewer; see ``find_occurrences``), with its device and dtype. Anchors
     keep the words given (``find_occurrences`` says how they are matched; ``scheme`` names the
     tokenizer's word boundaries, detected when None). Anchors that never
     occur get no vectors (see ``ContextualAnchors.occurrences``) and are named in a warning; when
@@ -278,7 +330,7 @@ def contextual_anchor_vectors(embedder, texts: Iterable[str], anchor_words: Sequ
     kept = find_occurrences(tokenizer, texts, words, max_per_anchor=max_occurrences_per_anchor,
                             max_length=max_length, lowercase=lowercase, seed=seed, scheme=scheme, progress=show,
                             tally=tally)
-    # Occurrences past a document's first max_length tokens are not read: said where it matters.
+    # With a Python tokenizer, occurrences past a document's first max_length tokens are not read: said.
     unread = (f" (in the first {max_length:,} tokens of each document, the context read: {tally['cut']:,} of the "
               f"{tally['documents']:,} documents are longer; a larger max_length reads more of them)"
               if tally["cut"] else "")

@@ -350,9 +350,9 @@ def _add_windows(windows: TokenWindows.Builder, tokenizer: Any, documents: Itera
 
     total = _length_known_without_reading(documents) if progress else None
     cutter = _WindowCutter(grouper, room)
-    piece_start = _piece_start(tokenizer)
+    start = piece_start(tokenizer)
     with tqdm(total=total, desc=description, unit="doc", disable=not progress) as bar:
-        for batch in _batches_of_pieces(documents, batch_size, CHARACTERS_PER_BATCH, piece_start):
+        for batch in batches_of_pieces(documents, batch_size, CHARACTERS_PER_BATCH, start):
             encoded = tokenize_texts(tokenizer, [text for text, _ in batch], add_special_tokens=False,
                                      return_attention_mask=False, return_token_type_ids=False,
                                      verbose=False)["input_ids"]
@@ -373,17 +373,17 @@ def _add_windows(windows: TokenWindows.Builder, tokenizer: Any, documents: Itera
 CHARACTERS_PER_BATCH = 1 << 20
 
 
-def _batches_of_pieces(documents: Iterable[str], batch_size: int, characters: int, piece_start: str | None
-                       ) -> Iterator[list[tuple[str, bool]]]:
+def batches_of_pieces(documents: Iterable[str], batch_size: int, characters: int, start: str | None
+                      ) -> Iterator[list[tuple[str, bool]]]:
     """Texts to tokenize at once, each with whether it ends its document: at most ``batch_size``
-    documents and, past the first text, ``characters`` characters a batch. ``piece_start``
-    (``_piece_start``): how a piece after a cut begins; None: documents are not cut."""
+    documents and, past the first text, ``characters`` characters a batch. ``start``
+    (``piece_start``): how a piece after a cut begins; None: documents are not cut."""
     batch: list[tuple[str, bool]] = []
     held = ended = 0
     for document in documents:
-        pieces = _pieces(document, characters if piece_start is not None else math.inf)
+        pieces = _pieces(document, characters if start is not None else math.inf)
         for number, (piece, last) in enumerate(pieces):
-            if number and piece_start == "no space":
+            if number and start == "no space":
                 piece = piece[1:]
             if batch and (held + len(piece) > characters or ended == batch_size):
                 yield batch
@@ -429,7 +429,7 @@ def _cut(text: str, start: int, size: int) -> int:
 _CUT_PROBES = ("the receptor binds its ligand", "inhibition. (Fig. 2) of", "the na\u00efve  caf\u00e9 \u6771\u4eac")
 
 
-def _piece_start(tokenizer: Any) -> str | None:
+def piece_start(tokenizer: Any) -> str | None:
     """How a piece after a cut begins for ``tokenizer`` to read the pieces as the whole text: with
     the space before its first word ("space": most tokenizers), without it ("no space": a
     normalizer that puts "▁" before every text, as Llama 2's does), or None where neither (such

@@ -587,6 +587,15 @@ class WordGrouper:
         continues[:1] = False
         return ~continues
 
+    def breaks_after_words(self, ids: Sequence[int]) -> np.ndarray:
+        """``breaks`` but for those right after a token of no word (whitespace that byte-level BPE
+        or SentencePiece writes as a token alone): a text cut there begins without the space the
+        word after it was read with, and reads that word otherwise; the cut before it keeps it."""
+        ids = np.asarray(ids, dtype=np.int64)
+        breaks = self.breaks(ids)
+        breaks[1:] &= ~self._never_array[ids[:-1]]
+        return breaks
+
 
 def _as_id_list(token_ids: Iterable[int]) -> list[int]:
     if isinstance(token_ids, torch.Tensor):

@@ -804,15 +804,15 @@ def test_a_tokenizer_that_puts_its_marker_before_every_text_gets_pieces_without_
     tokenizer.backend_tokenizer.normalizer = normalizers.Sequence([normalizers.Prepend("\u2581"),
                                                                    normalizers.Replace(" ", "\u2581")])
     tokenizer.backend_tokenizer.pre_tokenizer = None
-    assert pretrain_data._piece_start(tokenizer) == "no space"
-    assert pretrain_data._piece_start(sentencepiece_unigram) == "space"
+    assert pretrain_data.piece_start(tokenizer) == "no space"
+    assert pretrain_data.piece_start(sentencepiece_unigram) == "space"
     document = "the receptor binds its ligand and the enzyme is inhibited by the drug  twice"
     whole = list(tokenize_documents(tokenizer, [document], 64, progress=False))
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(pretrain_data, "CHARACTERS_PER_BATCH", 12)
         assert list(tokenize_documents(tokenizer, [document], 64, progress=False)) == whole
         # A tokenizer that reads cut text otherwise either way reads documents whole.
-        patch.setattr(pretrain_data, "_piece_start", lambda tokenizer: None)
+        patch.setattr(pretrain_data, "piece_start", lambda tokenizer: None)
         texts = []
         tokenize = pretrain_data.tokenize_texts
         patch.setattr(pretrain_data, "tokenize_texts", lambda tok, batch, **options: texts.append(list(batch))

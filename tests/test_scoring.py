@@ -6,6 +6,7 @@ import math
 import random
 import re
 import warnings
+from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
@@ -989,16 +990,22 @@ def test_bad_words_and_unknown_scores_are_refused_before_embedding(tiny_bert):
         ScoreTable.from_arrays([1, 2], [0.1, 0.2])
 
 
-def test_a_word_split_by_the_cut_at_max_length_is_no_occurrence(minilm_tokenizer):
-    """ "kinases" cut after "kinase" read as the anchor "kinase" at one max_length only."""
-    from diffmask_fast.contextual import find_occurrences
+def test_a_document_is_read_in_windows_of_whole_words(minilm_tokenizer):
+    """A document longer than max_length is read as windows of whole words: "kinase" of
+    "kinases" (cut after "kinase") never reads as the anchor "kinase", and "kinase" past the
+    first window is found there. A window's text keeps the space before its first word."""
+    from diffmask_fast.contextual import context_windows, find_occurrences
+    from diffmask_fast.tokenization import WordGrouper
 
     text = "the cat saw the kinases today"
     assert minilm_tokenizer.tokenize(text) == ["the", "cat", "saw", "the", "kinase", "##s", "today"]
     for max_length in range(3, 12):
         assert find_occurrences(minilm_tokenizer, [text], ["kinase"], max_per_anchor=5, max_length=max_length) == [[]]
+    grouper = WordGrouper.for_tokenizer(minilm_tokenizer)
+    assert list(context_windows(minilm_tokenizer, [text], 3, grouper)) == ["the", " cat", " saw", " the", " today"]
+    assert list(context_windows(minilm_tokenizer, [text], 5, grouper)) == ["the cat saw", " the kinases", " today"]
     whole = "the kinase binds"
-    for max_length, expected in ((3, []), (4, [(whole, 2, 3)]), (8, [(whole, 2, 3)])):  # [CLS] the kinase [SEP]
+    for max_length, expected in ((3, [(" kinase", 1, 2)]), (4, [("the kinase", 2, 3)]), (8, [(whole, 2, 3)])):
         assert find_occurrences(minilm_tokenizer, [whole], ["kinase"], max_per_anchor=5,
                                 max_length=max_length) == [expected], max_length
 
@@ -1278,8 +1285,36 @@ def test_scores_are_cosines_within_minus_one_and_one(tiny_bert, similarity, seed
         assert (table.values >= 1.0 - 1e-5).all(), f"seed={seed}"  # each anchor is its own nearest
 
 
+@pytest.mark.parametrize("name", ["bert_wordpiece", "roberta_byte_bpe", "sentencepiece_unigram"])
+def test_windows_find_every_occurrence_a_whole_document_holds(request, name, shared_data_dir, seed, monkeypatch):
+    """Read in windows of any length, and in pieces where a document is long, the documents hold
+    the occurrences they hold read whole."""
+    from diffmask_fast import contextual
+    from diffmask_fast.contextual import find_occurrences
+
+    tokenizer = request.getfixturevalue(name)
+    rng = random.Random(seed)
+    lines = (shared_data_dir / "chemprot" / "corpus.txt").read_text(encoding="utf-8").splitlines()
+    start = rng.randrange(len(lines) - 120)
+    documents = [" ".join(lines[start + i : start + i + 20]) for i in range(0, 120, 20)]  # ~600 words each
+    anchors = ["the", "of", "cells", "receptor", "inhibitor", "("]
+    whole = find_occurrences(tokenizer, documents, anchors, max_per_anchor=10**6, max_length=10**6)
+    assert sum(map(len, whole)) > 100
+    max_length = rng.randrange(8, 80)
+    monkeypatch.setattr(contextual, "WINDOW_PIECE_CHARACTERS", rng.randrange(100, 2000))
+    tally = {}
+    windows = find_occurrences(tokenizer, documents, anchors, max_per_anchor=10**6, max_length=max_length,
+                               tally=tally)
+    message = f"seed={seed} max_length={max_length} pieces={contextual.WINDOW_PIECE_CHARACTERS}"
+    assert [len(found) for found in windows] == [len(found) for found in whole], message
+    assert tally == {"documents": 6, "cut": 0}, message
+    for found in windows:
+        for text, begin, end in found:
+            assert end <= max_length - 1 and len(tokenizer(text)["input_ids"]) <= max_length, message
+
+
 def test_contextual_anchors_read_no_more_context_than_the_model_takes(minilm):
-    """A model of 64 positions reads the first 64 tokens of a long document (it used to be given
+    """A model of 64 positions reads a long document in windows of 64 tokens (it used to be given
     256 and fail with a tensor-size error); a longer max_length, given, is refused by name."""
     from transformers import BertConfig, BertModel
 
@@ -1289,27 +1324,37 @@ def test_contextual_anchors_read_no_more_context_than_the_model_takes(minilm):
     embedder = WordEmbedder(BertModel(config).eval(), tokenizer, pooling="mean", progress=False)
     texts = ["kinase " * 100]
     contextual = contextual_anchor_vectors(embedder, texts, ["kinase"], max_occurrences_per_anchor=1000)
-    assert contextual.occurrences == {"kinase": 62}  # 64 tokens less [CLS] and [SEP]
+    assert contextual.occurrences == {"kinase": 100}  # in two windows of 62 and 38 words
     with pytest.raises(ValueError, match=r"max_length 100 is longer than .* takes \(at most 64 tokens\)"):
         contextual_anchor_vectors(embedder, texts, ["kinase"], max_length=100)
-    assert contextual_anchor_vectors(embedder, texts, ["kinase"], max_length=20).occurrences == {"kinase": 18}
+    assert contextual_anchor_vectors(embedder, texts, ["kinase"], max_length=20).occurrences == {"kinase": 100}
 
 
-def test_an_anchor_only_past_the_context_read_is_not_said_to_be_absent(tiny_bert):
-    """Occurrences are read in each document's first max_length tokens: "enzyme" at token 302 was
-    said to "never occur in the texts"; the message now says what was read, and so does a
-    warning when many documents run longer."""
+@pytest.mark.filterwarnings("ignore:BertTokenizerLegacy")
+def test_an_anchor_past_the_first_window_is_sampled(tiny_bert):
+    """Occurrences were read in each document's first max_length tokens: "enzyme" at token 302
+    was said to "never occur in the texts", and a third of ChemProt's anchor occurrences lay past
+    256 tokens. A fast tokenizer reads every window; a Python one, which gives no offsets to cut
+    the text by, reads the first, and the message says so."""
+    from transformers import BertTokenizerLegacy
+
+    from diffmask_fast.contextual import find_occurrences
+
     model, tokenizer = tiny_bert
     embedder = WordEmbedder(model, tokenizer, pooling="mean", progress=False)
     texts = [" ".join(["the"] * 300) + " enzyme", "kinases are many"]
+    with pytest.warns(DiffmaskWarning, match=r"1 of the 2 anchor words never occur in the texts as"):  # kinase
+        found = contextual_anchor_vectors(embedder, texts, ["enzyme", "kinase"])
+    assert found.occurrences == {"enzyme": 1, "kinase": 0}
+    [[(window, start, end)]] = find_occurrences(tokenizer, texts[:1], ["enzyme"], max_per_anchor=5)
+    assert window == " the" * 46 + " enzyme" and (start, end) == (47, 48)  # the second window: 46 of 300 "the"
+    python_tokenizer = BertTokenizerLegacy(vocab_file=str(Path(tokenizer.name_or_path) / "vocab.txt"))
+    assert python_tokenizer.convert_tokens_to_ids(["the", "enzyme"]) == tokenizer.convert_tokens_to_ids(["the", "enzyme"])
+    embedder = WordEmbedder(model, python_tokenizer, pooling="mean", progress=False)
     with pytest.raises(ValueError, match=r"none of the 2 anchor words occurs in the texts \(in the first 256 tokens of "
                                          r"each document, the context read: 1 of the 2 documents are longer; a larger "
                                          r"max_length reads more of them\)"):
         contextual_anchor_vectors(embedder, texts, ["enzyme", "kinase"])
-    assert model.config.max_position_embeddings >= 310
-    with pytest.warns(DiffmaskWarning, match=r"1 of the 2 anchor words never occur in the texts as"):  # kinase
-        found = contextual_anchor_vectors(embedder, texts, ["enzyme", "kinase"], max_length=310)
-    assert found.occurrences == {"enzyme": 1, "kinase": 0}
     with pytest.warns(DiffmaskWarning, match=r"the anchors' occurrences were sampled \(in the first 256 tokens of each "
                                              r"document, the context read: 1 of the 2 documents are longer"):
         contextual_anchor_vectors(embedder, [" ".join(["the"] * 300) + " enzyme", "the enzyme"], ["enzyme"])
