@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from ._checks import whole_number
-from .attention_weights import check_layer, first_token_row, switched_attention
+from .attention_weights import check_layer, first_token_row, switched_attention, without_autocast
 from .hf_loading import check_vocabulary, embedded_id_count, eval_mode, longest_input, model_name
 from .masking_base import (check_batch_ids, check_in_vocabulary, check_like_ids, check_probability,
                            check_replacement, check_seed, distributed_rank, pinned_seed, replace_selected,
@@ -296,7 +296,8 @@ class AttentionMasker(torch.nn.Module):
             kwargs["token_type_ids"] = token_type_ids
         if getattr(encoder, "config", None) is not None:
             kwargs["return_dict"] = True
-        outputs = encoder(**kwargs)
+        with without_autocast(input_ids.device):  # weights in the model's dtype, as the attention interface's
+            outputs = encoder(**kwargs)
         attentions = outputs.get("attentions") if isinstance(outputs, dict) else getattr(outputs, "attentions", None)
         if not attentions or any(a is None for a in attentions):
             implementation = getattr(getattr(encoder, "config", None), "_attn_implementation", None)

@@ -57,11 +57,18 @@ def _first_row_attention(module, query, key, value, attention_mask, scaling=None
 
 
 def _first_row(query, key, attention_mask, scaling, first) -> torch.Tensor:
-    """[B, L] float32: softmax(q_first k^T * scaling + mask), averaged over the heads. Computed
-    outside autocast, which would round it to bf16/fp16: many tokens would tie, and ties go to
-    the earlier position."""
-    with torch.autocast(query.device.type, enabled=False):
+    """[B, L] float32: softmax(q_first k^T * scaling + mask), averaged over the heads."""
+    with without_autocast(query.device):
         return _first_row_float32(query, key, attention_mask, scaling, first)
+
+
+def without_autocast(device: torch.device):
+    """A block computed in its tensors' own dtypes although autocast is on: autocast rounds
+    attention rows to bf16/fp16, where many tokens tie, and ties go to the earlier position.
+    Nothing to turn off on a device without autocast (meta)."""
+    if not torch.amp.is_autocast_available(device.type):
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, enabled=False)
 
 
 def _first_row_float32(query, key, attention_mask, scaling, first) -> torch.Tensor:

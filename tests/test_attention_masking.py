@@ -260,6 +260,17 @@ def test_the_row_is_float32_under_autocast(bert_wordpiece, tiny_bert_mlm, seed):
     with torch.autocast("cpu", dtype=torch.bfloat16):
         scores = AttentionMasker(bert_wordpiece, seed=seed)._first_token_attention(tiny_bert_mlm, ids, attention)
     assert scores.dtype == torch.float32
+    assert _first_row(query.to("meta"), key.to("meta"), None, None, first.to("meta")).shape == (2, 64)
+    # A model read through eager attention weights (DeBERTa-v2's) too: its pass runs outside autocast.
+    from transformers import DebertaV2Config, DebertaV2ForMaskedLM
+
+    torch.manual_seed(seed)
+    deberta = DebertaV2ForMaskedLM(DebertaV2Config(vocab_size=len(bert_wordpiece), hidden_size=32, num_hidden_layers=2,
+                                                   num_attention_heads=4, intermediate_size=64)).eval()
+    masker = AttentionMasker(bert_wordpiece, seed=seed)
+    exact = masker._first_token_attention(deberta, ids, attention)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        torch.testing.assert_close(masker._first_token_attention(deberta, ids, attention), exact)
 
 
 def test_a_batch_over_the_memory_bound_runs_in_chunks(bert_wordpiece, tiny_bert_mlm, seed, monkeypatch):
