@@ -713,7 +713,7 @@ RESUME_HINTS = {
 
 
 #: Settings the library names otherwise than the option's destination.
-SETTING_OPTIONS = {"smoothing_per_million": "smoothing"}
+SETTING_OPTIONS = {"smoothing_per_million": "smoothing", "selection": "select_by"}
 
 
 def _with_option_name(message: str, command_parser) -> str:

@@ -693,7 +693,7 @@ def _input_fingerprints(model: str, data: Mapping[str, Any]) -> dict[str, str | 
         named = "".join(f"{path.name}\0{file_sha256(path)}\n" for path in paths)
         return hashlib.sha256(named.encode("utf-8", "surrogatepass")).hexdigest()
 
-    folder = Path(model).expanduser()
+    folder = Path(model_reference(model))  # the bundled model's name too
     files = sorted(p for p in folder.iterdir() if p.is_file()) if folder.is_dir() else []
     weights = [p for p in files if p.name.endswith((".safetensors", ".bin"))]
     tokenizer = [p for p in files if p.name.startswith(TOKENIZER_FILE_PREFIXES) and p not in weights]
@@ -719,11 +719,11 @@ def _finished_seeds(report_path: Path, model: str, labels: list[str], config: di
 
     changed = [key for key in config
                if key not in ("seeds", "inputs_sha256") and not same(key, earlier.config.get(key), config[key])]
+    changed += [f"the contents of {INPUT_NAMES[name]}" for name, digest in now.items()
+                if before.get(name) is not None and digest is not None and before[name] != digest]
     counts = [key for key in changed if key.endswith("_examples") and key != "max_train_examples"]
     if len(counts) < len(changed):  # the numbers of examples follow from the settings named with them
         changed = [key for key in changed if key not in counts]
-    changed += [f"the contents of {INPUT_NAMES[name]}" for name, digest in now.items()
-                if before.get(name) is not None and digest is not None and before[name] != digest]
     if not same("model", earlier.model, model):
         changed.insert(0, "model")
     if list(earlier.labels) != list(labels):

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import math
 import numbers
-import operator
 from typing import NamedTuple, Sequence
 
 import numpy as np
@@ -679,6 +678,8 @@ _INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
 def _word_hashes(hashes, where: str) -> torch.Tensor:
     """Hashes as an int64 tensor. Floats and booleans are refused rather than truncated: 2.5
     would silently become the hash 2, another word's."""
+    if isinstance(hashes, np.generic):  # a numpy scalar as an array: torch takes np.uint64 arrays only
+        hashes = np.asarray(hashes)
     try:
         tensor = torch.as_tensor(hashes)
     except (OverflowError, RuntimeError, TypeError, ValueError) as error:
@@ -712,20 +713,15 @@ class ScoreHashTable:
         return f"ScoreHashTable(size={self._size}, capacity={self.capacity})"
 
     def __contains__(self, key) -> bool:
-        if isinstance(key, (bool, np.bool_)) or (isinstance(key, torch.Tensor) and key.dtype == torch.bool):
+        """Whether one word hash is in the table, read as ``insert`` and ``lookup`` read hashes (an
+        unsigned one by its bits); anything that is no single integer hash is not."""
+        if key is None or isinstance(key, (bool, np.bool_, str, bytes)):
             return False  # True would be read as the hash 1
-        if isinstance(key, torch.Tensor) and not key.is_signed() and key.numel() == 1:
-            key = key.to(torch.int64)  # its bits, as insert and lookup read an unsigned hash
-        unsigned = isinstance(key, np.unsignedinteger)
         try:
-            key = operator.index(key)  # an int, a numpy integer or a one-element integer tensor
-        except TypeError:
-            return False  # no float, string or None is a word hash
-        if unsigned and _INT64_MAX < key < 2**64:  # its bits, as insert and lookup read an unsigned hash
-            key -= 2**64
-        if not _INT64_MIN <= key <= _INT64_MAX:
-            return False
-        return bool(self.lookup(torch.tensor([key]))[1][0])
+            hashes = _word_hashes(key, "ScoreHashTable")
+        except (TypeError, ValueError):
+            return False  # a float, or an integer beyond 64 bits
+        return hashes.numel() == 1 and bool(self.lookup(hashes.reshape(1))[1][0])
 
     def __getstate__(self) -> dict:
         # As numpy arrays, copied: torch's multiprocessing pickler would move the tensors to shared

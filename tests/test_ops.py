@@ -775,6 +775,8 @@ def test_score_table_takes_integer_hashes_only():
     assert 2**64 not in table and -(2**63) - 1 not in table and 8 not in table
     table.insert(np.array([2**64 - 5], dtype=np.uint64), [0.75])  # read as its bits: the hash -5
     assert -5 in table and np.uint64(2**64 - 5) in table and torch.tensor([2**64 - 5], dtype=torch.uint64) in table
+    assert np.array(2**64 - 5, dtype=np.uint64) in table and np.array([2**64 - 5], dtype=np.uint64) in table
+    assert np.array([7]) in table and np.array([7, 9]) not in table and table.lookup(np.uint64(2**64 - 5))[1]
 
 
 def test_score_table_insert_advances_versions_and_refuses_tensors_that_require_grad():
