@@ -83,16 +83,39 @@ class UntrustedCache(PermissionError):
     """A cache folder others could fill with vectors of their choosing: not read, not written."""
 
 
-def _untrusted_reason(folder: Path) -> str | None:
-    """Why ``folder`` (an existing folder of the cache) is not to be trusted, or None."""
+def _untrusted_reason(folder: Path, root: bool) -> str | None:
+    """Why ``folder`` (an existing folder of the cache; ``root``: the cache's own) is not to be
+    trusted, or None. Below a trusted root, folders are made by those who may write the root."""
     if not hasattr(os, "getuid"):  # no POSIX owners (Windows): nothing to check
         return None
     status = folder.stat()
     if status.st_mode & stat.S_IWOTH:
-        return f"{folder} is writable by every user (mode {stat.S_IMODE(status.st_mode):o})"
-    if status.st_uid not in (os.getuid(), 0) and not os.access(folder, os.W_OK):
+        return (f"{folder} is writable by every user (mode {stat.S_IMODE(status.st_mode):o}; a drive without "
+                "POSIX modes shows every folder so)")
+    if root and status.st_uid not in (os.getuid(), 0) and not os.access(folder, os.W_OK):
         return f"{folder} belongs to another user (uid {status.st_uid}), who alone may write it"
     return None
+
+
+def _make_folder(folder: Path) -> None:
+    """``mkdir -p`` of a cache folder, never writable by every user (a umask of 0 would make it
+    so, and the cache would then refuse it); in a folder a group shares (group-writable), a new
+    folder is group-writable too, with the parent's set-group-ID bit, for the team's others."""
+    if folder.is_dir():
+        return
+    _make_folder(folder.parent)
+    try:
+        folder.mkdir()
+    except FileExistsError:  # made by another process meanwhile
+        return
+    if not hasattr(os, "getuid"):
+        return
+    parent, mode = folder.parent.stat().st_mode, stat.S_IMODE(folder.stat().st_mode)
+    wanted = mode & ~stat.S_IWOTH
+    if parent & stat.S_IWGRP and not parent & stat.S_IWOTH:
+        wanted |= stat.S_IRWXG | (parent & stat.S_ISGID)
+    if wanted != mode:
+        folder.chmod(wanted)
 
 
 class _Segment:
@@ -174,10 +197,11 @@ class EmbeddingCache:
     def check_trusted(self) -> None:
         """Raise ``UntrustedCache`` where another user could have put vectors into this cache."""
         for folder in (self.directory.parent.parent, self.directory.parent, self.directory):
-            reason = _untrusted_reason(folder) if folder.is_dir() else None
+            reason = _untrusted_reason(folder, folder == self.directory.parent.parent) if folder.is_dir() else None
             if reason is not None:
-                raise UntrustedCache(f"{reason}: vectors there could be anyone's, so the cache is not used; give a "
-                                     "cache folder of your own (cache_dir, or $DIFFMASK_CACHE)")
+                raise UntrustedCache(f"{reason}: vectors there could be anyone's, so the cache is not used; "
+                                     "`chmod o-w` it, or give a cache folder of your own (cache_dir, or "
+                                     "$DIFFMASK_CACHE)")
 
     # -- reading -----------------------------------------------------------------------------
     def refresh(self) -> None:
@@ -273,7 +297,7 @@ class EmbeddingCache:
         if not len(words):
             return
         self.check_trusted()
-        self.directory.mkdir(parents=True, exist_ok=True)
+        _make_folder(self.directory)
         self.check_trusted()  # the folders another process made meanwhile too
         key_file = self.directory / "key.json"
         if not key_file.is_file() and not key_file.is_symlink():  # never written through a link
@@ -300,9 +324,10 @@ class EmbeddingCache:
         except ImportError:
             yield True
             return
-        try:  # a link there is refused (O_NOFOLLOW): the lock file is never created elsewhere
-            handle = os.fdopen(os.open(self.directory / ".merge.lock", os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644),
-                               "r+b")
+        try:  # a link there is refused (O_NOFOLLOW): the lock file is never created elsewhere. Read-only:
+            # flock needs no more, and a team's others may open the lock the first of them made
+            handle = os.fdopen(os.open(self.directory / ".merge.lock", os.O_RDONLY | os.O_CREAT | os.O_NOFOLLOW,
+                                       0o644), "rb")
         except OSError:  # a folder this process cannot write a lock in: merge as before
             yield True
             return

@@ -648,7 +648,7 @@ def test_a_cache_every_user_may_write_is_not_used(tokenizer, tmp_path, rng):
     shared.mkdir()
     shared.chmod(0o1777)
     with pytest.warns(UserWarning, match=r"could not read the embedding cache .*shared is writable by every user "
-                                         r"\(mode 1777\).*give a cache folder of your own"):
+                                         r"\(mode 1777;.*`chmod o-w` it, or give a cache folder of your own"):
         vectors = embedder(model, tokenizer, shared).embed(words)
     torch.testing.assert_close(vectors, expected)
     assert list(shared.iterdir()) == [], "nothing is written there"
@@ -656,8 +656,9 @@ def test_a_cache_every_user_may_write_is_not_used(tokenizer, tmp_path, rng):
 
 @pytest.mark.parametrize("writable", [False, True])
 def test_another_users_cache_is_read_only_where_this_user_may_write_it(tmp_path, monkeypatch, writable):
-    """A folder another user owns and alone may write could hold vectors of their choosing; a
-    folder shared with this user (group-writable) is a team's cache."""
+    """A cache folder another user owns and alone may write could hold vectors of their choosing;
+    one shared with this user (group-writable) is a team's cache, whose folders inside are made by
+    any of the team."""
     import os
 
     cache = embedding_cache.EmbeddingCache(tmp_path / "theirs", "key", 2)
@@ -668,13 +669,45 @@ def test_another_users_cache_is_read_only_where_this_user_may_write_it(tmp_path,
         for folder in (tmp_path / "theirs", cache.directory.parent, cache.directory):
             os.chown(folder, owner, owner)
     monkeypatch.setattr(embedding_cache.os, "getuid", lambda: owner + 1)
-    monkeypatch.setattr(embedding_cache.os, "access", lambda path, mode, **options: writable)
+    checked = []
+
+    def access(path, mode, **options):
+        checked.append(Path(path).name)
+        return writable
+
+    monkeypatch.setattr(embedding_cache.os, "access", access)
     reader = embedding_cache.EmbeddingCache(tmp_path / "theirs", "key", 2)
     if writable:
         assert reader.lookup(["enzyme"])[0].tolist() == [0]
+        assert set(checked) == {"theirs"}, "only the cache's own folder is asked of"
     else:
         with pytest.raises(embedding_cache.UntrustedCache, match=rf"theirs belongs to another user \(uid {owner}\)"):
             reader.lookup(["enzyme"])
+
+
+def test_cache_folders_are_made_writable_by_none_but_the_owner_or_a_sharing_group(tmp_path):
+    """Made with a umask of 0, the cache's folders were writable by every user, and so refused by
+    the cache that made them; in a group's shared folder (g+ws) they are the group's too."""
+    import os
+    import stat
+
+    previous = os.umask(0)
+    try:
+        cache = embedding_cache.EmbeddingCache(tmp_path / "mine", "key", 2)
+        cache.add(["enzyme"], np.ones((1, 2), dtype=np.float32))
+        team = tmp_path / "team"
+        team.mkdir()
+        team.chmod(0o2775)
+        os.umask(0o022)
+        shared = embedding_cache.EmbeddingCache(team, "key", 2)
+        shared.add(["enzyme"], np.ones((1, 2), dtype=np.float32))
+    finally:
+        os.umask(previous)
+    for folder in (tmp_path / "mine", cache.directory.parent, cache.directory):
+        assert not folder.stat().st_mode & stat.S_IWOTH, folder
+    assert embedding_cache.EmbeddingCache(tmp_path / "mine", "key", 2).lookup(["enzyme"])[0].tolist() == [0]
+    for folder in (shared.directory.parent, shared.directory):
+        assert stat.S_IMODE(folder.stat().st_mode) == 0o2775, f"{folder}: {stat.S_IMODE(folder.stat().st_mode):o}"
 
 
 def test_links_planted_in_the_key_folder_are_never_written_through(tmp_path, monkeypatch):
