@@ -158,9 +158,9 @@ def context_windows(tokenizer, texts: Iterable[str], max_length: int, grouper: W
     room = max_length - sum(len(tokens) for tokens in special_wrapping(tokenizer))
     if room < 1:
         raise ValueError(f"max_length {max_length} leaves no room for a token beside the special tokens")
-    start = piece_start(tokenizer) or "space"  # a tokenizer that reads pieces otherwise reads them anew anyway
-    start_at_word = start == "no space"
-    for batch in batches_of_pieces(texts, batch_size, WINDOW_PIECE_CHARACTERS, start):
+    pieces_begin = piece_start(tokenizer) or "space"  # a tokenizer reading pieces otherwise reads windows anew anyway
+    start_at_word = pieces_begin == "no space"
+    for batch in batches_of_pieces(texts, batch_size, WINDOW_PIECE_CHARACTERS, pieces_begin):
         pieces = [piece for piece, _ in batch]
         encoded = tokenize_texts(tokenizer, pieces, add_special_tokens=False, return_offsets_mapping=True,
                                  return_attention_mask=False, return_token_type_ids=False, verbose=False)

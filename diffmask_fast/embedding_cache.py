@@ -21,9 +21,10 @@ process: its words are looked up again in the segments on disk, with no warning.
 A process killed mid-write leaves temporary files, or a vectors file with no JSON; a run that
 adds segments deletes such leftovers once they are ``STALE_SECONDS`` old (younger ones may belong
 to a run still writing).
-The cache trusts whoever may write its folders: one that every user may write (a world-writable
-folder such as /tmp as the root), or another user's that this user may not write, is not used
-(``UntrustedCache``), and nothing is written through a link planted in the key's folder.
+The cache trusts whoever may write its folders: a folder of it that every user may write (/tmp as
+the root), or a root another user owns and alone may write, is not used (``UntrustedCache``); its
+folders are made writable by their owner alone, or by the group that shares the folder they are
+made in; nothing is written through a link planted in the key's folder.
 """
 
 from __future__ import annotations
