@@ -1180,3 +1180,27 @@ def test_random_replacements_are_uniform_over_every_allowed_id(seed):
     assert int(counts.sum()) == ids.numel()
     for count in counts.tolist():  # each ~ Binomial(20000, 1/10)
         assert binomial_p_value(count, ids.numel(), 0.1) > 1e-6, (counts.tolist(), f"seed={seed}")
+
+
+def test_a_term_with_a_word_the_tokenizer_cannot_spell_matches_nowhere(bert_wordpiece):
+    """"☃ kinase" reads "[UNK] kinase": kept, it would match as "kinase" alone and make every
+    kinase a term."""
+    from diffmask_fast import DiffmaskWarning
+
+    assert bert_wordpiece.tokenize("☃ kinase")[0] == "[UNK]"
+    with pytest.warns(DiffmaskWarning, match="1 term.* hold text the tokenizer cannot represent"):
+        matcher = TermMatcher(bert_wordpiece, ["☃ kinase", "enzyme"])
+    ids = torch.tensor([bert_wordpiece("the kinase binds the enzyme")["input_ids"]])
+    assert matcher.spans(ids) == [[(4, 5)]], "word 4 only (spans count words)"
+
+
+def test_punctuation_before_a_term_is_part_of_it(roberta_byte_bpe):
+    """"(C)" is not "C)": the punctuation a term opens with must be there too."""
+    matcher = TermMatcher(roberta_byte_bpe, ["(C)"])
+    ids = torch.tensor([roberta_byte_bpe("the C) and the (C) here")["input_ids"]])
+    assert matcher.spans(ids) == [[(4, 5)]]
+
+
+def test_given_anchors_that_are_no_anchor_candidates_are_no_terms():
+    """Citation syntax and broken text are left out of the terms as of the anchors."""
+    assert domain_terms(["enzyme", "et", "al.", "cafÃ©"]) == ["enzyme"]

