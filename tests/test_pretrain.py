@@ -1938,7 +1938,8 @@ def test_a_resume_takes_its_files_moved_where_their_contents_are_checked(model_d
     with_validation = tmp_path / "with_validation"
     pretrain(config_for(model_dir, moved, with_validation, strategy="random-word", validation=[validation],
                         max_steps=2, eval_steps=1, patience=0))
-    with pytest.raises(ValueError, match=r"started with other settings: validation \[.*validation.txt'\] \(now None\)"):
+    with pytest.raises(ValueError, match=r"started with other settings: validation \[.*validation.txt'\] "
+                                         r"\(now None\)"):
         pretrain(config_for(model_dir, moved, with_validation, strategy="random-word", max_steps=3, eval_steps=1,
                             patience=0, resume=True))
 

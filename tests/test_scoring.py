@@ -1349,7 +1349,8 @@ def test_an_anchor_past_the_first_window_is_sampled(tiny_bert):
     [[(window, start, end)]] = find_occurrences(tokenizer, texts[:1], ["enzyme"], max_per_anchor=5)
     assert window == " the" * 46 + " enzyme" and (start, end) == (47, 48)  # the second window: 46 of 300 "the"
     python_tokenizer = BertTokenizerLegacy(vocab_file=str(Path(tokenizer.name_or_path) / "vocab.txt"))
-    assert python_tokenizer.convert_tokens_to_ids(["the", "enzyme"]) == tokenizer.convert_tokens_to_ids(["the", "enzyme"])
+    words = ["the", "enzyme"]
+    assert python_tokenizer.convert_tokens_to_ids(words) == tokenizer.convert_tokens_to_ids(words)
     embedder = WordEmbedder(model, python_tokenizer, pooling="mean", progress=False)
     with pytest.raises(ValueError, match=r"none of the 2 anchor words occurs in the texts \(in the first 256 tokens of "
                                          r"each document, the context read: 1 of the 2 documents are longer; a larger "
