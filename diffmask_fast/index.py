@@ -640,18 +640,18 @@ class AnchorIndex:
         values, ids = self.search(queries)
         return recall_at_1(values, ids, exact_values, exact_ids, source)
 
-    def _tune(self, parameter: str, start: int, limit: int, apply) -> int:
+    def _tune(self, parameter: str, start: int, limit: int, apply, least: int = 1) -> int:
         """The smallest ``parameter`` (to within 1/8) whose sample recall, less two standard
         errors, reaches the target, so that the recall on other queries reaches it too, most of
         the time. Samples of 1,000 real queries differ by about 0.003 in recall at one setting,
         and taking the smallest value that passes favours a lucky sample: with one standard
         error, other queries often fell short (0.983 on 1,024 at K = 10^6 for a target of 0.99).
 
-        Doubles from ``start`` until the target or ``limit`` is reached (or halves while ``start``
-        already reaches it), then bisects between the largest value that missed and the smallest
-        that reached it (search cost grows linearly with it).
+        Doubles from ``start`` until the target or ``limit`` is reached (or halves, down to
+        ``least``, while ``start`` already reaches it), then bisects between the largest value that
+        missed and the smallest that reached it (search cost grows linearly with it).
         """
-        value, failed = max(1, min(start, limit)), 0
+        value, failed = max(least, min(start, limit)), 0
         while True:
             report = self._try(parameter, value, apply)
             if self._reaches(report) or value >= limit:
@@ -663,8 +663,8 @@ class AnchorIndex:
                               f"on the {report.queries:,}-query sample")
             self.report = report
             return value
-        while not failed and best > 1 and self._reaches(best_report):
-            lower = best // 2
+        while not failed and best > least and self._reaches(best_report):
+            lower = max(least, best // 2)
             report = self._try(parameter, lower, apply)
             if not self._reaches(report):
                 failed = lower
@@ -821,4 +821,4 @@ class AnchorIndex:
         if ef_search is not None or self._sample is None:
             apply(ef_search or 64)
             return
-        self._tune("ef_search", 16, max(16, self._searchable.shape[0]), apply)
+        self._tune("ef_search", 16, max(16, self._searchable.shape[0]), apply, least=2)  # FAISS searches >= 2
