@@ -56,12 +56,6 @@ def _first_row_attention(module, query, key, value, attention_mask, scaling=None
                                            dropout=dropout, **kwargs)
 
 
-def _first_row(query, key, attention_mask, scaling, first) -> torch.Tensor:
-    """[B, L] float32: softmax(q_first k^T * scaling + mask), averaged over the heads."""
-    with without_autocast(query.device):
-        return _first_row_float32(query, key, attention_mask, scaling, first)
-
-
 def without_autocast(device: torch.device):
     """A block computed in its tensors' own dtypes although autocast is on: autocast rounds
     attention rows to bf16/fp16, where many tokens tie, and ties go to the earlier position.
@@ -71,16 +65,18 @@ def without_autocast(device: torch.device):
     return torch.autocast(device.type, enabled=False)
 
 
-def _first_row_float32(query, key, attention_mask, scaling, first) -> torch.Tensor:
+def _first_row(query, key, attention_mask, scaling, first) -> torch.Tensor:
+    """[B, L] float32: softmax(q_first k^T * scaling + mask), averaged over the heads."""
     rows = torch.arange(query.shape[0], device=query.device)
     if key.shape[1] != query.shape[1]:  # fewer key heads than query heads (grouped-query attention)
         key = key.repeat_interleave(query.shape[1] // key.shape[1], dim=1)
     scale = scaling if scaling is not None else query.shape[-1] ** -0.5
-    scores = torch.einsum("bhd,bhkd->bhk", query[rows, :, first, :].float(), key.float()) * scale
-    if attention_mask is not None:  # [B or 1, 1 or H, L or 1, L]: boolean (attend) or additive
-        mask = attention_mask.expand(query.shape[0], -1, query.shape[2], -1)[rows, :, first, :]
-        scores = scores.masked_fill(~mask, float("-inf")) if mask.dtype == torch.bool else scores + mask.float()
-    return scores.softmax(dim=-1).mean(dim=1)
+    with without_autocast(query.device):
+        scores = torch.einsum("bhd,bhkd->bhk", query[rows, :, first, :].float(), key.float()) * scale
+        if attention_mask is not None:  # [B or 1, 1 or H, L or 1, L]: boolean (attend) or additive
+            mask = attention_mask.expand(query.shape[0], -1, query.shape[2], -1)[rows, :, first, :]
+            scores = scores.masked_fill(~mask, float("-inf")) if mask.dtype == torch.bool else scores + mask.float()
+        return scores.softmax(dim=-1).mean(dim=1)
 
 
 def _register() -> None:

