@@ -714,12 +714,10 @@ class ScoreHashTable:
     def __contains__(self, key) -> bool:
         """Whether one word hash is in the table, read as ``insert`` and ``lookup`` read hashes (an
         unsigned one by its bits); anything that is no single integer hash is not."""
-        if key is None or isinstance(key, (bool, np.bool_, str, bytes)):
-            return False  # True would be read as the hash 1
         try:
             hashes = _word_hashes(key, "ScoreHashTable")
         except (TypeError, ValueError):
-            return False  # a float, or an integer beyond 64 bits
+            return False  # a float, a boolean (True is no hash 1), text, None, or an integer beyond 64 bits
         return hashes.numel() == 1 and bool(self.lookup(hashes.reshape(1))[1][0])
 
     def __getstate__(self) -> dict:
