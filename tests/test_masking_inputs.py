@@ -66,7 +66,8 @@ def test_a_word_the_examples_special_tokens_mask_flags_is_never_masked(kind, ber
     assert labels[enzyme].tolist() == [-100] * len(enzyme), kind
     unflagged = collator([{"input_ids": encoded["input_ids"]}])["labels"][0]
     assert (unflagged[enzyme] != -100).all(), f"{kind} masks the word when nothing flags it"
-    assert (collator_of(kind, bert_wordpiece, seed, mlm_probability=0.0)([encoded["input_ids"]])["labels"]
+    nothing = dict(mlm_probability=0.0, **({"term_probability": 0.0} if kind == "mslm" else {}))
+    assert (collator_of(kind, bert_wordpiece, seed, **nothing)([encoded["input_ids"]])["labels"]
             == -100).all(), "no label where nothing is masked, not at the [MASK] the text holds either"
 
 
