@@ -160,6 +160,7 @@ def context_windows(tokenizer, texts: Iterable[str], max_length: int, grouper: W
         raise ValueError(f"max_length {max_length} leaves no room for a token beside the special tokens")
     pieces_begin = piece_start(tokenizer) or "space"  # a tokenizer reading pieces otherwise reads windows anew anyway
     start_at_word = pieces_begin == "no space"
+    unknown = getattr(tokenizer, "unk_token_id", None)
     for batch in batches_of_pieces(texts, batch_size, WINDOW_PIECE_CHARACTERS, pieces_begin):
         pieces = [piece for piece, _ in batch]
         encoded = tokenize_texts(tokenizer, pieces, add_special_tokens=False, return_offsets_mapping=True,
@@ -169,6 +170,7 @@ def context_windows(tokenizer, texts: Iterable[str], max_length: int, grouper: W
                 yield piece
                 continue
             breaks = grouper.breaks_after_words(ids)
+            breaks[1:] &= np.asarray(ids[1:]) != unknown  # text read as unknown stays with what it is written beside
             for start, end in word_windows(breaks, room):
                 if end < len(ids) and not breaks[end]:
                     continue  # all one piece of a word longer than a window
