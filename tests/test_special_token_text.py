@@ -212,6 +212,20 @@ def test_the_embedder_reads_spelled_special_pieces_as_text(sentencepiece_unigram
     assert not special_ids(sentencepiece_unigram) & {i for ids in encoded for i in ids}
 
 
+def test_a_piece_made_special_after_a_first_call_is_read_as_text():
+    """The model reading text is made once per tokenizer and made again when its special tokens
+    change: a piece of the Unigram model added as a special token later (an entity marker the
+    vocabulary held) is then spelled out too, never read in text as the special token."""
+    tokenizer = xlmr_style_unigram()
+    marker = tokenizer.convert_tokens_to_ids("\u2581pad")
+    assert tokenize_texts(tokenizer, ["the pad binds"], add_special_tokens=False)["input_ids"][0][1] == marker
+    tokenizer.add_special_tokens({"additional_special_tokens": ["\u2581pad"]})
+    assert marker in special_ids(tokenizer)
+    ids = tokenize_texts(tokenizer, ["the pad binds"], add_special_tokens=False)["input_ids"][0]
+    assert marker not in ids, tokenizer.convert_ids_to_tokens(ids)
+    assert without_whitespace(tokenizer.decode(ids)) == "thepadbinds"
+
+
 def test_the_noncharacter_marking_special_pieces_is_read_as_broken_text():
     """The special pieces are spelled with U+FFFF in front; damaged text holding that character
     before "<s>" matched them again."""
