@@ -132,6 +132,9 @@ def test_a_general_table_made_in_code_refuses_counts_tf_icf_cannot_use():
     with pytest.raises(ValueError, match="positive finite number, got 1000000"):  # an OverflowError before
         GeneralFrequencies({"the": 1.0}, 10**400)
     assert GeneralFrequencies({"the": 0, "enzyme": 3}, 1e6).relative("enzyme") == 3e-6
+    with pytest.raises(ValueError, match=r"total \(1,000\) is less than the sum of its counts \(1,000.5\)"):
+        GeneralFrequencies({"a": 1000.5}, 1000.0)
+    assert GeneralFrequencies({"a": 0.1, "b": 0.2}, 0.3).total == 0.3, "a sum past the total by rounding alone"
 
 
 def test_general_table_from_file(tmp_path):
@@ -142,6 +145,7 @@ def test_general_table_from_file(tmp_path):
     assert mine_anchors(counts, general=path, k=2, min_count=1) == mine_anchors(counts, general=table, k=2,
                                                                                    min_count=1)
     assert table.count("the") == 15 and table.total == 17.5
+    assert table.source == str(path), "the whole path, as anchors files record where general English came from"
     assert GeneralFrequencies.from_file(path, total=1000).relative("enzyme") == 0.0025
     with pytest.raises(ValueError, match=re.escape("total (10) is less than the sum of its counts (17.5)")):
         GeneralFrequencies.from_file(path, total=10)  # relative frequencies summing past 1
@@ -167,6 +171,25 @@ def test_mine_anchors_equals_reference_and_round_trips(tmp_path):
     anchors.save(tmp_path / "anchors.json")
     assert Anchors.load(tmp_path / "anchors.json") == anchors
     assert mine_anchors(counts, general, k=5) == anchors
+    assert anchors.general_source == general.source == "google-web-trillion (wordsegment)"
+
+
+def test_the_default_min_count_admits_words_at_it_and_not_below(seed):
+    """Left out, min_count grows with the corpus (reference.default_min_count): a word occurring
+    exactly that often is an anchor, one occurrence fewer is not."""
+    rng = random.Random(seed)
+    while True:  # a corpus whose default the two words themselves do not move
+        filler = {f"w{i}": rng.randrange(1, 100) for i in range(rng.randrange(100, 3000))}
+        default = reference.default_min_count(sum(filler.values()))
+        counts = {**filler, "frataxin": default, "zymogen": default - 1}
+        if reference.default_min_count(sum(counts.values())) == default:
+            break
+    general = GeneralFrequencies({"the": 1.0}, total=1e6)
+    with pytest.warns(DiffmaskWarning, match="qualify as anchors"):
+        anchors = mine_anchors(counts, general, k=len(counts))
+    assert anchors.min_count == default and "frataxin" in anchors.words and "zymogen" not in anchors.words
+    expected = reference.select_anchors(counts, general.counts, general.total, k=len(counts))
+    assert [(a.word, a.score) for a in anchors] == expected
 
 
 def test_a_cased_general_table_is_found_by_a_word_in_another_case(tmp_path):
@@ -257,6 +280,8 @@ def test_fewer_qualifying_words_than_asked_for_are_warned_of():
     with pytest.warns(DiffmaskWarning, match=r"only 1 word qualifies as anchors \(9 asked for\): of the others, "
                                              r"2 have no letter$"):
         mine_anchors({"enzyme": 3, "42": 3, "%": 3}, general, k=9, min_count=1)
+    with pytest.warns(DiffmaskWarning, match=r"only 2 words qualify as anchors \(3 asked for\)"):
+        assert len(mine_anchors({"protein": 5, "kinase": 5, "the": 1}, general, k=3, min_count=3)) == 2
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         del counts["caf\ufffd"]
@@ -588,6 +613,10 @@ def test_anchors_no_more_frequent_than_in_general_english_are_warned_of():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert mine_anchors({"kinase": 20, "the": 60, "of": 35}, general, k=1, min_count=1).words == ["kinase"]
+    exactly_twice = GeneralFrequencies({"foo": 1.0, "bar": 999999.0}, total=1e6)  # "foo": TF-ICF 2.0 exactly
+    with pytest.warns(DiffmaskWarning, match=r"1 of the 1 anchors are at most 2 times as frequent"):
+        anchors = mine_anchors({"foo": 3, "bar": 999997}, exactly_twice, k=1, min_count=3, smoothing_per_million=1.0)
+    assert anchors.words == ["foo"] and anchors[0].score == 2.0
 
 
 def test_the_table_keeps_its_columns_for_scores_of_any_size():

@@ -692,6 +692,8 @@ def test_binary_counts_round_trip_lazily(tmp_path):
     counts.save(tmp_path / "counts.json")
     assert json.loads((tmp_path / "counts.json").read_text())["counts"]["receptor"] == counts["receptor"]
     assert WordCounts.load(tmp_path / "counts.json") == counts
+    counts.save(tmp_path / "counts.JSON")  # the suffix in any case chooses JSON
+    assert json.loads((tmp_path / "counts.JSON").read_text())["counts"]["receptor"] == counts["receptor"]
 
 
 def test_json_counts_saved_by_an_editor_with_a_byte_order_mark_load(tmp_path):
@@ -1637,6 +1639,9 @@ def test_counts_less_those_of_some_documents_are_the_counts_of_the_rest(rng):
     assert all(count > 0 for count in less.table.counts.tolist())
     with pytest.raises(ValueError, match="not part of these: 'unrelated' occurs 1 times there, 0 here"):
         whole.subtract(count_words(["unrelated"], progress=False))
+    less = count_words(["enzyme binds", "kinase binds enzyme"], progress=False).subtract(
+        count_words(["kinase binds"], progress=False))  # a word left at 0 for certain
+    assert "kinase" not in less and len(less) == 2 and dict(less.counts) == {"enzyme": 2, "binds": 1}
     with pytest.raises(ValueError, match="different lowercasing"):
         whole.subtract(count_words(taken, lowercase=False, progress=False))
 
