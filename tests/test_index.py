@@ -460,6 +460,54 @@ def test_recall_counts_an_anchor_within_the_tie_tolerance_as_found():
     assert report.recall == 1.0
     assert recall_at_1(torch.tensor([0.9]), torch.tensor([3]), torch.tensor([0.9 + 1e-4]),
                        torch.tensor([2])).recall == 0.0
+    above = recall_at_1(torch.tensor([0.8000001, 0.7]), torch.tensor([3, 2]), torch.tensor([0.8, 0.7]),
+                        torch.tensor([3, 2]))  # an approximate value a rounding above the exact one
+    assert above.mean_shortfall == above.max_shortfall == 0.0
+
+
+def test_tuning_bisects_to_within_an_eighth_of_the_least_value_that_reaches_the_target(monkeypatch, generator):
+    """Doubling finds a value that reaches the target; bisection then brings it down to within an
+    eighth of the least one that does (each probe more costs every search)."""
+    anchors = clustered(6000, 32, 200, generator)
+    queries = clustered(300, 32, 200, generator)
+    reaches = {}
+    original = AnchorIndex._try
+
+    def tried(self, name, value, apply):
+        report = original(self, name, value, apply)
+        reaches[id(report)] = (report, value >= threshold)
+        return report
+
+    monkeypatch.setattr(AnchorIndex, "_try", tried)
+    monkeypatch.setattr(AnchorIndex, "_reaches", lambda self, report: reaches[id(report)][1])
+    for threshold in (3, 37, 100):
+        nprobe = AnchorIndex(anchors, "ivf", sample_queries=queries).params["nprobe"]
+        assert nprobe - max(1, nprobe // 8) < threshold <= nprobe, (threshold, nprobe)
+
+
+def test_untuned_ivf_defaults(monkeypatch, generator):
+    """Lists: IVF_LISTS_PER_ROOT times the root of the anchor count (at most one per 39 anchors);
+    without a sample to tune on, a sixteenth of them are probed."""
+    anchors = torch.randn(6000, 8, generator=generator)
+    for per_root in (1, 1.5):
+        monkeypatch.setattr(index_module, "IVF_LISTS_PER_ROOT", per_root)
+        params = AnchorIndex(anchors, "ivf", recall_sample=0, kmeans_iterations=1).params
+        assert params["nlist"] == round(per_root * math.sqrt(6000)) and params["nprobe"] == params["nlist"] // 16
+
+
+def test_auto_counts_each_spilled_anchor_in_the_share_ivf_scans(monkeypatch, generator):
+    """With anchors spilled into two lists, probing a quarter of the lists scans half the anchors
+    (twice over): auto falls back by that share, not by the share of lists."""
+    monkeypatch.setattr(index_module, "IVF_MIN_ANCHORS", 4000)
+    anchors, queries = clustered(6000, 16, 100, generator), clustered(500, 16, 100, generator)
+    ivf = AnchorIndex(anchors, "ivf", sample_queries=queries)
+    nprobe, nlist, spill = ivf.params["nprobe"], ivf.params["nlist"], ivf.params["spill"]
+    assert spill == 2
+    monkeypatch.setattr(index_module, "MAX_SCAN_FRACTION", 1.5 * nprobe / nlist)
+    assert AnchorIndex(anchors, sample_queries=queries).kind == "exact"
+    monkeypatch.setattr(index_module, "MAX_SCAN_FRACTION", 2.5 * nprobe / nlist)
+    kept = AnchorIndex(anchors, sample_queries=queries)
+    assert kept.kind == "ivf" and kept.params == ivf.params
 
 
 def test_a_recall_target_of_one_needs_an_exact_index(monkeypatch, generator):

@@ -1412,9 +1412,28 @@ def test_top_keeps_the_first_of_words_tied_at_the_cut():
     assert table.top(3) == [("c", pytest.approx(0.9)), ("a", 0.5), ("b", 0.5)]
 
 
+def test_top_orders_thousands_of_tied_words_by_word(seed):
+    """Ties are broken by word however many words share a score (numpy's unstable sort keeps
+    small arrays in order, so only a large table shows the rule)."""
+    rng = random.Random(seed)
+    scores = {f"w{i:05d}": rng.choice([0.0, 0.25, 0.5, 0.75, 1.0]) for i in rng.sample(range(10**5), 5000)}
+    table = ScoreTable(scores)
+    for n in (5000, rng.randrange(1, 5000)):
+        assert table.top(n) == sorted(scores.items(), key=lambda item: (-item[1], item[0]))[:n]
+
+
 def test_nearest_anchor_zero_is_an_anchor():
     table = ScoreTable({"a": 0.9, "b": 0.5, "c": 0.1}, anchors=("x", "y"), nearest_anchor={"a": 0, "b": 1})
     assert dict(table.nearest_anchor) == {"a": 0, "b": 1}
+
+
+def test_a_word_without_a_nearest_anchor_is_not_in_the_nearest_anchor_mapping():
+    table = ScoreTable.from_arrays(["cell", "dog"], [0.9, 0.1], [0, -1], anchors=["cell"])
+    nearest = table.nearest_anchor
+    assert len(nearest) == 1 and dict(nearest) == {"cell": 0} and list(nearest) == ["cell"]
+    assert "dog" not in nearest and nearest.get("dog") is None and "dog" in table
+    with pytest.raises(KeyError):
+        nearest["dog"]
 
 
 def test_scores_made_against_overlapping_but_other_anchors_are_refused(tmp_path):
