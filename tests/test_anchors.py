@@ -150,6 +150,7 @@ def test_general_table_from_file(tmp_path):
     with pytest.raises(ValueError, match=re.escape("total (10) is less than the sum of its counts (17.5)")):
         GeneralFrequencies.from_file(path, total=10)  # relative frequencies summing past 1
     for bad, message in [("word 10\n", "expected 'word<TAB>count'"), ("word\tmany\n", "not a number"),
+                         ("the\t1000\nprotein\t20\tNOUN\n", r"line 2: expected 'word<TAB>count', got 'protein\\t20\\tNOUN'"),
                          ("word\t-3\n", "non-negative"), ("word\tnan\n", "non-negative"), ("\n# only\n", "no entries")]:
         path.write_text(bad)
         with pytest.raises(ValueError, match=message):
@@ -204,6 +205,7 @@ def test_a_cased_general_table_is_found_by_a_word_in_another_case(tmp_path):
                          progress=False)
     anchors = mine_anchors(counts, general, k=7, min_count=1)
     assert anchors.words[0] == "protein", "the one word general English makes rare"
+    assert general.lowercased().source == str(table) == anchors.general_source
     assert {anchor.word: anchor.general_count for anchor in anchors} == {
         "protein": 10, "dna": 500, "DNA": 500, "the": 1000, "of": 900, "binds": 800, "enzyme": 700}
     expected = reference.select_anchors(counts.counts, general.counts, general.total, k=7, min_count=1)
@@ -299,6 +301,8 @@ def test_mine_anchors_errors():
         mine_anchors(counts, min_count=1.5)
     with pytest.raises(TypeError, match="smoothing_per_million must be a number, got '1'"):
         mine_anchors(counts, smoothing_per_million="1")
+    with pytest.raises(TypeError, match="smoothing_per_million must be a number, got True"):
+        mine_anchors(counts, smoothing_per_million=True)
     with pytest.raises(TypeError, match="general must be a GeneralFrequencies or the path of a word<TAB>count table, "
                                         "got dict"):
         mine_anchors(counts, general={"the": 5})
@@ -610,6 +614,9 @@ def test_anchors_no_more_frequent_than_in_general_english_are_warned_of():
                                              r"general English.*'the' \(1\.\d\d\), 'of' \(1\.\d\d\)\. Only 3 words"):
         anchors = mine_anchors({"kinase": 20, "the": 60, "of": 35}, general, k=5, min_count=1)
     assert anchors.words == ["kinase", "the", "of"]
+    tenth = GeneralFrequencies({f"word{i}": 100.0 for i in range(10)}, total=1000.0)
+    with pytest.warns(DiffmaskWarning, match=r"2 of the 2 anchors .* Only 10 words occur often enough to be anchors"):
+        mine_anchors({f"word{i}": 10 for i in range(10)}, tenth, k=2, min_count=1)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert mine_anchors({"kinase": 20, "the": 60, "of": 35}, general, k=1, min_count=1).words == ["kinase"]

@@ -233,6 +233,9 @@ def test_line_ends_count_documents_like_the_reader(tmp_path):
             for threads in (1, 2):
                 counts = count_words(path, progress=False, block_bytes=block, threads=threads)
                 assert counts.documents == documents, (data, block, threads)
+    path.write_bytes(b"alpha beta\r\n" * 10_000)  # larger than a file read at once: read in blocks
+    for block in (11, 4096):  # 11: every "\r\n" split between two blocks at some point
+        assert count_words(path, progress=False, block_bytes=block, threads=1).documents == 10_000, block
 
 
 # ----------------------------------------------------------------------------------------------
@@ -1168,6 +1171,21 @@ def test_merging_counts_beyond_what_a_table_holds_is_refused():
     with pytest.raises(ValueError, match="the merged counts would add up to more than"):
         counting.merge_counts([half, WordCounts.from_mapping({"c": 2**62})])
     assert half.merge(WordCounts.from_mapping({"a": 2**62 - 2})).total == 2**63 - 1
+    with pytest.raises(ValueError, match="the merged counts would add up to more than"):
+        half.merge(WordCounts.from_mapping({"a": 2**62 - 1}))  # 2**63 exactly: one past int64
+    with pytest.raises(ValueError, match="the counts add up to more than"):
+        WordCounts.from_mapping({"a": 2**62, "b": 2**62})
+
+
+def test_counts_differing_only_in_documents_or_counted_as_booleans():
+    """The number of documents is part of the counts (TF-ICF and resuming read it); a boolean is
+    no count, though Python takes True for 1."""
+    assert WordCounts.from_mapping({"protein": 3}, documents=1) != WordCounts.from_mapping({"protein": 3}, documents=5)
+    assert WordCounts.from_mapping({"protein": 3}, documents=5) == WordCounts.from_mapping({"protein": 3}, documents=5)
+    for made in (lambda: WordCounts.from_mapping({"protein": True}, documents=1),
+                 lambda: WordCounts({"protein": True}, documents=1)):
+        with pytest.raises(ValueError, match="the count of 'protein' must be a non-negative integer, got True"):
+            made()
 
 
 def test_a_binary_counts_file_announcing_a_huge_header_is_a_clear_error(tmp_path):
