@@ -31,3 +31,9 @@ def short_score(score: float) -> str:
     """A score in a few characters: two decimals, or three significant digits for a score given
     in a table far from the similarities' [-1, 1] ("1e+30", not 31 digits)."""
     return f"{score:.2f}" if abs(score) < 1e4 else f"{score:.3g}"
+
+
+def percent(share: float) -> str:
+    """A probability as a percentage with the digits it was given ("12.5%", "0.4%", "80%"):
+    rounded to whole percent, a line drawn at 0.125 was labelled 12%, and one at 0.004, 0%."""
+    return f"{100 * share:.4g}%"

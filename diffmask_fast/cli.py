@@ -9,7 +9,7 @@ import sys
 import warnings
 from pathlib import Path
 
-from ._display import printable, short_score
+from ._display import percent, printable, short_score
 from ._io import user_path
 
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
@@ -478,10 +478,13 @@ def _show_masks(anchor_words, tokenizer, table, texts, args, plot_texts=()) -> N
                            similarity=table.similarity, lowercase=table.lowercase)
         written.append(f"Wrote {args.plot} (how often each of {len(rates):,} words was masked over {PLOT_DRAWS} "
                        "draws)")
-    print(f"\nMasked words ([[like this]]) at mlm_probability={args.mlm_probability}, seed={args.seed}:\n")
+    print(f"\nMasked words ([[like this]]) at mlm_probability={args.mlm_probability}, seed={args.seed} (chosen for "
+          f"prediction: the model reads the mask token for {percent(collator.mask_replace_prob)} of their tokens, "
+          f"a random token for {percent(collator.random_replace_prob)}, the token itself for the rest):\n")
     print(render_text(sentences, show_scores=args.show_scores).replace("\n", "\n\n"))
     anchor_keys = {table.key(word) for word in anchor_words}  # a hand-edited anchor may be capitalized
-    shown_words = {table.key(word.text) for sentence in sentences for word in sentence} - anchor_keys
+    shown_words = {table.key(word.text) for sentence in sentences for word in sentence if not word.unknown}
+    shown_words -= anchor_keys
     top = sorted(((w, table.score(w)) for w in shown_words if w in table), key=lambda item: (-item[1], item[0]))[:10]
     if top:  # else no word shown, beside the anchors, is in the table
         nearest = _nearest_anchors(table, [w for w, _ in top])
@@ -513,12 +516,21 @@ def run_demo(args) -> None:
     args.k = 20
     embedder = _shown_words_embedder(args)
     counts, anchors = _mine(lines, args)
-    print(f"\nTop {len(anchors)} anchors by TF-ICF against general English ({counts.total:,} words counted):\n")
-    print(anchors.table())
+    _print_anchor_table(anchors, counts)
     texts = sample_sentences(lines, args.sentences, args.seed)
     plot_texts = sample_sentences(lines, PLOT_TEXTS, args.seed + 1)
     tokenizer, table = _score_shown_words(embedder, anchors, texts, args, plot_texts)
     _show_masks(anchors.words, tokenizer, table, texts, args, plot_texts)
+
+
+def _print_anchor_table(anchors, counts) -> None:
+    """The mined anchors under a heading that says what they are, above the masked sentences."""
+    from .general import GeneralFrequencies
+
+    against = "general English" if anchors.general_source == GeneralFrequencies.default().source \
+        else f"the general counts of {anchors.general_source}"
+    print(f"\nTop {len(anchors)} anchors by TF-ICF against {against} ({counts.total:,} words counted):\n")
+    print(anchors.table())
 
 
 def run_mine(args) -> None:
@@ -562,8 +574,8 @@ def run_preview(args) -> None:
     saved = _saved_scores(args, anchors) if args.scores is not None else None
     embedder = _shown_words_embedder(args) if saved is None else None
     if anchors is None and saved is None:
-        _, anchors = _mine(corpus, args)
-        print(anchors.table())
+        counts, anchors = _mine(corpus, args)
+        _print_anchor_table(anchors, counts)
     documents = (d for d in iter_documents(corpus, args.text_field) if d.strip())
     texts, plot_texts = sample_documents(documents, (args.sentences, PLOT_TEXTS if args.plot else 0), args.seed,
                                          progress=not args.no_progress)

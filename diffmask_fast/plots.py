@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Iterable, Mapping, Sequence
 
 from ._checks import refuse_one_string
-from ._display import counted, printable, printable_word, short_score
+from ._display import counted, percent, printable, printable_word, short_score
 from ._io import atomic_write_bytes
 from .metrics import mean_std
 from .preview import WordMaskingRate
@@ -72,7 +72,7 @@ def plot_masking_rates(rates: Sequence[WordMaskingRate], path: str | os.PathLike
     shown = rates[:top][::-1]
     figure = Figure(figsize=(13, max(6.0, 1.5 + 0.2 * len(shown))), layout="constrained")  # a label per bar
     most, against_score = figure.subplots(1, 2, width_ratios=[1, 1.25])
-    uniform = f"every word alike ({mlm_probability:.0%})"
+    uniform = f"every word alike ({percent(mlm_probability)})"
 
     most.barh(range(len(shown)), [r.rate for r in shown], color=[color(r) for r in shown])
     most.set_yticks(range(len(shown)), _shown_labels([_label(r, is_anchor(r)) for r in shown]), fontsize=9,

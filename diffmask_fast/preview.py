@@ -29,10 +29,9 @@ CHARACTERS_PER_TOKEN = 50
 #: ``masking_rates`` masks this many texts at a time, so that its memory does not grow with them.
 RATE_CHUNK_TEXTS = 2048
 
-#: Shown for a document in which the tokenizer reads no word (zero-width characters alone, or
-#: words it reads as [UNK], which are never masked): a blank line would look like a preview that
-#: failed.
-NO_WORDS = "(no words: the tokenizer reads nothing here but special or unknown tokens)"
+#: Shown for a document in which the tokenizer reads no token but special ones (zero-width
+#: characters alone): a blank line would look like a preview that failed.
+NO_WORDS = "(no words: the tokenizer reads nothing here but special tokens)"
 
 #: A run of characters that are not whitespace (anchored by ``match``, so it never backtracks).
 _NON_SPACE_RUN = re.compile(r"\S*")
@@ -58,12 +57,25 @@ def sample_documents(documents: Iterable[str], sizes: Sequence[int], seed: int,
     return samples
 
 
+#: What the model reads where a masked word was, as ``PreviewWord.replacement`` names it (the
+#: 80/10/10 replacement draws per token, so a word of several tokens may be "mixed").
+REPLACEMENTS = {"mask": "the mask token", "kept": "the word itself", "random": "random tokens",
+                "mixed": "the mask token for some of its tokens, random or its own for others"}
+
+
 @dataclass(frozen=True)
 class PreviewWord:
+    """A word of a previewed text. ``masked``: chosen for prediction (its tokens are labels);
+    ``replacement`` says what the model then reads in its place (a key of ``REPLACEMENTS``).
+    ``unknown``: a token the tokenizer reads as unknown, no word's and never masked, shown as the
+    unknown token (scored NaN) so that the text does not look whole where the model reads none."""
+
     text: str
     score: float
     masked: bool
     nearest_anchor: str | None
+    replacement: str | None = None
+    unknown: bool = False
 
 
 @dataclass(frozen=True)
@@ -199,24 +211,52 @@ def _draws_left_as_they_were(collator: DifferenceMaskingCollator):
 
 
 def preview(collator: DifferenceMaskingCollator, texts: Sequence[str], max_length: int = 128) -> list[list[PreviewWord]]:
-    """Mask ``texts`` with ``collator`` once and report, word by word, score and whether it was
-    masked. A text longer than ``max_length`` tokens is shown up to its last word that fits.
-    The collator's random streams are left as they were: training draws the same masks."""
+    """Mask ``texts`` with ``collator`` once and report, word by word, score, whether it was
+    masked and what the model reads in its place (``PreviewWord``). A text longer than
+    ``max_length`` tokens is shown up to its last word that fits. The collator's random streams
+    are left as they were: training draws the same masks."""
     _refuse_other_collators(collator, "preview")
     refuse_one_string(texts, "texts", "a list of texts")
     if len(texts) == 0:  # nothing to show (the collator refuses an empty batch)
         return []
     rows = _encoded_words(collator, texts, max_length)
     with _draws_left_as_they_were(collator):
-        labels = torch.as_tensor(collator([{"input_ids": ids} for ids, _, _ in rows])["labels"])
+        batch = collator([{"input_ids": ids} for ids, _, _ in rows])
+    labels, inputs = torch.as_tensor(batch["labels"]), torch.as_tensor(batch["input_ids"])
     offsets = _padding_offsets(collator, rows, labels.shape[1])
-    return [
-        [PreviewWord(word or _unstripped_text(collator.tokenizer, ids, group), collator.scores.score(word),
-                     any(int(labels[row, offsets[row] + i]) != -100 for i in group),
-                     collator.scores.nearest_anchor_of(word))
-         for word, group in zip(words, groups)]
-        for row, (ids, groups, words) in enumerate(rows)
-    ]
+    return [_shown_words(collator, ids, groups, words, labels[row, offsets[row]:].tolist(),
+                         inputs[row, offsets[row]:].tolist())
+            for row, (ids, groups, words) in enumerate(rows)]
+
+
+def _shown_words(collator: DifferenceMaskingCollator, ids: list[int], groups, words, labels: list[int],
+                 inputs: list[int]) -> list[PreviewWord]:
+    """A row's words in order, each with what the model reads in its place, and between them the
+    tokens read as unknown, which belong to no word."""
+    tokenizer = collator.tokenizer
+    shown = []
+    for word, group in zip(words, groups):
+        masked = any(labels[i] != -100 for i in group)
+        replacement = _replacement([inputs[i] for i in group], [ids[i] for i in group],
+                                   tokenizer.mask_token_id) if masked else None
+        text = word or _unstripped_text(tokenizer, ids, group)
+        shown.append((group[0], PreviewWord(text, collator.scores.score(word), masked,
+                                            collator.scores.nearest_anchor_of(word), replacement)))
+    unknown = getattr(tokenizer, "unk_token_id", None)
+    if unknown is not None:
+        in_words = {i for group in groups for i in group}
+        shown += [(i, PreviewWord(str(tokenizer.unk_token), math.nan, False, None, unknown=True))
+                  for i, token in enumerate(ids) if token == unknown and i not in in_words]
+    return [word for _, word in sorted(shown, key=lambda item: item[0])]
+
+
+def _replacement(read: list[int], written: list[int], mask: int) -> str:
+    """What the model reads in place of a masked word's tokens ``written``: a key of REPLACEMENTS."""
+    if all(token == mask for token in read):
+        return "mask"
+    if read == written:
+        return "kept"
+    return "random" if all(token != mask for token in read) else "mixed"
 
 
 def _refuse_other_collators(collator, function: str) -> None:
@@ -326,9 +366,11 @@ def render_html(sentences: Sequence[Sequence[PreviewWord]], title: str = "Differ
             alpha = min(max(w.score / darkest, 0.0), 1.0) if math.isfinite(w.score) else 0.0
             style = f"background: rgba(255, 140, 0, {alpha:.2f});"
             if w.masked:
-                style += " outline: 2px solid #1f4e9c; font-weight: bold;"
-            nearest = f", nearest anchor: {printable(w.nearest_anchor)}" if w.nearest_anchor else ""
-            tip = f"score {w.score:.3f}{nearest}" if abs(w.score) < 1e4 else f"score {w.score:.3g}{nearest}"
+                line = "solid" if w.replacement in (None, "mask") else "dashed"
+                style += f" outline: 2px {line} #1f4e9c; font-weight: bold;"
+            if w.unknown:
+                style += " color: #888;"
+            tip = _tip(w)
             cells.append(f'<span style="{style}" title="{html.escape(tip)}">{html.escape(printable_word(w.text))}</span>')
         rows.append(f"<p>{' '.join(cells)}</p>" if cells else f"<p><i>{html.escape(NO_WORDS)}</i></p>")
     return (
@@ -336,8 +378,22 @@ def render_html(sentences: Sequence[Sequence[PreviewWord]], title: str = "Differ
         f"<body style='font-family: sans-serif; line-height: 2; max-width: 60em'>"
         f"<h1>{html.escape(title)}</h1><p>Shading: word score, from none at 0 or below to darkest at "
         f"{darkest:g} (darker = closer to the domain's anchors); "
-        f"boxed: masked in this draw. Hover a word for its score and nearest anchor.</p>{''.join(rows)}</body></html>"
+        f"boxed: masked in this draw (chosen for prediction), with a solid box where the model reads the mask "
+        f"token, a dashed one where it reads the word itself or random tokens (the 10% and 10% of BERT's "
+        f"replacement); grey: read as unknown, never masked. Hover a word for its score, nearest anchor and what "
+        f"the model reads.</p>{''.join(rows)}</body></html>"
     )
+
+
+def _tip(word: PreviewWord) -> str:
+    """A word's hover text: its score and nearest anchor, and what the model reads in its place."""
+    if word.unknown:
+        return "read as unknown by the tokenizer: no word, never masked"
+    nearest = f", nearest anchor: {printable(word.nearest_anchor)}" if word.nearest_anchor else ""
+    tip = f"score {word.score:.3f}{nearest}" if abs(word.score) < 1e4 else f"score {word.score:.3g}{nearest}"
+    if word.masked and word.replacement in REPLACEMENTS:
+        tip += f"; masked: the model reads {REPLACEMENTS[word.replacement]}"
+    return tip
 
 
 def _darkest_score(sentences: Sequence[Sequence[PreviewWord]]) -> float:

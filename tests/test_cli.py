@@ -315,6 +315,16 @@ def test_mine_and_preview_say_when_fewer_words_qualify_than_asked(tmp_path, caps
            "a lower min_count admits more"
     with pytest.warns(DiffmaskWarning, match=re.escape(said)):
         assert main(["preview", str(corpus), "-k", "50", "--min-count", "3", "-n", "1", "--no-progress"]) == 0
+    out = capsys.readouterr().out  # the mined anchors under a heading, then what a masked word becomes
+    assert "Top 4 anchors by TF-ICF against general English (13 words counted):" in out
+    assert ("chosen for prediction: the model reads the mask token for 80% of their tokens, a random token for 10%"
+            in out)
+    general = tmp_path / "general.tsv"
+    general.write_text("the\t1000\nbinds\t10\n")
+    with pytest.warns(DiffmaskWarning):
+        assert main(["preview", str(corpus), "--general", str(general), "--min-count", "3", "-n", "1",
+                     "--no-progress"]) == 0
+    assert f"anchors by TF-ICF against the general counts of {general} (13 words counted)" in capsys.readouterr().out
     result = subprocess.run([sys.executable, "-m", "diffmask_fast.cli", "mine", str(corpus), "-k", "50", "--min-count",
                              "3", "--no-progress"], capture_output=True, text=True, encoding="utf-8")
     shown = said.replace("min_count", "--min-count")

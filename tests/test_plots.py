@@ -205,6 +205,18 @@ def test_the_picture_says_what_the_scores_are_and_which_words_are_anchors(bert_w
         plot_masking_rates(rates, tmp_path / "x.png", 0.25, similarity="nearest")
 
 
+def test_the_uniform_line_is_labelled_with_the_probability_it_is_drawn_at(bert_wordpiece, tmp_path, seed,
+                                                                          monkeypatch):
+    """Rounded to whole percent, a line drawn at 0.125 was labelled 12%, and one at 0.004, 0%."""
+    collator = DifferenceMaskingCollator(bert_wordpiece, ScoreTable({"kinase": 0.9}), seed=seed)
+    rates = masking_rates(collator, sentences(seed, 10, with_word="kinase"), draws=5)
+    for probability, shown in [(0.125, "12.5%"), (0.004, "0.4%"), (0.25, "25%")]:
+        kept = drawn_figure(monkeypatch)
+        plot_masking_rates(rates, tmp_path / "rates.png", probability)
+        labels = [text.get_text() for text in kept[0].axes[0].get_legend().get_texts()]
+        assert f"every word alike ({shown})" in labels, labels
+
+
 def test_each_noted_word_has_a_line_to_its_own_dot(bert_wordpiece, tmp_path, seed, monkeypatch):
     """The three most masked words are named beside the scatter: labels stepped down a line each
     sat beside other words' dots, so a line leads from each label to its word."""

@@ -84,7 +84,8 @@ def test_the_word_types_to_score_are_those_shown(request, tokenizer_name, shared
     collator = collator_for(request, tokenizer_name)
     lines = (shared_data_dir / "chemprot" / "corpus.txt").read_text(encoding="utf-8").splitlines()
     texts = [" ".join(lines[:400]), *lines[400:405], "Word  "]
-    shown = {reference.normalize_word(w.text) for row in preview(collator, texts) for w in row if w.text}
+    shown = {reference.normalize_word(w.text) for row in preview(collator, texts) for w in row
+             if w.text and not w.unknown}
     types = shown_word_types(collator.tokenizer, texts)
     assert types == shown and len(types) < 400
     assert shown_word_types(collator.tokenizer, []) == set()
@@ -149,6 +150,55 @@ def test_the_html_preview_shades_words_by_score_and_boxes_the_masked_ones():
     assert "rgba(255, 140, 0, 0.50)" in styles["mid"]
     assert "outline" in styles["high"] and "outline" not in styles["low"] + styles["mid"], "only masked words boxed"
     assert "darkest at 1 " in page
+
+
+def test_the_preview_says_what_the_model_reads_in_place_of_each_masked_word(bert_wordpiece, word_level_whitespace,
+                                                                           seed):
+    """A masked word is chosen for prediction; the model reads the mask token there for 80% of
+    tokens, the token itself or a random one for 10% each: shown as if all were [MASK], a quarter
+    of the boxed words reached the model as they were written or as other words."""
+    from diffmask_fast.preview import PreviewWord, render_html
+
+    texts = [" ".join(random.Random(seed + i).choices(["kinase", "phosphorylation", "binds", "the"], k=30))
+             for i in range(20)]
+    table = ScoreTable.from_mapping({"kinase": 1.0, "phosphorylation": 0.8})
+    for shares, expected in [((1.0, 0.0), {"mask"}), ((0.0, 0.0), {"kept"})]:
+        collator = DifferenceMaskingCollator(bert_wordpiece, table, seed=seed, mask_replace_prob=shares[0],
+                                             random_replace_prob=shares[1])
+        words = [word for row in preview(collator, texts) for word in row]
+        assert {word.replacement for word in words if word.masked} == expected
+        assert {word.replacement for word in words if not word.masked} == {None}
+    collator = DifferenceMaskingCollator(word_level_whitespace, table, seed=seed)  # one token a word: 80/10/10
+    masked = [word for row in preview(collator, texts * 5) for word in row if word.masked]
+    shares = {kind: sum(word.replacement == kind for word in masked) / len(masked) for kind in ("mask", "kept")}
+    assert len(masked) > 500 and abs(shares["mask"] - 0.8) < 0.07 and 0.03 < shares["kept"] < 0.2, shares
+    assert {word.replacement for word in masked} <= {"mask", "kept", "random"}
+    page = render_html([[PreviewWord("kinase", 0.9, True, None, "mask"), PreviewWord("binds", 0.2, True, None, "kept"),
+                         PreviewWord("the", 0.1, True, None, "random")]])
+    styles = shading(page)
+    assert "2px solid" in styles["kinase"] and "2px dashed" in styles["binds"] and "2px dashed" in styles["the"]
+    assert "masked: the model reads the mask token" in page and "masked: the model reads the word itself" in page
+    assert "masked: the model reads random tokens" in page
+
+
+def test_tokens_read_as_unknown_are_shown_where_they_are_and_never_masked(bert_wordpiece):
+    """The words grouped leave out tokens read as unknown: the preview showed fluent text where
+    the model reads [UNK]."""
+    from diffmask_fast.preview import render_html, render_text
+
+    unknown = bert_wordpiece.unk_token
+    text = "the kinase \u2603 binds \u2603\u2603 the"
+    ids = bert_wordpiece(text)["input_ids"]
+    assert ids.count(bert_wordpiece.unk_token_id) >= 2, bert_wordpiece.convert_ids_to_tokens(ids)
+    collator = DifferenceMaskingCollator(bert_wordpiece, ScoreTable.from_mapping({"kinase": 1.0}), seed=0,
+                                         mlm_probability=1.0)
+    [row] = preview(collator, [text])
+    assert [word.text for word in row] == ["the", "kinase", unknown, "binds", unknown, "the"]
+    assert render_text([row]) == f"[[the]] [[kinase]] {unknown} [[binds]] {unknown} [[the]]", "every word masked"
+    assert [word.unknown for word in row] == [False, False, True, False, True, False]
+    assert all(not word.masked and math.isnan(word.score) and word.nearest_anchor is None
+               for word in row if word.unknown)
+    assert "read as unknown by the tokenizer" in render_html([row])
 
 
 def shading(page: str) -> dict[str, str]:
@@ -252,8 +302,8 @@ def test_a_document_of_unknown_tokens_is_not_said_to_be_read_as_nothing(bert_wor
 
     collator = DifferenceMaskingCollator(bert_wordpiece, ScoreTable.from_mapping({"enzyme": 1.0}), seed=0)
     assert bert_wordpiece.tokenize("x" * 120) == ["[UNK]"]
-    assert render_text(preview(collator, ["x" * 120])) == NO_WORDS
-    assert "unknown tokens" in NO_WORDS and "reads nothing in" not in NO_WORDS
+    assert render_text(preview(collator, ["x" * 120])) == "[UNK]"
+    assert render_text(preview(collator, ["\u200b"])) == NO_WORDS
 
 
 def test_masking_rates_are_ranked_by_rate_not_by_score(bert_wordpiece):
