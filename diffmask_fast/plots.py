@@ -8,6 +8,7 @@ import io
 import math
 import os
 import re
+import unicodedata
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterable, Mapping, Sequence
 
@@ -392,14 +393,24 @@ def _fitted(names: Sequence[str], room: int) -> list[str]:
     return fitted
 
 
-def _drawn(parts: Sequence[str], room: int, mark: str = "") -> str:
-    """The label of ``parts`` in ``room`` characters, its names fitted to what the rest leaves and
+def _drawn(parts: Sequence[str], room: int, mark: str = "") -> list[str]:
+    """The parts of a label in ``room`` characters, its names fitted to what the rest leaves and
     ``mark`` after the word."""
     kept = sum(len(part) for part in parts[1::2]) + len(mark)
     drawn = list(parts)
     drawn[::2] = _fitted(parts[::2], room - kept)
     drawn[0] += mark
-    return "".join(drawn)
+    return drawn
+
+
+def _left_to_right(parts: Sequence[str]) -> str:
+    """A label's parts as one left-to-right text: a name in a right-to-left script (Hebrew,
+    Arabic) is isolated (U+2068 ... U+2069) after a left-to-right mark, as the text layout would
+    otherwise reorder the whole label around it ("שלום (protein ,0.80)")."""
+    text = "".join(parts)
+    if not any(unicodedata.bidirectional(c) in ("R", "AL") for c in text):
+        return text
+    return "\u200e" + "".join(f"\u2068{part}\u2069" if i % 2 == 0 else part for i, part in enumerate(parts))
 
 
 def _shown_labels(labels: Sequence[Sequence[str]], limit: int = _LABEL_LIMIT) -> list[str]:
@@ -420,12 +431,12 @@ def _shown_labels(labels: Sequence[Sequence[str]], limit: int = _LABEL_LIMIT) ->
     for label in labels:
         if label in shown:
             continue
-        text, number = "".join(label), 1
-        if len(text) > limit:
-            text = _drawn(label, limit)
-            while text in taken:
+        parts, number = list(label), 1
+        if len("".join(parts)) > limit:
+            parts = _drawn(label, limit)
+            while "".join(parts) in taken:
                 number += 1
-                text = _drawn(label, limit, f"#{number}")
-        taken.add(text)
-        shown[label] = text
+                parts = _drawn(label, limit, f"#{number}")
+        taken.add("".join(parts))
+        shown[label] = _left_to_right(parts)
     return [shown[label] for label in labels]

@@ -466,6 +466,26 @@ def test_shown_labels_keep_each_words_start_and_end():
     assert _shown_labels([("a\tb",)]) == ["a\\tb"]
 
 
+def test_labels_with_right_to_left_names_keep_their_order(tmp_path, monkeypatch):
+    """The text layout reordered a whole label around a Hebrew or Arabic word: "שלום (protein ,0.80)".
+    Its names are isolated after a left-to-right mark; other labels are drawn as they are."""
+    from diffmask_fast.plots import _shown_labels
+    from diffmask_fast.preview import WordMaskingRate
+
+    hebrew, arabic, long = "\u05e9\u05dc\u05d5\u05dd", "\u0628\u0631\u0648\u062a\u064a\u0646", "\u05d0" * 60
+    [one, both, plain, cut] = _shown_labels([(hebrew, " (0.80, ", "protein", ")"), ("kinase", " (0.90, ", arabic, ")"),
+                                             ("kinase", " (0.83)"), (long, " (0.5)")], limit=30)
+    assert one == f"\u200e\u2068{hebrew}\u2069 (0.80, \u2068protein\u2069)"
+    assert both == f"\u200e\u2068kinase\u2069 (0.90, \u2068{arabic}\u2069)" and plain == "kinase (0.83)"
+    assert cut.startswith("\u200e\u2068\u05d0") and cut.endswith("\u2069 (0.5)") and "\u2026" in cut
+    kept = drawn_figure(monkeypatch)
+    rates = [WordMaskingRate(hebrew, 0.8, 10, 600, 100, "protein"), WordMaskingRate("protein", 1.0, 10, 700, 100,
+                                                                                   "protein")]
+    plot_masking_rates(rates, tmp_path / "rtl.png", 0.25, anchors=["protein"])
+    labels = [label.get_text() for label in kept[0].axes[0].get_yticklabels()]
+    assert f"\u200e\u2068{hebrew}\u2069 (0.80, \u2068protein\u2069)" in labels and "protein (1.00)" in labels
+
+
 def test_a_table_that_keeps_case_colours_its_own_anchors(roberta_byte_bpe, tmp_path, seed, monkeypatch):
     """The anchors were lowercased to pick them out, whatever the table: "Kinase" was drawn as a
     word, and "kinase", another word of a table that keeps case, as the anchor."""
