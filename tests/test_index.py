@@ -617,6 +617,11 @@ def test_a_zero_anchor_wins_a_tie_at_cosine_zero_as_in_the_exact_op(kind):
     values, ids = AnchorIndex(anchors, kind, recall_sample=0).search(query)
     _, exact_ids = exact_search(query, anchors)
     assert exact_ids.tolist() == [3] and ids.tolist() == [3] and values.tolist() == [0.0]
+    # An anchor at cosine 0 before the zero anchor keeps the tie, as in the exact op.
+    earlier = torch.tensor([[1.0, 0.0, 0.0], [0.0, 0.0, 0.0], [0.0, -1.0, 0.0]])
+    query = torch.tensor([[0.0, 1.0, 0.0]])
+    values, ids = AnchorIndex(earlier, kind, recall_sample=0).search(query)
+    assert exact_search(query, earlier)[1].tolist() == ids.tolist() == [0] and values.tolist() == [0.0]
 
 
 @pytest.mark.parametrize("engine", ["batched", "faiss"])

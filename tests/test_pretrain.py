@@ -1116,6 +1116,8 @@ def test_gpu_masking_needs_the_cuda_kernel(monkeypatch, built_with_cuda):
     assert resolve_mask_location("difference", "auto") == expected
     assert resolve_mask_location("random-word", "auto") == expected
     assert resolve_mask_location("attention", "auto") == "device"  # plain torch: no kernel needed
+    for workers_only in ("random-token", "terms", "mslm"):  # no device masker at all
+        assert resolve_mask_location(workers_only, "auto") == "workers"
     if built_with_cuda:
         assert resolve_mask_location("difference", "device") == "device"
     else:

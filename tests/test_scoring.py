@@ -613,6 +613,22 @@ def test_scorer_with_an_approximate_index_reports_its_recall(tiny_bert, seed):
     assert agree >= 0.95 and (table.values <= exact.values + 1e-5).all()
 
 
+def test_an_hnsw_index_is_tuned_on_the_words_scored_and_each_pooling_records_what_cuts_a_word(tiny_bert, seed):
+    """An HNSW index is tuned and its recall measured on a sample of the words scored, as an IVF
+    index is (not on perturbed anchors alone); the table records the context length words are
+    cut at, for every pooling but the input embeddings, which never cut one."""
+    rng = random.Random(seed)
+    model, tokenizer = tiny_bert
+    embedder = WordEmbedder(model, tokenizer, pooling="input_embeddings", progress=False)
+    vocabulary = sorted(t for t in tokenizer.get_vocab() if t.isalpha() and t.islower())
+    scorer = WordScorer(embedder, rng.sample(vocabulary, 2000), index="hnsw", index_options={"recall_sample": 300})
+    scorer.score(rng.sample(vocabulary, 800))
+    assert scorer.index.report.source == "given", scorer.index.describe()
+    assert "max_length" not in scorer.describe()
+    mean = WordEmbedder(model, tokenizer, pooling="mean", progress=False)
+    assert WordScorer(mean, ["enzyme"]).describe()["max_length"] == mean.max_length
+
+
 def test_the_index_is_tuned_on_a_random_sample_of_the_words_scored(tiny_bert, seed, monkeypatch):
     """The recall sample is drawn from all the words, not their first in sorted order (numbers
     and words of one letter), which would tune the index and report its recall on a skewed few."""
@@ -789,6 +805,21 @@ def test_a_binary_score_file_whose_words_are_out_of_order_is_refused(tmp_path):
     np.savez(path, **arrays)
     with pytest.raises(ValueError, match="words are not sorted and distinct"):
         ScoreTable.load(path)
+    arrays["words"], arrays["offsets"] = np.frombuffer(b"alphaalpha", np.uint8), np.array([0, 5, 10], np.int64)
+    np.savez(path, **arrays)  # sorted, but one word twice: the second score never found
+    with pytest.raises(ValueError, match="words are not sorted and distinct"):
+        ScoreTable.load(path)
+
+
+def test_tables_keyed_otherwise_or_given_a_word_twice():
+    """A table that keeps case keys words otherwise, so it is no equal of a lowercasing one; a word
+    given twice to from_arrays is refused (one of its scores would be lost); a word that
+    normalizes to nothing is no word to score."""
+    assert (ScoreTable.from_arrays(["cell"], [0.5], lowercase=True)
+            != ScoreTable.from_arrays(["cell"], [0.5], lowercase=False))
+    with pytest.raises(ValueError, match="score table words must be distinct"):
+        ScoreTable.from_arrays(["b", "a", "a"], [1.0, 2.0, 3.0])
+    assert normalize_words([" \u0301", "cell"]) == ["cell"]
 
 
 def test_tables_that_score_unknown_words_otherwise_differ():
@@ -1056,7 +1087,9 @@ def test_scorer_settings_are_checked_before_anything_is_embedded(tiny_bert):
              ({"index_options": {"seed": 1, "progress": True}}, "index_options cannot set seed, progress"),
              ({"index_options": {"nprobes": 4}}, "unknown index option(s) 'nprobes'"),
              ({"index": "ivf", "index_options": {"nprobe": 0}}, "nprobe must be at least 1, got 0"),
-             ({"index": "hnsw", "similarity": "mean"}, "similarity 'mean' compares each word with every anchor")]
+             ({"index": "hnsw", "similarity": "mean"}, "similarity 'mean' compares each word with every anchor"),
+             ({"index_options": {"recall_target": 0.9}, "similarity": "centroid"},
+              "index and index_options choose the nearest-anchor search of similarity 'max'")]
     for options, message in cases:
         with pytest.raises(ValueError, match=re.escape(message)):
             WordScorer(embedder, ["receptor"], **options)
@@ -1445,6 +1478,11 @@ def test_scores_made_against_overlapping_but_other_anchors_are_refused(tmp_path)
     anchors = Anchors((Anchor("enzyme", 2.0, 5, 1.0), Anchor("cell", 1.5, 5, 1.0)), 100, 1e6, 2, 10.0)
     with pytest.raises(ValueError, match="other anchors"):
         load_scores_for(path, anchors, "anchors.json")
+    ScoreTable({"enzyme": 0.9}, anchors=("enzyme", "cell", "gene")).save(path)  # anchors given are some of its own
+    with pytest.raises(ValueError, match="other anchors"):
+        load_scores_for(path, anchors, "anchors.json")
+    ScoreTable({"enzyme": 0.9}, anchors=("cell", "enzyme")).save(path)
+    assert load_scores_for(path, anchors, "anchors.json").anchors == ("cell", "enzyme")
 
 
 def test_a_json_score_table_with_a_byte_order_mark_loads(tmp_path):

@@ -1204,3 +1204,38 @@ def test_punctuation_before_a_term_is_part_of_it(roberta_byte_bpe):
 def test_given_anchors_that_are_no_anchor_candidates_are_no_terms():
     """Citation syntax and broken text are left out of the terms as of the anchors."""
     assert domain_terms(["enzyme", "et", "al.", "cafÃ©"]) == ["enzyme"]
+
+
+def test_the_attention_strategy_reads_the_segments_of_validation_examples(bert_wordpiece):
+    """The attention pass sees the token types the model sees: validation examples of two
+    segments were masked as if they had one."""
+    from transformers import BertConfig, BertForMaskedLM
+
+    torch.manual_seed(0)
+    model = BertForMaskedLM(BertConfig(vocab_size=len(bert_wordpiece), hidden_size=32, num_hidden_layers=2,
+                                       num_attention_heads=2, intermediate_size=64, type_vocab_size=2)).eval()
+    with torch.no_grad():
+        model.bert.embeddings.token_type_embeddings.weight[1] += 5.0  # the second segment reads otherwise
+    lines = ["the cell binds the receptor and the protein", "water flows into the house",
+             "gene expression in the cell nucleus is high"]
+    ids = [bert_wordpiece(line)["input_ids"] for line in lines]
+    strategy = build_strategy("attention", bert_wordpiece, mlm_probability=0.3)
+    two = strategy.mask_examples([{"input_ids": i, "token_type_ids": [0] * 4 + [1] * (len(i) - 4)} for i in ids],
+                                 model=model, seed=0)
+    one = strategy.mask_examples([{"input_ids": i, "token_type_ids": [0] * len(i)} for i in ids], model=model, seed=0)
+    assert [e["labels"] for e in two] != [e["labels"] for e in one]
+    assert [e["token_type_ids"] for e in two] == [[0] * 4 + [1] * (len(i) - 4) for i in ids]
+
+
+def test_a_masker_without_a_pinned_stream_gets_its_buffers_back():
+    """mask_examples draws from a masker's buffers (a third party's random state, say) and puts
+    them back, so that masking a validation set does not move training's stream."""
+    from diffmask_fast.strategies import _restoring_buffers
+
+    module = torch.nn.Module()
+    module.register_buffer("count", torch.zeros(1))
+    module.register_buffer("state", torch.arange(3))
+    with _restoring_buffers(module):
+        module.count += 1
+        module.state.copy_(torch.tensor([7, 7, 7]))
+    assert module.count.tolist() == [0.0] and module.state.tolist() == [0, 1, 2]
