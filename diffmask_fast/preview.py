@@ -379,8 +379,8 @@ def render_html(sentences: Sequence[Sequence[PreviewWord]], title: str = "Differ
         f"<h1>{html.escape(title)}</h1><p>Shading: word score, from none at 0 or below to darkest at "
         f"{darkest:g} (darker = closer to the domain's anchors); "
         f"boxed: masked in this draw (chosen for prediction), with a solid box where the model reads the mask "
-        f"token, a dashed one where it reads the word itself or random tokens (the 10% and 10% of BERT's "
-        f"replacement); grey: read as unknown, never masked. Hover a word for its score, nearest anchor and what "
+        f"token, a dashed one where it reads the word itself or random tokens (BERT's replacement, 80/10/10 "
+        f"by default); grey: read as unknown, never masked. Hover a word for its score, nearest anchor and what "
         f"the model reads.</p>{''.join(rows)}</body></html>"
     )
 
