@@ -300,6 +300,12 @@ def test_warm_inputs_and_coverage(bert_wordpiece, lines):
     warm.warm(lines[:8], max_length=48)  # truncated as in padded()
     warm(ids, attention)
     assert warm.coverage()["missed"] == 0
+    half = DifferenceMasker(tokenizer, scores, seed=0)
+    half.warm(lines[:4], max_length=48)
+    half(ids, attention)
+    coverage = half.coverage()
+    assert 0 < coverage["missed"] < coverage["words"]
+    assert coverage["missed_fraction"] == pytest.approx(coverage["missed"] / coverage["words"])
     # The masks of a warm table score words exactly as the collator does.
     reference_collator = DifferenceMaskingCollator(tokenizer, scores)
     reference_collator.mask(ids, attention == 0)
@@ -453,6 +459,12 @@ def test_trainer_masks_in_the_training_step(tiny_bert_mlm, bert_wordpiece, lines
     # Evaluation draws from a stream of its own: the same masks every time, training's left alone.
     assert int(masker.seed_state) == trained_state
     assert trainer.evaluate()["eval_loss"] == metrics["eval_loss"]
+
+    # The masked tokens of a gradient-accumulation cycle are counted after masking, over all of its
+    # batches: each micro-batch's loss is divided by the cycle's count, as transformers does.
+    unlabelled = [trainer.data_collator(train[i:i + 4]) for i in (0, 4)]
+    batches, count = trainer.get_batch_samples(iter(unlabelled), 2, torch.device("cpu"))
+    assert count is not None and int(count) == sum(int((b["labels"] != -100).sum()) for b in batches) > 0
 
     # Batches that already carry labels (a masking collator upstream) are used as they are;
     # class labels are not masked-LM labels.

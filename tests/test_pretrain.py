@@ -738,6 +738,12 @@ def test_weighted_loss_is_sum_of_weighted_token_losses_over_masked_count(seed, t
                 count += 1
     assert float(weighted_mlm_loss(logits, labels, weights)) == pytest.approx(expected / count, rel=1e-5), f"seed={seed}"
     assert float(weighted_mlm_loss(logits, labels, weights, num_items=50)) == pytest.approx(expected / 50, rel=1e-5)
+    first = tuple((labels != -100).nonzero()[0].tolist())  # a masked token of weight 0 adds nothing, still counted
+    log_probs = torch.log_softmax(logits[first].double(), dim=-1)
+    without = expected - float(weights[first]) * -float(log_probs[labels[first]])
+    zeroed = weights.clone()
+    zeroed[first] = 0.0
+    assert float(weighted_mlm_loss(logits, labels, zeroed)) == pytest.approx(without / count, rel=1e-5)
     ones = weighted_mlm_loss(logits, labels, torch.ones_like(weights))
     with torch.no_grad():
         plain = tiny_bert_mlm(input_ids=input_ids, labels=labels).loss
@@ -780,8 +786,9 @@ def test_label_smoothing_applies_to_each_masked_token_before_its_weight(seed, ti
         count += 1
     got = weighted_mlm_loss(logits, labels, weights, label_smoothing=0.1)
     assert float(got) == pytest.approx(expected / count, rel=1e-5), f"seed={seed}"
-    with pytest.raises(ValueError, match="label_smoothing must be in"):
-        weighted_mlm_loss(logits, labels, weights, label_smoothing=1.5)
+    for smoothing in (1.5, 1.0):  # 1: a loss that no longer reads the labels
+        with pytest.raises(ValueError, match="label_smoothing must be in"):
+            weighted_mlm_loss(logits, labels, weights, label_smoothing=smoothing)
 
     # The trainer takes TrainingArguments.label_smoothing_factor, on the sparse head and the full
     # forward alike, as transformers.Trainer would.
@@ -889,6 +896,20 @@ def test_a_batch_with_nothing_masked_is_left_out_even_when_non_finite_losses_are
     with torch.no_grad():
         broken.cls.predictions.bias.fill_(float("nan"))
     assert math.isnan(MaskingTrainer(model=broken, args=args, eval_dataset=examples).evaluate()["eval_loss"])
+
+
+@pytest.mark.parametrize("keep_non_finite", [True, False])
+def test_a_non_finite_evaluation_loss_is_reported_as_the_filter_setting_says(keep_non_finite):
+    """With logging_nan_inf_filter on (the default) the mean of the finite losses stands; off, a
+    loss that is not finite on masked tokens is the validation loss, as transformers would report."""
+    from diffmask_fast.trainer import _LossTally
+
+    tally = _LossTally()
+    for loss in (1.0, float("inf"), 3.0):
+        tally.add(torch.tensor(loss), nothing_masked=False)
+    metrics = {"eval_loss": 2.0}
+    tally.settle(metrics, "eval_loss", keep_non_finite, lambda counts: counts)
+    assert metrics["eval_loss"] == (float("inf") if keep_non_finite else 2.0)
 
 
 @pytest.mark.parametrize("nan_inf_filter", [True, False])
