@@ -415,7 +415,9 @@ def test_corpus_documents_are_read_again_at_each_pass_and_a_changed_corpus_is_re
     rest = corpus.without(left_out)
     assert list(rest) == [document for position, document in enumerate(expected) if position not in left_out]
     assert len(rest) == len(expected) - len(left_out) and len(corpus) == len(expected)
-    assert len(CorpusDocuments(second).without([10**6])) == sum(1 for line in lines[cut:] if line.strip())
+    in_second = sum(1 for line in lines[cut:] if line.strip())
+    for past_the_end in (10**6, in_second):  # positions past the last document leave none out
+        assert len(CorpusDocuments(second).without([past_the_end])) == in_second
     second.write_text("an added document\n" + second.read_text(encoding="utf-8"), encoding="utf-8")
     with pytest.raises(CorpusError, match=f"changed while they were read: they hold {len(expected) + 1:,} documents "
                                           f"now, {len(expected):,} before"):
@@ -507,6 +509,13 @@ def test_a_corpus_of_a_few_repeated_texts_holds_out_what_it_must_and_says_so():
         assert [len(part) for part in split_documents(documents, 0.05, 5000, 0)] == [20, 10]
     with pytest.raises(ValueError, match="exceeds the 1 validation documents allowed; give validation files"):
         split_documents(documents, 0.05, 1, 0)
+    with pytest.warns(DiffmaskWarning, match="holds 2 of 4 documents"):  # as many copies as may be held out
+        assert split_documents(["a", "a", "b", "b"], 0.25, 2, 0)[1] in (["a", "a"], ["b", "b"])
+    with pytest.warns(DiffmaskWarning, match="holds 2 of 5 documents"):  # the rarest text, not the commonest
+        assert split_documents(["a", "a", "b", "b", "b"], 0.2, 10, 0) == (["b", "b", "b"], ["a", "a"])
+    for fraction in (0.9, 0.99):  # at least one document is left to train on
+        train, validation = split_documents(["doc a", "doc b"], fraction, 10, 0)
+        assert len(train) == len(validation) == 1
 
 
 def test_a_boilerplate_text_repeated_often_stays_in_training():

@@ -1035,6 +1035,17 @@ def test_a_document_is_read_in_windows_of_whole_words(minilm_tokenizer):
     grouper = WordGrouper.for_tokenizer(minilm_tokenizer)
     assert list(context_windows(minilm_tokenizer, [text], 3, grouper)) == ["the", " cat", " saw", " the", " today"]
     assert list(context_windows(minilm_tokenizer, [text], 5, grouper)) == ["the cat saw", " the kinases", " today"]
+    ending = "the cat saw the kinases"  # the word cut by the window's end is the document's last
+    for max_length in range(3, 8):
+        assert find_occurrences(minilm_tokenizer, [ending], ["kinase"], max_per_anchor=5, max_length=max_length) == [[]]
+    # A window never begins inside a word: the end of one longer than a window is left out.
+    assert list(context_windows(minilm_tokenizer, ["phosphorylation of the cat"], 4, grouper)) == [" of", " the cat"]
+    # Nor at text read as unknown, which stays with the words written beside it.
+    unknown = minilm_tokenizer.unk_token_id
+    for max_length in (4, 5, 6):
+        for window in context_windows(minilm_tokenizer, ["aa \U0001f600\U0001f600 bb cc dd", "aa bb \u2603 cc dd ee"],
+                                      max_length, grouper):
+            assert minilm_tokenizer(window, add_special_tokens=False)["input_ids"][0] != unknown, (max_length, window)
     whole = "the kinase binds"
     for max_length, expected in ((3, [(" kinase", 1, 2)]), (4, [("the kinase", 2, 3)]), (8, [(whole, 2, 3)])):
         assert find_occurrences(minilm_tokenizer, [whole], ["kinase"], max_per_anchor=5,
@@ -1358,6 +1369,8 @@ def test_contextual_anchors_read_no_more_context_than_the_model_takes(minilm):
     texts = ["kinase " * 100]
     contextual = contextual_anchor_vectors(embedder, texts, ["kinase"], max_occurrences_per_anchor=1000)
     assert contextual.occurrences == {"kinase": 100}  # in two windows of 62 and 38 words
+    many = contextual_anchor_vectors(embedder, ["the kinase binds"] * 700, ["kinase"])
+    assert many.occurrences == {"kinase": 700}, "up to 1,000 occurrences an anchor by default"
     with pytest.raises(ValueError, match=r"max_length 100 is longer than .* takes \(at most 64 tokens\)"):
         contextual_anchor_vectors(embedder, texts, ["kinase"], max_length=100)
     assert contextual_anchor_vectors(embedder, texts, ["kinase"], max_length=20).occurrences == {"kinase": 100}
@@ -1505,7 +1518,17 @@ def test_contextual_occurrences_are_a_uniform_sample(bert_wordpiece):
         kept[int(text.split()[-1])] += 1
     expected = runs / 20
     spread = math.sqrt(runs * (1 / 20) * (19 / 20))
-    assert all(abs(count - expected) < 5 * spread for count in kept), kept
+    assert all(abs(count - expected) < 5 * spread for count in kept) and min(kept) > 0, kept
+
+
+def test_blank_documents_are_not_counted_as_read(bert_wordpiece):
+    """The tally behind the "cut at max_length" share counts documents with text only."""
+    from diffmask_fast.contextual import find_occurrences
+
+    tally = {}
+    found = find_occurrences(bert_wordpiece, ["the enzyme", "   ", "", "an enzyme"], ["enzyme"], max_per_anchor=5,
+                             tally=tally)
+    assert tally == {"documents": 2, "cut": 0} and len(found[0]) == 2
 
 
 def test_word_types_keep_their_case_when_asked(roberta_byte_bpe):
