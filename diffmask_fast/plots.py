@@ -422,7 +422,8 @@ def _shown_labels(labels: Sequence[Sequence[str]], limit: int = _LABEL_LIMIT) ->
     Characters the picture's fonts lack (Chinese, say, with matplotlib's default fonts) are spelled
     as their escapes too: drawn, they were empty boxes, and words of them could not be told apart.
     Labels are drawn with math text off (``parse_math=False``): a corpus word such as ``$x^$`` is
-    text, and matplotlib would refuse it as a formula."""
+    text, and matplotlib would refuse it as a formula. Right-to-left names are isolated
+    (``_left_to_right``)."""
     drawable = _drawable_characters()
     labels = [tuple(_in_font(printable_word(part) if i % 2 == 0 else printable(part), drawable)
                     for i, part in enumerate(label)) for label in labels]
