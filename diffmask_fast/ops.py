@@ -672,8 +672,6 @@ def _next_power_of_two(n: int) -> int:
     return 1 << max(0, int(n) - 1).bit_length()
 
 
-
-
 def _word_hashes(hashes, where: str) -> torch.Tensor:
     """Hashes as an int64 tensor. Floats and booleans are refused rather than truncated: 2.5
     would silently become the hash 2, another word's."""
