@@ -1342,6 +1342,36 @@ def test_a_directory_follows_links_and_leaves_hidden_folders_out(tmp_path, rng):
     assert any("named more than once" in m and "alias.txt' (the file '" in m for m in said), said
 
 
+
+def test_a_link_in_a_folder_to_what_is_no_file_is_skipped_as_such_not_as_a_broken_link(tmp_path, rng):
+    corpus = tmp_path / "corpus"
+    read = write_lines(corpus / "a.txt", random_lines(rng, rng.randint(1, 10)))
+    (corpus / "device.txt").symlink_to(os.devnull)
+    counts, said = counted(corpus)
+    assert counts.documents == len(read)
+    assert len(said) == 2 and "skipped 1 other file(s) (device.txt)" in said[0] and "broken" not in said[0], said
+
+
+def test_a_glob_reads_what_it_matches_and_names_a_broken_link_among_them(tmp_path, rng):
+    folder = tmp_path / "g"
+    read = write_lines(folder / "a.txt", random_lines(rng, rng.randint(1, 10)))
+    (folder / "c.txt").symlink_to(tmp_path / "nowhere.txt")
+    counts, said = counted(str(folder / "*.txt"))
+    assert counts.documents == len(read)
+    assert len(said) == 2 and "skipped 1 broken link(s) to nothing (c.txt)" in said[0], said
+    (folder / "a.txt").unlink()
+    with pytest.raises(CorpusError, match="no files match the pattern"):
+        count_words(str(folder / "*.txt"), progress=False)
+
+
+def test_a_recursive_glob_that_matches_a_folder_and_its_files_reads_each_once_and_quietly(tmp_path, rng):
+    """``d/**`` matches the folder d and the files in it: each file is read once, and no file is
+    said to be named twice (the user named it once)."""
+    read = write_lines(tmp_path / "g" / "d" / "b.txt", random_lines(rng, rng.randint(1, 10)))
+    read += write_lines(tmp_path / "g" / "d" / "e" / "f.txt", random_lines(rng, rng.randint(1, 10)))
+    counts, said = counted(str(tmp_path / "g" / "d" / "**"))
+    assert counts.documents == len(read) and said == []
+
 def test_a_folder_that_cannot_be_listed_is_refused_not_skipped(tmp_path, rng, monkeypatch):
     """os.walk passes over a folder it cannot list unless told; the corpus would lose it silently.
     (Simulated: a permission bit does not stop root, who may run this.)"""
@@ -1677,10 +1707,34 @@ def test_a_file_read_as_text_that_holds_json_lines_is_warned_of(tmp_path):
     assert count_words(path, progress=False, text_field="text")["enzyme"] == 20
     plain = tmp_path / "plain.txt"
     plain.write_text("{braces} open this line\nthe enzyme binds\n")
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "record.txt").write_text("{}\nthe enzyme binds\n")  # an empty object holds no fields
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         count_words(plain, progress=False)
+        count_words(tmp_path / "empty" / "record.txt", progress=False)
+    (tmp_path / "blank").mkdir()
+    spaced = tmp_path / "blank" / "train.txt"  # blank lines before the first record
+    spaced.write_text("\n  \n" + json.dumps({"text": "the enzyme binds"}) + "\n")
+    with pytest.warns(DiffmaskWarning, match=r"train.txt' looks like JSON lines \(fields 'text'\)"):
+        count_words(spaced, progress=False)
 
+
+
+def test_a_text_file_gives_its_lines_as_written_but_for_the_line_end(tmp_path):
+    path = tmp_path / "spaced.txt"
+    path.write_bytes(b"hello  \t\r\n  indented line\n\ttab \n")
+    assert list(iter_documents(path)) == ["hello  \t", "  indented line", "\ttab "]
+
+
+def test_a_list_of_paths_and_strings_reads_the_files_and_takes_the_strings_as_documents(tmp_path):
+    path = tmp_path / "a.txt"
+    path.write_text("the enzyme binds\nkinase\n")
+    for source in ([path, "some text"], ["some text", path]):
+        expected = ["the enzyme binds", "kinase", "some text"] if source[0] == path else \
+            ["some text", "the enzyme binds", "kinase"]
+        assert list(iter_documents(source)) == expected
+        assert count_words(source, progress=False) == count_words(expected, progress=False)
 
 def test_emoji_with_a_variation_selector_are_counted_apart(tmp_path):
     """Every emoji written with U+FE0F was the one word U+FE0F (the symbol stripped, its selector left)."""

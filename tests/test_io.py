@@ -32,11 +32,12 @@ def test_a_new_file_gets_the_permissions_of_the_umask(tmp_path, umask):
 
 def test_a_replaced_file_keeps_its_permissions(tmp_path):
     path = tmp_path / "scores.npz"
-    for permissions in (0o600, 0o640, 0o644):
+    for permissions in (0o600, 0o640, 0o644, 0o1644, 0o2640):  # the sticky and set-group bits too
         path.write_bytes(b"old")
         path.chmod(permissions)
+        kept = mode(path)  # as the file system keeps them (it may drop the special bits)
         atomic_write_bytes(path, b"new")
-        assert path.read_bytes() == b"new" and mode(path) == permissions
+        assert path.read_bytes() == b"new" and mode(path) == kept
 
 
 def test_a_failed_write_leaves_the_old_file_and_no_temporary(tmp_path):
@@ -361,7 +362,7 @@ def test_command_line_paths_expand_the_home_folder(tmp_path, monkeypatch):
     assert args.validation == [str(tmp_path / "v.txt")]
 
 
-@pytest.mark.parametrize("ending", ["/", "/."])
+@pytest.mark.parametrize("ending", ["/", "/.", "/.."])
 def test_a_path_that_names_a_folder_is_refused_not_written_as_a_file(tmp_path, ending):
     """realpath drops a final "/": save("results/") wrote a file named results, where open() refuses."""
     from diffmask_fast._io import check_writable
@@ -381,9 +382,24 @@ def test_numpy_and_torch_values_are_written_as_json_holds_them(tmp_path):
 
     from diffmask_fast._io import atomic_write_json
 
+    from pathlib import Path
+
     payload = {"array": np.array([1.5, 2.0]), "tensor": torch.tensor(0.5), "vector": torch.tensor([1, 2]),
-               np.int64(3): "three", "set": {"b", "a"}, "nested": [np.float32(0.25), (np.bool_(True),)]}
+               np.int64(3): "three", "set": {"b", "a"}, "nested": [np.float32(0.25), (np.bool_(True),)],
+               "path": Path("runs") / "a"}
     atomic_write_json(tmp_path / "x.json", payload)
     assert json.loads((tmp_path / "x.json").read_text()) == {
         "array": [1.5, 2.0], "tensor": 0.5, "vector": [1, 2], "3": "three", "set": ["a", "b"],
-        "nested": [0.25, [True]]}
+        "nested": [0.25, [True]], "path": os.path.join("runs", "a")}
+
+
+def test_same_file_compares_paths_not_yet_written_as_resolved(tmp_path, monkeypatch):
+    """The command line refuses an output that is also an input before either need exist."""
+    from diffmask_fast._io import same_file
+
+    monkeypatch.chdir(tmp_path)
+    assert same_file("out.json", "./out.json") and same_file("out.json", tmp_path / "sub" / ".." / "out.json")
+    assert not same_file("out.json", "other.json") and not same_file("out.json", "sub/out.json")
+    (tmp_path / "out.json").write_text("{}")
+    (tmp_path / "link.json").symlink_to(tmp_path / "out.json")
+    assert same_file("link.json", "out.json") and not same_file("link.json", "missing.json")
