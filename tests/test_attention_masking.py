@@ -549,10 +549,13 @@ class _UniformAttention(torch.nn.Module):
         return SimpleNamespace(attentions=(torch.full((batch, 3, length, length), 1.0 / length),))
 
 
-def test_budget_rounds_up_with_probability_equal_to_the_fraction(bert_wordpiece, seed):
+@pytest.mark.parametrize("n", [11, 12])
+def test_budget_rounds_up_with_probability_equal_to_the_fraction(bert_wordpiece, n, seed):
     """Rows of the same n with p * n = 3.3 mask 4 tokens in 30% of rows, not 70%: a sum over
-    mixed fractions cannot tell "round up when draw < frac" from "when draw >= frac"."""
-    rows, n, p = 3000, 11, 0.3
+    mixed fractions cannot tell "round up when draw < frac" from "when draw >= frac". With
+    p * n = 3.6, in 60% of rows, not in all (rounding to the nearest)."""
+    rows, p = 3000, 0.3
+    fraction = p * n - math.floor(p * n)
     g = torch.Generator().manual_seed(seed)
     ordinary = word_boundaries(bert_wordpiece).random_token_ids
     body = ordinary[torch.randint(0, ordinary.numel(), (rows, n), generator=g)]
@@ -565,8 +568,8 @@ def test_budget_rounds_up_with_probability_equal_to_the_fraction(bert_wordpiece,
     counts = (masker(ids, attention, flagged, model=_UniformAttention())[1] != -100).sum(dim=1)
     assert set(counts.tolist()) <= {3, 4}, f"seed={seed}"
     share = float((counts == 4).double().mean())
-    se = math.sqrt(0.3 * 0.7 / rows)
-    assert abs(share - 0.3) <= 5 * se, f"{share:.3f} of rows rounded up; seed={seed}"
+    se = math.sqrt(fraction * (1 - fraction) / rows)
+    assert abs(share - fraction) <= 5 * se, f"{share:.3f} of rows rounded up; seed={seed}"
 
 
 @pytest.mark.parametrize("order", ["most", "least"])
@@ -705,3 +708,237 @@ def test_a_pinned_stream_per_process_differs_by_rank_and_repeats(bert_wordpiece,
         draws[rank] = shared, own[0]
     assert torch.equal(draws["0"][0], draws["1"][0]), "without per_process every rank draws alike"
     assert not torch.equal(draws["0"][1], draws["1"][1]), f"seed={seed}"
+
+
+# ----------------------------------------------------------------------------------------------
+# Inputs and models at the edges of what the masker takes
+
+
+def test_a_model_in_nested_data_parallel_wrappers_is_read_as_the_model(bert_wordpiece, tiny_bert_mlm, seed):
+    ids, attention, flagged = random_batch(bert_wordpiece, seed, rows=6)
+    wrapped = torch.nn.DataParallel(torch.nn.DataParallel(tiny_bert_mlm))
+    plain, nested = (AttentionMasker(bert_wordpiece, mlm_probability=0.4, seed=seed) for _ in range(2))
+    expected = plain(ids, attention, flagged, model=tiny_bert_mlm)
+    assert all(torch.equal(a, b) for a, b in zip(nested(ids, attention, flagged, model=wrapped), expected))
+
+
+def test_a_roberta_row_longer_than_its_positions_is_named_at_two_fewer(roberta_byte_bpe):
+    """RoBERTa numbers positions from padding_idx + 1: it takes max_position_embeddings - 2."""
+    from transformers import RobertaConfig, RobertaForMaskedLM
+
+    tokenizer = roberta_byte_bpe
+    model = RobertaForMaskedLM(RobertaConfig(
+        vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+        max_position_embeddings=64, pad_token_id=tokenizer.pad_token_id)).eval()
+    word = tokenizer.convert_tokens_to_ids("Ġthe")
+    masker = AttentionMasker(tokenizer, seed=0)
+    for length in (63, 64):
+        with pytest.raises(ValueError, match=rf"rows are {length} tokens long, .*max_position_embeddings 64; "
+                                             r"RoBERTa-style models take 2 fewer"):
+            masker(torch.full((2, length), word), model=model)
+    masker(torch.full((2, 62), word), model=model)
+
+
+@pytest.mark.parametrize("dtype", [torch.bool, torch.int32, torch.float32])
+def test_token_type_ids_of_another_dtype_are_read_as_ids(bert_wordpiece, tiny_bert_mlm, dtype, seed):
+    ids, attention, flagged = random_batch(bert_wordpiece, seed, rows=6)
+    segments = (torch.arange(ids.shape[1]) >= ids.shape[1] // 2).long().expand_as(ids)
+    for path in ("interface", "eager"):
+        with pytest.MonkeyPatch.context() as patch:
+            if path == "eager":
+                from diffmask_fast import attention as attention_module
+
+                patch.setattr(attention_module, "first_token_row", lambda *args: None)
+            as_long, as_other = (AttentionMasker(bert_wordpiece, seed=seed) for _ in range(2))
+            expected = as_long(ids, attention, flagged, model=tiny_bert_mlm, token_type_ids=segments)
+            got = as_other(ids, attention, flagged, model=tiny_bert_mlm, token_type_ids=segments.to(dtype))
+            assert all(torch.equal(a, b) for a, b in zip(got, expected)), path
+
+
+def test_tokens_the_attention_mask_hides_are_never_masked(bert_wordpiece, tiny_bert_mlm, seed):
+    """Rows packed or cut by their attention mask hide real tokens, not only padding."""
+    ids, attention, flagged = random_batch(bert_wordpiece, seed, rows=10)
+    hidden = attention.clone()
+    hidden[:, 1::3] = 0  # ordinary tokens among them
+    hidden[:, 0] = 1
+    labels = AttentionMasker(bert_wordpiece, mlm_probability=1.0, seed=seed)(ids, hidden, flagged,
+                                                                              model=tiny_bert_mlm)[1]
+    assert torch.equal(labels != -100, eligible_positions(bert_wordpiece, ids, hidden, flagged)), f"seed={seed}"
+    assert bool((labels[hidden == 0] == -100).all())
+
+
+def test_the_eager_pass_reads_weights_in_the_models_dtype_and_returns_float32_rows(bert_wordpiece, tiny_bert_mlm,
+                                                                                     seed, monkeypatch):
+    """A bfloat16 model's weights take half the bytes: twice the rows a pass. A bound below one
+    row's weights still runs one row a pass. A model configured to return tuples is asked for
+    its outputs by name."""
+    from diffmask_fast import attention as attention_module
+
+    monkeypatch.setattr(attention_module, "first_token_row", lambda *args: None)
+    ids, attention, _ = random_batch(bert_wordpiece, seed, rows=10)
+    half = copy.deepcopy(tiny_bert_mlm).to(torch.bfloat16)
+    config = half.config
+    per_row = config.num_hidden_layers * config.num_attention_heads * ids.shape[1] ** 2 * 2
+    passes = []
+    hook = half.base_model.register_forward_pre_hook(
+        lambda module, args, kwargs: passes.append(kwargs["input_ids"].shape[0]), with_kwargs=True)
+    try:
+        rows = AttentionMasker(bert_wordpiece, seed=seed, attention_memory=3 * per_row + 1)._first_token_attention(
+            half, ids, attention)
+        assert passes == [3, 3, 3, 1] and rows.dtype == torch.float32
+        passes.clear()
+        AttentionMasker(bert_wordpiece, seed=seed, attention_memory=1)._first_token_attention(half, ids, attention)
+        assert passes == [1] * 10
+    finally:
+        hook.remove()
+    torch.testing.assert_close(rows, reference_attention(half, ids, attention, -1), atol=0, rtol=0)
+    tuples = copy.deepcopy(tiny_bert_mlm)
+    tuples.config.return_dict = False
+    torch.testing.assert_close(AttentionMasker(bert_wordpiece, seed=seed)._first_token_attention(tuples, ids, attention),
+                               reference_attention(tiny_bert_mlm, ids, attention, -1), atol=1e-6, rtol=1e-5)
+
+
+class _NoneAttentions(torch.nn.Module):
+    """A model whose layers return None for their weights (SDPA in some versions)."""
+
+    def forward(self, input_ids, attention_mask=None, output_attentions=False):
+        return SimpleNamespace(attentions=(None, None))
+
+
+class _ShapedAttention(torch.nn.Module):
+    """A plain module whose one layer's weights have the given shape, as a function of (B, L)."""
+
+    def __init__(self, shape):
+        super().__init__()
+        self.shape = shape
+
+    def forward(self, input_ids, attention_mask=None, output_attentions=False):
+        return SimpleNamespace(attentions=(torch.full(self.shape(*input_ids.shape), 0.1),))
+
+
+def test_weights_missing_or_of_another_shape_are_named(bert_wordpiece):
+    ids, attention, _ = random_batch(bert_wordpiece, 0, rows=3)
+    masker = AttentionMasker(bert_wordpiece, seed=0)
+    with pytest.raises(RuntimeError, match='returned no attention weights .* attn_implementation="eager"'):
+        masker(ids, attention, model=_NoneAttentions())
+    for shape in (lambda b, n: (b, n, n), lambda b, n: (b, 2, n, n + 1), lambda b, n: (b + 1, 2, n, n)):
+        with pytest.raises(RuntimeError, match=r"expected attention weights of shape \[batch, heads, "):
+            masker(ids, attention, model=_ShapedAttention(shape))
+    with pytest.raises(TypeError, match="layer must be an integer"):
+        AttentionMasker(bert_wordpiece, layer=True)
+
+
+class _AttentionWithNaN(torch.nn.Module):
+    """Uniform attention but NaN at position 1 of every row (a diverged model)."""
+
+    def forward(self, input_ids, attention_mask=None, output_attentions=False):
+        batch, length = input_ids.shape
+        weights = torch.full((batch, 2, length, length), 1.0 / length)
+        weights[..., 1] = float("nan")
+        return SimpleNamespace(attentions=(weights,))
+
+
+@pytest.mark.parametrize("order", ["most", "least"])
+def test_a_nan_attention_weight_ranks_as_zero(bert_wordpiece, order, seed):
+    """NaN sorts above every number: "most" masked the diverged position first."""
+    ids, attention, flagged = random_batch(bert_wordpiece, seed, rows=40)
+    flagged[:, 1] = False
+    ids[:, 1] = word_boundaries(bert_wordpiece).random_token_ids[0]
+    labels = AttentionMasker(bert_wordpiece, order=order, mlm_probability=0.3, seed=seed)(
+        ids, attention, flagged, model=_AttentionWithNaN())[1]
+    eligible = eligible_positions(bert_wordpiece, ids, attention, flagged)
+    budget = (labels != -100).sum(dim=1)
+    below_all = eligible.sum(dim=1) > budget  # rows where the lowest-ranked token stays unmasked
+    assert bool(below_all.any())
+    chosen = labels[:, 1] != -100
+    assert bool(((chosen == (order == "least")) | ~below_all | (budget == 0)).all()), f"seed={seed}"
+
+
+def test_an_unseeded_masker_on_another_rank_draws_from_the_global_seed_and_its_rank(bert_wordpiece, tiny_bert_mlm,
+                                                                                       seed, monkeypatch):
+    """``set_seed`` makes the global RNG alike on every rank: rank 1 must not draw rank 0's masks,
+    and must follow the run's seed."""
+    ids, attention, flagged = random_batch(bert_wordpiece, seed, rows=16)
+
+    def draw(rank: str, global_seed: int) -> torch.Tensor:
+        monkeypatch.setenv("RANK", rank)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(global_seed)
+            return AttentionMasker(bert_wordpiece, mlm_probability=0.5)(ids, attention, flagged,
+                                                                        model=tiny_bert_mlm)[0]
+
+    assert torch.equal(draw("1", seed), draw("1", seed))
+    assert not torch.equal(draw("0", seed), draw("1", seed)), f"seed={seed}"
+    assert not torch.equal(draw("1", seed), draw("1", seed + 1)), f"seed={seed}"
+
+
+def test_resuming_or_pickling_a_masker_that_has_drawn_restarts_its_stream(bert_wordpiece, tiny_bert_mlm, seed):
+    ids, attention, flagged = random_batch(bert_wordpiece, seed, rows=12)
+
+    def call(masker):
+        return masker(ids, attention, flagged, model=tiny_bert_mlm)[0]
+
+    used = AttentionMasker(bert_wordpiece, mlm_probability=0.5, seed=seed)
+    first = call(used)
+    assert torch.equal(call(pickle.loads(pickle.dumps(used))), first), f"seed={seed}"
+    fresh = AttentionMasker(bert_wordpiece, mlm_probability=0.5, seed=seed)
+    fresh.resume_at(5)
+    used.resume_at(5)
+    assert torch.equal(call(used), call(fresh)), f"seed={seed}"
+
+
+def test_a_model_one_id_short_of_the_tokenizer_is_named(bert_wordpiece):
+    from transformers import BertConfig, BertForMaskedLM
+
+    model = BertForMaskedLM(BertConfig(vocab_size=len(bert_wordpiece) - 1, hidden_size=32, num_hidden_layers=2,
+                                       num_attention_heads=2, intermediate_size=64)).eval()
+    ids, attention, _ = random_batch(bert_wordpiece, 0)
+    with pytest.raises(ValueError, match=rf"the model embeds only {len(bert_wordpiece) - 1}: "):
+        AttentionMasker(bert_wordpiece, seed=0)(ids, attention, model=model)
+
+
+def test_first_row_reads_the_mask_of_each_rows_first_token(seed):
+    """A mask that differs by query row (causal, or packed sequences) is read at the first token."""
+    from diffmask_fast.attention_weights import _first_row
+
+    g = torch.Generator().manual_seed(seed)
+    query, key = torch.randn(3, 2, 6, 4, generator=g), torch.randn(3, 2, 6, 4, generator=g)
+    allowed = torch.rand(3, 1, 6, 6, generator=g) < 0.6
+    allowed[..., 0] = True  # every query row attends somewhere
+    first = torch.tensor([0, 2, 5])
+    expected = []
+    for b, f in enumerate(first.tolist()):
+        scores = (query[b, :, f, None, :] @ key[b].transpose(-1, -2)).squeeze(1) * 0.5  # [heads, L]; 1 / sqrt(4)
+        expected.append(scores.masked_fill(~allowed[b, :, f, :], float("-inf")).softmax(dim=-1).mean(dim=0))
+    torch.testing.assert_close(_first_row(query, key, allowed, None, first), torch.stack(expected))
+
+
+def test_a_layers_own_scaling_is_kept_in_the_layers_before_the_wanted_one(bert_wordpiece, tiny_bert_mlm, seed):
+    ids, attention, _ = random_batch(bert_wordpiece, seed, rows=6)
+    model = copy.deepcopy(tiny_bert_mlm)
+    with torch.no_grad():  # attention far from uniform, so that the first layer's scaling shows in the last
+        for layer in model.bert.encoder.layer:
+            layer.attention.self.query.weight.mul_(30)
+            layer.attention.self.key.weight.mul_(30)
+    first = model.bert.encoder.layer[0].attention.self
+    default = reference_attention(model, ids, attention, -1)
+    first.scaling = 4 * first.scaling
+    rows = AttentionMasker(bert_wordpiece, seed=seed)._first_token_attention(model, ids, attention)
+    torch.testing.assert_close(rows, reference_attention(model, ids, attention, -1), atol=1e-6, rtol=1e-5)
+    assert not torch.allclose(rows, default, atol=1e-4), "the premise: the scaling changes the row"
+
+
+def test_a_model_that_cannot_switch_its_attention_is_read_in_one_eager_pass(bert_wordpiece, seed):
+    from transformers import DebertaV2Config, DebertaV2ForMaskedLM
+
+    model = DebertaV2ForMaskedLM(DebertaV2Config(vocab_size=len(bert_wordpiece), hidden_size=32, num_hidden_layers=2,
+                                                 num_attention_heads=4, intermediate_size=64)).eval()
+    assert not model.base_model._can_set_attn_implementation()
+    ids, attention, flagged = random_batch(bert_wordpiece, seed, rows=4)
+    passes = []
+    hook = model.base_model.register_forward_pre_hook(lambda *args: passes.append(1))
+    try:
+        AttentionMasker(bert_wordpiece, seed=seed)(ids, attention, flagged, model=model)
+    finally:
+        hook.remove()
+    assert len(passes) == 1
