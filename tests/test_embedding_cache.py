@@ -737,3 +737,105 @@ def test_a_segment_of_another_format_is_skipped_not_deleted(tmp_path, tokenizer,
     assert positions.size == 0 and segment.exists()
     key, fields = embedder(tiny_bert(tokenizer, rng.randrange(2**31)), tokenizer, tmp_path).cache_key()
     assert fields["cache_format"] == embedding_cache.CACHE_FORMAT, "another format gets a folder of its own"
+
+
+def test_a_committed_segment_is_never_swept_however_old(tmp_path):
+    """Only vectors files whose JSON never came are a killed writer's leftovers."""
+    import os
+    import time
+
+    cache = embedding_cache.EmbeddingCache(tmp_path, "key", 3)
+    cache.add(["enzyme"], np.ones((1, 3), dtype=np.float32))
+    old = time.time() - embedding_cache.STALE_SECONDS - 60
+    for path in cache.directory.glob("seg-*"):
+        os.utime(path, (old, old))
+    embedding_cache.EmbeddingCache(tmp_path, "key", 3).add(["kinase"], np.full((1, 3), 2.0, dtype=np.float32))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        positions, vectors = embedding_cache.EmbeddingCache(tmp_path, "key", 3).lookup(["enzyme", "kinase"])
+    np.testing.assert_array_equal(vectors[np.argsort(positions)], [[1, 1, 1], [2, 2, 2]])
+
+
+def test_a_folder_made_in_a_folder_every_user_may_write_is_not_made_group_writable(tmp_path):
+    """/tmp is group-writable too (mode 1777): that is no group sharing it."""
+    import os
+    import stat
+
+    public = tmp_path / "public"
+    public.mkdir()
+    public.chmod(0o777)
+    previous = os.umask(0o022)
+    try:
+        embedding_cache._make_folder(public / "cache" / "embeddings")
+    finally:
+        os.umask(previous)
+    for folder in (public / "cache", public / "cache" / "embeddings"):
+        assert stat.S_IMODE(folder.stat().st_mode) == 0o755, f"{folder}: {stat.S_IMODE(folder.stat().st_mode):o}"
+
+
+def _edit_segment(tmp_path, edit, words=("enzyme", "kinase"), vectors=None):
+    """A cache of one segment whose JSON is edited by ``edit(meta, vectors_path)``."""
+    vectors = np.arange(2 * 3, dtype=np.float32).reshape(2, 3) if vectors is None else vectors
+    embedding_cache.EmbeddingCache(tmp_path, "key", 3).add(list(words), vectors)
+    words_file = next((tmp_path / "embeddings" / "key").glob("seg-*.json"))
+    meta = json.loads(words_file.read_text(encoding="utf-8"))
+    edit(meta, words_file.with_suffix(".npy"))
+    words_file.write_text(json.dumps(meta), encoding="utf-8")
+    return words_file
+
+
+def test_segments_whose_fields_disagree_with_their_vectors_are_discarded(tmp_path):
+    def other_dimension(meta, vectors_path):
+        meta["dimension"] = 4
+
+    def words_not_strings(meta, vectors_path):  # a segment of the format without a words checksum
+        del meta["words_sha256"]
+        meta["words"] = [["enzyme"], "kinase"]
+
+    def half_precision_vectors(meta, vectors_path):  # the checksum matches: only the dtype is wrong
+        np.save(vectors_path, np.ones((2, 3), dtype=np.float16))
+        meta["sha256"] = embedding_cache._file_sha256(vectors_path)
+
+    for number, edit in enumerate((other_dimension, words_not_strings, half_precision_vectors)):
+        words_file = _edit_segment(tmp_path / str(number), edit)
+        cache = embedding_cache.EmbeddingCache(tmp_path / str(number), "key", 3)
+        with pytest.warns(UserWarning, match=f"embedding cache: .*{words_file.name[:-5]}"):
+            positions, vectors = cache.lookup(["enzyme", "kinase"])
+        assert len(positions) == 0 and "kinase" not in cache and not words_file.exists(), edit.__name__
+
+
+def test_a_word_in_two_segments_reads_from_the_first_by_name_always(tmp_path):
+    """Two processes that both embedded a word wrote it twice: every reader takes the same copy."""
+    embedding_cache.EmbeddingCache(tmp_path, "key", 2).add(["enzyme"], np.array([[1, 0]], dtype=np.float32))
+    embedding_cache.EmbeddingCache(tmp_path, "key", 2).add(["enzyme", "cell"], np.array([[0, 1], [1, 1]], np.float32))
+    cache = embedding_cache.EmbeddingCache(tmp_path, "key", 2)
+    assert cache.lookup(["enzyme"])[1].tolist() == [[1, 0]]
+    cache._reindex()
+    assert cache.lookup(["enzyme"])[1].tolist() == [[1, 0]]
+
+
+def test_segments_another_process_merged_meanwhile_are_not_merged_again(tmp_path, monkeypatch):
+    """After the lock, the count is taken again: another process may have merged, and then added
+    segments, so that no merge is due."""
+    monkeypatch.setattr(embedding_cache, "MAX_SEGMENTS", 8)
+    writer = embedding_cache.EmbeddingCache(tmp_path, "key", 2)
+    for number in range(8):
+        writer.add([f"word{number}"], np.full((1, 2), number, dtype=np.float32))
+    cache = embedding_cache.EmbeddingCache(tmp_path, "key", 2)
+    looks = []
+    own_refresh = cache.refresh
+
+    def refresh():
+        looks.append(1)
+        if len(looks) == 2:  # the look taken once the lock is held: another process merged, then added
+            other = embedding_cache.EmbeddingCache(tmp_path, "key", 2)
+            other.refresh()
+            other._merge()
+            for number in (9, 10):
+                other.add([f"word{number}"], np.full((1, 2), number, dtype=np.float32))
+        own_refresh()
+
+    monkeypatch.setattr(cache, "refresh", refresh)
+    cache.add(["word8"], np.full((1, 2), 8, dtype=np.float32))
+    assert len(looks) == 2 and len(cache._segments) == 8 // 2 + 1 + 2
+    assert len(list(cache.directory.glob("seg-*.json"))) == 7

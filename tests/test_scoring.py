@@ -339,6 +339,55 @@ def test_words_longer_than_max_length_are_embedded_from_their_first_pieces(tiny_
     assert tokenizer.truncation_side == "right"
 
 
+
+def test_a_word_of_exactly_max_length_tokens_is_embedded_whole(tiny_bert):
+    model, tokenizer = tiny_bert
+    word = "enzyme-receptor-kinase"
+    length = len(tokenizer(word)["input_ids"])  # with its special tokens
+    whole = WordEmbedder(model, tokenizer, pooling="mean", max_length=length, progress=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        vector = whole.embed([word])[0]
+    assert whole.truncated_words == 0
+    torch.testing.assert_close(vector, direct_embedding(model, tokenizer, word, "mean"), atol=1e-5, rtol=1e-4)
+    cut = WordEmbedder(model, tokenizer, pooling="mean", max_length=length - 1, progress=False)
+    with pytest.warns(UserWarning, match=f"more than {length - 1} tokens"):
+        cut.embed([word])
+    assert cut.truncated_words == 1
+
+
+def test_the_table_pooling_shares_vectors_whatever_max_length_and_takes_any_dtype(tiny_bert):
+    """``input_embeddings`` reads the embedding table alone, in float32: neither its length limit
+    nor the compute dtype of a model pass applies to it."""
+    model, tokenizer = tiny_bert
+
+    def key(**options):
+        return WordEmbedder(model, tokenizer, progress=False, **options).cache_key()[0]
+
+    assert key(pooling="input_embeddings", max_length=8) == key(pooling="input_embeddings", max_length=16)
+    assert key(pooling="mean", max_length=8) != key(pooling="mean", max_length=16)
+    half = copy.deepcopy(model).to(torch.bfloat16)
+    WordEmbedder(half, tokenizer, pooling="input_embeddings", dtype="float16", progress=False)
+    with pytest.raises(ValueError, match="the model's weights are bfloat16: .* not float16"):
+        WordEmbedder(half, tokenizer, pooling="mean", dtype="float16", progress=False)
+
+
+def test_words_the_tokenizer_reads_otherwise_than_its_backend_are_read_as_the_tokenizer_does(tiny_bert,
+                                                                                                monkeypatch):
+    """The backend's ids are used only where they match the tokenizer's own call on the first
+    words, any of them (a tokenizer whose Python layer changes some words, simulated)."""
+    from diffmask_fast import embedding
+
+    model, tokenizer = tiny_bert
+    own_call = embedding.tokenize_texts
+
+    def reads_kinase_as_enzyme(tokenizer, texts, **options):
+        return own_call(tokenizer, ["enzyme" if text == "kinase" else text for text in texts], **options)
+
+    monkeypatch.setattr(embedding, "tokenize_texts", reads_kinase_as_enzyme)
+    vectors = WordEmbedder(model, tokenizer, pooling="mean", progress=False).embed(["cell", "kinase", "ligand"])
+    torch.testing.assert_close(vectors[1], direct_embedding(model, tokenizer, "enzyme", "mean"), atol=1e-5, rtol=1e-4)
+
 def test_one_truncation_warning_per_call_however_many_cache_pieces(tiny_bert, tmp_path, monkeypatch):
     from diffmask_fast import embedding
 
