@@ -1176,6 +1176,13 @@ def test_fake_kernels_on_meta():
     assert out.shape == (3, 4) and out.dtype == torch.bool and out.device.type == "meta"
     with pytest.raises(ValueError, match="counts must have shape"):
         ops.sample_without_replacement(torch.rand(3, 4, **meta), torch.ones(2, dtype=torch.long, **meta))
+    # Checks the kernels repeat are made before them too: a traced call never reaches a kernel.
+    with pytest.raises(ValueError, match="K >= 1"):
+        ops.max_anchor_similarity(torch.empty(3, 4, **meta), torch.empty(0, 4, **meta))
+    scan = (torch.empty(3, 4, **meta), torch.zeros(2, 1, dtype=torch.long, **meta), torch.empty(5, 4, **meta),
+            torch.zeros(2, dtype=torch.long, **meta))
+    with pytest.raises(ValueError, match=r"probes \[N, P\] must have a row for every query"):
+        ops.ivf_max_dot(*scan)
 
 
 def test_reference_never_loads_the_extension():

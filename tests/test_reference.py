@@ -173,6 +173,12 @@ def test_token_scheme_makes_every_token_a_word():
     assert reference.group_words(starts, never) == [[1], [2], [3], [4]]
 
 
+def test_a_continuation_token_first_in_a_row_begins_a_word():
+    """A row cut inside a word (a window's first token continues the word before it)."""
+    assert reference.group_words([False, True, False], [False, False, False]) == [[0], [1, 2]]
+    assert reference.group_words([False, False, True], [True, False, False]) == [[1], [2]]
+
+
 def test_word_starts_rejects_unknown_scheme():
     with pytest.raises(ValueError, match="unknown word-boundary scheme"):
         reference.word_starts(["a"], [False], "wordlevel")
