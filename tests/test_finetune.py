@@ -1030,3 +1030,113 @@ def test_training_texts_under_several_labels_are_warned_of(model_dir, task, tmp_
         finetune(model_dir, task["train"], task["dev"], seeds=(1,), **_FAST)
     with pytest.warns(DiffmaskWarning, match=r"2 of the 25 examples in .*ambiguous.jsonl' \(8%\) share their 'text'"):
         finetune(model_dir, ambiguous, task["dev"], seeds=(1,), **_FAST)
+
+
+# ----------------------------------------------------------------------------------------------
+# What a run reports, at the edges
+
+
+def test_the_best_epochs_weights_score_the_splits_and_a_subset_keeps_the_file_order(model_dir, tmp_path, monkeypatch):
+    """Three epochs, the first kept as best (forced): the saved model and the dev scores are the
+    first epoch's, the test split is scored on its own examples, labels are numbered in sorted
+    order whatever order the file gives them, and a subset of the training file keeps its order."""
+    rng = random.Random(3)
+    train = _write_jsonl(tmp_path / "train.jsonl", list(reversed(_synthetic_rows(24, rng))))  # "result" first
+    dev = _write_jsonl(tmp_path / "dev.jsonl", _synthetic_rows(12, rng))
+    test = _write_jsonl(tmp_path / "test.jsonl", _synthetic_rows(5, rng))
+    real_callback, callbacks = finetune_module._make_keep_best_callback, []
+
+    def first_epoch_best(select_by="macro_f1"):
+        callback = real_callback(select_by)
+        evaluate = callback.on_evaluate
+
+        def on_evaluate(args, state, control, metrics=None, model=None, **kwargs):
+            callback.best_score = math.inf if callback.history else -math.inf  # no later epoch improves
+            return evaluate(args, state, control, metrics=metrics, model=model, **kwargs)
+
+        callback.on_evaluate = on_evaluate
+        callbacks.append(callback)
+        return callback
+
+    scored, encoded = [], []
+    real_scores, real_encoded = finetune_module._scores, finetune_module._Encoded
+
+    def scores(label_ids, logits):
+        scored.append(len(label_ids))
+        return real_scores(label_ids, logits)
+
+    def encoded_texts(tokenizer, texts, label_ids, max_length):
+        encoded.append(list(texts))
+        return real_encoded(tokenizer, texts, label_ids, max_length)
+
+    monkeypatch.setattr(finetune_module, "_make_keep_best_callback", first_epoch_best)
+    monkeypatch.setattr(finetune_module, "_scores", scores)
+    monkeypatch.setattr(finetune_module, "_Encoded", encoded_texts)
+    report = finetune(model_dir, train, dev, test, seeds=(1,), output_dir=tmp_path / "models",
+                      max_train_examples=20, **{**_FAST, "epochs": 3})
+    assert report.labels == ["background", "method", "result"]
+    result = report.results[0]
+    assert result.best_epoch == 1 and len(result.dev_history) == 3
+    assert (result.dev["accuracy"], result.dev["macro_f1"]) == pytest.approx(
+        (result.dev_history[0]["accuracy"], result.dev_history[0]["macro_f1"]))
+    assert scored[-4:] == [12, 12, 5, 5], "dev, then the test split's own 5 examples (each predict scores too)"
+    from safetensors.torch import load_file
+
+    saved = load_file(tmp_path / "models" / "seed-1" / "model.safetensors")
+    best = callbacks[0].best_state
+    assert all(torch.equal(saved[name], best[name]) for name in saved if name in best)
+    file_order = [json.loads(line)["text"] for line in train.read_text(encoding="utf-8").splitlines()]
+    kept = encoded[0]
+    assert len(kept) == 20 and kept == [text for text in file_order if text in set(kept)][:20]
+    positions = [file_order.index(text) for text in kept]
+    assert positions == sorted(positions)
+
+
+def test_scores_of_outputs_partly_nan_and_a_best_epoch_that_scores_zero():
+    nan = math.nan
+    assert all(math.isnan(value) for value in _scores([0, 1], np.array([[nan, nan], [0.0, 1.0]])).values())
+    callback = _make_keep_best_callback()
+    model = torch.nn.Linear(2, 2)
+    for epoch in (1, 2):
+        callback.on_evaluate(None, SimpleNamespace(epoch=float(epoch)), None, model=model,
+                             metrics={"eval_accuracy": 0.0, "eval_macro_f1": 0.0, "eval_loss": 1.0})
+    assert callback.best_epoch == 1 and callback.best_state is not None
+
+
+def test_option_bounds_and_a_report_without_test_results():
+    from diffmask_fast.finetune import _check_options
+
+    assert _check_options((1,), 1, 1e-3, 8, 2, 0.0, 0.0, None) == [1]  # no weight decay, no warmup: allowed
+    with pytest.raises(ValueError, match="max_length must be at least 2"):
+        _check_options((1,), 1, 1e-3, 8, 1, 0.01, 0.06, None)
+    for options in ((1,), 1, 1e-3, 8, 24, -0.1, 0.06, None), ((1,), 1, 1e-3, 8, 24, 0.0, -0.1, None), \
+            ((1,), 1, 1e-3, 8, 24, 0.0, 0.06, -3):
+        with pytest.raises(ValueError):
+            _check_options(*options)
+    assert not FinetuneReport("m", ["a", "b"], []).has_test
+    dev_only = FinetuneReport("m", ["a", "b"], [SeedResult(1, 1, {"accuracy": 0.5, "macro_f1": 0.5})])
+    with pytest.raises(ValueError, match="no test results"):
+        dev_only.values("test", "accuracy")
+    assert dev_only.values("dev", "accuracy") == [0.5]
+
+
+def test_labels_that_are_arrays_tuples_or_bytes_are_refused():
+    with pytest.raises(ValueError):
+        accuracy(np.array("ab"), ["a", "b"])
+    with pytest.raises(ValueError):
+        accuracy([(0, 1), (1, 0)], [(0, 1), (0, 1)])  # one-hot rows
+    with pytest.raises(TypeError):
+        accuracy(b"ab", [97, 98])
+
+
+def test_unseen_labels_are_listed_whole_up_to_the_limits():
+    from diffmask_fast.finetune import LABEL_CHARS, LABELS_SHOWN, _label_ids
+
+    exact = "x" * (LABEL_CHARS - 2)  # its repr, quotes included, is LABEL_CHARS long
+    with pytest.raises(ValueError) as raised:
+        _label_ids([exact], {"a": 0, "b": 1}, "dev.jsonl")
+    assert repr(exact) in str(raised.value)
+    five = [f"label{i}" for i in range(LABELS_SHOWN)]  # as many as are shown, each an example's own
+    with pytest.raises(ValueError) as raised:
+        _label_ids(five, {"a": 0, "b": 1}, "dev.jsonl")
+    assert "more" not in str(raised.value) and "label-field" not in str(raised.value)
