@@ -1011,7 +1011,15 @@ def test_ranks_draw_different_masks_without_a_seed_too(name, bert_wordpiece, tin
 @pytest.mark.parametrize("options, message", [
     ({"epochs": 0, "max_steps": -1}, "epochs must be positive"),
     ({"epochs": float("nan"), "max_steps": -1}, "epochs must be positive"),
+    ({"epochs": float("inf"), "max_steps": -1}, "epochs must be positive"),
     ({"max_steps": 0}, "max_steps must be a positive number of steps"),
+    ({"max_steps": 0, "epochs": 0}, "max_steps must be a positive number of steps"),
+    ({"mlm_probability": 0.0}, r"mlm_probability must be in \(0, 1\], got 0.0"),
+    ({"validation_fraction": 0.0}, r"validation_fraction must be in \(0, 1\)"),
+    ({"eval_steps": 0}, "eval_steps must be at least 1"),
+    ({"patience": -1}, "patience must be at least 0"),
+    ({"save_total_limit": 0}, "save_total_limit must be at least 1"),
+    ({"strategy": "terms", "terms": "t.txt", "term_probability": 1.5}, r"term_probability must be in \[0, 1\]"),
     ({"max_length": 3}, "max_length must be at least 4"),
     ({"validation_fraction": 1.0}, r"validation_fraction must be in \(0, 1\)"),
     ({"learning_rate": -1e-3}, "learning_rate must be non-negative"),
@@ -1055,6 +1063,20 @@ def test_whole_number_settings_that_are_no_whole_numbers_are_refused(tmp_path, n
     with pytest.raises(TypeError, match=f"must be a whole number, got {re.escape(repr(value))}"):
         pretrain(config)
     assert not (tmp_path / "out").exists()
+
+
+def test_settings_at_the_edges_of_their_ranges(tmp_path):
+    """Checked once the files are found: the accepted bounds pass, the refused ones are named."""
+    for name in ("c.txt", "v.txt"):
+        (tmp_path / name).write_text("hello world\n")
+    config = PretrainConfig(model="m", corpus=[tmp_path / "c.txt"], output_dir=tmp_path / "out",
+                            strategy="random-token", validation=[tmp_path / "v.txt"])
+    for accepted in ({"mlm_probability": 1.0}, {"warmup_ratio": 0.0}, {"patience": 0}, {"head_learning_rate": 1e-3}):
+        dataclasses.replace(config, **accepted).check()
+    for refused, message in (({"head_learning_rate": 0.0}, "head_learning_rate must be positive and finite"),
+                             ({"precision": "fp8"}, "precision must be fp32, bf16 or fp16, got 'fp8'")):
+        with pytest.raises(ValueError, match=message):
+            dataclasses.replace(config, **refused).check()
 
 
 def test_max_validation_documents_is_not_read_when_validation_files_are_given(tmp_path):
@@ -2437,3 +2459,15 @@ def test_a_terms_file_given_from_the_output_folder_is_kept_as_written(model_dir,
     elsewhere = tmp_path / "elsewhere"  # a terms file elsewhere is saved beside the model, as read
     pretrain(config_for(model_dir, corpus, elsewhere, strategy="terms", terms=terms, max_steps=1))
     assert (elsewhere / "terms.txt").read_text(encoding="utf-8") == "protein\nbinding site\n"
+
+
+def test_a_run_that_takes_every_planned_step_did_not_stop_early_and_keeps_few_checkpoints(model_dir, corpus,
+                                                                                           tmp_path):
+    """Counted in optimizer steps (an accumulation cycle is one)."""
+    out = tmp_path / "steps"
+    summary = pretrain(config_for(model_dir, corpus, out, strategy="random-token", max_steps=6, eval_steps=1))
+    assert summary["global_step"] == 6 and summary["stopped_early"] is False
+    assert len(list(out.glob("checkpoint-*"))) <= 3, "save_total_limit (2) and the best checkpoint"
+    epoch = pretrain(config_for(model_dir, corpus, tmp_path / "epoch", strategy="random-token", max_steps=-1,
+                                epochs=1, gradient_accumulation_steps=2, eval_steps=1000))
+    assert epoch["stopped_early"] is False and math.isfinite(epoch["best_validation_loss"])
