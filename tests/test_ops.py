@@ -1185,6 +1185,35 @@ def test_fake_kernels_on_meta():
         ops.ivf_max_dot(*scan)
 
 
+def test_the_masking_and_table_checks_hold_for_meta_tensors():
+    """A traced call reaches the wrappers' checks and the fake kernels, never the CPU kernels
+    that repeat them."""
+    meta = {"device": "meta"}
+    ids, never = torch.empty(2, 5, dtype=torch.long, **meta), torch.empty(2, 5, dtype=torch.bool, **meta)
+    starts, keys = torch.empty(10, dtype=torch.bool, **meta), torch.empty(4, dtype=torch.long, **meta)
+    values, random_ids = torch.empty(4, **meta), torch.empty(3, dtype=torch.long, **meta)
+    seed = torch.empty(1, dtype=torch.long, **meta)
+
+    def mask(**changed):
+        arguments = {"never_word": never, "random_token_ids": random_ids, "seed": seed, **changed}
+        return ops.difference_mask_device(ids, arguments.pop("never_word"), starts, keys, values,
+                                          arguments.pop("random_token_ids"), mask_token_id=4, **arguments)
+
+    assert mask().masked_ids.shape == (2, 5)
+    for changed, message in (({"never_word": never[:, :4]}, "never_word must have the shape of input_ids"),
+                             ({"mask_replace_prob": 0.8, "random_replace_prob": 0.3}, "must be at most 1"),
+                             ({"random_token_ids": random_ids[:0]}, "random_token_ids is empty"),
+                             ({"seed": torch.empty(2, dtype=torch.long, **meta)}, "seed must hold one int64 value")):
+        with pytest.raises(ValueError, match=message):
+            mask(**changed)
+    new_keys, new_values = torch.empty(2, dtype=torch.long, **meta), torch.empty(2, **meta)
+    ops.score_table_insert(keys, values, new_keys, new_values)
+    with pytest.raises(ValueError, match="must be contiguous"):
+        ops.score_table_insert(torch.empty(8, dtype=torch.long, **meta)[::2], values, new_keys, new_values)
+    with pytest.raises(ValueError, match="must not require grad"):
+        ops.score_table_insert(keys, torch.empty(4, requires_grad=True, **meta), new_keys, new_values)
+
+
 def test_reference_never_loads_the_extension():
     code = "import sys, diffmask_fast.reference; assert 'diffmask_fast._C' not in sys.modules; " \
            "assert 'diffmask_fast._extension' not in sys.modules"
