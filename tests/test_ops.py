@@ -685,6 +685,9 @@ def test_score_table_insert_lookup_overwrite(seed):
     table.insert(torch.tensor([keys[0], keys[0], keys[5]]), torch.tensor([1.0, 2.0, 3.0]))
     assert len(table) == keys.numel()
     assert table.lookup(keys[[0, 5]])[0].tolist() == [2.0, 3.0]
+    fresh = ops.ScoreHashTable()
+    fresh.insert([7, 7, 9], [1.0, 2.0, 3.0])  # a new key twice in one insert: one entry
+    assert len(fresh) == 2 and fresh.lookup([7, 9])[0].tolist() == [2.0, 3.0]
     # Lookup keeps the query shape.
     shaped, shaped_found = table.lookup(keys[:12].reshape(3, 4))
     assert shaped.shape == (3, 4) and shaped_found.shape == (3, 4) and shaped_found.all()
@@ -1176,6 +1179,8 @@ def test_fake_kernels_on_meta():
     assert out.shape == (3, 4) and out.dtype == torch.bool and out.device.type == "meta"
     with pytest.raises(ValueError, match="counts must have shape"):
         ops.sample_without_replacement(torch.rand(3, 4, **meta), torch.ones(2, dtype=torch.long, **meta))
+    with pytest.raises(TypeError, match="counts must be an integer tensor, got torch.bool"):
+        ops.sample_without_replacement(torch.rand(3, 4, **meta), torch.ones(3, dtype=torch.bool, **meta))
     # Checks the kernels repeat are made before them too: a traced call never reaches a kernel.
     with pytest.raises(ValueError, match="K >= 1"):
         ops.max_anchor_similarity(torch.empty(3, 4, **meta), torch.empty(0, 4, **meta))
@@ -1200,6 +1205,7 @@ def test_the_masking_and_table_checks_hold_for_meta_tensors():
                                           arguments.pop("random_token_ids"), mask_token_id=4, **arguments)
 
     assert mask().masked_ids.shape == (2, 5)
+    assert mask(seed=torch.tensor([3])).masked_ids.shape == (2, 5)  # a seed on the CPU is taken on any device
     for changed, message in (({"never_word": never[:, :4]}, "never_word must have the shape of input_ids"),
                              ({"mask_replace_prob": 0.8, "random_replace_prob": 0.3}, "must be at most 1"),
                              ({"random_token_ids": random_ids[:0]}, "random_token_ids is empty"),
