@@ -104,6 +104,8 @@ def test_preview_masks_with_a_saved_score_table(tmp_path, capsys, seed, bert_wor
     assert "made against other anchors" in capsys.readouterr().err
     assert main(args + ["--pooling", "mean"]) == 1
     assert "--pooling and --similarity choose how preview scores words itself" in capsys.readouterr().err
+    assert main(args + ["--word-boundary", "wordpiece"]) == 0  # the table records none to contradict
+    capsys.readouterr()
     moved = tmp_path / "moved.npz"
     ScoreTable({"enzyme": 1.0}, anchors=["enzyme"], info={"tokenizer": str(tmp_path / "gone")}).save(moved)
     assert main(["preview", str(corpus), "--scores", str(moved)]) == 1
@@ -566,6 +568,7 @@ def test_word_boundaries_that_cannot_be_told_are_refused_before_counting_and_nam
     monkeypatch.setattr(counting, "count_words", count_words)
     assert main(command + ["--word-boundary", "token"]) == 0
     assert ScoreTable.load(scores).info["word_boundary"] == "token"
+    assert ScoreTable.load(scores).info["tokenizer"] == os.path.realpath(tokenizer), "what grouped the words"
     capsys.readouterr()
     assert main(["preview", str(corpus), "--scores", str(scores), "-n", "1", "--no-progress"]) == 0
     capsys.readouterr()
@@ -647,6 +650,13 @@ def test_outputs_and_options_are_checked_before_counting(tmp_path, capsys, monke
         (score + ["--context-length", "64"], "--context-length is the context of --contextual-anchors, which is not"),
         (score + ["--contextual-anchors", "5", "--context-length", "2"], "--context-length must be at least 3"),
         (score + ["--top", "-2"], "--top must be 0 or more, got -2"),
+        (score + ["--top", "-1"], "--top must be 0 or more, got -1"),
+        (["mine", str(corpus), "--counts", str(tmp_path / "c.bin")], "give either a corpus to count or --counts, not both"),
+        (["score", "--counts", str(tmp_path / "c.bin"), "--anchors", str(tmp_path / "a.json"), "-o",
+          str(tmp_path / "s.npz"), "--contextual-anchors", "5"], "--contextual-anchors needs a corpus"),
+        (["preview", str(corpus), "--scores", str(tmp_path / "s.npz"), "--similarity", "mean"],
+         "--pooling and --similarity choose how preview scores words itself"),
+        (["preview", str(corpus), "--html", str(blocker / "x.html")], "cannot write the --html"),
         (score + ["--max-length", "2"], "--max-length must be at least 3"),
         (score + ["--tokenizer", "./missing-tokenizer"], "the model directory './missing-tokenizer' does not exist"),
         (score + ["--model", str(empty_folder)], f"the model directory {str(empty_folder)!r} holds no model or tokenizer"),
@@ -668,6 +678,8 @@ def test_outputs_and_options_are_checked_before_counting(tmp_path, capsys, monke
     for argv, message in cases:
         assert main(argv) == 1, argv
         assert message in capsys.readouterr().err, argv
+    main(score + ["--contextual-anchors", "5", "--context-length", "3"])  # the least context taken
+    assert "--context-length" not in capsys.readouterr().err
 
 
 def test_outputs_that_would_replace_an_input_or_each_other_are_refused(tmp_path, capsys, monkeypatch):
@@ -686,6 +698,8 @@ def test_outputs_that_would_replace_an_input_or_each_other_are_refused(tmp_path,
     link.symlink_to(corpus)
     general = tmp_path / "general.tsv"
     general.write_text("the\t1000000\nenzyme\t10\n")
+    records = folder / "records.jsonl"  # read as the corpus's with --text-field
+    records.write_text('{"body": "enzyme binds"}\n')
     cases = [
         (["mine", str(corpus), "-o", str(corpus)], f"--output {str(corpus)!r} is a file of the corpus"),
         (["mine", str(folder), "--counts-output", str(link)], "--counts-output"),  # through a link
@@ -698,6 +712,8 @@ def test_outputs_that_would_replace_an_input_or_each_other_are_refused(tmp_path,
         (["score", "--counts", str(counts), "--anchors", str(anchors), "-o", str(counts)], "is the file of --counts"),
         (["score", str(folder), "--anchors", str(anchors), "-o", str(corpus)], "is a file of the corpus"),
         (["preview", str(corpus), "--html", str(corpus)], "--html"),
+        (["preview", str(corpus), "--anchors", str(anchors), "--html", str(anchors)], "is the file of --anchors"),
+        (["mine", str(folder), "--text-field", "body", "-o", str(records)], "is a file of the corpus"),
         (["preview", str(corpus), "--scores", str(tmp_path / "s.npz"), "--html", str(tmp_path / "s.npz")],
          "is the file of --scores"),
         (["demo", "--html", str(tmp_path / "x.svg"), "--plot", str(tmp_path / "x.svg")],
@@ -710,7 +726,7 @@ def test_outputs_that_would_replace_an_input_or_each_other_are_refused(tmp_path,
         assert main(argv) == 1, argv
         err = capsys.readouterr().err
         assert message in err and "error:" in err, (argv, err)
-    assert corpus.read_text() == "enzyme binds the receptor\n"
+    assert corpus.read_text() == "enzyme binds the receptor\n" and records.read_text() == '{"body": "enzyme binds"}\n'
     assert general.read_text() == "the\t1000000\nenzyme\t10\n"
 
 
@@ -885,6 +901,8 @@ def test_preview_refuses_mining_options_it_would_not_use(tmp_path, capsys):
         assert main(["preview", str(corpus), "--anchors", str(anchors), "-n", "1", *options]) == 1
         assert f"{named} how preview mines anchors; --anchors or --scores give them already" \
             in capsys.readouterr().err
+    assert main(["preview", str(corpus), "--scores", str(tmp_path / "s.npz"), "-n", "1", "-k", "5"]) == 1
+    assert "-k chooses how preview mines anchors" in capsys.readouterr().err
 
 
 def test_mine_suggests_a_lower_min_count_only_when_there_is_one(tmp_path, capsys):
@@ -1056,3 +1074,34 @@ def test_every_command_that_reads_a_corpus_says_what_it_reads():
         assert "JSON-lines files" in " ".join(parser.commands[command].format_help().split()), command
     assert "JSON-lines" in CORPUS_HELP and "documents to show" in " ".join(
         parser.commands["preview"].format_help().split())
+
+
+def test_mine_takes_twenty_anchors_by_default_and_counts_with_the_threads_asked(tmp_path, shared_data_dir,
+                                                                                   monkeypatch):
+    from diffmask_fast import counting
+    from diffmask_fast.anchors import Anchors
+
+    corpus = shared_data_dir / "chemprot" / "corpus.txt"
+    assert main(["mine", str(corpus), "-o", str(tmp_path / "a.json"), "--no-progress"]) == 0
+    assert len(Anchors.load(tmp_path / "a.json")) == 20
+    asked, count_words = [], counting.count_words
+
+    def counted_with(*args, **kwargs):
+        asked.append(kwargs.get("threads"))
+        return count_words(*args, **kwargs)
+
+    monkeypatch.setattr(counting, "count_words", counted_with)
+    assert main(["mine", str(corpus), "-o", str(tmp_path / "b.json"), "--threads", "2", "--no-progress"]) == 0
+    assert asked == [2]
+
+
+def test_preview_of_a_corpus_of_blank_lines_is_refused(tmp_path, capsys):
+    from diffmask_fast.anchors import Anchor, Anchors
+
+    blank = tmp_path / "blank.txt"
+    blank.write_text("\n  \n\n")
+    anchors = tmp_path / "anchors.json"
+    Anchors((Anchor("enzyme", 1.0, 5, 1.0),), target_total=5, general_total=1e6, min_count=1,
+            smoothing_per_million=10.0).save(anchors)
+    assert main(["preview", str(blank), "--anchors", str(anchors), "--no-progress"]) == 1
+    assert "the corpus has no non-empty documents to preview" in capsys.readouterr().err

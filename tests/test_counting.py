@@ -1618,9 +1618,10 @@ def test_an_empty_corpus_path_is_refused_not_read_as_the_current_folder(tmp_path
     for source in ("", " "):
         with pytest.raises(CorpusError, match="a corpus path is empty"):
             count_words(source, progress=False)
-    with pytest.raises(SystemExit):
-        main(["mine", ""])
-    assert "a corpus path is empty" in capsys.readouterr().err
+    for blank in ("", " "):
+        with pytest.raises(SystemExit):
+            main(["mine", blank])
+        assert "a corpus path is empty" in capsys.readouterr().err
 
 
 def test_a_file_system_that_maps_no_files_is_read_instead(tmp_path, monkeypatch, rng):

@@ -1259,6 +1259,18 @@ def test_score_command_end_to_end(tmp_path, shared_data_dir, capsys, seed):
     assert set(counted.words) <= set(table.words)
     for word in rng.sample(counted.words, 50):
         assert counted.score(word) == pytest.approx(table.score(word), abs=1e-5)
+    # Anchors the counts lack (mined from another corpus, or edited) are scored too: they score 1.
+    import dataclasses
+
+    from diffmask_fast.anchors import Anchor, Anchors
+
+    mined = Anchors.load(anchors)
+    extra = tmp_path / "extra.json"
+    dataclasses.replace(mined, anchors=(*mined.anchors, Anchor("zymogenic", 1.0, 1, 1.0))).save(extra)
+    assert main(["score", "--counts", str(counts), "--anchors", str(extra), "-o", str(tmp_path / "extra.npz"),
+                 "--cache-dir", str(cache), "--no-progress"]) == 0
+    capsys.readouterr()
+    assert ScoreTable.load(tmp_path / "extra.npz").score("zymogenic") == pytest.approx(1.0, abs=1e-5)
 
     assert main(["score", "--anchors", str(anchors), "-o", str(tmp_path / "x.npz")]) == 1
     assert "give a corpus" in capsys.readouterr().err
