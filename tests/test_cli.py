@@ -888,14 +888,19 @@ def test_index_options_reach_the_anchor_index(tmp_path, capsys):
     assert "FAISS HNSW" in (out := capsys.readouterr().out) and "ef_search=24" in out
 
 
-def test_preview_refuses_mining_options_it_would_not_use(tmp_path, capsys):
+def _enzyme_anchors(path):
+    """An anchors file of the one anchor "enzyme"."""
     from diffmask_fast.anchors import Anchor, Anchors
 
+    Anchors((Anchor("enzyme", 1.0, 5, 1.0),), target_total=5, general_total=1e6, min_count=1,
+            smoothing_per_million=10.0).save(path)
+    return path
+
+
+def test_preview_refuses_mining_options_it_would_not_use(tmp_path, capsys):
     corpus = tmp_path / "corpus.txt"
     corpus.write_text("the enzyme binds the receptor\n")
-    anchors = tmp_path / "anchors.json"
-    Anchors((Anchor("enzyme", 1.0, 5, 1.0),), target_total=5, general_total=1e6, min_count=1,
-            smoothing_per_million=10.0).save(anchors)
+    anchors = _enzyme_anchors(tmp_path / "anchors.json")
     for options, named in ((["-k", "0"], "-k chooses"), (["--min-count", "0", "--smoothing", "-5"],
                                                           "--min-count, --smoothing choose"),
                            (["--general", str(tmp_path / "none.tsv")], "--general chooses")):
@@ -1097,12 +1102,8 @@ def test_mine_takes_twenty_anchors_by_default_and_counts_with_the_threads_asked(
 
 
 def test_preview_of_a_corpus_of_blank_lines_is_refused(tmp_path, capsys):
-    from diffmask_fast.anchors import Anchor, Anchors
-
     blank = tmp_path / "blank.txt"
     blank.write_text("\n  \n\n")
-    anchors = tmp_path / "anchors.json"
-    Anchors((Anchor("enzyme", 1.0, 5, 1.0),), target_total=5, general_total=1e6, min_count=1,
-            smoothing_per_million=10.0).save(anchors)
+    anchors = _enzyme_anchors(tmp_path / "anchors.json")
     assert main(["preview", str(blank), "--anchors", str(anchors), "--no-progress"]) == 1
     assert "the corpus has no non-empty documents to preview" in capsys.readouterr().err
