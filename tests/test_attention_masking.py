@@ -791,7 +791,8 @@ def test_the_eager_pass_reads_weights_in_the_models_dtype_and_returns_float32_ro
         assert passes == [1] * 10
     finally:
         hook.remove()
-    torch.testing.assert_close(rows, reference_attention(half, ids, attention, -1), atol=1e-6, rtol=1e-5)
+    # bfloat16 products may round otherwise in a pass of other rows: close to bfloat16's precision
+    torch.testing.assert_close(rows, reference_attention(half, ids, attention, -1), atol=1e-3, rtol=1e-2)
     tuples = copy.deepcopy(tiny_bert_mlm)
     tuples.config.return_dict = False
     rows = AttentionMasker(bert_wordpiece, seed=seed)._first_token_attention(tuples, ids, attention)
