@@ -352,7 +352,6 @@ def test_the_bar_of_a_dataset_knows_its_length(monkeypatch):
     assert bars[-1].total == bars[-1].n == rows
 
 
-
 def test_the_bar_of_other_sized_texts_asks_their_length_only_to_be_shown(monkeypatch):
     """A sized source of texts that is no list (pretrain's documents, read from their files at
     each pass) gives the bar its end; its length is not asked when no bar is shown (counting
@@ -381,6 +380,7 @@ def test_the_bar_of_other_sized_texts_asks_their_length_only_to_be_shown(monkeyp
     assert count_words(documents, progress=False).documents == rows and documents.asked == 0
     count_words(documents, progress=True)
     assert bars[-1].total == bars[-1].n == rows
+
 
 def test_a_pandas_data_frame_is_read_by_its_text_column(rng):
     pandas = pytest.importorskip("pandas")
@@ -1342,7 +1342,6 @@ def test_a_directory_follows_links_and_leaves_hidden_folders_out(tmp_path, rng):
     assert any("named more than once" in m and "alias.txt' (the file '" in m for m in said), said
 
 
-
 def test_a_link_in_a_folder_to_what_is_no_file_is_skipped_as_such_not_as_a_broken_link(tmp_path, rng):
     corpus = tmp_path / "corpus"
     read = write_lines(corpus / "a.txt", random_lines(rng, rng.randint(1, 10)))
@@ -1371,6 +1370,7 @@ def test_a_recursive_glob_that_matches_a_folder_and_its_files_reads_each_once_an
     read += write_lines(tmp_path / "g" / "d" / "e" / "f.txt", random_lines(rng, rng.randint(1, 10)))
     counts, said = counted(str(tmp_path / "g" / "d" / "**"))
     assert counts.documents == len(read) and said == []
+
 
 def test_a_folder_that_cannot_be_listed_is_refused_not_skipped(tmp_path, rng, monkeypatch):
     """os.walk passes over a folder it cannot list unless told; the corpus would lose it silently.
@@ -1721,7 +1721,6 @@ def test_a_file_read_as_text_that_holds_json_lines_is_warned_of(tmp_path):
         count_words(spaced, progress=False)
 
 
-
 def test_a_text_file_gives_its_lines_as_written_but_for_the_line_end(tmp_path):
     path = tmp_path / "spaced.txt"
     path.write_bytes(b"hello  \t\r\n  indented line\n\ttab \n")
@@ -1736,6 +1735,7 @@ def test_a_list_of_paths_and_strings_reads_the_files_and_takes_the_strings_as_do
             ["some text", "the enzyme binds", "kinase"]
         assert list(iter_documents(source)) == expected
         assert count_words(source, progress=False) == count_words(expected, progress=False)
+
 
 def test_emoji_with_a_variation_selector_are_counted_apart(tmp_path):
     """Every emoji written with U+FE0F was the one word U+FE0F (the symbol stripped, its selector left)."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import pathlib
 import re
 import stat
 
@@ -382,11 +383,9 @@ def test_numpy_and_torch_values_are_written_as_json_holds_them(tmp_path):
 
     from diffmask_fast._io import atomic_write_json
 
-    from pathlib import Path
-
     payload = {"array": np.array([1.5, 2.0]), "tensor": torch.tensor(0.5), "vector": torch.tensor([1, 2]),
                np.int64(3): "three", "set": {"b", "a"}, "nested": [np.float32(0.25), (np.bool_(True),)],
-               "path": Path("runs") / "a"}
+               "path": pathlib.Path("runs") / "a"}
     atomic_write_json(tmp_path / "x.json", payload)
     assert json.loads((tmp_path / "x.json").read_text()) == {
         "array": [1.5, 2.0], "tensor": 0.5, "vector": [1, 2], "3": "three", "set": ["a", "b"],

@@ -2074,7 +2074,6 @@ def test_loading_a_checkpoint_warns_of_missing_weights_but_not_of_tied_ones(tmp_
     from safetensors.torch import load_file, save_file
     from transformers import RobertaConfig, RobertaForMaskedLM, TrainingArguments
 
-
     warned = []
     monkeypatch.setattr(transformers.trainer.logger, "warning", lambda message, *args: warned.append(message))
     config = RobertaConfig(vocab_size=len(roberta_byte_bpe), hidden_size=16, num_hidden_layers=1,

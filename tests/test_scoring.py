@@ -339,7 +339,6 @@ def test_words_longer_than_max_length_are_embedded_from_their_first_pieces(tiny_
     assert tokenizer.truncation_side == "right"
 
 
-
 def test_a_word_of_exactly_max_length_tokens_is_embedded_whole(tiny_bert):
     model, tokenizer = tiny_bert
     word = "enzyme-receptor-kinase"
@@ -387,6 +386,7 @@ def test_words_the_tokenizer_reads_otherwise_than_its_backend_are_read_as_the_to
     monkeypatch.setattr(embedding, "tokenize_texts", reads_kinase_as_enzyme)
     vectors = WordEmbedder(model, tokenizer, pooling="mean", progress=False).embed(["cell", "kinase", "ligand"])
     torch.testing.assert_close(vectors[1], direct_embedding(model, tokenizer, "enzyme", "mean"), atol=1e-5, rtol=1e-4)
+
 
 def test_one_truncation_warning_per_call_however_many_cache_pieces(tiny_bert, tmp_path, monkeypatch):
     from diffmask_fast import embedding
