@@ -2192,6 +2192,24 @@ def test_a_run_that_failed_before_training_can_be_started_again(model_dir, corpu
     assert pretrain(config_for(model_dir, corpus, out, max_steps=2))["global_step"] == 2
 
 
+def test_a_failed_run_marks_as_its_own_only_the_files_it_saved(model_dir, corpus, tmp_path, monkeypatch):
+    """A random-word run saves no anchors: an anchors file written into its folder after it
+    failed is the user's, refused by the rerun rather than removed as the failed run's."""
+    from diffmask_fast import trainer as trainer_module
+
+    def failing(self, *args, **kwargs):
+        raise MemoryError("out of memory before training began")
+
+    out = tmp_path / "run"
+    monkeypatch.setattr(trainer_module.MaskingTrainer, "__init__", failing)
+    with pytest.raises(MemoryError):
+        pretrain(config_for(model_dir, corpus, out, strategy="random-word", max_steps=2))
+    (out / "anchors.json").write_text("{}")  # diffmask mine -o run/anchors.json
+    with pytest.raises(ValueError, match="holds anchors.json, which this run would replace or remove"):
+        pretrain(config_for(model_dir, corpus, out, strategy="random-word", max_steps=2))
+    assert (out / "anchors.json").read_text() == "{}"
+
+
 def test_a_resume_naming_no_max_steps_keeps_the_steps_the_run_planned(model_dir, corpus, tmp_path):
     """The README's resume command names no --max-steps: a run given one then trained for
     --epochs instead (234 steps for 4 planned), its learning rate warmed up again, unannounced."""
