@@ -2220,6 +2220,12 @@ def test_a_resume_naming_no_max_steps_keeps_the_steps_the_run_planned(model_dir,
     shutil.rmtree(out / "checkpoint-4")  # as if stopped after the checkpoint at step 2
     again = pretrain(config_for(model_dir, corpus, out, strategy="random-word", max_steps=-1, resume=True))
     assert again["global_step"] == 4 and not (out / "checkpoint-5").exists()
+    # Lengthened by a resume, the run keeps the length its latest checkpoint planned, not the first.
+    with pytest.warns(DiffmaskWarning, match="the run resumed at step 4 planned 4 steps, now max_steps 8"):
+        pretrain(config_for(model_dir, corpus, out, strategy="random-word", max_steps=8, resume=True))
+    shutil.rmtree(out / "checkpoint-8")  # as if stopped after the checkpoint at step 6
+    longer = pretrain(config_for(model_dir, corpus, out, strategy="random-word", max_steps=-1, resume=True))
+    assert longer["global_step"] == 8
 
 
 def test_a_resume_with_validation_files_ignores_the_share_it_would_have_held_out(tmp_path):
