@@ -317,3 +317,49 @@ def test_masking_rates_are_ranked_by_rate_not_by_score(bert_wordpiece):
     assert rates[0].word == "ligand" and rates[0].rate == 1.0
     assert [r.rate for r in rates] == sorted((r.rate for r in rates), reverse=True)
     assert all(r.rate < 1.0 for r in rates if r.score == 1.0)
+
+
+def test_the_html_page_escapes_what_it_shows_and_marks_every_kind_of_word():
+    from diffmask_fast.preview import PreviewWord, _replacement, render_html
+
+    assert _replacement([4, 999], [5, 6], mask=4) == "mixed" and _replacement([998, 999], [5, 6], mask=4) == "random"
+    assert _replacement([4, 4], [5, 6], mask=4) == "mask" and _replacement([5, 6], [5, 6], mask=4) == "kept"
+    page = render_html([[PreviewWord("<b>&", 0.1, False, 'a"b<'), PreviewWord("x", 0.5, True, None),
+                         PreviewWord("[UNK]", math.nan, False, None, unknown=True),
+                         PreviewWord("far", -1e30, False, None)]], title="A</title><script>")
+    assert "<b>&" not in page and "&lt;b&gt;&amp;</span>" in page
+    assert 'nearest anchor: a&quot;b&lt;"' in page and "<script>" not in page
+    assert "<title>A&lt;/title&gt;&lt;script&gt;</title>" in page
+    styles = shading(page)
+    assert "2px solid" in styles["x"], "masked, with nothing said of its replacement: the mask token"
+    assert "color: #888" in styles["[UNK]"] and "color" not in styles["x"]
+    assert 'title="score -1e+30"' in page
+
+
+def test_a_word_ending_in_double_brackets_alone_is_shown_escaped():
+    from diffmask_fast.preview import PreviewWord, render_text
+
+    assert render_text([[PreviewWord("Paris]]", 0.5, False, None)]]) == "Paris\\]\\]"
+    assert render_text([[PreviewWord("[[Paris", 0.5, False, None)]]) == "\\[\\[Paris"
+
+
+def test_left_padded_rows_say_what_the_model_reads_in_each_word(bert_wordpiece, seed):
+    import copy
+
+    tokenizer = copy.deepcopy(bert_wordpiece)
+    tokenizer.padding_side = "left"
+    table = ScoreTable.from_mapping({"kinase": 1.0, "binds": 0.5})
+    collator = DifferenceMaskingCollator(tokenizer, table, seed=seed, mlm_probability=1.0, mask_replace_prob=1.0,
+                                         random_replace_prob=0.0)
+    texts = ["the kinase binds", "the kinase binds the receptor of the cell in the tissue"]
+    masked = [word for row in preview(collator, texts) for word in row if word.masked]
+    assert len(masked) == sum(len(text.split()) for text in texts), "every word, in rows of two lengths"
+    assert {word.replacement for word in masked} == {"mask"}
+
+
+def test_words_masked_at_the_same_rate_are_listed_by_score(bert_wordpiece):
+    table = ScoreTable.from_mapping({"the": 0.2, "kinase": 0.9, "binds": 0.5})
+    collator = DifferenceMaskingCollator(bert_wordpiece, table, seed=0, mlm_probability=1.0)
+    rates = masking_rates(collator, ["the kinase binds"], draws=3)
+    assert [rate.rate for rate in rates] == [1.0, 1.0, 1.0], "every word masked in every draw"
+    assert [rate.word for rate in rates] == ["kinase", "binds", "the"]
