@@ -456,6 +456,44 @@ def test_ranges_cut_anywhere_add_up(tmp_path, rng):
         assert merged.bytes == len(data)
 
 
+def test_ranges_cut_at_a_files_end_or_across_a_reading_window_add_up(tmp_path):
+    """A last line without a line end, a range left empty at the end, and a space of three bytes
+    across the end of the window that finds where a range starts."""
+    from diffmask_fast.dask_counting import _WINDOW
+
+    path = tmp_path / "edges.txt"
+    for data in (b"abc def", b"word ", b"a\nb", b"x\n", b"a b\nc d", b"\n\nz"):
+        path.write_bytes(data)
+        whole = count_words(path, progress=False, threads=1)
+        for partition_bytes in range(1, len(data) + 1):
+            merged = merge_partials(*[count_partition(part) for part in plan_partitions([path], None, partition_bytes)])
+            assert (merged.table, merged.documents) == (whole.table, whole.documents), (data, partition_bytes)
+    space = "\u3000".encode()
+    for before in (1, 2):  # bytes of the space inside the first window
+        data = b"x" * (_WINDOW - before) + space + b"y" * 100 + b" tail\n"
+        path.write_bytes(data)
+        assert range_start(path, 3, len(data), False) == data.index(space) + len(space)
+    assert len(plan_partitions([path], None, len(data) - 1)) == 2, "a remainder is a range of its own"
+
+
+def test_the_shared_argument_checks_at_their_edges():
+    from diffmask_fast._checks import (check_lowercase, first_blank_or_padded, first_unnormalized,
+                                       refuse_one_string, whole_number)
+
+    check_lowercase(np.True_)  # numpy's booleans are booleans
+    with pytest.raises(TypeError, match="not one string"):
+        refuse_one_string(b"abc", "texts", "a list of texts")  # bytes too would be read one by one
+    assert first_unnormalized(["kinase", "receptor,"], True) == ("receptor,", "receptor")
+    assert first_unnormalized(["cafe\u0301s"], True) == ("cafe\u0301s", "caf\u00e9s")
+    assert first_unnormalized(["kinase", "caf\u00e9s"], True) is None
+    assert first_blank_or_padded(["protein\n", "kinase"]) == "protein\n"
+    assert first_blank_or_padded(["kinase", " protein", "cell"]) == " protein"
+    assert first_blank_or_padded(["ligand\u00a0with", "cell"]) is None
+    assert whole_number(5, "x", most=5) == 5
+    with pytest.raises(ValueError, match="at most 5"):
+        whole_number(6, "x", most=5)
+
+
 # ----------------------------------------------------------------------------------------------
 # Bad input
 # ----------------------------------------------------------------------------------------------
@@ -983,6 +1021,14 @@ def test_dask_counting_refuses_zero_threads_or_partition_bytes(dask_client, tmp_
     corpus.write_text("kinase binds\n")
     with pytest.raises(ValueError, match="threads must be at least 1, got 0"):
         count_words_distributed(corpus, dask_client, progress=False, threads=0)
+    with pytest.raises(ValueError, match="threads must be at least 1, got 0"):  # before any file is looked for
+        count_words_distributed(tmp_path / "missing.txt", dask_client, progress=False, threads=0)
+    with pytest.raises(ValueError, match="split_every must be at least 2, got 1"):  # a merge of one would never end
+        count_words_distributed(corpus, dask_client, progress=False, split_every=1)
+    cased = tmp_path / "cased.txt"
+    cased.write_text("Enzyme enzyme\n")
+    assert count_words_distributed(str(cased), dask_client, progress=False, lowercase=False) == count_words(
+        cased, progress=False, lowercase=False), "a path given as a string, its case kept"
     with pytest.raises(ValueError, match="partition_bytes must be at least 1, got 0"):
         count_words_distributed(corpus, dask_client, progress=False, partition_bytes=0)
     # A float failed inside the planning or the workers; True planned one task per byte.
@@ -1025,9 +1071,9 @@ def test_a_local_dask_scheduler_name_or_a_data_frame_is_refused_with_the_way_to_
     monkeypatch.setattr(distributed, "Client", NoConnection)
     corpus = tmp_path / "a.txt"
     corpus.write_text("kinase binds\n")
-    for name in ("synchronous", "threads", "Processes", "single-threaded"):
-        with pytest.raises(ValueError, match=f"the scheduler '{name}' names one of dask.compute's local schedulers.*"
-                                             "give no scheduler"):
+    for name in ("synchronous", "threads", "Processes", "single-threaded", " threads\n"):
+        with pytest.raises(ValueError, match=f"the scheduler {re.escape(repr(name))} names one of dask.compute's "
+                                             "local schedulers.*give no scheduler"):
             count_words(corpus, progress=False, scheduler=name)
     pandas = pytest.importorskip("pandas")
     for frame in (pandas.DataFrame({"text": ["kinase binds"]}), pandas.DataFrame({"name": ["a"], "text": ["kinase"]})):
