@@ -230,6 +230,7 @@ def test_each_noted_word_has_a_line_to_its_own_dot(bert_wordpiece, tmp_path, see
     assert [note.get_text() for note in notes] == [r.word for r in rates[:3]]
     for note, rate in zip(notes, rates):
         assert note.xy == (rate.score, rate.rate) and note.arrow_patch is not None, note.get_text()
+    assert len({note.xyann for note in notes}) == len(notes), "each label a line of its own"
 
 
 def test_a_rate_without_occurrences_is_named(tmp_path):
@@ -392,6 +393,7 @@ def test_the_masking_rate_picture_draws_rates_against_scores(tmp_path, monkeypat
     assert [patch.get_width() for patch in bars.patches] == pytest.approx([0.6, 0.9]), "bar length = rate"
     [words] = dots.collections
     np.testing.assert_allclose(np.asarray(words.get_offsets()), [[r.score, r.rate] for r in rates])
+    assert dots.get_title().startswith("5 distinct words over 10 draws"), "every word's dot, not the bars' two"
 
 
 def test_a_lone_training_loss_is_drawn_as_a_dot(tmp_path, monkeypatch):
@@ -464,6 +466,21 @@ def test_shown_labels_keep_each_words_start_and_end():
     assert " (0.83, " in both_long and len(both_long) == 30 and both_long.count("\u2026") == 2
     assert alone == "kinase (0.83)"
     assert _shown_labels([("a\tb",)]) == ["a\\tb"]
+
+
+def test_labels_cut_alike_are_numbered_apart_and_never_repeat_a_short_label():
+    from diffmask_fast.plots import _LABEL_LIMIT, _score_axis, _shown_labels
+
+    words = ["abcdefghijklmnopq" + middle * 30 + "rstuvwxyzABCDEFGH" for middle in "XYZ"]
+    labels = _shown_labels([(word, " (0.50)") for word in words])
+    assert len(set(labels)) == 3 and labels[1].endswith("#2 (0.50)") and labels[2].endswith("#3 (0.50)"), labels
+    long = "a" * 30 + "b" * 30
+    [cut] = _shown_labels([(long, " (0.50)")])
+    short = cut[: -len(" (0.50)")]  # a word spelled as the long one's label
+    assert len(short) + len(" (0.50)") <= _LABEL_LIMIT
+    shown = _shown_labels([(long, " (0.50)"), (short, " (0.50)")])
+    assert len(set(shown)) == 2 and shown[1] == short + " (0.50)", shown
+    assert _score_axis([0.5, 3.0])[1] > 3.0 and _score_axis([3.0, 0.5])[1] > 3.0, "the highest score in view"
 
 
 def test_labels_with_right_to_left_names_keep_their_order(tmp_path, monkeypatch):
@@ -662,6 +679,15 @@ def test_a_comparison_of_many_runs_widens_and_slants_its_names(tmp_path, monkeyp
     assert len({t.get_text() for t in ticks}) == 30 and all(len(t.get_text()) <= 36 for t in ticks)
     assert all(t.get_rotation() == 35 for t in ticks) and not many.axes[0].texts  # no means run together
     assert [t.get_rotation() for t in few.axes[0].get_xticklabels()] == [0, 0] and len(few.axes[0].texts) == 2
+    from diffmask_fast import plots
+
+    plot_comparison({f"r{i}": _report([0.5]) for i in range(plots._ROOMY_RUNS)}, tmp_path / "roomy.png")
+    roomy = kept[2].axes[0]
+    assert {t.get_rotation() for t in roomy.get_xticklabels()} == {0} and len(roomy.texts) == plots._ROOMY_RUNS
+    # Summaries without a validation loss have no curve to draw: no panel for them.
+    plot_comparison({"a": _report([0.5])}, tmp_path / "curveless.png",
+                    summaries={"a": {"log_history": [{"loss": 2.0, "step": 1}]}})
+    assert len(kept[3].axes) == 1
 
 
 def test_a_seed_whose_metric_is_nan_is_named_not_dropped_silently(tmp_path, monkeypatch):
