@@ -525,10 +525,10 @@ def run_demo(args) -> None:
 
 def _print_anchor_table(anchors, counts) -> None:
     """The mined anchors under a heading that says what they are, above the masked sentences."""
-    from .general import GeneralFrequencies
+    from .general import DEFAULT_SOURCE
 
-    default = anchors.general_source == GeneralFrequencies.default().source
-    against = "general English" if default else f"the general counts of {anchors.general_source}"
+    against = ("general English" if anchors.general_source == DEFAULT_SOURCE
+               else f"the general counts of {anchors.general_source}")
     print(f"\nTop {len(anchors)} anchors by TF-ICF against {against} ({counts.total:,} words counted):\n")
     print(anchors.table())
 

@@ -21,6 +21,9 @@ from ._io import refuse_special_input
 #: table keeps only its 333,333 most frequent words, so its own sum is smaller.
 GOOGLE_TRILLION_TOTAL = 1_024_908_267_229
 
+#: The ``source`` of the default table (and of anchors mined against it), known without reading it.
+DEFAULT_SOURCE = "google-web-trillion (wordsegment)"
+
 
 def _is_number(value) -> bool:
     """A real number, numpy's included; not a bool, a string or bytes (which numpy would read)."""
@@ -113,7 +116,7 @@ class GeneralFrequencies:
     def most_common(self, n: int) -> list[str]:
         """The ``n`` most frequent words, most frequent first (ties by word)."""
         n = whole_number(n, "n (words)", least=0)
-        if self.source == _DEFAULT_SOURCE and self is _default_table():  # cached: asked once per scorer
+        if self.source == DEFAULT_SOURCE and self is _default_table():  # cached: asked once per scorer
             return list(_most_common_default(n))
         return _most_common(self.counts, n)
 
@@ -228,10 +231,7 @@ def _default_table() -> GeneralFrequencies:
 
     path = Path(wordsegment.__file__).with_name("unigrams.txt")
     table = GeneralFrequencies.from_file(path, total=GOOGLE_TRILLION_TOTAL)
-    return GeneralFrequencies(table.counts, table.total, source=_DEFAULT_SOURCE)
-
-
-_DEFAULT_SOURCE = "google-web-trillion (wordsegment)"
+    return GeneralFrequencies(table.counts, table.total, source=DEFAULT_SOURCE)
 
 
 def _most_common(counts: dict, n: int) -> list[str]:
