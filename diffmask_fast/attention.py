@@ -77,20 +77,20 @@ def _first_positions(input_ids: torch.Tensor, attention_mask: torch.Tensor | Non
 @contextlib.contextmanager
 def _named_length_error(encoder: torch.nn.Module, length: int):
     """A batch longer than the model's position table fails deep in its embedding lookup
-    ("index out of range in self"); say that the length is the problem, and which it is. RoBERTa-
-    style models take two positions fewer than ``max_position_embeddings``."""
+    ("index out of range in self"); say that the length is the problem, and which length the
+    model takes (RoBERTa-style models take fewer than ``max_position_embeddings``)."""
     try:
         yield
     except torch.OutOfMemoryError:  # a RuntimeError too, but about the batch's size, not its length
         raise
     except (IndexError, RuntimeError) as error:
-        limit = getattr(getattr(encoder, "config", None), "max_position_embeddings", None)
-        if isinstance(limit, bool) or not isinstance(limit, int) or length <= limit - 2 \
-                or longest_input(encoder, length) >= length:  # the model takes the length: another error
+        longest = longest_input(encoder, length)
+        if longest >= length:  # the model takes the length: another error
             raise
+        limit = encoder.config.max_position_embeddings  # longest_input probes only a model that has one
         raise ValueError(f"the batch's rows are {length} tokens long, more than {type(encoder).__name__} takes "
-                         f"(max_position_embeddings {limit}; RoBERTa-style models take 2 fewer); tokenize with a "
-                         f"shorter max_length ({type(error).__name__}: {error})") from error
+                         f"(at most {longest} tokens; max_position_embeddings {limit}); tokenize with max_length "
+                         f"{longest} or less ({type(error).__name__}: {error})") from error
 
 
 def _calls_per_layer(config) -> int:

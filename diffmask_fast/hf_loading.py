@@ -360,22 +360,23 @@ def check_max_length(model, max_length: int, name: str, option: str = "--max-len
 def longest_input(model, wanted: int) -> int:
     """``wanted``, or the most tokens ``model`` takes when that is fewer. Cheap: it runs a no-grad
     forward of a dummy sequence only when ``wanted`` comes within 2 of ``max_position_embeddings``
-    (RoBERTa-style models reserve 2 positions, BERT-style ones none) or passes it; a model that
-    takes one token more than that has no table of positions to run out of, and takes ``wanted``
-    (never built itself: it may be any size). When even shorter sequences fail, the length is
+    (RoBERTa-style models reserve padding id + 1 positions, BERT-style ones none; a padding id
+    past 1 widens the margin to match) or passes it; a model that takes one token more than that
+    has no table of positions to run out of, and takes ``wanted`` (never built itself: it may be
+    any size). When even shorter sequences fail, the length is
     not the problem: ``wanted``, and the model will say what is."""
     config = getattr(model, "config", None)
     limit = getattr(config, "max_position_embeddings", None)
     pad = getattr(config, "pad_token_id", None)
-    # RoBERTa-style positions start after the padding id: limit - 1 - pad tokens (2 fewer for pad 1);
-    # a padding id past the table (ModernBERT's) belongs to no such model.
+    # RoBERTa-style positions start after the padding id: limit - 1 - pad tokens (2 fewer for pad 1,
+    # 1 for pad 0); a padding id past the table (ModernBERT's) belongs to no such model.
     usable_pad = isinstance(pad, int) and not isinstance(pad, bool) and isinstance(limit, int) and pad + 1 < limit
-    reserved = 1 + max(1, pad) if usable_pad else 2
-    if isinstance(limit, bool) or not isinstance(limit, int) or wanted <= limit - reserved:
+    first_position = pad + 1 if usable_pad else 2
+    if isinstance(limit, bool) or not isinstance(limit, int) or wanted <= limit - max(2, first_position):
         return wanted
     if _takes(model, min(wanted, limit + 1)):
         return wanted
-    lengths = sorted({limit, limit - 2, limit - reserved}, reverse=True)
+    lengths = sorted({limit, limit - first_position, limit - 2}, reverse=True)
     return next((length for length in lengths if 0 < length < wanted and _takes(model, length)), wanted)
 
 

@@ -621,7 +621,7 @@ def test_errors(bert_wordpiece, tiny_bert_mlm):
     limit = model.config.max_position_embeddings
     long_ids = torch.full((2, limit + 1), tokenizer.convert_tokens_to_ids("the"))
     with pytest.raises(ValueError, match=f"rows are {limit + 1} tokens long, more than .* takes "
-                                         f"\\(max_position_embeddings {limit};"):
+                                         f"\\(at most {limit} tokens; max_position_embeddings {limit}\\)"):
         masker(long_ids, model=model)
     masker(long_ids[:, :limit], model=model)  # as long as the model takes
 
@@ -722,21 +722,27 @@ def test_a_model_in_nested_data_parallel_wrappers_is_read_as_the_model(bert_word
     assert all(torch.equal(a, b) for a, b in zip(nested(ids, attention, flagged, model=wrapped), expected))
 
 
-def test_a_roberta_row_longer_than_its_positions_is_named_at_two_fewer(roberta_byte_bpe):
-    """RoBERTa numbers positions from padding_idx + 1: it takes max_position_embeddings - 2."""
+@pytest.mark.parametrize("pad_offset", [0, 2])
+def test_a_roberta_row_longer_than_its_positions_is_named_with_the_length_it_takes(roberta_byte_bpe, pad_offset):
+    """RoBERTa numbers positions from padding_idx + 1: with padding id 1 it takes
+    max_position_embeddings - 2, with a later padding id fewer (those lengths were left as the
+    embedding's bare index error)."""
     from transformers import RobertaConfig, RobertaForMaskedLM
 
     tokenizer = roberta_byte_bpe
+    pad = tokenizer.pad_token_id + pad_offset
     model = RobertaForMaskedLM(RobertaConfig(
         vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
-        max_position_embeddings=64, pad_token_id=tokenizer.pad_token_id)).eval()
+        max_position_embeddings=64, pad_token_id=pad)).eval()
+    longest = 63 - pad
     word = tokenizer.convert_tokens_to_ids("Ġthe")
     masker = AttentionMasker(tokenizer, seed=0)
-    for length in (63, 64):
-        with pytest.raises(ValueError, match=rf"rows are {length} tokens long, .*max_position_embeddings 64; "
-                                             r"RoBERTa-style models take 2 fewer"):
+    for length in range(longest + 1, 65):
+        with pytest.raises(ValueError, match=rf"rows are {length} tokens long, more than RobertaModel takes "
+                                             rf"\(at most {longest} tokens; max_position_embeddings 64\); tokenize "
+                                             rf"with max_length {longest} or less \((IndexError|RuntimeError): "):
             masker(torch.full((2, length), word), model=model)
-    masker(torch.full((2, 62), word), model=model)
+    masker(torch.full((2, longest), word), model=model)
 
 
 @pytest.mark.parametrize("dtype", [torch.bool, torch.int32, torch.float32])

@@ -72,6 +72,21 @@ def test_a_roberta_style_model_with_a_later_padding_id_is_probed_for_its_longest
     assert longest_input(bert, 63) == 63 and calls
 
 
+def test_a_roberta_style_model_with_padding_id_0_takes_one_position_fewer_than_its_table():
+    """Positions start at 1 after a padding id of 0: 64 positions take 63 tokens, where the probe
+    went from 64 straight to 62 (one token less than the model takes)."""
+    import transformers
+
+    config = transformers.RobertaConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                                        intermediate_size=64, vocab_size=100, max_position_embeddings=64,
+                                        pad_token_id=0)
+    model = transformers.RobertaForMaskedLM(config).eval()
+    assert longest_input(model, 80) == 63 and longest_input(model, 63) == 63
+    model(input_ids=torch.randint(5, 100, (1, 63)))
+    with pytest.raises((IndexError, RuntimeError)):
+        model(input_ids=torch.randint(5, 100, (1, 64)))
+
+
 @pytest.mark.parametrize("architecture", ["roberta", "bert"])
 def test_a_model_on_an_accelerator_is_probed_through_a_cpu_twin(monkeypatch, architecture):
     """A probe one position past the table is a device-side assert on a GPU, after which the
