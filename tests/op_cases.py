@@ -14,6 +14,12 @@ MASK_ID = 999
 VOCABULARY = 1013
 
 
+#: The operators with a CUDA kernel (group_words and score_table_insert run on the host, where
+#: words are decoded and scored; top_dots and ivf_max_dot serve the CPU index).
+CUDA_OPS = {"max_anchor_similarity", "max_anchor_similarity_precision", "sample_without_replacement",
+            "difference_mask", "difference_mask_device", "score_table_lookup"}
+
+
 def operator_names() -> set[str]:
     """Every operator registered under torch.ops.diffmask_fast."""
     prefix = "diffmask_fast::"
@@ -97,12 +103,13 @@ def supported_on(device_type: str) -> set[str]:
 
 def random_batch(g: torch.Generator, batch: int, length: int, vocabulary: int = 300, empty_rows=()):
     """ids [B, L] (some out of the vocabulary at never-word positions), never_word [B, L] with
-    a leading special token, padding, scattered specials and ``empty_rows`` of no word, and
+    a leading special token in most rows (the others begin with a word, as text tokenized without
+    special tokens does), padding, scattered specials and ``empty_rows`` of no word, and
     starts_word [V]."""
     ids = torch.randint(0, vocabulary, (batch, length), generator=g)
     never = torch.rand(batch, length, generator=g) < 0.08
     if length:
-        never[:, 0] = True
+        never[:, 0] |= torch.rand(batch, generator=g) < 0.7
         lengths = torch.randint(0, length + 1, (batch,), generator=g)
         never |= torch.arange(length)[None, :] >= lengths[:, None]
     for row in empty_rows:

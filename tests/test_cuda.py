@@ -20,8 +20,7 @@ import torch
 import op_cases
 from diffmask_fast import _extension, ops, reference
 
-CUDA_OPS = {"max_anchor_similarity", "max_anchor_similarity_precision", "sample_without_replacement",
-            "difference_mask", "difference_mask_device", "score_table_lookup"}
+CUDA_OPS = op_cases.CUDA_OPS
 
 
 def _missing() -> str | None:

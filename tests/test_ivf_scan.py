@@ -200,6 +200,7 @@ def test_strided_inputs_are_read_as_they_are(seed):
     (dict(probes=torch.zeros(3, dtype=torch.int64)), ValueError, r"probes must be 2-D \[N, P\]"),
     (dict(offsets=torch.tensor([], dtype=torch.int64)), ValueError, "at least one value"),
     (dict(offsets=torch.tensor([1, 5])), ValueError, r"offsets\[0\] must be 0"),
+    (dict(offsets=torch.tensor([-2, 3, 5])), ValueError, r"offsets\[0\] must be 0, got -2"),  # read before the vectors
     (dict(offsets=torch.tensor([0, 4, 3, 5])), ValueError, "must not decrease"),
     (dict(offsets=torch.tensor([0, 4])), ValueError, r"end at the number of vectors \(5\)"),
     (dict(probes=torch.tensor([[0, 1], [1, 2], [0, 0]])), ValueError, r"probes must name lists in \[0, 2\), got 2"),

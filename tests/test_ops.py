@@ -208,11 +208,55 @@ def test_anchors_that_differ_only_in_the_sign_of_zeros_are_one_anchor(seed, dtyp
     assert indices[:240].tolist() == expected[:240].tolist(), f"seed={seed} {dtype}"
 
 
-def test_similarity_nan_propagates():
-    embeddings = torch.randn(4, 6)
+def test_every_precision_on_the_cpu_is_the_float32_result(seed):
+    """The CPU kernel computes every precision as "highest" (bfloat16 products are the GPU's);
+    another name is refused, also when the op is called directly."""
+    g = generator(seed)
+    embeddings, anchors = torch.randn(30, 16, generator=g), torch.randn(7, 16, generator=g)
+    expected = ops.max_anchor_similarity(embeddings, anchors)
+    for precision in ("highest", "high", "medium"):
+        for got in (ops.max_anchor_similarity(embeddings, anchors, precision),
+                    torch.ops.diffmask_fast.max_anchor_similarity_precision(embeddings, anchors, precision)):
+            assert all(torch.equal(a, b) for a, b in zip(got, expected)), precision
+    with pytest.raises(ValueError, match="precision must be 'highest', 'high' or 'medium', got 'low'"):
+        torch.ops.diffmask_fast.max_anchor_similarity_precision(embeddings, anchors, "low")
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_similarity_nan_propagates(dtype):
+    """A NaN makes its row's cosine NaN, also beside zeros or values too small to square (rows
+    measured again at another scale), and leaves every other row finite."""
+    embeddings = torch.randn(6, 6, dtype=dtype)
     embeddings[1, 3] = float("nan")
-    values, _ = ops.max_anchor_similarity(embeddings, torch.randn(3, 6))
-    assert torch.isnan(values[1]) and torch.isfinite(values[[0, 2, 3]]).all()
+    embeddings[4] = 0.0
+    embeddings[4, 2] = float("nan")
+    embeddings[5] = torch.finfo(dtype).tiny / 8
+    embeddings[5, 0] = float("nan")
+    values, indices = ops.max_anchor_similarity(embeddings, torch.randn(3, 6, dtype=dtype))
+    assert torch.isnan(values[[1, 4, 5]]).all() and torch.isfinite(values[[0, 2, 3]]).all()
+    assert indices[[1, 4, 5]].tolist() == [0, 0, 0]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_an_anchor_holding_nan_is_never_the_nearest_wherever_it_lies(seed, dtype):
+    """An anchor holding NaN loses to every other anchor, whichever lane, vector or tile of the
+    kernels' running maxima it falls in (the last anchor of a block included)."""
+    g = generator(seed)
+    embeddings = torch.randn(40, 24, generator=g, dtype=dtype)
+    for k in (2, 15, 16, 17, 31, 32, 33, 47, 48, 64, 65, 97):
+        anchors = torch.randn(k, 24, generator=g, dtype=dtype)
+        for position in sorted({0, k // 2, k - 2, k - 1}):
+            broken = anchors.clone()
+            broken[position, int(torch.randint(0, 24, (1,), generator=g))] = float("nan")
+            values, indices = ops.max_anchor_similarity(embeddings, broken)
+            cos = cosine_matrix(embeddings, broken)
+            cos[:, position] = -np.inf
+            best = cos.max(axis=-1)
+            message = f"seed={seed} {dtype} k={k} NaN anchor {position}"
+            np.testing.assert_allclose(values.numpy(), best, atol=1e-5, rtol=0, err_msg=message)
+            assert (indices != position).all(), message
+            chosen = np.take_along_axis(cos, indices.numpy()[:, None], axis=-1)[:, 0]
+            assert np.all(chosen >= best - 1e-5), message
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
@@ -235,7 +279,7 @@ def test_similarity_of_scaled_copies_of_anchors_is_at_most_one(seed, dtype):
         assert (values[scales[:, 0] > 0] >= 1 - 1e-2).all(), message  # each copy finds its anchor
 
 
-@pytest.mark.parametrize("scale", [1e160, 1e-170, 1e300, 1e-310])
+@pytest.mark.parametrize("scale", [1e160, 1e-161, 1e-170, 1e300, 1e-310])  # 1e-161: subnormal sums of squares
 def test_float64_similarity_of_values_whose_squares_leave_double_range(seed, scale):
     """Float64 rows and anchors so large or small that even double sums of squares over- or
     underflow: still their cosines, not NaN or the zero vector's 0."""
@@ -529,10 +573,11 @@ def test_anchor_preparation_keeps_denormals_whatever_the_callers_float_mode(flus
 def test_sampling_errors():
     weights, counts = torch.rand(3, 4), torch.tensor([1, 2, 3])
     for bad, word in [(float("nan"), "NaN"), (float("inf"), "infinite"), (-0.5, "negative")]:
-        w = weights.clone()
-        w[1, 2] = bad
-        with pytest.raises(ValueError, match=rf"weights\[1, 2\] is {word}"):
-            ops.sample_without_replacement(w, counts)
+        for row, column in ((1, 2), (2, 0)):
+            w = weights.clone()
+            w[row, column] = bad
+            with pytest.raises(ValueError, match=rf"weights\[{row}, {column}\] is {word}"):
+                ops.sample_without_replacement(w, counts)
     with pytest.raises(TypeError, match="floating"):
         ops.sample_without_replacement(weights.long(), counts)
     with pytest.raises(ValueError, match="2-D"):
@@ -699,7 +744,8 @@ def test_score_table_insert_lookup_overwrite(seed):
 
 def test_score_table_insert_of_pairs_that_view_the_table(seed):
     """Pairs read from the table's own memory (a view of it) are read before any slot is written:
-    each key gets the value it was given, whatever slots the earlier pairs took."""
+    each key gets the value it was given, whatever slots the earlier pairs took, and keys read
+    from the values' memory are the keys they were when the call began."""
     rng = random.Random(seed)
     for _ in range(20):
         capacity = 1 << rng.randrange(3, 7)
@@ -712,6 +758,16 @@ def test_score_table_insert_of_pairs_that_view_the_table(seed):
         ops.score_table_insert(keys, values, new_keys, values[start:start + count])
         assert torch.equal(ops.score_table_lookup(keys, values, new_keys)[0], given), f"seed={seed}"
 
+        keys = torch.zeros(capacity, dtype=torch.long)
+        values = torch.tensor([rng.uniform(1, 5) for _ in range(capacity)], dtype=torch.float32)  # no zero key
+        count = rng.randrange(1, capacity // 4 + 1)
+        start = rng.randrange(0, capacity // 2 - count + 1)
+        keys_in_values = values.view(torch.long)[start:start + count]
+        given_keys, given_values = keys_in_values.clone(), torch.rand(count, dtype=torch.float32) - 2
+        ops.score_table_insert(keys, values, keys_in_values, given_values)
+        assert torch.equal(ops.score_table_lookup(keys, values, given_keys)[0], given_values), f"seed={seed}"
+        assert len(torch.unique(keys[keys != 0])) == len(torch.unique(given_keys)), f"seed={seed}"
+
 
 def test_score_table_pickle(seed):
     g = generator(seed)
@@ -723,6 +779,23 @@ def test_score_table_pickle(seed):
     assert torch.equal(clone.lookup(keys)[0], table.lookup(keys)[0])
     clone.insert([77], [1.0])
     assert 77 in clone and 77 not in table
+
+
+def test_score_table_finds_every_key_of_a_full_table():
+    """Keys of one home slot fill a table of 4 in probe order: the last is found three slots on,
+    past every other key, and a key that is absent is not found (the probe ends)."""
+    def home_slot(key):
+        keys, values = torch.zeros(4, dtype=torch.long), torch.zeros(4)
+        ops.score_table_insert(keys, values, torch.tensor([key]), torch.tensor([1.0]))
+        return int((keys != 0).nonzero()[0])
+
+    same_home = [key for key in range(1, 200) if home_slot(key) == 0][:4]
+    absent = next(key for key in range(200, 400) if home_slot(key) == 0)
+    keys, values = torch.zeros(4, dtype=torch.long), torch.zeros(4)
+    ops.score_table_insert(keys, values, torch.tensor(same_home), torch.tensor([1.0, 2.0, 3.0, 4.0]))
+    assert keys.tolist() == same_home
+    found, known = ops.score_table_lookup(keys, values, torch.tensor(same_home + [absent]), default_value=-1.0)
+    assert found.tolist() == [1.0, 2.0, 3.0, 4.0, -1.0] and known.tolist() == [True] * 4 + [False]
 
 
 def test_score_table_errors():
@@ -740,6 +813,16 @@ def test_score_table_errors():
     with pytest.raises(ValueError, match="is full"):
         ops.score_table_insert(keys, values, torch.tensor([11, 55]), torch.tensor([9.0, 5.0]))
     assert torch.equal(keys, before[0]) and torch.equal(values, before[1])  # rolled back
+    with pytest.raises(ValueError, match="is full"):  # a key written twice gets back its value before the call
+        ops.score_table_insert(keys, values, torch.tensor([11, 11, 55]), torch.tensor([9.0, 8.0, 5.0]))
+    assert torch.equal(keys, before[0]) and torch.equal(values, before[1])
+    keys_with_room, values_with_room = torch.zeros(4, dtype=torch.long), torch.zeros(4)
+    ops.score_table_insert(keys_with_room, values_with_room, torch.tensor([11, 22, 33]), torch.tensor([1.0, 2.0, 3.0]))
+    before_with_room = keys_with_room.clone(), values_with_room.clone()
+    with pytest.raises(ValueError, match="is full"):  # the free slot taken twice is freed, its value as it was
+        ops.score_table_insert(keys_with_room, values_with_room, torch.tensor([44, 44, 55]),
+                               torch.tensor([9.0, 8.0, 5.0]))
+    assert torch.equal(keys_with_room, before_with_room[0]) and torch.equal(values_with_room, before_with_room[1])
     with pytest.raises(ValueError, match=r"new_keys\[1\] is 0"):
         ops.score_table_insert(keys, values, torch.tensor([11, 0]), torch.tensor([1.0, 1.0]))
     with pytest.raises(ValueError, match=r"new_values\[0\] = inf is not finite"):
@@ -945,6 +1028,56 @@ def test_difference_mask_device_equals_difference_mask(seed, options, batch, len
     assert torch.equal(got.missed_words, missed), message
 
 
+def test_difference_mask_device_reads_ids_outside_the_vocabulary_as_no_word(seed):
+    """Where never_word is False, an id of the vocabulary's size or a negative id (the first token
+    of a row included) is masked as never_word: no word, never masked, where the CPU op raises."""
+    g = generator(seed)
+    ids, never, starts, table = op_cases.masking_batch(g, 5, 30)
+    outside, flagged = ids.clone(), never.clone()
+    chosen = torch.rand(ids.shape, generator=g) < 0.1
+    chosen[:, 0] = True
+    outside[chosen] = torch.where(torch.rand(ids.shape, generator=g) < 0.5, starts.numel(), -1)[chosen]
+    flagged |= chosen
+    never[chosen] = False
+    args = (starts, *table.tensors(), RANDOM_IDS)
+    options = dict(mask_token_id=MASK_ID, seed=seed, mlm_probability=0.5)
+    got = ops.difference_mask_device(outside, never, *args, **options)
+    expected = ops.difference_mask_device(outside, flagged, *args, **options)
+    for name in ("masked_ids", "labels", "masked_words", "n_words", "missed_words"):
+        assert torch.equal(getattr(got, name), getattr(expected, name)), f"seed={seed} {name}"
+    assert not (got.labels[chosen] != -100).any() and torch.equal(got.masked_ids[chosen], outside[chosen])
+
+
+def test_difference_mask_device_counts_a_word_at_a_rows_first_token():
+    """A row whose one word is its first token (the rest never_word) has one word, a row of no
+    word none, a row of a word at its first token and one after it two."""
+    ids = torch.tensor([[5, 6, 7], [5, 6, 7], [8, 6, 7]])
+    never = torch.tensor([[False, True, True], [True, True, True], [False, False, True]])
+    starts = torch.ones(10, dtype=torch.bool)
+    table = ops.ScoreHashTable()
+    table.insert([1], [0.5])
+    out = ops.difference_mask_device(ids, never, starts, *table.tensors(), RANDOM_IDS, mask_token_id=MASK_ID, seed=0,
+                                     mlm_probability=1.0)
+    assert out.n_words.tolist() == [1, 0, 2] and out.masked_words.tolist() == [1, 0, 2]
+    assert out.missed_words.tolist() == [1, 0, 2]
+
+
+def test_a_uniform_mix_of_weights_that_sum_to_zero_is_the_uniform_draw(seed):
+    """Where no word of a row has a positive score, similarity weights sum to 0 and the mix keeps
+    its uniform part alone: every word weighs the same, so any mix draws what equal positive
+    scores without a mix draw for the same seed (keys E / w in the same order)."""
+    g = generator(seed)
+    ids, never, starts, words, table = masking_setup(g, batch=6, length=40, known=1.0)
+    keys, values = table.tensors()
+    unscored, equal = torch.where(keys != 0, -values.abs(), values), torch.where(keys != 0, 1.0, values)
+    options = dict(mask_token_id=MASK_ID, seed=seed)
+    expected = ops.difference_mask(ids, never, starts, keys, equal, RANDOM_IDS, **options, uniform_mix=0.0)
+    for mix in (0.3, 1.0):
+        mixed = ops.difference_mask(ids, never, starts, keys, unscored, RANDOM_IDS, **options, uniform_mix=mix)
+        assert all(torch.equal(a, b) for a, b in zip(mixed[:3], expected[:3])), f"seed={seed} mix={mix}"
+    assert int(expected.masked_words.sum()) > 0
+
+
 def test_difference_mask_budget_mean_and_replacement(seed):
     """Masked words average p * n; the 80/10/10 split holds (binomial bounds)."""
     g = generator(seed)
@@ -1044,14 +1177,24 @@ def test_difference_mask_tiny_unknown_scores_are_drawn_uniformly(seed):
     check_favoured_first_then_uniform(words, out, known, f"seed={seed}")
 
 
-def test_difference_mask_refuses_non_finite_scores_it_reads(seed):
+@pytest.mark.parametrize("where", ["middle", "first token"])
+def test_difference_mask_refuses_non_finite_scores_it_reads(seed, where):
     """A table value that is NaN or infinite (written past ScoreHashTable's checks) is refused
-    by difference_mask, naming the word; difference_mask_device leaves that check to callers."""
+    by difference_mask, naming the word, also a word at a row's first token; difference_mask_device
+    leaves that check to callers."""
     g = generator(seed)
-    ids, never, starts, words, table = masking_setup(g, batch=3, length=40, known=1.0)
+    ids, never, starts = op_cases.random_batch(g, 3, 40)
+    if where == "first token":
+        never[:, 0] = False
+        ids[:, 0] = torch.randint(0, starts.numel(), (3,), generator=g)
+        starts[ids[:, 0]] = True
+    words = ops.group_words(ids, never, starts)
+    table = ops.ScoreHashTable()
+    hashes = torch.unique(words.word_hash[words.word_hash != 0])
+    table.insert(hashes, torch.randn(hashes.numel(), generator=g))
     keys, values = table.tensors()
     row = int((words.n_words > 0).nonzero()[0])  # the first row with words (a random row may have none)
-    word = int(words.n_words[row]) // 2
+    word = 0 if where == "first token" else int(words.n_words[row]) // 2
     first = int((words.word_hash[row, : int(words.n_words[row])] == words.word_hash[row, word]).nonzero()[0])
     begin = int((words.word_index[row] == first).nonzero()[0])
     for bad in (float("nan"), float("inf"), -float("inf")):
@@ -1111,6 +1254,11 @@ def test_difference_mask_errors():
             ops.difference_mask_device(ids, never, starts, keys, values, RANDOM_IDS, mask_token_id=MASK_ID, seed=bad_seed)
     assert torch.equal(call(seed=np.int64(5)).labels, call(seed=5).labels)
     assert torch.equal(call(seed=torch.tensor(5)).labels, call(seed=5).labels)
+    direct = (ids, never, starts, keys, values, RANDOM_IDS, 0.25, 0, 0.0, 0.0, MASK_ID, 0.8, 0.1)
+    with pytest.raises(ValueError, match=r"difference_mask_device: seed must hold one int64 value, got shape \[2\]"):
+        torch.ops.diffmask_fast.difference_mask_device(*direct, torch.tensor([1, 2]))
+    with pytest.raises(TypeError, match="difference_mask_device: seed must have dtype torch.int64"):
+        torch.ops.diffmask_fast.difference_mask_device(*direct, torch.tensor([1.0]))
     with pytest.raises(TypeError, match="seed must be an integer"):
         call(seed=torch.tensor(5.0))
     for bad_id, error in ((2**63, ValueError), (-1, ValueError), (1.0, TypeError), (True, TypeError)):
@@ -1139,6 +1287,9 @@ def test_difference_mask_errors():
     never_bad[1, 3] = False
     with pytest.raises(ValueError, match=rf"input_ids\[1, 3\] = {starts.numel()} is outside the vocabulary"):
         call(input_ids=bad, never_word=never_bad)
+    bad[0, 0], never_bad[0, 0] = -4, False  # a row's first token (text tokenized without special tokens)
+    with pytest.raises(ValueError, match=r"input_ids\[0, 0\] = -4 is outside the vocabulary"):
+        call(input_ids=bad, never_word=never_bad)
     with pytest.raises(ValueError, match="weighting must be 0"):
         torch.ops.diffmask_fast.difference_mask(ids, never, starts, keys, values, RANDOM_IDS, 0.2, 5, 0.0, 0.0, 1, 0.8, 0.1, 0)
     with pytest.raises(ValueError, match="mlm_probability"):
@@ -1148,6 +1299,17 @@ def test_difference_mask_errors():
 # ----------------------------------------------------------------------------------------------
 # Registration: opcheck, fake kernels, the loader
 # ----------------------------------------------------------------------------------------------
+
+
+def test_the_extension_says_whether_it_was_built_with_its_cuda_kernels():
+    """``_C.with_cuda`` agrees with the kernels registered: the CUDA operators have CUDA kernels
+    in a CUDA build and none in a CPU build; the others never have one."""
+    from diffmask_fast import _extension
+
+    module = _extension.load()
+    assert {_extension.has_kernel(name, "cuda") for name in op_cases.CUDA_OPS} == {bool(module.with_cuda)}
+    assert not any(_extension.has_kernel(name, "cuda") for name in op_cases.operator_names() - op_cases.CUDA_OPS)
+    assert module.with_cuda in (0, 1) and module.torch_version == torch.__version__
 
 
 def test_opcheck(seed):

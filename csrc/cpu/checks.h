@@ -17,9 +17,27 @@ inline void check_cpu(const at::Tensor& t, const char* op, const char* name) {
                     t.device());
 }
 
+// A dtype as Python spells it ("torch.int64", not ATen's "Long"), as the Python wrappers' messages
+// do: a direct call of an op gets the same words.
+inline std::string dtype_name(at::ScalarType type) {
+  switch (type) {
+    case at::kBool: return "torch.bool";
+    case at::kByte: return "torch.uint8";
+    case at::kChar: return "torch.int8";
+    case at::kShort: return "torch.int16";
+    case at::kInt: return "torch.int32";
+    case at::kLong: return "torch.int64";
+    case at::kHalf: return "torch.float16";
+    case at::kBFloat16: return "torch.bfloat16";
+    case at::kFloat: return "torch.float32";
+    case at::kDouble: return "torch.float64";
+    default: return c10::toString(type);
+  }
+}
+
 inline void check_dtype(const at::Tensor& t, const char* op, const char* name, at::ScalarType expected) {
-  TORCH_CHECK_TYPE(t.scalar_type() == expected, op, ": ", name, " must have dtype ", expected, ", got ",
-                   t.scalar_type());
+  TORCH_CHECK_TYPE(t.scalar_type() == expected, op, ": ", name, " must have dtype ", dtype_name(expected), ", got ",
+                   dtype_name(t.scalar_type()));
 }
 
 inline void check_dim(const at::Tensor& t, const char* op, const char* name, int64_t dim) {
@@ -29,12 +47,12 @@ inline void check_dim(const at::Tensor& t, const char* op, const char* name, int
 inline void check_floating(const at::Tensor& t, const char* op, const char* name) {
   const auto s = t.scalar_type();
   TORCH_CHECK_TYPE(s == at::kFloat || s == at::kDouble || s == at::kHalf || s == at::kBFloat16, op, ": ", name,
-                   " must be a floating tensor (float32, float64, float16 or bfloat16), got ", s);
+                   " must be a floating tensor (float32, float64, float16 or bfloat16), got ", dtype_name(s));
 }
 
 inline void check_integer(const at::Tensor& t, const char* op, const char* name) {
   TORCH_CHECK_TYPE(at::isIntegralType(t.scalar_type(), /*includeBool=*/false), op, ": ", name,
-                   " must be an integer tensor, got ", t.scalar_type());
+                   " must be an integer tensor, got ", dtype_name(t.scalar_type()));
 }
 
 // max_anchor_similarity's operands, on any device: floating embeddings [..., D] and anchors [K, D]

@@ -73,7 +73,10 @@ struct Random {
   int64_t index(int64_t n) { return core::to_index(stream.at(counter++), n); }
 };
 
-void test_masking(uint64_t seed, int64_t B, int64_t L, const core::MaskParams& params) {
+// seed_on_device: the seed as a device scalar (the training step's) or a value (the op's);
+// nonpositive_scores: every score in the table 0 or negative, so that similarity weights sum to 0.
+void test_masking(uint64_t seed, int64_t B, int64_t L, const core::MaskParams& params, bool seed_on_device = true,
+                  bool nonpositive_scores = false) {
   Random rng(seed);
   const int64_t V = 700;
   std::vector<int64_t> ids(B * L);
@@ -81,7 +84,7 @@ void test_masking(uint64_t seed, int64_t B, int64_t L, const core::MaskParams& p
   for (int64_t v = 0; v < V; ++v) starts[v] = rng.unit() < 0.6;
   for (int64_t i = 0; i < B * L; ++i) {
     ids[i] = rng.index(V);
-    never[i] = rng.unit() < 0.08 || i % L == 0;
+    never[i] = rng.unit() < 0.08 || (i % L == 0 && i / L % 3 != 2);  // a leading special token, or a word
     if (never[i] && rng.unit() < 0.3) ids[i] = V + 5;  // out of range, under never_word
   }
   if (B > 1) {
@@ -104,7 +107,8 @@ void test_masking(uint64_t seed, int64_t B, int64_t L, const core::MaskParams& p
         if (rng.unit() < 0.7) {
           new_keys.push_back(hash[w]);
           const double u = rng.unit();
-          new_values.push_back(u < 0.1 ? 0.0f : static_cast<float>(2 * rng.unit() - 0.5));
+          const float score = u < 0.1 ? 0.0f : static_cast<float>(2 * rng.unit() - 0.5);
+          new_values.push_back(nonpositive_scores ? -std::fabs(score) : score);
         }
       }
     }
@@ -119,7 +123,10 @@ void test_masking(uint64_t seed, int64_t B, int64_t L, const core::MaskParams& p
   }
   std::vector<int64_t> cpu_bad(B, -1);
   for (int64_t i = 0; i < B * L; ++i) {
-    if (!never[i] && rng.unit() < 0.01) ids[i] = rng.unit() < 0.5 ? -3 : V + 9;
+    if (!never[i] && rng.unit() < 0.01) {
+      const double u = rng.unit();
+      ids[i] = u < 0.3 ? -3 : u < 0.6 ? V : V + 9;  // V: the first id past the vocabulary
+    }
   }
   for (int64_t b = 0; b < B; ++b) {
     for (int64_t l = 0; l < L && cpu_bad[b] < 0; ++l) {
@@ -182,7 +189,8 @@ void test_masking(uint64_t seed, int64_t B, int64_t L, const core::MaskParams& p
   p.mask_token_id = params.mask_token_id;
   p.mask_replace_prob = params.mask_replace_prob;
   p.random_replace_prob = params.random_replace_prob;
-  p.seed_device = d_seed.data;
+  p.seed_device = seed_on_device ? d_seed.data : nullptr;
+  p.seed_value = seed_on_device ? -1 : static_cast<int64_t>(seed);
   p.masked_ids = d_out.data;
   p.labels = d_labels.data;
   p.masked_words = d_words.data;
@@ -249,15 +257,71 @@ void test_sampling(uint64_t seed, int64_t B, int64_t N, bool float64, bool mixed
   for (int64_t code : d_status.host()) CHECK(code == 0 || code == -1);
 }
 
-void test_sampling_status() {
-  const std::vector<float> w = {0.5f, 1.0f, NAN, 2.0f, -1.0f, INFINITY, 0.5f, 0.5f, 0.5f};
-  const std::vector<int64_t> counts = {1, 1, -2};
-  DeviceArray<float> d_w(w);
-  DeviceArray<int64_t> d_counts(counts), d_status(6);
-  DeviceArray<unsigned char> d_selected(9);
+// Rows whose keys tie exactly: a weight E_i * m (E_i the exponential of draw i of the row's
+// stream, m a power of two) gives the key E_i / (E_i * m) = 1 / m exactly. Ties at the k-th key go
+// to the smallest positions, as core::key_index_less orders them, across several rounds of a
+// block's threads (600 positions).
+void test_sampling_ties() {
+  const uint64_t seed = 5;
+  const int64_t B = 3, N = 600;
+  const std::vector<int64_t> counts = {400, 3, 590};
+  const core::LogTable& table = core::log_table();
+  std::vector<double> w(B * N);
+  std::vector<unsigned char> expected(B * N, 0);
+  for (int64_t b = 0; b < B; ++b) {
+    const core::Stream stream(seed, static_cast<uint64_t>(b));
+    std::vector<int64_t> by_key[3];  // positions of keys 0.5, 1 and 2, in order
+    for (int64_t i = 0; i < N; ++i) {
+      const double e = core::to_exponential(stream.at(static_cast<uint64_t>(i)), table);
+      CHECK(e > 0 && std::isfinite(e));
+      const int group = b == 1 ? 1 : i % 5 == 0 ? 0 : i % 7 == 0 ? 2 : 1;
+      w[b * N + i] = e * (group == 0 ? 2.0 : group == 1 ? 1.0 : 0.5);
+      by_key[group].push_back(i);
+    }
+    int64_t left = counts[b];
+    for (const std::vector<int64_t>& positions : by_key) {
+      for (size_t j = 0; j < positions.size() && left > 0; ++j, --left) expected[b * N + positions[j]] = 1;
+    }
+  }
+  // The k-th key is a tie in every row: 280 of row 0's 412 keys 1, 3 of row 1's 600, 58 of row 2's 68 keys 2.
+  std::vector<core::KeyIndex> scratch(N);
+  for (int64_t b = 0; b < B; ++b) {
+    const core::Stream stream(seed, static_cast<uint64_t>(b));
+    const int64_t k = core::successive_sample(w.data() + b * N, N, counts[b], stream, scratch.data());
+    std::vector<unsigned char> chosen(N, 0);
+    for (int64_t j = 0; j < k; ++j) chosen[scratch[j].index] = 1;
+    CHECK(std::equal(chosen.begin(), chosen.end(), expected.begin() + b * N));
+  }
+  DeviceArray<double> d_w(w);
+  DeviceArray<int64_t> d_counts(counts), d_status(2 * B);
+  DeviceArray<unsigned char> d_selected(B * N);
   cuda::SampleProblem p;
   p.weights = d_w.data;
-  p.rows = 3;
+  p.float64 = true;
+  p.rows = B;
+  p.cols = N;
+  p.counts = d_counts.data;
+  p.seed = seed;
+  p.selected = reinterpret_cast<bool*>(d_selected.data);
+  p.status = d_status.data;
+  DeviceArray<unsigned char> workspace(cuda::sample_workspace_bytes(p));
+  CUDA_OK(cuda::sample_without_replacement(p, workspace.data, nullptr));
+  CUDA_OK(cudaDeviceSynchronize());
+  CHECK(d_selected.host() == expected);
+}
+
+// Each row's first problem as core::find_bad_weight names it, a negative count before any; a row
+// with a problem selects nothing. No rows: nothing to launch.
+void test_sampling_status() {
+  const std::vector<float> w = {0.5f, 1.0f, NAN, 2.0f, -1.0f, INFINITY, 0.5f, 0.5f, 0.5f,
+                                0.5f, INFINITY, 0.5f, NAN, 1.0f, 1.0f, 1.0f, 1.0f, 1.0f};
+  const std::vector<int64_t> counts = {1, 1, -2, 1, -1, 2};
+  DeviceArray<float> d_w(w);
+  DeviceArray<int64_t> d_counts(counts), d_status(12);
+  DeviceArray<unsigned char> d_selected(std::vector<unsigned char>(18, 7));
+  cuda::SampleProblem p;
+  p.weights = d_w.data;
+  p.rows = 6;
   p.cols = 3;
   p.counts = d_counts.data;
   p.selected = reinterpret_cast<bool*>(d_selected.data);
@@ -268,7 +332,16 @@ void test_sampling_status() {
   const std::vector<int64_t> status = d_status.host();
   CHECK(status[0] == 2 && status[1] == cuda::kSampleNaNWeight);
   CHECK(status[2] == 1 && status[3] == cuda::kSampleNegativeWeight);  // row 1: -1 at 1 before inf at 2
-  CHECK(status[5] == cuda::kSampleNegativeCount);
+  CHECK(status[4] == -1 && status[5] == cuda::kSampleNegativeCount);
+  CHECK(status[6] == 1 && status[7] == cuda::kSampleInfiniteWeight);
+  CHECK(status[8] == -1 && status[9] == cuda::kSampleNegativeCount);  // the count first, as the CPU op checks it
+  CHECK(status[10] == -1 && status[11] == cuda::kSampleOk);
+  const std::vector<unsigned char> selected = d_selected.host();
+  CHECK(std::count(selected.begin(), selected.begin() + 15, 0) == 15);
+  CHECK(selected[15] + selected[16] + selected[17] == 2 && selected[15] <= 1 && selected[16] <= 1 && selected[17] <= 1);
+  p.rows = 0;
+  CHECK(cuda::sample_without_replacement(p, workspace.data, nullptr) == cudaSuccess);
+  CUDA_OK(cudaDeviceSynchronize());
 }
 
 // The blocked method's products by a plain kernel (the extension passes torch's cuBLAS): one
@@ -482,6 +555,86 @@ double precision_bound(cuda::Precision precision, int64_t d, bool float64) {
   }
 }
 
+// Scale does not change a cosine: rows and anchors multiplied by powers of two far from 1 (float32
+// rows whose squares overflow, or whose sum of squares is subnormal or 0; float64 anchors and rows
+// near 1e+-200 and below) give the cosines of the values they hold.
+template <typename T>
+void test_similarity_scales(int64_t k, bool with_products) {
+  const bool float64 = std::is_same<T, double>::value;
+  const int64_t n = 7, d = 96;
+  const std::vector<int> exponents =
+      float64 ? std::vector<int>{0, 660, -660, -1000} : std::vector<int>{0, 66, -70, -83};
+  const double tolerance = precision_bound(cuda::Precision::kFloat32, d, float64);
+  Random rng(40 + k);
+  std::vector<double> x(n * d), a(k * d);
+  for (auto& v : x) v = 2 * rng.unit() - 1;
+  for (auto& v : a) v = 2 * rng.unit() - 1;
+  for (int row_exponent : exponents) {
+    for (int anchor_exponent : exponents) {
+      std::vector<T> scaled_x(n * d), scaled_a(k * d);
+      std::vector<double> held_x(n * d), held_a(k * d);  // what the scaled values hold, scaled back exactly
+      for (int64_t i = 0; i < n * d; ++i) {
+        scaled_x[i] = static_cast<T>(std::ldexp(static_cast<double>(static_cast<T>(x[i])), row_exponent));
+        held_x[i] = std::ldexp(static_cast<double>(scaled_x[i]), -row_exponent);
+      }
+      for (int64_t i = 0; i < k * d; ++i) {
+        scaled_a[i] = static_cast<T>(std::ldexp(static_cast<double>(static_cast<T>(a[i])), anchor_exponent));
+        held_a[i] = std::ldexp(static_cast<double>(scaled_a[i]), -anchor_exponent);
+      }
+      DeviceArray<T> d_x(scaled_x), d_a(scaled_a);
+      DeviceArray<float> d_values(n);
+      DeviceArray<int64_t> d_indices(n);
+      cuda::SimilarityProblem p = contiguous_problem(d_x.data, d_a.data, n, d, k, d_values.data, d_indices.data);
+      p.float64 = float64;
+      ProductCalls calls;
+      run_similarity(p, with_products, calls, cuda::BlockLimits());
+      const std::vector<float> values = d_values.host();
+      const std::vector<int64_t> indices = d_indices.host();
+      int wrong = 0;
+      for (int64_t r = 0; r < n; ++r) {
+        const double best = reference_cosine(held_x.data() + r * d, held_a, d, k, -1);
+        wrong += !(std::fabs(values[r] - best) <= tolerance) || !(indices[r] >= 0 && indices[r] < k) ||
+                 !(reference_cosine(held_x.data() + r * d, held_a, d, k, indices[r]) >= best - 2 * tolerance);
+      }
+      if (wrong > 0) {
+        std::fprintf(stderr, "similarity of rows scaled by 2^%d, anchors by 2^%d (k=%lld float64=%d products=%d): "
+                     "%d wrong\n", row_exponent, anchor_exponent, static_cast<long long>(k), static_cast<int>(float64),
+                     static_cast<int>(with_products), wrong);
+        CHECK(wrong == 0);
+      }
+    }
+  }
+}
+
+// A zero anchor is at cosine 0 from every row, so the nearest for rows opposite every other
+// anchor; anchors that are all NaN leave every row at (NaN, 0).
+template <typename T>
+void test_similarity_degenerate_anchors(int64_t k, bool with_products) {
+  const int64_t n = 5, d = 24;
+  Random rng(50 + k);
+  std::vector<T> direction(d), x(n * d), a(k * d, T(0));
+  for (auto& v : direction) v = static_cast<T>(2 * rng.unit() - 1);
+  for (int64_t j = 0; j < d; ++j) {
+    for (int64_t c = 0; c + 1 < k; ++c) a[c * d + j] = direction[j] * static_cast<T>(c + 1);  // the last is zero
+    for (int64_t r = 0; r < n; ++r) x[r * d + j] = -direction[j] * static_cast<T>(r + 1);
+  }
+  for (bool nan_anchors : {false, true}) {
+    if (nan_anchors) std::fill(a.begin(), a.end(), std::numeric_limits<T>::quiet_NaN());
+    DeviceArray<T> d_x(x), d_a(a);
+    DeviceArray<float> d_values(n);
+    DeviceArray<int64_t> d_indices(n);
+    cuda::SimilarityProblem p = contiguous_problem(d_x.data, d_a.data, n, d, k, d_values.data, d_indices.data);
+    p.float64 = std::is_same<T, double>::value;
+    ProductCalls calls;
+    run_similarity(p, with_products, calls, cuda::BlockLimits());
+    const std::vector<float> values = d_values.host();
+    const std::vector<int64_t> indices = d_indices.host();
+    for (int64_t r = 0; r < n; ++r) {
+      CHECK(nan_anchors ? std::isnan(values[r]) && indices[r] == 0 : values[r] == 0.0f && indices[r] == k - 1);
+    }
+  }
+}
+
 // A random similarity problem: shape, row layout, type, precision, method and block sizes.
 void fuzz_similarity(uint64_t seed) {
   Random rng(seed);
@@ -554,15 +707,21 @@ void test_lookup() {
   const std::vector<int64_t> new_keys = {3, 17, -5, 1LL << 60};
   const std::vector<float> new_values = {0.5f, -1.0f, 2.0f, 3.0f};
   core::table_insert(keys.data(), values.data(), 64, new_keys.data(), new_values.data(), 4);
-  const std::vector<int64_t> queries = {3, 4, -5, 1LL << 60, 0};
+  CHECK(keys[0] == 0);  // free: a key whose probe starts there is stored there
+  int64_t at_slot_0 = 1;
+  while (core::table_home_slot(at_slot_0, 64) != 0) ++at_slot_0;
+  const float value_0 = 4.0f;
+  core::table_insert(keys.data(), values.data(), 64, &at_slot_0, &value_0, 1);
+  CHECK(core::table_find(keys.data(), 64, at_slot_0) == 0);
+  const std::vector<int64_t> queries = {3, 4, -5, 1LL << 60, 0, at_slot_0};
   DeviceArray<int64_t> d_keys(keys), d_queries(queries);
   DeviceArray<float> d_values(values), d_out(queries.size());
   DeviceArray<unsigned char> d_found(queries.size());
-  CUDA_OK(cuda::score_table_lookup(d_keys.data, d_values.data, 64, d_queries.data, 5, -7.0f, d_out.data,
+  CUDA_OK(cuda::score_table_lookup(d_keys.data, d_values.data, 64, d_queries.data, 6, -7.0f, d_out.data,
                                    reinterpret_cast<bool*>(d_found.data), nullptr));
   CUDA_OK(cudaDeviceSynchronize());
-  CHECK((d_out.host() == std::vector<float>{0.5f, -7.0f, 2.0f, 3.0f, -7.0f}));
-  CHECK((d_found.host() == std::vector<unsigned char>{1, 0, 1, 1, 0}));
+  CHECK((d_out.host() == std::vector<float>{0.5f, -7.0f, 2.0f, 3.0f, -7.0f, 4.0f}));
+  CHECK((d_found.host() == std::vector<unsigned char>{1, 0, 1, 1, 0, 1}));
 }
 
 }  // namespace
@@ -598,6 +757,10 @@ int main(int argc, char** argv) {
       if (!quick) test_masking(seed, 1, 8192, params);
       test_masking(seed, 2, 1, params);
     }
+    test_masking(seed, quick ? 5 : 33, 300, mixed, /*seed_on_device=*/false);
+    core::MaskParams mixed_unscored = mixed;  // weights summing to 0: the uniform part alone
+    mixed_unscored.unknown_score = 0.0;
+    test_masking(seed, quick ? 5 : 33, 300, mixed_unscored, true, /*nonpositive_scores=*/true);
     for (bool float64 : {false, true}) {
       test_sampling(seed, 20, 1, float64);
       test_sampling(seed, quick ? 3 : 20, 513, float64);
@@ -606,6 +769,7 @@ int main(int argc, char** argv) {
     test_sampling(seed, quick ? 3 : 20, 513, true, true);
   }
   test_sampling_status();
+  test_sampling_ties();
   const double float32 = precision_bound(cuda::Precision::kFloat32, 96, false);
   for (int64_t k : {1, 5, 32, 33, 300}) {  // fused up to 32 anchors, blocked beyond
     test_similarity<float>(k, quick ? 200 : 1000, 96, k, cuda::Precision::kFloat32, float32, cuda::BlockLimits(), true);
@@ -647,6 +811,16 @@ int main(int argc, char** argv) {
   for (uint64_t i = 0; i < (quick ? 4 : 40); ++i) {
     fuzz_similarity(run_seed * 1000 + i);
     fuzz_masking_and_sampling(run_seed * 1000 + i);
+  }
+  for (bool with_products : {true, false}) {  // fused below 33 anchors; blocked above with products
+    for (int64_t k : {2, 40}) {
+      test_similarity_scales<float>(k, with_products);
+      test_similarity_degenerate_anchors<float>(k, with_products);
+    }
+  }
+  for (int64_t k : {2, 40}) {  // float64 is always blocked
+    test_similarity_scales<double>(k, true);
+    test_similarity_degenerate_anchors<double>(k, true);
   }
   test_similarity_product_error();
   test_lookup();

@@ -29,6 +29,10 @@ static void test_determinism() {
   // Known value: pins the stream definition so results stay reproducible across releases.
   CHECK(mix64(0) == 0);
   CHECK(mix64(1) != 1);
+  const Stream pinned(12345, 7);
+  CHECK(pinned.at(0) == 4306903351893520185ULL && pinned.at(1) == 2539801671059368422ULL);
+  CHECK(pinned.sub(Purpose::kSampling).at(0) == 968797568999701568ULL);
+  CHECK(to_exponential(pinned.at(0), log_table()) == 0x1.74652b414b39dp+0);
 }
 
 static void test_uniforms() {
@@ -73,8 +77,8 @@ static void test_fast_log() {
     worst = std::max(worst, std::fabs(fast_log(x, table) - reference) / std::fabs(reference));
     worst_series = std::max(worst_series, std::fabs(series_log(x) - reference) / std::fabs(reference));
   }
-  CHECK(worst < 1e-14);
-  CHECK(worst_series < 1e-13);
+  CHECK(worst < 2e-15);  // about 4e-16: the rounding of the last operations
+  CHECK(worst_series < 2e-15);
   CHECK(fast_log(1.0, table) == 0.0);
   CHECK(series_log(1.0) == 0.0);
   CHECK_NEAR(fast_log(0x1.0p-53, table), -53 * std::log(2.0), 1e-12);

@@ -140,14 +140,43 @@ static void test_select_smallest() {
       if (flavour == 3) key = std::ldexp(1.0, static_cast<int>(bits % 40) - 20) * (1 + (bits >> 60));
       items[i] = {key, i * 3 + 1};
     }
-    std::vector<KeyIndex> sorted = items;
-    std::sort(sorted.begin(), sorted.end(), key_index_less);
+    std::vector<KeyIndex> sorted = items;  // by key, then position: ties go to the smaller position
+    std::sort(sorted.begin(), sorted.end(), [](const KeyIndex& a, const KeyIndex& b) {
+      return a.key != b.key ? a.key < b.key : a.index < b.index;
+    });
     const int64_t k = static_cast<int64_t>(s.at(3 * trial + 2) % (n + 1));
     select_smallest(items.data(), n, k);
     std::vector<int64_t> got, want;
     for (int64_t j = 0; j < k; ++j) {
       got.push_back(items[j].index);
       want.push_back(sorted[j].index);
+    }
+    std::sort(got.begin(), got.end());
+    std::sort(want.begin(), want.end());
+    CHECK(got == want);
+  }
+}
+
+// Keys that tie exactly: the weight E_i * m of position i (E_i its exponential draw, m a power of
+// two) gives the key E_i / (E_i * m) = 1 / m. The tied positions taken are the first ones.
+static void test_ties_go_to_the_smallest_positions() {
+  CHECK(key_index_less({1.0, 0}, {1.0, 2}) && !key_index_less({1.0, 2}, {1.0, 0}));
+  CHECK(key_index_less({0.5, 9}, {1.0, 0}));
+  const Stream stream(77, 3);
+  const int64_t n = 50;
+  std::vector<double> w(n);
+  for (int64_t i = 0; i < n; ++i) {
+    w[i] = to_exponential(stream.at(static_cast<uint64_t>(i)), log_table()) * (i % 4 == 3 ? 2.0 : 1.0);
+  }
+  std::vector<KeyIndex> scratch(n);
+  for (int64_t count : {1, 12, 13, 20, 49}) {  // 12 keys 0.5 (positions 3, 7, ...), then keys 1 by position
+    const int64_t k = successive_sample(w.data(), n, count, stream, scratch.data());
+    CHECK(k == count);
+    std::vector<int64_t> got, want;
+    for (int64_t j = 0; j < k; ++j) got.push_back(scratch[j].index);
+    for (int64_t i = 3; i < n && static_cast<int64_t>(want.size()) < count; i += 4) want.push_back(i);
+    for (int64_t i = 0; i < n && static_cast<int64_t>(want.size()) < count; ++i) {
+      if (i % 4 != 3) want.push_back(i);
     }
     std::sort(got.begin(), got.end());
     std::sort(want.begin(), want.end());
@@ -175,6 +204,7 @@ int main() {
   test_inclusion_matches_enumeration();
   test_uniform_subset();
   test_select_smallest();
+  test_ties_go_to_the_smallest_positions();
   test_bad_weights();
   TEST_MAIN_END();
 }
