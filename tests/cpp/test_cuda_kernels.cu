@@ -214,6 +214,29 @@ void test_masking(uint64_t seed, int64_t B, int64_t L, const core::MaskParams& p
   CHECK(d_bad_score.host() == cpu_bad_score);
 }
 
+// sample_without_replacement of rows x cols device weights (float32 or float64), one count per
+// row: the selection, and each row's (position, code) in *status.
+std::vector<unsigned char> sample_on_device(const void* weights, bool float64, int64_t rows, int64_t cols,
+                                            const std::vector<int64_t>& counts, uint64_t seed,
+                                            std::vector<int64_t>* status) {
+  DeviceArray<int64_t> d_counts(counts), d_status(2 * rows);
+  DeviceArray<unsigned char> d_selected(rows * cols);
+  cuda::SampleProblem p;
+  p.weights = weights;
+  p.float64 = float64;
+  p.rows = rows;
+  p.cols = cols;
+  p.counts = d_counts.data;
+  p.seed = seed;
+  p.selected = reinterpret_cast<bool*>(d_selected.data);
+  p.status = d_status.data;
+  DeviceArray<unsigned char> workspace(cuda::sample_workspace_bytes(p));
+  CUDA_OK(cuda::sample_without_replacement(p, workspace.data, nullptr));
+  CUDA_OK(cudaDeviceSynchronize());
+  *status = d_status.host();
+  return d_selected.host();
+}
+
 // mixed_scales (float64): weights scaled by 1, 1e-310 or 1e-320 at random, so that keys E / w
 // overflow beside finite ones in the same row.
 void test_sampling(uint64_t seed, int64_t B, int64_t N, bool float64, bool mixed_scales = false) {
@@ -236,25 +259,13 @@ void test_sampling(uint64_t seed, int64_t B, int64_t N, bool float64, bool mixed
     const int64_t k = core::successive_sample(w.data() + b * N, N, counts[b], stream, scratch.data());
     for (int64_t j = 0; j < k; ++j) expected[b * N + scratch[j].index] = 1;
   }
-  DeviceArray<int64_t> d_counts(counts), d_status(2 * B);
-  DeviceArray<unsigned char> d_selected(B * N);
-  cuda::SampleProblem p;
   std::vector<float> wf(w.begin(), w.end());
   DeviceArray<double> d_w64(float64 ? w : std::vector<double>());
   DeviceArray<float> d_w32(float64 ? std::vector<float>() : wf);
-  p.weights = float64 ? static_cast<const void*>(d_w64.data) : static_cast<const void*>(d_w32.data);
-  p.float64 = float64;
-  p.rows = B;
-  p.cols = N;
-  p.counts = d_counts.data;
-  p.seed = seed;
-  p.selected = reinterpret_cast<bool*>(d_selected.data);
-  p.status = d_status.data;
-  DeviceArray<unsigned char> workspace(cuda::sample_workspace_bytes(p));
-  CUDA_OK(cuda::sample_without_replacement(p, workspace.data, nullptr));
-  CUDA_OK(cudaDeviceSynchronize());
-  CHECK(d_selected.host() == expected);
-  for (int64_t code : d_status.host()) CHECK(code == 0 || code == -1);
+  std::vector<int64_t> status;
+  const void* weights = float64 ? static_cast<const void*>(d_w64.data) : static_cast<const void*>(d_w32.data);
+  CHECK(sample_on_device(weights, float64, B, N, counts, seed, &status) == expected);
+  for (int64_t code : status) CHECK(code == 0 || code == -1);
 }
 
 // Rows whose keys tie exactly: a weight E_i * m (E_i the exponential of draw i of the row's
@@ -293,21 +304,8 @@ void test_sampling_ties() {
     CHECK(std::equal(chosen.begin(), chosen.end(), expected.begin() + b * N));
   }
   DeviceArray<double> d_w(w);
-  DeviceArray<int64_t> d_counts(counts), d_status(2 * B);
-  DeviceArray<unsigned char> d_selected(B * N);
-  cuda::SampleProblem p;
-  p.weights = d_w.data;
-  p.float64 = true;
-  p.rows = B;
-  p.cols = N;
-  p.counts = d_counts.data;
-  p.seed = seed;
-  p.selected = reinterpret_cast<bool*>(d_selected.data);
-  p.status = d_status.data;
-  DeviceArray<unsigned char> workspace(cuda::sample_workspace_bytes(p));
-  CUDA_OK(cuda::sample_without_replacement(p, workspace.data, nullptr));
-  CUDA_OK(cudaDeviceSynchronize());
-  CHECK(d_selected.host() == expected);
+  std::vector<int64_t> status;
+  CHECK(sample_on_device(d_w.data, true, B, N, counts, seed, &status) == expected);
 }
 
 // Each row's first problem as core::find_bad_weight names it, a negative count before any; a row
