@@ -363,8 +363,8 @@ def longest_input(model, wanted: int) -> int:
     (RoBERTa-style models reserve padding id + 1 positions, BERT-style ones none; a padding id
     past 1 widens the margin to match) or passes it; a model that takes one token more than that
     has no table of positions to run out of, and takes ``wanted`` (never built itself: it may be
-    any size). When even shorter sequences fail, the length is
-    not the problem: ``wanted``, and the model will say what is."""
+    any size). When even shorter sequences fail, the length is not the problem: ``wanted``, and
+    the model will say what is."""
     config = getattr(model, "config", None)
     limit = getattr(config, "max_position_embeddings", None)
     pad = getattr(config, "pad_token_id", None)
