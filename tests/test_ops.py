@@ -1498,6 +1498,23 @@ def test_rank_weighting_ties_signed_zeros():
     assert abs(masked[:, 0].double().mean().item() - 0.5) < 0.05  # 6 standard errors
 
 
+def test_rank_weighting_orders_an_unknown_score_below_its_float32_rounding(seed):
+    """Table scores are float32, ``unknown_score`` a double: under rank weighting an unknown
+    score of 0.1 ranks below the table's 0.1 (0.10000000149 in float32), as any lower unknown
+    score does, and is not tied with it (ranks from float32 keys would tie them). Unknown words
+    tie among themselves alike whether their score is a float32 value (ranked by a radix sort of
+    float32 keys) or not (by a sort of doubles)."""
+    g = generator(seed)
+    ids, never, starts, words, table = masking_setup(g, batch=8, length=40, known=0.6)
+    keys, values = table.tensors()
+    others = 1 + torch.rand(values.shape, generator=g)
+    scores = torch.where(keys != 0, torch.where(torch.rand(values.shape, generator=g) < 0.5, 0.1, others), values)
+    options = dict(mask_token_id=MASK_ID, seed=seed, weighting="rank", mlm_probability=0.5)
+    expected = ops.difference_mask(ids, never, starts, keys, scores, RANDOM_IDS, unknown_score=0.0625, **options)
+    got = ops.difference_mask(ids, never, starts, keys, scores, RANDOM_IDS, unknown_score=0.1, **options)
+    assert all(torch.equal(a, b) for a, b in zip(got[:3], expected[:3])), f"seed={seed}"
+
+
 def test_tokens_of_a_masked_word_are_replaced_independently():
     """BERT's 80/10/10 rule is drawn per token (counter 2l and 2l + 1 of the replace stream), not
     per word. Ten-token words, all masked: all ten tokens of a word get the same treatment with
