@@ -908,11 +908,16 @@ def masking_setup(g: torch.Generator, batch: int = 48, length: int = 64, known: 
     """A random batch and a table holding scores for a random share of its words."""
     ids, never, starts = op_cases.random_batch(g, batch, length)
     words = ops.group_words(ids, never, starts)
+    return ids, never, starts, words, scored_table(g, words, known)
+
+
+def scored_table(g: torch.Generator, words, known: float) -> ops.ScoreHashTable:
+    """A table holding random scores for a random share ``known`` of the distinct words."""
     hashes = torch.unique(words.word_hash[words.word_hash != 0])
     keep = hashes[torch.rand(hashes.numel(), generator=g) < known]
     table = ops.ScoreHashTable()
     table.insert(keep, torch.randn(keep.numel(), generator=g))
-    return ids, never, starts, words, table
+    return table
 
 
 def run_mask(ids, never, starts, table, seed, **kwargs):
@@ -1189,10 +1194,7 @@ def test_difference_mask_refuses_non_finite_scores_it_reads(seed, where):
         ids[:, 0] = torch.randint(0, starts.numel(), (3,), generator=g)
         starts[ids[:, 0]] = True
     words = ops.group_words(ids, never, starts)
-    table = ops.ScoreHashTable()
-    hashes = torch.unique(words.word_hash[words.word_hash != 0])
-    table.insert(hashes, torch.randn(hashes.numel(), generator=g))
-    keys, values = table.tensors()
+    keys, values = scored_table(g, words, known=1.0).tensors()
     row = int((words.n_words > 0).nonzero()[0])  # the first row with words (a random row may have none)
     word = 0 if where == "first token" else int(words.n_words[row]) // 2
     first = int((words.word_hash[row, : int(words.n_words[row])] == words.word_hash[row, word]).nonzero()[0])
