@@ -252,6 +252,22 @@ def test_characters_that_are_not_printable_are_shown_escaped_in_text_html_and_ta
     assert "\x07" not in table and "bell\\x07" in table, table
 
 
+def test_the_html_page_keeps_right_to_left_words_in_the_order_the_model_reads_them():
+    """Words of one span each, laid out as one run of text: two Hebrew words around a number were
+    shown with the number first, as the bidirectional layout reorders neutral characters between
+    right-to-left letters across the spans. Each word is now isolated and each line takes the
+    direction of its first letter."""
+    from diffmask_fast.preview import PreviewWord, render_html
+
+    words = [PreviewWord("\u05d7\u05dc\u05d1\u05d5\u05df", 0.9, True, None), PreviewWord("3", 0.1, False, None),
+             PreviewWord("\u05ea\u05d0", 0.2, False, None)]
+    page = render_html([words, [PreviewWord("kinase", 0.5, False, None)]])
+    spans = re.findall(r'<span [^>]*>([^<]*)</span>', page)
+    isolated = re.findall(r'<span [^>]*dir="auto"[^>]*>([^<]*)</span>', page)
+    assert spans == isolated == ["\u05d7\u05dc\u05d1\u05d5\u05df", "3", "\u05ea\u05d0", "kinase"], page
+    assert page.count("<p dir='auto'>") == 2, page
+
+
 def test_words_written_in_double_brackets_are_not_shown_as_masked_words():
     """Wiki markup "[[Paris]]" is one word to a byte-level BPE: unmasked, it printed exactly as a
     masked "Paris". Brackets in a word holding "[[" or "]]" are shown escaped."""
