@@ -801,7 +801,7 @@ def main(argv: list[str] | None = None) -> int:
         return CLOSED_PIPE_STATUS
     except (ValueError, OSError, ImportError) as error:  # bad input, or a file that cannot be read or written
         message = _with_option_name(str(error), parser.commands.get(args.command))
-        print(f"diffmask {args.command}: error: {message}", file=sys.stderr)
+        print(f"diffmask {args.command}{_rank_label()}: error: {message}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         hint = RESUME_HINTS.get(args.command)
@@ -815,6 +815,15 @@ def main(argv: list[str] | None = None) -> int:
             if errors is not None:
                 _put_back_errors(stream, errors)
     return 0
+
+
+def _rank_label() -> str:
+    """" (rank 3 of 8)" for a process that torchrun started among others, else "": every process
+    of the run reports its own error, and they may differ (one rank's device out of memory)."""
+    world = os.environ.get("WORLD_SIZE", "1")
+    if not world.isdigit() or int(world) < 2:
+        return ""
+    return f" (rank {os.environ.get('RANK', '?')} of {world})"
 
 
 def _put_back_errors(stream, errors: str) -> None:

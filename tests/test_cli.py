@@ -123,7 +123,15 @@ def test_preview_masks_with_a_saved_score_table(tmp_path, capsys, seed, bert_wor
         assert ("grouped by the default embedding model's tokenizer" in out) == (not named), out
 
 
-def test_bad_input_gives_a_clear_error(tmp_path, capsys):
+def test_bad_input_gives_a_clear_error(tmp_path, capsys, monkeypatch):
+    assert main(["mine", str(tmp_path / "missing.txt")]) == 1
+    assert "diffmask mine: error: " in capsys.readouterr().err
+    # Under torchrun every process reports its error: each says which it is.
+    monkeypatch.setenv("WORLD_SIZE", "8")
+    monkeypatch.setenv("RANK", "3")
+    assert main(["mine", str(tmp_path / "missing.txt")]) == 1
+    assert "diffmask mine (rank 3 of 8): error: " in capsys.readouterr().err
+    monkeypatch.setenv("WORLD_SIZE", "1")
     assert main(["mine", str(tmp_path / "missing.txt")]) == 1
     assert "does not exist" in capsys.readouterr().err
     (tmp_path / "empty.txt").write_text("")
