@@ -481,6 +481,8 @@ def test_labels_cut_alike_are_numbered_apart_and_never_repeat_a_short_label():
     shown = _shown_labels([(long, " (0.50)"), (short, " (0.50)")])
     assert len(set(shown)) == 2 and shown[1] == short + " (0.50)", shown
     assert _score_axis([0.5, 3.0])[1] > 3.0 and _score_axis([3.0, 0.5])[1] > 3.0, "the highest score in view"
+    assert _score_axis([0.5]) == pytest.approx((-0.03, 1.03)), "similarities below 1 on the whole [0, 1] axis"
+    assert _score_axis([-2.0, math.nan]) == pytest.approx((-2.09, 1.09))
 
 
 def test_labels_with_right_to_left_names_keep_their_order(tmp_path, monkeypatch):
@@ -629,6 +631,8 @@ def test_a_diverged_run_beside_a_trained_one_is_named_as_diverged_in_the_legend(
     ([(3, 7, 2)], r"'w0' was masked 7 times in 3 occurrence\(s\) over 2 draw\(s\)"),
     ([(3, -1, 2)], r"'w0' was masked -1 times"),
     ([(3, 1, 2), (2, 1, 5)], r"every rate must come from the same draws: 'w0' has 2 draw\(s\), 'w1' 5"),
+    ([(0, 0, 2)], r"at least one occurrence and one draw; 'w0' has 0 occurrence\(s\) over 2 draw\(s\)"),
+    ([(3, 0, 0)], r"at least one occurrence and one draw; 'w0' has 3 occurrence\(s\) over 0 draw\(s\)"),
 ])
 def test_impossible_masking_rates_are_refused_by_word(tmp_path, rates, problem):
     """A hand-built rate above 1 drew a bar past the axis, and rates of different draw counts
@@ -692,6 +696,8 @@ def test_a_comparison_of_many_runs_widens_and_slants_its_names(tmp_path, monkeyp
 
 def test_a_seed_whose_metric_is_nan_is_named_not_dropped_silently(tmp_path, monkeypatch):
     """A report read back with a null metric drew one dot and no mean, as if the run had one seed."""
+    from matplotlib.collections import PathCollection
+
     from diffmask_fast.plots import plot_comparison
 
     kept = drawn_figure(monkeypatch)
@@ -701,3 +707,5 @@ def test_a_seed_whose_metric_is_nan_is_named_not_dropped_silently(tmp_path, monk
     assert [t.get_text() for t in axes.get_xticklabels()] == ["dm\n(1 of 3 seeds NaN)", "lost\n(1 of 1 seed NaN)", "ok"]
     assert [t.get_text() for t in axes.texts] == ["60.0", "60.0"]  # dm's mean over its two finite seeds
     assert [len(c.get_offsets()) for c in axes.collections if len(c.get_offsets())][:2] == [2, 1]
+    dots = [c.get_offsets()[:, 0].tolist() for c in axes.collections if isinstance(c, PathCollection)]
+    assert dots[0] == pytest.approx([-0.15, 0.15]) and dots[1] == pytest.approx([2.0]), "seeds side by side"

@@ -224,6 +224,7 @@ def test_the_html_shading_is_one_scale_not_stretched_over_each_page():
 def test_a_word_of_whitespace_alone_is_shown_spelled_out_not_blank(roberta_byte_bpe):
     """Byte-level BPE reads U+3000 standing alone as a word, masked like any other: it was shown as
     an empty [[ ]], an empty box in HTML, and a bar without a word in the picture."""
+    from diffmask_fast._display import printable_word
     from diffmask_fast.preview import preview, render_html, render_text
 
     collator = DifferenceMaskingCollator(roberta_byte_bpe, ScoreTable.from_mapping({"protein": 1.0}),
@@ -234,6 +235,7 @@ def test_a_word_of_whitespace_alone_is_shown_spelled_out_not_blank(roberta_byte_
     text = render_text([words], show_scores=True)
     assert "\\u3000:0.00" in text and "\\xa0:0.00" in text, text
     assert "></span>" not in render_html([words]) and "\\u3000</span>" in render_html([words])
+    assert [printable_word(word) for word in (" ", " \u3000", "", " a ")] == ["\\x20", "\\x20\\u3000", "(blank)", " a "]
 
 
 def test_characters_that_are_not_printable_are_shown_escaped_in_text_html_and_tables():
