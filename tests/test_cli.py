@@ -46,6 +46,23 @@ def test_demo_draws_the_masking_rates(capsys, tmp_path):
     assert picture.read_bytes().startswith(b"\x89PNG")
 
 
+def test_the_demo_draws_whole_prose_sentences_and_no_more_than_there_are():
+    """Sentences end before a capital letter: "foo(x). it returns" goes on, as does a lowercase
+    start of a paragraph, which is no sentence shown (nor are code and short lines)."""
+    from diffmask_fast.demo import sample_sentences
+
+    documents = ["Call foo(x). it returns the value of x when it is called with one argument only. "
+                 "The function returns the value of its argument unchanged in every case we know of.",
+                 "x is a variable that holds the value of the expression given in the line above.",
+                 "Run it. >>> print(the value of the expression that is given in the line above it)."]
+    whole = ["Call foo(x). it returns the value of x when it is called with one argument only.",
+             "The function returns the value of its argument unchanged in every case we know of."]
+    assert sorted(sample_sentences(documents, 5, seed=0)) == whole
+    assert sample_sentences(documents, 1, seed=3)[0] in whole
+    with pytest.raises(ValueError, match="no prose sentences"):
+        sample_sentences(documents[1:], 2, seed=0)
+
+
 def test_mine_writes_anchors_and_counts(tmp_path, shared_data_dir, capsys):
     anchors_path, counts_path = tmp_path / "anchors.json", tmp_path / "counts.json"
     code = main(["mine", str(shared_data_dir / "chemprot" / "abstracts.txt"), "-k", "10",

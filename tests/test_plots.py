@@ -474,6 +474,8 @@ def test_labels_cut_alike_are_numbered_apart_and_never_repeat_a_short_label():
     words = ["abcdefghijklmnopq" + middle * 30 + "rstuvwxyzABCDEFGH" for middle in "XYZ"]
     labels = _shown_labels([(word, " (0.50)") for word in words])
     assert len(set(labels)) == 3 and labels[1].endswith("#2 (0.50)") and labels[2].endswith("#3 (0.50)"), labels
+    assert all(len(label) == _LABEL_LIMIT for label in labels), "a number takes room from the word"
+    assert _shown_labels([("abcdefghijklmnop", " (0.50)")], limit=10) == ["abc\u2026op (0.50)"], "6 characters at least"
     long = "a" * 30 + "b" * 30
     [cut] = _shown_labels([(long, " (0.50)")])
     short = cut[: -len(" (0.50)")]  # a word spelled as the long one's label
