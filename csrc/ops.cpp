@@ -5,6 +5,8 @@
 
 #include <torch/library.h>
 
+#include "cpu/panel_choice.h"
+
 #ifndef DIFFMASK_FAST_TORCH_VERSION
 #define DIFFMASK_FAST_TORCH_VERSION "unknown"
 #endif
@@ -81,6 +83,12 @@ PyMODINIT_FUNC PyInit__C(void) {
   const long with_cuda = 0;
 #endif
   if (PyModule_AddIntConstant(module, "with_cuda", with_cuda) < 0) {
+    Py_DECREF(module);
+    return nullptr;
+  }
+  // The CPU kernels the operators run ("avx512", "avx2" or "none": BLAS), fixed from here on.
+  if (PyModule_AddStringConstant(module, "cpu_kernels",
+                                 diffmask_fast::cpu::isa_name(diffmask_fast::cpu::cpu_isa())) < 0) {
     Py_DECREF(module);
     return nullptr;
   }

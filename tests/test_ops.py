@@ -20,7 +20,7 @@ import torch
 import op_cases
 from diffmask_fast import reference
 
-from diffmask_fast import ops  # a missing extension fails the suite rather than skipping it
+from diffmask_fast import _extension, ops  # a missing extension fails the suite rather than skipping it
 
 
 def generator(seed: int) -> torch.Generator:
@@ -136,6 +136,10 @@ def test_similarity_half_precision(seed, dtype):
     check_against_cosines(values, indices, embeddings.float(), anchors.float(), 1e-4, f"seed={seed} {dtype}")
     mixed_values, _ = ops.max_anchor_similarity(embeddings, anchors.float())
     torch.testing.assert_close(mixed_values, values, atol=1e-5, rtol=0)
+    # The embeddings' type sets the compute type: float32 rows with float64 anchors are float32 work.
+    single = ops.max_anchor_similarity(embeddings.float(), anchors.float())
+    wider = ops.max_anchor_similarity(embeddings.float(), anchors.double())
+    assert torch.equal(single[0], wider[0]) and torch.equal(single[1], wider[1])
 
 
 def test_similarity_strides_and_batch_dims(seed):
@@ -154,7 +158,11 @@ def test_similarity_strides_and_batch_dims(seed):
         check_against_cosines(values, indices, embeddings, anchors, 1e-5, f"{message} {name}")
     expanded = torch.randn(1, 13, generator=g).expand(50, 13)  # row stride 0
     values, indices = ops.max_anchor_similarity(expanded, anchors)
-    assert torch.all(values == values[0]) and torch.all(indices == indices[0]), message
+    assert torch.all(indices == indices[0]), message
+    if _extension.load().cpu_kernels == "none":  # BLAS: a row's value may move by a unit in the last place
+        torch.testing.assert_close(values, values[:1].expand(50), atol=0, rtol=2.0 ** -23, msg=message)
+    else:  # panels: a row's result never depends on the other rows
+        assert torch.all(values == values[0]), message
 
 
 def test_similarity_empty_and_shapes():
@@ -334,6 +342,13 @@ def test_similarity_of_non_finite_rows_follows_the_reference(seed, dtype):
         expected_values, expected_indices = reference.max_anchor_similarity(embeddings.numpy(), a.numpy())
         np.testing.assert_allclose(values.numpy(), expected_values, atol=1e-6, err_msg=f"seed={seed}")
         assert np.array_equal(indices.numpy(), expected_indices), f"seed={seed} {indices} vs {expected_indices}"
+    # Every anchor holding NaN, each where the bits of its number + 1 are set (so that none are
+    # merged as copies), in several tiles of columns: anchor 0 still, not a later tile's first.
+    many_bad = torch.randn(300, 16, generator=g, dtype=dtype)
+    bits = (torch.arange(1, 301)[:, None] >> torch.arange(16)) & 1
+    many_bad[bits.bool()] = float("nan")
+    values, indices = ops.max_anchor_similarity(torch.randn(4, 16, generator=g, dtype=dtype), many_bad)
+    assert torch.isnan(values).all() and indices.tolist() == [0] * 4, f"seed={seed} {indices}"
 
 
 @pytest.mark.parametrize("scale", [1e20, 1e-25, 3e-20, 1e19])
@@ -550,6 +565,20 @@ def test_denormal_weights_count_whatever_the_callers_float_mode(flush_denormals)
         assert torch.equal(drawn, expected) and (drawn.sum(dim=1) == 2).all(), threads
         similarity, nearest = ops.max_anchor_similarity(tiny, torch.tensor([[1.0, 2.0, 0.0, 0.0]]))
         torch.testing.assert_close(similarity, torch.ones(rows))
+
+
+def test_the_callers_float_mode_is_put_back_after_each_op(flush_denormals):
+    """The ops keep denormals while they run, and must leave the caller's thread flushing them
+    as it was."""
+    def flushes() -> bool:
+        return (torch.tensor([1e-40]) * 1.0).item() == 0.0
+
+    torch.set_flush_denormal(True)
+    assert flushes(), "the premise"
+    ops.max_anchor_similarity(torch.randn(5, 8), torch.randn(3, 8))
+    assert flushes(), "after max_anchor_similarity"
+    ops.sample_without_replacement(torch.rand(4, 6), torch.full((4,), 2), seed=1)
+    assert flushes(), "after sample_without_replacement"
 
 
 def test_anchor_preparation_keeps_denormals_whatever_the_callers_float_mode(flush_denormals, seed):
@@ -1586,12 +1615,17 @@ def test_similarity_of_column_major_float64_embeddings():
     by column. On a CPU with AVX-512 or AVX2 the existing transposed cases (float32) take the
     panel kernels, so this path was untested there. (Mutant: norms[r] = instead of +=.)"""
     g = torch.Generator().manual_seed(3)
-    embeddings = torch.randn(19, 300, generator=g, dtype=torch.float64).t()  # [300, 19], column-major
     anchors = torch.randn(6, 19, generator=g, dtype=torch.float64)
-    values, indices = ops.max_anchor_similarity(embeddings, anchors)
-    expected_values, expected_indices = reference.max_anchor_similarity(embeddings.numpy(), anchors.numpy())
-    np.testing.assert_allclose(values.numpy(), expected_values, atol=1e-6)
-    assert np.array_equal(indices.numpy(), expected_indices)
+    columns = torch.randn(19, 3000, generator=g, dtype=torch.float64)
+    columns[:, 3] *= 1e200  # rows whose float64 squares over- or underflow: searched again, rescaled
+    columns[:, 7] *= 1e-170
+    for embeddings in (columns[:, :300].t(),  # [300, 19], column-major, the stride N
+                       columns[:, :500].t()[:300],  # a column stride that is not the number of rows
+                       columns.t()):  # more rows than one block
+        values, indices = ops.max_anchor_similarity(embeddings, anchors)
+        expected_values, expected_indices = reference.max_anchor_similarity(embeddings.numpy(), anchors.numpy())
+        np.testing.assert_allclose(values.numpy(), expected_values, atol=1e-6)
+        assert np.array_equal(indices.numpy(), expected_indices)
 
 
 def test_random_draws_are_pinned_across_versions():
