@@ -110,7 +110,6 @@ def test_queries_and_anchors_of_any_scale_follow_the_exact_op(kind, generator, d
                                expected_values[keep][found & (ids[keep] == expected_ids[keep])], atol=1e-5, rtol=0)
 
 
-
 @pytest.mark.parametrize("dtype, out_dtype", [(torch.float32, torch.float32), (torch.float64, torch.float32),
                                               (torch.float32, torch.float64), (torch.float16, torch.float32)])
 def test_unit_rows_in_blocks_equals_unit_rows_at_once(monkeypatch, generator, dtype, out_dtype):
@@ -138,6 +137,7 @@ def test_unit_rows_in_blocks_equals_unit_rows_at_once(monkeypatch, generator, dt
         assert (blocked[finite & ~nonzero] == 0).all()
         torch.testing.assert_close(norms[nonzero], torch.ones(int(nonzero.sum()), dtype=torch.float64),
                                    atol=1e-6, rtol=0)
+
 
 @pytest.mark.parametrize("kind", ["flat", "ivf", "hnsw"])
 def test_zero_vectors_follow_the_exact_op(kind, generator):
@@ -212,6 +212,29 @@ def test_ivf_spills_into_two_lists_by_default_where_lists_are_short(generator, n
     assert index.params["spill"] == spill and index.params["nlist"] == (nlist or 2000 // 39)
     if engine is None:
         assert len(index._list_ids) == spill * 2000
+
+
+def test_lists_of_64_anchors_are_long_enough_to_hold_each_anchor_once(generator):
+    anchors = clustered(1280, 16, 40, generator)
+    assert AnchorIndex(anchors, "ivf", nlist=20, nprobe=4, recall_sample=0).params["spill"] == 1  # 64 anchors a list
+    assert AnchorIndex(anchors, "ivf", nlist=21, nprobe=4, recall_sample=0).params["spill"] == 2  # 61
+
+
+def test_a_list_that_no_anchor_falls_in_is_empty_not_missing(generator, monkeypatch):
+    """A centroid nearest to no anchor leaves its list empty: its offsets must still be there,
+    or a word probing that list (the last) reads past the lists."""
+    anchors = clustered(400, 8, 10, generator).abs()  # all in one orthant
+    train = AnchorIndex._train_centroids
+
+    def with_an_empty_last_list(self, nlist, iterations):
+        centroids = train(self, nlist - 1, iterations)
+        away = -centroids.sum(0)
+        return torch.cat([centroids, (away / away.norm())[None]])  # faces away from every anchor
+
+    monkeypatch.setattr(AnchorIndex, "_train_centroids", with_an_empty_last_list)
+    index = AnchorIndex(anchors, "ivf", nlist=5, nprobe=5, spill=1, recall_sample=0)
+    assert index._offsets.tolist()[-2:] == [400, 400] and len(index._offsets) == 6
+    assert torch.equal(index.search(anchors[:50])[1], torch.arange(50))
 
 
 def test_one_list_takes_each_anchor_once(generator):
@@ -290,6 +313,8 @@ def test_given_parameters_are_kept_and_recall_still_measured(generator):
     probed = AnchorIndex(anchors, "ivf", nlist=20, nprobe=500, recall_sample=0)  # says what it scans
     assert probed.params["nprobe"] == 20 and "nprobe=500 lowered to nlist=20" in probed.describe()
     assert torch.equal(probed.search(anchors[:50])[1], torch.arange(50)), "every list is scanned: exact"
+    every = AnchorIndex(anchors, "ivf", nlist=20, nprobe=20, recall_sample=0)
+    assert every.params["nprobe"] == 20 and "lowered" not in every.describe(), "nprobe = nlist is no change"
 
 
 def test_a_gpu_index_without_a_gpu_is_refused(generator):
@@ -316,8 +341,13 @@ def test_auto_chooses_by_size_and_falls_back_when_ivf_does_not_pay(monkeypatch, 
     # size (allowed to scan every list, each anchor twice), and falls back.
     monkeypatch.setattr(index_module, "MAX_SCAN_FRACTION", 2.0)
     anchors = clustered(5000, 16, 100, generator)
-    chosen = AnchorIndex(anchors, sample_queries=clustered(500, 16, 100, generator))
+    sample = clustered(500, 16, 100, generator)
+    chosen = AnchorIndex(anchors, sample_queries=sample)
     assert chosen.kind == "ivf" and chosen.recall >= 0.99
+    # A scan of exactly the share allowed is allowed.
+    monkeypatch.setattr(index_module, "MAX_SCAN_FRACTION",
+                        chosen.params["nprobe"] * chosen.params["spill"] / chosen.params["nlist"])
+    assert AnchorIndex(anchors, sample_queries=sample).kind == "ivf"
     monkeypatch.setattr(index_module, "MAX_SCAN_FRACTION", 0.0)
     queries = clustered(500, 16, 100, generator)
     fallback = AnchorIndex(anchors, sample_queries=queries)

@@ -186,6 +186,16 @@ def test_strided_inputs_are_read_as_they_are(seed):
     expected = ops.ivf_max_dot(queries.contiguous(), probes.contiguous(), vectors, offsets)
     found = ops.ivf_max_dot(queries, probes, vectors.T.contiguous().T, offsets)
     assert torch.equal(expected[0], found[0]) and torch.equal(expected[1], found[1])
+    strided_offsets = torch.stack([offsets, torch.full_like(offsets, -1)], 1)[:, 0]
+    found = ops.ivf_max_dot(queries, probes, vectors, strided_offsets)
+    assert torch.equal(expected[0], found[0]) and torch.equal(expected[1], found[1])
+    # Ids given as a view: copies of a vector in two lists tie, and the smaller id wins.
+    copies = torch.cat([vectors[:3], vectors[:3]])
+    ids = torch.tensor([7, 8, 9, 0, 1, 2])
+    strided_ids = torch.stack([ids, torch.zeros_like(ids)], 1)[:, 0]
+    probes = torch.tensor([[0, 1]] * 60)
+    _, positions = ops.ivf_max_dot(queries, probes, copies, torch.tensor([0, 3, 6]), strided_ids)
+    assert bool((positions >= 3).all()), positions  # the second list's ids are smaller
 
 
 @pytest.mark.parametrize("change, error, message", [
@@ -202,8 +212,11 @@ def test_strided_inputs_are_read_as_they_are(seed):
     (dict(offsets=torch.tensor([1, 5])), ValueError, r"offsets\[0\] must be 0"),
     (dict(offsets=torch.tensor([-2, 3, 5])), ValueError, r"offsets\[0\] must be 0, got -2"),  # read before the vectors
     (dict(offsets=torch.tensor([0, 4, 3, 5])), ValueError, "must not decrease"),
+    (dict(offsets=torch.tensor([0, 6, 5])), ValueError, "must not decrease"),  # the last pair alone
     (dict(offsets=torch.tensor([0, 4])), ValueError, r"end at the number of vectors \(5\)"),
+    (dict(offsets=torch.tensor([0, 2, 6])), ValueError, r"end at the number of vectors \(5\), got 6"),
     (dict(probes=torch.tensor([[0, 1], [1, 2], [0, 0]])), ValueError, r"probes must name lists in \[0, 2\), got 2"),
+    (dict(probes=torch.tensor([[0, 1], [1, 0], [0, 2]])), ValueError, r"in \[0, 2\), got 2"),  # the last one
     (dict(probes=torch.tensor([[0, 1], [-1, 0], [0, 0]])), ValueError, r"in \[0, 2\), got -1"),
     (dict(queries=[[1.0] * 4] * 3), TypeError, "queries must be a torch.Tensor"),
 ])
@@ -213,6 +226,36 @@ def test_bad_input_is_named(change, error, message):
     arguments.update(change)
     with pytest.raises(error, match=message):
         ops.ivf_max_dot(**arguments)
+
+
+def test_the_registered_ops_check_what_the_python_wrappers_check():
+    """A direct call (``torch.ops.diffmask_fast``) meets the C++ checks alone: ids one too many, or
+    k past the number of vectors, read past the end of their buffers."""
+    queries, vectors = torch.randn(3, 4), torch.randn(5, 4)
+    probes, offsets = torch.zeros(3, 2, dtype=torch.int64), torch.tensor([0, 2, 5])
+    with pytest.raises(ValueError, match=r"ids must be 1-D \[M\], one per vector"):
+        torch.ops.diffmask_fast.ivf_max_dot(queries, probes, vectors, offsets, torch.arange(6))
+    with pytest.raises(ValueError, match=r"k must be in \[0, C\]"):
+        torch.ops.diffmask_fast.top_dots(queries, vectors, 6)
+
+
+def test_a_query_whose_products_are_all_minus_infinity_takes_the_first_vector():
+    """-inf is a product (of an infinite vector), not the absence of one: the position is the
+    first vector's, as the reference has it, and with ids, the smallest id's."""
+    queries, vectors = torch.tensor([[1.0], [2.0]]), torch.tensor([[-math.inf], [-math.inf], [-math.inf]])
+    probes, offsets = torch.tensor([[1, 0], [0, 1]]), torch.tensor([0, 1, 3])
+    for ids in (None, torch.tensor([5, 0, 1])):
+        values, positions = ops.ivf_max_dot(queries, probes, vectors, offsets, ids)
+        ref_values, ref_positions = reference.ivf_max_dot(queries.numpy(), probes.numpy(), vectors.numpy(),
+                                                           offsets.numpy(), None if ids is None else ids.numpy())
+        assert positions.tolist() == ref_positions.tolist() == ([0, 0] if ids is None else [1, 1])
+        assert values.tolist() == ref_values.tolist() == [-math.inf, -math.inf]
+
+
+def test_ids_may_fall_at_the_start_of_a_last_list_of_one_vector():
+    offsets, ids = torch.tensor([0, 2, 3]), torch.tensor([1, 2, 0])  # the last list's one id below the one before
+    values, positions = ops.ivf_max_dot(torch.ones(1, 2), torch.tensor([[1]]), torch.ones(3, 2), offsets, ids)
+    assert positions.tolist() == [2] and values.tolist() == [2.0]
 
 
 def test_meta_tensors_give_shapes():
