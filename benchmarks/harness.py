@@ -63,7 +63,10 @@ def measure_together(fns: dict[str, Callable[[], object]], min_seconds: float = 
 
 
 def machine() -> str:
-    """CPU model, cores, threads and library versions, for RESULTS.md."""
+    """CPU model, cores, threads, the CPU kernels the ops run (``DIFFMASK_FAST_CPU_KERNELS`` may
+    narrow them) and library versions, for RESULTS.md."""
+    from diffmask_fast import _extension
+
     model = platform.processor() or "unknown CPU"
     try:
         with open("/proc/cpuinfo", encoding="utf-8") as handle:
@@ -74,7 +77,8 @@ def machine() -> str:
     except OSError:
         pass
     return (f"{model}, {os.cpu_count()} cores, torch {torch.__version__} "
-            f"({torch.get_num_threads()} threads, CPU capability {torch.backends.cpu.get_cpu_capability()}), "
+            f"({torch.get_num_threads()} threads, CPU capability {torch.backends.cpu.get_cpu_capability()}; "
+            f"diffmask_fast kernels {_extension.load().cpu_kernels}), "
             f"Python {platform.python_version()}")
 
 

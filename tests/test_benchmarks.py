@@ -517,3 +517,11 @@ def test_the_collator_benchmark_batch_may_exceed_the_corpus_windows(shared_data_
     assert examples[:4] == scicite_examples(minilm_tokenizer, batch=4, length=128)
     with pytest.raises(ValueError, match="reach 100000 tokens"):
         scicite_examples(minilm_tokenizer, batch=1, length=100_000)
+
+
+def test_the_machine_line_names_the_cpu_kernels_the_ops_ran():
+    """Numbers taken with the kernels narrowed (DIFFMASK_FAST_CPU_KERNELS) must say so."""
+    from diffmask_fast import _extension
+
+    line = benchmark_module("harness").machine()
+    assert f"diffmask_fast kernels {_extension.load().cpu_kernels})" in line and "threads" in line, line
