@@ -358,9 +358,9 @@ def render_text(sentences: Sequence[Sequence[PreviewWord]], show_scores: bool = 
 
 def render_html(sentences: Sequence[Sequence[PreviewWord]], title: str = "Difference-Masking preview") -> str:
     """A page where each word is shaded by its score and masked words are boxed. Each word is
-    isolated and each line takes its direction from the first letter it holds (``dir="auto"``), so that
-    Arabic or Hebrew words stay in the order the model reads them, never pulled across their
-    neighbours (a number, a punctuation mark) by the layout of the text around them."""
+    isolated, and each line takes its direction from the first letter it holds (``dir="auto"``),
+    so that Arabic or Hebrew words stay in the order the model reads them, never pulled across
+    their neighbours (a number, a punctuation mark) by the layout of the text around them."""
     darkest = _darkest_score(sentences)
     rows = []
     for words in sentences:
