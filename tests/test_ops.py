@@ -1619,8 +1619,8 @@ def test_similarity_of_column_major_float64_embeddings():
     columns = torch.randn(19, 3000, generator=g, dtype=torch.float64)
     columns[:, 3] *= 1e200  # rows whose float64 squares over- or underflow: searched again, rescaled
     columns[:, 7] *= 1e-170
-    for embeddings in (columns[:, :300].t(),  # [300, 19], column-major, the stride N
-                       columns[:, :500].t()[:300],  # a column stride that is not the number of rows
+    for embeddings in (columns[:, :300].contiguous().t(),  # [300, 19], column-major, columns 300 apart
+                       columns[:, :300].t(),  # columns 3,000 apart: not the number of rows
                        columns.t()):  # more rows than one block
         values, indices = ops.max_anchor_similarity(embeddings, anchors)
         expected_values, expected_indices = reference.max_anchor_similarity(embeddings.numpy(), anchors.numpy())
