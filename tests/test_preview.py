@@ -255,10 +255,10 @@ def test_characters_that_are_not_printable_are_shown_escaped_in_text_html_and_ta
 
 
 def test_the_html_page_keeps_right_to_left_words_in_the_order_the_model_reads_them():
-    """Words of one span each, laid out as one run of text: two Hebrew words around a number were
-    shown with the number first, as the bidirectional layout reorders neutral characters between
-    right-to-left letters across the spans. Each word is now isolated and each line takes the
-    direction of its first letter."""
+    """Words of one span each, laid out as one run of text: two Hebrew words around a number, in a
+    left-to-right page, were shown last word leftmost, as the bidirectional layout reads
+    right-to-left letters and the number between them as one right-to-left run across the spans.
+    Each word is now isolated and each line takes the direction of its first letter."""
     from diffmask_fast.preview import PreviewWord, render_html
 
     words = [PreviewWord("\u05d7\u05dc\u05d1\u05d5\u05df", 0.9, True, None), PreviewWord("3", 0.1, False, None),
