@@ -357,10 +357,10 @@ def render_text(sentences: Sequence[Sequence[PreviewWord]], show_scores: bool = 
 
 
 def render_html(sentences: Sequence[Sequence[PreviewWord]], title: str = "Difference-Masking preview") -> str:
-    """A page where each word is shaded by its score and masked words are boxed. Each word is
-    isolated, and each line takes its direction from the first letter it holds (``dir="auto"``),
-    so that Arabic or Hebrew words stay in the order the model reads them, never pulled across
-    their neighbours (a number, a punctuation mark) by the layout of the text around them."""
+    """A page where each word is shaded by its score and masked words are boxed. Each line takes
+    its direction from the first letter it holds (``dir="auto"``): a line of Arabic or Hebrew reads
+    from the right, as it is written; the words are not isolated from each other, so that a phrase
+    in the other direction within a line reads as written too."""
     darkest = _darkest_score(sentences)
     rows = []
     for words in sentences:
@@ -374,8 +374,7 @@ def render_html(sentences: Sequence[Sequence[PreviewWord]], title: str = "Differ
             if w.unknown:
                 style += " color: #888;"
             tip = _tip(w)
-            cells.append(f'<span style="{style}" title="{html.escape(tip)}" dir="auto">'
-                         f'{html.escape(printable_word(w.text))}</span>')
+            cells.append(f'<span style="{style}" title="{html.escape(tip)}">{html.escape(printable_word(w.text))}</span>')
         rows.append(f"<p dir='auto'>{' '.join(cells)}</p>" if cells else f"<p><i>{html.escape(NO_WORDS)}</i></p>")
     return (
         f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title></head>"

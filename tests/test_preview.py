@@ -254,20 +254,20 @@ def test_characters_that_are_not_printable_are_shown_escaped_in_text_html_and_ta
     assert "\x07" not in table and "bell\\x07" in table, table
 
 
-def test_the_html_page_keeps_right_to_left_words_in_the_order_the_model_reads_them():
-    """Words of one span each, laid out as one run of text: two Hebrew words around a number, in a
-    left-to-right page, were shown last word leftmost, as the bidirectional layout reads
-    right-to-left letters and the number between them as one right-to-left run across the spans.
-    Each word is now isolated and each line takes the direction of its first letter."""
+def test_a_line_of_right_to_left_words_reads_from_the_right():
+    """Lines were laid out left to right whatever their words: a Hebrew line was aligned left, and
+    a number or the full stop at its end landed on the wrong side of it. Each line takes the
+    direction of its first letter; words are not isolated from each other, so that an English
+    phrase in a Hebrew line (and a Hebrew one in an English line) reads as written."""
     from diffmask_fast.preview import PreviewWord, render_html
 
-    words = [PreviewWord("\u05d7\u05dc\u05d1\u05d5\u05df", 0.9, True, None), PreviewWord("3", 0.1, False, None),
-             PreviewWord("\u05ea\u05d0", 0.2, False, None)]
-    page = render_html([words, [PreviewWord("kinase", 0.5, False, None)]])
-    spans = re.findall(r'<span [^>]*>([^<]*)</span>', page)
-    isolated = re.findall(r'<span [^>]*dir="auto"[^>]*>([^<]*)</span>', page)
-    assert spans == isolated == ["\u05d7\u05dc\u05d1\u05d5\u05df", "3", "\u05ea\u05d0", "kinase"], page
+    hebrew = [PreviewWord("\u05d7\u05dc\u05d1\u05d5\u05df", 0.9, True, None), PreviewWord("3", 0.1, False, None),
+              PreviewWord("kinase", 0.5, False, None), PreviewWord("binds", 0.2, False, None)]
+    page = render_html([hebrew, [PreviewWord("kinase", 0.5, False, None)]])
     assert page.count("<p dir='auto'>") == 2, page
+    spans = re.findall(r'<span ([^>]*)>([^<]*)</span>', page)
+    assert [text for _, text in spans] == ["\u05d7\u05dc\u05d1\u05d5\u05df", "3", "kinase", "binds", "kinase"]
+    assert not any("dir=" in attributes for attributes, _ in spans), page
 
 
 def test_words_written_in_double_brackets_are_not_shown_as_masked_words():
