@@ -46,8 +46,8 @@ inline const char* isa_name(core::Isa isa) {
 }
 
 // Largest K searched with the packed-panel kernels. With AVX-512 they run near the FMA peak for
-// any K (on the AMD EPYC of benchmarks/RESULTS.md: 104% of torch.mm's float32 rate at K = 1000,
-// 1.12x the BLAS route's). With AVX2 (half the lanes and registers) they ran 1.2x the BLAS
+// any K (on the AMD EPYC of benchmarks/RESULTS.md: 101% of torch.mm's float32 rate at K = 1000,
+// about 1.1x the BLAS route's). With AVX2 (half the lanes and registers) they ran 1.2x the BLAS
 // route's rate at K = 128 on that CPU capped to AVX2 (DIFFMASK_FAST_CPU_KERNELS=avx2), but were
 // never timed past it, nor with an AVX2-only CPU's own caches and BLAS: BLAS takes over above it.
 inline int64_t max_panel_anchors(core::Isa isa) {
