@@ -19,9 +19,10 @@ REBUILD_HINT = (
     "`pip install --no-build-isolation -e .` (or `make build`)."
 )
 
-#: What $DIFFMASK_FAST_CPU_KERNELS may name: the widest CPU kernels the operators may run
-#: (``_C.cpu_kernels`` names those they run: the CPU may have fewer). Narrower ones let one
-#: machine test every path.
+#: The environment variable that caps the CPU kernels, and what it may name: the widest the
+#: operators may run (``_C.cpu_kernels`` names those they run: the CPU may have fewer). Narrower
+#: ones let one machine test every path.
+CPU_KERNELS_VARIABLE = "DIFFMASK_FAST_CPU_KERNELS"
 CPU_KERNELS = ("avx512", "avx2", "none")
 
 _module: ModuleType | None = None
@@ -32,10 +33,9 @@ def load() -> ModuleType:
     global _module
     if _module is not None:
         return _module
-    allowed = os.environ.get("DIFFMASK_FAST_CPU_KERNELS", "")
+    allowed = os.environ.get(CPU_KERNELS_VARIABLE, "")
     if allowed and allowed not in CPU_KERNELS:
-        raise ValueError(f"DIFFMASK_FAST_CPU_KERNELS must be one of {', '.join(CPU_KERNELS)} (or unset), "
-                         f"got {allowed!r}")
+        raise ValueError(f"{CPU_KERNELS_VARIABLE} must be one of {', '.join(CPU_KERNELS)} (or unset), got {allowed!r}")
     try:
         module = importlib.import_module("diffmask_fast._C")
     except (ImportError, OSError) as error:

@@ -12,9 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from diffmask_fast._extension import CPU_KERNELS
+from diffmask_fast._extension import CPU_KERNELS, CPU_KERNELS_VARIABLE as VARIABLE
 
-VARIABLE = "DIFFMASK_FAST_CPU_KERNELS"
 NARROW_TO_WIDE = ("none", "avx2", "avx512")
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -1335,8 +1335,6 @@ def test_difference_mask_errors():
 def test_the_extension_says_whether_it_was_built_with_its_cuda_kernels():
     """``_C.with_cuda`` agrees with the kernels registered: the CUDA operators have CUDA kernels
     in a CUDA build and none in a CPU build; the others never have one."""
-    from diffmask_fast import _extension
-
     module = _extension.load()
     assert {_extension.has_kernel(name, "cuda") for name in op_cases.CUDA_OPS} == {bool(module.with_cuda)}
     assert not any(_extension.has_kernel(name, "cuda") for name in op_cases.operator_names() - op_cases.CUDA_OPS)

@@ -13,27 +13,6 @@
 namespace diffmask_fast {
 namespace cpu {
 
-// The kernels $DIFFMASK_FAST_CPU_KERNELS allows: "avx2" or "none" (BLAS alone) run the narrower
-// paths on a wider CPU, so that one machine can test them all; unset, or any other value, allows
-// every kernel (the Python loader refuses other values before the operators run).
-inline core::Isa allowed_isa() {
-  const char* named = std::getenv("DIFFMASK_FAST_CPU_KERNELS");
-  if (named != nullptr && std::strcmp(named, "avx2") == 0) {
-    return core::Isa::kAvx2;
-  }
-  if (named != nullptr && std::strcmp(named, "none") == 0) {
-    return core::Isa::kNone;
-  }
-  return core::Isa::kAvx512;
-}
-
-// The kernels the operators run: the widest this CPU has, within what the environment allows
-// (read once, at the first call).
-inline core::Isa cpu_isa() {
-  static const core::Isa isa = std::min(core::detect_isa(), allowed_isa());
-  return isa;
-}
-
 inline const char* isa_name(core::Isa isa) {
   switch (isa) {
     case core::Isa::kAvx512:
@@ -43,6 +22,26 @@ inline const char* isa_name(core::Isa isa) {
     default:
       return "none";
   }
+}
+
+// The kernels $DIFFMASK_FAST_CPU_KERNELS allows, by name: "avx2" or "none" (BLAS alone) run the
+// narrower paths on a wider CPU, so that one machine can test them all; unset, or any other
+// value, allows every kernel (the Python loader refuses other values before the operators run).
+inline core::Isa allowed_isa() {
+  const char* named = std::getenv("DIFFMASK_FAST_CPU_KERNELS");
+  for (const core::Isa narrower : {core::Isa::kNone, core::Isa::kAvx2}) {
+    if (named != nullptr && std::strcmp(named, isa_name(narrower)) == 0) {
+      return narrower;
+    }
+  }
+  return core::Isa::kAvx512;
+}
+
+// The kernels the operators run: the widest this CPU has, within what the environment allows
+// (read once, at the first call).
+inline core::Isa cpu_isa() {
+  static const core::Isa isa = std::min(core::detect_isa(), allowed_isa());
+  return isa;
 }
 
 // Largest K searched with the packed-panel kernels. With AVX-512 they run near the FMA peak for

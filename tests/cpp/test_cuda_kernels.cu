@@ -567,18 +567,22 @@ void test_similarity_scales(int64_t k, bool with_products) {
   std::vector<double> x(n * d), a(k * d);
   for (auto& v : x) v = 2 * rng.unit() - 1;
   for (auto& v : a) v = 2 * rng.unit() - 1;
+  // values in T scaled by 2^exponent, and what the scaled values hold, scaled back exactly
+  auto scale = [](const std::vector<double>& values, int exponent, std::vector<T>& scaled,
+                  std::vector<double>& held) {
+    scaled.resize(values.size());
+    held.resize(values.size());
+    for (size_t i = 0; i < values.size(); ++i) {
+      scaled[i] = static_cast<T>(std::ldexp(static_cast<double>(static_cast<T>(values[i])), exponent));
+      held[i] = std::ldexp(static_cast<double>(scaled[i]), -exponent);
+    }
+  };
   for (int row_exponent : exponents) {
     for (int anchor_exponent : exponents) {
-      std::vector<T> scaled_x(n * d), scaled_a(k * d);
-      std::vector<double> held_x(n * d), held_a(k * d);  // what the scaled values hold, scaled back exactly
-      for (int64_t i = 0; i < n * d; ++i) {
-        scaled_x[i] = static_cast<T>(std::ldexp(static_cast<double>(static_cast<T>(x[i])), row_exponent));
-        held_x[i] = std::ldexp(static_cast<double>(scaled_x[i]), -row_exponent);
-      }
-      for (int64_t i = 0; i < k * d; ++i) {
-        scaled_a[i] = static_cast<T>(std::ldexp(static_cast<double>(static_cast<T>(a[i])), anchor_exponent));
-        held_a[i] = std::ldexp(static_cast<double>(scaled_a[i]), -anchor_exponent);
-      }
+      std::vector<T> scaled_x, scaled_a;
+      std::vector<double> held_x, held_a;
+      scale(x, row_exponent, scaled_x, held_x);
+      scale(a, anchor_exponent, scaled_a, held_a);
       DeviceArray<T> d_x(scaled_x), d_a(scaled_a);
       DeviceArray<float> d_values(n);
       DeviceArray<int64_t> d_indices(n);
