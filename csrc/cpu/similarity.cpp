@@ -13,8 +13,9 @@
 // inputs, other CPUs, many anchors on AVX2. Blocks and tiles have fixed sizes, and tiles are
 // whole numbers of panels, so results depend neither on the number of threads nor on K's tiling.
 // On the panel route a row's result does not depend on the other rows either; BLAS picks its
-// kernels by block shape, so there a float32 row's value can move by a unit in the last place
-// with the batch it is in (the nearest anchor only at such a near tie).
+// kernels by block shape, so there a float32 row's value can move with the batch it is in, by
+// a few units of float32 rounding on the scale of 1 (the products' scale: a small cosine moves
+// by several of its own last places), and the nearest anchor only at such a near tie.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
