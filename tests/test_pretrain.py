@@ -2143,6 +2143,37 @@ def test_resuming_a_finished_run_keeps_its_training_loss(model_dir, corpus, tmp_
     assert json.loads((out / SUMMARY_FILE).read_text())["train_loss"] == first["train_loss"]
 
 
+def test_a_stale_summary_lends_no_loss_to_a_resumed_finished_run(model_dir, corpus, tmp_path):
+    """A crash after the last checkpoint but before the summary leaves an earlier session's
+    summary, of an earlier step: its loss is not the run's, which then comes from the logs."""
+    out, options = tmp_path / "run", dict(strategy="random-word", max_steps=4, eval_steps=2, logging_steps=3)
+    first = pretrain(config_for(model_dir, corpus, out, **options))
+    stale = dict(json.loads((out / SUMMARY_FILE).read_text()), global_step=2, train_loss=123.0)
+    (out / SUMMARY_FILE).write_text(json.dumps(stale))
+    again = pretrain(config_for(model_dir, corpus, out, resume=True, **options))
+    assert math.isfinite(again["train_loss"]) and again["train_loss"] not in (123.0, first["train_loss"])
+
+
+@pytest.mark.parametrize("summary, expected", [
+    ({"global_step": 4, "train_loss": 2.5}, 2.5),
+    ({"global_step": 4, "train_loss": 3}, 3.0),
+    ({"global_step": 3, "train_loss": 2.5}, None),  # another step's summary
+    ({"global_step": 4, "train_loss": True}, None),  # not a number, though Python counts it as one
+    ({"global_step": 4, "train_loss": "2.5"}, None),
+    ({"global_step": 4}, None),
+    ([4, 2.5], None),
+])
+def test_the_summary_loss_is_taken_only_from_a_summary_of_the_same_step(tmp_path, summary, expected):
+    from diffmask_fast.pretrain import _summary_training_loss
+
+    path = tmp_path / SUMMARY_FILE
+    assert _summary_training_loss(path, 4) is None  # no summary
+    path.write_text("{not json")
+    assert _summary_training_loss(path, 4) is None
+    path.write_text(json.dumps(summary))
+    assert _summary_training_loss(path, 4) == expected
+
+
 def test_settings_the_model_or_arithmetic_refuse_are_refused_before_the_corpus_is_read(model_dir, corpus, tmp_path,
                                                                                        monkeypatch):
     """An infinite head learning rate and an attention layer the model lacks were refused only
