@@ -897,6 +897,38 @@ def test_contextual_anchors_follow_the_case_of_saved_counts(tmp_path, monkeypatc
     assert given and given[0]["lowercase"] is False and given[0]["max_length"] == 32
 
 
+def test_contextual_anchors_are_sought_in_the_text_field_by_the_models_boundaries(tmp_path, monkeypatch,
+                                                                                  bert_wordpiece):
+    """The occurrence search reads what the count read (the --text-field of JSON lines), and
+    groups words as --word-boundary says, unless that names the boundaries of --tokenizer: the
+    model's own tokenizer then finds them (detected)."""
+    from diffmask_fast.scoring import WordScorer
+
+    records = tmp_path / "records.jsonl"
+    records.write_text("".join(json.dumps({"title": "Cooking", "abstract": f"The kinase binds receptor {i}."}) + "\n"
+                               for i in range(5)))
+    anchors = tmp_path / "anchors.json"
+    assert main(["mine", str(records), "--text-field", "abstract", "-k", "2", "--min-count", "1", "-o", str(anchors),
+                 "--no-progress"]) == 0
+    bert_wordpiece.save_pretrained(tmp_path / "wordpiece")
+    given = []
+    original = WordScorer.with_contextual_anchors.__func__
+
+    def recording(cls, embedder, anchors, documents, *args, **kwargs):
+        documents = list(documents)
+        given.append((documents, kwargs["context_options"]["scheme"]))
+        return original(cls, embedder, anchors, documents, *args, **kwargs)
+
+    monkeypatch.setattr(WordScorer, "with_contextual_anchors", classmethod(recording))
+    score = ["score", str(records), "--text-field", "abstract", "--anchors", str(anchors), "--contextual-anchors", "5",
+             "--pooling", "mean", "--no-cache", "--no-progress", "--top", "0", "-o", str(tmp_path / "scores.npz")]
+    assert main(score + ["--word-boundary", "token"]) == 0
+    assert main(score + ["--tokenizer", str(tmp_path / "wordpiece")]) == 0
+    assert [scheme for _, scheme in given] == ["token", None]
+    for documents, _ in given:
+        assert documents == [f"The kinase binds receptor {i}." for i in range(5)]
+
+
 def test_index_options_reach_the_anchor_index(tmp_path, capsys):
     corpus = tmp_path / "corpus.txt"
     # Lines that differ, so that the anchors' occurrences give distinct vectors (copies of one
