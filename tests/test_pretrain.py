@@ -1930,6 +1930,29 @@ def test_a_resume_with_an_edited_terms_file_or_a_run_folder_as_checkpoint_is_ref
     assert pretrain(config_for(model_dir, corpus, out, **{**options, "max_steps": 3}, resume=True))["global_step"] == 3
 
 
+def test_a_run_folder_given_as_a_checkpoint_is_named_with_the_checkpoint_to_take(tmp_path):
+    """The latest complete checkpoint is suggested (by step, not by spelling); a run that saved
+    none is only told to resume with -o; a checkpoint itself, or a folder of neither, passes."""
+    from diffmask_fast.pretrain import _refuse_a_run_folder_as_checkpoint
+
+    run = tmp_path / "run"
+    for step in (9, 10, 11):
+        (run / f"checkpoint-{step}").mkdir(parents=True)
+    for step in (9, 10):  # checkpoint-11 was cut off before its state was written
+        (run / f"checkpoint-{step}" / "trainer_state.json").write_text("{}")
+    with pytest.raises(ValueError, match=f"{re.escape(repr(str(run)))} is the output folder of a run, not one of its "
+                                         f"checkpoints: resume that run with -o {re.escape(str(run))} --resume, or "
+                                         f"name a checkpoint \\(--resume {re.escape(str(run / 'checkpoint-10'))}\\)$"):
+        _refuse_a_run_folder_as_checkpoint(run)
+    _refuse_a_run_folder_as_checkpoint(run / "checkpoint-9")
+    _refuse_a_run_folder_as_checkpoint(tmp_path)  # no run: left to the checks of a checkpoint
+    started = tmp_path / "started"
+    started.mkdir()
+    (started / RUN_FILE).write_text("{}")
+    with pytest.raises(ValueError, match=f"resume that run with -o {re.escape(str(started))} --resume$"):
+        _refuse_a_run_folder_as_checkpoint(started)
+
+
 @pytest.mark.filterwarnings("ignore:the run resumed at step 2 planned 2 steps")
 def test_a_resume_with_an_edited_score_table_is_refused(model_dir, corpus, tmp_path):
     from diffmask_fast.scoring import ScoreTable
