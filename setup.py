@@ -95,17 +95,19 @@ def _extensions():
     # OpenMP: at::parallel_for expands to an OpenMP region in the extension itself; the libgomp
     # it links is the one torch already loaded.
     openmp = [] if sys.platform == "darwin" else ["-fopenmp"]
-    # torch's own headers use a few C++20 extensions that C++17 compilers accept with a warning.
+    # No -std: torch's BuildExtension adds the standard its headers need (C++17 up to torch 2.11,
+    # C++20 from 2.12; the headers of 2.14 refuse C++17). Older torch's headers use a few C++20
+    # extensions that C++17 compilers accept with a warning.
     # -ffp-contract=off: GCC fuses a * b + c into an FMA wherever the target has one (aarch64,
     # -march=native), which would break the bit-identical CPU/GPU random draws (core/portable.h).
     no_contraction = ["-ffp-contract=off"]
     extra_compile_args = {
-        "cxx": optimization + ["-std=c++17", "-fdiagnostics-color=always", "-Wno-c++20-extensions"] + no_contraction
+        "cxx": optimization + ["-fdiagnostics-color=always", "-Wno-c++20-extensions"] + no_contraction
         + openmp
     }
     extra_link_args = openmp + (["-g"] if debug else [])
     if with_cuda:
-        extra_compile_args["nvcc"] = ((["-O0", "-g"] if debug else ["-O3"]) + ["-std=c++17"]
+        extra_compile_args["nvcc"] = ((["-O0", "-g"] if debug else ["-O3"])
                                       + [f"-Xcompiler={flag}" for flag in no_contraction])
         extension_class = cpp_extension.CUDAExtension
         sources = cpp_sources + cuda_adapters + cuda_sources

@@ -4,9 +4,10 @@ csrc/cuda/*_launch.cpp register the CUDA kernels with torch and are compiled onl
 build. A CPU build of torch ships the c10/cuda and ATen/cuda headers they include, all but one
 header generated when torch itself is built (it only defines C10_CUDA_BUILD_SHARED_LIBS), so
 with the CUDA toolkit's headers they can be checked here: a syntax-and-types pass of the C++
-compiler, warnings as errors in our code (torch's headers are system headers). The kernels
-themselves (csrc/cuda/*.cu) are compiled by nvcc in the C++ tests (`make test-cpp`). Skipped
-when no CUDA toolkit or C++ compiler is found.
+compiler, warnings as errors in our code (torch's headers are system headers), under each C++
+standard torch's headers accept (cxx_standards.py). The kernels themselves (csrc/cuda/*.cu) are
+compiled by nvcc in the C++ tests (`make test-cpp`, C++17), and here under the standards a build
+against torch may use. Skipped when no CUDA toolkit or compiler is found.
 """
 
 from __future__ import annotations
@@ -21,8 +22,11 @@ import pytest
 import torch
 from torch.utils import cpp_extension
 
+from cxx_standards import accepted_by_torch
+
 ROOT = Path(__file__).resolve().parents[1]
 ADAPTERS = sorted((ROOT / "csrc" / "cuda").glob("*_launch.cpp"))
+KERNELS = sorted((ROOT / "csrc" / "cuda").glob("*.cu"))
 
 
 def cuda_include_dir() -> Path | None:
@@ -43,25 +47,42 @@ def compiler() -> str | None:
     return None
 
 
-def test_there_are_adapters():
+def test_there_are_adapters_and_kernels():
     assert {p.name for p in ADAPTERS} >= {"similarity_launch.cpp", "sampling_launch.cpp", "masking_launch.cpp"}
+    assert {p.name for p in KERNELS} >= {"similarity.cu", "sampling.cu", "masking.cu"}
 
 
 @pytest.mark.skipif(cuda_include_dir() is None or compiler() is None, reason="no CUDA toolkit headers or C++ compiler")
-def test_adapters_compile_against_torch_headers(tmp_path):
+@pytest.mark.parametrize("standard", accepted_by_torch())
+def test_adapters_compile_against_torch_headers(tmp_path, standard):
     torch_includes = cpp_extension.include_paths()
     shim = tmp_path / "shim"
     generated = Path("c10") / "cuda" / "impl" / "cuda_cmake_macros.h"
     if not any((Path(p) / generated).is_file() for p in torch_includes):
         (shim / generated).parent.mkdir(parents=True)
         (shim / generated).write_text("#pragma once\n#define C10_CUDA_BUILD_SHARED_LIBS\n")
-    flags = [compiler(), "-std=c++17", "-fsyntax-only", "-Wall", "-Wextra", "-Werror", "-Wno-c++20-extensions",
+    flags = [compiler(), f"-std={standard}", "-fsyntax-only", "-Wall", "-Wextra", "-Werror", "-Wno-c++20-extensions",
              f"-DDIFFMASK_FAST_TORCH_VERSION=\"{torch.__version__}\"", "-DDIFFMASK_FAST_WITH_CUDA",
              "-DTORCH_API_INCLUDE_EXTENSION_H", f"-I{ROOT / 'csrc'}"]
     for include in [str(shim), *torch_includes, str(cuda_include_dir())]:
         flags += ["-isystem", include]
-    processes = {path.name: subprocess.Popen([*flags, str(path)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                             text=True) for path in ADAPTERS}
+    assert_each_compiles(ADAPTERS, lambda path: [*flags, str(path)])
+
+
+@pytest.mark.skipif(shutil.which("nvcc") is None, reason="no nvcc")
+@pytest.mark.parametrize("standard", accepted_by_torch())
+def test_kernels_compile_under_the_standards_torch_builds_with(tmp_path, standard):
+    """CMake compiles the kernels as C++17; a build against torch 2.12 or later compiles them as
+    C++20 (with the warnings CMake's build refuses)."""
+    flags = ["nvcc", f"-std={standard}", "-O0", "-arch=sm_80", "--Werror", "all-warnings",
+             "-Xcompiler=-Wall,-Wextra,-ffp-contract=off", f"-I{ROOT / 'csrc'}", "-c"]
+    assert_each_compiles(KERNELS, lambda path: [*flags, str(path), "-o", str(tmp_path / f"{path.stem}.o")])
+
+
+def assert_each_compiles(sources: list[Path], command) -> None:
+    """Runs ``command(source)`` for every source at once; fails naming each that did not compile."""
+    processes = {path.name: subprocess.Popen(command(path), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                             text=True) for path in sources}
     failures = {}
     for name, process in processes.items():
         output, _ = process.communicate(timeout=600)
