@@ -29,7 +29,8 @@ CORE_TESTS = sorted(str(path.relative_to(ROOT)) for path in (ROOT / "tests" / "c
 def cross_compile(source: str, system_includes: list[str], tmp_path: Path, standard: str = "c++17") -> None:
     zig = Path(ziglang.__file__).parent / "zig"
     env = dict(os.environ, ZIG_GLOBAL_CACHE_DIR=str(tmp_path / "cache"), ZIG_LOCAL_CACHE_DIR=str(tmp_path / "cache"))
-    command = [str(zig), "c++", "-target", "aarch64-linux-gnu", f"-std={standard}", "-O1", "-Wall", "-Werror", "-I", "csrc",
+    command = [str(zig), "c++", "-target", "aarch64-linux-gnu", f"-std={standard}", "-O1", "-Wall", "-Werror",
+               "-I", "csrc",
                *(flag for path in system_includes for flag in ("-isystem", path)),
                "-c", source, "-o", str(tmp_path / "out.o")]
     run = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, env=env, timeout=600)
