@@ -21,6 +21,7 @@ no GPU: it checks the script end to end (the tests do), its numbers mean nothing
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import statistics
 import sys
@@ -130,6 +131,22 @@ def tflops(flops: float, seconds: float) -> str:
 # ----------------------------------------------------------------------------------------------
 
 
+@contextlib.contextmanager
+def tf32_products(allowed: bool):
+    """torch's float32 matrix products may (or may not) round to TF32 inside the block; the
+    setting before is put back after. Set through the per-backend setting where torch has it
+    (2.9 and later): the legacy getter raises once that setting has been used in the process."""
+    matmul = torch.backends.cuda.matmul
+    name, value = (("fp32_precision", "tf32" if allowed else "ieee") if hasattr(matmul, "fp32_precision")
+                   else ("allow_tf32", allowed))
+    before = getattr(matmul, name)
+    setattr(matmul, name, value)
+    try:
+        yield
+    finally:
+        setattr(matmul, name, before)
+
+
 def runs_tensor_core_precisions(device: torch.device) -> bool:
     """Whether 'high' and 'medium' run here: compute capability 8.0 or newer (the CPU runs all)."""
     return device.type != "cuda" or torch.cuda.get_device_capability(device)[0] >= 8
@@ -149,8 +166,7 @@ def similarity(device: torch.device, sizes: Sizes) -> tuple[list, dict]:
     cpu_embeddings = embeddings.cpu()
     fewest, most = min(sizes.anchor_counts), max(sizes.anchor_counts)
     tensor_cores = runs_tensor_core_precisions(device)
-    allow_tf32 = torch.backends.cuda.matmul.allow_tf32
-    try:
+    with tf32_products(False):
         for k in sizes.anchor_counts:
             anchors = torch.randn(k, sizes.dim, device=device, generator=generator)
             anchors_t = anchors.T.contiguous()
@@ -160,7 +176,6 @@ def similarity(device: torch.device, sizes: Sizes) -> tuple[list, dict]:
                 return device_time(device, fn, min_runs=runs, min_seconds=0.5 * sizes.seconds)
 
             flops = 2.0 * sizes.words * k * sizes.dim
-            torch.backends.cuda.matmul.allow_tf32 = False
             product = torch.empty(sizes.words, k, device=device)  # torch.mm writes in place, as ours allocates little
             ours = timed(lambda: ops.max_anchor_similarity(embeddings, anchors))
             matmul = timed(lambda: torch.mm(embeddings, anchors_t, out=product))
@@ -181,10 +196,9 @@ def similarity(device: torch.device, sizes: Sizes) -> tuple[list, dict]:
                          against, goal])
             # The tensor-core precisions against torch.mm at the same setting's name.
             if tensor_cores:
-                torch.backends.cuda.matmul.allow_tf32 = True
-                high = timed(lambda: ops.max_anchor_similarity(embeddings, anchors, "high"))
-                matmul_tf32 = timed(lambda: torch.mm(embeddings, anchors_t))
-                torch.backends.cuda.matmul.allow_tf32 = False
+                with tf32_products(True):
+                    high = timed(lambda: ops.max_anchor_similarity(embeddings, anchors, "high"))
+                    matmul_tf32 = timed(lambda: torch.mm(embeddings, anchors_t))
                 e16, a16 = embeddings.bfloat16(), anchors_t.bfloat16()
                 medium = timed(lambda: ops.max_anchor_similarity(embeddings, anchors, "medium"))
                 matmul_bf16 = timed(lambda: torch.mm(e16, a16))
@@ -198,8 +212,6 @@ def similarity(device: torch.device, sizes: Sizes) -> tuple[list, dict]:
                              f"{matmul_bf16 / medium:.0%} of torch.mm bf16 ({tflops(flops, matmul_bf16)})", "option"])
             results[f"k{k}"] = entry
             release_cached_memory(device)
-    finally:
-        torch.backends.cuda.matmul.allow_tf32 = allow_tf32
     return rows, results
 
 

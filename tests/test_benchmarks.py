@@ -65,6 +65,40 @@ def test_the_training_step_runs_on_sequences_of_the_full_length():
     assert seconds > 0 and micro == 1
 
 
+def test_the_similarity_benchmark_sets_tf32_through_torchs_per_backend_setting_and_puts_it_back():
+    """A process whose float32 products were allowed TF32 through torch's per-backend setting (as
+    torch asks since 2.9) made the benchmark's read of the legacy one raise before it measured."""
+    import dataclasses
+
+    import torch
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import bench_gpu
+
+    matmul = torch.backends.cuda.matmul
+    if not hasattr(matmul, "fp32_precision"):
+        pytest.skip(f"torch {torch.__version__} has no per-backend float32 precision")
+    before = matmul.fp32_precision
+    seen = []
+    original = bench_gpu.device_time
+
+    def timing(device, fn, **kwargs):
+        seen.append(matmul.fp32_precision)
+        return original(device, fn, **kwargs)
+
+    try:
+        matmul.fp32_precision = "tf32"
+        bench_gpu.device_time = timing
+        sizes = dataclasses.replace(bench_gpu.SMOKE, anchor_counts=(20,), seconds=0.001)
+        rows, _ = bench_gpu.similarity(torch.device("cpu"), sizes)
+        assert matmul.fp32_precision == "tf32" and len(rows) == 3
+        # the copy (no product), fp32 (ours, torch.mm), 'high' against TF32, 'medium' against bf16
+        assert seen == ["tf32", "ieee", "ieee", "tf32", "tf32", "ieee", "ieee"], seen
+    finally:
+        bench_gpu.device_time = original
+        matmul.fp32_precision = before
+
+
 #: By heading: names (their starts) of rows each CPU section's tables show in a smoke run, and how
 #: many of its rows carry a goal's verdict.
 SMOKE_ROWS = {
