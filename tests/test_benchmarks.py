@@ -72,9 +72,7 @@ def test_the_similarity_benchmark_sets_tf32_through_torchs_per_backend_setting_a
 
     import torch
 
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    import bench_gpu
-
+    bench_gpu = benchmark_module("bench_gpu")
     matmul = torch.backends.cuda.matmul
     if not hasattr(matmul, "fp32_precision"):
         pytest.skip(f"torch {torch.__version__} has no per-backend float32 precision")
