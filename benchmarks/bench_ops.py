@@ -4,7 +4,8 @@
   drawing the same counts without replacement.
 - max_anchor_similarity on 32,768 x 768 fp32 embeddings: for large K as a fraction of the fp32
   matmul FLOP rate torch reaches on the same shapes; for K = 20 against the time to read the
-  embeddings twice (two full reductions over them).
+  embeddings twice (two full reductions over them); K = 64, between the two, has no goal but
+  shows the rate where the CPU kernels first pack the rows for 32-wide panels.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from diffmask_fast import ops  # noqa: E402
 GOALS = ("Goals: `sample_without_replacement` <= 1 ms on 64 x 512; `max_anchor_similarity` >= 80% of "
          "torch's fp32 matmul rate for K >= 1000, and within 1.5x of the time to read the embeddings twice for K = 20.")
 WORDS, DIM = sized((32_768, 768), (512, 64))
-ANCHOR_COUNTS = sized((20, 1000, 4096, 16384), (20, 100))
+ANCHOR_COUNTS = sized((20, 64, 1000, 4096, 16384), (20, 64, 1000))
 
 
 def sampling() -> tuple[list, dict]:
@@ -67,7 +68,7 @@ def similarity() -> tuple[list, dict]:
             f"{flops / ours / 1e9:.1f} GFLOP/s = {matmul / ours:.0%} of torch.mm ({flops / matmul / 1e9:.1f} GFLOP/s)"
             + (f"; {ours / read_twice:.2f}x the time to read the embeddings twice ({milliseconds(read_twice)})" if k == 20 else ""),
             verdict(ours / read_twice <= 1.5, "<= 1.5x reading twice") if k == 20
-            else verdict(matmul / ours >= 0.8, ">= 80% of torch.mm"),
+            else verdict(matmul / ours >= 0.8, ">= 80% of torch.mm") if k >= 1000 else "-",
         ])
     return rows, results
 

@@ -103,7 +103,8 @@ SMOKE_ROWS = {
     "Collator (per batch, word scores ready)": (
         ["diffmask_fast.DifferenceMaskingCollator (", "diffmask_fast.DifferenceMaskingCollator (1 thread",
          "DataCollatorForLanguageModeling(whole_word_mask=True)", "reference collator (plain Python)"], 2),
-    "Ops": (["sample_without_replacement, 64 x 512", "max_anchor_similarity, K = 20", "max_anchor_similarity, K = 100"], 3),
+    "Ops": (["sample_without_replacement, 64 x 512", "max_anchor_similarity, K = 20", "max_anchor_similarity, K = 64",
+             "max_anchor_similarity, K = 1000"], 3),
     "Word counting": (["`count_words`, 1 thread", "`count_words`, 2 threads", "`Counter.update(line.split())`",
                        "`count_words` (1 thread) / Counter", "1 -> 2 threads", "peak RSS, 2.2 MB corpus",
                        "peak RSS, 4.4 MB corpus", "peak RSS, 8.8 MB corpus"], 4),

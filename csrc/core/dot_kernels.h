@@ -223,21 +223,6 @@ inline int64_t group_size(int64_t rows, int64_t r) {
   return left >= 8 ? 8 : left >= 4 ? 4 : 1;
 }
 
-// Rows [0, rows) of x for panel_avx512: each row group of g rows (first row r) as [D][g] at
-// xp + r * D.
-inline void pack_rows_avx512(const float* x, int64_t rows, int64_t ldx, int64_t D, float* xp) {
-  for (int64_t r = 0, g; r < rows; r += g) {
-    g = group_size(rows, r);
-    float* dst = xp + r * D;
-    for (int64_t i = 0; i < g; ++i) {
-      const float* row = x + (r + i) * ldx;
-      for (int64_t d = 0; d < D; ++d) {
-        dst[d * g + i] = row[d];
-      }
-    }
-  }
-}
-
 // The 16 x 16 floats of t transposed in place (t[j] lane i <- t[i] lane j): 32-bit and 64-bit
 // interleaves within 128-bit lanes, then two rounds of 128-bit lane shuffles.
 DIFFMASK_FAST_AVX512 inline void transpose16_avx512(__m512 t[16]) {
@@ -267,17 +252,17 @@ DIFFMASK_FAST_AVX512 inline void transpose16_avx512(__m512 t[16]) {
   }
 }
 
-// Rows x + at[r] * ldx (r < rows) laid out as pack_rows_avx512 lays out rows in place: a gather
-// and a pack in one pass, 16 values of up to 16 rows transposed in registers at a time, for
-// callers whose rows are scattered (the IVF list scan, cpu/ivf.cpp).
-DIFFMASK_FAST_AVX512 inline void gather_pack_rows_avx512(const float* x, const int64_t* at, int64_t rows, int64_t ldx,
-                                                         int64_t D, float* xp) {
+// Rows [0, rows) for panel_avx512, row r read at row_at(r): each row group of g rows (first row
+// r) as [D][g] at xp + r * D. 16 values of up to 16 rows are transposed in registers at a time
+// (a scalar copy, one value per store, takes as long as a 32-wide panel's arithmetic).
+template <typename RowAt>
+DIFFMASK_FAST_AVX512 inline void pack_rows_at_avx512(RowAt row_at, int64_t rows, int64_t D, float* xp) {
   for (int64_t r = 0, g; r < rows; r += g) {
     g = group_size(rows, r);
     float* dst = xp + r * D;
     const float* src[kRows32];
     for (int64_t i = 0; i < g; ++i) {
-      src[i] = x + at[r + i] * ldx;
+      src[i] = row_at(r + i);
     }
     const __mmask16 lanes = static_cast<__mmask16>((1u << g) - 1u);
     int64_t d = 0;
@@ -297,6 +282,18 @@ DIFFMASK_FAST_AVX512 inline void gather_pack_rows_avx512(const float* x, const i
       }
     }
   }
+}
+
+// Rows [0, rows) of x (leading dimension ldx) packed for panel_avx512.
+DIFFMASK_FAST_AVX512 inline void pack_rows_avx512(const float* x, int64_t rows, int64_t ldx, int64_t D, float* xp) {
+  pack_rows_at_avx512([x, ldx](int64_t r) { return x + r * ldx; }, rows, D, xp);
+}
+
+// Rows x + at[r] * ldx (r < rows) packed as pack_rows_avx512 packs rows in place: a gather and a
+// pack in one pass, for callers whose rows are scattered (the IVF list scan, cpu/ivf.cpp).
+DIFFMASK_FAST_AVX512 inline void gather_pack_rows_avx512(const float* x, const int64_t* at, int64_t rows, int64_t ldx,
+                                                         int64_t D, float* xp) {
+  pack_rows_at_avx512([x, at, ldx](int64_t r) { return x + at[r] * ldx; }, rows, D, xp);
 }
 
 // One panel of 16V columns against rows packed by pack_rows_avx512 (x and ldx: the same rows in

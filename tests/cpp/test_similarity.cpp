@@ -159,9 +159,24 @@ static void test_panel_dots() {
   }
 }
 
+#if DIFFMASK_FAST_X86_KERNELS
+// The packed layout written out: each row group of g rows (group_size) as [D][g].
+static std::vector<float> packed_layout(const std::vector<const float*>& row, int64_t D) {
+  const int64_t rows = static_cast<int64_t>(row.size());
+  std::vector<float> layout(static_cast<size_t>(rows * D));
+  for (int64_t r = 0, g; r < rows; r += g) {
+    g = group_size(rows, r);
+    for (int64_t i = 0; i < g; ++i) {
+      for (int64_t d = 0; d < D; ++d) layout[r * D + d * g + i] = row[r + i][d];
+    }
+  }
+  return layout;
+}
+#endif
+
 // Panels without a row-dot tail against rows gathered straight into the packed layout (the IVF
 // list scan): scattered and repeated row indices, every K mod 16, D with and without a remainder
-// of 16, ragged row counts; the packed rows equal pack_rows of the same rows copied in order.
+// of 16, ragged row counts; the packed rows, gathered or in place, are the layout written out.
 static void test_gathered_panel_dots() {
 #if DIFFMASK_FAST_X86_KERNELS
   if (detect_isa() != Isa::kAvx512) {
@@ -173,7 +188,7 @@ static void test_gathered_panel_dots() {
     for (int64_t D : {1, 15, 16, 17, 40, 384}) {
       for (int64_t rows : {1, 5, 12, 37, 61}) {
         const int64_t ldx = D + 3;
-        std::vector<float> x(static_cast<size_t>(pool * ldx)), anchors(static_cast<size_t>(K * D));
+        std::vector<float> x(static_cast<size_t>(std::max(pool, rows) * ldx)), anchors(static_cast<size_t>(K * D));
         for (size_t i = 0; i < x.size(); ++i) x[i] = static_cast<float>(std::sin(0.61 * i + 0.2));
         for (size_t i = 0; i < anchors.size(); ++i) anchors[i] = static_cast<float>(std::cos(0.43 * i + 0.7));
         std::vector<int64_t> at(static_cast<size_t>(rows));
@@ -181,14 +196,16 @@ static void test_gathered_panel_dots() {
         const AnchorPanels panels(Isa::kAvx512, anchors.data(), K, D, /*row_dot_tail=*/false);
         CHECK(panels.reads_only_packed_rows());
         CHECK(panels.columns >= K && panels.columns % 16 == 0);
-        std::vector<float> packed, expected, copied(static_cast<size_t>(rows * D));
-        panels.gather_pack_rows(x.data(), at.data(), rows, ldx, packed);
+        std::vector<float> packed, in_place;
+        std::vector<const float*> gathered_rows, rows_in_place;
         for (int64_t r = 0; r < rows; ++r) {
-          std::copy(x.begin() + at[r] * ldx, x.begin() + at[r] * ldx + D, copied.begin() + r * D);
+          gathered_rows.push_back(x.data() + at[r] * ldx);
+          rows_in_place.push_back(x.data() + r * ldx);
         }
-        expected.resize(static_cast<size_t>(rows * D));
-        pack_rows_avx512(copied.data(), rows, D, D, expected.data());
-        CHECK(packed == expected);
+        panels.gather_pack_rows(x.data(), at.data(), rows, ldx, packed);
+        CHECK(packed == packed_layout(gathered_rows, D));
+        panels.pack_rows(x.data(), rows, ldx, in_place);
+        CHECK(in_place == packed_layout(rows_in_place, D));
         std::vector<float> out(static_cast<size_t>(rows * panels.columns), -1.0f);
         panels.dots(packed.data(), rows, D, out.data(), panels.columns, 0, packed.data());
         for (int64_t r = 0; r < rows; ++r) {
