@@ -86,7 +86,7 @@ def _similarity_group(k: int) -> str:
     return f"max_anchor_similarity vs normalize + torch.mm + max, {WORDS:,} x {DIM}, K = {k}"
 
 
-@pytest.mark.parametrize("k", [20, 1000])
+@pytest.mark.parametrize("k", [20, 64, 1000])
 def test_max_anchor_similarity(benchmark, embeddings, k):
     benchmark.group = _similarity_group(k)
     anchors = torch.randn(k, DIM, generator=torch.Generator().manual_seed(k))
@@ -95,7 +95,7 @@ def test_max_anchor_similarity(benchmark, embeddings, k):
                                atol=1e-4, rtol=0)
 
 
-@pytest.mark.parametrize("k", [20, 1000])
+@pytest.mark.parametrize("k", [20, 64, 1000])
 def test_max_anchor_similarity_baseline_torch(benchmark, embeddings, k):
     benchmark.group = _similarity_group(k)
     unit_anchors_t = _unit(torch.randn(k, DIM, generator=torch.Generator().manual_seed(k))).T.contiguous()
