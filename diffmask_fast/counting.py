@@ -40,7 +40,7 @@ import threading
 import types
 import warnings
 import zlib
-from concurrent.futures import Future, ThreadPoolExecutor, wait
+from concurrent.futures import Future, ThreadPoolExecutor, as_completed, wait
 from pathlib import Path
 from typing import Callable, Collection, ItemsView, Iterable, Iterator, KeysView, Mapping, Sized, ValuesView
 
@@ -321,7 +321,11 @@ class _RawTables:
         result = sorted_merged(np.frombuffer(bytearray(b"".join(keys)), np.uint8),  # writable: one compiled kernel
                                starts, lengths, np.fromiter(raw.values(), np.int64, len(raw)))
         for sorting, _ in parts:
-            result = result.merge(sorting.result() if isinstance(sorting, Future) else sorting)
+            if not isinstance(sorting, Future):
+                result = result.merge(sorting)
+        # Each sorted table merged in as soon as it is ready: the first while the others still sort.
+        for sorting in as_completed([sorting for sorting, _ in parts if isinstance(sorting, Future)]):
+            result = result.merge(sorting.result())
         return result
 
 
