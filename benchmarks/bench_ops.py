@@ -44,7 +44,6 @@ def sampling() -> tuple[list, dict]:
              verdict(seconds <= 1e-3, "<= 1 ms")]], {"sampling": seconds, "multinomial": multinomial}
 
 
-
 def similarity() -> tuple[list, dict]:
     torch.manual_seed(0)
     embeddings = torch.randn(WORDS, DIM)
