@@ -17,6 +17,15 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def benchmark_module(name: str):
+    """A module of benchmarks/, imported with that folder on sys.path only while it is imported."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        return __import__(name)
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
+
+
 def test_gpu_benchmark_smoke_run_writes_every_measurement(tmp_path):
     output = tmp_path / "gpu.md"
     process = subprocess.run(
@@ -169,11 +178,7 @@ def test_gpu_benchmark_refuses_full_sizes_on_the_cpu():
 
 
 def test_a_run_without_a_gpu_keeps_the_recorded_gpu_section(tmp_path):
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    try:
-        from run import kept_section
-    finally:
-        sys.path.remove(str(ROOT / "benchmarks"))
+    kept_section = benchmark_module("run").kept_section
     results = tmp_path / "RESULTS.md"
     measured = "## GPU\n\nGoals.\n\n| measurement | device time |\n|---|---|\n| masking | 0.2 ms |\n"
     results.write_text(f"# Benchmark results\n\n## Ops\n\nx\n\n{measured}\n## Continued pretraining\n\ny\n",
@@ -244,11 +249,7 @@ def test_the_comparison_cannot_redraw_without_saved_results(tmp_path):
 def test_the_comparison_reading_says_when_seeds_cannot_tell():
     from diffmask_fast.finetune import FinetuneReport, SeedResult
 
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    try:
-        from comparison import summarize
-    finally:
-        sys.path.remove(str(ROOT / "benchmarks"))
+    summarize = benchmark_module("comparison").summarize
 
     def row(name, scores):
         return name, None, FinetuneReport("m", [0, 1], [SeedResult(i, 1, {"accuracy": s, "macro_f1": s},
@@ -268,11 +269,7 @@ def test_the_comparison_keeps_resumes_or_removes_an_earlier_fine_tuning(tmp_path
 
     from diffmask_fast.finetune import FinetuneReport, SeedResult
 
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    try:
-        from comparison import earlier_finetuning
-    finally:
-        sys.path.remove(str(ROOT / "benchmarks"))
+    earlier_finetuning = benchmark_module("comparison").earlier_finetuning
     args = argparse.Namespace(data=tmp_path / "data", fresh=False)
     scale = {"finetune": {"epochs": 2, "seeds": (1, 2)}}
     config = {"train": str(args.data / "train.jsonl"), "dev": str(args.data / "dev.jsonl"),
@@ -304,11 +301,9 @@ def test_the_comparison_keeps_resumes_or_removes_an_earlier_fine_tuning(tmp_path
 
 def test_the_comparison_checks_its_strategies_before_training(capsys):
     """A bad --strategies entry stops the script at once, not after the strategies before it pretrained."""
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    try:
-        from comparison import USABLE_STRATEGIES, parse_args
-    finally:
-        sys.path.remove(str(ROOT / "benchmarks"))
+    comparison = benchmark_module("comparison")
+    USABLE_STRATEGIES = comparison.USABLE_STRATEGIES
+    parse_args = comparison.parse_args
     from diffmask_fast.strategies import STRATEGIES
 
     assert set(USABLE_STRATEGIES) == set(STRATEGIES) - {"terms"}
@@ -331,20 +326,14 @@ def test_the_comparison_checks_its_data_before_training(tmp_path, shared_data_di
     assert process.returncode == 1 and "Traceback" not in process.stderr
     assert "comparison.py: error: --data" in process.stderr and "lacks train.jsonl, dev.jsonl, test.jsonl" in process.stderr
     assert not (tmp_path / "work").exists()
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    try:
-        from comparison import missing_data
-    finally:
-        sys.path.remove(str(ROOT / "benchmarks"))
+    missing_data = benchmark_module("comparison").missing_data
     assert missing_data(shared_data_dir / "scicite") is None
 
 
 def test_the_comparison_records_every_option_that_changes_its_results():
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    try:
-        from comparison import parse_args, reproducing_command
-    finally:
-        sys.path.remove(str(ROOT / "benchmarks"))
+    comparison = benchmark_module("comparison")
+    parse_args = comparison.parse_args
+    reproducing_command = comparison.reproducing_command
     assert reproducing_command(parse_args([]), None) == "python benchmarks/comparison.py --scale small --write"
     args = parse_args(["--scale", "smoke", "--strategies", "mslm", "random-word", "--mlm-probability", "0.15",
                        "--data", "/data/my corpus", "--no-baseline", "--work-dir", "/tmp/x"])
@@ -363,11 +352,10 @@ def test_the_comparison_keeps_finished_runs_resumes_interrupted_ones_and_starts_
     from diffmask_fast import finetune as finetune_module
     from diffmask_fast import pretrain as pretrain_module
 
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    try:
-        from comparison import SCALES, parse_args, run_strategies
-    finally:
-        sys.path.remove(str(ROOT / "benchmarks"))
+    comparison = benchmark_module("comparison")
+    SCALES = comparison.SCALES
+    parse_args = comparison.parse_args
+    run_strategies = comparison.run_strategies
     model = tmp_path / "model"
     tiny_bert_mlm.save_pretrained(model)
     bert_wordpiece.save_pretrained(model)
@@ -413,11 +401,7 @@ def test_the_comparison_keeps_finished_runs_resumes_interrupted_ones_and_starts_
 
 
 def test_measuring_together_calls_each_function_once_per_round_and_keeps_their_times_apart(monkeypatch):
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    try:
-        import harness
-    finally:
-        sys.path.remove(str(ROOT / "benchmarks"))
+    harness = benchmark_module("harness")
     monkeypatch.delenv(harness.SMOKE_VARIABLE, raising=False)
     calls = []
 
@@ -447,14 +431,6 @@ def test_pytest_benchmark_suite_runs_once_on_small_sizes():
                              env=environment)
     assert process.returncode == 0, process.stdout[-4000:] + process.stderr[-2000:]
     assert f"{found.group(1)} passed" in process.stdout and "skipped" not in process.stdout, process.stdout[-2000:]
-
-
-def benchmark_module(name: str):
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    try:
-        return __import__(name)
-    finally:
-        sys.path.remove(str(ROOT / "benchmarks"))
 
 
 def test_a_gpu_section_names_its_own_run_and_a_run_that_measured_nothing_says_so(tmp_path):
@@ -540,11 +516,7 @@ def test_the_comparison_keeps_runs_only_of_the_data_files_they_were_made_from(tm
 
 def test_the_collator_benchmark_batch_may_exceed_the_corpus_windows(shared_data_dir, minilm_tokenizer):
     """SciCite holds about 250 windows of 40 sentences; a larger batch reuses them (it looped forever)."""
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    try:
-        from bench_collator import scicite_examples
-    finally:
-        sys.path.remove(str(ROOT / "benchmarks"))
+    scicite_examples = benchmark_module("bench_collator").scicite_examples
     examples = scicite_examples(minilm_tokenizer, batch=600, length=128)
     assert len(examples) == 600 and all(len(e["input_ids"]) == 128 for e in examples)
     assert examples[:4] == scicite_examples(minilm_tokenizer, batch=4, length=128)
