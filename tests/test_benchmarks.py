@@ -93,7 +93,7 @@ def test_the_similarity_benchmark_sets_tf32_through_torchs_per_backend_setting_a
         seen.append(matmul.fp32_precision)
         return original(device, fn, **kwargs)
 
-    try:
+    try:  # by hand: monkeypatch's undo would delete fp32_precision, which torch computes on access
         matmul.fp32_precision = "tf32"
         bench_gpu.device_time = timing
         sizes = dataclasses.replace(bench_gpu.SMOKE, anchor_counts=(20,), seconds=0.001)
