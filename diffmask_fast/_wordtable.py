@@ -685,161 +685,259 @@ def normalize_ascii(blob, starts, lengths, lowercase, stripped):
 
 
 @njit(inline="always")
-def _less(arena_a, sa, la, arena_b, sb, lb):
-    """Whether byte string a sorts before b (bytes order, a prefix first)."""
+def _compare(arena_a, sa, la, arena_b, sb, lb):
+    """-1, 0 or 1 as byte string a sorts before b, equals it or sorts after it (bytes order, a
+    prefix first), 8 bytes at a time: the lowest set bit of the two loads' difference marks the
+    first byte that differs."""
     m = la if la < lb else lb
-    for t in range(m):
+    t = 0
+    while t + 8 <= m:
+        x = _load8(arena_a, sa + t)
+        y = _load8(arena_b, sb + t)
+        if x != y:
+            shift = trailing_zeros(x ^ y) & ~7
+            return -1 if ((x >> shift) & 255) < ((y >> shift) & 255) else 1
+        t += 8
+    while t < m:
         x = arena_a[sa + t]
         y = arena_b[sb + t]
         if x != y:
-            return x < y
-    return la < lb
+            return -1 if x < y else 1
+        t += 1
+    return -1 if la < lb else (1 if la > lb else 0)
+
+
+@njit(inline="always")
+def _less(arena_a, sa, la, arena_b, sb, lb):
+    """Whether byte string a sorts before b (bytes order, a prefix first)."""
+    return _compare(arena_a, sa, la, arena_b, sb, lb) < 0
 
 
 @njit(nogil=True, cache=True)
-def _prefix_keys(arena, starts, lengths, skip):
-    """Each string's bytes ``skip`` to ``skip + 7`` as a big-endian integer (zeros past its end):
-    integers in the order of those bytes."""
-    keys = np.zeros(starts.shape[0], np.uint64)
-    for i in range(starts.shape[0]):
+def _prefix_keys(arena, starts, lengths):
+    """Each string's bytes 0-7 (``high``) and 8-15 (``low``) as big-endian integers, zeros past
+    its end: integers in the order of those bytes."""
+    n = starts.shape[0]
+    high = np.zeros(n, np.uint64)
+    low = np.zeros(n, np.uint64)
+    for i in range(n):
+        s = starts[i]
+        length = lengths[i]
         key = np.uint64(0)
-        for t in range(skip, skip + 8):
+        for t in range(8):
             key = key << np.uint64(8)
-            if t < lengths[i]:
-                key = key | np.uint64(arena[starts[i] + t])
-        keys[i] = key
-    return keys
+            if t < length:
+                key = key | np.uint64(arena[s + t])
+        high[i] = key
+        if length > 8:
+            key = np.uint64(0)
+            for t in range(8, 16):
+                key = key << np.uint64(8)
+                if t < length:
+                    key = key | np.uint64(arena[s + t])
+            low[i] = key
+    return high, low
 
 
-#: Bits of a key each pass of ``_radix_order`` sorts by.
+#: Bits of a key each pass of ``_radix_by_high`` sorts by.
 RADIX_BITS = 11
 
 
 @njit(nogil=True, cache=True)
-def _radix_order(order, keys):
-    """``order`` stably sorted by ``keys[order]``: least significant digit first, a pass per
-    ``RADIX_BITS`` bits, skipping digits every key shares (short words leave their low bytes 0)."""
-    n = order.shape[0]
-    other = np.empty(n, np.int64)
+def _radix_by_high(high, low, lengths):
+    """(order, high[order], low[order], lengths[order]) with ``order`` the rows stably sorted by
+    ``high``: least significant digit first, ``RADIX_BITS`` bits a pass, carrying the keys and
+    lengths along so that each pass, and what comes after, reads them in sequence; digits every
+    key shares are skipped (short words leave their low bytes 0)."""
+    n = high.shape[0]
     buckets = 1 << RADIX_BITS
-    starts = np.empty(buckets, np.int64)
-    for shift in range(0, 64, RADIX_BITS):
-        starts[:] = 0
-        for i in range(n):
-            starts[(keys[order[i]] >> np.uint64(shift)) & np.uint64(buckets - 1)] += 1
-        if starts.max() == n:
+    passes = (64 + RADIX_BITS - 1) // RADIX_BITS
+    mask = np.uint64(buckets - 1)
+    histograms = np.zeros((passes, buckets), np.int64)
+    for i in range(n):
+        for p in range(passes):
+            histograms[p, (high[i] >> np.uint64(p * RADIX_BITS)) & mask] += 1
+    order = np.arange(n)
+    high = high.copy()
+    low = low.copy()
+    lengths = lengths.copy()
+    order_out = np.empty(n, np.int64)
+    high_out = np.empty(n, np.uint64)
+    low_out = np.empty(n, np.uint64)
+    lengths_out = np.empty(n, np.int64)
+    for p in range(passes):
+        counts = histograms[p]
+        if counts.max() == n:
             continue
         total = 0
         for digit in range(buckets):
-            count = starts[digit]
-            starts[digit] = total
+            count = counts[digit]
+            counts[digit] = total
             total += count
+        shift = np.uint64(p * RADIX_BITS)
         for i in range(n):
-            row = order[i]
-            digit = (keys[row] >> np.uint64(shift)) & np.uint64(buckets - 1)
-            other[starts[digit]] = row
-            starts[digit] += 1
-        order, other = other, order
-    return order
+            digit = (high[i] >> shift) & mask
+            at = counts[digit]
+            counts[digit] = at + 1
+            order_out[at] = order[i]
+            high_out[at] = high[i]
+            low_out[at] = low[i]
+            lengths_out[at] = lengths[i]
+        order, order_out = order_out, order
+        high, high_out = high_out, high
+        low, low_out = low_out, low
+        lengths, lengths_out = lengths_out, lengths
+    return order, high, low, lengths
+
+
+@njit(inline="always")
+def _sorts_before(low_x, length_x, x, low_y, length_y, y, arena, starts):
+    """Whether string x sorts before string y, given that their first 8 bytes agree: by bytes
+    8-15, then, where those agree too, by length if either ends there (the other then continues
+    with it as prefix, or equals it), else by the bytes after them."""
+    if low_x != low_y:
+        return low_x < low_y
+    if length_x <= 16 or length_y <= 16:
+        return length_x < length_y
+    return _less(arena, starts[x] + 16, length_x - 16, arena, starts[y] + 16, length_y - 16)
+
+
+#: Strings sharing their first 8 bytes that ``_sort_high_ties`` sorts by insertion, more by merging.
+INSERTION_RUN = 32
 
 
 @njit(nogil=True, cache=True)
-def _sort_runs(order, high, low, arena, starts, lengths):
-    """Sort, by full bytes, every run of ``order`` whose 16-byte prefix keys (``high``, ``low``)
-    are equal (merge sort)."""
+def _sort_high_ties(order, high, low, lengths, arena, starts):
+    """Sort, in place, each run of ``order`` (and of ``low`` and ``lengths``, in its order) whose
+    ``high`` keys are equal, by the rest of the strings: most runs are a few words, sorted by
+    insertion; longer ones by a bottom-up merge sort, O(n log n) however many words share their
+    first 8 bytes."""
     n = order.shape[0]
-    buffer = np.empty(n, np.int64)
+    merged_order = np.empty(n, np.int64)
+    merged_low = np.empty(n, np.uint64)
+    merged_lengths = np.empty(n, np.int64)
     a = 0
     while a < n:
         b = a + 1
-        while b < n and high[order[b]] == high[order[a]] and low[order[b]] == low[order[a]]:
+        while b < n and high[b] == high[a]:
             b += 1
-        if b - a > 1:
+        if b - a <= INSERTION_RUN:
+            for i in range(a + 1, b):
+                x, low_x, length_x = order[i], low[i], lengths[i]
+                j = i
+                while j > a and _sorts_before(low_x, length_x, x, low[j - 1], lengths[j - 1], order[j - 1], arena,
+                                              starts):
+                    order[j], low[j], lengths[j] = order[j - 1], low[j - 1], lengths[j - 1]
+                    j -= 1
+                order[j], low[j], lengths[j] = x, low_x, length_x
+        else:
             width = 1
-            size = b - a
-            while width < size:
-                lo = 0
-                while lo < size:
-                    mid = min(lo + width, size)
-                    hi = min(lo + 2 * width, size)
+            while width < b - a:
+                lo = a
+                while lo < b:
+                    mid = min(lo + width, b)
+                    hi = min(lo + 2 * width, b)
                     i = lo
                     j = mid
-                    k = lo
-                    while i < mid and j < hi:
-                        x = order[a + i]
-                        y = order[a + j]
-                        if _less(arena, starts[y], lengths[y], arena, starts[x], lengths[x]):
-                            buffer[k] = y
+                    for k in range(lo, hi):
+                        if j < hi and (i >= mid or _sorts_before(low[j], lengths[j], order[j], low[i], lengths[i],
+                                                                  order[i], arena, starts)):
+                            take = j
                             j += 1
                         else:
-                            buffer[k] = x
+                            take = i
                             i += 1
-                        k += 1
-                    while i < mid:
-                        buffer[k] = order[a + i]
-                        i += 1
-                        k += 1
-                    while j < hi:
-                        buffer[k] = order[a + j]
-                        j += 1
-                        k += 1
+                        merged_order[k], merged_low[k], merged_lengths[k] = order[take], low[take], lengths[take]
                     lo = hi
-                for t in range(size):
-                    order[a + t] = buffer[t]
+                order[a:b] = merged_order[a:b]
+                low[a:b] = merged_low[a:b]
+                lengths[a:b] = merged_lengths[a:b]
                 width *= 2
         a = b
-    return order
+
+
+def _unaligned_store8(most_significant_first: bool):
+    """An intrinsic that writes an integer's 8 bytes to array[position:position + 8] (an
+    unaligned store): least significant first (the inverse of ``_load8``), or most significant
+    first (a big-endian key back into the bytes it was made of)."""
+
+    @intrinsic
+    def store(typingctx, array, position, value):
+        signature = types.void(array, types.intp, value)
+
+        def codegen(context, builder, sig, args):
+            data = context.make_array(sig.args[0])(context, builder, args[0]).data
+            pointer = builder.bitcast(builder.gep(data, [args[1]]), ir.IntType(64).as_pointer())
+            value = args[2]
+            if most_significant_first == (sys.byteorder == "little"):
+                value = builder.bswap(value)
+            builder.store(value, pointer, align=1)
+            return context.get_dummy_value()
+
+        return signature, codegen
+
+    return store
+
+
+_store8 = _unaligned_store8(most_significant_first=False)
+_store8_big_endian = _unaligned_store8(most_significant_first=True)
+
+
+@njit(inline="always")
+def _copy_bytes(target, at, source, start, length):
+    """target[at:at + length] = source[start:start + length], 8 bytes at a time."""
+    t = 0
+    while t + 8 <= length:
+        _store8(target, at + t, _load8(source, start + t))
+        t += 8
+    while t < length:
+        target[at + t] = source[start + t]
+        t += 1
 
 
 @njit(nogil=True, cache=True)
-def _gather(arena, starts, lengths, order):
-    offsets = np.zeros(order.shape[0] + 1, np.int64)
-    for i in range(order.shape[0]):
-        offsets[i + 1] = offsets[i] + lengths[order[i]]
-    blob = np.empty(offsets[-1], np.uint8)
-    for i in range(order.shape[0]):
-        s = starts[order[i]]
-        o = offsets[i]
-        for t in range(lengths[order[i]]):
-            blob[o + t] = arena[s + t]
-    return blob, offsets
+def _gather_distinct(arena, starts, counts, order, high, low, lengths):
+    """The strings in ``order`` (with their keys and lengths in that order) as one table, each
+    string once with the counts of its copies summed (sorted, copies lie side by side: "The" and
+    "the" both normalized to "the"). A string's first 16 bytes come from its keys with two 8-byte
+    stores; only the rest of a longer string is read from ``arena``."""
+    n = order.shape[0]
+    capacity = 0
+    for i in range(n):
+        capacity += lengths[i]
+    blob = np.empty(capacity + 16, np.uint8)
+    offsets = np.zeros(n + 1, np.int64)
+    merged_counts = np.empty(n, np.int64)
+    kept = 0
+    for i in range(n):
+        length = lengths[i]
+        o = offsets[kept]
+        if kept > 0 and high[i] == high[i - 1] and low[i] == low[i - 1] and length == lengths[i - 1] \
+                and (length <= 16 or not _less(blob, offsets[kept - 1] + 16, length - 16,
+                                               arena, starts[order[i]] + 16, length - 16)):  # sorted: not before
+            merged_counts[kept - 1] += counts[order[i]]
+            continue
+        # The stores run past a short string: the next one overwrites that, the padding the last.
+        _store8_big_endian(blob, o, high[i])
+        _store8_big_endian(blob, o + 8, low[i])
+        if length > 16:
+            _copy_bytes(blob, o + 16, arena, starts[order[i]] + 16, length - 16)
+        merged_counts[kept] = counts[order[i]]
+        kept += 1
+        offsets[kept] = o + length
+    return blob[: offsets[kept]], offsets[: kept + 1], merged_counts[:kept]
 
 
 def sorted_table(blob, starts, lengths, counts):
-    """(blob, offsets, counts) of distinct strings in bytes order (= code point order)."""
+    """(blob, offsets, counts) of the distinct strings in bytes order (= code point order), the
+    counts of equal strings summed: radix-sorted by their first 8 bytes, then runs alike there
+    by the rest."""
     starts = np.ascontiguousarray(starts, dtype=np.int64)
     lengths = np.ascontiguousarray(lengths, dtype=np.int64)
-    # By the first 16 bytes (a radix sort by bytes 8-15, then 0-7), then runs alike there by all.
-    high, low = _prefix_keys(blob, starts, lengths, 0), _prefix_keys(blob, starts, lengths, 8)
-    order = _radix_order(_radix_order(np.arange(starts.shape[0], dtype=np.int64), low), high)
-    order = _sort_runs(order, high, low, blob, starts, lengths)
-    sorted_blob, offsets = _gather(blob, starts, lengths, order)
-    return sorted_blob, offsets, np.asarray(counts, dtype=np.int64)[order]
-
-
-@njit(nogil=True, cache=True)
-def merge_equal_neighbours(blob, offsets, counts):
-    """(blob, offsets, counts) of a sorted table whose equal strings lie side by side (words that
-    normalize alike, "The" and "the"), each kept once with their counts summed: cheaper than
-    inserting the normalized words into a second hash table before sorting."""
-    n = counts.shape[0]
-    out_blob = np.empty(blob.shape[0], np.uint8)
-    out_offsets = np.zeros(n + 1, np.int64)
-    out_counts = np.empty(n, np.int64)
-    kept, written, last_start, last_length = 0, 0, 0, -1
-    for i in range(n):
-        start, length = offsets[i], offsets[i + 1] - offsets[i]
-        if length == last_length and not _less(blob, start, length, blob, last_start, last_length) \
-                and not _less(blob, last_start, last_length, blob, start, length):
-            out_counts[kept - 1] += counts[i]
-            continue
-        out_blob[written:written + length] = blob[start:start + length]
-        written += length
-        out_counts[kept] = counts[i]
-        kept += 1
-        out_offsets[kept] = written
-        last_start, last_length = start, length
-    return out_blob[:written], out_offsets[:kept + 1], out_counts[:kept]
+    high, low = _prefix_keys(blob, starts, lengths)
+    order, high, low, lengths = _radix_by_high(high, low, lengths)
+    _sort_high_ties(order, high, low, lengths, blob, starts)
+    return _gather_distinct(blob, starts, np.ascontiguousarray(counts, dtype=np.int64), order, high, low, lengths)
 
 
 @njit(nogil=True, cache=True)
@@ -888,20 +986,14 @@ def merge_sorted(blob_a, offsets_a, counts_a, blob_b, offsets_b, counts_b):
             la = offsets_a[i + 1] - sa
             sb = offsets_b[j]
             lb = offsets_b[j + 1] - sb
-            if _less(blob_a, sa, la, blob_b, sb, lb):
-                take_a = True
-            elif _less(blob_b, sb, lb, blob_a, sa, la):
-                take_b = True
-            else:
-                take_a = True
-                take_b = True
+            order = _compare(blob_a, sa, la, blob_b, sb, lb)
+            take_a = order <= 0
+            take_b = order >= 0
         o = offsets[n]
         if take_a:
             s = offsets_a[i]
-            e = offsets_a[i + 1]
-            for t in range(s, e):
-                blob[o + t - s] = blob_a[t]
-            offsets[n + 1] = o + e - s
+            _copy_bytes(blob, o, blob_a, s, offsets_a[i + 1] - s)
+            offsets[n + 1] = o + offsets_a[i + 1] - s
             counts[n] = counts_a[i]
             i += 1
             if take_b:
@@ -909,10 +1001,8 @@ def merge_sorted(blob_a, offsets_a, counts_a, blob_b, offsets_b, counts_b):
                 j += 1
         else:
             s = offsets_b[j]
-            e = offsets_b[j + 1]
-            for t in range(s, e):
-                blob[o + t - s] = blob_b[t]
-            offsets[n + 1] = o + e - s
+            _copy_bytes(blob, o, blob_b, s, offsets_b[j + 1] - s)
+            offsets[n + 1] = o + offsets_b[j + 1] - s
             counts[n] = counts_b[j]
             j += 1
         n += 1

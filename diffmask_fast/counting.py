@@ -295,7 +295,7 @@ class _RawTables:
 
         def sorted_merged(blob, starts, lengths, counts) -> CountTable:
             # Sorted, the words that normalize alike lie side by side: merged there.
-            return CountTable(*W.merge_equal_neighbours(*W.sorted_table(blob, starts, lengths, counts)))
+            return CountTable(*W.sorted_table(blob, starts, lengths, counts))
 
         def split(table: list) -> tuple[Future | CountTable, list[tuple[bytes, int]]]:
             blob, starts, lengths, counts = W.table_strings(*table)

@@ -1876,25 +1876,6 @@ def test_utf16_text_and_a_counts_file_are_named_not_called_binary(tmp_path):
         count_words(tmp_path / "c.counts", progress=False)
 
 
-def test_equal_neighbours_of_a_sorted_table_are_merged_and_nothing_else(seed):
-    """Normalized words are sorted and their equal neighbours merged ("The" and "the" both become
-    "the"); a prefix ("a" before "ab") or an empty table stays as it is."""
-    rng = random.Random(seed)
-    words = [rng.choice(["a", "ab", "abc", "b", "ba", "the", "\u00e9t\u00e9"]) for _ in range(rng.randint(0, 60))]
-    counts = [rng.randint(1, 9) for _ in words]
-    encoded = sorted((word.encode("utf-8"), count) for word, count in zip(words, counts))
-    blob = np.frombuffer(b"".join(word for word, _ in encoded), dtype=np.uint8).copy()
-    offsets = np.cumsum([0] + [len(word) for word, _ in encoded]).astype(np.int64)
-    merged_blob, merged_offsets, merged_counts = _wordtable.merge_equal_neighbours(
-        blob, offsets, np.array([count for _, count in encoded], dtype=np.int64))
-    got = [(bytes(merged_blob[a:b]).decode("utf-8"), int(c))
-           for a, b, c in zip(merged_offsets[:-1], merged_offsets[1:], merged_counts)]
-    expected: dict = {}
-    for word, count in zip(words, counts):
-        expected[word] = expected.get(word, 0) + count
-    assert got == sorted(expected.items(), key=lambda item: item[0].encode("utf-8")), f"seed={seed}"
-
-
 def test_verify_refuses_counts_whose_total_is_not_their_sum(tmp_path):
     """The header's total is N_T of TF-ICF and sets the default min_count: a writer that got it
     wrong (its checksums consistent) is caught by verify, which sums the counts."""
@@ -1932,23 +1913,97 @@ def test_a_save_that_fails_leaves_the_earlier_counts(tmp_path, monkeypatch, name
     assert path.read_bytes() == before and [p.name for p in tmp_path.iterdir()] == [name]
 
 
-def test_a_table_is_sorted_by_its_words_bytes_past_every_prefix_key(seed):
-    """Strings are ordered by their first 16 bytes (two radix-sorted keys, zeros past a string's
-    end), then by all their bytes where those agree: strings alike up to 7, 8, 9, 15, 16 or 17
-    bytes, zero bytes ("ab" and "ab\\0" share their keys), the empty string, duplicates."""
+def test_a_table_is_sorted_by_its_words_bytes_past_every_prefix_key_and_copies_merged(seed):
+    """Strings are ordered by their first 8 bytes (a radix-sorted key, zeros past a string's end),
+    then by the rest where those agree, and each is kept once with its copies' counts summed ("The"
+    and "the" both normalized to "the"): strings alike up to 7, 8, 9, 15, 16 or 17 bytes, zero
+    bytes ("ab" and "ab\\0" share their keys), the empty string, copies longer than 16 bytes, runs
+    alike in their first 8 bytes short and long (sorted by insertion and by merging), tables of
+    one or two strings."""
     rng = random.Random(seed)
-    base = bytes(rng.choice(b"ab\x00\xff") for _ in range(24))
-    words = [base[:rng.choice([0, 1, 7, 8, 9, 15, 16, 17, 24])] + bytes(rng.choice(b"a\x00\xff\x01") for _ in
-                                                                   range(rng.randint(0, 3)))
-             for _ in range(rng.randint(1, 300))]
-    counts = np.array([rng.randint(1, 9) for _ in words], np.int64)
+    words = _strings_alike_in_their_first_bytes(rng)
+    counts = [rng.randint(1, 9) for _ in words]
+    sorted_blob, offsets, sorted_counts = _sorted_byte_table(words, counts)
+    got = _table_rows(sorted_blob, offsets, sorted_counts)
+    expected: dict = {}
+    for word, count in zip(words, counts):
+        expected[word] = expected.get(word, 0) + count
+    assert [word for word, _ in got] == sorted(expected), f"seed={seed}"
+    assert got == sorted(expected.items()), f"seed={seed}: a count left its word"
+    assert offsets[-1] == len(sorted_blob), f"seed={seed}"
+
+
+def test_sorted_tables_merge_find_their_words_and_catch_a_row_out_of_order(seed):
+    """Tables are merged, searched and checked for order by comparing words 8 bytes at a time:
+    words that first differ in any of those bytes, in one with its top bit set (0x80, 0xff: no
+    signed comparison), or past them, and words that are a prefix of others."""
+    rng = random.Random(seed)
+    first, second = _strings_alike_in_their_first_bytes(rng), _strings_alike_in_their_first_bytes(rng)
+    tables = [_sorted_byte_table(words, [rng.randint(1, 9) for _ in words]) for words in (first, second)]
+    merged = _wordtable.merge_sorted(*tables[0], *tables[1])
+    expected: dict = {}
+    for table in tables:
+        for word, count in _table_rows(*table):
+            expected[word] = expected.get(word, 0) + count
+    assert _table_rows(*merged) == sorted(expected.items()), f"seed={seed}"
+    blob, offsets, _ = merged
+    assert _wordtable.first_unsorted_row(blob, offsets) == -1, f"seed={seed}"
+    for row, word in enumerate(sorted(expected)):
+        assert _wordtable.search_sorted(blob, offsets, np.frombuffer(word, np.uint8)) == row, f"seed={seed}: {word!r}"
+    for word in {word + b"\x00" for word in expected} - set(expected):
+        assert _wordtable.search_sorted(blob, offsets, np.frombuffer(word, np.uint8)) == -1, f"seed={seed}: {word!r}"
+    if len(expected) > 1:
+        row = rng.randrange(1, len(expected))
+        words = sorted(expected)
+        words[row - 1], words[row] = words[row], words[row - 1]
+        swapped, swapped_offsets, _ = _sorted_byte_table(words, [1] * len(words), keep_order=True)
+        assert _wordtable.first_unsorted_row(swapped, swapped_offsets) == row, f"seed={seed}"
+
+
+def _strings_alike_in_their_first_bytes(rng: random.Random) -> list[bytes]:
+    """Byte strings that share prefixes of 0 to 24 bytes with a few bytes after them, copies of
+    some of them, shuffled: from 1 string to hundreds."""
+    base = bytes(rng.choice(b"ab\x00\x7f\x80\xff") for _ in range(24))
+    size = rng.choice([1, 2, 3, rng.randint(4, 40), rng.randint(40, 400)])
+    words = [base[:rng.choice([0, 1, 7, 8, 9, 15, 16, 17, 24])]
+             + bytes(rng.choice(b"a\x00\xff\x01\x80") for _ in range(rng.randint(0, 3))) for _ in range(size)]
+    words += rng.sample(words, rng.randint(0, len(words)))  # more copies, long ones too
+    rng.shuffle(words)
+    return words
+
+
+def _sorted_byte_table(words: list[bytes], counts: list[int], keep_order: bool = False):
+    """(blob, offsets, counts) of ``words``: by ``sorted_table``, or as given with ``keep_order``."""
     lengths = np.array([len(word) for word in words], np.int64)
-    starts = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
     blob = np.frombuffer(bytearray(b"".join(words)), np.uint8)
-    sorted_blob, offsets, sorted_counts = _wordtable.sorted_table(blob, starts, lengths, counts)
-    got = [(bytes(sorted_blob[a:b]), int(c)) for a, b, c in zip(offsets[:-1], offsets[1:], sorted_counts)]
-    assert [word for word, _ in got] == sorted(words), f"seed={seed}"
-    assert sorted(got) == sorted(zip(words, counts.tolist())), f"seed={seed}: a count left its word"
+    if keep_order:
+        return blob, np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64), np.array(counts, np.int64)
+    starts = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
+    return _wordtable.sorted_table(blob, starts, lengths, np.array(counts, np.int64))
+
+
+def _table_rows(blob, offsets, counts) -> list[tuple[bytes, int]]:
+    return [(bytes(blob[a:b]), int(c)) for a, b, c in zip(offsets[:-1], offsets[1:], counts)]
+
+
+def test_a_table_of_normalized_words_merges_those_that_normalize_alike(seed):
+    """Normalized words are sorted and copies merged ("The" and "the" both become "the"); a
+    prefix ("a" before "ab") stays as it is, and an empty table is empty."""
+    rng = random.Random(seed)
+    words = [rng.choice(["a", "ab", "abc", "b", "ba", "the", "\u00e9t\u00e9"]) for _ in range(rng.randint(0, 60))]
+    counts = [rng.randint(1, 9) for _ in words]
+    encoded = [word.encode("utf-8") for word in words]
+    blob = np.frombuffer(bytearray(b"".join(encoded)), dtype=np.uint8)
+    lengths = np.array([len(word) for word in encoded], np.int64)
+    starts = (np.cumsum(lengths) - lengths).astype(np.int64)
+    merged_blob, merged_offsets, merged_counts = _wordtable.sorted_table(blob, starts, lengths,
+                                                                         np.array(counts, dtype=np.int64))
+    got = [(bytes(merged_blob[a:b]).decode("utf-8"), int(c))
+           for a, b, c in zip(merged_offsets[:-1], merged_offsets[1:], merged_counts)]
+    expected: dict = {}
+    for word, count in zip(words, counts):
+        expected[word] = expected.get(word, 0) + count
+    assert got == sorted(expected.items(), key=lambda item: item[0].encode("utf-8")), f"seed={seed}"
 
 
 def test_counts_saved_before_marks_went_with_their_symbol_name_the_version(tmp_path):
