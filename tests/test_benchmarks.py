@@ -64,9 +64,7 @@ def test_the_training_step_runs_on_sequences_of_the_full_length():
 
     import torch
 
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    import bench_gpu
-
+    bench_gpu = benchmark_module("bench_gpu")
     sizes = dataclasses.replace(bench_gpu.SMOKE, batch=1, length=512, seconds=0.001)
     ids = torch.randint(5, 1000, (1, 512))
     labels = torch.where(torch.rand(1, 512) < 0.25, ids, torch.full_like(ids, -100))
