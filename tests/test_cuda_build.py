@@ -13,6 +13,7 @@ against torch may use. Skipped when no CUDA toolkit or compiler is found.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -74,9 +75,16 @@ def test_adapters_compile_against_torch_headers(tmp_path, standard):
 def test_kernels_compile_under_the_standards_torch_builds_with(tmp_path, standard):
     """CMake compiles the kernels as C++17; a build against torch 2.12 or later compiles them as
     C++20 (with the warnings CMake's build refuses)."""
-    flags = ["nvcc", f"-std={standard}", "-O0", "-arch=sm_80", "--Werror", "all-warnings",
-             "-Xcompiler=-Wall,-Wextra,-ffp-contract=off", f"-I{ROOT / 'csrc'}", "-c"]
+    flags = ["nvcc", f"-std={standard}", "-O0", "-arch=sm_80", *cmake_cuda_flags(), f"-I{ROOT / 'csrc'}", "-c"]
     assert_each_compiles(KERNELS, lambda path: [*flags, str(path), "-o", str(tmp_path / f"{path.stem}.o")])
+
+
+def cmake_cuda_flags() -> list[str]:
+    """The flags CMake's build compiles the kernels with (warnings as errors, no FMA contraction),
+    read from CMakeLists.txt so that this check refuses what that build refuses."""
+    found = re.search(r"set\(DIFFMASK_FAST_CUDA_FLAGS ([^)]+)\)", (ROOT / "CMakeLists.txt").read_text())
+    assert found, "CMakeLists.txt no longer sets DIFFMASK_FAST_CUDA_FLAGS"
+    return found.group(1).split()
 
 
 def assert_each_compiles(sources: list[Path], command) -> None:
