@@ -176,16 +176,20 @@ def longest_padding(tokenizer: Any) -> int:
     return PAD_MULTIPLE_LIMIT  # unset: transformers' VERY_LARGE_INTEGER (1e30)
 
 
+#: How far over 1 two replacement shares may sum by float32 rounding alone: np.float32(0.1) is
+#: 0.10000000149 as a float, so 0.9 and it sum to 1.0000000015.
+REPLACEMENT_ROUNDING = 1e-6
+
+
 def check_replacement(mask_replace_prob: float, random_replace_prob: float) -> tuple[float, float]:
-    """The shares of the 80/10/10 replacement as floats: numbers in [0, 1] that sum to at most 1."""
-    check_probability("mask_replace_prob", mask_replace_prob)
-    check_probability("random_replace_prob", random_replace_prob)
-    if mask_replace_prob + random_replace_prob > 1:
-        raise ValueError(
-            "mask_replace_prob and random_replace_prob must sum to at most 1, "
-            f"got {mask_replace_prob} and {random_replace_prob}"
-        )
-    return float(mask_replace_prob), float(random_replace_prob)
+    """The shares of the 80/10/10 replacement as floats: numbers in [0, 1] that sum to at most 1.
+    Shares over 1 by rounding alone (``REPLACEMENT_ROUNDING``) sum to 1, the random share
+    lowered: the ops refuse a float sum over 1, which each batch would then fail on."""
+    mask = check_probability("mask_replace_prob", mask_replace_prob)
+    random = check_probability("random_replace_prob", random_replace_prob)
+    if mask + random > 1 + REPLACEMENT_ROUNDING:
+        raise ValueError(f"mask_replace_prob and random_replace_prob must sum to at most 1, got {mask} and {random}")
+    return mask, min(random, 1.0 - mask)
 
 
 def replace_selected(
@@ -506,12 +510,18 @@ _NOT_TOKENIZED = ("examples must be tokenized: dicts with 'input_ids', or sequen
                   "(e.g. tokenizer(text)['input_ids'])")
 
 
-def _as_examples(examples: Sequence[Any]) -> list[Mapping]:
-    """The examples as mappings with ``input_ids``: a bare sequence of ids becomes one."""
+def refuse_columns(examples: Any) -> None:
+    """Refuse one mapping of columns (``tokenizer(texts)``, ``dataset[:n]``) where a list of
+    examples belongs: indexed by row, it fails with an error that names neither."""
     if isinstance(examples, Mapping):
         raise TypeError("examples must be a list of examples (dicts with 'input_ids', or sequences of ids), not one "
                         "mapping of columns (a whole batch, such as tokenizer(texts)); pass its rows, e.g. "
                         "[{'input_ids': ids} for ids in batch['input_ids']]")
+
+
+def _as_examples(examples: Sequence[Any]) -> list[Mapping]:
+    """The examples as mappings with ``input_ids``: a bare sequence of ids becomes one."""
+    refuse_columns(examples)
     if len(examples) == 0:
         raise ValueError("cannot collate an empty list of examples")
     mappings = []

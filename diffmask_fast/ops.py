@@ -290,11 +290,13 @@ def _check_mask_args(
     _check_probability(op, "uniform_mix", uniform_mix)
     _check_probability(op, "mask_replace_prob", mask_replace_prob)
     _check_probability(op, "random_replace_prob", random_replace_prob)
-    if mask_replace_prob + random_replace_prob > 1.0 + 1e-12:
-        raise ValueError(
-            f"{op}: mask_replace_prob + random_replace_prob must be at most 1, got {mask_replace_prob} + "
-            f"{random_replace_prob}"
-        )
+    # As the kernels add them, in float64: NumPy float32 shares add in float32, where 0.9 and 0.1
+    # sum to exactly 1 but their doubles do not.
+    mask_share, random_share = (float(v) if isinstance(v, np.generic) else v for v in (mask_replace_prob,
+                                                                                       random_replace_prob))
+    if mask_share + random_share > 1.0 + 1e-12:
+        raise ValueError(f"{op}: mask_replace_prob + random_replace_prob must be at most 1, got {mask_share} + "
+                         f"{random_share}")
     if weighting not in WEIGHTINGS.values():
         raise ValueError(f"{op}: weighting must be 0 (similarity) or 1 (rank), got {weighting}")
     _check_float32_value(op, "unknown_score", unknown_score)

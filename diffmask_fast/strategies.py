@@ -16,7 +16,7 @@ from typing import Any, Iterator, Mapping, Sequence
 import torch
 
 from ._checks import refuse_one_string, whole_number
-from .masking_base import check_seed
+from .masking_base import check_seed, refuse_columns
 from .scoring import ScoreTable
 
 #: name -> what it masks
@@ -71,6 +71,7 @@ class MaskingStrategy:
                             "rank and run")
         seed = check_seed(seed)
         batch_size = whole_number(batch_size, "batch_size")
+        refuse_columns(examples)
         if self.collator is not None:
             return self._mask_with_collator(examples, seed, batch_size)
         return self._mask_with_masker(examples, model, seed, batch_size)

@@ -267,8 +267,34 @@ def test_the_term_matcher_checks_never_word(bert_wordpiece):
 
 
 def test_a_whole_batch_given_as_examples_is_named(bert_wordpiece):
-    with pytest.raises(TypeError, match="not one mapping of columns \\(a whole batch, such as tokenizer\\(texts\\)\\)"):
+    columns = "not one mapping of columns \\(a whole batch, such as tokenizer\\(texts\\)\\)"
+    with pytest.raises(TypeError, match=columns):
         DifferenceMaskingCollator(bert_wordpiece, SCORES)(bert_wordpiece(TEXTS))
+    for name, mask_on in (("random-word", "workers"), ("attention", "auto")):  # by a collator, by a masker
+        strategy = build_strategy(name, bert_wordpiece, seed=0, mask_on=mask_on)
+        for batch in (bert_wordpiece(TEXTS), {"input_ids": [[2, 141, 3]]}):  # an Encoding of many texts failed on
+            with pytest.raises(TypeError, match=columns):                   # row 0, a dict with KeyError 0
+                strategy.mask_examples(batch, seed=0)
+
+
+def test_replacement_shares_given_as_numpy_float32_mask_every_batch(bert_wordpiece):
+    """0.9 and np.float32(0.1) sum to exactly 1 in float32, which the collators took, but their
+    doubles sum to 1.0000000015, which the ops refused at every batch ("got 0.9 + 0.1")."""
+    batch = [bert_wordpiece(text) for text in TEXTS]
+    ids = bert_wordpiece(TEXTS, padding=True, return_tensors="pt")["input_ids"]
+    for mask_share, random_share in ((0.9, np.float32(0.1)), (np.float32(0.7), np.float32(0.3)),
+                                     (0.5, np.float32(0.5))):
+        shares = dict(mask_replace_prob=mask_share, random_replace_prob=random_share)
+        for collator in (DifferenceMaskingCollator(bert_wordpiece, SCORES, **shares),
+                         RandomWordCollator(bert_wordpiece, **shares)):
+            assert collator.mask_replace_prob + collator.random_replace_prob <= 1.0
+            assert collator(batch)["input_ids"].shape == ids.shape
+        masker = DifferenceMasker(bert_wordpiece, SCORES, **shares)
+        masker.warm(TEXTS)
+        assert masker(ids)[0].shape == ids.shape
+    with pytest.raises(ValueError, match="must sum to at most 1, got 0.9 and 0.10001000016927719"):
+        DifferenceMaskingCollator(bert_wordpiece, SCORES, mask_replace_prob=0.9,
+                                  random_replace_prob=np.float32(0.10001))
 
 
 def test_domain_terms_refuse_anchors_that_are_not_words():

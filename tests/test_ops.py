@@ -1271,6 +1271,8 @@ def test_difference_mask_errors():
             call(**{name: -0.1})
     with pytest.raises(ValueError, match="must be at most 1"):
         call(mask_replace_prob=0.8, random_replace_prob=0.3)
+    with pytest.raises(ValueError, match=r"must be at most 1, got 0.9 \+ 0.10000000149011612"):
+        call(mask_replace_prob=0.9, random_replace_prob=np.float32(0.1))  # 1 in float32, not in the kernels' doubles
     with pytest.raises(ValueError, match="weighting"):
         call(weighting="max")
     with pytest.raises(ValueError, match="random_token_ids is empty"):
