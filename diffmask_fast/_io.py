@@ -283,15 +283,21 @@ def refuse_special_input(path: str | os.PathLike, what: str) -> None:
 WORD_COUNTS_MAGIC = b"DMWCOUNT"
 
 
+def check_input_file(path: str | os.PathLike, what: str) -> None:
+    """Refuse a ``what`` file to read that is missing, a folder, or a pipe, socket or device,
+    saying which: each used to be reported as missing, or failed when read."""
+    if not Path(path).exists():
+        raise FileNotFoundError(f"{what} file {os.fspath(path)!r} does not exist")
+    if Path(path).is_dir():
+        raise IsADirectoryError(f"{what} file {os.fspath(path)!r} is a folder, not a file")
+    refuse_special_input(path, what)
+
+
 def read_json(path: str | os.PathLike, what: str) -> Any:
     """Load a JSON file, naming ``what`` it should have held when it cannot be read. A byte-order
     mark, which some Windows editors write, is skipped."""
     path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"{what} file {str(path)!r} does not exist")
-    if path.is_dir():
-        raise IsADirectoryError(f"{what} file {str(path)!r} is a folder, not a file")
-    refuse_special_input(path, what)
+    check_input_file(path, what)
     data = path.read_bytes()
     if not data:  # a copy or save cut short: "Expecting value" said nothing of it
         raise ValueError(f"{str(path)!r} is not a valid {what} file: it is empty (0 bytes)")

