@@ -106,6 +106,8 @@ def _broken_tail_end(word: str, start: int, end: int) -> int:
             continuation = [_single_byte(ch) for ch in word[lead_at + 1:stop]]
             if None in continuation or not all(0x80 <= b <= 0xBF for b in continuation):
                 continue
+            if any(ch.isspace() for ch in word[lead_at + 1:stop]):  # "à" read as "Ã" + no-break space:
+                continue  # whitespace never ends a normalized word, which lookups strip
             if lead != written and count == 1 and continuation[0] in _AFTER_A_WORD:
                 continue
             try:
