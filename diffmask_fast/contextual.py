@@ -359,7 +359,7 @@ def contextual_anchor_vectors(embedder, texts: Iterable[str], anchor_words: Sequ
         encoded = tokenize_texts(tokenizer, documents, add_special_tokens=True, truncation=True,
                                  max_length=max_length)["input_ids"]
     order = sorted(range(len(documents)), key=lambda i: len(encoded[i]))
-    vectors = torch.empty(total, embedder.dimension)
+    vectors = None  # sized by the hidden states: the embedder's dimension is its pooling's (input embeddings')
     anchor_ids = torch.empty(total, dtype=torch.int64)
     row = 0
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
@@ -379,6 +379,8 @@ def contextual_anchor_vectors(embedder, texts: Iterable[str], anchor_words: Sequ
             hidden = model(input_ids=input_ids.to(device), attention_mask=attention.to(device),
                            return_dict=True).last_hidden_state
             hidden = hidden.float().cpu()
+            if vectors is None:
+                vectors = torch.empty(total, hidden.shape[-1])
             for b, i in enumerate(batch):
                 for anchor, start, end in by_text[documents[i]]:
                     vectors[row] = hidden[b, start:end].mean(0)

@@ -409,7 +409,10 @@ class ScoreTable:
         try:
             with open(path, "rb") as handle, np.load(handle, allow_pickle=False) as archive:
                 arrays = {name: archive[name] for name in ("meta", "words", "offsets", "scores", "nearest")}
-        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as error:
+        # zipfile raises NotImplementedError for a compression method or version it lacks, and
+        # RuntimeError for a member marked encrypted: damage to a header's flags, as much as any.
+        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, NotImplementedError,
+                RuntimeError) as error:
             raise invalid(str(error)) from error
         try:
             meta = json.loads(arrays["meta"].tobytes().decode("utf-8"))
@@ -708,8 +711,11 @@ class WordScorer:
                           f"({shown}): those words and their neighbours will score as domain words; "
                           "leave such anchors out", DiffmaskWarning, stacklevel=2)
         if self.anchor_vectors.shape[1] != embedder.dimension:
+            why = ("contextual anchors are hidden states, and pooling='input_embeddings' gives input embeddings: use "
+                   "pooling='mean'" if self.contextual_anchors is not None and embedder.pooling == "input_embeddings"
+                   else "they come from different models")
             raise ValueError(f"the anchor vectors have {self.anchor_vectors.shape[1]} dimensions and the embedding "
-                             f"model's word vectors {embedder.dimension}: they come from different models")
+                             f"model's word vectors {embedder.dimension}: {why}")
         broken = ~torch.isfinite(self.anchor_vectors).all(dim=1)
         if bool(broken.any()):
             rows = torch.nonzero(broken).flatten().tolist()

@@ -196,6 +196,29 @@ def test_anchors_that_are_not_words_are_refused_not_made_strings(tiny_bert):
     assert WordScorer(embedder, {"kinase", "enzyme"}).anchor_words == ("enzyme", "kinase")
 
 
+def test_contextual_anchors_are_hidden_states_whatever_the_embedder_pools(minilm):
+    """On a model whose input embeddings are narrower than its hidden states (ALBERT), an
+    embedder pooling input embeddings sized the anchors' buffer by them and failed on a shape."""
+    from transformers import AlbertConfig, AlbertModel
+
+    _, tokenizer = minilm
+    torch.manual_seed(0)
+    model = AlbertModel(AlbertConfig(vocab_size=tokenizer.vocab_size, embedding_size=8, hidden_size=16,
+                                     num_hidden_layers=1, num_attention_heads=2, intermediate_size=32)).eval()
+    texts = ["The enzyme binds the receptor.", "An enzyme."]
+    mean, inputs = (WordEmbedder(model, tokenizer, pooling=pooling, progress=False, cache_dir=None)
+                    for pooling in ("mean", "input_embeddings"))
+    anchors = contextual_anchor_vectors(inputs, texts, ["enzyme", "receptor"])
+    assert anchors.vectors.shape == (3, 16)
+    assert torch.equal(anchors.vectors, contextual_anchor_vectors(mean, texts, ["enzyme", "receptor"]).vectors)
+    assert WordScorer(mean, anchors).anchor_vectors.shape == (3, 16)
+    with warnings.catch_warnings(), pytest.raises(ValueError, match="the anchor vectors have 16 dimensions and the "
+                                                  "embedding model's word vectors 8: contextual anchors are hidden "
+                                                  "states, .*use pooling='mean'"):
+        warnings.simplefilter("ignore", DiffmaskWarning)  # "not comparable": the error says why
+        WordScorer(inputs, anchors)
+
+
 @pytest.mark.parametrize("similarity", ["centroid", "mean"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_similarity_modes_match_reference(similarity, dtype, seed):
@@ -590,6 +613,20 @@ def test_accents_written_decomposed_are_the_composed_words_in_tables_and_collato
     assert masked == {f" {decomposed}"}
 
 
+def test_the_words_a_table_is_made_of_are_the_normalized_words_lookups_find(seed):
+    """normalize_words strips each word before its fast path; normalize_word kept "voilÃ" + NBSP
+    ("voilà" read as Latin-1) as "voilã" + NBSP, which the table was not keyed by and refused."""
+    rng = random.Random(seed)
+    alphabet = ["a", "Z", "1", "\u00c3", "\u00a0", "\u0085", "\u00a9", "\u00e2", "\u20ac", "\u2122", ".", " ",
+                "\u0301", "\ufeff"]
+    words = ["".join(rng.choice(alphabet) for _ in range(rng.randrange(1, 7))) for _ in range(2000)]
+    for lowercase in (True, False):
+        keys = normalize_words(words, lowercase)
+        assert keys == sorted({reference.normalize_word(word, lowercase) for word in words} - {""}), f"seed={seed}"
+        table = ScoreTable.from_arrays(keys, np.linspace(0, 1, len(keys), dtype=np.float32), lowercase=lowercase)
+        assert all(word in table for word in words if reference.normalize_word(word, lowercase)), f"seed={seed}"
+
+
 def test_whitespace_a_tokenizer_keeps_inside_a_word_is_stripped_as_punctuation_is(tiny_bert, roberta_byte_bpe):
     """Byte-level BPE keeps "5" + NBSP + "%" one word: scoring, the table and the collator's
     lookup all key it "5", not "5" + NBSP (a key no table could hold)."""
@@ -775,6 +812,25 @@ def test_broken_score_files_are_rejected(tmp_path):
             ScoreTable.load(path)
     with pytest.raises(IsADirectoryError, match="is a folder"):
         ScoreTable.load(tmp_path)
+
+
+def test_every_bit_flipped_in_the_headers_of_a_binary_score_file_is_refused_by_name(tmp_path):
+    """A compression method or zip version flipped to one zipfile lacks raised NotImplementedError,
+    and the encrypted flag RuntimeError, neither naming the file."""
+    path, damaged = tmp_path / "scores.npz", tmp_path / "damaged.npz"
+    ScoreTable({"enzyme": 0.9, "cell": 0.5}, anchors=["enzyme"]).save(path)
+    data = path.read_bytes()
+    headers = [at for signature in (b"PK\x03\x04", b"PK\x01\x02") for at in range(len(data))
+               if data.startswith(signature, at)]
+    for at in headers:  # the fields of each member's local header and central directory entry
+        for bit in range(4 * 8, 16 * 8):  # version needed, flags, compression method, time, date
+            flipped = bytearray(data)
+            flipped[at + bit // 8] ^= 1 << (bit % 8)
+            damaged.write_bytes(bytes(flipped))
+            try:
+                ScoreTable.load(damaged)
+            except ValueError as error:
+                assert "damaged.npz' is not a valid binary word-scores file" in str(error), (at, bit, error)
 
 
 #: Hand edits of a score file's settings that would be read as something else, and what is said.
