@@ -185,11 +185,12 @@ def check_replacement(mask_replace_prob: float, random_replace_prob: float) -> t
     """The shares of the 80/10/10 replacement as floats: numbers in [0, 1] that sum to at most 1.
     Shares over 1 by rounding alone (``REPLACEMENT_ROUNDING``) sum to 1, the random share
     lowered: the ops refuse a float sum over 1, which each batch would then fail on."""
-    mask = check_probability("mask_replace_prob", mask_replace_prob)
-    random = check_probability("random_replace_prob", random_replace_prob)
-    if mask + random > 1 + REPLACEMENT_ROUNDING:
-        raise ValueError(f"mask_replace_prob and random_replace_prob must sum to at most 1, got {mask} and {random}")
-    return mask, min(random, 1.0 - mask)
+    mask_share = check_probability("mask_replace_prob", mask_replace_prob)
+    random_share = check_probability("random_replace_prob", random_replace_prob)
+    if mask_share + random_share > 1 + REPLACEMENT_ROUNDING:
+        raise ValueError(f"mask_replace_prob and random_replace_prob must sum to at most 1, got {mask_share} and "
+                         f"{random_share}")
+    return mask_share, min(random_share, 1.0 - mask_share)
 
 
 def replace_selected(
