@@ -14,7 +14,8 @@ a segment exists only once it is complete: concurrent runs and crashes never exp
 one. A segment that fails its checks (unreadable JSON, a missing or truncated vectors file, a
 checksum mismatch, of the vectors or of the words) is reported with ``warnings.warn`` naming
 the file, deleted, and its words are embedded again. Vectors are verified against their
-checksum the first time a run reads them.
+checksum the first time a run reads them. A whole segment of vectors of another width than the
+cache was opened for is skipped, not deleted: that is the caller's slip, not damage.
 When a configuration has more than ``MAX_SEGMENTS`` segments, the smallest are merged into one.
 A segment is removed JSON first, so one whose JSON is gone was merged (or discarded) by another
 process: its words are looked up again in the segments on disk, with no warning.
@@ -119,6 +120,15 @@ def _make_folder(folder: Path) -> None:
         folder.chmod(wanted)
 
 
+def _stored_shape(path: Path) -> tuple | None:
+    """The shape of the array a .npy file holds (mapped, not read), or None where it holds none
+    whole."""
+    try:
+        return np.load(path, mmap_mode="r", allow_pickle=False).shape
+    except (OSError, ValueError):
+        return None
+
+
 class _Segment:
     """One committed segment: its words, and its vectors mapped from disk once verified."""
 
@@ -137,6 +147,10 @@ class _Segment:
             raise UnreadableSegment(f"{meta_path} is a segment of format {meta['format'][:60]!r}, not {CACHE_FORMAT} "
                                     "(another version's)")
         words, rows, dim, checksum = meta.get("words"), meta.get("rows"), meta.get("dimension"), meta.get("sha256")
+        if dim != dimension and isinstance(words, list) and rows == len(words) and _stored_shape(self.vectors_path) \
+                == (rows, dim):  # whole, of another width: a wrong dimension given is no damage to delete
+            raise UnreadableSegment(f"{meta_path} holds vectors of {dim} dimensions, not the {dimension} this cache "
+                                    "was opened for")
         if not isinstance(words, list) or rows != len(words) or dim != dimension or not isinstance(checksum, str):
             raise CorruptSegment(f"{meta_path} has inconsistent fields (rows {rows}, dimension {dim}, expected {dimension})")
         if not all(isinstance(w, str) for w in words):

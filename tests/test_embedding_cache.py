@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from diffmask_fast import embedding_cache
+from diffmask_fast.advice import DiffmaskWarning
 from diffmask_fast.embedding import WordEmbedder, weights_fingerprint
 
 
@@ -350,6 +351,26 @@ def test_a_segment_whose_commit_fails_is_never_read(tmp_path, rng, monkeypatch):
     assert not list(tmp_path.rglob("seg-*.json")) and not list(tmp_path.rglob("*tmp*"))
     found, _ = embedding_cache.EmbeddingCache(tmp_path, "key", dimension).lookup(words)
     assert len(found) == 0, "nothing of the failed segment is read"
+
+
+def test_a_cache_opened_for_another_dimension_skips_whole_segments_and_keeps_them(tmp_path, rng):
+    """Whole segments of 3-dimensional vectors, read by a cache opened for 4, were taken for
+    damaged ones and deleted; a segment whose recorded dimension its vectors do not have is."""
+    words = random_words(10, rng)
+    vectors = np.random.default_rng(rng.randrange(2**31)).standard_normal((10, 3)).astype(np.float32)
+    embedding_cache.EmbeddingCache(tmp_path, "key", 3).add(words, vectors)
+    files = sorted(segment_files(tmp_path))
+    with pytest.warns(DiffmaskWarning, match="holds vectors of 3 dimensions, not the 4 this cache was opened for; "
+                                             "skipping it"):
+        found, _ = embedding_cache.EmbeddingCache(tmp_path, "key", 4).lookup(words)
+    assert len(found) == 0 and sorted(segment_files(tmp_path)) == files
+    found, _ = embedding_cache.EmbeddingCache(tmp_path, "key", 3).lookup(words)
+    assert len(found) == len(words)
+    meta = next(path for path in files if path.suffix == ".json")
+    meta.write_text(meta.read_text(encoding="utf-8").replace('"dimension": 3', '"dimension": 4'), encoding="utf-8")
+    with pytest.warns(DiffmaskWarning, match=r"holds float32 \(10, 3\), expected float32 \(10, 4\); discarded"):
+        embedding_cache.EmbeddingCache(tmp_path, "key", 4).lookup(words)
+    assert not list(segment_files(tmp_path))
 
 
 def test_a_merge_by_another_process_is_followed_without_a_warning(tmp_path, rng, recwarn, monkeypatch):
