@@ -162,11 +162,16 @@ class PretrainConfig:
         self.seed = whole_number(self.seed, "seed", 0, 2**32 - 1, " (what numpy's and torch's seeding take)")
         if self.max_steps == -1 and not (math.isfinite(self.epochs) and self.epochs > 0):
             raise ValueError(f"epochs must be positive, got {self.epochs}")
+        if not (math.isfinite(self.epochs) and self.epochs >= 0):  # max_steps overrides it; still recorded
+            raise ValueError(f"epochs must be a finite number of at least 0, got {self.epochs}")
         if self.max_steps == 0:  # (below -1 is refused above)
             raise ValueError(f"max_steps must be a positive number of steps (or -1: train for the epochs), "
                              f"got {self.max_steps}")
         if self.validation is None and not 0.0 < self.validation_fraction < 1.0:
             raise ValueError(f"validation_fraction must be in (0, 1), got {self.validation_fraction}")
+        if not 0.0 <= self.validation_fraction < 1.0:  # unread with validation files (0 says so); still recorded
+            raise ValueError(f"validation_fraction must be in [0, 1) with validation files (which it is not used "
+                             f"with), got {self.validation_fraction}")
         if self.validation is None:  # else unused
             self.max_validation_documents = whole_number(self.max_validation_documents, "max_validation_documents", 0)
             if self.max_validation_documents < 1:

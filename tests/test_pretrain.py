@@ -1026,6 +1026,11 @@ def test_ranks_draw_different_masks_without_a_seed_too(name, bert_wordpiece, tin
     ({"strategy": "terms", "terms": "t.txt", "term_probability": 1.5}, r"term_probability must be in \[0, 1\]"),
     ({"max_length": 3}, "max_length must be at least 4"),
     ({"validation_fraction": 1.0}, r"validation_fraction must be in \(0, 1\)"),
+    ({"validation": "v.txt", "validation_fraction": 7.0}, r"validation_fraction must be in \[0, 1\) with validation "
+                                                          r"files \(which it is not used with\), got 7.0"),
+    ({"validation": "v.txt", "validation_fraction": float("nan")}, r"validation_fraction must be in \[0, 1\)"),
+    ({"max_steps": 5, "epochs": float("nan")}, "epochs must be a finite number of at least 0, got nan"),
+    ({"max_steps": 5, "epochs": -1.0}, "epochs must be a finite number of at least 0, got -1.0"),
     ({"learning_rate": -1e-3}, "learning_rate must be non-negative"),
     ({"weight_decay": float("inf")}, "weight_decay must be non-negative"),
     ({"warmup_ratio": 1.0}, r"warmup_ratio must be in \[0, 1\)"),
