@@ -1978,8 +1978,7 @@ def _sorted_byte_table(words: list[bytes], counts: list[int], keep_order: bool =
     blob = np.frombuffer(bytearray(b"".join(words)), np.uint8)
     if keep_order:
         return blob, np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64), np.array(counts, np.int64)
-    starts = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
-    return _wordtable.sorted_table(blob, starts, lengths, np.array(counts, np.int64))
+    return _wordtable.sorted_table(blob, np.cumsum(lengths) - lengths, lengths, np.array(counts, np.int64))
 
 
 def _table_rows(blob, offsets, counts) -> list[tuple[bytes, int]]:
@@ -1992,18 +1991,13 @@ def test_a_table_of_normalized_words_merges_those_that_normalize_alike(seed):
     rng = random.Random(seed)
     words = [rng.choice(["a", "ab", "abc", "b", "ba", "the", "\u00e9t\u00e9"]) for _ in range(rng.randint(0, 60))]
     counts = [rng.randint(1, 9) for _ in words]
-    encoded = [word.encode("utf-8") for word in words]
-    blob = np.frombuffer(bytearray(b"".join(encoded)), dtype=np.uint8)
-    lengths = np.array([len(word) for word in encoded], np.int64)
-    starts = (np.cumsum(lengths) - lengths).astype(np.int64)
-    merged_blob, merged_offsets, merged_counts = _wordtable.sorted_table(blob, starts, lengths,
-                                                                         np.array(counts, dtype=np.int64))
-    got = [(bytes(merged_blob[a:b]).decode("utf-8"), int(c))
-           for a, b, c in zip(merged_offsets[:-1], merged_offsets[1:], merged_counts)]
+    got = [(word.decode("utf-8"), count)
+           for word, count in _table_rows(*_sorted_byte_table([word.encode("utf-8") for word in words], counts))]
     expected: dict = {}
     for word, count in zip(words, counts):
         expected[word] = expected.get(word, 0) + count
     assert got == sorted(expected.items(), key=lambda item: item[0].encode("utf-8")), f"seed={seed}"
+    assert _table_rows(*_sorted_byte_table([], [])) == []
 
 
 def test_counts_saved_before_marks_went_with_their_symbol_name_the_version(tmp_path):
