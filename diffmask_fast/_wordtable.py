@@ -713,29 +713,28 @@ def _less(arena_a, sa, la, arena_b, sb, lb):
     return _compare(arena_a, sa, la, arena_b, sb, lb) < 0
 
 
+@njit(inline="always")
+def _key8(arena, start, length, skip):
+    """A string's bytes ``skip`` to ``skip + 7`` as a big-endian integer (zeros past its end):
+    integers in the order of those bytes."""
+    key = np.uint64(0)
+    for t in range(skip, skip + 8):
+        key = key << np.uint64(8)
+        if t < length:
+            key = key | np.uint64(arena[start + t])
+    return key
+
+
 @njit(nogil=True, cache=True)
 def _prefix_keys(arena, starts, lengths):
-    """Each string's bytes 0-7 (``high``) and 8-15 (``low``) as big-endian integers, zeros past
-    its end: integers in the order of those bytes."""
+    """Each string's bytes 0-7 (``high``) and 8-15 (``low``) as ``_key8`` keys, in one pass."""
     n = starts.shape[0]
     high = np.zeros(n, np.uint64)
     low = np.zeros(n, np.uint64)
     for i in range(n):
-        s = starts[i]
-        length = lengths[i]
-        key = np.uint64(0)
-        for t in range(8):
-            key = key << np.uint64(8)
-            if t < length:
-                key = key | np.uint64(arena[s + t])
-        high[i] = key
-        if length > 8:
-            key = np.uint64(0)
-            for t in range(8, 16):
-                key = key << np.uint64(8)
-                if t < length:
-                    key = key | np.uint64(arena[s + t])
-            low[i] = key
+        high[i] = _key8(arena, starts[i], lengths[i], 0)
+        if lengths[i] > 8:
+            low[i] = _key8(arena, starts[i], lengths[i], 8)
     return high, low
 
 
@@ -902,10 +901,7 @@ def _gather_distinct(arena, starts, counts, order, high, low, lengths):
     "the" both normalized to "the"). A string's first 16 bytes come from its keys with two 8-byte
     stores; only the rest of a longer string is read from ``arena``."""
     n = order.shape[0]
-    capacity = 0
-    for i in range(n):
-        capacity += lengths[i]
-    blob = np.empty(capacity + 16, np.uint8)
+    blob = np.empty(lengths.sum() + 16, np.uint8)
     offsets = np.zeros(n + 1, np.int64)
     merged_counts = np.empty(n, np.int64)
     kept = 0
@@ -913,8 +909,8 @@ def _gather_distinct(arena, starts, counts, order, high, low, lengths):
         length = lengths[i]
         o = offsets[kept]
         if kept > 0 and high[i] == high[i - 1] and low[i] == low[i - 1] and length == lengths[i - 1] \
-                and (length <= 16 or not _less(blob, offsets[kept - 1] + 16, length - 16,
-                                               arena, starts[order[i]] + 16, length - 16)):  # sorted: not before
+                and (length <= 16 or _compare(blob, offsets[kept - 1] + 16, length - 16,
+                                              arena, starts[order[i]] + 16, length - 16) == 0):
             merged_counts[kept - 1] += counts[order[i]]
             continue
         # The stores run past a short string: the next one overwrites that, the padding the last.
@@ -1022,12 +1018,6 @@ def search_sorted(blob, offsets, key):
             lo = mid + 1
         else:
             hi = mid
-    if lo < offsets.shape[0] - 1:
-        s = offsets[lo]
-        length = offsets[lo + 1] - s
-        if length == lk:
-            for t in range(lk):
-                if blob[s + t] != key[t]:
-                    return -1
-            return lo
+    if lo < offsets.shape[0] - 1 and _compare(blob, offsets[lo], offsets[lo + 1] - offsets[lo], key, 0, lk) == 0:
+        return lo
     return -1
