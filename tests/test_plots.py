@@ -490,10 +490,14 @@ def test_labels_cut_alike_are_numbered_apart_and_never_repeat_a_short_label():
 def test_labels_with_right_to_left_names_keep_their_order(tmp_path, monkeypatch):
     """The text layout reordered a whole label around a Hebrew or Arabic word: "שלום (protein ,0.80)".
     Its names are isolated after a left-to-right mark; other labels are drawn as they are."""
+    import diffmask_fast.plots as plots
     from diffmask_fast.plots import _shown_labels
     from diffmask_fast.preview import WordMaskingRate
 
     hebrew, arabic, long = "\u05e9\u05dc\u05d5\u05dd", "\u0628\u0631\u0648\u062a\u064a\u0646", "\u05d0" * 60
+    # As if the fonts had these letters (matplotlib's own DejaVu Sans lacks Arabic in some releases)
+    fonts_have = plots._drawable_characters()
+    monkeypatch.setattr(plots, "_drawable_characters", lambda: fonts_have | set(map(ord, hebrew + arabic + long)))
     [one, both, plain, cut] = _shown_labels([(hebrew, " (0.80, ", "protein", ")"), ("kinase", " (0.90, ", arabic, ")"),
                                              ("kinase", " (0.83)"), (long, " (0.5)")], limit=30)
     assert one == f"\u200e\u2068{hebrew}\u2069 (0.80, \u2068protein\u2069)"
