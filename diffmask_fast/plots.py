@@ -418,26 +418,29 @@ def _shown_labels(labels: Sequence[Sequence[str]], limit: int = _LABEL_LIMIT) ->
     of the picture going through here: printable (``_display.printable_word``: control characters
     escaped, which fonts lack, and a blank word spelled out), and at most ``limit``
     characters, long names keeping their start and end around "…". A label that fits is drawn as
-    it is; one cut to read as another label is told apart by a number after its word ("…#2").
+    it is; one cut to read as another label, or whose escapes read as another's word (the word
+    ``a\\tb`` beside ``a<TAB>b``), is told apart by a number after its word ("…#2").
     Characters the picture's fonts lack (Chinese, say, with matplotlib's default fonts) are spelled
     as their escapes too: drawn, they were empty boxes, and words of them could not be told apart.
     Labels are drawn with math text off (``parse_math=False``): a corpus word such as ``$x^$`` is
     text, and matplotlib would refuse it as a formula. Right-to-left names are isolated
     (``_left_to_right``)."""
     drawable = _drawable_characters()
-    labels = [tuple(_in_font(printable_word(part) if i % 2 == 0 else printable(part), drawable)
-                    for i, part in enumerate(label)) for label in labels]
-    taken = {"".join(label) for label in labels if len("".join(label)) <= limit}
+    labels = [tuple(label) for label in labels]
+    printed = {label: tuple(_in_font(printable_word(part) if i % 2 == 0 else printable(part), drawable)
+                            for i, part in enumerate(label)) for label in labels}
+    owners: dict[str, tuple[str, ...]] = {}  # each text that fits, drawn for the first label that prints as it
+    for label, parts in printed.items():
+        if len("".join(parts)) <= limit:
+            owners.setdefault("".join(parts), label)
+    taken = set(owners)
     shown: dict[tuple[str, ...], str] = {}
-    for label in labels:
-        if label in shown:
-            continue
-        parts, number = list(label), 1
-        if len("".join(parts)) > limit:
-            parts = _drawn(label, limit)
-            while "".join(parts) in taken:
+    for label, parts in printed.items():
+        drawn, number = _drawn(parts, limit), 1  # as it is where it fits
+        if owners.get("".join(parts)) != label:
+            while "".join(drawn) in taken:
                 number += 1
-                parts = _drawn(label, limit, f"#{number}")
-        taken.add("".join(parts))
-        shown[label] = _left_to_right(parts)
+                drawn = _drawn(parts, limit, f"#{number}")
+        taken.add("".join(drawn))
+        shown[label] = _left_to_right(drawn)
     return [shown[label] for label in labels]

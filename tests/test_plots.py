@@ -487,6 +487,20 @@ def test_labels_cut_alike_are_numbered_apart_and_never_repeat_a_short_label():
     assert _score_axis([-2.0, math.nan]) == pytest.approx((-2.09, 1.09))
 
 
+def test_words_whose_escapes_read_alike_get_labels_apart(monkeypatch):
+    """A control character or one the fonts lack is drawn as its escape, which a corpus word can
+    spell as it is ("a\\tb" beside "a<TAB>b"): the two bars had one label."""
+    import diffmask_fast.plots as plots
+
+    monkeypatch.setattr(plots, "_drawable_characters", lambda: frozenset(range(128)))
+    tab, spelled = ("a\tb", " (0.50)"), ("a\\tb", " (0.50)")
+    chinese, escape = ("\u767d", " (0.40)"), ("\\u767d", " (0.40)")
+    shown = plots._shown_labels([tab, spelled, chinese, escape, tab, ("a", " (0.50)")])
+    assert shown == ["a\\tb (0.50)", "a\\tb#2 (0.50)", "\\u767d (0.40)", "\\u767d#2 (0.40)", "a\\tb (0.50)",
+                     "a (0.50)"], shown
+    assert plots._shown_labels([spelled, tab]) == ["a\\tb (0.50)", "a\\tb#2 (0.50)"], "the first drawn as it is"
+
+
 def test_labels_with_right_to_left_names_keep_their_order(tmp_path, monkeypatch):
     """The text layout reordered a whole label around a Hebrew or Arabic word: "שלום (protein ,0.80)".
     Its names are isolated after a left-to-right mark; other labels are drawn as they are."""
