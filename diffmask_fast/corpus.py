@@ -319,6 +319,14 @@ GZIP_MAGIC = b"\x1f\x8b"
 #: How files compressed by tools other than gzip begin, which are not read (gzip is).
 UNREAD_COMPRESSIONS = {b"BZh": "bzip2", b"\xfd7zXZ\x00": "xz", b"\x28\xb5\x2f\xfd": "zstd",
                        b"\x04\x22\x4d\x18": "lz4", b"PK\x03\x04": "zip", b"7z\xbc\xaf\x27\x1c": "7-Zip"}
+#: What follows bzip2's "BZh" and block size digit: a block's mark (the digits of pi) or, for
+#: empty input, the stream's end (those of the square root of pi). Text can open with "BZh9".
+BZIP2_MARKS = (b"\x31\x41\x59\x26\x53\x59", b"\x17\x72\x45\x38\x50\x90")
+
+
+def _is_bzip2(head: bytes) -> bool:
+    return head.startswith(b"BZh") and head[3:4] in tuple(b"%d" % size for size in range(1, 10)) and (
+        head[4:10] in BZIP2_MARKS)
 
 
 def check_text(path: Path, head: bytes) -> None:
@@ -328,7 +336,7 @@ def check_text(path: Path, head: bytes) -> None:
         raise CorpusError(f"{str(path)!r} is gzip-compressed but not named *.gz, so it is read as text; rename it "
                           "to end in .gz, or decompress it")
     for magic, name in UNREAD_COMPRESSIONS.items():
-        if head.startswith(magic) and (name != "bzip2" or (len(head) > 3 and head[3] in b"123456789")):
+        if head.startswith(magic) and (name != "bzip2" or _is_bzip2(head)):
             raise CorpusError(f"{str(path)!r} is compressed with {name}, which is not read; decompress it, or "
                               "compress it with gzip (.gz files are read)")
     if head.startswith(WORD_COUNTS_MAGIC):

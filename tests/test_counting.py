@@ -551,8 +551,13 @@ def test_files_compressed_by_other_tools_than_gzip_are_named_as_such(tmp_path):
     for name, tool in (("a.txt.bz2", "bzip2"), ("a.txt.xz", "xz"), ("a.zip", "zip")):
         with pytest.raises(CorpusError, match=f"is compressed with {tool}, which is not read"):
             count_words(tmp_path / name, progress=False)
+    (tmp_path / "empty.bz2").write_bytes(bz2.compress(b""))  # no block: the stream's end follows the header
+    with pytest.raises(CorpusError, match="is compressed with bzip2"):
+        count_words(tmp_path / "empty.bz2", progress=False)
     (tmp_path / "plain.txt").write_bytes(b"BZh\nBZhx words\n")  # text that opens like bzip2's mark
     assert count_words(tmp_path / "plain.txt", progress=False, lowercase=False).counts["BZh"] == 1
+    (tmp_path / "plain.txt").write_bytes(b"BZh9 is a bzip2 header\n")  # and with a block size after it
+    assert count_words(tmp_path / "plain.txt", progress=False, lowercase=False).counts["BZh9"] == 1
 
 
 def test_bad_input_gives_clear_errors(tmp_path):
