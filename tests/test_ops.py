@@ -6,6 +6,7 @@ assertion messages. Set DIFFMASK_FAST_TEST_SEED to replay one.
 
 from __future__ import annotations
 
+import functools
 import importlib
 import math
 import pickle
@@ -1331,6 +1332,19 @@ def test_difference_mask_errors():
         torch.ops.diffmask_fast.difference_mask(ids, never, starts, keys, values, RANDOM_IDS, 0.2, 5, 0.0, 0.0, 1, 0.8, 0.1, 0)
     with pytest.raises(ValueError, match="mlm_probability"):
         torch.ops.diffmask_fast.difference_mask(ids, never, starts, keys, values, RANDOM_IDS, 2.0, 0, 0.0, 0.0, 1, 0.8, 0.1, 0)
+    # The kernels' own messages give each number as it reads back (six digits printed 1 and 0.7)
+    raw = functools.partial(torch.ops.diffmask_fast.difference_mask, ids, never, starts, keys, values, RANDOM_IDS)
+    with pytest.raises(ValueError, match=r"mlm_probability must be in \[0, 1\], got 1.0000001$"):
+        raw(1.0000001, 0, 0.0, 0.0, 1, 0.8, 0.1, 0)
+    with pytest.raises(ValueError, match=r"must be at most 1, got 0.7000000001 \+ 0.3$"):
+        raw(0.2, 0, 0.0, 0.0, 1, 0.7000000001, 0.3, 0)
+    with pytest.raises(ValueError, match=r"must be at most 1, got 0.9 \+ 0.13436424411240122$"):  # 17 digits
+        raw(0.2, 0, 0.0, 0.0, 1, 0.9, 0.13436424411240122, 0)
+    with pytest.raises(ValueError, match=r"unknown_score must be finite, got -inf$"):
+        raw(0.2, 0, 0.0, -math.inf, 1, 0.8, 0.1, 0)
+    with pytest.raises(ValueError, match=r"random_replace_prob = 1e-07 > 0"):
+        torch.ops.diffmask_fast.difference_mask(ids, never, starts, keys, values, RANDOM_IDS[:0], 0.2, 0, 0.0, 0.0, 1,
+                                                0.8, 1e-07, 0)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -7,6 +7,8 @@
 #include <c10/util/Exception.h>
 
 #include <cmath>
+#include <iomanip>
+#include <sstream>
 #include <string>
 #include <utility>
 
@@ -27,6 +29,19 @@ inline void check_word_inputs(const char* op, const at::Tensor& input_ids, const
   check_dtype(starts_word, op, "starts_word", at::kBool);
 }
 
+// A number in the fewest digits that read back as it (as Python's repr writes it): a stream's
+// six digits printed 1.0000001 as 1 and 0.70000001 + 0.3 as 0.7 + 0.3, hiding what was refused.
+inline std::string shortest_text(double value) {
+  for (int digits = 6; digits < 17; ++digits) {
+    std::ostringstream text;
+    text << std::setprecision(digits) << value;
+    if (!std::isfinite(value) || std::stod(text.str()) == value) return text.str();
+  }
+  std::ostringstream text;
+  text << std::setprecision(17) << value;
+  return text.str();
+}
+
 // The word inputs, the score table, the random-replacement ids and the options of a masking op.
 inline void check_mask_inputs(const char* op, const at::Tensor& input_ids, const at::Tensor& never_word,
                               const at::Tensor& starts_word, const at::Tensor& table_keys,
@@ -41,20 +56,21 @@ inline void check_mask_inputs(const char* op, const at::Tensor& input_ids, const
                                     {uniform_mix, "uniform_mix"},
                                     {mask_replace_prob, "mask_replace_prob"},
                                     {random_replace_prob, "random_replace_prob"}}) {
-    TORCH_CHECK_VALUE(value >= 0.0 && value <= 1.0, op, ": ", name, " must be in [0, 1], got ", value);
+    TORCH_CHECK_VALUE(value >= 0.0 && value <= 1.0, op, ": ", name, " must be in [0, 1], got ",
+                      shortest_text(value));
   }
   TORCH_CHECK_VALUE(mask_replace_prob + random_replace_prob <= 1.0 + 1e-12, op,
-                    ": mask_replace_prob + random_replace_prob must be at most 1, got ", mask_replace_prob, " + ",
-                    random_replace_prob);
+                    ": mask_replace_prob + random_replace_prob must be at most 1, got ",
+                    shortest_text(mask_replace_prob), " + ", shortest_text(random_replace_prob));
   TORCH_CHECK_VALUE(weighting == 0 || weighting == 1, op, ": weighting must be 0 (similarity) or 1 (rank), got ",
                     weighting);
-  TORCH_CHECK_VALUE(std::isfinite(unknown_score), op, ": unknown_score must be finite, got ", unknown_score);
+  TORCH_CHECK_VALUE(std::isfinite(unknown_score), op, ": unknown_score must be finite, got ",
+                    shortest_text(unknown_score));
   TORCH_CHECK_VALUE(random_replace_prob == 0.0 || random_token_ids.numel() > 0, op,
-                    ": random_token_ids is empty but random_replace_prob = ", random_replace_prob,
+                    ": random_token_ids is empty but random_replace_prob = ", shortest_text(random_replace_prob),
                     " > 0; pass the ids random replacements are drawn from");
 }
 
-// The seed tensor of difference_mask_device: one int64 value.
 // The error of difference_mask (CPU and CUDA alike) for a word whose table score is NaN or infinite.
 inline std::string non_finite_score_message(int64_t row, int64_t position) {
   return c10::str("the score in table_values of the word at input_ids[", row, ", ", position,
@@ -62,6 +78,7 @@ inline std::string non_finite_score_message(int64_t row, int64_t position) {
                   "score_table_insert make sure of it)");
 }
 
+// The seed tensor of difference_mask_device: one int64 value.
 inline void check_seed_tensor(const char* op, const at::Tensor& seed) {
   check_dtype(seed, op, "seed", at::kLong);
   TORCH_CHECK_VALUE(seed.numel() == 1, op, ": seed must hold one int64 value, got shape ", seed.sizes());
