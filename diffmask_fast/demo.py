@@ -5,6 +5,8 @@ from __future__ import annotations
 import random
 import re
 
+from ._checks import whole_number
+
 _SENTENCE_END = re.compile(r"(?<=[a-z)][.!?])\s+(?=[A-Z])")
 
 
@@ -23,7 +25,9 @@ def python_reference_corpus() -> list[str]:
 
 
 def sample_sentences(documents: list[str], n: int, seed: int, min_words: int = 10, max_words: int = 35) -> list[str]:
-    """``n`` prose sentences (not code or tables) of moderate length, drawn reproducibly."""
+    """``n`` prose sentences (not code or tables) of moderate length, drawn reproducibly (all of
+    them, in random order, where there are fewer)."""
+    n = whole_number(n, "the number of sentences", least=0)
     sentences = [s for document in documents for s in _SENTENCE_END.split(document)]
     prose = [
         s for s in sentences

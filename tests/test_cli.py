@@ -61,6 +61,11 @@ def test_the_demo_draws_whole_prose_sentences_and_no_more_than_there_are():
     assert sample_sentences(documents, 1, seed=3)[0] in whole
     with pytest.raises(ValueError, match="no prose sentences"):
         sample_sentences(documents[1:], 2, seed=0)
+    assert sample_sentences(documents, 0, seed=0) == []
+    with pytest.raises(ValueError, match="the number of sentences must be at least 0, got -1"):
+        sample_sentences(documents, -1, seed=0)
+    with pytest.raises(TypeError, match="the number of sentences must be a whole number, got 2.5"):
+        sample_sentences(documents, 2.5, seed=0)
 
 
 def test_mine_writes_anchors_and_counts(tmp_path, shared_data_dir, capsys):
