@@ -213,6 +213,14 @@ def test_threads_masking_with_one_collator_take_turns(bert_wordpiece, shared_dat
     assert collator.known_token_sequences == single.known_token_sequences  # no word lost to a race
     copied = copy.deepcopy(pickle.loads(pickle.dumps(collator)))  # each copy takes turns of its own
     assert copied._lock is not collator._lock and copied(batches[0])["labels"].shape[0] == len(batches[0])
+    assert copied._cache is not collator._cache
+    shallow = copy.copy(collator)  # shares the table of words seen, so the turns at it too
+    assert shallow._cache is collator._cache and shallow._lock is collator._lock
+    with ThreadPoolExecutor(8) as pool:
+        outputs = list(pool.map(lambda pair: pair[0](pair[1]), [(collator, b) for b in batches[::2]]
+                                + [(shallow, b) for b in batches[1::2]]))
+    assert all(out["labels"].shape == out["input_ids"].shape for out in outputs)
+    assert shallow.known_token_sequences == single.known_token_sequences
 
 
 def test_the_turns_survive_a_new_score_table_and_a_fork(bert_wordpiece, lines):
