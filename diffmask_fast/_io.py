@@ -283,13 +283,20 @@ def refuse_special_input(path: str | os.PathLike, what: str) -> None:
 WORD_COUNTS_MAGIC = b"DMWCOUNT"
 
 
-def check_input_file(path: str | os.PathLike, what: str) -> None:
-    """Refuse a ``what`` file to read that is missing, a folder, or a pipe, socket or device,
-    saying which: each used to be reported as missing, or failed when read."""
+class FolderGivenError(IsADirectoryError, ValueError):
+    """A folder given where a file to read was expected: an ``IsADirectoryError``, and a
+    ``ValueError`` as every other refusal of a file's content is (``io.UnsupportedOperation`` is
+    both an ``OSError`` and a ``ValueError`` alike)."""
+
+
+def check_input_file(path: str | os.PathLike, what: str, folder: str = "not a file") -> None:
+    """Refuse a ``what`` file to read that is missing, a folder (``folder`` says what to give
+    instead), or a pipe, socket or device, saying which: each used to be reported as missing, or
+    failed when read."""
     if not Path(path).exists():
         raise FileNotFoundError(f"{what} file {os.fspath(path)!r} does not exist")
     if Path(path).is_dir():
-        raise IsADirectoryError(f"{what} file {os.fspath(path)!r} is a folder, not a file")
+        raise FolderGivenError(f"{what} file {os.fspath(path)!r} is a folder, {folder}")
     refuse_special_input(path, what)
 
 

@@ -50,7 +50,7 @@ from tqdm.auto import tqdm
 from . import _wordtable as W
 from . import reference
 from ._checks import check_lowercase, earlier_normalization, first_unnormalized, shown_apart, whole_number
-from ._io import atomic_write_json, atomic_writer, refuse_special_input
+from ._io import atomic_write_json, atomic_writer, check_input_file
 from .advice import DiffmaskWarning
 from .corpus import (
     BINARY_CHECK_BYTES,
@@ -1053,11 +1053,7 @@ class WordCounts:
         checksum is checked, its offsets and counts in one pass, its words are not read; ``verify``
         also checks the data's checksum, the total and the words' order (reading it all)."""
         path = Path(path)
-        if not path.exists():
-            raise FileNotFoundError(f"word counts file {str(path)!r} does not exist")
-        if path.is_dir():
-            raise ValueError(f"word counts file {str(path)!r} is a directory")
-        refuse_special_input(path, "word counts")
+        check_input_file(path, "word counts")
         with open(path, "rb") as handle:
             start = handle.read(len(BINARY_MAGIC))
         if start == BINARY_MAGIC:

@@ -38,7 +38,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
-from ._io import (atomic_write_json, check_writable, file_sha256, read_json, refuse_special_input, same_file,
+from ._io import (atomic_write_json, check_input_file, check_writable, file_sha256, read_json, same_file,
                   user_path)
 from .advice import DiffmaskWarning
 from .corpus import is_gzip
@@ -75,11 +75,7 @@ def load_labeled(path: str | os.PathLike, text_field: str = "text",
     for invalid JSON, a line that is not an object, a missing field, a text that is not a string, a
     label that is not a string or an integer, and for a file with no examples."""
     path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"labelled data file {str(path)!r} does not exist")
-    if path.is_dir():
-        raise ValueError(f"labelled data file {str(path)!r} is a directory, not a JSON-lines file")
-    refuse_special_input(path, "labelled data")
+    check_input_file(path, "labelled data", folder="not a JSON-lines file")
     texts: list[str] = []
     labels: list[str | int] = []
     label_kind: tuple[type, int] | None = None  # (str or int, first line with a label)

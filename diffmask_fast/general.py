@@ -15,7 +15,7 @@ import numpy as np
 
 from . import reference
 from ._checks import first_unnormalized, whole_number
-from ._io import refuse_special_input
+from ._io import check_input_file
 
 #: Tokens in the Google Web Trillion Word corpus the default table is drawn from. The shipped
 #: table keeps only its 333,333 most frequent words, so its own sum is smaller.
@@ -134,11 +134,7 @@ class GeneralFrequencies:
         defaults to the sum of the counts. A malformed line raises ``ValueError`` naming it.
         """
         path = Path(path)
-        if not path.exists():
-            raise FileNotFoundError(f"general frequency table {str(path)!r} does not exist")
-        if path.is_dir():
-            raise ValueError(f"general frequency table {str(path)!r} is a directory, not a file")
-        refuse_special_input(path, "general frequency table")
+        check_input_file(path, "general frequency table")
         counts: dict[str, float] = {}
         with open(path, encoding="utf-8-sig", errors="strict") as handle:  # -sig: a leading BOM is no part of a word
             for number, line in enumerate(_decoded_lines(handle, path), start=1):

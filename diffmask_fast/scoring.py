@@ -34,7 +34,7 @@ from tqdm.auto import tqdm
 from . import reference
 from ._checks import (check_lowercase, earlier_normalization, first_blank_or_padded, first_unnormalized,
                       refuse_one_string, shown_apart, whole_number, word_list)
-from ._io import atomic_write_bytes, atomic_write_json, json_ready, read_json, refuse_special_input
+from ._io import atomic_write_bytes, atomic_write_json, check_input_file, json_ready, read_json
 from .advice import DiffmaskWarning
 from .anchors import Anchors
 from .contextual import ContextualAnchors, contextual_anchor_vectors
@@ -371,11 +371,7 @@ class ScoreTable:
     def load(cls, path: str | os.PathLike) -> "ScoreTable":
         """Read a table written by ``save`` (either format, told apart by content)."""
         path = Path(path)
-        if not path.exists():
-            raise FileNotFoundError(f"word scores file {str(path)!r} does not exist")
-        if path.is_dir():
-            raise IsADirectoryError(f"word scores file {str(path)!r} is a folder; give the .npz or .json file in it")
-        refuse_special_input(path, "word scores")
+        check_input_file(path, "word scores", folder="not a file: give the .npz or .json file in it")
         with open(path, "rb") as handle:
             start = handle.read(4)
         if start.startswith(b"PK"):

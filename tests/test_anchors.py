@@ -306,7 +306,7 @@ def test_mine_anchors_errors():
     with pytest.raises(TypeError, match="general must be a GeneralFrequencies or the path of a word<TAB>count table, "
                                         "got dict"):
         mine_anchors(counts, general={"the": 5})
-    with pytest.raises(FileNotFoundError, match="general frequency table 'missing.tsv' does not exist"):
+    with pytest.raises(FileNotFoundError, match="general frequency table file 'missing.tsv' does not exist"):
         mine_anchors(counts, general="missing.tsv")
     assert mine_anchors(counts, k=np.int64(1), min_count=1).words == ["enzyme"]
     with pytest.raises(ValueError, match="no word qualifies"):

@@ -1496,7 +1496,7 @@ def test_a_general_table_names_the_line_that_is_not_utf8_whatever_its_line_ends(
 def test_a_general_table_that_is_a_folder_or_all_zeros_is_a_clear_error(tmp_path):
     folder = tmp_path / "tables"
     folder.mkdir()
-    with pytest.raises(ValueError, match=r"general frequency table '.*tables' is a directory"):
+    with pytest.raises(ValueError, match=r"general frequency table file '.*tables' is a folder, not a file"):
         GeneralFrequencies.from_file(folder)
     zeros = tmp_path / "zeros.tsv"
     zeros.write_text("the\t0\nenzyme\t0\n")
@@ -1567,7 +1567,7 @@ def test_gzip_under_another_name_and_a_folder_for_counts_are_named(tmp_path):
         count_words(tmp_path / "packed.txt", progress=False)
     with pytest.raises(CorpusError, match="is gzip-compressed but not named \\*.gz"):
         list(iter_documents(tmp_path / "packed.txt"))
-    with pytest.raises(ValueError, match="word counts file .* is a directory"):
+    with pytest.raises(ValueError, match="word counts file .* is a folder, not a file"):
         WordCounts.load(tmp_path)
 
 

@@ -195,6 +195,19 @@ def test_a_pipe_or_device_given_as_a_saved_file_is_refused_not_read(tmp_path, wh
         _saved_file_loaders()[what](special)
 
 
+@pytest.mark.parametrize("what", list(_saved_file_loaders()))
+def test_a_folder_or_a_missing_file_given_as_a_saved_file_is_named_as_such(tmp_path, what):
+    """Every reader of a saved file says the same of a folder, and raises what callers of either
+    kind catch: ``IsADirectoryError`` (some readers raised it) and ``ValueError`` (the others)."""
+    from diffmask_fast._io import FolderGivenError
+
+    with pytest.raises(FolderGivenError, match=f"^{what} file '{tmp_path}' is a folder, not ") as raised:
+        _saved_file_loaders()[what](tmp_path)
+    assert isinstance(raised.value, IsADirectoryError) and isinstance(raised.value, ValueError)
+    with pytest.raises(FileNotFoundError, match=f"^{what} file '{tmp_path / 'none'}' does not exist$"):
+        _saved_file_loaders()[what](tmp_path / "none")
+
+
 def test_a_name_with_a_nul_is_refused_before_any_work(tmp_path):
     from diffmask_fast._io import check_writable
 
