@@ -121,6 +121,16 @@ def _punctuation_fits(form: tuple, edges: Sequence[tuple[str, str]], first: int,
             and _inner_punctuation(edges, first, stop) == inner)
 
 
+def _other_special_roles(tokenizer) -> set[int]:
+    """The ids of the special tokens that mark a text's parts other than the unknown one. GPT-2's
+    tokenizers spell the unknown, the first and the last token alike: there that id ends texts,
+    and tells of no unknown character inside a word. (Padding is not among them: a tokenizer that
+    pads with its unknown token, as LLaMA's are often set to, still spells unknown characters with
+    it, and ``match`` is told where padding lies.)"""
+    roles = ("bos", "eos", "sep", "cls", "mask")
+    return {token for token in (getattr(tokenizer, f"{role}_token_id", None) for role in roles) if token is not None}
+
+
 class TermMatcher:
     """Occurrences of ``terms`` in tokenized batches, on the words the tokenizer forms.
 
@@ -162,7 +172,8 @@ class TermMatcher:
         self._edge_index: dict[tuple[str, str], int] = {("", ""): 0}
         unknown = tokenizer.unk_token_id
         self._unknown_inside_words = (unknown if self.boundaries.scheme in ("sentencepiece", "byte_bpe")
-                                      and unknown is not None and 0 <= unknown < self._special.numel() else None)
+                                      and unknown is not None and 0 <= unknown < self._special.numel()
+                                      and unknown not in _other_special_roles(tokenizer) else None)
         self._build(terms)
 
     # -- terms ---------------------------------------------------------------------------------
@@ -295,8 +306,13 @@ class TermMatcher:
         input_ids, words, separators = self._group(input_ids, never_word)
         batch, n_columns = words.word_hash.shape
         codes, (start, end) = self._word_keys(input_ids, words, as_codes=True)
-        if self._unknown_inside_words is not None and bool((input_ids == self._unknown_inside_words).any()):
-            codes = torch.where(self._beside_unknown(input_ids, start, end), torch.full_like(codes, -1), codes)
+        if self._unknown_inside_words is not None:
+            unknown = input_ids == self._unknown_inside_words
+            if never_word is not None:  # padding by the unknown token ends a row, no word
+                unknown &= ~check_like_ids(input_ids, never_word, "never_word").bool()
+            if bool(unknown.any()):
+                codes = torch.where(self._beside_unknown(input_ids, unknown, start, end), torch.full_like(codes, -1),
+                                    codes)
         span_start = torch.full((batch, n_columns), -1, dtype=torch.long)
         spans: list[list[tuple[int, int]]] = [[] for _ in range(batch)]
         candidates = self._starts_term[codes + 1].nonzero().tolist()
@@ -348,11 +364,11 @@ class TermMatcher:
             span_start[rows, firsts + offsets] = firsts
         return TermMatches(words, spans, span_start)
 
-    def _beside_unknown(self, input_ids: torch.Tensor, start: torch.Tensor, end: torch.Tensor) -> torch.Tensor:
-        """[B, W]: words whose last token precedes the unknown token directly, or whose first
-        token follows it and carries no word start of its own: pieces of a word the tokenizer
-        could not spell whole. ("▁kinase" after the unknown token is a word of its own.)"""
-        unknown = input_ids == self._unknown_inside_words
+    def _beside_unknown(self, input_ids: torch.Tensor, unknown: torch.Tensor, start: torch.Tensor,
+                        end: torch.Tensor) -> torch.Tensor:
+        """[B, W]: words whose last token precedes an unknown token (``unknown`` [B, L]) directly,
+        or whose first token follows it and carries no word start of its own: pieces of a word the
+        tokenizer could not spell whole. ("▁kinase" after the unknown token is a word of its own.)"""
         padded = torch.nn.functional.pad(unknown, (1, 1))  # [B, L+2]: token t at t+1
         length = input_ids.shape[1]
         before = padded.gather(1, start.clamp(0, length))  # the token at start - 1

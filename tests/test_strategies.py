@@ -7,6 +7,7 @@ probability, so a correct implementation fails a comparison with probability bel
 
 from __future__ import annotations
 
+import copy
 import itertools
 import math
 import pickle
@@ -131,13 +132,16 @@ def reference_spans(tokenizer, ids, terms) -> list[tuple[int, int]]:
     among runs of adjacent words: only whitespace tokens (no word, not special) between them, and
     punctuation between words only where the term has it. Before the unknown token, or after it
     without a word mark of its own, a SentencePiece or byte-level BPE word is a fragment and part
-    of no occurrence."""
+    of no occurrence, unless the unknown token is also the first, last, separating or mask token
+    (GPT-2's spelling of all of them: then it marks the end of a text, not an unknown character)."""
     groups, surface = decoded_words(tokenizer, ids)
     keys = [reference.normalize_word(w) for w in surface]
     boundaries = word_boundaries(tokenizer)
     never, special = boundaries.never_word, set(tokenizer.all_special_ids)
     whitespace = [bool(never[i]) and i not in special for i in ids]
     unknown = tokenizer.unk_token_id if boundaries.scheme in ("sentencepiece", "byte_bpe") else None
+    if unknown in {getattr(tokenizer, f"{role}_token_id") for role in ("bos", "eos", "sep", "cls", "mask")}:
+        unknown = None
     fragment = [unknown is not None and ((g[0] > 0 and ids[g[0] - 1] == unknown and not boundaries.starts_word[ids[g[0]]])
                                          or (g[-1] + 1 < len(ids) and ids[g[-1] + 1] == unknown)) for g in groups]
     longest = max(len(term[0]) for term in terms)
@@ -486,6 +490,45 @@ def test_pieces_beside_the_unknown_token_match_no_term(sentencepiece_unigram, be
     bert = torch.tensor([bert_wordpiece("the \u2603 protein")["input_ids"]])
     assert bert_wordpiece.unk_token_id in bert[0].tolist()
     assert len(TermMatcher(bert_wordpiece, ["the", "protein"]).spans(bert)[0]) == 2
+
+
+def test_an_unknown_token_that_also_ends_texts_or_pads_rows_splits_no_word(sentencepiece_unigram):
+    """GPT-2's tokenizers spell the unknown, first and last token alike, and are padded with it:
+    the word before each end of a text (and after it, in packed texts) was taken for a piece of
+    an unknown word, so a term ending a text was never found, nor one in a row padded longer. A
+    tokenizer padding with its unknown token (as LLaMA's are often set to) pads no word either,
+    and still spells unknown characters inside words with it."""
+    from tokenizers import Tokenizer
+
+    backend = Tokenizer.from_str(tokenizers_offline._roberta_backend_json(1500))
+    gpt2 = tokenizers_offline._wrap(backend, bos_token="</s>", eos_token="</s>", unk_token="</s>",
+                                    mask_token="<mask>")
+    gpt2.pad_token = gpt2.eos_token
+    end = [gpt2.eos_token_id]
+    first, second = (gpt2(text, add_special_tokens=False)["input_ids"] for text in ("the receptor", "Enzyme binds"))
+    matcher = TermMatcher(gpt2, ["receptor", "enzyme"])
+    packed = torch.tensor([first + end + second + end])
+    assert matcher.words_of(packed) == [["the", "receptor", "enzyme", "binds"]]
+    assert matcher.spans(packed) == [[(1, 2), (2, 3)]]
+    assert reference_spans(gpt2, packed[0].tolist(), {term_words(gpt2, t) for t in ("receptor", "enzyme")}) == [
+        (1, 2), (2, 3)]
+    collator = MSLMCollator(gpt2, ["receptor"], term_probability=1.0, mlm_probability=0.0, seed=0)
+    alone, padded = collator([first + end]), collator([first + end, first + second + first + end])
+    receptor = len(gpt2(" receptor", add_special_tokens=False)["input_ids"])
+    assert int((alone["labels"][0] != -100).sum()) == int((padded["labels"][0] != -100).sum()) == receptor
+
+    llama = copy.deepcopy(sentencepiece_unigram)
+    llama.pad_token = llama.unk_token
+    unknown_inside = llama("the p\u26033 protein")["input_ids"]  # "p" before <unk> is a piece of a word
+    short = llama("the protein")["input_ids"][:-1]  # no closing token: the row ends with its word
+    assert llama.unk_token_id in unknown_inside
+    matcher = TermMatcher(llama, ["p", "protein", "the"])
+    batch = RandomWordCollator(llama)._pad([{"input_ids": unknown_inside}, {"input_ids": short}])
+    never = ~batch["attention_mask"].bool()
+    assert batch["input_ids"][1, -1] == llama.unk_token_id, "the premise: the short row is padded by <unk>"
+    words = matcher.words_of(batch["input_ids"], never)
+    found = [[words[row][a] for a, _ in spans] for row, spans in enumerate(matcher.spans(batch["input_ids"], never))]
+    assert found == [["the", "protein"], ["the", "protein"]], (words, found)
 
 
 def test_matcher_details(bert_wordpiece, roberta_byte_bpe, monkeypatch):
