@@ -240,6 +240,8 @@ class FinetuneReport:
     def summary(self) -> dict[str, dict[str, tuple[float, float]] | None]:
         """``{"dev": {"accuracy": (mean, std), "macro_f1": (mean, std)}, "test": {...}}`` over the
         seeds (sample std, 0 for one seed); ``"test"`` is None without a test set."""
+        if not self.results:  # finetune writes none such; one made by hand
+            raise ValueError("this report holds no seed results to summarize")
         splits = ("dev", "test") if self.has_test else ("dev",)
         summary: dict[str, Any] = {split: {metric: mean_std(self.values(split, metric)) for metric in METRICS}
                                    for split in splits}
@@ -274,11 +276,27 @@ class FinetuneReport:
 
     @classmethod
     def from_dict(cls, payload: dict[str, Any]) -> FinetuneReport:
+        """A report read back from ``to_dict``'s mapping; ValueError saying what is missing or
+        wrong, for a mapping that is none (another tool's results, say)."""
+        if not isinstance(payload, dict):
+            raise ValueError(f"not a fine-tuning report: it holds a JSON {_json_kind(payload)}, not an object")
+        missing = [name for name in ("model", "labels", "seeds") if name not in payload]
+        if missing:
+            raise ValueError(f"not a fine-tuning report: it has no {' or '.join(map(repr, missing))} field "
+                             f"(it has {', '.join(map(repr, list(payload)[:8])) or 'none'})")
+        if not isinstance(payload["seeds"], list) or not payload["seeds"]:
+            raise ValueError("not a fine-tuning report: its 'seeds' field is no list of seed results (finetune "
+                             "writes a report after its first seed)")
+        results = []
+        for i, result in enumerate(payload["seeds"]):
+            try:
+                results.append(_seed_result(result))
+            except (KeyError, TypeError, ValueError, AttributeError) as error:
+                raise ValueError(f"not a fine-tuning report: seeds[{i}] is no seed result ({error})") from error
         try:
-            results = [_seed_result(result) for result in payload["seeds"]]
             return cls(model=payload["model"], labels=list(payload["labels"]), results=results,
                        config=dict(payload.get("config", {})))
-        except (KeyError, TypeError, ValueError, AttributeError) as error:
+        except (TypeError, ValueError) as error:
             raise ValueError(f"not a fine-tuning report: {error}") from error
 
     def save(self, path: str | os.PathLike) -> Path:
@@ -287,7 +305,17 @@ class FinetuneReport:
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> FinetuneReport:
-        return cls.from_dict(read_json(path, "fine-tuning report"))
+        payload = read_json(path, "fine-tuning report")
+        try:
+            return cls.from_dict(payload)
+        except ValueError as error:  # named: -o results.json --resume may name another tool's file
+            raise ValueError(f"{os.fspath(path)!r} is {error}") from None
+
+
+def _json_kind(value: Any) -> str:
+    """What a JSON value is, as JSON names it: "array", "string", "number", ..."""
+    kinds = ((list, "array"), (str, "string"), (bool, "boolean"), ((int, float), "number"), (type(None), "null"))
+    return next((name for kind, name in kinds if isinstance(value, kind)), type(value).__name__)
 
 
 # ---------------------------------------------------------------------------------------- training
@@ -528,6 +556,8 @@ def finetune(model: str | os.PathLike, train: str | os.PathLike, dev: str | os.P
 
     on_cpu = wanted_device is not None and wanted_device.type == "cpu"
     finished = _finished_seeds(report_path, model, label_names, config) if resume else {}
+    if output_dir is not None and resume and report_path.is_file():
+        _refuse_saved_seed_models(Path(output_dir), [seed for seed in seeds if seed not in finished], report_path)
     # Seeds saved earlier stay in the report, in its order, even when not asked for again.
     seeds = list(finished) + [seed for seed in seeds if seed not in finished]
     config["seeds"] = seeds
@@ -640,16 +670,23 @@ def _check_outputs_apart(model, data: Mapping[str, Any], output_dir, report_path
                              "seed's folder in it, where the models are saved; write it elsewhere")
 
 
-def _refuse_saved_seed_models(output_dir: Path, seeds: Sequence[int]) -> None:
+def _refuse_saved_seed_models(output_dir: Path, seeds: Sequence[int], resumed: Path | None = None) -> None:
     """Refuse to save over the seed models of an earlier run (a new run of another model or other
     data into the same folder): they would be replaced, or listed as this run's. Resuming that
-    run keeps the seeds it finished and trains only the others."""
+    run keeps the seeds it finished and trains only the others; a resumed run (``resumed`` its
+    report) is refused a model for a seed its report does not list, which another run saved."""
     for seed in seeds:
         weights = saved_weights(output_dir / f"seed-{seed}")
-        if weights is not None:
-            raise ValueError(f"{str(output_dir)!r} holds a model saved for seed {seed} by an earlier run "
-                             f"(seed-{seed}/{weights}), which this run would replace: choose another output_dir, "
-                             "remove it, or pass resume=True with that run's report to keep its seeds")
+        if weights is None:
+            continue
+        if resumed is not None:
+            raise ValueError(f"{str(output_dir)!r} holds a model saved for seed {seed} (seed-{seed}/{weights}), "
+                             f"which the report {str(resumed)!r} of the run resumed does not list: another run "
+                             "saved it (or this one, interrupted before its report was written). This run would "
+                             f"replace it: choose another output_dir, or remove seed-{seed} to train it again")
+        raise ValueError(f"{str(output_dir)!r} holds a model saved for seed {seed} by an earlier run "
+                         f"(seed-{seed}/{weights}), which this run would replace: choose another output_dir, "
+                         "remove it, or pass resume=True with that run's report to keep its seeds")
 
 
 def _refuse_unfinished(report_path: Path) -> None:

@@ -8,6 +8,7 @@ import json
 import math
 import os
 import random
+import re
 import statistics
 import tempfile
 from pathlib import Path
@@ -557,6 +558,15 @@ def test_a_new_run_refuses_seed_models_an_earlier_run_saved(model_dir, task, tmp
         finetune(model_dir, task["train"], task["dev"], seeds=(3,), output_dir=models, resume=True,
                  report_path=tmp_path / "new-report.json", **_FAST)
     assert {path.name: path.read_bytes() for path in (models / "seed-3").iterdir() if path.is_file()} == weights
+    # Nor does a run resumed from its own report take seed 3, which its report does not list.
+    finetune(model_dir, task["train"], task["dev"], seeds=(5,), output_dir=models, report_path=tmp_path / "five.json",
+             **_FAST)
+    with pytest.raises(ValueError, match=r"holds a model saved for seed 3 \(seed-3/model.safetensors\), which the "
+                                         r"report '.*five.json' of the run resumed does not list") as refused:
+        finetune(model_dir, task["train"], task["dev"], seeds=(5, 3), output_dir=models, resume=True,
+                 report_path=tmp_path / "five.json", **_FAST)
+    assert {path.name: path.read_bytes() for path in (models / "seed-3").iterdir() if path.is_file()} == weights
+    assert "or remove seed-3 to train it again" in str(refused.value)
 
 
 def test_a_checkpoint_with_a_classification_head_gets_a_new_one_per_seed(model_dir, tmp_path, seed):
@@ -782,6 +792,29 @@ def test_a_report_with_a_nan_loss_is_strict_json_and_reads_back(tmp_path):
     assert back.summary() == report.summary() and back.table() == report.table()
     with pytest.raises(ValueError, match="not a fine-tuning report"):
         FinetuneReport.from_dict({"model": "m", "labels": [], "seeds": [{"seed": 1, "dev": "x"}]})
+
+
+def test_a_file_that_is_no_fine_tuning_report_is_named_with_what_it_lacks(tmp_path):
+    """Another tool's results given as the report (``-o results.json --resume``) were refused as
+    "not a fine-tuning report: 'seeds'", naming neither the file nor what it lacked."""
+    seed_result = {"seed": 1, "best_epoch": 1, "dev": {"accuracy": 0.5, "macro_f1": 0.5}}
+    cases = [({"accuracy": 0.8}, r"it has no 'model' or 'labels' or 'seeds' field \(it has 'accuracy'\)"),
+             ({"model": "m", "labels": ["a"]}, r"it has no 'seeds' field \(it has 'model', 'labels'\)"),
+             ({}, r"it has no 'model' or 'labels' or 'seeds' field \(it has none\)"),
+             ([seed_result], "it holds a JSON array, not an object"),
+             ({"model": "m", "labels": ["a"], "seeds": []}, "its 'seeds' field is no list of seed results"),
+             ({"model": "m", "labels": ["a"], "seeds": {"1": seed_result}}, "its 'seeds' field is no list"),
+             ({"model": "m", "labels": ["a"], "seeds": [seed_result, {"seed": 2}]},
+              r"seeds\[1\] is no seed result \(.*best_epoch")]
+    for payload, reason in cases:
+        path = tmp_path / "results.json"
+        path.write_text(json.dumps(payload))
+        with pytest.raises(ValueError, match=f"^'{re.escape(str(path))}' is not a fine-tuning report: {reason}"):
+            FinetuneReport.load(path)
+    report = FinetuneReport.from_dict({"model": "m", "labels": ["a"], "seeds": [seed_result]})
+    assert report.seeds == [1] and report.table().count("50.0") == 2
+    with pytest.raises(ValueError, match="this report holds no seed results to summarize"):
+        FinetuneReport("m", ["a", "b"], []).table()
 
 
 def test_resuming_takes_the_same_files_spelled_another_way(model_dir, task, tmp_path, monkeypatch):
