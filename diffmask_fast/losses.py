@@ -42,6 +42,8 @@ def weighted_mlm_loss(
     labels = labels.long()  # cross_entropy takes int64 targets; collators of other libraries give int32
     if weights.shape != labels.shape:
         raise ValueError(f"loss_weights must have the labels' shape {tuple(labels.shape)}, got {tuple(weights.shape)}")
+    if isinstance(label_smoothing, bool) or not isinstance(label_smoothing, numbers.Real):
+        raise TypeError(f"label_smoothing must be a number in [0, 1), got {label_smoothing!r}")
     if not 0.0 <= label_smoothing < 1.0:
         raise ValueError(f"label_smoothing must be in [0, 1), got {label_smoothing!r}")
     masked = labels != -100
@@ -62,7 +64,8 @@ def weighted_mlm_loss(
     ).reshape(labels.shape)
     weights = torch.where(masked, weights.to(token_losses.dtype), torch.zeros_like(token_losses))
     total = (token_losses * weights).sum()
-    count = torch.as_tensor(masked.sum() if num_items is None else num_items, dtype=total.dtype, device=total.device)
+    count = torch.as_tensor(masked.sum() if num_items is None else num_items, dtype=total.dtype,
+                            device=total.device).reshape(())  # a count given as [1] leaves the loss a scalar
     # Nothing masked (a count of 0): the loss is 0, not 0/0. A share below 1 (the count divided
     # among parallel ranks) is divided by as it is.
     return total / torch.where(count > 0, count, torch.ones_like(count))
@@ -78,11 +81,11 @@ def _check_num_items(num_items) -> float | None:
     """Refuse a count of masked tokens that is none: NaN made the loss NaN, and a negative count
     was taken as 1, silently. Returns the count, or None where there is none to read: None given,
     or a tensor on the GPU, left unread (reading it would synchronize)."""
+    if torch.is_tensor(num_items) and num_items.numel() != 1:  # its shape is known without reading it
+        raise ValueError(f"num_items must be one count, got a tensor of shape {tuple(num_items.shape)}")
     if num_items is None or (torch.is_tensor(num_items) and num_items.device.type != "cpu"):
         return None
     if torch.is_tensor(num_items):
-        if num_items.numel() != 1:
-            raise ValueError(f"num_items must be one count, got a tensor of shape {tuple(num_items.shape)}")
         num_items = num_items.item()
     # Not necessarily whole: transformers divides the count by the tensor- and context-parallel
     # sizes, which need not divide it.

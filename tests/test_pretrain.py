@@ -765,9 +765,12 @@ def test_weighted_loss_is_sum_of_weighted_token_losses_over_masked_count(seed, t
     for bad in (float("nan"), -3, float("inf"), torch.tensor(-3), True, "50"):  # NaN gave NaN, -3 divided by 1
         with pytest.raises(ValueError, match="num_items must be a finite non-negative count of masked tokens"):
             weighted_mlm_loss(logits, labels, weights, num_items=bad)
-    for same in (np.int64(50), torch.tensor(50), 50.0):
-        assert float(weighted_mlm_loss(logits, labels, weights, num_items=same)) == pytest.approx(expected / 50,
-                                                                                                  rel=1e-5)
+    for same in (np.int64(50), torch.tensor(50), 50.0, torch.tensor([50]), torch.tensor([[50.0]])):
+        loss = weighted_mlm_loss(logits, labels, weights, num_items=same)
+        assert loss.shape == () and float(loss) == pytest.approx(expected / 50, rel=1e-5), same
+    meta = torch.tensor([50, 50], device="meta")  # not on the CPU: its shape is checked, its value never read
+    with pytest.raises(ValueError, match=r"num_items must be one count, got a tensor of shape \(2,\)"):
+        weighted_mlm_loss(logits, labels, weights, num_items=meta)
     with pytest.raises(TypeError, match="loss_weights must be a tensor, got list"):
         weighted_mlm_loss(logits, labels, weights.tolist())
 
@@ -790,8 +793,11 @@ def test_label_smoothing_applies_to_each_masked_token_before_its_weight(seed, ti
         count += 1
     got = weighted_mlm_loss(logits, labels, weights, label_smoothing=0.1)
     assert float(got) == pytest.approx(expected / count, rel=1e-5), f"seed={seed}"
-    for smoothing in (1.5, 1.0):  # 1: a loss that no longer reads the labels
+    for smoothing in (1.5, 1.0, math.nan):  # 1: a loss that no longer reads the labels
         with pytest.raises(ValueError, match="label_smoothing must be in"):
+            weighted_mlm_loss(logits, labels, weights, label_smoothing=smoothing)
+    for smoothing in (None, "0.1", True):
+        with pytest.raises(TypeError, match=f"label_smoothing must be a number in \\[0, 1\\), got {smoothing!r}"):
             weighted_mlm_loss(logits, labels, weights, label_smoothing=smoothing)
 
     # The trainer takes TrainingArguments.label_smoothing_factor, on the sparse head and the full
