@@ -228,7 +228,8 @@ class FinetuneReport:
         return bool(self.results) and all(result.test is not None for result in self.results)
 
     def values(self, split: str, metric: str) -> list[float]:
-        """``metric`` of ``split`` ("dev" or "test") for each seed, in seed order."""
+        """``metric`` of ``split`` ("dev" or "test") for each seed, in the order the seeds ran (a
+        resumed run's finished seeds first)."""
         if split not in ("dev", "test"):
             raise ValueError(f"split must be 'dev' or 'test', not {split!r}")
         if metric not in METRICS:
@@ -608,9 +609,13 @@ def finetune(model: str | os.PathLike, train: str | os.PathLike, dev: str | os.P
             if test_set is not None:
                 prediction = trainer.predict(test_set)
                 test_scores = _scores(prediction.label_ids, prediction.predictions)
-            if any(math.isnan(scores["macro_f1"]) for scores in (dev_scores, test_scores) if scores is not None):
-                raise ValueError(f"seed {seed} diverged: the model's outputs hold NaN or infinity after every epoch "
-                                 f"(learning rate {learning_rate:g}); lower --learning-rate"
+            broken = [split for split, scores in (("dev", dev_scores), ("test", test_scores))
+                      if scores is not None and math.isnan(scores["macro_f1"])]
+            if broken:  # the dev set's NaN is every epoch's: the best epoch is chosen on it
+                raise ValueError(f"seed {seed} diverged: the model's outputs "
+                                 + ("hold NaN or infinity after every epoch" if "dev" in broken else
+                                    "on the test set hold NaN or infinity (on the dev set they do not)")
+                                 + f" (learning rate {learning_rate:g}); lower --learning-rate"
                                  + (" (the seeds finished before it are saved; --resume keeps them)"
                                     if report_path is not None and results else ""))
             result = SeedResult(seed=seed, best_epoch=keep_best.best_epoch, dev=dev_scores, test=test_scores,

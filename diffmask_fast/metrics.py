@@ -1,7 +1,9 @@
 """Classification metrics for fine-tuning runs: accuracy, macro-F1, and mean ± std over seeds.
 
-Labels can be any hashable values (strings, integers, ...), one per example; they are compared
-with ``==``. Numpy arrays and torch tensors are compared by value, as Python numbers.
+Labels can be any hashable values (strings, integers, ...) but tuples, one per example; they are
+compared with ``==``. Numpy arrays and torch tensors are compared by value, as Python numbers. A
+tuple, list, set or dict is refused as a label: it is a row of scores or a multi-label row that
+was meant to be reduced to one label first.
 
 Macro-F1 convention (the same as scikit-learn's ``f1_score(average="macro", zero_division=0)``):
 

@@ -838,6 +838,18 @@ def test_a_diverged_seed_is_named_not_scored_as_the_first_label(model_dir, task,
         finetune(model_dir, task["train"], task["dev"], seeds=(5,), **{**_FAST, "learning_rate": 1e30})
 
 
+def test_a_seed_whose_test_outputs_alone_are_not_finite_is_said_to_be_so(model_dir, task, tmp_path, monkeypatch):
+    """Outputs finite on the dev set but not on the test set were reported as NaN "after every
+    epoch", which the dev scores of each epoch contradict."""
+    test = _write_jsonl(tmp_path / "five.jsonl", _synthetic_rows(5, random.Random(1)))
+    scores = finetune_module._scores
+    monkeypatch.setattr(finetune_module, "_scores", lambda gold, logits: scores(
+        gold, np.full_like(logits, np.nan) if len(gold) == 5 else logits))  # the test set's outputs
+    with pytest.raises(ValueError, match=r"seed 5 diverged: the model's outputs on the test set hold NaN or infinity "
+                                         r"\(on the dev set they do not\) \(learning rate 0.001\)"):
+        finetune(model_dir, task["train"], task["dev"], test, seeds=(5,), **_FAST)
+
+
 def test_finetune_scores_macro_f1_over_the_classes_present_in_gold_or_predictions():
     from diffmask_fast.finetune import _scores
 
