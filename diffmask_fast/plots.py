@@ -372,7 +372,6 @@ def _label(rate: WordMaskingRate, is_anchor: bool) -> tuple[str, ...]:
     return rate.word, f" ({score}, ", rate.nearest_anchor, ")"
 
 
-
 def _shortened(text: str, limit: int) -> str:
     """``text`` in at most ``limit`` characters: its start and end around "…" when it is longer."""
     if len(text) <= limit:
