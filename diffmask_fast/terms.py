@@ -27,7 +27,7 @@ from ._checks import refuse_one_string
 from .advice import DiffmaskWarning
 from .masking_base import (MaskingCollatorBase, check_like_ids, check_loss_weight, check_probability, id_matrix,
                            replace_selected)
-from .reference import composed, has_letter, is_anchor_candidate, normalize_word
+from .reference import composed, has_letter, is_anchor_candidate, is_citation_word, normalize_word
 from .tokenization import (WordBoundaries, decode_words, naming_word_boundary, special_token_table, tokenize_texts,
                            word_boundaries)
 
@@ -539,7 +539,8 @@ def domain_terms(
     The anchor words (``Anchors`` or plain strings) plus the highest-scoring word types of
     ``scores`` (a ScoreTable, a ``{word: score}`` mapping or a saved table's path) that could be
     anchors (``reference.is_anchor_candidate``: a letter, no citation syntax such as "et" or "al",
-    no broken text; given anchors too): the top ``top_fraction``
+    no broken text; given anchors too, and a phrase of citation words such as "et al."): the top
+    ``top_fraction``
     of those (rounded up), or, when ``min_score`` is given, all of them scoring at least
     ``min_score``. Returned normalized, deduplicated and sorted. Raises ValueError when nothing is
     left.
@@ -572,7 +573,8 @@ def domain_terms(
             # Highest first; words are sorted, so ties go to the alphabetically first.
             rows = rows[np.argsort(-values[rows], kind="stable")[:count]]
         found.update(normalize_word(words[i]) for i in rows.tolist())
-    found = {w for w in found if is_anchor_candidate(w)}
+    # A phrase among the anchors ("et al.") is citation syntax when each of its words is
+    found = {w for w in found if is_anchor_candidate(w) and not all(map(is_citation_word, w.split()))}
     if not found:
         raise ValueError(
             "no domain terms: the anchors hold no readable word with a letter and the score table gives none "

@@ -805,6 +805,8 @@ def test_domain_terms(seed):
         domain_terms(["42"], ScoreTable.from_mapping({w: 1.0 for w in other}))
     with pytest.raises(ValueError, match="top_fraction"):
         domain_terms(anchors, table, top_fraction=1.5)
+    # A phrase of citation words is citation syntax too; a phrase with a word of its own is a term.
+    assert domain_terms(["et al.", "Et  Al", "active site", "al kinase", "et"], None) == ["active site", "al kinase"]
 
 
 # ----------------------------------------------------------------------------------------------
