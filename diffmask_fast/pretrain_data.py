@@ -383,7 +383,7 @@ def batches_of_pieces(documents: Iterable[str], batch_size: int, characters: int
     for document in documents:
         pieces = _pieces(document, characters if start is not None else math.inf)
         for number, (piece, last) in enumerate(pieces):
-            if number and start == "no space":
+            if number and start == "no space" and piece.startswith(" "):  # not where cut inside a word
                 piece = piece[1:]
             if batch and (held + len(piece) > characters or ended == batch_size):
                 yield batch

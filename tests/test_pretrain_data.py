@@ -820,6 +820,12 @@ def test_a_tokenizer_that_puts_its_marker_before_every_text_gets_pieces_without_
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(pretrain_data, "CHARACTERS_PER_BATCH", 12)
         assert list(tokenize_documents(tokenizer, [document], 64, progress=False)) == whole
+        # With no space to cut before, a piece is cut inside a word, and none of its text is lost.
+        spaceless = "abcdefghijklmnopqrstuvwxyz0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ"
+        batches = list(pretrain_data.batches_of_pieces([spaceless, document], 64, 12, "no space"))
+        pieces = [piece for batch in batches for piece, _ in batch]
+        assert "".join(pieces[:6]) == spaceless and len(pieces[0]) == 12 and pieces[5:7] == ["YZ", "the receptor"]
+        assert " ".join(pieces[6:]) == document, "a cut after a word drops only the space cut before"
         # A tokenizer that reads cut text otherwise either way reads documents whole.
         patch.setattr(pretrain_data, "piece_start", lambda tokenizer: None)
         texts = []
