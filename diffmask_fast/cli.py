@@ -535,9 +535,10 @@ def _print_anchor_table(anchors, counts) -> None:
 
 def run_mine(args) -> None:
     from .anchors import mine_anchors
+    from .corpus import CorpusPath
 
     settings = _mining_settings(args)
-    corpus = [Path(c) for c in args.corpus]
+    corpus = [CorpusPath(c) for c in args.corpus]
     _check_outputs(args, "output", "counts_output")
     _check_apart(args, ("output", "counts_output"), ("counts", "general"), corpus)
     counts = _count(corpus, args)
@@ -556,10 +557,10 @@ def run_mine(args) -> None:
 
 def run_preview(args) -> None:
     from .anchors import Anchors
-    from .corpus import iter_documents
+    from .corpus import CorpusPath, iter_documents
     from .preview import sample_documents
 
-    corpus = [Path(c) for c in args.corpus]
+    corpus = [CorpusPath(c) for c in args.corpus]
     _check_outputs(args, "html", "plot")
     _check_apart(args, ("html", "plot"), ("anchors", "scores", "general"), corpus)
     _check_masking_settings(args)
@@ -593,13 +594,13 @@ def run_score(args) -> None:
     import time
 
     from .anchors import Anchors
-    from .corpus import iter_documents
+    from .corpus import CorpusPath, iter_documents
     from .counting import WordCounts, count_words
     from .embedding import WordEmbedder
     from .scoring import WordScorer
     from .vocabulary import tokenizer_word_types
 
-    corpus = [Path(c) for c in args.corpus]
+    corpus = [CorpusPath(c) for c in args.corpus]
     if not corpus and args.counts is None:
         raise ValueError("give a corpus (files, directories or globs), --counts with saved word counts, or both")
     if args.contextual_anchors is not None and not corpus:

@@ -281,6 +281,24 @@ class FilesReadOnce:
         return new
 
 
+class CorpusPath(os.PathLike):
+    """A corpus file, folder or glob as it was typed (on the command line), to give in a list of
+    paths: ``pathlib.Path`` drops a trailing separator, and the glob "data/*/" (data's folders)
+    became "data/*" (every file in data, README and .csv files read as documents too)."""
+
+    def __init__(self, text: str):
+        self.text = text
+
+    def __fspath__(self) -> str:
+        return self.text
+
+    def __str__(self) -> str:
+        return self.text
+
+    def __repr__(self) -> str:
+        return f"CorpusPath({self.text!r})"
+
+
 def corpus_files(
     source: Union[str, os.PathLike, Iterable[Union[str, os.PathLike]]], text_field: str | None = None
 ) -> list[Path]:

@@ -79,6 +79,26 @@ def test_mine_writes_anchors_and_counts(tmp_path, shared_data_dir, capsys):
     assert json.loads(counts_path.read_text())["counts"]["receptor"] > 100
 
 
+def test_a_glob_of_folders_reads_the_folders_alone(tmp_path, capsys):
+    """A glob ending in a separator matches folders only, as the shell and the Python API read it;
+    the commands turned the argument into a Path, which drops the separator, so "data/*/" read
+    every file in data as documents too (a README, a .csv)."""
+    data = tmp_path / "data"
+    for name, text in (("pubmed/a.txt", "kinase binds receptor\n"), ("pmc/b.txt", "receptor\n"),
+                       ("README.md", "how this folder is laid out\n"), ("labels.csv", "receptor,1\nkinase,2\n")):
+        (data / name).parent.mkdir(parents=True, exist_ok=True)
+        (data / name).write_text(text)
+    counts = tmp_path / "counts.json"
+    assert main(["mine", f"{data}/*/", "--counts-output", str(counts), "-k", "1", "--min-count", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "2 documents" in out, out
+    assert json.loads(counts.read_text())["counts"] == {"kinase": 1, "binds": 1, "receptor": 2}
+    from diffmask_fast.corpus import CorpusPath, corpus_files
+
+    assert sorted(p.name for p in corpus_files([CorpusPath(f"{data}/*/")])) == ["a.txt", "b.txt"]
+    assert os.fspath(CorpusPath("data/*/")) == "data/*/" and str(CorpusPath("x/")) == "x/"
+
+
 @pytest.mark.filterwarnings("ignore:.*top words (is|are) broken text")  # ACL-ARC holds broken text
 def test_preview_marks_masked_words_and_writes_html_and_a_picture(tmp_path, shared_data_dir, capsys):
     corpus = shared_data_dir / "acl_arc" / "corpus.txt"
