@@ -18,16 +18,19 @@ once.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import glob
 import gzip
 import io
+import itertools
 import json
 import os
+import re
 import threading
 import warnings
 import zlib
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Mapping, Union
+from typing import Any, Callable, Iterable, Iterator, Mapping, Union
 
 from ._io import WORD_COUNTS_MAGIC, special_file_kind
 from .advice import DiffmaskWarning
@@ -132,11 +135,11 @@ def _unreadable_folder(error: OSError) -> None:
                       f"or name the folders to read") from error
 
 
-def _scan_folder(top: Path, suffixes: tuple[str, ...], scan: _FolderScan, visited: set[tuple[int, int]]) -> None:
-    """Add the files under ``top`` to ``scan``, following links to folders, but not to ``top`` or
-    the folders above it. Hidden files and folders (a name starting with ".": ``.git``,
-    ``.ipynb_checkpoints``) are no corpus and pass silently; pipes, sockets and devices are
-    skipped like files of other kinds. A folder that cannot be listed is refused."""
+def _walk(top: str | Path, visited: set[tuple[int, int]]) -> Iterator[tuple[str, list[str]]]:
+    """Each folder under ``top`` (``top`` first) once, with the names of what is not a folder in
+    it: links to folders are followed, but not to ``top`` or the folders above it. Hidden folders
+    (a name starting with ".": ``.git``, ``.ipynb_checkpoints``) are no corpus and pass silently. A
+    folder that cannot be listed is refused."""
     if not _first_visit(os.fspath(top), visited):
         return
     real_top = os.path.realpath(top)
@@ -144,6 +147,13 @@ def _scan_folder(top: Path, suffixes: tuple[str, ...], scan: _FolderScan, visite
         folders[:] = sorted(name for name in folders
                             if not name.startswith(".") and not _leads_above(os.path.join(root, name), real_top)
                             and _first_visit(os.path.join(root, name), visited))
+        yield root, names
+
+
+def _scan_folder(top: Path, suffixes: tuple[str, ...], scan: _FolderScan, visited: set[tuple[int, int]]) -> None:
+    """Add the files under ``top`` to ``scan`` (``_walk``). Hidden files pass silently; pipes,
+    sockets and devices are skipped like files of other kinds."""
+    for root, names in _walk(top, visited):
         for name in names:
             if name.startswith("."):
                 continue
@@ -167,10 +177,63 @@ def _directory_files(folder: Path, suffixes: tuple[str, ...]) -> list[Path]:
     return sorted(scan.files)
 
 
+#: A "**" part of a glob, with the separators around it.
+_ANY_FOLDERS = re.compile(r"(^|/)\*\*(/|$)")
+
+
+def _glob(pattern: str, refused: Callable[[str], bool]) -> list[str]:
+    """What ``glob.glob(pattern, recursive=True)`` matches, but with "**" walking the folders as a
+    directory is read (``_walk``): each folder once, never through a link back to one that holds
+    it, nor from a folder ``refused`` says is reached through such a link. glob followed
+    "up -> .." until paths 40 links deep failed, reading the tree around the corpus (all of it for
+    a link to / or ~) and every file of the corpus again at each depth."""
+    found = _ANY_FOLDERS.search(pattern)
+    if found is None:
+        return glob.glob(pattern)
+    head, tail = pattern[: found.end(1)], pattern[found.end():]
+    tops = glob.glob(head) if glob.has_magic(head) else [head]
+    matches: list[str] = []
+    visited: set[tuple[int, int]] = set()
+    for top in tops:
+        if not os.path.isdir(top or ".") or refused(top or "."):
+            continue
+        for root, names in _walk(top or ".", visited):
+            root = root if top else os.path.relpath(root)  # "**/x" matches "a/x", not "./a/x"
+            if tail:  # the pattern goes on: it matches inside each folder
+                matches += _glob(os.path.join(glob.escape(root), tail), refused)
+            else:  # "**" last: the folders, and their files unless the pattern ends in a separator
+                if root != ".":  # "**" is what lies in the current folder, not that folder
+                    matches.append(root)
+                if not found.group(2):
+                    matches += [os.path.join(root, name) for name in names if not name.startswith(".")]
+    return matches
+
+
+def _below_a_link_up(pattern: str) -> Callable[[str], bool]:
+    """Whether a path a glob matches is reached through a link to the folder the pattern starts
+    in (its part before any wildcard) or to a folder above it: "corpus/*" matching "up -> .."
+    would read the tree around the corpus, as a folder's walk never does."""
+    parts = pattern.split("/")
+    literal = "/".join(itertools.takewhile(lambda part: not glob.has_magic(part), parts[:-1]))
+    root = literal or ("/" if pattern.startswith("/") else ".")
+    real_root = os.path.realpath(root)
+
+    @functools.lru_cache(maxsize=None)
+    def refused(path: str) -> bool:
+        parent = os.path.dirname(path)
+        if os.path.normpath(path) == os.path.normpath(root) or parent == path:
+            return False
+        return _leads_above(path, real_root) or (parent not in ("", root) and refused(parent))
+
+    return lambda path: refused(path.rstrip("/") or "/")
+
+
 def _glob_files(pattern: str, suffixes: tuple[str, ...]) -> list[Path]:
     """The files a glob matches, as named (whatever their ending), and the files with
-    ``suffixes`` under the folders it matches, as a directory gives them."""
-    matches = sorted(Path(p) for p in glob.glob(pattern, recursive=True))
+    ``suffixes`` under the folders it matches, as a directory gives them; not what lies beyond a
+    link up (``_below_a_link_up``)."""
+    refused = _below_a_link_up(pattern)
+    matches = sorted(Path(p) for p in _glob(pattern, refused) if not refused(p))
     folders = _outermost([p for p in matches if p.is_dir()])
     named = [p for p in matches if not p.is_dir() and p.exists()]
     for path in named:

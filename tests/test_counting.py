@@ -1423,6 +1423,31 @@ def test_a_recursive_glob_that_matches_a_folder_and_its_files_reads_each_once_an
     assert counts.documents == len(read) and said == []
 
 
+def test_a_recursive_glob_follows_links_as_a_folder_is_read_never_back_up(tmp_path, rng):
+    """glob's "**" followed "up -> .." (and a link back inside the corpus) until paths 40 links
+    deep failed: it read the files around the corpus, every corpus file again at each depth ("named
+    more than once"), and called the deepest link broken; "corpus/*" matched "up" and read the
+    tree around the corpus too. Globs now go as a folder is read: links to other folders are
+    followed, links to the folder the pattern starts in, or to one holding it, are not."""
+    corpus = tmp_path / "corpus"
+    top = write_lines(corpus / "a.txt", random_lines(rng, rng.randint(1, 10)))
+    below = write_lines(corpus / "sub" / "b.txt", random_lines(rng, rng.randint(1, 10)))
+    write_lines(tmp_path / "other" / "secret.txt", ["words from around the corpus"])
+    below += write_lines(tmp_path / "shared" / "c.txt", random_lines(rng, rng.randint(1, 10)))
+    (corpus / "up").symlink_to("..")
+    (corpus / "sub" / "back").symlink_to("..")
+    (corpus / "shared").symlink_to(tmp_path / "shared")  # a folder elsewhere: read, as in a folder
+    only_b = below[: len(below) - len((tmp_path / "shared" / "c.txt").read_text().splitlines())]
+    for pattern, lines in (("**/*.txt", top + below), ("**", top + below), ("*/**/*.txt", below), ("*", top + below),
+                           ("*/", below), ("**/", top + below), ("s*/**/b.txt", only_b)):
+        counts, said = counted(f"{corpus}/{pattern}")  # as typed: a Path drops the separator of "*/"
+        assert counts == WordCounts.from_mapping(reference.count_words(lines), len(lines)), pattern
+        assert said == [], (pattern, said)
+    assert count_words(str(corpus / "**" / "*.txt"), progress=False) == count_words(corpus, progress=False)
+    around = count_words(f"{corpus}/up/o*/*.txt", progress=False)  # a link the pattern names is taken
+    assert dict(around.counts) == {"words": 1, "from": 1, "around": 1, "the": 1, "corpus": 1}
+
+
 def test_a_folder_that_cannot_be_listed_is_refused_not_skipped(tmp_path, rng, monkeypatch):
     """os.walk passes over a folder it cannot list unless told; the corpus would lose it silently.
     (Simulated: a permission bit does not stop root, who may run this.)"""
