@@ -327,6 +327,28 @@ def _space_taking_ids(tokenizer, vocab_size: int) -> list[int]:
     return sorted(int(i) for i, token in added.items() if getattr(token, "lstrip", False) and 0 <= int(i) < vocab_size)
 
 
+def _space_dropping_ids(tokenizer, never_word: torch.Tensor) -> list[int]:
+    """Added tokens (not special) before which the tokenizer drops the space instead of keeping it
+    in a bare "▁" / "Ġ" token: transformers builds XLM-R's, ALBERT's and T5's pipelines with a
+    whitespace split before Metaspace, and DeBERTa-v3's normalizer strips the space before an
+    added token that is not normalized. "the kinase" is then "▁the", "kinase": nothing marks
+    the added token's word start, and the two read as one word, "thekinase". Found by tokenizing
+    each such token after a word, all at once."""
+    added = getattr(tokenizer, "added_tokens_decoder", None) or {}
+    probed = [(int(i), str(token.content)) for i, token in sorted(added.items())
+              if not getattr(token, "special", True) and not getattr(token, "lstrip", False)
+              and str(token.content).strip() and 0 <= int(i) < never_word.numel()]
+    if not probed:
+        return []
+    encoded = tokenizer([f"a {content}" for _, content in probed], add_special_tokens=False)["input_ids"]
+    dropping = []
+    for (token_id, _), ids in zip(probed, encoded):
+        at = ids.index(token_id) if token_id in ids else 0
+        if at > 0 and 0 <= ids[at - 1] < never_word.numel() and not never_word[ids[at - 1]]:
+            dropping.append(token_id)
+    return dropping
+
+
 def check_tokenizer(tokenizer) -> None:
     """Refuse what is no tokenizer (a model name, None) before it fails as a missing attribute."""
     if not all(hasattr(tokenizer, name) for name in ("convert_ids_to_tokens", "get_vocab", "pad_token_id")):
@@ -343,7 +365,8 @@ def word_boundaries(tokenizer, scheme: str | None = None) -> WordBoundaries:
     holes are never drawn as random replacements. Added tokens that are not special follow the
     scheme like any token: a byte-level BPE or SentencePiece tokenizer puts the space before one
     in a bare "Ġ" / "▁" token, which is whitespace and no word, so the added token starts one.
-    One that takes the space before it (``lstrip=True``) always starts a word.
+    One that takes the space before it (``lstrip=True``), or before which the tokenizer drops the
+    space (``_space_dropping_ids``: XLM-R, ALBERT, T5, DeBERTa-v3), always starts a word.
     """
     check_tokenizer(tokenizer)
     mask_token_id = getattr(tokenizer, "mask_token_id", None)
@@ -383,6 +406,8 @@ def _word_tables(tokenizer, scheme: str) -> tuple[torch.Tensor, torch.Tensor, to
         spanning = []  # WordPiece pieces and word-level tokens hold no space
     starts_word = torch.tensor(flags, dtype=torch.bool)
     takes_space = _space_taking_ids(tokenizer, vocab_size)
+    if scheme in ("byte_bpe", "sentencepiece"):
+        takes_space += _space_dropping_ids(tokenizer, never_word)
     if takes_space:
         starts_word[torch.tensor(takes_space, dtype=torch.long)] = True
     special = _special_ids(tokenizer, vocab_size)

@@ -863,6 +863,33 @@ def test_an_added_token_that_takes_the_space_before_it_starts_a_word(request, na
         table_word_starts(ids, word_boundaries(tokenizer))
 
 
+@pytest.mark.filterwarnings("ignore:.*matched inside longer words too")  # "nanomolar": not single_word
+def test_an_added_token_the_tokenizer_drops_the_space_before_starts_a_word(sentencepiece_unigram):
+    """transformers builds XLM-R's, ALBERT's and T5's tokenizers with a whitespace split before
+    Metaspace: the space before an added token is dropped, not kept in a bare "▁", so "the
+    kinase" was "▁the", "kinase", read (decoded, scored, masked) as one word "thekinase"."""
+    from tokenizers import AddedToken, pre_tokenizers
+
+    tokenizer = copy.deepcopy(sentencepiece_unigram)
+    tokenizer.backend_tokenizer.pre_tokenizer = pre_tokenizers.Sequence(
+        [pre_tokenizers.WhitespaceSplit(), pre_tokenizers.Metaspace()])
+    tokenizer.add_tokens([AddedToken("kinase", single_word=True), "nanomolar", AddedToken("<ent>", special=True)])
+    text = "the kinase binds with nanomolar affinity"
+    tokens = tokenizer.tokenize(text)
+    assert tokens[:2] == ["\u2581the", "kinase"] and "nanomolar" in tokens, "the premise: no bare marker between"
+    assert grouped_words(tokenizer, text) == text.split()
+    boundaries = word_boundaries(tokenizer)
+    ids = tokenizer(text)["input_ids"]
+    never = boundaries.never_word[ids].tolist()
+    assert reference.word_starts(tokenizer.convert_ids_to_tokens(ids), never, boundaries.scheme,
+                                 {"kinase", "nanomolar"}) == table_word_starts(ids, boundaries)
+    assert not boundaries.starts_word[tokenizer.convert_tokens_to_ids("<ent>")], "special tokens start no word"
+    # Where the space is kept in a bare marker, the added token starts a word by the marker's token.
+    kept = copy.deepcopy(sentencepiece_unigram)
+    kept.add_tokens([AddedToken("kinase", single_word=True)])
+    assert "\u2581" in kept.tokenize(text)[:3] and grouped_words(kept, text) == text.split()
+
+
 def test_an_added_token_of_newlines_is_no_word():
     tokenizer = tokenizers_offline.roberta_byte_bpe()
     tokenizer.add_tokens(["\n\n"])
