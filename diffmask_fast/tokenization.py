@@ -402,8 +402,11 @@ def _word_tables(tokenizer, scheme: str) -> tuple[torch.Tensor, torch.Tensor, to
         spanning = [token for token, (_, _, spans) in zip(tokens, marked) if spans]
     else:
         flags = _prefix_flags(tokenizer, tokens, scheme)
-        never_word = torch.zeros(vocab_size, dtype=torch.bool)
-        spanning = []  # WordPiece pieces and word-level tokens hold no space
+        # WordPiece pieces and word-level tokens hold no space, but an added token may be one
+        # ("\n" added to keep line breaks): whitespace, it is no word, as in the schemes above.
+        never_word = torch.tensor([isinstance(token, str) and token != "" and not token.strip() for token in tokens],
+                                  dtype=torch.bool)
+        spanning = []
     starts_word = torch.tensor(flags, dtype=torch.bool)
     takes_space = _space_taking_ids(tokenizer, vocab_size)
     if scheme in ("byte_bpe", "sentencepiece"):

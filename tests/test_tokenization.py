@@ -891,9 +891,22 @@ def test_an_added_token_the_tokenizer_drops_the_space_before_starts_a_word(sente
 
 
 def test_an_added_token_of_newlines_is_no_word():
+    from tokenizers import AddedToken
+
     tokenizer = tokenizers_offline.roberta_byte_bpe()
     tokenizer.add_tokens(["\n\n"])
     assert bool(word_boundaries(tokenizer).never_word[tokenizer.convert_tokens_to_ids("\n\n")])
+    # In WordPiece too, where it was a word of no text: masked, and drawn as a random replacement.
+    for scheme in ("wordpiece", "token"):
+        wordpiece = tokenizers_offline.bert_wordpiece()
+        wordpiece.add_tokens([AddedToken("\n", normalized=False), AddedToken("\t\t", normalized=False)])
+        boundaries = word_boundaries(wordpiece, scheme)
+        for blank in ("\n", "\t\t"):
+            token_id = wordpiece.convert_tokens_to_ids(blank)
+            assert boundaries.never_word[token_id] and not boundaries.starts_word[token_id], (scheme, blank)
+            assert token_id not in boundaries.random_token_ids.tolist()
+    assert "\n" in wordpiece.tokenize("the enzyme\nbinds"), "the premise: the line break is a token"
+    assert grouped_words(wordpiece, "the enzyme\nbinds") == ["the", "enzyme", "binds"]
 
 
 def test_a_named_scheme_that_contradicts_the_detected_one_is_warned_of(bert_wordpiece, roberta_byte_bpe):
