@@ -156,11 +156,20 @@ def weights_fingerprint(model: torch.nn.Module) -> str:
 
 def tokenizer_fingerprint(tokenizer) -> str:
     """SHA-256 of what decides a tokenizer's ids: its full serialization when it has a
-    ``tokenizers`` backend, its vocabulary and settings otherwise."""
+    ``tokenizers`` backend that serializes, its vocabulary and settings otherwise (with the kinds
+    of its backend's parts: a part written in Python, as RoFormer's jieba pre-tokenizer is,
+    cannot be serialized)."""
     digest = hashlib.sha256(type(tokenizer).__name__.encode())
     backend = getattr(tokenizer, "backend_tokenizer", None) or getattr(tokenizer, "_tokenizer", None)
+    serialized = None
     if backend is not None and hasattr(backend, "to_str"):
-        digest.update(_backend_digest(backend.to_str()).encode())
+        try:
+            serialized = backend.to_str()
+        except Exception:  # tokenizers raises Exception("Custom PreTokenizer cannot be serialized")
+            parts = ("normalizer", "pre_tokenizer", "model", "post_processor", "decoder")
+            digest.update(repr([(part, type(getattr(backend, part, None)).__name__) for part in parts]).encode())
+    if serialized is not None:
+        digest.update(_backend_digest(serialized).encode())
     else:
         digest.update(json.dumps(sorted(tokenizer.get_vocab().items()), ensure_ascii=False).encode("utf-8"))
         settings = getattr(tokenizer, "init_kwargs", {})

@@ -280,6 +280,30 @@ def test_the_tokenizer_fingerprint_ignores_call_settings_and_follows_changes(tok
     assert tokenizer_fingerprint(tokenizer) != plain
 
 
+def test_a_tokenizer_with_a_pre_tokenizer_written_in_python_is_fingerprinted_and_embeds(bert_wordpiece, rng):
+    """A backend part written in Python (RoFormer's jieba pre-tokenizer) cannot be serialized:
+    the fingerprint failed with "Custom PreTokenizer cannot be serialized", and so did embed."""
+    import copy
+
+    from tokenizers.pre_tokenizers import PreTokenizer
+
+    from diffmask_fast.embedding import tokenizer_fingerprint
+
+    class SpaceSplitter:
+        def pre_tokenize(self, pretokenized):
+            pretokenized.split(lambda i, text: text.split(" ", "removed"))
+
+    custom = copy.deepcopy(bert_wordpiece)
+    custom.backend_tokenizer.pre_tokenizer = PreTokenizer.custom(SpaceSplitter())
+    fingerprint = tokenizer_fingerprint(custom)
+    assert fingerprint == tokenizer_fingerprint(custom) != tokenizer_fingerprint(bert_wordpiece)
+    model = tiny_bert(custom, rng.randrange(2**31))
+    vectors = WordEmbedder(model, custom, pooling="mean", device="cpu", progress=False).embed(["enzyme", "binds"])
+    assert vectors.shape == (2, model.config.hidden_size) and torch.isfinite(vectors).all()
+    custom.add_tokens(["phosphorylation"])
+    assert tokenizer_fingerprint(custom) != fingerprint, "its vocabulary still counts"
+
+
 @pytest.mark.parametrize("damage", ["truncate_vectors", "garble_vectors", "delete_vectors", "garble_words", "truncate_words"])
 def test_corrupt_segments_are_reported_discarded_and_rebuilt(tokenizer, tmp_path, rng, damage):
     model = tiny_bert(tokenizer, rng.randrange(2**31))
