@@ -85,8 +85,9 @@ def _rows_of_columns(columns: Mapping) -> list[dict]:
 class CorpusDocuments:
     """The non-empty documents (stripped) of a corpus's files, in order, read from the files
     again each time they are iterated: a corpus never needs to fit in memory. ``without``
-    leaves the documents at some positions out. A pass that finds another number of documents
-    than the first did fails: the files changed while the run read them."""
+    leaves the documents at some positions out. A pass, or a count of ``word_counts``, that finds
+    a file changed since the first pass began (its size or time of change), or another number of
+    documents than the first pass did, fails: the files changed while the run read them."""
 
     def __init__(self, sources: Iterable, text_field: str | None = None):
         if isinstance(sources, (str, os.PathLike)):
@@ -96,6 +97,7 @@ class CorpusDocuments:
         self._left_out: frozenset[int] = frozenset()
         self._left_out_documents: Sequence[str] | None = ()  # those at the positions left out, where known
         self._count: list[int | None] = [None]  # documents of the files, once a pass has counted them; shared
+        self._states: list[list | None] = [None]  # the files' states when the first pass began; shared
 
     def without(self, positions: Iterable[int], documents: Sequence[str] | None = None) -> CorpusDocuments:
         """The same documents but those at ``positions`` (counted among all of the files').
@@ -105,7 +107,8 @@ class CorpusDocuments:
         if documents is not None and len(documents) != len(positions):
             raise ValueError(f"{len(documents)} documents were given for the {len(positions)} positions left out")
         other = object.__new__(CorpusDocuments)
-        other.files, other.text_field, other._count = self.files, self.text_field, self._count
+        other.files, other.text_field, other._count, other._states = self.files, self.text_field, self._count, \
+            self._states
         other._left_out = self._left_out | positions
         # Documents given again for positions already left out would be subtracted twice: unknown then.
         known = self._left_out_documents is not None and documents is not None and not positions & self._left_out
@@ -121,12 +124,35 @@ class CorpusDocuments:
 
         if self._left_out_documents is None:
             return count_words(self, progress=progress)
+        self._check_unchanged()  # the count is of the files as they are now, not of what was read
         whole = count_words(list(self.files), progress=progress, text_field=self.text_field)
+        self._check_unchanged()
         if self._left_out_documents:
             whole = whole.subtract(count_words(self._left_out_documents, progress=False))
         return type(whole)(whole.table, len(self), whole.lowercase)
 
+    def _check_unchanged(self) -> None:
+        """Note the files' states (device, inode, size, time of change) at the first call; refuse a
+        later call that finds one changed."""
+        states = []
+        for path in self.files:
+            try:
+                status = os.stat(path)
+            except OSError as error:
+                raise CorpusError(f"the corpus file {str(path)!r} cannot be read any more "
+                                  f"({error.strerror or error})") from None
+            states.append((status.st_dev, status.st_ino, status.st_size, status.st_mtime_ns))
+        if self._states[0] is None:
+            self._states[0] = states
+            return
+        for path, before, now in zip(self.files, self._states[0], states):
+            if now != before:
+                change = f"{before[2]:,} bytes then, {now[2]:,} now" if now[2] != before[2] else "rewritten"
+                raise CorpusError(f"the corpus file {str(path)!r} changed while the run read it ({change}): a run "
+                                  "reads its files more than once; copy them where nothing writes to them")
+
     def __iter__(self) -> Iterator[str]:
+        self._check_unchanged()
         position = 0
         for path in self.files:
             for document in iter_documents(path, self.text_field):

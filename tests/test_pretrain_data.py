@@ -418,10 +418,25 @@ def test_corpus_documents_are_read_again_at_each_pass_and_a_changed_corpus_is_re
     in_second = sum(1 for line in lines[cut:] if line.strip())
     for past_the_end in (10**6, in_second):  # positions past the last document leave none out
         assert len(CorpusDocuments(second).without([past_the_end])) == in_second
+    size = second.stat().st_size
     second.write_text("an added document\n" + second.read_text(encoding="utf-8"), encoding="utf-8")
-    with pytest.raises(CorpusError, match=f"changed while they were read: they hold {len(expected) + 1:,} documents "
-                                          f"now, {len(expected):,} before"):
+    with pytest.raises(CorpusError, match=f"the corpus file '{second}' changed while the run read it \\({size:,} bytes "
+                                          f"then, {size + 18:,} now\\)"):
         list(rest)
+    # Counted again whole for the anchors, the files as they are now would give the words of
+    # documents never trained on: refused too, also where only the time of change tells.
+    third = tmp_path / "c.txt"
+    third.write_text("kinase binds\nthe receptor\n", encoding="utf-8")
+    corpus = CorpusDocuments(third)
+    assert list(corpus) == ["kinase binds", "the receptor"]
+    rest = corpus.without([0], ["kinase binds"])  # counted as the whole file less the document left out
+    assert dict(rest.word_counts(progress=False).counts) == {"the": 1, "receptor": 1}
+    os.utime(third, ns=(third.stat().st_atime_ns, third.stat().st_mtime_ns + 10**9))
+    with pytest.raises(CorpusError, match=f"the corpus file '{third}' changed while the run read it \\(rewritten\\)"):
+        rest.word_counts(progress=False)
+    third.unlink()
+    with pytest.raises(CorpusError, match=f"the corpus file '{third}' cannot be read any more"):
+        list(corpus)
 
 
 def test_the_word_counts_of_corpus_documents_are_those_of_their_text(tmp_path, seed):
