@@ -224,11 +224,13 @@ def count_words_distributed(
     if not parts:  # no files, or only empty ones: the same error as counting locally
         return _result(CountTable.empty(), 0, lowercase)
     client, owned = _client(scheduler)
+    keys: list = []  # of every task, to cancel them by: futures held here would hold their tables
     try:
         from distributed import as_completed
 
         level = client.map(count_partition, parts, lowercase=lowercase, threads=threads,
                            block_bytes=block_bytes, pure=False)
+        keys += [future.key for future in level]
         sizes = {future.key: part.end - part.start for future, part in zip(level, parts)}
         counted = as_completed(level)
         merges = []
@@ -236,6 +238,7 @@ def count_words_distributed(
             level = [client.submit(merge_partials, *level[i: i + split_every], pure=False)
                      for i in range(0, len(level), split_every)]
             merges += level
+            keys += [future.key for future in level]
         merged = as_completed(merges)
         del merges  # a merged table is freed on the cluster once the bar has seen it
         _follow(counted, tqdm(total=sum(sizes.values()), unit="B", unit_scale=True, desc="counting words (dask)",
@@ -243,6 +246,14 @@ def count_words_distributed(
         _follow(merged, tqdm(total=merged.count(), unit=" tables", desc="merging counts (dask)",
                              disable=not progress or not merged.count()), lambda future: 1)
         result = level[0].result()
+    except BaseException:
+        # A task's error, or Ctrl-C: the tasks left would go on counting and merging on the
+        # user's cluster, and hold their tables there, as long as the traceback keeps this frame.
+        if not owned:
+            from distributed import Future
+
+            client.cancel([Future(key, client) for key in keys])
+        raise
     finally:
         if owned:
             client.close()

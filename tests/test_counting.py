@@ -1009,6 +1009,34 @@ def test_mine_counts_on_the_scheduler_it_is_given(dask_client, tmp_path, capsys)
     assert WordCounts.load(counts) == count_words(corpus, progress=False)
 
 
+def test_a_failed_dask_count_leaves_no_task_on_the_cluster(dask_client, tmp_path):
+    """A task's error was raised with the other tasks still counting and merging on the user's
+    cluster, held there for as long as the traceback kept the counting's frame (a notebook keeps
+    the last one): they are cancelled."""
+    import time
+
+    from diffmask_fast.dask_counting import count_words_distributed
+
+    shards = tmp_path / "shards"
+    shards.mkdir()
+    for k in range(8):
+        (shards / f"part{k}.txt").write_text("the enzyme binds the receptor\n" * 500)
+    whole = gzip.compress(b"kinase inhibitors\n" * 20000)
+    (shards / "broken.txt.gz").write_bytes(whole[: len(whole) // 2])  # cut short: fails on its worker
+
+    def tasks() -> set[str]:  # those of this test: other tests share the cluster
+        return dask_client.run_on_scheduler(lambda dask_scheduler: {str(key) for key in dask_scheduler.tasks}) - before
+
+    before: set[str] = set()
+    before = tasks()
+    with pytest.raises(CorpusError, match="broken.txt.gz") as failed:
+        count_words_distributed(shards, dask_client, progress=False, partition_bytes=4000, split_every=2)
+    deadline = time.monotonic() + 10
+    while tasks() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not tasks() and failed.traceback, "the traceback is still held"
+
+
 def test_dask_counting_of_no_text_is_the_local_error(dask_client, tmp_path):
     (tmp_path / "empty.txt").write_bytes(b"")
     for source in ([], tmp_path / "empty.txt"):
