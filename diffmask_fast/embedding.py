@@ -19,6 +19,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ._checks import refuse_one_string, whole_number
+from ._io import file_sha256
 from .advice import DiffmaskWarning
 from .embedding_cache import CACHE_FORMAT, EmbeddingCache, default_cache_dir
 from .hf_loading import (bundled_model_path, cached_hub_file, check_max_length, check_model_reference,
@@ -174,6 +175,11 @@ def tokenizer_fingerprint(tokenizer) -> str:
         digest.update(json.dumps(sorted(tokenizer.get_vocab().items()), ensure_ascii=False).encode("utf-8"))
         settings = getattr(tokenizer, "init_kwargs", {})
         digest.update(repr(sorted((str(k), str(v)) for k, v in settings.items())).encode("utf-8"))
+        # The files it was read from, by content: a SentencePiece model rewritten at the same path
+        # with the same pieces (other scores) tokenizes otherwise.
+        for name, value in sorted(settings.items()):
+            if isinstance(value, (str, os.PathLike)) and os.path.isfile(value):
+                digest.update(f"{name}:{file_sha256(value)}".encode())
     digest.update(repr(list(getattr(tokenizer, "all_special_tokens", []))).encode("utf-8"))
     return digest.hexdigest()
 

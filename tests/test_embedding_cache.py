@@ -304,6 +304,24 @@ def test_a_tokenizer_with_a_pre_tokenizer_written_in_python_is_fingerprinted_and
     assert tokenizer_fingerprint(custom) != fingerprint, "its vocabulary still counts"
 
 
+def test_a_tokenizer_read_from_files_without_a_backend_is_fingerprinted_by_their_content(tmp_path):
+    """A tokenizer without a ``tokenizers`` backend (a Python SentencePiece one) was known by its
+    vocabulary and settings: its model file, rewritten at the same path with the same pieces and
+    other scores, tokenizes otherwise but kept the fingerprint, and the cached vectors."""
+    from types import SimpleNamespace
+
+    from diffmask_fast.embedding import tokenizer_fingerprint
+
+    model_file = tmp_path / "spiece.model"
+    model_file.write_bytes(b"pieces with their first scores")
+    tokenizer = SimpleNamespace(get_vocab=lambda: {"\u2581the": 0, "\u2581kinase": 1}, all_special_tokens=["<unk>"],
+                                init_kwargs={"vocab_file": str(model_file), "do_lower_case": False})
+    first = tokenizer_fingerprint(tokenizer)
+    assert tokenizer_fingerprint(tokenizer) == first
+    model_file.write_bytes(b"pieces with other scores")
+    assert tokenizer_fingerprint(tokenizer) != first
+
+
 @pytest.mark.parametrize("damage", ["truncate_vectors", "garble_vectors", "delete_vectors", "garble_words", "truncate_words"])
 def test_corrupt_segments_are_reported_discarded_and_rebuilt(tokenizer, tmp_path, rng, damage):
     model = tiny_bert(tokenizer, rng.randrange(2**31))
