@@ -198,7 +198,7 @@ def _byte_options(byte: int) -> tuple[int, ...]:
 def _decode_sequence(data: list[int], start: int, among_ascii_letters: bool) -> tuple[str, int] | None:
     """(character, bytes used) of the UTF-8 sequence at ``data[start]``, each byte read as itself
     or as the capital it may have been (itself first), if there is one. ``among_ascii_letters``:
-    the word holds ASCII letters too (see ``_accent_before_punctuation``)."""
+    the word holds ASCII letters too (see ``_accent_before_a_windows_byte``)."""
     for lead in _byte_options(data[start]):
         count = _continuation_count(lead)
         following = data[start + 1 : start + 1 + count]
@@ -210,7 +210,8 @@ def _decode_sequence(data: list[int], start: int, among_ascii_letters: bool) -> 
                     character = bytes((lead, *continuation)).decode("utf-8")
                 except UnicodeDecodeError:  # an overlong or surrogate form
                     continue
-                if not _accent_before_punctuation(character, continuation, among_ascii_letters):
+                if not _accent_before_a_windows_byte(character, continuation, among_ascii_letters,
+                                                     lead != data[start]):
                     return character, 1 + count
     return None
 
@@ -225,19 +226,33 @@ _RARELY_WRITTEN_AFTER_AN_ACCENT = ((0x4D1, 0x4D7), (0x511, 0x517), (0x591, 0x597
                                    (0x694, 0x694), (0x711, 0x717), (0x751, 0x757), (0x791, 0x797))
 
 
-def _accent_before_punctuation(character: str, continuation: tuple[int, ...], among_ascii_letters: bool) -> bool:
+#: Windows-1252 bytes of letters that UTF-8 reads as continuation bytes: Š Œ Ž š œ ž Ÿ.
+_WINDOWS_LETTERS = frozenset({0x8A, 0x8C, 0x8E, 0x9A, 0x9C, 0x9E, 0x9F})
+
+
+def _accent_before_a_windows_byte(character: str, continuation: tuple[int, ...], among_ascii_letters: bool,
+                                  capital_lead: bool) -> bool:
     """Whether a two-byte "sequence" is more likely an accented letter before Windows-1252
-    punctuation (‘ ’ “ ” • – —, bytes 0x91-0x97) than a character of UTF-8: "é’" of "josé’s" reads
-    as "ɒ", but the characters it would be (Latin Extended-B, IPA, spacing modifiers, combining
-    marks: U+0180-U+036F) are next to never written, and such words are common. So are those of
-    ``_RARELY_WRITTEN_AFTER_AN_ACCENT`` amid ASCII letters ("perú’s", "malmö’s"), where a word of
-    their script read as Latin-1 would hold none."""
-    if len(continuation) != 1 or not 0x91 <= continuation[0] <= 0x97:
+    punctuation (‘ ’ “ ” • – —, bytes 0x91-0x97) or a letter of it (š ž œ, ``_WINDOWS_LETTERS``)
+    than a character of UTF-8. "é’" of "josé’s" reads as "ɒ", and the Czech "píše", "výše" and
+    "úžasný" read as combining marks, Syriac and Arabic (their accented letter taken for the
+    capital it may have been lowercased from: ``capital_lead``). The characters they would be are
+    next to never written, and such words are common: after punctuation, Latin Extended-B, IPA,
+    spacing modifiers and combining marks (U+0180-U+036F), and ``_RARELY_WRITTEN_AFTER_AN_ACCENT``
+    amid ASCII letters ("perú’s", "malmö’s"), where a word of their script read as Latin-1 would
+    hold none; after a letter, combining marks and Syriac to NKo (U+0300-U+036F, U+0700-U+07FF),
+    Cyrillic to Arabic amid ASCII letters, and Latin Extended-B to spacing modifiers where the
+    accented letter was lowercase ("ǎ" read as Latin-1 and lowercased, "çž", is rarer than Czech)."""
+    if len(continuation) != 1:
         return False
     code = ord(character)
-    if 0x180 <= code <= 0x36F:
-        return True
-    return among_ascii_letters and any(low <= code <= high for low, high in _RARELY_WRITTEN_AFTER_AN_ACCENT)
+    if 0x91 <= continuation[0] <= 0x97:
+        return 0x180 <= code <= 0x36F or among_ascii_letters and any(
+            low <= code <= high for low, high in _RARELY_WRITTEN_AFTER_AN_ACCENT)
+    if continuation[0] in _WINDOWS_LETTERS:
+        return (0x300 <= code <= 0x36F or 0x700 <= code <= 0x7FF or among_ascii_letters and 0x400 <= code <= 0x6FF
+                or capital_lead and 0x180 <= code <= 0x2FF)
+    return False
 
 
 def repaired_mojibake(word: str) -> str | None:

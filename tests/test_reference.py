@@ -97,7 +97,9 @@ LEGIBLE_WORDS = ("cox-2", "é", "café", "naïve", "garçon", "señor", "straße
                  # an accented letter before typographic punctuation read as UTF-8 is "ɒ" (U+0252)
                  "poincaré’s", "josé–maría", "CAFÉ’S", "renée”", "ça‘",
                  # or a letter of another script amid ASCII letters ("ڒ", a Hebrew accent, "Ӓ")
-                 "perú’s", "malmö’s", "MALMÖ’S", "rondó”", "xô–y")
+                 "perú’s", "malmö’s", "MALMÖ’S", "rondó”", "xô–y",
+                 # and before a Windows-1252 letter (š ž): combining marks, Syriac, Arabic, IPA
+                 "píše", "výše", "jíž", "tíže", "PÍŠE", "úžasný", "ÚŽASNÝ", "léšť", "nejvýš")
 
 
 def test_anchor_candidates_have_a_letter_and_are_not_broken_text():
@@ -147,6 +149,16 @@ def test_mojibake_is_recognized_and_repaired_also_when_lowercased(meant, read_as
     assert reference.repaired_mojibake(garbled) == meant, ascii(garbled)
     assert reference.repaired_mojibake(garbled.lower()) == meant.lower(), ascii(garbled.lower())
     assert reference.is_broken_text(garbled) and not reference.is_anchor_candidate(garbled)
+
+
+def test_mojibake_of_latin_extended_before_a_windows_letter_is_broken_text_as_written():
+    """"ǎ" and "ʊ" read as Windows-1252 are "ÇŽ" and "ÊŠ": mojibake. Lowercased, "çž" reads as
+    the Czech "íš" of "píše" does, a lowercase accented letter before "š" or "ž", and is left a
+    word: Czech is written far more often than lowercased mojibake of Pinyin or IPA."""
+    for meant in ("ǎ", "ʊ", "ǚ", "xǎy"):
+        garbled = meant.encode("utf-8").decode("cp1252")
+        assert reference.repaired_mojibake(garbled) == meant and reference.is_broken_text(garbled), ascii(garbled)
+        assert reference.repaired_mojibake(garbled.lower()) is None, ascii(garbled.lower())
 
 
 def test_count_words_splits_on_whitespace_and_normalizes():
