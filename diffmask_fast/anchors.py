@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Iterator, Mapping
 
 from . import reference
 from ._checks import earlier_normalization, first_unnormalized, shown_apart, whole_number
-from ._display import printable
+from ._display import counted, printable
 from ._io import atomic_write_json, json_ready, read_json
 from .advice import DiffmaskWarning
 from .general import GeneralFrequencies
@@ -232,34 +232,35 @@ def mine_anchors(
     if broken:
         _warn_of_broken_text(broken)
     _refuse_uncomposed([word for word, _ in chosen], counts.lowercase)
-    if not chosen:
-        raise ValueError(
-            f"no word qualifies as an anchor: none has a letter, is readable text and occurs at least "
-            f"{min_count} times (the corpus has {total:,} words); lower min_count or give a larger corpus"
-        )
+    left_out = _left_out(min_count, rare=len(counts) - len(frequent), letterless=len(frequent) - len(lettered),
+                         citation=len(lettered) - len(scored), broken=len(scored) - len(chosen))
+    if not chosen:  # the words that kept the others out, as the warning below names them
+        raise ValueError(f"no word qualifies as an anchor: of the corpus's {counted(len(counts), 'distinct word')} "
+                         f"({total:,} in all), {', '.join(left_out)}"
+                         + ("; lower min_count or give a larger corpus" if len(counts) > len(frequent) else ""))
     if len(chosen) < k:
-        _warn_of_few_anchors(len(chosen), k, min_count, rare=len(counts) - len(frequent),
-                             letterless=len(frequent) - len(lettered), citation=len(lettered) - len(scored),
-                             broken=len(scored) - len(chosen))
+        _warn_of_few_anchors(len(chosen), k, left_out, rare=len(counts) > len(frequent))
     anchors = tuple(Anchor(w, s, counts[w], general.count(w)) for w, s in chosen)
     _warn_of_weak_anchors(anchors, len(scored))
     return Anchors(anchors, total, general.total, min_count, smoothing_per_million, general.source)
 
 
-def _warn_of_few_anchors(qualified: int, asked: int, min_count: int, rare: int, letterless: int, citation: int,
-                         broken: int) -> None:
+def _left_out(min_count: int, rare: int, letterless: int, citation: int, broken: int) -> list[str]:
+    """What kept words from being anchors, each reason with how many words it kept out."""
+    return [f"{count:,} {one if count == 1 else many}"
+            for count, one, many in ((rare, f"occurs fewer than {min_count:,} times",
+                                      f"occur fewer than {min_count:,} times"),
+                                     (letterless, "has no letter", "have no letter"),
+                                     (citation, "is citation syntax (et al., cf.)", "are citation syntax (et al., cf.)"),
+                                     (broken, "is broken text", "are broken text"))
+            if count]
+
+
+def _warn_of_few_anchors(qualified: int, asked: int, left_out: list[str], rare: bool) -> None:
     """Warn that fewer words than asked for qualify as anchors, naming what kept the others out
-    (every word was seen: the selection ran through all of them)."""
-    reasons = [f"{count:,} {one if count == 1 else many}"
-               for count, one, many in ((rare, f"occurs fewer than {min_count:,} times",
-                                         f"occur fewer than {min_count:,} times"),
-                                        (letterless, "has no letter", "have no letter"),
-                                        (citation, "is citation syntax (et al., cf.)",
-                                         "are citation syntax (et al., cf.)"),
-                                        (broken, "is broken text", "are broken text"))
-               if count]
+    (``_left_out``; every word was seen: the selection ran through all of them)."""
     qualify = "word qualifies" if qualified == 1 else "words qualify"
-    why = f"of the others, {', '.join(reasons)}" if reasons else "the corpus has no other words"
+    why = f"of the others, {', '.join(left_out)}" if left_out else "the corpus has no other words"
     warnings.warn(f"only {qualified:,} {qualify} as anchors ({asked:,} asked for): {why}"
                   + ("; a lower min_count admits more" if rare else ""), DiffmaskWarning, stacklevel=3)
 

@@ -266,7 +266,8 @@ def test_words_of_broken_text_are_no_anchors_and_are_named_when_they_would_have_
         warnings.simplefilter("error")  # ranked below the anchors: no warning
         assert mine_anchors({**counts, bullet: 1, apostrophe: 1, glyph: 1}, general, k=2, min_count=1).words == [
             "enzyme", "kinase"]
-    with pytest.warns(DiffmaskWarning, match=r"^1 of the top words"), pytest.raises(ValueError, match="readable text"):
+    with pytest.warns(DiffmaskWarning, match=r"^1 of the top words"), pytest.raises(
+            ValueError, match="1 distinct word .*, 1 is broken text$"):
         mine_anchors({bullet: 9}, general, min_count=1)  # named before the error
 
 
@@ -311,6 +312,13 @@ def test_mine_anchors_errors():
     assert mine_anchors(counts, k=np.int64(1), min_count=1).words == ["enzyme"]
     with pytest.raises(ValueError, match="no word qualifies"):
         mine_anchors(count_words(["12 12 12 12"], progress=False))
+    # The refusal names what kept the words out, as the warning of too few anchors does.
+    with pytest.raises(ValueError, match=r"^no word qualifies as an anchor: of the corpus's 3 distinct words \(25 in "
+                                         r"all\), 3 are citation syntax \(et al., cf.\)$"):
+        mine_anchors(WordCounts.from_mapping({"et": 10, "al": 10, "cf": 5}))
+    with pytest.raises(ValueError, match=r"of the corpus's 4 distinct words \(17 in all\), 1 occurs fewer than 3 times, "
+                                         r"1 has no letter, 2 are citation syntax \(et al., cf.\); lower min_count"):
+        mine_anchors(WordCounts.from_mapping({"et": 10, "al": 3, "12": 3, "enzyme": 1}))
     with pytest.raises(ValueError, match="empty"):
         mine_anchors(WordCounts())
     for bad, error, message in [({1: 5, "the": 50}, TypeError, r"the words of counts must be strings, got 1 \(int\)"),
