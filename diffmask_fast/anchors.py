@@ -242,6 +242,7 @@ def mine_anchors(
         _warn_of_few_anchors(len(chosen), k, left_out, rare=len(counts) > len(frequent))
     anchors = tuple(Anchor(w, s, counts[w], general.count(w)) for w, s in chosen)
     _warn_of_weak_anchors(anchors, len(scored))
+    _warn_of_another_language(lettered, general, anchors)
     return Anchors(anchors, total, general.total, min_count, smoothing_per_million, general.source)
 
 
@@ -293,6 +294,28 @@ def _warn_of_weak_anchors(anchors: tuple, eligible: int) -> None:
             f"the corpus as in general English, so no words of its domain: {shown}. Only {eligible:,} words occur "
             "often enough to be anchors; a larger corpus, or fewer anchors, keeps the anchors to the domain's words",
             DiffmaskWarning, stacklevel=3)
+
+
+#: The share of the occurrences of a corpus's frequent words that may be of words the general
+#: table lacks before the corpus is taken to be in another language: 1-2% on the English
+#: corpora of the paper's tasks (chemical names, authors), near 100% in Russian or Chinese.
+OTHER_LANGUAGE_SHARE = 0.5
+
+
+def _warn_of_another_language(lettered: list, general: GeneralFrequencies, anchors: tuple) -> None:
+    """Warn where most occurrences of the frequent words (``lettered``: (word, count)) are of words
+    the general table lacks: the corpus is in another language than the table, whose TF-ICF is
+    then the words' frequency alone, and its function words are the anchors, with no warning of
+    weak anchors (their TF-ICF is in the thousands)."""
+    occurrences = sum(count for _, count in lettered)
+    unknown = sum(count for word, count in lettered if general.count(word) == 0)
+    if occurrences and unknown > OTHER_LANGUAGE_SHARE * occurrences:
+        shown = ", ".join(repr(printable(anchor.word)) for anchor in anchors[:5])
+        warnings.warn(f"{unknown / occurrences:.0%} of the occurrences of the corpus's frequent words are of words "
+                      f"the general table ({general.source}) lacks: the corpus is probably in another language than "
+                      f"the table. TF-ICF is then the words' frequency alone, and the anchors its most frequent words "
+                      f"({shown}); give a general table of the corpus's language (general=..., --general)",
+                      DiffmaskWarning, stacklevel=3)
 
 
 def _warn_of_broken_text(broken: list) -> None:

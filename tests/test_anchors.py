@@ -271,6 +271,28 @@ def test_words_of_broken_text_are_no_anchors_and_are_named_when_they_would_have_
         mine_anchors({bullet: 9}, general, min_count=1)  # named before the error
 
 
+@needs_data
+def test_a_corpus_in_another_language_than_the_general_table_is_warned_of(seed):
+    """Words the English table lacks have TF-ICF of their frequency alone: a Russian corpus's
+    anchors were its function words ("в", "и", "на"), with TF-ICF in the thousands, and no warning."""
+    rng = random.Random(seed)
+    function_words = ["в", "и", "на", "с", "не"]
+    content = ["фермент", "рецептор", "киназа", "клетка", "белок", "ингибитор", "печень", "ген"]
+    lines = [" ".join(rng.choice(function_words if rng.random() < 0.5 else content) for _ in range(12))
+             for _ in range(300)]
+    with pytest.warns(DiffmaskWarning, match=r"^100% of the occurrences of the corpus's frequent words are of words "
+                                             r"the general table \(.*\) lacks: the corpus is probably in another "
+                                             r"language .*give a general table of the corpus's language"):
+        anchors = mine_anchors(count_words(lines, progress=False), k=5)
+    assert set(anchors.words) & set(function_words)
+    russian = GeneralFrequencies({word: 10**6 for word in function_words + content}, 10**9)
+    english = count_words(DATA / "chemprot" / "abstracts.txt", progress=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        mine_anchors(count_words(lines, progress=False), russian, k=5)  # the table of its language
+        mine_anchors(english)  # about 2% of its frequent words' occurrences are not in the table
+
+
 def test_fewer_qualifying_words_than_asked_for_are_warned_of():
     """The library returned fewer than k anchors without a word (the command line alone said so)."""
     general = GeneralFrequencies({"the": 1000, "enzyme": 1, "cell": 10}, total=10000)
