@@ -399,6 +399,12 @@ def test_citation_syntax_is_no_anchor_of_acl_arc():
         anchors = mine_anchors(counts, k=20)
     assert {"et", "al"} <= {word for word, _ in counts.most_common(300)}
     assert not {"et", "al", "cf"} & set(anchors.words) and anchors.words[:3] == ["lexical", "corpus", "semantic"]
+    # Nor "cf." with the corpus's placeholder after it, or the years that tell an author's works apart.
+    assert counts["cfxxx"] == 25 and counts["1997a"] and "cfxxx" not in anchors.words
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DiffmaskWarning)
+        widest = mine_anchors(counts, k=300).words
+    assert not [word for word in widest if reference.is_citation_word(word) or word[:4].isdigit()], widest
     general = GeneralFrequencies.default().lowercased()
     assert [(a.word, a.score) for a in anchors] == reference.select_anchors(
         dict(counts.counts), general.counts, general.total, k=20, min_count=anchors.min_count)
@@ -414,6 +420,10 @@ def test_citation_words_are_left_out_whatever_their_case_and_named_when_few_qual
             assert mine_anchors(counts, general, k=3, min_count=1).words == ["protein"]
         assert reference.select_anchors(words, general.counts, general.total, k=3, min_count=1)[0][0] == "protein"
     assert reference.is_anchor_candidate("etc.") and not reference.is_anchor_candidate(reference.normalize_word("etc."))
+    for citation in ("cfXXX", "etxxxx", "2004a", "1997B", "1850c"):
+        assert reference.is_citation_word(citation) and not reference.is_anchor_candidate(citation), citation
+    for word in ("2004", "x2004a", "2004ab", "cfx", "xxx", "1450a", "mp3", "cox-2"):
+        assert not reference.is_citation_word(word), word
 
 
 def test_case_kept_counts_look_general_words_up_in_lowercase():
