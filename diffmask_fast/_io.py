@@ -320,3 +320,5 @@ def read_json(path: str | os.PathLike, what: str) -> Any:
         raise ValueError(f"{str(path)!r} is not a valid {what} file: {error}") from error
     except RecursionError:  # brackets nested thousands deep: no file this library writes
         raise ValueError(f"{str(path)!r} is not a valid {what} file: its JSON is nested too deeply") from None
+    except ValueError as error:  # a number of over 4,300 digits, which Python refuses to read
+        raise ValueError(f"{str(path)!r} is not a valid {what} file: {error}") from None

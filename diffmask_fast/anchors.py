@@ -107,7 +107,21 @@ def _anchors_from(payload: dict) -> tuple[Anchors | None, str | None]:
 
 
 def _is_number(value) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    """A finite number, as a float can hold it (JSON reads any integer: 10**400 overflowed)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    try:
+        return math.isfinite(value)
+    except OverflowError:
+        return False
+
+
+def _shown(value) -> str:
+    """A field's value in a message: an integer too long to print (Python refuses beyond 4,300
+    digits) by its size."""
+    if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 1024:
+        return f"an integer of {value.bit_length():,} bits, beyond a float's range"
+    return repr(value)
 
 
 def _is_count(value, least: int) -> bool:
@@ -120,7 +134,7 @@ def _field_problem(anchors: Anchors) -> str | None:
     punctuation stripped (case is kept: counts made with ``lowercase=False`` keep it)."""
     for name in ("target_total", "general_total", "min_count", "smoothing_per_million"):
         if not _is_number(getattr(anchors, name)):
-            return f"{name} must be a finite number, got {getattr(anchors, name)!r}"
+            return f"{name} must be a finite number, got {_shown(getattr(anchors, name))}"
     for name, value, least in (("target_total", anchors.target_total, 1), ("min_count", anchors.min_count, 1)):
         if not _is_count(value, least):
             return f"{name} must be an integer of at least {least}, got {value!r}"
@@ -139,7 +153,8 @@ def _field_problem(anchors: Anchors) -> str | None:
         seen.add(anchor.word)
         for name in ("score", "target_count", "general_count"):
             if not _is_number(getattr(anchor, name)):
-                return f"the {name} of anchor {anchor.word!r} must be a finite number, got {getattr(anchor, name)!r}"
+                return (f"the {name} of anchor {anchor.word!r} must be a finite number, got "
+                        f"{_shown(getattr(anchor, name))}")
         if not _is_count(anchor.target_count, 1) or anchor.target_count > anchors.target_total:
             return (f"the target_count of anchor {anchor.word!r} must be an integer from 1 to target_total "
                     f"({anchors.target_total:,}), got {anchor.target_count!r}")

@@ -482,6 +482,9 @@ def test_general_table_file_with_a_bom_or_bad_bytes(tmp_path):
     ("zero total", "target_total must be an integer of at least 1, got 0"),
     ("min count zero", "min_count must be an integer of at least 1"),
     ("zero smoothing", "smoothing_per_million must be positive"),
+    ("huge general count", "general_count of anchor 'enzyme' must be a finite number, got an integer of 1,329 bits, "
+                           "beyond a float's range"),
+    ("endless total", "Exceeds the limit (4300 digits) for integer string conversion"),
 ])
 def test_a_damaged_anchors_file_is_a_clear_error(tmp_path, damage, problem):
     path = tmp_path / "anchors.json"
@@ -493,7 +496,8 @@ def test_a_damaged_anchors_file_is_a_clear_error(tmp_path, damage, problem):
              "negative count": (second, "target_count", -5), "count beyond total": (second, "target_count", 16),
              "fractional count": (second, "target_count", 2.5),
              "negative general count": (first, "general_count", -1.0), "zero total": (payload, "target_total", 0),
-             "min count zero": (payload, "min_count", 0), "zero smoothing": (payload, "smoothing_per_million", 0.0)}
+             "min count zero": (payload, "min_count", 0), "zero smoothing": (payload, "smoothing_per_million", 0.0),
+             "huge general count": (first, "general_count", 10**400)}  # JSON holds any integer; a float cannot
     if damage in edits:
         record, field, value = edits[damage]
         record[field] = value
@@ -507,9 +511,11 @@ def test_a_damaged_anchors_file_is_a_clear_error(tmp_path, damage, problem):
         payload["anchors"][1]["target_count"] = "5"
     elif damage == "word as number":
         payload["anchors"][0]["word"] = 7
+    elif damage == "endless total":  # more digits than Python reads (or json.dumps writes)
+        payload["general_total"] = "ENDLESS"
     else:
         payload["colour"] = "blue"
-    path.write_text(json.dumps(payload))
+    path.write_text(json.dumps(payload).replace('"ENDLESS"', "9" * 5000))
     with pytest.raises(ValueError, match="not a valid anchors file: .*" + re.escape(problem)):
         Anchors.load(path)
     with pytest.raises(IsADirectoryError, match=f"anchors file '{tmp_path}' is a folder, not a file"):
