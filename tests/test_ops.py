@@ -604,6 +604,31 @@ def test_anchor_preparation_keeps_denormals_whatever_the_callers_float_mode(flus
         assert torch.equal(indices, expected[1]) and torch.equal(values, expected[0]), f"{threads=} {seed=}"
 
 
+def test_float64_embeddings_keep_denormal_anchors_whatever_the_callers_float_mode(flush_denormals, seed):
+    """Float64 embeddings take float32 anchors converted to float64 on the caller's thread: with it
+    flushing denormals, anchors of 1e-40 became zero rows, all of them with one thread and some
+    with more (ATen's copy runs partly on the pool's threads)."""
+    torch.set_flush_denormal(False)
+    g = generator(seed)
+    queries = torch.randn(500, 16, generator=g, dtype=torch.float64)
+    for dtype in (torch.float32, torch.bfloat16):
+        anchors = (torch.randn(4096, 16, generator=g) * 1e-40).to(dtype)
+        assert (anchors.float().abs() < torch.finfo(torch.float32).tiny).all(), "the premise: denormal anchors"
+        expected = ops.max_anchor_similarity(queries, anchors)
+        assert (expected[0] > 0.3).all()
+        torch.set_flush_denormal(True)
+        for threads in (1, 2):
+            torch.set_num_threads(threads)
+            values, indices = ops.max_anchor_similarity(queries, anchors)
+            assert torch.equal(indices, expected[1]) and torch.equal(values, expected[0]), f"{dtype} {threads=} {seed=}"
+        torch.set_flush_denormal(False)
+    keys, values = ops.ScoreHashTable().tensors()
+    torch.set_flush_denormal(True)
+    default, found = torch.ops.diffmask_fast.score_table_lookup(keys, values, torch.tensor([5]), 1e-40)
+    torch.set_flush_denormal(False)  # to read it
+    assert not found[0] and default[0] > 0, "a denormal default value is kept"
+
+
 def test_sampling_errors():
     weights, counts = torch.rand(3, 4), torch.tensor([1, 2, 3])
     for bad, word in [(float("nan"), "NaN"), (float("inf"), "infinite"), (-0.5, "negative")]:

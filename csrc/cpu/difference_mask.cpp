@@ -62,6 +62,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> difference_mask_cpu(
     const at::Tensor& table_keys, const at::Tensor& table_values, const at::Tensor& random_token_ids,
     double mlm_probability, int64_t weighting, double uniform_mix, double unknown_score, int64_t mask_token_id,
     double mask_replace_prob, double random_replace_prob, int64_t seed) {
+  // unknown_score is rounded to float32 on this thread: kept when denormal, as the rows read it.
+  const KeepDenormals keep_denormals;
   const MaskBatch batch =
       prepare_mask_batch(kOp, input_ids, never_word, starts_word, table_keys, table_values, random_token_ids,
                          mlm_probability, weighting, uniform_mix, unknown_score, mask_token_id, mask_replace_prob,

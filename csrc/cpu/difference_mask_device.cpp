@@ -24,6 +24,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> differenc
     double mlm_probability, int64_t weighting, double uniform_mix, double unknown_score, int64_t mask_token_id,
     double mask_replace_prob, double random_replace_prob, const at::Tensor& seed) {
   constexpr const char* kDeviceOp = "difference_mask_device";
+  const KeepDenormals keep_denormals;  // on this thread too: see difference_mask_cpu
   check_cpu(seed, kDeviceOp, "seed");
   check_seed_tensor(kDeviceOp, seed);
   const MaskBatch batch =

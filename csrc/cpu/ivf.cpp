@@ -12,8 +12,11 @@
 // list's first maximum; a query's pairs are then reduced, ties going to the smallest position
 // (or, given ids, to the smallest id: an index's lists hold its anchors in id order, list after
 // list, so a tie between lists would otherwise go to the anchor of the earlier list), so results
-// depend neither on the number of threads nor on the order in which the lists are scanned. One
-// parallel region: the threads take lists, costliest first, from a shared counter.
+// depend neither on the number of threads nor on the order in which the lists are scanned, on
+// the panel route. BLAS may split a product of few queries and a long list across the threads
+// it is given (MKL does, inside a parallel region too, and torch exposes no way to stop it), so
+// there a product can move with the thread count by float32 rounding. One parallel region: the
+// threads take lists, costliest first, from a shared counter.
 //
 // top_dots: row blocks multiplied with every centroid by the same panel kernels, and the k
 // largest products of each row selected (select_top).
@@ -95,6 +98,7 @@ std::tuple<at::Tensor, at::Tensor> ivf_max_dot_cpu(const at::Tensor& queries_in,
                                                     const at::Tensor& vectors_in, const at::Tensor& offsets_in,
                                                     const std::optional<at::Tensor>& ids_in) {
   const at::AutoDispatchBelowADInplaceOrView no_autograd;
+  const KeepDenormals keep_denormals;  // on this thread too: see max_anchor_similarity_cpu
   check_arguments(queries_in, probes_in, vectors_in, offsets_in);
   const at::Tensor queries = queries_in.contiguous();
   const at::Tensor probes = probes_in.contiguous();
@@ -318,6 +322,7 @@ void select_top(const float* s, int64_t n, int64_t k, Selection& w, int64_t* out
 
 at::Tensor top_dots_cpu(const at::Tensor& queries_in, const at::Tensor& vectors_in, int64_t k) {
   const at::AutoDispatchBelowADInplaceOrView no_autograd;
+  const KeepDenormals keep_denormals;  // on this thread too: see max_anchor_similarity_cpu
   check_queries_and_vectors(queries_in, vectors_in, kTopOp, "C");
   TORCH_CHECK_VALUE(k >= 0 && k <= vectors_in.size(0), kTopOp, ": k must be in [0, C] = [0, ", vectors_in.size(0),
                     "], got ", k);

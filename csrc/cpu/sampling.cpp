@@ -17,6 +17,7 @@ namespace {
 constexpr const char* kOp = "sample_without_replacement";
 
 at::Tensor sample_without_replacement_cpu(const at::Tensor& weights, const at::Tensor& counts, int64_t seed) {
+  const KeepDenormals keep_denormals;  // on this thread too: see max_anchor_similarity_cpu
   check_cpu(weights, kOp, "weights");
   check_cpu(counts, kOp, "counts");
   check_dim(weights, kOp, "weights", 2);

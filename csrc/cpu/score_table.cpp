@@ -7,6 +7,7 @@
 
 #include "../core/score_table.h"
 #include "checks.h"
+#include "denormals.h"
 
 namespace diffmask_fast {
 namespace cpu {
@@ -16,6 +17,7 @@ namespace {
 void score_table_insert_cpu(const at::Tensor& keys, const at::Tensor& values, const at::Tensor& new_keys,
                             const at::Tensor& new_values) {
   constexpr const char* kOp = "score_table_insert";
+  const KeepDenormals keep_denormals;  // on this thread too: see max_anchor_similarity_cpu
   check_score_table(keys, values, kOp, "keys", "values");
   TORCH_CHECK_VALUE(keys.is_contiguous() && values.is_contiguous(), kOp,
                     ": keys and values are updated in place and must be contiguous");
@@ -64,6 +66,8 @@ void score_table_insert_cpu(const at::Tensor& keys, const at::Tensor& values, co
 std::tuple<at::Tensor, at::Tensor> score_table_lookup_cpu(const at::Tensor& keys, const at::Tensor& values,
                                                           const at::Tensor& queries, double default_value) {
   constexpr const char* kOp = "score_table_lookup";
+  // default_value is rounded to float32 here: a caller flushing denormals read 1e-40 as 0.
+  const KeepDenormals keep_denormals;
   check_score_table(keys, values, kOp, "keys", "values");
   check_cpu(queries, kOp, "queries");
   check_dtype(queries, kOp, "queries", at::kLong);

@@ -11,11 +11,13 @@
 // The dot products come from the packed-panel kernels of core/dot_kernels.h where the CPU has
 // AVX2 or AVX-512 (float32 compute), otherwise from BLAS (at::mm) per block and tile: float64
 // inputs, other CPUs, many anchors on AVX2. Blocks and tiles have fixed sizes, and tiles are
-// whole numbers of panels, so results depend neither on the number of threads nor on K's tiling.
-// On the panel route a row's result does not depend on the other rows either; BLAS picks its
-// kernels by block shape, so there a float32 row's value can move with the batch it is in, by
-// a few units of float32 rounding on the scale of 1 (the products' scale: a small cosine moves
-// by several of its own last places), and the nearest anchor only at such a near tie.
+// whole numbers of panels, so on the panel route results depend neither on the number of
+// threads nor on K's tiling, and a row's result not on the other rows either. BLAS picks its
+// kernels by block shape, and may split a product of long rows across the threads it is given
+// (MKL does, inside a parallel region too, and torch exposes no way to stop it): there a row's
+// value can move with the batch it is in and with the thread count, by a few units of float32
+// rounding on the scale of 1 (the products' scale: a small cosine moves by several of its own
+// last places), and the nearest anchor only at such a near tie.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
@@ -361,6 +363,9 @@ std::tuple<at::Tensor, at::Tensor> max_anchor_similarity_cpu(const at::Tensor& e
   // No gradient flows through the op: its own tensor calls (at::mm_out) must not see inputs
   // that require grad as autograd inputs.
   const at::AutoDispatchBelowADInplaceOrView no_autograd;
+  // Conversions on this thread (anchors.to(double) for float64 embeddings) read denormals as the
+  // pool's threads do: a caller flushing them turned float32 anchors of 1e-40 into zero rows.
+  const KeepDenormals keep_denormals;
   check_cpu(embeddings, kOp, "embeddings");
   check_cpu(anchors, kOp, "anchors");
   check_similarity_operands(embeddings, anchors, kOp);
