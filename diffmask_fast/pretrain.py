@@ -972,16 +972,21 @@ def _trainer_state(checkpoint: Path | None) -> dict | None:
 
 
 def _resume_run_length(started_with: dict, config: PretrainConfig, state: dict | None) -> None:
-    """A resume that names no max_steps continues a run given one for the steps its checkpoint
-    (``state``) planned (as the run began, or as a resume lengthened it), not for --epochs: that
-    would change the run's length and rebuild its learning-rate schedule unannounced."""
-    if config.max_steps >= 1 or not isinstance(started_with.get("max_steps"), int) or started_with["max_steps"] < 1:
+    """A resume that names no max_steps continues for the steps its checkpoint (``state``)
+    planned, as the run began or as a resume lengthened it, not for --epochs: that would change
+    the run's length and rebuild its learning-rate schedule unannounced (a run begun by epochs
+    and lengthened by --max-steps fell back to its epochs). A run begun by epochs and never
+    lengthened planned the steps its epochs make: the same run."""
+    if config.max_steps >= 1:
         return
     try:
         planned = int(state["max_steps"])
     except (KeyError, TypeError, ValueError):
         planned = None
-    config.max_steps = planned if planned is not None and planned > 0 else started_with["max_steps"]
+    if planned is not None and planned > 0:
+        config.max_steps = planned
+    elif isinstance(started_with.get("max_steps"), int) and started_with["max_steps"] >= 1:
+        config.max_steps = started_with["max_steps"]
 
 
 def _resume_word_boundary(started_with: dict, used: str | None, config: PretrainConfig) -> dict:

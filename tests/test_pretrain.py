@@ -2329,6 +2329,20 @@ def test_a_resume_naming_no_max_steps_keeps_the_steps_the_run_planned(model_dir,
     shutil.rmtree(out / "checkpoint-8")  # as if stopped after the checkpoint at step 6
     longer = pretrain(config_for(model_dir, corpus, out, strategy="random-word", max_steps=-1, resume=True))
     assert longer["global_step"] == 8
+    # Begun by epochs and lengthened by --max-steps, a run resumed without it fell back to its epochs.
+    small = tmp_path / "small.txt"
+    small.write_text("".join(corpus.read_text(encoding="utf-8").splitlines(keepends=True)[:12]), encoding="utf-8")
+    by_epochs = tmp_path / "epochs"
+    first = pretrain(config_for(model_dir, small, by_epochs, strategy="random-word", max_steps=-1, epochs=1))
+    steps = first["global_step"]
+    assert 2 <= steps <= 12, "the premise: an epoch of a few steps"
+    with pytest.warns(DiffmaskWarning, match=f"planned {steps} steps, now max_steps {steps + 4}"):
+        pretrain(config_for(model_dir, small, by_epochs, strategy="random-word", max_steps=steps + 4, epochs=1,
+                            resume=True))
+    shutil.rmtree(by_epochs / f"checkpoint-{steps + 4}")  # as if stopped after the checkpoint before it
+    resumed = pretrain(config_for(model_dir, small, by_epochs, strategy="random-word", max_steps=-1, epochs=1,
+                                  resume=True))
+    assert resumed["global_step"] == steps + 4
 
 
 def test_a_resume_with_validation_files_ignores_the_share_it_would_have_held_out(tmp_path):
