@@ -865,14 +865,16 @@ def _check_output_dir(config: PretrainConfig) -> tuple[dict | None, Path | None]
     from transformers.trainer_utils import get_last_checkpoint  # the checkpoint Trainer resumes from
 
     latest = get_last_checkpoint(str(out)) if config.resume is True else config.resume
-    if latest is not None and Path(latest).is_dir() and not (Path(latest) / "trainer_state.json").exists():
+    if latest is not None and Path(latest).is_dir() and _trainer_state(Path(latest)) is None:
         folder = Path(latest).parent
-        complete = [p.name for p in folder.glob("checkpoint-*") if (p / "trainer_state.json").exists()]
-        raise ValueError(f"the checkpoint {str(latest)!r} is incomplete (no trainer_state.json: its saving was "
-                         "interrupted); delete it and resume again"
+        complete = [p.name for p in folder.glob("checkpoint-*") if _trainer_state(p) is not None]
+        raise ValueError(f"the checkpoint {str(latest)!r} is incomplete (no readable trainer_state.json, which is "
+                         "written last: its saving was interrupted); delete it and resume again"
                          + (f", or resume from another (--resume {str(folder / _latest_name(complete))})"
                             if complete else ""))
     latest = None if latest is None else Path(latest)
+    if latest is not None and latest.is_dir():
+        _warn_of_a_lost_optimizer(latest)
     record = read_json(run_dir / RUN_FILE, "pretraining run") if (run_dir / RUN_FILE).exists() else None
     state = _trainer_state(latest)
     if isinstance(record, dict):
@@ -958,6 +960,18 @@ def _check_same_processes(recorded, now: int) -> None:
         raise ValueError(f"--resume continues a run that trained on {recorded} process(es), here on {now}: each "
                          "step's batch would change, and with it the sequences the steps left take. Resume on "
                          f"{recorded} ({how})")
+
+
+def _warn_of_a_lost_optimizer(checkpoint: Path) -> None:
+    """Warn of a checkpoint without its optimizer's or schedule's state (deleted to save room, or
+    copied in part): Trainer then resumes with a new optimizer and the learning-rate schedule
+    from its start, warm-up again, without a word."""
+    missing = [f"{part}.pt" for part in ("optimizer", "scheduler") if not any(checkpoint.glob(f"{part}*"))]
+    if missing:
+        warnings.warn(f"the checkpoint {str(checkpoint)!r} holds no {' or '.join(missing)}: the run resumes with a "
+                      "new optimizer (its moments lost) and its learning-rate schedule from the start, warm-up "
+                      "again; resume from a complete checkpoint to continue the run as it was", DiffmaskWarning,
+                      stacklevel=3)
 
 
 def _trainer_state(checkpoint: Path | None) -> dict | None:

@@ -1942,12 +1942,24 @@ def test_a_resume_on_other_documents_or_an_incomplete_checkpoint_is_refused(mode
         pretrain(config_for(model_dir, changing, out, strategy="random-word", max_steps=4, eval_steps=1, patience=0,
                             resume=True))
     shutil.copy(corpus, changing)
-    (out / "checkpoint-2" / "trainer_state.json").unlink()
-    with pytest.raises(ValueError, match="checkpoint-2.* is incomplete .*delete it and resume again, or resume from "
-                                         "another \\(--resume .*checkpoint-1\\)"):
-        pretrain(config_for(model_dir, changing, out, strategy="random-word", max_steps=4, eval_steps=1, patience=0,
-                            resume=True))
+    state = (out / "checkpoint-2" / "trainer_state.json").read_bytes()
+    for cut in (b"", state[: len(state) // 2]):  # not written, or cut short: it is written last
+        if cut:
+            (out / "checkpoint-2" / "trainer_state.json").write_bytes(cut)
+        else:
+            (out / "checkpoint-2" / "trainer_state.json").unlink()
+        with pytest.raises(ValueError, match="checkpoint-2.* is incomplete .*delete it and resume again, or resume "
+                                             "from another \\(--resume .*checkpoint-1\\)"):
+            pretrain(config_for(model_dir, changing, out, strategy="random-word", max_steps=4, eval_steps=1,
+                                patience=0, resume=True))
     shutil.rmtree(out / "checkpoint-2")
+    # A checkpoint without its optimizer's state resumed with a new one, warm-up again, unannounced.
+    (out / "checkpoint-1" / "optimizer.pt").rename(tmp_path / "optimizer.pt")
+    with pytest.warns(DiffmaskWarning, match="checkpoint-1' holds no optimizer.pt: the run resumes with a new "
+                                             "optimizer"):
+        pretrain(config_for(model_dir, changing, tmp_path / "other", strategy="random-word", max_steps=3,
+                            eval_steps=1, patience=0, resume=out / "checkpoint-1"))
+    (tmp_path / "optimizer.pt").rename(out / "checkpoint-1" / "optimizer.pt")
     resumed = pretrain(config_for(model_dir, changing, out, strategy="random-word", max_steps=3, eval_steps=1,
                                   patience=0, resume=True))
     assert resumed["global_step"] == 3
