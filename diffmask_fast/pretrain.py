@@ -167,6 +167,9 @@ class PretrainConfig:
         if self.max_steps == 0:  # (below -1 is refused above)
             raise ValueError(f"max_steps must be a positive number of steps (or -1: train for the epochs), "
                              f"got {self.max_steps}")
+        if self.validation is not None and not self.validation:  # an API glob that matched nothing, say
+            raise ValueError("validation is an empty list of files; give files, or None to hold out a share of the "
+                             "corpus")
         if self.validation is None and not 0.0 < self.validation_fraction < 1.0:
             raise ValueError(f"validation_fraction must be in (0, 1), got {self.validation_fraction}")
         if not 0.0 <= self.validation_fraction < 1.0:  # unread with validation files (0 says so); still recorded

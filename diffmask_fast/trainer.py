@@ -159,6 +159,10 @@ class MaskingTrainer(Trainer):
         created = self.lr_scheduler is None
         scheduler = super().create_scheduler(num_training_steps, optimizer)
         if created and self.head_warmup_steps:
+            if self.head_warmup_steps >= num_training_steps:  # the encoder would never train
+                raise ValueError(f"head_warmup_steps {self.head_warmup_steps} is not below the run's "
+                                 f"{num_training_steps} training steps: only the head would train; give fewer "
+                                 "head warm-up steps, or more steps")
             _hold_encoder_back(scheduler, self.head_warmup_steps, self.args.get_warmup_steps(num_training_steps),
                                num_training_steps)
         return scheduler

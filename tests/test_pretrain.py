@@ -1814,6 +1814,16 @@ def test_head_warmup_errors(tiny_bert_mlm, tmp_path):
         with pytest.raises(ValueError, match="the scheduler given in optimizers=\\(optimizer, scheduler\\)"):
             MaskingTrainer(model=tiny_bert_mlm, args=args, data_collator=lambda x: x,
                            optimizers=(optimizer, scheduler), **options)
+    # As many head warm-up steps as the run has, or more, trained the head alone, without a word.
+    for steps in (4, 5):
+        trainer = MaskingTrainer(model=tiny_bert_mlm, args=args, data_collator=lambda x: x, head_warmup_steps=steps)
+        trainer.create_optimizer()
+        with pytest.raises(ValueError, match=f"head_warmup_steps {steps} is not below the run's 4 training steps: "
+                                             "only the head would train"):
+            trainer.create_scheduler(4)
+    trainer = MaskingTrainer(model=tiny_bert_mlm, args=args, data_collator=lambda x: x, head_warmup_steps=3)
+    trainer.create_optimizer()
+    assert trainer.create_scheduler(4) is not None
 
 
 def test_a_run_stopped_early_is_told_from_the_steps_trainer_plans():
@@ -2366,6 +2376,8 @@ def test_a_resume_with_validation_files_ignores_the_share_it_would_have_held_out
     def config(**options):
         return PretrainConfig(model="hub/model", corpus=["c.txt"], output_dir=tmp_path / "out", **options)
 
+    with pytest.raises(ValueError, match="validation is an empty list of files"):  # a glob that matched nothing
+        config(validation=[]).check()
     for validation, refused in ((["v.txt"], []), (None, ["validation_fraction", "max_validation_documents"])):
         started = config(validation=validation)
         saved = json_ready(dataclasses.asdict(started))
