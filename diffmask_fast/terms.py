@@ -573,7 +573,7 @@ def domain_terms(
             # Highest first; words are sorted, so ties go to the alphabetically first.
             rows = rows[np.argsort(-values[rows], kind="stable")[:count]]
         found.update(normalize_word(words[i]) for i in rows.tolist())
-    # A phrase among the anchors ("et al.") is citation syntax when each of its words is
+    # A phrase among the anchors ("et al.") is citation syntax when each of its words is.
     found = {w for w in found if is_anchor_candidate(w) and not all(map(is_citation_word, w.split()))}
     if not found:
         raise ValueError(
