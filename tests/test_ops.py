@@ -1367,9 +1367,10 @@ def test_difference_mask_errors():
         raw(0.2, 0, 0.0, 0.0, 1, 0.9, 0.13436424411240122, 0)
     with pytest.raises(ValueError, match=r"unknown_score must be finite, got -inf$"):
         raw(0.2, 0, 0.0, -math.inf, 1, 0.8, 0.1, 0)
-    with pytest.raises(ValueError, match=r"random_replace_prob = 1e-07 > 0"):
-        torch.ops.diffmask_fast.difference_mask(ids, never, starts, keys, values, RANDOM_IDS[:0], 0.2, 0, 0.0, 0.0, 1,
-                                                0.8, 1e-07, 0)
+    for share in (1e-07, 1e-310):  # a subnormal share too: it failed with "IndexError: stod"
+        with pytest.raises(ValueError, match=f"random_replace_prob = {share!r} > 0"):
+            torch.ops.diffmask_fast.difference_mask(ids, never, starts, keys, values, RANDOM_IDS[:0], 0.2, 0, 0.0, 0.0,
+                                                    1, 0.8, share, 0)
 
 
 # ----------------------------------------------------------------------------------------------

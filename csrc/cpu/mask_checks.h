@@ -7,6 +7,7 @@
 #include <c10/util/Exception.h>
 
 #include <cmath>
+#include <cstdlib>
 #include <iomanip>
 #include <sstream>
 #include <string>
@@ -35,7 +36,8 @@ inline std::string shortest_text(double value) {
   for (int digits = 6; digits < 17; ++digits) {
     std::ostringstream text;
     text << std::setprecision(digits) << value;
-    if (!std::isfinite(value) || std::stod(text.str()) == value) return text.str();
+    // strtod, not stod: stod throws on a subnormal value (1e-310), which it reads as out of range.
+    if (!std::isfinite(value) || std::strtod(text.str().c_str(), nullptr) == value) return text.str();
   }
   std::ostringstream text;
   text << std::setprecision(17) << value;
