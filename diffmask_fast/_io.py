@@ -316,9 +316,7 @@ def read_json(path: str | os.PathLike, what: str) -> Any:
                          "--counts-output writes them), not JSON")
     try:
         return json.loads(data.decode("utf-8-sig"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise ValueError(f"{str(path)!r} is not a valid {what} file: {error}") from error
     except RecursionError:  # brackets nested thousands deep: no file this library writes
         raise ValueError(f"{str(path)!r} is not a valid {what} file: its JSON is nested too deeply") from None
-    except ValueError as error:  # a number of over 4,300 digits, which Python refuses to read
-        raise ValueError(f"{str(path)!r} is not a valid {what} file: {error}") from None
+    except ValueError as error:  # not JSON, not UTF-8, or a number of over 4,300 digits (Python refuses it)
+        raise ValueError(f"{str(path)!r} is not a valid {what} file: {error}") from error
