@@ -338,15 +338,22 @@ def _space_dropping_ids(tokenizer, never_word: torch.Tensor) -> list[int]:
     probed = [(int(i), str(token.content)) for i, token in sorted(added.items())
               if not getattr(token, "special", True) and not getattr(token, "lstrip", False)
               and str(token.content).strip() and 0 <= int(i) < never_word.numel()]
-    if not probed:
+    before = _neighbours(tokenizer, probed, "a {}", -1, never_word.numel())
+    return [token_id for (token_id, _), other in zip(probed, before) if other is not None and not never_word[other]]
+
+
+def _neighbours(tokenizer, tokens: list[tuple[int, str]], text: str, step: int, vocab_size: int) -> list[int | None]:
+    """For each added token (id, content), the id ``step`` places from its first occurrence when
+    ``text.format(content)`` is tokenized (all at once); None where it or its neighbour is
+    missing: how the tokenizer treats the whitespace around it."""
+    if not tokens:
         return []
-    encoded = tokenizer([f"a {content}" for _, content in probed], add_special_tokens=False)["input_ids"]
-    dropping = []
-    for (token_id, _), ids in zip(probed, encoded):
-        at = ids.index(token_id) if token_id in ids else 0
-        if at > 0 and 0 <= ids[at - 1] < never_word.numel() and not never_word[ids[at - 1]]:
-            dropping.append(token_id)
-    return dropping
+    encoded = tokenizer([text.format(content) for _, content in tokens], add_special_tokens=False)["input_ids"]
+    found = []
+    for (token_id, _), ids in zip(tokens, encoded):
+        at = ids.index(token_id) + step if token_id in ids else -1
+        found.append(ids[at] if 0 <= at < len(ids) and 0 <= ids[at] < vocab_size else None)
+    return found
 
 
 def check_tokenizer(tokenizer) -> None:
@@ -472,12 +479,9 @@ def _warn_of_tokens_gluing_the_next_word(tokenizer, starts_word: torch.Tensor, n
     taking = [(int(i), str(token.content)) for i, token in sorted(added.items())
               if getattr(token, "rstrip", False) and not getattr(token, "special", True)
               and str(token.content).strip()]  # whitespace ends a word anyway
-    glued = []
-    for token_id, content in taking:
-        ids = tokenizer(content + " word", add_special_tokens=False)["input_ids"]
-        after = [ids[i + 1] for i in range(len(ids) - 1) if ids[i] == token_id]
-        if after and 0 <= after[0] < starts_word.numel() and not (starts_word[after[0]] or never_word[after[0]]):
-            glued.append(content)
+    after = _neighbours(tokenizer, taking, "{} word", 1, starts_word.numel())
+    glued = [content for (_, content), other in zip(taking, after)
+             if other is not None and not (starts_word[other] or never_word[other])]
     if glued:
         warnings.warn(f"{type(tokenizer).__name__} has {counted(len(glued), 'added token')} with rstrip=True (e.g. "
                       f"{glued[0]!r}): taking the space after it, such a token leaves the next word without its "
