@@ -868,18 +868,18 @@ def _check_output_dir(config: PretrainConfig) -> tuple[dict | None, Path | None]
     from transformers.trainer_utils import get_last_checkpoint  # the checkpoint Trainer resumes from
 
     latest = get_last_checkpoint(str(out)) if config.resume is True else config.resume
-    if latest is not None and Path(latest).is_dir() and _trainer_state(Path(latest)) is None:
-        folder = Path(latest).parent
+    latest = None if latest is None else Path(latest)
+    state = _trainer_state(latest)
+    if latest is not None and latest.is_dir() and state is None:
+        folder = latest.parent
         complete = [p.name for p in folder.glob("checkpoint-*") if _trainer_state(p) is not None]
         raise ValueError(f"the checkpoint {str(latest)!r} is incomplete (no readable trainer_state.json, which is "
                          "written last: its saving was interrupted); delete it and resume again"
                          + (f", or resume from another (--resume {str(folder / _latest_name(complete))})"
                             if complete else ""))
-    latest = None if latest is None else Path(latest)
     if latest is not None and latest.is_dir():
         _warn_of_a_lost_optimizer(latest)
     record = read_json(run_dir / RUN_FILE, "pretraining run") if (run_dir / RUN_FILE).exists() else None
-    state = _trainer_state(latest)
     if isinstance(record, dict):
         _resume_run_length(record.get("config", {}), config, state)
     complete = latest if _check_steps_left(config, latest, state) else None
