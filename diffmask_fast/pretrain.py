@@ -577,6 +577,8 @@ def pretrain(config: PretrainConfig) -> dict:
                 best = trainer.evaluate()["eval_loss"]
             elif not math.isfinite(best):  # Trainer's starting value: no evaluation had a finite loss
                 best = math.nan
+            if args.process_index == 0:
+                _unmark_finished(out)
             trainer.save_model(str(out))
     except BaseException:
         prepared.remove_windows(all_done=False)
@@ -1118,6 +1120,14 @@ def _run_training_loss(log_history: list[dict], resumed_at: int, session_loss: f
     if session_loss is not None and math.isfinite(session_loss) and last_step > resumed_at:
         total, steps = total + session_loss * (last_step - resumed_at), steps + last_step - resumed_at
     return total / steps if steps else session_loss
+
+
+def _unmark_finished(out: Path) -> None:
+    """Remove the summary (and its picture) an earlier session left before the model is saved
+    over its own in place: the summary, written last, marks the folder's model as whole, and a
+    save cut short would leave it beside a part-written one."""
+    for name in (SUMMARY_FILE, LOSS_PICTURE):
+        (out / name).unlink(missing_ok=True)
 
 
 def _summary_training_loss(path: Path, step: int) -> float | None:

@@ -2237,6 +2237,34 @@ def test_resuming_a_finished_run_keeps_its_training_loss(model_dir, corpus, tmp_
     assert json.loads((out / SUMMARY_FILE).read_text())["train_loss"] == first["train_loss"]
 
 
+def test_a_lengthened_run_cut_short_while_saving_its_model_is_no_finished_run(model_dir, corpus, tmp_path,
+                                                                              monkeypatch):
+    """The model is saved in place over the earlier session's: cut short there, the earlier
+    summary said the folder held a whole model, of the earlier step, beside a part-written one."""
+    out, options = tmp_path / "run", dict(strategy="random-word", eval_steps=2, logging_steps=1)
+    pretrain(config_for(model_dir, corpus, out, max_steps=2, **options))
+    save = MaskingTrainer.save_model
+
+    class Cut(Exception):
+        pass
+
+    def cut_while_saving_the_model(self, output_dir=None, _internal_call=False):
+        if Path(output_dir) == out:
+            (out / "model.safetensors").write_bytes(b"part")
+            raise Cut
+        return save(self, output_dir, _internal_call)
+
+    monkeypatch.setattr(MaskingTrainer, "save_model", cut_while_saving_the_model)
+    with pytest.warns(DiffmaskWarning), pytest.raises(Cut):
+        pretrain(config_for(model_dir, corpus, out, max_steps=4, resume=True, **options))
+    assert not (out / SUMMARY_FILE).exists() and not (out / LOSS_PICTURE).exists()
+    monkeypatch.setattr(MaskingTrainer, "save_model", save)
+    finished = pretrain(config_for(model_dir, corpus, out, max_steps=4, resume=True, **options))
+    assert finished["global_step"] == 4
+    assert json.loads((out / SUMMARY_FILE).read_text())["global_step"] == 4
+    assert load_masked_lm(str(out)) is not None
+
+
 def test_a_stale_summary_lends_no_loss_to_a_resumed_finished_run(model_dir, corpus, tmp_path):
     """A crash after the last checkpoint but before the summary leaves an earlier session's
     summary, of an earlier step: its loss is not the run's, which then comes from the logs."""
