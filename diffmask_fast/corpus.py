@@ -195,9 +195,10 @@ def _glob(pattern: str, refused: Callable[[str], bool]) -> list[str]:
     matches: list[str] = []
     visited: set[tuple[int, int]] = set()
     for top in tops:
-        if not os.path.isdir(top or ".") or refused(top or "."):
+        folder = top or "."  # "**" first: the current folder
+        if not os.path.isdir(folder) or refused(folder):
             continue
-        for root, names in _walk(top or ".", visited):
+        for root, names in _walk(folder, visited):
             root = root if top else os.path.relpath(root)  # "**/x" matches "a/x", not "./a/x"
             if tail:  # the pattern goes on: it matches inside each folder
                 matches += _glob(os.path.join(glob.escape(root), tail), refused)
