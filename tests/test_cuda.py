@@ -502,6 +502,21 @@ def test_score_table_lookup_on_gpu(seed):
     assert torch.equal(got[0].cpu(), expected[0]) and torch.equal(got[1].cpu(), expected[1])
 
 
+def test_a_denormal_default_score_is_kept_on_the_gpu_while_the_caller_flushes_denormals():
+    """The CUDA op rounded the default to float on the calling thread, which read 1e-40 as 0
+    there; the CPU op keeps it."""
+    table = ops.ScoreHashTable()
+    table.insert(torch.tensor([5]), torch.tensor([0.5]))
+    queries = torch.tensor([5, 6, 7])
+    torch.set_flush_denormal(True)
+    try:
+        expected = ops.score_table_lookup(*table.tensors(), queries, 1e-40)[0]
+        got = ops.score_table_lookup(*(t.to(CUDA) for t in table.tensors()), queries.to(CUDA), 1e-40)[0].cpu()
+    finally:
+        torch.set_flush_denormal(False)
+    assert expected[1].item() != 0.0 and torch.equal(got, expected)
+
+
 @pytest.mark.parametrize("name", sorted(CUDA_OPS))
 def test_opcheck_cuda(name, seed):
     op = getattr(torch.ops.diffmask_fast, name).default

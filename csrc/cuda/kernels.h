@@ -154,8 +154,10 @@ cudaError_t difference_mask(const MaskProblem& problem, void* workspace, cudaStr
 // ---- score table -----------------------------------------------------------------------------
 
 // values[i] = table value of queries[i], or default_value (found[i] = false) when absent.
+// default_value comes as the caller gave it and is rounded to float on the device: rounded on
+// the host, a caller flushing denormals (torch.set_flush_denormal) read 1e-40 as 0.
 cudaError_t score_table_lookup(const int64_t* keys, const float* table_values, int64_t capacity,
-                               const int64_t* queries, int64_t n, float default_value, float* values, bool* found,
+                               const int64_t* queries, int64_t n, double default_value, float* values, bool* found,
                                cudaStream_t stream);
 
 }  // namespace cuda

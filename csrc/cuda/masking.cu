@@ -312,13 +312,14 @@ __global__ void __launch_bounds__(kThreads) difference_mask_kernel(const MaskPro
 }
 
 __global__ void score_table_lookup_kernel(const int64_t* keys, const float* table_values, int64_t capacity,
-                                          const int64_t* queries, int64_t n, float default_value, float* values,
+                                          const int64_t* queries, int64_t n, double default_value, float* values,
                                           bool* found) {
+  const float absent = static_cast<float>(default_value);
   for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
        i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
     const int64_t slot = core::table_find(keys, capacity, queries[i]);
     found[i] = slot >= 0;
-    values[i] = slot >= 0 ? table_values[slot] : default_value;
+    values[i] = slot >= 0 ? table_values[slot] : absent;
   }
 }
 
@@ -340,7 +341,7 @@ cudaError_t difference_mask(const MaskProblem& problem, void* workspace, cudaStr
 }
 
 cudaError_t score_table_lookup(const int64_t* keys, const float* table_values, int64_t capacity,
-                               const int64_t* queries, int64_t n, float default_value, float* values, bool* found,
+                               const int64_t* queries, int64_t n, double default_value, float* values, bool* found,
                                cudaStream_t stream) {
   if (n <= 0) {
     return cudaSuccess;

@@ -194,7 +194,7 @@ std::tuple<at::Tensor, at::Tensor> score_table_lookup_cuda(const at::Tensor& key
   at::Tensor found_values = at::empty(queries.sizes(), values.options());
   at::Tensor found = at::empty(queries.sizes(), queries.options().dtype(at::kBool));
   check_launch(score_table_lookup(k.data_ptr<int64_t>(), v.data_ptr<float>(), capacity, q.data_ptr<int64_t>(),
-                                  q.numel(), static_cast<float>(default_value), found_values.data_ptr<float>(),
+                                  q.numel(), default_value, found_values.data_ptr<float>(),
                                   found.data_ptr<bool>(), c10::cuda::getCurrentCUDAStream().stream()),
                kOp);
   return {found_values, found};

@@ -724,6 +724,11 @@ void test_lookup() {
   CUDA_OK(cudaDeviceSynchronize());
   CHECK((d_out.host() == std::vector<float>{0.5f, -7.0f, 2.0f, 3.0f, -7.0f, 4.0f}));
   CHECK((d_found.host() == std::vector<unsigned char>{1, 0, 1, 1, 0, 1}));
+  // The default is rounded to float on the device: a denormal stays one.
+  CUDA_OK(cuda::score_table_lookup(d_keys.data, d_values.data, 64, d_queries.data, 6, 1e-40, d_out.data,
+                                   reinterpret_cast<bool*>(d_found.data), nullptr));
+  CUDA_OK(cudaDeviceSynchronize());
+  CHECK(d_out.host()[1] == static_cast<float>(1e-40) && d_out.host()[1] != 0.0f);
 }
 
 }  // namespace
