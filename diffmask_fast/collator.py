@@ -93,8 +93,7 @@ class DifferenceMaskingCollator(MaskingCollatorBase):
     def __copy__(self) -> "DifferenceMaskingCollator":
         """A shallow copy shares the table of words seen so far, so it takes turns at it with the
         original: with a lock of its own, two threads masking with the two would race on it."""
-        copied = type(self).__new__(type(self))
-        copied.__setstate__(self.__getstate__())
+        copied = super().__copy__()
         copied._lock, copied._lock_pid = self._lock, self._lock_pid
         return copied
 

@@ -10,6 +10,7 @@ DataLoader worker and distributed rank.
 from __future__ import annotations
 
 import contextlib
+import copy
 import functools
 import itertools
 import math
@@ -237,6 +238,15 @@ def _stream_context(rank_default: int = 0) -> tuple[int, int, int, int]:
     return (os.getpid(), rank, info.id, int(info.seed))
 
 
+def _continued_streams(generators: dict) -> dict:
+    """New generators, each at the state of its original: a copy's draws go on from there."""
+    continued = {}
+    for context, generator in generators.items():
+        continued[context] = torch.Generator(device=generator.device)
+        continued[context].set_state(generator.get_state())
+    return continued
+
+
 @functools.cache
 def _option_names(collator_class: type) -> frozenset[str]:
     """The fields a collator is constructed with."""
@@ -358,6 +368,20 @@ class MaskingCollatorBase:
         state.setdefault("_pinned_per_process", False)
         self.__dict__.update(state)
 
+    # -- copies in this process go on where the original's streams are, as a copied RNG does ----
+    # (through pickling they started over, and replayed the original's first masks).
+    def __copy__(self) -> "MaskingCollatorBase":
+        copied = type(self).__new__(type(self))
+        copied.__setstate__(self.__getstate__())
+        copied._generators = _continued_streams(self._generators)
+        return copied
+
+    def __deepcopy__(self, memo: dict) -> "MaskingCollatorBase":
+        copied = memo[id(self)] = type(self).__new__(type(self))
+        copied.__setstate__(copy.deepcopy(self.__getstate__(), memo))
+        copied._generators = _continued_streams(self._generators)
+        return copied
+
     def __call__(self, examples: Sequence[Any], return_tensors: str | None = None) -> BatchEncoding:
         """The examples padded and masked, as a ``BatchEncoding`` (a mapping with ``.to(device)``),
         as transformers' collators return them; ``return_tensors`` ("pt" or "np") overrides the
@@ -444,14 +468,18 @@ class MaskingCollatorBase:
         ``per_process``: each rank and DataLoader worker draws a stream of its own from ``seed``
         (they mask different batches, which one stream would mask at the same positions). The
         pin reaches DataLoader workers started inside; persistent workers (``persistent_workers``)
-        go on with the stream they started with, so their masks change from one use to the next."""
+        go on with the stream they started with, so their masks change from one use to the next.
+        A new ``seed`` or ``resume_at`` inside restarts the streams outside too."""
         saved = self._pinned_seed, self._pinned_per_process, self._generators
+        streams_from = self.seed, self._resumed_at
         self.pin_generator(pinned_seed(seed))
         self._pinned_per_process = bool(per_process)
         try:
             yield self
         finally:
-            self._pinned_seed, self._pinned_per_process, self._generators = saved
+            restarted = (self.seed, self._resumed_at) != streams_from
+            self._pinned_seed, self._pinned_per_process = saved[:2]
+            self._generators = {} if restarted else saved[2]
 
     def _draw_seed(self) -> int:
         """A 64-bit seed for a compiled op, from this process's generator."""

@@ -392,6 +392,43 @@ def test_a_pinned_collator_draws_the_same_after_pickling_and_in_workers(own_seed
         assert torch.equal(collator(examples)["labels"], unpinned["labels"]), "unpinned: the collator's own seed"
 
 
+@pytest.mark.parametrize("kind", COLLATORS)
+def test_a_new_seed_given_inside_a_pinned_block_masks_after_it(kind, bert_wordpiece):
+    """The block put back the streams of the old seed when it ended, while ``seed`` said the new."""
+    examples = [bert_wordpiece(text) for text in TEXTS * 3]
+    seed, new = random.randrange(2**62), random.randrange(2**62)
+    collator = collator_of(kind, bert_wordpiece, seed, mlm_probability=0.5)
+    collator(examples)
+    with collator.pinned_generator(7):
+        collator.seed = new
+    assert torch.equal(collator(examples)["labels"],
+                       collator_of(kind, bert_wordpiece, new, mlm_probability=0.5)(examples)["labels"])
+    with collator.pinned_generator(7):  # the streams outside go on where they were
+        collator(examples)
+    second = collator_of(kind, bert_wordpiece, new, mlm_probability=0.5)
+    second(examples)
+    assert torch.equal(collator(examples)["labels"], second(examples)["labels"])
+
+
+@pytest.mark.parametrize("kind", COLLATORS)
+def test_a_copied_collator_draws_on_from_where_the_original_is(kind, bert_wordpiece):
+    """A copy started its streams over: it replayed the original's first masks."""
+    import copy
+
+    examples = [bert_wordpiece(text) for text in TEXTS * 3]
+    collator = collator_of(kind, bert_wordpiece, random.randrange(2**62), mlm_probability=0.5)
+    first = collator(examples)["labels"]
+    for copied in (copy.copy(collator), copy.deepcopy(collator)):
+        assert copied._generators.keys() == collator._generators.keys()
+        assert all(copied._generators[c] is not g for c, g in collator._generators.items())
+        drawn = copied(examples)["labels"]
+        assert not torch.equal(drawn, first), "not a replay of the first masks"
+        assert torch.equal(drawn, copy.copy(collator)(examples)["labels"]), "the original's next masks"
+    assert torch.equal(collator(examples)["labels"], drawn), "the copies' draws left the original's stream alone"
+    fresh = pickle.loads(pickle.dumps(collator))  # sent to a process: streams of its own there
+    assert fresh._generators == {}
+
+
 def test_tensor_fields_of_any_dtype_stack_with_the_field_named(bert_wordpiece):
     examples = [{**bert_wordpiece(text), "weight": torch.tensor([0.5, 1.0 + i], dtype=torch.bfloat16)}
                 for i, text in enumerate(TEXTS)]
