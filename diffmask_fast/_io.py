@@ -5,9 +5,11 @@ from __future__ import annotations
 import contextlib
 import errno
 import hashlib
+import itertools
 import json
 import math
 import os
+import re
 import stat
 import sys
 import tempfile
@@ -225,8 +227,28 @@ def atomic_write_json(path: str | os.PathLike, payload: Any) -> Path:
     try:
         data = json.dumps(payload, ensure_ascii=False, indent=1, allow_nan=False).encode("utf-8")
     except UnicodeEncodeError:
+        paired = _surrogates_read_as_one(payload)
+        if paired is not None:
+            raise ValueError(f"cannot write {str(path)!r} as JSON: the text {paired!r} holds a high and a low "
+                             "surrogate side by side, two characters JSON reads back as one (the character they "
+                             "encode in UTF-16), so the file would not hold what was written") from None
         data = json.dumps(payload, ensure_ascii=True, indent=1, allow_nan=False).encode("ascii")
     return atomic_write_bytes(path, data + b"\n")
+
+
+_SURROGATE_PAIR = re.compile("[\ud800-\udbff][\udc00-\udfff]")
+
+
+def _surrogates_read_as_one(value: Any) -> str | None:
+    """The first string in ``value`` (keys too) where a high surrogate precedes a low one:
+    written as ``\\u`` escapes they read back as one character, another word."""
+    if isinstance(value, str):
+        return value if _SURROGATE_PAIR.search(value) else None
+    if isinstance(value, dict):
+        value = itertools.chain.from_iterable(value.items())
+    if isinstance(value, (list, tuple, itertools.chain)):
+        return next((found for item in value if (found := _surrogates_read_as_one(item)) is not None), None)
+    return None
 
 
 def json_ready(value: Any) -> Any:

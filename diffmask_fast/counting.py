@@ -76,6 +76,9 @@ from .corpus import (
 COUNTS_FORMAT = "diffmask_fast.word_counts/1"
 #: First bytes of the binary counts format.
 BINARY_MAGIC = WORD_COUNTS_MAGIC  # b"DMWCOUNT"
+#: How far a JSON counts file is looked into for its opening brace, past whitespace: other files
+#: are refused by their first bytes, not read whole as JSON.
+JSON_OPENING_BYTES = 1 << 16
 BINARY_VERSION = 1
 _PREAMBLE = struct.Struct("<8sIIQ")  # magic, version, reserved, header length
 
@@ -868,7 +871,7 @@ def _warn_of_nul_bytes(table: CountTable) -> None:
     example = table.word(int(rows[0]))
     warnings.warn(f"{len(rows):,} distinct counted word(s) hold NUL bytes (e.g. {example[:40]!r}), which text has "
                   f"not: the corpus holds binary data (a file is checked for it in its first {BINARY_CHECK_BYTES:,} "
-                  "bytes only)", DiffmaskWarning, stacklevel=3)
+                  "bytes only, texts given as strings not at all)", DiffmaskWarning, stacklevel=3)
 
 
 def merge_counts(parts: Iterable["WordCounts"]) -> "WordCounts":
@@ -1040,8 +1043,11 @@ class WordCounts:
         if format is None:
             format = "json" if os.fspath(path).lower().endswith(".json") else "binary"
         if format == "json":
-            atomic_write_json(path, {"format": COUNTS_FORMAT, "documents": self.documents,
-                                     "lowercase": self.lowercase, "counts": dict(self.most_common())})
+            try:
+                atomic_write_json(path, {"format": COUNTS_FORMAT, "documents": self.documents,
+                                         "lowercase": self.lowercase, "counts": dict(self.most_common())})
+            except ValueError as error:  # a word JSON would read back as another
+                raise ValueError(f"{error}; the binary format keeps every word as counted") from None
         elif format == "binary":
             _write_binary(path, self)
         else:
@@ -1054,9 +1060,9 @@ class WordCounts:
         also checks the data's checksum, the total and the words' order (reading it all)."""
         path = Path(path)
         check_input_file(path, "word counts")
-        with open(path, "rb") as handle:
-            start = handle.read(len(BINARY_MAGIC))
-        if start == BINARY_MAGIC:
+        with open(path, "rb") as handle:  # JSON may open with a byte-order mark and whitespace
+            start = handle.read(len(BINARY_MAGIC) + JSON_OPENING_BYTES)
+        if start[:len(BINARY_MAGIC)] == BINARY_MAGIC:
             return _read_binary(path, verify)
         if start.removeprefix(codecs.BOM_UTF8).lstrip()[:1] != b"{":
             raise ValueError(f"{str(path)!r} is not a word-counts file (neither the binary nor the JSON format)")
@@ -1148,8 +1154,8 @@ def _check_binary_header(header: object, name: str) -> None:
 
 def _read_binary(path: Path, verify: bool) -> WordCounts:
     name = str(path)
-    size = path.stat().st_size
     with open(path, "rb") as handle:
+        size = os.fstat(handle.fileno()).st_size  # of the file opened, should another replace it meanwhile
         preamble = handle.read(_PREAMBLE.size)
         if len(preamble) < _PREAMBLE.size:
             raise ValueError(f"{name!r} is truncated: {size} bytes, too short for a word-counts file")

@@ -1287,6 +1287,31 @@ def test_words_with_lone_surrogates_survive_a_json_save(tmp_path):
         assert WordCounts.load(tmp_path / name) == counts
 
 
+def test_words_holding_a_surrogate_pair_are_refused_by_the_json_format(tmp_path):
+    """JSON reads the two escaped surrogates back as the one character they encode: the word
+    loaded as another, or failed to load."""
+    counts = count_words(["enzyme \ud83d\ude00a", "\ud83d\ude00 x \ude00\ud83d"], progress=False)
+    assert counts["\ud83d\ude00a"] == 1 and counts["\ude00\ud83d"] == 1
+    with pytest.raises(ValueError, match=r"cannot write .*counts\.json.* as JSON: the text .*ud83d.*ude00.* holds a "
+                                         r"high and a low surrogate side by side.*binary format keeps every word"):
+        counts.save(tmp_path / "counts.json")
+    assert not (tmp_path / "counts.json").exists()
+    counts.save(tmp_path / "counts.bin")
+    assert WordCounts.load(tmp_path / "counts.bin") == counts
+    apart = count_words(["\ude00\ud83d x \ud83d"], progress=False)  # a low before a high reads back as two
+    apart.save(tmp_path / "apart.json")
+    assert WordCounts.load(tmp_path / "apart.json") == apart
+
+
+@pytest.mark.parametrize("opening", ["\r\n" * 4, " " * 8, "\ufeff" + " " * 6, "\n" * 5000])
+def test_a_json_counts_file_opening_with_whitespace_loads(tmp_path, opening):
+    """Its format was told from its first 8 bytes, all whitespace here: refused as no counts file."""
+    path = tmp_path / "counts.json"
+    payload = {"format": "diffmask_fast.word_counts/1", "documents": 1, "lowercase": True, "counts": {"enzyme": 2}}
+    path.write_text(opening + json.dumps(payload), encoding="utf-8")
+    assert WordCounts.load(path)["enzyme"] == 2
+
+
 def test_a_byte_order_mark_opening_a_file_is_not_text(tmp_path, dask_client):
     bom = b"\xef\xbb\xbf"
     text = "enzyme binds the receptor\nthe enzyme again\ufeffinside\n"
