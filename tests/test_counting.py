@@ -324,6 +324,27 @@ class FakeDataset:
             yield {self.column: batch, "label": [0] * len(batch)}
 
 
+def test_a_datasets_batch_is_joined_a_few_mib_at_a_time(monkeypatch):
+    """A batch of 1,000 rows was joined and encoded whole: for rows of books, two more copies of
+    gigabytes. The counts are those of the texts, whatever the pieces."""
+    rng = random.Random()
+    words = ["enzyme", "Receptor", "ΣΊΣΥΦΟΣ", "the", "x\u0301y", "binds."]
+    texts = [" ".join(rng.choices(words, k=rng.randint(0, 40))) for _ in range(rng.randint(1200, 2500))]
+    joined = []
+    submit = counting._Counter._submit
+
+    def recording(self, tables, buf, start, end, prev):
+        joined.append(end - start)
+        return submit(self, tables, buf, start, end, prev)
+
+    monkeypatch.setattr(counting, "STRING_BATCH_CHARS", 500)
+    monkeypatch.setattr(counting._Counter, "_submit", recording)
+    counts = count_words(FakeDataset(texts), progress=False)
+    assert dict(counts.counts) == dict(reference.count_words(texts)) and counts.documents == len(texts)
+    longest = max(len(text.encode()) for text in texts)
+    assert len(joined) > len(texts) // 1000 + 1 and max(joined) < 500 * 2 + 2 * longest
+
+
 def test_real_datasets_dataset_if_installed():
     datasets = pytest.importorskip("datasets")
     texts = ["Enzyme binds the receptor.", "", "ΣΊΣΥΦΟΣ receptor"]
