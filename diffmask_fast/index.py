@@ -263,20 +263,31 @@ def _directed(queries: torch.Tensor) -> torch.Tensor:
 
 def _first_equal_rows(rows: torch.Tensor) -> torch.Tensor:
     """For each row of a float32 matrix, the index of the first row equal to it bit for bit.
-    Rows are hashed (exact integer arithmetic on their bits), and only rows whose hashes meet
-    are compared."""
+    Rows are hashed (exact integer arithmetic on their bits); a row whose hash meets another's
+    is compared with the first row of that hash, all at once, and only the rare hashes shared
+    by rows that differ are sorted out one by one."""
     first = torch.arange(rows.shape[0])
     if rows.shape[0] < 2:
         return first
+    bits = rows.contiguous().view(torch.int32)
     multipliers = torch.randint(1, 2**62, (rows.shape[1],), generator=torch.Generator().manual_seed(0))
-    keys = torch.cat([(part.view(torch.int32).long() * multipliers).sum(1)  # wraps: any fixed hash will do
-                      for part in rows.contiguous().split(8192)])
+    keys = torch.cat([(part.long() * multipliers).sum(1)  # wraps: any fixed hash will do
+                      for part in bits.split(8192)])
     keys, order = torch.sort(keys, stable=True)  # equal keys keep the rows' order
-    run_starts = torch.nonzero(torch.cat([torch.tensor([True]), keys[1:] != keys[:-1]])).squeeze(1).tolist()
-    bounds = run_starts + [rows.shape[0]]
-    for start, stop in zip(bounds, bounds[1:]):
-        if stop - start < 2:
-            continue
+    starts = torch.cat([torch.tensor([True]), keys[1:] != keys[:-1]])
+    run = torch.cumsum(starts, 0) - 1  # of each sorted position
+    sizes = torch.bincount(run)
+    shared = torch.nonzero(sizes[run] > 1).squeeze(1)  # sorted positions whose hash another row has
+    if shared.numel() == 0:
+        return first
+    heads = order[torch.nonzero(starts).squeeze(1)][run[shared]]
+    members = order[shared]
+    same = torch.cat([(bits[m] == bits[h]).all(1) for m, h in zip(members.split(8192), heads.split(8192))])
+    first[members[same]] = heads[same]
+    collided = torch.unique(run[shared[~same]]).tolist()
+    bounds = torch.cat([torch.nonzero(starts).squeeze(1), torch.tensor([rows.shape[0]])])
+    for r in collided:
+        start, stop = int(bounds[r]), int(bounds[r + 1])
         members = order[start:stop]
         _, inverse = torch.unique(rows[members].view(torch.int32), dim=0, return_inverse=True)
         earliest = torch.full((int(inverse.max()) + 1,), len(members)).scatter_reduce(

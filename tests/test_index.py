@@ -709,3 +709,20 @@ def test_an_ivf_tie_between_lists_goes_to_the_first_anchor(engine):
         exact_values, exact_ids = ops.max_anchor_similarity(query, anchors)
         values, ids = AnchorIndex(anchors, "ivf", nprobe=10**6, engine=engine, seed=seed).search(query)
         assert ids.tolist() == exact_ids.tolist() == [0] and values.tolist() == exact_values.tolist(), seed
+
+
+@pytest.mark.parametrize("hash_meets", [False, True])
+def test_first_equal_rows_names_the_first_copy_of_every_row(monkeypatch, hash_meets):
+    """Against a plain search, on rows with copies (and -0.0 beside 0.0, equal but not alike in
+    bits); ``hash_meets`` makes every row's hash the same, so rows that differ share one."""
+    rng = np.random.default_rng()
+    distinct = torch.from_numpy(rng.standard_normal((rng.integers(1, 40), rng.integers(1, 9))).astype(np.float32))
+    distinct[0, 0] = 0.0
+    rows = distinct[torch.from_numpy(rng.integers(0, len(distinct), rng.integers(2, 300)))].clone()
+    rows[rng.integers(0, len(rows)), 0] = -0.0
+    if hash_meets:
+        monkeypatch.setattr(index_module.torch, "randint",
+                            lambda *args, **options: torch.zeros(args[2], dtype=torch.long))
+    got = index_module._first_equal_rows(rows).tolist()
+    bits = [tuple(row) for row in rows.view(torch.int32).tolist()]
+    assert got == [bits.index(row) for row in bits]
