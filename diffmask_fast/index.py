@@ -261,7 +261,7 @@ def _directed(queries: torch.Tensor) -> torch.Tensor:
     return units[torch.linalg.vector_norm(units, dim=1) > 0]  # NaN norms compare False
 
 
-def _first_equal_rows(rows: torch.Tensor) -> torch.Tensor:
+def first_equal_rows(rows: torch.Tensor) -> torch.Tensor:
     """For each row of a float32 matrix, the index of the first row equal to it bit for bit.
     Rows are hashed (exact integer arithmetic on their bits); a row whose hash meets another's
     is compared with the first row of that hash, all at once, and only the rare hashes shared
@@ -302,7 +302,7 @@ def _distinct_directions(units: torch.Tensor, nonzero: torch.Tensor) -> tuple[to
     anchor, as in the exact op, and HNSW's graph, which copies of one vector tangle, stays
     searchable."""
     rows = torch.nonzero(nonzero).squeeze(1)
-    distinct = _first_equal_rows(units[rows]) == torch.arange(rows.numel())
+    distinct = first_equal_rows(units[rows]) == torch.arange(rows.numel())
     if rows.numel() == units.shape[0] and bool(distinct.all()):
         return units.contiguous(), None
     kept = rows[distinct]

@@ -693,7 +693,8 @@ def word_similarity(embedding, anchors, mode: str = "max") -> float:
     mean of the unit-length anchors (a centroid of unit anchors would only rescale it, and mask
     as ``mean`` does). A zero anchor counts here with cosine 0; ``WordScorer`` leaves zero
     anchor vectors (words the model knows no piece of) out before it compares, so that they are
-    never a word's nearest anchor and do not dilute the mean.
+    never a word's nearest anchor and do not dilute the mean, and counts once the anchor words
+    the model gives one vector (copies would weigh that direction twice).
     """
     anchors = _anchor_matrix(anchors, len(embedding))
     if mode == "max":  # a NaN anchor is never the nearest, in any order (max_anchor_similarity)

@@ -41,7 +41,7 @@ from .contextual import ContextualAnchors, contextual_anchor_vectors
 from .embedding import WordEmbedder, has_lone_surrogate
 from .general import GeneralFrequencies
 from .hf_loading import saved_reference
-from .index import AnchorIndex, auto_kind, default_recall_sample, unit_rows
+from .index import AnchorIndex, auto_kind, default_recall_sample, first_equal_rows, unit_rows
 from .tokenization import tokenize_texts
 
 SIMILARITIES = ("max", "centroid", "mean")
@@ -719,8 +719,27 @@ class WordScorer:
             names = ", ".join(dict.fromkeys(repr(self.anchor_words[i]) for i in owners[:5]))
             raise ValueError(f"{len(rows):,} anchor vector(s) hold NaN or infinite values (anchors {names}): "
                              "the embedding model produced them")
+        if self.contextual_anchors is None:
+            self._merge_anchors_read_alike()
         self._drop_zero_anchors()
         self._target = _similarity_target(self.anchor_vectors, similarity) if similarity != "max" else None
+
+    def _merge_anchors_read_alike(self) -> None:
+        """Count once the anchor words the model gives one vector, bit for bit ("DNA" and "dna"
+        for an uncased model, "café" and "cafe" where it strips accents): as two anchors they
+        weighed that direction twice in ``mean`` and ``centroid``. The first names them."""
+        first = first_equal_rows(self.anchor_vectors.float())
+        kept = first == torch.arange(len(first))
+        if bool(kept.all()):
+            return
+        alike = [(self.anchor_words[i], self.anchor_words[j]) for i, j in enumerate(first.tolist())
+                 if i != j and bool(self.anchor_vectors[i].any())]  # zero vectors are named as such
+        if alike:
+            shown = ", ".join(f"{word!r} as {earlier!r}" for word, earlier in alike[:5])
+            warnings.warn(f"the embedding model reads {len(alike)} anchor(s) exactly as an earlier one ({shown}): "
+                          "each counts once, as the earlier anchor", DiffmaskWarning, stacklevel=3)
+        self.vector_anchor = torch.nonzero(kept).squeeze(1)
+        self.anchor_vectors = self.anchor_vectors[self.vector_anchor]
 
     def _drop_zero_anchors(self) -> None:
         """Leave zero anchor vectors (words the model knows no piece of) out: similar to nothing,

@@ -712,7 +712,7 @@ def test_an_ivf_tie_between_lists_goes_to_the_first_anchor(engine):
 
 
 @pytest.mark.parametrize("hash_meets", [False, True])
-def test_first_equal_rows_names_the_first_copy_of_every_row(monkeypatch, hash_meets):
+def testfirst_equal_rows_names_the_first_copy_of_every_row(monkeypatch, hash_meets):
     """Against a plain search, on rows with copies (and -0.0 beside 0.0, equal but not alike in
     bits); ``hash_meets`` makes every row's hash the same, so rows that differ share one."""
     rng = np.random.default_rng()
@@ -723,6 +723,6 @@ def test_first_equal_rows_names_the_first_copy_of_every_row(monkeypatch, hash_me
     if hash_meets:
         monkeypatch.setattr(index_module.torch, "randint",
                             lambda *args, **options: torch.zeros(args[2], dtype=torch.long))
-    got = index_module._first_equal_rows(rows).tolist()
+    got = index_module.first_equal_rows(rows).tolist()
     bits = [tuple(row) for row in rows.view(torch.int32).tolist()]
     assert got == [bits.index(row) for row in bits]

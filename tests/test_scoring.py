@@ -196,6 +196,25 @@ def test_anchors_that_are_not_words_are_refused_not_made_strings(tiny_bert):
     assert WordScorer(embedder, {"kinase", "enzyme"}).anchor_words == ("enzyme", "kinase")
 
 
+@pytest.mark.parametrize("similarity", ["max", "mean", "centroid"])
+def test_anchor_words_the_model_reads_alike_count_once(tiny_bert, similarity):
+    """An uncased model gives "DNA" and "dna" (and "café" and "cafe", its accents stripped) one
+    vector: as two anchors that direction weighed twice in ``mean`` and ``centroid``."""
+    model, tokenizer = tiny_bert
+    embedder = WordEmbedder(model, tokenizer, pooling="mean", progress=False)
+    words = random.sample(WORDS, 6)
+    with pytest.warns(DiffmaskWarning, match=r"reads 2 anchor\(s\) exactly as an earlier one \('dna' as 'DNA', "
+                                             r"'cafe' as 'café'\): each counts once"):
+        copies = WordScorer(embedder, ["DNA", "enzyme", "dna", "café", "cafe"], similarity=similarity)
+    once = WordScorer(embedder, ["DNA", "enzyme", "café"], similarity=similarity)
+    assert copies.anchor_words == ("DNA", "enzyme", "dna", "café", "cafe") and copies.anchor_vectors.shape[0] == 3
+    scored, expected = copies.score(words), once.score(words)
+    assert np.array_equal(scored.values, expected.values)
+    if similarity == "max":  # the first of the copies is the nearest anchor, by its own index
+        names = [copies.anchor_words[i] for i in scored.nearest_anchor.values()]
+        assert names == [once.anchor_words[i] for i in expected.nearest_anchor.values()]
+
+
 def test_contextual_anchors_are_hidden_states_whatever_the_embedder_pools(minilm):
     """On a model whose input embeddings are narrower than its hidden states (ALBERT), an
     embedder pooling input embeddings sized the anchors' buffer by them and failed on a shape."""
