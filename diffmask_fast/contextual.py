@@ -88,7 +88,7 @@ class ContextualAnchors:
     @property
     def occurrences(self) -> dict:
         """Occurrences kept per anchor word."""
-        counts = np.bincount(self.anchor_ids.numpy(), minlength=len(self.words))
+        counts = np.bincount(self.anchor_ids.cpu().numpy(), minlength=len(self.words))
         return dict(zip(self.words, counts.tolist()))
 
 

@@ -679,8 +679,9 @@ class WordScorer:
             if len(anchors) == 0:
                 raise ValueError("WordScorer needs at least one anchor vector (K=0 given)")
             self.anchor_words = anchors.words
-            self.anchor_vectors = _as_float32_vectors(anchors.vectors)
-            self.vector_anchor = anchors.anchor_ids.long()
+            # Where word vectors are compared and indexes built; vectors kept on a GPU failed there.
+            self.anchor_vectors = _as_float32_vectors(anchors.vectors).cpu()
+            self.vector_anchor = anchors.anchor_ids.long().cpu()
             if embedder.pooling != "mean":
                 warnings.warn(f"contextual anchors are means of sub-token hidden states; word vectors made with "
                               f"pooling={embedder.pooling!r} are not comparable with them (use pooling='mean')",

@@ -215,6 +215,21 @@ def test_anchor_words_the_model_reads_alike_count_once(tiny_bert, similarity):
         assert names == [once.anchor_words[i] for i in expected.nearest_anchor.values()]
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("similarity", ["max", "mean"])
+def test_contextual_anchors_kept_on_a_gpu_score_as_on_the_cpu(tiny_bert, similarity):
+    model, tokenizer = tiny_bert
+    embedder = WordEmbedder(model, tokenizer, pooling="mean", progress=False)
+    texts = ["the enzyme binds the receptor", "an enzyme of the cell", "a receptor in the membrane"]
+    on_cpu = contextual_anchor_vectors(embedder, texts, ["enzyme", "receptor"])
+    on_gpu = ContextualAnchors(on_cpu.words, on_cpu.vectors.cuda(), on_cpu.anchor_ids.cuda())
+    assert on_gpu.occurrences == on_cpu.occurrences
+    words = ["cell", "membrane", "binds"]
+    expected = WordScorer(embedder, on_cpu, similarity=similarity).score(words)
+    got = WordScorer(embedder, on_gpu, similarity=similarity).score(words)
+    assert np.array_equal(got.values, expected.values)
+
+
 def test_contextual_anchors_are_hidden_states_whatever_the_embedder_pools(minilm):
     """On a model whose input embeddings are narrower than its hidden states (ALBERT), an
     embedder pooling input embeddings sized the anchors' buffer by them and failed on a shape."""
