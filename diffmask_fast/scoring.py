@@ -516,17 +516,27 @@ def similarity_to_anchors(word_vectors: torch.Tensor, anchor_vectors: torch.Tens
     return _similarity_to(word_vectors, _similarity_target(anchor_vectors, similarity))
 
 
-def _similarity_target(anchor_vectors: torch.Tensor, similarity: str) -> torch.Tensor:
+def _similarity_target(anchor_vectors: torch.Tensor, similarity: str,
+                       owners: torch.Tensor | None = None) -> torch.Tensor:
     """The float64 vector whose dot product with a unit word vector is its score: for ``mean``
     the mean unit anchor vector, for ``centroid`` the unit vector along the anchors' mean (their
     vectors scaled alike first, so no sum overflows). A centroid of unit anchors would be a
-    multiple of ``mean``'s vector, every score scaled alike: the same masks."""
-    if similarity == "mean":
-        return unit_rows(anchor_vectors, torch.float64).mean(dim=0)
-    anchors = anchor_vectors.double()
-    largest = float(anchors.abs().max()) if anchors.numel() else 0.0
-    centroid = (anchors / largest if largest > 0 else anchors).mean(dim=0, keepdim=True)
-    return unit_rows(centroid, torch.float64).squeeze(0)
+    multiple of ``mean``'s vector, every score scaled alike: the same masks.
+
+    ``owners``, the anchor word of each vector (contextual anchors' occurrences), makes the
+    means over anchor words, as in the paper: each word's occurrences share its weight, which
+    would otherwise grow with how many of them were found."""
+    rows = unit_rows(anchor_vectors, torch.float64) if similarity == "mean" else anchor_vectors.double()
+    if similarity == "centroid":
+        largest = float(rows.abs().max()) if rows.numel() else 0.0
+        rows = rows / largest if largest > 0 else rows
+    if owners is None or bool((torch.bincount(owners) <= 1).all()):
+        mean = rows.mean(dim=0)
+    else:
+        _, word, occurrences = torch.unique(owners, return_inverse=True, return_counts=True)
+        weights = 1.0 / (occurrences[word].double() * len(occurrences))
+        mean = (rows * weights[:, None]).sum(dim=0)
+    return mean if similarity == "mean" else unit_rows(mean[None], torch.float64).squeeze(0)
 
 
 def _similarity_to(word_vectors: torch.Tensor, target: torch.Tensor):
@@ -723,7 +733,8 @@ class WordScorer:
         if self.contextual_anchors is None:
             self._merge_anchors_read_alike()
         self._drop_zero_anchors()
-        self._target = _similarity_target(self.anchor_vectors, similarity) if similarity != "max" else None
+        self._target = (_similarity_target(self.anchor_vectors, similarity, self.vector_anchor) if similarity != "max"
+                        else None)
 
     def _merge_anchors_read_alike(self) -> None:
         """Count once the anchor words the model gives one vector, bit for bit ("DNA" and "dna"

@@ -230,6 +230,29 @@ def test_contextual_anchors_kept_on_a_gpu_score_as_on_the_cpu(tiny_bert, similar
     assert np.array_equal(got.values, expected.values)
 
 
+@pytest.mark.parametrize("similarity", ["mean", "centroid"])
+def test_contextual_anchor_words_weigh_alike_however_many_occurrences_were_found(tiny_bert, similarity):
+    """The mean was over occurrences: an anchor word found 1,000 times outweighed one found 3
+    times by as much, where the paper's mean is over anchor words."""
+    model, tokenizer = tiny_bert
+    embedder = WordEmbedder(model, tokenizer, pooling="mean", progress=False)
+    rng = np.random.default_rng()
+    found = [int(n) for n in rng.choice(np.arange(1, 9), 3, replace=False)]  # counts that differ
+    owners = np.repeat(np.arange(3), found)
+    vectors = rng.standard_normal((len(owners), 24)).astype(np.float32)
+    anchors = ContextualAnchors(("enzyme", "receptor", "kinase"), torch.from_numpy(vectors), torch.from_numpy(owners))
+    words = random.sample(WORDS, 5)
+    got = WordScorer(embedder, anchors, similarity=similarity).score(words)
+    embedded = embedder.embed(words).double().numpy()
+    by_word = [vectors[owners == a].astype(np.float64) for a in range(3)]
+    for word, embedding in zip(words, embedded):
+        if similarity == "mean":
+            expected = np.mean([reference.word_similarity(embedding, group, "mean") for group in by_word])
+        else:
+            expected = reference.cosine(embedding, np.mean([group.mean(axis=0) for group in by_word], axis=0))
+        assert got.scores[word] == pytest.approx(expected, abs=1e-6)
+
+
 def test_contextual_anchors_are_hidden_states_whatever_the_embedder_pools(minilm):
     """On a model whose input embeddings are narrower than its hidden states (ALBERT), an
     embedder pooling input embeddings sized the anchors' buffer by them and failed on a shape."""
