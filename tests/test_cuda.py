@@ -182,6 +182,28 @@ def test_similarity_zero_vectors_ties_and_nan(seed):
     assert not bool((indices == 5).any()) and bool(torch.isfinite(values).all()), message
 
 
+@pytest.mark.parametrize("dtype, precision", [(torch.float32, "highest"), (torch.float64, "highest"),
+                                              (torch.float32, "high"), (torch.float32, "medium")])
+def test_copies_of_an_anchor_in_blocks_apart_tie_to_the_first_as_on_the_cpu(seed, dtype, precision):
+    """Past 4,096 anchors the products come in blocks, which cuBLAS may compute in other orders:
+    a copy in a later block could beat the first by a rounding. Copies of the sign of a zero too."""
+    if precision != "highest" and torch.cuda.get_device_capability()[0] < 8:
+        pytest.skip("bfloat16 products need compute capability 8.0")
+    g = generator(seed)
+    k, d = 9000, 768
+    anchors = torch.randn(k, d, generator=g, dtype=dtype)
+    anchors[20, ::3] = 0.0
+    firsts = torch.randperm(4000, generator=g)[:40]
+    copies = 4200 + torch.randperm(k - 4200, generator=g)[:40]
+    anchors[copies] = anchors[firsts]
+    anchors[copies[0]] = torch.where(anchors[20] == 0, torch.full_like(anchors[20], -0.0), anchors[20])
+    firsts[0] = 20
+    embeddings = torch.cat([anchors[firsts] * 3, torch.randn(500, d, generator=g, dtype=dtype)])
+    _, indices = ops.max_anchor_similarity(embeddings.to(CUDA), anchors.to(CUDA), precision)
+    _, cpu_indices = ops.max_anchor_similarity(embeddings[:40], anchors)
+    assert indices[:40].cpu().tolist() == cpu_indices.tolist() == firsts.tolist(), f"seed={seed} {dtype} {precision}"
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_anchors_that_differ_only_in_the_sign_of_zeros_tie_as_on_the_cpu(seed, dtype):
     """-0.0 == 0.0: such copies of an anchor score alike, and the first wins (the CPU op merges

@@ -1,11 +1,15 @@
 // CUDA adapters of max_anchor_similarity and max_anchor_similarity_precision: argument checks,
 // layouts, workspace, current stream, and the blocked method's matrix products (torch's cuBLAS).
 #include <ATen/ATen.h>
+#include <ATen/CPUGeneratorImpl.h>
 #include <ATen/Context.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
 #include <torch/version.h>
+
+#include <algorithm>
+#include <limits>
 
 #include "kernels.h"
 #include "launch_checks.h"
@@ -37,6 +41,40 @@ at::Tensor anchors_in(const at::Tensor& anchors, at::ScalarType dtype) {
   }
   const at::Tensor largest = anchors.abs().amax(1, /*keepdim=*/true);  // NaN rows stay NaN
   return (anchors / at::where(largest > 0, largest, at::ones_like(largest))).to(dtype).contiguous();
+}
+
+// The anchors with each later copy of an earlier anchor (equal bit for bit but for the sign of
+// zeros, as the CPU op takes copies) made a NaN row, which never wins a row's max. cuBLAS
+// computes blocks of other widths in other orders, so a copy in a later block could beat the
+// first copy by a rounding, where the CPU op (which searches each distinct anchor once) and the
+// ties of one block name the first. Rows are told apart by two 64-bit hashes of their bits, a
+// chunk of rows at a time; no host synchronization.
+at::Tensor later_copies_as_nan(const at::Tensor& anchors) {
+  constexpr int64_t kChunkRows = 4096;
+  const int64_t k = anchors.size(0);
+  const auto longs = anchors.options().dtype(at::kLong);
+  const at::ScalarType bits_type = anchors.element_size() == 8 ? at::kLong : at::kInt;
+  at::Generator fixed = at::make_generator<at::CPUGeneratorImpl>(0x5eed);
+  const at::Tensor multipliers =
+      at::randint(1, int64_t{1} << 62, {2, anchors.size(1)}, fixed, at::TensorOptions().dtype(at::kLong))
+          .to(anchors.device());
+  at::Tensor hashes = at::empty({2, k}, longs);
+  for (int64_t start = 0; start < k; start += kChunkRows) {
+    const int64_t rows = std::min(kChunkRows, k - start);
+    // -0.0 + 0.0 is 0.0: a zero's sign leaves the bits alone.
+    const at::Tensor bits = anchors.narrow(0, start, rows).add(0.0).view(bits_type).to(at::kLong);
+    for (int64_t h = 0; h < 2; ++h) {  // products wrap: any fixed hash will do
+      hashes[h].narrow(0, start, rows).copy_(bits.mul(multipliers[h]).sum(1));
+    }
+  }
+  const auto [keys, order] = at::sort(hashes[0], /*stable=*/true, /*dim=*/0, /*descending=*/false);
+  const at::Tensor second = hashes[1].index_select(0, order);
+  const at::Tensor repeats = keys.narrow(0, 1, k - 1)
+                                 .eq(keys.narrow(0, 0, k - 1))
+                                 .logical_and_(second.narrow(0, 1, k - 1).eq(second.narrow(0, 0, k - 1)));
+  at::Tensor later_copy = at::zeros({k}, anchors.options().dtype(at::kBool));
+  later_copy.index_put_({order.narrow(0, 1, k - 1)}, repeats);  // a stable sort puts the first copy first
+  return anchors.masked_fill(later_copy.unsqueeze(1), std::numeric_limits<double>::quiet_NaN());
 }
 
 // One block of the blocked method's products through torch, on torch's current stream (the one
@@ -136,6 +174,11 @@ std::tuple<at::Tensor, at::Tensor> max_anchor_similarity_precision_cuda(const at
   }
   SimilarityPlan plan;
   check_launch(plan_max_anchor_similarity(problem, &plan), kOp);
+  at::Tensor searched = a;
+  if (plan.method == SimilarityMethod::kBlocked && problem.k > plan.anchor_block) {
+    searched = later_copies_as_nan(a);  // copies in blocks apart
+    problem.anchors = searched.data_ptr();
+  }
   const at::Tensor scratch = workspace(plan.workspace_bytes, embeddings);
   check_launch(max_anchor_similarity(problem, plan, scratch.data_ptr(), c10::cuda::getCurrentCUDAStream().stream()),
                kOp);
