@@ -136,6 +136,15 @@ def test_similarity_float64_half_and_strides(seed):
         a = torch.randn(9, 40, generator=g).to(dtype)
         values, indices = ops.max_anchor_similarity(e.to(CUDA), a.to(CUDA))
         check_similarity(values, indices, e.float(), a.float(), 1e-5, f"{message} {dtype}")
+    anchors = check_strided_rows(g, "highest", 1e-5, message)
+    for shape in [(0, 13), (3, 0, 13), (13,)]:
+        values, indices = ops.max_anchor_similarity(torch.randn(shape).to(CUDA), anchors.to(CUDA))
+        assert values.shape == shape[:-1] and indices.dtype == torch.int64
+
+
+def check_strided_rows(g: torch.Generator, precision: str, atol: float, message: str) -> torch.Tensor:
+    """Rows sliced, permuted, transposed and expanded, against few anchors (the fused kernel) and
+    more (blocked products); returns the few."""
     base = torch.randn(6, 40, 26, generator=g)
     anchors = torch.randn(2 * 11, 13, generator=g)[::2]
     cases = {
@@ -149,12 +158,10 @@ def test_similarity_float64_half_and_strides(seed):
     more_anchors = torch.randn(40, 13, generator=g)  # beyond the fused kernel's 32: blocked products
     for name, embeddings in cases.items():
         for some in (anchors, more_anchors):
-            values, indices = ops.max_anchor_similarity(embeddings.to(CUDA), some.to(CUDA))
+            values, indices = ops.max_anchor_similarity(embeddings.to(CUDA), some.to(CUDA), precision)
             assert values.shape == embeddings.shape[:-1], name
-            check_similarity(values, indices, embeddings, some, 1e-5, f"{message} {name} K={len(some)}")
-    for shape in [(0, 13), (3, 0, 13), (13,)]:
-        values, indices = ops.max_anchor_similarity(torch.randn(shape).to(CUDA), anchors.to(CUDA))
-        assert values.shape == shape[:-1] and indices.dtype == torch.int64
+            check_similarity(values, indices, embeddings, some, atol, f"{message} {name} K={len(some)} {precision}")
+    return anchors
 
 
 def test_similarity_zero_vectors_ties_and_nan(seed):
@@ -283,6 +290,17 @@ def tf32_allowed(api: str):
             yield
         finally:
             torch.backends.cuda.matmul.fp32_precision = setting
+
+
+@pytest.mark.parametrize("precision", ["high", "medium"])
+def test_tensor_core_precisions_read_strided_rows(seed, precision):
+    """The bfloat16 operands are made from the rows as laid out: tested with whole rows only."""
+    if torch.cuda.get_device_capability()[0] < 8:
+        pytest.skip("tensor-core precisions need compute capability 8.0")
+    depth = 13  # the documented bounds (test_similarity_tensor_core_precisions_within_documented_error)
+    atol = (2 * BF16_ROUNDOFF + depth * 2.0**-24 if precision == "medium"
+            else 3 * BF16_ROUNDOFF**2 + 3 * depth * 2.0**-24)
+    check_strided_rows(generator(seed), precision, atol, f"seed={seed}")
 
 
 @pytest.mark.parametrize("api", ["legacy", "fp32_precision"])
@@ -550,6 +568,34 @@ def test_opcheck_cuda(name, seed):
         if not tensor_cores and any(isinstance(a, str) and a != "highest" for a in args):
             continue
         torch.library.opcheck(op, args, test_utils=utils)
+
+
+def _garbage_like(tensor: torch.Tensor) -> torch.Tensor:
+    fill = True if tensor.dtype == torch.bool else -7 if not tensor.is_floating_point() else float("nan")
+    return torch.full_like(tensor, fill)
+
+
+@pytest.mark.parametrize("name", sorted(CUDA_OPS))
+def test_ops_run_on_the_callers_stream(name, seed):
+    """Inputs written on a side stream behind a long kernel: an op launched on another stream
+    than the caller's reads them before they are written (they hold garbage until then)."""
+    op = getattr(torch.ops.diffmask_fast, name).default
+    tensor_cores = torch.cuda.get_device_capability()[0] >= 8
+    for args in op_cases.cases(CUDA, seed)[name]:
+        if not tensor_cores and any(isinstance(a, str) and a != "highest" for a in args):
+            continue
+        expected = op(*args)
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            late = [_garbage_like(a) if isinstance(a, torch.Tensor) else a for a in args]
+            torch.cuda._sleep(50_000_000)  # tens of milliseconds
+            for written, given in zip(late, args):
+                if isinstance(given, torch.Tensor):
+                    written.copy_(given)
+            got = op(*late)
+        side.synchronize()
+        torch.testing.assert_close(got, expected, rtol=0, atol=0, equal_nan=True, msg=f"{name} seed={seed}")
 
 
 # ----------------------------------------------------------------------------------------------
