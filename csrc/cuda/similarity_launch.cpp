@@ -1,7 +1,6 @@
 // CUDA adapters of max_anchor_similarity and max_anchor_similarity_precision: argument checks,
 // layouts, workspace, current stream, and the blocked method's matrix products (torch's cuBLAS).
 #include <ATen/ATen.h>
-#include <ATen/CPUGeneratorImpl.h>
 #include <ATen/Context.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
@@ -43,6 +42,14 @@ at::Tensor anchors_in(const at::Tensor& anchors, at::ScalarType dtype) {
   return (anchors / at::where(largest > 0, largest, at::ones_like(largest))).to(dtype).contiguous();
 }
 
+// Odd 64-bit multipliers of a row hash, one per dimension, mixed from the dimensions' positions on
+// the device (multipliers copied from the host would make the host wait for the stream).
+at::Tensor hash_multipliers(int64_t d, int64_t salt, const at::TensorOptions& longs) {
+  at::Tensor x = at::arange(1, d + 1, longs).mul(salt);
+  x = x.bitwise_xor(x.bitwise_right_shift(31)).mul(static_cast<int64_t>(0x9E3779B97F4A7C15ULL));
+  return x.bitwise_xor(x.bitwise_right_shift(29)).bitwise_or(1);  // products wrap: any fixed hash will do
+}
+
 // The anchors with each later copy of an earlier anchor (equal bit for bit but for the sign of
 // zeros, as the CPU op takes copies) made a NaN row, which never wins a row's max. cuBLAS
 // computes blocks of other widths in other orders, so a copy in a later block could beat the
@@ -54,16 +61,14 @@ at::Tensor later_copies_as_nan(const at::Tensor& anchors) {
   const int64_t k = anchors.size(0);
   const auto longs = anchors.options().dtype(at::kLong);
   const at::ScalarType bits_type = anchors.element_size() == 8 ? at::kLong : at::kInt;
-  at::Generator fixed = at::make_generator<at::CPUGeneratorImpl>(0x5eed);
-  const at::Tensor multipliers =
-      at::randint(1, int64_t{1} << 62, {2, anchors.size(1)}, fixed, at::TensorOptions().dtype(at::kLong))
-          .to(anchors.device());
+  const at::Tensor multipliers[2] = {hash_multipliers(anchors.size(1), 0x2545F4914F6CDD1DLL, longs),
+                                     hash_multipliers(anchors.size(1), 0x5851F42D4C957F2DLL, longs)};
   at::Tensor hashes = at::empty({2, k}, longs);
   for (int64_t start = 0; start < k; start += kChunkRows) {
     const int64_t rows = std::min(kChunkRows, k - start);
     // -0.0 + 0.0 is 0.0: a zero's sign leaves the bits alone.
     const at::Tensor bits = anchors.narrow(0, start, rows).add(0.0).view(bits_type).to(at::kLong);
-    for (int64_t h = 0; h < 2; ++h) {  // products wrap: any fixed hash will do
+    for (int64_t h = 0; h < 2; ++h) {
       hashes[h].narrow(0, start, rows).copy_(bits.mul(multipliers[h]).sum(1));
     }
   }
