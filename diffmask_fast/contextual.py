@@ -35,7 +35,7 @@ import torch
 from tqdm.auto import tqdm
 
 from . import reference
-from ._checks import refuse_one_string, whole_number, word_list
+from ._checks import check_lowercase, refuse_one_string, whole_number, word_list
 from .advice import DiffmaskWarning
 from .embedding import has_lone_surrogate
 from .hf_loading import check_max_length, eval_mode, longest_input, model_name
@@ -62,6 +62,7 @@ class ContextualAnchors:
     anchor_ids: torch.Tensor
 
     def __post_init__(self) -> None:
+        refuse_one_string(self.words, "words", "a sequence of anchor words")
         self.words = tuple(self.words)
         for name in ("vectors", "anchor_ids"):
             value = getattr(self, name)
@@ -313,6 +314,7 @@ def contextual_anchor_vectors(embedder, texts: Iterable[str], anchor_words: Sequ
     batch_size = whole_number(batch_size, "batch_size")
     if max_length is not None:
         max_length = whole_number(max_length, "max_length", least=3, least_why=" (two special tokens and a piece)")
+    check_lowercase(lowercase)
     if texts is None:
         raise TypeError("texts must be an iterable of documents, got None")
     refuse_one_string(texts, "texts", "an iterable of documents")

@@ -93,6 +93,10 @@ CHUNKS_PER_THREAD = 4
 MIN_CHUNK_BYTES = 1 << 20
 
 
+#: The most counting threads taken: far more than cores only adds tables to merge.
+MAX_THREADS = 1024
+
+
 def default_threads() -> int:
     """The cores this process may run on."""
     try:
@@ -823,7 +827,8 @@ def count_words(
     if partition_bytes is not None:
         raise ValueError("partition_bytes sizes the byte ranges Dask workers count; without a scheduler it would do "
                          "nothing (block_bytes sizes the reads here)")
-    threads = default_threads() if threads is None else whole_number(threads, "threads")
+    threads = default_threads() if threads is None else whole_number(threads, "threads", most=MAX_THREADS,
+                                                                     why=" (each thread counts into a table of its own)")
     source = dataset_view(source)
     dataset = is_dataset(source)
     if not dataset:
@@ -1025,6 +1030,8 @@ class WordCounts:
         return list(zip(self.table.words(rows), self.table.counts[rows].tolist()))
 
     def merge(self, other: "WordCounts") -> "WordCounts":
+        if not isinstance(other, WordCounts):
+            raise TypeError(f"can merge only WordCounts, got {type(other).__name__}")
         if other.lowercase != self.lowercase:
             raise ValueError("cannot merge counts made with different lowercasing")
         return WordCounts(self.table.merge(other.table), self.documents + other.documents, self.lowercase)
@@ -1032,6 +1039,8 @@ class WordCounts:
     def subtract(self, part: "WordCounts") -> "WordCounts":
         """The counts of a corpus without some of its documents, given their counts (``part``):
         the rest is counted by the fast reader of whole files, the few left out as strings."""
+        if not isinstance(part, WordCounts):
+            raise TypeError(f"can subtract only WordCounts, got {type(part).__name__}")
         if part.lowercase != self.lowercase:
             raise ValueError("cannot subtract counts made with different lowercasing")
         if part.documents > self.documents:

@@ -264,6 +264,9 @@ class WordEmbedder:
     length_setting: str = field(default="max_length", repr=False, compare=False)
 
     def __post_init__(self) -> None:
+        if not isinstance(self.model, torch.nn.Module):
+            raise TypeError(f"model must be a torch.nn.Module (a loaded encoder), got {type(self.model).__name__}; "
+                            "load_encoder loads one with its tokenizer")
         if self.pooling not in POOLINGS:
             raise ValueError(f"unknown pooling {self.pooling!r}; expected one of {', '.join(POOLINGS)}")
         # As ints (numpy's too: they go into the cache key's JSON); a float would fail only mid-run.

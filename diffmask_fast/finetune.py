@@ -591,7 +591,7 @@ def finetune(model: str | os.PathLike, train: str | os.PathLike, dev: str | os.P
             set_seed(seed)  # the new classification head is initialized under the run's seed
             classifier = _load_classifier(model, id2label, label2id)
             if not length_checked:
-                check_max_length(classifier, max_length, model)
+                check_max_length(classifier, max_length, model, "max_length (--max-length)")
                 check_vocabulary(tokenizer, classifier, model)
                 length_checked = True
             keep_best = _make_keep_best_callback(select_by)

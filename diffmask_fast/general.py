@@ -9,12 +9,12 @@ import os
 from dataclasses import dataclass
 from functools import cached_property, lru_cache
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Mapping
 
 import numpy as np
 
 from . import reference
-from ._checks import first_unnormalized, whole_number
+from ._checks import check_lowercase, first_unnormalized, whole_number
 from ._io import check_input_file
 
 #: Tokens in the Google Web Trillion Word corpus the default table is drawn from. The shipped
@@ -45,6 +45,8 @@ class GeneralFrequencies:
     source: str = "custom"
 
     def __post_init__(self) -> None:
+        if not isinstance(self.counts, Mapping):
+            raise TypeError(f"general counts must be a mapping of words to counts, got {type(self.counts).__name__}")
         if not self.counts:
             raise ValueError("a general frequency table needs at least one word")
         if not (_is_number(self.total) and _fits_a_float(self.total) and math.isfinite(self.total) and self.total > 0):
@@ -84,6 +86,8 @@ class GeneralFrequencies:
         "The"); ``lowercased()`` sums them, as anchors for a lowercased corpus need."""
         from .reference import general_count
 
+        if not isinstance(word, str):
+            raise TypeError(f"word must be a string, got {type(word).__name__}")
         return general_count(word, self.counts, self._folded_counts)
 
     def lowercased(self) -> "GeneralFrequencies":
@@ -133,6 +137,7 @@ class GeneralFrequencies:
         "protein") and duplicates summed. ``total``
         defaults to the sum of the counts. A malformed line raises ``ValueError`` naming it.
         """
+        check_lowercase(lowercase)
         path = Path(path)
         check_input_file(path, "general frequency table")
         counts: dict[str, float] = {}

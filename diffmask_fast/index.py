@@ -329,6 +329,9 @@ def _as_tensor(vectors, name: str) -> torch.Tensor:
         raise TypeError(f"{name} must be a torch.Tensor or numpy array, got {type(vectors).__name__}")
     if not vectors.is_floating_point():
         raise TypeError(f"{name} must be floating point, got {vectors.dtype}")
+    if vectors.device.type == "meta":
+        raise ValueError(f"{name} are on the 'meta' device, which holds no values; give them on a device such as "
+                         "'cpu' or 'cuda'")
     return vectors.detach().cpu()
 
 

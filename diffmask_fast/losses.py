@@ -37,6 +37,8 @@ def weighted_mlm_loss(
         raise ValueError(f"logits must be [B, L, V] and labels [B, L]; got {tuple(logits.shape)} and {tuple(labels.shape)}")
     if logits.shape[-1] == 0:
         raise ValueError(f"logits have no vocabulary dimension: V = 0 in {tuple(logits.shape)}")
+    if not logits.is_floating_point():
+        raise TypeError(f"logits must be floating point, got {logits.dtype}")
     if labels.dtype == torch.bool or labels.is_floating_point() or labels.is_complex():
         raise TypeError(f"labels must be integer token ids (-100 where not masked), got {labels.dtype}")
     labels = labels.long()  # cross_entropy takes int64 targets; collators of other libraries give int32
@@ -48,7 +50,13 @@ def weighted_mlm_loss(
         raise ValueError(f"label_smoothing must be in [0, 1), got {label_smoothing!r}")
     masked = labels != -100
     valid = torch.where(masked, torch.isfinite(weights) & (weights >= 0), True).all()
+    vocabulary = logits.shape[-1]
+    in_vocabulary = torch.where(masked, (labels >= 0) & (labels < vocabulary), True).all()
     if valid.device.type == "cpu":
+        if not bool(in_vocabulary):
+            bad = labels[masked & ~((labels >= 0) & (labels < vocabulary))]
+            raise ValueError(f"labels must be token ids in [0, {vocabulary}) (the logits' vocabulary) or -100; "
+                             f"{bad.numel()} are not (e.g. {int(bad[0])})")
         if given_count == 0 and bool(masked.any()):
             raise ValueError(f"num_items is 0 but {int(masked.sum())} tokens are masked: it counts the masked tokens "
                              "of the whole batch (over gradient accumulation, and processes)")
@@ -58,6 +66,7 @@ def weighted_mlm_loss(
                              f"{bad.numel()} are not (e.g. {float(bad[0])})")
     else:  # checked on the device, without waiting for it
         torch._assert_async(valid, "loss_weights must be finite and non-negative where tokens are masked")
+        torch._assert_async(in_vocabulary, "labels must be token ids of the logits' vocabulary, or -100")
     token_losses = torch.nn.functional.cross_entropy(
         _at_least_float32(logits).reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=-100, reduction="none",
         label_smoothing=float(label_smoothing),

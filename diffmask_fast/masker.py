@@ -179,6 +179,8 @@ class DifferenceMasker(torch.nn.Module):
     def from_collator(cls, collator: DifferenceMaskingCollator, seed: int | None = None) -> "DifferenceMasker":
         """A masker with the collator's tokenizer, scores and options; it starts with a copy of
         the words the collator has already looked up."""
+        if not isinstance(collator, DifferenceMaskingCollator):
+            raise TypeError(f"from_collator takes a DifferenceMaskingCollator, got {type(collator).__name__}")
         masker = cls(
             collator.tokenizer, collator.scores, mlm_probability=collator.mlm_probability,
             weighting=collator.weighting, uniform_mix=collator.uniform_mix,

@@ -116,10 +116,18 @@ def id_matrix(input_ids: Any, vocabulary: int, tokenizer: Any = None, owner: str
     input_ids = torch.as_tensor(input_ids)
     if input_ids.ndim != 2:
         raise ValueError(f"input_ids must be a [batch, length] matrix, got shape {tuple(input_ids.shape)}")
+    refuse_meta(input_ids, "input_ids")
     check_id_dtype(input_ids, "input_ids")
     input_ids = input_ids.long()
     _refuse_ids_outside(input_ids, vocabulary, tokenizer, owner)
     return input_ids
+
+
+def refuse_meta(tensor: torch.Tensor, name: str) -> None:
+    """A tensor on the "meta" device has a shape but no values to mask or search by."""
+    if tensor.device.type == "meta":
+        raise ValueError(f"{name} is on the 'meta' device, which holds no values; give it on a device such as "
+                         "'cpu' or 'cuda'")
 
 
 def _refuse_ids_outside(input_ids: torch.Tensor, vocabulary: int, tokenizer: Any, owner: str) -> None:
@@ -157,6 +165,8 @@ def check_id_dtype(ids: torch.Tensor | np.ndarray, what: str) -> None:
 def check_like_ids(input_ids: torch.Tensor, mask: Any, name: str) -> torch.Tensor:
     """``mask`` as a tensor on ``input_ids``' device, refused unless it has their [B, L] shape
     (a [1, L] mask would silently broadcast over every row)."""
+    if isinstance(mask, torch.Tensor):
+        refuse_meta(mask, name)
     mask = torch.as_tensor(mask, device=input_ids.device)
     if mask.shape != input_ids.shape:
         raise ValueError(f"{name} must have the shape of input_ids {tuple(input_ids.shape)}, got {tuple(mask.shape)}")
@@ -550,6 +560,8 @@ def refuse_columns(examples: Any) -> None:
 
 def _as_examples(examples: Sequence[Any]) -> list[Mapping]:
     """The examples as mappings with ``input_ids``: a bare sequence of ids becomes one."""
+    if not isinstance(examples, Sequence) and not hasattr(examples, "__len__"):
+        raise TypeError(f"a collator takes a list of examples (the DataLoader's batch), got {type(examples).__name__}")
     refuse_columns(examples)
     if len(examples) == 0:
         raise ValueError("cannot collate an empty list of examples")
@@ -657,6 +669,7 @@ def _integer_array(sequence: Any, field_name: str, index: int) -> np.ndarray:
             return np.empty(0, dtype=np.int64)
         if sequence.dtype.is_floating_point or sequence.dtype.is_complex:
             raise TypeError(_not_integers(field_name, index, sequence.dtype))
+        refuse_meta(sequence, f"field {field_name!r} of example {index}")
         sequence = sequence.detach().cpu().numpy()
     try:
         array = np.asarray(sequence)

@@ -37,6 +37,8 @@ def load_masked_lm(name_or_path: str, *, init_mlm_head: bool = False, dtype: tor
     from .hf_loading import (MODEL_WEIGHT_FILES, check_model_reference, model_reference, quiet_transformers,
                              readable_weights, saved_weights)
 
+    if not isinstance(init_mlm_head, bool):  # "no" would read as true
+        raise TypeError(f"init_mlm_head must be True or False, got {init_mlm_head!r}")
     check_model_reference(name_or_path)
     name_or_path = model_reference(name_or_path)
     try:

@@ -16,6 +16,7 @@ import fnmatch
 import glob
 import itertools
 import math
+import numbers
 import os
 import shutil
 import socket
@@ -140,6 +141,13 @@ class PretrainConfig:
 
     def check(self) -> None:
         check_strategy(self.strategy)
+        for name in ("mlm_probability", "epochs", "validation_fraction", "learning_rate", "weight_decay",
+                     "warmup_ratio", "head_learning_rate"):
+            value = getattr(self, name)
+            if name == "head_learning_rate" and value is None:
+                continue
+            if isinstance(value, bool) or not isinstance(value, numbers.Real):  # "x" failed in a comparison
+                raise TypeError(f"{name} must be a number, got {value!r}")
         if not self.corpus:
             raise ValueError("give a corpus to pretrain on (files, directories or glob patterns)")
         if self.word_boundary is not None and self.word_boundary not in WORD_BOUNDARY_SCHEMES:
@@ -474,7 +482,7 @@ def pretrain(config: PretrainConfig) -> dict:
     if tokenizer.mask_token_id is None:
         raise ValueError(f"the tokenizer of {config.model!r} has no mask token; it cannot train a masked LM")
     model = load_masked_lm(config.model, init_mlm_head=config.init_mlm_head)
-    check_max_length(model, config.max_length, config.model)
+    check_max_length(model, config.max_length, config.model, "max_length (--max-length)")
     check_vocabulary(tokenizer, model, config.model)
     layers = getattr(model.config, "num_hidden_layers", None)
     if "attention_layer" not in config.unused_settings() and isinstance(layers, int):  # now, not after the data

@@ -211,6 +211,7 @@ class ScoreTable:
         """A table from parallel arrays; ``sorted_unique=True`` promises ``words`` are sorted and
         distinct (skipping the sort). Words are used as keys as they are, so they must be
         normalized (``normalize_words``); others are refused, as they could never be found."""
+        refuse_one_string(words, "words", "a sequence of words")
         words = list(words)
         values = _one_dimensional(values, "scores", "fiu")
         nearest = None if nearest is None else _one_dimensional(nearest, "nearest anchors", "iu")
@@ -309,6 +310,7 @@ class ScoreTable:
         return float(self.values[row]) if row >= 0 else self.unknown_score
 
     def scores_of(self, words: Iterable[str]) -> list[float]:
+        refuse_one_string(words, "words", "an iterable of words")
         return [self.score(w) for w in words]
 
     def nearest_anchor_of(self, word: str) -> str | None:
@@ -318,9 +320,8 @@ class ScoreTable:
 
     def top(self, n: int = 20) -> list[tuple[str, float]]:
         """The ``n`` highest-scoring words, ties broken by word."""
-        if isinstance(n, bool) or not isinstance(n, (int, np.integer)):
-            raise TypeError(f"n must be a number of words, got {n!r}")
-        if n <= 0 or not len(self):
+        n = whole_number(n, "n (a number of words)", least=0)  # -1 is no number of words, as for most_common
+        if n == 0 or not len(self):
             return []
         values = self.values
         if n < len(values):
@@ -674,6 +675,8 @@ class WordScorer:
             raise ValueError(f"unknown similarity {similarity!r}; expected one of {', '.join(SIMILARITIES)}")
         chunk_size = whole_number(chunk_size, "chunk_size")
         _check_index_choice(index, index_options, similarity)
+        if not callable(getattr(embedder, "embed", None)):
+            raise TypeError(f"embedder must be a WordEmbedder, got {type(embedder).__name__}")
         self.embedder = embedder
         self.similarity = similarity
         check_unknown_score(unknown_score)  # before hours of embedding, not when the table is built

@@ -559,7 +559,8 @@ def test_pretrain_errors(model_dir, corpus, tmp_path, capsys):
     assert cli.main(["pretrain", str(empty), "--model", str(model_dir), "-o", str(tmp_path / "f"), "--no-progress"]) == 1
     assert "diffmask pretrain: error: the corpus has no non-empty documents" in capsys.readouterr().err
     positions = json.loads((model_dir / "config.json").read_text())["max_position_embeddings"]
-    with pytest.raises(ValueError, match=f"--max-length {positions + 1} is longer than .* takes \\(at most {positions}"):
+    with pytest.raises(ValueError, match=f"^max_length \\(--max-length\\) {positions + 1} is longer than .* takes "
+                                         f"\\(at most {positions}"):
         pretrain(config_for(model_dir, corpus, tmp_path / "g", strategy="random-token", max_length=positions + 1))
 
 

@@ -1081,7 +1081,7 @@ def test_score_table_arguments_are_checked(tmp_path):
     with pytest.raises(TypeError, match="a word must be a string, got NoneType"):
         table.score(None)
     assert None not in table
-    with pytest.raises(TypeError, match="n must be a number of words"):
+    with pytest.raises(TypeError, match=r"n \(a number of words\) must be a whole number"):
         table.top(2.5)
 
 
