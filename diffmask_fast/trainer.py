@@ -128,6 +128,7 @@ class MaskingTrainer(Trainer):
             self.masker.follow_run_seed(self.args.seed)
         self.mask_eval = mask_eval
         self._logits_discarded = False  # set while an evaluation keeps the loss only
+        self._predicting = False  # set inside prediction_step: each batch's loss is its own mean
         self._loss_tally: _LossTally | None = None  # set while an evaluation runs
         self._unmasked_steps = _UnmaskedSteps()
         self._loss_steps = self._run_steps = None  # (steps, unmasked) of the next training loss logged, see log
@@ -321,10 +322,11 @@ class MaskingTrainer(Trainer):
                 inputs.update(input_ids=masked["input_ids"], labels=masked["labels"])
             inputs = masked
         self._logits_discarded = prediction_loss_only  # then the sparse head may compute the loss
+        self._predicting = True
         try:
             loss, *rest = super().prediction_step(model, inputs, prediction_loss_only, ignore_keys=ignore_keys)
         finally:
-            self._logits_discarded = False
+            self._logits_discarded = self._predicting = False
         labels = inputs.get("labels")
         if loss is not None and torch.is_tensor(labels):
             nothing_masked = not bool((labels != -100).any())
@@ -349,6 +351,10 @@ class MaskingTrainer(Trainer):
             inputs = {key: value for key, value in inputs.items() if key != "special_tokens_mask"}
         if inputs.get("labels") is None:
             return super().compute_loss(model, inputs, return_outputs=return_outputs, num_items_in_batch=None)
+        if self._predicting:
+            # Evaluation gives the masked tokens of every process's batch, for gradients DDP would
+            # average; nothing averages here, so each process's batch loss is its own mean.
+            num_items_in_batch = None
         inputs = dict(inputs)
         labels = inputs.pop("labels")
         weights = inputs.pop("loss_weights", None)

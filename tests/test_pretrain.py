@@ -879,6 +879,30 @@ def test_an_evaluation_batch_with_nothing_masked_is_left_out_of_the_loss(seed, t
     assert trainer.evaluate()["eval_loss"] == pytest.approx(sum(expected) / 2, rel=1e-5)
 
 
+def test_an_evaluation_batch_loss_is_its_own_mean_whatever_the_other_processes_mask(seed, tiny_bert_mlm, tmp_path,
+                                                                                     monkeypatch):
+    """Under torchrun transformers gives compute_loss the masked tokens of every process's batch,
+    by which the training step divides (DDP averages the gradients). An evaluation batch's loss
+    was divided by it too and scaled by the processes: a validation loss that changed with the
+    number of processes, doubled where the other process's batch masked nothing."""
+    from transformers import TrainingArguments
+
+    g = torch.Generator().manual_seed(seed)
+    examples = evaluation_examples(g, tiny_bert_mlm, masked_rows=(0, 1, 2))
+    args = TrainingArguments(output_dir=str(tmp_path), report_to=[], use_cpu=True, average_tokens_across_devices=True)
+    trainer = MaskingTrainer(model=tiny_bert_mlm, args=args)
+    # As the first of two processes sees it: the other's batch masked twice as many tokens.
+    monkeypatch.setattr(type(trainer.accelerator), "num_processes", property(lambda self: 2))
+    monkeypatch.setattr(trainer, "_get_num_items_in_batch",
+                        lambda batches, device: 3 * sum(batch["labels"].ne(-100).sum() for batch in batches))
+    for example in examples:
+        inputs = {"input_ids": example["input_ids"][None], "labels": example["labels"][None]}
+        with torch.no_grad():
+            expected = float(tiny_bert_mlm(**inputs).loss)
+        loss, _, _ = trainer.prediction_step(tiny_bert_mlm, dict(inputs), prediction_loss_only=True)
+        assert float(loss) == pytest.approx(expected, rel=1e-5)
+
+
 def evaluation_examples(generator, model, masked_rows) -> list[dict]:
     """Three examples of 9 tokens; those of ``masked_rows`` have masked tokens, the others none."""
     examples = []
