@@ -455,7 +455,22 @@ def _training_arguments(config: PretrainConfig, workers: int) -> Any:
         use_cpu=not torch.cuda.is_available(),
     )
     options.update(config.extra_training_arguments)
+    if options["use_cpu"]:
+        _join_cpu_processes(options["ddp_timeout"])
     return TrainingArguments(**options)
+
+
+def _join_cpu_processes(timeout_seconds: int) -> None:
+    """Under torchrun on CPUs, join the processes with gloo here, waiting ``timeout_seconds`` at
+    a barrier: transformers hands accelerate no timeout on the CPU, so the group kept torch's 30
+    minutes, and the other processes gave up while the first still tokenized or scored a large
+    corpus. (Accelerate takes a group that exists; on GPUs transformers passes the timeout.)"""
+    import datetime
+
+    import torch.distributed as dist
+
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and dist.is_available() and not dist.is_initialized():
+        dist.init_process_group("gloo", timeout=datetime.timedelta(seconds=timeout_seconds))
 
 
 def pretrain(config: PretrainConfig) -> dict:

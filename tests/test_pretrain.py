@@ -427,6 +427,21 @@ def test_processes_wait_for_each_other_as_long_as_told(monkeypatch, model_dir, c
         assert pretrain_module._training_arguments(config, 0).ddp_timeout == expected
     with pytest.raises(ValueError, match="ddp_timeout"):
         config_for(model_dir, corpus, tmp_path / "run", ddp_timeout=0).check()
+    # On CPUs transformers gives accelerate no timeout, which kept torch's 30 minutes: the run
+    # joins its processes itself (accelerate takes the group), with the timeout.
+    import datetime
+
+    import torch.distributed as dist
+
+    joined = []
+    monkeypatch.setattr(dist, "init_process_group", lambda backend, **options: joined.append((backend, options)))
+    monkeypatch.setattr(dist, "is_initialized", lambda: False)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    pretrain_module._join_cpu_processes(86400)
+    assert joined == [("gloo", {"timeout": datetime.timedelta(seconds=86400)})]
+    monkeypatch.setenv("WORLD_SIZE", "1")  # one process: no group
+    pretrain_module._join_cpu_processes(86400)
+    assert len(joined) == 1
 
 
 def test_the_command_says_when_no_checkpoint_beat_the_starting_model(monkeypatch, capsys, tmp_path):
