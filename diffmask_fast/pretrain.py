@@ -534,9 +534,15 @@ def pretrain(config: PretrainConfig) -> dict:
         # One process per machine mines and scores; the others wait and load what it saved.
         with args.main_process_first(local=True, desc="mining anchors and scoring words"):
             main = args.local_process_index == 0
-            resources = _domain_resources(config, prepared.train_docs, tokenizer,
-                                          validation_documents=prepared.validation_docs, saved=not main, scheme=scheme,
-                                          word_types=prepared.word_types)
+            try:
+                resources = _domain_resources(config, prepared.train_docs, tokenizer,
+                                              validation_documents=prepared.validation_docs, saved=not main,
+                                              scheme=scheme, word_types=prepared.word_types)
+            except FileNotFoundError as error:
+                if main:
+                    raise
+                raise RuntimeError(f"the first process of this machine left no anchors, score table or terms in "
+                                   f"{str(out)!r} (its own error says why): {error}") from error
             prepared.word_types = None  # scored: no longer needed
             if main:
                 given = {name: getattr(config, name) for name in ("anchors", "scores", "terms")}

@@ -1467,6 +1467,24 @@ def test_torchrun_fails_in_every_process_when_the_first_cannot_prepare_the_docum
     assert not (stale / "note").exists()
 
 
+def test_torchrun_fails_in_every_process_when_the_first_cannot_score_the_words(model_dir, corpus, tmp_path):
+    """The machine's first process mines and scores for all: when it failed, the others said
+    only that the score table it never saved did not exist."""
+    import subprocess
+    import sys
+
+    torchrun = os.path.join(os.path.dirname(sys.executable), "torchrun")
+    command = [torchrun, "--nproc-per-node", "2", "--master-port", str(27500 + os.getpid() % 1000),
+               "-m", "diffmask_fast.cli", "pretrain", str(corpus), "--model", str(model_dir), "-o",
+               str(tmp_path / "ddp"), "--embedding-model", str(tmp_path / "no-such-model"), "--pooling", "mean",
+               "--max-steps", "1", "--max-length", "32", "--no-progress"]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode != 0
+    assert "no-such-model" in done.stderr
+    assert "the first process of this machine left no anchors, score table or terms" in done.stderr, done.stderr[-3000:]
+
+
 def test_words_seen_only_in_validation_are_scored(model_dir, corpus, tmp_path):
     """A score depends on the word alone: the validation set's own words are scored with the
     training words, so the validation loss covers them (a word the table lacked scored as
