@@ -827,8 +827,10 @@ def count_words(
     if partition_bytes is not None:
         raise ValueError("partition_bytes sizes the byte ranges Dask workers count; without a scheduler it would do "
                          "nothing (block_bytes sizes the reads here)")
-    threads = default_threads() if threads is None else whole_number(threads, "threads", most=MAX_THREADS,
-                                                                     why=" (each thread counts into a table of its own)")
+    if threads is None:
+        threads = default_threads()
+    else:
+        threads = whole_number(threads, "threads", most=MAX_THREADS, why=" (each thread counts into a table)")
     source = dataset_view(source)
     dataset = is_dataset(source)
     if not dataset:
