@@ -163,7 +163,6 @@ class AttentionMasker(torch.nn.Module):
         self.order = order
         self.mlm_probability = float(mlm_probability)
         self.layer = int(layer)
-        self.seed = check_seed(seed)
         with naming_word_boundary():
             boundaries = word_boundaries(tokenizer, word_boundary)
         self.scheme = boundaries.scheme
@@ -174,11 +173,22 @@ class AttentionMasker(torch.nn.Module):
         self._generators: dict = {}
         self._pinned_seed: int | None = None
         self._resumed_at = 0
+        self.seed = seed  # checked, and the streams start from it (see the property)
 
     def extra_repr(self) -> str:
         return (f"order={self.order!r}, mlm_probability={self.mlm_probability}, layer={self.layer}, "
                 f"mask_replace_prob={self.mask_replace_prob}, random_replace_prob={self.random_replace_prob}, "
                 f"seed={self.seed}, attention_memory={self.attention_memory}")
+
+    @property
+    def seed(self) -> int | None:
+        return self._seed
+
+    @seed.setter
+    def seed(self, seed: int | None) -> None:
+        """A new seed is checked as the constructor checks it, and restarts the streams from it."""
+        self._seed = check_seed(seed)
+        self._generators = {}
 
     def resume_at(self, step: int, calls_per_step: int = 1, calls_made: int | None = None) -> None:
         """Draw new streams in a run resumed at optimizer ``step`` (``MaskingTrainer`` calls
@@ -191,6 +201,11 @@ class AttentionMasker(torch.nn.Module):
         state = self.__dict__.copy()
         state["_generators"] = {}
         return state
+
+    def __setstate__(self, state: dict) -> None:
+        if "seed" in state:  # pickled before the seed was a property
+            state["_seed"] = state.pop("seed")
+        super().__setstate__(state)
 
     # -- the training step -----------------------------------------------------------------------
     def forward(
@@ -343,15 +358,17 @@ class AttentionMasker(torch.nn.Module):
         """Inside, draw from ``seed`` alone, the same in every rank (for masking a validation set
         identically everywhere); outside, the training draws go on where they were.
         ``per_process``: each rank draws a stream of its own from ``seed``, for ranks that mask
-        different batches."""
+        different batches. A new ``seed`` or ``resume_at`` inside restarts the streams outside too."""
         saved = self._generators, self._pinned_seed
+        streams_from = self._seed, self._resumed_at
         seed = pinned_seed(seed)
         self._generators = {}
         self._pinned_seed = stream_seed([seed, distributed_rank() + 1]) if per_process else seed
         try:
             yield self
         finally:
-            self._generators, self._pinned_seed = saved
+            restarted = (self._seed, self._resumed_at) != streams_from  # a seed or resume_at given inside
+            self._generators, self._pinned_seed = ({} if restarted else saved[0]), saved[1]
 
     def _generator(self, device: torch.device) -> torch.Generator | None:
         """This masker's generator on ``device``, seeded from (seed, rank). Without a seed, None

@@ -655,6 +655,33 @@ def test_a_resumed_attention_masker_draws_new_masks(bert_wordpiece, tiny_bert_ml
         "a resumed run replays the first steps' draws"
 
 
+def test_a_seed_given_to_a_built_attention_masker_is_checked_and_restarts_its_streams(bert_wordpiece, tiny_bert_mlm,
+                                                                                      seed):
+    """It was a plain attribute: a new seed was neither checked nor used, the streams of the old
+    one going on; and one given inside a pinned block was undone at its end, as resume_at was."""
+    ids, attention, flagged = random_batch(bert_wordpiece, seed, rows=6)
+
+    def first_draws(seed, count=2):
+        masker = AttentionMasker(bert_wordpiece, mlm_probability=0.5, seed=seed)
+        return [masker(ids, attention, flagged, model=tiny_bert_mlm)[0] for _ in range(count)]
+
+    masker = AttentionMasker(bert_wordpiece, mlm_probability=0.5, seed=seed)
+    masker(ids, attention, flagged, model=tiny_bert_mlm)
+    masker.seed = seed + 1
+    assert torch.equal(masker(ids, attention, flagged, model=tiny_bert_mlm)[0], first_draws(seed + 1)[0])
+    with pytest.raises(TypeError, match="seed"):
+        masker.seed = "7"
+    with masker.pinned_generator(5):
+        masker.seed = seed + 2
+    assert torch.equal(masker(ids, attention, flagged, model=tiny_bert_mlm)[0], first_draws(seed + 2)[0])
+    with masker.pinned_generator(5):  # the streams outside go on where they were
+        masker(ids, attention, flagged, model=tiny_bert_mlm)
+    assert torch.equal(masker(ids, attention, flagged, model=tiny_bert_mlm)[0], first_draws(seed + 2)[1])
+    restored = pickle.loads(pickle.dumps(masker))
+    assert restored.seed == seed + 2 and torch.equal(restored(ids, attention, flagged, model=tiny_bert_mlm)[0],
+                                                     first_draws(seed + 2)[0])
+
+
 def test_the_eager_attention_pass_reads_the_first_token_of_left_padded_rows(bert_wordpiece, tiny_bert_mlm,
                                                                             monkeypatch):
 
