@@ -93,8 +93,9 @@ CHUNKS_PER_THREAD = 4
 MIN_CHUNK_BYTES = 1 << 20
 
 
-#: The most counting threads taken: far more than cores only adds tables to merge.
-MAX_THREADS = 1024
+#: The most counting threads taken (tables are made only as chunks are counted, but the pool's
+#: queues grow with the threads: 10**7 took seconds, and 2**70 overflowed).
+MAX_THREADS = 1 << 20
 
 
 def default_threads() -> int:
@@ -830,7 +831,7 @@ def count_words(
     if threads is None:
         threads = default_threads()
     else:
-        threads = whole_number(threads, "threads", most=MAX_THREADS, why=" (each thread counts into a table)")
+        threads = whole_number(threads, "threads", most=MAX_THREADS)
     source = dataset_view(source)
     dataset = is_dataset(source)
     if not dataset:

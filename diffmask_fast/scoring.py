@@ -675,11 +675,11 @@ class WordScorer:
             raise ValueError(f"unknown similarity {similarity!r}; expected one of {', '.join(SIMILARITIES)}")
         chunk_size = whole_number(chunk_size, "chunk_size")
         _check_index_choice(index, index_options, similarity)
-        if not callable(getattr(embedder, "embed", None)):
-            raise TypeError(f"embedder must be a WordEmbedder, got {type(embedder).__name__}")
         self.embedder = embedder
         self.similarity = similarity
         check_unknown_score(unknown_score)  # before hours of embedding, not when the table is built
+        if not callable(getattr(embedder, "embed", None)):
+            raise TypeError(f"embedder must be a WordEmbedder, got {type(embedder).__name__}")
         self.unknown_score = float(unknown_score)
         self.index_kind = index
         self.index_options = dict(index_options or {})

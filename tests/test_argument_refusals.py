@@ -103,7 +103,7 @@ def test_settings_that_are_no_numbers_are_named(tmp_path):
         config = PretrainConfig(model="m", corpus=[str(corpus)], output_dir=str(tmp_path / "o"), **{name: "x"})
         with pytest.raises(TypeError, match=f"{name} must be a number, got 'x'"):
             config.check()
-    with pytest.raises(ValueError, match=f"threads must be at most {MAX_THREADS:,}"):
+    with pytest.raises(ValueError, match=f"threads must be at most {MAX_THREADS:,}, got {2**70}"):
         count_words(["a b"], threads=2**70, progress=False)
 
 
