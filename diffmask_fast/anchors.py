@@ -225,10 +225,12 @@ def mine_anchors(
         min_count = reference.default_min_count(total)
     # reference.select_anchors, over the words that pass its count filter only.
     frequent = counts.at_least(min_count)
-    lettered = [(word, count) for word, count in frequent if reference.has_letter(word)]
+    # (word, count, general count): the general count is looked up once, for TF-ICF and the
+    # warning of a corpus in another language.
+    lettered = [(word, count, general.count(word)) for word, count in frequent if reference.has_letter(word)]
     scored = [
-        (word, reference.tf_icf(count, total, general.count(word), general.total, smoothing_per_million))
-        for word, count in lettered
+        (word, reference.tf_icf(count, total, general_count, general.total, smoothing_per_million))
+        for word, count, general_count in lettered
         if not reference.is_citation_word(word)
     ]
     scored.sort(key=lambda item: (-item[1], item[0]))
@@ -257,7 +259,7 @@ def mine_anchors(
         _warn_of_few_anchors(len(chosen), k, left_out, rare=len(counts) > len(frequent))
     anchors = tuple(Anchor(w, s, counts[w], general.count(w)) for w, s in chosen)
     _warn_of_weak_anchors(anchors, len(scored))
-    _warn_of_another_language(lettered, general, anchors)
+    _warn_of_another_language(lettered, general.source, anchors)
     return Anchors(anchors, total, general.total, min_count, smoothing_per_million, general.source)
 
 
@@ -318,17 +320,17 @@ def _warn_of_weak_anchors(anchors: tuple, eligible: int) -> None:
 OTHER_LANGUAGE_SHARE = 0.5
 
 
-def _warn_of_another_language(lettered: list, general: GeneralFrequencies, anchors: tuple) -> None:
-    """Warn where most occurrences of the frequent words (``lettered``: (word, count)) are of words
-    the general table lacks: the corpus is in another language than the table, whose TF-ICF is
-    then the words' frequency alone, and its function words are the anchors, with no warning of
-    weak anchors (their TF-ICF is in the thousands)."""
-    occurrences = sum(count for _, count in lettered)
-    unknown = sum(count for word, count in lettered if general.count(word) == 0)
+def _warn_of_another_language(lettered: list, source: str, anchors: tuple) -> None:
+    """Warn where most occurrences of the frequent words (``lettered``: (word, count, general
+    count)) are of words the general table (from ``source``) lacks: the corpus is in another
+    language than the table, whose TF-ICF is then the words' frequency alone, and its function
+    words are the anchors, with no warning of weak anchors (their TF-ICF is in the thousands)."""
+    occurrences = sum(count for _, count, _ in lettered)
+    unknown = sum(count for _, count, general_count in lettered if general_count == 0)
     if occurrences and unknown > OTHER_LANGUAGE_SHARE * occurrences:
         shown = ", ".join(repr(printable(anchor.word)) for anchor in anchors[:5])
         warnings.warn(f"{unknown / occurrences:.0%} of the occurrences of the corpus's frequent words are of words "
-                      f"the general table ({general.source}) lacks: the corpus is probably in another language than "
+                      f"the general table ({source}) lacks: the corpus is probably in another language than "
                       f"the table. TF-ICF is then the words' frequency alone, and the anchors its most frequent words "
                       f"({shown}); give a general table of the corpus's language (general=..., --general)",
                       DiffmaskWarning, stacklevel=3)
